@@ -1,0 +1,349 @@
+//! The CPU backend: rayon for parallel loops, faer for GEMM. It is the reference every other
+//! backend is tested against, and a fast path of its own (packed sequences, fused epilogues).
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+use super::{Activation, AttentionSpec, Backend, Pooling, SeqLayout, Storage, Tensor};
+use crate::error::{Error, Result};
+
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn values(t: &Tensor) -> &[f32] {
+    let Storage::Cpu(v) = &t.storage;
+    v
+}
+
+fn values_mut(t: &mut Tensor) -> &mut [f32] {
+    let Storage::Cpu(v) = &mut t.storage;
+    v
+}
+
+fn ensure(ok: bool, message: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::input(message()))
+    }
+}
+
+/// Splits `data` into the row blocks of each packed sequence, so sequences can be processed in
+/// parallel with disjoint mutable borrows.
+fn split_sequences<'a>(
+    mut data: &'a mut [f32],
+    layout: &SeqLayout,
+    width: usize,
+) -> Vec<&'a mut [f32]> {
+    let mut blocks = Vec::with_capacity(layout.num_sequences());
+    for s in 0..layout.num_sequences() {
+        let (head, tail) = data.split_at_mut(layout.range(s).len() * width);
+        blocks.push(head);
+        data = tail;
+    }
+    blocks
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        let len: usize = shape.iter().product();
+        ensure(len == data.len(), || {
+            format!(
+                "upload: shape {shape:?} needs {len} values, got {}",
+                data.len()
+            )
+        })?;
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            storage: Storage::Cpu(data.to_vec()),
+        })
+    }
+
+    fn download(&self, tensor: &Tensor) -> Result<Vec<f32>> {
+        Ok(values(tensor).to_vec())
+    }
+
+    fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            storage: Storage::Cpu(vec![0.0; shape.iter().product()]),
+        })
+    }
+
+    fn linear(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        act: Activation,
+        residual: Option<&Tensor>,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let (n, k) = x.dims2("linear input")?;
+        let (m, wk) = w.dims2("linear weight")?;
+        ensure(k == wk, || {
+            format!("linear: input has {k} features, weight expects {wk}")
+        })?;
+        ensure(out.shape() == [n, m], || {
+            format!(
+                "linear: output shape {:?}, expected [{n}, {m}]",
+                out.shape()
+            )
+        })?;
+        if let Some(b) = bias {
+            ensure(b.shape() == [m], || {
+                format!("linear: bias shape {:?}, expected [{m}]", b.shape())
+            })?;
+        }
+        if let Some(r) = residual {
+            ensure(r.shape() == [n, m], || {
+                format!(
+                    "linear: residual shape {:?}, expected [{n}, {m}]",
+                    r.shape()
+                )
+            })?;
+        }
+        let lhs = MatRef::from_row_major_slice(values(x), n, k);
+        let rhs = MatRef::from_row_major_slice(values(w), m, k).transpose();
+        let dst = MatMut::from_row_major_slice_mut(values_mut(out), n, m);
+        matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, Par::rayon(0));
+
+        if bias.is_none() && act == Activation::Identity && residual.is_none() {
+            return Ok(());
+        }
+        let bias = bias.map(values);
+        let residual = residual.map(values);
+        values_mut(out)
+            .par_chunks_mut(m)
+            .enumerate()
+            .for_each(|(row, y)| {
+                if let Some(b) = bias {
+                    y.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+                }
+                if act != Activation::Identity {
+                    y.iter_mut().for_each(|y| *y = act.apply(*y));
+                }
+                if let Some(r) = residual {
+                    y.iter_mut()
+                        .zip(&r[row * m..(row + 1) * m])
+                        .for_each(|(y, r)| *y += r);
+                }
+            });
+        Ok(())
+    }
+
+    fn gather_rows(
+        &self,
+        table: &Tensor,
+        ids: &[u32],
+        accumulate: bool,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let (rows, d) = table.dims2("gather table")?;
+        ensure(out.shape() == [ids.len(), d], || {
+            format!(
+                "gather: output shape {:?}, expected [{}, {d}]",
+                out.shape(),
+                ids.len()
+            )
+        })?;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= rows) {
+            return Err(Error::input(format!(
+                "gather: index {bad} out of range for a table of {rows} rows"
+            )));
+        }
+        let table = values(table);
+        values_mut(out)
+            .par_chunks_mut(d)
+            .zip(ids.par_iter())
+            .for_each(|(y, &id)| {
+                let src = &table[id as usize * d..(id as usize + 1) * d];
+                if accumulate {
+                    y.iter_mut().zip(src).for_each(|(y, s)| *y += s);
+                } else {
+                    y.copy_from_slice(src);
+                }
+            });
+        Ok(())
+    }
+
+    fn layer_norm(&self, x: &mut Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<()> {
+        let (_, d) = x.dims2("layer_norm input")?;
+        ensure(gamma.shape() == [d] && beta.shape() == [d], || {
+            format!(
+                "layer_norm: gamma {:?} / beta {:?}, expected [{d}]",
+                gamma.shape(),
+                beta.shape()
+            )
+        })?;
+        let (g, b) = (values(gamma), values(beta));
+        values_mut(x).par_chunks_mut(d).for_each(|row| {
+            let mean = row.iter().sum::<f32>() / d as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            for ((v, g), b) in row.iter_mut().zip(g).zip(b) {
+                *v = (*v - mean) * inv * g + b;
+            }
+        });
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        qkv: &Tensor,
+        layout: &SeqLayout,
+        spec: &AttentionSpec,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let (tokens, width) = qkv.dims2("attention qkv")?;
+        let (hd, heads, kv_heads) = (spec.head_dim, spec.heads, spec.kv_heads);
+        ensure(width == spec.qkv_width(), || {
+            format!(
+                "attention: qkv width {width}, expected {}",
+                spec.qkv_width()
+            )
+        })?;
+        ensure(kv_heads > 0 && heads.is_multiple_of(kv_heads), || {
+            format!("attention: {heads} query heads cannot share {kv_heads} key/value heads")
+        })?;
+        ensure(tokens == layout.num_tokens(), || {
+            format!(
+                "attention: {tokens} rows, layout has {} tokens",
+                layout.num_tokens()
+            )
+        })?;
+        ensure(out.shape() == [tokens, heads * hd], || {
+            format!(
+                "attention: output shape {:?}, expected [{tokens}, {}]",
+                out.shape(),
+                heads * hd
+            )
+        })?;
+        let qkv = values(qkv);
+        let out_width = heads * hd;
+        let group = heads / kv_heads;
+        let blocks = split_sequences(values_mut(out), layout, out_width);
+        blocks
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(s, out_block)| {
+                let rows = layout.range(s);
+                let len = rows.len();
+                let row = |i: usize| &qkv[(rows.start + i) * width..(rows.start + i + 1) * width];
+                let mut probs = vec![0.0f32; len];
+                for h in 0..heads {
+                    let (q_off, kv) = (h * hd, h / group);
+                    let k_off = heads * hd + kv * hd;
+                    let v_off = (heads + kv_heads) * hd + kv * hd;
+                    for i in 0..len {
+                        let q = &row(i)[q_off..q_off + hd];
+                        let mut max = f32::NEG_INFINITY;
+                        for (j, p) in probs.iter_mut().enumerate() {
+                            *p = if spec.allows(i, j) {
+                                let k = &row(j)[k_off..k_off + hd];
+                                q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * spec.scale
+                            } else {
+                                f32::NEG_INFINITY
+                            };
+                            max = max.max(*p);
+                        }
+                        let o =
+                            &mut out_block[i * out_width + h * hd..i * out_width + (h + 1) * hd];
+                        o.fill(0.0);
+                        let mut sum = 0.0f32;
+                        for (j, p) in probs.iter().enumerate() {
+                            if *p == f32::NEG_INFINITY {
+                                continue;
+                            }
+                            let e = (p - max).exp();
+                            sum += e;
+                            let v = &row(j)[v_off..v_off + hd];
+                            o.iter_mut().zip(v).for_each(|(o, v)| *o += e * v);
+                        }
+                        // A query that sees no key (possible only with an empty window) yields zeros.
+                        let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+                        o.iter_mut().for_each(|o| *o *= inv);
+                    }
+                }
+            });
+        Ok(())
+    }
+
+    fn pool(
+        &self,
+        hidden: &Tensor,
+        layout: &SeqLayout,
+        mode: Pooling,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let (tokens, d) = hidden.dims2("pool input")?;
+        ensure(tokens == layout.num_tokens(), || {
+            format!(
+                "pool: {tokens} rows, layout has {} tokens",
+                layout.num_tokens()
+            )
+        })?;
+        let b = layout.num_sequences();
+        ensure(out.shape() == [b, d], || {
+            format!("pool: output shape {:?}, expected [{b}, {d}]", out.shape())
+        })?;
+        let h = values(hidden);
+        values_mut(out)
+            .par_chunks_mut(d)
+            .enumerate()
+            .for_each(|(s, y)| {
+                let rows = layout.range(s);
+                let row = |i: usize| &h[i * d..(i + 1) * d];
+                if rows.is_empty() {
+                    // sentence-transformers divides a zero sum by a clamped count: zeros.
+                    y.fill(0.0);
+                    return;
+                }
+                match mode {
+                    Pooling::Cls => y.copy_from_slice(row(rows.start)),
+                    Pooling::Last => y.copy_from_slice(row(rows.end - 1)),
+                    Pooling::Max => {
+                        y.copy_from_slice(row(rows.start));
+                        for i in rows.clone().skip(1) {
+                            y.iter_mut().zip(row(i)).for_each(|(y, v)| *y = y.max(*v));
+                        }
+                    }
+                    Pooling::Mean | Pooling::MeanSqrtLen => {
+                        y.fill(0.0);
+                        for i in rows.clone() {
+                            y.iter_mut().zip(row(i)).for_each(|(y, v)| *y += v);
+                        }
+                        let n = rows.len() as f32;
+                        let div = if mode == Pooling::Mean { n } else { n.sqrt() };
+                        y.iter_mut().for_each(|y| *y /= div);
+                    }
+                }
+            });
+        Ok(())
+    }
+
+    fn l2_normalize(&self, x: &mut Tensor) -> Result<()> {
+        let (_, d) = x.dims2("l2_normalize input")?;
+        values_mut(x).par_chunks_mut(d).for_each(|row| {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            row.iter_mut().for_each(|v| *v /= norm);
+        });
+        Ok(())
+    }
+}

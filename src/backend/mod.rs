@@ -1,0 +1,285 @@
+//! One op set, three devices. Models and instruments are written once against [`Backend`];
+//! a backend is a value chosen at run time (`--backend auto|cpu|wgpu|cuda`).
+//!
+//! Ops write into tensors the caller allocated, so a forward pass allocates its activations once
+//! per batch shape and nothing travels between host and device inside it.
+
+pub mod cpu;
+pub mod cuda;
+pub mod wgpu;
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+/// Which device runs the op set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// CUDA if a device is present, else wgpu if an adapter is present and complete, else CPU.
+    Auto,
+    Cpu,
+    Wgpu,
+    Cuda,
+}
+
+/// Opens the backend `kind` names. `Auto` only picks a backend that implements the whole op set.
+pub fn open(kind: BackendKind) -> Result<Arc<dyn Backend>> {
+    match kind {
+        BackendKind::Cpu | BackendKind::Auto => Ok(Arc::new(cpu::CpuBackend::new())),
+        BackendKind::Wgpu => Err(wgpu::unavailable()),
+        BackendKind::Cuda => Err(cuda::unavailable()),
+    }
+}
+
+/// Element-wise activation applied in a GEMM epilogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    /// Exact GELU, `x·Φ(x)` with the error function (BERT's "gelu").
+    Gelu,
+    /// GELU's tanh approximation ("gelu_new", "gelu_pytorch_tanh").
+    GeluTanh,
+    /// `x·σ(1.702x)`, CLIP's activation.
+    QuickGelu,
+    Silu,
+    Relu,
+    Tanh,
+    Sigmoid,
+}
+
+impl Activation {
+    /// Maps a Hugging Face `hidden_act` name.
+    pub fn from_hf_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "quick_gelu" => Activation::QuickGelu,
+            "silu" | "swish" => Activation::Silu,
+            "relu" => Activation::Relu,
+            "tanh" => Activation::Tanh,
+            "sigmoid" => Activation::Sigmoid,
+            _ => return None,
+        })
+    }
+
+    /// The scalar definition every backend's kernels are tested against.
+    #[inline]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::Identity => x,
+            Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+            Activation::GeluTanh => {
+                const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+                0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
+            }
+            Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+            Activation::Silu => x / (1.0 + (-x).exp()),
+            Activation::Relu => x.max(0.0),
+            Activation::Tanh => x.tanh(),
+            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        }
+    }
+}
+
+/// How token rows of one sequence become one embedding (sentence-transformers' pooling modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pooling {
+    /// The first token ([CLS] / <s>).
+    Cls,
+    /// Mean over the sequence's tokens.
+    Mean,
+    /// Element-wise maximum over the tokens.
+    Max,
+    /// The last token (decoder models).
+    Last,
+    /// Sum over the tokens divided by √length.
+    MeanSqrtLen,
+}
+
+impl Pooling {
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Cls => "cls",
+            Pooling::Mean => "mean",
+            Pooling::Max => "max",
+            Pooling::Last => "last",
+            Pooling::MeanSqrtLen => "mean_sqrt_len",
+        }
+    }
+}
+
+/// Variable-length sequences packed back to back: rows `starts[i]..starts[i + 1]` of a
+/// `[tokens, width]` tensor belong to sequence `i`. Packing replaces a padding mask: no row is
+/// padding, so no work is spent on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeqLayout {
+    starts: Vec<usize>,
+}
+
+impl SeqLayout {
+    pub fn from_lengths(lengths: impl IntoIterator<Item = usize>) -> Self {
+        let mut starts = vec![0];
+        for len in lengths {
+            starts.push(starts[starts.len() - 1] + len);
+        }
+        SeqLayout { starts }
+    }
+
+    pub fn num_sequences(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    pub fn num_tokens(&self) -> usize {
+        self.starts[self.starts.len() - 1]
+    }
+
+    /// Row range of sequence `i`.
+    pub fn range(&self, i: usize) -> std::ops::Range<usize> {
+        self.starts[i]..self.starts[i + 1]
+    }
+
+    pub fn max_len(&self) -> usize {
+        (0..self.num_sequences())
+            .map(|i| self.range(i).len())
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Shape of a softmax attention over a packed `[tokens, (heads + 2·kv_heads)·head_dim]` QKV tensor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionSpec {
+    pub heads: usize,
+    /// Fewer key/value heads than query heads gives grouped-query attention.
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Query `i` sees keys `j <= i` only.
+    pub causal: bool,
+    /// Query `i` sees keys with `i - j < window` only (Mistral's sliding window).
+    pub window: Option<usize>,
+    pub scale: f32,
+}
+
+impl AttentionSpec {
+    /// Bidirectional multi-head attention with the usual 1/√d scale (BERT-style encoders).
+    pub fn bidirectional(heads: usize, head_dim: usize) -> Self {
+        AttentionSpec {
+            heads,
+            kv_heads: heads,
+            head_dim,
+            causal: false,
+            window: None,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        }
+    }
+
+    pub fn qkv_width(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+
+    /// Whether query `i` may attend to key `j` (both positions within one sequence).
+    #[inline]
+    pub fn allows(&self, i: usize, j: usize) -> bool {
+        if self.causal && j > i {
+            return false;
+        }
+        match self.window {
+            Some(w) => i.abs_diff(j) < w,
+            None => true,
+        }
+    }
+}
+
+/// A tensor living on a backend's device: f32 values, row-major.
+#[derive(Debug)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    storage: Storage,
+}
+
+/// Device memory behind a [`Tensor`]; each backend adds its variant when its issue lands.
+#[derive(Debug)]
+pub enum Storage {
+    Cpu(Vec<f32>),
+}
+
+impl Tensor {
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `(rows, cols)` of a matrix, or an error naming `what`.
+    pub fn dims2(&self, what: &str) -> Result<(usize, usize)> {
+        match self.shape[..] {
+            [r, c] => Ok((r, c)),
+            _ => Err(Error::input(format!(
+                "{what}: expected a matrix, got shape {:?}",
+                self.shape
+            ))),
+        }
+    }
+}
+
+/// The op set. Every backend implements each op or reports it unsupported; the CPU backend is
+/// the reference the others are tested against.
+pub trait Backend: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    // memory
+    fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor>;
+    fn download(&self, tensor: &Tensor) -> Result<Vec<f32>>;
+    fn zeros(&self, shape: &[usize]) -> Result<Tensor>;
+
+    /// `out = act(x·wᵀ + bias) + residual` with `x: [n, k]`, `w: [m, k]` (PyTorch's Linear layout),
+    /// `bias: [m]`, `residual, out: [n, m]`.
+    fn linear(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        act: Activation,
+        residual: Option<&Tensor>,
+        out: &mut Tensor,
+    ) -> Result<()>;
+
+    /// `out[i] (+)= table[ids[i]]` for a `[rows, d]` table; adds when `accumulate`.
+    fn gather_rows(
+        &self,
+        table: &Tensor,
+        ids: &[u32],
+        accumulate: bool,
+        out: &mut Tensor,
+    ) -> Result<()>;
+
+    /// Row-wise LayerNorm in place, f32 statistics.
+    fn layer_norm(&self, x: &mut Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<()>;
+
+    /// Softmax attention of every packed sequence with itself; `out: [tokens, heads·head_dim]`.
+    fn attention(
+        &self,
+        qkv: &Tensor,
+        layout: &SeqLayout,
+        spec: &AttentionSpec,
+        out: &mut Tensor,
+    ) -> Result<()>;
+
+    /// One row per sequence: `out: [sequences, d]`.
+    fn pool(
+        &self,
+        hidden: &Tensor,
+        layout: &SeqLayout,
+        mode: Pooling,
+        out: &mut Tensor,
+    ) -> Result<()>;
+
+    /// Row-wise `x / max(‖x‖₂, 1e-12)` in place (torch.nn.functional.normalize).
+    fn l2_normalize(&self, x: &mut Tensor) -> Result<()>;
+}

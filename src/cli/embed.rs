@@ -1,0 +1,125 @@
+//! `mscope embed`: texts → `embeddings.safetensors`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::backend::{self, BackendKind, Pooling};
+use crate::error::{Error, Result};
+use crate::instruments::embed::{EncoderOptions, SentenceEncoder};
+use crate::io::embeddings::EmbeddingsFile;
+use crate::io::texts::{read_corpus, FieldNames, InputSpec};
+
+#[derive(Args)]
+pub struct EmbedArgs {
+    /// Model directory (Hugging Face / sentence-transformers layout).
+    #[arg(long)]
+    model: PathBuf,
+    /// Input file (.txt, .jsonl, .csv, .tsv); `PATH=LABEL` labels every row of it. Repeatable.
+    #[arg(long = "input", required = true, value_name = "PATH[=LABEL]")]
+    inputs: Vec<InputSpec>,
+    /// Output safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
+    backend: BackendKind,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Token limit per text, special tokens included [default: the model's max_seq_length].
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Pooling [default: from the model's 1_Pooling/config.json].
+    #[arg(long, value_enum)]
+    pooling: Option<Pooling>,
+    /// L2-normalise embeddings (`--normalize false` to switch off) [default: from modules.json].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    normalize: Option<bool>,
+    /// Text prepended to every input (e.g. "query: " for e5 models).
+    #[arg(long, default_value = "")]
+    prefix: String,
+    /// CPU threads [default: one per core].
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Text field of .jsonl / column of .csv and .tsv inputs.
+    #[arg(long, default_value = "text")]
+    text_field: String,
+    /// Label field of .jsonl / column of .csv and .tsv inputs.
+    #[arg(long, default_value = "label")]
+    label_field: String,
+}
+
+pub fn run(args: EmbedArgs) -> Result<()> {
+    super::set_threads(args.threads)?;
+    let out_dir = args
+        .out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !out_dir.is_dir() {
+        return Err(Error::input(format!(
+            "{}: output directory does not exist",
+            out_dir.display()
+        )));
+    }
+    let fields = FieldNames {
+        text: args.text_field,
+        label: args.label_field,
+    };
+    let corpus = read_corpus(&args.inputs, &fields)?;
+    let backend = backend::open(args.backend)?;
+    let options = EncoderOptions {
+        max_length: args.max_length,
+        pooling: args.pooling,
+        normalize: args.normalize,
+        prefix: args.prefix,
+    };
+    let encoder = SentenceEncoder::load(&args.model, backend.clone(), &options)?;
+
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(corpus.texts.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} texts  {per_sec}  eta {eta}  {msg}")
+                .expect("static template"),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let start = Instant::now();
+    let mut tokens_done = 0;
+    let embedded = encoder.embed(&corpus.texts, args.batch_size, &mut |rows, tokens| {
+        tokens_done += tokens;
+        bar.inc(rows as u64);
+        bar.set_message(format!("{tokens_done} tokens"));
+    })?;
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+
+    let file = EmbeddingsFile {
+        embeddings: embedded.embeddings,
+        dim: embedded.dim,
+        labels: corpus.labels,
+        label_names: corpus.label_names,
+        model: encoder.name().to_string(),
+        pooling: encoder.pooling().name().to_string(),
+        normalized: encoder.normalize(),
+        max_length: encoder.max_length(),
+    };
+    file.write(&args.out)?;
+    let rows = file.rows();
+    println!(
+        "embedded {rows} texts ({} tokens, {} labels) with {} on {} in {seconds:.2} s: {:.1} texts/s, {:.0} tokens/s -> {}",
+        embedded.tokens,
+        file.label_names.len(),
+        file.model,
+        backend.name(),
+        rows as f64 / seconds,
+        embedded.tokens as f64 / seconds,
+        args.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! The `mscope` command line: one file per subcommand.
+
+mod devices;
+mod embed;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::{Error, Result};
+
+#[derive(Parser)]
+#[command(
+    name = "mscope",
+    version,
+    about = "Pretrained networks as instruments for comparing networks, on hand-written kernels"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed texts with a sentence encoder (BERT / XLM-R family) into a safetensors file.
+    Embed(embed::EmbedArgs),
+    /// List the CPU, wgpu adapters and CUDA devices this machine offers.
+    Devices,
+}
+
+/// Runs the command line; errors are printed as one line and give exit status 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Embed(args) => embed::run(args),
+        Command::Devices => devices::run(),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sizes rayon's global pool (used by every CPU kernel); 0 keeps rayon's default of one thread
+/// per core.
+fn set_threads(threads: usize) -> Result<()> {
+    if threads == 0 {
+        return Ok(());
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| Error::input(format!("--threads {threads}: {e}")))
+}

@@ -1,0 +1,162 @@
+//! The embedding microscope's first stage: texts → sentence embeddings, as sentence-transformers
+//! computes them, on any backend.
+//!
+//! Texts are tokenised once, sorted by token count (longest first, so a batch that does not fit
+//! fails early) and cut into batches of similar length; each batch runs packed, so no work is
+//! spent on padding. Rows come back in input order.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::backend::{Backend, Pooling, SeqLayout};
+use crate::error::{Error, Result};
+use crate::models::bert::{BertModel, TokenBatch};
+use crate::models::sentence::SentenceConfig;
+use crate::models::tokenize::{TextTokenizer, TokenizedText};
+
+/// Choices that override what the model directory says.
+#[derive(Clone, Debug, Default)]
+pub struct EncoderOptions {
+    pub max_length: Option<usize>,
+    pub pooling: Option<Pooling>,
+    pub normalize: Option<bool>,
+    /// Prepended to every text (e5's "query: ", "passage: ").
+    pub prefix: String,
+}
+
+pub struct SentenceEncoder {
+    name: String,
+    tokenizer: TextTokenizer,
+    model: BertModel,
+    backend: Arc<dyn Backend>,
+    pooling: Pooling,
+    normalize: bool,
+    max_length: usize,
+    prefix: String,
+}
+
+/// Embeddings of a corpus, row-major `[rows, dim]` in input order.
+pub struct Embedded {
+    pub embeddings: Vec<f32>,
+    pub dim: usize,
+    pub tokens: usize,
+}
+
+impl SentenceEncoder {
+    pub fn load(dir: &Path, backend: Arc<dyn Backend>, options: &EncoderOptions) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::input(format!(
+                "{}: model directory not found",
+                dir.display()
+            )));
+        }
+        let sentence = SentenceConfig::read(dir)?;
+        let model = BertModel::load(dir, backend.clone())?;
+        let capacity = model.config().max_tokens();
+        let max_length = options
+            .max_length
+            .or(sentence.max_seq_length)
+            .or_else(|| TextTokenizer::stored_max_length(dir))
+            .unwrap_or(capacity);
+        if max_length > capacity || max_length < 1 {
+            return Err(Error::input(format!(
+                "max length {max_length} is outside 1..={capacity}, the positions {} can encode",
+                dir.display()
+            )));
+        }
+        Ok(SentenceEncoder {
+            name: dir.file_name().map_or_else(
+                || dir.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
+            tokenizer: TextTokenizer::load(dir, max_length)?,
+            model,
+            backend,
+            pooling: options.pooling.unwrap_or(sentence.pooling),
+            normalize: options.normalize.unwrap_or(sentence.normalize),
+            max_length,
+            prefix: options.prefix.clone(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+    pub fn normalize(&self) -> bool {
+        self.normalize
+    }
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+    pub fn dim(&self) -> usize {
+        self.model.hidden_size()
+    }
+
+    pub fn tokenize(&self, texts: &[String]) -> Result<Vec<TokenizedText>> {
+        let prefixed: Vec<String>;
+        let inputs: Vec<&str> = if self.prefix.is_empty() {
+            texts.iter().map(String::as_str).collect()
+        } else {
+            prefixed = texts
+                .iter()
+                .map(|t| format!("{}{t}", self.prefix))
+                .collect();
+            prefixed.iter().map(String::as_str).collect()
+        };
+        self.tokenizer.encode(&inputs)
+    }
+
+    /// Embeds `texts`, `batch_size` texts per forward pass; `progress(rows, tokens)` is called
+    /// after each batch with the counts just finished.
+    pub fn embed(
+        &self,
+        texts: &[String],
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Embedded> {
+        if batch_size == 0 {
+            return Err(Error::input("batch size must be at least 1"));
+        }
+        let tokenized = self.tokenize(texts)?;
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(tokenized[i].ids.len()));
+
+        let dim = self.dim();
+        let mut embeddings = vec![0.0f32; texts.len() * dim];
+        let mut tokens = 0;
+        for chunk in order.chunks(batch_size) {
+            let batch = TokenBatch {
+                ids: chunk
+                    .iter()
+                    .flat_map(|&i| tokenized[i].ids.iter().copied())
+                    .collect(),
+                type_ids: chunk
+                    .iter()
+                    .flat_map(|&i| tokenized[i].type_ids.iter().copied())
+                    .collect(),
+                layout: SeqLayout::from_lengths(chunk.iter().map(|&i| tokenized[i].ids.len())),
+            };
+            let hidden = self.model.forward(&batch)?;
+            let mut pooled = self.backend.zeros(&[chunk.len(), dim])?;
+            self.backend
+                .pool(&hidden, &batch.layout, self.pooling, &mut pooled)?;
+            if self.normalize {
+                self.backend.l2_normalize(&mut pooled)?;
+            }
+            let pooled = self.backend.download(&pooled)?;
+            for (row, &i) in pooled.chunks_exact(dim).zip(chunk) {
+                embeddings[i * dim..(i + 1) * dim].copy_from_slice(row);
+            }
+            tokens += batch.ids.len();
+            progress(chunk.len(), batch.ids.len());
+        }
+        Ok(Embedded {
+            embeddings,
+            dim,
+            tokens,
+        })
+    }
+}

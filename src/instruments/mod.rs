@@ -1,0 +1,3 @@
+//! Instruments: pretrained models turned into measurements of other models.
+
+pub mod embed;

@@ -1,0 +1,269 @@
+//! Text inputs for `mscope embed`: `.txt`, `.jsonl`, `.csv` and `.tsv`, each optionally labelled
+//! as a whole with `PATH=LABEL`. Every error names the file and 1-based line, because the CLI
+//! prints it as the whole diagnosis.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// One `--input` argument: a path, optionally with `=LABEL` that labels every row of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputSpec {
+    pub path: PathBuf,
+    pub label: Option<String>,
+}
+
+impl FromStr for InputSpec {
+    type Err = String;
+
+    /// Splits at the last `=` only when both sides are non-empty and the right one has no `/`,
+    /// so an `=` inside a directory name stays part of the path.
+    fn from_str(arg: &str) -> std::result::Result<Self, String> {
+        if arg.is_empty() {
+            return Err("empty --input argument".into());
+        }
+        Ok(match arg.rsplit_once('=') {
+            Some((path, label))
+                if !path.is_empty() && !label.is_empty() && !label.contains('/') =>
+            {
+                InputSpec {
+                    path: path.into(),
+                    label: Some(label.into()),
+                }
+            }
+            _ => InputSpec {
+                path: arg.into(),
+                label: None,
+            },
+        })
+    }
+}
+
+/// Names of the text and label fields in `.jsonl` objects and `.csv`/`.tsv` headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldNames {
+    pub text: String,
+    pub label: String,
+}
+
+impl Default for FieldNames {
+    fn default() -> Self {
+        FieldNames {
+            text: "text".into(),
+            label: "label".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextRow {
+    pub text: String,
+    pub label: Option<String>,
+}
+
+/// All inputs in order, and the label names in order of first appearance; label index per row
+/// (-1 where none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Corpus {
+    pub texts: Vec<String>,
+    pub labels: Vec<i64>,
+    pub label_names: Vec<String>,
+    pub sources: Vec<RowSource>,
+}
+
+/// Where a row came from, so later stages can point the user back at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowSource {
+    /// Index into the inputs.
+    pub file: usize,
+    /// 1-based line; for `.csv`/`.tsv` the line the record starts on.
+    pub line: usize,
+}
+
+const SUPPORTED: &str = ".txt, .jsonl, .csv, .tsv";
+
+/// Reads one input, choosing the format by extension.
+pub fn read_rows(spec: &InputSpec, fields: &FieldNames) -> Result<Vec<TextRow>> {
+    Ok(read_numbered(spec, fields)?
+        .into_iter()
+        .map(|(_, row)| row)
+        .collect())
+}
+
+/// Reads every input in order and numbers the labels by first appearance.
+pub fn read_corpus(specs: &[InputSpec], fields: &FieldNames) -> Result<Corpus> {
+    if specs.is_empty() {
+        return Err(Error::input("no --input given"));
+    }
+    let mut corpus = Corpus::default();
+    let mut label_index = HashMap::new();
+    for (file, spec) in specs.iter().enumerate() {
+        for (line, row) in read_numbered(spec, fields)? {
+            let label = match row.label {
+                None => -1,
+                Some(name) => *label_index.entry(name.clone()).or_insert_with(|| {
+                    corpus.label_names.push(name);
+                    corpus.label_names.len() as i64 - 1
+                }),
+            };
+            corpus.texts.push(row.text);
+            corpus.labels.push(label);
+            corpus.sources.push(RowSource { file, line });
+        }
+    }
+    Ok(corpus)
+}
+
+/// Rows with their 1-based line numbers.
+fn read_numbered(spec: &InputSpec, fields: &FieldNames) -> Result<Vec<(usize, TextRow)>> {
+    let path = spec.path.as_path();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    // With `PATH=LABEL` the file's own label field is not read at all, so it may be anything.
+    let labels = spec.label.is_none();
+    let mut rows = match ext.as_str() {
+        "txt" => txt_rows(&read_utf8(path)?),
+        "jsonl" => jsonl_rows(path, &read_utf8(path)?, fields, labels)?,
+        "csv" => delimited_rows(path, &read_utf8(path)?, b',', fields, labels)?,
+        "tsv" => delimited_rows(path, &read_utf8(path)?, b'\t', fields, labels)?,
+        _ => {
+            let message = format!("unsupported input type (supported: {SUPPORTED})");
+            return Err(Error::input(format!("{}: {message}", path.display())));
+        }
+    };
+    if rows.is_empty() {
+        return Err(Error::input(format!("{}: no texts", path.display())));
+    }
+    match &spec.label {
+        Some(label) => {
+            for (_, row) in &mut rows {
+                row.label = Some(label.clone());
+            }
+        }
+        None => check_labels(path, &rows)?,
+    }
+    Ok(rows)
+}
+
+/// A file is labelled throughout or not at all: gaps are almost always a broken export, and
+/// treating them as unlabelled would silently skew per-label measurements.
+fn check_labels(path: &Path, rows: &[(usize, TextRow)]) -> Result<()> {
+    let labelled = rows.iter().find(|(_, row)| row.label.is_some());
+    let unlabelled = rows.iter().find(|(_, row)| row.label.is_none());
+    if let (Some((with, _)), Some((without, _))) = (labelled, unlabelled) {
+        let message = format!("no label, but line {with} has one (label every row or none)");
+        return Err(at(path, *without, message));
+    }
+    Ok(())
+}
+
+/// Decodes the whole file, reporting the line of the first invalid byte so the user can find it.
+fn read_utf8(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut text = String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
+        at(path, line, "invalid UTF-8")
+    })?;
+    // Spreadsheet exports often start with a byte-order mark, which would rename the first column.
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    Ok(text)
+}
+
+/// Every line is a text, blank ones included (an empty text is a legitimate input); the newline
+/// that ends the file does not start another.
+fn txt_rows(content: &str) -> Vec<(usize, TextRow)> {
+    let rows = content.lines().map(|text| TextRow {
+        text: text.into(),
+        label: None,
+    });
+    (1..).zip(rows).collect()
+}
+
+fn jsonl_rows(
+    path: &Path,
+    content: &str,
+    fields: &FieldNames,
+    labels: bool,
+) -> Result<Vec<(usize, TextRow)>> {
+    let (text_field, label_field) = (&fields.text, &fields.label);
+    let mut rows = Vec::new();
+    for (n, line) in (1..).zip(content.lines()) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut object = match serde_json::from_str(line) {
+            Ok(Value::Object(object)) => object,
+            Ok(_) => return Err(at(path, n, "not a JSON object")),
+            Err(e) => return Err(at(path, n, format!("invalid JSON: {e}"))),
+        };
+        let text = match object.remove(text_field) {
+            Some(Value::String(text)) => text,
+            Some(_) => {
+                let message = format!("field \"{text_field}\" is not a string");
+                return Err(at(path, n, message));
+            }
+            None => return Err(at(path, n, format!("no field \"{text_field}\""))),
+        };
+        let label = match object.remove(label_field).filter(|_| labels) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(label)) => Some(label).filter(|l| !l.is_empty()),
+            Some(Value::Number(x)) if x.is_i64() || x.is_u64() => Some(x.to_string()),
+            Some(_) => {
+                let message = format!("field \"{label_field}\" is not a string or an integer");
+                return Err(at(path, n, message));
+            }
+        };
+        rows.push((n, TextRow { text, label }));
+    }
+    Ok(rows)
+}
+
+/// `.csv` and `.tsv`, header required; quoting follows the csv crate (RFC 4180 style).
+fn delimited_rows(
+    path: &Path,
+    content: &str,
+    delimiter: u8,
+    fields: &FieldNames,
+    labels: bool,
+) -> Result<Vec<(usize, TextRow)>> {
+    let text_field = &fields.text;
+    let line_of = |position: Option<&csv::Position>| position.map_or(1, |p| p.line() as usize);
+    let csv_error = |e: csv::Error| at(path, line_of(e.position()), e);
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .from_reader(content.as_bytes());
+    let header = reader.headers().map_err(csv_error)?.clone();
+    let column = |name: &str| header.iter().position(|h| h == name);
+    let Some(text_column) = column(text_field) else {
+        let columns = header.iter().collect::<Vec<_>>().join(", ");
+        let message = format!("no column \"{text_field}\" in the header (columns: {columns})");
+        return Err(at(path, 1, message));
+    };
+    let label_column = column(&fields.label).filter(|_| labels);
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(csv_error)?;
+        let label = label_column.map(|c| &record[c]).filter(|l| !l.is_empty());
+        let row = TextRow {
+            text: record[text_column].to_owned(),
+            label: label.map(str::to_owned),
+        };
+        rows.push((line_of(record.position()), row));
+    }
+    Ok(rows)
+}
+
+fn at(path: &Path, line: usize, message: impl Display) -> Error {
+    Error::input(format!("{}:{line}: {message}", path.display()))
+}

@@ -1,0 +1,327 @@
+//! BERT-family encoders (BERT, XLM-RoBERTa and their sentence-transformers fine-tunes), built
+//! from `config.json` and run on any backend.
+//!
+//! Batches are packed (no padding rows); each layer is post-LN:
+//! `a = LN(x + Attn(x))`, `x' = LN(a + W₂·act(W₁·a))`, with Q, K and V fused into one GEMM.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::backend::{Activation, AttentionSpec, Backend, SeqLayout, Tensor};
+use crate::error::{Error, Result};
+use crate::weights::Weights;
+
+/// The fields of a Hugging Face `config.json` that a BERT-family encoder needs.
+#[derive(Clone, Debug, Deserialize)]
+pub struct BertConfig {
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab_size")]
+    pub type_vocab_size: usize,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+}
+
+fn default_hidden_act() -> String {
+    "gelu".into()
+}
+fn default_layer_norm_eps() -> f64 {
+    1e-12
+}
+fn default_type_vocab_size() -> usize {
+    2
+}
+
+/// Model types whose position ids start after the padding index (RoBERTa's convention).
+const ROBERTA_LIKE: [&str; 3] = ["roberta", "xlm-roberta", "camembert"];
+const SUPPORTED: [&str; 4] = ["bert", "roberta", "xlm-roberta", "camembert"];
+
+impl BertConfig {
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let config: BertConfig = serde_json::from_str(&text).map_err(|e| {
+            Error::input(format!("{}: not a BERT-family config: {e}", path.display()))
+        })?;
+        let bad = |what: String| Err(Error::input(format!("{}: {what}", path.display())));
+        if !SUPPORTED.contains(&config.model_type.as_str()) {
+            return bad(format!(
+                "model_type {:?} is not supported (supported: {})",
+                config.model_type,
+                SUPPORTED.join(", ")
+            ));
+        }
+        if Activation::from_hf_name(&config.hidden_act).is_none() {
+            return bad(format!(
+                "hidden_act {:?} is not supported",
+                config.hidden_act
+            ));
+        }
+        if config
+            .position_embedding_type
+            .as_deref()
+            .is_some_and(|t| t != "absolute")
+        {
+            return bad(format!(
+                "position_embedding_type {:?} is not supported",
+                config.position_embedding_type
+            ));
+        }
+        if config.num_attention_heads == 0
+            || !config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads)
+        {
+            return bad(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                config.hidden_size, config.num_attention_heads
+            ));
+        }
+        Ok(config)
+    }
+
+    /// Position id of a sequence's first token: RoBERTa-style models count from `padding_idx + 1`.
+    pub fn position_offset(&self) -> usize {
+        if ROBERTA_LIKE.contains(&self.model_type.as_str()) {
+            self.pad_token_id.unwrap_or(1) as usize + 1
+        } else {
+            0
+        }
+    }
+
+    /// The longest sequence the position table can encode.
+    pub fn max_tokens(&self) -> usize {
+        self.max_position_embeddings
+            .saturating_sub(self.position_offset())
+    }
+}
+
+/// A packed batch of tokenised sequences.
+pub struct TokenBatch {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    pub layout: SeqLayout,
+}
+
+struct Norm {
+    gamma: Tensor,
+    beta: Tensor,
+}
+
+struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+struct Layer {
+    qkv: Linear,
+    attn_out: Linear,
+    attn_norm: Norm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: Norm,
+}
+
+pub struct BertModel {
+    config: BertConfig,
+    backend: Arc<dyn Backend>,
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    embed_norm: Norm,
+    layers: Vec<Layer>,
+    act: Activation,
+}
+
+/// Reads tensors of one checkpoint, shape-checked, onto the backend.
+struct Loader<'a> {
+    weights: &'a Weights,
+    backend: &'a dyn Backend,
+}
+
+impl Loader<'_> {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.backend.upload(shape, &self.weights.f32(name, shape)?)
+    }
+
+    fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear> {
+        Ok(Linear {
+            weight: self.tensor(&format!("{name}.weight"), &[out, inp])?,
+            bias: self.tensor(&format!("{name}.bias"), &[out])?,
+        })
+    }
+
+    /// Q, K and V projections stacked into one `[3h, h]` weight so attention needs one GEMM.
+    fn fused_qkv(&self, name: &str, h: usize) -> Result<Linear> {
+        let (mut weight, mut bias) = (Vec::with_capacity(3 * h * h), Vec::with_capacity(3 * h));
+        for part in ["query", "key", "value"] {
+            weight.extend_from_slice(
+                &self
+                    .weights
+                    .f32(&format!("{name}.{part}.weight"), &[h, h])?,
+            );
+            bias.extend_from_slice(&self.weights.f32(&format!("{name}.{part}.bias"), &[h])?);
+        }
+        Ok(Linear {
+            weight: self.backend.upload(&[3 * h, h], &weight)?,
+            bias: self.backend.upload(&[3 * h], &bias)?,
+        })
+    }
+
+    /// LayerNorm parameters; old checkpoints call them gamma/beta.
+    fn norm(&self, name: &str, h: usize) -> Result<Norm> {
+        let (g, b) = if self.weights.contains(&format!("{name}.gamma")) {
+            ("gamma", "beta")
+        } else {
+            ("weight", "bias")
+        };
+        Ok(Norm {
+            gamma: self.tensor(&format!("{name}.{g}"), &[h])?,
+            beta: self.tensor(&format!("{name}.{b}"), &[h])?,
+        })
+    }
+}
+
+impl BertModel {
+    /// Loads `config.json` and the safetensors weights of a model directory.
+    pub fn load(dir: &Path, backend: Arc<dyn Backend>) -> Result<Self> {
+        let config = BertConfig::read(dir)?;
+        let mut weights = Weights::open(dir)?;
+        weights.resolve_prefix(
+            "embeddings.word_embeddings.weight",
+            &["", "bert.", "roberta.", "model."],
+        )?;
+        let loader = Loader {
+            weights: &weights,
+            backend: backend.as_ref(),
+        };
+        let (h, i) = (config.hidden_size, config.intermediate_size);
+        let layers = (0..config.num_hidden_layers)
+            .map(|l| {
+                let p = format!("encoder.layer.{l}");
+                Ok(Layer {
+                    qkv: loader.fused_qkv(&format!("{p}.attention.self"), h)?,
+                    attn_out: loader.linear(&format!("{p}.attention.output.dense"), h, h)?,
+                    attn_norm: loader.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
+                    intermediate: loader.linear(&format!("{p}.intermediate.dense"), i, h)?,
+                    output: loader.linear(&format!("{p}.output.dense"), h, i)?,
+                    output_norm: loader.norm(&format!("{p}.output.LayerNorm"), h)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let model = BertModel {
+            word: loader.tensor("embeddings.word_embeddings.weight", &[config.vocab_size, h])?,
+            position: loader.tensor(
+                "embeddings.position_embeddings.weight",
+                &[config.max_position_embeddings, h],
+            )?,
+            token_type: loader.tensor(
+                "embeddings.token_type_embeddings.weight",
+                &[config.type_vocab_size, h],
+            )?,
+            embed_norm: loader.norm("embeddings.LayerNorm", h)?,
+            layers,
+            act: Activation::from_hf_name(&config.hidden_act)
+                .expect("validated by BertConfig::read"),
+            backend,
+            config,
+        };
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    /// Last hidden states `[tokens, hidden]` of a packed batch, on the backend.
+    pub fn forward(&self, batch: &TokenBatch) -> Result<Tensor> {
+        let be = self.backend.as_ref();
+        let cfg = &self.config;
+        let (n, h) = (batch.layout.num_tokens(), cfg.hidden_size);
+        if batch.layout.max_len() > cfg.max_tokens() {
+            return Err(Error::input(format!(
+                "a sequence of {} tokens exceeds the model's {} positions",
+                batch.layout.max_len(),
+                cfg.max_tokens()
+            )));
+        }
+        let offset = cfg.position_offset() as u32;
+        let positions: Vec<u32> = (0..batch.layout.num_sequences())
+            .flat_map(|s| (0..batch.layout.range(s).len() as u32).map(move |p| p + offset))
+            .collect();
+
+        let mut x = be.zeros(&[n, h])?;
+        be.gather_rows(&self.word, &batch.ids, false, &mut x)?;
+        be.gather_rows(&self.token_type, &batch.type_ids, true, &mut x)?;
+        be.gather_rows(&self.position, &positions, true, &mut x)?;
+        let eps = cfg.layer_norm_eps as f32;
+        be.layer_norm(&mut x, &self.embed_norm.gamma, &self.embed_norm.beta, eps)?;
+
+        let spec =
+            AttentionSpec::bidirectional(cfg.num_attention_heads, h / cfg.num_attention_heads);
+        let mut qkv = be.zeros(&[n, 3 * h])?;
+        let mut context = be.zeros(&[n, h])?;
+        let mut a = be.zeros(&[n, h])?;
+        let mut inter = be.zeros(&[n, cfg.intermediate_size])?;
+        for layer in &self.layers {
+            be.linear(
+                &x,
+                &layer.qkv.weight,
+                Some(&layer.qkv.bias),
+                Activation::Identity,
+                None,
+                &mut qkv,
+            )?;
+            be.attention(&qkv, &batch.layout, &spec, &mut context)?;
+            be.linear(
+                &context,
+                &layer.attn_out.weight,
+                Some(&layer.attn_out.bias),
+                Activation::Identity,
+                Some(&x),
+                &mut a,
+            )?;
+            be.layer_norm(&mut a, &layer.attn_norm.gamma, &layer.attn_norm.beta, eps)?;
+            be.linear(
+                &a,
+                &layer.intermediate.weight,
+                Some(&layer.intermediate.bias),
+                self.act,
+                None,
+                &mut inter,
+            )?;
+            be.linear(
+                &inter,
+                &layer.output.weight,
+                Some(&layer.output.bias),
+                Activation::Identity,
+                Some(&a),
+                &mut x,
+            )?;
+            be.layer_norm(
+                &mut x,
+                &layer.output_norm.gamma,
+                &layer.output_norm.beta,
+                eps,
+            )?;
+        }
+        Ok(x)
+    }
+}

@@ -1,0 +1,252 @@
+//! `mscope` end to end: the embed contract of DESIGN.md › File formats, and clear errors with a
+//! non-zero exit (never a panic, never a half-written output) for bad input.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{cosine, fixture_texts, minilm_dir, reference_tensor, repo_path};
+use mscope::io::embeddings::EmbeddingsFile;
+
+fn mscope(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mscope"))
+        .args(args)
+        .output()
+        .expect("mscope runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs a command that must fail cleanly: exit status 1 (a panic gives 101), the message on
+/// stderr containing every `needles`, and no file left in `dir` but `keep`.
+fn assert_fails(args: &[&str], needles: &[&str], dir: &Path, keep: usize) {
+    let out = mscope(args);
+    let err = stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected a clean failure for {args:?}, got {:?}: {err}",
+        out.status
+    );
+    for needle in needles {
+        assert!(
+            err.contains(needle),
+            "stderr for {args:?} lacks {needle:?}: {err}"
+        );
+    }
+    let left = std::fs::read_dir(dir).unwrap().count();
+    assert_eq!(
+        left,
+        keep,
+        "a failed run left files behind in {}",
+        dir.display()
+    );
+}
+
+#[test]
+fn embed_writes_the_contract_and_matches_sentence_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = fixture_texts();
+    let (first, rest) = texts.split_at(texts.len() / 2);
+    // .txt cannot hold texts with newlines; the fixtures have none.
+    std::fs::write(dir.path().join("a.txt"), first.join("\n") + "\n").unwrap();
+    let jsonl: String = rest
+        .iter()
+        .map(|t| serde_json::json!({"text": t, "label": "second"}).to_string() + "\n")
+        .collect();
+    std::fs::write(dir.path().join("b.jsonl"), jsonl).unwrap();
+    let out_path = dir.path().join("e.safetensors");
+    let model = minilm_dir();
+    let a = format!("{}=first", dir.path().join("a.txt").display());
+    let b = dir.path().join("b.jsonl").display().to_string();
+    let out = mscope(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        &a,
+        "--input",
+        &b,
+        "--out",
+        out_path.to_str().unwrap(),
+        "--batch-size",
+        "5",
+    ]);
+    assert!(out.status.success(), "embed failed: {}", stderr(&out));
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains(&format!("embedded {} texts", texts.len())),
+        "summary: {summary}"
+    );
+
+    let file = EmbeddingsFile::read(&out_path).unwrap();
+    assert_eq!(file.rows(), texts.len());
+    assert_eq!(file.dim, 384);
+    assert_eq!(file.label_names, ["first", "second"]);
+    let want_labels: Vec<i64> = (0..texts.len())
+        .map(|i| if i < first.len() { 0 } else { 1 })
+        .collect();
+    assert_eq!(file.labels, want_labels);
+    assert_eq!(
+        (file.pooling.as_str(), file.normalized, file.max_length),
+        ("mean", true, 256)
+    );
+    assert_eq!(file.model, "all-MiniLM-L6-v2");
+
+    let (_, want) = reference_tensor("tests/fixtures/minilm_reference.safetensors", "embeddings");
+    let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+    for (row, w) in want.chunks(384).enumerate() {
+        let cos = cosine(file.row(row), w);
+        assert!(cos >= 0.9999, "row {row}: cosine {cos}");
+    }
+}
+
+#[test]
+fn embed_reports_bad_input_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = minilm_dir();
+    let model = model.to_str().unwrap();
+    let out = d.join("out.safetensors");
+    let out = out.to_str().unwrap();
+    std::fs::write(d.join("bad.txt"), b"fine\nbroken \xff byte\n").unwrap();
+    std::fs::write(
+        d.join("nofield.jsonl"),
+        "{\"text\": \"a\"}\n{\"body\": \"b\"}\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("empty.txt"), "").unwrap();
+    std::fs::write(d.join("some-labels.csv"), "text,label\na,x\nb,\n").unwrap();
+    std::fs::write(d.join("ok.txt"), "hello\n").unwrap();
+    let inputs = 5;
+    let path = |name: &str| d.join(name).display().to_string();
+
+    assert_fails(
+        &[
+            "embed",
+            "--model",
+            model,
+            "--input",
+            &path("missing.txt"),
+            "--out",
+            out,
+        ],
+        &["missing.txt"],
+        d,
+        inputs,
+    );
+    assert_fails(
+        &[
+            "embed",
+            "--model",
+            model,
+            "--input",
+            &path("bad.txt"),
+            "--out",
+            out,
+        ],
+        &["bad.txt:2", "UTF-8"],
+        d,
+        inputs,
+    );
+    assert_fails(
+        &[
+            "embed",
+            "--model",
+            model,
+            "--input",
+            &path("nofield.jsonl"),
+            "--out",
+            out,
+        ],
+        &["nofield.jsonl:2", "text"],
+        d,
+        inputs,
+    );
+    assert_fails(
+        &[
+            "embed",
+            "--model",
+            model,
+            "--input",
+            &path("empty.txt"),
+            "--out",
+            out,
+        ],
+        &["empty.txt", "no texts"],
+        d,
+        inputs,
+    );
+    assert_fails(
+        &[
+            "embed",
+            "--model",
+            model,
+            "--input",
+            &path("some-labels.csv"),
+            "--out",
+            out,
+        ],
+        &["some-labels.csv:3"],
+        d,
+        inputs,
+    );
+    assert_fails(
+        &[
+            "embed",
+            "--model",
+            &path("no-model"),
+            "--input",
+            &path("ok.txt"),
+            "--out",
+            out,
+        ],
+        &["no-model"],
+        d,
+        inputs,
+    );
+
+    // A truncated checkpoint is an error naming the file, not a panic.
+    let broken = d.join("broken-model");
+    std::fs::create_dir(&broken).unwrap();
+    let tiny = repo_path("tests/fixtures/tiny-xlmr");
+    for entry in std::fs::read_dir(&tiny).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), broken.join(entry.file_name())).unwrap();
+        }
+    }
+    let weights = std::fs::read(tiny.join("model.safetensors")).unwrap();
+    std::fs::write(
+        broken.join("model.safetensors"),
+        &weights[..weights.len() / 2],
+    )
+    .unwrap();
+    assert_fails(
+        &[
+            "embed",
+            "--model",
+            broken.to_str().unwrap(),
+            "--input",
+            &path("ok.txt"),
+            "--out",
+            out,
+        ],
+        &["model.safetensors"],
+        d,
+        inputs + 1,
+    );
+}
+
+#[test]
+fn devices_lists_every_backend() {
+    let out = mscope(&["devices"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in ["cpu:", "wgpu", "cuda"] {
+        assert!(text.contains(line), "devices output lacks {line:?}: {text}");
+    }
+}

@@ -1,0 +1,129 @@
+//! Helpers shared by the integration tests: seeded inputs, error measures, the backends to run
+//! each parity test on, and the paths of the fixtures.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mscope::backend::{self, Backend, BackendKind};
+
+/// SplitMix64: a seeded generator so inputs are fresh per seed and reproducible.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    pub fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.uniform()).collect()
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// ‖a − b‖ / ‖b‖ in f64; NaN anywhere gives infinity so it never passes.
+pub fn rel_error(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    if a.iter().chain(b).any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
+    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    if na == 0.0 && nb == 0.0 {
+        return 1.0;
+    }
+    dot / (na * nb)
+}
+
+/// Every backend the op set runs on: present ones are returned, absent ones are reported as
+/// skipped (with the reason) on stderr, never silently passed.
+pub fn backends() -> Vec<Arc<dyn Backend>> {
+    let mut present = Vec::new();
+    for kind in [BackendKind::Cpu, BackendKind::Wgpu, BackendKind::Cuda] {
+        match backend::open(kind) {
+            Ok(b) => present.push(b),
+            Err(why) => eprintln!("skipped {kind:?}: {why}"),
+        }
+    }
+    present
+}
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// The real all-MiniLM-L6-v2, fetched by `tools/fetch-model.sh` (the test command runs it).
+pub fn minilm_dir() -> PathBuf {
+    let dir = std::env::var_os("MSCOPE_MINILM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_path(".cache/models/all-MiniLM-L6-v2"));
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "{} has no model.safetensors: run tools/fetch-model.sh (tools/test.sh does)",
+        dir.display()
+    );
+    dir
+}
+
+/// Texts of tests/fixtures/texts.jsonl in file order.
+pub fn fixture_texts() -> Vec<String> {
+    let text =
+        std::fs::read_to_string(repo_path("tests/fixtures/texts.jsonl")).expect("fixture texts");
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("fixture line is JSON");
+            v["text"].as_str().expect("text field").to_string()
+        })
+        .collect()
+}
+
+/// An F32 or I64 tensor of a reference safetensors file, as f64 values with its shape.
+pub fn reference_tensor(file: &str, name: &str) -> (Vec<usize>, Vec<f64>) {
+    let bytes = std::fs::read(repo_path(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("reference file parses");
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|_| panic!("{file} has no tensor {name}"));
+    let values = match t.dtype() {
+        safetensors::Dtype::F32 => t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+            .collect(),
+        safetensors::Dtype::I64 => t
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
+            .collect(),
+        other => panic!("{file}:{name}: unexpected dtype {other:?}"),
+    };
+    (t.shape().to_vec(), values)
+}

@@ -1,0 +1,172 @@
+//! Sentence embeddings against sentence-transformers (references written by
+//! tools/make_fixtures.py): the real all-MiniLM-L6-v2 and a tiny random-init XLM-RoBERTa, whose
+//! positions start at padding_idx + 1 and whose pooling is CLS.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::{backends, cosine, fixture_texts, minilm_dir, reference_tensor, repo_path};
+use mscope::backend::{Backend, Pooling};
+use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
+
+/// Embedding parity on f32 paths (DESIGN › Numerics).
+const MIN_COSINE: f64 = 0.9999;
+
+fn embed(
+    dir: &Path,
+    be: Arc<dyn Backend>,
+    options: &EncoderOptions,
+    batch_size: usize,
+) -> (Vec<f32>, usize) {
+    let encoder = SentenceEncoder::load(dir, be, options).unwrap();
+    let out = encoder
+        .embed(&fixture_texts(), batch_size, &mut |_, _| {})
+        .unwrap();
+    (out.embeddings, out.dim)
+}
+
+fn assert_rows_match(what: &str, got: &[f32], reference: &str, tensor: &str) {
+    let (shape, want) = reference_tensor(reference, tensor);
+    let dim = shape[1];
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: {} values, reference has {}",
+        got.len(),
+        want.len()
+    );
+    let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+    for (row, (g, w)) in got.chunks(dim).zip(want.chunks(dim)).enumerate() {
+        let cos = cosine(g, w);
+        assert!(
+            cos >= MIN_COSINE,
+            "{what}: row {row} cosine {cos} < {MIN_COSINE}"
+        );
+    }
+}
+
+fn token_counts(dir: &Path, be: Arc<dyn Backend>, options: &EncoderOptions) -> Vec<f64> {
+    let encoder = SentenceEncoder::load(dir, be, options).unwrap();
+    encoder
+        .tokenize(&fixture_texts())
+        .unwrap()
+        .iter()
+        .map(|t| t.ids.len() as f64)
+        .collect()
+}
+
+#[test]
+fn minilm_matches_sentence_transformers() {
+    let dir = minilm_dir();
+    for be in backends() {
+        let options = EncoderOptions::default();
+        // Truncation follows max_seq_length (256), not the 128 stored in tokenizer.json.
+        let (_, want_counts) = reference_tensor(
+            "tests/fixtures/minilm_reference.safetensors",
+            "token_counts",
+        );
+        assert_eq!(
+            token_counts(&dir, be.clone(), &options),
+            want_counts,
+            "token counts differ from sentence-transformers"
+        );
+        assert!(
+            want_counts.iter().any(|&c| c > 128.0),
+            "fixtures must include texts longer than 128 tokens"
+        );
+
+        let (got, _) = embed(&dir, be.clone(), &options, 8);
+        assert_rows_match(
+            &format!("MiniLM on {}", be.name()),
+            &got,
+            "tests/fixtures/minilm_reference.safetensors",
+            "embeddings",
+        );
+    }
+}
+
+#[test]
+fn minilm_pooling_and_normalize_flags() {
+    let dir = minilm_dir();
+    for be in backends() {
+        let options = EncoderOptions {
+            pooling: Some(Pooling::Mean),
+            normalize: Some(false),
+            ..Default::default()
+        };
+        let (got, _) = embed(&dir, be.clone(), &options, 5);
+        assert_rows_match(
+            &format!("MiniLM unnormalised mean on {}", be.name()),
+            &got,
+            "tests/fixtures/minilm_reference.safetensors",
+            "embeddings_mean_unnormalized",
+        );
+        let norms: Vec<f32> = got
+            .chunks(384)
+            .map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt())
+            .collect();
+        assert!(
+            norms.iter().any(|n| (n - 1.0).abs() > 0.01),
+            "unnormalised embeddings all have unit norm"
+        );
+    }
+}
+
+#[test]
+fn output_does_not_depend_on_batch_size() {
+    let dir = minilm_dir();
+    for be in backends() {
+        let options = EncoderOptions::default();
+        let (reference, dim) = embed(&dir, be.clone(), &options, 1);
+        for batch_size in [3, 7, 64] {
+            let (got, _) = embed(&dir, be.clone(), &options, batch_size);
+            for (row, (g, r)) in got.chunks(dim).zip(reference.chunks(dim)).enumerate() {
+                let err = common::rel_error(g, r);
+                assert!(
+                    err < 1e-5,
+                    "{}: batch size {batch_size} row {row} differs from batch size 1 by {err:e}",
+                    be.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn tiny_xlm_roberta_matches_sentence_transformers() {
+    let dir = repo_path("tests/fixtures/tiny-xlmr");
+    for be in backends() {
+        let options = EncoderOptions::default();
+        let (_, want_counts) = reference_tensor(
+            "tests/fixtures/tiny_xlmr_reference.safetensors",
+            "token_counts",
+        );
+        assert_eq!(
+            token_counts(&dir, be.clone(), &options),
+            want_counts,
+            "token counts differ from sentence-transformers"
+        );
+        let (got, _) = embed(&dir, be.clone(), &options, 4);
+        assert_rows_match(
+            &format!("tiny XLM-R on {}", be.name()),
+            &got,
+            "tests/fixtures/tiny_xlmr_reference.safetensors",
+            "embeddings",
+        );
+
+        let options = EncoderOptions {
+            pooling: Some(Pooling::Mean),
+            normalize: Some(false),
+            ..Default::default()
+        };
+        let (got, _) = embed(&dir, be.clone(), &options, 4);
+        assert_rows_match(
+            &format!("tiny XLM-R unnormalised mean on {}", be.name()),
+            &got,
+            "tests/fixtures/tiny_xlmr_reference.safetensors",
+            "embeddings_mean_unnormalized",
+        );
+    }
+}

@@ -1,0 +1,355 @@
+//! Parity of every op in the set against straightforward f64 references, written once and run on
+//! every backend present. Sizes are not multiples of any tile; outputs are poisoned with NaN
+//! before each run so an op that skips a row cannot pass.
+
+mod common;
+
+use common::{backends, rel_error, Rng};
+use mscope::backend::{Activation, AttentionSpec, Backend, Pooling, SeqLayout, Tensor};
+
+/// f32 paths must agree with the f64 reference well under 1e-5 (DESIGN › Numerics).
+const F32_TOL: f64 = 1e-5;
+
+fn poisoned(be: &dyn Backend, shape: &[usize]) -> Tensor {
+    let n = shape.iter().product();
+    be.upload(shape, &vec![f32::NAN; n]).unwrap()
+}
+
+fn upload(be: &dyn Backend, shape: &[usize], data: &[f32]) -> Tensor {
+    be.upload(shape, data).unwrap()
+}
+
+fn check(be: &dyn Backend, what: &str, got: &Tensor, want: &[f64]) {
+    let got = be.download(got).unwrap();
+    let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+    let err = rel_error(&got, &want);
+    assert!(
+        err < F32_TOL,
+        "{} {what}: relative error {err:e}",
+        be.name()
+    );
+}
+
+fn act_f64(act: Activation, x: f64) -> f64 {
+    let erf = |x: f64| libm::erf(x);
+    match act {
+        Activation::Identity => x,
+        Activation::Gelu => 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)),
+        Activation::GeluTanh => {
+            0.5 * x
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
+        }
+        Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+        Activation::Silu => x / (1.0 + (-x).exp()),
+        Activation::Relu => x.max(0.0),
+        Activation::Tanh => x.tanh(),
+        Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+    }
+}
+
+const ACTIVATIONS: [Activation; 8] = [
+    Activation::Identity,
+    Activation::Gelu,
+    Activation::GeluTanh,
+    Activation::QuickGelu,
+    Activation::Silu,
+    Activation::Relu,
+    Activation::Tanh,
+    Activation::Sigmoid,
+];
+
+#[test]
+fn linear_with_epilogues() {
+    for be in backends() {
+        let be = be.as_ref();
+        let mut rng = Rng::new(1);
+        for (n, k, m) in [(1, 1, 1), (37, 53, 29), (130, 70, 97)] {
+            let (x, w, b, r) = (rng.vec(n * k), rng.vec(m * k), rng.vec(m), rng.vec(n * m));
+            for act in ACTIVATIONS {
+                for (with_bias, with_residual) in
+                    [(false, false), (true, false), (true, true), (false, true)]
+                {
+                    let want: Vec<f64> = (0..n * m)
+                        .map(|idx| {
+                            let (i, j) = (idx / m, idx % m);
+                            let mut acc: f64 = (0..k)
+                                .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                                .sum();
+                            if with_bias {
+                                acc += b[j] as f64;
+                            }
+                            let mut y = act_f64(act, acc);
+                            if with_residual {
+                                y += r[idx] as f64;
+                            }
+                            y
+                        })
+                        .collect();
+                    let (xt, wt) = (upload(be, &[n, k], &x), upload(be, &[m, k], &w));
+                    let bt = upload(be, &[m], &b);
+                    let rt = upload(be, &[n, m], &r);
+                    let mut out = poisoned(be, &[n, m]);
+                    be.linear(
+                        &xt,
+                        &wt,
+                        with_bias.then_some(&bt),
+                        act,
+                        with_residual.then_some(&rt),
+                        &mut out,
+                    )
+                    .unwrap();
+                    check(
+                        be,
+                        &format!(
+                            "linear {n}x{k}x{m} {act:?} bias={with_bias} residual={with_residual}"
+                        ),
+                        &out,
+                        &want,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_rejects_mismatched_shapes() {
+    for be in backends() {
+        let be = be.as_ref();
+        let x = be.zeros(&[3, 4]).unwrap();
+        let w = be.zeros(&[5, 6]).unwrap();
+        let mut out = be.zeros(&[3, 5]).unwrap();
+        let err = be
+            .linear(&x, &w, None, Activation::Identity, None, &mut out)
+            .unwrap_err();
+        assert!(err.to_string().contains("4 features"), "{err}");
+    }
+}
+
+#[test]
+fn gather_rows_copies_and_accumulates() {
+    for be in backends() {
+        let be = be.as_ref();
+        let mut rng = Rng::new(2);
+        let (rows, d, n) = (41, 19, 23);
+        let table = rng.vec(rows * d);
+        let ids: Vec<u32> = (0..n).map(|_| rng.below(rows as u64) as u32).collect();
+        let base = rng.vec(n * d);
+        let t = upload(be, &[rows, d], &table);
+        let mut out = poisoned(be, &[n, d]);
+        be.gather_rows(&t, &ids, false, &mut out).unwrap();
+        let copied: Vec<f64> = (0..n * d)
+            .map(|i| table[ids[i / d] as usize * d + i % d] as f64)
+            .collect();
+        check(be, "gather", &out, &copied);
+        let mut acc = upload(be, &[n, d], &base);
+        be.gather_rows(&t, &ids, true, &mut acc).unwrap();
+        let summed: Vec<f64> = copied
+            .iter()
+            .zip(&base)
+            .map(|(c, b)| c + *b as f64)
+            .collect();
+        check(be, "gather accumulate", &acc, &summed);
+        let err = be
+            .gather_rows(&t, &[rows as u32], false, &mut poisoned(be, &[1, d]))
+            .unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{err}");
+    }
+}
+
+#[test]
+fn layer_norm_rows() {
+    for be in backends() {
+        let be = be.as_ref();
+        let mut rng = Rng::new(3);
+        let (n, d, eps) = (29, 67, 1e-5);
+        // An offset row checks the statistics are centred before squaring.
+        let x: Vec<f32> = rng
+            .vec(n * d)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + if i < d { 30.0 } else { 0.0 })
+            .collect();
+        let (g, b) = (rng.vec(d), rng.vec(d));
+        let want: Vec<f64> = x
+            .chunks(d)
+            .flat_map(|row| {
+                let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+                let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+                let inv = 1.0 / (var + eps).sqrt();
+                row.iter()
+                    .map(move |&v| (v as f64 - mean) * inv)
+                    .collect::<Vec<_>>()
+            })
+            .enumerate()
+            .map(|(i, v)| v * g[i % d] as f64 + b[i % d] as f64)
+            .collect();
+        let mut t = upload(be, &[n, d], &x);
+        be.layer_norm(
+            &mut t,
+            &upload(be, &[d], &g),
+            &upload(be, &[d], &b),
+            eps as f32,
+        )
+        .unwrap();
+        check(be, "layer_norm", &t, &want);
+    }
+}
+
+/// Dense-mask attention over each sequence separately: the textbook definition.
+fn attention_reference(qkv: &[f32], lengths: &[usize], spec: &AttentionSpec) -> Vec<f64> {
+    let (hd, heads, kvh) = (spec.head_dim, spec.heads, spec.kv_heads);
+    let width = spec.qkv_width();
+    let tokens: usize = lengths.iter().sum();
+    let mut out = vec![0.0f64; tokens * heads * hd];
+    let mut start = 0;
+    for &len in lengths {
+        for h in 0..heads {
+            let kv = h / (heads / kvh);
+            let q = |i: usize, c: usize| qkv[(start + i) * width + h * hd + c] as f64;
+            let k = |j: usize, c: usize| qkv[(start + j) * width + (heads + kv) * hd + c] as f64;
+            let v =
+                |j: usize, c: usize| qkv[(start + j) * width + (heads + kvh + kv) * hd + c] as f64;
+            for i in 0..len {
+                let scores: Vec<Option<f64>> = (0..len)
+                    .map(|j| {
+                        spec.allows(i, j).then(|| {
+                            (0..hd).map(|c| q(i, c) * k(j, c)).sum::<f64>() * spec.scale as f64
+                        })
+                    })
+                    .collect();
+                let max = scores
+                    .iter()
+                    .flatten()
+                    .cloned()
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores
+                    .iter()
+                    .map(|s| s.map_or(0.0, |s| (s - max).exp()))
+                    .collect();
+                let total: f64 = weights.iter().sum();
+                for c in 0..hd {
+                    let o: f64 = (0..len).map(|j| weights[j] * v(j, c)).sum();
+                    out[(start + i) * heads * hd + h * hd + c] = o / total;
+                }
+            }
+        }
+        start += len;
+    }
+    out
+}
+
+#[test]
+fn attention_padding_causal_window_and_grouped_heads() {
+    for be in backends() {
+        let be = be.as_ref();
+        let mut rng = Rng::new(4);
+        let lengths = [1, 17, 5, 33, 2];
+        let cases = [
+            ("bidirectional", AttentionSpec::bidirectional(3, 7)),
+            (
+                "causal",
+                AttentionSpec {
+                    causal: true,
+                    ..AttentionSpec::bidirectional(2, 9)
+                },
+            ),
+            (
+                "causal window 4",
+                AttentionSpec {
+                    causal: true,
+                    window: Some(4),
+                    ..AttentionSpec::bidirectional(2, 5)
+                },
+            ),
+            (
+                "grouped-query 6/2",
+                AttentionSpec {
+                    kv_heads: 2,
+                    causal: true,
+                    ..AttentionSpec::bidirectional(6, 4)
+                },
+            ),
+        ];
+        for (name, spec) in cases {
+            let tokens: usize = lengths.iter().sum();
+            // Scaled so the softmax is far from uniform.
+            let qkv: Vec<f32> = rng
+                .vec(tokens * spec.qkv_width())
+                .iter()
+                .map(|v| v * 3.0)
+                .collect();
+            let layout = SeqLayout::from_lengths(lengths);
+            let mut out = poisoned(be, &[tokens, spec.heads * spec.head_dim]);
+            be.attention(
+                &upload(be, &[tokens, spec.qkv_width()], &qkv),
+                &layout,
+                &spec,
+                &mut out,
+            )
+            .unwrap();
+            check(
+                be,
+                &format!("attention {name}"),
+                &out,
+                &attention_reference(&qkv, &lengths, &spec),
+            );
+        }
+    }
+}
+
+#[test]
+fn pooling_modes_and_normalize() {
+    for be in backends() {
+        let be = be.as_ref();
+        let mut rng = Rng::new(5);
+        let (lengths, d) = ([3usize, 1, 8, 0, 5], 11);
+        let tokens: usize = lengths.iter().sum();
+        let h = rng.vec(tokens * d);
+        let layout = SeqLayout::from_lengths(lengths);
+        let hidden = upload(be, &[tokens, d], &h);
+        for mode in [
+            Pooling::Cls,
+            Pooling::Mean,
+            Pooling::Max,
+            Pooling::Last,
+            Pooling::MeanSqrtLen,
+        ] {
+            let mut want = Vec::new();
+            let mut start = 0;
+            for &len in &lengths {
+                let h = &h;
+                let col = |c: usize| (start..start + len).map(move |t| h[t * d + c] as f64);
+                for c in 0..d {
+                    want.push(match (len, mode) {
+                        (0, _) => 0.0,
+                        (_, Pooling::Cls) => h[start * d + c] as f64,
+                        (_, Pooling::Last) => h[(start + len - 1) * d + c] as f64,
+                        (_, Pooling::Max) => col(c).fold(f64::NEG_INFINITY, f64::max),
+                        (_, Pooling::Mean) => col(c).sum::<f64>() / len as f64,
+                        (_, Pooling::MeanSqrtLen) => col(c).sum::<f64>() / (len as f64).sqrt(),
+                    });
+                }
+                start += len;
+            }
+            let mut out = poisoned(be, &[lengths.len(), d]);
+            be.pool(&hidden, &layout, mode, &mut out).unwrap();
+            check(be, &format!("pool {mode:?}"), &out, &want);
+
+            let normalized: Vec<f64> = want
+                .chunks(d)
+                .flat_map(|row| {
+                    let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+                    row.iter().map(move |v| v / norm).collect::<Vec<_>>()
+                })
+                .collect();
+            be.l2_normalize(&mut out).unwrap();
+            check(
+                be,
+                &format!("l2_normalize after {mode:?}"),
+                &out,
+                &normalized,
+            );
+        }
+    }
+}
