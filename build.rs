@@ -1,23 +1,31 @@
 //! Validates every `shaders/*.wgsl` with naga, so a shader error fails the build with its file
-//! and line instead of surfacing at run time on some user's GPU.
+//! and line instead of surfacing at run time on some user's GPU; embeds every `kernels/*.cu`
+//! family (with its `#include "*.cuh"` lines spliced in) for NVRTC to compile at run time.
 
-use std::path::Path;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo::rerun-if-changed=shaders");
-    let mut shaders: Vec<_> = std::fs::read_dir("shaders")
-        .expect("shaders/ exists")
-        .map(|entry| entry.expect("readable shaders/ entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wgsl"))
-        .collect();
-    shaders.sort();
-    let failures: Vec<String> = shaders
+    println!("cargo::rerun-if-changed=kernels");
+    let failures: Vec<String> = files_with_extension("shaders", "wgsl")
         .iter()
-        .filter_map(|path| validate(path).err())
+        .filter_map(|p| validate(p).err())
         .collect();
     if !failures.is_empty() {
         panic!("invalid WGSL:\n{}", failures.join("\n"));
     }
+    embed_cuda_kernels();
+}
+
+fn files_with_extension(dir: &str, extension: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{dir}/: {e}"))
+        .map(|entry| entry.expect("readable directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == extension))
+        .collect();
+    files.sort();
+    files
 }
 
 fn validate(path: &Path) -> Result<(), String> {
@@ -32,4 +40,55 @@ fn validate(path: &Path) -> Result<(), String> {
     .validate(&module)
     .map_err(|e| e.emit_to_string_with_path(&source, &name))?;
     Ok(())
+}
+
+/// Replaces `#include "x.cuh"` with the header's text (once per header), so NVRTC needs no
+/// include path and the binary carries self-contained sources.
+fn splice_headers(path: &Path) -> String {
+    let source =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut out = String::new();
+    for line in source.lines() {
+        let header = line
+            .trim()
+            .strip_prefix("#include \"")
+            .and_then(|rest| rest.strip_suffix(".cuh\""));
+        match header {
+            Some(name) => {
+                let header_path = path.with_file_name(format!("{name}.cuh"));
+                let text = std::fs::read_to_string(&header_path).unwrap_or_else(|e| {
+                    panic!("{}: {}: {e}", path.display(), header_path.display())
+                });
+                out.push_str(&text.replace("#pragma once", ""));
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn embed_cuda_kernels() {
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let mut table = String::from(
+        "/// Every kernel family of kernels/: (family, self-contained CUDA source).\n",
+    );
+    table.push_str("pub const KERNEL_SOURCES: &[(&str, &str)] = &[\n");
+    for path in files_with_extension("kernels", "cu") {
+        let family = path
+            .file_stem()
+            .expect("a file name")
+            .to_string_lossy()
+            .into_owned();
+        let spliced = out_dir.join(format!("{family}.cu"));
+        std::fs::write(&spliced, splice_headers(&path)).expect("OUT_DIR is writable");
+        writeln!(
+            table,
+            "    ({family:?}, include_str!({:?})),",
+            spliced.display().to_string()
+        )
+        .unwrap();
+    }
+    table.push_str("];\n");
+    std::fs::write(out_dir.join("cuda_kernels.rs"), table).expect("OUT_DIR is writable");
 }

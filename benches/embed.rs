@@ -1,6 +1,6 @@
-//! `embed` throughput on the CPU backend: the bundled demo corpus through the real
-//! all-MiniLM-L6-v2, batch size 32 (the same corpus and settings as
-//! tools/anchors/embed_sentence_transformers.py, whose figure is the anchor in BENCHMARKS.md).
+//! `embed` throughput on the CPU backend through the real all-MiniLM-L6-v2, batch size 32, on two
+//! corpora: the bundled demo corpus (short texts) and the test fixtures (texts up to 256 tokens).
+//! tools/anchors/compare-embed.sh times sentence-transformers on the same corpora and settings.
 
 use std::path::PathBuf;
 
@@ -9,18 +9,11 @@ use mscope::backend::{self, BackendKind};
 use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
 use mscope::io::texts::{read_corpus, FieldNames, InputSpec};
 
-fn demo_corpus() -> Vec<String> {
+fn corpus(files: &[&str]) -> Vec<String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let specs: Vec<InputSpec> = ["news.txt", "reviews.jsonl", "multilingual.csv"]
+    let specs: Vec<InputSpec> = files
         .iter()
-        .map(|f| {
-            root.join("tools/demo-corpus")
-                .join(f)
-                .to_str()
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
+        .map(|f| root.join(f).to_str().unwrap().parse().unwrap())
         .collect();
     read_corpus(&specs, &FieldNames::default()).unwrap().texts
 }
@@ -34,15 +27,32 @@ fn embed_cpu(c: &mut Criterion) {
     let backend = backend::open(BackendKind::Cpu).unwrap();
     let encoder = SentenceEncoder::load(&model, backend, &EncoderOptions::default())
         .unwrap_or_else(|e| panic!("{e} (run tools/fetch-model.sh)"));
-    let texts = demo_corpus();
+    let corpora = [
+        (
+            "demo-corpus",
+            corpus(&[
+                "tools/demo-corpus/news.txt",
+                "tools/demo-corpus/reviews.jsonl",
+                "tools/demo-corpus/multilingual.csv",
+            ]),
+        ),
+        ("fixtures", corpus(&["tests/fixtures/texts.jsonl"])),
+    ];
     let mut group = c.benchmark_group("embed/cpu/all-MiniLM-L6-v2");
-    group.throughput(Throughput::Elements(texts.len() as u64));
     group.sample_size(10);
-    group.bench_function(format!("demo-corpus/{}texts/batch32", texts.len()), |b| {
-        b.iter(|| encoder.embed(&texts, 32, &mut |_, _| {}).unwrap())
-    });
+    for (name, texts) in &corpora {
+        group.throughput(Throughput::Elements(texts.len() as u64));
+        group.bench_function(format!("{name}/{}texts/batch32", texts.len()), |b| {
+            b.iter(|| encoder.embed(texts, 32, &mut |_, _| {}).unwrap())
+        });
+    }
     group.finish();
 }
 
-criterion_group!(benches, embed_cpu);
+// Criterion's own plots need a system font this crate's plotters build does not load.
+criterion_group! {
+    name = benches;
+    config = Criterion::default().without_plots();
+    targets = embed_cpu
+}
 criterion_main!(benches);

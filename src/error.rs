@@ -29,6 +29,9 @@ pub enum Error {
         backend: &'static str,
         reason: String,
     },
+    /// A plot that could not be drawn or written.
+    #[error("{}: cannot draw plot: {message}", path.display())]
+    Plot { path: PathBuf, message: String },
     /// Tokenizer failures (the tokenizers crate reports a boxed error).
     #[error("tokenizer {}: {message}", path.display())]
     Tokenizer { path: PathBuf, message: String },

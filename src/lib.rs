@@ -11,6 +11,7 @@ pub mod error;
 pub mod instruments;
 pub mod io;
 pub mod models;
+pub mod report;
 pub mod tensor;
 pub mod weights;
 

@@ -4,17 +4,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{cosine, fixture_texts, minilm_dir, reference_tensor, repo_path};
+use common::{
+    cosine, fixture_texts, minilm_dir, reference_tensor, repo_path, run_mscope as mscope,
+};
 use mscope::io::embeddings::EmbeddingsFile;
-
-fn mscope(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mscope"))
-        .args(args)
-        .output()
-        .expect("mscope runs")
-}
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

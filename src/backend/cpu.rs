@@ -5,8 +5,14 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::{Activation, AttentionSpec, Backend, Pooling, SeqLayout, Storage, Tensor};
+use super::{
+    Activation, AttentionSpec, Backend, Eigen, Matrix64, Moments, Pooling, SeqLayout, Storage,
+    Tensor,
+};
 use crate::error::{Error, Result};
+
+mod stats;
+mod trim;
 
 pub struct CpuBackend;
 
@@ -345,5 +351,31 @@ impl Backend for CpuBackend {
             row.iter_mut().for_each(|v| *v /= norm);
         });
         Ok(())
+    }
+
+    // stats
+
+    fn scatter(&self, x: &Tensor, groups: &[&[u32]]) -> Result<Vec<Moments>> {
+        let (_, d) = x.dims2("scatter input")?;
+        stats::scatter(values(x), d, groups)
+    }
+
+    fn symmetric_eigen(&self, matrices: &[Matrix64]) -> Result<Vec<Eigen>> {
+        stats::symmetric_eigen(matrices)
+    }
+
+    fn spd_solve(&self, systems: &[(Matrix64, Matrix64)]) -> Result<Vec<Matrix64>> {
+        stats::spd_solve(systems)
+    }
+
+    // trim
+
+    fn trim_search(
+        &self,
+        candidates: &[&[f32]],
+        reference: super::TrimReference<'_>,
+        spec: &super::TrimSpec,
+    ) -> Result<Vec<super::TrimResult>> {
+        trim::trim_search(candidates, reference, spec)
     }
 }

@@ -228,6 +228,51 @@ impl Tensor {
     }
 }
 
+/// A small dense f64 matrix on the host, row-major: the `d×d` results of the stats ops, kept in
+/// f64 because they are sums over many rows and feed eigen solves and inverses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Matrix64 {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f64>,
+}
+
+impl Matrix64 {
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        Matrix64 {
+            rows,
+            cols,
+            data: vec![0.0; rows * cols],
+        }
+    }
+
+    #[inline]
+    pub fn at(&self, i: usize, j: usize) -> f64 {
+        self.data[i * self.cols + j]
+    }
+
+    #[inline]
+    pub fn at_mut(&mut self, i: usize, j: usize) -> &mut f64 {
+        &mut self.data[i * self.cols + j]
+    }
+}
+
+/// Count, mean and centred scatter `Σ (x − μ)(x − μ)ᵀ` of one group of rows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Moments {
+    pub count: usize,
+    pub mean: Vec<f64>,
+    pub scatter: Matrix64,
+}
+
+/// Eigendecomposition of a symmetric matrix: `values` in descending order, column `j` of
+/// `vectors` belongs to `values[j]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Eigen {
+    pub values: Vec<f64>,
+    pub vectors: Matrix64,
+}
+
 /// The op set. Every backend implements each op or reports it unsupported; the CPU backend is
 /// the reference the others are tested against.
 pub trait Backend: Send + Sync {
@@ -282,4 +327,67 @@ pub trait Backend: Send + Sync {
 
     /// Row-wise `x / max(‖x‖₂, 1e-12)` in place (torch.nn.functional.normalize).
     fn l2_normalize(&self, x: &mut Tensor) -> Result<()>;
+
+    // stats
+
+    /// [`Moments`] of each group of row indices of `x: [n, d]`, accumulated in f64: one group of
+    /// every row gives the covariance (`scatter / (n − 1)`), one group per class gives LDA's
+    /// per-class scatters in one pass. An empty group has count 0, zero mean and zero scatter.
+    fn scatter(&self, x: &Tensor, groups: &[&[u32]]) -> Result<Vec<Moments>>;
+
+    /// Eigendecomposition of each symmetric matrix of a batch (many small problems run side by
+    /// side, one large one uses every core).
+    fn symmetric_eigen(&self, matrices: &[Matrix64]) -> Result<Vec<Eigen>>;
+
+    /// `X = A⁻¹ B` for each pair of a batch, `A` symmetric positive definite (Cholesky); an `A`
+    /// that is not positive definite is an error naming its place in the batch.
+    fn spd_solve(&self, systems: &[(Matrix64, Matrix64)]) -> Result<Vec<Matrix64>>;
+
+    // trim
+
+    /// Trimmed comparison of every candidate sample with its reference
+    /// ([`crate::instruments::trim`]): sort, merge into ECDF counts, solve for α̂, KS and the
+    /// trimmed W2 cost. Host slices in and out: the inputs are read once and the results are a
+    /// few numbers per candidate, so nothing would stay on a device between calls.
+    fn trim_search(
+        &self,
+        candidates: &[&[f32]],
+        reference: TrimReference<'_>,
+        spec: &TrimSpec,
+    ) -> Result<Vec<TrimResult>>;
+}
+
+/// What each candidate of [`Backend::trim_search`] is compared with.
+#[derive(Clone, Copy, Debug)]
+pub enum TrimReference<'a> {
+    /// One reference sample shared by every candidate.
+    Sample(&'a [f32]),
+    /// The pooled other candidates (leave-one-out): an ensemble's models against the rest.
+    LeaveOneOut,
+}
+
+/// Parameters of [`Backend::trim_search`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrimSpec {
+    /// Test level in (0, 1); sets the KS threshold α̂ is searched against.
+    pub level: f64,
+    /// Trimming level of the W2 cost; `None` uses each candidate's own α̂.
+    pub w2_alpha: Option<f64>,
+}
+
+/// One candidate's comparison with its reference.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrimResult {
+    /// Smallest trimming level whose KS distance is within the threshold (1 if none is).
+    pub alpha_hat: f64,
+    /// Two-sample KS statistic, `d(0)`.
+    pub ks: f64,
+    /// `c(level)·√((n+m)/(n·m))`.
+    pub threshold: f64,
+    pub n_candidate: usize,
+    pub n_reference: usize,
+    /// Trimmed W2 cost τ at `w2_alpha` (or α̂). Against a [`TrimReference::Sample`] it is exact
+    /// on the merged grid; leave-one-out it uses the pooled reference's quantiles at the
+    /// candidate's grid `{i/n}`, which keeps the cost O(n) per model instead of O(M·n).
+    pub trimmed_w2: f64,
 }

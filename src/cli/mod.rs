@@ -1,7 +1,11 @@
 //! The `mscope` command line: one file per subcommand.
 
+mod alpha;
+mod compare;
 mod devices;
 mod embed;
+mod lda;
+mod pca;
 
 use std::process::ExitCode;
 
@@ -26,6 +30,14 @@ enum Command {
     Embed(embed::EmbedArgs),
     /// List the CPU, wgpu adapters and CUDA devices this machine offers.
     Devices,
+    /// Trimmed comparison of a candidate sample with a reference: α̂, KS, trimmed W2.
+    Alpha(alpha::AlphaArgs),
+    /// Every model of an ensemble against the pooled others: α̂, KS, trimmed W2, churn, ECE.
+    Compare(compare::CompareArgs),
+    /// Principal components of an embeddings file: variance, components, label separation.
+    Pca(pca::PcaArgs),
+    /// LDA accuracy of the labels over stratified splits, confusion, pairwise table.
+    Lda(lda::LdaArgs),
 }
 
 /// Runs the command line; errors are printed as one line and give exit status 1.
@@ -34,6 +46,10 @@ pub fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Embed(args) => embed::run(args),
         Command::Devices => devices::run(),
+        Command::Alpha(args) => alpha::run(args),
+        Command::Compare(args) => compare::run(args),
+        Command::Pca(args) => pca::run(args),
+        Command::Lda(args) => lda::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

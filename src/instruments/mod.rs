@@ -1,3 +1,8 @@
 //! Instruments: pretrained models turned into measurements of other models.
 
 pub mod embed;
+pub mod lda;
+pub mod metrics;
+pub mod pca;
+pub mod splits;
+pub mod trim;

@@ -1,5 +1,6 @@
 //! Input readers and output writers.
 pub mod embeddings;
+pub mod samples;
 pub mod texts;
 
 use std::path::Path;

@@ -35,20 +35,29 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
     }
+
+    /// Standard normal (Box–Muller, f64).
+    pub fn normal(&mut self) -> f64 {
+        let u = ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let v = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
 }
 
 /// ‖a − b‖ / ‖b‖ in f64; NaN anywhere gives infinity so it never passes.
 pub fn rel_error(a: &[f32], b: &[f32]) -> f64 {
+    let widen = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+    rel_error_f64(&widen(a), &widen(b))
+}
+
+/// [`rel_error`] of f64 values (the stats ops' outputs).
+pub fn rel_error_f64(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     if a.iter().chain(b).any(|v| !v.is_finite()) {
         return f64::INFINITY;
     }
-    let diff: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-        .sum();
-    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    let diff: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+    let norm: f64 = b.iter().map(|y| y.powi(2)).sum();
     (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
 }
 
@@ -126,4 +135,28 @@ pub fn reference_tensor(file: &str, name: &str) -> (Vec<usize>, Vec<f64>) {
         other => panic!("{file}:{name}: unexpected dtype {other:?}"),
     };
     (t.shape().to_vec(), values)
+}
+
+/// A random `d×d` orthogonal matrix, row-major (Gram–Schmidt on uniform entries, in f64).
+pub fn random_orthogonal(rng: &mut Rng, d: usize) -> Vec<f64> {
+    let mut q: Vec<f64> = rng.vec(d * d).into_iter().map(f64::from).collect();
+    for i in 0..d {
+        for j in 0..i {
+            let dot: f64 = (0..d).map(|k| q[i * d + k] * q[j * d + k]).sum();
+            for k in 0..d {
+                q[i * d + k] -= dot * q[j * d + k];
+            }
+        }
+        let norm = (0..d).map(|k| q[i * d + k].powi(2)).sum::<f64>().sqrt();
+        (0..d).for_each(|k| q[i * d + k] /= norm);
+    }
+    q
+}
+
+/// Runs the `mscope` binary of this build.
+pub fn run_mscope(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mscope"))
+        .args(args)
+        .output()
+        .expect("mscope runs")
 }

@@ -1,0 +1,130 @@
+// Softmax attention over packed variable-length sequences (rows starts[s]..starts[s+1] of the
+// [tokens, (heads + 2·kv_heads)·head_dim] QKV tensor belong to sequence s; no padding rows),
+// with causal mask, sliding window (window = 0: none) and grouped-query heads, matching
+// `AttentionSpec` in src/backend/mod.rs. Output: [tokens, heads·head_dim].
+//
+// Variants:
+//   1. attention_v1_naive      — one block per (sequence, head), one thread per query, two passes
+//                                over the keys in global memory. The reference on the device.
+//   2. attention_v2_flash_hdD  — one block per (sequence, head, 64-query tile); K/V tiles staged in
+//                                shared memory, online softmax in one pass, query and output rows
+//                                in registers. Instantiated for head_dim D = 32 and 64.
+#include "common.cuh"
+
+struct AttentionShape {
+    int heads, kv_heads, head_dim, causal, window;
+    float scale;
+};
+
+__device__ __forceinline__ bool allows(const AttentionShape& a, int i, int j) {
+    if (a.causal && j > i) return false;
+    return a.window == 0 || abs(i - j) < a.window;
+}
+
+__device__ __forceinline__ int qkv_width(const AttentionShape& a) { return (a.heads + 2 * a.kv_heads) * a.head_dim; }
+
+extern "C" __global__ void attention_v1_naive(const float* __restrict__ qkv, const int* __restrict__ starts,
+                                              float* __restrict__ out, AttentionShape a) {
+    const int s = blockIdx.x, h = blockIdx.y, begin = starts[s], len = starts[s + 1] - begin;
+    const int width = qkv_width(a), hd = a.head_dim, kv = h / (a.heads / a.kv_heads);
+    const float* q_base = qkv + (size_t)begin * width + h * hd;
+    const float* k_base = qkv + (size_t)begin * width + (a.heads + kv) * hd;
+    const float* v_base = qkv + (size_t)begin * width + (a.heads + a.kv_heads + kv) * hd;
+    for (int i = threadIdx.x; i < len; i += blockDim.x) {
+        const float* q = q_base + (size_t)i * width;
+        float* o = out + (size_t)(begin + i) * a.heads * hd + h * hd;
+        float max_score = neg_infinity();
+        for (int j = 0; j < len; ++j) {
+            if (!allows(a, i, j)) continue;
+            float dot = 0.0f;
+            for (int c = 0; c < hd; ++c) dot += q[c] * k_base[(size_t)j * width + c];
+            max_score = fmaxf(max_score, dot * a.scale);
+        }
+        for (int c = 0; c < hd; ++c) o[c] = 0.0f;
+        float total = 0.0f;
+        for (int j = 0; j < len; ++j) {
+            if (!allows(a, i, j)) continue;
+            float dot = 0.0f;
+            for (int c = 0; c < hd; ++c) dot += q[c] * k_base[(size_t)j * width + c];
+            const float p = expf(dot * a.scale - max_score);
+            total += p;
+            for (int c = 0; c < hd; ++c) o[c] += p * v_base[(size_t)j * width + c];
+        }
+        const float inv = total > 0.0f ? 1.0f / total : 0.0f;  // a query that sees no key gives zeros
+        for (int c = 0; c < hd; ++c) o[c] *= inv;
+    }
+}
+
+#define FLASH_BQ 64
+#define FLASH_BKV 32
+
+template <int HD>
+__device__ void attention_flash(const float* __restrict__ qkv, const int* __restrict__ starts, float* __restrict__ out,
+                                const AttentionShape& a) {
+    __shared__ float ks[FLASH_BKV][HD];
+    __shared__ float vs[FLASH_BKV][HD];
+    const int s = blockIdx.x, h = blockIdx.y, begin = starts[s], len = starts[s + 1] - begin;
+    const int q_first = blockIdx.z * FLASH_BQ;
+    if (q_first >= len) return;  // whole block: no __syncthreads() is skipped by part of it
+    const int width = qkv_width(a), kv = h / (a.heads / a.kv_heads);
+    const int i = q_first + threadIdx.x;
+    const bool active = i < len;
+
+    float q[HD], o[HD];
+    const float* q_row = qkv + (size_t)(begin + (active ? i : q_first)) * width + h * HD;
+#pragma unroll
+    for (int c = 0; c < HD; ++c) {
+        q[c] = q_row[c] * a.scale;
+        o[c] = 0.0f;
+    }
+    float running_max = neg_infinity(), total = 0.0f;
+
+    // Keys any query of this tile may see.
+    const int q_last = min(q_first + FLASH_BQ, len) - 1;
+    const int key_end = a.causal ? q_last + 1 : len;
+    const int key_begin = a.window ? max(0, q_first - a.window + 1) : 0;
+    for (int j0 = key_begin; j0 < key_end; j0 += FLASH_BKV) {
+        for (int e = threadIdx.x; e < FLASH_BKV * HD; e += blockDim.x) {
+            const int jj = e / HD, c = e % HD, j = j0 + jj;
+            const size_t row = (size_t)(begin + j) * width;
+            ks[jj][c] = j < key_end ? qkv[row + (a.heads + kv) * HD + c] : 0.0f;
+            vs[jj][c] = j < key_end ? qkv[row + (a.heads + a.kv_heads + kv) * HD + c] : 0.0f;
+        }
+        __syncthreads();
+        if (active) {
+            for (int jj = 0; jj < FLASH_BKV && j0 + jj < key_end; ++jj) {
+                if (!allows(a, i, j0 + jj)) continue;
+                float score = 0.0f;
+#pragma unroll
+                for (int c = 0; c < HD; ++c) score += q[c] * ks[jj][c];
+                if (score > running_max) {  // rescale what was accumulated under the old maximum
+                    const float shrink = expf(running_max - score);
+                    total *= shrink;
+#pragma unroll
+                    for (int c = 0; c < HD; ++c) o[c] *= shrink;
+                    running_max = score;
+                }
+                const float p = expf(score - running_max);
+                total += p;
+#pragma unroll
+                for (int c = 0; c < HD; ++c) o[c] += p * vs[jj][c];
+            }
+        }
+        __syncthreads();
+    }
+    if (!active) return;
+    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+    float* o_row = out + (size_t)(begin + i) * a.heads * HD + h * HD;
+#pragma unroll
+    for (int c = 0; c < HD; ++c) o_row[c] = o[c] * inv;
+}
+
+extern "C" __global__ void __launch_bounds__(FLASH_BQ)
+attention_v2_flash_hd32(const float* __restrict__ qkv, const int* __restrict__ starts, float* __restrict__ out, AttentionShape a) {
+    attention_flash<32>(qkv, starts, out, a);
+}
+
+extern "C" __global__ void __launch_bounds__(FLASH_BQ)
+attention_v2_flash_hd64(const float* __restrict__ qkv, const int* __restrict__ starts, float* __restrict__ out, AttentionShape a) {
+    attention_flash<64>(qkv, starts, out, a);
+}

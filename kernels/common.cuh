@@ -1,0 +1,62 @@
+// Shared device helpers for every kernel family. build.rs splices this file in place of
+// `#include "common.cuh"`, so NVRTC needs no include path at run time.
+#pragma once
+
+// Must match `Activation` in src/backend/mod.rs (same order, same definitions).
+enum Activation : int {
+    ACT_IDENTITY = 0,
+    ACT_GELU = 1,
+    ACT_GELU_TANH = 2,
+    ACT_QUICK_GELU = 3,
+    ACT_SILU = 4,
+    ACT_RELU = 5,
+    ACT_TANH = 6,
+    ACT_SIGMOID = 7,
+};
+
+__device__ __forceinline__ float apply_activation(int act, float x) {
+    switch (act) {
+    case ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    case ACT_GELU_TANH: return 0.5f * x * (1.0f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x)));
+    case ACT_QUICK_GELU: return x / (1.0f + expf(-1.702f * x));
+    case ACT_SILU: return x / (1.0f + expf(-x));
+    case ACT_RELU: return fmaxf(x, 0.0f);
+    case ACT_TANH: return tanhf(x);
+    case ACT_SIGMOID: return 1.0f / (1.0f + expf(-x));
+    default: return x;
+    }
+}
+
+// NVRTC has no <cmath>, so no INFINITY macro.
+__device__ __forceinline__ float neg_infinity() { return __int_as_float(0xff800000); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+
+// Sum over the block; every thread gets the total. `scratch` holds one float per warp.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    __syncthreads();  // scratch may still be read by a previous call
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < warps; ++w) total += scratch[w];
+    return total;
+}
+
+// The GEMM epilogue every variant shares: out = act(acc + bias) + residual.
+__device__ __forceinline__ float epilogue(float acc, const float* bias, const float* residual, int act,
+                                          int row, int col, int m) {
+    if (bias) acc += bias[col];
+    acc = apply_activation(act, acc);
+    if (residual) acc += residual[(size_t)row * m + col];
+    return acc;
+}

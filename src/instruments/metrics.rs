@@ -1,0 +1,193 @@
+//! Classifier metrics reported beside α̂: soft decisions from logits, accuracy, churn and
+//! expected calibration error, for an ensemble of `M` models scored on the same `N` points.
+
+use std::borrow::Cow;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// An ensemble's scores, row-major `[models, points, classes]`. `classes == 1` means binary soft
+/// decisions: the logit (log-odds) of class 1, predicting class 1 when positive.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scores {
+    pub values: Vec<f32>,
+    pub models: usize,
+    pub points: usize,
+    pub classes: usize,
+}
+
+impl Scores {
+    fn row(&self, model: usize, point: usize) -> &[f32] {
+        let at = (model * self.points + point) * self.classes;
+        &self.values[at..at + self.classes]
+    }
+
+    /// Number of labels a prediction can take: 2 for binary scores.
+    pub fn num_labels(&self) -> usize {
+        self.classes.max(2)
+    }
+
+    /// Checks every label indexes a class; `what` names the labels' source.
+    pub fn check_labels(&self, labels: &[i64], what: &str) -> Result<()> {
+        if labels.len() != self.points {
+            return Err(Error::input(format!(
+                "{what}: {} labels for {} scored points",
+                labels.len(),
+                self.points
+            )));
+        }
+        let k = self.num_labels() as i64;
+        match labels.iter().position(|&y| !(0..k).contains(&y)) {
+            Some(i) => Err(Error::input(format!(
+                "{what}: label {} at row {} is outside 0..{k}",
+                labels[i],
+                i + 1
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The soft decision of every model at every point, `[models, points]`: the binary score
+    /// itself, or for logits the margin of the true class (with `labels`) or else of the top
+    /// class over the best other class.
+    pub fn soft_decisions(&self, labels: Option<&[i64]>) -> Cow<'_, [f32]> {
+        if self.classes == 1 {
+            return Cow::Borrowed(&self.values);
+        }
+        let margin = |row: &[f32], p: usize| {
+            let target = labels.map_or_else(|| argmax(row), |y| y[p] as usize);
+            let other = row
+                .iter()
+                .enumerate()
+                .filter(|&(c, _)| c != target)
+                .map(|(_, &v)| v)
+                .fold(f32::NEG_INFINITY, f32::max);
+            row[target] - other
+        };
+        let rows = self.values.chunks_exact(self.classes);
+        Cow::Owned(
+            rows.enumerate()
+                .map(|(i, row)| margin(row, i % self.points))
+                .collect(),
+        )
+    }
+
+    /// Predicted label of model `k` at point `p`.
+    fn label(&self, k: usize, p: usize) -> usize {
+        let row = self.row(k, p);
+        if self.classes == 1 {
+            usize::from(row[0] > 0.0)
+        } else {
+            argmax(row)
+        }
+    }
+
+    /// Predicted label and its confidence (top-label probability) for model `k` at point `p`.
+    fn predict(&self, k: usize, p: usize) -> (usize, f64) {
+        let row = self.row(k, p);
+        let top = self.label(k, p);
+        if self.classes == 1 {
+            return (top, 1.0 / (1.0 + (-(row[0] as f64).abs()).exp()));
+        }
+        let max = row[top] as f64;
+        let z: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+        (top, 1.0 / z)
+    }
+}
+
+/// First index of the largest value.
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (c, &v)| {
+            if v > best.1 {
+                (c, v)
+            } else {
+                best
+            }
+        })
+        .0
+}
+
+/// Per-model metrics of an ensemble.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelMetrics {
+    /// Fraction of points labelled correctly (with labels).
+    pub accuracy: Option<f64>,
+    /// Mean over the other models of the fraction of points whose predicted labels differ.
+    pub churn_mean: f64,
+    /// Fraction of points whose predicted label differs from the ensemble's majority vote
+    /// (all `M` models; ties go to the smaller label).
+    pub churn_vs_majority: f64,
+    /// Expected calibration error over [`ECE_BINS`] equal-width bins of top-label confidence
+    /// (with labels).
+    pub ece: Option<f64>,
+}
+
+/// Bins of the expected calibration error.
+pub const ECE_BINS: usize = 15;
+
+/// Accuracy, churn and ECE of every model; `labels` already checked by [`Scores::check_labels`].
+pub fn model_metrics(scores: &Scores, labels: Option<&[i64]>) -> Vec<ModelMetrics> {
+    let (m, n, k) = (scores.models, scores.points, scores.num_labels());
+    // votes[p·k + c]: how many models predict class c at point p.
+    let mut votes = vec![0u32; n * k];
+    for model in 0..m {
+        for (p, slot) in votes.chunks_exact_mut(k).enumerate() {
+            slot[scores.label(model, p)] += 1;
+        }
+    }
+    let majority: Vec<usize> = votes.chunks_exact(k).map(argmax_u32).collect();
+    (0..m)
+        .into_par_iter()
+        .map(|model| {
+            let row: Vec<(usize, f64)> = (0..n).map(|p| scores.predict(model, p)).collect();
+            // The other models that disagree at p: M minus those voting for this model's label.
+            let disagreements: u64 = row
+                .iter()
+                .enumerate()
+                .map(|(p, &(c, _))| u64::from(m as u32 - votes[p * k + c]))
+                .sum();
+            let churn_mean = if m > 1 {
+                disagreements as f64 / (n as f64 * (m - 1) as f64)
+            } else {
+                0.0
+            };
+            let off_majority = row.iter().zip(&majority).filter(|(a, b)| a.0 != **b);
+            ModelMetrics {
+                accuracy: labels.map(|y| {
+                    let right = row.iter().zip(y).filter(|(a, &y)| a.0 as i64 == y);
+                    right.count() as f64 / n as f64
+                }),
+                churn_mean,
+                churn_vs_majority: off_majority.count() as f64 / n as f64,
+                ece: labels.map(|y| ece(&row, y)),
+            }
+        })
+        .collect()
+}
+
+fn argmax_u32(counts: &[u32]) -> usize {
+    let max = counts.iter().copied().max().unwrap_or(0);
+    counts.iter().position(|&c| c == max).unwrap_or(0)
+}
+
+/// `Σ_b |B_b|/n · |acc(B_b) − conf(B_b)|` over [`ECE_BINS`] equal-width confidence bins
+/// (bin b holds confidences in `(b/15, (b+1)/15]`).
+fn ece(predictions: &[(usize, f64)], labels: &[i64]) -> f64 {
+    let mut count = [0usize; ECE_BINS];
+    let mut correct = [0.0f64; ECE_BINS];
+    let mut confidence = [0.0f64; ECE_BINS];
+    for (&(c, conf), &y) in predictions.iter().zip(labels) {
+        let b = ((conf * ECE_BINS as f64).ceil() as usize).clamp(1, ECE_BINS) - 1;
+        count[b] += 1;
+        correct[b] += f64::from(c as i64 == y);
+        confidence[b] += conf;
+    }
+    let n = predictions.len() as f64;
+    (0..ECE_BINS)
+        .filter(|&b| count[b] > 0)
+        .map(|b| (correct[b] - confidence[b]).abs() / n)
+        .sum()
+}

@@ -1,0 +1,107 @@
+//! Stratified shuffle splits: every split keeps each class's share of the rows in its test part,
+//! and the same seed gives the same splits on every machine.
+
+use crate::error::{Error, Result};
+
+/// One train/test split, kept per class (LDA fits per-class statistics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Split {
+    /// `train[k]`: the rows of class `k` to fit on, ascending.
+    pub train: Vec<Vec<u32>>,
+    /// `test[k]`: the rows of class `k` to score, ascending.
+    pub test: Vec<Vec<u32>>,
+}
+
+impl Split {
+    /// The split whose test part is `test_rows` (any order), given every class's rows: how a
+    /// split exported from another tool is replayed.
+    pub fn from_test_rows(classes: &[Vec<u32>], test_rows: &[u32]) -> Self {
+        let mut is_test = vec![
+            false;
+            classes
+                .iter()
+                .flatten()
+                .map(|&r| r as usize + 1)
+                .max()
+                .unwrap_or(0)
+        ];
+        for &r in test_rows {
+            if let Some(t) = is_test.get_mut(r as usize) {
+                *t = true;
+            }
+        }
+        let (train, test) = classes
+            .iter()
+            .map(|rows| rows.iter().partition(|&&r| !is_test[r as usize]))
+            .unzip();
+        Split { train, test }
+    }
+}
+
+/// `splits` stratified splits of the classes' rows (`classes[k]`: the rows of class `k`). Each
+/// class puts `round(test_fraction · n_k)` rows, at least one and at most `n_k − 1`, into the
+/// test part, so every class has rows on both sides.
+pub fn stratified(
+    classes: &[Vec<u32>],
+    splits: usize,
+    test_fraction: f64,
+    seed: u64,
+) -> Result<Vec<Split>> {
+    if !(test_fraction > 0.0 && test_fraction < 1.0) {
+        return Err(Error::input(format!(
+            "test fraction {test_fraction}: must lie strictly between 0 and 1"
+        )));
+    }
+    if let Some(k) = classes.iter().position(|rows| rows.len() < 2) {
+        return Err(Error::input(format!(
+            "class {k} has {} row(s): a stratified split needs at least 2 per class",
+            classes[k].len()
+        )));
+    }
+    Ok((0..splits)
+        .map(|s| {
+            let mut rng = SplitMix64::new(seed ^ (s as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            let (train, test) = classes
+                .iter()
+                .map(|rows| {
+                    let n = rows.len();
+                    let n_test = ((test_fraction * n as f64).round() as usize).clamp(1, n - 1);
+                    let mut shuffled = rows.clone();
+                    // Fisher–Yates, stopped once the test part is drawn.
+                    for i in 0..n_test {
+                        let j = i + rng.below(n - i);
+                        shuffled.swap(i, j);
+                    }
+                    let mut test = shuffled[..n_test].to_vec();
+                    let mut train = shuffled[n_test..].to_vec();
+                    test.sort_unstable();
+                    train.sort_unstable();
+                    (train, test)
+                })
+                .unzip();
+            Split { train, test }
+        })
+        .collect())
+}
+
+/// SplitMix64: tiny, seedable, and good enough to shuffle row indices.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (the modulo bias is below 2⁻⁴⁰ for any row count).
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}

@@ -1,0 +1,348 @@
+//! Readers for the numbers `mscope alpha` and `mscope compare` take: text with one number per line
+//! (blank lines and `#` comments ignored), NumPy `.npy` (little-endian f4/f8/i4/i8, C order) and
+//! safetensors (a single tensor, or the one named for the role). Every value must be finite; an
+//! error names the file and the line or position.
+
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+use crate::instruments::metrics::Scores;
+
+/// Numbers read from a file with their shape (`[len]` for text).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Array {
+    pub shape: Vec<usize>,
+    pub values: Vec<f64>,
+}
+
+/// Reads any supported format, choosing by extension (`.npy`, `.safetensors`, else text).
+/// A safetensors file with several tensors must hold one called `name`.
+pub fn read_array(path: &Path, name: &str) -> Result<Array> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let array = match ext {
+        "npy" => read_npy(path)?,
+        "safetensors" => read_safetensors(path, name)?,
+        _ => read_text(path)?,
+    };
+    if let Some(i) = array.values.iter().position(|v| !v.is_finite()) {
+        return Err(Error::input(format!(
+            "{}: value {} at index {} is not finite",
+            path.display(),
+            array.values[i],
+            unravel(i, &array.shape)
+        )));
+    }
+    Ok(array)
+}
+
+/// The C-order multi-index of flat position `i`, as `[row, col, …]` (0-based, like NumPy).
+fn unravel(mut i: usize, shape: &[usize]) -> String {
+    let mut index = vec![0; shape.len()];
+    for (slot, &dim) in index.iter_mut().zip(shape).rev() {
+        *slot = i % dim.max(1);
+        i /= dim.max(1);
+    }
+    format!("{index:?}")
+}
+
+/// A 1-D sample of soft decisions (f32, as the trim kernels take them).
+pub fn read_sample(path: &Path) -> Result<Vec<f32>> {
+    let array = read_array(path, "scores")?;
+    if array.shape.len() != 1 {
+        return Err(Error::input(format!(
+            "{}: expected a 1-D sample, got shape {:?}",
+            path.display(),
+            array.shape
+        )));
+    }
+    if array.values.is_empty() {
+        return Err(Error::input(format!("{}: empty sample", path.display())));
+    }
+    to_f32(path, &array.values)
+}
+
+/// An ensemble's scores: `scores` `[M, N]` (binary soft decisions) or `[M, N, C]` (logits).
+pub fn read_scores(path: &Path) -> Result<Scores> {
+    let array = read_array(path, "scores")?;
+    let (models, points, classes) = match array.shape[..] {
+        [m, n] => (m, n, 1),
+        [m, n, c] if c >= 2 => (m, n, c),
+        _ => {
+            return Err(Error::input(format!(
+                "{}: scores have shape {:?}, expected [models, points] or [models, points, classes ≥ 2]",
+                path.display(),
+                array.shape
+            )))
+        }
+    };
+    if models == 0 || points == 0 {
+        return Err(Error::input(format!(
+            "{}: scores have shape {:?}: no models or no points",
+            path.display(),
+            array.shape
+        )));
+    }
+    Ok(Scores {
+        values: to_f32(path, &array.values)?,
+        models,
+        points,
+        classes,
+    })
+}
+
+/// Integer class labels, one per point.
+pub fn read_labels(path: &Path) -> Result<Vec<i64>> {
+    let array = read_array(path, "labels")?;
+    if array.shape.len() != 1 {
+        return Err(Error::input(format!(
+            "{}: expected 1-D labels, got shape {:?}",
+            path.display(),
+            array.shape
+        )));
+    }
+    array
+        .values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            if v.fract() == 0.0 && v.abs() < 2f64.powi(53) {
+                Ok(v as i64)
+            } else {
+                Err(Error::input(format!(
+                    "{}: label {v} at row {} is not an integer",
+                    path.display(),
+                    i + 1
+                )))
+            }
+        })
+        .collect()
+}
+
+fn to_f32(path: &Path, values: &[f64]) -> Result<Vec<f32>> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let x = v as f32;
+            if x.is_finite() {
+                Ok(x)
+            } else {
+                Err(Error::input(format!(
+                    "{}: value {v} at position {} overflows f32",
+                    path.display(),
+                    i + 1
+                )))
+            }
+        })
+        .collect()
+}
+
+fn read_text(path: &Path) -> Result<Array> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut values = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let field = line.split('#').next().unwrap_or("").trim();
+        if field.is_empty() {
+            continue;
+        }
+        let v: f64 = field.parse().map_err(|_| {
+            Error::input(format!(
+                "{}:{}: `{field}` is not a number",
+                path.display(),
+                i + 1
+            ))
+        })?;
+        if !v.is_finite() {
+            return Err(Error::input(format!(
+                "{}:{}: `{field}` is not finite",
+                path.display(),
+                i + 1
+            )));
+        }
+        values.push(v);
+    }
+    Ok(Array {
+        shape: vec![values.len()],
+        values,
+    })
+}
+
+/// NumPy's format: magic, version, a little-endian header length (u16 in version 1, u32 after),
+/// a Python dict literal with `descr`, `fortran_order` and `shape`, then the raw data.
+fn read_npy(path: &Path) -> Result<Array> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |msg: &str| Error::input(format!("{}: {msg}", path.display()));
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("not a .npy file (bad magic)"));
+    }
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize,
+            12,
+        ),
+        v => return Err(bad(&format!("unsupported .npy version {v}"))),
+    };
+    let header = bytes
+        .get(start..start + header_len)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or_else(|| bad("truncated or non-UTF-8 header"))?;
+    let field = |key: &str| {
+        let at = header
+            .find(&format!("'{key}'"))
+            .ok_or_else(|| bad(&format!("header lacks `{key}`")))?;
+        Ok::<_, Error>(header[at + key.len() + 2..].trim_start_matches([':', ' ']))
+    };
+    let descr = field("descr")?;
+    let descr = descr
+        .get(1..)
+        .and_then(|d| d.split('\'').next())
+        .unwrap_or("");
+    if field("fortran_order")?.starts_with("True") {
+        return Err(bad(
+            "Fortran-ordered arrays are not supported; save with C order",
+        ));
+    }
+    let shape_text = field("shape")?;
+    let shape_text = shape_text
+        .strip_prefix('(')
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad("malformed `shape`"))?;
+    let shape = shape_text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>().map_err(|_| bad("malformed `shape`")))
+        .collect::<Result<Vec<_>>>()?;
+    let count: usize = shape.iter().product();
+    let data = &bytes[start + header_len..];
+    let (width, decode): (usize, fn(&[u8]) -> f64) = match descr {
+        "<f4" => (4, |b| {
+            f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64
+        }),
+        "<f8" => (8, |b| f64::from_le_bytes(b.try_into().expect("8 bytes"))),
+        "<i4" => (4, |b| {
+            i32::from_le_bytes(b.try_into().expect("4 bytes")) as f64
+        }),
+        "<i8" => (8, |b| {
+            i64::from_le_bytes(b.try_into().expect("8 bytes")) as f64
+        }),
+        other => {
+            return Err(bad(&format!(
+                "dtype `{other}` is not supported (little-endian f4, f8, i4, i8)"
+            )))
+        }
+    };
+    if data.len() != count * width {
+        return Err(bad(&format!(
+            "{} data bytes for shape {shape:?} of `{descr}`, expected {}",
+            data.len(),
+            count * width
+        )));
+    }
+    Ok(Array {
+        shape,
+        values: data.chunks_exact(width).map(decode).collect(),
+    })
+}
+
+fn read_safetensors(path: &Path, name: &str) -> Result<Array> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |msg: String| Error::input(format!("{}: {msg}", path.display()));
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let names = file.names();
+    let chosen = match names[..] {
+        [only] => only,
+        _ if names.contains(&name) => name,
+        _ => {
+            return Err(bad(format!(
+                "holds tensors {names:?}: expected a single tensor or one named `{name}`"
+            )))
+        }
+    };
+    let t = file.tensor(chosen).map_err(|e| bad(e.to_string()))?;
+    let data = t.data();
+    let values: Vec<f64> = match t.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64)
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect(),
+        Dtype::I32 => data
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as f64)
+            .collect(),
+        Dtype::I64 => data
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as f64)
+            .collect(),
+        other => {
+            return Err(bad(format!(
+                "tensor `{chosen}` is {other:?}; expected F32, F64, I32 or I64"
+            )))
+        }
+    };
+    Ok(Array {
+        shape: t.shape().to_vec(),
+        values,
+    })
+}
+
+/// A seeded synthetic ensemble for demos and benches (DESIGN › README demo, until a trained
+/// ensemble is at hand): `models` binary classifiers scored on `points` points with labels 0/1.
+/// Each point has a true logit `±(0.5 + |z|)` (sign from its label); every model adds its own
+/// N(0, 0.8²) noise, except the last, which is overconfident (its scores scaled by 1.6), so
+/// `compare` should single it out.
+pub fn synthetic_ensemble(models: usize, points: usize, seed: u64) -> (Scores, Vec<i64>) {
+    let mut rng = SplitMix64(seed);
+    let labels: Vec<i64> = (0..points).map(|_| (rng.next() >> 63) as i64).collect();
+    let truth: Vec<f64> = labels
+        .iter()
+        .map(|&y| (2 * y - 1) as f64 * (0.5 + rng.normal().abs()))
+        .collect();
+    let mut values = Vec::with_capacity(models * points);
+    for k in 0..models {
+        let scale = if k + 1 == models && models > 1 {
+            1.6
+        } else {
+            1.0
+        };
+        values.extend(
+            truth
+                .iter()
+                .map(|&t| (scale * (t + 0.8 * rng.normal())) as f32),
+        );
+    }
+    let scores = Scores {
+        values,
+        models,
+        points,
+        classes: 1,
+    };
+    (scores, labels)
+}
+
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Standard normal by Box–Muller.
+    fn normal(&mut self) -> f64 {
+        let u = ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let v = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}

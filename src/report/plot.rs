@@ -1,0 +1,336 @@
+//! PNG plots (plotters with an embedded DejaVu font, so no system font is needed): scatter,
+//! lines, bars and heat maps, each written to a temporary name and renamed into place.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use plotters::coord::ranged1d::SegmentedCoord;
+use plotters::coord::types::RangedCoordusize;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor;
+
+use crate::error::{Error, Result};
+
+const SIZE: (u32, u32) = (960, 680);
+const FONT: &str = "sans-serif";
+
+/// One labelled group of points (a scatter colour, a line).
+pub struct Series<'a> {
+    pub label: &'a str,
+    pub points: &'a [(f64, f64)],
+}
+
+/// Matplotlib's "tab10": distinct, colour-blind-friendlier than a rainbow.
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+fn colour(i: usize) -> RGBColor {
+    PALETTE[i % PALETTE.len()]
+}
+
+type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
+type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+
+/// Draws onto a white canvas at a temporary `.png` name beside `path`, then renames it.
+fn render(path: &Path, draw: impl FnOnce(&Area) -> DrawResult) -> Result<()> {
+    static FONT_ONCE: Once = Once::new();
+    FONT_ONCE.call_once(|| {
+        plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular())
+            .unwrap_or_else(|_| panic!("the embedded DejaVu Sans font is valid"));
+    });
+    let fail = |message: String| Error::Plot {
+        path: path.to_path_buf(),
+        message,
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| fail("not a file name".into()))?;
+    let tmp: PathBuf = path.with_file_name(format!(
+        ".{}.tmp-{}.png",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let drawn = (|| -> DrawResult {
+        let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
+        root.fill(&WHITE)?;
+        draw(&root)?;
+        root.present()?;
+        Ok(())
+    })();
+    let renamed = drawn
+        .map_err(|e| e.to_string())
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| e.to_string()));
+    renamed.map_err(|message| {
+        let _ = std::fs::remove_file(&tmp);
+        fail(message)
+    })
+}
+
+/// The range of `values` widened by 5% on each side (and made non-empty).
+fn padded_range(values: impl Iterator<Item = f64>) -> Range<f64> {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if lo > hi {
+        return 0.0..1.0;
+    }
+    let pad = if hi > lo { 0.05 * (hi - lo) } else { 0.5 };
+    lo - pad..hi + pad
+}
+
+fn xy_ranges(series: &[Series]) -> (Range<f64>, Range<f64>) {
+    let points = || series.iter().flat_map(|s| s.points.iter());
+    (
+        padded_range(points().map(|p| p.0)),
+        padded_range(points().map(|p| p.1)),
+    )
+}
+
+/// A scatter plot, one colour per group, with a legend.
+pub fn scatter(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    groups: &[Series],
+) -> Result<()> {
+    render(path, |root| {
+        let (xr, yr) = xy_ranges(groups);
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 24))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(64)
+            .build_cartesian_2d(xr, yr)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .label_style((FONT, 14))
+            .draw()?;
+        for (i, group) in groups.iter().enumerate() {
+            let c = colour(i);
+            chart
+                .draw_series(
+                    group
+                        .points
+                        .iter()
+                        .map(|&p| Circle::new(p, 3, c.mix(0.75).filled())),
+                )?
+                .label(group.label)
+                .legend(move |p| Circle::new(p, 5, c.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .label_font((FONT, 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+        Ok(())
+    })
+}
+
+/// Line plot, one colour per series, with a legend.
+pub fn lines(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<()> {
+    render(path, |root| {
+        let (xr, yr) = xy_ranges(series);
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 24))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(64)
+            .build_cartesian_2d(xr, yr)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .label_style((FONT, 14))
+            .draw()?;
+        for (i, s) in series.iter().enumerate() {
+            let c = colour(i);
+            chart
+                .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))?
+                .label(s.label)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .label_font((FONT, 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+        Ok(())
+    })
+}
+
+/// A category axis of `n` slots (plotters' discrete ranges include their end).
+fn categories(n: usize) -> SegmentedCoord<RangedCoordusize> {
+    (0..n.max(1) - 1).into_segmented()
+}
+
+/// Label of the category whose centre a segmented axis asks for.
+fn category<'a>(labels: &'a [String], v: &SegmentValue<usize>) -> &'a str {
+    match v {
+        SegmentValue::CenterOf(i) => labels.get(*i).map_or("", String::as_str),
+        _ => "",
+    }
+}
+
+/// Vertical bars, one per label.
+pub fn bars(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    labels: &[String],
+    values: &[f64],
+) -> Result<()> {
+    assert_eq!(labels.len(), values.len(), "one bar per label");
+    render(path, |root| {
+        let top = values
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .fold(0.0f64, f64::max);
+        let bottom = values
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .fold(0.0f64, f64::min);
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 24))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(64)
+            .build_cartesian_2d(
+                categories(values.len()),
+                bottom * 1.05..(top * 1.05).max(1e-12),
+            )?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .x_labels(values.len())
+            .x_label_formatter(&|v| category(labels, v).to_string())
+            .label_style((FONT, 14))
+            .draw()?;
+        chart.draw_series(values.iter().enumerate().map(|(i, &v)| {
+            let mut bar = Rectangle::new(
+                [
+                    (SegmentValue::Exact(i), 0.0),
+                    (SegmentValue::Exact(i + 1), v),
+                ],
+                colour(0).filled(),
+            );
+            bar.set_margin(0, 0, 6, 6);
+            bar
+        }))?;
+        Ok(())
+    })
+}
+
+/// Sequential colour map from white (low) to dark blue (high).
+fn shade(t: f64) -> RGBColor {
+    let t = t.clamp(0.0, 1.0);
+    let lerp = |a: f64, b: f64| (a + (b - a) * t).round() as u8;
+    RGBColor(lerp(247.0, 8.0), lerp(251.0, 48.0), lerp(255.0, 107.0))
+}
+
+/// A heat map of a row-major `[rows, cols]` table with row 0 at the top; cells show their value
+/// when the table is small enough to read.
+pub fn heatmap(
+    path: &Path,
+    title: &str,
+    row_labels: &[String],
+    col_labels: &[String],
+    values: &[f64],
+    value_range: (f64, f64),
+) -> Result<()> {
+    let (rows, cols) = (row_labels.len(), col_labels.len());
+    assert_eq!(values.len(), rows * cols, "one value per cell");
+    render(path, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 24))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(110)
+            .build_cartesian_2d(categories(cols), categories(rows))?;
+        let flipped: Vec<String> = row_labels.iter().rev().cloned().collect();
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(cols)
+            .y_labels(rows)
+            .x_label_formatter(&|v| category(col_labels, v).to_string())
+            .y_label_formatter(&|v| category(&flipped, v).to_string())
+            .label_style((FONT, 14))
+            .draw()?;
+        let (lo, hi) = value_range;
+        let span = if hi > lo { hi - lo } else { 1.0 };
+        let cell = |r: usize, c: usize| {
+            let y = rows - 1 - r;
+            (
+                [
+                    (SegmentValue::Exact(c), SegmentValue::Exact(y)),
+                    (SegmentValue::Exact(c + 1), SegmentValue::Exact(y + 1)),
+                ],
+                values[r * cols + c],
+            )
+        };
+        chart.draw_series((0..rows * cols).map(|i| {
+            let (corners, v) = cell(i / cols, i % cols);
+            Rectangle::new(corners, shade((v - lo) / span).filled())
+        }))?;
+        if rows * cols <= 144 {
+            chart.draw_series(
+                (0..rows * cols)
+                    .filter(|&i| values[i].is_finite())
+                    .map(|i| {
+                        let (r, c) = (i / cols, i % cols);
+                        let v = values[i];
+                        let ink: &'static RGBColor = if (v - lo) / span > 0.55 {
+                            &WHITE
+                        } else {
+                            &BLACK
+                        };
+                        let style = TextStyle::from((FONT, 14).into_font()).color(ink).pos(
+                            text_anchor::Pos::new(
+                                text_anchor::HPos::Center,
+                                text_anchor::VPos::Center,
+                            ),
+                        );
+                        Text::new(
+                            format!("{v:.3}"),
+                            (
+                                SegmentValue::CenterOf(c),
+                                SegmentValue::CenterOf(rows - 1 - r),
+                            ),
+                            style,
+                        )
+                    }),
+            )?;
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,379 @@
+//! LDA against scikit-learn on the splits it exported, invariances it must have, the reuse of
+//! per-class statistics by the pairwise table, stratified splits, and `mscope lda` end to end.
+
+mod common;
+
+use common::{random_orthogonal, reference_tensor, rel_error_f64, repo_path, run_mscope, Rng};
+use mscope::backend::{self, Backend, BackendKind};
+use mscope::instruments::lda::{evaluate, Classes, Evaluation, Projection, Shrinkage};
+use mscope::instruments::splits::{self, Split};
+use mscope::io::embeddings::EmbeddingsFile;
+
+const REFERENCE: &str = "tests/fixtures/sklearn_reference.safetensors";
+
+fn fixture(name: &str) -> EmbeddingsFile {
+    EmbeddingsFile::read(&repo_path(&format!("tests/fixtures/{name}"))).unwrap()
+}
+
+fn cpu() -> std::sync::Arc<dyn Backend> {
+    backend::open(BackendKind::Cpu).unwrap()
+}
+
+fn run(
+    file: &EmbeddingsFile,
+    classes: &Classes,
+    splits: &[Split],
+    shrinkage: Shrinkage,
+    pairwise: bool,
+) -> Evaluation {
+    let be = cpu();
+    let x = be
+        .upload(&[file.rows(), file.dim], &file.embeddings)
+        .unwrap();
+    evaluate(
+        be.as_ref(),
+        &x,
+        &file.embeddings,
+        classes,
+        splits,
+        shrinkage,
+        pairwise,
+    )
+    .unwrap()
+}
+
+/// Replays scikit-learn's exported splits and compares predictions row by row: identical for
+/// ≥ 99.5% of test rows, accuracies within half a percentage point.
+fn matches_scikit_learn(embeddings: &str, prefix: &str) {
+    let file = fixture(embeddings);
+    let classes = Classes::from_labels(&file.labels, &file.label_names).unwrap();
+    let (shape, test_index) = reference_tensor(REFERENCE, &format!("{prefix}_test_index"));
+    let splits: Vec<Split> = test_index
+        .chunks(shape[1])
+        .map(|t| {
+            Split::from_test_rows(
+                &classes.rows,
+                &t.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    for (shrinkage, model) in [
+        (Shrinkage::None, "svd"),
+        (Shrinkage::Auto, "eigen_auto"),
+        (Shrinkage::Fixed(0.3), "eigen_0.3"),
+    ] {
+        let eval = run(&file, &classes, &splits, shrinkage, false);
+        let (_, want) = reference_tensor(REFERENCE, &format!("{prefix}_{model}_pred"));
+        let (_, want_acc) = reference_tensor(REFERENCE, &format!("{prefix}_{model}_accuracy"));
+        let (mut same, mut total) = (0, 0);
+        for (s, (split, predicted)) in splits.iter().zip(&eval.predictions).enumerate() {
+            // Our predictions come class by class; scikit-learn's in its test-index order.
+            let rows = split.test.iter().flatten();
+            let theirs = &want[s * shape[1]..(s + 1) * shape[1]];
+            let order = &test_index[s * shape[1]..(s + 1) * shape[1]];
+            for (&row, &p) in rows.zip(predicted) {
+                let at = order.iter().position(|&r| r as u32 == row).unwrap();
+                same += usize::from(theirs[at] as usize == p);
+                total += 1;
+            }
+            let gap = (eval.accuracies[s] - want_acc[s]).abs();
+            assert!(
+                gap <= 0.005 + 1e-6,
+                "{prefix} {model} split {s}: accuracy {} vs {}",
+                eval.accuracies[s],
+                want_acc[s]
+            );
+        }
+        assert_eq!(total, test_index.len());
+        assert!(
+            same as f64 >= 0.995 * total as f64,
+            "{prefix} {model}: {same}/{total} predictions agree"
+        );
+    }
+}
+
+#[test]
+fn predictions_match_scikit_learn() {
+    matches_scikit_learn("sklearn_embeddings.safetensors", "lda");
+}
+
+/// More dims than rows: the within-class scatter is singular, the svd rule pseudo-inverts it.
+#[test]
+fn predictions_match_scikit_learn_when_the_scatter_is_singular() {
+    matches_scikit_learn("sklearn_wide_embeddings.safetensors", "wide");
+}
+
+#[test]
+fn explained_variance_ratio_matches_scikit_learn() {
+    for (embeddings, prefix) in [
+        ("sklearn_embeddings.safetensors", "lda"),
+        ("sklearn_wide_embeddings.safetensors", "wide"),
+    ] {
+        let file = fixture(embeddings);
+        let classes = Classes::from_labels(&file.labels, &file.label_names).unwrap();
+        let be = cpu();
+        let x = be
+            .upload(&[file.rows(), file.dim], &file.embeddings)
+            .unwrap();
+        let p =
+            Projection::fit(be.as_ref(), &x, &file.embeddings, &classes, Shrinkage::None).unwrap();
+        let (_, want) = reference_tensor(REFERENCE, &format!("{prefix}_explained_variance_ratio"));
+        let err = rel_error_f64(&p.explained_variance_ratio, &want);
+        assert!(
+            err < 1e-5,
+            "{prefix}: relative error {err:e}: {:?} vs {want:?}",
+            p.explained_variance_ratio
+        );
+        assert_eq!(
+            p.transform(&file.embeddings).len(),
+            file.rows() * want.len()
+        );
+    }
+}
+
+/// LDA without shrinkage depends on the data only through affine-invariant quantities: rotating
+/// every row by the same orthogonal matrix changes no prediction.
+#[test]
+fn accuracy_is_rotation_invariant() {
+    let file = fixture("sklearn_embeddings.safetensors");
+    let classes = Classes::from_labels(&file.labels, &file.label_names).unwrap();
+    let splits = splits::stratified(&classes.rows, 4, 0.25, 3).unwrap();
+    let before = run(&file, &classes, &splits, Shrinkage::None, true);
+    let d = file.dim;
+    let q = random_orthogonal(&mut Rng::new(5), d);
+    let mut rotated = file.clone();
+    for (out, row) in rotated
+        .embeddings
+        .chunks_mut(d)
+        .zip(file.embeddings.chunks(d))
+    {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = (0..d).map(|i| row[i] as f64 * q[i * d + j]).sum::<f64>() as f32;
+        }
+    }
+    let after = run(&rotated, &classes, &splits, Shrinkage::None, true);
+    assert_eq!(before.predictions, after.predictions);
+    // NaN ≠ NaN on the diagonal: compare the tables bit for bit.
+    let bits = |e: &Evaluation| {
+        e.pairwise
+            .as_ref()
+            .unwrap()
+            .accuracy_mean
+            .data
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bits(&before), bits(&after));
+}
+
+/// The pairwise table reuses per-class statistics; each entry must equal a fit on that pair's
+/// rows alone with the same splits.
+#[test]
+fn pairwise_table_equals_fits_on_each_pair() {
+    let file = fixture("sklearn_embeddings.safetensors");
+    let classes = Classes::from_labels(&file.labels, &file.label_names).unwrap();
+    let splits = splits::stratified(&classes.rows, 3, 0.2, 9).unwrap();
+    for shrinkage in [Shrinkage::None, Shrinkage::Auto] {
+        let table = run(&file, &classes, &splits, shrinkage, true)
+            .pairwise
+            .unwrap();
+        for (a, b) in [(0, 1), (1, 3), (2, 3)] {
+            let pair = Classes {
+                names: vec![classes.names[a].clone(), classes.names[b].clone()],
+                rows: vec![classes.rows[a].clone(), classes.rows[b].clone()],
+            };
+            let pair_splits: Vec<Split> = splits
+                .iter()
+                .map(|s| Split {
+                    train: vec![s.train[a].clone(), s.train[b].clone()],
+                    test: vec![s.test[a].clone(), s.test[b].clone()],
+                })
+                .collect();
+            let direct = run(&file, &pair, &pair_splits, shrinkage, false);
+            let mean = direct.accuracies.iter().sum::<f64>() / direct.accuracies.len() as f64;
+            let got = table.accuracy_mean.at(a, b);
+            assert!(
+                (got - mean).abs() < 1e-12,
+                "{shrinkage} ({a}, {b}): table {got}, direct fit {mean}"
+            );
+            assert_eq!(got, table.accuracy_mean.at(b, a));
+        }
+        assert!(table.accuracy_mean.at(2, 2).is_nan());
+    }
+}
+
+#[test]
+fn splits_are_stratified_and_deterministic() {
+    let classes = vec![
+        (0..10).collect::<Vec<u32>>(),
+        (10..13).collect(),
+        (13..113).collect(),
+    ];
+    let a = splits::stratified(&classes, 20, 0.2, 42).unwrap();
+    assert_eq!(a, splits::stratified(&classes, 20, 0.2, 42).unwrap());
+    assert_ne!(a, splits::stratified(&classes, 20, 0.2, 43).unwrap());
+    assert_ne!(a[0], a[1], "splits of one seed differ from each other");
+    for split in &a {
+        let tests: Vec<usize> = split.test.iter().map(Vec::len).collect();
+        assert_eq!(tests, [2, 1, 20]);
+        for (k, rows) in classes.iter().enumerate() {
+            let mut both: Vec<u32> = split.train[k]
+                .iter()
+                .chain(&split.test[k])
+                .copied()
+                .collect();
+            both.sort_unstable();
+            assert_eq!(&both, rows, "class {k}: train and test partition its rows");
+        }
+    }
+    assert!(splits::stratified(&classes, 1, 1.0, 0).is_err());
+    assert!(splits::stratified(&[vec![0], vec![1, 2]], 1, 0.5, 0)
+        .unwrap_err()
+        .to_string()
+        .contains("class 0 has 1 row"));
+}
+
+fn assert_fails(args: &[&str], needles: &[&str]) {
+    let out = run_mscope(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    for needle in needles {
+        assert!(
+            err.contains(needle),
+            "stderr for {args:?} lacks {needle:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn cli_writes_report_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = repo_path("tests/fixtures/sklearn_embeddings.safetensors");
+    let (json, png) = (dir.path().join("lda.json"), dir.path().join("lda.png"));
+    let out = run_mscope(&[
+        "lda",
+        "--input",
+        input.to_str().unwrap(),
+        "--splits",
+        "6",
+        "--shrinkage",
+        "auto",
+        "--pairwise",
+        "--out",
+        json.to_str().unwrap(),
+        "--plot",
+        png.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("**Accuracy") && stdout.contains("## Pairwise accuracy"),
+        "{stdout}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(
+        r["labels"],
+        serde_json::json!(["alpha", "beta", "gamma", "delta"])
+    );
+    assert_eq!(r["splits"], 6);
+    assert_eq!(r["test_fraction"], 0.2);
+    assert_eq!(r["accuracies"].as_array().unwrap().len(), 6);
+    let confusion_total: u64 = r["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(confusion_total, 6 * (20 + 16 + 14 + 10));
+    let mean = r["accuracy_mean"].as_f64().unwrap();
+    assert!(mean > 0.25 && mean <= 1.0);
+    assert!(r["accuracy_std"].as_f64().is_some());
+    assert_eq!(r["pairwise"]["labels"], r["labels"]);
+    assert!(r["pairwise"]["accuracy_mean"][0][0].is_null());
+    assert!(r["pairwise"]["accuracy_std"][1][0].as_f64().is_some());
+    for name in ["lda.png", "lda.pairwise.png"] {
+        assert!(
+            std::fs::read(dir.path().join(name))
+                .unwrap()
+                .starts_with(b"\x89PNG"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn cli_rejects_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("sklearn_embeddings.safetensors");
+    let write = |name: &str, f: &EmbeddingsFile| {
+        let path = dir.path().join(name);
+        f.write(&path).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+
+    let mut one_label = base.clone();
+    one_label
+        .labels
+        .iter_mut()
+        .for_each(|l| *l = if *l == 2 { 2 } else { -1 });
+    let path = write("one.safetensors", &one_label);
+    assert_fails(
+        &["lda", "--input", &path],
+        &["one.safetensors", "at least two labels", "found 1"],
+    );
+
+    let mut single_row = base.clone();
+    let first_delta = single_row.labels.iter().position(|&l| l == 3).unwrap();
+    single_row.labels.iter_mut().enumerate().for_each(|(i, l)| {
+        if *l == 3 && i != first_delta {
+            *l = 0
+        }
+    });
+    let path = write("single.safetensors", &single_row);
+    assert_fails(
+        &["lda", "--input", &path],
+        &[
+            "single.safetensors",
+            "label `delta` has only 1 row",
+            &format!("row {first_delta}"),
+        ],
+    );
+
+    let mut nan = base.clone();
+    nan.embeddings[12 * nan.dim] = f32::NAN;
+    let path = write("nan.safetensors", &nan);
+    assert_fails(
+        &["lda", "--input", &path],
+        &["nan.safetensors", "row 12, column 0"],
+    );
+
+    let input = repo_path("tests/fixtures/sklearn_embeddings.safetensors");
+    assert_fails(
+        &[
+            "lda",
+            "--input",
+            input.to_str().unwrap(),
+            "--test-fraction",
+            "1.5",
+        ],
+        &["1.5"],
+    );
+    let out = run_mscope(&[
+        "lda",
+        "--input",
+        input.to_str().unwrap(),
+        "--shrinkage",
+        "2",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "clap rejects a shrinkage outside [0, 1]"
+    );
+}

@@ -1,0 +1,385 @@
+//! The stats ops (scatter, symmetric eigen, SPD solve) on every backend present, `Pca` against
+//! scikit-learn and against data of known covariance, and `mscope pca` end to end.
+
+mod common;
+
+use common::{
+    backends, random_orthogonal, reference_tensor, rel_error_f64, repo_path, run_mscope, Rng,
+};
+use mscope::backend::{self, BackendKind, Matrix64};
+use mscope::instruments::pca::{separation, Pca};
+use mscope::io::embeddings::EmbeddingsFile;
+
+/// The stats ops compute in f64: agreement with an f64 reference far below f32's 1e-5.
+const F64_TOL: f64 = 1e-10;
+
+const REFERENCE: &str = "tests/fixtures/sklearn_reference.safetensors";
+
+fn fixture(name: &str) -> EmbeddingsFile {
+    EmbeddingsFile::read(&repo_path(&format!("tests/fixtures/{name}"))).unwrap()
+}
+
+fn random_symmetric(rng: &mut Rng, d: usize) -> Matrix64 {
+    let mut a = Matrix64::zeros(d, d);
+    for i in 0..d {
+        for j in 0..=i {
+            let v = rng.uniform() as f64;
+            (*a.at_mut(i, j), *a.at_mut(j, i)) = (v, v);
+        }
+    }
+    a
+}
+
+#[test]
+fn scatter_matches_f64_reference() {
+    for be in backends() {
+        let mut rng = Rng::new(7);
+        for (n, d) in [(1, 1), (37, 5), (301, 67)] {
+            let x = rng.vec(n * d);
+            let t = be.upload(&[n, d], &x).unwrap();
+            let all: Vec<u32> = (0..n as u32).collect();
+            let odd: Vec<u32> = all.iter().copied().filter(|r| r % 2 == 1).collect();
+            let groups: [&[u32]; 3] = [&all, &odd, &[]];
+            let got = be.scatter(&t, &groups).unwrap();
+            for (g, rows) in groups.iter().enumerate() {
+                let m = rows.len();
+                let mean: Vec<f64> = (0..d)
+                    .map(|j| {
+                        rows.iter()
+                            .map(|&r| x[r as usize * d + j] as f64)
+                            .sum::<f64>()
+                            / m.max(1) as f64
+                    })
+                    .collect();
+                let mut scatter = vec![0.0; d * d];
+                for &r in rows.iter() {
+                    for i in 0..d {
+                        for j in 0..d {
+                            scatter[i * d + j] += (x[r as usize * d + i] as f64 - mean[i])
+                                * (x[r as usize * d + j] as f64 - mean[j]);
+                        }
+                    }
+                }
+                assert_eq!(got[g].count, m);
+                if m == 0 {
+                    assert!(got[g]
+                        .mean
+                        .iter()
+                        .chain(&got[g].scatter.data)
+                        .all(|&v| v == 0.0));
+                    continue;
+                }
+                let mean_err = rel_error_f64(&got[g].mean, &mean);
+                assert!(
+                    mean_err < F64_TOL,
+                    "{} n={n} d={d} group {g}: mean error {mean_err:e}",
+                    be.name()
+                );
+                if m > 1 {
+                    let err = rel_error_f64(&got[g].scatter.data, &scatter);
+                    assert!(
+                        err < F64_TOL,
+                        "{} n={n} d={d} group {g}: scatter error {err:e}",
+                        be.name()
+                    );
+                }
+            }
+        }
+        let t = be.upload(&[3, 2], &[0.0; 6]).unwrap();
+        let err = be.scatter(&t, &[&[0, 3]]).unwrap_err().to_string();
+        assert!(err.contains("row 3"), "{err}");
+    }
+}
+
+#[test]
+fn symmetric_eigen_residuals() {
+    for be in backends() {
+        let mut rng = Rng::new(11);
+        // A batch of several (one solve per core) and a batch of one (all cores).
+        for sizes in [vec![1, 2, 7, 33, 150], vec![97]] {
+            let batch: Vec<Matrix64> = sizes
+                .iter()
+                .map(|&d| random_symmetric(&mut rng, d))
+                .collect();
+            let got = be.symmetric_eigen(&batch).unwrap();
+            for (a, e) in batch.iter().zip(&got) {
+                let d = a.rows;
+                assert!(
+                    e.values.windows(2).all(|w| w[0] >= w[1]),
+                    "{}: not descending",
+                    be.name()
+                );
+                let mut au = vec![0.0; d * d];
+                let mut ul = vec![0.0; d * d];
+                let mut utu = vec![0.0; d * d];
+                let mut identity = vec![0.0; d * d];
+                for i in 0..d {
+                    identity[i * d + i] = 1.0;
+                    for j in 0..d {
+                        au[i * d + j] = (0..d).map(|k| a.at(i, k) * e.vectors.at(k, j)).sum();
+                        ul[i * d + j] = e.vectors.at(i, j) * e.values[j];
+                        utu[i * d + j] = (0..d)
+                            .map(|k| e.vectors.at(k, i) * e.vectors.at(k, j))
+                            .sum();
+                    }
+                }
+                let residual = rel_error_f64(&au, &ul);
+                let orthogonality = rel_error_f64(&utu, &identity);
+                assert!(
+                    residual < F64_TOL,
+                    "{} d={d}: ‖AU − UΛ‖/‖UΛ‖ = {residual:e}",
+                    be.name()
+                );
+                assert!(
+                    orthogonality < F64_TOL,
+                    "{} d={d}: ‖UᵀU − I‖ = {orthogonality:e}",
+                    be.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn spd_solve_residuals_and_indefinite_error() {
+    for be in backends() {
+        let mut rng = Rng::new(13);
+        let systems: Vec<(Matrix64, Matrix64)> = [(1, 1), (9, 3), (120, 4)]
+            .iter()
+            .map(|&(d, m)| {
+                let g = random_symmetric(&mut rng, d);
+                // GᵀG + I is positive definite.
+                let mut a = Matrix64::zeros(d, d);
+                for i in 0..d {
+                    for j in 0..d {
+                        *a.at_mut(i, j) = (0..d).map(|k| g.at(k, i) * g.at(k, j)).sum::<f64>()
+                            + f64::from(u8::from(i == j));
+                    }
+                }
+                let b = Matrix64 {
+                    rows: d,
+                    cols: m,
+                    data: rng.vec(d * m).into_iter().map(f64::from).collect(),
+                };
+                (a, b)
+            })
+            .collect();
+        let got = be.spd_solve(&systems).unwrap();
+        for ((a, b), x) in systems.iter().zip(&got) {
+            let ax: Vec<f64> = (0..b.rows * b.cols)
+                .map(|idx| {
+                    (0..a.rows)
+                        .map(|k| a.at(idx / b.cols, k) * x.at(k, idx % b.cols))
+                        .sum()
+                })
+                .collect();
+            let err = rel_error_f64(&ax, &b.data);
+            assert!(
+                err < F64_TOL,
+                "{} d={}: ‖AX − B‖/‖B‖ = {err:e}",
+                be.name(),
+                a.rows
+            );
+        }
+        let mut indefinite = systems.clone();
+        *indefinite[1].0.at_mut(0, 0) = -1.0;
+        let err = be.spd_solve(&indefinite).unwrap_err().to_string();
+        assert!(
+            err.contains("matrix 1") && err.contains("not positive definite"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn pca_matches_scikit_learn() {
+    let file = fixture("sklearn_embeddings.safetensors");
+    let be = backend::open(BackendKind::Cpu).unwrap();
+    let x = be
+        .upload(&[file.rows(), file.dim], &file.embeddings)
+        .unwrap();
+    let pca = Pca::fit(be.as_ref(), &x, file.dim).unwrap();
+    let (_, ratio) = reference_tensor(REFERENCE, "pca_explained_variance_ratio");
+    let (_, variance) = reference_tensor(REFERENCE, "pca_explained_variance");
+    let (_, components) = reference_tensor(REFERENCE, "pca_components");
+    // References are stored as f32: 6e-8 of rounding, well inside the tolerances.
+    let err = rel_error_f64(&pca.explained_variance_ratio, &ratio);
+    assert!(
+        err < 1e-6,
+        "explained_variance_ratio: relative error {err:e}"
+    );
+    let err = rel_error_f64(&pca.explained_variance, &variance);
+    assert!(err < 1e-6, "explained_variance: relative error {err:e}");
+    for c in 0..file.dim {
+        let ours = &pca.components.data[c * file.dim..(c + 1) * file.dim];
+        let theirs = &components[c * file.dim..(c + 1) * file.dim];
+        let sign = if ours.iter().zip(theirs).map(|(a, b)| a * b).sum::<f64>() < 0.0 {
+            -1.0
+        } else {
+            1.0
+        };
+        let ours: Vec<f64> = ours.iter().map(|v| sign * v).collect();
+        let err = rel_error_f64(&ours, theirs);
+        assert!(
+            err < 1e-5,
+            "component {c}: relative error {err:e} (up to sign)"
+        );
+    }
+}
+
+/// Rows `μ ± c_i q_i` (q_i orthonormal) have mean μ and covariance exactly `Σ λ_i q_i q_iᵀ` when
+/// `c_i² = λ_i (n − 1) / 2`: PCA must recover the λ_i and the q_i, signed as scikit-learn signs.
+#[test]
+fn pca_recovers_a_known_covariance() {
+    let mut rng = Rng::new(17);
+    let be = backend::open(BackendKind::Cpu).unwrap();
+    for d in [3, 16, 41] {
+        let q = random_orthogonal(&mut rng, d);
+        let lambdas: Vec<f64> = (0..d).map(|i| 4.0 * 0.8f64.powi(i as i32)).collect();
+        let mean: Vec<f64> = (0..d).map(|_| 10.0 * rng.uniform() as f64).collect();
+        let n = 2 * d;
+        let mut x = Vec::with_capacity(n * d);
+        for i in 0..d {
+            let c = (lambdas[i] * (n - 1) as f64 / 2.0).sqrt();
+            for sign in [1.0, -1.0] {
+                x.extend((0..d).map(|j| (mean[j] + sign * c * q[i * d + j]) as f32));
+            }
+        }
+        let t = be.upload(&[n, d], &x).unwrap();
+        let k = d.min(5);
+        let pca = Pca::fit(be.as_ref(), &t, k).unwrap();
+        // The rows are f32: relative errors of ~1e-7 in the data bound what can be recovered.
+        let err = rel_error_f64(&pca.explained_variance, &lambdas[..k]);
+        assert!(err < 1e-5, "d={d}: eigenvalues off by {err:e}");
+        let total: f64 = lambdas.iter().sum();
+        let ratio: Vec<f64> = lambdas[..k].iter().map(|l| l / total).collect();
+        assert!(
+            rel_error_f64(&pca.explained_variance_ratio, &ratio) < 1e-5,
+            "d={d}: ratios"
+        );
+        for c in 0..k {
+            let want = &q[c * d..(c + 1) * d];
+            let largest = want
+                .iter()
+                .fold(0.0f64, |m, v| if v.abs() > m.abs() { *v } else { m });
+            let want: Vec<f64> = want.iter().map(|v| v * largest.signum()).collect();
+            let err = rel_error_f64(&pca.components.data[c * d..(c + 1) * d], &want);
+            assert!(err < 1e-4, "d={d} component {c}: error {err:e}");
+        }
+    }
+}
+
+#[test]
+fn separation_ranks_labels_along_a_component() {
+    // One component; label 0 scores lowest, label 1 highest, label 2 ties label 0 on one row.
+    let scores = [0.0, 1.0, 5.0, 6.0, 1.0, 9.0];
+    let labels = [0, 0, 1, 1, 2, -1];
+    let names = vec![
+        "a".to_string(),
+        "b".to_string(),
+        "c".to_string(),
+        "unused".to_string(),
+    ];
+    let s = separation(&scores, 1, &labels, &names);
+    assert_eq!(s.len(), 3, "labels without rows are skipped");
+    assert_eq!(
+        (s[0].label.as_str(), s[0].rows, s[0].mean_score[0]),
+        ("a", 2, 0.5)
+    );
+    // a's rows beat none of b's and c's rows, and tie with c's on one: (0 + 0.5) / (2·3).
+    assert!(
+        (s[0].auc_vs_rest[0] - 0.5 / 6.0).abs() < 1e-12,
+        "{:?}",
+        s[0]
+    );
+    assert_eq!(s[1].auc_vs_rest[0], 1.0);
+}
+
+#[test]
+fn cli_writes_report_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = repo_path("tests/fixtures/sklearn_embeddings.safetensors");
+    let (json, png) = (dir.path().join("pca.json"), dir.path().join("pca.png"));
+    let out = run_mscope(&[
+        "pca",
+        "--input",
+        input.to_str().unwrap(),
+        "--components",
+        "3",
+        "--explain",
+        "2",
+        "--out",
+        json.to_str().unwrap(),
+        "--plot",
+        png.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("| PC1 |") && stdout.contains("| alpha | 100 |"),
+        "{stdout}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["n"], 300);
+    assert_eq!(report["dim"], 24);
+    assert_eq!(
+        report["explained_variance_ratio"].as_array().unwrap().len(),
+        3
+    );
+    assert_eq!(report["components"][2].as_array().unwrap().len(), 24);
+    assert_eq!(report["explain"][0]["highest"].as_array().unwrap().len(), 2);
+    for name in ["pca.png", "pca.pc2-pc3.png", "pca.variance.png"] {
+        let bytes = std::fs::read(dir.path().join(name)).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "{name} is not a PNG");
+    }
+}
+
+/// Fails cleanly: exit status 1 (a panic gives 101), stderr naming every `needles`.
+fn assert_fails(args: &[&str], needles: &[&str]) {
+    let out = run_mscope(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    for needle in needles {
+        assert!(
+            err.contains(needle),
+            "stderr for {args:?} lacks {needle:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn cli_rejects_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = repo_path("tests/fixtures/sklearn_embeddings.safetensors");
+    let input = input.to_str().unwrap();
+    assert_fails(
+        &["pca", "--input", input, "--components", "25"],
+        &["25 components", "dimension 24"],
+    );
+
+    let mut file = fixture("sklearn_embeddings.safetensors");
+    file.embeddings[7 * file.dim + 3] = f32::NAN;
+    let bad = dir.path().join("nan.safetensors");
+    file.write(&bad).unwrap();
+    assert_fails(
+        &["pca", "--input", bad.to_str().unwrap()],
+        &["nan.safetensors", "row 7, column 3", "NaN"],
+    );
+
+    let json = dir.path().join("never.json");
+    assert_fails(
+        &[
+            "pca",
+            "--input",
+            bad.to_str().unwrap(),
+            "--out",
+            json.to_str().unwrap(),
+        ],
+        &["row 7"],
+    );
+    assert!(!json.exists(), "a failed run wrote its report");
+}

@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""scikit-learn references for `mscope pca` and `mscope lda` (tests/pca.rs, tests/lda.rs).
+
+    tools/.venv/bin/pip install scikit-learn
+    tools/.venv/bin/python tools/make_sklearn_fixtures.py
+
+Writes synthetic embeddings in mscope's format (DESIGN.md › File formats) and what scikit-learn
+computes on them, all under tests/fixtures/sklearn_*.safetensors:
+
+- sklearn_embeddings: 300 rows × 24 dims, 4 labels of unequal size sharing an anisotropic
+  covariance (classes overlap, so accuracy is well below 100%);
+- sklearn_wide_embeddings: 36 rows × 48 dims, 3 labels: more dims than rows, so the within-class
+  scatter is singular (the svd solver's rank rule, Ledoit–Wolf's reason to exist);
+- sklearn_reference: PCA(svd_solver="full") explained variance, ratio and components; for each
+  data set the test indices of StratifiedShuffleSplit(test_size=0.2, random_state=0) and the test
+  predictions and accuracies of LinearDiscriminantAnalysis with solver="svd", with
+  solver="eigen", shrinkage="auto", and with solver="eigen", shrinkage=0.3, fitted on the train
+  part; the svd fit's explained_variance_ratio_ on every row.
+
+Inputs are cast to float64 before fitting (scikit-learn would otherwise compute in float32).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import sklearn
+from safetensors.numpy import save_file
+from sklearn.decomposition import PCA
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.model_selection import StratifiedShuffleSplit
+
+OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+SPLITS = 5
+
+
+def synthetic(rng, counts, dim, spread):
+    """Gaussian classes with a shared random anisotropic covariance; the class means lie
+    `spread` apart in Mahalanobis units, so `spread` sets how much the classes overlap."""
+    mix = rng.standard_normal((dim, dim)) * np.geomspace(3.0, 0.1, dim)
+    means = rng.standard_normal((len(counts), dim)) * (spread / np.sqrt(dim)) @ mix.T
+    x = np.concatenate([rng.standard_normal((n, dim)) @ mix.T + means[k] for k, n in enumerate(counts)])
+    y = np.concatenate([np.full(n, k) for k, n in enumerate(counts)])
+    order = rng.permutation(len(y))
+    return x[order].astype(np.float32), y[order].astype(np.int64)
+
+
+def write_embeddings(path, x, y, labels):
+    """Writes rows `x` with label indices `y` in the format `mscope embed` writes."""
+    save_file(
+        {"embeddings": np.ascontiguousarray(x), "labels": y},
+        str(path),
+        metadata={
+            "labels": "[" + ",".join(f'"{l}"' for l in labels) + "]",
+            "model": "synthetic",
+            "pooling": "none",
+            "normalized": "false",
+            "max_length": "0",
+        },
+    )
+
+
+def lda_references(prefix, x, y):
+    x64 = x.astype(np.float64)
+    splitter = StratifiedShuffleSplit(n_splits=SPLITS, test_size=0.2, random_state=0)
+    models = {
+        "svd": lambda: LinearDiscriminantAnalysis(solver="svd"),
+        "eigen_auto": lambda: LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto"),
+        "eigen_0.3": lambda: LinearDiscriminantAnalysis(solver="eigen", shrinkage=0.3),
+    }
+    out = {f"{prefix}_test_index": [], **{f"{prefix}_{m}_pred": [] for m in models}}
+    acc = {m: [] for m in models}
+    for train, test in splitter.split(x64, y):
+        out[f"{prefix}_test_index"].append(test)
+        for m, make in models.items():
+            pred = make().fit(x64[train], y[train]).predict(x64[test])
+            out[f"{prefix}_{m}_pred"].append(pred)
+            acc[m].append(np.mean(pred == y[test]))
+    tensors = {k: np.asarray(v, dtype=np.int64) for k, v in out.items()}
+    tensors.update({f"{prefix}_{m}_accuracy": np.asarray(a, dtype=np.float32) for m, a in acc.items()})
+    full = LinearDiscriminantAnalysis(solver="svd").fit(x64, y)
+    tensors[f"{prefix}_explained_variance_ratio"] = full.explained_variance_ratio_.astype(np.float32)
+    return tensors
+
+
+def main():
+    rng = np.random.default_rng(20240601)
+    x, y = synthetic(rng, [100, 80, 70, 50], 24, 2.0)
+    write_embeddings(OUT / "sklearn_embeddings.safetensors", x, y, ["alpha", "beta", "gamma", "delta"])
+    wx, wy = synthetic(rng, [12, 12, 12], 48, 6.0)
+    write_embeddings(OUT / "sklearn_wide_embeddings.safetensors", wx, wy, ["left", "middle", "right"])
+
+    pca = PCA(svd_solver="full").fit(x.astype(np.float64))
+    ref = {
+        "pca_explained_variance": pca.explained_variance_.astype(np.float32),
+        "pca_explained_variance_ratio": pca.explained_variance_ratio_.astype(np.float32),
+        "pca_components": np.ascontiguousarray(pca.components_, dtype=np.float32),
+    }
+    ref.update(lda_references("lda", x, y))
+    ref.update(lda_references("wide", wx, wy))
+    save_file(ref, str(OUT / "sklearn_reference.safetensors"), metadata={"sklearn": sklearn.__version__})
+    for k in sorted(ref):
+        if k.endswith("accuracy"):
+            print(k, np.round(ref[k], 3))
+
+
+if __name__ == "__main__":
+    main()
