@@ -29,6 +29,12 @@ pub enum Error {
         backend: &'static str,
         reason: String,
     },
+    /// A device failed while running work (lost device, failed readback).
+    #[error("{backend} device: {message}")]
+    Device {
+        backend: &'static str,
+        message: String,
+    },
     /// Tokenizer failures (the tokenizers crate reports a boxed error).
     #[error("tokenizer {}: {message}", path.display())]
     Tokenizer { path: PathBuf, message: String },

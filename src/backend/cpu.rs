@@ -22,14 +22,21 @@ impl Default for CpuBackend {
     }
 }
 
-fn values(t: &Tensor) -> &[f32] {
-    let Storage::Cpu(v) = &t.storage;
-    v
+fn values(t: &Tensor) -> Result<&[f32]> {
+    match &t.storage {
+        Storage::Cpu(v) => Ok(v),
+        _ => Err(t.foreign("cpu")),
+    }
 }
 
-fn values_mut(t: &mut Tensor) -> &mut [f32] {
-    let Storage::Cpu(v) = &mut t.storage;
-    v
+fn values_mut(t: &mut Tensor) -> Result<&mut [f32]> {
+    if !matches!(t.storage, Storage::Cpu(_)) {
+        return Err(t.foreign("cpu"));
+    }
+    let Storage::Cpu(v) = &mut t.storage else {
+        unreachable!("checked above")
+    };
+    Ok(v)
 }
 
 fn ensure(ok: bool, message: impl FnOnce() -> String) -> Result<()> {
@@ -76,7 +83,7 @@ impl Backend for CpuBackend {
     }
 
     fn download(&self, tensor: &Tensor) -> Result<Vec<f32>> {
-        Ok(values(tensor).to_vec())
+        Ok(values(tensor)?.to_vec())
     }
 
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
@@ -119,17 +126,17 @@ impl Backend for CpuBackend {
                 )
             })?;
         }
-        let lhs = MatRef::from_row_major_slice(values(x), n, k);
-        let rhs = MatRef::from_row_major_slice(values(w), m, k).transpose();
-        let dst = MatMut::from_row_major_slice_mut(values_mut(out), n, m);
+        let lhs = MatRef::from_row_major_slice(values(x)?, n, k);
+        let rhs = MatRef::from_row_major_slice(values(w)?, m, k).transpose();
+        let dst = MatMut::from_row_major_slice_mut(values_mut(out)?, n, m);
         matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, Par::rayon(0));
 
         if bias.is_none() && act == Activation::Identity && residual.is_none() {
             return Ok(());
         }
-        let bias = bias.map(values);
-        let residual = residual.map(values);
-        values_mut(out)
+        let bias = bias.map(values).transpose()?;
+        let residual = residual.map(values).transpose()?;
+        values_mut(out)?
             .par_chunks_mut(m)
             .enumerate()
             .for_each(|(row, y)| {
@@ -168,8 +175,8 @@ impl Backend for CpuBackend {
                 "gather: index {bad} out of range for a table of {rows} rows"
             )));
         }
-        let table = values(table);
-        values_mut(out)
+        let table = values(table)?;
+        values_mut(out)?
             .par_chunks_mut(d)
             .zip(ids.par_iter())
             .for_each(|(y, &id)| {
@@ -192,8 +199,8 @@ impl Backend for CpuBackend {
                 beta.shape()
             )
         })?;
-        let (g, b) = (values(gamma), values(beta));
-        values_mut(x).par_chunks_mut(d).for_each(|row| {
+        let (g, b) = (values(gamma)?, values(beta)?);
+        values_mut(x)?.par_chunks_mut(d).for_each(|row| {
             let mean = row.iter().sum::<f32>() / d as f32;
             let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
             let inv = 1.0 / (var + eps).sqrt();
@@ -235,10 +242,10 @@ impl Backend for CpuBackend {
                 heads * hd
             )
         })?;
-        let qkv = values(qkv);
+        let qkv = values(qkv)?;
         let out_width = heads * hd;
         let group = heads / kv_heads;
-        let blocks = split_sequences(values_mut(out), layout, out_width);
+        let blocks = split_sequences(values_mut(out)?, layout, out_width);
         blocks
             .into_par_iter()
             .enumerate()
@@ -303,8 +310,8 @@ impl Backend for CpuBackend {
         ensure(out.shape() == [b, d], || {
             format!("pool: output shape {:?}, expected [{b}, {d}]", out.shape())
         })?;
-        let h = values(hidden);
-        values_mut(out)
+        let h = values(hidden)?;
+        values_mut(out)?
             .par_chunks_mut(d)
             .enumerate()
             .for_each(|(s, y)| {
@@ -340,7 +347,7 @@ impl Backend for CpuBackend {
 
     fn l2_normalize(&self, x: &mut Tensor) -> Result<()> {
         let (_, d) = x.dims2("l2_normalize input")?;
-        values_mut(x).par_chunks_mut(d).for_each(|row| {
+        values_mut(x)?.par_chunks_mut(d).for_each(|row| {
             let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
             row.iter_mut().for_each(|v| *v /= norm);
         });
