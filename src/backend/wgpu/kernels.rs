@@ -24,12 +24,15 @@ pub(super) enum Kernel {
     Pool,
     LayerNorm,
     L2Normalize,
-    Linear,
+    /// GEMM variant 1: workgroup-shared tiles (GPUs).
+    LinearTiled,
+    /// GEMM variant 2: no shared tiles or barriers (software adapters).
+    LinearDirect,
     Attention,
 }
 
 impl Kernel {
-    pub(super) const COUNT: usize = 6;
+    pub(super) const COUNT: usize = 7;
 
     fn index(self) -> usize {
         self as usize
@@ -40,7 +43,9 @@ impl Kernel {
             Kernel::Gather => include_str!("../../../shaders/gather.wgsl"),
             Kernel::Pool => include_str!("../../../shaders/pool.wgsl"),
             Kernel::LayerNorm | Kernel::L2Normalize => include_str!("../../../shaders/norm.wgsl"),
-            Kernel::Linear => include_str!("../../../shaders/gemm.wgsl"),
+            Kernel::LinearTiled | Kernel::LinearDirect => {
+                include_str!("../../../shaders/gemm.wgsl")
+            }
             Kernel::Attention => include_str!("../../../shaders/attention.wgsl"),
         }
     }
@@ -51,7 +56,8 @@ impl Kernel {
             Kernel::Pool => "pool",
             Kernel::LayerNorm => "layer_norm",
             Kernel::L2Normalize => "l2_normalize",
-            Kernel::Linear => "linear_tiled",
+            Kernel::LinearTiled => "linear_tiled",
+            Kernel::LinearDirect => "linear_direct",
             Kernel::Attention => "attention_online",
         }
     }
@@ -68,7 +74,7 @@ impl Kernel {
             // x
             Kernel::L2Normalize => &[ReadWrite],
             // x, w, bias, residual, out
-            Kernel::Linear => &[Read, Read, Read, Read, ReadWrite],
+            Kernel::LinearTiled | Kernel::LinearDirect => &[Read, Read, Read, Read, ReadWrite],
             // qkv, sequence starts, out
             Kernel::Attention => &[Read, Read, ReadWrite],
         }

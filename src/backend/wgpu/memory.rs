@@ -5,8 +5,9 @@
 /// The buffers behind a wgpu [`Tensor`](crate::backend::Tensor).
 #[derive(Debug)]
 pub struct WgpuStorage {
-    /// The device the buffers belong to, so a tensor of another device is refused cleanly.
-    pub(super) device: wgpu::Device,
+    /// Id of the backend whose device holds the buffers, so a tensor of another device is refused
+    /// cleanly (wgpu handles of separate instances may compare equal).
+    pub(super) owner: u64,
     pub(super) parts: Vec<wgpu::Buffer>,
     /// Rows in every part but possibly the last.
     pub(super) rows_per_part: usize,

@@ -9,6 +9,7 @@ mod adapter;
 mod kernels;
 mod memory;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
 
 use bytemuck::Pod;
@@ -35,8 +36,18 @@ const ELEMENT_WORKGROUP: usize = 256;
 const MAX_HEAD_DIM: usize = 128;
 /// Must match `BLOCK_Q` in shaders/attention.wgsl.
 const ATTENTION_BLOCK_Q: usize = 64;
-/// Must match `TILE` in shaders/gemm.wgsl.
+/// Output rows and columns per workgroup of both GEMM variants (shaders/gemm.wgsl).
 const GEMM_TILE: usize = 64;
+
+/// The GEMM kernels of shaders/gemm.wgsl (variants 1 and 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmVariant {
+    /// Workgroup-shared tiles: for GPUs.
+    Tiled,
+    /// No shared tiles or barriers: for software adapters, where workgroup memory is plain memory
+    /// and a barrier is a coroutine switch.
+    Direct,
+}
 
 /// How to open the backend.
 #[derive(Clone, Debug)]
@@ -48,6 +59,8 @@ pub struct WgpuOptions {
     /// Largest buffer a table part may have; `None` means the device's storage-binding limit.
     /// Tests lower it to exercise split tables with small data.
     pub max_binding_bytes: Option<u64>,
+    /// `None` picks by adapter: [`GemmVariant::Direct`] on software adapters, else tiled.
+    pub gemm: Option<GemmVariant>,
 }
 
 impl Default for WgpuOptions {
@@ -56,6 +69,7 @@ impl Default for WgpuOptions {
             adapter: None,
             allow_software: true,
             max_binding_bytes: None,
+            gemm: None,
         }
     }
 }
@@ -79,6 +93,8 @@ struct Pending {
 }
 
 pub struct WgpuBackend {
+    /// Unique per opened backend; tags its tensors.
+    id: u64,
     device: wgpu::Device,
     queue: wgpu::Queue,
     adapter: wgpu::AdapterInfo,
@@ -90,6 +106,7 @@ pub struct WgpuBackend {
     /// Tables larger than this are split into parts of whole rows.
     max_part_bytes: u64,
     max_workgroups_per_dim: u32,
+    gemm: Kernel,
 }
 
 impl WgpuBackend {
@@ -134,7 +151,17 @@ impl WgpuBackend {
             usage: USAGE,
             mapped_at_creation: false,
         });
+        let software = info.device_type == wgpu::DeviceType::Cpu;
+        let gemm = match options.gemm {
+            Some(GemmVariant::Tiled) => Kernel::LinearTiled,
+            Some(GemmVariant::Direct) => Kernel::LinearDirect,
+            None if software => Kernel::LinearDirect,
+            None => Kernel::LinearTiled,
+        };
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(WgpuBackend {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            gemm,
             pipelines: PipelineCache::new(),
             pending: Mutex::new(Pending {
                 encoder: None,
@@ -182,7 +209,7 @@ impl WgpuBackend {
     /// The storage of `t`, which must live on this backend's device.
     fn storage<'a>(&self, t: &'a Tensor) -> Result<&'a WgpuStorage> {
         match &t.storage {
-            Storage::Wgpu(s) if s.device == self.device => Ok(s),
+            Storage::Wgpu(s) if s.owner == self.id => Ok(s),
             Storage::Wgpu(_) => Err(Error::input(format!(
                 "tensor of shape {:?} lives on another wgpu device",
                 t.shape
@@ -197,11 +224,11 @@ impl WgpuBackend {
         match &storage.parts[..] {
             [buffer] => Ok(buffer),
             parts => Err(Error::input(format!(
-                "{op}: tensor of shape {:?} is split into {} buffers (larger than one {} MiB \
-                 storage binding); only gather_rows reads split tables",
+                "{op}: tensor of shape {:?} is split into {} buffers (larger than one storage \
+                 binding of {} bytes); only gather_rows reads split tables",
                 t.shape,
                 parts.len(),
-                self.max_part_bytes >> 20
+                self.max_part_bytes
             ))),
         }
     }
@@ -220,7 +247,7 @@ impl WgpuBackend {
         Tensor {
             shape: shape.to_vec(),
             storage: Storage::Wgpu(WgpuStorage {
-                device: self.device.clone(),
+                owner: self.id,
                 parts,
                 rows_per_part,
             }),
@@ -230,8 +257,8 @@ impl WgpuBackend {
     fn plan(&self, shape: &[usize]) -> Result<(usize, usize)> {
         plan_parts(shape, self.max_part_bytes).ok_or_else(|| {
             Error::input(format!(
-                "tensor of shape {shape:?}: one row exceeds the {} MiB storage-binding limit",
-                self.max_part_bytes >> 20
+                "tensor of shape {shape:?}: one row exceeds the storage-binding limit of {} bytes",
+                self.max_part_bytes
             ))
         })
     }
@@ -496,7 +523,7 @@ impl Backend for WgpuBackend {
                 "linear: [{n}, {m}] output exceeds the device's workgroup grid"
             )));
         }
-        self.dispatch(Kernel::Linear, &params, &buffers, groups);
+        self.dispatch(self.gemm, &params, &buffers, groups);
         Ok(())
     }
 
