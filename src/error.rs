@@ -32,6 +32,12 @@ pub enum Error {
     /// A plot that could not be drawn or written.
     #[error("{}: cannot draw plot: {message}", path.display())]
     Plot { path: PathBuf, message: String },
+    /// A device failed while running work (lost device, failed readback).
+    #[error("{backend} device: {message}")]
+    Device {
+        backend: &'static str,
+        message: String,
+    },
     /// Tokenizer failures (the tokenizers crate reports a boxed error).
     #[error("tokenizer {}: {message}", path.display())]
     Tokenizer { path: PathBuf, message: String },

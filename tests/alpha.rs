@@ -5,8 +5,8 @@
 
 mod common;
 
-use common::{backends, Rng};
-use mscope::backend::{Backend, TrimReference, TrimResult, TrimSpec};
+use common::{backends_for, Rng};
+use mscope::backend::{Backend, OpFamily, TrimReference, TrimResult, TrimSpec};
 use mscope::instruments::trim::{self, Profile};
 
 const SPEC: TrimSpec = TrimSpec {
@@ -186,7 +186,7 @@ fn bisect_alpha(p: &Profile, t: f64) -> f64 {
 
 #[test]
 fn alpha_hat_is_the_smallest_level_within_the_threshold() {
-    for be in backends() {
+    for be in backends_for(OpFamily::Trim) {
         let mut rng = Rng::new(11);
         for case in 0..400usize {
             let (n, m) = (5 + rng.below(300) as usize, 5 + rng.below(300) as usize);
@@ -254,7 +254,7 @@ fn distance_at_zero_is_the_ks_statistic() {
             .fold(0.0, f64::max);
         let p = profile(&candidate, &reference);
         assert!((p.distance(0.0) - ks).abs() < 1e-15, "case {case}");
-        for be in backends() {
+        for be in backends_for(OpFamily::Trim) {
             let r = search(be.as_ref(), &candidate, &reference, &SPEC);
             assert!((r.ks - ks).abs() < 1e-15, "{} case {case}", be.name());
         }
@@ -265,7 +265,7 @@ fn distance_at_zero_is_the_ks_statistic() {
 fn invariant_under_increasing_transforms() {
     // Multiples of 1/64 keep ties; the transform keeps every distinct value distinct in f32.
     let transform = |x: f32| (3.0 * (x as f64).exp() + (x as f64).powi(3)) as f32;
-    for be in backends() {
+    for be in backends_for(OpFamily::Trim) {
         let mut rng = Rng::new(13);
         for case in 0..50 {
             let grid = |rng: &mut Rng, s: i64| (rng.below(200) as i64 - 100 + s) as f32 / 64.0;
@@ -331,7 +331,7 @@ fn population_values_with_large_samples() {
             "uniform: d({alpha}) = {got}, want {want}"
         );
     }
-    for be in backends() {
+    for be in backends_for(OpFamily::Trim) {
         let r = search(be.as_ref(), &candidate, &reference, &SPEC);
         // d(α̂) = threshold ⇒ α̂ = (a − t)/(1 − t) in the population.
         let want = (a - r.threshold) / (1.0 - r.threshold);
@@ -362,7 +362,7 @@ fn population_values_with_large_samples() {
             p.distance(alpha)
         );
     }
-    for be in backends() {
+    for be in backends_for(OpFamily::Trim) {
         let r = search(be.as_ref(), &candidate, &reference, &SPEC);
         assert!(
             r.alpha_hat > 0.05 && r.alpha_hat <= 0.1,
@@ -374,7 +374,7 @@ fn population_values_with_large_samples() {
 
 #[test]
 fn same_distribution_gives_zero_about_95_percent_of_the_time() {
-    for be in backends() {
+    for be in backends_for(OpFamily::Trim) {
         let mut rng = Rng::new(19);
         let seeds = 1000;
         let zero = (0..seeds)
@@ -396,7 +396,7 @@ fn same_distribution_gives_zero_about_95_percent_of_the_time() {
 
 #[test]
 fn leave_one_out_equals_explicit_pools() {
-    for be in backends() {
+    for be in backends_for(OpFamily::Trim) {
         let mut rng = Rng::new(23);
         for case in 0..60usize {
             let models = 2 + rng.below(6) as usize;
@@ -496,7 +496,7 @@ fn trimmed_w2_matches_brute_force() {
 
 #[test]
 fn bad_input_is_an_error() {
-    for be in backends() {
+    for be in backends_for(OpFamily::Trim) {
         let be = be.as_ref();
         let ok = [1.0f32, 2.0, 3.0];
         let cases: [(&[&[f32]], TrimReference, TrimSpec, &str); 6] = [

@@ -7,31 +7,18 @@ use std::path::Path;
 use std::process::Output;
 
 use common::{
-    cosine, fixture_texts, minilm_dir, reference_tensor, repo_path, run_mscope as mscope,
+    assert_fails_cleanly, cosine, fixture_texts, minilm_dir, reference_tensor, repo_path,
+    run_mscope as mscope,
 };
-use mscope::io::embeddings::EmbeddingsFile;
+use mscope::io::embeddings::{read_texts_sidecar, texts_sidecar_path, EmbeddingsFile};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Runs a command that must fail cleanly: exit status 1 (a panic gives 101), the message on
-/// stderr containing every `needles`, and no file left in `dir` but `keep`.
+/// A clean failure that leaves no file in `dir` but the `keep` it had.
 fn assert_fails(args: &[&str], needles: &[&str], dir: &Path, keep: usize) {
-    let out = mscope(args);
-    let err = stderr(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "expected a clean failure for {args:?}, got {:?}: {err}",
-        out.status
-    );
-    for needle in needles {
-        assert!(
-            err.contains(needle),
-            "stderr for {args:?} lacks {needle:?}: {err}"
-        );
-    }
+    assert_fails_cleanly(args, needles);
     let left = std::fs::read_dir(dir).unwrap().count();
     assert_eq!(
         left,
@@ -90,6 +77,22 @@ fn embed_writes_the_contract_and_matches_sentence_transformers() {
         ("mean", true, 256)
     );
     assert_eq!(file.model, "all-MiniLM-L6-v2");
+
+    // The texts sidecar: one row per embedding, same order, labels by name.
+    let sidecar = texts_sidecar_path(&out_path);
+    assert_eq!(sidecar, dir.path().join("e.safetensors.texts.jsonl"));
+    let sidecar_texts = read_texts_sidecar(&sidecar, texts.len()).unwrap().unwrap();
+    assert_eq!(sidecar_texts, texts);
+    let sidecar_labels: Vec<serde_json::Value> = std::fs::read_to_string(&sidecar)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["label"].clone())
+        .collect();
+    let want_names: Vec<serde_json::Value> = want_labels
+        .iter()
+        .map(|&l| file.label_names[l as usize].as_str().into())
+        .collect();
+    assert_eq!(sidecar_labels, want_names);
 
     let (_, want) = reference_tensor("tests/fixtures/minilm_reference.safetensors", "embeddings");
     let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{run_mscope, Rng};
+use common::{assert_fails_cleanly, run_mscope, Rng};
 use mscope::backend::{self, BackendKind, TrimReference, TrimSpec};
 use serde_json::Value;
 
@@ -322,18 +322,9 @@ fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
-/// The command fails with exit status 1 (a panic gives 101), names every needle on stderr and
-/// leaves no report behind.
+/// A clean failure that leaves no report behind.
 fn assert_fails(args: &[&str], needles: &[&str], report: &Path) {
-    let out = run_mscope(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-    for needle in needles {
-        assert!(
-            err.contains(needle),
-            "stderr for {args:?} lacks {needle:?}: {err}"
-        );
-    }
+    assert_fails_cleanly(args, needles);
     assert!(!report.exists(), "{args:?} left {}", report.display());
 }
 

@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{random_orthogonal, reference_tensor, rel_error_f64, repo_path, run_mscope, Rng};
+use common::{
+    assert_fails_cleanly, random_orthogonal, reference_tensor, rel_error_f64, repo_path,
+    run_mscope, Rng,
+};
 use mscope::backend::{self, Backend, BackendKind};
 use mscope::instruments::lda::{evaluate, Classes, Evaluation, Projection, Shrinkage};
 use mscope::instruments::splits::{self, Split};
@@ -234,18 +237,6 @@ fn splits_are_stratified_and_deterministic() {
         .contains("class 0 has 1 row"));
 }
 
-fn assert_fails(args: &[&str], needles: &[&str]) {
-    let out = run_mscope(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-    for needle in needles {
-        assert!(
-            err.contains(needle),
-            "stderr for {args:?} lacks {needle:?}: {err}"
-        );
-    }
-}
-
 #[test]
 fn cli_writes_report_and_plots() {
     let dir = tempfile::tempdir().unwrap();
@@ -323,7 +314,7 @@ fn cli_rejects_bad_input() {
         .iter_mut()
         .for_each(|l| *l = if *l == 2 { 2 } else { -1 });
     let path = write("one.safetensors", &one_label);
-    assert_fails(
+    assert_fails_cleanly(
         &["lda", "--input", &path],
         &["one.safetensors", "at least two labels", "found 1"],
     );
@@ -336,7 +327,7 @@ fn cli_rejects_bad_input() {
         }
     });
     let path = write("single.safetensors", &single_row);
-    assert_fails(
+    assert_fails_cleanly(
         &["lda", "--input", &path],
         &[
             "single.safetensors",
@@ -348,13 +339,13 @@ fn cli_rejects_bad_input() {
     let mut nan = base.clone();
     nan.embeddings[12 * nan.dim] = f32::NAN;
     let path = write("nan.safetensors", &nan);
-    assert_fails(
+    assert_fails_cleanly(
         &["lda", "--input", &path],
         &["nan.safetensors", "row 12, column 0"],
     );
 
     let input = repo_path("tests/fixtures/sklearn_embeddings.safetensors");
-    assert_fails(
+    assert_fails_cleanly(
         &[
             "lda",
             "--input",

@@ -3,12 +3,15 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
+
 use common::{
-    backends, random_orthogonal, reference_tensor, rel_error_f64, repo_path, run_mscope, Rng,
+    assert_fails_cleanly, backends_for, random_orthogonal, reference_tensor, rel_error_f64,
+    repo_path, run_mscope, Rng,
 };
-use mscope::backend::{self, BackendKind, Matrix64};
+use mscope::backend::{self, BackendKind, Matrix64, OpFamily};
 use mscope::instruments::pca::{separation, Pca};
-use mscope::io::embeddings::EmbeddingsFile;
+use mscope::io::embeddings::{texts_sidecar_path, write_texts_sidecar, EmbeddingsFile};
 
 /// The stats ops compute in f64: agreement with an f64 reference far below f32's 1e-5.
 const F64_TOL: f64 = 1e-10;
@@ -32,7 +35,7 @@ fn random_symmetric(rng: &mut Rng, d: usize) -> Matrix64 {
 
 #[test]
 fn scatter_matches_f64_reference() {
-    for be in backends() {
+    for be in backends_for(OpFamily::Stats) {
         let mut rng = Rng::new(7);
         for (n, d) in [(1, 1), (37, 5), (301, 67)] {
             let x = rng.vec(n * d);
@@ -93,7 +96,7 @@ fn scatter_matches_f64_reference() {
 
 #[test]
 fn symmetric_eigen_residuals() {
-    for be in backends() {
+    for be in backends_for(OpFamily::Stats) {
         let mut rng = Rng::new(11);
         // A batch of several (one solve per core) and a batch of one (all cores).
         for sizes in [vec![1, 2, 7, 33, 150], vec![97]] {
@@ -142,7 +145,7 @@ fn symmetric_eigen_residuals() {
 
 #[test]
 fn spd_solve_residuals_and_indefinite_error() {
-    for be in backends() {
+    for be in backends_for(OpFamily::Stats) {
         let mut rng = Rng::new(13);
         let systems: Vec<(Matrix64, Matrix64)> = [(1, 1), (9, 3), (120, 4)]
             .iter()
@@ -332,23 +335,137 @@ fn cli_writes_report_and_plots() {
     );
     assert_eq!(report["components"][2].as_array().unwrap().len(), 24);
     assert_eq!(report["explain"][0]["highest"].as_array().unwrap().len(), 2);
+    // The fixture has no texts sidecar: rows only, and the summary says why.
+    assert!(report["explain"][0].get("highest_words").is_none());
+    assert!(stdout.contains("Texts unavailable (no sidecar"), "{stdout}");
     for name in ["pca.png", "pca.pc2-pc3.png", "pca.variance.png"] {
         let bytes = std::fs::read(dir.path().join(name)).unwrap();
         assert!(bytes.starts_with(b"\x89PNG"), "{name} is not a PNG");
     }
 }
 
-/// Fails cleanly: exit status 1 (a panic gives 101), stderr naming every `needles`.
-fn assert_fails(args: &[&str], needles: &[&str]) {
-    let out = run_mscope(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-    for needle in needles {
-        assert!(
-            err.contains(needle),
-            "stderr for {args:?} lacks {needle:?}: {err}"
-        );
+/// 40 rows whose PC1 score is their index (plus small noise): the ten highest talk about apples,
+/// the ten lowest about rivers, the rest about nothing in particular.
+fn write_explain_fixture(dir: &Path) -> PathBuf {
+    let mut rng = Rng::new(5);
+    let n = 40;
+    let mut embeddings = Vec::new();
+    for i in 0..n {
+        embeddings.extend([
+            i as f32,
+            0.01 * rng.normal() as f32,
+            0.01 * rng.normal() as f32,
+        ]);
     }
+    let texts: Vec<String> = (0..n)
+        .map(|i| {
+            if i >= 30 {
+                format!("Apple cider and apple pie, batch {i}")
+            } else if i < 10 {
+                format!("River water and river stones, bend {i}")
+            } else {
+                "Nothing much happened today".to_string()
+            }
+        })
+        .collect();
+    let file = EmbeddingsFile {
+        embeddings,
+        dim: 3,
+        labels: (0..n).map(|i| i64::from(i >= 20)).collect(),
+        label_names: vec!["low".into(), "high".into()],
+        model: String::new(),
+        pooling: String::new(),
+        normalized: false,
+        max_length: 0,
+    };
+    let path = dir.join("explain.safetensors");
+    file.write(&path).unwrap();
+    write_texts_sidecar(
+        &texts_sidecar_path(&path),
+        &texts,
+        &file.labels,
+        &file.label_names,
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn cli_explain_shows_texts_and_words_at_each_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_explain_fixture(dir.path());
+    let json = dir.path().join("pca.json");
+    let out = run_mscope(&[
+        "pca",
+        "--input",
+        input.to_str().unwrap(),
+        "--components",
+        "1",
+        "--explain",
+        "3",
+        "--out",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let pc1 = &report["explain"][0];
+    // The component points along +x (largest entry positive), so the high end is the apple end.
+    let highest = pc1["highest"].as_array().unwrap();
+    let lowest = pc1["lowest"].as_array().unwrap();
+    assert_eq!((highest.len(), lowest.len()), (3, 3));
+    assert_eq!(highest[0]["row"], 39);
+    assert!(highest[0]["score"].as_f64().unwrap() > 0.0);
+    assert_eq!(highest[0]["label"], "high");
+    assert_eq!(highest[0]["text"], "Apple cider and apple pie, batch 39");
+    assert_eq!(lowest[0]["row"], 0);
+    assert_eq!(lowest[0]["text"], "River water and river stones, bend 0");
+    assert_eq!(pc1["highest_words"][0]["word"], "apple");
+    assert_eq!(pc1["lowest_words"][0]["word"], "river");
+    let words = |end: &str| -> Vec<&str> {
+        pc1[end]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["word"].as_str().unwrap())
+            .collect()
+    };
+    // "and" is equally common at both ends, so neither over-uses it.
+    assert!(!words("highest_words").contains(&"and"));
+    assert!(!words("lowest_words").contains(&"and"));
+    assert!(
+        stdout.contains("Apple cider and apple pie, batch 39")
+            && stdout.contains("high end apple (")
+            && stdout.contains("low end river ("),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn cli_explain_rejects_a_mismatched_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_explain_fixture(dir.path());
+    let sidecar = texts_sidecar_path(&input);
+    let lines = std::fs::read_to_string(&sidecar).unwrap();
+    let args = ["pca", "--input", input.to_str().unwrap(), "--explain", "3"];
+    std::fs::write(
+        &sidecar,
+        lines.lines().skip(1).collect::<Vec<_>>().join("\n"),
+    )
+    .unwrap();
+    assert_fails_cleanly(
+        &args,
+        &["explain.safetensors.texts.jsonl", "39 texts", "40 rows"],
+    );
+    std::fs::write(&sidecar, lines.replacen("{", "not json {", 1)).unwrap();
+    assert_fails_cleanly(
+        &args,
+        &["explain.safetensors.texts.jsonl:1:", "invalid JSON"],
+    );
 }
 
 #[test]
@@ -356,7 +473,7 @@ fn cli_rejects_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let input = repo_path("tests/fixtures/sklearn_embeddings.safetensors");
     let input = input.to_str().unwrap();
-    assert_fails(
+    assert_fails_cleanly(
         &["pca", "--input", input, "--components", "25"],
         &["25 components", "dimension 24"],
     );
@@ -365,13 +482,13 @@ fn cli_rejects_bad_input() {
     file.embeddings[7 * file.dim + 3] = f32::NAN;
     let bad = dir.path().join("nan.safetensors");
     file.write(&bad).unwrap();
-    assert_fails(
+    assert_fails_cleanly(
         &["pca", "--input", bad.to_str().unwrap()],
         &["nan.safetensors", "row 7, column 3", "NaN"],
     );
 
     let json = dir.path().join("never.json");
-    assert_fails(
+    assert_fails_cleanly(
         &[
             "pca",
             "--input",

@@ -12,4 +12,9 @@ if [ ! -e "$nvrtc/nvidia/cu13/lib/libnvrtc.so.13" ]; then
 fi
 export LD_LIBRARY_PATH="$PWD/$nvrtc/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export MSCOPE_REQUIRE_NVRTC=1
+# Mesa's Vulkan drivers (lavapipe runs the wgpu tests) complain on every instance without one.
+if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+    export XDG_RUNTIME_DIR="${TMPDIR:-/tmp}/mscope-runtime-$(id -u)"
+    mkdir -p -m 700 "$XDG_RUNTIME_DIR"
+fi
 cargo test --release "$@"

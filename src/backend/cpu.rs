@@ -6,10 +6,10 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::{
-    Activation, AttentionSpec, Backend, Eigen, Matrix64, Moments, Pooling, SeqLayout, Storage,
-    Tensor,
+    shapes, Activation, AttentionSpec, Backend, Eigen, Matrix64, Moments, OpFamily, Pooling,
+    SeqLayout, Storage, Tensor,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 mod stats;
 mod trim;
@@ -28,22 +28,21 @@ impl Default for CpuBackend {
     }
 }
 
-fn values(t: &Tensor) -> &[f32] {
-    let Storage::Cpu(v) = &t.storage;
-    v
-}
-
-fn values_mut(t: &mut Tensor) -> &mut [f32] {
-    let Storage::Cpu(v) = &mut t.storage;
-    v
-}
-
-fn ensure(ok: bool, message: impl FnOnce() -> String) -> Result<()> {
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::input(message()))
+fn values(t: &Tensor) -> Result<&[f32]> {
+    match &t.storage {
+        Storage::Cpu(v) => Ok(v),
+        _ => Err(t.foreign("cpu")),
     }
+}
+
+fn values_mut(t: &mut Tensor) -> Result<&mut [f32]> {
+    if !matches!(t.storage, Storage::Cpu(_)) {
+        return Err(t.foreign("cpu"));
+    }
+    let Storage::Cpu(v) = &mut t.storage else {
+        unreachable!("checked above")
+    };
+    Ok(v)
 }
 
 /// Splits `data` into the row blocks of each packed sequence, so sequences can be processed in
@@ -67,9 +66,13 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
+    fn supports(&self, _family: OpFamily) -> bool {
+        true
+    }
+
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
         let len: usize = shape.iter().product();
-        ensure(len == data.len(), || {
+        shapes::ensure(len == data.len(), || {
             format!(
                 "upload: shape {shape:?} needs {len} values, got {}",
                 data.len()
@@ -82,7 +85,7 @@ impl Backend for CpuBackend {
     }
 
     fn download(&self, tensor: &Tensor) -> Result<Vec<f32>> {
-        Ok(values(tensor).to_vec())
+        Ok(values(tensor)?.to_vec())
     }
 
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
@@ -101,41 +104,18 @@ impl Backend for CpuBackend {
         residual: Option<&Tensor>,
         out: &mut Tensor,
     ) -> Result<()> {
-        let (n, k) = x.dims2("linear input")?;
-        let (m, wk) = w.dims2("linear weight")?;
-        ensure(k == wk, || {
-            format!("linear: input has {k} features, weight expects {wk}")
-        })?;
-        ensure(out.shape() == [n, m], || {
-            format!(
-                "linear: output shape {:?}, expected [{n}, {m}]",
-                out.shape()
-            )
-        })?;
-        if let Some(b) = bias {
-            ensure(b.shape() == [m], || {
-                format!("linear: bias shape {:?}, expected [{m}]", b.shape())
-            })?;
-        }
-        if let Some(r) = residual {
-            ensure(r.shape() == [n, m], || {
-                format!(
-                    "linear: residual shape {:?}, expected [{n}, {m}]",
-                    r.shape()
-                )
-            })?;
-        }
-        let lhs = MatRef::from_row_major_slice(values(x), n, k);
-        let rhs = MatRef::from_row_major_slice(values(w), m, k).transpose();
-        let dst = MatMut::from_row_major_slice_mut(values_mut(out), n, m);
+        let (n, k, m) = shapes::linear(x, w, bias, residual, out)?;
+        let lhs = MatRef::from_row_major_slice(values(x)?, n, k);
+        let rhs = MatRef::from_row_major_slice(values(w)?, m, k).transpose();
+        let dst = MatMut::from_row_major_slice_mut(values_mut(out)?, n, m);
         matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, Par::rayon(0));
 
         if bias.is_none() && act == Activation::Identity && residual.is_none() {
             return Ok(());
         }
-        let bias = bias.map(values);
-        let residual = residual.map(values);
-        values_mut(out)
+        let bias = bias.map(values).transpose()?;
+        let residual = residual.map(values).transpose()?;
+        values_mut(out)?
             .par_chunks_mut(m)
             .enumerate()
             .for_each(|(row, y)| {
@@ -161,21 +141,9 @@ impl Backend for CpuBackend {
         accumulate: bool,
         out: &mut Tensor,
     ) -> Result<()> {
-        let (rows, d) = table.dims2("gather table")?;
-        ensure(out.shape() == [ids.len(), d], || {
-            format!(
-                "gather: output shape {:?}, expected [{}, {d}]",
-                out.shape(),
-                ids.len()
-            )
-        })?;
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= rows) {
-            return Err(Error::input(format!(
-                "gather: index {bad} out of range for a table of {rows} rows"
-            )));
-        }
-        let table = values(table);
-        values_mut(out)
+        let (_, d) = shapes::gather(table, ids, out)?;
+        let table = values(table)?;
+        values_mut(out)?
             .par_chunks_mut(d)
             .zip(ids.par_iter())
             .for_each(|(y, &id)| {
@@ -190,16 +158,9 @@ impl Backend for CpuBackend {
     }
 
     fn layer_norm(&self, x: &mut Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<()> {
-        let (_, d) = x.dims2("layer_norm input")?;
-        ensure(gamma.shape() == [d] && beta.shape() == [d], || {
-            format!(
-                "layer_norm: gamma {:?} / beta {:?}, expected [{d}]",
-                gamma.shape(),
-                beta.shape()
-            )
-        })?;
-        let (g, b) = (values(gamma), values(beta));
-        values_mut(x).par_chunks_mut(d).for_each(|row| {
+        let (_, d) = shapes::layer_norm(x, gamma, beta)?;
+        let (g, b) = (values(gamma)?, values(beta)?);
+        values_mut(x)?.par_chunks_mut(d).for_each(|row| {
             let mean = row.iter().sum::<f32>() / d as f32;
             let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
             let inv = 1.0 / (var + eps).sqrt();
@@ -217,34 +178,13 @@ impl Backend for CpuBackend {
         spec: &AttentionSpec,
         out: &mut Tensor,
     ) -> Result<()> {
-        let (tokens, width) = qkv.dims2("attention qkv")?;
+        shapes::attention(qkv, layout, spec, out)?;
+        let width = spec.qkv_width();
         let (hd, heads, kv_heads) = (spec.head_dim, spec.heads, spec.kv_heads);
-        ensure(width == spec.qkv_width(), || {
-            format!(
-                "attention: qkv width {width}, expected {}",
-                spec.qkv_width()
-            )
-        })?;
-        ensure(kv_heads > 0 && heads.is_multiple_of(kv_heads), || {
-            format!("attention: {heads} query heads cannot share {kv_heads} key/value heads")
-        })?;
-        ensure(tokens == layout.num_tokens(), || {
-            format!(
-                "attention: {tokens} rows, layout has {} tokens",
-                layout.num_tokens()
-            )
-        })?;
-        ensure(out.shape() == [tokens, heads * hd], || {
-            format!(
-                "attention: output shape {:?}, expected [{tokens}, {}]",
-                out.shape(),
-                heads * hd
-            )
-        })?;
-        let qkv = values(qkv);
+        let qkv = values(qkv)?;
         let out_width = heads * hd;
         let group = heads / kv_heads;
-        let blocks = split_sequences(values_mut(out), layout, out_width);
+        let blocks = split_sequences(values_mut(out)?, layout, out_width);
         blocks
             .into_par_iter()
             .enumerate()
@@ -298,19 +238,9 @@ impl Backend for CpuBackend {
         mode: Pooling,
         out: &mut Tensor,
     ) -> Result<()> {
-        let (tokens, d) = hidden.dims2("pool input")?;
-        ensure(tokens == layout.num_tokens(), || {
-            format!(
-                "pool: {tokens} rows, layout has {} tokens",
-                layout.num_tokens()
-            )
-        })?;
-        let b = layout.num_sequences();
-        ensure(out.shape() == [b, d], || {
-            format!("pool: output shape {:?}, expected [{b}, {d}]", out.shape())
-        })?;
-        let h = values(hidden);
-        values_mut(out)
+        let d = shapes::pool(hidden, layout, out)?;
+        let h = values(hidden)?;
+        values_mut(out)?
             .par_chunks_mut(d)
             .enumerate()
             .for_each(|(s, y)| {
@@ -346,7 +276,7 @@ impl Backend for CpuBackend {
 
     fn l2_normalize(&self, x: &mut Tensor) -> Result<()> {
         let (_, d) = x.dims2("l2_normalize input")?;
-        values_mut(x).par_chunks_mut(d).for_each(|row| {
+        values_mut(x)?.par_chunks_mut(d).for_each(|row| {
             let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
             row.iter_mut().for_each(|v| *v /= norm);
         });
@@ -357,7 +287,7 @@ impl Backend for CpuBackend {
 
     fn scatter(&self, x: &Tensor, groups: &[&[u32]]) -> Result<Vec<Moments>> {
         let (_, d) = x.dims2("scatter input")?;
-        stats::scatter(values(x), d, groups)
+        stats::scatter(values(x)?, d, groups)
     }
 
     fn symmetric_eigen(&self, matrices: &[Matrix64]) -> Result<Vec<Eigen>> {

@@ -6,6 +6,7 @@
 
 pub mod cpu;
 pub mod cuda;
+mod shapes;
 pub mod wgpu;
 
 use std::sync::Arc;
@@ -15,19 +16,32 @@ use crate::error::{Error, Result};
 /// Which device runs the op set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
-    /// CUDA if a device is present, else wgpu if an adapter is present and complete, else CPU.
+    /// CUDA if a device is present, else wgpu on a hardware adapter, else CPU.
     Auto,
     Cpu,
     Wgpu,
     Cuda,
 }
 
-/// Opens the backend `kind` names. `Auto` only picks a backend that implements the whole op set.
+/// Opens the backend `kind` names. `Auto` only picks a backend that implements the whole op set,
+/// and never a software wgpu adapter (lavapipe is for testing kernels, slower than the CPU path).
 pub fn open(kind: BackendKind) -> Result<Arc<dyn Backend>> {
     match kind {
-        BackendKind::Cpu | BackendKind::Auto => Ok(Arc::new(cpu::CpuBackend::new())),
-        BackendKind::Wgpu => Err(wgpu::unavailable()),
+        BackendKind::Cpu => Ok(Arc::new(cpu::CpuBackend::new())),
+        BackendKind::Wgpu => Ok(Arc::new(wgpu::WgpuBackend::open(
+            &wgpu::WgpuOptions::from_env(),
+        )?)),
         BackendKind::Cuda => Err(cuda::unavailable()),
+        BackendKind::Auto => {
+            let hardware = wgpu::WgpuOptions {
+                allow_software: false,
+                ..wgpu::WgpuOptions::from_env()
+            };
+            match wgpu::WgpuBackend::open(&hardware) {
+                Ok(be) => Ok(Arc::new(be)),
+                Err(_) => Ok(Arc::new(cpu::CpuBackend::new())),
+            }
+        }
     }
 }
 
@@ -201,6 +215,17 @@ pub struct Tensor {
 #[derive(Debug)]
 pub enum Storage {
     Cpu(Vec<f32>),
+    Wgpu(wgpu::WgpuStorage),
+}
+
+impl Storage {
+    /// The backend this memory belongs to.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Storage::Cpu(_) => "cpu",
+            Storage::Wgpu(_) => "wgpu",
+        }
+    }
 }
 
 impl Tensor {
@@ -214,6 +239,15 @@ impl Tensor {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The error for a tensor handed to a backend it does not live on.
+    pub fn foreign(&self, backend: &str) -> Error {
+        Error::input(format!(
+            "tensor of shape {:?} lives on the {} backend, not {backend}",
+            self.shape,
+            self.storage.backend_name()
+        ))
     }
 
     /// `(rows, cols)` of a matrix, or an error naming `what`.
@@ -273,10 +307,25 @@ pub struct Eigen {
     pub vectors: Matrix64,
 }
 
+/// The op set's families, so a caller (or a parity test) can ask what a backend implements
+/// before it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpFamily {
+    /// memory, linear, gather, layer_norm, attention, pool, l2_normalize: an encoder forward.
+    Encoder,
+    /// scatter, symmetric_eigen, spd_solve.
+    Stats,
+    /// trim_search.
+    Trim,
+}
+
 /// The op set. Every backend implements each op or reports it unsupported; the CPU backend is
 /// the reference the others are tested against.
 pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
+
+    /// Whether every op of `family` runs here; the others return [`Error::Unsupported`].
+    fn supports(&self, family: OpFamily) -> bool;
 
     // memory
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor>;

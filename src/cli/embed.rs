@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::backend::{self, BackendKind, Pooling};
 use crate::error::{Error, Result};
 use crate::instruments::embed::{EncoderOptions, SentenceEncoder};
-use crate::io::embeddings::EmbeddingsFile;
+use crate::io::embeddings::{texts_sidecar_path, write_texts_sidecar, EmbeddingsFile};
 use crate::io::texts::{read_corpus, FieldNames, InputSpec};
 
 #[derive(Args)]
@@ -109,17 +109,25 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         normalized: encoder.normalize(),
         max_length: encoder.max_length(),
     };
-    file.write(&args.out)?;
+    // The sidecar goes first and is removed if the embeddings fail, so a failed run leaves
+    // neither behind.
+    let sidecar = texts_sidecar_path(&args.out);
+    write_texts_sidecar(&sidecar, &corpus.texts, &file.labels, &file.label_names)?;
+    if let Err(e) = file.write(&args.out) {
+        let _ = std::fs::remove_file(&sidecar);
+        return Err(e);
+    }
     let rows = file.rows();
     println!(
-        "embedded {rows} texts ({} tokens, {} labels) with {} on {} in {seconds:.2} s: {:.1} texts/s, {:.0} tokens/s -> {}",
+        "embedded {rows} texts ({} tokens, {} labels) with {} on {} in {seconds:.2} s: {:.1} texts/s, {:.0} tokens/s -> {} (texts in {})",
         embedded.tokens,
         file.label_names.len(),
         file.model,
         backend.name(),
         rows as f64 / seconds,
         embedded.tokens as f64 / seconds,
-        args.out.display()
+        args.out.display(),
+        sidecar.display()
     );
     Ok(())
 }

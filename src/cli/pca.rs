@@ -7,8 +7,8 @@ use serde_json::json;
 
 use crate::backend::{self, BackendKind};
 use crate::error::{Error, Result};
-use crate::instruments::pca::{extremes, separation, Pca};
-use crate::io::embeddings::EmbeddingsFile;
+use crate::instruments::pca::{distinctive_words, extremes, separation, Pca, WordScore};
+use crate::io::embeddings::{read_texts_sidecar, texts_sidecar_path, EmbeddingsFile};
 use crate::report::{self, plot};
 
 #[derive(Args)]
@@ -25,7 +25,8 @@ pub struct PcaArgs {
     /// PC1×PC2 scatter coloured by label; STEM.pc2-pc3.png and STEM.variance.png beside it.
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// List the N rows with the highest and the lowest score on each component.
+    /// List the N rows with the highest and the lowest score on each component, with their texts
+    /// and the words over-represented at each end when `mscope embed`'s texts sidecar is there.
     #[arg(long, default_value_t = 0, value_name = "N")]
     explain: usize,
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
@@ -99,7 +100,36 @@ pub fn run(args: PcaArgs) -> Result<()> {
         .map_err(|e| Error::input(format!("{}: {e}", args.input.display())))?;
     let scores = pca.scores(&file.embeddings);
     let labels = separation(&scores, k, &file.labels, &file.label_names);
-    let ends = extremes(&scores, k, args.explain);
+    let sidecar = texts_sidecar_path(&args.input);
+    let texts = if args.explain > 0 {
+        read_texts_sidecar(&sidecar, file.rows())?
+    } else {
+        None
+    };
+    // Words are counted over at least a tenth of the rows at each end (N rows say little about
+    // word use), and the two ends never share a row.
+    let word_rows = args.explain.max(pca.n / 10).min(pca.n / 2);
+    let ends = if args.explain > 0 {
+        extremes(&scores, k, args.explain.max(word_rows))
+    } else {
+        Vec::new()
+    };
+    let shown = |rows: &[usize]| rows[..args.explain.min(rows.len())].to_vec();
+    let words: Vec<(Vec<WordScore>, Vec<WordScore>)> = match &texts {
+        Some(texts) => ends
+            .iter()
+            .map(|e| {
+                let pick = |rows: &[usize]| -> Vec<&str> {
+                    rows[..word_rows]
+                        .iter()
+                        .map(|&r| texts[r].as_str())
+                        .collect()
+                };
+                distinctive_words(&pick(&e.highest), &pick(&e.lowest), 8)
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     let label_of = |row: usize| {
         usize::try_from(file.labels[row])
             .ok()
@@ -107,17 +137,36 @@ pub fn run(args: PcaArgs) -> Result<()> {
     };
 
     if let Some(path) = &args.out {
+        let word_list = |words: &[WordScore]| -> Vec<_> {
+            words
+                .iter()
+                .map(|w| json!({"word": w.word, "log_odds": w.log_odds}))
+                .collect()
+        };
         let explain: Vec<_> = ends
             .iter()
             .enumerate()
-            .filter(|_| args.explain > 0)
             .map(|(c, e)| {
                 let rows = |rows: &[usize]| -> Vec<_> {
-                    rows.iter()
-                        .map(|&r| json!({"row": r, "label": label_of(r), "score": scores[r * k + c]}))
+                    shown(rows)
+                        .into_iter()
+                        .map(|r| {
+                            let score = scores[r * k + c];
+                            let mut row = json!({"row": r, "label": label_of(r), "score": score});
+                            if let Some(texts) = &texts {
+                                row["text"] = json!(texts[r]);
+                            }
+                            row
+                        })
                         .collect()
                 };
-                json!({"component": c + 1, "highest": rows(&e.highest), "lowest": rows(&e.lowest)})
+                let (highest, lowest) = (rows(&e.highest), rows(&e.lowest));
+                let mut entry = json!({"component": c + 1, "highest": highest, "lowest": lowest});
+                if let Some((high, low)) = words.get(c) {
+                    entry["highest_words"] = json!(word_list(high));
+                    entry["lowest_words"] = json!(word_list(low));
+                }
+                entry
             })
             .collect();
         let components: Vec<&[f64]> = pca.components.data.chunks(pca.dim).collect();
@@ -202,11 +251,49 @@ pub fn run(args: PcaArgs) -> Result<()> {
             md += "\n";
         }
     }
-    if args.explain > 0 {
-        md += "\n## Rows at either end of each component\n\n";
+    if let Some(texts) = &texts {
+        md += "\n## Rows and words at either end of each component\n";
+        let list = |rows: &[usize], c: usize| {
+            shown(rows)
+                .into_iter()
+                .map(|r| {
+                    format!(
+                        "- row {r} ({}, {:+.3}): {}\n",
+                        label_of(r).unwrap_or("-"),
+                        scores[r * k + c],
+                        one_line(&texts[r], 100)
+                    )
+                })
+                .collect::<String>()
+        };
+        let word_line = |words: &[WordScore]| {
+            words
+                .iter()
+                .map(|w| format!("{} ({:.2})", w.word, w.log_odds))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for (c, (e, (high, low))) in ends.iter().zip(&words).enumerate() {
+            md += &format!(
+                "\n### PC{}\n\nHighest:\n{}\nLowest:\n{}\n\
+                 Words over-represented (log-odds, {word_rows} rows at each end): high end {}; \
+                 low end {}\n",
+                c + 1,
+                list(&e.highest, c),
+                list(&e.lowest, c),
+                word_line(high),
+                word_line(low)
+            );
+        }
+    } else if args.explain > 0 {
+        md += &format!(
+            "\n## Rows at either end of each component\n\nTexts unavailable (no sidecar {}).\n\n",
+            sidecar.display()
+        );
         let list = |rows: &[usize]| {
-            rows.iter()
-                .map(|&r| format!("{r} ({})", label_of(r).unwrap_or("-")))
+            shown(rows)
+                .into_iter()
+                .map(|r| format!("{r} ({})", label_of(r).unwrap_or("-")))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -221,6 +308,15 @@ pub fn run(args: PcaArgs) -> Result<()> {
     }
     print!("{md}");
     Ok(())
+}
+
+/// `text` on one line (whitespace runs become one space), cut to `max` characters with "…".
+fn one_line(text: &str, max: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &flat[..cut]),
+        None => flat,
+    }
 }
 
 pub(super) fn file_name(path: &Path) -> String {

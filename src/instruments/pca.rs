@@ -1,7 +1,10 @@
 //! Principal components of an embeddings matrix, as scikit-learn's `PCA(svd_solver="full")`
 //! reports them: the covariance comes from the backend's scatter op (one GEMM), its eigenvectors
 //! from the backend's symmetric eigen op. Then what each component means: per-label mean scores,
-//! how well each component separates a label from the rest, and the rows at either end.
+//! how well each component separates a label from the rest, the rows at either end and the words
+//! over-represented there.
+
+use std::collections::{BTreeSet, HashMap};
 
 use crate::backend::{Backend, Matrix64, Tensor};
 use crate::error::{Error, Result};
@@ -205,4 +208,97 @@ pub fn extremes(scores: &[f64], k: usize, count: usize) -> Vec<Extremes> {
             }
         })
         .collect()
+}
+
+/// A word and how much more often it occurs at one end of a component than at the other.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WordScore {
+    pub word: String,
+    /// Smoothed log-odds ratio, this end over the other (> 0: over-represented here).
+    pub log_odds: f64,
+}
+
+/// Lowercase alphabetic words of at least 3 letters (any script), in order.
+fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphabetic())
+        .filter(|w| w.chars().count() >= 3)
+        .map(str::to_lowercase)
+}
+
+/// The `count` words most over-represented in `high` against `low`, and in `low` against
+/// `high`, by the add-one smoothed log-odds ratio
+/// `log((c_high + 1) / (T_high + V)) − log((c_low + 1) / (T_low + V))`, where `c` counts a
+/// word's occurrences, `T` all words at that end and `V` the vocabulary of both ends. Only
+/// words with a positive ratio for their end are kept; ties go to the alphabetically first.
+pub fn distinctive_words(
+    high: &[&str],
+    low: &[&str],
+    count: usize,
+) -> (Vec<WordScore>, Vec<WordScore>) {
+    let tally = |texts: &[&str]| {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        texts
+            .iter()
+            .flat_map(|t| words(t))
+            .for_each(|w| *counts.entry(w).or_default() += 1);
+        let total: usize = counts.values().sum();
+        (counts, total as f64)
+    };
+    let ((high_counts, high_total), (low_counts, low_total)) = (tally(high), tally(low));
+    let vocabulary: BTreeSet<&String> = high_counts.keys().chain(low_counts.keys()).collect();
+    let v = vocabulary.len() as f64;
+    let smoothed = |counts: &HashMap<String, usize>, total: f64, w: &String| {
+        ((counts.get(w).copied().unwrap_or(0) as f64 + 1.0) / (total + v)).ln()
+    };
+    let scored: Vec<WordScore> = vocabulary
+        .iter()
+        .map(|&w| WordScore {
+            word: w.clone(),
+            log_odds: smoothed(&high_counts, high_total, w) - smoothed(&low_counts, low_total, w),
+        })
+        .collect();
+    let best = |sign: f64| {
+        let mut end: Vec<WordScore> = scored
+            .iter()
+            .filter(|s| sign * s.log_odds > 0.0)
+            .map(|s| WordScore {
+                word: s.word.clone(),
+                log_odds: sign * s.log_odds,
+            })
+            .collect();
+        // Stable sort over the alphabetical vocabulary: equal ratios stay alphabetical.
+        end.sort_by(|a, b| b.log_odds.total_cmp(&a.log_odds));
+        end.truncate(count);
+        end
+    };
+    (best(1.0), best(-1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinctive_words_ranks_by_smoothed_log_odds() {
+        let high = ["Apple apple pie", "the apple orchard, Äpfel"];
+        let low = ["the river bank", "a river, the RIVER delta"];
+        let (top, bottom) = distinctive_words(&high, &low, 8);
+        // Words: high {apple×3, pie, the, orchard, äpfel} = 7; low {the×2, river×3, bank,
+        // delta} = 7; "a" is too short. V = 8 (the is shared).
+        let ln = |c: f64, t: f64| ((c + 1.0) / (t + 8.0)).ln();
+        assert_eq!(top[0].word, "apple");
+        assert!((top[0].log_odds - (ln(3.0, 7.0) - ln(0.0, 7.0))).abs() < 1e-12);
+        assert_eq!(
+            top.iter().map(|w| w.word.as_str()).collect::<Vec<_>>(),
+            ["apple", "orchard", "pie", "äpfel"]
+        );
+        assert_eq!(bottom[0].word, "river");
+        assert!((bottom[0].log_odds - (ln(3.0, 7.0) - ln(0.0, 7.0))).abs() < 1e-12);
+        // "the" (1 high, 2 low) leans low; "bank" and "delta" lean lower still.
+        assert_eq!(
+            bottom.iter().map(|w| w.word.as_str()).collect::<Vec<_>>(),
+            ["river", "bank", "delta", "the"]
+        );
+        assert_eq!(distinctive_words(&high, &low, 1).0.len(), 1);
+    }
 }

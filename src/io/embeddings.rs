@@ -1,9 +1,11 @@
 //! The embeddings file `mscope embed` writes and the analysis commands read: safetensors with
 //! `embeddings` F32 `[N, D]` and `labels` I64 `[N]`, plus string metadata (`labels` as a JSON
-//! array of names, `model`, `pooling`, `normalized`, `max_length`).
+//! array of names, `model`, `pooling`, `normalized`, `max_length`). Beside it, the texts sidecar
+//! `<file>.texts.jsonl`: one `{"text", "label"}` object per row, so that analyses can show what
+//! the rows say.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
@@ -132,4 +134,65 @@ impl EmbeddingsFile {
             max_length: text("max_length").parse().unwrap_or(0),
         })
     }
+}
+
+/// Where the texts of the embeddings file `embeddings` live: `<embeddings>.texts.jsonl`.
+pub fn texts_sidecar_path(embeddings: &Path) -> PathBuf {
+    let mut name = embeddings.as_os_str().to_owned();
+    name.push(".texts.jsonl");
+    PathBuf::from(name)
+}
+
+/// Writes one `{"text": ..., "label": name or null}` line per row, rows in embeddings order.
+pub fn write_texts_sidecar(
+    path: &Path,
+    texts: &[String],
+    labels: &[i64],
+    label_names: &[String],
+) -> Result<()> {
+    assert_eq!(
+        texts.len(),
+        labels.len(),
+        "texts and labels disagree on the row count"
+    );
+    let mut lines = String::new();
+    for (text, &label) in texts.iter().zip(labels) {
+        let name = usize::try_from(label).ok().map(|l| &label_names[l]);
+        lines += &serde_json::json!({"text": text, "label": name}).to_string();
+        lines.push('\n');
+    }
+    super::write_atomic(path, lines.as_bytes())
+}
+
+/// The texts of a sidecar, or `None` when there is no file at `path`. A malformed line or a row
+/// count other than `expected_rows` is an error naming the file (and the line).
+pub fn read_texts_sidecar(path: &Path, expected_rows: usize) -> Result<Option<Vec<String>>> {
+    let content = match std::fs::read_to_string(path) {
+        Ok(content) => content,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    // `path:line:` as the text readers of `mscope embed` name a bad line.
+    let at = |line: usize, message: String| {
+        Error::input(format!("{}:{line}: {message}", path.display()))
+    };
+    let texts = (1..)
+        .zip(content.lines())
+        .map(|(n, line)| {
+            let value: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| at(n, format!("invalid JSON: {e}")))?;
+            match value.get("text") {
+                Some(serde_json::Value::String(text)) => Ok(text.clone()),
+                _ => Err(at(n, "no string field \"text\"".into())),
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if texts.len() != expected_rows {
+        return Err(Error::input(format!(
+            "{}: {} texts, but the embeddings have {expected_rows} rows",
+            path.display(),
+            texts.len()
+        )));
+    }
+    Ok(Some(texts))
 }

@@ -92,68 +92,20 @@ fn padded_range(values: impl Iterator<Item = f64>) -> Range<f64> {
     lo - pad..hi + pad
 }
 
-fn xy_ranges(series: &[Series]) -> (Range<f64>, Range<f64>) {
-    let points = || series.iter().flat_map(|s| s.points.iter());
-    (
-        padded_range(points().map(|p| p.0)),
-        padded_range(points().map(|p| p.1)),
-    )
-}
-
-/// A scatter plot, one colour per group, with a legend.
-pub fn scatter(
+/// Axes fitted to every point of `series`, a mesh, and one marker per point (or, `as_lines`, one
+/// line per series) in palette order, with a legend: what scatter and line plots share.
+fn xy_plot(
     path: &Path,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    groups: &[Series],
-) -> Result<()> {
-    render(path, |root| {
-        let (xr, yr) = xy_ranges(groups);
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, (FONT, 24))
-            .margin(16)
-            .x_label_area_size(48)
-            .y_label_area_size(64)
-            .build_cartesian_2d(xr, yr)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .label_style((FONT, 14))
-            .draw()?;
-        for (i, group) in groups.iter().enumerate() {
-            let c = colour(i);
-            chart
-                .draw_series(
-                    group
-                        .points
-                        .iter()
-                        .map(|&p| Circle::new(p, 3, c.mix(0.75).filled())),
-                )?
-                .label(group.label)
-                .legend(move |p| Circle::new(p, 5, c.filled()));
-        }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 14))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
-        Ok(())
-    })
-}
-
-/// Line plot, one colour per series, with a legend.
-pub fn lines(
-    path: &Path,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
+    (title, x_label, y_label): (&str, &str, &str),
     series: &[Series],
+    as_lines: bool,
 ) -> Result<()> {
     render(path, |root| {
-        let (xr, yr) = xy_ranges(series);
+        let points = || series.iter().flat_map(|s| s.points.iter());
+        let (xr, yr) = (
+            padded_range(points().map(|p| p.0)),
+            padded_range(points().map(|p| p.1)),
+        );
         let mut chart = ChartBuilder::on(root)
             .caption(title, (FONT, 24))
             .margin(16)
@@ -168,10 +120,23 @@ pub fn lines(
             .draw()?;
         for (i, s) in series.iter().enumerate() {
             let c = colour(i);
-            chart
-                .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))?
-                .label(s.label)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2)));
+            if as_lines {
+                chart
+                    .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))?
+                    .label(s.label)
+                    .legend(move |(x, y)| {
+                        PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2))
+                    });
+            } else {
+                chart
+                    .draw_series(
+                        s.points
+                            .iter()
+                            .map(|&p| Circle::new(p, 3, c.mix(0.75).filled())),
+                    )?
+                    .label(s.label)
+                    .legend(move |p| Circle::new(p, 5, c.filled()));
+            }
         }
         chart
             .configure_series_labels()
@@ -181,6 +146,28 @@ pub fn lines(
             .draw()?;
         Ok(())
     })
+}
+
+/// A scatter plot, one colour per group, with a legend.
+pub fn scatter(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    groups: &[Series],
+) -> Result<()> {
+    xy_plot(path, (title, x_label, y_label), groups, false)
+}
+
+/// Line plot, one colour per series, with a legend.
+pub fn lines(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<()> {
+    xy_plot(path, (title, x_label, y_label), series, true)
 }
 
 /// A category axis of `n` slots (plotters' discrete ranges include their end).

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use mscope::backend::{self, Backend, BackendKind};
+use mscope::backend::{self, Backend, BackendKind, OpFamily};
 
 /// SplitMix64: a seeded generator so inputs are fresh per seed and reproducible.
 pub struct Rng(u64);
@@ -84,6 +84,21 @@ pub fn backends() -> Vec<Arc<dyn Backend>> {
     present
 }
 
+/// The backends present that implement every op of `family`; the others are reported as
+/// skipped for it.
+pub fn backends_for(family: OpFamily) -> Vec<Arc<dyn Backend>> {
+    backends()
+        .into_iter()
+        .filter(|b| {
+            let ok = b.supports(family);
+            if !ok {
+                eprintln!("skipped {}: no {family:?} kernels", b.name());
+            }
+            ok
+        })
+        .collect()
+}
+
 pub fn repo_path(relative: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
@@ -154,6 +169,24 @@ pub fn random_orthogonal(rng: &mut Rng, d: usize) -> Vec<f64> {
 }
 
 /// Runs the `mscope` binary of this build.
+/// Runs `mscope` expecting a clean failure: exit status 1 (a panic gives 101) and every needle
+/// on stderr.
+pub fn assert_fails_cleanly(args: &[&str], needles: &[&str]) {
+    let out = run_mscope(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected a clean failure for {args:?}: {err}"
+    );
+    for needle in needles {
+        assert!(
+            err.contains(needle),
+            "stderr for {args:?} lacks {needle:?}: {err}"
+        );
+    }
+}
+
 pub fn run_mscope(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_mscope"))
         .args(args)

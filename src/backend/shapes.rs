@@ -1,0 +1,128 @@
+//! Argument checks of the op set, shared by every backend so each rejects bad shapes with the
+//! same message.
+
+use super::{AttentionSpec, SeqLayout, Tensor};
+use crate::error::{Error, Result};
+
+pub(crate) fn ensure(ok: bool, message: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::input(message()))
+    }
+}
+
+/// `(n, k, m)` of `out[n, m] = x[n, k]·w[m, k]ᵀ` with optional `bias[m]` and `residual[n, m]`.
+pub(crate) fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    out: &Tensor,
+) -> Result<(usize, usize, usize)> {
+    let (n, k) = x.dims2("linear input")?;
+    let (m, wk) = w.dims2("linear weight")?;
+    ensure(k == wk, || {
+        format!("linear: input has {k} features, weight expects {wk}")
+    })?;
+    ensure(out.shape() == [n, m], || {
+        format!(
+            "linear: output shape {:?}, expected [{n}, {m}]",
+            out.shape()
+        )
+    })?;
+    if let Some(b) = bias {
+        ensure(b.shape() == [m], || {
+            format!("linear: bias shape {:?}, expected [{m}]", b.shape())
+        })?;
+    }
+    if let Some(r) = residual {
+        ensure(r.shape() == [n, m], || {
+            format!(
+                "linear: residual shape {:?}, expected [{n}, {m}]",
+                r.shape()
+            )
+        })?;
+    }
+    Ok((n, k, m))
+}
+
+/// `(rows, d)` of a gather table, after checking `out` and that every id is in range.
+pub(crate) fn gather(table: &Tensor, ids: &[u32], out: &Tensor) -> Result<(usize, usize)> {
+    let (rows, d) = table.dims2("gather table")?;
+    ensure(out.shape() == [ids.len(), d], || {
+        format!(
+            "gather: output shape {:?}, expected [{}, {d}]",
+            out.shape(),
+            ids.len()
+        )
+    })?;
+    if let Some(&bad) = ids.iter().find(|&&id| id as usize >= rows) {
+        return Err(Error::input(format!(
+            "gather: index {bad} out of range for a table of {rows} rows"
+        )));
+    }
+    Ok((rows, d))
+}
+
+/// `(rows, d)` of a LayerNorm input with `gamma, beta: [d]`.
+pub(crate) fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<(usize, usize)> {
+    let (n, d) = x.dims2("layer_norm input")?;
+    ensure(gamma.shape() == [d] && beta.shape() == [d], || {
+        format!(
+            "layer_norm: gamma {:?} / beta {:?}, expected [{d}]",
+            gamma.shape(),
+            beta.shape()
+        )
+    })?;
+    Ok((n, d))
+}
+
+/// Checks an attention call's QKV width, head grouping, token count and output shape.
+pub(crate) fn attention(
+    qkv: &Tensor,
+    layout: &SeqLayout,
+    spec: &AttentionSpec,
+    out: &Tensor,
+) -> Result<()> {
+    let (tokens, width) = qkv.dims2("attention qkv")?;
+    let (hd, heads, kv_heads) = (spec.head_dim, spec.heads, spec.kv_heads);
+    ensure(width == spec.qkv_width(), || {
+        format!(
+            "attention: qkv width {width}, expected {}",
+            spec.qkv_width()
+        )
+    })?;
+    ensure(kv_heads > 0 && heads.is_multiple_of(kv_heads), || {
+        format!("attention: {heads} query heads cannot share {kv_heads} key/value heads")
+    })?;
+    ensure(tokens == layout.num_tokens(), || {
+        format!(
+            "attention: {tokens} rows, layout has {} tokens",
+            layout.num_tokens()
+        )
+    })?;
+    ensure(out.shape() == [tokens, heads * hd], || {
+        format!(
+            "attention: output shape {:?}, expected [{tokens}, {}]",
+            out.shape(),
+            heads * hd
+        )
+    })
+}
+
+/// Width `d` of the hidden states being pooled into `out: [sequences, d]`.
+pub(crate) fn pool(hidden: &Tensor, layout: &SeqLayout, out: &Tensor) -> Result<usize> {
+    let (tokens, d) = hidden.dims2("pool input")?;
+    ensure(tokens == layout.num_tokens(), || {
+        format!(
+            "pool: {tokens} rows, layout has {} tokens",
+            layout.num_tokens()
+        )
+    })?;
+    let b = layout.num_sequences();
+    ensure(out.shape() == [b, d], || {
+        format!("pool: output shape {:?}, expected [{b}, {d}]", out.shape())
+    })?;
+    Ok(d)
+}

@@ -1,0 +1,207 @@
+//! The WGSL entry points the backend dispatches, their explicit bind-group layouts, and their
+//! uniform parameter blocks (each mirrors the `Params` struct of its shader, padded to 16 bytes).
+//!
+//! Every kernel binds its `Params` uniform at binding 0 and its storage buffers from binding 1 on,
+//! in the order [`Kernel::storage`] lists (so entry points sharing a file share one `Params`). Layouts are explicit because with `layout: None` wgpu drops
+//! bindings a shader does not statically use, and bind groups would then stop matching.
+
+use std::sync::OnceLock;
+
+use bytemuck::{Pod, Zeroable};
+
+/// How a kernel uses one storage binding.
+#[derive(Clone, Copy)]
+pub(super) enum Access {
+    Read,
+    ReadWrite,
+}
+
+use Access::{Read, ReadWrite};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kernel {
+    Gather,
+    Pool,
+    LayerNorm,
+    L2Normalize,
+    /// GEMM variant 1: workgroup-shared tiles (GPUs).
+    LinearTiled,
+    /// GEMM variant 2: no shared tiles or barriers (software adapters).
+    LinearDirect,
+    Attention,
+}
+
+impl Kernel {
+    pub(super) const COUNT: usize = 7;
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn source(self) -> &'static str {
+        match self {
+            Kernel::Gather => include_str!("../../../shaders/gather.wgsl"),
+            Kernel::Pool => include_str!("../../../shaders/pool.wgsl"),
+            Kernel::LayerNorm | Kernel::L2Normalize => include_str!("../../../shaders/norm.wgsl"),
+            Kernel::LinearTiled | Kernel::LinearDirect => {
+                include_str!("../../../shaders/gemm.wgsl")
+            }
+            Kernel::Attention => include_str!("../../../shaders/attention.wgsl"),
+        }
+    }
+
+    fn entry_point(self) -> &'static str {
+        match self {
+            Kernel::Gather => "gather_rows",
+            Kernel::Pool => "pool",
+            Kernel::LayerNorm => "layer_norm",
+            Kernel::L2Normalize => "l2_normalize",
+            Kernel::LinearTiled => "linear_tiled",
+            Kernel::LinearDirect => "linear_direct",
+            Kernel::Attention => "attention_online",
+        }
+    }
+
+    /// Storage bindings from binding 1 on; binding 0 is the `Params` uniform.
+    pub(super) fn storage(self) -> &'static [Access] {
+        match self {
+            // table part, ids, out
+            Kernel::Gather => &[Read, Read, ReadWrite],
+            // hidden, sequence starts, out
+            Kernel::Pool => &[Read, Read, ReadWrite],
+            // x, gamma, beta
+            Kernel::LayerNorm => &[ReadWrite, Read, Read],
+            // x
+            Kernel::L2Normalize => &[ReadWrite],
+            // x, w, bias, residual, out
+            Kernel::LinearTiled | Kernel::LinearDirect => &[Read, Read, Read, Read, ReadWrite],
+            // qkv, sequence starts, out
+            Kernel::Attention => &[Read, Read, ReadWrite],
+        }
+    }
+}
+
+/// A compiled entry point with the layout its bind groups are made against.
+pub(super) struct Pipeline {
+    pub(super) layout: wgpu::BindGroupLayout,
+    pub(super) pipeline: wgpu::ComputePipeline,
+}
+
+/// Pipelines built on first use and kept for the device's lifetime.
+pub(super) struct PipelineCache {
+    slots: [OnceLock<Pipeline>; Kernel::COUNT],
+}
+
+impl PipelineCache {
+    pub(super) fn new() -> Self {
+        PipelineCache {
+            slots: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    pub(super) fn get(&self, device: &wgpu::Device, kernel: Kernel) -> &Pipeline {
+        self.slots[kernel.index()].get_or_init(|| build(device, kernel))
+    }
+}
+
+fn build(device: &wgpu::Device, kernel: Kernel) -> Pipeline {
+    let storage = kernel.storage();
+    let buffer_entry = |binding: usize, ty| wgpu::BindGroupLayoutEntry {
+        binding: binding as u32,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty,
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    };
+    let entries: Vec<_> = std::iter::once(buffer_entry(0, wgpu::BufferBindingType::Uniform))
+        .chain(storage.iter().enumerate().map(|(i, access)| {
+            let read_only = matches!(access, Read);
+            buffer_entry(i + 1, wgpu::BufferBindingType::Storage { read_only })
+        }))
+        .collect();
+    let label = Some(kernel.entry_point());
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label,
+        entries: &entries,
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label,
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label,
+        source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label,
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some(kernel.entry_point()),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    Pipeline { layout, pipeline }
+}
+
+/// gather.wgsl `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct GatherParams {
+    pub rows: u32,
+    pub width: u32,
+    pub first_row: u32,
+    pub part_rows: u32,
+    pub accumulate: u32,
+    pub _pad: [u32; 3],
+}
+
+/// pool.wgsl `Params`; `mode` is one of the shader's `MODE_*` constants.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct PoolParams {
+    pub sequences: u32,
+    pub width: u32,
+    pub mode: u32,
+    pub _pad: u32,
+}
+
+/// norm.wgsl `Params` (both entry points; `eps` is unused by `l2_normalize`).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct NormParams {
+    pub rows: u32,
+    pub width: u32,
+    pub eps: f32,
+    pub _pad: u32,
+}
+
+/// gemm.wgsl `Params`; `activation` is one of the shader's `ACT_*` constants.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct LinearParams {
+    pub n: u32,
+    pub k: u32,
+    pub m: u32,
+    pub has_bias: u32,
+    pub has_residual: u32,
+    pub activation: u32,
+    pub _pad: [u32; 2],
+}
+
+/// attention.wgsl `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct AttentionParams {
+    pub heads: u32,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    pub causal: u32,
+    pub has_window: u32,
+    pub window: u32,
+    pub scale: f32,
+    pub _pad: u32,
+}

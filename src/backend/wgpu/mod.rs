@@ -1,0 +1,722 @@
+//! The wgpu backend: the WGSL kernels of `shaders/` on any Vulkan, Metal or DX12 adapter, and on
+//! Mesa's lavapipe in CI.
+//!
+//! Tensors stay in device buffers between ops. Each op records a compute pass into one pending
+//! command encoder, which is submitted when a download needs results or when enough passes have
+//! queued; a forward pass therefore never waits on the device until its output is read.
+
+mod adapter;
+mod kernels;
+mod memory;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Mutex};
+
+use bytemuck::Pod;
+use wgpu::util::DeviceExt;
+
+pub use adapter::{list_adapters, AdapterSummary};
+pub use memory::WgpuStorage;
+
+use super::{
+    shapes, Activation, AttentionSpec, Backend, Eigen, Matrix64, Moments, OpFamily, Pooling,
+    SeqLayout, Storage, Tensor, TrimReference, TrimResult, TrimSpec,
+};
+use crate::error::{Error, Result};
+use kernels::{
+    AttentionParams, GatherParams, Kernel, LinearParams, NormParams, PipelineCache, PoolParams,
+};
+use memory::{buffer_bytes, plan_parts, rows_and_width, USAGE};
+
+/// Passes recorded before the pending encoder is submitted without waiting for a download, so the
+/// device starts on long sequences of ops while the host records the rest.
+const PASSES_PER_SUBMIT: usize = 32;
+
+/// Threads per workgroup of the element-wise kernels (gather, pool).
+const ELEMENT_WORKGROUP: usize = 256;
+
+/// Must match `MAX_HEAD_DIM` in shaders/attention.wgsl.
+const MAX_HEAD_DIM: usize = 128;
+/// Must match `BLOCK_Q` in shaders/attention.wgsl.
+const ATTENTION_BLOCK_Q: usize = 64;
+/// Output rows and columns per workgroup of both GEMM variants (shaders/gemm.wgsl).
+const GEMM_TILE: usize = 64;
+
+/// The GEMM kernels of shaders/gemm.wgsl (variants 1 and 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmVariant {
+    /// Workgroup-shared tiles: for GPUs.
+    Tiled,
+    /// No shared tiles or barriers: for software adapters, where workgroup memory is plain memory
+    /// and a barrier is a coroutine switch.
+    Direct,
+}
+
+/// How to open the backend.
+#[derive(Clone, Debug)]
+pub struct WgpuOptions {
+    /// Case-insensitive substring of the adapter name; `None` takes the most hardware-like one.
+    pub adapter: Option<String>,
+    /// Whether a software adapter (lavapipe) may be opened.
+    pub allow_software: bool,
+    /// Largest buffer a table part may have; `None` means the device's storage-binding limit.
+    /// Tests lower it to exercise split tables with small data.
+    pub max_binding_bytes: Option<u64>,
+    /// `None` picks by adapter: [`GemmVariant::Direct`] on software adapters, else tiled.
+    pub gemm: Option<GemmVariant>,
+}
+
+impl Default for WgpuOptions {
+    fn default() -> Self {
+        WgpuOptions {
+            adapter: None,
+            allow_software: true,
+            max_binding_bytes: None,
+            gemm: None,
+        }
+    }
+}
+
+impl WgpuOptions {
+    /// Defaults, with the adapter picked by `MSCOPE_WGPU_ADAPTER` when it is set.
+    pub fn from_env() -> Self {
+        WgpuOptions {
+            adapter: std::env::var("MSCOPE_WGPU_ADAPTER")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            ..Default::default()
+        }
+    }
+}
+
+/// The command encoder ops record into until it is submitted.
+struct Pending {
+    encoder: Option<wgpu::CommandEncoder>,
+    passes: usize,
+}
+
+pub struct WgpuBackend {
+    /// Unique per opened backend; tags its tensors.
+    id: u64,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    adapter: wgpu::AdapterInfo,
+    pipelines: PipelineCache,
+    pending: Mutex<Pending>,
+    /// Bound in place of an absent optional input: layouts are fixed, so every binding needs a
+    /// buffer; the kernel's parameters say not to read it.
+    placeholder: wgpu::Buffer,
+    /// Tables larger than this are split into parts of whole rows.
+    max_part_bytes: u64,
+    max_workgroups_per_dim: u32,
+    gemm: Kernel,
+}
+
+impl WgpuBackend {
+    /// Opens the adapter `options` select, or says why none could be opened.
+    pub fn open(options: &WgpuOptions) -> Result<Self> {
+        let unavailable = |reason: String| Error::BackendUnavailable {
+            backend: "wgpu",
+            reason,
+        };
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::PRIMARY,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let adapter = adapter::select(
+            &instance,
+            options.adapter.as_deref(),
+            options.allow_software,
+        )
+        .map_err(unavailable)?;
+        let info = adapter.get_info();
+        let offered = adapter.limits();
+        // WebGPU's defaults cover the kernels (16 KiB workgroup memory, 256 invocations); only
+        // buffer sizes are raised to what the adapter offers, since they bound model size.
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: offered.max_storage_buffer_binding_size,
+            max_buffer_size: offered.max_buffer_size,
+            ..wgpu::Limits::default()
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("mscope"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| unavailable(format!("{}: {e}", info.name)))?;
+        let device_cap = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("placeholder"),
+            size: buffer_bytes(1),
+            usage: USAGE,
+            mapped_at_creation: false,
+        });
+        let software = info.device_type == wgpu::DeviceType::Cpu;
+        let gemm = match options.gemm {
+            Some(GemmVariant::Tiled) => Kernel::LinearTiled,
+            Some(GemmVariant::Direct) => Kernel::LinearDirect,
+            None if software => Kernel::LinearDirect,
+            None => Kernel::LinearTiled,
+        };
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        Ok(WgpuBackend {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            gemm,
+            pipelines: PipelineCache::new(),
+            pending: Mutex::new(Pending {
+                encoder: None,
+                passes: 0,
+            }),
+            placeholder,
+            max_part_bytes: options
+                .max_binding_bytes
+                .map_or(device_cap, |b| b.min(device_cap)),
+            max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+            adapter: info,
+            device,
+            queue,
+        })
+    }
+
+    /// The adapter this backend runs on.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.adapter
+    }
+
+    /// Submits recorded work and waits until the device has finished it (for timing).
+    pub fn synchronize(&self) -> Result<()> {
+        let mut pending = self.lock_pending();
+        if let Some(encoder) = pending.encoder.take() {
+            self.queue.submit([encoder.finish()]);
+        }
+        pending.passes = 0;
+        drop(pending);
+        self.wait()
+    }
+
+    fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| device_error(e.to_string()))
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // A panic while recording leaves nothing half-done that a later op could trip on.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The storage of `t`, which must live on this backend's device.
+    fn storage<'a>(&self, t: &'a Tensor) -> Result<&'a WgpuStorage> {
+        match &t.storage {
+            Storage::Wgpu(s) if s.owner == self.id => Ok(s),
+            Storage::Wgpu(_) => Err(Error::input(format!(
+                "tensor of shape {:?} lives on another wgpu device",
+                t.shape
+            ))),
+            _ => Err(t.foreign("wgpu")),
+        }
+    }
+
+    /// The single buffer of `t`; split tables are only read by `gather_rows`.
+    fn buffer<'a>(&self, t: &'a Tensor, op: &str) -> Result<&'a wgpu::Buffer> {
+        let storage = self.storage(t)?;
+        match &storage.parts[..] {
+            [buffer] => Ok(buffer),
+            parts => Err(Error::input(format!(
+                "{op}: tensor of shape {:?} is split into {} buffers (larger than one storage \
+                 binding of {} bytes); only gather_rows reads split tables",
+                t.shape,
+                parts.len(),
+                self.max_part_bytes
+            ))),
+        }
+    }
+
+    /// The buffer of an optional input, or the placeholder when it is absent.
+    fn optional_buffer<'a>(&'a self, t: Option<&'a Tensor>, op: &str) -> Result<&'a wgpu::Buffer> {
+        t.map_or(Ok(&self.placeholder), |t| self.buffer(t, op))
+    }
+
+    fn new_tensor(
+        &self,
+        shape: &[usize],
+        parts: Vec<wgpu::Buffer>,
+        rows_per_part: usize,
+    ) -> Tensor {
+        Tensor {
+            shape: shape.to_vec(),
+            storage: Storage::Wgpu(WgpuStorage {
+                owner: self.id,
+                parts,
+                rows_per_part,
+            }),
+        }
+    }
+
+    fn plan(&self, shape: &[usize]) -> Result<(usize, usize)> {
+        plan_parts(shape, self.max_part_bytes).ok_or_else(|| {
+            Error::input(format!(
+                "tensor of shape {shape:?}: one row exceeds the storage-binding limit of {} bytes",
+                self.max_part_bytes
+            ))
+        })
+    }
+
+    /// A read-only storage buffer of small host data (ids, sequence starts).
+    fn upload_u32(&self, label: &str, data: &[u32]) -> wgpu::Buffer {
+        let data = if data.is_empty() { &[0] } else { data };
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(data),
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+    }
+
+    /// Workgroup grid for `workgroups` groups laid out along x, wrapping onto y past the
+    /// per-dimension limit; kernels flatten it back as `y · groups.x + x`.
+    fn grid(&self, workgroups: usize) -> Result<[u32; 3]> {
+        let max = self.max_workgroups_per_dim as usize;
+        let x = workgroups.clamp(1, max);
+        let y = workgroups.div_ceil(x);
+        if y > max {
+            return Err(Error::input(format!(
+                "{workgroups} workgroups exceed the device's {max}×{max} grid"
+            )));
+        }
+        Ok([x as u32, y as u32, 1])
+    }
+
+    /// Records one dispatch of `kernel` with `params` at binding 0 and `storage` after it.
+    fn dispatch<P: Pod>(
+        &self,
+        kernel: Kernel,
+        params: &P,
+        storage: &[&wgpu::Buffer],
+        groups: [u32; 3],
+    ) {
+        debug_assert_eq!(storage.len(), kernel.storage().len());
+        if groups.contains(&0) {
+            return;
+        }
+        let pipeline = self.pipelines.get(&self.device, kernel);
+        let uniform = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::bytes_of(params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let entries: Vec<wgpu::BindGroupEntry> = std::iter::once(&uniform)
+            .chain(storage.iter().copied())
+            .enumerate()
+            .map(|(i, buffer)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: buffer.as_entire_binding(),
+            })
+            .collect();
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.layout,
+            entries: &entries,
+        });
+
+        let mut pending = self.lock_pending();
+        let encoder = pending.encoder.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+        });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&pipeline.pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        }
+        pending.passes += 1;
+        if pending.passes >= PASSES_PER_SUBMIT {
+            let encoder = pending.encoder.take().expect("recorded above");
+            pending.passes = 0;
+            self.queue.submit([encoder.finish()]);
+        }
+    }
+}
+
+fn activation_code(act: Activation) -> u32 {
+    // The shader's ACT_* constants.
+    match act {
+        Activation::Identity => 0,
+        Activation::Gelu => 1,
+        Activation::GeluTanh => 2,
+        Activation::QuickGelu => 3,
+        Activation::Silu => 4,
+        Activation::Relu => 5,
+        Activation::Tanh => 6,
+        Activation::Sigmoid => 7,
+    }
+}
+
+fn pooling_code(mode: Pooling) -> u32 {
+    // The shader's MODE_* constants.
+    match mode {
+        Pooling::Cls => 0,
+        Pooling::Mean => 1,
+        Pooling::Max => 2,
+        Pooling::Last => 3,
+        Pooling::MeanSqrtLen => 4,
+    }
+}
+
+fn device_error(message: String) -> Error {
+    Error::Device {
+        backend: "wgpu",
+        message,
+    }
+}
+
+/// `value` as a shader index, or an error when it does not fit in u32.
+fn to_u32(value: usize, what: &str) -> Result<u32> {
+    u32::try_from(value).map_err(|_| Error::input(format!("{what} {value} exceeds u32")))
+}
+
+impl Backend for WgpuBackend {
+    fn name(&self) -> &'static str {
+        "wgpu"
+    }
+
+    fn supports(&self, family: OpFamily) -> bool {
+        family == OpFamily::Encoder
+    }
+
+    fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        let len: usize = shape.iter().product();
+        shapes::ensure(len == data.len(), || {
+            format!(
+                "upload: shape {shape:?} needs {len} values, got {}",
+                data.len()
+            )
+        })?;
+        let (rows_per_part, parts) = self.plan(shape)?;
+        let (_, row_values) = rows_and_width(shape);
+        let part_values = rows_per_part * row_values;
+        let buffers = (0..parts)
+            .map(|i| {
+                let values = &data[(i * part_values).min(len)..((i + 1) * part_values).min(len)];
+                let contents: &[u8] = if values.is_empty() {
+                    &[0; 4]
+                } else {
+                    bytemuck::cast_slice(values)
+                };
+                self.device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: None,
+                        contents,
+                        usage: USAGE,
+                    })
+            })
+            .collect();
+        Ok(self.new_tensor(shape, buffers, rows_per_part))
+    }
+
+    fn download(&self, tensor: &Tensor) -> Result<Vec<f32>> {
+        let storage = self.storage(tensor)?;
+        let (rows, row_values) = rows_and_width(&tensor.shape);
+        let mut pending = self.lock_pending();
+        let mut encoder = pending.encoder.take().unwrap_or_else(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+        });
+        pending.passes = 0;
+        let staging: Vec<(wgpu::Buffer, usize)> = storage
+            .parts
+            .iter()
+            .enumerate()
+            .map(|(i, part)| {
+                let values = storage.part_rows(i, rows).len() * row_values;
+                let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("download"),
+                    size: buffer_bytes(values),
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                encoder.copy_buffer_to_buffer(part, 0, &buffer, 0, buffer_bytes(values));
+                (buffer, values)
+            })
+            .collect();
+        self.queue.submit([encoder.finish()]);
+        drop(pending);
+
+        let (sender, receiver) = mpsc::channel();
+        for (buffer, _) in &staging {
+            let sender = sender.clone();
+            buffer.map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = sender.send(r);
+            });
+        }
+        self.wait()?;
+        for _ in &staging {
+            receiver
+                .recv()
+                .expect("map callbacks run during wait")
+                .map_err(|e| device_error(format!("download: {e}")))?;
+        }
+        let mut out = Vec::with_capacity(tensor.len());
+        for (buffer, values) in &staging {
+            let view = buffer
+                .get_mapped_range(..)
+                .map_err(|e| device_error(format!("download: {e}")))?;
+            out.extend_from_slice(&bytemuck::cast_slice::<u8, f32>(&view)[..*values]);
+        }
+        Ok(out)
+    }
+
+    fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
+        let (rows_per_part, parts) = self.plan(shape)?;
+        let (rows, row_values) = rows_and_width(shape);
+        let buffers = (0..parts)
+            .map(|i| {
+                let part_rows = rows_per_part.min(rows - i * rows_per_part);
+                // wgpu zero-initialises new buffers.
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size: buffer_bytes(part_rows * row_values),
+                    usage: USAGE,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect();
+        Ok(self.new_tensor(shape, buffers, rows_per_part))
+    }
+
+    fn linear(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        act: Activation,
+        residual: Option<&Tensor>,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let (n, k, m) = shapes::linear(x, w, bias, residual, out)?;
+        let buffers = [
+            self.buffer(x, "linear input")?,
+            self.buffer(w, "linear weight")?,
+            self.optional_buffer(bias, "linear bias")?,
+            self.optional_buffer(residual, "linear residual")?,
+            self.buffer(out, "linear output")?,
+        ];
+        let params = LinearParams {
+            n: to_u32(n, "linear rows")?,
+            k: to_u32(k, "linear features")?,
+            m: to_u32(m, "linear outputs")?,
+            has_bias: bias.is_some().into(),
+            has_residual: residual.is_some().into(),
+            activation: activation_code(act),
+            _pad: [0; 2],
+        };
+        let groups = [
+            m.div_ceil(GEMM_TILE) as u32,
+            n.div_ceil(GEMM_TILE) as u32,
+            1,
+        ];
+        if groups[..2].iter().any(|&g| g > self.max_workgroups_per_dim) {
+            return Err(Error::input(format!(
+                "linear: [{n}, {m}] output exceeds the device's workgroup grid"
+            )));
+        }
+        self.dispatch(self.gemm, &params, &buffers, groups);
+        Ok(())
+    }
+
+    fn gather_rows(
+        &self,
+        table: &Tensor,
+        ids: &[u32],
+        accumulate: bool,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let (rows, d) = shapes::gather(table, ids, out)?;
+        let storage = self.storage(table)?;
+        let out_buffer = self.buffer(out, "gather output")?;
+        let ids_buffer = self.upload_u32("ids", ids);
+        let groups = self.grid((ids.len() * d).div_ceil(ELEMENT_WORKGROUP))?;
+        for (i, part) in storage.parts.iter().enumerate() {
+            let part_rows = storage.part_rows(i, rows);
+            let params = GatherParams {
+                rows: to_u32(ids.len(), "gather ids")?,
+                width: to_u32(d, "gather width")?,
+                first_row: part_rows.start as u32,
+                part_rows: part_rows.len() as u32,
+                accumulate: accumulate.into(),
+                _pad: [0; 3],
+            };
+            self.dispatch(
+                Kernel::Gather,
+                &params,
+                &[part, &ids_buffer, out_buffer],
+                groups,
+            );
+        }
+        Ok(())
+    }
+
+    fn layer_norm(&self, x: &mut Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<()> {
+        let (n, d) = shapes::layer_norm(x, gamma, beta)?;
+        let params = NormParams {
+            rows: to_u32(n, "layer_norm rows")?,
+            width: to_u32(d, "layer_norm width")?,
+            eps,
+            _pad: 0,
+        };
+        let buffers = [
+            self.buffer(x, "layer_norm input")?,
+            self.buffer(gamma, "layer_norm gamma")?,
+            self.buffer(beta, "layer_norm beta")?,
+        ];
+        self.dispatch(Kernel::LayerNorm, &params, &buffers, self.grid(n)?);
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        qkv: &Tensor,
+        layout: &SeqLayout,
+        spec: &AttentionSpec,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        shapes::attention(qkv, layout, spec, out)?;
+        shapes::ensure(spec.head_dim <= MAX_HEAD_DIM, || {
+            format!(
+                "attention: head_dim {} exceeds the wgpu kernel's {MAX_HEAD_DIM}",
+                spec.head_dim
+            )
+        })?;
+        let max_len = layout.max_len();
+        let params = AttentionParams {
+            heads: to_u32(spec.heads, "attention heads")?,
+            kv_heads: to_u32(spec.kv_heads, "attention kv_heads")?,
+            head_dim: spec.head_dim as u32,
+            causal: spec.causal.into(),
+            has_window: spec.window.is_some().into(),
+            // A window as long as the longest sequence masks nothing more; clamping keeps the
+            // shader's index arithmetic in range.
+            window: to_u32(spec.window.unwrap_or(0).min(max_len), "attention window")?,
+            scale: spec.scale,
+            _pad: 0,
+        };
+        let groups = [
+            max_len.div_ceil(ATTENTION_BLOCK_Q),
+            spec.heads,
+            layout.num_sequences(),
+        ];
+        let max = self.max_workgroups_per_dim as usize;
+        shapes::ensure(groups.iter().all(|&g| g <= max), || {
+            format!(
+                "attention: {} sequences × {} heads × {} query blocks exceed the device's grid",
+                groups[2], groups[1], groups[0]
+            )
+        })?;
+        let starts = self.upload_u32("sequence starts", &sequence_starts(layout)?);
+        let buffers = [
+            self.buffer(qkv, "attention qkv")?,
+            &starts,
+            self.buffer(out, "attention output")?,
+        ];
+        self.dispatch(
+            Kernel::Attention,
+            &params,
+            &buffers,
+            groups.map(|g| g as u32),
+        );
+        Ok(())
+    }
+
+    fn pool(
+        &self,
+        hidden: &Tensor,
+        layout: &SeqLayout,
+        mode: Pooling,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let d = shapes::pool(hidden, layout, out)?;
+        let sequences = layout.num_sequences();
+        let params = PoolParams {
+            sequences: to_u32(sequences, "pool sequences")?,
+            width: to_u32(d, "pool width")?,
+            mode: pooling_code(mode),
+            _pad: 0,
+        };
+        let starts = self.upload_u32("sequence starts", &sequence_starts(layout)?);
+        let buffers = [
+            self.buffer(hidden, "pool input")?,
+            &starts,
+            self.buffer(out, "pool output")?,
+        ];
+        let groups = self.grid((sequences * d).div_ceil(ELEMENT_WORKGROUP))?;
+        self.dispatch(Kernel::Pool, &params, &buffers, groups);
+        Ok(())
+    }
+
+    fn l2_normalize(&self, x: &mut Tensor) -> Result<()> {
+        let (n, d) = x.dims2("l2_normalize input")?;
+        let params = NormParams {
+            rows: to_u32(n, "l2_normalize rows")?,
+            width: to_u32(d, "l2_normalize width")?,
+            eps: 0.0,
+            _pad: 0,
+        };
+        let buffers = [self.buffer(x, "l2_normalize input")?];
+        self.dispatch(Kernel::L2Normalize, &params, &buffers, self.grid(n)?);
+        Ok(())
+    }
+
+    // The stats and trim families have no WGSL kernels yet.
+
+    fn scatter(&self, _x: &Tensor, _groups: &[&[u32]]) -> Result<Vec<Moments>> {
+        Err(Error::Unsupported {
+            backend: "wgpu",
+            op: "scatter",
+        })
+    }
+
+    fn symmetric_eigen(&self, _matrices: &[Matrix64]) -> Result<Vec<Eigen>> {
+        Err(Error::Unsupported {
+            backend: "wgpu",
+            op: "symmetric_eigen",
+        })
+    }
+
+    fn spd_solve(&self, _systems: &[(Matrix64, Matrix64)]) -> Result<Vec<Matrix64>> {
+        Err(Error::Unsupported {
+            backend: "wgpu",
+            op: "spd_solve",
+        })
+    }
+
+    fn trim_search(
+        &self,
+        _candidates: &[&[f32]],
+        _reference: TrimReference<'_>,
+        _spec: &TrimSpec,
+    ) -> Result<Vec<TrimResult>> {
+        Err(Error::Unsupported {
+            backend: "wgpu",
+            op: "trim_search",
+        })
+    }
+}
+
+/// The layout's row offsets as the shaders read them.
+fn sequence_starts(layout: &SeqLayout) -> Result<Vec<u32>> {
+    layout
+        .starts
+        .iter()
+        .map(|&s| to_u32(s, "sequence start"))
+        .collect()
+}

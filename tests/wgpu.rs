@@ -1,0 +1,147 @@
+//! wgpu-specific behaviour the shared parity tests cannot reach: tables split across storage
+//! bindings, both GEMM variants, adapter selection and tensors handed to the wrong backend.
+//! Tests that need an adapter report themselves skipped when there is none.
+
+mod common;
+
+use common::{rel_error, Rng};
+use mscope::backend::wgpu::{list_adapters, GemmVariant, WgpuBackend, WgpuOptions};
+use mscope::backend::{self, Activation, Backend, BackendKind};
+
+fn open(options: WgpuOptions) -> Option<WgpuBackend> {
+    match WgpuBackend::open(&options) {
+        Ok(be) => Some(be),
+        Err(why) => {
+            eprintln!("skipped wgpu: {why}");
+            None
+        }
+    }
+}
+
+#[test]
+fn gather_reads_a_table_split_across_bindings() {
+    // Parts of 7 rows; the output (7 rows) just fits in one binding.
+    let (rows, d, part_rows) = (41, 19, 7);
+    let Some(be) = open(WgpuOptions {
+        max_binding_bytes: Some((part_rows * d * 4) as u64),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let mut rng = Rng::new(11);
+    let table = rng.vec(rows * d);
+    // Part edges and every part, out of order; the last part holds 6 rows.
+    let ids = [40, 0, 13, 7, 27, 14, 35];
+    let n = ids.len();
+    let t = be.upload(&[rows, d], &table).unwrap();
+    assert_eq!(be.download(&t).unwrap(), table, "split table round trip");
+
+    let base = rng.vec(n * d);
+    let mut out = be.upload(&[n, d], &vec![f32::NAN; n * d]).unwrap();
+    be.gather_rows(&t, &ids, false, &mut out).unwrap();
+    let copied: Vec<f32> = (0..n * d)
+        .map(|i| table[ids[i / d] as usize * d + i % d])
+        .collect();
+    assert_eq!(be.download(&out).unwrap(), copied, "gather from parts");
+
+    let mut acc = be.upload(&[n, d], &base).unwrap();
+    be.gather_rows(&t, &ids, true, &mut acc).unwrap();
+    let summed: Vec<f32> = copied.iter().zip(&base).map(|(c, b)| c + b).collect();
+    assert_eq!(be.download(&acc).unwrap(), summed, "accumulate from parts");
+
+    // Other ops need one binding and say so instead of reading part of the tensor.
+    let ones = be.upload(&[d], &vec![1.0; d]).unwrap();
+    let mut split = be.upload(&[rows, d], &table).unwrap();
+    let err = be.layer_norm(&mut split, &ones, &ones, 1e-5).unwrap_err();
+    assert!(err.to_string().contains("split into 6 buffers"), "{err}");
+}
+
+#[test]
+fn both_gemm_variants_match_f64() {
+    for variant in [GemmVariant::Tiled, GemmVariant::Direct] {
+        let Some(be) = open(WgpuOptions {
+            gemm: Some(variant),
+            ..Default::default()
+        }) else {
+            return;
+        };
+        let mut rng = Rng::new(12);
+        for (n, k, m) in [(1, 1, 1), (64, 16, 64), (130, 70, 97)] {
+            let (x, w, b, r) = (rng.vec(n * k), rng.vec(m * k), rng.vec(m), rng.vec(n * m));
+            let want: Vec<f32> = (0..n * m)
+                .map(|idx| {
+                    let (i, j) = (idx / m, idx % m);
+                    let dot: f64 = (0..k)
+                        .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                        .sum();
+                    let v = dot + b[j] as f64;
+                    let gelu = 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2));
+                    (gelu + r[idx] as f64) as f32
+                })
+                .collect();
+            let mut out = be.upload(&[n, m], &vec![f32::NAN; n * m]).unwrap();
+            be.linear(
+                &be.upload(&[n, k], &x).unwrap(),
+                &be.upload(&[m, k], &w).unwrap(),
+                Some(&be.upload(&[m], &b).unwrap()),
+                Activation::Gelu,
+                Some(&be.upload(&[n, m], &r).unwrap()),
+                &mut out,
+            )
+            .unwrap();
+            let err = rel_error(&be.download(&out).unwrap(), &want);
+            assert!(
+                err < 1e-5,
+                "{variant:?} {n}x{k}x{m}: relative error {err:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn auto_never_opens_a_software_adapter() {
+    let hardware = list_adapters()
+        .iter()
+        .any(|a| a.device_type != "Cpu" && a.backend != "Gl");
+    let auto = backend::open(BackendKind::Auto).unwrap();
+    assert_eq!(auto.name(), if hardware { "wgpu" } else { "cpu" });
+}
+
+#[test]
+fn unknown_adapter_name_is_reported_unavailable() {
+    let err = WgpuBackend::open(&WgpuOptions {
+        adapter: Some("no-such-adapter".into()),
+        ..Default::default()
+    })
+    .err()
+    .expect("no adapter is called that");
+    assert!(
+        err.to_string().starts_with("wgpu backend unavailable"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tensors_are_refused_by_other_backends() {
+    let Some(be) = open(WgpuOptions::default()) else {
+        return;
+    };
+    let cpu = backend::open(BackendKind::Cpu).unwrap();
+    let on_gpu = be.upload(&[2, 3], &[1.0; 6]).unwrap();
+    let on_cpu = cpu.upload(&[2, 3], &[1.0; 6]).unwrap();
+
+    let err = cpu.download(&on_gpu).unwrap_err();
+    assert!(
+        err.to_string().contains("lives on the wgpu backend"),
+        "{err}"
+    );
+    let err = be.download(&on_cpu).unwrap_err();
+    assert!(
+        err.to_string().contains("lives on the cpu backend"),
+        "{err}"
+    );
+
+    let other = open(WgpuOptions::default()).unwrap();
+    let err = other.download(&on_gpu).unwrap_err();
+    assert!(err.to_string().contains("another wgpu device"), "{err}");
+}
