@@ -7,10 +7,12 @@
 
 pub mod backend;
 pub mod cli;
+pub mod data;
 pub mod error;
 pub mod instruments;
 pub mod io;
 pub mod models;
+pub mod random;
 pub mod report;
 pub mod tensor;
 pub mod weights;

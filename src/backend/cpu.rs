@@ -45,6 +45,58 @@ fn values_mut(t: &mut Tensor) -> Result<&mut [f32]> {
     Ok(v)
 }
 
+/// A row-major matrix operand of [`gemm`], read as stored or transposed.
+#[derive(Clone, Copy)]
+pub struct Operand<'a> {
+    values: &'a [f32],
+    rows: usize,
+    cols: usize,
+    transposed: bool,
+}
+
+impl<'a> Operand<'a> {
+    /// `values` as a row-major `[rows, cols]` matrix.
+    pub fn plain(values: &'a [f32], rows: usize, cols: usize) -> Self {
+        Operand {
+            values,
+            rows,
+            cols,
+            transposed: false,
+        }
+    }
+
+    /// The transpose of the row-major `[rows, cols]` matrix `values` (so a `[cols, rows]` operand).
+    pub fn transposed(values: &'a [f32], rows: usize, cols: usize) -> Self {
+        Operand {
+            transposed: true,
+            ..Self::plain(values, rows, cols)
+        }
+    }
+
+    fn mat(&self) -> MatRef<'a, f32> {
+        let m = MatRef::from_row_major_slice(self.values, self.rows, self.cols);
+        if self.transposed {
+            m.transpose()
+        } else {
+            m
+        }
+    }
+}
+
+/// `dst (+)= lhs · rhs` on row-major f32 slices with faer on every core; adds when `accumulate`.
+/// The host-side GEMM of the CPU backend's ops and of host loops that run on it (MLP backward).
+pub fn gemm(dst: &mut [f32], lhs: Operand<'_>, rhs: Operand<'_>, accumulate: bool) {
+    let (lhs, rhs) = (lhs.mat(), rhs.mat());
+    assert_eq!(lhs.ncols(), rhs.nrows(), "gemm: inner dimensions differ");
+    let dst = MatMut::from_row_major_slice_mut(dst, lhs.nrows(), rhs.ncols());
+    let accum = if accumulate {
+        Accum::Add
+    } else {
+        Accum::Replace
+    };
+    matmul(dst, accum, lhs, rhs, 1.0f32, Par::rayon(0));
+}
+
 /// Splits `data` into the row blocks of each packed sequence, so sequences can be processed in
 /// parallel with disjoint mutable borrows.
 fn split_sequences<'a>(
@@ -105,10 +157,12 @@ impl Backend for CpuBackend {
         out: &mut Tensor,
     ) -> Result<()> {
         let (n, k, m) = shapes::linear(x, w, bias, residual, out)?;
-        let lhs = MatRef::from_row_major_slice(values(x)?, n, k);
-        let rhs = MatRef::from_row_major_slice(values(w)?, m, k).transpose();
-        let dst = MatMut::from_row_major_slice_mut(values_mut(out)?, n, m);
-        matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, Par::rayon(0));
+        gemm(
+            values_mut(out)?,
+            Operand::plain(values(x)?, n, k),
+            Operand::transposed(values(w)?, m, k),
+            false,
+        );
 
         if bias.is_none() && act == Activation::Identity && residual.is_none() {
             return Ok(());

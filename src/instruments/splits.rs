@@ -2,6 +2,7 @@
 //! and the same seed gives the same splits on every machine.
 
 use crate::error::{Error, Result};
+use crate::random::SplitMix64;
 
 /// One train/test split, kept per class (LDA fits per-class statistics).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,26 +83,4 @@ pub fn stratified(
             Split { train, test }
         })
         .collect())
-}
-
-/// SplitMix64: tiny, seedable, and good enough to shuffle row indices.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (the modulo bias is below 2⁻⁴⁰ for any row count).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
 }

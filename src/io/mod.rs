@@ -1,6 +1,8 @@
 //! Input readers and output writers.
 pub mod embeddings;
+pub mod kernel_file;
 pub mod samples;
+pub mod tensor_file;
 pub mod texts;
 
 use std::path::Path;

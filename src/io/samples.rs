@@ -9,6 +9,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
 use crate::instruments::metrics::Scores;
+use crate::random::SplitMix64;
 
 /// Numbers read from a file with their shape (`[len]` for text).
 #[derive(Clone, Debug, PartialEq)]
@@ -300,8 +301,8 @@ fn read_safetensors(path: &Path, name: &str) -> Result<Array> {
 /// N(0, 0.8²) noise, except the last, which is overconfident (its scores scaled by 1.6), so
 /// `compare` should single it out.
 pub fn synthetic_ensemble(models: usize, points: usize, seed: u64) -> (Scores, Vec<i64>) {
-    let mut rng = SplitMix64(seed);
-    let labels: Vec<i64> = (0..points).map(|_| (rng.next() >> 63) as i64).collect();
+    let mut rng = SplitMix64::new(seed);
+    let labels: Vec<i64> = (0..points).map(|_| (rng.next_u64() >> 63) as i64).collect();
     let truth: Vec<f64> = labels
         .iter()
         .map(|&y| (2 * y - 1) as f64 * (0.5 + rng.normal().abs()))
@@ -326,23 +327,4 @@ pub fn synthetic_ensemble(models: usize, points: usize, seed: u64) -> (Scores, V
         classes: 1,
     };
     (scores, labels)
-}
-
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Standard normal by Box–Muller.
-    fn normal(&mut self) -> f64 {
-        let u = ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let v = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
 }
