@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::{assert_fails_cleanly, run_mscope, Rng};
-use mscope::backend::{self, BackendKind, TrimReference, TrimSpec};
+use mscope::backend::{self, BackendKind, OpFamily, TrimReference, TrimSpec};
 use serde_json::Value;
 
 const SPEC: TrimSpec = TrimSpec {
@@ -98,7 +98,7 @@ fn alpha_reads_text_and_npy_and_reports_the_design_keys() {
     ]))
     .unwrap();
     let reference32: Vec<f32> = reference.iter().map(|&v| v as f32).collect();
-    let want = backend::open(BackendKind::Cpu)
+    let want = backend::open(BackendKind::Cpu, OpFamily::Trim)
         .unwrap()
         .trim_search(&[&candidate], TrimReference::Sample(&reference32), &SPEC)
         .unwrap()[0];
@@ -217,7 +217,7 @@ fn compare_reports_every_model() {
     assert_eq!(got.len(), models);
 
     let views: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
-    let trims = backend::open(BackendKind::Cpu)
+    let trims = backend::open(BackendKind::Cpu, OpFamily::Trim)
         .unwrap()
         .trim_search(&views, TrimReference::LeaveOneOut, &SPEC)
         .unwrap();
@@ -293,7 +293,7 @@ fn compare_takes_logit_margins() {
         })
         .collect();
     let views: Vec<&[f32]> = margins.iter().map(|r| r.as_slice()).collect();
-    let trims = backend::open(BackendKind::Cpu)
+    let trims = backend::open(BackendKind::Cpu, OpFamily::Trim)
         .unwrap()
         .trim_search(&views, TrimReference::LeaveOneOut, &SPEC)
         .unwrap();

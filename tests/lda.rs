@@ -7,7 +7,7 @@ use common::{
     assert_fails_cleanly, random_orthogonal, reference_tensor, rel_error_f64, repo_path,
     run_mscope, Rng,
 };
-use mscope::backend::{self, Backend, BackendKind};
+use mscope::backend::{self, Backend, BackendKind, OpFamily};
 use mscope::instruments::lda::{evaluate, Classes, Evaluation, Projection, Shrinkage};
 use mscope::instruments::splits::{self, Split};
 use mscope::io::embeddings::EmbeddingsFile;
@@ -19,7 +19,7 @@ fn fixture(name: &str) -> EmbeddingsFile {
 }
 
 fn cpu() -> std::sync::Arc<dyn Backend> {
-    backend::open(BackendKind::Cpu).unwrap()
+    backend::open(BackendKind::Cpu, OpFamily::Stats).unwrap()
 }
 
 fn run(

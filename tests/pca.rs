@@ -197,7 +197,7 @@ fn spd_solve_residuals_and_indefinite_error() {
 #[test]
 fn pca_matches_scikit_learn() {
     let file = fixture("sklearn_embeddings.safetensors");
-    let be = backend::open(BackendKind::Cpu).unwrap();
+    let be = backend::open(BackendKind::Cpu, OpFamily::Stats).unwrap();
     let x = be
         .upload(&[file.rows(), file.dim], &file.embeddings)
         .unwrap();
@@ -235,7 +235,7 @@ fn pca_matches_scikit_learn() {
 #[test]
 fn pca_recovers_a_known_covariance() {
     let mut rng = Rng::new(17);
-    let be = backend::open(BackendKind::Cpu).unwrap();
+    let be = backend::open(BackendKind::Cpu, OpFamily::Stats).unwrap();
     for d in [3, 16, 41] {
         let q = random_orthogonal(&mut rng, d);
         let lambdas: Vec<f64> = (0..d).map(|i| 4.0 * 0.8f64.powi(i as i32)).collect();

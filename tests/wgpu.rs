@@ -6,7 +6,7 @@ mod common;
 
 use common::{rel_error, Rng};
 use mscope::backend::wgpu::{list_adapters, GemmVariant, WgpuBackend, WgpuOptions};
-use mscope::backend::{self, Activation, Backend, BackendKind};
+use mscope::backend::{self, Activation, Backend, BackendKind, OpFamily};
 
 fn open(options: WgpuOptions) -> Option<WgpuBackend> {
     match WgpuBackend::open(&options) {
@@ -103,7 +103,7 @@ fn auto_never_opens_a_software_adapter() {
     let hardware = list_adapters()
         .iter()
         .any(|a| a.device_type != "Cpu" && a.backend != "Gl");
-    let auto = backend::open(BackendKind::Auto).unwrap();
+    let auto = backend::open(BackendKind::Auto, OpFamily::Encoder).unwrap();
     assert_eq!(auto.name(), if hardware { "wgpu" } else { "cpu" });
 }
 
@@ -126,7 +126,7 @@ fn tensors_are_refused_by_other_backends() {
     let Some(be) = open(WgpuOptions::default()) else {
         return;
     };
-    let cpu = backend::open(BackendKind::Cpu).unwrap();
+    let cpu = backend::open(BackendKind::Cpu, OpFamily::Encoder).unwrap();
     let on_gpu = be.upload(&[2, 3], &[1.0; 6]).unwrap();
     let on_cpu = cpu.upload(&[2, 3], &[1.0; 6]).unwrap();
 

@@ -32,7 +32,8 @@ Definitions (what mscope must match):
 Per-sample Jacobians come from torch.func.vmap(torch.func.jacrev(...)) over
 torch.func.functional_call; the kernels from einsum. The script checks the einsum kernels
 against an explicit loop over the Jacobian for one pair, the Jacobian against plain autograd
-for one sample, and that trNTK's diagonal is 1, and fails loudly if any check misses.
+for one sample, that trNTK's diagonal is 1, that every parameter has a non-zero gradient somewhere,
+and (relu) that no pre-activation lies within 1e-3 of the kink; it fails loudly if any check misses.
 """
 
 from pathlib import Path

@@ -11,6 +11,7 @@ use super::{
 };
 use crate::error::Result;
 
+mod ntk;
 mod stats;
 mod trim;
 
@@ -350,6 +351,29 @@ impl Backend for CpuBackend {
 
     fn spd_solve(&self, systems: &[(Matrix64, Matrix64)]) -> Result<Vec<Matrix64>> {
         stats::spd_solve(systems)
+    }
+
+    // ntk
+
+    fn ntk_contract(
+        &self,
+        delta_rows: &Tensor,
+        delta_cols: &Tensor,
+        acts: Option<(&Tensor, &Tensor)>,
+        offset: f32,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        ntk::ntk_contract(delta_rows, delta_cols, acts, offset, out)
+    }
+
+    fn jl_project(
+        &self,
+        x: &Tensor,
+        spec: &super::JlSpec,
+        accumulate: bool,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        ntk::jl_project(x, spec, accumulate, out)
     }
 
     // trim

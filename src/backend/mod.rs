@@ -23,9 +23,11 @@ pub enum BackendKind {
     Cuda,
 }
 
-/// Opens the backend `kind` names. `Auto` only picks a backend that implements the whole op set,
-/// and never a software wgpu adapter (lavapipe is for testing kernels, slower than the CPU path).
-pub fn open(kind: BackendKind) -> Result<Arc<dyn Backend>> {
+/// Opens the backend `kind` names for work of `family`. `Auto` picks a hardware backend that
+/// implements `family`, else the CPU — never a software wgpu adapter (lavapipe is for testing
+/// kernels, slower than the CPU path). An explicit kind is opened as asked; ops it lacks report
+/// themselves unsupported.
+pub fn open(kind: BackendKind, family: OpFamily) -> Result<Arc<dyn Backend>> {
     match kind {
         BackendKind::Cpu => Ok(Arc::new(cpu::CpuBackend::new())),
         BackendKind::Wgpu => Ok(Arc::new(wgpu::WgpuBackend::open(
@@ -38,8 +40,8 @@ pub fn open(kind: BackendKind) -> Result<Arc<dyn Backend>> {
                 ..wgpu::WgpuOptions::from_env()
             };
             match wgpu::WgpuBackend::open(&hardware) {
-                Ok(be) => Ok(Arc::new(be)),
-                Err(_) => Ok(Arc::new(cpu::CpuBackend::new())),
+                Ok(be) if be.supports(family) => Ok(Arc::new(be)),
+                _ => Ok(Arc::new(cpu::CpuBackend::new())),
             }
         }
     }
@@ -317,6 +319,8 @@ pub enum OpFamily {
     Stats,
     /// trim_search.
     Trim,
+    /// ntk_contract, jl_project: the tangent-kernel instrument's device work.
+    Ntk,
 }
 
 /// The op set. Every backend implements each op or reports it unsupported; the CPU backend is
@@ -392,6 +396,31 @@ pub trait Backend: Send + Sync {
     /// that is not positive definite is an error naming its place in the batch.
     fn spd_solve(&self, systems: &[(Matrix64, Matrix64)]) -> Result<Vec<Matrix64>>;
 
+    // ntk
+
+    /// `out += (D_r·D_cᵀ) ⊙ (A_r·A_cᵀ + offset)` — one layer's share of a tangent kernel between
+    /// row samples and column samples, from their output-gradient factors `D: [n, p]` (all
+    /// classes of a sample side by side) and activation factors `A: [n, q]`; without activation
+    /// factors, `out += D_r·D_cᵀ`. `out: [n_r, n_c]`.
+    fn ntk_contract(
+        &self,
+        delta_rows: &Tensor,
+        delta_cols: &Tensor,
+        acts: Option<(&Tensor, &Tensor)>,
+        offset: f32,
+        out: &mut Tensor,
+    ) -> Result<()>;
+
+    /// `out (+)= x·Pᵀ` for `x: [n, d]`, `out: [n, spec.dim]`, `P` the projection [`JlSpec`]
+    /// describes over `d` columns; adds when `accumulate`.
+    fn jl_project(
+        &self,
+        x: &Tensor,
+        spec: &JlSpec,
+        accumulate: bool,
+        out: &mut Tensor,
+    ) -> Result<()>;
+
     // trim
 
     /// Trimmed comparison of every candidate sample with its reference
@@ -404,6 +433,42 @@ pub trait Backend: Send + Sync {
         reference: TrimReference<'_>,
         spec: &TrimSpec,
     ) -> Result<Vec<TrimResult>>;
+}
+
+/// Distribution of the entries of a [`JlSpec`] projection matrix (before the `1/√k` scale).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JlDistribution {
+    /// ±1 with probability ½ each.
+    Rademacher,
+    /// Standard normal.
+    Gaussian,
+}
+
+/// A Johnson–Lindenstrauss projection `P: [dim, columns]` whose entry `(j, c)` is
+/// `dist(seed, j, column_offset + c) / √dim`, generated from [`crate::random::counter_hash`]
+/// where it is used and never stored. `column_offset` places the projected columns inside a
+/// longer vector (a tile of a flattened per-sample gradient), so tiles projected separately and
+/// summed give the projection of the whole vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JlSpec {
+    pub seed: u64,
+    pub dim: usize,
+    pub distribution: JlDistribution,
+    pub column_offset: u64,
+}
+
+impl JlSpec {
+    /// Entry `(j, c)` of the projection, scale included: the definition every backend's
+    /// generator is tested against.
+    #[inline]
+    pub fn entry(&self, j: usize, c: usize) -> f32 {
+        let (row, col) = (j as u64, self.column_offset + c as u64);
+        let value = match self.distribution {
+            JlDistribution::Rademacher => crate::random::rademacher(self.seed, row, col),
+            JlDistribution::Gaussian => crate::random::gaussian(self.seed, row, col),
+        };
+        value / (self.dim as f32).sqrt()
+    }
 }
 
 /// What each candidate of [`Backend::trim_search`] is compared with.

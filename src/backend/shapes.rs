@@ -126,3 +126,50 @@ pub(crate) fn pool(hidden: &Tensor, layout: &SeqLayout, out: &Tensor) -> Result<
     })?;
     Ok(d)
 }
+
+/// `(n_r, n_c)` of [`super::Backend::ntk_contract`], after checking that row and column factors
+/// agree on their widths and `out` is `[n_r, n_c]`.
+pub(crate) fn ntk_contract(
+    delta_rows: &Tensor,
+    delta_cols: &Tensor,
+    acts: Option<(&Tensor, &Tensor)>,
+    out: &Tensor,
+) -> Result<(usize, usize)> {
+    let (n_r, p) = delta_rows.dims2("ntk_contract row gradients")?;
+    let (n_c, p_c) = delta_cols.dims2("ntk_contract column gradients")?;
+    ensure(p == p_c, || {
+        format!("ntk_contract: row gradients have width {p}, column gradients {p_c}")
+    })?;
+    if let Some((a_r, a_c)) = acts {
+        let (ar_n, q) = a_r.dims2("ntk_contract row activations")?;
+        let (ac_n, q_c) = a_c.dims2("ntk_contract column activations")?;
+        ensure(ar_n == n_r && ac_n == n_c && q == q_c, || {
+            format!(
+                "ntk_contract: activations {:?} and {:?} do not match gradients of {n_r} and \
+                 {n_c} samples",
+                a_r.shape(),
+                a_c.shape()
+            )
+        })?;
+    }
+    ensure(out.shape() == [n_r, n_c], || {
+        format!(
+            "ntk_contract: output shape {:?}, expected [{n_r}, {n_c}]",
+            out.shape()
+        )
+    })?;
+    Ok((n_r, n_c))
+}
+
+/// `(n, d)` of [`super::Backend::jl_project`]: `x: [n, d]`, `out: [n, dim]`, `dim > 0`.
+pub(crate) fn jl_project(x: &Tensor, dim: usize, out: &Tensor) -> Result<(usize, usize)> {
+    let (n, d) = x.dims2("jl_project input")?;
+    ensure(dim > 0, || "jl_project: projection dimension 0".to_string())?;
+    ensure(out.shape() == [n, dim], || {
+        format!(
+            "jl_project: output shape {:?}, expected [{n}, {dim}]",
+            out.shape()
+        )
+    })?;
+    Ok((n, d))
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
-use crate::backend::{self, BackendKind, TrimReference, TrimSpec};
+use crate::backend::{self, BackendKind, OpFamily, TrimReference, TrimSpec};
 use crate::error::Result;
 use crate::instruments::trim;
 use crate::io::samples::read_sample;
@@ -41,7 +41,7 @@ pub struct AlphaArgs {
 pub fn run(args: AlphaArgs) -> Result<()> {
     let candidate = read_sample(&args.candidate)?;
     let reference = read_sample(&args.reference)?;
-    let backend = backend::open(args.backend)?;
+    let backend = backend::open(args.backend, OpFamily::Trim)?;
     let spec = TrimSpec {
         level: args.level,
         w2_alpha: args.w2_alpha,

@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::json;
 
-use crate::backend::{self, BackendKind, TrimReference, TrimResult, TrimSpec};
+use crate::backend::{self, BackendKind, OpFamily, TrimReference, TrimResult, TrimSpec};
 use crate::error::{Error, Result};
 use crate::instruments::metrics::{model_metrics, ModelMetrics, Scores};
 use crate::instruments::trim;
@@ -106,7 +106,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             scores.models
         )));
     }
-    let backend = backend::open(args.backend)?;
+    let backend = backend::open(args.backend, OpFamily::Trim)?;
     let spec = TrimSpec {
         level: args.level,
         w2_alpha: args.w2_alpha,

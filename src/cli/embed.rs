@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::backend::{self, BackendKind, Pooling};
+use crate::backend::{self, BackendKind, OpFamily, Pooling};
 use crate::error::{Error, Result};
 use crate::instruments::embed::{EncoderOptions, SentenceEncoder};
 use crate::io::embeddings::{texts_sidecar_path, write_texts_sidecar, EmbeddingsFile};
@@ -70,7 +70,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         label: args.label_field,
     };
     let corpus = read_corpus(&args.inputs, &fields)?;
-    let backend = backend::open(args.backend)?;
+    let backend = backend::open(args.backend, OpFamily::Encoder)?;
     let options = EncoderOptions {
         max_length: args.max_length,
         pooling: args.pooling,

@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::pca::{file_name, points_by_label, read_embeddings, scatter_plot, sibling};
-use crate::backend::{self, BackendKind, Matrix64};
+use crate::backend::{self, BackendKind, Matrix64, OpFamily};
 use crate::error::{Error, Result};
 use crate::instruments::lda::{evaluate, mean_std, Classes, Projection, Shrinkage};
 use crate::instruments::splits;
@@ -55,7 +55,7 @@ pub fn run(args: LdaArgs) -> Result<()> {
     let classes = Classes::from_labels(&file.labels, &file.label_names).map_err(in_file)?;
     let splits = splits::stratified(&classes.rows, args.splits, args.test_fraction, args.seed)
         .map_err(|e| Error::input(format!("--test-fraction: {e}")))?;
-    let backend = backend::open(args.backend)?;
+    let backend = backend::open(args.backend, OpFamily::Stats)?;
     let x = backend.upload(&[file.rows(), file.dim], &file.embeddings)?;
     let rows = &file.embeddings;
     let eval = evaluate(

@@ -5,6 +5,7 @@ mod compare;
 mod devices;
 mod embed;
 mod lda;
+mod ntk;
 mod pca;
 
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ enum Command {
     Pca(pca::PcaArgs),
     /// LDA accuracy of the labels over stratified splits, confusion, pairwise table.
     Lda(lda::LdaArgs),
+    /// Tangent kernel (trNTK, trNTK0, pNTK) of an MLP classifier, exact or projected, in blocks.
+    Ntk(ntk::NtkArgs),
 }
 
 /// Runs the command line; errors are printed as one line and give exit status 1.
@@ -50,6 +53,7 @@ pub fn main() -> ExitCode {
         Command::Compare(args) => compare::run(args),
         Command::Pca(args) => pca::run(args),
         Command::Lda(args) => lda::run(args),
+        Command::Ntk(args) => ntk::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

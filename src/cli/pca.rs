@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde_json::json;
 
-use crate::backend::{self, BackendKind};
+use crate::backend::{self, BackendKind, OpFamily};
 use crate::error::{Error, Result};
 use crate::instruments::pca::{distinctive_words, extremes, separation, Pca, WordScore};
 use crate::io::embeddings::{read_texts_sidecar, texts_sidecar_path, EmbeddingsFile};
@@ -93,7 +93,7 @@ pub(super) fn scatter_plot(
 pub fn run(args: PcaArgs) -> Result<()> {
     super::set_threads(args.threads)?;
     let file = read_embeddings(&args.input)?;
-    let backend = backend::open(args.backend)?;
+    let backend = backend::open(args.backend, OpFamily::Stats)?;
     let k = args.components.unwrap_or(file.dim.min(10));
     let x = backend.upload(&[file.rows(), file.dim], &file.embeddings)?;
     let pca = Pca::fit(backend.as_ref(), &x, k)

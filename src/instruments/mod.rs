@@ -3,6 +3,8 @@
 pub mod embed;
 pub mod lda;
 pub mod metrics;
+pub mod ntk;
 pub mod pca;
+pub mod project;
 pub mod splits;
 pub mod trim;

@@ -76,7 +76,7 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 pub fn backends() -> Vec<Arc<dyn Backend>> {
     let mut present = Vec::new();
     for kind in [BackendKind::Cpu, BackendKind::Wgpu, BackendKind::Cuda] {
-        match backend::open(kind) {
+        match backend::open(kind, OpFamily::Encoder) {
             Ok(b) => present.push(b),
             Err(why) => eprintln!("skipped {kind:?}: {why}"),
         }
@@ -129,7 +129,7 @@ pub fn fixture_texts() -> Vec<String> {
         .collect()
 }
 
-/// An F32 or I64 tensor of a reference safetensors file, as f64 values with its shape.
+/// An F32, F64 or I64 tensor of a reference safetensors file, as f64 values with its shape.
 pub fn reference_tensor(file: &str, name: &str) -> (Vec<usize>, Vec<f64>) {
     let bytes = std::fs::read(repo_path(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("reference file parses");
@@ -141,6 +141,11 @@ pub fn reference_tensor(file: &str, name: &str) -> (Vec<usize>, Vec<f64>) {
             .data()
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+            .collect(),
+        safetensors::Dtype::F64 => t
+            .data()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
             .collect(),
         safetensors::Dtype::I64 => t
             .data()

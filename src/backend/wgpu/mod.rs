@@ -19,8 +19,8 @@ pub use adapter::{list_adapters, AdapterSummary};
 pub use memory::WgpuStorage;
 
 use super::{
-    shapes, Activation, AttentionSpec, Backend, Eigen, Matrix64, Moments, OpFamily, Pooling,
-    SeqLayout, Storage, Tensor, TrimReference, TrimResult, TrimSpec,
+    shapes, Activation, AttentionSpec, Backend, Eigen, JlSpec, Matrix64, Moments, OpFamily,
+    Pooling, SeqLayout, Storage, Tensor, TrimReference, TrimResult, TrimSpec,
 };
 use crate::error::{Error, Result};
 use kernels::{
@@ -696,6 +696,33 @@ impl Backend for WgpuBackend {
         Err(Error::Unsupported {
             backend: "wgpu",
             op: "spd_solve",
+        })
+    }
+
+    fn ntk_contract(
+        &self,
+        _delta_rows: &Tensor,
+        _delta_cols: &Tensor,
+        _acts: Option<(&Tensor, &Tensor)>,
+        _offset: f32,
+        _out: &mut Tensor,
+    ) -> Result<()> {
+        Err(Error::Unsupported {
+            backend: "wgpu",
+            op: "ntk_contract",
+        })
+    }
+
+    fn jl_project(
+        &self,
+        _x: &Tensor,
+        _spec: &JlSpec,
+        _accumulate: bool,
+        _out: &mut Tensor,
+    ) -> Result<()> {
+        Err(Error::Unsupported {
+            backend: "wgpu",
+            op: "jl_project",
         })
     }
 

@@ -1,0 +1,681 @@
+//! The tangent-kernel instrument: kernels and per-sample gradients against torch.func fixtures
+//! (`tools/make_ntk_fixtures.py`, float64), the contraction against materialised gradients,
+//! projections against explicit matrices and their 1/√k convergence, block-wise and resumed runs,
+//! the ops on every backend, and bad input.
+
+mod common;
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use common::{
+    assert_fails_cleanly, backends_for, reference_tensor, rel_error_f64, repo_path, run_mscope, Rng,
+};
+use mscope::backend::cpu::CpuBackend;
+use mscope::backend::{JlDistribution, JlSpec, OpFamily};
+use mscope::data::Dataset;
+use mscope::instruments::ntk::{Checkpoint, KernelJob};
+use mscope::instruments::project::{factors, FactorSpec, KernelKind, ProjectionKind};
+use mscope::io::kernel_file::KernelFile;
+use mscope::models::mlp::Mlp;
+
+const ACTIVATIONS: [&str; 4] = ["relu", "tanh", "gelu", "sigmoid"];
+const KINDS: [KernelKind; 3] = [KernelKind::Trntk, KernelKind::Trntk0, KernelKind::Pntk];
+
+fn fixture(name: &str) -> PathBuf {
+    repo_path(&format!("tests/fixtures/ntk/{name}"))
+}
+
+fn model(act: &str) -> Mlp {
+    Mlp::read(&fixture(&format!("mlp_{act}.safetensors"))).unwrap()
+}
+
+fn data(name: &str) -> Dataset {
+    Dataset::read(&fixture(&format!("{name}.safetensors"))).unwrap()
+}
+
+fn reference(act: &str, name: &str) -> Vec<f64> {
+    reference_tensor(
+        &format!("tests/fixtures/ntk/mlp_{act}_reference.safetensors"),
+        name,
+    )
+    .1
+}
+
+fn exact(kind: KernelKind) -> FactorSpec {
+    FactorSpec {
+        kind,
+        projection: ProjectionKind::None,
+        projection_dim: 0,
+        seed: 0,
+    }
+}
+
+fn kernel(
+    mlp: &Mlp,
+    rows: &[f32],
+    cols: Option<&[f32]>,
+    spec: FactorSpec,
+    block_rows: usize,
+) -> KernelFile {
+    let job = KernelJob {
+        mlp,
+        rows,
+        cols,
+        spec,
+        block_rows,
+        tile_rows: 4,
+    };
+    job.run(&CpuBackend::new(), None, &mut |_| ControlFlow::Continue(()))
+        .unwrap()
+        .unwrap()
+}
+
+fn widen(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// Per-sample, per-class gradients `[n, C, P]` materialised from the backward pass, parameters in
+/// torch's order (fc0.weight row-major, fc0.bias, fc1.weight, …).
+fn materialised_gradients(mlp: &Mlp, x: &[f32]) -> Vec<f64> {
+    let fwd = mlp.forward(x).unwrap();
+    let c = mlp.num_classes();
+    let mut top = vec![0.0f32; fwd.n * c * c];
+    top.chunks_exact_mut(c)
+        .enumerate()
+        .for_each(|(r, t)| t[r % c] = 1.0);
+    let deltas = mlp.backward(&fwd, top, c);
+    let p = mlp.num_params();
+    let mut grads = vec![0.0f64; fwd.n * c * p];
+    for (row, g) in grads.chunks_exact_mut(p).enumerate() {
+        let sample = row / c;
+        let mut at = 0;
+        for (l, layer) in mlp.layers.iter().enumerate() {
+            let delta = &deltas[l][row * layer.d_out..(row + 1) * layer.d_out];
+            let input = &fwd.inputs[l][sample * layer.d_in..(sample + 1) * layer.d_in];
+            for &d in delta {
+                for &a in input {
+                    g[at] = d as f64 * a as f64;
+                    at += 1;
+                }
+            }
+            for &d in delta {
+                g[at] = d as f64;
+                at += 1;
+            }
+        }
+    }
+    grads
+}
+
+#[test]
+fn logits_match_torch() {
+    for act in ACTIVATIONS {
+        let mlp = model(act);
+        let logits = mlp.logits(&data("train").x).unwrap();
+        let err = rel_error_f64(&widen(&logits), &reference(act, "logits"));
+        assert!(err < 1e-6, "{act}: logits rel. error {err:e}");
+    }
+}
+
+#[test]
+fn per_sample_gradients_match_torch_func_jacobians() {
+    for act in ACTIVATIONS {
+        let mlp = model(act);
+        let grads = materialised_gradients(&mlp, &data("train").x);
+        let err = rel_error_f64(&grads, &reference(act, "jacobian"));
+        assert!(err < 1e-5, "{act}: per-sample gradients rel. error {err:e}");
+    }
+}
+
+#[test]
+fn exact_kernels_match_torch_func() {
+    let (train, test) = (data("train"), data("test"));
+    for act in ACTIVATIONS {
+        let mlp = model(act);
+        for kind in KINDS {
+            let square = kernel(&mlp, &train.x, None, exact(kind), 64);
+            let err = rel_error_f64(&widen(&square.values), &reference(act, kind.name()));
+            assert!(err < 1e-5, "{act} {}: rel. error {err:e}", kind.name());
+            assert_eq!((square.rows, square.cols), (12, 12));
+
+            let cross = kernel(&mlp, &test.x, Some(&train.x), exact(kind), 64);
+            let name = format!("{}_test", kind.name());
+            let err = rel_error_f64(&widen(&cross.values), &reference(act, &name));
+            assert!(err < 1e-5, "{act} {name}: rel. error {err:e}");
+            assert_eq!((cross.rows, cross.cols), (7, 12));
+        }
+        let f = factors(&mlp, &train.x, &exact(KernelKind::Trntk)).unwrap();
+        let err = rel_error_f64(&f.self_kernel, &reference(act, "grad_sq_norm"));
+        assert!(err < 1e-5, "{act}: ‖g‖² rel. error {err:e}");
+    }
+}
+
+#[test]
+fn contraction_agrees_with_materialised_gradients() {
+    let mut rng = Rng::new(7);
+    for act in ACTIVATIONS {
+        // A wider model than the fixtures, random inputs: the contraction never forms a gradient.
+        let mlp = Mlp::init(
+            &[9, 16, 11, 4],
+            mscope::models::mlp::parse_activation(act).unwrap(),
+            3,
+        )
+        .unwrap();
+        let x = rng.vec(10 * 9);
+        let grads = materialised_gradients(&mlp, &x);
+        let (c, p) = (mlp.num_classes(), mlp.num_params());
+        let mut brute = vec![0.0f64; 100];
+        for i in 0..10 {
+            for j in 0..10 {
+                brute[i * 10 + j] = (0..c * p)
+                    .map(|t| grads[i * c * p + t] * grads[j * c * p + t])
+                    .sum();
+            }
+        }
+        let fast = kernel(&mlp, &x, None, exact(KernelKind::Trntk0), 3);
+        let err = rel_error_f64(&widen(&fast.values), &brute);
+        assert!(
+            err < 1e-5,
+            "{act}: contraction vs materialised rel. error {err:e}"
+        );
+    }
+}
+
+#[test]
+fn dense_projection_is_the_explicit_matrix_times_the_gradient() {
+    let mlp = model("tanh");
+    let x = data("train").x;
+    let grads = materialised_gradients(&mlp, &x);
+    let (n, c, p, k) = (12, mlp.num_classes(), mlp.num_params(), 40);
+    for (projection, distribution) in [
+        (ProjectionKind::Rademacher, JlDistribution::Rademacher),
+        (ProjectionKind::Gaussian, JlDistribution::Gaussian),
+    ] {
+        let spec = FactorSpec {
+            kind: KernelKind::Trntk0,
+            projection,
+            projection_dim: k,
+            seed: 11,
+        };
+        let f = factors(&mlp, &x, &spec).unwrap();
+        assert_eq!(f.terms.len(), 1);
+        let jl = JlSpec {
+            seed: 11,
+            dim: k,
+            distribution,
+            column_offset: 0,
+        };
+        let mut explicit = vec![0.0f64; n * c * k];
+        for row in 0..n * c {
+            for j in 0..k {
+                explicit[row * k + j] = (0..p)
+                    .map(|t| jl.entry(j, t) as f64 * grads[row * p + t])
+                    .sum();
+            }
+        }
+        let err = rel_error_f64(&widen(&f.terms[0].delta), &explicit);
+        assert!(err < 1e-5, "{projection:?}: rel. error {err:e}");
+    }
+}
+
+/// Mean relative Frobenius error of projected trNTK0 kernels over `seeds` seeds.
+fn projection_error(mlp: &Mlp, x: &[f32], projection: ProjectionKind, k: usize, seeds: u64) -> f64 {
+    let exact_k = widen(&kernel(mlp, x, None, exact(KernelKind::Trntk0), 64).values);
+    (0..seeds)
+        .map(|seed| {
+            let spec = FactorSpec {
+                kind: KernelKind::Trntk0,
+                projection,
+                projection_dim: k,
+                seed: 1000 + seed,
+            };
+            rel_error_f64(&widen(&kernel(mlp, x, None, spec, 64).values), &exact_k)
+        })
+        .sum::<f64>()
+        / seeds as f64
+}
+
+#[test]
+fn projected_kernels_converge_like_one_over_sqrt_k() {
+    let mlp = model("gelu");
+    let x = data("train").x;
+    let ks = [16usize, 64, 256, 1024];
+    for projection in [
+        ProjectionKind::Rademacher,
+        ProjectionKind::Gaussian,
+        ProjectionKind::Kronecker,
+    ] {
+        let errors: Vec<f64> = ks
+            .iter()
+            .map(|&k| projection_error(&mlp, &x, projection, k, 20))
+            .collect();
+        // Least-squares slope of log(error) against log(k): −½ for an error ∝ 1/√k.
+        let (lx, ly): (Vec<f64>, Vec<f64>) = ks
+            .iter()
+            .zip(&errors)
+            .map(|(&k, &e)| ((k as f64).ln(), e.ln()))
+            .unzip();
+        let (mx, my) = (lx.iter().sum::<f64>() / 4.0, ly.iter().sum::<f64>() / 4.0);
+        let slope = lx
+            .iter()
+            .zip(&ly)
+            .map(|(x, y)| (x - mx) * (y - my))
+            .sum::<f64>()
+            / lx.iter().map(|x| (x - mx).powi(2)).sum::<f64>();
+        assert!(
+            (-0.62..-0.38).contains(&slope),
+            "{projection:?}: errors {errors:?}, slope {slope}"
+        );
+        assert!(errors[3] < 0.1, "{projection:?}: errors {errors:?}");
+    }
+}
+
+#[test]
+fn projected_trntk_is_a_cosine() {
+    let mlp = model("relu");
+    let x = data("train").x;
+    for projection in [ProjectionKind::Rademacher, ProjectionKind::Kronecker] {
+        let spec = FactorSpec {
+            kind: KernelKind::Trntk,
+            projection,
+            projection_dim: 64,
+            seed: 5,
+        };
+        let k = kernel(&mlp, &x, None, spec, 5);
+        assert!(k.normalized && k.projection_dim == 64);
+        for i in 0..12 {
+            assert!(
+                (k.values[i * 12 + i] - 1.0).abs() < 1e-5,
+                "{projection:?} diagonal"
+            );
+        }
+        assert!(k.values.iter().all(|v| v.abs() <= 1.0 + 1e-5));
+    }
+}
+
+#[test]
+fn blocks_and_resumed_runs_give_the_one_pass_kernel_exactly() {
+    let mlp = Mlp::init(&[6, 20, 20, 5], mscope::backend::Activation::Tanh, 9).unwrap();
+    let x = Rng::new(4).vec(37 * 6);
+    let against = Rng::new(5).vec(23 * 6);
+    for cols in [None, Some(against.as_slice())] {
+        for spec in [
+            exact(KernelKind::Trntk),
+            FactorSpec {
+                kind: KernelKind::Pntk,
+                projection: ProjectionKind::Kronecker,
+                projection_dim: 16,
+                seed: 2,
+            },
+        ] {
+            let one_pass = kernel(&mlp, &x, cols, spec, 37);
+            for block_rows in [1, 5, 36] {
+                let blocked = kernel(&mlp, &x, cols, spec, block_rows);
+                assert_eq!(blocked.values, one_pass.values, "block rows {block_rows}");
+            }
+
+            let dir = tempfile::tempdir().unwrap();
+            let manifest = serde_json::json!({"test": "resume"});
+            let job = KernelJob {
+                mlp: &mlp,
+                rows: &x,
+                cols,
+                spec,
+                block_rows: 8,
+                tile_rows: 4,
+            };
+            let checkpoint = Checkpoint::open(dir.path(), &manifest).unwrap();
+            let mut done = 0;
+            let stopped = job
+                .run(&CpuBackend::new(), Some(&checkpoint), &mut |_| {
+                    done += 1;
+                    if done == 3 {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+                .unwrap();
+            assert!(stopped.is_none(), "an interrupted run returns no kernel");
+
+            let checkpoint = Checkpoint::open(dir.path(), &manifest).unwrap();
+            let mut resumed = Vec::new();
+            let finished = job
+                .run(&CpuBackend::new(), Some(&checkpoint), &mut |b| {
+                    resumed.push(b.resumed);
+                    ControlFlow::Continue(())
+                })
+                .unwrap()
+                .unwrap();
+            assert_eq!(resumed, [true, true, true, false, false]);
+            assert_eq!(finished.values, one_pass.values);
+
+            let other = serde_json::json!({"test": "other settings"});
+            let err = Checkpoint::open(dir.path(), &other).err().unwrap();
+            assert!(err.to_string().contains("different kernel run"), "{err}");
+        }
+    }
+}
+
+/// Naive f64 reference of `ntk_contract`.
+fn contract_reference(
+    dr: &[f32],
+    dc: &[f32],
+    p: usize,
+    acts: Option<(&[f32], &[f32], usize)>,
+    offset: f64,
+    nr: usize,
+    nc: usize,
+) -> Vec<f64> {
+    let dot = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| *x as f64 * *y as f64)
+            .sum::<f64>()
+    };
+    let mut out = vec![0.0; nr * nc];
+    for i in 0..nr {
+        for j in 0..nc {
+            let g = dot(&dr[i * p..(i + 1) * p], &dc[j * p..(j + 1) * p]);
+            out[i * nc + j] = match acts {
+                Some((ar, ac, q)) => {
+                    g * (dot(&ar[i * q..(i + 1) * q], &ac[j * q..(j + 1) * q]) + offset)
+                }
+                None => g,
+            };
+        }
+    }
+    out
+}
+
+#[test]
+fn ntk_ops_match_the_reference_on_every_backend() {
+    for be in backends_for(OpFamily::Ntk) {
+        let mut rng = Rng::new(21);
+        let (nr, nc, p, q) = (13, 29, 37, 19);
+        let (dr, dc, ar, ac) = (
+            rng.vec(nr * p),
+            rng.vec(nc * p),
+            rng.vec(nr * q),
+            rng.vec(nc * q),
+        );
+        let up = |v: &[f32], r: usize, c: usize| be.upload(&[r, c], v).unwrap();
+        for with_acts in [true, false] {
+            let start = rng.vec(nr * nc);
+            let mut out = up(&start, nr, nc);
+            let (tar, tac) = (up(&ar, nr, q), up(&ac, nc, q));
+            let acts = with_acts.then_some((&tar, &tac));
+            be.ntk_contract(&up(&dr, nr, p), &up(&dc, nc, p), acts, 1.0, &mut out)
+                .unwrap();
+            let want: Vec<f64> = contract_reference(
+                &dr,
+                &dc,
+                p,
+                with_acts.then_some((&ar[..], &ac[..], q)),
+                1.0,
+                nr,
+                nc,
+            )
+            .iter()
+            .zip(&start)
+            .map(|(w, s)| w + *s as f64)
+            .collect();
+            let err = rel_error_f64(&widen(&be.download(&out).unwrap()), &want);
+            assert!(
+                err < 1e-5,
+                "{} ntk_contract (acts {with_acts}): {err:e}",
+                be.name()
+            );
+        }
+
+        let (n, d, k) = (7, 1500, 33); // d spans two generation tiles
+        let x = rng.vec(n * d);
+        for distribution in [JlDistribution::Rademacher, JlDistribution::Gaussian] {
+            let spec = JlSpec {
+                seed: 3,
+                dim: k,
+                distribution,
+                column_offset: 100,
+            };
+            let mut out = up(&vec![f32::NAN; n * k], n, k);
+            be.jl_project(&up(&x, n, d), &spec, false, &mut out)
+                .unwrap();
+            let mut want = vec![0.0f64; n * k];
+            for i in 0..n {
+                for j in 0..k {
+                    want[i * k + j] = (0..d)
+                        .map(|c| x[i * d + c] as f64 * spec.entry(j, c) as f64)
+                        .sum();
+                }
+            }
+            let err = rel_error_f64(&widen(&be.download(&out).unwrap()), &want);
+            assert!(
+                err < 1e-5,
+                "{} jl_project {distribution:?}: {err:e}",
+                be.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn jl_entries_have_the_right_moments() {
+    for distribution in [JlDistribution::Rademacher, JlDistribution::Gaussian] {
+        let spec = JlSpec {
+            seed: 1,
+            dim: 1,
+            distribution,
+            column_offset: 0,
+        };
+        let values: Vec<f64> = (0..200_000)
+            .map(|c| spec.entry(c % 400, c / 400) as f64)
+            .collect();
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64;
+        assert!(
+            mean.abs() < 0.01 && (var - 1.0).abs() < 0.02,
+            "{distribution:?}: mean {mean}, var {var}"
+        );
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn cli_writes_the_kernel_and_resumes_from_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("k.safetensors");
+    let model = fixture("mlp_relu.safetensors");
+    let args = |extra: &[&str]| {
+        let mut a = vec!["ntk", "--model", path_str(&model), "--data"];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let test = fixture("test.safetensors");
+    let train = fixture("train.safetensors");
+    let run = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let o = run_mscope(&a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let stdout = run(args(&[
+        path_str(&test),
+        "--against",
+        path_str(&train),
+        "--kind",
+        "trntk0",
+        "--block-rows",
+        "3",
+        "--out",
+        path_str(&out),
+    ]));
+    assert!(stdout.contains("trntk0 7×12"), "{stdout}");
+    let k = KernelFile::read(&out).unwrap();
+    assert_eq!(
+        (
+            k.rows,
+            k.cols,
+            k.kind.as_str(),
+            k.normalized,
+            k.projection_dim
+        ),
+        (7, 12, "trntk0", false, 0)
+    );
+    let err = rel_error_f64(&widen(&k.values), &reference("relu", "trntk0_test"));
+    assert!(err < 1e-5, "{err:e}");
+    assert!(
+        !Checkpoint::dir_for(&out).exists(),
+        "the block directory is removed when done"
+    );
+
+    // A run that left two finished blocks behind resumes from them.
+    let job = KernelJob {
+        mlp: &model_from(&model),
+        rows: &Dataset::read(&test).unwrap().x,
+        cols: Some(&Dataset::read(&train).unwrap().x),
+        spec: exact(KernelKind::Trntk),
+        block_rows: 3,
+        tile_rows: mscope::instruments::ntk::DEFAULT_TILE_ROWS,
+    };
+    let manifest = serde_json::json!({
+        "model": mscope::instruments::ntk::file_digest(&model).unwrap(),
+        "data": mscope::instruments::ntk::file_digest(&test).unwrap(),
+        "against": mscope::instruments::ntk::file_digest(&train).unwrap(),
+        "kind": "trntk", "projection": "none", "projection_dim": 0, "seed": 0, "block_rows": 3,
+    });
+    let checkpoint = Checkpoint::open(&Checkpoint::dir_for(&out), &manifest).unwrap();
+    let mut blocks = 0;
+    job.run(&CpuBackend::new(), Some(&checkpoint), &mut |_| {
+        blocks += 1;
+        if blocks == 2 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .unwrap();
+    let stdout = run(args(&[
+        path_str(&test),
+        "--against",
+        path_str(&train),
+        "--block-rows",
+        "3",
+        "--out",
+        path_str(&out),
+    ]));
+    assert!(stdout.contains("6 rows resumed"), "{stdout}");
+    let k = KernelFile::read(&out).unwrap();
+    let err = rel_error_f64(&widen(&k.values), &reference("relu", "trntk_test"));
+    assert!(err < 1e-5, "{err:e}");
+}
+
+fn model_from(path: &Path) -> Mlp {
+    Mlp::read(path).unwrap()
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("k.safetensors");
+    let out = path_str(&out);
+    let model = fixture("mlp_tanh.safetensors");
+    let model = path_str(&model);
+    let train = fixture("train.safetensors");
+    let train = path_str(&train);
+
+    // Model/data dimension mismatch.
+    let wide = dir.path().join("wide.safetensors");
+    Dataset::new(vec![0.5; 4 * 6], 6, vec![0, 1, 2, 0])
+        .unwrap()
+        .write(&wide)
+        .unwrap();
+    assert_fails_cleanly(
+        &[
+            "ntk",
+            "--model",
+            model,
+            "--data",
+            path_str(&wide),
+            "--out",
+            out,
+        ],
+        &["wide.safetensors", "6 features", "takes 5"],
+    );
+    // Labels out of range of the model's 3 classes.
+    let labels = dir.path().join("labels.safetensors");
+    Dataset::new(vec![0.5; 2 * 5], 5, vec![0, 3])
+        .unwrap()
+        .write(&labels)
+        .unwrap();
+    assert_fails_cleanly(
+        &[
+            "ntk",
+            "--model",
+            model,
+            "--data",
+            path_str(&labels),
+            "--out",
+            out,
+        ],
+        &["label 3 of row 1", "3 classes"],
+    );
+    // Unknown activation: the same file with its metadata value swapped (same length, so the
+    // header stays valid).
+    let bytes = std::fs::read(model).unwrap();
+    let at = bytes.windows(6).position(|w| w == b"\"tanh\"").unwrap();
+    let mut swapped = bytes.clone();
+    swapped[at..at + 6].copy_from_slice(b"\"swsh\"");
+    let swsh = dir.path().join("swsh.safetensors");
+    std::fs::write(&swsh, swapped).unwrap();
+    assert_fails_cleanly(
+        &[
+            "ntk",
+            "--model",
+            path_str(&swsh),
+            "--data",
+            train,
+            "--out",
+            out,
+        ],
+        &["swsh.safetensors", "unknown activation `swsh`"],
+    );
+    // Projection dimension 0.
+    assert_fails_cleanly(
+        &[
+            "ntk",
+            "--model",
+            model,
+            "--data",
+            train,
+            "--projection",
+            "kronecker",
+            "--out",
+            out,
+        ],
+        &["--projection-dim"],
+    );
+    // Zero block rows.
+    assert_fails_cleanly(
+        &[
+            "ntk",
+            "--model",
+            model,
+            "--data",
+            train,
+            "--block-rows",
+            "0",
+            "--out",
+            out,
+        ],
+        &["--block-rows"],
+    );
+    assert!(!Path::new(out).exists(), "a failed run leaves no output");
+    assert!(
+        !Checkpoint::dir_for(Path::new(out)).exists(),
+        "nor a block directory"
+    );
+}
