@@ -4,7 +4,7 @@
 //! points (models × points). tools/anchors/compare_numpy.py times numpy on the same sizes.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use mscope::backend::{self, BackendKind, TrimReference, TrimSpec};
+use mscope::backend::{self, BackendKind, OpFamily, TrimReference, TrimSpec};
 use mscope::instruments::metrics::model_metrics;
 use mscope::io::samples::synthetic_ensemble;
 
@@ -14,7 +14,7 @@ const SPEC: TrimSpec = TrimSpec {
 };
 
 fn compare_cpu(c: &mut Criterion) {
-    let backend = backend::open(BackendKind::Cpu).unwrap();
+    let backend = backend::open(BackendKind::Cpu, OpFamily::Trim).unwrap();
     let mut group = c.benchmark_group("compare/cpu");
     group.sample_size(10);
     for (models, points) in [(100, 10_000), (1000, 100_000)] {

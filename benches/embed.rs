@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use mscope::backend::{self, BackendKind};
+use mscope::backend::{self, BackendKind, OpFamily};
 use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
 use mscope::io::texts::{read_corpus, FieldNames, InputSpec};
 
@@ -24,7 +24,7 @@ fn embed_cpu(c: &mut Criterion) {
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2")
         });
-    let backend = backend::open(BackendKind::Cpu).unwrap();
+    let backend = backend::open(BackendKind::Cpu, OpFamily::Encoder).unwrap();
     let encoder = SentenceEncoder::load(&model, backend, &EncoderOptions::default())
         .unwrap_or_else(|e| panic!("{e} (run tools/fetch-model.sh)"));
     let corpora = [

@@ -11,7 +11,7 @@
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use mscope::backend::{self, BackendKind, Matrix64};
+use mscope::backend::{self, BackendKind, Matrix64, OpFamily};
 use mscope::instruments::lda::{evaluate, Classes, Shrinkage};
 use mscope::instruments::splits;
 
@@ -50,7 +50,7 @@ fn symmetric(rng: &mut common::Rng, d: usize) -> Matrix64 {
 }
 
 fn stats(c: &mut Criterion) {
-    let be = backend::open(BackendKind::Cpu).unwrap();
+    let be = backend::open(BackendKind::Cpu, OpFamily::Stats).unwrap();
     let mut rng = common::Rng::new(1);
     let (x, labels) = synthetic(&mut rng);
     let t = be.upload(&[ROWS, DIM], &x).unwrap();
