@@ -361,9 +361,10 @@ impl Backend for CpuBackend {
         delta_cols: &Tensor,
         acts: Option<(&Tensor, &Tensor)>,
         offset: f32,
+        cols: std::ops::Range<usize>,
         out: &mut Tensor,
     ) -> Result<()> {
-        ntk::ntk_contract(delta_rows, delta_cols, acts, offset, out)
+        ntk::ntk_contract(delta_rows, delta_cols, acts, offset, cols, out)
     }
 
     fn jl_project(

@@ -399,15 +399,17 @@ pub trait Backend: Send + Sync {
     // ntk
 
     /// `out += (D_r·D_cᵀ) ⊙ (A_r·A_cᵀ + offset)` — one layer's share of a tangent kernel between
-    /// row samples and column samples, from their output-gradient factors `D: [n, p]` (all
-    /// classes of a sample side by side) and activation factors `A: [n, q]`; without activation
-    /// factors, `out += D_r·D_cᵀ`. `out: [n_r, n_c]`.
+    /// row samples and the column samples `cols` (a range of the column factors' rows), from
+    /// output-gradient factors `D: [n, p]` (all classes of a sample side by side) and activation
+    /// factors `A: [n, q]`; without activation factors, `out += D_r·D_cᵀ`.
+    /// `out: [n_r, cols.len()]`.
     fn ntk_contract(
         &self,
         delta_rows: &Tensor,
         delta_cols: &Tensor,
         acts: Option<(&Tensor, &Tensor)>,
         offset: f32,
+        cols: std::ops::Range<usize>,
         out: &mut Tensor,
     ) -> Result<()>;
 

@@ -127,18 +127,22 @@ pub(crate) fn pool(hidden: &Tensor, layout: &SeqLayout, out: &Tensor) -> Result<
     Ok(d)
 }
 
-/// `(n_r, n_c)` of [`super::Backend::ntk_contract`], after checking that row and column factors
-/// agree on their widths and `out` is `[n_r, n_c]`.
+/// `n_r` of [`super::Backend::ntk_contract`], after checking that row and column factors agree
+/// on their widths, `cols` lies within the column factors and `out` is `[n_r, cols.len()]`.
 pub(crate) fn ntk_contract(
     delta_rows: &Tensor,
     delta_cols: &Tensor,
     acts: Option<(&Tensor, &Tensor)>,
+    cols: &std::ops::Range<usize>,
     out: &Tensor,
-) -> Result<(usize, usize)> {
+) -> Result<usize> {
     let (n_r, p) = delta_rows.dims2("ntk_contract row gradients")?;
     let (n_c, p_c) = delta_cols.dims2("ntk_contract column gradients")?;
     ensure(p == p_c, || {
         format!("ntk_contract: row gradients have width {p}, column gradients {p_c}")
+    })?;
+    ensure(cols.start <= cols.end && cols.end <= n_c, || {
+        format!("ntk_contract: columns {cols:?} outside the {n_c} column samples")
     })?;
     if let Some((a_r, a_c)) = acts {
         let (ar_n, q) = a_r.dims2("ntk_contract row activations")?;
@@ -152,13 +156,14 @@ pub(crate) fn ntk_contract(
             )
         })?;
     }
-    ensure(out.shape() == [n_r, n_c], || {
+    ensure(out.shape() == [n_r, cols.len()], || {
         format!(
-            "ntk_contract: output shape {:?}, expected [{n_r}, {n_c}]",
-            out.shape()
+            "ntk_contract: output shape {:?}, expected [{n_r}, {}]",
+            out.shape(),
+            cols.len()
         )
     })?;
-    Ok((n_r, n_c))
+    Ok(n_r)
 }
 
 /// `(n, d)` of [`super::Backend::jl_project`]: `x: [n, d]`, `out: [n, dim]`, `dim > 0`.

@@ -46,7 +46,7 @@ impl KernelJob<'_> {
         let d = self.mlp.input_dim();
         for (what, x) in [("data", Some(self.rows)), ("--against data", self.cols)] {
             if let Some(x) = x {
-                if x.len() % d != 0 || x.is_empty() {
+                if !x.len().is_multiple_of(d) || x.is_empty() {
                     return Err(Error::input(format!(
                         "{what}: {} values are not rows of the model's input size {d}",
                         x.len()
@@ -92,14 +92,15 @@ impl KernelJob<'_> {
         let col_tensors = Uploaded::new(backend, &col_factors)?;
         let mut kernel = vec![0.0f32; n_rows * n_cols];
         for block in self.blocks() {
-            let dst = &mut kernel[block.start * n_cols..block.end * n_cols];
+            let (above, rest) = kernel.split_at_mut(block.start * n_cols);
+            let dst = &mut rest[..block.len() * n_cols];
             let resumed = match checkpoint.map(|c| c.load(&block, n_cols)).transpose()? {
                 Some(Some(saved)) => {
                     dst.copy_from_slice(&saved);
                     true
                 }
                 _ => {
-                    let values = self.block(backend, &block, &col_factors, &col_tensors)?;
+                    let values = self.block(backend, &block, &col_factors, &col_tensors, above)?;
                     dst.copy_from_slice(&values);
                     if let Some(c) = checkpoint {
                         c.save(&block, &values)?;
@@ -131,33 +132,53 @@ impl KernelJob<'_> {
 }
 
 impl KernelJob<'_> {
-    /// Rows `block` against every column, tile by tile.
+    /// Rows `block` against every column, tile by tile. A square kernel is symmetric: a tile
+    /// computes only the columns from its own first row on, and the entries left of that are
+    /// mirrored from the rows above (`above`: the kernel's rows before the block), so each pair
+    /// is computed once and the kernel is exactly symmetric.
     fn block(
         &self,
         backend: &dyn Backend,
         block: &Range<usize>,
         col_factors: &Factors,
         col_tensors: &Uploaded,
+        above: &[f32],
     ) -> Result<Vec<f32>> {
         let (n_rows, n_cols, d) = (self.n_rows(), self.n_cols(), self.mlp.input_dim());
         let t = self.tile_rows;
-        let mut values = Vec::with_capacity(block.len() * n_cols);
+        let square = self.cols.is_none();
+        let mut values = vec![0.0f32; block.len() * n_cols];
         for tile_start in (block.start / t * t..block.end).step_by(t) {
             let tile = tile_start..(tile_start + t).min(n_rows);
-            // Square kernels slice their row factors from the column factors.
-            let row_factors = match self.cols {
-                None => col_factors.rows(tile.clone()),
-                Some(_) => factors(
-                    self.mlp,
-                    &self.rows[tile.start * d..tile.end * d],
-                    &self.spec,
-                )?,
+            let (row_factors, cols) = if square {
+                (col_factors.rows(tile.clone()), tile.start..n_cols)
+            } else {
+                let x = &self.rows[tile.start * d..tile.end * d];
+                (factors(self.mlp, x, &self.spec)?, 0..n_cols)
             };
-            let tile_values = contract_block(backend, &row_factors, col_tensors, self.spec.kind)?;
-            let keep = tile.start.max(block.start)..tile.end.min(block.end);
-            values.extend_from_slice(
-                &tile_values[(keep.start - tile.start) * n_cols..(keep.end - tile.start) * n_cols],
-            );
+            let tile_values = contract_block(
+                backend,
+                &row_factors,
+                col_tensors,
+                cols.clone(),
+                self.spec.kind,
+            )?;
+            for row in tile.start.max(block.start)..tile.end.min(block.end) {
+                let src = &tile_values[(row - tile.start) * cols.len()..][..cols.len()];
+                values[(row - block.start) * n_cols..][cols.clone()].copy_from_slice(src);
+            }
+        }
+        if square {
+            for row in block.clone() {
+                for col in 0..row / t * t {
+                    let mirrored = if col < block.start {
+                        above[col * n_cols + row]
+                    } else {
+                        values[(col - block.start) * n_cols + row]
+                    };
+                    values[(row - block.start) * n_cols + col] = mirrored;
+                }
+            }
         }
         Ok(values)
     }
@@ -191,17 +212,18 @@ impl Uploaded {
     }
 }
 
-/// One block of rows against every column: the terms' contractions summed on the backend, then
-/// the trace NTK's cosine normalisation on the host.
+/// Rows against the columns `cols`: the terms' contractions summed on the backend, then the
+/// trace NTK's cosine normalisation on the host.
 fn contract_block(
     backend: &dyn Backend,
     rows: &Factors,
-    cols: &Uploaded,
+    col_tensors: &Uploaded,
+    cols: Range<usize>,
     kind: KernelKind,
 ) -> Result<Vec<f32>> {
-    let n_cols = cols.self_kernel.len();
+    let n_cols = cols.len();
     let mut out = backend.zeros(&[rows.n, n_cols])?;
-    for (term, (col_delta, col_act, offset)) in rows.terms.iter().zip(&cols.terms) {
+    for (term, (col_delta, col_act, offset)) in rows.terms.iter().zip(&col_tensors.terms) {
         let delta = backend.upload(&[rows.n, term.width], &term.delta)?;
         let act = term
             .act
@@ -209,14 +231,20 @@ fn contract_block(
             .map(|(a, w)| backend.upload(&[rows.n, *w], a))
             .transpose()?;
         let acts = act.as_ref().zip(col_act.as_ref());
-        backend.ntk_contract(&delta, col_delta, acts, *offset, &mut out)?;
+        backend.ntk_contract(&delta, col_delta, acts, *offset, cols.clone(), &mut out)?;
     }
     let mut values = backend.download(&out)?;
     if kind.normalized() {
         // A sample whose gradient vanishes has no direction: its cosine row is 0, not NaN.
         let inv = |s: f64| if s > 0.0 { 1.0 / s.sqrt() } else { 0.0 };
-        let col_inv: Vec<f64> = cols.self_kernel.iter().map(|&s| inv(s)).collect();
-        for (row, r_norm) in values.chunks_exact_mut(n_cols).zip(&rows.self_kernel) {
+        let col_inv: Vec<f64> = col_tensors.self_kernel[cols]
+            .iter()
+            .map(|&s| inv(s))
+            .collect();
+        for (row, r_norm) in values
+            .chunks_exact_mut(n_cols.max(1))
+            .zip(&rows.self_kernel)
+        {
             let r_inv = inv(*r_norm);
             row.iter_mut()
                 .zip(&col_inv)

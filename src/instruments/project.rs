@@ -129,9 +129,14 @@ impl FactorSpec {
     }
 }
 
-/// Per-sample output gradients of every layer for the rows of `x`: `[n, r·d_out_l]` per layer
-/// (`r` rows per sample as [`KernelKind`] says), and the layer inputs `[n, d_in_l]`.
-fn gradients(mlp: &Mlp, x: &[f32], kind: KernelKind) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+/// Per-sample output gradients of every layer, `[n, r·d_out_l]` (`r` rows per sample as
+/// [`KernelKind`] says), and the layer inputs `[n, d_in_l]`.
+struct LayerGradients {
+    deltas: Vec<Vec<f32>>,
+    inputs: Vec<Vec<f32>>,
+}
+
+fn gradients(mlp: &Mlp, x: &[f32], kind: KernelKind) -> Result<LayerGradients> {
     let fwd = mlp.forward(x)?;
     let classes = mlp.num_classes();
     let r = kind.rows_per_sample(classes);
@@ -148,7 +153,10 @@ fn gradients(mlp: &Mlp, x: &[f32], kind: KernelKind) -> Result<(Vec<Vec<f32>>, V
         KernelKind::Pntk => vec![1.0 / (classes as f32).sqrt(); fwd.n * classes],
     };
     let deltas = mlp.backward(&fwd, top, r);
-    Ok((deltas, fwd.inputs))
+    Ok(LayerGradients {
+        deltas,
+        inputs: fwd.inputs,
+    })
 }
 
 /// `[a, 1]` per row: the bias's input is a constant 1.
@@ -197,7 +205,7 @@ fn self_kernel(n: usize, terms: &[Term]) -> Vec<f64> {
 }
 
 fn exact(mlp: &Mlp, x: &[f32], kind: KernelKind) -> Result<Factors> {
-    let (deltas, inputs) = gradients(mlp, x, kind)?;
+    let LayerGradients { deltas, inputs } = gradients(mlp, x, kind)?;
     let n = x.len() / mlp.input_dim();
     let r = kind.rows_per_sample(mlp.num_classes());
     let terms: Vec<Term> = mlp
@@ -225,7 +233,7 @@ fn layer_seed(seed: u64, layer: usize, side: u64) -> u64 {
 }
 
 fn kronecker(mlp: &Mlp, x: &[f32], spec: &FactorSpec) -> Result<Factors> {
-    let (deltas, inputs) = gradients(mlp, x, spec.kind)?;
+    let LayerGradients { deltas, inputs } = gradients(mlp, x, spec.kind)?;
     let n = x.len() / mlp.input_dim();
     let r = spec.kind.rows_per_sample(mlp.num_classes());
     let k = spec.projection_dim;
@@ -299,7 +307,8 @@ fn dense(mlp: &Mlp, x: &[f32], spec: &FactorSpec, distribution: JlDistribution) 
     let mut features = vec![0.0f32; n * r * k];
     for start in (0..n).step_by(chunk) {
         let rows = chunk.min(n - start);
-        let (deltas, inputs) = gradients(mlp, &x[start * d..(start + rows) * d], spec.kind)?;
+        let LayerGradients { deltas, inputs } =
+            gradients(mlp, &x[start * d..(start + rows) * d], spec.kind)?;
         let mut projected = cpu.zeros(&[rows * r, k])?;
         for (l, layer) in mlp.layers.iter().enumerate() {
             let (delta, input) = (&deltas[l], &inputs[l]);

@@ -1,6 +1,8 @@
 //! The tangent-kernel ops on the CPU: a layer's Gram contraction as two faer GEMMs and one fused
 //! Hadamard pass, and the counter-based JL projection generated tile by tile into a GEMM operand.
 
+use std::ops::Range;
+
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -14,43 +16,49 @@ pub(super) fn ntk_contract(
     delta_cols: &Tensor,
     acts: Option<(&Tensor, &Tensor)>,
     offset: f32,
+    cols: Range<usize>,
     out: &mut Tensor,
 ) -> Result<()> {
-    let (n_r, n_c) = shapes::ntk_contract(delta_rows, delta_cols, acts, out)?;
+    let n_r = shapes::ntk_contract(delta_rows, delta_cols, acts, &cols, out)?;
+    let n_c = cols.len();
+    let columns = |t| column_operand(t, &cols);
     let p = delta_rows.shape()[1];
-    let grads = |dst: &mut [f32], accumulate: bool| -> Result<()> {
-        gemm(
-            dst,
-            Operand::plain(values(delta_rows)?, n_r, p),
-            Operand::transposed(values(delta_cols)?, n_c, p),
-            accumulate,
-        );
-        Ok(())
-    };
+    let row_grads = Operand::plain(values(delta_rows)?, n_r, p);
     let Some((a_r, a_c)) = acts else {
-        return grads(values_mut(out)?, true);
+        gemm(values_mut(out)?, row_grads, columns(delta_cols)?, true);
+        return Ok(());
     };
-    let q = a_r.shape()[1];
     let mut grad_gram = vec![0.0f32; n_r * n_c];
-    grads(&mut grad_gram, false)?;
+    gemm(&mut grad_gram, row_grads, columns(delta_cols)?, false);
     let mut act_gram = vec![0.0f32; n_r * n_c];
+    let q = a_r.shape()[1];
     gemm(
         &mut act_gram,
         Operand::plain(values(a_r)?, n_r, q),
-        Operand::transposed(values(a_c)?, n_c, q),
+        columns(a_c)?,
         false,
     );
-    let rows = n_c.max(1);
+    let row = n_c.max(1);
     values_mut(out)?
-        .par_chunks_mut(rows)
-        .zip(grad_gram.par_chunks(rows))
-        .zip(act_gram.par_chunks(rows))
+        .par_chunks_mut(row)
+        .zip(grad_gram.par_chunks(row))
+        .zip(act_gram.par_chunks(row))
         .for_each(|((o, g), a)| {
             for ((o, g), a) in o.iter_mut().zip(g).zip(a) {
                 *o += g * (a + offset);
             }
         });
     Ok(())
+}
+
+/// Rows `cols` of a row-major `[_, width]` factor as a transposed GEMM operand.
+fn column_operand<'a>(t: &'a Tensor, cols: &Range<usize>) -> Result<Operand<'a>> {
+    let width = t.shape()[1];
+    Ok(Operand::transposed(
+        &values(t)?[cols.start * width..cols.end * width],
+        cols.len(),
+        width,
+    ))
 }
 
 /// Columns of the projection generated per GEMM: a `[TILE, dim]` slab of `P`ᵀ stays in cache

@@ -705,6 +705,7 @@ impl Backend for WgpuBackend {
         _delta_cols: &Tensor,
         _acts: Option<(&Tensor, &Tensor)>,
         _offset: f32,
+        _cols: std::ops::Range<usize>,
         _out: &mut Tensor,
     ) -> Result<()> {
         Err(Error::Unsupported {
