@@ -4,13 +4,14 @@
 //! points (models × points). tools/anchors/compare_numpy.py times numpy on the same sizes.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use mscope::backend::{self, BackendKind, OpFamily, TrimReference, TrimSpec};
+use mscope::backend::{self, BackendKind, OpFamily, TrimReference, TrimSpec, W2Grid};
 use mscope::instruments::metrics::model_metrics;
 use mscope::io::samples::synthetic_ensemble;
 
 const SPEC: TrimSpec = TrimSpec {
     level: 0.05,
     w2_alpha: None,
+    w2_grid: W2Grid::Auto,
 };
 
 fn compare_cpu(c: &mut Criterion) {

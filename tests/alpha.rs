@@ -6,12 +6,13 @@
 mod common;
 
 use common::{backends_for, Rng};
-use mscope::backend::{Backend, OpFamily, TrimReference, TrimResult, TrimSpec};
+use mscope::backend::{Backend, OpFamily, TrimReference, TrimResult, TrimSpec, W2Grid};
 use mscope::instruments::trim::{self, Profile};
 
 const SPEC: TrimSpec = TrimSpec {
     level: 0.05,
     w2_alpha: None,
+    w2_grid: W2Grid::Auto,
 };
 
 /// Small samples: heavy ties (a few integers) on even cases, continuous values on odd ones.
@@ -439,12 +440,36 @@ fn leave_one_out_equals_explicit_pools() {
                     "{} case {case} model {k}",
                     be.name()
                 );
-                // Trimmed W2 against the pool's quantiles at the candidate's grid {i/n}.
+                // Small ensembles get the exact trimmed W2 on the merged grid.
+                assert!(g.w2_exact);
+                assert_eq!(
+                    g.trimmed_w2,
+                    want.trimmed_w2,
+                    "{} case {case} model {k}",
+                    be.name()
+                );
+                // The candidate-grid approximation: the pool's quantiles at {i/n}.
+                let approx = be
+                    .trim_search(
+                        &views(&rows),
+                        TrimReference::LeaveOneOut,
+                        &TrimSpec {
+                            w2_grid: W2Grid::Candidate,
+                            ..SPEC
+                        },
+                    )
+                    .unwrap();
                 let (own, pool) = (trim::sorted(&rows[k]), trim::sorted(&pool));
                 let (n, m) = (own.len(), pool.len());
                 let quantiles: Vec<f32> = (1..=n).map(|i| pool[(i * m).div_ceil(n) - 1]).collect();
                 let w2 = trim::trimmed_w2(&own, &quantiles, g.alpha_hat);
-                assert_eq!(g.trimmed_w2, w2, "{} case {case} model {k}", be.name());
+                assert!(!approx[k].w2_exact);
+                assert_eq!(
+                    approx[k].trimmed_w2,
+                    w2,
+                    "{} case {case} model {k}",
+                    be.name()
+                );
             }
         }
     }
@@ -536,6 +561,7 @@ fn bad_input_is_an_error() {
                 TrimSpec {
                     level: 1.0,
                     w2_alpha: None,
+                    w2_grid: W2Grid::Auto,
                 },
                 "level 1 is outside (0, 1)",
             ),

@@ -7,12 +7,13 @@ mod common;
 use std::path::Path;
 
 use common::{assert_fails_cleanly, run_mscope, Rng};
-use mscope::backend::{self, BackendKind, OpFamily, TrimReference, TrimSpec};
+use mscope::backend::{self, BackendKind, OpFamily, TrimReference, TrimSpec, W2Grid};
 use serde_json::Value;
 
 const SPEC: TrimSpec = TrimSpec {
     level: 0.05,
     w2_alpha: None,
+    w2_grid: W2Grid::Auto,
 };
 
 fn stdout_of(args: &[&str]) -> String {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
-use crate::backend::{self, BackendKind, OpFamily, TrimReference, TrimSpec};
+use crate::backend::{self, BackendKind, OpFamily, TrimReference, TrimSpec, W2Grid};
 use crate::error::Result;
 use crate::instruments::trim;
 use crate::io::samples::read_sample;
@@ -45,6 +45,8 @@ pub fn run(args: AlphaArgs) -> Result<()> {
     let spec = TrimSpec {
         level: args.level,
         w2_alpha: args.w2_alpha,
+        // One reference sample: the merged grid is always used.
+        w2_grid: W2Grid::Merged,
     };
     let r = backend.trim_search(&[&candidate], TrimReference::Sample(&reference), &spec)?[0];
 

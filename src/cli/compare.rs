@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::json;
 
-use crate::backend::{self, BackendKind, OpFamily, TrimReference, TrimResult, TrimSpec};
+use crate::backend::{self, BackendKind, OpFamily, TrimReference, TrimResult, TrimSpec, W2Grid};
 use crate::error::{Error, Result};
 use crate::instruments::metrics::{model_metrics, ModelMetrics, Scores};
 use crate::instruments::trim;
@@ -38,6 +38,10 @@ pub struct CompareArgs {
     /// Trimming level of the trimmed W2 cost [default: each model's α̂].
     #[arg(long)]
     w2_alpha: Option<f64>,
+    /// Grid of the trimmed W2 cost: the exact merged grid (O(M²·N) for the ensemble), the
+    /// candidate's grid (O(M·N), approximate), or auto (exact up to M²·N = 2·10⁸).
+    #[arg(long, value_enum, default_value_t = W2Grid::Auto)]
+    w2_grid: W2Grid,
     /// Write the JSON report here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -110,6 +114,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let spec = TrimSpec {
         level: args.level,
         w2_alpha: args.w2_alpha,
+        w2_grid: args.w2_grid,
     };
 
     let start = Instant::now();
@@ -130,6 +135,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
                 "alpha_hat": t.alpha_hat,
                 "ks": t.ks,
                 "trimmed_w2": t.trimmed_w2,
+                "trimmed_w2_exact": t.w2_exact,
                 "accuracy": m.accuracy,
                 "churn_mean": m.churn_mean,
                 "churn_vs_majority": m.churn_vs_majority,
@@ -146,6 +152,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             "level": args.level,
             "threshold": trims[0].threshold,
             "w2_alpha": args.w2_alpha,
+            "w2_grid": w2_grid_name(&trims),
             "backend": backend.name(),
             "models": models,
         });
@@ -223,7 +230,7 @@ fn print_summary(
     println!("## compare: {source}\n");
     println!(
         "{} models × {} points{}; level {}, KS threshold {:.6}; {atypical} model(s) with α̂ > 0. \
-         {:.2} s ({:.2} s trimmed search).\n",
+         Trimmed W2 on the {} grid. {:.2} s ({:.2} s trimmed search).\n",
         scores.models,
         scores.points,
         if scores.classes > 1 {
@@ -233,6 +240,7 @@ fn print_summary(
         },
         args.level,
         trims[0].threshold,
+        w2_grid_name(trims),
         seconds,
         trim_seconds,
     );
@@ -259,5 +267,14 @@ fn print_summary(
             "\n({} more models; `--out` writes them all)",
             trims.len() - args.top
         );
+    }
+}
+
+/// The grid the trimmed W2 costs were computed on (the same for every model of a run).
+fn w2_grid_name(trims: &[TrimResult]) -> &'static str {
+    if trims[0].w2_exact {
+        "merged"
+    } else {
+        "candidate (approximate)"
     }
 }

@@ -6,6 +6,8 @@
 //! tagged with model ids; one scan then records, for every point, its position and the pooled
 //! ranks `< v` and `≤ v` of its value. A model's reference counts are the pooled counts minus its
 //! own, so each model needs only its own `N` points afterwards, and models run in parallel.
+//! Only the exact trimmed W2 needs the whole reference of each model (O(M·N) per model); the
+//! candidate-grid approximation needs its `N` quantiles.
 
 use rayon::prelude::*;
 
@@ -45,7 +47,7 @@ fn against_sample(candidates: &[&[f32]], reference: &[f32], spec: &TrimSpec) -> 
         .map(|c| {
             let c = trim::sorted(c);
             let profile = Profile::from_sorted(&c, &reference);
-            solve(&profile, c.len(), reference.len(), spec, |alpha| {
+            solve(&profile, c.len(), reference.len(), spec, true, |alpha| {
                 trim::trimmed_w2(&c, &reference, alpha)
             })
         })
@@ -132,6 +134,7 @@ fn leave_one_out(candidates: &[&[f32]], spec: &TrimSpec) -> Result<Vec<TrimResul
         .collect();
     drop(keys);
 
+    let exact_w2 = spec.w2_grid.is_exact(models, total);
     Ok((0..models)
         .into_par_iter()
         .map(|k| {
@@ -153,13 +156,29 @@ fn leave_one_out(candidates: &[&[f32]], spec: &TrimSpec) -> Result<Vec<TrimResul
                 Some(c)
             });
             let profile = Profile::from_counts(n, m, counts);
-            solve(&profile, n, m, spec, |alpha| {
+            solve(&profile, n, m, spec, exact_w2, |alpha| {
                 let candidate: Vec<f32> = own.iter().map(|e| e.value).collect();
-                let quantiles = reference_quantiles(own, m, &pooled);
-                trim::trimmed_w2(&candidate, &quantiles, alpha)
+                let reference = if exact_w2 {
+                    others(own, &pooled)
+                } else {
+                    reference_quantiles(own, m, &pooled)
+                };
+                trim::trimmed_w2(&candidate, &reference, alpha)
             })
         })
         .collect())
+}
+
+/// The pooled reference itself, sorted: the pool without the model's own positions.
+fn others(own: &[Entry], pooled: &[f32]) -> Vec<f32> {
+    let mut reference = Vec::with_capacity(pooled.len() - own.len());
+    let mut from = 0;
+    for e in own {
+        reference.extend_from_slice(&pooled[from..e.pos as usize]);
+        from = e.pos as usize + 1;
+    }
+    reference.extend_from_slice(&pooled[from..]);
+    reference
 }
 
 /// The pooled reference's quantiles `G⁻¹(i/n)`, `i = 1..n`: its order statistics `⌈i·m/n⌉`,
@@ -184,6 +203,7 @@ fn solve(
     n: usize,
     m: usize,
     spec: &TrimSpec,
+    w2_exact: bool,
     trimmed_w2: impl FnOnce(f64) -> f64,
 ) -> TrimResult {
     let threshold = trim::threshold(spec.level, n, m);
@@ -195,6 +215,7 @@ fn solve(
         n_candidate: n,
         n_reference: m,
         trimmed_w2: trimmed_w2(spec.w2_alpha.unwrap_or(alpha_hat)),
+        w2_exact,
     }
 }
 
