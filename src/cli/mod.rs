@@ -2,10 +2,12 @@
 
 mod alpha;
 mod compare;
+mod data;
 mod devices;
 mod embed;
 mod lda;
 mod pca;
+mod train;
 
 use std::process::ExitCode;
 
@@ -38,6 +40,10 @@ enum Command {
     Pca(pca::PcaArgs),
     /// LDA accuracy of the labels over stratified splits, confusion, pairwise table.
     Lda(lda::LdaArgs),
+    /// Classification datasets (two moons, Gaussian blobs, 8×8 digits) split into train/test.
+    Data(data::DataArgs),
+    /// An ensemble of MLP classifiers, one per seed; test logits ready for `mscope compare`.
+    Train(train::TrainArgs),
 }
 
 /// Runs the command line; errors are printed as one line and give exit status 1.
@@ -50,6 +56,8 @@ pub fn main() -> ExitCode {
         Command::Compare(args) => compare::run(args),
         Command::Pca(args) => pca::run(args),
         Command::Lda(args) => lda::run(args),
+        Command::Data(args) => data::run(args),
+        Command::Train(args) => train::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
