@@ -13,7 +13,7 @@ use mscope::models::mlp::Mlp;
 use mscope::models::train::{evaluate, loss_and_gradient, train, Optimizer, TrainConfig};
 use serde_json::Value;
 
-fn config(hidden: &[usize], optimizer: Optimizer, lr: f32, epochs: usize) -> TrainConfig {
+fn config(hidden: &[usize], optimizer: Optimizer, lr: f64, epochs: usize) -> TrainConfig {
     TrainConfig {
         hidden: hidden.to_vec(),
         activation: Activation::Relu,

@@ -112,11 +112,19 @@ pub fn run(args: DataArgs) -> Result<()> {
         )));
     }
 
-    let (train, test) = if splitting {
-        let (train, test) = stratified_split(&data, output.test_fraction, output.seed)?;
-        (train, Some(test))
+    let split = if splitting {
+        Some(stratified_split(&data, output.test_fraction, output.seed)?)
     } else {
-        (data.clone(), None)
+        None
+    };
+    // The plot comes before the datasets, so that a plot that cannot be drawn leaves none behind.
+    if let Some(path) = &output.plot {
+        plot(path, name, &data)?;
+    }
+    let (dim, labels) = (data.dim, data.num_classes());
+    let (train, test) = match split {
+        Some((train, test)) => (train, Some(test)),
+        None => (data, None),
     };
     train.write(out)?;
     let mut summary = format!("{name}: {} training rows -> {}", train.len(), out.display());
@@ -125,13 +133,10 @@ pub fn run(args: DataArgs) -> Result<()> {
         summary += &format!(", {} test rows -> {}", test.len(), path.display());
     }
     if let Some(path) = &output.plot {
-        plot(path, name, &data)?;
         summary += &format!(", plot -> {}", path.display());
     }
     println!(
-        "{summary} ({} dims, {} labels, seed {})",
-        data.dim,
-        data.num_classes(),
+        "{summary} ({dim} dims, {labels} labels, seed {})",
         output.seed
     );
     Ok(())

@@ -35,7 +35,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 50)]
     epochs: usize,
     #[arg(long, default_value_t = 1e-3)]
-    lr: f32,
+    lr: f64,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// sgd or adam.
@@ -43,9 +43,9 @@ pub struct TrainArgs {
     optimizer: String,
     /// SGD momentum [default: 0.9].
     #[arg(long)]
-    momentum: Option<f32>,
+    momentum: Option<f64>,
     #[arg(long, default_value_t = 0.0)]
-    weight_decay: f32,
+    weight_decay: f64,
     /// One model per seed: A..B (B excluded) or a comma list.
     #[arg(long, default_value = "0")]
     seeds: String,
@@ -58,7 +58,7 @@ pub struct TrainArgs {
     threads: usize,
 }
 
-const DEFAULT_MOMENTUM: f32 = 0.9;
+const DEFAULT_MOMENTUM: f64 = 0.9;
 
 /// What is reported of one seed's model.
 struct SeedResult {
@@ -217,11 +217,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     )?;
 
     let mut md = format!(
-        "# Trained {} MLP(s) {} on {}\n\n{} rows × {} dims, {classes} classes; hidden {:?}, {}, \
+        "# Trained {} MLP(s) on {} -> {}\n\n{} rows × {} dims, {classes} classes; hidden {:?}, {}, \
          {} epochs of batches of {}, {} lr {}.\n\n| seed | train loss | train accuracy | test accuracy |\n|---|---|---|---|\n",
         results.len(),
-        args.out.display(),
         args.data.display(),
+        args.out.display(),
         data.len(),
         data.dim,
         config.hidden,

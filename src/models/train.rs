@@ -48,8 +48,8 @@ impl FromStr for Optimizer {
 }
 
 /// Adam's constants: PyTorch's defaults.
-const ADAM_BETAS: (f32, f32) = (0.9, 0.999);
-const ADAM_EPS: f32 = 1e-8;
+const ADAM_BETAS: (f64, f64) = (0.9, 0.999);
+const ADAM_EPS: f64 = 1e-8;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
@@ -57,13 +57,14 @@ pub struct TrainConfig {
     pub hidden: Vec<usize>,
     pub activation: Activation,
     pub epochs: usize,
-    pub lr: f32,
+    /// Hyperparameters are f64 like PyTorch's Python floats; the updates run in f32.
+    pub lr: f64,
     pub batch_size: usize,
     pub optimizer: Optimizer,
     /// SGD only.
-    pub momentum: f32,
+    pub momentum: f64,
     /// L2 penalty added to the gradient of every weight and bias (PyTorch's `weight_decay`).
-    pub weight_decay: f32,
+    pub weight_decay: f64,
 }
 
 impl TrainConfig {
@@ -239,17 +240,15 @@ impl OptimizerState {
     /// no Nesterov, no AMSGrad) would make it.
     fn step(&mut self, model: &mut Mlp, grads: Vec<Vec<f32>>) {
         self.steps += 1;
-        let TrainConfig {
-            lr,
-            momentum,
-            weight_decay,
-            optimizer,
-            ..
-        } = self.config;
+        let optimizer = self.config.optimizer;
+        let lr = self.config.lr as f32;
+        let momentum = self.config.momentum as f32;
+        let weight_decay = self.config.weight_decay as f32;
         let (beta1, beta2) = ADAM_BETAS;
         // PyTorch folds the bias corrections into the step size and the denominator.
-        let step_size = (lr as f64 / (1.0 - (beta1 as f64).powi(self.steps))) as f32;
-        let correction2_sqrt = (1.0 - (beta2 as f64).powi(self.steps)).sqrt() as f32;
+        let step_size = (self.config.lr / (1.0 - beta1.powi(self.steps))) as f32;
+        let correction2_sqrt = (1.0 - beta2.powi(self.steps)).sqrt() as f32;
+        let (beta1, beta2, eps) = (beta1 as f32, beta2 as f32, ADAM_EPS as f32);
         let first_step = self.steps == 1;
         for (((param, grad), first), second) in parameters(model)
             .zip(grads)
@@ -274,7 +273,7 @@ impl OptimizerState {
                     Optimizer::Adam => {
                         first[i] = beta1 * first[i] + (1.0 - beta1) * g;
                         second[i] = beta2 * second[i] + (1.0 - beta2) * g * g;
-                        let denom = second[i].sqrt() / correction2_sqrt + ADAM_EPS;
+                        let denom = second[i].sqrt() / correction2_sqrt + eps;
                         *p -= step_size * first[i] / denom;
                     }
                 }
@@ -386,6 +385,61 @@ mod tests {
         for bad in ["", "0", "10,,10", "ten"] {
             assert!(parse_hidden(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A one-weight, one-bias model, its optimizer, and one step with gradient `g` everywhere.
+    fn single_parameter_steps(config: TrainConfig, grads: &[f32]) -> Vec<f32> {
+        let mut model = Mlp::init(&[1, 1], Activation::Relu, 0).unwrap();
+        let mut state = OptimizerState::new(&config, &mut model);
+        let start = model.layers[0].weight[0];
+        grads
+            .iter()
+            .map(|&g| {
+                state.step(&mut model, vec![vec![g], vec![g]]);
+                model.layers[0].weight[0] - start
+            })
+            .collect()
+    }
+
+    fn optimizer(optimizer: Optimizer, momentum: f64) -> TrainConfig {
+        TrainConfig {
+            hidden: vec![],
+            activation: Activation::Relu,
+            epochs: 1,
+            lr: 0.1,
+            batch_size: 1,
+            optimizer,
+            momentum,
+            weight_decay: 0.0,
+        }
+    }
+
+    #[test]
+    fn sgd_momentum_starts_its_buffer_at_the_first_gradient() {
+        // PyTorch: b₁ = g₁, b₂ = μ b₁ + g₂; p −= lr·b.
+        let moved = single_parameter_steps(optimizer(Optimizer::Sgd, 0.9), &[1.0, 1.0]);
+        assert!((moved[0] + 0.1).abs() < 1e-6, "{moved:?}");
+        assert!((moved[1] + 0.1 + 0.19).abs() < 1e-6, "{moved:?}");
+    }
+
+    #[test]
+    fn adam_moves_by_the_learning_rate_under_a_constant_gradient() {
+        // With bias correction, m̂ = g and v̂ = g² at every step, so each step is lr·sign(g).
+        let moved = single_parameter_steps(optimizer(Optimizer::Adam, 0.0), &[0.5, 0.5, 0.5]);
+        for (step, m) in moved.iter().enumerate() {
+            assert!((m + 0.1 * (step + 1) as f32).abs() < 1e-5, "{moved:?}");
+        }
+    }
+
+    #[test]
+    fn weight_decay_adds_to_the_gradient() {
+        let mut config = optimizer(Optimizer::Sgd, 0.0);
+        config.weight_decay = 0.5;
+        let mut model = Mlp::init(&[1, 1], Activation::Relu, 0).unwrap();
+        let w = model.layers[0].weight[0];
+        let mut state = OptimizerState::new(&config, &mut model);
+        state.step(&mut model, vec![vec![0.0], vec![0.0]]);
+        assert!((model.layers[0].weight[0] - w * (1.0 - 0.1 * 0.5)).abs() < 1e-6);
     }
 
     #[test]
