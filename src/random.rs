@@ -26,6 +26,13 @@ impl SplitMix64 {
         (self.next_u64() % n as u64) as usize
     }
 
+    /// Puts `items` in a uniformly random order (Fisher–Yates).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.below(i + 1));
+        }
+    }
+
     /// Standard normal by Box–Muller.
     pub fn normal(&mut self) -> f64 {
         let u = ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;

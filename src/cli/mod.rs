@@ -2,11 +2,13 @@
 
 mod alpha;
 mod compare;
+mod data;
 mod devices;
 mod embed;
 mod lda;
 mod ntk;
 mod pca;
+mod train;
 
 use std::process::ExitCode;
 
@@ -39,6 +41,10 @@ enum Command {
     Pca(pca::PcaArgs),
     /// LDA accuracy of the labels over stratified splits, confusion, pairwise table.
     Lda(lda::LdaArgs),
+    /// Classification datasets (two moons, Gaussian blobs, 8×8 digits) split into train/test.
+    Data(data::DataArgs),
+    /// An ensemble of MLP classifiers, one per seed; test logits ready for `mscope compare`.
+    Train(train::TrainArgs),
     /// Tangent kernel (trNTK, trNTK0, pNTK) of an MLP classifier, exact or projected, in blocks.
     Ntk(ntk::NtkArgs),
 }
@@ -53,6 +59,8 @@ pub fn main() -> ExitCode {
         Command::Compare(args) => compare::run(args),
         Command::Pca(args) => pca::run(args),
         Command::Lda(args) => lda::run(args),
+        Command::Data(args) => data::run(args),
+        Command::Train(args) => train::run(args),
         Command::Ntk(args) => ntk::run(args),
     };
     match outcome {

@@ -1,6 +1,9 @@
 //! Datasets for classifiers: safetensors with `x` F32 `[N, d]` and `y` I64 `[N]` (class indices
 //! `0..C`), the format `mscope data` writes and `train`, `ntk` and `kglm` read.
 
+pub mod digits;
+pub mod synthetic;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -53,6 +56,15 @@ impl Dataset {
             x: self.x[range.start * self.dim..range.end * self.dim].to_vec(),
             dim: self.dim,
             y: self.y[range].to_vec(),
+        }
+    }
+
+    /// The rows `rows`, in that order, as a dataset of their own.
+    pub fn select(&self, rows: &[usize]) -> Dataset {
+        Dataset {
+            x: rows.iter().flat_map(|&i| self.row(i)).copied().collect(),
+            dim: self.dim,
+            y: rows.iter().map(|&i| self.y[i]).collect(),
         }
     }
 

@@ -97,7 +97,7 @@ impl Scores {
 }
 
 /// First index of the largest value.
-fn argmax(row: &[f32]) -> usize {
+pub fn argmax(row: &[f32]) -> usize {
     row.iter()
         .enumerate()
         .fold((0, f32::NEG_INFINITY), |best, (c, &v)| {

@@ -4,3 +4,4 @@ pub mod bert;
 pub mod mlp;
 pub mod sentence;
 pub mod tokenize;
+pub mod train;
