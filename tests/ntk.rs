@@ -294,6 +294,24 @@ fn projected_trntk_is_a_cosine() {
     }
 }
 
+/// Runs `job` with `checkpoint` and stops it after `blocks` blocks, as an interrupt would.
+fn interrupted_after(
+    job: &KernelJob,
+    checkpoint: &Checkpoint,
+    blocks: usize,
+) -> Option<KernelFile> {
+    let mut done = 0;
+    job.run(&CpuBackend::new(), Some(checkpoint), &mut |_| {
+        done += 1;
+        if done == blocks {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .unwrap()
+}
+
 #[test]
 fn blocks_and_resumed_runs_give_the_one_pass_kernel_exactly() {
     let mlp = Mlp::init(&[6, 20, 20, 5], mscope::backend::Activation::Tanh, 9).unwrap();
@@ -338,17 +356,7 @@ fn blocks_and_resumed_runs_give_the_one_pass_kernel_exactly() {
                 tile_rows: 4,
             };
             let checkpoint = Checkpoint::open(dir.path(), &manifest).unwrap();
-            let mut done = 0;
-            let stopped = job
-                .run(&CpuBackend::new(), Some(&checkpoint), &mut |_| {
-                    done += 1;
-                    if done == 3 {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                })
-                .unwrap();
+            let stopped = interrupted_after(&job, &checkpoint, 3);
             assert!(stopped.is_none(), "an interrupted run returns no kernel");
 
             let checkpoint = Checkpoint::open(dir.path(), &manifest).unwrap();
@@ -569,16 +577,7 @@ fn cli_writes_the_kernel_and_resumes_from_blocks() {
         "kind": "trntk", "projection": "none", "projection_dim": 0, "seed": 0, "block_rows": 3,
     });
     let checkpoint = Checkpoint::open(&Checkpoint::dir_for(&out), &manifest).unwrap();
-    let mut blocks = 0;
-    job.run(&CpuBackend::new(), Some(&checkpoint), &mut |_| {
-        blocks += 1;
-        if blocks == 2 {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        }
-    })
-    .unwrap();
+    interrupted_after(&job, &checkpoint, 2);
     let stdout = run(args(&[
         path_str(&test),
         "--against",

@@ -1,11 +1,9 @@
 //! `mscope embed`: texts → `embeddings.safetensors`.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::backend::{self, BackendKind, OpFamily, Pooling};
 use crate::error::{Error, Result};
@@ -79,16 +77,10 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     };
     let encoder = SentenceEncoder::load(&args.model, backend.clone(), &options)?;
 
-    let bar = if std::io::stderr().is_terminal() {
-        let bar = ProgressBar::new(corpus.texts.len() as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} texts  {per_sec}  eta {eta}  {msg}")
-                .expect("static template"),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = super::progress_bar(
+        corpus.texts.len() as u64,
+        "{bar:40} {pos}/{len} texts  {per_sec}  eta {eta}  {msg}",
+    );
     let start = Instant::now();
     let mut tokens_done = 0;
     let embedded = encoder.embed(&corpus.texts, args.batch_size, &mut |rows, tokens| {

@@ -83,3 +83,15 @@ fn set_threads(threads: usize) -> Result<()> {
         .build_global()
         .map_err(|e| Error::input(format!("--threads {threads}: {e}")))
 }
+
+/// A progress bar on stderr with `template`'s units, hidden when stderr is not a terminal (logs
+/// and pipes get the one-line summary only).
+fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(indicatif::ProgressStyle::with_template(template).expect("templates are static"));
+    bar
+}

@@ -1,13 +1,11 @@
 //! `mscope ntk`: the tangent kernel of an MLP classifier between data sets, exact or projected,
 //! computed in row blocks that an interrupted run resumes from.
 
-use std::io::IsTerminal;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::backend::{self, BackendKind, OpFamily};
@@ -124,18 +122,10 @@ pub fn run(args: NtkArgs) -> Result<()> {
     };
 
     let pairs = (job.n_rows() * n_cols) as u64;
-    let bar = if std::io::stderr().is_terminal() {
-        let bar = ProgressBar::new(pairs);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:40} {human_pos}/{human_len} pairs  {per_sec}  eta {eta}  {msg}",
-            )
-            .expect("static template"),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = super::progress_bar(
+        pairs,
+        "{bar:40} {human_pos}/{human_len} pairs  {per_sec}  eta {eta}  {msg}",
+    );
     let start = Instant::now();
     let mut resumed_rows = 0;
     let kernel = job

@@ -2,11 +2,9 @@
 //! writes the models, a JSON report and every model's test logits for `mscope compare`.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::data::Dataset;
@@ -128,16 +126,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
 
-    let bar = if std::io::stderr().is_terminal() {
-        let bar = ProgressBar::new((seeds.len() * config.epochs) as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} epochs  eta {eta}  {msg}")
-                .expect("static template"),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = super::progress_bar(
+        (seeds.len() * config.epochs) as u64,
+        "{bar:40} {pos}/{len} epochs  eta {eta}  {msg}",
+    );
     let mut results = Vec::with_capacity(seeds.len());
     // Seeds one after another: the GEMMs inside each step already use every core.
     for &seed in &seeds {
