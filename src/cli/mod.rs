@@ -4,7 +4,9 @@ mod alpha;
 mod compare;
 mod devices;
 mod embed;
+mod kglm;
 mod lda;
+mod ntk_compare;
 mod pca;
 
 use std::process::ExitCode;
@@ -38,6 +40,10 @@ enum Command {
     Pca(pca::PcaArgs),
     /// LDA accuracy of the labels over stratified splits, confusion, pairwise table.
     Lda(lda::LdaArgs),
+    /// Kernel GLM surrogate from train/test kernels; with the network, its faithfulness (τ, R²).
+    Kglm(kglm::KglmArgs),
+    /// Compare two kernels over the same points: CKA, spectra, effective rank, Frobenius gap.
+    NtkCompare(ntk_compare::NtkCompareArgs),
 }
 
 /// Runs the command line; errors are printed as one line and give exit status 1.
@@ -50,6 +56,8 @@ pub fn main() -> ExitCode {
         Command::Compare(args) => compare::run(args),
         Command::Pca(args) => pca::run(args),
         Command::Lda(args) => lda::run(args),
+        Command::Kglm(args) => kglm::run(args),
+        Command::NtkCompare(args) => ntk_compare::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
