@@ -64,6 +64,7 @@ fn kglm_matches_scikit_learn() {
         "coefficients: relative error {coef_error:.2e}"
     );
     let intercept_error = rel_error_f64(&glm.intercept, &f64s(&reference, "intercept"));
+    assert!(glm.intercept.iter().sum::<f64>().abs() < 1e-12);
     assert!(
         intercept_error < 1e-4,
         "intercepts: relative error {intercept_error:.2e}"
@@ -79,6 +80,26 @@ fn kglm_matches_scikit_learn() {
         worst < 1e-6,
         "test probabilities differ by up to {worst:.2e}"
     );
+}
+
+#[test]
+fn kglm_reports_when_it_stops_short() {
+    let reference = reference();
+    let train = fixture_kernel("train_kernel");
+    let y = labels(&reference, "y_train");
+    let options = FitOptions {
+        max_iter: 3,
+        ..FitOptions::default()
+    };
+    let glm = KernelGlm::fit(&train.values, &y, 3, &options).unwrap();
+    assert_eq!((glm.iterations, glm.converged), (3, false));
+    assert!(glm.gradient_norm > options.tol);
+    let no_penalty = FitOptions {
+        l2: 0.0,
+        ..FitOptions::default()
+    };
+    assert!(KernelGlm::fit(&train.values, &y, 3, &no_penalty).is_err());
+    assert!(KernelGlm::fit(&train.values, &y, 2, &FitOptions::default()).is_err());
 }
 
 #[test]
@@ -494,6 +515,11 @@ fn kglm_cli_rejects_bad_input() {
         base(&s.train_kernel, &s.test_kernel, labels.to_str().unwrap()),
         &["labels.txt", "label 7 of row 15", "outside 0..3"],
     );
+    let one_class = dir.path().join("one_class.txt");
+    std::fs::write(&one_class, "1\n".repeat(40)).unwrap();
+    let mut args = base(&s.train_kernel, &s.test_kernel, &s.test);
+    args[4] = one_class.to_string_lossy().into_owned();
+    fails(args, &["one_class.txt", "1 distinct class"]);
     std::fs::write(&labels, "-1\n".repeat(16)).unwrap();
     fails(
         base(&s.train_kernel, &s.test_kernel, labels.to_str().unwrap()),

@@ -82,14 +82,17 @@ pub fn run(args: KglmArgs) -> Result<()> {
         &args.test_kernel,
     )?;
 
-    let network = match (&args.model, &args.test_data) {
+    let network_inputs = match (&args.model, &args.test_data) {
         (Some(model), Some(data)) => Some((Mlp::read(model)?, Dataset::read(data)?)),
         _ => None,
     };
     // One-output networks are binary (their logit is class 1's log-odds): two surrogate classes.
-    let classes = match &network {
+    let classes = match &network_inputs {
         Some((mlp, _)) => mlp.num_classes().max(2),
-        None => train_labels.iter().max().map_or(0, |&m| m as usize + 1),
+        None => train_labels
+            .iter()
+            .max()
+            .map_or(0, |&m| usize::try_from(m + 1).unwrap_or(0)),
     };
     let source = |path: &Path| match &args.model {
         Some(_) => format!("{} (the model has {classes} classes)", path.display()),
@@ -99,16 +102,16 @@ pub fn run(args: KglmArgs) -> Result<()> {
         ),
     };
     let train_y = class_indices(&train_labels, classes, &source(&args.train_labels))?;
-    let test_y = class_indices(&test_labels, classes, &source(&args.test_labels))?;
     let present = (0..classes).filter(|c| train_y.contains(c)).count();
     if present < 2 {
         return Err(Error::input(format!(
-            "{}: the training labels hold {present} class; a classifier needs at least 2",
+            "{}: the training labels hold {present} distinct class(es); a classifier needs 2",
             args.train_labels.display()
         )));
     }
+    let test_y = class_indices(&test_labels, classes, &source(&args.test_labels))?;
 
-    let network = match &network {
+    let network = match &network_inputs {
         Some((mlp, data)) => Some(network_logits(&args, mlp, data, &test_labels)?),
         None => None,
     };

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde_json::json;
 
+use super::pca::file_name;
 use crate::error::{Error, Result};
 use crate::instruments::kernel_compare::compare;
 use crate::io::kernel_file::KernelFile;
@@ -83,6 +84,7 @@ pub fn run(args: NtkCompareArgs) -> Result<()> {
                 .collect()
         };
         let (a, b) = (positive(&c.spectra[0]), positive(&c.spectra[1]));
+        let labels = [file_name(&args.first), file_name(&args.second)];
         plot::lines_log_y(
             path,
             &format!("Normalised spectra, CKA = {:.4}", c.cka),
@@ -90,11 +92,11 @@ pub fn run(args: NtkCompareArgs) -> Result<()> {
             "eigenvalue / trace",
             &[
                 plot::Series {
-                    label: &names[0],
+                    label: &labels[0],
                     points: &a,
                 },
                 plot::Series {
-                    label: &names[1],
+                    label: &labels[1],
                     points: &b,
                 },
             ],

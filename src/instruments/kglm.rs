@@ -73,7 +73,7 @@ impl KernelGlm {
         options: &FitOptions,
     ) -> Result<Self> {
         let n = labels.len();
-        if n == 0 || kernel.len() % n != 0 {
+        if n == 0 || !kernel.len().is_multiple_of(n) {
             return Err(Error::input(format!(
                 "kGLM: {} kernel values do not make {n} rows",
                 kernel.len()

@@ -244,7 +244,7 @@ impl Mlp {
     /// An error unless `x` holds whole rows of the model's input size.
     fn rows_of(&self, x: &[f32]) -> Result<usize> {
         let d = self.input_dim();
-        if x.len() % d != 0 {
+        if !x.len().is_multiple_of(d) {
             return Err(Error::input(format!(
                 "the model takes {d} inputs per row; got {} values",
                 x.len()

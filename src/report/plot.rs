@@ -122,7 +122,8 @@ fn xy_plot(
         match y_scale {
             YScale::Linear => {
                 let yr = padded_range(points().map(|p| p.1));
-                draw_xy(builder.build_cartesian_2d(xr, yr)?, axes, series, as_lines)
+                let chart = builder.build_cartesian_2d(xr, yr)?;
+                draw_xy(chart, axes, None, series, as_lines)
             }
             YScale::Log => {
                 let (lo, hi) = points()
@@ -137,7 +138,8 @@ fn xy_plot(
                     0.1..1.0
                 };
                 let chart = builder.build_cartesian_2d(xr, yr.log_scale())?;
-                draw_xy(chart, axes, series, as_lines)
+                // Powers of ten as 1e-5, not plotters' 9.999999e-5.
+                draw_xy(chart, axes, Some(&|v| format!("{v:.0e}")), series, as_lines)
             }
         }
     })
@@ -147,15 +149,16 @@ fn xy_plot(
 fn draw_xy<'a, Y: Ranged<ValueType = f64> + ValueFormatter<f64>>(
     mut chart: ChartContext<'a, BitMapBackend<'a>, Cartesian2d<RangedCoordf64, Y>>,
     (x_label, y_label): (&str, &str),
+    y_ticks: Option<&dyn Fn(&f64) -> String>,
     series: &[Series],
     as_lines: bool,
 ) -> DrawResult {
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
-        .y_desc(y_label)
-        .label_style((FONT, 14))
-        .draw()?;
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(x_label).y_desc(y_label).label_style((FONT, 14));
+    if let Some(format) = y_ticks {
+        mesh.y_label_formatter(format);
+    }
+    mesh.draw()?;
     for (i, s) in series.iter().enumerate() {
         let c = colour(i);
         if as_lines {
