@@ -2,6 +2,7 @@
 //! backend is tested against, and a fast path of its own (packed sequences, fused epilogues).
 
 use faer::linalg::matmul::matmul;
+use faer::traits::{math_utils::one, ComplexField};
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
@@ -48,16 +49,16 @@ fn values_mut(t: &mut Tensor) -> Result<&mut [f32]> {
 
 /// A row-major matrix operand of [`gemm`], read as stored or transposed.
 #[derive(Clone, Copy)]
-pub struct Operand<'a> {
-    values: &'a [f32],
+pub struct Operand<'a, T = f32> {
+    values: &'a [T],
     rows: usize,
     cols: usize,
     transposed: bool,
 }
 
-impl<'a> Operand<'a> {
+impl<'a, T> Operand<'a, T> {
     /// `values` as a row-major `[rows, cols]` matrix.
-    pub fn plain(values: &'a [f32], rows: usize, cols: usize) -> Self {
+    pub fn plain(values: &'a [T], rows: usize, cols: usize) -> Self {
         Operand {
             values,
             rows,
@@ -67,14 +68,14 @@ impl<'a> Operand<'a> {
     }
 
     /// The transpose of the row-major `[rows, cols]` matrix `values` (so a `[cols, rows]` operand).
-    pub fn transposed(values: &'a [f32], rows: usize, cols: usize) -> Self {
+    pub fn transposed(values: &'a [T], rows: usize, cols: usize) -> Self {
         Operand {
             transposed: true,
             ..Self::plain(values, rows, cols)
         }
     }
 
-    fn mat(&self) -> MatRef<'a, f32> {
+    fn mat(&self) -> MatRef<'a, T> {
         let m = MatRef::from_row_major_slice(self.values, self.rows, self.cols);
         if self.transposed {
             m.transpose()
@@ -84,9 +85,15 @@ impl<'a> Operand<'a> {
     }
 }
 
-/// `dst (+)= lhs · rhs` on row-major f32 slices with faer on every core; adds when `accumulate`.
-/// The host-side GEMM of the CPU backend's ops and of host loops that run on it (MLP backward).
-pub fn gemm(dst: &mut [f32], lhs: Operand<'_>, rhs: Operand<'_>, accumulate: bool) {
+/// `dst (+)= lhs · rhs` on row-major f32 (or f64) slices with faer on every core; adds when
+/// `accumulate`. The host-side GEMM of the CPU backend's ops and of host loops that run on it
+/// (MLP backward, the kernel GLM's f64 fit).
+pub fn gemm<T: ComplexField>(
+    dst: &mut [T],
+    lhs: Operand<'_, T>,
+    rhs: Operand<'_, T>,
+    accumulate: bool,
+) {
     let (lhs, rhs) = (lhs.mat(), rhs.mat());
     assert_eq!(lhs.ncols(), rhs.nrows(), "gemm: inner dimensions differ");
     let dst = MatMut::from_row_major_slice_mut(dst, lhs.nrows(), rhs.ncols());
@@ -95,7 +102,7 @@ pub fn gemm(dst: &mut [f32], lhs: Operand<'_>, rhs: Operand<'_>, accumulate: boo
     } else {
         Accum::Replace
     };
-    matmul(dst, accum, lhs, rhs, 1.0f32, Par::rayon(0));
+    matmul(dst, accum, lhs, rhs, one::<T>(), Par::rayon(0));
 }
 
 /// Splits `data` into the row blocks of each packed sequence, so sequences can be processed in

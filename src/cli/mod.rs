@@ -5,8 +5,10 @@ mod compare;
 mod data;
 mod devices;
 mod embed;
+mod kglm;
 mod lda;
 mod ntk;
+mod ntk_compare;
 mod pca;
 mod train;
 
@@ -47,6 +49,10 @@ enum Command {
     Train(train::TrainArgs),
     /// Tangent kernel (trNTK, trNTK0, pNTK) of an MLP classifier, exact or projected, in blocks.
     Ntk(ntk::NtkArgs),
+    /// Kernel GLM surrogate from train/test kernels; with the network, its faithfulness (τ, R²).
+    Kglm(kglm::KglmArgs),
+    /// Compare two kernels over the same points: CKA, spectra, effective rank, Frobenius gap.
+    NtkCompare(ntk_compare::NtkCompareArgs),
 }
 
 /// Runs the command line; errors are printed as one line and give exit status 1.
@@ -62,6 +68,8 @@ pub fn main() -> ExitCode {
         Command::Data(args) => data::run(args),
         Command::Train(args) => train::run(args),
         Command::Ntk(args) => ntk::run(args),
+        Command::Kglm(args) => kglm::run(args),
+        Command::NtkCompare(args) => ntk_compare::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -96,18 +96,16 @@ impl Scores {
     }
 }
 
-/// First index of the largest value.
-pub fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (c, &v)| {
-            if v > best.1 {
-                (c, v)
-            } else {
-                best
-            }
-        })
-        .0
+/// First index of the largest value; NaN is skipped (0 when nothing else is left).
+pub fn argmax<T: PartialOrd + Copy>(row: &[T]) -> usize {
+    let mut best: Option<(usize, T)> = None;
+    for (c, &v) in row.iter().enumerate() {
+        let better = best.map_or(v.partial_cmp(&v).is_some(), |(_, b)| v > b);
+        if better {
+            best = Some((c, v));
+        }
+    }
+    best.map_or(0, |(c, _)| c)
 }
 
 /// Per-model metrics of an ensemble.

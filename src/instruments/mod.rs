@@ -1,6 +1,8 @@
 //! Instruments: pretrained models turned into measurements of other models.
 
 pub mod embed;
+pub mod kernel_compare;
+pub mod kglm;
 pub mod lda;
 pub mod metrics;
 pub mod ntk;

@@ -5,8 +5,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-use plotters::coord::ranged1d::SegmentedCoord;
-use plotters::coord::types::RangedCoordusize;
+use plotters::coord::ranged1d::{SegmentedCoord, ValueFormatter};
+use plotters::coord::types::{RangedCoordf64, RangedCoordusize};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor;
@@ -92,6 +92,14 @@ fn padded_range(values: impl Iterator<Item = f64>) -> Range<f64> {
     lo - pad..hi + pad
 }
 
+/// How the y axis maps values.
+#[derive(Clone, Copy, PartialEq)]
+enum YScale {
+    Linear,
+    /// Logarithmic; only positive values can be placed.
+    Log,
+}
+
 /// Axes fitted to every point of `series`, a mesh, and one marker per point (or, `as_lines`, one
 /// line per series) in palette order, with a legend: what scatter and line plots share.
 fn xy_plot(
@@ -99,53 +107,83 @@ fn xy_plot(
     (title, x_label, y_label): (&str, &str, &str),
     series: &[Series],
     as_lines: bool,
+    y_scale: YScale,
 ) -> Result<()> {
     render(path, |root| {
         let points = || series.iter().flat_map(|s| s.points.iter());
-        let (xr, yr) = (
-            padded_range(points().map(|p| p.0)),
-            padded_range(points().map(|p| p.1)),
-        );
-        let mut chart = ChartBuilder::on(root)
+        let xr = padded_range(points().map(|p| p.0));
+        let mut builder = ChartBuilder::on(root);
+        builder
             .caption(title, (FONT, 24))
             .margin(16)
             .x_label_area_size(48)
-            .y_label_area_size(64)
-            .build_cartesian_2d(xr, yr)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .label_style((FONT, 14))
-            .draw()?;
-        for (i, s) in series.iter().enumerate() {
-            let c = colour(i);
-            if as_lines {
-                chart
-                    .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))?
-                    .label(s.label)
-                    .legend(move |(x, y)| {
-                        PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2))
+            .y_label_area_size(64);
+        let axes = (x_label, y_label);
+        match y_scale {
+            YScale::Linear => {
+                let yr = padded_range(points().map(|p| p.1));
+                let chart = builder.build_cartesian_2d(xr, yr)?;
+                draw_xy(chart, axes, None, series, as_lines)
+            }
+            YScale::Log => {
+                let (lo, hi) = points()
+                    .map(|p| p.1)
+                    .filter(|y| *y > 0.0 && y.is_finite())
+                    .fold((f64::INFINITY, 0.0f64), |(lo, hi), y| {
+                        (lo.min(y), hi.max(y))
                     });
-            } else {
-                chart
-                    .draw_series(
-                        s.points
-                            .iter()
-                            .map(|&p| Circle::new(p, 3, c.mix(0.75).filled())),
-                    )?
-                    .label(s.label)
-                    .legend(move |p| Circle::new(p, 5, c.filled()));
+                let yr = if lo <= hi {
+                    lo / 1.5..hi * 1.5
+                } else {
+                    0.1..1.0
+                };
+                let chart = builder.build_cartesian_2d(xr, yr.log_scale())?;
+                // Powers of ten as 1e-5, not plotters' 9.999999e-5.
+                draw_xy(chart, axes, Some(&|v| format!("{v:.0e}")), series, as_lines)
             }
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 14))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
-        Ok(())
     })
+}
+
+/// The mesh, the series and the legend of [`xy_plot`], for either y scale.
+fn draw_xy<'a, Y: Ranged<ValueType = f64> + ValueFormatter<f64>>(
+    mut chart: ChartContext<'a, BitMapBackend<'a>, Cartesian2d<RangedCoordf64, Y>>,
+    (x_label, y_label): (&str, &str),
+    y_ticks: Option<&dyn Fn(&f64) -> String>,
+    series: &[Series],
+    as_lines: bool,
+) -> DrawResult {
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(x_label).y_desc(y_label).label_style((FONT, 14));
+    if let Some(format) = y_ticks {
+        mesh.y_label_formatter(format);
+    }
+    mesh.draw()?;
+    for (i, s) in series.iter().enumerate() {
+        let c = colour(i);
+        if as_lines {
+            chart
+                .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))?
+                .label(s.label)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2)));
+        } else {
+            chart
+                .draw_series(
+                    s.points
+                        .iter()
+                        .map(|&p| Circle::new(p, 3, c.mix(0.75).filled())),
+                )?
+                .label(s.label)
+                .legend(move |p| Circle::new(p, 5, c.filled()));
+        }
+    }
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
 }
 
 /// A scatter plot, one colour per group, with a legend.
@@ -156,7 +194,13 @@ pub fn scatter(
     y_label: &str,
     groups: &[Series],
 ) -> Result<()> {
-    xy_plot(path, (title, x_label, y_label), groups, false)
+    xy_plot(
+        path,
+        (title, x_label, y_label),
+        groups,
+        false,
+        YScale::Linear,
+    )
 }
 
 /// Line plot, one colour per series, with a legend.
@@ -167,7 +211,24 @@ pub fn lines(
     y_label: &str,
     series: &[Series],
 ) -> Result<()> {
-    xy_plot(path, (title, x_label, y_label), series, true)
+    xy_plot(
+        path,
+        (title, x_label, y_label),
+        series,
+        true,
+        YScale::Linear,
+    )
+}
+
+/// Line plot on a logarithmic y axis (every y must be positive): spectra, losses.
+pub fn lines_log_y(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<()> {
+    xy_plot(path, (title, x_label, y_label), series, true, YScale::Log)
 }
 
 /// A category axis of `n` slots (plotters' discrete ranges include their end).
