@@ -1,22 +1,44 @@
 #!/usr/bin/env bash
 # The main job on its bundled default: embeds the demo corpus (three sources) with the real
-# all-MiniLM-L6-v2 and prints the summary. Later instruments extend this demo.
+# all-MiniLM-L6-v2, analyses the embeddings (PCA, LDA), then trains a small ensemble and runs the
+# tangent-kernel and trimmed-comparison instruments on it. Outputs land in .cache/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model=$(tools/fetch-model.sh)
-mkdir -p .cache/demo
-cargo run --release --quiet -- embed --model "$model" \
+encoder=$(tools/fetch-model.sh)
+d=.cache/demo
+mkdir -p $d
+mscope() { cargo run --release --quiet -- "$@"; }
+mscope embed --model "$encoder" \
     --input tools/demo-corpus/news.txt=news \
     --input tools/demo-corpus/reviews.jsonl \
     --input tools/demo-corpus/multilingual.csv \
-    --out .cache/demo/embeddings.safetensors "$@"
+    --out $d/embeddings.safetensors "$@"
 # What separates the three sources: principal components (with the rows at either end of each)
 # and LDA accuracy over 50 stratified splits with the pairwise table.
-cargo run --release --quiet -- pca --input .cache/demo/embeddings.safetensors --components 5 \
-    --explain 3 --out .cache/demo/pca.json --plot .cache/demo/pca.png
-cargo run --release --quiet -- lda --input .cache/demo/embeddings.safetensors --shrinkage auto \
-    --pairwise --out .cache/demo/lda.json --plot .cache/demo/lda.png
-# Trimmed comparison of an ensemble: each of 20 models against the pooled other 19 (seeded
-# synthetic binary classifiers, the last one overconfident), until a trained ensemble is at hand.
-cargo run --release --quiet -- compare --synthetic 20x10000 --top 5 \
-    --out .cache/demo/compare.json --plot .cache/demo/compare.png
+mscope pca --input $d/embeddings.safetensors --components 5 \
+    --explain 3 --out $d/pca.json --plot $d/pca.png
+mscope lda --input $d/embeddings.safetensors --shrinkage auto \
+    --pairwise --out $d/lda.json --plot $d/lda.png
+# Tangent-kernel surrogates and the trimmed comparison on a trained ensemble: the 8×8 digits
+# (from the scikit-learn wheel), five 64-100-100-10 MLPs that differ only by their seed, every
+# model against the pooled other four (α̂, churn, ECE), then model 0's trace NTK — exact, and
+# Kronecker-projected — with a kernel GLM fitted on each and its faithfulness τ to the network.
+tools/fetch-digits.sh >/dev/null
+mscope data digits --out $d/digits-train.safetensors --test-out $d/digits-test.safetensors
+mscope train --data $d/digits-train.safetensors --test-data $d/digits-test.safetensors \
+    --hidden 100,100 --activation relu --epochs 20 --seeds 0..5 --out $d/ensemble
+mscope compare --scores $d/ensemble/scores.safetensors --labels $d/ensemble/scores.safetensors \
+    --out $d/compare.json --plot $d/compare.png
+mlp=$d/ensemble/model-seed0.safetensors
+for projection in none kronecker; do
+    mscope ntk --model $mlp --data $d/digits-train.safetensors --projection $projection \
+        --projection-dim 32 --out $d/ntk-$projection-train.safetensors
+    mscope ntk --model $mlp --data $d/digits-test.safetensors --against $d/digits-train.safetensors \
+        --projection $projection --projection-dim 32 --out $d/ntk-$projection-test.safetensors
+    mscope kglm --train-kernel $d/ntk-$projection-train.safetensors \
+        --train-labels $d/digits-train.safetensors --test-kernel $d/ntk-$projection-test.safetensors \
+        --test-labels $d/digits-test.safetensors --model $mlp --test-data $d/digits-test.safetensors \
+        --out $d/kglm-$projection.json --plot $d/kglm-$projection.png
+done
+mscope ntk-compare $d/ntk-none-train.safetensors $d/ntk-kronecker-train.safetensors \
+    --json $d/ntk-compare.json --plot $d/ntk-spectra.png

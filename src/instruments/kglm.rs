@@ -23,7 +23,7 @@ pub const DEFAULT_L2: f64 = 1.0;
 /// On `‖∇‖_∞` of the objective divided by `n`: 100× tighter than scikit-learn's default, since
 /// the surrogate is compared with the network point by point.
 pub const DEFAULT_TOL: f64 = 1e-6;
-pub const DEFAULT_MAX_ITER: usize = 1000;
+pub const DEFAULT_MAX_ITER: usize = 5000;
 /// Curvature pairs L-BFGS keeps.
 const MEMORY: usize = 10;
 
