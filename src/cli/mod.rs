@@ -1,6 +1,7 @@
 //! The `mscope` command line: one file per subcommand.
 
 mod alpha;
+mod bench;
 mod compare;
 mod devices;
 mod embed;
@@ -41,6 +42,9 @@ enum Command {
     Lda(lda::LdaArgs),
     /// Tangent kernel (trNTK, trNTK0, pNTK) of an MLP classifier, exact or projected, in blocks.
     Ntk(ntk::NtkArgs),
+    /// Time every kernel family on model shapes and the pipelines end to end, against the
+    /// machine's measured FLOP and bandwidth ceilings.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the command line; errors are printed as one line and give exit status 1.
@@ -54,6 +58,7 @@ pub fn main() -> ExitCode {
         Command::Pca(args) => pca::run(args),
         Command::Lda(args) => lda::run(args),
         Command::Ntk(args) => ntk::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
