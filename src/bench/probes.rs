@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use super::target::Target;
 use super::timing::{measure, Timing};
-use super::{uniform, Bound, Precision, Scale, Work};
+use super::{uniform, Bound, Op, Precision, Scale, Work};
 use crate::backend::{Activation, Backend};
 use crate::error::Result;
 
@@ -217,7 +217,7 @@ fn device_copy(
 
 /// FLOPs per run and the op of the FMA probe, where the CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-fn fma_f32(scale: Scale) -> Option<(f64, Box<dyn FnMut() -> Result<()>>)> {
+fn fma_f32(scale: Scale) -> Option<(f64, Op)> {
     if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
         return None;
     }
@@ -234,7 +234,7 @@ fn fma_f32(scale: Scale) -> Option<(f64, Box<dyn FnMut() -> Result<()>>)> {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn fma_f32(_scale: Scale) -> Option<(f64, Box<dyn FnMut() -> Result<()>>)> {
+fn fma_f32(_scale: Scale) -> Option<(f64, Op)> {
     None
 }
 
