@@ -38,7 +38,7 @@ pub struct BenchArgs {
     /// Write the JSON report here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Plot GEMM throughput against problem size to this PNG.
+    /// Plot GEMM throughput against problem size (GFLOP per call) to this PNG.
     #[arg(long, value_name = "PNG")]
     plot: Option<PathBuf>,
     /// CPU threads [default: one per core].
@@ -150,7 +150,8 @@ fn result_json(r: &Measured) -> Value {
     })
 }
 
-/// GFLOP/s of each `linear` case against its GFLOPs per call, one line per backend and variant.
+/// GFLOP/s of each `linear` case against its GFLOPs per call, one colour per backend and
+/// variant. Points, not lines: the cases differ in aspect ratio and epilogue as well as size.
 fn draw_gemm(path: &Path, results: &[Measured]) -> Result<()> {
     let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for r in results.iter().filter(|r| r.name.starts_with("linear/")) {
@@ -164,14 +165,11 @@ fn draw_gemm(path: &Path, results: &[Measured]) -> Result<()> {
             None => series.push((label, vec![point])),
         }
     }
-    for (_, points) in &mut series {
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    }
     let lines: Vec<plot::Series> = series
         .iter()
         .map(|(label, points)| plot::Series { label, points })
         .collect();
-    plot::lines(
+    plot::scatter(
         path,
         "GEMM (linear) throughput by problem size",
         "GFLOP per call",
