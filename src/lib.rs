@@ -6,6 +6,7 @@
 //! `io` reads inputs and writes outputs, `cli` drives it all.
 
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod error;

@@ -336,6 +336,12 @@ pub trait Backend: Send + Sync {
     fn download(&self, tensor: &Tensor) -> Result<Vec<f32>>;
     fn zeros(&self, shape: &[usize]) -> Result<Tensor>;
 
+    /// Waits until every op issued so far has finished on the device, so a timer read after it
+    /// covers their execution. Backends whose ops finish before returning need not override it.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// `out = act(x·wᵀ + bias) + residual` with `x: [n, k]`, `w: [m, k]` (PyTorch's Linear layout),
     /// `bias: [m]`, `residual, out: [n, m]`.
     fn linear(

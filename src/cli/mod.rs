@@ -1,6 +1,7 @@
 //! The `mscope` command line: one file per subcommand.
 
 mod alpha;
+mod bench;
 mod compare;
 mod data;
 mod devices;
@@ -53,6 +54,9 @@ enum Command {
     Kglm(kglm::KglmArgs),
     /// Compare two kernels over the same points: CKA, spectra, effective rank, Frobenius gap.
     NtkCompare(ntk_compare::NtkCompareArgs),
+    /// Time every kernel family on model shapes and the pipelines end to end, against the
+    /// machine's measured FLOP and bandwidth ceilings.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the command line; errors are printed as one line and give exit status 1.
@@ -70,6 +74,7 @@ pub fn main() -> ExitCode {
         Command::Ntk(args) => ntk::run(args),
         Command::Kglm(args) => kglm::run(args),
         Command::NtkCompare(args) => ntk_compare::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -52,6 +52,25 @@ pub enum GemmVariant {
     Direct,
 }
 
+impl GemmVariant {
+    /// Every variant, in the order of its number (`mscope bench --variant N` picks `ALL[N - 1]`).
+    pub const ALL: [GemmVariant; 2] = [GemmVariant::Tiled, GemmVariant::Direct];
+
+    pub fn number(self) -> u32 {
+        match self {
+            GemmVariant::Tiled => 1,
+            GemmVariant::Direct => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmVariant::Tiled => "tiled",
+            GemmVariant::Direct => "direct",
+        }
+    }
+}
+
 /// How to open the backend.
 #[derive(Clone, Debug)]
 pub struct WgpuOptions {
@@ -186,15 +205,12 @@ impl WgpuBackend {
         &self.adapter
     }
 
-    /// Submits recorded work and waits until the device has finished it (for timing).
-    pub fn synchronize(&self) -> Result<()> {
-        let mut pending = self.lock_pending();
-        if let Some(encoder) = pending.encoder.take() {
-            self.queue.submit([encoder.finish()]);
+    /// The GEMM kernel `linear` dispatches.
+    pub fn gemm_variant(&self) -> GemmVariant {
+        match self.gemm {
+            Kernel::LinearDirect => GemmVariant::Direct,
+            _ => GemmVariant::Tiled,
         }
-        pending.passes = 0;
-        drop(pending);
-        self.wait()
     }
 
     fn wait(&self) -> Result<()> {
@@ -474,6 +490,17 @@ impl Backend for WgpuBackend {
             out.extend_from_slice(&bytemuck::cast_slice::<u8, f32>(&view)[..*values]);
         }
         Ok(out)
+    }
+
+    /// Submits recorded work and waits until the device has finished it.
+    fn synchronize(&self) -> Result<()> {
+        let mut pending = self.lock_pending();
+        if let Some(encoder) = pending.encoder.take() {
+            self.queue.submit([encoder.finish()]);
+        }
+        pending.passes = 0;
+        drop(pending);
+        self.wait()
     }
 
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {

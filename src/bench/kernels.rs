@@ -1,0 +1,367 @@
+//! The kernel suite: one op of the op set per case, on the shapes of the models the instruments
+//! run (MiniLM, BERT-base, e5-large, a Mistral-7B layer, a CLIP ViT-H block) and on the
+//! instruments' own sizes (covariance of 10 000 rows, α̂ over 100 models, NTK tiles).
+//!
+//! Counted work: `linear` `2·n·k·m` FLOPs; attention `4·head_dim` FLOPs per (query, key, head)
+//! the mask allows (QKᵀ and PV; softmax not counted); covariance `n·d²` f64 FLOPs (the lower
+//! half); eigen `9·d³` f64 FLOPs (Golub–Van Loan's count for values and vectors); contraction
+//! `2·r·c·(p + q)`; projection `2·n·d·k`. Bytes are each op's inputs read once and outputs
+//! written once, except the sort of `trim_search` (see [`trim`]).
+
+use std::sync::Arc;
+
+use super::{uniform, Case, Op, Scale, Work};
+use crate::backend::{
+    Activation, AttentionSpec, Backend, JlDistribution, JlSpec, Matrix64, OpFamily, Pooling,
+    SeqLayout, TrimReference, TrimSpec, W2Grid,
+};
+use crate::io::samples::synthetic_ensemble;
+
+const F32: f64 = 4.0;
+
+pub fn cases(scale: Scale) -> Vec<Case> {
+    let tokens = scale.rows(2048, 64);
+    let mut cases = vec![
+        linear("minilm-qkv", tokens, 384, 1152, Activation::Identity, false),
+        linear("minilm-ffn-up", tokens, 384, 1536, Activation::Gelu, false),
+        linear(
+            "minilm-ffn-down",
+            tokens,
+            1536,
+            384,
+            Activation::Identity,
+            true,
+        ),
+        linear(
+            "bert-base-ffn-up",
+            tokens,
+            768,
+            3072,
+            Activation::Gelu,
+            false,
+        ),
+        linear(
+            "e5-large-ffn-up",
+            tokens,
+            1024,
+            4096,
+            Activation::Gelu,
+            false,
+        ),
+        // One decode-sized batch of rows keeps the 4096×14336 projection quick on a CPU.
+        linear(
+            "mistral-7b-mlp-up",
+            scale.rows(256, 32),
+            4096,
+            14336,
+            Activation::Silu,
+            false,
+        ),
+        // 8 images × 257 tokens (256 patches + CLS).
+        linear(
+            "clip-vit-h-mlp-up",
+            scale.rows(8, 1) * 257,
+            1280,
+            5120,
+            Activation::Gelu,
+            false,
+        ),
+    ];
+    let (minilm_seqs, bert_seqs) = (scale.rows(32, 4), scale.rows(16, 2));
+    cases.extend([
+        attention(
+            "minilm",
+            vec![128; minilm_seqs],
+            AttentionSpec::bidirectional(12, 32),
+        ),
+        attention(
+            "bert-base",
+            vec![256; bert_seqs],
+            AttentionSpec::bidirectional(12, 64),
+        ),
+        {
+            let len = scale.rows(1024, 128);
+            attention(
+                "mistral-7b-gqa-window",
+                vec![len],
+                AttentionSpec {
+                    heads: 32,
+                    kv_heads: 8,
+                    head_dim: 128,
+                    causal: true,
+                    window: Some(len / 2),
+                    scale: 1.0 / (128f32).sqrt(),
+                },
+            )
+        },
+    ]);
+    let rows = scale.rows(16_384, 512);
+    cases.extend([
+        layer_norm("e5-large", rows, 1024),
+        l2_normalize("bert-base", rows, 768),
+        gather("bert-base-vocab", 30_522, 768, rows),
+        pool("minilm-mean", rows / 128, 128, 384),
+        scatter("covariance", scale.rows(10_000, 1_000), 1024),
+        eigen(8, scale.rows(256, 64)),
+        eigen(1, scale.rows(1024, 128)),
+        trim(100, scale.rows(10_000, 1_000)),
+        ntk_contract(128, scale.rows(4096, 512), 1000, 784),
+        jl_project(JlDistribution::Rademacher, scale.rows(320, 40), 8192, 1024),
+        jl_project(JlDistribution::Gaussian, scale.rows(320, 40), 8192, 1024),
+    ]);
+    cases
+}
+
+/// A device tensor of seeded uniform values.
+fn random(
+    be: &Arc<dyn Backend>,
+    shape: &[usize],
+    seed: u64,
+) -> crate::Result<crate::backend::Tensor> {
+    be.upload(shape, &uniform(shape.iter().product(), seed))
+}
+
+fn linear(model: &str, n: usize, k: usize, m: usize, act: Activation, residual: bool) -> Case {
+    let out = if residual { 2 * n * m } else { n * m };
+    let bytes = (n * k + m * k + m + out) as f64 * F32;
+    let epilogue = if residual { "+bias+residual" } else { "+bias" };
+    Case::new(
+        format!("linear/{model}"),
+        OpFamily::Encoder,
+        format!("{n}×{k}·{m}×{k}ᵀ{epilogue} {act:?}"),
+        Work::f32(2.0 * (n * k * m) as f64, bytes),
+        move |be| {
+            let x = random(be, &[n, k], 1)?;
+            let w = random(be, &[m, k], 2)?;
+            let bias = random(be, &[m], 3)?;
+            let res = residual.then(|| random(be, &[n, m], 4)).transpose()?;
+            let mut y = be.zeros(&[n, m])?;
+            let be = be.clone();
+            Ok(Box::new(move || be.linear(&x, &w, Some(&bias), act, res.as_ref(), &mut y)) as Op)
+        },
+    )
+}
+
+fn attention(model: &str, lengths: Vec<usize>, spec: AttentionSpec) -> Case {
+    let layout = SeqLayout::from_lengths(lengths.iter().copied());
+    let pairs: usize = lengths
+        .iter()
+        .map(|&len| {
+            (0..len)
+                .map(|i| (0..len).filter(|&j| spec.allows(i, j)).count())
+                .sum::<usize>()
+        })
+        .sum();
+    let tokens = layout.num_tokens();
+    let out_width = spec.heads * spec.head_dim;
+    let flops = 4.0 * (pairs * spec.head_dim * spec.heads) as f64;
+    let bytes = (tokens * (spec.qkv_width() + out_width)) as f64 * F32;
+    let mut shape = format!(
+        "{}×{} tokens, {}/{} heads × {}",
+        lengths.len(),
+        lengths[0],
+        spec.heads,
+        spec.kv_heads,
+        spec.head_dim
+    );
+    if spec.causal {
+        shape.push_str(", causal");
+    }
+    if let Some(w) = spec.window {
+        shape.push_str(&format!(", window {w}"));
+    }
+    Case::new(
+        format!("attention/{model}"),
+        OpFamily::Encoder,
+        shape,
+        Work::f32(flops, bytes),
+        move |be| {
+            let qkv = random(be, &[tokens, spec.qkv_width()], 5)?;
+            let mut out = be.zeros(&[tokens, out_width])?;
+            let (be, layout) = (be.clone(), layout.clone());
+            Ok(Box::new(move || be.attention(&qkv, &layout, &spec, &mut out)) as Op)
+        },
+    )
+}
+
+fn layer_norm(model: &str, n: usize, d: usize) -> Case {
+    Case::new(
+        format!("layer_norm/{model}"),
+        OpFamily::Encoder,
+        format!("{n}×{d} in place"),
+        Work::bytes((2 * n * d) as f64 * F32),
+        move |be| {
+            let mut x = random(be, &[n, d], 6)?;
+            let gamma = random(be, &[d], 7)?;
+            let beta = random(be, &[d], 8)?;
+            let be = be.clone();
+            Ok(Box::new(move || be.layer_norm(&mut x, &gamma, &beta, 1e-12)) as Op)
+        },
+    )
+}
+
+fn l2_normalize(model: &str, n: usize, d: usize) -> Case {
+    Case::new(
+        format!("l2_normalize/{model}"),
+        OpFamily::Encoder,
+        format!("{n}×{d} in place"),
+        Work::bytes((2 * n * d) as f64 * F32),
+        move |be| {
+            let mut x = random(be, &[n, d], 9)?;
+            let be = be.clone();
+            Ok(Box::new(move || be.l2_normalize(&mut x)) as Op)
+        },
+    )
+}
+
+fn gather(model: &str, vocab: usize, d: usize, ids: usize) -> Case {
+    Case::new(
+        format!("gather_rows/{model}"),
+        OpFamily::Encoder,
+        format!("{ids} ids from {vocab}×{d}"),
+        Work::bytes((2 * ids * d + ids) as f64 * F32),
+        move |be| {
+            let table = random(be, &[vocab, d], 10)?;
+            let mut rng = crate::random::SplitMix64::new(11);
+            let ids: Vec<u32> = (0..ids).map(|_| rng.below(vocab) as u32).collect();
+            let mut out = be.zeros(&[ids.len(), d])?;
+            let be = be.clone();
+            Ok(Box::new(move || be.gather_rows(&table, &ids, false, &mut out)) as Op)
+        },
+    )
+}
+
+fn pool(model: &str, sequences: usize, len: usize, d: usize) -> Case {
+    Case::new(
+        format!("pool/{model}"),
+        OpFamily::Encoder,
+        format!("{sequences}×{len} tokens × {d}"),
+        Work::bytes(((sequences * len + sequences) * d) as f64 * F32),
+        move |be| {
+            let layout = SeqLayout::from_lengths(vec![len; sequences]);
+            let hidden = random(be, &[sequences * len, d], 12)?;
+            let mut out = be.zeros(&[sequences, d])?;
+            let be = be.clone();
+            Ok(Box::new(move || be.pool(&hidden, &layout, Pooling::Mean, &mut out)) as Op)
+        },
+    )
+}
+
+fn scatter(what: &str, n: usize, d: usize) -> Case {
+    Case::new(
+        format!("scatter/{what}"),
+        OpFamily::Stats,
+        format!("{n}×{d}, one group"),
+        Work::f64((n * d * d) as f64, (n * d) as f64 * F32),
+        move |be| {
+            let x = random(be, &[n, d], 13)?;
+            let all: Vec<u32> = (0..n as u32).collect();
+            let be = be.clone();
+            Ok(Box::new(move || be.scatter(&x, &[&all]).map(drop)) as Op)
+        },
+    )
+}
+
+fn eigen(batch: usize, d: usize) -> Case {
+    Case::new(
+        format!("symmetric_eigen/{batch}x{d}"),
+        OpFamily::Stats,
+        format!("{batch} × {d}×{d} f64"),
+        Work::f64(9.0 * batch as f64 * (d as f64).powi(3), 0.0),
+        move |be| {
+            let matrices: Vec<Matrix64> = (0..batch)
+                .map(|b| {
+                    let values = uniform(d * d, 14 + b as u64);
+                    let mut a = Matrix64::zeros(d, d);
+                    for i in 0..d {
+                        for j in 0..=i {
+                            let v = f64::from(values[i * d + j]);
+                            (*a.at_mut(i, j), *a.at_mut(j, i)) = (v, v);
+                        }
+                    }
+                    a
+                })
+                .collect();
+            let be = be.clone();
+            Ok(Box::new(move || be.symmetric_eigen(&matrices).map(drop)) as Op)
+        },
+    )
+}
+
+/// Leave-one-out α̂ of every model of a synthetic ensemble. Its floor is a sort: read each
+/// score once, write and read back one 8-byte (value, model) key per score — 20 bytes per
+/// point, a single-pass sort no implementation beats.
+fn trim(models: usize, points: usize) -> Case {
+    Case::new(
+        format!("trim_search/{models}x{points}"),
+        OpFamily::Trim,
+        format!("{models} models × {points} points, leave-one-out"),
+        Work::bytes((models * points * 20) as f64),
+        move |be| {
+            let (scores, _) = synthetic_ensemble(models, points, 0);
+            // The search's own cost: the exact W2 would add O(M²·N) merged-grid work.
+            let spec = TrimSpec {
+                level: 0.05,
+                w2_alpha: None,
+                w2_grid: W2Grid::Candidate,
+            };
+            let be = be.clone();
+            Ok(Box::new(move || {
+                let rows: Vec<&[f32]> = scores.values.chunks_exact(points).collect();
+                be.trim_search(&rows, TrimReference::LeaveOneOut, &spec)
+                    .map(drop)
+            }) as Op)
+        },
+    )
+}
+
+/// One NTK tile of the 784-100-100-100-10 MLP's first layer (benches/ntk.rs): 10 classes ×
+/// 100 outputs of gradient, 784 inputs.
+fn ntk_contract(rows: usize, cols: usize, p: usize, q: usize) -> Case {
+    let bytes = (rows * p + cols * p + rows * q + cols * q + 2 * rows * cols) as f64 * F32;
+    Case::new(
+        format!("ntk_contract/{rows}x{cols}"),
+        OpFamily::Ntk,
+        format!("{rows}×{cols} tile, p {p}, q {q}"),
+        Work::f32(2.0 * (rows * cols * (p + q)) as f64, bytes),
+        move |be| {
+            let dr = random(be, &[rows, p], 15)?;
+            let dc = random(be, &[cols, p], 16)?;
+            let ar = random(be, &[rows, q], 17)?;
+            let ac = random(be, &[cols, q], 18)?;
+            let mut out = be.zeros(&[rows, cols])?;
+            let be = be.clone();
+            Ok(
+                Box::new(move || {
+                    be.ntk_contract(&dr, &dc, Some((&ar, &ac)), 1.0, 0..cols, &mut out)
+                }) as Op,
+            )
+        },
+    )
+}
+
+/// Dense JL projection of one tile of materialised first-layer gradients (benches/ntk.rs).
+fn jl_project(distribution: JlDistribution, n: usize, d: usize, k: usize) -> Case {
+    let name = match distribution {
+        JlDistribution::Rademacher => "rademacher",
+        JlDistribution::Gaussian => "gaussian",
+    };
+    Case::new(
+        format!("jl_project/{name}"),
+        OpFamily::Ntk,
+        format!("{n}×{d} → {k}"),
+        Work::f32(2.0 * (n * d * k) as f64, ((n * d + n * k) as f64) * F32),
+        move |be| {
+            let x = random(be, &[n, d], 19)?;
+            let mut out = be.zeros(&[n, k])?;
+            let spec = JlSpec {
+                seed: 0,
+                dim: k,
+                distribution,
+                column_offset: 0,
+            };
+            let be = be.clone();
+            Ok(Box::new(move || be.jl_project(&x, &spec, false, &mut out)) as Op)
+        },
+    )
+}

@@ -1,0 +1,94 @@
+//! The backends a bench runs on: one per requested GEMM variant. Variants are numbered per
+//! backend, as in llm.c's `dev/cuda` (`./gemm 2`), so one table can set naive, tiled and fused
+//! kernels side by side; only `linear` has more than one today.
+
+use std::sync::Arc;
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::wgpu::{GemmVariant, WgpuBackend, WgpuOptions};
+use crate::backend::{self, cuda, Backend, BackendKind, OpFamily};
+use crate::error::{Error, Result};
+
+/// A numbered kernel variant of `linear` on one backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Variant {
+    pub number: u32,
+    pub name: &'static str,
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.number, self.name)
+    }
+}
+
+/// The CPU backend's only GEMM.
+const CPU_GEMM: Variant = Variant {
+    number: 1,
+    name: "faer",
+};
+
+fn wgpu_variant(v: GemmVariant) -> Variant {
+    Variant {
+        number: v.number(),
+        name: v.name(),
+    }
+}
+
+/// An opened backend and the GEMM variant its `linear` runs.
+pub struct Target {
+    pub backend: Arc<dyn Backend>,
+    /// Adapter name on wgpu, CPU model on the CPU.
+    pub device: String,
+    pub gemm: Variant,
+}
+
+/// The backend `kind` names with GEMM variant number `variant` (`None`: the backend's choice).
+/// `Auto` opens the backend `mscope embed --backend auto` would use.
+pub fn open(kind: BackendKind, variant: Option<u32>) -> Result<Target> {
+    let unknown = |n: u32, known: &[Variant]| {
+        let listed: Vec<String> = known.iter().map(Variant::to_string).collect();
+        Error::input(format!(
+            "--variant {n}: the {kind:?} backend's GEMM variants are {}",
+            listed.join(", ")
+        ))
+    };
+    match kind {
+        BackendKind::Cpu => match variant {
+            None | Some(1) => Ok(Target {
+                backend: Arc::new(CpuBackend::new()),
+                device: super::machine::cpu_model(),
+                gemm: CPU_GEMM,
+            }),
+            Some(n) => Err(unknown(n, &[CPU_GEMM])),
+        },
+        BackendKind::Wgpu => {
+            let gemm = match variant {
+                None => None,
+                Some(n) => Some(
+                    *GemmVariant::ALL
+                        .iter()
+                        .find(|v| v.number() == n)
+                        .ok_or_else(|| unknown(n, &GemmVariant::ALL.map(wgpu_variant)))?,
+                ),
+            };
+            let be = WgpuBackend::open(&WgpuOptions {
+                gemm,
+                ..WgpuOptions::from_env()
+            })?;
+            Ok(Target {
+                device: be.adapter_info().name.clone(),
+                gemm: wgpu_variant(be.gemm_variant()),
+                backend: Arc::new(be),
+            })
+        }
+        BackendKind::Cuda => Err(cuda::unavailable()),
+        BackendKind::Auto => {
+            let picked = match backend::open(BackendKind::Auto, OpFamily::Encoder)?.name() {
+                "wgpu" => BackendKind::Wgpu,
+                _ => BackendKind::Cpu,
+            };
+            open(picked, variant)
+        }
+    }
+}

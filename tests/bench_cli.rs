@@ -1,0 +1,189 @@
+//! `mscope bench` end to end at `--quick` sizes with one repetition (no timing is asserted):
+//! the JSON keys DESIGN.md › Reports fixes, skipped cases reported with their reason, GEMM
+//! variants on wgpu (lavapipe in CI; skipped when there is no adapter), and clean failures.
+
+mod common;
+
+use std::path::Path;
+
+use common::{assert_fails_cleanly, run_mscope};
+use serde_json::Value;
+
+/// Runs `mscope bench --quick --repeat 1` with `args` and returns its JSON report, or `None`
+/// when `skip_if` names the reason it failed on this machine.
+fn bench(dir: &Path, args: &[&str], skip_if: Option<&str>) -> Option<Value> {
+    let json = dir.join("bench.json");
+    let mut all = vec!["bench", "--quick", "--repeat", "1", "--json"];
+    all.push(json.to_str().unwrap());
+    all.extend_from_slice(args);
+    let out = run_mscope(&all);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if let Some(reason) = skip_if.filter(|r| !out.status.success() && err.contains(r)) {
+        eprintln!("skipped {args:?}: {reason}: {err}");
+        return None;
+    }
+    assert!(out.status.success(), "{all:?} failed: {err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("| case |"), "no results table: {stdout}");
+    Some(serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap())
+}
+
+fn results(report: &Value) -> &Vec<Value> {
+    report["results"].as_array().expect("results array")
+}
+
+#[test]
+fn cpu_kernels_report_the_fixed_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("gemm.png");
+    let report = bench(
+        dir.path(),
+        &[
+            "--suite",
+            "kernels",
+            "--filter",
+            "minilm",
+            "--plot",
+            plot.to_str().unwrap(),
+        ],
+        None,
+    )
+    .unwrap();
+    for key in ["date", "machine", "probes", "ceilings", "skipped"] {
+        assert!(!report[key].is_null(), "report lacks {key}");
+    }
+    let probes: Vec<&str> = report["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        probes.contains(&"gemm-f32") && probes.contains(&"triad"),
+        "{probes:?}"
+    );
+
+    let results = results(&report);
+    let names: Vec<&str> = results
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.iter().all(|n| n.contains("minilm")),
+        "filter ignored: {names:?}"
+    );
+    for family in ["linear/", "attention/", "pool/"] {
+        assert!(
+            names.iter().any(|n| n.starts_with(family)),
+            "no {family}: {names:?}"
+        );
+    }
+    for r in results {
+        for key in ["name", "backend", "shape", "median_s", "roofline_fraction"] {
+            assert!(!r[key].is_null(), "{} lacks {key}", r["name"]);
+        }
+        assert!(r.get("variant").is_some(), "{} lacks variant", r["name"]);
+        assert_eq!(r["backend"], "cpu");
+        assert!(r["median_s"].as_f64().unwrap() > 0.0);
+        assert!(r["gflops"].is_number() || r["gbps"].is_number());
+        let name = r["name"].as_str().unwrap();
+        if name.starts_with("linear/") {
+            assert_eq!(r["variant"], 1, "{name}");
+            assert_eq!(r["bound"], "compute", "{name}");
+        }
+        if name.starts_with("pool/") {
+            assert_eq!(r["bound"], "memory", "{name}");
+        }
+    }
+    assert!(plot.is_file(), "--plot wrote no PNG");
+}
+
+#[test]
+fn cpu_pipeline_reports_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = bench(
+        dir.path(),
+        &["--suite", "pipelines", "--filter", "compare"],
+        None,
+    )
+    .unwrap();
+    let results = results(&report);
+    assert_eq!(results.len(), 1, "{results:?}");
+    let r = &results[0];
+    assert_eq!(r["name"], "pipeline/compare");
+    assert_eq!(r["unit"], "models/s");
+    assert!(r["throughput"].as_f64().unwrap() > 0.0);
+    assert!(r["roofline_fraction"].is_null());
+}
+
+#[test]
+fn wgpu_runs_its_families_and_both_gemm_variants() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(report) = bench(
+        dir.path(),
+        &[
+            "--backend",
+            "wgpu",
+            "--suite",
+            "kernels",
+            "--filter",
+            "minilm-qkv",
+            "--variant",
+            "1,2",
+        ],
+        Some("wgpu backend unavailable"),
+    ) else {
+        return;
+    };
+    let variants: Vec<u64> = results(&report)
+        .iter()
+        .map(|r| {
+            assert_eq!(r["backend"], "wgpu");
+            r["variant"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(variants, [1, 2]);
+    assert!(report["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "copy"));
+
+    // wgpu has no stats kernels: the case is listed as skipped with the reason.
+    let report = bench(
+        dir.path(),
+        &[
+            "--backend",
+            "wgpu",
+            "--suite",
+            "kernels",
+            "--filter",
+            "covariance",
+        ],
+        None,
+    )
+    .unwrap();
+    assert!(results(&report).is_empty());
+    let skipped = &report["skipped"][0];
+    assert_eq!(skipped["name"], "scatter/covariance");
+    assert!(skipped["reason"].as_str().unwrap().contains("Stats"));
+}
+
+#[test]
+fn bad_input_fails_cleanly() {
+    let out = run_mscope(&["bench", "--suite", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "clap rejects an unknown suite");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+    assert_fails_cleanly(
+        &["bench", "--repeat", "0"],
+        &["--repeat must be at least 1"],
+    );
+    assert_fails_cleanly(
+        &["bench", "--variant", "3", "--filter", "nothing"],
+        &["--variant 3", "1 (faer)"],
+    );
+    assert_fails_cleanly(
+        &["bench", "--backend", "cuda"],
+        &["cuda backend unavailable"],
+    );
+}
