@@ -9,7 +9,8 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use common::{
-    assert_fails_cleanly, backends_for, reference_tensor, rel_error_f64, repo_path, run_mscope, Rng,
+    assert_fails_cleanly, backends_for, reference_tensor, rel_error_f64, repo_path, run_mscope_ok,
+    Rng,
 };
 use mscope::backend::cpu::CpuBackend;
 use mscope::backend::{JlDistribution, JlSpec, OpFamily};
@@ -527,9 +528,7 @@ fn cli_writes_the_kernel_and_resumes_from_blocks() {
     let train = fixture("train.safetensors");
     let run = |a: Vec<String>| {
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        let o = run_mscope(&a);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout).to_string()
+        String::from_utf8_lossy(&run_mscope_ok(&a).stdout).to_string()
     };
     let stdout = run(args(&[
         path_str(&test),

@@ -198,3 +198,14 @@ pub fn run_mscope(args: &[&str]) -> std::process::Output {
         .output()
         .expect("mscope runs")
 }
+
+/// Runs `mscope` expecting success (stderr in the failure message) and returns its output.
+pub fn run_mscope_ok(args: &[&str]) -> std::process::Output {
+    let out = run_mscope(args);
+    assert!(
+        out.status.success(),
+        "mscope {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
