@@ -616,6 +616,7 @@ fn cli_writes_the_kernel_and_resumes_from_blocks() {
         "data": mscope::instruments::ntk::file_digest(&test).unwrap(),
         "against": mscope::instruments::ntk::file_digest(&train).unwrap(),
         "kind": "trntk", "projection": "none", "projection_dim": 0, "seed": 0, "block_rows": 3,
+        "threads": rayon::current_num_threads(),
     });
     let checkpoint = Checkpoint::open(&Checkpoint::dir_for(&out), &manifest).unwrap();
     interrupted_after(&job, &checkpoint, 2);

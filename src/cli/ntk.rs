@@ -112,6 +112,8 @@ pub fn run(args: NtkArgs) -> Result<()> {
             "projection_dim": args.projection_dim,
             "seed": args.seed,
             "block_rows": block_rows,
+            // faer splits GEMMs by thread count: the same count keeps resumed blocks bit-exact.
+            "threads": rayon::current_num_threads(),
         });
         Some(Checkpoint::open(
             &Checkpoint::dir_for(&args.out),
