@@ -7,6 +7,8 @@ mod common;
 use std::path::Path;
 
 use common::{assert_fails_cleanly, run_mscope};
+use mscope::backend::wgpu::{WgpuBackend, WgpuOptions};
+use mscope::backend::Backend;
 use serde_json::Value;
 
 /// Runs `mscope bench --quick --repeat 1` with `args` and returns its JSON report, or `None`
@@ -84,6 +86,8 @@ fn cpu_kernels_report_the_fixed_keys() {
         }
         assert!(r.get("variant").is_some(), "{} lacks variant", r["name"]);
         assert_eq!(r["backend"], "cpu");
+        // The CPU has no device clock: its cases are timed on the host's.
+        assert_eq!(r["clock"], "host", "{}", r["name"]);
         assert!(r["median_s"].as_f64().unwrap() > 0.0);
         assert!(r["gflops"].is_number() || r["gbps"].is_number());
         let name = r["name"].as_str().unwrap();
@@ -135,10 +139,19 @@ fn wgpu_runs_its_families_and_both_gemm_variants() {
     ) else {
         return;
     };
+    // The same adapter, opened here, says whether the cases could be timed by the device.
+    let be = WgpuBackend::open(&WgpuOptions::default()).unwrap();
+    let clock = if be.start_device_timer().unwrap() {
+        be.stop_device_timer().unwrap();
+        "device"
+    } else {
+        "host"
+    };
     let variants: Vec<u64> = results(&report)
         .iter()
         .map(|r| {
             assert_eq!(r["backend"], "wgpu");
+            assert_eq!(r["clock"], clock, "{}", r["name"]);
             r["variant"].as_u64().unwrap()
         })
         .collect();

@@ -145,3 +145,38 @@ fn tensors_are_refused_by_other_backends() {
     let err = other.download(&on_gpu).unwrap_err();
     assert!(err.to_string().contains("another wgpu device"), "{err}");
 }
+
+#[test]
+fn device_timer_spans_the_passes_issued_while_it_runs() {
+    let Some(be) = open(WgpuOptions::default()) else {
+        return;
+    };
+    if !be.start_device_timer().unwrap() {
+        eprintln!("skipped: the adapter has no timestamp queries");
+        return;
+    }
+    let (n, k, m) = (96, 80, 72);
+    let mut rng = Rng::new(5);
+    let x = be.upload(&[n, k], &rng.vec(n * k)).unwrap();
+    let w = be.upload(&[m, k], &rng.vec(m * k)).unwrap();
+    let mut out = be.zeros(&[n, m]).unwrap();
+    let host = std::time::Instant::now();
+    for _ in 0..3 {
+        be.linear(&x, &w, None, Activation::Gelu, None, &mut out)
+            .unwrap();
+    }
+    let device = be.stop_device_timer().unwrap().expect("three timed passes");
+    let host = host.elapsed().as_secs_f64();
+    // The device interval lies inside the host's (recording started after the host clock, the
+    // wait ended before it was read); a unit error (ticks, µs) would break either bound.
+    assert!(
+        device > 0.0 && device <= host,
+        "device {device} s, host {host} s"
+    );
+
+    // Nothing issued: no device time rather than a zero.
+    assert!(be.start_device_timer().unwrap());
+    assert_eq!(be.stop_device_timer().unwrap(), None);
+    // Without a running timer, stopping only waits.
+    assert_eq!(be.stop_device_timer().unwrap(), None);
+}

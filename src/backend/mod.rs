@@ -342,6 +342,21 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// Starts timing the ops issued from now on with the device's own clock (timestamp queries,
+    /// events), so host-side recording and launch overhead stay out of the figure. Returns false
+    /// where the device has no such clock; the caller then times on the host.
+    fn start_device_timer(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Waits for the ops issued since [`Backend::start_device_timer`] and returns the device
+    /// seconds from the start of the first to the end of the last, or `None` where no device time
+    /// was taken (no device clock, no device work, or more ops than the timer holds).
+    fn stop_device_timer(&self) -> Result<Option<f64>> {
+        self.synchronize()?;
+        Ok(None)
+    }
+
     /// `out = act(x·wᵀ + bias) + residual` with `x: [n, k]`, `w: [m, k]` (PyTorch's Linear layout),
     /// `bias: [m]`, `residual, out: [n, m]`.
     fn linear(

@@ -1,17 +1,36 @@
-//! Warm-up, then timed repetitions on a monotonic clock. Each repetition ends with the backend's
-//! `synchronize`, so on a GPU the time covers the device's execution, not only the recording
-//! (wall clock with a completion wait; device timestamp queries are not used yet).
+//! Warm-up, then timed repetitions. Each repetition is timed by the device's own clock where the
+//! backend has one (wgpu timestamp queries), else by a monotonic host clock around the op and the
+//! backend's `synchronize` (so on a GPU the time still covers the device's execution).
 
 use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::error::Result;
 
+/// Which clock timed a case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// The device's timestamps, from the start of the first kernel to the end of the last.
+    Device,
+    /// The host's monotonic clock around the op and a wait for the device.
+    Host,
+}
+
+impl Clock {
+    pub fn name(self) -> &'static str {
+        match self {
+            Clock::Device => "device",
+            Clock::Host => "host",
+        }
+    }
+}
+
 /// Seconds of the timed repetitions of one case.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Timing {
     /// Every repetition, in run order.
     pub seconds: Vec<f64>,
+    pub clock: Clock,
 }
 
 impl Timing {
@@ -36,7 +55,8 @@ impl Timing {
 }
 
 /// Runs `op` `warmup` times untimed (pipeline compilation, first-touch page faults, caches),
-/// then `repeat` times timed.
+/// then `repeat` times timed. Device times are used only when every repetition has one, so one
+/// case never mixes clocks.
 pub fn measure(
     backend: &dyn Backend,
     warmup: usize,
@@ -47,13 +67,22 @@ pub fn measure(
         op()?;
         backend.synchronize()?;
     }
-    let seconds = (0..repeat)
-        .map(|_| {
-            let start = Instant::now();
-            op()?;
-            backend.synchronize()?;
-            Ok(start.elapsed().as_secs_f64())
-        })
-        .collect::<Result<_>>()?;
-    Ok(Timing { seconds })
+    let (mut host, mut device) = (Vec::with_capacity(repeat), Vec::with_capacity(repeat));
+    for _ in 0..repeat {
+        let start = Instant::now();
+        backend.start_device_timer()?;
+        op()?;
+        device.push(backend.stop_device_timer()?);
+        host.push(start.elapsed().as_secs_f64());
+    }
+    Ok(match device.into_iter().collect::<Option<Vec<f64>>>() {
+        Some(seconds) => Timing {
+            seconds,
+            clock: Clock::Device,
+        },
+        None => Timing {
+            seconds: host,
+            clock: Clock::Host,
+        },
+    })
 }

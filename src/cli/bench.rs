@@ -89,6 +89,7 @@ fn to_json(args: &BenchArgs, report: &Report) -> Value {
                 "unit": p.unit,
                 "ceiling": p.ceiling,
                 "median_s": p.timing.median(),
+                "clock": p.timing.clock.name(),
                 "min_s": p.timing.min(),
                 "max_s": p.timing.max(),
             })
@@ -134,6 +135,7 @@ fn result_json(r: &Measured) -> Value {
         "variant_name": r.variant.map(|v| v.name),
         "shape": r.shape,
         "median_s": r.timing.median(),
+        "clock": r.timing.clock.name(),
         "min_s": r.timing.min(),
         "max_s": r.timing.max(),
         "times_s": r.timing.seconds,
@@ -223,8 +225,8 @@ fn print_tables(report: &Report) {
         );
     }
     println!();
-    println!("| case | backend | variant | shape | median | min – max | rate | roofline |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| case | backend | variant | shape | median | min – max | clock | rate | roofline |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in &report.results {
         let rate = match r.roofline {
             Some((_, bench::Bound::Compute)) => format!("{:.1} GFLOP/s", r.gflops().unwrap_or(0.0)),
@@ -240,7 +242,7 @@ fn print_tables(report: &Report) {
             format!("{:.1}% ({})", 100.0 * f, bound.name())
         });
         println!(
-            "| {} | {} | {} | {} | {} | {} – {} | {rate} | {roofline} |",
+            "| {} | {} | {} | {} | {} | {} – {} | {} | {rate} | {roofline} |",
             r.name,
             r.backend,
             r.variant.map_or("–".into(), |v| v.to_string()),
@@ -248,6 +250,7 @@ fn print_tables(report: &Report) {
             duration(r.timing.median()),
             duration(r.timing.min()),
             duration(r.timing.max()),
+            r.timing.clock.name(),
         );
     }
     if !report.skipped.is_empty() {

@@ -8,6 +8,7 @@
 mod adapter;
 mod kernels;
 mod memory;
+mod timer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
@@ -27,6 +28,7 @@ use kernels::{
     AttentionParams, GatherParams, Kernel, LinearParams, NormParams, PipelineCache, PoolParams,
 };
 use memory::{buffer_bytes, plan_parts, rows_and_width, USAGE};
+use timer::{TimerState, Timestamps};
 
 /// Passes recorded before the pending encoder is submitted without waiting for a download, so the
 /// device starts on long sequences of ops while the host records the rest.
@@ -112,6 +114,8 @@ impl WgpuOptions {
 struct Pending {
     encoder: Option<wgpu::CommandEncoder>,
     passes: usize,
+    /// Set while a device timer runs.
+    timer: Option<TimerState>,
 }
 
 pub struct WgpuBackend {
@@ -129,6 +133,8 @@ pub struct WgpuBackend {
     max_part_bytes: u64,
     max_workgroups_per_dim: u32,
     gemm: Kernel,
+    /// The device timer, where the adapter offers timestamp queries.
+    timestamps: Option<Timestamps>,
 }
 
 impl WgpuBackend {
@@ -159,7 +165,7 @@ impl WgpuBackend {
         };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("mscope"),
-            required_features: wgpu::Features::empty(),
+            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
             required_limits: limits.clone(),
             ..Default::default()
         }))
@@ -188,12 +194,17 @@ impl WgpuBackend {
             pending: Mutex::new(Pending {
                 encoder: None,
                 passes: 0,
+                timer: None,
             }),
             placeholder,
             max_part_bytes: options
                 .max_binding_bytes
                 .map_or(device_cap, |b| b.min(device_cap)),
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+            timestamps: device
+                .features()
+                .contains(wgpu::Features::TIMESTAMP_QUERY)
+                .then(|| Timestamps::new(&device, &queue)),
             adapter: info,
             device,
             queue,
@@ -218,6 +229,31 @@ impl WgpuBackend {
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())
             .map_err(|e| device_error(e.to_string()))
+    }
+
+    /// Maps `buffers` for reading once the submitted work that fills them has run.
+    fn map_for_reading<'a>(
+        &self,
+        buffers: impl Iterator<Item = &'a wgpu::Buffer>,
+        op: &str,
+    ) -> Result<()> {
+        let (sender, receiver) = mpsc::channel();
+        let mut mapped = 0;
+        for buffer in buffers {
+            let sender = sender.clone();
+            buffer.map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = sender.send(r);
+            });
+            mapped += 1;
+        }
+        self.wait()?;
+        for _ in 0..mapped {
+            receiver
+                .recv()
+                .expect("map callbacks run during wait")
+                .map_err(|e| device_error(format!("{op}: {e}")))?;
+        }
+        Ok(())
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -342,21 +378,30 @@ impl WgpuBackend {
         });
 
         let mut pending = self.lock_pending();
-        let encoder = pending.encoder.get_or_insert_with(|| {
+        let Pending {
+            encoder,
+            passes,
+            timer,
+        } = &mut *pending;
+        let encoder = encoder.get_or_insert_with(|| {
             self.device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
         });
+        let timestamp_writes = match (&self.timestamps, timer.as_mut()) {
+            (Some(timestamps), Some(state)) => timestamps.pass_writes(state),
+            _ => None,
+        };
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
-                timestamp_writes: None,
+                timestamp_writes,
             });
             pass.set_pipeline(&pipeline.pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         }
-        pending.passes += 1;
-        if pending.passes >= PASSES_PER_SUBMIT {
+        *passes += 1;
+        if *passes >= PASSES_PER_SUBMIT {
             let encoder = pending.encoder.take().expect("recorded above");
             pending.passes = 0;
             self.queue.submit([encoder.finish()]);
@@ -468,20 +513,7 @@ impl Backend for WgpuBackend {
         self.queue.submit([encoder.finish()]);
         drop(pending);
 
-        let (sender, receiver) = mpsc::channel();
-        for (buffer, _) in &staging {
-            let sender = sender.clone();
-            buffer.map_async(wgpu::MapMode::Read, .., move |r| {
-                let _ = sender.send(r);
-            });
-        }
-        self.wait()?;
-        for _ in &staging {
-            receiver
-                .recv()
-                .expect("map callbacks run during wait")
-                .map_err(|e| device_error(format!("download: {e}")))?;
-        }
+        self.map_for_reading(staging.iter().map(|(buffer, _)| buffer), "download")?;
         let mut out = Vec::with_capacity(tensor.len());
         for (buffer, values) in &staging {
             let view = buffer
@@ -501,6 +533,45 @@ impl Backend for WgpuBackend {
         pending.passes = 0;
         drop(pending);
         self.wait()
+    }
+
+    fn start_device_timer(&self) -> Result<bool> {
+        if self.timestamps.is_none() {
+            return Ok(false);
+        }
+        self.lock_pending().timer = Some(TimerState::new());
+        Ok(true)
+    }
+
+    fn stop_device_timer(&self) -> Result<Option<f64>> {
+        let mut pending = self.lock_pending();
+        let (Some(timestamps), Some(state)) = (&self.timestamps, pending.timer.take()) else {
+            drop(pending);
+            self.synchronize()?;
+            return Ok(None);
+        };
+        let mut encoder = pending.encoder.take().unwrap_or_else(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+        });
+        pending.passes = 0;
+        let bytes = timestamps.record_resolve(&state, &mut encoder);
+        self.queue.submit([encoder.finish()]);
+        drop(pending);
+        let Some(bytes) = bytes else {
+            self.wait()?;
+            return Ok(None);
+        };
+        let readback = timestamps.readback();
+        self.map_for_reading(std::iter::once(readback), "device timer")?;
+        let seconds = {
+            let view = readback
+                .get_mapped_range(..bytes)
+                .map_err(|e| device_error(format!("device timer: {e}")))?;
+            timestamps.region_seconds(bytemuck::cast_slice(&view))
+        };
+        readback.unmap();
+        Ok(Some(seconds))
     }
 
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
