@@ -38,6 +38,7 @@ fn results(report: &Value) -> &Vec<Value> {
 fn cpu_kernels_report_the_fixed_keys() {
     let dir = tempfile::tempdir().unwrap();
     let plot = dir.path().join("gemm.png");
+    let roofline = dir.path().join("roofline.png");
     let report = bench(
         dir.path(),
         &[
@@ -47,6 +48,8 @@ fn cpu_kernels_report_the_fixed_keys() {
             "minilm",
             "--plot",
             plot.to_str().unwrap(),
+            "--roofline-plot",
+            roofline.to_str().unwrap(),
         ],
         None,
     )
@@ -100,6 +103,7 @@ fn cpu_kernels_report_the_fixed_keys() {
         }
     }
     assert!(plot.is_file(), "--plot wrote no PNG");
+    assert!(roofline.is_file(), "--roofline-plot wrote no PNG");
 }
 
 #[test]

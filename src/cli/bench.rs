@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// Plot GEMM throughput against problem size (GFLOP per call) to this PNG.
     #[arg(long, value_name = "PNG")]
     plot: Option<PathBuf>,
+    /// Plot every case's fraction of the roofline against its problem size, by kernel family,
+    /// to this PNG.
+    #[arg(long, value_name = "PNG")]
+    roofline_plot: Option<PathBuf>,
     /// CPU threads [default: one per core].
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -71,6 +75,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if let Some(path) = &args.plot {
         draw_gemm(path, &report.results)?;
+    }
+    if let Some(path) = &args.roofline_plot {
+        draw_roofline(path, &report.results)?;
     }
     print_tables(&report);
     Ok(())
@@ -155,18 +162,18 @@ fn result_json(r: &Measured) -> Value {
 /// GFLOP/s of each `linear` case against its GFLOPs per call, one colour per backend and
 /// variant. Points, not lines: the cases differ in aspect ratio and epilogue as well as size.
 fn draw_gemm(path: &Path, results: &[Measured]) -> Result<()> {
-    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for r in results.iter().filter(|r| r.name.starts_with("linear/")) {
-        let label = match r.variant {
-            Some(v) => format!("{} {v}", r.backend),
-            None => r.backend.clone(),
-        };
-        let point = (r.work.flops / 1e9, r.gflops().unwrap_or(0.0));
-        match series.iter_mut().find(|(l, _)| *l == label) {
-            Some((_, points)) => points.push(point),
-            None => series.push((label, vec![point])),
-        }
-    }
+    let series = grouped(
+        results
+            .iter()
+            .filter(|r| r.name.starts_with("linear/"))
+            .map(|r| {
+                let label = match r.variant {
+                    Some(v) => format!("{} {v}", r.backend),
+                    None => r.backend.clone(),
+                };
+                (label, (r.work.flops / 1e9, r.gflops().unwrap_or(0.0)))
+            }),
+    );
     let lines: Vec<plot::Series> = series
         .iter()
         .map(|(label, points)| plot::Series { label, points })
@@ -178,6 +185,41 @@ fn draw_gemm(path: &Path, results: &[Measured]) -> Result<()> {
         "GFLOP/s",
         &lines,
     )
+}
+
+/// The roofline fraction of every case with a counted floor against its size, measured as the
+/// floor time itself (what the case would take at the machine's ceilings), one colour per
+/// kernel family and backend: where each family leaves the roof as problems shrink.
+fn draw_roofline(path: &Path, results: &[Measured]) -> Result<()> {
+    let series = grouped(results.iter().filter_map(|r| {
+        let (fraction, _) = r.roofline?;
+        let family = r.name.split('/').next().unwrap_or(&r.name);
+        let point = (fraction * r.timing.median(), 100.0 * fraction);
+        Some((format!("{family} [{}]", r.backend), point))
+    }));
+    let groups: Vec<plot::Series> = series
+        .iter()
+        .map(|(label, points)| plot::Series { label, points })
+        .collect();
+    plot::scatter_log_x(
+        path,
+        "Fraction of the roofline by problem size",
+        "seconds per call at the roofline (problem size)",
+        "% of the roofline",
+        &groups,
+    )
+}
+
+/// Labelled points gathered into one series per label, in order of first appearance.
+fn grouped(points: impl Iterator<Item = (String, (f64, f64))>) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for (label, point) in points {
+        match series.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, points)) => points.push(point),
+            None => series.push((label, vec![point])),
+        }
+    }
+    series
 }
 
 /// `803`, `15.7 k`, `15.7 M`: rates that span six orders of magnitude, readable in a table.

@@ -17,13 +17,15 @@ const SIZE: (u32, u32) = (960, 680);
 const FONT: &str = "sans-serif";
 
 /// One labelled group of points (a scatter colour, a line).
+#[derive(Clone, Copy)]
 pub struct Series<'a> {
     pub label: &'a str,
     pub points: &'a [(f64, f64)],
 }
 
-/// Matplotlib's "tab10": distinct, colour-blind-friendlier than a rainbow.
-const PALETTE: [RGBColor; 10] = [
+/// Matplotlib's "tab10" (distinct, colour-blind-friendlier than a rainbow), then black and
+/// olive so a dozen kernel families still get a colour each.
+const PALETTE: [RGBColor; 12] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -34,12 +36,16 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(127, 127, 127),
     RGBColor(188, 189, 34),
     RGBColor(23, 190, 207),
+    RGBColor(0, 0, 0),
+    RGBColor(128, 128, 0),
 ];
 
 fn colour(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
 
+/// How an axis writes its tick values.
+type TickFormat<'a> = &'a dyn Fn(&f64) -> String;
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 
@@ -92,9 +98,9 @@ fn padded_range(values: impl Iterator<Item = f64>) -> Range<f64> {
     lo - pad..hi + pad
 }
 
-/// How the y axis maps values.
+/// How an axis maps values.
 #[derive(Clone, Copy, PartialEq)]
-enum YScale {
+enum Scale {
     Linear,
     /// Logarithmic; only positive values can be placed.
     Log,
@@ -107,8 +113,39 @@ fn xy_plot(
     (title, x_label, y_label): (&str, &str, &str),
     series: &[Series],
     as_lines: bool,
-    y_scale: YScale,
+    (x_scale, y_scale): (Scale, Scale),
 ) -> Result<()> {
+    // A log x axis is a linear axis over log10(x), labelled with powers of ten: plotters' log
+    // coordinates would make every chart type generic over both axes.
+    let logged: Vec<Vec<(f64, f64)>>;
+    let series: Vec<Series> = match x_scale {
+        Scale::Linear => series.to_vec(),
+        Scale::Log => {
+            logged = series
+                .iter()
+                .map(|s| {
+                    s.points
+                        .iter()
+                        .filter(|p| p.0 > 0.0)
+                        .map(|&(x, y)| (x.log10(), y))
+                        .collect()
+                })
+                .collect();
+            series
+                .iter()
+                .zip(&logged)
+                .map(|(s, points)| Series {
+                    label: s.label,
+                    points,
+                })
+                .collect()
+        }
+    };
+    let power_of_ten = |v: &f64| format!("{:.0e}", 10f64.powf(*v));
+    let x_ticks: Option<TickFormat> = match x_scale {
+        Scale::Linear => None,
+        Scale::Log => Some(&power_of_ten),
+    };
     render(path, |root| {
         let points = || series.iter().flat_map(|s| s.points.iter());
         let xr = padded_range(points().map(|p| p.0));
@@ -120,12 +157,12 @@ fn xy_plot(
             .y_label_area_size(64);
         let axes = (x_label, y_label);
         match y_scale {
-            YScale::Linear => {
+            Scale::Linear => {
                 let yr = padded_range(points().map(|p| p.1));
                 let chart = builder.build_cartesian_2d(xr, yr)?;
-                draw_xy(chart, axes, None, series, as_lines)
+                draw_xy(chart, axes, (x_ticks, None), &series, as_lines)
             }
-            YScale::Log => {
+            Scale::Log => {
                 let (lo, hi) = points()
                     .map(|p| p.1)
                     .filter(|y| *y > 0.0 && y.is_finite())
@@ -139,7 +176,13 @@ fn xy_plot(
                 };
                 let chart = builder.build_cartesian_2d(xr, yr.log_scale())?;
                 // Powers of ten as 1e-5, not plotters' 9.999999e-5.
-                draw_xy(chart, axes, Some(&|v| format!("{v:.0e}")), series, as_lines)
+                draw_xy(
+                    chart,
+                    axes,
+                    (x_ticks, Some(&|v| format!("{v:.0e}"))),
+                    &series,
+                    as_lines,
+                )
             }
         }
     })
@@ -149,12 +192,15 @@ fn xy_plot(
 fn draw_xy<'a, Y: Ranged<ValueType = f64> + ValueFormatter<f64>>(
     mut chart: ChartContext<'a, BitMapBackend<'a>, Cartesian2d<RangedCoordf64, Y>>,
     (x_label, y_label): (&str, &str),
-    y_ticks: Option<&dyn Fn(&f64) -> String>,
+    (x_ticks, y_ticks): (Option<TickFormat>, Option<TickFormat>),
     series: &[Series],
     as_lines: bool,
 ) -> DrawResult {
     let mut mesh = chart.configure_mesh();
     mesh.x_desc(x_label).y_desc(y_label).label_style((FONT, 14));
+    if let Some(format) = x_ticks {
+        mesh.x_label_formatter(format);
+    }
     if let Some(format) = y_ticks {
         mesh.y_label_formatter(format);
     }
@@ -199,7 +245,25 @@ pub fn scatter(
         (title, x_label, y_label),
         groups,
         false,
-        YScale::Linear,
+        (Scale::Linear, Scale::Linear),
+    )
+}
+
+/// A scatter plot on a logarithmic x axis (every x must be positive): quantities over problem
+/// sizes that span orders of magnitude.
+pub fn scatter_log_x(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    groups: &[Series],
+) -> Result<()> {
+    xy_plot(
+        path,
+        (title, x_label, y_label),
+        groups,
+        false,
+        (Scale::Log, Scale::Linear),
     )
 }
 
@@ -216,7 +280,7 @@ pub fn lines(
         (title, x_label, y_label),
         series,
         true,
-        YScale::Linear,
+        (Scale::Linear, Scale::Linear),
     )
 }
 
@@ -228,7 +292,13 @@ pub fn lines_log_y(
     y_label: &str,
     series: &[Series],
 ) -> Result<()> {
-    xy_plot(path, (title, x_label, y_label), series, true, YScale::Log)
+    xy_plot(
+        path,
+        (title, x_label, y_label),
+        series,
+        true,
+        (Scale::Linear, Scale::Log),
+    )
 }
 
 /// A category axis of `n` slots (plotters' discrete ranges include their end).
