@@ -248,3 +248,17 @@ fn devices_lists_every_backend() {
         assert!(text.contains(line), "devices output lacks {line:?}: {text}");
     }
 }
+
+#[test]
+fn no_runtime_dir_noise_without_xdg_runtime_dir() {
+    // Servers and CI often run without XDG_RUNTIME_DIR; Mesa's Vulkan drivers then print an
+    // "error:" line per wgpu instance unless mscope gives them a directory.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mscope"))
+        .arg("devices")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .expect("mscope runs");
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+}
