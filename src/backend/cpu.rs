@@ -12,6 +12,7 @@ use super::{
 };
 use crate::error::Result;
 
+mod activation;
 mod ntk;
 mod stats;
 mod trim;
@@ -184,9 +185,7 @@ impl Backend for CpuBackend {
                 if let Some(b) = bias {
                     y.iter_mut().zip(b).for_each(|(y, b)| *y += b);
                 }
-                if act != Activation::Identity {
-                    y.iter_mut().for_each(|y| *y = act.apply(*y));
-                }
+                activation::apply(act, y);
                 if let Some(r) = residual {
                     y.iter_mut()
                         .zip(&r[row * m..(row + 1) * m])
