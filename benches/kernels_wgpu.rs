@@ -1,11 +1,14 @@
-//! The WGSL GEMM (`linear` with bias + GELU, shaders/gemm.wgsl) on MiniLM's shapes, both variants,
-//! on the adapter `MSCOPE_WGPU_ADAPTER` picks (else the most hardware-like one, lavapipe
-//! included). Throughput is counted FLOPs (2·n·k·m per call, reported as elements/s); each
-//! iteration waits for the device, and inputs stay on the device between iterations.
+//! WGSL kernels on the adapter `MSCOPE_WGPU_ADAPTER` picks (else the most hardware-like one,
+//! lavapipe included): the GEMM (`linear` with bias + GELU, shaders/gemm.wgsl) on MiniLM's shapes,
+//! the NTK contraction (both variants) and JL projection (shaders/ntk.wgsl), and the per-group
+//! scatter (shaders/stats.wgsl), on the kernel suite's shapes (src/bench/kernels.rs).
+//! Throughput is counted FLOPs, reported as elements/s: GEMM 2·n·k·m, contraction 2·r·c·(p + q),
+//! projection 2·n·d·k (generation not counted), scatter n·d² (one triangle). Each iteration waits
+//! for the device, and inputs stay on the device between iterations.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mscope::backend::wgpu::{GemmVariant, WgpuBackend, WgpuOptions};
-use mscope::backend::{Activation, Backend};
+use mscope::backend::{Activation, Backend, JlDistribution, JlSpec};
 
 /// `(tokens, in, out)`: MiniLM-L6's QKV, FFN-up and FFN-down projections over 2048 tokens.
 const SHAPES: [(usize, usize, usize); 3] =
@@ -46,10 +49,114 @@ fn gemm(c: &mut Criterion) {
     }
 }
 
+/// Opens wgpu with `gemm` as the GEMM-style variant, or reports the bench `what` skipped.
+fn open(gemm: Option<GemmVariant>, what: &str) -> Option<WgpuBackend> {
+    let options = WgpuOptions {
+        gemm,
+        ..WgpuOptions::from_env()
+    };
+    WgpuBackend::open(&options)
+        .inspect_err(|why| eprintln!("skipped wgpu {what} bench: {why}"))
+        .ok()
+}
+
+/// Seeded values in [-1, 1) on the device.
+fn random(be: &WgpuBackend, shape: &[usize], seed: u64) -> mscope::backend::Tensor {
+    let mut rng = mscope::random::SplitMix64::new(seed);
+    let len = shape.iter().product();
+    let values: Vec<f32> = (0..len)
+        .map(|_| 2.0 * rng.next_f64() as f32 - 1.0)
+        .collect();
+    be.upload(shape, &values).unwrap()
+}
+
+/// One layer of an MLP on 28×28 inputs: 128 row samples against 4096 columns, 10 classes of
+/// 100-wide output gradients (p = 1000) and 784 inputs (q).
+fn ntk_contract(c: &mut Criterion) {
+    let (r, n, p, q) = (128, 4096, 1000, 784);
+    for variant in GemmVariant::ALL {
+        let Some(be) = open(Some(variant), "ntk_contract") else {
+            return;
+        };
+        let mut group = c.benchmark_group(format!("ntk_contract/wgpu/{variant:?}"));
+        group.sample_size(10);
+        let (dr, dc) = (random(&be, &[r, p], 1), random(&be, &[n, p], 2));
+        let (ar, ac) = (random(&be, &[r, q], 3), random(&be, &[n, q], 4));
+        let mut out = be.zeros(&[r, n]).unwrap();
+        group.throughput(Throughput::Elements((2 * r * n * (p + q)) as u64));
+        let id = BenchmarkId::new(format!("{r}x{n}x({p}+{q})"), &be.adapter_info().name);
+        group.bench_function(id, |bench| {
+            bench.iter(|| {
+                be.ntk_contract(&dr, &dc, Some((&ar, &ac)), 1.0, 0..n, &mut out)
+                    .unwrap();
+                be.synchronize().unwrap();
+            })
+        });
+        group.finish();
+    }
+}
+
+/// 320 per-class gradient rows of an 8192-parameter tile projected to 1024 dimensions.
+fn jl_project(c: &mut Criterion) {
+    let (n, d, k) = (320, 8192, 1024);
+    let Some(be) = open(None, "jl_project") else {
+        return;
+    };
+    let mut group = c.benchmark_group("jl_project/wgpu");
+    group.sample_size(10);
+    let x = random(&be, &[n, d], 5);
+    let mut out = be.zeros(&[n, k]).unwrap();
+    group.throughput(Throughput::Elements((2 * n * d * k) as u64));
+    for distribution in [JlDistribution::Rademacher, JlDistribution::Gaussian] {
+        let spec = JlSpec {
+            seed: 7,
+            dim: k,
+            distribution,
+            column_offset: 0,
+        };
+        let id = BenchmarkId::new(
+            format!("{distribution:?}/{n}x{d}x{k}"),
+            &be.adapter_info().name,
+        );
+        group.bench_function(id, |bench| {
+            bench.iter(|| {
+                be.jl_project(&x, &spec, false, &mut out).unwrap();
+                be.synchronize().unwrap();
+            })
+        });
+    }
+    group.finish();
+}
+
+/// The covariance of 10 000 rows of 1024 features (one group), and 16 class scatters of the same
+/// rows (LDA).
+fn scatter(c: &mut Criterion) {
+    let (n, d) = (10_000, 1024);
+    let Some(be) = open(None, "scatter") else {
+        return;
+    };
+    let mut group = c.benchmark_group("scatter/wgpu");
+    group.sample_size(10);
+    let x = random(&be, &[n, d], 6);
+    let all: Vec<u32> = (0..n as u32).collect();
+    let classes: Vec<Vec<u32>> = (0..16)
+        .map(|c| all.iter().copied().filter(|r| r % 16 == c).collect())
+        .collect();
+    group.throughput(Throughput::Elements((n * d * d) as u64));
+    for (what, groups) in [
+        ("covariance", vec![&all[..]]),
+        ("16-classes", classes.iter().map(|c| &c[..]).collect()),
+    ] {
+        let id = BenchmarkId::new(format!("{what}/{n}x{d}"), &be.adapter_info().name);
+        group.bench_function(id, |bench| bench.iter(|| be.scatter(&x, &groups).unwrap()));
+    }
+    group.finish();
+}
+
 // Criterion's own plots need a system font this crate's plotters build does not load.
 criterion_group! {
     name = benches;
     config = Criterion::default().without_plots();
-    targets = gemm
+    targets = gemm, ntk_contract, jl_project, scatter
 }
 criterion_main!(benches);

@@ -13,7 +13,8 @@ use common::{
     Rng,
 };
 use mscope::backend::cpu::CpuBackend;
-use mscope::backend::{JlDistribution, JlSpec, OpFamily};
+use mscope::backend::wgpu::{GemmVariant, WgpuBackend, WgpuOptions};
+use mscope::backend::{Backend, JlDistribution, JlSpec, OpFamily};
 use mscope::data::Dataset;
 use mscope::instruments::ntk::{Checkpoint, KernelJob};
 use mscope::instruments::project::{factors, FactorSpec, KernelKind, ProjectionKind};
@@ -188,7 +189,13 @@ fn exact_kernels_match_torch_func() {
             assert!(err < 1e-5, "{act} {name}: rel. error {err:e}");
             assert_eq!((cross.rows, cross.cols), (7, 12));
         }
-        let f = factors(&mlp, &train.x, &exact(KernelKind::Trntk)).unwrap();
+        let f = factors(
+            &CpuBackend::new(),
+            &mlp,
+            &train.x,
+            &exact(KernelKind::Trntk),
+        )
+        .unwrap();
         let err = rel_error_f64(&f.self_kernel, &reference(act, "grad_sq_norm"));
         assert!(err < 1e-5, "{act}: ‖g‖² rel. error {err:e}");
     }
@@ -241,7 +248,7 @@ fn dense_projection_is_the_explicit_matrix_times_the_gradient() {
             projection_dim: k,
             seed: 11,
         };
-        let f = factors(&mlp, &x, &spec).unwrap();
+        let f = factors(&CpuBackend::new(), &mlp, &x, &spec).unwrap();
         assert_eq!(f.terms.len(), 1);
         let jl = JlSpec {
             seed: 11,
@@ -455,16 +462,51 @@ fn contract_reference(
 #[test]
 fn ntk_ops_match_the_reference_on_every_backend() {
     for be in backends_for(OpFamily::Ntk) {
-        let mut rng = Rng::new(21);
-        let (nr, nc, p, q) = (13, 29, 37, 19);
+        check_ntk_ops(&*be);
+    }
+}
+
+/// wgpu with a storage-binding cap of 8 KiB, so every operand is held in parts of a few rows (one
+/// row each for the projection input), with both contraction variants.
+#[test]
+fn wgpu_ntk_ops_run_on_split_operands() {
+    for variant in GemmVariant::ALL {
+        let options = WgpuOptions {
+            max_binding_bytes: Some(8 << 10),
+            gemm: Some(variant),
+            ..WgpuOptions::from_env()
+        };
+        match WgpuBackend::open(&options) {
+            Ok(be) => check_ntk_ops(&be),
+            Err(why) => {
+                eprintln!("skipped: {why}");
+                return;
+            }
+        }
+    }
+}
+
+/// Both ntk ops against f64 references, at sizes that are not multiples of a 64×64 tile or of a
+/// 16-deep slab: contraction with and without activations, over column ranges, with several
+/// offsets, into a seeded (not zero) output; projection of both distributions, overwriting a
+/// NaN-poisoned output or accumulating, with column offsets that cross 2³² (the shaders emulate
+/// u64 arithmetic).
+fn check_ntk_ops(be: &dyn Backend) {
+    let mut rng = Rng::new(21);
+    let up = |v: &[f32], r: usize, c: usize| be.upload(&[r, c], v).unwrap();
+    for (nr, nc, p, q) in [(13, 29, 37, 19), (70, 131, 21, 45)] {
         let (dr, dc, ar, ac) = (
             rng.vec(nr * p),
             rng.vec(nc * p),
             rng.vec(nr * q),
             rng.vec(nc * q),
         );
-        let up = |v: &[f32], r: usize, c: usize| be.upload(&[r, c], v).unwrap();
-        for (with_acts, cols) in [(true, 0..nc), (false, 0..nc), (true, 5..nc - 3)] {
+        for (with_acts, cols, offset) in [
+            (true, 0..nc, 1.0),
+            (false, 0..nc, 0.0),
+            (true, 5..nc - 3, 0.5),
+            (true, nc - 2..nc, -0.25),
+        ] {
             let m = cols.len();
             let start = rng.vec(nr * m);
             let mut out = up(&start, nr, m);
@@ -474,7 +516,7 @@ fn ntk_ops_match_the_reference_on_every_backend() {
                 &up(&dr, nr, p),
                 &up(&dc, nc, p),
                 acts,
-                1.0,
+                offset,
                 cols.clone(),
                 &mut out,
             )
@@ -484,7 +526,7 @@ fn ntk_ops_match_the_reference_on_every_backend() {
                 &dc,
                 p,
                 with_acts.then_some((&ar[..], &ac[..], q)),
-                1.0,
+                offset as f64,
                 nr,
                 nc,
             );
@@ -496,37 +538,54 @@ fn ntk_ops_match_the_reference_on_every_backend() {
             let err = rel_error_f64(&widen(&be.download(&out).unwrap()), &want);
             assert!(
                 err < 1e-5,
-                "{} ntk_contract (acts {with_acts}, columns {cols:?}): {err:e}",
+                "{} ntk_contract {nr}×{nc} (acts {with_acts}, offset {offset}, columns \
+                 {cols:?}): {err:e}",
                 be.name()
             );
         }
+    }
 
-        let (n, d, k) = (7, 1500, 33); // d spans two generation tiles
+    // d = 1500 spans two of the CPU's generation tiles.
+    for (n, d, k, column_offset) in [(7, 1500, 33, 100), (70, 301, 65, (1u64 << 32) - 150)] {
         let x = rng.vec(n * d);
         for distribution in [JlDistribution::Rademacher, JlDistribution::Gaussian] {
             let spec = JlSpec {
-                seed: 3,
+                seed: 3 + (1 << 40),
                 dim: k,
                 distribution,
-                column_offset: 100,
+                column_offset,
             };
-            let mut out = up(&vec![f32::NAN; n * k], n, k);
-            be.jl_project(&up(&x, n, d), &spec, false, &mut out)
-                .unwrap();
-            let mut want = vec![0.0f64; n * k];
-            for i in 0..n {
-                for j in 0..k {
-                    want[i * k + j] = (0..d)
-                        .map(|c| x[i * d + c] as f64 * spec.entry(j, c) as f64)
-                        .sum();
+            for accumulate in [false, true] {
+                let start = if accumulate {
+                    rng.vec(n * k)
+                } else {
+                    vec![f32::NAN; n * k]
+                };
+                let mut out = up(&start, n, k);
+                be.jl_project(&up(&x, n, d), &spec, accumulate, &mut out)
+                    .unwrap();
+                let mut want = vec![0.0f64; n * k];
+                for i in 0..n {
+                    for j in 0..k {
+                        let base = if accumulate {
+                            start[i * k + j] as f64
+                        } else {
+                            0.0
+                        };
+                        want[i * k + j] = base
+                            + (0..d)
+                                .map(|c| x[i * d + c] as f64 * spec.entry(j, c) as f64)
+                                .sum::<f64>();
+                    }
                 }
+                let err = rel_error_f64(&widen(&be.download(&out).unwrap()), &want);
+                assert!(
+                    err < 1e-5,
+                    "{} jl_project {distribution:?} {n}×{d}→{k} (accumulate {accumulate}, \
+                     column offset {column_offset}): {err:e}",
+                    be.name()
+                );
             }
-            let err = rel_error_f64(&widen(&be.download(&out).unwrap()), &want);
-            assert!(
-                err < 1e-5,
-                "{} jl_project {distribution:?}: {err:e}",
-                be.name()
-            );
         }
     }
 }
@@ -740,4 +799,67 @@ fn bad_input_gets_clear_errors() {
         !Checkpoint::dir_for(Path::new(out)).exists(),
         "nor a block directory"
     );
+}
+
+/// `mscope ntk --backend wgpu` against `--backend cpu` on the fixtures: exact kernels (test ×
+/// train, and a square kernel in blocks, whose tiles contract column ranges) and projected ones
+/// (dense Gaussian and Kronecker JL, whose factors are projected on the chosen backend).
+#[test]
+fn cli_wgpu_kernels_equal_cpu() {
+    if let Err(why) = WgpuBackend::open(&WgpuOptions::from_env()) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (test, train) = (fixture("test.safetensors"), fixture("train.safetensors"));
+    let cases: [(&str, &[&str]); 4] = [
+        (
+            "tanh",
+            &["--data", path_str(&test), "--against", path_str(&train)],
+        ),
+        ("relu", &["--data", path_str(&train), "--block-rows", "5"]),
+        (
+            "gelu",
+            &[
+                "--data",
+                path_str(&test),
+                "--against",
+                path_str(&train),
+                "--projection",
+                "gaussian",
+                "--projection-dim",
+                "70",
+                "--seed",
+                "5",
+            ],
+        ),
+        (
+            "sigmoid",
+            &[
+                "--data",
+                path_str(&train),
+                "--kind",
+                "trntk0",
+                "--projection",
+                "kronecker",
+                "--projection-dim",
+                "17",
+            ],
+        ),
+    ];
+    for (act, args) in cases {
+        let model = fixture(&format!("mlp_{act}.safetensors"));
+        let kernel_on = |backend: &str| {
+            let out = dir.path().join(format!("{act}-{backend}.safetensors"));
+            let mut a = vec!["ntk", "--model", path_str(&model), "--backend", backend];
+            a.extend_from_slice(args);
+            a.extend_from_slice(&["--out", path_str(&out)]);
+            run_mscope_ok(&a);
+            KernelFile::read(&out).unwrap()
+        };
+        let (cpu, gpu) = (kernel_on("cpu"), kernel_on("wgpu"));
+        assert_eq!((gpu.rows, gpu.cols), (cpu.rows, cpu.cols));
+        let err = rel_error_f64(&widen(&gpu.values), &widen(&cpu.values));
+        assert!(err < 1e-5, "{act} {args:?}: wgpu against cpu {err:e}");
+    }
 }

@@ -9,7 +9,8 @@ use common::{
     assert_fails_cleanly, backends_for, random_orthogonal, reference_tensor, rel_error_f64,
     repo_path, run_mscope, run_mscope_ok, Rng,
 };
-use mscope::backend::{self, BackendKind, Matrix64, OpFamily};
+use mscope::backend::wgpu::{WgpuBackend, WgpuOptions};
+use mscope::backend::{self, Backend, BackendKind, Matrix64, OpFamily};
 use mscope::instruments::pca::{separation, Pca};
 use mscope::io::embeddings::{texts_sidecar_path, write_texts_sidecar, EmbeddingsFile};
 
@@ -36,61 +37,90 @@ fn random_symmetric(rng: &mut Rng, d: usize) -> Matrix64 {
 #[test]
 fn scatter_matches_f64_reference() {
     for be in backends_for(OpFamily::Stats) {
-        let mut rng = Rng::new(7);
-        for (n, d) in [(1, 1), (37, 5), (301, 67)] {
-            let x = rng.vec(n * d);
-            let t = be.upload(&[n, d], &x).unwrap();
-            let all: Vec<u32> = (0..n as u32).collect();
-            let odd: Vec<u32> = all.iter().copied().filter(|r| r % 2 == 1).collect();
-            let groups: [&[u32]; 3] = [&all, &odd, &[]];
-            let got = be.scatter(&t, &groups).unwrap();
-            for (g, rows) in groups.iter().enumerate() {
-                let m = rows.len();
-                let mean: Vec<f64> = (0..d)
-                    .map(|j| {
-                        rows.iter()
-                            .map(|&r| x[r as usize * d + j] as f64)
-                            .sum::<f64>()
-                            / m.max(1) as f64
-                    })
-                    .collect();
-                let mut scatter = vec![0.0; d * d];
-                for &r in rows.iter() {
-                    for i in 0..d {
-                        for j in 0..d {
-                            scatter[i * d + j] += (x[r as usize * d + i] as f64 - mean[i])
-                                * (x[r as usize * d + j] as f64 - mean[j]);
-                        }
-                    }
-                }
-                assert_eq!(got[g].count, m);
-                if m == 0 {
-                    assert!(got[g]
-                        .mean
-                        .iter()
-                        .chain(&got[g].scatter.data)
-                        .all(|&v| v == 0.0));
-                    continue;
-                }
-                let mean_err = rel_error_f64(&got[g].mean, &mean);
-                assert!(
-                    mean_err < F64_TOL,
-                    "{} n={n} d={d} group {g}: mean error {mean_err:e}",
-                    be.name()
-                );
-                if m > 1 {
-                    let err = rel_error_f64(&got[g].scatter.data, &scatter);
-                    assert!(
-                        err < F64_TOL,
-                        "{} n={n} d={d} group {g}: scatter error {err:e}",
-                        be.name()
-                    );
-                }
-            }
-        }
+        check_scatter(&*be, &[(1, 1), (37, 5), (301, 67), (2100, 9)]);
         let t = be.upload(&[3, 2], &[0.0; 6]).unwrap();
         let err = be.scatter(&t, &[&[0, 3]]).unwrap_err().to_string();
         assert!(err.contains("row 3"), "{err}");
+    }
+}
+
+/// wgpu with a storage-binding cap of 8 KiB: the input is held in parts of 107 rows, and each
+/// dispatch's partial results hold five 19×19 matrices, so items run in several batches.
+#[test]
+fn wgpu_scatter_runs_on_split_inputs() {
+    let options = WgpuOptions {
+        max_binding_bytes: Some(8 << 10),
+        ..WgpuOptions::from_env()
+    };
+    match WgpuBackend::open(&options) {
+        Ok(be) => check_scatter(&be, &[(301, 19), (2100, 3)]),
+        Err(why) => eprintln!("skipped: {why}"),
+    }
+}
+
+/// `scatter` of groups of the rows of random `[n, d]` inputs against an f64 reference: every
+/// row, the odd rows, an empty group and 13 classes (`row % 13`) in one call. The CPU computes in
+/// f64; wgpu accumulates each partial in f32 (WGSL has no portable f64), so it gets f32's
+/// tolerance.
+fn check_scatter(be: &dyn Backend, sizes: &[(usize, usize)]) {
+    let tol = if be.name() == "cpu" { F64_TOL } else { 1e-5 };
+    let mut rng = Rng::new(7);
+    for &(n, d) in sizes {
+        let x = rng.vec(n * d);
+        let t = be.upload(&[n, d], &x).unwrap();
+        let all: Vec<u32> = (0..n as u32).collect();
+        let odd: Vec<u32> = all.iter().copied().filter(|r| r % 2 == 1).collect();
+        let classes: Vec<Vec<u32>> = (0..13)
+            .map(|c| all.iter().copied().filter(|r| r % 13 == c).collect())
+            .collect();
+        let groups: Vec<&[u32]> = [&all[..], &odd, &[]]
+            .into_iter()
+            .chain(classes.iter().map(|c| &c[..]))
+            .collect();
+        let got = be.scatter(&t, &groups).unwrap();
+        for (g, rows) in groups.iter().enumerate() {
+            let m = rows.len();
+            let mean: Vec<f64> = (0..d)
+                .map(|j| {
+                    rows.iter()
+                        .map(|&r| x[r as usize * d + j] as f64)
+                        .sum::<f64>()
+                        / m.max(1) as f64
+                })
+                .collect();
+            let mut scatter = vec![0.0; d * d];
+            for &r in rows.iter() {
+                for i in 0..d {
+                    for j in 0..d {
+                        scatter[i * d + j] += (x[r as usize * d + i] as f64 - mean[i])
+                            * (x[r as usize * d + j] as f64 - mean[j]);
+                    }
+                }
+            }
+            assert_eq!(got[g].count, m);
+            if m == 0 {
+                assert!(got[g]
+                    .mean
+                    .iter()
+                    .chain(&got[g].scatter.data)
+                    .all(|&v| v == 0.0));
+                continue;
+            }
+            let mean_err = rel_error_f64(&got[g].mean, &mean);
+            assert!(
+                mean_err < tol,
+                "{} n={n} d={d} group {g}: mean error {mean_err:e}",
+                be.name()
+            );
+            if m > 1 {
+                let err = rel_error_f64(&got[g].scatter.data, &scatter);
+                assert!(
+                    err < tol,
+                    "{} n={n} d={d} group {g}: scatter error {err:e}",
+                    be.name()
+                );
+            }
+        }
     }
 }
 
@@ -494,4 +524,50 @@ fn cli_rejects_bad_input() {
         &["row 7"],
     );
     assert!(!json.exists(), "a failed run wrote its report");
+}
+
+/// `mscope pca --backend wgpu` against `--backend cpu`: the same spectrum and components (up to
+/// each component's sign) from the wgpu scatter, within f32's tolerance.
+#[test]
+fn cli_wgpu_pca_equals_cpu() {
+    if let Err(why) = WgpuBackend::open(&WgpuOptions::from_env()) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = repo_path("tests/fixtures/sklearn_embeddings.safetensors");
+    let report = |backend: &str| {
+        let json = dir.path().join(format!("pca-{backend}.json"));
+        run_mscope_ok(&[
+            "pca",
+            "--input",
+            input.to_str().unwrap(),
+            "--components",
+            "3",
+            "--backend",
+            backend,
+            "--out",
+            json.to_str().unwrap(),
+        ]);
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(&json).unwrap()).unwrap()
+    };
+    let (cpu, gpu) = (report("cpu"), report("wgpu"));
+    let numbers = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    for key in ["explained_variance", "explained_variance_ratio"] {
+        let err = rel_error_f64(&numbers(&gpu[key]), &numbers(&cpu[key]));
+        assert!(err < 1e-5, "{key}: wgpu against cpu {err:e}");
+    }
+    for c in 0..3 {
+        let want = numbers(&cpu["components"][c]);
+        let got = numbers(&gpu["components"][c]);
+        let flipped: Vec<f64> = got.iter().map(|v| -v).collect();
+        let err = rel_error_f64(&got, &want).min(rel_error_f64(&flipped, &want));
+        assert!(err < 1e-5, "component {c}: wgpu against cpu {err:e}");
+    }
 }

@@ -181,9 +181,10 @@ impl Case {
         }
     }
 
-    /// Whether the case runs `linear`, the op with numbered variants.
+    /// Whether the case runs an op with numbered GEMM variants: `linear`, and `ntk_contract`
+    /// (two GEMMs), which follows the same choice on wgpu.
     fn runs_gemm(&self) -> bool {
-        self.name.starts_with("linear/")
+        self.name.starts_with("linear/") || self.name.starts_with("ntk_contract/")
     }
 }
 

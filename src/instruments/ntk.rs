@@ -88,7 +88,12 @@ impl KernelJob<'_> {
     ) -> Result<Option<KernelFile>> {
         self.check()?;
         let (n_rows, n_cols) = (self.n_rows(), self.n_cols());
-        let col_factors = factors(self.mlp, self.cols.unwrap_or(self.rows), &self.spec)?;
+        let col_factors = factors(
+            backend,
+            self.mlp,
+            self.cols.unwrap_or(self.rows),
+            &self.spec,
+        )?;
         let col_tensors = Uploaded::new(backend, &col_factors)?;
         let mut kernel = vec![0.0f32; n_rows * n_cols];
         for block in self.blocks() {
@@ -154,7 +159,7 @@ impl KernelJob<'_> {
                 (col_factors.rows(tile.clone()), tile.start..n_cols)
             } else {
                 let x = &self.rows[tile.start * d..tile.end * d];
-                (factors(self.mlp, x, &self.spec)?, 0..n_cols)
+                (factors(backend, self.mlp, x, &self.spec)?, 0..n_cols)
             };
             let tile_values = contract_block(
                 backend,

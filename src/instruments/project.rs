@@ -12,7 +12,6 @@
 //!   projection `P_δ G P_aᵀ` of the layer gradient `G = δ [a; 1]ᵀ` without forming it, at cost
 //!   `k·(d_out + d_in)` per sample and class instead of `k·d_out·d_in`.
 
-use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, JlDistribution, JlSpec};
 use crate::error::{Error, Result};
 use crate::models::mlp::Mlp;
@@ -171,15 +170,15 @@ fn squared_norms(v: &[f32], width: usize) -> impl Iterator<Item = f64> + '_ {
         .map(|row| row.iter().map(|&x| x as f64 * x as f64).sum())
 }
 
-/// The factors of the rows of `x` (`[n, mlp.input_dim()]`).
-pub fn factors(mlp: &Mlp, x: &[f32], spec: &FactorSpec) -> Result<Factors> {
+/// The factors of the rows of `x` (`[n, mlp.input_dim()]`); the projections run on `backend`.
+pub fn factors(backend: &dyn Backend, mlp: &Mlp, x: &[f32], spec: &FactorSpec) -> Result<Factors> {
     spec.check()?;
     let n = x.len() / mlp.input_dim();
     let factors = match spec.projection {
         ProjectionKind::None => exact(mlp, x, spec.kind)?,
-        ProjectionKind::Kronecker => kronecker(mlp, x, spec)?,
-        ProjectionKind::Rademacher => dense(mlp, x, spec, JlDistribution::Rademacher)?,
-        ProjectionKind::Gaussian => dense(mlp, x, spec, JlDistribution::Gaussian)?,
+        ProjectionKind::Kronecker => kronecker(backend, mlp, x, spec)?,
+        ProjectionKind::Rademacher => dense(backend, mlp, x, spec, JlDistribution::Rademacher)?,
+        ProjectionKind::Gaussian => dense(backend, mlp, x, spec, JlDistribution::Gaussian)?,
     };
     debug_assert_eq!(factors.n, n);
     Ok(factors)
@@ -232,12 +231,11 @@ fn layer_seed(seed: u64, layer: usize, side: u64) -> u64 {
     counter_hash(seed, layer as u64, side)
 }
 
-fn kronecker(mlp: &Mlp, x: &[f32], spec: &FactorSpec) -> Result<Factors> {
+fn kronecker(backend: &dyn Backend, mlp: &Mlp, x: &[f32], spec: &FactorSpec) -> Result<Factors> {
     let LayerGradients { deltas, inputs } = gradients(mlp, x, spec.kind)?;
     let n = x.len() / mlp.input_dim();
     let r = spec.kind.rows_per_sample(mlp.num_classes());
     let k = spec.projection_dim;
-    let cpu = CpuBackend::new();
     let project = |values: &[f32], rows: usize, width: usize, seed: u64| -> Result<Vec<f32>> {
         let jl = JlSpec {
             seed,
@@ -245,10 +243,10 @@ fn kronecker(mlp: &Mlp, x: &[f32], spec: &FactorSpec) -> Result<Factors> {
             distribution: JlDistribution::Rademacher,
             column_offset: 0,
         };
-        let input = cpu.upload(&[rows, width], values)?;
-        let mut out = cpu.zeros(&[rows, k])?;
-        cpu.jl_project(&input, &jl, false, &mut out)?;
-        cpu.download(&out)
+        let input = backend.upload(&[rows, width], values)?;
+        let mut out = backend.zeros(&[rows, k])?;
+        backend.jl_project(&input, &jl, false, &mut out)?;
+        backend.download(&out)
     };
     let mut terms = Vec::with_capacity(mlp.layers.len());
     for (l, ((layer, delta), input)) in mlp.layers.iter().zip(deltas).zip(inputs).enumerate() {
@@ -290,12 +288,17 @@ fn parameter_offsets(mlp: &Mlp) -> Vec<usize> {
         .collect()
 }
 
-fn dense(mlp: &Mlp, x: &[f32], spec: &FactorSpec, distribution: JlDistribution) -> Result<Factors> {
+fn dense(
+    backend: &dyn Backend,
+    mlp: &Mlp,
+    x: &[f32],
+    spec: &FactorSpec,
+    distribution: JlDistribution,
+) -> Result<Factors> {
     let d = mlp.input_dim();
     let n = x.len() / d;
     let r = spec.kind.rows_per_sample(mlp.num_classes());
     let k = spec.projection_dim;
-    let cpu = CpuBackend::new();
     let widest = mlp
         .layers
         .iter()
@@ -309,7 +312,7 @@ fn dense(mlp: &Mlp, x: &[f32], spec: &FactorSpec, distribution: JlDistribution) 
         let rows = chunk.min(n - start);
         let LayerGradients { deltas, inputs } =
             gradients(mlp, &x[start * d..(start + rows) * d], spec.kind)?;
-        let mut projected = cpu.zeros(&[rows * r, k])?;
+        let mut projected = backend.zeros(&[rows * r, k])?;
         for (l, layer) in mlp.layers.iter().enumerate() {
             let (delta, input) = (&deltas[l], &inputs[l]);
             // The weight gradient of row (i, c): δ_{i,c} ⊗ a_i, flattened row-major.
@@ -334,11 +337,11 @@ fn dense(mlp: &Mlp, x: &[f32], spec: &FactorSpec, distribution: JlDistribution) 
                     distribution,
                     column_offset: offset as u64,
                 };
-                let input = cpu.upload(&[rows * r, width], &values)?;
-                cpu.jl_project(&input, &jl, true, &mut projected)?;
+                let input = backend.upload(&[rows * r, width], &values)?;
+                backend.jl_project(&input, &jl, true, &mut projected)?;
             }
         }
-        let projected = cpu.download(&projected)?;
+        let projected = backend.download(&projected)?;
         features[start * r * k..(start + rows) * r * k].copy_from_slice(&projected);
     }
     let terms = vec![Term {

@@ -29,10 +29,17 @@ pub(super) enum Kernel {
     /// GEMM variant 2: no shared tiles or barriers (software adapters).
     LinearDirect,
     Attention,
+    /// NTK contraction variant 1: workgroup-shared tiles (GPUs).
+    ContractTiled,
+    /// NTK contraction variant 2: no shared tiles or barriers (software adapters).
+    ContractDirect,
+    JlProject,
+    GroupSums,
+    ScatterTiled,
 }
 
 impl Kernel {
-    pub(super) const COUNT: usize = 7;
+    pub(super) const COUNT: usize = 12;
 
     fn index(self) -> usize {
         self as usize
@@ -47,6 +54,10 @@ impl Kernel {
                 include_str!("../../../shaders/gemm.wgsl")
             }
             Kernel::Attention => include_str!("../../../shaders/attention.wgsl"),
+            Kernel::ContractTiled | Kernel::ContractDirect | Kernel::JlProject => {
+                include_str!("../../../shaders/ntk.wgsl")
+            }
+            Kernel::GroupSums | Kernel::ScatterTiled => include_str!("../../../shaders/stats.wgsl"),
         }
     }
 
@@ -59,6 +70,11 @@ impl Kernel {
             Kernel::LinearTiled => "linear_tiled",
             Kernel::LinearDirect => "linear_direct",
             Kernel::Attention => "attention_online",
+            Kernel::ContractTiled => "contract_tiled",
+            Kernel::ContractDirect => "contract_direct",
+            Kernel::JlProject => "jl_project",
+            Kernel::GroupSums => "group_sums",
+            Kernel::ScatterTiled => "scatter_tiled",
         }
     }
 
@@ -77,6 +93,12 @@ impl Kernel {
             Kernel::LinearTiled | Kernel::LinearDirect => &[Read, Read, Read, Read, ReadWrite],
             // qkv, sequence starts, out
             Kernel::Attention => &[Read, Read, ReadWrite],
+            // D_r, D_c, A_r, A_c, out
+            Kernel::ContractTiled | Kernel::ContractDirect => &[Read, Read, Read, Read, ReadWrite],
+            // x, out
+            Kernel::JlProject => &[Read, ReadWrite],
+            // x, rows, items, means, partial
+            Kernel::GroupSums | Kernel::ScatterTiled => &[Read, Read, Read, Read, ReadWrite],
         }
     }
 }
@@ -203,5 +225,51 @@ pub(super) struct AttentionParams {
     pub has_window: u32,
     pub window: u32,
     pub scale: f32,
+    pub _pad: u32,
+}
+
+/// ntk.wgsl `ContractParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct ContractParams {
+    pub rows: u32,
+    pub cols: u32,
+    pub p: u32,
+    pub q: u32,
+    pub dr_row: u32,
+    pub dc_row: u32,
+    pub ar_row: u32,
+    pub ac_row: u32,
+    pub out_row: u32,
+    pub out_col: u32,
+    pub out_stride: u32,
+    pub has_acts: u32,
+    pub offset: f32,
+    pub _pad: [u32; 3],
+}
+
+/// ntk.wgsl `JlParams`; u64s as (low, high) word pairs.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct JlParams {
+    pub rows: u32,
+    pub d: u32,
+    pub k: u32,
+    pub x_row: u32,
+    pub out_row: u32,
+    pub accumulate: u32,
+    pub gaussian: u32,
+    pub sqrt_k: f32,
+    pub seed: [u32; 2],
+    pub column_offset: [u32; 2],
+}
+
+/// stats.wgsl `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct StatsParams {
+    pub d: u32,
+    pub items: u32,
+    pub tiles: u32,
     pub _pad: u32,
 }

@@ -8,6 +8,8 @@
 mod adapter;
 mod kernels;
 mod memory;
+mod ntk;
+mod stats;
 mod timer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,7 +85,8 @@ pub struct WgpuOptions {
     /// Largest buffer a table part may have; `None` means the device's storage-binding limit.
     /// Tests lower it to exercise split tables with small data.
     pub max_binding_bytes: Option<u64>,
-    /// `None` picks by adapter: [`GemmVariant::Direct`] on software adapters, else tiled.
+    /// `None` picks by adapter: [`GemmVariant::Direct`] on software adapters, else tiled. The NTK
+    /// contraction (two GEMMs) follows the same choice.
     pub gemm: Option<GemmVariant>,
 }
 
@@ -452,7 +455,7 @@ impl Backend for WgpuBackend {
     }
 
     fn supports(&self, family: OpFamily) -> bool {
-        family == OpFamily::Encoder
+        matches!(family, OpFamily::Encoder | OpFamily::Stats | OpFamily::Ntk)
     }
 
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
@@ -774,56 +777,41 @@ impl Backend for WgpuBackend {
         Ok(())
     }
 
-    // The stats and trim families have no WGSL kernels yet.
-
-    fn scatter(&self, _x: &Tensor, _groups: &[&[u32]]) -> Result<Vec<Moments>> {
-        Err(Error::Unsupported {
-            backend: "wgpu",
-            op: "scatter",
-        })
+    fn scatter(&self, x: &Tensor, groups: &[&[u32]]) -> Result<Vec<Moments>> {
+        self.scatter_moments(x, groups)
     }
 
-    fn symmetric_eigen(&self, _matrices: &[Matrix64]) -> Result<Vec<Eigen>> {
-        Err(Error::Unsupported {
-            backend: "wgpu",
-            op: "symmetric_eigen",
-        })
+    fn symmetric_eigen(&self, matrices: &[Matrix64]) -> Result<Vec<Eigen>> {
+        self.host_eigen(matrices)
     }
 
-    fn spd_solve(&self, _systems: &[(Matrix64, Matrix64)]) -> Result<Vec<Matrix64>> {
-        Err(Error::Unsupported {
-            backend: "wgpu",
-            op: "spd_solve",
-        })
+    fn spd_solve(&self, systems: &[(Matrix64, Matrix64)]) -> Result<Vec<Matrix64>> {
+        self.host_spd_solve(systems)
     }
 
     fn ntk_contract(
         &self,
-        _delta_rows: &Tensor,
-        _delta_cols: &Tensor,
-        _acts: Option<(&Tensor, &Tensor)>,
-        _offset: f32,
-        _cols: std::ops::Range<usize>,
-        _out: &mut Tensor,
+        delta_rows: &Tensor,
+        delta_cols: &Tensor,
+        acts: Option<(&Tensor, &Tensor)>,
+        offset: f32,
+        cols: std::ops::Range<usize>,
+        out: &mut Tensor,
     ) -> Result<()> {
-        Err(Error::Unsupported {
-            backend: "wgpu",
-            op: "ntk_contract",
-        })
+        self.contract(delta_rows, delta_cols, acts, offset, cols, out)
     }
 
     fn jl_project(
         &self,
-        _x: &Tensor,
-        _spec: &JlSpec,
-        _accumulate: bool,
-        _out: &mut Tensor,
+        x: &Tensor,
+        spec: &JlSpec,
+        accumulate: bool,
+        out: &mut Tensor,
     ) -> Result<()> {
-        Err(Error::Unsupported {
-            backend: "wgpu",
-            op: "jl_project",
-        })
+        self.project(x, spec, accumulate, out)
     }
+
+    // The trim family has no WGSL kernels yet.
 
     fn trim_search(
         &self,
