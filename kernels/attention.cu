@@ -1,6 +1,6 @@
 // Softmax attention over packed variable-length sequences (rows starts[s]..starts[s+1] of the
 // [tokens, (heads + 2·kv_heads)·head_dim] QKV tensor belong to sequence s; no padding rows),
-// with causal mask, sliding window (window = 0: none) and grouped-query heads, matching
+// with causal mask, sliding window (window < 0: none; 0 masks every key) and grouped-query heads, matching
 // `AttentionSpec` in src/backend/mod.rs. Output: [tokens, heads·head_dim].
 //
 // Variants:
@@ -18,7 +18,7 @@ struct AttentionShape {
 
 __device__ __forceinline__ bool allows(const AttentionShape& a, int i, int j) {
     if (a.causal && j > i) return false;
-    return a.window == 0 || abs(i - j) < a.window;
+    return a.window < 0 || abs(i - j) < a.window;
 }
 
 __device__ __forceinline__ int qkv_width(const AttentionShape& a) { return (a.heads + 2 * a.kv_heads) * a.head_dim; }
@@ -82,7 +82,7 @@ __device__ void attention_flash(const float* __restrict__ qkv, const int* __rest
     // Keys any query of this tile may see.
     const int q_last = min(q_first + FLASH_BQ, len) - 1;
     const int key_end = a.causal ? q_last + 1 : len;
-    const int key_begin = a.window ? max(0, q_first - a.window + 1) : 0;
+    const int key_begin = a.window >= 0 ? max(0, q_first - a.window + 1) : 0;
     for (int j0 = key_begin; j0 < key_end; j0 += FLASH_BKV) {
         for (int e = threadIdx.x; e < FLASH_BKV * HD; e += blockDim.x) {
             const int jj = e / HD, c = e % HD, j = j0 + jj;

@@ -5,11 +5,14 @@
 // Variants:
 //   1. gemm_v1_naive        — one thread per output, f32. The reference on the device.
 //   2. gemm_v2_tiled        — 64×64 block tile, 16-deep K slices in shared memory, 4×4 outputs
-//                             per thread in registers, f32.
-//   3. gemm_v3_mma_bf16     — tensor cores (mma.sync m16n8k16, sm_80+): bf16 weights stored once
-//                             at upload, f32 activations rounded to bf16 while staged in shared
+//                             per thread in registers, f32 (the tile loop is tile.cuh's).
+//   3. gemm_v3_mma_bf16     — tensor cores (mma.sync m16n8k16, sm_80+): bf16 weights converted
+//                             once, at first use, f32 activations rounded to bf16 while staged in shared
 //                             memory, f32 accumulation. 64×64 block tile, 4 warps of 32×32.
+//
+// Helper kernel: to_bf16_v1 — converts f32 weights to bf16 once, for variant 3.
 #include "common.cuh"
+#include "tile.cuh"
 
 extern "C" __global__ void gemm_v1_naive(const float* __restrict__ x, const float* __restrict__ w,
                                          const float* __restrict__ bias, const float* __restrict__ residual,
@@ -21,42 +24,14 @@ extern "C" __global__ void gemm_v1_naive(const float* __restrict__ x, const floa
     out[(size_t)row * m + col] = epilogue(acc, bias, residual, act, row, col, m);
 }
 
-#define V2_BM 64
-#define V2_BN 64
-#define V2_BK 16
-
-// 256 threads: a 16×16 grid, each thread owning a 4×4 block of the 64×64 tile.
-extern "C" __global__ void __launch_bounds__(256)
+// 256 threads: a 16×16 grid, each thread owning a 4×4 block of the 64×64 tile (tile.cuh).
+extern "C" __global__ void __launch_bounds__(TILE_THREADS)
 gemm_v2_tiled(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
               const float* __restrict__ residual, float* __restrict__ out, int n, int m, int k, int act) {
-    // K-major tiles so the inner loop reads 4 consecutive rows/cols per thread.
-    __shared__ float xs[V2_BK][V2_BM];
-    __shared__ float ws[V2_BK][V2_BN];
-    const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
-    const int row0 = blockIdx.y * V2_BM, col0 = blockIdx.x * V2_BN;
+    const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+    const int row0 = blockIdx.y * TILE_M, col0 = blockIdx.x * TILE_N;
     float acc[4][4] = {};
-    for (int k0 = 0; k0 < k; k0 += V2_BK) {
-        for (int e = tid; e < V2_BM * V2_BK; e += 256) {
-            const int r = e / V2_BK, kk = e % V2_BK, gk = k0 + kk;
-            xs[kk][r] = (row0 + r < n && gk < k) ? x[(size_t)(row0 + r) * k + gk] : 0.0f;
-            ws[kk][r] = (col0 + r < m && gk < k) ? w[(size_t)(col0 + r) * k + gk] : 0.0f;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < V2_BK; ++kk) {
-            float a[4], b[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                a[i] = xs[kk][ty * 4 + i];
-                b[i] = ws[kk][tx * 4 + i];
-            }
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
-        }
-        __syncthreads();
-    }
+    tile_product(acc, row0, col0, k, RowMajor{x, n, k}, RowMajor{w, m, k});
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         const int row = row0 + ty * 4 + i;
@@ -146,4 +121,9 @@ gemm_v3_mma_bf16(const float* __restrict__ x, const unsigned short* __restrict__
                 const int col = col0 + warp_col + ni * 8 + quad * 2 + (e & 1);
                 if (row < n && col < m) out[(size_t)row * m + col] = epilogue(acc[mi][ni][e], bias, residual, act, row, col, m);
             }
+}
+
+extern "C" __global__ void to_bf16_v1(const float* __restrict__ src, unsigned short* __restrict__ dst, size_t len) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < len; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = to_bf16(src[i]);
 }

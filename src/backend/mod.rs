@@ -33,8 +33,15 @@ pub fn open(kind: BackendKind, family: OpFamily) -> Result<Arc<dyn Backend>> {
         BackendKind::Wgpu => Ok(Arc::new(wgpu::WgpuBackend::open(
             &wgpu::WgpuOptions::from_env(),
         )?)),
-        BackendKind::Cuda => Err(cuda::unavailable()),
+        BackendKind::Cuda => Ok(Arc::new(cuda::CudaBackend::open(
+            &cuda::CudaOptions::from_env(),
+        )?)),
         BackendKind::Auto => {
+            if let Ok(be) = cuda::CudaBackend::open(&cuda::CudaOptions::from_env()) {
+                if be.supports(family) {
+                    return Ok(Arc::new(be));
+                }
+            }
             let hardware = wgpu::WgpuOptions {
                 allow_software: false,
                 ..wgpu::WgpuOptions::from_env()
@@ -218,6 +225,7 @@ pub struct Tensor {
 pub enum Storage {
     Cpu(Vec<f32>),
     Wgpu(wgpu::WgpuStorage),
+    Cuda(cuda::CudaStorage),
 }
 
 impl Storage {
@@ -226,6 +234,7 @@ impl Storage {
         match self {
             Storage::Cpu(_) => "cpu",
             Storage::Wgpu(_) => "wgpu",
+            Storage::Cuda(_) => "cuda",
         }
     }
 }

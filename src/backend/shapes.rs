@@ -178,3 +178,16 @@ pub(crate) fn jl_project(x: &Tensor, dim: usize, out: &Tensor) -> Result<(usize,
     })?;
     Ok((n, d))
 }
+
+/// Checks that matrix `index` of a stats batch is square and finite; `what` names the op.
+pub(crate) fn square_finite(what: &str, index: usize, a: &super::Matrix64) -> Result<()> {
+    ensure(a.rows == a.cols && a.data.len() == a.rows * a.cols, || {
+        format!(
+            "{what}: matrix {index} of the batch is {}×{}, expected square",
+            a.rows, a.cols
+        )
+    })?;
+    ensure(a.data.iter().all(|v| v.is_finite()), || {
+        format!("{what}: matrix {index} of the batch has a non-finite entry")
+    })
+}

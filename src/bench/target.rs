@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::{CudaBackend, CudaGemmVariant, CudaOptions};
 use crate::backend::wgpu::{GemmVariant, WgpuBackend, WgpuOptions};
-use crate::backend::{self, cuda, Backend, BackendKind, OpFamily};
+use crate::backend::{self, Backend, BackendKind, OpFamily};
 use crate::error::{Error, Result};
 
 /// A numbered kernel variant of `linear` on one backend.
@@ -27,6 +28,13 @@ const CPU_GEMM: Variant = Variant {
     number: 1,
     name: "faer",
 };
+
+fn cuda_variant(v: CudaGemmVariant) -> Variant {
+    Variant {
+        number: v.number(),
+        name: v.name(),
+    }
+}
 
 fn wgpu_variant(v: GemmVariant) -> Variant {
     Variant {
@@ -82,9 +90,30 @@ pub fn open(kind: BackendKind, variant: Option<u32>) -> Result<Target> {
                 backend: Arc::new(be),
             })
         }
-        BackendKind::Cuda => Err(cuda::unavailable()),
+        BackendKind::Cuda => {
+            let gemm = match variant {
+                None => None,
+                Some(n) => Some(
+                    *CudaGemmVariant::ALL
+                        .iter()
+                        .find(|v| v.number() == n)
+                        .ok_or_else(|| unknown(n, &CudaGemmVariant::ALL.map(cuda_variant)))?,
+                ),
+            };
+            let env = CudaOptions::from_env();
+            let be = CudaBackend::open(&CudaOptions {
+                gemm: gemm.or(env.gemm),
+                ..env
+            })?;
+            Ok(Target {
+                device: be.device_name().to_string(),
+                gemm: cuda_variant(be.gemm_variant()),
+                backend: Arc::new(be),
+            })
+        }
         BackendKind::Auto => {
             let picked = match backend::open(BackendKind::Auto, OpFamily::Encoder)?.name() {
+                "cuda" => BackendKind::Cuda,
                 "wgpu" => BackendKind::Wgpu,
                 _ => BackendKind::Cpu,
             };

@@ -1,0 +1,115 @@
+// The tangent-kernel instrument's device work (src/backend/mod.rs, `ntk_contract` and
+// `jl_project`): one layer's share of a Gram block,
+//     out[i, j] += (D_r[i]·D_c[j]) · (A_r[i]·A_c[j] + offset)     (without A: out += D_r·D_cᵀ),
+// and the dense Johnson–Lindenstrauss projection out (+)= x·Pᵀ whose entries are generated in
+// registers from the counter hash of src/random.rs and never stored.
+//
+// Variants:
+//   1. ntk_contract_v1_naive — one thread per output, two dot products from global memory. The
+//                              reference on the device.
+//   2. ntk_contract_v2_fused — one 64×64 output tile per block: both tile products (D_r·D_cᵀ and
+//                              A_r·A_cᵀ) accumulate in registers (tile.cuh) and are combined
+//                              there, so neither Gram matrix nor their Hadamard product is
+//                              written to global memory.
+//   jl_project_v1            — the 64×64 tile product with the Y operand P generated per slice
+//                              (Rademacher or Gaussian), `accumulate` adds to out.
+#include "common.cuh"
+#include "tile.cuh"
+
+extern "C" __global__ void ntk_contract_v1_naive(const float* __restrict__ dr, const float* __restrict__ dc,
+                                                 const float* __restrict__ ar, const float* __restrict__ ac,
+                                                 float* __restrict__ out, int n_r, int n_c, int p, int q,
+                                                 float offset) {
+    const int i = blockIdx.y * blockDim.y + threadIdx.y, j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_r || j >= n_c) return;
+    float g = 0.0f;
+    for (int e = 0; e < p; ++e) g += dr[(size_t)i * p + e] * dc[(size_t)j * p + e];
+    if (ar) {  // no activation factors: the layer's kernel is the gradient Gram alone
+        float a = 0.0f;
+        for (int e = 0; e < q; ++e) a += ar[(size_t)i * q + e] * ac[(size_t)j * q + e];
+        g *= a + offset;
+    }
+    out[(size_t)i * n_c + j] += g;
+}
+
+extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+ntk_contract_v2_fused(const float* __restrict__ dr, const float* __restrict__ dc, const float* __restrict__ ar,
+                      const float* __restrict__ ac, float* __restrict__ out, int n_r, int n_c, int p, int q,
+                      float offset) {
+    const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+    const int row0 = blockIdx.y * TILE_M, col0 = blockIdx.x * TILE_N;
+    float grad[4][4] = {}, act[4][4] = {};
+    tile_product(grad, row0, col0, p, RowMajor{dr, n_r, p}, RowMajor{dc, n_c, p});
+    if (ar) tile_product(act, row0, col0, q, RowMajor{ar, n_r, q}, RowMajor{ac, n_c, q});
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int row = row0 + ty * 4 + i;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int col = col0 + tx * 4 + j;
+            if (row < n_r && col < n_c)
+                out[(size_t)row * n_c + col] += ar ? grad[i][j] * (act[i][j] + offset) : grad[i][j];
+        }
+    }
+}
+
+// --- counter-based random entries: must match src/random.rs bit for bit -----------------------
+
+__device__ __forceinline__ unsigned long long splitmix_finalise(unsigned long long z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+__device__ __forceinline__ unsigned long long counter_hash(unsigned long long seed, unsigned long long row,
+                                                           unsigned long long col) {
+    unsigned long long h = splitmix_finalise(seed ^ 0x243F6A8885A308D3ull);
+    h = splitmix_finalise(h ^ (row * 0x9E3779B97F4A7C15ull));
+    return splitmix_finalise(h ^ (col * 0xD1B54A32D192ED03ull));
+}
+
+// Must match `JlDistribution` codes in src/backend/cuda.rs.
+enum JlDistribution : int { JL_RADEMACHER = 0, JL_GAUSSIAN = 1 };
+
+// Entry (j, c) of P before the 1/√dim scale. Gaussian: Box–Muller on the hash's two 32-bit
+// halves with the same f32 operations as random.rs (logf/cosf may differ from libm by an ulp).
+__device__ __forceinline__ float jl_value(int distribution, unsigned long long seed, unsigned long long row,
+                                          unsigned long long col) {
+    const unsigned long long h = counter_hash(seed, row, col);
+    if (distribution == JL_RADEMACHER) return (h >> 63) == 0 ? 1.0f : -1.0f;
+    const float u = ((float)(unsigned)(h >> 32) + 0.5f) / 4294967296.0f;
+    const float v = (float)(unsigned)(h & 0xFFFFFFFFull) / 4294967296.0f;
+    return sqrtf(-2.0f * logf(u)) * cosf(6.28318548f * v);
+}
+
+struct JlShape {
+    unsigned long long seed, column_offset;
+    int n, d, dim, distribution, accumulate;
+    float sqrt_dim;  // divided by, as JlSpec::entry does, so Rademacher entries are exact
+};
+
+extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+jl_project_v1(const float* __restrict__ x, float* __restrict__ out, JlShape s) {
+    const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+    const int row0 = blockIdx.y * TILE_M, col0 = blockIdx.x * TILE_N;
+    float acc[4][4] = {};
+    const auto entry = [&s](int j, int c) {
+        return (j < s.dim && c < s.d)
+                   ? jl_value(s.distribution, s.seed, (unsigned long long)j, s.column_offset + (unsigned long long)c) /
+                         s.sqrt_dim
+                   : 0.0f;
+    };
+    tile_product(acc, row0, col0, s.d, RowMajor{x, s.n, s.d}, entry);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int row = row0 + ty * 4 + i;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int col = col0 + tx * 4 + j;
+            if (row < s.n && col < s.dim) {
+                float* o = out + (size_t)row * s.dim + col;
+                *o = s.accumulate ? *o + acc[i][j] : acc[i][j];
+            }
+        }
+    }
+}

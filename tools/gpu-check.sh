@@ -1,0 +1,253 @@
+#!/usr/bin/env bash
+# The one script a GPU session runs to verify the CUDA backend. The GPU machine has no cargo, so
+#
+#   tools/gpu-check.sh pack   (here, with cargo) builds the test executables and the mscope binary
+#                             in release, strips their debug info and packs them into .gpu/ (an
+#                             ignored path, carried to the device: keep it under 64 MiB);
+#   tools/gpu-check.sh run    (there, in a copy of the repository, with nvcc, compute-sanitizer
+#                             and PyTorch present) runs every stage below, each logged under
+#                             $OUT/<stage>.log; a failing stage is reported and the next runs.
+#                             A summary table is printed last (and kept in $OUT/summary.md).
+#
+# Stages: devices · NVRTC compile of every family (cuda_kernels) · CUDA kernel tests (cuda) ·
+# op-set parity on every backend (ops, ntk, pca, lda, embed_parity's tiny XLM-R) · CLI runs with
+# --backend cuda against --backend cpu (embed, ntk, pca) · compute-sanitizer memcheck of the CUDA
+# tests · mscope bench --backend cuda (GEMM variants 1,2,3) · PyTorch anchors (cuBLAS, SDPA,
+# torch.func) set against the bench.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PACK=$ROOT/.gpu
+TESTS="cuda cuda_kernels ops ntk pca lda alpha embed_parity"
+
+pack() {
+    set -e
+    cd "$ROOT"
+    # Building the tests builds target/release/mscope too (with the tests' feature set, so no
+    # second build of the dependencies).
+    local list
+    list=$(cargo test --release --no-run --message-format=json $(printf -- '--test %s ' $TESTS) |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
+        print(m["target"]["name"], m["executable"])')
+    rm -rf "$PACK" && mkdir -p "$PACK/stage/bin"
+    while read -r name exe; do
+        objcopy --strip-debug "$exe" "$PACK/stage/bin/$name"
+    done <<<"$list"
+    objcopy --strip-debug target/release/mscope "$PACK/stage/bin/mscope"
+    # Test executables resolve fixtures through the CARGO_MANIFEST_DIR of this build.
+    echo "$ROOT" >"$PACK/stage/manifest_dir"
+    git rev-parse HEAD >"$PACK/stage/commit" 2>/dev/null || true
+    tar -C "$PACK/stage" -cf - . | xz -T0 -6 >"$PACK/bundle.tar.xz"
+    rm -rf "$PACK/stage"
+    du -h "$PACK/bundle.tar.xz"
+    local bytes
+    bytes=$(stat -c %s "$PACK/bundle.tar.xz")
+    if [ "$bytes" -gt $((64 * 1024 * 1024)) ]; then
+        echo "error: .gpu is $bytes bytes, over the 64 MiB the device tool carries" >&2
+        exit 1
+    fi
+}
+
+# --- run ----------------------------------------------------------------------------------------
+
+OUT=${OUT:-$ROOT/gpu-out}
+SUMMARY=()
+
+# Seconds the run may take in all: the device tool stops a command at 600.
+BUDGET=${GPU_CHECK_BUDGET:-540}
+
+# stage NAME SECONDS COMMAND...: runs COMMAND with a time limit (cut to what is left of the
+# budget), logs it, records the outcome.
+stage() {
+    local name=$1 limit=$2
+    shift 2
+    local left=$((BUDGET - SECONDS))
+    if [ "$left" -lt 10 ]; then
+        SUMMARY+=("| $name | SKIPPED (time budget spent) | – | – |")
+        return 0
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    local log=$OUT/$name.log start=$SECONDS rc=0
+    echo "== $name: $*" | tee "$log"
+    timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1 || rc=$?
+    local took=$((SECONDS - start)) status=ok
+    [ "$rc" -eq 0 ] || status="FAIL (exit $rc)"
+    [ "$rc" -eq 124 ] && status="TIMEOUT (${limit}s)"
+    # Test binaries: the result line and how many backends were skipped.
+    local detail
+    detail=$(grep -E "^test result:" "$log" | tail -1 | cut -c14-70)
+    local skipped
+    skipped=$(grep -c "skipped" "$log" || true)
+    [ "$skipped" -gt 0 ] && detail="$detail; $skipped 'skipped' lines"
+    SUMMARY+=("| $name | $status | ${took}s | ${detail:-–} |")
+    echo "   $status in ${took}s"
+    return 0
+}
+
+# Finds libnvrtc for cudarc (it loads it by name through the dynamic linker).
+nvrtc_path() {
+    local d
+    for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu; do
+        ls "$d"/libnvrtc.so* >/dev/null 2>&1 && { echo "$d"; return; }
+    done
+    d=$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null) &&
+        find "$d" -name 'libnvrtc.so*' -printf '%h\n' 2>/dev/null | head -1
+}
+
+# Helper scripts of the comparison stages (timeout runs programs, not shell functions).
+write_helpers() {
+    cat >"$1/compare_tensors.py" <<'EOF'
+"""compare_tensors.py A B NAME: tensor NAME of two safetensors files, cuda (A) against cpu (B)."""
+import json, struct, sys
+import torch
+
+
+def load(path, name):
+    """An F32 tensor of a safetensors file (read by hand: the safetensors package may be absent)."""
+    with open(path, "rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        meta = json.loads(fh.read(size))[name]
+        assert meta["dtype"] == "F32", meta
+        begin, end = meta["data_offsets"]
+        fh.seek(8 + size + begin)
+        data = bytearray(fh.read(end - begin))
+    return torch.frombuffer(data, dtype=torch.float32).reshape(meta["shape"]).double()
+
+
+a, b, name = sys.argv[1], sys.argv[2], sys.argv[3]
+x, y = load(a, name), load(b, name)
+rel = ((x - y).norm() / y.norm()).item()
+cos = torch.nn.functional.cosine_similarity(x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)).min().item()
+print(f"{name}: cuda vs cpu relative error {rel:.3e}, min row cosine {cos:.8f}")
+sys.exit(0 if rel < 1e-4 and cos > 0.9999 else 1)
+EOF
+    cat >"$1/compare_pca.py" <<'EOF'
+"""compare_pca.py A B: explained variances of two `mscope pca --out` reports."""
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+va, vb = a["explained_variance"], b["explained_variance"]
+rel = max(abs(x - y) / abs(y) for x, y in zip(va, vb))
+print(f"explained_variance cuda {va}\n                   cpu  {vb}\nmax relative difference {rel:.3e}")
+sys.exit(0 if rel < 1e-6 else 1)
+EOF
+    cat >"$1/merge_bench.py" <<'EOF'
+"""merge_bench.py A B OUT: the results of two `mscope bench --json` reports in one file."""
+import json, sys
+rows = []
+for p in sys.argv[1:3]:
+    try:
+        rows += json.load(open(p))["results"]
+    except Exception as e:
+        print(f"{p}: {e}", file=sys.stderr)
+json.dump({"results": rows}, open(sys.argv[3], "w"))
+EOF
+}
+
+run() {
+    mkdir -p "$OUT"
+    cd "$ROOT"
+    local bin=$ROOT/.gpu/bin
+    if [ ! -d "$bin" ]; then
+        tar -C "$ROOT/.gpu" -xJf "$ROOT/.gpu/bundle.tar.xz" 2>/dev/null ||
+            python3 -c 'import tarfile, sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+                "$ROOT/.gpu/bundle.tar.xz" "$ROOT/.gpu" || {
+            echo "cannot unpack .gpu/bundle.tar.xz (run tools/gpu-check.sh pack and carry .gpu)" >&2
+            exit 1
+        }
+    fi
+    # Make the packing checkout's path resolve to this copy, and put mscope where the test
+    # executables look for it (CARGO_BIN_EXE_mscope).
+    local built
+    built=$(cat "$ROOT/.gpu/manifest_dir")
+    if [ "$built" != "$ROOT" ] && [ ! -e "$built" ]; then
+        mkdir -p "$(dirname "$built")" && ln -s "$ROOT" "$built"
+    fi
+    mkdir -p "$ROOT/target/release" && cp "$bin/mscope" "$ROOT/target/release/mscope"
+    local lib
+    lib=$(nvrtc_path)
+    export LD_LIBRARY_PATH=${lib:+$lib:}${LD_LIBRARY_PATH:-}
+    export MSCOPE_REQUIRE_NVRTC=1 XDG_CACHE_HOME=/tmp/mscope-gpu-cache RUST_BACKTRACE=1
+    {
+        echo "commit $(cat "$ROOT/.gpu/commit" 2>/dev/null), nvrtc in ${lib:-?}"
+        nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1
+    } | tee "$OUT/environment.txt"
+
+    local m=$bin/mscope tmp
+    tmp=$(mktemp -d)
+    write_helpers "$tmp"
+    stage devices 60 "$m" devices
+    stage nvrtc_compile 120 "$bin/cuda_kernels"
+    stage test_cuda 120 "$bin/cuda"
+    stage test_ops 90 "$bin/ops"
+    stage test_ntk 90 "$bin/ntk"
+    stage test_pca 60 "$bin/pca"
+    stage test_lda 60 "$bin/lda"
+    stage test_alpha 60 "$bin/alpha"
+    # The MiniLM tests need the 90 MB model, which does not travel: only the tiny XLM-R runs.
+    stage test_embed_tiny_xlmr 60 "$bin/embed_parity" tiny_xlm_roberta
+
+    local fx=$ROOT/tests/fixtures
+    stage embed_cuda 60 "$m" embed --model "$fx/tiny-xlmr" --input "$fx/texts.jsonl" \
+        --out "$tmp/e_cuda.safetensors" --backend cuda
+    stage embed_cpu 60 "$m" embed --model "$fx/tiny-xlmr" --input "$fx/texts.jsonl" \
+        --out "$tmp/e_cpu.safetensors" --backend cpu
+    stage embed_compare 60 python3 "$tmp/compare_tensors.py" "$tmp/e_cuda.safetensors" "$tmp/e_cpu.safetensors" embeddings
+    for b in cuda cpu; do
+        stage "ntk_$b" 30 "$m" ntk --model "$fx/ntk/mlp_relu.safetensors" \
+            --data "$fx/ntk/test.safetensors" --against "$fx/ntk/train.safetensors" \
+            --out "$tmp/k_$b.safetensors" --backend "$b"
+        stage "ntk_jl_$b" 30 "$m" ntk --model "$fx/ntk/mlp_gelu.safetensors" \
+            --data "$fx/ntk/train.safetensors" --projection gaussian --projection-dim 64 --seed 7 \
+            --out "$tmp/kp_$b.safetensors" --backend "$b"
+        stage "pca_$b" 30 "$m" pca --input "$fx/sklearn_embeddings.safetensors" --components 4 \
+            --out "$tmp/pca_$b.json" --backend "$b"
+    done
+    stage ntk_compare 60 python3 "$tmp/compare_tensors.py" "$tmp/k_cuda.safetensors" "$tmp/k_cpu.safetensors" kernel
+    stage ntk_jl_compare 60 python3 "$tmp/compare_tensors.py" "$tmp/kp_cuda.safetensors" "$tmp/kp_cpu.safetensors" kernel
+    stage pca_compare 60 python3 "$tmp/compare_pca.py" "$tmp/pca_cuda.json" "$tmp/pca_cpu.json"
+
+    if command -v compute-sanitizer >/dev/null; then
+        stage memcheck_cuda 90 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/cuda"
+        stage memcheck_ops 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/ops" \
+            linear attention layer_norm gather pool l2
+        stage racecheck_stats 60 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/cuda" \
+            jacobi flash
+    else
+        SUMMARY+=("| memcheck | SKIPPED (no compute-sanitizer) | – | – |")
+    fi
+
+    stage bench_cuda 150 "$m" bench --backend cuda --suite kernels --variant 1,2,3 \
+        --json "$OUT/bench_cuda.json"
+    stage bench_cuda_pipelines 60 "$m" bench --backend cuda --suite pipelines \
+        --json "$OUT/bench_cuda_pipelines.json"
+    stage bench_merge 30 python3 "$tmp/merge_bench.py" "$OUT/bench_cuda.json" \
+        "$OUT/bench_cuda_pipelines.json" "$OUT/bench_all.json"
+    stage torch_anchors 120 python3 "$ROOT/tools/anchors/gpu_torch.py" --bench "$OUT/bench_all.json" \
+        --json "$OUT/anchors.json"
+    rm -rf "$tmp"
+
+    {
+        echo
+        echo "## gpu-check $(date -u +%FT%TZ) — $(head -1 "$OUT/environment.txt")"
+        echo
+        echo "| stage | status | time | detail |"
+        echo "|---|---|---|---|"
+        printf '%s\n' "${SUMMARY[@]}"
+        echo
+        echo "Anchors (mscope/torch; below 1: mscope faster):"
+        grep -E "^\|" "$OUT/torch_anchors.log" 2>/dev/null || echo "(none: see torch_anchors.log)"
+    } | tee "$OUT/summary.md"
+}
+
+case "${1:-}" in
+pack) pack ;;
+run) run ;;
+*)
+    echo "usage: $0 pack|run" >&2
+    exit 2
+    ;;
+esac
