@@ -182,7 +182,10 @@ fn wgpu_runs_its_families_and_both_gemm_variants() {
     .unwrap();
     assert!(results(&report).is_empty());
     let skipped = &report["skipped"][0];
-    assert!(skipped["name"].as_str().unwrap().starts_with("trim_search/"));
+    assert!(skipped["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("trim_search/"));
     assert!(skipped["reason"].as_str().unwrap().contains("Trim"));
 }
 
