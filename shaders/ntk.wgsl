@@ -70,6 +70,21 @@ struct Block {
     r3: vec4<f32>,
 }
 
+/// `b` plus this thread's 4×4 share of the product of the slabs staged in `row_tile` and
+/// `col_tile` (the inner loop of both tiled kernels; the caller brackets it with barriers).
+fn multiply_staged_slab(acc: Block, lid: vec3<u32>) -> Block {
+    var b = acc;
+    for (var kk = 0u; kk < TILE_K; kk++) {
+        let a = row_tile[kk * QUADS + lid.y];
+        let c = col_tile[kk * QUADS + lid.x];
+        b.r0 = fma(vec4<f32>(a.x), c, b.r0);
+        b.r1 = fma(vec4<f32>(a.y), c, b.r1);
+        b.r2 = fma(vec4<f32>(a.z), c, b.r2);
+        b.r3 = fma(vec4<f32>(a.w), c, b.r3);
+    }
+    return b;
+}
+
 // Operand 0 is the gradient factors (width p), operand 1 the activation factors (width q).
 fn row_value(operand: u32, i: u32, kk: u32) -> f32 {
     if operand == 0u {
@@ -109,14 +124,7 @@ fn gram_tiled(operand: u32, width: u32, row0: u32, col0: u32, lid: vec3<u32>, ti
             col_tile[kk * QUADS + load_r / 4u][load_r % 4u] = cv;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TILE_K; kk++) {
-            let a = row_tile[kk * QUADS + lid.y];
-            let c = col_tile[kk * QUADS + lid.x];
-            b.r0 = fma(vec4<f32>(a.x), c, b.r0);
-            b.r1 = fma(vec4<f32>(a.y), c, b.r1);
-            b.r2 = fma(vec4<f32>(a.z), c, b.r2);
-            b.r3 = fma(vec4<f32>(a.w), c, b.r3);
-        }
+        b = multiply_staged_slab(b, lid);
         workgroupBarrier();
     }
     return b;
@@ -296,14 +304,7 @@ fn jl_project(
             col_tile[kk * QUADS + load_r / 4u][load_r % 4u] = pv;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TILE_K; kk++) {
-            let a = row_tile[kk * QUADS + lid.y];
-            let c = col_tile[kk * QUADS + lid.x];
-            b.r0 = fma(vec4<f32>(a.x), c, b.r0);
-            b.r1 = fma(vec4<f32>(a.y), c, b.r1);
-            b.r2 = fma(vec4<f32>(a.z), c, b.r2);
-            b.r3 = fma(vec4<f32>(a.w), c, b.r3);
-        }
+        b = multiply_staged_slab(b, lid);
         workgroupBarrier();
     }
     let ri = row0 + 4u * lid.y;
