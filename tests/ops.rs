@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{backends, rel_error, Rng};
-use mscope::backend::{Activation, AttentionSpec, Backend, Pooling, SeqLayout, Tensor};
+use common::{backends, l2_normalize_ref, layer_norm_ref, rel_error, rms_norm_ref, Rng};
+use mscope::backend::{Activation, AttentionSpec, Backend, Pooling, RopeSpec, SeqLayout, Tensor};
 
 /// f32 paths must agree with the f64 reference well under 1e-5 (DESIGN › Numerics).
 const F32_TOL: f64 = 1e-5;
@@ -171,19 +171,7 @@ fn layer_norm_rows() {
             .map(|(i, v)| v + if i < d { 30.0 } else { 0.0 })
             .collect();
         let (g, b) = (rng.vec(d), rng.vec(d));
-        let want: Vec<f64> = x
-            .chunks(d)
-            .flat_map(|row| {
-                let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
-                let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
-                let inv = 1.0 / (var + eps).sqrt();
-                row.iter()
-                    .map(move |&v| (v as f64 - mean) * inv)
-                    .collect::<Vec<_>>()
-            })
-            .enumerate()
-            .map(|(i, v)| v * g[i % d] as f64 + b[i % d] as f64)
-            .collect();
+        let want = layer_norm_ref(&x, &g, &b, eps);
         let mut t = upload(be, &[n, d], &x);
         be.layer_norm(
             &mut t,
@@ -193,6 +181,204 @@ fn layer_norm_rows() {
         )
         .unwrap();
         check(be, "layer_norm", &t, &want);
+    }
+}
+
+#[test]
+fn rms_norm_rows() {
+    for be in backends() {
+        let be = be.as_ref();
+        let mut rng = Rng::new(6);
+        let eps = 1e-6;
+        // 67 fits one workgroup / block of 256; 517 has every invocation stride over the row.
+        for (n, d) in [(29, 67), (7, 517), (3, 1)] {
+            // Row 1 is large, row 2 so small that eps matters: RMSNorm's output ignores the
+            // row's scale only where the mean square dwarfs eps.
+            let x: Vec<f32> = rng
+                .vec(n * d)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match i / d {
+                    1 => v * 300.0,
+                    2 => v * 1e-3,
+                    _ => *v,
+                })
+                .collect();
+            let g = rng.vec(d);
+            let mut t = upload(be, &[n, d], &x);
+            be.rms_norm(&mut t, &upload(be, &[d], &g), eps as f32)
+                .unwrap();
+            check(
+                be,
+                &format!("rms_norm {n}x{d}"),
+                &t,
+                &rms_norm_ref(&x, &g, eps),
+            );
+        }
+    }
+}
+
+/// Rotates the query and key pairs of each sequence in f64 with `rotate_half` pairs
+/// `(i, i + head_dim/2)`; value heads are copied.
+fn rope_reference(qkv: &[f32], lengths: &[usize], spec: &RopeSpec) -> Vec<f64> {
+    let (hd, width) = (spec.head_dim, spec.qkv_width());
+    let half = hd / 2;
+    let mut out: Vec<f64> = qkv.iter().map(|&v| v as f64).collect();
+    let mut row = 0;
+    for &len in lengths {
+        for pos in 0..len {
+            for head in 0..spec.heads + spec.kv_heads {
+                for i in 0..half {
+                    let (sin, cos) = (pos as f64 * spec.inv_freq(i) as f64).sin_cos();
+                    let at = row * width + head * hd + i;
+                    let (a, b) = (qkv[at] as f64, qkv[at + half] as f64);
+                    out[at] = a * cos - b * sin;
+                    out[at + half] = b * cos + a * sin;
+                }
+            }
+            row += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn rope_rotates_queries_and_keys_per_sequence() {
+    for be in backends() {
+        let be = be.as_ref();
+        let mut rng = Rng::new(7);
+        let spec = |heads, kv_heads, head_dim, theta| RopeSpec {
+            heads,
+            kv_heads,
+            head_dim,
+            theta,
+        };
+        let cases = [
+            (
+                "grouped-query 6/2 × 10",
+                spec(6, 2, 10, 1e4),
+                vec![1, 17, 5, 0, 33, 2],
+            ),
+            ("multi-head 3/3 × 2", spec(3, 3, 2, 1e6), vec![4, 9]),
+            // Positions into the thousands: every token must find its own row of the table.
+            ("long sequence 2/1 × 16", spec(2, 1, 16, 1e4), vec![3, 2500]),
+            (
+                "Mistral-7B 32/8 × 128",
+                spec(32, 8, 128, 1e6),
+                vec![45, 300],
+            ),
+        ];
+        for (name, spec, lengths) in cases {
+            let layout = SeqLayout::from_lengths(lengths.iter().copied());
+            let (tokens, width) = (layout.num_tokens(), spec.qkv_width());
+            let qkv = rng.vec(tokens * width);
+            let mut t = upload(be, &[tokens, width], &qkv);
+            be.rope(&mut t, &layout, &spec).unwrap();
+            let got = be.download(&t).unwrap();
+            let rotated = spec.rotated_width();
+            for (row, (got, given)) in got.chunks(width).zip(qkv.chunks(width)).enumerate() {
+                assert_eq!(
+                    got[rotated..],
+                    given[rotated..],
+                    "{} rope {name}: value heads of row {row} changed",
+                    be.name()
+                );
+            }
+            check(
+                be,
+                &format!("rope {name}"),
+                &t,
+                &rope_reference(&qkv, &lengths, &spec),
+            );
+        }
+    }
+}
+
+#[test]
+fn rope_frequencies_are_transformers_inv_freq() {
+    // inv_freq_i = θ^(−2i/d) to within f32 rounding (not θ^(−i/d), not interleaved).
+    for (head_dim, theta) in [(128, 1e4f64), (128, 1e6), (10, 1e4)] {
+        let spec = RopeSpec {
+            heads: 1,
+            kv_heads: 1,
+            head_dim,
+            theta: theta as f32,
+        };
+        for i in 0..head_dim / 2 {
+            let want = theta.powf(-2.0 * i as f64 / head_dim as f64);
+            let got = spec.inv_freq(i) as f64;
+            assert!(
+                (got - want).abs() <= 3e-7 * want,
+                "head_dim {head_dim} θ {theta} pair {i}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn rope_table_is_exact_to_f32_rounding() {
+    // An angle formed in f32 (as transformers does) is off by up to half its ulp, 2.4e-4 rad for
+    // pair 1 at position 8000; the table rounds only the final cos and sin.
+    let spec = RopeSpec {
+        heads: 1,
+        kv_heads: 1,
+        head_dim: 128,
+        theta: 1e6,
+    };
+    let positions = 8192;
+    let table = spec.table(positions);
+    assert_eq!(table.len(), positions * 128);
+    for (pos, row) in table.chunks(128).enumerate() {
+        for (i, cs) in row.chunks(2).enumerate() {
+            let (sin, cos) = (pos as f64 * spec.inv_freq(i) as f64).sin_cos();
+            // Half an ulp of values in [0.5, 1], and the same absolute bound below.
+            let bound = 0.5f64.powi(24) + 1e-12;
+            assert!(
+                (cs[0] as f64 - cos).abs() <= bound && (cs[1] as f64 - sin).abs() <= bound,
+                "position {pos} pair {i}: ({}, {}) vs ({cos}, {sin})",
+                cs[0],
+                cs[1]
+            );
+        }
+    }
+}
+
+#[test]
+fn rms_norm_and_rope_reject_bad_shapes() {
+    for be in backends() {
+        let be = be.as_ref();
+        let mut x = be.zeros(&[3, 4]).unwrap();
+        let err = be
+            .rms_norm(&mut x, &be.zeros(&[5]).unwrap(), 1e-6)
+            .unwrap_err();
+        assert!(err.to_string().contains("gamma [5], expected [4]"), "{err}");
+
+        let layout = SeqLayout::from_lengths([2, 1]);
+        let spec = RopeSpec {
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 4,
+            theta: 1e4,
+        };
+        let odd = RopeSpec {
+            head_dim: 5,
+            ..spec
+        };
+        let cases = [
+            (odd, [3, odd.qkv_width()], "head_dim 5 must be even"),
+            (spec, [3, 15], "qkv width 15, expected 16"),
+            (spec, [4, 16], "4 rows, layout has 3 tokens"),
+            (
+                RopeSpec { theta: 0.0, ..spec },
+                [3, 16],
+                "theta 0 must be positive",
+            ),
+        ];
+        for (spec, shape, needle) in cases {
+            let mut qkv = be.zeros(&shape).unwrap();
+            let err = be.rope(&mut qkv, &layout, &spec).unwrap_err();
+            assert!(err.to_string().contains(needle), "{}: {err}", be.name());
+        }
     }
 }
 
@@ -336,13 +522,7 @@ fn pooling_modes_and_normalize() {
             be.pool(&hidden, &layout, mode, &mut out).unwrap();
             check(be, &format!("pool {mode:?}"), &out, &want);
 
-            let normalized: Vec<f64> = want
-                .chunks(d)
-                .flat_map(|row| {
-                    let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
-                    row.iter().map(move |v| v / norm).collect::<Vec<_>>()
-                })
-                .collect();
+            let normalized = l2_normalize_ref(&want, d);
             be.l2_normalize(&mut out).unwrap();
             check(
                 be,

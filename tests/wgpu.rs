@@ -1,10 +1,11 @@
 //! wgpu-specific behaviour the shared parity tests cannot reach: tables split across storage
-//! bindings, both GEMM variants, adapter selection and tensors handed to the wrong backend.
+//! bindings, both GEMM variants, both row reductions of the norm family (subgroups and shared
+//! memory), adapter selection and tensors handed to the wrong backend.
 //! Tests that need an adapter report themselves skipped when there is none.
 
 mod common;
 
-use common::{rel_error, Rng};
+use common::{l2_normalize_ref, layer_norm_ref, rel_error, rms_norm_ref, Rng};
 use mscope::backend::wgpu::{list_adapters, GemmVariant, WgpuBackend, WgpuOptions};
 use mscope::backend::{self, Activation, Backend, BackendKind, OpFamily};
 
@@ -94,6 +95,59 @@ fn both_gemm_variants_match_f64() {
                 err < 1e-5,
                 "{variant:?} {n}x{k}x{m}: relative error {err:e}"
             );
+        }
+    }
+}
+
+#[test]
+fn norm_family_matches_f64_with_and_without_subgroups() {
+    for subgroups in [true, false] {
+        let Some(be) = open(WgpuOptions {
+            subgroups,
+            ..Default::default()
+        }) else {
+            return;
+        };
+        let variant = if subgroups { "subgroup" } else { "shared" };
+        if subgroups && !be.subgroup_norms() {
+            eprintln!(
+                "skipped subgroup norms: {} offers no subgroups",
+                be.adapter_info().name
+            );
+            continue;
+        }
+        assert_eq!(
+            be.subgroup_norms(),
+            subgroups,
+            "{variant} variant not chosen"
+        );
+        let mut rng = Rng::new(13);
+        // One column, under one workgroup, exactly one, and four strides and a bit.
+        for (n, d) in [(3, 1), (13, 67), (5, 256), (4, 1031)] {
+            let x: Vec<f32> = rng.vec(n * d).iter().map(|v| v + 2.0).collect();
+            let (g, b) = (rng.vec(d), rng.vec(d));
+            let (gt, bt) = (be.upload(&[d], &g).unwrap(), be.upload(&[d], &b).unwrap());
+            let eps = 1e-5;
+            let to_f32 = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<_>>();
+
+            let mut t = be.upload(&[n, d], &x).unwrap();
+            be.layer_norm(&mut t, &gt, &bt, eps as f32).unwrap();
+            let want = to_f32(layer_norm_ref(&x, &g, &b, eps));
+            let err = rel_error(&be.download(&t).unwrap(), &want);
+            assert!(err < 1e-5, "{variant} layer_norm {n}x{d}: {err:e}");
+
+            let mut t = be.upload(&[n, d], &x).unwrap();
+            be.rms_norm(&mut t, &gt, eps as f32).unwrap();
+            let want = to_f32(rms_norm_ref(&x, &g, eps));
+            let err = rel_error(&be.download(&t).unwrap(), &want);
+            assert!(err < 1e-5, "{variant} rms_norm {n}x{d}: {err:e}");
+
+            let mut t = be.upload(&[n, d], &x).unwrap();
+            be.l2_normalize(&mut t).unwrap();
+            let widened: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let want = to_f32(l2_normalize_ref(&widened, d));
+            let err = rel_error(&be.download(&t).unwrap(), &want);
+            assert!(err < 1e-5, "{variant} l2_normalize {n}x{d}: {err:e}");
         }
     }
 }

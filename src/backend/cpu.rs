@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::{
     shapes, Activation, AttentionSpec, Backend, Eigen, Matrix64, Moments, OpFamily, Pooling,
-    SeqLayout, Storage, Tensor,
+    RopeSpec, SeqLayout, Storage, Tensor,
 };
 use crate::error::Result;
 
@@ -228,6 +228,42 @@ impl Backend for CpuBackend {
             for ((v, g), b) in row.iter_mut().zip(g).zip(b) {
                 *v = (*v - mean) * inv * g + b;
             }
+        });
+        Ok(())
+    }
+
+    fn rms_norm(&self, x: &mut Tensor, gamma: &Tensor, eps: f32) -> Result<()> {
+        let (_, d) = shapes::rms_norm(x, gamma)?;
+        let g = values(gamma)?;
+        values_mut(x)?.par_chunks_mut(d).for_each(|row| {
+            let mean_square = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let inv = 1.0 / (mean_square + eps).sqrt();
+            for (v, g) in row.iter_mut().zip(g) {
+                *v = *v * inv * g;
+            }
+        });
+        Ok(())
+    }
+
+    fn rope(&self, qkv: &mut Tensor, layout: &SeqLayout, spec: &RopeSpec) -> Result<()> {
+        let (_, width) = shapes::rope(qkv, layout, spec)?;
+        let half = spec.head_dim / 2;
+        let table = spec.table(layout.max_len());
+        let rotated = spec.rotated_width();
+        let blocks = split_sequences(values_mut(qkv)?, layout, width);
+        blocks.into_par_iter().for_each(|block| {
+            block
+                .par_chunks_mut(width)
+                .zip(table.par_chunks(2 * half))
+                .for_each(|(row, angles)| {
+                    for head in row[..rotated].chunks_exact_mut(2 * half) {
+                        let (x1, x2) = head.split_at_mut(half);
+                        for ((a, b), cs) in x1.iter_mut().zip(x2).zip(angles.chunks_exact(2)) {
+                            let (cos, sin) = (cs[0], cs[1]);
+                            (*a, *b) = (*a * cos - *b * sin, *b * cos + *a * sin);
+                        }
+                    }
+                });
         });
         Ok(())
     }

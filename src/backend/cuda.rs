@@ -23,7 +23,7 @@ pub use memory::CudaStorage;
 
 use super::{
     shapes, Activation, AttentionSpec, Backend, Eigen, JlDistribution, JlSpec, Matrix64, Moments,
-    OpFamily, Pooling, SeqLayout, Storage, Tensor, TrimReference, TrimResult, TrimSpec,
+    OpFamily, Pooling, RopeSpec, SeqLayout, Storage, Tensor, TrimReference, TrimResult, TrimSpec,
 };
 use crate::error::{Error, Result};
 use kernels::ModuleCache;
@@ -537,6 +537,51 @@ impl Backend for CudaBackend {
         args.arg(x).arg(gamma).arg(beta).arg(&di).arg(&eps);
         let cfg = config((rows, 1, 1), (row_threads(d), 1, 1));
         self.launch("layer_norm_v1", &mut args, cfg)
+    }
+
+    fn rms_norm(&self, x: &mut Tensor, gamma: &Tensor, eps: f32) -> Result<()> {
+        let (n, d) = shapes::rms_norm(x, gamma)?;
+        let di = to_i32(d, "rms_norm width")?;
+        let rows = u32::try_from(n).map_err(|_| Error::input("rms_norm: rows exceed u32"))?;
+        let f = self.function("norm", "rms_norm_v1")?;
+        let gamma = self.slice(gamma)?;
+        let x = self.slice_mut(x)?;
+        let mut args = self.stream().launch_builder(&f);
+        args.arg(x).arg(gamma).arg(&di).arg(&eps);
+        let cfg = config((rows, 1, 1), (row_threads(d), 1, 1));
+        self.launch("rms_norm_v1", &mut args, cfg)
+    }
+
+    fn rope(&self, qkv: &mut Tensor, layout: &SeqLayout, spec: &RopeSpec) -> Result<()> {
+        let (tokens, width) = shapes::rope(qkv, layout, spec)?;
+        let half = spec.head_dim / 2;
+        let rotated_heads = spec.heads + spec.kv_heads;
+        let (ti, wi, hi, halfi) = (
+            to_i32(tokens, "rope tokens")?,
+            to_i32(width, "rope width")?,
+            to_i32(rotated_heads, "rope heads")?,
+            to_i32(half, "rope head_dim")?,
+        );
+        let pairs = tokens * rotated_heads * half;
+        if pairs == 0 {
+            return Ok(());
+        }
+        let positions: Vec<i32> = layout.positions().map(|p| p as i32).collect();
+        let positions = self.upload_small(&positions)?;
+        let table = self.upload_small(&spec.table(layout.max_len()))?;
+        let f = self.function("rope", "rope_v1")?;
+        let qkv = self.slice_mut(qkv)?;
+        let mut args = self.stream().launch_builder(&f);
+        args.arg(qkv)
+            .arg(&positions)
+            .arg(&table)
+            .arg(&ti)
+            .arg(&wi)
+            .arg(&hi)
+            .arg(&halfi);
+        // A grid-stride loop covers what a capped grid leaves.
+        let blocks = pairs.div_ceil(256).min(1 << 16) as u32;
+        self.launch("rope_v1", &mut args, config((blocks, 1, 1), (256, 1, 1)))
     }
 
     fn attention(

@@ -11,6 +11,8 @@ pub mod wgpu;
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 
 /// Which device runs the op set.
@@ -161,6 +163,11 @@ impl SeqLayout {
         self.starts[i]..self.starts[i + 1]
     }
 
+    /// Each token's position within its sequence (from 0), in row order.
+    pub fn positions(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.num_sequences()).flat_map(|s| 0..self.range(s).len())
+    }
+
     pub fn max_len(&self) -> usize {
         (0..self.num_sequences())
             .map(|i| self.range(i).len())
@@ -210,6 +217,60 @@ impl AttentionSpec {
             Some(w) => i.abs_diff(j) < w,
             None => true,
         }
+    }
+}
+
+/// Rotary position embedding of the query and key heads of a packed QKV tensor
+/// `[tokens, (heads + 2·kv_heads)·head_dim]` (the layout of [`AttentionSpec::qkv_width`]), in
+/// Hugging Face's Llama/Mistral convention: `rotate_half` pairs column `i` of a head with column
+/// `i + head_dim/2`, both turned by the angle `pos · inv_freq_i` where `pos` counts from 0 within
+/// each sequence. Value heads are left as they are.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RopeSpec {
+    pub heads: usize,
+    pub kv_heads: usize,
+    /// Even: each head is rotated as `head_dim/2` pairs.
+    pub head_dim: usize,
+    /// `rope_theta` of the model config (10 000 for Llama 2 and Mistral v0.1, 10⁶ for v0.2).
+    pub theta: f32,
+}
+
+impl RopeSpec {
+    pub fn qkv_width(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+
+    /// Columns `0..rotated_width()` of each row (queries, then keys) are rotated.
+    pub fn rotated_width(&self) -> usize {
+        (self.heads + self.kv_heads) * self.head_dim
+    }
+
+    /// Frequency of pair `i`, `θ^(−2i/head_dim)`, computed in f32 in transformers' order
+    /// (`1 / θ^(2i/d)`), so the model turns by the frequencies it was trained with.
+    pub fn inv_freq(&self, i: usize) -> f32 {
+        1.0 / self.theta.powf((2 * i) as f32 / self.head_dim as f32)
+    }
+
+    /// `(cos, sin)` of `pos · inv_freq_i` for positions `0..positions`, laid out
+    /// `[positions, head_dim/2, 2]`: the table every backend applies. The angle and its cosine
+    /// and sine are taken in f64 and rounded once to f32. transformers forms the angle in f32,
+    /// off by up to half its ulp (6e-5 rad for angles between 1024 and 2048), so outputs differ
+    /// from its by that much at long positions, in the direction of the exact rotation.
+    pub fn table(&self, positions: usize) -> Vec<f32> {
+        let half = self.head_dim / 2;
+        let freqs: Vec<f64> = (0..half).map(|i| f64::from(self.inv_freq(i))).collect();
+        let mut table = vec![0.0f32; positions * half * 2];
+        table
+            .par_chunks_mut((half * 2).max(1))
+            .enumerate()
+            .for_each(|(pos, row)| {
+                for (pair, freq) in row.chunks_exact_mut(2).zip(&freqs) {
+                    let (sin, cos) = (pos as f64 * freq).sin_cos();
+                    pair[0] = cos as f32;
+                    pair[1] = sin as f32;
+                }
+            });
+        table
     }
 }
 
@@ -322,7 +383,8 @@ pub struct Eigen {
 /// before it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpFamily {
-    /// memory, linear, gather, layer_norm, attention, pool, l2_normalize: an encoder forward.
+    /// memory, linear, gather, layer_norm, rms_norm, rope, attention, pool, l2_normalize: an
+    /// encoder (or decoder) forward.
     Encoder,
     /// scatter, symmetric_eigen, spd_solve.
     Stats,
@@ -389,6 +451,14 @@ pub trait Backend: Send + Sync {
 
     /// Row-wise LayerNorm in place, f32 statistics.
     fn layer_norm(&self, x: &mut Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<()>;
+
+    /// Row-wise RMSNorm in place, `x / √(mean(x²) + eps) · gamma`, f32 statistics (Llama's and
+    /// Mistral's `RMSNorm`).
+    fn rms_norm(&self, x: &mut Tensor, gamma: &Tensor, eps: f32) -> Result<()>;
+
+    /// Rotary position embedding of the query and key heads of `qkv` in place ([`RopeSpec`]),
+    /// positions counted from 0 within each sequence of `layout`.
+    fn rope(&self, qkv: &mut Tensor, layout: &SeqLayout, spec: &RopeSpec) -> Result<()>;
 
     /// Softmax attention of every packed sequence with itself; `out: [tokens, heads·head_dim]`.
     fn attention(

@@ -1,7 +1,7 @@
 //! Argument checks of the op set, shared by every backend so each rejects bad shapes with the
 //! same message.
 
-use super::{AttentionSpec, SeqLayout, Tensor};
+use super::{AttentionSpec, RopeSpec, SeqLayout, Tensor};
 use crate::error::{Error, Result};
 
 pub(crate) fn ensure(ok: bool, message: impl FnOnce() -> String) -> Result<()> {
@@ -76,6 +76,43 @@ pub(crate) fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<(u
         )
     })?;
     Ok((n, d))
+}
+
+/// `(rows, d)` of an RMSNorm input with `gamma: [d]`.
+pub(crate) fn rms_norm(x: &Tensor, gamma: &Tensor) -> Result<(usize, usize)> {
+    let (n, d) = x.dims2("rms_norm input")?;
+    ensure(gamma.shape() == [d], || {
+        format!("rms_norm: gamma {:?}, expected [{d}]", gamma.shape())
+    })?;
+    Ok((n, d))
+}
+
+/// `(tokens, width)` of a RoPE call, after checking the head size, the frequency base and that
+/// `qkv` holds the layout's tokens at the spec's QKV width.
+pub(crate) fn rope(qkv: &Tensor, layout: &SeqLayout, spec: &RopeSpec) -> Result<(usize, usize)> {
+    let (tokens, width) = qkv.dims2("rope qkv")?;
+    let hd = spec.head_dim;
+    ensure(hd > 0 && hd.is_multiple_of(2), || {
+        format!("rope: head_dim {hd} must be even and positive (columns are rotated in pairs)")
+    })?;
+    ensure(spec.theta.is_finite() && spec.theta > 0.0, || {
+        format!("rope: theta {} must be positive and finite", spec.theta)
+    })?;
+    ensure(width == spec.qkv_width(), || {
+        format!(
+            "rope: qkv width {width}, expected {} for {} query and {} key/value heads of {hd}",
+            spec.qkv_width(),
+            spec.heads,
+            spec.kv_heads
+        )
+    })?;
+    ensure(tokens == layout.num_tokens(), || {
+        format!(
+            "rope: {tokens} rows, layout has {} tokens",
+            layout.num_tokens()
+        )
+    })?;
+    Ok((tokens, width))
 }
 
 /// Checks an attention call's QKV width, head grouping, token count and output shape.

@@ -61,6 +61,45 @@ pub fn rel_error_f64(a: &[f64], b: &[f64]) -> f64 {
     (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
 }
 
+/// LayerNorm of each `d`-wide row in f64: the reference of every backend's `layer_norm`.
+pub fn layer_norm_ref(x: &[f32], gamma: &[f32], beta: &[f32], eps: f64) -> Vec<f64> {
+    let d = gamma.len();
+    x.chunks(d)
+        .flat_map(|row| {
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+            let inv = 1.0 / (var + eps).sqrt();
+            row.iter()
+                .zip(gamma.iter().zip(beta))
+                .map(move |(&v, (&g, &b))| (v as f64 - mean) * inv * g as f64 + b as f64)
+        })
+        .collect()
+}
+
+/// RMSNorm of each `d`-wide row in f64: the reference of every backend's `rms_norm`.
+pub fn rms_norm_ref(x: &[f32], gamma: &[f32], eps: f64) -> Vec<f64> {
+    let d = gamma.len();
+    x.chunks(d)
+        .flat_map(|row| {
+            let mean_square = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / d as f64;
+            let inv = 1.0 / (mean_square + eps).sqrt();
+            row.iter()
+                .zip(gamma)
+                .map(move |(&v, &g)| v as f64 * inv * g as f64)
+        })
+        .collect()
+}
+
+/// `x / max(‖x‖₂, 1e-12)` of each `d`-wide row in f64: the reference of `l2_normalize`.
+pub fn l2_normalize_ref(x: &[f64], d: usize) -> Vec<f64> {
+    x.chunks(d)
+        .flat_map(|row| {
+            let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+            row.iter().map(move |v| v / norm)
+        })
+        .collect()
+}
+
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
     let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();

@@ -36,10 +36,16 @@ pub(super) enum Kernel {
     JlProject,
     GroupSums,
     ScatterTiled,
+    RmsNorm,
+    Rope,
+    /// The norm family with subgroup reductions (norm_subgroup.wgsl), where the device has them.
+    LayerNormSubgroup,
+    L2NormalizeSubgroup,
+    RmsNormSubgroup,
 }
 
 impl Kernel {
-    pub(super) const COUNT: usize = 12;
+    pub(super) const COUNT: usize = 17;
 
     fn index(self) -> usize {
         self as usize
@@ -58,6 +64,11 @@ impl Kernel {
                 include_str!("../../../shaders/ntk.wgsl")
             }
             Kernel::GroupSums | Kernel::ScatterTiled => include_str!("../../../shaders/stats.wgsl"),
+            Kernel::RmsNorm => include_str!("../../../shaders/norm.wgsl"),
+            Kernel::Rope => include_str!("../../../shaders/rope.wgsl"),
+            Kernel::LayerNormSubgroup | Kernel::L2NormalizeSubgroup | Kernel::RmsNormSubgroup => {
+                include_str!("../../../shaders/norm_subgroup.wgsl")
+            }
         }
     }
 
@@ -75,6 +86,11 @@ impl Kernel {
             Kernel::JlProject => "jl_project",
             Kernel::GroupSums => "group_sums",
             Kernel::ScatterTiled => "scatter_tiled",
+            Kernel::RmsNorm => "rms_norm",
+            Kernel::Rope => "rope",
+            Kernel::LayerNormSubgroup => "layer_norm_subgroup",
+            Kernel::L2NormalizeSubgroup => "l2_normalize_subgroup",
+            Kernel::RmsNormSubgroup => "rms_norm_subgroup",
         }
     }
 
@@ -99,6 +115,22 @@ impl Kernel {
             Kernel::JlProject => &[Read, ReadWrite],
             // x, rows, items, means, partial
             Kernel::GroupSums | Kernel::ScatterTiled => &[Read, Read, Read, Read, ReadWrite],
+            Kernel::LayerNormSubgroup => Kernel::LayerNorm.storage(),
+            Kernel::L2NormalizeSubgroup => Kernel::L2Normalize.storage(),
+            // x, gamma
+            Kernel::RmsNorm | Kernel::RmsNormSubgroup => &[ReadWrite, Read],
+            // qkv, positions, (cos, sin) table
+            Kernel::Rope => &[ReadWrite, Read, Read],
+        }
+    }
+
+    /// The subgroup twin of a norm-family kernel; other kernels have none and map to themselves.
+    pub(super) fn with_subgroups(self) -> Kernel {
+        match self {
+            Kernel::LayerNorm => Kernel::LayerNormSubgroup,
+            Kernel::L2Normalize => Kernel::L2NormalizeSubgroup,
+            Kernel::RmsNorm => Kernel::RmsNormSubgroup,
+            other => other,
         }
     }
 }
@@ -191,7 +223,8 @@ pub(super) struct PoolParams {
     pub _pad: u32,
 }
 
-/// norm.wgsl `Params` (both entry points; `eps` is unused by `l2_normalize`).
+/// norm.wgsl and norm_subgroup.wgsl `Params` (every entry point; `eps` is unused by
+/// `l2_normalize`).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub(super) struct NormParams {
@@ -272,4 +305,14 @@ pub(super) struct StatsParams {
     pub items: u32,
     pub tiles: u32,
     pub _pad: u32,
+}
+
+/// rope.wgsl `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct RopeParams {
+    pub tokens: u32,
+    pub width: u32,
+    pub rotated_heads: u32,
+    pub half: u32,
 }

@@ -9,6 +9,7 @@ mod adapter;
 mod kernels;
 mod memory;
 mod ntk;
+mod rope;
 mod stats;
 mod timer;
 
@@ -23,7 +24,7 @@ pub use memory::WgpuStorage;
 
 use super::{
     shapes, Activation, AttentionSpec, Backend, Eigen, JlSpec, Matrix64, Moments, OpFamily,
-    Pooling, SeqLayout, Storage, Tensor, TrimReference, TrimResult, TrimSpec,
+    Pooling, RopeSpec, SeqLayout, Storage, Tensor, TrimReference, TrimResult, TrimSpec,
 };
 use crate::error::{Error, Result};
 use kernels::{
@@ -88,6 +89,10 @@ pub struct WgpuOptions {
     /// `None` picks by adapter: [`GemmVariant::Direct`] on software adapters, else tiled. The NTK
     /// contraction (two GEMMs) follows the same choice.
     pub gemm: Option<GemmVariant>,
+    /// Whether the norm family reduces rows with subgroup operations where the adapter offers
+    /// them (norm_subgroup.wgsl); false keeps the shared-memory reduction everywhere, so tests
+    /// can run both on one adapter.
+    pub subgroups: bool,
 }
 
 impl Default for WgpuOptions {
@@ -97,6 +102,7 @@ impl Default for WgpuOptions {
             allow_software: true,
             max_binding_bytes: None,
             gemm: None,
+            subgroups: true,
         }
     }
 }
@@ -136,6 +142,8 @@ pub struct WgpuBackend {
     max_part_bytes: u64,
     max_workgroups_per_dim: u32,
     gemm: Kernel,
+    /// Whether the norm family dispatches its subgroup kernels.
+    subgroup_norms: bool,
     /// The device timer, where the adapter offers timestamp queries.
     timestamps: Option<Timestamps>,
 }
@@ -166,9 +174,13 @@ impl WgpuBackend {
             max_buffer_size: offered.max_buffer_size,
             ..wgpu::Limits::default()
         };
+        let subgroup_norms =
+            options.subgroups && adapter.features().contains(wgpu::Features::SUBGROUP);
+        let mut wanted = wgpu::Features::TIMESTAMP_QUERY;
+        wanted.set(wgpu::Features::SUBGROUP, subgroup_norms);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("mscope"),
-            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
+            required_features: adapter.features() & wanted,
             required_limits: limits.clone(),
             ..Default::default()
         }))
@@ -193,6 +205,7 @@ impl WgpuBackend {
         Ok(WgpuBackend {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             gemm,
+            subgroup_norms,
             pipelines: PipelineCache::new(),
             pending: Mutex::new(Pending {
                 encoder: None,
@@ -224,6 +237,20 @@ impl WgpuBackend {
         match self.gemm {
             Kernel::LinearDirect => GemmVariant::Direct,
             _ => GemmVariant::Tiled,
+        }
+    }
+
+    /// Whether layer_norm, rms_norm and l2_normalize run their subgroup kernels.
+    pub fn subgroup_norms(&self) -> bool {
+        self.subgroup_norms
+    }
+
+    /// The kernel a norm-family op dispatches on this device.
+    fn norm_kernel(&self, kernel: Kernel) -> Kernel {
+        if self.subgroup_norms {
+            kernel.with_subgroups()
+        } else {
+            kernel
         }
     }
 
@@ -680,8 +707,30 @@ impl Backend for WgpuBackend {
             self.buffer(gamma, "layer_norm gamma")?,
             self.buffer(beta, "layer_norm beta")?,
         ];
-        self.dispatch(Kernel::LayerNorm, &params, &buffers, self.grid(n)?);
+        let kernel = self.norm_kernel(Kernel::LayerNorm);
+        self.dispatch(kernel, &params, &buffers, self.grid(n)?);
         Ok(())
+    }
+
+    fn rms_norm(&self, x: &mut Tensor, gamma: &Tensor, eps: f32) -> Result<()> {
+        let (n, d) = shapes::rms_norm(x, gamma)?;
+        let params = NormParams {
+            rows: to_u32(n, "rms_norm rows")?,
+            width: to_u32(d, "rms_norm width")?,
+            eps,
+            _pad: 0,
+        };
+        let buffers = [
+            self.buffer(x, "rms_norm input")?,
+            self.buffer(gamma, "rms_norm gamma")?,
+        ];
+        let kernel = self.norm_kernel(Kernel::RmsNorm);
+        self.dispatch(kernel, &params, &buffers, self.grid(n)?);
+        Ok(())
+    }
+
+    fn rope(&self, qkv: &mut Tensor, layout: &SeqLayout, spec: &RopeSpec) -> Result<()> {
+        self.rotate(qkv, layout, spec)
     }
 
     fn attention(
@@ -773,7 +822,8 @@ impl Backend for WgpuBackend {
             _pad: 0,
         };
         let buffers = [self.buffer(x, "l2_normalize input")?];
-        self.dispatch(Kernel::L2Normalize, &params, &buffers, self.grid(n)?);
+        let kernel = self.norm_kernel(Kernel::L2Normalize);
+        self.dispatch(kernel, &params, &buffers, self.grid(n)?);
         Ok(())
     }
 
