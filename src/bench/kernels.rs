@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::{uniform, Case, Op, Scale, Work};
 use crate::backend::{
     Activation, AttentionSpec, Backend, JlDistribution, JlSpec, Matrix64, OpFamily, Pooling,
-    SeqLayout, TrimReference, TrimSpec, W2Grid,
+    RopeSpec, SeqLayout, TrimReference, TrimSpec, W2Grid,
 };
 use crate::io::samples::synthetic_ensemble;
 
@@ -98,6 +98,17 @@ pub fn cases(scale: Scale) -> Vec<Case> {
     let rows = scale.rows(16_384, 512);
     cases.extend([
         layer_norm("e5-large", rows, 1024),
+        rms_norm("mistral-7b", scale.rows(4096, 256), 4096),
+        rope(
+            "mistral-7b",
+            vec![scale.rows(1024, 128); 4],
+            RopeSpec {
+                heads: 32,
+                kv_heads: 8,
+                head_dim: 128,
+                theta: 1e6,
+            },
+        ),
         l2_normalize("bert-base", rows, 768),
         gather("bert-base-vocab", 30_522, 768, rows),
         pool("minilm-mean", rows / 128, 128, 384),
@@ -196,6 +207,50 @@ fn layer_norm(model: &str, n: usize, d: usize) -> Case {
             let beta = random(be, &[d], 8)?;
             let be = be.clone();
             Ok(Box::new(move || be.layer_norm(&mut x, &gamma, &beta, 1e-12)) as Op)
+        },
+    )
+}
+
+fn rms_norm(model: &str, n: usize, d: usize) -> Case {
+    Case::new(
+        format!("rms_norm/{model}"),
+        OpFamily::Encoder,
+        format!("{n}×{d} in place"),
+        Work::bytes((2 * n * d) as f64 * F32),
+        move |be| {
+            let mut x = random(be, &[n, d], 20)?;
+            let gamma = random(be, &[d], 21)?;
+            let be = be.clone();
+            Ok(Box::new(move || be.rms_norm(&mut x, &gamma, 1e-5)) as Op)
+        },
+    )
+}
+
+/// RoPE on the query and key heads of packed sequences. Bytes: the rotated columns read and
+/// written, the positions and the (cos, sin) table read once; building the table on the host is
+/// part of each run.
+fn rope(model: &str, lengths: Vec<usize>, spec: RopeSpec) -> Case {
+    let layout = SeqLayout::from_lengths(lengths.iter().copied());
+    let tokens = layout.num_tokens();
+    let bytes = (2 * tokens * spec.rotated_width() + tokens + layout.max_len() * spec.head_dim)
+        as f64
+        * F32;
+    Case::new(
+        format!("rope/{model}"),
+        OpFamily::Encoder,
+        format!(
+            "{}×{} tokens, {}/{} heads × {}",
+            lengths.len(),
+            lengths[0],
+            spec.heads,
+            spec.kv_heads,
+            spec.head_dim
+        ),
+        Work::bytes(bytes),
+        move |be| {
+            let mut qkv = random(be, &[tokens, spec.qkv_width()], 22)?;
+            let (be, layout) = (be.clone(), layout.clone());
+            Ok(Box::new(move || be.rope(&mut qkv, &layout, &spec)) as Op)
         },
     )
 }
