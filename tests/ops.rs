@@ -352,6 +352,11 @@ fn rms_norm_and_rope_reject_bad_shapes() {
             .rms_norm(&mut x, &be.zeros(&[5]).unwrap(), 1e-6)
             .unwrap_err();
         assert!(err.to_string().contains("gamma [5], expected [4]"), "{err}");
+        let mut empty_rows = be.zeros(&[3, 0]).unwrap();
+        let err = be
+            .rms_norm(&mut empty_rows, &be.zeros(&[0]).unwrap(), 1e-6)
+            .unwrap_err();
+        assert!(err.to_string().contains("rows of width 0"), "{err}");
 
         let layout = SeqLayout::from_lengths([2, 1]);
         let spec = RopeSpec {
@@ -372,6 +377,24 @@ fn rms_norm_and_rope_reject_bad_shapes() {
                 RopeSpec { theta: 0.0, ..spec },
                 [3, 16],
                 "theta 0 must be positive",
+            ),
+            (
+                RopeSpec {
+                    heads: 0,
+                    kv_heads: 0,
+                    ..spec
+                },
+                [3, 0],
+                "0 query heads cannot share 0 key/value heads",
+            ),
+            (
+                RopeSpec {
+                    heads: 3,
+                    kv_heads: 2,
+                    ..spec
+                },
+                [3, 28],
+                "3 query heads cannot share 2",
             ),
         ];
         for (spec, shape, needle) in cases {

@@ -68,6 +68,7 @@ pub(crate) fn gather(table: &Tensor, ids: &[u32], out: &Tensor) -> Result<(usize
 /// `(rows, d)` of a LayerNorm input with `gamma, beta: [d]`.
 pub(crate) fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<(usize, usize)> {
     let (n, d) = x.dims2("layer_norm input")?;
+    ensure(d > 0, || "layer_norm: rows of width 0".to_string())?;
     ensure(gamma.shape() == [d] && beta.shape() == [d], || {
         format!(
             "layer_norm: gamma {:?} / beta {:?}, expected [{d}]",
@@ -81,6 +82,7 @@ pub(crate) fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<(u
 /// `(rows, d)` of an RMSNorm input with `gamma: [d]`.
 pub(crate) fn rms_norm(x: &Tensor, gamma: &Tensor) -> Result<(usize, usize)> {
     let (n, d) = x.dims2("rms_norm input")?;
+    ensure(d > 0, || "rms_norm: rows of width 0".to_string())?;
     ensure(gamma.shape() == [d], || {
         format!("rms_norm: gamma {:?}, expected [{d}]", gamma.shape())
     })?;
@@ -95,15 +97,19 @@ pub(crate) fn rope(qkv: &Tensor, layout: &SeqLayout, spec: &RopeSpec) -> Result<
     ensure(hd > 0 && hd.is_multiple_of(2), || {
         format!("rope: head_dim {hd} must be even and positive (columns are rotated in pairs)")
     })?;
+    let (heads, kv_heads) = (spec.heads, spec.kv_heads);
+    ensure(
+        heads > 0 && kv_heads > 0 && heads.is_multiple_of(kv_heads),
+        || format!("rope: {heads} query heads cannot share {kv_heads} key/value heads"),
+    )?;
     ensure(spec.theta.is_finite() && spec.theta > 0.0, || {
         format!("rope: theta {} must be positive and finite", spec.theta)
     })?;
     ensure(width == spec.qkv_width(), || {
         format!(
-            "rope: qkv width {width}, expected {} for {} query and {} key/value heads of {hd}",
-            spec.qkv_width(),
-            spec.heads,
-            spec.kv_heads
+            "rope: qkv width {width}, expected {} for {heads} query and {kv_heads} key/value \
+             heads of {hd}",
+            spec.qkv_width()
         )
     })?;
     ensure(tokens == layout.num_tokens(), || {
