@@ -122,17 +122,18 @@ fn split_sequences<'a>(
     blocks
 }
 
-/// `Σ v²` in eight independent lanes: a sum the compiler may keep in one AVX register (a single
+/// `Σ f(v)` in eight independent lanes: a sum the compiler keeps in one AVX register (a single
 /// running f32 sum must be added in order, one element at a time), and whose rounding error
-/// grows with `len / 8` instead of `len`.
-fn sum_of_squares(values: &[f32]) -> f32 {
+/// grows with `len / 8` instead of `len`. The row statistics of the norm family.
+#[inline(always)]
+fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut lanes = [0.0f32; 8];
     let chunks = values.chunks_exact(8);
     let tail = chunks.remainder();
     for chunk in chunks {
-        lanes.iter_mut().zip(chunk).for_each(|(l, v)| *l += v * v);
+        lanes.iter_mut().zip(chunk).for_each(|(l, &v)| *l += f(v));
     }
-    lanes.iter().sum::<f32>() + tail.iter().map(|v| v * v).sum::<f32>()
+    lanes.iter().sum::<f32>() + tail.iter().map(|&v| f(v)).sum::<f32>()
 }
 
 impl Backend for CpuBackend {
@@ -235,8 +236,8 @@ impl Backend for CpuBackend {
         let (_, d) = shapes::layer_norm(x, gamma, beta)?;
         let (g, b) = (values(gamma)?, values(beta)?);
         values_mut(x)?.par_chunks_mut(d).for_each(|row| {
-            let mean = row.iter().sum::<f32>() / d as f32;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+            let mean = lane_sum(row, |v| v) / d as f32;
+            let var = lane_sum(row, |v| (v - mean) * (v - mean)) / d as f32;
             let inv = 1.0 / (var + eps).sqrt();
             for ((v, g), b) in row.iter_mut().zip(g).zip(b) {
                 *v = (*v - mean) * inv * g + b;
@@ -249,7 +250,7 @@ impl Backend for CpuBackend {
         let (_, d) = shapes::rms_norm(x, gamma)?;
         let g = values(gamma)?;
         values_mut(x)?.par_chunks_mut(d).for_each(|row| {
-            let mean_square = sum_of_squares(row) / d as f32;
+            let mean_square = lane_sum(row, |v| v * v) / d as f32;
             let inv = 1.0 / (mean_square + eps).sqrt();
             for (v, g) in row.iter_mut().zip(g) {
                 *v = *v * inv * g;
@@ -387,7 +388,7 @@ impl Backend for CpuBackend {
     fn l2_normalize(&self, x: &mut Tensor) -> Result<()> {
         let (_, d) = x.dims2("l2_normalize input")?;
         values_mut(x)?.par_chunks_mut(d).for_each(|row| {
-            let norm = sum_of_squares(row).sqrt().max(1e-12);
+            let norm = lane_sum(row, |v| v * v).sqrt().max(1e-12);
             row.iter_mut().for_each(|v| *v /= norm);
         });
         Ok(())
