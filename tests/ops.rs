@@ -296,7 +296,7 @@ fn rope_rotates_queries_and_keys_per_sequence() {
 
 #[test]
 fn rope_frequencies_are_transformers_inv_freq() {
-    // inv_freq_i = θ^(−2i/d) to within f32 rounding (not θ^(−i/d), not interleaved).
+    // inv_freq_i = θ^(−2i/d) to within f32 rounding (not θ^(−i/d)).
     for (head_dim, theta) in [(128, 1e4f64), (128, 1e6), (10, 1e4)] {
         let spec = RopeSpec {
             heads: 1,
