@@ -166,7 +166,7 @@ fn wgpu_runs_its_families_and_both_gemm_variants() {
         .iter()
         .any(|p| p["name"] == "copy"));
 
-    // wgpu has no trim kernels yet: the case is listed as skipped with the reason.
+    // Every family runs on wgpu, the trim search included.
     let report = bench(
         dir.path(),
         &[
@@ -180,13 +180,13 @@ fn wgpu_runs_its_families_and_both_gemm_variants() {
         None,
     )
     .unwrap();
-    assert!(results(&report).is_empty());
-    let skipped = &report["skipped"][0];
-    assert!(skipped["name"]
+    let trims = results(&report);
+    assert_eq!(trims.len(), 1);
+    assert!(trims[0]["name"]
         .as_str()
         .unwrap()
         .starts_with("trim_search/"));
-    assert!(skipped["reason"].as_str().unwrap().contains("Trim"));
+    assert!(report["skipped"].as_array().is_none_or(|s| s.is_empty()));
 }
 
 #[test]

@@ -5,8 +5,11 @@
 mod common;
 
 use common::{rel_error, Rng};
+use mscope::backend::cpu::CpuBackend;
 use mscope::backend::wgpu::{list_adapters, GemmVariant, WgpuBackend, WgpuOptions};
-use mscope::backend::{self, Activation, Backend, BackendKind, OpFamily};
+use mscope::backend::{
+    self, Activation, Backend, BackendKind, OpFamily, TrimReference, TrimSpec, W2Grid,
+};
 
 fn open(options: WgpuOptions) -> Option<WgpuBackend> {
     match WgpuBackend::open(&options) {
@@ -180,3 +183,71 @@ fn device_timer_spans_the_passes_issued_while_it_runs() {
     // Without a running timer, stopping only waits.
     assert_eq!(be.stop_device_timer().unwrap(), None);
 }
+
+#[test]
+fn trim_search_sorts_long_rows_in_batches_and_equals_the_cpu() {
+    // A 256 KiB binding holds the (lt, le) counts of 4 rows of 8 192 (5 000 points padded): the
+    // 9 candidates run in 3 batches. The rows and the 10 010-point pool (16 384 padded) are longer
+    // than the 2 048-key tile, so their sorts take the global strides too.
+    let Some(be) = open(WgpuOptions {
+        max_binding_bytes: Some(256 << 10),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let cpu = CpuBackend::new();
+    let mut rng = Rng::new(23);
+    let lengths = [1, 2, 3, 700, 2048, 2049, 5000, 17, 190];
+    let rows: Vec<Vec<f32>> = lengths
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| {
+            (0..n)
+                .map(|_| {
+                    // Coarse values give ties within and across rows; ±0 must compare equal.
+                    let v = (rng.normal() * 4.0 + k as f64 * 0.3).round() as f32 / 2.0;
+                    if v == 0.0 && rng.below(2) == 0 {
+                        -0.0
+                    } else {
+                        v
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let views: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
+    let reference: Vec<f32> = (0..3001).map(|_| rng.normal() as f32).collect();
+    for (reference, grid) in [
+        (TrimReference::Sample(&reference), W2Grid::Merged),
+        (TrimReference::LeaveOneOut, W2Grid::Merged),
+        (TrimReference::LeaveOneOut, W2Grid::Candidate),
+    ] {
+        for w2_alpha in [None, Some(0.1)] {
+            let spec = TrimSpec {
+                level: 0.05,
+                w2_alpha,
+                w2_grid: grid,
+            };
+            let want = cpu.trim_search(&views, reference, &spec).unwrap();
+            let got = be.trim_search(&views, reference, &spec).unwrap();
+            // Integer counts and the same sorted values: the results are the CPU's, bit for bit.
+            assert_eq!(got, want, "{reference:?} {spec:?}");
+        }
+    }
+
+    // A pool that cannot fit one binding is refused with the sizes.
+    let long = vec![1.0f32; 40_000];
+    let err = be
+        .trim_search(&[&long, &long], TrimReference::LeaveOneOut, &SPEC_05)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("exceed one storage binding"),
+        "{err}"
+    );
+}
+
+const SPEC_05: TrimSpec = TrimSpec {
+    level: 0.05,
+    w2_alpha: None,
+    w2_grid: W2Grid::Auto,
+};

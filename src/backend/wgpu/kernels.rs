@@ -36,10 +36,16 @@ pub(super) enum Kernel {
     JlProject,
     GroupSums,
     ScatterTiled,
+    /// Trim variant 1: bitonic stages within a workgroup tile.
+    BitonicLocal,
+    /// Trim variant 2: one bitonic stage with a long stride, in storage.
+    BitonicGlobal,
+    /// Trim variant 3: merged ECDF counts by binary search.
+    EcdfCounts,
 }
 
 impl Kernel {
-    pub(super) const COUNT: usize = 12;
+    pub(super) const COUNT: usize = 15;
 
     fn index(self) -> usize {
         self as usize
@@ -58,6 +64,9 @@ impl Kernel {
                 include_str!("../../../shaders/ntk.wgsl")
             }
             Kernel::GroupSums | Kernel::ScatterTiled => include_str!("../../../shaders/stats.wgsl"),
+            Kernel::BitonicLocal | Kernel::BitonicGlobal | Kernel::EcdfCounts => {
+                include_str!("../../../shaders/trim.wgsl")
+            }
         }
     }
 
@@ -75,6 +84,9 @@ impl Kernel {
             Kernel::JlProject => "jl_project",
             Kernel::GroupSums => "group_sums",
             Kernel::ScatterTiled => "scatter_tiled",
+            Kernel::BitonicLocal => "bitonic_local",
+            Kernel::BitonicGlobal => "bitonic_global",
+            Kernel::EcdfCounts => "ecdf_counts",
         }
     }
 
@@ -99,6 +111,10 @@ impl Kernel {
             Kernel::JlProject => &[Read, ReadWrite],
             // x, rows, items, means, partial
             Kernel::GroupSums | Kernel::ScatterTiled => &[Read, Read, Read, Read, ReadWrite],
+            // keys
+            Kernel::BitonicLocal | Kernel::BitonicGlobal => &[ReadWrite],
+            // sorted rows, sorted reference, counts
+            Kernel::EcdfCounts => &[Read, Read, ReadWrite],
         }
     }
 }
@@ -272,4 +288,16 @@ pub(super) struct StatsParams {
     pub items: u32,
     pub tiles: u32,
     pub _pad: u32,
+}
+
+/// trim.wgsl `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Pod, Zeroable)]
+pub(super) struct TrimParams {
+    pub rows: u32,
+    pub width: u32,
+    pub block: u32,
+    pub stride: u32,
+    pub reference_len: u32,
+    pub _pad: [u32; 3],
 }

@@ -11,6 +11,7 @@ mod memory;
 mod ntk;
 mod stats;
 mod timer;
+mod trim;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
@@ -455,7 +456,10 @@ impl Backend for WgpuBackend {
     }
 
     fn supports(&self, family: OpFamily) -> bool {
-        matches!(family, OpFamily::Encoder | OpFamily::Stats | OpFamily::Ntk)
+        matches!(
+            family,
+            OpFamily::Encoder | OpFamily::Stats | OpFamily::Ntk | OpFamily::Trim
+        )
     }
 
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
@@ -811,18 +815,13 @@ impl Backend for WgpuBackend {
         self.project(x, spec, accumulate, out)
     }
 
-    // The trim family has no WGSL kernels yet.
-
     fn trim_search(
         &self,
-        _candidates: &[&[f32]],
-        _reference: TrimReference<'_>,
-        _spec: &TrimSpec,
+        candidates: &[&[f32]],
+        reference: TrimReference<'_>,
+        spec: &TrimSpec,
     ) -> Result<Vec<TrimResult>> {
-        Err(Error::Unsupported {
-            backend: "wgpu",
-            op: "trim_search",
-        })
+        self.trim(candidates, reference, spec)
     }
 }
 
