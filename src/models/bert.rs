@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::backend::{Activation, AttentionSpec, Backend, SeqLayout, Tensor};
 use crate::error::{Error, Result};
-use crate::weights::Weights;
+use crate::weights::{Weights, WeightsDtype};
 
 /// The fields of a Hugging Face `config.json` that a BERT-family encoder needs.
 #[derive(Clone, Debug, Deserialize)]
@@ -150,6 +150,8 @@ pub struct BertModel {
 struct Loader<'a> {
     weights: &'a Weights,
     backend: &'a dyn Backend,
+    /// Element type of the GEMM weights.
+    gemm_dtype: WeightsDtype,
 }
 
 impl Loader<'_> {
@@ -157,26 +159,32 @@ impl Loader<'_> {
         self.backend.upload(shape, &self.weights.f32(name, shape)?)
     }
 
+    /// The GEMM weights `names` (each `[out, inp]`) stacked into one `[names.len()·out, inp]`
+    /// tensor in the element type the loader was asked for.
+    fn gemm_weight(&self, names: &[String], out: usize, inp: usize) -> Result<Tensor> {
+        let host = self
+            .weights
+            .gemm_weights(names, &[out, inp], self.gemm_dtype)?;
+        self.backend.upload_host(&host)
+    }
+
     fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear> {
         Ok(Linear {
-            weight: self.tensor(&format!("{name}.weight"), &[out, inp])?,
+            weight: self.gemm_weight(&[format!("{name}.weight")], out, inp)?,
             bias: self.tensor(&format!("{name}.bias"), &[out])?,
         })
     }
 
     /// Q, K and V projections stacked into one `[3h, h]` weight so attention needs one GEMM.
     fn fused_qkv(&self, name: &str, h: usize) -> Result<Linear> {
-        let (mut weight, mut bias) = (Vec::with_capacity(3 * h * h), Vec::with_capacity(3 * h));
-        for part in ["query", "key", "value"] {
-            weight.extend_from_slice(
-                &self
-                    .weights
-                    .f32(&format!("{name}.{part}.weight"), &[h, h])?,
-            );
+        let parts = ["query", "key", "value"];
+        let weights: Vec<String> = parts.iter().map(|p| format!("{name}.{p}.weight")).collect();
+        let mut bias = Vec::with_capacity(3 * h);
+        for part in parts {
             bias.extend_from_slice(&self.weights.f32(&format!("{name}.{part}.bias"), &[h])?);
         }
         Ok(Linear {
-            weight: self.backend.upload(&[3 * h, h], &weight)?,
+            weight: self.gemm_weight(&weights, h, h)?,
             bias: self.backend.upload(&[3 * h], &bias)?,
         })
     }
@@ -196,8 +204,9 @@ impl Loader<'_> {
 }
 
 impl BertModel {
-    /// Loads `config.json` and the safetensors weights of a model directory.
-    pub fn load(dir: &Path, backend: Arc<dyn Backend>) -> Result<Self> {
+    /// Loads `config.json` and the safetensors weights of a model directory, with the GEMM
+    /// weights in the element type `gemm_dtype` picks.
+    pub fn load(dir: &Path, backend: Arc<dyn Backend>, gemm_dtype: WeightsDtype) -> Result<Self> {
         let config = BertConfig::read(dir)?;
         let mut weights = Weights::open(dir)?;
         weights.resolve_prefix(
@@ -207,6 +216,7 @@ impl BertModel {
         let loader = Loader {
             weights: &weights,
             backend: backend.as_ref(),
+            gemm_dtype,
         };
         let (h, i) = (config.hidden_size, config.intermediate_size);
         let layers = (0..config.num_hidden_layers)
