@@ -7,9 +7,10 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{backends, cosine, fixture_texts, minilm_dir, reference_tensor, repo_path};
-use mscope::backend::{Backend, Pooling};
+use common::{backends, cosine, fixture_texts, minilm_dir, reference_tensor, rel_error, repo_path};
+use mscope::backend::{self, Backend, BackendKind, OpFamily, Pooling};
 use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
+use mscope::weights::WeightsDtype;
 
 /// Embedding parity on f32 paths (DESIGN › Numerics).
 const MIN_COSINE: f64 = 0.9999;
@@ -167,6 +168,54 @@ fn tiny_xlm_roberta_matches_sentence_transformers() {
             &got,
             "tests/fixtures/tiny_xlmr_reference.safetensors",
             "embeddings_mean_unnormalized",
+        );
+    }
+}
+
+/// MiniLM with its GEMM weights rounded to f16 (kept f16 on wgpu adapters with SHADER_F16)
+/// against the CPU's f32 forward pass. DESIGN's f16 tolerance, ‖out − ref‖/‖ref‖ < 1e-2, is on
+/// unit rows a cosine of at least 1 − (1e-2)²/2. The CPU run on the same rounded weights (widened
+/// exactly) isolates the device: it must match that at the f32 paths' parity.
+#[test]
+fn minilm_with_f16_weights_stays_within_the_f16_tolerance() {
+    const F16_TOL: f64 = 1e-2;
+    let min_cosine = 1.0 - F16_TOL * F16_TOL / 2.0;
+    let dir = minilm_dir();
+    let cpu = backend::open(BackendKind::Cpu, OpFamily::Encoder).unwrap();
+    let options = |weights_dtype| EncoderOptions {
+        weights_dtype,
+        ..Default::default()
+    };
+    let (reference, dim) = embed(&dir, cpu.clone(), &options(WeightsDtype::F32), 8);
+    let (cpu_f16, _) = embed(&dir, cpu, &options(WeightsDtype::F16), 8);
+    for be in backends() {
+        let (got, _) = embed(&dir, be.clone(), &options(WeightsDtype::F16), 8);
+        let rows = got
+            .chunks(dim)
+            .zip(reference.chunks(dim))
+            .zip(cpu_f16.chunks(dim));
+        let (mut worst_cosine, mut worst_error, mut worst_device): (f64, f64, f64) =
+            (1.0, 0.0, 1.0);
+        for (row, ((g, r), c)) in rows.enumerate() {
+            let (cos, err, device) = (cosine(g, r), rel_error(g, r), cosine(g, c));
+            assert!(
+                cos >= min_cosine && err < F16_TOL,
+                "{}: row {row} cosine {cos}, relative error {err:e} from the f32 weights",
+                be.name()
+            );
+            assert!(
+                device >= MIN_COSINE,
+                "{}: row {row} cosine {device} from the CPU on the same f16 weights",
+                be.name()
+            );
+            worst_cosine = worst_cosine.min(cos);
+            worst_error = worst_error.max(err);
+            worst_device = worst_device.min(device);
+        }
+        eprintln!(
+            "{}: f16 weights, worst row: cosine {worst_cosine} (relative error {worst_error:e}) \
+             from f32 weights, cosine {worst_device} from the CPU on the same f16 weights",
+            be.name()
         );
     }
 }

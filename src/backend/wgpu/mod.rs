@@ -49,7 +49,7 @@ const ATTENTION_BLOCK_Q: usize = 64;
 /// Output rows and columns per workgroup of both GEMM variants (shaders/gemm.wgsl).
 const GEMM_TILE: usize = 64;
 
-/// The GEMM kernels of shaders/gemm.wgsl (variants 1 and 2).
+/// The GEMM kernels of shaders/gemm.wgsl (variants 1 and 2; on f16 weights, 3 and 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmVariant {
     /// Workgroup-shared tiles: for GPUs.
@@ -74,6 +74,19 @@ impl GemmVariant {
         match self {
             GemmVariant::Tiled => "tiled",
             GemmVariant::Direct => "direct",
+        }
+    }
+
+    /// The number of this kernel's f16-weight build (gemm.wgsl's variants 3 and 4), which
+    /// `linear` runs on weights kept f16 by [`Backend::upload_f16`].
+    pub fn number_f16(self) -> u32 {
+        self.number() + Self::ALL.len() as u32
+    }
+
+    pub fn name_f16(self) -> &'static str {
+        match self {
+            GemmVariant::Tiled => "tiled-f16",
+            GemmVariant::Direct => "direct-f16",
         }
     }
 }
