@@ -19,19 +19,19 @@ use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, HostData, HostTensor};
 
-/// Element type of a model's GEMM weights on the device (`mscope embed --weights-dtype`).
-/// Embedding tables, biases and norm parameters are always f32.
+/// Element type of a model's GEMM weights and embedding tables on the device (`mscope embed
+/// --weights-dtype`). Biases and norm parameters are always f32.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum WeightsDtype {
     /// The checkpoint's, as sentence-transformers runs it: F16 and BF16 weights stay half
-    /// precision on backends whose GEMM reads f16 ([`crate::backend::Backend::upload_f16`],
+    /// precision on backends whose kernels read f16 ([`crate::backend::Backend::upload_f16`],
     /// `upload_bf16`), F32 weights stay f32.
     #[default]
     Auto,
     /// f32 whatever the checkpoint stores (half-precision values widen exactly).
     F32,
     /// f16 whatever the checkpoint stores (F32 and BF16 values rounded to nearest), on backends
-    /// whose GEMM reads f16; the others widen them back to f32.
+    /// whose kernels read f16; the others widen them back to f32.
     F16,
 }
 
@@ -240,10 +240,9 @@ impl Weights {
         HostTensor::new(entry.shape.clone(), data)
     }
 
-    /// GEMM weights `names`, each of `shape`, stacked along the first axis in the element type
-    /// `dtype` picks: with `Auto` the stored one when every tensor is F16 (or every one BF16),
-    /// else F32.
-    pub fn gemm_weights(
+    /// Tensors `names`, each of `shape`, stacked along the first axis in the element type `dtype`
+    /// picks: with `Auto` the stored one when every tensor is F16 (or every one BF16), else F32.
+    pub fn stacked(
         &self,
         names: &[String],
         shape: &[usize],

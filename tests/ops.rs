@@ -250,6 +250,46 @@ fn gather_rows_copies_and_accumulates() {
     }
 }
 
+/// An f16 table (kept f16 where the backend's gather reads it) gives the rows of its f32
+/// widening exactly, copied or added.
+#[test]
+fn gather_rows_from_f16_tables() {
+    for be in backends() {
+        let be = be.as_ref();
+        let mut rng = Rng::new(22);
+        let (rows, d, n) = (41, 19, 23);
+        let table: Vec<f16> = rng
+            .vec(rows * d)
+            .iter()
+            .map(|&v| f16::from_f32(v))
+            .collect();
+        let wide: Vec<f32> = table.iter().map(|v| v.to_f32()).collect();
+        let ids: Vec<u32> = (0..n).map(|_| rng.below(rows as u64) as u32).collect();
+        let base = rng.vec(n * d);
+        let t = be.upload_f16(&[rows, d], &table).unwrap();
+        let mut out = poisoned(be, &[n, d]);
+        be.gather_rows(&t, &ids, false, &mut out).unwrap();
+        let copied: Vec<f32> = (0..n * d)
+            .map(|i| wide[ids[i / d] as usize * d + i % d])
+            .collect();
+        assert_eq!(
+            be.download(&out).unwrap(),
+            copied,
+            "{} f16 gather",
+            be.name()
+        );
+        let mut acc = upload(be, &[n, d], &base);
+        be.gather_rows(&t, &ids, true, &mut acc).unwrap();
+        let summed: Vec<f32> = copied.iter().zip(&base).map(|(c, b)| c + b).collect();
+        assert_eq!(
+            be.download(&acc).unwrap(),
+            summed,
+            "{} f16 gather accumulate",
+            be.name()
+        );
+    }
+}
+
 #[test]
 fn layer_norm_rows() {
     for be in backends() {

@@ -146,9 +146,10 @@ fn f16_tensors_round_trip_and_other_ops_refuse_them() {
     assert_eq!(t_large.dtype(), DType::F32);
     assert_eq!(be.download(&t_large).unwrap()[3], large[3].to_f32());
 
-    // An odd number of f16s per row, split into parts of 3 rows (rounded up to 4 bytes each).
+    // An odd number of f16s per row, split into parts of 4 rows and 1 (14 bytes, padded to 16),
+    // then gathered from both parts into an output that fits one binding.
     let split = open(WgpuOptions {
-        max_binding_bytes: Some((3 * d * 2 + 2) as u64),
+        max_binding_bytes: Some((2 * d * 4) as u64),
         ..Default::default()
     })
     .unwrap();
@@ -158,8 +159,20 @@ fn f16_tensors_round_trip_and_other_ops_refuse_them() {
         wide,
         "split f16 round trip"
     );
+    let ids = [4, 1];
+    let mut rows = split.zeros(&[ids.len(), d]).unwrap();
+    split.gather_rows(&t_split, &ids, false, &mut rows).unwrap();
+    let want: Vec<f32> = ids
+        .iter()
+        .flat_map(|&i| wide[i as usize * d..(i as usize + 1) * d].to_vec())
+        .collect();
+    assert_eq!(
+        split.download(&rows).unwrap(),
+        want,
+        "gather from f16 parts"
+    );
 
-    // Only linear's weight may be f16; anything else says so.
+    // Only linear's weight and gather_rows' table may be f16; anything else says so.
     let x = be.upload(&[n, d], &wide).unwrap();
     let mut out = be.zeros(&[n, n]).unwrap();
     let err = be
@@ -177,9 +190,13 @@ fn f16_tensors_round_trip_and_other_ops_refuse_them() {
         err.to_string().contains("layer_norm gamma") && err.to_string().contains("F16"),
         "{err}"
     );
-    let mut rows = be.zeros(&[2, d]).unwrap();
-    let err = be.gather_rows(&t, &[0, 4], false, &mut rows).unwrap_err();
-    assert!(err.to_string().contains("holds F16 values"), "{err}");
+    let mut rows = be.upload_f16(&[2, d], &values[..2 * d]).unwrap();
+    let err = be.gather_rows(&x, &[0, 4], false, &mut rows).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("gather output: tensor of shape [2, 7] holds F16 values"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -216,8 +216,8 @@ impl AttentionSpec {
     }
 }
 
-/// A tensor living on a backend's device: f32 values (f16 for GEMM weights a backend keeps in
-/// half precision, see [`Backend::upload_f16`]), row-major.
+/// A tensor living on a backend's device: f32 values (f16 for GEMM weights and embedding tables a
+/// backend keeps in half precision, see [`Backend::upload_f16`]), row-major.
 #[derive(Debug)]
 pub struct Tensor {
     shape: Vec<usize>,
@@ -357,16 +357,17 @@ pub trait Backend: Send + Sync {
     fn download(&self, tensor: &Tensor) -> Result<Vec<f32>>;
     fn zeros(&self, shape: &[usize]) -> Result<Tensor>;
 
-    /// Uploads f16 values, meant for `linear` weights. A backend whose GEMM reads f16 weights
-    /// keeps them f16 ([`Tensor::dtype`] says so), halving their memory and traffic, and its
-    /// other ops refuse such a tensor. The others widen to f32, which is exact.
+    /// Uploads f16 values, meant for `linear` weights and `gather_rows` tables. A backend whose
+    /// kernels read those in f16 keeps them f16 ([`Tensor::dtype`] says so), halving their memory
+    /// and traffic, and its other ops refuse such a tensor. The others widen to f32, which is
+    /// exact.
     fn upload_f16(&self, shape: &[usize], data: &[f16]) -> Result<Tensor> {
         let wide: Vec<f32> = data.iter().map(|v| v.to_f32()).collect();
         self.upload(shape, &wide)
     }
 
-    /// Uploads bf16 values, meant for `linear` weights: widened to f32 (exact) unless the
-    /// backend documents another rule (wgpu: kept as f16 where it keeps f16).
+    /// Uploads bf16 values, meant for `linear` weights and `gather_rows` tables: widened to f32
+    /// (exact) unless the backend documents another rule (wgpu: as f16 where it keeps f16).
     fn upload_bf16(&self, shape: &[usize], data: &[bf16]) -> Result<Tensor> {
         let wide: Vec<f32> = data.iter().map(|v| v.to_f32()).collect();
         self.upload(shape, &wide)

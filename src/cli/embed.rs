@@ -49,9 +49,9 @@ pub struct EmbedArgs {
     /// Label field of .jsonl / column of .csv and .tsv inputs.
     #[arg(long, default_value = "label")]
     label_field: String,
-    /// Element type of the GEMM weights on the device: `auto` keeps the checkpoint's (F16/BF16
-    /// weights stay half precision where the backend's GEMM reads f16: wgpu with SHADER_F16),
-    /// `f16` rounds f32 checkpoints to f16 there too, `f32` widens everything.
+    /// Element type of the GEMM weights and embedding tables on the device: `auto` keeps the
+    /// checkpoint's (F16/BF16 stay half precision where the kernels read f16: wgpu with
+    /// SHADER_F16), `f16` rounds f32 checkpoints to f16 there too, `f32` widens everything.
     #[arg(long, value_enum, default_value_t = WeightsDtype::Auto)]
     weights_dtype: WeightsDtype,
 }

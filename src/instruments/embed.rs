@@ -23,7 +23,7 @@ pub struct EncoderOptions {
     pub normalize: Option<bool>,
     /// Prepended to every text (e5's "query: ", "passage: ").
     pub prefix: String,
-    /// Element type of the encoder's GEMM weights on the device.
+    /// Element type of the encoder's GEMM weights and embedding tables on the device.
     pub weights_dtype: WeightsDtype,
 }
 

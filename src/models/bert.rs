@@ -150,8 +150,8 @@ pub struct BertModel {
 struct Loader<'a> {
     weights: &'a Weights,
     backend: &'a dyn Backend,
-    /// Element type of the GEMM weights.
-    gemm_dtype: WeightsDtype,
+    /// Element type of the GEMM weights and embedding tables.
+    weights_dtype: WeightsDtype,
 }
 
 impl Loader<'_> {
@@ -159,18 +159,19 @@ impl Loader<'_> {
         self.backend.upload(shape, &self.weights.f32(name, shape)?)
     }
 
-    /// The GEMM weights `names` (each `[out, inp]`) stacked into one `[names.len()·out, inp]`
-    /// tensor in the element type the loader was asked for.
-    fn gemm_weight(&self, names: &[String], out: usize, inp: usize) -> Result<Tensor> {
+    /// Matrices `names` (each `[rows, cols]`) that an op may read in half precision (GEMM
+    /// weights, embedding tables), stacked into one `[names.len()·rows, cols]` tensor in the
+    /// element type the loader was asked for.
+    fn matrix(&self, names: &[String], rows: usize, cols: usize) -> Result<Tensor> {
         let host = self
             .weights
-            .gemm_weights(names, &[out, inp], self.gemm_dtype)?;
+            .stacked(names, &[rows, cols], self.weights_dtype)?;
         self.backend.upload_host(&host)
     }
 
     fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear> {
         Ok(Linear {
-            weight: self.gemm_weight(&[format!("{name}.weight")], out, inp)?,
+            weight: self.matrix(&[format!("{name}.weight")], out, inp)?,
             bias: self.tensor(&format!("{name}.bias"), &[out])?,
         })
     }
@@ -184,7 +185,7 @@ impl Loader<'_> {
             bias.extend_from_slice(&self.weights.f32(&format!("{name}.{part}.bias"), &[h])?);
         }
         Ok(Linear {
-            weight: self.gemm_weight(&weights, h, h)?,
+            weight: self.matrix(&weights, h, h)?,
             bias: self.backend.upload(&[3 * h], &bias)?,
         })
     }
@@ -205,8 +206,12 @@ impl Loader<'_> {
 
 impl BertModel {
     /// Loads `config.json` and the safetensors weights of a model directory, with the GEMM
-    /// weights in the element type `gemm_dtype` picks.
-    pub fn load(dir: &Path, backend: Arc<dyn Backend>, gemm_dtype: WeightsDtype) -> Result<Self> {
+    /// weights and embedding tables in the element type `weights_dtype` picks.
+    pub fn load(
+        dir: &Path,
+        backend: Arc<dyn Backend>,
+        weights_dtype: WeightsDtype,
+    ) -> Result<Self> {
         let config = BertConfig::read(dir)?;
         let mut weights = Weights::open(dir)?;
         weights.resolve_prefix(
@@ -216,7 +221,7 @@ impl BertModel {
         let loader = Loader {
             weights: &weights,
             backend: backend.as_ref(),
-            gemm_dtype,
+            weights_dtype,
         };
         let (h, i) = (config.hidden_size, config.intermediate_size);
         let layers = (0..config.num_hidden_layers)
@@ -233,14 +238,20 @@ impl BertModel {
             })
             .collect::<Result<Vec<_>>>()?;
         let model = BertModel {
-            word: loader.tensor("embeddings.word_embeddings.weight", &[config.vocab_size, h])?,
-            position: loader.tensor(
-                "embeddings.position_embeddings.weight",
-                &[config.max_position_embeddings, h],
+            word: loader.matrix(
+                &["embeddings.word_embeddings.weight".into()],
+                config.vocab_size,
+                h,
             )?,
-            token_type: loader.tensor(
-                "embeddings.token_type_embeddings.weight",
-                &[config.type_vocab_size, h],
+            position: loader.matrix(
+                &["embeddings.position_embeddings.weight".into()],
+                config.max_position_embeddings,
+                h,
+            )?,
+            token_type: loader.matrix(
+                &["embeddings.token_type_embeddings.weight".into()],
+                config.type_vocab_size,
+                h,
             )?,
             embed_norm: loader.norm("embeddings.LayerNorm", h)?,
             layers,

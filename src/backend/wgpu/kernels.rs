@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 
 use bytemuck::{Pod, Zeroable};
 
+use super::f16_weights::f16_build;
+
 /// How a kernel uses one storage binding.
 #[derive(Clone, Copy)]
 pub(super) enum Access {
@@ -41,10 +43,12 @@ pub(super) enum Kernel {
     LinearTiledF16,
     /// GEMM variant 4: variant 2 on f16 weights.
     LinearDirectF16,
+    /// Gather from an f16 table (gather.wgsl's f16 build).
+    GatherF16,
 }
 
 impl Kernel {
-    pub(super) const COUNT: usize = 14;
+    pub(super) const COUNT: usize = 15;
 
     fn index(self) -> usize {
         self as usize
@@ -60,16 +64,17 @@ impl Kernel {
 
     fn source(self) -> Cow<'static, str> {
         const GEMM: &str = include_str!("../../../shaders/gemm.wgsl");
+        const GATHER: &str = include_str!("../../../shaders/gather.wgsl");
+        let f16_build = |source| {
+            Cow::Owned(f16_build(source).expect("the shader aliases its weight element type"))
+        };
         Cow::Borrowed(match self {
-            Kernel::Gather => include_str!("../../../shaders/gather.wgsl"),
+            Kernel::Gather => GATHER,
+            Kernel::GatherF16 => return f16_build(GATHER),
             Kernel::Pool => include_str!("../../../shaders/pool.wgsl"),
             Kernel::LayerNorm | Kernel::L2Normalize => include_str!("../../../shaders/norm.wgsl"),
             Kernel::LinearTiled | Kernel::LinearDirect => GEMM,
-            Kernel::LinearTiledF16 | Kernel::LinearDirectF16 => {
-                return Cow::Owned(
-                    super::f16_weights::f16_build(GEMM).expect("gemm.wgsl aliases its weights"),
-                )
-            }
+            Kernel::LinearTiledF16 | Kernel::LinearDirectF16 => return f16_build(GEMM),
             Kernel::Attention => include_str!("../../../shaders/attention.wgsl"),
             Kernel::ContractTiled | Kernel::ContractDirect | Kernel::JlProject => {
                 include_str!("../../../shaders/ntk.wgsl")
@@ -80,7 +85,7 @@ impl Kernel {
 
     fn entry_point(self) -> &'static str {
         match self {
-            Kernel::Gather => "gather_rows",
+            Kernel::Gather | Kernel::GatherF16 => "gather_rows",
             Kernel::Pool => "pool",
             Kernel::LayerNorm => "layer_norm",
             Kernel::L2Normalize => "l2_normalize",
@@ -99,7 +104,7 @@ impl Kernel {
     pub(super) fn storage(self) -> &'static [Access] {
         match self {
             // table part, ids, out
-            Kernel::Gather => &[Read, Read, ReadWrite],
+            Kernel::Gather | Kernel::GatherF16 => &[Read, Read, ReadWrite],
             // hidden, sequence starts, out
             Kernel::Pool => &[Read, Read, ReadWrite],
             // x, gamma, beta

@@ -288,7 +288,7 @@ impl WgpuBackend {
     }
 
     /// The f32 storage of `t`, which must live on this backend's device; only `linear`'s weight
-    /// may be f16.
+    /// and `gather_rows`' table may be f16.
     fn storage<'a>(&self, t: &'a Tensor) -> Result<&'a WgpuStorage> {
         let storage = self.storage_any_dtype(t)?;
         require_f32(t, storage, "wgpu operand")?;
@@ -512,8 +512,8 @@ fn pooling_code(mode: Pooling) -> u32 {
 fn require_f32(t: &Tensor, storage: &WgpuStorage, what: &str) -> Result<()> {
     shapes::ensure(storage.dtype == DType::F32, || {
         format!(
-            "{what}: tensor of shape {:?} holds {:?} values; on wgpu only linear's weight may be \
-             half precision, every other operand must be f32",
+            "{what}: tensor of shape {:?} holds {:?} values; on wgpu only linear's weight and \
+             gather_rows' table may be half precision, every other operand must be f32",
             t.shape, storage.dtype
         )
     })
@@ -544,8 +544,8 @@ impl Backend for WgpuBackend {
         self.upload_elements(shape, data, DType::F32)
     }
 
-    /// Kept f16 where the adapter has SHADER_F16 (only `linear` reads it, as weights); widened
-    /// to f32 elsewhere.
+    /// Kept f16 where the adapter has SHADER_F16 (for `linear`'s weight and `gather_rows`'
+    /// table); widened to f32 elsewhere.
     fn upload_f16(&self, shape: &[usize], data: &[f16]) -> Result<Tensor> {
         if self.keeps_f16() {
             self.upload_elements(shape, data, DType::F16)
@@ -735,7 +735,11 @@ impl Backend for WgpuBackend {
         out: &mut Tensor,
     ) -> Result<()> {
         let (rows, d) = shapes::gather(table, ids, out)?;
-        let storage = self.storage(table)?;
+        let storage = self.storage_any_dtype(table)?;
+        let kernel = match storage.dtype {
+            DType::F16 => Kernel::GatherF16,
+            _ => Kernel::Gather,
+        };
         let out_buffer = self.buffer(out, "gather output")?;
         let ids_buffer = self.upload_u32("ids", ids);
         let groups = self.grid((ids.len() * d).div_ceil(ELEMENT_WORKGROUP))?;
@@ -749,12 +753,7 @@ impl Backend for WgpuBackend {
                 accumulate: accumulate.into(),
                 _pad: [0; 3],
             };
-            self.dispatch(
-                Kernel::Gather,
-                &params,
-                &[part, &ids_buffer, out_buffer],
-                groups,
-            );
+            self.dispatch(kernel, &params, &[part, &ids_buffer, out_buffer], groups);
         }
         Ok(())
     }
