@@ -184,7 +184,8 @@ impl WgpuBackend {
         };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("mscope"),
-            // SHADER_F16 lets GEMM weights stay f16 on the device (gemm.wgsl's f16 build).
+            // SHADER_F16 lets GEMM weights and embedding tables stay f16 on the device (the f16
+            // builds of gemm.wgsl and gather.wgsl).
             required_features: adapter.features()
                 & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16),
             required_limits: limits.clone(),
@@ -719,7 +720,7 @@ impl Backend for WgpuBackend {
                 "linear: [{n}, {m}] output exceeds the device's workgroup grid"
             )));
         }
-        let kernel = match self.storage_any_dtype(w)?.dtype {
+        let kernel = match w.dtype() {
             DType::F16 => self.gemm.with_f16_weights(),
             _ => self.gemm,
         };
