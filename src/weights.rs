@@ -240,19 +240,14 @@ impl Weights {
         HostTensor::new(entry.shape.clone(), data)
     }
 
-    /// Tensors `names`, each of `shape`, stacked along the first axis in the element type `dtype`
-    /// picks: with `Auto` the stored one when every tensor is F16 (or every one BF16), else F32.
-    pub fn stacked(
-        &self,
-        names: &[String],
-        shape: &[usize],
-        dtype: WeightsDtype,
-    ) -> Result<HostTensor> {
+    /// The element type `dtype` picks for tensors `names`: with `Auto` the stored one when every
+    /// tensor is F16 (or every one BF16), else F32.
+    pub fn stacked_dtype(&self, names: &[String], dtype: WeightsDtype) -> Result<DType> {
         let stored = names
             .iter()
             .map(|n| self.dtype(n))
             .collect::<Result<Vec<_>>>()?;
-        let target = match (dtype, stored.first()) {
+        Ok(match (dtype, stored.first()) {
             (WeightsDtype::F16, _) => DType::F16,
             (WeightsDtype::Auto, Some(&first))
                 if matches!(first, DType::F16 | DType::BF16)
@@ -261,7 +256,18 @@ impl Weights {
                 first
             }
             _ => DType::F32,
-        };
+        })
+    }
+
+    /// Tensors `names`, each of `shape`, stacked along the first axis in the element type
+    /// [`Weights::stacked_dtype`] picks.
+    pub fn stacked(
+        &self,
+        names: &[String],
+        shape: &[usize],
+        dtype: WeightsDtype,
+    ) -> Result<HostTensor> {
+        let target = self.stacked_dtype(names, dtype)?;
         let mut stacked_shape = shape.to_vec();
         stacked_shape[0] *= names.len();
         let data = match target {

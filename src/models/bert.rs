@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::backend::{Activation, AttentionSpec, Backend, SeqLayout, Tensor};
 use crate::error::{Error, Result};
+use crate::tensor::DType;
 use crate::weights::{Weights, WeightsDtype};
 
 /// The fields of a Hugging Face `config.json` that a BERT-family encoder needs.
@@ -163,6 +164,12 @@ impl Loader<'_> {
     /// weights, embedding tables), stacked into one `[names.len()·rows, cols]` tensor in the
     /// element type the loader was asked for.
     fn matrix(&self, names: &[String], rows: usize, cols: usize) -> Result<Tensor> {
+        if let [name] = names {
+            // One f32 tensor uploads straight from the map: no host copy of a large vocabulary.
+            if self.weights.stacked_dtype(names, self.weights_dtype)? == DType::F32 {
+                return self.tensor(name, &[rows, cols]);
+            }
+        }
         let host = self
             .weights
             .stacked(names, &[rows, cols], self.weights_dtype)?;
