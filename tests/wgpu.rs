@@ -5,11 +5,13 @@
 mod common;
 
 use common::{rel_error, Rng};
+use half::{bf16, f16};
 use mscope::backend::cpu::CpuBackend;
 use mscope::backend::wgpu::{list_adapters, GemmVariant, WgpuBackend, WgpuOptions};
 use mscope::backend::{
     self, Activation, Backend, BackendKind, OpFamily, TrimReference, TrimSpec, W2Grid,
 };
+use mscope::tensor::DType;
 
 fn open(options: WgpuOptions) -> Option<WgpuBackend> {
     match WgpuBackend::open(&options) {
@@ -59,18 +61,38 @@ fn gather_reads_a_table_split_across_bindings() {
     assert!(err.to_string().contains("split into 6 buffers"), "{err}");
 }
 
+/// Both GEMM variants, on f32 weights and on f16 ones. The f16 reference uses the same rounded
+/// weights (widening is exact), so the f32 paths' 1e-5 holds for both.
 #[test]
 fn both_gemm_variants_match_f64() {
-    for variant in [GemmVariant::Tiled, GemmVariant::Direct] {
+    for (variant, f16_weights) in [
+        (GemmVariant::Tiled, false),
+        (GemmVariant::Direct, false),
+        (GemmVariant::Tiled, true),
+        (GemmVariant::Direct, true),
+    ] {
         let Some(be) = open(WgpuOptions {
             gemm: Some(variant),
             ..Default::default()
         }) else {
             return;
         };
+        if f16_weights && !be.keeps_f16() {
+            eprintln!("skipped {variant:?} on f16 weights: the adapter has no SHADER_F16");
+            continue;
+        }
         let mut rng = Rng::new(12);
         for (n, k, m) in [(1, 1, 1), (64, 16, 64), (130, 70, 97)] {
-            let (x, w, b, r) = (rng.vec(n * k), rng.vec(m * k), rng.vec(m), rng.vec(n * m));
+            let (x, mut w, b, r) = (rng.vec(n * k), rng.vec(m * k), rng.vec(m), rng.vec(n * m));
+            let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+            let wt = if f16_weights {
+                w = w16.iter().map(|v| v.to_f32()).collect();
+                let wt = be.upload_f16(&[m, k], &w16).unwrap();
+                assert_eq!(wt.dtype(), DType::F16);
+                wt
+            } else {
+                be.upload(&[m, k], &w).unwrap()
+            };
             let want: Vec<f32> = (0..n * m)
                 .map(|idx| {
                     let (i, j) = (idx / m, idx % m);
@@ -85,7 +107,7 @@ fn both_gemm_variants_match_f64() {
             let mut out = be.upload(&[n, m], &vec![f32::NAN; n * m]).unwrap();
             be.linear(
                 &be.upload(&[n, k], &x).unwrap(),
-                &be.upload(&[m, k], &w).unwrap(),
+                &wt,
                 Some(&be.upload(&[m], &b).unwrap()),
                 Activation::Gelu,
                 Some(&be.upload(&[n, m], &r).unwrap()),
@@ -95,10 +117,89 @@ fn both_gemm_variants_match_f64() {
             let err = rel_error(&be.download(&out).unwrap(), &want);
             assert!(
                 err < 1e-5,
-                "{variant:?} {n}x{k}x{m}: relative error {err:e}"
+                "{variant:?} f16 weights {f16_weights} {n}x{k}x{m}: relative error {err:e}"
             );
         }
     }
+}
+
+#[test]
+fn f16_tensors_round_trip_and_other_ops_refuse_them() {
+    let Some(be) = open(WgpuOptions::default()) else {
+        return;
+    };
+    if !be.keeps_f16() {
+        eprintln!("skipped: the adapter has no SHADER_F16, so f16 uploads are widened to f32");
+        return;
+    }
+    let mut rng = Rng::new(13);
+    let (n, d) = (5, 7);
+    let values: Vec<f16> = rng.vec(n * d).iter().map(|&v| f16::from_f32(v)).collect();
+    let wide: Vec<f32> = values.iter().map(|v| v.to_f32()).collect();
+    let t = be.upload_f16(&[n, d], &values).unwrap();
+    assert_eq!(t.dtype(), DType::F16);
+    assert_eq!(be.download(&t).unwrap(), wide, "f16 round trip");
+
+    // bf16 in f16's range becomes f16; a value beyond it keeps the tensor f32.
+    let small: Vec<bf16> = wide.iter().map(|&v| bf16::from_f32(v)).collect();
+    assert_eq!(be.upload_bf16(&[n, d], &small).unwrap().dtype(), DType::F16);
+    let mut large = small.clone();
+    large[3] = bf16::from_f32(1e6);
+    let t_large = be.upload_bf16(&[n, d], &large).unwrap();
+    assert_eq!(t_large.dtype(), DType::F32);
+    assert_eq!(be.download(&t_large).unwrap()[3], large[3].to_f32());
+
+    // An odd number of f16s per row, split into parts of 4 rows and 1 (14 bytes, padded to 16),
+    // then gathered from both parts into an output that fits one binding.
+    let split = open(WgpuOptions {
+        max_binding_bytes: Some((2 * d * 4) as u64),
+        ..Default::default()
+    })
+    .unwrap();
+    let t_split = split.upload_f16(&[n, d], &values).unwrap();
+    assert_eq!(
+        split.download(&t_split).unwrap(),
+        wide,
+        "split f16 round trip"
+    );
+    let ids = [4, 1];
+    let mut rows = split.zeros(&[ids.len(), d]).unwrap();
+    split.gather_rows(&t_split, &ids, false, &mut rows).unwrap();
+    let want: Vec<f32> = ids
+        .iter()
+        .flat_map(|&i| wide[i as usize * d..(i as usize + 1) * d].to_vec())
+        .collect();
+    assert_eq!(
+        split.download(&rows).unwrap(),
+        want,
+        "gather from f16 parts"
+    );
+
+    // Only linear's weight and gather_rows' table may be f16; anything else says so.
+    let x = be.upload(&[n, d], &wide).unwrap();
+    let mut out = be.zeros(&[n, n]).unwrap();
+    let err = be
+        .linear(&t, &x, None, Activation::Identity, None, &mut out)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("linear input: tensor of shape [5, 7] holds F16 values"),
+        "{err}"
+    );
+    let gamma = be.upload_f16(&[d], &values[..d]).unwrap();
+    let mut x = be.upload(&[n, d], &wide).unwrap();
+    let err = be.layer_norm(&mut x, &gamma, &gamma, 1e-5).unwrap_err();
+    assert!(
+        err.to_string().contains("layer_norm gamma") && err.to_string().contains("F16"),
+        "{err}"
+    );
+    let mut rows = be.upload_f16(&[2, d], &values[..2 * d]).unwrap();
+    let err = be.gather_rows(&x, &[0, 4], false, &mut rows).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("gather output: tensor of shape [2, 7] holds F16 values"),
+        "{err}"
+    );
 }
 
 #[test]

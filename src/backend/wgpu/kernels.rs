@@ -5,9 +5,12 @@
 //! in the order [`Kernel::storage`] lists (so entry points sharing a file share one `Params`). Layouts are explicit because with `layout: None` wgpu drops
 //! bindings a shader does not statically use, and bind groups would then stop matching.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use bytemuck::{Pod, Zeroable};
+
+use super::f16_weights::f16_build;
 
 /// How a kernel uses one storage binding.
 #[derive(Clone, Copy)]
@@ -42,23 +45,42 @@ pub(super) enum Kernel {
     BitonicGlobal,
     /// Trim variant 3: merged ECDF counts by binary search.
     EcdfCounts,
+    /// GEMM variant 3: variant 1 on f16 weights (gemm.wgsl's f16 build).
+    LinearTiledF16,
+    /// GEMM variant 4: variant 2 on f16 weights.
+    LinearDirectF16,
+    /// Gather from an f16 table (gather.wgsl's f16 build).
+    GatherF16,
 }
 
 impl Kernel {
-    pub(super) const COUNT: usize = 15;
+    pub(super) const COUNT: usize = 18;
 
     fn index(self) -> usize {
         self as usize
     }
 
-    fn source(self) -> &'static str {
+    /// The f16-weight GEMM with the same structure as `self` (a GEMM variant 1 or 2).
+    pub(super) fn with_f16_weights(self) -> Kernel {
         match self {
-            Kernel::Gather => include_str!("../../../shaders/gather.wgsl"),
+            Kernel::LinearDirect => Kernel::LinearDirectF16,
+            _ => Kernel::LinearTiledF16,
+        }
+    }
+
+    fn source(self) -> Cow<'static, str> {
+        const GEMM: &str = include_str!("../../../shaders/gemm.wgsl");
+        const GATHER: &str = include_str!("../../../shaders/gather.wgsl");
+        let f16_build = |source| {
+            Cow::Owned(f16_build(source).expect("the shader aliases its weight element type"))
+        };
+        Cow::Borrowed(match self {
+            Kernel::Gather => GATHER,
+            Kernel::GatherF16 => return f16_build(GATHER),
             Kernel::Pool => include_str!("../../../shaders/pool.wgsl"),
             Kernel::LayerNorm | Kernel::L2Normalize => include_str!("../../../shaders/norm.wgsl"),
-            Kernel::LinearTiled | Kernel::LinearDirect => {
-                include_str!("../../../shaders/gemm.wgsl")
-            }
+            Kernel::LinearTiled | Kernel::LinearDirect => GEMM,
+            Kernel::LinearTiledF16 | Kernel::LinearDirectF16 => return f16_build(GEMM),
             Kernel::Attention => include_str!("../../../shaders/attention.wgsl"),
             Kernel::ContractTiled | Kernel::ContractDirect | Kernel::JlProject => {
                 include_str!("../../../shaders/ntk.wgsl")
@@ -67,17 +89,17 @@ impl Kernel {
             Kernel::BitonicLocal | Kernel::BitonicGlobal | Kernel::EcdfCounts => {
                 include_str!("../../../shaders/trim.wgsl")
             }
-        }
+        })
     }
 
     fn entry_point(self) -> &'static str {
         match self {
-            Kernel::Gather => "gather_rows",
+            Kernel::Gather | Kernel::GatherF16 => "gather_rows",
             Kernel::Pool => "pool",
             Kernel::LayerNorm => "layer_norm",
             Kernel::L2Normalize => "l2_normalize",
-            Kernel::LinearTiled => "linear_tiled",
-            Kernel::LinearDirect => "linear_direct",
+            Kernel::LinearTiled | Kernel::LinearTiledF16 => "linear_tiled",
+            Kernel::LinearDirect | Kernel::LinearDirectF16 => "linear_direct",
             Kernel::Attention => "attention_online",
             Kernel::ContractTiled => "contract_tiled",
             Kernel::ContractDirect => "contract_direct",
@@ -94,7 +116,7 @@ impl Kernel {
     pub(super) fn storage(self) -> &'static [Access] {
         match self {
             // table part, ids, out
-            Kernel::Gather => &[Read, Read, ReadWrite],
+            Kernel::Gather | Kernel::GatherF16 => &[Read, Read, ReadWrite],
             // hidden, sequence starts, out
             Kernel::Pool => &[Read, Read, ReadWrite],
             // x, gamma, beta
@@ -102,7 +124,10 @@ impl Kernel {
             // x
             Kernel::L2Normalize => &[ReadWrite],
             // x, w, bias, residual, out
-            Kernel::LinearTiled | Kernel::LinearDirect => &[Read, Read, Read, Read, ReadWrite],
+            Kernel::LinearTiled
+            | Kernel::LinearDirect
+            | Kernel::LinearTiledF16
+            | Kernel::LinearDirectF16 => &[Read, Read, Read, Read, ReadWrite],
             // qkv, sequence starts, out
             Kernel::Attention => &[Read, Read, ReadWrite],
             // D_r, D_c, A_r, A_c, out
@@ -172,7 +197,7 @@ fn build(device: &wgpu::Device, kernel: Kernel) -> Pipeline {
     });
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label,
-        source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+        source: wgpu::ShaderSource::Wgsl(kernel.source()),
     });
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label,
