@@ -5,9 +5,13 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+#[path = "src/backend/wgpu/f16_weights.rs"]
+mod f16_weights;
+
 fn main() {
     println!("cargo::rerun-if-changed=shaders");
     println!("cargo::rerun-if-changed=kernels");
+    println!("cargo::rerun-if-changed=src/backend/wgpu/f16_weights.rs");
     let failures: Vec<String> = files_with_extension("shaders", "wgsl")
         .iter()
         .filter_map(|p| validate(p).err())
@@ -28,17 +32,26 @@ fn files_with_extension(dir: &str, extension: &str) -> Vec<PathBuf> {
     files
 }
 
+/// Validates the shader and, where it has one, its f16-weight build.
 fn validate(path: &Path) -> Result<(), String> {
     let source = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let name = path.display().to_string();
-    let module = naga::front::wgsl::parse_str(&source)
-        .map_err(|e| e.emit_to_string_with_path(&source, &name))?;
+    validate_source(&source, &name)?;
+    match f16_weights::f16_build(&source) {
+        Some(f16) => validate_source(&f16, &format!("{name} (f16 build)")),
+        None => Ok(()),
+    }
+}
+
+fn validate_source(source: &str, name: &str) -> Result<(), String> {
+    let module = naga::front::wgsl::parse_str(source)
+        .map_err(|e| e.emit_to_string_with_path(source, name))?;
     naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
         naga::valid::Capabilities::all(),
     )
     .validate(&module)
-    .map_err(|e| e.emit_to_string_with_path(&source, &name))?;
+    .map_err(|e| e.emit_to_string_with_path(source, name))?;
     Ok(())
 }
 

@@ -1,14 +1,20 @@
 //! WGSL kernels on the adapter `MSCOPE_WGPU_ADAPTER` picks (else the most hardware-like one,
 //! lavapipe included): the GEMM (`linear` with bias + GELU, shaders/gemm.wgsl) on MiniLM's shapes,
 //! the NTK contraction (both variants) and JL projection (shaders/ntk.wgsl), and the per-group
-//! scatter (shaders/stats.wgsl), on the kernel suite's shapes (src/bench/kernels.rs).
-//! Throughput is counted FLOPs, reported as elements/s: GEMM 2·n·k·m, contraction 2·r·c·(p + q),
-//! projection 2·n·d·k (generation not counted), scatter n·d² (one triangle). Each iteration waits
-//! for the device, and inputs stay on the device between iterations.
+//! scatter (shaders/stats.wgsl), attention and LayerNorm (shaders/attention.wgsl, norm.wgsl) and
+//! the leave-one-out trim search (shaders/trim.wgsl), on the kernel suite's shapes
+//! (src/bench/kernels.rs). Throughput is counted FLOPs, reported as elements/s: GEMM 2·n·k·m,
+//! contraction 2·r·c·(p + q), projection 2·n·d·k (generation not counted), scatter n·d² (one
+//! triangle), attention 4·Σ len²·d; LayerNorm and trim count bytes (read + write once; trim 20 per
+//! point as in the kernel suite). Each iteration waits for the device, and inputs stay on the
+//! device between iterations (trim takes host slices by design).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mscope::backend::wgpu::{GemmVariant, WgpuBackend, WgpuOptions};
-use mscope::backend::{Activation, Backend, JlDistribution, JlSpec};
+use mscope::backend::{
+    Activation, AttentionSpec, Backend, JlDistribution, JlSpec, SeqLayout, TrimReference, TrimSpec,
+    W2Grid,
+};
 
 /// `(tokens, in, out)`: MiniLM-L6's QKV, FFN-up and FFN-down projections over 2048 tokens.
 const SHAPES: [(usize, usize, usize); 3] =
@@ -153,10 +159,90 @@ fn scatter(c: &mut Criterion) {
     group.finish();
 }
 
+/// MiniLM's self-attention (12 heads of 32) over 16 packed sequences of 128 tokens.
+fn attention(c: &mut Criterion) {
+    let (sequences, len, heads, head_dim) = (16, 128, 12, 32);
+    let Some(be) = open(None, "attention") else {
+        return;
+    };
+    let spec = AttentionSpec::bidirectional(heads, head_dim);
+    let layout = SeqLayout::from_lengths(vec![len; sequences]);
+    let tokens = layout.num_tokens();
+    let qkv = random(&be, &[tokens, spec.qkv_width()], 8);
+    let mut out = be.zeros(&[tokens, heads * head_dim]).unwrap();
+    let mut group = c.benchmark_group("attention/wgpu");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(
+        (4 * sequences * len * len * heads * head_dim) as u64,
+    ));
+    let id = BenchmarkId::new(
+        format!("{sequences}x{len}x{heads}x{head_dim}"),
+        &be.adapter_info().name,
+    );
+    group.bench_function(id, |bench| {
+        bench.iter(|| {
+            be.attention(&qkv, &layout, &spec, &mut out).unwrap();
+            be.synchronize().unwrap();
+        })
+    });
+    group.finish();
+}
+
+/// LayerNorm of 2048 tokens of 384 (MiniLM) and 1024 (e5-large) features, in place.
+fn layer_norm(c: &mut Criterion) {
+    let Some(be) = open(None, "layer_norm") else {
+        return;
+    };
+    let mut group = c.benchmark_group("layer_norm/wgpu");
+    group.sample_size(10);
+    for (n, d) in [(2048, 384), (2048, 1024)] {
+        let mut x = random(&be, &[n, d], 9);
+        let (gamma, beta) = (random(&be, &[d], 10), random(&be, &[d], 11));
+        group.throughput(Throughput::Bytes((2 * n * d * 4) as u64));
+        let id = BenchmarkId::new(format!("{n}x{d}"), &be.adapter_info().name);
+        group.bench_function(id, |bench| {
+            bench.iter(|| {
+                be.layer_norm(&mut x, &gamma, &beta, 1e-12).unwrap();
+                be.synchronize().unwrap();
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Leave-one-out α̂ of 20 models × 10 000 scores (the candidate-grid W2, as in the kernel suite).
+fn trim(c: &mut Criterion) {
+    let (models, points) = (20, 10_000);
+    let Some(be) = open(None, "trim_search") else {
+        return;
+    };
+    let mut rng = mscope::random::SplitMix64::new(12);
+    let scores: Vec<f32> = (0..models * points)
+        .map(|_| rng.next_f64() as f32)
+        .collect();
+    let rows: Vec<&[f32]> = scores.chunks_exact(points).collect();
+    let spec = TrimSpec {
+        level: 0.05,
+        w2_alpha: None,
+        w2_grid: W2Grid::Candidate,
+    };
+    let mut group = c.benchmark_group("trim_search/wgpu");
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes((models * points * 20) as u64));
+    let id = BenchmarkId::new(format!("{models}x{points}"), &be.adapter_info().name);
+    group.bench_function(id, |bench| {
+        bench.iter(|| {
+            be.trim_search(&rows, TrimReference::LeaveOneOut, &spec)
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
 // Criterion's own plots need a system font this crate's plotters build does not load.
 criterion_group! {
     name = benches;
     config = Criterion::default().without_plots();
-    targets = gemm, ntk_contract, jl_project, scatter
+    targets = gemm, ntk_contract, jl_project, scatter, attention, layer_norm, trim
 }
 criterion_main!(benches);

@@ -4,6 +4,8 @@
 //   1. gather_rows — one thread per output element. A table larger than one storage binding is
 //      uploaded in parts of whole rows; the host dispatches once per part, and each dispatch
 //      writes only the rows whose id falls in its part, so every output row is written once.
+//   2. gather_rows, f16 build — variant 1 on an f16 table (src/backend/wgpu/f16_weights.rs), each
+//      value widened to f32 as it is read; halves the memory of large vocabularies.
 
 struct Params {
     rows: u32,       // output rows (= number of ids)
@@ -13,8 +15,10 @@ struct Params {
     accumulate: u32, // 1: add to out, 0: overwrite
 }
 
+alias Weight = f32;
+
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> table: array<f32>;
+@group(0) @binding(1) var<storage, read> table: array<Weight>;
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
@@ -35,7 +39,7 @@ fn gather_rows(
     if id < p.first_row || id >= p.first_row + p.part_rows {
         return;
     }
-    let v = table[(id - p.first_row) * p.width + (i - row * p.width)];
+    let v = f32(table[(id - p.first_row) * p.width + (i - row * p.width)]);
     if p.accumulate != 0u {
         out[i] += v;
     } else {

@@ -1,5 +1,6 @@
 // GEMM with fused epilogue: out = act(x·wᵀ + bias) + residual, x: [n, k], w: [m, k] (PyTorch's
-// Linear layout, so both operands are contiguous along k), out and residual: [n, m]; f32 throughout.
+// Linear layout, so both operands are contiguous along k), out and residual: [n, m]. Accumulation,
+// x, bias, residual and out are f32; the weights are f32 or, in the f16 build, f16.
 //
 // Variants:
 //   1. linear_tiled — 64×64 output tile per workgroup of 16×16 threads, k consumed 16 at a time
@@ -12,6 +13,10 @@
 //      buffers without workgroup tiles or barriers. For software adapters, where workgroup memory
 //      is ordinary memory and each barrier a coroutine switch: about 2× faster than variant 1 on
 //      lavapipe (MiniLM's 1317×384×1536: 1.6–3.1 s against 3.7–5.5 s, loaded 2-core machine).
+//   3. linear_tiled, f16 build — variant 1 on f16 weights, widened to f32 as they are loaded.
+//   4. linear_direct, f16 build — variant 2 on f16 weights.
+// The f16 build (src/backend/wgpu/f16_weights.rs) is this file with `enable f16;` and `Weight`
+// aliased to f16; it needs the adapter's SHADER_F16 and halves the weight bytes read.
 
 struct Params {
     n: u32,
@@ -31,9 +36,11 @@ const ACT_RELU: u32 = 5u;
 const ACT_TANH: u32 = 6u;
 const ACT_SIGMOID: u32 = 7u;
 
+alias Weight = f32;
+
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<Weight>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;     // read when has_bias
 @group(0) @binding(4) var<storage, read> residual: array<f32>; // read when has_residual
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
@@ -143,7 +150,7 @@ fn linear_tiled(
             }
             var wv = 0.0;
             if wr < p.m && gk < p.k {
-                wv = w[wr * p.k + gk];
+                wv = f32(w[wr * p.k + gk]);
             }
             x_tile[kk * QUADS + load_r / 4u][load_r % 4u] = xv;
             w_tile[kk * QUADS + load_r / 4u][load_r % 4u] = wv;
@@ -186,7 +193,12 @@ fn linear_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
     var acc2 = vec4<f32>();
     var acc3 = vec4<f32>();
     for (var kk = 0u; kk < p.k; kk++) {
-        let b = vec4<f32>(w[wj.x + kk], w[wj.y + kk], w[wj.z + kk], w[wj.w + kk]);
+        let b = vec4<f32>(
+            f32(w[wj.x + kk]),
+            f32(w[wj.y + kk]),
+            f32(w[wj.z + kk]),
+            f32(w[wj.w + kk]),
+        );
         acc0 = fma(vec4<f32>(x[xi.x + kk]), b, acc0);
         acc1 = fma(vec4<f32>(x[xi.y + kk]), b, acc1);
         acc2 = fma(vec4<f32>(x[xi.z + kk]), b, acc2);

@@ -83,6 +83,10 @@ impl HostTensor {
         &self.data
     }
 
+    pub fn into_data(self) -> HostData {
+        self.data
+    }
+
     /// The values as f32, converting half precision (f32 data is borrowed, not copied).
     pub fn to_f32(&self) -> std::borrow::Cow<'_, [f32]> {
         use std::borrow::Cow;

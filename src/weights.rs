@@ -19,6 +19,22 @@ use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, HostData, HostTensor};
 
+/// Element type of a model's GEMM weights and embedding tables on the device (`mscope embed
+/// --weights-dtype`). Biases and norm parameters are always f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightsDtype {
+    /// The checkpoint's, as sentence-transformers runs it: F16 and BF16 weights stay half
+    /// precision on backends whose kernels read f16 ([`crate::backend::Backend::upload_f16`],
+    /// `upload_bf16`), F32 weights stay f32.
+    #[default]
+    Auto,
+    /// f32 whatever the checkpoint stores (half-precision values widen exactly).
+    F32,
+    /// f16 whatever the checkpoint stores (F32 and BF16 values rounded to nearest), on backends
+    /// whose kernels read f16; the others widen them back to f32.
+    F16,
+}
+
 const SINGLE_FILE: &str = "model.safetensors";
 const INDEX_FILE: &str = "model.safetensors.index.json";
 
@@ -222,6 +238,70 @@ impl Weights {
             DType::I64 => HostData::I64(decode(bytes, i64::from_le_bytes)),
         };
         HostTensor::new(entry.shape.clone(), data)
+    }
+
+    /// The element type `dtype` picks for tensors `names`: with `Auto` the stored one when every
+    /// tensor is F16 (or every one BF16), else F32.
+    pub fn stacked_dtype(&self, names: &[String], dtype: WeightsDtype) -> Result<DType> {
+        let stored = names
+            .iter()
+            .map(|n| self.dtype(n))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(match (dtype, stored.first()) {
+            (WeightsDtype::F16, _) => DType::F16,
+            (WeightsDtype::Auto, Some(&first))
+                if matches!(first, DType::F16 | DType::BF16)
+                    && stored.iter().all(|&d| d == first) =>
+            {
+                first
+            }
+            _ => DType::F32,
+        })
+    }
+
+    /// Tensors `names`, each of `shape`, stacked along the first axis in the element type
+    /// [`Weights::stacked_dtype`] picks.
+    pub fn stacked(
+        &self,
+        names: &[String],
+        shape: &[usize],
+        dtype: WeightsDtype,
+    ) -> Result<HostTensor> {
+        let target = self.stacked_dtype(names, dtype)?;
+        let mut stacked_shape = shape.to_vec();
+        stacked_shape[0] *= names.len();
+        let data = match target {
+            DType::F16 => {
+                let mut values = Vec::with_capacity(names.len() * shape.iter().product::<usize>());
+                for name in names {
+                    match self.host(name, shape)?.into_data() {
+                        HostData::F16(v) => values.extend(v),
+                        _ => {
+                            values.extend(self.f32(name, shape)?.iter().map(|&v| f16::from_f32(v)))
+                        }
+                    }
+                }
+                HostData::F16(values)
+            }
+            DType::BF16 => {
+                let mut values = Vec::new();
+                for name in names {
+                    let HostData::BF16(v) = self.host(name, shape)?.into_data() else {
+                        unreachable!("Auto picks BF16 only when every tensor is BF16")
+                    };
+                    values.extend(v);
+                }
+                HostData::BF16(values)
+            }
+            _ => {
+                let mut values = Vec::new();
+                for name in names {
+                    values.extend_from_slice(&self.f32(name, shape)?);
+                }
+                HostData::F32(values)
+            }
+        };
+        HostTensor::new(stacked_shape, data)
     }
 
     fn full_name(&self, name: &str) -> String {

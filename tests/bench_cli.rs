@@ -125,8 +125,10 @@ fn cpu_pipeline_reports_throughput() {
 }
 
 #[test]
-fn wgpu_runs_its_families_and_both_gemm_variants() {
+fn wgpu_runs_its_families_and_every_gemm_variant() {
     let dir = tempfile::tempdir().unwrap();
+    // Variants 3 and 4 (f16 weights) need SHADER_F16; without it they are refused by name.
+    let f16 = WgpuBackend::open(&WgpuOptions::default()).is_ok_and(|be| be.keeps_f16());
     let Some(report) = bench(
         dir.path(),
         &[
@@ -137,7 +139,7 @@ fn wgpu_runs_its_families_and_both_gemm_variants() {
             "--filter",
             "minilm-qkv",
             "--variant",
-            "1,2",
+            if f16 { "1,2,3,4" } else { "1,2" },
         ],
         Some("wgpu backend unavailable"),
     ) else {
@@ -159,14 +161,34 @@ fn wgpu_runs_its_families_and_both_gemm_variants() {
             r["variant"].as_u64().unwrap()
         })
         .collect();
-    assert_eq!(variants, [1, 2]);
+    if f16 {
+        assert_eq!(variants, [1, 2, 3, 4]);
+        // Bytes counted: the f16-weight variants read the 1152×384 weight at 2 bytes a value.
+        let bytes = |r: &Value| r["gbps"].as_f64().unwrap() * 1e9 * r["median_s"].as_f64().unwrap();
+        let all = results(&report);
+        for (f32_run, f16_run) in [(&all[0], &all[2]), (&all[1], &all[3])] {
+            let saved = bytes(f32_run) - bytes(f16_run);
+            assert!(
+                (saved - 2.0 * 1152.0 * 384.0).abs() < 1.0,
+                "{} vs {}: {saved} bytes fewer",
+                f32_run["variant_name"],
+                f16_run["variant_name"]
+            );
+        }
+    } else {
+        assert_eq!(variants, [1, 2]);
+        assert_fails_cleanly(
+            &["bench", "--backend", "wgpu", "--variant", "3"],
+            &["--variant 3 (tiled-f16)", "SHADER_F16"],
+        );
+    }
     assert!(report["probes"]
         .as_array()
         .unwrap()
         .iter()
         .any(|p| p["name"] == "copy"));
 
-    // wgpu has no trim kernels yet: the case is listed as skipped with the reason.
+    // Every family runs on wgpu, the trim search included.
     let report = bench(
         dir.path(),
         &[
@@ -180,13 +202,13 @@ fn wgpu_runs_its_families_and_both_gemm_variants() {
         None,
     )
     .unwrap();
-    assert!(results(&report).is_empty());
-    let skipped = &report["skipped"][0];
-    assert!(skipped["name"]
+    let trims = results(&report);
+    assert_eq!(trims.len(), 1);
+    assert!(trims[0]["name"]
         .as_str()
         .unwrap()
         .starts_with("trim_search/"));
-    assert!(skipped["reason"].as_str().unwrap().contains("Trim"));
+    assert!(report["skipped"].as_array().is_none_or(|s| s.is_empty()));
 }
 
 #[test]
@@ -202,6 +224,12 @@ fn bad_input_fails_cleanly() {
         &["bench", "--variant", "3", "--filter", "nothing"],
         &["--variant 3", "1 (faer)"],
     );
+    if WgpuBackend::open(&WgpuOptions::default()).is_ok() {
+        assert_fails_cleanly(
+            &["bench", "--backend", "wgpu", "--variant", "5"],
+            &["--variant 5", "3 (tiled-f16), 4 (direct-f16)"],
+        );
+    }
     assert_fails_cleanly(
         &["bench", "--backend", "cuda"],
         &["cuda backend unavailable"],

@@ -102,6 +102,49 @@ fn embed_writes_the_contract_and_matches_sentence_transformers() {
     }
 }
 
+/// `--weights-dtype` reaches the model: f16 weights move the embeddings, within the f16 paths'
+/// 1e-2 (DESIGN › Numerics), and an unknown dtype is refused by name.
+#[test]
+fn embed_weights_dtype_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("texts.txt");
+    std::fs::write(&input, fixture_texts().join("\n") + "\n").unwrap();
+    let model = repo_path("tests/fixtures/tiny-xlmr");
+    let embed = |dtype: &str| {
+        let out = dir.path().join(format!("{dtype}.safetensors"));
+        let run = mscope(&[
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--backend",
+            "cpu",
+            "--weights-dtype",
+            dtype,
+        ]);
+        assert!(
+            run.status.success(),
+            "--weights-dtype {dtype}: {}",
+            stderr(&run)
+        );
+        EmbeddingsFile::read(&out).unwrap()
+    };
+    let (wide, half) = (embed("f32"), embed("f16"));
+    assert_ne!(
+        wide.embeddings, half.embeddings,
+        "f16 weights changed nothing"
+    );
+    let err = common::rel_error(&half.embeddings, &wide.embeddings);
+    assert!(err < 1e-2, "f16 weights: relative error {err:e}");
+
+    let out = mscope(&["embed", "--weights-dtype", "f8"]);
+    assert_eq!(out.status.code(), Some(2), "clap rejects an unknown dtype");
+    assert!(stderr(&out).contains("f8"), "{}", stderr(&out));
+}
+
 #[test]
 fn embed_reports_bad_input_cleanly() {
     let dir = tempfile::tempdir().unwrap();

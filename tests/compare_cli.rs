@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_fails_cleanly, run_mscope, Rng};
+use common::{assert_fails_cleanly, reports_on_cpu_and_wgpu, run_mscope, Rng};
 use mscope::backend::{self, BackendKind, OpFamily, TrimReference, TrimSpec, W2Grid};
 use serde_json::Value;
 
@@ -313,6 +313,39 @@ fn compare_synthetic_ensemble_flags_the_overconfident_model() {
         .lines()
         .find(|l| l.starts_with("| ") && !l.starts_with("| model"));
     assert!(row.is_some_and(|r| r.starts_with("| 11 |")), "{summary}");
+}
+
+#[test]
+fn compare_and_alpha_on_wgpu_equal_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let (models, points) = (5, 3000);
+    let mut rng = Rng::new(41);
+    let flat: Vec<f32> = (0..models * points)
+        .map(|i| ((i / points) as f64 * 0.05 + rng.normal()) as f32)
+        .collect();
+    let scores = dir.path().join("scores.safetensors");
+    write_scores(&scores, &[models, points], &flat);
+    let Some((cpu, gpu)) = reports_on_cpu_and_wgpu(&["compare", "--scores", path_str(&scores)])
+    else {
+        return;
+    };
+    assert_eq!(gpu["models"], cpu["models"]);
+
+    let (candidate, reference) = (dir.path().join("c.txt"), dir.path().join("r.txt"));
+    for (path, row) in [(&candidate, 0), (&reference, 1)] {
+        let lines: Vec<String> = flat[row * points..(row + 1) * points]
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
+        std::fs::write(path, lines.join("\n")).unwrap();
+    }
+    let alpha = |backend| {
+        let mut args = alpha_args(path_str(&candidate), path_str(&reference));
+        args.extend(["--json", "--backend", backend]);
+        serde_json::from_str::<Value>(&stdout_of(&args)).unwrap()
+    };
+    let (cpu, gpu) = (alpha("cpu"), alpha("wgpu"));
+    assert_eq!(gpu, cpu);
 }
 
 fn alpha_args<'a>(candidate: &'a str, reference: &'a str) -> Vec<&'a str> {

@@ -5,9 +5,8 @@ mod common;
 
 use common::{
     assert_fails_cleanly, random_orthogonal, reference_tensor, rel_error_f64, repo_path,
-    run_mscope, run_mscope_ok, Rng,
+    reports_on_cpu_and_wgpu, run_mscope, run_mscope_ok, Rng,
 };
-use mscope::backend::wgpu::{WgpuBackend, WgpuOptions};
 use mscope::backend::{self, Backend, BackendKind, OpFamily};
 use mscope::instruments::lda::{evaluate, Classes, Evaluation, Projection, Shrinkage};
 use mscope::instruments::splits::{self, Split};
@@ -369,29 +368,17 @@ fn cli_rejects_bad_input() {
 /// the same accuracies and confusion counts, and pairwise table.
 #[test]
 fn cli_wgpu_lda_equals_cpu() {
-    if let Err(why) = WgpuBackend::open(&WgpuOptions::from_env()) {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
     let input = repo_path("tests/fixtures/sklearn_embeddings.safetensors");
-    let report = |backend: &str| {
-        let json = dir.path().join(format!("lda-{backend}.json"));
-        run_mscope_ok(&[
-            "lda",
-            "--input",
-            input.to_str().unwrap(),
-            "--splits",
-            "4",
-            "--pairwise",
-            "--backend",
-            backend,
-            "--out",
-            json.to_str().unwrap(),
-        ]);
-        serde_json::from_slice::<serde_json::Value>(&std::fs::read(&json).unwrap()).unwrap()
+    let Some((cpu, gpu)) = reports_on_cpu_and_wgpu(&[
+        "lda",
+        "--input",
+        input.to_str().unwrap(),
+        "--splits",
+        "4",
+        "--pairwise",
+    ]) else {
+        return;
     };
-    let (cpu, gpu) = (report("cpu"), report("wgpu"));
     for key in ["accuracies", "confusion", "pairwise"] {
         assert_eq!(gpu[key], cpu[key], "{key}");
     }

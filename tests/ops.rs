@@ -5,6 +5,7 @@
 mod common;
 
 use common::{backends, l2_normalize_ref, layer_norm_ref, rel_error, rms_norm_ref, Rng};
+use half::f16;
 use mscope::backend::{Activation, AttentionSpec, Backend, Pooling, RopeSpec, SeqLayout, Tensor};
 
 /// f32 paths must agree with the f64 reference well under 1e-5 (DESIGN › Numerics).
@@ -58,6 +59,35 @@ const ACTIVATIONS: [Activation; 8] = [
     Activation::Sigmoid,
 ];
 
+/// `act(x·wᵀ + bias) + residual` in f64 for `x: [n, k]`, `w: [m, k]`.
+fn linear_reference(
+    (n, k, m): (usize, usize, usize),
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    residual: Option<&[f32]>,
+) -> Vec<f64> {
+    (0..n * m)
+        .map(|idx| {
+            let (i, j) = (idx / m, idx % m);
+            let mut acc: f64 = (0..k)
+                .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                .sum();
+            if let Some(b) = bias {
+                acc += b[j] as f64;
+            }
+            let mut y = act_f64(act, acc);
+            if let Some(r) = residual {
+                y += r[idx] as f64;
+            }
+            y
+        })
+        .collect()
+}
+
+const EPILOGUES: [(bool, bool); 4] = [(false, false), (true, false), (true, true), (false, true)];
+
 #[test]
 fn linear_with_epilogues() {
     for be in backends() {
@@ -66,25 +96,15 @@ fn linear_with_epilogues() {
         for (n, k, m) in [(1, 1, 1), (37, 53, 29), (130, 70, 97)] {
             let (x, w, b, r) = (rng.vec(n * k), rng.vec(m * k), rng.vec(m), rng.vec(n * m));
             for act in ACTIVATIONS {
-                for (with_bias, with_residual) in
-                    [(false, false), (true, false), (true, true), (false, true)]
-                {
-                    let want: Vec<f64> = (0..n * m)
-                        .map(|idx| {
-                            let (i, j) = (idx / m, idx % m);
-                            let mut acc: f64 = (0..k)
-                                .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
-                                .sum();
-                            if with_bias {
-                                acc += b[j] as f64;
-                            }
-                            let mut y = act_f64(act, acc);
-                            if with_residual {
-                                y += r[idx] as f64;
-                            }
-                            y
-                        })
-                        .collect();
+                for (with_bias, with_residual) in EPILOGUES {
+                    let want = linear_reference(
+                        (n, k, m),
+                        &x,
+                        &w,
+                        with_bias.then_some(&b[..]),
+                        act,
+                        with_residual.then_some(&r[..]),
+                    );
                     let (xt, wt) = (upload(be, &[n, k], &x), upload(be, &[m, k], &w));
                     let bt = upload(be, &[m], &b);
                     let rt = upload(be, &[n, m], &r);
@@ -109,6 +129,79 @@ fn linear_with_epilogues() {
                 }
             }
         }
+    }
+}
+
+/// f16 weights: the reference uses the same rounded weights, so only f32 accumulation separates
+/// it from the backend and the f32 tolerance holds (f16 → f32 widening is exact). Against the
+/// unrounded f32 weights the result must stay within the f16 paths' 1e-2 (DESIGN › Numerics).
+#[test]
+fn linear_with_f16_weights() {
+    const F16_TOL: f64 = 1e-2;
+    for be in backends() {
+        let be = be.as_ref();
+        let mut rng = Rng::new(21);
+        let mut worst_vs_f32: f64 = 0.0;
+        for (n, k, m) in [(1, 1, 1), (37, 53, 29), (130, 70, 97)] {
+            let (x, w, b, r) = (rng.vec(n * k), rng.vec(m * k), rng.vec(m), rng.vec(n * m));
+            let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+            let w_rounded: Vec<f32> = w16.iter().map(|v| v.to_f32()).collect();
+            let (xt, wt) = (
+                upload(be, &[n, k], &x),
+                be.upload_f16(&[m, k], &w16).unwrap(),
+            );
+            assert_eq!(
+                be.download(&wt).unwrap(),
+                w_rounded,
+                "{}: f16 weights round trip",
+                be.name()
+            );
+            let (bt, rt) = (upload(be, &[m], &b), upload(be, &[n, m], &r));
+            for act in ACTIVATIONS {
+                for (with_bias, with_residual) in EPILOGUES {
+                    let (bias, residual) =
+                        (with_bias.then_some(&b[..]), with_residual.then_some(&r[..]));
+                    let mut out = poisoned(be, &[n, m]);
+                    be.linear(
+                        &xt,
+                        &wt,
+                        with_bias.then_some(&bt),
+                        act,
+                        with_residual.then_some(&rt),
+                        &mut out,
+                    )
+                    .unwrap();
+                    let what = format!(
+                        "linear f16 weights ({:?} on device) {n}x{k}x{m} {act:?} bias={with_bias} \
+                         residual={with_residual}",
+                        wt.dtype()
+                    );
+                    check(
+                        be,
+                        &what,
+                        &out,
+                        &linear_reference((n, k, m), &x, &w_rounded, bias, act, residual),
+                    );
+                    let got = be.download(&out).unwrap();
+                    let f32_weights: Vec<f32> =
+                        linear_reference((n, k, m), &x, &w, bias, act, residual)
+                            .iter()
+                            .map(|&v| v as f32)
+                            .collect();
+                    let err = rel_error(&got, &f32_weights);
+                    assert!(
+                        err < F16_TOL,
+                        "{} {what}: {err:e} from the f32-weight result",
+                        be.name()
+                    );
+                    worst_vs_f32 = worst_vs_f32.max(err);
+                }
+            }
+        }
+        eprintln!(
+            "{}: f16 weights are at most {worst_vs_f32:e} from the f32-weight result",
+            be.name()
+        );
     }
 }
 
@@ -154,6 +247,46 @@ fn gather_rows_copies_and_accumulates() {
             .gather_rows(&t, &[rows as u32], false, &mut poisoned(be, &[1, d]))
             .unwrap_err();
         assert!(err.to_string().contains("out of range"), "{err}");
+    }
+}
+
+/// An f16 table (kept f16 where the backend's gather reads it) gives the rows of its f32
+/// widening exactly, copied or added.
+#[test]
+fn gather_rows_from_f16_tables() {
+    for be in backends() {
+        let be = be.as_ref();
+        let mut rng = Rng::new(22);
+        let (rows, d, n) = (41, 19, 23);
+        let table: Vec<f16> = rng
+            .vec(rows * d)
+            .iter()
+            .map(|&v| f16::from_f32(v))
+            .collect();
+        let wide: Vec<f32> = table.iter().map(|v| v.to_f32()).collect();
+        let ids: Vec<u32> = (0..n).map(|_| rng.below(rows as u64) as u32).collect();
+        let base = rng.vec(n * d);
+        let t = be.upload_f16(&[rows, d], &table).unwrap();
+        let mut out = poisoned(be, &[n, d]);
+        be.gather_rows(&t, &ids, false, &mut out).unwrap();
+        let copied: Vec<f32> = (0..n * d)
+            .map(|i| wide[ids[i / d] as usize * d + i % d])
+            .collect();
+        assert_eq!(
+            be.download(&out).unwrap(),
+            copied,
+            "{} f16 gather",
+            be.name()
+        );
+        let mut acc = upload(be, &[n, d], &base);
+        be.gather_rows(&t, &ids, true, &mut acc).unwrap();
+        let summed: Vec<f32> = copied.iter().zip(&base).map(|(c, b)| c + b).collect();
+        assert_eq!(
+            be.download(&acc).unwrap(),
+            summed,
+            "{} f16 gather accumulate",
+            be.name()
+        );
     }
 }
 

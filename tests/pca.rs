@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use common::{
     assert_fails_cleanly, backends_for, random_orthogonal, reference_tensor, rel_error_f64,
-    repo_path, run_mscope, run_mscope_ok, Rng,
+    repo_path, reports_on_cpu_and_wgpu, run_mscope, run_mscope_ok, Rng,
 };
 use mscope::backend::wgpu::{WgpuBackend, WgpuOptions};
 use mscope::backend::{self, Backend, BackendKind, Matrix64, OpFamily};
@@ -530,28 +530,16 @@ fn cli_rejects_bad_input() {
 /// each component's sign) from the wgpu scatter, within f32's tolerance.
 #[test]
 fn cli_wgpu_pca_equals_cpu() {
-    if let Err(why) = WgpuBackend::open(&WgpuOptions::from_env()) {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
     let input = repo_path("tests/fixtures/sklearn_embeddings.safetensors");
-    let report = |backend: &str| {
-        let json = dir.path().join(format!("pca-{backend}.json"));
-        run_mscope_ok(&[
-            "pca",
-            "--input",
-            input.to_str().unwrap(),
-            "--components",
-            "3",
-            "--backend",
-            backend,
-            "--out",
-            json.to_str().unwrap(),
-        ]);
-        serde_json::from_slice::<serde_json::Value>(&std::fs::read(&json).unwrap()).unwrap()
+    let Some((cpu, gpu)) = reports_on_cpu_and_wgpu(&[
+        "pca",
+        "--input",
+        input.to_str().unwrap(),
+        "--components",
+        "3",
+    ]) else {
+        return;
     };
-    let (cpu, gpu) = (report("cpu"), report("wgpu"));
     let numbers = |v: &serde_json::Value| -> Vec<f64> {
         v.as_array()
             .unwrap()

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16};
 use mscope::error::Error;
 use mscope::tensor::{DType, HostData, HostTensor};
-use mscope::weights::Weights;
+use mscope::weights::{Weights, WeightsDtype};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
@@ -159,6 +159,72 @@ fn half_precision_converts_like_half() {
         weights.host("b", &[3, 2]).unwrap().data(),
         &HostData::BF16(brains)
     );
+}
+
+/// `stacked` stacks along the first axis in the dtype `WeightsDtype` picks: `Auto` keeps a
+/// dtype every tensor shares if it is half precision, `F16` rounds, `F32` widens.
+#[test]
+fn stacked_tensors_take_the_requested_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let h: Vec<f16> = VALUES.iter().map(|&v| f16::from_f32(v)).collect();
+    let b: Vec<bf16> = VALUES.iter().map(|&v| bf16::from_f32(v)).collect();
+    let bytes = serialized(&[
+        (
+            "h0",
+            Dtype::F16,
+            &[3, 2],
+            h.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+        (
+            "h1",
+            Dtype::F16,
+            &[3, 2],
+            h.iter().rev().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+        (
+            "b",
+            Dtype::BF16,
+            &[3, 2],
+            b.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+        ("f", Dtype::F32, &[3, 2], f32_bytes(&VALUES)),
+        ("y", Dtype::I64, &[3, 2], vec![0; 48]),
+    ]);
+    let path = write(dir.path(), "stack.safetensors", &bytes);
+    let weights = Weights::open(&path).unwrap();
+    let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let stack = |list: &[&str], dtype| weights.stacked(&names(list), &[3, 2], dtype).unwrap();
+
+    let both = stack(&["h0", "h1"], WeightsDtype::Auto);
+    assert_eq!(both.shape(), [6, 2]);
+    let reversed: Vec<f16> = h.iter().rev().copied().collect();
+    assert_eq!(both.data(), &HostData::F16([h.clone(), reversed].concat()));
+    assert_eq!(
+        stack(&["b"], WeightsDtype::Auto).data(),
+        &HostData::BF16(b.clone())
+    );
+    let wide_h: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
+    let wide_b: Vec<f32> = b.iter().map(|v| v.to_f32()).collect();
+    // Mixed dtypes, or f32 ones, stay f32 under Auto.
+    assert_eq!(
+        stack(&["h0", "b"], WeightsDtype::Auto).data(),
+        &HostData::F32([wide_h.clone(), wide_b].concat())
+    );
+    assert_eq!(
+        stack(&["f"], WeightsDtype::Auto).data(),
+        &HostData::F32(VALUES.to_vec())
+    );
+    assert_eq!(
+        stack(&["f"], WeightsDtype::F16).data(),
+        &HostData::F16(h.clone())
+    );
+    assert_eq!(
+        stack(&["h0"], WeightsDtype::F32).data(),
+        &HostData::F32(wide_h)
+    );
+
+    let message = weights_error(weights.stacked(&names(&["y"]), &[3, 2], WeightsDtype::F16));
+    assert_mentions(&message, &["stack.safetensors", "`y`", "I64"]);
 }
 
 #[test]

@@ -6,8 +6,13 @@
 mod common;
 
 use common::{l2_normalize_ref, layer_norm_ref, rel_error, rms_norm_ref, Rng};
+use half::{bf16, f16};
+use mscope::backend::cpu::CpuBackend;
 use mscope::backend::wgpu::{list_adapters, GemmVariant, WgpuBackend, WgpuOptions};
-use mscope::backend::{self, Activation, Backend, BackendKind, OpFamily};
+use mscope::backend::{
+    self, Activation, Backend, BackendKind, OpFamily, TrimReference, TrimSpec, W2Grid,
+};
+use mscope::tensor::DType;
 
 fn open(options: WgpuOptions) -> Option<WgpuBackend> {
     match WgpuBackend::open(&options) {
@@ -57,18 +62,38 @@ fn gather_reads_a_table_split_across_bindings() {
     assert!(err.to_string().contains("split into 6 buffers"), "{err}");
 }
 
+/// Both GEMM variants, on f32 weights and on f16 ones. The f16 reference uses the same rounded
+/// weights (widening is exact), so the f32 paths' 1e-5 holds for both.
 #[test]
 fn both_gemm_variants_match_f64() {
-    for variant in [GemmVariant::Tiled, GemmVariant::Direct] {
+    for (variant, f16_weights) in [
+        (GemmVariant::Tiled, false),
+        (GemmVariant::Direct, false),
+        (GemmVariant::Tiled, true),
+        (GemmVariant::Direct, true),
+    ] {
         let Some(be) = open(WgpuOptions {
             gemm: Some(variant),
             ..Default::default()
         }) else {
             return;
         };
+        if f16_weights && !be.keeps_f16() {
+            eprintln!("skipped {variant:?} on f16 weights: the adapter has no SHADER_F16");
+            continue;
+        }
         let mut rng = Rng::new(12);
         for (n, k, m) in [(1, 1, 1), (64, 16, 64), (130, 70, 97)] {
-            let (x, w, b, r) = (rng.vec(n * k), rng.vec(m * k), rng.vec(m), rng.vec(n * m));
+            let (x, mut w, b, r) = (rng.vec(n * k), rng.vec(m * k), rng.vec(m), rng.vec(n * m));
+            let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+            let wt = if f16_weights {
+                w = w16.iter().map(|v| v.to_f32()).collect();
+                let wt = be.upload_f16(&[m, k], &w16).unwrap();
+                assert_eq!(wt.dtype(), DType::F16);
+                wt
+            } else {
+                be.upload(&[m, k], &w).unwrap()
+            };
             let want: Vec<f32> = (0..n * m)
                 .map(|idx| {
                     let (i, j) = (idx / m, idx % m);
@@ -83,7 +108,7 @@ fn both_gemm_variants_match_f64() {
             let mut out = be.upload(&[n, m], &vec![f32::NAN; n * m]).unwrap();
             be.linear(
                 &be.upload(&[n, k], &x).unwrap(),
-                &be.upload(&[m, k], &w).unwrap(),
+                &wt,
                 Some(&be.upload(&[m], &b).unwrap()),
                 Activation::Gelu,
                 Some(&be.upload(&[n, m], &r).unwrap()),
@@ -93,7 +118,7 @@ fn both_gemm_variants_match_f64() {
             let err = rel_error(&be.download(&out).unwrap(), &want);
             assert!(
                 err < 1e-5,
-                "{variant:?} {n}x{k}x{m}: relative error {err:e}"
+                "{variant:?} f16 weights {f16_weights} {n}x{k}x{m}: relative error {err:e}"
             );
         }
     }
@@ -150,6 +175,85 @@ fn norm_family_matches_f64_with_and_without_subgroups() {
             assert!(err < 1e-5, "{variant} l2_normalize {n}x{d}: {err:e}");
         }
     }
+}
+
+#[test]
+fn f16_tensors_round_trip_and_other_ops_refuse_them() {
+    let Some(be) = open(WgpuOptions::default()) else {
+        return;
+    };
+    if !be.keeps_f16() {
+        eprintln!("skipped: the adapter has no SHADER_F16, so f16 uploads are widened to f32");
+        return;
+    }
+    let mut rng = Rng::new(13);
+    let (n, d) = (5, 7);
+    let values: Vec<f16> = rng.vec(n * d).iter().map(|&v| f16::from_f32(v)).collect();
+    let wide: Vec<f32> = values.iter().map(|v| v.to_f32()).collect();
+    let t = be.upload_f16(&[n, d], &values).unwrap();
+    assert_eq!(t.dtype(), DType::F16);
+    assert_eq!(be.download(&t).unwrap(), wide, "f16 round trip");
+
+    // bf16 in f16's range becomes f16; a value beyond it keeps the tensor f32.
+    let small: Vec<bf16> = wide.iter().map(|&v| bf16::from_f32(v)).collect();
+    assert_eq!(be.upload_bf16(&[n, d], &small).unwrap().dtype(), DType::F16);
+    let mut large = small.clone();
+    large[3] = bf16::from_f32(1e6);
+    let t_large = be.upload_bf16(&[n, d], &large).unwrap();
+    assert_eq!(t_large.dtype(), DType::F32);
+    assert_eq!(be.download(&t_large).unwrap()[3], large[3].to_f32());
+
+    // An odd number of f16s per row, split into parts of 4 rows and 1 (14 bytes, padded to 16),
+    // then gathered from both parts into an output that fits one binding.
+    let split = open(WgpuOptions {
+        max_binding_bytes: Some((2 * d * 4) as u64),
+        ..Default::default()
+    })
+    .unwrap();
+    let t_split = split.upload_f16(&[n, d], &values).unwrap();
+    assert_eq!(
+        split.download(&t_split).unwrap(),
+        wide,
+        "split f16 round trip"
+    );
+    let ids = [4, 1];
+    let mut rows = split.zeros(&[ids.len(), d]).unwrap();
+    split.gather_rows(&t_split, &ids, false, &mut rows).unwrap();
+    let want: Vec<f32> = ids
+        .iter()
+        .flat_map(|&i| wide[i as usize * d..(i as usize + 1) * d].to_vec())
+        .collect();
+    assert_eq!(
+        split.download(&rows).unwrap(),
+        want,
+        "gather from f16 parts"
+    );
+
+    // Only linear's weight and gather_rows' table may be f16; anything else says so.
+    let x = be.upload(&[n, d], &wide).unwrap();
+    let mut out = be.zeros(&[n, n]).unwrap();
+    let err = be
+        .linear(&t, &x, None, Activation::Identity, None, &mut out)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("linear input: tensor of shape [5, 7] holds F16 values"),
+        "{err}"
+    );
+    let gamma = be.upload_f16(&[d], &values[..d]).unwrap();
+    let mut x = be.upload(&[n, d], &wide).unwrap();
+    let err = be.layer_norm(&mut x, &gamma, &gamma, 1e-5).unwrap_err();
+    assert!(
+        err.to_string().contains("layer_norm gamma") && err.to_string().contains("F16"),
+        "{err}"
+    );
+    let mut rows = be.upload_f16(&[2, d], &values[..2 * d]).unwrap();
+    let err = be.gather_rows(&x, &[0, 4], false, &mut rows).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("gather output: tensor of shape [2, 7] holds F16 values"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -234,3 +338,71 @@ fn device_timer_spans_the_passes_issued_while_it_runs() {
     // Without a running timer, stopping only waits.
     assert_eq!(be.stop_device_timer().unwrap(), None);
 }
+
+#[test]
+fn trim_search_sorts_long_rows_in_batches_and_equals_the_cpu() {
+    // A 256 KiB binding holds the (lt, le) counts of 4 rows of 8 192 (5 000 points padded): the
+    // 9 candidates run in 3 batches. The rows and the 10 010-point pool (16 384 padded) are longer
+    // than the 2 048-key tile, so their sorts take the global strides too.
+    let Some(be) = open(WgpuOptions {
+        max_binding_bytes: Some(256 << 10),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let cpu = CpuBackend::new();
+    let mut rng = Rng::new(23);
+    let lengths = [1, 2, 3, 700, 2048, 2049, 5000, 17, 190];
+    let rows: Vec<Vec<f32>> = lengths
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| {
+            (0..n)
+                .map(|_| {
+                    // Coarse values give ties within and across rows; ±0 must compare equal.
+                    let v = (rng.normal() * 4.0 + k as f64 * 0.3).round() as f32 / 2.0;
+                    if v == 0.0 && rng.below(2) == 0 {
+                        -0.0
+                    } else {
+                        v
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let views: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
+    let reference: Vec<f32> = (0..3001).map(|_| rng.normal() as f32).collect();
+    for (reference, grid) in [
+        (TrimReference::Sample(&reference), W2Grid::Merged),
+        (TrimReference::LeaveOneOut, W2Grid::Merged),
+        (TrimReference::LeaveOneOut, W2Grid::Candidate),
+    ] {
+        for w2_alpha in [None, Some(0.1)] {
+            let spec = TrimSpec {
+                level: 0.05,
+                w2_alpha,
+                w2_grid: grid,
+            };
+            let want = cpu.trim_search(&views, reference, &spec).unwrap();
+            let got = be.trim_search(&views, reference, &spec).unwrap();
+            // Integer counts and the same sorted values: the results are the CPU's, bit for bit.
+            assert_eq!(got, want, "{reference:?} {spec:?}");
+        }
+    }
+
+    // A pool that cannot fit one binding is refused with the sizes.
+    let long = vec![1.0f32; 40_000];
+    let err = be
+        .trim_search(&[&long, &long], TrimReference::LeaveOneOut, &SPEC_05)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("exceed one storage binding"),
+        "{err}"
+    );
+}
+
+const SPEC_05: TrimSpec = TrimSpec {
+    level: 0.05,
+    w2_alpha: None,
+    w2_grid: W2Grid::Auto,
+};

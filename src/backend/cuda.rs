@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig,
-    PushKernelArg,
+    sys::CUevent_flags, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DeviceRepr,
+    LaunchArgs, LaunchConfig, PushKernelArg,
 };
 
 pub use memory::CudaStorage;
@@ -181,6 +181,8 @@ pub struct CudaBackend {
     ntk: CudaNtkVariant,
     /// Host fallbacks (large eigenproblems, SPD solves): see [`stats`].
     cpu: super::cpu::CpuBackend,
+    /// The start event of a running device timer.
+    timer: Mutex<Option<CudaEvent>>,
 }
 
 /// Threads per block of the row-wise kernels: a multiple of the warp (their reductions shuffle
@@ -258,6 +260,7 @@ impl CudaBackend {
             gemm,
             ntk: options.ntk.unwrap_or(CudaNtkVariant::Fused),
             cpu: super::cpu::CpuBackend::new(),
+            timer: Mutex::new(None),
         })
     }
 
@@ -445,6 +448,32 @@ impl Backend for CudaBackend {
 
     fn synchronize(&self) -> Result<()> {
         self.stream().synchronize().map_err(device_error)
+    }
+
+    /// CUDA events on the backend's one stream: the region covers every kernel and copy queued
+    /// between the two events, and none of the host work (host fallbacks run outside it).
+    fn start_device_timer(&self) -> Result<bool> {
+        let start = self
+            .stream()
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(device_error)?;
+        *self.timer.lock().unwrap_or_else(|e| e.into_inner()) = Some(start);
+        Ok(true)
+    }
+
+    fn stop_device_timer(&self) -> Result<Option<f64>> {
+        let start = self.timer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(start) = start else {
+            self.synchronize()?;
+            return Ok(None);
+        };
+        let end = self
+            .stream()
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(device_error)?;
+        // elapsed_ms waits for both events.
+        let ms = start.elapsed_ms(&end).map_err(device_error)?;
+        Ok(Some(f64::from(ms) / 1e3))
     }
 
     fn linear(

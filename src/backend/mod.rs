@@ -11,9 +11,11 @@ pub mod wgpu;
 
 use std::sync::Arc;
 
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::tensor::{DType, HostData, HostTensor};
 
 /// Which device runs the op set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -274,7 +276,8 @@ impl RopeSpec {
     }
 }
 
-/// A tensor living on a backend's device: f32 values, row-major.
+/// A tensor living on a backend's device: f32 values (f16 for GEMM weights and embedding tables a
+/// backend keeps in half precision, see [`Backend::upload_f16`]), row-major.
 #[derive(Debug)]
 pub struct Tensor {
     shape: Vec<usize>,
@@ -311,6 +314,14 @@ impl Tensor {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The element type the device holds.
+    pub fn dtype(&self) -> DType {
+        match &self.storage {
+            Storage::Wgpu(s) => s.dtype(),
+            Storage::Cpu(_) | Storage::Cuda(_) => DType::F32,
+        }
     }
 
     /// The error for a tensor handed to a backend it does not live on.
@@ -406,6 +417,35 @@ pub trait Backend: Send + Sync {
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor>;
     fn download(&self, tensor: &Tensor) -> Result<Vec<f32>>;
     fn zeros(&self, shape: &[usize]) -> Result<Tensor>;
+
+    /// Uploads f16 values, meant for `linear` weights and `gather_rows` tables. A backend whose
+    /// kernels read those in f16 keeps them f16 ([`Tensor::dtype`] says so), halving their memory
+    /// and traffic, and its other ops refuse such a tensor. The others widen to f32, which is
+    /// exact.
+    fn upload_f16(&self, shape: &[usize], data: &[f16]) -> Result<Tensor> {
+        let wide: Vec<f32> = data.iter().map(|v| v.to_f32()).collect();
+        self.upload(shape, &wide)
+    }
+
+    /// Uploads bf16 values, meant for `linear` weights and `gather_rows` tables: widened to f32
+    /// (exact) unless the backend documents another rule (wgpu: as f16 where it keeps f16).
+    fn upload_bf16(&self, shape: &[usize], data: &[bf16]) -> Result<Tensor> {
+        let wide: Vec<f32> = data.iter().map(|v| v.to_f32()).collect();
+        self.upload(shape, &wide)
+    }
+
+    /// Uploads a host tensor through the upload of its dtype.
+    fn upload_host(&self, tensor: &HostTensor) -> Result<Tensor> {
+        let shape = tensor.shape();
+        match tensor.data() {
+            HostData::F32(v) => self.upload(shape, v),
+            HostData::F16(v) => self.upload_f16(shape, v),
+            HostData::BF16(v) => self.upload_bf16(shape, v),
+            HostData::I64(_) => Err(Error::input(format!(
+                "upload: tensor of shape {shape:?} is I64; the op set computes on floats"
+            ))),
+        }
+    }
 
     /// Waits until every op issued so far has finished on the device, so a timer read after it
     /// covers their execution. Backends whose ops finish before returning need not override it.

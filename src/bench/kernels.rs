@@ -6,11 +6,14 @@
 //! the mask allows (QKᵀ and PV; softmax not counted); covariance `n·d²` f64 FLOPs (the lower
 //! half); eigen `9·d³` f64 FLOPs (Golub–Van Loan's count for values and vectors); contraction
 //! `2·r·c·(p + q)`; projection `2·n·d·k`. Bytes are each op's inputs read once and outputs
-//! written once, except the sort of `trim_search` (see [`trim`]).
+//! written once, in their element type (f16 weights count 2 bytes each), except the sort of
+//! `trim_search` (see [`trim`]).
 
 use std::sync::Arc;
 
-use super::{uniform, Case, Op, Scale, Work};
+use half::f16;
+
+use super::{uniform, Case, Op, Prepared, Scale, Work};
 use crate::backend::{
     Activation, AttentionSpec, Backend, JlDistribution, JlSpec, Matrix64, OpFamily, Pooling,
     RopeSpec, SeqLayout, TrimReference, TrimSpec, W2Grid,
@@ -18,6 +21,7 @@ use crate::backend::{
 use crate::io::samples::synthetic_ensemble;
 
 const F32: f64 = 4.0;
+const F16: f64 = 2.0;
 
 pub fn cases(scale: Scale) -> Vec<Case> {
     let tokens = scale.rows(2048, 64);
@@ -132,23 +136,34 @@ fn random(
     be.upload(shape, &uniform(shape.iter().product(), seed))
 }
 
+/// A `linear` case; its weights are f16 (2 bytes each) on variants that read f16 weights.
 fn linear(model: &str, n: usize, k: usize, m: usize, act: Activation, residual: bool) -> Case {
     let out = if residual { 2 * n * m } else { n * m };
-    let bytes = (n * k + m * k + m + out) as f64 * F32;
     let epilogue = if residual { "+bias+residual" } else { "+bias" };
-    Case::new(
+    let shape = format!("{n}×{k}·{m}×{k}ᵀ{epilogue} {act:?}");
+    Case::on_target(
         format!("linear/{model}"),
         OpFamily::Encoder,
-        format!("{n}×{k}·{m}×{k}ᵀ{epilogue} {act:?}"),
-        Work::f32(2.0 * (n * k * m) as f64, bytes),
-        move |be| {
+        move |target| {
+            let be = &target.backend;
+            let f16_weights = target.gemm.f16_weights;
+            let (w, weight_bytes) = if f16_weights {
+                let values: Vec<f16> = uniform(m * k, 2).into_iter().map(f16::from_f32).collect();
+                (be.upload_f16(&[m, k], &values)?, F16)
+            } else {
+                (random(be, &[m, k], 2)?, F32)
+            };
             let x = random(be, &[n, k], 1)?;
-            let w = random(be, &[m, k], 2)?;
             let bias = random(be, &[m], 3)?;
             let res = residual.then(|| random(be, &[n, m], 4)).transpose()?;
             let mut y = be.zeros(&[n, m])?;
+            let bytes = (n * k + m + out) as f64 * F32 + (m * k) as f64 * weight_bytes;
             let be = be.clone();
-            Ok(Box::new(move || be.linear(&x, &w, Some(&bias), act, res.as_ref(), &mut y)) as Op)
+            Ok(Prepared {
+                shape: shape.clone(),
+                work: Work::f32(2.0 * (n * k * m) as f64, bytes),
+                op: Box::new(move || be.linear(&x, &w, Some(&bias), act, res.as_ref(), &mut y)),
+            })
         },
     )
 }

@@ -138,7 +138,7 @@ pub struct Prepared {
     pub op: Op,
 }
 
-type Prepare = Box<dyn Fn(&Arc<dyn Backend>) -> Result<Prepared>>;
+type Prepare = Box<dyn Fn(&Target) -> Result<Prepared>>;
 
 /// One benchmark: a name to filter on, the op family it needs, and how to build its inputs on a
 /// backend. Inputs are built only when the case runs.
@@ -174,6 +174,16 @@ impl Case {
         family: OpFamily,
         prepare: impl Fn(&Arc<dyn Backend>) -> Result<Prepared> + 'static,
     ) -> Self {
+        Case::on_target(name, family, move |target| prepare(&target.backend))
+    }
+
+    /// A case that builds its inputs for the target's GEMM variant (`linear`'s weights in the
+    /// element type the variant reads).
+    pub fn on_target(
+        name: impl Into<String>,
+        family: OpFamily,
+        prepare: impl Fn(&Target) -> Result<Prepared> + 'static,
+    ) -> Self {
         Case {
             name: name.into(),
             family,
@@ -182,9 +192,15 @@ impl Case {
     }
 
     /// Whether the case runs an op with numbered GEMM variants: `linear`, and `ntk_contract`
-    /// (two GEMMs), which follows the same choice on wgpu.
+    /// (two GEMMs), which follows the same kernel choice on wgpu.
     fn runs_gemm(&self) -> bool {
         self.name.starts_with("linear/") || self.name.starts_with("ntk_contract/")
+    }
+
+    /// Whether the case runs on `variant`: a variant on f16 weights only changes `linear`, so
+    /// the contraction would repeat its f32 twin there.
+    fn runs_on(&self, variant: &Variant) -> bool {
+        !variant.f16_weights || self.name.starts_with("linear/")
     }
 }
 
@@ -307,7 +323,7 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
         } else {
             std::slice::from_ref(&main)
         };
-        for target in on {
+        for target in on.iter().filter(|t| case.runs_on(&t.gemm)) {
             let be = &target.backend;
             let skip = |reason: String| Skipped {
                 name: case.name.clone(),
@@ -322,7 +338,7 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
                 )));
                 continue;
             }
-            let timed = (case.prepare)(be).and_then(|mut prepared| {
+            let timed = (case.prepare)(target).and_then(|mut prepared| {
                 let repeat = if prepared.work.items.is_empty() {
                     options.repeat
                 } else {

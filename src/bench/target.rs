@@ -1,6 +1,7 @@
 //! The backends a bench runs on: one per requested GEMM variant. Variants are numbered per
 //! backend, as in llm.c's `dev/cuda` (`./gemm 2`), so one table can set naive, tiled and fused
-//! kernels side by side; only `linear` has more than one today.
+//! kernels side by side; only `linear` has more than one today. On wgpu a variant is a kernel and
+//! the element type of the weights it reads: 1 and 2 on f32 weights, 3 and 4 on f16.
 
 use std::sync::Arc;
 
@@ -15,6 +16,8 @@ use crate::error::{Error, Result};
 pub struct Variant {
     pub number: u32,
     pub name: &'static str,
+    /// Whether `linear`'s weights are uploaded as f16 (and read as f16 by the kernel).
+    pub f16_weights: bool,
 }
 
 impl std::fmt::Display for Variant {
@@ -27,20 +30,36 @@ impl std::fmt::Display for Variant {
 const CPU_GEMM: Variant = Variant {
     number: 1,
     name: "faer",
+    f16_weights: false,
 };
 
 fn cuda_variant(v: CudaGemmVariant) -> Variant {
     Variant {
         number: v.number(),
         name: v.name(),
+        f16_weights: false,
     }
 }
 
-fn wgpu_variant(v: GemmVariant) -> Variant {
+/// wgpu's kernel `v`, on f16 weights when `f16_weights`.
+fn wgpu_variant(v: GemmVariant, f16_weights: bool) -> Variant {
     Variant {
-        number: v.number(),
-        name: v.name(),
+        number: if f16_weights {
+            v.number_f16()
+        } else {
+            v.number()
+        },
+        name: if f16_weights { v.name_f16() } else { v.name() },
+        f16_weights,
     }
+}
+
+/// Every wgpu variant with its kernel, in the order of their numbers.
+fn wgpu_variants() -> Vec<(GemmVariant, Variant)> {
+    [false, true]
+        .into_iter()
+        .flat_map(|f16| GemmVariant::ALL.map(|v| (v, wgpu_variant(v, f16))))
+        .collect()
 }
 
 /// An opened backend and the GEMM variant its `linear` runs.
@@ -71,22 +90,30 @@ pub fn open(kind: BackendKind, variant: Option<u32>) -> Result<Target> {
             Some(n) => Err(unknown(n, &[CPU_GEMM])),
         },
         BackendKind::Wgpu => {
-            let gemm = match variant {
+            let variants = wgpu_variants();
+            let picked = match variant {
                 None => None,
-                Some(n) => Some(
-                    *GemmVariant::ALL
-                        .iter()
-                        .find(|v| v.number() == n)
-                        .ok_or_else(|| unknown(n, &GemmVariant::ALL.map(wgpu_variant)))?,
-                ),
+                Some(n) => Some(*variants.iter().find(|(_, v)| v.number == n).ok_or_else(
+                    || {
+                        let known: Vec<Variant> = variants.iter().map(|&(_, v)| v).collect();
+                        unknown(n, &known)
+                    },
+                )?),
             };
             let be = WgpuBackend::open(&WgpuOptions {
-                gemm,
+                gemm: picked.map(|(kernel, _)| kernel),
                 ..WgpuOptions::from_env()
             })?;
+            let gemm = picked.map_or(wgpu_variant(be.gemm_variant(), false), |(_, v)| v);
+            if gemm.f16_weights && !be.keeps_f16() {
+                return Err(Error::input(format!(
+                    "--variant {gemm}: f16 weights need SHADER_F16, which {} lacks",
+                    be.adapter_info().name
+                )));
+            }
             Ok(Target {
                 device: be.adapter_info().name.clone(),
-                gemm: wgpu_variant(be.gemm_variant()),
+                gemm,
                 backend: Arc::new(be),
             })
         }

@@ -23,7 +23,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "NAME")]
     filter: Option<String>,
     /// GEMM variant(s) by number, e.g. `--variant 1,2` for wgpu's tiled and direct kernels side
-    /// by side [default: the backend's choice].
+    /// by side, `1,2,3,4` adding both on f16 weights [default: the backend's choice].
     #[arg(long, value_name = "N", value_delimiter = ',')]
     variant: Vec<u32>,
     /// Timed runs per case (pipelines: at most 3).

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::instruments::embed::{EncoderOptions, SentenceEncoder};
 use crate::io::embeddings::{texts_sidecar_path, write_texts_sidecar, EmbeddingsFile};
 use crate::io::texts::{read_corpus, FieldNames, InputSpec};
+use crate::weights::WeightsDtype;
 
 #[derive(Args)]
 pub struct EmbedArgs {
@@ -48,6 +49,11 @@ pub struct EmbedArgs {
     /// Label field of .jsonl / column of .csv and .tsv inputs.
     #[arg(long, default_value = "label")]
     label_field: String,
+    /// Element type of the GEMM weights and embedding tables on the device: `auto` keeps the
+    /// checkpoint's (F16/BF16 stay half precision where the kernels read f16: wgpu with
+    /// SHADER_F16), `f16` rounds f32 checkpoints to f16 there too, `f32` widens everything.
+    #[arg(long, value_enum, default_value_t = WeightsDtype::Auto)]
+    weights_dtype: WeightsDtype,
 }
 
 pub fn run(args: EmbedArgs) -> Result<()> {
@@ -74,6 +80,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         pooling: args.pooling,
         normalize: args.normalize,
         prefix: args.prefix,
+        weights_dtype: args.weights_dtype,
     };
     let encoder = SentenceEncoder::load(&args.model, backend.clone(), &options)?;
 

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::models::bert::{BertModel, TokenBatch};
 use crate::models::sentence::SentenceConfig;
 use crate::models::tokenize::{TextTokenizer, TokenizedText};
+use crate::weights::WeightsDtype;
 
 /// Choices that override what the model directory says.
 #[derive(Clone, Debug, Default)]
@@ -22,6 +23,8 @@ pub struct EncoderOptions {
     pub normalize: Option<bool>,
     /// Prepended to every text (e5's "query: ", "passage: ").
     pub prefix: String,
+    /// Element type of the encoder's GEMM weights and embedding tables on the device.
+    pub weights_dtype: WeightsDtype,
 }
 
 pub struct SentenceEncoder {
@@ -51,7 +54,7 @@ impl SentenceEncoder {
             )));
         }
         let sentence = SentenceConfig::read(dir)?;
-        let model = BertModel::load(dir, backend.clone())?;
+        let model = BertModel::load(dir, backend.clone(), options.weights_dtype)?;
         let capacity = model.config().max_tokens();
         let max_length = options
             .max_length

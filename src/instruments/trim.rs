@@ -21,6 +21,7 @@
 
 use rayon::prelude::*;
 
+use crate::backend::{TrimReference, TrimResult, TrimSpec};
 use crate::error::{Error, Result};
 
 /// `c·√((n+m)/(n·m))` with `c = √(−ln(level/2)/2)`: the two-sample KS critical value
@@ -52,6 +53,147 @@ pub fn check_sample(what: &str, values: &[f32]) -> Result<()> {
             i + 1
         ))),
         None => Ok(()),
+    }
+}
+
+/// Checks the arguments of a [`Backend::trim_search`](crate::backend::Backend::trim_search) call
+/// the way every backend reports them: level, W2 trimming level, every sample, and a
+/// leave-one-out pool of at least two models with fewer than 2³² points.
+pub fn check_search(
+    candidates: &[&[f32]],
+    reference: TrimReference<'_>,
+    spec: &TrimSpec,
+) -> Result<()> {
+    check_level(spec.level)?;
+    if let Some(a) = spec.w2_alpha {
+        if !(0.0..1.0).contains(&a) {
+            return Err(Error::input(format!(
+                "W2 trimming level {a} is outside [0, 1)"
+            )));
+        }
+    }
+    for (k, c) in candidates.iter().enumerate() {
+        check_sample(&format!("candidate {k}"), c)?;
+    }
+    match reference {
+        TrimReference::Sample(r) => check_sample("reference", r),
+        TrimReference::LeaveOneOut => {
+            let models = candidates.len();
+            if models < 2 {
+                return Err(Error::input(format!(
+                    "leave-one-out comparison needs at least 2 models, got {models}"
+                )));
+            }
+            let total: usize = candidates.iter().map(|c| c.len()).sum();
+            if total >= u32::MAX as usize {
+                return Err(Error::input(format!(
+                    "{total} pooled points: leave-one-out supports fewer than 2^32"
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Maps finite floats to `u32` preserving order, with −0 and +0 equal: sort keys for the
+/// kernels that sort integers (radix on the CPU, bitonic on GPUs).
+pub fn order_bits(v: f32) -> u32 {
+    let b = (v + 0.0).to_bits();
+    if b >> 31 == 1 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
+}
+
+/// The inverse of [`order_bits`].
+pub fn from_order_bits(b: u32) -> f32 {
+    f32::from_bits(if b >> 31 == 1 { b & 0x7FFF_FFFF } else { !b })
+}
+
+/// The [`Counts`] at each distinct value of a sorted sample, from each point's ranks in a sorted
+/// reference, `ranks(i) = (#reference < vᵢ, #reference ≤ vᵢ)`. With `own_in_reference` the
+/// reference is a pool that holds the sample itself (leave-one-out), whose own counts are taken
+/// out of the pooled ones.
+pub fn counts_from_ranks(
+    sorted: &[f32],
+    ranks: impl Fn(usize) -> (usize, usize),
+    own_in_reference: bool,
+) -> Vec<Counts> {
+    let mut counts = Vec::new();
+    let mut t = 0;
+    while t < sorted.len() {
+        let run = sorted[t..].iter().take_while(|&&v| v == sorted[t]).count();
+        let (lt, le) = ranks(t);
+        let (own_lt, own_le) = (t, t + run);
+        let (ref_lt, ref_le) = if own_in_reference {
+            (lt - own_lt, le - own_le)
+        } else {
+            (lt, le)
+        };
+        counts.push(Counts {
+            own_lt: own_lt as u64,
+            own_le: own_le as u64,
+            ref_lt: ref_lt as u64,
+            ref_le: ref_le as u64,
+        });
+        t += run;
+    }
+    counts
+}
+
+/// A leave-one-out reference itself, sorted: the sorted pool without the model's own points at
+/// `positions` (increasing).
+pub fn pool_without(positions: &[u32], pooled: &[f32]) -> Vec<f32> {
+    let mut reference = Vec::with_capacity(pooled.len() - positions.len());
+    let mut from = 0;
+    for &p in positions {
+        reference.extend_from_slice(&pooled[from..p as usize]);
+        from = p as usize + 1;
+    }
+    reference.extend_from_slice(&pooled[from..]);
+    reference
+}
+
+/// A leave-one-out reference's quantiles `G⁻¹(i/n)`, `i = 1..n` for the `n` own points at
+/// `positions` of the sorted pool: its order statistics `⌈i·m/n⌉`, found in the pool by skipping
+/// the own positions, O(n) where [`pool_without`] is O(pool).
+pub fn pool_quantiles_without(positions: &[u32], pooled: &[f32]) -> Vec<f32> {
+    let n = positions.len();
+    let m = pooled.len() - n;
+    let mut skipped = 0;
+    (1..=n)
+        .map(|i| {
+            let j = (i * m).div_ceil(n);
+            // The j-th reference point sits at j − 1 plus the own points before it.
+            while skipped < n && positions[skipped] as usize <= j - 1 + skipped {
+                skipped += 1;
+            }
+            pooled[j - 1 + skipped]
+        })
+        .collect()
+}
+
+/// One candidate's [`TrimResult`] from its [`Profile`]; `trimmed_w2` gives the W2 cost at a
+/// trimming level (computed only once α̂ is known when the spec leaves the level to it).
+pub fn result(
+    profile: &Profile,
+    n: usize,
+    m: usize,
+    spec: &TrimSpec,
+    w2_exact: bool,
+    trimmed_w2: impl FnOnce(f64) -> f64,
+) -> TrimResult {
+    let threshold = threshold(spec.level, n, m);
+    let alpha_hat = profile.alpha_hat(threshold);
+    TrimResult {
+        alpha_hat,
+        ks: profile.ks(),
+        threshold,
+        n_candidate: n,
+        n_reference: m,
+        trimmed_w2: trimmed_w2(spec.w2_alpha.unwrap_or(alpha_hat)),
+        w2_exact,
     }
 }
 

@@ -11,7 +11,8 @@ use serde::Deserialize;
 
 use crate::backend::{Activation, AttentionSpec, Backend, SeqLayout, Tensor};
 use crate::error::{Error, Result};
-use crate::weights::Weights;
+use crate::tensor::DType;
+use crate::weights::{Weights, WeightsDtype};
 
 /// The fields of a Hugging Face `config.json` that a BERT-family encoder needs.
 #[derive(Clone, Debug, Deserialize)]
@@ -150,6 +151,8 @@ pub struct BertModel {
 struct Loader<'a> {
     weights: &'a Weights,
     backend: &'a dyn Backend,
+    /// Element type of the GEMM weights and embedding tables.
+    weights_dtype: WeightsDtype,
 }
 
 impl Loader<'_> {
@@ -157,26 +160,39 @@ impl Loader<'_> {
         self.backend.upload(shape, &self.weights.f32(name, shape)?)
     }
 
+    /// Matrices `names` (each `[rows, cols]`) that an op may read in half precision (GEMM
+    /// weights, embedding tables), stacked into one `[names.len()·rows, cols]` tensor in the
+    /// element type the loader was asked for.
+    fn matrix(&self, names: &[String], rows: usize, cols: usize) -> Result<Tensor> {
+        if let [name] = names {
+            // One f32 tensor uploads straight from the map: no host copy of a large vocabulary.
+            if self.weights.stacked_dtype(names, self.weights_dtype)? == DType::F32 {
+                return self.tensor(name, &[rows, cols]);
+            }
+        }
+        let host = self
+            .weights
+            .stacked(names, &[rows, cols], self.weights_dtype)?;
+        self.backend.upload_host(&host)
+    }
+
     fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear> {
         Ok(Linear {
-            weight: self.tensor(&format!("{name}.weight"), &[out, inp])?,
+            weight: self.matrix(&[format!("{name}.weight")], out, inp)?,
             bias: self.tensor(&format!("{name}.bias"), &[out])?,
         })
     }
 
     /// Q, K and V projections stacked into one `[3h, h]` weight so attention needs one GEMM.
     fn fused_qkv(&self, name: &str, h: usize) -> Result<Linear> {
-        let (mut weight, mut bias) = (Vec::with_capacity(3 * h * h), Vec::with_capacity(3 * h));
-        for part in ["query", "key", "value"] {
-            weight.extend_from_slice(
-                &self
-                    .weights
-                    .f32(&format!("{name}.{part}.weight"), &[h, h])?,
-            );
+        let parts = ["query", "key", "value"];
+        let weights: Vec<String> = parts.iter().map(|p| format!("{name}.{p}.weight")).collect();
+        let mut bias = Vec::with_capacity(3 * h);
+        for part in parts {
             bias.extend_from_slice(&self.weights.f32(&format!("{name}.{part}.bias"), &[h])?);
         }
         Ok(Linear {
-            weight: self.backend.upload(&[3 * h, h], &weight)?,
+            weight: self.matrix(&weights, h, h)?,
             bias: self.backend.upload(&[3 * h], &bias)?,
         })
     }
@@ -196,8 +212,13 @@ impl Loader<'_> {
 }
 
 impl BertModel {
-    /// Loads `config.json` and the safetensors weights of a model directory.
-    pub fn load(dir: &Path, backend: Arc<dyn Backend>) -> Result<Self> {
+    /// Loads `config.json` and the safetensors weights of a model directory, with the GEMM
+    /// weights and embedding tables in the element type `weights_dtype` picks.
+    pub fn load(
+        dir: &Path,
+        backend: Arc<dyn Backend>,
+        weights_dtype: WeightsDtype,
+    ) -> Result<Self> {
         let config = BertConfig::read(dir)?;
         let mut weights = Weights::open(dir)?;
         weights.resolve_prefix(
@@ -207,6 +228,7 @@ impl BertModel {
         let loader = Loader {
             weights: &weights,
             backend: backend.as_ref(),
+            weights_dtype,
         };
         let (h, i) = (config.hidden_size, config.intermediate_size);
         let layers = (0..config.num_hidden_layers)
@@ -223,14 +245,20 @@ impl BertModel {
             })
             .collect::<Result<Vec<_>>>()?;
         let model = BertModel {
-            word: loader.tensor("embeddings.word_embeddings.weight", &[config.vocab_size, h])?,
-            position: loader.tensor(
-                "embeddings.position_embeddings.weight",
-                &[config.max_position_embeddings, h],
+            word: loader.matrix(
+                &["embeddings.word_embeddings.weight".into()],
+                config.vocab_size,
+                h,
             )?,
-            token_type: loader.tensor(
-                "embeddings.token_type_embeddings.weight",
-                &[config.type_vocab_size, h],
+            position: loader.matrix(
+                &["embeddings.position_embeddings.weight".into()],
+                config.max_position_embeddings,
+                h,
+            )?,
+            token_type: loader.matrix(
+                &["embeddings.token_type_embeddings.weight".into()],
+                config.type_vocab_size,
+                h,
             )?,
             embed_norm: loader.norm("embeddings.LayerNorm", h)?,
             layers,

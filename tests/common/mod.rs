@@ -248,3 +248,22 @@ pub fn run_mscope_ok(args: &[&str]) -> std::process::Output {
     );
     out
 }
+
+/// Runs `mscope ARGS --backend B --out DIR/B.json` for B = cpu and wgpu and returns both JSON
+/// reports, or `None` (reported as skipped) when no wgpu adapter can be opened.
+pub fn reports_on_cpu_and_wgpu(args: &[&str]) -> Option<(serde_json::Value, serde_json::Value)> {
+    use mscope::backend::wgpu::{WgpuBackend, WgpuOptions};
+    if let Err(why) = WgpuBackend::open(&WgpuOptions::from_env()) {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let report = |backend: &str| {
+        let json = dir.path().join(format!("{backend}.json"));
+        let mut full = args.to_vec();
+        full.extend(["--backend", backend, "--out", json.to_str().unwrap()]);
+        run_mscope_ok(&full);
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(&json).unwrap()).unwrap()
+    };
+    Some((report("cpu"), report("wgpu")))
+}

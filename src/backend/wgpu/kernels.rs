@@ -5,9 +5,12 @@
 //! in the order [`Kernel::storage`] lists (so entry points sharing a file share one `Params`). Layouts are explicit because with `layout: None` wgpu drops
 //! bindings a shader does not statically use, and bind groups would then stop matching.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use bytemuck::{Pod, Zeroable};
+
+use super::f16_weights::f16_build;
 
 /// How a kernel uses one storage binding.
 #[derive(Clone, Copy)]
@@ -36,6 +39,18 @@ pub(super) enum Kernel {
     JlProject,
     GroupSums,
     ScatterTiled,
+    /// Trim variant 1: bitonic stages within a workgroup tile.
+    BitonicLocal,
+    /// Trim variant 2: one bitonic stage with a long stride, in storage.
+    BitonicGlobal,
+    /// Trim variant 3: merged ECDF counts by binary search.
+    EcdfCounts,
+    /// GEMM variant 3: variant 1 on f16 weights (gemm.wgsl's f16 build).
+    LinearTiledF16,
+    /// GEMM variant 4: variant 2 on f16 weights.
+    LinearDirectF16,
+    /// Gather from an f16 table (gather.wgsl's f16 build).
+    GatherF16,
     RmsNorm,
     Rope,
     /// The norm family with subgroup reductions (norm_subgroup.wgsl), where the device has them.
@@ -45,47 +60,66 @@ pub(super) enum Kernel {
 }
 
 impl Kernel {
-    pub(super) const COUNT: usize = 17;
+    pub(super) const COUNT: usize = 23;
 
     fn index(self) -> usize {
         self as usize
     }
 
-    fn source(self) -> &'static str {
+    /// The f16-weight GEMM with the same structure as `self` (a GEMM variant 1 or 2).
+    pub(super) fn with_f16_weights(self) -> Kernel {
         match self {
-            Kernel::Gather => include_str!("../../../shaders/gather.wgsl"),
+            Kernel::LinearDirect => Kernel::LinearDirectF16,
+            _ => Kernel::LinearTiledF16,
+        }
+    }
+
+    fn source(self) -> Cow<'static, str> {
+        const GEMM: &str = include_str!("../../../shaders/gemm.wgsl");
+        const GATHER: &str = include_str!("../../../shaders/gather.wgsl");
+        let f16_build = |source| {
+            Cow::Owned(f16_build(source).expect("the shader aliases its weight element type"))
+        };
+        Cow::Borrowed(match self {
+            Kernel::Gather => GATHER,
+            Kernel::GatherF16 => return f16_build(GATHER),
             Kernel::Pool => include_str!("../../../shaders/pool.wgsl"),
             Kernel::LayerNorm | Kernel::L2Normalize => include_str!("../../../shaders/norm.wgsl"),
-            Kernel::LinearTiled | Kernel::LinearDirect => {
-                include_str!("../../../shaders/gemm.wgsl")
-            }
+            Kernel::LinearTiled | Kernel::LinearDirect => GEMM,
+            Kernel::LinearTiledF16 | Kernel::LinearDirectF16 => return f16_build(GEMM),
             Kernel::Attention => include_str!("../../../shaders/attention.wgsl"),
             Kernel::ContractTiled | Kernel::ContractDirect | Kernel::JlProject => {
                 include_str!("../../../shaders/ntk.wgsl")
             }
             Kernel::GroupSums | Kernel::ScatterTiled => include_str!("../../../shaders/stats.wgsl"),
+            Kernel::BitonicLocal | Kernel::BitonicGlobal | Kernel::EcdfCounts => {
+                include_str!("../../../shaders/trim.wgsl")
+            }
             Kernel::RmsNorm => include_str!("../../../shaders/norm.wgsl"),
             Kernel::Rope => include_str!("../../../shaders/rope.wgsl"),
             Kernel::LayerNormSubgroup | Kernel::L2NormalizeSubgroup | Kernel::RmsNormSubgroup => {
                 include_str!("../../../shaders/norm_subgroup.wgsl")
             }
-        }
+        })
     }
 
     fn entry_point(self) -> &'static str {
         match self {
-            Kernel::Gather => "gather_rows",
+            Kernel::Gather | Kernel::GatherF16 => "gather_rows",
             Kernel::Pool => "pool",
             Kernel::LayerNorm => "layer_norm",
             Kernel::L2Normalize => "l2_normalize",
-            Kernel::LinearTiled => "linear_tiled",
-            Kernel::LinearDirect => "linear_direct",
+            Kernel::LinearTiled | Kernel::LinearTiledF16 => "linear_tiled",
+            Kernel::LinearDirect | Kernel::LinearDirectF16 => "linear_direct",
             Kernel::Attention => "attention_online",
             Kernel::ContractTiled => "contract_tiled",
             Kernel::ContractDirect => "contract_direct",
             Kernel::JlProject => "jl_project",
             Kernel::GroupSums => "group_sums",
             Kernel::ScatterTiled => "scatter_tiled",
+            Kernel::BitonicLocal => "bitonic_local",
+            Kernel::BitonicGlobal => "bitonic_global",
+            Kernel::EcdfCounts => "ecdf_counts",
             Kernel::RmsNorm => "rms_norm",
             Kernel::Rope => "rope",
             Kernel::LayerNormSubgroup => "layer_norm_subgroup",
@@ -98,7 +132,7 @@ impl Kernel {
     pub(super) fn storage(self) -> &'static [Access] {
         match self {
             // table part, ids, out
-            Kernel::Gather => &[Read, Read, ReadWrite],
+            Kernel::Gather | Kernel::GatherF16 => &[Read, Read, ReadWrite],
             // hidden, sequence starts, out
             Kernel::Pool => &[Read, Read, ReadWrite],
             // x, gamma, beta
@@ -106,7 +140,10 @@ impl Kernel {
             // x
             Kernel::L2Normalize => &[ReadWrite],
             // x, w, bias, residual, out
-            Kernel::LinearTiled | Kernel::LinearDirect => &[Read, Read, Read, Read, ReadWrite],
+            Kernel::LinearTiled
+            | Kernel::LinearDirect
+            | Kernel::LinearTiledF16
+            | Kernel::LinearDirectF16 => &[Read, Read, Read, Read, ReadWrite],
             // qkv, sequence starts, out
             Kernel::Attention => &[Read, Read, ReadWrite],
             // D_r, D_c, A_r, A_c, out
@@ -115,6 +152,10 @@ impl Kernel {
             Kernel::JlProject => &[Read, ReadWrite],
             // x, rows, items, means, partial
             Kernel::GroupSums | Kernel::ScatterTiled => &[Read, Read, Read, Read, ReadWrite],
+            // keys
+            Kernel::BitonicLocal | Kernel::BitonicGlobal => &[ReadWrite],
+            // sorted rows, sorted reference, counts
+            Kernel::EcdfCounts => &[Read, Read, ReadWrite],
             Kernel::LayerNormSubgroup => Kernel::LayerNorm.storage(),
             Kernel::L2NormalizeSubgroup => Kernel::L2Normalize.storage(),
             // x, gamma
@@ -188,7 +229,7 @@ fn build(device: &wgpu::Device, kernel: Kernel) -> Pipeline {
     });
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label,
-        source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+        source: wgpu::ShaderSource::Wgsl(kernel.source()),
     });
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label,
@@ -305,6 +346,18 @@ pub(super) struct StatsParams {
     pub items: u32,
     pub tiles: u32,
     pub _pad: u32,
+}
+
+/// trim.wgsl `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Pod, Zeroable)]
+pub(super) struct TrimParams {
+    pub rows: u32,
+    pub width: u32,
+    pub block: u32,
+    pub stride: u32,
+    pub reference_len: u32,
+    pub _pad: [u32; 3],
 }
 
 /// rope.wgsl `Params`.

@@ -6,17 +6,20 @@
 //! queued; a forward pass therefore never waits on the device until its output is read.
 
 mod adapter;
+mod f16_weights;
 mod kernels;
 mod memory;
 mod ntk;
 mod rope;
 mod stats;
 mod timer;
+mod trim;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
 
 use bytemuck::Pod;
+use half::{bf16, f16};
 use wgpu::util::DeviceExt;
 
 pub use adapter::{list_adapters, AdapterSummary};
@@ -27,6 +30,7 @@ use super::{
     Pooling, RopeSpec, SeqLayout, Storage, Tensor, TrimReference, TrimResult, TrimSpec,
 };
 use crate::error::{Error, Result};
+use crate::tensor::DType;
 use kernels::{
     AttentionParams, GatherParams, Kernel, LinearParams, NormParams, PipelineCache, PoolParams,
 };
@@ -47,7 +51,7 @@ const ATTENTION_BLOCK_Q: usize = 64;
 /// Output rows and columns per workgroup of both GEMM variants (shaders/gemm.wgsl).
 const GEMM_TILE: usize = 64;
 
-/// The GEMM kernels of shaders/gemm.wgsl (variants 1 and 2).
+/// The GEMM kernels of shaders/gemm.wgsl (variants 1 and 2; on f16 weights, 3 and 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmVariant {
     /// Workgroup-shared tiles: for GPUs.
@@ -72,6 +76,19 @@ impl GemmVariant {
         match self {
             GemmVariant::Tiled => "tiled",
             GemmVariant::Direct => "direct",
+        }
+    }
+
+    /// The number of this kernel's f16-weight build (gemm.wgsl's variants 3 and 4), which
+    /// `linear` runs on weights kept f16 by [`Backend::upload_f16`].
+    pub fn number_f16(self) -> u32 {
+        self.number() + Self::ALL.len() as u32
+    }
+
+    pub fn name_f16(self) -> &'static str {
+        match self {
+            GemmVariant::Tiled => "tiled-f16",
+            GemmVariant::Direct => "direct-f16",
         }
     }
 }
@@ -176,7 +193,9 @@ impl WgpuBackend {
         };
         let subgroup_norms =
             options.subgroups && adapter.features().contains(wgpu::Features::SUBGROUP);
-        let mut wanted = wgpu::Features::TIMESTAMP_QUERY;
+        // SHADER_F16 lets GEMM weights and embedding tables stay f16 on the device (the f16
+        // builds of gemm.wgsl and gather.wgsl).
+        let mut wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16;
         wanted.set(wgpu::Features::SUBGROUP, subgroup_norms);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("mscope"),
@@ -190,7 +209,7 @@ impl WgpuBackend {
             .min(limits.max_buffer_size);
         let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("placeholder"),
-            size: buffer_bytes(1),
+            size: buffer_bytes(1, DType::F32),
             usage: USAGE,
             mapped_at_creation: false,
         });
@@ -291,8 +310,21 @@ impl WgpuBackend {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The storage of `t`, which must live on this backend's device.
+    /// Whether f16 uploads stay f16 on the device (the adapter offers SHADER_F16).
+    pub fn keeps_f16(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// The f32 storage of `t`, which must live on this backend's device; only `linear`'s weight
+    /// and `gather_rows`' table may be f16.
     fn storage<'a>(&self, t: &'a Tensor) -> Result<&'a WgpuStorage> {
+        let storage = self.storage_any_dtype(t)?;
+        require_f32(t, storage, "wgpu operand")?;
+        Ok(storage)
+    }
+
+    /// The storage of `t`, of any element type, which must live on this backend's device.
+    fn storage_any_dtype<'a>(&self, t: &'a Tensor) -> Result<&'a WgpuStorage> {
         match &t.storage {
             Storage::Wgpu(s) if s.owner == self.id => Ok(s),
             Storage::Wgpu(_) => Err(Error::input(format!(
@@ -303,9 +335,15 @@ impl WgpuBackend {
         }
     }
 
-    /// The single buffer of `t`; split tables are only read by `gather_rows`.
+    /// The single f32 buffer of `t`; split tables are only read by `gather_rows`.
     fn buffer<'a>(&self, t: &'a Tensor, op: &str) -> Result<&'a wgpu::Buffer> {
-        let storage = self.storage(t)?;
+        require_f32(t, self.storage_any_dtype(t)?, op)?;
+        self.single_buffer(t, op)
+    }
+
+    /// The single buffer of `t`, of any element type.
+    fn single_buffer<'a>(&self, t: &'a Tensor, op: &str) -> Result<&'a wgpu::Buffer> {
+        let storage = self.storage_any_dtype(t)?;
         match &storage.parts[..] {
             [buffer] => Ok(buffer),
             parts => Err(Error::input(format!(
@@ -326,6 +364,7 @@ impl WgpuBackend {
     fn new_tensor(
         &self,
         shape: &[usize],
+        dtype: DType,
         parts: Vec<wgpu::Buffer>,
         rows_per_part: usize,
     ) -> Tensor {
@@ -335,17 +374,50 @@ impl WgpuBackend {
                 owner: self.id,
                 parts,
                 rows_per_part,
+                dtype,
             }),
         }
     }
 
-    fn plan(&self, shape: &[usize]) -> Result<(usize, usize)> {
-        plan_parts(shape, self.max_part_bytes).ok_or_else(|| {
+    fn plan(&self, shape: &[usize], dtype: DType) -> Result<(usize, usize)> {
+        plan_parts(shape, dtype, self.max_part_bytes).ok_or_else(|| {
             Error::input(format!(
                 "tensor of shape {shape:?}: one row exceeds the storage-binding limit of {} bytes",
                 self.max_part_bytes
             ))
         })
+    }
+
+    /// A tensor of `data`, elements of `dtype`, in parts of whole rows.
+    fn upload_elements<T: Pod>(&self, shape: &[usize], data: &[T], dtype: DType) -> Result<Tensor> {
+        let len: usize = shape.iter().product();
+        shapes::ensure(len == data.len(), || {
+            format!(
+                "upload: shape {shape:?} needs {len} values, got {}",
+                data.len()
+            )
+        })?;
+        let (rows_per_part, parts) = self.plan(shape, dtype)?;
+        let (_, row_values) = rows_and_width(shape);
+        let part_values = rows_per_part * row_values;
+        let buffers = (0..parts)
+            .map(|i| {
+                let values = &data[(i * part_values).min(len)..((i + 1) * part_values).min(len)];
+                // create_buffer_init pads to 4 bytes, but makes an empty buffer for no contents.
+                let contents: &[u8] = if values.is_empty() {
+                    &[0; 4]
+                } else {
+                    bytemuck::cast_slice(values)
+                };
+                self.device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: None,
+                        contents,
+                        usage: USAGE,
+                    })
+            })
+            .collect();
+        Ok(self.new_tensor(shape, dtype, buffers, rows_per_part))
     }
 
     /// A read-only storage buffer of small host data (ids, sequence starts).
@@ -464,6 +536,17 @@ fn pooling_code(mode: Pooling) -> u32 {
     }
 }
 
+/// The error for a half-precision tensor handed to an op that reads f32 only.
+fn require_f32(t: &Tensor, storage: &WgpuStorage, what: &str) -> Result<()> {
+    shapes::ensure(storage.dtype == DType::F32, || {
+        format!(
+            "{what}: tensor of shape {:?} holds {:?} values; on wgpu only linear's weight and \
+             gather_rows' table may be half precision, every other operand must be f32",
+            t.shape, storage.dtype
+        )
+    })
+}
+
 fn device_error(message: String) -> Error {
     Error::Device {
         backend: "wgpu",
@@ -482,41 +565,43 @@ impl Backend for WgpuBackend {
     }
 
     fn supports(&self, family: OpFamily) -> bool {
-        matches!(family, OpFamily::Encoder | OpFamily::Stats | OpFamily::Ntk)
+        matches!(
+            family,
+            OpFamily::Encoder | OpFamily::Stats | OpFamily::Ntk | OpFamily::Trim
+        )
     }
 
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
-        let len: usize = shape.iter().product();
-        shapes::ensure(len == data.len(), || {
-            format!(
-                "upload: shape {shape:?} needs {len} values, got {}",
-                data.len()
-            )
-        })?;
-        let (rows_per_part, parts) = self.plan(shape)?;
-        let (_, row_values) = rows_and_width(shape);
-        let part_values = rows_per_part * row_values;
-        let buffers = (0..parts)
-            .map(|i| {
-                let values = &data[(i * part_values).min(len)..((i + 1) * part_values).min(len)];
-                let contents: &[u8] = if values.is_empty() {
-                    &[0; 4]
-                } else {
-                    bytemuck::cast_slice(values)
-                };
-                self.device
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: None,
-                        contents,
-                        usage: USAGE,
-                    })
-            })
-            .collect();
-        Ok(self.new_tensor(shape, buffers, rows_per_part))
+        self.upload_elements(shape, data, DType::F32)
+    }
+
+    /// Kept f16 where the adapter has SHADER_F16 (for `linear`'s weight and `gather_rows`'
+    /// table); widened to f32 elsewhere.
+    fn upload_f16(&self, shape: &[usize], data: &[f16]) -> Result<Tensor> {
+        if self.keeps_f16() {
+            self.upload_elements(shape, data, DType::F16)
+        } else {
+            let wide: Vec<f32> = data.iter().map(|v| v.to_f32()).collect();
+            self.upload(shape, &wide)
+        }
+    }
+
+    /// Converted to f16 where f16 is kept and every finite value lies within f16's range: bf16's
+    /// 8-bit significand fits f16's 11 bits, so the conversion is exact from f16's smallest
+    /// normal 2⁻¹⁴ up and off by at most 2⁻²⁵ below it. Otherwise widened to f32 (exact).
+    fn upload_bf16(&self, shape: &[usize], data: &[bf16]) -> Result<Tensor> {
+        let wide: Vec<f32> = data.iter().map(|v| v.to_f32()).collect();
+        let f16_max = f16::MAX.to_f32();
+        if !self.keeps_f16() || wide.iter().any(|v| v.is_finite() && v.abs() > f16_max) {
+            return self.upload(shape, &wide);
+        }
+        let narrow: Vec<f16> = wide.iter().map(|&v| f16::from_f32(v)).collect();
+        self.upload_elements(shape, &narrow, DType::F16)
     }
 
     fn download(&self, tensor: &Tensor) -> Result<Vec<f32>> {
-        let storage = self.storage(tensor)?;
+        let storage = self.storage_any_dtype(tensor)?;
+        let dtype = storage.dtype;
         let (rows, row_values) = rows_and_width(&tensor.shape);
         let mut pending = self.lock_pending();
         let mut encoder = pending.encoder.take().unwrap_or_else(|| {
@@ -532,11 +617,11 @@ impl Backend for WgpuBackend {
                 let values = storage.part_rows(i, rows).len() * row_values;
                 let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("download"),
-                    size: buffer_bytes(values),
+                    size: buffer_bytes(values, dtype),
                     usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 });
-                encoder.copy_buffer_to_buffer(part, 0, &buffer, 0, buffer_bytes(values));
+                encoder.copy_buffer_to_buffer(part, 0, &buffer, 0, buffer_bytes(values, dtype));
                 (buffer, values)
             })
             .collect();
@@ -549,7 +634,14 @@ impl Backend for WgpuBackend {
             let view = buffer
                 .get_mapped_range(..)
                 .map_err(|e| device_error(format!("download: {e}")))?;
-            out.extend_from_slice(&bytemuck::cast_slice::<u8, f32>(&view)[..*values]);
+            match dtype {
+                DType::F16 => out.extend(
+                    bytemuck::cast_slice::<u8, f16>(&view)[..*values]
+                        .iter()
+                        .map(|v| v.to_f32()),
+                ),
+                _ => out.extend_from_slice(&bytemuck::cast_slice::<u8, f32>(&view)[..*values]),
+            }
         }
         Ok(out)
     }
@@ -605,7 +697,7 @@ impl Backend for WgpuBackend {
     }
 
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
-        let (rows_per_part, parts) = self.plan(shape)?;
+        let (rows_per_part, parts) = self.plan(shape, DType::F32)?;
         let (rows, row_values) = rows_and_width(shape);
         let buffers = (0..parts)
             .map(|i| {
@@ -613,13 +705,13 @@ impl Backend for WgpuBackend {
                 // wgpu zero-initialises new buffers.
                 self.device.create_buffer(&wgpu::BufferDescriptor {
                     label: None,
-                    size: buffer_bytes(part_rows * row_values),
+                    size: buffer_bytes(part_rows * row_values, DType::F32),
                     usage: USAGE,
                     mapped_at_creation: false,
                 })
             })
             .collect();
-        Ok(self.new_tensor(shape, buffers, rows_per_part))
+        Ok(self.new_tensor(shape, DType::F32, buffers, rows_per_part))
     }
 
     fn linear(
@@ -634,7 +726,7 @@ impl Backend for WgpuBackend {
         let (n, k, m) = shapes::linear(x, w, bias, residual, out)?;
         let buffers = [
             self.buffer(x, "linear input")?,
-            self.buffer(w, "linear weight")?,
+            self.single_buffer(w, "linear weight")?,
             self.optional_buffer(bias, "linear bias")?,
             self.optional_buffer(residual, "linear residual")?,
             self.buffer(out, "linear output")?,
@@ -658,7 +750,11 @@ impl Backend for WgpuBackend {
                 "linear: [{n}, {m}] output exceeds the device's workgroup grid"
             )));
         }
-        self.dispatch(self.gemm, &params, &buffers, groups);
+        let kernel = match w.dtype() {
+            DType::F16 => self.gemm.with_f16_weights(),
+            _ => self.gemm,
+        };
+        self.dispatch(kernel, &params, &buffers, groups);
         Ok(())
     }
 
@@ -670,7 +766,11 @@ impl Backend for WgpuBackend {
         out: &mut Tensor,
     ) -> Result<()> {
         let (rows, d) = shapes::gather(table, ids, out)?;
-        let storage = self.storage(table)?;
+        let storage = self.storage_any_dtype(table)?;
+        let kernel = match storage.dtype {
+            DType::F16 => Kernel::GatherF16,
+            _ => Kernel::Gather,
+        };
         let out_buffer = self.buffer(out, "gather output")?;
         let ids_buffer = self.upload_u32("ids", ids);
         let groups = self.grid((ids.len() * d).div_ceil(ELEMENT_WORKGROUP))?;
@@ -684,12 +784,7 @@ impl Backend for WgpuBackend {
                 accumulate: accumulate.into(),
                 _pad: [0; 3],
             };
-            self.dispatch(
-                Kernel::Gather,
-                &params,
-                &[part, &ids_buffer, out_buffer],
-                groups,
-            );
+            self.dispatch(kernel, &params, &[part, &ids_buffer, out_buffer], groups);
         }
         Ok(())
     }
@@ -861,18 +956,13 @@ impl Backend for WgpuBackend {
         self.project(x, spec, accumulate, out)
     }
 
-    // The trim family has no WGSL kernels yet.
-
     fn trim_search(
         &self,
-        _candidates: &[&[f32]],
-        _reference: TrimReference<'_>,
-        _spec: &TrimSpec,
+        candidates: &[&[f32]],
+        reference: TrimReference<'_>,
+        spec: &TrimSpec,
     ) -> Result<Vec<TrimResult>> {
-        Err(Error::Unsupported {
-            backend: "wgpu",
-            op: "trim_search",
-        })
+        self.trim(candidates, reference, spec)
     }
 }
 
