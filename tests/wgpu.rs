@@ -10,7 +10,8 @@ use half::{bf16, f16};
 use mscope::backend::cpu::CpuBackend;
 use mscope::backend::wgpu::{list_adapters, GemmVariant, WgpuBackend, WgpuOptions};
 use mscope::backend::{
-    self, Activation, Backend, BackendKind, OpFamily, TrimReference, TrimSpec, W2Grid,
+    self, Activation, Backend, BackendKind, OpFamily, RopeSpec, SeqLayout, TrimReference, TrimSpec,
+    W2Grid,
 };
 use mscope::tensor::DType;
 
@@ -245,6 +246,26 @@ fn f16_tensors_round_trip_and_other_ops_refuse_them() {
     let err = be.layer_norm(&mut x, &gamma, &gamma, 1e-5).unwrap_err();
     assert!(
         err.to_string().contains("layer_norm gamma") && err.to_string().contains("F16"),
+        "{err}"
+    );
+    let err = be.rms_norm(&mut x, &gamma, 1e-5).unwrap_err();
+    assert!(
+        err.to_string().contains("rms_norm gamma") && err.to_string().contains("F16"),
+        "{err}"
+    );
+    let spec = RopeSpec {
+        heads: 1,
+        kv_heads: 1,
+        head_dim: 2,
+        theta: 1e4,
+    };
+    let mut qkv = be.upload_f16(&[n, 6], &values[..n * 6]).unwrap();
+    let err = be
+        .rope(&mut qkv, &SeqLayout::from_lengths([n]), &spec)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("rope qkv: tensor of shape [5, 6] holds F16 values"),
         "{err}"
     );
     let mut rows = be.upload_f16(&[2, d], &values[..2 * d]).unwrap();
