@@ -1,11 +1,12 @@
 //! WGSL kernels on the adapter `MSCOPE_WGPU_ADAPTER` picks (else the most hardware-like one,
 //! lavapipe included): the GEMM (`linear` with bias + GELU, shaders/gemm.wgsl) on MiniLM's shapes,
 //! the NTK contraction (both variants) and JL projection (shaders/ntk.wgsl), and the per-group
-//! scatter (shaders/stats.wgsl), attention and LayerNorm (shaders/attention.wgsl, norm.wgsl) and
+//! scatter (shaders/stats.wgsl), attention, LayerNorm and RMSNorm with both row reductions
+//! (shaders/attention.wgsl, norm.wgsl, norm_subgroup.wgsl) and
 //! the leave-one-out trim search (shaders/trim.wgsl), on the kernel suite's shapes
 //! (src/bench/kernels.rs). Throughput is counted FLOPs, reported as elements/s: GEMM 2·n·k·m,
 //! contraction 2·r·c·(p + q), projection 2·n·d·k (generation not counted), scatter n·d² (one
-//! triangle), attention 4·Σ len²·d; LayerNorm and trim count bytes (read + write once; trim 20 per
+//! triangle), attention 4·Σ len²·d; the norms and trim count bytes (read + write once; trim 20 per
 //! point as in the kernel suite). Each iteration waits for the device, and inputs stay on the
 //! device between iterations (trim takes host slices by design).
 
@@ -188,26 +189,45 @@ fn attention(c: &mut Criterion) {
     group.finish();
 }
 
-/// LayerNorm of 2048 tokens of 384 (MiniLM) and 1024 (e5-large) features, in place.
-fn layer_norm(c: &mut Criterion) {
-    let Some(be) = open(None, "layer_norm") else {
-        return;
-    };
-    let mut group = c.benchmark_group("layer_norm/wgpu");
-    group.sample_size(10);
-    for (n, d) in [(2048, 384), (2048, 1024)] {
-        let mut x = random(&be, &[n, d], 9);
-        let (gamma, beta) = (random(&be, &[d], 10), random(&be, &[d], 11));
-        group.throughput(Throughput::Bytes((2 * n * d * 4) as u64));
-        let id = BenchmarkId::new(format!("{n}x{d}"), &be.adapter_info().name);
-        group.bench_function(id, |bench| {
-            bench.iter(|| {
-                be.layer_norm(&mut x, &gamma, &beta, 1e-12).unwrap();
-                be.synchronize().unwrap();
-            })
-        });
+/// LayerNorm of 2048 tokens of 384 (MiniLM) and 1024 (e5-large) features and RMSNorm of 2048 of
+/// 4096 (Mistral-7B), in place, with the subgroup reduction (where the adapter has subgroups) and
+/// the shared-memory one.
+fn norms(c: &mut Criterion) {
+    for subgroups in [true, false] {
+        let options = WgpuOptions {
+            subgroups,
+            ..WgpuOptions::from_env()
+        };
+        let be = match WgpuBackend::open(&options) {
+            Ok(be) => be,
+            Err(why) => return eprintln!("skipped wgpu norm bench: {why}"),
+        };
+        if subgroups && !be.subgroup_norms() {
+            eprintln!("skipped wgpu subgroup norm bench: the adapter has no subgroups");
+            continue;
+        }
+        let reduction = if subgroups { "subgroup" } else { "shared" };
+        let mut group = c.benchmark_group(format!("norm/wgpu/{reduction}"));
+        group.sample_size(10);
+        for (n, d, rms) in [(2048, 384, false), (2048, 1024, false), (2048, 4096, true)] {
+            let mut x = random(&be, &[n, d], 9);
+            let (gamma, beta) = (random(&be, &[d], 10), random(&be, &[d], 11));
+            group.throughput(Throughput::Bytes((2 * n * d * 4) as u64));
+            let op = if rms { "rms_norm" } else { "layer_norm" };
+            let id = BenchmarkId::new(format!("{op}/{n}x{d}"), &be.adapter_info().name);
+            group.bench_function(id, |bench| {
+                bench.iter(|| {
+                    if rms {
+                        be.rms_norm(&mut x, &gamma, 1e-5).unwrap();
+                    } else {
+                        be.layer_norm(&mut x, &gamma, &beta, 1e-12).unwrap();
+                    }
+                    be.synchronize().unwrap();
+                })
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 /// Leave-one-out α̂ of 20 models × 10 000 scores (the candidate-grid W2, as in the kernel suite).
@@ -243,6 +263,6 @@ fn trim(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().without_plots();
-    targets = gemm, ntk_contract, jl_project, scatter, attention, layer_norm, trim
+    targets = gemm, ntk_contract, jl_project, scatter, attention, norms, trim
 }
 criterion_main!(benches);
