@@ -490,6 +490,11 @@ fn rms_norm_and_rope_reject_bad_shapes() {
             .rms_norm(&mut empty_rows, &be.zeros(&[0]).unwrap(), 1e-6)
             .unwrap_err();
         assert!(err.to_string().contains("rows of width 0"), "{err}");
+        let err = be.l2_normalize(&mut empty_rows).unwrap_err();
+        assert!(
+            err.to_string().contains("l2_normalize: rows of width 0"),
+            "{err}"
+        );
 
         let layout = SeqLayout::from_lengths([2, 1]);
         let spec = RopeSpec {

@@ -386,7 +386,7 @@ impl Backend for CpuBackend {
     }
 
     fn l2_normalize(&self, x: &mut Tensor) -> Result<()> {
-        let (_, d) = x.dims2("l2_normalize input")?;
+        let (_, d) = shapes::l2_normalize(x)?;
         values_mut(x)?.par_chunks_mut(d).for_each(|row| {
             let norm = lane_sum(row, |v| v * v).sqrt().max(1e-12);
             row.iter_mut().for_each(|v| *v /= norm);

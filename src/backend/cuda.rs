@@ -692,7 +692,7 @@ impl Backend for CudaBackend {
     }
 
     fn l2_normalize(&self, x: &mut Tensor) -> Result<()> {
-        let (n, d) = x.dims2("l2_normalize input")?;
+        let (n, d) = shapes::l2_normalize(x)?;
         let di = to_i32(d, "l2_normalize width")?;
         let rows = u32::try_from(n).map_err(|_| Error::input("l2_normalize: rows exceed u32"))?;
         let f = self.function("pool", "l2_normalize_v1")?;

@@ -65,6 +65,13 @@ pub(crate) fn gather(table: &Tensor, ids: &[u32], out: &Tensor) -> Result<(usize
     Ok((rows, d))
 }
 
+/// `(rows, d)` of an L2-normalisation input.
+pub(crate) fn l2_normalize(x: &Tensor) -> Result<(usize, usize)> {
+    let (n, d) = x.dims2("l2_normalize input")?;
+    ensure(d > 0, || "l2_normalize: rows of width 0".to_string())?;
+    Ok((n, d))
+}
+
 /// `(rows, d)` of a LayerNorm input with `gamma, beta: [d]`.
 pub(crate) fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<(usize, usize)> {
     let (n, d) = x.dims2("layer_norm input")?;

@@ -909,7 +909,7 @@ impl Backend for WgpuBackend {
     }
 
     fn l2_normalize(&self, x: &mut Tensor) -> Result<()> {
-        let (n, d) = x.dims2("l2_normalize input")?;
+        let (n, d) = shapes::l2_normalize(x)?;
         let params = NormParams {
             rows: to_u32(n, "l2_normalize rows")?,
             width: to_u32(d, "l2_normalize width")?,
