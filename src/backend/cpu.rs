@@ -13,6 +13,7 @@ use super::{
 use crate::error::Result;
 
 mod activation;
+mod attention;
 mod ntk;
 mod stats;
 mod trim;
@@ -290,55 +291,7 @@ impl Backend for CpuBackend {
         out: &mut Tensor,
     ) -> Result<()> {
         shapes::attention(qkv, layout, spec, out)?;
-        let width = spec.qkv_width();
-        let (hd, heads, kv_heads) = (spec.head_dim, spec.heads, spec.kv_heads);
-        let qkv = values(qkv)?;
-        let out_width = heads * hd;
-        let group = heads / kv_heads;
-        let blocks = split_sequences(values_mut(out)?, layout, out_width);
-        blocks
-            .into_par_iter()
-            .enumerate()
-            .for_each(|(s, out_block)| {
-                let rows = layout.range(s);
-                let len = rows.len();
-                let row = |i: usize| &qkv[(rows.start + i) * width..(rows.start + i + 1) * width];
-                let mut probs = vec![0.0f32; len];
-                for h in 0..heads {
-                    let (q_off, kv) = (h * hd, h / group);
-                    let k_off = heads * hd + kv * hd;
-                    let v_off = (heads + kv_heads) * hd + kv * hd;
-                    for i in 0..len {
-                        let q = &row(i)[q_off..q_off + hd];
-                        let mut max = f32::NEG_INFINITY;
-                        for (j, p) in probs.iter_mut().enumerate() {
-                            *p = if spec.allows(i, j) {
-                                let k = &row(j)[k_off..k_off + hd];
-                                q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * spec.scale
-                            } else {
-                                f32::NEG_INFINITY
-                            };
-                            max = max.max(*p);
-                        }
-                        let o =
-                            &mut out_block[i * out_width + h * hd..i * out_width + (h + 1) * hd];
-                        o.fill(0.0);
-                        let mut sum = 0.0f32;
-                        for (j, p) in probs.iter().enumerate() {
-                            if *p == f32::NEG_INFINITY {
-                                continue;
-                            }
-                            let e = (p - max).exp();
-                            sum += e;
-                            let v = &row(j)[v_off..v_off + hd];
-                            o.iter_mut().zip(v).for_each(|(o, v)| *o += e * v);
-                        }
-                        // A query that sees no key (possible only with an empty window) yields zeros.
-                        let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-                        o.iter_mut().for_each(|o| *o *= inv);
-                    }
-                }
-            });
+        attention::attention(values(qkv)?, layout, spec, values_mut(out)?);
         Ok(())
     }
 
