@@ -12,13 +12,14 @@
 # Stages: devices · NVRTC compile of every family (cuda_kernels) · CUDA kernel tests (cuda) ·
 # op-set parity on every backend (ops, ntk, pca, lda, embed_parity's tiny XLM-R) · CLI runs with
 # --backend cuda against --backend cpu (embed, ntk, pca) · compute-sanitizer memcheck of the CUDA
-# tests · mscope bench --backend cuda (GEMM variants 1,2,3) · PyTorch anchors (cuBLAS, SDPA,
-# torch.func) set against the bench.
+# tests · wgpu tests and GEMM variants 1-4 on the GPU's Vulkan adapter (the Vulkan loader travels
+# in the bundle; the NVIDIA driver brings its ICD) · mscope bench --backend cuda (GEMM variants
+# 1,2,3) · PyTorch anchors (cuBLAS, SDPA, torch.func) set against both benches.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PACK=$ROOT/.gpu
-TESTS="cuda cuda_kernels ops ntk pca lda alpha embed_parity"
+TESTS="cuda cuda_kernels ops ntk pca lda alpha embed_parity wgpu"
 
 pack() {
     set -e
@@ -38,6 +39,12 @@ for line in sys.stdin:
         objcopy --strip-debug "$exe" "$PACK/stage/bin/$name"
     done <<<"$list"
     objcopy --strip-debug target/release/mscope "$PACK/stage/bin/mscope"
+    # The GPU machine may lack the Vulkan loader wgpu opens (Debian's libvulkan1).
+    local loader
+    loader=$(ldconfig -p | awk '/libvulkan\.so\.1 /{print $NF; exit}')
+    if [ -n "$loader" ]; then
+        mkdir -p "$PACK/stage/lib" && cp -L "$loader" "$PACK/stage/lib/"
+    fi
     # Test executables resolve fixtures through the CARGO_MANIFEST_DIR of this build.
     echo "$ROOT" >"$PACK/stage/manifest_dir"
     git rev-parse HEAD >"$PACK/stage/commit" 2>/dev/null || true
@@ -135,15 +142,15 @@ print(f"explained_variance cuda {va}\n                   cpu  {vb}\nmax relative
 sys.exit(0 if rel < 1e-6 else 1)
 EOF
     cat >"$1/merge_bench.py" <<'EOF'
-"""merge_bench.py A B OUT: the results of two `mscope bench --json` reports in one file."""
+"""merge_bench.py OUT A B...: the results of `mscope bench --json` reports in one file."""
 import json, sys
 rows = []
-for p in sys.argv[1:3]:
+for p in sys.argv[2:]:
     try:
         rows += json.load(open(p))["results"]
     except Exception as e:
         print(f"{p}: {e}", file=sys.stderr)
-json.dump({"results": rows}, open(sys.argv[3], "w"))
+json.dump({"results": rows}, open(sys.argv[1], "w"))
 EOF
 }
 
@@ -169,7 +176,7 @@ run() {
     mkdir -p "$ROOT/target/release" && cp "$bin/mscope" "$ROOT/target/release/mscope"
     local lib
     lib=$(nvrtc_path)
-    export LD_LIBRARY_PATH=${lib:+$lib:}${LD_LIBRARY_PATH:-}
+    export LD_LIBRARY_PATH=${lib:+$lib:}$ROOT/.gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     export MSCOPE_REQUIRE_NVRTC=1 XDG_CACHE_HOME=/tmp/mscope-gpu-cache RUST_BACKTRACE=1
     {
         echo "commit $(cat "$ROOT/.gpu/commit" 2>/dev/null), nvrtc in ${lib:-?}"
@@ -187,6 +194,7 @@ run() {
     stage test_pca 60 "$bin/pca"
     stage test_lda 60 "$bin/lda"
     stage test_alpha 60 "$bin/alpha"
+    stage test_wgpu 90 "$bin/wgpu"
     # The MiniLM tests need the 90 MB model, which does not travel: only the tiny XLM-R runs.
     stage test_embed_tiny_xlmr 60 "$bin/embed_parity" tiny_xlm_roberta
 
@@ -224,8 +232,10 @@ run() {
         --json "$OUT/bench_cuda.json"
     stage bench_cuda_pipelines 60 "$m" bench --backend cuda --suite pipelines \
         --json "$OUT/bench_cuda_pipelines.json"
-    stage bench_merge 30 python3 "$tmp/merge_bench.py" "$OUT/bench_cuda.json" \
-        "$OUT/bench_cuda_pipelines.json" "$OUT/bench_all.json"
+    stage bench_wgpu 120 "$m" bench --backend wgpu --suite kernels --filter linear/ \
+        --variant 1,2,3,4 --json "$OUT/bench_wgpu.json"
+    stage bench_merge 30 python3 "$tmp/merge_bench.py" "$OUT/bench_all.json" "$OUT/bench_cuda.json" \
+        "$OUT/bench_cuda_pipelines.json" "$OUT/bench_wgpu.json"
     stage torch_anchors 120 python3 "$ROOT/tools/anchors/gpu_torch.py" --bench "$OUT/bench_all.json" \
         --json "$OUT/anchors.json"
     rm -rf "$tmp"

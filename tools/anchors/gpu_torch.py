@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""GPU anchors for `mscope bench --backend cuda`: the same work in PyTorch on the same GPU.
+"""GPU anchors for `mscope bench --backend cuda|wgpu`: the same work in PyTorch on the same GPU.
 
     python3 tools/anchors/gpu_torch.py [--bench mscope-bench.json] [--json out.json]
 
@@ -160,11 +160,11 @@ def main():
     if args.bench:
         with open(args.bench) as fh:
             for r in json.load(fh).get("results", []):
-                label = f"{r['name']} [{r.get('variant_name') or '-'}]"
+                label = f"{r.get('backend', '?')} {r.get('variant_name') or '-'}"
                 mscope.setdefault(r["name"], []).append((label, r["median_s"]))
 
     print(f"## PyTorch {torch.__version__} anchors on {torch.cuda.get_device_name()}\n")
-    print("| case | torch | torch median | torch rate | mscope (variant): median, mscope/torch |")
+    print("| case | torch | torch median | torch rate | mscope (backend variant): median, mscope/torch |")
     print("|---|---|---|---|---|")
     for r in rows:
         ours = "; ".join(f"{label}: {s * 1e3:.3f} ms, {s / r['seconds']:.2f}×"
