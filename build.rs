@@ -5,13 +5,13 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-#[path = "src/backend/wgpu/f16_weights.rs"]
-mod f16_weights;
+#[path = "src/backend/wgpu/shader_builds.rs"]
+mod shader_builds;
 
 fn main() {
     println!("cargo::rerun-if-changed=shaders");
     println!("cargo::rerun-if-changed=kernels");
-    println!("cargo::rerun-if-changed=src/backend/wgpu/f16_weights.rs");
+    println!("cargo::rerun-if-changed=src/backend/wgpu/shader_builds.rs");
     let failures: Vec<String> = files_with_extension("shaders", "wgsl")
         .iter()
         .filter_map(|p| validate(p).err())
@@ -32,15 +32,20 @@ fn files_with_extension(dir: &str, extension: &str) -> Vec<PathBuf> {
     files
 }
 
-/// Validates the shader and, where it has one, its f16-weight build.
+/// Validates the shader and, where it has them, its f16-weight and subgroup builds.
 fn validate(path: &Path) -> Result<(), String> {
-    let source = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+    let source = read(path)?;
     let name = path.display().to_string();
     validate_source(&source, &name)?;
-    match f16_weights::f16_build(&source) {
-        Some(f16) => validate_source(&f16, &format!("{name} (f16 build)")),
-        None => Ok(()),
+    if let Some(f16) = shader_builds::f16_build(&source) {
+        validate_source(&f16, &format!("{name} (f16 build)"))?;
     }
+    let reduction = read(&path.with_file_name("norm_subgroup.wgsl"))?;
+    if let Some(subgroups) = shader_builds::with_reduction(&source, &reduction) {
+        validate_source(&subgroups, &format!("{name} (subgroup build)"))?;
+    }
+    Ok(())
 }
 
 fn validate_source(source: &str, name: &str) -> Result<(), String> {

@@ -1,12 +1,13 @@
-// Row-wise normalisations in place, f32 statistics; every row is reduced by one workgroup
-// through a shared-memory tree (the fallback where the adapter has no subgroups).
+// Row-wise normalisations in place, f32 statistics; every row is reduced by one workgroup.
 //
 // Variants:
 //   1. layer_norm   — mean, then the variance of the centred values (two passes, so rows with a
 //                     large offset keep their precision), then the affine map.
 //   2. l2_normalize — x / max(‖x‖₂, 1e-12).
 //   3. rms_norm     — x / √(mean(x²) + eps) · gamma.
-// norm_subgroup.wgsl holds the same three with subgroup reductions (variants 4–6).
+//   4–6. the same three in the subgroup build: norm_subgroup.wgsl's reduction replaces the
+//        shared-memory tree between the `reduction` markers below (src/backend/wgpu/
+//        shader_builds.rs), where the adapter offers wgpu's SUBGROUP feature.
 
 struct Params {
     rows: u32,
@@ -19,17 +20,23 @@ struct Params {
 @group(0) @binding(2) var<storage, read> gamma: array<f32>; // layer_norm and rms_norm
 @group(0) @binding(3) var<storage, read> beta: array<f32>;  // layer_norm only
 
+// reduction begin: the workgroup size, the invocation's built-ins, and `workgroup_sum`.
 const WORKGROUP: u32 = 256u;
+
+struct Invocation {
+    @builtin(local_invocation_index) index: u32,
+}
 
 var<workgroup> partial: array<f32, WORKGROUP>;
 
-// Sum of `v` over the workgroup (tree reduction); every invocation gets the total.
-fn workgroup_sum(lid: u32, v: f32) -> f32 {
-    partial[lid] = v;
+// Sum of `v` over the workgroup (tree reduction in shared memory); every invocation gets the
+// total.
+fn workgroup_sum(t: Invocation, v: f32) -> f32 {
+    partial[t.index] = v;
     workgroupBarrier();
     for (var stride = WORKGROUP / 2u; stride > 0u; stride >>= 1u) {
-        if lid < stride {
-            partial[lid] += partial[lid + stride];
+        if t.index < stride {
+            partial[t.index] += partial[t.index + stride];
         }
         workgroupBarrier();
     }
@@ -38,12 +45,13 @@ fn workgroup_sum(lid: u32, v: f32) -> f32 {
     workgroupBarrier();
     return total;
 }
+// reduction end
 
 @compute @workgroup_size(256)
 fn layer_norm(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
+    t: Invocation,
 ) {
     let row = wid.y * groups.x + wid.x;
     if row >= p.rows {
@@ -52,17 +60,17 @@ fn layer_norm(
     let base = row * p.width;
     let n = f32(p.width);
     var sum = 0.0;
-    for (var c = lid; c < p.width; c += WORKGROUP) {
+    for (var c = t.index; c < p.width; c += WORKGROUP) {
         sum += x[base + c];
     }
-    let mean = workgroup_sum(lid, sum) / n;
+    let mean = workgroup_sum(t, sum) / n;
     var squares = 0.0;
-    for (var c = lid; c < p.width; c += WORKGROUP) {
+    for (var c = t.index; c < p.width; c += WORKGROUP) {
         let d = x[base + c] - mean;
         squares += d * d;
     }
-    let inv = 1.0 / sqrt(workgroup_sum(lid, squares) / n + p.eps);
-    for (var c = lid; c < p.width; c += WORKGROUP) {
+    let inv = 1.0 / sqrt(workgroup_sum(t, squares) / n + p.eps);
+    for (var c = t.index; c < p.width; c += WORKGROUP) {
         x[base + c] = (x[base + c] - mean) * inv * gamma[c] + beta[c];
     }
 }
@@ -71,7 +79,7 @@ fn layer_norm(
 fn l2_normalize(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
+    t: Invocation,
 ) {
     let row = wid.y * groups.x + wid.x;
     if row >= p.rows {
@@ -79,11 +87,11 @@ fn l2_normalize(
     }
     let base = row * p.width;
     var squares = 0.0;
-    for (var c = lid; c < p.width; c += WORKGROUP) {
+    for (var c = t.index; c < p.width; c += WORKGROUP) {
         squares += x[base + c] * x[base + c];
     }
-    let norm = max(sqrt(workgroup_sum(lid, squares)), 1e-12);
-    for (var c = lid; c < p.width; c += WORKGROUP) {
+    let norm = max(sqrt(workgroup_sum(t, squares)), 1e-12);
+    for (var c = t.index; c < p.width; c += WORKGROUP) {
         x[base + c] /= norm;
     }
 }
@@ -92,7 +100,7 @@ fn l2_normalize(
 fn rms_norm(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
+    t: Invocation,
 ) {
     let row = wid.y * groups.x + wid.x;
     if row >= p.rows {
@@ -100,11 +108,11 @@ fn rms_norm(
     }
     let base = row * p.width;
     var squares = 0.0;
-    for (var c = lid; c < p.width; c += WORKGROUP) {
+    for (var c = t.index; c < p.width; c += WORKGROUP) {
         squares += x[base + c] * x[base + c];
     }
-    let inv = 1.0 / sqrt(workgroup_sum(lid, squares) / f32(p.width) + p.eps);
-    for (var c = lid; c < p.width; c += WORKGROUP) {
+    let inv = 1.0 / sqrt(workgroup_sum(t, squares) / f32(p.width) + p.eps);
+    for (var c = t.index; c < p.width; c += WORKGROUP) {
         x[base + c] = x[base + c] * inv * gamma[c];
     }
 }

@@ -147,13 +147,7 @@ impl Backend for CpuBackend {
     }
 
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
-        let len: usize = shape.iter().product();
-        shapes::ensure(len == data.len(), || {
-            format!(
-                "upload: shape {shape:?} needs {len} values, got {}",
-                data.len()
-            )
-        })?;
+        shapes::upload(shape, data.len())?;
         Ok(Tensor {
             shape: shape.to_vec(),
             storage: Storage::Cpu(data.to_vec()),

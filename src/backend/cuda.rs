@@ -412,13 +412,7 @@ impl Backend for CudaBackend {
     }
 
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
-        let len: usize = shape.iter().product();
-        shapes::ensure(len == data.len(), || {
-            format!(
-                "upload: shape {shape:?} needs {len} values, got {}",
-                data.len()
-            )
-        })?;
+        shapes::upload(shape, data.len())?;
         Ok(self.new_tensor(shape, self.upload_small(data)?))
     }
 

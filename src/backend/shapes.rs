@@ -65,6 +65,14 @@ pub(crate) fn gather(table: &Tensor, ids: &[u32], out: &Tensor) -> Result<(usize
     Ok((rows, d))
 }
 
+/// Checks that `values` host values fill a tensor of `shape`.
+pub(crate) fn upload(shape: &[usize], values: usize) -> Result<()> {
+    let len: usize = shape.iter().product();
+    ensure(len == values, || {
+        format!("upload: shape {shape:?} needs {len} values, got {values}")
+    })
+}
+
 /// `(rows, d)` of an L2-normalisation input.
 pub(crate) fn l2_normalize(x: &Tensor) -> Result<(usize, usize)> {
     let (n, d) = x.dims2("l2_normalize input")?;

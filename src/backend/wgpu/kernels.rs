@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::f16_weights::f16_build;
+use super::shader_builds::{f16_build, with_reduction};
 
 /// How a kernel uses one storage binding.
 #[derive(Clone, Copy)]
@@ -53,7 +53,8 @@ pub(super) enum Kernel {
     GatherF16,
     RmsNorm,
     Rope,
-    /// The norm family with subgroup reductions (norm_subgroup.wgsl), where the device has them.
+    /// The norm family with subgroup reductions (norm.wgsl's subgroup build), where the device
+    /// has them.
     LayerNormSubgroup,
     L2NormalizeSubgroup,
     RmsNormSubgroup,
@@ -77,6 +78,7 @@ impl Kernel {
     fn source(self) -> Cow<'static, str> {
         const GEMM: &str = include_str!("../../../shaders/gemm.wgsl");
         const GATHER: &str = include_str!("../../../shaders/gather.wgsl");
+        const NORM: &str = include_str!("../../../shaders/norm.wgsl");
         let f16_build = |source| {
             Cow::Owned(f16_build(source).expect("the shader aliases its weight element type"))
         };
@@ -84,7 +86,7 @@ impl Kernel {
             Kernel::Gather => GATHER,
             Kernel::GatherF16 => return f16_build(GATHER),
             Kernel::Pool => include_str!("../../../shaders/pool.wgsl"),
-            Kernel::LayerNorm | Kernel::L2Normalize => include_str!("../../../shaders/norm.wgsl"),
+            Kernel::LayerNorm | Kernel::L2Normalize | Kernel::RmsNorm => NORM,
             Kernel::LinearTiled | Kernel::LinearDirect => GEMM,
             Kernel::LinearTiledF16 | Kernel::LinearDirectF16 => return f16_build(GEMM),
             Kernel::Attention => include_str!("../../../shaders/attention.wgsl"),
@@ -95,10 +97,12 @@ impl Kernel {
             Kernel::BitonicLocal | Kernel::BitonicGlobal | Kernel::EcdfCounts => {
                 include_str!("../../../shaders/trim.wgsl")
             }
-            Kernel::RmsNorm => include_str!("../../../shaders/norm.wgsl"),
             Kernel::Rope => include_str!("../../../shaders/rope.wgsl"),
             Kernel::LayerNormSubgroup | Kernel::L2NormalizeSubgroup | Kernel::RmsNormSubgroup => {
-                include_str!("../../../shaders/norm_subgroup.wgsl")
+                return Cow::Owned(
+                    with_reduction(NORM, include_str!("../../../shaders/norm_subgroup.wgsl"))
+                        .expect("norm.wgsl marks its reduction"),
+                );
             }
         })
     }
@@ -107,8 +111,8 @@ impl Kernel {
         match self {
             Kernel::Gather | Kernel::GatherF16 => "gather_rows",
             Kernel::Pool => "pool",
-            Kernel::LayerNorm => "layer_norm",
-            Kernel::L2Normalize => "l2_normalize",
+            Kernel::LayerNorm | Kernel::LayerNormSubgroup => "layer_norm",
+            Kernel::L2Normalize | Kernel::L2NormalizeSubgroup => "l2_normalize",
             Kernel::LinearTiled | Kernel::LinearTiledF16 => "linear_tiled",
             Kernel::LinearDirect | Kernel::LinearDirectF16 => "linear_direct",
             Kernel::Attention => "attention_online",
@@ -120,11 +124,8 @@ impl Kernel {
             Kernel::BitonicLocal => "bitonic_local",
             Kernel::BitonicGlobal => "bitonic_global",
             Kernel::EcdfCounts => "ecdf_counts",
-            Kernel::RmsNorm => "rms_norm",
+            Kernel::RmsNorm | Kernel::RmsNormSubgroup => "rms_norm",
             Kernel::Rope => "rope",
-            Kernel::LayerNormSubgroup => "layer_norm_subgroup",
-            Kernel::L2NormalizeSubgroup => "l2_normalize_subgroup",
-            Kernel::RmsNormSubgroup => "rms_norm_subgroup",
         }
     }
 
@@ -264,7 +265,7 @@ pub(super) struct PoolParams {
     pub _pad: u32,
 }
 
-/// norm.wgsl and norm_subgroup.wgsl `Params` (every entry point; `eps` is unused by
+/// norm.wgsl `Params` (every entry point; `eps` is unused by
 /// `l2_normalize`).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]

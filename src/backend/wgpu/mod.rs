@@ -6,11 +6,11 @@
 //! queued; a forward pass therefore never waits on the device until its output is read.
 
 mod adapter;
-mod f16_weights;
 mod kernels;
 mod memory;
 mod ntk;
 mod rope;
+mod shader_builds;
 mod stats;
 mod timer;
 mod trim;
@@ -107,7 +107,7 @@ pub struct WgpuOptions {
     /// contraction (two GEMMs) follows the same choice.
     pub gemm: Option<GemmVariant>,
     /// Whether the norm family reduces rows with subgroup operations where the adapter offers
-    /// them (norm_subgroup.wgsl); false keeps the shared-memory reduction everywhere, so tests
+    /// them (norm.wgsl's subgroup build); false keeps the shared-memory reduction everywhere, so tests
     /// can run both on one adapter.
     pub subgroups: bool,
 }
@@ -390,13 +390,8 @@ impl WgpuBackend {
 
     /// A tensor of `data`, elements of `dtype`, in parts of whole rows.
     fn upload_elements<T: Pod>(&self, shape: &[usize], data: &[T], dtype: DType) -> Result<Tensor> {
-        let len: usize = shape.iter().product();
-        shapes::ensure(len == data.len(), || {
-            format!(
-                "upload: shape {shape:?} needs {len} values, got {}",
-                data.len()
-            )
-        })?;
+        shapes::upload(shape, data.len())?;
+        let len = data.len();
         let (rows_per_part, parts) = self.plan(shape, dtype)?;
         let (_, row_values) = rows_and_width(shape);
         let part_values = rows_per_part * row_values;
