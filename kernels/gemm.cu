@@ -2,15 +2,16 @@
 // PyTorch's [out, in] layout (which is exactly the column-major B operand mma.sync wants).
 // Every variant handles sizes that are not multiples of its tile.
 //
-// Variants:
+// Variants (numbered as every backend numbers its GEMMs, src/backend/variants.rs; 3, 5 and 6 are
+// WGSL's):
 //   1. gemm_v1_naive        — one thread per output, f32. The reference on the device.
 //   2. gemm_v2_tiled        — 64×64 block tile, 16-deep K slices in shared memory, 4×4 outputs
 //                             per thread in registers, f32 (the tile loop is tile.cuh's).
-//   3. gemm_v3_mma_bf16     — tensor cores (mma.sync m16n8k16, sm_80+): bf16 weights converted
+//   4. gemm_v4_mma_bf16     — tensor cores (mma.sync m16n8k16, sm_80+): bf16 weights converted
 //                             once, at first use, f32 activations rounded to bf16 while staged in shared
 //                             memory, f32 accumulation. 64×64 block tile, 4 warps of 32×32.
 //
-// Helper kernel: to_bf16_v1 — converts f32 weights to bf16 once, for variant 3.
+// Helper kernel: to_bf16_v1 — converts f32 weights to bf16 once, for variant 4.
 #include "common.cuh"
 #include "tile.cuh"
 
@@ -62,7 +63,7 @@ __device__ __forceinline__ unsigned pair(const unsigned short* p) {
 
 // 128 threads = 4 warps in a 2×2 grid, each warp computing 32×32 as 2×4 m16n8 tiles.
 extern "C" __global__ void __launch_bounds__(128)
-gemm_v3_mma_bf16(const float* __restrict__ x, const unsigned short* __restrict__ w_bf16,
+gemm_v4_mma_bf16(const float* __restrict__ x, const unsigned short* __restrict__ w_bf16,
                  const float* __restrict__ bias, const float* __restrict__ residual, float* __restrict__ out,
                  int n, int m, int k, int act) {
     __shared__ __align__(16) unsigned short xs[V3_BM][V3_BK + V3_PAD];

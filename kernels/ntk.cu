@@ -4,10 +4,10 @@
 // and the dense Johnson–Lindenstrauss projection out (+)= x·Pᵀ whose entries are generated in
 // registers from the counter hash of src/random.rs and never stored.
 //
-// Variants:
+// Variants (numbered as src/backend/variants.rs numbers them; 3 is WGSL's):
 //   1. ntk_contract_v1_naive — one thread per output, two dot products from global memory. The
 //                              reference on the device.
-//   2. ntk_contract_v2_fused — one 64×64 output tile per block: both tile products (D_r·D_cᵀ and
+//   2. ntk_contract_v2_tiled — one 64×64 output tile per block: both tile products (D_r·D_cᵀ and
 //                              A_r·A_cᵀ) accumulate in registers (tile.cuh) and are combined
 //                              there, so neither Gram matrix nor their Hadamard product is
 //                              written to global memory.
@@ -33,7 +33,7 @@ extern "C" __global__ void ntk_contract_v1_naive(const float* __restrict__ dr, c
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS)
-ntk_contract_v2_fused(const float* __restrict__ dr, const float* __restrict__ dc, const float* __restrict__ ar,
+ntk_contract_v2_tiled(const float* __restrict__ dr, const float* __restrict__ dc, const float* __restrict__ ar,
                       const float* __restrict__ ac, float* __restrict__ out, int n_r, int n_c, int p, int q,
                       float offset) {
     const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;

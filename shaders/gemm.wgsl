@@ -2,20 +2,20 @@
 // Linear layout, so both operands are contiguous along k), out and residual: [n, m]. Accumulation,
 // x, bias, residual and out are f32; the weights are f32 or, in the f16 build, f16.
 //
-// Variants:
-//   1. linear_tiled — 64×64 output tile per workgroup of 16×16 threads, k consumed 16 at a time
+// Variants (numbered as every backend numbers its GEMMs, src/backend/variants.rs):
+//   2. linear_tiled — 64×64 output tile per workgroup of 16×16 threads, k consumed 16 at a time
 //      through workgroup-shared tiles stored k-major as vec4s; each thread keeps a 4×4 register
 //      block (rows 4·ly.., columns 4·lx..) as four vec4 accumulators, so the inner loop is two
 //      vector loads and four vector FMAs (no private arrays, which software drivers such as
 //      lavapipe keep in memory). Edges are zero-filled on load and masked on store, so any
 //      n, k, m works.
-//   2. linear_direct — the same 4×4 register block per thread, read straight from the storage
+//   3. linear_direct — the same 4×4 register block per thread, read straight from the storage
 //      buffers without workgroup tiles or barriers. For software adapters, where workgroup memory
-//      is ordinary memory and each barrier a coroutine switch: about 2× faster than variant 1 on
+//      is ordinary memory and each barrier a coroutine switch: about 2× faster than variant 2 on
 //      lavapipe (MiniLM's 1317×384×1536: 1.6–3.1 s against 3.7–5.5 s, loaded 2-core machine).
-//   3. linear_tiled, f16 build — variant 1 on f16 weights, widened to f32 as they are loaded.
-//   4. linear_direct, f16 build — variant 2 on f16 weights.
-// The f16 build (src/backend/wgpu/f16_weights.rs) is this file with `enable f16;` and `Weight`
+//   5. linear_tiled, f16 build — variant 2 on f16 weights, widened to f32 as they are loaded.
+//   6. linear_direct, f16 build — variant 3 on f16 weights.
+// The f16 build (src/backend/wgpu/shader_builds.rs) is this file with `enable f16;` and `Weight`
 // aliased to f16; it needs the adapter's SHADER_F16 and halves the weight bytes read.
 
 struct Params {

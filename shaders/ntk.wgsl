@@ -1,14 +1,14 @@
 // Tangent-kernel ops: one layer's Gram contraction and the counter-based JL projection; f32.
 //
-// Entry points:
-//   1. contract_tiled — out += (D_r·D_cᵀ) ⊙ (A_r·A_cᵀ + offset), or out += D_r·D_cᵀ without
+// Entry points (the contraction's variants numbered as src/backend/variants.rs numbers them):
+//   2. contract_tiled — out += (D_r·D_cᵀ) ⊙ (A_r·A_cᵀ + offset), or out += D_r·D_cᵀ without
 //      activations. A 64×64 output tile per workgroup of 16×16 threads, each thread a 4×4 register
 //      block; both Gram tiles are formed in the same workgroup through 16-wide shared k-slabs (as
 //      gemm.wgsl's linear_tiled), and the Hadamard product is taken in registers, so neither Gram
 //      matrix ever reaches memory. For GPUs.
-//   2. contract_direct — the same 4×4 blocks read straight from the storage buffers, without
-//      shared tiles or barriers: for software adapters (see gemm.wgsl's variant 2).
-//   3. jl_project — out (+)= x·Pᵀ, P: [k, d] with entries dist(seed, j, column_offset + c)/√k
+//   3. contract_direct — the same 4×4 blocks read straight from the storage buffers, without
+//      shared tiles or barriers: for software adapters (see gemm.wgsl's variant 3).
+//   jl_project — out (+)= x·Pᵀ, P: [k, d] with entries dist(seed, j, column_offset + c)/√k
 //      generated here and never stored (must match `JlSpec::entry` and src/random.rs). A 64×64
 //      tile of out per workgroup: each 16-column slab of P's tile is generated once into shared
 //      memory and used by all 64 rows of x, so generation costs d·k·⌈n/64⌉ hashes, not n·d·k.

@@ -7,14 +7,14 @@
 struct Params {
     sequences: u32,
     width: u32,
-    mode: u32, // one of MODE_*
+    mode: u32, // one of POOL_*
 }
 
-const MODE_CLS: u32 = 0u;
-const MODE_MEAN: u32 = 1u;
-const MODE_MAX: u32 = 2u;
-const MODE_LAST: u32 = 3u;
-const MODE_MEAN_SQRT_LEN: u32 = 4u;
+const POOL_CLS: u32 = 0u;
+const POOL_MEAN: u32 = 1u;
+const POOL_MAX: u32 = 2u;
+const POOL_LAST: u32 = 3u;
+const POOL_MEAN_SQRT_LEN: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> hidden: array<f32>;
@@ -41,13 +41,13 @@ fn pool(
         return;
     }
     switch p.mode {
-        case MODE_CLS: {
+        case POOL_CLS: {
             out[i] = hidden[start * p.width + c];
         }
-        case MODE_LAST: {
+        case POOL_LAST: {
             out[i] = hidden[(end - 1u) * p.width + c];
         }
-        case MODE_MAX: {
+        case POOL_MAX: {
             var m = hidden[start * p.width + c];
             for (var t = start + 1u; t < end; t++) {
                 m = max(m, hidden[t * p.width + c]);
@@ -60,7 +60,7 @@ fn pool(
                 sum += hidden[t * p.width + c];
             }
             let n = f32(end - start);
-            out[i] = sum / select(n, sqrt(n), p.mode == MODE_MEAN_SQRT_LEN);
+            out[i] = sum / select(n, sqrt(n), p.mode == POOL_MEAN_SQRT_LEN);
         }
     }
 }

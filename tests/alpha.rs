@@ -1,4 +1,4 @@
-//! The trimmed comparison (instruments::trim and the `trim_search` op on every backend present):
+//! The trimmed comparison (backend::trim and the `trim_search` op on every backend present):
 //! the closed form of d(α) against a linear program solved from scratch, α̂ against bisection,
 //! monotonicity, d(0) = KS, invariance under increasing transforms, population values, the
 //! level of the test, leave-one-out against explicit pools, and bad input.
@@ -6,8 +6,8 @@
 mod common;
 
 use common::{backends_for, Rng};
+use mscope::backend::trim::{self, Profile};
 use mscope::backend::{Backend, OpFamily, TrimReference, TrimResult, TrimSpec, W2Grid};
-use mscope::instruments::trim::{self, Profile};
 
 const SPEC: TrimSpec = TrimSpec {
     level: 0.05,

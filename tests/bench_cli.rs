@@ -95,7 +95,7 @@ fn cpu_kernels_report_the_fixed_keys() {
         assert!(r["gflops"].is_number() || r["gbps"].is_number());
         let name = r["name"].as_str().unwrap();
         if name.starts_with("linear/") {
-            assert_eq!(r["variant"], 1, "{name}");
+            assert_eq!(r["variant"], 7, "{name}");
             assert_eq!(r["bound"], "compute", "{name}");
         }
         if name.starts_with("pool/") {
@@ -127,7 +127,7 @@ fn cpu_pipeline_reports_throughput() {
 #[test]
 fn wgpu_runs_its_families_and_every_gemm_variant() {
     let dir = tempfile::tempdir().unwrap();
-    // Variants 3 and 4 (f16 weights) need SHADER_F16; without it they are refused by name.
+    // Variants 5 and 6 (f16 weights) need SHADER_F16; without it they are refused by name.
     let f16 = WgpuBackend::open(&WgpuOptions::default()).is_ok_and(|be| be.keeps_f16());
     let Some(report) = bench(
         dir.path(),
@@ -139,7 +139,7 @@ fn wgpu_runs_its_families_and_every_gemm_variant() {
             "--filter",
             "minilm-qkv",
             "--variant",
-            if f16 { "1,2,3,4" } else { "1,2" },
+            if f16 { "2,3,5,6" } else { "2,3" },
         ],
         Some("wgpu backend unavailable"),
     ) else {
@@ -162,7 +162,7 @@ fn wgpu_runs_its_families_and_every_gemm_variant() {
         })
         .collect();
     if f16 {
-        assert_eq!(variants, [1, 2, 3, 4]);
+        assert_eq!(variants, [2, 3, 5, 6]);
         // Bytes counted: the f16-weight variants read the 1152×384 weight at 2 bytes a value.
         let bytes = |r: &Value| r["gbps"].as_f64().unwrap() * 1e9 * r["median_s"].as_f64().unwrap();
         let all = results(&report);
@@ -176,10 +176,10 @@ fn wgpu_runs_its_families_and_every_gemm_variant() {
             );
         }
     } else {
-        assert_eq!(variants, [1, 2]);
+        assert_eq!(variants, [2, 3]);
         assert_fails_cleanly(
-            &["bench", "--backend", "wgpu", "--variant", "3"],
-            &["--variant 3 (tiled-f16)", "SHADER_F16"],
+            &["bench", "--backend", "wgpu", "--variant", "5"],
+            &["--variant 5 (tiled-f16)", "SHADER_F16"],
         );
     }
     assert!(report["probes"]
@@ -222,12 +222,12 @@ fn bad_input_fails_cleanly() {
     );
     assert_fails_cleanly(
         &["bench", "--variant", "3", "--filter", "nothing"],
-        &["--variant 3", "1 (faer)"],
+        &["--variant 3", "7 (faer)"],
     );
     if WgpuBackend::open(&WgpuOptions::default()).is_ok() {
         assert_fails_cleanly(
-            &["bench", "--backend", "wgpu", "--variant", "5"],
-            &["--variant 5", "3 (tiled-f16), 4 (direct-f16)"],
+            &["bench", "--backend", "wgpu", "--variant", "4"],
+            &["--variant 4", "5 (tiled-f16), 6 (direct-f16)"],
         );
     }
     assert_fails_cleanly(

@@ -10,7 +10,8 @@ mod common;
 
 use common::{assert_fails_cleanly, rel_error, rel_error_f64, Rng};
 use mscope::backend::cpu::CpuBackend;
-use mscope::backend::cuda::{CudaBackend, CudaGemmVariant, CudaNtkVariant, CudaOptions};
+use mscope::backend::cuda::{CudaBackend, CudaOptions};
+use mscope::backend::GemmVariant;
 use mscope::backend::{
     self, Activation, AttentionSpec, Backend, BackendKind, JlDistribution, JlSpec, Matrix64,
     OpFamily, SeqLayout, Tensor,
@@ -35,15 +36,15 @@ fn poisoned(be: &dyn Backend, shape: &[usize]) -> Tensor {
 #[test]
 fn every_gemm_variant_matches_the_cpu() {
     let cpu = CpuBackend::new();
-    for variant in CudaGemmVariant::ALL {
+    for variant in CudaBackend::GEMM_VARIANTS {
         let Some(be) = cuda(CudaOptions {
             gemm: Some(variant),
             ..Default::default()
         }) else {
             return;
         };
-        // bf16 operands carry 8 bits of mantissa: DESIGN's f16/bf16 tolerance.
-        let tol = if variant == CudaGemmVariant::MmaBf16 {
+        // bf16 operands carry 8 bits of mantissa: the f16/bf16 paths' tolerance.
+        let tol = if variant == GemmVariant::MmaBf16 {
             1e-2
         } else {
             1e-5
@@ -79,7 +80,7 @@ fn every_gemm_variant_matches_the_cpu() {
 #[test]
 fn mma_weights_follow_writes_to_the_tensor() {
     let Some(be) = cuda(CudaOptions {
-        gemm: Some(CudaGemmVariant::MmaBf16),
+        gemm: Some(GemmVariant::MmaBf16),
         ..Default::default()
     }) else {
         return;
@@ -107,7 +108,7 @@ fn mma_weights_follow_writes_to_the_tensor() {
 #[test]
 fn every_ntk_variant_matches_the_cpu() {
     let cpu = CpuBackend::new();
-    for variant in CudaNtkVariant::ALL {
+    for variant in CudaBackend::NTK_VARIANTS {
         let Some(be) = cuda(CudaOptions {
             ntk: Some(variant),
             ..Default::default()

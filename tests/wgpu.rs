@@ -8,7 +8,7 @@ mod common;
 use common::{l2_normalize_ref, layer_norm_ref, rel_error, rms_norm_ref, Rng};
 use half::{bf16, f16};
 use mscope::backend::cpu::CpuBackend;
-use mscope::backend::wgpu::{list_adapters, GemmVariant, WgpuBackend, WgpuOptions};
+use mscope::backend::wgpu::{list_adapters, WgpuBackend, WgpuOptions};
 use mscope::backend::{
     self, Activation, Backend, BackendKind, OpFamily, RopeSpec, SeqLayout, TrimReference, TrimSpec,
     W2Grid,
@@ -67,12 +67,8 @@ fn gather_reads_a_table_split_across_bindings() {
 /// weights (widening is exact), so the f32 paths' 1e-5 holds for both.
 #[test]
 fn both_gemm_variants_match_f64() {
-    for (variant, f16_weights) in [
-        (GemmVariant::Tiled, false),
-        (GemmVariant::Direct, false),
-        (GemmVariant::Tiled, true),
-        (GemmVariant::Direct, true),
-    ] {
+    for variant in WgpuBackend::GEMM_VARIANTS {
+        let f16_weights = variant.f16_weights();
         let Some(be) = open(WgpuOptions {
             gemm: Some(variant),
             ..Default::default()

@@ -12,7 +12,7 @@
 # Stages: devices · NVRTC compile of every family (cuda_kernels) · CUDA kernel tests (cuda) ·
 # op-set parity on every backend (ops, ntk, pca, lda, embed_parity's tiny XLM-R) · CLI runs with
 # --backend cuda against --backend cpu (embed, ntk, pca) · compute-sanitizer memcheck of the CUDA
-# tests · wgpu tests and GEMM variants 1-4 on the GPU's Vulkan adapter (the Vulkan loader travels
+# tests · wgpu tests and GEMM variants 2, 3, 5, 6 on the GPU's Vulkan adapter (the Vulkan loader travels
 # in the bundle; the NVIDIA driver brings its ICD) · mscope bench --backend cuda (GEMM variants
 # 1,2,3) · PyTorch anchors (cuBLAS, SDPA, torch.func) set against both benches.
 set -uo pipefail
@@ -228,12 +228,12 @@ run() {
         SUMMARY+=("| memcheck | SKIPPED (no compute-sanitizer) | – | – |")
     fi
 
-    stage bench_cuda 150 "$m" bench --backend cuda --suite kernels --variant 1,2,3 \
+    stage bench_cuda 150 "$m" bench --backend cuda --suite kernels --variant 1,2,4 \
         --json "$OUT/bench_cuda.json"
     stage bench_cuda_pipelines 60 "$m" bench --backend cuda --suite pipelines \
         --json "$OUT/bench_cuda_pipelines.json"
     stage bench_wgpu 120 "$m" bench --backend wgpu --suite kernels --filter linear/ \
-        --variant 1,2,3,4 --json "$OUT/bench_wgpu.json"
+        --variant 2,3,5,6 --json "$OUT/bench_wgpu.json"
     stage bench_merge 30 python3 "$tmp/merge_bench.py" "$OUT/bench_all.json" "$OUT/bench_cuda.json" \
         "$OUT/bench_cuda_pipelines.json" "$OUT/bench_wgpu.json"
     stage torch_anchors 120 python3 "$ROOT/tools/anchors/gpu_torch.py" --bench "$OUT/bench_all.json" \

@@ -7,8 +7,8 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::{
-    shapes, Activation, AttentionSpec, Backend, Eigen, Matrix64, Moments, OpFamily, Pooling,
-    RopeSpec, SeqLayout, Storage, Tensor,
+    shapes, Activation, AttentionSpec, Backend, Eigen, GemmVariant, Matrix64, Moments, OpFamily,
+    Pooling, RopeSpec, SeqLayout, Storage, Tensor,
 };
 use crate::error::Result;
 
@@ -21,6 +21,9 @@ mod trim;
 pub struct CpuBackend;
 
 impl CpuBackend {
+    /// The CPU's GEMM.
+    pub const GEMM_VARIANTS: [GemmVariant; 1] = [GemmVariant::Faer];
+
     pub fn new() -> Self {
         CpuBackend
     }

@@ -22,72 +22,22 @@ use cudarc::driver::{
 pub use memory::CudaStorage;
 
 use super::{
-    shapes, Activation, AttentionSpec, Backend, Eigen, JlDistribution, JlSpec, Matrix64, Moments,
-    OpFamily, Pooling, RopeSpec, SeqLayout, Storage, Tensor, TrimReference, TrimResult, TrimSpec,
+    shapes, Activation, AttentionSpec, Backend, Eigen, GemmVariant, JlDistribution, JlSpec,
+    Matrix64, Moments, NtkVariant, OpFamily, Pooling, RopeSpec, SeqLayout, Storage, Tensor,
+    TrimReference, TrimResult, TrimSpec,
 };
 use crate::error::{Error, Result};
 use kernels::ModuleCache;
-
-/// The GEMM kernels of kernels/gemm.cu, by variant number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CudaGemmVariant {
-    /// One thread per output: the device-side reference.
-    Naive,
-    /// 64×64 shared-memory tiles, f32 throughout: the default, so every f32 path of the op set
-    /// (embeddings, NTK forward passes) keeps f32 accuracy.
-    Tiled,
-    /// Tensor cores (sm_80+) on bf16 weights and activations with f32 accumulation: relative
-    /// error about 1e-3, so opt-in (`MSCOPE_CUDA_GEMM=mma` or `mscope bench --variant 3`).
-    MmaBf16,
-}
-
-impl CudaGemmVariant {
-    /// Every variant, in the order of its number (`mscope bench --variant N` picks `ALL[N - 1]`).
-    pub const ALL: [CudaGemmVariant; 3] = [
-        CudaGemmVariant::Naive,
-        CudaGemmVariant::Tiled,
-        CudaGemmVariant::MmaBf16,
-    ];
-
-    pub fn number(self) -> u32 {
-        match self {
-            CudaGemmVariant::Naive => 1,
-            CudaGemmVariant::Tiled => 2,
-            CudaGemmVariant::MmaBf16 => 3,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            CudaGemmVariant::Naive => "naive",
-            CudaGemmVariant::Tiled => "tiled",
-            CudaGemmVariant::MmaBf16 => "mma-bf16",
-        }
-    }
-}
-
-/// The NTK contraction kernels of kernels/ntk.cu, by variant number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CudaNtkVariant {
-    /// One thread per output.
-    Naive,
-    /// Both Gram tiles in registers, combined before the one write (the default).
-    Fused,
-}
-
-impl CudaNtkVariant {
-    pub const ALL: [CudaNtkVariant; 2] = [CudaNtkVariant::Naive, CudaNtkVariant::Fused];
-}
 
 /// How to open the backend.
 #[derive(Clone, Debug, Default)]
 pub struct CudaOptions {
     /// Device ordinal.
     pub device: usize,
-    /// `None`: [`CudaGemmVariant::Tiled`].
-    pub gemm: Option<CudaGemmVariant>,
-    /// `None`: [`CudaNtkVariant::Fused`].
-    pub ntk: Option<CudaNtkVariant>,
+    /// `None`: [`GemmVariant::Tiled`].
+    pub gemm: Option<GemmVariant>,
+    /// `None`: [`NtkVariant::Tiled`].
+    pub ntk: Option<NtkVariant>,
 }
 
 impl CudaOptions {
@@ -101,9 +51,9 @@ impl CudaOptions {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
             gemm: var("MSCOPE_CUDA_GEMM").and_then(|v| {
-                CudaGemmVariant::ALL
+                GemmVariant::ALL
                     .into_iter()
-                    .find(|g| g.name() == v || (v == "mma" && *g == CudaGemmVariant::MmaBf16))
+                    .find(|g| g.name() == v || (v == "mma" && *g == GemmVariant::MmaBf16))
             }),
             ntk: None,
         }
@@ -125,6 +75,11 @@ fn unavailable(reason: String) -> Error {
         backend: "cuda",
         reason,
     }
+}
+
+/// The error for a variant [`CudaBackend::open`] refuses, should one reach a launch.
+fn unsupported_variant(variant: String) -> Error {
+    device_error(format!("variant {variant} has no CUDA kernel"))
 }
 
 fn device_error(message: impl std::fmt::Display) -> Error {
@@ -177,8 +132,8 @@ fn device(ordinal: usize) -> Result<Arc<Device>> {
 
 pub struct CudaBackend {
     device: Arc<Device>,
-    gemm: CudaGemmVariant,
-    ntk: CudaNtkVariant,
+    gemm: GemmVariant,
+    ntk: NtkVariant,
     /// Host fallbacks (large eigenproblems, SPD solves): see [`stats`].
     cpu: super::cpu::CpuBackend,
     /// The start event of a running device timer.
@@ -244,12 +199,28 @@ unsafe impl DeviceRepr for JlShape {}
 const NULL: u64 = 0;
 
 impl CudaBackend {
+    /// The GEMM variants of kernels/gemm.cu.
+    pub const GEMM_VARIANTS: [GemmVariant; 3] =
+        [GemmVariant::Naive, GemmVariant::Tiled, GemmVariant::MmaBf16];
+    /// The contraction variants of kernels/ntk.cu.
+    pub const NTK_VARIANTS: [NtkVariant; 2] = [NtkVariant::Naive, NtkVariant::Tiled];
+
     /// Opens device `options.device`, or says why it cannot be opened (no driver, no device, no
     /// NVRTC).
     pub fn open(options: &CudaOptions) -> Result<Self> {
         let device = device(options.device)?;
-        let gemm = options.gemm.unwrap_or(CudaGemmVariant::Tiled);
-        if gemm == CudaGemmVariant::MmaBf16 && device.compute_capability.0 < 8 {
+        let gemm = options.gemm.unwrap_or(GemmVariant::Tiled);
+        let ntk = options.ntk.unwrap_or(NtkVariant::Tiled);
+        if !Self::GEMM_VARIANTS.contains(&gemm) || !Self::NTK_VARIANTS.contains(&ntk) {
+            let listed: Vec<String> = Self::GEMM_VARIANTS.map(|v| v.to_string()).to_vec();
+            return Err(Error::input(format!(
+                "GEMM variant {gemm} / NTK variant {} is not a CUDA kernel; CUDA's GEMMs are {}, \
+                 its NTK contractions 1 (naive) and 2 (tiled)",
+                ntk.number(),
+                listed.join(", ")
+            )));
+        }
+        if gemm == GemmVariant::MmaBf16 && device.compute_capability.0 < 8 {
             return Err(Error::input(format!(
                 "GEMM variant mma-bf16 needs sm_80 or newer; {} is sm_{}{}",
                 device.name, device.compute_capability.0, device.compute_capability.1
@@ -258,7 +229,7 @@ impl CudaBackend {
         Ok(CudaBackend {
             device,
             gemm,
-            ntk: options.ntk.unwrap_or(CudaNtkVariant::Fused),
+            ntk,
             cpu: super::cpu::CpuBackend::new(),
             timer: Mutex::new(None),
         })
@@ -274,7 +245,7 @@ impl CudaBackend {
     }
 
     /// The GEMM kernel `linear` launches.
-    pub fn gemm_variant(&self) -> CudaGemmVariant {
+    pub fn gemm_variant(&self) -> GemmVariant {
         self.gemm
     }
 
@@ -485,25 +456,25 @@ impl Backend for CudaBackend {
             to_i32(k, "linear features")?,
             to_i32(m, "linear outputs")?,
         );
-        // common.cuh's ACT_* codes follow `Activation`'s declaration order.
-        let act = act as i32;
+        let act = act.code() as i32;
         let (kernel, cfg) = match self.gemm {
-            CudaGemmVariant::Naive => (
+            GemmVariant::Naive => (
                 "gemm_v1_naive",
                 config(tile_grid(n, m, 16, "linear")?, (16, 16, 1)),
             ),
-            CudaGemmVariant::Tiled => (
+            GemmVariant::Tiled => (
                 "gemm_v2_tiled",
                 config(tile_grid(n, m, 64, "linear")?, (256, 1, 1)),
             ),
-            CudaGemmVariant::MmaBf16 => (
-                "gemm_v3_mma_bf16",
+            GemmVariant::MmaBf16 => (
+                "gemm_v4_mma_bf16",
                 config(tile_grid(n, m, 64, "linear")?, (128, 1, 1)),
             ),
+            other => return Err(unsupported_variant(other.to_string())),
         };
         let f = self.function("gemm", kernel)?;
         let w_bf16 = match self.gemm {
-            CudaGemmVariant::MmaBf16 => Some(self.bf16_weights(w)?),
+            GemmVariant::MmaBf16 => Some(self.bf16_weights(w)?),
             _ => None,
         };
         let (x, w) = (self.slice(x)?, self.slice(w)?);
@@ -671,8 +642,7 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let d = shapes::pool(hidden, layout, out)?;
         let di = to_i32(d, "pool width")?;
-        // pool.cu's POOL_* codes follow `Pooling`'s declaration order.
-        let mode = mode as i32;
+        let mode = mode.code() as i32;
         let seqs = u32::try_from(layout.num_sequences())
             .map_err(|_| Error::input("pool: sequences exceed u32"))?;
         let starts = self.upload_small(&sequence_starts(layout)?)?;
@@ -736,14 +706,15 @@ impl Backend for CudaBackend {
             to_i32(q, "ntk_contract activation width")?,
         );
         let (kernel, cfg) = match self.ntk {
-            CudaNtkVariant::Naive => (
+            NtkVariant::Naive => (
                 "ntk_contract_v1_naive",
                 config(tile_grid(n_r, n_c, 16, "ntk_contract")?, (16, 16, 1)),
             ),
-            CudaNtkVariant::Fused => (
-                "ntk_contract_v2_fused",
+            NtkVariant::Tiled => (
+                "ntk_contract_v2_tiled",
                 config(tile_grid(n_r, n_c, 64, "ntk_contract")?, (256, 1, 1)),
             ),
+            other => return Err(unsupported_variant(format!("ntk {}", other.name()))),
         };
         let f = self.function("ntk", kernel)?;
         // The column samples `cols` are a row range of the column factors.

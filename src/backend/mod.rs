@@ -7,6 +7,8 @@
 pub mod cpu;
 pub mod cuda;
 mod shapes;
+pub mod trim;
+pub mod variants;
 pub mod wgpu;
 
 use std::sync::Arc;
@@ -16,6 +18,8 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::tensor::{DType, HostData, HostTensor};
+pub use trim::{TrimReference, TrimResult, TrimSpec, W2Grid};
+pub use variants::{GemmVariant, NtkVariant};
 
 /// Which device runs the op set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -75,6 +79,47 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// Every activation, in the order of its [`Activation::code`].
+    pub const ALL: [Activation; 8] = [
+        Activation::Identity,
+        Activation::Gelu,
+        Activation::GeluTanh,
+        Activation::QuickGelu,
+        Activation::Silu,
+        Activation::Relu,
+        Activation::Tanh,
+        Activation::Sigmoid,
+    ];
+
+    /// The code kernels receive for this activation: `ACT_*` in `kernels/common.cuh` and
+    /// `shaders/gemm.wgsl`, where [`Activation::kernel_name`] names the constant.
+    pub fn code(self) -> u32 {
+        match self {
+            Activation::Identity => 0,
+            Activation::Gelu => 1,
+            Activation::GeluTanh => 2,
+            Activation::QuickGelu => 3,
+            Activation::Silu => 4,
+            Activation::Relu => 5,
+            Activation::Tanh => 6,
+            Activation::Sigmoid => 7,
+        }
+    }
+
+    /// The suffix of the kernels' constant for this activation (`ACT_GELU_TANH`).
+    pub fn kernel_name(self) -> &'static str {
+        match self {
+            Activation::Identity => "IDENTITY",
+            Activation::Gelu => "GELU",
+            Activation::GeluTanh => "GELU_TANH",
+            Activation::QuickGelu => "QUICK_GELU",
+            Activation::Silu => "SILU",
+            Activation::Relu => "RELU",
+            Activation::Tanh => "TANH",
+            Activation::Sigmoid => "SIGMOID",
+        }
+    }
+
     /// Maps a Hugging Face `hidden_act` name.
     pub fn from_hf_name(name: &str) -> Option<Self> {
         Some(match name {
@@ -124,6 +169,38 @@ pub enum Pooling {
 }
 
 impl Pooling {
+    /// Every mode, in the order of its [`Pooling::code`].
+    pub const ALL: [Pooling; 5] = [
+        Pooling::Cls,
+        Pooling::Mean,
+        Pooling::Max,
+        Pooling::Last,
+        Pooling::MeanSqrtLen,
+    ];
+
+    /// The code kernels receive for this mode: `POOL_*` in `kernels/pool.cu` and
+    /// `shaders/pool.wgsl`, where [`Pooling::kernel_name`] names the constant.
+    pub fn code(self) -> u32 {
+        match self {
+            Pooling::Cls => 0,
+            Pooling::Mean => 1,
+            Pooling::Max => 2,
+            Pooling::Last => 3,
+            Pooling::MeanSqrtLen => 4,
+        }
+    }
+
+    /// The suffix of the kernels' constant for this mode (`POOL_MEAN_SQRT_LEN`).
+    pub fn kernel_name(self) -> &'static str {
+        match self {
+            Pooling::Cls => "CLS",
+            Pooling::Mean => "MEAN",
+            Pooling::Max => "MAX",
+            Pooling::Last => "LAST",
+            Pooling::MeanSqrtLen => "MEAN_SQRT_LEN",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Pooling::Cls => "cls",
@@ -566,7 +643,7 @@ pub trait Backend: Send + Sync {
     // trim
 
     /// Trimmed comparison of every candidate sample with its reference
-    /// ([`crate::instruments::trim`]): sort, merge into ECDF counts, solve for α̂, KS and the
+    /// ([`trim`]): sort, merge into ECDF counts, solve for α̂, KS and the
     /// trimmed W2 cost. Host slices in and out: the inputs are read once and the results are a
     /// few numbers per candidate, so nothing would stay on a device between calls.
     fn trim_search(
@@ -613,68 +690,55 @@ impl JlSpec {
     }
 }
 
-/// What each candidate of [`Backend::trim_search`] is compared with.
-#[derive(Clone, Copy, Debug)]
-pub enum TrimReference<'a> {
-    /// One reference sample shared by every candidate.
-    Sample(&'a [f32]),
-    /// The pooled other candidates (leave-one-out): an ensemble's models against the rest.
-    LeaveOneOut,
-}
+#[cfg(test)]
+mod tests {
+    use super::{Activation, Pooling};
 
-/// Parameters of [`Backend::trim_search`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct TrimSpec {
-    /// Test level in (0, 1); sets the KS threshold α̂ is searched against.
-    pub level: f64,
-    /// Trimming level of the W2 cost; `None` uses each candidate's own α̂.
-    pub w2_alpha: Option<f64>,
-    /// Grid of the leave-one-out W2 cost (a single reference sample is always exact).
-    pub w2_grid: W2Grid,
-}
-
-/// Where the leave-one-out trimmed W2 compares quantile functions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum W2Grid {
-    /// The exact merged grid `{i/n} ∪ {j/m}` (issue definition): O(M·N) per model, O(M²·N) for
-    /// the ensemble.
-    Merged,
-    /// The pooled reference's quantiles at the candidate's grid `{i/n}` only: O(N) per model, an
-    /// approximation that ignores the reference's spread inside each `1/n` step.
-    Candidate,
-    /// Merged while the ensemble's work `M²·N` stays under [`W2Grid::AUTO_MERGED_LIMIT`], else
-    /// candidate.
-    Auto,
-}
-
-impl W2Grid {
-    /// `M²·N` up to which `Auto` stays exact: about 3 s on two cores (≈ 15 ns per grid piece).
-    pub const AUTO_MERGED_LIMIT: usize = 200_000_000;
-
-    /// Whether an ensemble of `models` models with `pooled` points in all is compared exactly.
-    pub fn is_exact(self, models: usize, pooled: usize) -> bool {
-        match self {
-            W2Grid::Merged => true,
-            W2Grid::Candidate => false,
-            W2Grid::Auto => models.saturating_mul(pooled) <= Self::AUTO_MERGED_LIMIT,
+    /// The kernels' enum constants are the codes the host passes: each `PREFIX_NAME` constant
+    /// of a source carries its variant's `code()`.
+    fn assert_codes(
+        source: &str,
+        file: &str,
+        codes: &[(String, u32)],
+        format: fn(&str, u32) -> String,
+    ) {
+        for (name, code) in codes {
+            let line = format(name, *code);
+            assert!(source.contains(&line), "{file} lacks `{line}`");
         }
     }
-}
 
-/// One candidate's comparison with its reference.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct TrimResult {
-    /// Smallest trimming level whose KS distance is within the threshold (1 if none is).
-    pub alpha_hat: f64,
-    /// Two-sample KS statistic, `d(0)`.
-    pub ks: f64,
-    /// `c(level)·√((n+m)/(n·m))`.
-    pub threshold: f64,
-    pub n_candidate: usize,
-    pub n_reference: usize,
-    /// Trimmed W2 cost τ at `w2_alpha` (or α̂), on the grid [`TrimResult::w2_exact`] says.
-    pub trimmed_w2: f64,
-    /// Whether `trimmed_w2` is exact on the merged grid (always against a
-    /// [`TrimReference::Sample`]; leave-one-out as [`TrimSpec::w2_grid`] decides).
-    pub w2_exact: bool,
+    #[test]
+    fn kernel_constants_match_the_codes() {
+        let acts: Vec<(String, u32)> = Activation::ALL
+            .iter()
+            .map(|a| (format!("ACT_{}", a.kernel_name()), a.code()))
+            .collect();
+        let pools: Vec<(String, u32)> = Pooling::ALL
+            .iter()
+            .map(|p| (format!("POOL_{}", p.kernel_name()), p.code()))
+            .collect();
+        let wgsl = |name: &str, code: u32| format!("const {name}: u32 = {code}u;");
+        let cuda = |name: &str, code: u32| format!("{name} = {code}");
+        let cuh = include_str!("../../kernels/common.cuh");
+        assert_codes(cuh, "kernels/common.cuh", &acts, cuda);
+        assert_codes(
+            include_str!("../../shaders/gemm.wgsl"),
+            "shaders/gemm.wgsl",
+            &acts,
+            wgsl,
+        );
+        assert_codes(
+            include_str!("../../kernels/pool.cu"),
+            "kernels/pool.cu",
+            &pools,
+            cuda,
+        );
+        assert_codes(
+            include_str!("../../shaders/pool.wgsl"),
+            "shaders/pool.wgsl",
+            &pools,
+            wgsl,
+        );
+    }
 }

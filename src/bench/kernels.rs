@@ -146,7 +146,7 @@ fn linear(model: &str, n: usize, k: usize, m: usize, act: Activation, residual: 
         OpFamily::Encoder,
         move |target| {
             let be = &target.backend;
-            let f16_weights = target.gemm.f16_weights;
+            let f16_weights = target.gemm.f16_weights();
             let (w, weight_bytes) = if f16_weights {
                 let values: Vec<f16> = uniform(m * k, 2).into_iter().map(f16::from_f32).collect();
                 (be.upload_f16(&[m, k], &values)?, F16)

@@ -16,12 +16,12 @@ mod timing;
 
 use std::sync::Arc;
 
-use crate::backend::{Backend, BackendKind, OpFamily};
+use crate::backend::{Backend, BackendKind, GemmVariant, OpFamily};
 use crate::error::{Error, Result};
 
 pub use machine::Machine;
 pub use probes::{Ceilings, Probe};
-pub use target::{Target, Variant};
+pub use target::Target;
 pub use timing::Timing;
 
 /// `len` values uniform in [-1, 1), seeded: inputs whose values do not matter to the timing but
@@ -199,8 +199,8 @@ impl Case {
 
     /// Whether the case runs on `variant`: a variant on f16 weights only changes `linear`, so
     /// the contraction would repeat its f32 twin there.
-    fn runs_on(&self, variant: &Variant) -> bool {
-        !variant.f16_weights || self.name.starts_with("linear/")
+    fn runs_on(&self, variant: &GemmVariant) -> bool {
+        !variant.f16_weights() || self.name.starts_with("linear/")
     }
 }
 
@@ -210,7 +210,7 @@ pub struct Measured {
     pub name: String,
     pub backend: String,
     /// The GEMM variant, for cases that run `linear`.
-    pub variant: Option<Variant>,
+    pub variant: Option<GemmVariant>,
     pub shape: String,
     pub work: Work,
     pub timing: Timing,

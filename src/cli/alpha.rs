@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
+use crate::backend::trim;
 use crate::backend::{self, BackendKind, OpFamily, TrimReference, TrimSpec, W2Grid};
 use crate::error::Result;
-use crate::instruments::trim;
 use crate::io::samples::read_sample;
 use crate::report::plot;
 

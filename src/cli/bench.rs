@@ -22,8 +22,8 @@ pub struct BenchArgs {
     /// probes always run.
     #[arg(long, value_name = "NAME")]
     filter: Option<String>,
-    /// GEMM variant(s) by number, e.g. `--variant 1,2` for wgpu's tiled and direct kernels side
-    /// by side, `1,2,3,4` adding both on f16 weights [default: the backend's choice].
+    /// GEMM variant(s) by number, e.g. `--variant 2,3` for wgpu's tiled and direct kernels side
+    /// by side, `2,3,5,6` adding both on f16 weights [default: the backend's choice].
     #[arg(long, value_name = "N", value_delimiter = ',')]
     variant: Vec<u32>,
     /// Timed runs per case (pipelines: at most 3).
@@ -138,8 +138,8 @@ fn result_json(r: &Measured) -> Value {
     json!({
         "name": r.name,
         "backend": r.backend,
-        "variant": r.variant.map(|v| v.number),
-        "variant_name": r.variant.map(|v| v.name),
+        "variant": r.variant.map(|v| v.number()),
+        "variant_name": r.variant.map(|v| v.name()),
         "shape": r.shape,
         "median_s": r.timing.median(),
         "clock": r.timing.clock.name(),

@@ -8,10 +8,11 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::json;
 
+use crate::backend::trim;
 use crate::backend::{self, BackendKind, OpFamily, TrimReference, TrimResult, TrimSpec, W2Grid};
+use crate::data::scores::Scores;
 use crate::error::{Error, Result};
-use crate::instruments::metrics::{model_metrics, ModelMetrics, Scores};
-use crate::instruments::trim;
+use crate::instruments::metrics::{model_metrics, ModelMetrics};
 use crate::io::samples::{read_labels, read_scores, synthetic_ensemble};
 use crate::report::{self, plot};
 

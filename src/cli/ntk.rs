@@ -11,8 +11,9 @@ use serde_json::json;
 use crate::backend::{self, BackendKind, OpFamily};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::instruments::ntk::{file_digest, Checkpoint, KernelJob, DEFAULT_TILE_ROWS};
+use crate::instruments::ntk::{KernelJob, DEFAULT_TILE_ROWS};
 use crate::instruments::project::{FactorSpec, KernelKind, ProjectionKind};
+use crate::io::checkpoint::{file_digest, Checkpoint};
 use crate::models::mlp::Mlp;
 
 #[derive(Args)]

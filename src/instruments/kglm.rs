@@ -15,8 +15,8 @@
 use std::collections::VecDeque;
 
 use crate::backend::cpu::{gemm, Operand};
+use crate::data::scores::argmax;
 use crate::error::{Error, Result};
-use crate::instruments::metrics::argmax;
 
 /// scikit-learn's default `C = 1`.
 pub const DEFAULT_L2: f64 = 1.0;

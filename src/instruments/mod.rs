@@ -9,4 +9,3 @@ pub mod ntk;
 pub mod pca;
 pub mod project;
 pub mod splits;
-pub mod trim;

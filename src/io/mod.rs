@@ -1,4 +1,5 @@
 //! Input readers and output writers.
+pub mod checkpoint;
 pub mod embeddings;
 pub mod kernel_file;
 pub mod samples;

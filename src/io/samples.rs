@@ -7,8 +7,8 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 
+use crate::data::scores::Scores;
 use crate::error::{Error, Result};
-use crate::instruments::metrics::Scores;
 use crate::random::SplitMix64;
 
 /// Numbers read from a file with their shape (`[len]` for text).

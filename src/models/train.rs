@@ -8,9 +8,9 @@ use std::str::FromStr;
 
 use crate::backend::cpu::{gemm, Operand};
 use crate::backend::Activation;
+use crate::data::scores::argmax;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::instruments::metrics::argmax;
 use crate::models::mlp::{activation_name, Mlp};
 use crate::random::SplitMix64;
 

@@ -1,5 +1,5 @@
 //! CPU kernel of the trim family: α̂, KS and trimmed W2 of many candidates at once
-//! (definitions in [`crate::instruments::trim`]).
+//! (definitions in [`crate::backend::trim`]).
 //!
 //! Leave-one-out over an ensemble of `M` models × `N` points would naively merge each model with
 //! a freshly sorted pool of the other `M − 1`, O(M²·N). Instead the whole pool is sorted once,
@@ -11,9 +11,9 @@
 
 use rayon::prelude::*;
 
+use crate::backend::trim::{self, Profile};
 use crate::backend::{TrimReference, TrimResult, TrimSpec};
 use crate::error::Result;
-use crate::instruments::trim::{self, Profile};
 
 pub fn trim_search(
     candidates: &[&[f32]],

@@ -27,27 +27,27 @@ pub(super) enum Kernel {
     Pool,
     LayerNorm,
     L2Normalize,
-    /// GEMM variant 1: workgroup-shared tiles (GPUs).
+    /// GEMM variant 2 (tiled): workgroup-shared tiles (GPUs).
     LinearTiled,
-    /// GEMM variant 2: no shared tiles or barriers (software adapters).
+    /// GEMM variant 3 (direct): no shared tiles or barriers (software adapters).
     LinearDirect,
     Attention,
-    /// NTK contraction variant 1: workgroup-shared tiles (GPUs).
+    /// NTK contraction variant 2 (tiled): workgroup-shared tiles (GPUs).
     ContractTiled,
-    /// NTK contraction variant 2: no shared tiles or barriers (software adapters).
+    /// NTK contraction variant 3 (direct): no shared tiles or barriers (software adapters).
     ContractDirect,
     JlProject,
     GroupSums,
     ScatterTiled,
-    /// Trim variant 1: bitonic stages within a workgroup tile.
+    /// Trim stage 1: bitonic stages within a workgroup tile.
     BitonicLocal,
-    /// Trim variant 2: one bitonic stage with a long stride, in storage.
+    /// Trim stage 2: one bitonic stage with a long stride, in storage.
     BitonicGlobal,
-    /// Trim variant 3: merged ECDF counts by binary search.
+    /// Trim stage 3: merged ECDF counts by binary search.
     EcdfCounts,
-    /// GEMM variant 3: variant 1 on f16 weights (gemm.wgsl's f16 build).
+    /// GEMM variant 5 (tiled-f16): variant 2 on f16 weights (gemm.wgsl's f16 build).
     LinearTiledF16,
-    /// GEMM variant 4: variant 2 on f16 weights.
+    /// GEMM variant 6 (direct-f16): variant 3 on f16 weights.
     LinearDirectF16,
     /// Gather from an f16 table (gather.wgsl's f16 build).
     GatherF16,
@@ -67,7 +67,7 @@ impl Kernel {
         self as usize
     }
 
-    /// The f16-weight GEMM with the same structure as `self` (a GEMM variant 1 or 2).
+    /// The f16-weight GEMM with the same structure as `self` (GEMM variant 2 or 3).
     pub(super) fn with_f16_weights(self) -> Kernel {
         match self {
             Kernel::LinearDirect => Kernel::LinearDirectF16,

@@ -26,8 +26,8 @@ pub use adapter::{list_adapters, AdapterSummary};
 pub use memory::WgpuStorage;
 
 use super::{
-    shapes, Activation, AttentionSpec, Backend, Eigen, JlSpec, Matrix64, Moments, OpFamily,
-    Pooling, RopeSpec, SeqLayout, Storage, Tensor, TrimReference, TrimResult, TrimSpec,
+    shapes, Activation, AttentionSpec, Backend, Eigen, GemmVariant, JlSpec, Matrix64, Moments,
+    OpFamily, Pooling, RopeSpec, SeqLayout, Storage, Tensor, TrimReference, TrimResult, TrimSpec,
 };
 use crate::error::{Error, Result};
 use crate::tensor::DType;
@@ -51,48 +51,6 @@ const ATTENTION_BLOCK_Q: usize = 64;
 /// Output rows and columns per workgroup of both GEMM variants (shaders/gemm.wgsl).
 const GEMM_TILE: usize = 64;
 
-/// The GEMM kernels of shaders/gemm.wgsl (variants 1 and 2; on f16 weights, 3 and 4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GemmVariant {
-    /// Workgroup-shared tiles: for GPUs.
-    Tiled,
-    /// No shared tiles or barriers: for software adapters, where workgroup memory is plain memory
-    /// and a barrier is a coroutine switch.
-    Direct,
-}
-
-impl GemmVariant {
-    /// Every variant, in the order of its number (`mscope bench --variant N` picks `ALL[N - 1]`).
-    pub const ALL: [GemmVariant; 2] = [GemmVariant::Tiled, GemmVariant::Direct];
-
-    pub fn number(self) -> u32 {
-        match self {
-            GemmVariant::Tiled => 1,
-            GemmVariant::Direct => 2,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            GemmVariant::Tiled => "tiled",
-            GemmVariant::Direct => "direct",
-        }
-    }
-
-    /// The number of this kernel's f16-weight build (gemm.wgsl's variants 3 and 4), which
-    /// `linear` runs on weights kept f16 by [`Backend::upload_f16`].
-    pub fn number_f16(self) -> u32 {
-        self.number() + Self::ALL.len() as u32
-    }
-
-    pub fn name_f16(self) -> &'static str {
-        match self {
-            GemmVariant::Tiled => "tiled-f16",
-            GemmVariant::Direct => "direct-f16",
-        }
-    }
-}
-
 /// How to open the backend.
 #[derive(Clone, Debug)]
 pub struct WgpuOptions {
@@ -104,7 +62,8 @@ pub struct WgpuOptions {
     /// Tests lower it to exercise split tables with small data.
     pub max_binding_bytes: Option<u64>,
     /// `None` picks by adapter: [`GemmVariant::Direct`] on software adapters, else tiled. The NTK
-    /// contraction (two GEMMs) follows the same choice.
+    /// contraction (two GEMMs) follows the same choice; an f16-weight variant picks the kernel
+    /// it builds on (which build runs follows the weights' dtype).
     pub gemm: Option<GemmVariant>,
     /// Whether the norm family reduces rows with subgroup operations where the adapter offers
     /// them (norm.wgsl's subgroup build); false keeps the shared-memory reduction everywhere, so tests
@@ -166,6 +125,15 @@ pub struct WgpuBackend {
 }
 
 impl WgpuBackend {
+    /// The GEMM variants of shaders/gemm.wgsl: its two kernels on f32 weights, then their f16
+    /// builds.
+    pub const GEMM_VARIANTS: [GemmVariant; 4] = [
+        GemmVariant::Tiled,
+        GemmVariant::Direct,
+        GemmVariant::TiledF16,
+        GemmVariant::DirectF16,
+    ];
+
     /// Opens the adapter `options` select, or says why none could be opened.
     pub fn open(options: &WgpuOptions) -> Result<Self> {
         let unavailable = |reason: String| Error::BackendUnavailable {
@@ -214,9 +182,16 @@ impl WgpuBackend {
             mapped_at_creation: false,
         });
         let software = info.device_type == wgpu::DeviceType::Cpu;
-        let gemm = match options.gemm {
+        let gemm = match options.gemm.map(GemmVariant::on_f32_weights) {
             Some(GemmVariant::Tiled) => Kernel::LinearTiled,
             Some(GemmVariant::Direct) => Kernel::LinearDirect,
+            Some(other) => {
+                let listed: Vec<String> = Self::GEMM_VARIANTS.map(|v| v.to_string()).to_vec();
+                return Err(unavailable(format!(
+                    "GEMM variant {other} is not a wgpu kernel; wgpu has {}",
+                    listed.join(", ")
+                )));
+            }
             None if software => Kernel::LinearDirect,
             None => Kernel::LinearTiled,
         };
@@ -251,7 +226,7 @@ impl WgpuBackend {
         &self.adapter
     }
 
-    /// The GEMM kernel `linear` dispatches.
+    /// The GEMM kernel `linear` dispatches on f32 weights.
     pub fn gemm_variant(&self) -> GemmVariant {
         match self.gemm {
             Kernel::LinearDirect => GemmVariant::Direct,
@@ -506,31 +481,6 @@ impl WgpuBackend {
     }
 }
 
-fn activation_code(act: Activation) -> u32 {
-    // The shader's ACT_* constants.
-    match act {
-        Activation::Identity => 0,
-        Activation::Gelu => 1,
-        Activation::GeluTanh => 2,
-        Activation::QuickGelu => 3,
-        Activation::Silu => 4,
-        Activation::Relu => 5,
-        Activation::Tanh => 6,
-        Activation::Sigmoid => 7,
-    }
-}
-
-fn pooling_code(mode: Pooling) -> u32 {
-    // The shader's MODE_* constants.
-    match mode {
-        Pooling::Cls => 0,
-        Pooling::Mean => 1,
-        Pooling::Max => 2,
-        Pooling::Last => 3,
-        Pooling::MeanSqrtLen => 4,
-    }
-}
-
 /// The error for a half-precision tensor handed to an op that reads f32 only.
 fn require_f32(t: &Tensor, storage: &WgpuStorage, what: &str) -> Result<()> {
     shapes::ensure(storage.dtype == DType::F32, || {
@@ -732,7 +682,7 @@ impl Backend for WgpuBackend {
             m: to_u32(m, "linear outputs")?,
             has_bias: bias.is_some().into(),
             has_residual: residual.is_some().into(),
-            activation: activation_code(act),
+            activation: act.code(),
             _pad: [0; 2],
         };
         let groups = [
@@ -889,7 +839,7 @@ impl Backend for WgpuBackend {
         let params = PoolParams {
             sequences: to_u32(sequences, "pool sequences")?,
             width: to_u32(d, "pool width")?,
-            mode: pooling_code(mode),
+            mode: mode.code(),
             _pad: 0,
         };
         let starts = self.upload_u32("sequence starts", &sequence_starts(layout)?);

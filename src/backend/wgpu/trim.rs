@@ -2,7 +2,7 @@
 //! long global strides) and counts, for every point, the reference points below and at it (the
 //! merged ECDFs, by binary search in the sorted reference). The host then reads the sorted rows
 //! and their counts back and runs the α̂ solve and the trimmed-W2 selection in f64 with the
-//! definitions of [`crate::instruments::trim`], which WGSL (no f64) cannot match. Results equal
+//! definitions of [`crate::backend::trim`], which WGSL (no f64) cannot match. Results equal
 //! the CPU backend's: the counts are integers and the sorted values are the same.
 //!
 //! Leave-one-out sorts the whole pool once; a model's reference counts are the pooled counts
@@ -12,9 +12,9 @@ use rayon::prelude::*;
 
 use super::kernels::{Kernel, TrimParams};
 use super::{to_u32, WgpuBackend};
+use crate::backend::trim::{self, Profile};
 use crate::backend::{Backend, Tensor, TrimReference, TrimResult, TrimSpec};
 use crate::error::{Error, Result};
-use crate::instruments::trim::{self, Profile};
 
 /// Keys per workgroup tile of `bitonic_local` (shaders/trim.wgsl `TILE`).
 const TILE: usize = 2048;

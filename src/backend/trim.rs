@@ -1,4 +1,5 @@
-//! Trimmed comparison of two distributions: the definitions every trim kernel is tested against.
+//! Trimmed comparison of two distributions: the op's parameters and results, and the definitions
+//! every trim kernel is tested against (and shares where WGSL, without f64, cannot match them).
 //!
 //! Source: P. C. Álvarez-Esteban, E. del Barrio, J. A. Cuesta-Albertos, C. Matrán,
 //! "Trimmed comparison of distributions", JASA 103 (2008) 697–704, and "Similarity of samples
@@ -21,8 +22,73 @@
 
 use rayon::prelude::*;
 
-use crate::backend::{TrimReference, TrimResult, TrimSpec};
 use crate::error::{Error, Result};
+
+/// What each candidate of [`Backend::trim_search`] is compared with.
+#[derive(Clone, Copy, Debug)]
+pub enum TrimReference<'a> {
+    /// One reference sample shared by every candidate.
+    Sample(&'a [f32]),
+    /// The pooled other candidates (leave-one-out): an ensemble's models against the rest.
+    LeaveOneOut,
+}
+
+/// Parameters of [`Backend::trim_search`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrimSpec {
+    /// Test level in (0, 1); sets the KS threshold α̂ is searched against.
+    pub level: f64,
+    /// Trimming level of the W2 cost; `None` uses each candidate's own α̂.
+    pub w2_alpha: Option<f64>,
+    /// Grid of the leave-one-out W2 cost (a single reference sample is always exact).
+    pub w2_grid: W2Grid,
+}
+
+/// Where the leave-one-out trimmed W2 compares quantile functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum W2Grid {
+    /// The exact merged grid `{i/n} ∪ {j/m}` (issue definition): O(M·N) per model, O(M²·N) for
+    /// the ensemble.
+    Merged,
+    /// The pooled reference's quantiles at the candidate's grid `{i/n}` only: O(N) per model, an
+    /// approximation that ignores the reference's spread inside each `1/n` step.
+    Candidate,
+    /// Merged while the ensemble's work `M²·N` stays under [`W2Grid::AUTO_MERGED_LIMIT`], else
+    /// candidate.
+    Auto,
+}
+
+impl W2Grid {
+    /// `M²·N` up to which `Auto` stays exact: about 3 s on two cores (≈ 15 ns per grid piece).
+    pub const AUTO_MERGED_LIMIT: usize = 200_000_000;
+
+    /// Whether an ensemble of `models` models with `pooled` points in all is compared exactly.
+    pub fn is_exact(self, models: usize, pooled: usize) -> bool {
+        match self {
+            W2Grid::Merged => true,
+            W2Grid::Candidate => false,
+            W2Grid::Auto => models.saturating_mul(pooled) <= Self::AUTO_MERGED_LIMIT,
+        }
+    }
+}
+
+/// One candidate's comparison with its reference.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrimResult {
+    /// Smallest trimming level whose KS distance is within the threshold (1 if none is).
+    pub alpha_hat: f64,
+    /// Two-sample KS statistic, `d(0)`.
+    pub ks: f64,
+    /// `c(level)·√((n+m)/(n·m))`.
+    pub threshold: f64,
+    pub n_candidate: usize,
+    pub n_reference: usize,
+    /// Trimmed W2 cost τ at `w2_alpha` (or α̂), on the grid [`TrimResult::w2_exact`] says.
+    pub trimmed_w2: f64,
+    /// Whether `trimmed_w2` is exact on the merged grid (always against a
+    /// [`TrimReference::Sample`]; leave-one-out as [`TrimSpec::w2_grid`] decides).
+    pub w2_exact: bool,
+}
 
 /// `c·√((n+m)/(n·m))` with `c = √(−ln(level/2)/2)`: the two-sample KS critical value
 /// (1.3581·√((n+m)/(n·m)) at level 0.05).

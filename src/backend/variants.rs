@@ -1,0 +1,171 @@
+//! Kernel variants, numbered once for every backend as llm.c's `dev/cuda` numbers them
+//! (`./gemm 2`): a number is one algorithm wherever it runs, each backend implements the numbers
+//! its device suits, and `mscope bench --variant N` sets them side by side. A backend asked for a
+//! number it lacks lists the ones it has.
+
+/// The kernels behind [`crate::backend::Backend::linear`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmVariant {
+    /// 1 — one thread per output: the device-side reference (CUDA).
+    Naive,
+    /// 2 — 64×64 output tiles staged through shared (workgroup) memory, f32 throughout (CUDA,
+    /// WGSL): the GPU default, so every f32 path keeps f32 accuracy.
+    Tiled,
+    /// 3 — the tiled kernel's register blocks read straight from memory, without shared tiles or
+    /// barriers: for software adapters such as lavapipe, where workgroup memory is plain memory
+    /// and a barrier a coroutine switch (WGSL).
+    Direct,
+    /// 4 — tensor cores on bf16 weights and activations with f32 accumulation, relative error
+    /// about 1e-3, so opt-in (CUDA, sm_80+).
+    MmaBf16,
+    /// 5 — variant 2 on f16 weights, widened to f32 as they are loaded (WGSL with SHADER_F16).
+    TiledF16,
+    /// 6 — variant 3 on f16 weights (WGSL with SHADER_F16).
+    DirectF16,
+    /// 7 — faer's GEMM, the epilogue in a second pass over the output (CPU).
+    Faer,
+}
+
+impl GemmVariant {
+    /// Every variant, in the order of its number.
+    pub const ALL: [GemmVariant; 7] = [
+        GemmVariant::Naive,
+        GemmVariant::Tiled,
+        GemmVariant::Direct,
+        GemmVariant::MmaBf16,
+        GemmVariant::TiledF16,
+        GemmVariant::DirectF16,
+        GemmVariant::Faer,
+    ];
+
+    pub fn number(self) -> u32 {
+        match self {
+            GemmVariant::Naive => 1,
+            GemmVariant::Tiled => 2,
+            GemmVariant::Direct => 3,
+            GemmVariant::MmaBf16 => 4,
+            GemmVariant::TiledF16 => 5,
+            GemmVariant::DirectF16 => 6,
+            GemmVariant::Faer => 7,
+        }
+    }
+
+    pub fn from_number(number: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.number() == number)
+    }
+
+    /// The name `bench` prints and `MSCOPE_CUDA_GEMM` accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmVariant::Naive => "naive",
+            GemmVariant::Tiled => "tiled",
+            GemmVariant::Direct => "direct",
+            GemmVariant::MmaBf16 => "mma-bf16",
+            GemmVariant::TiledF16 => "tiled-f16",
+            GemmVariant::DirectF16 => "direct-f16",
+            GemmVariant::Faer => "faer",
+        }
+    }
+
+    /// Whether the kernel reads f16 weights (uploaded by [`crate::backend::Backend::upload_f16`]).
+    pub fn f16_weights(self) -> bool {
+        matches!(self, GemmVariant::TiledF16 | GemmVariant::DirectF16)
+    }
+
+    /// The f16-weight build of an f32-weight kernel, where one exists.
+    pub fn on_f16_weights(self) -> Option<Self> {
+        match self {
+            GemmVariant::Tiled => Some(GemmVariant::TiledF16),
+            GemmVariant::Direct => Some(GemmVariant::DirectF16),
+            _ => None,
+        }
+    }
+
+    /// The f32-weight kernel an f16-weight variant builds on (itself otherwise).
+    pub fn on_f32_weights(self) -> Self {
+        match self {
+            GemmVariant::TiledF16 => GemmVariant::Tiled,
+            GemmVariant::DirectF16 => GemmVariant::Direct,
+            other => other,
+        }
+    }
+}
+
+impl std::fmt::Display for GemmVariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.number(), self.name())
+    }
+}
+
+/// The kernels behind [`crate::backend::Backend::ntk_contract`], numbered like the GEMM's: the
+/// contraction is two Gram products and a Hadamard product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NtkVariant {
+    /// 1 — one thread per output pair (CUDA).
+    Naive,
+    /// 2 — both Gram tiles staged through shared memory and combined in registers before the one
+    /// write (CUDA, WGSL).
+    Tiled,
+    /// 3 — the tiled kernel's register blocks read straight from memory (WGSL, for software
+    /// adapters).
+    Direct,
+    /// 7 — two faer GEMMs and the Hadamard product on the host (CPU).
+    Faer,
+}
+
+impl NtkVariant {
+    /// Every variant, in the order of its number.
+    pub const ALL: [NtkVariant; 4] = [
+        NtkVariant::Naive,
+        NtkVariant::Tiled,
+        NtkVariant::Direct,
+        NtkVariant::Faer,
+    ];
+
+    pub fn number(self) -> u32 {
+        match self {
+            NtkVariant::Naive => 1,
+            NtkVariant::Tiled => 2,
+            NtkVariant::Direct => 3,
+            NtkVariant::Faer => 7,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NtkVariant::Naive => "naive",
+            NtkVariant::Tiled => "tiled",
+            NtkVariant::Direct => "direct",
+            NtkVariant::Faer => "faer",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_distinct_and_round_trip() {
+        for (i, v) in GemmVariant::ALL.into_iter().enumerate() {
+            assert_eq!(GemmVariant::from_number(v.number()), Some(v));
+            assert!(GemmVariant::ALL[..i]
+                .iter()
+                .all(|w| w.number() < v.number()));
+            if let Some(f16) = v.on_f16_weights() {
+                assert!(f16.f16_weights() && f16.on_f32_weights() == v);
+            }
+        }
+        let numbers: Vec<u32> = NtkVariant::ALL.map(NtkVariant::number).to_vec();
+        assert!(numbers.windows(2).all(|w| w[0] < w[1]));
+        // The same algorithm has the same number in both tables.
+        for (g, n) in [
+            (GemmVariant::Naive, NtkVariant::Naive),
+            (GemmVariant::Tiled, NtkVariant::Tiled),
+            (GemmVariant::Direct, NtkVariant::Direct),
+            (GemmVariant::Faer, NtkVariant::Faer),
+        ] {
+            assert_eq!((g.number(), g.name()), (n.number(), n.name()));
+        }
+    }
+}

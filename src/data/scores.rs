@@ -1,0 +1,107 @@
+//! Scores of an ensemble of classifiers on shared points (logits or binary soft decisions), as
+//! `mscope train` writes them and `alpha`, `compare` and the metrics read them.
+
+use std::borrow::Cow;
+
+use crate::error::{Error, Result};
+
+/// An ensemble's scores, row-major `[models, points, classes]`. `classes == 1` means binary soft
+/// decisions: the logit (log-odds) of class 1, predicting class 1 when positive.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scores {
+    pub values: Vec<f32>,
+    pub models: usize,
+    pub points: usize,
+    pub classes: usize,
+}
+
+impl Scores {
+    fn row(&self, model: usize, point: usize) -> &[f32] {
+        let at = (model * self.points + point) * self.classes;
+        &self.values[at..at + self.classes]
+    }
+
+    /// Number of labels a prediction can take: 2 for binary scores.
+    pub fn num_labels(&self) -> usize {
+        self.classes.max(2)
+    }
+
+    /// Checks every label indexes a class; `what` names the labels' source.
+    pub fn check_labels(&self, labels: &[i64], what: &str) -> Result<()> {
+        if labels.len() != self.points {
+            return Err(Error::input(format!(
+                "{what}: {} labels for {} scored points",
+                labels.len(),
+                self.points
+            )));
+        }
+        let k = self.num_labels() as i64;
+        match labels.iter().position(|&y| !(0..k).contains(&y)) {
+            Some(i) => Err(Error::input(format!(
+                "{what}: label {} at row {} is outside 0..{k}",
+                labels[i],
+                i + 1
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The soft decision of every model at every point, `[models, points]`: the binary score
+    /// itself, or for logits the margin of the true class (with `labels`) or else of the top
+    /// class over the best other class.
+    pub fn soft_decisions(&self, labels: Option<&[i64]>) -> Cow<'_, [f32]> {
+        if self.classes == 1 {
+            return Cow::Borrowed(&self.values);
+        }
+        let margin = |row: &[f32], p: usize| {
+            let target = labels.map_or_else(|| argmax(row), |y| y[p] as usize);
+            let other = row
+                .iter()
+                .enumerate()
+                .filter(|&(c, _)| c != target)
+                .map(|(_, &v)| v)
+                .fold(f32::NEG_INFINITY, f32::max);
+            row[target] - other
+        };
+        let rows = self.values.chunks_exact(self.classes);
+        Cow::Owned(
+            rows.enumerate()
+                .map(|(i, row)| margin(row, i % self.points))
+                .collect(),
+        )
+    }
+
+    /// Predicted label of model `k` at point `p`.
+    pub fn label(&self, k: usize, p: usize) -> usize {
+        let row = self.row(k, p);
+        if self.classes == 1 {
+            usize::from(row[0] > 0.0)
+        } else {
+            argmax(row)
+        }
+    }
+
+    /// Predicted label and its confidence (top-label probability) for model `k` at point `p`.
+    pub fn predict(&self, k: usize, p: usize) -> (usize, f64) {
+        let row = self.row(k, p);
+        let top = self.label(k, p);
+        if self.classes == 1 {
+            return (top, 1.0 / (1.0 + (-(row[0] as f64).abs()).exp()));
+        }
+        let max = row[top] as f64;
+        let z: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+        (top, 1.0 / z)
+    }
+}
+
+/// First index of the largest value; NaN is skipped (0 when nothing else is left).
+pub fn argmax<T: PartialOrd + Copy>(row: &[T]) -> usize {
+    let mut best: Option<(usize, T)> = None;
+    for (c, &v) in row.iter().enumerate() {
+        let better = best.map_or(v.partial_cmp(&v).is_some(), |(_, b)| v > b);
+        if better {
+            best = Some((c, v));
+        }
+    }
+    best.map_or(0, |(c, _)| c)
+}

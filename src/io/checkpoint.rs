@@ -1,0 +1,99 @@
+//! Checkpoints of long runs: finished blocks on disk, pinned by a manifest of what they belong
+//! to, so an interrupted run resumes where it stopped and never mixes blocks of different runs.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Finished blocks of one kernel run on disk: `<dir>/rows-<start>-<end>.f32` (little-endian
+/// values) beside a `manifest.json` that pins what the blocks belong to — inputs' contents,
+/// kernel settings and block size — so a resumed run never mixes blocks of different kernels.
+pub struct Checkpoint {
+    dir: PathBuf,
+}
+
+impl Checkpoint {
+    /// The checkpoint directory beside an output file: `<out>.blocks`.
+    pub fn dir_for(out: &Path) -> PathBuf {
+        let mut name = out.as_os_str().to_owned();
+        name.push(".blocks");
+        PathBuf::from(name)
+    }
+
+    /// Opens `dir`, creating it with `manifest` when absent; an existing directory whose
+    /// manifest differs is an error naming it.
+    pub fn open(dir: &Path, manifest: &serde_json::Value) -> Result<Self> {
+        let path = dir.join("manifest.json");
+        let text = serde_json::to_string_pretty(manifest).expect("JSON values serialise");
+        match std::fs::read_to_string(&path) {
+            Ok(existing) => {
+                let existing: serde_json::Value = serde_json::from_str(&existing)
+                    .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+                if &existing != manifest {
+                    return Err(Error::input(format!(
+                        "{}: holds blocks of a different kernel run (other inputs or settings); \
+                         remove the directory to start afresh",
+                        dir.display()
+                    )));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                crate::io::write_atomic(&path, text.as_bytes())?;
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn block_path(&self, rows: &Range<usize>) -> PathBuf {
+        self.dir
+            .join(format!("rows-{}-{}.f32", rows.start, rows.end))
+    }
+
+    /// The saved block, or `None` when it was not finished.
+    pub fn load(&self, rows: &Range<usize>, n_cols: usize) -> Result<Option<Vec<f32>>> {
+        let path = self.block_path(rows);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        if bytes.len() != rows.len() * n_cols * 4 {
+            return Err(Error::input(format!(
+                "{}: {} bytes, expected {} (a damaged block: remove it to recompute)",
+                path.display(),
+                bytes.len(),
+                rows.len() * n_cols * 4
+            )));
+        }
+        Ok(Some(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                .collect(),
+        ))
+    }
+
+    pub fn save(&self, rows: &Range<usize>, values: &[f32]) -> Result<()> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        crate::io::write_atomic(&self.block_path(rows), &bytes)
+    }
+
+    /// Removes the directory once the whole kernel is written.
+    pub fn remove(self) -> Result<()> {
+        std::fs::remove_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))
+    }
+}
+
+/// A 64-bit FNV-1a digest of a file's bytes, hex: identifies the inputs in a manifest.
+pub fn file_digest(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    Ok(format!("{hash:016x}"))
+}
