@@ -365,7 +365,7 @@ fn config(grid: (u32, u32, u32), block: (u32, u32, u32)) -> LaunchConfig {
 /// The layout's row offsets as the kernels read them.
 fn sequence_starts(layout: &SeqLayout) -> Result<Vec<i32>> {
     layout
-        .starts
+        .starts()
         .iter()
         .map(|&s| to_i32(s, "sequence start"))
         .collect()

@@ -914,7 +914,7 @@ impl Backend for WgpuBackend {
 /// The layout's row offsets as the shaders read them.
 fn sequence_starts(layout: &SeqLayout) -> Result<Vec<u32>> {
     layout
-        .starts
+        .starts()
         .iter()
         .map(|&s| to_u32(s, "sequence start"))
         .collect()

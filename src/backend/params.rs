@@ -1,0 +1,390 @@
+//! Parameters of the ops: epilogue activations, pooling modes, the packed sequence layout, and
+//! the attention, RoPE and JL projection specs. Each carries the scalar definition every backend's
+//! kernels are tested against, and the codes kernels receive are defined here once.
+
+use rayon::prelude::*;
+
+/// Element-wise activation applied in a GEMM epilogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    /// Exact GELU, `x·Φ(x)` with the error function (BERT's "gelu").
+    Gelu,
+    /// GELU's tanh approximation ("gelu_new", "gelu_pytorch_tanh").
+    GeluTanh,
+    /// `x·σ(1.702x)`, CLIP's activation.
+    QuickGelu,
+    Silu,
+    Relu,
+    Tanh,
+    Sigmoid,
+}
+
+impl Activation {
+    /// Every activation, in the order of its [`Activation::code`].
+    pub const ALL: [Activation; 8] = [
+        Activation::Identity,
+        Activation::Gelu,
+        Activation::GeluTanh,
+        Activation::QuickGelu,
+        Activation::Silu,
+        Activation::Relu,
+        Activation::Tanh,
+        Activation::Sigmoid,
+    ];
+
+    /// The code kernels receive for this activation: `ACT_*` in `kernels/common.cuh` and
+    /// `shaders/gemm.wgsl`, where [`Activation::kernel_name`] names the constant.
+    pub fn code(self) -> u32 {
+        match self {
+            Activation::Identity => 0,
+            Activation::Gelu => 1,
+            Activation::GeluTanh => 2,
+            Activation::QuickGelu => 3,
+            Activation::Silu => 4,
+            Activation::Relu => 5,
+            Activation::Tanh => 6,
+            Activation::Sigmoid => 7,
+        }
+    }
+
+    /// The suffix of the kernels' constant for this activation (`ACT_GELU_TANH`).
+    pub fn kernel_name(self) -> &'static str {
+        match self {
+            Activation::Identity => "IDENTITY",
+            Activation::Gelu => "GELU",
+            Activation::GeluTanh => "GELU_TANH",
+            Activation::QuickGelu => "QUICK_GELU",
+            Activation::Silu => "SILU",
+            Activation::Relu => "RELU",
+            Activation::Tanh => "TANH",
+            Activation::Sigmoid => "SIGMOID",
+        }
+    }
+
+    /// Maps a Hugging Face `hidden_act` name.
+    pub fn from_hf_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "quick_gelu" => Activation::QuickGelu,
+            "silu" | "swish" => Activation::Silu,
+            "relu" => Activation::Relu,
+            "tanh" => Activation::Tanh,
+            "sigmoid" => Activation::Sigmoid,
+            _ => return None,
+        })
+    }
+
+    /// The scalar definition every backend's kernels are tested against.
+    #[inline]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::Identity => x,
+            Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+            Activation::GeluTanh => {
+                const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+                0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
+            }
+            Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+            Activation::Silu => x / (1.0 + (-x).exp()),
+            Activation::Relu => x.max(0.0),
+            Activation::Tanh => x.tanh(),
+            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        }
+    }
+}
+
+/// How token rows of one sequence become one embedding (sentence-transformers' pooling modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pooling {
+    /// The first token ([CLS] / <s>).
+    Cls,
+    /// Mean over the sequence's tokens.
+    Mean,
+    /// Element-wise maximum over the tokens.
+    Max,
+    /// The last token (decoder models).
+    Last,
+    /// Sum over the tokens divided by √length.
+    MeanSqrtLen,
+}
+
+impl Pooling {
+    /// Every mode, in the order of its [`Pooling::code`].
+    pub const ALL: [Pooling; 5] = [
+        Pooling::Cls,
+        Pooling::Mean,
+        Pooling::Max,
+        Pooling::Last,
+        Pooling::MeanSqrtLen,
+    ];
+
+    /// The code kernels receive for this mode: `POOL_*` in `kernels/pool.cu` and
+    /// `shaders/pool.wgsl`, where [`Pooling::kernel_name`] names the constant.
+    pub fn code(self) -> u32 {
+        match self {
+            Pooling::Cls => 0,
+            Pooling::Mean => 1,
+            Pooling::Max => 2,
+            Pooling::Last => 3,
+            Pooling::MeanSqrtLen => 4,
+        }
+    }
+
+    /// The suffix of the kernels' constant for this mode (`POOL_MEAN_SQRT_LEN`).
+    pub fn kernel_name(self) -> &'static str {
+        match self {
+            Pooling::Cls => "CLS",
+            Pooling::Mean => "MEAN",
+            Pooling::Max => "MAX",
+            Pooling::Last => "LAST",
+            Pooling::MeanSqrtLen => "MEAN_SQRT_LEN",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Cls => "cls",
+            Pooling::Mean => "mean",
+            Pooling::Max => "max",
+            Pooling::Last => "last",
+            Pooling::MeanSqrtLen => "mean_sqrt_len",
+        }
+    }
+}
+
+/// Variable-length sequences packed back to back: rows `starts[i]..starts[i + 1]` of a
+/// `[tokens, width]` tensor belong to sequence `i`. Packing replaces a padding mask: no row is
+/// padding, so no work is spent on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeqLayout {
+    starts: Vec<usize>,
+}
+
+impl SeqLayout {
+    pub fn from_lengths(lengths: impl IntoIterator<Item = usize>) -> Self {
+        let mut starts = vec![0];
+        for len in lengths {
+            starts.push(starts[starts.len() - 1] + len);
+        }
+        SeqLayout { starts }
+    }
+
+    /// First row of each sequence, then the row count: `num_sequences() + 1` entries.
+    pub fn starts(&self) -> &[usize] {
+        &self.starts
+    }
+
+    pub fn num_sequences(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    pub fn num_tokens(&self) -> usize {
+        self.starts[self.starts.len() - 1]
+    }
+
+    /// Row range of sequence `i`.
+    pub fn range(&self, i: usize) -> std::ops::Range<usize> {
+        self.starts[i]..self.starts[i + 1]
+    }
+
+    /// Each token's position within its sequence (from 0), in row order.
+    pub fn positions(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.num_sequences()).flat_map(|s| 0..self.range(s).len())
+    }
+
+    pub fn max_len(&self) -> usize {
+        (0..self.num_sequences())
+            .map(|i| self.range(i).len())
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Shape of a softmax attention over a packed `[tokens, (heads + 2·kv_heads)·head_dim]` QKV tensor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionSpec {
+    pub heads: usize,
+    /// Fewer key/value heads than query heads gives grouped-query attention.
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Query `i` sees keys `j <= i` only.
+    pub causal: bool,
+    /// Query `i` sees keys with `i - j < window` only (Mistral's sliding window).
+    pub window: Option<usize>,
+    pub scale: f32,
+}
+
+impl AttentionSpec {
+    /// Bidirectional multi-head attention with the usual 1/√d scale (BERT-style encoders).
+    pub fn bidirectional(heads: usize, head_dim: usize) -> Self {
+        AttentionSpec {
+            heads,
+            kv_heads: heads,
+            head_dim,
+            causal: false,
+            window: None,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        }
+    }
+
+    pub fn qkv_width(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+
+    /// Whether query `i` may attend to key `j` (both positions within one sequence).
+    #[inline]
+    pub fn allows(&self, i: usize, j: usize) -> bool {
+        if self.causal && j > i {
+            return false;
+        }
+        match self.window {
+            Some(w) => i.abs_diff(j) < w,
+            None => true,
+        }
+    }
+}
+
+/// Rotary position embedding of the query and key heads of a packed QKV tensor
+/// `[tokens, (heads + 2·kv_heads)·head_dim]` (the layout of [`AttentionSpec::qkv_width`]), in
+/// Hugging Face's Llama/Mistral convention: `rotate_half` pairs column `i` of a head with column
+/// `i + head_dim/2`, both turned by the angle `pos · inv_freq_i` where `pos` counts from 0 within
+/// each sequence. Value heads are left as they are.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RopeSpec {
+    pub heads: usize,
+    pub kv_heads: usize,
+    /// Even: each head is rotated as `head_dim/2` pairs.
+    pub head_dim: usize,
+    /// `rope_theta` of the model config (10 000 for Llama 2 and Mistral v0.1, 10⁶ for v0.2).
+    pub theta: f32,
+}
+
+impl RopeSpec {
+    pub fn qkv_width(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+
+    /// Columns `0..rotated_width()` of each row (queries, then keys) are rotated.
+    pub fn rotated_width(&self) -> usize {
+        (self.heads + self.kv_heads) * self.head_dim
+    }
+
+    /// Frequency of pair `i`, `θ^(−2i/head_dim)`, computed in f32 in transformers' order
+    /// (`1 / θ^(2i/d)`), so the model turns by the frequencies it was trained with.
+    pub fn inv_freq(&self, i: usize) -> f32 {
+        1.0 / self.theta.powf((2 * i) as f32 / self.head_dim as f32)
+    }
+
+    /// `(cos, sin)` of `pos · inv_freq_i` for positions `0..positions`, laid out
+    /// `[positions, head_dim/2, 2]`: the table every backend applies. The angle and its cosine
+    /// and sine are taken in f64 and rounded once to f32. transformers forms the angle in f32,
+    /// off by up to half its ulp (6e-5 rad for angles between 1024 and 2048), so outputs differ
+    /// from its by that much at long positions, in the direction of the exact rotation.
+    pub fn table(&self, positions: usize) -> Vec<f32> {
+        let half = self.head_dim / 2;
+        let freqs: Vec<f64> = (0..half).map(|i| f64::from(self.inv_freq(i))).collect();
+        let mut table = vec![0.0f32; positions * half * 2];
+        table
+            .par_chunks_mut((half * 2).max(1))
+            .enumerate()
+            .for_each(|(pos, row)| {
+                for (pair, freq) in row.chunks_exact_mut(2).zip(&freqs) {
+                    let (sin, cos) = (pos as f64 * freq).sin_cos();
+                    pair[0] = cos as f32;
+                    pair[1] = sin as f32;
+                }
+            });
+        table
+    }
+}
+
+/// Distribution of the entries of a [`JlSpec`] projection matrix (before the `1/√k` scale).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JlDistribution {
+    /// ±1 with probability ½ each.
+    Rademacher,
+    /// Standard normal.
+    Gaussian,
+}
+
+/// A Johnson–Lindenstrauss projection `P: [dim, columns]` whose entry `(j, c)` is
+/// `dist(seed, j, column_offset + c) / √dim`, generated from [`crate::random::counter_hash`]
+/// where it is used and never stored. `column_offset` places the projected columns inside a
+/// longer vector (a tile of a flattened per-sample gradient), so tiles projected separately and
+/// summed give the projection of the whole vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JlSpec {
+    pub seed: u64,
+    pub dim: usize,
+    pub distribution: JlDistribution,
+    pub column_offset: u64,
+}
+
+impl JlSpec {
+    /// Entry `(j, c)` of the projection, scale included: the definition every backend's
+    /// generator is tested against.
+    #[inline]
+    pub fn entry(&self, j: usize, c: usize) -> f32 {
+        let (row, col) = (j as u64, self.column_offset + c as u64);
+        let value = match self.distribution {
+            JlDistribution::Rademacher => crate::random::rademacher(self.seed, row, col),
+            JlDistribution::Gaussian => crate::random::gaussian(self.seed, row, col),
+        };
+        value / (self.dim as f32).sqrt()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Activation, Pooling};
+
+    /// The kernels' enum constants are the codes the host passes: each `PREFIX_NAME` constant
+    /// of a source carries its variant's `code()`.
+    fn assert_codes(
+        source: &str,
+        file: &str,
+        codes: &[(String, u32)],
+        format: fn(&str, u32) -> String,
+    ) {
+        for (name, code) in codes {
+            let line = format(name, *code);
+            assert!(source.contains(&line), "{file} lacks `{line}`");
+        }
+    }
+
+    #[test]
+    fn kernel_constants_match_the_codes() {
+        let acts: Vec<(String, u32)> = Activation::ALL
+            .iter()
+            .map(|a| (format!("ACT_{}", a.kernel_name()), a.code()))
+            .collect();
+        let pools: Vec<(String, u32)> = Pooling::ALL
+            .iter()
+            .map(|p| (format!("POOL_{}", p.kernel_name()), p.code()))
+            .collect();
+        let wgsl = |name: &str, code: u32| format!("const {name}: u32 = {code}u;");
+        let cuda = |name: &str, code: u32| format!("{name} = {code}");
+        let cuh = include_str!("../../kernels/common.cuh");
+        assert_codes(cuh, "kernels/common.cuh", &acts, cuda);
+        assert_codes(
+            include_str!("../../shaders/gemm.wgsl"),
+            "shaders/gemm.wgsl",
+            &acts,
+            wgsl,
+        );
+        assert_codes(
+            include_str!("../../kernels/pool.cu"),
+            "kernels/pool.cu",
+            &pools,
+            cuda,
+        );
+        assert_codes(
+            include_str!("../../shaders/pool.wgsl"),
+            "shaders/pool.wgsl",
+            &pools,
+            wgsl,
+        );
+    }
+}

@@ -1,0 +1,74 @@
+//! Tensors on a backend's device, and the memory behind them.
+
+use super::{cuda, wgpu};
+use crate::error::{Error, Result};
+use crate::tensor::DType;
+
+/// A tensor living on a backend's device: f32 values (f16 for GEMM weights and embedding tables a
+/// backend keeps in half precision, see [`Backend::upload_f16`]), row-major.
+#[derive(Debug)]
+pub struct Tensor {
+    pub(super) shape: Vec<usize>,
+    pub(super) storage: Storage,
+}
+
+/// Device memory behind a [`Tensor`]; each backend adds its variant when its issue lands.
+#[derive(Debug)]
+pub enum Storage {
+    Cpu(Vec<f32>),
+    Wgpu(wgpu::WgpuStorage),
+    Cuda(cuda::CudaStorage),
+}
+
+impl Storage {
+    /// The backend this memory belongs to.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Storage::Cpu(_) => "cpu",
+            Storage::Wgpu(_) => "wgpu",
+            Storage::Cuda(_) => "cuda",
+        }
+    }
+}
+
+impl Tensor {
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The element type the device holds.
+    pub fn dtype(&self) -> DType {
+        match &self.storage {
+            Storage::Wgpu(s) => s.dtype(),
+            Storage::Cpu(_) | Storage::Cuda(_) => DType::F32,
+        }
+    }
+
+    /// The error for a tensor handed to a backend it does not live on.
+    pub fn foreign(&self, backend: &str) -> Error {
+        Error::input(format!(
+            "tensor of shape {:?} lives on the {} backend, not {backend}",
+            self.shape,
+            self.storage.backend_name()
+        ))
+    }
+
+    /// `(rows, cols)` of a matrix, or an error naming `what`.
+    pub fn dims2(&self, what: &str) -> Result<(usize, usize)> {
+        match self.shape[..] {
+            [r, c] => Ok((r, c)),
+            _ => Err(Error::input(format!(
+                "{what}: expected a matrix, got shape {:?}",
+                self.shape
+            ))),
+        }
+    }
+}
