@@ -1,12 +1,12 @@
 //! `compare`'s trimmed search on the CPU backend: every model of a synthetic binary ensemble
-//! (`io::samples::synthetic_ensemble`) against the pooled others (leave-one-out), plus the
+//! (`data::scores::synthetic_ensemble`) against the pooled others (leave-one-out), plus the
 //! classifier metrics; and one large candidate against one reference. Throughput counts scored
 //! points (models × points). tools/anchors/compare_numpy.py times numpy on the same sizes.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mscope::backend::{self, BackendKind, OpFamily, TrimReference, TrimSpec, W2Grid};
+use mscope::data::scores::synthetic_ensemble;
 use mscope::instruments::metrics::model_metrics;
-use mscope::io::samples::synthetic_ensemble;
 
 const SPEC: TrimSpec = TrimSpec {
     level: 0.05,

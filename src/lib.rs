@@ -1,9 +1,59 @@
-//! mscope: pretrained networks as measuring instruments for comparing other networks,
-//! run on hand-written kernels (CPU reference, WGSL through wgpu, CUDA through cudarc/NVRTC).
+//! mscope: pretrained networks as measuring instruments for comparing other networks, run on
+//! hand-written kernels (a CPU reference, WGSL through wgpu, CUDA through cudarc/NVRTC).
 //!
-//! The tree mirrors the data flow: `weights` and `tensor` hold data, `backend` runs the op set,
-//! `models` are written once against the op set, `instruments` turn models into measurements,
-//! `io` reads inputs and writes outputs, `cli` drives it all.
+//! Three instruments share one engine: the **embedding microscope** (a pretrained encoder embeds
+//! the outputs of the models compared; PCA and LDA show whether and why sources separate), the
+//! **tangent-kernel surrogate** (the trace NTK of a classifier, exact or randomly projected, and
+//! a kernel GLM fitted on it), and the **trimmed comparison test** (α̂: the smallest trimming at
+//! which two models' soft decisions are indistinguishable).
+//!
+//! # Layers
+//!
+//! Each layer imports only from the layers below it.
+//!
+//! ```text
+//! cli/          one file per subcommand: parses arguments, calls an instrument, hands its report on
+//! bench/        `mscope bench`: op cases and instrument pipelines timed against the machine's ceilings
+//! report/       writes typed reports: JSON (sorted keys), Markdown on stdout, PNG plots
+//! instruments/  embed, pca, lda, kglm, ntk, project, kernel_compare, metrics, splits: models and
+//!               data in, a typed report out; no file I/O of their own
+//! models/       architectures behind one `Encoder` interface, the weight loader, tokenisers,
+//!               MLP classifiers and their training
+//! data/         classifier datasets (moons, blobs, digits) and ensemble scores
+//! io/           readers (texts, embeddings, samples, tensor files), the atomic output writer,
+//!               checkpoints of long runs
+//! backend/      the op set (`Backend`) on cpu/, wgpu/ and cuda/, one file per kernel family on
+//!               each, mirroring kernels/ (CUDA) and shaders/ (WGSL); parameter and result types
+//! weights, tensor, random, error: checkpoints on the host, host tensors, counter-based hashes
+//! ```
+//!
+//! # Data flow
+//!
+//! ```text
+//! texts ─tokenize─▶ ids ─Encoder::forward (backend)─▶ hidden ─pool, normalise─▶ embeddings
+//! embeddings ─scatter (backend)─▶ covariance ─eigen─▶ PCA; per-class scatters over S splits ─▶ LDA
+//! MLP + data ─forward, batched backward─▶ per-layer factors (A, Δ) ─ntk_contract or jl_project─▶
+//!     kernel tiles ─▶ kernel file ─▶ kGLM ─▶ Kendall τ
+//! scores [models × points] ─trim_search (sort, merged ECDFs, trimmed-CDF search)─▶ α̂, KS, W2
+//! ```
+//!
+//! Weights are uploaded once; activations stay on the device between ops; only pooled
+//! embeddings, kernel blocks and reports come back to the host.
+//!
+//! # Numerics
+//!
+//! Activations and accumulation are f32 on every backend; GEMM weights and embedding tables may
+//! be f16 (or bf16 on CUDA's tensor-core variant) with f32 accumulation; reductions (norm
+//! statistics, softmax, covariance, Gram matrices) accumulate in f32 or better, and the stats
+//! results are f64. Tests compare with the relative error ‖out − ref‖ / ‖ref‖ against an f64
+//! reference or the CPU: f32 paths under 1e-5, f16/bf16 paths under 1e-2, NaN never passes;
+//! embeddings against sentence-transformers at cosine ≥ 0.9999 per row on f32 paths.
+//!
+//! # Contracts
+//!
+//! The file formats (model directories, embeddings, datasets, MLPs, kernels, samples, shards)
+//! and the JSON keys of every report are documented with each subcommand in the README; the
+//! modules that read and write them (`io`, `data`, `models`) repeat them in their docs.
 
 pub mod backend;
 pub mod bench;

@@ -18,7 +18,7 @@ use crate::backend::{
     Activation, AttentionSpec, Backend, JlDistribution, JlSpec, Matrix64, OpFamily, Pooling,
     RopeSpec, SeqLayout, TrimReference, TrimSpec, W2Grid,
 };
-use crate::io::samples::synthetic_ensemble;
+use crate::data::scores::synthetic_ensemble;
 
 const F32: f64 = 4.0;
 const F16: f64 = 2.0;

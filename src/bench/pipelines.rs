@@ -17,13 +17,13 @@ use std::path::PathBuf;
 
 use super::{uniform, Case, Prepared, Scale, Work};
 use crate::backend::{Activation, OpFamily, TrimReference, TrimSpec, W2Grid};
+use crate::data::scores::synthetic_ensemble;
 use crate::instruments::embed::{EncoderOptions, SentenceEncoder};
 use crate::instruments::lda::{evaluate, Classes, Shrinkage};
 use crate::instruments::metrics::model_metrics;
 use crate::instruments::ntk::{KernelJob, DEFAULT_TILE_ROWS};
 use crate::instruments::project::{FactorSpec, KernelKind, ProjectionKind};
 use crate::instruments::splits;
-use crate::io::samples::synthetic_ensemble;
 use crate::io::texts::{read_corpus, FieldNames, InputSpec};
 use crate::models::mlp::Mlp;
 

@@ -11,9 +11,10 @@ use serde_json::json;
 use crate::backend::trim;
 use crate::backend::{self, BackendKind, OpFamily, TrimReference, TrimResult, TrimSpec, W2Grid};
 use crate::data::scores::Scores;
+use crate::data::scores::{read_scores, synthetic_ensemble};
 use crate::error::{Error, Result};
 use crate::instruments::metrics::{model_metrics, ModelMetrics};
-use crate::io::samples::{read_labels, read_scores, synthetic_ensemble};
+use crate::io::samples::read_labels;
 use crate::report::{self, plot};
 
 #[derive(Args)]
@@ -29,7 +30,7 @@ pub struct CompareArgs {
     /// True labels, one integer per point (text, .npy or safetensors).
     #[arg(long, requires = "scores")]
     labels: Option<PathBuf>,
-    /// Instead of files, the seeded synthetic ensemble of `io::samples::synthetic_ensemble`
+    /// Instead of files, the seeded synthetic ensemble of `data::scores::synthetic_ensemble`
     /// (MODELSxPOINTS, e.g. 20x10000): binary classifiers, the last one overconfident.
     #[arg(long, value_name = "MODELSxPOINTS")]
     synthetic: Option<Shape>,

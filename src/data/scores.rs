@@ -2,8 +2,11 @@
 //! `mscope train` writes them and `alpha`, `compare` and the metrics read them.
 
 use std::borrow::Cow;
+use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::io::samples::{read_array, to_f32};
+use crate::random::SplitMix64;
 
 /// An ensemble's scores, row-major `[models, points, classes]`. `classes == 1` means binary soft
 /// decisions: the logit (log-odds) of class 1, predicting class 1 when positive.
@@ -104,4 +107,66 @@ pub fn argmax<T: PartialOrd + Copy>(row: &[T]) -> usize {
         }
     }
     best.map_or(0, |(c, _)| c)
+}
+
+/// An ensemble's scores: `scores` `[M, N]` (binary soft decisions) or `[M, N, C]` (logits).
+pub fn read_scores(path: &Path) -> Result<Scores> {
+    let array = read_array(path, "scores")?;
+    let (models, points, classes) = match array.shape[..] {
+        [m, n] => (m, n, 1),
+        [m, n, c] if c >= 2 => (m, n, c),
+        _ => {
+            return Err(Error::input(format!(
+                "{}: scores have shape {:?}, expected [models, points] or [models, points, classes ≥ 2]",
+                path.display(),
+                array.shape
+            )))
+        }
+    };
+    if models == 0 || points == 0 {
+        return Err(Error::input(format!(
+            "{}: scores have shape {:?}: no models or no points",
+            path.display(),
+            array.shape
+        )));
+    }
+    Ok(Scores {
+        values: to_f32(path, &array.values)?,
+        models,
+        points,
+        classes,
+    })
+}
+
+/// A seeded synthetic ensemble for benches and `compare --synthetic`: `models` binary classifiers scored on `points` points with labels 0/1.
+/// Each point has a true logit `±(0.5 + |z|)` (sign from its label); every model adds its own
+/// N(0, 0.8²) noise, except the last, which is overconfident (its scores scaled by 1.6), so
+/// `compare` should single it out.
+pub fn synthetic_ensemble(models: usize, points: usize, seed: u64) -> (Scores, Vec<i64>) {
+    let mut rng = SplitMix64::new(seed);
+    let labels: Vec<i64> = (0..points).map(|_| (rng.next_u64() >> 63) as i64).collect();
+    let truth: Vec<f64> = labels
+        .iter()
+        .map(|&y| (2 * y - 1) as f64 * (0.5 + rng.normal().abs()))
+        .collect();
+    let mut values = Vec::with_capacity(models * points);
+    for k in 0..models {
+        let scale = if k + 1 == models && models > 1 {
+            1.6
+        } else {
+            1.0
+        };
+        values.extend(
+            truth
+                .iter()
+                .map(|&t| (scale * (t + 0.8 * rng.normal())) as f32),
+        );
+    }
+    let scores = Scores {
+        values,
+        models,
+        points,
+        classes: 1,
+    };
+    (scores, labels)
 }

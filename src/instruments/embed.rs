@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use crate::backend::{Backend, Pooling, SeqLayout};
 use crate::error::{Error, Result};
-use crate::models::bert::{BertModel, TokenBatch};
 use crate::models::sentence::SentenceConfig;
 use crate::models::tokenize::{TextTokenizer, TokenizedText};
+use crate::models::{self, Encoder, TokenBatch};
 use crate::weights::WeightsDtype;
 
 /// Choices that override what the model directory says.
@@ -27,10 +27,12 @@ pub struct EncoderOptions {
     pub weights_dtype: WeightsDtype,
 }
 
+/// A model directory's encoder with sentence-transformers' tokenisation, pooling and
+/// normalisation around it.
 pub struct SentenceEncoder {
     name: String,
     tokenizer: TextTokenizer,
-    model: BertModel,
+    model: Box<dyn Encoder>,
     backend: Arc<dyn Backend>,
     pooling: Pooling,
     normalize: bool,
@@ -53,9 +55,9 @@ impl SentenceEncoder {
                 dir.display()
             )));
         }
-        let sentence = SentenceConfig::read(dir)?;
-        let model = BertModel::load(dir, backend.clone(), options.weights_dtype)?;
-        let capacity = model.config().max_tokens();
+        let model = models::load(dir, backend.clone(), options.weights_dtype)?;
+        let sentence = SentenceConfig::read(dir, model.default_pooling())?;
+        let capacity = model.max_tokens();
         let max_length = options
             .max_length
             .or(sentence.max_seq_length)

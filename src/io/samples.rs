@@ -7,9 +7,7 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 
-use crate::data::scores::Scores;
 use crate::error::{Error, Result};
-use crate::random::SplitMix64;
 
 /// Numbers read from a file with their shape (`[len]` for text).
 #[derive(Clone, Debug, PartialEq)]
@@ -64,35 +62,6 @@ pub fn read_sample(path: &Path) -> Result<Vec<f32>> {
     to_f32(path, &array.values)
 }
 
-/// An ensemble's scores: `scores` `[M, N]` (binary soft decisions) or `[M, N, C]` (logits).
-pub fn read_scores(path: &Path) -> Result<Scores> {
-    let array = read_array(path, "scores")?;
-    let (models, points, classes) = match array.shape[..] {
-        [m, n] => (m, n, 1),
-        [m, n, c] if c >= 2 => (m, n, c),
-        _ => {
-            return Err(Error::input(format!(
-                "{}: scores have shape {:?}, expected [models, points] or [models, points, classes ≥ 2]",
-                path.display(),
-                array.shape
-            )))
-        }
-    };
-    if models == 0 || points == 0 {
-        return Err(Error::input(format!(
-            "{}: scores have shape {:?}: no models or no points",
-            path.display(),
-            array.shape
-        )));
-    }
-    Ok(Scores {
-        values: to_f32(path, &array.values)?,
-        models,
-        points,
-        classes,
-    })
-}
-
 /// Integer class labels, one per point.
 pub fn read_labels(path: &Path) -> Result<Vec<i64>> {
     let array = read_array(path, "labels")?;
@@ -121,7 +90,8 @@ pub fn read_labels(path: &Path) -> Result<Vec<i64>> {
         .collect()
 }
 
-fn to_f32(path: &Path, values: &[f64]) -> Result<Vec<f32>> {
+/// `values` as f32, or an error naming `path` and the position of one that overflows f32.
+pub fn to_f32(path: &Path, values: &[f64]) -> Result<Vec<f32>> {
     values
         .iter()
         .enumerate()
@@ -293,38 +263,4 @@ fn read_safetensors(path: &Path, name: &str) -> Result<Array> {
         shape: t.shape().to_vec(),
         values,
     })
-}
-
-/// A seeded synthetic ensemble for demos and benches (DESIGN › README demo, until a trained
-/// ensemble is at hand): `models` binary classifiers scored on `points` points with labels 0/1.
-/// Each point has a true logit `±(0.5 + |z|)` (sign from its label); every model adds its own
-/// N(0, 0.8²) noise, except the last, which is overconfident (its scores scaled by 1.6), so
-/// `compare` should single it out.
-pub fn synthetic_ensemble(models: usize, points: usize, seed: u64) -> (Scores, Vec<i64>) {
-    let mut rng = SplitMix64::new(seed);
-    let labels: Vec<i64> = (0..points).map(|_| (rng.next_u64() >> 63) as i64).collect();
-    let truth: Vec<f64> = labels
-        .iter()
-        .map(|&y| (2 * y - 1) as f64 * (0.5 + rng.normal().abs()))
-        .collect();
-    let mut values = Vec::with_capacity(models * points);
-    for k in 0..models {
-        let scale = if k + 1 == models && models > 1 {
-            1.6
-        } else {
-            1.0
-        };
-        values.extend(
-            truth
-                .iter()
-                .map(|&t| (scale * (t + 0.8 * rng.normal())) as f32),
-        );
-    }
-    let scores = Scores {
-        values,
-        models,
-        points,
-        classes: 1,
-    };
-    (scores, labels)
 }

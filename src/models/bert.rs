@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::backend::{Activation, AttentionSpec, Backend, SeqLayout, Tensor};
+use super::loader::{read_config, Linear, Loader, Norm};
+use super::{Encoder, TokenBatch};
+use crate::backend::{Activation, AttentionSpec, Backend, Pooling, Tensor};
 use crate::error::{Error, Result};
-use crate::tensor::DType;
 use crate::weights::{Weights, WeightsDtype};
 
 /// The fields of a Hugging Face `config.json` that a BERT-family encoder needs.
@@ -48,21 +49,19 @@ fn default_type_vocab_size() -> usize {
 
 /// Model types whose position ids start after the padding index (RoBERTa's convention).
 const ROBERTA_LIKE: [&str; 3] = ["roberta", "xlm-roberta", "camembert"];
-const SUPPORTED: [&str; 4] = ["bert", "roberta", "xlm-roberta", "camembert"];
+/// The `model_type`s this file runs.
+pub const MODEL_TYPES: [&str; 4] = ["bert", "roberta", "xlm-roberta", "camembert"];
 
 impl BertConfig {
     pub fn read(dir: &Path) -> Result<Self> {
+        let config: BertConfig = read_config(dir, "BERT-family")?;
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let config: BertConfig = serde_json::from_str(&text).map_err(|e| {
-            Error::input(format!("{}: not a BERT-family config: {e}", path.display()))
-        })?;
         let bad = |what: String| Err(Error::input(format!("{}: {what}", path.display())));
-        if !SUPPORTED.contains(&config.model_type.as_str()) {
+        if !MODEL_TYPES.contains(&config.model_type.as_str()) {
             return bad(format!(
                 "model_type {:?} is not supported (supported: {})",
                 config.model_type,
-                SUPPORTED.join(", ")
+                MODEL_TYPES.join(", ")
             ));
         }
         if Activation::from_hf_name(&config.hidden_act).is_none() {
@@ -110,23 +109,6 @@ impl BertConfig {
     }
 }
 
-/// A packed batch of tokenised sequences.
-pub struct TokenBatch {
-    pub ids: Vec<u32>,
-    pub type_ids: Vec<u32>,
-    pub layout: SeqLayout,
-}
-
-struct Norm {
-    gamma: Tensor,
-    beta: Tensor,
-}
-
-struct Linear {
-    weight: Tensor,
-    bias: Tensor,
-}
-
 struct Layer {
     qkv: Linear,
     attn_out: Linear,
@@ -145,70 +127,6 @@ pub struct BertModel {
     embed_norm: Norm,
     layers: Vec<Layer>,
     act: Activation,
-}
-
-/// Reads tensors of one checkpoint, shape-checked, onto the backend.
-struct Loader<'a> {
-    weights: &'a Weights,
-    backend: &'a dyn Backend,
-    /// Element type of the GEMM weights and embedding tables.
-    weights_dtype: WeightsDtype,
-}
-
-impl Loader<'_> {
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.backend.upload(shape, &self.weights.f32(name, shape)?)
-    }
-
-    /// Matrices `names` (each `[rows, cols]`) that an op may read in half precision (GEMM
-    /// weights, embedding tables), stacked into one `[names.len()·rows, cols]` tensor in the
-    /// element type the loader was asked for.
-    fn matrix(&self, names: &[String], rows: usize, cols: usize) -> Result<Tensor> {
-        if let [name] = names {
-            // One f32 tensor uploads straight from the map: no host copy of a large vocabulary.
-            if self.weights.stacked_dtype(names, self.weights_dtype)? == DType::F32 {
-                return self.tensor(name, &[rows, cols]);
-            }
-        }
-        let host = self
-            .weights
-            .stacked(names, &[rows, cols], self.weights_dtype)?;
-        self.backend.upload_host(&host)
-    }
-
-    fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear> {
-        Ok(Linear {
-            weight: self.matrix(&[format!("{name}.weight")], out, inp)?,
-            bias: self.tensor(&format!("{name}.bias"), &[out])?,
-        })
-    }
-
-    /// Q, K and V projections stacked into one `[3h, h]` weight so attention needs one GEMM.
-    fn fused_qkv(&self, name: &str, h: usize) -> Result<Linear> {
-        let parts = ["query", "key", "value"];
-        let weights: Vec<String> = parts.iter().map(|p| format!("{name}.{p}.weight")).collect();
-        let mut bias = Vec::with_capacity(3 * h);
-        for part in parts {
-            bias.extend_from_slice(&self.weights.f32(&format!("{name}.{part}.bias"), &[h])?);
-        }
-        Ok(Linear {
-            weight: self.matrix(&weights, h, h)?,
-            bias: self.backend.upload(&[3 * h], &bias)?,
-        })
-    }
-
-    /// LayerNorm parameters; old checkpoints call them gamma/beta.
-    fn norm(&self, name: &str, h: usize) -> Result<Norm> {
-        let (g, b) = if self.weights.contains(&format!("{name}.gamma")) {
-            ("gamma", "beta")
-        } else {
-            ("weight", "bias")
-        };
-        Ok(Norm {
-            gamma: self.tensor(&format!("{name}.{g}"), &[h])?,
-            beta: self.tensor(&format!("{name}.{b}"), &[h])?,
-        })
-    }
 }
 
 impl BertModel {
@@ -235,7 +153,11 @@ impl BertModel {
             .map(|l| {
                 let p = format!("encoder.layer.{l}");
                 Ok(Layer {
-                    qkv: loader.fused_qkv(&format!("{p}.attention.self"), h)?,
+                    qkv: loader.fused_linear(
+                        &["query", "key", "value"].map(|m| format!("{p}.attention.self.{m}")),
+                        h,
+                        h,
+                    )?,
                     attn_out: loader.linear(&format!("{p}.attention.output.dense"), h, h)?,
                     attn_norm: loader.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
                     intermediate: loader.linear(&format!("{p}.intermediate.dense"), i, h)?,
@@ -273,13 +195,27 @@ impl BertModel {
     pub fn config(&self) -> &BertConfig {
         &self.config
     }
+}
 
-    pub fn hidden_size(&self) -> usize {
+impl Encoder for BertModel {
+    fn model_type(&self) -> &str {
+        &self.config.model_type
+    }
+
+    fn hidden_size(&self) -> usize {
         self.config.hidden_size
     }
 
-    /// Last hidden states `[tokens, hidden]` of a packed batch, on the backend.
-    pub fn forward(&self, batch: &TokenBatch) -> Result<Tensor> {
+    fn max_tokens(&self) -> usize {
+        self.config.max_tokens()
+    }
+
+    /// sentence-transformers' default for a directory without a pooling module.
+    fn default_pooling(&self) -> Pooling {
+        Pooling::Mean
+    }
+
+    fn forward(&self, batch: &TokenBatch) -> Result<Tensor> {
         let be = self.backend.as_ref();
         let cfg = &self.config;
         let (n, h) = (batch.layout.num_tokens(), cfg.hidden_size);

@@ -1,7 +1,109 @@
 //! Models written once against the backend op set, and what a model directory says about them.
+//!
+//! Every embedder is an [`Encoder`]: a packed [`TokenBatch`] in, last hidden states out, on the
+//! backend it was loaded onto. [`load`] picks the architecture from `config.json`'s `model_type`;
+//! the embed instrument holds a `Box<dyn Encoder>` and adds tokenisation, pooling and
+//! normalisation around it, so an architecture knows nothing of sentence-transformers.
+//!
+//! Files: [`loader`] (config and named tensors onto a backend, dtype policy, the `Linear`/`Norm`
+//! building blocks), one file per architecture ([`bert`] for BERT / RoBERTa / XLM-R), [`sentence`]
+//! (sentence-transformers' extras: length, pooling, normalisation), [`tokenize`], and the
+//! classifiers the tangent-kernel instrument studies ([`mlp`], [`train`]).
+//!
+//! # Adding an architecture
+//!
+//! 1. `src/models/NAME.rs`: its config struct (read with [`loader::read_config`], validated with
+//!    errors naming `config.json` and the field), its weights loaded through [`loader::Loader`]
+//!    (so the dtype policy and shape checks are shared), a `pub const MODEL_TYPES` of the
+//!    `model_type` values it runs, and `impl Encoder` whose `forward` is written only in
+//!    [`crate::backend::Backend`] ops. An op the op set lacks is added there first (the
+//!    checklist is in `kernels/README.md`).
+//! 2. Register it in [`ARCHITECTURES`] below; [`load`]'s error then lists it.
+//! 3. A tiny random-init checkpoint made by a `tools/` script with the reference library
+//!    (transformers, open_clip), committed with its reference hidden states, and a parity test
+//!    on every backend (`tests/embed_parity.rs`); bad-config tests beside it.
+//! 4. The README's `mscope embed` section names the architecture.
 
 pub mod bert;
+pub mod loader;
 pub mod mlp;
 pub mod sentence;
 pub mod tokenize;
 pub mod train;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::backend::{Backend, Pooling, SeqLayout, Tensor};
+use crate::error::{Error, Result};
+use crate::weights::WeightsDtype;
+
+/// A packed batch of tokenised sequences.
+pub struct TokenBatch {
+    pub ids: Vec<u32>,
+    /// Segment ids (BERT's token types); zeros where the model has none.
+    pub type_ids: Vec<u32>,
+    pub layout: SeqLayout,
+}
+
+/// A transformer that turns packed token batches into hidden states on its backend.
+pub trait Encoder: Send + Sync {
+    /// The `model_type` it was loaded as (`bert`, `xlm-roberta`, …).
+    fn model_type(&self) -> &str;
+
+    /// Width of a hidden state.
+    fn hidden_size(&self) -> usize;
+
+    /// The longest sequence its positions can encode.
+    fn max_tokens(&self) -> usize;
+
+    /// The pooling its embeddings use when the model directory names none.
+    fn default_pooling(&self) -> Pooling;
+
+    /// Last hidden states `[tokens, hidden_size]` of a packed batch, on the backend. A sequence
+    /// longer than [`Encoder::max_tokens`] is an error.
+    fn forward(&self, batch: &TokenBatch) -> Result<Tensor>;
+}
+
+/// How an architecture is loaded from a model directory.
+type LoadFn = fn(&Path, Arc<dyn Backend>, WeightsDtype) -> Result<Box<dyn Encoder>>;
+
+/// Every architecture [`load`] knows: its `model_type` values and its loader.
+pub const ARCHITECTURES: &[(&[&str], LoadFn)] = &[(&bert::MODEL_TYPES, |dir, be, dtype| {
+    Ok(Box::new(bert::BertModel::load(dir, be, dtype)?))
+})];
+
+/// Loads the encoder of a model directory onto `backend`, the architecture chosen by
+/// `config.json`'s `model_type`, with GEMM weights and embedding tables in the element type
+/// `weights_dtype` picks.
+pub fn load(
+    dir: &Path,
+    backend: Arc<dyn Backend>,
+    weights_dtype: WeightsDtype,
+) -> Result<Box<dyn Encoder>> {
+    #[derive(Deserialize)]
+    struct ModelType {
+        model_type: Option<String>,
+    }
+    let declared: ModelType = loader::read_config(dir, "Hugging Face model")?;
+    let model_type = declared.model_type.unwrap_or_default();
+    match ARCHITECTURES
+        .iter()
+        .find(|(types, _)| types.contains(&model_type.as_str()))
+    {
+        Some((_, load)) => load(dir, backend, weights_dtype),
+        None => {
+            let supported: Vec<&str> = ARCHITECTURES
+                .iter()
+                .flat_map(|(types, _)| types.iter().copied())
+                .collect();
+            Err(Error::input(format!(
+                "{}: model_type {model_type:?} is not supported (supported: {})",
+                dir.join("config.json").display(),
+                supported.join(", ")
+            )))
+        }
+    }
+}

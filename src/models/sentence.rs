@@ -1,7 +1,7 @@
 //! What a sentence-transformers model directory adds to the bare network: the sequence length
 //! (`sentence_bert_config.json`), the pooling (`1_Pooling/config.json`) and whether embeddings
 //! are L2-normalised (a `Normalize` entry in `modules.json`). A plain Hugging Face directory gets
-//! sentence-transformers' defaults: mean pooling, no normalisation.
+//! the architecture's default pooling (sentence-transformers': mean) and no normalisation.
 
 use std::path::Path;
 
@@ -65,7 +65,8 @@ fn pooling_mode(path: &Path, config: &Value) -> Result<Pooling> {
 }
 
 impl SentenceConfig {
-    pub fn read(dir: &Path) -> Result<Self> {
+    /// The directory's settings; `default_pooling` where it has no pooling module.
+    pub fn read(dir: &Path, default_pooling: Pooling) -> Result<Self> {
         let max_seq_length = read_json(&dir.join("sentence_bert_config.json"))?
             .and_then(|c| c.get("max_seq_length").and_then(Value::as_u64))
             .map(|n| n as usize);
@@ -89,7 +90,7 @@ impl SentenceConfig {
         let pooling_path = dir.join(pooling_dir).join("config.json");
         let pooling = match read_json(&pooling_path)? {
             Some(config) => pooling_mode(&pooling_path, &config)?,
-            None => Pooling::Mean,
+            None => default_pooling,
         };
         Ok(SentenceConfig {
             max_seq_length,
