@@ -23,11 +23,12 @@
 //!
 //! # How an op runs
 //!
-//! Tensors stay in device buffers between ops. `dispatch` builds the kernel's pipeline on first use,
-//! binds `Params` as a uniform at binding 0 and the storage buffers after it, and records one compute
-//! pass into a single pending command encoder. That encoder is submitted without waiting every few
-//! dozen passes (`PASSES_PER_SUBMIT`), so the device starts on long sequences of ops while the host records the rest, and
-//! whenever results are needed: `download`, `synchronize` and the device timer submit it and wait.
+//! Tensors stay in device buffers between ops. `dispatch` builds the kernel's pipeline on first
+//! use, binds `Params` as a uniform at binding 0 and the storage buffers after it, and records one
+//! compute pass into a single pending command encoder. That encoder is submitted without waiting
+//! every few dozen passes (`PASSES_PER_SUBMIT`), so the device starts on long sequences of ops
+//! while the host records the rest, and whenever results are needed: `download`, `synchronize`
+//! and the device timer submit it and wait.
 //! A forward pass therefore never waits on the device until its output is read.
 
 mod adapter;
@@ -78,8 +79,8 @@ pub struct WgpuOptions {
     /// it builds on (which build runs follows the weights' dtype).
     pub gemm: Option<GemmVariant>,
     /// Whether the norm family reduces rows with subgroup operations where the adapter offers
-    /// them (norm.wgsl's subgroup build); false keeps the shared-memory reduction everywhere, so tests
-    /// can run both on one adapter.
+    /// them (norm.wgsl's subgroup build); false keeps the shared-memory reduction everywhere, so
+    /// tests can run both on one adapter.
     pub subgroups: bool,
 }
 
