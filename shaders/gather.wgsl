@@ -4,8 +4,8 @@
 //   1. gather_rows — one thread per output element. A table larger than one storage binding is
 //      uploaded in parts of whole rows; the host dispatches once per part, and each dispatch
 //      writes only the rows whose id falls in its part, so every output row is written once.
-//   2. gather_rows, f16 build — variant 1 on an f16 table (src/backend/wgpu/f16_weights.rs), each
-//      value widened to f32 as it is read; halves the memory of large vocabularies.
+//   2. gather_rows, f16 build — variant 1 on an f16 table (src/backend/wgpu/shader_builds.rs),
+//      each value widened to f32 as it is read; halves the memory of large vocabularies.
 
 struct Params {
     rows: u32,       // output rows (= number of ids)

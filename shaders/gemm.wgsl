@@ -62,7 +62,7 @@ fn sigmoid(x: f32) -> f32 {
     return 1.0 / (1.0 + exp(-x));
 }
 
-// Must match `Activation::apply` in src/backend/mod.rs.
+// Must match `Activation::apply` in src/backend/params.rs.
 fn activate(v: f32) -> f32 {
     switch p.activation {
         case ACT_GELU: {

@@ -7,14 +7,62 @@
 
 use std::ops::Range;
 
-use super::kernels::{ContractParams, JlParams, Kernel};
+use bytemuck::{Pod, Zeroable};
+
+use super::device::to_u32;
+use super::kernels::Kernel;
 use super::memory::WgpuStorage;
-use super::{to_u32, WgpuBackend};
-use crate::backend::{shapes, JlDistribution, JlSpec, Tensor};
+use super::WgpuBackend;
+use crate::backend::{shapes, GemmVariant, JlDistribution, JlSpec, Tensor};
 use crate::error::Result;
 
-/// Output rows and columns per workgroup of every ntk.wgsl entry point.
+/// Output rows and columns per workgroup of every ntk.wgsl entry point (ntk.wgsl `TILE`).
 const TILE: usize = 64;
+
+/// ntk.wgsl `ContractParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct ContractParams {
+    rows: u32,
+    cols: u32,
+    p: u32,
+    q: u32,
+    dr_row: u32,
+    dc_row: u32,
+    ar_row: u32,
+    ac_row: u32,
+    out_row: u32,
+    out_col: u32,
+    out_stride: u32,
+    has_acts: u32,
+    offset: f32,
+    _pad: [u32; 3],
+}
+
+/// ntk.wgsl `JlParams`; u64s as (low, high) word pairs.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct JlParams {
+    rows: u32,
+    d: u32,
+    k: u32,
+    x_row: u32,
+    out_row: u32,
+    accumulate: u32,
+    gaussian: u32,
+    sqrt_k: f32,
+    seed: [u32; 2],
+    column_offset: [u32; 2],
+}
+
+/// The contraction kernel: the contraction is a pair of GEMMs, so it runs the NTK variant
+/// numbered like the backend's GEMM, direct (3) beside the direct GEMM and tiled (2) otherwise.
+fn contraction_kernel(gemm: GemmVariant) -> Kernel {
+    match gemm {
+        GemmVariant::Direct => Kernel::ContractDirect,
+        _ => Kernel::ContractTiled,
+    }
+}
 
 /// `range` cut at every part boundary of `operands` and into pieces of at most `max_len` rows.
 fn segments(range: Range<usize>, operands: &[&WgpuStorage], max_len: usize) -> Vec<Range<usize>> {
@@ -43,125 +91,119 @@ fn locate(storage: &WgpuStorage, row: usize) -> Result<(&wgpu::Buffer, u32)> {
     ))
 }
 
-impl WgpuBackend {
-    /// Rows per dispatch along one grid dimension.
-    fn max_tiled_rows(&self) -> usize {
-        self.max_workgroups_per_dim as usize * TILE
-    }
+/// Rows per dispatch along one grid dimension.
+fn max_tiled_rows(backend: &WgpuBackend) -> usize {
+    backend.max_workgroups_per_dim as usize * TILE
+}
 
-    pub(super) fn contract(
-        &self,
-        delta_rows: &Tensor,
-        delta_cols: &Tensor,
-        acts: Option<(&Tensor, &Tensor)>,
-        offset: f32,
-        cols: Range<usize>,
-        out: &mut Tensor,
-    ) -> Result<()> {
-        let n_r = shapes::ntk_contract(delta_rows, delta_cols, acts, &cols, out)?;
-        // The contraction is a pair of GEMMs: it follows the adapter's GEMM variant.
-        let kernel = match self.gemm {
-            Kernel::LinearDirect => Kernel::ContractDirect,
-            _ => Kernel::ContractTiled,
-        };
-        let p = to_u32(delta_rows.shape()[1], "ntk_contract gradient width")?;
-        let q = to_u32(
-            acts.map_or(0, |(a, _)| a.shape()[1]),
-            "ntk_contract activation width",
-        )?;
-        let (dr, dc, o) = (
-            self.storage(delta_rows)?,
-            self.storage(delta_cols)?,
-            self.storage(out)?,
-        );
-        let acts = acts
-            .map(|(a_r, a_c)| Ok::<_, crate::Error>((self.storage(a_r)?, self.storage(a_c)?)))
-            .transpose()?;
-        let mut row_side = vec![dr, o];
-        let mut col_side = vec![dc];
-        if let Some((a_r, a_c)) = acts {
-            row_side.push(a_r);
-            col_side.push(a_c);
-        }
-        let max_len = self.max_tiled_rows();
-        let out_stride = to_u32(cols.len(), "ntk_contract columns")?;
-        for rows in segments(0..n_r, &row_side, max_len) {
-            for cs in segments(cols.clone(), &col_side, max_len) {
-                let (dr_buf, dr_row) = locate(dr, rows.start)?;
-                let (dc_buf, dc_row) = locate(dc, cs.start)?;
-                let (out_buf, out_row) = locate(o, rows.start)?;
-                let ((ar_buf, ar_row), (ac_buf, ac_row)) = match acts {
-                    Some((a_r, a_c)) => (locate(a_r, rows.start)?, locate(a_c, cs.start)?),
-                    None => ((&self.placeholder, 0), (&self.placeholder, 0)),
-                };
-                let params = ContractParams {
-                    rows: rows.len() as u32,
-                    cols: cs.len() as u32,
-                    p,
-                    q,
-                    dr_row,
-                    dc_row,
-                    ar_row,
-                    ac_row,
-                    out_row,
-                    out_col: (cs.start - cols.start) as u32,
-                    out_stride,
-                    has_acts: acts.is_some().into(),
-                    offset,
-                    _pad: [0; 3],
-                };
-                let groups = [
-                    cs.len().div_ceil(TILE) as u32,
-                    rows.len().div_ceil(TILE) as u32,
-                    1,
-                ];
-                self.dispatch(
-                    kernel,
-                    &params,
-                    &[dr_buf, dc_buf, ar_buf, ac_buf, out_buf],
-                    groups,
-                );
-            }
-        }
-        Ok(())
+pub(super) fn ntk_contract(
+    backend: &WgpuBackend,
+    delta_rows: &Tensor,
+    delta_cols: &Tensor,
+    acts: Option<(&Tensor, &Tensor)>,
+    offset: f32,
+    cols: Range<usize>,
+    out: &mut Tensor,
+) -> Result<()> {
+    let n_r = shapes::ntk_contract(delta_rows, delta_cols, acts, &cols, out)?;
+    let kernel = contraction_kernel(backend.gemm);
+    let p = to_u32(delta_rows.shape()[1], "ntk_contract gradient width")?;
+    let q = to_u32(
+        acts.map_or(0, |(a, _)| a.shape()[1]),
+        "ntk_contract activation width",
+    )?;
+    let (dr, dc, o) = (
+        backend.storage(delta_rows)?,
+        backend.storage(delta_cols)?,
+        backend.storage(out)?,
+    );
+    let acts = acts
+        .map(|(a_r, a_c)| Ok::<_, crate::Error>((backend.storage(a_r)?, backend.storage(a_c)?)))
+        .transpose()?;
+    let mut row_side = vec![dr, o];
+    let mut col_side = vec![dc];
+    if let Some((a_r, a_c)) = acts {
+        row_side.push(a_r);
+        col_side.push(a_c);
     }
-
-    pub(super) fn project(
-        &self,
-        x: &Tensor,
-        spec: &JlSpec,
-        accumulate: bool,
-        out: &mut Tensor,
-    ) -> Result<()> {
-        let (n, d) = shapes::jl_project(x, spec.dim, out)?;
-        let k_tiles = spec.dim.div_ceil(TILE);
-        shapes::ensure(k_tiles <= self.max_workgroups_per_dim as usize, || {
-            format!(
-                "jl_project: projection dimension {} exceeds the device's workgroup grid",
-                spec.dim
-            )
-        })?;
-        let (xs, o) = (self.storage(x)?, self.storage(out)?);
-        let words = |v: u64| [v as u32, (v >> 32) as u32];
-        for rows in segments(0..n, &[xs, o], self.max_tiled_rows()) {
-            let (x_buf, x_row) = locate(xs, rows.start)?;
+    let max_len = max_tiled_rows(backend);
+    let out_stride = to_u32(cols.len(), "ntk_contract columns")?;
+    for rows in segments(0..n_r, &row_side, max_len) {
+        for cs in segments(cols.clone(), &col_side, max_len) {
+            let (dr_buf, dr_row) = locate(dr, rows.start)?;
+            let (dc_buf, dc_row) = locate(dc, cs.start)?;
             let (out_buf, out_row) = locate(o, rows.start)?;
-            let params = JlParams {
-                rows: rows.len() as u32,
-                d: to_u32(d, "jl_project columns")?,
-                k: to_u32(spec.dim, "jl_project dimension")?,
-                x_row,
-                out_row,
-                accumulate: accumulate.into(),
-                gaussian: (spec.distribution == JlDistribution::Gaussian).into(),
-                // The same f32 √k `JlSpec::entry` divides by.
-                sqrt_k: (spec.dim as f32).sqrt(),
-                seed: words(spec.seed),
-                column_offset: words(spec.column_offset),
+            let ((ar_buf, ar_row), (ac_buf, ac_row)) = match acts {
+                Some((a_r, a_c)) => (locate(a_r, rows.start)?, locate(a_c, cs.start)?),
+                None => ((&backend.placeholder, 0), (&backend.placeholder, 0)),
             };
-            let groups = [k_tiles as u32, rows.len().div_ceil(TILE) as u32, 1];
-            self.dispatch(Kernel::JlProject, &params, &[x_buf, out_buf], groups);
+            let params = ContractParams {
+                rows: rows.len() as u32,
+                cols: cs.len() as u32,
+                p,
+                q,
+                dr_row,
+                dc_row,
+                ar_row,
+                ac_row,
+                out_row,
+                out_col: (cs.start - cols.start) as u32,
+                out_stride,
+                has_acts: acts.is_some().into(),
+                offset,
+                _pad: [0; 3],
+            };
+            let groups = [
+                cs.len().div_ceil(TILE) as u32,
+                rows.len().div_ceil(TILE) as u32,
+                1,
+            ];
+            backend.dispatch(
+                kernel,
+                &params,
+                &[dr_buf, dc_buf, ar_buf, ac_buf, out_buf],
+                groups,
+            );
         }
-        Ok(())
     }
+    Ok(())
+}
+
+pub(super) fn jl_project(
+    backend: &WgpuBackend,
+    x: &Tensor,
+    spec: &JlSpec,
+    accumulate: bool,
+    out: &mut Tensor,
+) -> Result<()> {
+    let (n, d) = shapes::jl_project(x, spec.dim, out)?;
+    let k_tiles = spec.dim.div_ceil(TILE);
+    shapes::ensure(k_tiles <= backend.max_workgroups_per_dim as usize, || {
+        format!(
+            "jl_project: projection dimension {} exceeds the device's workgroup grid",
+            spec.dim
+        )
+    })?;
+    let (xs, o) = (backend.storage(x)?, backend.storage(out)?);
+    let words = |v: u64| [v as u32, (v >> 32) as u32];
+    for rows in segments(0..n, &[xs, o], max_tiled_rows(backend)) {
+        let (x_buf, x_row) = locate(xs, rows.start)?;
+        let (out_buf, out_row) = locate(o, rows.start)?;
+        let params = JlParams {
+            rows: rows.len() as u32,
+            d: to_u32(d, "jl_project columns")?,
+            k: to_u32(spec.dim, "jl_project dimension")?,
+            x_row,
+            out_row,
+            accumulate: accumulate.into(),
+            gaussian: (spec.distribution == JlDistribution::Gaussian).into(),
+            // The same f32 √k `JlSpec::entry` divides by.
+            sqrt_k: (spec.dim as f32).sqrt(),
+            seed: words(spec.seed),
+            column_offset: words(spec.column_offset),
+        };
+        let groups = [k_tiles as u32, rows.len().div_ceil(TILE) as u32, 1];
+        backend.dispatch(Kernel::JlProject, &params, &[x_buf, out_buf], groups);
+    }
+    Ok(())
 }

@@ -6,8 +6,11 @@
 //! round trip through device memory for every call: they run the CPU backend's faer solvers
 //! (a batched WGSL Jacobi for many small problems is future work).
 
-use super::kernels::{Kernel, StatsParams};
-use super::{to_u32, WgpuBackend};
+use bytemuck::{Pod, Zeroable};
+
+use super::device::to_u32;
+use super::kernels::Kernel;
+use super::WgpuBackend;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, Eigen, Matrix64, Moments, Tensor};
 use crate::error::{Error, Result};
@@ -17,12 +20,22 @@ const SUM_ROWS: usize = 256;
 /// Rows of one item of `scatter_tiled`: its partial is a whole `d×d` matrix, so items are longer
 /// than for the sums.
 const SCATTER_ROWS: usize = 1024;
-/// Result rows and columns per workgroup of `scatter_tiled`.
+/// Result rows and columns per workgroup of `scatter_tiled` (stats.wgsl `TILE`).
 const TILE: usize = 64;
-/// Threads per workgroup of `group_sums`.
+/// Threads per workgroup of `group_sums` (stats.wgsl `@workgroup_size`).
 const SUM_WORKGROUP: usize = 256;
 /// Largest partial-result buffer of one dispatch (further capped by the storage-binding limit).
 const PARTIAL_BYTES: u64 = 64 << 20;
+
+/// stats.wgsl `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct StatsParams {
+    d: u32,
+    items: u32,
+    tiles: u32,
+    _pad: u32,
+}
 
 /// Chunks of at most `chunk` rows of each group, as stats.wgsl's `Item`s `[start, count, group,
 /// 0]` into the concatenation of `groups`, which is returned with them.
@@ -49,190 +62,194 @@ struct Pass<'a> {
     per_item: usize,
 }
 
-impl WgpuBackend {
-    pub(super) fn scatter_moments(&self, x: &Tensor, groups: &[&[u32]]) -> Result<Vec<Moments>> {
-        let (n, d) = x.dims2("scatter input")?;
-        for (g, rows) in groups.iter().enumerate() {
-            if let Some(&bad) = rows.iter().find(|&&r| r as usize >= n) {
-                return Err(Error::input(format!(
-                    "scatter: group {g} names row {bad}, the matrix has {n} rows"
-                )));
-            }
-        }
-        let storage = self.storage(x)?;
-        let square = d * d;
-        let partial_values = (self.max_part_bytes.min(PARTIAL_BYTES) / 4) as usize;
-        if square > partial_values {
+pub(super) fn scatter(
+    backend: &WgpuBackend,
+    x: &Tensor,
+    groups: &[&[u32]],
+) -> Result<Vec<Moments>> {
+    let (n, d) = x.dims2("scatter input")?;
+    for (g, rows) in groups.iter().enumerate() {
+        if let Some(&bad) = rows.iter().find(|&&r| r as usize >= n) {
             return Err(Error::input(format!(
-                "scatter: a {d}×{d} result exceeds the wgpu partial buffer of {partial_values} values"
+                "scatter: group {g} names row {bad}, the matrix has {n} rows"
             )));
         }
-        // Each group's rows per part of x, as rows of that part.
-        let per_part = storage.rows_per_part.max(1);
-        let parts: Vec<Vec<Vec<u32>>> = (0..storage.parts.len())
-            .map(|part| {
-                let held = (part * per_part) as u32..((part + 1) * per_part).min(n) as u32;
-                groups
-                    .iter()
-                    .map(|rows| {
-                        rows.iter()
-                            .filter(|r| held.contains(r))
-                            .map(|r| r - held.start)
-                            .collect()
-                    })
-                    .collect()
-            })
-            .collect();
+    }
+    let storage = backend.storage(x)?;
+    let square = d * d;
+    let partial_values = (backend.max_part_bytes.min(PARTIAL_BYTES) / 4) as usize;
+    if square > partial_values {
+        return Err(Error::input(format!(
+            "scatter: a {d}×{d} result exceeds the wgpu partial buffer of {partial_values} values"
+        )));
+    }
+    // Each group's rows per part of x, as rows of that part.
+    let per_part = storage.rows_per_part.max(1);
+    let parts: Vec<Vec<Vec<u32>>> = (0..storage.parts.len())
+        .map(|part| {
+            let held = (part * per_part) as u32..((part + 1) * per_part).min(n) as u32;
+            groups
+                .iter()
+                .map(|rows| {
+                    rows.iter()
+                        .filter(|r| held.contains(r))
+                        .map(|r| r - held.start)
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
 
-        let mut sums = vec![vec![0.0f64; d]; groups.len()];
-        for (part, local) in parts.iter().enumerate() {
-            let (rows, work) = items(local, SUM_ROWS);
-            let pass = Pass {
-                kernel: Kernel::GroupSums,
-                x: &storage.parts[part],
-                d,
-                means: &self.placeholder,
-                per_item: d,
-            };
-            self.run_items(
-                &pass,
-                &rows,
-                &work,
-                partial_values / d.max(1),
-                |item, values| {
-                    let sum = &mut sums[item[2] as usize];
-                    sum.iter_mut()
-                        .zip(values)
-                        .for_each(|(s, v)| *s += *v as f64);
-                },
-            )?;
-        }
-        let means: Vec<Vec<f64>> = sums
-            .into_iter()
-            .zip(groups)
-            .map(|(sum, rows)| {
-                let count = rows.len().max(1) as f64;
-                sum.into_iter().map(|s| s / count).collect()
-            })
-            .collect();
-        // The shader centres on the f32 means; the host corrects for their rounding below.
-        let means32: Vec<f32> = means.iter().flatten().map(|&m| m as f32).collect();
-        let means_buffer = self.upload(&[groups.len(), d], &means32)?;
+    let mut sums = vec![vec![0.0f64; d]; groups.len()];
+    for (part, local) in parts.iter().enumerate() {
+        let (rows, work) = items(local, SUM_ROWS);
+        let pass = Pass {
+            kernel: Kernel::GroupSums,
+            x: &storage.parts[part],
+            d,
+            means: &backend.placeholder,
+            per_item: d,
+        };
+        run_items(
+            backend,
+            &pass,
+            &rows,
+            &work,
+            partial_values / d.max(1),
+            |item, values| {
+                let sum = &mut sums[item[2] as usize];
+                sum.iter_mut()
+                    .zip(values)
+                    .for_each(|(s, v)| *s += *v as f64);
+            },
+        )?;
+    }
+    let means: Vec<Vec<f64>> = sums
+        .into_iter()
+        .zip(groups)
+        .map(|(sum, rows)| {
+            let count = rows.len().max(1) as f64;
+            sum.into_iter().map(|s| s / count).collect()
+        })
+        .collect();
+    // The shader centres on the f32 means; the host corrects for their rounding below.
+    let means32: Vec<f32> = means.iter().flatten().map(|&m| m as f32).collect();
+    let means_buffer = backend.upload(&[groups.len(), d], &means32)?;
 
-        let mut scatters = vec![Matrix64::zeros(d, d); groups.len()];
-        for (part, local) in parts.iter().enumerate() {
-            let (rows, work) = items(local, SCATTER_ROWS);
-            let pass = Pass {
-                kernel: Kernel::ScatterTiled,
-                x: &storage.parts[part],
-                d,
-                means: self.buffer(&means_buffer, "scatter means")?,
-                per_item: square,
-            };
-            self.run_items(
-                &pass,
-                &rows,
-                &work,
-                partial_values / square.max(1),
-                |item, values| {
-                    let s = &mut scatters[item[2] as usize];
-                    // Only the upper triangle is computed.
-                    for i in 0..d {
-                        for j in i..d {
-                            *s.at_mut(i, j) += values[i * d + j] as f64;
-                        }
-                    }
-                },
-            )?;
-        }
-        Ok(scatters
-            .into_iter()
-            .zip(means)
-            .zip(groups)
-            .map(|((mut scatter, mean), rows)| {
-                // Σ (x − m)(x − m)ᵀ = S + n·δδᵀ for m = μ − δ: remove the f32 rounding δ of the
-                // centre exactly.
-                let count = rows.len() as f64;
-                let delta: Vec<f64> = mean.iter().map(|&m| m - m as f32 as f64).collect();
+    let mut scatters = vec![Matrix64::zeros(d, d); groups.len()];
+    for (part, local) in parts.iter().enumerate() {
+        let (rows, work) = items(local, SCATTER_ROWS);
+        let pass = Pass {
+            kernel: Kernel::ScatterTiled,
+            x: &storage.parts[part],
+            d,
+            means: backend.buffer(&means_buffer, "scatter means")?,
+            per_item: square,
+        };
+        run_items(
+            backend,
+            &pass,
+            &rows,
+            &work,
+            partial_values / square.max(1),
+            |item, values| {
+                let s = &mut scatters[item[2] as usize];
+                // Only the upper triangle is computed.
                 for i in 0..d {
                     for j in i..d {
-                        let v = scatter.at(i, j) - count * delta[i] * delta[j];
-                        *scatter.at_mut(i, j) = v;
-                        *scatter.at_mut(j, i) = v;
+                        *s.at_mut(i, j) += values[i * d + j] as f64;
                     }
                 }
-                Moments {
-                    count: rows.len(),
-                    mean,
-                    scatter,
+            },
+        )?;
+    }
+    Ok(scatters
+        .into_iter()
+        .zip(means)
+        .zip(groups)
+        .map(|((mut scatter, mean), rows)| {
+            // Σ (x − m)(x − m)ᵀ = S + n·δδᵀ for m = μ − δ: remove the f32 rounding δ of the
+            // centre exactly.
+            let count = rows.len() as f64;
+            let delta: Vec<f64> = mean.iter().map(|&m| m - m as f32 as f64).collect();
+            for i in 0..d {
+                for j in i..d {
+                    let v = scatter.at(i, j) - count * delta[i] * delta[j];
+                    *scatter.at_mut(i, j) = v;
+                    *scatter.at_mut(j, i) = v;
                 }
-            })
-            .collect())
-    }
-
-    /// Dispatches `pass` over `work` in batches of at most `batch` items and hands every item's
-    /// partial to `consume`.
-    fn run_items(
-        &self,
-        pass: &Pass,
-        rows: &[u32],
-        work: &[[u32; 4]],
-        batch: usize,
-        mut consume: impl FnMut(&[u32; 4], &[f32]),
-    ) -> Result<()> {
-        let Pass {
-            kernel,
-            x,
-            d,
-            means,
-            per_item,
-        } = *pass;
-        if work.is_empty() {
-            return Ok(());
-        }
-        let tiles = d.div_ceil(TILE);
-        let rows = self.upload_u32("scatter rows", rows);
-        for chunk in work.chunks(batch.max(1)) {
-            let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
-            let items = self.upload_u32("scatter items", &flat);
-            let partial = self.zeros(&[chunk.len(), per_item])?;
-            let params = StatsParams {
-                d: to_u32(d, "scatter width")?,
-                items: chunk.len() as u32,
-                tiles: tiles as u32,
-                _pad: 0,
-            };
-            let workgroups = match kernel {
-                Kernel::GroupSums => (chunk.len() * d).div_ceil(SUM_WORKGROUP),
-                _ => chunk.len() * tiles * tiles,
-            };
-            self.dispatch(
-                kernel,
-                &params,
-                &[
-                    x,
-                    &rows,
-                    &items,
-                    means,
-                    self.buffer(&partial, "scatter partial")?,
-                ],
-                self.grid(workgroups)?,
-            );
-            let values = self.download(&partial)?;
-            for (item, values) in chunk.iter().zip(values.chunks_exact(per_item.max(1))) {
-                consume(item, values);
             }
+            Moments {
+                count: rows.len(),
+                mean,
+                scatter,
+            }
+        })
+        .collect())
+}
+
+/// Dispatches `pass` over `work` in batches of at most `batch` items and hands every item's
+/// partial to `consume`.
+fn run_items(
+    backend: &WgpuBackend,
+    pass: &Pass,
+    rows: &[u32],
+    work: &[[u32; 4]],
+    batch: usize,
+    mut consume: impl FnMut(&[u32; 4], &[f32]),
+) -> Result<()> {
+    let Pass {
+        kernel,
+        x,
+        d,
+        means,
+        per_item,
+    } = *pass;
+    if work.is_empty() {
+        return Ok(());
+    }
+    let tiles = d.div_ceil(TILE);
+    let rows = backend.upload_u32("scatter rows", rows);
+    for chunk in work.chunks(batch.max(1)) {
+        let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
+        let items = backend.upload_u32("scatter items", &flat);
+        let partial = backend.zeros(&[chunk.len(), per_item])?;
+        let params = StatsParams {
+            d: to_u32(d, "scatter width")?,
+            items: chunk.len() as u32,
+            tiles: tiles as u32,
+            _pad: 0,
+        };
+        let workgroups = match kernel {
+            Kernel::GroupSums => (chunk.len() * d).div_ceil(SUM_WORKGROUP),
+            _ => chunk.len() * tiles * tiles,
+        };
+        backend.dispatch(
+            kernel,
+            &params,
+            &[
+                x,
+                &rows,
+                &items,
+                means,
+                backend.buffer(&partial, "scatter partial")?,
+            ],
+            backend.grid(workgroups)?,
+        );
+        let values = backend.download(&partial)?;
+        for (item, values) in chunk.iter().zip(values.chunks_exact(per_item.max(1))) {
+            consume(item, values);
         }
-        Ok(())
     }
+    Ok(())
+}
 
-    /// Faer on the host: see the module comment.
-    pub(super) fn host_eigen(&self, matrices: &[Matrix64]) -> Result<Vec<Eigen>> {
-        CpuBackend::new().symmetric_eigen(matrices)
-    }
+/// Faer on the host: see the module comment.
+pub(super) fn symmetric_eigen(matrices: &[Matrix64]) -> Result<Vec<Eigen>> {
+    CpuBackend::new().symmetric_eigen(matrices)
+}
 
-    /// Faer on the host: see the module comment.
-    pub(super) fn host_spd_solve(&self, systems: &[(Matrix64, Matrix64)]) -> Result<Vec<Matrix64>> {
-        CpuBackend::new().spd_solve(systems)
-    }
+/// Faer on the host: see the module comment.
+pub(super) fn spd_solve(systems: &[(Matrix64, Matrix64)]) -> Result<Vec<Matrix64>> {
+    CpuBackend::new().spd_solve(systems)
 }

@@ -4,6 +4,48 @@
 //! used rather than `CommandEncoder::write_timestamp`, whose placement among the recorded
 //! commands wgpu does not guarantee.
 
+use super::device::device_error;
+use super::WgpuBackend;
+use crate::backend::Backend;
+use crate::error::Result;
+
+/// Starts a timed region where the adapter offers timestamp queries.
+pub(super) fn start_device_timer(backend: &WgpuBackend) -> Result<bool> {
+    if backend.timestamps.is_none() {
+        return Ok(false);
+    }
+    backend.start_timer_region();
+    Ok(true)
+}
+
+/// Submits the region's passes with the resolve of their queries and reads the device seconds
+/// they spanned; `None` where no region could be timed.
+pub(super) fn stop_device_timer(backend: &WgpuBackend) -> Result<Option<f64>> {
+    let Some(timestamps) = &backend.timestamps else {
+        backend.synchronize()?;
+        return Ok(None);
+    };
+    let bytes = backend.submit_with(|encoder, timer| {
+        timer
+            .take()
+            .and_then(|state| timestamps.record_resolve(&state, encoder))
+    });
+    let Some(bytes) = bytes else {
+        backend.wait()?;
+        return Ok(None);
+    };
+    backend.map_for_reading(std::iter::once(&timestamps.readback), "device timer")?;
+    let seconds = {
+        let view = timestamps
+            .readback
+            .get_mapped_range(..bytes)
+            .map_err(|e| device_error(format!("device timer: {e}")))?;
+        timestamps.region_seconds(bytemuck::cast_slice(&view))
+    };
+    timestamps.readback.unmap();
+    Ok(Some(seconds))
+}
+
 /// Passes one timed region can hold; a region with more is reported untimed (host clock).
 const MAX_TIMED_PASSES: u32 = 1024;
 /// Bytes of one resolved query (a u64 tick count).
@@ -84,7 +126,7 @@ impl Timestamps {
 
     /// Records the copy of a finished region's queries to the readback buffer; returns how many
     /// bytes of it to read, or `None` when the region cannot be timed.
-    pub(super) fn record_resolve(
+    fn record_resolve(
         &self,
         state: &TimerState,
         encoder: &mut wgpu::CommandEncoder,
@@ -99,14 +141,9 @@ impl Timestamps {
         Some(bytes)
     }
 
-    /// The readback buffer, to be mapped once the resolve has run.
-    pub(super) fn readback(&self) -> &wgpu::Buffer {
-        &self.readback
-    }
-
     /// Seconds from the earliest pass start to the latest pass end among `ticks` (start, end
     /// pairs as [`Timestamps::pass_writes`] assigned them).
-    pub(super) fn region_seconds(&self, ticks: &[u64]) -> f64 {
+    fn region_seconds(&self, ticks: &[u64]) -> f64 {
         let first = ticks.iter().step_by(2).copied().min().unwrap_or(0);
         let last = ticks.iter().skip(1).step_by(2).copied().max().unwrap_or(0);
         last.saturating_sub(first) as f64 * self.nanoseconds_per_tick * 1e-9

@@ -1,0 +1,124 @@
+//! `linear` on wgpu (shaders/gemm.wgsl): which GEMM variant a backend runs, the kernel of each
+//! variant on f32 and f16 weights, and the dispatch of one 64×64 output tile per workgroup.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::device::to_u32;
+use super::kernels::Kernel;
+use super::WgpuBackend;
+use crate::backend::{shapes, Activation, GemmVariant, Tensor};
+use crate::error::{Error, Result};
+use crate::tensor::DType;
+
+/// Output rows and columns per workgroup of every variant (gemm.wgsl `TILE`).
+const TILE: usize = 64;
+
+/// gemm.wgsl `Params`; `activation` is one of the shader's `ACT_*` constants.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct LinearParams {
+    n: u32,
+    k: u32,
+    m: u32,
+    has_bias: u32,
+    has_residual: u32,
+    activation: u32,
+    _pad: [u32; 2],
+}
+
+/// The kernel of `variant`, or `None` where gemm.wgsl has none ([`WgpuBackend::GEMM_VARIANTS`]
+/// lists those it has).
+fn kernel(variant: GemmVariant) -> Option<Kernel> {
+    match variant {
+        GemmVariant::Tiled => Some(Kernel::LinearTiled),
+        GemmVariant::Direct => Some(Kernel::LinearDirect),
+        GemmVariant::TiledF16 => Some(Kernel::LinearTiledF16),
+        GemmVariant::DirectF16 => Some(Kernel::LinearDirectF16),
+        GemmVariant::Naive | GemmVariant::MmaBf16 | GemmVariant::Faer => None,
+    }
+}
+
+/// The f32-weight variant a backend runs: the one `requested` (an f16-weight variant names the
+/// kernel it builds on; which build runs follows the weights' dtype), else direct on software
+/// adapters and tiled elsewhere. The error lists wgpu's variants.
+pub(super) fn choose_variant(
+    requested: Option<GemmVariant>,
+    software: bool,
+) -> std::result::Result<GemmVariant, String> {
+    match requested.map(GemmVariant::on_f32_weights) {
+        Some(variant) if kernel(variant).is_some() => Ok(variant),
+        Some(other) => {
+            let listed: Vec<String> = WgpuBackend::GEMM_VARIANTS.map(|v| v.to_string()).to_vec();
+            Err(format!(
+                "GEMM variant {other} is not a wgpu kernel; wgpu has {}",
+                listed.join(", ")
+            ))
+        }
+        None if software => Ok(GemmVariant::Direct),
+        None => Ok(GemmVariant::Tiled),
+    }
+}
+
+pub(super) fn linear(
+    backend: &WgpuBackend,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+    residual: Option<&Tensor>,
+    out: &mut Tensor,
+) -> Result<()> {
+    let (n, k, m) = shapes::linear(x, w, bias, residual, out)?;
+    let buffers = [
+        backend.buffer(x, "linear input")?,
+        backend.single_buffer(w, "linear weight")?,
+        backend.optional_buffer(bias, "linear bias")?,
+        backend.optional_buffer(residual, "linear residual")?,
+        backend.buffer(out, "linear output")?,
+    ];
+    let params = LinearParams {
+        n: to_u32(n, "linear rows")?,
+        k: to_u32(k, "linear features")?,
+        m: to_u32(m, "linear outputs")?,
+        has_bias: bias.is_some().into(),
+        has_residual: residual.is_some().into(),
+        activation: act.code(),
+        _pad: [0; 2],
+    };
+    let groups = [m.div_ceil(TILE) as u32, n.div_ceil(TILE) as u32, 1];
+    if groups[..2]
+        .iter()
+        .any(|&g| g > backend.max_workgroups_per_dim)
+    {
+        return Err(Error::input(format!(
+            "linear: [{n}, {m}] output exceeds the device's workgroup grid"
+        )));
+    }
+    let variant = match w.dtype() {
+        DType::F16 => backend.gemm.on_f16_weights(),
+        _ => Some(backend.gemm),
+    };
+    let kernel = variant.and_then(kernel).ok_or_else(|| {
+        Error::input(format!(
+            "linear: GEMM variant {} has no wgpu kernel for {:?} weights",
+            backend.gemm,
+            w.dtype()
+        ))
+    })?;
+    backend.dispatch(kernel, &params, &buffers, groups);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_variants_are_those_with_a_kernel() {
+        let with_kernel: Vec<GemmVariant> = GemmVariant::ALL
+            .into_iter()
+            .filter(|&v| kernel(v).is_some())
+            .collect();
+        assert_eq!(with_kernel, WgpuBackend::GEMM_VARIANTS);
+    }
+}
