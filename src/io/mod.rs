@@ -1,6 +1,7 @@
 //! Input readers and output writers.
 pub mod embeddings;
 pub mod kernel_file;
+pub mod kernel_inputs;
 pub mod samples;
 pub mod tensor_file;
 pub mod texts;
