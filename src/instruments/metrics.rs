@@ -108,8 +108,9 @@ pub fn argmax<T: PartialOrd + Copy>(row: &[T]) -> usize {
     best.map_or(0, |(c, _)| c)
 }
 
-/// Per-model metrics of an ensemble.
-#[derive(Clone, Debug, PartialEq)]
+/// Per-model metrics of an ensemble; the serialised fields are keys of `mscope compare`'s
+/// report.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ModelMetrics {
     /// Fraction of points labelled correctly (with labels).
     pub accuracy: Option<f64>,

@@ -1,4 +1,5 @@
 //! Input readers and output writers.
+pub mod datasets;
 pub mod embeddings;
 pub mod kernel_file;
 pub mod kernel_inputs;

@@ -2,16 +2,16 @@
 //! this module writes it as JSON for scripts, as a Markdown summary for stdout (one file per
 //! command) and as PNG plots.
 
-// pub mod alpha;
-// pub mod bench;
-// pub mod compare;
+pub mod alpha;
+pub mod bench;
+pub mod compare;
 pub mod data;
 pub mod kernels;
 pub mod kglm;
 pub mod lda;
 pub mod pca;
 pub mod plot;
-// pub mod train;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 
