@@ -1,7 +1,6 @@
 //! `mscope train`: an ensemble of MLP classifiers, one per seed, on a dataset of `mscope data`;
 //! writes the models, a JSON report and every model's test logits for `mscope compare`.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -9,7 +8,6 @@ use clap::Args;
 use crate::error::{Error, Result};
 use crate::instruments::ensemble::{train_ensemble, Named};
 use crate::io::datasets::read_train_test;
-use crate::io::tensor_file::{self, TensorOut};
 use crate::models::mlp::parse_activation;
 use crate::models::train::{parse_hidden, parse_seeds, Optimizer, TrainConfig};
 use crate::report;
@@ -106,18 +104,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     bar.finish_and_clear();
 
     if let Some(test) = &test {
-        tensor_file::write(
-            &args.out.join("scores.safetensors"),
-            vec![
-                TensorOut::f32(
-                    "scores",
-                    vec![report.models.len(), test.len(), report.classes],
-                    &report.test_logits,
-                ),
-                TensorOut::i64("labels", vec![test.len()], &test.y),
-            ],
-            HashMap::new(),
-        )?;
+        report::train::write_scores(&report, test, &args.out.join("scores.safetensors"))?;
     }
     report::write_json(&args.out.join("train.json"), &report)?;
     print!("{}", report::train::markdown(&report, &args.out));

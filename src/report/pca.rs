@@ -86,8 +86,9 @@ pub fn markdown(report: &PcaReport) -> String {
         }
     }
     let label = |row: &EndRow| row.label.clone().unwrap_or_else(|| "-".to_string());
-    let with_words = report.explain.iter().all(|e| e.highest_words.is_some());
-    if !report.explain.is_empty() && with_words {
+    // The words were counted wherever the texts were there.
+    let with_texts = report.explain.first().map(|e| e.highest_words.is_some());
+    if with_texts == Some(true) {
         md += "\n## Rows and words at either end of each component\n";
         let list = |rows: &[EndRow]| {
             rows.iter()
@@ -123,7 +124,7 @@ pub fn markdown(report: &PcaReport) -> String {
                 word_line(&e.lowest_words)
             );
         }
-    } else if !report.explain.is_empty() {
+    } else if with_texts == Some(false) {
         md += &format!(
             "\n## Rows at either end of each component\n\nTexts unavailable (no sidecar {}).\n\n",
             texts_sidecar_path(Path::new(&report.input)).display()

@@ -1,8 +1,29 @@
-//! `mscope train`'s Markdown summary.
+//! `mscope train`'s test scores file and Markdown summary.
 
+use std::collections::HashMap;
 use std::path::Path;
 
+use crate::data::Dataset;
+use crate::error::Result;
 use crate::instruments::ensemble::TrainReport;
+use crate::io::tensor_file::{self, TensorOut};
+
+/// Every model's logits on the `test` rows, `scores` F32 `[models, rows, classes]`, with the
+/// rows' `labels`: the input of `mscope compare`.
+pub fn write_scores(report: &TrainReport, test: &Dataset, path: &Path) -> Result<()> {
+    tensor_file::write(
+        path,
+        vec![
+            TensorOut::f32(
+                "scores",
+                vec![report.models.len(), test.len(), report.classes],
+                &report.test_logits,
+            ),
+            TensorOut::i64("labels", vec![test.len()], &test.y),
+        ],
+        HashMap::new(),
+    )
+}
 
 /// The run in one paragraph and one table row per seed; `out` is the output directory.
 pub fn markdown(report: &TrainReport, out: &Path) -> String {
