@@ -3,19 +3,16 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::Instant;
 
 use clap::Args;
-use serde_json::json;
 
 use crate::backend::trim;
-use crate::backend::{self, BackendKind, OpFamily, TrimReference, TrimResult, TrimSpec, W2Grid};
-use crate::data::scores::Scores;
+use crate::backend::{BackendKind, TrimSpec, W2Grid};
 use crate::data::scores::{read_scores, synthetic_ensemble};
 use crate::error::{Error, Result};
-use crate::instruments::metrics::{model_metrics, ModelMetrics};
+use crate::instruments::compare;
 use crate::io::samples::read_labels;
-use crate::report::{self, plot};
+use crate::report;
 
 #[derive(Args)]
 pub struct CompareArgs {
@@ -106,177 +103,18 @@ pub fn run(args: CompareArgs) -> Result<()> {
         }
         (None, None) => return Err(Error::input("give --scores FILE or --synthetic MxN")),
     };
-    if scores.models < 2 {
-        return Err(Error::input(format!(
-            "{source}: {} model(s); leave-one-out comparison needs at least 2",
-            scores.models
-        )));
-    }
-    let backend = backend::open(args.backend, OpFamily::Trim)?;
     let spec = TrimSpec {
         level: args.level,
         w2_alpha: args.w2_alpha,
         w2_grid: args.w2_grid,
     };
-
-    let start = Instant::now();
-    let decisions = scores.soft_decisions(labels.as_deref());
-    let rows: Vec<&[f32]> = decisions.chunks_exact(scores.points).collect();
-    let trims = backend.trim_search(&rows, TrimReference::LeaveOneOut, &spec)?;
-    let trim_seconds = start.elapsed().as_secs_f64();
-    let metrics = model_metrics(&scores, labels.as_deref());
-    let seconds = start.elapsed().as_secs_f64();
-
-    let models: Vec<serde_json::Value> = trims
-        .iter()
-        .zip(&metrics)
-        .enumerate()
-        .map(|(index, (t, m))| {
-            json!({
-                "index": index,
-                "alpha_hat": t.alpha_hat,
-                "ks": t.ks,
-                "trimmed_w2": t.trimmed_w2,
-                "trimmed_w2_exact": t.w2_exact,
-                "accuracy": m.accuracy,
-                "churn_mean": m.churn_mean,
-                "churn_vs_majority": m.churn_vs_majority,
-                "ece": m.ece,
-            })
-        })
-        .collect();
+    let report = compare::report(args.backend, &scores, labels.as_deref(), source, &spec)?;
     if let Some(path) = &args.out {
-        let report = json!({
-            "source": source,
-            "n_models": scores.models,
-            "n_points": scores.points,
-            "classes": scores.classes,
-            "level": args.level,
-            "threshold": trims[0].threshold,
-            "w2_alpha": args.w2_alpha,
-            "w2_grid": w2_grid_name(&trims),
-            "backend": backend.name(),
-            "models": models,
-        });
         report::write_json(path, &report)?;
     }
     if let Some(path) = &args.plot {
-        draw(path, &trims, &metrics, labels.is_some())?;
+        report::compare::plot(&report, path)?;
     }
-    print_summary(
-        &args,
-        &source,
-        &scores,
-        &trims,
-        &metrics,
-        seconds,
-        trim_seconds,
-    );
+    print!("{}", report::compare::markdown(&report, args.top));
     Ok(())
-}
-
-fn draw(
-    path: &std::path::Path,
-    trims: &[TrimResult],
-    metrics: &[ModelMetrics],
-    with_labels: bool,
-) -> Result<()> {
-    let x = |m: &ModelMetrics| {
-        if with_labels {
-            m.accuracy.unwrap_or(f64::NAN)
-        } else {
-            m.churn_mean
-        }
-    };
-    let (mut typical, mut atypical) = (Vec::new(), Vec::new());
-    for (t, m) in trims.iter().zip(metrics) {
-        let group = if t.alpha_hat > 0.0 {
-            &mut atypical
-        } else {
-            &mut typical
-        };
-        group.push((x(m), t.alpha_hat));
-    }
-    plot::scatter(
-        path,
-        "Trimmed comparison of each model with the pooled others",
-        if with_labels {
-            "accuracy"
-        } else {
-            "mean churn"
-        },
-        "α-hat",
-        &[
-            plot::Series {
-                label: "α-hat = 0",
-                points: &typical,
-            },
-            plot::Series {
-                label: "α-hat > 0",
-                points: &atypical,
-            },
-        ],
-    )
-}
-
-fn print_summary(
-    args: &CompareArgs,
-    source: &str,
-    scores: &Scores,
-    trims: &[TrimResult],
-    metrics: &[ModelMetrics],
-    seconds: f64,
-    trim_seconds: f64,
-) {
-    let atypical = trims.iter().filter(|t| t.alpha_hat > 0.0).count();
-    println!("## compare: {source}\n");
-    println!(
-        "{} models × {} points{}; level {}, KS threshold {:.6}; {atypical} model(s) with α̂ > 0. \
-         Trimmed W2 on the {} grid. {:.2} s ({:.2} s trimmed search).\n",
-        scores.models,
-        scores.points,
-        if scores.classes > 1 {
-            format!(" × {} classes", scores.classes)
-        } else {
-            String::new()
-        },
-        args.level,
-        trims[0].threshold,
-        w2_grid_name(trims),
-        seconds,
-        trim_seconds,
-    );
-    let mut order: Vec<usize> = (0..trims.len()).collect();
-    order.sort_by(|&a, &b| trims[b].alpha_hat.total_cmp(&trims[a].alpha_hat));
-    let cell = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.4}"));
-    println!("| model | α̂ | KS | trimmed W2 | accuracy | churn (mean) | churn vs majority | ECE |");
-    println!("|---|---|---|---|---|---|---|---|");
-    for &i in order.iter().take(args.top) {
-        let (t, m) = (&trims[i], &metrics[i]);
-        println!(
-            "| {i} | {:.4} | {:.4} | {:.4} | {} | {:.4} | {:.4} | {} |",
-            t.alpha_hat,
-            t.ks,
-            t.trimmed_w2,
-            cell(m.accuracy),
-            m.churn_mean,
-            m.churn_vs_majority,
-            cell(m.ece)
-        );
-    }
-    if trims.len() > args.top {
-        println!(
-            "\n({} more models; `--out` writes them all)",
-            trims.len() - args.top
-        );
-    }
-}
-
-/// The grid the trimmed W2 costs were computed on (the same for every model of a run).
-fn w2_grid_name(trims: &[TrimResult]) -> &'static str {
-    if trims[0].w2_exact {
-        "merged"
-    } else {
-        "candidate (approximate)"
-    }
 }

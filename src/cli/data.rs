@@ -1,14 +1,14 @@
 //! `mscope data`: classification datasets for `mscope train` — seeded two moons and Gaussian
 //! blobs, or scikit-learn's 8×8 digits — split into stratified train and test files.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::pca::{points_by_label, scatter_plot};
-use crate::data::{digits, synthetic, Dataset};
+use crate::data::{digits, synthetic};
 use crate::error::{Error, Result};
 use crate::instruments::splits;
+use crate::report;
 
 #[derive(Args)]
 pub struct DataArgs {
@@ -113,13 +113,15 @@ pub fn run(args: DataArgs) -> Result<()> {
     }
 
     let split = if splitting {
-        Some(stratified_split(&data, output.test_fraction, output.seed)?)
+        let split = splits::split_dataset(&data, output.test_fraction, output.seed ^ SPLIT_STREAM)
+            .map_err(|e| Error::input(format!("--test-fraction: {e}")))?;
+        Some(split)
     } else {
         None
     };
     // The plot comes before the datasets, so that a plot that cannot be drawn leaves none behind.
     if let Some(path) = &output.plot {
-        plot(path, name, &data)?;
+        report::data::plot(path, name, &data)?;
     }
     let (dim, labels) = (data.dim, data.num_classes());
     let (train, test) = match split {
@@ -140,38 +142,4 @@ pub fn run(args: DataArgs) -> Result<()> {
         output.seed
     );
     Ok(())
-}
-
-/// One stratified split; both parts keep the rows in their original order.
-fn stratified_split(data: &Dataset, test_fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
-    let mut classes = vec![Vec::new(); data.num_classes()];
-    for (row, &label) in data.y.iter().enumerate() {
-        classes[label as usize].push(row as u32);
-    }
-    let split = splits::stratified(&classes, 1, test_fraction, seed ^ SPLIT_STREAM)
-        .map_err(|e| Error::input(format!("--test-fraction: {e}")))?
-        .remove(0);
-    let rows = |part: &[Vec<u32>]| {
-        let mut rows: Vec<usize> = part.iter().flatten().map(|&r| r as usize).collect();
-        rows.sort_unstable();
-        rows
-    };
-    Ok((
-        data.select(&rows(&split.train)),
-        data.select(&rows(&split.test)),
-    ))
-}
-
-fn plot(path: &Path, name: &str, data: &Dataset) -> Result<()> {
-    let coords: Vec<f64> = data.x.iter().map(|&v| v as f64).collect();
-    let names: Vec<String> = (0..data.num_classes())
-        .map(|k| format!("label {k}"))
-        .collect();
-    let groups = points_by_label(&coords, 2, (0, Some(1)), &data.y, &names);
-    scatter_plot(
-        path,
-        &format!("{name} ({} rows)", data.len()),
-        ("x0", "x1"),
-        &groups,
-    )
 }

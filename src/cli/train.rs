@@ -1,19 +1,15 @@
 //! `mscope train`: an ensemble of MLP classifiers, one per seed, on a dataset of `mscope data`;
 //! writes the models, a JSON report and every model's test logits for `mscope compare`.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
-use serde_json::json;
 
-use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::io::tensor_file::{self, TensorOut};
+use crate::instruments::ensemble::{train_ensemble, Named};
+use crate::io::datasets::read_train_test;
 use crate::models::mlp::parse_activation;
-use crate::models::train::{
-    evaluate, parse_hidden, parse_seeds, train, Evaluation, Optimizer, TrainConfig,
-};
+use crate::models::train::{parse_hidden, parse_seeds, Optimizer, TrainConfig};
 use crate::report;
 
 #[derive(Args)]
@@ -58,15 +54,6 @@ pub struct TrainArgs {
 
 const DEFAULT_MOMENTUM: f64 = 0.9;
 
-/// What is reported of one seed's model.
-struct SeedResult {
-    seed: u64,
-    path: PathBuf,
-    epoch_losses: Vec<f64>,
-    train: Evaluation,
-    test: Option<Evaluation>,
-}
-
 pub fn run(args: TrainArgs) -> Result<()> {
     super::set_threads(args.threads)?;
     let optimizer: Optimizer = args.optimizer.parse()?;
@@ -88,153 +75,38 @@ pub fn run(args: TrainArgs) -> Result<()> {
     config.check()?;
     let seeds = parse_seeds(&args.seeds)?;
 
-    let in_file = |path: &Path| {
-        let path = path.display().to_string();
-        move |e: Error| Error::input(format!("{path}: {e}"))
-    };
-    let data = Dataset::read(&args.data)?;
-    if data.is_empty() {
-        return Err(Error::input(format!("{}: no rows", args.data.display())));
-    }
-    let classes = data.num_classes();
-    if classes < 2 {
-        return Err(Error::input(format!(
-            "{}: every label is {}; a classifier needs at least 2 classes",
-            args.data.display(),
-            data.y[0]
-        )));
-    }
-    let test = match &args.test_data {
-        Some(path) => {
-            let test = Dataset::read(path)?;
-            if test.is_empty() {
-                return Err(Error::input(format!("{}: no rows", path.display())));
-            }
-            if test.dim != data.dim {
-                return Err(Error::input(format!(
-                    "{}: rows of dimension {}, but the training data {} has {}",
-                    path.display(),
-                    test.dim,
-                    args.data.display(),
-                    data.dim
-                )));
-            }
-            test.check_labels(classes, path)?;
-            Some(test)
-        }
-        None => None,
-    };
+    let (data, test) = read_train_test(&args.data, args.test_data.as_deref())?;
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
 
     let bar = super::progress_bar(
         (seeds.len() * config.epochs) as u64,
         "{bar:40} {pos}/{len} epochs  eta {eta}  {msg}",
     );
-    let mut results = Vec::with_capacity(seeds.len());
-    // Seeds one after another: the GEMMs inside each step already use every core.
-    for &seed in &seeds {
-        let trained = train(&data, classes, &config, seed, &mut |epoch, loss| {
+    let report = train_ensemble(
+        (
+            Named {
+                path: &args.data,
+                data: &data,
+            },
+            args.test_data
+                .as_deref()
+                .zip(test.as_ref())
+                .map(|(path, data)| Named { path, data }),
+        ),
+        (&config, &args.activation),
+        &seeds,
+        &args.out,
+        &mut |seed, epoch, loss| {
             bar.inc(1);
             bar.set_message(format!("seed {seed} epoch {} loss {loss:.4}", epoch + 1));
-        })
-        .map_err(in_file(&args.data))?;
-        let path = args.out.join(format!("model-seed{seed}.safetensors"));
-        trained.model.write(&path)?;
-        let train_eval = evaluate(&trained.model, &data).map_err(in_file(&args.data))?;
-        let test_eval = match (&test, &args.test_data) {
-            (Some(test), Some(test_path)) => {
-                Some(evaluate(&trained.model, test).map_err(in_file(test_path))?)
-            }
-            _ => None,
-        };
-        results.push(SeedResult {
-            seed,
-            path,
-            epoch_losses: trained.epoch_losses,
-            train: train_eval,
-            test: test_eval,
-        });
-    }
+        },
+    )?;
     bar.finish_and_clear();
 
     if let Some(test) = &test {
-        let scores: Vec<f32> = results
-            .iter()
-            .flat_map(|r| {
-                r.test
-                    .as_ref()
-                    .expect("evaluated on the test set")
-                    .logits
-                    .iter()
-            })
-            .copied()
-            .collect();
-        tensor_file::write(
-            &args.out.join("scores.safetensors"),
-            vec![
-                TensorOut::f32("scores", vec![results.len(), test.len(), classes], &scores),
-                TensorOut::i64("labels", vec![test.len()], &test.y),
-            ],
-            HashMap::new(),
-        )?;
+        report::train::write_scores(&report, test, &args.out.join("scores.safetensors"))?;
     }
-    report::write_json(
-        &args.out.join("train.json"),
-        &json!({
-            "data": args.data.display().to_string(),
-            "test_data": args.test_data.as_ref().map(|p| p.display().to_string()),
-            "n_train": data.len(),
-            "n_test": test.as_ref().map(Dataset::len),
-            "dim": data.dim,
-            "classes": classes,
-            "hidden": config.hidden,
-            "activation": args.activation,
-            "epochs": config.epochs,
-            "lr": config.lr,
-            "batch_size": config.batch_size,
-            "optimizer": optimizer.name(),
-            "momentum": (optimizer == Optimizer::Sgd).then_some(config.momentum),
-            "weight_decay": config.weight_decay,
-            "seeds": seeds,
-            "models": results.iter().map(|r| json!({
-                "seed": r.seed,
-                "path": r.path.display().to_string(),
-                "train_loss": r.train.loss,
-                "train_accuracy": r.train.accuracy,
-                "test_loss": r.test.as_ref().map(|t| t.loss),
-                "test_accuracy": r.test.as_ref().map(|t| t.accuracy),
-                "epoch_losses": r.epoch_losses,
-            })).collect::<Vec<_>>(),
-        }),
-    )?;
-
-    let mut md = format!(
-        "# Trained {} MLP(s) on {} -> {}\n\n{} rows × {} dims, {classes} classes; hidden {:?}, {}, \
-         {} epochs of batches of {}, {} lr {}.\n\n| seed | train loss | train accuracy | test accuracy |\n|---|---|---|---|\n",
-        results.len(),
-        args.data.display(),
-        args.out.display(),
-        data.len(),
-        data.dim,
-        config.hidden,
-        args.activation,
-        config.epochs,
-        config.batch_size,
-        optimizer.name(),
-        config.lr,
-    );
-    for r in &results {
-        let test_accuracy = r
-            .test
-            .as_ref()
-            .map_or("–".to_string(), |t| format!("{:.2}%", 100.0 * t.accuracy));
-        md += &format!(
-            "| {} | {:.4} | {:.2}% | {test_accuracy} |\n",
-            r.seed,
-            r.train.loss,
-            100.0 * r.train.accuracy
-        );
-    }
-    print!("{md}");
+    report::write_json(&args.out.join("train.json"), &report)?;
+    print!("{}", report::train::markdown(&report, &args.out));
     Ok(())
 }

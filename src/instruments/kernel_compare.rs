@@ -1,11 +1,15 @@
 //! Comparing two kernels over the same points: centred kernel alignment, the distance between
 //! their normalised spectra, effective ranks and the relative Frobenius difference. All in f64.
 
+use std::path::Path;
+
 use faer::{MatRef, Side};
+use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::io::kernel_file::KernelFile;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct KernelComparison {
     pub n: usize,
     /// `⟨HK₁H, HK₂H⟩_F / (‖HK₁H‖_F ‖HK₂H‖_F)`, `H = I − 11ᵀ/n`.
@@ -17,8 +21,46 @@ pub struct KernelComparison {
     pub effective_rank: [f64; 2],
     /// `‖K₁ − K₂‖_F / ‖K₂‖_F`.
     pub relative_frobenius: f64,
-    /// Each kernel's eigenvalues, descending, divided by their sum (the trace).
+    /// Each kernel's eigenvalues, descending, divided by their sum (the trace); plotted, not
+    /// reported.
+    #[serde(skip)]
     pub spectra: [Vec<f64>; 2],
+}
+
+/// What `mscope ntk-compare` reports: the two kernels and their comparison, whose serialised
+/// fields are the JSON report's keys.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelCompareReport {
+    pub kernels: [KernelSummary; 2],
+    #[serde(flatten)]
+    pub comparison: KernelComparison,
+}
+
+/// Which kernel a file holds.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelSummary {
+    pub path: String,
+    pub kind: String,
+    pub normalized: bool,
+    pub projection_dim: usize,
+}
+
+/// Compares two square kernels over the same points, read from `paths`.
+pub fn report(paths: [&Path; 2], kernels: &[KernelFile; 2]) -> Result<KernelCompareReport> {
+    let comparison = compare(&kernels[0].values, &kernels[1].values, kernels[0].rows)?;
+    let summary = |path: &Path, k: &KernelFile| KernelSummary {
+        path: path.display().to_string(),
+        kind: k.kind.clone(),
+        normalized: k.normalized,
+        projection_dim: k.projection_dim,
+    };
+    Ok(KernelCompareReport {
+        kernels: [
+            summary(paths[0], &kernels[0]),
+            summary(paths[1], &kernels[1]),
+        ],
+        comparison,
+    })
 }
 
 /// Compares two square kernels `[n, n]` (row-major) over the same `n` points.

@@ -5,8 +5,9 @@ use rayon::prelude::*;
 
 use crate::data::scores::Scores;
 
-/// Per-model metrics of an ensemble.
-#[derive(Clone, Debug, PartialEq)]
+/// Per-model metrics of an ensemble; the serialised fields are keys of `mscope compare`'s
+/// report.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ModelMetrics {
     /// Fraction of points labelled correctly (with labels).
     pub accuracy: Option<f64>,

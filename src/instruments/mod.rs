@@ -1,6 +1,9 @@
 //! Instruments: pretrained models turned into measurements of other models.
 
+pub mod alpha;
+pub mod compare;
 pub mod embed;
+pub mod ensemble;
 pub mod kernel_compare;
 pub mod kglm;
 pub mod lda;

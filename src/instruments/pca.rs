@@ -2,12 +2,16 @@
 //! reports them: the covariance comes from the backend's scatter op (one GEMM), its eigenvectors
 //! from the backend's symmetric eigen op. Then what each component means: per-label mean scores,
 //! how well each component separates a label from the rest, the rows at either end and the words
-//! over-represented there.
+//! over-represented there, gathered in the report `mscope pca` writes.
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use serde::Serialize;
 
 use crate::backend::{Backend, Matrix64, Tensor};
 use crate::error::{Error, Result};
+use crate::io::embeddings::EmbeddingsFile;
 
 #[derive(Clone, Debug)]
 pub struct Pca {
@@ -98,7 +102,7 @@ impl Pca {
 }
 
 /// How one label sits along the components.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LabelSeparation {
     pub label: String,
     pub rows: usize,
@@ -211,7 +215,7 @@ pub fn extremes(scores: &[f64], k: usize, count: usize) -> Vec<Extremes> {
 }
 
 /// A word and how much more often it occurs at one end of a component than at the other.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct WordScore {
     pub word: String,
     /// Smoothed log-odds ratio, this end over the other (> 0: over-represented here).
@@ -272,6 +276,143 @@ pub fn distinctive_words(
         end
     };
     (best(1.0), best(-1.0))
+}
+
+/// What `mscope pca` reports; the serialised fields are the JSON report's keys. The skipped
+/// fields are what the plots need besides.
+#[derive(Clone, Debug, Serialize)]
+pub struct PcaReport {
+    pub input: String,
+    pub model: String,
+    pub n: usize,
+    pub dim: usize,
+    pub n_components: usize,
+    pub explained_variance: Vec<f64>,
+    pub explained_variance_ratio: Vec<f64>,
+    /// `[k][dim]`, as [`Pca::components`].
+    pub components: Vec<Vec<f64>>,
+    pub mean: Vec<f64>,
+    pub labels: Vec<LabelSeparation>,
+    /// One entry per component when rows are explained, else none.
+    pub explain: Vec<ComponentEnds>,
+    /// Rows at each end whose words were counted (meaningful with texts only).
+    #[serde(skip)]
+    pub word_rows: usize,
+    /// `[n, k]` row-major: each row's score on each component.
+    #[serde(skip)]
+    pub scores: Vec<f64>,
+    /// The embeddings file's label index of each row (-1: none) and the label names.
+    #[serde(skip)]
+    pub row_labels: Vec<i64>,
+    #[serde(skip)]
+    pub label_names: Vec<String>,
+}
+
+/// The rows at either end of one component and, with texts, the words over-represented there.
+#[derive(Clone, Debug, Serialize)]
+pub struct ComponentEnds {
+    /// 1-based.
+    pub component: usize,
+    pub highest: Vec<EndRow>,
+    pub lowest: Vec<EndRow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub highest_words: Option<Vec<WordScore>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lowest_words: Option<Vec<WordScore>>,
+}
+
+/// One row at an end of a component.
+#[derive(Clone, Debug, Serialize)]
+pub struct EndRow {
+    pub row: usize,
+    pub label: Option<String>,
+    pub score: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// The first `k` principal components of `file`'s rows (read from `input`), what separates its
+/// labels along them and, with `explain > 0`, the `explain` rows at either end of each
+/// component, with the words over-represented there when the rows' `texts` are given.
+pub fn report(
+    backend: &dyn Backend,
+    file: &EmbeddingsFile,
+    input: &Path,
+    k: usize,
+    explain: usize,
+    texts: Option<&[String]>,
+) -> Result<PcaReport> {
+    let x = backend.upload(&[file.rows(), file.dim], &file.embeddings)?;
+    let pca =
+        Pca::fit(backend, &x, k).map_err(|e| Error::input(format!("{}: {e}", input.display())))?;
+    let scores = pca.scores(&file.embeddings);
+    let labels = separation(&scores, k, &file.labels, &file.label_names);
+    // Words are counted over at least a tenth of the rows at each end (N rows say little about
+    // word use), and the two ends never share a row.
+    let word_rows = explain.max(pca.n / 10).min(pca.n / 2);
+    let ends = if explain > 0 {
+        extremes(&scores, k, explain.max(word_rows))
+    } else {
+        Vec::new()
+    };
+    let end_rows = |rows: &[usize], c: usize| -> Vec<EndRow> {
+        rows[..explain.min(rows.len())]
+            .iter()
+            .map(|&r| EndRow {
+                row: r,
+                label: usize::try_from(file.labels[r])
+                    .ok()
+                    .map(|l| file.label_names[l].clone()),
+                score: scores[r * k + c],
+                text: texts.map(|texts| texts[r].clone()),
+            })
+            .collect()
+    };
+    let explain = ends
+        .iter()
+        .enumerate()
+        .map(|(c, e)| {
+            let words = texts.map(|texts| {
+                let pick = |rows: &[usize]| -> Vec<&str> {
+                    rows[..word_rows]
+                        .iter()
+                        .map(|&r| texts[r].as_str())
+                        .collect()
+                };
+                distinctive_words(&pick(&e.highest), &pick(&e.lowest), 8)
+            });
+            let (highest_words, lowest_words) = words.unzip();
+            ComponentEnds {
+                component: c + 1,
+                highest: end_rows(&e.highest, c),
+                lowest: end_rows(&e.lowest, c),
+                highest_words,
+                lowest_words,
+            }
+        })
+        .collect();
+    Ok(PcaReport {
+        input: input.display().to_string(),
+        model: file.model.clone(),
+        n: pca.n,
+        dim: pca.dim,
+        n_components: k,
+        components: pca
+            .components
+            .data
+            .chunks(pca.dim)
+            .map(<[f64]>::to_vec)
+            .collect(),
+        explained_variance: pca.explained_variance,
+        explained_variance_ratio: pca.explained_variance_ratio,
+        mean: pca.mean,
+        labels,
+        explain,
+        word_rows,
+        scores,
+        row_labels: file.labels.clone(),
+        label_names: file.label_names.clone(),
+    })
 }
 
 #[cfg(test)]

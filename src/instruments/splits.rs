@@ -1,6 +1,7 @@
 //! Stratified shuffle splits: every split keeps each class's share of the rows in its test part,
 //! and the same seed gives the same splits on every machine.
 
+use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::random::SplitMix64;
 
@@ -83,4 +84,23 @@ pub fn stratified(
             Split { train, test }
         })
         .collect())
+}
+
+/// One stratified split of a dataset into train and test parts; both keep the rows in their
+/// original order.
+pub fn split_dataset(data: &Dataset, test_fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
+    let mut classes = vec![Vec::new(); data.num_classes()];
+    for (row, &label) in data.y.iter().enumerate() {
+        classes[label as usize].push(row as u32);
+    }
+    let split = stratified(&classes, 1, test_fraction, seed)?.remove(0);
+    let rows = |part: &[Vec<u32>]| {
+        let mut rows: Vec<usize> = part.iter().flatten().map(|&r| r as usize).collect();
+        rows.sort_unstable();
+        rows
+    };
+    Ok((
+        data.select(&rows(&split.train)),
+        data.select(&rows(&split.test)),
+    ))
 }

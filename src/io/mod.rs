@@ -1,7 +1,9 @@
 //! Input readers and output writers.
 pub mod checkpoint;
+pub mod datasets;
 pub mod embeddings;
 pub mod kernel_file;
+pub mod kernel_inputs;
 pub mod samples;
 pub mod tensor_file;
 pub mod texts;

@@ -23,6 +23,50 @@ pub struct Series<'a> {
     pub points: &'a [(f64, f64)],
 }
 
+/// Points gathered by group name (a label, a backend), in order of first appearance.
+pub type Groups = Vec<(String, Vec<(f64, f64)>)>;
+
+/// The [`Series`] of each group, to hand to a plot.
+pub fn series(groups: &[(String, Vec<(f64, f64)>)]) -> Vec<Series<'_>> {
+    groups
+        .iter()
+        .map(|(label, points)| Series { label, points })
+        .collect()
+}
+
+/// Labelled points gathered into one group per label, in order of first appearance.
+pub fn grouped(points: impl Iterator<Item = (String, (f64, f64))>) -> Groups {
+    let mut groups: Groups = Vec::new();
+    for (label, point) in points {
+        match groups.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, points)) => points.push(point),
+            None => groups.push((label, vec![point])),
+        }
+    }
+    groups
+}
+
+/// Points of each label (and of unlabelled rows, label -1) taken from `[n, k]` coordinates:
+/// x from column `cx`, y from column `cy` or, without one, the label's index (a strip plot).
+/// Labels without rows are left out.
+pub fn points_by_label(
+    coords: &[f64],
+    k: usize,
+    (cx, cy): (usize, Option<usize>),
+    labels: &[i64],
+    names: &[String],
+) -> Groups {
+    let mut groups: Groups = names.iter().map(|n| (n.clone(), Vec::new())).collect();
+    groups.push(("(no label)".to_string(), Vec::new()));
+    for (i, &l) in labels.iter().enumerate() {
+        let slot = if l >= 0 { l as usize } else { names.len() };
+        let y = cy.map_or(slot as f64, |cy| coords[i * k + cy]);
+        groups[slot].1.push((coords[i * k + cx], y));
+    }
+    groups.retain(|(_, p)| !p.is_empty());
+    groups
+}
+
 /// Matplotlib's "tab10" (distinct, colour-blind-friendlier than a rainbow), then black and
 /// olive so a dozen kernel families still get a colour each.
 const PALETTE: [RGBColor; 12] = [

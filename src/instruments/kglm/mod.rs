@@ -12,11 +12,19 @@
 //! both land on the same (unique) optimum. It runs in f64 by L-BFGS on that objective divided by
 //! `n`, as scikit-learn scales it, which makes the gradient tolerance independent of `n`.
 
+mod correlation;
+
 use std::collections::VecDeque;
+use std::path::Path;
+
+use serde::Serialize;
 
 use crate::backend::cpu::{gemm, Operand};
 use crate::data::scores::argmax;
 use crate::error::{Error, Result};
+use crate::io::kernel_inputs::KglmInputs;
+
+pub use correlation::{kendall_tau_b, pearson, r2_score};
 
 /// scikit-learn's default `C = 1`.
 pub const DEFAULT_L2: f64 = 1.0;
@@ -435,92 +443,85 @@ pub fn accuracy(scores: &[f64], classes: usize, labels: &[usize]) -> f64 {
     right as f64 / labels.len() as f64
 }
 
-/// Kendall's τ-b (ties in either variable handled as scipy's `kendalltau`) by Knight's
-/// O(n log n) algorithm: sort by `(x, y)`, count tied pairs, then count the discordant pairs as
-/// the swaps a merge sort of the `y` sequence makes. NaN when either variable is constant.
-pub fn kendall_tau_b(x: &[f64], y: &[f64]) -> f64 {
-    assert_eq!(x.len(), y.len(), "kendall_tau_b: lengths differ");
-    let n = x.len() as u64;
-    let mut order: Vec<usize> = (0..x.len()).collect();
-    order.sort_by(|&a, &b| x[a].total_cmp(&x[b]).then(y[a].total_cmp(&y[b])));
-    let tied_x = tied_pairs(order.iter().map(|&i| x[i]));
-    let tied_xy = tied_pairs(order.iter().map(|&i| (x[i], y[i])));
-    let mut ys: Vec<f64> = order.iter().map(|&i| y[i]).collect();
-    let discordant = merge_sort_swaps(&mut ys);
-    let tied_y = tied_pairs(ys.iter().copied());
-    let total = n * n.saturating_sub(1) / 2;
-    let score =
-        total as f64 - tied_x as f64 - tied_y as f64 + tied_xy as f64 - 2.0 * discordant as f64;
-    score / ((total - tied_x) as f64 * (total - tied_y) as f64).sqrt()
+/// What `mscope kglm` reports; the serialised fields are the JSON report's keys (the
+/// faithfulness ones null without the network).
+#[derive(Clone, Debug, Serialize)]
+pub struct KglmReport {
+    pub train_kernel: String,
+    pub test_kernel: String,
+    pub model: Option<String>,
+    pub kernel_kind: String,
+    pub normalized: bool,
+    pub projection_dim: usize,
+    pub n_train: usize,
+    pub n_test: usize,
+    pub classes: usize,
+    pub l2: f64,
+    pub tol: f64,
+    pub iterations: usize,
+    pub converged: bool,
+    pub gradient_norm: f64,
+    /// Test accuracy of the surrogate's logits.
+    pub accuracy_surrogate: f64,
+    pub kendall_tau: Option<f64>,
+    pub dropped_points: Option<usize>,
+    pub r2_logits: Option<f64>,
+    pub pearson_logits: Option<f64>,
+    pub accuracy_network: Option<f64>,
+    /// Surrogate minus network accuracy, both from probabilities.
+    pub accuracy_differential: Option<f64>,
+    /// The whole comparison with the network, for the summary and the plot.
+    #[serde(skip)]
+    pub faithfulness: Option<Faithfulness>,
 }
 
-/// `Σ t(t−1)/2` over the runs of equal values of a sorted sequence.
-fn tied_pairs<T: PartialEq>(sorted: impl Iterator<Item = T>) -> u64 {
-    let (mut pairs, mut run, mut last) = (0u64, 0u64, None);
-    for v in sorted {
-        if last.as_ref() == Some(&v) {
-            run += 1;
-        } else {
-            pairs += run * (run.saturating_sub(1)) / 2;
-            run = 1;
-        }
-        last = Some(v);
-    }
-    pairs + run * run.saturating_sub(1) / 2
-}
-
-/// Sorts `v` ascending (stably) and returns how many pairs were out of order (ties are not).
-fn merge_sort_swaps(v: &mut [f64]) -> u64 {
-    if v.len() < 2 {
-        return 0;
-    }
-    let mid = v.len() / 2;
-    let mut swaps = merge_sort_swaps(&mut v[..mid]) + merge_sort_swaps(&mut v[mid..]);
-    let mut merged = Vec::with_capacity(v.len());
-    let (mut i, mut j) = (0, mid);
-    while i < mid && j < v.len() {
-        if v[i] <= v[j] {
-            merged.push(v[i]);
-            i += 1;
-        } else {
-            // v[j] jumps ahead of every left element still waiting.
-            swaps += (mid - i) as u64;
-            merged.push(v[j]);
-            j += 1;
-        }
-    }
-    merged.extend_from_slice(&v[i..mid]);
-    merged.extend_from_slice(&v[j..]);
-    v.copy_from_slice(&merged);
-    swaps
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len() as f64
-}
-
-/// Coefficient of determination of `truth` by `prediction`: `1 − SS_res / SS_tot`
-/// (scikit-learn's `r2_score`).
-pub fn r2_score(truth: &[f64], prediction: &[f64]) -> f64 {
-    let m = mean(truth);
-    let residual: f64 = truth
-        .iter()
-        .zip(prediction)
-        .map(|(t, p)| (t - p).powi(2))
-        .sum();
-    let total: f64 = truth.iter().map(|t| (t - m).powi(2)).sum();
-    1.0 - residual / total
-}
-
-/// Pearson correlation coefficient.
-pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
-    let (ma, mb) = (mean(a), mean(b));
-    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        let (dx, dy) = (x - ma, y - mb);
-        ab += dx * dy;
-        aa += dx * dx;
-        bb += dy * dy;
-    }
-    ab / (aa * bb).sqrt()
+/// Fits the kernel GLM on `inputs` and, with the network, measures its faithfulness. The paths
+/// are the files of the training kernel, the test kernel and the model, named in the report.
+pub fn report(
+    inputs: &KglmInputs,
+    (train_kernel, test_kernel, model): (&Path, &Path, Option<&Path>),
+    options: &FitOptions,
+) -> Result<KglmReport> {
+    let classes = inputs.classes;
+    let network = match &inputs.network {
+        Some((mlp, data)) => Some((mlp.logits(&data.x)?, mlp.num_classes())),
+        None => None,
+    };
+    let glm = KernelGlm::fit(
+        &inputs.train_kernel.values,
+        &inputs.train_y,
+        classes,
+        options,
+    )?;
+    let logits = glm.logits(&inputs.test_kernel.values);
+    let faithful = network
+        .as_ref()
+        .map(|(net, outputs)| faithfulness(&logits, classes, net, *outputs, &inputs.test_y))
+        .transpose()?;
+    let field = |get: fn(&Faithfulness) -> f64| faithful.as_ref().map(get);
+    let kernel = &inputs.train_kernel;
+    Ok(KglmReport {
+        train_kernel: train_kernel.display().to_string(),
+        test_kernel: test_kernel.display().to_string(),
+        model: model.map(|p| p.display().to_string()),
+        kernel_kind: kernel.kind.clone(),
+        normalized: kernel.normalized,
+        projection_dim: kernel.projection_dim,
+        n_train: kernel.rows,
+        n_test: inputs.test_y.len(),
+        classes,
+        l2: options.l2,
+        tol: options.tol,
+        iterations: glm.iterations,
+        converged: glm.converged,
+        gradient_norm: glm.gradient_norm,
+        accuracy_surrogate: accuracy(&logits, classes, &inputs.test_y),
+        kendall_tau: field(|f| f.kendall_tau),
+        dropped_points: faithful.as_ref().map(|f| f.dropped_points),
+        r2_logits: field(|f| f.r2_logits),
+        pearson_logits: field(|f| f.pearson_logits),
+        accuracy_network: field(|f| f.accuracy_network),
+        accuracy_differential: field(|f| f.accuracy_surrogate - f.accuracy_network),
+        faithfulness: faithful,
+    })
 }

@@ -1,0 +1,235 @@
+//! The inputs of the kernel instruments, read and checked against each other: for a kernel GLM
+//! (`mscope kglm`) a square train-by-train kernel, a test-by-train kernel of the same kind, a
+//! class label per row of each, and optionally the network with the test data its rows come
+//! from; for a comparison (`mscope ntk-compare`) two square kernels over the same points.
+
+use std::path::Path;
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::io::kernel_file::KernelFile;
+use crate::io::samples::read_labels;
+use crate::io::tensor_file::TensorFile;
+use crate::models::mlp::Mlp;
+
+/// Where the inputs are.
+#[derive(Clone, Copy, Debug)]
+pub struct KglmPaths<'a> {
+    pub train_kernel: &'a Path,
+    pub train_labels: &'a Path,
+    pub test_kernel: &'a Path,
+    pub test_labels: &'a Path,
+    /// The network and its test data come together.
+    pub network: Option<(&'a Path, &'a Path)>,
+}
+
+/// The inputs, consistent with each other.
+pub struct KglmInputs {
+    /// `[N_train, N_train]`.
+    pub train_kernel: KernelFile,
+    /// `[N_test, N_train]`, the same kind of kernel.
+    pub test_kernel: KernelFile,
+    /// Class indices below `classes`.
+    pub train_y: Vec<usize>,
+    pub test_y: Vec<usize>,
+    /// The network's classes (two for a one-output network), or else those the training labels
+    /// name.
+    pub classes: usize,
+    /// The network and the test data, rows in the test kernel's order.
+    pub network: Option<(Mlp, Dataset)>,
+}
+
+impl KglmInputs {
+    pub fn read(paths: &KglmPaths) -> Result<Self> {
+        let train_kernel = KernelFile::read(paths.train_kernel)?;
+        let test_kernel = KernelFile::read(paths.test_kernel)?;
+        check_kernels(paths, &train_kernel, &test_kernel)?;
+        let train_labels = read_class_labels(paths.train_labels)?;
+        let test_labels = read_class_labels(paths.test_labels)?;
+        check_count(
+            paths.train_labels,
+            train_labels.len(),
+            train_kernel.rows,
+            paths.train_kernel,
+        )?;
+        check_count(
+            paths.test_labels,
+            test_labels.len(),
+            test_kernel.rows,
+            paths.test_kernel,
+        )?;
+
+        let network = match paths.network {
+            Some((model, data)) => Some((Mlp::read(model)?, Dataset::read(data)?)),
+            None => None,
+        };
+        // One-output networks are binary (their logit is class 1's log-odds): two classes.
+        let classes = match &network {
+            Some((mlp, _)) => mlp.num_classes().max(2),
+            None => train_labels
+                .iter()
+                .max()
+                .map_or(0, |&m| usize::try_from(m + 1).unwrap_or(0)),
+        };
+        let source = |path: &Path| match &network {
+            Some(_) => format!("{} (the model has {classes} classes)", path.display()),
+            None => format!(
+                "{} (the training labels name {classes} classes)",
+                path.display()
+            ),
+        };
+        let train_y = class_indices(&train_labels, classes, &source(paths.train_labels))?;
+        let present = (0..classes).filter(|c| train_y.contains(c)).count();
+        if present < 2 {
+            return Err(Error::input(format!(
+                "{}: the training labels hold {present} distinct class(es); a classifier needs 2",
+                paths.train_labels.display()
+            )));
+        }
+        let test_y = class_indices(&test_labels, classes, &source(paths.test_labels))?;
+        if let (Some((model, data)), Some((mlp, test))) = (paths.network, &network) {
+            check_network(model, mlp, data, test, &test_labels)?;
+        }
+        Ok(KglmInputs {
+            train_kernel,
+            test_kernel,
+            train_y,
+            test_y,
+            classes,
+            network,
+        })
+    }
+}
+
+/// K_TT must be square, K_ST must have one column per training point, and both must be the
+/// same kind of kernel.
+fn check_kernels(paths: &KglmPaths, train: &KernelFile, test: &KernelFile) -> Result<()> {
+    if train.rows != train.cols {
+        return Err(Error::input(format!(
+            "{}: the training kernel is [{}, {}]; expected a square [N_train, N_train]",
+            paths.train_kernel.display(),
+            train.rows,
+            train.cols
+        )));
+    }
+    if test.cols != train.rows {
+        return Err(Error::input(format!(
+            "{}: the test kernel has {} columns but {} has {} training points (one column each)",
+            paths.test_kernel.display(),
+            test.cols,
+            paths.train_kernel.display(),
+            train.rows
+        )));
+    }
+    let describe = |k: &KernelFile| (k.kind.clone(), k.normalized, k.projection_dim);
+    if describe(train) != describe(test) {
+        return Err(Error::input(format!(
+            "{} is a {:?} kernel (kind, normalized, projection_dim) but {} a {:?} one",
+            paths.train_kernel.display(),
+            describe(train),
+            paths.test_kernel.display(),
+            describe(test)
+        )));
+    }
+    Ok(())
+}
+
+fn check_count(labels: &Path, count: usize, rows: usize, kernel: &Path) -> Result<()> {
+    if count == rows {
+        return Ok(());
+    }
+    Err(Error::input(format!(
+        "{} has {count} labels but {} has {rows} rows",
+        labels.display(),
+        kernel.display()
+    )))
+}
+
+/// Class labels of a dataset (its `y`) or of any file [`read_labels`] takes.
+fn read_class_labels(path: &Path) -> Result<Vec<i64>> {
+    let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+    if is_safetensors && TensorFile::read(path)?.contains("x") {
+        return Ok(Dataset::read(path)?.y);
+    }
+    read_labels(path)
+}
+
+/// Labels as class indices, each checked to be in `0..classes`.
+fn class_indices(labels: &[i64], classes: usize, source: &str) -> Result<Vec<usize>> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(row, &label)| match usize::try_from(label) {
+            Ok(c) if c < classes => Ok(c),
+            _ => Err(Error::input(format!(
+                "{source}: label {label} of row {row} is outside 0..{classes}"
+            ))),
+        })
+        .collect()
+}
+
+/// The network must take the test data's rows, and the test data must hold the test points in
+/// kernel order, so its labels must be the test labels.
+fn check_network(
+    model: &Path,
+    mlp: &Mlp,
+    data: &Path,
+    test: &Dataset,
+    test_labels: &[i64],
+) -> Result<()> {
+    if test.dim != mlp.input_dim() {
+        return Err(Error::input(format!(
+            "{}: rows have {} features but {} takes {}",
+            data.display(),
+            test.dim,
+            model.display(),
+            mlp.input_dim()
+        )));
+    }
+    if test.len() != test_labels.len() {
+        return Err(Error::input(format!(
+            "{} has {} rows but there are {} test labels",
+            data.display(),
+            test.len(),
+            test_labels.len()
+        )));
+    }
+    if let Some(row) = (0..test.len()).find(|&i| test.y[i] != test_labels[i]) {
+        return Err(Error::input(format!(
+            "{}: label {} of row {row} differs from the test labels' {} (are the rows in the \
+             test kernel's order?)",
+            data.display(),
+            test.y[row],
+            test_labels[row]
+        )));
+    }
+    Ok(())
+}
+
+/// Two square kernels over the same points, to compare.
+pub fn read_square_pair(first: &Path, second: &Path) -> Result<[KernelFile; 2]> {
+    let (a, b) = (read_square(first)?, read_square(second)?);
+    if a.rows != b.rows {
+        return Err(Error::input(format!(
+            "{} is over {} points but {} over {}: the kernels must cover the same points",
+            first.display(),
+            a.rows,
+            second.display(),
+            b.rows
+        )));
+    }
+    Ok([a, b])
+}
+
+fn read_square(path: &Path) -> Result<KernelFile> {
+    let k = KernelFile::read(path)?;
+    if k.rows != k.cols {
+        return Err(Error::input(format!(
+            "{}: the kernel is [{}, {}]; comparing needs square kernels over the same points",
+            path.display(),
+            k.rows,
+            k.cols
+        )));
+    }
+    Ok(k)
+}

@@ -1,0 +1,95 @@
+//! `mscope lda`'s plots and Markdown summary.
+
+use std::path::Path;
+
+use super::{file_name, plot, sibling};
+use crate::error::Result;
+use crate::instruments::lda::LdaReport;
+
+/// The LD1×LD2 scatter at `path` (LD1 against the label with one direction) and, with the
+/// pairwise table, its heat map beside it.
+pub fn plots(report: &LdaReport, path: &Path) -> Result<()> {
+    let input = file_name(Path::new(&report.input));
+    let m = report.directions;
+    let (y, axes) = if m >= 2 {
+        (Some(1), ("LD1", "LD2"))
+    } else {
+        (None, ("LD1", "label"))
+    };
+    let groups = plot::points_by_label(
+        &report.coords,
+        m,
+        (0, y),
+        &report.row_labels,
+        &report.label_names,
+    );
+    let title = format!("LDA of {input}");
+    plot::scatter(path, &title, axes.0, axes.1, &plot::series(&groups))?;
+    if let Some(p) = &report.pairwise {
+        plot::heatmap(
+            &sibling(path, "pairwise"),
+            &format!("Pairwise LDA accuracy, {input}"),
+            &p.labels,
+            &p.labels,
+            &p.accuracy_mean.concat(),
+            (0.5, 1.0),
+        )?;
+    }
+    Ok(())
+}
+
+/// The accuracy, the confusion over all splits and the pairwise table.
+pub fn markdown(report: &LdaReport) -> String {
+    let k = report.labels.len();
+    let mut md = format!(
+        "# LDA of {}\n\n{k} labels, {} labelled rows × {} dims; {} stratified splits \
+         (test fraction {}, seed {}), shrinkage {}.\n\n\
+         **Accuracy {:.2}% ± {:.2}** (sd over splits; majority label {:.1}%).\n\n\
+         ## Confusion over all splits (rows: true, columns: predicted)\n\n| |",
+        report.input,
+        report.n,
+        report.dim,
+        report.splits,
+        report.test_fraction,
+        report.seed,
+        report.shrinkage,
+        100.0 * report.accuracy_mean,
+        100.0 * report.accuracy_std,
+        100.0 * report.majority
+    );
+    let header = |md: &mut String| {
+        *md += &report
+            .labels
+            .iter()
+            .map(|l| format!(" {l} |"))
+            .collect::<String>();
+        *md += &format!("\n|---|{}\n", "---|".repeat(k));
+    };
+    header(&mut md);
+    for (name, row) in report.labels.iter().zip(&report.confusion) {
+        md += &format!(
+            "| {name} |{}\n",
+            row.iter().map(|c| format!(" {c} |")).collect::<String>()
+        );
+    }
+    if let Some(p) = &report.pairwise {
+        md += "\n## Pairwise accuracy (mean ± sd over splits, %)\n\n| |";
+        header(&mut md);
+        for (a, name) in report.labels.iter().enumerate() {
+            md += &format!("| {name} |");
+            for b in 0..k {
+                md += &if a == b {
+                    " – |".to_string()
+                } else {
+                    format!(
+                        " {:.1} ± {:.1} |",
+                        100.0 * p.accuracy_mean[a][b],
+                        100.0 * p.accuracy_std[a][b]
+                    )
+                };
+            }
+            md += "\n";
+        }
+    }
+    md
+}
