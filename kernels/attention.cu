@@ -1,7 +1,7 @@
 // Softmax attention over packed variable-length sequences (rows starts[s]..starts[s+1] of the
 // [tokens, (heads + 2·kv_heads)·head_dim] QKV tensor belong to sequence s; no padding rows),
 // with causal mask, sliding window (window < 0: none; 0 masks every key) and grouped-query heads, matching
-// `AttentionSpec` in src/backend/mod.rs. Output: [tokens, heads·head_dim].
+// `AttentionSpec` in src/backend/params.rs. Output: [tokens, heads·head_dim].
 //
 // Variants:
 //   1. attention_v1_naive      — one block per (sequence, head), one thread per query, two passes

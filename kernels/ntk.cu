@@ -68,7 +68,7 @@ __device__ __forceinline__ unsigned long long counter_hash(unsigned long long se
     return splitmix_finalise(h ^ (col * 0xD1B54A32D192ED03ull));
 }
 
-// Must match `JlDistribution` codes in src/backend/cuda.rs.
+// Must match `JlDistribution` codes in src/backend/cuda/ntk.rs.
 enum JlDistribution : int { JL_RADEMACHER = 0, JL_GAUSSIAN = 1 };
 
 // Entry (j, c) of P before the 1/√dim scale. Gaussian: Box–Muller on the hash's two 32-bit

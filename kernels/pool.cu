@@ -1,12 +1,12 @@
 // Pooling of packed sequences (rows starts[s]..starts[s+1] belong to sequence s) and row-wise L2
-// normalisation, with the semantics of `Pooling` in src/backend/mod.rs.
+// normalisation, with the semantics of `Pooling` in src/backend/params.rs.
 //
 // Kernels (variant numbers per kernel):
 //   pool_v1         — one block per sequence, threads stride over the feature dimension.
 //   l2_normalize_v1 — one block per row.
 #include "common.cuh"
 
-// Must match the order of `Pooling` in src/backend/mod.rs.
+// Must match the order of `Pooling` in src/backend/params.rs.
 enum PoolMode : int { POOL_CLS = 0, POOL_MEAN = 1, POOL_MAX = 2, POOL_LAST = 3, POOL_MEAN_SQRT_LEN = 4 };
 
 extern "C" __global__ void pool_v1(const float* __restrict__ hidden, const int* __restrict__ starts,

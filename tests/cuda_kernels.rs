@@ -6,9 +6,7 @@
 //! puts it on LD_LIBRARY_PATH, and sets MSCOPE_REQUIRE_NVRTC=1 so its absence fails instead of
 //! being reported as skipped).
 
-use mscope::backend::cuda::kernels::{
-    compile_cubin, nvrtc_available, nvrtc_version, KERNEL_SOURCES,
-};
+use mscope::backend::cuda::nvrtc::{compile_cubin, nvrtc_available, nvrtc_version, KERNEL_SOURCES};
 
 #[test]
 fn every_kernel_family_compiles_for_sm80_and_sm90() {

@@ -11,6 +11,7 @@
 //! The default x86-64 target vectorises these loops over SSE2's 4 lanes; where the CPU has AVX2
 //! they run a copy compiled for its 8 (the same operations, so the same results).
 
+use super::common::lane_sum;
 use crate::backend::Activation;
 
 /// Defines `pub(super) fn $name(args)` running `$portable(args)` compiled for AVX2 where the CPU
@@ -48,7 +49,7 @@ with_wide_simd! {
 fn softmax_portable(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     row.iter_mut().for_each(|v| *v = exp(*v - max));
-    let inv = 1.0 / super::lane_sum(row, |v| v);
+    let inv = 1.0 / lane_sum(row, |v| v);
     row.iter_mut().for_each(|v| *v *= inv);
 }
 

@@ -9,7 +9,9 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::activation;
-use crate::backend::{AttentionSpec, SeqLayout};
+use super::common::{split_sequences, values, values_mut};
+use crate::backend::{shapes, AttentionSpec, SeqLayout, Tensor};
+use crate::error::Result;
 
 /// Queries per task: enough rows for the GEMMs to reach their kernels' speed, few enough that
 /// a 256-token sequence still makes several tasks.
@@ -30,10 +32,17 @@ fn visible_keys(spec: &AttentionSpec, i: usize, len: usize) -> (usize, usize) {
 }
 
 /// `out: [tokens, heads·head_dim]` from the packed `qkv: [tokens, spec.qkv_width()]`.
-pub(super) fn attention(qkv: &[f32], layout: &SeqLayout, spec: &AttentionSpec, out: &mut [f32]) {
+pub(super) fn attention(
+    qkv: &Tensor,
+    layout: &SeqLayout,
+    spec: &AttentionSpec,
+    out: &mut Tensor,
+) -> Result<()> {
+    shapes::attention(qkv, layout, spec, out)?;
+    let qkv = values(qkv)?;
     let out_width = spec.heads * spec.head_dim;
     let mut tasks = Vec::new();
-    for (s, sequence) in super::split_sequences(out, layout, out_width)
+    for (s, sequence) in split_sequences(values_mut(out)?, layout, out_width)
         .into_iter()
         .enumerate()
     {
@@ -46,6 +55,7 @@ pub(super) fn attention(qkv: &[f32], layout: &SeqLayout, spec: &AttentionSpec, o
         .for_each(|(s, first_query, out_rows)| {
             query_block(qkv, layout, spec, s, first_query, out_rows)
         });
+    Ok(())
 }
 
 /// Every head of the queries `first_query..` of sequence `s` whose output rows are `out_rows`.

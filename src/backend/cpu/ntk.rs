@@ -7,7 +7,8 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::{gemm, values, values_mut, Operand};
+use super::common::{values, values_mut};
+use super::gemm::{gemm, Operand};
 use crate::backend::{shapes, JlSpec, Tensor};
 use crate::error::Result;
 

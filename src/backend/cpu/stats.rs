@@ -12,13 +12,16 @@ use faer::linalg::matmul::triangular::{matmul, BlockStructure};
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use crate::backend::{Eigen, Matrix64, Moments};
+use super::common::values;
+use crate::backend::{Eigen, Matrix64, Moments, Tensor};
 use crate::error::{Error, Result};
 
 /// Rows per task when summing rows in parallel.
 const ROW_CHUNK: usize = 256;
 
-pub(super) fn scatter(x: &[f32], d: usize, groups: &[&[u32]]) -> Result<Vec<Moments>> {
+pub(super) fn scatter(x: &Tensor, groups: &[&[u32]]) -> Result<Vec<Moments>> {
+    let (_, d) = x.dims2("scatter input")?;
+    let x = values(x)?;
     let n = x.len().checked_div(d).unwrap_or(0);
     for (g, rows) in groups.iter().enumerate() {
         if let Some(&bad) = rows.iter().find(|&&r| r as usize >= n) {

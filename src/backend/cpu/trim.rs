@@ -15,7 +15,7 @@ use crate::backend::trim::{self, Profile};
 use crate::backend::{TrimReference, TrimResult, TrimSpec};
 use crate::error::Result;
 
-pub fn trim_search(
+pub(super) fn trim_search(
     candidates: &[&[f32]],
     reference: TrimReference<'_>,
     spec: &TrimSpec,

@@ -14,7 +14,8 @@
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
-use super::{config, device_error, tile_grid, to_i32, CudaBackend};
+use super::device::{config, device_error, tile_grid, to_i32};
+use super::CudaBackend;
 use crate::backend::{shapes, Backend, Eigen, Matrix64, Moments, Tensor};
 use crate::error::{Error, Result};
 

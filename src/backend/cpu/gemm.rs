@@ -1,0 +1,109 @@
+//! The GEMM family on the CPU: faer's matmul on every core behind [`gemm`] (also the host GEMM
+//! of `models/` and `instruments/`), and `linear` as that GEMM plus one fused epilogue pass
+//! (bias, activation, residual) over its rows.
+
+use faer::linalg::matmul::matmul;
+use faer::traits::{math_utils::one, ComplexField};
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+use super::activation;
+use super::common::{values, values_mut};
+use crate::backend::{shapes, Activation, Tensor};
+use crate::error::Result;
+
+/// A row-major matrix operand of [`gemm`], read as stored or transposed.
+#[derive(Clone, Copy)]
+pub struct Operand<'a, T = f32> {
+    values: &'a [T],
+    rows: usize,
+    cols: usize,
+    transposed: bool,
+}
+
+impl<'a, T> Operand<'a, T> {
+    /// `values` as a row-major `[rows, cols]` matrix.
+    pub fn plain(values: &'a [T], rows: usize, cols: usize) -> Self {
+        Operand {
+            values,
+            rows,
+            cols,
+            transposed: false,
+        }
+    }
+
+    /// The transpose of the row-major `[rows, cols]` matrix `values` (so a `[cols, rows]` operand).
+    pub fn transposed(values: &'a [T], rows: usize, cols: usize) -> Self {
+        Operand {
+            transposed: true,
+            ..Self::plain(values, rows, cols)
+        }
+    }
+
+    fn mat(&self) -> MatRef<'a, T> {
+        let m = MatRef::from_row_major_slice(self.values, self.rows, self.cols);
+        if self.transposed {
+            m.transpose()
+        } else {
+            m
+        }
+    }
+}
+
+/// `dst (+)= lhs · rhs` on row-major f32 (or f64) slices with faer on every core; adds when
+/// `accumulate`. The host-side GEMM of the CPU backend's ops and of host loops that run on it
+/// (MLP backward, the kernel GLM's f64 fit).
+pub fn gemm<T: ComplexField>(
+    dst: &mut [T],
+    lhs: Operand<'_, T>,
+    rhs: Operand<'_, T>,
+    accumulate: bool,
+) {
+    let (lhs, rhs) = (lhs.mat(), rhs.mat());
+    assert_eq!(lhs.ncols(), rhs.nrows(), "gemm: inner dimensions differ");
+    let dst = MatMut::from_row_major_slice_mut(dst, lhs.nrows(), rhs.ncols());
+    let accum = if accumulate {
+        Accum::Add
+    } else {
+        Accum::Replace
+    };
+    matmul(dst, accum, lhs, rhs, one::<T>(), Par::rayon(0));
+}
+
+pub(super) fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+    residual: Option<&Tensor>,
+    out: &mut Tensor,
+) -> Result<()> {
+    let (n, k, m) = shapes::linear(x, w, bias, residual, out)?;
+    gemm(
+        values_mut(out)?,
+        Operand::plain(values(x)?, n, k),
+        Operand::transposed(values(w)?, m, k),
+        false,
+    );
+
+    if bias.is_none() && act == Activation::Identity && residual.is_none() {
+        return Ok(());
+    }
+    let bias = bias.map(values).transpose()?;
+    let residual = residual.map(values).transpose()?;
+    values_mut(out)?
+        .par_chunks_mut(m)
+        .enumerate()
+        .for_each(|(row, y)| {
+            if let Some(b) = bias {
+                y.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+            activation::apply(act, y);
+            if let Some(r) = residual {
+                y.iter_mut()
+                    .zip(&r[row * m..(row + 1) * m])
+                    .for_each(|(y, r)| *y += r);
+            }
+        });
+    Ok(())
+}

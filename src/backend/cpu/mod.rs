@@ -1,0 +1,183 @@
+//! The CPU backend: rayon for parallel loops, faer for GEMM. It is the reference every other
+//! backend is tested against, and a fast path of its own (packed sequences, fused epilogues).
+//!
+//! Shape: one file per op family, as `kernels/*.cu` and `shaders/*.wgsl` are split — `gemm`
+//! (also the public [`gemm()`] and [`Operand`] of host loops), `norm`, `rope`, `attention`,
+//! `gather`, `pool`, `ntk`, `stats`, `trim` — each holding functions named like the [`Backend`]
+//! methods they implement; `activation` holds the vectorised epilogues, `common` what several
+//! families share (tensor values, packed-sequence splits, lane sums). `impl Backend` below only
+//! delegates, one line an op. A new op goes into its family's file (a new file for a new
+//! family) and gets its one line here.
+
+use super::{
+    shapes, Activation, AttentionSpec, Backend, Eigen, GemmVariant, JlSpec, Matrix64, Moments,
+    OpFamily, Pooling, RopeSpec, SeqLayout, Storage, Tensor, TrimReference, TrimResult, TrimSpec,
+};
+use crate::error::Result;
+
+mod activation;
+mod attention;
+mod common;
+mod gather;
+mod gemm;
+mod norm;
+mod ntk;
+mod pool;
+mod rope;
+mod stats;
+mod trim;
+
+pub use gemm::{gemm, Operand};
+
+pub struct CpuBackend;
+
+impl CpuBackend {
+    /// The CPU's GEMM.
+    pub const GEMM_VARIANTS: [GemmVariant; 1] = [GemmVariant::Faer];
+
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn supports(&self, _family: OpFamily) -> bool {
+        true
+    }
+
+    fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        shapes::upload(shape, data.len())?;
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            storage: Storage::Cpu(data.to_vec()),
+        })
+    }
+
+    fn download(&self, tensor: &Tensor) -> Result<Vec<f32>> {
+        Ok(common::values(tensor)?.to_vec())
+    }
+
+    fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            storage: Storage::Cpu(vec![0.0; shape.iter().product()]),
+        })
+    }
+
+    fn linear(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        act: Activation,
+        residual: Option<&Tensor>,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        gemm::linear(x, w, bias, act, residual, out)
+    }
+
+    fn gather_rows(
+        &self,
+        table: &Tensor,
+        ids: &[u32],
+        accumulate: bool,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        gather::gather_rows(table, ids, accumulate, out)
+    }
+
+    fn layer_norm(&self, x: &mut Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<()> {
+        norm::layer_norm(x, gamma, beta, eps)
+    }
+
+    fn rms_norm(&self, x: &mut Tensor, gamma: &Tensor, eps: f32) -> Result<()> {
+        norm::rms_norm(x, gamma, eps)
+    }
+
+    fn rope(&self, qkv: &mut Tensor, layout: &SeqLayout, spec: &RopeSpec) -> Result<()> {
+        rope::rope(qkv, layout, spec)
+    }
+
+    fn attention(
+        &self,
+        qkv: &Tensor,
+        layout: &SeqLayout,
+        spec: &AttentionSpec,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        attention::attention(qkv, layout, spec, out)
+    }
+
+    fn pool(
+        &self,
+        hidden: &Tensor,
+        layout: &SeqLayout,
+        mode: Pooling,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        pool::pool(hidden, layout, mode, out)
+    }
+
+    fn l2_normalize(&self, x: &mut Tensor) -> Result<()> {
+        pool::l2_normalize(x)
+    }
+
+    // stats
+
+    fn scatter(&self, x: &Tensor, groups: &[&[u32]]) -> Result<Vec<Moments>> {
+        stats::scatter(x, groups)
+    }
+
+    fn symmetric_eigen(&self, matrices: &[Matrix64]) -> Result<Vec<Eigen>> {
+        stats::symmetric_eigen(matrices)
+    }
+
+    fn spd_solve(&self, systems: &[(Matrix64, Matrix64)]) -> Result<Vec<Matrix64>> {
+        stats::spd_solve(systems)
+    }
+
+    // ntk
+
+    fn ntk_contract(
+        &self,
+        delta_rows: &Tensor,
+        delta_cols: &Tensor,
+        acts: Option<(&Tensor, &Tensor)>,
+        offset: f32,
+        cols: std::ops::Range<usize>,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        ntk::ntk_contract(delta_rows, delta_cols, acts, offset, cols, out)
+    }
+
+    fn jl_project(
+        &self,
+        x: &Tensor,
+        spec: &JlSpec,
+        accumulate: bool,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        ntk::jl_project(x, spec, accumulate, out)
+    }
+
+    // trim
+
+    fn trim_search(
+        &self,
+        candidates: &[&[f32]],
+        reference: TrimReference<'_>,
+        spec: &TrimSpec,
+    ) -> Result<Vec<TrimResult>> {
+        trim::trim_search(candidates, reference, spec)
+    }
+}

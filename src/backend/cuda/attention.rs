@@ -1,0 +1,81 @@
+//! The attention family on CUDA (kernels/attention.cu): the flash kernel (one block per sequence,
+//! head and tile of queries) for head dimensions 32 and 64, the naive kernel (one block per
+//! sequence and head) for the others.
+
+use cudarc::driver::{DeviceRepr, PushKernelArg};
+
+use super::device::{config, grid_yz, sequence_starts, to_i32};
+use super::CudaBackend;
+use crate::backend::{shapes, AttentionSpec, SeqLayout, Tensor};
+use crate::error::{Error, Result};
+
+/// Must match `AttentionShape` in kernels/attention.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct AttentionShape {
+    heads: i32,
+    kv_heads: i32,
+    head_dim: i32,
+    causal: i32,
+    /// Negative: no window.
+    window: i32,
+    scale: f32,
+}
+
+// SAFETY: a plain repr(C) struct of 4-byte scalars, laid out as the kernel's struct.
+unsafe impl DeviceRepr for AttentionShape {}
+
+pub(super) fn attention(
+    be: &CudaBackend,
+    qkv: &Tensor,
+    layout: &SeqLayout,
+    spec: &AttentionSpec,
+    out: &mut Tensor,
+) -> Result<()> {
+    shapes::attention(qkv, layout, spec, out)?;
+    let (sequences, max_len) = (layout.num_sequences(), layout.max_len());
+    if max_len == 0 {
+        return Ok(());
+    }
+    let shape = AttentionShape {
+        heads: to_i32(spec.heads, "attention heads")?,
+        kv_heads: to_i32(spec.kv_heads, "attention kv_heads")?,
+        head_dim: to_i32(spec.head_dim, "attention head_dim")?,
+        causal: spec.causal.into(),
+        // A window longer than every sequence masks nothing more; clamping keeps it an i32.
+        window: match spec.window {
+            Some(w) => to_i32(w.min(max_len), "attention window")?,
+            None => -1,
+        },
+        scale: spec.scale,
+    };
+    let seqs =
+        u32::try_from(sequences).map_err(|_| Error::input("attention: sequences exceed u32"))?;
+    let heads = grid_yz(spec.heads, "attention heads")?;
+    let (kernel, cfg) = match spec.head_dim {
+        32 | 64 => (
+            if spec.head_dim == 32 {
+                "attention_v2_flash_hd32"
+            } else {
+                "attention_v2_flash_hd64"
+            },
+            // Must match FLASH_BQ in kernels/attention.cu.
+            config(
+                (
+                    seqs,
+                    heads,
+                    grid_yz(max_len.div_ceil(64), "attention query tiles")?,
+                ),
+                (64, 1, 1),
+            ),
+        ),
+        _ => ("attention_v1_naive", config((seqs, heads, 1), (128, 1, 1))),
+    };
+    let starts = be.upload_small(&sequence_starts(layout)?)?;
+    let f = be.function("attention", kernel)?;
+    let qkv = be.slice(qkv)?;
+    let out = be.slice_mut(out)?;
+    let mut args = be.stream().launch_builder(&f);
+    args.arg(qkv).arg(&starts).arg(out).arg(&shape);
+    be.launch(kernel, &mut args, cfg)
+}

@@ -1,0 +1,88 @@
+//! The GEMM family on CUDA (kernels/gemm.cu): `linear` as one fused kernel (GEMM, bias,
+//! activation, residual) of the variant the backend was opened with, and the bf16 copy of the
+//! weights that the tensor-core variant reads.
+
+use cudarc::driver::{CudaSlice, PushKernelArg};
+
+use super::device::{config, device_error, tile_grid, to_i32, unsupported_variant, NULL};
+use super::CudaBackend;
+use crate::backend::{shapes, Activation, GemmVariant, Tensor};
+use crate::error::Result;
+
+pub(super) fn linear(
+    be: &CudaBackend,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+    residual: Option<&Tensor>,
+    out: &mut Tensor,
+) -> Result<()> {
+    let (n, k, m) = shapes::linear(x, w, bias, residual, out)?;
+    let (ni, ki, mi) = (
+        to_i32(n, "linear rows")?,
+        to_i32(k, "linear features")?,
+        to_i32(m, "linear outputs")?,
+    );
+    let act = act.code() as i32;
+    let (kernel, cfg) = match be.gemm {
+        GemmVariant::Naive => (
+            "gemm_v1_naive",
+            config(tile_grid(n, m, 16, "linear")?, (16, 16, 1)),
+        ),
+        GemmVariant::Tiled => (
+            "gemm_v2_tiled",
+            config(tile_grid(n, m, 64, "linear")?, (256, 1, 1)),
+        ),
+        GemmVariant::MmaBf16 => (
+            "gemm_v4_mma_bf16",
+            config(tile_grid(n, m, 64, "linear")?, (128, 1, 1)),
+        ),
+        other => return Err(unsupported_variant(other.to_string())),
+    };
+    let f = be.function("gemm", kernel)?;
+    let w_bf16 = match be.gemm {
+        GemmVariant::MmaBf16 => Some(bf16_weights(be, w)?),
+        _ => None,
+    };
+    let (x, w) = (be.slice(x)?, be.slice(w)?);
+    let bias = bias.map(|t| be.slice(t)).transpose()?;
+    let residual = residual.map(|t| be.slice(t)).transpose()?;
+    let out = be.slice_mut(out)?;
+    let mut args = be.stream().launch_builder(&f);
+    args.arg(x);
+    match w_bf16 {
+        Some(bits) => args.arg(bits),
+        None => args.arg(w),
+    };
+    match bias {
+        Some(b) => args.arg(b),
+        None => args.arg(&NULL),
+    };
+    match residual {
+        Some(r) => args.arg(r),
+        None => args.arg(&NULL),
+    };
+    args.arg(out).arg(&ni).arg(&mi).arg(&ki).arg(&act);
+    be.launch(kernel, &mut args, cfg)
+}
+
+/// The bf16 copy of weights `w`, made once by the conversion kernel.
+fn bf16_weights<'a>(be: &CudaBackend, w: &'a Tensor) -> Result<&'a CudaSlice<u16>> {
+    let storage = be.storage(w)?;
+    if let Some(b) = storage.bf16.get() {
+        return Ok(b);
+    }
+    let len = w.len().max(1);
+    // SAFETY: every element is written by the conversion kernel below before any read.
+    let mut bits = unsafe { be.stream().alloc::<u16>(len) }.map_err(device_error)?;
+    let f = be.function("gemm", "to_bf16_v1")?;
+    let mut args = be.stream().launch_builder(&f);
+    args.arg(&storage.data).arg(&mut bits).arg(&len);
+    let blocks = len.div_ceil(256).min(1 << 16) as u32;
+    be.launch("to_bf16_v1", &mut args, config((blocks, 1, 1), (256, 1, 1)))?;
+    drop(args);
+    // Another thread may have converted it meanwhile; either copy is the same.
+    let _ = storage.bf16.set(bits);
+    Ok(storage.bf16.get().expect("set above"))
+}

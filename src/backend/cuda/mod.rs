@@ -1,0 +1,319 @@
+//! The CUDA backend: the kernels of `kernels/` compiled by NVRTC at first use for the device's
+//! own architecture and launched through cudarc (dynamic loading: the crate builds and runs
+//! where no CUDA is installed, and reports the backend unavailable there).
+//!
+//! One context and one stream per device, shared by every backend value opened on it; ops are
+//! queued on the stream in order and nothing waits for the device until a download or
+//! [`Backend::synchronize`]. Debug builds synchronise after every launch so an error names its
+//! kernel; release builds surface asynchronous errors at the next synchronisation.
+//!
+//! Shape: one file per kernel family, mirroring `kernels/*.cu` — `gemm`, `norm`, `rope`,
+//! `attention`, `gather`, `pool`, `ntk`, `stats` — each holding functions named like the
+//! [`Backend`] methods they implement, with their variant choice, launch configuration and
+//! `#[repr(C)]` parameter structs. `device` holds the plumbing they share (device set-up, kernel
+//! lookup and launch, tensor buffers, small uploads, grid arithmetic), [`nvrtc`] the compilation
+//! and cubin cache, `memory` the storage of a tensor. `impl Backend` below only delegates, one
+//! line an op. A new op goes into its family's file (a new file beside a new `kernels/*.cu`)
+//! and gets its one line here.
+
+mod attention;
+mod device;
+mod gather;
+mod gemm;
+mod memory;
+mod norm;
+mod ntk;
+pub mod nvrtc;
+mod pool;
+mod rope;
+mod stats;
+
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{sys::CUevent_flags, CudaEvent};
+
+pub use device::{list_devices, CudaDeviceSummary};
+pub use memory::CudaStorage;
+
+use super::{
+    shapes, Activation, AttentionSpec, Backend, Eigen, GemmVariant, JlSpec, Matrix64, Moments,
+    NtkVariant, OpFamily, Pooling, RopeSpec, SeqLayout, Tensor, TrimReference, TrimResult,
+    TrimSpec,
+};
+use crate::error::{Error, Result};
+use device::{device_error, Device};
+
+/// How to open the backend.
+#[derive(Clone, Debug, Default)]
+pub struct CudaOptions {
+    /// Device ordinal.
+    pub device: usize,
+    /// `None`: [`GemmVariant::Tiled`].
+    pub gemm: Option<GemmVariant>,
+    /// `None`: [`NtkVariant::Tiled`].
+    pub ntk: Option<NtkVariant>,
+}
+
+impl CudaOptions {
+    /// Defaults, with the device from `MSCOPE_CUDA_DEVICE` and the GEMM variant from
+    /// `MSCOPE_CUDA_GEMM` (`naive`, `tiled`, `mma-bf16`/`mma`) when they are set; values that do
+    /// not parse are ignored.
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        CudaOptions {
+            device: var("MSCOPE_CUDA_DEVICE")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            gemm: var("MSCOPE_CUDA_GEMM").and_then(|v| {
+                GemmVariant::ALL
+                    .into_iter()
+                    .find(|g| g.name() == v || (v == "mma" && *g == GemmVariant::MmaBf16))
+            }),
+            ntk: None,
+        }
+    }
+}
+
+pub struct CudaBackend {
+    device: Arc<Device>,
+    gemm: GemmVariant,
+    ntk: NtkVariant,
+    /// Host fallbacks (large eigenproblems, SPD solves): see [`stats`].
+    cpu: super::cpu::CpuBackend,
+    /// The start event of a running device timer.
+    timer: Mutex<Option<CudaEvent>>,
+}
+
+impl CudaBackend {
+    /// The GEMM variants of kernels/gemm.cu.
+    pub const GEMM_VARIANTS: [GemmVariant; 3] =
+        [GemmVariant::Naive, GemmVariant::Tiled, GemmVariant::MmaBf16];
+    /// The contraction variants of kernels/ntk.cu.
+    pub const NTK_VARIANTS: [NtkVariant; 2] = [NtkVariant::Naive, NtkVariant::Tiled];
+
+    /// Opens device `options.device`, or says why it cannot be opened (no driver, no device, no
+    /// NVRTC).
+    pub fn open(options: &CudaOptions) -> Result<Self> {
+        let device = device::device(options.device)?;
+        let gemm = options.gemm.unwrap_or(GemmVariant::Tiled);
+        let ntk = options.ntk.unwrap_or(NtkVariant::Tiled);
+        if !Self::GEMM_VARIANTS.contains(&gemm) || !Self::NTK_VARIANTS.contains(&ntk) {
+            let listed: Vec<String> = Self::GEMM_VARIANTS.map(|v| v.to_string()).to_vec();
+            return Err(Error::input(format!(
+                "GEMM variant {gemm} / NTK variant {} is not a CUDA kernel; CUDA's GEMMs are {}, \
+                 its NTK contractions 1 (naive) and 2 (tiled)",
+                ntk.number(),
+                listed.join(", ")
+            )));
+        }
+        if gemm == GemmVariant::MmaBf16 && device.compute_capability.0 < 8 {
+            return Err(Error::input(format!(
+                "GEMM variant mma-bf16 needs sm_80 or newer; {} is sm_{}{}",
+                device.name, device.compute_capability.0, device.compute_capability.1
+            )));
+        }
+        Ok(CudaBackend {
+            device,
+            gemm,
+            ntk,
+            cpu: super::cpu::CpuBackend::new(),
+            timer: Mutex::new(None),
+        })
+    }
+
+    /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn device_name(&self) -> &str {
+        &self.device.name
+    }
+
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.device.compute_capability
+    }
+
+    /// The GEMM kernel `linear` launches.
+    pub fn gemm_variant(&self) -> GemmVariant {
+        self.gemm
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    /// Trim has no CUDA kernels yet; every other family runs here (stats with the host
+    /// fallbacks documented in [`stats`]).
+    fn supports(&self, family: OpFamily) -> bool {
+        family != OpFamily::Trim
+    }
+
+    fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        shapes::upload(shape, data.len())?;
+        Ok(self.new_tensor(shape, self.upload_small(data)?))
+    }
+
+    fn download(&self, tensor: &Tensor) -> Result<Vec<f32>> {
+        let data = self.slice(tensor)?;
+        // Surfaces a failed kernel as this call's error before the copy.
+        self.synchronize()?;
+        if tensor.is_empty() {
+            return Ok(Vec::new());
+        }
+        let out = self
+            .stream()
+            .clone_dtoh(&data.slice(..tensor.len()))
+            .map_err(device_error)?;
+        self.synchronize()?;
+        Ok(out)
+    }
+
+    fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
+        let len: usize = shape.iter().product();
+        let data = self
+            .stream()
+            .alloc_zeros::<f32>(len.max(1))
+            .map_err(device_error)?;
+        Ok(self.new_tensor(shape, data))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream().synchronize().map_err(device_error)
+    }
+
+    /// CUDA events on the backend's one stream: the region covers every kernel and copy queued
+    /// between the two events, and none of the host work (host fallbacks run outside it).
+    fn start_device_timer(&self) -> Result<bool> {
+        let start = self
+            .stream()
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(device_error)?;
+        *self.timer.lock().unwrap_or_else(|e| e.into_inner()) = Some(start);
+        Ok(true)
+    }
+
+    fn stop_device_timer(&self) -> Result<Option<f64>> {
+        let start = self.timer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(start) = start else {
+            self.synchronize()?;
+            return Ok(None);
+        };
+        let end = self
+            .stream()
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(device_error)?;
+        // elapsed_ms waits for both events.
+        let ms = start.elapsed_ms(&end).map_err(device_error)?;
+        Ok(Some(f64::from(ms) / 1e3))
+    }
+
+    fn linear(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        act: Activation,
+        residual: Option<&Tensor>,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        gemm::linear(self, x, w, bias, act, residual, out)
+    }
+
+    fn gather_rows(
+        &self,
+        table: &Tensor,
+        ids: &[u32],
+        accumulate: bool,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        gather::gather_rows(self, table, ids, accumulate, out)
+    }
+
+    fn layer_norm(&self, x: &mut Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<()> {
+        norm::layer_norm(self, x, gamma, beta, eps)
+    }
+
+    fn rms_norm(&self, x: &mut Tensor, gamma: &Tensor, eps: f32) -> Result<()> {
+        norm::rms_norm(self, x, gamma, eps)
+    }
+
+    fn rope(&self, qkv: &mut Tensor, layout: &SeqLayout, spec: &RopeSpec) -> Result<()> {
+        rope::rope(self, qkv, layout, spec)
+    }
+
+    fn attention(
+        &self,
+        qkv: &Tensor,
+        layout: &SeqLayout,
+        spec: &AttentionSpec,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        attention::attention(self, qkv, layout, spec, out)
+    }
+
+    fn pool(
+        &self,
+        hidden: &Tensor,
+        layout: &SeqLayout,
+        mode: Pooling,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        pool::pool(self, hidden, layout, mode, out)
+    }
+
+    fn l2_normalize(&self, x: &mut Tensor) -> Result<()> {
+        pool::l2_normalize(self, x)
+    }
+
+    // stats
+
+    fn scatter(&self, x: &Tensor, groups: &[&[u32]]) -> Result<Vec<Moments>> {
+        stats::scatter(self, x, groups)
+    }
+
+    fn symmetric_eigen(&self, matrices: &[Matrix64]) -> Result<Vec<Eigen>> {
+        stats::symmetric_eigen(self, matrices)
+    }
+
+    fn spd_solve(&self, systems: &[(Matrix64, Matrix64)]) -> Result<Vec<Matrix64>> {
+        stats::spd_solve(self, systems)
+    }
+
+    // ntk
+
+    fn ntk_contract(
+        &self,
+        delta_rows: &Tensor,
+        delta_cols: &Tensor,
+        acts: Option<(&Tensor, &Tensor)>,
+        offset: f32,
+        cols: std::ops::Range<usize>,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        ntk::ntk_contract(self, delta_rows, delta_cols, acts, offset, cols, out)
+    }
+
+    fn jl_project(
+        &self,
+        x: &Tensor,
+        spec: &JlSpec,
+        accumulate: bool,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        ntk::jl_project(self, x, spec, accumulate, out)
+    }
+
+    // trim
+
+    /// Trim has no CUDA kernels (kernels/ has no trim family): unsupported, as `supports` says.
+    fn trim_search(
+        &self,
+        _candidates: &[&[f32]],
+        _reference: TrimReference<'_>,
+        _spec: &TrimSpec,
+    ) -> Result<Vec<TrimResult>> {
+        Err(Error::Unsupported {
+            backend: "cuda",
+            op: "trim_search",
+        })
+    }
+}
