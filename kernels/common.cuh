@@ -2,7 +2,8 @@
 // `#include "common.cuh"`, so NVRTC needs no include path at run time.
 #pragma once
 
-// Must match `Activation` in src/backend/mod.rs (same order, same definitions).
+// The codes of `Activation::code` (src/backend/params.rs; a unit test checks each constant) and
+// the same definitions as `Activation::apply`.
 enum Activation : int {
     ACT_IDENTITY = 0,
     ACT_GELU = 1,

@@ -6,7 +6,7 @@
 //   l2_normalize_v1 — one block per row.
 #include "common.cuh"
 
-// Must match the order of `Pooling` in src/backend/params.rs.
+// The codes of `Pooling::code` (src/backend/params.rs; a unit test checks each constant).
 enum PoolMode : int { POOL_CLS = 0, POOL_MEAN = 1, POOL_MAX = 2, POOL_LAST = 3, POOL_MEAN_SQRT_LEN = 4 };
 
 extern "C" __global__ void pool_v1(const float* __restrict__ hidden, const int* __restrict__ starts,

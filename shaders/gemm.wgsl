@@ -27,6 +27,7 @@ struct Params {
     activation: u32, // one of ACT_*
 }
 
+// `Activation::code` (src/backend/params.rs; a unit test checks each constant).
 const ACT_IDENTITY: u32 = 0u;
 const ACT_GELU: u32 = 1u;
 const ACT_GELU_TANH: u32 = 2u;

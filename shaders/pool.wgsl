@@ -10,6 +10,7 @@ struct Params {
     mode: u32, // one of POOL_*
 }
 
+// `Pooling::code` (src/backend/params.rs; a unit test checks each constant).
 const POOL_CLS: u32 = 0u;
 const POOL_MEAN: u32 = 1u;
 const POOL_MAX: u32 = 2u;

@@ -7,7 +7,7 @@
 Writes under tests/fixtures/kglm/:
 
 - train_kernel.safetensors, test_kernel.safetensors: an RBF kernel (γ = 0.5) in mscope's kernel
-  format (DESIGN.md › File formats) on 60 train / 25 test points drawn from 3 overlapping
+  format (README › Commands) on 60 train / 25 test points drawn from 3 overlapping
   Gaussian clusters in 4 dimensions: K_TT [60, 60] and K_ST [25, 60];
 - reference.safetensors (F64 unless noted):
   - `y_train`, `y_test` (I64);

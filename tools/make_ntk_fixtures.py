@@ -3,7 +3,7 @@
 
     tools/.venv/bin/python tools/make_ntk_fixtures.py
 
-Writes, under tests/fixtures/ntk/ (formats: DESIGN.md › File formats):
+Writes, under tests/fixtures/ntk/ (formats: README › Commands):
 
 - train.safetensors: `x` F32 [12, 5] (standard normal, seed 0), `y` I64 [12] (every class of 3
   present); test.safetensors: `x` F32 [7, 5], `y` I64 [7] (seed 1).

@@ -4,7 +4,7 @@
     tools/.venv/bin/pip install scikit-learn
     tools/.venv/bin/python tools/make_sklearn_fixtures.py
 
-Writes synthetic embeddings in mscope's format (DESIGN.md › File formats) and what scikit-learn
+Writes synthetic embeddings in mscope's format (README › Commands) and what scikit-learn
 computes on them, all under tests/fixtures/sklearn_*.safetensors:
 
 - sklearn_embeddings: 300 rows × 24 dims, 4 labels of unequal size sharing an anisotropic

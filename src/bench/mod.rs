@@ -1,7 +1,7 @@
 //! `mscope bench`: every kernel family of the op set on named model shapes, and the instruments'
 //! pipelines end to end, timed on one backend and set against that machine's measured ceilings.
 //!
-//! Method (DESIGN.md › Performance method): probes first measure the machine's ceilings (a large
+//! Method: probes first measure the machine's ceilings (a large
 //! GEMM through the backend for FLOP/s, a copy for bytes/s). Each case counts its work — FLOPs
 //! and the compulsory bytes (inputs read once, outputs written once) — so its floor is
 //! `max(flops / FLOP ceiling, bytes / byte ceiling)`, and its roofline fraction is that floor over

@@ -27,7 +27,7 @@ compute at N (N² single-pass, the upper block triangle otherwise). Both the mea
 extrapolated figures are printed; nothing is hidden in one number.
 
 Prints one JSON object on stdout; progress on stderr. --write-model / --write-data write the same
-model and data in mscope's formats (DESIGN.md › File formats) so `mscope ntk` can be timed on
+model and data in mscope's formats (README › Commands) so `mscope ntk` can be timed on
 the same work; --write-kernel writes the measured trNTK in mscope's kernel format.
 """
 
