@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use mscope::backend::cuda::{CudaBackend, CudaOptions};
 use mscope::backend::wgpu::{WgpuBackend, WgpuOptions};
 use mscope::backend::{self, Backend, BackendKind, Eigen, Matrix64, OpFamily, Tensor};
-use mscope::bench::cases::{Fill, Inputs, OpCase, Tolerance, F32_TOL};
+use mscope::bench::cases::{Fill, Inputs, OpCase, Tolerance};
 
 /// Stamps each test function `fn name(be: &dyn Backend)` (or `&Arc<dyn Backend>`) into one
 /// `#[test]` per backend: `mod cpu { fn name() }`, `mod wgpu { … }`, `mod cuda { … }`, so
@@ -168,12 +168,6 @@ pub fn assert_close(be: &dyn Backend, what: &str, got: &[f32], want: &[f64], tol
         }
         Tolerance::Exact => assert_eq!(got, want32, "{} {what}", be.name()),
     }
-}
-
-/// Asserts the tensor `got` is within the f32 paths' relative error of `want`.
-pub fn check(be: &dyn Backend, what: &str, got: &Tensor, want: &[f64]) {
-    let got = be.download(got).unwrap();
-    assert_close(be, what, &got, want, Tolerance::Relative(F32_TOL));
 }
 
 /// Runs `case` once on `be` over a NaN-poisoned output and asserts it meets the case's tolerance

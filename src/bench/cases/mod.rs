@@ -538,9 +538,4 @@ impl Instance {
     pub fn output(&self) -> Result<Vec<f32>> {
         self.be.download(&self.out)
     }
-
-    /// The uploaded input tensors other than the output (`linear`: x, w, bias, residual).
-    pub fn inputs(&self) -> &[Tensor] {
-        &self.inputs
-    }
 }
