@@ -5,9 +5,21 @@
 
 mod common;
 
-use common::{backends_for, Rng};
+use std::sync::Arc;
+
+use common::{backend_tests, Rng};
 use mscope::backend::trim::{self, Profile};
-use mscope::backend::{Backend, OpFamily, TrimReference, TrimResult, TrimSpec, W2Grid};
+use mscope::backend::{Backend, TrimReference, TrimResult, TrimSpec, W2Grid};
+
+backend_tests! {
+    alpha_hat_is_the_smallest_level_within_the_threshold: Trim,
+    trim_search_ks_is_the_ks_statistic: Trim,
+    invariant_under_increasing_transforms: Trim,
+    alpha_hat_of_large_samples_is_the_population_value: Trim,
+    same_distribution_gives_zero_about_95_percent_of_the_time: Trim,
+    leave_one_out_equals_explicit_pools: Trim,
+    bad_input_is_an_error: Trim,
+}
 
 const SPEC: TrimSpec = TrimSpec {
     level: 0.05,
@@ -185,34 +197,31 @@ fn bisect_alpha(p: &Profile, t: f64) -> f64 {
     }
 }
 
-#[test]
-fn alpha_hat_is_the_smallest_level_within_the_threshold() {
-    for be in backends_for(OpFamily::Trim) {
-        let mut rng = Rng::new(11);
-        for case in 0..400usize {
-            let (n, m) = (5 + rng.below(300) as usize, 5 + rng.below(300) as usize);
-            let shift = 0.5 * rng.uniform();
-            let tied = case.is_multiple_of(3);
-            let draw = |rng: &mut Rng, s: f32| {
-                let v = rng.uniform() + s;
-                if tied {
-                    (v * 8.0).round()
-                } else {
-                    v
-                }
-            };
-            let candidate: Vec<f32> = (0..n).map(|_| draw(&mut rng, shift)).collect();
-            let reference: Vec<f32> = (0..m).map(|_| draw(&mut rng, 0.0)).collect();
-            let r = search(be.as_ref(), &candidate, &reference, &SPEC);
-            let want = bisect_alpha(&profile(&candidate, &reference), r.threshold);
-            assert!(
-                (r.alpha_hat - want).abs() <= 1e-9,
-                "{} case {case}: α̂ {} vs bisection {want}",
-                be.name(),
-                r.alpha_hat
-            );
-            assert_eq!((r.n_candidate, r.n_reference), (n, m));
-        }
+fn alpha_hat_is_the_smallest_level_within_the_threshold(be: &Arc<dyn Backend>) {
+    let mut rng = Rng::new(11);
+    for case in 0..400usize {
+        let (n, m) = (5 + rng.below(300) as usize, 5 + rng.below(300) as usize);
+        let shift = 0.5 * rng.uniform();
+        let tied = case.is_multiple_of(3);
+        let draw = |rng: &mut Rng, s: f32| {
+            let v = rng.uniform() + s;
+            if tied {
+                (v * 8.0).round()
+            } else {
+                v
+            }
+        };
+        let candidate: Vec<f32> = (0..n).map(|_| draw(&mut rng, shift)).collect();
+        let reference: Vec<f32> = (0..m).map(|_| draw(&mut rng, 0.0)).collect();
+        let r = search(be.as_ref(), &candidate, &reference, &SPEC);
+        let want = bisect_alpha(&profile(&candidate, &reference), r.threshold);
+        assert!(
+            (r.alpha_hat - want).abs() <= 1e-9,
+            "{} case {case}: α̂ {} vs bisection {want}",
+            be.name(),
+            r.alpha_hat
+        );
+        assert_eq!((r.n_candidate, r.n_reference), (n, m));
     }
 }
 
@@ -240,62 +249,72 @@ fn distance_is_non_increasing_in_alpha() {
     }
 }
 
-#[test]
-fn distance_at_zero_is_the_ks_statistic() {
+/// 500 pairs of small samples with their Kolmogorov–Smirnov statistic, from its definition.
+fn samples_with_ks() -> Vec<(Vec<f32>, Vec<f32>, f64)> {
     let mut rng = Rng::new(5);
-    for case in 0..500 {
-        let candidate = small_sample(&mut rng, case);
-        let reference = small_sample(&mut rng, case);
-        let ecdf =
-            |xs: &[f32], x: f32| xs.iter().filter(|&&v| v <= x).count() as f64 / xs.len() as f64;
-        let ks = candidate
-            .iter()
-            .chain(&reference)
-            .map(|&x| (ecdf(&candidate, x) - ecdf(&reference, x)).abs())
-            .fold(0.0, f64::max);
-        let p = profile(&candidate, &reference);
-        assert!((p.distance(0.0) - ks).abs() < 1e-15, "case {case}");
-        for be in backends_for(OpFamily::Trim) {
-            let r = search(be.as_ref(), &candidate, &reference, &SPEC);
-            assert!((r.ks - ks).abs() < 1e-15, "{} case {case}", be.name());
-        }
-    }
+    (0..500)
+        .map(|case| {
+            let candidate = small_sample(&mut rng, case);
+            let reference = small_sample(&mut rng, case);
+            let ecdf = |xs: &[f32], x: f32| {
+                xs.iter().filter(|&&v| v <= x).count() as f64 / xs.len() as f64
+            };
+            let ks = candidate
+                .iter()
+                .chain(&reference)
+                .map(|&x| (ecdf(&candidate, x) - ecdf(&reference, x)).abs())
+                .fold(0.0, f64::max);
+            (candidate, reference, ks)
+        })
+        .collect()
 }
 
 #[test]
-fn invariant_under_increasing_transforms() {
+fn distance_at_zero_is_the_ks_statistic() {
+    for (case, (candidate, reference, ks)) in samples_with_ks().iter().enumerate() {
+        let p = profile(candidate, reference);
+        assert!((p.distance(0.0) - ks).abs() < 1e-15, "case {case}");
+    }
+}
+
+fn trim_search_ks_is_the_ks_statistic(be: &Arc<dyn Backend>) {
+    for (case, (candidate, reference, ks)) in samples_with_ks().iter().enumerate() {
+        let r = search(be.as_ref(), candidate, reference, &SPEC);
+        assert!((r.ks - ks).abs() < 1e-15, "{} case {case}", be.name());
+    }
+}
+
+fn invariant_under_increasing_transforms(be: &Arc<dyn Backend>) {
     // Multiples of 1/64 keep ties; the transform keeps every distinct value distinct in f32.
     let transform = |x: f32| (3.0 * (x as f64).exp() + (x as f64).powi(3)) as f32;
-    for be in backends_for(OpFamily::Trim) {
-        let mut rng = Rng::new(13);
-        for case in 0..50 {
-            let grid = |rng: &mut Rng, s: i64| (rng.below(200) as i64 - 100 + s) as f32 / 64.0;
-            let candidates: Vec<Vec<f32>> = (0..4)
-                .map(|k| (0..150).map(|_| grid(&mut rng, 10 * k)).collect())
-                .collect();
-            let reference: Vec<f32> = (0..200).map(|_| grid(&mut rng, 0)).collect();
-            let mapped: Vec<Vec<f32>> = candidates
-                .iter()
-                .map(|c| c.iter().map(|&x| transform(x)).collect())
-                .collect();
-            let mapped_ref: Vec<f32> = reference.iter().map(|&x| transform(x)).collect();
-            for (a, b) in [
-                (
-                    TrimReference::Sample(&reference),
-                    TrimReference::Sample(&mapped_ref),
-                ),
-                (TrimReference::LeaveOneOut, TrimReference::LeaveOneOut),
-            ] {
-                let before = be.trim_search(&views(&candidates), a, &SPEC).unwrap();
-                let after = be.trim_search(&views(&mapped), b, &SPEC).unwrap();
-                for (x, y) in before.iter().zip(&after) {
-                    assert_eq!(
-                        (x.alpha_hat, x.ks),
-                        (y.alpha_hat, y.ks),
-                        "{} case {case}",
-                        be.name()
-                    );
-                }
+    let mut rng = Rng::new(13);
+    for case in 0..50 {
+        let grid = |rng: &mut Rng, s: i64| (rng.below(200) as i64 - 100 + s) as f32 / 64.0;
+        let candidates: Vec<Vec<f32>> = (0..4)
+            .map(|k| (0..150).map(|_| grid(&mut rng, 10 * k)).collect())
+            .collect();
+        let reference: Vec<f32> = (0..200).map(|_| grid(&mut rng, 0)).collect();
+        let mapped: Vec<Vec<f32>> = candidates
+            .iter()
+            .map(|c| c.iter().map(|&x| transform(x)).collect())
+            .collect();
+        let mapped_ref: Vec<f32> = reference.iter().map(|&x| transform(x)).collect();
+        for (a, b) in [
+            (
+                TrimReference::Sample(&reference),
+                TrimReference::Sample(&mapped_ref),
+            ),
+            (TrimReference::LeaveOneOut, TrimReference::LeaveOneOut),
+        ] {
+            let before = be.trim_search(&views(&candidates), a, &SPEC).unwrap();
+            let after = be.trim_search(&views(&mapped), b, &SPEC).unwrap();
+            for (x, y) in before.iter().zip(&after) {
+                assert_eq!(
+                    (x.alpha_hat, x.ks),
+                    (y.alpha_hat, y.ks),
+                    "{} case {case}",
+                    be.name()
+                );
             }
         }
     }
@@ -309,20 +328,39 @@ fn phi(x: f64) -> f64 {
     0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
 }
 
-#[test]
-fn population_values_with_large_samples() {
+/// Sampling error of an ECDF difference at 200 000 points per sample: a few × √((n+m)/(n·m)) ≈
+/// 0.003.
+const POPULATION_TOL: f64 = 0.01;
+
+/// `a` of the uniform pair of [`populations`].
+const UNIFORM_SHIFT: f64 = 0.2;
+
+/// Two pairs of 200 000-point samples (candidate, reference): candidate U(0, 1) against reference
+/// U(0, 1 − a), whose d(α) = (a − α)/(1 − α) for α < a; and candidate 0.9·N(0,1) + 0.1·N(5,1)
+/// against reference N(0,1).
+#[allow(clippy::type_complexity)]
+fn populations() -> [(Vec<f32>, Vec<f32>); 2] {
     let (n, m) = (200_000, 200_000);
-    // Sampling error of an ECDF difference at these sizes: a few × √((n+m)/(n·m)) ≈ 0.003.
-    let tol = 0.01;
     let mut rng = Rng::new(17);
     let unit = |rng: &mut Rng| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-
-    // Candidate U(0, 1), reference U(0, 1 − a): d(α) = (a − α)/(1 − α) for α < a.
-    let a = 0.2;
+    let a = UNIFORM_SHIFT;
     let candidate: Vec<f32> = (0..n).map(|_| unit(&mut rng) as f32).collect();
     let reference: Vec<f32> = (0..m)
         .map(|_| ((1.0 - a) * unit(&mut rng)) as f32)
         .collect();
+    let uniform = (candidate, reference);
+    let candidate: Vec<f32> = (0..n)
+        .map(|i: usize| (rng.normal() + if i.is_multiple_of(10) { 5.0 } else { 0.0 }) as f32)
+        .collect();
+    let reference: Vec<f32> = (0..m).map(|_| rng.normal() as f32).collect();
+    [uniform, (candidate, reference)]
+}
+
+#[test]
+fn population_values_with_large_samples() {
+    let tol = POPULATION_TOL;
+    let [(candidate, reference), mixture] = populations();
+    let a = UNIFORM_SHIFT;
     let p = profile(&candidate, &reference);
     for alpha in [0.0, 0.05, 0.1, 0.15] {
         let want = (a - alpha) / (1.0 - alpha);
@@ -332,23 +370,8 @@ fn population_values_with_large_samples() {
             "uniform: d({alpha}) = {got}, want {want}"
         );
     }
-    for be in backends_for(OpFamily::Trim) {
-        let r = search(be.as_ref(), &candidate, &reference, &SPEC);
-        // d(α̂) = threshold ⇒ α̂ = (a − t)/(1 − t) in the population.
-        let want = (a - r.threshold) / (1.0 - r.threshold);
-        assert!(
-            (r.alpha_hat - want).abs() < tol,
-            "uniform: α̂ {} vs {want}",
-            r.alpha_hat
-        );
-    }
 
-    // Candidate 0.9·N(0,1) + 0.1·N(5,1), reference N(0,1).
-    let candidate: Vec<f32> = (0..n)
-        .map(|i: usize| (rng.normal() + if i.is_multiple_of(10) { 5.0 } else { 0.0 }) as f32)
-        .collect();
-    let reference: Vec<f32> = (0..m).map(|_| rng.normal() as f32).collect();
-    let p = profile(&candidate, &reference);
+    let p = profile(&mixture.0, &mixture.1);
     let want = 0.1 * (2.0 * phi(2.5) - 1.0);
     assert!((want - 0.098758).abs() < 1e-6);
     assert!(
@@ -363,114 +386,123 @@ fn population_values_with_large_samples() {
             p.distance(alpha)
         );
     }
-    for be in backends_for(OpFamily::Trim) {
-        let r = search(be.as_ref(), &candidate, &reference, &SPEC);
-        assert!(
-            r.alpha_hat > 0.05 && r.alpha_hat <= 0.1,
-            "mixture: α̂ = {}",
-            r.alpha_hat
-        );
-    }
 }
 
-#[test]
-fn same_distribution_gives_zero_about_95_percent_of_the_time() {
-    for be in backends_for(OpFamily::Trim) {
-        let mut rng = Rng::new(19);
-        let seeds = 1000;
-        let zero = (0..seeds)
-            .filter(|_| {
-                let c: Vec<f32> = (0..300).map(|_| rng.normal() as f32).collect();
-                let r: Vec<f32> = (0..400).map(|_| rng.normal() as f32).collect();
-                search(be.as_ref(), &c, &r, &SPEC).alpha_hat == 0.0
+fn alpha_hat_of_large_samples_is_the_population_value(be: &Arc<dyn Backend>) {
+    let tol = POPULATION_TOL;
+    let [(candidate, reference), mixture] = populations();
+    let a = UNIFORM_SHIFT;
+    let r = search(be.as_ref(), &candidate, &reference, &SPEC);
+    // d(α̂) = threshold ⇒ α̂ = (a − t)/(1 − t) in the population.
+    let want = (a - r.threshold) / (1.0 - r.threshold);
+    assert!(
+        (r.alpha_hat - want).abs() < tol,
+        "{} uniform: α̂ {} vs {want}",
+        be.name(),
+        r.alpha_hat
+    );
+
+    let r = search(be.as_ref(), &mixture.0, &mixture.1, &SPEC);
+    assert!(
+        r.alpha_hat > 0.05 && r.alpha_hat <= 0.1,
+        "{} mixture: α̂ = {}",
+        be.name(),
+        r.alpha_hat
+    );
+}
+
+fn same_distribution_gives_zero_about_95_percent_of_the_time(be: &Arc<dyn Backend>) {
+    let mut rng = Rng::new(19);
+    let seeds = 1000;
+    let zero = (0..seeds)
+        .filter(|_| {
+            let c: Vec<f32> = (0..300).map(|_| rng.normal() as f32).collect();
+            let r: Vec<f32> = (0..400).map(|_| rng.normal() as f32).collect();
+            search(be.as_ref(), &c, &r, &SPEC).alpha_hat == 0.0
+        })
+        .count();
+    let rate = zero as f64 / seeds as f64;
+    // The asymptotic KS threshold at level 0.05; binomial sd over 1000 seeds ≈ 0.007.
+    assert!(
+        (0.93..=0.985).contains(&rate),
+        "{}: α̂ = 0 in {rate}",
+        be.name()
+    );
+}
+
+fn leave_one_out_equals_explicit_pools(be: &Arc<dyn Backend>) {
+    let mut rng = Rng::new(23);
+    for case in 0..60usize {
+        let models = 2 + rng.below(6) as usize;
+        let tied = case.is_multiple_of(2);
+        let rows: Vec<Vec<f32>> = (0..models)
+            .map(|k| {
+                let len = 1 + rng.below(40) as usize;
+                (0..len)
+                    .map(|_| {
+                        let v = rng.uniform() + 0.1 * k as f32;
+                        if tied {
+                            (v * 4.0).round()
+                        } else {
+                            v
+                        }
+                    })
+                    .collect()
             })
-            .count();
-        let rate = zero as f64 / seeds as f64;
-        // The asymptotic KS threshold at level 0.05; binomial sd over 1000 seeds ≈ 0.007.
-        assert!(
-            (0.93..=0.985).contains(&rate),
-            "{}: α̂ = 0 in {rate}",
-            be.name()
-        );
-    }
-}
-
-#[test]
-fn leave_one_out_equals_explicit_pools() {
-    for be in backends_for(OpFamily::Trim) {
-        let mut rng = Rng::new(23);
-        for case in 0..60usize {
-            let models = 2 + rng.below(6) as usize;
-            let tied = case.is_multiple_of(2);
-            let rows: Vec<Vec<f32>> = (0..models)
-                .map(|k| {
-                    let len = 1 + rng.below(40) as usize;
-                    (0..len)
-                        .map(|_| {
-                            let v = rng.uniform() + 0.1 * k as f32;
-                            if tied {
-                                (v * 4.0).round()
-                            } else {
-                                v
-                            }
-                        })
-                        .collect()
-                })
+            .collect();
+        let got = be
+            .trim_search(&views(&rows), TrimReference::LeaveOneOut, &SPEC)
+            .unwrap();
+        for (k, g) in got.iter().enumerate() {
+            let pool: Vec<f32> = rows
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != k)
+                .flat_map(|(_, r)| r.iter().copied())
                 .collect();
-            let got = be
-                .trim_search(&views(&rows), TrimReference::LeaveOneOut, &SPEC)
+            let want = search(be.as_ref(), &rows[k], &pool, &SPEC);
+            assert_eq!(
+                (g.alpha_hat, g.ks, g.threshold, g.n_candidate, g.n_reference),
+                (
+                    want.alpha_hat,
+                    want.ks,
+                    want.threshold,
+                    want.n_candidate,
+                    want.n_reference
+                ),
+                "{} case {case} model {k}",
+                be.name()
+            );
+            // Small ensembles get the exact trimmed W2 on the merged grid.
+            assert!(g.w2_exact);
+            assert_eq!(
+                g.trimmed_w2,
+                want.trimmed_w2,
+                "{} case {case} model {k}",
+                be.name()
+            );
+            // The candidate-grid approximation: the pool's quantiles at {i/n}.
+            let approx = be
+                .trim_search(
+                    &views(&rows),
+                    TrimReference::LeaveOneOut,
+                    &TrimSpec {
+                        w2_grid: W2Grid::Candidate,
+                        ..SPEC
+                    },
+                )
                 .unwrap();
-            for (k, g) in got.iter().enumerate() {
-                let pool: Vec<f32> = rows
-                    .iter()
-                    .enumerate()
-                    .filter(|&(j, _)| j != k)
-                    .flat_map(|(_, r)| r.iter().copied())
-                    .collect();
-                let want = search(be.as_ref(), &rows[k], &pool, &SPEC);
-                assert_eq!(
-                    (g.alpha_hat, g.ks, g.threshold, g.n_candidate, g.n_reference),
-                    (
-                        want.alpha_hat,
-                        want.ks,
-                        want.threshold,
-                        want.n_candidate,
-                        want.n_reference
-                    ),
-                    "{} case {case} model {k}",
-                    be.name()
-                );
-                // Small ensembles get the exact trimmed W2 on the merged grid.
-                assert!(g.w2_exact);
-                assert_eq!(
-                    g.trimmed_w2,
-                    want.trimmed_w2,
-                    "{} case {case} model {k}",
-                    be.name()
-                );
-                // The candidate-grid approximation: the pool's quantiles at {i/n}.
-                let approx = be
-                    .trim_search(
-                        &views(&rows),
-                        TrimReference::LeaveOneOut,
-                        &TrimSpec {
-                            w2_grid: W2Grid::Candidate,
-                            ..SPEC
-                        },
-                    )
-                    .unwrap();
-                let (own, pool) = (trim::sorted(&rows[k]), trim::sorted(&pool));
-                let (n, m) = (own.len(), pool.len());
-                let quantiles: Vec<f32> = (1..=n).map(|i| pool[(i * m).div_ceil(n) - 1]).collect();
-                let w2 = trim::trimmed_w2(&own, &quantiles, g.alpha_hat);
-                assert!(!approx[k].w2_exact);
-                assert_eq!(
-                    approx[k].trimmed_w2,
-                    w2,
-                    "{} case {case} model {k}",
-                    be.name()
-                );
-            }
+            let (own, pool) = (trim::sorted(&rows[k]), trim::sorted(&pool));
+            let (n, m) = (own.len(), pool.len());
+            let quantiles: Vec<f32> = (1..=n).map(|i| pool[(i * m).div_ceil(n) - 1]).collect();
+            let w2 = trim::trimmed_w2(&own, &quantiles, g.alpha_hat);
+            assert!(!approx[k].w2_exact);
+            assert_eq!(
+                approx[k].trimmed_w2,
+                w2,
+                "{} case {case} model {k}",
+                be.name()
+            );
         }
     }
 }
@@ -519,63 +551,60 @@ fn trimmed_w2_matches_brute_force() {
     }
 }
 
-#[test]
-fn bad_input_is_an_error() {
-    for be in backends_for(OpFamily::Trim) {
-        let be = be.as_ref();
-        let ok = [1.0f32, 2.0, 3.0];
-        let cases: [(&[&[f32]], TrimReference, TrimSpec, &str); 6] = [
-            (
-                &[&[]],
-                TrimReference::Sample(&ok),
-                SPEC,
-                "candidate 0: empty sample",
-            ),
-            (
-                &[&ok],
-                TrimReference::Sample(&[]),
-                SPEC,
-                "reference: empty sample",
-            ),
-            (
-                &[&[1.0, f32::NAN]],
-                TrimReference::Sample(&ok),
-                SPEC,
-                "candidate 0: value NaN at position 2 is not finite",
-            ),
-            (
-                &[&ok, &[f32::INFINITY]],
-                TrimReference::LeaveOneOut,
-                SPEC,
-                "candidate 1: value inf at position 1",
-            ),
-            (
-                &[&ok],
-                TrimReference::LeaveOneOut,
-                SPEC,
-                "at least 2 models",
-            ),
-            (
-                &[&ok],
-                TrimReference::Sample(&ok),
-                TrimSpec {
-                    level: 1.0,
-                    w2_alpha: None,
-                    w2_grid: W2Grid::Auto,
-                },
-                "level 1 is outside (0, 1)",
-            ),
-        ];
-        for (candidates, reference, spec, needle) in cases {
-            let err = be
-                .trim_search(candidates, reference, &spec)
-                .expect_err(needle)
-                .to_string();
-            assert!(
-                err.contains(needle),
-                "{}: {err:?} lacks {needle:?}",
-                be.name()
-            );
-        }
+fn bad_input_is_an_error(be: &Arc<dyn Backend>) {
+    let be = be.as_ref();
+    let ok = [1.0f32, 2.0, 3.0];
+    let cases: [(&[&[f32]], TrimReference, TrimSpec, &str); 6] = [
+        (
+            &[&[]],
+            TrimReference::Sample(&ok),
+            SPEC,
+            "candidate 0: empty sample",
+        ),
+        (
+            &[&ok],
+            TrimReference::Sample(&[]),
+            SPEC,
+            "reference: empty sample",
+        ),
+        (
+            &[&[1.0, f32::NAN]],
+            TrimReference::Sample(&ok),
+            SPEC,
+            "candidate 0: value NaN at position 2 is not finite",
+        ),
+        (
+            &[&ok, &[f32::INFINITY]],
+            TrimReference::LeaveOneOut,
+            SPEC,
+            "candidate 1: value inf at position 1",
+        ),
+        (
+            &[&ok],
+            TrimReference::LeaveOneOut,
+            SPEC,
+            "at least 2 models",
+        ),
+        (
+            &[&ok],
+            TrimReference::Sample(&ok),
+            TrimSpec {
+                level: 1.0,
+                w2_alpha: None,
+                w2_grid: W2Grid::Auto,
+            },
+            "level 1 is outside (0, 1)",
+        ),
+    ];
+    for (candidates, reference, spec, needle) in cases {
+        let err = be
+            .trim_search(candidates, reference, &spec)
+            .expect_err(needle)
+            .to_string();
+        assert!(
+            err.contains(needle),
+            "{}: {err:?} lacks {needle:?}",
+            be.name()
+        );
     }
 }

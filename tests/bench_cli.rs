@@ -1,18 +1,19 @@
 //! `mscope bench` end to end at `--quick` sizes with one repetition (no timing is asserted):
-//! the JSON keys DESIGN.md › Reports fixes, skipped cases reported with their reason, GEMM
+//! the report's fixed JSON keys, skipped cases reported with their reason, GEMM
 //! variants on wgpu (lavapipe in CI; skipped when there is no adapter), and clean failures.
 
 mod common;
 
 use std::path::Path;
 
-use common::{assert_fails_cleanly, run_mscope};
+use common::{absent, assert_fails_cleanly, current_test, run_mscope, wgpu_with};
 use mscope::backend::wgpu::{WgpuBackend, WgpuOptions};
 use mscope::backend::Backend;
 use serde_json::Value;
 
 /// Runs `mscope bench --quick --repeat 1` with `args` and returns its JSON report, or `None`
-/// when `skip_if` names the reason it failed on this machine.
+/// when `skip_if` names the reason it failed on this machine (wgpu is absent: reported as
+/// skipped, or failed where `MSCOPE_REQUIRE_WGPU=1`).
 fn bench(dir: &Path, args: &[&str], skip_if: Option<&str>) -> Option<Value> {
     let json = dir.join("bench.json");
     let mut all = vec!["bench", "--quick", "--repeat", "1", "--json"];
@@ -21,7 +22,11 @@ fn bench(dir: &Path, args: &[&str], skip_if: Option<&str>) -> Option<Value> {
     let out = run_mscope(&all);
     let err = String::from_utf8_lossy(&out.stderr);
     if let Some(reason) = skip_if.filter(|r| !out.status.success() && err.contains(r)) {
-        eprintln!("skipped {args:?}: {reason}: {err}");
+        absent(
+            "wgpu",
+            &current_test(),
+            &format!("{args:?}: {reason}: {err}"),
+        );
         return None;
     }
     assert!(out.status.success(), "{all:?} failed: {err}");
@@ -224,7 +229,7 @@ fn bad_input_fails_cleanly() {
         &["bench", "--variant", "3", "--filter", "nothing"],
         &["--variant 3", "7 (faer)"],
     );
-    if WgpuBackend::open(&WgpuOptions::default()).is_ok() {
+    if wgpu_with(&WgpuOptions::default()).is_some() {
         assert_fails_cleanly(
             &["bench", "--backend", "wgpu", "--variant", "4"],
             &["--variant 4", "5 (tiled-f16), 6 (direct-f16)"],

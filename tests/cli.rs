@@ -1,4 +1,4 @@
-//! `mscope` end to end: the embed contract of DESIGN.md › File formats, and clear errors with a
+//! `mscope` end to end: the embed output files and their fields, and clear errors with a
 //! non-zero exit (never a panic, never a half-written output) for bad input.
 
 mod common;
@@ -103,7 +103,7 @@ fn embed_writes_the_contract_and_matches_sentence_transformers() {
 }
 
 /// `--weights-dtype` reaches the model: f16 weights move the embeddings, within the f16 paths'
-/// 1e-2 (DESIGN › Numerics), and an unknown dtype is refused by name.
+/// relative error of 1e-2, and an unknown dtype is refused by name.
 #[test]
 fn embed_weights_dtype_flag() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,4 @@
-//! `mscope alpha` and `mscope compare` end to end: the JSON keys DESIGN.md › Reports fixes, the
+//! `mscope alpha` and `mscope compare` end to end: the report's fixed JSON keys, the
 //! sample formats (text, .npy, safetensors), the metrics against straightforward recomputations,
 //! and clear errors with exit status 1 and no report left behind for bad input.
 

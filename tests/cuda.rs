@@ -1,36 +1,28 @@
 //! The CUDA backend's own kernels: every numbered variant of GEMM and of the NTK contraction
 //! against the CPU backend, the generated JL entries against `JlSpec::entry`, the batched Jacobi
 //! eigensolver's residuals at every size 2…64, and the clean failure where no CUDA is present.
-//! The op-set parity tests of ops.rs, ntk.rs and pca.rs run on CUDA too, through `backends()`.
+//! The op-set parity tests of ops.rs, ntk.rs and pca.rs run on CUDA too (their `cuda::` tests).
 //!
-//! Without a CUDA device every test here but the failure checks reports "skipped: no CUDA
-//! device" on stderr.
+//! Without a CUDA device every test here but the failure checks reports itself skipped on stderr,
+//! and fails where `MSCOPE_REQUIRE_CUDA=1` says the machine has one.
 
 mod common;
 
-use common::{assert_fails_cleanly, rel_error, rel_error_f64, Rng};
+use common::{
+    assert_fails_cleanly, cuda_with, current_test, eigen_residuals, poisoned, rel_error,
+    report_skip, Rng,
+};
 use mscope::backend::cpu::CpuBackend;
 use mscope::backend::cuda::{CudaBackend, CudaOptions};
 use mscope::backend::GemmVariant;
 use mscope::backend::{
     self, Activation, AttentionSpec, Backend, BackendKind, JlDistribution, JlSpec, Matrix64,
-    OpFamily, SeqLayout, Tensor,
+    OpFamily, SeqLayout,
 };
 
-/// The CUDA backend with `options`, or `None` after reporting why it is skipped.
+/// The CUDA backend with `options`, or `None` after reporting the running test skipped.
 fn cuda(options: CudaOptions) -> Option<CudaBackend> {
-    match CudaBackend::open(&options) {
-        Ok(be) => Some(be),
-        Err(why) => {
-            eprintln!("skipped: no CUDA device ({why})");
-            None
-        }
-    }
-}
-
-fn poisoned(be: &dyn Backend, shape: &[usize]) -> Tensor {
-    be.upload(shape, &vec![f32::NAN; shape.iter().product()])
-        .unwrap()
+    cuda_with(&options)
 }
 
 #[test]
@@ -223,24 +215,7 @@ fn jacobi_eigen_residuals_at_every_size_to_64() {
             e.values.windows(2).all(|w| w[0] >= w[1]),
             "d={d}: not descending"
         );
-        let (mut av, mut vl, mut vtv, mut identity) = (
-            vec![0.0; d * d],
-            vec![0.0; d * d],
-            vec![0.0; d * d],
-            vec![0.0; d * d],
-        );
-        for i in 0..d {
-            identity[i * d + i] = 1.0;
-            for j in 0..d {
-                av[i * d + j] = (0..d).map(|k| a.at(i, k) * e.vectors.at(k, j)).sum();
-                vl[i * d + j] = e.vectors.at(i, j) * e.values[j];
-                vtv[i * d + j] = (0..d)
-                    .map(|k| e.vectors.at(k, i) * e.vectors.at(k, j))
-                    .sum();
-            }
-        }
-        let residual = rel_error_f64(&av, &vl);
-        let orthogonality = rel_error_f64(&vtv, &identity);
+        let (residual, orthogonality) = eigen_residuals(a, e);
         assert!(residual < 1e-12, "d={d}: ‖AV − VΛ‖/‖VΛ‖ = {residual:e}");
         assert!(
             orthogonality < 1e-12,
@@ -325,7 +300,7 @@ fn stats_family_runs_on_cuda() {
 fn without_a_driver_cuda_is_a_clean_error() {
     let err = match backend::open(BackendKind::Cuda, OpFamily::Encoder) {
         Ok(_) => {
-            eprintln!("skipped: a CUDA device is present");
+            report_skip(&current_test(), "cuda", "a CUDA device is present");
             return;
         }
         Err(e) => e.to_string(),

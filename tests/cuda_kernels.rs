@@ -6,6 +6,9 @@
 //! puts it on LD_LIBRARY_PATH, and sets MSCOPE_REQUIRE_NVRTC=1 so its absence fails instead of
 //! being reported as skipped).
 
+mod common;
+
+use common::{current_test, report_skip};
 use mscope::backend::cuda::nvrtc::{compile_cubin, nvrtc_available, nvrtc_version, KERNEL_SOURCES};
 
 #[test]
@@ -15,7 +18,11 @@ fn every_kernel_family_compiles_for_sm80_and_sm90() {
             std::env::var_os("MSCOPE_REQUIRE_NVRTC").is_none(),
             "MSCOPE_REQUIRE_NVRTC is set but NVRTC cannot be loaded"
         );
-        eprintln!("skipped: NVRTC not found (run through tools/test.sh)");
+        report_skip(
+            &current_test(),
+            "cuda",
+            "NVRTC not found (run through tools/test.sh)",
+        );
         return;
     }
     eprintln!("NVRTC {:?}", nvrtc_version().unwrap());
@@ -33,7 +40,7 @@ fn every_kernel_family_compiles_for_sm80_and_sm90() {
 #[test]
 fn a_broken_kernel_is_reported_with_its_log() {
     if !nvrtc_available() {
-        eprintln!("skipped: NVRTC not found");
+        report_skip(&current_test(), "cuda", "NVRTC not found");
         return;
     }
     let err = compile_cubin(

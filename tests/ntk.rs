@@ -9,19 +9,21 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use common::{
-    assert_fails_cleanly, backends_for, reference_tensor, rel_error_f64, repo_path, run_mscope_ok,
-    Rng,
+    assert_fails_cleanly, backend_tests, reference_tensor, rel_error_f64, repo_path, run_mscope_ok,
+    wgpu_with, Rng,
 };
 use mscope::backend::cpu::CpuBackend;
-use mscope::backend::wgpu::{WgpuBackend, WgpuOptions};
+use mscope::backend::wgpu::WgpuOptions;
 use mscope::backend::GemmVariant;
-use mscope::backend::{Backend, JlDistribution, JlSpec, OpFamily};
+use mscope::backend::{Backend, JlDistribution, JlSpec};
 use mscope::data::Dataset;
 use mscope::instruments::ntk::KernelJob;
 use mscope::instruments::project::{factors, FactorSpec, KernelKind, ProjectionKind};
 use mscope::io::checkpoint::{file_digest, Checkpoint};
 use mscope::io::kernel_file::KernelFile;
 use mscope::models::mlp::Mlp;
+
+backend_tests! { ntk_ops_match_the_reference: Ntk }
 
 const ACTIVATIONS: [&str; 4] = ["relu", "tanh", "gelu", "sigmoid"];
 const KINDS: [KernelKind; 3] = [KernelKind::Trntk, KernelKind::Trntk0, KernelKind::Pntk];
@@ -461,13 +463,6 @@ fn contract_reference(
     out
 }
 
-#[test]
-fn ntk_ops_match_the_reference_on_every_backend() {
-    for be in backends_for(OpFamily::Ntk) {
-        check_ntk_ops(&*be);
-    }
-}
-
 /// wgpu with a storage-binding cap of 8 KiB, so every operand is held in parts of a few rows (one
 /// row each for the projection input), with both contraction variants.
 #[test]
@@ -478,13 +473,10 @@ fn wgpu_ntk_ops_run_on_split_operands() {
             gemm: Some(variant),
             ..WgpuOptions::from_env()
         };
-        match WgpuBackend::open(&options) {
-            Ok(be) => check_ntk_ops(&be),
-            Err(why) => {
-                eprintln!("skipped: {why}");
-                return;
-            }
-        }
+        let Some(be) = wgpu_with(&options) else {
+            return;
+        };
+        ntk_ops_match_the_reference(&be);
     }
 }
 
@@ -493,7 +485,7 @@ fn wgpu_ntk_ops_run_on_split_operands() {
 /// offsets, into a seeded (not zero) output; projection of both distributions, overwriting a
 /// NaN-poisoned output or accumulating, with column offsets that cross 2³² (the shaders emulate
 /// u64 arithmetic).
-fn check_ntk_ops(be: &dyn Backend) {
+fn ntk_ops_match_the_reference(be: &dyn Backend) {
     let mut rng = Rng::new(21);
     let up = |v: &[f32], r: usize, c: usize| be.upload(&[r, c], v).unwrap();
     for (nr, nc, p, q) in [(13, 29, 37, 19), (70, 131, 21, 45)] {
@@ -808,8 +800,7 @@ fn bad_input_gets_clear_errors() {
 /// (dense Gaussian and Kronecker JL, whose factors are projected on the chosen backend).
 #[test]
 fn cli_wgpu_kernels_equal_cpu() {
-    if let Err(why) = WgpuBackend::open(&WgpuOptions::from_env()) {
-        eprintln!("skipped: {why}");
+    if wgpu_with(&WgpuOptions::from_env()).is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -4,15 +4,22 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use common::{
-    assert_fails_cleanly, backends_for, random_orthogonal, reference_tensor, rel_error_f64,
-    repo_path, reports_on_cpu_and_wgpu, run_mscope, run_mscope_ok, Rng,
+    assert_fails_cleanly, backend_tests, eigen_residuals, random_orthogonal, reference_tensor,
+    rel_error_f64, repo_path, reports_on_cpu_and_wgpu, run_mscope, run_mscope_ok, wgpu_with, Rng,
 };
-use mscope::backend::wgpu::{WgpuBackend, WgpuOptions};
+use mscope::backend::wgpu::WgpuOptions;
 use mscope::backend::{self, Backend, BackendKind, Matrix64, OpFamily};
 use mscope::instruments::pca::{separation, Pca};
 use mscope::io::embeddings::{texts_sidecar_path, write_texts_sidecar, EmbeddingsFile};
+
+backend_tests! {
+    scatter_matches_f64_reference: Stats,
+    symmetric_eigen_residuals: Stats,
+    spd_solve_residuals_and_indefinite_error: Stats,
+}
 
 /// The stats ops compute in f64: agreement with an f64 reference far below f32's 1e-5.
 const F64_TOL: f64 = 1e-10;
@@ -34,14 +41,11 @@ fn random_symmetric(rng: &mut Rng, d: usize) -> Matrix64 {
     a
 }
 
-#[test]
-fn scatter_matches_f64_reference() {
-    for be in backends_for(OpFamily::Stats) {
-        check_scatter(&*be, &[(1, 1), (37, 5), (301, 67), (2100, 9)]);
-        let t = be.upload(&[3, 2], &[0.0; 6]).unwrap();
-        let err = be.scatter(&t, &[&[0, 3]]).unwrap_err().to_string();
-        assert!(err.contains("row 3"), "{err}");
-    }
+fn scatter_matches_f64_reference(be: &Arc<dyn Backend>) {
+    check_scatter(be.as_ref(), &[(1, 1), (37, 5), (301, 67), (2100, 9)]);
+    let t = be.upload(&[3, 2], &[0.0; 6]).unwrap();
+    let err = be.scatter(&t, &[&[0, 3]]).unwrap_err().to_string();
+    assert!(err.contains("row 3"), "{err}");
 }
 
 /// wgpu with a storage-binding cap of 8 KiB: the input is held in parts of 107 rows, and each
@@ -52,9 +56,8 @@ fn wgpu_scatter_runs_on_split_inputs() {
         max_binding_bytes: Some(8 << 10),
         ..WgpuOptions::from_env()
     };
-    match WgpuBackend::open(&options) {
-        Ok(be) => check_scatter(&be, &[(301, 19), (2100, 3)]),
-        Err(why) => eprintln!("skipped: {why}"),
+    if let Some(be) = wgpu_with(&options) {
+        check_scatter(&be, &[(301, 19), (2100, 3)]);
     }
 }
 
@@ -124,104 +127,83 @@ fn check_scatter(be: &dyn Backend, sizes: &[(usize, usize)]) {
     }
 }
 
-#[test]
-fn symmetric_eigen_residuals() {
-    for be in backends_for(OpFamily::Stats) {
-        let mut rng = Rng::new(11);
-        // A batch of several (one solve per core) and a batch of one (all cores).
-        for sizes in [vec![1, 2, 7, 33, 150], vec![97]] {
-            let batch: Vec<Matrix64> = sizes
-                .iter()
-                .map(|&d| random_symmetric(&mut rng, d))
-                .collect();
-            let got = be.symmetric_eigen(&batch).unwrap();
-            for (a, e) in batch.iter().zip(&got) {
-                let d = a.rows;
-                assert!(
-                    e.values.windows(2).all(|w| w[0] >= w[1]),
-                    "{}: not descending",
-                    be.name()
-                );
-                let mut au = vec![0.0; d * d];
-                let mut ul = vec![0.0; d * d];
-                let mut utu = vec![0.0; d * d];
-                let mut identity = vec![0.0; d * d];
-                for i in 0..d {
-                    identity[i * d + i] = 1.0;
-                    for j in 0..d {
-                        au[i * d + j] = (0..d).map(|k| a.at(i, k) * e.vectors.at(k, j)).sum();
-                        ul[i * d + j] = e.vectors.at(i, j) * e.values[j];
-                        utu[i * d + j] = (0..d)
-                            .map(|k| e.vectors.at(k, i) * e.vectors.at(k, j))
-                            .sum();
-                    }
-                }
-                let residual = rel_error_f64(&au, &ul);
-                let orthogonality = rel_error_f64(&utu, &identity);
-                assert!(
-                    residual < F64_TOL,
-                    "{} d={d}: ‖AU − UΛ‖/‖UΛ‖ = {residual:e}",
-                    be.name()
-                );
-                assert!(
-                    orthogonality < F64_TOL,
-                    "{} d={d}: ‖UᵀU − I‖ = {orthogonality:e}",
-                    be.name()
-                );
-            }
+fn symmetric_eigen_residuals(be: &Arc<dyn Backend>) {
+    let mut rng = Rng::new(11);
+    // A batch of several (one solve per core) and a batch of one (all cores).
+    for sizes in [vec![1, 2, 7, 33, 150], vec![97]] {
+        let batch: Vec<Matrix64> = sizes
+            .iter()
+            .map(|&d| random_symmetric(&mut rng, d))
+            .collect();
+        let got = be.symmetric_eigen(&batch).unwrap();
+        for (a, e) in batch.iter().zip(&got) {
+            let d = a.rows;
+            assert!(
+                e.values.windows(2).all(|w| w[0] >= w[1]),
+                "{}: not descending",
+                be.name()
+            );
+            let (residual, orthogonality) = eigen_residuals(a, e);
+            assert!(
+                residual < F64_TOL,
+                "{} d={d}: ‖AU − UΛ‖/‖UΛ‖ = {residual:e}",
+                be.name()
+            );
+            assert!(
+                orthogonality < F64_TOL,
+                "{} d={d}: ‖UᵀU − I‖ = {orthogonality:e}",
+                be.name()
+            );
         }
     }
 }
 
-#[test]
-fn spd_solve_residuals_and_indefinite_error() {
-    for be in backends_for(OpFamily::Stats) {
-        let mut rng = Rng::new(13);
-        let systems: Vec<(Matrix64, Matrix64)> = [(1, 1), (9, 3), (120, 4)]
-            .iter()
-            .map(|&(d, m)| {
-                let g = random_symmetric(&mut rng, d);
-                // GᵀG + I is positive definite.
-                let mut a = Matrix64::zeros(d, d);
-                for i in 0..d {
-                    for j in 0..d {
-                        *a.at_mut(i, j) = (0..d).map(|k| g.at(k, i) * g.at(k, j)).sum::<f64>()
-                            + f64::from(u8::from(i == j));
-                    }
+fn spd_solve_residuals_and_indefinite_error(be: &Arc<dyn Backend>) {
+    let mut rng = Rng::new(13);
+    let systems: Vec<(Matrix64, Matrix64)> = [(1, 1), (9, 3), (120, 4)]
+        .iter()
+        .map(|&(d, m)| {
+            let g = random_symmetric(&mut rng, d);
+            // GᵀG + I is positive definite.
+            let mut a = Matrix64::zeros(d, d);
+            for i in 0..d {
+                for j in 0..d {
+                    *a.at_mut(i, j) = (0..d).map(|k| g.at(k, i) * g.at(k, j)).sum::<f64>()
+                        + f64::from(u8::from(i == j));
                 }
-                let b = Matrix64 {
-                    rows: d,
-                    cols: m,
-                    data: rng.vec(d * m).into_iter().map(f64::from).collect(),
-                };
-                (a, b)
+            }
+            let b = Matrix64 {
+                rows: d,
+                cols: m,
+                data: rng.vec(d * m).into_iter().map(f64::from).collect(),
+            };
+            (a, b)
+        })
+        .collect();
+    let got = be.spd_solve(&systems).unwrap();
+    for ((a, b), x) in systems.iter().zip(&got) {
+        let ax: Vec<f64> = (0..b.rows * b.cols)
+            .map(|idx| {
+                (0..a.rows)
+                    .map(|k| a.at(idx / b.cols, k) * x.at(k, idx % b.cols))
+                    .sum()
             })
             .collect();
-        let got = be.spd_solve(&systems).unwrap();
-        for ((a, b), x) in systems.iter().zip(&got) {
-            let ax: Vec<f64> = (0..b.rows * b.cols)
-                .map(|idx| {
-                    (0..a.rows)
-                        .map(|k| a.at(idx / b.cols, k) * x.at(k, idx % b.cols))
-                        .sum()
-                })
-                .collect();
-            let err = rel_error_f64(&ax, &b.data);
-            assert!(
-                err < F64_TOL,
-                "{} d={}: ‖AX − B‖/‖B‖ = {err:e}",
-                be.name(),
-                a.rows
-            );
-        }
-        let mut indefinite = systems.clone();
-        *indefinite[1].0.at_mut(0, 0) = -1.0;
-        let err = be.spd_solve(&indefinite).unwrap_err().to_string();
+        let err = rel_error_f64(&ax, &b.data);
         assert!(
-            err.contains("matrix 1") && err.contains("not positive definite"),
-            "{err}"
+            err < F64_TOL,
+            "{} d={}: ‖AX − B‖/‖B‖ = {err:e}",
+            be.name(),
+            a.rows
         );
     }
+    let mut indefinite = systems.clone();
+    *indefinite[1].0.at_mut(0, 0) = -1.0;
+    let err = be.spd_solve(&indefinite).unwrap_err().to_string();
+    assert!(
+        err.contains("matrix 1") && err.contains("not positive definite"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_fails_cleanly, repo_path, run_mscope, Rng};
+use common::{assert_fails_cleanly, current_test, repo_path, report_skip, run_mscope, Rng};
 use mscope::backend::Activation;
 use mscope::data::{digits, synthetic, Dataset};
 use mscope::models::mlp::Mlp;
@@ -149,7 +149,11 @@ fn trainer_rejects_data_the_model_cannot_take() {
 fn digits_csv_has_1797_images_of_64_pixels() {
     let path = repo_path(digits::DEFAULT_PATH);
     if !path.is_file() {
-        eprintln!("skipped: run tools/fetch-digits.sh");
+        report_skip(
+            &current_test(),
+            "cpu",
+            "no digits: run tools/fetch-digits.sh",
+        );
         return;
     }
     let data = digits::read(&path).unwrap();

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{l2_normalize_ref, layer_norm_ref, rel_error, rms_norm_ref, Rng};
+use common::{current_test, poisoned, rel_error, report_skip, upload, wgpu_with, Rng};
 use half::{bf16, f16};
 use mscope::backend::cpu::CpuBackend;
 use mscope::backend::wgpu::{list_adapters, WgpuBackend, WgpuOptions};
@@ -13,16 +13,17 @@ use mscope::backend::{
     self, Activation, Backend, BackendKind, OpFamily, RopeSpec, SeqLayout, TrimReference, TrimSpec,
     W2Grid,
 };
+use mscope::bench::cases::reference;
 use mscope::tensor::DType;
 
+/// The wgpu backend with `options`, or `None` after reporting the running test skipped.
 fn open(options: WgpuOptions) -> Option<WgpuBackend> {
-    match WgpuBackend::open(&options) {
-        Ok(be) => Some(be),
-        Err(why) => {
-            eprintln!("skipped wgpu: {why}");
-            None
-        }
-    }
+    wgpu_with(&options)
+}
+
+/// Reports the running test skipped on wgpu for `reason` (an adapter feature it lacks).
+fn skip(reason: &str) {
+    report_skip(&current_test(), "wgpu", reason);
 }
 
 #[test]
@@ -44,7 +45,7 @@ fn gather_reads_a_table_split_across_bindings() {
     assert_eq!(be.download(&t).unwrap(), table, "split table round trip");
 
     let base = rng.vec(n * d);
-    let mut out = be.upload(&[n, d], &vec![f32::NAN; n * d]).unwrap();
+    let mut out = poisoned(&be, &[n, d]);
     be.gather_rows(&t, &ids, false, &mut out).unwrap();
     let copied: Vec<f32> = (0..n * d)
         .map(|i| table[ids[i / d] as usize * d + i % d])
@@ -76,7 +77,9 @@ fn both_gemm_variants_match_f64() {
             return;
         };
         if f16_weights && !be.keeps_f16() {
-            eprintln!("skipped {variant:?} on f16 weights: the adapter has no SHADER_F16");
+            skip(&format!(
+                "{variant:?} on f16 weights: the adapter has no SHADER_F16"
+            ));
             continue;
         }
         let mut rng = Rng::new(12);
@@ -102,13 +105,13 @@ fn both_gemm_variants_match_f64() {
                     (gelu + r[idx] as f64) as f32
                 })
                 .collect();
-            let mut out = be.upload(&[n, m], &vec![f32::NAN; n * m]).unwrap();
+            let mut out = poisoned(&be, &[n, m]);
             be.linear(
-                &be.upload(&[n, k], &x).unwrap(),
+                &upload(&be, &[n, k], &x),
                 &wt,
-                Some(&be.upload(&[m], &b).unwrap()),
+                Some(&upload(&be, &[m], &b)),
                 Activation::Gelu,
-                Some(&be.upload(&[n, m], &r).unwrap()),
+                Some(&upload(&be, &[n, m], &r)),
                 &mut out,
             )
             .unwrap();
@@ -132,10 +135,10 @@ fn norm_family_matches_f64_with_and_without_subgroups() {
         };
         let variant = if subgroups { "subgroup" } else { "shared" };
         if subgroups && !be.subgroup_norms() {
-            eprintln!(
-                "skipped subgroup norms: {} offers no subgroups",
+            skip(&format!(
+                "subgroup norms: {} offers no subgroups",
                 be.adapter_info().name
-            );
+            ));
             continue;
         }
         assert_eq!(
@@ -154,20 +157,20 @@ fn norm_family_matches_f64_with_and_without_subgroups() {
 
             let mut t = be.upload(&[n, d], &x).unwrap();
             be.layer_norm(&mut t, &gt, &bt, eps as f32).unwrap();
-            let want = to_f32(layer_norm_ref(&x, &g, &b, eps));
+            let want = to_f32(reference::layer_norm(&x, &g, &b, eps));
             let err = rel_error(&be.download(&t).unwrap(), &want);
             assert!(err < 1e-5, "{variant} layer_norm {n}x{d}: {err:e}");
 
             let mut t = be.upload(&[n, d], &x).unwrap();
             be.rms_norm(&mut t, &gt, eps as f32).unwrap();
-            let want = to_f32(rms_norm_ref(&x, &g, eps));
+            let want = to_f32(reference::rms_norm(&x, &g, eps));
             let err = rel_error(&be.download(&t).unwrap(), &want);
             assert!(err < 1e-5, "{variant} rms_norm {n}x{d}: {err:e}");
 
             let mut t = be.upload(&[n, d], &x).unwrap();
             be.l2_normalize(&mut t).unwrap();
             let widened: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-            let want = to_f32(l2_normalize_ref(&widened, d));
+            let want = to_f32(reference::l2_normalize(&widened, d));
             let err = rel_error(&be.download(&t).unwrap(), &want);
             assert!(err < 1e-5, "{variant} l2_normalize {n}x{d}: {err:e}");
         }
@@ -180,7 +183,7 @@ fn f16_tensors_round_trip_and_other_ops_refuse_them() {
         return;
     };
     if !be.keeps_f16() {
-        eprintln!("skipped: the adapter has no SHADER_F16, so f16 uploads are widened to f32");
+        skip("the adapter has no SHADER_F16, so f16 uploads are widened to f32");
         return;
     }
     let mut rng = Rng::new(13);
@@ -327,7 +330,7 @@ fn device_timer_spans_the_passes_issued_while_it_runs() {
         return;
     };
     if !be.start_device_timer().unwrap() {
-        eprintln!("skipped: the adapter has no timestamp queries");
+        skip("the adapter has no timestamp queries");
         return;
     }
     let (n, k, m) = (96, 80, 72);

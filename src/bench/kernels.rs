@@ -8,20 +8,22 @@
 //! `2·r·c·(p + q)`; projection `2·n·d·k`. Bytes are each op's inputs read once and outputs
 //! written once, in their element type (f16 weights count 2 bytes each), except the sort of
 //! `trim_search` (see [`trim`]).
+//!
+//! The encoder ops' cases are [`super::cases`]' op cases, the ones `tests/ops.rs` checks at test
+//! sizes; the stats, trim and NTK cases are timed here only (tests/pca.rs, tests/alpha.rs and
+//! tests/ntk.rs check those ops).
 
 use std::sync::Arc;
 
-use half::f16;
-
+use super::cases::{CaseOp, Fill, Linear, OpCase};
 use super::{uniform, Case, Op, Prepared, Scale, Work};
 use crate::backend::{
     Activation, AttentionSpec, Backend, JlDistribution, JlSpec, Matrix64, OpFamily, Pooling,
-    RopeSpec, SeqLayout, TrimReference, TrimSpec, W2Grid,
+    RopeSpec, TrimReference, TrimSpec, W2Grid,
 };
 use crate::data::scores::synthetic_ensemble;
 
 const F32: f64 = 4.0;
-const F16: f64 = 2.0;
 
 pub fn cases(scale: Scale) -> Vec<Case> {
     let tokens = scale.rows(2048, 64);
@@ -136,185 +138,84 @@ fn random(
     be.upload(shape, &uniform(shape.iter().product(), seed))
 }
 
-/// A `linear` case; its weights are f16 (2 bytes each) on variants that read f16 weights.
+/// The bench case of an op case: its inputs built on the target's backend with a zeroed output,
+/// `linear`'s weights in the element type the target's GEMM variant reads.
+fn timed(case: OpCase) -> Case {
+    Case::on_target(case.name.clone(), case.family(), move |target| {
+        let mut case = case.clone();
+        if let CaseOp::Linear(linear) = &mut case.op {
+            linear.f16_weights = target.gemm.f16_weights();
+        }
+        let mut instance = case.instance(&target.backend, &case.inputs(), Fill::Zeros)?;
+        Ok(Prepared {
+            shape: case.shape(),
+            work: case.work(),
+            op: Box::new(move || instance.run()),
+        })
+    })
+}
+
+/// A `linear` case with a bias; its weights are f16 (2 bytes each) on variants that read f16
+/// weights.
 fn linear(model: &str, n: usize, k: usize, m: usize, act: Activation, residual: bool) -> Case {
-    let out = if residual { 2 * n * m } else { n * m };
-    let epilogue = if residual { "+bias+residual" } else { "+bias" };
-    let shape = format!("{n}×{k}·{m}×{k}ᵀ{epilogue} {act:?}");
-    Case::on_target(
-        format!("linear/{model}"),
-        OpFamily::Encoder,
-        move |target| {
-            let be = &target.backend;
-            let f16_weights = target.gemm.f16_weights();
-            let (w, weight_bytes) = if f16_weights {
-                let values: Vec<f16> = uniform(m * k, 2).into_iter().map(f16::from_f32).collect();
-                (be.upload_f16(&[m, k], &values)?, F16)
-            } else {
-                (random(be, &[m, k], 2)?, F32)
-            };
-            let x = random(be, &[n, k], 1)?;
-            let bias = random(be, &[m], 3)?;
-            let res = residual.then(|| random(be, &[n, m], 4)).transpose()?;
-            let mut y = be.zeros(&[n, m])?;
-            let bytes = (n * k + m + out) as f64 * F32 + (m * k) as f64 * weight_bytes;
-            let be = be.clone();
-            Ok(Prepared {
-                shape: shape.clone(),
-                work: Work::f32(2.0 * (n * k * m) as f64, bytes),
-                op: Box::new(move || be.linear(&x, &w, Some(&bias), act, res.as_ref(), &mut y)),
-            })
-        },
-    )
+    let op = CaseOp::Linear(Linear {
+        n,
+        k,
+        m,
+        act,
+        bias: true,
+        residual,
+        f16_weights: false,
+    });
+    timed(OpCase::new(format!("linear/{model}"), 1, op))
 }
 
 fn attention(model: &str, lengths: Vec<usize>, spec: AttentionSpec) -> Case {
-    let layout = SeqLayout::from_lengths(lengths.iter().copied());
-    let pairs: usize = lengths
-        .iter()
-        .map(|&len| {
-            (0..len)
-                .map(|i| (0..len).filter(|&j| spec.allows(i, j)).count())
-                .sum::<usize>()
-        })
-        .sum();
-    let tokens = layout.num_tokens();
-    let out_width = spec.heads * spec.head_dim;
-    let flops = 4.0 * (pairs * spec.head_dim * spec.heads) as f64;
-    let bytes = (tokens * (spec.qkv_width() + out_width)) as f64 * F32;
-    let mut shape = format!(
-        "{}×{} tokens, {}/{} heads × {}",
-        lengths.len(),
-        lengths[0],
-        spec.heads,
-        spec.kv_heads,
-        spec.head_dim
-    );
-    if spec.causal {
-        shape.push_str(", causal");
-    }
-    if let Some(w) = spec.window {
-        shape.push_str(&format!(", window {w}"));
-    }
-    Case::new(
-        format!("attention/{model}"),
-        OpFamily::Encoder,
-        shape,
-        Work::f32(flops, bytes),
-        move |be| {
-            let qkv = random(be, &[tokens, spec.qkv_width()], 5)?;
-            let mut out = be.zeros(&[tokens, out_width])?;
-            let (be, layout) = (be.clone(), layout.clone());
-            Ok(Box::new(move || be.attention(&qkv, &layout, &spec, &mut out)) as Op)
-        },
-    )
+    let op = CaseOp::Attention { lengths, spec };
+    timed(OpCase::new(format!("attention/{model}"), 5, op))
 }
 
 fn layer_norm(model: &str, n: usize, d: usize) -> Case {
-    Case::new(
-        format!("layer_norm/{model}"),
-        OpFamily::Encoder,
-        format!("{n}×{d} in place"),
-        Work::bytes((2 * n * d) as f64 * F32),
-        move |be| {
-            let mut x = random(be, &[n, d], 6)?;
-            let gamma = random(be, &[d], 7)?;
-            let beta = random(be, &[d], 8)?;
-            let be = be.clone();
-            Ok(Box::new(move || be.layer_norm(&mut x, &gamma, &beta, 1e-12)) as Op)
-        },
-    )
+    let op = CaseOp::LayerNorm { n, d, eps: 1e-12 };
+    timed(OpCase::new(format!("layer_norm/{model}"), 6, op))
 }
 
 fn rms_norm(model: &str, n: usize, d: usize) -> Case {
-    Case::new(
-        format!("rms_norm/{model}"),
-        OpFamily::Encoder,
-        format!("{n}×{d} in place"),
-        Work::bytes((2 * n * d) as f64 * F32),
-        move |be| {
-            let mut x = random(be, &[n, d], 20)?;
-            let gamma = random(be, &[d], 21)?;
-            let be = be.clone();
-            Ok(Box::new(move || be.rms_norm(&mut x, &gamma, 1e-5)) as Op)
-        },
-    )
+    let op = CaseOp::RmsNorm { n, d, eps: 1e-5 };
+    timed(OpCase::new(format!("rms_norm/{model}"), 20, op))
 }
 
-/// RoPE on the query and key heads of packed sequences. Bytes: the rotated columns read and
-/// written, the positions and the (cos, sin) table read once; building the table on the host is
-/// part of each run.
+/// RoPE on the query and key heads of packed sequences; building the (cos, sin) table on the
+/// host is part of each run.
 fn rope(model: &str, lengths: Vec<usize>, spec: RopeSpec) -> Case {
-    let layout = SeqLayout::from_lengths(lengths.iter().copied());
-    let tokens = layout.num_tokens();
-    let bytes = (2 * tokens * spec.rotated_width() + tokens + layout.max_len() * spec.head_dim)
-        as f64
-        * F32;
-    Case::new(
-        format!("rope/{model}"),
-        OpFamily::Encoder,
-        format!(
-            "{}×{} tokens, {}/{} heads × {}",
-            lengths.len(),
-            lengths[0],
-            spec.heads,
-            spec.kv_heads,
-            spec.head_dim
-        ),
-        Work::bytes(bytes),
-        move |be| {
-            let mut qkv = random(be, &[tokens, spec.qkv_width()], 22)?;
-            let (be, layout) = (be.clone(), layout.clone());
-            Ok(Box::new(move || be.rope(&mut qkv, &layout, &spec)) as Op)
-        },
-    )
+    let op = CaseOp::Rope { lengths, spec };
+    timed(OpCase::new(format!("rope/{model}"), 22, op))
 }
 
 fn l2_normalize(model: &str, n: usize, d: usize) -> Case {
-    Case::new(
-        format!("l2_normalize/{model}"),
-        OpFamily::Encoder,
-        format!("{n}×{d} in place"),
-        Work::bytes((2 * n * d) as f64 * F32),
-        move |be| {
-            let mut x = random(be, &[n, d], 9)?;
-            let be = be.clone();
-            Ok(Box::new(move || be.l2_normalize(&mut x)) as Op)
-        },
-    )
+    let op = CaseOp::L2Normalize { n, d };
+    timed(OpCase::new(format!("l2_normalize/{model}"), 9, op))
 }
 
 fn gather(model: &str, vocab: usize, d: usize, ids: usize) -> Case {
-    Case::new(
-        format!("gather_rows/{model}"),
-        OpFamily::Encoder,
-        format!("{ids} ids from {vocab}×{d}"),
-        Work::bytes((2 * ids * d + ids) as f64 * F32),
-        move |be| {
-            let table = random(be, &[vocab, d], 10)?;
-            let mut rng = crate::random::SplitMix64::new(11);
-            let ids: Vec<u32> = (0..ids).map(|_| rng.below(vocab) as u32).collect();
-            let mut out = be.zeros(&[ids.len(), d])?;
-            let be = be.clone();
-            Ok(Box::new(move || be.gather_rows(&table, &ids, false, &mut out)) as Op)
-        },
-    )
+    let op = CaseOp::Gather {
+        rows: vocab,
+        d,
+        ids,
+        accumulate: false,
+        f16_table: false,
+    };
+    timed(OpCase::new(format!("gather_rows/{model}"), 10, op))
 }
 
 fn pool(model: &str, sequences: usize, len: usize, d: usize) -> Case {
-    Case::new(
-        format!("pool/{model}"),
-        OpFamily::Encoder,
-        format!("{sequences}×{len} tokens × {d}"),
-        Work::bytes(((sequences * len + sequences) * d) as f64 * F32),
-        move |be| {
-            let layout = SeqLayout::from_lengths(vec![len; sequences]);
-            let hidden = random(be, &[sequences * len, d], 12)?;
-            let mut out = be.zeros(&[sequences, d])?;
-            let be = be.clone();
-            Ok(Box::new(move || be.pool(&hidden, &layout, Pooling::Mean, &mut out)) as Op)
-        },
-    )
+    let op = CaseOp::Pool {
+        lengths: vec![len; sequences],
+        d,
+        mode: Pooling::Mean,
+        normalize: false,
+    };
+    timed(OpCase::new(format!("pool/{model}"), 12, op))
 }
 
 fn scatter(what: &str, n: usize, d: usize) -> Case {

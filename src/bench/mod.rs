@@ -7,6 +7,7 @@
 //! `max(flops / FLOP ceiling, bytes / byte ceiling)`, and its roofline fraction is that floor over
 //! the median time. Pipelines report items per second instead.
 
+pub mod cases;
 mod kernels;
 mod machine;
 mod pipelines;

@@ -1,11 +1,194 @@
-//! Helpers shared by the integration tests: seeded inputs, error measures, the backends to run
-//! each parity test on, and the paths of the fixtures.
+//! Helpers shared by the integration tests: the per-backend test macro [`backend_tests!`] and
+//! the backends it opens (once per test binary), skips reported on stderr, seeded inputs, error
+//! measures and assertions that name the backend, and the paths of the fixtures.
 #![allow(dead_code)] // each test binary uses a different subset
 
+use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use mscope::backend::{self, Backend, BackendKind, OpFamily};
+use mscope::backend::cuda::{CudaBackend, CudaOptions};
+use mscope::backend::wgpu::{WgpuBackend, WgpuOptions};
+use mscope::backend::{self, Backend, BackendKind, Eigen, Matrix64, OpFamily, Tensor};
+use mscope::bench::cases::{Fill, Inputs, OpCase, Tolerance};
+
+/// Stamps each test function `fn name(be: &dyn Backend)` (or `&Arc<dyn Backend>`) into one
+/// `#[test]` per backend: `mod cpu { fn name() }`, `mod wgpu { … }`, `mod cuda { … }`, so
+/// `cargo test --test ops wgpu::` runs one backend and a failure names it
+/// (`cuda::linear_with_epilogues`). `name: Family` runs the test only where the backend has the
+/// kernels of `OpFamily::Family` (default `Encoder`); elsewhere, and where the backend is absent,
+/// the test reports itself skipped ([`backend`]). One invocation per test file.
+///
+/// ```ignore
+/// common::backend_tests! { linear_with_epilogues, scatter_matches_f64_reference: Stats }
+/// ```
+#[allow(unused_macros)] // test binaries without per-backend tests
+macro_rules! backend_tests {
+    ($($name:ident $(: $family:ident)?),+ $(,)?) => {
+        $crate::common::backend_tests!(@module cpu Cpu $($name $(: $family)?),+);
+        $crate::common::backend_tests!(@module wgpu Wgpu $($name $(: $family)?),+);
+        $crate::common::backend_tests!(@module cuda Cuda $($name $(: $family)?),+);
+    };
+    (@module $module:ident $kind:ident $($name:ident $(: $family:ident)?),+) => {
+        mod $module {
+            $(
+                #[test]
+                fn $name() {
+                    let family = $crate::common::backend_tests!(@family $($family)?);
+                    let kind = ::mscope::backend::BackendKind::$kind;
+                    if let Some(be) = $crate::common::backend(kind, family, stringify!($name)) {
+                        super::$name($crate::common::BackendArg::from_opened(&be));
+                    }
+                }
+            )+
+        }
+    };
+    (@family) => { ::mscope::backend::OpFamily::Encoder };
+    (@family $family:ident) => { ::mscope::backend::OpFamily::$family };
+}
+#[allow(unused_imports)]
+pub(crate) use backend_tests;
+
+/// What a per-backend test takes: `&dyn Backend`, or `&Arc<dyn Backend>` where it needs to
+/// share the backend (an encoder holds one).
+pub trait BackendArg<'a> {
+    fn from_opened(be: &'a Arc<dyn Backend>) -> Self;
+}
+
+impl<'a> BackendArg<'a> for &'a dyn Backend {
+    fn from_opened(be: &'a Arc<dyn Backend>) -> Self {
+        be.as_ref()
+    }
+}
+
+impl<'a> BackendArg<'a> for &'a Arc<dyn Backend> {
+    fn from_opened(be: &'a Arc<dyn Backend>) -> Self {
+        be
+    }
+}
+
+/// The backends a binary's tests share, opened on first use: CPU, wgpu (a software adapter
+/// such as lavapipe will do), CUDA; an absent one holds the reason.
+static OPENED: [OnceLock<Result<Arc<dyn Backend>, String>>; 3] = [const { OnceLock::new() }; 3];
+
+/// The backend `kind` for `test`, or `None` after reporting the test skipped: where the backend
+/// is absent ([`absent`]), or has no kernels for `family`.
+pub fn backend(kind: BackendKind, family: OpFamily, test: &str) -> Option<Arc<dyn Backend>> {
+    let slot = match kind {
+        BackendKind::Cpu => 0,
+        BackendKind::Wgpu => 1,
+        BackendKind::Cuda => 2,
+        BackendKind::Auto => panic!("tests name their backend"),
+    };
+    let opened = OPENED[slot]
+        .get_or_init(|| backend::open(kind, OpFamily::Encoder).map_err(|e| e.to_string()));
+    match opened {
+        Err(why) => {
+            absent(kind_name(kind), test, why);
+            None
+        }
+        Ok(be) if !be.supports(family) => {
+            report_skip(test, be.name(), &format!("no {family:?} kernels"));
+            None
+        }
+        Ok(be) => Some(be.clone()),
+    }
+}
+
+fn kind_name(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::Cpu => "cpu",
+        BackendKind::Wgpu => "wgpu",
+        BackendKind::Cuda => "cuda",
+        BackendKind::Auto => "auto",
+    }
+}
+
+/// Reports `test` skipped because `backend` (`wgpu`, `cuda`) cannot be opened, or fails it
+/// where `MSCOPE_REQUIRE_WGPU=1` / `MSCOPE_REQUIRE_CUDA=1` says the machine has one.
+pub fn absent(backend: &str, test: &str, why: &dyn std::fmt::Display) {
+    let var = format!("MSCOPE_REQUIRE_{}", backend.to_uppercase());
+    assert!(
+        std::env::var(&var).as_deref() != Ok("1"),
+        "{test} on {backend}: {var}=1 but the backend is absent: {why}"
+    );
+    report_skip(test, backend, &why.to_string());
+}
+
+/// Writes `skipped: <test> on <backend>: <reason>` straight to stderr: libtest captures the
+/// output of `eprintln!` in a passing test, but not writes to the stderr handle.
+pub fn report_skip(test: &str, backend: &str, reason: &str) {
+    let line = format!("skipped: {test} on {backend}: {reason}\n");
+    // Nowhere to report a failed write to stderr.
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// The running test's name (libtest names each test's thread after it).
+pub fn current_test() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string()
+}
+
+/// A wgpu backend with `options` for a wgpu-specific test, or `None` after reporting the running
+/// test skipped ([`absent`]).
+pub fn wgpu_with(options: &WgpuOptions) -> Option<WgpuBackend> {
+    WgpuBackend::open(options)
+        .map_err(|why| absent("wgpu", &current_test(), &why))
+        .ok()
+}
+
+/// A CUDA backend with `options` for a CUDA-specific test, or `None` after reporting the running
+/// test skipped ([`absent`]).
+pub fn cuda_with(options: &CudaOptions) -> Option<CudaBackend> {
+    CudaBackend::open(options)
+        .map_err(|why| absent("cuda", &current_test(), &why))
+        .ok()
+}
+
+/// A tensor of `shape` filled with NaN: an output an op must overwrite everywhere.
+pub fn poisoned(be: &dyn Backend, shape: &[usize]) -> Tensor {
+    be.upload(shape, &vec![f32::NAN; shape.iter().product()])
+        .unwrap()
+}
+
+pub fn upload(be: &dyn Backend, shape: &[usize], data: &[f32]) -> Tensor {
+    be.upload(shape, data).unwrap()
+}
+
+/// Asserts `got` meets `tolerance` against the f64 reference `want`, naming the backend and
+/// `what` ran.
+pub fn assert_close(be: &dyn Backend, what: &str, got: &[f32], want: &[f64], tolerance: Tolerance) {
+    let want32: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+    match tolerance {
+        Tolerance::Relative(tol) => {
+            let err = rel_error(got, &want32);
+            assert!(err < tol, "{} {what}: relative error {err:e}", be.name());
+        }
+        Tolerance::Exact => assert_eq!(got, want32, "{} {what}", be.name()),
+    }
+}
+
+/// Runs `case` once on `be` over a NaN-poisoned output and asserts it meets the case's tolerance
+/// against its f64 reference; returns its inputs and output for further checks.
+pub fn check_case(be: &Arc<dyn Backend>, case: &OpCase) -> (Inputs, Vec<f32>) {
+    let inputs = case.inputs();
+    let mut instance = case.instance(be, &inputs, Fill::Nan).unwrap();
+    instance
+        .run()
+        .unwrap_or_else(|e| panic!("{} {} ({}): {e}", be.name(), case.name, case.shape()));
+    let got = instance.output().unwrap();
+    let what = format!("{} ({})", case.name, case.shape());
+    assert_close(
+        be.as_ref(),
+        &what,
+        &got,
+        &case.reference(&inputs),
+        case.tolerance(),
+    );
+    (inputs, got)
+}
 
 /// SplitMix64: a seeded generator so inputs are fresh per seed and reproducible.
 pub struct Rng(u64);
@@ -61,45 +244,6 @@ pub fn rel_error_f64(a: &[f64], b: &[f64]) -> f64 {
     (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
 }
 
-/// LayerNorm of each `d`-wide row in f64: the reference of every backend's `layer_norm`.
-pub fn layer_norm_ref(x: &[f32], gamma: &[f32], beta: &[f32], eps: f64) -> Vec<f64> {
-    let d = gamma.len();
-    x.chunks(d)
-        .flat_map(|row| {
-            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
-            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
-            let inv = 1.0 / (var + eps).sqrt();
-            row.iter()
-                .zip(gamma.iter().zip(beta))
-                .map(move |(&v, (&g, &b))| (v as f64 - mean) * inv * g as f64 + b as f64)
-        })
-        .collect()
-}
-
-/// RMSNorm of each `d`-wide row in f64: the reference of every backend's `rms_norm`.
-pub fn rms_norm_ref(x: &[f32], gamma: &[f32], eps: f64) -> Vec<f64> {
-    let d = gamma.len();
-    x.chunks(d)
-        .flat_map(|row| {
-            let mean_square = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / d as f64;
-            let inv = 1.0 / (mean_square + eps).sqrt();
-            row.iter()
-                .zip(gamma)
-                .map(move |(&v, &g)| v as f64 * inv * g as f64)
-        })
-        .collect()
-}
-
-/// `x / max(‖x‖₂, 1e-12)` of each `d`-wide row in f64: the reference of `l2_normalize`.
-pub fn l2_normalize_ref(x: &[f64], d: usize) -> Vec<f64> {
-    x.chunks(d)
-        .flat_map(|row| {
-            let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
-            row.iter().map(move |v| v / norm)
-        })
-        .collect()
-}
-
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
     let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
@@ -108,34 +252,6 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
         return 1.0;
     }
     dot / (na * nb)
-}
-
-/// Every backend the op set runs on: present ones are returned, absent ones are reported as
-/// skipped (with the reason) on stderr, never silently passed.
-pub fn backends() -> Vec<Arc<dyn Backend>> {
-    let mut present = Vec::new();
-    for kind in [BackendKind::Cpu, BackendKind::Wgpu, BackendKind::Cuda] {
-        match backend::open(kind, OpFamily::Encoder) {
-            Ok(b) => present.push(b),
-            Err(why) => eprintln!("skipped {kind:?}: {why}"),
-        }
-    }
-    present
-}
-
-/// The backends present that implement every op of `family`; the others are reported as
-/// skipped for it.
-pub fn backends_for(family: OpFamily) -> Vec<Arc<dyn Backend>> {
-    backends()
-        .into_iter()
-        .filter(|b| {
-            let ok = b.supports(family);
-            if !ok {
-                eprintln!("skipped {}: no {family:?} kernels", b.name());
-            }
-            ok
-        })
-        .collect()
 }
 
 pub fn repo_path(relative: &str) -> PathBuf {
@@ -196,6 +312,28 @@ pub fn reference_tensor(file: &str, name: &str) -> (Vec<usize>, Vec<f64>) {
     (t.shape().to_vec(), values)
 }
 
+/// An eigendecomposition's residuals, `(‖AV − VΛ‖/‖VΛ‖, ‖VᵀV − I‖)`, in f64.
+pub fn eigen_residuals(a: &Matrix64, e: &Eigen) -> (f64, f64) {
+    let d = a.rows;
+    let (mut av, mut vl, mut vtv, mut identity) = (
+        vec![0.0; d * d],
+        vec![0.0; d * d],
+        vec![0.0; d * d],
+        vec![0.0; d * d],
+    );
+    for i in 0..d {
+        identity[i * d + i] = 1.0;
+        for j in 0..d {
+            av[i * d + j] = (0..d).map(|k| a.at(i, k) * e.vectors.at(k, j)).sum();
+            vl[i * d + j] = e.vectors.at(i, j) * e.values[j];
+            vtv[i * d + j] = (0..d)
+                .map(|k| e.vectors.at(k, i) * e.vectors.at(k, j))
+                .sum();
+        }
+    }
+    (rel_error_f64(&av, &vl), rel_error_f64(&vtv, &identity))
+}
+
 /// A random `d×d` orthogonal matrix, row-major (Gram–Schmidt on uniform entries, in f64).
 pub fn random_orthogonal(rng: &mut Rng, d: usize) -> Vec<f64> {
     let mut q: Vec<f64> = rng.vec(d * d).into_iter().map(f64::from).collect();
@@ -252,11 +390,7 @@ pub fn run_mscope_ok(args: &[&str]) -> std::process::Output {
 /// Runs `mscope ARGS --backend B --out DIR/B.json` for B = cpu and wgpu and returns both JSON
 /// reports, or `None` (reported as skipped) when no wgpu adapter can be opened.
 pub fn reports_on_cpu_and_wgpu(args: &[&str]) -> Option<(serde_json::Value, serde_json::Value)> {
-    use mscope::backend::wgpu::{WgpuBackend, WgpuOptions};
-    if let Err(why) = WgpuBackend::open(&WgpuOptions::from_env()) {
-        eprintln!("skipped: {why}");
-        return None;
-    }
+    wgpu_with(&WgpuOptions::from_env())?;
     let dir = tempfile::tempdir().unwrap();
     let report = |backend: &str| {
         let json = dir.path().join(format!("{backend}.json"));

@@ -1,0 +1,541 @@
+//! The op cases of the encoder op set, one list serving both the parity tests and the kernel bench
+//! (after llama.cpp's `test-backend-ops`): `tests/ops.rs` runs them on every backend at sizes that
+//! are not multiples of any tile, with outputs poisoned with NaN so an op that skips a row cannot
+//! pass; [`super::kernels`] times the same cases at the shapes of the models the instruments run.
+//!
+//! Each case names its op and shape, builds its inputs from a seed ([`OpCase::inputs`]), uploads
+//! them to a backend ([`OpCase::instance`]), and gives the f64 reference ([`reference`]) with the
+//! tolerance its output must meet and the work one run does (FLOPs and compulsory bytes, see
+//! [`super::kernels`] for the counting rules).
+//!
+//! Inputs are uniform in [-1, 1) except where a case needs more to be able to fail: LayerNorm's
+//! first row is offset by 30 (statistics must be centred before squaring), RMSNorm's second row
+//! is scaled by 300 and its third by 1e-3 (eps must matter only where the mean square is tiny),
+//! and attention's inputs are scaled by 3 (a softmax far from uniform).
+
+pub mod reference;
+
+use std::sync::Arc;
+
+use half::f16;
+
+use super::{uniform, Work};
+use crate::backend::{
+    Activation, AttentionSpec, Backend, OpFamily, Pooling, RopeSpec, SeqLayout, Tensor,
+};
+use crate::error::Result;
+use crate::random::SplitMix64;
+
+const F32: f64 = 4.0;
+const F16: f64 = 2.0;
+
+/// f32 paths agree with their f64 reference to a relative error under 1e-5.
+pub const F32_TOL: f64 = 1e-5;
+
+/// How close a backend's output must be to the case's reference.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Tolerance {
+    /// `‖got − want‖ / ‖want‖` below this.
+    Relative(f64),
+    /// Every value equal to the reference rounded to f32.
+    Exact,
+}
+
+/// A `linear` case: `act(x·wᵀ + bias) + residual` for `x: [n, k]`, `w: [m, k]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Linear {
+    pub n: usize,
+    pub k: usize,
+    pub m: usize,
+    pub act: Activation,
+    pub bias: bool,
+    pub residual: bool,
+    /// Weights rounded to f16 and uploaded as f16 (the reference uses the rounded values).
+    pub f16_weights: bool,
+}
+
+/// The op a case runs and its shapes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CaseOp {
+    Linear(Linear),
+    Attention {
+        lengths: Vec<usize>,
+        spec: AttentionSpec,
+    },
+    LayerNorm {
+        n: usize,
+        d: usize,
+        eps: f32,
+    },
+    RmsNorm {
+        n: usize,
+        d: usize,
+        eps: f32,
+    },
+    Rope {
+        lengths: Vec<usize>,
+        spec: RopeSpec,
+    },
+    L2Normalize {
+        n: usize,
+        d: usize,
+    },
+    /// `ids` rows of a `rows × d` table, copied or added to a seeded output.
+    Gather {
+        rows: usize,
+        d: usize,
+        ids: usize,
+        accumulate: bool,
+        f16_table: bool,
+    },
+    /// Pooling of `d`-wide token rows per sequence, then `l2_normalize` of the pooled rows where
+    /// `normalize` is set.
+    Pool {
+        lengths: Vec<usize>,
+        d: usize,
+        mode: Pooling,
+        normalize: bool,
+    },
+}
+
+/// One case: a named op on one shape, with the seed of its inputs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpCase {
+    /// `op/model-or-size`, e.g. `linear/bert-base-ffn-up`.
+    pub name: String,
+    pub op: CaseOp,
+    /// The inputs' seeds are `seed`, `seed + 1`, … in the order the op takes them.
+    pub seed: u64,
+}
+
+/// A case's inputs on the host, in the order the op takes them, with the gathered row ids.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Inputs {
+    pub tensors: Vec<Vec<f32>>,
+    pub ids: Vec<u32>,
+}
+
+/// What an instance's output holds before the op runs (in-place ops write their input, and an
+/// accumulating gather adds to its seeded output, whatever this says).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fill {
+    Zeros,
+    /// NaN everywhere, so an output the op skips cannot pass.
+    Nan,
+}
+
+/// A case's inputs uploaded to a backend, ready to run.
+pub struct Instance {
+    be: Arc<dyn Backend>,
+    op: CaseOp,
+    inputs: Vec<Tensor>,
+    ids: Vec<u32>,
+    layout: Option<SeqLayout>,
+    out: Tensor,
+}
+
+fn rounded_to_f16(values: Vec<f32>) -> Vec<f32> {
+    values
+        .into_iter()
+        .map(|v| f16::from_f32(v).to_f32())
+        .collect()
+}
+
+fn upload_f16(be: &Arc<dyn Backend>, shape: &[usize], values: &[f32]) -> Result<Tensor> {
+    let halves: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
+    be.upload_f16(shape, &halves)
+}
+
+impl OpCase {
+    pub fn new(name: impl Into<String>, seed: u64, op: CaseOp) -> Self {
+        OpCase {
+            name: name.into(),
+            op,
+            seed,
+        }
+    }
+
+    /// The op family a backend must support to run the case.
+    pub fn family(&self) -> OpFamily {
+        OpFamily::Encoder
+    }
+
+    /// The shapes, in words (the bench's `shape` column).
+    pub fn shape(&self) -> String {
+        let sequences = |lengths: &[usize]| {
+            if lengths.windows(2).all(|w| w[0] == w[1]) {
+                format!("{}×{} tokens", lengths.len(), lengths[0])
+            } else {
+                format!("lengths {lengths:?}")
+            }
+        };
+        match &self.op {
+            CaseOp::Linear(l) => {
+                let mut epilogue = String::new();
+                if l.bias {
+                    epilogue.push_str("+bias");
+                }
+                if l.residual {
+                    epilogue.push_str("+residual");
+                }
+                let (n, k, m, act) = (l.n, l.k, l.m, l.act);
+                format!("{n}×{k}·{m}×{k}ᵀ{epilogue} {act:?}")
+            }
+            CaseOp::Attention { lengths, spec } => {
+                let mut shape = format!(
+                    "{}, {}/{} heads × {}",
+                    sequences(lengths),
+                    spec.heads,
+                    spec.kv_heads,
+                    spec.head_dim
+                );
+                if spec.causal {
+                    shape.push_str(", causal");
+                }
+                if let Some(w) = spec.window {
+                    shape.push_str(&format!(", window {w}"));
+                }
+                shape
+            }
+            CaseOp::LayerNorm { n, d, .. }
+            | CaseOp::RmsNorm { n, d, .. }
+            | CaseOp::L2Normalize { n, d } => format!("{n}×{d} in place"),
+            CaseOp::Rope { lengths, spec } => format!(
+                "{}, {}/{} heads × {}",
+                sequences(lengths),
+                spec.heads,
+                spec.kv_heads,
+                spec.head_dim
+            ),
+            CaseOp::Gather {
+                rows,
+                d,
+                ids,
+                accumulate,
+                f16_table,
+            } => {
+                let table = if *f16_table { " f16" } else { "" };
+                let added = if *accumulate { ", accumulated" } else { "" };
+                format!("{ids} ids from {rows}×{d}{table}{added}")
+            }
+            CaseOp::Pool {
+                lengths,
+                d,
+                mode,
+                normalize,
+            } => {
+                let mut shape = format!("{} × {d}", sequences(lengths));
+                if *mode != Pooling::Mean {
+                    shape.push_str(&format!(", {mode:?}"));
+                }
+                if *normalize {
+                    shape.push_str(", normalized");
+                }
+                shape
+            }
+        }
+    }
+
+    /// The work of one run: `linear` `2·n·k·m` FLOPs, attention `4·head_dim` FLOPs per (query,
+    /// key, head) the mask allows; bytes are the inputs read once and outputs written once in
+    /// their element type (RoPE also reads the positions and its (cos, sin) table).
+    pub fn work(&self) -> Work {
+        match &self.op {
+            CaseOp::Linear(l) => {
+                let (n, k, m) = (l.n, l.k, l.m);
+                let weight_bytes = if l.f16_weights { F16 } else { F32 };
+                let bias = if l.bias { m } else { 0 };
+                let out = if l.residual { 2 * n * m } else { n * m };
+                let bytes = (n * k + bias + out) as f64 * F32 + (m * k) as f64 * weight_bytes;
+                Work::f32(2.0 * (n * k * m) as f64, bytes)
+            }
+            CaseOp::Attention { lengths, spec } => {
+                let pairs: usize = lengths
+                    .iter()
+                    .map(|&len| {
+                        (0..len)
+                            .map(|i| (0..len).filter(|&j| spec.allows(i, j)).count())
+                            .sum::<usize>()
+                    })
+                    .sum();
+                let tokens: usize = lengths.iter().sum();
+                let out_width = spec.heads * spec.head_dim;
+                let flops = 4.0 * (pairs * spec.head_dim * spec.heads) as f64;
+                let bytes = (tokens * (spec.qkv_width() + out_width)) as f64 * F32;
+                Work::f32(flops, bytes)
+            }
+            CaseOp::LayerNorm { n, d, .. }
+            | CaseOp::RmsNorm { n, d, .. }
+            | CaseOp::L2Normalize { n, d } => Work::bytes((2 * n * d) as f64 * F32),
+            CaseOp::Rope { lengths, spec } => {
+                let tokens: usize = lengths.iter().sum();
+                let max_len = lengths.iter().copied().max().unwrap_or(0);
+                let values = 2 * tokens * spec.rotated_width() + tokens + max_len * spec.head_dim;
+                Work::bytes(values as f64 * F32)
+            }
+            CaseOp::Gather {
+                d,
+                ids,
+                accumulate,
+                f16_table,
+                ..
+            } => {
+                let table = if *f16_table { F16 } else { F32 };
+                let out = if *accumulate { 2 * ids * d } else { ids * d };
+                Work::bytes((ids * d) as f64 * table + (out + ids) as f64 * F32)
+            }
+            CaseOp::Pool {
+                lengths,
+                d,
+                normalize,
+                ..
+            } => {
+                let (tokens, sequences) = (lengths.iter().sum::<usize>(), lengths.len());
+                let normalized = if *normalize { 2 * sequences } else { 0 };
+                Work::bytes(((tokens + sequences + normalized) * d) as f64 * F32)
+            }
+        }
+    }
+
+    /// The tolerance of the case's output: f32 paths' relative error, and exact equality for a
+    /// gather from an f16 table (f16 → f32 widening is exact, and so is the one addition).
+    pub fn tolerance(&self) -> Tolerance {
+        match self.op {
+            CaseOp::Gather {
+                f16_table: true, ..
+            } => Tolerance::Exact,
+            _ => Tolerance::Relative(F32_TOL),
+        }
+    }
+
+    /// The seeded inputs, in the order the op takes them (`linear`: x, w, bias, residual;
+    /// norms: x, gamma, beta; gather: table, then the output's starting values).
+    pub fn inputs(&self) -> Inputs {
+        let seed = self.seed;
+        let random = |len: usize, i: u64| uniform(len, seed + i);
+        let (tensors, ids) = match &self.op {
+            CaseOp::Linear(l) => {
+                let (n, k, m) = (l.n, l.k, l.m);
+                let w = random(m * k, 1);
+                let w = if l.f16_weights { rounded_to_f16(w) } else { w };
+                let mut tensors = vec![random(n * k, 0), w];
+                if l.bias {
+                    tensors.push(random(m, 2));
+                }
+                if l.residual {
+                    tensors.push(random(n * m, 3));
+                }
+                (tensors, Vec::new())
+            }
+            CaseOp::Attention { lengths, spec } => {
+                let tokens: usize = lengths.iter().sum();
+                let qkv = random(tokens * spec.qkv_width(), 0);
+                (vec![qkv.iter().map(|v| v * 3.0).collect()], Vec::new())
+            }
+            CaseOp::LayerNorm { n, d, .. } => {
+                let x = random(n * d, 0)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v + if i < *d { 30.0 } else { 0.0 })
+                    .collect();
+                (vec![x, random(*d, 1), random(*d, 2)], Vec::new())
+            }
+            CaseOp::RmsNorm { n, d, .. } => {
+                let x = random(n * d, 0)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| match i / d {
+                        1 => v * 300.0,
+                        2 => v * 1e-3,
+                        _ => *v,
+                    })
+                    .collect();
+                (vec![x, random(*d, 1)], Vec::new())
+            }
+            CaseOp::Rope { lengths, spec } => {
+                let tokens: usize = lengths.iter().sum();
+                (vec![random(tokens * spec.qkv_width(), 0)], Vec::new())
+            }
+            CaseOp::L2Normalize { n, d } => (vec![random(n * d, 0)], Vec::new()),
+            CaseOp::Gather {
+                rows,
+                d,
+                ids,
+                accumulate,
+                f16_table,
+            } => {
+                let table = random(rows * d, 0);
+                let table = if *f16_table {
+                    rounded_to_f16(table)
+                } else {
+                    table
+                };
+                let mut rng = SplitMix64::new(seed + 1);
+                let ids: Vec<u32> = (0..*ids).map(|_| rng.below(*rows) as u32).collect();
+                let mut tensors = vec![table];
+                if *accumulate {
+                    tensors.push(random(ids.len() * d, 2));
+                }
+                (tensors, ids)
+            }
+            CaseOp::Pool { lengths, d, .. } => {
+                let tokens: usize = lengths.iter().sum();
+                (vec![random(tokens * d, 0)], Vec::new())
+            }
+        };
+        Inputs { tensors, ids }
+    }
+
+    /// The f64 reference of the case's output on `inputs`.
+    pub fn reference(&self, inputs: &Inputs) -> Vec<f64> {
+        let t = &inputs.tensors;
+        match &self.op {
+            CaseOp::Linear(l) => {
+                let mut rest = t[2..].iter();
+                let bias = l.bias.then(|| rest.next().unwrap().as_slice());
+                let residual = l.residual.then(|| rest.next().unwrap().as_slice());
+                reference::linear((l.n, l.k, l.m), &t[0], &t[1], bias, l.act, residual)
+            }
+            CaseOp::Attention { lengths, spec } => reference::attention(&t[0], lengths, spec),
+            CaseOp::LayerNorm { eps, .. } => {
+                reference::layer_norm(&t[0], &t[1], &t[2], *eps as f64)
+            }
+            CaseOp::RmsNorm { eps, .. } => reference::rms_norm(&t[0], &t[1], *eps as f64),
+            CaseOp::Rope { lengths, spec } => reference::rope(&t[0], lengths, spec),
+            CaseOp::L2Normalize { d, .. } => {
+                let wide: Vec<f64> = t[0].iter().map(|&v| v as f64).collect();
+                reference::l2_normalize(&wide, *d)
+            }
+            CaseOp::Gather { d, .. } => {
+                reference::gather(&t[0], *d, &inputs.ids, t.get(1).map(Vec::as_slice))
+            }
+            CaseOp::Pool {
+                lengths,
+                d,
+                mode,
+                normalize,
+            } => {
+                let pooled = reference::pool(&t[0], lengths, *d, *mode);
+                if *normalize {
+                    reference::l2_normalize(&pooled, *d)
+                } else {
+                    pooled
+                }
+            }
+        }
+    }
+
+    /// Uploads `inputs` to `be` and allocates the output, filled with `fill`.
+    pub fn instance(&self, be: &Arc<dyn Backend>, inputs: &Inputs, fill: Fill) -> Result<Instance> {
+        let t = &inputs.tensors;
+        let up = |shape: &[usize], values: &[f32]| be.upload(shape, values);
+        let output = |shape: &[usize]| match fill {
+            Fill::Zeros => be.zeros(shape),
+            Fill::Nan => be.upload(shape, &vec![f32::NAN; shape.iter().product()]),
+        };
+        let mut layout = None;
+        let (tensors, out) = match &self.op {
+            CaseOp::Linear(l) => {
+                let (n, k, m) = (l.n, l.k, l.m);
+                let w = if l.f16_weights {
+                    upload_f16(be, &[m, k], &t[1])?
+                } else {
+                    up(&[m, k], &t[1])?
+                };
+                let mut tensors = vec![up(&[n, k], &t[0])?, w];
+                let mut rest = t[2..].iter();
+                if l.bias {
+                    tensors.push(up(&[m], rest.next().unwrap())?);
+                }
+                if l.residual {
+                    tensors.push(up(&[n, m], rest.next().unwrap())?);
+                }
+                (tensors, output(&[n, m])?)
+            }
+            CaseOp::Attention { lengths, spec } => {
+                let seqs = SeqLayout::from_lengths(lengths.iter().copied());
+                let tokens = seqs.num_tokens();
+                layout = Some(seqs);
+                let qkv = up(&[tokens, spec.qkv_width()], &t[0])?;
+                (vec![qkv], output(&[tokens, spec.heads * spec.head_dim])?)
+            }
+            CaseOp::LayerNorm { n, d, .. } => (
+                vec![up(&[*d], &t[1])?, up(&[*d], &t[2])?],
+                up(&[*n, *d], &t[0])?,
+            ),
+            CaseOp::RmsNorm { n, d, .. } => (vec![up(&[*d], &t[1])?], up(&[*n, *d], &t[0])?),
+            CaseOp::Rope { lengths, spec } => {
+                let seqs = SeqLayout::from_lengths(lengths.iter().copied());
+                let tokens = seqs.num_tokens();
+                layout = Some(seqs);
+                (Vec::new(), up(&[tokens, spec.qkv_width()], &t[0])?)
+            }
+            CaseOp::L2Normalize { n, d } => (Vec::new(), up(&[*n, *d], &t[0])?),
+            CaseOp::Gather {
+                rows, d, f16_table, ..
+            } => {
+                let table = if *f16_table {
+                    upload_f16(be, &[*rows, *d], &t[0])?
+                } else {
+                    up(&[*rows, *d], &t[0])?
+                };
+                let shape = [inputs.ids.len(), *d];
+                let out = match t.get(1) {
+                    Some(base) => up(&shape, base)?,
+                    None => output(&shape)?,
+                };
+                (vec![table], out)
+            }
+            CaseOp::Pool { lengths, d, .. } => {
+                let seqs = SeqLayout::from_lengths(lengths.iter().copied());
+                let hidden = up(&[seqs.num_tokens(), *d], &t[0])?;
+                layout = Some(seqs);
+                (vec![hidden], output(&[lengths.len(), *d])?)
+            }
+        };
+        Ok(Instance {
+            be: be.clone(),
+            op: self.op.clone(),
+            inputs: tensors,
+            ids: inputs.ids.clone(),
+            layout,
+            out,
+        })
+    }
+}
+
+impl Instance {
+    /// Runs the op once, writing the output.
+    pub fn run(&mut self) -> Result<()> {
+        let (be, t, out) = (&self.be, &self.inputs, &mut self.out);
+        let layout = || self.layout.as_ref().expect("a layout for a sequence op");
+        match &self.op {
+            CaseOp::Linear(l) => {
+                let mut rest = t[2..].iter();
+                let bias = if l.bias { rest.next() } else { None };
+                let residual = if l.residual { rest.next() } else { None };
+                be.linear(&t[0], &t[1], bias, l.act, residual, out)
+            }
+            CaseOp::Attention { spec, .. } => be.attention(&t[0], layout(), spec, out),
+            CaseOp::LayerNorm { eps, .. } => be.layer_norm(out, &t[0], &t[1], *eps),
+            CaseOp::RmsNorm { eps, .. } => be.rms_norm(out, &t[0], *eps),
+            CaseOp::Rope { spec, .. } => be.rope(out, layout(), spec),
+            CaseOp::L2Normalize { .. } => be.l2_normalize(out),
+            CaseOp::Gather { accumulate, .. } => be.gather_rows(&t[0], &self.ids, *accumulate, out),
+            CaseOp::Pool {
+                mode, normalize, ..
+            } => {
+                be.pool(&t[0], layout(), *mode, out)?;
+                if *normalize {
+                    be.l2_normalize(out)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The output, downloaded.
+    pub fn output(&self) -> Result<Vec<f32>> {
+        self.be.download(&self.out)
+    }
+}

@@ -1,0 +1,187 @@
+//! Straightforward f64 references of the encoder ops: the textbook definition of each op, written
+//! for clarity rather than speed, against which every backend's kernels are checked (the op cases
+//! of [`super`], and the wgpu-specific tests).
+
+use crate::backend::{Activation, AttentionSpec, Pooling, RopeSpec};
+
+/// `act(x)` in f64.
+pub fn activation(act: Activation, x: f64) -> f64 {
+    let erf = |x: f64| libm::erf(x);
+    match act {
+        Activation::Identity => x,
+        Activation::Gelu => 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)),
+        Activation::GeluTanh => {
+            0.5 * x
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
+        }
+        Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+        Activation::Silu => x / (1.0 + (-x).exp()),
+        Activation::Relu => x.max(0.0),
+        Activation::Tanh => x.tanh(),
+        Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+    }
+}
+
+/// `act(x·wᵀ + bias) + residual` in f64 for `x: [n, k]`, `w: [m, k]`.
+pub fn linear(
+    (n, k, m): (usize, usize, usize),
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    residual: Option<&[f32]>,
+) -> Vec<f64> {
+    (0..n * m)
+        .map(|idx| {
+            let (i, j) = (idx / m, idx % m);
+            let mut acc: f64 = (0..k)
+                .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                .sum();
+            if let Some(b) = bias {
+                acc += b[j] as f64;
+            }
+            let mut y = activation(act, acc);
+            if let Some(r) = residual {
+                y += r[idx] as f64;
+            }
+            y
+        })
+        .collect()
+}
+
+/// LayerNorm of each `d`-wide row in f64.
+pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f64) -> Vec<f64> {
+    let d = gamma.len();
+    x.chunks(d)
+        .flat_map(|row| {
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+            let inv = 1.0 / (var + eps).sqrt();
+            row.iter()
+                .zip(gamma.iter().zip(beta))
+                .map(move |(&v, (&g, &b))| (v as f64 - mean) * inv * g as f64 + b as f64)
+        })
+        .collect()
+}
+
+/// RMSNorm of each `d`-wide row in f64.
+pub fn rms_norm(x: &[f32], gamma: &[f32], eps: f64) -> Vec<f64> {
+    let d = gamma.len();
+    x.chunks(d)
+        .flat_map(|row| {
+            let mean_square = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / d as f64;
+            let inv = 1.0 / (mean_square + eps).sqrt();
+            row.iter()
+                .zip(gamma)
+                .map(move |(&v, &g)| v as f64 * inv * g as f64)
+        })
+        .collect()
+}
+
+/// `x / max(‖x‖₂, 1e-12)` of each `d`-wide row in f64.
+pub fn l2_normalize(x: &[f64], d: usize) -> Vec<f64> {
+    x.chunks(d)
+        .flat_map(|row| {
+            let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+            row.iter().map(move |v| v / norm)
+        })
+        .collect()
+}
+
+/// Rotates the query and key pairs of each sequence in f64 with `rotate_half` pairs
+/// `(i, i + head_dim/2)`; value heads are copied.
+pub fn rope(qkv: &[f32], lengths: &[usize], spec: &RopeSpec) -> Vec<f64> {
+    let (hd, width) = (spec.head_dim, spec.qkv_width());
+    let half = hd / 2;
+    let mut out: Vec<f64> = qkv.iter().map(|&v| v as f64).collect();
+    let mut row = 0;
+    for &len in lengths {
+        for pos in 0..len {
+            for head in 0..spec.heads + spec.kv_heads {
+                for i in 0..half {
+                    let (sin, cos) = (pos as f64 * spec.inv_freq(i) as f64).sin_cos();
+                    let at = row * width + head * hd + i;
+                    let (a, b) = (qkv[at] as f64, qkv[at + half] as f64);
+                    out[at] = a * cos - b * sin;
+                    out[at + half] = b * cos + a * sin;
+                }
+            }
+            row += 1;
+        }
+    }
+    out
+}
+
+/// Dense-mask attention over each sequence separately.
+pub fn attention(qkv: &[f32], lengths: &[usize], spec: &AttentionSpec) -> Vec<f64> {
+    let (hd, heads, kvh) = (spec.head_dim, spec.heads, spec.kv_heads);
+    let width = spec.qkv_width();
+    let tokens: usize = lengths.iter().sum();
+    let mut out = vec![0.0f64; tokens * heads * hd];
+    let mut start = 0;
+    for &len in lengths {
+        for h in 0..heads {
+            let kv = h / (heads / kvh);
+            let q = |i: usize, c: usize| qkv[(start + i) * width + h * hd + c] as f64;
+            let k = |j: usize, c: usize| qkv[(start + j) * width + (heads + kv) * hd + c] as f64;
+            let v =
+                |j: usize, c: usize| qkv[(start + j) * width + (heads + kvh + kv) * hd + c] as f64;
+            for i in 0..len {
+                let scores: Vec<Option<f64>> = (0..len)
+                    .map(|j| {
+                        spec.allows(i, j).then(|| {
+                            (0..hd).map(|c| q(i, c) * k(j, c)).sum::<f64>() * spec.scale as f64
+                        })
+                    })
+                    .collect();
+                let max = scores
+                    .iter()
+                    .flatten()
+                    .cloned()
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores
+                    .iter()
+                    .map(|s| s.map_or(0.0, |s| (s - max).exp()))
+                    .collect();
+                let total: f64 = weights.iter().sum();
+                for c in 0..hd {
+                    let o: f64 = (0..len).map(|j| weights[j] * v(j, c)).sum();
+                    out[(start + i) * heads * hd + h * hd + c] = o / total;
+                }
+            }
+        }
+        start += len;
+    }
+    out
+}
+
+/// Pools each sequence's `d`-wide rows of `hidden` to one row; an empty sequence gives zeros.
+pub fn pool(hidden: &[f32], lengths: &[usize], d: usize, mode: Pooling) -> Vec<f64> {
+    let mut want = Vec::with_capacity(lengths.len() * d);
+    let mut start = 0;
+    for &len in lengths {
+        let col = |c: usize| (start..start + len).map(move |t| hidden[t * d + c] as f64);
+        for c in 0..d {
+            want.push(match (len, mode) {
+                (0, _) => 0.0,
+                (_, Pooling::Cls) => hidden[start * d + c] as f64,
+                (_, Pooling::Last) => hidden[(start + len - 1) * d + c] as f64,
+                (_, Pooling::Max) => col(c).fold(f64::NEG_INFINITY, f64::max),
+                (_, Pooling::Mean) => col(c).sum::<f64>() / len as f64,
+                (_, Pooling::MeanSqrtLen) => col(c).sum::<f64>() / (len as f64).sqrt(),
+            });
+        }
+        start += len;
+    }
+    want
+}
+
+/// Rows `ids` of the `d`-wide `table`, added to `base` where given.
+pub fn gather(table: &[f32], d: usize, ids: &[u32], base: Option<&[f32]>) -> Vec<f64> {
+    (0..ids.len() * d)
+        .map(|i| {
+            let row = table[ids[i / d] as usize * d + i % d] as f64;
+            row + base.map_or(0.0, |b| b[i] as f64)
+        })
+        .collect()
+}
