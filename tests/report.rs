@@ -1,7 +1,7 @@
 //! Plots and JSON reports land as complete files under the requested name, with nothing left
 //! behind; a plot into a missing directory is an error, not a panic.
 
-use mscope::report::plot::{bars, heatmap, lines, scatter, Series};
+use mscope::report::plot::{bars, heatmap, xy, Series, Style};
 
 const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
 
@@ -42,8 +42,24 @@ fn every_plot_kind_writes_a_png() {
     let names: Vec<String> = ["x", "y", "z"].iter().map(|s| s.to_string()).collect();
 
     let out = |name: &str| dir.path().join(name);
-    scatter(&out("scatter.png"), "scatter", "PC1", "PC2", &groups).unwrap();
-    lines(&out("lines.png"), "lines", "α", "d(α)", &groups).unwrap();
+    xy(
+        &out("scatter.png"),
+        "scatter",
+        "PC1",
+        "PC2",
+        &groups,
+        Style::Scatter,
+    )
+    .unwrap();
+    xy(
+        &out("lines.png"),
+        "lines",
+        "α",
+        "d(α)",
+        &groups,
+        Style::Lines,
+    )
+    .unwrap();
     bars(
         &out("bars.png"),
         "bars",
@@ -72,7 +88,8 @@ fn every_plot_kind_writes_a_png() {
         "temporary files left behind"
     );
 
-    let err = scatter(&dir.path().join("missing/dir.png"), "t", "x", "y", &groups).unwrap_err();
+    let missing = dir.path().join("missing/dir.png");
+    let err = xy(&missing, "t", "x", "y", &groups, Style::Scatter).unwrap_err();
     assert!(err.to_string().contains("dir.png"), "{err}");
 }
 

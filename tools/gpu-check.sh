@@ -177,7 +177,7 @@ run() {
     local lib
     lib=$(nvrtc_path)
     export LD_LIBRARY_PATH=${lib:+$lib:}$ROOT/.gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-    export MSCOPE_REQUIRE_NVRTC=1 XDG_CACHE_HOME=/tmp/mscope-gpu-cache RUST_BACKTRACE=1
+    export MSCOPE_REQUIRE_NVRTC=1 MSCOPE_REQUIRE_CUDA=1 XDG_CACHE_HOME=/tmp/mscope-gpu-cache RUST_BACKTRACE=1
     {
         echo "commit $(cat "$ROOT/.gpu/commit" 2>/dev/null), nvrtc in ${lib:-?}"
         nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1

@@ -17,7 +17,7 @@ pub fn plot(report: &AlphaReport, path: &Path) -> Result<()> {
     let threshold = [(0.0, report.threshold), (1.0, report.threshold)];
     let marker = [(report.alpha_hat, 0.0), (report.alpha_hat, report.ks)];
     let alpha_label = format!("α-hat = {:.4}", report.alpha_hat);
-    plot::lines(
+    plot::xy(
         path,
         "Kolmogorov distance to the α-trimmings of the candidate",
         "trimming level α",
@@ -36,6 +36,7 @@ pub fn plot(report: &AlphaReport, path: &Path) -> Result<()> {
                 points: &marker,
             },
         ],
+        plot::Style::Lines,
     )
 }
 

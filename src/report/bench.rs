@@ -177,12 +177,13 @@ pub fn draw_gemm(path: &Path, results: &[Measured]) -> Result<()> {
                 (label, (r.work.flops / 1e9, r.gflops().unwrap_or(0.0)))
             }),
     );
-    plot::scatter(
+    plot::xy(
         path,
         "GEMM (linear) throughput by problem size",
         "GFLOP per call",
         "GFLOP/s",
         &plot::series(&series),
+        plot::Style::Scatter,
     )
 }
 
@@ -196,12 +197,13 @@ pub fn draw_roofline(path: &Path, results: &[Measured]) -> Result<()> {
         let point = (fraction * r.timing.median(), 100.0 * fraction);
         Some((format!("{family} [{}]", r.backend), point))
     }));
-    plot::scatter_log_x(
+    plot::xy(
         path,
         "Fraction of the roofline by problem size",
         "seconds per call at the roofline (problem size)",
         "% of the roofline",
         &plot::series(&series),
+        plot::Style::ScatterLogX,
     )
 }
 

@@ -25,7 +25,7 @@ pub fn plot(report: &CompareReport, path: &Path) -> Result<()> {
         };
         group.push((x(m), m.alpha_hat));
     }
-    plot::scatter(
+    plot::xy(
         path,
         "Trimmed comparison of each model with the pooled others",
         if report.labelled {
@@ -44,6 +44,7 @@ pub fn plot(report: &CompareReport, path: &Path) -> Result<()> {
                 points: &atypical,
             },
         ],
+        plot::Style::Scatter,
     )
 }
 

@@ -13,11 +13,12 @@ pub fn plot(path: &Path, name: &str, data: &Dataset) -> Result<()> {
         .map(|k| format!("label {k}"))
         .collect();
     let groups = plot::points_by_label(&coords, 2, (0, Some(1)), &data.y, &names);
-    plot::scatter(
+    plot::xy(
         path,
         &format!("{name} ({} rows)", data.len()),
         "x0",
         "x1",
         &plot::series(&groups),
+        plot::Style::Scatter,
     )
 }

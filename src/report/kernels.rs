@@ -23,7 +23,7 @@ pub fn plot(report: &KernelCompareReport, path: &Path) -> Result<()> {
         .kernels
         .each_ref()
         .map(|k| file_name(Path::new(&k.path)));
-    plot::lines_log_y(
+    plot::xy(
         path,
         &format!("Normalised spectra, CKA = {:.4}", c.cka),
         "eigenvalue index",
@@ -38,6 +38,7 @@ pub fn plot(report: &KernelCompareReport, path: &Path) -> Result<()> {
                 points: &b,
             },
         ],
+        plot::Style::LinesLogY,
     )
 }
 

@@ -17,7 +17,7 @@ pub fn plot(report: &KglmReport, path: &Path) -> Result<()> {
         .iter()
         .map(|&(surrogate, network)| (network, surrogate))
         .collect();
-    plot::scatter(
+    plot::xy(
         path,
         &format!("kGLM against the network, Kendall τ = {:.3}", f.kendall_tau),
         "network: probability of the correct class",
@@ -26,6 +26,7 @@ pub fn plot(report: &KglmReport, path: &Path) -> Result<()> {
             label: "test points",
             points: &points,
         }],
+        plot::Style::Scatter,
     )
 }
 

@@ -24,7 +24,14 @@ pub fn plots(report: &LdaReport, path: &Path) -> Result<()> {
         &report.label_names,
     );
     let title = format!("LDA of {input}");
-    plot::scatter(path, &title, axes.0, axes.1, &plot::series(&groups))?;
+    plot::xy(
+        path,
+        &title,
+        axes.0,
+        axes.1,
+        &plot::series(&groups),
+        plot::Style::Scatter,
+    )?;
     if let Some(p) = &report.pairwise {
         plot::heatmap(
             &sibling(path, "pairwise"),

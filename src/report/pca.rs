@@ -24,15 +24,36 @@ pub fn plots(report: &PcaReport, path: &Path) -> Result<()> {
     };
     if k >= 2 {
         let points = groups((0, Some(1)));
-        plot::scatter(path, &title, "PC1", "PC2", &plot::series(&points))?;
+        plot::xy(
+            path,
+            &title,
+            "PC1",
+            "PC2",
+            &plot::series(&points),
+            plot::Style::Scatter,
+        )?;
     } else {
         let points = groups((0, None));
-        plot::scatter(path, &title, "PC1", "label", &plot::series(&points))?;
+        plot::xy(
+            path,
+            &title,
+            "PC1",
+            "label",
+            &plot::series(&points),
+            plot::Style::Scatter,
+        )?;
     }
     if k >= 3 {
         let points = groups((1, Some(2)));
         let path = sibling(path, "pc2-pc3");
-        plot::scatter(&path, &title, "PC2", "PC3", &plot::series(&points))?;
+        plot::xy(
+            &path,
+            &title,
+            "PC2",
+            "PC3",
+            &plot::series(&points),
+            plot::Style::Scatter,
+        )?;
     }
     let names: Vec<String> = (1..=k).map(|c| format!("PC{c}")).collect();
     plot::bars(

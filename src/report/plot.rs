@@ -150,15 +150,39 @@ enum Scale {
     Log,
 }
 
-/// Axes fitted to every point of `series`, a mesh, and one marker per point (or, `as_lines`, one
-/// line per series) in palette order, with a legend: what scatter and line plots share.
-fn xy_plot(
+/// How [`xy`] draws its series.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Style {
+    /// One marker per point, one colour per series.
+    Scatter,
+    /// Markers on a logarithmic x axis (every x positive): quantities over problem sizes that
+    /// span orders of magnitude.
+    ScatterLogX,
+    /// One line per series.
+    Lines,
+    /// Lines on a logarithmic y axis (every y positive): spectra, losses.
+    LinesLogY,
+}
+
+/// A scatter or line plot: axes fitted to every point of `series`, a mesh, markers or lines in
+/// palette order, and a legend.
+pub fn xy(
     path: &Path,
-    (title, x_label, y_label): (&str, &str, &str),
+    title: &str,
+    x_label: &str,
+    y_label: &str,
     series: &[Series],
-    as_lines: bool,
-    (x_scale, y_scale): (Scale, Scale),
+    style: Style,
 ) -> Result<()> {
+    let as_lines = matches!(style, Style::Lines | Style::LinesLogY);
+    let x_scale = match style {
+        Style::ScatterLogX => Scale::Log,
+        _ => Scale::Linear,
+    };
+    let y_scale = match style {
+        Style::LinesLogY => Scale::Log,
+        _ => Scale::Linear,
+    };
     // A log x axis is a linear axis over log10(x), labelled with powers of ten: plotters' log
     // coordinates would make every chart type generic over both axes.
     let logged: Vec<Vec<(f64, f64)>>;
@@ -232,7 +256,7 @@ fn xy_plot(
     })
 }
 
-/// The mesh, the series and the legend of [`xy_plot`], for either y scale.
+/// The mesh, the series and the legend of [`xy`], for either y scale.
 fn draw_xy<'a, Y: Ranged<ValueType = f64> + ValueFormatter<f64>>(
     mut chart: ChartContext<'a, BitMapBackend<'a>, Cartesian2d<RangedCoordf64, Y>>,
     (x_label, y_label): (&str, &str),
@@ -276,76 +300,6 @@ fn draw_xy<'a, Y: Ranged<ValueType = f64> + ValueFormatter<f64>>(
     Ok(())
 }
 
-/// A scatter plot, one colour per group, with a legend.
-pub fn scatter(
-    path: &Path,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    groups: &[Series],
-) -> Result<()> {
-    xy_plot(
-        path,
-        (title, x_label, y_label),
-        groups,
-        false,
-        (Scale::Linear, Scale::Linear),
-    )
-}
-
-/// A scatter plot on a logarithmic x axis (every x must be positive): quantities over problem
-/// sizes that span orders of magnitude.
-pub fn scatter_log_x(
-    path: &Path,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    groups: &[Series],
-) -> Result<()> {
-    xy_plot(
-        path,
-        (title, x_label, y_label),
-        groups,
-        false,
-        (Scale::Log, Scale::Linear),
-    )
-}
-
-/// Line plot, one colour per series, with a legend.
-pub fn lines(
-    path: &Path,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
-) -> Result<()> {
-    xy_plot(
-        path,
-        (title, x_label, y_label),
-        series,
-        true,
-        (Scale::Linear, Scale::Linear),
-    )
-}
-
-/// Line plot on a logarithmic y axis (every y must be positive): spectra, losses.
-pub fn lines_log_y(
-    path: &Path,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
-) -> Result<()> {
-    xy_plot(
-        path,
-        (title, x_label, y_label),
-        series,
-        true,
-        (Scale::Linear, Scale::Log),
-    )
-}
-
-/// A category axis of `n` slots (plotters' discrete ranges include their end).
 fn categories(n: usize) -> SegmentedCoord<RangedCoordusize> {
     (0..n.max(1) - 1).into_segmented()
 }
