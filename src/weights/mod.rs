@@ -19,6 +19,12 @@ use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, HostData, HostTensor};
 
+pub mod gguf;
+mod gguf_metadata;
+mod quant;
+
+pub use gguf::Gguf;
+
 /// Element type of a model's GEMM weights and embedding tables on the device (`mscope embed
 /// --weights-dtype`). Biases and norm parameters are always f32.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -364,11 +370,7 @@ impl Weights {
 
 /// Maps `path` and parses (and validates) its header.
 fn map_file(path: &Path) -> Result<(MappedFile, Metadata)> {
-    let file = File::open(path).map_err(|e| Error::weights(path, format!("cannot open: {e}")))?;
-    // SAFETY: weights files are treated as read-only and must not be modified while mapped
-    // (the usual contract for memory-mapped checkpoints); we never write through the map.
-    let map = unsafe { Mmap::map(&file) }
-        .map_err(|e| Error::weights(path, format!("cannot map: {e}")))?;
+    let map = map(path)?;
     let (header_len, header) =
         SafeTensors::read_metadata(&map).map_err(|e| Error::weights(path, describe(&e, &map)))?;
     Ok((
@@ -379,6 +381,14 @@ fn map_file(path: &Path) -> Result<(MappedFile, Metadata)> {
         },
         header,
     ))
+}
+
+/// Maps `path` read-only (safetensors and GGUF files alike).
+fn map(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).map_err(|e| Error::weights(path, format!("cannot open: {e}")))?;
+    // SAFETY: weights files are treated as read-only and must not be modified while mapped
+    // (the usual contract for memory-mapped checkpoints); we never write through the map.
+    unsafe { Mmap::map(&file) }.map_err(|e| Error::weights(path, format!("cannot map: {e}")))
 }
 
 fn entry(file: usize, mapped: &MappedFile, info: &TensorInfo) -> Entry {
