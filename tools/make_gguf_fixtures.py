@@ -16,10 +16,11 @@ Writes to tests/fixtures/gguf/:
   types_reference.safetensors  per tensor `NAME.f32`: gguf.quants.dequantize of its bytes, and
                              `NAME.f16`: that cast with numpy's astype(float16), in numpy's
                              (row-major, GGUF dims reversed) shape
-  types.json                 the metadata written ({key: {type, value}}) and each tensor's ggml
-                             type and numpy shape
-  smollm2.json               the real file as gguf.GGUFReader reads it: every tensor's name, ggml
-                             type and numpy shape, and its scalar metadata
+  types.json                 the metadata written ({key: {type, value}}, plus `element` for
+                             arrays and `bits` for floats) and each tensor's ggml type and
+                             numpy shape
+  smollm2.json               the real file as gguf.GGUFReader reads it: every tensor's
+                             [name, ggml type, numpy shape] in file order, and its scalar metadata
   smollm2_reference.safetensors  gguf.quants.dequantize of the first rows of two real tensors
 
 Quantised types that gguf.quants can quantise (Q8_0, Q4_0, Q4_1, BF16) are made from seeded random

@@ -4,6 +4,9 @@
 //! ranges are contiguous, in bounds and cover the data section exactly); tensors are then read
 //! straight from the maps. Data is little-endian, as the safetensors format specifies; F32
 //! tensors are borrowed zero-copy only on little-endian hosts when 4-byte aligned.
+//!
+//! Single-file GGUF checkpoints (llama.cpp's, quantised or not) are read by [`gguf`], which
+//! shares the mapping helper here.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
