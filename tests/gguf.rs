@@ -315,6 +315,13 @@ fn a_crafted_file_opens_and_unsupported_types_fail_by_name() {
         gguf.tensor("b", DType::F32),
         &["ok.gguf", "tensor `b`", "Q5_0"],
     );
+
+    // Version 2 has version 3's little-endian layout.
+    let mut v2 = bytes.clone();
+    v2[4..8].copy_from_slice(&2u32.to_le_bytes());
+    let gguf = Gguf::open(&write(dir.path(), "v2.gguf", &v2)).unwrap();
+    assert_eq!(gguf.version(), 2);
+    assert_eq!(gguf.tensor("a", DType::F32).unwrap().into_f32(), values);
 }
 
 #[test]
