@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/fetch-model.sh >/dev/null
+tools/fetch-smollm2.sh >/dev/null
 tools/fetch-digits.sh >/dev/null
 nvrtc=.cache/nvrtc
 if [ ! -e "$nvrtc/nvidia/cu13/lib/libnvrtc.so.13" ]; then

@@ -4,6 +4,9 @@
 //! ranges are contiguous, in bounds and cover the data section exactly); tensors are then read
 //! straight from the maps. Data is little-endian, as the safetensors format specifies; F32
 //! tensors are borrowed zero-copy only on little-endian hosts when 4-byte aligned.
+//!
+//! Single-file GGUF checkpoints (llama.cpp's, quantised or not) are read by [`gguf`], which
+//! shares the mapping helper here.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -18,6 +21,12 @@ use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::error::{Error, Result};
 use crate::tensor::{DType, HostData, HostTensor};
+
+pub mod gguf;
+mod gguf_metadata;
+mod quant;
+
+pub use gguf::Gguf;
 
 /// Element type of a model's GEMM weights and embedding tables on the device (`mscope embed
 /// --weights-dtype`). Biases and norm parameters are always f32.
@@ -364,11 +373,7 @@ impl Weights {
 
 /// Maps `path` and parses (and validates) its header.
 fn map_file(path: &Path) -> Result<(MappedFile, Metadata)> {
-    let file = File::open(path).map_err(|e| Error::weights(path, format!("cannot open: {e}")))?;
-    // SAFETY: weights files are treated as read-only and must not be modified while mapped
-    // (the usual contract for memory-mapped checkpoints); we never write through the map.
-    let map = unsafe { Mmap::map(&file) }
-        .map_err(|e| Error::weights(path, format!("cannot map: {e}")))?;
+    let map = map(path)?;
     let (header_len, header) =
         SafeTensors::read_metadata(&map).map_err(|e| Error::weights(path, describe(&e, &map)))?;
     Ok((
@@ -379,6 +384,14 @@ fn map_file(path: &Path) -> Result<(MappedFile, Metadata)> {
         },
         header,
     ))
+}
+
+/// Maps `path` read-only (safetensors and GGUF files alike).
+fn map(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).map_err(|e| Error::weights(path, format!("cannot open: {e}")))?;
+    // SAFETY: weights files are treated as read-only and must not be modified while mapped
+    // (the usual contract for memory-mapped checkpoints); we never write through the map.
+    unsafe { Mmap::map(&file) }.map_err(|e| Error::weights(path, format!("cannot map: {e}")))
 }
 
 fn entry(file: usize, mapped: &MappedFile, info: &TensorInfo) -> Entry {
