@@ -11,6 +11,7 @@ use std::sync::Arc;
 use common::{backend_tests, cosine, reference_tensor, rel_error, repo_path, run_mscope_ok};
 use mscope::backend::{self, Backend, BackendKind, OpFamily, SeqLayout};
 use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
+use mscope::models::decoder::DecoderConfig;
 use mscope::models::{self, TokenBatch};
 use mscope::weights::WeightsDtype;
 
@@ -198,4 +199,56 @@ fn bad_configs_are_clear_errors() {
             assert!(err.contains(needle), "{what}: {err:?} lacks {needle:?}");
         }
     }
+}
+
+/// What transformers makes of fields a config.json leaves out or writes the older way.
+#[test]
+fn config_fields_follow_transformers() {
+    let read = |edit: fn(&mut serde_json::Value)| {
+        let dir = edited_config(edit);
+        DecoderConfig::read(dir.path()).unwrap()
+    };
+    let base = read(|_| {});
+    assert_eq!(
+        (base.kv_heads, base.head_dim, base.rope_theta),
+        (2, 16, 1e4)
+    );
+    assert_eq!(base.windows, [Some(8), Some(8)]);
+    assert!(!base.qkv_bias && !base.o_bias && !base.mlp_bias);
+
+    // Before transformers 5: top-level rope_theta, rope_scaling null.
+    let legacy = read(|c| {
+        let map = c.as_object_mut().unwrap();
+        map.remove("rope_parameters");
+        map.insert("rope_theta".into(), 5e5.into());
+        map.insert("rope_scaling".into(), serde_json::Value::Null);
+    });
+    assert_eq!(legacy.rope_theta, 5e5);
+
+    // Mistral: an absent window is 4096, a null one none.
+    let absent = read(|c| {
+        c.as_object_mut().unwrap().remove("sliding_window");
+    });
+    assert_eq!(absent.windows, [Some(4096), Some(4096)]);
+    let null = read(|c| c["sliding_window"] = serde_json::Value::Null);
+    assert_eq!(null.windows, [None, None]);
+
+    // Qwen2: the window only under use_sliding_window, from max_window_layers on; biases on Q/K/V.
+    let qwen2 = read(|c| {
+        c["model_type"] = "qwen2".into();
+        c["use_sliding_window"] = true.into();
+        c["max_window_layers"] = 1.into();
+    });
+    assert_eq!(qwen2.windows, [None, Some(8)]);
+    assert!(qwen2.qkv_bias && !qwen2.o_bias);
+    let unused = read(|c| c["model_type"] = "qwen2".into());
+    assert_eq!(unused.windows, [None, None]);
+
+    // Llama: no window; attention_bias puts biases on Q, K, V and O.
+    let llama = read(|c| {
+        c["model_type"] = "llama".into();
+        c["attention_bias"] = true.into();
+    });
+    assert_eq!(llama.windows, [None, None]);
+    assert!(llama.qkv_bias && llama.o_bias && !llama.mlp_bias);
 }
