@@ -12,6 +12,8 @@
 //                             memory, f32 accumulation. 64×64 block tile, 4 warps of 32×32.
 //
 // Helper kernel: to_bf16_v1 — converts f32 weights to bf16 once, for variant 4.
+// Gated feed-forward: gated_activation_v1 — out[i, j] = act(x[i, j]) · x[i, m + j] for x: [n, 2m]
+// (gate beside up, one GEMM's output), grid-stride over the n·m outputs.
 #include "common.cuh"
 #include "tile.cuh"
 
@@ -127,4 +129,12 @@ gemm_v4_mma_bf16(const float* __restrict__ x, const unsigned short* __restrict__
 extern "C" __global__ void to_bf16_v1(const float* __restrict__ src, unsigned short* __restrict__ dst, size_t len) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < len; i += (size_t)gridDim.x * blockDim.x)
         dst[i] = to_bf16(src[i]);
+}
+
+extern "C" __global__ void gated_activation_v1(const float* __restrict__ x, float* __restrict__ out, size_t n,
+                                               size_t m, int act) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n * m; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t row = i / m, gate = row * 2 * m + (i - row * m);
+        out[i] = apply_activation(act, x[gate]) * x[gate + m];
+    }
 }

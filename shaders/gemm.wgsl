@@ -15,6 +15,7 @@
 //      lavapipe (MiniLM's 1317×384×1536: 1.6–3.1 s against 3.7–5.5 s, loaded 2-core machine).
 //   5. linear_tiled, f16 build — variant 2 on f16 weights, widened to f32 as they are loaded.
 //   6. linear_direct, f16 build — variant 3 on f16 weights.
+// Beside them, gated_activation (the gated feed-forward's act(gate) ⊙ up, at the end of the file).
 // The f16 build (src/backend/wgpu/shader_builds.rs) is this file with `enable f16;` and `Weight`
 // aliased to f16; it needs the adapter's SHADER_F16 and halves the weight bytes read.
 
@@ -209,4 +210,24 @@ fn linear_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
     store_row(i + 1u, j, acc1);
     store_row(i + 2u, j, acc2);
     store_row(i + 3u, j, acc3);
+}
+
+// gated_activation — out[i, j] = act(x[i, j]) · x[i, m + j] for x: [n, 2m] (gate beside up, one
+// GEMM's output), out: [n, m]; `activation` picks act (SiLU: SwiGLU). One invocation per output,
+// the grid spread over y for large outputs. It reads `x` and writes `out`; the other bindings
+// are bound but unused.
+const GATED_WORKGROUP: u32 = 256u;
+
+@compute @workgroup_size(256)
+fn gated_activation(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let i = gid.y * groups.x * GATED_WORKGROUP + gid.x;
+    if i >= p.n * p.m {
+        return;
+    }
+    let row = i / p.m;
+    let gate = row * 2u * p.m + (i - row * p.m);
+    out[i] = activate(x[gate]) * x[gate + p.m];
 }

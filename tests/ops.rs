@@ -16,6 +16,8 @@ backend_tests! {
     linear_with_epilogues,
     linear_with_f16_weights,
     linear_rejects_mismatched_shapes,
+    gated_activation_of_every_activation,
+    gated_activation_rejects_bad_shapes,
     gather_rows_copies_and_accumulates,
     gather_rows_from_f16_tables,
     layer_norm_rows,
@@ -117,6 +119,31 @@ fn linear_rejects_mismatched_shapes(be: &dyn Backend) {
         .linear(&x, &w, None, Activation::Identity, None, &mut out)
         .unwrap_err();
     assert!(err.to_string().contains("4 features"), "{err}");
+}
+
+/// `act(gate) ⊙ up` for every activation, on widths that are not multiples of a workgroup.
+fn gated_activation_of_every_activation(be: &Arc<dyn Backend>) {
+    for act in Activation::ALL {
+        for (n, m) in [(1, 1), (13, 37), (70, 300)] {
+            let op = CaseOp::GatedActivation { n, m, act };
+            let name = format!("gated_activation/{act:?}/{n}x{m}");
+            check_case(be, &OpCase::new(name, 9, op));
+        }
+    }
+}
+
+fn gated_activation_rejects_bad_shapes(be: &dyn Backend) {
+    let mut out = be.zeros(&[3, 4]).unwrap();
+    let odd = be.zeros(&[3, 7]).unwrap();
+    let err = be
+        .gated_activation(&odd, Activation::Silu, &mut out)
+        .unwrap_err();
+    assert!(err.to_string().contains("odd"), "{err}");
+    let wide = be.zeros(&[3, 10]).unwrap();
+    let err = be
+        .gated_activation(&wide, Activation::Silu, &mut out)
+        .unwrap_err();
+    assert!(err.to_string().contains("expected [3, 5]"), "{err}");
 }
 
 /// Rows of a `41×19` table, copied and added to a seeded output, from an f32 or f16 table.

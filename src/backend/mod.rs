@@ -157,6 +157,11 @@ pub trait Backend: Send + Sync {
         out: &mut Tensor,
     ) -> Result<()>;
 
+    /// `out = act(gate) ⊙ up` for `gate_up: [n, 2m]` holding the gate in columns `0..m` and up in
+    /// `m..2m` (the output of one GEMM over the stacked gate and up projections), `out: [n, m]`:
+    /// the gated feed-forward of Llama, Mistral and Qwen2 with SiLU (SwiGLU), GeGLU with GELU.
+    fn gated_activation(&self, gate_up: &Tensor, act: Activation, out: &mut Tensor) -> Result<()>;
+
     /// `out[i] (+)= table[ids[i]]` for a `[rows, d]` table; adds when `accumulate`.
     fn gather_rows(
         &self,

@@ -47,6 +47,22 @@ pub(crate) fn linear(
     Ok((n, k, m))
 }
 
+/// `(n, m)` of `out[n, m] = act(gate_up[n, :m]) ⊙ gate_up[n, m:]`.
+pub(crate) fn gated_activation(gate_up: &Tensor, out: &Tensor) -> Result<(usize, usize)> {
+    let (n, width) = gate_up.dims2("gated_activation input")?;
+    ensure(width % 2 == 0, || {
+        format!("gated_activation: input width {width} is not gate and up side by side (odd)")
+    })?;
+    let m = width / 2;
+    ensure(out.shape() == [n, m], || {
+        format!(
+            "gated_activation: output shape {:?}, expected [{n}, {m}]",
+            out.shape()
+        )
+    })?;
+    Ok((n, m))
+}
+
 /// `(rows, d)` of a gather table, after checking `out` and that every id is in range.
 pub(crate) fn gather(table: &Tensor, ids: &[u32], out: &Tensor) -> Result<(usize, usize)> {
     let (rows, d) = table.dims2("gather table")?;

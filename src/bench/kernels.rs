@@ -105,6 +105,8 @@ pub fn cases(scale: Scale) -> Vec<Case> {
     cases.extend([
         layer_norm("e5-large", rows, 1024),
         rms_norm("mistral-7b", scale.rows(4096, 256), 4096),
+        // Mistral-7B's SwiGLU between its gate/up and down projections.
+        gated_activation("mistral-7b-swiglu", scale.rows(1024, 64), 14_336),
         rope(
             "mistral-7b",
             vec![scale.rows(1024, 128); 4],
@@ -183,6 +185,15 @@ fn layer_norm(model: &str, n: usize, d: usize) -> Case {
 fn rms_norm(model: &str, n: usize, d: usize) -> Case {
     let op = CaseOp::RmsNorm { n, d, eps: 1e-5 };
     timed(OpCase::new(format!("rms_norm/{model}"), 20, op))
+}
+
+fn gated_activation(model: &str, n: usize, m: usize) -> Case {
+    let op = CaseOp::GatedActivation {
+        n,
+        m,
+        act: Activation::Silu,
+    };
+    timed(OpCase::new(format!("gated_activation/{model}"), 23, op))
 }
 
 /// RoPE on the query and key heads of packed sequences; building the (cos, sin) table on the

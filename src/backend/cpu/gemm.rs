@@ -70,6 +70,21 @@ pub fn gemm<T: ComplexField>(
     matmul(dst, accum, lhs, rhs, one::<T>(), Par::rayon(0));
 }
 
+pub(super) fn gated_activation(gate_up: &Tensor, act: Activation, out: &mut Tensor) -> Result<()> {
+    let (_, m) = shapes::gated_activation(gate_up, out)?;
+    let gate_up = values(gate_up)?;
+    values_mut(out)?
+        .par_chunks_mut(m.max(1))
+        .zip(gate_up.par_chunks(2 * m.max(1)))
+        .for_each(|(y, row)| {
+            let (gate, up) = row.split_at(m);
+            y.copy_from_slice(gate);
+            activation::apply(act, y);
+            y.iter_mut().zip(up).for_each(|(y, u)| *y *= u);
+        });
+    Ok(())
+}
+
 pub(super) fn linear(
     x: &Tensor,
     w: &Tensor,

@@ -86,6 +86,10 @@ impl Backend for CpuBackend {
         gemm::linear(x, w, bias, act, residual, out)
     }
 
+    fn gated_activation(&self, gate_up: &Tensor, act: Activation, out: &mut Tensor) -> Result<()> {
+        gemm::gated_activation(gate_up, act, out)
+    }
+
     fn gather_rows(
         &self,
         table: &Tensor,

@@ -1,6 +1,7 @@
 //! The GEMM family on CUDA (kernels/gemm.cu): `linear` as one fused kernel (GEMM, bias,
 //! activation, residual) of the variant the backend was opened with, and the bf16 copy of the
-//! weights that the tensor-core variant reads.
+//! weights that the tensor-core variant reads; and `gated_activation`, the gated feed-forward's
+//! epilogue.
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
@@ -65,6 +66,30 @@ pub(super) fn linear(
     };
     args.arg(out).arg(&ni).arg(&mi).arg(&ki).arg(&act);
     be.launch(kernel, &mut args, cfg)
+}
+
+pub(super) fn gated_activation(
+    be: &CudaBackend,
+    gate_up: &Tensor,
+    act: Activation,
+    out: &mut Tensor,
+) -> Result<()> {
+    let (n, m) = shapes::gated_activation(gate_up, out)?;
+    if n * m == 0 {
+        return Ok(());
+    }
+    let act = act.code() as i32;
+    let f = be.function("gemm", "gated_activation_v1")?;
+    let x = be.slice(gate_up)?;
+    let out = be.slice_mut(out)?;
+    let mut args = be.stream().launch_builder(&f);
+    args.arg(x).arg(out).arg(&n).arg(&m).arg(&act);
+    let blocks = (n * m).div_ceil(256).min(1 << 16) as u32;
+    be.launch(
+        "gated_activation_v1",
+        &mut args,
+        config((blocks, 1, 1), (256, 1, 1)),
+    )
 }
 
 /// The bf16 copy of weights `w`, made once by the conversion kernel.

@@ -1,5 +1,6 @@
 //! `linear` on wgpu (shaders/gemm.wgsl): which GEMM variant a backend runs, the kernel of each
-//! variant on f32 and f16 weights, and the dispatch of one 64×64 output tile per workgroup.
+//! variant on f32 and f16 weights, and the dispatch of one 64×64 output tile per workgroup; and
+//! `gated_activation`, the gated feed-forward's epilogue, from the same shader.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -12,6 +13,9 @@ use crate::tensor::DType;
 
 /// Output rows and columns per workgroup of every variant (gemm.wgsl `TILE`).
 const TILE: usize = 64;
+
+/// Threads per workgroup of `gated_activation` (gemm.wgsl `GATED_WORKGROUP`).
+const GATED_WORKGROUP: usize = 256;
 
 /// gemm.wgsl `Params`; `activation` is one of the shader's `ACT_*` constants.
 #[repr(C)]
@@ -106,6 +110,39 @@ pub(super) fn linear(
         ))
     })?;
     backend.dispatch(kernel, &params, &buffers, groups);
+    Ok(())
+}
+
+pub(super) fn gated_activation(
+    backend: &WgpuBackend,
+    gate_up: &Tensor,
+    act: Activation,
+    out: &mut Tensor,
+) -> Result<()> {
+    let (n, m) = shapes::gated_activation(gate_up, out)?;
+    if n * m == 0 {
+        return Ok(());
+    }
+    // The shader's weight, bias and residual bindings are unused here.
+    let unused = &backend.placeholder;
+    let buffers = [
+        backend.buffer(gate_up, "gated_activation input")?,
+        unused,
+        unused,
+        unused,
+        backend.buffer(out, "gated_activation output")?,
+    ];
+    let params = LinearParams {
+        n: to_u32(n, "gated_activation rows")?,
+        k: 0,
+        m: to_u32(m, "gated_activation width")?,
+        has_bias: 0,
+        has_residual: 0,
+        activation: act.code(),
+        _pad: [0; 2],
+    };
+    let groups = backend.grid((n * m).div_ceil(GATED_WORKGROUP))?;
+    backend.dispatch(Kernel::GatedActivation, &params, &buffers, groups);
     Ok(())
 }
 

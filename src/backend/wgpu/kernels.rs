@@ -33,6 +33,8 @@ pub(super) enum Kernel {
     LinearTiledF16,
     /// GEMM variant 6 (direct-f16): variant 3 on f16 weights.
     LinearDirectF16,
+    /// `act(gate) ⊙ up` (gemm.wgsl, f32 build).
+    GatedActivation,
     LayerNorm,
     L2Normalize,
     RmsNorm,
@@ -71,7 +73,7 @@ impl Kernel {
             Cow::Owned(f16_build(source).expect("the shader aliases its weight element type"))
         };
         Cow::Borrowed(match self {
-            Kernel::LinearTiled | Kernel::LinearDirect => GEMM,
+            Kernel::LinearTiled | Kernel::LinearDirect | Kernel::GatedActivation => GEMM,
             Kernel::LinearTiledF16 | Kernel::LinearDirectF16 => return f16_build(GEMM),
             Kernel::LayerNorm | Kernel::L2Normalize | Kernel::RmsNorm => NORM,
             Kernel::LayerNormSubgroup | Kernel::L2NormalizeSubgroup | Kernel::RmsNormSubgroup => {
@@ -99,6 +101,7 @@ impl Kernel {
         match self {
             Kernel::LinearTiled | Kernel::LinearTiledF16 => "linear_tiled",
             Kernel::LinearDirect | Kernel::LinearDirectF16 => "linear_direct",
+            Kernel::GatedActivation => "gated_activation",
             Kernel::LayerNorm | Kernel::LayerNormSubgroup => "layer_norm",
             Kernel::L2Normalize | Kernel::L2NormalizeSubgroup => "l2_normalize",
             Kernel::RmsNorm | Kernel::RmsNormSubgroup => "rms_norm",
@@ -124,7 +127,8 @@ impl Kernel {
             Kernel::LinearTiled
             | Kernel::LinearDirect
             | Kernel::LinearTiledF16
-            | Kernel::LinearDirectF16 => &[Read, Read, Read, Read, ReadWrite],
+            | Kernel::LinearDirectF16
+            | Kernel::GatedActivation => &[Read, Read, Read, Read, ReadWrite],
             // x, gamma, beta
             Kernel::LayerNorm | Kernel::LayerNormSubgroup => &[ReadWrite, Read, Read],
             // x

@@ -223,6 +223,10 @@ impl Backend for WgpuBackend {
         gemm::linear(self, x, w, bias, act, residual, out)
     }
 
+    fn gated_activation(&self, gate_up: &Tensor, act: Activation, out: &mut Tensor) -> Result<()> {
+        gemm::gated_activation(self, gate_up, act, out)
+    }
+
     fn gather_rows(
         &self,
         table: &Tensor,

@@ -58,6 +58,12 @@ pub struct Linear {
 #[derive(Clone, Debug, PartialEq)]
 pub enum CaseOp {
     Linear(Linear),
+    /// `act(gate) ⊙ up` of an `n × 2m` input (gate beside up) into `n × m`.
+    GatedActivation {
+        n: usize,
+        m: usize,
+        act: Activation,
+    },
     Attention {
         lengths: Vec<usize>,
         spec: AttentionSpec,
@@ -197,6 +203,7 @@ impl OpCase {
                 }
                 shape
             }
+            CaseOp::GatedActivation { n, m, act } => format!("{n}×2·{m} {act:?}"),
             CaseOp::LayerNorm { n, d, .. }
             | CaseOp::RmsNorm { n, d, .. }
             | CaseOp::L2Normalize { n, d } => format!("{n}×{d} in place"),
@@ -264,6 +271,7 @@ impl OpCase {
                 let bytes = (tokens * (spec.qkv_width() + out_width)) as f64 * F32;
                 Work::f32(flops, bytes)
             }
+            CaseOp::GatedActivation { n, m, .. } => Work::bytes((3 * n * m) as f64 * F32),
             CaseOp::LayerNorm { n, d, .. }
             | CaseOp::RmsNorm { n, d, .. }
             | CaseOp::L2Normalize { n, d } => Work::bytes((2 * n * d) as f64 * F32),
@@ -357,6 +365,11 @@ impl OpCase {
                 (vec![random(tokens * spec.qkv_width(), 0)], Vec::new())
             }
             CaseOp::L2Normalize { n, d } => (vec![random(n * d, 0)], Vec::new()),
+            // Scaled by 4 so the activation's tails (SiLU's near-zero negatives) are reached.
+            CaseOp::GatedActivation { n, m, .. } => (
+                vec![random(2 * n * m, 0).iter().map(|v| 4.0 * v).collect()],
+                Vec::new(),
+            ),
             CaseOp::Gather {
                 rows,
                 d,
@@ -397,6 +410,9 @@ impl OpCase {
                 reference::linear((l.n, l.k, l.m), &t[0], &t[1], bias, l.act, residual)
             }
             CaseOp::Attention { lengths, spec } => reference::attention(&t[0], lengths, spec),
+            CaseOp::GatedActivation { n, m, act } => {
+                reference::gated_activation(&t[0], *n, *m, *act)
+            }
             CaseOp::LayerNorm { eps, .. } => {
                 reference::layer_norm(&t[0], &t[1], &t[2], *eps as f64)
             }
@@ -471,6 +487,9 @@ impl OpCase {
                 (Vec::new(), up(&[tokens, spec.qkv_width()], &t[0])?)
             }
             CaseOp::L2Normalize { n, d } => (Vec::new(), up(&[*n, *d], &t[0])?),
+            CaseOp::GatedActivation { n, m, .. } => {
+                (vec![up(&[*n, 2 * m], &t[0])?], output(&[*n, *m])?)
+            }
             CaseOp::Gather {
                 rows, d, f16_table, ..
             } => {
@@ -517,6 +536,7 @@ impl Instance {
                 be.linear(&t[0], &t[1], bias, l.act, residual, out)
             }
             CaseOp::Attention { spec, .. } => be.attention(&t[0], layout(), spec, out),
+            CaseOp::GatedActivation { act, .. } => be.gated_activation(&t[0], *act, out),
             CaseOp::LayerNorm { eps, .. } => be.layer_norm(out, &t[0], &t[1], *eps),
             CaseOp::RmsNorm { eps, .. } => be.rms_norm(out, &t[0], *eps),
             CaseOp::Rope { spec, .. } => be.rope(out, layout(), spec),

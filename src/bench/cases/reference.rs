@@ -23,6 +23,17 @@ pub fn activation(act: Activation, x: f64) -> f64 {
 }
 
 /// `act(x·wᵀ + bias) + residual` in f64 for `x: [n, k]`, `w: [m, k]`.
+/// `act(gate) ⊙ up` in f64 for `x: [n, 2m]` holding the gate in columns `0..m`.
+pub fn gated_activation(x: &[f32], n: usize, m: usize, act: Activation) -> Vec<f64> {
+    (0..n * m)
+        .map(|idx| {
+            let (i, j) = (idx / m, idx % m);
+            let row = &x[i * 2 * m..(i + 1) * 2 * m];
+            activation(act, row[j] as f64) * row[m + j] as f64
+        })
+        .collect()
+}
+
 pub fn linear(
     (n, k, m): (usize, usize, usize),
     x: &[f32],
