@@ -154,14 +154,14 @@ impl BertModel {
                 let p = format!("encoder.layer.{l}");
                 Ok(Layer {
                     qkv: loader.fused_linear(
-                        &["query", "key", "value"].map(|m| format!("{p}.attention.self.{m}")),
+                        &["query", "key", "value"].map(|m| (format!("{p}.attention.self.{m}"), h)),
                         h,
-                        h,
+                        true,
                     )?,
-                    attn_out: loader.linear(&format!("{p}.attention.output.dense"), h, h)?,
+                    attn_out: loader.linear(&format!("{p}.attention.output.dense"), h, h, true)?,
                     attn_norm: loader.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
-                    intermediate: loader.linear(&format!("{p}.intermediate.dense"), i, h)?,
-                    output: loader.linear(&format!("{p}.output.dense"), h, i)?,
+                    intermediate: loader.linear(&format!("{p}.intermediate.dense"), i, h, true)?,
+                    output: loader.linear(&format!("{p}.output.dense"), h, i, true)?,
                     output_norm: loader.norm(&format!("{p}.output.LayerNorm"), h)?,
                 })
             })
@@ -248,7 +248,7 @@ impl Encoder for BertModel {
             be.linear(
                 &x,
                 &layer.qkv.weight,
-                Some(&layer.qkv.bias),
+                layer.qkv.bias.as_ref(),
                 Activation::Identity,
                 None,
                 &mut qkv,
@@ -257,7 +257,7 @@ impl Encoder for BertModel {
             be.linear(
                 &context,
                 &layer.attn_out.weight,
-                Some(&layer.attn_out.bias),
+                layer.attn_out.bias.as_ref(),
                 Activation::Identity,
                 Some(&x),
                 &mut a,
@@ -266,7 +266,7 @@ impl Encoder for BertModel {
             be.linear(
                 &a,
                 &layer.intermediate.weight,
-                Some(&layer.intermediate.bias),
+                layer.intermediate.bias.as_ref(),
                 self.act,
                 None,
                 &mut inter,
@@ -274,7 +274,7 @@ impl Encoder for BertModel {
             be.linear(
                 &inter,
                 &layer.output.weight,
-                Some(&layer.output.bias),
+                layer.output.bias.as_ref(),
                 Activation::Identity,
                 Some(&a),
                 &mut x,

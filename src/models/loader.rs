@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::backend::{Backend, Tensor};
 use crate::error::{Error, Result};
-use crate::tensor::DType;
+use crate::tensor::{DType, HostData, HostTensor};
 use crate::weights::{Weights, WeightsDtype};
 
 /// `config.json` of a model directory, parsed as `T`; `what` names the family in the error.
@@ -20,10 +20,11 @@ pub fn read_config<T: DeserializeOwned>(dir: &Path, what: &str) -> Result<T> {
         .map_err(|e| Error::input(format!("{}: not a {what} config: {e}", path.display())))
 }
 
-/// A linear layer's parameters on the device: `weight: [out, in]` (PyTorch's layout), `bias: [out]`.
+/// A linear layer's parameters on the device: `weight: [out, in]` (PyTorch's layout), `bias: [out]`
+/// where the layer has one.
 pub struct Linear {
     pub weight: Tensor,
-    pub bias: Tensor,
+    pub bias: Option<Tensor>,
 }
 
 /// A LayerNorm's scale and shift on the device.
@@ -50,37 +51,87 @@ impl Loader<'_> {
     /// weights, embedding tables), stacked into one `[names.len()·rows, cols]` tensor in the
     /// element type the loader was asked for.
     pub fn matrix(&self, names: &[String], rows: usize, cols: usize) -> Result<Tensor> {
-        if let [name] = names {
+        let parts: Vec<(String, usize)> = names.iter().map(|n| (n.clone(), rows)).collect();
+        self.stacked_matrix(&parts, cols)
+    }
+
+    /// Matrices `parts` (name and row count, each `[rows, cols]`) stacked into one
+    /// `[Σ rows, cols]` tensor, as [`Loader::matrix`] does for equal row counts: one element type
+    /// for the whole stack, picked from every part's stored dtype.
+    pub fn stacked_matrix(&self, parts: &[(String, usize)], cols: usize) -> Result<Tensor> {
+        let names: Vec<String> = parts.iter().map(|(n, _)| n.clone()).collect();
+        let target = self.weights.stacked_dtype(&names, self.weights_dtype)?;
+        if let ([(name, rows)], DType::F32) = (parts, target) {
             // One f32 tensor uploads straight from the map: no host copy of a large vocabulary.
-            if self.weights.stacked_dtype(names, self.weights_dtype)? == DType::F32 {
-                return self.tensor(name, &[rows, cols]);
+            return self.tensor(name, &[*rows, cols]);
+        }
+        // Each part converted to the stack's element type: forcing F32 or F16 gives that type;
+        // Auto picked BF16 only where every part is BF16, and keeps each one so.
+        let policy = match target {
+            DType::F16 => WeightsDtype::F16,
+            DType::BF16 => WeightsDtype::Auto,
+            _ => WeightsDtype::F32,
+        };
+        let mut data: Option<HostData> = None;
+        for (name, rows) in parts {
+            let part = self
+                .weights
+                .stacked(std::slice::from_ref(name), &[*rows, cols], policy)?
+                .into_data();
+            data = Some(match (data, part) {
+                (None, part) => part,
+                (Some(HostData::F32(mut a)), HostData::F32(b)) => {
+                    a.extend(b);
+                    HostData::F32(a)
+                }
+                (Some(HostData::F16(mut a)), HostData::F16(b)) => {
+                    a.extend(b);
+                    HostData::F16(a)
+                }
+                (Some(HostData::BF16(mut a)), HostData::BF16(b)) => {
+                    a.extend(b);
+                    HostData::BF16(a)
+                }
+                _ => unreachable!("every part is converted to {target:?}"),
+            });
+        }
+        let rows = parts.iter().map(|(_, r)| r).sum();
+        let data = data.ok_or_else(|| Error::input("stacked_matrix: no matrices to stack"))?;
+        self.backend
+            .upload_host(&HostTensor::new(vec![rows, cols], data)?)
+    }
+
+    /// `{name}.weight: [out, inp]`, and `{name}.bias: [out]` when `bias`.
+    pub fn linear(&self, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        self.fused_linear(&[(name.to_string(), out)], inp, bias)
+    }
+
+    /// Linear layers `parts` (name and output width, each reading `inp` columns) that read the
+    /// same input, stacked into one `[Σ out, inp]` layer so they run as one GEMM (fused Q, K and
+    /// V projections, of different widths under grouped-query attention; fused gate and up
+    /// projections). Each has a `{name}.bias` when `bias`.
+    pub fn fused_linear(
+        &self,
+        parts: &[(String, usize)],
+        inp: usize,
+        bias: bool,
+    ) -> Result<Linear> {
+        let weights: Vec<(String, usize)> = parts
+            .iter()
+            .map(|(n, out)| (format!("{n}.weight"), *out))
+            .collect();
+        let bias = if bias {
+            let mut values = Vec::new();
+            for (name, out) in parts {
+                values.extend_from_slice(&self.weights.f32(&format!("{name}.bias"), &[*out])?);
             }
-        }
-        let host = self
-            .weights
-            .stacked(names, &[rows, cols], self.weights_dtype)?;
-        self.backend.upload_host(&host)
-    }
-
-    /// `{name}.weight: [out, inp]` and `{name}.bias: [out]`.
-    pub fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear> {
+            Some(self.backend.upload(&[values.len()], &values)?)
+        } else {
+            None
+        };
         Ok(Linear {
-            weight: self.matrix(&[format!("{name}.weight")], out, inp)?,
-            bias: self.tensor(&format!("{name}.bias"), &[out])?,
-        })
-    }
-
-    /// Linear layers `names` (each `[out, inp]`) that read the same input, stacked into one
-    /// `[names.len()·out, inp]` layer so they run as one GEMM (fused Q, K and V projections).
-    pub fn fused_linear(&self, names: &[String], out: usize, inp: usize) -> Result<Linear> {
-        let weights: Vec<String> = names.iter().map(|n| format!("{n}.weight")).collect();
-        let mut bias = Vec::with_capacity(names.len() * out);
-        for name in names {
-            bias.extend_from_slice(&self.weights.f32(&format!("{name}.bias"), &[out])?);
-        }
-        Ok(Linear {
-            weight: self.matrix(&weights, out, inp)?,
-            bias: self.backend.upload(&[names.len() * out], &bias)?,
+            weight: self.stacked_matrix(&weights, inp)?,
+            bias,
         })
     }
 

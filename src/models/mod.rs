@@ -6,7 +6,8 @@
 //! normalisation around it, so an architecture knows nothing of sentence-transformers.
 //!
 //! Files: [`loader`] (config and named tensors onto a backend, dtype policy, the `Linear`/`Norm`
-//! building blocks), one file per architecture ([`bert`] for BERT / RoBERTa / XLM-R), [`sentence`]
+//! building blocks), one file per architecture ([`bert`] for BERT / RoBERTa / XLM-R, [`decoder`]
+//! for Llama / Mistral / Qwen2), [`sentence`]
 //! (sentence-transformers' extras: length, pooling, normalisation), [`tokenize`], and the
 //! classifiers the tangent-kernel instrument studies ([`mlp`], [`train`]).
 //!
@@ -25,6 +26,7 @@
 //! 4. The README's `mscope embed` section names the architecture.
 
 pub mod bert;
+pub mod decoder;
 pub mod loader;
 pub mod mlp;
 pub mod sentence;
@@ -71,9 +73,14 @@ pub trait Encoder: Send + Sync {
 type LoadFn = fn(&Path, Arc<dyn Backend>, WeightsDtype) -> Result<Box<dyn Encoder>>;
 
 /// Every architecture [`load`] knows: its `model_type` values and its loader.
-pub const ARCHITECTURES: &[(&[&str], LoadFn)] = &[(&bert::MODEL_TYPES, |dir, be, dtype| {
-    Ok(Box::new(bert::BertModel::load(dir, be, dtype)?))
-})];
+pub const ARCHITECTURES: &[(&[&str], LoadFn)] = &[
+    (&bert::MODEL_TYPES, |dir, be, dtype| {
+        Ok(Box::new(bert::BertModel::load(dir, be, dtype)?))
+    }),
+    (&decoder::MODEL_TYPES, |dir, be, dtype| {
+        Ok(Box::new(decoder::DecoderModel::load(dir, be, dtype)?))
+    }),
+];
 
 /// Loads the encoder of a model directory onto `backend`, the architecture chosen by
 /// `config.json`'s `model_type`, with GEMM weights and embedding tables in the element type

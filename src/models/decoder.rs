@@ -1,0 +1,427 @@
+//! Decoder-only transformers used as embedders (Llama, Mistral, Qwen2 and their fine-tunes),
+//! built from `config.json` and run on any backend.
+//!
+//! Batches are packed; attention is causal (optionally within a sliding window) and every
+//! sequence's positions start at 0. Each layer is pre-norm:
+//! `h = x + o(attn(rope(qkv(rms(x)))))`, `x' = h + down(silu(gate(rms(h))) ⊙ up(rms(h)))`, and
+//! the final RMSNorm gives the hidden states (transformers' `last_hidden_state`). Q, K and V run
+//! as one GEMM, and so do gate and up.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+use super::loader::{read_config, Linear, Loader};
+use super::{Encoder, TokenBatch};
+use crate::backend::{Activation, AttentionSpec, Backend, Pooling, RopeSpec, Tensor};
+use crate::error::{Error, Result};
+use crate::weights::{Weights, WeightsDtype};
+
+/// The `model_type`s this file runs.
+pub const MODEL_TYPES: [&str; 3] = ["llama", "mistral", "qwen2"];
+
+/// transformers' default window for Mistral and Qwen2 configs that do not name one.
+const DEFAULT_SLIDING_WINDOW: usize = 4096;
+/// transformers' default for Qwen2's `max_window_layers`.
+const DEFAULT_MAX_WINDOW_LAYERS: usize = 28;
+
+/// The fields of a Hugging Face `config.json` a decoder reads, as written (absent fields get
+/// transformers' defaults in [`DecoderConfig::read`]).
+#[derive(Deserialize)]
+struct RawConfig {
+    model_type: String,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    #[serde(default = "default_rms_norm_eps")]
+    rms_norm_eps: f64,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<Value>,
+    /// transformers 5 keeps `rope_theta` and the scaling together here.
+    rope_parameters: Option<Value>,
+    max_position_embeddings: usize,
+    /// Absent and `null` differ: Mistral's default window applies only to an absent field.
+    #[serde(default, deserialize_with = "present")]
+    sliding_window: Option<Option<usize>>,
+    #[serde(default)]
+    use_sliding_window: bool,
+    max_window_layers: Option<usize>,
+    layer_types: Option<Vec<String>>,
+    #[serde(default = "default_hidden_act")]
+    hidden_act: String,
+    #[serde(default)]
+    attention_bias: bool,
+    #[serde(default)]
+    mlp_bias: bool,
+}
+
+fn default_rms_norm_eps() -> f64 {
+    1e-6
+}
+fn default_hidden_act() -> String {
+    "silu".into()
+}
+
+/// A field that is present, `null` included.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// A decoder's shape and numerics, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecoderConfig {
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    /// Each layer's sliding window (`None`: the whole causal prefix).
+    pub windows: Vec<Option<usize>>,
+    /// Biases on the Q, K and V projections (Qwen2 always, Llama with `attention_bias`).
+    pub qkv_bias: bool,
+    /// A bias on the output projection (Llama with `attention_bias`).
+    pub o_bias: bool,
+    /// Biases on the gate, up and down projections (Llama with `mlp_bias`).
+    pub mlp_bias: bool,
+}
+
+impl DecoderConfig {
+    pub fn read(dir: &Path) -> Result<Self> {
+        let raw: RawConfig = read_config(dir, "Llama/Mistral/Qwen2")?;
+        let path = dir.join("config.json");
+        let bad = |what: String| Error::input(format!("{}: {what}", path.display()));
+        let kind = raw.model_type.as_str();
+        if !MODEL_TYPES.contains(&kind) {
+            return Err(bad(format!(
+                "model_type {kind:?} is not supported (supported: {})",
+                MODEL_TYPES.join(", ")
+            )));
+        }
+        if Activation::from_hf_name(&raw.hidden_act) != Some(Activation::Silu) {
+            return Err(bad(format!(
+                "hidden_act {:?} is not supported (the gated MLP runs silu)",
+                raw.hidden_act
+            )));
+        }
+        let heads = raw.num_attention_heads;
+        // transformers' class defaults where the field is absent.
+        let kv_heads = raw.num_key_value_heads.unwrap_or(match kind {
+            "mistral" => 8,
+            "qwen2" => 32,
+            _ => heads,
+        });
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            return Err(bad(format!(
+                "num_attention_heads {heads} is not a positive multiple of num_key_value_heads \
+                 {kv_heads}"
+            )));
+        }
+        let head_dim = match raw.head_dim {
+            Some(d) => d,
+            None if raw.hidden_size.is_multiple_of(heads) => raw.hidden_size / heads,
+            None => {
+                return Err(bad(format!(
+                    "hidden_size {} is not a multiple of num_attention_heads {heads} and no \
+                     head_dim is given",
+                    raw.hidden_size
+                )))
+            }
+        };
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            return Err(bad(format!(
+                "head_dim {head_dim} must be even and positive (RoPE turns pairs of columns)"
+            )));
+        }
+        let rope_theta = rope_theta(&raw).map_err(&bad)?;
+        let windows = windows(&raw).map_err(&bad)?;
+        let qwen2 = kind == "qwen2";
+        let llama = kind == "llama";
+        Ok(DecoderConfig {
+            model_type: raw.model_type.clone(),
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            heads,
+            kv_heads,
+            head_dim,
+            rms_norm_eps: raw.rms_norm_eps,
+            rope_theta,
+            max_position_embeddings: raw.max_position_embeddings,
+            windows,
+            qkv_bias: qwen2 || (llama && raw.attention_bias),
+            o_bias: llama && raw.attention_bias,
+            mlp_bias: llama && raw.mlp_bias,
+        })
+    }
+
+    /// Width of the fused Q, K, V projection's output.
+    pub fn qkv_width(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+}
+
+/// `rope_theta`, refusing any RoPE scaling (the rope op turns pair `i` by `pos · θ^(−2i/d)` and
+/// nothing else). transformers reads the RoPE parameters from `rope_scaling` (older configs) or
+/// else `rope_parameters`, taking `rope_theta` there before the top-level field.
+fn rope_theta(raw: &RawConfig) -> std::result::Result<f64, String> {
+    let (field, params) = match (&raw.rope_scaling, &raw.rope_parameters) {
+        (Some(v), _) if !v.is_null() => ("rope_scaling", Some(v)),
+        (_, Some(v)) if !v.is_null() => ("rope_parameters", Some(v)),
+        _ => ("rope_scaling", None),
+    };
+    if let Some(params) = params {
+        let kind = params
+            .get("rope_type")
+            .or_else(|| params.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        if kind != "default" {
+            return Err(format!(
+                "{field} type {kind:?} is not supported (supported: no scaling, \"default\")"
+            ));
+        }
+        let partial = params.get("partial_rotary_factor").and_then(Value::as_f64);
+        if let Some(f) = partial.filter(|&f| f != 1.0) {
+            return Err(format!(
+                "{field} partial_rotary_factor {f} is not supported (supported: 1)"
+            ));
+        }
+    }
+    let theta = params
+        .and_then(|p| p.get("rope_theta"))
+        .and_then(Value::as_f64)
+        .or(raw.rope_theta)
+        .unwrap_or(10_000.0);
+    if !(theta.is_finite() && theta > 1.0) {
+        return Err(format!(
+            "rope_theta {theta} must be a finite number above 1"
+        ));
+    }
+    Ok(theta)
+}
+
+/// Each layer's sliding window, as transformers assigns them: Mistral's `sliding_window` on every
+/// layer (absent: 4096; `null`: none); Qwen2's only under `use_sliding_window`, on the layers
+/// `layer_types` marks, else on those from `max_window_layers` on; Llama has none.
+fn windows(raw: &RawConfig) -> std::result::Result<Vec<Option<usize>>, String> {
+    let layers = raw.num_hidden_layers;
+    let window = match raw.model_type.as_str() {
+        "mistral" => raw.sliding_window.unwrap_or(Some(DEFAULT_SLIDING_WINDOW)),
+        "qwen2" if raw.use_sliding_window => {
+            raw.sliding_window.unwrap_or(Some(DEFAULT_SLIDING_WINDOW))
+        }
+        _ => return Ok(vec![None; layers]),
+    };
+    if window == Some(0) {
+        return Err("sliding_window must be at least 1".into());
+    }
+    match (&raw.layer_types, raw.model_type.as_str()) {
+        (_, "mistral") => Ok(vec![window; layers]),
+        (Some(types), _) => {
+            if types.len() != layers {
+                return Err(format!(
+                    "layer_types lists {} layers, num_hidden_layers is {layers}",
+                    types.len()
+                ));
+            }
+            types
+                .iter()
+                .map(|t| match t.as_str() {
+                    "full_attention" => Ok(None),
+                    "sliding_attention" => Ok(window),
+                    other => Err(format!("layer_types entry {other:?} is not supported")),
+                })
+                .collect()
+        }
+        (None, _) => {
+            let first = raw.max_window_layers.unwrap_or(DEFAULT_MAX_WINDOW_LAYERS);
+            Ok((0..layers)
+                .map(|l| if l >= first { window } else { None })
+                .collect())
+        }
+    }
+}
+
+struct Layer {
+    input_norm: Tensor,
+    qkv: Linear,
+    o: Linear,
+    post_norm: Tensor,
+    /// Gate rows `0..I`, up rows `I..2I`, as `gated_activation` reads them.
+    gate_up: Linear,
+    down: Linear,
+}
+
+pub struct DecoderModel {
+    config: DecoderConfig,
+    backend: Arc<dyn Backend>,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+}
+
+impl DecoderModel {
+    /// Loads `config.json` and the safetensors weights of a model directory (with or without the
+    /// `model.` prefix of a causal-LM checkpoint), with the GEMM weights and embedding table in
+    /// the element type `weights_dtype` picks.
+    pub fn load(
+        dir: &Path,
+        backend: Arc<dyn Backend>,
+        weights_dtype: WeightsDtype,
+    ) -> Result<Self> {
+        let config = DecoderConfig::read(dir)?;
+        let mut weights = Weights::open(dir)?;
+        weights.resolve_prefix("embed_tokens.weight", &["model.", ""])?;
+        let loader = Loader {
+            weights: &weights,
+            backend: backend.as_ref(),
+            weights_dtype,
+        };
+        let c = &config;
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        let (q_rows, kv_rows) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let layers = (0..c.windows.len())
+            .map(|l| {
+                let p = format!("layers.{l}");
+                let attn = |m: &str| format!("{p}.self_attn.{m}_proj");
+                let mlp = |m: &str| format!("{p}.mlp.{m}_proj");
+                Ok(Layer {
+                    input_norm: loader.tensor(&format!("{p}.input_layernorm.weight"), &[h])?,
+                    qkv: loader.fused_linear(
+                        &[
+                            (attn("q"), q_rows),
+                            (attn("k"), kv_rows),
+                            (attn("v"), kv_rows),
+                        ],
+                        h,
+                        c.qkv_bias,
+                    )?,
+                    o: loader.linear(&attn("o"), h, q_rows, c.o_bias)?,
+                    post_norm: loader
+                        .tensor(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                    gate_up: loader.fused_linear(
+                        &[(mlp("gate"), i), (mlp("up"), i)],
+                        h,
+                        c.mlp_bias,
+                    )?,
+                    down: loader.linear(&mlp("down"), h, i, c.mlp_bias)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DecoderModel {
+            embed: loader.matrix(&["embed_tokens.weight".into()], c.vocab_size, h)?,
+            norm: loader.tensor("norm.weight", &[h])?,
+            layers,
+            backend,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+}
+
+impl Encoder for DecoderModel {
+    fn model_type(&self) -> &str {
+        &self.config.model_type
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    fn max_tokens(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    /// A causal model's last token is the only one that has seen the whole text.
+    fn default_pooling(&self) -> Pooling {
+        Pooling::Last
+    }
+
+    fn forward(&self, batch: &TokenBatch) -> Result<Tensor> {
+        let be = self.backend.as_ref();
+        let c = &self.config;
+        let layout = &batch.layout;
+        let (n, h) = (layout.num_tokens(), c.hidden_size);
+        if layout.max_len() > self.max_tokens() {
+            return Err(Error::input(format!(
+                "a sequence of {} tokens exceeds the model's {} positions",
+                layout.max_len(),
+                self.max_tokens()
+            )));
+        }
+        let eps = c.rms_norm_eps as f32;
+        let rope = RopeSpec {
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            head_dim: c.head_dim,
+            theta: c.rope_theta as f32,
+        };
+        // Gathering rows 0..n of a tensor copies it: the residual stream stays unnormalised.
+        let rows: Vec<u32> = (0..n as u32).collect();
+
+        let mut x = be.zeros(&[n, h])?;
+        be.gather_rows(&self.embed, &batch.ids, false, &mut x)?;
+        let mut normed = be.zeros(&[n, h])?;
+        let mut qkv = be.zeros(&[n, c.qkv_width()])?;
+        let mut context = be.zeros(&[n, c.heads * c.head_dim])?;
+        let mut mid = be.zeros(&[n, h])?;
+        let mut gate_up = be.zeros(&[n, 2 * c.intermediate_size])?;
+        let mut gated = be.zeros(&[n, c.intermediate_size])?;
+        for (layer, &window) in self.layers.iter().zip(&c.windows) {
+            be.gather_rows(&x, &rows, false, &mut normed)?;
+            be.rms_norm(&mut normed, &layer.input_norm, eps)?;
+            linear(be, &normed, &layer.qkv, None, &mut qkv)?;
+            be.rope(&mut qkv, layout, &rope)?;
+            let spec = AttentionSpec {
+                heads: c.heads,
+                kv_heads: c.kv_heads,
+                head_dim: c.head_dim,
+                causal: true,
+                window,
+                scale: 1.0 / (c.head_dim as f32).sqrt(),
+            };
+            be.attention(&qkv, layout, &spec, &mut context)?;
+            linear(be, &context, &layer.o, Some(&x), &mut mid)?;
+
+            be.gather_rows(&mid, &rows, false, &mut normed)?;
+            be.rms_norm(&mut normed, &layer.post_norm, eps)?;
+            linear(be, &normed, &layer.gate_up, None, &mut gate_up)?;
+            be.gated_activation(&gate_up, Activation::Silu, &mut gated)?;
+            linear(be, &gated, &layer.down, Some(&mid), &mut x)?;
+        }
+        be.rms_norm(&mut x, &self.norm, eps)?;
+        Ok(x)
+    }
+}
+
+/// `out = x·Wᵀ (+ b) (+ residual)` of a layer without an activation.
+fn linear(
+    be: &dyn Backend,
+    x: &Tensor,
+    layer: &Linear,
+    residual: Option<&Tensor>,
+    out: &mut Tensor,
+) -> Result<()> {
+    be.linear(
+        x,
+        &layer.weight,
+        layer.bias.as_ref(),
+        Activation::Identity,
+        residual,
+        out,
+    )
+}

@@ -1,0 +1,254 @@
+//! Decoder embedders (Llama / Mistral / Qwen2) against transformers' `last_hidden_state`
+//! (references written by tools/make_decoder_fixtures.py): a tiny Mistral with grouped-query
+//! attention and a sliding window shorter than most texts, its bf16 copy, and a tiny Qwen2
+//! checkpoint saved without the `model.` prefix, with Q/K/V biases and rope_theta 1e6.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::{backend_tests, cosine, reference_tensor, rel_error, repo_path, run_mscope_ok};
+use mscope::backend::{self, Backend, BackendKind, OpFamily, SeqLayout};
+use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
+use mscope::models::decoder::DecoderConfig;
+use mscope::models::{self, TokenBatch};
+use mscope::weights::WeightsDtype;
+
+backend_tests! {
+    tiny_mistral_matches_transformers,
+    tiny_mistral_bf16_matches_transformers,
+    tiny_qwen2_matches_transformers,
+    embed_cli_pools_the_last_token,
+}
+
+const REFERENCE: &str = "tests/fixtures/decoder_reference.safetensors";
+/// f32 weights and activations: the f32 paths' relative tolerance.
+const F32_TOL: f64 = 1e-5;
+/// bf16 checkpoints (widened on the CPU and CUDA, f16 on wgpu with SHADER_F16): half precision's.
+const HALF_TOL: f64 = 1e-2;
+
+/// The texts the references were computed on, from the reference file's metadata.
+fn reference_texts() -> Vec<String> {
+    let bytes = std::fs::read(repo_path(REFERENCE)).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let texts = &meta.metadata().as_ref().expect("reference metadata")["texts"];
+    serde_json::from_str(texts).unwrap()
+}
+
+/// Every text of the reference through fixture `model` in one packed batch, each sequence's
+/// hidden states checked against transformers' within `tol`; token ids must match exactly.
+fn check_against_transformers(be: &Arc<dyn Backend>, model: &str, tol: f64) {
+    let dir = repo_path(&format!("tests/fixtures/{model}"));
+    let texts = reference_texts();
+    let encoder = SentenceEncoder::load(&dir, be.clone(), &EncoderOptions::default()).unwrap();
+    let tokenized = encoder.tokenize(&texts).unwrap();
+    for (i, t) in tokenized.iter().enumerate() {
+        let (_, want) = reference_tensor(REFERENCE, &format!("{model}/ids/{i}"));
+        let got: Vec<f64> = t.ids.iter().map(|&id| f64::from(id)).collect();
+        assert_eq!(
+            got, want,
+            "{model}: token ids of text {i} differ from transformers'"
+        );
+    }
+
+    let net = models::load(&dir, be.clone(), WeightsDtype::Auto).unwrap();
+    let batch = TokenBatch {
+        ids: tokenized.iter().flat_map(|t| t.ids.clone()).collect(),
+        type_ids: tokenized.iter().flat_map(|t| t.type_ids.clone()).collect(),
+        layout: SeqLayout::from_lengths(tokenized.iter().map(|t| t.ids.len())),
+    };
+    let hidden = be.download(&net.forward(&batch).unwrap()).unwrap();
+    let dim = net.hidden_size();
+    let mut worst: f64 = 0.0;
+    for (i, rows) in batch.layout.starts().windows(2).enumerate() {
+        let got = &hidden[rows[0] * dim..rows[1] * dim];
+        let (shape, want) = reference_tensor(REFERENCE, &format!("{model}/hidden/{i}"));
+        assert_eq!(shape, [rows[1] - rows[0], dim], "{model}: text {i} shape");
+        let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+        let err = rel_error(got, &want);
+        assert!(
+            err < tol,
+            "{} {model}: text {i} ({} tokens) relative error {err:e} ≥ {tol:e}",
+            be.name(),
+            rows[1] - rows[0]
+        );
+        worst = worst.max(err);
+    }
+    eprintln!("{} {model}: worst relative error {worst:e}", be.name());
+}
+
+fn tiny_mistral_matches_transformers(be: &Arc<dyn Backend>) {
+    check_against_transformers(be, "tiny-mistral", F32_TOL);
+}
+
+fn tiny_mistral_bf16_matches_transformers(be: &Arc<dyn Backend>) {
+    check_against_transformers(be, "tiny-mistral-bf16", HALF_TOL);
+}
+
+fn tiny_qwen2_matches_transformers(be: &Arc<dyn Backend>) {
+    check_against_transformers(be, "tiny-qwen2", F32_TOL);
+}
+
+/// `mscope embed` end to end: a plain Hugging Face decoder directory pools its last token and
+/// does not normalise, so each embedding is the reference's last hidden row.
+fn embed_cli_pools_the_last_token(be: &Arc<dyn Backend>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("texts.jsonl");
+    let texts = reference_texts();
+    let lines: Vec<String> = texts
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let out = tmp.path().join("emb.safetensors");
+    let model = repo_path("tests/fixtures/tiny-mistral");
+    run_mscope_ok(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--backend",
+        be.name(),
+        "--batch-size",
+        "2",
+    ]);
+    let (shape, got) = reference_tensor(out.to_str().unwrap(), "embeddings");
+    let dim = shape[1];
+    assert_eq!(shape, [texts.len(), dim]);
+    for (i, row) in got.chunks(dim).enumerate() {
+        let (_, want) = reference_tensor(REFERENCE, &format!("tiny-mistral/hidden/{i}"));
+        let last: Vec<f32> = want[want.len() - dim..].iter().map(|&v| v as f32).collect();
+        let row: Vec<f32> = row.iter().map(|&v| v as f32).collect();
+        let cos = cosine(&row, &last);
+        assert!(cos >= 0.9999, "{}: text {i} cosine {cos}", be.name());
+    }
+}
+
+/// A copy of the tiny Mistral whose config.json has `edit` applied.
+fn edited_config(edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
+    let src = repo_path("tests/fixtures/tiny-mistral");
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(src.join(name), dir.path().join(name)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+fn load_error(dir: &Path) -> String {
+    let cpu = backend::open(BackendKind::Cpu, OpFamily::Encoder).unwrap();
+    match models::load(dir, cpu, WeightsDtype::Auto) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A bad config: what it is, how it edits the tiny Mistral's config.json, what the error names.
+type BadConfig = (
+    &'static str,
+    fn(&mut serde_json::Value),
+    &'static [&'static str],
+);
+
+#[test]
+fn bad_configs_are_clear_errors() {
+    let cases: [BadConfig; 6] = [
+        (
+            "unknown model_type",
+            |c| c["model_type"] = "gpt2".into(),
+            &["model_type \"gpt2\"", "llama", "mistral", "qwen2"],
+        ),
+        (
+            "yarn scaling",
+            |c| c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0}),
+            &["rope_scaling", "yarn"],
+        ),
+        (
+            "yarn in rope_parameters",
+            |c| c["rope_parameters"]["rope_type"] = "yarn".into(),
+            &["rope_parameters", "yarn"],
+        ),
+        (
+            "kv heads not dividing heads",
+            |c| c["num_key_value_heads"] = 3.into(),
+            &["num_attention_heads 4", "num_key_value_heads 3"],
+        ),
+        (
+            "gelu",
+            |c| c["hidden_act"] = "gelu".into(),
+            &["hidden_act \"gelu\""],
+        ),
+        (
+            "zero window",
+            |c| c["sliding_window"] = 0.into(),
+            &["sliding_window"],
+        ),
+    ];
+    for (what, edit, needles) in cases {
+        let dir = edited_config(edit);
+        let err = load_error(dir.path());
+        assert!(err.contains("config.json"), "{what}: {err}");
+        for needle in needles {
+            assert!(err.contains(needle), "{what}: {err:?} lacks {needle:?}");
+        }
+    }
+}
+
+/// What transformers makes of fields a config.json leaves out or writes the older way.
+#[test]
+fn config_fields_follow_transformers() {
+    let read = |edit: fn(&mut serde_json::Value)| {
+        let dir = edited_config(edit);
+        DecoderConfig::read(dir.path()).unwrap()
+    };
+    let base = read(|_| {});
+    assert_eq!(
+        (base.kv_heads, base.head_dim, base.rope_theta),
+        (2, 16, 1e4)
+    );
+    assert_eq!(base.windows, [Some(8), Some(8)]);
+    assert!(!base.qkv_bias && !base.o_bias && !base.mlp_bias);
+
+    // Before transformers 5: top-level rope_theta, rope_scaling null.
+    let legacy = read(|c| {
+        let map = c.as_object_mut().unwrap();
+        map.remove("rope_parameters");
+        map.insert("rope_theta".into(), 5e5.into());
+        map.insert("rope_scaling".into(), serde_json::Value::Null);
+    });
+    assert_eq!(legacy.rope_theta, 5e5);
+
+    // Mistral: an absent window is 4096, a null one none.
+    let absent = read(|c| {
+        c.as_object_mut().unwrap().remove("sliding_window");
+    });
+    assert_eq!(absent.windows, [Some(4096), Some(4096)]);
+    let null = read(|c| c["sliding_window"] = serde_json::Value::Null);
+    assert_eq!(null.windows, [None, None]);
+
+    // Qwen2: the window only under use_sliding_window, from max_window_layers on; biases on Q/K/V.
+    let qwen2 = read(|c| {
+        c["model_type"] = "qwen2".into();
+        c["use_sliding_window"] = true.into();
+        c["max_window_layers"] = 1.into();
+    });
+    assert_eq!(qwen2.windows, [None, Some(8)]);
+    assert!(qwen2.qkv_bias && !qwen2.o_bias);
+    let unused = read(|c| c["model_type"] = "qwen2".into());
+    assert_eq!(unused.windows, [None, None]);
+
+    // Llama: no window; attention_bias puts biases on Q, K, V and O.
+    let llama = read(|c| {
+        c["model_type"] = "llama".into();
+        c["attention_bias"] = true.into();
+    });
+    assert_eq!(llama.windows, [None, None]);
+    assert!(llama.qkv_bias && llama.o_bias && !llama.mlp_bias);
+}
