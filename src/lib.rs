@@ -24,7 +24,8 @@
 //!               checkpoints of long runs
 //! backend/      the op set (`Backend`) on cpu/, wgpu/ and cuda/, one file per kernel family on
 //!               each, mirroring kernels/ (CUDA) and shaders/ (WGSL); parameter and result types
-//! weights, tensor, random, error: checkpoints on the host, host tensors, counter-based hashes
+//! weights/      checkpoints on the host: memory-mapped safetensors and GGUF (dequantisation)
+//! tensor, random, error: host tensors, counter-based hashes, the error type
 //! ```
 //!
 //! # Data flow
