@@ -5,7 +5,7 @@ pub mod digits;
 pub mod scores;
 pub mod synthetic;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -110,7 +110,7 @@ impl Dataset {
                 TensorOut::f32("x", vec![self.len(), self.dim], &self.x),
                 TensorOut::i64("y", vec![self.len()], &self.y),
             ],
-            HashMap::new(),
+            BTreeMap::new(),
         )
     }
 }

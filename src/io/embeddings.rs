@@ -4,12 +4,13 @@
 //! `<file>.texts.jsonl`: one `{"text", "label"}` object per row, so that analyses can show what
 //! the rows say.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::io::tensor_file::{self, TensorOut};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct EmbeddingsFile {
@@ -41,7 +42,7 @@ impl EmbeddingsFile {
             n * self.dim,
             "embeddings and labels disagree on the row count"
         );
-        let metadata = HashMap::from([
+        let metadata = BTreeMap::from([
             (
                 "labels".to_string(),
                 serde_json::to_string(&self.label_names).expect("strings serialise"),
@@ -51,23 +52,11 @@ impl EmbeddingsFile {
             ("normalized".to_string(), self.normalized.to_string()),
             ("max_length".to_string(), self.max_length.to_string()),
         ]);
-        let fail =
-            |e: safetensors::SafeTensorError| Error::input(format!("{}: {e}", path.display()));
-        let emb = safetensors::tensor::TensorView::new(
-            Dtype::F32,
-            vec![n, self.dim],
-            bytemuck::cast_slice(&self.embeddings),
-        )
-        .map_err(fail)?;
-        let lab = safetensors::tensor::TensorView::new(
-            Dtype::I64,
-            vec![n],
-            bytemuck::cast_slice(&self.labels),
-        )
-        .map_err(fail)?;
-        let bytes = safetensors::serialize([("embeddings", emb), ("labels", lab)], Some(metadata))
-            .map_err(fail)?;
-        super::write_atomic(path, &bytes)
+        let tensors = vec![
+            TensorOut::f32("embeddings", vec![n, self.dim], &self.embeddings),
+            TensorOut::i64("labels", vec![n], &self.labels),
+        ];
+        tensor_file::write(path, tensors, metadata)
     }
 
     pub fn read(path: &Path) -> Result<Self> {

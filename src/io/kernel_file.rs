@@ -2,7 +2,7 @@
 //! `kernel` F32 `[N_rows, N_cols]` and string metadata `kind` (trntk, trntk0, pntk),
 //! `normalized` (true/false) and `projection_dim` (0 = exact).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::Result;
@@ -58,7 +58,7 @@ impl KernelFile {
 
     pub fn write(&self, path: &Path) -> Result<()> {
         assert_eq!(self.values.len(), self.rows * self.cols, "kernel shape");
-        let metadata = HashMap::from([
+        let metadata = BTreeMap::from([
             ("kind".to_string(), self.kind.clone()),
             ("normalized".to_string(), self.normalized.to_string()),
             (

@@ -2,7 +2,7 @@
 //! (Model checkpoints go through [`crate::weights`], which memory-maps them.) Every error names
 //! the file and the tensor.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
@@ -145,16 +145,111 @@ impl<'a> TensorOut<'a> {
 pub fn write(
     path: &Path,
     tensors: Vec<TensorOut<'_>>,
-    metadata: HashMap<String, String>,
+    metadata: BTreeMap<String, String>,
 ) -> Result<()> {
-    let fail = |e: safetensors::SafeTensorError| Error::input(format!("{}: {e}", path.display()));
-    let views = tensors
-        .into_iter()
-        .map(|t| {
-            safetensors::tensor::TensorView::new(t.dtype, t.shape, t.bytes).map(|v| (t.name, v))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(fail)?;
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(fail)?;
-    super::write_atomic(path, &bytes)
+    super::write_atomic(path, &serialize(tensors, &metadata))
+}
+
+/// The safetensors bytes of `tensors` and `metadata`, the same for the same inputs in every run:
+/// metadata keys in sorted order (the safetensors crate takes a `HashMap`, whose order changes
+/// from process to process), tensors laid out as that crate lays them out (larger element types
+/// first, then by name), the header padded with spaces to a multiple of 8 bytes.
+pub fn serialize(mut tensors: Vec<TensorOut<'_>>, metadata: &BTreeMap<String, String>) -> Vec<u8> {
+    tensors.sort_by(|a, b| {
+        (std::cmp::Reverse(a.dtype.bitsize()), &a.name)
+            .cmp(&(std::cmp::Reverse(b.dtype.bitsize()), &b.name))
+    });
+    let mut header = String::from("{");
+    let quoted = |s: &str| serde_json::to_string(s).expect("strings serialise");
+    if !metadata.is_empty() {
+        let entries: Vec<String> = metadata
+            .iter()
+            .map(|(k, v)| format!("{}:{}", quoted(k), quoted(v)))
+            .collect();
+        header.push_str(&format!("\"__metadata__\":{{{}}}", entries.join(",")));
+    }
+    let mut offset = 0;
+    for t in &tensors {
+        if header.len() > 1 {
+            header.push(',');
+        }
+        let shape: Vec<String> = t.shape.iter().map(usize::to_string).collect();
+        header.push_str(&format!(
+            "{}:{{\"dtype\":\"{:?}\",\"shape\":[{}],\"data_offsets\":[{offset},{}]}}",
+            quoted(&t.name),
+            t.dtype,
+            shape.join(","),
+            offset + t.bytes.len()
+        ));
+        offset += t.bytes.len();
+    }
+    header.push('}');
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut bytes = Vec::with_capacity(8 + header.len() + offset);
+    bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for t in &tensors {
+        bytes.extend_from_slice(t.bytes);
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensors<'a>(a: &'a [f32], b: &'a [i64], c: &'a [f64]) -> Vec<TensorOut<'a>> {
+        vec![
+            TensorOut::f32("weight", vec![2, 3], a),
+            TensorOut::i64("labels", vec![3], b),
+            TensorOut::f64("z", vec![1], c),
+            TensorOut::f32("bias", vec![0], &[]),
+        ]
+    }
+
+    /// With at most one metadata key (no order to choose), the bytes are the safetensors crate's;
+    /// with several, the file reads back through it with every key, and its bytes do not depend
+    /// on the order the keys were inserted.
+    #[test]
+    fn serialize_matches_the_safetensors_crate_with_sorted_metadata() {
+        let (a, b, c) = ([1.0, -2.0, 3.5, 0.0, 1e-3, 7.0], [4, -5, 6], [0.25]);
+        let views: Vec<_> = tensors(&a, &b, &c)
+            .into_iter()
+            .map(|t| {
+                let view = safetensors::tensor::TensorView::new(t.dtype, t.shape, t.bytes);
+                (t.name, view.unwrap())
+            })
+            .collect();
+        let one = BTreeMap::from([("kind".to_string(), "trntk".to_string())]);
+        let theirs = safetensors::serialize(views, Some(one.clone().into_iter().collect()));
+        assert_eq!(serialize(tensors(&a, &b, &c), &one), theirs.unwrap());
+
+        let keys = ["pooling", "model", "labels", "normalized", "max_length"];
+        let forward: BTreeMap<String, String> = keys
+            .iter()
+            .map(|k| (k.to_string(), format!("\"{k}\"")))
+            .collect();
+        let backward: BTreeMap<String, String> = keys
+            .iter()
+            .rev()
+            .map(|k| (k.to_string(), format!("\"{k}\"")))
+            .collect();
+        let bytes = serialize(tensors(&a, &b, &c), &forward);
+        assert_eq!(bytes, serialize(tensors(&a, &b, &c), &backward));
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let read: BTreeMap<String, String> =
+            header.metadata().clone().unwrap().into_iter().collect();
+        assert_eq!(read, forward);
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(
+            file.tensor("weight").unwrap().data(),
+            bytemuck::cast_slice::<f32, u8>(&a)
+        );
+        assert_eq!(
+            file.tensor("labels").unwrap().data(),
+            bytemuck::cast_slice::<i64, u8>(&b)
+        );
+    }
 }

@@ -7,7 +7,7 @@
 //! per (sample, class) for every logit at once — it returns `δ_l = ∂/∂z_l` at every layer output,
 //! all rows batched into one GEMM per layer.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use rayon::prelude::*;
@@ -232,7 +232,7 @@ impl Mlp {
                 &l.bias,
             ));
         }
-        let metadata = HashMap::from([(
+        let metadata = BTreeMap::from([(
             "activation".to_string(),
             activation_name(self.activation)
                 .expect("checked by Mlp::new")

@@ -1,6 +1,6 @@
 //! `mscope train`'s test scores file and Markdown summary.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::data::Dataset;
@@ -21,7 +21,7 @@ pub fn write_scores(report: &TrainReport, test: &Dataset, path: &Path) -> Result
             ),
             TensorOut::i64("labels", vec![test.len()], &test.y),
         ],
-        HashMap::new(),
+        BTreeMap::new(),
     )
 }
 
