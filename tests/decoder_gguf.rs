@@ -25,6 +25,8 @@ const REFERENCE: &str = "tests/fixtures/smollm2/reference.safetensors";
 /// Both sides dequantise the same Q4_1 blocks to f32 and run in f32, so only accumulation order
 /// differs over 30 layers (seen: 2.5e-6 on the CPU, 3.6e-6 on wgpu).
 const F32_TOL: f64 = 2e-5;
+/// `--weights-dtype f16`: the dequantised weights rounded to f16, half precision's tolerance.
+const HALF_TOL: f64 = 1e-2;
 /// Pooled rows (the 1 250-token text included) agree to this cosine.
 const MIN_COSINE: f64 = 0.9999;
 /// Texts longer than this are not checked on wgpu: its forward departs from the CPU's (and
@@ -69,20 +71,25 @@ fn smollm2_hidden_states_match_transformers(be: &Arc<dyn Backend>) {
         assert_eq!(got, want, "token ids of text {i} differ from transformers'");
     }
 
-    let net = models::load(&smollm2(), be.clone(), WeightsDtype::Auto).unwrap();
     let ids = tokenized[0].ids.clone();
     let batch = TokenBatch {
         type_ids: vec![0; ids.len()],
         layout: SeqLayout::from_lengths([ids.len()]),
         ids,
     };
-    let got = be.download(&net.forward(&batch).unwrap()).unwrap();
     let (shape, want) = reference_tensor(REFERENCE, "hidden/0");
-    assert_eq!(shape, [batch.ids.len(), net.hidden_size()]);
     let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
-    let err = rel_error(&got, &want);
-    eprintln!("{}: hidden states relative error {err:e}", be.name());
-    assert!(err < F32_TOL, "{}: relative error {err:e}", be.name());
+    for (dtype, tol) in [(WeightsDtype::Auto, F32_TOL), (WeightsDtype::F16, HALF_TOL)] {
+        let net = models::load(&smollm2(), be.clone(), dtype).unwrap();
+        let got = be.download(&net.forward(&batch).unwrap()).unwrap();
+        assert_eq!(shape, [batch.ids.len(), net.hidden_size()]);
+        let err = rel_error(&got, &want);
+        eprintln!(
+            "{} {dtype:?}: hidden states relative error {err:e}",
+            be.name()
+        );
+        assert!(err < tol, "{} {dtype:?}: relative error {err:e}", be.name());
+    }
 }
 
 /// Mean- and last-token pooling (the GGUF default) of every text, embedded in batches of
@@ -208,6 +215,27 @@ fn files_it_cannot_run_are_clear_errors() {
     let missing = patched(tmp.path(), b"llama.block_count", b"llama.block_kount");
     let err = load_error(&missing);
     assert!(err.contains("llama.block_count"), "{err}");
+
+    // A tokenizer other than byte-level BPE: "gpt2" becomes "bert".
+    let model = [
+        b"tokenizer.ggml.model".as_slice(),
+        &8u32.to_le_bytes(),
+        &4u64.to_le_bytes(),
+    ]
+    .concat();
+    let bert = patched(
+        tmp.path(),
+        &[&model[..], b"gpt2"].concat(),
+        &[&model[..], b"bert"].concat(),
+    );
+    let cpu = backend::open(BackendKind::Cpu, OpFamily::Encoder).unwrap();
+    let err = match SentenceEncoder::load(&bert, cpu, &EncoderOptions::default()) {
+        Ok(_) => panic!("a bert tokenizer loaded"),
+        Err(e) => e.to_string(),
+    };
+    for needle in ["tokenizer.ggml.model \"bert\"", "gpt2"] {
+        assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+    }
 
     // A directory named like a GGUF file, and a path that does not exist.
     let dir = tmp.path().join("model.gguf");
