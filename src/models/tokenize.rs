@@ -19,6 +19,10 @@ use crate::weights::Gguf;
 /// `tokenizer.ggml.model` values [`TextTokenizer::from_gguf`] builds.
 pub const GGUF_TOKENIZER_MODELS: [&str; 1] = ["gpt2"];
 
+/// `tokenizer.ggml.pre` values whose text split is GPT-2's own: transformers gives other
+/// vocabularies (llama3, qwen2, …) a split regex of their own, not built here.
+pub const GGUF_PRE_TOKENIZERS: [&str; 3] = ["default", "gpt2", "smollm"];
+
 /// llama.cpp's `tokenizer.ggml.token_type` of a control token (`<|endoftext|>`, …).
 const CONTROL: i32 = 3;
 
@@ -48,8 +52,8 @@ impl TextTokenizer {
         Self::new(inner, path, max_length)
     }
 
-    /// The byte-level BPE of a GGUF file whose `tokenizer.ggml.model` is `gpt2`, as transformers
-    /// builds it: the vocabulary and merges as stored (tokens spelled outside GPT-2's byte
+    /// The byte-level BPE of a GGUF file whose `tokenizer.ggml.model` is `gpt2` (and whose
+    /// `tokenizer.ggml.pre`, if any, splits text as GPT-2 does), as transformers builds it: the vocabulary and merges as stored (tokens spelled outside GPT-2's byte
     /// alphabet respelled into it), the plain GPT-2 split and byte mapping, control tokens kept
     /// whole, a BOS only under `tokenizer.ggml.add_bos_token`.
     pub fn from_gguf(gguf: &Gguf, max_length: usize) -> Result<Self> {
@@ -63,6 +67,18 @@ impl TextTokenizer {
                     GGUF_TOKENIZER_MODELS.join(", ")
                 ),
             });
+        }
+        if gguf.get("tokenizer.ggml.pre").is_some() {
+            let pre = gguf.get_str("tokenizer.ggml.pre")?;
+            if !GGUF_PRE_TOKENIZERS.contains(&pre) {
+                return Err(Error::Tokenizer {
+                    path,
+                    message: format!(
+                        "tokenizer.ggml.pre {pre:?} is not supported (supported: {})",
+                        GGUF_PRE_TOKENIZERS.join(", ")
+                    ),
+                });
+            }
         }
         let alphabet = byte_alphabet();
         let tokens: Vec<String> = gguf
