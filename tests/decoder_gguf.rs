@@ -200,65 +200,66 @@ fn patched(dir: &Path, from: &[u8], to: &[u8]) -> PathBuf {
     path
 }
 
+/// A string value edited in place: its key, the value in the file and the one written instead
+/// (the same length), how the copy is loaded, and what the error must name.
+type BadString = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Path) -> String,
+    &'static [&'static str],
+);
+
 #[test]
 fn files_it_cannot_run_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
-
-    // `general.architecture` is a 5-byte string: "llama" becomes "bloom".
-    let arch = [
-        b"general.architecture".as_slice(),
-        &8u32.to_le_bytes(),
-        &5u64.to_le_bytes(),
-    ]
-    .concat();
-    let bloom = patched(
-        tmp.path(),
-        &[&arch[..], b"llama"].concat(),
-        &[&arch[..], b"bloom"].concat(),
-    );
-    let err = load_error(&bloom);
-    for needle in ["general.architecture \"bloom\"", "llama", "qwen2"] {
-        assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+    let cases: [BadString; 3] = [
+        (
+            "general.architecture",
+            "llama",
+            "bloom",
+            load_error,
+            &["general.architecture \"bloom\"", "llama", "qwen2"],
+        ),
+        // A tokenizer other than byte-level BPE.
+        (
+            "tokenizer.ggml.model",
+            "gpt2",
+            "bert",
+            tokenizer_error,
+            &["tokenizer.ggml.model \"bert\"", "gpt2"],
+        ),
+        // A pre-tokenizer with a split of its own.
+        (
+            "tokenizer.ggml.pre",
+            "smollm",
+            "qwen2x",
+            tokenizer_error,
+            &["tokenizer.ggml.pre \"qwen2x\"", "smollm"],
+        ),
+    ];
+    for (key, from, to, load, needles) in cases {
+        // A string pair: key, value type 8, u64 length, bytes.
+        let pair = |value: &str| {
+            [
+                &(key.len() as u64).to_le_bytes()[..],
+                key.as_bytes(),
+                &8u32.to_le_bytes(),
+                &(value.len() as u64).to_le_bytes(),
+                value.as_bytes(),
+            ]
+            .concat()
+        };
+        let err = load(&patched(tmp.path(), &pair(from), &pair(to)));
+        for needle in needles {
+            assert!(err.contains(needle), "{key}: {err:?} lacks {needle:?}");
+        }
     }
 
     // The key renamed, so the file lacks it.
     let missing = patched(tmp.path(), b"llama.block_count", b"llama.block_kount");
     let err = load_error(&missing);
     assert!(err.contains("llama.block_count"), "{err}");
-
-    // A tokenizer other than byte-level BPE: "gpt2" becomes "bert".
-    let model = [
-        b"tokenizer.ggml.model".as_slice(),
-        &8u32.to_le_bytes(),
-        &4u64.to_le_bytes(),
-    ]
-    .concat();
-    let bert = patched(
-        tmp.path(),
-        &[&model[..], b"gpt2"].concat(),
-        &[&model[..], b"bert"].concat(),
-    );
-    let err = tokenizer_error(&bert);
-    for needle in ["tokenizer.ggml.model \"bert\"", "gpt2"] {
-        assert!(err.contains(needle), "{err:?} lacks {needle:?}");
-    }
-
-    // A pre-tokenizer with a split of its own: "smollm" becomes "qwen2x".
-    let pre = [
-        b"tokenizer.ggml.pre".as_slice(),
-        &8u32.to_le_bytes(),
-        &6u64.to_le_bytes(),
-    ]
-    .concat();
-    let qwen2 = patched(
-        tmp.path(),
-        &[&pre[..], b"smollm"].concat(),
-        &[&pre[..], b"qwen2x"].concat(),
-    );
-    let err = tokenizer_error(&qwen2);
-    for needle in ["tokenizer.ggml.pre \"qwen2x\"", "smollm"] {
-        assert!(err.contains(needle), "{err:?} lacks {needle:?}");
-    }
 
     // A directory named like a GGUF file, and a path that does not exist.
     let dir = tmp.path().join("model.gguf");

@@ -53,29 +53,28 @@ impl TextTokenizer {
     }
 
     /// The byte-level BPE of a GGUF file whose `tokenizer.ggml.model` is `gpt2` (and whose
-    /// `tokenizer.ggml.pre`, if any, splits text as GPT-2 does), as transformers builds it: the vocabulary and merges as stored (tokens spelled outside GPT-2's byte
-    /// alphabet respelled into it), the plain GPT-2 split and byte mapping, control tokens kept
-    /// whole, a BOS only under `tokenizer.ggml.add_bos_token`.
+    /// `tokenizer.ggml.pre`, if any, splits text as GPT-2 does), as transformers builds it: the
+    /// vocabulary and merges as stored (tokens spelled outside GPT-2's byte alphabet respelled
+    /// into it), the plain GPT-2 split and byte mapping, control tokens kept whole, a BOS only
+    /// under `tokenizer.ggml.add_bos_token`.
     pub fn from_gguf(gguf: &Gguf, max_length: usize) -> Result<Self> {
         let path = gguf.path().to_path_buf();
-        let model = gguf.get_str("tokenizer.ggml.model")?;
-        if !GGUF_TOKENIZER_MODELS.contains(&model) {
-            return Err(Error::Tokenizer {
-                path,
-                message: format!(
-                    "tokenizer.ggml.model {model:?} is not supported (supported: {})",
-                    GGUF_TOKENIZER_MODELS.join(", ")
-                ),
-            });
-        }
-        if gguf.get("tokenizer.ggml.pre").is_some() {
-            let pre = gguf.get_str("tokenizer.ggml.pre")?;
-            if !GGUF_PRE_TOKENIZERS.contains(&pre) {
+        // `tokenizer.ggml.pre` may be absent; the model may not.
+        let checks = [
+            ("tokenizer.ggml.model", &GGUF_TOKENIZER_MODELS[..], true),
+            ("tokenizer.ggml.pre", &GGUF_PRE_TOKENIZERS[..], false),
+        ];
+        for (key, supported, required) in checks {
+            if !required && gguf.get(key).is_none() {
+                continue;
+            }
+            let value = gguf.get_str(key)?;
+            if !supported.contains(&value) {
                 return Err(Error::Tokenizer {
                     path,
                     message: format!(
-                        "tokenizer.ggml.pre {pre:?} is not supported (supported: {})",
-                        GGUF_PRE_TOKENIZERS.join(", ")
+                        "{key} {value:?} is not supported (supported: {})",
+                        supported.join(", ")
                     ),
                 });
             }
