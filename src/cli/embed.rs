@@ -14,7 +14,7 @@ use crate::weights::WeightsDtype;
 
 #[derive(Args)]
 pub struct EmbedArgs {
-    /// Model directory (Hugging Face / sentence-transformers layout).
+    /// Model directory (Hugging Face / sentence-transformers layout), or a llama/qwen2 .gguf file.
     #[arg(long)]
     model: PathBuf,
     /// Input file (.txt, .jsonl, .csv, .tsv); `PATH=LABEL` labels every row of it. Repeatable.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::backend::{Backend, Pooling, SeqLayout};
 use crate::error::{Error, Result};
+use crate::models::decoder_gguf;
 use crate::models::sentence::SentenceConfig;
 use crate::models::tokenize::{TextTokenizer, TokenizedText};
 use crate::models::{self, Encoder, TokenBatch};
@@ -27,7 +28,7 @@ pub struct EncoderOptions {
     pub weights_dtype: WeightsDtype,
 }
 
-/// A model directory's encoder with sentence-transformers' tokenisation, pooling and
+/// A model directory's (or GGUF file's) encoder with sentence-transformers' tokenisation, pooling and
 /// normalisation around it.
 pub struct SentenceEncoder {
     name: String,
@@ -48,20 +49,35 @@ pub struct Embedded {
 }
 
 impl SentenceEncoder {
+    /// Loads a model directory, or a single `.gguf` file (which has no sentence-transformers
+    /// settings: the model's default pooling, no normalisation, its whole context).
     pub fn load(dir: &Path, backend: Arc<dyn Backend>, options: &EncoderOptions) -> Result<Self> {
-        if !dir.is_dir() {
+        let gguf = decoder_gguf::is_gguf(dir);
+        if !gguf && !dir.is_dir() {
             return Err(Error::input(format!(
                 "{}: model directory not found",
                 dir.display()
             )));
         }
         let model = models::load(dir, backend.clone(), options.weights_dtype)?;
-        let sentence = SentenceConfig::read(dir, model.default_pooling())?;
+        let sentence = if gguf {
+            SentenceConfig {
+                max_seq_length: None,
+                pooling: model.default_pooling(),
+                normalize: false,
+            }
+        } else {
+            SentenceConfig::read(dir, model.default_pooling())?
+        };
         let capacity = model.max_tokens();
         let max_length = options
             .max_length
             .or(sentence.max_seq_length)
-            .or_else(|| TextTokenizer::stored_max_length(dir))
+            .or_else(|| {
+                (!gguf)
+                    .then(|| TextTokenizer::stored_max_length(dir))
+                    .flatten()
+            })
             .unwrap_or(capacity);
         if max_length > capacity || max_length < 1 {
             return Err(Error::input(format!(
@@ -74,7 +90,11 @@ impl SentenceEncoder {
                 || dir.display().to_string(),
                 |n| n.to_string_lossy().into_owned(),
             ),
-            tokenizer: TextTokenizer::load(dir, max_length)?,
+            tokenizer: if gguf {
+                TextTokenizer::from_gguf(&decoder_gguf::open(dir)?, max_length)?
+            } else {
+                TextTokenizer::load(dir, max_length)?
+            },
             model,
             backend,
             pooling: options.pooling.unwrap_or(sentence.pooling),

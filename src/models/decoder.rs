@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use super::loader::{read_config, Linear, Loader};
+use super::loader::{read_config, Linear, Loader, TensorSource};
 use super::{Encoder, TokenBatch};
 use crate::backend::{Activation, AttentionSpec, Backend, Pooling, RopeSpec, Tensor};
 use crate::error::{Error, Result};
@@ -283,8 +283,19 @@ impl DecoderModel {
         let config = DecoderConfig::read(dir)?;
         let mut weights = Weights::open(dir)?;
         weights.resolve_prefix("embed_tokens.weight", &["model.", ""])?;
+        Self::from_source(config, &weights, backend, weights_dtype)
+    }
+
+    /// The model `config` describes, its tensors read from `weights` under transformers' names
+    /// without the `model.` prefix (`layers.N.self_attn.q_proj.weight`, …).
+    pub fn from_source(
+        config: DecoderConfig,
+        weights: &dyn TensorSource,
+        backend: Arc<dyn Backend>,
+        weights_dtype: WeightsDtype,
+    ) -> Result<Self> {
         let loader = Loader {
-            weights: &weights,
+            weights,
             backend: backend.as_ref(),
             weights_dtype,
         };

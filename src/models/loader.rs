@@ -1,8 +1,10 @@
 //! The weight loader every architecture builds on: a model directory's `config.json`, and named
-//! tensors of its checkpoint ([`Weights`]: memory-mapped safetensors, single or sharded) uploaded
-//! shape-checked onto a backend with one dtype policy — GEMM weights and embedding tables in the
-//! element type [`WeightsDtype`] picks, biases and norm parameters always f32.
+//! tensors of its checkpoint (a [`TensorSource`]: memory-mapped safetensors [`Weights`], single or
+//! sharded, or a GGUF file under a name map) uploaded shape-checked onto a backend with one dtype
+//! policy — GEMM weights and embedding tables in the element type [`WeightsDtype`] picks, biases
+//! and norm parameters always f32.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
@@ -33,9 +35,47 @@ pub struct Norm {
     pub beta: Tensor,
 }
 
+/// Named tensors in Hugging Face's naming, as the [`Loader`] reads them. The source decides the
+/// element type of a stack (the dtype policy: [`Weights::stacked_dtype`] for safetensors) and
+/// checks every shape against the one asked for.
+pub trait TensorSource {
+    fn contains(&self, name: &str) -> bool;
+
+    /// Tensor `name` of `shape` as f32.
+    fn f32(&self, name: &str, shape: &[usize]) -> Result<Cow<'_, [f32]>>;
+
+    /// The element type tensors `names` are stacked in under `dtype`.
+    fn stacked_dtype(&self, names: &[String], dtype: WeightsDtype) -> Result<DType>;
+
+    /// Tensor `name` of `shape` in `dtype`, one [`TensorSource::stacked_dtype`] picked.
+    fn matrix(&self, name: &str, shape: &[usize], dtype: DType) -> Result<HostTensor>;
+}
+
+impl TensorSource for Weights {
+    fn contains(&self, name: &str) -> bool {
+        Weights::contains(self, name)
+    }
+    fn f32(&self, name: &str, shape: &[usize]) -> Result<Cow<'_, [f32]>> {
+        Weights::f32(self, name, shape)
+    }
+    fn stacked_dtype(&self, names: &[String], dtype: WeightsDtype) -> Result<DType> {
+        Weights::stacked_dtype(self, names, dtype)
+    }
+    fn matrix(&self, name: &str, shape: &[usize], dtype: DType) -> Result<HostTensor> {
+        // Converted to the stack's element type: forcing F32 or F16 gives that type; Auto picked
+        // BF16 only where every part is BF16, and keeps each one so.
+        let policy = match dtype {
+            DType::F16 => WeightsDtype::F16,
+            DType::BF16 => WeightsDtype::Auto,
+            _ => WeightsDtype::F32,
+        };
+        Weights::stacked(self, std::slice::from_ref(&name.to_string()), shape, policy)
+    }
+}
+
 /// Reads tensors of one checkpoint, shape-checked, onto the backend.
 pub struct Loader<'a> {
-    pub weights: &'a Weights,
+    pub weights: &'a dyn TensorSource,
     pub backend: &'a dyn Backend,
     /// Element type of the GEMM weights and embedding tables.
     pub weights_dtype: WeightsDtype,
@@ -65,18 +105,11 @@ impl Loader<'_> {
             // One f32 tensor uploads straight from the map: no host copy of a large vocabulary.
             return self.tensor(name, &[*rows, cols]);
         }
-        // Each part converted to the stack's element type: forcing F32 or F16 gives that type;
-        // Auto picked BF16 only where every part is BF16, and keeps each one so.
-        let policy = match target {
-            DType::F16 => WeightsDtype::F16,
-            DType::BF16 => WeightsDtype::Auto,
-            _ => WeightsDtype::F32,
-        };
         let mut data: Option<HostData> = None;
         for (name, rows) in parts {
             let part = self
                 .weights
-                .stacked(std::slice::from_ref(name), &[*rows, cols], policy)?
+                .matrix(name, &[*rows, cols], target)?
                 .into_data();
             data = Some(match (data, part) {
                 (None, part) => part,

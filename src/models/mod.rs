@@ -1,13 +1,14 @@
 //! Models written once against the backend op set, and what a model directory says about them.
 //!
 //! Every embedder is an [`Encoder`]: a packed [`TokenBatch`] in, last hidden states out, on the
-//! backend it was loaded onto. [`load`] picks the architecture from `config.json`'s `model_type`;
+//! backend it was loaded onto. [`load`] picks the architecture from `config.json`'s `model_type`
+//! (or, for a single `.gguf` file, [`decoder_gguf`] from its `general.architecture`);
 //! the embed instrument holds a `Box<dyn Encoder>` and adds tokenisation, pooling and
 //! normalisation around it, so an architecture knows nothing of sentence-transformers.
 //!
 //! Files: [`loader`] (config and named tensors onto a backend, dtype policy, the `Linear`/`Norm`
 //! building blocks), one file per architecture ([`bert`] for BERT / RoBERTa / XLM-R, [`decoder`]
-//! for Llama / Mistral / Qwen2), [`sentence`]
+//! for Llama / Mistral / Qwen2, [`decoder_gguf`] for those in GGUF files), [`sentence`]
 //! (sentence-transformers' extras: length, pooling, normalisation), [`tokenize`], and the
 //! classifiers the tangent-kernel instrument studies ([`mlp`], [`train`]).
 //!
@@ -27,6 +28,7 @@
 
 pub mod bert;
 pub mod decoder;
+pub mod decoder_gguf;
 pub mod loader;
 pub mod mlp;
 pub mod sentence;
@@ -84,12 +86,15 @@ pub const ARCHITECTURES: &[(&[&str], LoadFn)] = &[
 
 /// Loads the encoder of a model directory onto `backend`, the architecture chosen by
 /// `config.json`'s `model_type`, with GEMM weights and embedding tables in the element type
-/// `weights_dtype` picks.
+/// `weights_dtype` picks. A path ending in `.gguf` is a GGUF file's decoder instead.
 pub fn load(
     dir: &Path,
     backend: Arc<dyn Backend>,
     weights_dtype: WeightsDtype,
 ) -> Result<Box<dyn Encoder>> {
+    if decoder_gguf::is_gguf(dir) {
+        return Ok(Box::new(decoder_gguf::load(dir, backend, weights_dtype)?));
+    }
     #[derive(Deserialize)]
     struct ModelType {
         model_type: Option<String>,

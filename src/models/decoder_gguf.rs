@@ -1,0 +1,245 @@
+//! Decoders from a single GGUF file (llama.cpp's checkpoints): the [`DecoderConfig`] from the
+//! file's metadata and the tensors under llama.cpp's names, dequantised on upload, so
+//! [`DecoderModel`]'s forward runs them unchanged.
+//!
+//! Two things differ from a Hugging Face directory:
+//! - Names: llama.cpp calls `layers.N.self_attn.q_proj.weight` `blk.N.attn_q.weight` and so on;
+//!   [`GgufTensors`] maps transformers' names onto them.
+//! - Q and K rows of llama models: llama.cpp's RoPE turns adjacent columns `(2i, 2i+1)` of a head
+//!   while transformers' (and the rope op's) rotate-half turns `(i, i + d/2)`, so its converter
+//!   reorders each head's rows of Q and K: transformers' row `h·d/2 + i` (half `h`, pair `i`) is
+//!   stored as row `2i + h`. [`GgufTensors`] puts them back, K with the KV head count. Qwen2's
+//!   converter leaves the rows alone.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::decoder::{DecoderConfig, DecoderModel};
+use super::loader::TensorSource;
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::tensor::{DType, HostData, HostTensor};
+use crate::weights::{Gguf, WeightsDtype};
+
+/// The `general.architecture` values this file runs.
+pub const ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
+
+/// Whether `path` names a GGUF file (by its extension) rather than a model directory.
+pub fn is_gguf(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// Opens `path` as a GGUF file, refusing anything that is not a file.
+pub fn open(path: &Path) -> Result<Gguf> {
+    if !path.is_file() {
+        return Err(Error::input(format!(
+            "{}: not a file (a GGUF model is a single .gguf file)",
+            path.display()
+        )));
+    }
+    Gguf::open(path)
+}
+
+/// Loads the decoder of a GGUF file onto `backend`: its tensors dequantised to f32, or to f16
+/// when `weights_dtype` asks for it.
+pub fn load(
+    path: &Path,
+    backend: Arc<dyn Backend>,
+    weights_dtype: WeightsDtype,
+) -> Result<DecoderModel> {
+    let gguf = open(path)?;
+    let config = config(&gguf)?;
+    let tensors = GgufTensors {
+        gguf: &gguf,
+        permuted_qk: config.model_type == "llama",
+        heads: config.heads,
+        kv_heads: config.kv_heads,
+    };
+    DecoderModel::from_source(config, &tensors, backend, weights_dtype)
+}
+
+/// The decoder's config from `{arch}.*` metadata, with llama.cpp's defaults where a key is
+/// optional to it (KV heads: the head count; RoPE base: 10 000; head width: embedding / heads).
+pub fn config(gguf: &Gguf) -> Result<DecoderConfig> {
+    let bad = |what: String| Error::input(format!("{}: {what}", gguf.path().display()));
+    let arch = gguf.get_str("general.architecture")?.to_string();
+    if !ARCHITECTURES.contains(&arch.as_str()) {
+        return Err(bad(format!(
+            "general.architecture {arch:?} is not supported (supported: {})",
+            ARCHITECTURES.join(", ")
+        )));
+    }
+    let key = |k: &str| format!("{arch}.{k}");
+    let count = |k: &str| gguf.get_u32(&key(k)).map(|v| v as usize);
+    let optional = |k: &str| gguf.get(&key(k)).is_some();
+    let hidden_size = count("embedding_length")?;
+    let heads = count("attention.head_count")?;
+    let kv_heads = if optional("attention.head_count_kv") {
+        count("attention.head_count_kv")?
+    } else {
+        heads
+    };
+    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+        return Err(bad(format!(
+            "{} {heads} is not a positive multiple of {} {kv_heads}",
+            key("attention.head_count"),
+            key("attention.head_count_kv")
+        )));
+    }
+    let head_dim = if optional("attention.key_length") {
+        count("attention.key_length")?
+    } else {
+        hidden_size / heads
+    };
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
+        return Err(bad(format!(
+            "head width {head_dim} must be even and positive (RoPE turns pairs of columns)"
+        )));
+    }
+    if optional("rope.dimension_count") && count("rope.dimension_count")? != head_dim {
+        return Err(bad(format!(
+            "{} {} differs from the head width {head_dim}: partial RoPE is not supported",
+            key("rope.dimension_count"),
+            count("rope.dimension_count")?
+        )));
+    }
+    if let Some(kind) = gguf.get(&key("rope.scaling.type")) {
+        if kind.to_string().trim_matches('"') != "none" {
+            return Err(bad(format!(
+                "{} {kind} is not supported (supported: none)",
+                key("rope.scaling.type")
+            )));
+        }
+    }
+    let rope_theta = if optional("rope.freq_base") {
+        f64::from(gguf.get_f32(&key("rope.freq_base"))?)
+    } else {
+        10_000.0
+    };
+    let layers = count("block_count")?;
+    Ok(DecoderConfig {
+        vocab_size: gguf.tensor_info("token_embd.weight")?.shape()[0],
+        hidden_size,
+        intermediate_size: count("feed_forward_length")?,
+        heads,
+        kv_heads,
+        head_dim,
+        rms_norm_eps: f64::from(gguf.get_f32(&key("attention.layer_norm_rms_epsilon"))?),
+        rope_theta,
+        max_position_embeddings: count("context_length")?,
+        windows: vec![None; layers],
+        qkv_bias: arch == "qwen2",
+        o_bias: false,
+        mlp_bias: false,
+        model_type: arch,
+    })
+}
+
+/// A GGUF file's tensors under transformers' decoder names (without the `model.` prefix), Q and
+/// K rows restored to transformers' order where the converter permuted them.
+pub struct GgufTensors<'a> {
+    gguf: &'a Gguf,
+    permuted_qk: bool,
+    heads: usize,
+    kv_heads: usize,
+}
+
+impl GgufTensors<'_> {
+    /// llama.cpp's name for transformers' `name`; `None` for a name it has no tensor for.
+    fn gguf_name(name: &str) -> Option<String> {
+        match name {
+            "embed_tokens.weight" => return Some("token_embd.weight".into()),
+            "norm.weight" => return Some("output_norm.weight".into()),
+            _ => {}
+        }
+        let rest = name.strip_prefix("layers.")?;
+        let (layer, part) = rest.split_once('.')?;
+        let (module, suffix) = part.rsplit_once('.')?;
+        let gguf = match module {
+            "input_layernorm" => "attn_norm",
+            "post_attention_layernorm" => "ffn_norm",
+            "self_attn.q_proj" => "attn_q",
+            "self_attn.k_proj" => "attn_k",
+            "self_attn.v_proj" => "attn_v",
+            "self_attn.o_proj" => "attn_output",
+            "mlp.gate_proj" => "ffn_gate",
+            "mlp.up_proj" => "ffn_up",
+            "mlp.down_proj" => "ffn_down",
+            _ => return None,
+        };
+        Some(format!("blk.{layer}.{gguf}.{suffix}"))
+    }
+
+    /// Tensor `name` of `shape` dequantised to `dtype`, Q/K rows in transformers' order.
+    fn read(&self, name: &str, shape: &[usize], dtype: DType) -> Result<HostTensor> {
+        let gguf_name = Self::gguf_name(name).ok_or_else(|| {
+            Error::weights(
+                self.gguf.path(),
+                format!("no GGUF tensor corresponds to `{name}`"),
+            )
+        })?;
+        let info = self.gguf.tensor_info(&gguf_name)?;
+        if info.shape() != shape {
+            return Err(Error::weights(
+                self.gguf.path(),
+                format!(
+                    "tensor `{gguf_name}` has shape {:?}, expected {shape:?}",
+                    info.shape()
+                ),
+            ));
+        }
+        let tensor = self.gguf.tensor(&gguf_name, dtype)?;
+        let heads = match name.rsplit('.').nth(1) {
+            Some("q_proj") if self.permuted_qk => self.heads,
+            Some("k_proj") if self.permuted_qk => self.kv_heads,
+            _ => return Ok(tensor),
+        };
+        let cols = shape[1..].iter().product();
+        let data = match tensor.into_data() {
+            HostData::F32(v) => HostData::F32(unpermute_rows(&v, heads, cols)),
+            HostData::F16(v) => HostData::F16(unpermute_rows(&v, heads, cols)),
+            other => other,
+        };
+        HostTensor::new(shape.to_vec(), data)
+    }
+}
+
+/// Undoes llama.cpp's Q/K row order: within each of `heads` blocks of `d` rows (`cols` values
+/// each), transformers' row `h·d/2 + i` is stored row `2i + h`.
+fn unpermute_rows<T: Copy>(stored: &[T], heads: usize, cols: usize) -> Vec<T> {
+    let d = stored.len() / cols / heads;
+    let mut out = Vec::with_capacity(stored.len());
+    for head in 0..heads {
+        for half in 0..2 {
+            for i in 0..d / 2 {
+                let row = head * d + 2 * i + half;
+                out.extend_from_slice(&stored[row * cols..(row + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+impl TensorSource for GgufTensors<'_> {
+    fn contains(&self, name: &str) -> bool {
+        Self::gguf_name(name).is_some_and(|n| self.gguf.tensor_info(&n).is_ok())
+    }
+
+    fn f32(&self, name: &str, shape: &[usize]) -> Result<Cow<'_, [f32]>> {
+        Ok(Cow::Owned(self.read(name, shape, DType::F32)?.into_f32()))
+    }
+
+    /// Quantised blocks have no element type to keep: f16 when asked for, else f32.
+    fn stacked_dtype(&self, _names: &[String], dtype: WeightsDtype) -> Result<DType> {
+        Ok(match dtype {
+            WeightsDtype::F16 => DType::F16,
+            _ => DType::F32,
+        })
+    }
+
+    fn matrix(&self, name: &str, shape: &[usize], dtype: DType) -> Result<HostTensor> {
+        self.read(name, shape, dtype)
+    }
+}

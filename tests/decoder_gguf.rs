@@ -1,0 +1,271 @@
+//! The real SmolLM2-135M-Instruct Q4_1 GGUF (tools/fetch-smollm2.sh) as a decoder embedder,
+//! against transformers loading the same file (tools/make_smollm2_fixtures.py wrote the
+//! references): token ids from the GGUF tokenizer, every hidden state of a short text, mean- and
+//! last-token-pooled embeddings of texts in several scripts up to 1 250 tokens, `mscope embed`
+//! end to end, and clear errors for files it cannot run.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::{backend_tests, cosine, reference_tensor, rel_error, repo_path, run_mscope_ok};
+use mscope::backend::{self, Backend, BackendKind, OpFamily, Pooling, SeqLayout};
+use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
+use mscope::models::{self, TokenBatch};
+use mscope::weights::WeightsDtype;
+
+backend_tests! {
+    smollm2_hidden_states_match_transformers,
+    smollm2_pooled_embeddings_match_transformers,
+}
+
+const SMOLLM2: &str = ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+const REFERENCE: &str = "tests/fixtures/smollm2/reference.safetensors";
+/// Both sides dequantise the same Q4_1 blocks to f32 and run in f32, so only accumulation order
+/// differs over 30 layers (seen: 2.5e-6 on the CPU, 3.6e-6 on wgpu).
+const F32_TOL: f64 = 2e-5;
+/// `--weights-dtype f16`: the dequantised weights rounded to f16, half precision's tolerance.
+const HALF_TOL: f64 = 1e-2;
+/// Pooled rows (the 1 250-token text included) agree to this cosine.
+const MIN_COSINE: f64 = 0.9999;
+/// Texts longer than this are not checked on wgpu: its attention op departs from the CPU's on
+/// one sequence of 479 tokens or more (random inputs: relative error 2.6e-7 at 464 tokens, 0.09 at
+/// 479, 0.36 at 1 024, whatever the head counts), so the 1 250-token text's embedding does too
+/// (cosine 0.27 on lavapipe) — a backend fault this check names in its output.
+const WGPU_MAX_TOKENS: usize = 300;
+
+fn smollm2() -> PathBuf {
+    let path = repo_path(SMOLLM2);
+    assert!(
+        path.is_file(),
+        "{} is missing: run tools/fetch-smollm2.sh (tools/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// The texts the references were computed on, from the reference file's metadata.
+fn reference_texts() -> Vec<String> {
+    let bytes = std::fs::read(repo_path(REFERENCE)).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let texts = &meta.metadata().as_ref().expect("reference metadata")["texts"];
+    serde_json::from_str(texts).unwrap()
+}
+
+fn encoder(be: &Arc<dyn Backend>, pooling: Option<Pooling>) -> SentenceEncoder {
+    let options = EncoderOptions {
+        pooling,
+        ..EncoderOptions::default()
+    };
+    SentenceEncoder::load(&smollm2(), be.clone(), &options).unwrap()
+}
+
+/// Token ids equal transformers' for every text; every hidden state of the short text 0 within
+/// the f32 tolerance.
+fn smollm2_hidden_states_match_transformers(be: &Arc<dyn Backend>) {
+    let texts = reference_texts();
+    let tokenized = encoder(be, None).tokenize(&texts).unwrap();
+    for (i, t) in tokenized.iter().enumerate() {
+        let (_, want) = reference_tensor(REFERENCE, &format!("ids/{i}"));
+        let got: Vec<f64> = t.ids.iter().map(|&id| f64::from(id)).collect();
+        assert_eq!(got, want, "token ids of text {i} differ from transformers'");
+    }
+
+    let ids = tokenized[0].ids.clone();
+    let batch = TokenBatch {
+        type_ids: vec![0; ids.len()],
+        layout: SeqLayout::from_lengths([ids.len()]),
+        ids,
+    };
+    let (shape, want) = reference_tensor(REFERENCE, "hidden/0");
+    let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+    for (dtype, tol) in [(WeightsDtype::Auto, F32_TOL), (WeightsDtype::F16, HALF_TOL)] {
+        let net = models::load(&smollm2(), be.clone(), dtype).unwrap();
+        let got = be.download(&net.forward(&batch).unwrap()).unwrap();
+        assert_eq!(shape, [batch.ids.len(), net.hidden_size()]);
+        let err = rel_error(&got, &want);
+        eprintln!(
+            "{} {dtype:?}: hidden states relative error {err:e}",
+            be.name()
+        );
+        assert!(err < tol, "{} {dtype:?}: relative error {err:e}", be.name());
+    }
+}
+
+/// Mean- and last-token pooling (the GGUF default) of every text, embedded in batches of
+/// mixed lengths, against transformers' pooled `last_hidden_state`.
+fn smollm2_pooled_embeddings_match_transformers(be: &Arc<dyn Backend>) {
+    let texts = reference_texts();
+    for (pooling, name) in [(None, "last"), (Some(Pooling::Mean), "mean")] {
+        let enc = encoder(be, pooling);
+        assert!(
+            !enc.normalize(),
+            "a GGUF model is not normalised unless asked"
+        );
+        assert_eq!(enc.pooling().name(), name);
+        let skip_long = be.name() == "wgpu";
+        let kept: Vec<usize> = (0..texts.len())
+            .filter(|&i| {
+                let len = enc.tokenize(&texts[i..=i]).unwrap()[0].ids.len();
+                let skip = skip_long && len > WGPU_MAX_TOKENS;
+                if skip {
+                    eprintln!("wgpu: text {i} ({len} tokens) is not checked");
+                }
+                !skip
+            })
+            .collect();
+        let checked: Vec<String> = kept.iter().map(|&i| texts[i].clone()).collect();
+        let got = enc.embed(&checked, 3, &mut |_, _| {}).unwrap();
+        let (_, want) = reference_tensor(REFERENCE, name);
+        let mut worst: f64 = 1.0;
+        for (g, &i) in got.embeddings.chunks(got.dim).zip(&kept) {
+            let w: Vec<f32> = want[i * got.dim..(i + 1) * got.dim]
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let cos = cosine(g, &w);
+            assert!(
+                cos >= MIN_COSINE,
+                "{} {name}: text {i} cosine {cos}",
+                be.name()
+            );
+            worst = worst.min(cos);
+        }
+        eprintln!("{} {name}: lowest cosine {worst}", be.name());
+    }
+}
+
+/// `mscope embed --model FILE.gguf`: the last token pooled, not normalised.
+#[test]
+fn embed_cli_runs_a_gguf_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("texts.jsonl");
+    let texts = &reference_texts()[..7];
+    let lines: Vec<String> = texts
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let out = tmp.path().join("emb.safetensors");
+    run_mscope_ok(&[
+        "embed",
+        "--model",
+        smollm2().to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
+    let (shape, got) = reference_tensor(out.to_str().unwrap(), "embeddings");
+    let (_, want) = reference_tensor(REFERENCE, "last");
+    assert_eq!(shape, [texts.len(), 576]);
+    for (i, (g, w)) in got.chunks(576).zip(want.chunks(576)).enumerate() {
+        let g: Vec<f32> = g.iter().map(|&v| v as f32).collect();
+        let w: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+        let cos = cosine(&g, &w);
+        assert!(cos >= MIN_COSINE, "text {i} cosine {cos}");
+    }
+}
+
+fn load_error(path: &Path) -> String {
+    let cpu = backend::open(BackendKind::Cpu, OpFamily::Encoder).unwrap();
+    match models::load(path, cpu, WeightsDtype::Auto) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The error loading `path` as a sentence encoder gives.
+fn tokenizer_error(path: &Path) -> String {
+    let cpu = backend::open(BackendKind::Cpu, OpFamily::Encoder).unwrap();
+    match SentenceEncoder::load(path, cpu, &EncoderOptions::default()) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A copy of SmolLM2 with the first occurrence of `from` replaced by `to` (same length).
+fn patched(dir: &Path, from: &[u8], to: &[u8]) -> PathBuf {
+    let mut bytes = std::fs::read(smollm2()).unwrap();
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("the pattern is in the file");
+    bytes[at..at + to.len()].copy_from_slice(to);
+    let path = dir.join("patched.gguf");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// A string value edited in place: its key, the value in the file and the one written instead
+/// (the same length), how the copy is loaded, and what the error must name.
+type BadString = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Path) -> String,
+    &'static [&'static str],
+);
+
+#[test]
+fn files_it_cannot_run_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: [BadString; 3] = [
+        (
+            "general.architecture",
+            "llama",
+            "bloom",
+            load_error,
+            &["general.architecture \"bloom\"", "llama", "qwen2"],
+        ),
+        // A tokenizer other than byte-level BPE.
+        (
+            "tokenizer.ggml.model",
+            "gpt2",
+            "bert",
+            tokenizer_error,
+            &["tokenizer.ggml.model \"bert\"", "gpt2"],
+        ),
+        // A pre-tokenizer with a split of its own.
+        (
+            "tokenizer.ggml.pre",
+            "smollm",
+            "qwen2x",
+            tokenizer_error,
+            &["tokenizer.ggml.pre \"qwen2x\"", "smollm"],
+        ),
+    ];
+    for (key, from, to, load, needles) in cases {
+        // A string pair: key, value type 8, u64 length, bytes.
+        let pair = |value: &str| {
+            [
+                &(key.len() as u64).to_le_bytes()[..],
+                key.as_bytes(),
+                &8u32.to_le_bytes(),
+                &(value.len() as u64).to_le_bytes(),
+                value.as_bytes(),
+            ]
+            .concat()
+        };
+        let err = load(&patched(tmp.path(), &pair(from), &pair(to)));
+        for needle in needles {
+            assert!(err.contains(needle), "{key}: {err:?} lacks {needle:?}");
+        }
+    }
+
+    // The key renamed, so the file lacks it.
+    let missing = patched(tmp.path(), b"llama.block_count", b"llama.block_kount");
+    let err = load_error(&missing);
+    assert!(err.contains("llama.block_count"), "{err}");
+
+    // A directory named like a GGUF file, and a path that does not exist.
+    let dir = tmp.path().join("model.gguf");
+    std::fs::create_dir(&dir).unwrap();
+    for path in [dir, tmp.path().join("absent.gguf")] {
+        let err = load_error(&path);
+        assert!(err.contains("not a file"), "{err}");
+    }
+}
