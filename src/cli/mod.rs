@@ -32,7 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Embed texts with a sentence encoder (BERT / XLM-R family) into a safetensors file.
+    /// Embed texts with an encoder (BERT / XLM-R) or a decoder (Llama / Mistral / Qwen2, also
+    /// from GGUF) into a safetensors file.
     Embed(embed::EmbedArgs),
     /// List the CPU, wgpu adapters and CUDA devices this machine offers.
     Devices,
