@@ -52,29 +52,38 @@ impl SentenceEncoder {
     /// Loads a model directory, or a single `.gguf` file (which has no sentence-transformers
     /// settings: the model's default pooling, no normalisation, its whole context).
     pub fn load(dir: &Path, backend: Arc<dyn Backend>, options: &EncoderOptions) -> Result<Self> {
-        let gguf = decoder_gguf::is_gguf(dir);
-        if !gguf && !dir.is_dir() {
+        // A GGUF file is opened (and its metadata parsed) once, for the model and the tokenizer.
+        let gguf = decoder_gguf::is_gguf(dir)
+            .then(|| decoder_gguf::open(dir))
+            .transpose()?;
+        if gguf.is_none() && !dir.is_dir() {
             return Err(Error::input(format!(
                 "{}: model directory not found",
                 dir.display()
             )));
         }
-        let model = models::load(dir, backend.clone(), options.weights_dtype)?;
-        let sentence = if gguf {
-            SentenceConfig {
-                max_seq_length: None,
-                pooling: model.default_pooling(),
-                normalize: false,
+        let (model, sentence): (Box<dyn Encoder>, _) = match &gguf {
+            Some(file) => {
+                let model = decoder_gguf::from_file(file, backend.clone(), options.weights_dtype)?;
+                let sentence = SentenceConfig {
+                    max_seq_length: None,
+                    pooling: model.default_pooling(),
+                    normalize: false,
+                };
+                (Box::new(model), sentence)
             }
-        } else {
-            SentenceConfig::read(dir, model.default_pooling())?
+            None => {
+                let model = models::load(dir, backend.clone(), options.weights_dtype)?;
+                let sentence = SentenceConfig::read(dir, model.default_pooling())?;
+                (model, sentence)
+            }
         };
         let capacity = model.max_tokens();
         let max_length = options
             .max_length
             .or(sentence.max_seq_length)
             .or_else(|| {
-                (!gguf)
+                gguf.is_none()
                     .then(|| TextTokenizer::stored_max_length(dir))
                     .flatten()
             })
@@ -90,10 +99,9 @@ impl SentenceEncoder {
                 || dir.display().to_string(),
                 |n| n.to_string_lossy().into_owned(),
             ),
-            tokenizer: if gguf {
-                TextTokenizer::from_gguf(&decoder_gguf::open(dir)?, max_length)?
-            } else {
-                TextTokenizer::load(dir, max_length)?
+            tokenizer: match &gguf {
+                Some(file) => TextTokenizer::from_gguf(file, max_length)?,
+                None => TextTokenizer::load(dir, max_length)?,
             },
             model,
             backend,

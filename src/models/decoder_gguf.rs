@@ -49,10 +49,18 @@ pub fn load(
     backend: Arc<dyn Backend>,
     weights_dtype: WeightsDtype,
 ) -> Result<DecoderModel> {
-    let gguf = open(path)?;
-    let config = config(&gguf)?;
+    from_file(&open(path)?, backend, weights_dtype)
+}
+
+/// [`load`] from a file already opened (whose metadata also gives the tokenizer).
+pub fn from_file(
+    gguf: &Gguf,
+    backend: Arc<dyn Backend>,
+    weights_dtype: WeightsDtype,
+) -> Result<DecoderModel> {
+    let config = config(gguf)?;
     let tensors = GgufTensors {
-        gguf: &gguf,
+        gguf,
         permuted_qk: config.model_type == "llama",
         heads: config.heads,
         kv_heads: config.kv_heads,
