@@ -26,6 +26,7 @@ backend_tests! {
     rope_rotates_queries_and_keys_per_sequence,
     rms_norm_and_rope_reject_bad_shapes,
     attention_padding_causal_window_and_grouped_heads,
+    attention_over_long_sequences,
     pooling_modes_and_normalize,
 }
 
@@ -393,6 +394,41 @@ fn attention_padding_causal_window_and_grouped_heads(be: &Arc<dyn Backend>) {
     ];
     for (name, spec) in cases {
         let lengths = lengths.clone();
+        let op = CaseOp::Attention { lengths, spec };
+        check_case(be, &OpCase::new(format!("attention/{name}"), 4, op));
+    }
+}
+
+/// Sequences of a thousand tokens and more at the head sizes of real decoders (SmolLM2's 64 with
+/// 3 query heads per key/value head, Mistral's 128 with a window), next to a short one: every
+/// query streams through dozens of key blocks.
+fn attention_over_long_sequences(be: &Arc<dyn Backend>) {
+    let cases = [
+        (
+            "causal head_dim 64, grouped 3/1",
+            vec![3, 1030],
+            AttentionSpec {
+                kv_heads: 1,
+                causal: true,
+                ..AttentionSpec::bidirectional(3, 64)
+            },
+        ),
+        (
+            "causal window 300, head_dim 128",
+            vec![1200, 5],
+            AttentionSpec {
+                causal: true,
+                window: Some(300),
+                ..AttentionSpec::bidirectional(1, 128)
+            },
+        ),
+        (
+            "bidirectional head_dim 80",
+            vec![7, 700],
+            AttentionSpec::bidirectional(1, 80),
+        ),
+    ];
+    for (name, lengths, spec) in cases {
         let op = CaseOp::Attention { lengths, spec };
         check_case(be, &OpCase::new(format!("attention/{name}"), 4, op));
     }

@@ -127,6 +127,9 @@ pub struct WgpuBackend {
     gemm: GemmVariant,
     /// Whether the norm family dispatches its subgroup kernels.
     subgroup_norms: bool,
+    /// Loop iterations one shader invocation may run in all before the driver silently ends its
+    /// loops (llvmpipe's limiter, [`device::LLVMPIPE_LOOP_LIMIT`]); `None` where there is none.
+    loop_limit: Option<u64>,
     /// The device timer, where the adapter offers timestamp queries.
     timestamps: Option<Timestamps>,
 }
