@@ -25,7 +25,8 @@
 //! backend/      the op set (`Backend`) on cpu/, wgpu/ and cuda/, one file per kernel family on
 //!               each, mirroring kernels/ (CUDA) and shaders/ (WGSL); parameter and result types
 //! weights/      checkpoints on the host: memory-mapped safetensors and GGUF (dequantisation)
-//! tensor, random, error: host tensors, counter-based hashes, the error type
+//! tensor, random, error, limits: host tensors, counter-based hashes, the error type, thread and
+//!               memory bounds checked before work starts
 //! ```
 //!
 //! # Data flow
@@ -63,6 +64,7 @@ pub mod data;
 pub mod error;
 pub mod instruments;
 pub mod io;
+pub mod limits;
 pub mod models;
 pub mod random;
 pub mod report;

@@ -234,7 +234,16 @@ fn splits_are_stratified_and_deterministic() {
     assert!(splits::stratified(&[vec![0], vec![1, 2]], 1, 0.5, 0)
         .unwrap_err()
         .to_string()
-        .contains("class 0 has 1 row"));
+        .contains("class 0's 1 rows"));
+    // 0.999 of 1000 rows leaves one to fit on: refused, never moved silently.
+    let big = [(0..1000).collect::<Vec<u32>>(), (1000..1010).collect()];
+    let err = splits::stratified(&big, 1, 0.999, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("into 999 test and 1 training rows"), "{err}");
+    // 0.2 of 10 rows is 2 test rows, 8 training rows: the smallest test part allowed.
+    assert!(splits::stratified(&big, 1, 0.2, 0).is_ok());
+    assert!(splits::stratified(&big, 1, 0.1, 0).is_err());
 }
 
 #[test]

@@ -68,16 +68,16 @@ fn field_names_default() {
 }
 
 #[test]
-fn txt_every_line_is_a_row_but_the_final_newline() {
+fn txt_every_line_is_a_row_but_blank_ones_and_the_final_newline() {
     let dir = TempDir::new().unwrap();
     let spec = write(&dir, "a.txt", "one\r\n\n  \ntwo\n");
-    let expected = [
-        row("one", None),
-        row("", None),
-        row("  ", None),
-        row("two", None),
-    ];
+    let expected = [row("one", None), row("two", None)];
     assert_eq!(rows(&spec), expected);
+    let blank = write(&dir, "blank.txt", "\n \t\n\n");
+    assert!(
+        read_corpus(&[blank], &FieldNames::default()).is_err(),
+        "a file of blank lines has no texts"
+    );
     let spec = write(&dir, "b.txt", "no newline at end");
     assert_eq!(rows(&spec), [row("no newline at end", None)]);
 }

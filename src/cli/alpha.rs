@@ -27,7 +27,7 @@ pub struct AlphaArgs {
     /// Print JSON instead of the Markdown summary.
     #[arg(long)]
     json: bool,
-    /// Also give d(α) at α = i/STEPS, i = 0..STEPS.
+    /// Also give d(α) at α = i/STEPS, i = 0..STEPS (STEPS at most 100 000).
     #[arg(long, num_args = 0..=1, default_missing_value = "20", value_name = "STEPS")]
     curve: Option<usize>,
     /// Plot d(α) with the threshold and α̂ to this PNG.

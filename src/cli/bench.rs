@@ -44,7 +44,7 @@ pub struct BenchArgs {
     /// to this PNG.
     #[arg(long, value_name = "PNG")]
     roofline_plot: Option<PathBuf>,
-    /// CPU threads [default: one per core].
+    /// CPU threads, at most 4 per core [default: one per core].
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }

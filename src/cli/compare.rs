@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::backend::trim;
 use crate::backend::{BackendKind, TrimSpec, W2Grid};
-use crate::data::scores::{read_scores, synthetic_ensemble};
+use crate::data::scores::{check_synthetic_size, read_scores, synthetic_ensemble};
 use crate::error::{Error, Result};
 use crate::instruments::compare;
 use crate::io::samples::read_labels;
@@ -52,7 +52,7 @@ pub struct CompareArgs {
     top: usize,
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     backend: BackendKind,
-    /// CPU threads [default: one per core].
+    /// CPU threads, at most 4 per core [default: one per core].
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }
@@ -97,6 +97,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             (scores, labels, path.display().to_string())
         }
         (None, Some(shape)) => {
+            check_synthetic_size(shape.models, shape.points)?;
             let (scores, labels) = synthetic_ensemble(shape.models, shape.points, 0);
             let source = format!("synthetic ensemble {}x{}", shape.models, shape.points);
             (scores, Some(labels), source)

@@ -40,7 +40,7 @@ pub struct EmbedArgs {
     /// Text prepended to every input (e.g. "query: " for e5 models).
     #[arg(long, default_value = "")]
     prefix: String,
-    /// CPU threads [default: one per core].
+    /// CPU threads, at most 4 per core [default: one per core].
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Text field of .jsonl / column of .csv and .tsv inputs.

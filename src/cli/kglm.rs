@@ -48,7 +48,7 @@ pub struct KglmArgs {
     /// Scatter of the surrogate's against the network's probability of the correct class.
     #[arg(long, requires = "model")]
     plot: Option<PathBuf>,
-    /// CPU threads [default: one per core].
+    /// CPU threads, at most 4 per core [default: one per core].
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }

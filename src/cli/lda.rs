@@ -38,7 +38,7 @@ pub struct LdaArgs {
     plot: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     backend: BackendKind,
-    /// CPU threads [default: one per core].
+    /// CPU threads, at most 4 per core [default: one per core].
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }

@@ -87,11 +87,12 @@ pub fn main() -> ExitCode {
 }
 
 /// Sizes rayon's global pool (used by every CPU kernel); 0 keeps rayon's default of one thread
-/// per core.
+/// per core, and more than [`crate::limits::THREADS_PER_CORE`] per core is an error.
 fn set_threads(threads: usize) -> Result<()> {
     if threads == 0 {
         return Ok(());
     }
+    crate::limits::check_threads(threads)?;
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()

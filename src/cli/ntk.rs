@@ -47,7 +47,7 @@ pub struct NtkArgs {
     out: PathBuf,
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     backend: BackendKind,
-    /// CPU threads [default: one per core].
+    /// CPU threads, at most 4 per core [default: one per core].
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }
@@ -86,7 +86,8 @@ pub fn run(args: NtkArgs) -> Result<()> {
         Some(rows) => rows,
         // Whole tiles, so no tile is computed twice.
         None => {
-            (BLOCK_BYTES / (12 * n_cols))
+            // (An empty data set is refused by `job.check()` below.)
+            (BLOCK_BYTES / (12 * n_cols.max(1)))
                 .max(1)
                 .div_ceil(DEFAULT_TILE_ROWS)
                 * DEFAULT_TILE_ROWS

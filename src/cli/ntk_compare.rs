@@ -24,7 +24,7 @@ pub struct NtkCompareArgs {
     /// Both normalised spectra on a logarithmic axis.
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// CPU threads [default: one per core].
+    /// CPU threads, at most 4 per core [default: one per core].
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }

@@ -15,7 +15,8 @@ pub struct PcaArgs {
     /// Embeddings file written by `mscope embed`.
     #[arg(long)]
     input: PathBuf,
-    /// Principal components to keep [default: 10, or the dimension if smaller].
+    /// Principal components to keep, at most the rank of the centred rows [default: 10, or the
+    /// dimension or rows − 1 if smaller].
     #[arg(long)]
     components: Option<usize>,
     /// JSON report.
@@ -30,7 +31,7 @@ pub struct PcaArgs {
     explain: usize,
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     backend: BackendKind,
-    /// CPU threads [default: one per core].
+    /// CPU threads, at most 4 per core [default: one per core].
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }
@@ -44,7 +45,9 @@ pub fn run(args: PcaArgs) -> Result<()> {
     } else {
         None
     };
-    let k = args.components.unwrap_or(file.dim.min(10));
+    let k = args
+        .components
+        .unwrap_or(file.dim.min(10).min(file.rows().saturating_sub(1)).max(1));
     let report = pca::report(
         backend.as_ref(),
         &file,

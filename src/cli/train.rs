@@ -47,7 +47,7 @@ pub struct TrainArgs {
     /// --test-data, scores.safetensors.
     #[arg(long)]
     out: PathBuf,
-    /// CPU threads [default: one per core].
+    /// CPU threads, at most 4 per core [default: one per core].
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }

@@ -138,6 +138,15 @@ pub fn read_scores(path: &Path) -> Result<Scores> {
     })
 }
 
+/// An error naming `--synthetic MODELSxPOINTS` when the ensemble does not fit in memory: its f32
+/// scores and the sorted copy the comparison makes of them, 8 bytes per score at least.
+pub fn check_synthetic_size(models: usize, points: usize) -> Result<()> {
+    crate::limits::check_memory(
+        &format!("--synthetic {models}x{points}"),
+        models as f64 * points as f64 * 8.0,
+    )
+}
+
 /// A seeded synthetic ensemble for benches and `compare --synthetic`: `models` binary classifiers scored on `points` points with labels 0/1.
 /// Each point has a true logit `±(0.5 + |z|)` (sign from its label); every model adds its own
 /// N(0, 0.8²) noise, except the last, which is overconfident (its scores scaled by 1.6), so

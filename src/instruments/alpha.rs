@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::backend::trim;
 use crate::backend::{Backend, TrimReference, TrimSpec, W2Grid};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// What `mscope alpha` reports; the serialised fields are the JSON report's keys.
 #[derive(Clone, Debug, Serialize)]
@@ -49,6 +49,10 @@ pub struct CurvePoint {
 /// Points of `d(α)` computed only to be drawn.
 const DRAWN_STEPS: usize = 100;
 
+/// Most steps of a reported curve: finer than any table or plot resolves, and a bound on the
+/// work and memory a mistyped `--curve` can ask for.
+pub const MAX_CURVE_STEPS: usize = 100_000;
+
 /// Compares `candidate` with `reference` at `level` on `backend`; `w2_alpha` is the trimming
 /// level of the W2 cost [default: α̂]. The curve has `curve` steps when asked for, else
 /// [`DRAWN_STEPS`] when it is to be `drawn`.
@@ -65,6 +69,11 @@ pub fn report(
         // One reference sample: the merged grid is always used.
         w2_grid: W2Grid::Merged,
     };
+    if let Some(steps) = curve.filter(|&s| s > MAX_CURVE_STEPS) {
+        return Err(Error::input(format!(
+            "--curve {steps}: at most {MAX_CURVE_STEPS} steps"
+        )));
+    }
     let r = backend.trim_search(&[candidate], TrimReference::Sample(reference), &spec)?[0];
     let curve = if curve.is_some() || drawn {
         let steps = curve.unwrap_or(DRAWN_STEPS).max(1);

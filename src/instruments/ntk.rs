@@ -5,7 +5,7 @@
 
 use std::ops::{ControlFlow, Range};
 
-use super::project::{factors, FactorSpec, Factors, KernelKind};
+use super::project::{factors, FactorSpec, Factors, KernelKind, ProjectionKind};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::io::checkpoint::Checkpoint;
@@ -57,7 +57,30 @@ impl KernelJob<'_> {
         if self.block_rows == 0 || self.tile_rows == 0 {
             return Err(Error::input("--block-rows must be at least 1"));
         }
-        Ok(())
+        self.check_memory()
+    }
+
+    /// An error naming the sizes when the kernel and, for a projected kernel, the projected
+    /// features of its rows and columns (`r·k` f32 per point and per layer for Kronecker, per
+    /// point for the dense projections) do not fit in memory.
+    fn check_memory(&self) -> Result<()> {
+        let (rows, cols) = (self.n_rows() as f64, self.n_cols() as f64);
+        let kernel = rows * cols * 4.0;
+        let per_point = self.spec.kind.rows_per_sample(self.mlp.num_classes()) as f64
+            * self.spec.projection_dim as f64
+            * 4.0;
+        let features = match self.spec.projection {
+            ProjectionKind::None => 0.0,
+            ProjectionKind::Kronecker => (rows + cols) * per_point * self.mlp.layers.len() as f64,
+            _ => (rows + cols) * per_point,
+        };
+        let what = format!(
+            "a {}x{} kernel with --projection-dim {}",
+            self.n_rows(),
+            self.n_cols(),
+            self.spec.projection_dim
+        );
+        crate::limits::check_memory(&what, kernel + features)
     }
 
     pub fn n_rows(&self) -> usize {
@@ -129,7 +152,7 @@ impl KernelJob<'_> {
             kind: self.spec.kind.name().to_string(),
             normalized: self.spec.kind.normalized(),
             projection_dim: match self.spec.projection {
-                super::project::ProjectionKind::None => 0,
+                ProjectionKind::None => 0,
                 _ => self.spec.projection_dim,
             },
         }))

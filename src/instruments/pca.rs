@@ -40,6 +40,12 @@ impl Pca {
                 "{k} components requested: must be between 1 and the embedding dimension {dim}"
             )));
         }
+        if k > n - 1 {
+            return Err(Error::input(format!(
+                "{k} components requested, but {n} centred rows span at most {} dimensions",
+                n - 1
+            )));
+        }
         let all: Vec<u32> = (0..n as u32).collect();
         let moments = backend.scatter(x, &[&all])?.remove(0);
         let mut cov = moments.scatter;
@@ -61,6 +67,19 @@ impl Pca {
             }
         }
         let explained_variance = eigen.values[..k].to_vec();
+        // Components past the data's rank have no variance, only rounding noise for a direction:
+        // refused rather than reported as if they meant something. The cut is numpy's
+        // `matrix_rank` tolerance for f32 data (singular values below max(n, dim)·ε·σ_max),
+        // squared because eigenvalues of the covariance are squared singular values.
+        let cut = (n.max(dim) as f64 * f32::EPSILON as f64).powi(2) * eigen.values[0].max(0.0);
+        if let Some(c) = explained_variance.iter().position(|&v| v <= cut) {
+            return Err(Error::input(format!(
+                "{k} components requested, but the rows span only {c} dimensions (component {} \
+                 has variance {:.3e}): ask for at most {c}",
+                c + 1,
+                explained_variance[c]
+            )));
+        }
         let explained_variance_ratio = explained_variance
             .iter()
             .map(|v| if total > 0.0 { v / total } else { 0.0 })

@@ -44,7 +44,7 @@ impl KernelKind {
     }
 
     /// Rows of the backward pass per sample: one per class, or one for the summed logits.
-    fn rows_per_sample(self, classes: usize) -> usize {
+    pub(crate) fn rows_per_sample(self, classes: usize) -> usize {
         match self {
             KernelKind::Pntk => 1,
             KernelKind::Trntk | KernelKind::Trntk0 => classes,

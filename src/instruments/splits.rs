@@ -40,9 +40,15 @@ impl Split {
     }
 }
 
+/// Rows of every class each part of a split keeps at least: a class with one training row adds
+/// no within-class scatter (all of them at once leave LDA nothing to fit), and a one-row test
+/// part makes the class's accuracy 0 or 1.
+pub const MIN_PART_ROWS: usize = 2;
+
 /// `splits` stratified splits of the classes' rows (`classes[k]`: the rows of class `k`). Each
-/// class puts `round(test_fraction · n_k)` rows, at least one and at most `n_k − 1`, into the
-/// test part, so every class has rows on both sides.
+/// class puts `round(test_fraction · n_k)` rows into the test part; a fraction that leaves
+/// fewer than [`MIN_PART_ROWS`] of some class on either side is an error naming the class, not
+/// silently moved.
 pub fn stratified(
     classes: &[Vec<u32>],
     splits: usize,
@@ -54,11 +60,16 @@ pub fn stratified(
             "test fraction {test_fraction}: must lie strictly between 0 and 1"
         )));
     }
-    if let Some(k) = classes.iter().position(|rows| rows.len() < 2) {
-        return Err(Error::input(format!(
-            "class {k} has {} row(s): a stratified split needs at least 2 per class",
-            classes[k].len()
-        )));
+    let test_rows = |n: usize| (test_fraction * n as f64).round() as usize;
+    for (k, rows) in classes.iter().enumerate() {
+        let (n, n_test) = (rows.len(), test_rows(rows.len()));
+        if n_test < MIN_PART_ROWS || n - n_test < MIN_PART_ROWS {
+            return Err(Error::input(format!(
+                "test fraction {test_fraction} splits class {k}'s {n} rows into {n_test} test and \
+                 {} training rows; each part needs at least {MIN_PART_ROWS} of every class",
+                n - n_test
+            )));
+        }
     }
     Ok((0..splits)
         .map(|s| {
@@ -67,7 +78,7 @@ pub fn stratified(
                 .iter()
                 .map(|rows| {
                     let n = rows.len();
-                    let n_test = ((test_fraction * n as f64).round() as usize).clamp(1, n - 1);
+                    let n_test = test_rows(n);
                     let mut shuffled = rows.clone();
                     // Fisher–Yates, stopped once the test part is drawn.
                     for i in 0..n_test {

@@ -79,7 +79,27 @@ impl KglmInputs {
             ),
         };
         let train_y = class_indices(&train_labels, classes, &source(paths.train_labels))?;
-        let present = (0..classes).filter(|c| train_y.contains(c)).count();
+        let mut distinct = train_y.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let present = distinct.len();
+        // Without a network the labels alone define the classes: a gap (labels {0, 5}) would
+        // fit classes that have no row, so the labels must be 0..K−1, all of them used.
+        if network.is_none() && present < classes {
+            let missing: Vec<String> = (0..classes)
+                .filter(|c| distinct.binary_search(c).is_err())
+                .take(5)
+                .map(|c| c.to_string())
+                .collect();
+            return Err(Error::input(format!(
+                "{}: the labels run up to {} but {} of the classes 0..{classes} have no row \
+                 (first: {}); labels must be class indices 0..K−1, each with training rows",
+                paths.train_labels.display(),
+                classes - 1,
+                classes - present,
+                missing.join(", ")
+            )));
+        }
         if present < 2 {
             return Err(Error::input(format!(
                 "{}: the training labels hold {present} distinct class(es); a classifier needs 2",

@@ -180,14 +180,22 @@ fn read_utf8(path: &Path) -> Result<String> {
     Ok(text)
 }
 
-/// Every line is a text, blank ones included (an empty text is a legitimate input); the newline
-/// that ends the file does not start another.
+/// Every line is a text, except blank (whitespace-only) ones: in a text file they are paragraph
+/// breaks or a trailing empty line far more often than intended texts, and as rows they would
+/// be embeddings of nothing mixed into the analyses (as in `.jsonl`, which skips them too; an
+/// empty text can still be given in `.jsonl` or `.csv`).
 fn txt_rows(content: &str) -> Vec<(usize, TextRow)> {
-    let rows = content.lines().map(|text| TextRow {
-        text: text.into(),
-        label: None,
-    });
-    (1..).zip(rows).collect()
+    (1..)
+        .zip(content.lines())
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(n, text)| {
+            let row = TextRow {
+                text: text.into(),
+                label: None,
+            };
+            (n, row)
+        })
+        .collect()
 }
 
 fn jsonl_rows(

@@ -215,6 +215,34 @@ impl Mlp {
         if layers.is_empty() {
             return Err(file.error("no tensor `fc0.weight`: not an MLP classifier file"));
         }
+        // Layers are read while `fc{i}` continues the sequence; a tensor past the first gap
+        // (fc0, fc2 without fc1) would otherwise be silently dropped from the network.
+        let read: Vec<String> = (0..layers.len())
+            .flat_map(|i| [format!("fc{i}.weight"), format!("fc{i}.bias")])
+            .collect();
+        let left_over: Vec<String> = file
+            .names()
+            .into_iter()
+            .filter(|n| !read.contains(n))
+            .collect();
+        if !left_over.is_empty() {
+            return Err(file.error(format!(
+                "tensors {} are not part of the layers fc0..fc{}: layer indices must run \
+                 from fc0 without gaps, every layer with `weight` and `bias`",
+                left_over.join(", "),
+                layers.len() - 1
+            )));
+        }
+        for (i, layer) in layers.iter().enumerate() {
+            for (part, values) in [("weight", &layer.weight), ("bias", &layer.bias)] {
+                if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+                    return Err(file.error(format!(
+                        "`fc{i}.{part}` entry {at} is {}: weights must be finite",
+                        values[at]
+                    )));
+                }
+            }
+        }
         Mlp::new(layers, activation).map_err(|e| file.error(e))
     }
 

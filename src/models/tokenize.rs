@@ -11,7 +11,7 @@ use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{AddedToken, Tokenizer, TruncationParams};
+use tokenizers::{AddedToken, PostProcessor, Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
 use crate::weights::Gguf;
@@ -153,8 +153,21 @@ impl TextTokenizer {
         Self::new(inner, path, max_length)
     }
 
-    /// `inner` truncating to `max_length` tokens, never padding.
+    /// `inner` truncating to `max_length` tokens, never padding. `max_length` must leave room
+    /// for one token of text beside the special tokens the tokenizer adds: the tokenizers crate
+    /// truncates to `max_length − specials` and, below that, wraps around to no truncation.
     fn new(mut inner: Tokenizer, path: PathBuf, max_length: usize) -> Result<Self> {
+        let specials = inner
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(false));
+        if max_length <= specials {
+            return Err(Error::input(format!(
+                "max length {max_length} leaves no room for text: {} adds {specials} special \
+                 tokens, so the least is {}",
+                path.display(),
+                specials + 1
+            )));
+        }
         let truncation = TruncationParams {
             max_length,
             ..inner.get_truncation().cloned().unwrap_or_default()

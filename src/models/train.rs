@@ -310,6 +310,7 @@ pub fn train(
         .chain(config.hidden.iter().copied())
         .chain([classes])
         .collect();
+    check_training_memory(&dims, config.batch_size.min(data.len()))?;
     let mut model = Mlp::init(&dims, config.activation, seed)?;
     check_batch(&model, data.len(), &data.y)?;
     let mut optimizer = OptimizerState::new(config, &mut model);
@@ -322,8 +323,28 @@ pub fn train(
         for rows in order.chunks(config.batch_size) {
             let batch = data.select(rows);
             let (loss, grads) = loss_and_gradient(&model, &batch.x, &batch.y)?;
+            if !loss.is_finite() {
+                return Err(diverged(
+                    seed,
+                    epoch,
+                    &format!("the minibatch loss is {loss}"),
+                ));
+            }
             total += loss * rows.len() as f64;
             optimizer.step(&mut model, grads);
+        }
+        // The last step of an epoch may overflow the weights before any loss sees them.
+        if let Some((i, _)) = model
+            .layers
+            .iter()
+            .enumerate()
+            .find(|(_, l)| !l.weight.iter().chain(&l.bias).all(|v| v.is_finite()))
+        {
+            return Err(diverged(
+                seed,
+                epoch,
+                &format!("fc{i} has non-finite weights"),
+            ));
         }
         let mean = total / data.len() as f64;
         epoch_losses.push(mean);
@@ -333,6 +354,29 @@ pub fn train(
         model,
         epoch_losses,
     })
+}
+
+/// The error of a run stopped at its first non-finite loss or weight (epochs counted from 1).
+fn diverged(seed: u64, epoch: usize, what: &str) -> Error {
+    Error::input(format!(
+        "training diverged (seed {seed}, epoch {}): {what}; lower --lr",
+        epoch + 1
+    ))
+}
+
+/// An error naming `--hidden` when training the MLP `dims` does not fit in memory: four f32
+/// copies of the parameters (weights, gradients, two Adam moments) and, per minibatch row, the
+/// pre-activations and activations of every layer.
+fn check_training_memory(dims: &[usize], batch_rows: usize) -> Result<()> {
+    let params: f64 = dims
+        .windows(2)
+        .map(|w| w[1] as f64 * (w[0] as f64 + 1.0))
+        .sum();
+    let activations: f64 = dims.iter().map(|&d| d as f64).sum::<f64>() * batch_rows as f64;
+    crate::limits::check_memory(
+        &format!("an MLP {dims:?} (--hidden)"),
+        4.0 * (4.0 * params + 2.0 * activations),
+    )
 }
 
 /// A model's logits `[n, C]` on a dataset, its mean cross-entropy and its accuracy.

@@ -102,6 +102,12 @@ impl KernelGlm {
                 options.l2
             )));
         }
+        if !(options.tol > 0.0 && options.tol.is_finite()) {
+            return Err(Error::input(format!(
+                "kGLM: --tol must be a positive number, got {}",
+                options.tol
+            )));
+        }
         let objective = Objective {
             kernel: widen(kernel),
             labels,

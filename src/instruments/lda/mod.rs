@@ -196,7 +196,10 @@ pub fn report(
         options.test_fraction,
         options.seed,
     )
-    .map_err(|e| Error::input(format!("--test-fraction: {e}")))?;
+    .map_err(|e| {
+        let names = classes.names.join(", ");
+        Error::input(format!("--test-fraction: {e} (classes 0.. are {names})"))
+    })?;
     let backend = backend::open(backend, OpFamily::Stats)?;
     let x = backend.upload(&[file.rows(), file.dim], &file.embeddings)?;
     let rows = &file.embeddings;
