@@ -30,6 +30,39 @@ pub enum HostData {
     I64(Vec<i64>),
 }
 
+impl HostData {
+    /// Index of the first NaN or infinite value, if any: the load-time check of model weights,
+    /// one pass over the values as stored (half-precision ones by their exponent bits, so that
+    /// a memory-mapped bf16 checkpoint is read once and never widened for it).
+    pub fn first_non_finite(&self) -> Option<usize> {
+        match self {
+            HostData::F32(v) => first_non_finite(v),
+            HostData::F16(v) => first_all_ones(bytemuck::cast_slice(v), 0x7C00),
+            HostData::BF16(v) => first_all_ones(bytemuck::cast_slice(v), 0x7F80),
+            HostData::I64(_) => None,
+        }
+    }
+}
+
+/// Index of the first NaN or infinite value of `values`. Runs in branch-free blocks (the common
+/// all-finite case vectorises) and looks for the index only inside a failing block.
+pub fn first_non_finite(values: &[f32]) -> Option<usize> {
+    const BLOCK: usize = 4096;
+    values.chunks(BLOCK).enumerate().find_map(|(b, block)| {
+        let finite = block.iter().fold(true, |ok, v| ok & v.is_finite());
+        (!finite).then(|| b * BLOCK + block.iter().position(|v| !v.is_finite()).unwrap_or(0))
+    })
+}
+
+/// Index of the first 16-bit float whose exponent field (`mask`) is all ones: infinity or NaN.
+fn first_all_ones(bits: &[u16], mask: u16) -> Option<usize> {
+    const BLOCK: usize = 4096;
+    bits.chunks(BLOCK).enumerate().find_map(|(b, block)| {
+        let finite = block.iter().fold(true, |ok, &x| ok & (x & mask != mask));
+        (!finite).then(|| b * BLOCK + block.iter().position(|&x| x & mask == mask).unwrap_or(0))
+    })
+}
+
 /// A contiguous row-major tensor in host memory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostTensor {

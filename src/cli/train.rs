@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::instruments::ensemble::{train_ensemble, Named};
 use crate::io::datasets::read_train_test;
@@ -76,8 +77,24 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let seeds = parse_seeds(&args.seeds)?;
 
     let (data, test) = read_train_test(&args.data, args.test_data.as_deref())?;
+    let created = !args.out.exists();
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
+    let trained = train_and_write(&args, &config, &seeds, &data, test.as_ref());
+    if trained.is_err() && created {
+        // A run that fails before its first model (diverged, too large) leaves no empty
+        // directory behind; `remove_dir` never deletes a directory with files in it.
+        let _ = std::fs::remove_dir(&args.out);
+    }
+    trained
+}
 
+fn train_and_write(
+    args: &TrainArgs,
+    config: &TrainConfig,
+    seeds: &[u64],
+    data: &Dataset,
+    test: Option<&Dataset>,
+) -> Result<()> {
     let bar = super::progress_bar(
         (seeds.len() * config.epochs) as u64,
         "{bar:40} {pos}/{len} epochs  eta {eta}  {msg}",
@@ -86,15 +103,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
         (
             Named {
                 path: &args.data,
-                data: &data,
+                data,
             },
             args.test_data
                 .as_deref()
-                .zip(test.as_ref())
+                .zip(test)
                 .map(|(path, data)| Named { path, data }),
         ),
-        (&config, &args.activation),
-        &seeds,
+        (config, &args.activation),
+        seeds,
         &args.out,
         &mut |seed, epoch, loss| {
             bar.inc(1);
@@ -103,7 +120,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     )?;
     bar.finish_and_clear();
 
-    if let Some(test) = &test {
+    if let Some(test) = test {
         report::train::write_scores(&report, test, &args.out.join("scores.safetensors"))?;
     }
     report::write_json(&args.out.join("train.json"), &report)?;

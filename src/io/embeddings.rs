@@ -42,6 +42,7 @@ impl EmbeddingsFile {
             n * self.dim,
             "embeddings and labels disagree on the row count"
         );
+        super::check_finite_output(path, "embeddings", &self.embeddings, self.dim)?;
         let metadata = BTreeMap::from([
             (
                 "labels".to_string(),

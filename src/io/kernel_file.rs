@@ -58,6 +58,7 @@ impl KernelFile {
 
     pub fn write(&self, path: &Path) -> Result<()> {
         assert_eq!(self.values.len(), self.rows * self.cols, "kernel shape");
+        super::check_finite_output(path, "kernel", &self.values, self.cols)?;
         let metadata = BTreeMap::from([
             ("kind".to_string(), self.kind.clone()),
             ("normalized".to_string(), self.normalized.to_string()),

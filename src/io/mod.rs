@@ -30,3 +30,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+/// An error unless every value of the row-major `[rows, cols]` matrix `values` (tensor `name`
+/// of the output `path`) is finite, naming the rows that are not: the last check before a
+/// command writes embeddings or a kernel, so that no file downstream analyses trust holds NaN.
+pub fn check_finite_output(path: &Path, name: &str, values: &[f32], cols: usize) -> Result<()> {
+    if crate::tensor::first_non_finite(values).is_none() {
+        return Ok(());
+    }
+    let bad: Vec<usize> = values
+        .chunks(cols.max(1))
+        .enumerate()
+        .filter(|(_, row)| row.iter().any(|v| !v.is_finite()))
+        .map(|(i, _)| i)
+        .collect();
+    let shown: Vec<String> = bad.iter().take(10).map(usize::to_string).collect();
+    let more = if bad.len() > shown.len() { ", …" } else { "" };
+    Err(Error::input(format!(
+        "{}: not written: `{name}` has NaN or infinite values in {} row(s) ({}{more})",
+        path.display(),
+        bad.len(),
+        shown.join(", ")
+    )))
+}

@@ -80,6 +80,9 @@ impl BertConfig {
                 config.position_embedding_type
             ));
         }
+        if let Err(e) = super::check_norm_eps("layer_norm_eps", config.layer_norm_eps) {
+            return bad(e);
+        }
         if config.num_attention_heads == 0
             || !config
                 .hidden_size

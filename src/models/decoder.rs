@@ -101,6 +101,7 @@ impl DecoderConfig {
         let raw: RawConfig = read_config(dir, "Llama/Mistral/Qwen2")?;
         let path = dir.join("config.json");
         let bad = |what: String| Error::input(format!("{}: {what}", path.display()));
+        super::check_norm_eps("rms_norm_eps", raw.rms_norm_eps).map_err(&bad)?;
         let kind = raw.model_type.as_str();
         if !MODEL_TYPES.contains(&kind) {
             return Err(bad(format!(

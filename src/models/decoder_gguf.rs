@@ -127,6 +127,9 @@ pub fn config(gguf: &Gguf) -> Result<DecoderConfig> {
         10_000.0
     };
     let layers = count("block_count")?;
+    let eps_key = key("attention.layer_norm_rms_epsilon");
+    let rms_norm_eps = f64::from(gguf.get_f32(&eps_key)?);
+    super::check_norm_eps(&eps_key, rms_norm_eps).map_err(bad)?;
     Ok(DecoderConfig {
         vocab_size: gguf.tensor_info("token_embd.weight")?.shape()[0],
         hidden_size,
@@ -134,7 +137,7 @@ pub fn config(gguf: &Gguf) -> Result<DecoderConfig> {
         heads,
         kv_heads,
         head_dim,
-        rms_norm_eps: f64::from(gguf.get_f32(&key("attention.layer_norm_rms_epsilon"))?),
+        rms_norm_eps,
         rope_theta,
         max_position_embeddings: count("context_length")?,
         windows: vec![None; layers],

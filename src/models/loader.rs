@@ -84,7 +84,9 @@ pub struct Loader<'a> {
 impl Loader<'_> {
     /// An f32 tensor (biases, norm parameters).
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.backend.upload(shape, &self.weights.f32(name, shape)?)
+        let values = self.weights.f32(name, shape)?;
+        check_finite(name, crate::tensor::first_non_finite(&values))?;
+        self.backend.upload(shape, &values)
     }
 
     /// Matrices `names` (each `[rows, cols]`) that an op may read in half precision (GEMM
@@ -111,6 +113,7 @@ impl Loader<'_> {
                 .weights
                 .matrix(name, &[*rows, cols], target)?
                 .into_data();
+            check_finite(name, part.first_non_finite())?;
             data = Some(match (data, part) {
                 (None, part) => part,
                 (Some(HostData::F32(mut a)), HostData::F32(b)) => {
@@ -156,7 +159,10 @@ impl Loader<'_> {
         let bias = if bias {
             let mut values = Vec::new();
             for (name, out) in parts {
-                values.extend_from_slice(&self.weights.f32(&format!("{name}.bias"), &[*out])?);
+                let name = format!("{name}.bias");
+                let part = self.weights.f32(&name, &[*out])?;
+                check_finite(&name, crate::tensor::first_non_finite(&part))?;
+                values.extend_from_slice(&part);
             }
             Some(self.backend.upload(&[values.len()], &values)?)
         } else {
@@ -179,5 +185,16 @@ impl Loader<'_> {
             gamma: self.tensor(&format!("{name}.{g}"), &[h])?,
             beta: self.tensor(&format!("{name}.{b}"), &[h])?,
         })
+    }
+}
+
+/// Weights are checked on the host, as stored, before upload: a NaN weight would otherwise run
+/// through every layer (or vanish under a ReLU, leaving finite but wrong outputs).
+fn check_finite(name: &str, first_bad: Option<usize>) -> Result<()> {
+    match first_bad {
+        Some(at) => Err(Error::input(format!(
+            "tensor `{name}`: element {at} is not finite (NaN or infinite weights)"
+        ))),
+        None => Ok(()),
     }
 }

@@ -84,6 +84,20 @@ pub const ARCHITECTURES: &[(&[&str], LoadFn)] = &[
     }),
 ];
 
+/// An error message unless a norm's epsilon (config key `key`) is positive and finite as the f32
+/// the kernels use: a zero or negative one divides by zero or takes the root of a negative
+/// variance, and every embedding comes out NaN.
+pub fn check_norm_eps(key: &str, eps: f64) -> std::result::Result<(), String> {
+    let kernel_eps = eps as f32;
+    if kernel_eps > 0.0 && kernel_eps.is_finite() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key} {eps}: must be a positive number (representable in f32)"
+        ))
+    }
+}
+
 /// Loads the encoder of a model directory onto `backend`, the architecture chosen by
 /// `config.json`'s `model_type`, with GEMM weights and embedding tables in the element type
 /// `weights_dtype` picks. A path ending in `.gguf` is a GGUF file's decoder instead.
