@@ -32,8 +32,13 @@ fn assert_fails(args: &[&str], needles: &[&str], dir: &Path, keep: usize) {
 fn embed_writes_the_contract_and_matches_sentence_transformers() {
     let dir = tempfile::tempdir().unwrap();
     let texts = fixture_texts();
-    let (first, rest) = texts.split_at(texts.len() / 2);
-    // .txt cannot hold texts with newlines; the fixtures have none.
+    // .txt cannot hold texts with newlines (the fixtures have none) and skips blank lines: the
+    // .txt part ends before the fixtures' empty text, which goes through .jsonl.
+    let blank = texts
+        .iter()
+        .position(|t| t.trim().is_empty())
+        .unwrap_or(texts.len() / 2);
+    let (first, rest) = texts.split_at(blank);
     std::fs::write(dir.path().join("a.txt"), first.join("\n") + "\n").unwrap();
     let jsonl: String = rest
         .iter()

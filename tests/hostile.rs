@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::{minilm_dir, repo_path, run_mscope, run_mscope_ok};
+use common::{minilm_dir, poke_tensor, repo_path, run_mscope, run_mscope_ok};
 use mscope::data::Dataset;
 use mscope::io::embeddings::EmbeddingsFile;
 use mscope::io::kernel_file::KernelFile;
@@ -47,16 +47,6 @@ fn copy_model(name: &str, dir: &Path) -> PathBuf {
         }
     }
     to
-}
-
-/// Overwrites element 0 of tensor `name` in the safetensors file `path` with `bytes`.
-fn poke(path: &Path, name: &str, bytes: &[u8]) {
-    let mut file = std::fs::read(path).unwrap();
-    let header_len = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&file[8..8 + header_len]).unwrap();
-    let start = header[name]["data_offsets"][0].as_u64().unwrap() as usize + 8 + header_len;
-    file[start..start + bytes.len()].copy_from_slice(bytes);
-    std::fs::write(path, file).unwrap();
 }
 
 fn write_mlp(path: &Path, layers: &[(usize, usize, usize)], poison: bool) {
@@ -426,9 +416,10 @@ fn models_with_bad_epsilons_or_non_finite_weights_are_refused_on_load() {
 
     let nan = copy_model("tiny-xlmr", &dir.path().join("nan"));
     let name = "encoder.layer.0.attention.self.query.weight";
-    poke(
+    poke_tensor(
         &nan.join("model.safetensors"),
         name,
+        0,
         &f32::NAN.to_le_bytes(),
     );
     embed(&nan, &[name, "element 0 is not finite"]);
@@ -436,9 +427,10 @@ fn models_with_bad_epsilons_or_non_finite_weights_are_refused_on_load() {
     let inf = copy_model("tiny-mistral-bf16", &dir.path().join("inf"));
     let name = "model.layers.0.self_attn.q_proj.weight";
     // bf16 +infinity: exponent all ones, mantissa zero.
-    poke(
+    poke_tensor(
         &inf.join("model.safetensors"),
         name,
+        0,
         &0x7F80u16.to_le_bytes(),
     );
     embed(&inf, &["layers.0.self_attn.q_proj.weight", "not finite"]);

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::{
-    assert_fails_cleanly, backend_tests, eigen_residuals, random_orthogonal, reference_tensor,
-    rel_error_f64, repo_path, reports_on_cpu_and_wgpu, run_mscope, run_mscope_ok, wgpu_with, Rng,
+    assert_fails_cleanly, backend_tests, eigen_residuals, poke_tensor, random_orthogonal,
+    reference_tensor, rel_error_f64, repo_path, reports_on_cpu_and_wgpu, run_mscope, run_mscope_ok,
+    wgpu_with, Rng,
 };
 use mscope::backend::wgpu::WgpuOptions;
 use mscope::backend::{self, Backend, BackendKind, Matrix64, OpFamily};
@@ -485,10 +486,12 @@ fn cli_rejects_bad_input() {
         &["25 components", "dimension 24"],
     );
 
-    let mut file = fixture("sklearn_embeddings.safetensors");
-    file.embeddings[7 * file.dim + 3] = f32::NAN;
+    // The writer refuses NaN embeddings, so the NaN is put into a written file.
+    let file = fixture("sklearn_embeddings.safetensors");
     let bad = dir.path().join("nan.safetensors");
     file.write(&bad).unwrap();
+    let offset = (7 * file.dim + 3) * 4;
+    poke_tensor(&bad, "embeddings", offset, &f32::NAN.to_le_bytes());
     assert_fails_cleanly(
         &["pca", "--input", bad.to_str().unwrap()],
         &["nan.safetensors", "row 7, column 3", "NaN"],

@@ -83,6 +83,12 @@ impl KglmInputs {
         distinct.sort_unstable();
         distinct.dedup();
         let present = distinct.len();
+        if present < 2 {
+            return Err(Error::input(format!(
+                "{}: the training labels hold {present} distinct class(es); a classifier needs 2",
+                paths.train_labels.display()
+            )));
+        }
         // Without a network the labels alone define the classes: a gap (labels {0, 5}) would
         // fit classes that have no row, so the labels must be 0..K−1, all of them used.
         if network.is_none() && present < classes {
@@ -98,12 +104,6 @@ impl KglmInputs {
                 classes - 1,
                 classes - present,
                 missing.join(", ")
-            )));
-        }
-        if present < 2 {
-            return Err(Error::input(format!(
-                "{}: the training labels hold {present} distinct class(es); a classifier needs 2",
-                paths.train_labels.display()
             )));
         }
         let test_y = class_indices(&test_labels, classes, &source(paths.test_labels))?;

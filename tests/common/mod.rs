@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use mscope::backend::cuda::{CudaBackend, CudaOptions};
@@ -400,4 +400,20 @@ pub fn reports_on_cpu_and_wgpu(args: &[&str]) -> Option<(serde_json::Value, serd
         serde_json::from_slice::<serde_json::Value>(&std::fs::read(&json).unwrap()).unwrap()
     };
     Some((report("cpu"), report("wgpu")))
+}
+
+/// Overwrites the bytes of tensor `name` in the safetensors file `path` at byte `offset` of its
+/// data: how tests craft files the writers refuse to produce (NaN embeddings, poisoned weights).
+pub fn poke_tensor(path: &Path, name: &str, offset: usize, bytes: &[u8]) {
+    let mut file = std::fs::read(path).unwrap();
+    let header_len = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&file[8..8 + header_len]).unwrap();
+    let start = header[name]["data_offsets"][0]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{}: no tensor {name}", path.display())) as usize
+        + 8
+        + header_len
+        + offset;
+    file[start..start + bytes.len()].copy_from_slice(bytes);
+    std::fs::write(path, file).unwrap();
 }
