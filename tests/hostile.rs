@@ -297,6 +297,19 @@ fn bad_input_to_every_subcommand_fails_cleanly() {
             ],
             vec!["--tol", "positive"],
         ),
+        (
+            vec![
+                "data",
+                "blobs",
+                "--n",
+                "1000000000000",
+                "--dim",
+                "1000000",
+                "--test-fraction",
+                "0",
+            ],
+            vec!["--n 1000000000000 rows", "memory"],
+        ),
     ]
     .into_iter()
     .map(|(args, needles)| (args.into_iter().map(String::from).collect(), needles))
@@ -434,4 +447,115 @@ fn models_with_bad_epsilons_or_non_finite_weights_are_refused_on_load() {
         &0x7F80u16.to_le_bytes(),
     );
     embed(&inf, &["layers.0.self_attn.q_proj.weight", "not finite"]);
+}
+
+/// Outputs go only to regular files: a device or FIFO named as `--out` stays what it was, an
+/// output equal to an input (under another spelling) or to another output is refused before
+/// any work, and a plot into a missing folder says so in words.
+#[test]
+fn outputs_are_regular_files_distinct_from_inputs_and_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name);
+    let data = at("data.st");
+    run_mscope_ok(&[
+        "data",
+        "moons",
+        "--n",
+        "40",
+        "--test-fraction",
+        "0",
+        "--out",
+        path_str(&data),
+    ]);
+    let before = std::fs::read(&data).unwrap();
+    let fifo = at("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    let out = at("out");
+    std::fs::create_dir(&out).unwrap();
+    let moons = |target: &str| -> Vec<String> {
+        [
+            "data",
+            "moons",
+            "--n",
+            "40",
+            "--test-fraction",
+            "0",
+            "--out",
+            target,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (moons("/dev/null"), vec!["/dev/null", "not a regular file"]),
+        (
+            moons(path_str(&out)),
+            vec!["not a regular file (a directory)"],
+        ),
+        (
+            ["pca", "--input", path_str(&data), "--out"]
+                .map(String::from)
+                .into_iter()
+                .chain([format!("{}/../data.st", path_str(&out))])
+                .collect(),
+            vec!["--out", "it is the input of --input"],
+        ),
+        (
+            ["train", "--data", path_str(&data), "--out", path_str(&data)]
+                .map(String::from)
+                .to_vec(),
+            vec!["it is the input of --data"],
+        ),
+        (
+            ["data", "moons", "--n", "40", "--out"]
+                .map(String::from)
+                .into_iter()
+                .chain([
+                    path_str(&out.join("a.st")).to_string(),
+                    "--test-out".into(),
+                    path_str(&out.join("a.st")).to_string(),
+                ])
+                .collect(),
+            vec!["--test-out", "--out writes it too"],
+        ),
+        (
+            [
+                "data",
+                "moons",
+                "--n",
+                "40",
+                "--test-fraction",
+                "0",
+                "--out",
+            ]
+            .map(String::from)
+            .into_iter()
+            .chain([
+                path_str(&out.join("b.st")).to_string(),
+                "--plot".into(),
+                path_str(&out.join("missing/plot.png")).to_string(),
+            ])
+            .collect(),
+            vec!["missing", "does not exist"],
+        ),
+    ];
+    if made.is_ok_and(|s| s.success()) {
+        cases.push((moons(path_str(&fifo)), vec!["not a regular file"]));
+    }
+    for (args, needles) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        refused(&args, &needles, &out);
+        assert!(!String::from_utf8_lossy(&run_mscope(&args).stderr).contains("Error("));
+    }
+    use std::os::unix::fs::FileTypeExt;
+    let null = std::fs::metadata("/dev/null").unwrap().file_type();
+    assert!(null.is_char_device(), "/dev/null is still a device");
+    if fifo.exists() {
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    }
+    assert_eq!(
+        std::fs::read(&data).unwrap(),
+        before,
+        "the input is untouched"
+    );
 }

@@ -7,6 +7,7 @@ use clap::Args;
 use crate::backend::{self, BackendKind, OpFamily};
 use crate::error::Result;
 use crate::instruments::alpha;
+use crate::io::check_outputs;
 use crate::io::samples::read_sample;
 use crate::report;
 
@@ -38,6 +39,13 @@ pub struct AlphaArgs {
 }
 
 pub fn run(args: AlphaArgs) -> Result<()> {
+    check_outputs(
+        &[
+            ("--candidate", Some(&args.candidate)),
+            ("--reference", Some(&args.reference)),
+        ],
+        &[("--plot", args.plot.as_deref())],
+    )?;
     let candidate = read_sample(&args.candidate)?;
     let reference = read_sample(&args.reference)?;
     let backend = backend::open(args.backend, OpFamily::Trim)?;

@@ -11,6 +11,7 @@ use crate::backend::{BackendKind, TrimSpec, W2Grid};
 use crate::data::scores::{check_synthetic_size, read_scores, synthetic_ensemble};
 use crate::error::{Error, Result};
 use crate::instruments::compare;
+use crate::io::check_outputs;
 use crate::io::samples::read_labels;
 use crate::report;
 
@@ -83,6 +84,16 @@ impl FromStr for Shape {
 pub fn run(args: CompareArgs) -> Result<()> {
     super::set_threads(args.threads)?;
     trim::check_level(args.level)?;
+    check_outputs(
+        &[
+            ("--scores", args.scores.as_deref()),
+            ("--labels", args.labels.as_deref()),
+        ],
+        &[
+            ("--out", args.out.as_deref()),
+            ("--plot", args.plot.as_deref()),
+        ],
+    )?;
     let (scores, labels, source) = match (&args.scores, args.synthetic) {
         (Some(path), _) => {
             let scores = read_scores(path)?;

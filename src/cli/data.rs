@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use crate::data::{digits, synthetic};
 use crate::error::{Error, Result};
 use crate::instruments::splits;
+use crate::io::check_outputs;
 use crate::report;
 
 #[derive(Args)]
@@ -76,6 +77,14 @@ pub fn run(args: DataArgs) -> Result<()> {
         .out
         .as_ref()
         .ok_or_else(|| Error::input("give --out FILE for the training rows"))?;
+    check_outputs(
+        &[],
+        &[
+            ("--out", Some(out)),
+            ("--test-out", output.test_out.as_deref()),
+            ("--plot", output.plot.as_deref()),
+        ],
+    )?;
     let splitting = output.test_fraction != 0.0;
     match (&output.test_out, splitting) {
         (None, true) => {

@@ -8,6 +8,7 @@ use clap::Args;
 use crate::backend::{self, BackendKind, OpFamily, Pooling};
 use crate::error::{Error, Result};
 use crate::instruments::embed::{EncoderOptions, SentenceEncoder};
+use crate::io::check_outputs;
 use crate::io::embeddings::{texts_sidecar_path, write_texts_sidecar, EmbeddingsFile};
 use crate::io::texts::{read_corpus, FieldNames, InputSpec};
 use crate::weights::WeightsDtype;
@@ -69,6 +70,20 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             out_dir.display()
         )));
     }
+    let sidecar = texts_sidecar_path(&args.out);
+    let mut inputs = vec![("--model", Some(args.model.as_path()))];
+    inputs.extend(
+        args.inputs
+            .iter()
+            .map(|i| ("--input", Some(i.path.as_path()))),
+    );
+    check_outputs(
+        &inputs,
+        &[
+            ("--out", Some(&args.out)),
+            ("the texts sidecar", Some(&sidecar)),
+        ],
+    )?;
     let fields = FieldNames {
         text: args.text_field,
         label: args.label_field,
@@ -110,7 +125,6 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     };
     // The sidecar goes first and is removed if the embeddings fail, so a failed run leaves
     // neither behind.
-    let sidecar = texts_sidecar_path(&args.out);
     write_texts_sidecar(&sidecar, &corpus.texts, &file.labels, &file.label_names)?;
     if let Err(e) = file.write(&args.out) {
         let _ = std::fs::remove_file(&sidecar);

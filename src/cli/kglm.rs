@@ -7,6 +7,7 @@ use clap::Args;
 
 use crate::error::Result;
 use crate::instruments::kglm::{self, FitOptions, DEFAULT_L2, DEFAULT_MAX_ITER, DEFAULT_TOL};
+use crate::io::check_outputs;
 use crate::io::kernel_inputs::{KglmInputs, KglmPaths};
 use crate::report;
 
@@ -55,6 +56,20 @@ pub struct KglmArgs {
 
 pub fn run(args: KglmArgs) -> Result<()> {
     super::set_threads(args.threads)?;
+    check_outputs(
+        &[
+            ("--train-kernel", Some(&args.train_kernel)),
+            ("--train-labels", Some(&args.train_labels)),
+            ("--test-kernel", Some(&args.test_kernel)),
+            ("--test-labels", Some(&args.test_labels)),
+            ("--model", args.model.as_deref()),
+            ("--test-data", args.test_data.as_deref()),
+        ],
+        &[
+            ("--out", args.out.as_deref()),
+            ("--plot", args.plot.as_deref()),
+        ],
+    )?;
     let inputs = KglmInputs::read(&KglmPaths {
         train_kernel: &args.train_kernel,
         train_labels: &args.train_labels,

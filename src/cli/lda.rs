@@ -8,6 +8,7 @@ use clap::Args;
 use crate::backend::BackendKind;
 use crate::error::{Error, Result};
 use crate::instruments::lda::{self, LdaOptions, Shrinkage};
+use crate::io::check_outputs;
 use crate::io::embeddings::EmbeddingsFile;
 use crate::report;
 
@@ -45,6 +46,13 @@ pub struct LdaArgs {
 
 pub fn run(args: LdaArgs) -> Result<()> {
     super::set_threads(args.threads)?;
+    check_outputs(
+        &[("--input", Some(&args.input))],
+        &[
+            ("--out", args.out.as_deref()),
+            ("--plot", args.plot.as_deref()),
+        ],
+    )?;
     if args.splits == 0 {
         return Err(Error::input("--splits must be at least 1"));
     }

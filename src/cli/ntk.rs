@@ -13,6 +13,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::instruments::ntk::{KernelJob, DEFAULT_TILE_ROWS};
 use crate::instruments::project::{FactorSpec, KernelKind, ProjectionKind};
+use crate::io::check_outputs;
 use crate::io::checkpoint::{file_digest, Checkpoint};
 use crate::models::mlp::Mlp;
 
@@ -58,6 +59,14 @@ const BLOCK_BYTES: usize = 256 << 20;
 
 pub fn run(args: NtkArgs) -> Result<()> {
     super::set_threads(args.threads)?;
+    check_outputs(
+        &[
+            ("--model", Some(&args.model)),
+            ("--data", Some(&args.data)),
+            ("--against", args.against.as_deref()),
+        ],
+        &[("--out", Some(&args.out))],
+    )?;
     let mlp = Mlp::read(&args.model)?;
     let read = |path: &PathBuf| -> Result<Dataset> {
         let data = Dataset::read(path)?;

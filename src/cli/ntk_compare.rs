@@ -8,6 +8,7 @@ use clap::Args;
 
 use crate::error::Result;
 use crate::instruments::kernel_compare;
+use crate::io::check_outputs;
 use crate::io::kernel_inputs::read_square_pair;
 use crate::report;
 
@@ -31,6 +32,16 @@ pub struct NtkCompareArgs {
 
 pub fn run(args: NtkCompareArgs) -> Result<()> {
     super::set_threads(args.threads)?;
+    check_outputs(
+        &[
+            ("--first", Some(&args.first)),
+            ("--second", Some(&args.second)),
+        ],
+        &[
+            ("--json", args.json.as_deref()),
+            ("--plot", args.plot.as_deref()),
+        ],
+    )?;
     let kernels = read_square_pair(&args.first, &args.second)?;
     let report = kernel_compare::report([&args.first, &args.second], &kernels)?;
     if let Some(path) = &args.json {

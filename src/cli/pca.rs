@@ -7,6 +7,7 @@ use clap::Args;
 use crate::backend::{self, BackendKind, OpFamily};
 use crate::error::Result;
 use crate::instruments::pca;
+use crate::io::check_outputs;
 use crate::io::embeddings::{read_texts_sidecar, texts_sidecar_path, EmbeddingsFile};
 use crate::report;
 
@@ -38,6 +39,13 @@ pub struct PcaArgs {
 
 pub fn run(args: PcaArgs) -> Result<()> {
     super::set_threads(args.threads)?;
+    check_outputs(
+        &[("--input", Some(&args.input))],
+        &[
+            ("--out", args.out.as_deref()),
+            ("--plot", args.plot.as_deref()),
+        ],
+    )?;
     let file = EmbeddingsFile::read_finite(&args.input)?;
     let backend = backend::open(args.backend, OpFamily::Stats)?;
     let texts = if args.explain > 0 {

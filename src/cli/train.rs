@@ -8,6 +8,7 @@ use clap::Args;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::instruments::ensemble::{train_ensemble, Named};
+use crate::io::check_outputs;
 use crate::io::datasets::read_train_test;
 use crate::models::mlp::parse_activation;
 use crate::models::train::{parse_hidden, parse_seeds, Optimizer, TrainConfig};
@@ -75,6 +76,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     config.check()?;
     let seeds = parse_seeds(&args.seeds)?;
+    check_outputs(
+        &[
+            ("--data", Some(&args.data)),
+            ("--test-data", args.test_data.as_deref()),
+        ],
+        &[("--out", Some(&args.out))],
+    )?;
 
     let (data, test) = read_train_test(&args.data, args.test_data.as_deref())?;
     let created = !args.out.exists();

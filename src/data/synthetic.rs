@@ -17,6 +17,7 @@ pub fn moons(n: usize, noise: f64, seed: u64) -> Result<Dataset> {
         )));
     }
     check_spread("--noise", noise)?;
+    check_size(n, 2)?;
     let mut rng = SplitMix64::new(seed);
     let (n_upper, n_lower) = (n / 2, n - n / 2);
     let mut x = Vec::with_capacity(2 * n);
@@ -60,6 +61,7 @@ pub fn blobs(n: usize, classes: usize, dim: usize, std: f64, seed: u64) -> Resul
         return Err(Error::input("blobs: --dim must be at least 1"));
     }
     check_spread("--std", std)?;
+    check_size(n, dim)?;
     let mut rng = SplitMix64::new(seed);
     let centres: Vec<f64> = (0..classes * dim)
         .map(|_| 20.0 * rng.next_f64() - 10.0)
@@ -91,6 +93,15 @@ fn shuffled(data: Dataset, rng: &mut SplitMix64) -> Dataset {
     let mut order: Vec<usize> = (0..data.len()).collect();
     rng.shuffle(&mut order);
     data.select(&order)
+}
+
+/// An error naming `--n` and `--dim` when `n` rows of `dim` f32 features (and their i64 labels)
+/// do not fit in memory.
+fn check_size(n: usize, dim: usize) -> Result<()> {
+    crate::limits::check_memory(
+        &format!("--n {n} rows of {dim} features"),
+        n as f64 * (4.0 * dim as f64 + 8.0),
+    )
 }
 
 #[cfg(test)]

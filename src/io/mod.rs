@@ -8,25 +8,112 @@ pub mod samples;
 pub mod tensor_file;
 pub mod texts;
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 
 /// Writes `bytes` to a temporary name beside `path` and renames it into place, so a failed run
-/// never leaves a half-written output behind.
+/// never leaves a half-written output behind. This is every command's writer of files (the
+/// plots draw into [`temp_path`] after [`check_target`] and rename the same way).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::input(format!("{}: not a file name", path.display())))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    check_target(path)?;
+    let tmp = temp_path(path)?;
+    // `create_new`: a file (or a planted link) already at the temporary name is never followed.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut file| file.write_all(bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+/// An error unless `path` is a place for an output file: absent, or a regular file (a link is
+/// judged by what it points to). Renaming over a device such as `/dev/null`, a FIFO or a socket
+/// would replace it with a regular file.
+pub fn check_target(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(meta) => Err(Error::input(format!(
+            "{}: output is not a regular file ({}); give the path of a file to write",
+            path.display(),
+            if meta.is_dir() {
+                "a directory"
+            } else {
+                "a device, FIFO or socket"
+            }
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// A temporary name in `path`'s folder (so the final rename stays on one file system), unique
+/// to this process and this write: `.NAME.tmp-PID-N`.
+pub fn temp_path(path: &Path) -> Result<PathBuf> {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::input(format!("{}: not a file name", path.display())))?;
+    Ok(path.with_file_name(format!(
+        ".{}.tmp-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    )))
+}
+
+/// The up-front check of a command's outputs, before any work: each must be a place for a
+/// regular file ([`check_target`]), and none may be one of the command's inputs or another of
+/// its outputs (compared as canonical paths, so `./a`, `dir/../a` and links are caught): a run
+/// never overwrites what it reads, nor writes two results to one file. `None` entries (files
+/// not asked for) are skipped; each path comes with the flag that named it.
+pub fn check_outputs(
+    inputs: &[(&str, Option<&Path>)],
+    outputs: &[(&str, Option<&Path>)],
+) -> Result<()> {
+    let resolve = |path: &Path| -> Option<PathBuf> {
+        if let Ok(full) = path.canonicalize() {
+            return Some(full);
+        }
+        // An output that does not exist yet: its folder's canonical path and its name.
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        Some(parent.canonicalize().ok()?.join(path.file_name()?))
+    };
+    let inputs: Vec<(&str, PathBuf)> = inputs
+        .iter()
+        .filter_map(|&(flag, p)| Some((flag, resolve(p?)?)))
+        .collect();
+    let mut seen: Vec<(&str, PathBuf)> = Vec::new();
+    for &(flag, path) in outputs {
+        let Some(path) = path else { continue };
+        check_target(path)?;
+        let Some(full) = resolve(path) else { continue };
+        let clash = inputs
+            .iter()
+            .find(|(_, p)| *p == full)
+            .map(|(f, _)| format!("it is the input of {f}"))
+            .or_else(|| {
+                seen.iter()
+                    .find(|(_, p)| *p == full)
+                    .map(|(f, _)| format!("{f} writes it too"))
+            });
+        if let Some(why) = clash {
+            return Err(Error::input(format!(
+                "{flag} {}: {why}; give another path",
+                path.display()
+            )));
+        }
+        seen.push((flag, full));
     }
     Ok(())
 }

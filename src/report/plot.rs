@@ -104,14 +104,18 @@ fn render(path: &Path, draw: impl FnOnce(&Area) -> DrawResult) -> Result<()> {
         path: path.to_path_buf(),
         message,
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| fail("not a file name".into()))?;
-    let tmp: PathBuf = path.with_file_name(format!(
-        ".{}.tmp-{}.png",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    crate::io::check_target(path)?;
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !folder.is_dir() {
+        return Err(fail(format!("folder {} does not exist", folder.display())));
+    }
+    // The image encoder picks the format by extension: the temporary name ends in `.png`.
+    let mut tmp = crate::io::temp_path(path)?.into_os_string();
+    tmp.push(".png");
+    let tmp = PathBuf::from(tmp);
     let drawn = (|| -> DrawResult {
         let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
         root.fill(&WHITE)?;
