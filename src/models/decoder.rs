@@ -197,9 +197,9 @@ fn rope_frequencies(raw: &RawConfig) -> std::result::Result<RopeFrequencies, Str
         .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
         .and_then(Value::as_str)
         .unwrap_or("default");
-    let scaling = match kind {
-        "default" => RopeScaling::None,
-        "llama3" => llama3_scaling(raw, field, params.expect("a rope_type comes from a field"))?,
+    let scaling = match (kind, params) {
+        ("default", _) => RopeScaling::None,
+        ("llama3", Some(params)) => llama3_scaling(raw, field, params)?,
         _ => {
             return Err(format!(
                 "{field} rope_type {kind:?} is not supported (supported: {ROPE_TYPES})"
