@@ -309,15 +309,15 @@ pub struct RopeFrequencies {
 }
 
 impl RopeFrequencies {
-    /// The inverse frequency of each of the `head_dim/2` pairs: transformers' formulas
-    /// (`_compute_default_rope_parameters`, `_compute_llama3_parameters`) evaluated in f64 and
-    /// rounded once to f32, the precision of transformers' `inv_freq` buffer. transformers
-    /// evaluates them in f32, rounding at each step, so its values may differ in the last bit.
+    /// The inverse frequency of each of the `head_dim/2` pairs, as transformers computes its
+    /// `inv_freq` buffer (`_compute_default_rope_parameters`, `_compute_llama3_parameters`): in
+    /// f32, rounding at each step as torch does, so the values are its values bit for bit.
     pub fn inv_freq(&self, head_dim: usize) -> Vec<f32> {
+        let base = self.theta as f32;
         (0..head_dim / 2)
             .map(|i| {
-                let f = 1.0 / self.theta.powf((2 * i) as f64 / head_dim as f64);
-                self.scaling.apply(f) as f32
+                let f = 1.0 / base.powf((2 * i) as f32 / head_dim as f32);
+                self.scaling.apply(f)
             })
             .collect()
     }
@@ -360,8 +360,8 @@ impl RopeFrequencies {
 }
 
 impl RopeScaling {
-    /// The frequency `f` of one pair after the scaling, in f64.
-    fn apply(self, f: f64) -> f64 {
+    /// The frequency `f` of one pair after the scaling, in f32 as transformers' tensor ops.
+    fn apply(self, f: f32) -> f32 {
         match self {
             RopeScaling::None => f,
             RopeScaling::Llama3 {
@@ -370,11 +370,14 @@ impl RopeScaling {
                 high_freq_factor: high,
                 original_max_position_embeddings: original,
             } => {
-                let original = original as f64;
-                let wavelength = 2.0 * std::f64::consts::PI / f;
-                if wavelength < original / high {
+                let (factor, low, high) = (factor as f32, low as f32, high as f32);
+                let original = original as f32;
+                let wavelength = (2.0 * std::f64::consts::PI) as f32 / f;
+                // transformers' band edges are Python floats compared with the f32 wavelengths.
+                let (wavelength_64, original_64) = (f64::from(wavelength), original as f64);
+                if wavelength_64 < original_64 / f64::from(high) {
                     f
-                } else if wavelength > original / low {
+                } else if wavelength_64 > original_64 / f64::from(low) {
                     f / factor
                 } else {
                     let s = (original / wavelength - low) / (high - low);
