@@ -6,6 +6,7 @@ mod compare;
 mod data;
 mod devices;
 mod embed;
+mod embeddings_args;
 mod kglm;
 mod lda;
 mod ntk;

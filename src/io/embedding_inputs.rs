@@ -161,7 +161,7 @@ fn external(
     dim: usize,
     labels: Option<Vec<Option<String>>>,
 ) -> EmbeddingsFile {
-    let rows = if dim == 0 { 0 } else { embeddings.len() / dim };
+    let rows = embeddings.len().checked_div(dim).unwrap_or(0);
     let (labels, label_names) = number_labels(labels.unwrap_or_else(|| vec![None; rows]));
     EmbeddingsFile {
         embeddings,

@@ -272,7 +272,11 @@ fn json_label(value: Value) -> std::result::Result<Option<String>, fn(&str) -> S
 fn column(path: &Path, header: &csv::StringRecord, name: &str) -> Result<usize> {
     header.iter().position(|h| h == name).ok_or_else(|| {
         let columns = header.iter().collect::<Vec<_>>().join(", ");
-        at(path, 1, format!("no column \"{name}\" in the header (columns: {columns})"))
+        at(
+            path,
+            1,
+            format!("no column \"{name}\" in the header (columns: {columns})"),
+        )
     })
 }
 
