@@ -3,6 +3,7 @@
 mod align;
 mod alpha;
 mod bench;
+mod cluster;
 mod compare;
 mod data;
 mod devices;
@@ -49,6 +50,8 @@ enum Command {
     Lda(lda::LdaArgs),
     /// Several embedders' views of the same rows: linear CKA, Procrustes, SVCCA, mutual k-NN.
     Align(align::AlignArgs),
+    /// k-means of an embeddings file scored against its labels: ARI, NMI, purity.
+    Cluster(cluster::ClusterArgs),
     /// Classification datasets (two moons, Gaussian blobs, 8×8 digits) split into train/test.
     Data(data::DataArgs),
     /// An ensemble of MLP classifiers, one per seed; test logits ready for `mscope compare`.
@@ -80,6 +83,7 @@ pub fn main() -> ExitCode {
         Command::Kglm(args) => kglm::run(args),
         Command::NtkCompare(args) => ntk_compare::run(args),
         Command::Align(args) => align::run(args),
+        Command::Cluster(args) => cluster::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match outcome {

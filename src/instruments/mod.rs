@@ -2,6 +2,7 @@
 
 pub mod align;
 pub mod alpha;
+pub mod cluster;
 pub mod compare;
 pub mod embed;
 pub mod ensemble;

@@ -5,6 +5,7 @@
 pub mod align;
 pub mod alpha;
 pub mod bench;
+pub mod cluster;
 pub mod compare;
 pub mod data;
 pub mod kernels;
