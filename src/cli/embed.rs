@@ -104,7 +104,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         labels: corpus.labels,
         label_names: corpus.label_names,
         model: encoder.name().to_string(),
-        pooling: encoder.pooling().name().to_string(),
+        pooling: encoder.pooling_name().to_string(),
         normalized: encoder.normalize(),
         max_length: encoder.max_length(),
     };

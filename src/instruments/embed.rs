@@ -1,6 +1,9 @@
 //! The embedding microscope's first stage: texts → sentence embeddings, as sentence-transformers
 //! computes them, on any backend.
 //!
+//! A model with its own embedding head (CLIP) embeds texts through it, L2-normalised unless
+//! asked otherwise; images go through [`ImageEmbedder`].
+//!
 //! Texts are tokenised once, sorted by token count (longest first, so a batch that does not fit
 //! fails early) and cut into batches of similar length; each batch runs packed, so no work is
 //! spent on padding. Rows come back in input order.
@@ -88,6 +91,10 @@ impl SentenceEncoder {
                     .flatten()
             })
             .unwrap_or(capacity);
+        // CLIP-style embeddings are compared by cosine: normalised unless asked otherwise.
+        let normalize = options
+            .normalize
+            .unwrap_or(sentence.normalize || model.own_pooling().is_some());
         if max_length > capacity || max_length < 1 {
             return Err(Error::input(format!(
                 "max length {max_length} is outside 1..={capacity}, the positions {} can encode",
@@ -106,7 +113,7 @@ impl SentenceEncoder {
             model,
             backend,
             pooling: options.pooling.unwrap_or(sentence.pooling),
-            normalize: options.normalize.unwrap_or(sentence.normalize),
+            normalize,
             max_length,
             prefix: options.prefix.clone(),
         })
@@ -118,6 +125,13 @@ impl SentenceEncoder {
     pub fn pooling(&self) -> Pooling {
         self.pooling
     }
+    /// What the embeddings file records as the pooling: the model's own ([`Encoder::own_pooling`])
+    /// or the mode.
+    pub fn pooling_name(&self) -> &str {
+        self.model
+            .own_pooling()
+            .unwrap_or_else(|| self.pooling.name())
+    }
     pub fn normalize(&self) -> bool {
         self.normalize
     }
@@ -125,7 +139,7 @@ impl SentenceEncoder {
         self.max_length
     }
     pub fn dim(&self) -> usize {
-        self.model.hidden_size()
+        self.model.embedding_dim()
     }
 
     pub fn tokenize(&self, texts: &[String]) -> Result<Vec<TokenizedText>> {
@@ -172,10 +186,16 @@ impl SentenceEncoder {
                     .collect(),
                 layout: SeqLayout::from_lengths(chunk.iter().map(|&i| tokenized[i].ids.len())),
             };
-            let hidden = self.model.forward(&batch)?;
-            let mut pooled = self.backend.zeros(&[chunk.len(), dim])?;
-            self.backend
-                .pool(&hidden, &batch.layout, self.pooling, &mut pooled)?;
+            let mut pooled = match self.model.own_pooling() {
+                Some(_) => self.model.embed_text(&batch)?,
+                None => {
+                    let hidden = self.model.forward(&batch)?;
+                    let mut pooled = self.backend.zeros(&[chunk.len(), dim])?;
+                    self.backend
+                        .pool(&hidden, &batch.layout, self.pooling, &mut pooled)?;
+                    pooled
+                }
+            };
             if self.normalize {
                 self.backend.l2_normalize(&mut pooled)?;
             }
