@@ -379,3 +379,98 @@ fn bad_model_directories_get_clear_errors() {
     };
     assert!(err.contains("3×32×32"), "{err}");
 }
+
+/// `mscope embed --images FOLDER`: sorted relative-path order, sub-folder labels, the image
+/// paths in the sidecar, normalised projected embeddings.
+#[test]
+fn cli_embeds_a_folder_of_images_with_folder_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("images.safetensors");
+    let photos_dir = repo_path(&format!("{FIXTURES}/photos"));
+    common::run_mscope_ok(&[
+        "embed",
+        "--model",
+        model_dir("open_clip-tiny").to_str().unwrap(),
+        "--images",
+        photos_dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--batch-size",
+        "4",
+    ]);
+    let file = mscope::io::embeddings::EmbeddingsFile::read(&out).unwrap();
+    assert_eq!(file.label_names, ["animals", "people", "things"]);
+    let sidecar = mscope::io::embeddings::read_texts_sidecar(
+        &mscope::io::embeddings::texts_sidecar_path(&out),
+        file.rows(),
+    )
+    .unwrap()
+    .unwrap();
+    let mut sorted = sidecar.clone();
+    sorted.sort();
+    assert_eq!(sidecar, sorted, "rows in sorted path order");
+    let (_, want) = reference_tensor(REFERENCE, "open_clip-tiny/image_embeds");
+    let references = photos();
+    for (row, path) in sidecar.iter().enumerate() {
+        let i = references
+            .iter()
+            .position(|p| p == Path::new(path))
+            .unwrap_or_else(|| panic!("{path} is not a fixture photo"));
+        let label = path.split('/').rev().nth(1).unwrap();
+        assert_eq!(file.label_names[file.labels[row] as usize], label);
+        let want_row: Vec<f32> = want[i * file.dim..(i + 1) * file.dim]
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let norm = file.row(row).iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "row {row} is normalised");
+        let cos = cosine(file.row(row), &want_row);
+        let min = if path.ends_with(".jpg") {
+            0.99
+        } else {
+            MIN_COSINE
+        };
+        assert!(cos >= min, "{path}: cosine {cos}");
+    }
+}
+
+#[test]
+fn cli_refuses_non_images_and_models_without_an_image_tower() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let folder = dir.path().join("cats");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::copy(
+        repo_path(&format!("{FIXTURES}/photos/animals/chelsea.png")),
+        folder.join("chelsea.png"),
+    )
+    .unwrap();
+    std::fs::write(folder.join("list.csv"), "a,b\n").unwrap();
+    let model = model_dir("hf-tiny");
+    let args = |model: &Path| {
+        vec![
+            "embed".to_string(),
+            "--model".into(),
+            model.display().to_string(),
+            "--images".into(),
+            folder.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+            "--backend".into(),
+            "cpu".into(),
+        ]
+    };
+    let run = |args: Vec<String>, needles: &[&str]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::assert_fails_cleanly(&args, needles);
+    };
+    run(args(&model), &["list.csv", "not an image"]);
+    std::fs::remove_file(folder.join("list.csv")).unwrap();
+    run(
+        args(&repo_path("tests/fixtures/tiny-xlmr")),
+        &["no image tower"],
+    );
+    assert!(!out.exists(), "a failed run writes nothing");
+}

@@ -8,15 +8,18 @@
 //! fails early) and cut into batches of similar length; each batch runs packed, so no work is
 //! spent on padding. Rows come back in input order.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use rayon::prelude::*;
 
 use crate::backend::{Backend, Pooling, SeqLayout};
 use crate::error::{Error, Result};
 use crate::models::decoder_gguf;
+use crate::models::image::decode_rgb;
 use crate::models::sentence::SentenceConfig;
 use crate::models::tokenize::{TextTokenizer, TokenizedText};
-use crate::models::{self, Encoder, TokenBatch};
+use crate::models::{self, Encoder, ImageTower, TokenBatch};
 use crate::weights::WeightsDtype;
 
 /// Choices that override what the model directory says.
@@ -211,5 +214,113 @@ impl SentenceEncoder {
             dim,
             tokens,
         })
+    }
+}
+
+/// A model's image tower with decoding and preprocessing around it: image files → embeddings,
+/// L2-normalised unless asked otherwise.
+pub struct ImageEmbedder {
+    name: String,
+    model: Box<dyn Encoder>,
+    backend: Arc<dyn Backend>,
+    normalize: bool,
+}
+
+/// Image embeddings, row-major `[rows, dim]` in input order.
+pub struct EmbeddedImages {
+    pub embeddings: Vec<f32>,
+    pub dim: usize,
+}
+
+impl ImageEmbedder {
+    /// Loads a model directory whose model has an image tower (CLIP).
+    pub fn load(dir: &Path, backend: Arc<dyn Backend>, options: &EncoderOptions) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::input(format!(
+                "{}: model directory not found",
+                dir.display()
+            )));
+        }
+        let model = models::load(dir, backend.clone(), options.weights_dtype)?;
+        if model.image_tower().is_none() {
+            return Err(Error::input(format!(
+                "{}: a {} model has no image tower (image inputs need a CLIP model)",
+                dir.display(),
+                model.model_type()
+            )));
+        }
+        Ok(ImageEmbedder {
+            name: dir.file_name().map_or_else(
+                || dir.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
+            model,
+            backend,
+            normalize: options.normalize.unwrap_or(true),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn normalize(&self) -> bool {
+        self.normalize
+    }
+
+    fn tower(&self) -> &dyn ImageTower {
+        self.model.image_tower().expect("checked at load")
+    }
+
+    pub fn dim(&self) -> usize {
+        self.tower().embedding_dim()
+    }
+
+    /// Pixel tensors of `paths`, decoded and preprocessed in parallel, end to end.
+    fn pixels(&self, paths: &[PathBuf]) -> Result<Vec<f32>> {
+        let preprocess = self.tower().preprocess();
+        let images = paths
+            .par_iter()
+            .map(|path| {
+                let image = decode_rgb(path)?;
+                preprocess
+                    .pixels(&image)
+                    .map_err(|e| Error::input(format!("{}: {e}", path.display())))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(images.concat())
+    }
+
+    /// Embeds the images at `paths`, `batch_size` per forward pass; the next batch is decoded
+    /// while the current one runs. `progress(rows)` is called after each batch.
+    pub fn embed(
+        &self,
+        paths: &[PathBuf],
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<EmbeddedImages> {
+        if batch_size == 0 {
+            return Err(Error::input("batch size must be at least 1"));
+        }
+        let dim = self.dim();
+        let mut embeddings = Vec::with_capacity(paths.len() * dim);
+        let batches: Vec<&[PathBuf]> = paths.chunks(batch_size).collect();
+        let mut next = batches.first().map(|b| self.pixels(b)).transpose()?;
+        for (i, batch) in batches.iter().enumerate() {
+            let pixels = next.take().expect("prepared before its turn");
+            let (embedded, prepared) = rayon::join(
+                || -> Result<Vec<f32>> {
+                    let mut out = self.tower().embed_pixels(&pixels, batch.len())?;
+                    if self.normalize {
+                        self.backend.l2_normalize(&mut out)?;
+                    }
+                    self.backend.download(&out)
+                },
+                || batches.get(i + 1).map(|b| self.pixels(b)).transpose(),
+            );
+            embeddings.extend(embedded?);
+            next = prepared?;
+            progress(batch.len());
+        }
+        Ok(EmbeddedImages { embeddings, dim })
     }
 }

@@ -2,6 +2,7 @@
 pub mod checkpoint;
 pub mod datasets;
 pub mod embeddings;
+pub mod images;
 pub mod kernel_file;
 pub mod kernel_inputs;
 pub mod samples;
