@@ -1,7 +1,8 @@
 //! CLIP against the libraries users run (references written by tools/make_clip_fixtures.py):
 //! image preprocessing against transformers' CLIPImageProcessor (PIL and torchvision backends)
 //! and open_clip's transforms on real photos, and tiny random-init CLIP models in the Hugging
-//! Face and open_clip layouts — image and text embeddings on every backend.
+//! Face and open_clip layouts (quick_gelu and gelu, class-token and patch-mean pooling, shortest
+//! side + crop and squash preprocessing) — image and text embeddings on every backend.
 
 mod common;
 
@@ -23,6 +24,7 @@ backend_tests! {
     images_from_files_match_reference_end_to_end,
     text_tower_matches_reference,
     embed_instrument_runs_clip_text,
+    f16_weights_stay_within_the_f16_tolerance,
 }
 
 const FIXTURES: &str = "tests/fixtures/clip";
@@ -221,6 +223,32 @@ fn images_from_files_match_reference_end_to_end(be: &Arc<dyn Backend>) {
     }
 }
 
+/// `--weights-dtype f16`: GEMM weights and the token table in f16 where the backend's kernels
+/// read it (wgpu with SHADER_F16), widened elsewhere; f16 paths stay under 1e-2.
+fn f16_weights_stay_within_the_f16_tolerance(be: &Arc<dyn Backend>) {
+    let ids = reference_ids();
+    let batch = TokenBatch {
+        ids: ids.iter().flatten().copied().collect(),
+        type_ids: vec![0; ids.iter().map(Vec::len).sum()],
+        layout: SeqLayout::from_lengths(ids.iter().map(Vec::len)),
+    };
+    for name in MODELS {
+        let model = ClipModel::load(&model_dir(name), be.clone(), WeightsDtype::F16).unwrap();
+        let (shape, pixels) = reference_tensor(REFERENCE, &format!("{name}/pixels"));
+        let pixels: Vec<f32> = pixels.iter().map(|&v| v as f32).collect();
+        let images = be
+            .download(&model.embed_pixels(&pixels, shape[0]).unwrap())
+            .unwrap();
+        let texts = be.download(&model.embed_text(&batch).unwrap()).unwrap();
+        for (what, got) in [("image_embeds", images), ("text_embeds", texts)] {
+            let (_, want) = reference_tensor(REFERENCE, &format!("{name}/{what}"));
+            let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+            let rel = rel_error(&got, &want);
+            assert!(rel <= 1e-2, "{name} {what}: relative error {rel:.3e}");
+        }
+    }
+}
+
 /// The reference's token ids, unpadded.
 fn reference_ids() -> Vec<Vec<u32>> {
     let (shape, ids) = reference_tensor(REFERENCE, "text_ids");
@@ -349,7 +377,7 @@ fn bad_model_directories_get_clear_errors() {
     )
     .unwrap();
     for (section, key, value) in [
-        ("vision_cfg", "pool_type", serde_json::json!("avg")),
+        ("vision_cfg", "pool_type", serde_json::json!("none")),
         ("vision_cfg", "ls_init_value", serde_json::json!(0.1)),
         ("text_cfg", "pool_type", serde_json::json!("first")),
     ] {

@@ -12,8 +12,9 @@ Writes under tests/fixtures/clip/:
   tokenizer.json                a CLIP BPE (OpenAI's vocabulary cut to its first merges, so the
                                 token table of a tiny model stays small), written by transformers
   hf-tiny/                      transformers CLIPModel (quick_gelu) + preprocessor_config.json
-  open_clip-tiny/               open_clip CLIP (gelu, resize_mode shortest)
-  open_clip-squash/             open_clip CLIP (quick_gelu, resize_mode squash, 30px image, patch 6)
+  open_clip-tiny/               open_clip CLIP (gelu, class-token pooling, resize_mode shortest)
+  open_clip-squash/             open_clip CLIP (quick_gelu, mean pooling of the patch tokens,
+                                resize_mode squash, 30px image, patch 6)
   reference.safetensors
       `MODEL/pixels` [N, 3, S, S]: each model's own preprocessing of the photos
       `MODEL/image_embeds` [N, E]: image tower output (projected, not normalised) on those pixels
@@ -178,7 +179,7 @@ def make_hf(tok, vocab_size):
     return preprocess, encode_image, encode_text
 
 
-def make_open_clip(name, seed, quick_gelu, resize_mode, image_size, patch):
+def make_open_clip(name, seed, quick_gelu, resize_mode, image_size, patch, pool_type):
     torch_seed(seed)
     out = OUT / name
     out.mkdir(parents=True, exist_ok=True)
@@ -186,7 +187,13 @@ def make_open_clip(name, seed, quick_gelu, resize_mode, image_size, patch):
         embed_dim=16,
         quick_gelu=quick_gelu,
         vision_cfg=dict(
-            image_size=image_size, layers=2, width=32, head_width=8, mlp_ratio=2.5, patch_size=patch
+            image_size=image_size,
+            layers=2,
+            width=32,
+            head_width=8,
+            mlp_ratio=2.5,
+            patch_size=patch,
+            pool_type=pool_type,
         ),
         text_cfg=dict(
             context_length=CONTEXT, vocab_size=VOCAB, width=24, heads=3, layers=2, mlp_ratio=3.0
@@ -255,8 +262,8 @@ def main():
     reference = {"text_ids": (ids * mask).long(), "text_lengths": mask.sum(1).long()}
     models = {
         "hf-tiny": make_hf(tok, VOCAB),
-        "open_clip-tiny": make_open_clip("open_clip-tiny", 2, False, "shortest", 32, 8),
-        "open_clip-squash": make_open_clip("open_clip-squash", 3, True, "squash", 30, 6),
+        "open_clip-tiny": make_open_clip("open_clip-tiny", 2, False, "shortest", 32, 8, "tok"),
+        "open_clip-squash": make_open_clip("open_clip-squash", 3, True, "squash", 30, 6, "avg"),
     }
     images = [Image.open(p) for p in photos]
     with torch.no_grad():

@@ -8,8 +8,9 @@
 //! - Image tower: the patch embedding is a convolution whose stride equals its kernel, so it is an
 //!   im2col (a rearrangement of the pixels, done on the host) and one GEMM on the backend. Each
 //!   image contributes a zero row in the class token's place, so the class embedding and the
-//!   position embeddings arrive in one accumulating gather; then `ln_pre`, the blocks, the class
-//!   token's row through `ln_post` and the projection.
+//!   position embeddings arrive in one accumulating gather; then `ln_pre`, the blocks, and the
+//!   class token's row (or open_clip's `avg` pooling: the mean of the patch tokens) through
+//!   `ln_post` and the projection.
 //! - Text tower: token and position embeddings, causal blocks, and the end-of-text token's row
 //!   through the final LayerNorm and the projection. The end of text is where transformers and
 //!   open_clip find it: the first occurrence of the largest id (open_clip's `argmax` pooling, and
@@ -77,11 +78,21 @@ impl TowerConfig {
     }
 }
 
+/// How the image tower reduces its tokens to one row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VisionPooling {
+    /// The class token (CLIP's own; open_clip's `pool_type: tok`).
+    ClassToken,
+    /// The mean of the patch tokens after `ln_post` (open_clip's `pool_type: avg`).
+    PatchMean,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct VisionConfig {
     pub tower: TowerConfig,
     pub image_size: usize,
     pub patch_size: usize,
+    pub pooling: VisionPooling,
 }
 
 impl VisionConfig {
@@ -198,6 +209,7 @@ impl ClipConfig {
                 },
                 image_size: vision.image_size.unwrap_or(224),
                 patch_size: vision.patch_size.unwrap_or(32),
+                pooling: VisionPooling::ClassToken,
             },
             text: TextConfig {
                 tower: TowerConfig {
@@ -288,7 +300,6 @@ impl ClipConfig {
                 ("attentional_pool", json!(false)),
                 ("no_ln_pre", json!(false)),
                 ("pos_embed_type", json!("learnable")),
-                ("pool_type", json!("tok")),
                 ("timm_model_name", Value::Null),
             ],
         )?;
@@ -303,6 +314,15 @@ impl ClipConfig {
                 ("hf_model_name", Value::Null),
             ],
         )?;
+        let vision_pooling = match vision.get("pool_type").and_then(Value::as_str) {
+            None | Some("tok") => VisionPooling::ClassToken,
+            Some("avg") => VisionPooling::PatchMean,
+            Some(other) => {
+                return Err(bad(format!(
+                    "model_cfg.vision_cfg.pool_type {other:?} is not supported (tok, avg)"
+                )))
+            }
+        };
         let end_of_text = match text_cfg.get("pool_type").and_then(Value::as_str) {
             None | Some("argmax") => EndOfText::LargestId,
             Some("eos") => EndOfText::Id(uint(text_cfg, "text_cfg", "eos_id", Some(2))? as u32),
@@ -334,6 +354,7 @@ impl ClipConfig {
                 },
                 image_size,
                 patch_size: uint(vision, "vision_cfg", "patch_size", Some(16))?,
+                pooling: vision_pooling,
             },
             text: TextConfig {
                 tower: TowerConfig {
@@ -437,10 +458,21 @@ impl Head {
     fn apply(&self, be: &dyn Backend, x: &Tensor, rows: &[u32]) -> Result<Tensor> {
         let mut pooled = be.zeros(&[rows.len(), self.width])?;
         be.gather_rows(x, rows, false, &mut pooled)?;
-        be.layer_norm(&mut pooled, &self.norm.gamma, &self.norm.beta, self.eps)?;
-        let mut out = be.zeros(&[rows.len(), self.embed_dim])?;
+        self.normalize(be, &mut pooled)?;
+        self.project(be, &pooled)
+    }
+
+    /// The LayerNorm, in place.
+    fn normalize(&self, be: &dyn Backend, x: &mut Tensor) -> Result<()> {
+        be.layer_norm(x, &self.norm.gamma, &self.norm.beta, self.eps)
+    }
+
+    /// The projection of pooled rows `[rows, width]`: `[rows, embed_dim]`.
+    fn project(&self, be: &dyn Backend, pooled: &Tensor) -> Result<Tensor> {
+        let rows = pooled.shape()[0];
+        let mut out = be.zeros(&[rows, self.embed_dim])?;
         be.linear(
-            &pooled,
+            pooled,
             &self.projection,
             None,
             Activation::Identity,
@@ -451,7 +483,7 @@ impl Head {
     }
 }
 
-/// A CLIP model on a backend: both towers, its preprocessing and its tokeniser's directory.
+/// A CLIP model on a backend: both towers and its image preprocessing.
 pub struct ClipModel {
     config: ClipConfig,
     backend: Arc<dyn Backend>,
@@ -870,8 +902,26 @@ impl ImageTower for ClipModel {
         let ln_pre = &self.vision.ln_pre;
         be.layer_norm(&mut x, &ln_pre.gamma, &ln_pre.beta, v.tower.eps)?;
         run_transformer(be, &self.vision.transformer, &mut x, &layout)?;
-        let class_rows: Vec<u32> = (0..images).map(|i| (i * tokens) as u32).collect();
-        self.vision.head.apply(be, &x, &class_rows)
+        let head = &self.vision.head;
+        match v.pooling {
+            VisionPooling::ClassToken => {
+                let class_rows: Vec<u32> = (0..images).map(|i| (i * tokens) as u32).collect();
+                head.apply(be, &x, &class_rows)
+            }
+            VisionPooling::PatchMean => {
+                head.normalize(be, &mut x)?;
+                let patch_rows: Vec<u32> = (0..images * tokens)
+                    .filter(|row| row % tokens != 0)
+                    .map(|row| row as u32)
+                    .collect();
+                let mut patches = be.zeros(&[patch_rows.len(), v.tower.width])?;
+                be.gather_rows(&x, &patch_rows, false, &mut patches)?;
+                let per_image = SeqLayout::from_lengths(std::iter::repeat_n(tokens - 1, images));
+                let mut pooled = be.zeros(&[images, v.tower.width])?;
+                be.pool(&patches, &per_image, Pooling::Mean, &mut pooled)?;
+                head.project(be, &pooled)
+            }
+        }
     }
 }
 
