@@ -319,9 +319,11 @@ fn bad_images_are_refused_with_their_name() {
     )))
     .unwrap();
     let truncated = write("truncated.png", &png[..png.len() / 2]);
+    let cmyk = repo_path(&format!("{FIXTURES}/bad/cmyk.jpg"));
     let cases = [
         (not_image, "not a PNG or JPEG image"),
         (truncated, "cannot decode"),
+        (cmyk, "CMYK JPEGs are not supported"),
     ];
     for (path, needle) in cases {
         let err = decode_rgb(&path).unwrap_err().to_string();
@@ -501,4 +503,24 @@ fn cli_refuses_non_images_and_models_without_an_image_tower() {
         &["no image tower"],
     );
     assert!(!out.exists(), "a failed run writes nothing");
+}
+
+/// A 1×1 image is upscaled as PIL upscales it: every pixel of the crop is its colour.
+#[test]
+fn a_one_pixel_image_fills_the_crop_with_its_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dot.png");
+    image::RgbImage::from_raw(1, 1, vec![200, 100, 7])
+        .unwrap()
+        .save(&path)
+        .unwrap();
+    let preprocess = hf_preprocess();
+    let pixels = preprocess.pixels(&decode_rgb(&path).unwrap()).unwrap();
+    let plane = 40 * 40;
+    for (c, value) in [200.0f32, 100.0, 7.0].into_iter().enumerate() {
+        let want = (value / 255.0 - OPENAI_MEAN[c]) / OPENAI_STD[c];
+        assert!(pixels[c * plane..(c + 1) * plane]
+            .iter()
+            .all(|&v| v == want));
+    }
 }

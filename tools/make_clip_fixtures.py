@@ -21,6 +21,7 @@ Writes under tests/fixtures/clip/:
       `MODEL/text_embeds` [T, E]: text tower output on the texts below
       `text_ids` [T, 77] I64 and `text_lengths` [T] I64: the tokenizer's ids (0-padded)
   texts.json                    the texts, in order; photos.json: photo paths, in order
+  bad/cmyk.jpg                  a CMYK JPEG (refused: decoders turn CMYK into RGB differently)
 
 Run from the repository root: tools/.venv/bin/python tools/make_clip_fixtures.py
 """
@@ -273,6 +274,8 @@ def main():
             reference[f"{name}/image_embeds"] = encode_image(pixels)
             reference[f"{name}/text_embeds"] = encode_text(ids, mask)
     save_file({k: v.contiguous() for k, v in reference.items()}, OUT / "reference.safetensors")
+    (OUT / "bad").mkdir(exist_ok=True)
+    Image.open(photos[0]).convert("CMYK").resize((16, 12)).save(OUT / "bad" / "cmyk.jpg")
     (OUT / "texts.json").write_text(json.dumps(TEXTS, indent=1) + "\n")
     (OUT / "photos.json").write_text(
         json.dumps([str(p.relative_to(OUT)) for p in photos], indent=1) + "\n"

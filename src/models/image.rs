@@ -68,7 +68,16 @@ pub fn decode_rgb(path: &Path) -> Result<Rgb8> {
             .map_err(|e| Error::io(path, e))
     };
     match reader()?.format() {
-        Some(ImageFormat::Png | ImageFormat::Jpeg) => {}
+        Some(ImageFormat::Png) => {}
+        Some(ImageFormat::Jpeg) => {
+            if jpeg_components(&bytes) == Some(4) {
+                return Err(bad(
+                    "CMYK JPEGs are not supported (PIL and the decoder here turn CMYK into RGB \
+                     differently); convert it to RGB first"
+                        .into(),
+                ));
+            }
+        }
         Some(other) => {
             return Err(bad(format!(
                 "{other:?} images are not supported (supported: PNG, JPEG)"
@@ -105,6 +114,34 @@ pub fn decode_rgb(path: &Path) -> Result<Rgb8> {
         height: rgb.height() as usize,
         data: rgb.into_raw(),
     })
+}
+
+/// The number of colour components a JPEG's frame header declares (3 for YCbCr, 4 for CMYK or
+/// YCCK), or `None` where no frame header is found.
+fn jpeg_components(bytes: &[u8]) -> Option<u8> {
+    // Segments after the SOI marker: 0xFF, a marker byte, a big-endian length that counts
+    // itself; a start-of-frame segment holds precision, height, width, then the component count.
+    let mut at = 2;
+    while at + 4 <= bytes.len() {
+        if bytes[at] != 0xFF {
+            return None;
+        }
+        let marker = bytes[at + 1];
+        if marker == 0xFF {
+            at += 1; // fill byte
+            continue;
+        }
+        let length = usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]));
+        let is_frame = matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC);
+        if is_frame {
+            return bytes.get(at + 9).copied();
+        }
+        if marker == 0xDA {
+            return None; // scan data before any frame header
+        }
+        at += 2 + length;
+    }
+    None
 }
 
 /// PIL's resampling filters (`Image.Resampling`), by the code preprocessor configs store.
