@@ -302,6 +302,15 @@ fn embed_instrument_runs_clip_text(be: &Arc<dyn Backend>) {
         }
         let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
         assert_embeddings(name, &out.embeddings, &want, out.dim);
+        let pooled = EncoderOptions {
+            pooling: Some(mscope::backend::Pooling::Mean),
+            ..options.clone()
+        };
+        let err = match SentenceEncoder::load(&model_dir(name), be.clone(), &pooled) {
+            Ok(_) => panic!("{name}: --pooling accepted for a model that pools itself"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("does not apply"), "{err}");
     }
 }
 

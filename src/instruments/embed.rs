@@ -94,6 +94,13 @@ impl SentenceEncoder {
                     .flatten()
             })
             .unwrap_or(capacity);
+        if let (Some(own), Some(asked)) = (model.own_pooling(), options.pooling) {
+            return Err(Error::input(format!(
+                "{}: the model pools texts itself ({own}); --pooling {} does not apply",
+                dir.display(),
+                asked.name()
+            )));
+        }
         // CLIP-style embeddings are compared by cosine: normalised unless asked otherwise.
         let normalize = options
             .normalize
@@ -105,10 +112,7 @@ impl SentenceEncoder {
             )));
         }
         Ok(SentenceEncoder {
-            name: dir.file_name().map_or_else(
-                || dir.display().to_string(),
-                |n| n.to_string_lossy().into_owned(),
-            ),
+            name: model_name(dir),
             tokenizer: match &gguf {
                 Some(file) => TextTokenizer::from_gguf(file, max_length)?,
                 None => TextTokenizer::load(dir, max_length)?,
@@ -217,6 +221,14 @@ impl SentenceEncoder {
     }
 }
 
+/// The name embeddings files record for a model path: its last component.
+fn model_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
 /// A model's image tower with decoding and preprocessing around it: image files → embeddings,
 /// L2-normalised unless asked otherwise.
 pub struct ImageEmbedder {
@@ -250,10 +262,7 @@ impl ImageEmbedder {
             )));
         }
         Ok(ImageEmbedder {
-            name: dir.file_name().map_or_else(
-                || dir.display().to_string(),
-                |n| n.to_string_lossy().into_owned(),
-            ),
+            name: model_name(dir),
             model,
             backend,
             normalize: options.normalize.unwrap_or(true),
