@@ -212,6 +212,8 @@ impl Kernel {
         // Downscaling stretches the filter over `scale` input pixels per output pixel.
         let filter_scale = scale.max(1.0);
         let support = filter.support() * filter_scale;
+        // Pillow multiplies by the reciprocal rather than dividing: kept, for identical weights.
+        let inverse_scale = 1.0 / filter_scale;
         let mut first = Vec::with_capacity(out_size);
         let mut weights = Vec::with_capacity(out_size);
         for out in 0..out_size {
@@ -220,7 +222,7 @@ impl Kernel {
             let lo = ((center - support + 0.5) as i64).max(0) as usize;
             let hi = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
             let raw: Vec<f64> = (lo..hi)
-                .map(|x| filter.weight((x as f64 - center + 0.5) / filter_scale))
+                .map(|x| filter.weight((x as f64 - center + 0.5) * inverse_scale))
                 .collect();
             let total: f64 = raw.iter().sum();
             let fixed = raw
