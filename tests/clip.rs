@@ -514,6 +514,18 @@ fn cli_refuses_non_images_and_models_without_an_image_tower() {
     assert!(!out.exists(), "a failed run writes nothing");
 }
 
+/// An image whose shortest side would blow up past the pixel limit is refused, not allocated.
+#[test]
+fn an_extreme_aspect_ratio_is_refused_before_resizing() {
+    let strip = mscope::models::image::Rgb8 {
+        width: 2_000_000,
+        height: 1,
+        data: vec![0; 6_000_000],
+    };
+    let err = hf_preprocess().pixels(&strip).unwrap_err().to_string();
+    assert!(err.contains("over the limit"), "{err}");
+}
+
 /// A 1×1 image is upscaled as PIL upscales it: every pixel of the crop is its colour.
 #[test]
 fn a_one_pixel_image_fills_the_crop_with_its_colour() {

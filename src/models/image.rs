@@ -373,6 +373,12 @@ impl Preprocess {
                 } else {
                     (other, shortest)
                 };
+                if (new_w as u64) * (new_h as u64) > MAX_PIXELS {
+                    return Err(Error::input(format!(
+                        "a {w}×{h} image would be resized to {new_w}×{new_h}, over the limit of \
+                         {MAX_PIXELS} pixels"
+                    )));
+                }
                 if new_w < crop_width || new_h < crop_height {
                     return Err(Error::input(format!(
                         "a {w}×{h} image resized to {new_w}×{new_h} is smaller than the \
