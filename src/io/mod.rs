@@ -3,6 +3,7 @@ pub mod checkpoint;
 pub mod datasets;
 pub mod embedding_inputs;
 pub mod embeddings;
+pub mod images;
 pub mod kernel_file;
 pub mod kernel_inputs;
 pub mod npy;
