@@ -17,11 +17,12 @@
 //! report/       writes typed reports: JSON (sorted keys), Markdown on stdout, PNG plots
 //! instruments/  embed, pca, lda, kglm, ntk, project, kernel_compare, metrics, splits: models and
 //!               data in, a typed report out; no file I/O of their own
-//! models/       architectures behind one `Encoder` interface, the weight loader, tokenisers,
+//! models/       architectures behind one `Encoder` interface (CLIP's image tower behind
+//!               `ImageTower`), the weight loader, tokenisers, image decoding and preprocessing,
 //!               MLP classifiers and their training
 //! data/         classifier datasets (moons, blobs, digits) and ensemble scores
-//! io/           readers (texts, embeddings, samples, tensor files), the atomic output writer,
-//!               checkpoints of long runs
+//! io/           readers (texts, image folders, embeddings, samples, tensor files), the atomic
+//!               output writer, checkpoints of long runs
 //! backend/      the op set (`Backend`) on cpu/, wgpu/ and cuda/, one file per kernel family on
 //!               each, mirroring kernels/ (CUDA) and shaders/ (WGSL); parameter and result types
 //! weights/      checkpoints on the host: memory-mapped safetensors and GGUF (dequantisation)
@@ -33,6 +34,8 @@
 //!
 //! ```text
 //! texts ─tokenize─▶ ids ─Encoder::forward (backend)─▶ hidden ─pool, normalise─▶ embeddings
+//! images ─decode, resize (Pillow's algorithm), crop, normalise─▶ pixels ─im2col─▶
+//!     ImageTower::embed_pixels (backend) ─normalise─▶ embeddings
 //! embeddings ─scatter (backend)─▶ covariance ─eigen─▶ PCA; per-class scatters over S splits ─▶ LDA
 //! MLP + data ─forward, batched backward─▶ per-layer factors (A, Δ) ─ntk_contract or jl_project─▶
 //!     kernel tiles ─▶ kernel file ─▶ kGLM ─▶ Kendall τ

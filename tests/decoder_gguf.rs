@@ -238,6 +238,19 @@ fn files_it_cannot_run_are_clear_errors() {
         }
     }
 
+    // llama.cpp's llama3 RoPE factors, which transformers' GGUF loader ignores: a tensor renamed
+    // to theirs (same length, in the tensor infos, after its u64 name length).
+    let named = |name: &str| [&(name.len() as u64).to_le_bytes()[..], name.as_bytes()].concat();
+    let rope_freqs = patched(
+        tmp.path(),
+        &named("token_embd.weight"),
+        &named("rope_freqs.weight"),
+    );
+    let err = load_error(&rope_freqs);
+    for needle in ["rope_freqs.weight", "llama3", "not supported"] {
+        assert!(err.contains(needle), "rope_freqs: {err:?} lacks {needle:?}");
+    }
+
     // The key renamed, so the file lacks it.
     let missing = patched(tmp.path(), b"llama.block_count", b"llama.block_kount");
     let err = load_error(&missing);

@@ -120,12 +120,12 @@ fn bad_input_to_every_subcommand_fails_cleanly() {
     write_mlp(&at("gap.st"), &[(0, 4, 2), (2, 2, 4)], false);
     write_mlp(&at("nan.st"), &[(0, 4, 2), (1, 2, 4)], true);
     // 12 rows in 6 dimensions that span only 2 of them.
-    write_embeddings(&at("flat.st"), 12, 6, |r, c| match c {
+    write_embeddings(&at("flat.safetensors"), 12, 6, |r, c| match c {
         0 => r as f32,
         1 => ((r * 7) % 5) as f32,
         _ => 0.0,
     });
-    write_embeddings(&at("emb.st"), 40, 3, |r, c| {
+    write_embeddings(&at("emb.safetensors"), 40, 3, |r, c| {
         ((r * 3 + c) as f32 * 0.71).sin()
     });
     std::fs::write(at("sample.txt"), "0.1\n0.4\n0.3\n0.9\n").unwrap();
@@ -229,7 +229,13 @@ fn bad_input_to_every_subcommand_fails_cleanly() {
             vec!["--curve 18446744073709551615", "at most"],
         ),
         (
-            vec!["lda", "--input", &a("emb.st"), "--test-fraction", "0.999"],
+            vec![
+                "lda",
+                "--input",
+                &a("emb.safetensors"),
+                "--test-fraction",
+                "0.999",
+            ],
             vec![
                 "--test-fraction",
                 "fraction 0.999",
@@ -238,14 +244,20 @@ fn bad_input_to_every_subcommand_fails_cleanly() {
             ],
         ),
         (
-            vec!["pca", "--input", &a("flat.st"), "--components", "3"],
-            vec!["flat.st", "span only 2 dimensions"],
+            vec![
+                "pca",
+                "--input",
+                &a("flat.safetensors"),
+                "--components",
+                "3",
+            ],
+            vec!["flat.safetensors", "span only 2 dimensions"],
         ),
         (
             vec![
                 "pca",
                 "--input",
-                &a("emb.st"),
+                &a("emb.safetensors"),
                 "--components",
                 "3",
                 "--threads",

@@ -161,10 +161,11 @@ fn norm_family_matches_f64_with_and_without_subgroups() {
             let err = rel_error(&be.download(&t).unwrap(), &want);
             assert!(err < 1e-5, "{variant} layer_norm {n}x{d}: {err:e}");
 
-            let mut t = be.upload(&[n, d], &x).unwrap();
-            be.rms_norm(&mut t, &gt, eps as f32).unwrap();
+            let t = be.upload(&[n, d], &x).unwrap();
+            let mut normed = be.upload(&[n, d], &vec![f32::NAN; n * d]).unwrap();
+            be.rms_norm(&t, &gt, eps as f32, &mut normed).unwrap();
             let want = to_f32(reference::rms_norm(&x, &g, eps));
-            let err = rel_error(&be.download(&t).unwrap(), &want);
+            let err = rel_error(&be.download(&normed).unwrap(), &want);
             assert!(err < 1e-5, "{variant} rms_norm {n}x{d}: {err:e}");
 
             let mut t = be.upload(&[n, d], &x).unwrap();
@@ -247,7 +248,8 @@ fn f16_tensors_round_trip_and_other_ops_refuse_them() {
         err.to_string().contains("layer_norm gamma") && err.to_string().contains("F16"),
         "{err}"
     );
-    let err = be.rms_norm(&mut x, &gamma, 1e-5).unwrap_err();
+    let mut normed = be.zeros(&[n, d]).unwrap();
+    let err = be.rms_norm(&x, &gamma, 1e-5, &mut normed).unwrap_err();
     assert!(
         err.to_string().contains("rms_norm gamma") && err.to_string().contains("F16"),
         "{err}"
@@ -256,11 +258,11 @@ fn f16_tensors_round_trip_and_other_ops_refuse_them() {
         heads: 1,
         kv_heads: 1,
         head_dim: 2,
-        theta: 1e4,
     };
+    let table = be.zeros(&[n, 1, 2]).unwrap();
     let mut qkv = be.upload_f16(&[n, 6], &values[..n * 6]).unwrap();
     let err = be
-        .rope(&mut qkv, &SeqLayout::from_lengths([n]), &spec)
+        .rope(&mut qkv, &SeqLayout::from_lengths([n]), &spec, &table)
         .unwrap_err();
     assert!(
         err.to_string()

@@ -32,6 +32,9 @@ mscope pca --input $d/smollm2-embeddings.safetensors --components 5 \
     --explain 3 --out $d/smollm2-pca.json --plot $d/smollm2-pca.png
 mscope lda --input $d/smollm2-embeddings.safetensors --shrinkage auto \
     --pairwise --out $d/smollm2-lda.json --plot $d/smollm2-lda.png
+# How alike the two embedders' views of the same texts are: CKA, Procrustes, SVCCA, mutual k-NN.
+mscope align $d/embeddings.safetensors $d/smollm2-embeddings.safetensors \
+    --json $d/align.json --plot $d/align.png
 # Tangent-kernel surrogates and the trimmed comparison on a trained ensemble: the 8×8 digits
 # (from the scikit-learn wheel), five 64-100-100-10 MLPs that differ only by their seed, every
 # model against the pooled other four (α̂, churn, ECE), then model 0's trace NTK — exact, and

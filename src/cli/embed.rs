@@ -1,4 +1,4 @@
-//! `mscope embed`: texts → `embeddings.safetensors`.
+//! `mscope embed`: texts (or, with a CLIP model, images) → `embeddings.safetensors`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -7,26 +7,38 @@ use clap::Args;
 
 use crate::backend::{self, BackendKind, OpFamily, Pooling};
 use crate::error::{Error, Result};
-use crate::instruments::embed::{EncoderOptions, SentenceEncoder};
+use crate::instruments::embed::{EncoderOptions, ImageEmbedder, SentenceEncoder};
 use crate::io::check_outputs;
 use crate::io::embeddings::{texts_sidecar_path, write_texts_sidecar, EmbeddingsFile};
+use crate::io::images::collect_images;
 use crate::io::texts::{read_corpus, FieldNames, InputSpec};
 use crate::weights::WeightsDtype;
 
 #[derive(Args)]
 pub struct EmbedArgs {
-    /// Model directory (Hugging Face / sentence-transformers layout), or a llama/qwen2 .gguf file.
+    /// Model directory (Hugging Face / sentence-transformers layout, or open_clip's), or a
+    /// llama/qwen2 .gguf file.
     #[arg(long)]
     model: PathBuf,
     /// Input file (.txt, .jsonl, .csv, .tsv); `PATH=LABEL` labels every row of it. Repeatable.
-    #[arg(long = "input", required = true, value_name = "PATH[=LABEL]")]
+    #[arg(
+        long = "input",
+        required_unless_present = "images",
+        value_name = "PATH[=LABEL]"
+    )]
     inputs: Vec<InputSpec>,
+    /// Image files (.png, .jpg) or folders of them, embedded by a CLIP model's image tower.
+    /// A folder's images are taken in sorted relative-path order, each labelled by its
+    /// sub-folder (`DIR/cat/x.png` is a `cat`), as torchvision's ImageFolder does; any other
+    /// file in a folder is an error.
+    #[arg(long, num_args = 1.., value_name = "PATH", conflicts_with = "inputs")]
+    images: Vec<PathBuf>,
     /// Output safetensors file.
     #[arg(long)]
     out: PathBuf,
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     backend: BackendKind,
-    /// Texts per forward pass.
+    /// Texts (or images) per forward pass.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// Token limit per text, special tokens included [default: the model's max_seq_length].
@@ -77,6 +89,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             .iter()
             .map(|i| ("--input", Some(i.path.as_path()))),
     );
+    inputs.extend(args.images.iter().map(|p| ("--images", Some(p.as_path()))));
     check_outputs(
         &inputs,
         &[
@@ -84,6 +97,9 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             ("the texts sidecar", Some(&sidecar)),
         ],
     )?;
+    if !args.images.is_empty() {
+        return run_images(args);
+    }
     let fields = FieldNames {
         text: args.text_field,
         label: args.label_field,
@@ -119,7 +135,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         labels: corpus.labels,
         label_names: corpus.label_names,
         model: encoder.name().to_string(),
-        pooling: encoder.pooling().name().to_string(),
+        pooling: encoder.pooling_name().to_string(),
         normalized: encoder.normalize(),
         max_length: encoder.max_length(),
     };
@@ -139,6 +155,62 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         backend.name(),
         rows as f64 / seconds,
         embedded.tokens as f64 / seconds,
+        args.out.display(),
+        sidecar.display()
+    );
+    Ok(())
+}
+
+/// `--images`: files and folders through a CLIP model's image tower.
+fn run_images(args: EmbedArgs) -> Result<()> {
+    let corpus = collect_images(&args.images)?;
+    let backend = backend::open(args.backend, OpFamily::Encoder)?;
+    let options = EncoderOptions {
+        normalize: args.normalize,
+        weights_dtype: args.weights_dtype,
+        ..EncoderOptions::default()
+    };
+    let embedder = ImageEmbedder::load(&args.model, backend.clone(), &options)?;
+    let bar = super::progress_bar(
+        corpus.paths.len() as u64,
+        "{bar:40} {pos}/{len} images  {per_sec}  eta {eta}",
+    );
+    let start = Instant::now();
+    let embedded = embedder.embed(&corpus.paths, args.batch_size, &mut |rows| {
+        bar.inc(rows as u64)
+    })?;
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+
+    let file = EmbeddingsFile {
+        embeddings: embedded.embeddings,
+        dim: embedded.dim,
+        labels: corpus.labels,
+        label_names: corpus.label_names,
+        model: embedder.name().to_string(),
+        pooling: "cls".to_string(),
+        normalized: embedder.normalize(),
+        max_length: 0,
+    };
+    // The sidecar lists each row's image path, so analyses can point at the images.
+    let paths: Vec<String> = corpus
+        .paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let sidecar = texts_sidecar_path(&args.out);
+    write_texts_sidecar(&sidecar, &paths, &file.labels, &file.label_names)?;
+    if let Err(e) = file.write(&args.out) {
+        let _ = std::fs::remove_file(&sidecar);
+        return Err(e);
+    }
+    let rows = file.rows();
+    println!(
+        "embedded {rows} images ({} labels) with {} on {} in {seconds:.2} s: {:.1} images/s -> {} (paths in {})",
+        file.label_names.len(),
+        file.model,
+        backend.name(),
+        rows as f64 / seconds,
         args.out.display(),
         sidecar.display()
     );

@@ -1,19 +1,25 @@
 //! The embedding microscope's first stage: texts → sentence embeddings, as sentence-transformers
 //! computes them, on any backend.
 //!
+//! A model with its own embedding head (CLIP) embeds texts through it, L2-normalised unless
+//! asked otherwise; images go through [`ImageEmbedder`].
+//!
 //! Texts are tokenised once, sorted by token count (longest first, so a batch that does not fit
 //! fails early) and cut into batches of similar length; each batch runs packed, so no work is
 //! spent on padding. Rows come back in input order.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use rayon::prelude::*;
 
 use crate::backend::{Backend, Pooling, SeqLayout};
 use crate::error::{Error, Result};
 use crate::models::decoder_gguf;
+use crate::models::image::decode_rgb;
 use crate::models::sentence::SentenceConfig;
 use crate::models::tokenize::{TextTokenizer, TokenizedText};
-use crate::models::{self, Encoder, TokenBatch};
+use crate::models::{self, Encoder, ImageTower, TokenBatch};
 use crate::weights::WeightsDtype;
 
 /// Choices that override what the model directory says.
@@ -88,6 +94,17 @@ impl SentenceEncoder {
                     .flatten()
             })
             .unwrap_or(capacity);
+        if let (Some(own), Some(asked)) = (model.own_pooling(), options.pooling) {
+            return Err(Error::input(format!(
+                "{}: the model pools texts itself ({own}); --pooling {} does not apply",
+                dir.display(),
+                asked.name()
+            )));
+        }
+        // CLIP-style embeddings are compared by cosine: normalised unless asked otherwise.
+        let normalize = options
+            .normalize
+            .unwrap_or(sentence.normalize || model.own_pooling().is_some());
         if max_length > capacity || max_length < 1 {
             return Err(Error::input(format!(
                 "max length {max_length} is outside 1..={capacity}, the positions {} can encode",
@@ -95,10 +112,7 @@ impl SentenceEncoder {
             )));
         }
         Ok(SentenceEncoder {
-            name: dir.file_name().map_or_else(
-                || dir.display().to_string(),
-                |n| n.to_string_lossy().into_owned(),
-            ),
+            name: model_name(dir),
             tokenizer: match &gguf {
                 Some(file) => TextTokenizer::from_gguf(file, max_length)?,
                 None => TextTokenizer::load(dir, max_length)?,
@@ -106,7 +120,7 @@ impl SentenceEncoder {
             model,
             backend,
             pooling: options.pooling.unwrap_or(sentence.pooling),
-            normalize: options.normalize.unwrap_or(sentence.normalize),
+            normalize,
             max_length,
             prefix: options.prefix.clone(),
         })
@@ -118,6 +132,13 @@ impl SentenceEncoder {
     pub fn pooling(&self) -> Pooling {
         self.pooling
     }
+    /// What the embeddings file records as the pooling: the model's own ([`Encoder::own_pooling`])
+    /// or the mode.
+    pub fn pooling_name(&self) -> &str {
+        self.model
+            .own_pooling()
+            .unwrap_or_else(|| self.pooling.name())
+    }
     pub fn normalize(&self) -> bool {
         self.normalize
     }
@@ -125,7 +146,7 @@ impl SentenceEncoder {
         self.max_length
     }
     pub fn dim(&self) -> usize {
-        self.model.hidden_size()
+        self.model.embedding_dim()
     }
 
     pub fn tokenize(&self, texts: &[String]) -> Result<Vec<TokenizedText>> {
@@ -172,10 +193,16 @@ impl SentenceEncoder {
                     .collect(),
                 layout: SeqLayout::from_lengths(chunk.iter().map(|&i| tokenized[i].ids.len())),
             };
-            let hidden = self.model.forward(&batch)?;
-            let mut pooled = self.backend.zeros(&[chunk.len(), dim])?;
-            self.backend
-                .pool(&hidden, &batch.layout, self.pooling, &mut pooled)?;
+            let mut pooled = match self.model.own_pooling() {
+                Some(_) => self.model.embed_text(&batch)?,
+                None => {
+                    let hidden = self.model.forward(&batch)?;
+                    let mut pooled = self.backend.zeros(&[chunk.len(), dim])?;
+                    self.backend
+                        .pool(&hidden, &batch.layout, self.pooling, &mut pooled)?;
+                    pooled
+                }
+            };
             if self.normalize {
                 self.backend.l2_normalize(&mut pooled)?;
             }
@@ -191,5 +218,118 @@ impl SentenceEncoder {
             dim,
             tokens,
         })
+    }
+}
+
+/// The name embeddings files record for a model path: its last component.
+fn model_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// A model's image tower with decoding and preprocessing around it: image files → embeddings,
+/// L2-normalised unless asked otherwise.
+pub struct ImageEmbedder {
+    name: String,
+    model: Box<dyn Encoder>,
+    backend: Arc<dyn Backend>,
+    normalize: bool,
+}
+
+/// Image embeddings, row-major `[rows, dim]` in input order.
+pub struct EmbeddedImages {
+    pub embeddings: Vec<f32>,
+    pub dim: usize,
+}
+
+impl ImageEmbedder {
+    /// Loads a model directory whose model has an image tower (CLIP).
+    pub fn load(dir: &Path, backend: Arc<dyn Backend>, options: &EncoderOptions) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::input(format!(
+                "{}: model directory not found",
+                dir.display()
+            )));
+        }
+        let model = models::load(dir, backend.clone(), options.weights_dtype)?;
+        if model.image_tower().is_none() {
+            return Err(Error::input(format!(
+                "{}: a {} model has no image tower (image inputs need a CLIP model)",
+                dir.display(),
+                model.model_type()
+            )));
+        }
+        Ok(ImageEmbedder {
+            name: model_name(dir),
+            model,
+            backend,
+            normalize: options.normalize.unwrap_or(true),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn normalize(&self) -> bool {
+        self.normalize
+    }
+
+    fn tower(&self) -> &dyn ImageTower {
+        self.model.image_tower().expect("checked at load")
+    }
+
+    pub fn dim(&self) -> usize {
+        self.tower().embedding_dim()
+    }
+
+    /// Pixel tensors of `paths`, decoded and preprocessed in parallel, end to end.
+    fn pixels(&self, paths: &[PathBuf]) -> Result<Vec<f32>> {
+        let preprocess = self.tower().preprocess();
+        let images = paths
+            .par_iter()
+            .map(|path| {
+                let image = decode_rgb(path)?;
+                preprocess
+                    .pixels(&image)
+                    .map_err(|e| Error::input(format!("{}: {e}", path.display())))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(images.concat())
+    }
+
+    /// Embeds the images at `paths`, `batch_size` per forward pass; the next batch is decoded
+    /// while the current one runs. `progress(rows)` is called after each batch.
+    pub fn embed(
+        &self,
+        paths: &[PathBuf],
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<EmbeddedImages> {
+        if batch_size == 0 {
+            return Err(Error::input("batch size must be at least 1"));
+        }
+        let dim = self.dim();
+        let mut embeddings = Vec::with_capacity(paths.len() * dim);
+        let batches: Vec<&[PathBuf]> = paths.chunks(batch_size).collect();
+        let mut next = batches.first().map(|b| self.pixels(b)).transpose()?;
+        for (i, batch) in batches.iter().enumerate() {
+            let pixels = next.take().expect("prepared before its turn");
+            let (embedded, prepared) = rayon::join(
+                || -> Result<Vec<f32>> {
+                    let mut out = self.tower().embed_pixels(&pixels, batch.len())?;
+                    if self.normalize {
+                        self.backend.l2_normalize(&mut out)?;
+                    }
+                    self.backend.download(&out)
+                },
+                || batches.get(i + 1).map(|b| self.pixels(b)).transpose(),
+            );
+            embeddings.extend(embedded?);
+            next = prepared?;
+            progress(batch.len());
+        }
+        Ok(EmbeddedImages { embeddings, dim })
     }
 }

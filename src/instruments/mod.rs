@@ -1,6 +1,8 @@
 //! Instruments: pretrained models turned into measurements of other models.
 
+pub mod align;
 pub mod alpha;
+pub mod cluster;
 pub mod compare;
 pub mod embed;
 pub mod ensemble;

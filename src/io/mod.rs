@@ -1,9 +1,12 @@
 //! Input readers and output writers.
 pub mod checkpoint;
 pub mod datasets;
+pub mod embedding_inputs;
 pub mod embeddings;
+pub mod images;
 pub mod kernel_file;
 pub mod kernel_inputs;
+pub mod npy;
 pub mod samples;
 pub mod tensor_file;
 pub mod texts;

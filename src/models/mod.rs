@@ -6,9 +6,14 @@
 //! the embed instrument holds a `Box<dyn Encoder>` and adds tokenisation, pooling and
 //! normalisation around it, so an architecture knows nothing of sentence-transformers.
 //!
+//! A model with its own embedding head (CLIP's projections) says so through
+//! [`Encoder::own_pooling`], and one with an image tower hands it out as an [`ImageTower`]: pixel
+//! tensors made by its [`image::Preprocess`] in, projected embeddings out.
+//!
 //! Files: [`loader`] (config and named tensors onto a backend, dtype policy, the `Linear`/`Norm`
 //! building blocks), one file per architecture ([`bert`] for BERT / RoBERTa / XLM-R, [`decoder`]
-//! for Llama / Mistral / Qwen2, [`decoder_gguf`] for those in GGUF files), [`sentence`]
+//! for Llama / Mistral / Qwen2, [`decoder_gguf`] for those in GGUF files, [`clip`] for CLIP in
+//! Hugging Face and open_clip layouts), [`image`] (decoding and preprocessing), [`sentence`]
 //! (sentence-transformers' extras: length, pooling, normalisation), [`tokenize`], and the
 //! classifiers the tangent-kernel instrument studies ([`mlp`], [`train`]).
 //!
@@ -20,15 +25,18 @@
 //!    `model_type` values it runs, and `impl Encoder` whose `forward` is written only in
 //!    [`crate::backend::Backend`] ops. An op the op set lacks is added there first (the
 //!    checklist is in `kernels/README.md`).
-//! 2. Register it in [`ARCHITECTURES`] below; [`load`]'s error then lists it.
+//! 2. Register it in [`ARCHITECTURES`] below; [`load`]'s error then lists it. (A layout without
+//!    `config.json`, as open_clip's, is recognised in [`load`] before it.)
 //! 3. A tiny random-init checkpoint made by a `tools/` script with the reference library
 //!    (transformers, open_clip), committed with its reference hidden states, and a parity test
 //!    on every backend (`tests/embed_parity.rs`); bad-config tests beside it.
 //! 4. The README's `mscope embed` section names the architecture.
 
 pub mod bert;
+pub mod clip;
 pub mod decoder;
 pub mod decoder_gguf;
+pub mod image;
 pub mod loader;
 pub mod mlp;
 pub mod sentence;
@@ -69,6 +77,47 @@ pub trait Encoder: Send + Sync {
     /// Last hidden states `[tokens, hidden_size]` of a packed batch, on the backend. A sequence
     /// longer than [`Encoder::max_tokens`] is an error.
     fn forward(&self, batch: &TokenBatch) -> Result<Tensor>;
+
+    /// The name of the model's own pooling and projection where it has one (CLIP's end-of-text
+    /// token through the text projection: `"eot"`), whose embeddings [`Encoder::embed_text`]
+    /// computes; `None` where the caller pools [`Encoder::forward`]'s hidden states.
+    fn own_pooling(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Embeddings `[sequences, embedding_dim]` of a packed batch through the model's own head
+    /// ([`Encoder::own_pooling`]).
+    fn embed_text(&self, _batch: &TokenBatch) -> Result<Tensor> {
+        Err(Error::input(format!(
+            "{} has no embedding head of its own; pool its hidden states",
+            self.model_type()
+        )))
+    }
+
+    /// Width of an embedding: [`Encoder::embed_text`]'s where the model has its own head, else
+    /// the hidden size.
+    fn embedding_dim(&self) -> usize {
+        self.hidden_size()
+    }
+
+    /// The image tower of a model that has one.
+    fn image_tower(&self) -> Option<&dyn ImageTower> {
+        None
+    }
+}
+
+/// A vision tower: preprocessed pixels in, embeddings out.
+pub trait ImageTower: Send + Sync {
+    /// How an image becomes the tower's input ([`image::Preprocess::pixels`]).
+    fn preprocess(&self) -> &image::Preprocess;
+
+    /// Width of an image embedding.
+    fn embedding_dim(&self) -> usize;
+
+    /// Embeddings `[images, embedding_dim]` on the backend of `images` pixel tensors
+    /// `[3, height, width]` laid end to end on the host. Pixels of another size than the tower's
+    /// are an error.
+    fn embed_pixels(&self, pixels: &[f32], images: usize) -> Result<Tensor>;
 }
 
 /// How an architecture is loaded from a model directory.
@@ -81,6 +130,9 @@ pub const ARCHITECTURES: &[(&[&str], LoadFn)] = &[
     }),
     (&decoder::MODEL_TYPES, |dir, be, dtype| {
         Ok(Box::new(decoder::DecoderModel::load(dir, be, dtype)?))
+    }),
+    (&clip::MODEL_TYPES, |dir, be, dtype| {
+        Ok(Box::new(clip::ClipModel::load(dir, be, dtype)?))
     }),
 ];
 
@@ -100,7 +152,8 @@ pub fn check_norm_eps(key: &str, eps: f64) -> std::result::Result<(), String> {
 
 /// Loads the encoder of a model directory onto `backend`, the architecture chosen by
 /// `config.json`'s `model_type`, with GEMM weights and embedding tables in the element type
-/// `weights_dtype` picks. A path ending in `.gguf` is a GGUF file's decoder instead.
+/// `weights_dtype` picks. A path ending in `.gguf` is a GGUF file's decoder instead, and a
+/// directory with an `open_clip_config.json` an open_clip CLIP model.
 pub fn load(
     dir: &Path,
     backend: Arc<dyn Backend>,
@@ -108,6 +161,13 @@ pub fn load(
 ) -> Result<Box<dyn Encoder>> {
     if decoder_gguf::is_gguf(dir) {
         return Ok(Box::new(decoder_gguf::load(dir, backend, weights_dtype)?));
+    }
+    if clip::is_open_clip(dir) {
+        return Ok(Box::new(clip::ClipModel::load(
+            dir,
+            backend,
+            weights_dtype,
+        )?));
     }
     #[derive(Deserialize)]
     struct ModelType {

@@ -1,0 +1,372 @@
+//! Does unsupervised clustering recreate the labels? k-means on the embeddings (k-means++
+//! seeding, Lloyd iterations with distances by GEMM, several restarts, the lowest inertia kept, as
+//! scikit-learn's `KMeans`), scored against the labels by the adjusted Rand index, normalised
+//! mutual information (arithmetic mean, scikit-learn's default) and purity.
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::backend::cpu::{gemm, Operand};
+use crate::error::{Error, Result};
+use crate::io::embeddings::EmbeddingsFile;
+use crate::random::SplitMix64;
+
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterOptions {
+    pub k: usize,
+    pub restarts: usize,
+    pub max_iter: usize,
+    /// Convergence: the squared centre shift summed over the centres, relative to the mean
+    /// per-dimension variance of the data (scikit-learn's `tol`).
+    pub tol: f64,
+    pub seed: u64,
+}
+
+/// One clustering of the rows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KMeans {
+    /// Cluster of each row.
+    pub assignment: Vec<usize>,
+    /// `[k, dim]` centres.
+    pub centres: Vec<f64>,
+    /// Sum of squared distances of the rows to their centres.
+    pub inertia: f64,
+    pub iterations: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterReport {
+    pub input: String,
+    pub model: String,
+    pub rows: usize,
+    pub dim: usize,
+    pub k: usize,
+    pub restarts: usize,
+    pub seed: u64,
+    pub inertia: f64,
+    /// Inertia of every restart, in order.
+    pub restart_inertias: Vec<f64>,
+    pub iterations: usize,
+    pub sizes: Vec<usize>,
+    /// Agreement with the labels over the labelled rows (`None` without labels).
+    pub agreement: Option<Agreement>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Agreement {
+    pub labels: Vec<String>,
+    pub ari: f64,
+    pub nmi: f64,
+    pub purity: f64,
+    /// `[label][cluster]` row counts.
+    pub contingency: Vec<Vec<usize>>,
+}
+
+pub fn report(
+    file: &EmbeddingsFile,
+    input: &str,
+    options: &ClusterOptions,
+) -> Result<ClusterReport> {
+    let (best, inertias) = kmeans(&file.embeddings, file.dim, options)?;
+    let mut sizes = vec![0; options.k];
+    best.assignment.iter().for_each(|&c| sizes[c] += 1);
+    let labelled: Vec<usize> = (0..file.rows()).filter(|&r| file.labels[r] >= 0).collect();
+    let agreement = (!labelled.is_empty()).then(|| {
+        let truth: Vec<usize> = labelled.iter().map(|&r| file.labels[r] as usize).collect();
+        let found: Vec<usize> = labelled.iter().map(|&r| best.assignment[r]).collect();
+        let contingency = contingency(&truth, file.label_names.len(), &found, options.k);
+        Agreement {
+            labels: file.label_names.clone(),
+            ari: adjusted_rand_index(&contingency),
+            nmi: normalized_mutual_information(&contingency),
+            purity: purity(&contingency),
+            contingency,
+        }
+    });
+    Ok(ClusterReport {
+        input: input.into(),
+        model: file.model.clone(),
+        rows: file.rows(),
+        dim: file.dim,
+        k: options.k,
+        restarts: options.restarts,
+        seed: options.seed,
+        inertia: best.inertia,
+        restart_inertias: inertias,
+        iterations: best.iterations,
+        sizes,
+        agreement,
+    })
+}
+
+/// The best of `options.restarts` k-means runs (lowest inertia; the first on ties) and every
+/// run's inertia.
+pub fn kmeans(x: &[f32], dim: usize, options: &ClusterOptions) -> Result<(KMeans, Vec<f64>)> {
+    let rows = x.len().checked_div(dim).unwrap_or(0);
+    if options.k < 1 || options.k > rows {
+        return Err(Error::input(format!(
+            "--k {} must be between 1 and the number of rows ({rows})",
+            options.k
+        )));
+    }
+    if options.restarts == 0 || options.max_iter == 0 || options.tol.is_nan() || options.tol < 0.0 {
+        return Err(Error::input(
+            "--restarts and --max-iter must be at least 1 and the tolerance at least 0",
+        ));
+    }
+    let norms: Vec<f64> = x
+        .par_chunks(dim)
+        .map(|r| r.iter().map(|&v| f64::from(v) * f64::from(v)).sum())
+        .collect();
+    let mut mean = vec![0.0f64; dim];
+    x.chunks_exact(dim).for_each(|r| {
+        mean.iter_mut()
+            .zip(r)
+            .for_each(|(m, &v)| *m += f64::from(v))
+    });
+    mean.iter_mut().for_each(|m| *m /= rows as f64);
+    let variance: f64 = x
+        .chunks_exact(dim)
+        .map(|r| {
+            r.iter()
+                .zip(&mean)
+                .map(|(&v, m)| (f64::from(v) - m).powi(2))
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+        / (rows * dim) as f64;
+    let tol = options.tol * variance;
+    let mut rng = SplitMix64::new(options.seed);
+    let mut best: Option<KMeans> = None;
+    let mut inertias = Vec::with_capacity(options.restarts);
+    for _ in 0..options.restarts {
+        let centres = seed_centres(x, dim, &norms, options.k, &mut rng);
+        let run = lloyd(x, dim, &norms, centres, options.max_iter, tol);
+        inertias.push(run.inertia);
+        if best.as_ref().is_none_or(|b| run.inertia < b.inertia) {
+            best = Some(run);
+        }
+    }
+    Ok((best.expect("at least one restart"), inertias))
+}
+
+/// k-means++: the first centre uniformly, each next one with probability proportional to the
+/// squared distance to the nearest centre so far.
+fn seed_centres(x: &[f32], dim: usize, norms: &[f64], k: usize, rng: &mut SplitMix64) -> Vec<f64> {
+    let rows = norms.len();
+    let row = |r: usize| x[r * dim..(r + 1) * dim].iter().map(|&v| f64::from(v));
+    let mut centres: Vec<f64> = row(rng.below(rows)).collect();
+    let mut nearest = distances_to(x, dim, norms, &centres);
+    while centres.len() < k * dim {
+        let total: f64 = nearest.iter().sum();
+        let chosen = if total > 0.0 {
+            let mut target = rng.next_f64() * total;
+            nearest
+                .iter()
+                .position(|&d| {
+                    target -= d;
+                    target < 0.0
+                })
+                .unwrap_or(rows - 1)
+        } else {
+            // Fewer distinct rows than clusters: any row.
+            rng.below(rows)
+        };
+        let start = centres.len();
+        centres.extend(row(chosen));
+        let new = distances_to(x, dim, norms, &centres[start..]);
+        nearest.iter_mut().zip(new).for_each(|(n, d)| *n = n.min(d));
+    }
+    centres
+}
+
+/// Squared distances of every row to one centre.
+fn distances_to(x: &[f32], dim: usize, norms: &[f64], centre: &[f64]) -> Vec<f64> {
+    let c2: f64 = centre.iter().map(|v| v * v).sum();
+    x.par_chunks(dim)
+        .zip(norms)
+        .map(|(r, n)| {
+            let dot: f64 = r.iter().zip(centre).map(|(&v, c)| f64::from(v) * c).sum();
+            (n - 2.0 * dot + c2).max(0.0)
+        })
+        .collect()
+}
+
+/// Lloyd's iterations from `centres` until the squared centre shift is at most `tol` or
+/// `max_iter` passes; the assignment and inertia are those of the final centres.
+fn lloyd(
+    x: &[f32],
+    dim: usize,
+    norms: &[f64],
+    mut centres: Vec<f64>,
+    max_iter: usize,
+    tol: f64,
+) -> KMeans {
+    let k = centres.len() / dim;
+    let mut iterations = 0;
+    loop {
+        let (assignment, distances) = assign(x, dim, norms, &centres);
+        iterations += 1;
+        let mut sums = vec![0.0f64; k * dim];
+        let mut counts = vec![0usize; k];
+        for (r, &c) in assignment.iter().enumerate() {
+            counts[c] += 1;
+            sums[c * dim..(c + 1) * dim]
+                .iter_mut()
+                .zip(&x[r * dim..(r + 1) * dim])
+                .for_each(|(s, &v)| *s += f64::from(v));
+        }
+        // An empty cluster takes the row farthest from its centre.
+        for c in 0..k {
+            if counts[c] == 0 {
+                let far = (0..distances.len())
+                    .max_by(|&a, &b| distances[a].total_cmp(&distances[b]))
+                    .expect("rows");
+                sums[c * dim..(c + 1) * dim]
+                    .iter_mut()
+                    .zip(&x[far * dim..(far + 1) * dim])
+                    .for_each(|(s, &v)| *s = f64::from(v));
+                counts[c] = 1;
+            }
+        }
+        let new: Vec<f64> = sums
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s / counts[i / dim] as f64)
+            .collect();
+        let shift: f64 = new.iter().zip(&centres).map(|(a, b)| (a - b).powi(2)).sum();
+        centres = new;
+        if shift <= tol || iterations >= max_iter {
+            let (assignment, distances) = assign(x, dim, norms, &centres);
+            return KMeans {
+                assignment,
+                centres,
+                inertia: distances.iter().sum(),
+                iterations,
+            };
+        }
+    }
+}
+
+/// Rows per block of the assignment GEMM.
+const ASSIGN_BLOCK: usize = 4096;
+
+/// The nearest centre of every row and the squared distance to it: `‖x‖² − 2x·c + ‖c‖²` with
+/// `x·c` by GEMM in blocks of rows (f32 products, f64 sums).
+fn assign(x: &[f32], dim: usize, norms: &[f64], centres: &[f64]) -> (Vec<usize>, Vec<f64>) {
+    let k = centres.len() / dim;
+    let c32: Vec<f32> = centres.iter().map(|&v| v as f32).collect();
+    let c2: Vec<f64> = centres
+        .chunks_exact(dim)
+        .map(|c| c.iter().map(|v| v * v).sum())
+        .collect();
+    let rows = norms.len();
+    let mut assignment = Vec::with_capacity(rows);
+    let mut distances = Vec::with_capacity(rows);
+    for start in (0..rows).step_by(ASSIGN_BLOCK) {
+        let block = ASSIGN_BLOCK.min(rows - start);
+        let mut dots = vec![0.0f32; block * k];
+        gemm(
+            &mut dots,
+            Operand::plain(&x[start * dim..(start + block) * dim], block, dim),
+            Operand::transposed(&c32, k, dim),
+            false,
+        );
+        for (r, d) in dots.chunks_exact(k).enumerate() {
+            let (best, dist) = d
+                .iter()
+                .zip(&c2)
+                .map(|(&dot, c2)| (norms[start + r] - 2.0 * f64::from(dot) + c2).max(0.0))
+                .enumerate()
+                .fold(
+                    (0, f64::INFINITY),
+                    |acc, (c, v)| if v < acc.1 { (c, v) } else { acc },
+                );
+            assignment.push(best);
+            distances.push(dist);
+        }
+    }
+    (assignment, distances)
+}
+
+/// `[label][cluster]` counts.
+pub fn contingency(
+    truth: &[usize],
+    labels: usize,
+    found: &[usize],
+    clusters: usize,
+) -> Vec<Vec<usize>> {
+    let mut table = vec![vec![0; clusters]; labels];
+    truth
+        .iter()
+        .zip(found)
+        .for_each(|(&t, &f)| table[t][f] += 1);
+    table
+}
+
+fn choose2(n: usize) -> f64 {
+    let n = n as f64;
+    n * (n - 1.0) / 2.0
+}
+
+/// Hubert and Arabie's adjusted Rand index of a contingency table (1: identical partitions,
+/// about 0: chance).
+pub fn adjusted_rand_index(table: &[Vec<usize>]) -> f64 {
+    let n: usize = table.iter().flatten().sum();
+    let index: f64 = table.iter().flatten().map(|&c| choose2(c)).sum();
+    let rows: f64 = table.iter().map(|r| choose2(r.iter().sum())).sum();
+    let cols: f64 = (0..table.first().map_or(0, Vec::len))
+        .map(|j| choose2(table.iter().map(|r| r[j]).sum()))
+        .sum();
+    let expected = rows * cols / choose2(n);
+    let max = 0.5 * (rows + cols);
+    if max == expected {
+        // Both partitions trivial (one class, or every row alone): identical by convention.
+        return 1.0;
+    }
+    (index - expected) / (max - expected)
+}
+
+/// Mutual information over the arithmetic mean of the two entropies (natural logs cancel).
+pub fn normalized_mutual_information(table: &[Vec<usize>]) -> f64 {
+    let n: usize = table.iter().flatten().sum();
+    let n = n as f64;
+    let row_sums: Vec<f64> = table
+        .iter()
+        .map(|r| r.iter().sum::<usize>() as f64)
+        .collect();
+    let cols = table.first().map_or(0, Vec::len);
+    let col_sums: Vec<f64> = (0..cols)
+        .map(|j| table.iter().map(|r| r[j]).sum::<usize>() as f64)
+        .collect();
+    let entropy = |sums: &[f64]| -> f64 {
+        sums.iter()
+            .filter(|&&s| s > 0.0)
+            .map(|&s| -(s / n) * (s / n).ln())
+            .sum()
+    };
+    let (h_rows, h_cols) = (entropy(&row_sums), entropy(&col_sums));
+    if h_rows == 0.0 && h_cols == 0.0 {
+        return 1.0;
+    }
+    let mut mi = 0.0;
+    for (i, row) in table.iter().enumerate() {
+        for (j, &c) in row.iter().enumerate() {
+            if c > 0 {
+                let c = c as f64;
+                mi += (c / n) * (c * n / (row_sums[i] * col_sums[j])).ln();
+            }
+        }
+    }
+    mi / (0.5 * (h_rows + h_cols))
+}
+
+/// The share of rows in their cluster's most common label.
+pub fn purity(table: &[Vec<usize>]) -> f64 {
+    let n: usize = table.iter().flatten().sum();
+    let cols = table.first().map_or(0, Vec::len);
+    let majority: usize = (0..cols)
+        .map(|j| table.iter().map(|r| r[j]).max().unwrap_or(0))
+        .sum();
+    majority as f64 / n as f64
+}

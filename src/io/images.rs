@@ -1,0 +1,169 @@
+//! Image inputs of `mscope embed --images`: files, and folders laid out as torchvision's
+//! `ImageFolder` expects — every image under a folder, in sorted relative-path order, labelled by
+//! the sub-folder directly under the folder it was found in (`DIR/cat/x.png` is a `cat`).
+//!
+//! Files whose extension is not an image's are refused, naming the file, rather than skipped,
+//! so a stray file never silently shifts what was embedded; hidden entries (names starting with
+//! `.`, such as `.DS_Store`) are passed over.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::models::image::IMAGE_EXTENSIONS;
+
+/// Images to embed, in row order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageCorpus {
+    pub paths: Vec<PathBuf>,
+    /// Index into `label_names`; -1 for an image given as a file or lying directly in a folder
+    /// input.
+    pub labels: Vec<i64>,
+    /// Sub-folder names, sorted.
+    pub label_names: Vec<String>,
+}
+
+fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
+fn not_an_image(path: &Path) -> Error {
+    Error::input(format!(
+        "{}: not an image file (supported extensions: {}); remove it or name the images \
+         individually",
+        path.display(),
+        IMAGE_EXTENSIONS.join(", ")
+    ))
+}
+
+/// Every file under `dir` (hidden entries excepted), sorted by path relative to it.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .map(|entry| entry.map(|e| e.path()).map_err(|e| Error::io(dir, e)))
+        .collect::<Result<Vec<_>>>()?;
+    entries.sort();
+    for path in entries {
+        if is_hidden(&path) {
+            continue;
+        }
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Collects the images of `inputs` (files or folders) in order: each input's images in turn.
+pub fn collect_images(inputs: &[PathBuf]) -> Result<ImageCorpus> {
+    // (path, label name) per row; names are numbered once every input is read.
+    let mut rows: Vec<(PathBuf, Option<String>)> = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut files = Vec::new();
+            walk(input, &mut files)?;
+            if files.is_empty() {
+                return Err(Error::input(format!(
+                    "{}: the folder holds no images",
+                    input.display()
+                )));
+            }
+            for path in files {
+                if !is_image(&path) {
+                    return Err(not_an_image(&path));
+                }
+                let relative = path.strip_prefix(input).expect("walked from the input");
+                let mut parts = relative.components();
+                let label = match (parts.next(), parts.next()) {
+                    (Some(folder), Some(_)) => {
+                        Some(folder.as_os_str().to_string_lossy().into_owned())
+                    }
+                    _ => None,
+                };
+                rows.push((path, label));
+            }
+        } else if input.is_file() {
+            if !is_image(input) {
+                return Err(not_an_image(input));
+            }
+            rows.push((input.clone(), None));
+        } else {
+            return Err(Error::input(format!(
+                "{}: no such file or folder",
+                input.display()
+            )));
+        }
+    }
+    let label_names: Vec<String> = rows
+        .iter()
+        .filter_map(|(_, l)| l.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let labels = rows
+        .iter()
+        .map(|(_, l)| match l {
+            Some(name) => label_names.binary_search(name).expect("collected") as i64,
+            None => -1,
+        })
+        .collect();
+    Ok(ImageCorpus {
+        paths: rows.into_iter().map(|(p, _)| p).collect(),
+        labels,
+        label_names,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folders_label_by_subfolder_and_refuse_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for path in [
+            "b/2.png",
+            "b/1.JPG",
+            "a/deep/3.jpeg",
+            "top.png",
+            ".DS_Store",
+        ] {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"").unwrap();
+        }
+        let corpus = collect_images(&[root.to_path_buf()]).unwrap();
+        let relative: Vec<String> = corpus
+            .paths
+            .iter()
+            .map(|p| p.strip_prefix(root).unwrap().display().to_string())
+            .collect();
+        assert_eq!(relative, ["a/deep/3.jpeg", "b/1.JPG", "b/2.png", "top.png"]);
+        assert_eq!(corpus.label_names, ["a", "b"]);
+        assert_eq!(corpus.labels, [0, 1, 1, -1]);
+
+        std::fs::write(root.join("b/notes.txt"), b"").unwrap();
+        let err = collect_images(&[root.to_path_buf()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("notes.txt") && err.contains("not an image"),
+            "{err}"
+        );
+
+        let empty = root.join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let err = collect_images(&[empty]).unwrap_err().to_string();
+        assert!(err.contains("no images"), "{err}");
+    }
+}

@@ -1,0 +1,547 @@
+//! CLIP against the libraries users run (references written by tools/make_clip_fixtures.py):
+//! image preprocessing against transformers' CLIPImageProcessor (PIL and torchvision backends)
+//! and open_clip's transforms on real photos, and tiny random-init CLIP models in the Hugging
+//! Face and open_clip layouts (quick_gelu and gelu, class-token and patch-mean pooling, shortest
+//! side + crop and squash preprocessing) — image and text embeddings on every backend.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::{backend_tests, cosine, reference_tensor, rel_error, repo_path};
+use mscope::backend::{Backend, SeqLayout};
+use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
+use mscope::models::clip::ClipModel;
+use mscope::models::image::{
+    decode_rgb, CropRounding, Filter, Preprocess, ResizeMode, OPENAI_MEAN, OPENAI_STD,
+};
+use mscope::models::{self, Encoder, ImageTower, TokenBatch};
+use mscope::weights::WeightsDtype;
+
+backend_tests! {
+    image_tower_matches_reference_on_reference_pixels,
+    images_from_files_match_reference_end_to_end,
+    text_tower_matches_reference,
+    embed_instrument_runs_clip_text,
+    f16_weights_stay_within_the_f16_tolerance,
+}
+
+const FIXTURES: &str = "tests/fixtures/clip";
+const PREPROCESS: &str = "tests/fixtures/clip/preprocess_reference.safetensors";
+const REFERENCE: &str = "tests/fixtures/clip/reference.safetensors";
+const MODELS: [&str; 3] = ["hf-tiny", "open_clip-tiny", "open_clip-squash"];
+
+/// f32 paths: ‖out − ref‖/‖ref‖ under this, every row's cosine at least [`MIN_COSINE`].
+const MAX_REL: f64 = 1e-5;
+const MIN_COSINE: f64 = 0.9999;
+
+/// One 8-bit level after normalisation by the smallest std, plus f32 rounding: the most a pixel
+/// may differ from a reference whose decoder or resampler rounds differently.
+fn one_level() -> f64 {
+    let min_std = OPENAI_STD.iter().fold(f32::INFINITY, |a, &b| a.min(b));
+    1.0 / 255.0 / f64::from(min_std) + 1e-5
+}
+
+fn photos() -> Vec<PathBuf> {
+    let list = std::fs::read_to_string(repo_path(&format!("{FIXTURES}/photos.json"))).unwrap();
+    let names: Vec<String> = serde_json::from_str(&list).unwrap();
+    names
+        .iter()
+        .map(|n| repo_path(&format!("{FIXTURES}/{n}")))
+        .collect()
+}
+
+fn is_jpeg(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "jpg")
+}
+
+fn texts() -> Vec<String> {
+    let list = std::fs::read_to_string(repo_path(&format!("{FIXTURES}/texts.json"))).unwrap();
+    serde_json::from_str(&list).unwrap()
+}
+
+fn model_dir(name: &str) -> PathBuf {
+    repo_path(&format!("{FIXTURES}/{name}"))
+}
+
+fn max_abs(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - y).abs())
+        .fold(0.0, f64::max)
+}
+
+/// Checks `preprocess` on every photo against the reference tensors `prefix/NAME`: PNGs decode
+/// identically, so their pixels must be PIL's exactly (f32 rounding only); JPEG decoders may
+/// round an 8-bit level differently, so a JPEG may be off by one level.
+fn check_preprocessing(preprocess: &Preprocess, prefix: &str, png_tolerance: f64) {
+    for photo in photos() {
+        let name = photo.file_name().unwrap().to_string_lossy().into_owned();
+        let (shape, want) = reference_tensor(PREPROCESS, &format!("{prefix}/{name}"));
+        let got = preprocess.pixels(&decode_rgb(&photo).unwrap()).unwrap();
+        assert_eq!(shape, [3, 40, 40], "{prefix}/{name}");
+        let diff = max_abs(&got, &want);
+        let tolerance = if is_jpeg(&photo) {
+            one_level()
+        } else {
+            png_tolerance
+        };
+        eprintln!(
+            "{prefix}/{name}: max |Δ| {diff:.2e} (normalised; one level is {:.2e})",
+            one_level()
+        );
+        assert!(
+            diff <= tolerance,
+            "{prefix}/{name}: max |Δ| {diff} > {tolerance}"
+        );
+    }
+}
+
+fn hf_preprocess() -> Preprocess {
+    Preprocess {
+        mode: ResizeMode::ShortestThenCrop {
+            shortest: 48,
+            crop_width: 40,
+            crop_height: 40,
+        },
+        filter: Filter::Bicubic,
+        crop_rounding: CropRounding::Floor,
+        mean: OPENAI_MEAN,
+        std: OPENAI_STD,
+    }
+}
+
+#[test]
+fn preprocessing_matches_transformers_pil_backend() {
+    check_preprocessing(&hf_preprocess(), "hf", 1e-5);
+}
+
+/// transformers 5's default CLIPImageProcessor resizes with torchvision, which rounds a few
+/// pixels differently from PIL: within one level.
+#[test]
+fn preprocessing_is_within_one_level_of_transformers_torchvision_backend() {
+    check_preprocessing(&hf_preprocess(), "hf_torchvision", one_level());
+}
+
+#[test]
+fn preprocessing_matches_open_clip_shortest_and_squash() {
+    for mode in ["shortest", "squash"] {
+        let cfg = serde_json::json!({"resize_mode": mode, "interpolation": "bicubic"});
+        let preprocess = Preprocess::from_open_clip(Path::new("test"), 40, Some(&cfg)).unwrap();
+        check_preprocessing(&preprocess, &format!("open_clip_{mode}"), 1e-5);
+    }
+}
+
+#[test]
+fn model_directories_read_their_preprocessing() {
+    let hf = models::clip::ClipConfig::read(&model_dir("hf-tiny")).unwrap();
+    assert_eq!(
+        hf.preprocess.mode,
+        ResizeMode::ShortestThenCrop {
+            shortest: 36,
+            crop_width: 32,
+            crop_height: 32
+        }
+    );
+    assert_eq!(hf.preprocess.crop_rounding, CropRounding::Floor);
+    let squash = models::clip::ClipConfig::read(&model_dir("open_clip-squash")).unwrap();
+    assert_eq!(
+        squash.preprocess.mode,
+        ResizeMode::Squash {
+            width: 30,
+            height: 30
+        }
+    );
+    assert_eq!(squash.preprocess.crop_rounding, CropRounding::HalfToEven);
+}
+
+fn load(name: &str, be: &Arc<dyn Backend>) -> ClipModel {
+    ClipModel::load(&model_dir(name), be.clone(), WeightsDtype::F32)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn assert_embeddings(what: &str, got: &[f32], want: &[f64], dim: usize) {
+    let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+    let rel = rel_error(got, &want);
+    assert!(
+        rel <= MAX_REL,
+        "{what}: relative error {rel:.3e} > {MAX_REL}"
+    );
+    for (row, (g, w)) in got.chunks(dim).zip(want.chunks(dim)).enumerate() {
+        let cos = cosine(g, w);
+        assert!(cos >= MIN_COSINE, "{what}: row {row} cosine {cos}");
+    }
+}
+
+fn image_tower_matches_reference_on_reference_pixels(be: &Arc<dyn Backend>) {
+    for name in MODELS {
+        let model = load(name, be);
+        let (shape, pixels) = reference_tensor(REFERENCE, &format!("{name}/pixels"));
+        let pixels: Vec<f32> = pixels.iter().map(|&v| v as f32).collect();
+        let tower = model.image_tower().expect("CLIP has an image tower");
+        let out = tower.embed_pixels(&pixels, shape[0]).unwrap();
+        let got = be.download(&out).unwrap();
+        let (_, want) = reference_tensor(REFERENCE, &format!("{name}/image_embeds"));
+        assert_embeddings(name, &got, &want, tower.embedding_dim());
+    }
+}
+
+/// Decoding and preprocessing here, then the tower: PNG photos decode exactly as PIL decodes
+/// them, so their embeddings match the reference at f32 precision; the JPEG's pixels may be an
+/// 8-bit level off (another decoder), which moves a random-init model's embedding slightly.
+fn images_from_files_match_reference_end_to_end(be: &Arc<dyn Backend>) {
+    for name in MODELS {
+        let model = load(name, be);
+        let tower = model.image_tower().unwrap();
+        let dim = tower.embedding_dim();
+        let (shape, want_pixels) = reference_tensor(REFERENCE, &format!("{name}/pixels"));
+        let plane: usize = shape[1..].iter().product();
+        let (_, want) = reference_tensor(REFERENCE, &format!("{name}/image_embeds"));
+        for (i, photo) in photos().iter().enumerate() {
+            let pixels = tower
+                .preprocess()
+                .pixels(&decode_rgb(photo).unwrap())
+                .unwrap();
+            let diff = max_abs(&pixels, &want_pixels[i * plane..(i + 1) * plane]);
+            let what = format!("{name} {}", photo.display());
+            let got = be
+                .download(&tower.embed_pixels(&pixels, 1).unwrap())
+                .unwrap();
+            let want_row = &want[i * dim..(i + 1) * dim];
+            if is_jpeg(photo) {
+                assert!(diff <= one_level(), "{what}: pixels off by {diff}");
+                let want_row: Vec<f32> = want_row.iter().map(|&v| v as f32).collect();
+                let cos = cosine(&got, &want_row);
+                assert!(cos >= 0.99, "{what}: cosine {cos}");
+            } else {
+                assert!(diff <= 1e-5, "{what}: pixels off by {diff}");
+                assert_embeddings(&what, &got, want_row, dim);
+            }
+        }
+    }
+}
+
+/// `--weights-dtype f16`: GEMM weights and the token table in f16 where the backend's kernels
+/// read it (wgpu with SHADER_F16), widened elsewhere; f16 paths stay under 1e-2.
+fn f16_weights_stay_within_the_f16_tolerance(be: &Arc<dyn Backend>) {
+    let ids = reference_ids();
+    let batch = TokenBatch {
+        ids: ids.iter().flatten().copied().collect(),
+        type_ids: vec![0; ids.iter().map(Vec::len).sum()],
+        layout: SeqLayout::from_lengths(ids.iter().map(Vec::len)),
+    };
+    for name in MODELS {
+        let model = ClipModel::load(&model_dir(name), be.clone(), WeightsDtype::F16).unwrap();
+        let (shape, pixels) = reference_tensor(REFERENCE, &format!("{name}/pixels"));
+        let pixels: Vec<f32> = pixels.iter().map(|&v| v as f32).collect();
+        let images = be
+            .download(&model.embed_pixels(&pixels, shape[0]).unwrap())
+            .unwrap();
+        let texts = be.download(&model.embed_text(&batch).unwrap()).unwrap();
+        for (what, got) in [("image_embeds", images), ("text_embeds", texts)] {
+            let (_, want) = reference_tensor(REFERENCE, &format!("{name}/{what}"));
+            let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+            let rel = rel_error(&got, &want);
+            assert!(rel <= 1e-2, "{name} {what}: relative error {rel:.3e}");
+        }
+    }
+}
+
+/// The reference's token ids, unpadded.
+fn reference_ids() -> Vec<Vec<u32>> {
+    let (shape, ids) = reference_tensor(REFERENCE, "text_ids");
+    let (_, lengths) = reference_tensor(REFERENCE, "text_lengths");
+    ids.chunks(shape[1])
+        .zip(&lengths)
+        .map(|(row, &len)| row[..len as usize].iter().map(|&v| v as u32).collect())
+        .collect()
+}
+
+fn text_tower_matches_reference(be: &Arc<dyn Backend>) {
+    let ids = reference_ids();
+    assert!(ids.iter().any(|t| t.len() == 77), "a text is truncated");
+    for name in MODELS {
+        let model = load(name, be);
+        let batch = TokenBatch {
+            ids: ids.iter().flatten().copied().collect(),
+            type_ids: vec![0; ids.iter().map(Vec::len).sum()],
+            layout: SeqLayout::from_lengths(ids.iter().map(Vec::len)),
+        };
+        let got = be.download(&model.embed_text(&batch).unwrap()).unwrap();
+        let (_, want) = reference_tensor(REFERENCE, &format!("{name}/text_embeds"));
+        assert_embeddings(name, &got, &want, Encoder::embedding_dim(&model));
+    }
+}
+
+/// The embed instrument tokenises as the reference did (truncation keeps the end of text) and
+/// embeds through the text projection, normalised by default.
+fn embed_instrument_runs_clip_text(be: &Arc<dyn Backend>) {
+    let options = EncoderOptions {
+        weights_dtype: WeightsDtype::F32,
+        ..EncoderOptions::default()
+    };
+    let want_ids = reference_ids();
+    for name in MODELS {
+        let encoder = SentenceEncoder::load(&model_dir(name), be.clone(), &options).unwrap();
+        let tokenized = encoder.tokenize(&texts()).unwrap();
+        let ids: Vec<Vec<u32>> = tokenized.into_iter().map(|t| t.ids).collect();
+        assert_eq!(ids, want_ids, "{name}: token ids");
+        assert!(
+            encoder.normalize(),
+            "{name}: CLIP embeddings are normalised by default"
+        );
+        assert_eq!(encoder.pooling_name(), "eot");
+        let out = encoder.embed(&texts(), 4, &mut |_, _| {}).unwrap();
+        let (_, want) = reference_tensor(REFERENCE, &format!("{name}/text_embeds"));
+        let mut want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+        for row in want.chunks_mut(out.dim) {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            row.iter_mut().for_each(|v| *v /= norm);
+        }
+        let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
+        assert_embeddings(name, &out.embeddings, &want, out.dim);
+        let pooled = EncoderOptions {
+            pooling: Some(mscope::backend::Pooling::Mean),
+            ..options.clone()
+        };
+        let err = match SentenceEncoder::load(&model_dir(name), be.clone(), &pooled) {
+            Ok(_) => panic!("{name}: --pooling accepted for a model that pools itself"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("does not apply"), "{err}");
+    }
+}
+
+#[test]
+fn bad_images_are_refused_with_their_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let not_image = write("notes.png", b"these are notes, not pixels");
+    let png = std::fs::read(repo_path(&format!(
+        "{FIXTURES}/photos/things/coffee_small.png"
+    )))
+    .unwrap();
+    let truncated = write("truncated.png", &png[..png.len() / 2]);
+    let cmyk = repo_path(&format!("{FIXTURES}/bad/cmyk.jpg"));
+    let cases = [
+        (not_image, "not a PNG or JPEG image"),
+        (truncated, "cannot decode"),
+        (cmyk, "CMYK JPEGs are not supported"),
+    ];
+    for (path, needle) in cases {
+        let err = decode_rgb(&path).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
+    // 16-bit grey: PIL would clip it to 8 bits, which no model was trained on.
+    let sixteen = dir.path().join("sixteen.png");
+    image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_raw(2, 2, vec![0, 1000, 40000, 65535])
+        .unwrap()
+        .save(&sixteen)
+        .unwrap();
+    let err = decode_rgb(&sixteen).unwrap_err().to_string();
+    assert!(
+        err.contains("sixteen.png") && err.contains("not supported"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_model_directories_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = model_dir("open_clip-tiny");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("open_clip_config.json")).unwrap())
+            .unwrap();
+    let write_config = |config: &serde_json::Value| {
+        std::fs::write(
+            dir.path().join("open_clip_config.json"),
+            serde_json::to_string(config).unwrap(),
+        )
+        .unwrap();
+    };
+    let be: Arc<dyn Backend> = Arc::new(mscope::backend::cpu::CpuBackend::new());
+    let load_err = || match ClipModel::load(dir.path(), be.clone(), WeightsDtype::F32) {
+        Ok(_) => panic!("loaded a bad directory"),
+        Err(e) => e.to_string(),
+    };
+
+    // A pickled checkpoint only: refused with the command that converts it.
+    write_config(&config);
+    std::fs::write(dir.path().join("open_clip_pytorch_model.bin"), b"pickle").unwrap();
+    let err = load_err();
+    assert!(
+        err.contains("st.save_file") && err.contains("open_clip_model.safetensors"),
+        "{err}"
+    );
+
+    // Features this implementation lacks name their field.
+    std::fs::copy(
+        src.join("open_clip_model.safetensors"),
+        dir.path().join("open_clip_model.safetensors"),
+    )
+    .unwrap();
+    for (section, key, value) in [
+        ("vision_cfg", "pool_type", serde_json::json!("none")),
+        ("vision_cfg", "ls_init_value", serde_json::json!(0.1)),
+        ("text_cfg", "pool_type", serde_json::json!("first")),
+    ] {
+        let mut bad = config.clone();
+        bad["model_cfg"][section][key] = value;
+        write_config(&bad);
+        let err = load_err();
+        assert!(
+            err.contains("open_clip_config.json") && err.contains(key),
+            "{section}.{key}: {err}"
+        );
+    }
+
+    // A vision size the checkpoint's position table was not made for is a shape error.
+    let mut bigger = config.clone();
+    bigger["model_cfg"]["vision_cfg"]["image_size"] = serde_json::json!(40);
+    write_config(&bigger);
+    let err = load_err();
+    assert!(err.contains("positional_embedding"), "{err}");
+
+    // Pixels of another size than the tower's.
+    write_config(&config);
+    let model = ClipModel::load(dir.path(), be.clone(), WeightsDtype::F32).unwrap();
+    let err = match model.embed_pixels(&vec![0.0; 3 * 40 * 40], 1) {
+        Ok(_) => panic!("pixels of the wrong size were embedded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("3×32×32"), "{err}");
+}
+
+/// `mscope embed --images FOLDER`: sorted relative-path order, sub-folder labels, the image
+/// paths in the sidecar, normalised projected embeddings.
+#[test]
+fn cli_embeds_a_folder_of_images_with_folder_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("images.safetensors");
+    let photos_dir = repo_path(&format!("{FIXTURES}/photos"));
+    common::run_mscope_ok(&[
+        "embed",
+        "--model",
+        model_dir("open_clip-tiny").to_str().unwrap(),
+        "--images",
+        photos_dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--batch-size",
+        "4",
+    ]);
+    let file = mscope::io::embeddings::EmbeddingsFile::read(&out).unwrap();
+    assert_eq!(file.label_names, ["animals", "people", "things"]);
+    let sidecar = mscope::io::embeddings::read_texts_sidecar(
+        &mscope::io::embeddings::texts_sidecar_path(&out),
+        file.rows(),
+    )
+    .unwrap()
+    .unwrap();
+    let mut sorted = sidecar.clone();
+    sorted.sort();
+    assert_eq!(sidecar, sorted, "rows in sorted path order");
+    let (_, want) = reference_tensor(REFERENCE, "open_clip-tiny/image_embeds");
+    let references = photos();
+    for (row, path) in sidecar.iter().enumerate() {
+        let i = references
+            .iter()
+            .position(|p| p == Path::new(path))
+            .unwrap_or_else(|| panic!("{path} is not a fixture photo"));
+        let label = path.split('/').rev().nth(1).unwrap();
+        assert_eq!(file.label_names[file.labels[row] as usize], label);
+        let want_row: Vec<f32> = want[i * file.dim..(i + 1) * file.dim]
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let norm = file.row(row).iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "row {row} is normalised");
+        let cos = cosine(file.row(row), &want_row);
+        let min = if path.ends_with(".jpg") {
+            0.99
+        } else {
+            MIN_COSINE
+        };
+        assert!(cos >= min, "{path}: cosine {cos}");
+    }
+}
+
+#[test]
+fn cli_refuses_non_images_and_models_without_an_image_tower() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let folder = dir.path().join("cats");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::copy(
+        repo_path(&format!("{FIXTURES}/photos/animals/chelsea.png")),
+        folder.join("chelsea.png"),
+    )
+    .unwrap();
+    std::fs::write(folder.join("list.csv"), "a,b\n").unwrap();
+    let model = model_dir("hf-tiny");
+    let args = |model: &Path| {
+        vec![
+            "embed".to_string(),
+            "--model".into(),
+            model.display().to_string(),
+            "--images".into(),
+            folder.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+            "--backend".into(),
+            "cpu".into(),
+        ]
+    };
+    let run = |args: Vec<String>, needles: &[&str]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::assert_fails_cleanly(&args, needles);
+    };
+    run(args(&model), &["list.csv", "not an image"]);
+    std::fs::remove_file(folder.join("list.csv")).unwrap();
+    run(
+        args(&repo_path("tests/fixtures/tiny-xlmr")),
+        &["no image tower"],
+    );
+    assert!(!out.exists(), "a failed run writes nothing");
+}
+
+/// An image whose shortest side would blow up past the pixel limit is refused, not allocated.
+#[test]
+fn an_extreme_aspect_ratio_is_refused_before_resizing() {
+    let strip = mscope::models::image::Rgb8 {
+        width: 2_000_000,
+        height: 1,
+        data: vec![0; 6_000_000],
+    };
+    let err = hf_preprocess().pixels(&strip).unwrap_err().to_string();
+    assert!(err.contains("over the limit"), "{err}");
+}
+
+/// A 1×1 image is upscaled as PIL upscales it: every pixel of the crop is its colour.
+#[test]
+fn a_one_pixel_image_fills_the_crop_with_its_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dot.png");
+    image::RgbImage::from_raw(1, 1, vec![200, 100, 7])
+        .unwrap()
+        .save(&path)
+        .unwrap();
+    let preprocess = hf_preprocess();
+    let pixels = preprocess.pixels(&decode_rgb(&path).unwrap()).unwrap();
+    let plane = 40 * 40;
+    for (c, value) in [200.0f32, 100.0, 7.0].into_iter().enumerate() {
+        let want = (value / 255.0 - OPENAI_MEAN[c]) / OPENAI_STD[c];
+        assert!(pixels[c * plane..(c + 1) * plane]
+            .iter()
+            .all(|&v| v == want));
+    }
+}
