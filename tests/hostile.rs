@@ -125,6 +125,7 @@ fn bad_input_to_every_subcommand_fails_cleanly() {
         1 => ((r * 7) % 5) as f32,
         _ => 0.0,
     });
+    write_embeddings(&at("same.safetensors"), 40, 3, |_, _| 1.5);
     write_embeddings(&at("emb.safetensors"), 40, 3, |r, c| {
         ((r * 3 + c) as f32 * 0.71).sin()
     });
@@ -242,6 +243,14 @@ fn bad_input_to_every_subcommand_fails_cleanly() {
                 "20 test and 0 training rows",
                 "at least 2",
             ],
+        ),
+        (
+            vec!["lda", "--input", &a("same.safetensors")],
+            vec!["same.safetensors", "no discriminant direction"],
+        ),
+        (
+            vec!["pca", "--input", &a("same.safetensors")],
+            vec!["same.safetensors", "rows are all equal"],
         ),
         (
             vec![

@@ -72,6 +72,11 @@ impl Pca {
         // `matrix_rank` tolerance for f32 data (singular values below max(n, dim)·ε·σ_max),
         // squared because eigenvalues of the covariance are squared singular values.
         let cut = (n.max(dim) as f64 * f32::EPSILON as f64).powi(2) * eigen.values[0].max(0.0);
+        if explained_variance[0] <= cut {
+            return Err(Error::input(format!(
+                "the {n} rows are all equal: no direction has any variance"
+            )));
+        }
         if let Some(c) = explained_variance.iter().position(|&v| v <= cut) {
             return Err(Error::input(format!(
                 "{k} components requested, but the rows span only {c} dimensions (component {} \

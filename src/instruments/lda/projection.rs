@@ -5,7 +5,7 @@ use rayon::prelude::*;
 use super::fit::{class_term, matmul, matmul_tn, pool, rank_scale, whiten, SVD_TOL};
 use super::{Classes, Shrinkage};
 use crate::backend::{Backend, Matrix64, Tensor};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The discriminant directions of a fit on every labelled row, for plots: the generalised
 /// eigenproblem `S_b v = λ Σ v` solved by whitening `Σ` (as the svd rule does, so a singular `Σ`
@@ -74,6 +74,13 @@ impl Projection {
             .take(classes.len() - 1)
             .take_while(|&&l| l > SVD_TOL * eigen.values[0])
             .count();
+        if m == 0 {
+            // Identical rows, or class means that coincide: nothing to project onto.
+            return Err(Error::input(
+                "no discriminant direction: the class means do not differ beyond the \
+                 within-class scatter (are the rows identical?)",
+            ));
+        }
         let mut y = Matrix64::zeros(z.cols, m); // whitened directions, [r, m]
         for j in 0..m {
             let inv = 1.0 / eigen.values[j].sqrt();
