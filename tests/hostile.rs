@@ -519,13 +519,13 @@ fn outputs_are_regular_files_distinct_from_inputs_and_each_other() {
                 .into_iter()
                 .chain([format!("{}/../data.st", path_str(&out))])
                 .collect(),
-            vec!["--out", "it is the input of --input"],
+            vec!["--out", "the command reads it (--input)"],
         ),
         (
             ["train", "--data", path_str(&data), "--out", path_str(&data)]
                 .map(String::from)
                 .to_vec(),
-            vec!["it is the input of --data"],
+            vec!["the command reads it (--data)"],
         ),
         (
             ["data", "moons", "--n", "40", "--out"]

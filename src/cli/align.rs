@@ -45,7 +45,7 @@ pub fn run(args: AlignArgs) -> Result<()> {
     let inputs: Vec<_> = args
         .inputs
         .iter()
-        .map(|p| ("an input", Some(p.as_path())))
+        .map(|p| ("INPUTS", Some(p.as_path())))
         .collect();
     check_outputs(
         &inputs,

@@ -104,7 +104,7 @@ pub fn check_outputs(
         let clash = inputs
             .iter()
             .find(|(_, p)| *p == full)
-            .map(|(f, _)| format!("it is the input of {f}"))
+            .map(|(f, _)| format!("the command reads it ({f})"))
             .or_else(|| {
                 seen.iter()
                     .find(|(_, p)| *p == full)
