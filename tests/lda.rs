@@ -334,7 +334,20 @@ fn cli_writes_report_and_plots() {
     assert_eq!(r["pairwise"]["labels"], r["labels"]);
     assert!(r["pairwise"]["accuracy_mean"][0][0].is_null());
     assert!(r["pairwise"]["accuracy_std"][1][0].as_f64().is_some());
-    for name in ["lda.png", "lda.pairwise.png"] {
+    // One-vs-rest accuracy and recall per label, from the same confusion.
+    let confusion: Vec<Vec<u64>> = serde_json::from_value(r["confusion"].clone()).unwrap();
+    for (c, entry) in r["per_class"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(entry["label"], r["labels"][c]);
+        let hit = confusion[c][c] as f64;
+        let row: u64 = confusion[c].iter().sum();
+        let column: u64 = confusion.iter().map(|r| r[c]).sum();
+        let right = confusion_total as f64 - (row as f64 - hit) - (column as f64 - hit);
+        let got = entry["one_vs_rest_accuracy"].as_f64().unwrap();
+        assert!((got - right / confusion_total as f64).abs() < 1e-12);
+        assert!((entry["recall"].as_f64().unwrap() - hit / row as f64).abs() < 1e-12);
+    }
+    // Four labels give three discriminant directions: LD2×LD3 too.
+    for name in ["lda.png", "lda.ld2-ld3.png", "lda.pairwise.png"] {
         assert!(
             std::fs::read(dir.path().join(name))
                 .unwrap()
