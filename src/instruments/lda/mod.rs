@@ -11,8 +11,10 @@
 //! from raw rows. All problems of a split go to the backend as one batch.
 //!
 //! [`evaluation`] runs the splits, [`fit`] turns moments into rules, [`projection`] gives the
-//! discriminant directions for plots; [`report`] gathers what `mscope lda` reports.
+//! discriminant directions for plots; [`report`] gathers what `mscope lda` reports; [`detector`]
+//! keeps the rule fitted on every row for new rows.
 
+pub mod detector;
 mod evaluation;
 mod fit;
 mod projection;
