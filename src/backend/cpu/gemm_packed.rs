@@ -1,0 +1,253 @@
+//! GEMM variant 8 (and 9 on f16 weights): `out = act(x·wᵀ + bias) + residual` written for the
+//! model shapes, with weights in f32, f16 or bf16 — the CPU GEMM of half-precision checkpoints,
+//! whose weights stay in their memory map and are never widened as a whole.
+//!
+//! The classic blocked layout (Goto and van de Geijn): `x` is packed once into panels of
+//! [`MR`] rows, `KC` columns at a time, each stored column by column so the microkernel reads
+//! it in order; the weight rows (the output's columns) are split into blocks of [`NC`], one rayon
+//! task a block, and each task packs its block `KC` columns at a time into panels of [`NR`] rows
+//! — widening f16/bf16 to f32 as it packs, so the only f32 copy of the weights is one
+//! `NC × KC` panel per task (128 KiB, in L2). The microkernel keeps an `MR × NR` tile of the
+//! output in registers over the `KC` block: 6 × 16 in twelve AVX2 registers with FMA, chosen at
+//! run time, and a portable loop of the same shape elsewhere. Tiles add into the output block
+//! by block; after the last block the epilogue (bias, activation, residual) is applied to the
+//! tile before it is stored, while it is still in L1.
+
+use rayon::prelude::*;
+
+use super::activation;
+use super::common::Matrix;
+use crate::backend::Activation;
+
+/// Rows of `x` (tokens) in a register tile.
+const MR: usize = 6;
+/// Weight rows (output columns) in a register tile: two AVX2 vectors.
+const NR: usize = 16;
+/// Depth of a packed block: an `MR × KC` panel of `x` (6 KiB) and an `NR × KC` panel of the
+/// weights (16 KiB) stay in L1 while the microkernel runs over them.
+const KC: usize = 256;
+/// Output columns of one task: its packed weights (`NC × KC`, 128 KiB) stay in L2 while every
+/// row panel of `x` passes over them.
+const NC: usize = 128;
+
+/// What `linear` adds after the product: `act(acc + bias) + residual`.
+pub(super) struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub act: Activation,
+    pub residual: Option<&'a [f32]>,
+}
+
+/// An `MR × NR` tile of `a·b` over one packed block: `a` holds `kc` columns of `MR` values,
+/// `b` `kc` rows of `NR` values.
+type Microkernel = unsafe fn(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]);
+
+/// The widest microkernel this CPU runs.
+fn microkernel() -> Microkernel {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        return microkernel_avx2;
+    }
+    microkernel_portable
+}
+
+/// `out[n, m] = act(x[n, k]·w[m, k]ᵀ + bias) + residual`, every slice row-major.
+pub(super) fn linear(
+    x: &[f32],
+    (n, k, m): (usize, usize, usize),
+    w: &Matrix<'_>,
+    epilogue: &Epilogue<'_>,
+    out: &mut [f32],
+) {
+    if n == 0 || m == 0 {
+        return;
+    }
+    let kernel = microkernel();
+    // With k = 0 one empty block still runs, so the epilogue is applied to the zero product.
+    let blocks = k.div_ceil(KC).max(1);
+    let row_panels = n.div_ceil(MR);
+    let packed_x = pack_x(x, n, k, blocks, row_panels);
+    let out = SharedOut(out.as_mut_ptr());
+    (0..m.div_ceil(NC)).into_par_iter().for_each_init(
+        || vec![0.0f32; NC * KC],
+        |packed_w, block| {
+            let columns = block * NC..((block + 1) * NC).min(m);
+            for b in 0..blocks {
+                let depth = b * KC..((b + 1) * KC).min(k);
+                pack_w(w, k, columns.clone(), depth.clone(), packed_w);
+                let last = b + 1 == blocks;
+                for panel in 0..row_panels {
+                    let a = &packed_x[(b * row_panels + panel) * KC * MR..][..depth.len() * MR];
+                    let rows = panel * MR..((panel + 1) * MR).min(n);
+                    for (jr, j0) in columns.clone().step_by(NR).enumerate() {
+                        let bw = &packed_w[jr * KC * NR..][..depth.len() * NR];
+                        let mut tile = [0.0f32; MR * NR];
+                        // SAFETY: the kernel was chosen for this CPU's features, and `a`, `b`
+                        // hold `depth.len()` columns of MR and NR values.
+                        unsafe { kernel(depth.len(), a, bw, &mut tile) };
+                        let cols = j0..(j0 + NR).min(columns.end);
+                        // SAFETY: this task alone writes columns `columns` of `out`, which has
+                        // `n · m` values; `rows` < n and `cols` ⊂ `columns`.
+                        unsafe { out.store(&tile, rows.clone(), cols, m, b == 0, last, epilogue) };
+                    }
+                }
+            }
+        },
+    );
+}
+
+/// `x`'s row panels for every depth block: block `b`, panel `p` at `(b · panels + p) · KC · MR`,
+/// column `c` of the block at `c · MR`, rows past `n` zero.
+fn pack_x(x: &[f32], n: usize, k: usize, blocks: usize, panels: usize) -> Vec<f32> {
+    let mut packed = vec![0.0f32; blocks * panels * KC * MR];
+    packed
+        .par_chunks_mut(KC * MR)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            let (b, panel) = (i / panels, i % panels);
+            let depth = b * KC..((b + 1) * KC).min(k);
+            for r in 0..MR {
+                let row = panel * MR + r;
+                if row >= n {
+                    break;
+                }
+                for (c, &v) in x[row * k..][depth.clone()].iter().enumerate() {
+                    dst[c * MR + r] = v;
+                }
+            }
+        });
+    packed
+}
+
+/// Weight rows `columns` over `depth`, widened to f32 into panels of [`NR`] rows: panel `jr` at
+/// `jr · KC · NR`, its column `c` at `c · NR`, rows past the block zero.
+fn pack_w(
+    w: &Matrix<'_>,
+    k: usize,
+    columns: std::ops::Range<usize>,
+    depth: std::ops::Range<usize>,
+    packed: &mut [f32],
+) {
+    let mut row = [0.0f32; KC];
+    let row = &mut row[..depth.len()];
+    for (jr, j0) in columns.clone().step_by(NR).enumerate() {
+        let panel = &mut packed[jr * KC * NR..][..depth.len() * NR];
+        for jj in 0..NR {
+            let j = j0 + jj;
+            if j < columns.end {
+                match w {
+                    Matrix::F32(w) => row.copy_from_slice(&w[j * k..][depth.clone()]),
+                    Matrix::Half(w) => w.widen_row(j, depth.start, row),
+                }
+            } else {
+                row.fill(0.0);
+            }
+            panel
+                .iter_mut()
+                .skip(jj)
+                .step_by(NR)
+                .zip(row.iter())
+                .for_each(|(p, &v)| *p = v);
+        }
+    }
+}
+
+/// The output, written by several tasks at once, each in its own columns.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: tasks write disjoint columns (see `store`), so no value is shared.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// Stores (`first`) or adds the valid part of `tile` at `rows × cols` of the `[_, m]` output;
+    /// when `last`, applies the epilogue to each row segment first.
+    ///
+    /// # Safety
+    /// `rows × cols` lies inside the output, and no other thread touches it meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn store(
+        self,
+        tile: &[f32; MR * NR],
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+        m: usize,
+        first: bool,
+        last: bool,
+        epilogue: &Epilogue<'_>,
+    ) {
+        let width = cols.len();
+        for (r, row) in rows.enumerate() {
+            // SAFETY: the caller's contract.
+            let y =
+                unsafe { std::slice::from_raw_parts_mut(self.0.add(row * m + cols.start), width) };
+            let acc = &tile[r * NR..][..width];
+            if first {
+                y.copy_from_slice(acc);
+            } else {
+                y.iter_mut().zip(acc).for_each(|(y, a)| *y += a);
+            }
+            if last {
+                if let Some(bias) = epilogue.bias {
+                    y.iter_mut()
+                        .zip(&bias[cols.clone()])
+                        .for_each(|(y, b)| *y += b);
+                }
+                activation::apply(epilogue.act, y);
+                if let Some(residual) = epilogue.residual {
+                    let r = &residual[row * m + cols.start..][..width];
+                    y.iter_mut().zip(r).for_each(|(y, r)| *y += r);
+                }
+            }
+        }
+    }
+}
+
+/// The microkernel in plain Rust (the compiler vectorises the `NR` loop for the build target).
+///
+/// # Safety
+/// None beyond the slices' lengths (checked); `unsafe` only to share [`Microkernel`]'s type.
+unsafe fn microkernel_portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
+    let mut acc = [[0.0f32; NR]; MR];
+    for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+        for (acc, &a) in acc.iter_mut().zip(a) {
+            acc.iter_mut().zip(b).for_each(|(c, &b)| *c += a * b);
+        }
+    }
+    for (dst, acc) in tile.chunks_exact_mut(NR).zip(&acc) {
+        dst.copy_from_slice(acc);
+    }
+}
+
+/// The microkernel on AVX2 with FMA: the tile in twelve registers, two loads of `b` and six
+/// broadcasts of `a` per column of the block.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `a` holds `kc · MR` values and `b` `kc · NR`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn microkernel_avx2(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
+    use std::arch::x86_64::*;
+    assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    for p in 0..kc {
+        // SAFETY: p < kc, within the lengths asserted above.
+        unsafe {
+            let b0 = _mm256_loadu_ps(b.add(p * NR));
+            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let ai = _mm256_broadcast_ss(&*a.add(p * MR + i));
+                acc[0] = _mm256_fmadd_ps(ai, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(ai, b1, acc[1]);
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        // SAFETY: the tile has MR rows of NR = 16 values.
+        unsafe {
+            _mm256_storeu_ps(tile.as_mut_ptr().add(i * NR), acc[0]);
+            _mm256_storeu_ps(tile.as_mut_ptr().add(i * NR + 8), acc[1]);
+        }
+    }
+}
