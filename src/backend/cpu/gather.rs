@@ -18,24 +18,21 @@ pub(super) fn gather_rows(
     values_mut(out)?
         .par_chunks_mut(d)
         .zip(ids.par_iter())
-        .for_each_init(
-            || Vec::new(),
-            |widened, (y, &id)| {
-                let row = id as usize;
-                let src = match table {
-                    Matrix::F32(t) => &t[row * d..(row + 1) * d],
-                    Matrix::Half(t) => {
-                        widened.resize(d, 0.0);
-                        t.widen_row(row, 0, widened);
-                        &widened[..]
-                    }
-                };
-                if accumulate {
-                    y.iter_mut().zip(src).for_each(|(y, s)| *y += s);
-                } else {
-                    y.copy_from_slice(src);
+        .for_each_init(Vec::new, |widened, (y, &id)| {
+            let row = id as usize;
+            let src = match table {
+                Matrix::F32(t) => &t[row * d..(row + 1) * d],
+                Matrix::Half(t) => {
+                    widened.resize(d, 0.0);
+                    t.widen_row(row, 0, widened);
+                    &widened[..]
                 }
-            },
-        );
+            };
+            if accumulate {
+                y.iter_mut().zip(src).for_each(|(y, s)| *y += s);
+            } else {
+                y.copy_from_slice(src);
+            }
+        });
     Ok(())
 }
