@@ -6,6 +6,17 @@
 //! `h = x + o(attn(rope(qkv(rms(x)))))`, `x' = h + down(silu(gate(rms(h))) ⊙ up(rms(h)))`, and
 //! the final RMSNorm gives the hidden states (transformers' `last_hidden_state`). Q, K and V run
 //! as one GEMM, and so do gate and up.
+//!
+//! Memory plan (a 7B model on a 24 GiB CPU machine): the weights are read where they are stored.
+//! On the CPU a half-precision checkpoint's projections and embedding table stay in the
+//! safetensors memory map ([`super::loader`]: a fused Q/K/V or gate/up weight is a list of
+//! mapped tensors), the GEMM widens one packed panel at a time, and `gather_rows` widens only
+//! the rows it gathers; norms and biases (a few MB) are f32 copies. What the process allocates is
+//! the activations of one batch — `tokens × (4·hidden + qkv_width + 3·intermediate)` f32 values,
+//! 0.26 MB a token for Mistral-7B, plus the GEMM's packed copy of its input — and the packed
+//! weight panels (128 KiB a thread), so a 7B bf16 model needs its 14.5 GB in the page cache and,
+//! for a batch of a few thousand tokens, about 1 GiB of its own (`--batch-size` bounds the
+//! tokens of a batch). GPU backends upload each weight to device memory once at load.
 
 use std::path::Path;
 use std::sync::Arc;
