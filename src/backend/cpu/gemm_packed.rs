@@ -2,16 +2,16 @@
 //! model shapes, with weights in f32, f16 or bf16 — the CPU GEMM of half-precision checkpoints,
 //! whose weights stay in their memory map and are never widened as a whole.
 //!
-//! The classic blocked layout (Goto and van de Geijn): `x` is packed once into panels of
-//! [`MR`] rows, `KC` columns at a time, each stored column by column so the microkernel reads
-//! it in order; the weight rows (the output's columns) are split into blocks of [`NC`], one rayon
-//! task a block, and each task packs its block `KC` columns at a time into panels of [`NR`] rows
-//! — widening f16/bf16 to f32 as it packs, so the only f32 copy of the weights is one
-//! `NC × KC` panel per task (128 KiB, in L2). The microkernel keeps an `MR × NR` tile of the
-//! output in registers over the `KC` block: 6 × 16 in twelve AVX2 registers with FMA, chosen at
-//! run time, and a portable loop of the same shape elsewhere. Tiles add into the output block
-//! by block; after the last block the epilogue (bias, activation, residual) is applied to the
-//! tile before it is stored, while it is still in L1.
+//! The classic blocked layout (Goto and van de Geijn): `x` is packed once into panels of `MR`
+//! rows, `KC` columns at a time, each stored column by column so the microkernel reads it in
+//! order; the weight rows (the output's columns) are split into blocks of [`NC`], one rayon task
+//! a block, and each task packs its block `KC` columns at a time into panels of [`NR`] rows —
+//! widening f16/bf16 to f32 as it packs, so the only f32 copy of the weights is one `NC × KC`
+//! panel per task (128 KiB, in L2). The microkernel keeps an `MR × NR` tile of the output in
+//! registers over the `KC` block, chosen at run time: 14 × 16 in fourteen AVX-512 registers,
+//! 6 × 16 in twelve AVX2 registers with FMA, or a portable loop of the AVX2 shape. Tiles add
+//! into the output block by block; after the last block the epilogue (bias, activation,
+//! residual) is applied to the tile before it is stored, while it is still in L1.
 
 use rayon::prelude::*;
 
@@ -19,12 +19,10 @@ use super::activation;
 use super::common::Matrix;
 use crate::backend::Activation;
 
-/// Rows of `x` (tokens) in a register tile.
-const MR: usize = 6;
-/// Weight rows (output columns) in a register tile: two AVX2 vectors.
+/// Weight rows (output columns) in a register tile: one AVX-512 vector, two AVX2 ones.
 const NR: usize = 16;
-/// Depth of a packed block: an `MR × KC` panel of `x` (6 KiB) and an `NR × KC` panel of the
-/// weights (16 KiB) stay in L1 while the microkernel runs over them.
+/// Depth of a packed block: an `MR × KC` panel of `x` (at most 14 KiB) and an `NR × KC` panel of
+/// the weights (16 KiB) stay in L1 while the microkernel runs over them.
 const KC: usize = 256;
 /// Output columns of one task: its packed weights (`NC × KC`, 128 KiB) stay in L2 while every
 /// row panel of `x` passes over them.
@@ -39,19 +37,33 @@ pub(super) struct Epilogue<'a> {
 
 /// An `MR × NR` tile of `a·b` over one packed block: `a` holds `kc` columns of `MR` values,
 /// `b` `kc` rows of `NR` values.
-type Microkernel = unsafe fn(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]);
+type Microkernel<const MR: usize> =
+    unsafe fn(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; NR]; MR]);
 
-/// The widest microkernel this CPU runs.
-fn microkernel() -> Microkernel {
+/// `out[n, m] = act(x[n, k]·w[m, k]ᵀ + bias) + residual`, every slice row-major, on the widest
+/// microkernel this CPU runs.
+pub(super) fn linear(
+    x: &[f32],
+    shape: (usize, usize, usize),
+    w: &Matrix<'_>,
+    epilogue: &Epilogue<'_>,
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        return microkernel_avx2;
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return blocked::<14>(microkernel_avx512, x, shape, w, epilogue, out);
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return blocked::<6>(microkernel_avx2, x, shape, w, epilogue, out);
+        }
     }
-    microkernel_portable
+    blocked::<6>(microkernel_portable::<6>, x, shape, w, epilogue, out)
 }
 
-/// `out[n, m] = act(x[n, k]·w[m, k]ᵀ + bias) + residual`, every slice row-major.
-pub(super) fn linear(
+/// The blocked GEMM around `kernel`.
+fn blocked<const MR: usize>(
+    kernel: Microkernel<MR>,
     x: &[f32],
     (n, k, m): (usize, usize, usize),
     w: &Matrix<'_>,
@@ -61,11 +73,10 @@ pub(super) fn linear(
     if n == 0 || m == 0 {
         return;
     }
-    let kernel = microkernel();
     // With k = 0 one empty block still runs, so the epilogue is applied to the zero product.
     let blocks = k.div_ceil(KC).max(1);
     let row_panels = n.div_ceil(MR);
-    let packed_x = pack_x(x, n, k, blocks, row_panels);
+    let packed_x = pack_x::<MR>(x, n, k, blocks, row_panels);
     let out = SharedOut(out.as_mut_ptr());
     (0..m.div_ceil(NC)).into_par_iter().for_each_init(
         || vec![0.0f32; NC * KC],
@@ -80,7 +91,7 @@ pub(super) fn linear(
                     let rows = panel * MR..((panel + 1) * MR).min(n);
                     for (jr, j0) in columns.clone().step_by(NR).enumerate() {
                         let bw = &packed_w[jr * KC * NR..][..depth.len() * NR];
-                        let mut tile = [0.0f32; MR * NR];
+                        let mut tile = [[0.0f32; NR]; MR];
                         // SAFETY: the kernel was chosen for this CPU's features, and `a`, `b`
                         // hold `depth.len()` columns of MR and NR values.
                         unsafe { kernel(depth.len(), a, bw, &mut tile) };
@@ -97,7 +108,13 @@ pub(super) fn linear(
 
 /// `x`'s row panels for every depth block: block `b`, panel `p` at `(b · panels + p) · KC · MR`,
 /// column `c` of the block at `c · MR`, rows past `n` zero.
-fn pack_x(x: &[f32], n: usize, k: usize, blocks: usize, panels: usize) -> Vec<f32> {
+fn pack_x<const MR: usize>(
+    x: &[f32],
+    n: usize,
+    k: usize,
+    blocks: usize,
+    panels: usize,
+) -> Vec<f32> {
     let mut packed = vec![0.0f32; blocks * panels * KC * MR];
     packed
         .par_chunks_mut(KC * MR)
@@ -166,9 +183,9 @@ impl SharedOut {
     /// # Safety
     /// `rows × cols` lies inside the output, and no other thread touches it meanwhile.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn store(
+    unsafe fn store<const MR: usize>(
         self,
-        tile: &[f32; MR * NR],
+        tile: &[[f32; NR]; MR],
         rows: std::ops::Range<usize>,
         cols: std::ops::Range<usize>,
         m: usize,
@@ -181,7 +198,7 @@ impl SharedOut {
             // SAFETY: the caller's contract.
             let y =
                 unsafe { std::slice::from_raw_parts_mut(self.0.add(row * m + cols.start), width) };
-            let acc = &tile[r * NR..][..width];
+            let acc = &tile[r][..width];
             if first {
                 y.copy_from_slice(acc);
             } else {
@@ -207,15 +224,16 @@ impl SharedOut {
 ///
 /// # Safety
 /// None beyond the slices' lengths (checked); `unsafe` only to share [`Microkernel`]'s type.
-unsafe fn microkernel_portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
-    let mut acc = [[0.0f32; NR]; MR];
+unsafe fn microkernel_portable<const MR: usize>(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    tile: &mut [[f32; NR]; MR],
+) {
     for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
-        for (acc, &a) in acc.iter_mut().zip(a) {
+        for (acc, &a) in tile.iter_mut().zip(a) {
             acc.iter_mut().zip(b).for_each(|(c, &b)| *c += a * b);
         }
-    }
-    for (dst, acc) in tile.chunks_exact_mut(NR).zip(&acc) {
-        dst.copy_from_slice(acc);
     }
 }
 
@@ -223,31 +241,128 @@ unsafe fn microkernel_portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32;
 /// broadcasts of `a` per column of the block.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; `a` holds `kc · MR` values and `b` `kc · NR`.
+/// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn microkernel_avx2(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
+unsafe fn microkernel_avx2(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; NR]; 6]) {
     use std::arch::x86_64::*;
-    assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+    assert!(a.len() >= kc * 6 && b.len() >= kc * NR);
     let (a, b) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    let mut acc = [[_mm256_setzero_ps(); 2]; 6];
     for p in 0..kc {
         // SAFETY: p < kc, within the lengths asserted above.
         unsafe {
             let b0 = _mm256_loadu_ps(b.add(p * NR));
             let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
             for (i, acc) in acc.iter_mut().enumerate() {
-                let ai = _mm256_broadcast_ss(&*a.add(p * MR + i));
+                let ai = _mm256_broadcast_ss(&*a.add(p * 6 + i));
                 acc[0] = _mm256_fmadd_ps(ai, b0, acc[0]);
                 acc[1] = _mm256_fmadd_ps(ai, b1, acc[1]);
             }
         }
     }
-    for (i, acc) in acc.iter().enumerate() {
-        // SAFETY: the tile has MR rows of NR = 16 values.
+    for (dst, acc) in tile.iter_mut().zip(&acc) {
+        // SAFETY: each tile row holds NR = 16 values.
         unsafe {
-            _mm256_storeu_ps(tile.as_mut_ptr().add(i * NR), acc[0]);
-            _mm256_storeu_ps(tile.as_mut_ptr().add(i * NR + 8), acc[1]);
+            _mm256_storeu_ps(dst.as_mut_ptr(), acc[0]);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(8), acc[1]);
+        }
+    }
+}
+
+/// The microkernel on AVX-512: the tile in fourteen registers, one load of `b` and fourteen
+/// broadcasts of `a` per column of the block.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn microkernel_avx512(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; NR]; 14]) {
+    use std::arch::x86_64::*;
+    assert!(a.len() >= kc * 14 && b.len() >= kc * NR);
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); 14];
+    for p in 0..kc {
+        // SAFETY: p < kc, within the lengths asserted above.
+        unsafe {
+            let bp = _mm512_loadu_ps(b.add(p * NR));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(p * 14 + i)), bp, *acc);
+            }
+        }
+    }
+    for (dst, acc) in tile.iter_mut().zip(&acc) {
+        // SAFETY: each tile row holds NR = 16 values.
+        unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), *acc) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::HalfMatrix;
+    use half::bf16;
+
+    /// Every microkernel this CPU runs (the integration tests reach only the widest) on a shape
+    /// that fills no tile, block or panel exactly, against an f64 loop: f32 weights and bf16 ones
+    /// (the reference reads the same rounded values).
+    #[test]
+    fn every_microkernel_matches_f64() {
+        let (n, k, m) = (17, 300, 150);
+        let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5;
+        let x: Vec<f32> = (0..n * k).map(value).collect();
+        let w: Vec<f32> = (0..m * k)
+            .map(|i| bf16::from_f32(value(i + 3)).to_f32())
+            .collect();
+        let bias: Vec<f32> = (0..m).map(|i| value(i + 11)).collect();
+        let residual: Vec<f32> = (0..n * m).map(|i| value(i + 5)).collect();
+        let want: Vec<f64> = (0..n * m)
+            .map(|idx| {
+                let (i, j) = (idx / m, idx % m);
+                let dot: f64 = (0..k)
+                    .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                    .sum();
+                let z = dot + bias[j] as f64;
+                z / (1.0 + (-z).exp()) + residual[idx] as f64
+            })
+            .collect();
+        let halves: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        let half = HalfMatrix::from_bf16(&[m, k], &halves).unwrap();
+        let epilogue = Epilogue {
+            bias: Some(&bias),
+            act: Activation::Silu,
+            residual: Some(&residual),
+        };
+        let check = |name: &str, run: &dyn Fn(&Matrix<'_>, &mut [f32])| {
+            for weights in [Matrix::F32(&w), Matrix::Half(&half)] {
+                let mut out = vec![f32::NAN; n * m];
+                run(&weights, &mut out);
+                let err: f64 = out
+                    .iter()
+                    .zip(&want)
+                    .map(|(&o, &r)| (o as f64 - r).powi(2))
+                    .sum();
+                let norm: f64 = want.iter().map(|r| r * r).sum();
+                let rel = (err / norm).sqrt();
+                assert!(rel < 1e-5, "{name}: relative error {rel:e}");
+            }
+        };
+        let shape = (n, k, m);
+        check("portable", &|w, out| {
+            blocked::<6>(microkernel_portable::<6>, &x, shape, w, &epilogue, out)
+        });
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                check("avx2", &|w, out| {
+                    blocked::<6>(microkernel_avx2, &x, shape, w, &epilogue, out)
+                });
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                check("avx512", &|w, out| {
+                    blocked::<14>(microkernel_avx512, &x, shape, w, &epilogue, out)
+                });
+            }
         }
     }
 }
