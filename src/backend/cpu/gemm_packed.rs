@@ -5,7 +5,7 @@
 //! The classic blocked layout (Goto and van de Geijn): `x` is packed once into panels of `MR`
 //! rows, `KC` columns at a time, each stored column by column so the microkernel reads it in
 //! order; the weight rows (the output's columns) are split into blocks of [`NC`], one rayon task
-//! a block, and each task packs its block `KC` columns at a time into panels of [`NR`] rows —
+//! a block (and a chunk of rows where blocks are few), and each task packs its block `KC` columns at a time into panels of [`NR`] rows —
 //! widening f16/bf16 to f32 as it packs, so the only f32 copy of the weights is one `NC × KC`
 //! panel per task (128 KiB, in L2). The microkernel keeps an `MR × NR` tile of the output in
 //! registers over the `KC` block, chosen at run time: 14 × 16 in fourteen AVX-512 registers,
@@ -78,32 +78,48 @@ fn blocked<const MR: usize>(
     let row_panels = n.div_ceil(MR);
     let packed_x = pack_x::<MR>(x, n, k, blocks, row_panels);
     let out = SharedOut(out.as_mut_ptr());
-    (0..m.div_ceil(NC)).into_par_iter().for_each_init(
-        || vec![0.0f32; NC * KC],
-        |packed_w, block| {
-            let columns = block * NC..((block + 1) * NC).min(m);
-            for b in 0..blocks {
-                let depth = b * KC..((b + 1) * KC).min(k);
-                pack_w(w, k, columns.clone(), depth.clone(), packed_w);
-                let last = b + 1 == blocks;
-                for panel in 0..row_panels {
-                    let a = &packed_x[(b * row_panels + panel) * KC * MR..][..depth.len() * MR];
-                    let rows = panel * MR..((panel + 1) * MR).min(n);
-                    for (jr, j0) in columns.clone().step_by(NR).enumerate() {
-                        let bw = &packed_w[jr * KC * NR..][..depth.len() * NR];
-                        let mut tile = [[0.0f32; NR]; MR];
-                        // SAFETY: the kernel was chosen for this CPU's features, and `a`, `b`
-                        // hold `depth.len()` columns of MR and NR values.
-                        unsafe { kernel(depth.len(), a, bw, &mut tile) };
-                        let cols = j0..(j0 + NR).min(columns.end);
-                        // SAFETY: this task alone writes columns `columns` of `out`, which has
-                        // `n · m` values; `rows` < n and `cols` ⊂ `columns`.
-                        unsafe { out.store(&tile, rows.clone(), cols, m, b == 0, last, epilogue) };
+    // Tasks are column blocks; where those are too few to keep every thread busy (MiniLM's
+    // 384 outputs are 3 blocks), each is also cut into row chunks, which pack its weights again.
+    let column_blocks = m.div_ceil(NC);
+    let wanted = 4 * rayon::current_num_threads();
+    let row_chunks = wanted
+        .div_ceil(column_blocks)
+        .min(row_panels.div_ceil(4))
+        .max(1);
+    let panels_per_chunk = row_panels.div_ceil(row_chunks);
+    (0..column_blocks * row_chunks)
+        .into_par_iter()
+        .for_each_init(
+            || vec![0.0f32; NC * KC],
+            |packed_w, task| {
+                let (block, chunk) = (task / row_chunks, task % row_chunks);
+                let columns = block * NC..((block + 1) * NC).min(m);
+                let panels =
+                    chunk * panels_per_chunk..((chunk + 1) * panels_per_chunk).min(row_panels);
+                for b in 0..blocks {
+                    let depth = b * KC..((b + 1) * KC).min(k);
+                    pack_w(w, k, columns.clone(), depth.clone(), packed_w);
+                    let last = b + 1 == blocks;
+                    for panel in panels.clone() {
+                        let a = &packed_x[(b * row_panels + panel) * KC * MR..][..depth.len() * MR];
+                        let rows = panel * MR..((panel + 1) * MR).min(n);
+                        for (jr, j0) in columns.clone().step_by(NR).enumerate() {
+                            let bw = &packed_w[jr * KC * NR..][..depth.len() * NR];
+                            let mut tile = [[0.0f32; NR]; MR];
+                            // SAFETY: the kernel was chosen for this CPU's features, and `a`, `b`
+                            // hold `depth.len()` columns of MR and NR values.
+                            unsafe { kernel(depth.len(), a, bw, &mut tile) };
+                            let cols = j0..(j0 + NR).min(columns.end);
+                            // SAFETY: this task alone writes rows `panels` × columns `columns` of
+                            // `out`, which has `n · m` values; `rows` < n and `cols` ⊂ `columns`.
+                            unsafe {
+                                out.store(&tile, rows.clone(), cols, m, b == 0, last, epilogue)
+                            };
+                        }
                     }
                 }
-            }
-        },
-    );
+            },
+        );
 }
 
 /// `x`'s row panels for every depth block: block `b`, panel `p` at `(b · panels + p) · KC · MR`,
@@ -168,11 +184,11 @@ fn pack_w(
     }
 }
 
-/// The output, written by several tasks at once, each in its own columns.
+/// The output, written by several tasks at once, each in its own tiles.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
 
-// SAFETY: tasks write disjoint columns (see `store`), so no value is shared.
+// SAFETY: tasks write disjoint tiles (see `store`), so no value is shared.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
