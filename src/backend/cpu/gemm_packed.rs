@@ -5,10 +5,11 @@
 //! The classic blocked layout (Goto and van de Geijn): `x` is packed once into panels of `MR`
 //! rows, `KC` columns at a time, each stored column by column so the microkernel reads it in
 //! order; the weight rows (the output's columns) are split into blocks of [`NC`], one rayon task
-//! a block (and a chunk of rows where blocks are few), and each task packs its block `KC` columns at a time into panels of [`NR`] rows —
+//! a block (and a chunk of rows where blocks are few), and each task packs its block `KC`
+//! columns at a time into panels of `NR` rows —
 //! widening f16/bf16 to f32 as it packs, so the only f32 copy of the weights is one `NC × KC`
 //! panel per task (128 KiB, in L2). The microkernel keeps an `MR × NR` tile of the output in
-//! registers over the `KC` block, chosen at run time: 14 × 16 in fourteen AVX-512 registers,
+//! registers over the `KC` block, chosen at run time: 8 × 32 in sixteen AVX-512 registers,
 //! 6 × 16 in twelve AVX2 registers with FMA, or a portable loop of the AVX2 shape. Tiles add
 //! into the output block by block; after the last block the epilogue (bias, activation,
 //! residual) is applied to the tile before it is stored, while it is still in L1.
@@ -19,10 +20,8 @@ use super::activation;
 use super::common::Matrix;
 use crate::backend::Activation;
 
-/// Weight rows (output columns) in a register tile: one AVX-512 vector, two AVX2 ones.
-const NR: usize = 16;
-/// Depth of a packed block: an `MR × KC` panel of `x` (at most 14 KiB) and an `NR × KC` panel of
-/// the weights (16 KiB) stay in L1 while the microkernel runs over them.
+/// Depth of a packed block: an `MR × KC` panel of `x` (at most 8 KiB) and an `NR × KC` panel of
+/// the weights (at most 32 KiB) stay in L1 while the microkernel runs over them.
 const KC: usize = 256;
 /// Output columns of one task: its packed weights (`NC × KC`, 128 KiB) stay in L2 while every
 /// row panel of `x` passes over them.
@@ -37,7 +36,7 @@ pub(super) struct Epilogue<'a> {
 
 /// An `MR × NR` tile of `a·b` over one packed block: `a` holds `kc` columns of `MR` values,
 /// `b` `kc` rows of `NR` values.
-type Microkernel<const MR: usize> =
+type Microkernel<const MR: usize, const NR: usize> =
     unsafe fn(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; NR]; MR]);
 
 /// `out[n, m] = act(x[n, k]·w[m, k]ᵀ + bias) + residual`, every slice row-major, on the widest
@@ -52,18 +51,18 @@ pub(super) fn linear(
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
-            return blocked::<14>(microkernel_avx512, x, shape, w, epilogue, out);
+            return blocked::<8, 32>(microkernel_avx512, x, shape, w, epilogue, out);
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return blocked::<6>(microkernel_avx2, x, shape, w, epilogue, out);
+            return blocked::<6, 16>(microkernel_avx2, x, shape, w, epilogue, out);
         }
     }
-    blocked::<6>(microkernel_portable::<6>, x, shape, w, epilogue, out)
+    blocked::<6, 16>(microkernel_portable::<6, 16>, x, shape, w, epilogue, out)
 }
 
 /// The blocked GEMM around `kernel`.
-fn blocked<const MR: usize>(
-    kernel: Microkernel<MR>,
+fn blocked<const MR: usize, const NR: usize>(
+    kernel: Microkernel<MR, NR>,
     x: &[f32],
     (n, k, m): (usize, usize, usize),
     w: &Matrix<'_>,
@@ -98,7 +97,7 @@ fn blocked<const MR: usize>(
                     chunk * panels_per_chunk..((chunk + 1) * panels_per_chunk).min(row_panels);
                 for b in 0..blocks {
                     let depth = b * KC..((b + 1) * KC).min(k);
-                    pack_w(w, k, columns.clone(), depth.clone(), packed_w);
+                    pack_w::<NR>(w, k, columns.clone(), depth.clone(), packed_w);
                     let last = b + 1 == blocks;
                     for panel in panels.clone() {
                         let a = &packed_x[(b * row_panels + panel) * KC * MR..][..depth.len() * MR];
@@ -151,9 +150,9 @@ fn pack_x<const MR: usize>(
     packed
 }
 
-/// Weight rows `columns` over `depth`, widened to f32 into panels of [`NR`] rows: panel `jr` at
+/// Weight rows `columns` over `depth`, widened to f32 into panels of `NR` rows: panel `jr` at
 /// `jr · KC · NR`, its column `c` at `c · NR`, rows past the block zero.
-fn pack_w(
+fn pack_w<const NR: usize>(
     w: &Matrix<'_>,
     k: usize,
     columns: std::ops::Range<usize>,
@@ -199,7 +198,7 @@ impl SharedOut {
     /// # Safety
     /// `rows × cols` lies inside the output, and no other thread touches it meanwhile.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn store<const MR: usize>(
+    unsafe fn store<const MR: usize, const NR: usize>(
         self,
         tile: &[[f32; NR]; MR],
         rows: std::ops::Range<usize>,
@@ -240,7 +239,7 @@ impl SharedOut {
 ///
 /// # Safety
 /// None beyond the slices' lengths (checked); `unsafe` only to share [`Microkernel`]'s type.
-unsafe fn microkernel_portable<const MR: usize>(
+unsafe fn microkernel_portable<const MR: usize, const NR: usize>(
     kc: usize,
     a: &[f32],
     b: &[f32],
@@ -260,8 +259,9 @@ unsafe fn microkernel_portable<const MR: usize>(
 /// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn microkernel_avx2(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; NR]; 6]) {
+unsafe fn microkernel_avx2(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; 16]; 6]) {
     use std::arch::x86_64::*;
+    const NR: usize = 16;
     assert!(a.len() >= kc * 6 && b.len() >= kc * NR);
     let (a, b) = (a.as_ptr(), b.as_ptr());
     let mut acc = [[_mm256_setzero_ps(); 2]; 6];
@@ -286,30 +286,38 @@ unsafe fn microkernel_avx2(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; NR
     }
 }
 
-/// The microkernel on AVX-512: the tile in fourteen registers, one load of `b` and fourteen
-/// broadcasts of `a` per column of the block.
+/// The microkernel on AVX-512: the tile in sixteen registers, two loads of `b` and eight
+/// broadcasts of `a` per column of the block (sixteen FMAs: enough independent sums to cover the
+/// FMA latency on both units).
 ///
 /// # Safety
 /// The CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn microkernel_avx512(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; NR]; 14]) {
+unsafe fn microkernel_avx512(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; 32]; 8]) {
     use std::arch::x86_64::*;
-    assert!(a.len() >= kc * 14 && b.len() >= kc * NR);
+    const NR: usize = 32;
+    assert!(a.len() >= kc * 8 && b.len() >= kc * NR);
     let (a, b) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [_mm512_setzero_ps(); 14];
+    let mut acc = [[_mm512_setzero_ps(); 2]; 8];
     for p in 0..kc {
         // SAFETY: p < kc, within the lengths asserted above.
         unsafe {
-            let bp = _mm512_loadu_ps(b.add(p * NR));
+            let b0 = _mm512_loadu_ps(b.add(p * NR));
+            let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
             for (i, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(p * 14 + i)), bp, *acc);
+                let ai = _mm512_set1_ps(*a.add(p * 8 + i));
+                acc[0] = _mm512_fmadd_ps(ai, b0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(ai, b1, acc[1]);
             }
         }
     }
     for (dst, acc) in tile.iter_mut().zip(&acc) {
-        // SAFETY: each tile row holds NR = 16 values.
-        unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), *acc) };
+        // SAFETY: each tile row holds NR = 32 values.
+        unsafe {
+            _mm512_storeu_ps(dst.as_mut_ptr(), acc[0]);
+            _mm512_storeu_ps(dst.as_mut_ptr().add(16), acc[1]);
+        }
     }
 }
 
@@ -365,18 +373,18 @@ mod tests {
         };
         let shape = (n, k, m);
         check("portable", &|w, out| {
-            blocked::<6>(microkernel_portable::<6>, &x, shape, w, &epilogue, out)
+            blocked::<6, 16>(microkernel_portable::<6, 16>, &x, shape, w, &epilogue, out)
         });
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 check("avx2", &|w, out| {
-                    blocked::<6>(microkernel_avx2, &x, shape, w, &epilogue, out)
+                    blocked::<6, 16>(microkernel_avx2, &x, shape, w, &epilogue, out)
                 });
             }
             if std::is_x86_feature_detected!("avx512f") {
                 check("avx512", &|w, out| {
-                    blocked::<14>(microkernel_avx512, &x, shape, w, &epilogue, out)
+                    blocked::<8, 32>(microkernel_avx512, &x, shape, w, &epilogue, out)
                 });
             }
         }
