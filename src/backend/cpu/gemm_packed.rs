@@ -6,9 +6,8 @@
 //! rows, `KC` columns at a time, each stored column by column so the microkernel reads it in
 //! order; the weight rows (the output's columns) are split into blocks of [`NC`], one rayon task
 //! a block (and a chunk of rows where blocks are few), and each task packs its block `KC`
-//! columns at a time into panels of `NR` rows —
-//! widening f16/bf16 to f32 as it packs, so the only f32 copy of the weights is one `NC × KC`
-//! panel per task (128 KiB, in L2). The microkernel keeps an `MR × NR` tile of the output in
+//! columns at a time into panels of `NR` rows — widening f16/bf16 to f32 as it packs, so the
+//! only f32 copy of the weights is one `NC × KC` panel per task (128 KiB, in L2). The microkernel keeps an `MR × NR` tile of the output in
 //! registers over the `KC` block, chosen at run time: 8 × 32 in sixteen AVX-512 registers,
 //! 6 × 16 in twelve AVX2 registers with FMA, or a portable loop of the AVX2 shape. Tiles add
 //! into the output block by block; after the last block the epilogue (bias, activation,
