@@ -268,23 +268,78 @@ impl HalfMatrix {
 }
 
 /// Widens little-endian f16 or bf16 `bytes` (any alignment) into `out`: bf16 is the top half of
-/// an f32, f16 goes through `half`'s conversion (F16C where the CPU has it).
+/// an f32, f16 goes through `half`'s slice conversion (F16C where the CPU has it). Aligned bytes
+/// on a little-endian host are read in place; others through a small aligned buffer.
 pub fn widen_half(dtype: DType, bytes: &[u8], out: &mut [f32]) {
-    let halves = bytes
-        .chunks_exact(2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]));
-    if dtype == DType::BF16 {
-        out.iter_mut()
-            .zip(halves)
-            .for_each(|(o, h)| *o = f32::from_bits((h as u32) << 16));
-    } else {
-        // Through an aligned buffer, so the slice conversion can use F16C eight values at a time.
-        let mut buffer = [f16::ZERO; 64];
-        let mut halves = halves.map(f16::from_bits);
-        for chunk in out.chunks_mut(buffer.len()) {
-            let buffer = &mut buffer[..chunk.len()];
-            buffer.iter_mut().zip(&mut halves).for_each(|(b, h)| *b = h);
-            buffer.convert_to_f32_slice(chunk);
+    let widen = |halves: &[u16], out: &mut [f32]| {
+        if dtype == DType::BF16 {
+            out.iter_mut()
+                .zip(halves)
+                .for_each(|(o, &h)| *o = f32::from_bits((h as u32) << 16));
+        } else {
+            let halves: &[f16] = bytemuck::cast_slice(halves);
+            halves.convert_to_f32_slice(&mut out[..halves.len()]);
+        }
+    };
+    match bytemuck::try_cast_slice::<u8, u16>(bytes) {
+        Ok(halves) if cfg!(target_endian = "little") => widen(halves, out),
+        _ => {
+            let mut buffer = [0u16; 64];
+            for (chunk, out) in bytes
+                .chunks(2 * buffer.len())
+                .zip(out.chunks_mut(buffer.len()))
+            {
+                let buffer = &mut buffer[..out.len()];
+                buffer
+                    .iter_mut()
+                    .zip(chunk.chunks_exact(2))
+                    .for_each(|(b, c)| *b = u16::from_le_bytes([c[0], c[1]]));
+                widen(buffer, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Widening gives the same values from aligned bytes (read in place) and misaligned ones
+    /// (through the buffer), over more values than one buffer holds, for both half types.
+    #[test]
+    fn widen_half_reads_any_alignment() {
+        let values: Vec<f32> = (0..150).map(|i| (i as f32 - 75.0) * 0.37).collect();
+        for dtype in [DType::F16, DType::BF16] {
+            let bits: Vec<u16> = values
+                .iter()
+                .map(|&v| match dtype {
+                    DType::F16 => f16::from_f32(v).to_bits(),
+                    _ => bf16::from_f32(v).to_bits(),
+                })
+                .collect();
+            let want: Vec<f32> = bits
+                .iter()
+                .map(|&b| match dtype {
+                    DType::F16 => f16::from_bits(b).to_f32(),
+                    _ => bf16::from_bits(b).to_f32(),
+                })
+                .collect();
+            let data: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+            let mut buffers = [vec![0u8; data.len() + 1], vec![0u8; data.len() + 1]];
+            // Data copied where its first byte is even, then odd: read in place, then buffered.
+            let [even, odd] = &mut buffers;
+            let place = |buffer: &mut Vec<u8>, parity: usize| -> std::ops::Range<usize> {
+                let start = usize::from(buffer.as_ptr() as usize % 2 != parity);
+                buffer[start..start + data.len()].copy_from_slice(&data);
+                start..start + data.len()
+            };
+            let (even_at, odd_at) = (place(even, 0), place(odd, 1));
+            for (what, bytes) in [("aligned", &even[even_at]), ("misaligned", &odd[odd_at])] {
+                assert_eq!(bytes.as_ptr() as usize % 2 == 1, what == "misaligned");
+                let mut got = vec![f32::NAN; values.len()];
+                widen_half(dtype, bytes, &mut got);
+                assert_eq!(got, want, "{dtype:?}, {what}");
+            }
         }
     }
 }

@@ -150,7 +150,8 @@ fn pack_x<const MR: usize>(
 }
 
 /// Weight rows `columns` over `depth`, widened to f32 into panels of `NR` rows: panel `jr` at
-/// `jr · KC · NR`, its column `c` at `c · NR`, rows past the block zero.
+/// `jr · KC · NR`, its column `c` at `c · NR`, rows past the block zero. Each panel's rows are
+/// widened side by side first (contiguous runs the compiler vectorises), then transposed in L1.
 fn pack_w<const NR: usize>(
     w: &Matrix<'_>,
     k: usize,
@@ -158,26 +159,25 @@ fn pack_w<const NR: usize>(
     depth: std::ops::Range<usize>,
     packed: &mut [f32],
 ) {
-    let mut row = [0.0f32; KC];
-    let row = &mut row[..depth.len()];
+    let kc = depth.len();
+    let mut rows = vec![0.0f32; NR * kc];
     for (jr, j0) in columns.clone().step_by(NR).enumerate() {
-        let panel = &mut packed[jr * KC * NR..][..depth.len() * NR];
-        for jj in 0..NR {
+        for (jj, row) in rows.chunks_exact_mut(kc.max(1)).enumerate().take(NR) {
             let j = j0 + jj;
-            if j < columns.end {
-                match w {
-                    Matrix::F32(w) => row.copy_from_slice(&w[j * k..][depth.clone()]),
-                    Matrix::Half(w) => w.widen_row(j, depth.start, row),
-                }
-            } else {
+            if j >= columns.end {
                 row.fill(0.0);
+                continue;
             }
-            panel
-                .iter_mut()
-                .skip(jj)
-                .step_by(NR)
-                .zip(row.iter())
-                .for_each(|(p, &v)| *p = v);
+            match w {
+                Matrix::F32(w) => row.copy_from_slice(&w[j * k..][depth.clone()]),
+                Matrix::Half(w) => w.widen_row(j, depth.start, row),
+            }
+        }
+        let panel = &mut packed[jr * KC * NR..][..kc * NR];
+        for (c, dst) in panel.chunks_exact_mut(NR).enumerate() {
+            for (jj, d) in dst.iter_mut().enumerate() {
+                *d = rows[jj * kc + c];
+            }
         }
     }
 }
