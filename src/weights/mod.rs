@@ -34,8 +34,8 @@ pub use gguf::Gguf;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum WeightsDtype {
     /// The checkpoint's, as sentence-transformers runs it: F16 and BF16 weights stay half
-    /// precision on backends whose kernels read f16 ([`crate::backend::Backend::upload_f16`],
-    /// `upload_bf16`), F32 weights stay f32.
+    /// precision on backends whose kernels read them (the CPU reads both in place from the map,
+    /// [`crate::backend::Backend::upload_half`]; wgpu keeps f16), F32 weights stay f32.
     #[default]
     Auto,
     /// f32 whatever the checkpoint stores (half-precision values widen exactly).
