@@ -1,10 +1,12 @@
-// Row-wise normalisations in place, f32 statistics; every row is reduced by one workgroup.
+// Row-wise normalisations, f32 statistics; every row is reduced by one workgroup. layer_norm and
+// l2_normalize work in place on `x`; rms_norm reads `source` and writes `x`, so a decoder keeps
+// its residual stream without copying it first.
 //
 // Variants:
 //   1. layer_norm   — mean, then the variance of the centred values (two passes, so rows with a
 //                     large offset keep their precision), then the affine map.
 //   2. l2_normalize — x / max(‖x‖₂, 1e-12).
-//   3. rms_norm     — x / √(mean(x²) + eps) · gamma.
+//   3. rms_norm     — source / √(mean(source²) + eps) · gamma.
 //   4–6. the same three in the subgroup build: norm_subgroup.wgsl's reduction replaces the
 //        shared-memory tree between the `reduction` markers below (src/backend/wgpu/
 //        shader_builds.rs), where the adapter offers wgpu's SUBGROUP feature.
@@ -19,6 +21,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>; // layer_norm and rms_norm
 @group(0) @binding(3) var<storage, read> beta: array<f32>;  // layer_norm only
+// rms_norm only: the rows it normalises into `x` (an entry point binds one of beta and source).
+@group(0) @binding(3) var<storage, read> source: array<f32>;
 
 // reduction begin: the workgroup size, the invocation's built-ins, and `workgroup_sum`.
 const WORKGROUP: u32 = 256u;
@@ -109,10 +113,10 @@ fn rms_norm(
     let base = row * p.width;
     var squares = 0.0;
     for (var c = t.index; c < p.width; c += WORKGROUP) {
-        squares += x[base + c] * x[base + c];
+        squares += source[base + c] * source[base + c];
     }
     let inv = 1.0 / sqrt(workgroup_sum(t, squares) / f32(p.width) + p.eps);
     for (var c = t.index; c < p.width; c += WORKGROUP) {
-        x[base + c] = x[base + c] * inv * gamma[c];
+        x[base + c] = source[base + c] * inv * gamma[c];
     }
 }

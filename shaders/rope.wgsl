@@ -1,8 +1,9 @@
 // Rotary position embedding in place on the query and key heads of a packed QKV tensor
 // `[tokens, (heads + 2·kv_heads)·head_dim]` (Hugging Face's `rotate_half` convention: column i of
 // a head pairs with column i + head_dim/2). The host supplies each token's position within its
-// sequence and the (cos, sin) table of `RopeSpec::table`, computed in f64, so no angle is formed
-// in f32 here.
+// sequence; `table` is the model's (cos, sin) table `[positions, head_dim/2]`
+// (`RopeFrequencies::table`), built once when the model loads with its angles computed in f64, so
+// no angle is formed in f32 here and the frequencies' scaling (llama3, …) is already in it.
 //
 // Variants:
 //   1. rope — one invocation per rotated pair, consecutive invocations on consecutive pairs of a

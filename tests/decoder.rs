@@ -1,7 +1,9 @@
 //! Decoder embedders (Llama / Mistral / Qwen2) against transformers' `last_hidden_state`
 //! (references written by tools/make_decoder_fixtures.py): a tiny Mistral with grouped-query
-//! attention and a sliding window shorter than most texts, its bf16 copy, and a tiny Qwen2
-//! checkpoint saved without the `model.` prefix, with Q/K/V biases and rope_theta 1e6.
+//! attention and a sliding window shorter than most texts, its bf16 copy, a tiny Qwen2
+//! checkpoint saved without the `model.` prefix, with Q/K/V biases and rope_theta 1e6, and a tiny
+//! Llama with biases on every projection and llama3 RoPE scaling over 32 original positions
+//! (three of the texts are longer).
 
 mod common;
 
@@ -10,6 +12,7 @@ use std::sync::Arc;
 
 use common::{backend_tests, cosine, reference_tensor, rel_error, repo_path, run_mscope_ok};
 use mscope::backend::cpu::CpuBackend;
+use mscope::backend::RopeScaling;
 use mscope::backend::{self, Backend, BackendKind, OpFamily, SeqLayout};
 use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
 use mscope::models::decoder::DecoderConfig;
@@ -23,6 +26,7 @@ backend_tests! {
     tiny_mistral_matches_transformers,
     tiny_mistral_bf16_matches_transformers,
     tiny_qwen2_matches_transformers,
+    tiny_llama3_matches_transformers,
     embed_cli_pools_the_last_token,
 }
 
@@ -45,8 +49,24 @@ fn reference_texts() -> Vec<String> {
 /// hidden states checked against transformers' within `tol`; token ids must match exactly.
 fn check_against_transformers(be: &Arc<dyn Backend>, model: &str, tol: f64) {
     let dir = repo_path(&format!("tests/fixtures/{model}"));
+    let mut worst: f64 = 0.0;
+    for (i, (tokens, err)) in errors(be, &dir, model).into_iter().enumerate() {
+        assert!(
+            err < tol,
+            "{} {model}: text {i} ({tokens} tokens) relative error {err:e} ≥ {tol:e}",
+            be.name()
+        );
+        worst = worst.max(err);
+    }
+    eprintln!("{} {model}: worst relative error {worst:e}", be.name());
+}
+
+/// For each text of the reference, run together as one packed batch through the model in `dir`:
+/// its token count and the relative error of its hidden states against transformers' for
+/// fixture `model` (whose token ids must be the same).
+fn errors(be: &Arc<dyn Backend>, dir: &Path, model: &str) -> Vec<(usize, f64)> {
     let texts = reference_texts();
-    let encoder = SentenceEncoder::load(&dir, be.clone(), &EncoderOptions::default()).unwrap();
+    let encoder = SentenceEncoder::load(dir, be.clone(), &EncoderOptions::default()).unwrap();
     let tokenized = encoder.tokenize(&texts).unwrap();
     for (i, t) in tokenized.iter().enumerate() {
         let (_, want) = reference_tensor(REFERENCE, &format!("{model}/ids/{i}"));
@@ -57,7 +77,7 @@ fn check_against_transformers(be: &Arc<dyn Backend>, model: &str, tol: f64) {
         );
     }
 
-    let net = models::load(&dir, be.clone(), WeightsDtype::Auto).unwrap();
+    let net = models::load(dir, be.clone(), WeightsDtype::Auto).unwrap();
     let batch = TokenBatch {
         ids: tokenized.iter().flat_map(|t| t.ids.clone()).collect(),
         type_ids: tokenized.iter().flat_map(|t| t.type_ids.clone()).collect(),
@@ -65,22 +85,19 @@ fn check_against_transformers(be: &Arc<dyn Backend>, model: &str, tol: f64) {
     };
     let hidden = be.download(&net.forward(&batch).unwrap()).unwrap();
     let dim = net.hidden_size();
-    let mut worst: f64 = 0.0;
-    for (i, rows) in batch.layout.starts().windows(2).enumerate() {
-        let got = &hidden[rows[0] * dim..rows[1] * dim];
-        let (shape, want) = reference_tensor(REFERENCE, &format!("{model}/hidden/{i}"));
-        assert_eq!(shape, [rows[1] - rows[0], dim], "{model}: text {i} shape");
-        let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
-        let err = rel_error(got, &want);
-        assert!(
-            err < tol,
-            "{} {model}: text {i} ({} tokens) relative error {err:e} ≥ {tol:e}",
-            be.name(),
-            rows[1] - rows[0]
-        );
-        worst = worst.max(err);
-    }
-    eprintln!("{} {model}: worst relative error {worst:e}", be.name());
+    batch
+        .layout
+        .starts()
+        .windows(2)
+        .enumerate()
+        .map(|(i, rows)| {
+            let got = &hidden[rows[0] * dim..rows[1] * dim];
+            let (shape, want) = reference_tensor(REFERENCE, &format!("{model}/hidden/{i}"));
+            assert_eq!(shape, [rows[1] - rows[0], dim], "{model}: text {i} shape");
+            let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+            (rows[1] - rows[0], rel_error(got, &want))
+        })
+        .collect()
 }
 
 fn tiny_mistral_matches_transformers(be: &Arc<dyn Backend>) {
@@ -150,6 +167,30 @@ fn cpu_keeps_bf16_stacks_in_the_map() {
     }
 }
 
+fn tiny_llama3_matches_transformers(be: &Arc<dyn Backend>) {
+    check_against_transformers(be, "tiny-llama3", F32_TOL);
+}
+
+/// The tiny Llama test can fail: run without its llama3 scaling (plain θ^(−2i/d) frequencies),
+/// the model misses transformers' hidden states by far more than the tolerance.
+#[test]
+fn tiny_llama3_without_its_scaling_misses_transformers() {
+    let dir = edited_config("tiny-llama3", |c| {
+        c["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 1e4});
+    });
+    let cpu = backend::open(BackendKind::Cpu, OpFamily::Encoder).unwrap();
+    for (i, (tokens, err)) in errors(&cpu, dir.path(), "tiny-llama3")
+        .into_iter()
+        .enumerate()
+    {
+        eprintln!("unscaled RoPE, text {i} ({tokens} tokens): relative error {err:e}");
+        // Text 0 is the BOS alone: position 0 turns by no angle, scaled or not.
+        if tokens > 1 {
+            assert!(err > 1e3 * F32_TOL, "unscaled RoPE, text {i}: {err:e}");
+        }
+    }
+}
+
 /// `mscope embed` end to end: a plain Hugging Face decoder directory pools its last token and
 /// does not normalise, so each embedding is the reference's last hidden row.
 fn embed_cli_pools_the_last_token(be: &Arc<dyn Backend>) {
@@ -188,9 +229,9 @@ fn embed_cli_pools_the_last_token(be: &Arc<dyn Backend>) {
     }
 }
 
-/// A copy of the tiny Mistral whose config.json has `edit` applied.
-fn edited_config(edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
-    let src = repo_path("tests/fixtures/tiny-mistral");
+/// A copy of fixture `model` whose config.json has `edit` applied.
+fn edited_config(model: &str, edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
+    let src = repo_path(&format!("tests/fixtures/{model}"));
     let dir = tempfile::tempdir().unwrap();
     for name in ["model.safetensors", "tokenizer.json"] {
         std::fs::copy(src.join(name), dir.path().join(name)).unwrap();
@@ -219,7 +260,8 @@ type BadConfig = (
 
 #[test]
 fn bad_configs_are_clear_errors() {
-    let cases: [BadConfig; 6] = [
+    let supported: &[&str] = &["\"default\"", "\"llama3\""];
+    let cases: [BadConfig; 11] = [
         (
             "unknown model_type",
             |c| c["model_type"] = "gpt2".into(),
@@ -228,12 +270,51 @@ fn bad_configs_are_clear_errors() {
         (
             "yarn scaling",
             |c| c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0}),
-            &["rope_scaling", "yarn"],
+            &["rope_scaling rope_type \"yarn\" is not supported"],
         ),
         (
             "yarn in rope_parameters",
             |c| c["rope_parameters"]["rope_type"] = "yarn".into(),
-            &["rope_parameters", "yarn"],
+            &["rope_parameters rope_type \"yarn\" is not supported"],
+        ),
+        (
+            "linear scaling, the older `type` key",
+            |c| c["rope_scaling"] = serde_json::json!({"type": "linear", "factor": 2.0}),
+            &["rope_scaling rope_type \"linear\""],
+        ),
+        (
+            "dynamic NTK scaling",
+            |c| c["rope_parameters"]["rope_type"] = "dynamic".into(),
+            &["rope_parameters rope_type \"dynamic\""],
+        ),
+        (
+            "llama3 without its factor",
+            |c| {
+                c["rope_scaling"] = serde_json::json!({
+                    "rope_type": "llama3", "low_freq_factor": 1.0, "high_freq_factor": 4.0
+                })
+            },
+            &["rope_scaling", "llama3", "factor"],
+        ),
+        (
+            "llama3 with high_freq_factor below low_freq_factor",
+            |c| {
+                c["rope_parameters"] = serde_json::json!({
+                    "rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0,
+                    "low_freq_factor": 4.0, "high_freq_factor": 1.0
+                })
+            },
+            &["rope_parameters low_freq_factor 4 and high_freq_factor 1"],
+        ),
+        (
+            "llama3 shrinking the context",
+            |c| {
+                c["rope_scaling"] = serde_json::json!({
+                    "rope_type": "llama3", "factor": 0.5,
+                    "low_freq_factor": 1.0, "high_freq_factor": 4.0
+                })
+            },
+            &["rope_scaling factor 0.5 must be"],
         ),
         (
             "kv heads not dividing heads",
@@ -252,11 +333,16 @@ fn bad_configs_are_clear_errors() {
         ),
     ];
     for (what, edit, needles) in cases {
-        let dir = edited_config(edit);
+        let dir = edited_config("tiny-mistral", edit);
         let err = load_error(dir.path());
         assert!(err.contains("config.json"), "{what}: {err}");
         for needle in needles {
             assert!(err.contains(needle), "{what}: {err:?} lacks {needle:?}");
+        }
+        if err.contains("is not supported") && err.contains("rope_type") {
+            for name in supported {
+                assert!(err.contains(name), "{what}: {err:?} lacks {name}");
+            }
         }
     }
 }
@@ -265,14 +351,15 @@ fn bad_configs_are_clear_errors() {
 #[test]
 fn config_fields_follow_transformers() {
     let read = |edit: fn(&mut serde_json::Value)| {
-        let dir = edited_config(edit);
+        let dir = edited_config("tiny-mistral", edit);
         DecoderConfig::read(dir.path()).unwrap()
     };
     let base = read(|_| {});
     assert_eq!(
-        (base.kv_heads, base.head_dim, base.rope_theta),
+        (base.kv_heads, base.head_dim, base.rope.theta),
         (2, 16, 1e4)
     );
+    assert_eq!(base.rope.scaling, RopeScaling::None);
     assert_eq!(base.windows, [Some(8), Some(8)]);
     assert!(!base.qkv_bias && !base.o_bias && !base.mlp_bias);
 
@@ -283,7 +370,50 @@ fn config_fields_follow_transformers() {
         map.insert("rope_theta".into(), 5e5.into());
         map.insert("rope_scaling".into(), serde_json::Value::Null);
     });
-    assert_eq!(legacy.rope_theta, 5e5);
+    assert_eq!(legacy.rope.theta, 5e5);
+
+    // Llama 3.1's config.json: llama3 in rope_scaling beside a top-level rope_theta.
+    fn llama31(c: &mut serde_json::Value) {
+        let map = c.as_object_mut().unwrap();
+        map.remove("rope_parameters");
+        map.insert("rope_theta".into(), 5e5.into());
+        map.insert(
+            "rope_scaling".into(),
+            serde_json::json!({
+                "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192, "rope_type": "llama3"
+            }),
+        );
+    }
+    let llama3 = |original_max_position_embeddings| RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings,
+    };
+    let scaled = read(llama31);
+    assert_eq!(
+        (scaled.rope.theta, scaled.rope.scaling),
+        (5e5, llama3(8192))
+    );
+    // Without original_max_position_embeddings: max_position_embeddings; a top-level field of
+    // that name wins over the scaling's.
+    let fallback = read(|c| {
+        llama31(c);
+        c["rope_scaling"]
+            .as_object_mut()
+            .unwrap()
+            .remove("original_max_position_embeddings");
+    });
+    assert_eq!(
+        fallback.rope.scaling,
+        llama3(fallback.max_position_embeddings)
+    );
+    let top_level = read(|c| {
+        llama31(c);
+        c["original_max_position_embeddings"] = 4096.into();
+    });
+    assert_eq!(top_level.rope.scaling, llama3(4096));
 
     // Mistral: an absent window is 4096, a null one none.
     let absent = read(|c| {

@@ -8,8 +8,10 @@ use common::{
     reports_on_cpu_and_wgpu, run_mscope, run_mscope_ok, Rng,
 };
 use mscope::backend::{self, Backend, BackendKind, OpFamily};
+use mscope::data::labels::{LabelGroup, LabelSelection};
 use mscope::instruments::lda::{evaluate, Classes, Evaluation, Projection, Shrinkage};
 use mscope::instruments::splits::{self, Split};
+use mscope::io::embedding_inputs::EmbeddingInput;
 use mscope::io::embeddings::EmbeddingsFile;
 
 const REFERENCE: &str = "tests/fixtures/sklearn_reference.safetensors";
@@ -48,7 +50,10 @@ fn run(
 /// Replays scikit-learn's exported splits and compares predictions row by row: identical for
 /// ≥ 99.5% of test rows, accuracies within half a percentage point.
 fn matches_scikit_learn(embeddings: &str, prefix: &str) {
-    let file = fixture(embeddings);
+    matches_scikit_learn_on(&fixture(embeddings), prefix);
+}
+
+fn matches_scikit_learn_on(file: &EmbeddingsFile, prefix: &str) {
     let classes = Classes::from_labels(&file.labels, &file.label_names).unwrap();
     let (shape, test_index) = reference_tensor(REFERENCE, &format!("{prefix}_test_index"));
     let splits: Vec<Split> = test_index
@@ -65,7 +70,7 @@ fn matches_scikit_learn(embeddings: &str, prefix: &str) {
         (Shrinkage::Auto, "eigen_auto"),
         (Shrinkage::Fixed(0.3), "eigen_0.3"),
     ] {
-        let eval = run(&file, &classes, &splits, shrinkage, false);
+        let eval = run(file, &classes, &splits, shrinkage, false);
         let (_, want) = reference_tensor(REFERENCE, &format!("{prefix}_{model}_pred"));
         let (_, want_acc) = reference_tensor(REFERENCE, &format!("{prefix}_{model}_accuracy"));
         let (mut same, mut total) = (0, 0);
@@ -104,6 +109,52 @@ fn predictions_match_scikit_learn() {
 #[test]
 fn predictions_match_scikit_learn_when_the_scatter_is_singular() {
     matches_scikit_learn("sklearn_wide_embeddings.safetensors", "wide");
+}
+
+/// The seeds' Table S4 slices: a subset of the labels, and labels merged into two classes, read
+/// the way `mscope lda --only` / `--group` read them (from numpy's files).
+#[test]
+fn predictions_on_label_selections_match_scikit_learn() {
+    let input = EmbeddingInput {
+        path: repo_path("tests/fixtures/sklearn_embeddings.npz"),
+        label_field: "label".into(),
+        ..Default::default()
+    };
+    let group = |arg: &str| arg.parse::<LabelGroup>().unwrap();
+    for (selection, prefix) in [
+        (
+            LabelSelection {
+                only: vec!["alpha".into(), "gamma".into(), "delta".into()],
+                groups: vec![],
+            },
+            "only",
+        ),
+        (
+            LabelSelection {
+                only: vec![],
+                groups: vec![group("ab=alpha,beta"), group("gd=gamma,delta")],
+            },
+            "grouped",
+        ),
+    ] {
+        // The file numbers its string labels in sorted order; the fixture's codes follow the
+        // safetensors file's order (alpha, beta, gamma, delta), so put them in that order first.
+        let mut file = input.read().unwrap();
+        let order = ["alpha", "beta", "gamma", "delta"];
+        file.labels = file
+            .labels
+            .iter()
+            .map(|&l| {
+                order
+                    .iter()
+                    .position(|&n| n == file.label_names[l as usize])
+                    .unwrap() as i64
+            })
+            .collect();
+        file.label_names = order.map(String::from).to_vec();
+        let (selected, _) = selection.apply(file).unwrap();
+        matches_scikit_learn_on(&selected, prefix);
+    }
 }
 
 #[test]

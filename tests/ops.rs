@@ -7,13 +7,19 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{backend_tests, check_case, poisoned, rel_error};
+use common::{backend_tests, check_case, poisoned, reference_tensor, rel_error, repo_path};
 use half::f16;
 use mscope::backend::cpu::CpuBackend;
 use mscope::backend::{
-    Activation, AttentionSpec, Backend, GemmVariant, Pooling, RopeSpec, SeqLayout,
+    Activation, AttentionSpec, Backend, GemmVariant, Pooling, RopeFrequencies, RopeScaling,
+    RopeSpec, SeqLayout,
 };
 use mscope::bench::cases::{CaseOp, Linear, OpCase, WeightsIn};
+use mscope::models;
+
+/// transformers' decoder references (tools/make_decoder_fixtures.py), which hold its RoPE
+/// inverse frequencies.
+const DECODER_REFERENCE: &str = "tests/fixtures/decoder_reference.safetensors";
 
 backend_tests! {
     linear_with_epilogues,
@@ -30,6 +36,7 @@ backend_tests! {
     rope_rotates_queries_and_keys_per_sequence,
     rms_norm_and_rope_reject_bad_shapes,
     attention_padding_causal_window_and_grouped_heads,
+    attention_over_long_sequences,
     pooling_modes_and_normalize,
 }
 
@@ -240,31 +247,69 @@ fn l2_normalize_rows(be: &Arc<dyn Backend>) {
     }
 }
 
+/// θ without scaling.
+fn unscaled(theta: f64) -> RopeFrequencies {
+    RopeFrequencies {
+        theta,
+        scaling: RopeScaling::None,
+    }
+}
+
+/// Llama 3.1's scaling at a context short enough that tiny heads have a pair in each of its
+/// three bands (kept, blended, divided).
+fn llama3(original_max_position_embeddings: usize) -> RopeFrequencies {
+    RopeFrequencies {
+        theta: 1e4,
+        scaling: RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings,
+        },
+    }
+}
+
 fn rope_rotates_queries_and_keys_per_sequence(be: &Arc<dyn Backend>) {
-    let spec = |heads, kv_heads, head_dim, theta| RopeSpec {
+    let spec = |heads, kv_heads, head_dim| RopeSpec {
         heads,
         kv_heads,
         head_dim,
-        theta,
     };
     let cases = [
         (
             "grouped-query 6/2 × 10",
-            spec(6, 2, 10, 1e4),
+            spec(6, 2, 10),
+            unscaled(1e4),
             vec![1, 17, 5, 0, 33, 2],
         ),
-        ("multi-head 3/3 × 2", spec(3, 3, 2, 1e6), vec![4, 9]),
+        (
+            "multi-head 3/3 × 2",
+            spec(3, 3, 2),
+            unscaled(1e6),
+            vec![4, 9],
+        ),
         // Positions into the thousands: every token must find its own row of the table.
-        ("long sequence 2/1 × 16", spec(2, 1, 16, 1e4), vec![3, 2500]),
+        (
+            "long sequence 2/1 × 16",
+            spec(2, 1, 16),
+            unscaled(1e4),
+            vec![3, 2500],
+        ),
         (
             "Mistral-7B 32/8 × 128",
-            spec(32, 8, 128, 1e6),
+            spec(32, 8, 128),
+            unscaled(1e6),
             vec![45, 300],
         ),
+        ("llama3 4/2 × 16", spec(4, 2, 16), llama3(32), vec![40, 7]),
     ];
-    for (name, spec, lengths) in cases {
-        let case = OpCase::new(format!("rope/{name}"), 7, CaseOp::Rope { lengths, spec });
-        let (inputs, got) = check_case(be, &case);
+    for (name, spec, frequencies, lengths) in cases {
+        let op = CaseOp::Rope {
+            lengths,
+            spec,
+            frequencies,
+        };
+        let (inputs, got) = check_case(be, &OpCase::new(format!("rope/{name}"), 7, op));
         let (width, rotated) = (spec.qkv_width(), spec.rotated_width());
         for (row, (got, given)) in got
             .chunks(width)
@@ -281,22 +326,47 @@ fn rope_rotates_queries_and_keys_per_sequence(be: &Arc<dyn Backend>) {
     }
 }
 
+/// The inverse frequencies against transformers' `inv_freq` (tools/make_decoder_fixtures.py):
+/// Llama 3.1-8B's own RoPE (head_dim 128, θ 5e5, llama3 scaling of 8 over 8 192 positions) and
+/// the tiny Llama fixture's. transformers evaluates the formulas in f32, rounding at each step;
+/// mscope evaluates them in f64 and rounds once, so they agree to a few f32 ulps.
 #[test]
-fn rope_frequencies_are_transformers_inv_freq() {
-    // inv_freq_i = θ^(−2i/d) to within f32 rounding (not θ^(−i/d)).
+fn rope_frequencies_match_transformers() {
+    let llama31 = RopeFrequencies {
+        theta: 5e5,
+        scaling: RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        },
+    };
+    let tiny =
+        models::decoder::DecoderConfig::read(&repo_path("tests/fixtures/tiny-llama3")).unwrap();
+    for (name, frequencies, head_dim) in [
+        ("llama-3.1-8b", llama31, 128),
+        ("tiny-llama3", tiny.rope, tiny.head_dim),
+    ] {
+        let (_, want) = reference_tensor(DECODER_REFERENCE, &format!("{name}/inv_freq"));
+        let got = frequencies.inv_freq(head_dim);
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(f64::from(g), w, "{name} pair {i}: transformers' inv_freq");
+        }
+    }
+}
+
+#[test]
+fn rope_frequencies_are_theta_powers_when_unscaled() {
+    // inv_freq_i = θ^(−2i/d) (not θ^(−i/d)), to the f32 rounding of transformers' steps (the
+    // exponent's rounding, scaled by ln θ, costs up to a few ulps).
     for (head_dim, theta) in [(128, 1e4f64), (128, 1e6), (10, 1e4)] {
-        let spec = RopeSpec {
-            heads: 1,
-            kv_heads: 1,
-            head_dim,
-            theta: theta as f32,
-        };
-        for i in 0..head_dim / 2 {
+        for (i, got) in unscaled(theta).inv_freq(head_dim).into_iter().enumerate() {
             let want = theta.powf(-2.0 * i as f64 / head_dim as f64);
-            let got = spec.inv_freq(i) as f64;
+            let ulps = (f64::from(got) - want).abs() / (want * f64::from(f32::EPSILON));
             assert!(
-                (got - want).abs() <= 3e-7 * want,
-                "head_dim {head_dim} θ {theta} pair {i}: {got} vs {want}"
+                ulps <= 4.0,
+                "head_dim {head_dim} θ {theta} pair {i}: {ulps} ulps"
             );
         }
     }
@@ -306,39 +376,67 @@ fn rope_frequencies_are_transformers_inv_freq() {
 fn rope_table_is_exact_to_f32_rounding() {
     // An angle formed in f32 (as transformers does) is off by up to half its ulp, 2.4e-4 rad for
     // pair 1 at position 8000; the table rounds only the final cos and sin.
-    let spec = RopeSpec {
-        heads: 1,
-        kv_heads: 1,
-        head_dim: 128,
-        theta: 1e6,
-    };
-    let positions = 8192;
-    let table = spec.table(positions);
-    assert_eq!(table.len(), positions * 128);
-    for (pos, row) in table.chunks(128).enumerate() {
-        for (i, cs) in row.chunks(2).enumerate() {
-            let (sin, cos) = (pos as f64 * spec.inv_freq(i) as f64).sin_cos();
-            // Half an ulp of values in [0.5, 1], and the same absolute bound below.
-            let bound = 0.5f64.powi(24) + 1e-12;
-            assert!(
-                (cs[0] as f64 - cos).abs() <= bound && (cs[1] as f64 - sin).abs() <= bound,
-                "position {pos} pair {i}: ({}, {}) vs ({cos}, {sin})",
-                cs[0],
-                cs[1]
-            );
+    let (positions, head_dim) = (8192, 128);
+    for frequencies in [unscaled(1e6), llama3(2048)] {
+        let table = frequencies.table(head_dim, positions);
+        let inv_freq = frequencies.inv_freq(head_dim);
+        assert_eq!(table.len(), positions * head_dim);
+        for (pos, row) in table.chunks(head_dim).enumerate() {
+            for (cs, &f) in row.chunks(2).zip(&inv_freq) {
+                let (sin, cos) = (pos as f64 * f64::from(f)).sin_cos();
+                // Half an ulp of values in [0.5, 1], and the same absolute bound below.
+                let bound = 0.5f64.powi(24) + 1e-12;
+                assert!(
+                    (cs[0] as f64 - cos).abs() <= bound && (cs[1] as f64 - sin).abs() <= bound,
+                    "position {pos} frequency {f}: ({}, {}) vs ({cos}, {sin})",
+                    cs[0],
+                    cs[1]
+                );
+            }
         }
     }
 }
 
+/// The llama3 bands the ops and decoder tests rely on: with θ 10⁴, 16-wide heads and 32
+/// original positions, pair 0 (wavelength 6.3 < 32/4) keeps its frequency, pair 1 (19.9) is
+/// blended between it and its eighth, pairs 2… (≥ 62.8 > 32/1) are divided by the factor 8.
+#[test]
+fn llama3_scaling_keeps_blends_and_divides() {
+    let scaled = llama3(32).inv_freq(16);
+    let plain = unscaled(1e4).inv_freq(16);
+    assert_eq!(scaled[0], plain[0]);
+    assert!(
+        scaled[1] < plain[1] && scaled[1] > plain[1] / 8.0,
+        "pair 1: {}",
+        scaled[1]
+    );
+    for (i, (&got, &f)) in scaled.iter().zip(&plain).enumerate().skip(2) {
+        let want = f64::from(f) / 8.0;
+        assert!(
+            (f64::from(got) - want).abs() <= 1e-6 * want,
+            "pair {i}: {got} vs {want}"
+        );
+    }
+}
+
 fn rms_norm_and_rope_reject_bad_shapes(be: &dyn Backend) {
-    let mut x = be.zeros(&[3, 4]).unwrap();
+    let x = be.zeros(&[3, 4]).unwrap();
+    let mut out = be.zeros(&[3, 4]).unwrap();
     let err = be
-        .rms_norm(&mut x, &be.zeros(&[5]).unwrap(), 1e-6)
+        .rms_norm(&x, &be.zeros(&[5]).unwrap(), 1e-6, &mut out)
         .unwrap_err();
     assert!(err.to_string().contains("gamma [5], expected [4]"), "{err}");
+    let gamma = be.zeros(&[4]).unwrap();
+    let err = be
+        .rms_norm(&x, &gamma, 1e-6, &mut be.zeros(&[4, 3]).unwrap())
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("output [4, 3], expected [3, 4]"),
+        "{err}"
+    );
     let mut empty_rows = be.zeros(&[3, 0]).unwrap();
     let err = be
-        .rms_norm(&mut empty_rows, &be.zeros(&[0]).unwrap(), 1e-6)
+        .rms_norm(&empty_rows, &be.zeros(&[0]).unwrap(), 1e-6, &mut out)
         .unwrap_err();
     assert!(err.to_string().contains("rows of width 0"), "{err}");
     let err = be.l2_normalize(&mut empty_rows).unwrap_err();
@@ -352,21 +450,21 @@ fn rms_norm_and_rope_reject_bad_shapes(be: &dyn Backend) {
         heads: 2,
         kv_heads: 1,
         head_dim: 4,
-        theta: 1e4,
     };
     let odd = RopeSpec {
         head_dim: 5,
         ..spec
     };
+    let table = |positions, pairs| be.zeros(&[positions, pairs, 2]).unwrap();
     let cases = [
-        (odd, [3, odd.qkv_width()], "head_dim 5 must be even"),
-        (spec, [3, 15], "qkv width 15, expected 16"),
-        (spec, [4, 16], "4 rows, layout has 3 tokens"),
         (
-            RopeSpec { theta: 0.0, ..spec },
-            [3, 16],
-            "theta 0 must be positive",
+            odd,
+            [3, odd.qkv_width()],
+            table(2, 2),
+            "head_dim 5 must be even",
         ),
+        (spec, [3, 15], table(2, 2), "qkv width 15, expected 16"),
+        (spec, [4, 16], table(2, 2), "4 rows, layout has 3 tokens"),
         (
             RopeSpec {
                 heads: 0,
@@ -374,6 +472,7 @@ fn rms_norm_and_rope_reject_bad_shapes(be: &dyn Backend) {
                 ..spec
             },
             [3, 0],
+            table(2, 2),
             "0 query heads cannot share 0 key/value heads",
         ),
         (
@@ -383,12 +482,27 @@ fn rms_norm_and_rope_reject_bad_shapes(be: &dyn Backend) {
                 ..spec
             },
             [3, 28],
+            table(2, 2),
             "3 query heads cannot share 2",
         ),
+        // Fewer positions than the longest sequence, pairs of another head size, no (cos, sin).
+        (
+            spec,
+            [3, 16],
+            table(1, 2),
+            "table [1, 2, 2], expected [positions ≥ 2, 2, 2]",
+        ),
+        (spec, [3, 16], table(2, 3), "table [2, 3, 2], expected"),
+        (
+            spec,
+            [3, 16],
+            be.zeros(&[2, 4]).unwrap(),
+            "table [2, 4], expected",
+        ),
     ];
-    for (spec, shape, needle) in cases {
+    for (spec, shape, table, needle) in cases {
         let mut qkv = be.zeros(&shape).unwrap();
-        let err = be.rope(&mut qkv, &layout, &spec).unwrap_err();
+        let err = be.rope(&mut qkv, &layout, &spec, &table).unwrap_err();
         assert!(err.to_string().contains(needle), "{}: {err}", be.name());
     }
 }
@@ -423,6 +537,41 @@ fn attention_padding_causal_window_and_grouped_heads(be: &Arc<dyn Backend>) {
     ];
     for (name, spec) in cases {
         let lengths = lengths.clone();
+        let op = CaseOp::Attention { lengths, spec };
+        check_case(be, &OpCase::new(format!("attention/{name}"), 4, op));
+    }
+}
+
+/// Sequences of a thousand tokens and more at the head sizes of real decoders (SmolLM2's 64 with
+/// 3 query heads per key/value head, Mistral's 128 with a window), next to a short one: every
+/// query streams through dozens of key blocks.
+fn attention_over_long_sequences(be: &Arc<dyn Backend>) {
+    let cases = [
+        (
+            "causal head_dim 64, grouped 3/1",
+            vec![3, 1030],
+            AttentionSpec {
+                kv_heads: 1,
+                causal: true,
+                ..AttentionSpec::bidirectional(3, 64)
+            },
+        ),
+        (
+            "causal window 300, head_dim 128",
+            vec![1200, 5],
+            AttentionSpec {
+                causal: true,
+                window: Some(300),
+                ..AttentionSpec::bidirectional(1, 128)
+            },
+        ),
+        (
+            "bidirectional head_dim 80",
+            vec![7, 700],
+            AttentionSpec::bidirectional(1, 80),
+        ),
+    ];
+    for (name, lengths, spec) in cases {
         let op = CaseOp::Attention { lengths, spec };
         check_case(be, &OpCase::new(format!("attention/{name}"), 4, op));
     }

@@ -10,8 +10,8 @@ use half::{bf16, f16};
 use mscope::backend::cpu::CpuBackend;
 use mscope::backend::wgpu::{list_adapters, WgpuBackend, WgpuOptions};
 use mscope::backend::{
-    self, Activation, Backend, BackendKind, OpFamily, RopeSpec, SeqLayout, TrimReference, TrimSpec,
-    W2Grid,
+    self, Activation, AttentionSpec, Backend, BackendKind, GemmVariant, OpFamily, RopeSpec,
+    SeqLayout, TrimReference, TrimSpec, W2Grid,
 };
 use mscope::bench::cases::reference;
 use mscope::tensor::DType;
@@ -161,10 +161,11 @@ fn norm_family_matches_f64_with_and_without_subgroups() {
             let err = rel_error(&be.download(&t).unwrap(), &want);
             assert!(err < 1e-5, "{variant} layer_norm {n}x{d}: {err:e}");
 
-            let mut t = be.upload(&[n, d], &x).unwrap();
-            be.rms_norm(&mut t, &gt, eps as f32).unwrap();
+            let t = be.upload(&[n, d], &x).unwrap();
+            let mut normed = be.upload(&[n, d], &vec![f32::NAN; n * d]).unwrap();
+            be.rms_norm(&t, &gt, eps as f32, &mut normed).unwrap();
             let want = to_f32(reference::rms_norm(&x, &g, eps));
-            let err = rel_error(&be.download(&t).unwrap(), &want);
+            let err = rel_error(&be.download(&normed).unwrap(), &want);
             assert!(err < 1e-5, "{variant} rms_norm {n}x{d}: {err:e}");
 
             let mut t = be.upload(&[n, d], &x).unwrap();
@@ -247,7 +248,8 @@ fn f16_tensors_round_trip_and_other_ops_refuse_them() {
         err.to_string().contains("layer_norm gamma") && err.to_string().contains("F16"),
         "{err}"
     );
-    let err = be.rms_norm(&mut x, &gamma, 1e-5).unwrap_err();
+    let mut normed = be.zeros(&[n, d]).unwrap();
+    let err = be.rms_norm(&x, &gamma, 1e-5, &mut normed).unwrap_err();
     assert!(
         err.to_string().contains("rms_norm gamma") && err.to_string().contains("F16"),
         "{err}"
@@ -256,11 +258,11 @@ fn f16_tensors_round_trip_and_other_ops_refuse_them() {
         heads: 1,
         kv_heads: 1,
         head_dim: 2,
-        theta: 1e4,
     };
+    let table = be.zeros(&[n, 1, 2]).unwrap();
     let mut qkv = be.upload_f16(&[n, 6], &values[..n * 6]).unwrap();
     let err = be
-        .rope(&mut qkv, &SeqLayout::from_lengths([n]), &spec)
+        .rope(&mut qkv, &SeqLayout::from_lengths([n]), &spec, &table)
         .unwrap_err();
     assert!(
         err.to_string()
@@ -426,3 +428,85 @@ const SPEC_05: TrimSpec = TrimSpec {
     w2_alpha: None,
     w2_grid: W2Grid::Auto,
 };
+
+#[test]
+fn attention_runs_to_llvmpipes_loop_limit_and_refuses_past_it() {
+    let Some(be) = open(WgpuOptions::default()) else {
+        return;
+    };
+    if be.adapter_info().driver != "llvmpipe" {
+        return skip("the loop limit is llvmpipe's");
+    }
+    // At head_dim 64 the host's bound admits 4 832 causal tokens and refuses 4 848; the longest
+    // admitted sequence must still be computed in full (a limiter that cut the key loop short
+    // would leave the last queries' outputs wrong).
+    let spec = AttentionSpec {
+        causal: true,
+        ..AttentionSpec::bidirectional(1, 64)
+    };
+    let cpu = CpuBackend::new();
+    let mut rng = Rng::new(31);
+    for (len, admitted) in [(4832, true), (4848, false)] {
+        let layout = SeqLayout::from_lengths([len]);
+        let qkv = rng.vec(len * spec.qkv_width());
+        let mut out = poisoned(&be, &[len, 64]);
+        let result = be.attention(&upload(&be, &[len, 192], &qkv), &layout, &spec, &mut out);
+        if !admitted {
+            let err = result.unwrap_err().to_string();
+            assert!(
+                err.contains("4848 tokens") && err.contains("65535"),
+                "{err}"
+            );
+            continue;
+        }
+        result.unwrap();
+        let mut want = cpu.zeros(&[len, 64]).unwrap();
+        cpu.attention(&upload(&cpu, &[len, 192], &qkv), &layout, &spec, &mut want)
+            .unwrap();
+        let err = rel_error(&be.download(&out).unwrap(), &cpu.download(&want).unwrap());
+        assert!(err < 1e-5, "{len} tokens: relative error {err}");
+    }
+}
+
+#[test]
+fn gemm_variants_run_to_llvmpipes_loop_limit_and_refuse_past_it() {
+    // The host's bounds admit k = 36 448 on the tiled kernel and 52 427 on the direct one, and
+    // refuse one slab (or one step) more; the longest admitted reductions must be summed in full.
+    let cases = [
+        (GemmVariant::Tiled, 36_448, 36_464),
+        (GemmVariant::Direct, 52_427, 52_428),
+    ];
+    let cpu = CpuBackend::new();
+    let mut rng = Rng::new(37);
+    for (variant, admitted, refused) in cases {
+        let Some(be) = open(WgpuOptions {
+            gemm: Some(variant),
+            ..Default::default()
+        }) else {
+            return;
+        };
+        if be.adapter_info().driver != "llvmpipe" {
+            return skip("the loop limit is llvmpipe's");
+        }
+        let (n, m) = (3, 5);
+        for k in [admitted, refused] {
+            let x = rng.vec(n * k);
+            let w = rng.vec(m * k);
+            let mut out = poisoned(&be, &[n, m]);
+            let (xg, wg) = (upload(&be, &[n, k], &x), upload(&be, &[m, k], &w));
+            let result = be.linear(&xg, &wg, None, Activation::Identity, None, &mut out);
+            if k == refused {
+                let err = result.unwrap_err().to_string();
+                assert!(err.contains(&format!("over {k} input features")), "{err}");
+                continue;
+            }
+            result.unwrap();
+            let mut want = cpu.zeros(&[n, m]).unwrap();
+            let (xc, wc) = (upload(&cpu, &[n, k], &x), upload(&cpu, &[m, k], &w));
+            cpu.linear(&xc, &wc, None, Activation::Identity, None, &mut want)
+                .unwrap();
+            let err = rel_error(&be.download(&out).unwrap(), &cpu.download(&want).unwrap());
+            assert!(err < 1e-5, "{variant} k = {k}: relative error {err}");
+        }
+    }
+}

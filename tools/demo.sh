@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on its bundled default: embeds the demo corpus (three sources) with the real
-# all-MiniLM-L6-v2, analyses the embeddings (PCA, LDA), then trains a small ensemble and runs the
+# all-MiniLM-L6-v2 and with the real SmolLM2-135M-Instruct decoder (GGUF Q4_1, last-token pooling),
+# analyses both sets of embeddings (PCA, LDA), then trains a small ensemble and runs the
 # tangent-kernel and trimmed-comparison instruments on it. Outputs land in .cache/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,21 @@ mscope pca --input $d/embeddings.safetensors --components 5 \
     --explain 3 --out $d/pca.json --plot $d/pca.png
 mscope lda --input $d/embeddings.safetensors --shrinkage auto \
     --pairwise --out $d/lda.json --plot $d/lda.png
+# The same corpus and analyses through a decoder: SmolLM2's last hidden state of each text's last
+# token (the file's config, tokenizer and weights all come from the GGUF).
+decoder=$(tools/fetch-smollm2.sh)
+mscope embed --model "$decoder" \
+    --input tools/demo-corpus/news.txt=news \
+    --input tools/demo-corpus/reviews.jsonl \
+    --input tools/demo-corpus/multilingual.csv \
+    --out $d/smollm2-embeddings.safetensors "$@"
+mscope pca --input $d/smollm2-embeddings.safetensors --components 5 \
+    --explain 3 --out $d/smollm2-pca.json --plot $d/smollm2-pca.png
+mscope lda --input $d/smollm2-embeddings.safetensors --shrinkage auto \
+    --pairwise --out $d/smollm2-lda.json --plot $d/smollm2-lda.png
+# How alike the two embedders' views of the same texts are: CKA, Procrustes, SVCCA, mutual k-NN.
+mscope align $d/embeddings.safetensors $d/smollm2-embeddings.safetensors \
+    --json $d/align.json --plot $d/align.png
 # Tangent-kernel surrogates and the trimmed comparison on a trained ensemble: the 8×8 digits
 # (from the scikit-learn wheel), five 64-100-100-10 MLPs that differ only by their seed, every
 # model against the pooled other four (α̂, churn, ECE), then model 0's trace NTK — exact, and

@@ -14,11 +14,20 @@ each with a byte-level BPE tokenizer.json trained here:
   tests/fixtures/tiny-mistral-bf16/  the same weights saved as bf16
   tests/fixtures/tiny-qwen2/         bare Qwen2Model (no `model.` prefix), q/k/v biases,
                                      rope_theta 1e6, 4 query / 1 KV heads
+  tests/fixtures/tiny-llama3/        LlamaForCausalLM (tied head), f32, 4 query / 2 KV heads,
+                                     attention_bias and mlp_bias, rope_type llama3 (factor 8,
+                                     low/high_freq_factor 1/4) over original_max_position_embeddings
+                                     32, shorter than the longest texts, so its 16-wide heads have
+                                     a pair in each llama3 band (kept, blended, divided)
 and tests/fixtures/decoder_reference.safetensors, for every model M and text i:
   M/ids/i     I64 [len]      input ids from the tokenizer (PreTrainedTokenizerFast)
   M/hidden/i  F32 [len, 64]  transformers' last_hidden_state of that text alone (batch of one,
                              eager attention), f32 compute; for tiny-mistral-bf16 the bf16
                              weights widened to f32, as mscope widens them
+and transformers' RoPE inverse frequencies (its `inv_freq` buffer, f32):
+  tiny-llama3/inv_freq   F32 [8]   the tiny Llama's
+  llama-3.1-8b/inv_freq  F32 [64]  Llama 3.1-8B's (head_dim 128, rope_theta 5e5, llama3 scaling:
+                                   factor 8, low/high_freq_factor 1/4, 8192 original positions)
 with metadata: texts (JSON list), torch_version, transformers_version.
 
 Deterministic (seeded, single-threaded).
@@ -39,8 +48,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
 from transformers import (  # noqa: E402
+    LlamaConfig,
+    LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
     PreTrainedTokenizerFast,
@@ -53,6 +65,8 @@ FIXTURES = ROOT / "tests" / "fixtures"
 REFERENCE = FIXTURES / "decoder_reference.safetensors"
 
 VOCAB = 300
+# The tiny Llama's original_max_position_embeddings under its llama3 RoPE scaling.
+LLAMA3_ORIGINAL_POSITIONS = 32
 BOS = "<s>"
 # Lengths from one token (the BOS of an empty text) to several times the sliding window.
 TEXTS = [
@@ -130,6 +144,8 @@ def main():
     tokenizer = make_tokenizer()
     ids = [tokenizer(t)["input_ids"] for t in TEXTS]
     assert len(ids[0]) == 1 and max(map(len, ids)) > 4 * 8, [len(i) for i in ids]
+    # The llama3 scaling is meant for texts beyond the original context.
+    assert sum(len(i) > LLAMA3_ORIGINAL_POSITIONS for i in ids) >= 2, [len(i) for i in ids]
 
     common = dict(
         vocab_size=VOCAB,
@@ -169,6 +185,45 @@ def main():
     ).float().eval()
     record("tiny-mistral-bf16", widened)
 
+    # Built after the models above, so their weights (and the global RNG they draw) are unchanged.
+    llama3 = dict(
+        rope_type="llama3",
+        rope_theta=1e4,
+        factor=8.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=LLAMA3_ORIGINAL_POSITIONS,
+    )
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+            attention_bias=True,
+            mlp_bias=True,
+            rope_parameters=llama3,
+            **common,
+        )
+    ).eval()
+    randomize(llama, 3)
+    record("tiny-llama3", llama)
+    save(llama, tokenizer, "tiny-llama3")
+    tensors["tiny-llama3/inv_freq"] = llama.model.rotary_emb.inv_freq.numpy().astype(np.float32)
+    llama31 = LlamaConfig(
+        hidden_size=4096,
+        num_attention_heads=32,
+        max_position_embeddings=131072,
+        rope_parameters=dict(
+            rope_type="llama3",
+            rope_theta=5e5,
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=8192,
+        ),
+    )
+    inv_freq, _ = ROPE_INIT_FUNCTIONS["llama3"](llama31, "cpu")
+    tensors["llama-3.1-8b/inv_freq"] = inv_freq.numpy().astype(np.float32)
+
     save_file(
         tensors,
         str(REFERENCE),
@@ -178,7 +233,7 @@ def main():
             "transformers_version": transformers.__version__,
         },
     )
-    for name in ("tiny-mistral", "tiny-mistral-bf16", "tiny-qwen2"):
+    for name in ("tiny-mistral", "tiny-mistral-bf16", "tiny-qwen2", "tiny-llama3"):
         size = sum(f.stat().st_size for f in (FIXTURES / name).iterdir())
         print(f"{name}: {size} bytes")
     print(f"{REFERENCE.name}: {REFERENCE.stat().st_size} bytes; lengths {[len(i) for i in ids]}")

@@ -15,7 +15,15 @@ computes on them, all under tests/fixtures/sklearn_*.safetensors:
   data set the test indices of StratifiedShuffleSplit(test_size=0.2, random_state=0) and the test
   predictions and accuracies of LinearDiscriminantAnalysis with solver="svd", with
   solver="eigen", shrinkage="auto", and with solver="eigen", shrinkage=0.3, fitted on the train
-  part; the svd fit's explained_variance_ratio_ on every row.
+  part; the svd fit's explained_variance_ratio_ on every row. The same for two label selections
+  of sklearn_embeddings (prefix `only`: the rows of alpha, gamma and delta, as `--only
+  alpha,gamma,delta`; prefix `grouped`: alpha+beta against gamma+delta, as `--group
+  ab=alpha,beta --group gd=gamma,delta`), class codes in the order mscope numbers the classes.
+
+And sklearn_embeddings' rows as numpy writes them, for the readers of outside embeddings:
+sklearn_embeddings.npy (the float32 matrix), sklearn_labels.npy (the label names, a unicode
+array), sklearn_embeddings.npz (np.savez_compressed: `embeddings`, `label` the names) and
+sklearn_labels.csv (columns `id`, `source`: the names).
 
 Inputs are cast to float64 before fitting (scikit-learn would otherwise compute in float32).
 """
@@ -97,6 +105,17 @@ def main():
     }
     ref.update(lda_references("lda", x, y))
     ref.update(lda_references("wide", wx, wy))
+    keep = y != 1
+    ref.update(lda_references("only", x[keep], np.array([0, -1, 1, 2])[y[keep]]))
+    ref.update(lda_references("grouped", x, np.array([0, 0, 1, 1])[y]))
+
+    names = np.array(["alpha", "beta", "gamma", "delta"])[y]
+    np.save(OUT / "sklearn_embeddings.npy", x)
+    np.save(OUT / "sklearn_labels.npy", names)
+    np.savez_compressed(OUT / "sklearn_embeddings.npz", embeddings=x, label=names)
+    with open(OUT / "sklearn_labels.csv", "w", encoding="utf-8") as f:
+        f.write("id,source\n")
+        f.writelines(f"{i},{n}\n" for i, n in enumerate(names))
     save_file(ref, str(OUT / "sklearn_reference.safetensors"), metadata={"sklearn": sklearn.__version__})
     for k in sorted(ref):
         if k.endswith("accuracy"):

@@ -20,7 +20,10 @@ use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 use crate::tensor::{HalfMatrix, HostData, HostTensor};
-pub use params::{Activation, AttentionSpec, JlDistribution, JlSpec, Pooling, RopeSpec, SeqLayout};
+pub use params::{
+    Activation, AttentionSpec, JlDistribution, JlSpec, Pooling, RopeFrequencies, RopeScaling,
+    RopeSpec, SeqLayout,
+};
 pub use stats::{Eigen, Matrix64, Moments};
 pub use tensor::{Storage, Tensor};
 pub use trim::{TrimReference, TrimResult, TrimSpec, W2Grid};
@@ -181,13 +184,22 @@ pub trait Backend: Send + Sync {
     /// Row-wise LayerNorm in place, f32 statistics.
     fn layer_norm(&self, x: &mut Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<()>;
 
-    /// Row-wise RMSNorm in place, `x / √(mean(x²) + eps) · gamma`, f32 statistics (Llama's and
-    /// Mistral's `RMSNorm`).
-    fn rms_norm(&self, x: &mut Tensor, gamma: &Tensor, eps: f32) -> Result<()>;
+    /// Row-wise RMSNorm into `out`, `x / √(mean(x²) + eps) · gamma`, f32 statistics (Llama's
+    /// and Mistral's `RMSNorm`). Out of place because a pre-norm decoder normalises a residual
+    /// stream it keeps: writing the normed rows elsewhere saves a copy of every row.
+    fn rms_norm(&self, x: &Tensor, gamma: &Tensor, eps: f32, out: &mut Tensor) -> Result<()>;
 
     /// Rotary position embedding of the query and key heads of `qkv` in place ([`RopeSpec`]),
-    /// positions counted from 0 within each sequence of `layout`.
-    fn rope(&self, qkv: &mut Tensor, layout: &SeqLayout, spec: &RopeSpec) -> Result<()>;
+    /// positions counted from 0 within each sequence of `layout`, angles read from `table`: the
+    /// `[positions, head_dim/2, 2]` `(cos, sin)` table of [`RopeFrequencies::upload_table`],
+    /// built once per model, with at least as many positions as the longest sequence.
+    fn rope(
+        &self,
+        qkv: &mut Tensor,
+        layout: &SeqLayout,
+        spec: &RopeSpec,
+        table: &Tensor,
+    ) -> Result<()>;
 
     /// Softmax attention of every packed sequence with itself; `out: [tokens, heads·head_dim]`.
     fn attention(

@@ -250,15 +250,14 @@ impl AttentionSpec {
 /// `[tokens, (heads + 2·kv_heads)·head_dim]` (the layout of [`AttentionSpec::qkv_width`]), in
 /// Hugging Face's Llama/Mistral convention: `rotate_half` pairs column `i` of a head with column
 /// `i + head_dim/2`, both turned by the angle `pos · inv_freq_i` where `pos` counts from 0 within
-/// each sequence. Value heads are left as they are.
+/// each sequence. Value heads are left as they are. The angles come from a table the model builds
+/// once ([`RopeFrequencies::upload_table`]); the spec is only the shape of the heads.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RopeSpec {
     pub heads: usize,
     pub kv_heads: usize,
     /// Even: each head is rotated as `head_dim/2` pairs.
     pub head_dim: usize,
-    /// `rope_theta` of the model config (10 000 for Llama 2 and Mistral v0.1, 10⁶ for v0.2).
-    pub theta: f32,
 }
 
 impl RopeSpec {
@@ -270,24 +269,70 @@ impl RopeSpec {
     pub fn rotated_width(&self) -> usize {
         (self.heads + self.kv_heads) * self.head_dim
     }
+}
 
-    /// Frequency of pair `i`, `θ^(−2i/head_dim)`, computed in f32 in transformers' order
-    /// (`1 / θ^(2i/d)`), so the model turns by the frequencies it was trained with.
-    pub fn inv_freq(&self, i: usize) -> f32 {
-        1.0 / self.theta.powf((2 * i) as f32 / self.head_dim as f32)
+/// How a model rescales its RoPE frequencies (the `rope_type`s of transformers that mscope runs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// `default`: pair `i` turns at `θ^(−2i/head_dim)`.
+    None,
+    /// Llama 3.1's `llama3`: a frequency whose wavelength `2π/f` is longer than
+    /// `original_max_position_embeddings / low_freq_factor` is divided by `factor`, one shorter
+    /// than `original_max_position_embeddings / high_freq_factor` is kept, and one in between
+    /// is blended: `(1 − s)·f/factor + s·f` with
+    /// `s = (original_max_position_embeddings / wavelength − low_freq_factor) /
+    /// (high_freq_factor − low_freq_factor)`.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// Where a model's RoPE angles come from: the base θ and the scaling of the frequencies.
+///
+/// A model turns them into one `(cos, sin)` table of every position it accepts when it loads
+/// ([`RopeFrequencies::upload_table`]), and every `rope` call reads its rows. A table rather
+/// than the frequencies alone because it is both the simplest kernel (one 8-byte load per pair,
+/// no transcendental on the device) and the most accurate: its angles are formed and their
+/// cosine and sine taken in f64 on the host, rounded once, so every backend turns by the same
+/// f32 values. A device forming `pos · inv_freq` in f32 would be off by up to half an ulp of the
+/// angle (2.4e-4 rad at position 8 000), beyond the f32 tolerance of the op, and WGSL's `sin`
+/// and `cos` promise no accuracy outside `[−π, π]`. The cost is `positions × head_dim` f32
+/// values per model: 16 MiB for Mistral-7B's 32 768 positions of 128-wide heads.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RopeFrequencies {
+    /// `rope_theta` of the model config (10 000 for Llama 2 and Mistral v0.1, 10⁶ for v0.2).
+    pub theta: f64,
+    pub scaling: RopeScaling,
+}
+
+impl RopeFrequencies {
+    /// The inverse frequency of each of the `head_dim/2` pairs, as transformers computes its
+    /// `inv_freq` buffer (`_compute_default_rope_parameters`, `_compute_llama3_parameters`): in
+    /// f32, rounding at each step as torch does, so the values are its values bit for bit.
+    pub fn inv_freq(&self, head_dim: usize) -> Vec<f32> {
+        let base = self.theta as f32;
+        (0..head_dim / 2)
+            .map(|i| {
+                let f = 1.0 / base.powf((2 * i) as f32 / head_dim as f32);
+                self.scaling.apply(f)
+            })
+            .collect()
     }
 
     /// `(cos, sin)` of `pos · inv_freq_i` for positions `0..positions`, laid out
-    /// `[positions, head_dim/2, 2]`: the table every backend applies. The angle and its cosine
-    /// and sine are taken in f64 and rounded once to f32. transformers forms the angle in f32,
-    /// off by up to half its ulp (6e-5 rad for angles between 1024 and 2048), so outputs differ
-    /// from its by that much at long positions, in the direction of the exact rotation.
-    pub fn table(&self, positions: usize) -> Vec<f32> {
-        let half = self.head_dim / 2;
-        let freqs: Vec<f64> = (0..half).map(|i| f64::from(self.inv_freq(i))).collect();
-        let mut table = vec![0.0f32; positions * half * 2];
+    /// `[positions, head_dim/2, 2]`: the table every backend's `rope` reads. Each angle is
+    /// formed from the f32 frequency in f64, and its cosine and sine are rounded once to f32.
+    /// transformers forms the angle in f32, off by up to half its ulp (6e-5 rad for angles
+    /// between 1024 and 2048), so outputs differ from its by that much at long positions, in the
+    /// direction of the exact rotation.
+    pub fn table(&self, head_dim: usize, positions: usize) -> Vec<f32> {
+        let freqs: Vec<f64> = self.inv_freq(head_dim).into_iter().map(f64::from).collect();
+        let mut table = vec![0.0f32; positions * freqs.len() * 2];
         table
-            .par_chunks_mut((half * 2).max(1))
+            .par_chunks_mut((freqs.len() * 2).max(1))
             .enumerate()
             .for_each(|(pos, row)| {
                 for (pair, freq) in row.chunks_exact_mut(2).zip(&freqs) {
@@ -297,6 +342,49 @@ impl RopeSpec {
                 }
             });
         table
+    }
+
+    /// [`RopeFrequencies::table`] uploaded to `backend` as a `[positions, head_dim/2, 2]` tensor,
+    /// the table argument of [`Backend::rope`](super::Backend::rope).
+    pub fn upload_table(
+        &self,
+        backend: &dyn super::Backend,
+        head_dim: usize,
+        positions: usize,
+    ) -> crate::Result<super::Tensor> {
+        backend.upload(
+            &[positions, head_dim / 2, 2],
+            &self.table(head_dim, positions),
+        )
+    }
+}
+
+impl RopeScaling {
+    /// The frequency `f` of one pair after the scaling, in f32 as transformers' tensor ops.
+    fn apply(self, f: f32) -> f32 {
+        match self {
+            RopeScaling::None => f,
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position_embeddings: original,
+            } => {
+                let (factor, low, high) = (factor as f32, low as f32, high as f32);
+                let original = original as f32;
+                let wavelength = (2.0 * std::f64::consts::PI) as f32 / f;
+                // transformers' band edges are Python floats compared with the f32 wavelengths.
+                let (wavelength_64, original_64) = (f64::from(wavelength), original as f64);
+                if wavelength_64 < original_64 / f64::from(high) {
+                    f
+                } else if wavelength_64 > original_64 / f64::from(low) {
+                    f / factor
+                } else {
+                    let s = (original / wavelength - low) / (high - low);
+                    (1.0 - s) * f / factor + s * f
+                }
+            }
+        }
     }
 }
 

@@ -110,19 +110,28 @@ pub(crate) fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<(u
     Ok((n, d))
 }
 
-/// `(rows, d)` of an RMSNorm input with `gamma: [d]`.
-pub(crate) fn rms_norm(x: &Tensor, gamma: &Tensor) -> Result<(usize, usize)> {
+/// `(rows, d)` of an RMSNorm of `x` with `gamma: [d]` into `out` of `x`'s shape.
+pub(crate) fn rms_norm(x: &Tensor, gamma: &Tensor, out: &Tensor) -> Result<(usize, usize)> {
     let (n, d) = x.dims2("rms_norm input")?;
     ensure(d > 0, || "rms_norm: rows of width 0".to_string())?;
     ensure(gamma.shape() == [d], || {
         format!("rms_norm: gamma {:?}, expected [{d}]", gamma.shape())
     })?;
+    ensure(out.shape() == [n, d], || {
+        format!("rms_norm: output {:?}, expected [{n}, {d}]", out.shape())
+    })?;
     Ok((n, d))
 }
 
-/// `(tokens, width)` of a RoPE call, after checking the head size, the frequency base and that
-/// `qkv` holds the layout's tokens at the spec's QKV width.
-pub(crate) fn rope(qkv: &Tensor, layout: &SeqLayout, spec: &RopeSpec) -> Result<(usize, usize)> {
+/// `(tokens, width)` of a RoPE call, after checking the head size, that `qkv` holds the
+/// layout's tokens at the spec's QKV width, and that `table` is a `(cos, sin)` table of the
+/// head's pairs covering the longest sequence.
+pub(crate) fn rope(
+    qkv: &Tensor,
+    layout: &SeqLayout,
+    spec: &RopeSpec,
+    table: &Tensor,
+) -> Result<(usize, usize)> {
     let (tokens, width) = qkv.dims2("rope qkv")?;
     let hd = spec.head_dim;
     ensure(hd > 0 && hd.is_multiple_of(2), || {
@@ -133,9 +142,6 @@ pub(crate) fn rope(qkv: &Tensor, layout: &SeqLayout, spec: &RopeSpec) -> Result<
         heads > 0 && kv_heads > 0 && heads.is_multiple_of(kv_heads),
         || format!("rope: {heads} query heads cannot share {kv_heads} key/value heads"),
     )?;
-    ensure(spec.theta.is_finite() && spec.theta > 0.0, || {
-        format!("rope: theta {} must be positive and finite", spec.theta)
-    })?;
     ensure(width == spec.qkv_width(), || {
         format!(
             "rope: qkv width {width}, expected {} for {heads} query and {kv_heads} key/value \
@@ -149,6 +155,18 @@ pub(crate) fn rope(qkv: &Tensor, layout: &SeqLayout, spec: &RopeSpec) -> Result<
             layout.num_tokens()
         )
     })?;
+    let longest = layout.max_len();
+    ensure(
+        matches!(table.shape(), &[positions, pairs, 2] if positions >= longest && pairs == hd / 2),
+        || {
+            format!(
+                "rope: table {:?}, expected [positions ≥ {longest}, {}, 2] (the (cos, sin) of \
+                 each pair at each position of the longest sequence)",
+                table.shape(),
+                hd / 2
+            )
+        },
+    )?;
     Ok((tokens, width))
 }
 

@@ -19,7 +19,7 @@ use super::cases::{CaseOp, Fill, Linear, OpCase, WeightsIn};
 use super::{uniform, Case, Op, Prepared, Scale, Work};
 use crate::backend::{
     Activation, AttentionSpec, Backend, JlDistribution, JlSpec, Matrix64, OpFamily, Pooling,
-    RopeSpec, TrimReference, TrimSpec, W2Grid,
+    RopeFrequencies, RopeScaling, RopeSpec, TrimReference, TrimSpec, W2Grid,
 };
 use crate::data::scores::synthetic_ensemble;
 
@@ -114,7 +114,6 @@ pub fn cases(scale: Scale) -> Vec<Case> {
                 heads: 32,
                 kv_heads: 8,
                 head_dim: 128,
-                theta: 1e6,
             },
         ),
         l2_normalize("bert-base", rows, 768),
@@ -198,10 +197,18 @@ fn gated_activation(model: &str, n: usize, m: usize) -> Case {
     timed(OpCase::new(format!("gated_activation/{model}"), 23, op))
 }
 
-/// RoPE on the query and key heads of packed sequences; building the (cos, sin) table on the
-/// host is part of each run.
+/// RoPE on the query and key heads of packed sequences (θ 10⁶, Mistral-7B v0.2's), from a
+/// `(cos, sin)` table built before the runs, as a model builds it once.
 fn rope(model: &str, lengths: Vec<usize>, spec: RopeSpec) -> Case {
-    let op = CaseOp::Rope { lengths, spec };
+    let frequencies = RopeFrequencies {
+        theta: 1e6,
+        scaling: RopeScaling::None,
+    };
+    let op = CaseOp::Rope {
+        lengths,
+        spec,
+        frequencies,
+    };
     timed(OpCase::new(format!("rope/{model}"), 22, op))
 }
 

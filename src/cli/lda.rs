@@ -8,14 +8,14 @@ use clap::Args;
 use crate::backend::BackendKind;
 use crate::error::{Error, Result};
 use crate::instruments::lda::{self, LdaOptions, Shrinkage};
-use crate::io::embeddings::EmbeddingsFile;
 use crate::report;
+
+use super::embeddings_args::EmbeddingsArgs;
 
 #[derive(Args)]
 pub struct LdaArgs {
-    /// Embeddings file written by `mscope embed` (rows without a label are left out).
-    #[arg(long)]
-    input: PathBuf,
+    #[command(flatten)]
+    input: EmbeddingsArgs,
     /// Stratified train/test splits.
     #[arg(long, default_value_t = 50)]
     splits: usize,
@@ -48,7 +48,7 @@ pub fn run(args: LdaArgs) -> Result<()> {
     if args.splits == 0 {
         return Err(Error::input("--splits must be at least 1"));
     }
-    let file = EmbeddingsFile::read_finite(&args.input)?;
+    let (file, _) = args.input.read(false)?;
     let options = LdaOptions {
         splits: args.splits,
         test_fraction: args.test_fraction,
@@ -56,7 +56,7 @@ pub fn run(args: LdaArgs) -> Result<()> {
         shrinkage: args.shrinkage,
         pairwise: args.pairwise,
     };
-    let report = lda::report(args.backend, &file, &args.input, &options)?;
+    let report = lda::report(args.backend, &file, &args.input.input, &options)?;
     if let Some(path) = &args.out {
         report::write_json(path, &report)?;
     }

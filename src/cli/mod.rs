@@ -1,11 +1,13 @@
 //! The `mscope` command line: one file per subcommand.
 
+mod align;
 mod alpha;
 mod bench;
 mod compare;
 mod data;
 mod devices;
 mod embed;
+mod embeddings_args;
 mod kglm;
 mod lda;
 mod ntk;
@@ -45,6 +47,8 @@ enum Command {
     Pca(pca::PcaArgs),
     /// LDA accuracy of the labels over stratified splits, confusion, pairwise table.
     Lda(lda::LdaArgs),
+    /// Several embedders' views of the same rows: linear CKA, Procrustes, SVCCA, mutual k-NN.
+    Align(align::AlignArgs),
     /// Classification datasets (two moons, Gaussian blobs, 8×8 digits) split into train/test.
     Data(data::DataArgs),
     /// An ensemble of MLP classifiers, one per seed; test logits ready for `mscope compare`.
@@ -75,6 +79,7 @@ pub fn main() -> ExitCode {
         Command::Ntk(args) => ntk::run(args),
         Command::Kglm(args) => kglm::run(args),
         Command::NtkCompare(args) => ntk_compare::run(args),
+        Command::Align(args) => align::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match outcome {

@@ -7,14 +7,14 @@ use clap::Args;
 use crate::backend::{self, BackendKind, OpFamily};
 use crate::error::Result;
 use crate::instruments::pca;
-use crate::io::embeddings::{read_texts_sidecar, texts_sidecar_path, EmbeddingsFile};
 use crate::report;
+
+use super::embeddings_args::EmbeddingsArgs;
 
 #[derive(Args)]
 pub struct PcaArgs {
-    /// Embeddings file written by `mscope embed`.
-    #[arg(long)]
-    input: PathBuf,
+    #[command(flatten)]
+    input: EmbeddingsArgs,
     /// Principal components to keep [default: 10, or the dimension if smaller].
     #[arg(long)]
     components: Option<usize>,
@@ -37,18 +37,13 @@ pub struct PcaArgs {
 
 pub fn run(args: PcaArgs) -> Result<()> {
     super::set_threads(args.threads)?;
-    let file = EmbeddingsFile::read_finite(&args.input)?;
+    let (file, texts) = args.input.read(args.explain > 0)?;
     let backend = backend::open(args.backend, OpFamily::Stats)?;
-    let texts = if args.explain > 0 {
-        read_texts_sidecar(&texts_sidecar_path(&args.input), file.rows())?
-    } else {
-        None
-    };
     let k = args.components.unwrap_or(file.dim.min(10));
     let report = pca::report(
         backend.as_ref(),
         &file,
-        &args.input,
+        &args.input.input,
         k,
         args.explain,
         texts.as_deref(),

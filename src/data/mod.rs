@@ -2,6 +2,7 @@
 //! `0..C`), the format `mscope data` writes and `train`, `ntk` and `kglm` read.
 
 pub mod digits;
+pub mod labels;
 pub mod scores;
 pub mod synthetic;
 

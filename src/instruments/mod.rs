@@ -1,5 +1,6 @@
 //! Instruments: pretrained models turned into measurements of other models.
 
+pub mod align;
 pub mod alpha;
 pub mod compare;
 pub mod embed;

@@ -123,22 +123,6 @@ impl EmbeddingsFile {
             max_length: text("max_length").parse().unwrap_or(0),
         })
     }
-
-    /// [`EmbeddingsFile::read`], rejecting non-finite values (naming the row): what the analyses
-    /// (PCA, LDA) read.
-    pub fn read_finite(path: &Path) -> Result<Self> {
-        let file = Self::read(path)?;
-        if let Some(i) = file.embeddings.iter().position(|v| !v.is_finite()) {
-            return Err(Error::input(format!(
-                "{}: `embeddings` row {}, column {} is {}",
-                path.display(),
-                i / file.dim,
-                i % file.dim,
-                file.embeddings[i]
-            )));
-        }
-        Ok(file)
-    }
 }
 
 /// Where the texts of the embeddings file `embeddings` live: `<embeddings>.texts.jsonl`.

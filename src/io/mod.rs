@@ -1,9 +1,11 @@
 //! Input readers and output writers.
 pub mod checkpoint;
 pub mod datasets;
+pub mod embedding_inputs;
 pub mod embeddings;
 pub mod kernel_file;
 pub mod kernel_inputs;
+pub mod npy;
 pub mod samples;
 pub mod tensor_file;
 pub mod texts;

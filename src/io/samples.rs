@@ -7,6 +7,7 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 
+use super::npy::NpyArray;
 use crate::error::{Error, Result};
 
 /// Numbers read from a file with their shape (`[len]` for text).
@@ -140,82 +141,19 @@ fn read_text(path: &Path) -> Result<Array> {
     })
 }
 
-/// NumPy's format: magic, version, a little-endian header length (u16 in version 1, u32 after),
-/// a Python dict literal with `descr`, `fortran_order` and `shape`, then the raw data.
+/// A numeric `.npy` array (see [`super::npy`]) as f64 values.
 fn read_npy(path: &Path) -> Result<Array> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |msg: &str| Error::input(format!("{}: {msg}", path.display()));
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(bad("not a .npy file (bad magic)"));
-    }
-    let (header_len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize,
-            12,
-        ),
-        v => return Err(bad(&format!("unsupported .npy version {v}"))),
-    };
-    let header = bytes
-        .get(start..start + header_len)
-        .and_then(|h| std::str::from_utf8(h).ok())
-        .ok_or_else(|| bad("truncated or non-UTF-8 header"))?;
-    let field = |key: &str| {
-        let at = header
-            .find(&format!("'{key}'"))
-            .ok_or_else(|| bad(&format!("header lacks `{key}`")))?;
-        Ok::<_, Error>(header[at + key.len() + 2..].trim_start_matches([':', ' ']))
-    };
-    let descr = field("descr")?;
-    let descr = descr
-        .get(1..)
-        .and_then(|d| d.split('\'').next())
-        .unwrap_or("");
-    if field("fortran_order")?.starts_with("True") {
-        return Err(bad(
-            "Fortran-ordered arrays are not supported; save with C order",
-        ));
-    }
-    let shape_text = field("shape")?;
-    let shape_text = shape_text
-        .strip_prefix('(')
-        .and_then(|s| s.split(')').next())
-        .ok_or_else(|| bad("malformed `shape`"))?;
-    let shape = shape_text
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| bad("malformed `shape`")))
-        .collect::<Result<Vec<_>>>()?;
-    let count: usize = shape.iter().product();
-    let data = &bytes[start + header_len..];
-    let (width, decode): (usize, fn(&[u8]) -> f64) = match descr {
-        "<f4" => (4, |b| {
-            f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64
-        }),
-        "<f8" => (8, |b| f64::from_le_bytes(b.try_into().expect("8 bytes"))),
-        "<i4" => (4, |b| {
-            i32::from_le_bytes(b.try_into().expect("4 bytes")) as f64
-        }),
-        "<i8" => (8, |b| {
-            i64::from_le_bytes(b.try_into().expect("8 bytes")) as f64
-        }),
-        other => {
-            return Err(bad(&format!(
-                "dtype `{other}` is not supported (little-endian f4, f8, i4, i8)"
-            )))
-        }
-    };
-    if data.len() != count * width {
-        return Err(bad(&format!(
-            "{} data bytes for shape {shape:?} of `{descr}`, expected {}",
-            data.len(),
-            count * width
-        )));
-    }
+    let array = NpyArray::read(path)?;
+    let values = array.to_f64().ok_or_else(|| {
+        Error::input(format!(
+            "{}: holds strings ({:?}), expected numbers",
+            path.display(),
+            array.dtype
+        ))
+    })?;
     Ok(Array {
-        shape,
-        values: data.chunks_exact(width).map(decode).collect(),
+        shape: array.shape,
+        values,
     })
 }
 

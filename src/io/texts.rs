@@ -216,13 +216,8 @@ fn jsonl_rows(
             None => return Err(at(path, n, format!("no field \"{text_field}\""))),
         };
         let label = match object.remove(label_field).filter(|_| labels) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(label)) => Some(label).filter(|l| !l.is_empty()),
-            Some(Value::Number(x)) if x.is_i64() || x.is_u64() => Some(x.to_string()),
-            Some(_) => {
-                let message = format!("field \"{label_field}\" is not a string or an integer");
-                return Err(at(path, n, message));
-            }
+            Some(value) => json_label(value).map_err(|m| at(path, n, m(label_field)))?,
+            None => None,
         };
         rows.push((n, TextRow { text, label }));
     }
@@ -244,13 +239,11 @@ fn delimited_rows(
         .delimiter(delimiter)
         .from_reader(content.as_bytes());
     let header = reader.headers().map_err(csv_error)?.clone();
-    let column = |name: &str| header.iter().position(|h| h == name);
-    let Some(text_column) = column(text_field) else {
-        let columns = header.iter().collect::<Vec<_>>().join(", ");
-        let message = format!("no column \"{text_field}\" in the header (columns: {columns})");
-        return Err(at(path, 1, message));
-    };
-    let label_column = column(&fields.label).filter(|_| labels);
+    let text_column = column(path, &header, text_field)?;
+    let label_column = header
+        .iter()
+        .position(|h| h == fields.label)
+        .filter(|_| labels);
     let mut rows = Vec::new();
     for record in reader.records() {
         let record = record.map_err(csv_error)?;
@@ -262,6 +255,80 @@ fn delimited_rows(
         rows.push((line_of(record.position()), row));
     }
     Ok(rows)
+}
+
+/// A label value of a `.jsonl` field: a non-empty string or an integer, `None` for null or "";
+/// else a message for the field's name.
+fn json_label(value: Value) -> std::result::Result<Option<String>, fn(&str) -> String> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(label) => Ok(Some(label).filter(|l| !l.is_empty())),
+        Value::Number(x) if x.is_i64() || x.is_u64() => Ok(Some(x.to_string())),
+        _ => Err(|field| format!("field \"{field}\" is not a string or an integer")),
+    }
+}
+
+/// The index of column `name` in a `.csv`/`.tsv` header, or an error listing the columns.
+fn column(path: &Path, header: &csv::StringRecord, name: &str) -> Result<usize> {
+    header.iter().position(|h| h == name).ok_or_else(|| {
+        let columns = header.iter().collect::<Vec<_>>().join(", ");
+        at(
+            path,
+            1,
+            format!("no column \"{name}\" in the header (columns: {columns})"),
+        )
+    })
+}
+
+/// One label per row from a labels file: `.txt` (a line per row; a blank line is a row without
+/// a label), or field `field` of `.jsonl` objects (null or absent: none) or column `field` of a
+/// `.csv`/`.tsv` with a header (empty: none). Numbers are labels too, by their text.
+pub fn read_label_column(path: &Path, field: &str) -> Result<Vec<Option<String>>> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let content = read_utf8(path)?;
+    match ext.as_str() {
+        "txt" => Ok(content
+            .lines()
+            .map(|l| Some(l.trim().to_owned()).filter(|l| !l.is_empty()))
+            .collect()),
+        "jsonl" => (1..)
+            .zip(content.lines())
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(n, line)| match serde_json::from_str(line) {
+                Ok(Value::Object(mut object)) => match object.remove(field) {
+                    Some(value) => json_label(value).map_err(|m| at(path, n, m(field))),
+                    None => Ok(None),
+                },
+                Ok(_) => Err(at(path, n, "not a JSON object")),
+                Err(e) => Err(at(path, n, format!("invalid JSON: {e}"))),
+            })
+            .collect(),
+        "csv" | "tsv" => {
+            let delimiter = if ext == "csv" { b',' } else { b'\t' };
+            let mut reader = csv::ReaderBuilder::new()
+                .delimiter(delimiter)
+                .from_reader(content.as_bytes());
+            let csv_error =
+                |e: csv::Error| at(path, e.position().map_or(1, |p| p.line() as usize), e);
+            let header = reader.headers().map_err(csv_error)?.clone();
+            let c = column(path, &header, field)?;
+            reader
+                .records()
+                .map(|record| {
+                    let record = record.map_err(csv_error)?;
+                    Ok(Some(record[c].to_owned()).filter(|l| !l.is_empty()))
+                })
+                .collect()
+        }
+        _ => Err(Error::input(format!(
+            "{}: unsupported labels file (supported: .txt, .jsonl, .csv, .tsv, .npy)",
+            path.display()
+        ))),
+    }
 }
 
 fn at(path: &Path, line: usize, message: impl Display) -> Error {

@@ -7,11 +7,16 @@
 //! the final RMSNorm gives the hidden states (transformers' `last_hidden_state`). Q, K and V run
 //! as one GEMM, and so do gate and up.
 //!
+//! RoPE: θ from the config with no scaling or Llama 3.1's `llama3` scaling (any other
+//! `rope_type` is refused); the model builds the `(cos, sin)` table of all its
+//! `max_position_embeddings` positions once, when it loads, and every layer reads it.
+//!
 //! Memory plan (a 7B model on a 24 GiB CPU machine): the weights are read where they are stored.
 //! On the CPU a half-precision checkpoint's projections and embedding table stay in the
 //! safetensors memory map ([`super::loader`]: a fused Q/K/V or gate/up weight is a list of
 //! mapped tensors), the GEMM widens one packed panel at a time, and `gather_rows` widens only
-//! the rows it gathers; norms and biases (a few MB) are f32 copies. What the process allocates is
+//! the rows it gathers; norms, biases and the RoPE table (16 MiB for Mistral-7B) are f32 copies.
+//! What the process allocates besides is
 //! the activations of one batch — `tokens × (4·hidden + qkv_width + 3·intermediate)` f32 values,
 //! 0.26 MB a token for Mistral-7B, plus the GEMM's packed copy of its input — and the packed
 //! weight panels (128 KiB a thread), so a 7B bf16 model needs its 14.5 GB in the page cache and,
@@ -26,7 +31,9 @@ use serde_json::Value;
 
 use super::loader::{read_config, Linear, Loader, TensorSource};
 use super::{Encoder, TokenBatch};
-use crate::backend::{Activation, AttentionSpec, Backend, Pooling, RopeSpec, Tensor};
+use crate::backend::{
+    Activation, AttentionSpec, Backend, Pooling, RopeFrequencies, RopeScaling, RopeSpec, Tensor,
+};
 use crate::error::{Error, Result};
 use crate::weights::{Weights, WeightsDtype};
 
@@ -57,6 +64,9 @@ struct RawConfig {
     /// transformers 5 keeps `rope_theta` and the scaling together here.
     rope_parameters: Option<Value>,
     max_position_embeddings: usize,
+    /// Takes precedence over the field of the same name in the RoPE parameters, as in
+    /// transformers.
+    original_max_position_embeddings: Option<usize>,
     /// Absent and `null` differ: Mistral's default window applies only to an absent field.
     #[serde(default, deserialize_with = "present")]
     sliding_window: Option<Option<usize>>,
@@ -95,7 +105,8 @@ pub struct DecoderConfig {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub rms_norm_eps: f64,
-    pub rope_theta: f64,
+    /// θ and the scaling of the RoPE frequencies.
+    pub rope: RopeFrequencies,
     pub max_position_embeddings: usize,
     /// Each layer's sliding window (`None`: the whole causal prefix).
     pub windows: Vec<Option<usize>>,
@@ -154,7 +165,7 @@ impl DecoderConfig {
                 "head_dim {head_dim} must be even and positive (RoPE turns pairs of columns)"
             )));
         }
-        let rope_theta = rope_theta(&raw).map_err(&bad)?;
+        let rope = rope_frequencies(&raw).map_err(&bad)?;
         let windows = windows(&raw).map_err(&bad)?;
         let qwen2 = kind == "qwen2";
         let llama = kind == "llama";
@@ -167,7 +178,7 @@ impl DecoderConfig {
             kv_heads,
             head_dim,
             rms_norm_eps: raw.rms_norm_eps,
-            rope_theta,
+            rope,
             max_position_embeddings: raw.max_position_embeddings,
             windows,
             qkv_bias: qwen2 || (llama && raw.attention_bias),
@@ -182,32 +193,38 @@ impl DecoderConfig {
     }
 }
 
-/// `rope_theta`, refusing any RoPE scaling (the rope op turns pair `i` by `pos · θ^(−2i/d)` and
-/// nothing else). transformers reads the RoPE parameters from `rope_scaling` (older configs) or
-/// else `rope_parameters`, taking `rope_theta` there before the top-level field.
-fn rope_theta(raw: &RawConfig) -> std::result::Result<f64, String> {
+/// The `rope_type`s [`rope_frequencies`] accepts.
+const ROPE_TYPES: &str = "\"default\" (no scaling), \"llama3\"";
+
+/// θ and the scaling of the RoPE frequencies. transformers reads the RoPE parameters from
+/// `rope_scaling` (older configs) or else `rope_parameters`, taking `rope_theta` there before the
+/// top-level field; `rope_type` (or the older `type`) names the scaling, "default" when absent.
+fn rope_frequencies(raw: &RawConfig) -> std::result::Result<RopeFrequencies, String> {
     let (field, params) = match (&raw.rope_scaling, &raw.rope_parameters) {
         (Some(v), _) if !v.is_null() => ("rope_scaling", Some(v)),
         (_, Some(v)) if !v.is_null() => ("rope_parameters", Some(v)),
         _ => ("rope_scaling", None),
     };
-    if let Some(params) = params {
-        let kind = params
-            .get("rope_type")
-            .or_else(|| params.get("type"))
-            .and_then(Value::as_str)
-            .unwrap_or("default");
-        if kind != "default" {
+    let kind = params
+        .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let scaling = match (kind, params) {
+        ("default", _) => RopeScaling::None,
+        ("llama3", Some(params)) => llama3_scaling(raw, field, params)?,
+        _ => {
             return Err(format!(
-                "{field} type {kind:?} is not supported (supported: no scaling, \"default\")"
-            ));
+                "{field} rope_type {kind:?} is not supported (supported: {ROPE_TYPES})"
+            ))
         }
-        let partial = params.get("partial_rotary_factor").and_then(Value::as_f64);
-        if let Some(f) = partial.filter(|&f| f != 1.0) {
-            return Err(format!(
-                "{field} partial_rotary_factor {f} is not supported (supported: 1)"
-            ));
-        }
+    };
+    let partial = params
+        .and_then(|p| p.get("partial_rotary_factor"))
+        .and_then(Value::as_f64);
+    if let Some(f) = partial.filter(|&f| f != 1.0) {
+        return Err(format!(
+            "{field} partial_rotary_factor {f} is not supported (supported: 1)"
+        ));
     }
     let theta = params
         .and_then(|p| p.get("rope_theta"))
@@ -219,7 +236,64 @@ fn rope_theta(raw: &RawConfig) -> std::result::Result<f64, String> {
             "rope_theta {theta} must be a finite number above 1"
         ));
     }
-    Ok(theta)
+    Ok(RopeFrequencies { theta, scaling })
+}
+
+/// The `llama3` scaling from the RoPE parameters `params` (found under `field`).
+/// `original_max_position_embeddings` falls back to the model's `max_position_embeddings`, and
+/// a top-level field of that name wins, as in transformers. Values that make the formulas
+/// meaningless (a factor below 1, `high_freq_factor` not above `low_freq_factor`) are refused,
+/// where transformers only warns.
+fn llama3_scaling(
+    raw: &RawConfig,
+    field: &str,
+    params: &Value,
+) -> std::result::Result<RopeScaling, String> {
+    let number = |key: &str| {
+        params
+            .get(key)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| format!("{field} of rope_type \"llama3\" needs a number {key}"))
+    };
+    let (factor, low, high) = (
+        number("factor")?,
+        number("low_freq_factor")?,
+        number("high_freq_factor")?,
+    );
+    if !(factor.is_finite() && factor >= 1.0) {
+        return Err(format!(
+            "{field} factor {factor} must be a finite number of at least 1"
+        ));
+    }
+    if !(low.is_finite() && low > 0.0 && high.is_finite() && high > low) {
+        return Err(format!(
+            "{field} low_freq_factor {low} and high_freq_factor {high} must be positive and \
+             finite, high_freq_factor the larger"
+        ));
+    }
+    let original = match raw.original_max_position_embeddings {
+        Some(n) => n,
+        None => match params.get("original_max_position_embeddings") {
+            None | Some(Value::Null) => raw.max_position_embeddings,
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| {
+                    format!("{field} original_max_position_embeddings {v} must be a whole number")
+                })?,
+        },
+    };
+    if original == 0 {
+        return Err(format!(
+            "{field} original_max_position_embeddings must be positive"
+        ));
+    }
+    Ok(RopeScaling::Llama3 {
+        factor,
+        low_freq_factor: low,
+        high_freq_factor: high,
+        original_max_position_embeddings: original,
+    })
 }
 
 /// Each layer's sliding window, as transformers assigns them: Mistral's `sliding_window` on every
@@ -280,6 +354,9 @@ pub struct DecoderModel {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
+    /// The `(cos, sin)` of every pair at every position the model accepts, built once here for
+    /// every layer and batch ([`RopeFrequencies::upload_table`]).
+    rope_table: Tensor,
 }
 
 impl DecoderModel {
@@ -344,6 +421,11 @@ impl DecoderModel {
         Ok(DecoderModel {
             embed: loader.matrix(&["embed_tokens.weight".into()], c.vocab_size, h)?,
             norm: loader.tensor("norm.weight", &[h])?,
+            rope_table: c.rope.upload_table(
+                backend.as_ref(),
+                c.head_dim,
+                c.max_position_embeddings,
+            )?,
             layers,
             backend,
             config,
@@ -390,10 +472,7 @@ impl Encoder for DecoderModel {
             heads: c.heads,
             kv_heads: c.kv_heads,
             head_dim: c.head_dim,
-            theta: c.rope_theta as f32,
         };
-        // Gathering rows 0..n of a tensor copies it: the residual stream stays unnormalised.
-        let rows: Vec<u32> = (0..n as u32).collect();
 
         let mut x = be.zeros(&[n, h])?;
         be.gather_rows(&self.embed, &batch.ids, false, &mut x)?;
@@ -404,10 +483,10 @@ impl Encoder for DecoderModel {
         let mut gate_up = be.zeros(&[n, 2 * c.intermediate_size])?;
         let mut gated = be.zeros(&[n, c.intermediate_size])?;
         for (layer, &window) in self.layers.iter().zip(&c.windows) {
-            be.gather_rows(&x, &rows, false, &mut normed)?;
-            be.rms_norm(&mut normed, &layer.input_norm, eps)?;
+            // The residual streams `x` and `mid` stay unnormalised: the norms write `normed`.
+            be.rms_norm(&x, &layer.input_norm, eps, &mut normed)?;
             linear(be, &normed, &layer.qkv, None, &mut qkv)?;
-            be.rope(&mut qkv, layout, &rope)?;
+            be.rope(&mut qkv, layout, &rope, &self.rope_table)?;
             let spec = AttentionSpec {
                 heads: c.heads,
                 kv_heads: c.kv_heads,
@@ -419,14 +498,13 @@ impl Encoder for DecoderModel {
             be.attention(&qkv, layout, &spec, &mut context)?;
             linear(be, &context, &layer.o, Some(&x), &mut mid)?;
 
-            be.gather_rows(&mid, &rows, false, &mut normed)?;
-            be.rms_norm(&mut normed, &layer.post_norm, eps)?;
+            be.rms_norm(&mid, &layer.post_norm, eps, &mut normed)?;
             linear(be, &normed, &layer.gate_up, None, &mut gate_up)?;
             be.gated_activation(&gate_up, Activation::Silu, &mut gated)?;
             linear(be, &gated, &layer.down, Some(&mid), &mut x)?;
         }
-        be.rms_norm(&mut x, &self.norm, eps)?;
-        Ok(x)
+        be.rms_norm(&x, &self.norm, eps, &mut normed)?;
+        Ok(normed)
     }
 }
 

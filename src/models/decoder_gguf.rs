@@ -10,6 +10,10 @@
 //!   reorders each head's rows of Q and K: transformers' row `h·d/2 + i` (half `h`, pair `i`) is
 //!   stored as row `2i + h`. [`GgufTensors`] puts them back, K with the KV head count. Qwen2's
 //!   converter leaves the rows alone.
+//!
+//! llama.cpp stores Llama 3.1's `llama3` RoPE scaling as a tensor, `rope_freqs.weight`, of
+//! per-pair divisors of the frequencies. transformers' GGUF loader drops that tensor and runs the
+//! model unscaled, so there is no reference to test against: a file that has it is refused.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -17,13 +21,16 @@ use std::sync::Arc;
 
 use super::decoder::{DecoderConfig, DecoderModel};
 use super::loader::TensorSource;
-use crate::backend::Backend;
+use crate::backend::{Backend, RopeFrequencies, RopeScaling};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, HostData, HostTensor};
 use crate::weights::{Gguf, WeightsDtype};
 
 /// The `general.architecture` values this file runs.
 pub const ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
+
+/// llama.cpp's tensor of per-pair RoPE frequency divisors (its form of llama3 scaling).
+const ROPE_FREQS: &str = "rope_freqs.weight";
 
 /// Whether `path` names a GGUF file (by its extension) rather than a model directory.
 pub fn is_gguf(path: &Path) -> bool {
@@ -121,7 +128,15 @@ pub fn config(gguf: &Gguf) -> Result<DecoderConfig> {
             )));
         }
     }
-    let rope_theta = if optional("rope.freq_base") {
+    if gguf.tensor_info(ROPE_FREQS).is_ok() {
+        return Err(bad(format!(
+            "tensor `{ROPE_FREQS}` (llama.cpp's per-pair RoPE frequency factors, how it stores \
+             llama3 scaling) is not supported: transformers' GGUF loader ignores it, so there is \
+             no reference to match (supported: no frequency scaling; a Hugging Face directory \
+             with rope_type \"llama3\" runs the scaled model)"
+        )));
+    }
+    let theta = if optional("rope.freq_base") {
         f64::from(gguf.get_f32(&key("rope.freq_base"))?)
     } else {
         10_000.0
@@ -135,7 +150,10 @@ pub fn config(gguf: &Gguf) -> Result<DecoderConfig> {
         kv_heads,
         head_dim,
         rms_norm_eps: f64::from(gguf.get_f32(&key("attention.layer_norm_rms_epsilon"))?),
-        rope_theta,
+        rope: RopeFrequencies {
+            theta,
+            scaling: RopeScaling::None,
+        },
         max_position_embeddings: count("context_length")?,
         windows: vec![None; layers],
         qkv_bias: arch == "qwen2",

@@ -2,6 +2,7 @@
 //! this module writes it as JSON for scripts, as a Markdown summary for stdout (one file per
 //! command) and as PNG plots.
 
+pub mod align;
 pub mod alpha;
 pub mod bench;
 pub mod compare;

@@ -8,6 +8,7 @@ model first.
 
 Rows (the anchor scripts beside this file document each side's work):
   embed    mscope embed            vs sentence-transformers encode (embed_sentence_transformers.py)
+  decoder  mscope embed, SmolLM2   vs transformers fp32 on the same GGUF (embed_transformers_decoder.py)
   pca      mscope pca              vs sklearn PCA(svd_solver="full") (pca_sklearn.py)
   lda      mscope lda --pairwise   vs sklearn LinearDiscriminantAnalysis per split (lda_sklearn.py)
   ntk      mscope ntk (exact)      vs torch.func vmap(jacrev) + einsum (ntk_torch_func.py)
@@ -75,11 +76,14 @@ def row(instrument, work, mscope, anchor_name, anchor_s, anchor_json, note=""):
             "note": note, "anchor_report": anchor_json}
 
 
+DEMO_CORPUS = ["tools/demo-corpus/news.txt", "tools/demo-corpus/reviews.jsonl",
+               "tools/demo-corpus/multilingual.csv"]
+DEMO_INPUTS = [flag for path in DEMO_CORPUS for flag in ("--input", ROOT / path)]
+
+
 def embed(opts, tmp):
     model = ROOT / ".cache" / "models" / "all-MiniLM-L6-v2"
-    corpus = ["tools/demo-corpus/news.txt", "tools/demo-corpus/reviews.jsonl",
-              "tools/demo-corpus/multilingual.csv"]
-    inputs = [flag for path in corpus for flag in ("--input", ROOT / path)]
+    inputs = DEMO_INPUTS
     mscope = time_mscope(opts, "embed", "--model", model, *inputs, "--batch-size", 32,
                          "--threads", opts.threads, "--backend", opts.backend, "--out", tmp / "e.safetensors")
     anchor = run_anchor("embed_sentence_transformers.py", "--model", model, *inputs, "--batch-size", 32,
@@ -87,6 +91,18 @@ def embed(opts, tmp):
     work = f"all-MiniLM-L6-v2, {anchor['n_texts']} texts / {anchor['n_tokens']} tokens, batch 32"
     return row("embed", work, mscope, "sentence-transformers " + anchor["sentence_transformers_version"],
                anchor["median_s"], anchor, "anchor excludes model loading")
+
+
+def decoder(opts, tmp):
+    model = ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    mscope = time_mscope(opts, "embed", "--model", model, *DEMO_INPUTS, "--batch-size", 32,
+                         "--threads", opts.threads, "--backend", opts.backend, "--out", tmp / "d.safetensors")
+    anchor = run_anchor("embed_transformers_decoder.py", "--model", model, *DEMO_INPUTS,
+                        "--batch-size", 32, "--threads", opts.threads, "--repeat", opts.repeat)
+    work = (f"SmolLM2-135M (GGUF Q4_1, f32 compute), last-token pooling, {anchor['n_texts']} texts / "
+            f"{anchor['n_tokens']} tokens, batch 32")
+    return row("decoder", work, mscope, "transformers " + anchor["transformers_version"],
+               anchor["median_s"], anchor, "anchor excludes model loading and dequantisation")
 
 
 def pca(opts, tmp, size):
@@ -168,13 +184,14 @@ def main():
     opts = ap.parse_args()
     BENCH.mkdir(parents=True, exist_ok=True)
     pick = 0 if opts.quick else 1
-    wanted = set(opts.only or ["embed", "pca", "lda", "ntk", "compare"])
+    wanted = set(opts.only or ["embed", "decoder", "pca", "lda", "ntk", "compare"])
     load_before = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         steps = [
             ("embed", lambda: [embed(opts, tmp)]),
+            ("decoder", lambda: [decoder(opts, tmp)]),
             ("pca", lambda: [pca(opts, tmp, SIZES["pca"][pick])]),
             ("lda", lambda: [lda(opts, SIZES["lda"][pick])]),
             ("ntk", lambda: ntk_and_kglm(opts, tmp, SIZES["ntk"][pick])),

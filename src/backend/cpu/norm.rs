@@ -1,5 +1,5 @@
-//! The norm family on the CPU: LayerNorm and RMSNorm in place, one row a task, their row
-//! statistics summed in lanes ([`lane_sum`]).
+//! The norm family on the CPU: LayerNorm in place and RMSNorm into another tensor, one row a
+//! task, their row statistics summed in lanes ([`lane_sum`]).
 
 use rayon::prelude::*;
 
@@ -21,15 +21,18 @@ pub(super) fn layer_norm(x: &mut Tensor, gamma: &Tensor, beta: &Tensor, eps: f32
     Ok(())
 }
 
-pub(super) fn rms_norm(x: &mut Tensor, gamma: &Tensor, eps: f32) -> Result<()> {
-    let (_, d) = shapes::rms_norm(x, gamma)?;
+pub(super) fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f32, out: &mut Tensor) -> Result<()> {
+    let (_, d) = shapes::rms_norm(x, gamma, out)?;
     let g = values(gamma)?;
-    values_mut(x)?.par_chunks_mut(d).for_each(|row| {
-        let mean_square = lane_sum(row, |v| v * v) / d as f32;
-        let inv = 1.0 / (mean_square + eps).sqrt();
-        for (v, g) in row.iter_mut().zip(g) {
-            *v = *v * inv * g;
-        }
-    });
+    values_mut(out)?
+        .par_chunks_mut(d)
+        .zip(values(x)?.par_chunks(d))
+        .for_each(|(normed, row)| {
+            let mean_square = lane_sum(row, |v| v * v) / d as f32;
+            let inv = 1.0 / (mean_square + eps).sqrt();
+            for ((o, v), g) in normed.iter_mut().zip(row).zip(g) {
+                *o = v * inv * g;
+            }
+        });
     Ok(())
 }

@@ -1,16 +1,21 @@
 //! The rope family on the CPU: rotary position embedding of the query and key heads in place,
-//! sequences and their rows in parallel, angles from the spec's table.
+//! sequences and their rows in parallel, angles from the model's `(cos, sin)` table.
 
 use rayon::prelude::*;
 
-use super::common::{split_sequences, values_mut};
+use super::common::{split_sequences, values, values_mut};
 use crate::backend::{shapes, RopeSpec, SeqLayout, Tensor};
 use crate::error::Result;
 
-pub(super) fn rope(qkv: &mut Tensor, layout: &SeqLayout, spec: &RopeSpec) -> Result<()> {
-    let (_, width) = shapes::rope(qkv, layout, spec)?;
+pub(super) fn rope(
+    qkv: &mut Tensor,
+    layout: &SeqLayout,
+    spec: &RopeSpec,
+    table: &Tensor,
+) -> Result<()> {
+    let (_, width) = shapes::rope(qkv, layout, spec, table)?;
     let half = spec.head_dim / 2;
-    let table = spec.table(layout.max_len());
+    let table = values(table)?;
     let rotated = spec.rotated_width();
     let blocks = split_sequences(values_mut(qkv)?, layout, width);
     blocks.into_par_iter().for_each(|block| {

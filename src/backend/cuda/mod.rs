@@ -236,12 +236,18 @@ impl Backend for CudaBackend {
         norm::layer_norm(self, x, gamma, beta, eps)
     }
 
-    fn rms_norm(&self, x: &mut Tensor, gamma: &Tensor, eps: f32) -> Result<()> {
-        norm::rms_norm(self, x, gamma, eps)
+    fn rms_norm(&self, x: &Tensor, gamma: &Tensor, eps: f32, out: &mut Tensor) -> Result<()> {
+        norm::rms_norm(self, x, gamma, eps, out)
     }
 
-    fn rope(&self, qkv: &mut Tensor, layout: &SeqLayout, spec: &RopeSpec) -> Result<()> {
-        rope::rope(self, qkv, layout, spec)
+    fn rope(
+        &self,
+        qkv: &mut Tensor,
+        layout: &SeqLayout,
+        spec: &RopeSpec,
+        table: &Tensor,
+    ) -> Result<()> {
+        rope::rope(self, qkv, layout, spec, table)
     }
 
     fn attention(

@@ -1,5 +1,6 @@
 //! The rope family on CUDA (kernels/rope.cu): rotary position embedding in place, one thread per
-//! rotated pair, the angle table computed on the host and uploaded with the positions.
+//! rotated pair, angles read from the model's `(cos, sin)` table; the positions are uploaded
+//! with each call.
 
 use cudarc::driver::PushKernelArg;
 
@@ -13,8 +14,9 @@ pub(super) fn rope(
     qkv: &mut Tensor,
     layout: &SeqLayout,
     spec: &RopeSpec,
+    table: &Tensor,
 ) -> Result<()> {
-    let (tokens, width) = shapes::rope(qkv, layout, spec)?;
+    let (tokens, width) = shapes::rope(qkv, layout, spec, table)?;
     let half = spec.head_dim / 2;
     let rotated_heads = spec.heads + spec.kv_heads;
     let (ti, wi, hi, halfi) = (
@@ -29,13 +31,13 @@ pub(super) fn rope(
     }
     let positions: Vec<i32> = layout.positions().map(|p| p as i32).collect();
     let positions = be.upload_small(&positions)?;
-    let table = be.upload_small(&spec.table(layout.max_len()))?;
+    let table = be.slice(table)?;
     let f = be.function("rope", "rope_v1")?;
     let qkv = be.slice_mut(qkv)?;
     let mut args = be.stream().launch_builder(&f);
     args.arg(qkv)
         .arg(&positions)
-        .arg(&table)
+        .arg(table)
         .arg(&ti)
         .arg(&wi)
         .arg(&hi)

@@ -20,6 +20,29 @@ use crate::tensor::DType;
 /// device starts on long sequences of ops while the host records the rest.
 const PASSES_PER_SUBMIT: usize = 32;
 
+/// Mesa's llvmpipe (the lavapipe Vulkan driver) counts the loop iterations of each shader
+/// invocation, all loops together, and ends every loop once the count reaches this
+/// (`LP_MAX_TGSI_LOOP_ITERATIONS`): a longer kernel would return garbage without an error.
+pub(super) const LLVMPIPE_LOOP_LIMIT: u64 = 65_535;
+
+/// Reduction depth per shared slab of the tiled kernels (`TILE_K` in gemm.wgsl, ntk.wgsl).
+const SLAB_DEPTH: usize = 16;
+
+/// Loop iterations per invocation of a tiled kernel reducing over `depth` through shared slabs:
+/// per slab its own loop, a 4-step load and a 16-step multiply, each with its exit test, and a
+/// quarter more for what that leaves out (attention.wgsl's bound, counted the same way, came
+/// within 3% of llvmpipe's).
+pub(super) fn slab_loop_iterations(depth: usize) -> u64 {
+    let slabs = depth.div_ceil(SLAB_DEPTH) as u64 + 1;
+    slabs * (1 + 5 + (SLAB_DEPTH as u64 + 1)) * 5 / 4
+}
+
+/// Loop iterations per invocation of a direct kernel reducing over `depth` one step at a time,
+/// with the same quarter's margin.
+pub(super) fn direct_loop_iterations(depth: usize) -> u64 {
+    (depth as u64 + 1) * 5 / 4
+}
+
 /// The command encoder ops record into until it is submitted.
 #[derive(Default)]
 pub(super) struct Pending {
@@ -78,12 +101,14 @@ impl WgpuBackend {
             mapped_at_creation: false,
         });
         let software = info.device_type == wgpu::DeviceType::Cpu;
+        let loop_limit = (info.driver == "llvmpipe").then_some(LLVMPIPE_LOOP_LIMIT);
         let gemm = gemm::choose_variant(options.gemm, software).map_err(unavailable)?;
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(WgpuBackend {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             gemm,
             subgroup_norms,
+            loop_limit,
             pipelines: PipelineCache::default(),
             pending: Mutex::default(),
             placeholder,
@@ -231,6 +256,25 @@ impl WgpuBackend {
             .map(|&s| to_u32(s, "sequence start"))
             .collect::<Result<Vec<u32>>>()?;
         Ok(self.upload_u32("sequence starts", &starts))
+    }
+
+    /// Refuses a dispatch whose invocations would each run `iterations` loop iterations on a
+    /// driver that stops them earlier (see [`LLVMPIPE_LOOP_LIMIT`]); `what` names the work.
+    pub(super) fn check_loop_limit(
+        &self,
+        iterations: u64,
+        what: impl FnOnce() -> String,
+    ) -> Result<()> {
+        match self.loop_limit {
+            Some(limit) if iterations > limit => Err(Error::input(format!(
+                "{}: {} needs {iterations} loop iterations per shader invocation, and {} stops \
+                 every invocation's loops after {limit}; run it on the CPU backend or a GPU",
+                self.adapter.name,
+                what(),
+                self.adapter.driver
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Workgroup grid for `workgroups` groups laid out along x, wrapping onto y past the

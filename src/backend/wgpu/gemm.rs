@@ -4,7 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::device::to_u32;
+use super::device::{direct_loop_iterations, slab_loop_iterations, to_u32};
 use super::kernels::Kernel;
 use super::WgpuBackend;
 use crate::backend::{shapes, Activation, GemmVariant, Tensor};
@@ -113,6 +113,11 @@ pub(super) fn linear(
             w.dtype()
         ))
     })?;
+    let iterations = match kernel {
+        Kernel::LinearTiled | Kernel::LinearTiledF16 => slab_loop_iterations(k),
+        _ => direct_loop_iterations(k),
+    };
+    backend.check_loop_limit(iterations, || format!("linear over {k} input features"))?;
     backend.dispatch(kernel, &params, &buffers, groups);
     Ok(())
 }

@@ -133,8 +133,8 @@ impl Kernel {
             Kernel::LayerNorm | Kernel::LayerNormSubgroup => &[ReadWrite, Read, Read],
             // x
             Kernel::L2Normalize | Kernel::L2NormalizeSubgroup => &[ReadWrite],
-            // x, gamma
-            Kernel::RmsNorm | Kernel::RmsNormSubgroup => &[ReadWrite, Read],
+            // out, gamma, x
+            Kernel::RmsNorm | Kernel::RmsNormSubgroup => &[ReadWrite, Read, Read],
             // qkv, positions, (cos, sin) table
             Kernel::Rope => &[ReadWrite, Read, Read],
             // qkv, sequence starts, out

@@ -127,6 +127,9 @@ pub struct WgpuBackend {
     gemm: GemmVariant,
     /// Whether the norm family dispatches its subgroup kernels.
     subgroup_norms: bool,
+    /// Loop iterations one shader invocation may run in all before the driver silently ends its
+    /// loops (llvmpipe's limiter, [`device::LLVMPIPE_LOOP_LIMIT`]); `None` where there is none.
+    loop_limit: Option<u64>,
     /// The device timer, where the adapter offers timestamp queries.
     timestamps: Option<Timestamps>,
 }
@@ -241,12 +244,18 @@ impl Backend for WgpuBackend {
         norm::layer_norm(self, x, gamma, beta, eps)
     }
 
-    fn rms_norm(&self, x: &mut Tensor, gamma: &Tensor, eps: f32) -> Result<()> {
-        norm::rms_norm(self, x, gamma, eps)
+    fn rms_norm(&self, x: &Tensor, gamma: &Tensor, eps: f32, out: &mut Tensor) -> Result<()> {
+        norm::rms_norm(self, x, gamma, eps, out)
     }
 
-    fn rope(&self, qkv: &mut Tensor, layout: &SeqLayout, spec: &RopeSpec) -> Result<()> {
-        rope::rope(self, qkv, layout, spec)
+    fn rope(
+        &self,
+        qkv: &mut Tensor,
+        layout: &SeqLayout,
+        spec: &RopeSpec,
+        table: &Tensor,
+    ) -> Result<()> {
+        rope::rope(self, qkv, layout, spec, table)
     }
 
     fn attention(

@@ -1,5 +1,5 @@
-//! The row normalisations on wgpu (shaders/norm.wgsl): `layer_norm`, `rms_norm` and
-//! `l2_normalize`, one workgroup per row, each in its shared-memory build or, where the backend
+//! The row normalisations on wgpu (shaders/norm.wgsl): `layer_norm` and `l2_normalize` in
+//! place, `rms_norm` into another tensor, one workgroup per row, each in its shared-memory build or, where the backend
 //! reduces with subgroups, its subgroup build.
 
 use bytemuck::{Pod, Zeroable};
@@ -79,16 +79,20 @@ pub(super) fn layer_norm(
     dispatch(backend, LAYER_NORM, "layer_norm", shape, eps, &buffers)
 }
 
+/// Out of place: the kernel writes `out` (binding 1, where the in-place norms write) from `x`
+/// (binding 3, `beta`'s slot in layer_norm).
 pub(super) fn rms_norm(
     backend: &WgpuBackend,
-    x: &mut Tensor,
+    x: &Tensor,
     gamma: &Tensor,
     eps: f32,
+    out: &mut Tensor,
 ) -> Result<()> {
-    let shape = shapes::rms_norm(x, gamma)?;
+    let shape = shapes::rms_norm(x, gamma, out)?;
     let buffers = [
-        backend.buffer(x, "rms_norm input")?,
+        backend.buffer(out, "rms_norm output")?,
         backend.buffer(gamma, "rms_norm gamma")?,
+        backend.buffer(x, "rms_norm input")?,
     ];
     dispatch(backend, RMS_NORM, "rms_norm", shape, eps, &buffers)
 }

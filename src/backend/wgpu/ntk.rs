@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::device::to_u32;
+use super::device::{direct_loop_iterations, slab_loop_iterations, to_u32};
 use super::kernels::Kernel;
 use super::memory::WgpuStorage;
 use super::WgpuBackend;
@@ -112,6 +112,14 @@ pub(super) fn ntk_contract(
         acts.map_or(0, |(a, _)| a.shape()[1]),
         "ntk_contract activation width",
     )?;
+    let depth = (p + q) as usize;
+    let iterations = match kernel {
+        Kernel::ContractTiled => slab_loop_iterations(depth),
+        _ => direct_loop_iterations(depth),
+    };
+    backend.check_loop_limit(iterations, || {
+        format!("ntk_contract over {p} gradient and {q} activation columns")
+    })?;
     let (dr, dc, o) = (
         backend.storage(delta_rows)?,
         backend.storage(delta_cols)?,
@@ -183,6 +191,9 @@ pub(super) fn jl_project(
             "jl_project: projection dimension {} exceeds the device's workgroup grid",
             spec.dim
         )
+    })?;
+    backend.check_loop_limit(slab_loop_iterations(d), || {
+        format!("jl_project of {d} columns")
     })?;
     let (xs, o) = (backend.storage(x)?, backend.storage(out)?);
     let words = |v: u64| [v as u32, (v >> 32) as u32];

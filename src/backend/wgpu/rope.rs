@@ -1,13 +1,13 @@
-//! RoPE on wgpu (shaders/rope.wgsl): the host sends each token's position and the f64-built
-//! (cos, sin) table of [`RopeSpec::table`]; the shader turns the query and key pairs in place,
-//! one invocation per pair.
+//! RoPE on wgpu (shaders/rope.wgsl): the host sends each token's position; the shader reads the
+//! model's `(cos, sin)` table ([`RopeFrequencies::table`](crate::backend::RopeFrequencies::table))
+//! and turns the query and key pairs in place, one invocation per pair.
 
 use bytemuck::{Pod, Zeroable};
 
 use super::device::to_u32;
 use super::kernels::Kernel;
 use super::WgpuBackend;
-use crate::backend::{shapes, Backend, RopeSpec, SeqLayout, Tensor};
+use crate::backend::{shapes, RopeSpec, SeqLayout, Tensor};
 use crate::error::Result;
 
 /// Threads per workgroup (rope.wgsl `@workgroup_size`).
@@ -28,9 +28,9 @@ pub(super) fn rope(
     qkv: &mut Tensor,
     layout: &SeqLayout,
     spec: &RopeSpec,
+    table: &Tensor,
 ) -> Result<()> {
-    let (tokens, width) = shapes::rope(qkv, layout, spec)?;
-    let max_len = layout.max_len();
+    let (tokens, width) = shapes::rope(qkv, layout, spec, table)?;
     if tokens == 0 {
         return Ok(());
     }
@@ -45,11 +45,10 @@ pub(super) fn rope(
     };
     let positions: Vec<u32> = layout.positions().map(|p| p as u32).collect();
     let positions = backend.upload_u32("positions", &positions);
-    let table = backend.upload(&[max_len, spec.head_dim], &spec.table(max_len))?;
     let buffers = [
         backend.buffer(qkv, "rope qkv")?,
         &positions,
-        backend.buffer(&table, "rope table")?,
+        backend.buffer(table, "rope table")?,
     ];
     let groups = backend.grid((pairs as usize).div_ceil(WORKGROUP))?;
     backend.dispatch(Kernel::Rope, &params, &buffers, groups);

@@ -21,7 +21,8 @@ use half::{bf16, f16};
 
 use super::{uniform, Work};
 use crate::backend::{
-    Activation, AttentionSpec, Backend, OpFamily, Pooling, RopeSpec, SeqLayout, Tensor,
+    Activation, AttentionSpec, Backend, OpFamily, Pooling, RopeFrequencies, RopeSpec, SeqLayout,
+    Tensor,
 };
 use crate::error::Result;
 use crate::random::SplitMix64;
@@ -123,9 +124,12 @@ pub enum CaseOp {
         d: usize,
         eps: f32,
     },
+    /// RoPE with the `(cos, sin)` table of `frequencies`, built and uploaded with the inputs
+    /// (a model builds it once, so it is not part of a run).
     Rope {
         lengths: Vec<usize>,
         spec: RopeSpec,
+        frequencies: RopeFrequencies,
     },
     L2Normalize {
         n: usize,
@@ -249,10 +253,11 @@ impl OpCase {
                 shape
             }
             CaseOp::GatedActivation { n, m, act } => format!("{n}×2·{m} {act:?}"),
-            CaseOp::LayerNorm { n, d, .. }
-            | CaseOp::RmsNorm { n, d, .. }
-            | CaseOp::L2Normalize { n, d } => format!("{n}×{d} in place"),
-            CaseOp::Rope { lengths, spec } => format!(
+            CaseOp::LayerNorm { n, d, .. } | CaseOp::L2Normalize { n, d } => {
+                format!("{n}×{d} in place")
+            }
+            CaseOp::RmsNorm { n, d, .. } => format!("{n}×{d}"),
+            CaseOp::Rope { lengths, spec, .. } => format!(
                 "{}, {}/{} heads × {}",
                 sequences(lengths),
                 spec.heads,
@@ -320,7 +325,7 @@ impl OpCase {
             CaseOp::LayerNorm { n, d, .. }
             | CaseOp::RmsNorm { n, d, .. }
             | CaseOp::L2Normalize { n, d } => Work::bytes((2 * n * d) as f64 * F32),
-            CaseOp::Rope { lengths, spec } => {
+            CaseOp::Rope { lengths, spec, .. } => {
                 let tokens: usize = lengths.iter().sum();
                 let max_len = lengths.iter().copied().max().unwrap_or(0);
                 let values = 2 * tokens * spec.rotated_width() + tokens + max_len * spec.head_dim;
@@ -405,7 +410,7 @@ impl OpCase {
                     .collect();
                 (vec![x, random(*d, 1)], Vec::new())
             }
-            CaseOp::Rope { lengths, spec } => {
+            CaseOp::Rope { lengths, spec, .. } => {
                 let tokens: usize = lengths.iter().sum();
                 (vec![random(tokens * spec.qkv_width(), 0)], Vec::new())
             }
@@ -462,7 +467,11 @@ impl OpCase {
                 reference::layer_norm(&t[0], &t[1], &t[2], *eps as f64)
             }
             CaseOp::RmsNorm { eps, .. } => reference::rms_norm(&t[0], &t[1], *eps as f64),
-            CaseOp::Rope { lengths, spec } => reference::rope(&t[0], lengths, spec),
+            CaseOp::Rope {
+                lengths,
+                spec,
+                frequencies,
+            } => reference::rope(&t[0], lengths, spec, &frequencies.inv_freq(spec.head_dim)),
             CaseOp::L2Normalize { d, .. } => {
                 let wide: Vec<f64> = t[0].iter().map(|&v| v as f64).collect();
                 reference::l2_normalize(&wide, *d)
@@ -520,12 +529,20 @@ impl OpCase {
                 vec![up(&[*d], &t[1])?, up(&[*d], &t[2])?],
                 up(&[*n, *d], &t[0])?,
             ),
-            CaseOp::RmsNorm { n, d, .. } => (vec![up(&[*d], &t[1])?], up(&[*n, *d], &t[0])?),
-            CaseOp::Rope { lengths, spec } => {
+            CaseOp::RmsNorm { n, d, .. } => (
+                vec![up(&[*n, *d], &t[0])?, up(&[*d], &t[1])?],
+                output(&[*n, *d])?,
+            ),
+            CaseOp::Rope {
+                lengths,
+                spec,
+                frequencies,
+            } => {
                 let seqs = SeqLayout::from_lengths(lengths.iter().copied());
                 let tokens = seqs.num_tokens();
+                let table = frequencies.upload_table(be.as_ref(), spec.head_dim, seqs.max_len())?;
                 layout = Some(seqs);
-                (Vec::new(), up(&[tokens, spec.qkv_width()], &t[0])?)
+                (vec![table], up(&[tokens, spec.qkv_width()], &t[0])?)
             }
             CaseOp::L2Normalize { n, d } => (Vec::new(), up(&[*n, *d], &t[0])?),
             CaseOp::GatedActivation { n, m, .. } => {
@@ -579,8 +596,8 @@ impl Instance {
             CaseOp::Attention { spec, .. } => be.attention(&t[0], layout(), spec, out),
             CaseOp::GatedActivation { act, .. } => be.gated_activation(&t[0], *act, out),
             CaseOp::LayerNorm { eps, .. } => be.layer_norm(out, &t[0], &t[1], *eps),
-            CaseOp::RmsNorm { eps, .. } => be.rms_norm(out, &t[0], *eps),
-            CaseOp::Rope { spec, .. } => be.rope(out, layout(), spec),
+            CaseOp::RmsNorm { eps, .. } => be.rms_norm(&t[0], &t[1], *eps, out),
+            CaseOp::Rope { spec, .. } => be.rope(out, layout(), spec, &t[0]),
             CaseOp::L2Normalize { .. } => be.l2_normalize(out),
             CaseOp::Gather { accumulate, .. } => be.gather_rows(&t[0], &self.ids, *accumulate, out),
             CaseOp::Pool {

@@ -100,8 +100,9 @@ pub fn l2_normalize(x: &[f64], d: usize) -> Vec<f64> {
 }
 
 /// Rotates the query and key pairs of each sequence in f64 with `rotate_half` pairs
-/// `(i, i + head_dim/2)`; value heads are copied.
-pub fn rope(qkv: &[f32], lengths: &[usize], spec: &RopeSpec) -> Vec<f64> {
+/// `(i, i + head_dim/2)`, pair `i` by `pos · inv_freq[i]` (`head_dim/2` frequencies); value heads
+/// are copied.
+pub fn rope(qkv: &[f32], lengths: &[usize], spec: &RopeSpec, inv_freq: &[f32]) -> Vec<f64> {
     let (hd, width) = (spec.head_dim, spec.qkv_width());
     let half = hd / 2;
     let mut out: Vec<f64> = qkv.iter().map(|&v| v as f64).collect();
@@ -109,8 +110,8 @@ pub fn rope(qkv: &[f32], lengths: &[usize], spec: &RopeSpec) -> Vec<f64> {
     for &len in lengths {
         for pos in 0..len {
             for head in 0..spec.heads + spec.kv_heads {
-                for i in 0..half {
-                    let (sin, cos) = (pos as f64 * spec.inv_freq(i) as f64).sin_cos();
+                for (i, &freq) in inv_freq.iter().enumerate() {
+                    let (sin, cos) = (pos as f64 * f64::from(freq)).sin_cos();
                     let at = row * width + head * hd + i;
                     let (a, b) = (qkv[at] as f64, qkv[at + half] as f64);
                     out[at] = a * cos - b * sin;

@@ -1,0 +1,246 @@
+//! NumPy's `.npy` format (one array) and `.npz` (a zip archive of `.npy` members, stored or
+//! deflated, as `np.savez` and `np.savez_compressed` write them).
+//!
+//! A `.npy` file is the magic `\x93NUMPY`, a version, a little-endian header length (u16 in
+//! version 1, u32 after), a Python dict literal with `descr`, `fortran_order` and `shape`, then the
+//! raw C-order data. Supported element types: little-endian (or byte-order-free) floats `f2 f4 f8`,
+//! integers `i1 i2 i4 i8 u1 u2 u4 u8`, `b1`, and fixed-width unicode strings `U<n>` (label
+//! columns), which is what numpy writes for embeddings and labels on every common platform.
+
+use std::io::Read;
+use std::path::Path;
+
+use half::f16;
+
+use crate::error::{Error, Result};
+
+/// The element type of an array, from its `descr`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NpyType {
+    Float(usize),
+    Int(usize),
+    Uint(usize),
+    Bool,
+    /// UTF-32 strings of this many code points, NUL-padded.
+    Unicode(usize),
+}
+
+impl NpyType {
+    fn parse(descr: &str) -> Option<Self> {
+        let (order, rest) = descr.split_at(descr.len().min(1));
+        let (kind, width) = rest.split_at(rest.len().min(1));
+        let width: usize = width.parse().ok()?;
+        // `|` marks types without a byte order; `<` little-endian; `=` native (little here).
+        let little = matches!(order, "<" | "=") || (order == "|" && width == 1);
+        match kind {
+            "f" if little && matches!(width, 2 | 4 | 8) => Some(NpyType::Float(width)),
+            "i" if little && matches!(width, 1 | 2 | 4 | 8) => Some(NpyType::Int(width)),
+            "u" if little && matches!(width, 1 | 2 | 4 | 8) => Some(NpyType::Uint(width)),
+            "b" if little && width == 1 => Some(NpyType::Bool),
+            "U" if matches!(order, "<" | "=" | "|") && width > 0 => Some(NpyType::Unicode(width)),
+            _ => None,
+        }
+    }
+
+    /// Bytes per element.
+    fn size(self) -> usize {
+        match self {
+            NpyType::Float(w) | NpyType::Int(w) | NpyType::Uint(w) => w,
+            NpyType::Bool => 1,
+            NpyType::Unicode(chars) => 4 * chars,
+        }
+    }
+
+    pub fn is_numeric(self) -> bool {
+        !matches!(self, NpyType::Unicode(_))
+    }
+
+    pub fn is_float(self) -> bool {
+        matches!(self, NpyType::Float(_))
+    }
+}
+
+/// One array: its shape, element type and raw little-endian C-order bytes.
+#[derive(Clone, Debug)]
+pub struct NpyArray {
+    pub shape: Vec<usize>,
+    pub dtype: NpyType,
+    data: Vec<u8>,
+}
+
+impl NpyArray {
+    /// Parses `.npy` bytes; errors name `what` (the file, or `file:member` in an archive).
+    pub fn parse(mut bytes: Vec<u8>, what: &str) -> Result<Self> {
+        let bad = |msg: String| Error::input(format!("{what}: {msg}"));
+        if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+            return Err(bad("not a .npy array (bad magic)".into()));
+        }
+        let (header_len, start) = match bytes[6] {
+            1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
+            2 | 3 if bytes.len() >= 12 => (
+                u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize,
+                12,
+            ),
+            v => return Err(bad(format!("unsupported .npy version {v}"))),
+        };
+        let header = bytes
+            .get(start..start.saturating_add(header_len))
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .ok_or_else(|| bad("truncated or non-UTF-8 header".into()))?;
+        let field = |key: &str| {
+            let at = header
+                .find(&format!("'{key}'"))
+                .ok_or_else(|| bad(format!("header lacks `{key}`")))?;
+            Ok::<_, Error>(header[at + key.len() + 2..].trim_start_matches([':', ' ']))
+        };
+        let descr = field("descr")?;
+        let descr = descr
+            .get(1..)
+            .and_then(|d| d.split('\'').next())
+            .unwrap_or("");
+        let dtype = NpyType::parse(descr).ok_or_else(|| {
+            bad(format!(
+                "dtype `{descr}` is not supported (little-endian floats, integers, bool, unicode \
+                 strings)"
+            ))
+        })?;
+        if field("fortran_order")?.starts_with("True") {
+            return Err(bad(
+                "Fortran-ordered arrays are not supported; save with C order".into(),
+            ));
+        }
+        let shape_text = field("shape")?;
+        let shape = shape_text
+            .strip_prefix('(')
+            .and_then(|s| s.split(')').next())
+            .ok_or_else(|| bad("malformed `shape`".into()))?
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<usize>()
+                    .map_err(|_| bad("malformed `shape`".into()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let expected = shape
+            .iter()
+            .try_fold(dtype.size(), |n, &d| n.checked_mul(d))
+            .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
+        let data_len = bytes.len() - (start + header_len);
+        if data_len != expected {
+            return Err(bad(format!(
+                "{data_len} data bytes for shape {shape:?} of `{descr}`, expected {expected}"
+            )));
+        }
+        bytes.drain(..start + header_len);
+        Ok(NpyArray {
+            shape,
+            dtype,
+            data: bytes,
+        })
+    }
+
+    /// Reads a `.npy` file.
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(bytes, &path.display().to_string())
+    }
+
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every element as f64 (exact for every numeric type but i8/u8 beyond 2⁵³); `None` for
+    /// strings.
+    pub fn to_f64(&self) -> Option<Vec<f64>> {
+        let w = self.dtype.size();
+        let chunks = self.data.chunks_exact(w.max(1));
+        let le = |b: &[u8]| {
+            let mut buf = [0u8; 8];
+            buf[..b.len()].copy_from_slice(b);
+            buf
+        };
+        Some(match self.dtype {
+            NpyType::Float(2) => chunks
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f64())
+                .collect(),
+            NpyType::Float(4) => chunks
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64)
+                .collect(),
+            NpyType::Float(_) => chunks
+                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect(),
+            NpyType::Int(_) => chunks
+                .map(|b| {
+                    // Sign-extend from the element's width.
+                    let shift = 64 - 8 * b.len() as u32;
+                    ((i64::from_le_bytes(le(b)) << shift) >> shift) as f64
+                })
+                .collect(),
+            NpyType::Uint(_) | NpyType::Bool => {
+                chunks.map(|b| u64::from_le_bytes(le(b)) as f64).collect()
+            }
+            NpyType::Unicode(_) => return None,
+        })
+    }
+
+    /// Every element as f32: f2/f4 exactly, wider types rounded; `None` for strings.
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        match self.dtype {
+            NpyType::Float(4) => Some(
+                self.data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                    .collect(),
+            ),
+            _ => Some(self.to_f64()?.into_iter().map(|v| v as f32).collect()),
+        }
+    }
+
+    /// Every element of a unicode array, trailing NULs dropped; `None` for numbers or invalid
+    /// code points.
+    pub fn to_strings(&self) -> Option<Vec<String>> {
+        let NpyType::Unicode(chars) = self.dtype else {
+            return None;
+        };
+        self.data
+            .chunks_exact(4 * chars)
+            .map(|item| {
+                item.chunks_exact(4)
+                    .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                    .take_while(|&c| c != 0)
+                    .map(char::from_u32)
+                    .collect::<Option<String>>()
+            })
+            .collect()
+    }
+}
+
+/// The arrays of a `.npz` archive, in archive order, by name without the `.npy` suffix.
+pub fn read_npz(path: &Path) -> Result<Vec<(String, NpyArray)>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let bad = |msg: String| Error::input(format!("{}: {msg}", path.display()));
+    let mut archive =
+        zip::ZipArchive::new(file).map_err(|e| bad(format!("not a .npz archive: {e}")))?;
+    let mut arrays = Vec::with_capacity(archive.len());
+    for i in 0..archive.len() {
+        let mut member = archive
+            .by_index(i)
+            .map_err(|e| bad(format!("member {i}: {e}")))?;
+        let name = member.name().to_string();
+        let Some(key) = name.strip_suffix(".npy") else {
+            continue;
+        };
+        let mut bytes = Vec::with_capacity(member.size().min(1 << 30) as usize);
+        member
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(format!("member {name}: {e}")))?;
+        let array = NpyArray::parse(bytes, &format!("{}:{name}", path.display()))?;
+        arrays.push((key.to_string(), array));
+    }
+    Ok(arrays)
+}

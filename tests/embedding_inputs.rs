@@ -1,0 +1,281 @@
+//! Embeddings from outside mscope — numpy's `.npy` and `.npz`, labels files — read as the
+//! analysis commands read them, the label algebra (`--only`, `--group`) and its bad input.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{assert_fails_cleanly, repo_path, run_mscope_ok};
+use mscope::data::labels::{LabelGroup, LabelSelection};
+use mscope::io::embedding_inputs::EmbeddingInput;
+use mscope::io::embeddings::EmbeddingsFile;
+
+fn fixture(name: &str) -> PathBuf {
+    repo_path(&format!("tests/fixtures/{name}"))
+}
+
+fn input(path: &str, labels: Option<&str>, field: &str) -> EmbeddingInput {
+    EmbeddingInput {
+        path: fixture(path),
+        labels: labels.map(fixture),
+        label_field: field.into(),
+        embeddings_key: None,
+    }
+}
+
+/// Each row's label name, `None` for unlabelled rows.
+fn names(file: &EmbeddingsFile) -> Vec<Option<&str>> {
+    file.labels
+        .iter()
+        .map(|&l| {
+            usize::try_from(l)
+                .ok()
+                .map(|l| file.label_names[l].as_str())
+        })
+        .collect()
+}
+
+#[test]
+fn numpy_files_and_labels_files_read_like_the_safetensors_file() {
+    let want = EmbeddingsFile::read(&fixture("sklearn_embeddings.safetensors")).unwrap();
+    let cases = [
+        input("sklearn_embeddings.npz", None, "label"),
+        input(
+            "sklearn_embeddings.npy",
+            Some("sklearn_labels.npy"),
+            "label",
+        ),
+        input(
+            "sklearn_embeddings.npy",
+            Some("sklearn_labels.csv"),
+            "source",
+        ),
+        // A labels file replaces the input's own labels.
+        input(
+            "sklearn_embeddings.safetensors",
+            Some("sklearn_labels.csv"),
+            "source",
+        ),
+    ];
+    for case in cases {
+        let got = case.read().unwrap();
+        let what = format!("{} + {:?}", case.path.display(), case.labels);
+        assert_eq!(got.embeddings, want.embeddings, "{what}");
+        assert_eq!(got.dim, want.dim, "{what}");
+        assert_eq!(names(&got), names(&want), "{what}");
+        // Outside labels are numbered in sorted order, as scikit-learn's classes_.
+        assert_eq!(
+            got.label_names,
+            ["alpha", "beta", "delta", "gamma"],
+            "{what}"
+        );
+    }
+    let plain = input("sklearn_embeddings.npy", None, "label")
+        .read()
+        .unwrap();
+    assert!(plain.labels.iter().all(|&l| l == -1));
+    assert_eq!(plain.model, "sklearn_embeddings.npy");
+}
+
+#[test]
+fn integer_labels_sort_numerically_and_blank_labels_leave_rows_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("labels.txt");
+    let lines: Vec<&str> = (0..300).map(|i| ["10", "9", "", "100"][i % 4]).collect();
+    std::fs::write(&labels, lines.join("\n") + "\n").unwrap();
+    let file = EmbeddingInput {
+        labels: Some(labels),
+        ..input("sklearn_embeddings.npy", None, "label")
+    }
+    .read()
+    .unwrap();
+    assert_eq!(file.label_names, ["9", "10", "100"]);
+    assert_eq!(&file.labels[..4], [1, 0, -1, 2]);
+}
+
+#[test]
+fn selections_keep_and_merge_labels_in_the_files_order() {
+    let file = EmbeddingsFile::read(&fixture("sklearn_embeddings.safetensors")).unwrap();
+    let group = |arg: &str| arg.parse::<LabelGroup>().unwrap();
+    let selection = LabelSelection {
+        only: vec!["delta".into(), "beta".into(), "alpha".into()],
+        groups: vec![group("ad=alpha,delta")],
+    };
+    let (selected, kept) = selection.apply(file.clone()).unwrap();
+    // alpha (grouped as ad) comes first, then beta; gamma's rows are gone.
+    assert_eq!(selected.label_names, ["ad", "beta"]);
+    let before = names(&file);
+    assert_eq!(kept.len(), selected.rows());
+    for (row, &r) in kept.iter().enumerate() {
+        let want = match before[r] {
+            Some("alpha" | "delta") => "ad",
+            Some("beta") => "beta",
+            other => panic!("row {r} ({other:?}) should have been dropped"),
+        };
+        assert_eq!(names(&selected)[row], Some(want));
+        assert_eq!(selected.row(row), file.row(r));
+    }
+    let dropped = before.iter().filter(|n| **n == Some("gamma")).count();
+    assert_eq!(kept.len() + dropped, file.rows());
+}
+
+#[test]
+fn bad_selections_and_label_files_are_clear_errors() {
+    let file = EmbeddingsFile::read(&fixture("sklearn_embeddings.safetensors")).unwrap();
+    let group = |arg: &str| arg.parse::<LabelGroup>().unwrap();
+    let cases = [
+        (
+            LabelSelection {
+                only: vec!["alpha".into(), "omega".into()],
+                groups: vec![],
+            },
+            "--only: no label \"omega\"",
+        ),
+        (
+            LabelSelection {
+                only: vec![],
+                groups: vec![group("x=alpha,beta"), group("y=beta,gamma")],
+            },
+            "label \"beta\" is in two groups",
+        ),
+        (
+            LabelSelection {
+                only: vec!["alpha".into(), "beta".into()],
+                groups: vec![group("x=alpha,gamma")],
+            },
+            "label \"gamma\" is left out by --only",
+        ),
+        (
+            LabelSelection {
+                only: vec![],
+                groups: vec![group("gamma=alpha,beta")],
+            },
+            "also a label outside the group",
+        ),
+    ];
+    for (selection, needle) in cases {
+        let err = selection.apply(file.clone()).unwrap_err().to_string();
+        assert!(err.contains(needle), "{selection:?}: {err}");
+    }
+    let err = "solo=alpha".parse::<LabelGroup>().unwrap_err();
+    assert!(err.contains("two or more labels"), "{err}");
+
+    let input = fixture("sklearn_embeddings.npz");
+    let input = input.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "a\nb\n").unwrap();
+    let short = short.to_str().unwrap();
+    assert_fails_cleanly(
+        &["lda", "--input", input, "--labels", short],
+        &["2 labels, but", "has 300 rows"],
+    );
+    assert_fails_cleanly(
+        &["pca", "--input", input, "--only", "alpha,omega"],
+        &["no label \"omega\"", "labels: alpha, beta, delta, gamma"],
+    );
+    let csv = fixture("sklearn_labels.csv");
+    assert_fails_cleanly(
+        &["pca", "--input", input, "--labels", csv.to_str().unwrap()],
+        &["no column \"label\"", "columns: id, source"],
+    );
+    let text = dir.path().join("embeddings.txt");
+    std::fs::write(&text, "1 2 3\n").unwrap();
+    assert_fails_cleanly(
+        &["pca", "--input", text.to_str().unwrap()],
+        &["unsupported embeddings file"],
+    );
+}
+
+#[test]
+fn lda_and_pca_run_on_a_numpy_archive_with_a_selection() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lda.json");
+    let input = fixture("sklearn_embeddings.npz");
+    run_mscope_ok(&[
+        "lda",
+        "--input",
+        input.to_str().unwrap(),
+        "--group",
+        "ab=alpha,beta",
+        "--group",
+        "gd=gamma,delta",
+        "--splits",
+        "5",
+        "--backend",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(report["labels"], serde_json::json!(["ab", "gd"]));
+    let out = dir.path().join("pca.json");
+    run_mscope_ok(&[
+        "pca",
+        "--input",
+        input.to_str().unwrap(),
+        "--only",
+        "beta,gamma",
+        "--backend",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(report["n"], 150);
+    let labels: Vec<&str> = report["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["beta", "gamma"]);
+}
+
+/// A `.npy` of `descr` and `shape` holding `data`, as numpy writes version 1.
+fn npy_bytes(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+    let header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend(data);
+    bytes
+}
+
+#[test]
+fn npy_element_types_decode_as_numpy_stores_them() {
+    use mscope::io::npy::NpyArray;
+    let cases: [(&str, Vec<u8>, Vec<f64>); 6] = [
+        ("<i1", vec![0xff, 0x7f], vec![-1.0, 127.0]),
+        ("|u1", vec![0xff, 0x01], vec![255.0, 1.0]),
+        ("<i2", vec![0x00, 0x80, 0x02, 0x00], vec![-32768.0, 2.0]),
+        (
+            "<u4",
+            vec![0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0],
+            vec![4294967295.0, 1.0],
+        ),
+        ("<f2", vec![0x00, 0x3c, 0x00, 0xc0], vec![1.0, -2.0]),
+        ("|b1", vec![1, 0], vec![1.0, 0.0]),
+    ];
+    for (descr, data, want) in cases {
+        let array = NpyArray::parse(npy_bytes(descr, "(2,)", &data), descr).unwrap();
+        assert_eq!(array.to_f64().unwrap(), want, "{descr}");
+    }
+    let mut utf32 = Vec::new();
+    for c in "ab\0é🦀\0".chars() {
+        utf32.extend((c as u32).to_le_bytes());
+    }
+    let strings = NpyArray::parse(npy_bytes("<U3", "(2,)", &utf32), "U3").unwrap();
+    assert_eq!(strings.to_strings().unwrap(), ["ab", "é🦀"]);
+    assert!(strings.to_f64().is_none());
+    for (descr, data, needle) in [
+        (">f4", vec![0; 8], "`>f4` is not supported"),
+        ("<c8", vec![0; 16], "`<c8` is not supported"),
+        ("<f4", vec![0; 7], "7 data bytes for shape [2]"),
+    ] {
+        let err = NpyArray::parse(npy_bytes(descr, "(2,)", &data), "x.npy").unwrap_err();
+        assert!(err.to_string().contains(needle), "{descr}: {err}");
+    }
+}
