@@ -1,6 +1,9 @@
 //! Host tensors: a shape, a dtype and contiguous row-major storage.
 
-use half::{bf16, f16};
+use std::ops::Range;
+use std::sync::Arc;
+
+use half::{bf16, f16, slice::HalfFloatSliceExt};
 
 use crate::error::{Error, Result};
 
@@ -140,6 +143,236 @@ impl HostTensor {
             }
             .to_f32()
             .into_owned(),
+        }
+    }
+}
+
+/// Bytes owned by someone else (a checkpoint's memory map, or a vector), shared: cloning is
+/// cheap, and the owner lives as long as any clone.
+#[derive(Clone)]
+pub struct SharedBytes {
+    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    range: Range<usize>,
+}
+
+impl SharedBytes {
+    /// `range` of `owner`'s bytes; an error if it lies outside them.
+    pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, range: Range<usize>) -> Result<Self> {
+        let len = (*owner).as_ref().len();
+        if range.start > range.end || range.end > len {
+            return Err(Error::input(format!(
+                "byte range {range:?} lies outside the {len} bytes it borrows from"
+            )));
+        }
+        Ok(SharedBytes { owner, range })
+    }
+
+    /// All of `bytes`, owned by the new value.
+    pub fn owned(bytes: Vec<u8>) -> Self {
+        let range = 0..bytes.len();
+        SharedBytes {
+            owner: Arc::new(bytes),
+            range,
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &(*self.owner).as_ref()[self.range.clone()]
+    }
+}
+
+impl std::fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedBytes({} bytes)", self.range.len())
+    }
+}
+
+/// A row-major `[rows, cols]` matrix of f16 or bf16 values (little-endian, any alignment) kept
+/// where they already are: a stack of parts, each a run of whole rows borrowed from a memory
+/// map (the fused Q/K/V and gate/up weights of a decoder are several checkpoint tensors). Kernels
+/// that read half precision widen the rows they touch; nothing widens the whole matrix.
+#[derive(Clone, Debug)]
+pub struct HalfMatrix {
+    dtype: DType,
+    cols: usize,
+    /// Each part's bytes and the index of its first row.
+    parts: Vec<(SharedBytes, usize)>,
+    rows: usize,
+}
+
+impl HalfMatrix {
+    /// Parts of `cols` columns stacked in order; `dtype` is F16 or BF16, and each part holds
+    /// whole rows of it.
+    pub fn new(dtype: DType, cols: usize, parts: Vec<SharedBytes>) -> Result<Self> {
+        if !matches!(dtype, DType::F16 | DType::BF16) {
+            return Err(Error::input(format!(
+                "a half-precision matrix holds F16 or BF16 values, not {dtype:?}"
+            )));
+        }
+        let row_bytes = 2 * cols;
+        let mut rows = 0;
+        let mut stacked = Vec::with_capacity(parts.len());
+        for part in parts {
+            let len = part.bytes().len();
+            if row_bytes == 0 || !len.is_multiple_of(row_bytes) {
+                return Err(Error::input(format!(
+                    "a part of {len} bytes is not whole rows of {cols} {dtype:?} values"
+                )));
+            }
+            stacked.push((part, rows));
+            rows += len / row_bytes;
+        }
+        Ok(HalfMatrix {
+            dtype,
+            cols,
+            parts: stacked,
+            rows,
+        })
+    }
+
+    /// `values` as one owned part of `[rows, cols]`.
+    pub fn from_f16(shape: &[usize], values: &[f16]) -> Result<Self> {
+        Self::owned(shape, DType::F16, bytemuck::cast_slice(values))
+    }
+
+    /// `values` as one owned part of `[rows, cols]`.
+    pub fn from_bf16(shape: &[usize], values: &[bf16]) -> Result<Self> {
+        Self::owned(shape, DType::BF16, bytemuck::cast_slice(values))
+    }
+
+    fn owned(shape: &[usize], dtype: DType, native: &[u16]) -> Result<Self> {
+        let [rows, cols] = shape[..] else {
+            return Err(Error::input(format!(
+                "a half-precision matrix has two dimensions, not shape {shape:?}"
+            )));
+        };
+        if native.len() != rows * cols {
+            return Err(Error::input(format!(
+                "tensor of shape {shape:?} needs {} elements, got {}",
+                rows * cols,
+                native.len()
+            )));
+        }
+        let bytes = native.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let matrix = Self::new(dtype, cols, vec![SharedBytes::owned(bytes)])?;
+        // A [0, cols] matrix has no part rows to count.
+        Ok(HalfMatrix { rows, ..matrix })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The `2·cols` little-endian bytes of row `row` (< [`HalfMatrix::rows`]).
+    pub fn row_bytes(&self, row: usize) -> &[u8] {
+        let at = self.parts.partition_point(|(_, first)| *first <= row) - 1;
+        let (part, first) = &self.parts[at];
+        let start = (row - first) * 2 * self.cols;
+        &part.bytes()[start..start + 2 * self.cols]
+    }
+
+    /// Widens `row[start..start + out.len()]` into `out`.
+    pub fn widen_row(&self, row: usize, start: usize, out: &mut [f32]) {
+        let bytes = &self.row_bytes(row)[2 * start..2 * (start + out.len())];
+        widen_half(self.dtype, bytes, out);
+    }
+
+    /// The values as a host tensor of the same element type (a copy).
+    pub fn to_host(&self) -> Result<HostTensor> {
+        let halves = (0..self.rows).flat_map(|r| {
+            self.row_bytes(r)
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        });
+        let data = match self.dtype {
+            DType::F16 => HostData::F16(halves.map(f16::from_bits).collect()),
+            _ => HostData::BF16(halves.map(bf16::from_bits).collect()),
+        };
+        HostTensor::new(vec![self.rows, self.cols], data)
+    }
+}
+
+/// Widens little-endian f16 or bf16 `bytes` (any alignment) into `out`: bf16 is the top half of
+/// an f32, f16 goes through `half`'s slice conversion (F16C where the CPU has it). Aligned bytes
+/// on a little-endian host are read in place; others through a small aligned buffer.
+pub fn widen_half(dtype: DType, bytes: &[u8], out: &mut [f32]) {
+    let widen = |halves: &[u16], out: &mut [f32]| {
+        if dtype == DType::BF16 {
+            out.iter_mut()
+                .zip(halves)
+                .for_each(|(o, &h)| *o = f32::from_bits((h as u32) << 16));
+        } else {
+            let halves: &[f16] = bytemuck::cast_slice(halves);
+            halves.convert_to_f32_slice(&mut out[..halves.len()]);
+        }
+    };
+    match bytemuck::try_cast_slice::<u8, u16>(bytes) {
+        Ok(halves) if cfg!(target_endian = "little") => widen(halves, out),
+        _ => {
+            let mut buffer = [0u16; 64];
+            for (chunk, out) in bytes
+                .chunks(2 * buffer.len())
+                .zip(out.chunks_mut(buffer.len()))
+            {
+                let buffer = &mut buffer[..out.len()];
+                buffer
+                    .iter_mut()
+                    .zip(chunk.chunks_exact(2))
+                    .for_each(|(b, c)| *b = u16::from_le_bytes([c[0], c[1]]));
+                widen(buffer, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Widening gives the same values from aligned bytes (read in place) and misaligned ones
+    /// (through the buffer), over more values than one buffer holds, for both half types.
+    #[test]
+    fn widen_half_reads_any_alignment() {
+        let values: Vec<f32> = (0..150).map(|i| (i as f32 - 75.0) * 0.37).collect();
+        for dtype in [DType::F16, DType::BF16] {
+            let bits: Vec<u16> = values
+                .iter()
+                .map(|&v| match dtype {
+                    DType::F16 => f16::from_f32(v).to_bits(),
+                    _ => bf16::from_f32(v).to_bits(),
+                })
+                .collect();
+            let want: Vec<f32> = bits
+                .iter()
+                .map(|&b| match dtype {
+                    DType::F16 => f16::from_bits(b).to_f32(),
+                    _ => bf16::from_bits(b).to_f32(),
+                })
+                .collect();
+            let data: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+            let mut buffers = [vec![0u8; data.len() + 1], vec![0u8; data.len() + 1]];
+            // Data copied where its first byte is even, then odd: read in place, then buffered.
+            let [even, odd] = &mut buffers;
+            let place = |buffer: &mut Vec<u8>, parity: usize| -> std::ops::Range<usize> {
+                let start = usize::from(buffer.as_ptr() as usize % 2 != parity);
+                buffer[start..start + data.len()].copy_from_slice(&data);
+                start..start + data.len()
+            };
+            let (even_at, odd_at) = (place(even, 0), place(odd, 1));
+            for (what, bytes) in [("aligned", &even[even_at]), ("misaligned", &odd[odd_at])] {
+                assert_eq!(bytes.as_ptr() as usize % 2 == 1, what == "misaligned");
+                let mut got = vec![f32::NAN; values.len()];
+                widen_half(dtype, bytes, &mut got);
+                assert_eq!(got, want, "{dtype:?}, {what}");
+            }
         }
     }
 }

@@ -11,11 +11,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::{backend_tests, cosine, reference_tensor, rel_error, repo_path, run_mscope_ok};
+use mscope::backend::cpu::CpuBackend;
 use mscope::backend::RopeScaling;
 use mscope::backend::{self, Backend, BackendKind, OpFamily, SeqLayout};
 use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
 use mscope::models::decoder::DecoderConfig;
+use mscope::models::loader::Loader;
 use mscope::models::{self, TokenBatch};
+use mscope::tensor::DType;
+use mscope::weights::Weights;
 use mscope::weights::WeightsDtype;
 
 backend_tests! {
@@ -29,7 +33,8 @@ backend_tests! {
 const REFERENCE: &str = "tests/fixtures/decoder_reference.safetensors";
 /// f32 weights and activations: the f32 paths' relative tolerance.
 const F32_TOL: f64 = 1e-5;
-/// bf16 checkpoints (widened on the CPU and CUDA, f16 on wgpu with SHADER_F16): half precision's.
+/// bf16 checkpoints (read in place from the map by the CPU's packed GEMM, widened on CUDA, f16 on
+/// wgpu with SHADER_F16): half precision's.
 const HALF_TOL: f64 = 1e-2;
 
 /// The texts the references were computed on, from the reference file's metadata.
@@ -105,6 +110,61 @@ fn tiny_mistral_bf16_matches_transformers(be: &Arc<dyn Backend>) {
 
 fn tiny_qwen2_matches_transformers(be: &Arc<dyn Backend>) {
     check_against_transformers(be, "tiny-qwen2", F32_TOL);
+}
+
+/// A bf16 checkpoint's fused Q/K/V stack and embedding reach the CPU as bf16 views of the memory
+/// map under `auto` (no copy, no widening), rows in the parts' order and equal to their widened
+/// values; `f32` widens them and `f16` rounds a converted copy.
+#[test]
+fn cpu_keeps_bf16_stacks_in_the_map() {
+    let dir = repo_path("tests/fixtures/tiny-mistral-bf16");
+    let config = DecoderConfig::read(&dir).unwrap();
+    let mut weights = Weights::open(&dir).unwrap();
+    weights
+        .resolve_prefix("embed_tokens.weight", &["model.", ""])
+        .unwrap();
+    let (h, d) = (config.hidden_size, config.head_dim);
+    let parts = [
+        ("layers.1.self_attn.q_proj".to_string(), config.heads * d),
+        ("layers.1.self_attn.k_proj".to_string(), config.kv_heads * d),
+        ("layers.1.self_attn.v_proj".to_string(), config.kv_heads * d),
+    ];
+    let mut widened = Vec::new();
+    for (name, rows) in &parts {
+        assert_eq!(
+            weights.dtype(&format!("{name}.weight")).unwrap(),
+            DType::BF16
+        );
+        widened.extend_from_slice(&weights.f32(&format!("{name}.weight"), &[*rows, h]).unwrap());
+    }
+    let cpu = CpuBackend::new();
+    for (dtype, want) in [
+        (WeightsDtype::Auto, DType::BF16),
+        (WeightsDtype::F32, DType::F32),
+        (WeightsDtype::F16, DType::F16),
+    ] {
+        let loader = Loader {
+            weights: &weights,
+            backend: &cpu,
+            weights_dtype: dtype,
+        };
+        let qkv = loader.fused_linear(&parts, h, false).unwrap().weight;
+        assert_eq!(
+            (qkv.dtype(), qkv.shape()),
+            (want, &[config.qkv_width(), h][..])
+        );
+        let got = cpu.download(&qkv).unwrap();
+        if want == DType::F16 {
+            let err = rel_error(&got, &widened);
+            assert!(err < 1e-3, "f16 copy of the bf16 stack: {err:e}");
+        } else {
+            assert_eq!(got, widened, "{dtype:?}: stacked rows");
+        }
+        let embed = loader
+            .matrix(&["embed_tokens.weight".into()], config.vocab_size, h)
+            .unwrap();
+        assert_eq!(embed.dtype(), want, "{dtype:?}: embedding table");
+    }
 }
 
 fn tiny_llama3_matches_transformers(be: &Arc<dyn Backend>) {

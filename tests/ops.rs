@@ -9,10 +9,12 @@ use std::sync::Arc;
 
 use common::{backend_tests, check_case, poisoned, reference_tensor, rel_error, repo_path};
 use half::f16;
+use mscope::backend::cpu::CpuBackend;
 use mscope::backend::{
-    Activation, AttentionSpec, Backend, Pooling, RopeFrequencies, RopeScaling, RopeSpec, SeqLayout,
+    Activation, AttentionSpec, Backend, GemmVariant, Pooling, RopeFrequencies, RopeScaling,
+    RopeSpec, SeqLayout,
 };
-use mscope::bench::cases::{CaseOp, Linear, OpCase};
+use mscope::bench::cases::{CaseOp, Linear, OpCase, WeightsIn};
 use mscope::models;
 
 /// transformers' decoder references (tools/make_decoder_fixtures.py), which hold its RoPE
@@ -22,6 +24,7 @@ const DECODER_REFERENCE: &str = "tests/fixtures/decoder_reference.safetensors";
 backend_tests! {
     linear_with_epilogues,
     linear_with_f16_weights,
+    linear_with_bf16_weights,
     linear_rejects_mismatched_shapes,
     gated_activation_of_every_activation,
     gated_activation_rejects_bad_shapes,
@@ -37,13 +40,16 @@ backend_tests! {
     pooling_modes_and_normalize,
 }
 
-const LINEAR_SIZES: [(usize, usize, usize); 3] = [(1, 1, 1), (37, 53, 29), (130, 70, 97)];
+/// The last spans several depth blocks and column blocks of the CPU's packed GEMM (256 × 128),
+/// none of them whole.
+const LINEAR_SIZES: [(usize, usize, usize); 4] =
+    [(1, 1, 1), (37, 53, 29), (130, 70, 97), (23, 600, 300)];
 
 /// (bias, residual)
 const EPILOGUES: [(bool, bool); 4] = [(false, false), (true, false), (true, true), (false, true)];
 
-/// `linear` on every size, activation and epilogue, its weights f32 or rounded to f16.
-fn linear_cases(f16_weights: bool, seed: u64) -> Vec<OpCase> {
+/// `linear` on every size, activation and epilogue, its weights f32 or rounded to f16 or bf16.
+fn linear_cases(weights: WeightsIn, seed: u64) -> Vec<OpCase> {
     let mut cases = Vec::new();
     for (n, k, m) in LINEAR_SIZES {
         for act in Activation::ALL {
@@ -55,7 +61,7 @@ fn linear_cases(f16_weights: bool, seed: u64) -> Vec<OpCase> {
                     act,
                     bias,
                     residual,
-                    f16_weights,
+                    weights,
                 };
                 let name = format!("linear/{n}x{k}x{m} {act:?} bias={bias} residual={residual}");
                 cases.push(OpCase::new(name, seed, CaseOp::Linear(op)));
@@ -66,7 +72,30 @@ fn linear_cases(f16_weights: bool, seed: u64) -> Vec<OpCase> {
 }
 
 fn linear_with_epilogues(be: &Arc<dyn Backend>) {
-    for case in linear_cases(false, 1) {
+    for case in linear_cases(WeightsIn::F32, 1) {
+        check_case(be, &case);
+    }
+}
+
+/// The CPU's packed GEMM (variant 8) on f32 weights: within the f32 tolerance of the f64
+/// reference and of faer's result (variant 7) on every case.
+#[test]
+fn cpu_packed_gemm_matches_faer() {
+    let faer: Arc<dyn Backend> = Arc::new(CpuBackend::with_gemm(GemmVariant::Faer));
+    let packed: Arc<dyn Backend> = Arc::new(CpuBackend::with_gemm(GemmVariant::Packed));
+    for case in linear_cases(WeightsIn::F32, 31) {
+        let (_, want) = check_case(&faer, &case);
+        let (_, got) = check_case(&packed, &case);
+        let err = rel_error(&got, &want);
+        assert!(err < 1e-5, "{}: packed is {err:e} from faer", case.name);
+    }
+}
+
+/// bf16 weights (kept bf16 and widened panel by panel on the CPU, f16 on wgpu with SHADER_F16,
+/// f32 on CUDA): the reference uses the same rounded weights, exact in f32 and in f16 but for
+/// values under 2⁻¹⁷ (a rounding far below the tolerance), so the f32 tolerance holds.
+fn linear_with_bf16_weights(be: &Arc<dyn Backend>) {
+    for case in linear_cases(WeightsIn::Bf16, 41) {
         check_case(be, &case);
     }
 }
@@ -77,7 +106,7 @@ fn linear_with_epilogues(be: &Arc<dyn Backend>) {
 fn linear_with_f16_weights(be: &Arc<dyn Backend>) {
     const F16_TOL: f64 = 1e-2;
     let mut worst_vs_f32: f64 = 0.0;
-    for case in linear_cases(true, 21) {
+    for case in linear_cases(WeightsIn::F16, 21) {
         let CaseOp::Linear(op) = case.op else {
             unreachable!("linear cases")
         };
@@ -94,7 +123,7 @@ fn linear_with_f16_weights(be: &Arc<dyn Backend>) {
         );
         let f32_case = OpCase {
             op: CaseOp::Linear(Linear {
-                f16_weights: false,
+                weights: WeightsIn::F32,
                 ..op
             }),
             ..case.clone()

@@ -19,6 +19,8 @@ computes on them, all under tests/fixtures/sklearn_*.safetensors:
   of sklearn_embeddings (prefix `only`: the rows of alpha, gamma and delta, as `--only
   alpha,gamma,delta`; prefix `grouped`: alpha+beta against gamma+delta, as `--group
   ab=alpha,beta --group gd=gamma,delta`), class codes in the order mscope numbers the classes.
+  `detector_{svd,eigen_auto}_proba`: predict_proba of each solver fitted on every row of
+  sklearn_embeddings, on every row (what `mscope lda --save` then `mscope classify` give).
 
 And sklearn_embeddings' rows as numpy writes them, for the readers of outside embeddings:
 sklearn_embeddings.npy (the float32 matrix), sklearn_labels.npy (the label names, a unicode
@@ -108,6 +110,11 @@ def main():
     keep = y != 1
     ref.update(lda_references("only", x[keep], np.array([0, -1, 1, 2])[y[keep]]))
     ref.update(lda_references("grouped", x, np.array([0, 0, 1, 1])[y]))
+
+    x64 = x.astype(np.float64)
+    for name, lda in [("svd", LinearDiscriminantAnalysis(solver="svd")),
+                      ("eigen_auto", LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto"))]:
+        ref[f"detector_{name}_proba"] = lda.fit(x64, y).predict_proba(x64)
 
     names = np.array(["alpha", "beta", "gamma", "delta"])[y]
     np.save(OUT / "sklearn_embeddings.npy", x)

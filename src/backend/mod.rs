@@ -19,7 +19,7 @@ use std::sync::Arc;
 use half::{bf16, f16};
 
 use crate::error::{Error, Result};
-use crate::tensor::{HostData, HostTensor};
+use crate::tensor::{HalfMatrix, HostData, HostTensor};
 pub use params::{
     Activation, AttentionSpec, JlDistribution, JlSpec, Pooling, RopeFrequencies, RopeScaling,
     RopeSpec, SeqLayout,
@@ -112,6 +112,13 @@ pub trait Backend: Send + Sync {
     fn upload_bf16(&self, shape: &[usize], data: &[bf16]) -> Result<Tensor> {
         let wide: Vec<f32> = data.iter().map(|v| v.to_f32()).collect();
         self.upload(shape, &wide)
+    }
+
+    /// Uploads a half-precision matrix, meant for `linear` weights and `gather_rows` tables. The
+    /// CPU keeps it where it is (a memory-mapped checkpoint stays mapped, read panel by panel);
+    /// the others upload a host copy through [`Backend::upload_f16`] / [`Backend::upload_bf16`].
+    fn upload_half(&self, matrix: &HalfMatrix) -> Result<Tensor> {
+        self.upload_host(&matrix.to_host()?)
     }
 
     /// Uploads a host tensor through the upload of its dtype.

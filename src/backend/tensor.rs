@@ -2,10 +2,10 @@
 
 use super::{cuda, wgpu};
 use crate::error::{Error, Result};
-use crate::tensor::DType;
+use crate::tensor::{DType, HalfMatrix};
 
-/// A tensor living on a backend's device: f32 values (f16 for GEMM weights and embedding tables a
-/// backend keeps in half precision, see [`Backend::upload_f16`]), row-major.
+/// A tensor living on a backend's device: f32 values (f16 or bf16 for GEMM weights and embedding
+/// tables a backend keeps in half precision, see [`super::Backend::upload_half`]), row-major.
 #[derive(Debug)]
 pub struct Tensor {
     pub(super) shape: Vec<usize>,
@@ -16,6 +16,9 @@ pub struct Tensor {
 #[derive(Debug)]
 pub enum Storage {
     Cpu(Vec<f32>),
+    /// GEMM weights and embedding tables in f16 or bf16, where they already were (a checkpoint's
+    /// memory map): only `linear` and `gather_rows` read them.
+    CpuHalf(HalfMatrix),
     Wgpu(wgpu::WgpuStorage),
     Cuda(cuda::CudaStorage),
 }
@@ -24,7 +27,7 @@ impl Storage {
     /// The backend this memory belongs to.
     pub fn backend_name(&self) -> &'static str {
         match self {
-            Storage::Cpu(_) => "cpu",
+            Storage::Cpu(_) | Storage::CpuHalf(_) => "cpu",
             Storage::Wgpu(_) => "wgpu",
             Storage::Cuda(_) => "cuda",
         }
@@ -48,6 +51,7 @@ impl Tensor {
     pub fn dtype(&self) -> DType {
         match &self.storage {
             Storage::Wgpu(s) => s.dtype(),
+            Storage::CpuHalf(m) => m.dtype(),
             Storage::Cpu(_) | Storage::Cuda(_) => DType::F32,
         }
     }

@@ -24,11 +24,17 @@ pub enum GemmVariant {
     DirectF16,
     /// 7 — faer's GEMM, the epilogue in a second pass over the output (CPU).
     Faer,
+    /// 8 — packed panels and a 6×16 register tile (AVX2 + FMA where the CPU has them), the
+    /// epilogue applied to the tile before it is stored; f16 and bf16 weights are widened panel
+    /// by panel as they are packed (CPU, where it runs every GEMM on half-precision weights).
+    Packed,
+    /// 9 — variant 8 on f16 weights (CPU).
+    PackedF16,
 }
 
 impl GemmVariant {
     /// Every variant, in the order of its number.
-    pub const ALL: [GemmVariant; 7] = [
+    pub const ALL: [GemmVariant; 9] = [
         GemmVariant::Naive,
         GemmVariant::Tiled,
         GemmVariant::Direct,
@@ -36,6 +42,8 @@ impl GemmVariant {
         GemmVariant::TiledF16,
         GemmVariant::DirectF16,
         GemmVariant::Faer,
+        GemmVariant::Packed,
+        GemmVariant::PackedF16,
     ];
 
     pub fn number(self) -> u32 {
@@ -47,6 +55,8 @@ impl GemmVariant {
             GemmVariant::TiledF16 => 5,
             GemmVariant::DirectF16 => 6,
             GemmVariant::Faer => 7,
+            GemmVariant::Packed => 8,
+            GemmVariant::PackedF16 => 9,
         }
     }
 
@@ -64,12 +74,17 @@ impl GemmVariant {
             GemmVariant::TiledF16 => "tiled-f16",
             GemmVariant::DirectF16 => "direct-f16",
             GemmVariant::Faer => "faer",
+            GemmVariant::Packed => "packed",
+            GemmVariant::PackedF16 => "packed-f16",
         }
     }
 
     /// Whether the kernel reads f16 weights (uploaded by [`crate::backend::Backend::upload_f16`]).
     pub fn f16_weights(self) -> bool {
-        matches!(self, GemmVariant::TiledF16 | GemmVariant::DirectF16)
+        matches!(
+            self,
+            GemmVariant::TiledF16 | GemmVariant::DirectF16 | GemmVariant::PackedF16
+        )
     }
 
     /// The f16-weight build of an f32-weight kernel, where one exists.
@@ -77,6 +92,7 @@ impl GemmVariant {
         match self {
             GemmVariant::Tiled => Some(GemmVariant::TiledF16),
             GemmVariant::Direct => Some(GemmVariant::DirectF16),
+            GemmVariant::Packed => Some(GemmVariant::PackedF16),
             _ => None,
         }
     }
@@ -86,6 +102,7 @@ impl GemmVariant {
         match self {
             GemmVariant::TiledF16 => GemmVariant::Tiled,
             GemmVariant::DirectF16 => GemmVariant::Direct,
+            GemmVariant::PackedF16 => GemmVariant::Packed,
             other => other,
         }
     }

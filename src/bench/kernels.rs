@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use super::cases::{CaseOp, Fill, Linear, OpCase};
+use super::cases::{CaseOp, Fill, Linear, OpCase, WeightsIn};
 use super::{uniform, Case, Op, Prepared, Scale, Work};
 use crate::backend::{
     Activation, AttentionSpec, Backend, JlDistribution, JlSpec, Matrix64, OpFamily, Pooling,
@@ -145,7 +145,9 @@ fn timed(case: OpCase) -> Case {
     Case::on_target(case.name.clone(), case.family(), move |target| {
         let mut case = case.clone();
         if let CaseOp::Linear(linear) = &mut case.op {
-            linear.f16_weights = target.gemm.f16_weights();
+            if target.gemm.f16_weights() {
+                linear.weights = WeightsIn::F16;
+            }
         }
         let mut instance = case.instance(&target.backend, &case.inputs(), Fill::Zeros)?;
         Ok(Prepared {
@@ -166,7 +168,7 @@ fn linear(model: &str, n: usize, k: usize, m: usize, act: Activation, residual: 
         act,
         bias: true,
         residual,
-        f16_weights: false,
+        weights: WeightsIn::F32,
     });
     timed(OpCase::new(format!("linear/{model}"), 1, op))
 }

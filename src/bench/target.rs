@@ -38,11 +38,13 @@ pub fn open(kind: BackendKind, variant: Option<u32>) -> Result<Target> {
     };
     match kind {
         BackendKind::Cpu => {
-            pick(&CpuBackend::GEMM_VARIANTS)?;
+            let picked = pick(&CpuBackend::GEMM_VARIANTS)?;
+            let be = picked.map_or_else(CpuBackend::new, CpuBackend::with_gemm);
             Ok(Target {
-                backend: Arc::new(CpuBackend::new()),
                 device: super::machine::cpu_model(),
-                gemm: GemmVariant::Faer,
+                // The variant asked for: 9 is 8's kernel, on the f16 weights the cases upload.
+                gemm: picked.unwrap_or(be.gemm_variant()),
+                backend: Arc::new(be),
             })
         }
         BackendKind::Wgpu => {

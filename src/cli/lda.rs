@@ -7,6 +7,7 @@ use clap::Args;
 
 use crate::backend::BackendKind;
 use crate::error::{Error, Result};
+use crate::instruments::lda::detector::Detector;
 use crate::instruments::lda::{self, LdaOptions, Shrinkage};
 use crate::io::check_outputs;
 use crate::report;
@@ -34,6 +35,9 @@ pub struct LdaArgs {
     /// JSON report.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also fit the rule on every labelled row and write it as a detector for `mscope classify`.
+    #[arg(long, value_name = "DETECTOR")]
+    save: Option<PathBuf>,
     /// LD1×LD2 scatter coloured by label; with --pairwise also STEM.pairwise.png (heat map).
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -67,6 +71,9 @@ pub fn run(args: LdaArgs) -> Result<()> {
     let report = lda::report(args.backend, &file, &args.input.input, &options)?;
     if let Some(path) = &args.out {
         report::write_json(path, &report)?;
+    }
+    if let Some(path) = &args.save {
+        Detector::fit(args.backend, &file, args.shrinkage)?.write(path)?;
     }
     if let Some(path) = &args.plot {
         report::lda::plots(&report, path)?;

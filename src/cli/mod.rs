@@ -3,6 +3,7 @@
 mod align;
 mod alpha;
 mod bench;
+mod classify;
 mod cluster;
 mod compare;
 mod data;
@@ -52,6 +53,8 @@ enum Command {
     Align(align::AlignArgs),
     /// k-means of an embeddings file scored against its labels: ARI, NMI, purity.
     Cluster(cluster::ClusterArgs),
+    /// Score embeddings with a detector saved by `mscope lda --save`: probabilities per label.
+    Classify(classify::ClassifyArgs),
     /// Classification datasets (two moons, Gaussian blobs, 8×8 digits) split into train/test.
     Data(data::DataArgs),
     /// An ensemble of MLP classifiers, one per seed; test logits ready for `mscope compare`.
@@ -84,6 +87,7 @@ pub fn main() -> ExitCode {
         Command::NtkCompare(args) => ntk_compare::run(args),
         Command::Align(args) => align::run(args),
         Command::Cluster(args) => cluster::run(args),
+        Command::Classify(args) => classify::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match outcome {

@@ -10,6 +10,18 @@
 //! RoPE: θ from the config with no scaling or Llama 3.1's `llama3` scaling (any other
 //! `rope_type` is refused); the model builds the `(cos, sin)` table of all its
 //! `max_position_embeddings` positions once, when it loads, and every layer reads it.
+//!
+//! Memory plan (a 7B model on a 24 GiB CPU machine): the weights are read where they are stored.
+//! On the CPU a half-precision checkpoint's projections and embedding table stay in the
+//! safetensors memory map ([`super::loader`]: a fused Q/K/V or gate/up weight is a list of
+//! mapped tensors), the GEMM widens one packed panel at a time, and `gather_rows` widens only
+//! the rows it gathers; norms, biases and the RoPE table (16 MiB for Mistral-7B) are f32 copies.
+//! What the process allocates besides is
+//! the activations of one batch — `tokens × (4·hidden + qkv_width + 3·intermediate)` f32 values,
+//! 0.26 MB a token for Mistral-7B, plus the GEMM's packed copy of its input — and the packed
+//! weight panels (128 KiB a thread), so a 7B bf16 model needs its 14.5 GB in the page cache and,
+//! for a batch of a few thousand tokens, about 1 GiB of its own (`--batch-size` bounds the
+//! tokens of a batch). GPU backends upload each weight to device memory once at load.
 
 use std::path::Path;
 use std::sync::Arc;

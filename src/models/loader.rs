@@ -3,6 +3,15 @@
 //! sharded, or a GGUF file under a name map) uploaded shape-checked onto a backend with one dtype
 //! policy — GEMM weights and embedding tables in the element type [`WeightsDtype`] picks, biases
 //! and norm parameters always f32.
+//!
+//! Memory: a GEMM weight or embedding table whose parts the checkpoint stores in the element
+//! type picked (F16 or BF16: `auto` on a half-precision checkpoint, or `f16` on an f16 one)
+//! reaches the backend as a [`HalfMatrix`] of views into the memory map, one per part of a fused
+//! stack ([`Backend::upload_half`]). The CPU keeps those views: the weights stay in the page
+//! cache, read panel by panel by the GEMM, so a 7B bf16 checkpoint costs its activations and
+//! one f32 panel per GEMM task in process memory, not 28 GB of f32. GPU backends copy them into
+//! device memory as before. Every other case (f32 weights, a dtype that needs converting, GGUF's
+//! dequantised blocks) builds the stack on the host and uploads it.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -11,7 +20,7 @@ use serde::de::DeserializeOwned;
 
 use crate::backend::{Backend, Tensor};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, HostData, HostTensor};
+use crate::tensor::{DType, HalfMatrix, HostData, HostTensor, SharedBytes};
 use crate::weights::{Weights, WeightsDtype};
 
 /// `config.json` of a model directory, parsed as `T`; `what` names the family in the error.
@@ -49,6 +58,12 @@ pub trait TensorSource {
 
     /// Tensor `name` of `shape` in `dtype`, one [`TensorSource::stacked_dtype`] picked.
     fn matrix(&self, name: &str, shape: &[usize], dtype: DType) -> Result<HostTensor>;
+
+    /// Tensor `name` of `shape` in place, with its dtype, where the source stores it as F16 or
+    /// BF16 values a backend can read as they are (a memory map); `None` where it cannot.
+    fn half(&self, _name: &str, _shape: &[usize]) -> Result<Option<(DType, SharedBytes)>> {
+        Ok(None)
+    }
 }
 
 impl TensorSource for Weights {
@@ -70,6 +85,9 @@ impl TensorSource for Weights {
             _ => WeightsDtype::F32,
         };
         Weights::stacked(self, std::slice::from_ref(&name.to_string()), shape, policy)
+    }
+    fn half(&self, name: &str, shape: &[usize]) -> Result<Option<(DType, SharedBytes)>> {
+        Weights::half(self, name, shape)
     }
 }
 
@@ -107,6 +125,9 @@ impl Loader<'_> {
             // One f32 tensor uploads straight from the map: no host copy of a large vocabulary.
             return self.tensor(name, &[*rows, cols]);
         }
+        if let Some(matrix) = self.mapped_half(parts, cols, target)? {
+            return self.backend.upload_half(&matrix);
+        }
         let mut data: Option<HostData> = None;
         for (name, rows) in parts {
             let part = self
@@ -135,6 +156,27 @@ impl Loader<'_> {
         let data = data.ok_or_else(|| Error::input("stacked_matrix: no matrices to stack"))?;
         self.backend
             .upload_host(&HostTensor::new(vec![rows, cols], data)?)
+    }
+
+    /// The stack of `parts` as views of the source's own half-precision bytes, where every
+    /// part is stored in `target` (F16 or BF16) and the source can lend them (a memory map).
+    fn mapped_half(
+        &self,
+        parts: &[(String, usize)],
+        cols: usize,
+        target: DType,
+    ) -> Result<Option<HalfMatrix>> {
+        if !matches!(target, DType::F16 | DType::BF16) {
+            return Ok(None);
+        }
+        let mut views = Vec::with_capacity(parts.len());
+        for (name, rows) in parts {
+            match self.weights.half(name, &[*rows, cols])? {
+                Some((dtype, bytes)) if dtype == target => views.push(bytes),
+                _ => return Ok(None),
+            }
+        }
+        HalfMatrix::new(target, cols, views).map(Some)
     }
 
     /// `{name}.weight: [out, inp]`, and `{name}.bias: [out]` when `bias`.

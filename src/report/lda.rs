@@ -32,6 +32,23 @@ pub fn plots(report: &LdaReport, path: &Path) -> Result<()> {
         &plot::series(&groups),
         plot::Style::Scatter,
     )?;
+    if m >= 3 {
+        let groups = plot::points_by_label(
+            &report.coords,
+            m,
+            (1, Some(2)),
+            &report.row_labels,
+            &report.label_names,
+        );
+        plot::xy(
+            &sibling(path, "ld2-ld3"),
+            &title,
+            "LD2",
+            "LD3",
+            &plot::series(&groups),
+            plot::Style::Scatter,
+        )?;
+    }
     if let Some(p) = &report.pairwise {
         plot::heatmap(
             &sibling(path, "pairwise"),
@@ -77,6 +94,16 @@ pub fn markdown(report: &LdaReport) -> String {
         md += &format!(
             "| {name} |{}\n",
             row.iter().map(|c| format!(" {c} |")).collect::<String>()
+        );
+    }
+    md += "\n## Each label against the rest (over all splits, %)\n\n\
+           | label | one-vs-rest accuracy | recall |\n|---|---|---|\n";
+    for c in &report.per_class {
+        md += &format!(
+            "| {} | {:.1} | {:.1} |\n",
+            c.label,
+            100.0 * c.one_vs_rest_accuracy,
+            100.0 * c.recall
         );
     }
     if let Some(p) = &report.pairwise {

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -20,7 +21,7 @@ use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::error::{Error, Result};
-use crate::tensor::{DType, HostData, HostTensor};
+use crate::tensor::{DType, HostData, HostTensor, SharedBytes};
 
 pub mod gguf;
 mod gguf_metadata;
@@ -33,8 +34,8 @@ pub use gguf::Gguf;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum WeightsDtype {
     /// The checkpoint's, as sentence-transformers runs it: F16 and BF16 weights stay half
-    /// precision on backends whose kernels read f16 ([`crate::backend::Backend::upload_f16`],
-    /// `upload_bf16`), F32 weights stay f32.
+    /// precision on backends whose kernels read them (the CPU reads both in place from the map,
+    /// [`crate::backend::Backend::upload_half`]; wgpu keeps f16), F32 weights stay f32.
     #[default]
     Auto,
     /// f32 whatever the checkpoint stores (half-precision values widen exactly).
@@ -58,7 +59,8 @@ pub struct Weights {
 
 struct MappedFile {
     path: PathBuf,
-    map: Mmap,
+    /// Shared with the half-precision matrices that borrow from it ([`Weights::half`]).
+    map: Arc<Mmap>,
     /// Offset of the data section: the 8-byte header length plus the JSON header.
     data_start: usize,
 }
@@ -249,6 +251,19 @@ impl Weights {
         HostTensor::new(entry.shape.clone(), data)
     }
 
+    /// The bytes of `name`, shape-checked, with its dtype, where it is F16 or BF16: borrowed from
+    /// the map (which they keep alive), so a backend that reads half precision needs no copy.
+    /// `None` for other dtypes.
+    pub fn half(&self, name: &str, shape: &[usize]) -> Result<Option<(DType, SharedBytes)>> {
+        let (full, entry, _) = self.checked(name, shape)?;
+        let dtype = self.supported(&full, entry)?;
+        if !matches!(dtype, DType::F16 | DType::BF16) {
+            return Ok(None);
+        }
+        let map: Arc<dyn AsRef<[u8]> + Send + Sync> = self.files[entry.file].map.clone();
+        Ok(Some((dtype, SharedBytes::new(map, entry.bytes.clone())?)))
+    }
+
     /// The element type `dtype` picks for tensors `names`: with `Auto` the stored one when every
     /// tensor is F16 (or every one BF16), else F32.
     pub fn stacked_dtype(&self, names: &[String], dtype: WeightsDtype) -> Result<DType> {
@@ -379,7 +394,7 @@ fn map_file(path: &Path) -> Result<(MappedFile, Metadata)> {
     Ok((
         MappedFile {
             path: path.to_path_buf(),
-            map,
+            map: Arc::new(map),
             data_start: 8 + header_len,
         },
         header,

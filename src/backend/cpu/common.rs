@@ -1,15 +1,37 @@
-//! What several CPU op families share: the host values behind a tensor, the split of packed
-//! sequences into disjoint row blocks, and the lane-wise row sum (the counterpart of
-//! `kernels/common.cuh`).
+//! What several CPU op families share: the host values behind a tensor (f32, or the half-precision
+//! weights `linear` and `gather_rows` read), the split of packed sequences into disjoint row
+//! blocks, and the lane-wise row sum (the counterpart of `kernels/common.cuh`).
 
 use crate::backend::{SeqLayout, Storage, Tensor};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::tensor::HalfMatrix;
 
-/// The values of a CPU tensor, or the error naming the backend that holds it.
+/// The f32 values of a CPU tensor, or the error naming the backend that holds it (or saying that
+/// it holds half-precision weights, which only `linear` and `gather_rows` read).
 pub(super) fn values(t: &Tensor) -> Result<&[f32]> {
     match &t.storage {
         Storage::Cpu(v) => Ok(v),
+        Storage::CpuHalf(m) => Err(Error::input(format!(
+            "tensor of shape {:?} holds {:?} weights, which only linear (as weights) and \
+             gather_rows (as the table) read on the cpu backend",
+            t.shape,
+            m.dtype()
+        ))),
         _ => Err(t.foreign("cpu")),
+    }
+}
+
+/// A matrix operand that may be half precision: `linear`'s weights, `gather_rows`' table.
+pub(super) enum Matrix<'a> {
+    F32(&'a [f32]),
+    Half(&'a HalfMatrix),
+}
+
+/// The values behind a weight or table tensor, f32 or half precision.
+pub(super) fn matrix(t: &Tensor) -> Result<Matrix<'_>> {
+    match &t.storage {
+        Storage::CpuHalf(m) => Ok(Matrix::Half(m)),
+        _ => values(t).map(Matrix::F32),
     }
 }
 

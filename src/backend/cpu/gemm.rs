@@ -1,15 +1,17 @@
 //! The GEMM family on the CPU: faer's matmul on every core behind [`gemm`] (also the host GEMM
-//! of `models/` and `instruments/`), and `linear` as that GEMM plus one fused epilogue pass
-//! (bias, activation, residual) over its rows.
+//! of `models/` and `instruments/`), and `linear` in one of two variants: 7, that GEMM plus one
+//! epilogue pass (bias, activation, residual) over its rows; 8, our packed GEMM with the
+//! epilogue applied to each register tile ([`super::gemm_packed`]), which also runs every
+//! `linear` on half-precision weights (faer would need a whole f32 copy of them).
 
 use faer::linalg::matmul::matmul;
 use faer::traits::{math_utils::one, ComplexField};
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::activation;
-use super::common::{values, values_mut};
-use crate::backend::{shapes, Activation, Tensor};
+use super::common::{matrix, values, values_mut, Matrix};
+use super::{activation, gemm_packed};
+use crate::backend::{shapes, Activation, GemmVariant, Tensor};
 use crate::error::Result;
 
 /// A row-major matrix operand of [`gemm`], read as stored or transposed.
@@ -85,7 +87,9 @@ pub(super) fn gated_activation(gate_up: &Tensor, act: Activation, out: &mut Tens
     Ok(())
 }
 
+/// `linear` on `variant` (7 or 8) for f32 weights; half-precision weights always run variant 8.
 pub(super) fn linear(
+    variant: GemmVariant,
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
@@ -94,6 +98,16 @@ pub(super) fn linear(
     out: &mut Tensor,
 ) -> Result<()> {
     let (n, k, m) = shapes::linear(x, w, bias, residual, out)?;
+    let weights = matrix(w)?;
+    if matches!(weights, Matrix::Half(_)) || variant == GemmVariant::Packed {
+        let epilogue = gemm_packed::Epilogue {
+            bias: bias.map(values).transpose()?,
+            act,
+            residual: residual.map(values).transpose()?,
+        };
+        gemm_packed::linear(values(x)?, (n, k, m), &weights, &epilogue, values_mut(out)?);
+        return Ok(());
+    }
     gemm(
         values_mut(out)?,
         Operand::plain(values(x)?, n, k),

@@ -1,8 +1,15 @@
-//! The CPU backend: rayon for parallel loops, faer for GEMM. It is the reference every other
-//! backend is tested against, and a fast path of its own (packed sequences, fused epilogues).
+//! The CPU backend: rayon for parallel loops, faer or our packed GEMM for `linear`. It is the
+//! reference every other backend is tested against, and a fast path of its own (packed
+//! sequences, fused epilogues).
+//!
+//! Memory: f32 tensors are host vectors ([`Storage::Cpu`]); f16 and bf16 GEMM weights and
+//! embedding tables stay half precision where they are ([`Storage::CpuHalf`]: a checkpoint's
+//! memory map, shared, or an owned copy for [`Backend::upload_f16`]), read by `linear` a packed
+//! panel at a time and by `gather_rows` a row at a time; the other ops refuse them.
 //!
 //! Shape: one file per op family, as `kernels/*.cu` and `shaders/*.wgsl` are split — `gemm`
-//! (also the public [`gemm()`] and [`Operand`] of host loops), `norm`, `rope`, `attention`,
+//! (also the public [`gemm()`] and [`Operand`] of host loops) and `gemm_packed` (GEMM variants
+//! 8 and 9, and every GEMM on half-precision weights), `norm`, `rope`, `attention`,
 //! `gather`, `pool`, `ntk`, `stats`, `trim` — each holding functions named like the [`Backend`]
 //! methods they implement; `activation` holds the vectorised epilogues, `common` what several
 //! families share (tensor values, packed-sequence splits, lane sums). `impl Backend` below only
@@ -14,12 +21,15 @@ use super::{
     OpFamily, Pooling, RopeSpec, SeqLayout, Storage, Tensor, TrimReference, TrimResult, TrimSpec,
 };
 use crate::error::Result;
+use crate::tensor::HalfMatrix;
+use half::{bf16, f16};
 
 mod activation;
 mod attention;
 mod common;
 mod gather;
 mod gemm;
+mod gemm_packed;
 mod norm;
 mod ntk;
 mod pool;
@@ -29,14 +39,36 @@ mod trim;
 
 pub use gemm::{gemm, Operand};
 
-pub struct CpuBackend;
+pub struct CpuBackend {
+    /// The kernel of `linear` on f32 weights (half-precision weights always run variant 8's).
+    gemm: GemmVariant,
+}
 
 impl CpuBackend {
-    /// The CPU's GEMM.
-    pub const GEMM_VARIANTS: [GemmVariant; 1] = [GemmVariant::Faer];
+    /// faer's GEMM, and ours on f32 and on f16 weights.
+    pub const GEMM_VARIANTS: [GemmVariant; 3] = [
+        GemmVariant::Faer,
+        GemmVariant::Packed,
+        GemmVariant::PackedF16,
+    ];
 
+    /// The CPU backend with its default GEMM, faer on f32 weights (see BENCHMARKS.md for how
+    /// the packed GEMM compares on the model shapes).
     pub fn new() -> Self {
-        CpuBackend
+        Self::with_gemm(GemmVariant::Faer)
+    }
+
+    /// The CPU backend running `linear` on f32 weights with `variant` (7 or 8; 9 is 8, on the
+    /// f16 weights a caller uploads).
+    pub fn with_gemm(variant: GemmVariant) -> Self {
+        CpuBackend {
+            gemm: variant.on_f32_weights(),
+        }
+    }
+
+    /// The kernel of `linear` on f32 weights.
+    pub fn gemm_variant(&self) -> GemmVariant {
+        self.gemm
     }
 }
 
@@ -63,8 +95,29 @@ impl Backend for CpuBackend {
         })
     }
 
+    /// Kept f16: `linear` and `gather_rows` widen what they read.
+    fn upload_f16(&self, shape: &[usize], data: &[f16]) -> Result<Tensor> {
+        self.upload_half(&HalfMatrix::from_f16(shape, data)?)
+    }
+
+    /// Kept bf16: `linear` and `gather_rows` widen what they read.
+    fn upload_bf16(&self, shape: &[usize], data: &[bf16]) -> Result<Tensor> {
+        self.upload_half(&HalfMatrix::from_bf16(shape, data)?)
+    }
+
+    /// Kept where it is: a memory-mapped matrix stays mapped (the clone shares the map).
+    fn upload_half(&self, matrix: &HalfMatrix) -> Result<Tensor> {
+        Ok(Tensor {
+            shape: vec![matrix.rows(), matrix.cols()],
+            storage: Storage::CpuHalf(matrix.clone()),
+        })
+    }
+
     fn download(&self, tensor: &Tensor) -> Result<Vec<f32>> {
-        Ok(common::values(tensor)?.to_vec())
+        match common::matrix(tensor)? {
+            common::Matrix::F32(v) => Ok(v.to_vec()),
+            common::Matrix::Half(m) => Ok(m.to_host()?.into_f32()),
+        }
     }
 
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
@@ -83,7 +136,7 @@ impl Backend for CpuBackend {
         residual: Option<&Tensor>,
         out: &mut Tensor,
     ) -> Result<()> {
-        gemm::linear(x, w, bias, act, residual, out)
+        gemm::linear(self.gemm, x, w, bias, act, residual, out)
     }
 
     fn gated_activation(&self, gate_up: &Tensor, act: Activation, out: &mut Tensor) -> Result<()> {

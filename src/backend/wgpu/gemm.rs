@@ -38,7 +38,11 @@ fn kernel(variant: GemmVariant) -> Option<Kernel> {
         GemmVariant::Direct => Some(Kernel::LinearDirect),
         GemmVariant::TiledF16 => Some(Kernel::LinearTiledF16),
         GemmVariant::DirectF16 => Some(Kernel::LinearDirectF16),
-        GemmVariant::Naive | GemmVariant::MmaBf16 | GemmVariant::Faer => None,
+        GemmVariant::Naive
+        | GemmVariant::MmaBf16
+        | GemmVariant::Faer
+        | GemmVariant::Packed
+        | GemmVariant::PackedF16 => None,
     }
 }
 

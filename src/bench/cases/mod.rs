@@ -17,7 +17,7 @@ pub mod reference;
 
 use std::sync::Arc;
 
-use half::f16;
+use half::{bf16, f16};
 
 use super::{uniform, Work};
 use crate::backend::{
@@ -51,8 +51,53 @@ pub struct Linear {
     pub act: Activation,
     pub bias: bool,
     pub residual: bool,
-    /// Weights rounded to f16 and uploaded as f16 (the reference uses the rounded values).
-    pub f16_weights: bool,
+    /// The element type the weights are rounded to and uploaded in (the reference uses the
+    /// rounded values).
+    pub weights: WeightsIn,
+}
+
+/// The element type of a `linear` case's weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightsIn {
+    F32,
+    /// Through [`Backend::upload_f16`].
+    F16,
+    /// Through [`Backend::upload_bf16`].
+    Bf16,
+}
+
+impl WeightsIn {
+    /// `values` rounded to the nearest value of this type.
+    fn round(self, values: Vec<f32>) -> Vec<f32> {
+        match self {
+            WeightsIn::F32 => values,
+            WeightsIn::F16 => rounded_to_f16(values),
+            WeightsIn::Bf16 => values
+                .into_iter()
+                .map(|v| bf16::from_f32(v).to_f32())
+                .collect(),
+        }
+    }
+
+    /// `values` (already rounded) uploaded in this type.
+    fn upload(self, be: &Arc<dyn Backend>, shape: &[usize], values: &[f32]) -> Result<Tensor> {
+        match self {
+            WeightsIn::F32 => be.upload(shape, values),
+            WeightsIn::F16 => upload_f16(be, shape, values),
+            WeightsIn::Bf16 => {
+                let halves: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
+                be.upload_bf16(shape, &halves)
+            }
+        }
+    }
+
+    /// Bytes a value.
+    fn bytes(self) -> f64 {
+        match self {
+            WeightsIn::F32 => F32,
+            WeightsIn::F16 | WeightsIn::Bf16 => F16,
+        }
+    }
 }
 
 /// The op a case runs and its shapes.
@@ -255,7 +300,7 @@ impl OpCase {
         match &self.op {
             CaseOp::Linear(l) => {
                 let (n, k, m) = (l.n, l.k, l.m);
-                let weight_bytes = if l.f16_weights { F16 } else { F32 };
+                let weight_bytes = l.weights.bytes();
                 let bias = if l.bias { m } else { 0 };
                 let out = if l.residual { 2 * n * m } else { n * m };
                 let bytes = (n * k + bias + out) as f64 * F32 + (m * k) as f64 * weight_bytes;
@@ -330,7 +375,7 @@ impl OpCase {
             CaseOp::Linear(l) => {
                 let (n, k, m) = (l.n, l.k, l.m);
                 let w = random(m * k, 1);
-                let w = if l.f16_weights { rounded_to_f16(w) } else { w };
+                let w = l.weights.round(w);
                 let mut tensors = vec![random(n * k, 0), w];
                 if l.bias {
                     tensors.push(random(m, 2));
@@ -462,11 +507,7 @@ impl OpCase {
         let (tensors, out) = match &self.op {
             CaseOp::Linear(l) => {
                 let (n, k, m) = (l.n, l.k, l.m);
-                let w = if l.f16_weights {
-                    upload_f16(be, &[m, k], &t[1])?
-                } else {
-                    up(&[m, k], &t[1])?
-                };
+                let w = l.weights.upload(be, &[m, k], &t[1])?;
                 let mut tensors = vec![up(&[n, k], &t[0])?, w];
                 let mut rest = t[2..].iter();
                 if l.bias {

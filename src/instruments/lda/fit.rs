@@ -131,8 +131,8 @@ fn ledoit_wolf(
 pub(super) struct Rule {
     pub(super) classes: Vec<usize>,
     /// `[d, classes]` row-major.
-    weights: Matrix64,
-    bias: Vec<f64>,
+    pub(super) weights: Matrix64,
+    pub(super) bias: Vec<f64>,
 }
 
 impl Rule {

@@ -11,8 +11,10 @@
 //! from raw rows. All problems of a split go to the backend as one batch.
 //!
 //! [`evaluation`] runs the splits, [`fit`] turns moments into rules, [`projection`] gives the
-//! discriminant directions for plots; [`report`] gathers what `mscope lda` reports.
+//! discriminant directions for plots; [`report`] gathers what `mscope lda` reports; [`detector`]
+//! keeps the rule fitted on every row for new rows.
 
+pub mod detector;
 mod evaluation;
 mod fit;
 mod projection;
@@ -154,6 +156,9 @@ pub struct LdaReport {
     pub accuracies: Vec<f64>,
     /// `confusion[true][predicted]`, summed over the splits.
     pub confusion: Vec<Vec<u64>>,
+    /// Per label, from the confusion over all splits: the accuracy of the one-vs-rest decision
+    /// "is it this label?" and the share of its rows predicted as it (recall).
+    pub per_class: Vec<ClassAccuracy>,
     pub explained_variance_ratio: Vec<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pairwise: Option<PairwiseReport>,
@@ -170,6 +175,34 @@ pub struct LdaReport {
     pub row_labels: Vec<i64>,
     #[serde(skip)]
     pub label_names: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ClassAccuracy {
+    pub label: String,
+    pub one_vs_rest_accuracy: f64,
+    pub recall: f64,
+}
+
+/// One-vs-rest accuracy and recall of every label from a `[true][predicted]` confusion.
+pub fn per_class(labels: &[String], confusion: &[Vec<u64>]) -> Vec<ClassAccuracy> {
+    let total: u64 = confusion.iter().flatten().sum();
+    labels
+        .iter()
+        .enumerate()
+        .map(|(c, label)| {
+            let row: u64 = confusion[c].iter().sum();
+            let column: u64 = confusion.iter().map(|r| r[c]).sum();
+            let hit = confusion[c][c];
+            // Wrong one way or the other: rows of c called something else, rows called c.
+            let wrong = (row - hit) + (column - hit);
+            ClassAccuracy {
+                label: label.clone(),
+                one_vs_rest_accuracy: 1.0 - wrong as f64 / total.max(1) as f64,
+                recall: hit as f64 / row.max(1) as f64,
+            }
+        })
+        .collect()
 }
 
 /// The pairwise table as reported: `K×K` tables, null on the diagonal.
@@ -230,6 +263,7 @@ pub fn report(
         accuracy_mean,
         accuracy_std,
         accuracies: eval.accuracies,
+        per_class: per_class(&classes.names, &eval.confusion),
         confusion: eval.confusion,
         explained_variance_ratio: projection.explained_variance_ratio.clone(),
         pairwise: eval.pairwise.map(|p| PairwiseReport {
