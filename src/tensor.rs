@@ -40,8 +40,8 @@ impl HostData {
     pub fn first_non_finite(&self) -> Option<usize> {
         match self {
             HostData::F32(v) => first_non_finite(v),
-            HostData::F16(v) => first_all_ones(bytemuck::cast_slice(v), 0x7C00),
-            HostData::BF16(v) => first_all_ones(bytemuck::cast_slice(v), 0x7F80),
+            HostData::F16(v) => first_non_finite_half(DType::F16, bytemuck::cast_slice(v)),
+            HostData::BF16(v) => first_non_finite_half(DType::BF16, bytemuck::cast_slice(v)),
             HostData::I64(_) => None,
         }
     }
@@ -57,12 +57,19 @@ pub fn first_non_finite(values: &[f32]) -> Option<usize> {
     })
 }
 
-/// Index of the first 16-bit float whose exponent field (`mask`) is all ones: infinity or NaN.
-fn first_all_ones(bits: &[u16], mask: u16) -> Option<usize> {
+/// Index of the first NaN or infinite value of little-endian F16 or BF16 `bytes` (any
+/// alignment: views into a memory map): a value whose exponent field is all ones.
+pub fn first_non_finite_half(dtype: DType, bytes: &[u8]) -> Option<usize> {
     const BLOCK: usize = 4096;
-    bits.chunks(BLOCK).enumerate().find_map(|(b, block)| {
-        let finite = block.iter().fold(true, |ok, &x| ok & (x & mask != mask));
-        (!finite).then(|| b * BLOCK + block.iter().position(|&x| x & mask == mask).unwrap_or(0))
+    let mask: u16 = match dtype {
+        DType::F16 => 0x7C00,
+        DType::BF16 => 0x7F80,
+        _ => return None,
+    };
+    let bad = |pair: &[u8]| u16::from_le_bytes([pair[0], pair[1]]) & mask == mask;
+    bytes.chunks(2 * BLOCK).enumerate().find_map(|(b, block)| {
+        let finite = block.chunks_exact(2).fold(true, |ok, pair| ok & !bad(pair));
+        (!finite).then(|| b * BLOCK + block.chunks_exact(2).position(bad).unwrap_or(0))
     })
 }
 
@@ -374,5 +381,39 @@ mod tests {
                 assert_eq!(got, want, "{dtype:?}, {what}");
             }
         }
+    }
+
+    #[test]
+    fn non_finite_values_are_found_in_every_storage_at_any_alignment() {
+        let mut values = vec![0.5f32; 10_000];
+        assert_eq!(first_non_finite(&values), None);
+        values[9_000] = f32::INFINITY;
+        values[9_500] = f32::NAN;
+        assert_eq!(first_non_finite(&values), Some(9_000));
+        for dtype in [DType::F16, DType::BF16] {
+            let bits: Vec<u16> = values
+                .iter()
+                .map(|&v| match dtype {
+                    DType::F16 => f16::from_f32(v).to_bits(),
+                    _ => bf16::from_f32(v).to_bits(),
+                })
+                .collect();
+            // One byte of offset: a view into a memory map need not be 2-byte aligned.
+            let mut bytes = vec![0u8];
+            bytes.extend(bits.iter().flat_map(|b| b.to_le_bytes()));
+            assert_eq!(
+                first_non_finite_half(dtype, &bytes[1..]),
+                Some(9_000),
+                "{dtype:?}"
+            );
+            assert_eq!(
+                first_non_finite_half(dtype, &bytes[1..2 * 9_000 + 1]),
+                None,
+                "{dtype:?}: the finite prefix"
+            );
+        }
+        // f16's largest finite value is finite; bf16's 65504 too.
+        let max = f16::MAX.to_bits().to_le_bytes();
+        assert_eq!(first_non_finite_half(DType::F16, &max), None);
     }
 }

@@ -172,7 +172,13 @@ impl Loader<'_> {
         let mut views = Vec::with_capacity(parts.len());
         for (name, rows) in parts {
             match self.weights.half(name, &[*rows, cols])? {
-                Some((dtype, bytes)) if dtype == target => views.push(bytes),
+                Some((dtype, bytes)) if dtype == target => {
+                    check_finite(
+                        name,
+                        crate::tensor::first_non_finite_half(dtype, bytes.bytes()),
+                    )?;
+                    views.push(bytes)
+                }
                 _ => return Ok(None),
             }
         }
