@@ -6,6 +6,7 @@ use clap::Args;
 
 use crate::error::{Error, Result};
 use crate::instruments::lda::detector::Detector;
+use crate::io::check_outputs;
 
 use super::embeddings_args::EmbeddingsArgs;
 
@@ -23,6 +24,9 @@ pub struct ClassifyArgs {
 }
 
 pub fn run(args: ClassifyArgs) -> Result<()> {
+    let mut inputs = args.input.paths().to_vec();
+    inputs.push(("--detector", Some(args.detector.as_path())));
+    check_outputs(&inputs, &[("--out", Some(args.out.as_path()))])?;
     let detector = Detector::read(&args.detector)?;
     let (file, _) = args.input.read(false)?;
     detector.check_input(&file, &args.input.input)?;

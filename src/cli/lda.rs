@@ -55,6 +55,7 @@ pub fn run(args: LdaArgs) -> Result<()> {
         &[
             ("--out", args.out.as_deref()),
             ("--plot", args.plot.as_deref()),
+            ("--save", args.save.as_deref()),
         ],
     )?;
     if args.splits == 0 {
