@@ -545,3 +545,47 @@ fn a_one_pixel_image_fills_the_crop_with_its_colour() {
             .all(|&v| v == want));
     }
 }
+
+/// Weights the towers rearrange on the host before upload (patch embedding, positions, class
+/// token, open_clip's projection) are checked finite like every other weight.
+#[test]
+fn non_finite_host_rearranged_weights_are_refused() {
+    let be: Arc<dyn Backend> = Arc::new(mscope::backend::cpu::CpuBackend::new());
+    for (name, file, tensor) in [
+        (
+            "hf-tiny",
+            "model.safetensors",
+            "vision_model.embeddings.patch_embedding.weight",
+        ),
+        (
+            "hf-tiny",
+            "model.safetensors",
+            "vision_model.embeddings.class_embedding",
+        ),
+        (
+            "open_clip-tiny",
+            "open_clip_model.safetensors",
+            "visual.positional_embedding",
+        ),
+        (
+            "open_clip-tiny",
+            "open_clip_model.safetensors",
+            "text_projection",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(model_dir(name)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        common::poke_tensor(&dir.path().join(file), tensor, 4, &f32::NAN.to_le_bytes());
+        let err = match ClipModel::load(dir.path(), be.clone(), WeightsDtype::F32) {
+            Ok(_) => panic!("{name}: a NaN in {tensor} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(tensor) && err.contains("not finite"),
+            "{name} {tensor}: {err}"
+        );
+    }
+}

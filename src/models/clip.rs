@@ -548,13 +548,13 @@ impl ClipModel {
         let w = v.tower.width;
         let patch_cols = 3 * v.patch_size * v.patch_size;
         let patch_name = names.vision("embeddings.patch_embedding.weight", "conv1.weight");
-        let patch = weights.f32(&patch_name, &[w, 3, v.patch_size, v.patch_size])?;
+        let patch = loader.host(&patch_name, &[w, 3, v.patch_size, v.patch_size])?;
         let pos_name = names.vision(
             "embeddings.position_embedding.weight",
             "positional_embedding",
         );
-        let mut positions = weights.f32(&pos_name, &[v.tokens(), w])?.into_owned();
-        let class = weights.f32(
+        let mut positions = loader.host(&pos_name, &[v.tokens(), w])?.into_owned();
+        let class = loader.host(
             &names.vision("embeddings.class_embedding", "class_embedding"),
             &[w],
         )?;
@@ -707,7 +707,7 @@ fn load_head(
     let projection = match layout {
         Layout::HuggingFace => loader.matrix(&[hf.to_string()], embed_dim, width)?,
         Layout::OpenClip => {
-            let stored = loader.weights.f32(open_clip, &[width, embed_dim])?;
+            let stored = loader.host(open_clip, &[width, embed_dim])?;
             let mut transposed = vec![0.0f32; width * embed_dim];
             for (i, row) in stored.chunks_exact(embed_dim).enumerate() {
                 for (j, &v) in row.iter().enumerate() {

@@ -102,9 +102,15 @@ pub struct Loader<'a> {
 impl Loader<'_> {
     /// An f32 tensor (biases, norm parameters).
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.backend.upload(shape, &self.host(name, shape)?)
+    }
+
+    /// Tensor `name` of `shape` as f32 values on the host, checked finite, for a model that
+    /// rearranges it before upload.
+    pub fn host(&self, name: &str, shape: &[usize]) -> Result<Cow<'_, [f32]>> {
         let values = self.weights.f32(name, shape)?;
         check_finite(name, crate::tensor::first_non_finite(&values))?;
-        self.backend.upload(shape, &values)
+        Ok(values)
     }
 
     /// Matrices `names` (each `[rows, cols]`) that an op may read in half precision (GEMM
