@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::data::scores::argmax;
 use crate::error::{Error, Result};
 use crate::instruments::lda::detector::Detector;
 use crate::io::check_outputs;
@@ -32,10 +33,7 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
     detector.check_input(&file, &args.input.input)?;
     let k = detector.labels.len();
     let probabilities = detector.probabilities(&file.embeddings);
-    let predicted: Vec<usize> = probabilities
-        .chunks_exact(k)
-        .map(|p| (1..k).fold(0, |b, j| if p[j] > p[b] { j } else { b }))
-        .collect();
+    let predicted: Vec<usize> = probabilities.chunks_exact(k).map(argmax).collect();
     let text = match args.out.extension().and_then(|e| e.to_str()) {
         Some("csv") => {
             let mut text = format!("row,predicted,{}\n", detector.labels.join(","));

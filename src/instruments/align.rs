@@ -141,16 +141,24 @@ pub fn aligned(a: &EmbeddingsFile, b: &EmbeddingsFile) -> Result<Vec<f32>> {
     let (ca, cb) = (Centred::of_values(a)?, Centred::of_values(b)?);
     let rows = a.rows();
     let rotation = procrustes(&ca, &cb, rows)?.1;
-    // Â R, with Â zero-padded to d columns, then B's scale and mean on B's columns.
-    let mut out = vec![0.0f32; rows * b.dim];
-    out.par_chunks_mut(b.dim)
-        .zip(ca.values.par_chunks(ca.dim))
-        .for_each(|(o, x)| {
-            for (j, o) in o.iter_mut().enumerate() {
-                let v: f64 = (0..ca.dim).map(|i| x[i] * rotation[(i, j)]).sum();
-                *o = (v / ca.norm * cb.norm + cb.mean[j]) as f32;
-            }
-        });
+    // Â R with Â zero-padded to the wider width: only R's first `a.dim` rows and `b.dim`
+    // columns meet nonzero entries and land in B's columns.
+    let block: Vec<f64> = (0..ca.dim)
+        .flat_map(|i| (0..b.dim).map(move |j| (i, j)))
+        .map(|at| rotation[at])
+        .collect();
+    let mut rotated = vec![0.0f64; rows * b.dim];
+    gemm(
+        &mut rotated,
+        Operand::plain(&ca.values, rows, ca.dim),
+        Operand::plain(&block, ca.dim, b.dim),
+        false,
+    );
+    let out = rotated
+        .iter()
+        .enumerate()
+        .map(|(at, v)| (v / ca.norm * cb.norm + cb.mean[at % b.dim]) as f32)
+        .collect();
     Ok(out)
 }
 

@@ -7,6 +7,7 @@
 //! when every label is an integer), as scikit-learn's `classes_` and `np.unique` order them; rows
 //! without one (blank line, null, empty cell) get -1 and are left out of per-label analyses.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::embeddings::EmbeddingsFile;
@@ -224,30 +225,16 @@ fn label_values(array: &NpyArray, what: &dyn std::fmt::Display) -> Result<Vec<Op
 /// name is an integer, else as strings.
 fn number_labels(values: Vec<Option<String>>) -> (Vec<i64>, Vec<String>) {
     let mut names: Vec<String> = values.iter().flatten().cloned().collect();
-    let numeric = names.iter().all(|n| n.parse::<i64>().is_ok());
-    if numeric {
+    if names.iter().all(|n| n.parse::<i64>().is_ok()) {
         names.sort_by_key(|n| n.parse::<i64>().expect("checked"));
     } else {
         names.sort();
     }
     names.dedup();
+    let index: HashMap<&str, i64> = (0..).zip(&names).map(|(i, n)| (n.as_str(), i)).collect();
     let codes = values
         .iter()
-        .map(|v| match v {
-            Some(name) => names
-                .binary_search_by(|probe| {
-                    if numeric {
-                        probe
-                            .parse::<i64>()
-                            .expect("checked")
-                            .cmp(&name.parse::<i64>().expect("checked"))
-                    } else {
-                        probe.as_str().cmp(name)
-                    }
-                })
-                .expect("every name is listed") as i64,
-            None => -1,
-        })
+        .map(|v| v.as_deref().map_or(-1, |name| index[name]))
         .collect();
     (codes, names)
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::evaluation::row;
-use super::fit::{class_term, fit_rules};
+use super::fit::{class_term, fit_rules, linear_scores};
 use super::{Classes, Shrinkage};
 use crate::backend::{self, BackendKind, Matrix64, OpFamily};
 use crate::error::{Error, Result};
@@ -70,14 +70,7 @@ impl Detector {
         let n = rows.len() / self.dim;
         let mut out = Vec::with_capacity(n * k);
         for r in 0..n {
-            let x = row(rows, self.dim, r as u32);
-            let mut scores = self.bias.clone();
-            for (xi, w) in x.iter().zip(self.weights.chunks_exact(k)) {
-                scores
-                    .iter_mut()
-                    .zip(w)
-                    .for_each(|(s, w)| *s += f64::from(*xi) * w);
-            }
+            let scores = linear_scores(&self.weights, &self.bias, row(rows, self.dim, r as u32));
             let top = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let exp: Vec<f64> = scores.iter().map(|s| (s - top).exp()).collect();
             let total: f64 = exp.iter().sum();

@@ -137,17 +137,23 @@ pub(super) struct Rule {
 
 impl Rule {
     pub(super) fn predict(&self, x: &[f32]) -> usize {
-        let c = self.classes.len();
-        let mut scores = self.bias.clone();
-        for (xi, w) in x.iter().zip(self.weights.data.chunks_exact(c)) {
-            scores
-                .iter_mut()
-                .zip(w)
-                .for_each(|(s, w)| *s += *xi as f64 * w);
-        }
+        let scores = linear_scores(&self.weights.data, &self.bias, x);
+        let c = scores.len();
         let best = (1..c).fold(0, |b, j| if scores[j] > scores[b] { j } else { b });
         self.classes[best]
     }
+}
+
+/// `x·W + b` for `W` `[d, classes]` row-major: one score per class.
+pub(super) fn linear_scores(weights: &[f64], bias: &[f64], x: &[f32]) -> Vec<f64> {
+    let mut scores = bias.to_vec();
+    for (xi, w) in x.iter().zip(weights.chunks_exact(bias.len().max(1))) {
+        scores
+            .iter_mut()
+            .zip(w)
+            .for_each(|(s, w)| *s += f64::from(*xi) * w);
+    }
+    scores
 }
 
 /// Pools the class terms of each problem (a set of classes) and solves for its rule, all
