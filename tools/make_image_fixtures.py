@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Image-input fixtures: files in every decoded format and EXIF orientation, with Pillow's pixels
+and CLIP preprocessing of them; open_clip's resize modes on the CLIP photos; pickled checkpoints.
+
+Writes under tests/fixtures/images/:
+  formats/NAME        a crop of scikit-image's chelsea.png (45×34) saved by Pillow as lossless,
+                      lossy and RGBA WebP; palette, transparent and animated GIF; RGB (raw and
+                      LZW), grey, RGBA TIFF; palette (with and without tRNS), grey+alpha and
+                      1-bit PNG; 16-bit RGB PNG and TIFF, which Pillow reads by keeping each
+                      sample's high byte (written here by hand / by tifffile: Pillow cannot)
+  bad/grey16.tif, bad/palette.tif
+                      16-bit grey (Pillow clips it to 8 bits: refused) and a palette TIFF
+                      (not decoded here: refused)
+  orientation/oK.jpg  K = 1..8: the same pixels with EXIF orientation K (JPEG APP1), and
+  orientation/oK.webp, oK.tif for a few K (lossless, so the comparison is exact)
+  reference.safetensors
+      `rgb/PATH` U8 [H, W, 3]: `ImageOps.exif_transpose(Image.open(PATH)).convert("RGB")`
+      `pixels/PATH` F32 [3, 20, 20]: CLIPImageProcessorPil (shortest edge 24, crop 20) of that
+      image (transformers' processor does not transpose: it is given the transposed image)
+  open_clip_modes.safetensors
+      `MODE/NAME` F32 [3, H, W]: open_clip's inference transform of the CLIP fixture photos for
+      the resize modes and sizes in OPEN_CLIP_MODES
+  pickle/tensors.bin  torch.save of f32/f16/bf16 tensors, views with offsets and strides, a
+                      shared storage; pickle/tensors.safetensors the same tensors, contiguous
+  pickle/os_system.bin
+                      a torch-style zip whose pickle calls os.system (refused unexecuted)
+and tests/fixtures/clip/open_clip-pickle/: open_clip-tiny's weights saved by torch.save as
+open_clip_pytorch_model.bin (the older open_clip upload format), with its config and tokenizer.
+
+Run from the repository root: tools/.venv/bin/python tools/make_image_fixtures.py
+"""
+
+import io
+import json
+import pickle
+import shutil
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import skimage
+import tifffile
+import torch
+from PIL import Image, ImageOps
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import load_file, save_file
+from transformers import CLIPImageProcessorPil
+
+OUT = Path("tests/fixtures/images")
+CLIP = Path("tests/fixtures/clip")
+SKIMAGE = Path(skimage.__file__).parent / "data"
+
+# (mode name, open_clip size (int or [h, w]), resize_mode, fill_color)
+OPEN_CLIP_MODES = [
+    ("longest_40", 40, "longest", 0),
+    ("longest_40x32", [40, 32], "longest", 128),
+    ("shortest_32x40", [32, 40], "shortest", 0),
+    ("squash_40x32", [40, 32], "squash", 0),
+]
+OPEN_CLIP_PHOTOS = ["animals/chelsea.png", "people/astronaut.png", "things/coffee_small.png"]
+
+
+def source():
+    return Image.open(SKIMAGE / "chelsea.png").convert("RGB").crop((150, 40, 195, 74))
+
+
+def write_png16(path, rgb16):
+    """A 16-bit RGB PNG (Pillow cannot write one): signature, IHDR, one zlib IDAT, IEND."""
+    h, w, _ = rgb16.shape
+
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    raw = b"".join(b"\0" + rgb16[y].astype(">u2").tobytes() for y in range(h))
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def write_formats(im):
+    d = OUT / "formats"
+    d.mkdir(parents=True)
+    rgba = im.copy()
+    alpha = Image.linear_gradient("L").resize(im.size)
+    rgba.putalpha(alpha)
+    im.save(d / "lossless.webp", lossless=True)
+    im.save(d / "lossy.webp", quality=80)
+    rgba.save(d / "alpha.webp", lossless=True)
+    palette = im.quantize(colors=32)
+    palette.save(d / "palette.gif")
+    palette.save(d / "transparent.gif", transparency=3)
+    second = im.transpose(Image.Transpose.ROTATE_180).quantize(colors=16)
+    palette.save(d / "animated.gif", save_all=True, append_images=[second], duration=100)
+    im.save(d / "rgb.tif")
+    im.save(d / "lzw.tif", compression="tiff_lzw")
+    im.convert("L").save(d / "grey.tif")
+    rgba.save(d / "rgba.tif")
+    palette.save(d / "palette.png")
+    palette.save(d / "palette_trns.png", transparency=3)
+    rgba.convert("LA").save(d / "grey_alpha.png")
+    im.convert("1").save(d / "bilevel.png")
+    # 16-bit samples whose low bytes differ from their high bytes, so truncation shows.
+    low = (np.arange(34 * 45 * 3) % 251).reshape(34, 45, 3)
+    wide = (np.asarray(im).astype(np.uint16) * 256 + low).astype(np.uint16)
+    write_png16(d / "rgb16.png", wide)
+    tifffile.imwrite(d / "rgb16.tif", wide, photometric="rgb")
+    bad = OUT / "bad"
+    bad.mkdir()
+    tifffile.imwrite(bad / "grey16.tif", wide[..., 0])
+    palette.save(bad / "palette.tif")
+    return [p for p in sorted(d.iterdir())]
+
+
+def write_orientations(im):
+    d = OUT / "orientation"
+    d.mkdir()
+    paths = []
+    for k in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = k
+        jpg = d / f"o{k}.jpg"
+        im.save(jpg, quality=95, exif=exif.tobytes())
+        paths.append(jpg)
+        if k in (3, 6, 8):
+            webp = d / f"o{k}.webp"
+            im.save(webp, lossless=True, exif=exif.tobytes())
+            paths.append(webp)
+        if k in (5, 7):
+            tif = d / f"o{k}.tif"
+            im.save(tif, tiffinfo={0x0112: k})
+            paths.append(tif)
+    return paths
+
+
+def references(paths):
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 24}, crop_size={"height": 20, "width": 20})
+    tensors = {}
+    for path in paths:
+        key = str(path.relative_to(OUT))
+        im = ImageOps.exif_transpose(Image.open(path))
+        rgb = im.convert("RGB")
+        tensors[f"rgb/{key}"] = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+        pixels = processor(images=[im], return_tensors="np")["pixel_values"][0]
+        tensors[f"pixels/{key}"] = np.ascontiguousarray(pixels.astype(np.float32))
+    save_numpy(tensors, OUT / "reference.safetensors")
+
+
+def open_clip_modes():
+    tensors = {}
+    for name, size, mode, fill in OPEN_CLIP_MODES:
+        cfg = open_clip.transform.PreprocessCfg(
+            size=size, resize_mode=mode, interpolation="bicubic", fill_color=fill
+        )
+        transform = open_clip.transform.image_transform_v2(cfg, is_train=False)
+        for photo in OPEN_CLIP_PHOTOS:
+            im = Image.open(CLIP / "photos" / photo)
+            tensors[f"{name}/{Path(photo).name}"] = transform(im).contiguous()
+    save_file(tensors, OUT / "open_clip_modes.safetensors")
+    (OUT / "open_clip_modes.json").write_text(
+        json.dumps(
+            {"photos": OPEN_CLIP_PHOTOS, "modes": [dict(name=n, size=s, resize_mode=m, fill_color=f)
+                                                    for n, s, m, f in OPEN_CLIP_MODES]},
+            indent=1,
+        )
+        + "\n"
+    )
+
+
+def write_pickles():
+    d = OUT / "pickle"
+    d.mkdir()
+    torch.manual_seed(0)
+    base = torch.randn(4, 6)
+    tensors = {
+        "f32": torch.randn(2, 3),
+        "f16": torch.randn(3, 5).half(),
+        "bf16": torch.randn(5).bfloat16(),
+        "scalar": torch.tensor(2.5),
+        "transposed": base.t(),  # strides (1, 6)
+        "offset": base[1:3, 2:5],  # storage offset 8, strides (6, 1)
+        "base": base,  # shares its storage with the two views above
+    }
+    torch.save(tensors, d / "tensors.bin")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, d / "tensors.safetensors")
+
+    # A pickle that would run os.system("true") when loaded by plain pickle: GLOBAL, REDUCE.
+    class Call:
+        def __reduce__(self):
+            import os
+
+            return (os.system, ("true",))
+
+    with zipfile.ZipFile(d / "os_system.bin", "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"weight": Call()}, protocol=2))
+        z.writestr("archive/version", "3\n")
+
+    model = CLIP / "open_clip-pickle"
+    shutil.rmtree(model, ignore_errors=True)
+    model.mkdir()
+    for name in ["open_clip_config.json", "tokenizer.json"]:
+        shutil.copy(CLIP / "open_clip-tiny" / name, model / name)
+    state = load_file(CLIP / "open_clip-tiny" / "open_clip_model.safetensors")
+    torch.save(state, model / "open_clip_pytorch_model.bin")
+
+
+def main():
+    shutil.rmtree(OUT, ignore_errors=True)
+    OUT.mkdir(parents=True)
+    im = source()
+    paths = write_formats(im) + write_orientations(im)
+    references(paths)
+    open_clip_modes()
+    write_pickles()
+    print("wrote", OUT)
+
+
+if __name__ == "__main__":
+    main()
