@@ -2,7 +2,9 @@
 //! image preprocessing against transformers' CLIPImageProcessor (PIL and torchvision backends)
 //! and open_clip's transforms on real photos, and tiny random-init CLIP models in the Hugging
 //! Face and open_clip layouts (quick_gelu and gelu, class-token and patch-mean pooling, shortest
-//! side + crop and squash preprocessing) — image and text embeddings on every backend.
+//! side + crop and squash preprocessing) — image and text embeddings on every backend; and
+//! (references by tools/make_image_fixtures.py) every decoded image format and EXIF orientation
+//! against Pillow.
 
 mod common;
 
@@ -14,7 +16,8 @@ use mscope::backend::{Backend, SeqLayout};
 use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
 use mscope::models::clip::ClipModel;
 use mscope::models::image::{
-    decode_rgb, CropRounding, Filter, Preprocess, ResizeMode, OPENAI_MEAN, OPENAI_STD,
+    decode_image, decode_rgb, Alpha, CropRounding, Filter, Preprocess, ResizeMode, OPENAI_MEAN,
+    OPENAI_STD,
 };
 use mscope::models::{self, Encoder, ImageTower, TokenBatch};
 use mscope::weights::WeightsDtype;
@@ -80,7 +83,9 @@ fn check_preprocessing(preprocess: &Preprocess, prefix: &str, png_tolerance: f64
     for photo in photos() {
         let name = photo.file_name().unwrap().to_string_lossy().into_owned();
         let (shape, want) = reference_tensor(PREPROCESS, &format!("{prefix}/{name}"));
-        let got = preprocess.pixels(&decode_rgb(&photo).unwrap()).unwrap();
+        let got = preprocess
+            .pixels_of(&decode_image(&photo).unwrap())
+            .unwrap();
         assert_eq!(shape, [3, 40, 40], "{prefix}/{name}");
         let diff = max_abs(&got, &want);
         let tolerance = if is_jpeg(&photo) {
@@ -101,6 +106,7 @@ fn check_preprocessing(preprocess: &Preprocess, prefix: &str, png_tolerance: f64
 
 fn hf_preprocess() -> Preprocess {
     Preprocess {
+        alpha: Alpha::OverWhite,
         mode: ResizeMode::ShortestThenCrop {
             shortest: 48,
             crop_width: 40,
@@ -202,7 +208,7 @@ fn images_from_files_match_reference_end_to_end(be: &Arc<dyn Backend>) {
         for (i, photo) in photos().iter().enumerate() {
             let pixels = tower
                 .preprocess()
-                .pixels(&decode_rgb(photo).unwrap())
+                .pixels_of(&decode_image(photo).unwrap())
                 .unwrap();
             let diff = max_abs(&pixels, &want_pixels[i * plane..(i + 1) * plane]);
             let what = format!("{name} {}", photo.display());
@@ -330,7 +336,7 @@ fn bad_images_are_refused_with_their_name() {
     let truncated = write("truncated.png", &png[..png.len() / 2]);
     let cmyk = repo_path(&format!("{FIXTURES}/bad/cmyk.jpg"));
     let cases = [
-        (not_image, "not a PNG or JPEG image"),
+        (not_image, "not a PNG, JPEG, WebP, GIF or TIFF image"),
         (truncated, "cannot decode"),
         (cmyk, "CMYK JPEGs are not supported"),
     ];
@@ -587,5 +593,149 @@ fn non_finite_host_rearranged_weights_are_refused() {
             err.contains(tensor) && err.contains("not finite"),
             "{name} {tensor}: {err}"
         );
+    }
+}
+
+// ---- Image formats and EXIF orientation (tools/make_image_fixtures.py) ----
+
+const IMAGES: &str = "tests/fixtures/images";
+const IMAGES_REFERENCE: &str = "tests/fixtures/images/reference.safetensors";
+
+/// The fixture files under `IMAGES/folder`, by path relative to `IMAGES`.
+fn image_fixtures(folder: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(repo_path(&format!("{IMAGES}/{folder}")))
+        .unwrap()
+        .map(|e| format!("{folder}/{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Lossy formats: another decoder may round a sample differently from Pillow's.
+fn is_lossy(name: &str) -> bool {
+    name.ends_with(".jpg") || name.ends_with("lossy.webp")
+}
+
+/// Decodes `name` and compares it with Pillow's upright `convert("RGB")` and with
+/// CLIPImageProcessorPil's pixels (transparency over white). Lossless formats must match exactly
+/// (f32 rounding only after normalisation); the lossy WebP decoder rounds as libwebp does, within
+/// one level. JPEG decoders differ in their IDCT and chroma-upsampling rounding: libjpeg-turbo's
+/// and this one's samples are up to two levels apart. A JPEG's preprocessed pixels are not
+/// compared: the preprocessing is shown exact on the lossless files, and on these small images
+/// the bicubic kernel's negative lobes would only amplify the decoders' difference.
+fn check_against_pillow(name: &str) {
+    let image = decode_image(&repo_path(&format!("{IMAGES}/{name}")))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let decoded = image.to_rgb(Alpha::Drop);
+    let (shape, want) = reference_tensor(IMAGES_REFERENCE, &format!("rgb/{name}"));
+    assert_eq!(
+        [decoded.height, decoded.width, 3],
+        shape[..],
+        "{name}: size"
+    );
+    let worst = decoded
+        .data
+        .iter()
+        .zip(&want)
+        .map(|(&a, &b)| (f64::from(a) - b).abs())
+        .fold(0.0, f64::max);
+    let allowed = if name.ends_with(".jpg") {
+        2.0
+    } else if is_lossy(name) {
+        1.0
+    } else {
+        0.0
+    };
+    eprintln!("{name}: max |Δ| {worst} levels");
+    assert!(
+        worst <= allowed,
+        "{name}: max |Δ| {worst} levels > {allowed}"
+    );
+
+    if name.ends_with(".jpg") {
+        return;
+    }
+    let preprocess = Preprocess {
+        mode: ResizeMode::ShortestThenCrop {
+            shortest: 24,
+            crop_width: 20,
+            crop_height: 20,
+        },
+        ..hf_preprocess()
+    };
+    let pixels = preprocess.pixels_of(&image).unwrap();
+    let (_, want) = reference_tensor(IMAGES_REFERENCE, &format!("pixels/{name}"));
+    let diff = max_abs(&pixels, &want);
+    let tolerance = if is_lossy(name) { one_level() } else { 1e-5 };
+    assert!(
+        diff <= tolerance,
+        "{name}: pixels max |Δ| {diff} > {tolerance}"
+    );
+}
+
+/// WebP (lossless, lossy, alpha), GIF (palette, transparency, an animation's first frame), TIFF
+/// (raw, LZW, grey, RGBA, 16-bit RGB), PNG (palette with and without tRNS, grey+alpha, 1-bit,
+/// 16-bit RGB): the pixels Pillow's `convert("RGB")` gives.
+#[test]
+fn every_format_decodes_to_pillows_rgb() {
+    let names = image_fixtures("formats");
+    assert_eq!(names.len(), 16);
+    for name in names {
+        check_against_pillow(&name);
+    }
+}
+
+/// Orientations 1–8 in JPEG, and 2–8 in lossless WebP, PNG and TIFF (exact): the pixels of
+/// Pillow's `ImageOps.exif_transpose`.
+#[test]
+fn exif_orientation_is_applied_as_pillow_applies_it() {
+    let names = image_fixtures("orientation");
+    assert_eq!(names.len(), 8 + 3 + 3 + 2);
+    for name in names {
+        check_against_pillow(&name);
+    }
+}
+
+/// A damaged EXIF block (its first-IFD offset pointing past the end) leaves the image as stored.
+#[test]
+fn a_damaged_exif_block_is_ignored() {
+    let mut bytes = std::fs::read(repo_path(&format!("{IMAGES}/orientation/o6.jpg"))).unwrap();
+    let exif = bytes.windows(6).position(|w| w == b"Exif\0\0").unwrap() + 6;
+    // The TIFF header: byte order, 42, then the first IFD's offset.
+    bytes[exif + 4..exif + 8].copy_from_slice(&[0xFF; 4]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("damaged.jpg");
+    std::fs::write(&path, &bytes).unwrap();
+    let damaged = decode_rgb(&path).unwrap();
+    let upright = decode_rgb(&repo_path(&format!("{IMAGES}/orientation/o1.jpg"))).unwrap();
+    assert_eq!(damaged, upright);
+}
+
+#[test]
+fn unsupported_and_broken_files_of_the_new_formats_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases = vec![
+        (
+            repo_path(&format!("{IMAGES}/bad/grey16.tif")),
+            "clips 16-bit grey".to_string(),
+        ),
+        (
+            repo_path(&format!("{IMAGES}/bad/palette.tif")),
+            "convert palette".to_string(),
+        ),
+    ];
+    for name in ["lossy.webp", "animated.gif", "lzw.tif"] {
+        let bytes = std::fs::read(repo_path(&format!("{IMAGES}/formats/{name}"))).unwrap();
+        let path = dir.path().join(format!("truncated-{name}"));
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        cases.push((path, "cannot decode".to_string()));
+    }
+    for (path, needle) in cases {
+        let err = match decode_rgb(&path) {
+            Ok(_) => panic!("{}: decoded", path.display()),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains(&needle), "{err}");
     }
 }

@@ -12,7 +12,7 @@ Writes under tests/fixtures/images/:
                       16-bit grey (Pillow clips it to 8 bits: refused) and a palette TIFF
                       (not decoded here: refused)
   orientation/oK.jpg  K = 1..8: the same pixels with EXIF orientation K (JPEG APP1), and
-  orientation/oK.webp, oK.tif for a few K (lossless, so the comparison is exact)
+  orientation/oK.webp, oK.png, oK.tif for a few K (lossless, so the comparison is exact)
   reference.safetensors
       `rgb/PATH` U8 [H, W, 3]: `ImageOps.exif_transpose(Image.open(PATH)).convert("RGB")`
       `pixels/PATH` F32 [3, 20, 20]: CLIPImageProcessorPil (shortest edge 24, crop 20) of that
@@ -131,6 +131,10 @@ def write_orientations(im):
             webp = d / f"o{k}.webp"
             im.save(webp, lossless=True, exif=exif.tobytes())
             paths.append(webp)
+        if k in (2, 4, 6):
+            png = d / f"o{k}.png"
+            im.save(png, exif=exif.tobytes())  # an eXIf chunk
+            paths.append(png)
         if k in (5, 7):
             tif = d / f"o{k}.tif"
             im.save(tif, tiffinfo={0x0112: k})

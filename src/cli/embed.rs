@@ -27,10 +27,12 @@ pub struct EmbedArgs {
         value_name = "PATH[=LABEL]"
     )]
     inputs: Vec<InputSpec>,
-    /// Image files (.png, .jpg) or folders of them, embedded by a CLIP model's image tower.
+    /// Image files (.png, .jpg, .webp, .gif, .tif) or folders of them, embedded by a CLIP
+    /// model's image tower (EXIF orientation applied).
     /// A folder's images are taken in sorted relative-path order, each labelled by its
     /// sub-folder (`DIR/cat/x.png` is a `cat`), as torchvision's ImageFolder does; any other
-    /// file in a folder is an error.
+    /// file in a folder is an error. A .csv/.tsv/.jsonl lists images in its `--image-field`
+    /// column (paths relative to the list's folder), labelled by `--label-field`.
     #[arg(long, num_args = 1.., value_name = "PATH", conflicts_with = "inputs")]
     images: Vec<PathBuf>,
     /// Output safetensors file.
@@ -59,6 +61,9 @@ pub struct EmbedArgs {
     /// Text field of .jsonl / column of .csv and .tsv inputs.
     #[arg(long, default_value = "text")]
     text_field: String,
+    /// Image path field of .jsonl / column of .csv and .tsv image lists (`--images`).
+    #[arg(long, default_value = "image")]
+    image_field: String,
     /// Label field of .jsonl / column of .csv and .tsv inputs.
     #[arg(long, default_value = "label")]
     label_field: String,
@@ -163,7 +168,11 @@ pub fn run(args: EmbedArgs) -> Result<()> {
 
 /// `--images`: files and folders through a CLIP model's image tower.
 fn run_images(args: EmbedArgs) -> Result<()> {
-    let corpus = collect_images(&args.images)?;
+    let fields = FieldNames {
+        text: args.image_field.clone(),
+        label: args.label_field.clone(),
+    };
+    let corpus = collect_images(&args.images, &fields)?;
     let backend = backend::open(args.backend, OpFamily::Encoder)?;
     let options = EncoderOptions {
         normalize: args.normalize,

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use crate::backend::{Backend, Pooling, SeqLayout};
 use crate::error::{Error, Result};
 use crate::models::decoder_gguf;
-use crate::models::image::decode_rgb;
+use crate::models::image::decode_image;
 use crate::models::sentence::SentenceConfig;
 use crate::models::tokenize::{TextTokenizer, TokenizedText};
 use crate::models::{self, Encoder, ImageTower, TokenBatch};
@@ -290,9 +290,9 @@ impl ImageEmbedder {
         let images = paths
             .par_iter()
             .map(|path| {
-                let image = decode_rgb(path)?;
+                let image = decode_image(path)?;
                 preprocess
-                    .pixels(&image)
+                    .pixels_of(&image)
                     .map_err(|e| Error::input(format!("{}: {e}", path.display())))
             })
             .collect::<Result<Vec<_>>>()?;

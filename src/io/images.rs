@@ -1,6 +1,9 @@
-//! Image inputs of `mscope embed --images`: files, and folders laid out as torchvision's
+//! Image inputs of `mscope embed --images`: files, folders laid out as torchvision's
 //! `ImageFolder` expects — every image under a folder, in sorted relative-path order, labelled by
-//! the sub-folder directly under the folder it was found in (`DIR/cat/x.png` is a `cat`).
+//! the sub-folder directly under the folder it was found in (`DIR/cat/x.png` is a `cat`) — and
+//! lists: a `.csv`/`.tsv` with an image column or a `.jsonl` with an image field, paths relative
+//! to the list's folder, labelled by the label column as text inputs are (every row or none; read
+//! by the text-input reader, so quoting and errors are the same).
 //!
 //! Files whose extension is not an image's are refused, naming the file, rather than skipped,
 //! so a stray file never silently shifts what was embedded; hidden entries (names starting with
@@ -9,8 +12,12 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use super::texts::{read_corpus, FieldNames, InputSpec};
 use crate::error::{Error, Result};
 use crate::models::image::IMAGE_EXTENSIONS;
+
+/// Extensions of the image lists [`collect_images`] reads.
+const LIST_EXTENSIONS: [&str; 3] = ["csv", "tsv", "jsonl"];
 
 /// Images to embed, in row order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,10 +30,14 @@ pub struct ImageCorpus {
     pub label_names: Vec<String>,
 }
 
-fn is_image(path: &Path) -> bool {
+fn has_extension(path: &Path, extensions: &[&str]) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        .is_some_and(|e| extensions.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn is_image(path: &Path) -> bool {
+    has_extension(path, &IMAGE_EXTENSIONS)
 }
 
 fn is_hidden(path: &Path) -> bool {
@@ -36,11 +47,49 @@ fn is_hidden(path: &Path) -> bool {
 
 fn not_an_image(path: &Path) -> Error {
     Error::input(format!(
-        "{}: not an image file (supported extensions: {}); remove it or name the images \
-         individually",
+        "{}: not an image file (supported extensions: {}; image lists: {}); remove it or name \
+         the images individually",
         path.display(),
-        IMAGE_EXTENSIONS.join(", ")
+        IMAGE_EXTENSIONS.join(", "),
+        LIST_EXTENSIONS.join(", ")
     ))
+}
+
+/// The rows of an image list: each image's path (relative ones from the list's folder) and
+/// label, checked to be an image file that exists.
+fn list_rows(list: &Path, fields: &FieldNames) -> Result<Vec<(PathBuf, Option<String>)>> {
+    let spec = InputSpec {
+        path: list.to_path_buf(),
+        label: None,
+    };
+    let corpus = read_corpus(&[spec], fields)?;
+    let folder = list.parent().unwrap_or(Path::new(""));
+    let mut rows = Vec::with_capacity(corpus.texts.len());
+    for ((text, &label), source) in corpus.texts.iter().zip(&corpus.labels).zip(&corpus.sources) {
+        let at = |what: &str| {
+            Error::input(format!(
+                "{}:{}: {}: {what}",
+                list.display(),
+                source.line,
+                text
+            ))
+        };
+        let path = folder.join(text);
+        if !is_image(&path) {
+            return Err(at(&format!(
+                "not an image file (supported extensions: {})",
+                IMAGE_EXTENSIONS.join(", ")
+            )));
+        }
+        if !path.is_file() {
+            return Err(at(&format!("no such file ({})", path.display())));
+        }
+        let name = usize::try_from(label)
+            .ok()
+            .map(|l| corpus.label_names[l].clone());
+        rows.push((path, name));
+    }
+    Ok(rows)
 }
 
 /// Every file under `dir` (hidden entries excepted), sorted by path relative to it.
@@ -63,8 +112,9 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Collects the images of `inputs` (files or folders) in order: each input's images in turn.
-pub fn collect_images(inputs: &[PathBuf]) -> Result<ImageCorpus> {
+/// Collects the images of `inputs` (image files, folders, image lists) in order: each input's
+/// images in turn. `fields.text` names the image column of lists, `fields.label` their labels.
+pub fn collect_images(inputs: &[PathBuf], fields: &FieldNames) -> Result<ImageCorpus> {
     // (path, label name) per row; names are numbered once every input is read.
     let mut rows: Vec<(PathBuf, Option<String>)> = Vec::new();
     for input in inputs {
@@ -91,6 +141,8 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<ImageCorpus> {
                 };
                 rows.push((path, label));
             }
+        } else if input.is_file() && has_extension(input, &LIST_EXTENSIONS) {
+            rows.extend(list_rows(input, fields)?);
         } else if input.is_file() {
             if !is_image(input) {
                 return Err(not_an_image(input));
@@ -127,6 +179,13 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<ImageCorpus> {
 mod tests {
     use super::*;
 
+    fn fields() -> FieldNames {
+        FieldNames {
+            text: "image".into(),
+            label: "label".into(),
+        }
+    }
+
     #[test]
     fn folders_label_by_subfolder_and_refuse_other_files() {
         let dir = tempfile::tempdir().unwrap();
@@ -142,7 +201,7 @@ mod tests {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, b"").unwrap();
         }
-        let corpus = collect_images(&[root.to_path_buf()]).unwrap();
+        let corpus = collect_images(&[root.to_path_buf()], &fields()).unwrap();
         let relative: Vec<String> = corpus
             .paths
             .iter()
@@ -153,7 +212,7 @@ mod tests {
         assert_eq!(corpus.labels, [0, 1, 1, -1]);
 
         std::fs::write(root.join("b/notes.txt"), b"").unwrap();
-        let err = collect_images(&[root.to_path_buf()])
+        let err = collect_images(&[root.to_path_buf()], &fields())
             .unwrap_err()
             .to_string();
         assert!(
@@ -163,7 +222,60 @@ mod tests {
 
         let empty = root.join("empty");
         std::fs::create_dir(&empty).unwrap();
-        let err = collect_images(&[empty]).unwrap_err().to_string();
+        let err = collect_images(&[empty], &fields()).unwrap_err().to_string();
         assert!(err.contains("no images"), "{err}");
+    }
+
+    /// Lists name images relative to their own folder, in their own order, labelled by the label
+    /// column; a missing file or a non-image names the list and line.
+    #[test]
+    fn csv_and_jsonl_lists_name_images_relative_to_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for path in ["pics/b.png", "pics/a.webp", "other.jpg"] {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"").unwrap();
+        }
+        let csv = root.join("pics/list.csv");
+        std::fs::write(
+            &csv,
+            "image,label\nb.png,cat\na.webp,dog\n../other.jpg,cat\n",
+        )
+        .unwrap();
+        let jsonl = root.join("list.jsonl");
+        std::fs::write(&jsonl, "{\"image\": \"pics/a.webp\"}\n").unwrap();
+        let corpus = collect_images(&[csv.clone(), jsonl.clone()], &fields()).unwrap();
+        assert_eq!(
+            corpus.paths,
+            [
+                root.join("pics/b.png"),
+                root.join("pics/a.webp"),
+                root.join("pics/../other.jpg"),
+                root.join("pics/a.webp"),
+            ]
+        );
+        assert_eq!(corpus.label_names, ["cat", "dog"]);
+        assert_eq!(corpus.labels, [0, 1, 0, -1]);
+
+        let cases = [
+            (
+                "image,label\nb.png,cat\nmissing.png,cat\n",
+                "list.csv:3: missing.png: no such file",
+            ),
+            (
+                "image\nb.png\nnotes.txt\n",
+                "list.csv:3: notes.txt: not an image file",
+            ),
+            ("image,label\nb.png,cat\na.webp,\n", "list.csv:3: no label"),
+            ("picture\nb.png\n", "no column \"image\""),
+        ];
+        for (content, needle) in cases {
+            std::fs::write(&csv, content).unwrap();
+            let err = collect_images(&[csv.clone()], &fields())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err}");
+        }
     }
 }

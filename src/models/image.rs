@@ -1,7 +1,16 @@
-//! Image input for vision towers: decoding to RGB as PIL's `convert("RGB")` does, resizing with
-//! Pillow's own resampling algorithm, cropping and normalising as the two preprocessors users
-//! run do — Hugging Face's `CLIPImageProcessor` (PIL backend) and open_clip's torchvision
-//! transform — so pixel tensors match theirs.
+//! Image input for vision towers: decoding PNG, JPEG, WebP, GIF and TIFF as Pillow does, turning
+//! them upright by their EXIF orientation, flattening transparency, resizing with Pillow's own
+//! resampling algorithm, cropping and normalising as the two preprocessors users run do —
+//! Hugging Face's `CLIPImageProcessor` (PIL backend) and open_clip's torchvision transform — so
+//! pixel tensors match theirs.
+//!
+//! Two differences between the references matter for some images only:
+//! - EXIF orientation: the pixels here are those of `ImageOps.exif_transpose(image)`. Neither
+//!   transformers' processor nor open_clip's transform turns images themselves, so a comparison
+//!   with a plain processor differs for photos whose orientation tag is not 1 (phone photos
+//!   taken upright usually are stored sideways with tag 6).
+//! - Transparency: transformers composites transparent pixels over white; open_clip's
+//!   `convert("RGB")` drops the alpha and keeps the colour under it ([`Alpha`]).
 //!
 //! Pillow resizes in two separable passes, horizontal then vertical, each rounding back to 8-bit
 //! pixels. Each output pixel is a weighted sum over a window of input pixels whose width grows
@@ -13,14 +22,15 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use image::{ColorType, ImageFormat};
+use image::{DynamicImage, ImageDecoder, ImageFormat};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::exif::{self, Container, Orientation};
 use crate::error::{Error, Result};
 
 /// File extensions (lower case) that [`decode_rgb`] reads.
-pub const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+pub const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "webp", "gif", "tif", "tiff"];
 
 /// The most pixels one image may have (PIL's decompression-bomb limit, `2 × MAX_IMAGE_PIXELS`):
 /// a larger one is refused before its pixels are allocated.
@@ -55,93 +65,226 @@ impl Rgb8 {
     }
 }
 
-/// Decodes a PNG or JPEG file into 8-bit RGB as PIL's `Image.open(path).convert("RGB")` does:
-/// grey replicated into the three channels, alpha dropped. 16-bit images are refused (PIL clips
-/// them to 8 bits rather than scaling, which no model was trained on), and so is an image over
-/// [`MAX_PIXELS`].
+/// Decoded pixels, upright, before their conversion to RGB: interleaved RGB, or RGBA where the
+/// file has transparency (an alpha channel, a transparent palette entry).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodedImage {
+    pub width: usize,
+    pub height: usize,
+    /// 3 or 4.
+    pub channels: usize,
+    pub data: Vec<u8>,
+}
+
+/// How transparency becomes RGB; the two preprocessors differ for transparent images only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alpha {
+    /// Dropped, the colour under it kept: Pillow's `convert("RGB")`, which open_clip uses.
+    Drop,
+    /// Composited over opaque white with Pillow's `alpha_composite` arithmetic, as transformers'
+    /// `convert_to_rgb` does.
+    OverWhite,
+}
+
+impl DecodedImage {
+    pub fn to_rgb(&self, alpha: Alpha) -> Rgb8 {
+        let data = if self.channels == 3 {
+            self.data.clone()
+        } else {
+            self.data
+                .chunks_exact(4)
+                .flat_map(|p| {
+                    let rgb = [p[0], p[1], p[2]];
+                    match alpha {
+                        Alpha::Drop => rgb,
+                        Alpha::OverWhite => rgb.map(|c| over_white(c, p[3])),
+                    }
+                })
+                .collect()
+        };
+        Rgb8 {
+            width: self.width,
+            height: self.height,
+            data,
+        }
+    }
+}
+
+/// One channel `c` of opacity `a` over opaque white, rounded as Pillow's `alpha_composite`:
+/// weights in 7 fractional bits, division by 255 as `((x >> 8) + x) >> 8` after adding half.
+fn over_white(c: u8, a: u8) -> u8 {
+    if a == 0 {
+        return 255;
+    }
+    const BITS: u32 = 7;
+    let (c, a) = (u32::from(c), u32::from(a));
+    // Pillow's general weights: `a·255²·2⁷ / out_alpha` and its complement, where the output
+    // alpha over an opaque background is 255² exactly.
+    let coef1 = a * 255 * 255 * (1 << BITS) / (255 * 255);
+    let coef2 = 255 * (1 << BITS) - coef1;
+    let x = c * coef1 + 255 * coef2 + (0x80 << BITS);
+    ((((x >> 8) + x) >> 8) >> BITS) as u8
+}
+
+/// Decodes a PNG, JPEG, WebP, GIF or TIFF file into upright 8-bit RGB as
+/// `ImageOps.exif_transpose(Image.open(path)).convert("RGB")` does in Pillow; see
+/// [`decode_image`].
 pub fn decode_rgb(path: &Path) -> Result<Rgb8> {
+    Ok(decode_image(path)?.to_rgb(Alpha::Drop))
+}
+
+/// Decodes a PNG, JPEG, WebP, GIF or TIFF file as Pillow reads it: palettes expanded, grey
+/// replicated into the three channels, a GIF's first frame, 16-bit colour samples cut to their
+/// high byte, then the EXIF orientation applied (JPEG, PNG, WebP, TIFF) as
+/// `ImageOps.exif_transpose` does.
+///
+/// Refused, naming the file: 16-bit grey (Pillow clips it to 8 bits rather than scaling, which
+/// no model was trained on), CMYK (decoders turn it into RGB differently), palette and YCbCr
+/// TIFFs, and an image over [`MAX_PIXELS`].
+pub fn decode_image(path: &Path) -> Result<DecodedImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |what: String| Error::input(format!("{}: {what}", path.display()));
-    let reader = || {
-        image::io::Reader::new(Cursor::new(&bytes))
-            .with_guessed_format()
-            .map_err(|e| Error::io(path, e))
-    };
-    match reader()?.format() {
-        Some(ImageFormat::Png) => {}
-        Some(ImageFormat::Jpeg) => {
-            if jpeg_components(&bytes) == Some(4) {
-                return Err(bad(
-                    "CMYK JPEGs are not supported (PIL and the decoder here turn CMYK into RGB \
-                     differently); convert it to RGB first"
-                        .into(),
-                ));
-            }
+    let format = image::guess_format(&bytes).ok();
+    let (image, orientation) = match format {
+        Some(ImageFormat::WebP) => decode_webp(&bytes).map_err(bad)?,
+        Some(
+            format @ (ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Gif | ImageFormat::Tiff),
+        ) => {
+            let container = match format {
+                ImageFormat::Png => Some(Container::Png),
+                ImageFormat::Jpeg => Some(Container::Jpeg),
+                ImageFormat::Tiff => Some(Container::Tiff),
+                _ => None, // GIF has no EXIF
+            };
+            let orientation =
+                container.map_or(Orientation::UPRIGHT, |c| exif::orientation(&bytes, c));
+            (decode_with_image(&bytes, format).map_err(bad)?, orientation)
         }
         Some(other) => {
             return Err(bad(format!(
-                "{other:?} images are not supported (supported: PNG, JPEG)"
+                "{other:?} images are not supported (supported: PNG, JPEG, WebP, GIF, TIFF)"
             )))
         }
-        None => return Err(bad("not a PNG or JPEG image".into())),
-    }
-    let (width, height) = reader()?
-        .into_dimensions()
-        .map_err(|e| bad(format!("cannot read the image header: {e}")))?;
+        None => return Err(bad("not a PNG, JPEG, WebP, GIF or TIFF image".into())),
+    };
+    Ok(orientation.apply(image))
+}
+
+/// Refuses a `width × height` image that has no pixels or more than [`MAX_PIXELS`].
+fn check_size(width: u32, height: u32) -> std::result::Result<(), String> {
     let pixels = u64::from(width) * u64::from(height);
     if pixels > MAX_PIXELS {
-        return Err(bad(format!(
+        return Err(format!(
             "{width}×{height} = {pixels} pixels is over the limit of {MAX_PIXELS}"
-        )));
+        ));
     }
     if pixels == 0 {
-        return Err(bad("the image has no pixels".into()));
+        return Err("the image has no pixels".into());
     }
-    let decoded = reader()?
-        .decode()
-        .map_err(|e| bad(format!("cannot decode: {e}")))?;
-    match decoded.color() {
-        ColorType::L8 | ColorType::La8 | ColorType::Rgb8 | ColorType::Rgba8 => {}
-        other => {
-            return Err(bad(format!(
-                "{other:?} pixels are not supported (8-bit grey, grey+alpha, RGB or RGBA only)"
-            )))
+    Ok(())
+}
+
+/// PNG, JPEG, GIF (first frame) and TIFF through the `image` crate.
+fn decode_with_image(
+    bytes: &[u8],
+    format: ImageFormat,
+) -> std::result::Result<DecodedImage, String> {
+    use image::codecs::{gif::GifDecoder, jpeg::JpegDecoder, png::PngDecoder, tiff::TiffDecoder};
+    let cannot = |e: image::ImageError| format!("cannot decode: {e}");
+    if format == ImageFormat::Jpeg && jpeg_components(bytes) == Some(4) {
+        return Err(
+            "CMYK JPEGs are not supported (PIL and the decoder here turn CMYK into RGB \
+                    differently); convert it to RGB first"
+                .into(),
+        );
+    }
+    fn checked<'a, D: ImageDecoder<'a>>(decoder: D) -> std::result::Result<DynamicImage, String> {
+        let (width, height) = decoder.dimensions();
+        check_size(width, height)?;
+        DynamicImage::from_decoder(decoder).map_err(|e| format!("cannot decode: {e}"))
+    }
+    let cursor = Cursor::new(bytes);
+    let decoded = match format {
+        ImageFormat::Png => checked(PngDecoder::new(cursor).map_err(cannot)?)?,
+        ImageFormat::Jpeg => checked(JpegDecoder::new(cursor).map_err(cannot)?)?,
+        ImageFormat::Gif => checked(GifDecoder::new(cursor).map_err(cannot)?)?,
+        _ => {
+            let decoder = TiffDecoder::new(cursor).map_err(|e| {
+                format!(
+                    "cannot decode: {e} (TIFFs are read in grey, RGB and RGBA; convert palette, \
+                     CMYK or YCbCr ones to RGB first)"
+                )
+            })?;
+            if decoder.original_color_type() == image::ExtendedColorType::Cmyk8 {
+                return Err(
+                    "CMYK TIFFs are not supported (PIL and the decoder here turn CMYK \
+                            into RGB differently); convert it to RGB first"
+                        .into(),
+                );
+            }
+            checked(decoder)?
         }
-    }
-    let rgb = decoded.into_rgb8();
-    Ok(Rgb8 {
-        width: rgb.width() as usize,
-        height: rgb.height() as usize,
-        data: rgb.into_raw(),
+    };
+    let (width, height) = (decoded.width() as usize, decoded.height() as usize);
+    // Pillow unpacks 16-bit colour by keeping each sample's high byte.
+    let high_bytes = |samples: Vec<u16>| samples.iter().map(|&v| (v >> 8) as u8).collect();
+    let (channels, data) = match decoded {
+        DynamicImage::ImageLuma8(_) | DynamicImage::ImageRgb8(_) => {
+            (3, decoded.into_rgb8().into_raw())
+        }
+        DynamicImage::ImageLumaA8(_) | DynamicImage::ImageRgba8(_) => {
+            (4, decoded.into_rgba8().into_raw())
+        }
+        DynamicImage::ImageRgb16(rgb) => (3, high_bytes(rgb.into_raw())),
+        DynamicImage::ImageRgba16(rgba) => (4, high_bytes(rgba.into_raw())),
+        other => {
+            return Err(format!(
+                "{:?} pixels are not supported (8-bit grey, 8- or 16-bit RGB, with or without \
+                 alpha; Pillow clips 16-bit grey to 8 bits instead of scaling it)",
+                other.color()
+            ))
+        }
+    };
+    Ok(DecodedImage {
+        width,
+        height,
+        channels,
+        data,
     })
 }
 
+/// A WebP (lossy or lossless, the first frame of an animation) and the orientation of its EXIF
+/// chunk.
+fn decode_webp(bytes: &[u8]) -> std::result::Result<(DecodedImage, Orientation), String> {
+    let cannot = |e: image_webp::DecodingError| format!("cannot decode: {e}");
+    let mut decoder = image_webp::WebPDecoder::new(Cursor::new(bytes)).map_err(cannot)?;
+    let (width, height) = decoder.dimensions();
+    check_size(width, height)?;
+    let size = decoder
+        .output_buffer_size()
+        .ok_or("the image is too large to decode")?;
+    let mut data = vec![0u8; size];
+    decoder.read_image(&mut data).map_err(cannot)?;
+    let orientation = match decoder.exif_metadata().map_err(cannot)? {
+        Some(exif) => exif::orientation(&exif, Container::WebpExif),
+        None => Orientation::UPRIGHT,
+    };
+    let image = DecodedImage {
+        width: width as usize,
+        height: height as usize,
+        channels: if decoder.has_alpha() { 4 } else { 3 },
+        data,
+    };
+    Ok((image, orientation))
+}
+
 /// The number of colour components a JPEG's frame header declares (3 for YCbCr, 4 for CMYK or
-/// YCCK), or `None` where no frame header is found.
+/// YCCK), or `None` where no frame header is found: a start-of-frame segment holds precision,
+/// height, width, then the component count.
 fn jpeg_components(bytes: &[u8]) -> Option<u8> {
-    // Segments after the SOI marker: 0xFF, a marker byte, a big-endian length that counts
-    // itself; a start-of-frame segment holds precision, height, width, then the component count.
-    let mut at = 2;
-    while at + 4 <= bytes.len() {
-        if bytes[at] != 0xFF {
-            return None;
-        }
-        let marker = bytes[at + 1];
-        if marker == 0xFF {
-            at += 1; // fill byte
-            continue;
-        }
-        let length = usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]));
-        let is_frame = matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC);
-        if is_frame {
-            return bytes.get(at + 9).copied();
-        }
-        if marker == 0xDA {
-            return None; // scan data before any frame header
-        }
-        at += 2 + length;
-    }
-    None
+    exif::jpeg_segments(bytes)
+        .find(|&(marker, _)| matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC))
+        .and_then(|(_, payload)| payload.get(5).copied())
 }
 
 /// PIL's resampling filters (`Image.Resampling`), by the code preprocessor configs store.
@@ -332,9 +475,11 @@ impl CropRounding {
     }
 }
 
-/// A model's image preprocessing: resize, crop, scale to [0, 1], normalise per channel.
+/// A model's image preprocessing: transparency flattened, resize, crop, scale to [0, 1],
+/// normalise per channel.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Preprocess {
+    pub alpha: Alpha,
     pub mode: ResizeMode,
     pub filter: Filter,
     pub crop_rounding: CropRounding,
@@ -353,6 +498,11 @@ impl Preprocess {
             } => (crop_height, crop_width),
             ResizeMode::Squash { width, height } => (height, width),
         }
+    }
+
+    /// The model input of a decoded image: [`Preprocess::pixels`] of its RGB.
+    pub fn pixels_of(&self, image: &DecodedImage) -> Result<Vec<f32>> {
+        self.pixels(&image.to_rgb(self.alpha))
     }
 
     /// The resized and cropped 8-bit image, before scaling and normalisation.
@@ -484,6 +634,7 @@ impl Preprocess {
             return Err(bad("size and crop_size must be positive".into()));
         }
         Ok(Preprocess {
+            alpha: Alpha::OverWhite,
             mode: ResizeMode::ShortestThenCrop {
                 shortest,
                 crop_width,
@@ -538,6 +689,7 @@ impl Preprocess {
             }
         };
         Ok(Preprocess {
+            alpha: Alpha::Drop,
             mode,
             filter,
             crop_rounding: CropRounding::HalfToEven,

@@ -36,6 +36,7 @@ pub mod bert;
 pub mod clip;
 pub mod decoder;
 pub mod decoder_gguf;
+pub mod exif;
 pub mod image;
 pub mod loader;
 pub mod mlp;

@@ -307,6 +307,7 @@ pub fn reference_tensor(file: &str, name: &str) -> (Vec<usize>, Vec<f64>) {
             .chunks_exact(8)
             .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
             .collect(),
+        safetensors::Dtype::U8 => t.data().iter().map(|&b| f64::from(b)).collect(),
         other => panic!("{file}:{name}: unexpected dtype {other:?}"),
     };
     (t.shape().to_vec(), values)
