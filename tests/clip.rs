@@ -28,6 +28,7 @@ backend_tests! {
     text_tower_matches_reference,
     embed_instrument_runs_clip_text,
     f16_weights_stay_within_the_f16_tolerance,
+    a_non_square_open_clip_model_embeds_as_open_clip_does,
 }
 
 const FIXTURES: &str = "tests/fixtures/clip";
@@ -135,7 +136,8 @@ fn preprocessing_is_within_one_level_of_transformers_torchvision_backend() {
 fn preprocessing_matches_open_clip_shortest_and_squash() {
     for mode in ["shortest", "squash"] {
         let cfg = serde_json::json!({"resize_mode": mode, "interpolation": "bicubic"});
-        let preprocess = Preprocess::from_open_clip(Path::new("test"), 40, Some(&cfg)).unwrap();
+        let preprocess =
+            Preprocess::from_open_clip(Path::new("test"), (40, 40), Some(&cfg)).unwrap();
         check_preprocessing(&preprocess, &format!("open_clip_{mode}"), 1e-5);
     }
 }
@@ -738,4 +740,77 @@ fn unsupported_and_broken_files_of_the_new_formats_are_refused() {
         assert!(err.contains(&path.display().to_string()), "{err}");
         assert!(err.contains(&needle), "{err}");
     }
+}
+
+// ---- open_clip's resize modes and non-square inputs (tools/make_image_fixtures.py) ----
+
+const OPEN_CLIP_MODES: &str = "tests/fixtures/images/open_clip_modes.safetensors";
+
+/// "longest" (fit inside, pad with `fill_color`), "shortest" and "squash" for square and
+/// non-square sizes, against open_clip's transforms on PNG photos: f32 rounding only.
+#[test]
+fn open_clip_resize_modes_match_open_clip() {
+    let list: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_path(&format!("{IMAGES}/open_clip_modes.json"))).unwrap(),
+    )
+    .unwrap();
+    let photos: Vec<String> = serde_json::from_value(list["photos"].clone()).unwrap();
+    let modes = list["modes"].as_array().unwrap();
+    assert_eq!(modes.len(), 4);
+    for mode in modes {
+        let name = mode["name"].as_str().unwrap();
+        let (height, width) = match &mode["size"] {
+            serde_json::Value::Array(hw) => (
+                hw[0].as_u64().unwrap() as usize,
+                hw[1].as_u64().unwrap() as usize,
+            ),
+            side => (
+                side.as_u64().unwrap() as usize,
+                side.as_u64().unwrap() as usize,
+            ),
+        };
+        let cfg = serde_json::json!({
+            "resize_mode": mode["resize_mode"],
+            "fill_color": mode["fill_color"],
+            "interpolation": "bicubic",
+        });
+        let preprocess =
+            Preprocess::from_open_clip(Path::new("test"), (height, width), Some(&cfg)).unwrap();
+        assert_eq!(preprocess.output_size(), (height, width));
+        for photo in &photos {
+            let file = Path::new(photo).file_name().unwrap().to_string_lossy();
+            let (shape, want) = reference_tensor(OPEN_CLIP_MODES, &format!("{name}/{file}"));
+            assert_eq!(shape, [3, height, width], "{name}/{file}");
+            let image = decode_image(&repo_path(&format!("{FIXTURES}/photos/{photo}"))).unwrap();
+            let got = preprocess.pixels_of(&image).unwrap();
+            let diff = max_abs(&got, &want);
+            assert!(diff <= 1e-5, "{name}/{file}: max |Δ| {diff}");
+        }
+    }
+}
+
+/// A random-init open_clip model with a 24×32 input and resize_mode "longest": its own
+/// preprocessing of the photos, then the tower, end to end.
+fn a_non_square_open_clip_model_embeds_as_open_clip_does(be: &Arc<dyn Backend>) {
+    let model = load("open_clip-longest", be);
+    let tower = model.image_tower().unwrap();
+    assert_eq!(tower.preprocess().output_size(), (24, 32));
+    let list: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_path(&format!("{IMAGES}/open_clip_modes.json"))).unwrap(),
+    )
+    .unwrap();
+    let photos: Vec<String> = serde_json::from_value(list["photos"].clone()).unwrap();
+    let (_, want_pixels) = reference_tensor(OPEN_CLIP_MODES, "open_clip-longest/pixels");
+    let mut pixels = Vec::new();
+    for photo in &photos {
+        let image = decode_image(&repo_path(&format!("{FIXTURES}/photos/{photo}"))).unwrap();
+        pixels.extend(tower.preprocess().pixels_of(&image).unwrap());
+    }
+    let diff = max_abs(&pixels, &want_pixels);
+    assert!(diff <= 1e-5, "pixels max |Δ| {diff}");
+    let got = be
+        .download(&tower.embed_pixels(&pixels, photos.len()).unwrap())
+        .unwrap();
+    let (_, want) = reference_tensor(OPEN_CLIP_MODES, "open_clip-longest/image_embeds");
+    assert_embeddings("open_clip-longest", &got, &want, tower.embedding_dim());
 }

@@ -19,13 +19,16 @@ Writes under tests/fixtures/images/:
       image (transformers' processor does not transpose: it is given the transposed image)
   open_clip_modes.safetensors
       `MODE/NAME` F32 [3, H, W]: open_clip's inference transform of the CLIP fixture photos for
-      the resize modes and sizes in OPEN_CLIP_MODES
+      the resize modes and sizes in OPEN_CLIP_MODES; `open_clip-longest/pixels` [N, 3, 24, 32]
+      and `open_clip-longest/image_embeds` [N, E]: the model below on those photos
   pickle/tensors.bin  torch.save of f32/f16/bf16 tensors, views with offsets and strides, a
                       shared storage; pickle/tensors.safetensors the same tensors, contiguous
   pickle/os_system.bin
                       a torch-style zip whose pickle calls os.system (refused unexecuted)
-and tests/fixtures/clip/open_clip-pickle/: open_clip-tiny's weights saved by torch.save as
-open_clip_pytorch_model.bin (the older open_clip upload format), with its config and tokenizer.
+and under tests/fixtures/clip/: open_clip-pickle/, open_clip-tiny's weights saved by torch.save
+as open_clip_pytorch_model.bin (the older open_clip upload format), with its config and
+tokenizer; open_clip-longest/, a random-init open_clip model with a non-square 24×32 input and
+resize_mode "longest" (made by make_clip_fixtures.py's helper).
 
 Run from the repository root: tools/.venv/bin/python tools/make_image_fixtures.py
 """
@@ -48,6 +51,8 @@ from PIL import Image, ImageOps
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 from transformers import CLIPImageProcessorPil
+
+import make_clip_fixtures
 
 OUT = Path("tests/fixtures/images")
 CLIP = Path("tests/fixtures/clip")
@@ -165,6 +170,15 @@ def open_clip_modes():
         for photo in OPEN_CLIP_PHOTOS:
             im = Image.open(CLIP / "photos" / photo)
             tensors[f"{name}/{Path(photo).name}"] = transform(im).contiguous()
+    vocab = json.loads((CLIP / "tokenizer.json").read_text())["model"]["vocab"]
+    make_clip_fixtures.VOCAB = len(vocab)
+    preprocess, encode_image, _ = make_clip_fixtures.make_open_clip(
+        "open_clip-longest", 4, True, "longest", [24, 32], 8, "tok"
+    )
+    with torch.no_grad():
+        pixels = preprocess([Image.open(CLIP / "photos" / p) for p in OPEN_CLIP_PHOTOS])
+        tensors["open_clip-longest/pixels"] = pixels.contiguous()
+        tensors["open_clip-longest/image_embeds"] = encode_image(pixels).contiguous()
     save_file(tensors, OUT / "open_clip_modes.safetensors")
     (OUT / "open_clip_modes.json").write_text(
         json.dumps(

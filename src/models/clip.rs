@@ -90,19 +90,25 @@ pub enum VisionPooling {
 #[derive(Clone, Debug, PartialEq)]
 pub struct VisionConfig {
     pub tower: TowerConfig,
-    pub image_size: usize,
+    /// The input's height and width (square but for open_clip configs giving `[h, w]`).
+    pub image_height: usize,
+    pub image_width: usize,
     pub patch_size: usize,
     pub pooling: VisionPooling,
 }
 
 impl VisionConfig {
-    /// Patches along one side.
-    pub fn grid(&self) -> usize {
-        self.image_size / self.patch_size
+    /// Patches down and across.
+    pub fn grid(&self) -> (usize, usize) {
+        (
+            self.image_height / self.patch_size,
+            self.image_width / self.patch_size,
+        )
     }
     /// Tokens per image: the class token and one per patch.
     pub fn tokens(&self) -> usize {
-        self.grid() * self.grid() + 1
+        let (rows, cols) = self.grid();
+        rows * cols + 1
     }
 }
 
@@ -207,7 +213,8 @@ impl ClipConfig {
                     act: act(&vision, "vision_config")?,
                     eps: vision.layer_norm_eps.unwrap_or(1e-5) as f32,
                 },
-                image_size: vision.image_size.unwrap_or(224),
+                image_height: vision.image_size.unwrap_or(224),
+                image_width: vision.image_size.unwrap_or(224),
                 patch_size: vision.patch_size.unwrap_or(32),
                 pooling: VisionPooling::ClassToken,
             },
@@ -340,7 +347,25 @@ impl ClipConfig {
         let v_width = uint(vision, "vision_cfg", "width", Some(768))?;
         let head_width = uint(vision, "vision_cfg", "head_width", Some(64))?;
         let t_width = uint(text_cfg, "text_cfg", "width", Some(512))?;
-        let image_size = uint(vision, "vision_cfg", "image_size", Some(224))?;
+        // An integer, or open_clip's `[height, width]`.
+        let (image_height, image_width) = match vision.get("image_size") {
+            Some(Value::Array(hw)) => match (
+                hw.first().and_then(Value::as_u64),
+                hw.get(1).and_then(Value::as_u64),
+            ) {
+                (Some(h), Some(w)) if hw.len() == 2 => (h as usize, w as usize),
+                _ => {
+                    return Err(bad(format!(
+                        "model_cfg.vision_cfg.image_size {hw:?} is not supported (an integer or \
+                         [height, width])"
+                    )))
+                }
+            },
+            _ => {
+                let side = uint(vision, "vision_cfg", "image_size", Some(224))?;
+                (side, side)
+            }
+        };
         let config = ClipConfig {
             layout: Layout::OpenClip,
             vision: VisionConfig {
@@ -352,7 +377,8 @@ impl ClipConfig {
                     act,
                     eps: 1e-5,
                 },
-                image_size,
+                image_height,
+                image_width,
                 patch_size: uint(vision, "vision_cfg", "patch_size", Some(16))?,
                 pooling: vision_pooling,
             },
@@ -370,7 +396,11 @@ impl ClipConfig {
                 end_of_text,
             },
             embed_dim: uint(model, "model_cfg", "embed_dim", None)?,
-            preprocess: Preprocess::from_open_clip(&path, image_size, root.get("preprocess_cfg"))?,
+            preprocess: Preprocess::from_open_clip(
+                &path,
+                (image_height, image_width),
+                root.get("preprocess_cfg"),
+            )?,
         };
         config.validate(&path)?;
         Ok(config)
@@ -385,19 +415,22 @@ impl ClipConfig {
             return bad(e);
         }
         let v = &self.vision;
-        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
+        if v.patch_size == 0
+            || !v.image_height.is_multiple_of(v.patch_size)
+            || !v.image_width.is_multiple_of(v.patch_size)
+        {
             return bad(format!(
-                "image size {} is not a multiple of patch size {}",
-                v.image_size, v.patch_size
+                "image size {}×{} is not a multiple of patch size {}",
+                v.image_height, v.image_width, v.patch_size
             ));
         }
-        if self.preprocess.output_size() != (v.image_size, v.image_size) {
+        if self.preprocess.output_size() != (v.image_height, v.image_width) {
             return bad(format!(
                 "the preprocessing makes {:?} (height, width) images but the vision tower takes \
                  {}×{}",
                 self.preprocess.output_size(),
-                v.image_size,
-                v.image_size
+                v.image_height,
+                v.image_width
             ));
         }
         if self.embed_dim == 0 || self.text.context_length == 0 || self.text.vocab_size == 0 {
@@ -835,21 +868,21 @@ fn linear(
     be.linear(x, &layer.weight, layer.bias.as_ref(), act, residual, out)
 }
 
-/// The patch matrix of `images` pixel tensors `[3, size, size]` (concatenated): one row per
+/// The patch matrix of `images` pixel tensors `[3, height, width]` (concatenated): one row per
 /// token, `[images·tokens, 3·patch²]`, the class token's row zero, each patch's pixels in
 /// (channel, y, x) order as the convolution's kernel reads them.
 fn im2col(pixels: &[f32], images: usize, vision: &VisionConfig) -> Vec<f32> {
-    let (size, p, grid) = (vision.image_size, vision.patch_size, vision.grid());
+    let (width, p, (_, grid_cols)) = (vision.image_width, vision.patch_size, vision.grid());
     let cols = 3 * p * p;
-    let plane = size * size;
+    let plane = vision.image_height * width;
     let mut out = vec![0.0f32; images * vision.tokens() * cols];
     for (image, rows) in out.chunks_exact_mut(vision.tokens() * cols).enumerate() {
         let src = &pixels[image * 3 * plane..(image + 1) * 3 * plane];
         for (patch, row) in rows.chunks_exact_mut(cols).skip(1).enumerate() {
-            let (gy, gx) = (patch / grid, patch % grid);
+            let (gy, gx) = (patch / grid_cols, patch % grid_cols);
             for c in 0..3 {
                 for ky in 0..p {
-                    let start = c * plane + (gy * p + ky) * size + gx * p;
+                    let start = c * plane + (gy * p + ky) * width + gx * p;
                     let at = (c * p + ky) * p;
                     row[at..at + p].copy_from_slice(&src[start..start + p]);
                 }
@@ -871,14 +904,14 @@ impl ImageTower for ClipModel {
     fn embed_pixels(&self, pixels: &[f32], images: usize) -> Result<Tensor> {
         let be = self.backend.as_ref();
         let v = &self.config.vision;
-        let plane = 3 * v.image_size * v.image_size;
+        let plane = 3 * v.image_height * v.image_width;
         if images == 0 || pixels.len() != images * plane {
             return Err(Error::input(format!(
                 "{} pixel values do not make {images} images of 3×{}×{} (the size the \
                  checkpoint's position embeddings were made for)",
                 pixels.len(),
-                v.image_size,
-                v.image_size
+                v.image_height,
+                v.image_width
             )));
         }
         let tokens = v.tokens();

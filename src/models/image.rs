@@ -447,6 +447,43 @@ pub enum ResizeMode {
     },
     /// Both sides resized to `width × height`, the aspect ratio ignored (open_clip's "squash").
     Squash { width: usize, height: usize },
+    /// Both sides scaled by one factor so the image fits inside `width × height`
+    /// (`fit: Fit::Inside`, open_clip's "longest") or covers it (`Fit::Cover`, open_clip's
+    /// "shortest" for a non-square size), each side rounded half to even; then padded with
+    /// `fill` (grey level) to at least that size, centred, and the centre cut out.
+    KeepRatio {
+        width: usize,
+        height: usize,
+        fit: Fit,
+        fill: u8,
+    },
+}
+
+/// Whether [`ResizeMode::KeepRatio`] scales to fit inside the target or to cover it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fit {
+    Inside,
+    Cover,
+}
+
+/// `image` centred on a `fill`-grey canvas of at least `width × height`, as torchvision's `pad`
+/// before a centre crop: a margin of `m` puts `m / 2` (floor) before the image, the rest after.
+fn pad_to(image: &Rgb8, width: usize, height: usize, fill: u8) -> Rgb8 {
+    if image.width >= width && image.height >= height {
+        return image.clone();
+    }
+    let (out_w, out_h) = (image.width.max(width), image.height.max(height));
+    let (left, top) = ((out_w - image.width) / 2, (out_h - image.height) / 2);
+    let mut data = vec![fill; out_w * out_h * 3];
+    for (y, row) in image.data.chunks_exact(image.width * 3).enumerate() {
+        let at = ((top + y) * out_w + left) * 3;
+        data[at..at + row.len()].copy_from_slice(row);
+    }
+    Rgb8 {
+        width: out_w,
+        height: out_h,
+        data,
+    }
 }
 
 /// Where a centre crop starts when the margin is odd.
@@ -496,7 +533,9 @@ impl Preprocess {
                 crop_height,
                 ..
             } => (crop_height, crop_width),
-            ResizeMode::Squash { width, height } => (height, width),
+            ResizeMode::Squash { width, height } | ResizeMode::KeepRatio { width, height, .. } => {
+                (height, width)
+            }
         }
     }
 
@@ -509,6 +548,34 @@ impl Preprocess {
     pub fn resized(&self, image: &Rgb8) -> Result<Rgb8> {
         match self.mode {
             ResizeMode::Squash { width, height } => Ok(resize(image, width, height, self.filter)),
+            ResizeMode::KeepRatio {
+                width,
+                height,
+                fit,
+                fill,
+            } => {
+                let (w, h) = (image.width, image.height);
+                let (ratio_w, ratio_h) = (w as f64 / width as f64, h as f64 / height as f64);
+                let ratio = match fit {
+                    Fit::Inside => ratio_w.max(ratio_h),
+                    Fit::Cover => ratio_w.min(ratio_h),
+                };
+                // Python's `round(side / ratio)`: halves to even; at least one pixel, as
+                // resizing to nothing is an error in PIL too.
+                let side = |s: usize| ((s as f64 / ratio).round_ties_even() as usize).max(1);
+                let (new_w, new_h) = (side(w), side(h));
+                if (new_w as u64) * (new_h as u64) > MAX_PIXELS {
+                    return Err(Error::input(format!(
+                        "a {w}×{h} image would be resized to {new_w}×{new_h}, over the limit of \
+                         {MAX_PIXELS} pixels"
+                    )));
+                }
+                let resized = resize(image, new_w, new_h, self.filter);
+                let padded = pad_to(&resized, width, height, fill);
+                let left = self.crop_rounding.offset(padded.width - width);
+                let top = self.crop_rounding.offset(padded.height - height);
+                Ok(padded.crop(left, top, width, height))
+            }
             ResizeMode::ShortestThenCrop {
                 shortest,
                 crop_width,
@@ -647,13 +714,28 @@ impl Preprocess {
         })
     }
 
-    /// open_clip's inference transform for a square `image_size` from the `preprocess_cfg` of an
-    /// `open_clip_config.json` (`path` names it in errors): `resize_mode` "shortest" (torchvision's
-    /// `Resize` then `CenterCrop`) or "squash".
-    pub fn from_open_clip(path: &Path, image_size: usize, cfg: Option<&Value>) -> Result<Self> {
+    /// open_clip's inference transform for an image of `(height, width)` from the
+    /// `preprocess_cfg` of an `open_clip_config.json` (`path` names it in errors), as
+    /// `open_clip.transform.image_transform` builds it:
+    /// - `resize_mode` "shortest" (the default): for a square size torchvision's `Resize` of the
+    ///   shortest side then `CenterCrop`; for a non-square one `ResizeKeepRatio` covering the
+    ///   target then `CenterCrop`. open_clip builds that `ResizeKeepRatio` without passing the
+    ///   configured interpolation, so it is bicubic whatever the config says.
+    /// - "longest": `ResizeKeepRatio` fitting inside the target, then `CenterCropOrPad` with
+    ///   `fill_color`.
+    /// - "squash": `Resize` of both sides.
+    ///
+    /// open_clip converts to RGB after resizing, so for palette images (which PIL resizes by
+    /// nearest neighbour) and partly transparent ones (resized premultiplied) its pixels differ
+    /// from those here, which are resized as RGB.
+    pub fn from_open_clip(
+        path: &Path,
+        (height, width): (usize, usize),
+        cfg: Option<&Value>,
+    ) -> Result<Self> {
         let bad =
             |what: String| Error::input(format!("{}: preprocess_cfg: {what}", path.display()));
-        let field = |name: &str| cfg.and_then(|c| c.get(name));
+        let field = |name: &str| cfg.and_then(|c| c.get(name)).filter(|v| !v.is_null());
         let triple = |name: &str, default: [f32; 3]| -> Result<[f32; 3]> {
             match field(name) {
                 None => Ok(default),
@@ -664,27 +746,48 @@ impl Preprocess {
         let interpolation = field("interpolation")
             .and_then(Value::as_str)
             .unwrap_or("bicubic");
-        let filter = Filter::from_name(interpolation).ok_or_else(|| {
+        let mut filter = Filter::from_name(interpolation).ok_or_else(|| {
             bad(format!(
                 "interpolation {interpolation:?} is not supported (bicubic, bilinear)"
             ))
         })?;
+        let fill = match field("fill_color") {
+            None => 0,
+            Some(v) => v
+                .as_u64()
+                .filter(|&f| f <= 255)
+                .ok_or_else(|| bad(format!("fill_color {v} is not a grey level 0–255")))?
+                as u8,
+        };
         let mode = match field("resize_mode")
             .and_then(Value::as_str)
             .unwrap_or("shortest")
         {
-            "shortest" => ResizeMode::ShortestThenCrop {
-                shortest: image_size,
-                crop_width: image_size,
-                crop_height: image_size,
+            "shortest" if width == height => ResizeMode::ShortestThenCrop {
+                shortest: width,
+                crop_width: width,
+                crop_height: height,
             },
-            "squash" => ResizeMode::Squash {
-                width: image_size,
-                height: image_size,
+            "shortest" => {
+                filter = Filter::Bicubic;
+                ResizeMode::KeepRatio {
+                    width,
+                    height,
+                    fit: Fit::Cover,
+                    // torchvision's CenterCrop pads with 0 (reached only through rounding).
+                    fill: 0,
+                }
+            }
+            "longest" => ResizeMode::KeepRatio {
+                width,
+                height,
+                fit: Fit::Inside,
+                fill,
             },
+            "squash" => ResizeMode::Squash { width, height },
             other => {
                 return Err(bad(format!(
-                    "resize_mode {other:?} is not supported (shortest, squash)"
+                    "resize_mode {other:?} is not supported (shortest, longest, squash)"
                 )))
             }
         };
