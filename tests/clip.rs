@@ -380,12 +380,14 @@ fn bad_model_directories_get_clear_errors() {
         Err(e) => e.to_string(),
     };
 
-    // A pickled checkpoint only: refused with the command that converts it.
+    // A legacy (not zip) pickled checkpoint: refused with the command that converts it.
     write_config(&config);
     std::fs::write(dir.path().join("open_clip_pytorch_model.bin"), b"pickle").unwrap();
     let err = load_err();
     assert!(
-        err.contains("st.save_file") && err.contains("open_clip_model.safetensors"),
+        err.contains("legacy format")
+            && err.contains("st.save_file")
+            && err.contains("open_clip_model.safetensors"),
         "{err}"
     );
 
@@ -813,4 +815,59 @@ fn a_non_square_open_clip_model_embeds_as_open_clip_does(be: &Arc<dyn Backend>) 
         .unwrap();
     let (_, want) = reference_tensor(OPEN_CLIP_MODES, "open_clip-longest/image_embeds");
     assert_embeddings("open_clip-longest", &got, &want, tower.embedding_dim());
+}
+
+// ---- torch.save checkpoints through the restricted unpickler (tools/make_image_fixtures.py) ----
+
+const PICKLES: &str = "tests/fixtures/images/pickle";
+
+/// f32, f16 and bf16 tensors, a 0-d one, a transposed view and an offset slice sharing one
+/// storage: the bytes torch.save stored, made contiguous, equal safetensors' exactly.
+#[test]
+fn pickled_tensors_load_as_torch_saved_them() {
+    use mscope::weights::torch_pickle::read_torch_checkpoint;
+    let tensors = read_torch_checkpoint(&repo_path(&format!("{PICKLES}/tensors.bin"))).unwrap();
+    let reference = std::fs::read(repo_path(&format!("{PICKLES}/tensors.safetensors"))).unwrap();
+    let reference = safetensors::SafeTensors::deserialize(&reference).unwrap();
+    assert_eq!(tensors.len(), reference.len());
+    for (name, tensor) in &tensors {
+        let want = reference.tensor(name).unwrap();
+        assert_eq!(tensor.dtype, want.dtype(), "{name}");
+        assert_eq!(tensor.shape, want.shape(), "{name}");
+        assert_eq!(tensor.bytes, want.data(), "{name}");
+    }
+}
+
+/// A pickle whose value is made by calling `os.system` is refused, naming the global, before
+/// anything is built.
+#[test]
+fn a_pickle_calling_os_system_is_refused() {
+    let path = repo_path(&format!("{PICKLES}/os_system.bin"));
+    let err = mscope::weights::torch_pickle::read_torch_checkpoint(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("os_system.bin") && err.contains("`posix.system`") && err.contains("refused"),
+        "{err}"
+    );
+}
+
+/// open_clip's older upload format: the same model as open_clip-tiny, saved by torch.save as
+/// a state dict (an OrderedDict with `_metadata`), embeds images and texts identically.
+#[test]
+fn an_open_clip_pytorch_model_bin_loads_like_its_safetensors() {
+    let be: Arc<dyn Backend> = Arc::new(mscope::backend::cpu::CpuBackend::new());
+    let model = load("open_clip-pickle", &be);
+    let (shape, pixels) = reference_tensor(REFERENCE, "open_clip-tiny/pixels");
+    let pixels: Vec<f32> = pixels.iter().map(|&v| v as f32).collect();
+    let got = be
+        .download(&model.embed_pixels(&pixels, shape[0]).unwrap())
+        .unwrap();
+    let (_, want) = reference_tensor(REFERENCE, "open_clip-tiny/image_embeds");
+    assert_embeddings(
+        "open_clip-pickle",
+        &got,
+        &want,
+        Encoder::embedding_dim(&model),
+    );
 }

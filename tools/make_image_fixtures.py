@@ -223,8 +223,11 @@ def write_pickles():
     model.mkdir()
     for name in ["open_clip_config.json", "tokenizer.json"]:
         shutil.copy(CLIP / "open_clip-tiny" / name, model / name)
-    state = load_file(CLIP / "open_clip-tiny" / "open_clip_model.safetensors")
-    torch.save(state, model / "open_clip_pytorch_model.bin")
+    # A real state dict (an OrderedDict carrying `_metadata`), as open_clip's uploads hold.
+    config = json.loads((CLIP / "open_clip-tiny" / "open_clip_config.json").read_text())
+    clip = open_clip.model.CLIP(**config["model_cfg"])
+    clip.load_state_dict(load_file(CLIP / "open_clip-tiny" / "open_clip_model.safetensors"))
+    torch.save(clip.state_dict(), model / "open_clip_pytorch_model.bin")
 
 
 def main():

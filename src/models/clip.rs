@@ -1,7 +1,8 @@
 //! CLIP: a vision transformer and a causal text transformer, each ending in a projection into
 //! one shared embedding space, read from Hugging Face `CLIPModel` directories (`config.json`
 //! `model_type: clip`, `model.safetensors`, `preprocessor_config.json`) or open_clip ones
-//! (`open_clip_config.json`, `open_clip_model.safetensors`).
+//! (`open_clip_config.json`, `open_clip_model.safetensors` or the older uploads'
+//! `open_clip_pytorch_model.bin`, read without executing its pickle: [`crate::weights::torch_pickle`]).
 //!
 //! Both towers are pre-LN transformers: `h = x + out(attn(qkv(LN₁(x))))`,
 //! `x' = h + fc₂(act(fc₁(LN₂(h))))`, with quick_gelu or gelu as configured.
@@ -699,31 +700,19 @@ impl ClipModel {
     }
 }
 
-/// The weights file of an open_clip directory; a pickled checkpoint is refused with the command
-/// that converts it.
+/// The weights file of an open_clip directory: `open_clip_model.safetensors`, else the older
+/// uploads' `open_clip_pytorch_model.bin` (read by the restricted unpickler, which runs no code).
 fn open_clip_weights(dir: &Path) -> Result<PathBuf> {
-    let path = dir.join(OPEN_CLIP_WEIGHTS);
-    if path.is_file() {
-        return Ok(path);
-    }
-    let pickle = dir.join(OPEN_CLIP_PICKLE);
-    if pickle.is_file() {
-        return Err(Error::weights(
-            &pickle,
-            format!(
-                "pickled checkpoints are not read; convert it once with\n  python -c \"import \
-                 torch, safetensors.torch as st; sd = torch.load('{}', map_location='cpu', \
-                 weights_only=True); st.save_file({{k: v.contiguous() for k, v in sd.items()}}, \
-                 '{}')\"",
-                pickle.display(),
-                path.display()
-            ),
-        ));
-    }
-    Err(Error::weights(
-        dir,
-        format!("no {OPEN_CLIP_WEIGHTS} in this directory"),
-    ))
+    [OPEN_CLIP_WEIGHTS, OPEN_CLIP_PICKLE]
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|path| path.is_file())
+        .ok_or_else(|| {
+            Error::weights(
+                dir,
+                format!("no {OPEN_CLIP_WEIGHTS} or {OPEN_CLIP_PICKLE} in this directory"),
+            )
+        })
 }
 
 /// A tower's final LayerNorm `norm` and its projection, stored as `[embed_dim, width]` by

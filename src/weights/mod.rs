@@ -6,7 +6,9 @@
 //! tensors are borrowed zero-copy only on little-endian hosts when 4-byte aligned.
 //!
 //! Single-file GGUF checkpoints (llama.cpp's, quantised or not) are read by [`gguf`], which
-//! shares the mapping helper here.
+//! shares the mapping helper here. PyTorch's zip checkpoints (`.bin` written by `torch.save`) are
+//! read by the restricted unpickler of [`torch_pickle`] into an anonymous map laid out as a
+//! safetensors data section would be.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +28,7 @@ use crate::tensor::{DType, HostData, HostTensor, SharedBytes};
 pub mod gguf;
 mod gguf_metadata;
 mod quant;
+pub mod torch_pickle;
 
 pub use gguf::Gguf;
 
@@ -99,6 +102,8 @@ impl Weights {
             }
         } else if path.to_string_lossy().ends_with(".index.json") {
             Self::open_index(path)
+        } else if path.extension().is_some_and(|e| e == "bin") {
+            Self::open_torch(path)
         } else {
             Self::open_single(path)
         }
@@ -160,6 +165,46 @@ impl Weights {
             let entry = entry(file, &weights.files[file], info);
             weights.tensors.insert(name.clone(), entry);
         }
+        Ok(weights)
+    }
+
+    /// A `torch.save` checkpoint: its tensors copied, contiguous and 8-byte aligned, into one
+    /// anonymous map, so every reader below works on it as on a safetensors file.
+    fn open_torch(path: &Path) -> Result<Weights> {
+        let tensors = torch_pickle::read_torch_checkpoint(path)?;
+        let align = |n: usize| n.div_ceil(8) * 8;
+        let total: usize = tensors.iter().map(|(_, t)| align(t.bytes.len())).sum();
+        let mut map = memmap2::MmapOptions::new()
+            .len(total.max(1))
+            .map_anon()
+            .map_err(|e| Error::weights(path, format!("cannot allocate {total} bytes: {e}")))?;
+        let mut weights = Weights::empty(path);
+        let mut at = 0;
+        for (name, tensor) in tensors {
+            let end = at + tensor.bytes.len();
+            map[at..end].copy_from_slice(&tensor.bytes);
+            let entry = Entry {
+                file: 0,
+                dtype: tensor.dtype,
+                shape: tensor.shape,
+                bytes: at..end,
+            };
+            if weights.tensors.insert(name.clone(), entry).is_some() {
+                return Err(Error::weights(
+                    path,
+                    format!("tensor `{name}` appears twice"),
+                ));
+            }
+            at = align(end);
+        }
+        let map = map
+            .make_read_only()
+            .map_err(|e| Error::weights(path, format!("cannot map: {e}")))?;
+        weights.files.push(MappedFile {
+            path: path.to_path_buf(),
+            map: Arc::new(map),
+            data_start: 0,
+        });
         Ok(weights)
     }
 
