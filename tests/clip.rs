@@ -871,3 +871,55 @@ fn an_open_clip_pytorch_model_bin_loads_like_its_safetensors() {
         Encoder::embedding_dim(&model),
     );
 }
+
+/// `--images LIST.csv`: rows in the list's order, paths relative to it, labels from the column
+/// named by `--label-field`, the image column named by `--image-field`.
+#[test]
+fn cli_embeds_an_image_list_with_its_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("imgs")).unwrap();
+    for photo in ["people/astronaut.png", "animals/chelsea.png"] {
+        let name = Path::new(photo).file_name().unwrap();
+        std::fs::copy(
+            repo_path(&format!("{FIXTURES}/photos/{photo}")),
+            dir.path().join("imgs").join(name),
+        )
+        .unwrap();
+    }
+    let list = dir.path().join("list.csv");
+    std::fs::write(
+        &list,
+        "path,kind\nimgs/astronaut.png,person\nimgs/chelsea.png,cat\n",
+    )
+    .unwrap();
+    let out = dir.path().join("list.safetensors");
+    common::run_mscope_ok(&[
+        "embed",
+        "--model",
+        model_dir("open_clip-tiny").to_str().unwrap(),
+        "--images",
+        list.to_str().unwrap(),
+        "--image-field",
+        "path",
+        "--label-field",
+        "kind",
+        "--out",
+        out.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
+    let file = mscope::io::embeddings::EmbeddingsFile::read(&out).unwrap();
+    assert_eq!(file.label_names, ["cat", "person"]);
+    assert_eq!(file.labels, [1, 0]);
+    let (_, want) = reference_tensor(REFERENCE, "open_clip-tiny/image_embeds");
+    let references = photos();
+    for (row, name) in ["astronaut.png", "chelsea.png"].iter().enumerate() {
+        let i = references.iter().position(|p| p.ends_with(name)).unwrap();
+        let want_row: Vec<f32> = want[i * file.dim..(i + 1) * file.dim]
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let cos = cosine(file.row(row), &want_row);
+        assert!(cos >= MIN_COSINE, "{name}: cosine {cos}");
+    }
+}

@@ -272,7 +272,7 @@ mod tests {
         ];
         for (content, needle) in cases {
             std::fs::write(&csv, content).unwrap();
-            let err = collect_images(&[csv.clone()], &fields())
+            let err = collect_images(std::slice::from_ref(&csv), &fields())
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(needle), "{err}");

@@ -481,7 +481,7 @@ fn global(module: &str, name: &str) -> std::result::Result<Global, String> {
 
 /// Key-value pairs from a flat list `k₁ v₁ k₂ v₂ …`.
 fn pairs(items: Vec<Value>, at: usize) -> std::result::Result<Vec<(Value, Value)>, String> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err(format!("an odd number of dict items at byte {at}"));
     }
     let mut out = Vec::with_capacity(items.len() / 2);
