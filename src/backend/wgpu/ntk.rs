@@ -218,3 +218,30 @@ pub(super) fn jl_project(
     }
     Ok(())
 }
+
+pub(super) fn ntk_contract_seq(
+    _be: &WgpuBackend,
+    _rows: crate::backend::SeqFactors<'_>,
+    _cols: crate::backend::SeqFactors<'_>,
+    _pairing: crate::backend::TokenPairing<'_>,
+    _samples: Range<usize>,
+    _out: &mut Tensor,
+) -> Result<()> {
+    Err(crate::Error::Unsupported {
+        backend: "wgpu",
+        op: "ntk_contract_seq",
+    })
+}
+
+pub(super) fn ntk_sample_gradients(
+    _be: &WgpuBackend,
+    _factors: crate::backend::SeqFactors<'_>,
+    _acts: &Tensor,
+    _offset: f32,
+    _out: &mut Tensor,
+) -> Result<()> {
+    Err(crate::Error::Unsupported {
+        backend: "wgpu",
+        op: "ntk_sample_gradients",
+    })
+}
