@@ -9,33 +9,16 @@ mod common;
 
 use std::ops::Range;
 
-use common::{rel_error_f64, Rng};
+use common::{backend_tests, rel_error_f64, wgpu_with, Rng};
 use mscope::backend::cpu::CpuBackend;
-use mscope::backend::{Backend, SeqFactors, SeqLayout, Tensor, TokenPairing};
+use mscope::backend::wgpu::WgpuOptions;
+use mscope::backend::{Backend, GemmVariant, SeqFactors, SeqLayout, Tensor, TokenPairing};
 
-// The CPU reference alone until the wgpu and CUDA kernels land; then `backend_tests!`.
-mod cpu {
-    use mscope::backend::cpu::CpuBackend;
-
-    #[test]
-    fn seq_linear_form_matches_materialised_gradients() {
-        super::seq_linear_form_matches_materialised_gradients(&CpuBackend::new());
-    }
-
-    #[test]
-    fn seq_embedding_form_matches_scattered_gradients() {
-        super::seq_embedding_form_matches_scattered_gradients(&CpuBackend::new());
-    }
-
-    #[test]
-    fn sample_gradients_match_the_reference_and_the_token_form() {
-        super::sample_gradients_match_the_reference_and_the_token_form(&CpuBackend::new());
-    }
-
-    #[test]
-    fn seq_ops_refuse_bad_shapes() {
-        super::seq_ops_refuse_bad_shapes(&CpuBackend::new());
-    }
+backend_tests! {
+    seq_linear_form_matches_materialised_gradients: Ntk,
+    seq_embedding_form_matches_scattered_gradients: Ntk,
+    sample_gradients_match_the_reference_and_the_token_form: Ntk,
+    seq_ops_refuse_bad_shapes: Ntk,
 }
 
 /// Classes side by side in each gradient row, as the MLP factors hold them.
@@ -312,6 +295,25 @@ fn sample_gradients_match_the_reference_and_the_token_form(be: &dyn Backend) {
             "{} materialised and token-level forms, offset {offset}: {err:e}",
             be.name()
         );
+    }
+}
+
+/// wgpu with a storage-binding cap of 8 KiB: factors held in parts of a few dozen token rows
+/// and a 45×45-token scratch tile, so chunks of the token Gram cut through samples, with both
+/// contraction variants. (`ntk_sample_gradients` reads its factors from one binding each.)
+#[test]
+fn wgpu_seq_contraction_runs_on_split_operands() {
+    for variant in [GemmVariant::Tiled, GemmVariant::Direct] {
+        let options = WgpuOptions {
+            max_binding_bytes: Some(8 << 10),
+            gemm: Some(variant),
+            ..WgpuOptions::from_env()
+        };
+        let Some(be) = wgpu_with(&options) else {
+            return;
+        };
+        seq_linear_form_matches_materialised_gradients(&be);
+        seq_embedding_form_matches_scattered_gradients(&be);
     }
 }
 
