@@ -9,8 +9,8 @@ mod common;
 
 use std::ops::Range;
 
-use common::{backend_tests, rel_error_f64, wgpu_with, Rng};
-use mscope::backend::cpu::CpuBackend;
+use common::{backend_tests, cuda_with, rel_error_f64, wgpu_with, Rng};
+use mscope::backend::cuda::{CudaBackend, CudaOptions};
 use mscope::backend::wgpu::WgpuOptions;
 use mscope::backend::{Backend, GemmVariant, SeqFactors, SeqLayout, Tensor, TokenPairing};
 
@@ -19,6 +19,7 @@ backend_tests! {
     seq_embedding_form_matches_scattered_gradients: Ntk,
     sample_gradients_match_the_reference_and_the_token_form: Ntk,
     seq_ops_refuse_bad_shapes: Ntk,
+    seq_contraction_spans_token_chunks: Ntk,
 }
 
 /// Classes side by side in each gradient row, as the MLP factors hold them.
@@ -317,11 +318,25 @@ fn wgpu_seq_contraction_runs_on_split_operands() {
     }
 }
 
-/// Longer than the CPU's Gram chunk (`GRAM_CHUNK` entries of row × column tokens): the row
-/// samples are contracted in several chunks.
+/// Every CUDA contraction variant under the token-level form (skipped without a device).
 #[test]
-fn cpu_seq_contraction_spans_gram_chunks() {
-    let be = CpuBackend::new();
+fn cuda_seq_forms_run_on_every_contraction_variant() {
+    for variant in CudaBackend::NTK_VARIANTS {
+        let Some(be) = cuda_with(&CudaOptions {
+            ntk: Some(variant),
+            ..CudaOptions::from_env()
+        }) else {
+            return;
+        };
+        seq_linear_form_matches_materialised_gradients(&be);
+        seq_embedding_form_matches_scattered_gradients(&be);
+    }
+}
+
+/// More tokens than one chunk of the token Gram on every backend (the CPU's 2²² entries, wgpu's
+/// 512 and CUDA's 2048 tokens a side): chunks cut through samples and each pair's sum is
+/// gathered from several of them.
+fn seq_contraction_spans_token_chunks(be: &dyn Backend) {
     let mut rng = Rng::new(173);
     let (p, q) = (2, 3);
     let (r_lengths, c_lengths): (Vec<usize>, Vec<usize>) = (
@@ -342,8 +357,8 @@ fn cpu_seq_contraction_spans_gram_chunks() {
     );
     let (n_r, n_c) = (lr.num_sequences(), lc.num_sequences());
     let mut out = be.zeros(&[n_r, n_c]).unwrap();
-    let (tdr, tdc) = (upload(&be, &dr, p), upload(&be, &dc, p));
-    let (tar, tac) = (upload(&be, &ar, q), upload(&be, &ac, q));
+    let (tdr, tdc) = (upload(be, &dr, p), upload(be, &dc, p));
+    let (tar, tac) = (upload(be, &ar, q), upload(be, &ac, q));
     be.ntk_contract_seq(
         SeqFactors {
             delta: &tdr,
@@ -379,7 +394,7 @@ fn cpu_seq_contraction_spans_gram_chunks() {
     let g_c: Vec<_> = (0..n_c).map(|j| gradient(&lc, &dc, &ac, j)).collect();
     let want = kernel_reference(&g_r, &g_c, &(0..n_c), &vec![0.0; n_r * n_c]);
     let err = rel_error_f64(&widen(&be.download(&out).unwrap()), &want);
-    assert!(err < 1e-5, "chunked contraction: {err:e}");
+    assert!(err < 1e-5, "{} chunked contraction: {err:e}", be.name());
 }
 
 /// A call given the right output and one of the wrong shape.

@@ -194,6 +194,13 @@ impl SeqLayout {
         (0..self.num_sequences()).flat_map(|s| 0..self.range(s).len())
     }
 
+    /// The sequences whose rows meet `rows` (and any empty ones between them).
+    pub fn sequences_meeting(&self, rows: &std::ops::Range<usize>) -> std::ops::Range<usize> {
+        let n = self.num_sequences();
+        self.starts[1..].partition_point(|&end| end <= rows.start)
+            ..self.starts[..n].partition_point(|&start| start < rows.end)
+    }
+
     pub fn max_len(&self) -> usize {
         (0..self.num_sequences())
             .map(|i| self.range(i).len())

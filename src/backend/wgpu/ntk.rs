@@ -15,7 +15,7 @@ use super::kernels::Kernel;
 use super::memory::WgpuStorage;
 use super::WgpuBackend;
 use crate::backend::{
-    shapes, GemmVariant, JlDistribution, JlSpec, SeqFactors, SeqLayout, Tensor, TokenPairing,
+    shapes, GemmVariant, JlDistribution, JlSpec, SeqFactors, Tensor, TokenPairing,
 };
 use crate::error::Result;
 
@@ -252,14 +252,6 @@ const GRADIENT_THREADS: usize = 64;
 /// limit (`(512·512)/64` strided steps at most).
 const SEQ_CHUNK: usize = 512;
 
-/// The samples of `layout` whose tokens meet `tokens` (plus any empty ones between them).
-fn samples_touching(layout: &SeqLayout, tokens: &Range<usize>) -> Range<usize> {
-    let starts = layout.starts();
-    let n = layout.num_sequences();
-    starts[1..].partition_point(|&end| end <= tokens.start)
-        ..starts[..n].partition_point(|&start| start < tokens.end)
-}
-
 /// The token-level form: per chunk of row × column tokens, `contract_*` writes the chunk's
 /// weighted Gram into a scratch tile (one storage binding) and `seq_segment_sum` adds each
 /// sample pair's share to `out`, clearing the tile as it reads it.
@@ -320,10 +312,10 @@ pub(super) fn ntk_contract_seq(
     };
     for r0 in row_tokens.clone().step_by(chunk_r) {
         let rt = r0..(r0 + chunk_r).min(row_tokens.end);
-        let row_samples = samples_touching(rows.layout, &rt);
+        let row_samples = rows.layout.sequences_meeting(&rt);
         for c0 in col_tokens.clone().step_by(chunk_c) {
             let ct = c0..(c0 + chunk_c).min(col_tokens.end);
-            let col_samples = samples_touching(cols.layout, &ct);
+            let col_samples = cols.layout.sequences_meeting(&ct);
             contract_block(
                 backend,
                 "ntk_contract_seq",
