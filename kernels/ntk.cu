@@ -13,6 +13,18 @@
 //                              written to global memory.
 //   jl_project_v1            — the 64×64 tile product with the Y operand P generated per slice
 //                              (Rademacher or Gaussian), `accumulate` adds to out.
+//
+// The sequence forms (`ntk_contract_seq`, `ntk_sample_gradients`):
+//   ntk_seq_segment_sum      — the token-level form's second half: the host contracts one chunk
+//                              of row tokens × column tokens with ntk_contract_v* into a scratch
+//                              Gram tile, and one warp per sample pair sums the pair's rectangle
+//                              of it into out (the embedding form: only pairs of equal ids),
+//                              clearing the entries it reads so the tile is zero for the next
+//                              chunk. Lanes stride over the rectangle and a fixed shuffle tree
+//                              combines them: the sum does not depend on scheduling.
+//   ntk_sample_gradients_tiled — the materialised form: each sample's Σ_t δ_tᵀ[a_t, √offset] as
+//                              a tile product over its tokens (tile.cuh), one 64×64 tile of the
+//                              [p, q + 1] gradient per block.
 #include "common.cuh"
 #include "tile.cuh"
 
@@ -49,6 +61,79 @@ ntk_contract_v2_tiled(const float* __restrict__ dr, const float* __restrict__ dc
             const int col = col0 + tx * 4 + j;
             if (row < n_r && col < n_c)
                 out[(size_t)row * n_c + col] += ar ? grad[i][j] * (act[i][j] + offset) : grad[i][j];
+        }
+    }
+}
+
+// --- sequence forms ---------------------------------------------------------------------------
+
+// Must match `SegmentShape` in src/backend/cuda/ntk.rs.
+struct SegmentShape {
+    int first_r, first_c;  // first row / column sample meeting the chunk
+    int pairs_r, pairs_c;  // samples meeting the chunk on each side
+    int r0, c0;            // first row / column token of the chunk
+    int len_r, len_c;      // tokens of the chunk; len_c is the tile's row stride
+    int out_col, out_stride;
+    int embedding;         // 1: only token pairs of equal ids count
+};
+
+// Block (32, 8): warp y of block (x, y) takes row sample first_r + blockIdx.y and column sample
+// first_c + blockIdx.x·8 + threadIdx.y.
+extern "C" __global__ void ntk_seq_segment_sum(float* __restrict__ gram, const int* __restrict__ row_starts,
+                                               const int* __restrict__ col_starts,
+                                               const unsigned* __restrict__ row_ids,
+                                               const unsigned* __restrict__ col_ids, float* __restrict__ out,
+                                               SegmentShape s) {
+    const int pair_c = blockIdx.x * blockDim.y + threadIdx.y;
+    if (pair_c >= s.pairs_c) return;  // whole warps leave together: the shuffles stay full
+    const int i = s.first_r + blockIdx.y, j = s.first_c + pair_c;
+    const int t0 = max(row_starts[i], s.r0), t1 = max(min(row_starts[i + 1], s.r0 + s.len_r), t0);
+    const int u0 = max(col_starts[j], s.c0), u1 = max(min(col_starts[j + 1], s.c0 + s.len_c), u0);
+    const int w = u1 - u0, cells = w * (t1 - t0);
+    float sum = 0.0f;
+    for (int e = threadIdx.x; e < cells; e += 32) {
+        const int t = t0 + e / w, u = u0 + e % w;
+        float* cell = gram + (size_t)(t - s.r0) * s.len_c + (u - s.c0);
+        const float v = *cell;
+        *cell = 0.0f;
+        if (!s.embedding || row_ids[t] == col_ids[u]) sum += v;
+    }
+    sum = warp_sum(sum);
+    if (threadIdx.x == 0) out[(size_t)i * s.out_stride + (j - s.out_col)] += sum;
+}
+
+// Must match `GradientShape` in src/backend/cuda/ntk.rs.
+struct GradientShape {
+    int p, q;
+    float bias_input;  // √offset, the bias column's input
+};
+
+// Block (x, y, z): columns 64·x.. and rows 64·y.. of sample z's [p, q + 1] gradient.
+extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+ntk_sample_gradients_tiled(const float* __restrict__ delta, const float* __restrict__ acts,
+                           const int* __restrict__ starts, float* __restrict__ out, GradientShape s) {
+    const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+    const int row0 = blockIdx.y * TILE_M, col0 = blockIdx.x * TILE_N;
+    const int first = starts[blockIdx.z], tokens = starts[blockIdx.z + 1] - first;
+    const int width = s.q + 1;
+    float acc[4][4] = {};
+    // X(o, t) = δ[first + t, o] and Y(k, t) = [a_{first + t}, √offset][k]: the contracted index is
+    // the token.
+    tile_product(
+        acc, row0, col0, tokens,
+        [&](int o, int t) { return (o < s.p && t < tokens) ? delta[(size_t)(first + t) * s.p + o] : 0.0f; },
+        [&](int k, int t) {
+            if (t >= tokens || k > s.q) return 0.0f;
+            return k == s.q ? s.bias_input : acts[(size_t)(first + t) * s.q + k];
+        });
+    float* g = out + (size_t)blockIdx.z * s.p * width;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int o = row0 + ty * 4 + i;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int k = col0 + tx * 4 + j;
+            if (o < s.p && k < width) g[(size_t)o * width + k] = acc[i][j];
         }
     }
 }

@@ -11,7 +11,7 @@ use mscope::backend::cpu::CpuBackend;
 use mscope::backend::wgpu::{list_adapters, WgpuBackend, WgpuOptions};
 use mscope::backend::{
     self, Activation, AttentionSpec, Backend, BackendKind, GemmVariant, OpFamily, RopeSpec,
-    SeqLayout, TrimReference, TrimSpec, W2Grid,
+    SeqFactors, SeqLayout, TokenPairing, TrimReference, TrimSpec, W2Grid,
 };
 use mscope::bench::cases::reference;
 use mscope::tensor::DType;
@@ -508,5 +508,98 @@ fn gemm_variants_run_to_llvmpipes_loop_limit_and_refuse_past_it() {
             let err = rel_error(&be.download(&out).unwrap(), &cpu.download(&want).unwrap());
             assert!(err < 1e-5, "{variant} k = {k}: relative error {err}");
         }
+    }
+}
+
+#[test]
+fn ntk_seq_ops_run_to_llvmpipes_loop_limit_and_refuse_past_it() {
+    // The token-level form's bound is its contraction's: p + q = 36 448 on the tiled kernel and
+    // 52 427 on the direct one are admitted, a slab (or a step) more refused. The materialised
+    // form loops over a sample's tokens: 52 427 admitted, 52 428 refused. The longest admitted
+    // cases must be summed in full.
+    let cpu = CpuBackend::new();
+    let mut rng = Rng::new(41);
+    let q = 448;
+    for (variant, admitted, refused) in [
+        (GemmVariant::Tiled, 36_448, 36_464),
+        (GemmVariant::Direct, 52_427, 52_428),
+    ] {
+        let Some(be) = open(WgpuOptions {
+            gemm: Some(variant),
+            ..Default::default()
+        }) else {
+            return;
+        };
+        if be.adapter_info().driver != "llvmpipe" {
+            return skip("the loop limit is llvmpipe's");
+        }
+        let layout = SeqLayout::from_lengths([2, 1, 3]);
+        let t = layout.num_tokens();
+        for depth in [admitted, refused] {
+            let p = depth - q;
+            let (d, a) = (rng.vec(t * p), rng.vec(t * q));
+            let run = |be: &dyn Backend| {
+                let (d, a) = (upload(be, &[t, p], &d), upload(be, &[t, q], &a));
+                let side = SeqFactors {
+                    delta: &d,
+                    layout: &layout,
+                };
+                let pairing = TokenPairing::Linear {
+                    rows: &a,
+                    cols: &a,
+                    offset: 1.0,
+                };
+                let mut out = be.zeros(&[3, 3]).unwrap();
+                be.ntk_contract_seq(side, side, pairing, 0..3, &mut out)
+                    .map(|()| be.download(&out).unwrap())
+            };
+            let result = run(&be);
+            if depth == refused {
+                let err = result.unwrap_err().to_string();
+                assert!(
+                    err.contains(&format!(
+                        "ntk_contract_seq over {p} gradient and {q} activation"
+                    )),
+                    "{err}"
+                );
+                continue;
+            }
+            let err = rel_error(&result.unwrap(), &run(&cpu).unwrap());
+            assert!(
+                err < 1e-5,
+                "{variant} p + q = {depth}: relative error {err}"
+            );
+        }
+    }
+
+    let Some(be) = open(WgpuOptions::default()) else {
+        return;
+    };
+    if be.adapter_info().driver != "llvmpipe" {
+        return skip("the loop limit is llvmpipe's");
+    }
+    let (p, q) = (2, 1);
+    for (tokens, admitted) in [(52_427, true), (52_428, false)] {
+        let layout = SeqLayout::from_lengths([1, tokens]);
+        let t = layout.num_tokens();
+        let (d, a) = (rng.vec(t * p), rng.vec(t * q));
+        let run = |be: &dyn Backend| {
+            let (d, a) = (upload(be, &[t, p], &d), upload(be, &[t, q], &a));
+            let side = SeqFactors {
+                delta: &d,
+                layout: &layout,
+            };
+            let mut out = poisoned(be, &[2, p * (q + 1)]);
+            be.ntk_sample_gradients(side, &a, 1.0, &mut out)
+                .map(|()| be.download(&out).unwrap())
+        };
+        let result = run(&be);
+        if !admitted {
+            let err = result.unwrap_err().to_string();
+            assert!(err.contains(&format!("a {tokens}-token sample")), "{err}");
+            continue;
+        }
+        let err = rel_error(&result.unwrap(), &run(&cpu).unwrap());
+        assert!(err < 1e-5, "{tokens} tokens: relative error {err}");
     }
 }

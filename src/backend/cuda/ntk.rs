@@ -1,14 +1,20 @@
 //! The tangent-kernel family on CUDA (kernels/ntk.cu): a layer's Gram contraction in one kernel
-//! of the variant the backend was opened with, and the JL projection whose random entries are
-//! generated in registers from their counter.
+//! of the variant the backend was opened with; its sequence forms (that contraction over chunks
+//! of tokens into a scratch tile summed per sample pair, and per-sample layer gradients as tile
+//! products over tokens); and the JL projection whose random entries are generated in registers
+//! from their counter.
 
 use std::ops::Range;
 
-use cudarc::driver::{DeviceRepr, PushKernelArg};
+use cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
 
-use super::device::{config, tile_grid, to_i32, unsupported_variant, NULL};
+use super::device::{
+    config, device_error, grid_yz, sequence_starts, tile_grid, to_i32, unsupported_variant, NULL,
+};
 use super::CudaBackend;
-use crate::backend::{shapes, JlDistribution, JlSpec, NtkVariant, Tensor};
+use crate::backend::{
+    shapes, JlDistribution, JlSpec, NtkVariant, SeqFactors, Tensor, TokenPairing,
+};
 use crate::error::Result;
 
 /// Must match `JlShape` in kernels/ntk.cu.
@@ -39,12 +45,55 @@ pub(super) fn ntk_contract(
     out: &mut Tensor,
 ) -> Result<()> {
     let n_r = shapes::ntk_contract(delta_rows, delta_cols, acts, &cols, out)?;
-    let n_c = cols.len();
+    let factors = Contraction::new(be, delta_rows, delta_cols, acts, offset)?;
+    contract_block(be, &factors, 0..n_r, cols, be.slice_mut(out)?)
+}
+
+/// The device operands of one contraction (`ntk_contract`'s, or `ntk_contract_seq`'s chunks).
+struct Contraction<'a> {
+    delta_rows: &'a CudaSlice<f32>,
+    delta_cols: &'a CudaSlice<f32>,
+    acts: Option<(&'a CudaSlice<f32>, &'a CudaSlice<f32>)>,
+    p: usize,
+    q: usize,
+    offset: f32,
+}
+
+impl<'a> Contraction<'a> {
+    fn new(
+        be: &CudaBackend,
+        delta_rows: &'a Tensor,
+        delta_cols: &'a Tensor,
+        acts: Option<(&'a Tensor, &'a Tensor)>,
+        offset: f32,
+    ) -> Result<Self> {
+        Ok(Contraction {
+            delta_rows: be.slice(delta_rows)?,
+            delta_cols: be.slice(delta_cols)?,
+            acts: match acts {
+                Some((a_r, a_c)) => Some((be.slice(a_r)?, be.slice(a_c)?)),
+                None => None,
+            },
+            p: delta_rows.shape()[1],
+            q: acts.map_or(0, |(a, _)| a.shape()[1]),
+            offset,
+        })
+    }
+}
+
+/// `out[r − rows.start, c − cols.start] += …` for the factor rows `rows` and `cols`, into the
+/// row-major `[rows.len(), cols.len()]` matrix at the start of `out`.
+fn contract_block(
+    be: &CudaBackend,
+    f: &Contraction<'_>,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let (n_r, n_c, p, q) = (rows.len(), cols.len(), f.p, f.q);
     if n_r == 0 || n_c == 0 {
         return Ok(());
     }
-    let p = delta_rows.shape()[1];
-    let q = acts.map_or(0, |(a, _)| a.shape()[1]);
     let (nri, nci, pi, qi) = (
         to_i32(n_r, "ntk_contract rows")?,
         to_i32(n_c, "ntk_contract columns")?,
@@ -62,20 +111,18 @@ pub(super) fn ntk_contract(
         ),
         other => return Err(unsupported_variant(format!("ntk {}", other.name()))),
     };
-    let f = be.function("ntk", kernel)?;
-    // The column samples `cols` are a row range of the column factors.
-    let dr = be.slice(delta_rows)?;
-    // (Open-ended views: a start of 0 stays inside the one-element buffer of a zero width.)
-    let dc = be.slice(delta_cols)?.slice(cols.start * p..);
-    let acts = match acts {
-        Some((ar, ac)) => Some((be.slice(ar)?, be.slice(ac)?.slice(cols.start * q..))),
-        None => None,
-    };
-    let out = be.slice_mut(out)?;
-    let mut args = be.stream().launch_builder(&f);
-    args.arg(dr).arg(&dc);
+    let function = be.function("ntk", kernel)?;
+    // The samples are row ranges of the factors. (Open-ended views: a start of 0 stays inside
+    // the one-element buffer of a zero width.)
+    let dr = f.delta_rows.slice(rows.start * p..);
+    let dc = f.delta_cols.slice(cols.start * p..);
+    let acts = f
+        .acts
+        .map(|(ar, ac)| (ar.slice(rows.start * q..), ac.slice(cols.start * q..)));
+    let mut args = be.stream().launch_builder(&function);
+    args.arg(&dr).arg(&dc);
     match &acts {
-        Some((ar, ac)) => args.arg(*ar).arg(ac),
+        Some((ar, ac)) => args.arg(ar).arg(ac),
         None => args.arg(&NULL).arg(&NULL),
     };
     args.arg(out)
@@ -83,8 +130,178 @@ pub(super) fn ntk_contract(
         .arg(&nci)
         .arg(&pi)
         .arg(&qi)
-        .arg(&offset);
+        .arg(&f.offset);
     be.launch(kernel, &mut args, cfg)
+}
+
+/// Must match `SegmentShape` in kernels/ntk.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SegmentShape {
+    first_r: i32,
+    first_c: i32,
+    pairs_r: i32,
+    pairs_c: i32,
+    r0: i32,
+    c0: i32,
+    len_r: i32,
+    len_c: i32,
+    out_col: i32,
+    out_stride: i32,
+    embedding: i32,
+}
+
+// SAFETY: a plain repr(C) struct of 4-byte scalars, laid out as the kernel's struct.
+unsafe impl DeviceRepr for SegmentShape {}
+
+/// Must match `GradientShape` in kernels/ntk.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GradientShape {
+    p: i32,
+    q: i32,
+    bias_input: f32,
+}
+
+// SAFETY: a plain repr(C) struct of 4-byte scalars, laid out as the kernel's struct.
+unsafe impl DeviceRepr for GradientShape {}
+
+/// Tokens per side of the token-level form's scratch Gram tile (16 MiB): a chunk is 32×32 blocks
+/// of the tiled contraction, enough to fill a large GPU.
+const SEQ_CHUNK: usize = 2048;
+/// Column samples per block of `ntk_seq_segment_sum`: the warps of its (32, 8) block.
+const SEGMENT_WARPS: usize = 8;
+/// Samples per launch of `ntk_sample_gradients_tiled` (grid z).
+const SAMPLES_PER_LAUNCH: usize = 65_535;
+
+/// The token-level form: per chunk of row × column tokens, the contraction variant writes the
+/// chunk's weighted Gram into a scratch tile and `ntk_seq_segment_sum` adds each sample pair's
+/// share to `out`, clearing the tile as it reads it.
+pub(super) fn ntk_contract_seq(
+    be: &CudaBackend,
+    rows: SeqFactors<'_>,
+    cols: SeqFactors<'_>,
+    pairing: TokenPairing<'_>,
+    samples: Range<usize>,
+    out: &mut Tensor,
+) -> Result<()> {
+    shapes::ntk_contract_seq(&rows, &cols, &pairing, &samples, out)?;
+    if rows.layout.num_sequences() == 0 || samples.is_empty() {
+        return Ok(());
+    }
+    let (acts, offset, ids) = match pairing {
+        TokenPairing::Linear {
+            rows: a_r,
+            cols: a_c,
+            offset,
+        } => (Some((a_r, a_c)), offset, None),
+        TokenPairing::Embedding { rows, cols } => (None, 0.0, Some((rows, cols))),
+    };
+    let factors = Contraction::new(be, rows.delta, cols.delta, acts, offset)?;
+    let row_tokens = 0..rows.layout.num_tokens();
+    let c_starts = cols.layout.starts();
+    let col_tokens = c_starts[samples.start]..c_starts[samples.end];
+    let (chunk_r, chunk_c) = (
+        SEQ_CHUNK.min(row_tokens.len()).max(1),
+        SEQ_CHUNK.min(col_tokens.len()).max(1),
+    );
+    let mut tile = be
+        .stream()
+        .alloc_zeros::<f32>(chunk_r * chunk_c)
+        .map_err(device_error)?;
+    let row_starts = be.upload_small(&sequence_starts(rows.layout)?)?;
+    let col_starts = be.upload_small(&sequence_starts(cols.layout)?)?;
+    let (row_ids, col_ids) = match ids {
+        Some((r, c)) => (be.upload_small(r)?, be.upload_small(c)?),
+        None => (be.upload_small::<u32>(&[])?, be.upload_small::<u32>(&[])?),
+    };
+    let function = be.function("ntk", "ntk_seq_segment_sum")?;
+    let out = be.slice_mut(out)?;
+    let to_int = |v: usize| to_i32(v, "ntk_contract_seq tokens");
+    for r0 in row_tokens.clone().step_by(chunk_r) {
+        let rt = r0..(r0 + chunk_r).min(row_tokens.end);
+        let row_samples = rows.layout.sequences_meeting(&rt);
+        for c0 in col_tokens.clone().step_by(chunk_c) {
+            let ct = c0..(c0 + chunk_c).min(col_tokens.end);
+            let col_samples = cols.layout.sequences_meeting(&ct);
+            contract_block(be, &factors, rt.clone(), ct.clone(), &mut tile)?;
+            let shape = SegmentShape {
+                first_r: to_int(row_samples.start)?,
+                first_c: to_int(col_samples.start)?,
+                pairs_r: to_int(row_samples.len())?,
+                pairs_c: to_int(col_samples.len())?,
+                r0: to_int(rt.start)?,
+                c0: to_int(ct.start)?,
+                len_r: to_int(rt.len())?,
+                len_c: to_int(ct.len())?,
+                out_col: to_int(samples.start)?,
+                out_stride: to_int(samples.len())?,
+                embedding: ids.is_some().into(),
+            };
+            let cfg = config(
+                (
+                    col_samples.len().div_ceil(SEGMENT_WARPS) as u32,
+                    grid_yz(row_samples.len(), "ntk_contract_seq row samples")?,
+                    1,
+                ),
+                (32, SEGMENT_WARPS as u32, 1),
+            );
+            let mut args = be.stream().launch_builder(&function);
+            args.arg(&mut tile)
+                .arg(&row_starts)
+                .arg(&col_starts)
+                .arg(&row_ids)
+                .arg(&col_ids)
+                .arg(&mut *out)
+                .arg(&shape);
+            be.launch("ntk_seq_segment_sum", &mut args, cfg)?;
+        }
+    }
+    Ok(())
+}
+
+/// The materialised form's per-sample gradients: one block per 64×64 tile of a sample's
+/// `[p, q + 1]` gradient, samples along grid z.
+pub(super) fn ntk_sample_gradients(
+    be: &CudaBackend,
+    factors: SeqFactors<'_>,
+    acts: &Tensor,
+    offset: f32,
+    out: &mut Tensor,
+) -> Result<()> {
+    let (p, q) = shapes::ntk_sample_gradients(&factors, acts, offset, out)?;
+    let n = factors.layout.num_sequences();
+    if n == 0 || p == 0 {
+        return Ok(());
+    }
+    let shape = GradientShape {
+        p: to_i32(p, "ntk_sample_gradients gradient width")?,
+        q: to_i32(q, "ntk_sample_gradients activation width")?,
+        bias_input: offset.sqrt(),
+    };
+    let tiles_x = u32::try_from((q + 1).div_ceil(64)).map_err(|_| {
+        crate::Error::input("ntk_sample_gradients: activation width exceeds the grid")
+    })?;
+    let tiles_y = grid_yz(p.div_ceil(64), "ntk_sample_gradients gradient tiles")?;
+    let starts = sequence_starts(factors.layout)?;
+    let function = be.function("ntk", "ntk_sample_gradients_tiled")?;
+    let (delta, acts) = (be.slice(factors.delta)?, be.slice(acts)?);
+    let out = be.slice_mut(out)?;
+    let width = p * (q + 1);
+    for first in (0..n).step_by(SAMPLES_PER_LAUNCH) {
+        let batch = first..(first + SAMPLES_PER_LAUNCH).min(n);
+        let batch_starts = be.upload_small(&starts[batch.start..=batch.end])?;
+        let mut batch_out = out.slice_mut(batch.start * width..batch.end * width);
+        let cfg = config((tiles_x, tiles_y, batch.len() as u32), (256, 1, 1));
+        let mut args = be.stream().launch_builder(&function);
+        args.arg(delta)
+            .arg(acts)
+            .arg(&batch_starts)
+            .arg(&mut batch_out)
+            .arg(&shape);
+        be.launch("ntk_sample_gradients_tiled", &mut args, cfg)?;
+    }
+    Ok(())
 }
 
 pub(super) fn jl_project(
