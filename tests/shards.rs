@@ -114,8 +114,9 @@ fn shards_in_any_order_merge_to_the_single_process_kernel() {
     }
 }
 
-/// A kernel large enough (≈ 0.5 s per shard) that a shard can be stopped half way: a random
-/// 16-128-128-4 MLP on 900 random points, in tiles of 24 rows.
+/// A kernel large enough (≈ 0.7 s per shard here, tens of milliseconds per tile) that a shard
+/// is reliably stopped half way: a random 16-512-512-8 MLP on 1500 random points, in tiles of
+/// 24 rows.
 struct Big {
     _dir: tempfile::TempDir,
     model: PathBuf,
@@ -128,11 +129,11 @@ impl Big {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let model = root.join("mlp.safetensors");
-        Mlp::init(&[16, 128, 128, 4], Activation::Tanh, 3)
+        Mlp::init(&[16, 512, 512, 8], Activation::Tanh, 3)
             .unwrap()
             .write(&model)
             .unwrap();
-        let n = 900;
+        let n = 1500;
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let x: Vec<f32> = (0..n * 16)
             .map(|_| {
@@ -142,7 +143,7 @@ impl Big {
                 ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect();
-        let y = (0..n as i64).map(|i| i % 4).collect();
+        let y = (0..n as i64).map(|i| i % 8).collect();
         let data = root.join("x.safetensors");
         Dataset::new(x, 16, y).unwrap().write(&data).unwrap();
         Big {
@@ -204,7 +205,7 @@ fn wait_for_a_tile(child: &mut Child, dir: &Path) {
             panic!("the run ended ({status}) before a tile was saved: make the job larger");
         }
         assert!(start.elapsed() < Duration::from_secs(120), "no tile saved");
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
