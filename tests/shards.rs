@@ -84,7 +84,11 @@ fn shards_in_any_order_merge_to_the_single_process_kernel() {
             let one = std::fs::read(&single).unwrap();
             // What users trust: the kernel is torch.func's.
             let k = KernelFile::read(&single).unwrap();
-            let want = reference_tensor("tests/fixtures/ntk/mlp_tanh_reference.safetensors", reference).1;
+            let want = reference_tensor(
+                "tests/fixtures/ntk/mlp_tanh_reference.safetensors",
+                reference,
+            )
+            .1;
             let got: Vec<f64> = k.values.iter().map(|&v| v as f64).collect();
             let err = rel_error_f64(&got, &want);
             assert!(err < 1e-5, "{kind} {reference}: {err:e}");
@@ -94,8 +98,10 @@ fn shards_in_any_order_merge_to_the_single_process_kernel() {
                 let args = ntk_args(data, against, &out);
                 for index in scrambled(count) {
                     let shard = format!("{index}/{count}");
-                    let stdout =
-                        ok(&args, &["--kind", kind, "--tile-rows", tile_rows, "--shard", &shard]);
+                    let stdout = ok(
+                        &args,
+                        &["--kind", kind, "--tile-rows", tile_rows, "--shard", &shard],
+                    );
                     assert!(stdout.contains(&format!("shard {shard}")), "{stdout}");
                 }
                 let merged = merge(&out);
@@ -110,6 +116,64 @@ fn shards_in_any_order_merge_to_the_single_process_kernel() {
                      merged kernel differs from the single-process one"
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn projected_and_wgpu_kernels_merge_to_the_single_process_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = (fixture("train.safetensors"), fixture("test.safetensors"));
+    let wgpu = common::wgpu_with(&mscope::backend::wgpu::WgpuOptions::from_env()).is_some();
+    let mut cases: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "kronecker",
+            vec!["--projection", "kronecker", "--projection-dim", "6"],
+        ),
+        (
+            "gaussian",
+            vec![
+                "--projection",
+                "gaussian",
+                "--projection-dim",
+                "9",
+                "--seed",
+                "4",
+            ],
+        ),
+    ];
+    // (An absent adapter is reported as skipped by `wgpu_with`.)
+    if wgpu {
+        cases.push(("wgpu", vec![]));
+    }
+    for (name, extra) in &cases {
+        for against in [None, Some(train.as_path())] {
+            let data = if against.is_some() { &test } else { &train };
+            let single = dir.path().join(format!("{name}.safetensors"));
+            let mut extra = extra.clone();
+            extra.extend(["--tile-rows", "2"]);
+            let args = |out: &Path| {
+                let mut args = ntk_args(data, against, out);
+                if *name == "wgpu" {
+                    let at = args.iter().position(|a| a == "--backend").unwrap();
+                    args[at + 1] = "wgpu".into();
+                }
+                args
+            };
+            ok(&args(&single), &extra);
+            let out = dir.path().join(format!("{name}-sharded.safetensors"));
+            for index in scrambled(4) {
+                let shard = format!("{index}/4");
+                let mut e = extra.clone();
+                e.extend(["--shard", shard.as_str()]);
+                ok(&args(&out), &e);
+            }
+            let merged = merge(&out);
+            assert!(merged.status.success(), "{}", stderr_of(&merged));
+            assert!(
+                std::fs::read(&out).unwrap() == std::fs::read(&single).unwrap(),
+                "{name} against {against:?}: merged bytes differ"
+            );
         }
     }
 }
@@ -231,7 +295,10 @@ fn a_killed_shard_resumes_and_sigterm_stops_cleanly_with_the_same_merged_bytes()
     assert!(saved >= 1);
     let stdout = ok(&big.args(&out, &["--shard", "1/3"]), &[]);
     assert!(stdout.contains("resumed from the checkpoint"), "{stdout}");
-    assert!(!blocks1.exists(), "the checkpoint is removed once the shard is written");
+    assert!(
+        !blocks1.exists(),
+        "the checkpoint is removed once the shard is written"
+    );
 
     // SIGTERM in the middle of shard 2: exit status 75, tiles saved; the rerun completes.
     let shard2 = out.with_file_name("k.shard-2-of-3.safetensors");
@@ -257,8 +324,15 @@ fn a_killed_shard_resumes_and_sigterm_stops_cleanly_with_the_same_merged_bytes()
     assert!(stdout.contains("resumed from the checkpoint"), "{stdout}");
 
     let merged = merge(&out);
-    assert!(merged.status.success(), "{}", String::from_utf8_lossy(&merged.stderr));
-    assert!(std::fs::read(&out).unwrap() == one, "merged kernel differs after kill and SIGTERM");
+    assert!(
+        merged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&merged.stderr)
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == one,
+        "merged kernel differs after kill and SIGTERM"
+    );
 
     // The single-process run stops on SIGTERM the same way, between blocks, and resumes.
     let stopped_out = big.root.join("stopped.safetensors");
@@ -317,16 +391,25 @@ fn merge_refuses_missing_truncated_duplicate_and_foreign_shards() {
     refused(&out, &["missing", "k.shard-1-of-3.safetensors"]);
     // Truncated.
     std::fs::write(shard(1), &s1[..s1.len() / 2]).unwrap();
-    refused(&out, &["corrupt or truncated", "k.shard-1-of-3.safetensors"]);
+    refused(
+        &out,
+        &["corrupt or truncated", "k.shard-1-of-3.safetensors"],
+    );
     // A copy of another shard under this one's name.
     std::fs::write(shard(1), &s0).unwrap();
-    refused(&out, &["duplicate", "k.shard-1-of-3.safetensors", "holds shard 0/3"]);
+    refused(
+        &out,
+        &["duplicate", "k.shard-1-of-3.safetensors", "holds shard 0/3"],
+    );
     // Another run's shard: other data, then other arguments, then another thread count.
     std::fs::remove_file(shard(1)).unwrap();
     std::fs::remove_file(shard(0)).unwrap();
     run_shard(&test, 1, &[]);
     std::fs::write(shard(0), &s0).unwrap();
-    refused(&out, &["mismatched", "k.shard-1-of-3.safetensors", "inputs.data"]);
+    refused(
+        &out,
+        &["mismatched", "k.shard-1-of-3.safetensors", "inputs.data"],
+    );
     run_shard(&train, 1, &["--kind", "trntk0"]);
     refused(&out, &["mismatched", "k.shard-1-of-3.safetensors", "kind"]);
     std::fs::remove_file(shard(1)).unwrap();
@@ -334,10 +417,16 @@ fn merge_refuses_missing_truncated_duplicate_and_foreign_shards() {
     let threads = args.iter().position(|a| a == "--threads").unwrap();
     args[threads + 1] = "1".into();
     ok(&args, &["--tile-rows", "4", "--shard", "1/3"]);
-    refused(&out, &["mismatched", "k.shard-1-of-3.safetensors", "threads"]);
+    refused(
+        &out,
+        &["mismatched", "k.shard-1-of-3.safetensors", "threads"],
+    );
     // A shard of a run cut into another count.
     std::fs::write(shard(1), &s1).unwrap();
-    ok(&ntk_args(&train, None, &out), &["--tile-rows", "4", "--shard", "0/2"]);
+    ok(
+        &ntk_args(&train, None, &out),
+        &["--tile-rows", "4", "--shard", "0/2"],
+    );
     refused(&out, &["different counts", "k.shard-0-of-2.safetensors"]);
     std::fs::remove_file(dir.path().join("k.shard-0-of-2.safetensors")).unwrap();
 

@@ -35,7 +35,8 @@ Shards and preemption:
   OUT.shard-I-of-N.safetensors with a manifest (inputs' digests, arguments, mscope version,
   backend, threads, its tiles). Run the N shards in any order, anywhere, then
   `mscope merge OUT` writes OUT: the same bytes as this command without --shard, provided every
-  shard ran with the same backend and --threads (the merge refuses otherwise).
+  shard ran with the same backend and CPU thread count (the merge refuses otherwise; on a
+  cluster give --threads explicitly, since the default follows each node's cores).
 
   SIGTERM (Slurm's preemption and time-limit signal) stops a run between blocks (tiles for a
   shard) once the finished ones are saved in OUT.blocks/ (OUT.shard-I-of-N.safetensors.blocks/);
