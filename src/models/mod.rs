@@ -33,6 +33,8 @@
 //! 4. The README's `mscope embed` section names the architecture.
 
 pub mod bert;
+pub mod classifier;
+pub mod classifier_grad;
 pub mod clip;
 pub mod decoder;
 pub mod decoder_gguf;
