@@ -62,6 +62,20 @@ pub struct TokenBatch {
     pub layout: SeqLayout,
 }
 
+impl TokenBatch {
+    /// The tokenised texts packed back to back, in order.
+    pub fn pack(texts: &[tokenize::TokenizedText]) -> Self {
+        TokenBatch {
+            ids: texts.iter().flat_map(|t| t.ids.iter().copied()).collect(),
+            type_ids: texts
+                .iter()
+                .flat_map(|t| t.type_ids.iter().copied())
+                .collect(),
+            layout: SeqLayout::from_lengths(texts.iter().map(|t| t.ids.len())),
+        }
+    }
+}
+
 /// A transformer that turns packed token batches into hidden states on its backend.
 pub trait Encoder: Send + Sync {
     /// The `model_type` it was loaded as (`bert`, `xlm-roberta`, …).
