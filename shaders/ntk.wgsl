@@ -13,6 +13,11 @@
 //      tile of out per workgroup: each 16-column slab of P's tile is generated once into shared
 //      memory and used by all 64 rows of x, so generation costs d·k·⌈n/64⌉ hashes, not n·d·k.
 //      Tiled only: without shared memory every row of x would regenerate its P entries.
+//   seq_segment_sum — the token-level sequence form's second half: a chunk of the token Gram
+//      (written by contract_* into a scratch tile) summed per sample pair into out, the embedding
+//      form counting only pairs of equal ids.
+//   sample_gradients — the materialised sequence form: each sample's Σ_t δ_tᵀ[a_t, √offset],
+//      one invocation per entry (direct; its loop runs over the sample's tokens).
 //
 // The host splits large operands into storage-binding-sized parts and dispatches once per pair of
 // row and column ranges; `*_row` parameters are where a range starts inside the bound part.
@@ -329,4 +334,120 @@ fn store_projected(i: u32, j: u32, v: vec4<f32>) {
             }
         }
     }
+}
+
+// ---- sequence forms ---------------------------------------------------------------------------
+//
+// The token-level form runs contract_* on one chunk of row tokens × column tokens into a scratch
+// Gram tile (the Hadamard product already taken), then seq_segment_sum adds each sample pair's
+// share of the tile to out. Every tile entry belongs to exactly one pair, so the pair's workgroup
+// also clears the entries it reads: the scratch is zero again for the next chunk.
+
+struct SegmentParams {
+    first_r: u32,   // first row sample touching the chunk
+    first_c: u32,   // first column sample touching the chunk (index into the column layout)
+    r0: u32,        // first row token of the chunk
+    c0: u32,        // first column token of the chunk
+    len_r: u32,     // row tokens of the chunk
+    len_c: u32,     // column tokens of the chunk: the scratch tile's row stride
+    out_col: u32,   // column sample of out's column 0
+    out_stride: u32,
+    embedding: u32, // 1: only pairs of equal token ids count
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> sp: SegmentParams;
+@group(0) @binding(1) var<storage, read_write> gram: array<f32>;
+@group(0) @binding(2) var<storage, read> row_starts: array<u32>;
+@group(0) @binding(3) var<storage, read> col_starts: array<u32>;
+@group(0) @binding(4) var<storage, read> row_ids: array<u32>; // read when embedding
+@group(0) @binding(5) var<storage, read> col_ids: array<u32>;
+@group(0) @binding(6) var<storage, read_write> seq_out: array<f32>;
+
+const SEGMENT_THREADS: u32 = 64u;
+var<workgroup> partial: array<f32, 64>;
+
+// One workgroup per sample pair (row sample first_r + y, column sample first_c + x): its threads
+// stride over the pair's rectangle of the tile, then a fixed-order tree sums their shares.
+@compute @workgroup_size(64)
+fn seq_segment_sum(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = sp.first_r + wid.y;
+    let j = sp.first_c + wid.x;
+    let t0 = max(row_starts[i], sp.r0);
+    let t1 = max(min(row_starts[i + 1u], sp.r0 + sp.len_r), t0);
+    let s0 = max(col_starts[j], sp.c0);
+    let s1 = max(min(col_starts[j + 1u], sp.c0 + sp.len_c), s0);
+    let w = s1 - s0;
+    var sum = 0.0;
+    for (var e = lid; e < w * (t1 - t0); e += SEGMENT_THREADS) {
+        let t = t0 + e / w;
+        let s = s0 + e % w;
+        let k = (t - sp.r0) * sp.len_c + (s - sp.c0);
+        let v = gram[k];
+        gram[k] = 0.0;
+        if sp.embedding == 0u || row_ids[t] == col_ids[s] {
+            sum += v;
+        }
+    }
+    partial[lid] = sum;
+    workgroupBarrier();
+    for (var stride = SEGMENT_THREADS / 2u; stride > 0u; stride >>= 1u) {
+        if lid < stride {
+            partial[lid] += partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        seq_out[i * sp.out_stride + (j - sp.out_col)] += partial[0];
+    }
+}
+
+// ntk_sample_gradients: out[i, o·(q + 1) + k] = Σ_{t ∈ i} δ[t, o]·[a_t, √offset][k], one
+// invocation per entry of a dispatch's samples, the grid flattened as `y · groups_x + x`.
+
+struct GradientParams {
+    p: u32,
+    q: u32,
+    first: u32,    // first sample of this dispatch (the first row of the bound part of out)
+    samples: u32,  // samples of this dispatch
+    groups_x: u32,
+    bias_input: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> gp: GradientParams;
+@group(0) @binding(1) var<storage, read> token_delta: array<f32>;
+@group(0) @binding(2) var<storage, read> token_acts: array<f32>;
+@group(0) @binding(3) var<storage, read> token_starts: array<u32>;
+@group(0) @binding(4) var<storage, read_write> gradients: array<f32>;
+
+@compute @workgroup_size(64)
+fn sample_gradients(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let g = (wid.y * gp.groups_x + wid.x) * 64u + lid;
+    let width = gp.p * (gp.q + 1u);
+    if g >= gp.samples * width {
+        return;
+    }
+    let i = gp.first + g / width;
+    let e = g % width;
+    let o = e / (gp.q + 1u);
+    let k = e % (gp.q + 1u);
+    var sum = 0.0;
+    for (var t = token_starts[i]; t < token_starts[i + 1u]; t++) {
+        var a = gp.bias_input;
+        if k < gp.q {
+            a = token_acts[t * gp.q + k];
+        }
+        sum = fma(token_delta[t * gp.p + o], a, sum);
+    }
+    gradients[g] = sum;
 }

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::tensor::{HalfMatrix, HostData, HostTensor};
 pub use params::{
     Activation, AttentionSpec, JlDistribution, JlSpec, Pooling, RopeFrequencies, RopeScaling,
-    RopeSpec, SeqLayout,
+    RopeSpec, SeqFactors, SeqForm, SeqLayout, TokenPairing,
 };
 pub use stats::{Eigen, Matrix64, Moments};
 pub use tensor::{Storage, Tensor};
@@ -81,7 +81,8 @@ pub enum OpFamily {
     Stats,
     /// trim_search.
     Trim,
-    /// ntk_contract, jl_project: the tangent-kernel instrument's device work.
+    /// ntk_contract, ntk_contract_seq, ntk_sample_gradients, jl_project: the tangent-kernel
+    /// instrument's device work.
     Ntk,
 }
 
@@ -251,6 +252,36 @@ pub trait Backend: Send + Sync {
         acts: Option<(&Tensor, &Tensor)>,
         offset: f32,
         cols: std::ops::Range<usize>,
+        out: &mut Tensor,
+    ) -> Result<()>;
+
+    /// The token-level form of one layer's share of a tangent kernel between packed sequences:
+    /// `out[i, j] += Σ_{t ∈ i, s ∈ j} ⟨δ_t, δ_s⟩·w(t, s)` for every row sample `i` of `rows` and
+    /// column sample `j` in `samples` (a range of `cols`' samples), with `w` from `pairing`:
+    /// `⟨a_t, a_s⟩ + offset` for a Linear layer (its weight's and, with offset 1, its bias's
+    /// share), `[id_t = id_s]` for an embedding table. `out: [rows' samples, samples.len()]`.
+    /// Only the column tokens of `samples` are read, and a GPU holds at most one tile of the
+    /// token Gram matrices at a time. Long sequences: [`SeqForm::choose`] says when
+    /// [`Backend::ntk_sample_gradients`] and [`Backend::ntk_contract`] are cheaper.
+    fn ntk_contract_seq(
+        &self,
+        rows: SeqFactors<'_>,
+        cols: SeqFactors<'_>,
+        pairing: TokenPairing<'_>,
+        samples: std::ops::Range<usize>,
+        out: &mut Tensor,
+    ) -> Result<()>;
+
+    /// The materialised form's per-sample layer gradients: row `i` of `out: [samples, p·(q+1)]`
+    /// is the row-major `[p, q + 1]` matrix `Σ_{t ∈ i} δ_tᵀ·[a_t, √offset]` — the gradient of
+    /// the layer's `[W | b]` with the bias input scaled so that `ntk_contract(G_r, G_c, None, ..)`
+    /// of two such outputs equals [`Backend::ntk_contract_seq`]'s Linear form with `offset`
+    /// (`offset ≥ 0`). `factors.delta: [tokens, p]`, `acts: [tokens, q]`.
+    fn ntk_sample_gradients(
+        &self,
+        factors: SeqFactors<'_>,
+        acts: &Tensor,
+        offset: f32,
         out: &mut Tensor,
     ) -> Result<()>;
 

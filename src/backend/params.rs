@@ -469,9 +469,97 @@ impl JlSpec {
     }
 }
 
+/// One side of a sequence tangent-kernel contraction ([`crate::backend::Backend::ntk_contract_seq`],
+/// [`crate::backend::Backend::ntk_sample_gradients`]): the per-token output-gradient factors of
+/// packed samples. Sample `i` owns rows `layout.range(i)` of `delta: [tokens, p]`; as in
+/// `ntk_contract`, a row holds every class's `δ` side by side (`p = classes·d_out`), so the
+/// contraction over `p` is the trace over classes.
+#[derive(Clone, Copy)]
+pub struct SeqFactors<'a> {
+    pub delta: &'a crate::backend::Tensor,
+    pub layout: &'a SeqLayout,
+}
+
+/// What weighs each token pair's `⟨δ_t, δ_s⟩` in the token-level form
+/// ([`crate::backend::Backend::ntk_contract_seq`]); each variant holds the row side's and the
+/// column side's per-token inputs.
+#[derive(Clone, Copy)]
+pub enum TokenPairing<'a> {
+    /// `⟨a_t, a_s⟩ + offset`: a Linear layer from its inputs `a: [tokens, q]`; offset 1 adds the
+    /// bias's share, 0 leaves it out.
+    Linear {
+        rows: &'a crate::backend::Tensor,
+        cols: &'a crate::backend::Tensor,
+        offset: f32,
+    },
+    /// `1` if `id_t = id_s`, else `0`: an embedding table looked up by one id per token (word,
+    /// position or token-type ids).
+    Embedding { rows: &'a [u32], cols: &'a [u32] },
+}
+
+/// How one Linear layer's share of a sequence tangent kernel is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeqForm {
+    /// [`crate::backend::Backend::ntk_contract_seq`]: Gram matrices over the tokens of both
+    /// sides, `T_r·T_c·(p + q)` multiply-adds per sample pair.
+    Tokens,
+    /// [`crate::backend::Backend::ntk_sample_gradients`] on both sides, then
+    /// [`crate::backend::Backend::ntk_contract`] of the flattened per-sample gradients:
+    /// `p·(q + 1)` multiply-adds per sample pair, once each sample's gradient is formed.
+    Materialised,
+}
+
+impl SeqForm {
+    /// The cheaper form for a Linear layer with `d_in = q` inputs and `p` gradient columns
+    /// (`classes·d_out`) between samples of `tokens_rows` and `tokens_cols` tokens (a length
+    /// bucket's mean): token-level costs `T_r·T_c·(p + q)` per pair, materialised `p·(q + 1)`.
+    /// Forming each sample's gradient (`T·p·(q + 1)`, once per sample and side) is left out: a
+    /// block row of a kernel shares it among all its columns, so it is small beside the pairs
+    /// once the kernel is wider than a sequence is long.
+    pub fn choose(tokens_rows: f64, tokens_cols: f64, p: usize, q: usize) -> SeqForm {
+        let tokens = tokens_rows * tokens_cols * (p + q) as f64;
+        let materialised = p as f64 * (q + 1) as f64;
+        if tokens <= materialised {
+            SeqForm::Tokens
+        } else {
+            SeqForm::Materialised
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{Activation, Pooling};
+    use super::{Activation, Pooling, SeqForm};
+
+    /// Issue 17's numbers: at CoLA's ~12 tokens the token-level form wins for every Linear of a
+    /// BERT-base encoder layer, at 128 tokens materialising wins; the pooler and classifier see
+    /// one token per sample, where the token-level form always wins.
+    #[test]
+    fn seq_form_follows_the_cost_rule() {
+        // (d_in, d_out) of BERT-base's query/key/value/attention-output, intermediate, output.
+        let encoder = [(768, 768), (768, 3072), (3072, 768)];
+        for classes in [1, 2, 3] {
+            for (d_in, d_out) in encoder {
+                let p = classes * d_out;
+                assert_eq!(SeqForm::choose(12.0, 12.0, p, d_in), SeqForm::Tokens);
+                assert_eq!(
+                    SeqForm::choose(128.0, 128.0, p, d_in),
+                    SeqForm::Materialised
+                );
+                // Ragged buckets: short rows against long columns.
+                assert_eq!(SeqForm::choose(12.0, 128.0, p, d_in), SeqForm::Materialised);
+            }
+            for (d_in, d_out) in [(768, 768), (768, classes)] {
+                assert_eq!(
+                    SeqForm::choose(1.0, 1.0, classes * d_out, d_in),
+                    SeqForm::Tokens
+                );
+            }
+        }
+        // The crossover of a 768×768 layer with one class: T² = 768·769/1536 ≈ 384.5.
+        assert_eq!(SeqForm::choose(19.0, 20.0, 768, 768), SeqForm::Tokens);
+        assert_eq!(SeqForm::choose(20.0, 20.0, 768, 768), SeqForm::Materialised);
+    }
 
     /// The kernels' enum constants are the codes the host passes: each `PREFIX_NAME` constant
     /// of a source carries its variant's `code()`.

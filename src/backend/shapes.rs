@@ -1,7 +1,7 @@
 //! Argument checks of the op set, shared by every backend so each rejects bad shapes with the
 //! same message.
 
-use super::{AttentionSpec, RopeSpec, SeqLayout, Tensor};
+use super::{AttentionSpec, RopeSpec, SeqFactors, SeqLayout, Tensor, TokenPairing};
 use crate::error::{Error, Result};
 
 pub(crate) fn ensure(ok: bool, message: impl FnOnce() -> String) -> Result<()> {
@@ -256,6 +256,113 @@ pub(crate) fn ntk_contract(
         )
     })?;
     Ok(n_r)
+}
+
+/// `(tokens, p)` of one side's factors, after checking that the layout covers every row.
+fn seq_side(op: &str, side: &str, f: &SeqFactors<'_>) -> Result<(usize, usize)> {
+    let (tokens, p) = f.delta.dims2(&format!("{op} {side} gradients"))?;
+    ensure(tokens == f.layout.num_tokens(), || {
+        format!(
+            "{op}: {side} gradients have {tokens} token rows, their layout {} tokens",
+            f.layout.num_tokens()
+        )
+    })?;
+    Ok((tokens, p))
+}
+
+/// The widths of [`super::Backend::ntk_contract_seq`]: `p` of the gradient factors and `q` of
+/// the activations (0 for an embedding), after checking both sides, `samples` and `out`.
+pub(crate) fn ntk_contract_seq(
+    rows: &SeqFactors<'_>,
+    cols: &SeqFactors<'_>,
+    pairing: &TokenPairing<'_>,
+    samples: &std::ops::Range<usize>,
+    out: &Tensor,
+) -> Result<(usize, usize)> {
+    const OP: &str = "ntk_contract_seq";
+    let (t_r, p) = seq_side(OP, "row", rows)?;
+    let (t_c, p_c) = seq_side(OP, "column", cols)?;
+    ensure(p == p_c, || {
+        format!("{OP}: row gradients have width {p}, column gradients {p_c}")
+    })?;
+    let n_c = cols.layout.num_sequences();
+    ensure(samples.start <= samples.end && samples.end <= n_c, || {
+        format!("{OP}: columns {samples:?} outside the {n_c} column samples")
+    })?;
+    let q = match pairing {
+        TokenPairing::Linear {
+            rows: a_r,
+            cols: a_c,
+            offset,
+        } => {
+            let (ar_t, q) = a_r.dims2("ntk_contract_seq row activations")?;
+            let (ac_t, q_c) = a_c.dims2("ntk_contract_seq column activations")?;
+            ensure(ar_t == t_r && ac_t == t_c && q == q_c, || {
+                format!(
+                    "{OP}: activations {:?} and {:?} do not match gradients of {t_r} and {t_c} \
+                     tokens",
+                    a_r.shape(),
+                    a_c.shape()
+                )
+            })?;
+            ensure(offset.is_finite(), || format!("{OP}: offset {offset}"))?;
+            q
+        }
+        TokenPairing::Embedding {
+            rows: ids_r,
+            cols: ids_c,
+        } => {
+            ensure(ids_r.len() == t_r && ids_c.len() == t_c, || {
+                format!(
+                    "{OP}: {} and {} token ids for gradients of {t_r} and {t_c} tokens",
+                    ids_r.len(),
+                    ids_c.len()
+                )
+            })?;
+            0
+        }
+    };
+    let n_r = rows.layout.num_sequences();
+    ensure(out.shape() == [n_r, samples.len()], || {
+        format!(
+            "{OP}: output shape {:?}, expected [{n_r}, {}]",
+            out.shape(),
+            samples.len()
+        )
+    })?;
+    Ok((p, q))
+}
+
+/// `(p, q)` of [`super::Backend::ntk_sample_gradients`]: `delta: [tokens, p]`, `acts:
+/// [tokens, q]`, `offset ≥ 0`, `out: [samples, p·(q + 1)]`.
+pub(crate) fn ntk_sample_gradients(
+    factors: &SeqFactors<'_>,
+    acts: &Tensor,
+    offset: f32,
+    out: &Tensor,
+) -> Result<(usize, usize)> {
+    const OP: &str = "ntk_sample_gradients";
+    let (tokens, p) = seq_side(OP, "token", factors)?;
+    let (a_t, q) = acts.dims2("ntk_sample_gradients activations")?;
+    ensure(a_t == tokens, || {
+        format!(
+            "{OP}: activations {:?} for gradients of {tokens} tokens",
+            acts.shape()
+        )
+    })?;
+    ensure(offset.is_finite() && offset >= 0.0, || {
+        format!("{OP}: offset {offset}; the bias input √offset needs a finite offset ≥ 0")
+    })?;
+    let n = factors.layout.num_sequences();
+    ensure(out.shape() == [n, p * (q + 1)], || {
+        format!(
+            "{OP}: output shape {:?}, expected [{n}, {}] ({p}×{} per sample)",
+            out.shape(),
+            p * (q + 1),
+            q + 1
+        )
+    })?;
+    Ok((p, q))
 }
 
 /// `(n, d)` of [`super::Backend::jl_project`]: `x: [n, d]`, `out: [n, dim]`, `dim > 0`.

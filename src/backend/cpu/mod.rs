@@ -18,7 +18,8 @@
 
 use super::{
     shapes, Activation, AttentionSpec, Backend, Eigen, GemmVariant, JlSpec, Matrix64, Moments,
-    OpFamily, Pooling, RopeSpec, SeqLayout, Storage, Tensor, TrimReference, TrimResult, TrimSpec,
+    OpFamily, Pooling, RopeSpec, SeqFactors, SeqLayout, Storage, Tensor, TokenPairing,
+    TrimReference, TrimResult, TrimSpec,
 };
 use crate::error::Result;
 use crate::tensor::HalfMatrix;
@@ -222,6 +223,27 @@ impl Backend for CpuBackend {
         out: &mut Tensor,
     ) -> Result<()> {
         ntk::ntk_contract(delta_rows, delta_cols, acts, offset, cols, out)
+    }
+
+    fn ntk_contract_seq(
+        &self,
+        rows: SeqFactors<'_>,
+        cols: SeqFactors<'_>,
+        pairing: TokenPairing<'_>,
+        samples: std::ops::Range<usize>,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        ntk::ntk_contract_seq(rows, cols, pairing, samples, out)
+    }
+
+    fn ntk_sample_gradients(
+        &self,
+        factors: SeqFactors<'_>,
+        acts: &Tensor,
+        offset: f32,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        ntk::ntk_sample_gradients(factors, acts, offset, out)
     }
 
     fn jl_project(

@@ -1,5 +1,7 @@
 //! The tangent-kernel ops on the CPU: a layer's Gram contraction as two faer GEMMs and one fused
-//! Hadamard pass, and the counter-based JL projection generated tile by tile into a GEMM operand.
+//! Hadamard pass; its sequence forms (token Grams summed per sample pair, embedding rows matched
+//! by id, per-sample layer gradients); and the counter-based JL projection generated tile by tile
+//! into a GEMM operand.
 
 use std::ops::Range;
 
@@ -9,7 +11,7 @@ use rayon::prelude::*;
 
 use super::common::{values, values_mut};
 use super::gemm::{gemm, Operand};
-use crate::backend::{shapes, JlSpec, Tensor};
+use crate::backend::{shapes, JlSpec, SeqFactors, Tensor, TokenPairing};
 use crate::error::Result;
 
 pub(super) fn ntk_contract(
@@ -49,6 +51,149 @@ pub(super) fn ntk_contract(
                 *o += g * (a + offset);
             }
         });
+    Ok(())
+}
+
+/// Entries of one token Gram chunk (`[row tokens, column tokens]`), bounding the two Grams a
+/// Linear term holds at once to 16 MiB each.
+const GRAM_CHUNK: usize = 1 << 22;
+
+pub(super) fn ntk_contract_seq(
+    rows: SeqFactors<'_>,
+    cols: SeqFactors<'_>,
+    pairing: TokenPairing<'_>,
+    samples: Range<usize>,
+    out: &mut Tensor,
+) -> Result<()> {
+    let (p, q) = shapes::ntk_contract_seq(&rows, &cols, &pairing, &samples, out)?;
+    let (n_r, n_c) = (rows.layout.num_sequences(), samples.len());
+    if n_r == 0 || n_c == 0 {
+        return Ok(());
+    }
+    let r_starts = rows.layout.starts();
+    // Column token ranges relative to the first column token of `samples`.
+    let c_first = cols.layout.starts()[samples.start];
+    let c_ranges: Vec<Range<usize>> = samples
+        .clone()
+        .map(|j| {
+            let r = cols.layout.range(j);
+            r.start - c_first..r.end - c_first
+        })
+        .collect();
+    let col_tokens = c_first..cols.layout.starts()[samples.end];
+    let t_c = col_tokens.len();
+    let (dr, dc) = (values(rows.delta)?, values(cols.delta)?);
+    let dc = &dc[col_tokens.start * p..col_tokens.end * p];
+    let out = values_mut(out)?;
+
+    if let TokenPairing::Embedding {
+        rows: ids_r,
+        cols: ids_c,
+    } = pairing
+    {
+        // Matching ids are few: compare every token pair, take dot products only where they match.
+        let ids_c = &ids_c[col_tokens];
+        out.par_chunks_mut(n_c).enumerate().for_each(|(i, o)| {
+            for (o, cs) in o.iter_mut().zip(&c_ranges) {
+                let mut sum = 0.0f64;
+                for t in rows.layout.range(i) {
+                    let row = &dr[t * p..(t + 1) * p];
+                    for s in cs.clone().filter(|&s| ids_c[s] == ids_r[t]) {
+                        sum += dot(row, &dc[s * p..(s + 1) * p]);
+                    }
+                }
+                *o += sum as f32;
+            }
+        });
+        return Ok(());
+    }
+    let TokenPairing::Linear {
+        rows: a_r,
+        cols: a_c,
+        offset,
+    } = pairing
+    else {
+        unreachable!("the embedding form returned above")
+    };
+    let (ar, ac) = (values(a_r)?, values(a_c)?);
+    let ac = &ac[col_tokens.start * q..col_tokens.end * q];
+    let max_row_tokens = (GRAM_CHUNK / t_c.max(1)).max(1);
+    let mut first = 0;
+    while first < n_r {
+        // The row samples whose tokens fit one chunk (at least one sample, however long).
+        let mut last = first + 1;
+        while last < n_r && r_starts[last + 1] - r_starts[first] <= max_row_tokens {
+            last += 1;
+        }
+        let tokens = r_starts[first]..r_starts[last];
+        let t_r = tokens.len();
+        let mut gram = vec![0.0f32; t_r * t_c];
+        gemm(
+            &mut gram,
+            Operand::plain(&dr[tokens.start * p..tokens.end * p], t_r, p),
+            Operand::transposed(dc, t_c, p),
+            false,
+        );
+        let mut act_gram = vec![0.0f32; t_r * t_c];
+        gemm(
+            &mut act_gram,
+            Operand::plain(&ar[tokens.start * q..tokens.end * q], t_r, q),
+            Operand::transposed(ac, t_c, q),
+            false,
+        );
+        gram.par_iter_mut()
+            .zip(&act_gram)
+            .for_each(|(g, a)| *g *= a + offset);
+        out[first * n_c..last * n_c]
+            .par_chunks_mut(n_c)
+            .zip(first..last)
+            .for_each(|(o, i)| {
+                let ts = r_starts[i] - tokens.start..r_starts[i + 1] - tokens.start;
+                for (o, cs) in o.iter_mut().zip(&c_ranges) {
+                    let sum: f64 = ts
+                        .clone()
+                        .flat_map(|t| &gram[t * t_c + cs.start..t * t_c + cs.end])
+                        .map(|&v| v as f64)
+                        .sum();
+                    *o += sum as f32;
+                }
+            });
+        first = last;
+    }
+    Ok(())
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
+
+pub(super) fn ntk_sample_gradients(
+    factors: SeqFactors<'_>,
+    acts: &Tensor,
+    offset: f32,
+    out: &mut Tensor,
+) -> Result<()> {
+    let (p, q) = shapes::ntk_sample_gradients(&factors, acts, offset, out)?;
+    let (delta, acts) = (values(factors.delta)?, values(acts)?);
+    let bias_input = offset.sqrt();
+    let width = p * (q + 1);
+    for (i, g) in values_mut(out)?.chunks_exact_mut(width.max(1)).enumerate() {
+        let tokens = factors.layout.range(i);
+        // `[a_t, √offset]` per token: the bias column comes out of the same GEMM.
+        let extended: Vec<f32> = tokens
+            .clone()
+            .flat_map(|t| {
+                let a = &acts[t * q..(t + 1) * q];
+                a.iter().copied().chain(std::iter::once(bias_input))
+            })
+            .collect();
+        gemm(
+            g,
+            Operand::transposed(&delta[tokens.start * p..tokens.end * p], tokens.len(), p),
+            Operand::plain(&extended, tokens.len(), q + 1),
+            false,
+        );
+    }
     Ok(())
 }
 

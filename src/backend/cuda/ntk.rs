@@ -118,3 +118,30 @@ pub(super) fn jl_project(
     args.arg(x).arg(out).arg(&shape);
     be.launch("jl_project_v1", &mut args, cfg)
 }
+
+pub(super) fn ntk_contract_seq(
+    _be: &CudaBackend,
+    _rows: crate::backend::SeqFactors<'_>,
+    _cols: crate::backend::SeqFactors<'_>,
+    _pairing: crate::backend::TokenPairing<'_>,
+    _samples: Range<usize>,
+    _out: &mut Tensor,
+) -> Result<()> {
+    Err(crate::Error::Unsupported {
+        backend: "cuda",
+        op: "ntk_contract_seq",
+    })
+}
+
+pub(super) fn ntk_sample_gradients(
+    _be: &CudaBackend,
+    _factors: crate::backend::SeqFactors<'_>,
+    _acts: &Tensor,
+    _offset: f32,
+    _out: &mut Tensor,
+) -> Result<()> {
+    Err(crate::Error::Unsupported {
+        backend: "cuda",
+        op: "ntk_sample_gradients",
+    })
+}

@@ -53,6 +53,10 @@ pub(super) enum Kernel {
     ContractTiled,
     /// NTK contraction variant 3 (direct): no shared tiles or barriers (software adapters).
     ContractDirect,
+    /// The token-level sequence form's per-pair sums of a contracted chunk.
+    SeqSegmentSum,
+    /// The materialised sequence form's per-sample layer gradients.
+    SampleGradients,
     JlProject,
     GroupSums,
     ScatterTiled,
@@ -87,9 +91,11 @@ impl Kernel {
             Kernel::Gather => GATHER,
             Kernel::GatherF16 => return f16_build(GATHER),
             Kernel::Pool => include_str!("../../../shaders/pool.wgsl"),
-            Kernel::ContractTiled | Kernel::ContractDirect | Kernel::JlProject => {
-                include_str!("../../../shaders/ntk.wgsl")
-            }
+            Kernel::ContractTiled
+            | Kernel::ContractDirect
+            | Kernel::SeqSegmentSum
+            | Kernel::SampleGradients
+            | Kernel::JlProject => include_str!("../../../shaders/ntk.wgsl"),
             Kernel::GroupSums | Kernel::ScatterTiled => include_str!("../../../shaders/stats.wgsl"),
             Kernel::BitonicLocal | Kernel::BitonicGlobal | Kernel::EcdfCounts => {
                 include_str!("../../../shaders/trim.wgsl")
@@ -111,6 +117,8 @@ impl Kernel {
             Kernel::Pool => "pool",
             Kernel::ContractTiled => "contract_tiled",
             Kernel::ContractDirect => "contract_direct",
+            Kernel::SeqSegmentSum => "seq_segment_sum",
+            Kernel::SampleGradients => "sample_gradients",
             Kernel::JlProject => "jl_project",
             Kernel::GroupSums => "group_sums",
             Kernel::ScatterTiled => "scatter_tiled",
@@ -145,6 +153,10 @@ impl Kernel {
             Kernel::Pool => &[Read, Read, ReadWrite],
             // D_r, D_c, A_r, A_c, out
             Kernel::ContractTiled | Kernel::ContractDirect => &[Read, Read, Read, Read, ReadWrite],
+            // Gram tile, row starts, column starts, row ids, column ids, out
+            Kernel::SeqSegmentSum => &[ReadWrite, Read, Read, Read, Read, ReadWrite],
+            // δ, activations, sequence starts, out
+            Kernel::SampleGradients => &[Read, Read, Read, ReadWrite],
             // x, out
             Kernel::JlProject => &[Read, ReadWrite],
             // x, rows, items, means, partial

@@ -57,7 +57,8 @@ pub use memory::WgpuStorage;
 
 use super::{
     Activation, AttentionSpec, Backend, Eigen, GemmVariant, JlSpec, Matrix64, Moments, OpFamily,
-    Pooling, RopeSpec, SeqLayout, Tensor, TrimReference, TrimResult, TrimSpec,
+    Pooling, RopeSpec, SeqFactors, SeqLayout, Tensor, TokenPairing, TrimReference, TrimResult,
+    TrimSpec,
 };
 use crate::error::Result;
 use device::Pending;
@@ -304,6 +305,27 @@ impl Backend for WgpuBackend {
         out: &mut Tensor,
     ) -> Result<()> {
         ntk::ntk_contract(self, delta_rows, delta_cols, acts, offset, cols, out)
+    }
+
+    fn ntk_contract_seq(
+        &self,
+        rows: SeqFactors<'_>,
+        cols: SeqFactors<'_>,
+        pairing: TokenPairing<'_>,
+        samples: std::ops::Range<usize>,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        ntk::ntk_contract_seq(self, rows, cols, pairing, samples, out)
+    }
+
+    fn ntk_sample_gradients(
+        &self,
+        factors: SeqFactors<'_>,
+        acts: &Tensor,
+        offset: f32,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        ntk::ntk_sample_gradients(self, factors, acts, offset, out)
     }
 
     fn jl_project(
