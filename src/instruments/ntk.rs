@@ -93,11 +93,14 @@ impl KernelJob<'_> {
 
     /// The blocks' row ranges, in order.
     pub fn blocks(&self) -> Vec<Range<usize>> {
-        let n = self.n_rows();
-        (0..n)
-            .step_by(self.block_rows.max(1))
-            .map(|s| s..(s + self.block_rows).min(n))
-            .collect()
+        Tiling {
+            n_rows: self.n_rows(),
+            n_cols: self.n_cols(),
+            square: self.cols.is_none(),
+            block_rows: self.block_rows,
+            tile_rows: self.tile_rows,
+        }
+        .blocks()
     }
 
     /// Runs every block not yet in `checkpoint`, calling `on_block` after each; `on_block`
@@ -118,33 +121,30 @@ impl KernelJob<'_> {
             &self.spec,
         )?;
         let col_tensors = Uploaded::new(backend, &col_factors)?;
-        let mut kernel = vec![0.0f32; n_rows * n_cols];
-        for block in self.blocks() {
-            let (above, rest) = kernel.split_at_mut(block.start * n_cols);
-            let dst = &mut rest[..block.len() * n_cols];
-            let resumed = match checkpoint.map(|c| c.load(&block, n_cols)).transpose()? {
-                Some(Some(saved)) => {
-                    dst.copy_from_slice(&saved);
-                    true
-                }
-                _ => {
-                    let values = self.block(backend, &block, &col_factors, &col_tensors, above)?;
-                    dst.copy_from_slice(&values);
-                    if let Some(c) = checkpoint {
-                        c.save(&block, &values)?;
-                    }
-                    false
-                }
+        let tiling = Tiling {
+            n_rows,
+            n_cols,
+            square: self.cols.is_none(),
+            block_rows: self.block_rows,
+            tile_rows: self.tile_rows,
+        };
+        let d = self.mlp.input_dim();
+        let mut tile = |tile: Range<usize>, cols: Range<usize>| -> Result<Vec<f32>> {
+            let row_factors = if tiling.square {
+                col_factors.rows(tile)
+            } else {
+                factors(
+                    backend,
+                    self.mlp,
+                    &self.rows[tile.start * d..tile.end * d],
+                    &self.spec,
+                )?
             };
-            if on_block(&BlockDone {
-                rows: block,
-                resumed,
-            })
-            .is_break()
-            {
-                return Ok(None);
-            }
-        }
+            contract_block(backend, &row_factors, &col_tensors, cols, self.spec.kind)
+        };
+        let Some(kernel) = run_blocks(&tiling, checkpoint, on_block, &mut tile)? else {
+            return Ok(None);
+        };
         Ok(Some(KernelFile {
             values: kernel,
             rows: n_rows,
@@ -159,57 +159,107 @@ impl KernelJob<'_> {
     }
 }
 
-impl KernelJob<'_> {
-    /// Rows `block` against every column, tile by tile. A square kernel is symmetric: a tile
-    /// computes only the columns from its own first row on, and the entries left of that are
-    /// mirrored from the rows above (`above`: the kernel's rows before the block), so each pair
-    /// is computed once and the kernel is exactly symmetric.
-    fn block(
-        &self,
-        backend: &dyn Backend,
-        block: &Range<usize>,
-        col_factors: &Factors,
-        col_tensors: &Uploaded,
-        above: &[f32],
-    ) -> Result<Vec<f32>> {
-        let (n_rows, n_cols, d) = (self.n_rows(), self.n_cols(), self.mlp.input_dim());
-        let t = self.tile_rows;
-        let square = self.cols.is_none();
-        let mut values = vec![0.0f32; block.len() * n_cols];
-        for tile_start in (block.start / t * t..block.end).step_by(t) {
-            let tile = tile_start..(tile_start + t).min(n_rows);
-            let (row_factors, cols) = if square {
-                (col_factors.rows(tile.clone()), tile.start..n_cols)
-            } else {
-                let x = &self.rows[tile.start * d..tile.end * d];
-                (factors(backend, self.mlp, x, &self.spec)?, 0..n_cols)
-            };
-            let tile_values = contract_block(
-                backend,
-                &row_factors,
-                col_tensors,
-                cols.clone(),
-                self.spec.kind,
-            )?;
-            for row in tile.start.max(block.start)..tile.end.min(block.end) {
-                let src = &tile_values[(row - tile.start) * cols.len()..][..cols.len()];
-                values[(row - block.start) * n_cols..][cols.clone()].copy_from_slice(src);
-            }
-        }
-        if square {
-            for row in block.clone() {
-                for col in 0..row / t * t {
-                    let mirrored = if col < block.start {
-                        above[col * n_cols + row]
-                    } else {
-                        values[(col - block.start) * n_cols + row]
-                    };
-                    values[(row - block.start) * n_cols + col] = mirrored;
-                }
-            }
-        }
-        Ok(values)
+/// The shape of a kernel computed in tiles of rows: what the block driver ([`run_blocks`])
+/// needs to know, whatever the model.
+pub(crate) struct Tiling {
+    pub n_rows: usize,
+    pub n_cols: usize,
+    /// Rows and columns are the same samples: the kernel is symmetric.
+    pub square: bool,
+    pub block_rows: usize,
+    pub tile_rows: usize,
+}
+
+impl Tiling {
+    /// The blocks' row ranges, in order.
+    pub fn blocks(&self) -> Vec<Range<usize>> {
+        (0..self.n_rows)
+            .step_by(self.block_rows.max(1))
+            .map(|s| s..(s + self.block_rows).min(self.n_rows))
+            .collect()
     }
+}
+
+/// Runs every block not yet in `checkpoint`, calling `on_block` after each; `on_block`
+/// returning `Break` stops the run (finished blocks stay in the checkpoint) and gives
+/// `Ok(None)`. Otherwise returns the whole `[n_rows, n_cols]` kernel. `tile(rows, cols)` gives
+/// the kernel between the row tile `rows` (always `tile_rows` aligned, so its shapes and hence
+/// its bits do not depend on the blocks) and the columns `cols`, normalised.
+pub(crate) fn run_blocks(
+    tiling: &Tiling,
+    checkpoint: Option<&Checkpoint>,
+    on_block: &mut dyn FnMut(&BlockDone) -> ControlFlow<()>,
+    tile: &mut dyn FnMut(Range<usize>, Range<usize>) -> Result<Vec<f32>>,
+) -> Result<Option<Vec<f32>>> {
+    let n_cols = tiling.n_cols;
+    let mut kernel = vec![0.0f32; tiling.n_rows * n_cols];
+    for block in tiling.blocks() {
+        let (above, rest) = kernel.split_at_mut(block.start * n_cols);
+        let dst = &mut rest[..block.len() * n_cols];
+        let resumed = match checkpoint.map(|c| c.load(&block, n_cols)).transpose()? {
+            Some(Some(saved)) => {
+                dst.copy_from_slice(&saved);
+                true
+            }
+            _ => {
+                let values = run_block(tiling, &block, above, tile)?;
+                dst.copy_from_slice(&values);
+                if let Some(c) = checkpoint {
+                    c.save(&block, &values)?;
+                }
+                false
+            }
+        };
+        if on_block(&BlockDone {
+            rows: block,
+            resumed,
+        })
+        .is_break()
+        {
+            return Ok(None);
+        }
+    }
+    Ok(Some(kernel))
+}
+
+/// Rows `block` against every column, tile by tile. A square kernel is symmetric: a tile
+/// computes only the columns from its own first row on, and the entries left of that are
+/// mirrored from the rows above (`above`: the kernel's rows before the block), so each pair is
+/// computed once and the kernel is exactly symmetric.
+fn run_block(
+    tiling: &Tiling,
+    block: &Range<usize>,
+    above: &[f32],
+    tile: &mut dyn FnMut(Range<usize>, Range<usize>) -> Result<Vec<f32>>,
+) -> Result<Vec<f32>> {
+    let (n_rows, n_cols, t) = (tiling.n_rows, tiling.n_cols, tiling.tile_rows);
+    let mut values = vec![0.0f32; block.len() * n_cols];
+    for tile_start in (block.start / t * t..block.end).step_by(t) {
+        let rows = tile_start..(tile_start + t).min(n_rows);
+        let cols = if tiling.square {
+            rows.start..n_cols
+        } else {
+            0..n_cols
+        };
+        let tile_values = tile(rows.clone(), cols.clone())?;
+        for row in rows.start.max(block.start)..rows.end.min(block.end) {
+            let src = &tile_values[(row - rows.start) * cols.len()..][..cols.len()];
+            values[(row - block.start) * n_cols..][cols.clone()].copy_from_slice(src);
+        }
+    }
+    if tiling.square {
+        for row in block.clone() {
+            for col in 0..row / t * t {
+                let mirrored = if col < block.start {
+                    above[col * n_cols + row]
+                } else {
+                    values[(col - block.start) * n_cols + row]
+                };
+                values[(row - block.start) * n_cols + col] = mirrored;
+            }
+        }
+    }
+    Ok(values)
 }
 
 /// Column factors on the backend, uploaded once for every block.
@@ -263,21 +313,25 @@ fn contract_block(
     }
     let mut values = backend.download(&out)?;
     if kind.normalized() {
-        // A sample whose gradient vanishes has no direction: its cosine row is 0, not NaN.
-        let inv = |s: f64| if s > 0.0 { 1.0 / s.sqrt() } else { 0.0 };
-        let col_inv: Vec<f64> = col_tensors.self_kernel[cols]
-            .iter()
-            .map(|&s| inv(s))
-            .collect();
-        for (row, r_norm) in values
-            .chunks_exact_mut(n_cols.max(1))
-            .zip(&rows.self_kernel)
-        {
-            let r_inv = inv(*r_norm);
-            row.iter_mut()
-                .zip(&col_inv)
-                .for_each(|(v, c)| *v = (*v as f64 * r_inv * c) as f32);
-        }
+        cosine_normalize(
+            &mut values,
+            &rows.self_kernel,
+            &col_tensors.self_kernel[cols],
+        );
     }
     Ok(values)
+}
+
+/// The trace NTK's cosine normalisation of a `[rows, cols]` tile in place, from each sample's
+/// kernel value with itself (`‖g‖²`).
+pub(crate) fn cosine_normalize(values: &mut [f32], row_self: &[f64], col_self: &[f64]) {
+    // A sample whose gradient vanishes has no direction: its cosine row is 0, not NaN.
+    let inv = |s: f64| if s > 0.0 { 1.0 / s.sqrt() } else { 0.0 };
+    let col_inv: Vec<f64> = col_self.iter().map(|&s| inv(s)).collect();
+    for (row, r_norm) in values.chunks_exact_mut(col_self.len().max(1)).zip(row_self) {
+        let r_inv = inv(*r_norm);
+        row.iter_mut()
+            .zip(&col_inv)
+            .for_each(|(v, c)| *v = (*v as f64 * r_inv * c) as f32);
+    }
 }
