@@ -7,14 +7,17 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use common::{backend_tests, reference_tensor, rel_error_f64, repo_path};
 use mscope::backend::cpu::CpuBackend;
 use mscope::backend::Backend;
+use mscope::instruments::project::KernelKind;
+use mscope::instruments::transformer_ntk::SequenceKernelJob;
 use mscope::models::classifier::SequenceClassifier;
 use mscope::models::classifier_grad::{class_seeds, factors, summed_seed, SequenceFactors};
-use mscope::models::tokenize::TextTokenizer;
+use mscope::models::tokenize::{TextTokenizer, TokenizedText};
 use mscope::models::{Encoder, TokenBatch};
 use mscope::weights::WeightsDtype;
 
@@ -303,4 +306,62 @@ fn a_checkpoint_without_a_head_is_refused() {
         err.contains("no sequence-classification head") && err.contains("XLMRobertaModel"),
         "{err}"
     );
+}
+
+/// The tokenised fixture texts of a model.
+fn tokenized(dir: &str, classifier: &SequenceClassifier) -> Vec<TokenizedText> {
+    let tokenizer = TextTokenizer::load(&repo_path(dir), classifier.encoder().max_tokens())
+        .expect("tokenizer loads");
+    let texts = texts();
+    let refs: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
+    tokenizer.encode(&refs).expect("tokenises")
+}
+
+fn run_job(job: &SequenceKernelJob) -> Vec<f32> {
+    job.run(&CpuBackend::new(), None, &mut |_| ControlFlow::Continue(()))
+        .expect("kernel")
+        .expect("not stopped")
+        .values
+}
+
+/// The instrument's contracted kernels (token-level, id-matching and materialised forms on the
+/// backend, tiles of 3 texts so one tile is ragged) against torch.func's, square and against.
+#[test]
+fn contracted_kernels_match_torch_func() {
+    for (dir, reference) in MODELS {
+        let classifier = load(dir, Arc::new(CpuBackend::new()));
+        let texts = tokenized(dir, &classifier);
+        let n = texts.len();
+        for kind in [KernelKind::Trntk, KernelKind::Trntk0, KernelKind::Pntk] {
+            let (_, want) = reference_tensor(reference, kind.name());
+            let mut job = SequenceKernelJob {
+                classifier: &classifier,
+                rows: &texts,
+                cols: None,
+                kind,
+                block_rows: 1,
+                tile_rows: 3,
+            };
+            let square = run_job(&job);
+            let err = rel_error_f64(&square.iter().map(|&v| v as f64).collect::<Vec<_>>(), &want);
+            assert!(
+                err < F32_TOLERANCE,
+                "{dir} {}: square rel err {err:.2e}",
+                kind.name()
+            );
+            // Blocks do not change a bit.
+            job.block_rows = n;
+            assert_eq!(run_job(&job), square, "{dir} {}: one block", kind.name());
+            // Texts 1.. against every text: the reference's rows 1...
+            job.rows = &texts[1..];
+            job.cols = Some(&texts);
+            let against: Vec<f64> = run_job(&job).iter().map(|&v| v as f64).collect();
+            let err = rel_error_f64(&against, &want[n..]);
+            assert!(
+                err < F32_TOLERANCE,
+                "{dir} {}: against rel err {err:.2e}",
+                kind.name()
+            );
+        }
+    }
 }
