@@ -10,11 +10,13 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use common::{backend_tests, reference_tensor, rel_error_f64, repo_path};
+use common::{backend_tests, reference_tensor, rel_error_f64, repo_path, run_mscope_ok};
 use mscope::backend::cpu::CpuBackend;
 use mscope::backend::Backend;
 use mscope::instruments::project::KernelKind;
 use mscope::instruments::transformer_ntk::SequenceKernelJob;
+use mscope::io::checkpoint::Checkpoint;
+use mscope::io::kernel_file::KernelFile;
 use mscope::models::classifier::SequenceClassifier;
 use mscope::models::classifier_grad::{class_seeds, factors, summed_seed, SequenceFactors};
 use mscope::models::tokenize::{TextTokenizer, TokenizedText};
@@ -364,4 +366,160 @@ fn contracted_kernels_match_torch_func() {
             );
         }
     }
+}
+
+/// A run stopped after two blocks resumes from its checkpoint to the one-pass kernel, bit for
+/// bit.
+#[test]
+fn a_resumed_run_gives_the_one_pass_kernel_exactly() {
+    let (dir, _) = MODELS[0];
+    let classifier = load(dir, Arc::new(CpuBackend::new()));
+    let texts = tokenized(dir, &classifier);
+    let job = SequenceKernelJob {
+        classifier: &classifier,
+        rows: &texts,
+        cols: None,
+        kind: KernelKind::Trntk,
+        block_rows: 1,
+        tile_rows: 2,
+    };
+    let one_pass = run_job(&job);
+    let tmp = tempfile::tempdir().unwrap();
+    let checkpoint = Checkpoint::open(tmp.path(), &serde_json::json!({"test": "resume"})).unwrap();
+    let mut done = 0;
+    let stopped = job
+        .run(&CpuBackend::new(), Some(&checkpoint), &mut |_| {
+            done += 1;
+            if done == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert!(stopped.is_none());
+    let mut resumed = Vec::new();
+    let kernel = job
+        .run(&CpuBackend::new(), Some(&checkpoint), &mut |b| {
+            resumed.push(b.resumed);
+            ControlFlow::Continue(())
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(resumed, [true, true, false, false]);
+    assert_eq!(kernel.values, one_pass);
+}
+
+fn as_strs(a: &[String]) -> Vec<&str> {
+    a.iter().map(String::as_str).collect()
+}
+
+fn path_str(p: &std::path::Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+#[test]
+fn cli_ntk_of_a_classifier_matches_torch_func() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = repo_path("tests/fixtures/classifiers/texts.jsonl");
+    for (dir, reference) in MODELS {
+        for kind in ["trntk", "trntk0", "pntk"] {
+            let out = tmp.path().join(format!("{kind}.safetensors"));
+            let model = repo_path(dir);
+            let stdout = run_mscope_ok(&[
+                "ntk",
+                "--model",
+                path_str(&model),
+                "--data",
+                path_str(&data),
+                "--kind",
+                kind,
+                "--block-rows",
+                "2",
+                "--backend",
+                "cpu",
+                "--out",
+                path_str(&out),
+            ])
+            .stdout;
+            let stdout = String::from_utf8_lossy(&stdout);
+            assert!(stdout.contains(&format!("{kind} 4×4 (exact)")), "{stdout}");
+            let k = KernelFile::read(&out).unwrap();
+            assert_eq!((k.rows, k.cols, k.kind.as_str()), (4, 4, kind));
+            let got: Vec<f64> = k.values.iter().map(|&v| v as f64).collect();
+            let err = rel_error_f64(&got, &reference_tensor(reference, kind).1);
+            assert!(err < F32_TOLERANCE, "{dir} {kind}: rel err {err:.2e}");
+            assert!(
+                !Checkpoint::dir_for(&out).exists(),
+                "blocks removed when done"
+            );
+        }
+    }
+}
+
+#[test]
+fn cli_ntk_of_a_classifier_refuses_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("k.safetensors");
+    let bert = repo_path(MODELS[0].0);
+    let texts = repo_path("tests/fixtures/classifiers/texts.jsonl");
+    let write = |name: &str, body: &str| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        path
+    };
+    let ntk = |model: &std::path::Path, data: &std::path::Path| -> Vec<String> {
+        ["ntk", "--model", path_str(model), "--data", path_str(data)]
+            .into_iter()
+            .chain(["--backend", "cpu", "--out", path_str(&out)])
+            .map(str::to_string)
+            .collect()
+    };
+    // A checkpoint without a classification head.
+    let no_head = ntk(&repo_path("tests/fixtures/tiny-xlmr"), &texts);
+    common::assert_fails_cleanly(
+        &as_strs(&no_head),
+        &["no sequence-classification head", "XLMRobertaModel"],
+    );
+    // A label the model does not have (it has negative, neutral, positive).
+    let bad_label = write(
+        "bad_label.jsonl",
+        "{\"text\": \"fine\", \"label\": \"positive\"}\n{\"text\": \"odd\", \"label\": \"sideways\"}\n",
+    );
+    common::assert_fails_cleanly(
+        &as_strs(&ntk(&bert, &bad_label)),
+        &[
+            "bad_label.jsonl",
+            "row 2",
+            "\"sideways\"",
+            "negative, neutral, positive",
+        ],
+    );
+    let bad_index = write(
+        "bad_index.jsonl",
+        "{\"text\": \"fine\", \"label\": \"3\"}\n",
+    );
+    common::assert_fails_cleanly(&as_strs(&ntk(&bert, &bad_index)), &["row 1", "\"3\""]);
+    // An empty data file.
+    let empty = write("empty.jsonl", "");
+    common::assert_fails_cleanly(&as_strs(&ntk(&bert, &empty)), &["empty.jsonl", "no texts"]);
+    // Projected kernels are not there yet: refused, not silently exact.
+    let mut projected = ntk(&bert, &texts);
+    projected.extend(["--projection", "kronecker", "--projection-dim", "4"].map(String::from));
+    common::assert_fails_cleanly(&as_strs(&projected), &["--projection kronecker"]);
+    // A text longer than the 32 positions is truncated as the tokenizer says, and reported.
+    let long = write(
+        "long.jsonl",
+        &format!(
+            "{{\"text\": \"short\"}}\n{{\"text\": \"{}\"}}\n",
+            "the quick brown fox jumps over the lazy dog ".repeat(8)
+        ),
+    );
+    let run = run_mscope_ok(&as_strs(&ntk(&bert, &long)));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("1 of 2 texts (the first: row 2)") && stderr.contains("truncated to 32"),
+        "{stderr}"
+    );
+    assert_eq!(KernelFile::read(&out).unwrap().rows, 2);
 }
