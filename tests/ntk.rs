@@ -664,13 +664,19 @@ fn cli_writes_the_kernel_and_resumes_from_blocks() {
         block_rows: 3,
         tile_rows: mscope::instruments::ntk::DEFAULT_TILE_ROWS,
     };
+    // What `mscope ntk` records for this run (`cli::ntk`'s job manifest and the block rows).
     let manifest = serde_json::json!({
-        "model": file_digest(&model).unwrap(),
-        "data": file_digest(&test).unwrap(),
-        "against": file_digest(&train).unwrap(),
-        "kind": "trntk", "projection": "none", "projection_dim": 0, "seed": 0, "block_rows": 3,
-        "tile_rows": mscope::instruments::ntk::DEFAULT_TILE_ROWS, "backend": "cpu",
+        "command": "ntk", "version": env!("CARGO_PKG_VERSION"), "backend": "cpu",
         "threads": rayon::current_num_threads(),
+        "inputs": {
+            "model": file_digest(&model).unwrap(),
+            "data": file_digest(&test).unwrap(),
+            "against": file_digest(&train).unwrap(),
+        },
+        "tile_rows": mscope::instruments::ntk::DEFAULT_TILE_ROWS, "rows": 7, "cols": 12,
+        "square": false,
+        "file": { "kind": "trntk", "normalized": true, "projection_dim": 0 },
+        "kind": "trntk", "projection": "none", "projection_dim": 0, "seed": 0, "block_rows": 3,
     });
     let checkpoint = Checkpoint::open(&Checkpoint::dir_for(&out), &manifest).unwrap();
     interrupted_after(&job, &checkpoint, 2);

@@ -634,3 +634,50 @@ fn compare_shards_merge_to_the_single_process_report() {
         );
     }
 }
+
+#[test]
+fn classifier_kernel_shards_merge_to_the_single_process_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = repo_path("tests/fixtures/classifiers/texts.jsonl");
+    let model = repo_path("tests/fixtures/classifiers/tiny-bert-cls");
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "ntk",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--kind",
+            "trntk",
+            "--tile-rows",
+            "1",
+            "--threads",
+            "2",
+            "--backend",
+            "cpu",
+            "--out",
+            s(out),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let single = dir.path().join("single.safetensors");
+    ok(&args(&single), &[]);
+    let one = std::fs::read(&single).unwrap();
+    for count in [2, 3, 5] {
+        let out = dir.path().join(format!("k{count}.safetensors"));
+        for index in scrambled(count) {
+            ok(&args(&out), &["--shard", &format!("{index}/{count}")]);
+        }
+        let merged = merge(&out);
+        assert!(
+            merged.status.success(),
+            "{}",
+            String::from_utf8_lossy(&merged.stderr)
+        );
+        assert!(
+            std::fs::read(&out).unwrap() == one,
+            "{count} shards of a classifier's kernel differ from the single-process one"
+        );
+    }
+}

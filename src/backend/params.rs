@@ -93,6 +93,51 @@ impl Activation {
             Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
         }
     }
+
+    /// `act'(z)`, the slope the backward pass multiplies output gradients by (written from the
+    /// pre-activation `z`, as [`Activation::apply`] is).
+    #[inline]
+    pub fn derivative(self, z: f32) -> f32 {
+        let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+        match self {
+            Activation::Identity => 1.0,
+            // d/dz z·Φ(z) = Φ(z) + z·φ(z)
+            Activation::Gelu => {
+                let cdf = 0.5 * (1.0 + libm::erff(z * std::f32::consts::FRAC_1_SQRT_2));
+                let pdf = (-0.5 * z * z).exp() * 0.398_942_3;
+                cdf + z * pdf
+            }
+            Activation::GeluTanh => {
+                const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+                let t = (SQRT_2_OVER_PI * (z + 0.044_715 * z * z * z)).tanh();
+                0.5 * (1.0 + t)
+                    + 0.5 * z * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044_715 * z * z)
+            }
+            Activation::QuickGelu => {
+                let s = sigmoid(1.702 * z);
+                s + 1.702 * z * s * (1.0 - s)
+            }
+            Activation::Silu => {
+                let s = sigmoid(z);
+                s + z * s * (1.0 - s)
+            }
+            Activation::Relu => {
+                if z > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Activation::Tanh => {
+                let t = z.tanh();
+                1.0 - t * t
+            }
+            Activation::Sigmoid => {
+                let s = sigmoid(z);
+                s * (1.0 - s)
+            }
+        }
+    }
 }
 
 /// How token rows of one sequence become one embedding (sentence-transformers' pooling modes).

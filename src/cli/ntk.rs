@@ -1,5 +1,6 @@
-//! `mscope ntk`: the tangent kernel of an MLP classifier between data sets, exact or projected,
-//! computed in row blocks that an interrupted run resumes from.
+//! `mscope ntk`: the tangent kernel of a classifier between data sets, computed in row blocks
+//! that an interrupted run resumes from: an MLP (a safetensors file) on datasets, exact or
+//! projected, or a transformer sequence classifier (a Hugging Face directory) on texts, exact.
 //!
 //! With `--shard I/N` the run computes only shard `I`'s row tiles (the kernel's tiles balanced
 //! by cost, see [`crate::io::shards`]) into `OUT.shard-I-of-N.safetensors`; `mscope merge OUT`
@@ -8,24 +9,30 @@
 //! ones are checkpointed; the same command resumes.
 
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
 use serde_json::json;
 
-use crate::backend::Backend;
-use crate::backend::{self, BackendKind, OpFamily};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{self, Backend, BackendKind, OpFamily};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::instruments::ntk::{self, KernelJob, DEFAULT_TILE_ROWS};
+use crate::instruments::ntk::{self, BlockDone, KernelJob, Tiling, DEFAULT_TILE_ROWS};
 use crate::instruments::project::{FactorSpec, KernelKind, ProjectionKind};
+use crate::instruments::transformer_ntk::SequenceKernelJob;
 use crate::io::checkpoint::{file_digest, Checkpoint};
 use crate::io::kernel_file::KernelFile;
 use crate::io::shards::{self, Manifest, Shard, ShardFile};
 use crate::io::tensor_file::TensorOut;
+use crate::io::texts::{read_rows, FieldNames, InputSpec, TextRow};
 use crate::io::{check_outputs, preemption};
+use crate::models::classifier::SequenceClassifier;
 use crate::models::mlp::Mlp;
+use crate::models::tokenize::{TextTokenizer, TokenizedText};
+use crate::weights::WeightsDtype;
 
 #[derive(Args)]
 #[command(after_help = "\
@@ -43,10 +50,12 @@ Shards and preemption:
   it then exits with status 75 (EX_TEMPFAIL: stopped cleanly, rerun to finish). Rerunning the
   same command, also after SIGKILL, resumes from the saved tiles.")]
 pub struct NtkArgs {
-    /// MLP classifier (safetensors `fc{i}.weight`/`fc{i}.bias`, metadata `activation`).
+    /// MLP classifier (safetensors `fc{i}.weight`/`fc{i}.bias`, metadata `activation`), or a
+    /// `BertForSequenceClassification` / `XLMRobertaForSequenceClassification` directory.
     #[arg(long)]
     model: PathBuf,
-    /// Dataset of the kernel's rows (`x` F32 [N, d], `y` I64 [N]).
+    /// The kernel's rows: a dataset (`x` F32 [N, d], `y` I64 [N]) for an MLP; texts (.jsonl,
+    /// .csv, .tsv, .txt; labels optional) for a transformer classifier.
     #[arg(long)]
     data: PathBuf,
     /// Dataset of the kernel's columns (e.g. the training set for a test × train kernel)
@@ -83,11 +92,27 @@ pub struct NtkArgs {
     /// CPU threads, at most 4 per core [default: one per core].
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Text field of .jsonl / column of .csv and .tsv data (transformer classifiers).
+    #[arg(long, default_value = "text")]
+    text_field: String,
+    /// Label field of .jsonl / column of .csv and .tsv data (transformer classifiers; labels
+    /// are optional, and checked against the model's `id2label` where given).
+    #[arg(long, default_value = "label")]
+    label_field: String,
 }
 
 /// Bytes of the `[block_rows, cols]` f32 buffers a block needs at most (kernel block and two
 /// Gram matrices of one tile).
 const BLOCK_BYTES: usize = 256 << 20;
+
+/// Rows per block that keep a block's buffers near [`BLOCK_BYTES`] for `n_cols` columns: whole
+/// tiles, so no tile is computed twice. (An empty data set is refused by the job's check.)
+fn default_block_rows(n_cols: usize, tile_rows: usize) -> usize {
+    (BLOCK_BYTES / (12 * n_cols.max(1)))
+        .max(1)
+        .div_ceil(tile_rows.max(1))
+        * tile_rows.max(1)
+}
 
 pub fn run(args: NtkArgs) -> Result<()> {
     super::set_threads(args.threads)?;
@@ -103,6 +128,9 @@ pub fn run(args: NtkArgs) -> Result<()> {
         ],
         &[("--out", Some(&out))],
     )?;
+    if args.model.is_dir() {
+        return run_classifier(args, &out);
+    }
     let mlp = Mlp::read(&args.model)?;
     let read = |path: &PathBuf| -> Result<Dataset> {
         let data = Dataset::read(path)?;
@@ -127,17 +155,9 @@ pub fn run(args: NtkArgs) -> Result<()> {
         seed: args.seed,
     };
     let n_cols = cols.as_ref().unwrap_or(&rows).len();
-    let block_rows = match args.block_rows {
-        Some(rows) => rows,
-        // Whole tiles, so no tile is computed twice.
-        None => {
-            // (An empty data set is refused by `job.check()` below.)
-            (BLOCK_BYTES / (12 * n_cols.max(1)))
-                .max(1)
-                .div_ceil(args.tile_rows.max(1))
-                * args.tile_rows.max(1)
-        }
-    };
+    let block_rows = args
+        .block_rows
+        .unwrap_or_else(|| default_block_rows(n_cols, args.tile_rows));
     let job = KernelJob {
         mlp: &mlp,
         rows: &rows.x,
@@ -148,65 +168,41 @@ pub fn run(args: NtkArgs) -> Result<()> {
     };
     let backend = backend::open(args.backend, OpFamily::Ntk)?;
     preemption::watch()?;
-    if let Some(shard) = args.shard {
-        return run_shard(&args, &job, shard, backend.as_ref(), &out);
-    }
-    job.check()?;
-
-    let checkpoint = if job.blocks().len() > 1 {
-        let manifest = json!({
+    let manifest = job_manifest(
+        json!({
             "model": file_digest(&args.model)?,
             "data": file_digest(&args.data)?,
             "against": args.against.as_deref().map(file_digest).transpose()?,
+        }),
+        json!({
             "kind": args.kind,
             "projection": args.projection,
             "projection_dim": args.projection_dim,
             "seed": args.seed,
-            "block_rows": block_rows,
-            "tile_rows": args.tile_rows,
-            "backend": backend.name(),
-            // faer splits GEMMs by thread count: the same count keeps resumed blocks bit-exact.
-            "threads": rayon::current_num_threads(),
-        });
-        Some(Checkpoint::open(
-            &Checkpoint::dir_for(&args.out),
-            &manifest,
-        )?)
-    } else {
-        None
-    };
-
-    let pairs = (job.n_rows() * n_cols) as u64;
-    let bar = super::progress_bar(
-        pairs,
-        "{bar:40} {human_pos}/{human_len} pairs  {per_sec}  eta {eta}  {msg}",
+        }),
+        &job.tiling(),
+        backend.as_ref(),
+        (args.kind, job.projection_dim()),
     );
-    let start = Instant::now();
-    let mut resumed_rows = 0;
-    let n_rows = job.n_rows();
-    let mut done_rows = 0;
-    let kernel = job.run(backend.as_ref(), checkpoint.as_ref(), &mut |block| {
-        if block.resumed {
-            resumed_rows += block.rows.len();
-            bar.set_message(format!("{resumed_rows} rows resumed"));
-        }
-        bar.inc((block.rows.len() * n_cols) as u64);
-        done_rows = block.rows.end;
-        stop_unless_last(block.rows.end < n_rows)
-    })?;
-    bar.finish_and_clear();
-    let Some(kernel) = kernel else {
-        return Err(Error::Preempted(format!(
-            "SIGTERM: rows 0..{done_rows} of {n_rows} saved in {}; rerun the same command to \
-             resume",
-            Checkpoint::dir_for(&args.out).display()
-        )));
-    };
-    let seconds = start.elapsed().as_secs_f64();
-    kernel.write(&args.out)?;
-    if let Some(c) = checkpoint {
-        c.remove()?;
+    if let Some(shard) = args.shard {
+        return run_shard(
+            shard,
+            &out,
+            &job.tiling(),
+            manifest,
+            backend.name(),
+            &mut |tiles, checkpoint, on_tile| {
+                job.run_tiles(backend.as_ref(), tiles, checkpoint, on_tile)
+            },
+        );
     }
+    job.check()?;
+    let (kernel, resumed_rows, seconds) = drive(
+        &args.out,
+        &job.tiling(),
+        manifest,
+        &mut |checkpoint, on_block| job.run(backend.as_ref(), checkpoint, on_block),
+    )?;
     let computed = (job.n_rows() - resumed_rows) * n_cols;
     let projection = match args.projection {
         ProjectionKind::None => "exact".to_string(),
@@ -244,37 +240,38 @@ fn stop_unless_last(more: bool) -> ControlFlow<()> {
     }
 }
 
-/// What identifies a kernel run across shards: everything that decides the kernel's bits.
+/// What identifies a kernel run across shards and resumed blocks: everything that decides the
+/// kernel's bits — the inputs' digests, the kernel's `settings` (merged in at the top level),
+/// the tiling, backend and thread count — and what the kernel file records (`kind`, projection
+/// dimension).
 fn job_manifest(
-    args: &NtkArgs,
-    job: &KernelJob,
+    inputs: serde_json::Value,
+    settings: serde_json::Value,
+    tiling: &Tiling,
     backend: &dyn Backend,
-) -> Result<serde_json::Value> {
-    Ok(json!({
+    (kind, projection_dim): (KernelKind, usize),
+) -> serde_json::Value {
+    let mut job = json!({
         "command": "ntk",
         "version": env!("CARGO_PKG_VERSION"),
         "backend": backend.name(),
         // faer splits a one-row or one-column GEMM by thread count.
         "threads": rayon::current_num_threads(),
-        "inputs": {
-            "model": file_digest(&args.model)?,
-            "data": file_digest(&args.data)?,
-            "against": args.against.as_deref().map(file_digest).transpose()?,
-        },
-        "kind": args.kind,
-        "projection": args.projection,
-        "projection_dim": args.projection_dim,
-        "seed": args.seed,
-        "tile_rows": job.tile_rows,
-        "rows": job.n_rows(),
-        "cols": job.n_cols(),
-        "square": job.cols.is_none(),
+        "inputs": inputs,
+        "tile_rows": tiling.tile_rows,
+        "rows": tiling.n_rows,
+        "cols": tiling.n_cols,
+        "square": tiling.square,
         "file": {
-            "kind": args.kind.name(),
-            "normalized": args.kind.normalized(),
-            "projection_dim": job.projection_dim(),
+            "kind": kind.name(),
+            "normalized": kind.normalized(),
+            "projection_dim": projection_dim,
         },
-    }))
+    });
+    if let (Some(job), serde_json::Value::Object(settings)) = (job.as_object_mut(), settings) {
+        job.extend(settings);
+    }
+    job
 }
 
 /// The tensor of the rows `rows` in a shard file.
@@ -282,18 +279,37 @@ fn tile_name(rows: &std::ops::Range<usize>) -> String {
     format!("rows-{}-{}", rows.start, rows.end)
 }
 
-/// `--shard I/N`: this shard's tiles into `path`, resumable from the checkpoint beside it.
+/// The row tiles `tiles` of a kernel, resumable from `checkpoint` and reporting each finished
+/// tile; `Ok(None)` when the report asked to stop.
+type TileRun<'a> = dyn FnMut(
+        std::ops::Range<usize>,
+        Option<&Checkpoint>,
+        &mut dyn FnMut(&BlockDone) -> ControlFlow<()>,
+    ) -> Result<Option<Vec<Vec<f32>>>>
+    + 'a;
+
+/// A kernel computed block by block, resumable from the checkpoint and reporting each
+/// finished block; `Ok(None)` when the report asked to stop.
+type BlockRun<'a> = dyn FnMut(
+        Option<&Checkpoint>,
+        &mut dyn FnMut(&BlockDone) -> ControlFlow<()>,
+    ) -> Result<Option<KernelFile>>
+    + 'a;
+
+/// `--shard I/N`: this shard's tiles of the kernel `tiling` (identified by `job`, see
+/// [`job_manifest`]) into `path`, resumable from the checkpoint beside it.
 fn run_shard(
-    args: &NtkArgs,
-    job: &KernelJob,
     shard: Shard,
-    backend: &dyn Backend,
-    path: &std::path::Path,
+    path: &Path,
+    tiling: &Tiling,
+    job: serde_json::Value,
+    backend: &str,
+    run_tiles: &mut TileRun,
 ) -> Result<()> {
-    let tiles = job.tiles();
-    let mine = shard.units(&job.tile_costs());
+    let tiles = tiling.tiles();
+    let mine = shard.units(&tiling.tile_costs());
     let manifest = Manifest {
-        job: job_manifest(args, job, backend)?,
+        job,
         index: shard.index,
         count: shard.count,
         units: tiles[mine.clone()]
@@ -312,7 +328,7 @@ fn run_shard(
     let last_row = tiles[mine.clone()].last().map_or(0, |t| t.end);
     let start = Instant::now();
     let (mut resumed, mut done) = (0, 0);
-    let values = job.run_tiles(backend, mine.clone(), checkpoint.as_ref(), &mut |tile| {
+    let values = run_tiles(mine.clone(), checkpoint.as_ref(), &mut |tile| {
         resumed += usize::from(tile.resumed);
         done += 1;
         stop_unless_last(tile.rows.end < last_row)
@@ -329,7 +345,7 @@ fn run_shard(
         .iter()
         .zip(&values)
         .map(|(t, v)| {
-            let width = job.tile_cols(t).len();
+            let width = tiling.tile_cols(t).len();
             TensorOut::f32(tile_name(t), vec![t.len(), width], v)
         })
         .collect();
@@ -342,8 +358,8 @@ fn run_shard(
         .next()
         .map_or(0..0, |first| tiles[first].start..last_row);
     println!(
-        "{} shard {shard}: rows {}..{} ({} tiles{}) on {} in {:.2} s -> {}",
-        args.kind.name(),
+        "{} shard {shard}: rows {}..{} ({} tiles{}) on {backend} in {:.2} s -> {}",
+        manifest.job["file"]["kind"].as_str().unwrap_or("kernel"),
         rows.start,
         rows.end,
         mine.len(),
@@ -352,9 +368,191 @@ fn run_shard(
         } else {
             String::new()
         },
-        backend.name(),
         start.elapsed().as_secs_f64(),
         path.display()
+    );
+    Ok(())
+}
+
+/// Runs a kernel job block by block — with a checkpoint beside `out` (identified by `job` and
+/// the block rows) when there is more than one block, and a progress bar over its pairs — and
+/// writes the kernel. Returns it with the rows resumed from the checkpoint and the seconds
+/// taken; SIGTERM stops it between blocks with [`Error::Preempted`].
+fn drive(
+    out: &Path,
+    tiling: &Tiling,
+    mut job: serde_json::Value,
+    run: &mut BlockRun,
+) -> Result<(KernelFile, usize, f64)> {
+    let (n_rows, n_cols) = (tiling.n_rows, tiling.n_cols);
+    job["block_rows"] = tiling.block_rows.into();
+    let checkpoint = if tiling.blocks().len() > 1 {
+        Some(Checkpoint::open(&Checkpoint::dir_for(out), &job)?)
+    } else {
+        None
+    };
+    let bar = super::progress_bar(
+        (n_rows * n_cols) as u64,
+        "{bar:40} {human_pos}/{human_len} pairs  {per_sec}  eta {eta}  {msg}",
+    );
+    let start = Instant::now();
+    let (mut resumed_rows, mut done_rows) = (0, 0);
+    let kernel = run(checkpoint.as_ref(), &mut |block| {
+        if block.resumed {
+            resumed_rows += block.rows.len();
+            bar.set_message(format!("{resumed_rows} rows resumed"));
+        }
+        bar.inc((block.rows.len() * n_cols) as u64);
+        done_rows = block.rows.end;
+        stop_unless_last(block.rows.end < n_rows)
+    })?;
+    bar.finish_and_clear();
+    let Some(kernel) = kernel else {
+        return Err(Error::Preempted(format!(
+            "SIGTERM: rows 0..{done_rows} of {n_rows} saved in {}; rerun the same command to \
+             resume",
+            Checkpoint::dir_for(out).display()
+        )));
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    kernel.write(out)?;
+    if let Some(c) = checkpoint {
+        c.remove()?;
+    }
+    Ok((kernel, resumed_rows, seconds))
+}
+
+/// The digest of a model directory's config and weights, for the checkpoint manifest.
+fn directory_digest(dir: &Path) -> Result<serde_json::Value> {
+    let mut digests = serde_json::Map::new();
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+    ] {
+        let path = dir.join(name);
+        if path.is_file() {
+            digests.insert(name.into(), file_digest(&path)?.into());
+        }
+    }
+    Ok(digests.into())
+}
+
+/// `mscope ntk` of a transformer sequence classifier on texts: exact kernels only.
+fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
+    if args.projection != ProjectionKind::None {
+        return Err(Error::input(
+            format!(
+                "--projection {:?}: projected kernels of transformer classifiers are not \
+             implemented; use --projection none for the exact kernel",
+                args.projection
+            )
+            .to_lowercase(),
+        ));
+    }
+    let cpu: Arc<dyn Backend> = Arc::new(CpuBackend::new());
+    // The factors' backward pass runs on the host from f32 weights.
+    let classifier = SequenceClassifier::load(&args.model, cpu, WeightsDtype::F32)?;
+    let max_tokens = classifier.encoder().config().max_tokens();
+    let tokenizer = TextTokenizer::load(&args.model, max_tokens)?;
+    let fields = FieldNames {
+        text: args.text_field.clone(),
+        label: args.label_field.clone(),
+    };
+    let read = |path: &PathBuf| -> Result<Vec<TokenizedText>> {
+        let spec = InputSpec {
+            path: path.clone(),
+            label: None,
+        };
+        let rows = read_rows(&spec, &fields)?;
+        if rows.is_empty() {
+            return Err(Error::input(format!("{}: no texts", path.display())));
+        }
+        check_text_labels(path, &rows, classifier.labels())?;
+        let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
+        let tokenized = tokenizer.encode(&texts)?;
+        let truncated: Vec<usize> = (0..tokenized.len())
+            .filter(|&i| tokenized[i].truncated)
+            .collect();
+        if let Some(first) = truncated.first() {
+            eprintln!(
+                "note: {}: {} of {} texts (the first: row {}) are longer than the model's \
+                 {max_tokens} positions and were truncated to {max_tokens} tokens",
+                path.display(),
+                truncated.len(),
+                texts.len(),
+                first + 1
+            );
+        }
+        Ok(tokenized)
+    };
+    let rows = read(&args.data)?;
+    let cols = args.against.as_ref().map(read).transpose()?;
+    let n_cols = cols.as_ref().unwrap_or(&rows).len();
+    let block_rows = args
+        .block_rows
+        .unwrap_or_else(|| default_block_rows(n_cols, args.tile_rows));
+    let job = SequenceKernelJob {
+        classifier: &classifier,
+        rows: &rows,
+        cols: cols.as_deref(),
+        kind: args.kind,
+        block_rows,
+        tile_rows: args.tile_rows,
+    };
+    job.check()?;
+    let backend = backend::open(args.backend, OpFamily::Ntk)?;
+    preemption::watch()?;
+    let manifest = job_manifest(
+        json!({
+            "model": directory_digest(&args.model)?,
+            "data": file_digest(&args.data)?,
+            "against": args.against.as_deref().map(file_digest).transpose()?,
+        }),
+        json!({
+            "kind": args.kind,
+            "text_field": args.text_field,
+            "label_field": args.label_field,
+        }),
+        &job.tiling(),
+        backend.as_ref(),
+        (args.kind, 0),
+    );
+    if let Some(shard) = args.shard {
+        return run_shard(
+            shard,
+            out,
+            &job.tiling(),
+            manifest,
+            backend.name(),
+            &mut |tiles, checkpoint, on_tile| {
+                job.run_tiles(backend.as_ref(), tiles, checkpoint, on_tile)
+            },
+        );
+    }
+    let (kernel, resumed_rows, seconds) = drive(
+        &args.out,
+        &job.tiling(),
+        manifest,
+        &mut |checkpoint, on_block| job.run(backend.as_ref(), checkpoint, on_block),
+    )?;
+    let computed = (job.n_rows() - resumed_rows) * n_cols;
+    println!(
+        "{} {}×{} (exact) of a {} classifier ({} labels) on {} in {seconds:.2} s: {:.3e} \
+         pairs/s{} -> {}",
+        args.kind.name(),
+        kernel.rows,
+        kernel.cols,
+        classifier.encoder().config().model_type,
+        classifier.num_labels(),
+        backend.name(),
+        computed as f64 / seconds,
+        if resumed_rows > 0 {
+            format!(" ({resumed_rows} rows resumed from the checkpoint)")
+        } else {
+            String::new()
+        },
+        args.out.display()
     );
     Ok(())
 }
@@ -385,7 +583,14 @@ pub(super) fn merge(out: &std::path::Path, shards: &[ShardFile]) -> Result<()> {
             tiles.push((start..end, values));
         }
     }
-    let values = ntk::assemble(rows, cols, square, tile_rows.max(1), tiles).map_err(|e| {
+    let tiling = Tiling {
+        n_rows: rows,
+        n_cols: cols,
+        square,
+        block_rows: rows,
+        tile_rows,
+    };
+    let values = ntk::assemble(&tiling, tiles).map_err(|e| {
         Error::input(format!(
             "{}: shards do not make one kernel: {e}",
             out.display()
@@ -407,5 +612,27 @@ pub(super) fn merge(out: &std::path::Path, shards: &[ShardFile]) -> Result<()> {
         shards.len(),
         out.display()
     );
+    Ok(())
+}
+
+/// An error naming the file and row of a label that is not one of the model's: a label name
+/// of `id2label`, or a class index below `num_labels`. Rows without a label pass.
+fn check_text_labels(path: &Path, rows: &[TextRow], labels: &[String]) -> Result<()> {
+    for (i, row) in rows.iter().enumerate() {
+        let Some(label) = &row.label else { continue };
+        let known =
+            labels.contains(label) || label.parse::<usize>().is_ok_and(|c| c < labels.len());
+        if !known {
+            return Err(Error::input(format!(
+                "{}: row {}: label {label:?} is not one of the model's {} labels ({}) nor a \
+                 class index below {}",
+                path.display(),
+                i + 1,
+                labels.len(),
+                labels.join(", "),
+                labels.len()
+            )));
+        }
+    }
     Ok(())
 }

@@ -14,3 +14,4 @@ pub mod ntk;
 pub mod pca;
 pub mod project;
 pub mod splits;
+pub mod transformer_ntk;

@@ -112,36 +112,15 @@ impl KernelJob<'_> {
         self.cols.unwrap_or(self.rows).len() / self.mlp.input_dim()
     }
 
-    /// The row tiles, in order: `tile_rows` rows each, the last one shorter.
-    pub fn tiles(&self) -> Vec<Range<usize>> {
-        let n = self.n_rows();
-        (0..n)
-            .step_by(self.tile_rows.max(1))
-            .map(|s| s..(s + self.tile_rows).min(n))
-            .collect()
-    }
-
-    /// The columns a row tile computes: a square kernel's upper triangle (from the tile's first
-    /// row on; the rest is mirrored), else every column.
-    pub fn tile_cols(&self, tile: &Range<usize>) -> Range<usize> {
-        tile_cols(tile, self.n_cols(), self.cols.is_none())
-    }
-
-    /// Each tile's cost in kernel entries computed: what shards are balanced by.
-    pub fn tile_costs(&self) -> Vec<u64> {
-        self.tiles()
-            .iter()
-            .map(|t| (t.len() * self.tile_cols(t).len()) as u64)
-            .collect()
-    }
-
-    /// The blocks' row ranges, in order.
-    pub fn blocks(&self) -> Vec<Range<usize>> {
-        let n = self.n_rows();
-        (0..n)
-            .step_by(self.block_rows.max(1))
-            .map(|s| s..(s + self.block_rows).min(n))
-            .collect()
+    /// The kernel's tiles and blocks.
+    pub fn tiling(&self) -> Tiling {
+        Tiling {
+            n_rows: self.n_rows(),
+            n_cols: self.n_cols(),
+            square: self.cols.is_none(),
+            block_rows: self.block_rows,
+            tile_rows: self.tile_rows,
+        }
     }
 
     /// Runs every block not yet in `checkpoint`, calling `on_block` after each; `on_block`
@@ -156,33 +135,13 @@ impl KernelJob<'_> {
         self.check()?;
         let (n_rows, n_cols) = (self.n_rows(), self.n_cols());
         let (col_factors, col_tensors) = self.column_factors(backend)?;
-        let mut kernel = vec![0.0f32; n_rows * n_cols];
-        for block in self.blocks() {
-            let (above, rest) = kernel.split_at_mut(block.start * n_cols);
-            let dst = &mut rest[..block.len() * n_cols];
-            let resumed = match checkpoint.map(|c| c.load(&block, n_cols)).transpose()? {
-                Some(Some(saved)) => {
-                    dst.copy_from_slice(&saved);
-                    true
-                }
-                _ => {
-                    let values = self.block(backend, &block, &col_factors, &col_tensors, above)?;
-                    dst.copy_from_slice(&values);
-                    if let Some(c) = checkpoint {
-                        c.save(&block, &values)?;
-                    }
-                    false
-                }
-            };
-            if on_block(&BlockDone {
-                rows: block,
-                resumed,
-            })
-            .is_break()
-            {
-                return Ok(None);
-            }
-        }
+        let mut tile = |rows: Range<usize>, cols: Range<usize>| {
+            self.tile(backend, &rows, cols, &col_factors, &col_tensors)
+        };
+        let tiling = self.tiling();
+        let Some(kernel) = run_blocks(&tiling, checkpoint, on_block, &mut tile)? else {
+            return Ok(None);
+        };
         Ok(Some(KernelFile {
             values: kernel,
             rows: n_rows,
@@ -213,91 +172,29 @@ impl KernelJob<'_> {
         on_tile: &mut dyn FnMut(&BlockDone) -> ControlFlow<()>,
     ) -> Result<Option<Vec<Vec<f32>>>> {
         self.check_size()?;
-        let all = self.tiles();
-        let mine = &all[tiles];
-        let entries: usize = mine.iter().map(|t| t.len() * self.tile_cols(t).len()).sum();
+        let tiling = self.tiling();
+        let entries: usize = tiling.tiles()[tiles.clone()]
+            .iter()
+            .map(|t| t.len() * tiling.tile_cols(t).len())
+            .sum();
         self.check_memory(entries as f64)?;
-        if mine.is_empty() {
+        if tiles.is_empty() {
             return Ok(Some(Vec::new()));
         }
         let (col_factors, col_tensors) = self.column_factors(backend)?;
-        let mut done = Vec::with_capacity(mine.len());
-        for tile in mine {
-            let width = self.tile_cols(tile).len();
-            let saved = checkpoint
-                .map(|c| c.load(tile, width))
-                .transpose()?
-                .flatten();
-            let resumed = saved.is_some();
-            let values = match saved {
-                Some(values) => values,
-                None => {
-                    let values = self.tile(backend, tile, &col_factors, &col_tensors)?;
-                    if let Some(c) = checkpoint {
-                        c.save(tile, &values)?;
-                    }
-                    values
-                }
-            };
-            done.push(values);
-            let report = BlockDone {
-                rows: tile.clone(),
-                resumed,
-            };
-            if on_tile(&report).is_break() {
-                return Ok(None);
-            }
-        }
-        Ok(Some(done))
-    }
-}
-
-impl KernelJob<'_> {
-    /// Rows `block` against every column, tile by tile. A square kernel is symmetric: a tile
-    /// computes only the columns from its own first row on, and the entries left of that are
-    /// mirrored from the rows above (`above`: the kernel's rows before the block), so each pair
-    /// is computed once and the kernel is exactly symmetric.
-    fn block(
-        &self,
-        backend: &dyn Backend,
-        block: &Range<usize>,
-        col_factors: &Factors,
-        col_tensors: &Uploaded,
-        above: &[f32],
-    ) -> Result<Vec<f32>> {
-        let (n_rows, n_cols) = (self.n_rows(), self.n_cols());
-        let t = self.tile_rows;
-        let mut values = vec![0.0f32; block.len() * n_cols];
-        for tile_start in (block.start / t * t..block.end).step_by(t) {
-            let tile = tile_start..(tile_start + t).min(n_rows);
-            let cols = self.tile_cols(&tile);
-            let tile_values = self.tile(backend, &tile, col_factors, col_tensors)?;
-            for row in tile.start.max(block.start)..tile.end.min(block.end) {
-                let src = &tile_values[(row - tile.start) * cols.len()..][..cols.len()];
-                values[(row - block.start) * n_cols..][cols.clone()].copy_from_slice(src);
-            }
-        }
-        if self.cols.is_none() {
-            for row in block.clone() {
-                for col in 0..row / t * t {
-                    let mirrored = if col < block.start {
-                        above[col * n_cols + row]
-                    } else {
-                        values[(col - block.start) * n_cols + row]
-                    };
-                    values[(row - block.start) * n_cols + col] = mirrored;
-                }
-            }
-        }
-        Ok(values)
+        let mut tile = |rows: Range<usize>, cols: Range<usize>| {
+            self.tile(backend, &rows, cols, &col_factors, &col_tensors)
+        };
+        run_tiles(&tiling, tiles, checkpoint, on_tile, &mut tile)
     }
 
-    /// One row tile against its columns ([`Self::tile_cols`]), normalised: the one place tiles
-    /// are computed, whether for a block or for a shard.
+    /// One row tile against its columns `cols` ([`Tiling::tile_cols`]), normalised: the one
+    /// place tiles are computed, whether for a block or for a shard.
     fn tile(
         &self,
         backend: &dyn Backend,
         tile: &Range<usize>,
+        cols: Range<usize>,
         col_factors: &Factors,
         col_tensors: &Uploaded,
     ) -> Result<Vec<f32>> {
@@ -309,13 +206,7 @@ impl KernelJob<'_> {
                 factors(backend, self.mlp, x, &self.spec)?
             }
         };
-        contract_block(
-            backend,
-            &row_factors,
-            col_tensors,
-            self.tile_cols(tile),
-            self.spec.kind,
-        )
+        contract_block(backend, &row_factors, col_tensors, cols, self.spec.kind)
     }
 
     /// The column samples' factors, on the host and uploaded once for every tile.
@@ -331,32 +222,115 @@ impl KernelJob<'_> {
     }
 }
 
-/// The columns row tile `tile` computes in an `n_cols`-column kernel, square or not.
-fn tile_cols(tile: &Range<usize>, n_cols: usize, square: bool) -> Range<usize> {
-    if square {
-        tile.start..n_cols
-    } else {
-        0..n_cols
+/// The shape of a kernel computed in row tiles: what the drivers ([`run_blocks`],
+/// [`run_tiles`], [`assemble`]) need to know, whatever the model.
+pub struct Tiling {
+    pub n_rows: usize,
+    pub n_cols: usize,
+    /// Rows and columns are the same samples: the kernel is symmetric.
+    pub square: bool,
+    pub block_rows: usize,
+    pub tile_rows: usize,
+}
+
+impl Tiling {
+    /// The row tiles, in order: `tile_rows` rows each, the last one shorter.
+    pub fn tiles(&self) -> Vec<Range<usize>> {
+        (0..self.n_rows)
+            .step_by(self.tile_rows.max(1))
+            .map(|s| s..(s + self.tile_rows).min(self.n_rows))
+            .collect()
+    }
+
+    /// The columns a row tile computes: a square kernel's upper triangle (from the tile's first
+    /// row on; the rest is mirrored), else every column.
+    pub fn tile_cols(&self, tile: &Range<usize>) -> Range<usize> {
+        if self.square {
+            tile.start..self.n_cols
+        } else {
+            0..self.n_cols
+        }
+    }
+
+    /// Each tile's cost in kernel entries computed: what shards are balanced by.
+    pub fn tile_costs(&self) -> Vec<u64> {
+        self.tiles()
+            .iter()
+            .map(|t| (t.len() * self.tile_cols(t).len()) as u64)
+            .collect()
+    }
+
+    /// The blocks' row ranges, in order.
+    pub fn blocks(&self) -> Vec<Range<usize>> {
+        (0..self.n_rows)
+            .step_by(self.block_rows.max(1))
+            .map(|s| s..(s + self.block_rows).min(self.n_rows))
+            .collect()
     }
 }
 
+/// A row tile `rows` against the columns `cols` (see [`Tiling::tile_cols`]), normalised, as
+/// `[rows.len(), cols.len()]` values: what a model's kernel gives the drivers.
+pub type TileFn<'a> = dyn FnMut(Range<usize>, Range<usize>) -> Result<Vec<f32>> + 'a;
+
+/// Computes the row tiles `tiles` (indices into [`Tiling::tiles`]) — a shard's share — each as
+/// `[tile.len(), tile_cols(tile).len()]` values from `tile(rows, cols)`, loading finished ones
+/// from `checkpoint` and saving the others there. `on_tile` is called after each; `Break`
+/// stops the run with `Ok(None)` (finished tiles stay in the checkpoint).
+pub fn run_tiles(
+    tiling: &Tiling,
+    tiles: Range<usize>,
+    checkpoint: Option<&Checkpoint>,
+    on_tile: &mut dyn FnMut(&BlockDone) -> ControlFlow<()>,
+    tile: &mut TileFn,
+) -> Result<Option<Vec<Vec<f32>>>> {
+    let all = tiling.tiles();
+    let mine = &all[tiles];
+    let mut done = Vec::with_capacity(mine.len());
+    for rows in mine {
+        let cols = tiling.tile_cols(rows);
+        let saved = checkpoint
+            .map(|c| c.load(rows, cols.len()))
+            .transpose()?
+            .flatten();
+        let resumed = saved.is_some();
+        let values = match saved {
+            Some(values) => values,
+            None => {
+                let values = tile(rows.clone(), cols)?;
+                if let Some(c) = checkpoint {
+                    c.save(rows, &values)?;
+                }
+                values
+            }
+        };
+        done.push(values);
+        let report = BlockDone {
+            rows: rows.clone(),
+            resumed,
+        };
+        if on_tile(&report).is_break() {
+            return Ok(None);
+        }
+    }
+    Ok(Some(done))
+}
+
 /// The whole `[n_rows, n_cols]` kernel from every row tile of `tile_rows` rows (in order, each
-/// `[tile.len(), columns]` as [`KernelJob::run_tiles`] computes them); a square kernel's lower
-/// part is mirrored from its upper triangle exactly as [`KernelJob::run`] mirrors it, so the
+/// `[tile.len(), columns]` as [`run_tiles`] computes them); a square kernel's lower
+/// part is mirrored from its upper triangle exactly as [`run_blocks`] mirrors it, so the
 /// result is that run's kernel bit for bit. `tiles` yields `(rows, values)`; an error names a
 /// tile that is missing, repeated or of the wrong size.
 pub fn assemble(
-    n_rows: usize,
-    n_cols: usize,
-    square: bool,
-    tile_rows: usize,
+    tiling: &Tiling,
     tiles: impl IntoIterator<Item = (Range<usize>, Vec<f32>)>,
 ) -> Result<Vec<f32>> {
+    let (n_rows, n_cols, tile_rows) = (tiling.n_rows, tiling.n_cols, tiling.tile_rows.max(1));
     let mut kernel = vec![0.0f32; n_rows * n_cols];
     let mut next = 0;
     for (rows, values) in tiles {
         let expected = next..(next + tile_rows).min(n_rows);
-        let cols = tile_cols(&rows, n_cols, square);
+        let cols = tiling.tile_cols(&rows);
         if rows != expected || values.len() != rows.len() * cols.len() {
             return Err(Error::input(format!(
                 "kernel tile of rows {}..{} ({} values) where rows {}..{} were due",
@@ -377,7 +351,7 @@ pub fn assemble(
             "kernel tiles end at row {next} of {n_rows}"
         )));
     }
-    if square {
+    if tiling.square {
         for row in 0..n_rows {
             for col in 0..row / tile_rows * tile_rows {
                 kernel[row * n_cols + col] = kernel[col * n_cols + row];
@@ -385,6 +359,84 @@ pub fn assemble(
         }
     }
     Ok(kernel)
+}
+
+/// Runs every block not yet in `checkpoint`, calling `on_block` after each; `on_block`
+/// returning `Break` stops the run (finished blocks stay in the checkpoint) and gives
+/// `Ok(None)`. Otherwise returns the whole `[n_rows, n_cols]` kernel. `tile(rows, cols)` gives
+/// the kernel between the row tile `rows` (always `tile_rows` aligned, so its shapes and hence
+/// its bits do not depend on the blocks) and the columns `cols`, normalised.
+pub fn run_blocks(
+    tiling: &Tiling,
+    checkpoint: Option<&Checkpoint>,
+    on_block: &mut dyn FnMut(&BlockDone) -> ControlFlow<()>,
+    tile: &mut TileFn,
+) -> Result<Option<Vec<f32>>> {
+    let n_cols = tiling.n_cols;
+    let mut kernel = vec![0.0f32; tiling.n_rows * n_cols];
+    for block in tiling.blocks() {
+        let (above, rest) = kernel.split_at_mut(block.start * n_cols);
+        let dst = &mut rest[..block.len() * n_cols];
+        let resumed = match checkpoint.map(|c| c.load(&block, n_cols)).transpose()? {
+            Some(Some(saved)) => {
+                dst.copy_from_slice(&saved);
+                true
+            }
+            _ => {
+                let values = run_block(tiling, &block, above, tile)?;
+                dst.copy_from_slice(&values);
+                if let Some(c) = checkpoint {
+                    c.save(&block, &values)?;
+                }
+                false
+            }
+        };
+        if on_block(&BlockDone {
+            rows: block,
+            resumed,
+        })
+        .is_break()
+        {
+            return Ok(None);
+        }
+    }
+    Ok(Some(kernel))
+}
+
+/// Rows `block` against every column, tile by tile. A square kernel is symmetric: a tile
+/// computes only the columns from its own first row on, and the entries left of that are
+/// mirrored from the rows above (`above`: the kernel's rows before the block), so each pair is
+/// computed once and the kernel is exactly symmetric.
+fn run_block(
+    tiling: &Tiling,
+    block: &Range<usize>,
+    above: &[f32],
+    tile: &mut TileFn,
+) -> Result<Vec<f32>> {
+    let (n_rows, n_cols, t) = (tiling.n_rows, tiling.n_cols, tiling.tile_rows);
+    let mut values = vec![0.0f32; block.len() * n_cols];
+    for tile_start in (block.start / t * t..block.end).step_by(t) {
+        let rows = tile_start..(tile_start + t).min(n_rows);
+        let cols = tiling.tile_cols(&rows);
+        let tile_values = tile(rows.clone(), cols.clone())?;
+        for row in rows.start.max(block.start)..rows.end.min(block.end) {
+            let src = &tile_values[(row - rows.start) * cols.len()..][..cols.len()];
+            values[(row - block.start) * n_cols..][cols.clone()].copy_from_slice(src);
+        }
+    }
+    if tiling.square {
+        for row in block.clone() {
+            for col in 0..row / t * t {
+                let mirrored = if col < block.start {
+                    above[col * n_cols + row]
+                } else {
+                    values[(col - block.start) * n_cols + row]
+                };
+                values[(row - block.start) * n_cols + col] = mirrored;
+            }
+        }
+    }
+    Ok(values)
 }
 
 /// Column factors on the backend, uploaded once for every block.
@@ -438,21 +490,25 @@ fn contract_block(
     }
     let mut values = backend.download(&out)?;
     if kind.normalized() {
-        // A sample whose gradient vanishes has no direction: its cosine row is 0, not NaN.
-        let inv = |s: f64| if s > 0.0 { 1.0 / s.sqrt() } else { 0.0 };
-        let col_inv: Vec<f64> = col_tensors.self_kernel[cols]
-            .iter()
-            .map(|&s| inv(s))
-            .collect();
-        for (row, r_norm) in values
-            .chunks_exact_mut(n_cols.max(1))
-            .zip(&rows.self_kernel)
-        {
-            let r_inv = inv(*r_norm);
-            row.iter_mut()
-                .zip(&col_inv)
-                .for_each(|(v, c)| *v = (*v as f64 * r_inv * c) as f32);
-        }
+        cosine_normalize(
+            &mut values,
+            &rows.self_kernel,
+            &col_tensors.self_kernel[cols],
+        );
     }
     Ok(values)
+}
+
+/// The trace NTK's cosine normalisation of a `[rows, cols]` tile in place, from each sample's
+/// kernel value with itself (`‖g‖²`).
+pub(crate) fn cosine_normalize(values: &mut [f32], row_self: &[f64], col_self: &[f64]) {
+    // A sample whose gradient vanishes has no direction: its cosine row is 0, not NaN.
+    let inv = |s: f64| if s > 0.0 { 1.0 / s.sqrt() } else { 0.0 };
+    let col_inv: Vec<f64> = col_self.iter().map(|&s| inv(s)).collect();
+    for (row, r_norm) in values.chunks_exact_mut(col_self.len().max(1)).zip(row_self) {
+        let r_inv = inv(*r_norm);
+        row.iter_mut()
+            .zip(&col_inv)
+            .for_each(|(v, c)| *v = (*v as f64 * r_inv * c) as f32);
+    }
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::loader::{read_config, Linear, Loader, Norm};
 use super::{Encoder, TokenBatch};
-use crate::backend::{Activation, AttentionSpec, Backend, Pooling, Tensor};
+use crate::backend::{Activation, AttentionSpec, Backend, Pooling, SeqLayout, Tensor};
 use crate::error::{Error, Result};
 use crate::weights::{Weights, WeightsDtype};
 
@@ -112,24 +112,58 @@ impl BertConfig {
     }
 }
 
-struct Layer {
-    qkv: Linear,
-    attn_out: Linear,
-    attn_norm: Norm,
-    intermediate: Linear,
-    output: Linear,
-    output_norm: Norm,
+/// One post-LN encoder layer; `qkv` stacks the query, key and value projections (in that order)
+/// into one `[3h, h]` weight.
+pub struct BertLayer {
+    pub qkv: Linear,
+    pub attn_out: Linear,
+    pub attn_norm: Norm,
+    pub intermediate: Linear,
+    pub output: Linear,
+    pub output_norm: Norm,
 }
 
 pub struct BertModel {
     config: BertConfig,
     backend: Arc<dyn Backend>,
+    /// The checkpoint's name prefix of the encoder's tensors (`""`, `"bert."`, `"roberta."`).
+    prefix: String,
     word: Tensor,
     position: Tensor,
     token_type: Tensor,
     embed_norm: Norm,
-    layers: Vec<Layer>,
+    layers: Vec<BertLayer>,
     act: Activation,
+}
+
+/// What a recorded forward pass ([`BertModel::forward_recorded`]) keeps for a backward pass, on
+/// the host: row-major values over the packed tokens of the batch.
+#[derive(Clone, Debug, Default)]
+pub struct BertTape {
+    /// Word + position + token-type rows before the embedding LayerNorm, `[tokens, h]`.
+    pub embed_sum: Vec<f32>,
+    pub layers: Vec<LayerTape>,
+}
+
+/// One layer's recorded values, `[tokens, width]` each.
+#[derive(Clone, Debug, Default)]
+pub struct LayerTape {
+    /// The layer's input (QKV's input, the attention residual), width h.
+    pub input: Vec<f32>,
+    /// Packed queries, keys and values, width 3h.
+    pub qkv: Vec<f32>,
+    /// Attention output (the attention output projection's input), width h.
+    pub context: Vec<f32>,
+    /// Rows before the attention LayerNorm, width h.
+    pub attn_sum: Vec<f32>,
+    /// After it (the FFN's input and residual), width h.
+    pub attn_normed: Vec<f32>,
+    /// The intermediate projection before its activation, width intermediate_size.
+    pub inter_pre: Vec<f32>,
+    /// After the activation (the output projection's input), width intermediate_size.
+    pub inter: Vec<f32>,
+    /// Rows before the output LayerNorm, width h.
+    pub output_sum: Vec<f32>,
 }
 
 impl BertModel {
@@ -155,7 +189,7 @@ impl BertModel {
         let layers = (0..config.num_hidden_layers)
             .map(|l| {
                 let p = format!("encoder.layer.{l}");
-                Ok(Layer {
+                Ok(BertLayer {
                     qkv: loader.fused_linear(
                         &["query", "key", "value"].map(|m| (format!("{p}.attention.self.{m}"), h)),
                         h,
@@ -170,6 +204,7 @@ impl BertModel {
             })
             .collect::<Result<Vec<_>>>()?;
         let model = BertModel {
+            prefix: weights.prefix().to_string(),
             word: loader.matrix(
                 &["embeddings.word_embeddings.weight".into()],
                 config.vocab_size,
@@ -198,6 +233,144 @@ impl BertModel {
     pub fn config(&self) -> &BertConfig {
         &self.config
     }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The checkpoint's name prefix of the encoder's tensors (`""`, `"bert."`, `"roberta."`).
+    pub fn weight_prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn layers(&self) -> &[BertLayer] {
+        &self.layers
+    }
+
+    pub fn embed_norm(&self) -> &Norm {
+        &self.embed_norm
+    }
+
+    /// The FFN's activation.
+    pub fn activation(&self) -> Activation {
+        self.act
+    }
+
+    /// Position-table row of every packed token: its place in its sequence plus
+    /// [`BertConfig::position_offset`].
+    pub fn position_ids(&self, layout: &SeqLayout) -> Vec<u32> {
+        let offset = self.config.position_offset();
+        layout.positions().map(|p| (p + offset) as u32).collect()
+    }
+
+    /// [`Encoder::forward`] keeping on the host what a backward pass needs ([`BertTape`]). The
+    /// values are the forward's own; the one extra op is the intermediate GEMM run a second
+    /// time without its fused activation, for the pre-activation.
+    pub fn forward_recorded(&self, batch: &TokenBatch) -> Result<(Tensor, BertTape)> {
+        let mut tape = BertTape::default();
+        let hidden = self.run(batch, Some(&mut tape))?;
+        Ok((hidden, tape))
+    }
+
+    fn run(&self, batch: &TokenBatch, mut tape: Option<&mut BertTape>) -> Result<Tensor> {
+        let be = self.backend.as_ref();
+        let cfg = &self.config;
+        let (n, h) = (batch.layout.num_tokens(), cfg.hidden_size);
+        if batch.layout.max_len() > cfg.max_tokens() {
+            return Err(Error::input(format!(
+                "a sequence of {} tokens exceeds the model's {} positions",
+                batch.layout.max_len(),
+                cfg.max_tokens()
+            )));
+        }
+        let positions = self.position_ids(&batch.layout);
+        // Host copy of a tensor the tape keeps (a clone on the CPU backend).
+        let keep = |t: &Tensor| be.download(t);
+
+        let mut x = be.zeros(&[n, h])?;
+        be.gather_rows(&self.word, &batch.ids, false, &mut x)?;
+        be.gather_rows(&self.token_type, &batch.type_ids, true, &mut x)?;
+        be.gather_rows(&self.position, &positions, true, &mut x)?;
+        if let Some(tape) = tape.as_deref_mut() {
+            tape.embed_sum = keep(&x)?;
+        }
+        let eps = cfg.layer_norm_eps as f32;
+        be.layer_norm(&mut x, &self.embed_norm.gamma, &self.embed_norm.beta, eps)?;
+
+        let spec =
+            AttentionSpec::bidirectional(cfg.num_attention_heads, h / cfg.num_attention_heads);
+        let mut qkv = be.zeros(&[n, 3 * h])?;
+        let mut context = be.zeros(&[n, h])?;
+        let mut a = be.zeros(&[n, h])?;
+        let mut inter = be.zeros(&[n, cfg.intermediate_size])?;
+        for layer in &self.layers {
+            let mut record = LayerTape::default();
+            be.linear(
+                &x,
+                &layer.qkv.weight,
+                layer.qkv.bias.as_ref(),
+                Activation::Identity,
+                None,
+                &mut qkv,
+            )?;
+            be.attention(&qkv, &batch.layout, &spec, &mut context)?;
+            be.linear(
+                &context,
+                &layer.attn_out.weight,
+                layer.attn_out.bias.as_ref(),
+                Activation::Identity,
+                Some(&x),
+                &mut a,
+            )?;
+            if tape.is_some() {
+                record.input = keep(&x)?;
+                record.qkv = keep(&qkv)?;
+                record.context = keep(&context)?;
+                record.attn_sum = keep(&a)?;
+            }
+            be.layer_norm(&mut a, &layer.attn_norm.gamma, &layer.attn_norm.beta, eps)?;
+            if tape.is_some() {
+                be.linear(
+                    &a,
+                    &layer.intermediate.weight,
+                    layer.intermediate.bias.as_ref(),
+                    Activation::Identity,
+                    None,
+                    &mut inter,
+                )?;
+                record.inter_pre = keep(&inter)?;
+            }
+            be.linear(
+                &a,
+                &layer.intermediate.weight,
+                layer.intermediate.bias.as_ref(),
+                self.act,
+                None,
+                &mut inter,
+            )?;
+            be.linear(
+                &inter,
+                &layer.output.weight,
+                layer.output.bias.as_ref(),
+                Activation::Identity,
+                Some(&a),
+                &mut x,
+            )?;
+            if let Some(tape) = tape.as_deref_mut() {
+                record.attn_normed = keep(&a)?;
+                record.inter = keep(&inter)?;
+                record.output_sum = keep(&x)?;
+                tape.layers.push(record);
+            }
+            be.layer_norm(
+                &mut x,
+                &layer.output_norm.gamma,
+                &layer.output_norm.beta,
+                eps,
+            )?;
+        }
+        Ok(x)
+    }
 }
 
 impl Encoder for BertModel {
@@ -219,76 +392,6 @@ impl Encoder for BertModel {
     }
 
     fn forward(&self, batch: &TokenBatch) -> Result<Tensor> {
-        let be = self.backend.as_ref();
-        let cfg = &self.config;
-        let (n, h) = (batch.layout.num_tokens(), cfg.hidden_size);
-        if batch.layout.max_len() > cfg.max_tokens() {
-            return Err(Error::input(format!(
-                "a sequence of {} tokens exceeds the model's {} positions",
-                batch.layout.max_len(),
-                cfg.max_tokens()
-            )));
-        }
-        let offset = cfg.position_offset() as u32;
-        let positions: Vec<u32> = (0..batch.layout.num_sequences())
-            .flat_map(|s| (0..batch.layout.range(s).len() as u32).map(move |p| p + offset))
-            .collect();
-
-        let mut x = be.zeros(&[n, h])?;
-        be.gather_rows(&self.word, &batch.ids, false, &mut x)?;
-        be.gather_rows(&self.token_type, &batch.type_ids, true, &mut x)?;
-        be.gather_rows(&self.position, &positions, true, &mut x)?;
-        let eps = cfg.layer_norm_eps as f32;
-        be.layer_norm(&mut x, &self.embed_norm.gamma, &self.embed_norm.beta, eps)?;
-
-        let spec =
-            AttentionSpec::bidirectional(cfg.num_attention_heads, h / cfg.num_attention_heads);
-        let mut qkv = be.zeros(&[n, 3 * h])?;
-        let mut context = be.zeros(&[n, h])?;
-        let mut a = be.zeros(&[n, h])?;
-        let mut inter = be.zeros(&[n, cfg.intermediate_size])?;
-        for layer in &self.layers {
-            be.linear(
-                &x,
-                &layer.qkv.weight,
-                layer.qkv.bias.as_ref(),
-                Activation::Identity,
-                None,
-                &mut qkv,
-            )?;
-            be.attention(&qkv, &batch.layout, &spec, &mut context)?;
-            be.linear(
-                &context,
-                &layer.attn_out.weight,
-                layer.attn_out.bias.as_ref(),
-                Activation::Identity,
-                Some(&x),
-                &mut a,
-            )?;
-            be.layer_norm(&mut a, &layer.attn_norm.gamma, &layer.attn_norm.beta, eps)?;
-            be.linear(
-                &a,
-                &layer.intermediate.weight,
-                layer.intermediate.bias.as_ref(),
-                self.act,
-                None,
-                &mut inter,
-            )?;
-            be.linear(
-                &inter,
-                &layer.output.weight,
-                layer.output.bias.as_ref(),
-                Activation::Identity,
-                Some(&a),
-                &mut x,
-            )?;
-            be.layer_norm(
-                &mut x,
-                &layer.output_norm.gamma,
-                &layer.output_norm.beta,
-                eps,
-            )?;
-        }
-        Ok(x)
+        self.run(batch, None)
     }
 }

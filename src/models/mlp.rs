@@ -61,35 +61,6 @@ pub fn activation_name(act: Activation) -> Option<&'static str> {
     ACTIVATIONS.iter().find(|(_, a)| *a == act).map(|(n, _)| *n)
 }
 
-/// `σ'(z)` of the supported activations.
-#[inline]
-fn derivative(act: Activation, z: f32) -> f32 {
-    match act {
-        Activation::Relu => {
-            if z > 0.0 {
-                1.0
-            } else {
-                0.0
-            }
-        }
-        Activation::Tanh => {
-            let t = z.tanh();
-            1.0 - t * t
-        }
-        Activation::Sigmoid => {
-            let s = 1.0 / (1.0 + (-z).exp());
-            s * (1.0 - s)
-        }
-        Activation::Gelu => {
-            // d/dz z·Φ(z) = Φ(z) + z·φ(z)
-            let cdf = 0.5 * (1.0 + libm::erff(z * std::f32::consts::FRAC_1_SQRT_2));
-            let pdf = (-0.5 * z * z).exp() * 0.398_942_3;
-            cdf + z * pdf
-        }
-        other => unreachable!("{other:?} is not an MLP activation"),
-    }
-}
-
 /// What a forward pass keeps for the backward pass.
 #[derive(Clone, Debug)]
 pub struct Forward {
@@ -336,7 +307,7 @@ impl Mlp {
             );
             let slopes: Vec<f32> = fwd.pre[l - 1]
                 .iter()
-                .map(|&z| derivative(self.activation, z))
+                .map(|&z| self.activation.derivative(z))
                 .collect();
             let per_sample = rows_per_sample * layer.d_in;
             delta

@@ -33,6 +33,8 @@
 //! 4. The README's `mscope embed` section names the architecture.
 
 pub mod bert;
+pub mod classifier;
+pub mod classifier_grad;
 pub mod clip;
 pub mod decoder;
 pub mod decoder_gguf;
@@ -59,6 +61,20 @@ pub struct TokenBatch {
     /// Segment ids (BERT's token types); zeros where the model has none.
     pub type_ids: Vec<u32>,
     pub layout: SeqLayout,
+}
+
+impl TokenBatch {
+    /// The tokenised texts packed back to back, in order.
+    pub fn pack(texts: &[tokenize::TokenizedText]) -> Self {
+        TokenBatch {
+            ids: texts.iter().flat_map(|t| t.ids.iter().copied()).collect(),
+            type_ids: texts
+                .iter()
+                .flat_map(|t| t.type_ids.iter().copied())
+                .collect(),
+            layout: SeqLayout::from_lengths(texts.iter().map(|t| t.ids.len())),
+        }
+    }
 }
 
 /// A transformer that turns packed token batches into hidden states on its backend.

@@ -31,6 +31,8 @@ const CONTROL: i32 = 3;
 pub struct TokenizedText {
     pub ids: Vec<u32>,
     pub type_ids: Vec<u32>,
+    /// Whether the text was cut at the tokenizer's maximum length.
+    pub truncated: bool,
 }
 
 pub struct TextTokenizer {
@@ -199,6 +201,7 @@ impl TextTokenizer {
             .map(|e| TokenizedText {
                 ids: e.get_ids().to_vec(),
                 type_ids: e.get_type_ids().to_vec(),
+                truncated: !e.get_overflowing().is_empty(),
             })
             .collect())
     }

@@ -27,6 +27,7 @@ use half::{bf16, f16};
 
 mod activation;
 mod attention;
+pub mod backward;
 mod common;
 mod gather;
 mod gemm;

@@ -1,0 +1,219 @@
+//! The backward pass of the encoder op family on host f32 slices: the CPU reference of the
+//! gradient kernels a transformer classifier's per-sample gradients need. Each function takes
+//! what its forward op saw (the pre-activation, the rows before LayerNorm, the packed `qkv`) and
+//! the gradient at that op's output, and returns the gradient at its input; parameter gradients
+//! are left to the caller, which keeps them per sample (`Δᵀ A` for a GEMM, rows scattered by id
+//! for an embedding, sums over each sample's tokens for biases and LayerNorm).
+//!
+//! Row statistics (LayerNorm's mean and variance, softmax's `Σ P ⊙ dP`) accumulate in f64: they
+//! are differences of nearly equal sums, and the cost is a few flops a value.
+
+use rayon::prelude::*;
+
+use super::gemm::{gemm, Operand};
+use crate::backend::{Activation, AttentionSpec, SeqLayout};
+use crate::error::{Error, Result};
+
+/// `dz = dy ⊙ act'(z)` through an epilogue activation, from its pre-activation `z`.
+pub fn activation_backward(act: Activation, z: &[f32], dy: &[f32]) -> Vec<f32> {
+    assert_eq!(z.len(), dy.len(), "activation_backward: shapes differ");
+    z.par_iter()
+        .zip(dy)
+        .map(|(&z, &d)| d * act.derivative(z))
+        .collect()
+}
+
+/// The gradient at a linear layer's input, `dx = δ·W` for `δ: [n, d_out]` and the PyTorch-layout
+/// weight `w: [d_out, d_in]`; adds into `dx` when `accumulate` (a residual branch).
+pub fn linear_input_backward(
+    delta: &[f32],
+    w: &[f32],
+    d_out: usize,
+    d_in: usize,
+    dx: &mut [f32],
+    accumulate: bool,
+) {
+    let n = delta.len() / d_out.max(1);
+    assert_eq!(dx.len(), n * d_in, "linear_input_backward: dx shape");
+    gemm(
+        dx,
+        Operand::plain(delta, n, d_out),
+        Operand::plain(w, d_out, d_in),
+        accumulate,
+    );
+}
+
+/// Row-wise LayerNorm backward. `pre: [n, d]` are the rows LayerNorm saw, `dy` the gradient at
+/// its output. Returns `dx` and the normalised rows `x̂ = (x − μ)/σ`, so the caller can form
+/// `∂/∂γ = dy ⊙ x̂` and `∂/∂β = dy` per token:
+/// `dx = (g − mean(g) − x̂·mean(g ⊙ x̂)) / σ` with `g = dy ⊙ γ`.
+pub fn layer_norm_backward(
+    pre: &[f32],
+    gamma: &[f32],
+    eps: f32,
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let d = gamma.len();
+    assert_eq!(pre.len(), dy.len(), "layer_norm_backward: shapes differ");
+    let mut dx = vec![0.0f32; pre.len()];
+    let mut normed = vec![0.0f32; pre.len()];
+    dx.par_chunks_mut(d)
+        .zip(normed.par_chunks_mut(d))
+        .zip(pre.par_chunks(d).zip(dy.par_chunks(d)))
+        .for_each(|((dx, xh), (x, dy))| {
+            let mean = x.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+            let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+            let inv = 1.0 / (var + eps as f64).sqrt();
+            let (mut g_mean, mut gx_mean) = (0.0f64, 0.0f64);
+            for ((xh, &x), (&dy, &g)) in xh.iter_mut().zip(x).zip(dy.iter().zip(gamma)) {
+                let h = (x as f64 - mean) * inv;
+                *xh = h as f32;
+                let g = dy as f64 * g as f64;
+                g_mean += g;
+                gx_mean += g * h;
+            }
+            g_mean /= d as f64;
+            gx_mean /= d as f64;
+            for (((dx, &x), &dy), &g) in dx.iter_mut().zip(x).zip(dy).zip(gamma) {
+                let h = (x as f64 - mean) * inv;
+                *dx = (inv * (dy as f64 * g as f64 - g_mean - h * gx_mean)) as f32;
+            }
+        });
+    (dx, normed)
+}
+
+/// Softmax attention backward for the bidirectional multi-head attention of `spec` (every query
+/// sees every key of its own sequence; no causal mask, window or grouped heads) over packed
+/// sequences: from the packed `qkv: [tokens, 3·heads·head_dim]` the forward read and the gradient
+/// at its output `d_out: [tokens, heads·head_dim]`, the gradient `d_qkv` at `qkv`. Per sequence
+/// and head, with `P = softmax(scale·Q·Kᵀ)` recomputed:
+/// `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ⊙ (dP − rowsum(P ⊙ dP))`, `dQ = scale·dS·K`,
+/// `dK = scale·dSᵀ·Q`. Sequences never see each other's rows, so nothing leaks across them.
+pub fn attention_backward(
+    qkv: &[f32],
+    layout: &SeqLayout,
+    spec: &AttentionSpec,
+    d_out: &[f32],
+) -> Result<Vec<f32>> {
+    if spec.causal || spec.window.is_some() || spec.kv_heads != spec.heads {
+        return Err(Error::input(
+            "attention_backward: only bidirectional attention without grouped heads has a \
+             backward pass",
+        ));
+    }
+    let (heads, hd) = (spec.heads, spec.head_dim);
+    let (width, out_width) = (spec.qkv_width(), heads * hd);
+    let tokens = layout.num_tokens();
+    assert_eq!(qkv.len(), tokens * width, "attention_backward: qkv shape");
+    assert_eq!(
+        d_out.len(),
+        tokens * out_width,
+        "attention_backward: d_out shape"
+    );
+    let mut d_qkv = vec![0.0f32; tokens * width];
+    let mut blocks = Vec::with_capacity(layout.num_sequences());
+    let mut rest = d_qkv.as_mut_slice();
+    for s in 0..layout.num_sequences() {
+        let (head, tail) = rest.split_at_mut(layout.range(s).len() * width);
+        blocks.push((layout.range(s), head));
+        rest = tail;
+    }
+    blocks.into_par_iter().for_each(|(rows, d_block)| {
+        let len = rows.len();
+        let at = |t: usize, c: usize| (rows.start + t) * width + c;
+        let mut p = vec![0.0f32; len * len];
+        for h in 0..heads {
+            let (qc, kc, vc) = (h * hd, out_width + h * hd, 2 * out_width + h * hd);
+            // P = softmax(scale·Q·Kᵀ), row by row.
+            for i in 0..len {
+                let row = &mut p[i * len..(i + 1) * len];
+                for (j, r) in row.iter_mut().enumerate() {
+                    let dot: f32 = (0..hd)
+                        .map(|e| qkv[at(i, qc + e)] * qkv[at(j, kc + e)])
+                        .sum();
+                    *r = spec.scale * dot;
+                }
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0f64;
+                for r in row.iter_mut() {
+                    *r = (*r - max).exp();
+                    sum += *r as f64;
+                }
+                row.iter_mut().for_each(|r| *r = (*r as f64 / sum) as f32);
+            }
+            let d_o = |t: usize, e: usize| d_out[(rows.start + t) * out_width + h * hd + e];
+            // dV[j] = Σ_i P[i, j]·dO[i]
+            for j in 0..len {
+                for e in 0..hd {
+                    let v: f32 = (0..len).map(|i| p[i * len + j] * d_o(i, e)).sum();
+                    d_block[j * width + vc + e] = v;
+                }
+            }
+            // dS[i, j] = P[i, j]·(dP[i, j] − Σ_k P[i, k]·dP[i, k]), dP[i, j] = dO[i]·V[j]
+            let mut ds = vec![0.0f32; len * len];
+            for i in 0..len {
+                let dp: Vec<f32> = (0..len)
+                    .map(|j| (0..hd).map(|e| d_o(i, e) * qkv[at(j, vc + e)]).sum())
+                    .collect();
+                let centre: f64 = (0..len).map(|j| p[i * len + j] as f64 * dp[j] as f64).sum();
+                for j in 0..len {
+                    ds[i * len + j] = (p[i * len + j] as f64 * (dp[j] as f64 - centre)) as f32;
+                }
+            }
+            // dQ[i] = scale·Σ_j dS[i, j]·K[j];  dK[j] = scale·Σ_i dS[i, j]·Q[i]
+            for i in 0..len {
+                for e in 0..hd {
+                    let dq: f32 = (0..len).map(|j| ds[i * len + j] * qkv[at(j, kc + e)]).sum();
+                    let dk: f32 = (0..len).map(|j| ds[j * len + i] * qkv[at(j, qc + e)]).sum();
+                    d_block[i * width + qc + e] = spec.scale * dq;
+                    d_block[i * width + kc + e] = spec.scale * dk;
+                }
+            }
+        }
+    });
+    Ok(d_qkv)
+}
+
+/// Sums of the rows of each sequence: `values: [tokens, width]` → `[sequences, width]`, in f64
+/// then rounded (a bias's or a LayerNorm parameter's per-sample gradient from its per-token
+/// terms).
+pub fn sequence_sums(values: &[f32], layout: &SeqLayout, width: usize) -> Vec<f32> {
+    assert_eq!(
+        values.len(),
+        layout.num_tokens() * width,
+        "sequence_sums shape"
+    );
+    (0..layout.num_sequences())
+        .into_par_iter()
+        .flat_map_iter(|s| {
+            let mut sum = vec![0.0f64; width];
+            for row in values[layout.range(s).start * width..layout.range(s).end * width]
+                .chunks_exact(width.max(1))
+            {
+                sum.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64);
+            }
+            sum.into_iter().map(|v| v as f32)
+        })
+        .collect()
+}
+
+/// The gradient of an embedding table `[rows, width]` from the gradient at its gathered rows:
+/// `delta: [tokens, width]` scattered (added) at `ids` — a sample's table gradient when `ids`
+/// and `delta` are that sample's tokens. An id past the table is an error.
+pub fn scatter_rows(delta: &[f32], ids: &[u32], rows: usize, width: usize) -> Result<Vec<f32>> {
+    assert_eq!(delta.len(), ids.len() * width, "scatter_rows shape");
+    let mut table = vec![0.0f32; rows * width];
+    for (&id, d) in ids.iter().zip(delta.chunks_exact(width.max(1))) {
+        let id = id as usize;
+        if id >= rows {
+            return Err(Error::input(format!(
+                "scatter_rows: id {id} is past the table's {rows} rows"
+            )));
+        }
+        table[id * width..(id + 1) * width]
+            .iter_mut()
+            .zip(d)
+            .for_each(|(t, &v)| *t += v);
+    }
+    Ok(table)
+}

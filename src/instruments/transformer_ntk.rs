@@ -1,0 +1,307 @@
+//! Exact tangent kernels (trNTK, trNTK0, pNTK) of transformer sequence classifiers, in the row
+//! blocks and tiles of the MLP kernels ([`super::ntk::run_blocks`]: same checkpoints, same
+//! symmetric mirroring, bits independent of the block size).
+//!
+//! Per tile of `tile_rows` texts, the classifier's per-sample gradient factors
+//! ([`crate::models::classifier_grad`]) are computed on the host (recorded forward, backward
+//! pass) and uploaded; a pair of tiles is contracted on the backend term by term:
+//!
+//! - each Linear layer by the token-level form (`ntk_contract_seq`, `Σ_{t,s}⟨δ_t,δ_s⟩⟨a_t,a_s⟩`)
+//!   or, where [`SeqForm::choose`] says it is cheaper for the tiles' mean lengths, by the
+//!   materialised per-sample gradients (`ntk_sample_gradients` then `ntk_contract`);
+//! - each embedding table by the id-matching form (`Σ_{t,s: id_t = id_s}⟨δ_t,δ_s⟩`);
+//! - the biases and LayerNorm parameters, materialised per sample, by `ntk_contract`.
+//!
+//! Every column tile's factors stay uploaded for the whole run; a row tile's are computed once
+//! per tile (reused from the column tiles when the kernel is square).
+
+use std::ops::{ControlFlow, Range};
+
+use super::ntk::{cosine_normalize, run_blocks, run_tiles, BlockDone, TileFn, Tiling};
+use super::project::KernelKind;
+use crate::backend::{Backend, SeqFactors, SeqForm, SeqLayout, Tensor, TokenPairing};
+use crate::error::{Error, Result};
+use crate::io::checkpoint::Checkpoint;
+use crate::io::kernel_file::KernelFile;
+use crate::models::classifier::SequenceClassifier;
+use crate::models::classifier_grad::{
+    class_seeds, factors, summed_seed, FactorRows, SequenceFactors,
+};
+use crate::models::tokenize::TokenizedText;
+use crate::models::TokenBatch;
+
+/// A kernel between tokenised row texts and column texts (the same texts when `cols` is
+/// `None`).
+pub struct SequenceKernelJob<'a> {
+    /// Computes the factors: loaded with f32 weights (any backend; the CPU is the usual one).
+    pub classifier: &'a SequenceClassifier,
+    pub rows: &'a [TokenizedText],
+    pub cols: Option<&'a [TokenizedText]>,
+    pub kind: KernelKind,
+    /// Rows per block (≥ 1): what a checkpoint saves at once.
+    pub block_rows: usize,
+    /// Texts per tile (≥ 1).
+    pub tile_rows: usize,
+}
+
+/// One tile's factors on the contraction backend.
+struct TileFactors {
+    n: usize,
+    /// The tile's tokens, and one row per sample (the head's layers).
+    tokens: SeqLayout,
+    samples: SeqLayout,
+    /// Per Linear: output gradients `[rows, p]`, inputs `[rows, d_in]`, which rows, `p`, `d_in`.
+    linears: Vec<(Tensor, Tensor, FactorRows, usize, usize)>,
+    embedding: Tensor,
+    tables: Vec<Vec<u32>>,
+    vectors: Vec<Tensor>,
+    self_kernel: Vec<f64>,
+}
+
+impl TileFactors {
+    fn new(backend: &dyn Backend, f: SequenceFactors) -> Result<Self> {
+        let n = f.num_samples();
+        let tokens = f.layout.num_tokens();
+        let rows_of = |rows: FactorRows| match rows {
+            FactorRows::Tokens => tokens,
+            FactorRows::Samples => n,
+        };
+        let linears = f
+            .linears
+            .iter()
+            .map(|l| {
+                let (count, p) = (rows_of(l.rows), f.seeds * l.d_out);
+                Ok((
+                    backend.upload(&[count, p], &l.deltas)?,
+                    backend.upload(&[count, l.d_in], &l.acts)?,
+                    l.rows,
+                    p,
+                    l.d_in,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let width = f.seeds * f.embeddings.width;
+        let vectors = f
+            .vectors
+            .iter()
+            .map(|v| backend.upload(&[n, f.seeds * v.len], &v.grads))
+            .collect::<Result<Vec<_>>>()?;
+        let mut tile = TileFactors {
+            n,
+            samples: SeqLayout::from_lengths(vec![1; n]),
+            linears,
+            embedding: backend.upload(&[tokens, width], &f.embeddings.deltas)?,
+            tables: f.embeddings.tables.into_iter().map(|t| t.ids).collect(),
+            vectors,
+            self_kernel: Vec::new(),
+            tokens: f.layout,
+        };
+        let own = contract(backend, &tile, &tile)?;
+        tile.self_kernel = (0..n).map(|i| own[i * n + i] as f64).collect();
+        Ok(tile)
+    }
+
+    fn layout(&self, rows: FactorRows) -> &SeqLayout {
+        match rows {
+            FactorRows::Tokens => &self.tokens,
+            FactorRows::Samples => &self.samples,
+        }
+    }
+
+    /// Mean rows per sample of a factor.
+    fn mean_rows(&self, rows: FactorRows) -> f64 {
+        self.layout(rows).num_tokens() as f64 / self.n.max(1) as f64
+    }
+}
+
+/// One side of a Linear layer's sequence contraction.
+fn side<'a>(tile: &'a TileFactors, delta: &'a Tensor, rows: FactorRows) -> SeqFactors<'a> {
+    SeqFactors {
+        delta,
+        layout: tile.layout(rows),
+    }
+}
+
+/// The unnormalised kernel `[r.n, c.n]` between two tiles, summed over every term.
+fn contract(backend: &dyn Backend, r: &TileFactors, c: &TileFactors) -> Result<Vec<f32>> {
+    let mut out = backend.zeros(&[r.n, c.n])?;
+    for ((rd, ra, rows, p, q), (cd, ca, _, _, _)) in r.linears.iter().zip(&c.linears) {
+        match SeqForm::choose(r.mean_rows(*rows), c.mean_rows(*rows), *p, *q) {
+            SeqForm::Tokens => backend.ntk_contract_seq(
+                side(r, rd, *rows),
+                side(c, cd, *rows),
+                TokenPairing::Linear {
+                    rows: ra,
+                    cols: ca,
+                    offset: 0.0,
+                },
+                0..c.n,
+                &mut out,
+            )?,
+            SeqForm::Materialised => {
+                let gradients = |t: &TileFactors, d: &Tensor, a: &Tensor| -> Result<Tensor> {
+                    let mut g = backend.zeros(&[t.n, p * (q + 1)])?;
+                    backend.ntk_sample_gradients(side(t, d, *rows), a, 0.0, &mut g)?;
+                    Ok(g)
+                };
+                let (gr, gc) = (gradients(r, rd, ra)?, gradients(c, cd, ca)?);
+                backend.ntk_contract(&gr, &gc, None, 0.0, 0..c.n, &mut out)?;
+            }
+        }
+    }
+    for (r_ids, c_ids) in r.tables.iter().zip(&c.tables) {
+        backend.ntk_contract_seq(
+            SeqFactors {
+                delta: &r.embedding,
+                layout: &r.tokens,
+            },
+            SeqFactors {
+                delta: &c.embedding,
+                layout: &c.tokens,
+            },
+            TokenPairing::Embedding {
+                rows: r_ids,
+                cols: c_ids,
+            },
+            0..c.n,
+            &mut out,
+        )?;
+    }
+    for (rv, cv) in r.vectors.iter().zip(&c.vectors) {
+        backend.ntk_contract(rv, cv, None, 0.0, 0..c.n, &mut out)?;
+    }
+    backend.download(&out)
+}
+
+impl SequenceKernelJob<'_> {
+    pub fn n_rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn n_cols(&self) -> usize {
+        self.cols.unwrap_or(self.rows).len()
+    }
+
+    pub fn tiling(&self) -> Tiling {
+        Tiling {
+            n_rows: self.n_rows(),
+            n_cols: self.n_cols(),
+            square: self.cols.is_none(),
+            block_rows: self.block_rows,
+            tile_rows: self.tile_rows,
+        }
+    }
+
+    /// The blocks' row ranges, in order.
+    pub fn blocks(&self) -> Vec<Range<usize>> {
+        self.tiling().blocks()
+    }
+
+    /// An error for inputs the job cannot run on: no texts, no rows per block or tile, a
+    /// kernel too large for memory.
+    pub fn check(&self) -> Result<()> {
+        for (what, texts) in [("data", Some(self.rows)), ("--against data", self.cols)] {
+            if texts.is_some_and(|t| t.is_empty()) {
+                return Err(Error::input(format!("{what}: no texts")));
+            }
+        }
+        if self.block_rows == 0 || self.tile_rows == 0 {
+            return Err(Error::input("--block-rows must be at least 1"));
+        }
+        let what = format!("a {}x{} kernel", self.n_rows(), self.n_cols());
+        crate::limits::check_memory(&what, self.n_rows() as f64 * self.n_cols() as f64 * 4.0)
+    }
+
+    /// Runs every block not yet in `checkpoint`, as [`super::ntk::KernelJob::run`] does.
+    pub fn run(
+        &self,
+        backend: &dyn Backend,
+        checkpoint: Option<&Checkpoint>,
+        on_block: &mut dyn FnMut(&BlockDone) -> ControlFlow<()>,
+    ) -> Result<Option<KernelFile>> {
+        self.check()?;
+        let tiling = self.tiling();
+        let kernel = self.with_tiles(backend, &mut |tile| {
+            run_blocks(&tiling, checkpoint, on_block, tile)
+        })?;
+        let Some(kernel) = kernel else {
+            return Ok(None);
+        };
+        Ok(Some(KernelFile {
+            values: kernel,
+            rows: self.n_rows(),
+            cols: self.n_cols(),
+            kind: self.kind.name().to_string(),
+            normalized: self.kind.normalized(),
+            projection_dim: 0,
+        }))
+    }
+
+    /// Computes the row tiles `tiles` — a shard's share — as [`super::ntk::run_tiles`] does.
+    pub fn run_tiles(
+        &self,
+        backend: &dyn Backend,
+        tiles: Range<usize>,
+        checkpoint: Option<&Checkpoint>,
+        on_tile: &mut dyn FnMut(&BlockDone) -> ControlFlow<()>,
+    ) -> Result<Option<Vec<Vec<f32>>>> {
+        self.check()?;
+        if tiles.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let tiling = self.tiling();
+        self.with_tiles(backend, &mut |tile| {
+            run_tiles(&tiling, tiles.clone(), checkpoint, on_tile, tile)
+        })
+    }
+
+    /// Computes every column tile's factors, then calls `drive` with the function that gives a
+    /// row tile against its columns, normalised.
+    fn with_tiles<T>(
+        &self,
+        backend: &dyn Backend,
+        drive: &mut dyn FnMut(&mut TileFn) -> Result<T>,
+    ) -> Result<T> {
+        let classes = self.classifier.num_labels();
+        let seeds = match self.kind {
+            KernelKind::Pntk => summed_seed(classes),
+            KernelKind::Trntk | KernelKind::Trntk0 => class_seeds(classes),
+        };
+        let t = self.tile_rows;
+        let make = |texts: &[TokenizedText]| -> Result<TileFactors> {
+            let f = factors(self.classifier, &TokenBatch::pack(texts), &seeds)?;
+            TileFactors::new(backend, f)
+        };
+        let col_tiles = self
+            .cols
+            .unwrap_or(self.rows)
+            .chunks(t)
+            .map(make)
+            .collect::<Result<Vec<_>>>()?;
+        let tiling = self.tiling();
+        let mut tile = |rows: Range<usize>, cols: Range<usize>| -> Result<Vec<f32>> {
+            let own;
+            let row_tile = if tiling.square {
+                &col_tiles[rows.start / t]
+            } else {
+                own = make(&self.rows[rows.clone()])?;
+                &own
+            };
+            let mut values = vec![0.0f32; rows.len() * cols.len()];
+            // `cols` starts on a tile boundary: at the row tile (square) or at 0.
+            let first = cols.start / t;
+            for (k, col_tile) in col_tiles[first..].iter().enumerate() {
+                let mut v = contract(backend, row_tile, col_tile)?;
+                if self.kind.normalized() {
+                    cosine_normalize(&mut v, &row_tile.self_kernel, &col_tile.self_kernel);
+                }
+                let at = (first + k) * t - cols.start;
+                for (r, src) in v.chunks_exact(col_tile.n).enumerate() {
+                    values[r * cols.len() + at..][..col_tile.n].copy_from_slice(src);
+                }
+            }
+            Ok(values)
+        };
+        drive(&mut tile)
+    }
+}

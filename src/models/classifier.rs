@@ -1,0 +1,257 @@
+//! Transformer sequence classifiers: Hugging Face `BertForSequenceClassification` and
+//! `XLMRobertaForSequenceClassification` (or `RobertaForSequenceClassification`) directories,
+//! a [`BertModel`] encoder plus the classification head, run on any backend.
+//!
+//! Both heads read the first token's hidden state (`[CLS]` / `<s>`) and apply a `[h, h]` dense
+//! layer with tanh, then a `[C, h]` output layer giving the logits; they differ only in names:
+//!
+//! | head | dense | output |
+//! |---|---|---|
+//! | BERT | `bert.pooler.dense` | `classifier` |
+//! | RoBERTa / XLM-R | `classifier.dense` | `classifier.out_proj` |
+//!
+//! The labels come from `config.json`'s `id2label` (keys `"0"…"C-1"`), else `num_labels`
+//! (named `LABEL_i` as transformers names them), and must match the output layer's rows.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::bert::BertModel;
+use super::loader::{read_config, Linear, Loader};
+use super::{Encoder, TokenBatch};
+use crate::backend::{Activation, Backend, Pooling, SeqLayout, Tensor};
+use crate::error::{Error, Result};
+use crate::weights::{Weights, WeightsDtype};
+
+/// Which classification head a checkpoint carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadKind {
+    /// BERT's pooler (dense + tanh on `[CLS]`) and `classifier`.
+    BertPooler,
+    /// RoBERTa's `classifier.dense` + tanh on `<s>`, then `classifier.out_proj`.
+    Roberta,
+}
+
+impl HeadKind {
+    /// Every head, in the order a checkpoint is tried against.
+    pub const ALL: [HeadKind; 2] = [HeadKind::BertPooler, HeadKind::Roberta];
+
+    /// The checkpoint names of the dense and output layers (`.weight`/`.bias` appended).
+    pub fn layer_names(self) -> [&'static str; 2] {
+        match self {
+            HeadKind::BertPooler => ["bert.pooler.dense", "classifier"],
+            HeadKind::Roberta => ["classifier.dense", "classifier.out_proj"],
+        }
+    }
+}
+
+/// The classification head: `logits = out(tanh(dense(h_first)))`.
+pub struct ClassifierHead {
+    pub kind: HeadKind,
+    pub dense: Linear,
+    pub out: Linear,
+}
+
+/// What a recorded head forward keeps for a backward pass, on the host, one row per sequence.
+#[derive(Clone, Debug, Default)]
+pub struct HeadTape {
+    /// The first token's hidden state, `[sequences, h]`.
+    pub first: Vec<f32>,
+    /// The dense layer before tanh, `[sequences, h]`.
+    pub dense_pre: Vec<f32>,
+    /// After tanh (the output layer's input), `[sequences, h]`.
+    pub pooled: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct LabelConfig {
+    #[serde(default)]
+    id2label: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    num_labels: Option<usize>,
+    #[serde(default)]
+    architectures: Option<Vec<String>>,
+}
+
+/// A BERT-family encoder with its sequence-classification head.
+pub struct SequenceClassifier {
+    encoder: BertModel,
+    head: ClassifierHead,
+    labels: Vec<String>,
+}
+
+impl SequenceClassifier {
+    /// Loads a classifier directory onto `backend`: the encoder as [`BertModel::load`] does, the
+    /// head found by its tensor names, the labels from `config.json`.
+    pub fn load(
+        dir: &Path,
+        backend: Arc<dyn Backend>,
+        weights_dtype: WeightsDtype,
+    ) -> Result<Self> {
+        let encoder = BertModel::load(dir, backend.clone(), weights_dtype)?;
+        let config_path = dir.join("config.json");
+        let labels_config: LabelConfig = read_config(dir, "classifier")?;
+        let weights = Weights::open(dir)?;
+        let Some(kind) = HeadKind::ALL.into_iter().find(|k| {
+            k.layer_names()
+                .iter()
+                .all(|n| weights.contains(&format!("{n}.weight")))
+        }) else {
+            let architectures = labels_config.architectures.unwrap_or_default().join(", ");
+            return Err(Error::input(format!(
+                "{}: no sequence-classification head (architectures: [{architectures}]); \
+                 expected the tensors `bert.pooler.dense.*` and `classifier.*` \
+                 (BertForSequenceClassification) or `classifier.dense.*` and \
+                 `classifier.out_proj.*` (XLMRobertaForSequenceClassification)",
+                dir.display()
+            )));
+        };
+        let h = encoder.config().hidden_size;
+        let [dense_name, out_name] = kind.layer_names();
+        let out_rows = weights.shape(&format!("{out_name}.weight"))?[0];
+        let labels = read_labels(
+            &config_path,
+            labels_config.id2label,
+            labels_config.num_labels,
+        )?
+        .unwrap_or_else(|| (0..out_rows).map(|i| format!("LABEL_{i}")).collect());
+        if labels.len() != out_rows {
+            return Err(Error::input(format!(
+                "{}: {} labels, but `{out_name}.weight` has {out_rows} rows",
+                config_path.display(),
+                labels.len()
+            )));
+        }
+        let loader = Loader {
+            weights: &weights,
+            backend: backend.as_ref(),
+            weights_dtype,
+        };
+        let head = ClassifierHead {
+            kind,
+            dense: loader.linear(dense_name, h, h, true)?,
+            out: loader.linear(out_name, labels.len(), h, true)?,
+        };
+        Ok(SequenceClassifier {
+            encoder,
+            head,
+            labels,
+        })
+    }
+
+    pub fn encoder(&self) -> &BertModel {
+        &self.encoder
+    }
+
+    pub fn head(&self) -> &ClassifierHead {
+        &self.head
+    }
+
+    /// Label names, index = class.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Logits `[sequences, num_labels]` of a packed batch, on the backend.
+    pub fn logits(&self, batch: &TokenBatch) -> Result<Tensor> {
+        let hidden = self.encoder.forward(batch)?;
+        self.head_forward(&hidden, &batch.layout, None)
+    }
+
+    /// The head over the encoder's hidden states; records into `tape` when given (the dense
+    /// GEMM then runs once more without tanh, for its pre-activation).
+    pub fn head_forward(
+        &self,
+        hidden: &Tensor,
+        layout: &SeqLayout,
+        tape: Option<&mut HeadTape>,
+    ) -> Result<Tensor> {
+        let be = self.encoder.backend().as_ref();
+        let (s, h) = (layout.num_sequences(), self.encoder.config().hidden_size);
+        let mut first = be.zeros(&[s, h])?;
+        be.pool(hidden, layout, Pooling::Cls, &mut first)?;
+        let mut pooled = be.zeros(&[s, h])?;
+        let dense = &self.head.dense;
+        if let Some(tape) = tape {
+            be.linear(
+                &first,
+                &dense.weight,
+                dense.bias.as_ref(),
+                Activation::Identity,
+                None,
+                &mut pooled,
+            )?;
+            tape.dense_pre = be.download(&pooled)?;
+            tape.first = be.download(&first)?;
+            tape.pooled = tape
+                .dense_pre
+                .iter()
+                .map(|&z| Activation::Tanh.apply(z))
+                .collect();
+        }
+        be.linear(
+            &first,
+            &dense.weight,
+            dense.bias.as_ref(),
+            Activation::Tanh,
+            None,
+            &mut pooled,
+        )?;
+        let mut logits = be.zeros(&[s, self.num_labels()])?;
+        be.linear(
+            &pooled,
+            &self.head.out.weight,
+            self.head.out.bias.as_ref(),
+            Activation::Identity,
+            None,
+            &mut logits,
+        )?;
+        Ok(logits)
+    }
+}
+
+/// Label names from `id2label` (keys `"0"…"C-1"`, each once) or `num_labels`; `None` where the
+/// config names neither.
+fn read_labels(
+    path: &Path,
+    id2label: Option<BTreeMap<String, String>>,
+    num_labels: Option<usize>,
+) -> Result<Option<Vec<String>>> {
+    let bad = |what: String| Error::input(format!("{}: {what}", path.display()));
+    let Some(map) = id2label else {
+        return Ok(num_labels.map(|c| (0..c).map(|i| format!("LABEL_{i}")).collect()));
+    };
+    let count = map.len();
+    let mut labels = vec![None; count];
+    for (key, name) in map {
+        let slot = key
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| labels.get_mut(i))
+            .ok_or_else(|| {
+                bad(format!(
+                    "id2label key {key:?} is not a class index below {count}"
+                ))
+            })?;
+        *slot = Some(name);
+    }
+    let labels = labels
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| l.ok_or_else(|| bad(format!("id2label names no label for class {i}"))))
+        .collect::<Result<Vec<String>>>()?;
+    if let Some(c) = num_labels.filter(|&c| c != labels.len()) {
+        return Err(bad(format!(
+            "num_labels {c} disagrees with id2label's {} entries",
+            labels.len()
+        )));
+    }
+    Ok(Some(labels))
+}

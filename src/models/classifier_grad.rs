@@ -1,0 +1,537 @@
+//! Per-sample gradient factors of a transformer sequence classifier ([`SequenceClassifier`]):
+//! what each sample's gradient of each backward seed is made of, layer by layer, so a tangent
+//! kernel can be contracted from them without ever storing a whole gradient.
+//!
+//! A backward *seed* is a row `s` of logit gradients, the same for every sample: the class
+//! one-hots give `∇θ f_c(x)` for the trace NTK ([`class_seeds`]), one row of `1/√C` gives the
+//! pseudo-NTK's `∇θ Σ_c f_c(x)/√C` ([`summed_seed`]) — the rows the MLP path's
+//! `KernelKind::rows_per_sample` counts. Samples never interact (attention stays inside each
+//! packed sequence), so one backward pass over the packed batch per seed gives every sample's
+//! gradient at once.
+//!
+//! The factors ([`SequenceFactors`]), `r` seeds, sample `i` with `T_i` tokens:
+//!
+//! - **Linear layers** ([`LinearFactors`]): inputs `a_t: [d_in]` and output gradients
+//!   `δ_t: [d_out]` per token, so `∇_W = Σ_t δ_t a_tᵀ` and
+//!   `⟨∇_W f(x_i), ∇_W f(x_j)⟩ = Σ_{t,s} ⟨δ_it, δ_js⟩⟨a_it, a_js⟩`. The head's two layers act on
+//!   one row per sample (the first token), the encoder's on every token.
+//! - **Embedding tables** ([`EmbeddingFactors`]): the gradient `δ_t` at the summed embedding row
+//!   of each token and, per table, the row id each token read: a sample's table gradient is its
+//!   `δ` rows scattered by id, `⟨g_i, g_j⟩ = Σ_{t,s: id_it = id_js} ⟨δ_it, δ_js⟩`.
+//! - **Vectors** ([`VectorGradients`]): biases and LayerNorm γ/β, materialised per sample
+//!   (`d`-dimensional: cheaper to store than to contract token by token).
+//!
+//! Every seed of a token sits side by side in one row (`[rows, r·width]`), as the MLP factors of
+//! `instruments::project` hold every class of a sample: a contraction summed over seeds is then
+//! one inner product of rows.
+
+use std::ops::Range;
+
+use super::bert::BertTape;
+use super::classifier::{HeadTape, SequenceClassifier};
+use super::TokenBatch;
+use crate::backend::cpu::backward::{
+    activation_backward, attention_backward, layer_norm_backward, linear_input_backward,
+    scatter_rows, sequence_sums,
+};
+use crate::backend::cpu::{gemm, Operand};
+use crate::backend::{Activation, AttentionSpec, SeqLayout, Tensor};
+use crate::error::{Error, Result};
+
+/// Which rows a factor has: one per token of the packed batch, or one per sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FactorRows {
+    /// `layout.num_tokens()` rows, sample `i`'s being `layout.range(i)`.
+    Tokens,
+    /// One row per sample (the classification head reads only the first token).
+    Samples,
+}
+
+/// One Linear layer `z = W a + b` (PyTorch layout `W: [d_out, d_in]`); its bias is among the
+/// [`VectorGradients`].
+#[derive(Clone, Debug)]
+pub struct LinearFactors {
+    /// The checkpoint names of `W`'s row blocks, in row order, with their row counts: Q, K and
+    /// V for the fused attention projection, one block otherwise.
+    pub parts: Vec<(String, usize)>,
+    pub d_in: usize,
+    pub d_out: usize,
+    pub rows: FactorRows,
+    /// Layer inputs `a_t`, `[rows, d_in]` (the same for every seed).
+    pub acts: Vec<f32>,
+    /// Output gradients `δ_t` of every seed side by side, `[rows, seeds·d_out]`.
+    pub deltas: Vec<f32>,
+}
+
+/// The row ids one embedding table was read at.
+#[derive(Clone, Debug)]
+pub struct EmbeddingIds {
+    /// Checkpoint name of the table (`…word_embeddings.weight`).
+    pub name: String,
+    /// Rows of the table.
+    pub rows: usize,
+    /// `[tokens]`: the row each packed token read.
+    pub ids: Vec<u32>,
+}
+
+/// The embedding tables (word, position, token type), which share one gradient per token.
+#[derive(Clone, Debug)]
+pub struct EmbeddingFactors {
+    /// Hidden size.
+    pub width: usize,
+    /// Gradient at each token's summed embedding row (before the embedding LayerNorm), every
+    /// seed side by side: `[tokens, seeds·width]`.
+    pub deltas: Vec<f32>,
+    pub tables: Vec<EmbeddingIds>,
+}
+
+/// A bias or LayerNorm parameter's per-sample gradients.
+#[derive(Clone, Debug)]
+pub struct VectorGradients {
+    /// Checkpoint name (`….bias`, `…LayerNorm.weight`).
+    pub name: String,
+    pub len: usize,
+    /// `[samples, seeds·len]`.
+    pub grads: Vec<f32>,
+}
+
+/// Per-sample gradient factors of a packed batch for `seeds` backward seeds (module docs).
+#[derive(Clone, Debug)]
+pub struct SequenceFactors {
+    /// The samples' tokens (no padding: sample `i` has exactly its `T_i` rows).
+    pub layout: SeqLayout,
+    pub seeds: usize,
+    /// In forward order: per encoder layer QKV, attention output, intermediate, output; then the
+    /// head's dense and output layers.
+    pub linears: Vec<LinearFactors>,
+    pub embeddings: EmbeddingFactors,
+    pub vectors: Vec<VectorGradients>,
+}
+
+/// The trace NTK's seeds: the one-hot rows of `classes` classes, `[classes, classes]`.
+pub fn class_seeds(classes: usize) -> Vec<f32> {
+    let mut seeds = vec![0.0f32; classes * classes];
+    seeds.iter_mut().step_by(classes + 1).for_each(|v| *v = 1.0);
+    seeds
+}
+
+/// The pseudo-NTK's seed: one row of `1/√C`, so the kernel carries Mohamadi et al.'s `1/C`.
+pub fn summed_seed(classes: usize) -> Vec<f32> {
+    vec![1.0 / (classes as f32).sqrt(); classes]
+}
+
+/// Rows `range` of seed `k` of a `[rows, seeds·width]` factor, as `[range.len(), width]`.
+fn seed_rows(
+    values: &[f32],
+    range: Range<usize>,
+    seeds: usize,
+    width: usize,
+    k: usize,
+) -> Vec<f32> {
+    range
+        .flat_map(|row| {
+            let at = (row * seeds + k) * width;
+            values[at..at + width].iter().copied()
+        })
+        .collect()
+}
+
+/// `[rows, width]` of each seed, side by side: `[rows, seeds·width]`.
+fn interleave(per_seed: &[Vec<f32>], width: usize) -> Vec<f32> {
+    let rows = per_seed.first().map_or(0, |v| v.len() / width.max(1));
+    let mut out = Vec::with_capacity(rows * per_seed.len() * width);
+    for row in 0..rows {
+        for seed in per_seed {
+            out.extend_from_slice(&seed[row * width..(row + 1) * width]);
+        }
+    }
+    out
+}
+
+impl SequenceFactors {
+    pub fn num_samples(&self) -> usize {
+        self.layout.num_sequences()
+    }
+
+    fn sample_rows(&self, rows: FactorRows, sample: usize) -> Range<usize> {
+        match rows {
+            FactorRows::Tokens => self.layout.range(sample),
+            FactorRows::Samples => sample..sample + 1,
+        }
+    }
+
+    /// The gradient of seed `seed` of sample `sample`, materialised per checkpoint tensor (name,
+    /// row-major values of the tensor's shape): `Δᵀ A` per Linear, `δ` rows scattered by id per
+    /// embedding table, the vectors as stored. The materialised form of a kernel, and the
+    /// reference the contracted forms are tested against.
+    pub fn materialize(&self, sample: usize, seed: usize) -> Result<Vec<(String, Vec<f32>)>> {
+        let r = self.seeds;
+        let mut out = Vec::new();
+        let emb = &self.embeddings;
+        let tokens = self.layout.range(sample);
+        let delta = seed_rows(&emb.deltas, tokens.clone(), r, emb.width, seed);
+        for table in &emb.tables {
+            out.push((
+                table.name.clone(),
+                scatter_rows(&delta, &table.ids[tokens.clone()], table.rows, emb.width)?,
+            ));
+        }
+        for lin in &self.linears {
+            let rows = self.sample_rows(lin.rows, sample);
+            let t = rows.len();
+            let delta = seed_rows(&lin.deltas, rows.clone(), r, lin.d_out, seed);
+            let acts = &lin.acts[rows.start * lin.d_in..rows.end * lin.d_in];
+            let mut grad = vec![0.0f32; lin.d_out * lin.d_in];
+            gemm(
+                &mut grad,
+                Operand::transposed(&delta, t, lin.d_out),
+                Operand::plain(acts, t, lin.d_in),
+                false,
+            );
+            let mut first = 0;
+            for (name, part_rows) in &lin.parts {
+                out.push((
+                    name.clone(),
+                    grad[first * lin.d_in..(first + part_rows) * lin.d_in].to_vec(),
+                ));
+                first += part_rows;
+            }
+        }
+        for v in &self.vectors {
+            let at = (sample * r + seed) * v.len;
+            out.push((v.name.clone(), v.grads[at..at + v.len].to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+/// The host copy of a weight the backward pass multiplies by.
+fn host(be: &dyn crate::backend::Backend, t: &Tensor, what: &str) -> Result<Vec<f32>> {
+    be.download(t).map_err(|e| {
+        Error::input(format!(
+            "{what}: the backward pass reads f32 weights (load the classifier with f32 weights): {e}"
+        ))
+    })
+}
+
+/// One seed's backward pass: every Linear's `δ` (slot order of [`SequenceFactors::linears`]),
+/// the embedding `δ`, and the vectors' per-sample gradients (slot order of the vectors).
+struct SeedPass {
+    linears: Vec<Vec<f32>>,
+    embedding: Vec<f32>,
+    vectors: Vec<Vec<f32>>,
+}
+
+/// Host weights of one encoder layer.
+struct HostLayer {
+    qkv: Vec<f32>,
+    attn_out: Vec<f32>,
+    attn_gamma: Vec<f32>,
+    intermediate: Vec<f32>,
+    output: Vec<f32>,
+    output_gamma: Vec<f32>,
+}
+
+/// What every seed's backward pass reads: the tapes and the host weights.
+struct Backward<'a> {
+    layout: &'a SeqLayout,
+    tape: &'a BertTape,
+    head_tape: &'a HeadTape,
+    layers: Vec<HostLayer>,
+    embed_gamma: Vec<f32>,
+    dense: Vec<f32>,
+    out: Vec<f32>,
+    act: Activation,
+    eps: f32,
+    spec: AttentionSpec,
+    hidden: usize,
+    intermediate: usize,
+    classes: usize,
+}
+
+impl Backward<'_> {
+    /// The LayerNorm backward with its γ and β gradients summed per sample (pushed in that
+    /// order onto `vectors`); returns the gradient at the LayerNorm's input.
+    fn layer_norm(
+        &self,
+        pre: &[f32],
+        gamma: &[f32],
+        dy: &[f32],
+        vectors: &mut Vec<Vec<f32>>,
+    ) -> Vec<f32> {
+        let (dx, normed) = layer_norm_backward(pre, gamma, self.eps, dy);
+        let scaled: Vec<f32> = dy.iter().zip(&normed).map(|(d, x)| d * x).collect();
+        vectors.push(sequence_sums(&scaled, self.layout, gamma.len()));
+        vectors.push(sequence_sums(dy, self.layout, gamma.len()));
+        dx
+    }
+
+    fn run(&self, seed: &[f32]) -> Result<SeedPass> {
+        let (h, inter) = (self.hidden, self.intermediate);
+        let samples = self.layout.num_sequences();
+        let tokens = self.layout.num_tokens();
+        let layer_count = self.layers.len();
+        let mut linears = vec![Vec::new(); 4 * layer_count + 2];
+        // Vectors are collected per layer in backward order and put in forward order at the end.
+        let mut head_vectors = Vec::new();
+        let mut layer_vectors: Vec<Vec<Vec<f32>>> = vec![Vec::new(); layer_count];
+
+        // The head, one row per sample.
+        let d_logits: Vec<f32> = (0..samples).flat_map(|_| seed.iter().copied()).collect();
+        let mut d_pooled = vec![0.0f32; samples * h];
+        linear_input_backward(&d_logits, &self.out, self.classes, h, &mut d_pooled, false);
+        let dense_delta =
+            activation_backward(Activation::Tanh, &self.head_tape.dense_pre, &d_pooled);
+        let mut d_first = vec![0.0f32; samples * h];
+        linear_input_backward(&dense_delta, &self.dense, h, h, &mut d_first, false);
+        head_vectors.push(dense_delta.clone());
+        head_vectors.push(d_logits.clone());
+        linears[4 * layer_count] = dense_delta;
+        linears[4 * layer_count + 1] = d_logits;
+
+        // The first token of each sample carries the head's gradient into the encoder.
+        let mut d_x = vec![0.0f32; tokens * h];
+        for s in 0..samples {
+            let first = self.layout.range(s).start;
+            d_x[first * h..(first + 1) * h].copy_from_slice(&d_first[s * h..(s + 1) * h]);
+        }
+
+        for l in (0..layer_count).rev() {
+            let (t, w) = (&self.tape.layers[l], &self.layers[l]);
+            let mut vectors = Vec::new();
+            // x' = LN(a + W_o·gelu(W_i·a + b_i) + b_o)
+            let mut output_ln = Vec::new();
+            let d_out_sum = self.layer_norm(&t.output_sum, &w.output_gamma, &d_x, &mut output_ln);
+            let mut d_inter = vec![0.0f32; tokens * inter];
+            linear_input_backward(&d_out_sum, &w.output, h, inter, &mut d_inter, false);
+            let inter_delta = activation_backward(self.act, &t.inter_pre, &d_inter);
+            let mut d_a = d_out_sum.clone();
+            linear_input_backward(&inter_delta, &w.intermediate, inter, h, &mut d_a, true);
+            // a = LN(x + W_ao·attention(W_qkv·x + b_qkv) + b_ao)
+            let mut attn_ln = Vec::new();
+            let d_attn_sum = self.layer_norm(&t.attn_sum, &w.attn_gamma, &d_a, &mut attn_ln);
+            let mut d_context = vec![0.0f32; tokens * h];
+            linear_input_backward(&d_attn_sum, &w.attn_out, h, h, &mut d_context, false);
+            let d_qkv = attention_backward(&t.qkv, self.layout, &self.spec, &d_context)?;
+            let mut d_input = d_attn_sum.clone();
+            linear_input_backward(&d_qkv, &w.qkv, 3 * h, h, &mut d_input, true);
+
+            // Forward order: Q, K, V biases, attention output bias, its LayerNorm γ β,
+            // intermediate bias, output bias, output LayerNorm γ β.
+            let qkv_bias = sequence_sums(&d_qkv, self.layout, 3 * h);
+            for part in 0..3 {
+                vectors.push(
+                    qkv_bias
+                        .chunks_exact(3 * h)
+                        .flat_map(|row| row[part * h..(part + 1) * h].iter().copied())
+                        .collect(),
+                );
+            }
+            vectors.push(sequence_sums(&d_attn_sum, self.layout, h));
+            vectors.extend(attn_ln);
+            vectors.push(sequence_sums(&inter_delta, self.layout, inter));
+            vectors.push(sequence_sums(&d_out_sum, self.layout, h));
+            vectors.extend(output_ln);
+            layer_vectors[l] = vectors;
+
+            linears[4 * l] = d_qkv;
+            linears[4 * l + 1] = d_attn_sum;
+            linears[4 * l + 2] = inter_delta;
+            linears[4 * l + 3] = d_out_sum;
+            d_x = d_input;
+        }
+        let mut vectors = Vec::new();
+        let embedding =
+            self.layer_norm(&self.tape.embed_sum, &self.embed_gamma, &d_x, &mut vectors);
+        vectors.extend(layer_vectors.into_iter().flatten());
+        vectors.extend(head_vectors);
+        Ok(SeedPass {
+            linears,
+            embedding,
+            vectors,
+        })
+    }
+}
+
+/// The factors of the samples of `batch` for the backward seeds `seeds: [r, C]` (row `k` is the
+/// logit gradient of seed `k`; [`class_seeds`], [`summed_seed`]). The forward runs on the
+/// classifier's backend, recorded; the backward on the host. The classifier must hold f32
+/// weights (`WeightsDtype::F32`, or an f32 checkpoint).
+pub fn factors(
+    classifier: &SequenceClassifier,
+    batch: &TokenBatch,
+    seeds: &[f32],
+) -> Result<SequenceFactors> {
+    let classes = classifier.num_labels();
+    if seeds.is_empty() || !seeds.len().is_multiple_of(classes) {
+        return Err(Error::input(format!(
+            "backward seeds: {} values are not whole rows of {classes} logit gradients",
+            seeds.len()
+        )));
+    }
+    let r = seeds.len() / classes;
+    let encoder = classifier.encoder();
+    let config = encoder.config();
+    let be = encoder.backend().as_ref();
+    let (h, inter) = (config.hidden_size, config.intermediate_size);
+    let (hidden, tape) = encoder.forward_recorded(batch)?;
+    let mut head_tape = HeadTape::default();
+    classifier.head_forward(&hidden, &batch.layout, Some(&mut head_tape))?;
+
+    let prefix = encoder.weight_prefix();
+    let layer_name = |l: usize, rest: &str| format!("{prefix}encoder.layer.{l}.{rest}");
+    let layers = encoder
+        .layers()
+        .iter()
+        .enumerate()
+        .map(|(l, w)| {
+            Ok(HostLayer {
+                qkv: host(be, &w.qkv.weight, &layer_name(l, "attention.self"))?,
+                attn_out: host(be, &w.attn_out.weight, &layer_name(l, "attention.output"))?,
+                attn_gamma: host(be, &w.attn_norm.gamma, &layer_name(l, "attention.output"))?,
+                intermediate: host(be, &w.intermediate.weight, &layer_name(l, "intermediate"))?,
+                output: host(be, &w.output.weight, &layer_name(l, "output"))?,
+                output_gamma: host(be, &w.output_norm.gamma, &layer_name(l, "output"))?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let head = classifier.head();
+    let [dense_name, out_name] = head.kind.layer_names();
+    let backward = Backward {
+        layout: &batch.layout,
+        tape: &tape,
+        head_tape: &head_tape,
+        layers,
+        embed_gamma: host(be, &encoder.embed_norm().gamma, "embeddings.LayerNorm")?,
+        dense: host(be, &head.dense.weight, dense_name)?,
+        out: host(be, &head.out.weight, out_name)?,
+        act: encoder.activation(),
+        eps: config.layer_norm_eps as f32,
+        spec: AttentionSpec::bidirectional(
+            config.num_attention_heads,
+            h / config.num_attention_heads,
+        ),
+        hidden: h,
+        intermediate: inter,
+        classes,
+    };
+    let mut passes = seeds
+        .chunks_exact(classes)
+        .map(|seed| backward.run(seed))
+        .collect::<Result<Vec<_>>>()?;
+
+    // What each slot is: names, shapes, inputs.
+    let mut linears = Vec::with_capacity(4 * encoder.layers().len() + 2);
+    for (l, t) in tape.layers.iter().enumerate() {
+        let qkv_parts = ["query", "key", "value"]
+            .map(|m| (layer_name(l, &format!("attention.self.{m}.weight")), h))
+            .to_vec();
+        let single = |rest: &str, rows: usize| vec![(layer_name(l, rest), rows)];
+        for (parts, d_in, d_out, acts) in [
+            (qkv_parts, h, 3 * h, &t.input),
+            (single("attention.output.dense.weight", h), h, h, &t.context),
+            (
+                single("intermediate.dense.weight", inter),
+                h,
+                inter,
+                &t.attn_normed,
+            ),
+            (single("output.dense.weight", h), inter, h, &t.inter),
+        ] {
+            linears.push((parts, d_in, d_out, FactorRows::Tokens, acts.clone()));
+        }
+    }
+    for (name, d_out, acts) in [
+        (dense_name, h, &head_tape.first),
+        (out_name, classes, &head_tape.pooled),
+    ] {
+        let parts = vec![(format!("{name}.weight"), d_out)];
+        linears.push((parts, h, d_out, FactorRows::Samples, acts.clone()));
+    }
+    let linears = linears
+        .into_iter()
+        .enumerate()
+        .map(|(slot, (parts, d_in, d_out, rows, acts))| {
+            let per_seed: Vec<Vec<f32>> = passes
+                .iter_mut()
+                .map(|p| std::mem::take(&mut p.linears[slot]))
+                .collect();
+            LinearFactors {
+                parts,
+                d_in,
+                d_out,
+                rows,
+                acts,
+                deltas: interleave(&per_seed, d_out),
+            }
+        })
+        .collect();
+
+    let mut vector_names = vec![
+        (format!("{prefix}embeddings.LayerNorm.weight"), h),
+        (format!("{prefix}embeddings.LayerNorm.bias"), h),
+    ];
+    for l in 0..encoder.layers().len() {
+        for (rest, len) in [
+            ("attention.self.query.bias", h),
+            ("attention.self.key.bias", h),
+            ("attention.self.value.bias", h),
+            ("attention.output.dense.bias", h),
+            ("attention.output.LayerNorm.weight", h),
+            ("attention.output.LayerNorm.bias", h),
+            ("intermediate.dense.bias", inter),
+            ("output.dense.bias", h),
+            ("output.LayerNorm.weight", h),
+            ("output.LayerNorm.bias", h),
+        ] {
+            vector_names.push((layer_name(l, rest), len));
+        }
+    }
+    vector_names.push((format!("{dense_name}.bias"), h));
+    vector_names.push((format!("{out_name}.bias"), classes));
+    let vectors = vector_names
+        .into_iter()
+        .enumerate()
+        .map(|(slot, (name, len))| {
+            let per_seed: Vec<Vec<f32>> = passes
+                .iter_mut()
+                .map(|p| std::mem::take(&mut p.vectors[slot]))
+                .collect();
+            VectorGradients {
+                name,
+                len,
+                grads: interleave(&per_seed, len),
+            }
+        })
+        .collect();
+
+    let embedding_deltas: Vec<Vec<f32>> = passes.into_iter().map(|p| p.embedding).collect();
+    let embeddings = EmbeddingFactors {
+        width: h,
+        deltas: interleave(&embedding_deltas, h),
+        tables: vec![
+            EmbeddingIds {
+                name: format!("{prefix}embeddings.word_embeddings.weight"),
+                rows: config.vocab_size,
+                ids: batch.ids.clone(),
+            },
+            EmbeddingIds {
+                name: format!("{prefix}embeddings.position_embeddings.weight"),
+                rows: config.max_position_embeddings,
+                ids: encoder.position_ids(&batch.layout),
+            },
+            EmbeddingIds {
+                name: format!("{prefix}embeddings.token_type_embeddings.weight"),
+                rows: config.type_vocab_size,
+                ids: batch.type_ids.clone(),
+            },
+        ],
+    };
+    Ok(SequenceFactors {
+        layout: batch.layout.clone(),
+        seeds: r,
+        linears,
+        embeddings,
+        vectors,
+    })
+}

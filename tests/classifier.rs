@@ -1,0 +1,525 @@
+//! Transformer sequence classifiers against transformers and torch.func (fixtures of
+//! `tools/make_classifier_fixtures.py`): logits on every backend; on the CPU, per-sample
+//! per-class gradients assembled from the factors (`Δᵀ A` per Linear, `δ` rows scattered by id
+//! per embedding table) against torch.func's, tensor by tensor, and the exact trNTK, trNTK0 and
+//! pNTK from materialised gradients.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use common::{backend_tests, reference_tensor, rel_error_f64, repo_path, run_mscope_ok};
+use mscope::backend::cpu::CpuBackend;
+use mscope::backend::Backend;
+use mscope::instruments::project::KernelKind;
+use mscope::instruments::transformer_ntk::SequenceKernelJob;
+use mscope::io::checkpoint::Checkpoint;
+use mscope::io::kernel_file::KernelFile;
+use mscope::models::classifier::SequenceClassifier;
+use mscope::models::classifier_grad::{class_seeds, factors, summed_seed, SequenceFactors};
+use mscope::models::tokenize::{TextTokenizer, TokenizedText};
+use mscope::models::{Encoder, TokenBatch};
+use mscope::weights::WeightsDtype;
+
+backend_tests! { bert_logits_match_transformers, xlmr_logits_match_transformers }
+
+/// f32 paths against a float64 reference (the crate's numerics contract).
+const F32_TOLERANCE: f64 = 1e-5;
+
+/// The two fixture classifiers: directory and reference file.
+const MODELS: [(&str, &str); 2] = [
+    (
+        "tests/fixtures/classifiers/tiny-bert-cls",
+        "tests/fixtures/classifiers/bert_reference.safetensors",
+    ),
+    (
+        "tests/fixtures/classifiers/tiny-xlmr-cls",
+        "tests/fixtures/classifiers/xlmr_reference.safetensors",
+    ),
+];
+
+fn texts() -> Vec<String> {
+    std::fs::read_to_string(repo_path("tests/fixtures/classifiers/texts.jsonl"))
+        .expect("fixture texts")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("JSON line");
+            v["text"].as_str().expect("text field").to_string()
+        })
+        .collect()
+}
+
+fn load(dir: &str, be: Arc<dyn Backend>) -> SequenceClassifier {
+    SequenceClassifier::load(&repo_path(dir), be, WeightsDtype::F32).expect("classifier loads")
+}
+
+/// The fixture texts tokenised and packed, checked against the reference's token ids.
+fn batch(dir: &str, classifier: &SequenceClassifier, reference: &str) -> TokenBatch {
+    let tokenizer = TextTokenizer::load(&repo_path(dir), classifier.encoder().max_tokens())
+        .expect("tokenizer loads");
+    let texts = texts();
+    let refs: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
+    let tokenized = tokenizer.encode(&refs).expect("tokenises");
+    let (shape, want) = reference_tensor(reference, "input_ids");
+    for (i, t) in tokenized.iter().enumerate() {
+        let row: Vec<u32> = want[i * shape[1]..(i + 1) * shape[1]]
+            .iter()
+            .take_while(|&&v| v >= 0.0)
+            .map(|&v| v as u32)
+            .collect();
+        assert_eq!(t.ids, row, "{dir}: token ids of text {i}");
+    }
+    TokenBatch::pack(&tokenized)
+}
+
+fn logits_match(be: &Arc<dyn Backend>, (dir, reference): (&str, &str)) {
+    let classifier = load(dir, be.clone());
+    let batch = batch(dir, &classifier, reference);
+    let logits = be
+        .download(&classifier.logits(&batch).expect("forward"))
+        .expect("download");
+    let got: Vec<f64> = logits.iter().map(|&v| v as f64).collect();
+    let (shape, want) = reference_tensor(reference, "logits");
+    assert_eq!(shape, [texts().len(), classifier.num_labels()]);
+    let err = rel_error_f64(&got, &want);
+    assert!(
+        err < F32_TOLERANCE,
+        "{dir} on {}: logits rel err {err:.2e}",
+        be.name()
+    );
+}
+
+fn bert_logits_match_transformers(be: &Arc<dyn Backend>) {
+    logits_match(be, MODELS[0]);
+}
+
+fn xlmr_logits_match_transformers(be: &Arc<dyn Backend>) {
+    logits_match(be, MODELS[1]);
+}
+
+#[test]
+fn labels_come_from_id2label() {
+    let cpu: Arc<dyn Backend> = Arc::new(CpuBackend::new());
+    assert_eq!(
+        load(MODELS[0].0, cpu.clone()).labels(),
+        ["negative", "neutral", "positive"]
+    );
+    assert_eq!(load(MODELS[1].0, cpu).labels(), ["negative", "positive"]);
+}
+
+/// Every sample's gradient of every seed, per checkpoint tensor: name → rows (sample, seed).
+fn materialised(f: &SequenceFactors) -> BTreeMap<String, Vec<Vec<f64>>> {
+    let mut out: BTreeMap<String, Vec<Vec<f64>>> = BTreeMap::new();
+    for i in 0..f.num_samples() {
+        for k in 0..f.seeds {
+            for (name, g) in f.materialize(i, k).expect("materialises") {
+                out.entry(name)
+                    .or_default()
+                    .push(g.iter().map(|&v| v as f64).collect());
+            }
+        }
+    }
+    out
+}
+
+fn gram(rows: &[Vec<f64>]) -> Vec<f64> {
+    rows.iter()
+        .flat_map(|a| {
+            rows.iter()
+                .map(move |b| a.iter().zip(b).map(|(x, y)| x * y).sum())
+        })
+        .collect()
+}
+
+fn cpu_factors((dir, reference): (&str, &str), seeds: fn(usize) -> Vec<f32>) -> SequenceFactors {
+    let classifier = load(dir, Arc::new(CpuBackend::new()));
+    let batch = batch(dir, &classifier, reference);
+    factors(&classifier, &batch, &seeds(classifier.num_labels())).expect("factors")
+}
+
+/// Names of the reference tensors with `prefix`, the prefix removed.
+fn reference_names(reference: &str, prefix: &str) -> Vec<String> {
+    let bytes = std::fs::read(repo_path(reference)).expect("reference file");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("parses");
+    let mut names: Vec<String> = st
+        .names()
+        .into_iter()
+        .filter_map(|n| n.strip_prefix(prefix).map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+fn per_sample_gradients_match_torch_func(model: (&str, &str)) {
+    let (dir, reference) = model;
+    let grads = materialised(&cpu_factors(model, class_seeds));
+    // Every parameter of the checkpoint, and nothing else.
+    let names: Vec<String> = grads.keys().cloned().collect();
+    assert_eq!(
+        names,
+        reference_names(reference, "gram."),
+        "{dir}: parameters"
+    );
+    let trace = |g: &[f64]| -> f64 {
+        let m = (g.len() as f64).sqrt() as usize;
+        (0..m).map(|i| g[i * m + i]).sum()
+    };
+    let total: f64 = grads.values().map(|rows| trace(&gram(rows))).sum();
+    let mut worst = (0.0f64, String::new());
+    for (name, rows) in &grads {
+        let (_, want) = reference_tensor(reference, &format!("gram.{name}"));
+        let got = gram(rows);
+        if name.ends_with("attention.self.key.bias") {
+            // Softmax ignores what a key bias adds to every score of a query (q·b), so its
+            // gradient is zero: both sides hold only rounding, far below the whole gradient.
+            for (side, g) in [("mscope", &got), ("torch.func", &want)] {
+                let share = trace(g) / total;
+                assert!(
+                    share < 1e-12,
+                    "{dir}: {side} {name} holds {share:.1e} of ‖g‖²"
+                );
+            }
+            continue;
+        }
+        let err = rel_error_f64(&got, &want);
+        if err > worst.0 {
+            worst = (err, name.clone());
+        }
+    }
+    assert!(
+        worst.0 < F32_TOLERANCE,
+        "{dir}: per-tensor Gram of the per-sample per-class gradients, worst {} rel err {:.2e}",
+        worst.1,
+        worst.0
+    );
+    let full = reference_names(reference, "grad.");
+    assert!(full.len() >= 4, "{dir}: the reference holds full gradients");
+    for name in full {
+        let (_, want) = reference_tensor(reference, &format!("grad.{name}"));
+        let got: Vec<f64> = grads[&name].concat();
+        let err = rel_error_f64(&got, &want);
+        assert!(
+            err < F32_TOLERANCE,
+            "{dir}: gradient of {name}: rel err {err:.2e}"
+        );
+    }
+}
+
+#[test]
+fn bert_per_sample_gradients_match_torch_func() {
+    per_sample_gradients_match_torch_func(MODELS[0]);
+}
+
+#[test]
+fn xlmr_per_sample_gradients_match_torch_func() {
+    per_sample_gradients_match_torch_func(MODELS[1]);
+}
+
+/// `Σ_tensors` of the Gram of rows (sample, seed), summed over equal seeds: `[n, n]`.
+fn kernel(f: &SequenceFactors) -> Vec<f64> {
+    let (n, r) = (f.num_samples(), f.seeds);
+    let mut k = vec![0.0f64; n * n];
+    for rows in materialised(f).values() {
+        let g = gram(rows);
+        for i in 0..n {
+            for j in 0..n {
+                k[i * n + j] += (0..r)
+                    .map(|c| g[(i * r + c) * n * r + j * r + c])
+                    .sum::<f64>();
+            }
+        }
+    }
+    k
+}
+
+fn exact_kernels_match_torch_func(model: (&str, &str)) {
+    let (dir, reference) = model;
+    let trntk0 = kernel(&cpu_factors(model, class_seeds));
+    let n = (trntk0.len() as f64).sqrt() as usize;
+    let norms: Vec<f64> = (0..n).map(|i| trntk0[i * n + i].sqrt()).collect();
+    let trntk: Vec<f64> = (0..n * n)
+        .map(|ij| trntk0[ij] / (norms[ij / n] * norms[ij % n]))
+        .collect();
+    let pntk = kernel(&cpu_factors(model, summed_seed));
+    for (what, got) in [("trntk0", trntk0), ("trntk", trntk), ("pntk", pntk)] {
+        let (_, want) = reference_tensor(reference, what);
+        let err = rel_error_f64(&got, &want);
+        assert!(err < F32_TOLERANCE, "{dir}: {what} rel err {err:.2e}");
+    }
+}
+
+#[test]
+fn bert_exact_kernels_match_torch_func() {
+    exact_kernels_match_torch_func(MODELS[0]);
+}
+
+#[test]
+fn xlmr_exact_kernels_match_torch_func() {
+    exact_kernels_match_torch_func(MODELS[1]);
+}
+
+/// Packing must not leak: each text's gradients in the batch of four equal its gradients alone.
+#[test]
+fn packed_samples_do_not_see_each_other() {
+    let (dir, reference) = MODELS[1];
+    let classifier = load(dir, Arc::new(CpuBackend::new()));
+    let packed = batch(dir, &classifier, reference);
+    let seeds = class_seeds(classifier.num_labels());
+    let together = factors(&classifier, &packed, &seeds).expect("factors");
+    let starts = packed.layout.starts().to_vec();
+    for i in 0..together.num_samples() {
+        let rows = starts[i]..starts[i + 1];
+        let alone = TokenBatch {
+            ids: packed.ids[rows.clone()].to_vec(),
+            type_ids: packed.type_ids[rows.clone()].to_vec(),
+            layout: mscope::backend::SeqLayout::from_lengths([rows.len()]),
+        };
+        let single = factors(&classifier, &alone, &seeds).expect("factors");
+        for k in 0..together.seeds {
+            let widen = |g: Vec<(String, Vec<f32>)>| -> Vec<f64> {
+                g.into_iter()
+                    .flat_map(|(_, v)| v.into_iter().map(f64::from))
+                    .collect()
+            };
+            let got = widen(together.materialize(i, k).expect("materialises"));
+            let want = widen(single.materialize(0, k).expect("materialises"));
+            let err = rel_error_f64(&got, &want);
+            assert!(
+                err < F32_TOLERANCE,
+                "text {i}, class {k}: packed vs alone rel err {err:.2e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_checkpoint_without_a_head_is_refused() {
+    let err = SequenceClassifier::load(
+        &repo_path("tests/fixtures/tiny-xlmr"),
+        Arc::new(CpuBackend::new()),
+        WeightsDtype::F32,
+    )
+    .err()
+    .expect("no head")
+    .to_string();
+    assert!(
+        err.contains("no sequence-classification head") && err.contains("XLMRobertaModel"),
+        "{err}"
+    );
+}
+
+/// The tokenised fixture texts of a model.
+fn tokenized(dir: &str, classifier: &SequenceClassifier) -> Vec<TokenizedText> {
+    let tokenizer = TextTokenizer::load(&repo_path(dir), classifier.encoder().max_tokens())
+        .expect("tokenizer loads");
+    let texts = texts();
+    let refs: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
+    tokenizer.encode(&refs).expect("tokenises")
+}
+
+fn run_job(job: &SequenceKernelJob) -> Vec<f32> {
+    job.run(&CpuBackend::new(), None, &mut |_| ControlFlow::Continue(()))
+        .expect("kernel")
+        .expect("not stopped")
+        .values
+}
+
+/// The instrument's contracted kernels (token-level, id-matching and materialised forms on the
+/// backend, tiles of 3 texts so one tile is ragged) against torch.func's, square and against.
+#[test]
+fn contracted_kernels_match_torch_func() {
+    for (dir, reference) in MODELS {
+        let classifier = load(dir, Arc::new(CpuBackend::new()));
+        let texts = tokenized(dir, &classifier);
+        let n = texts.len();
+        for kind in [KernelKind::Trntk, KernelKind::Trntk0, KernelKind::Pntk] {
+            let (_, want) = reference_tensor(reference, kind.name());
+            let mut job = SequenceKernelJob {
+                classifier: &classifier,
+                rows: &texts,
+                cols: None,
+                kind,
+                block_rows: 1,
+                tile_rows: 3,
+            };
+            let square = run_job(&job);
+            let err = rel_error_f64(&square.iter().map(|&v| v as f64).collect::<Vec<_>>(), &want);
+            assert!(
+                err < F32_TOLERANCE,
+                "{dir} {}: square rel err {err:.2e}",
+                kind.name()
+            );
+            // Blocks do not change a bit.
+            job.block_rows = n;
+            assert_eq!(run_job(&job), square, "{dir} {}: one block", kind.name());
+            // Texts 1.. against every text: the reference's rows 1...
+            job.rows = &texts[1..];
+            job.cols = Some(&texts);
+            let against: Vec<f64> = run_job(&job).iter().map(|&v| v as f64).collect();
+            let err = rel_error_f64(&against, &want[n..]);
+            assert!(
+                err < F32_TOLERANCE,
+                "{dir} {}: against rel err {err:.2e}",
+                kind.name()
+            );
+        }
+    }
+}
+
+/// A run stopped after two blocks resumes from its checkpoint to the one-pass kernel, bit for
+/// bit.
+#[test]
+fn a_resumed_run_gives_the_one_pass_kernel_exactly() {
+    let (dir, _) = MODELS[0];
+    let classifier = load(dir, Arc::new(CpuBackend::new()));
+    let texts = tokenized(dir, &classifier);
+    let job = SequenceKernelJob {
+        classifier: &classifier,
+        rows: &texts,
+        cols: None,
+        kind: KernelKind::Trntk,
+        block_rows: 1,
+        tile_rows: 2,
+    };
+    let one_pass = run_job(&job);
+    let tmp = tempfile::tempdir().unwrap();
+    let checkpoint = Checkpoint::open(tmp.path(), &serde_json::json!({"test": "resume"})).unwrap();
+    let mut done = 0;
+    let stopped = job
+        .run(&CpuBackend::new(), Some(&checkpoint), &mut |_| {
+            done += 1;
+            if done == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert!(stopped.is_none());
+    let mut resumed = Vec::new();
+    let kernel = job
+        .run(&CpuBackend::new(), Some(&checkpoint), &mut |b| {
+            resumed.push(b.resumed);
+            ControlFlow::Continue(())
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(resumed, [true, true, false, false]);
+    assert_eq!(kernel.values, one_pass);
+}
+
+fn as_strs(a: &[String]) -> Vec<&str> {
+    a.iter().map(String::as_str).collect()
+}
+
+fn path_str(p: &std::path::Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+#[test]
+fn cli_ntk_of_a_classifier_matches_torch_func() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = repo_path("tests/fixtures/classifiers/texts.jsonl");
+    for (dir, reference) in MODELS {
+        for kind in ["trntk", "trntk0", "pntk"] {
+            let out = tmp.path().join(format!("{kind}.safetensors"));
+            let model = repo_path(dir);
+            let stdout = run_mscope_ok(&[
+                "ntk",
+                "--model",
+                path_str(&model),
+                "--data",
+                path_str(&data),
+                "--kind",
+                kind,
+                "--block-rows",
+                "2",
+                "--backend",
+                "cpu",
+                "--out",
+                path_str(&out),
+            ])
+            .stdout;
+            let stdout = String::from_utf8_lossy(&stdout);
+            assert!(stdout.contains(&format!("{kind} 4×4 (exact)")), "{stdout}");
+            let k = KernelFile::read(&out).unwrap();
+            assert_eq!((k.rows, k.cols, k.kind.as_str()), (4, 4, kind));
+            let got: Vec<f64> = k.values.iter().map(|&v| v as f64).collect();
+            let err = rel_error_f64(&got, &reference_tensor(reference, kind).1);
+            assert!(err < F32_TOLERANCE, "{dir} {kind}: rel err {err:.2e}");
+            assert!(
+                !Checkpoint::dir_for(&out).exists(),
+                "blocks removed when done"
+            );
+        }
+    }
+}
+
+#[test]
+fn cli_ntk_of_a_classifier_refuses_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("k.safetensors");
+    let bert = repo_path(MODELS[0].0);
+    let texts = repo_path("tests/fixtures/classifiers/texts.jsonl");
+    let write = |name: &str, body: &str| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        path
+    };
+    let ntk = |model: &std::path::Path, data: &std::path::Path| -> Vec<String> {
+        ["ntk", "--model", path_str(model), "--data", path_str(data)]
+            .into_iter()
+            .chain(["--backend", "cpu", "--out", path_str(&out)])
+            .map(str::to_string)
+            .collect()
+    };
+    // A checkpoint without a classification head.
+    let no_head = ntk(&repo_path("tests/fixtures/tiny-xlmr"), &texts);
+    common::assert_fails_cleanly(
+        &as_strs(&no_head),
+        &["no sequence-classification head", "XLMRobertaModel"],
+    );
+    // A label the model does not have (it has negative, neutral, positive).
+    let bad_label = write(
+        "bad_label.jsonl",
+        "{\"text\": \"fine\", \"label\": \"positive\"}\n{\"text\": \"odd\", \"label\": \"sideways\"}\n",
+    );
+    common::assert_fails_cleanly(
+        &as_strs(&ntk(&bert, &bad_label)),
+        &[
+            "bad_label.jsonl",
+            "row 2",
+            "\"sideways\"",
+            "negative, neutral, positive",
+        ],
+    );
+    let bad_index = write(
+        "bad_index.jsonl",
+        "{\"text\": \"fine\", \"label\": \"3\"}\n",
+    );
+    common::assert_fails_cleanly(&as_strs(&ntk(&bert, &bad_index)), &["row 1", "\"3\""]);
+    // An empty data file.
+    let empty = write("empty.jsonl", "");
+    common::assert_fails_cleanly(&as_strs(&ntk(&bert, &empty)), &["empty.jsonl", "no texts"]);
+    // Projected kernels are not there yet: refused, not silently exact.
+    let mut projected = ntk(&bert, &texts);
+    projected.extend(["--projection", "kronecker", "--projection-dim", "4"].map(String::from));
+    common::assert_fails_cleanly(&as_strs(&projected), &["--projection kronecker"]);
+    // A text longer than the 32 positions is truncated as the tokenizer says, and reported.
+    let long = write(
+        "long.jsonl",
+        &format!(
+            "{{\"text\": \"short\"}}\n{{\"text\": \"{}\"}}\n",
+            "the quick brown fox jumps over the lazy dog ".repeat(8)
+        ),
+    );
+    let run = run_mscope_ok(&as_strs(&ntk(&bert, &long)));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("1 of 2 texts (the first: row 2)") && stderr.contains("truncated to 32"),
+        "{stderr}"
+    );
+    assert_eq!(KernelFile::read(&out).unwrap().rows, 2);
+}
