@@ -33,7 +33,6 @@ resize_mode "longest" (made by make_clip_fixtures.py's helper).
 Run from the repository root: tools/.venv/bin/python tools/make_image_fixtures.py
 """
 
-import io
 import json
 import pickle
 import shutil
@@ -215,8 +214,10 @@ def write_pickles():
             return (os.system, ("true",))
 
     with zipfile.ZipFile(d / "os_system.bin", "w") as z:
-        z.writestr("archive/data.pkl", pickle.dumps({"weight": Call()}, protocol=2))
-        z.writestr("archive/version", "3\n")
+        # Fixed timestamps keep the file identical across runs.
+        stamp = (2026, 1, 1, 0, 0, 0)
+        z.writestr(zipfile.ZipInfo("archive/data.pkl", stamp), pickle.dumps({"weight": Call()}, protocol=2))
+        z.writestr(zipfile.ZipInfo("archive/version", stamp), "3\n")
 
     model = CLIP / "open_clip-pickle"
     shutil.rmtree(model, ignore_errors=True)

@@ -45,13 +45,14 @@ fn is_hidden(path: &Path) -> bool {
         .is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }
 
+/// A file in a folder input that is not an image (image lists are read only when named
+/// directly, so a list in a folder is refused too).
 fn not_an_image(path: &Path) -> Error {
     Error::input(format!(
-        "{}: not an image file (supported extensions: {}; image lists: {}); remove it or name \
-         the images individually",
+        "{}: not an image file (supported extensions: {}); remove it or name the images \
+         individually",
         path.display(),
-        IMAGE_EXTENSIONS.join(", "),
-        LIST_EXTENSIONS.join(", ")
+        IMAGE_EXTENSIONS.join(", ")
     ))
 }
 
@@ -145,7 +146,12 @@ pub fn collect_images(inputs: &[PathBuf], fields: &FieldNames) -> Result<ImageCo
             rows.extend(list_rows(input, fields)?);
         } else if input.is_file() {
             if !is_image(input) {
-                return Err(not_an_image(input));
+                return Err(Error::input(format!(
+                    "{}: neither an image (extensions: {}) nor an image list ({})",
+                    input.display(),
+                    IMAGE_EXTENSIONS.join(", "),
+                    LIST_EXTENSIONS.join(", ")
+                )));
             }
             rows.push((input.clone(), None));
         } else {
@@ -217,6 +223,13 @@ mod tests {
             .to_string();
         assert!(
             err.contains("notes.txt") && err.contains("not an image"),
+            "{err}"
+        );
+        let err = collect_images(&[root.join("b/notes.txt")], &fields())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("notes.txt") && err.contains("neither an image"),
             "{err}"
         );
 
