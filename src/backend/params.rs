@@ -500,7 +500,10 @@ pub enum TokenPairing<'a> {
         offset: f32,
     },
     /// `1` if `id_t = id_s`, else `0`: an embedding table looked up by one id per token (word,
-    /// position or token-type ids).
+    /// position or token-type ids). The CPU takes dot products only where ids match; GPUs
+    /// contract every token pair and mask. A table of a few rows whose ids repeat within a
+    /// sample (token types) is cheaper materialised: `ntk_sample_gradients` with one-hot
+    /// activations `[tokens, rows]` and offset 0 gives each sample's `[p, rows + 1]` gradient.
     Embedding { rows: &'a [u32], cols: &'a [u32] },
 }
 

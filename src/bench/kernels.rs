@@ -5,7 +5,8 @@
 //! Counted work: `linear` `2·n·k·m` FLOPs; attention `4·head_dim` FLOPs per (query, key, head)
 //! the mask allows (QKᵀ and PV; softmax not counted); covariance `n·d²` f64 FLOPs (the lower
 //! half); eigen `9·d³` f64 FLOPs (Golub–Van Loan's count for values and vectors); contraction
-//! `2·r·c·(p + q)`; projection `2·n·d·k`. Bytes are each op's inputs read once and outputs
+//! `2·r·c·(p + q)` (over tokens for the sequence form), a per-sample gradient `2·T·p·(q + 1)`;
+//! projection `2·n·d·k`. Bytes are each op's inputs read once and outputs
 //! written once, in their element type (f16 weights count 2 bytes each), except the sort of
 //! `trim_search` (see [`trim`]).
 //!
@@ -19,7 +20,8 @@ use super::cases::{CaseOp, Fill, Linear, OpCase, WeightsIn};
 use super::{uniform, Case, Op, Prepared, Scale, Work};
 use crate::backend::{
     Activation, AttentionSpec, Backend, JlDistribution, JlSpec, Matrix64, OpFamily, Pooling,
-    RopeFrequencies, RopeScaling, RopeSpec, TrimReference, TrimSpec, W2Grid,
+    RopeFrequencies, RopeScaling, RopeSpec, SeqFactors, SeqLayout, TokenPairing, TrimReference,
+    TrimSpec, W2Grid,
 };
 use crate::data::scores::synthetic_ensemble;
 
@@ -124,6 +126,14 @@ pub fn cases(scale: Scale) -> Vec<Case> {
         eigen(1, scale.rows(1024, 128)),
         trim(100, scale.rows(10_000, 1_000)),
         ntk_contract(128, scale.rows(4096, 512), 1000, 784),
+        // A BERT-base attention projection (768×768, two classes) between CoLA-length sentences,
+        // and the same layer's gradients formed per sample at 128 tokens (SeqForm::choose).
+        ntk_contract_seq(scale.rows(64, 8), scale.rows(256, 32), 12, 2 * 768, 768),
+        ntk_sample_gradients(scale.rows(16, 2), 128, 2 * 768, 768),
+        // Both forms of one block, either side of SeqForm::choose's crossover.
+        ntk_seq_materialised(scale.rows(64, 8), scale.rows(256, 32), 12, 2 * 768, 768),
+        ntk_contract_seq(8, 32, 128, 2 * 768, 768),
+        ntk_seq_materialised(8, 32, 128, 2 * 768, 768),
         jl_project(JlDistribution::Rademacher, scale.rows(320, 40), 8192, 1024),
         jl_project(JlDistribution::Gaussian, scale.rows(320, 40), 8192, 1024),
     ]);
@@ -327,6 +337,114 @@ fn ntk_contract(rows: usize, cols: usize, p: usize, q: usize) -> Case {
                     be.ntk_contract(&dr, &dc, Some((&ar, &ac)), 1.0, 0..cols, &mut out)
                 }) as Op,
             )
+        },
+    )
+}
+
+/// The token-level form of one Linear layer's share of a kernel block between `rows` and `cols`
+/// samples of `tokens` tokens each: two Gram products over the blocks' tokens.
+fn ntk_contract_seq(rows: usize, cols: usize, tokens: usize, p: usize, q: usize) -> Case {
+    let (t_r, t_c) = (rows * tokens, cols * tokens);
+    let bytes = ((t_r + t_c) * (p + q) + 2 * rows * cols) as f64 * F32;
+    Case::new(
+        format!("ntk_contract_seq/{rows}x{cols}x{tokens}tok"),
+        OpFamily::Ntk,
+        format!("{rows}×{cols} samples of {tokens} tokens, p {p}, q {q}"),
+        Work::f32(2.0 * (t_r * t_c * (p + q)) as f64, bytes),
+        move |be| {
+            let dr = random(be, &[t_r, p], 19)?;
+            let dc = random(be, &[t_c, p], 20)?;
+            let ar = random(be, &[t_r, q], 21)?;
+            let ac = random(be, &[t_c, q], 22)?;
+            let (row_layout, col_layout) = (
+                SeqLayout::from_lengths(vec![tokens; rows]),
+                SeqLayout::from_lengths(vec![tokens; cols]),
+            );
+            let mut out = be.zeros(&[rows, cols])?;
+            let be = be.clone();
+            Ok(Box::new(move || {
+                be.ntk_contract_seq(
+                    SeqFactors {
+                        delta: &dr,
+                        layout: &row_layout,
+                    },
+                    SeqFactors {
+                        delta: &dc,
+                        layout: &col_layout,
+                    },
+                    TokenPairing::Linear {
+                        rows: &ar,
+                        cols: &ac,
+                        offset: 1.0,
+                    },
+                    0..cols,
+                    &mut out,
+                )
+            }) as Op)
+        },
+    )
+}
+
+/// The materialised form of [`ntk_contract_seq`]'s block, both sides' per-sample gradients
+/// included: what [`SeqForm::choose`](crate::backend::SeqForm::choose) weighs against it.
+fn ntk_seq_materialised(rows: usize, cols: usize, tokens: usize, p: usize, q: usize) -> Case {
+    let width = p * (q + 1);
+    let t = (rows + cols) * tokens;
+    let bytes = (t * (p + q) + 2 * (rows + cols) * width + rows * cols) as f64 * F32;
+    let flops = 2.0 * (t * width + rows * cols * width) as f64;
+    Case::new(
+        format!("ntk_contract_seq/materialised/{rows}x{cols}x{tokens}tok"),
+        OpFamily::Ntk,
+        format!("{rows}×{cols} samples of {tokens} tokens, p {p}, q {q}"),
+        Work::f32(flops, bytes),
+        move |be| {
+            let sides = [(rows, 25), (cols, 27)].map(|(n, seed)| {
+                let t = n * tokens;
+                Ok::<_, crate::Error>((
+                    random(be, &[t, p], seed)?,
+                    random(be, &[t, q], seed + 1)?,
+                    SeqLayout::from_lengths(vec![tokens; n]),
+                    be.zeros(&[n, width])?,
+                ))
+            });
+            let [r, c] = sides;
+            let (mut r, mut c) = (r?, c?);
+            let mut out = be.zeros(&[rows, cols])?;
+            let be = be.clone();
+            Ok(Box::new(move || {
+                for (delta, acts, layout, g) in [&mut r, &mut c] {
+                    let factors = SeqFactors { delta, layout };
+                    be.ntk_sample_gradients(factors, acts, 1.0, g)?;
+                }
+                be.ntk_contract(&r.3, &c.3, None, 0.0, 0..cols, &mut out)
+            }) as Op)
+        },
+    )
+}
+
+/// The materialised form's per-sample gradients of one Linear layer for `n` samples of `tokens`
+/// tokens each.
+fn ntk_sample_gradients(n: usize, tokens: usize, p: usize, q: usize) -> Case {
+    let t = n * tokens;
+    let bytes = (t * (p + q) + n * p * (q + 1)) as f64 * F32;
+    Case::new(
+        format!("ntk_sample_gradients/{n}x{tokens}tok"),
+        OpFamily::Ntk,
+        format!("{n} samples of {tokens} tokens, p {p}, q {q}"),
+        Work::f32(2.0 * (t * p * (q + 1)) as f64, bytes),
+        move |be| {
+            let delta = random(be, &[t, p], 23)?;
+            let acts = random(be, &[t, q], 24)?;
+            let layout = SeqLayout::from_lengths(vec![tokens; n]);
+            let mut out = be.zeros(&[n, p * (q + 1)])?;
+            let be = be.clone();
+            Ok(Box::new(move || {
+                let factors = SeqFactors {
+                    delta: &delta,
+                    layout: &layout,
+                };
+                be.ntk_sample_gradients(factors, &acts, 1.0, &mut out)
+            }) as Op)
         },
     )
 }

@@ -28,7 +28,8 @@ pub(super) fn ntk_contract(
     let p = delta_rows.shape()[1];
     let row_grads = Operand::plain(values(delta_rows)?, n_r, p);
     let Some((a_r, a_c)) = acts else {
-        gemm(values_mut(out)?, row_grads, columns(delta_cols)?, true);
+        let dc = &values(delta_cols)?[cols.start * p..cols.end * p];
+        deep_gram(values_mut(out)?, (values(delta_rows)?, n_r), (dc, n_c), p);
         return Ok(());
     };
     let mut grad_gram = vec![0.0f32; n_r * n_c];
@@ -195,6 +196,34 @@ pub(super) fn ntk_sample_gradients(
         );
     }
     Ok(())
+}
+
+/// Depth of the contracted dimension per faer GEMM in [`deep_gram`].
+const DEPTH_PANEL: usize = 4096;
+
+/// `out += rows·colsᵀ` for row-major `[n_r, width]` and `[n_c, width]` factors, the contraction cut into panels of
+/// [`DEPTH_PANEL`] columns: the materialised sequence form contracts per-sample gradients of
+/// ~10⁶ entries between a few dozen samples, a shape one faer GEMM runs tens of times slower
+/// than the same work in panels.
+fn deep_gram(out: &mut [f32], rows: (&[f32], usize), cols: (&[f32], usize), width: usize) {
+    let ((rows, n_r), (cols, n_c)) = (rows, cols);
+    if width == 0 || n_r == 0 || n_c == 0 {
+        return;
+    }
+    let rows = MatRef::from_row_major_slice(rows, n_r, width);
+    let cols = MatRef::from_row_major_slice(cols, n_c, width);
+    let mut out = MatMut::from_row_major_slice_mut(out, n_r, n_c);
+    for start in (0..width).step_by(DEPTH_PANEL) {
+        let depth = DEPTH_PANEL.min(width - start);
+        matmul(
+            out.as_mut(),
+            Accum::Add,
+            rows.subcols(start, depth),
+            cols.subcols(start, depth).transpose(),
+            1.0f32,
+            Par::rayon(0),
+        );
+    }
 }
 
 /// Rows `cols` of a row-major `[_, width]` factor as a transposed GEMM operand.
