@@ -180,6 +180,13 @@ pub fn run(args: NtkArgs) -> Result<()> {
     Ok(())
 }
 
+/// A kernel job's `run`: its checkpoint, a callback after each block, the kernel unless stopped.
+type BlockRun<'a> = dyn FnMut(
+        Option<&Checkpoint>,
+        &mut dyn FnMut(&BlockDone) -> ControlFlow<()>,
+    ) -> Result<Option<KernelFile>>
+    + 'a;
+
 /// Runs a kernel job block by block — with a checkpoint beside `out` when there is more than
 /// one block, and a progress bar over its `n_rows × n_cols` pairs — and writes the kernel. Returns
 /// it with the rows resumed from the checkpoint and the seconds taken.
@@ -188,10 +195,7 @@ fn drive(
     blocks: usize,
     (n_rows, n_cols): (usize, usize),
     manifest: &serde_json::Value,
-    run: &mut dyn FnMut(
-        Option<&Checkpoint>,
-        &mut dyn FnMut(&BlockDone) -> ControlFlow<()>,
-    ) -> Result<Option<KernelFile>>,
+    run: &mut BlockRun<'_>,
 ) -> Result<(KernelFile, usize, f64)> {
     let checkpoint = if blocks > 1 {
         Some(Checkpoint::open(&Checkpoint::dir_for(out), manifest)?)
