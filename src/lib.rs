@@ -39,9 +39,11 @@
 //! embeddings ─scatter (backend)─▶ covariance ─eigen─▶ PCA; per-class scatters over S splits ─▶ LDA
 //! MLP + data ─forward, batched backward─▶ per-layer factors (A, Δ) ─ntk_contract or jl_project─▶
 //!     kernel tiles ─▶ kernel file ─▶ kGLM ─▶ Kendall τ
-//! sequence factors (δ, a per token, packed samples) ─ntk_contract_seq (token Grams summed per
-//!     sample pair; embeddings by id), or ntk_sample_gradients then ntk_contract, as
-//!     SeqForm::choose says─▶ kernel tiles
+//! BERT/XLM-R classifier + texts ─recorded forward (backend), host backward per class─▶
+//!     per-token factors (A, Δ; embedding δ and ids; bias/LayerNorm gradients)
+//!     ─ntk_contract_seq (token Grams summed per sample pair; embeddings
+//!     by id), or ntk_sample_gradients then ntk_contract, as SeqForm::choose says─▶ kernel tiles
+//!     ─▶ kernel file
 //! scores [models × points] ─trim_search (sort, merged ECDFs, trimmed-CDF search)─▶ α̂, KS, W2
 //! ```
 //!

@@ -15,7 +15,8 @@
 //! for Llama / Mistral / Qwen2, [`decoder_gguf`] for those in GGUF files, [`clip`] for CLIP in
 //! Hugging Face and open_clip layouts), [`image`] (decoding and preprocessing), [`sentence`]
 //! (sentence-transformers' extras: length, pooling, normalisation), [`tokenize`], and the
-//! classifiers the tangent-kernel instrument studies ([`mlp`], [`train`]).
+//! classifiers the tangent-kernel instrument studies ([`mlp`], [`train`]; transformer sequence
+//! classifiers in [`classifier`], their per-sample gradient factors in [`classifier_grad`]).
 //!
 //! # Adding an architecture
 //!
