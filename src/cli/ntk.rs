@@ -48,7 +48,10 @@ Shards and preemption:
   SIGTERM (Slurm's preemption and time-limit signal) stops a run between blocks (tiles for a
   shard) once the finished ones are saved in OUT.blocks/ (OUT.shard-I-of-N.safetensors.blocks/);
   it then exits with status 75 (EX_TEMPFAIL: stopped cleanly, rerun to finish). Rerunning the
-  same command, also after SIGKILL, resumes from the saved tiles.")]
+  same command, also after SIGKILL, resumes from the saved tiles.
+
+  --devices 0,1,… (with --backend cuda or wgpu) runs one worker per device over a shared queue
+  of tiles, with or without --shard; the kernel's bytes are those of one device of the kind.")]
 pub struct NtkArgs {
     /// MLP classifier (safetensors `fc{i}.weight`/`fc{i}.bias`, metadata `activation`), or a
     /// `BertForSequenceClassification` / `XLMRobertaForSequenceClassification` directory.
@@ -83,6 +86,16 @@ pub struct NtkArgs {
     /// OUT` assembles the kernel (see below).
     #[arg(long, value_name = "I/N")]
     shard: Option<Shard>,
+    /// Devices to run on together, one worker each over a shared queue of tiles: CUDA
+    /// ordinals, or wgpu adapters as `mscope devices` numbers them (with --backend cuda or
+    /// wgpu). The bytes out are those of one device of the kind; an index may repeat.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "I,J,…",
+        conflicts_with = "block_rows"
+    )]
+    devices: Vec<usize>,
     /// Output kernel (safetensors `kernel` F32 [rows, cols]); finished blocks wait in
     /// `<out>.blocks/` until the kernel is complete.
     #[arg(long)]
@@ -166,7 +179,8 @@ pub fn run(args: NtkArgs) -> Result<()> {
         block_rows,
         tile_rows: args.tile_rows,
     };
-    let backend = backend::open(args.backend, OpFamily::Ntk)?;
+    let backends = open_backends(&args)?;
+    let backend = backends[0].clone();
     preemption::watch()?;
     let manifest = job_manifest(
         json!({
@@ -184,16 +198,15 @@ pub fn run(args: NtkArgs) -> Result<()> {
         backend.as_ref(),
         (args.kind, job.projection_dim()),
     );
-    if let Some(shard) = args.shard {
-        return run_shard(
-            shard,
+    if args.shard.is_some() || !args.devices.is_empty() {
+        let backends: Vec<&dyn Backend> = backends.iter().map(|b| b.as_ref()).collect();
+        return run_tiled(
+            args.shard,
             &out,
             &job.tiling(),
             manifest,
-            backend.name(),
-            &mut |tiles, checkpoint, on_tile| {
-                job.run_tiles(backend.as_ref(), tiles, checkpoint, on_tile)
-            },
+            &backends,
+            &mut |tiles, checkpoint, on_tile| job.run_tiles(&backends, tiles, checkpoint, on_tile),
         );
     }
     job.check()?;
@@ -296,22 +309,37 @@ type BlockRun<'a> = dyn FnMut(
     ) -> Result<Option<KernelFile>>
     + 'a;
 
-/// `--shard I/N`: this shard's tiles of the kernel `tiling` (identified by `job`, see
-/// [`job_manifest`]) into `path`, resumable from the checkpoint beside it.
-fn run_shard(
-    shard: Shard,
+/// The backends of `--devices` (one per device), or the one `--backend` opens.
+fn open_backends(args: &NtkArgs) -> Result<Vec<Arc<dyn Backend>>> {
+    match args.devices.is_empty() {
+        true => Ok(vec![backend::open(args.backend, OpFamily::Ntk)?]),
+        false => args
+            .devices
+            .iter()
+            .map(|&i| backend::open_device(args.backend, i))
+            .collect(),
+    }
+}
+
+/// The tile path: `--shard I/N` (that shard's tiles of the kernel `tiling`, identified by `job`
+/// — see [`job_manifest`] — into its shard file `path`) or, without a shard, `--devices` (every
+/// tile, one worker per device, assembled into the kernel `path`); resumable from the
+/// checkpoint beside `path`.
+fn run_tiled(
+    shard: Option<Shard>,
     path: &Path,
     tiling: &Tiling,
     job: serde_json::Value,
-    backend: &str,
+    backends: &[&dyn Backend],
     run_tiles: &mut TileRun,
 ) -> Result<()> {
+    let whole = Shard { index: 0, count: 1 };
     let tiles = tiling.tiles();
-    let mine = shard.units(&tiling.tile_costs());
+    let mine = shard.unwrap_or(whole).units(&tiling.tile_costs());
     let manifest = Manifest {
         job,
-        index: shard.index,
-        count: shard.count,
+        index: shard.unwrap_or(whole).index,
+        count: shard.unwrap_or(whole).count,
         units: tiles[mine.clone()]
             .iter()
             .map(|t| [t.start, t.end])
@@ -325,40 +353,50 @@ fn run_shard(
             &serde_json::to_value(&manifest).expect("manifests serialise"),
         )?),
     };
-    let last_row = tiles[mine.clone()].last().map_or(0, |t| t.end);
     let start = Instant::now();
     let (mut resumed, mut done) = (0, 0);
     let values = run_tiles(mine.clone(), checkpoint.as_ref(), &mut |tile| {
         resumed += usize::from(tile.resumed);
         done += 1;
-        stop_unless_last(tile.rows.end < last_row)
+        stop_unless_last(done < mine.len())
     })?;
+    let what = match shard {
+        Some(shard) => format!("shard {shard}"),
+        None => "kernel".to_string(),
+    };
     let Some(values) = values else {
         return Err(Error::Preempted(format!(
-            "SIGTERM: shard {shard}: {done} of {} tiles saved in {}; rerun the same command to \
-             resume",
+            "SIGTERM: {what}: {done} of {} tiles saved in {}; rerun the same command to resume",
             mine.len(),
             dir.display()
         )));
     };
-    let tensors = tiles[mine.clone()]
-        .iter()
-        .zip(&values)
-        .map(|(t, v)| {
-            let width = tiling.tile_cols(t).len();
-            TensorOut::f32(tile_name(t), vec![t.len(), width], v)
-        })
-        .collect();
-    shards::write(path, &manifest, tensors)?;
+    let mine = &tiles[mine];
+    match shard {
+        Some(_) => {
+            let tensors = mine
+                .iter()
+                .zip(&values)
+                .map(|(t, v)| {
+                    TensorOut::f32(tile_name(t), vec![t.len(), tiling.tile_cols(t).len()], v)
+                })
+                .collect();
+            shards::write(path, &manifest, tensors)?;
+        }
+        None => {
+            let values = ntk::assemble(tiling, mine.iter().cloned().zip(values))?;
+            kernel_file(&manifest.job, values, tiling).write(path)?;
+        }
+    }
     if let Some(c) = checkpoint {
         c.remove()?;
     }
-    let rows = mine
-        .clone()
-        .next()
-        .map_or(0..0, |first| tiles[first].start..last_row);
+    let rows = match (mine.first(), mine.last()) {
+        (Some(first), Some(last)) => first.start..last.end,
+        _ => 0..0,
+    };
     println!(
-        "{} shard {shard}: rows {}..{} ({} tiles{}) on {backend} in {:.2} s -> {}",
+        "{} {what}: rows {}..{} ({} tiles{}) on {} × {} in {:.2} s -> {}",
         manifest.job["file"]["kind"].as_str().unwrap_or("kernel"),
         rows.start,
         rows.end,
@@ -368,10 +406,25 @@ fn run_shard(
         } else {
             String::new()
         },
+        backends.len(),
+        backends[0].name(),
         start.elapsed().as_secs_f64(),
         path.display()
     );
     Ok(())
+}
+
+/// The kernel file of `values`, as the job manifest `job` describes it (its `file` entry).
+fn kernel_file(job: &serde_json::Value, values: Vec<f32>, tiling: &Tiling) -> KernelFile {
+    let file = &job["file"];
+    KernelFile {
+        values,
+        rows: tiling.n_rows,
+        cols: tiling.n_cols,
+        kind: file["kind"].as_str().unwrap_or("unknown").to_string(),
+        normalized: file["normalized"].as_bool() == Some(true),
+        projection_dim: file["projection_dim"].as_u64().unwrap_or(0) as usize,
+    }
 }
 
 /// Runs a kernel job block by block — with a checkpoint beside `out` (identified by `job` and
@@ -501,7 +554,8 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
         tile_rows: args.tile_rows,
     };
     job.check()?;
-    let backend = backend::open(args.backend, OpFamily::Ntk)?;
+    let backends = open_backends(&args)?;
+    let backend = backends[0].clone();
     preemption::watch()?;
     let manifest = job_manifest(
         json!({
@@ -518,16 +572,15 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
         backend.as_ref(),
         (args.kind, 0),
     );
-    if let Some(shard) = args.shard {
-        return run_shard(
-            shard,
+    if args.shard.is_some() || !args.devices.is_empty() {
+        let backends: Vec<&dyn Backend> = backends.iter().map(|b| b.as_ref()).collect();
+        return run_tiled(
+            args.shard,
             out,
             &job.tiling(),
             manifest,
-            backend.name(),
-            &mut |tiles, checkpoint, on_tile| {
-                job.run_tiles(backend.as_ref(), tiles, checkpoint, on_tile)
-            },
+            &backends,
+            &mut |tiles, checkpoint, on_tile| job.run_tiles(&backends, tiles, checkpoint, on_tile),
         );
     }
     let (kernel, resumed_rows, seconds) = drive(
@@ -596,15 +649,7 @@ pub(super) fn merge(out: &std::path::Path, shards: &[ShardFile]) -> Result<()> {
             out.display()
         ))
     })?;
-    let file = &job["file"];
-    let kernel = KernelFile {
-        values,
-        rows,
-        cols,
-        kind: file["kind"].as_str().unwrap_or("unknown").to_string(),
-        normalized: file["normalized"].as_bool() == Some(true),
-        projection_dim: file["projection_dim"].as_u64().unwrap_or(0) as usize,
-    };
+    let kernel = kernel_file(job, values, &tiling);
     kernel.write(out)?;
     println!(
         "{} {rows}×{cols} merged from {} shards -> {}",

@@ -15,6 +15,8 @@
 //! backend and CPU thread count (faer may split a one-row or one-column product by threads).
 
 use std::ops::{ControlFlow, Range};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Mutex};
 
 use super::project::{factors, FactorSpec, Factors, KernelKind, ProjectionKind};
 use crate::backend::Backend;
@@ -134,12 +136,11 @@ impl KernelJob<'_> {
     ) -> Result<Option<KernelFile>> {
         self.check()?;
         let (n_rows, n_cols) = (self.n_rows(), self.n_cols());
-        let (col_factors, col_tensors) = self.column_factors(backend)?;
-        let mut tile = |rows: Range<usize>, cols: Range<usize>| {
-            self.tile(backend, &rows, cols, &col_factors, &col_tensors)
-        };
         let tiling = self.tiling();
-        let Some(kernel) = run_blocks(&tiling, checkpoint, on_block, &mut tile)? else {
+        let kernel = self.with_tiles(backend, &mut |tile| {
+            run_blocks(&tiling, checkpoint, on_block, tile)
+        })?;
+        let Some(kernel) = kernel else {
             return Ok(None);
         };
         Ok(Some(KernelFile {
@@ -160,13 +161,11 @@ impl KernelJob<'_> {
         }
     }
 
-    /// Computes the row tiles `tiles` (indices into [`Self::tiles`]) — a shard's share — each
-    /// as `[tile.len(), tile_cols(tile).len()]` values, loading finished ones from `checkpoint`
-    /// and saving the others there. `on_tile` is called after each; `Break` stops the run with
-    /// `Ok(None)` (finished tiles stay in the checkpoint).
+    /// Computes the row tiles `tiles` — a shard's share, or all of them — with one worker per
+    /// backend, as [`run_tiles`] does.
     pub fn run_tiles(
         &self,
-        backend: &dyn Backend,
+        backends: &[&dyn Backend],
         tiles: Range<usize>,
         checkpoint: Option<&Checkpoint>,
         on_tile: &mut dyn FnMut(&BlockDone) -> ControlFlow<()>,
@@ -178,14 +177,30 @@ impl KernelJob<'_> {
             .map(|t| t.len() * tiling.tile_cols(t).len())
             .sum();
         self.check_memory(entries as f64)?;
-        if tiles.is_empty() {
-            return Ok(Some(Vec::new()));
-        }
+        let workers: Vec<_> = backends
+            .iter()
+            .map(|&backend| {
+                move |drive: &mut dyn FnMut(&mut TileFn) -> Result<()>| {
+                    self.with_tiles(backend, drive)
+                }
+            })
+            .collect();
+        let workers: Vec<&Worker> = workers.iter().map(|w| w as &Worker).collect();
+        run_tiles(&tiling, tiles, checkpoint, on_tile, &workers)
+    }
+
+    /// Computes the column factors on `backend`, then calls `drive` with the function that
+    /// gives a row tile against its columns.
+    fn with_tiles<T>(
+        &self,
+        backend: &dyn Backend,
+        drive: &mut dyn FnMut(&mut TileFn) -> Result<T>,
+    ) -> Result<T> {
         let (col_factors, col_tensors) = self.column_factors(backend)?;
         let mut tile = |rows: Range<usize>, cols: Range<usize>| {
             self.tile(backend, &rows, cols, &col_factors, &col_tensors)
         };
-        run_tiles(&tiling, tiles, checkpoint, on_tile, &mut tile)
+        drive(&mut tile)
     }
 
     /// One row tile against its columns `cols` ([`Tiling::tile_cols`]), normalised: the one
@@ -273,47 +288,108 @@ impl Tiling {
 /// `[rows.len(), cols.len()]` values: what a model's kernel gives the drivers.
 pub type TileFn<'a> = dyn FnMut(Range<usize>, Range<usize>) -> Result<Vec<f32>> + 'a;
 
-/// Computes the row tiles `tiles` (indices into [`Tiling::tiles`]) — a shard's share — each as
-/// `[tile.len(), tile_cols(tile).len()]` values from `tile(rows, cols)`, loading finished ones
-/// from `checkpoint` and saving the others there. `on_tile` is called after each; `Break`
-/// stops the run with `Ok(None)` (finished tiles stay in the checkpoint).
+/// One worker of [`run_tiles`]: sets up what its tiles share on its device (the column
+/// factors), then calls the given loop with its [`TileFn`].
+pub type Worker<'a> = dyn Fn(&mut dyn FnMut(&mut TileFn) -> Result<()>) -> Result<()> + Sync + 'a;
+
+/// Computes the row tiles `tiles` (indices into [`Tiling::tiles`]) — a shard's share, or all
+/// of them — each as `[tile.len(), tile_cols(tile).len()]` values, loading finished ones from
+/// `checkpoint` and saving the others there as they finish. One thread per worker (`--devices`:
+/// one per GPU) takes tiles from a shared queue; a tile's values do not depend on which worker
+/// computed it, given backends of one kind on identical devices. `on_tile` is called (on this
+/// thread) after each tile, in the order they finish; `Break` stops the run with `Ok(None)`
+/// once the tiles in progress are saved.
 pub fn run_tiles(
     tiling: &Tiling,
     tiles: Range<usize>,
     checkpoint: Option<&Checkpoint>,
     on_tile: &mut dyn FnMut(&BlockDone) -> ControlFlow<()>,
-    tile: &mut TileFn,
+    workers: &[&Worker],
 ) -> Result<Option<Vec<Vec<f32>>>> {
+    if workers.is_empty() {
+        return Err(Error::input("no device to run the kernel on"));
+    }
     let all = tiling.tiles();
     let mine = &all[tiles];
-    let mut done = Vec::with_capacity(mine.len());
-    for rows in mine {
-        let cols = tiling.tile_cols(rows);
-        let saved = checkpoint
-            .map(|c| c.load(rows, cols.len()))
+    let mut done: Vec<Option<Vec<f32>>> = vec![None; mine.len()];
+    for (slot, rows) in done.iter_mut().zip(mine) {
+        let width = tiling.tile_cols(rows).len();
+        *slot = checkpoint
+            .map(|c| c.load(rows, width))
             .transpose()?
             .flatten();
-        let resumed = saved.is_some();
-        let values = match saved {
-            Some(values) => values,
-            None => {
-                let values = tile(rows.clone(), cols)?;
-                if let Some(c) = checkpoint {
-                    c.save(rows, &values)?;
-                }
-                values
-            }
-        };
-        done.push(values);
-        let report = BlockDone {
+        let resumed = BlockDone {
             rows: rows.clone(),
-            resumed,
+            resumed: true,
         };
-        if on_tile(&report).is_break() {
+        if slot.is_some() && on_tile(&resumed).is_break() {
             return Ok(None);
         }
     }
-    Ok(Some(done))
+    let todo: Vec<usize> = (0..mine.len()).filter(|&t| done[t].is_none()).collect();
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let mut failure = None;
+    let results = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        let (sender, finished) = mpsc::channel::<Result<usize>>();
+        let (results, todo, next, stop) = (&results, &todo, &next, &stop);
+        for &worker in workers {
+            let sender = sender.clone();
+            scope.spawn(move || {
+                let mut work = |tile: &mut TileFn| -> Result<()> {
+                    while !stop.load(Ordering::Relaxed) {
+                        let Some(&t) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                            break;
+                        };
+                        let rows = mine[t].clone();
+                        let values = tile(rows.clone(), tiling.tile_cols(&rows))?;
+                        if let Some(c) = checkpoint {
+                            c.save(&rows, &values)?;
+                        }
+                        results.lock().expect("no worker panics").push((t, values));
+                        if sender.send(Ok(t)).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(())
+                };
+                let outcome = match todo.is_empty() {
+                    true => Ok(()),
+                    false => worker(&mut work),
+                };
+                if let Err(e) = outcome {
+                    stop.store(true, Ordering::Relaxed);
+                    let _ = sender.send(Err(e));
+                }
+            });
+        }
+        drop(sender);
+        // Ends when every worker has ended (dropped its sender).
+        for message in finished {
+            match message {
+                Ok(t) => {
+                    let report = BlockDone {
+                        rows: mine[t].clone(),
+                        resumed: false,
+                    };
+                    if !stop.load(Ordering::Relaxed) && on_tile(&report).is_break() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        for (t, values) in results.lock().expect("no worker panics").drain(..) {
+            done[t] = Some(values);
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(done.into_iter().collect())
 }
 
 /// The whole `[n_rows, n_cols]` kernel from every row tile of `tile_rows` rows (in order, each

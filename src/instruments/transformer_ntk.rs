@@ -17,7 +17,7 @@
 
 use std::ops::{ControlFlow, Range};
 
-use super::ntk::{cosine_normalize, run_blocks, run_tiles, BlockDone, TileFn, Tiling};
+use super::ntk::{cosine_normalize, run_blocks, run_tiles, BlockDone, TileFn, Tiling, Worker};
 use super::project::KernelKind;
 use crate::backend::{Backend, SeqFactors, SeqForm, SeqLayout, Tensor, TokenPairing};
 use crate::error::{Error, Result};
@@ -237,22 +237,26 @@ impl SequenceKernelJob<'_> {
         }))
     }
 
-    /// Computes the row tiles `tiles` — a shard's share — as [`super::ntk::run_tiles`] does.
+    /// Computes the row tiles `tiles` — a shard's share, or all of them — with one worker per
+    /// backend, as [`super::ntk::run_tiles`] does.
     pub fn run_tiles(
         &self,
-        backend: &dyn Backend,
+        backends: &[&dyn Backend],
         tiles: Range<usize>,
         checkpoint: Option<&Checkpoint>,
         on_tile: &mut dyn FnMut(&BlockDone) -> ControlFlow<()>,
     ) -> Result<Option<Vec<Vec<f32>>>> {
         self.check()?;
-        if tiles.is_empty() {
-            return Ok(Some(Vec::new()));
-        }
-        let tiling = self.tiling();
-        self.with_tiles(backend, &mut |tile| {
-            run_tiles(&tiling, tiles.clone(), checkpoint, on_tile, tile)
-        })
+        let workers: Vec<_> = backends
+            .iter()
+            .map(|&backend| {
+                move |drive: &mut dyn FnMut(&mut TileFn) -> Result<()>| {
+                    self.with_tiles(backend, drive)
+                }
+            })
+            .collect();
+        let workers: Vec<&Worker> = workers.iter().map(|w| w as &Worker).collect();
+        run_tiles(&self.tiling(), tiles, checkpoint, on_tile, &workers)
     }
 
     /// Computes every column tile's factors, then calls `drive` with the function that gives a
