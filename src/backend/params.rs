@@ -476,11 +476,11 @@ impl JlSpec {
     }
 }
 
-/// One side of a sequence tangent-kernel contraction ([`crate::backend::Backend::ntk_contract_seq`],
-/// [`crate::backend::Backend::ntk_sample_gradients`]): the per-token output-gradient factors of
-/// packed samples. Sample `i` owns rows `layout.range(i)` of `delta: [tokens, p]`; as in
-/// `ntk_contract`, a row holds every class's `δ` side by side (`p = classes·d_out`), so the
-/// contraction over `p` is the trace over classes.
+/// One side of a sequence tangent-kernel contraction (`Backend::ntk_contract_seq`,
+/// `Backend::ntk_sample_gradients`): the per-token output-gradient factors of packed samples.
+/// Sample `i` owns rows `layout.range(i)` of `delta: [tokens, p]`; as in `ntk_contract`, a row
+/// holds every class's `δ` side by side (`p = classes·d_out`), so the contraction over `p` is
+/// the trace over classes.
 #[derive(Clone, Copy)]
 pub struct SeqFactors<'a> {
     pub delta: &'a crate::backend::Tensor,

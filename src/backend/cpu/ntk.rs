@@ -201,10 +201,10 @@ pub(super) fn ntk_sample_gradients(
 /// Depth of the contracted dimension per faer GEMM in [`deep_gram`].
 const DEPTH_PANEL: usize = 4096;
 
-/// `out += rows·colsᵀ` for row-major `[n_r, width]` and `[n_c, width]` factors, the contraction cut into panels of
-/// [`DEPTH_PANEL`] columns: the materialised sequence form contracts per-sample gradients of
-/// ~10⁶ entries between a few dozen samples, a shape one faer GEMM runs tens of times slower
-/// than the same work in panels.
+/// `out += rows·colsᵀ` for row-major `[n_r, width]` and `[n_c, width]` factors, the contraction
+/// cut into panels of [`DEPTH_PANEL`] columns: the materialised sequence form contracts
+/// per-sample gradients of ~10⁶ entries between a few dozen samples, a shape one faer GEMM runs
+/// tens of times slower than the same work in panels.
 fn deep_gram(out: &mut [f32], rows: (&[f32], usize), cols: (&[f32], usize), width: usize) {
     let ((rows, n_r), (cols, n_c)) = (rows, cols);
     if width == 0 || n_r == 0 || n_c == 0 {
