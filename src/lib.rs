@@ -13,6 +13,7 @@
 //!
 //! ```text
 //! cli/          one file per subcommand: parses arguments, calls an instrument, hands its report on
+//! slurm         `mscope slurm plan`: sbatch submissions of a sharded command (array + merge)
 //! bench/        `mscope bench`: op cases and instrument pipelines timed against the machine's ceilings
 //! report/       writes typed reports: JSON (sorted keys), Markdown on stdout, PNG plots
 //! instruments/  embed, pca, lda, kglm, ntk, project, kernel_compare, metrics, splits: models and
@@ -72,6 +73,7 @@ pub mod limits;
 pub mod models;
 pub mod random;
 pub mod report;
+pub mod slurm;
 pub mod tensor;
 pub mod weights;
 
