@@ -1,0 +1,360 @@
+//! `mscope slurm plan` on a real Slurm cluster (CI starts a one-node one with
+//! `tools/slurm/local-cluster.sh`): an array of `ntk` shards and the dependent merge give the
+//! single-process kernel byte for byte, also when a shard is requeued in the middle of its tiles;
+//! and the `tools/slurm` templates say what `plan` prints. Where `sinfo` is absent or shows no
+//! idle node, the cluster test reports itself skipped (`MSCOPE_REQUIRE_SLURM=1` makes that a
+//! failure, as CI sets it once its cluster is up).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{absent, repo_path, run_mscope_ok};
+
+/// How long the jobs of one submission may take before the test fails (they need seconds).
+const JOB_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Output of a Slurm client command, or `None` when it cannot run or fails.
+fn slurm(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Why no job can run here (no Slurm clients, no idle node), or `None` when one can.
+fn cluster_missing() -> Option<String> {
+    for client in ["sinfo", "sbatch", "scontrol"] {
+        if slurm("which", &[client]).is_none() {
+            return Some(format!("no `{client}` on PATH"));
+        }
+    }
+    match slurm(
+        "sinfo",
+        &["--noheader", "--states=idle,mixed", "--format=%n"],
+    ) {
+        None => Some("`sinfo` fails: no controller answers".to_string()),
+        Some(nodes) if nodes.trim().is_empty() => Some("`sinfo` shows no idle node".to_string()),
+        Some(_) => None,
+    }
+}
+
+/// `scontrol show job ID` as `Key=Value` fields (one job: an array task is named `ARRAY_TASK`).
+fn job_field(id: &str, key: &str) -> Option<String> {
+    let text = slurm("scontrol", &["show", "job", "--oneliner", id])?;
+    let prefix = format!("{key}=");
+    text.split_whitespace()
+        .find_map(|field| field.strip_prefix(&prefix))
+        .map(str::to_string)
+}
+
+/// `OUT`'s logs beside it (plan's `--output` names), for failure messages.
+fn logs(out: &Path) -> String {
+    let dir = out.parent().unwrap();
+    let stem = out.file_name().unwrap().to_str().unwrap();
+    let mut text = String::new();
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(stem) && n.ends_with(".log"))
+        .collect();
+    names.sort();
+    for name in names {
+        let log = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
+        text += &format!("--- {name}\n{log}");
+    }
+    text
+}
+
+/// Waits until job `id` has finished and asserts it completed (exit 0), naming the logs of
+/// `out` otherwise.
+fn wait_completed(id: &str, out: &Path) {
+    let start = Instant::now();
+    loop {
+        let state = job_field(id, "JobState").unwrap_or_else(|| "UNKNOWN".into());
+        match state.as_str() {
+            "COMPLETED" => return,
+            "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "REQUEUED" => {}
+            _ => panic!("job {id} ended {state}:\n{}", logs(out)),
+        }
+        assert!(
+            start.elapsed() < JOB_TIMEOUT,
+            "job {id} still {state} after {JOB_TIMEOUT:?}:\n{}",
+            logs(out)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `mscope slurm plan --submit` of `shards` shards of `ntk_args` (which hold `--out out`);
+/// returns the array's and the merge's job ids.
+fn submit(shards: usize, ntk_args: &[&str]) -> (String, String) {
+    let count = shards.to_string();
+    let mut args = vec!["slurm", "plan", "--shards", &count, "--submit", "--"];
+    args.push(env!("CARGO_BIN_EXE_mscope"));
+    args.push("ntk");
+    args.extend(ntk_args);
+    let out = run_mscope_ok(&args);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    // "shards: job A, merge: job B"
+    let ids: Vec<String> = stdout
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect();
+    assert_eq!(ids.len(), 2, "two job ids in {stdout:?}");
+    (ids[0].clone(), ids[1].clone())
+}
+
+/// A kernel job large enough that a shard takes seconds over many tiles: a 5-512-512-3 MLP
+/// (trained one epoch, seeded) on 3 000 blob points, exact trNTK on the CPU with one thread
+/// (thread count and tile rows fix the bits of every shard and of the single run).
+struct KernelCase {
+    dir: tempfile::TempDir,
+    model: PathBuf,
+    data: PathBuf,
+}
+
+impl KernelCase {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // A space in every path the batch scripts name: the plan quotes them.
+        let work = dir.path().join("slurm run");
+        std::fs::create_dir(&work).unwrap();
+        let data = work.join("blobs.safetensors");
+        let mlp_dir = work.join("mlp");
+        run_mscope_ok(&[
+            "data",
+            "blobs",
+            "--n",
+            "3000",
+            "--dim",
+            "5",
+            "--classes",
+            "3",
+            "--test-fraction",
+            "0",
+            "--out",
+            data.to_str().unwrap(),
+        ]);
+        run_mscope_ok(&[
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--hidden",
+            "512,512",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--out",
+            mlp_dir.to_str().unwrap(),
+        ]);
+        KernelCase {
+            model: mlp_dir.join("model-seed0.safetensors"),
+            data,
+            dir,
+        }
+    }
+
+    fn out(&self, name: &str) -> PathBuf {
+        self.dir.path().join("slurm run").join(name)
+    }
+
+    /// `ntk` arguments writing `out`.
+    fn args<'a>(&'a self, out: &'a Path) -> Vec<&'a str> {
+        vec![
+            "--model",
+            self.model.to_str().unwrap(),
+            "--data",
+            self.data.to_str().unwrap(),
+            "--backend",
+            "cpu",
+            "--threads",
+            "1",
+            "--tile-rows",
+            "32",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+    }
+}
+
+/// Finished tiles in shard `i` of `n`'s checkpoint beside `out`.
+fn finished_tiles(out: &Path, i: usize, n: usize) -> usize {
+    let mut blocks = out.as_os_str().to_owned();
+    blocks.push(format!(".shard-{i}-of-{n}.safetensors.blocks"));
+    std::fs::read_dir(PathBuf::from(blocks)).map_or(0, |entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name() != "manifest.json")
+            .count()
+    })
+}
+
+/// Both cluster scenarios in one test, so their jobs never share the node's CPUs with each
+/// other: a plain sharded run, then one whose shard is requeued (SIGTERM, then a rerun that
+/// resumes from its finished tiles) mid-way.
+#[test]
+fn sharded_ntk_on_slurm_merges_to_the_single_process_kernel() {
+    if let Some(why) = cluster_missing() {
+        absent(
+            "slurm",
+            "sharded_ntk_on_slurm_merges_to_the_single_process_kernel",
+            &why,
+        );
+        return;
+    }
+    let case = KernelCase::new();
+    let single = case.out("single.safetensors");
+    run_mscope_ok(
+        &["ntk"]
+            .into_iter()
+            .chain(case.args(&single))
+            .collect::<Vec<_>>(),
+    );
+    let want = std::fs::read(&single).unwrap();
+
+    // Three shards, every one run once, then the merge.
+    let merged = case.out("merged.safetensors");
+    let (_, merge) = submit(3, &case.args(&merged));
+    wait_completed(&merge, &merged);
+    assert!(
+        std::fs::read(&merged).unwrap() == want,
+        "the merged kernel differs from the single-process one:\n{}",
+        logs(&merged)
+    );
+
+    // Two shards; shard 0 is requeued once it has saved a tile and before it has finished.
+    let requeued = case.out("requeued.safetensors");
+    let (shards, merge) = submit(2, &case.args(&requeued));
+    let task = format!("{shards}_0");
+    let mut shard0 = requeued.as_os_str().to_owned();
+    shard0.push(".shard-0-of-2.safetensors");
+    let shard0 = PathBuf::from(shard0);
+    let start = Instant::now();
+    while finished_tiles(&requeued, 0, 2) == 0 {
+        assert!(
+            start.elapsed() < JOB_TIMEOUT,
+            "shard 0 saved no tile in {JOB_TIMEOUT:?}:\n{}",
+            logs(&requeued)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    slurm("scontrol", &["requeue", &task]).expect("scontrol requeue of a running shard");
+    let tiles_at_requeue = finished_tiles(&requeued, 0, 2);
+    assert!(
+        !shard0.exists() && tiles_at_requeue > 0,
+        "the requeue did not land mid-shard ({tiles_at_requeue} tiles saved, shard file {}):\n{}",
+        if shard0.exists() { "written" } else { "absent" },
+        logs(&requeued)
+    );
+    // Slurm holds a requeued job back for two minutes (its begin time); start it now instead.
+    let start = Instant::now();
+    while job_field(&task, "Restarts").as_deref() != Some("1")
+        || job_field(&task, "JobState").as_deref() == Some("PENDING")
+    {
+        if job_field(&task, "JobState").as_deref() == Some("PENDING") {
+            // Refused while the job is still completing; the loop tries again.
+            let _ = slurm(
+                "scontrol",
+                &["update", &format!("jobid={task}"), "StartTime=now"],
+            );
+        }
+        assert!(
+            start.elapsed() < JOB_TIMEOUT,
+            "the requeued shard {task} did not start again:\n{}",
+            logs(&requeued)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_completed(&merge, &requeued);
+    let log = logs(&requeued);
+    assert!(
+        std::fs::read(&requeued).unwrap() == want,
+        "the merged kernel after a requeue differs from the single-process one:\n{log}"
+    );
+    assert!(
+        log.contains("stopped early; requeueing") || log.contains("resumed"),
+        "no sign in the logs that shard 0 stopped and resumed:\n{log}"
+    );
+}
+
+/// The option lines of `sbatch` calls in plan's script (`    --name=value \`), and the `#SBATCH`
+/// lines of a template, as `--name=value`.
+fn plan_options(plan: &str) -> Vec<String> {
+    plan.lines()
+        .filter_map(|l| l.strip_prefix("    --").or(l.strip_prefix("    \"--")))
+        .map(|l| {
+            let option = l.split(" <<").next().unwrap().trim_end_matches(" \\");
+            format!("--{}", option.trim_end_matches('"'))
+        })
+        .collect()
+}
+
+fn template_options(template: &str) -> Vec<String> {
+    template
+        .lines()
+        .filter_map(|l| l.strip_prefix("#SBATCH "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn templates_say_what_plan_prints() {
+    let out = run_mscope_ok(&[
+        "slurm",
+        "plan",
+        "--shards",
+        "8",
+        "--time",
+        "4:00:00",
+        "--",
+        "mscope",
+        "ntk",
+        "--model",
+        "mlp.safetensors",
+        "--data",
+        "train.safetensors",
+        "--backend",
+        "cuda",
+        "--out",
+        "kernel.safetensors",
+    ]);
+    let plan = String::from_utf8(out.stdout).unwrap();
+    let options = plan_options(&plan);
+    let read = |name: &str| std::fs::read_to_string(repo_path(&format!("tools/slurm/{name}")));
+    let shards = read("ntk-shards.sbatch").unwrap();
+    let merge = read("merge.sbatch").unwrap();
+    for option in template_options(&shards)
+        .iter()
+        .chain(&template_options(&merge))
+    {
+        assert!(
+            options.contains(option),
+            "template option {option} is not in plan's {options:?}"
+        );
+    }
+    assert!(template_options(&merge).contains(&"--kill-on-invalid-dep=yes".to_string()));
+
+    // The shard script from the trap to the end, the command aside, is the same text once the
+    // template's settings ($N, $OUT) are filled in.
+    let body = |script: &str| -> Vec<String> {
+        script
+            .lines()
+            .skip_while(|l| !l.starts_with("trap "))
+            .filter(|l| !l.starts_with("mscope ") && !l.starts_with("    --out"))
+            .map(|l| l.replace("$N", "8"))
+            .collect()
+    };
+    let planned = plan
+        .split("<<'MSCOPE_SHARDS_SCRIPT'\n")
+        .nth(1)
+        .and_then(|rest| rest.split("MSCOPE_SHARDS_SCRIPT\n").next())
+        .expect("the shard script in the plan");
+    assert_eq!(body(&shards), body(planned));
+    assert!(merge.contains("exec mscope merge \"$OUT\"\n"));
+    assert!(plan.contains("exec mscope merge kernel.safetensors\n"));
+}
