@@ -38,6 +38,10 @@ pub enum Error {
         backend: &'static str,
         message: String,
     },
+    /// A run stopped by SIGTERM after checkpointing its finished work; the message says where
+    /// and how to resume. The CLI exits with [`crate::io::preemption::EXIT_PREEMPTED`].
+    #[error("{0}")]
+    Preempted(String),
     /// Tokenizer failures (the tokenizers crate reports a boxed error).
     #[error("tokenizer {}: {message}", path.display())]
     Tokenizer { path: PathBuf, message: String },

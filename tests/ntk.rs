@@ -669,6 +669,7 @@ fn cli_writes_the_kernel_and_resumes_from_blocks() {
         "data": file_digest(&test).unwrap(),
         "against": file_digest(&train).unwrap(),
         "kind": "trntk", "projection": "none", "projection_dim": 0, "seed": 0, "block_rows": 3,
+        "tile_rows": mscope::instruments::ntk::DEFAULT_TILE_ROWS, "backend": "cpu",
         "threads": rayon::current_num_threads(),
     });
     let checkpoint = Checkpoint::open(&Checkpoint::dir_for(&out), &manifest).unwrap();
@@ -677,6 +678,8 @@ fn cli_writes_the_kernel_and_resumes_from_blocks() {
         path_str(&test),
         "--against",
         path_str(&train),
+        "--backend",
+        "cpu",
         "--block-rows",
         "3",
         "--out",

@@ -12,6 +12,7 @@ mod embed;
 mod embeddings_args;
 mod kglm;
 mod lda;
+mod merge;
 mod ntk;
 mod ntk_compare;
 mod pca;
@@ -64,6 +65,9 @@ enum Command {
     Ntk(ntk::NtkArgs),
     /// Kernel GLM surrogate from train/test kernels; with the network, its faithfulness (τ, R²).
     Kglm(kglm::KglmArgs),
+    /// Assemble the shards written by `--shard I/N` runs into the file one process writes,
+    /// byte for byte, after checking they are complete and of one run.
+    Merge(merge::MergeArgs),
     /// Compare two kernels over the same points: CKA, spectra, effective rank, Frobenius gap.
     NtkCompare(ntk_compare::NtkCompareArgs),
     /// Time every kernel family on model shapes and the pipelines end to end, against the
@@ -74,7 +78,8 @@ enum Command {
     Slurm(slurm::SlurmCommand),
 }
 
-/// Runs the command line; errors are printed as one line and give exit status 1.
+/// Runs the command line; errors are printed as one line and give exit status 1, a run stopped
+/// by SIGTERM after saving its checkpoint gives [`crate::io::preemption::EXIT_PREEMPTED`] (75).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
@@ -89,6 +94,7 @@ pub fn main() -> ExitCode {
         Command::Ntk(args) => ntk::run(args),
         Command::Kglm(args) => kglm::run(args),
         Command::NtkCompare(args) => ntk_compare::run(args),
+        Command::Merge(args) => merge::run(args),
         Command::Align(args) => align::run(args),
         Command::Cluster(args) => cluster::run(args),
         Command::Classify(args) => classify::run(args),
@@ -97,6 +103,10 @@ pub fn main() -> ExitCode {
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ Error::Preempted(_)) => {
+            eprintln!("stopped: {e}");
+            ExitCode::from(crate::io::preemption::EXIT_PREEMPTED)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

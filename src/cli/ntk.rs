@@ -1,5 +1,11 @@
 //! `mscope ntk`: the tangent kernel of an MLP classifier between data sets, exact or projected,
 //! computed in row blocks that an interrupted run resumes from.
+//!
+//! With `--shard I/N` the run computes only shard `I`'s row tiles (the kernel's tiles balanced
+//! by cost, see [`crate::io::shards`]) into `OUT.shard-I-of-N.safetensors`; `mscope merge OUT`
+//! assembles the `N` shards into the kernel one process writes, byte for byte. SIGTERM stops
+//! either kind of run between blocks (tiles for a shard) with exit status 75 once the finished
+//! ones are checkpointed; the same command resumes.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -8,16 +14,34 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::json;
 
+use crate::backend::Backend;
 use crate::backend::{self, BackendKind, OpFamily};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::instruments::ntk::{KernelJob, DEFAULT_TILE_ROWS};
+use crate::instruments::ntk::{self, KernelJob, DEFAULT_TILE_ROWS};
 use crate::instruments::project::{FactorSpec, KernelKind, ProjectionKind};
-use crate::io::check_outputs;
 use crate::io::checkpoint::{file_digest, Checkpoint};
+use crate::io::kernel_file::KernelFile;
+use crate::io::shards::{self, Manifest, Shard, ShardFile};
+use crate::io::tensor_file::TensorOut;
+use crate::io::{check_outputs, preemption};
 use crate::models::mlp::Mlp;
 
 #[derive(Args)]
+#[command(after_help = "\
+Shards and preemption:
+  --shard I/N computes shard I (0-based) of N: a contiguous range of the kernel's row tiles,
+  balanced by cost (a square kernel computes only its upper triangle), written to
+  OUT.shard-I-of-N.safetensors with a manifest (inputs' digests, arguments, mscope version,
+  backend, threads, its tiles). Run the N shards in any order, anywhere, then
+  `mscope merge OUT` writes OUT: the same bytes as this command without --shard, provided every
+  shard ran with the same backend and CPU thread count (the merge refuses otherwise; on a
+  cluster give --threads explicitly, since the default follows each node's cores).
+
+  SIGTERM (Slurm's preemption and time-limit signal) stops a run between blocks (tiles for a
+  shard) once the finished ones are saved in OUT.blocks/ (OUT.shard-I-of-N.safetensors.blocks/);
+  it then exits with status 75 (EX_TEMPFAIL: stopped cleanly, rerun to finish). Rerunning the
+  same command, also after SIGKILL, resumes from the saved tiles.")]
 pub struct NtkArgs {
     /// MLP classifier (safetensors `fc{i}.weight`/`fc{i}.bias`, metadata `activation`).
     #[arg(long)]
@@ -40,8 +64,16 @@ pub struct NtkArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Rows per block [default: what keeps a block's buffers near 256 MiB].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "shard")]
     block_rows: Option<usize>,
+    /// Rows per tile, the unit of computation, sharding and (for shards) checkpoints; it
+    /// decides the GEMM shapes, so kernels with other tile rows may differ in the last bits.
+    #[arg(long, default_value_t = DEFAULT_TILE_ROWS)]
+    tile_rows: usize,
+    /// Compute only shard I (0-based) of N into OUT.shard-I-of-N.safetensors; `mscope merge
+    /// OUT` assembles the kernel (see below).
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
     /// Output kernel (safetensors `kernel` F32 [rows, cols]); finished blocks wait in
     /// `<out>.blocks/` until the kernel is complete.
     #[arg(long)]
@@ -59,13 +91,17 @@ const BLOCK_BYTES: usize = 256 << 20;
 
 pub fn run(args: NtkArgs) -> Result<()> {
     super::set_threads(args.threads)?;
+    let out = match args.shard {
+        Some(shard) => shard.path(&args.out),
+        None => args.out.clone(),
+    };
     check_outputs(
         &[
             ("--model", Some(&args.model)),
             ("--data", Some(&args.data)),
             ("--against", args.against.as_deref()),
         ],
-        &[("--out", Some(&args.out))],
+        &[("--out", Some(&out))],
     )?;
     let mlp = Mlp::read(&args.model)?;
     let read = |path: &PathBuf| -> Result<Dataset> {
@@ -98,8 +134,8 @@ pub fn run(args: NtkArgs) -> Result<()> {
             // (An empty data set is refused by `job.check()` below.)
             (BLOCK_BYTES / (12 * n_cols.max(1)))
                 .max(1)
-                .div_ceil(DEFAULT_TILE_ROWS)
-                * DEFAULT_TILE_ROWS
+                .div_ceil(args.tile_rows.max(1))
+                * args.tile_rows.max(1)
         }
     };
     let job = KernelJob {
@@ -108,10 +144,14 @@ pub fn run(args: NtkArgs) -> Result<()> {
         cols: cols.as_ref().map(|c| c.x.as_slice()),
         spec,
         block_rows,
-        tile_rows: DEFAULT_TILE_ROWS,
+        tile_rows: args.tile_rows,
     };
-    job.check()?;
     let backend = backend::open(args.backend, OpFamily::Ntk)?;
+    preemption::watch()?;
+    if let Some(shard) = args.shard {
+        return run_shard(&args, &job, shard, backend.as_ref(), &out);
+    }
+    job.check()?;
 
     let checkpoint = if job.blocks().len() > 1 {
         let manifest = json!({
@@ -123,6 +163,8 @@ pub fn run(args: NtkArgs) -> Result<()> {
             "projection_dim": args.projection_dim,
             "seed": args.seed,
             "block_rows": block_rows,
+            "tile_rows": args.tile_rows,
+            "backend": backend.name(),
             // faer splits GEMMs by thread count: the same count keeps resumed blocks bit-exact.
             "threads": rayon::current_num_threads(),
         });
@@ -141,17 +183,25 @@ pub fn run(args: NtkArgs) -> Result<()> {
     );
     let start = Instant::now();
     let mut resumed_rows = 0;
-    let kernel = job
-        .run(backend.as_ref(), checkpoint.as_ref(), &mut |block| {
-            if block.resumed {
-                resumed_rows += block.rows.len();
-                bar.set_message(format!("{resumed_rows} rows resumed"));
-            }
-            bar.inc((block.rows.len() * n_cols) as u64);
-            ControlFlow::Continue(())
-        })?
-        .expect("the callback never stops the run");
+    let n_rows = job.n_rows();
+    let mut done_rows = 0;
+    let kernel = job.run(backend.as_ref(), checkpoint.as_ref(), &mut |block| {
+        if block.resumed {
+            resumed_rows += block.rows.len();
+            bar.set_message(format!("{resumed_rows} rows resumed"));
+        }
+        bar.inc((block.rows.len() * n_cols) as u64);
+        done_rows = block.rows.end;
+        stop_unless_last(block.rows.end < n_rows)
+    })?;
     bar.finish_and_clear();
+    let Some(kernel) = kernel else {
+        return Err(Error::Preempted(format!(
+            "SIGTERM: rows 0..{done_rows} of {n_rows} saved in {}; rerun the same command to \
+             resume",
+            Checkpoint::dir_for(&args.out).display()
+        )));
+    };
     let seconds = start.elapsed().as_secs_f64();
     kernel.write(&args.out)?;
     if let Some(c) = checkpoint {
@@ -180,6 +230,182 @@ pub fn run(args: NtkArgs) -> Result<()> {
             String::new()
         },
         args.out.display()
+    );
+    Ok(())
+}
+
+/// `Break` when SIGTERM asked the run to stop and work remains (`more`); the finished work is
+/// saved by then.
+fn stop_unless_last(more: bool) -> ControlFlow<()> {
+    if more && preemption::requested() {
+        ControlFlow::Break(())
+    } else {
+        ControlFlow::Continue(())
+    }
+}
+
+/// What identifies a kernel run across shards: everything that decides the kernel's bits.
+fn job_manifest(
+    args: &NtkArgs,
+    job: &KernelJob,
+    backend: &dyn Backend,
+) -> Result<serde_json::Value> {
+    Ok(json!({
+        "command": "ntk",
+        "version": env!("CARGO_PKG_VERSION"),
+        "backend": backend.name(),
+        // faer splits a one-row or one-column GEMM by thread count.
+        "threads": rayon::current_num_threads(),
+        "inputs": {
+            "model": file_digest(&args.model)?,
+            "data": file_digest(&args.data)?,
+            "against": args.against.as_deref().map(file_digest).transpose()?,
+        },
+        "kind": args.kind,
+        "projection": args.projection,
+        "projection_dim": args.projection_dim,
+        "seed": args.seed,
+        "tile_rows": job.tile_rows,
+        "rows": job.n_rows(),
+        "cols": job.n_cols(),
+        "square": job.cols.is_none(),
+        "file": {
+            "kind": args.kind.name(),
+            "normalized": args.kind.normalized(),
+            "projection_dim": job.projection_dim(),
+        },
+    }))
+}
+
+/// The tensor of the rows `rows` in a shard file.
+fn tile_name(rows: &std::ops::Range<usize>) -> String {
+    format!("rows-{}-{}", rows.start, rows.end)
+}
+
+/// `--shard I/N`: this shard's tiles into `path`, resumable from the checkpoint beside it.
+fn run_shard(
+    args: &NtkArgs,
+    job: &KernelJob,
+    shard: Shard,
+    backend: &dyn Backend,
+    path: &std::path::Path,
+) -> Result<()> {
+    let tiles = job.tiles();
+    let mine = shard.units(&job.tile_costs());
+    let manifest = Manifest {
+        job: job_manifest(args, job, backend)?,
+        index: shard.index,
+        count: shard.count,
+        units: tiles[mine.clone()]
+            .iter()
+            .map(|t| [t.start, t.end])
+            .collect(),
+    };
+    let dir = Checkpoint::dir_for(path);
+    let checkpoint = match mine.is_empty() {
+        true => None,
+        false => Some(Checkpoint::open(
+            &dir,
+            &serde_json::to_value(&manifest).expect("manifests serialise"),
+        )?),
+    };
+    let last_row = tiles[mine.clone()].last().map_or(0, |t| t.end);
+    let start = Instant::now();
+    let (mut resumed, mut done) = (0, 0);
+    let values = job.run_tiles(backend, mine.clone(), checkpoint.as_ref(), &mut |tile| {
+        resumed += usize::from(tile.resumed);
+        done += 1;
+        stop_unless_last(tile.rows.end < last_row)
+    })?;
+    let Some(values) = values else {
+        return Err(Error::Preempted(format!(
+            "SIGTERM: shard {shard}: {done} of {} tiles saved in {}; rerun the same command to \
+             resume",
+            mine.len(),
+            dir.display()
+        )));
+    };
+    let tensors = tiles[mine.clone()]
+        .iter()
+        .zip(&values)
+        .map(|(t, v)| {
+            let width = job.tile_cols(t).len();
+            TensorOut::f32(tile_name(t), vec![t.len(), width], v)
+        })
+        .collect();
+    shards::write(path, &manifest, tensors)?;
+    if let Some(c) = checkpoint {
+        c.remove()?;
+    }
+    let rows = mine
+        .clone()
+        .next()
+        .map_or(0..0, |first| tiles[first].start..last_row);
+    println!(
+        "{} shard {shard}: rows {}..{} ({} tiles{}) on {} in {:.2} s -> {}",
+        args.kind.name(),
+        rows.start,
+        rows.end,
+        mine.len(),
+        if resumed > 0 {
+            format!(", {resumed} resumed from the checkpoint")
+        } else {
+            String::new()
+        },
+        backend.name(),
+        start.elapsed().as_secs_f64(),
+        path.display()
+    );
+    Ok(())
+}
+
+/// `mscope merge` of `ntk` shards (already checked to be complete and of one run): the row
+/// tiles in order, mirrored as one process mirrors them, written as that process writes.
+pub(super) fn merge(out: &std::path::Path, shards: &[ShardFile]) -> Result<()> {
+    let job = &shards[0].manifest.job;
+    let field = |key: &str| -> Result<usize> {
+        job[key].as_u64().map(|v| v as usize).ok_or_else(|| {
+            Error::input(format!(
+                "{}: shard manifest lacks `{key}`",
+                shards[0].file.path().display()
+            ))
+        })
+    };
+    let (rows, cols, tile_rows) = (field("rows")?, field("cols")?, field("tile_rows")?);
+    let square = job["square"].as_bool() == Some(true);
+    let mut tiles = Vec::new();
+    for shard in shards {
+        for &[start, end] in &shard.manifest.units {
+            let (shape, values) = shard.file.f32(&tile_name(&(start..end)))?;
+            if shape.first() != Some(&(end - start)) {
+                return Err(shard
+                    .file
+                    .error(format!("tile of rows {start}..{end} has shape {shape:?}")));
+            }
+            tiles.push((start..end, values));
+        }
+    }
+    let values = ntk::assemble(rows, cols, square, tile_rows.max(1), tiles).map_err(|e| {
+        Error::input(format!(
+            "{}: shards do not make one kernel: {e}",
+            out.display()
+        ))
+    })?;
+    let file = &job["file"];
+    let kernel = KernelFile {
+        values,
+        rows,
+        cols,
+        kind: file["kind"].as_str().unwrap_or("unknown").to_string(),
+        normalized: file["normalized"].as_bool() == Some(true),
+        projection_dim: file["projection_dim"].as_u64().unwrap_or(0) as usize,
+    };
+    kernel.write(out)?;
+    println!(
+        "{} {rows}×{cols} merged from {} shards -> {}",
+        kernel.kind,
+        shards.len(),
+        out.display()
     );
     Ok(())
 }

@@ -2,6 +2,17 @@
 //! computed once, each block of rows is contracted against them on the backend, normalised, and
 //! (when a [`Checkpoint`] is given) saved, so memory stays bounded by the block and an
 //! interrupted run resumes from its finished blocks.
+//!
+//! # Tiles, shards and the bits of the kernel
+//!
+//! The unit of computation is a *row tile*: `tile_rows` rows at a multiple of `tile_rows`,
+//! contracted against every column (a square kernel's tile only against the columns from its
+//! own first row on: the upper triangle; the entries left of it are mirrored). A tile is always
+//! computed the same way — same factors, same GEMM shapes, same normalisation — so its bits do
+//! not depend on how tiles are grouped: into checkpoint blocks ([`KernelJob::run`]) or into the
+//! shards of several processes ([`KernelJob::run_tiles`], assembled by [`assemble`]). One
+//! process and any set of shards therefore write the same kernel, byte for byte, given the same
+//! backend and CPU thread count (faer may split a one-row or one-column product by threads).
 
 use std::ops::{ControlFlow, Range};
 
@@ -24,7 +35,7 @@ pub struct KernelJob<'a> {
     pub block_rows: usize,
     /// Rows per contraction (≥ 1). Tiles sit at multiples of `tile_rows` whatever the blocks
     /// are, and a tile is always computed with the same shapes, so GEMM summation orders — and
-    /// hence the kernel's bits — do not depend on the block size or on resuming.
+    /// hence the kernel's bits — do not depend on the block size, on resuming or on sharding.
     pub tile_rows: usize,
 }
 
@@ -40,8 +51,15 @@ pub struct BlockDone {
 }
 
 impl KernelJob<'_> {
-    /// An error for inputs the job cannot run on (sizes, block rows, projection dimension).
+    /// An error for inputs the job cannot run on (sizes, block rows, projection dimension,
+    /// memory for the whole kernel).
     pub fn check(&self) -> Result<()> {
+        self.check_size()?;
+        self.check_memory((self.n_rows() * self.n_cols()) as f64)
+    }
+
+    /// [`Self::check`] but for memory.
+    fn check_size(&self) -> Result<()> {
         self.spec.check()?;
         let d = self.mlp.input_dim();
         for (what, x) in [("data", Some(self.rows)), ("--against data", self.cols)] {
@@ -54,18 +72,21 @@ impl KernelJob<'_> {
                 }
             }
         }
-        if self.block_rows == 0 || self.tile_rows == 0 {
+        if self.block_rows == 0 {
             return Err(Error::input("--block-rows must be at least 1"));
         }
-        self.check_memory()
+        if self.tile_rows == 0 {
+            return Err(Error::input("--tile-rows must be at least 1"));
+        }
+        Ok(())
     }
 
-    /// An error naming the sizes when the kernel and, for a projected kernel, the projected
-    /// features of its rows and columns (`r·k` f32 per point and per layer for Kronecker, per
-    /// point for the dense projections) do not fit in memory.
-    fn check_memory(&self) -> Result<()> {
+    /// An error naming the sizes when `kernel_values` f32 of the kernel and, for a projected
+    /// kernel, the projected features of its rows and columns (`r·k` f32 per point and per
+    /// layer for Kronecker, per point for the dense projections) do not fit in memory.
+    fn check_memory(&self, kernel_values: f64) -> Result<()> {
         let (rows, cols) = (self.n_rows() as f64, self.n_cols() as f64);
-        let kernel = rows * cols * 4.0;
+        let kernel = kernel_values * 4.0;
         let per_point = self.spec.kind.rows_per_sample(self.mlp.num_classes()) as f64
             * self.spec.projection_dim as f64
             * 4.0;
@@ -91,6 +112,29 @@ impl KernelJob<'_> {
         self.cols.unwrap_or(self.rows).len() / self.mlp.input_dim()
     }
 
+    /// The row tiles, in order: `tile_rows` rows each, the last one shorter.
+    pub fn tiles(&self) -> Vec<Range<usize>> {
+        let n = self.n_rows();
+        (0..n)
+            .step_by(self.tile_rows.max(1))
+            .map(|s| s..(s + self.tile_rows).min(n))
+            .collect()
+    }
+
+    /// The columns a row tile computes: a square kernel's upper triangle (from the tile's first
+    /// row on; the rest is mirrored), else every column.
+    pub fn tile_cols(&self, tile: &Range<usize>) -> Range<usize> {
+        tile_cols(tile, self.n_cols(), self.cols.is_none())
+    }
+
+    /// Each tile's cost in kernel entries computed: what shards are balanced by.
+    pub fn tile_costs(&self) -> Vec<u64> {
+        self.tiles()
+            .iter()
+            .map(|t| (t.len() * self.tile_cols(t).len()) as u64)
+            .collect()
+    }
+
     /// The blocks' row ranges, in order.
     pub fn blocks(&self) -> Vec<Range<usize>> {
         let n = self.n_rows();
@@ -111,13 +155,7 @@ impl KernelJob<'_> {
     ) -> Result<Option<KernelFile>> {
         self.check()?;
         let (n_rows, n_cols) = (self.n_rows(), self.n_cols());
-        let col_factors = factors(
-            backend,
-            self.mlp,
-            self.cols.unwrap_or(self.rows),
-            &self.spec,
-        )?;
-        let col_tensors = Uploaded::new(backend, &col_factors)?;
+        let (col_factors, col_tensors) = self.column_factors(backend)?;
         let mut kernel = vec![0.0f32; n_rows * n_cols];
         for block in self.blocks() {
             let (above, rest) = kernel.split_at_mut(block.start * n_cols);
@@ -151,11 +189,66 @@ impl KernelJob<'_> {
             cols: n_cols,
             kind: self.spec.kind.name().to_string(),
             normalized: self.spec.kind.normalized(),
-            projection_dim: match self.spec.projection {
-                ProjectionKind::None => 0,
-                _ => self.spec.projection_dim,
-            },
+            projection_dim: self.projection_dim(),
         }))
+    }
+
+    /// The projection dimension a kernel file records: 0 for the exact kernel.
+    pub fn projection_dim(&self) -> usize {
+        match self.spec.projection {
+            ProjectionKind::None => 0,
+            _ => self.spec.projection_dim,
+        }
+    }
+
+    /// Computes the row tiles `tiles` (indices into [`Self::tiles`]) — a shard's share — each
+    /// as `[tile.len(), tile_cols(tile).len()]` values, loading finished ones from `checkpoint`
+    /// and saving the others there. `on_tile` is called after each; `Break` stops the run with
+    /// `Ok(None)` (finished tiles stay in the checkpoint).
+    pub fn run_tiles(
+        &self,
+        backend: &dyn Backend,
+        tiles: Range<usize>,
+        checkpoint: Option<&Checkpoint>,
+        on_tile: &mut dyn FnMut(&BlockDone) -> ControlFlow<()>,
+    ) -> Result<Option<Vec<Vec<f32>>>> {
+        self.check_size()?;
+        let all = self.tiles();
+        let mine = &all[tiles];
+        let entries: usize = mine.iter().map(|t| t.len() * self.tile_cols(t).len()).sum();
+        self.check_memory(entries as f64)?;
+        if mine.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let (col_factors, col_tensors) = self.column_factors(backend)?;
+        let mut done = Vec::with_capacity(mine.len());
+        for tile in mine {
+            let width = self.tile_cols(tile).len();
+            let saved = checkpoint
+                .map(|c| c.load(tile, width))
+                .transpose()?
+                .flatten();
+            let resumed = saved.is_some();
+            let values = match saved {
+                Some(values) => values,
+                None => {
+                    let values = self.tile(backend, tile, &col_factors, &col_tensors)?;
+                    if let Some(c) = checkpoint {
+                        c.save(tile, &values)?;
+                    }
+                    values
+                }
+            };
+            done.push(values);
+            let report = BlockDone {
+                rows: tile.clone(),
+                resumed,
+            };
+            if on_tile(&report).is_break() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(done))
     }
 }
 
@@ -172,31 +265,19 @@ impl KernelJob<'_> {
         col_tensors: &Uploaded,
         above: &[f32],
     ) -> Result<Vec<f32>> {
-        let (n_rows, n_cols, d) = (self.n_rows(), self.n_cols(), self.mlp.input_dim());
+        let (n_rows, n_cols) = (self.n_rows(), self.n_cols());
         let t = self.tile_rows;
-        let square = self.cols.is_none();
         let mut values = vec![0.0f32; block.len() * n_cols];
         for tile_start in (block.start / t * t..block.end).step_by(t) {
             let tile = tile_start..(tile_start + t).min(n_rows);
-            let (row_factors, cols) = if square {
-                (col_factors.rows(tile.clone()), tile.start..n_cols)
-            } else {
-                let x = &self.rows[tile.start * d..tile.end * d];
-                (factors(backend, self.mlp, x, &self.spec)?, 0..n_cols)
-            };
-            let tile_values = contract_block(
-                backend,
-                &row_factors,
-                col_tensors,
-                cols.clone(),
-                self.spec.kind,
-            )?;
+            let cols = self.tile_cols(&tile);
+            let tile_values = self.tile(backend, &tile, col_factors, col_tensors)?;
             for row in tile.start.max(block.start)..tile.end.min(block.end) {
                 let src = &tile_values[(row - tile.start) * cols.len()..][..cols.len()];
                 values[(row - block.start) * n_cols..][cols.clone()].copy_from_slice(src);
             }
         }
-        if square {
+        if self.cols.is_none() {
             for row in block.clone() {
                 for col in 0..row / t * t {
                     let mirrored = if col < block.start {
@@ -210,6 +291,100 @@ impl KernelJob<'_> {
         }
         Ok(values)
     }
+
+    /// One row tile against its columns ([`Self::tile_cols`]), normalised: the one place tiles
+    /// are computed, whether for a block or for a shard.
+    fn tile(
+        &self,
+        backend: &dyn Backend,
+        tile: &Range<usize>,
+        col_factors: &Factors,
+        col_tensors: &Uploaded,
+    ) -> Result<Vec<f32>> {
+        let row_factors = match self.cols {
+            None => col_factors.rows(tile.clone()),
+            Some(_) => {
+                let d = self.mlp.input_dim();
+                let x = &self.rows[tile.start * d..tile.end * d];
+                factors(backend, self.mlp, x, &self.spec)?
+            }
+        };
+        contract_block(
+            backend,
+            &row_factors,
+            col_tensors,
+            self.tile_cols(tile),
+            self.spec.kind,
+        )
+    }
+
+    /// The column samples' factors, on the host and uploaded once for every tile.
+    fn column_factors(&self, backend: &dyn Backend) -> Result<(Factors, Uploaded)> {
+        let col_factors = factors(
+            backend,
+            self.mlp,
+            self.cols.unwrap_or(self.rows),
+            &self.spec,
+        )?;
+        let col_tensors = Uploaded::new(backend, &col_factors)?;
+        Ok((col_factors, col_tensors))
+    }
+}
+
+/// The columns row tile `tile` computes in an `n_cols`-column kernel, square or not.
+fn tile_cols(tile: &Range<usize>, n_cols: usize, square: bool) -> Range<usize> {
+    if square {
+        tile.start..n_cols
+    } else {
+        0..n_cols
+    }
+}
+
+/// The whole `[n_rows, n_cols]` kernel from every row tile of `tile_rows` rows (in order, each
+/// `[tile.len(), columns]` as [`KernelJob::run_tiles`] computes them); a square kernel's lower
+/// part is mirrored from its upper triangle exactly as [`KernelJob::run`] mirrors it, so the
+/// result is that run's kernel bit for bit. `tiles` yields `(rows, values)`; an error names a
+/// tile that is missing, repeated or of the wrong size.
+pub fn assemble(
+    n_rows: usize,
+    n_cols: usize,
+    square: bool,
+    tile_rows: usize,
+    tiles: impl IntoIterator<Item = (Range<usize>, Vec<f32>)>,
+) -> Result<Vec<f32>> {
+    let mut kernel = vec![0.0f32; n_rows * n_cols];
+    let mut next = 0;
+    for (rows, values) in tiles {
+        let expected = next..(next + tile_rows).min(n_rows);
+        let cols = tile_cols(&rows, n_cols, square);
+        if rows != expected || values.len() != rows.len() * cols.len() {
+            return Err(Error::input(format!(
+                "kernel tile of rows {}..{} ({} values) where rows {}..{} were due",
+                rows.start,
+                rows.end,
+                values.len(),
+                expected.start,
+                expected.end
+            )));
+        }
+        for (row, src) in rows.clone().zip(values.chunks_exact(cols.len().max(1))) {
+            kernel[row * n_cols..][cols.clone()].copy_from_slice(src);
+        }
+        next = rows.end;
+    }
+    if next != n_rows {
+        return Err(Error::input(format!(
+            "kernel tiles end at row {next} of {n_rows}"
+        )));
+    }
+    if square {
+        for row in 0..n_rows {
+            for col in 0..row / tile_rows * tile_rows {
+                kernel[row * n_cols + col] = kernel[col * n_cols + row];
+            }
+        }
+    }
+    Ok(kernel)
 }
 
 /// Column factors on the backend, uploaded once for every block.

@@ -7,7 +7,9 @@ pub mod images;
 pub mod kernel_file;
 pub mod kernel_inputs;
 pub mod npy;
+pub mod preemption;
 pub mod samples;
+pub mod shards;
 pub mod tensor_file;
 pub mod texts;
 
