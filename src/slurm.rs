@@ -8,23 +8,21 @@
 //! Preemption and time limits: the array job asks Slurm to send SIGTERM to its batch shell
 //! `grace` seconds before the time limit (`--signal=B:TERM@grace`) and is requeueable
 //! (`--requeue`). The shard's batch script passes the signal on to the shard, which keeps its
-//! finished tiles and exits with [`REQUEUE_EXIT`]; the script then requeues its own array task
-//! (`scontrol requeue ARRAYID_TASK`, never `$SLURM_JOB_ID`: in the array's last task that is the
-//! array's own id, and requeueing it reruns every task), and the rerun resumes from the finished
-//! tiles. Slurm holds
+//! finished tiles and exits with [`EXIT_PREEMPTED`] (75); the script then requeues its own array
+//! task (`scontrol requeue ARRAYID_TASK`, never `$SLURM_JOB_ID`: in the array's last task that is
+//! the array's own id, and requeueing it reruns every task), and the rerun resumes from the
+//! finished tiles. Slurm holds
 //! a requeued job for about two minutes before it may start again (its begin time is set ahead),
 //! and a task that failed for any other reason is not requeued, so the merge (`afterok`) is
 //! cancelled (`--kill-on-invalid-dep=yes`) instead of waiting forever.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::error::{Error, Result};
-
-/// Exit status of a shard stopped by SIGTERM after keeping its finished tiles: the batch script
-/// requeues its task on this status (and on no other).
-pub const REQUEUE_EXIT: i32 = 75;
+use crate::io::preemption::EXIT_PREEMPTED;
+use crate::io::shards;
 
 /// Subcommands that take `--shard I/N` and whose shards `mscope merge` assembles.
 pub const SHARDED_SUBCOMMANDS: &[&str] = &["ntk"];
@@ -165,8 +163,13 @@ impl Plan {
                 options.workdir.display()
             ))
         })?;
-        // Slurm expands `%` patterns in log names; the user's own `%` stays literal.
-        let log_stem = command.out.replace('%', "%%");
+        // Logs beside the shards, named like them (`k.safetensors` → `k.shard-%a-of-N.log`);
+        // Slurm expands `%` patterns in log names, so the user's own `%` is doubled.
+        let log = |suffix: &str| {
+            let out = Path::new(&command.out);
+            let name = out.with_file_name(format!("{}.", shards::stem(out)));
+            format!("{}{suffix}", name.to_string_lossy().replace('%', "%%"))
+        };
         let gres = match (&options.gres, command.gpu) {
             (Some(gres), _) => Some(gres.clone()),
             (None, true) => Some("gpu:1".to_string()),
@@ -196,7 +199,7 @@ impl Plan {
             "--requeue".to_string(),
             format!("--signal=B:TERM@{}", options.grace_secs),
             "--open-mode=append".to_string(),
-            format!("--output={log_stem}.shard-%a-of-{n}.log"),
+            format!("--output={}", log(&format!("shard-%a-of-{n}.log"))),
         ]);
 
         let mut merge_options = vec![format!("--job-name=mscope-{}-merge", command.subcommand)];
@@ -204,7 +207,7 @@ impl Plan {
         merge_options.extend([
             "--kill-on-invalid-dep=yes".to_string(),
             "--open-mode=append".to_string(),
-            format!("--output={log_stem}.merge.log"),
+            format!("--output={}", log("merge.log")),
         ]);
 
         Ok(Plan {
@@ -328,14 +331,15 @@ pub fn parse_job_id(answer: &str) -> Option<String> {
 }
 
 /// The array task's script: runs the command on shard `$SLURM_ARRAY_TASK_ID` of `n`, passes
-/// SIGTERM on to it, and requeues the task when the shard stopped early with [`REQUEUE_EXIT`].
+/// SIGTERM on to it, and requeues the task when the shard stopped early with
+/// [`EXIT_PREEMPTED`] (75).
 fn shard_script(command: &ShardedCommand, n: usize) -> String {
     let run = command_line(command);
     format!(
         "#!/bin/bash\n\
          # One shard of {n} (array task $SLURM_ARRAY_TASK_ID), written by `mscope slurm plan`.\n\
          # On SIGTERM (the time limit's warning, preemption) the shard keeps its finished tiles\n\
-         # and exits with {REQUEUE_EXIT}; the task then requeues itself and resumes from them.\n\
+         # and exits with {EXIT_PREEMPTED}; the task then requeues itself and resumes from them.\n\
          set -u\n\
          trap 'kill -TERM \"${{shard:-}}\" 2>/dev/null' TERM\n\
          {run} --shard \"$SLURM_ARRAY_TASK_ID/{n}\" &\n\
@@ -347,7 +351,7 @@ fn shard_script(command: &ShardedCommand, n: usize) -> String {
          \x20   wait \"$shard\"\n\
          \x20   status=$?\n\
          fi\n\
-         if [ \"$status\" -eq {REQUEUE_EXIT} ]; then\n\
+         if [ \"$status\" -eq {EXIT_PREEMPTED} ]; then\n\
          \x20   task=\"${{SLURM_ARRAY_JOB_ID}}_$SLURM_ARRAY_TASK_ID\"\n\
          \x20   echo \"mscope slurm: shard $SLURM_ARRAY_TASK_ID/{n} stopped early; requeueing $task\" >&2\n\
          \x20   # The task by its array name: the last task's $SLURM_JOB_ID is the whole array's id.\n\
@@ -506,7 +510,7 @@ mod tests {
                 "--requeue",
                 "--signal=B:TERM@120",
                 "--open-mode=append",
-                "--output=k.safetensors.shard-%a-of-4.log",
+                "--output=k.shard-%a-of-4.log",
             ]
         );
         let script = &plan.shards.script;
@@ -518,7 +522,7 @@ mod tests {
             ),
             "{script}"
         );
-        assert!(script.contains("if [ \"$status\" -eq 75 ]; then"));
+        assert!(script.contains(&format!("if [ \"$status\" -eq {EXIT_PREEMPTED} ]; then")));
         // By the task's array name: `scontrol requeue $SLURM_JOB_ID` in the array's last task
         // names the whole array (its job id is the array's) and reruns finished tasks too.
         assert!(script.contains("task=\"${SLURM_ARRAY_JOB_ID}_$SLURM_ARRAY_TASK_ID\"\n"));
@@ -562,7 +566,7 @@ mod tests {
                 "--chdir=/scratch/me",
                 "--kill-on-invalid-dep=yes",
                 "--open-mode=append",
-                "--output=k.safetensors.merge.log",
+                "--output=k.merge.log",
             ]
         );
         assert!(plan
@@ -595,7 +599,7 @@ mod tests {
         assert!(plan
             .shards
             .options
-            .contains(&"--output=runs/100%% done/k.safetensors.shard-%a-of-2.log".to_string()));
+            .contains(&"--output=runs/100%% done/k.shard-%a-of-2.log".to_string()));
         assert!(plan
             .merge
             .script

@@ -12,6 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{absent, repo_path, run_mscope_ok};
+use mscope::io::checkpoint::Checkpoint;
+use mscope::io::shards::Shard;
 
 /// How long the jobs of one submission may take before the test fails (they need seconds).
 const JOB_TIMEOUT: Duration = Duration::from_secs(180);
@@ -50,15 +52,16 @@ fn job_field(id: &str, key: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// `OUT`'s logs beside it (plan's `--output` names), for failure messages.
+/// `OUT`'s logs beside it (plan's `--output` names: `k.shard-I-of-N.log`, `k.merge.log`), for
+/// failure messages.
 fn logs(out: &Path) -> String {
     let dir = out.parent().unwrap();
-    let stem = out.file_name().unwrap().to_str().unwrap();
+    let stem = format!("{}.", out.file_stem().unwrap().to_str().unwrap());
     let mut text = String::new();
     let mut names: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(stem) && n.ends_with(".log"))
+        .filter(|n| n.starts_with(&stem) && n.ends_with(".log"))
         .collect();
     names.sort();
     for name in names {
@@ -108,9 +111,10 @@ fn submit(shards: usize, ntk_args: &[&str]) -> (String, String) {
     (ids[0].clone(), ids[1].clone())
 }
 
-/// A kernel job large enough that a shard takes seconds over many tiles: a 5-512-512-3 MLP
-/// (trained one epoch, seeded) on 3 000 blob points, exact trNTK on the CPU with one thread
-/// (thread count and tile rows fix the bits of every shard and of the single run).
+/// A kernel job large enough that a shard takes seconds over dozens of tiles: a 5-1024-1024-3
+/// MLP (one seeded epoch on 400 blob points) and exact trNTK over 4 000 others on the CPU with
+/// one thread and 32-row tiles (thread count and tile rows fix the bits of every shard and of
+/// the single run).
 struct KernelCase {
     dir: tempfile::TempDir,
     model: PathBuf,
@@ -123,28 +127,37 @@ impl KernelCase {
         // A space in every path the batch scripts name: the plan quotes them.
         let work = dir.path().join("slurm run");
         std::fs::create_dir(&work).unwrap();
-        let data = work.join("blobs.safetensors");
+        let blobs = |n: &str, seed: &str, out: &Path| {
+            run_mscope_ok(&[
+                "data",
+                "blobs",
+                "--n",
+                n,
+                "--dim",
+                "5",
+                "--classes",
+                "3",
+                "--seed",
+                seed,
+                "--test-fraction",
+                "0",
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+        };
+        let (train, data) = (
+            work.join("train.safetensors"),
+            work.join("data.safetensors"),
+        );
+        blobs("400", "1", &train);
+        blobs("4000", "2", &data);
         let mlp_dir = work.join("mlp");
-        run_mscope_ok(&[
-            "data",
-            "blobs",
-            "--n",
-            "3000",
-            "--dim",
-            "5",
-            "--classes",
-            "3",
-            "--test-fraction",
-            "0",
-            "--out",
-            data.to_str().unwrap(),
-        ]);
         run_mscope_ok(&[
             "train",
             "--data",
-            data.to_str().unwrap(),
+            train.to_str().unwrap(),
             "--hidden",
-            "512,512",
+            "1024,1024",
             "--epochs",
             "1",
             "--threads",
@@ -182,11 +195,14 @@ impl KernelCase {
     }
 }
 
-/// Finished tiles in shard `i` of `n`'s checkpoint beside `out`.
+/// Shard `i` of `n` of output `out` (`k.safetensors` → `k.shard-I-of-N.safetensors`).
+fn shard_path(out: &Path, i: usize, n: usize) -> PathBuf {
+    Shard { index: i, count: n }.path(out)
+}
+
+/// Finished tiles in shard `i` of `n`'s checkpoint (beside the shard file).
 fn finished_tiles(out: &Path, i: usize, n: usize) -> usize {
-    let mut blocks = out.as_os_str().to_owned();
-    blocks.push(format!(".shard-{i}-of-{n}.safetensors.blocks"));
-    std::fs::read_dir(PathBuf::from(blocks)).map_or(0, |entries| {
+    std::fs::read_dir(Checkpoint::dir_for(&shard_path(out, i, n))).map_or(0, |entries| {
         entries
             .filter_map(|e| e.ok())
             .filter(|e| e.file_name() != "manifest.json")
@@ -231,9 +247,7 @@ fn sharded_ntk_on_slurm_merges_to_the_single_process_kernel() {
     let requeued = case.out("requeued.safetensors");
     let (shards, merge) = submit(2, &case.args(&requeued));
     let task = format!("{shards}_0");
-    let mut shard0 = requeued.as_os_str().to_owned();
-    shard0.push(".shard-0-of-2.safetensors");
-    let shard0 = PathBuf::from(shard0);
+    let shard0 = shard_path(&requeued, 0, 2);
     let start = Instant::now();
     while finished_tiles(&requeued, 0, 2) == 0 {
         assert!(
@@ -251,34 +265,44 @@ fn sharded_ntk_on_slurm_merges_to_the_single_process_kernel() {
         if shard0.exists() { "written" } else { "absent" },
         logs(&requeued)
     );
-    // Slurm holds a requeued job back for two minutes (its begin time); start it now instead.
+    // Slurm holds a requeued job back for two minutes (its begin time); start it now instead,
+    // once it is pending again (it may first be completing while the shard saves its tile).
     let start = Instant::now();
-    while job_field(&task, "Restarts").as_deref() != Some("1")
-        || job_field(&task, "JobState").as_deref() == Some("PENDING")
-    {
-        if job_field(&task, "JobState").as_deref() == Some("PENDING") {
-            // Refused while the job is still completing; the loop tries again.
-            let _ = slurm(
-                "scontrol",
-                &["update", &format!("jobid={task}"), "StartTime=now"],
-            );
+    loop {
+        let state = job_field(&task, "JobState").unwrap_or_default();
+        match state.as_str() {
+            "PENDING" => {
+                // Refused in a race with the scheduler; the loop tries again.
+                let _ = slurm(
+                    "scontrol",
+                    &["update", &format!("jobid={task}"), "StartTime=now"],
+                );
+            }
+            "COMPLETING" | "REQUEUED" | "CONFIGURING" => {}
+            _ => break,
         }
         assert!(
             start.elapsed() < JOB_TIMEOUT,
-            "the requeued shard {task} did not start again:\n{}",
+            "the requeued shard {task} is still {state} after {JOB_TIMEOUT:?}:\n{}",
             logs(&requeued)
         );
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
+    assert_eq!(
+        job_field(&task, "Restarts").as_deref(),
+        Some("1"),
+        "shard {task} ran again after its requeue"
+    );
     wait_completed(&merge, &requeued);
     let log = logs(&requeued);
     assert!(
         std::fs::read(&requeued).unwrap() == want,
         "the merged kernel after a requeue differs from the single-process one:\n{log}"
     );
+    // The rerun took the tiles saved before the requeue instead of computing them again.
     assert!(
-        log.contains("stopped early; requeueing") || log.contains("resumed"),
-        "no sign in the logs that shard 0 stopped and resumed:\n{log}"
+        log.contains("resumed from the checkpoint"),
+        "shard 0's rerun resumed no tile:\n{log}"
     );
 }
 
