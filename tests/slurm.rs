@@ -91,9 +91,21 @@ fn wait_completed(id: &str, out: &Path) {
     }
 }
 
+/// Jobs this test submitted, cancelled when it ends (a failed test leaves nothing queued; a
+/// finished job ignores the cancel).
+struct Submitted(Vec<String>);
+
+impl Drop for Submitted {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            let _ = Command::new("scancel").args(&self.0).status();
+        }
+    }
+}
+
 /// `mscope slurm plan --submit` of `shards` shards of `ntk_args` (which hold `--out out`);
-/// returns the array's and the merge's job ids.
-fn submit(shards: usize, ntk_args: &[&str]) -> (String, String) {
+/// returns the array's and the merge's job ids, recorded in `jobs`.
+fn submit(jobs: &mut Submitted, shards: usize, ntk_args: &[&str]) -> (String, String) {
     let count = shards.to_string();
     let mut args = vec!["slurm", "plan", "--shards", &count, "--submit", "--"];
     args.push(env!("CARGO_BIN_EXE_mscope"));
@@ -108,6 +120,7 @@ fn submit(shards: usize, ntk_args: &[&str]) -> (String, String) {
         .map(str::to_string)
         .collect();
     assert_eq!(ids.len(), 2, "two job ids in {stdout:?}");
+    jobs.0.extend(ids.iter().cloned());
     (ids[0].clone(), ids[1].clone())
 }
 
@@ -224,6 +237,8 @@ fn sharded_ntk_on_slurm_merges_to_the_single_process_kernel() {
         return;
     }
     let case = KernelCase::new();
+    // Declared after `case`, so dropped first: jobs are cancelled before their files go.
+    let mut jobs = Submitted(Vec::new());
     let single = case.out("single.safetensors");
     run_mscope_ok(
         &["ntk"]
@@ -235,7 +250,7 @@ fn sharded_ntk_on_slurm_merges_to_the_single_process_kernel() {
 
     // Three shards, every one run once, then the merge.
     let merged = case.out("merged.safetensors");
-    let (_, merge) = submit(3, &case.args(&merged));
+    let (_, merge) = submit(&mut jobs, 3, &case.args(&merged));
     wait_completed(&merge, &merged);
     assert!(
         std::fs::read(&merged).unwrap() == want,
@@ -245,7 +260,7 @@ fn sharded_ntk_on_slurm_merges_to_the_single_process_kernel() {
 
     // Two shards; shard 0 is requeued once it has saved a tile and before it has finished.
     let requeued = case.out("requeued.safetensors");
-    let (shards, merge) = submit(2, &case.args(&requeued));
+    let (shards, merge) = submit(&mut jobs, 2, &case.args(&requeued));
     let task = format!("{shards}_0");
     let shard0 = shard_path(&requeued, 0, 2);
     let start = Instant::now();
