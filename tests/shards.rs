@@ -453,3 +453,127 @@ fn bad_shard_arguments_get_clear_errors() {
         assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
     }
 }
+
+/// `mscope embed` with MiniLM on `input`, batches of 4, every run on one thread count.
+fn embed_args(input: &Path, out: &Path) -> Vec<String> {
+    [
+        "embed",
+        "--model",
+        s(&common::minilm_dir()),
+        "--input",
+        s(input),
+        "--out",
+        s(out),
+        "--batch-size",
+        "4",
+        "--threads",
+        "2",
+        "--backend",
+        "cpu",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+/// The fixture texts, `copies` times over with labels, as .jsonl.
+fn texts_file(dir: &Path, copies: usize) -> PathBuf {
+    let lines: String = (0..copies)
+        .flat_map(|c| {
+            common::fixture_texts().into_iter().map(move |t| {
+                serde_json::json!({"text": t, "label": format!("copy{}", c % 3)}).to_string() + "\n"
+            })
+        })
+        .collect();
+    let path = dir.join(format!("texts{copies}.jsonl"));
+    std::fs::write(&path, lines).unwrap();
+    path
+}
+
+fn same_embeddings(a: &Path, b: &Path, what: &str) {
+    assert!(
+        std::fs::read(a).unwrap() == std::fs::read(b).unwrap(),
+        "{what}: embeddings differ"
+    );
+    let sidecar = |p: &Path| std::fs::read(mscope::io::embeddings::texts_sidecar_path(p)).unwrap();
+    assert!(sidecar(a) == sidecar(b), "{what}: texts sidecars differ");
+}
+
+#[test]
+fn embed_shards_merge_to_the_single_process_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = texts_file(dir.path(), 2);
+    let single = dir.path().join("single.safetensors");
+    ok(&embed_args(&input, &single), &[]);
+    for count in [1, 3, 5] {
+        let out = dir.path().join(format!("e{count}.safetensors"));
+        for index in scrambled(count) {
+            let shard = format!("{index}/{count}");
+            let stdout = ok(&embed_args(&input, &out), &["--shard", &shard]);
+            assert!(stdout.contains(&format!("embed shard {shard}")), "{stdout}");
+        }
+        let merged = merge(&out);
+        assert!(merged.status.success(), "{}", stderr_of(&merged));
+        same_embeddings(&out, &single, &format!("{count} shards"));
+    }
+
+    // An input edited after the shards ran is refused by name.
+    let out = dir.path().join("e3.safetensors");
+    std::fs::remove_file(&out).unwrap();
+    std::fs::write(&input, "{\"text\": \"changed\", \"label\": \"x\"}\n").unwrap();
+    let merged = merge(&out);
+    assert_eq!(merged.status.code(), Some(1));
+    let stderr = stderr_of(&merged);
+    assert!(
+        stderr.contains("texts2.jsonl") && stderr.contains("changed since"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_killed_or_terminated_embed_shard_resumes_to_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    // 240 texts in 60 batches: tens of milliseconds per batch.
+    let input = texts_file(dir.path(), 10);
+    let single = dir.path().join("single.safetensors");
+    ok(&embed_args(&input, &single), &[]);
+    let out = dir.path().join("e.safetensors");
+    let spawn = |shard: &str| {
+        Command::new(env!("CARGO_BIN_EXE_mscope"))
+            .args(embed_args(&input, &out))
+            .args(["--shard", shard])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // SIGKILL in shard 0, SIGTERM in shard 1.
+    let shard0 = out.with_file_name("e.shard-0-of-2.safetensors");
+    let mut child = spawn("0/2");
+    wait_for_a_tile(&mut child, &Checkpoint::dir_for(&shard0));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!shard0.exists());
+    let shard1 = out.with_file_name("e.shard-1-of-2.safetensors");
+    let mut child = spawn("1/2");
+    wait_for_a_tile(&mut child, &Checkpoint::dir_for(&shard1));
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let stopped = child.wait_with_output().unwrap();
+    assert_eq!(
+        stopped.status.code(),
+        Some(EXIT_PREEMPTED as i32),
+        "{}",
+        stderr_of(&stopped)
+    );
+    assert!(!shard1.exists());
+    for shard in ["1/2", "0/2"] {
+        let stdout = ok(&embed_args(&input, &out), &["--shard", shard]);
+        assert!(stdout.contains("resumed from the checkpoint"), "{stdout}");
+    }
+    let merged = merge(&out);
+    assert!(merged.status.success(), "{}", stderr_of(&merged));
+    same_embeddings(&out, &single, "after kill and SIGTERM");
+}

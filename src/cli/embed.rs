@@ -1,20 +1,42 @@
 //! `mscope embed`: texts (or, with a CLIP model, images) → `embeddings.safetensors`.
+//!
+//! With `--shard I/N` a run embeds only shard `I`'s batches — the batches one process runs
+//! (texts sorted longest first, `--batch-size` per batch), balanced by token count — into
+//! `OUT.shard-I-of-N.safetensors`; `mscope merge OUT` writes the embeddings and the texts
+//! sidecar one process writes, byte for byte (it reads the inputs again, checked against the
+//! digests the shards recorded). A shard saves each finished batch in
+//! `OUT.shard-I-of-N.safetensors.blocks/`, resumes from them when rerun, and on SIGTERM stops
+//! between batches with exit status 75.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
 
-use crate::backend::{self, BackendKind, OpFamily, Pooling};
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::backend::{self, Backend, BackendKind, OpFamily, Pooling};
 use crate::error::{Error, Result};
 use crate::instruments::embed::{EncoderOptions, ImageEmbedder, SentenceEncoder};
-use crate::io::check_outputs;
+use crate::io::checkpoint::{file_digest, model_digest, Checkpoint};
 use crate::io::embeddings::{texts_sidecar_path, write_texts_sidecar, EmbeddingsFile};
 use crate::io::images::collect_images;
+use crate::io::shards::{self, Manifest, Shard, ShardFile};
+use crate::io::tensor_file::TensorOut;
 use crate::io::texts::{read_corpus, FieldNames, InputSpec};
+use crate::io::{check_outputs, preemption};
 use crate::weights::WeightsDtype;
 
 #[derive(Args)]
+#[command(after_help = "\
+Shards: --shard I/N embeds shard I (0-based) of N — a contiguous range of the batches one \
+process runs, balanced by token count — into OUT.shard-I-of-N.safetensors; after all N, \
+`mscope merge OUT` writes OUT and its texts sidecar, the same bytes as one process, provided \
+every shard ran with the same backend and --threads (give it explicitly on a cluster). A shard \
+resumes from the batches saved in OUT.shard-I-of-N.safetensors.blocks/, and SIGTERM stops it \
+between batches with exit status 75 (EX_TEMPFAIL: rerun the same command to finish).")]
 pub struct EmbedArgs {
     /// Model directory (Hugging Face / sentence-transformers layout, or open_clip's), or a
     /// llama/qwen2 .gguf file.
@@ -67,6 +89,10 @@ pub struct EmbedArgs {
     /// SHADER_F16), `f16` rounds f32 checkpoints to f16 there too, `f32` widens everything.
     #[arg(long, value_enum, default_value_t = WeightsDtype::Auto)]
     weights_dtype: WeightsDtype,
+    /// Embed only shard I (0-based) of N into OUT.shard-I-of-N.safetensors; `mscope merge OUT`
+    /// assembles them (texts only).
+    #[arg(long, value_name = "I/N", conflicts_with = "images")]
+    shard: Option<Shard>,
 }
 
 pub fn run(args: EmbedArgs) -> Result<()> {
@@ -90,19 +116,23 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             .map(|i| ("--input", Some(i.path.as_path()))),
     );
     inputs.extend(args.images.iter().map(|p| ("--images", Some(p.as_path()))));
-    check_outputs(
-        &inputs,
-        &[
-            ("--out", Some(&args.out)),
-            ("the texts sidecar", Some(&sidecar)),
-        ],
-    )?;
+    let shard_path = args.shard.map(|s| s.path(&args.out));
+    match &shard_path {
+        Some(path) => check_outputs(&inputs, &[("--out", Some(path))])?,
+        None => check_outputs(
+            &inputs,
+            &[
+                ("--out", Some(&args.out)),
+                ("the texts sidecar", Some(&sidecar)),
+            ],
+        )?,
+    }
     if !args.images.is_empty() {
         return run_images(args);
     }
     let fields = FieldNames {
-        text: args.text_field,
-        label: args.label_field,
+        text: args.text_field.clone(),
+        label: args.label_field.clone(),
     };
     let corpus = read_corpus(&args.inputs, &fields)?;
     let backend = backend::open(args.backend, OpFamily::Encoder)?;
@@ -110,10 +140,20 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         max_length: args.max_length,
         pooling: args.pooling,
         normalize: args.normalize,
-        prefix: args.prefix,
+        prefix: args.prefix.clone(),
         weights_dtype: args.weights_dtype,
     };
     let encoder = SentenceEncoder::load(&args.model, backend.clone(), &options)?;
+    if let (Some(shard), Some(path)) = (args.shard, &shard_path) {
+        return run_shard(
+            &args,
+            &corpus.texts,
+            &encoder,
+            backend.as_ref(),
+            shard,
+            path,
+        );
+    }
 
     let bar = super::progress_bar(
         corpus.texts.len() as u64,
@@ -139,13 +179,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         normalized: encoder.normalize(),
         max_length: encoder.max_length(),
     };
-    // The sidecar goes first and is removed if the embeddings fail, so a failed run leaves
-    // neither behind.
-    write_texts_sidecar(&sidecar, &corpus.texts, &file.labels, &file.label_names)?;
-    if let Err(e) = file.write(&args.out) {
-        let _ = std::fs::remove_file(&sidecar);
-        return Err(e);
-    }
+    write_with_texts(&args.out, &file, &corpus.texts)?;
     let rows = file.rows();
     println!(
         "embedded {rows} texts ({} tokens, {} labels) with {} on {} in {seconds:.2} s: {:.1} texts/s, {:.0} tokens/s -> {} (texts in {})",
@@ -212,6 +246,253 @@ fn run_images(args: EmbedArgs) -> Result<()> {
         backend.name(),
         rows as f64 / seconds,
         args.out.display(),
+        sidecar.display()
+    );
+    Ok(())
+}
+
+/// Writes the embeddings file and its texts sidecar. The sidecar goes first and is removed if
+/// the embeddings fail, so a failed run leaves neither behind.
+fn write_with_texts(out: &Path, file: &EmbeddingsFile, texts: &[String]) -> Result<()> {
+    let sidecar = texts_sidecar_path(out);
+    write_texts_sidecar(&sidecar, texts, &file.labels, &file.label_names)?;
+    if let Err(e) = file.write(out) {
+        let _ = std::fs::remove_file(&sidecar);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// What identifies an embedding run across shards: the inputs (paths, to read them again at
+/// the merge, and digests), the model's files, every option that changes the bits, backend and
+/// threads; and what the merged file records.
+fn job_manifest(
+    args: &EmbedArgs,
+    encoder: &SentenceEncoder,
+    backend: &dyn Backend,
+    rows: usize,
+) -> Result<serde_json::Value> {
+    let inputs = args
+        .inputs
+        .iter()
+        .map(|i| {
+            let path = i.path.canonicalize().map_err(|e| Error::io(&i.path, e))?;
+            Ok(json!({
+                "path": path.display().to_string(),
+                "label": i.label,
+                "digest": file_digest(&i.path)?,
+            }))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(json!({
+        "command": "embed",
+        "version": env!("CARGO_PKG_VERSION"),
+        "backend": backend.name(),
+        "threads": rayon::current_num_threads(),
+        "model": model_digest(&args.model)?,
+        "inputs": inputs,
+        "text_field": args.text_field,
+        "label_field": args.label_field,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "pooling": args.pooling.map(|p| format!("{p:?}")),
+        "normalize": args.normalize,
+        "prefix": args.prefix,
+        "weights_dtype": format!("{:?}", args.weights_dtype),
+        "rows": rows,
+        "file": {
+            "model": encoder.name(),
+            "pooling": encoder.pooling_name(),
+            "normalized": encoder.normalize(),
+            "max_length": encoder.max_length(),
+            "dim": encoder.dim(),
+        },
+    }))
+}
+
+/// `--shard I/N`: this shard's batches into `path`, resumable from the checkpoint beside it.
+fn run_shard(
+    args: &EmbedArgs,
+    texts: &[String],
+    encoder: &SentenceEncoder,
+    backend: &dyn Backend,
+    shard: Shard,
+    path: &Path,
+) -> Result<()> {
+    preemption::watch()?;
+    let plan = encoder.plan(texts, args.batch_size)?;
+    let costs: Vec<u64> = (0..plan.batches())
+        .map(|b| plan.batch_tokens(b) as u64)
+        .collect();
+    let mine = shard.units(&costs);
+    // A batch's positions in the longest-first order name it in the manifest and checkpoint.
+    let positions = |b: usize| b * args.batch_size..(b * args.batch_size + plan.batch(b).len());
+    let manifest = Manifest {
+        job: job_manifest(args, encoder, backend, texts.len())?,
+        index: shard.index,
+        count: shard.count,
+        units: mine
+            .clone()
+            .map(|b| [positions(b).start, positions(b).end])
+            .collect(),
+    };
+    let dir = Checkpoint::dir_for(path);
+    let checkpoint = match mine.is_empty() {
+        true => None,
+        false => Some(Checkpoint::open(
+            &dir,
+            &serde_json::to_value(&manifest).expect("manifests serialise"),
+        )?),
+    };
+    let dim = encoder.dim();
+    let start = Instant::now();
+    let (mut rows, mut embeddings, mut resumed) = (Vec::new(), Vec::new(), 0);
+    for b in mine.clone() {
+        let saved = match &checkpoint {
+            Some(c) => c.load(&positions(b), dim)?,
+            None => None,
+        };
+        resumed += usize::from(saved.is_some());
+        let values = match saved {
+            Some(values) => values,
+            None => {
+                let values = encoder.embed_batch(&plan, b)?;
+                if let Some(c) = &checkpoint {
+                    c.save(&positions(b), &values)?;
+                }
+                values
+            }
+        };
+        rows.extend(plan.batch(b).iter().map(|&i| i as i64));
+        embeddings.extend_from_slice(&values);
+        if b + 1 < mine.end && preemption::requested() {
+            return Err(Error::Preempted(format!(
+                "SIGTERM: shard {shard}: {} of {} batches saved in {}; rerun the same command \
+                 to resume",
+                b + 1 - mine.start,
+                mine.len(),
+                dir.display()
+            )));
+        }
+    }
+    shards::write(
+        path,
+        &manifest,
+        vec![
+            TensorOut::i64("rows", vec![rows.len()], &rows),
+            TensorOut::f32("embeddings", vec![rows.len(), dim], &embeddings),
+        ],
+    )?;
+    if let Some(c) = checkpoint {
+        c.remove()?;
+    }
+    println!(
+        "embed shard {shard}: {} texts in {} batches{} with {} on {} in {:.2} s -> {}",
+        rows.len(),
+        mine.len(),
+        if resumed > 0 {
+            format!(" ({resumed} resumed from the checkpoint)")
+        } else {
+            String::new()
+        },
+        encoder.name(),
+        backend.name(),
+        start.elapsed().as_secs_f64(),
+        path.display()
+    );
+    Ok(())
+}
+
+/// `mscope merge` of `embed` shards (already checked to be complete and of one run): the
+/// inputs are read again (and must still have the digests the shards recorded) for the labels
+/// and the texts sidecar; each shard's rows go to their places.
+pub(super) fn merge(out: &Path, shards: &[ShardFile]) -> Result<()> {
+    let job = &shards[0].manifest.job;
+    let bad = |what: &str| {
+        Error::input(format!(
+            "{}: shard manifest lacks {what}",
+            shards[0].file.path().display()
+        ))
+    };
+    let specs = job["inputs"]
+        .as_array()
+        .ok_or_else(|| bad("`inputs`"))?
+        .iter()
+        .map(|i| {
+            let path = PathBuf::from(i["path"].as_str().ok_or_else(|| bad("an input path"))?);
+            if file_digest(&path)? != i["digest"].as_str().unwrap_or("") {
+                return Err(Error::input(format!(
+                    "{}: changed since the shards embedded it (its digest differs); rerun them",
+                    path.display()
+                )));
+            }
+            Ok(InputSpec {
+                path,
+                label: i["label"].as_str().map(str::to_string),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut inputs: Vec<(&str, Option<&Path>)> = specs
+        .iter()
+        .map(|s| ("an input", Some(s.path.as_path())))
+        .collect();
+    inputs.extend(shards.iter().map(|s| ("a shard", Some(s.file.path()))));
+    let sidecar = texts_sidecar_path(out);
+    check_outputs(
+        &inputs,
+        &[("OUT", Some(out)), ("the texts sidecar", Some(&sidecar))],
+    )?;
+    let fields = FieldNames {
+        text: job["text_field"].as_str().unwrap_or("text").to_string(),
+        label: job["label_field"].as_str().unwrap_or("label").to_string(),
+    };
+    let corpus = read_corpus(&specs, &fields)?;
+    let info = &job["file"];
+    let dim = info["dim"].as_u64().ok_or_else(|| bad("`file.dim`"))? as usize;
+    let n = corpus.texts.len();
+    let mut embeddings = vec![0.0f32; n * dim];
+    let mut filled = vec![false; n];
+    for shard in shards {
+        let (_, rows) = shard.file.i64("rows")?;
+        let (shape, values) = shard.file.f32("embeddings")?;
+        if shape != [rows.len(), dim] {
+            return Err(shard.file.error(format!(
+                "`embeddings` has shape {shape:?} for {} rows of dimension {dim}",
+                rows.len()
+            )));
+        }
+        for (&row, value) in rows.iter().zip(values.chunks_exact(dim.max(1))) {
+            let i = usize::try_from(row).ok().filter(|&i| i < n && !filled[i]);
+            let Some(i) = i else {
+                return Err(shard.file.error(format!(
+                    "row {row} is outside the {n} inputs or embedded twice"
+                )));
+            };
+            filled[i] = true;
+            embeddings[i * dim..(i + 1) * dim].copy_from_slice(value);
+        }
+    }
+    if let Some(row) = filled.iter().position(|f| !f) {
+        return Err(Error::input(format!(
+            "{}: no shard embedded row {row} of {n}",
+            out.display()
+        )));
+    }
+    let file = EmbeddingsFile {
+        embeddings,
+        dim,
+        labels: corpus.labels,
+        label_names: corpus.label_names,
+        model: info["model"].as_str().unwrap_or("").to_string(),
+        pooling: info["pooling"].as_str().unwrap_or("").to_string(),
+        normalized: info["normalized"].as_bool() == Some(true),
+        max_length: info["max_length"].as_u64().unwrap_or(0) as usize,
+    };
+    write_with_texts(out, &file, &corpus.texts)?;
+    println!(
+        "embeddings of {n} texts merged from {} shards -> {} (texts in {})",
+        shards.len(),
+        out.display(),
         sidecar.display()
     );
     Ok(())

@@ -25,6 +25,7 @@ pub fn run(args: MergeArgs) -> Result<()> {
     let command = shards[0].manifest.job["command"].as_str().unwrap_or("");
     match command {
         "ntk" => super::ntk::merge(&args.out, &shards),
+        "embed" => super::embed::merge(&args.out, &shards),
         other => Err(Error::input(format!(
             "{}: shards of `{other}`, which this mscope cannot merge",
             shards[0].file.path().display()

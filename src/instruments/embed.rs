@@ -171,53 +171,101 @@ impl SentenceEncoder {
         batch_size: usize,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Embedded> {
-        if batch_size == 0 {
-            return Err(Error::input("batch size must be at least 1"));
-        }
-        let tokenized = self.tokenize(texts)?;
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(tokenized[i].ids.len()));
-
+        let plan = self.plan(texts, batch_size)?;
         let dim = self.dim();
         let mut embeddings = vec![0.0f32; texts.len() * dim];
         let mut tokens = 0;
-        for chunk in order.chunks(batch_size) {
-            let batch = TokenBatch {
-                ids: chunk
-                    .iter()
-                    .flat_map(|&i| tokenized[i].ids.iter().copied())
-                    .collect(),
-                type_ids: chunk
-                    .iter()
-                    .flat_map(|&i| tokenized[i].type_ids.iter().copied())
-                    .collect(),
-                layout: SeqLayout::from_lengths(chunk.iter().map(|&i| tokenized[i].ids.len())),
-            };
-            let mut pooled = match self.model.own_pooling() {
-                Some(_) => self.model.embed_text(&batch)?,
-                None => {
-                    let hidden = self.model.forward(&batch)?;
-                    let mut pooled = self.backend.zeros(&[chunk.len(), dim])?;
-                    self.backend
-                        .pool(&hidden, &batch.layout, self.pooling, &mut pooled)?;
-                    pooled
-                }
-            };
-            if self.normalize {
-                self.backend.l2_normalize(&mut pooled)?;
-            }
-            let pooled = self.backend.download(&pooled)?;
-            for (row, &i) in pooled.chunks_exact(dim).zip(chunk) {
+        for b in 0..plan.batches() {
+            let pooled = self.embed_batch(&plan, b)?;
+            let rows = plan.batch(b);
+            for (row, &i) in pooled.chunks_exact(dim).zip(rows) {
                 embeddings[i * dim..(i + 1) * dim].copy_from_slice(row);
             }
-            tokens += batch.ids.len();
-            progress(chunk.len(), batch.ids.len());
+            tokens += plan.batch_tokens(b);
+            progress(rows.len(), plan.batch_tokens(b));
         }
         Ok(Embedded {
             embeddings,
             dim,
             tokens,
         })
+    }
+
+    /// Tokenises `texts` and cuts them into the batches [`Self::embed`] runs: the one schedule
+    /// every process derives from the same texts, so a shard that runs some of its batches
+    /// computes each exactly as one process does (a row's bits depend on its batch's shapes).
+    pub fn plan(&self, texts: &[String], batch_size: usize) -> Result<EmbedPlan> {
+        if batch_size == 0 {
+            return Err(Error::input("batch size must be at least 1"));
+        }
+        let tokenized = self.tokenize(texts)?;
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(tokenized[i].ids.len()));
+        Ok(EmbedPlan {
+            tokenized,
+            order,
+            batch_size,
+        })
+    }
+
+    /// The embeddings of batch `b` of `plan`, `[plan.batch(b).len(), dim]` in the batch's row
+    /// order.
+    pub fn embed_batch(&self, plan: &EmbedPlan, b: usize) -> Result<Vec<f32>> {
+        let chunk = plan.batch(b);
+        let tokenized = &plan.tokenized;
+        let batch = TokenBatch {
+            ids: chunk
+                .iter()
+                .flat_map(|&i| tokenized[i].ids.iter().copied())
+                .collect(),
+            type_ids: chunk
+                .iter()
+                .flat_map(|&i| tokenized[i].type_ids.iter().copied())
+                .collect(),
+            layout: SeqLayout::from_lengths(chunk.iter().map(|&i| tokenized[i].ids.len())),
+        };
+        let mut pooled = match self.model.own_pooling() {
+            Some(_) => self.model.embed_text(&batch)?,
+            None => {
+                let hidden = self.model.forward(&batch)?;
+                let mut pooled = self.backend.zeros(&[chunk.len(), self.dim()])?;
+                self.backend
+                    .pool(&hidden, &batch.layout, self.pooling, &mut pooled)?;
+                pooled
+            }
+        };
+        if self.normalize {
+            self.backend.l2_normalize(&mut pooled)?;
+        }
+        self.backend.download(&pooled)
+    }
+}
+
+/// Tokenised texts in batches: longest first, `batch_size` per batch.
+pub struct EmbedPlan {
+    tokenized: Vec<TokenizedText>,
+    /// Row indices, longest text first.
+    order: Vec<usize>,
+    batch_size: usize,
+}
+
+impl EmbedPlan {
+    pub fn batches(&self) -> usize {
+        self.order.len().div_ceil(self.batch_size)
+    }
+
+    /// The input rows of batch `b`.
+    pub fn batch(&self, b: usize) -> &[usize] {
+        let start = b * self.batch_size;
+        &self.order[start..(start + self.batch_size).min(self.order.len())]
+    }
+
+    /// Tokens of batch `b`: its cost.
+    pub fn batch_tokens(&self, b: usize) -> usize {
+        self.batch(b)
+            .iter()
+            .map(|&i| self.tokenized[i].ids.len())
+            .sum()
     }
 }
 

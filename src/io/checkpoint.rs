@@ -89,11 +89,53 @@ impl Checkpoint {
     }
 }
 
-/// A 64-bit FNV-1a digest of a file's bytes, hex: identifies the inputs in a manifest.
+/// A 64-bit FNV-1a digest of a file's bytes, hex: identifies the inputs in a manifest. Read in
+/// chunks, so a model of many GiB is digested without holding it in memory.
 pub fn file_digest(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    });
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    loop {
+        let n = file.read(&mut buffer).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hash = buffer[..n]
+            .iter()
+            .fold(hash, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    }
     Ok(format!("{hash:016x}"))
+}
+
+/// Digests of a model: the file's, or for a directory each regular file's (sub-folders such as
+/// `1_Pooling/` included), keyed by relative path in sorted order.
+pub fn model_digest(path: &Path) -> Result<serde_json::Value> {
+    if !path.is_dir() {
+        return Ok(serde_json::Value::String(file_digest(path)?));
+    }
+    let mut files = Vec::new();
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            let full = entry.path();
+            if full.is_dir() {
+                pending.push(full);
+            } else if full.is_file() {
+                files.push(full);
+            }
+        }
+    }
+    files.sort();
+    let mut digests = serde_json::Map::new();
+    for file in files {
+        let name = file
+            .strip_prefix(path)
+            .unwrap_or(&file)
+            .display()
+            .to_string();
+        digests.insert(name, serde_json::Value::String(file_digest(&file)?));
+    }
+    Ok(serde_json::Value::Object(digests))
 }
