@@ -341,45 +341,30 @@ fn template_options(template: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn templates_say_what_plan_prints() {
-    let out = run_mscope_ok(&[
-        "slurm",
-        "plan",
-        "--shards",
-        "8",
-        "--time",
-        "4:00:00",
-        "--",
-        "mscope",
-        "ntk",
-        "--model",
-        "mlp.safetensors",
-        "--data",
-        "train.safetensors",
-        "--backend",
-        "cuda",
-        "--out",
-        "kernel.safetensors",
-    ]);
-    let plan = String::from_utf8(out.stdout).unwrap();
-    let options = plan_options(&plan);
-    let read = |name: &str| std::fs::read_to_string(repo_path(&format!("tools/slurm/{name}")));
-    let shards = read("ntk-shards.sbatch").unwrap();
-    let merge = read("merge.sbatch").unwrap();
-    for option in template_options(&shards)
-        .iter()
-        .chain(&template_options(&merge))
-    {
+/// `mscope slurm plan --shards 8 --time 4:00:00 -- mscope SUBCOMMAND ARGS` as printed.
+fn printed_plan(subcommand: &str, args: &[&str]) -> String {
+    let mut line = vec![
+        "slurm", "plan", "--shards", "8", "--time", "4:00:00", "--", "mscope", subcommand,
+    ];
+    line.extend(args);
+    String::from_utf8(run_mscope_ok(&line).stdout).unwrap()
+}
+
+/// Asserts the template `name` says what `plan` printed: its `#SBATCH` options are among the
+/// plan's, and its shard script from the trap to the end, the command aside, is the same text
+/// once the template's settings ($N) are filled in.
+fn assert_template_matches(name: &str, plan: &str) {
+    let template = std::fs::read_to_string(repo_path(&format!("tools/slurm/{name}"))).unwrap();
+    let options = plan_options(plan);
+    for option in template_options(&template) {
         assert!(
-            options.contains(option),
-            "template option {option} is not in plan's {options:?}"
+            options.contains(&option),
+            "{name}: option {option} is not in plan's {options:?}"
         );
     }
-    assert!(template_options(&merge).contains(&"--kill-on-invalid-dep=yes".to_string()));
-
-    // The shard script from the trap to the end, the command aside, is the same text once the
-    // template's settings ($N, $OUT) are filled in.
+    if !template.contains("$SLURM_ARRAY_TASK_ID") {
+        return; // the merge template: no shard script
+    }
     let body = |script: &str| -> Vec<String> {
         script
             .lines()
@@ -393,7 +378,45 @@ fn templates_say_what_plan_prints() {
         .nth(1)
         .and_then(|rest| rest.split("MSCOPE_SHARDS_SCRIPT\n").next())
         .expect("the shard script in the plan");
-    assert_eq!(body(&shards), body(planned));
-    assert!(merge.contains("exec mscope merge \"$OUT\"\n"));
-    assert!(plan.contains("exec mscope merge kernel.safetensors\n"));
+    assert_eq!(body(&template), body(planned), "{name}");
+}
+
+#[test]
+fn templates_say_what_plan_prints() {
+    let ntk = printed_plan(
+        "ntk",
+        &[
+            "--model",
+            "mlp.safetensors",
+            "--data",
+            "train.safetensors",
+            "--backend",
+            "cuda",
+            "--out",
+            "kernel.safetensors",
+        ],
+    );
+    assert_template_matches("ntk-shards.sbatch", &ntk);
+    assert_template_matches("merge.sbatch", &ntk);
+    let merge = std::fs::read_to_string(repo_path("tools/slurm/merge.sbatch")).unwrap();
+    assert!(merge.contains("#SBATCH --kill-on-invalid-dep=yes\n"));
+    assert!(
+        merge.contains("OUT=kernel.safetensors ") && merge.contains("exec mscope merge \"$OUT\"\n")
+    );
+    assert!(ntk.contains("exec mscope merge kernel.safetensors\n"));
+
+    let embed = printed_plan(
+        "embed",
+        &[
+            "--model",
+            "all-MiniLM-L6-v2",
+            "--input",
+            "texts.jsonl",
+            "--backend",
+            "cuda",
+            "--out",
+            "emb.safetensors",
+        ],
+    );
+    assert_template_matches("embed-shards.sbatch", &embed);
 }
