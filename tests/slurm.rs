@@ -71,16 +71,17 @@ fn logs(out: &Path) -> String {
     text
 }
 
-/// Waits until job `id` has finished and asserts it completed (exit 0), naming the logs of
-/// `out` otherwise.
-fn wait_completed(id: &str, out: &Path) {
+/// Waits until job `id` has ended and returns its final state (`COMPLETED`, `FAILED`,
+/// `CANCELLED`, …), failing with the logs of `out` after [`JOB_TIMEOUT`].
+fn wait_ended(id: &str, out: &Path) -> String {
     let start = Instant::now();
     loop {
         let state = job_field(id, "JobState").unwrap_or_else(|| "UNKNOWN".into());
-        match state.as_str() {
-            "COMPLETED" => return,
-            "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "REQUEUED" => {}
-            _ => panic!("job {id} ended {state}:\n{}", logs(out)),
+        if !matches!(
+            state.as_str(),
+            "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "REQUEUED"
+        ) {
+            return state;
         }
         assert!(
             start.elapsed() < JOB_TIMEOUT,
@@ -89,6 +90,12 @@ fn wait_completed(id: &str, out: &Path) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Waits until job `id` has ended and asserts it completed (exit 0).
+fn wait_completed(id: &str, out: &Path) {
+    let state = wait_ended(id, out);
+    assert_eq!(state, "COMPLETED", "job {id} ended {state}:\n{}", logs(out));
 }
 
 /// Jobs this test submitted, cancelled when it ends (a failed test leaves nothing queued; a
@@ -223,9 +230,9 @@ fn finished_tiles(out: &Path, i: usize, n: usize) -> usize {
     })
 }
 
-/// Both cluster scenarios in one test, so their jobs never share the node's CPUs with each
-/// other: a plain sharded run, then one whose shard is requeued (SIGTERM, then a rerun that
-/// resumes from its finished tiles) mid-way.
+/// The cluster scenarios in one test, so their jobs never share the node's CPUs with each
+/// other: a plain sharded run, one whose shard is requeued (SIGTERM, then a rerun that resumes
+/// from its finished tiles) mid-way, and one whose shards fail.
 #[test]
 fn sharded_ntk_on_slurm_merges_to_the_single_process_kernel() {
     if let Some(why) = cluster_missing() {
@@ -319,6 +326,24 @@ fn sharded_ntk_on_slurm_merges_to_the_single_process_kernel() {
         log.contains("resumed from the checkpoint"),
         "shard 0's rerun resumed no tile:\n{log}"
     );
+
+    // Shards that fail (no such model) are not requeued, and the merge is cancelled rather
+    // than left waiting on a dependency that can never be met.
+    let failed = case.out("failed.safetensors");
+    let mut args = case.args(&failed);
+    args[1] = "missing-model.safetensors";
+    let (shards, merge) = submit(&mut jobs, 2, &args);
+    assert_eq!(
+        wait_ended(&merge, &failed),
+        "CANCELLED",
+        "{}",
+        logs(&failed)
+    );
+    assert_eq!(
+        job_field(&format!("{shards}_0"), "JobState").as_deref(),
+        Some("FAILED")
+    );
+    assert!(!failed.exists());
 }
 
 /// The option lines of `sbatch` calls in plan's script (`    --name=value \`), and the `#SBATCH`
