@@ -31,6 +31,25 @@ pub enum TrimReference<'a> {
     Sample(&'a [f32]),
     /// The pooled other candidates (leave-one-out): an ensemble's models against the rest.
     LeaveOneOut,
+    /// Leave-one-out over the whole pool, but only candidates `start..end` compared and
+    /// returned — a shard of an ensemble's comparison; each result is bit for bit the one
+    /// `LeaveOneOut` gives that candidate.
+    LeaveOneOutPart { start: usize, end: usize },
+}
+
+impl TrimReference<'_> {
+    /// The candidates compared: all of them but for [`TrimReference::LeaveOneOutPart`].
+    pub fn compared(&self, models: usize) -> std::ops::Range<usize> {
+        match *self {
+            TrimReference::LeaveOneOutPart { start, end } => start..end,
+            _ => 0..models,
+        }
+    }
+
+    /// Whether each candidate's reference is the pool of the others.
+    pub fn leave_one_out(&self) -> bool {
+        !matches!(self, TrimReference::Sample(_))
+    }
 }
 
 /// Parameters of [`Backend::trim_search`].
@@ -143,8 +162,15 @@ pub fn check_search(
     }
     match reference {
         TrimReference::Sample(r) => check_sample("reference", r),
-        TrimReference::LeaveOneOut => {
+        TrimReference::LeaveOneOut | TrimReference::LeaveOneOutPart { .. } => {
             let models = candidates.len();
+            let part = reference.compared(models);
+            if part.start > part.end || part.end > models {
+                return Err(Error::input(format!(
+                    "leave-one-out candidates {}..{} outside the {models} models",
+                    part.start, part.end
+                )));
+            }
             if models < 2 {
                 return Err(Error::input(format!(
                     "leave-one-out comparison needs at least 2 models, got {models}"

@@ -26,6 +26,7 @@ pub fn run(args: MergeArgs) -> Result<()> {
     match command {
         "ntk" => super::ntk::merge(&args.out, &shards),
         "embed" => super::embed::merge(&args.out, &shards),
+        "compare" => super::compare::merge(&args.out, &shards),
         other => Err(Error::input(format!(
             "{}: shards of `{other}`, which this mscope cannot merge",
             shards[0].file.path().display()

@@ -3,9 +3,9 @@
 
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::backend::{self, BackendKind, OpFamily, TrimReference, TrimResult, TrimSpec};
+use crate::backend::{self, BackendKind, OpFamily, TrimReference, TrimSpec};
 use crate::data::scores::Scores;
 use crate::error::{Error, Result};
 use crate::instruments::metrics::{model_metrics, ModelMetrics};
@@ -38,7 +38,7 @@ pub struct CompareReport {
 }
 
 /// One model against the pooled others.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ModelReport {
     pub index: usize,
     pub alpha_hat: f64,
@@ -49,14 +49,17 @@ pub struct ModelReport {
     pub metrics: ModelMetrics,
 }
 
-/// Compares every model of `scores` (from `source`; `labels` already checked against them)
-/// with the pooled others on the backend `backend` opens, at the trimmed comparison `spec`.
+/// Compares the models `models` of `scores` (from `source`; `labels` already checked against
+/// them) with the pooled others on the backend `backend` opens, at the trimmed comparison
+/// `spec`. The report lists those models only (all of them for `0..scores.models`); a model's
+/// row is the same whichever range it is computed in, so shards of models make one report.
 pub fn report(
     backend: BackendKind,
     scores: &Scores,
     labels: Option<&[i64]>,
     source: String,
     spec: &TrimSpec,
+    models: std::ops::Range<usize>,
 ) -> Result<CompareReport> {
     if scores.models < 2 {
         return Err(Error::input(format!(
@@ -68,9 +71,14 @@ pub fn report(
     let start = Instant::now();
     let decisions = scores.soft_decisions(labels);
     let rows: Vec<&[f32]> = decisions.chunks_exact(scores.points).collect();
-    let trims = backend.trim_search(&rows, TrimReference::LeaveOneOut, spec)?;
+    let part = TrimReference::LeaveOneOutPart {
+        start: models.start,
+        end: models.end,
+    };
+    let trims = backend.trim_search(&rows, part, spec)?;
     let trim_seconds = start.elapsed().as_secs_f64();
     let metrics = model_metrics(scores, labels);
+    let metrics = metrics.into_iter().skip(models.start).take(models.len());
     let seconds = start.elapsed().as_secs_f64();
     Ok(CompareReport {
         source,
@@ -78,15 +86,23 @@ pub fn report(
         n_points: scores.points,
         classes: scores.classes,
         level: spec.level,
-        threshold: trims[0].threshold,
+        // Every model has `points` points against `(models − 1)·points` pooled ones.
+        threshold: crate::backend::trim::threshold(
+            spec.level,
+            scores.points,
+            (scores.models - 1) * scores.points,
+        ),
         w2_alpha: spec.w2_alpha,
-        w2_grid: w2_grid_name(&trims),
+        w2_grid: w2_grid_name(
+            spec.w2_grid
+                .is_exact(scores.models, scores.models * scores.points),
+        ),
         backend: backend.name().to_string(),
         models: trims
             .iter()
             .zip(metrics)
-            .enumerate()
-            .map(|(index, (t, metrics))| ModelReport {
+            .zip(models)
+            .map(|((t, metrics), index)| ModelReport {
                 index,
                 alpha_hat: t.alpha_hat,
                 ks: t.ks,
@@ -102,8 +118,8 @@ pub fn report(
 }
 
 /// The grid the trimmed W2 costs were computed on (the same for every model of a run).
-fn w2_grid_name(trims: &[TrimResult]) -> &'static str {
-    if trims[0].w2_exact {
+pub fn w2_grid_name(exact: bool) -> &'static str {
+    if exact {
         "merged"
     } else {
         "candidate (approximate)"

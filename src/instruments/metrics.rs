@@ -7,7 +7,7 @@ use crate::data::scores::Scores;
 
 /// Per-model metrics of an ensemble; the serialised fields are keys of `mscope compare`'s
 /// report.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelMetrics {
     /// Fraction of points labelled correctly (with labels).
     pub accuracy: Option<f64>,

@@ -123,12 +123,23 @@ pub struct Manifest {
 
 /// Writes a shard file: `tensors` and `manifest`, atomically.
 pub fn write(path: &Path, manifest: &Manifest, tensors: Vec<TensorOut<'_>>) -> Result<()> {
+    write_with(path, manifest, tensors, [])
+}
+
+/// [`write`] with further string metadata (results that are not tensors).
+pub fn write_with<const N: usize>(
+    path: &Path,
+    manifest: &Manifest,
+    tensors: Vec<TensorOut<'_>>,
+    metadata: [(&str, String); N],
+) -> Result<()> {
     let text = serde_json::to_string(manifest).expect("manifests serialise");
-    tensor_file::write(
-        path,
-        tensors,
-        BTreeMap::from([(MANIFEST_KEY.to_string(), text)]),
-    )
+    let mut all: BTreeMap<String, String> = metadata
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    all.insert(MANIFEST_KEY.to_string(), text);
+    tensor_file::write(path, tensors, all)
 }
 
 /// A shard file read back, checked to be the shard its name says.

@@ -23,7 +23,9 @@ pub(super) fn trim_search(
     trim::check_search(candidates, reference, spec)?;
     match reference {
         TrimReference::Sample(r) => Ok(against_sample(candidates, r, spec)),
-        TrimReference::LeaveOneOut => leave_one_out(candidates, spec),
+        TrimReference::LeaveOneOut | TrimReference::LeaveOneOutPart { .. } => {
+            leave_one_out(candidates, reference.compared(candidates.len()), spec)
+        }
     }
 }
 
@@ -51,7 +53,12 @@ struct Entry {
     le: u32,
 }
 
-fn leave_one_out(candidates: &[&[f32]], spec: &TrimSpec) -> Result<Vec<TrimResult>> {
+/// Every candidate against the pool of the others; results for the candidates `compared`.
+fn leave_one_out(
+    candidates: &[&[f32]],
+    compared: std::ops::Range<usize>,
+    spec: &TrimSpec,
+) -> Result<Vec<TrimResult>> {
     let models = candidates.len();
     let offsets: Vec<usize> = std::iter::once(0)
         .chain(candidates.iter().scan(0, |end, c| {
@@ -112,7 +119,7 @@ fn leave_one_out(candidates: &[&[f32]], spec: &TrimSpec) -> Result<Vec<TrimResul
     drop(keys);
 
     let exact_w2 = spec.w2_grid.is_exact(models, total);
-    Ok((0..models)
+    Ok(compared
         .into_par_iter()
         .map(|k| {
             let own = &entries[offsets[k]..offsets[k + 1]];

@@ -44,10 +44,10 @@ pub(super) fn trim_search(
     spec: &TrimSpec,
 ) -> Result<Vec<TrimResult>> {
     trim::check_search(candidates, reference, spec)?;
-    let leave_one_out = matches!(reference, TrimReference::LeaveOneOut);
+    let leave_one_out = reference.leave_one_out();
     let reference_values = match reference {
         TrimReference::Sample(r) => r.to_vec(),
-        TrimReference::LeaveOneOut => candidates.concat(),
+        _ => candidates.concat(),
     };
     let total_reference = reference_values.len();
     let reference_keys = sorted_keys(
@@ -77,8 +77,10 @@ pub(super) fn trim_search(
         )));
     }
     let batch = (backend.max_part_bytes / row_bytes) as usize;
-    let mut results = Vec::with_capacity(candidates.len());
-    for rows in candidates.chunks(batch) {
+    let compared = &candidates[reference.compared(candidates.len())];
+    let mut results = Vec::with_capacity(compared.len());
+    // (Every row is sorted and counted on its own: its result does not depend on its batch.)
+    for rows in compared.chunks(batch) {
         let keys = sorted_keys(backend, "trim candidates", rows, width)?;
         let counts = backend.zeros(&[rows.len(), 2 * width])?;
         let params = TrimParams {
