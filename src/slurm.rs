@@ -25,7 +25,7 @@ use crate::io::preemption::EXIT_PREEMPTED;
 use crate::io::shards;
 
 /// Subcommands that take `--shard I/N` and whose shards `mscope merge` assembles.
-pub const SHARDED_SUBCOMMANDS: &[&str] = &["ntk", "embed"];
+pub const SHARDED_SUBCOMMANDS: &[&str] = &["ntk", "embed", "compare"];
 
 /// A command to run in shards: `PROGRAM SUBCOMMAND ARGS…`, as the user wrote it after `--`.
 #[derive(Clone, Debug, PartialEq)]
@@ -490,7 +490,7 @@ mod tests {
         refuse(&["mscope"], "after `--`");
         refuse(
             &["mscope", "pca", "--out", "p.json"],
-            "cannot be sharded; commands that take --shard: ntk, embed",
+            "cannot be sharded; commands that take --shard: ntk, embed, compare",
         );
         refuse(&["mscope", "ntk", "--model", "m"], "has no --out");
         refuse(&["mscope", "ntk", "--out"], "--out ends the command");
