@@ -11,10 +11,9 @@
 //! finished tiles and exits with [`EXIT_PREEMPTED`] (75); the script then requeues its own array
 //! task (`scontrol requeue ARRAYID_TASK`, never `$SLURM_JOB_ID`: in the array's last task that is
 //! the array's own id, and requeueing it reruns every task), and the rerun resumes from the
-//! finished tiles. Slurm holds
-//! a requeued job for about two minutes before it may start again (its begin time is set ahead),
-//! and a task that failed for any other reason is not requeued, so the merge (`afterok`) is
-//! cancelled (`--kill-on-invalid-dep=yes`) instead of waiting forever.
+//! finished tiles. Slurm holds a requeued job for about two minutes before it may start again
+//! (its begin time is set ahead). A task that failed for any other reason is not requeued, so
+//! the merge (`afterok`) is cancelled (`--kill-on-invalid-dep=yes`) instead of waiting forever.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
