@@ -56,6 +56,16 @@
 //! reference or the CPU: f32 paths under 1e-5, f16/bf16 paths under 1e-2, NaN never passes;
 //! embeddings against sentence-transformers at cosine ≥ 0.9999 per row on f32 paths.
 //!
+//! # Beyond one process
+//!
+//! `ntk`, `embed` and `compare` take `--shard I/N`: each shard computes a contiguous,
+//! cost-balanced range of the run's units (kernel row tiles, the single run's batches, models)
+//! into `OUT.shard-I-of-N.safetensors` with a manifest of the job, and `mscope merge OUT`
+//! writes byte for byte the file one process writes ([`io::shards`]). Units are computed the
+//! same way whichever process runs them, which is what makes the bytes equal. Shards resume
+//! from their checkpoints; SIGTERM stops a run between units with exit status 75
+//! ([`io::preemption`]), so Slurm's preemption and requeue lose at most one unit.
+//!
 //! # Contracts
 //!
 //! The file formats (model directories, embeddings, datasets, MLPs, kernels, samples, shards)

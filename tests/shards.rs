@@ -577,3 +577,60 @@ fn a_killed_or_terminated_embed_shard_resumes_to_the_same_bytes() {
     assert!(merged.status.success(), "{}", stderr_of(&merged));
     same_embeddings(&out, &single, "after kill and SIGTERM");
 }
+
+#[test]
+fn compare_shards_merge_to_the_single_process_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let wgpu = common::wgpu_with(&mscope::backend::wgpu::WgpuOptions::from_env()).is_some();
+    let backends: &[&str] = if wgpu { &["cpu", "wgpu"] } else { &["cpu"] };
+    for backend in backends {
+        let args = |out: &Path, extra: &[&str]| {
+            let mut a = vec![
+                "compare",
+                "--synthetic",
+                "13x2000",
+                "--backend",
+                backend,
+                "--out",
+                s(out),
+            ];
+            a.extend_from_slice(extra);
+            a.iter().map(|x| x.to_string()).collect::<Vec<_>>()
+        };
+        let single = dir.path().join(format!("{backend}.json"));
+        let table = ok(&args(&single, &[]), &[]);
+        for count in [1, 2, 5] {
+            let out = dir.path().join(format!("{backend}-{count}.json"));
+            for index in scrambled(count) {
+                ok(&args(&out, &["--shard", &format!("{index}/{count}")]), &[]);
+            }
+            let merged = merge(&out);
+            assert!(merged.status.success(), "{}", stderr_of(&merged));
+            assert!(
+                std::fs::read(&out).unwrap() == std::fs::read(&single).unwrap(),
+                "{backend}, {count} shards: the merged report differs"
+            );
+            // The table is the single run's but for the timings.
+            let merged_table = String::from_utf8_lossy(&merged.stdout);
+            let rows = |t: &str| {
+                t.lines()
+                    .filter(|l| l.starts_with("| "))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(rows(&merged_table), rows(&table));
+        }
+        // A shard at another test level belongs to another run.
+        let out = dir.path().join(format!("{backend}-mixed.json"));
+        ok(&args(&out, &["--shard", "0/2"]), &[]);
+        ok(&args(&out, &["--shard", "1/2", "--level", "0.1"]), &[]);
+        refused(
+            &out,
+            &[
+                "mismatched",
+                &format!("{backend}-mixed.shard-1-of-2.safetensors"),
+                "level",
+            ],
+        );
+    }
+}
