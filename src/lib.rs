@@ -65,6 +65,8 @@
 //! same way whichever process runs them, which is what makes the bytes equal. Shards resume
 //! from their checkpoints; SIGTERM stops a run between units with exit status 75
 //! ([`io::preemption`]), so Slurm's preemption and requeue lose at most one unit.
+//! `mscope slurm plan` ([`slurm`]) writes the `sbatch` submissions that run the shards as an
+//! array job, each task requeueing itself on that status, and the merge as a dependent job.
 //!
 //! # Contracts
 //!
