@@ -634,3 +634,64 @@ fn compare_shards_merge_to_the_single_process_report() {
         );
     }
 }
+
+/// `--devices`: workers on several devices take tiles from one queue. This machine has one
+/// wgpu adapter (lavapipe), so two workers share it (`--devices 0,0`); CUDA is not present.
+#[test]
+fn several_device_workers_write_the_one_device_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = (fixture("train.safetensors"), fixture("test.safetensors"));
+    // The CPU is one device already.
+    let cpu = dir.path().join("cpu.safetensors");
+    let mut args = ntk_args(&train, None, &cpu);
+    args.extend(["--devices".into(), "0,1".into()]);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    common::assert_fails_cleanly(&a, &["--devices needs --backend cuda or --backend wgpu"]);
+    if common::wgpu_with(&mscope::backend::wgpu::WgpuOptions::from_env()).is_none() {
+        return;
+    }
+    for against in [None, Some(train.as_path())] {
+        let data = if against.is_some() { &test } else { &train };
+        let args = |out: &Path, devices: &str, extra: &[&str]| {
+            let mut args = ntk_args(data, against, out);
+            let at = args.iter().position(|a| a == "--backend").unwrap();
+            args[at + 1] = "wgpu".into();
+            args.extend([
+                "--tile-rows".into(),
+                "2".into(),
+                "--devices".into(),
+                devices.into(),
+            ]);
+            args.extend(extra.iter().map(|e| e.to_string()));
+            args
+        };
+        let one = dir.path().join("one.safetensors");
+        let stdout = ok(&args(&one, "0", &[]), &[]);
+        assert!(stdout.contains("on 1 × wgpu"), "{stdout}");
+        let k = KernelFile::read(&one).unwrap();
+        let want = reference_tensor(
+            "tests/fixtures/ntk/mlp_tanh_reference.safetensors",
+            if against.is_some() {
+                "trntk_test"
+            } else {
+                "trntk"
+            },
+        )
+        .1;
+        let got: Vec<f64> = k.values.iter().map(|&v| v as f64).collect();
+        assert!(rel_error_f64(&got, &want) < 1e-5);
+
+        let two = dir.path().join("two.safetensors");
+        let stdout = ok(&args(&two, "0,0", &[]), &[]);
+        assert!(stdout.contains("on 2 × wgpu"), "{stdout}");
+        assert!(std::fs::read(&two).unwrap() == std::fs::read(&one).unwrap());
+
+        let sharded = dir.path().join("sharded.safetensors");
+        for shard in ["1/2", "0/2"] {
+            ok(&args(&sharded, "0,0", &["--shard", shard]), &[]);
+        }
+        let merged = merge(&sharded);
+        assert!(merged.status.success(), "{}", stderr_of(&merged));
+        assert!(std::fs::read(&sharded).unwrap() == std::fs::read(&one).unwrap());
+    }
+}

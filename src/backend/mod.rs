@@ -70,6 +70,26 @@ pub fn open(kind: BackendKind, family: OpFamily) -> Result<Arc<dyn Backend>> {
     }
 }
 
+/// Opens device `index` of backend `kind` (`--devices`): a CUDA ordinal, or a wgpu adapter's
+/// position in `mscope devices`. The CPU is one device already (its threads share the work);
+/// `auto` must be made explicit.
+pub fn open_device(kind: BackendKind, index: usize) -> Result<Arc<dyn Backend>> {
+    match kind {
+        BackendKind::Wgpu => Ok(Arc::new(wgpu::WgpuBackend::open(&wgpu::WgpuOptions {
+            adapter_index: Some(index),
+            ..wgpu::WgpuOptions::from_env()
+        })?)),
+        BackendKind::Cuda => Ok(Arc::new(cuda::CudaBackend::open(&cuda::CudaOptions {
+            device: index,
+            ..cuda::CudaOptions::from_env()
+        })?)),
+        BackendKind::Cpu | BackendKind::Auto => Err(Error::input(
+            "--devices needs --backend cuda or --backend wgpu (the CPU backend already uses \
+             every core)",
+        )),
+    }
+}
+
 /// The op set's families, so a caller (or a parity test) can ask what a backend implements
 /// before it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

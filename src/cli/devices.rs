@@ -34,9 +34,9 @@ pub fn run() -> Result<()> {
     if adapters.is_empty() {
         println!("wgpu: no adapter (install a Vulkan driver, e.g. mesa-vulkan-drivers)");
     }
-    for a in adapters {
+    for (i, a) in adapters.iter().enumerate() {
         println!(
-            "wgpu: {} [{} {}] driver {}; shader_f16 {}, subgroups {}, timestamps {}, max storage binding {} MiB",
+            "wgpu {i}: {} [{} {}] driver {}; shader_f16 {}, subgroups {}, timestamps {}, max storage binding {} MiB",
             a.name,
             a.backend,
             a.device_type,

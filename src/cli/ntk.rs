@@ -41,7 +41,10 @@ Shards and preemption:
   SIGTERM (Slurm's preemption and time-limit signal) stops a run between blocks (tiles for a
   shard) once the finished ones are saved in OUT.blocks/ (OUT.shard-I-of-N.safetensors.blocks/);
   it then exits with status 75 (EX_TEMPFAIL: stopped cleanly, rerun to finish). Rerunning the
-  same command, also after SIGKILL, resumes from the saved tiles.")]
+  same command, also after SIGKILL, resumes from the saved tiles.
+
+  --devices 0,1,… (with --backend cuda or wgpu) runs one worker per device over a shared queue
+  of tiles, with or without --shard; the kernel's bytes are those of one device of the kind.")]
 pub struct NtkArgs {
     /// MLP classifier (safetensors `fc{i}.weight`/`fc{i}.bias`, metadata `activation`).
     #[arg(long)]
@@ -74,6 +77,16 @@ pub struct NtkArgs {
     /// OUT` assembles the kernel (see below).
     #[arg(long, value_name = "I/N")]
     shard: Option<Shard>,
+    /// Devices to run on together, one worker each over a shared queue of tiles: CUDA
+    /// ordinals, or wgpu adapters as `mscope devices` numbers them (with --backend cuda or
+    /// wgpu). The bytes out are those of one device of the kind; an index may repeat.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "I,J,…",
+        conflicts_with = "block_rows"
+    )]
+    devices: Vec<usize>,
     /// Output kernel (safetensors `kernel` F32 [rows, cols]); finished blocks wait in
     /// `<out>.blocks/` until the kernel is complete.
     #[arg(long)]
@@ -146,10 +159,19 @@ pub fn run(args: NtkArgs) -> Result<()> {
         block_rows,
         tile_rows: args.tile_rows,
     };
-    let backend = backend::open(args.backend, OpFamily::Ntk)?;
+    let backends = match args.devices.is_empty() {
+        true => vec![backend::open(args.backend, OpFamily::Ntk)?],
+        false => args
+            .devices
+            .iter()
+            .map(|&i| backend::open_device(args.backend, i))
+            .collect::<Result<Vec<_>>>()?,
+    };
+    let backend = backends[0].clone();
     preemption::watch()?;
-    if let Some(shard) = args.shard {
-        return run_shard(&args, &job, shard, backend.as_ref(), &out);
+    if args.shard.is_some() || !args.devices.is_empty() {
+        let backends: Vec<&dyn Backend> = backends.iter().map(|b| b.as_ref()).collect();
+        return run_tiled(&args, &job, args.shard, &backends, &out);
     }
     job.check()?;
 
@@ -282,20 +304,24 @@ fn tile_name(rows: &std::ops::Range<usize>) -> String {
     format!("rows-{}-{}", rows.start, rows.end)
 }
 
-/// `--shard I/N`: this shard's tiles into `path`, resumable from the checkpoint beside it.
-fn run_shard(
+/// The tile path: `--shard I/N` (that shard's tiles into its shard file) or, without a shard,
+/// `--devices` (every tile, one worker per device, assembled into the kernel); resumable from
+/// the checkpoint beside `path`.
+fn run_tiled(
     args: &NtkArgs,
     job: &KernelJob,
-    shard: Shard,
-    backend: &dyn Backend,
+    shard: Option<Shard>,
+    backends: &[&dyn Backend],
     path: &std::path::Path,
 ) -> Result<()> {
+    let backend = backends[0];
+    let whole = Shard { index: 0, count: 1 };
     let tiles = job.tiles();
-    let mine = shard.units(&job.tile_costs());
+    let mine = shard.unwrap_or(whole).units(&job.tile_costs());
     let manifest = Manifest {
         job: job_manifest(args, job, backend)?,
-        index: shard.index,
-        count: shard.count,
+        index: shard.unwrap_or(whole).index,
+        count: shard.unwrap_or(whole).count,
         units: tiles[mine.clone()]
             .iter()
             .map(|t| [t.start, t.end])
@@ -309,40 +335,60 @@ fn run_shard(
             &serde_json::to_value(&manifest).expect("manifests serialise"),
         )?),
     };
-    let last_row = tiles[mine.clone()].last().map_or(0, |t| t.end);
     let start = Instant::now();
     let (mut resumed, mut done) = (0, 0);
-    let values = job.run_tiles(backend, mine.clone(), checkpoint.as_ref(), &mut |tile| {
+    let values = job.run_tiles(backends, mine.clone(), checkpoint.as_ref(), &mut |tile| {
         resumed += usize::from(tile.resumed);
         done += 1;
-        stop_unless_last(tile.rows.end < last_row)
+        stop_unless_last(done < mine.len())
     })?;
+    let what = match shard {
+        Some(shard) => format!("shard {shard}"),
+        None => "kernel".to_string(),
+    };
     let Some(values) = values else {
         return Err(Error::Preempted(format!(
-            "SIGTERM: shard {shard}: {done} of {} tiles saved in {}; rerun the same command to \
-             resume",
+            "SIGTERM: {what}: {done} of {} tiles saved in {}; rerun the same command to resume",
             mine.len(),
             dir.display()
         )));
     };
-    let tensors = tiles[mine.clone()]
-        .iter()
-        .zip(&values)
-        .map(|(t, v)| {
-            let width = job.tile_cols(t).len();
-            TensorOut::f32(tile_name(t), vec![t.len(), width], v)
-        })
-        .collect();
-    shards::write(path, &manifest, tensors)?;
+    let mine = &tiles[mine];
+    match shard {
+        Some(_) => {
+            let tensors = mine
+                .iter()
+                .zip(&values)
+                .map(|(t, v)| {
+                    TensorOut::f32(tile_name(t), vec![t.len(), job.tile_cols(t).len()], v)
+                })
+                .collect();
+            shards::write(path, &manifest, tensors)?;
+        }
+        None => {
+            let tiles = mine.iter().cloned().zip(values);
+            let square = job.cols.is_none();
+            let values = ntk::assemble(job.n_rows(), job.n_cols(), square, job.tile_rows, tiles)?;
+            KernelFile {
+                values,
+                rows: job.n_rows(),
+                cols: job.n_cols(),
+                kind: args.kind.name().to_string(),
+                normalized: args.kind.normalized(),
+                projection_dim: job.projection_dim(),
+            }
+            .write(path)?;
+        }
+    }
     if let Some(c) = checkpoint {
         c.remove()?;
     }
-    let rows = mine
-        .clone()
-        .next()
-        .map_or(0..0, |first| tiles[first].start..last_row);
+    let rows = match (mine.first(), mine.last()) {
+        (Some(first), Some(last)) => first.start..last.end,
+        _ => 0..0,
+    };
     println!(
-        "{} shard {shard}: rows {}..{} ({} tiles{}) on {} in {:.2} s -> {}",
+        "{} {what}: rows {}..{} ({} tiles{}) on {} × {} in {:.2} s -> {}",
         args.kind.name(),
         rows.start,
         rows.end,
@@ -352,6 +398,7 @@ fn run_shard(
         } else {
             String::new()
         },
+        backends.len(),
         backend.name(),
         start.elapsed().as_secs_f64(),
         path.display()

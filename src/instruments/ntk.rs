@@ -15,6 +15,8 @@
 //! backend and CPU thread count (faer may split a one-row or one-column product by threads).
 
 use std::ops::{ControlFlow, Range};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Mutex};
 
 use super::project::{factors, FactorSpec, Factors, KernelKind, ProjectionKind};
 use crate::backend::Backend;
@@ -201,54 +203,107 @@ impl KernelJob<'_> {
         }
     }
 
-    /// Computes the row tiles `tiles` (indices into [`Self::tiles`]) — a shard's share — each
-    /// as `[tile.len(), tile_cols(tile).len()]` values, loading finished ones from `checkpoint`
-    /// and saving the others there. `on_tile` is called after each; `Break` stops the run with
-    /// `Ok(None)` (finished tiles stay in the checkpoint).
+    /// Computes the row tiles `tiles` (indices into [`Self::tiles`]) — a shard's share, or
+    /// all of them — each as `[tile.len(), tile_cols(tile).len()]` values, loading finished
+    /// ones from `checkpoint` and saving the others there as they finish. One worker thread per
+    /// backend (`--devices`: one per GPU) takes tiles from a shared queue; a tile's values do
+    /// not depend on which worker computed it, given backends of one kind on identical devices.
+    /// `on_tile` is called (on this thread) after each tile, in the order they finish;
+    /// `Break` stops the run with `Ok(None)` once the tiles in progress are saved.
     pub fn run_tiles(
         &self,
-        backend: &dyn Backend,
+        backends: &[&dyn Backend],
         tiles: Range<usize>,
         checkpoint: Option<&Checkpoint>,
         on_tile: &mut dyn FnMut(&BlockDone) -> ControlFlow<()>,
     ) -> Result<Option<Vec<Vec<f32>>>> {
         self.check_size()?;
+        if backends.is_empty() {
+            return Err(Error::input("no device to run the kernel on"));
+        }
         let all = self.tiles();
         let mine = &all[tiles];
         let entries: usize = mine.iter().map(|t| t.len() * self.tile_cols(t).len()).sum();
         self.check_memory(entries as f64)?;
-        if mine.is_empty() {
-            return Ok(Some(Vec::new()));
-        }
-        let (col_factors, col_tensors) = self.column_factors(backend)?;
-        let mut done = Vec::with_capacity(mine.len());
-        for tile in mine {
+        let mut done: Vec<Option<Vec<f32>>> = vec![None; mine.len()];
+        for (slot, tile) in done.iter_mut().zip(mine) {
             let width = self.tile_cols(tile).len();
-            let saved = checkpoint
+            *slot = checkpoint
                 .map(|c| c.load(tile, width))
                 .transpose()?
                 .flatten();
-            let resumed = saved.is_some();
-            let values = match saved {
-                Some(values) => values,
-                None => {
-                    let values = self.tile(backend, tile, &col_factors, &col_tensors)?;
-                    if let Some(c) = checkpoint {
-                        c.save(tile, &values)?;
-                    }
-                    values
-                }
-            };
-            done.push(values);
-            let report = BlockDone {
+            let resumed = BlockDone {
                 rows: tile.clone(),
-                resumed,
+                resumed: true,
             };
-            if on_tile(&report).is_break() {
+            if slot.is_some() && on_tile(&resumed).is_break() {
                 return Ok(None);
             }
         }
-        Ok(Some(done))
+        let todo: Vec<usize> = (0..mine.len()).filter(|&t| done[t].is_none()).collect();
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let mut failure = None;
+        let results = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            let (sender, finished) = mpsc::channel::<Result<usize, Error>>();
+            let (results, todo, next, stop) = (&results, &todo, &next, &stop);
+            for &backend in backends {
+                let sender = sender.clone();
+                scope.spawn(move || {
+                    let work = || -> Result<()> {
+                        if todo.is_empty() {
+                            return Ok(());
+                        }
+                        let (col_factors, col_tensors) = self.column_factors(backend)?;
+                        while !stop.load(Ordering::Relaxed) {
+                            let Some(&t) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                                break;
+                            };
+                            let values =
+                                self.tile(backend, &mine[t], &col_factors, &col_tensors)?;
+                            if let Some(c) = checkpoint {
+                                c.save(&mine[t], &values)?;
+                            }
+                            results.lock().expect("no worker panics").push((t, values));
+                            if sender.send(Ok(t)).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(())
+                    };
+                    if let Err(e) = work() {
+                        stop.store(true, Ordering::Relaxed);
+                        let _ = sender.send(Err(e));
+                    }
+                });
+            }
+            drop(sender);
+            // Ends when every worker has ended (dropped its sender).
+            for message in finished {
+                match message {
+                    Ok(t) => {
+                        let report = BlockDone {
+                            rows: mine[t].clone(),
+                            resumed: false,
+                        };
+                        if !stop.load(Ordering::Relaxed) && on_tile(&report).is_break() {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
+            }
+            for (t, values) in results.lock().expect("no worker panics").drain(..) {
+                done[t] = Some(values);
+            }
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok(done.into_iter().collect())
     }
 }
 

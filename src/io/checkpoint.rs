@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// Finished blocks of one kernel run on disk: `<dir>/rows-<start>-<end>.f32` (little-endian
+/// Finished blocks of one run on disk: `<dir>/rows-<start>-<end>.f32` (little-endian
 /// values) beside a `manifest.json` that pins what the blocks belong to — inputs' contents,
-/// kernel settings and block size — so a resumed run never mixes blocks of different kernels.
+/// settings and block size — so a resumed run never mixes blocks of different runs. The rows
+/// are a kernel's rows (blocks or tiles) or, for `embed` shards, positions in the batch order.
 pub struct Checkpoint {
     dir: PathBuf,
 }

@@ -12,10 +12,14 @@ pub struct AdapterSummary {
     pub max_storage_binding_bytes: u64,
 }
 
-/// Every adapter wgpu can see (Vulkan, Metal, DX12, GL); empty when there is none.
+/// Every adapter a backend can open (Vulkan, Metal, DX12; GL has no storage-buffer compute
+/// path worth using), in the order [`WgpuOptions::adapter_index`] counts; empty when there is
+/// none.
+///
+/// [`WgpuOptions::adapter_index`]: super::WgpuOptions::adapter_index
 pub fn list_adapters() -> Vec<AdapterSummary> {
     let instance = wgpu::Instance::default();
-    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
     adapters
         .iter()
         .map(|adapter| {
@@ -48,11 +52,13 @@ fn preference(device_type: wgpu::DeviceType) -> u8 {
     }
 }
 
-/// The compute adapter to open: the first whose name contains `name_filter` (case-insensitive)
-/// when one is given, else the most hardware-like one. Software adapters (lavapipe) only count
-/// when `allow_software`. The error says what was available.
+/// The compute adapter to open: the `index`-th one when an index is given (as asked, software
+/// or not), else the first whose name contains `name_filter` (case-insensitive) when one is
+/// given, else the most hardware-like one. Software adapters (lavapipe) only count when
+/// `allow_software`. The error says what was available.
 pub(super) fn select(
     instance: &wgpu::Instance,
+    index: Option<usize>,
     name_filter: Option<&str>,
     allow_software: bool,
 ) -> Result<wgpu::Adapter, String> {
@@ -71,6 +77,15 @@ pub(super) fn select(
             format!("{} [{:?}]", info.name, info.device_type)
         })
         .collect();
+    if let Some(index) = index {
+        let count = adapters.len();
+        return adapters.into_iter().nth(index).ok_or_else(|| {
+            format!(
+                "no adapter {index}: {count} adapter(s), numbered from 0: {}",
+                names.join(", ")
+            )
+        });
+    }
     let mut candidates: Vec<wgpu::Adapter> = adapters
         .into_iter()
         .filter(|a| allow_software || a.get_info().device_type != wgpu::DeviceType::Cpu)

@@ -65,6 +65,7 @@ impl WgpuBackend {
         });
         let adapter = adapter::select(
             &instance,
+            options.adapter_index,
             options.adapter.as_deref(),
             options.allow_software,
         )

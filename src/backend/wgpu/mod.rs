@@ -69,6 +69,9 @@ use timer::Timestamps;
 pub struct WgpuOptions {
     /// Case-insensitive substring of the adapter name; `None` takes the most hardware-like one.
     pub adapter: Option<String>,
+    /// The adapter's position in [`list_adapters`] (`mscope devices` numbers them; `--devices`
+    /// picks by it); overrides `adapter`.
+    pub adapter_index: Option<usize>,
     /// Whether a software adapter (lavapipe) may be opened.
     pub allow_software: bool,
     /// Largest buffer a table part may have; `None` means the device's storage-binding limit.
@@ -88,6 +91,7 @@ impl Default for WgpuOptions {
     fn default() -> Self {
         WgpuOptions {
             adapter: None,
+            adapter_index: None,
             allow_software: true,
             max_binding_bytes: None,
             gemm: None,
