@@ -36,8 +36,9 @@ pub struct ShardedCommand {
     pub args: Vec<String>,
     /// The `--out` value: the merged file, and the stem of the shards and logs.
     pub out: String,
-    /// True when the command asks for a GPU backend (`--backend cuda` or `wgpu`).
-    pub gpu: bool,
+    /// GPUs each shard uses: 0 unless the command asks for a GPU backend (`--backend cuda` or
+    /// `wgpu`), then the distinct indices of its `--devices` (1 without it).
+    pub gpus: usize,
 }
 
 impl ShardedCommand {
@@ -79,12 +80,20 @@ impl ShardedCommand {
             ))
         })?;
         let gpu = matches!(flag_value(args, "--backend")?, Some(b) if b == "cuda" || b == "wgpu");
+        // Inside the job Slurm renumbers the allocated GPUs from 0, so `--devices 0,1` needs two.
+        let devices: std::collections::BTreeSet<String> = flag_value(args, "--devices")?
+            .map(|list| list.split(',').map(str::to_string).collect())
+            .unwrap_or_default();
+        let gpus = match gpu {
+            false => 0,
+            true => devices.len().max(1),
+        };
         Ok(ShardedCommand {
             program: program.clone(),
             subcommand: subcommand.clone(),
             args: args.to_vec(),
             out,
-            gpu,
+            gpus,
         })
     }
 }
@@ -117,7 +126,7 @@ pub struct PlanOptions {
     pub partition: Option<String>,
     /// Time limit of each shard (Slurm's formats: `MM`, `HH:MM:SS`, `D-HH`, …).
     pub time: Option<String>,
-    /// Generic resources of each shard; `None` asks for `gpu:1` when the command runs on a GPU.
+    /// Generic resources of each shard; `None` asks for `gpu:K` when the command runs on K GPUs.
     pub gres: Option<String>,
     pub cpus_per_task: Option<usize>,
     /// Seconds before the time limit at which Slurm sends the shard SIGTERM.
@@ -169,10 +178,10 @@ impl Plan {
             let name = out.with_file_name(format!("{}.", shards::stem(out)));
             format!("{}{suffix}", name.to_string_lossy().replace('%', "%%"))
         };
-        let gres = match (&options.gres, command.gpu) {
+        let gres = match (&options.gres, command.gpus) {
             (Some(gres), _) => Some(gres.clone()),
-            (None, true) => Some("gpu:1".to_string()),
-            (None, false) => None,
+            (None, 0) => None,
+            (None, gpus) => Some(format!("gpu:{gpus}")),
         };
 
         let mut common = vec![format!("--chdir={workdir}")];
@@ -472,10 +481,13 @@ mod tests {
     fn parse_finds_out_and_gpu_backends() {
         let cmd = ntk(&[]);
         assert_eq!(cmd.out, "k.safetensors");
-        assert!(!cmd.gpu);
-        assert!(ntk(&["--backend", "cuda"]).gpu);
-        assert!(ntk(&["--backend=wgpu"]).gpu);
-        assert!(!ntk(&["--backend", "cpu"]).gpu);
+        assert_eq!(cmd.gpus, 0);
+        assert_eq!(ntk(&["--backend", "cuda"]).gpus, 1);
+        assert_eq!(ntk(&["--backend=wgpu"]).gpus, 1);
+        assert_eq!(ntk(&["--backend", "cpu"]).gpus, 0);
+        // One GPU per distinct device index; none on the CPU whatever --devices says.
+        assert_eq!(ntk(&["--backend", "cuda", "--devices", "0,1,1"]).gpus, 2);
+        assert_eq!(ntk(&["--backend", "cpu", "--devices=0,1"]).gpus, 0);
         // The last --out wins, as for clap.
         assert_eq!(ntk(&["--out=other.safetensors"]).out, "other.safetensors");
     }
@@ -556,6 +568,8 @@ mod tests {
         assert!(plan.shards.options.iter().any(|o| o == "--gres=gpu:a100:2"));
         let plan = Plan::new(ntk(&[]), &options(2)).unwrap();
         assert!(!plan.shards.options.iter().any(|o| o.starts_with("--gres")));
+        let plan = Plan::new(ntk(&["--backend", "cuda", "--devices", "0,1"]), &options(2)).unwrap();
+        assert!(plan.shards.options.iter().any(|o| o == "--gres=gpu:2"));
     }
 
     #[test]

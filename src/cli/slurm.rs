@@ -26,8 +26,8 @@ pub struct PlanArgs {
     /// Time limit of each shard, in Slurm's formats (`90`, `4:00:00`, `1-00`).
     #[arg(long)]
     time: Option<String>,
-    /// Generic resources of each shard [default: gpu:1 when the command says `--backend cuda`
-    /// or `--backend wgpu`, none otherwise].
+    /// Generic resources of each shard [default: gpu:K when the command says `--backend cuda`
+    /// or `wgpu`, K the devices of its `--devices` (1 without it); none otherwise].
     #[arg(long)]
     gres: Option<String>,
     /// CPUs of each shard (sbatch --cpus-per-task).
