@@ -13,6 +13,7 @@
 //!
 //! ```text
 //! cli/          one file per subcommand: parses arguments, calls an instrument, hands its report on
+//! slurm         `mscope slurm plan`: sbatch submissions of a sharded command (array + merge)
 //! bench/        `mscope bench`: op cases and instrument pipelines timed against the machine's ceilings
 //! report/       writes typed reports: JSON (sorted keys), Markdown on stdout, PNG plots
 //! instruments/  embed, pca, lda, kglm, ntk, project, kernel_compare, metrics, splits: models and
@@ -69,6 +70,8 @@
 //! same way whichever process runs them, which is what makes the bytes equal. Shards resume
 //! from their checkpoints; SIGTERM stops a run between units with exit status 75
 //! ([`io::preemption`]), so Slurm's preemption and requeue lose at most one unit.
+//! `mscope slurm plan` ([`slurm`]) writes the `sbatch` submissions that run the shards as an
+//! array job, each task requeueing itself on that status, and the merge as a dependent job.
 //!
 //! # Contracts
 //!
@@ -87,6 +90,7 @@ pub mod limits;
 pub mod models;
 pub mod random;
 pub mod report;
+pub mod slurm;
 pub mod tensor;
 pub mod weights;
 

@@ -16,6 +16,7 @@ mod merge;
 mod ntk;
 mod ntk_compare;
 mod pca;
+mod slurm;
 mod train;
 
 use std::process::ExitCode;
@@ -72,6 +73,9 @@ enum Command {
     /// Time every kernel family on model shapes and the pipelines end to end, against the
     /// machine's measured FLOP and bandwidth ceilings.
     Bench(bench::BenchArgs),
+    /// Run a command in shards on a Slurm cluster: `mscope slurm plan --shards N -- mscope ntk …`.
+    #[command(subcommand)]
+    Slurm(slurm::SlurmCommand),
 }
 
 /// Runs the command line; errors are printed as one line and give exit status 1, a run stopped
@@ -95,6 +99,7 @@ pub fn main() -> ExitCode {
         Command::Cluster(args) => cluster::run(args),
         Command::Classify(args) => classify::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Slurm(command) => slurm::run(command),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,7 +17,8 @@ use crate::error::{Error, Result};
 /// sysexits.h ("temporary failure, try again"). It differs from 1 (an error: rerunning will
 /// not help) and from 143 (128 + SIGTERM: what a shell reports for a process the signal
 /// killed, possibly mid-write), so a batch script can requeue exactly the runs that stopped
-/// cleanly: `[ $? -eq 75 ] && scontrol requeue $SLURM_JOB_ID`.
+/// cleanly: `[ $? -eq 75 ] && scontrol requeue ${SLURM_ARRAY_JOB_ID}_$SLURM_ARRAY_TASK_ID` in an
+/// array task (`mscope slurm plan` writes that script).
 pub const EXIT_PREEMPTED: u8 = 75;
 
 static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();

@@ -103,7 +103,7 @@ impl Shard {
 }
 
 /// `out`'s file name less its extension.
-fn stem(out: &Path) -> String {
+pub(crate) fn stem(out: &Path) -> String {
     out.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
