@@ -635,8 +635,9 @@ fn compare_shards_merge_to_the_single_process_report() {
     }
 }
 
-/// `--devices`: workers on several devices take tiles from one queue. This machine has one
-/// wgpu adapter (lavapipe), so two workers share it (`--devices 0,0`); CUDA is not present.
+/// `--devices`: workers on several devices take tiles from one queue. A CI machine has one wgpu
+/// adapter (lavapipe) and the GPU machine one CUDA device, so two workers share device 0
+/// (`--devices 0,0`); each backend that is absent is reported skipped.
 #[test]
 fn several_device_workers_write_the_one_device_bytes() {
     let dir = tempfile::tempdir().unwrap();
@@ -647,15 +648,24 @@ fn several_device_workers_write_the_one_device_bytes() {
     args.extend(["--devices".into(), "0,1".into()]);
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     common::assert_fails_cleanly(&a, &["--devices needs --backend cuda or --backend wgpu"]);
-    if common::wgpu_with(&mscope::backend::wgpu::WgpuOptions::from_env()).is_none() {
-        return;
+    let wgpu = common::wgpu_with(&mscope::backend::wgpu::WgpuOptions::from_env()).is_some();
+    let cuda = common::cuda_with(&mscope::backend::cuda::CudaOptions::from_env()).is_some();
+    // (An absent backend is reported skipped by `wgpu_with` / `cuda_with`.)
+    for (kind, present) in [("wgpu", wgpu), ("cuda", cuda)] {
+        if present {
+            devices_share_one_queue(kind, &dir, &train, &test);
+        }
     }
-    for against in [None, Some(train.as_path())] {
-        let data = if against.is_some() { &test } else { &train };
+}
+
+/// `--devices 0` against `--devices 0,0` and two shards on `--devices 0,0`, on backend `kind`.
+fn devices_share_one_queue(kind: &str, dir: &tempfile::TempDir, train: &Path, test: &Path) {
+    for against in [None, Some(train)] {
+        let data = if against.is_some() { test } else { train };
         let args = |out: &Path, devices: &str, extra: &[&str]| {
             let mut args = ntk_args(data, against, out);
             let at = args.iter().position(|a| a == "--backend").unwrap();
-            args[at + 1] = "wgpu".into();
+            args[at + 1] = kind.into();
             args.extend([
                 "--tile-rows".into(),
                 "2".into(),
@@ -667,7 +677,7 @@ fn several_device_workers_write_the_one_device_bytes() {
         };
         let one = dir.path().join("one.safetensors");
         let stdout = ok(&args(&one, "0", &[]), &[]);
-        assert!(stdout.contains("on 1 × wgpu"), "{stdout}");
+        assert!(stdout.contains(&format!("on 1 × {kind}")), "{stdout}");
         let k = KernelFile::read(&one).unwrap();
         let want = reference_tensor(
             "tests/fixtures/ntk/mlp_tanh_reference.safetensors",
@@ -683,7 +693,7 @@ fn several_device_workers_write_the_one_device_bytes() {
 
         let two = dir.path().join("two.safetensors");
         let stdout = ok(&args(&two, "0,0", &[]), &[]);
-        assert!(stdout.contains("on 2 × wgpu"), "{stdout}");
+        assert!(stdout.contains(&format!("on 2 × {kind}")), "{stdout}");
         assert!(std::fs::read(&two).unwrap() == std::fs::read(&one).unwrap());
 
         let sharded = dir.path().join("sharded.safetensors");

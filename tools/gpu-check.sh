@@ -10,7 +10,8 @@
 #                             A summary table is printed last (and kept in $OUT/summary.md).
 #
 # Stages: devices · NVRTC compile of every family (cuda_kernels) · CUDA kernel tests (cuda) ·
-# op-set parity on every backend (ops, ntk, pca, lda, embed_parity's tiny XLM-R) · CLI runs with
+# op-set parity on every backend (ops, ntk, ntk_seq, classifier, pca, lda, embed_parity's tiny
+# XLM-R) · ntk --devices 0,0 (shards) · CLI runs with
 # --backend cuda against --backend cpu (embed, ntk, pca) · compute-sanitizer memcheck of the CUDA
 # tests · wgpu tests and GEMM variants 2, 3, 5, 6 on the GPU's Vulkan adapter (the Vulkan loader travels
 # in the bundle; the NVIDIA driver brings its ICD) · mscope bench --backend cuda (GEMM variants
@@ -19,7 +20,7 @@ set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PACK=$ROOT/.gpu
-TESTS="cuda cuda_kernels ops ntk pca lda alpha embed_parity wgpu"
+TESTS="cuda cuda_kernels ops ntk ntk_seq classifier shards pca lda alpha embed_parity wgpu"
 
 pack() {
     set -e
@@ -191,6 +192,9 @@ run() {
     stage test_cuda 120 "$bin/cuda"
     stage test_ops 90 "$bin/ops"
     stage test_ntk 90 "$bin/ntk"
+    stage test_ntk_seq 90 "$bin/ntk_seq"
+    stage test_classifier 60 "$bin/classifier"
+    stage test_devices 60 "$bin/shards" several_device_workers
     stage test_pca 60 "$bin/pca"
     stage test_lda 60 "$bin/lda"
     stage test_alpha 60 "$bin/alpha"
