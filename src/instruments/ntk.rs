@@ -177,16 +177,9 @@ impl KernelJob<'_> {
             .map(|t| t.len() * tiling.tile_cols(t).len())
             .sum();
         self.check_memory(entries as f64)?;
-        let workers: Vec<_> = backends
-            .iter()
-            .map(|&backend| {
-                move |drive: &mut dyn FnMut(&mut TileFn) -> Result<()>| {
-                    self.with_tiles(backend, drive)
-                }
-            })
-            .collect();
-        let workers: Vec<&Worker> = workers.iter().map(|w| w as &Worker).collect();
-        run_tiles(&tiling, tiles, checkpoint, on_tile, &workers)
+        let worker =
+            |backend: &dyn Backend, drive: &mut WorkerLoop| self.with_tiles(backend, drive);
+        run_tiles(&tiling, tiles, checkpoint, on_tile, backends, &worker)
     }
 
     /// Computes the column factors on `backend`, then calls `drive` with the function that
@@ -288,14 +281,17 @@ impl Tiling {
 /// `[rows.len(), cols.len()]` values: what a model's kernel gives the drivers.
 pub type TileFn<'a> = dyn FnMut(Range<usize>, Range<usize>) -> Result<Vec<f32>> + 'a;
 
-/// One worker of [`run_tiles`]: sets up what its tiles share on its device (the column
-/// factors), then calls the given loop with its [`TileFn`].
-pub type Worker<'a> = dyn Fn(&mut dyn FnMut(&mut TileFn) -> Result<()>) -> Result<()> + Sync + 'a;
+/// A worker's loop over the tile queue, given the worker's [`TileFn`].
+pub type WorkerLoop<'a> = dyn FnMut(&mut TileFn) -> Result<()> + 'a;
+
+/// Sets up what a worker's tiles share on its backend (the column factors), then runs the
+/// worker's loop with its [`TileFn`].
+pub type Worker<'a> = dyn Fn(&dyn Backend, &mut WorkerLoop) -> Result<()> + Sync + 'a;
 
 /// Computes the row tiles `tiles` (indices into [`Tiling::tiles`]) — a shard's share, or all
 /// of them — each as `[tile.len(), tile_cols(tile).len()]` values, loading finished ones from
-/// `checkpoint` and saving the others there as they finish. One thread per worker (`--devices`:
-/// one per GPU) takes tiles from a shared queue; a tile's values do not depend on which worker
+/// `checkpoint` and saving the others there as they finish. One thread per backend
+/// (`--devices`: one per GPU), set up by `worker`, takes tiles from a shared queue; a tile's values do not depend on which worker
 /// computed it, given backends of one kind on identical devices. `on_tile` is called (on this
 /// thread) after each tile, in the order they finish; `Break` stops the run with `Ok(None)`
 /// once the tiles in progress are saved.
@@ -304,9 +300,10 @@ pub fn run_tiles(
     tiles: Range<usize>,
     checkpoint: Option<&Checkpoint>,
     on_tile: &mut dyn FnMut(&BlockDone) -> ControlFlow<()>,
-    workers: &[&Worker],
+    backends: &[&dyn Backend],
+    worker: &Worker,
 ) -> Result<Option<Vec<Vec<f32>>>> {
-    if workers.is_empty() {
+    if backends.is_empty() {
         return Err(Error::input("no device to run the kernel on"));
     }
     let all = tiling.tiles();
@@ -334,7 +331,7 @@ pub fn run_tiles(
     std::thread::scope(|scope| {
         let (sender, finished) = mpsc::channel::<Result<usize>>();
         let (results, todo, next, stop) = (&results, &todo, &next, &stop);
-        for &worker in workers {
+        for &backend in backends {
             let sender = sender.clone();
             scope.spawn(move || {
                 let mut work = |tile: &mut TileFn| -> Result<()> {
@@ -356,7 +353,7 @@ pub fn run_tiles(
                 };
                 let outcome = match todo.is_empty() {
                     true => Ok(()),
-                    false => worker(&mut work),
+                    false => worker(backend, &mut work),
                 };
                 if let Err(e) = outcome {
                     stop.store(true, Ordering::Relaxed);

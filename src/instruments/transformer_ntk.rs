@@ -17,7 +17,7 @@
 
 use std::ops::{ControlFlow, Range};
 
-use super::ntk::{cosine_normalize, run_blocks, run_tiles, BlockDone, TileFn, Tiling, Worker};
+use super::ntk::{cosine_normalize, run_blocks, run_tiles, BlockDone, TileFn, Tiling, WorkerLoop};
 use super::project::KernelKind;
 use crate::backend::{Backend, SeqFactors, SeqForm, SeqLayout, Tensor, TokenPairing};
 use crate::error::{Error, Result};
@@ -247,16 +247,16 @@ impl SequenceKernelJob<'_> {
         on_tile: &mut dyn FnMut(&BlockDone) -> ControlFlow<()>,
     ) -> Result<Option<Vec<Vec<f32>>>> {
         self.check()?;
-        let workers: Vec<_> = backends
-            .iter()
-            .map(|&backend| {
-                move |drive: &mut dyn FnMut(&mut TileFn) -> Result<()>| {
-                    self.with_tiles(backend, drive)
-                }
-            })
-            .collect();
-        let workers: Vec<&Worker> = workers.iter().map(|w| w as &Worker).collect();
-        run_tiles(&self.tiling(), tiles, checkpoint, on_tile, &workers)
+        let worker =
+            |backend: &dyn Backend, drive: &mut WorkerLoop| self.with_tiles(backend, drive);
+        run_tiles(
+            &self.tiling(),
+            tiles,
+            checkpoint,
+            on_tile,
+            backends,
+            &worker,
+        )
     }
 
     /// Computes every column tile's factors, then calls `drive` with the function that gives a
