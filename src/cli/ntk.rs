@@ -20,6 +20,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::{self, Backend, BackendKind, OpFamily};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::instruments::layers::LayerSpec;
 use crate::instruments::ntk::{self, BlockDone, KernelJob, Tiling, DEFAULT_TILE_ROWS};
 use crate::instruments::project::{FactorSpec, KernelKind, ProjectionKind};
 use crate::instruments::transformer_ntk::SequenceKernelJob;
@@ -105,6 +106,11 @@ pub struct NtkArgs {
     /// CPU threads, at most 4 per core [default: one per core].
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Parameters the kernel sums over (transformer classifiers): comma-separated `all`,
+    /// `head`, `last:K` (the last K encoder layers and the head), `embeddings`, or
+    /// parameter-name prefixes with `*` for any characters (e.g. `bert.encoder.layer.1.`).
+    #[arg(long, default_value = "all", value_name = "SPEC")]
+    layers: LayerSpec,
     /// Text field of .jsonl / column of .csv and .tsv data (transformer classifiers).
     #[arg(long, default_value = "text")]
     text_field: String,
@@ -143,6 +149,13 @@ pub fn run(args: NtkArgs) -> Result<()> {
     )?;
     if args.model.is_dir() {
         return run_classifier(args, &out);
+    }
+    if !args.layers.is_all() {
+        return Err(Error::input(format!(
+            "--layers {}: only transformer classifiers (a model directory) take --layers; an \
+             MLP's kernel covers all its layers",
+            args.layers
+        )));
     }
     let mlp = Mlp::read(&args.model)?;
     let read = |path: &PathBuf| -> Result<Dataset> {
@@ -552,6 +565,7 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
         kind: args.kind,
         block_rows,
         tile_rows: args.tile_rows,
+        layers: args.layers.clone(),
     };
     job.check()?;
     let backends = open_backends(&args)?;
@@ -565,6 +579,7 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
         }),
         json!({
             "kind": args.kind,
+            "layers": args.layers.to_string(),
             "text_field": args.text_field,
             "label_field": args.label_field,
         }),

@@ -17,6 +17,7 @@
 
 use std::ops::{ControlFlow, Range};
 
+use super::layers::LayerSpec;
 use super::ntk::{cosine_normalize, run_blocks, run_tiles, BlockDone, TileFn, Tiling, Worker};
 use super::project::KernelKind;
 use crate::backend::{Backend, SeqFactors, SeqForm, SeqLayout, Tensor, TokenPairing};
@@ -42,6 +43,8 @@ pub struct SequenceKernelJob<'a> {
     pub block_rows: usize,
     /// Texts per tile (≥ 1).
     pub tile_rows: usize,
+    /// The parameters the kernel sums over.
+    pub layers: LayerSpec,
 }
 
 /// One tile's factors on the contraction backend.
@@ -198,7 +201,7 @@ impl SequenceKernelJob<'_> {
     }
 
     /// An error for inputs the job cannot run on: no texts, no rows per block or tile, a
-    /// kernel too large for memory.
+    /// `layers` spec that keeps no parameter, a kernel too large for memory.
     pub fn check(&self) -> Result<()> {
         for (what, texts) in [("data", Some(self.rows)), ("--against data", self.cols)] {
             if texts.is_some_and(|t| t.is_empty()) {
@@ -207,6 +210,12 @@ impl SequenceKernelJob<'_> {
         }
         if self.block_rows == 0 || self.tile_rows == 0 {
             return Err(Error::input("--block-rows must be at least 1"));
+        }
+        if !self.layers.is_all() {
+            // Refuse a spec that keeps nothing before any block is computed.
+            let seed = summed_seed(self.classifier.num_labels());
+            let one = factors(self.classifier, &TokenBatch::pack(&self.rows[..1]), &seed)?;
+            self.layers.select(&one.parameter_names())?;
         }
         let what = format!("a {}x{} kernel", self.n_rows(), self.n_cols());
         crate::limits::check_memory(&what, self.n_rows() as f64 * self.n_cols() as f64 * 4.0)
@@ -273,7 +282,11 @@ impl SequenceKernelJob<'_> {
         };
         let t = self.tile_rows;
         let make = |texts: &[TokenizedText]| -> Result<TileFactors> {
-            let f = factors(self.classifier, &TokenBatch::pack(texts), &seeds)?;
+            let mut f = factors(self.classifier, &TokenBatch::pack(texts), &seeds)?;
+            if !self.layers.is_all() {
+                let keep = self.layers.select(&f.parameter_names())?;
+                f.retain(&keep);
+            }
             TileFactors::new(backend, f)
         };
         let col_tiles = self
