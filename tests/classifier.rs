@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use common::{backend_tests, reference_tensor, rel_error_f64, repo_path, run_mscope_ok};
 use mscope::backend::cpu::CpuBackend;
-use mscope::backend::Backend;
+use mscope::backend::{Backend, JlDistribution, JlSpec};
 use mscope::instruments::layers::LayerSpec;
 use mscope::instruments::project::KernelKind;
 use mscope::instruments::transformer_ntk::SequenceKernelJob;
@@ -345,6 +345,7 @@ fn contracted_kernels_match_torch_func() {
                 block_rows: 1,
                 tile_rows: 3,
                 layers: LayerSpec::default(),
+                projection: None,
             };
             let square = run_job(&job);
             let err = rel_error_f64(&square.iter().map(|&v| v as f64).collect::<Vec<_>>(), &want);
@@ -385,6 +386,7 @@ fn a_resumed_run_gives_the_one_pass_kernel_exactly() {
         block_rows: 1,
         tile_rows: 2,
         layers: LayerSpec::default(),
+        projection: None,
     };
     let one_pass = run_job(&job);
     let tmp = tempfile::tempdir().unwrap();
@@ -599,6 +601,7 @@ fn kernels_restricted_to_layers_match_torch_func() {
                 block_rows: 2,
                 tile_rows: 3,
                 layers: spec.parse().unwrap(),
+                projection: None,
             };
             let got: Vec<f64> = run_job(&job).iter().map(|&v| v as f64).collect();
             let err = rel_error_f64(&got, &want);
@@ -663,4 +666,80 @@ fn cli_ntk_layers_restricts_the_kernel_and_is_recorded() {
         stderr.contains("--layers roberta.encoder: matches none"),
         "{stderr}"
     );
+}
+
+/// Dense JL kernels of a classifier: approach torch.func's exact trNTK0 as k grows (within
+/// three standard deviations of the JL error, `√(2/k)` relative), do not change a bit with the
+/// block size, and match across tile sizes to f32 rounding.
+#[test]
+fn dense_projected_kernels_approach_the_exact_one() {
+    let (dir, reference) = MODELS[0];
+    let classifier = load(dir, Arc::new(CpuBackend::new()));
+    let texts = tokenized(dir, &classifier);
+    let (_, want) = reference_tensor(reference, "trntk0");
+    let job = |k: usize, tile_rows: usize, block_rows: usize| SequenceKernelJob {
+        classifier: &classifier,
+        rows: &texts,
+        cols: None,
+        kind: KernelKind::Trntk0,
+        block_rows,
+        tile_rows,
+        layers: LayerSpec::default(),
+        projection: Some(JlSpec {
+            seed: 7,
+            dim: k,
+            distribution: JlDistribution::Gaussian,
+            column_offset: 0,
+        }),
+    };
+    let err = |k: usize| {
+        let got: Vec<f64> = run_job(&job(k, 2, 1)).iter().map(|&v| v as f64).collect();
+        rel_error_f64(&got, &want)
+    };
+    let (coarse, fine) = (err(4), err(512));
+    assert!(
+        fine < 3.0 * (2.0f64 / 512.0).sqrt() && fine < coarse,
+        "rel err k=4 {coarse:.3}, k=512 {fine:.3}"
+    );
+    let tiled = run_job(&job(64, 2, 1));
+    assert_eq!(run_job(&job(64, 2, 4)), tiled, "blocks change no bit");
+    let one_tile: Vec<f64> = run_job(&job(64, 4, 4)).iter().map(|&v| v as f64).collect();
+    let tiled: Vec<f64> = tiled.iter().map(|&v| v as f64).collect();
+    assert!(rel_error_f64(&tiled, &one_tile) < 1e-6, "tiles");
+}
+
+#[test]
+fn cli_ntk_of_a_classifier_projects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = repo_path("tests/fixtures/classifiers/texts.jsonl");
+    let model = repo_path(MODELS[0].0);
+    let out = tmp.path().join("p.safetensors");
+    let run = |projection: &str| {
+        common::run_mscope(&[
+            "ntk",
+            "--model",
+            path_str(&model),
+            "--data",
+            path_str(&data),
+            "--kind",
+            "pntk",
+            "--projection",
+            projection,
+            "--projection-dim",
+            "32",
+            "--backend",
+            "cpu",
+            "--out",
+            path_str(&out),
+        ])
+    };
+    let done = run("rademacher");
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(stdout.contains("pntk 4×4 (rademacher k=32)"), "{stdout}");
+    let k = KernelFile::read(&out).unwrap();
+    assert_eq!((k.rows, k.projection_dim), (4, 32));
+    std::fs::remove_file(&out).unwrap();
+    let refused = run("kronecker");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("kronecker"));
 }

@@ -17,7 +17,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{self, Backend, BackendKind, OpFamily};
+use crate::backend::{self, Backend, BackendKind, JlDistribution, JlSpec, OpFamily};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::instruments::layers::LayerSpec;
@@ -506,16 +506,23 @@ fn directory_digest(dir: &Path) -> Result<serde_json::Value> {
 
 /// `mscope ntk` of a transformer sequence classifier on texts: exact kernels only.
 fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
-    if args.projection != ProjectionKind::None {
-        return Err(Error::input(
-            format!(
-                "--projection {:?}: projected kernels of transformer classifiers are not \
-             implemented; use --projection none for the exact kernel",
-                args.projection
-            )
-            .to_lowercase(),
-        ));
-    }
+    let distribution = match args.projection {
+        ProjectionKind::None => None,
+        ProjectionKind::Rademacher => Some(JlDistribution::Rademacher),
+        ProjectionKind::Gaussian => Some(JlDistribution::Gaussian),
+        ProjectionKind::Kronecker => {
+            return Err(Error::input(
+                "--projection kronecker: the Kronecker projection of transformer classifiers \
+                 is not implemented; use rademacher or gaussian (dense JL) or none",
+            ))
+        }
+    };
+    let projection = distribution.map(|distribution| JlSpec {
+        seed: args.seed,
+        dim: args.projection_dim,
+        distribution,
+        column_offset: 0,
+    });
     let cpu: Arc<dyn Backend> = Arc::new(CpuBackend::new());
     // The factors' backward pass runs on the host from f32 weights.
     let classifier = SequenceClassifier::load(&args.model, cpu, WeightsDtype::F32)?;
@@ -566,6 +573,7 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
         block_rows,
         tile_rows: args.tile_rows,
         layers: args.layers.clone(),
+        projection,
     };
     job.check()?;
     let backends = open_backends(&args)?;
@@ -580,12 +588,15 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
         json!({
             "kind": args.kind,
             "layers": args.layers.to_string(),
+            "projection": args.projection,
+            "projection_dim": args.projection_dim,
+            "seed": args.seed,
             "text_field": args.text_field,
             "label_field": args.label_field,
         }),
         &job.tiling(),
         backend.as_ref(),
-        (args.kind, 0),
+        (args.kind, projection.map_or(0, |jl| jl.dim)),
     );
     if args.shard.is_some() || !args.devices.is_empty() {
         let backends: Vec<&dyn Backend> = backends.iter().map(|b| b.as_ref()).collect();
@@ -606,11 +617,15 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
     )?;
     let computed = (job.n_rows() - resumed_rows) * n_cols;
     println!(
-        "{} {}×{} (exact) of a {} classifier ({} labels) on {} in {seconds:.2} s: {:.3e} \
+        "{} {}×{} ({}) of a {} classifier ({} labels) on {} in {seconds:.2} s: {:.3e} \
          pairs/s{} -> {}",
         args.kind.name(),
         kernel.rows,
         kernel.cols,
+        match projection {
+            None => "exact".to_string(),
+            Some(jl) => format!("{:?} k={}", args.projection, jl.dim).to_lowercase(),
+        },
         classifier.encoder().config().model_type,
         classifier.num_labels(),
         backend.name(),

@@ -12,6 +12,9 @@
 //! - each embedding table by the id-matching form (`Σ_{t,s: id_t = id_s}⟨δ_t,δ_s⟩`);
 //! - the biases and LayerNorm parameters, materialised per sample, by `ntk_contract`.
 //!
+//! With a dense JL projection each tile's factors are replaced by the projected per-sample
+//! gradients `[n, seeds·k]` ([`TileFactors::projected`]), contracted as one term.
+//!
 //! Every column tile's factors stay uploaded for the whole run; a row tile's are computed once
 //! per tile (reused from the column tiles when the kernel is square).
 
@@ -20,7 +23,7 @@ use std::ops::{ControlFlow, Range};
 use super::layers::LayerSpec;
 use super::ntk::{cosine_normalize, run_blocks, run_tiles, BlockDone, TileFn, Tiling, Worker};
 use super::project::KernelKind;
-use crate::backend::{Backend, SeqFactors, SeqForm, SeqLayout, Tensor, TokenPairing};
+use crate::backend::{Backend, JlSpec, SeqFactors, SeqForm, SeqLayout, Tensor, TokenPairing};
 use crate::error::{Error, Result};
 use crate::io::checkpoint::Checkpoint;
 use crate::io::kernel_file::KernelFile;
@@ -45,6 +48,9 @@ pub struct SequenceKernelJob<'a> {
     pub tile_rows: usize,
     /// The parameters the kernel sums over.
     pub layers: LayerSpec,
+    /// The dense JL map of the per-sample gradients (column offset 0), or `None` for the exact
+    /// kernel.
+    pub projection: Option<JlSpec>,
 }
 
 /// One tile's factors on the contraction backend.
@@ -96,6 +102,43 @@ impl TileFactors {
             embedding: backend.upload(&[tokens, width], &f.embeddings.deltas)?,
             tables: f.embeddings.tables.into_iter().map(|t| t.ids).collect(),
             vectors,
+            self_kernel: Vec::new(),
+            tokens: f.layout,
+        };
+        let own = contract(backend, &tile, &tile)?;
+        tile.self_kernel = (0..n).map(|i| own[i * n + i] as f64).collect();
+        Ok(tile)
+    }
+
+    /// A tile of dense JL features: each (sample, seed) gradient, materialised one sample at a
+    /// time tensor by tensor (never the tile's whole gradients) and projected by one `k × P`
+    /// map over the parameters in [`SequenceFactors::parameter_names`] order, as the MLPs'
+    /// dense projection maps the whole parameter vector. One term, `[n, seeds·k]`.
+    fn projected(backend: &dyn Backend, f: SequenceFactors, jl: &JlSpec) -> Result<Self> {
+        let (n, r, k) = (f.num_samples(), f.seeds, jl.dim);
+        let mut features = vec![0.0f32; n * r * k];
+        let mut out = backend.zeros(&[1, k])?;
+        for (row, feature) in features.chunks_exact_mut(k).enumerate() {
+            let mut offset = 0u64;
+            for (t, (_, g)) in f.materialize(row / r, row % r)?.into_iter().enumerate() {
+                let spec = JlSpec {
+                    column_offset: offset,
+                    ..*jl
+                };
+                let x = backend.upload(&[1, g.len()], &g)?;
+                backend.jl_project(&x, &spec, t > 0, &mut out)?;
+                offset += g.len() as u64;
+            }
+            feature.copy_from_slice(&backend.download(&out)?);
+        }
+        let mut tile = TileFactors {
+            n,
+            samples: SeqLayout::from_lengths(vec![1; n]),
+            linears: Vec::new(),
+            // No table reads it: the features hold every parameter.
+            embedding: backend.zeros(&[1, 1])?,
+            tables: Vec::new(),
+            vectors: vec![backend.upload(&[n, r * k], &features)?],
             self_kernel: Vec::new(),
             tokens: f.layout,
         };
@@ -208,6 +251,11 @@ impl SequenceKernelJob<'_> {
                 return Err(Error::input(format!("{what}: no texts")));
             }
         }
+        if self.projection.is_some_and(|jl| jl.dim == 0) {
+            return Err(Error::input(
+                "--projection-dim must be at least 1 for a projected kernel",
+            ));
+        }
         if self.block_rows == 0 || self.tile_rows == 0 {
             return Err(Error::input("--block-rows must be at least 1"));
         }
@@ -242,7 +290,7 @@ impl SequenceKernelJob<'_> {
             cols: self.n_cols(),
             kind: self.kind.name().to_string(),
             normalized: self.kind.normalized(),
-            projection_dim: 0,
+            projection_dim: self.projection.map_or(0, |jl| jl.dim),
         }))
     }
 
@@ -287,7 +335,10 @@ impl SequenceKernelJob<'_> {
                 let keep = self.layers.select(&f.parameter_names())?;
                 f.retain(&keep);
             }
-            TileFactors::new(backend, f)
+            match &self.projection {
+                None => TileFactors::new(backend, f),
+                Some(jl) => TileFactors::projected(backend, f, jl),
+            }
         };
         let col_tiles = self
             .cols
