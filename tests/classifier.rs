@@ -346,6 +346,7 @@ fn contracted_kernels_match_torch_func() {
                 tile_rows: 3,
                 layers: LayerSpec::default(),
                 projection: None,
+                kronecker: false,
             };
             let square = run_job(&job);
             let err = rel_error_f64(&square.iter().map(|&v| v as f64).collect::<Vec<_>>(), &want);
@@ -387,6 +388,7 @@ fn a_resumed_run_gives_the_one_pass_kernel_exactly() {
         tile_rows: 2,
         layers: LayerSpec::default(),
         projection: None,
+        kronecker: false,
     };
     let one_pass = run_job(&job);
     let tmp = tempfile::tempdir().unwrap();
@@ -508,10 +510,10 @@ fn cli_ntk_of_a_classifier_refuses_bad_input() {
     // An empty data file.
     let empty = write("empty.jsonl", "");
     common::assert_fails_cleanly(&as_strs(&ntk(&bert, &empty)), &["empty.jsonl", "no texts"]);
-    // Projected kernels are not there yet: refused, not silently exact.
+    // A projection needs a dimension.
     let mut projected = ntk(&bert, &texts);
-    projected.extend(["--projection", "kronecker", "--projection-dim", "4"].map(String::from));
-    common::assert_fails_cleanly(&as_strs(&projected), &["--projection kronecker"]);
+    projected.extend(["--projection", "kronecker"].map(String::from));
+    common::assert_fails_cleanly(&as_strs(&projected), &["--projection-dim"]);
     // A text longer than the 32 positions is truncated as the tokenizer says, and reported.
     let long = write(
         "long.jsonl",
@@ -602,6 +604,7 @@ fn kernels_restricted_to_layers_match_torch_func() {
                 tile_rows: 3,
                 layers: spec.parse().unwrap(),
                 projection: None,
+                kronecker: false,
             };
             let got: Vec<f64> = run_job(&job).iter().map(|&v| v as f64).collect();
             let err = rel_error_f64(&got, &want);
@@ -668,16 +671,16 @@ fn cli_ntk_layers_restricts_the_kernel_and_is_recorded() {
     );
 }
 
-/// Dense JL kernels of a classifier: approach torch.func's exact trNTK0 as k grows (within
-/// three standard deviations of the JL error, `√(2/k)` relative), do not change a bit with the
+/// Dense JL and Kronecker kernels of a classifier: approach torch.func's exact trNTK0 as k
+/// grows (within three standard deviations of the JL error), do not change a bit with the
 /// block size, and match across tile sizes to f32 rounding.
 #[test]
-fn dense_projected_kernels_approach_the_exact_one() {
+fn projected_kernels_approach_the_exact_one() {
     let (dir, reference) = MODELS[0];
     let classifier = load(dir, Arc::new(CpuBackend::new()));
     let texts = tokenized(dir, &classifier);
     let (_, want) = reference_tensor(reference, "trntk0");
-    let job = |k: usize, tile_rows: usize, block_rows: usize| SequenceKernelJob {
+    let job = |k: usize, tile_rows: usize, block_rows: usize, kronecker: bool| SequenceKernelJob {
         classifier: &classifier,
         rows: &texts,
         cols: None,
@@ -691,21 +694,42 @@ fn dense_projected_kernels_approach_the_exact_one() {
             distribution: JlDistribution::Gaussian,
             column_offset: 0,
         }),
+        kronecker,
     };
-    let err = |k: usize| {
-        let got: Vec<f64> = run_job(&job(k, 2, 1)).iter().map(|&v| v as f64).collect();
-        rel_error_f64(&got, &want)
-    };
-    let (coarse, fine) = (err(4), err(512));
-    assert!(
-        fine < 3.0 * (2.0f64 / 512.0).sqrt() && fine < coarse,
-        "rel err k=4 {coarse:.3}, k=512 {fine:.3}"
-    );
-    let tiled = run_job(&job(64, 2, 1));
-    assert_eq!(run_job(&job(64, 2, 4)), tiled, "blocks change no bit");
-    let one_tile: Vec<f64> = run_job(&job(64, 4, 4)).iter().map(|&v| v as f64).collect();
-    let tiled: Vec<f64> = tiled.iter().map(|&v| v as f64).collect();
-    assert!(rel_error_f64(&tiled, &one_tile) < 1e-6, "tiles");
+    for kronecker in [false, true] {
+        let err = |k: usize| {
+            let got: Vec<f64> = run_job(&job(k, 2, 1, kronecker))
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            rel_error_f64(&got, &want)
+        };
+        // The Kronecker product of two maps has about twice the relative variance.
+        let (coarse, fine, variance) = if kronecker {
+            (err(2), err(64), 4.0 / 64.0)
+        } else {
+            (err(4), err(512), 2.0 / 512.0)
+        };
+        assert!(
+            fine < 3.0 * f64::sqrt(variance) && fine < coarse,
+            "kronecker {kronecker}: rel err coarse {coarse:.3}, fine {fine:.3}"
+        );
+        let tiled = run_job(&job(16, 2, 1, kronecker));
+        assert_eq!(
+            run_job(&job(16, 2, 4, kronecker)),
+            tiled,
+            "blocks change no bit"
+        );
+        let one_tile: Vec<f64> = run_job(&job(16, 4, 4, kronecker))
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let tiled: Vec<f64> = tiled.iter().map(|&v| v as f64).collect();
+        assert!(
+            rel_error_f64(&tiled, &one_tile) < 1e-6,
+            "kronecker {kronecker}: tiles"
+        );
+    }
 }
 
 #[test]
@@ -739,7 +763,8 @@ fn cli_ntk_of_a_classifier_projects() {
     let k = KernelFile::read(&out).unwrap();
     assert_eq!((k.rows, k.projection_dim), (4, 32));
     std::fs::remove_file(&out).unwrap();
-    let refused = run("kronecker");
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("kronecker"));
+    let done = run("kronecker");
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(stdout.contains("pntk 4×4 (kronecker k=32)"), "{stdout}");
+    assert_eq!(KernelFile::read(&out).unwrap().projection_dim, 32);
 }

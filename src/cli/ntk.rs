@@ -508,14 +508,9 @@ fn directory_digest(dir: &Path) -> Result<serde_json::Value> {
 fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
     let distribution = match args.projection {
         ProjectionKind::None => None,
-        ProjectionKind::Rademacher => Some(JlDistribution::Rademacher),
         ProjectionKind::Gaussian => Some(JlDistribution::Gaussian),
-        ProjectionKind::Kronecker => {
-            return Err(Error::input(
-                "--projection kronecker: the Kronecker projection of transformer classifiers \
-                 is not implemented; use rademacher or gaussian (dense JL) or none",
-            ))
-        }
+        // Kronecker maps are ±1, as for MLPs; so is the dense map of the other parameters.
+        ProjectionKind::Rademacher | ProjectionKind::Kronecker => Some(JlDistribution::Rademacher),
     };
     let projection = distribution.map(|distribution| JlSpec {
         seed: args.seed,
@@ -574,6 +569,7 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
         tile_rows: args.tile_rows,
         layers: args.layers.clone(),
         projection,
+        kronecker: args.projection == ProjectionKind::Kronecker,
     };
     job.check()?;
     let backends = open_backends(&args)?;

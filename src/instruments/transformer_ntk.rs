@@ -22,7 +22,7 @@ use std::ops::{ControlFlow, Range};
 
 use super::layers::LayerSpec;
 use super::ntk::{cosine_normalize, run_blocks, run_tiles, BlockDone, TileFn, Tiling, Worker};
-use super::project::KernelKind;
+use super::project::{layer_seed, KernelKind};
 use crate::backend::{Backend, JlSpec, SeqFactors, SeqForm, SeqLayout, Tensor, TokenPairing};
 use crate::error::{Error, Result};
 use crate::io::checkpoint::Checkpoint;
@@ -51,6 +51,9 @@ pub struct SequenceKernelJob<'a> {
     /// The dense JL map of the per-sample gradients (column offset 0), or `None` for the exact
     /// kernel.
     pub projection: Option<JlSpec>,
+    /// With `projection`: each Linear weight by its own Kronecker pair of maps instead
+    /// ([`TileFactors::projected`]).
+    pub kronecker: bool,
 }
 
 /// One tile's factors on the contraction backend.
@@ -114,7 +117,22 @@ impl TileFactors {
     /// time tensor by tensor (never the tile's whole gradients) and projected by one `k × P`
     /// map over the parameters in [`SequenceFactors::parameter_names`] order, as the MLPs'
     /// dense projection maps the whole parameter vector. One term, `[n, seeds·k]`.
-    fn projected(backend: &dyn Backend, f: SequenceFactors, jl: &JlSpec) -> Result<Self> {
+    ///
+    /// With `kronecker`, each Linear weight is left out of that map and projected by two maps
+    /// of its own, `P_δ` on output gradients and `P_a` on inputs (seeds from
+    /// [`layer_seed`], as for MLPs): `Σ_t (P_δ δ_t)(P_a a_t)ᵀ` per (sample, seed), `k²` values,
+    /// one more term per Linear.
+    fn projected(
+        backend: &dyn Backend,
+        mut f: SequenceFactors,
+        jl: &JlSpec,
+        kronecker: bool,
+    ) -> Result<Self> {
+        let linears = if kronecker {
+            std::mem::take(&mut f.linears)
+        } else {
+            Vec::new()
+        };
         let (n, r, k) = (f.num_samples(), f.seeds, jl.dim);
         let mut features = vec![0.0f32; n * r * k];
         let mut out = backend.zeros(&[1, k])?;
@@ -131,6 +149,43 @@ impl TileFactors {
             }
             feature.copy_from_slice(&backend.download(&out)?);
         }
+        let mut vectors = vec![backend.upload(&[n, r * k], &features)?];
+        for (l, lin) in linears.iter().enumerate() {
+            let count = match lin.rows {
+                FactorRows::Tokens => f.layout.num_tokens(),
+                FactorRows::Samples => n,
+            };
+            let project = |values: &[f32], rows: usize, width: usize, side: u64| {
+                let spec = JlSpec {
+                    seed: layer_seed(jl.seed, l, side),
+                    column_offset: 0,
+                    ..*jl
+                };
+                let x = backend.upload(&[rows, width], values)?;
+                let mut out = backend.zeros(&[rows, k])?;
+                backend.jl_project(&x, &spec, false, &mut out)?;
+                backend.download(&out)
+            };
+            let acts = project(&lin.acts, count, lin.d_in, 0)?;
+            // Rows of `deltas` are (token, seed) pairs.
+            let deltas = project(&lin.deltas, count * r, lin.d_out, 1)?;
+            let mut grads = vec![0.0f32; n * r * k * k];
+            for (row, g) in grads.chunks_exact_mut(k * k).enumerate() {
+                let (i, c) = (row / r, row % r);
+                let tokens = match lin.rows {
+                    FactorRows::Tokens => f.layout.range(i),
+                    FactorRows::Samples => i..i + 1,
+                };
+                for t in tokens {
+                    let a = &acts[t * k..(t + 1) * k];
+                    let d = &deltas[(t * r + c) * k..(t * r + c + 1) * k];
+                    for (g, &dv) in g.chunks_exact_mut(k).zip(d) {
+                        g.iter_mut().zip(a).for_each(|(g, &av)| *g += dv * av);
+                    }
+                }
+            }
+            vectors.push(backend.upload(&[n, r * k * k], &grads)?);
+        }
         let mut tile = TileFactors {
             n,
             samples: SeqLayout::from_lengths(vec![1; n]),
@@ -138,7 +193,7 @@ impl TileFactors {
             // No table reads it: the features hold every parameter.
             embedding: backend.zeros(&[1, 1])?,
             tables: Vec::new(),
-            vectors: vec![backend.upload(&[n, r * k], &features)?],
+            vectors,
             self_kernel: Vec::new(),
             tokens: f.layout,
         };
@@ -337,7 +392,7 @@ impl SequenceKernelJob<'_> {
             }
             match &self.projection {
                 None => TileFactors::new(backend, f),
-                Some(jl) => TileFactors::projected(backend, f, jl),
+                Some(jl) => TileFactors::projected(backend, f, jl, self.kronecker),
             }
         };
         let col_tiles = self
