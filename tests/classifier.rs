@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use common::{backend_tests, reference_tensor, rel_error_f64, repo_path, run_mscope_ok};
 use mscope::backend::cpu::CpuBackend;
-use mscope::backend::Backend;
+use mscope::backend::{Backend, JlDistribution, JlSpec};
+use mscope::instruments::layers::LayerSpec;
 use mscope::instruments::project::KernelKind;
 use mscope::instruments::transformer_ntk::SequenceKernelJob;
 use mscope::io::checkpoint::Checkpoint;
@@ -343,6 +344,9 @@ fn contracted_kernels_match_torch_func() {
                 kind,
                 block_rows: 1,
                 tile_rows: 3,
+                layers: LayerSpec::default(),
+                projection: None,
+                kronecker: false,
             };
             let square = run_job(&job);
             let err = rel_error_f64(&square.iter().map(|&v| v as f64).collect::<Vec<_>>(), &want);
@@ -382,6 +386,9 @@ fn a_resumed_run_gives_the_one_pass_kernel_exactly() {
         kind: KernelKind::Trntk,
         block_rows: 1,
         tile_rows: 2,
+        layers: LayerSpec::default(),
+        projection: None,
+        kronecker: false,
     };
     let one_pass = run_job(&job);
     let tmp = tempfile::tempdir().unwrap();
@@ -503,10 +510,10 @@ fn cli_ntk_of_a_classifier_refuses_bad_input() {
     // An empty data file.
     let empty = write("empty.jsonl", "");
     common::assert_fails_cleanly(&as_strs(&ntk(&bert, &empty)), &["empty.jsonl", "no texts"]);
-    // Projected kernels are not there yet: refused, not silently exact.
+    // A projection needs a dimension.
     let mut projected = ntk(&bert, &texts);
-    projected.extend(["--projection", "kronecker", "--projection-dim", "4"].map(String::from));
-    common::assert_fails_cleanly(&as_strs(&projected), &["--projection kronecker"]);
+    projected.extend(["--projection", "kronecker"].map(String::from));
+    common::assert_fails_cleanly(&as_strs(&projected), &["--projection-dim"]);
     // A text longer than the 32 positions is truncated as the tokenizer says, and reported.
     let long = write(
         "long.jsonl",
@@ -522,4 +529,242 @@ fn cli_ntk_of_a_classifier_refuses_bad_input() {
         "{stderr}"
     );
     assert_eq!(KernelFile::read(&out).unwrap().rows, 2);
+}
+
+/// The trNTK0 of the parameters `keep` selects, from torch.func's per-tensor Grams (rows
+/// (sample, class)): `Σ_names Σ_c gram[(i, c), (j, c)]`.
+fn reference_trntk0(reference: &str, keep: &dyn Fn(&str) -> bool) -> Vec<f64> {
+    let mut k: Vec<f64> = Vec::new();
+    let mut n = 0;
+    for name in reference_names(reference, "gram.")
+        .iter()
+        .filter(|n| keep(n))
+    {
+        let (_, g) = reference_tensor(reference, &format!("gram.{name}"));
+        let (_, pntk) = reference_tensor(reference, "pntk");
+        n = (pntk.len() as f64).sqrt() as usize;
+        let rc = (g.len() as f64).sqrt() as usize;
+        let c = rc / n;
+        k.resize(n * n, 0.0);
+        for i in 0..n {
+            for j in 0..n {
+                k[i * n + j] += (0..c).map(|s| g[(i * c + s) * rc + j * c + s]).sum::<f64>();
+            }
+        }
+    }
+    assert!(n > 0, "{reference}: the selection holds parameters");
+    k
+}
+
+/// Which parameters a spec should select.
+type Selection = Box<dyn Fn(&str) -> bool>;
+
+/// The encoder layer of a parameter name, if any (independent of the crate's parser).
+fn layer_of(name: &str) -> Option<usize> {
+    let rest = name.split("encoder.layer.").nth(1)?;
+    rest.split('.').next()?.parse().ok()
+}
+
+/// `--layers` restricts the contracted kernel to exactly the selected tensors' Grams: the last
+/// encoder layer with the head, and a pattern that splits the fused QKV projection (queries
+/// only) together with the head's output layer.
+#[test]
+fn kernels_restricted_to_layers_match_torch_func() {
+    for (dir, reference) in MODELS {
+        let classifier = load(dir, Arc::new(CpuBackend::new()));
+        let texts = tokenized(dir, &classifier);
+        let names = reference_names(reference, "gram.");
+        let last = names.iter().filter_map(|n| layer_of(n)).max().unwrap();
+        let head = |n: &str| layer_of(n).is_none() && !n.contains("embeddings.");
+        let out_layer = if dir.contains("bert-cls") {
+            "classifier."
+        } else {
+            "classifier.out_proj."
+        };
+        let specs: [(String, Selection); 2] = [
+            (
+                "last:1".into(),
+                Box::new(move |n: &str| head(n) || layer_of(n) == Some(last)),
+            ),
+            (
+                format!("*.attention.self.query.,{out_layer}"),
+                Box::new(move |n: &str| {
+                    n.contains(".attention.self.query.") || n.starts_with(out_layer)
+                }),
+            ),
+        ];
+        for (spec, keep) in &specs {
+            let want = reference_trntk0(reference, keep.as_ref());
+            let job = SequenceKernelJob {
+                classifier: &classifier,
+                rows: &texts,
+                cols: None,
+                kind: KernelKind::Trntk0,
+                block_rows: 2,
+                tile_rows: 3,
+                layers: spec.parse().unwrap(),
+                projection: None,
+                kronecker: false,
+            };
+            let got: Vec<f64> = run_job(&job).iter().map(|&v| v as f64).collect();
+            let err = rel_error_f64(&got, &want);
+            assert!(
+                err < F32_TOLERANCE,
+                "{dir} --layers {spec}: rel err {err:.2e}"
+            );
+            let all = reference_tensor(reference, "trntk0").1;
+            assert!(
+                rel_error_f64(&got, &all) > 1e-2,
+                "{dir} --layers {spec}: a strict subset of the parameters"
+            );
+        }
+    }
+}
+
+/// The CLI's `--layers`: the kernel of the selected tensors, the spec in the shards' manifest,
+/// and a clear refusal of a spec that matches nothing.
+#[test]
+fn cli_ntk_layers_restricts_the_kernel_and_is_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = repo_path("tests/fixtures/classifiers/texts.jsonl");
+    let (dir, reference) = MODELS[0];
+    let model = repo_path(dir);
+    let out = tmp.path().join("k.safetensors");
+    let args = |layers: &str| -> Vec<String> {
+        [
+            "ntk",
+            "--model",
+            path_str(&model),
+            "--data",
+            path_str(&data),
+            "--kind",
+            "trntk0",
+            "--layers",
+            layers,
+            "--backend",
+            "cpu",
+            "--out",
+            path_str(&out),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut sharded = args("head");
+    sharded.extend(["--shard", "0/1"].map(String::from));
+    run_mscope_ok(&as_strs(&sharded));
+    let shards = mscope::io::shards::read_all(&out).unwrap();
+    assert_eq!(shards[0].manifest.job["layers"], "head");
+    run_mscope_ok(&["merge", path_str(&out)]);
+    let k = KernelFile::read(&out).unwrap();
+    let got: Vec<f64> = k.values.iter().map(|&v| v as f64).collect();
+    let want = reference_trntk0(reference, &|n| {
+        layer_of(n).is_none() && !n.contains("embeddings.")
+    });
+    let err = rel_error_f64(&got, &want);
+    assert!(err < F32_TOLERANCE, "--layers head: rel err {err:.2e}");
+    let failed = common::run_mscope(&as_strs(&args("roberta.encoder")));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success());
+    assert!(
+        stderr.contains("--layers roberta.encoder: matches none"),
+        "{stderr}"
+    );
+}
+
+/// Dense JL and Kronecker kernels of a classifier: approach torch.func's exact trNTK0 as k
+/// grows (within three standard deviations of the JL error), do not change a bit with the
+/// block size, and match across tile sizes to f32 rounding.
+#[test]
+fn projected_kernels_approach_the_exact_one() {
+    let (dir, reference) = MODELS[0];
+    let classifier = load(dir, Arc::new(CpuBackend::new()));
+    let texts = tokenized(dir, &classifier);
+    let (_, want) = reference_tensor(reference, "trntk0");
+    let job = |k: usize, tile_rows: usize, block_rows: usize, kronecker: bool| SequenceKernelJob {
+        classifier: &classifier,
+        rows: &texts,
+        cols: None,
+        kind: KernelKind::Trntk0,
+        block_rows,
+        tile_rows,
+        layers: LayerSpec::default(),
+        projection: Some(JlSpec {
+            seed: 7,
+            dim: k,
+            distribution: JlDistribution::Gaussian,
+            column_offset: 0,
+        }),
+        kronecker,
+    };
+    for kronecker in [false, true] {
+        let err = |k: usize| {
+            let got: Vec<f64> = run_job(&job(k, 2, 1, kronecker))
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            rel_error_f64(&got, &want)
+        };
+        // The Kronecker product of two maps has about twice the relative variance.
+        let (coarse, fine, variance) = if kronecker {
+            (err(2), err(64), 4.0 / 64.0)
+        } else {
+            (err(4), err(512), 2.0 / 512.0)
+        };
+        assert!(
+            fine < 3.0 * f64::sqrt(variance) && fine < coarse,
+            "kronecker {kronecker}: rel err coarse {coarse:.3}, fine {fine:.3}"
+        );
+        let tiled = run_job(&job(16, 2, 1, kronecker));
+        assert_eq!(
+            run_job(&job(16, 2, 4, kronecker)),
+            tiled,
+            "blocks change no bit"
+        );
+        let one_tile: Vec<f64> = run_job(&job(16, 4, 4, kronecker))
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let tiled: Vec<f64> = tiled.iter().map(|&v| v as f64).collect();
+        assert!(
+            rel_error_f64(&tiled, &one_tile) < 1e-6,
+            "kronecker {kronecker}: tiles"
+        );
+    }
+}
+
+#[test]
+fn cli_ntk_of_a_classifier_projects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = repo_path("tests/fixtures/classifiers/texts.jsonl");
+    let model = repo_path(MODELS[0].0);
+    let out = tmp.path().join("p.safetensors");
+    let run = |projection: &str| {
+        common::run_mscope(&[
+            "ntk",
+            "--model",
+            path_str(&model),
+            "--data",
+            path_str(&data),
+            "--kind",
+            "pntk",
+            "--projection",
+            projection,
+            "--projection-dim",
+            "32",
+            "--backend",
+            "cpu",
+            "--out",
+            path_str(&out),
+        ])
+    };
+    let done = run("rademacher");
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(stdout.contains("pntk 4×4 (rademacher k=32)"), "{stdout}");
+    let k = KernelFile::read(&out).unwrap();
+    assert_eq!((k.rows, k.projection_dim), (4, 32));
+    std::fs::remove_file(&out).unwrap();
+    let done = run("kronecker");
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(stdout.contains("pntk 4×4 (kronecker k=32)"), "{stdout}");
+    assert_eq!(KernelFile::read(&out).unwrap().projection_dim, 32);
 }

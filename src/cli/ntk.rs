@@ -17,9 +17,10 @@ use clap::Args;
 use serde_json::json;
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{self, Backend, BackendKind, OpFamily};
+use crate::backend::{self, Backend, BackendKind, JlDistribution, JlSpec, OpFamily};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::instruments::layers::LayerSpec;
 use crate::instruments::ntk::{self, BlockDone, KernelJob, Tiling, DEFAULT_TILE_ROWS};
 use crate::instruments::project::{FactorSpec, KernelKind, ProjectionKind};
 use crate::instruments::transformer_ntk::SequenceKernelJob;
@@ -105,6 +106,11 @@ pub struct NtkArgs {
     /// CPU threads, at most 4 per core [default: one per core].
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Parameters the kernel sums over (transformer classifiers): comma-separated `all`,
+    /// `head`, `last:K` (the last K encoder layers and the head), `embeddings`, or
+    /// parameter-name prefixes with `*` for any characters (e.g. `bert.encoder.layer.1.`).
+    #[arg(long, default_value = "all", value_name = "SPEC")]
+    layers: LayerSpec,
     /// Text field of .jsonl / column of .csv and .tsv data (transformer classifiers).
     #[arg(long, default_value = "text")]
     text_field: String,
@@ -143,6 +149,13 @@ pub fn run(args: NtkArgs) -> Result<()> {
     )?;
     if args.model.is_dir() {
         return run_classifier(args, &out);
+    }
+    if !args.layers.is_all() {
+        return Err(Error::input(format!(
+            "--layers {}: only transformer classifiers (a model directory) take --layers; an \
+             MLP's kernel covers all its layers",
+            args.layers
+        )));
     }
     let mlp = Mlp::read(&args.model)?;
     let read = |path: &PathBuf| -> Result<Dataset> {
@@ -493,16 +506,18 @@ fn directory_digest(dir: &Path) -> Result<serde_json::Value> {
 
 /// `mscope ntk` of a transformer sequence classifier on texts: exact kernels only.
 fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
-    if args.projection != ProjectionKind::None {
-        return Err(Error::input(
-            format!(
-                "--projection {:?}: projected kernels of transformer classifiers are not \
-             implemented; use --projection none for the exact kernel",
-                args.projection
-            )
-            .to_lowercase(),
-        ));
-    }
+    let distribution = match args.projection {
+        ProjectionKind::None => None,
+        ProjectionKind::Gaussian => Some(JlDistribution::Gaussian),
+        // Kronecker maps are ±1, as for MLPs; so is the dense map of the other parameters.
+        ProjectionKind::Rademacher | ProjectionKind::Kronecker => Some(JlDistribution::Rademacher),
+    };
+    let projection = distribution.map(|distribution| JlSpec {
+        seed: args.seed,
+        dim: args.projection_dim,
+        distribution,
+        column_offset: 0,
+    });
     let cpu: Arc<dyn Backend> = Arc::new(CpuBackend::new());
     // The factors' backward pass runs on the host from f32 weights.
     let classifier = SequenceClassifier::load(&args.model, cpu, WeightsDtype::F32)?;
@@ -552,6 +567,9 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
         kind: args.kind,
         block_rows,
         tile_rows: args.tile_rows,
+        layers: args.layers.clone(),
+        projection,
+        kronecker: args.projection == ProjectionKind::Kronecker,
     };
     job.check()?;
     let backends = open_backends(&args)?;
@@ -565,12 +583,16 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
         }),
         json!({
             "kind": args.kind,
+            "layers": args.layers.to_string(),
+            "projection": args.projection,
+            "projection_dim": args.projection_dim,
+            "seed": args.seed,
             "text_field": args.text_field,
             "label_field": args.label_field,
         }),
         &job.tiling(),
         backend.as_ref(),
-        (args.kind, 0),
+        (args.kind, projection.map_or(0, |jl| jl.dim)),
     );
     if args.shard.is_some() || !args.devices.is_empty() {
         let backends: Vec<&dyn Backend> = backends.iter().map(|b| b.as_ref()).collect();
@@ -591,11 +613,15 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
     )?;
     let computed = (job.n_rows() - resumed_rows) * n_cols;
     println!(
-        "{} {}×{} (exact) of a {} classifier ({} labels) on {} in {seconds:.2} s: {:.3e} \
+        "{} {}×{} ({}) of a {} classifier ({} labels) on {} in {seconds:.2} s: {:.3e} \
          pairs/s{} -> {}",
         args.kind.name(),
         kernel.rows,
         kernel.cols,
+        match projection {
+            None => "exact".to_string(),
+            Some(jl) => format!("{:?} k={}", args.projection, jl.dim).to_lowercase(),
+        },
         classifier.encoder().config().model_type,
         classifier.num_labels(),
         backend.name(),

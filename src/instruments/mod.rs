@@ -8,6 +8,7 @@ pub mod embed;
 pub mod ensemble;
 pub mod kernel_compare;
 pub mod kglm;
+pub mod layers;
 pub mod lda;
 pub mod metrics;
 pub mod ntk;

@@ -227,7 +227,7 @@ fn exact(mlp: &Mlp, x: &[f32], kind: KernelKind) -> Result<Factors> {
 }
 
 /// The seed of one of the independent per-layer maps of the Kronecker projection.
-fn layer_seed(seed: u64, layer: usize, side: u64) -> u64 {
+pub(crate) fn layer_seed(seed: u64, layer: usize, side: u64) -> u64 {
     counter_hash(seed, layer as u64, side)
 }
 

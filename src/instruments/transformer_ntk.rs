@@ -12,14 +12,18 @@
 //! - each embedding table by the id-matching form (`Σ_{t,s: id_t = id_s}⟨δ_t,δ_s⟩`);
 //! - the biases and LayerNorm parameters, materialised per sample, by `ntk_contract`.
 //!
+//! With a dense JL projection each tile's factors are replaced by the projected per-sample
+//! gradients `[n, seeds·k]` ([`TileFactors::projected`]), contracted as one term.
+//!
 //! Every column tile's factors stay uploaded for the whole run; a row tile's are computed once
 //! per tile (reused from the column tiles when the kernel is square).
 
 use std::ops::{ControlFlow, Range};
 
+use super::layers::LayerSpec;
 use super::ntk::{cosine_normalize, run_blocks, run_tiles, BlockDone, TileFn, Tiling, WorkerLoop};
-use super::project::KernelKind;
-use crate::backend::{Backend, SeqFactors, SeqForm, SeqLayout, Tensor, TokenPairing};
+use super::project::{layer_seed, KernelKind};
+use crate::backend::{Backend, JlSpec, SeqFactors, SeqForm, SeqLayout, Tensor, TokenPairing};
 use crate::error::{Error, Result};
 use crate::io::checkpoint::Checkpoint;
 use crate::io::kernel_file::KernelFile;
@@ -42,6 +46,14 @@ pub struct SequenceKernelJob<'a> {
     pub block_rows: usize,
     /// Texts per tile (≥ 1).
     pub tile_rows: usize,
+    /// The parameters the kernel sums over.
+    pub layers: LayerSpec,
+    /// The dense JL map of the per-sample gradients (column offset 0), or `None` for the exact
+    /// kernel.
+    pub projection: Option<JlSpec>,
+    /// With `projection`: each Linear weight by its own Kronecker pair of maps instead
+    /// ([`TileFactors::projected`]).
+    pub kronecker: bool,
 }
 
 /// One tile's factors on the contraction backend.
@@ -92,6 +104,95 @@ impl TileFactors {
             linears,
             embedding: backend.upload(&[tokens, width], &f.embeddings.deltas)?,
             tables: f.embeddings.tables.into_iter().map(|t| t.ids).collect(),
+            vectors,
+            self_kernel: Vec::new(),
+            tokens: f.layout,
+        };
+        let own = contract(backend, &tile, &tile)?;
+        tile.self_kernel = (0..n).map(|i| own[i * n + i] as f64).collect();
+        Ok(tile)
+    }
+
+    /// A tile of dense JL features: each (sample, seed) gradient, materialised one sample at a
+    /// time tensor by tensor (never the tile's whole gradients) and projected by one `k × P`
+    /// map over the parameters in [`SequenceFactors::parameter_names`] order, as the MLPs'
+    /// dense projection maps the whole parameter vector. One term, `[n, seeds·k]`.
+    ///
+    /// With `kronecker`, each Linear weight is left out of that map and projected by two maps
+    /// of its own, `P_δ` on output gradients and `P_a` on inputs (seeds from
+    /// [`layer_seed`], as for MLPs): `Σ_t (P_δ δ_t)(P_a a_t)ᵀ` per (sample, seed), `k²` values,
+    /// one more term per Linear.
+    fn projected(
+        backend: &dyn Backend,
+        mut f: SequenceFactors,
+        jl: &JlSpec,
+        kronecker: bool,
+    ) -> Result<Self> {
+        let linears = if kronecker {
+            std::mem::take(&mut f.linears)
+        } else {
+            Vec::new()
+        };
+        let (n, r, k) = (f.num_samples(), f.seeds, jl.dim);
+        let mut features = vec![0.0f32; n * r * k];
+        let mut out = backend.zeros(&[1, k])?;
+        for (row, feature) in features.chunks_exact_mut(k).enumerate() {
+            let mut offset = 0u64;
+            for (t, (_, g)) in f.materialize(row / r, row % r)?.into_iter().enumerate() {
+                let spec = JlSpec {
+                    column_offset: offset,
+                    ..*jl
+                };
+                let x = backend.upload(&[1, g.len()], &g)?;
+                backend.jl_project(&x, &spec, t > 0, &mut out)?;
+                offset += g.len() as u64;
+            }
+            feature.copy_from_slice(&backend.download(&out)?);
+        }
+        let mut vectors = vec![backend.upload(&[n, r * k], &features)?];
+        for (l, lin) in linears.iter().enumerate() {
+            let count = match lin.rows {
+                FactorRows::Tokens => f.layout.num_tokens(),
+                FactorRows::Samples => n,
+            };
+            let project = |values: &[f32], rows: usize, width: usize, side: u64| {
+                let spec = JlSpec {
+                    seed: layer_seed(jl.seed, l, side),
+                    column_offset: 0,
+                    ..*jl
+                };
+                let x = backend.upload(&[rows, width], values)?;
+                let mut out = backend.zeros(&[rows, k])?;
+                backend.jl_project(&x, &spec, false, &mut out)?;
+                backend.download(&out)
+            };
+            let acts = project(&lin.acts, count, lin.d_in, 0)?;
+            // Rows of `deltas` are (token, seed) pairs.
+            let deltas = project(&lin.deltas, count * r, lin.d_out, 1)?;
+            let mut grads = vec![0.0f32; n * r * k * k];
+            for (row, g) in grads.chunks_exact_mut(k * k).enumerate() {
+                let (i, c) = (row / r, row % r);
+                let tokens = match lin.rows {
+                    FactorRows::Tokens => f.layout.range(i),
+                    FactorRows::Samples => i..i + 1,
+                };
+                for t in tokens {
+                    let a = &acts[t * k..(t + 1) * k];
+                    let d = &deltas[(t * r + c) * k..(t * r + c + 1) * k];
+                    for (g, &dv) in g.chunks_exact_mut(k).zip(d) {
+                        g.iter_mut().zip(a).for_each(|(g, &av)| *g += dv * av);
+                    }
+                }
+            }
+            vectors.push(backend.upload(&[n, r * k * k], &grads)?);
+        }
+        let mut tile = TileFactors {
+            n,
+            samples: SeqLayout::from_lengths(vec![1; n]),
+            linears: Vec::new(),
+            // No table reads it: the features hold every parameter.
+            embedding: backend.zeros(&[1, 1])?,
+            tables: Vec::new(),
             vectors,
             self_kernel: Vec::new(),
             tokens: f.layout,
@@ -198,15 +299,26 @@ impl SequenceKernelJob<'_> {
     }
 
     /// An error for inputs the job cannot run on: no texts, no rows per block or tile, a
-    /// kernel too large for memory.
+    /// `layers` spec that keeps no parameter, a kernel too large for memory.
     pub fn check(&self) -> Result<()> {
         for (what, texts) in [("data", Some(self.rows)), ("--against data", self.cols)] {
             if texts.is_some_and(|t| t.is_empty()) {
                 return Err(Error::input(format!("{what}: no texts")));
             }
         }
+        if self.projection.is_some_and(|jl| jl.dim == 0) {
+            return Err(Error::input(
+                "--projection-dim must be at least 1 for a projected kernel",
+            ));
+        }
         if self.block_rows == 0 || self.tile_rows == 0 {
             return Err(Error::input("--block-rows must be at least 1"));
+        }
+        if !self.layers.is_all() {
+            // Refuse a spec that keeps nothing before any block is computed.
+            let seed = summed_seed(self.classifier.num_labels());
+            let one = factors(self.classifier, &TokenBatch::pack(&self.rows[..1]), &seed)?;
+            self.layers.select(&one.parameter_names())?;
         }
         let what = format!("a {}x{} kernel", self.n_rows(), self.n_cols());
         crate::limits::check_memory(&what, self.n_rows() as f64 * self.n_cols() as f64 * 4.0)
@@ -233,7 +345,7 @@ impl SequenceKernelJob<'_> {
             cols: self.n_cols(),
             kind: self.kind.name().to_string(),
             normalized: self.kind.normalized(),
-            projection_dim: 0,
+            projection_dim: self.projection.map_or(0, |jl| jl.dim),
         }))
     }
 
@@ -273,8 +385,15 @@ impl SequenceKernelJob<'_> {
         };
         let t = self.tile_rows;
         let make = |texts: &[TokenizedText]| -> Result<TileFactors> {
-            let f = factors(self.classifier, &TokenBatch::pack(texts), &seeds)?;
-            TileFactors::new(backend, f)
+            let mut f = factors(self.classifier, &TokenBatch::pack(texts), &seeds)?;
+            if !self.layers.is_all() {
+                let keep = self.layers.select(&f.parameter_names())?;
+                f.retain(&keep);
+            }
+            match &self.projection {
+                None => TileFactors::new(backend, f),
+                Some(jl) => TileFactors::projected(backend, f, jl, self.kronecker),
+            }
         };
         let col_tiles = self
             .cols

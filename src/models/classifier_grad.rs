@@ -160,6 +160,43 @@ impl SequenceFactors {
         }
     }
 
+    /// The checkpoint names of the parameters the factors cover: the embedding tables, every
+    /// Linear's row blocks, the vectors (the order [`Self::retain`] reads its flags in).
+    pub fn parameter_names(&self) -> Vec<&str> {
+        let tables = self.embeddings.tables.iter().map(|t| t.name.as_str());
+        let linears = self
+            .linears
+            .iter()
+            .flat_map(|l| l.parts.iter().map(|(name, _)| name.as_str()));
+        let vectors = self.vectors.iter().map(|v| v.name.as_str());
+        tables.chain(linears).chain(vectors).collect()
+    }
+
+    /// Drops the parameters whose flag (in [`Self::parameter_names`] order) is false, so
+    /// kernels and gradients cover only the others. A fused Linear losing some of its row
+    /// blocks (Q without K and V) keeps its factors with the dropped blocks' output gradients
+    /// zeroed, which zeroes exactly those rows of `Δᵀ A`.
+    pub fn retain(&mut self, keep: &[bool]) {
+        let mut flags = keep.iter().copied();
+        let mut next = || flags.next().expect("one flag per parameter");
+        self.embeddings.tables.retain(|_| next());
+        self.linears.retain_mut(|lin| {
+            let kept: Vec<bool> = lin.parts.iter().map(|_| next()).collect();
+            let mut first = 0;
+            for ((_, part_rows), &k) in lin.parts.iter().zip(&kept) {
+                if !k {
+                    // Rows of `deltas` are (token, seed) pairs of `d_out` values.
+                    for row in lin.deltas.chunks_exact_mut(lin.d_out) {
+                        row[first..first + part_rows].fill(0.0);
+                    }
+                }
+                first += part_rows;
+            }
+            kept.contains(&true)
+        });
+        self.vectors.retain(|_| next());
+    }
+
     /// The gradient of seed `seed` of sample `sample`, materialised per checkpoint tensor (name,
     /// row-major values of the tensor's shape): `Δᵀ A` per Linear, `δ` rows scattered by id per
     /// embedding table, the vectors as stored. The materialised form of a kernel, and the
