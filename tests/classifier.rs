@@ -18,7 +18,9 @@ use mscope::instruments::transformer_ntk::SequenceKernelJob;
 use mscope::io::checkpoint::Checkpoint;
 use mscope::io::kernel_file::KernelFile;
 use mscope::models::classifier::SequenceClassifier;
-use mscope::models::classifier_grad::{class_seeds, factors, summed_seed, SequenceFactors};
+use mscope::models::classifier_grad::{
+    class_seeds, factors, loss_gradient, summed_seed, SequenceFactors,
+};
 use mscope::models::tokenize::{TextTokenizer, TokenizedText};
 use mscope::models::{Encoder, TokenBatch};
 use mscope::weights::WeightsDtype;
@@ -215,6 +217,80 @@ fn bert_per_sample_gradients_match_torch_func() {
 #[test]
 fn xlmr_per_sample_gradients_match_torch_func() {
     per_sample_gradients_match_torch_func(MODELS[1]);
+}
+
+/// The mean cross-entropy loss of the fixture texts and its gradient, parameter by parameter,
+/// against float64 autograd (`tools/make_finetune_fixtures.py`).
+fn loss_gradient_matches_torch((dir, reference): (&str, &str), loss_reference: &str) {
+    let classifier = load(dir, Arc::new(CpuBackend::new()));
+    let batch = batch(dir, &classifier, reference);
+    let (_, labels) = reference_tensor(loss_reference, "labels");
+    let labels: Vec<usize> = labels.iter().map(|&y| y as usize).collect();
+    let got = loss_gradient(&classifier, &batch, &labels).expect("loss gradient");
+    let (_, want_loss) = reference_tensor(loss_reference, "loss");
+    let err = ((got.loss - want_loss[0]) / want_loss[0]).abs();
+    assert!(err < F32_TOLERANCE, "{dir}: loss rel err {err:.2e}");
+    let mut names: Vec<String> = got.grads.iter().map(|(n, _)| n.clone()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        reference_names(loss_reference, "grad."),
+        "{dir}: parameters"
+    );
+    let total: f64 = names
+        .iter()
+        .map(|n| {
+            let (_, g) = reference_tensor(loss_reference, &format!("grad.{n}"));
+            g.iter().map(|v| v * v).sum::<f64>()
+        })
+        .sum();
+    for (name, grad) in &got.grads {
+        let (_, want) = reference_tensor(loss_reference, &format!("grad.{name}"));
+        let grad: Vec<f64> = grad.iter().map(|&v| v as f64).collect();
+        if name.ends_with("attention.self.key.bias") {
+            // Zero but for rounding on both sides (softmax ignores q·b).
+            for (side, g) in [("mscope", &grad), ("torch", &want)] {
+                let share = g.iter().map(|v| v * v).sum::<f64>() / total;
+                assert!(
+                    share < 1e-12,
+                    "{dir}: {side} {name} holds {share:.1e} of ‖g‖²"
+                );
+            }
+            continue;
+        }
+        let err = rel_error_f64(&grad, &want);
+        assert!(
+            err < F32_TOLERANCE,
+            "{dir}: loss gradient of {name}: rel err {err:.2e}"
+        );
+    }
+}
+
+#[test]
+fn bert_loss_gradient_matches_torch() {
+    loss_gradient_matches_torch(
+        MODELS[0],
+        "tests/fixtures/classifiers/bert_loss_reference.safetensors",
+    );
+}
+
+#[test]
+fn xlmr_loss_gradient_matches_torch() {
+    loss_gradient_matches_torch(
+        MODELS[1],
+        "tests/fixtures/classifiers/xlmr_loss_reference.safetensors",
+    );
+}
+
+#[test]
+fn loss_gradient_refuses_bad_labels() {
+    let (dir, reference) = MODELS[1];
+    let classifier = load(dir, Arc::new(CpuBackend::new()));
+    let batch = batch(dir, &classifier, reference);
+    let err = loss_gradient(&classifier, &batch, &[0, 1, 2, 0]).unwrap_err();
+    assert!(err.to_string().contains("label index 2"), "{err}");
+    let err = loss_gradient(&classifier, &batch, &[0, 1]).unwrap_err();
+    assert!(err.to_string().contains("2 labels for 4 texts"), "{err}");
 }
 
 /// `Σ_tensors` of the Gram of rows (sample, seed), summed over equal seeds: `[n, n]`.
