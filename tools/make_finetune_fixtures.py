@@ -12,6 +12,14 @@ texts:
     loss []                     torch.nn.functional.cross_entropy(logits, labels) (the mean);
     grad.{name} [*shape]        its gradient for every parameter (name as in model.safetensors),
                                 by autograd.
+
+and tests/fixtures/classifiers/bert_adamw_reference.safetensors: three steps of
+torch.optim.AdamW (betas 0.9/0.999, eps 1e-8) under transformers' get_linear_schedule_with_warmup,
+float64 from the float32 weights of tiny-bert-cls, each step on the mean cross-entropy of two texts:
+    hparams [4]                 lr, weight_decay, warmup steps, total steps of the schedule;
+    batches [3, 2] I64          the texts (rows of texts.jsonl) of each step;
+    losses [3]                  each step's loss, before its update;
+    after.{name} [*shape]       every parameter after the third step.
 """
 
 import json
@@ -59,6 +67,45 @@ def loss_reference(model_dir, model_class):
     return ref, meta
 
 
+ADAMW = {"lr": 1e-3, "weight_decay": 0.1, "warmup": 1, "total": 4}
+ADAMW_BATCHES = [[0, 1], [2, 3], [3, 0]]
+
+
+def adamw_reference(model_dir, model_class):
+    from transformers import get_linear_schedule_with_warmup
+
+    model = model_class.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+    model = model.to(torch.float64)
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    texts, names = labelled_texts()
+    labels = [model.config.label2id[n] for n in names]
+    opt = torch.optim.AdamW(model.parameters(), lr=ADAMW["lr"], betas=(0.9, 0.999), eps=1e-8,
+                            weight_decay=ADAMW["weight_decay"])
+    sched = get_linear_schedule_with_warmup(opt, ADAMW["warmup"], ADAMW["total"])
+    losses = []
+    for rows in ADAMW_BATCHES:
+        enc = tok([texts[i] for i in rows], padding=True, return_tensors="pt")
+        y = torch.tensor([labels[i] for i in rows], dtype=torch.int64)
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(**enc).logits, y)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    ref = {
+        "hparams": torch.tensor([ADAMW["lr"], ADAMW["weight_decay"], ADAMW["warmup"],
+                                 ADAMW["total"]], dtype=torch.float64),
+        "batches": torch.tensor(ADAMW_BATCHES, dtype=torch.int64),
+        "losses": torch.tensor(losses, dtype=torch.float64),
+    }
+    for name, p in model.named_parameters():
+        ref[f"after.{name}"] = p.detach().double().contiguous()
+    meta = {"texts": "tests/fixtures/classifiers/texts.jsonl", "transformers_version":
+            transformers.__version__, "torch_version": torch.__version__}
+    print(f"  {model_dir.name}: AdamW losses {losses}")
+    return ref, meta
+
+
 def main():
     for model_dir, model_class, out in [
         ("tiny-bert-cls", BertForSequenceClassification, "bert_loss_reference.safetensors"),
@@ -66,6 +113,8 @@ def main():
     ]:
         ref, meta = loss_reference(OUT / model_dir, model_class)
         save_file(ref, str(OUT / out), metadata=meta)
+    ref, meta = adamw_reference(OUT / "tiny-bert-cls", BertForSequenceClassification)
+    save_file(ref, str(OUT / "bert_adamw_reference.safetensors"), metadata=meta)
 
 
 if __name__ == "__main__":
