@@ -21,7 +21,7 @@ use mscope::models::classifier::SequenceClassifier;
 use mscope::models::classifier_grad::{
     class_seeds, factors, loss_gradient, summed_seed, SequenceFactors,
 };
-use mscope::models::finetune::{linear_schedule, read_parameters, write_parameters, AdamW};
+use mscope::models::finetune::{linear_schedule, read_parameters, write_classifier, AdamW};
 use mscope::models::tokenize::{TextTokenizer, TokenizedText};
 use mscope::models::{Encoder, TokenBatch};
 use mscope::weights::WeightsDtype;
@@ -312,12 +312,8 @@ fn adamw_steps_match_torch() {
         "labels",
     );
     let tmp = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(repo_path(dir)).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, tmp.path().join(path.file_name().unwrap())).unwrap();
-    }
-    let weights = tmp.path().join("model.safetensors");
-    let mut params = read_parameters(&weights).expect("weights");
+    let mut params = read_parameters(&repo_path(dir).join("model.safetensors")).expect("weights");
+    write_classifier(&repo_path(dir), tmp.path(), &params).expect("writes the directory");
     let mut adamw = AdamW::new(weight_decay);
     let cpu: Arc<dyn Backend> = Arc::new(CpuBackend::new());
     let tokenized = {
@@ -338,13 +334,17 @@ fn adamw_steps_match_torch() {
         adamw
             .step(&mut params, &got.grads, step_lr)
             .expect("update");
-        write_parameters(&weights, &params).expect("writes");
+        write_classifier(&repo_path(dir), tmp.path(), &params).expect("writes");
     }
     assert_eq!(
         params.keys().cloned().collect::<Vec<_>>(),
         reference_names(fixture, "after."),
         "parameters"
     );
+    // The written directory holds the labels and tokenizer of the original.
+    let written = load(path_str(tmp.path()), cpu);
+    assert_eq!(written.labels(), ["negative", "neutral", "positive"]);
+    TextTokenizer::load(tmp.path(), written.encoder().max_tokens()).expect("tokenizer copied");
     for (name, (_, values)) in &params {
         if name.ends_with("attention.self.key.bias") {
             // Its gradient is rounding on both sides (softmax ignores q·b), which Adam's

@@ -53,6 +53,33 @@ pub fn write_parameters(path: &Path, params: &Parameters) -> Result<()> {
     tensor_file::write(path, tensors, metadata)
 }
 
+/// Weight files a classifier directory may hold, which [`write_classifier`] replaces by its own
+/// `model.safetensors` rather than copies.
+const WEIGHT_FILES: [&str; 3] = [
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+];
+
+/// Writes a classifier directory `to` (created if absent) holding `params` as
+/// `model.safetensors` and a copy of every other file of the directory `from` it was loaded
+/// from (config.json with its labels, the tokenizer files): what transformers'
+/// `from_pretrained` and [`SequenceClassifier::load`](super::classifier::SequenceClassifier::load)
+/// read.
+pub fn write_classifier(from: &Path, to: &Path, params: &Parameters) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
+        let path = entry.map_err(|e| Error::io(from, e))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if path.is_file() && !WEIGHT_FILES.contains(&name) {
+            std::fs::copy(&path, to.join(name)).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    write_parameters(&to.join("model.safetensors"), params)
+}
+
 /// `torch.optim.AdamW` (no AMSGrad): per parameter tensor, decoupled weight decay
 /// `p ← p·(1 − lr·λ)` then the bias-corrected Adam step.
 pub struct AdamW {
