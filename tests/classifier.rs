@@ -667,3 +667,91 @@ fn cli_ntk_of_a_classifier_refuses_bad_input() {
     );
     assert_eq!(KernelFile::read(&out).unwrap().rows, 2);
 }
+
+/// `mscope train --model`: a fine-tuned directory that loads, with one report row per epoch and
+/// the loss of the first epoch's first batch equal to the fixture's; bad input refused.
+#[test]
+fn cli_fine_tunes_a_classifier() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("tuned");
+    let (dir, _) = MODELS[0];
+    let model = repo_path(dir);
+    let data = repo_path("tests/fixtures/classifiers/texts.jsonl");
+    let common_args = [
+        "train",
+        "--model",
+        path_str(&model),
+        "--data",
+        path_str(&data),
+        "--lr",
+        "1e-2",
+        "--warmup",
+        "0",
+    ];
+    let mut args = common_args.to_vec();
+    args.extend([
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--out",
+        path_str(&out),
+    ]);
+    run_mscope_ok(&args);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("train.json")).unwrap()).unwrap();
+    let epochs = report.as_array().expect("one row per epoch");
+    assert_eq!(epochs.len(), 2);
+    // One batch of every text: the first loss is the untrained model's (the loss fixture's).
+    let (_, want) = reference_tensor(
+        "tests/fixtures/classifiers/bert_loss_reference.safetensors",
+        "loss",
+    );
+    let first = epochs[0]["loss"].as_f64().unwrap();
+    assert!(
+        ((first - want[0]) / want[0]).abs() < F32_TOLERANCE,
+        "{first}"
+    );
+    assert!(
+        epochs[1]["loss"].as_f64().unwrap() < first,
+        "a step lowers the loss"
+    );
+    let tuned = load(path_str(&out), Arc::new(CpuBackend::new()));
+    assert_eq!(tuned.labels(), ["negative", "neutral", "positive"]);
+
+    let bad = |name: &str, content: &str, extra: &[&str], needle: &str| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        let mut args = common_args.to_vec();
+        args[4] = path_str(&path);
+        let out = tmp.path().join(format!("{name}.out"));
+        args.extend(["--out", path_str(&out)]);
+        args.extend(extra);
+        common::assert_fails_cleanly(&args, &[needle]);
+    };
+    bad("empty.jsonl", "", &[], "no texts");
+    bad(
+        "one.jsonl",
+        "{\"text\":\"a\",\"label\":\"positive\"}\n{\"text\":\"b\",\"label\":\"positive\"}\n",
+        &[],
+        "at least two classes",
+    );
+    bad(
+        "unknown.jsonl",
+        "{\"text\":\"a\",\"label\":\"sad\"}\n",
+        &[],
+        "not one of the model's labels",
+    );
+    bad(
+        "unlabelled.jsonl",
+        "{\"text\":\"a\"}\n{\"text\":\"b\"}\n",
+        &[],
+        "no `label` field",
+    );
+    bad(
+        "ok.jsonl",
+        "{\"text\":\"a\",\"label\":\"positive\"}\n",
+        &["--batch-size", "0"],
+        "--batch-size must be at least 1",
+    );
+}
