@@ -719,6 +719,25 @@ fn cli_fine_tunes_a_classifier() {
     let tuned = load(path_str(&out), Arc::new(CpuBackend::new()));
     assert_eq!(tuned.labels(), ["negative", "neutral", "positive"]);
 
+    // --freeze-encoder moves the head (pooler dense and classifier) only.
+    let frozen = tmp.path().join("frozen");
+    let mut args = common_args.to_vec();
+    args.extend(["--epochs", "1", "--batch-size", "2", "--freeze-encoder"]);
+    args.extend(["--out", path_str(&frozen)]);
+    run_mscope_ok(&args);
+    let before = read_parameters(&model.join("model.safetensors")).unwrap();
+    let after = read_parameters(&frozen.join("model.safetensors")).unwrap();
+    let moved: Vec<&String> = before.keys().filter(|k| before[*k] != after[*k]).collect();
+    assert_eq!(
+        moved,
+        [
+            "bert.pooler.dense.bias",
+            "bert.pooler.dense.weight",
+            "classifier.bias",
+            "classifier.weight"
+        ]
+    );
+
     let bad = |name: &str, content: &str, extra: &[&str], needle: &str| {
         let path = tmp.path().join(name);
         std::fs::write(&path, content).unwrap();
