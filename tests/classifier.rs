@@ -19,7 +19,10 @@ use mscope::instruments::transformer_ntk::SequenceKernelJob;
 use mscope::io::checkpoint::Checkpoint;
 use mscope::io::kernel_file::KernelFile;
 use mscope::models::classifier::SequenceClassifier;
-use mscope::models::classifier_grad::{class_seeds, factors, summed_seed, SequenceFactors};
+use mscope::models::classifier_grad::{
+    class_seeds, factors, loss_gradient, summed_seed, SequenceFactors,
+};
+use mscope::models::finetune::{linear_schedule, read_parameters, write_classifier, AdamW};
 use mscope::models::tokenize::{TextTokenizer, TokenizedText};
 use mscope::models::{Encoder, TokenBatch};
 use mscope::weights::WeightsDtype;
@@ -216,6 +219,147 @@ fn bert_per_sample_gradients_match_torch_func() {
 #[test]
 fn xlmr_per_sample_gradients_match_torch_func() {
     per_sample_gradients_match_torch_func(MODELS[1]);
+}
+
+/// The mean cross-entropy loss of the fixture texts and its gradient, parameter by parameter,
+/// against float64 autograd (`tools/make_finetune_fixtures.py`).
+fn loss_gradient_matches_torch((dir, reference): (&str, &str), loss_reference: &str) {
+    let classifier = load(dir, Arc::new(CpuBackend::new()));
+    let batch = batch(dir, &classifier, reference);
+    let (_, labels) = reference_tensor(loss_reference, "labels");
+    let labels: Vec<usize> = labels.iter().map(|&y| y as usize).collect();
+    let got = loss_gradient(&classifier, &batch, &labels).expect("loss gradient");
+    let (_, want_loss) = reference_tensor(loss_reference, "loss");
+    let err = ((got.loss - want_loss[0]) / want_loss[0]).abs();
+    assert!(err < F32_TOLERANCE, "{dir}: loss rel err {err:.2e}");
+    let mut names: Vec<String> = got.grads.iter().map(|(n, _)| n.clone()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        reference_names(loss_reference, "grad."),
+        "{dir}: parameters"
+    );
+    let total: f64 = names
+        .iter()
+        .map(|n| {
+            let (_, g) = reference_tensor(loss_reference, &format!("grad.{n}"));
+            g.iter().map(|v| v * v).sum::<f64>()
+        })
+        .sum();
+    for (name, grad) in &got.grads {
+        let (_, want) = reference_tensor(loss_reference, &format!("grad.{name}"));
+        let grad: Vec<f64> = grad.iter().map(|&v| v as f64).collect();
+        if name.ends_with("attention.self.key.bias") {
+            // Zero but for rounding on both sides (softmax ignores q·b).
+            for (side, g) in [("mscope", &grad), ("torch", &want)] {
+                let share = g.iter().map(|v| v * v).sum::<f64>() / total;
+                assert!(
+                    share < 1e-12,
+                    "{dir}: {side} {name} holds {share:.1e} of ‖g‖²"
+                );
+            }
+            continue;
+        }
+        let err = rel_error_f64(&grad, &want);
+        assert!(
+            err < F32_TOLERANCE,
+            "{dir}: loss gradient of {name}: rel err {err:.2e}"
+        );
+    }
+}
+
+#[test]
+fn bert_loss_gradient_matches_torch() {
+    loss_gradient_matches_torch(
+        MODELS[0],
+        "tests/fixtures/classifiers/bert_loss_reference.safetensors",
+    );
+}
+
+#[test]
+fn xlmr_loss_gradient_matches_torch() {
+    loss_gradient_matches_torch(
+        MODELS[1],
+        "tests/fixtures/classifiers/xlmr_loss_reference.safetensors",
+    );
+}
+
+#[test]
+fn loss_gradient_refuses_bad_labels() {
+    let (dir, reference) = MODELS[1];
+    let classifier = load(dir, Arc::new(CpuBackend::new()));
+    let batch = batch(dir, &classifier, reference);
+    let err = loss_gradient(&classifier, &batch, &[0, 1, 2, 0]).unwrap_err();
+    assert!(err.to_string().contains("label index 2"), "{err}");
+    let err = loss_gradient(&classifier, &batch, &[0, 1]).unwrap_err();
+    assert!(err.to_string().contains("2 labels for 4 texts"), "{err}");
+}
+
+/// Three AdamW steps under the linear warm-up/decay schedule, each on two fixture texts, against
+/// `torch.optim.AdamW` with transformers' scheduler from the same weights and batches: each
+/// step's loss and every parameter after the third step. The classifier is reloaded from the
+/// written weights after each update, as fine-tuning does.
+#[test]
+fn adamw_steps_match_torch() {
+    let (dir, reference) = MODELS[0];
+    let fixture = "tests/fixtures/classifiers/bert_adamw_reference.safetensors";
+    let (_, hparams) = reference_tensor(fixture, "hparams");
+    let (lr, weight_decay) = (hparams[0], hparams[1]);
+    let (warmup, total) = (hparams[2] as usize, hparams[3] as usize);
+    let (_, batches) = reference_tensor(fixture, "batches");
+    let (_, want_losses) = reference_tensor(fixture, "losses");
+    let (_, labels) = reference_tensor(
+        "tests/fixtures/classifiers/bert_loss_reference.safetensors",
+        "labels",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let mut params = read_parameters(&repo_path(dir).join("model.safetensors")).expect("weights");
+    write_classifier(&repo_path(dir), tmp.path(), &params).expect("writes the directory");
+    let mut adamw = AdamW::new(weight_decay);
+    let cpu: Arc<dyn Backend> = Arc::new(CpuBackend::new());
+    let tokenized = {
+        let classifier = load(dir, cpu.clone());
+        let _ = batch(dir, &classifier, reference); // the ids agree with transformers'
+        tokenized(dir, &classifier)
+    };
+    for (step, rows) in batches.chunks_exact(2).enumerate() {
+        let classifier = SequenceClassifier::load(tmp.path(), cpu.clone(), WeightsDtype::F32)
+            .expect("written classifier loads");
+        let rows: Vec<usize> = rows.iter().map(|&r| r as usize).collect();
+        let texts: Vec<TokenizedText> = rows.iter().map(|&r| tokenized[r].clone()).collect();
+        let y: Vec<usize> = rows.iter().map(|&r| labels[r] as usize).collect();
+        let got = loss_gradient(&classifier, &TokenBatch::pack(&texts), &y).expect("gradient");
+        let err = ((got.loss - want_losses[step]) / want_losses[step]).abs();
+        assert!(err < F32_TOLERANCE, "step {step}: loss rel err {err:.2e}");
+        let step_lr = lr * linear_schedule(step, warmup, total);
+        adamw
+            .step(&mut params, &got.grads, step_lr)
+            .expect("update");
+        write_classifier(&repo_path(dir), tmp.path(), &params).expect("writes");
+    }
+    assert_eq!(
+        params.keys().cloned().collect::<Vec<_>>(),
+        reference_names(fixture, "after."),
+        "parameters"
+    );
+    // The written directory holds the labels and tokenizer of the original.
+    let written = load(path_str(tmp.path()), cpu);
+    assert_eq!(written.labels(), ["negative", "neutral", "positive"]);
+    TextTokenizer::load(tmp.path(), written.encoder().max_tokens()).expect("tokenizer copied");
+    for (name, (_, values)) in &params {
+        if name.ends_with("attention.self.key.bias") {
+            // Its gradient is rounding on both sides (softmax ignores q·b), which Adam's
+            // normalisation turns into steps of up to lr: not comparable, and unused by the model.
+            continue;
+        }
+        let (_, want) = reference_tensor(fixture, &format!("after.{name}"));
+        let got: Vec<f64> = values.iter().map(|&v| v as f64).collect();
+        let err = rel_error_f64(&got, &want);
+        assert!(
+            err < F32_TOLERANCE,
+            "{name} after 3 steps: rel err {err:.2e}"
+        );
+    }
 }
 
 /// `Σ_tensors` of the Gram of rows (sample, seed), summed over equal seeds: `[n, n]`.
@@ -767,4 +911,111 @@ fn cli_ntk_of_a_classifier_projects() {
     let stdout = String::from_utf8_lossy(&done.stdout);
     assert!(stdout.contains("pntk 4×4 (kronecker k=32)"), "{stdout}");
     assert_eq!(KernelFile::read(&out).unwrap().projection_dim, 32);
+}
+
+/// `mscope train --model`: a fine-tuned directory that loads, with one report row per epoch and
+/// the loss of the first epoch's first batch equal to the fixture's; bad input refused.
+#[test]
+fn cli_fine_tunes_a_classifier() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("tuned");
+    let (dir, _) = MODELS[0];
+    let model = repo_path(dir);
+    let data = repo_path("tests/fixtures/classifiers/texts.jsonl");
+    let common_args = [
+        "train",
+        "--model",
+        path_str(&model),
+        "--data",
+        path_str(&data),
+        "--lr",
+        "1e-2",
+        "--warmup",
+        "0",
+    ];
+    let mut args = common_args.to_vec();
+    args.extend([
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--out",
+        path_str(&out),
+    ]);
+    run_mscope_ok(&args);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("train.json")).unwrap()).unwrap();
+    let epochs = report.as_array().expect("one row per epoch");
+    assert_eq!(epochs.len(), 2);
+    // One batch of every text: the first loss is the untrained model's (the loss fixture's).
+    let (_, want) = reference_tensor(
+        "tests/fixtures/classifiers/bert_loss_reference.safetensors",
+        "loss",
+    );
+    let first = epochs[0]["loss"].as_f64().unwrap();
+    assert!(
+        ((first - want[0]) / want[0]).abs() < F32_TOLERANCE,
+        "{first}"
+    );
+    assert!(
+        epochs[1]["loss"].as_f64().unwrap() < first,
+        "a step lowers the loss"
+    );
+    let tuned = load(path_str(&out), Arc::new(CpuBackend::new()));
+    assert_eq!(tuned.labels(), ["negative", "neutral", "positive"]);
+
+    // --freeze-encoder moves the head (pooler dense and classifier) only.
+    let frozen = tmp.path().join("frozen");
+    let mut args = common_args.to_vec();
+    args.extend(["--epochs", "1", "--batch-size", "2", "--freeze-encoder"]);
+    args.extend(["--out", path_str(&frozen)]);
+    run_mscope_ok(&args);
+    let before = read_parameters(&model.join("model.safetensors")).unwrap();
+    let after = read_parameters(&frozen.join("model.safetensors")).unwrap();
+    let moved: Vec<&String> = before.keys().filter(|k| before[*k] != after[*k]).collect();
+    assert_eq!(
+        moved,
+        [
+            "bert.pooler.dense.bias",
+            "bert.pooler.dense.weight",
+            "classifier.bias",
+            "classifier.weight"
+        ]
+    );
+
+    let bad = |name: &str, content: &str, extra: &[&str], needle: &str| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        let mut args = common_args.to_vec();
+        args[4] = path_str(&path);
+        let out = tmp.path().join(format!("{name}.out"));
+        args.extend(["--out", path_str(&out)]);
+        args.extend(extra);
+        common::assert_fails_cleanly(&args, &[needle]);
+    };
+    bad("empty.jsonl", "", &[], "no texts");
+    bad(
+        "one.jsonl",
+        "{\"text\":\"a\",\"label\":\"positive\"}\n{\"text\":\"b\",\"label\":\"positive\"}\n",
+        &[],
+        "at least two classes",
+    );
+    bad(
+        "unknown.jsonl",
+        "{\"text\":\"a\",\"label\":\"sad\"}\n",
+        &[],
+        "not one of the model's labels",
+    );
+    bad(
+        "unlabelled.jsonl",
+        "{\"text\":\"a\"}\n{\"text\":\"b\"}\n",
+        &[],
+        "no `label` field",
+    );
+    bad(
+        "ok.jsonl",
+        "{\"text\":\"a\",\"label\":\"positive\"}\n",
+        &["--batch-size", "0"],
+        "--batch-size must be at least 1",
+    );
 }

@@ -269,11 +269,14 @@ struct HostLayer {
     output_gamma: Vec<f32>,
 }
 
-/// What every seed's backward pass reads: the tapes and the host weights.
+/// What every backward pass over one batch reads: the recorded forward (tapes, logits), the
+/// host weights, and the checkpoint names of the parameters.
 struct Backward<'a> {
     layout: &'a SeqLayout,
-    tape: &'a BertTape,
-    head_tape: &'a HeadTape,
+    tape: BertTape,
+    head_tape: HeadTape,
+    /// `[samples, classes]`, downloaded from the backend.
+    logits: Vec<f32>,
     layers: Vec<HostLayer>,
     embed_gamma: Vec<f32>,
     dense: Vec<f32>,
@@ -284,9 +287,157 @@ struct Backward<'a> {
     hidden: usize,
     intermediate: usize,
     classes: usize,
+    /// The encoder's checkpoint prefix (`bert.`, `roberta.`).
+    prefix: String,
+    /// The head's dense and output layer names.
+    head_names: [&'static str; 2],
+    /// What each embedding table was read at, for the whole packed batch.
+    tables: Vec<EmbeddingIds>,
 }
 
-impl Backward<'_> {
+/// A Linear slot of [`Backward::linear_slots`]: weight parts, `d_in`, `d_out`, rows, inputs.
+type LinearSlot<'t> = (Vec<(String, usize)>, usize, usize, FactorRows, &'t [f32]);
+
+impl<'a> Backward<'a> {
+    /// Runs the recorded forward of `batch` on the classifier's backend and gathers the host
+    /// weights the backward passes multiply by.
+    fn record(classifier: &SequenceClassifier, batch: &'a TokenBatch) -> Result<Self> {
+        let encoder = classifier.encoder();
+        let config = encoder.config();
+        let be = encoder.backend().as_ref();
+        let h = config.hidden_size;
+        let (hidden, tape) = encoder.forward_recorded(batch)?;
+        let mut head_tape = HeadTape::default();
+        let logits = classifier.head_forward(&hidden, &batch.layout, Some(&mut head_tape))?;
+        let logits = be.download(&logits)?;
+
+        let prefix = encoder.weight_prefix().to_string();
+        let layer_name = |l: usize, rest: &str| format!("{prefix}encoder.layer.{l}.{rest}");
+        let layers = encoder
+            .layers()
+            .iter()
+            .enumerate()
+            .map(|(l, w)| {
+                Ok(HostLayer {
+                    qkv: host(be, &w.qkv.weight, &layer_name(l, "attention.self"))?,
+                    attn_out: host(be, &w.attn_out.weight, &layer_name(l, "attention.output"))?,
+                    attn_gamma: host(be, &w.attn_norm.gamma, &layer_name(l, "attention.output"))?,
+                    intermediate: host(be, &w.intermediate.weight, &layer_name(l, "intermediate"))?,
+                    output: host(be, &w.output.weight, &layer_name(l, "output"))?,
+                    output_gamma: host(be, &w.output_norm.gamma, &layer_name(l, "output"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let head = classifier.head();
+        let head_names = head.kind.layer_names();
+        let tables = vec![
+            EmbeddingIds {
+                name: format!("{prefix}embeddings.word_embeddings.weight"),
+                rows: config.vocab_size,
+                ids: batch.ids.clone(),
+            },
+            EmbeddingIds {
+                name: format!("{prefix}embeddings.position_embeddings.weight"),
+                rows: config.max_position_embeddings,
+                ids: encoder.position_ids(&batch.layout),
+            },
+            EmbeddingIds {
+                name: format!("{prefix}embeddings.token_type_embeddings.weight"),
+                rows: config.type_vocab_size,
+                ids: batch.type_ids.clone(),
+            },
+        ];
+        Ok(Backward {
+            layout: &batch.layout,
+            tape,
+            head_tape,
+            logits,
+            layers,
+            embed_gamma: host(be, &encoder.embed_norm().gamma, "embeddings.LayerNorm")?,
+            dense: host(be, &head.dense.weight, head_names[0])?,
+            out: host(be, &head.out.weight, head_names[1])?,
+            act: encoder.activation(),
+            eps: config.layer_norm_eps as f32,
+            spec: AttentionSpec::bidirectional(
+                config.num_attention_heads,
+                h / config.num_attention_heads,
+            ),
+            hidden: h,
+            intermediate: config.intermediate_size,
+            classes: classifier.num_labels(),
+            prefix,
+            head_names,
+            tables,
+        })
+    }
+
+    fn layer_name(&self, l: usize, rest: &str) -> String {
+        format!("{}encoder.layer.{l}.{rest}", self.prefix)
+    }
+
+    /// Every Linear layer in the slot order of [`SequenceFactors::linears`].
+    fn linear_slots(&self) -> Vec<LinearSlot<'_>> {
+        let (h, inter) = (self.hidden, self.intermediate);
+        let mut slots = Vec::with_capacity(4 * self.layers.len() + 2);
+        for (l, t) in self.tape.layers.iter().enumerate() {
+            let qkv_parts = ["query", "key", "value"]
+                .map(|m| (self.layer_name(l, &format!("attention.self.{m}.weight")), h))
+                .to_vec();
+            let single = |rest: &str, rows: usize| vec![(self.layer_name(l, rest), rows)];
+            for (parts, d_in, d_out, acts) in [
+                (qkv_parts, h, 3 * h, &t.input),
+                (single("attention.output.dense.weight", h), h, h, &t.context),
+                (
+                    single("intermediate.dense.weight", inter),
+                    h,
+                    inter,
+                    &t.attn_normed,
+                ),
+                (single("output.dense.weight", h), inter, h, &t.inter),
+            ] {
+                slots.push((parts, d_in, d_out, FactorRows::Tokens, acts.as_slice()));
+            }
+        }
+        let [dense_name, out_name] = self.head_names;
+        for (name, d_out, acts) in [
+            (dense_name, h, &self.head_tape.first),
+            (out_name, self.classes, &self.head_tape.pooled),
+        ] {
+            let parts = vec![(format!("{name}.weight"), d_out)];
+            slots.push((parts, h, d_out, FactorRows::Samples, acts.as_slice()));
+        }
+        slots
+    }
+
+    /// Names and lengths of the vectors in the slot order of [`SequenceFactors::vectors`].
+    fn vector_names(&self) -> Vec<(String, usize)> {
+        let (h, inter) = (self.hidden, self.intermediate);
+        let mut names = vec![
+            (format!("{}embeddings.LayerNorm.weight", self.prefix), h),
+            (format!("{}embeddings.LayerNorm.bias", self.prefix), h),
+        ];
+        for l in 0..self.layers.len() {
+            for (rest, len) in [
+                ("attention.self.query.bias", h),
+                ("attention.self.key.bias", h),
+                ("attention.self.value.bias", h),
+                ("attention.output.dense.bias", h),
+                ("attention.output.LayerNorm.weight", h),
+                ("attention.output.LayerNorm.bias", h),
+                ("intermediate.dense.bias", inter),
+                ("output.dense.bias", h),
+                ("output.LayerNorm.weight", h),
+                ("output.LayerNorm.bias", h),
+            ] {
+                names.push((self.layer_name(l, rest), len));
+            }
+        }
+        let [dense_name, out_name] = self.head_names;
+        names.push((format!("{dense_name}.bias"), h));
+        names.push((format!("{out_name}.bias"), self.classes));
+        names
+    }
+
     /// The LayerNorm backward with its γ and β gradients summed per sample (pushed in that
     /// order onto `vectors`); returns the gradient at the LayerNorm's input.
     fn layer_norm(
@@ -303,7 +454,9 @@ impl Backward<'_> {
         dx
     }
 
-    fn run(&self, seed: &[f32]) -> Result<SeedPass> {
+    /// One backward pass from the logit gradients `d_logits: [samples, classes]` (a row per
+    /// sample, so each sample may have its own seed).
+    fn run(&self, d_logits: Vec<f32>) -> Result<SeedPass> {
         let (h, inter) = (self.hidden, self.intermediate);
         let samples = self.layout.num_sequences();
         let tokens = self.layout.num_tokens();
@@ -314,7 +467,6 @@ impl Backward<'_> {
         let mut layer_vectors: Vec<Vec<Vec<f32>>> = vec![Vec::new(); layer_count];
 
         // The head, one row per sample.
-        let d_logits: Vec<f32> = (0..samples).flat_map(|_| seed.iter().copied()).collect();
         let mut d_pooled = vec![0.0f32; samples * h];
         linear_input_backward(&d_logits, &self.out, self.classes, h, &mut d_pooled, false);
         let dense_delta =
@@ -407,85 +559,15 @@ pub fn factors(
         )));
     }
     let r = seeds.len() / classes;
-    let encoder = classifier.encoder();
-    let config = encoder.config();
-    let be = encoder.backend().as_ref();
-    let (h, inter) = (config.hidden_size, config.intermediate_size);
-    let (hidden, tape) = encoder.forward_recorded(batch)?;
-    let mut head_tape = HeadTape::default();
-    classifier.head_forward(&hidden, &batch.layout, Some(&mut head_tape))?;
-
-    let prefix = encoder.weight_prefix();
-    let layer_name = |l: usize, rest: &str| format!("{prefix}encoder.layer.{l}.{rest}");
-    let layers = encoder
-        .layers()
-        .iter()
-        .enumerate()
-        .map(|(l, w)| {
-            Ok(HostLayer {
-                qkv: host(be, &w.qkv.weight, &layer_name(l, "attention.self"))?,
-                attn_out: host(be, &w.attn_out.weight, &layer_name(l, "attention.output"))?,
-                attn_gamma: host(be, &w.attn_norm.gamma, &layer_name(l, "attention.output"))?,
-                intermediate: host(be, &w.intermediate.weight, &layer_name(l, "intermediate"))?,
-                output: host(be, &w.output.weight, &layer_name(l, "output"))?,
-                output_gamma: host(be, &w.output_norm.gamma, &layer_name(l, "output"))?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let head = classifier.head();
-    let [dense_name, out_name] = head.kind.layer_names();
-    let backward = Backward {
-        layout: &batch.layout,
-        tape: &tape,
-        head_tape: &head_tape,
-        layers,
-        embed_gamma: host(be, &encoder.embed_norm().gamma, "embeddings.LayerNorm")?,
-        dense: host(be, &head.dense.weight, dense_name)?,
-        out: host(be, &head.out.weight, out_name)?,
-        act: encoder.activation(),
-        eps: config.layer_norm_eps as f32,
-        spec: AttentionSpec::bidirectional(
-            config.num_attention_heads,
-            h / config.num_attention_heads,
-        ),
-        hidden: h,
-        intermediate: inter,
-        classes,
-    };
+    let backward = Backward::record(classifier, batch)?;
+    let samples = batch.layout.num_sequences();
     let mut passes = seeds
         .chunks_exact(classes)
-        .map(|seed| backward.run(seed))
+        .map(|seed| backward.run((0..samples).flat_map(|_| seed.iter().copied()).collect()))
         .collect::<Result<Vec<_>>>()?;
 
-    // What each slot is: names, shapes, inputs.
-    let mut linears = Vec::with_capacity(4 * encoder.layers().len() + 2);
-    for (l, t) in tape.layers.iter().enumerate() {
-        let qkv_parts = ["query", "key", "value"]
-            .map(|m| (layer_name(l, &format!("attention.self.{m}.weight")), h))
-            .to_vec();
-        let single = |rest: &str, rows: usize| vec![(layer_name(l, rest), rows)];
-        for (parts, d_in, d_out, acts) in [
-            (qkv_parts, h, 3 * h, &t.input),
-            (single("attention.output.dense.weight", h), h, h, &t.context),
-            (
-                single("intermediate.dense.weight", inter),
-                h,
-                inter,
-                &t.attn_normed,
-            ),
-            (single("output.dense.weight", h), inter, h, &t.inter),
-        ] {
-            linears.push((parts, d_in, d_out, FactorRows::Tokens, acts.clone()));
-        }
-    }
-    for (name, d_out, acts) in [
-        (dense_name, h, &head_tape.first),
-        (out_name, classes, &head_tape.pooled),
-    ] {
-        let parts = vec![(format!("{name}.weight"), d_out)];
-        linears.push((parts, h, d_out, FactorRows::Samples, acts.clone()));
-    }
-    let linears = linears
+    let linears = backward
+        .linear_slots()
         .into_iter()
         .enumerate()
         .map(|(slot, (parts, d_in, d_out, rows, acts))| {
@@ -498,35 +580,13 @@ pub fn factors(
                 d_in,
                 d_out,
                 rows,
-                acts,
+                acts: acts.to_vec(),
                 deltas: interleave(&per_seed, d_out),
             }
         })
         .collect();
-
-    let mut vector_names = vec![
-        (format!("{prefix}embeddings.LayerNorm.weight"), h),
-        (format!("{prefix}embeddings.LayerNorm.bias"), h),
-    ];
-    for l in 0..encoder.layers().len() {
-        for (rest, len) in [
-            ("attention.self.query.bias", h),
-            ("attention.self.key.bias", h),
-            ("attention.self.value.bias", h),
-            ("attention.output.dense.bias", h),
-            ("attention.output.LayerNorm.weight", h),
-            ("attention.output.LayerNorm.bias", h),
-            ("intermediate.dense.bias", inter),
-            ("output.dense.bias", h),
-            ("output.LayerNorm.weight", h),
-            ("output.LayerNorm.bias", h),
-        ] {
-            vector_names.push((layer_name(l, rest), len));
-        }
-    }
-    vector_names.push((format!("{dense_name}.bias"), h));
-    vector_names.push((format!("{out_name}.bias"), classes));
-    let vectors = vector_names
+    let vectors = backward
+        .vector_names()
         .into_iter()
         .enumerate()
         .map(|(slot, (name, len))| {
@@ -544,25 +604,9 @@ pub fn factors(
 
     let embedding_deltas: Vec<Vec<f32>> = passes.into_iter().map(|p| p.embedding).collect();
     let embeddings = EmbeddingFactors {
-        width: h,
-        deltas: interleave(&embedding_deltas, h),
-        tables: vec![
-            EmbeddingIds {
-                name: format!("{prefix}embeddings.word_embeddings.weight"),
-                rows: config.vocab_size,
-                ids: batch.ids.clone(),
-            },
-            EmbeddingIds {
-                name: format!("{prefix}embeddings.position_embeddings.weight"),
-                rows: config.max_position_embeddings,
-                ids: encoder.position_ids(&batch.layout),
-            },
-            EmbeddingIds {
-                name: format!("{prefix}embeddings.token_type_embeddings.weight"),
-                rows: config.type_vocab_size,
-                ids: batch.type_ids.clone(),
-            },
-        ],
+        width: backward.hidden,
+        deltas: interleave(&embedding_deltas, backward.hidden),
+        tables: backward.tables,
     };
     Ok(SequenceFactors {
         layout: batch.layout.clone(),
@@ -571,4 +615,104 @@ pub fn factors(
         embeddings,
         vectors,
     })
+}
+
+/// The mean cross-entropy loss of a minibatch and its gradient for every parameter.
+#[derive(Clone, Debug)]
+pub struct LossGradient {
+    /// `mean_i −log softmax(z_i)[y_i]`, accumulated in f64.
+    pub loss: f64,
+    /// The forward's logits, `[samples, classes]`.
+    pub logits: Vec<f32>,
+    /// Per checkpoint tensor (name, row-major values of its shape), in the order of
+    /// [`SequenceFactors::materialize`].
+    pub grads: Vec<(String, Vec<f32>)>,
+}
+
+/// The gradient of the mean cross-entropy loss of `batch` with class indices `labels`, for every
+/// parameter. One backward pass whose seed row for sample `i` is `(softmax(z_i) − e_{y_i}) / N`
+/// gives each sample's share of the loss gradient at once; the per-token factors are then summed
+/// into whole-batch gradients directly (`Δᵀ A` over every token of the batch, every `δ` row
+/// scattered into its tables), never per sample. The classifier must hold f32 weights.
+pub fn loss_gradient(
+    classifier: &SequenceClassifier,
+    batch: &TokenBatch,
+    labels: &[usize],
+) -> Result<LossGradient> {
+    let classes = classifier.num_labels();
+    let samples = batch.layout.num_sequences();
+    if labels.len() != samples {
+        return Err(Error::input(format!(
+            "cross-entropy loss: {} labels for {samples} texts",
+            labels.len()
+        )));
+    }
+    if let Some(&bad) = labels.iter().find(|&&y| y >= classes) {
+        return Err(Error::input(format!(
+            "cross-entropy loss: label index {bad} of a classifier with {classes} labels"
+        )));
+    }
+    let backward = Backward::record(classifier, batch)?;
+    let (d_logits, loss) = cross_entropy_seeds(&backward.logits, labels, classes);
+    let pass = backward.run(d_logits)?;
+
+    let mut grads = Vec::new();
+    let delta = &pass.embedding;
+    for table in &backward.tables {
+        grads.push((
+            table.name.clone(),
+            scatter_rows(delta, &table.ids, table.rows, backward.hidden)?,
+        ));
+    }
+    for ((parts, d_in, d_out, _, acts), delta) in
+        backward.linear_slots().into_iter().zip(&pass.linears)
+    {
+        let rows = delta.len() / d_out;
+        let mut grad = vec![0.0f32; d_out * d_in];
+        gemm(
+            &mut grad,
+            Operand::transposed(delta, rows, d_out),
+            Operand::plain(acts, rows, d_in),
+            false,
+        );
+        let mut first = 0;
+        for (name, part_rows) in parts {
+            grads.push((
+                name,
+                grad[first * d_in..(first + part_rows) * d_in].to_vec(),
+            ));
+            first += part_rows;
+        }
+    }
+    for ((name, len), per_sample) in backward.vector_names().into_iter().zip(&pass.vectors) {
+        let mut sum = vec![0.0f32; len];
+        for row in per_sample.chunks_exact(len) {
+            sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+        }
+        grads.push((name, sum));
+    }
+    Ok(LossGradient {
+        loss,
+        logits: backward.logits,
+        grads,
+    })
+}
+
+/// The mean cross-entropy's logit gradients `(softmax(z_i) − e_{y_i}) / N`, `[N, C]`, and the
+/// loss itself (log-sum-exp shifted by the row maximum, in f64).
+fn cross_entropy_seeds(logits: &[f32], labels: &[usize], classes: usize) -> (Vec<f32>, f64) {
+    let n = labels.len();
+    let mut seeds = Vec::with_capacity(n * classes);
+    let mut loss = 0.0f64;
+    for (row, &y) in logits.chunks_exact(classes).zip(labels) {
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &z| m.max(z as f64));
+        let exps: Vec<f64> = row.iter().map(|&z| (z as f64 - max).exp()).collect();
+        let total: f64 = exps.iter().sum();
+        loss += total.ln() + max - row[y] as f64;
+        for (c, e) in exps.iter().enumerate() {
+            let onehot = if c == y { 1.0 } else { 0.0 };
+            seeds.push(((e / total - onehot) / n as f64) as f32);
+        }
+    }
+    (seeds, loss / n as f64)
 }

@@ -40,6 +40,7 @@ pub mod clip;
 pub mod decoder;
 pub mod decoder_gguf;
 pub mod exif;
+pub mod finetune;
 pub mod image;
 pub mod loader;
 pub mod mlp;
