@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::tensor::{HalfMatrix, HostData, HostTensor};
 pub use params::{
     Activation, AttentionSpec, JlDistribution, JlSpec, Pooling, RopeFrequencies, RopeScaling,
-    RopeSpec, SeqFactors, SeqForm, SeqLayout, TokenPairing,
+    RopeSpec, SeqFactors, SeqForm, SeqLayout, TokenChunk, TokenChunks, TokenPairing,
 };
 pub use stats::{Eigen, Matrix64, Moments};
 pub use tensor::{Storage, Tensor};

@@ -507,6 +507,75 @@ pub enum TokenPairing<'a> {
     Embedding { rows: &'a [u32], cols: &'a [u32] },
 }
 
+impl<'a> TokenPairing<'a> {
+    /// The Linear form's activations and offset, or the embedding form's ids (offset 0): the
+    /// operands the GPU hosts hand to their contraction and per-pair kernels.
+    #[allow(clippy::type_complexity)]
+    pub fn parts(
+        self,
+    ) -> (
+        Option<(&'a crate::backend::Tensor, &'a crate::backend::Tensor)>,
+        f32,
+        Option<(&'a [u32], &'a [u32])>,
+    ) {
+        match self {
+            TokenPairing::Linear { rows, cols, offset } => (Some((rows, cols)), offset, None),
+            TokenPairing::Embedding { rows, cols } => (None, 0.0, Some((rows, cols))),
+        }
+    }
+}
+
+/// How a GPU host walks the token-level form: scratch tiles of `chunk_r × chunk_c` tokens over
+/// every row token against the tokens of the column samples asked for, row chunk by row chunk.
+pub struct TokenChunks {
+    pub chunk_r: usize,
+    pub chunk_c: usize,
+    pub chunks: Vec<TokenChunk>,
+}
+
+/// One scratch tile of [`TokenChunks`]: its row and column tokens and the samples they meet.
+pub struct TokenChunk {
+    pub rows: std::ops::Range<usize>,
+    pub cols: std::ops::Range<usize>,
+    pub row_samples: std::ops::Range<usize>,
+    pub col_samples: std::ops::Range<usize>,
+}
+
+impl TokenChunks {
+    /// Tiles of at most `side × side` tokens over `rows`' tokens against those of the column
+    /// samples `samples` of `cols`.
+    pub fn new(
+        rows: &SeqLayout,
+        cols: &SeqLayout,
+        samples: &std::ops::Range<usize>,
+        side: usize,
+    ) -> Self {
+        let row_tokens = 0..rows.num_tokens();
+        let c_starts = cols.starts();
+        let col_tokens = c_starts[samples.start]..c_starts[samples.end];
+        let chunk_r = side.min(row_tokens.len()).max(1);
+        let chunk_c = side.min(col_tokens.len()).max(1);
+        let mut chunks = Vec::new();
+        for r0 in row_tokens.clone().step_by(chunk_r) {
+            let rt = r0..(r0 + chunk_r).min(row_tokens.end);
+            for c0 in col_tokens.clone().step_by(chunk_c) {
+                let ct = c0..(c0 + chunk_c).min(col_tokens.end);
+                chunks.push(TokenChunk {
+                    row_samples: rows.sequences_meeting(&rt),
+                    col_samples: cols.sequences_meeting(&ct),
+                    rows: rt.clone(),
+                    cols: ct,
+                });
+            }
+        }
+        TokenChunks {
+            chunk_r,
+            chunk_c,
+            chunks,
+        }
+    }
+}
+
 /// How one Linear layer's share of a sequence tangent kernel is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SeqForm {

@@ -13,7 +13,7 @@ use super::device::{
 };
 use super::CudaBackend;
 use crate::backend::{
-    shapes, JlDistribution, JlSpec, NtkVariant, SeqFactors, Tensor, TokenPairing,
+    shapes, JlDistribution, JlSpec, NtkVariant, SeqFactors, Tensor, TokenChunks, TokenPairing,
 };
 use crate::error::Result;
 
@@ -189,22 +189,10 @@ pub(super) fn ntk_contract_seq(
     if rows.layout.num_sequences() == 0 || samples.is_empty() {
         return Ok(());
     }
-    let (acts, offset, ids) = match pairing {
-        TokenPairing::Linear {
-            rows: a_r,
-            cols: a_c,
-            offset,
-        } => (Some((a_r, a_c)), offset, None),
-        TokenPairing::Embedding { rows, cols } => (None, 0.0, Some((rows, cols))),
-    };
+    let (acts, offset, ids) = pairing.parts();
     let factors = Contraction::new(be, rows.delta, cols.delta, acts, offset)?;
-    let row_tokens = 0..rows.layout.num_tokens();
-    let c_starts = cols.layout.starts();
-    let col_tokens = c_starts[samples.start]..c_starts[samples.end];
-    let (chunk_r, chunk_c) = (
-        SEQ_CHUNK.min(row_tokens.len()).max(1),
-        SEQ_CHUNK.min(col_tokens.len()).max(1),
-    );
+    let plan = TokenChunks::new(rows.layout, cols.layout, &samples, SEQ_CHUNK);
+    let (chunk_r, chunk_c) = (plan.chunk_r, plan.chunk_c);
     let mut tile = be
         .stream()
         .alloc_zeros::<f32>(chunk_r * chunk_c)
@@ -218,44 +206,40 @@ pub(super) fn ntk_contract_seq(
     let function = be.function("ntk", "ntk_seq_segment_sum")?;
     let out = be.slice_mut(out)?;
     let to_int = |v: usize| to_i32(v, "ntk_contract_seq tokens");
-    for r0 in row_tokens.clone().step_by(chunk_r) {
-        let rt = r0..(r0 + chunk_r).min(row_tokens.end);
-        let row_samples = rows.layout.sequences_meeting(&rt);
-        for c0 in col_tokens.clone().step_by(chunk_c) {
-            let ct = c0..(c0 + chunk_c).min(col_tokens.end);
-            let col_samples = cols.layout.sequences_meeting(&ct);
-            contract_block(be, &factors, rt.clone(), ct.clone(), &mut tile)?;
-            let shape = SegmentShape {
-                first_r: to_int(row_samples.start)?,
-                first_c: to_int(col_samples.start)?,
-                pairs_r: to_int(row_samples.len())?,
-                pairs_c: to_int(col_samples.len())?,
-                r0: to_int(rt.start)?,
-                c0: to_int(ct.start)?,
-                len_r: to_int(rt.len())?,
-                len_c: to_int(ct.len())?,
-                out_col: to_int(samples.start)?,
-                out_stride: to_int(samples.len())?,
-                embedding: ids.is_some().into(),
-            };
-            let cfg = config(
-                (
-                    col_samples.len().div_ceil(SEGMENT_WARPS) as u32,
-                    grid_yz(row_samples.len(), "ntk_contract_seq row samples")?,
-                    1,
-                ),
-                (32, SEGMENT_WARPS as u32, 1),
-            );
-            let mut args = be.stream().launch_builder(&function);
-            args.arg(&mut tile)
-                .arg(&row_starts)
-                .arg(&col_starts)
-                .arg(&row_ids)
-                .arg(&col_ids)
-                .arg(&mut *out)
-                .arg(&shape);
-            be.launch("ntk_seq_segment_sum", &mut args, cfg)?;
-        }
+    for chunk in plan.chunks {
+        let (rt, ct) = (chunk.rows, chunk.cols);
+        let (row_samples, col_samples) = (chunk.row_samples, chunk.col_samples);
+        contract_block(be, &factors, rt.clone(), ct.clone(), &mut tile)?;
+        let shape = SegmentShape {
+            first_r: to_int(row_samples.start)?,
+            first_c: to_int(col_samples.start)?,
+            pairs_r: to_int(row_samples.len())?,
+            pairs_c: to_int(col_samples.len())?,
+            r0: to_int(rt.start)?,
+            c0: to_int(ct.start)?,
+            len_r: to_int(rt.len())?,
+            len_c: to_int(ct.len())?,
+            out_col: to_int(samples.start)?,
+            out_stride: to_int(samples.len())?,
+            embedding: ids.is_some().into(),
+        };
+        let cfg = config(
+            (
+                col_samples.len().div_ceil(SEGMENT_WARPS) as u32,
+                grid_yz(row_samples.len(), "ntk_contract_seq row samples")?,
+                1,
+            ),
+            (32, SEGMENT_WARPS as u32, 1),
+        );
+        let mut args = be.stream().launch_builder(&function);
+        args.arg(&mut tile)
+            .arg(&row_starts)
+            .arg(&col_starts)
+            .arg(&row_ids)
+            .arg(&col_ids)
+            .arg(&mut *out)
+            .arg(&shape);
+        be.launch("ntk_seq_segment_sum", &mut args, cfg)?;
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ use super::kernels::Kernel;
 use super::memory::WgpuStorage;
 use super::WgpuBackend;
 use crate::backend::{
-    shapes, GemmVariant, JlDistribution, JlSpec, SeqFactors, Tensor, TokenPairing,
+    shapes, GemmVariant, JlDistribution, JlSpec, SeqFactors, Tensor, TokenChunks, TokenPairing,
 };
 use crate::error::Result;
 
@@ -267,30 +267,18 @@ pub(super) fn ntk_contract_seq(
     if rows.layout.num_sequences() == 0 || samples.is_empty() {
         return Ok(());
     }
-    let (acts, offset, ids) = match pairing {
-        TokenPairing::Linear {
-            rows: a_r,
-            cols: a_c,
-            offset,
-        } => (Some((a_r, a_c)), offset, None),
-        TokenPairing::Embedding { rows, cols } => (None, 0.0, Some((rows, cols))),
-    };
+    let (acts, offset, ids) = pairing.parts();
     let factors = Contraction {
         delta_rows: rows.delta,
         delta_cols: cols.delta,
         acts,
         offset,
     };
-    let row_tokens = 0..rows.layout.num_tokens();
-    let c_starts = cols.layout.starts();
-    let col_tokens = c_starts[samples.start]..c_starts[samples.end];
     // Both sides of the tile within one storage binding.
     let part_values = (backend.max_part_bytes / 4) as usize;
     let side = SEQ_CHUNK.min(part_values.isqrt()).max(1);
-    let (chunk_r, chunk_c) = (
-        side.min(row_tokens.len()).max(1),
-        side.min(col_tokens.len()).max(1),
-    );
+    let plan = TokenChunks::new(rows.layout, cols.layout, &samples, side);
+    let (chunk_r, chunk_c) = (plan.chunk_r, plan.chunk_c);
     backend.check_loop_limit(
         direct_loop_iterations((chunk_r * chunk_c).div_ceil(SEGMENT_THREADS) + 6),
         || format!("ntk_contract_seq's sums over {chunk_r}×{chunk_c}-token tiles"),
@@ -310,39 +298,35 @@ pub(super) fn ntk_contract_seq(
             backend.upload_u32("no ids", &[]),
         ),
     };
-    for r0 in row_tokens.clone().step_by(chunk_r) {
-        let rt = r0..(r0 + chunk_r).min(row_tokens.end);
-        let row_samples = rows.layout.sequences_meeting(&rt);
-        for c0 in col_tokens.clone().step_by(chunk_c) {
-            let ct = c0..(c0 + chunk_c).min(col_tokens.end);
-            let col_samples = cols.layout.sequences_meeting(&ct);
-            contract_block(
-                backend,
-                "ntk_contract_seq",
-                &factors,
-                rt.clone(),
-                ct.clone(),
-                &scratch,
-            )?;
-            let params = SegmentParams {
-                first_r: row_samples.start as u32,
-                first_c: col_samples.start as u32,
-                r0: rt.start as u32,
-                c0: ct.start as u32,
-                len_r: rt.len() as u32,
-                len_c: ct.len() as u32,
-                out_col: samples.start as u32,
-                out_stride: samples.len() as u32,
-                embedding: ids.is_some().into(),
-                _pad: [0; 3],
-            };
-            backend.dispatch(
-                Kernel::SeqSegmentSum,
-                &params,
-                &[tile, &row_starts, &col_starts, &row_ids, &col_ids, out_buf],
-                [col_samples.len() as u32, row_samples.len() as u32, 1],
-            );
-        }
+    for chunk in plan.chunks {
+        let (rt, ct) = (chunk.rows, chunk.cols);
+        let (row_samples, col_samples) = (chunk.row_samples, chunk.col_samples);
+        contract_block(
+            backend,
+            "ntk_contract_seq",
+            &factors,
+            rt.clone(),
+            ct.clone(),
+            &scratch,
+        )?;
+        let params = SegmentParams {
+            first_r: row_samples.start as u32,
+            first_c: col_samples.start as u32,
+            r0: rt.start as u32,
+            c0: ct.start as u32,
+            len_r: rt.len() as u32,
+            len_c: ct.len() as u32,
+            out_col: samples.start as u32,
+            out_stride: samples.len() as u32,
+            embedding: ids.is_some().into(),
+            _pad: [0; 3],
+        };
+        backend.dispatch(
+            Kernel::SeqSegmentSum,
+            &params,
+            &[tile, &row_starts, &col_starts, &row_ids, &col_ids, out_buf],
+            [col_samples.len() as u32, row_samples.len() as u32, 1],
+        );
     }
     Ok(())
 }
