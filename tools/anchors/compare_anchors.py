@@ -12,6 +12,8 @@ Rows (the anchor scripts beside this file document each side's work):
   pca      mscope pca              vs sklearn PCA(svd_solver="full") (pca_sklearn.py)
   lda      mscope lda --pairwise   vs sklearn LinearDiscriminantAnalysis per split (lda_sklearn.py)
   ntk      mscope ntk (exact)      vs torch.func vmap(jacrev) + einsum (ntk_torch_func.py)
+  ntk-classifier  the same, exact trNTK of all-MiniLM-L6-v2 with a 2-label head (seed 0) on
+           CoLA-length texts (demo-corpus clauses of 4-8 words, cycled to N)
   kglm     mscope kglm             vs sklearn LogisticRegression on the same kernel (kglm_sklearn.py)
   compare  mscope compare          vs a numpy implementation of the same definitions (compare_numpy.py)
 
@@ -46,6 +48,7 @@ SIZES = {
     "lda": ({"rows": 2000, "dim": 256, "splits": 10, "sklearn_splits": 1},
             {"rows": 10000, "dim": 1024, "splits": 50, "sklearn_splits": 2}),
     "ntk": ({"n": 500, "max_seconds": 60}, {"n": 4000, "max_seconds": 300}),
+    "ntk-classifier": ({"n": 200, "n_measured": 16}, {"n": 2000, "n_measured": 32}),
     "compare": ({"models": 20, "points": 2000, "timed_models": 20},
                 {"models": 100, "points": 10000, "timed_models": 10}),
 }
@@ -143,7 +146,7 @@ def ntk_and_kglm(opts, tmp, size):
                          "--backend", opts.backend, "--out", kernel)
     note = (f"anchor measured {anchor['n_measured']} points, extrapolated to {n}"
             if anchor["extrapolated"] else "")
-    ntk_row = row("ntk", f"exact trNTK, {anchor['model']} MLP, {n}×{n}", mscope,
+    ntk_row = row("ntk", f"exact trNTK, {anchor['model']}, {n}×{n}", mscope,
                   "torch.func " + anchor["torch"], anchor["seconds_for_n"], anchor, note)
 
     kglm_mscope = time_mscope(opts, "kglm", "--train-kernel", kernel, "--train-labels", data,
@@ -156,6 +159,48 @@ def ntk_and_kglm(opts, tmp, size):
                    "sklearn " + kglm_anchor["sklearn_version"], kglm_anchor["median_s"], kglm_anchor,
                    f"iterations: mscope {report.get('iterations', '?')}, sklearn {kglm_anchor['n_iter']}")
     return [ntk_row, kglm_row]
+
+
+def classifier_work(n):
+    """A MiniLM sequence classifier (head drawn under seed 0) and n CoLA-length texts for it."""
+    import re
+
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    encoder = ROOT / ".cache" / "models" / "all-MiniLM-L6-v2"
+    directory = BENCH / "minilm-classifier"
+    if not (directory / "model.safetensors").exists():
+        torch.manual_seed(0)
+        BertForSequenceClassification.from_pretrained(encoder, num_labels=2).save_pretrained(directory)
+        AutoTokenizer.from_pretrained(encoder).save_pretrained(directory)
+    texts = [json.loads(line)["text"] for line in open(ROOT / "tools/demo-corpus/reviews.jsonl")]
+    texts += [line.strip() for line in open(ROOT / "tools/demo-corpus/news.txt") if line.strip()]
+    clauses = []
+    for text in texts:
+        for part in re.split(r"(?<=[.!?;,])\s+", text):
+            words = part.split()
+            clauses += [" ".join(words[i:i + 8]) for i in range(0, len(words), 8) if len(words[i:i + 8]) >= 4]
+    data = BENCH / f"ntk_texts{n}.jsonl"
+    with open(data, "w", encoding="utf-8") as f:
+        for i in range(n):
+            f.write(json.dumps({"text": clauses[i % len(clauses)], "label": i % 2}) + "\n")
+    return directory, data
+
+
+def ntk_classifier(opts, tmp, size):
+    n = size["n"]
+    model, data = classifier_work(n)
+    # The anchor differentiates ~1-2 s per text here: it is always extrapolated from a measured
+    # N' (the Jacobian rows its memory-bounded blocks would recompute at N, and the einsum entries).
+    anchor = run_anchor("ntk_torch_func.py", "--classifier", model, "--texts", data, "--n", n,
+                        "--n-measured", size["n_measured"], "--vmap-rows", 4, "--memory-gib", 8,
+                        "--threads", opts.threads)
+    mscope = time_mscope(opts, "ntk", "--model", model, "--data", data, "--threads", opts.threads,
+                         "--backend", opts.backend, "--out", tmp / "kc.safetensors")
+    note = f"anchor measured {anchor['n_measured']} texts, extrapolated to {n}"
+    return row("ntk-classifier", f"exact trNTK, {anchor['model']}, {n}×{n}", mscope,
+               "torch.func " + anchor["torch"], anchor["seconds_for_n"], anchor, note)
 
 
 def compare(opts, tmp, size):
@@ -184,7 +229,7 @@ def main():
     opts = ap.parse_args()
     BENCH.mkdir(parents=True, exist_ok=True)
     pick = 0 if opts.quick else 1
-    wanted = set(opts.only or ["embed", "decoder", "pca", "lda", "ntk", "compare"])
+    wanted = set(opts.only or ["embed", "decoder", "pca", "lda", "ntk", "ntk-classifier", "compare"])
     load_before = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,6 +240,7 @@ def main():
             ("pca", lambda: [pca(opts, tmp, SIZES["pca"][pick])]),
             ("lda", lambda: [lda(opts, SIZES["lda"][pick])]),
             ("ntk", lambda: ntk_and_kglm(opts, tmp, SIZES["ntk"][pick])),
+            ("ntk-classifier", lambda: [ntk_classifier(opts, tmp, SIZES["ntk-classifier"][pick])]),
             ("compare", lambda: [compare(opts, tmp, SIZES["compare"][pick])]),
         ]
         for name, step in steps:

@@ -1,9 +1,17 @@
 #!/usr/bin/env python3
-"""Anchor for `mscope ntk`: exact trNTK of an MLP with torch.func, timed on this CPU.
+"""Anchor for `mscope ntk`: exact trNTK of an MLP or a transformer classifier with torch.func,
+timed on this CPU.
 
     tools/.venv/bin/python tools/anchors/ntk_torch_func.py --n 10000 --max-seconds 300 --threads 2
     tools/.venv/bin/python tools/anchors/ntk_torch_func.py --n 10000 --write-only \
         --write-model .cache/bench/ntk_mlp.safetensors --write-data .cache/bench/ntk_x10000.safetensors
+    tools/.venv/bin/python tools/anchors/ntk_torch_func.py --classifier DIR --texts texts.jsonl \
+        --n 2000 --max-seconds 600 --vmap-rows 4
+
+With --classifier (a Hugging Face sequence-classification directory, e.g. one `mscope train
+--model` wrote) and --texts (.jsonl with a "text" field) the work is that model's exact trNTK over
+the first N texts instead: the same algorithm, each vmap chunk padded to its longest text with
+the attention mask covering the padding (what a torch.func user does with a tokenizer batch).
 
 The work: a 784-100-100-100-10 ReLU MLP (torch.nn.Linear's default init, seed 0) and N points
 x ~ N(0, 1)^784 (seed 1, labels uniform in 0..10); the exact normalised trace NTK over all N×N
@@ -44,8 +52,21 @@ SIZES = [784, 100, 100, 100, 10]
 ANCHOR = "torch.func vmap(jacrev)+einsum"
 
 
-def build(n):
-    """The model (float32, default init under seed 0) and n points (seed 1)."""
+class Work:
+    """What the kernel is taken of: a model, its float32 parameters by name, the per-sample
+    inputs (tensors with the sample on the first axis) and f(params, *one_sample) -> logits."""
+
+    def __init__(self, model, inputs, forward, description, trim=None):
+        self.model, self.inputs, self.forward, self.description = model, inputs, forward, description
+        self.trim = trim  # shortens a chunk of padded inputs to its longest sample
+
+    def rows(self, r0, r1):
+        chunk = tuple(t[r0:r1] for t in self.inputs)
+        return self.trim(chunk) if self.trim else chunk
+
+
+def build_mlp(n):
+    """The MLP work: default init under seed 0, n points (seed 1); also returns x and labels."""
     import torch
 
     torch.manual_seed(0)
@@ -66,11 +87,52 @@ def build(n):
                     x = torch.relu(x)
             return x
 
+    from torch.func import functional_call
+
     model = MLP().eval()
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(n, SIZES[0], generator=gen, dtype=torch.float32)
     y = torch.randint(0, SIZES[-1], (n,), generator=gen, dtype=torch.int64)
-    return model, x, y
+
+    def forward(params, xi):
+        return functional_call(model, params, (xi.unsqueeze(0),)).squeeze(0)
+
+    work = Work(model, (x,), forward, "-".join(map(str, SIZES)) + " relu MLP")
+    return work, x, y
+
+
+def build_classifier(directory, texts_path, n):
+    """A sequence classifier's work over the first n texts of a .jsonl file."""
+    import torch
+    from torch.func import functional_call
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    texts = [json.loads(line)["text"] for line in open(texts_path, encoding="utf-8") if line.strip()]
+    if len(texts) < n:
+        sys.exit(f"{texts_path} has {len(texts)} texts, fewer than --n {n}")
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        directory, dtype=torch.float32, attn_implementation="eager")
+    model = model.eval()
+    batch = tokenizer(texts[:n], padding=True, truncation=True, return_tensors="pt")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+
+    def forward(params, ids_i, mask_i):
+        # An additive mask built here: transformers' own mask builder branches on the mask's
+        # values, which vmap refuses.
+        additive = ((1.0 - mask_i.float()) * torch.finfo(torch.float32).min)[None, None, None, :]
+        out = functional_call(model, params, (), {"input_ids": ids_i.unsqueeze(0),
+                                                 "attention_mask": additive})
+        return out.logits.squeeze(0)
+
+    def trim(chunk):
+        longest = int(chunk[1].sum(dim=1).max())
+        return tuple(t[:, :longest] for t in chunk)
+
+    lengths = mask.sum(dim=1).float()
+    description = (f"{model.config.model_type} classifier ({model.config.num_labels} labels), "
+                   f"{lengths.mean():.1f} tokens on average")
+    return Work(model, (ids, mask), forward, description, trim)
 
 
 def write_files(model, x, y, model_path, data_path):
@@ -90,22 +152,21 @@ def write_files(model, x, y, model_path, data_path):
 class Ntk:
     """torch.func Jacobians and the trNTK built from them, with per-part timers."""
 
-    def __init__(self, model, vmap_rows):
+    def __init__(self, work, vmap_rows):
         import torch
-        from torch.func import functional_call, jacrev, vmap
+        from torch.func import jacrev, vmap
 
         self.torch = torch
-        self.params = {k: v.detach() for k, v in model.named_parameters()}
-        self.names = [f"fc{i}.{k}" for i in range(len(SIZES) - 1) for k in ("weight", "bias")]
+        self.work = work
+        self.params = {k: v.detach() for k, v in work.model.named_parameters()}
+        self.names = list(self.params)
         self.sizes = [self.params[k].numel() for k in self.names]
         self.p = sum(self.sizes)
-        self.c = SIZES[-1]
+        with torch.no_grad():
+            self.c = work.forward(self.params, *(t[0] for t in work.rows(0, 1))).shape[0]
         self.vmap_rows = vmap_rows
-
-        def f(params, xi):
-            return functional_call(model, params, (xi.unsqueeze(0),)).squeeze(0)
-
-        self.per_sample_jac = vmap(jacrev(f), in_dims=(None, 0))
+        in_dims = (None,) + (0,) * len(work.inputs)
+        self.per_sample_jac = vmap(jacrev(work.forward), in_dims=in_dims)
         self.jac_seconds = 0.0
         self.jac_rows = 0
         self.einsum_seconds = 0.0
@@ -114,22 +175,22 @@ class Ntk:
     def row_bytes(self):
         return self.c * self.p * 4
 
-    def jacobian(self, x):
-        """[rows, C, P] float32, parameters flattened fc0.weight (row-major), fc0.bias, ..."""
+    def jacobian(self, r0, r1):
+        """[rows, C, P] float32 of samples r0..r1, parameters flattened in named_parameters order."""
         torch = self.torch
         t0 = time.perf_counter()
-        out = torch.empty(x.shape[0], self.c, self.p, dtype=torch.float32)
+        out = torch.empty(r1 - r0, self.c, self.p, dtype=torch.float32)
         with torch.no_grad():
-            for r0 in range(0, x.shape[0], self.vmap_rows):
-                r1 = min(r0 + self.vmap_rows, x.shape[0])
-                jac = self.per_sample_jac(self.params, x[r0:r1])
+            for c0 in range(r0, r1, self.vmap_rows):
+                c1 = min(c0 + self.vmap_rows, r1)
+                jac = self.per_sample_jac(self.params, *self.work.rows(c0, c1))
                 off = 0
                 for name, size in zip(self.names, self.sizes):
-                    out[r0:r1, :, off : off + size] = jac[name].reshape(r1 - r0, self.c, size)
+                    out[c0 - r0 : c1 - r0, :, off : off + size] = jac[name].reshape(c1 - c0, self.c, size)
                     off += size
                 del jac
         self.jac_seconds += time.perf_counter() - t0
-        self.jac_rows += x.shape[0]
+        self.jac_rows += r1 - r0
         return out
 
     def gram(self, ja, jb, out):
@@ -138,24 +199,23 @@ class Ntk:
         self.einsum_seconds += time.perf_counter() - t0
         self.einsum_entries += ja.shape[0] * jb.shape[0]
 
-    def trntk(self, x, block_rows):
-        """The full normalised kernel of the rows of x, single-pass or block by block."""
+    def trntk(self, n, block_rows):
+        """The full normalised kernel of the first n samples, single-pass or block by block."""
         torch = self.torch
-        n = x.shape[0]
         k = torch.empty(n, n, dtype=torch.float32)
         if n <= 2 * block_rows:
-            j = self.jacobian(x)
+            j = self.jacobian(0, n)
             self.gram(j, j, k)
             del j
         else:
             starts = list(range(0, n, block_rows))
             for bi, i0 in enumerate(starts):
                 i1 = min(i0 + block_rows, n)
-                ji = self.jacobian(x[i0:i1])
+                ji = self.jacobian(i0, i1)
                 self.gram(ji, ji, k[i0:i1, i0:i1])
                 for j0 in starts[bi + 1 :]:
                     j1 = min(j0 + block_rows, n)
-                    jj = self.jacobian(x[j0:j1])
+                    jj = self.jacobian(j0, j1)
                     self.gram(ji, jj, k[i0:i1, j0:j1])
                     k[j0:j1, i0:i1] = k[i0:i1, j0:j1].T
                     del jj
@@ -185,6 +245,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--memory-gib", type=float, default=8.0, help="budget for Jacobian blocks + kernel")
     ap.add_argument("--vmap-rows", type=int, default=32, help="rows per vmap(jacrev) call")
+    ap.add_argument("--classifier", help="a sequence-classification directory instead of the MLP")
+    ap.add_argument("--texts", help="the classifier's texts (.jsonl, a \"text\" field)")
     ap.add_argument("--write-model", help="write the MLP here (mscope MLP format)")
     ap.add_argument("--write-data", help="write the N points here (mscope dataset format)")
     ap.add_argument("--write-only", action="store_true", help="write the files and skip timing")
@@ -197,12 +259,17 @@ def main():
 
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
-    model, x, y = build(args.n)
-    write_files(model, x, y, args.write_model, args.write_data)
-    if args.write_only:
-        return
+    if args.classifier:
+        if not args.texts or args.write_model or args.write_data or args.write_only:
+            sys.exit("--classifier takes --texts and none of --write-model/--write-data/--write-only")
+        work = build_classifier(args.classifier, args.texts, args.n)
+    else:
+        work, x, y = build_mlp(args.n)
+        write_files(work.model, x, y, args.write_model, args.write_data)
+        if args.write_only:
+            return
 
-    ntk = Ntk(model, args.vmap_rows)
+    ntk = Ntk(work, args.vmap_rows)
     budget = args.memory_gib * 2**30
     # Two Jacobian blocks, the kernel, and ~1 GiB for vmap intermediates and the rest.
     block_rows = int((budget - args.n * args.n * 4 - 2**30) / (2 * ntk.row_bytes()))
@@ -211,9 +278,9 @@ def main():
 
     # Calibration (warm-up included): Jacobian seconds per row, einsum seconds per entry.
     cal = min(8 * args.vmap_rows, args.n, 2 * block_rows)
-    ntk.jacobian(x[: args.vmap_rows])
+    ntk.jacobian(0, min(args.vmap_rows, args.n))
     ntk.jac_seconds, ntk.jac_rows = 0.0, 0
-    jc = ntk.jacobian(x[:cal])
+    jc = ntk.jacobian(0, cal)
     kc = torch.empty(cal, cal)
     ntk.gram(jc, jc, kc)
     del jc, kc
@@ -244,7 +311,7 @@ def main():
     ntk.jac_rows = ntk.einsum_entries = 0
     print(f"measuring the full kernel on {n_meas} points (block rows {block_rows})", file=sys.stderr)
     t0 = time.perf_counter()
-    k = ntk.trntk(x[:n_meas], block_rows)
+    k = ntk.trntk(n_meas, block_rows)
     seconds = time.perf_counter() - t0
     diag_err = float((torch.diagonal(k) - 1).abs().max())
     assert diag_err < 1e-4 and bool(torch.isfinite(k).all()), ("trNTK diagonal", diag_err)
@@ -274,7 +341,7 @@ def main():
         "extrapolated": extrapolated,
         "torch": torch.__version__,
         "threads": args.threads,
-        "model": "-".join(map(str, SIZES)) + " relu",
+        "model": work.description,
         "params": ntk.p,
         "dtype": "float32",
         "jacobian_seconds_measured": round(ntk.jac_seconds, 3),

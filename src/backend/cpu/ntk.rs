@@ -92,20 +92,26 @@ pub(super) fn ntk_contract_seq(
         cols: ids_c,
     } = pairing
     {
-        // Matching ids are few: compare every token pair, take dot products only where they match.
-        let ids_c = &ids_c[col_tokens];
-        out.par_chunks_mut(n_c).enumerate().for_each(|(i, o)| {
-            for (o, cs) in o.iter_mut().zip(&c_ranges) {
-                let mut sum = 0.0f64;
-                for t in rows.layout.range(i) {
-                    let row = &dr[t * p..(t + 1) * p];
-                    for s in cs.clone().filter(|&s| ids_c[s] == ids_r[t]) {
-                        sum += dot(row, &dc[s * p..(s + 1) * p]);
-                    }
+        // A sample's gradient of an embedding table is its δ rows summed per id, so a pair's
+        // product is one dot per id both samples hold: a merge of two sorted id lists instead of
+        // comparing every token pair (token types and positions match almost every pair).
+        let row_ids: Vec<IdRows> = (0..n_r)
+            .into_par_iter()
+            .map(|i| IdRows::gather(rows.layout.range(i), ids_r, dr, p))
+            .collect();
+        let dc_all = values(cols.delta)?;
+        let col_ids: Vec<IdRows> = samples
+            .clone()
+            .into_par_iter()
+            .map(|j| IdRows::gather(cols.layout.range(j), ids_c, dc_all, p))
+            .collect();
+        out.par_chunks_mut(n_c)
+            .zip(&row_ids)
+            .for_each(|(o, r)| {
+                for (o, c) in o.iter_mut().zip(&col_ids) {
+                    *o += r.dot(c, p) as f32;
                 }
-                *o += sum as f32;
-            }
-        });
+            });
         return Ok(());
     }
     let TokenPairing::Linear {
@@ -164,8 +170,71 @@ pub(super) fn ntk_contract_seq(
     Ok(())
 }
 
+/// One sample's δ rows of an embedding table summed per distinct id, ids ascending.
+struct IdRows {
+    ids: Vec<u32>,
+    /// `[ids.len(), p]`, row-major.
+    sums: Vec<f32>,
+}
+
+impl IdRows {
+    fn gather(tokens: Range<usize>, ids: &[u32], delta: &[f32], p: usize) -> Self {
+        let mut order: Vec<usize> = tokens.collect();
+        order.sort_by_key(|&t| ids[t]);
+        let mut out = IdRows {
+            ids: Vec::new(),
+            sums: Vec::new(),
+        };
+        for t in order {
+            let row = &delta[t * p..(t + 1) * p];
+            if out.ids.last() == Some(&ids[t]) {
+                let last = out.sums.len() - p;
+                out.sums[last..].iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            } else {
+                out.ids.push(ids[t]);
+                out.sums.extend_from_slice(row);
+            }
+        }
+        out
+    }
+
+    /// `⟨g_self, g_other⟩`: the dot products of the rows whose ids both samples hold.
+    fn dot(&self, other: &IdRows, p: usize) -> f64 {
+        let (mut a, mut b, mut sum) = (0, 0, 0.0f64);
+        while a < self.ids.len() && b < other.ids.len() {
+            match self.ids[a].cmp(&other.ids[b]) {
+                std::cmp::Ordering::Less => a += 1,
+                std::cmp::Ordering::Greater => b += 1,
+                std::cmp::Ordering::Equal => {
+                    sum += dot(
+                        &self.sums[a * p..(a + 1) * p],
+                        &other.sums[b * p..(b + 1) * p],
+                    );
+                    a += 1;
+                    b += 1;
+                }
+            }
+        }
+        sum
+    }
+}
+
+/// An f64-accumulated dot product in eight independent lanes, so that it vectorises.
 fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+    let mut lanes = [0.0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&x, &y)| x as f64 * y as f64)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            lanes[l] += x[l] as f64 * y[l] as f64;
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
 }
 
 pub(super) fn ntk_sample_gradients(
