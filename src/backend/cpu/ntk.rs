@@ -105,13 +105,11 @@ pub(super) fn ntk_contract_seq(
             .into_par_iter()
             .map(|j| IdRows::gather(cols.layout.range(j), ids_c, dc_all, p))
             .collect();
-        out.par_chunks_mut(n_c)
-            .zip(&row_ids)
-            .for_each(|(o, r)| {
-                for (o, c) in o.iter_mut().zip(&col_ids) {
-                    *o += r.dot(c, p) as f32;
-                }
-            });
+        out.par_chunks_mut(n_c).zip(&row_ids).for_each(|(o, r)| {
+            for (o, c) in o.iter_mut().zip(&col_ids) {
+                *o += r.dot(c, p) as f32;
+            }
+        });
         return Ok(());
     }
     let TokenPairing::Linear {
@@ -189,7 +187,10 @@ impl IdRows {
             let row = &delta[t * p..(t + 1) * p];
             if out.ids.last() == Some(&ids[t]) {
                 let last = out.sums.len() - p;
-                out.sums[last..].iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                out.sums[last..]
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(s, v)| *s += v);
             } else {
                 out.ids.push(ids[t]);
                 out.sums.extend_from_slice(row);
