@@ -178,22 +178,32 @@ pub fn gguf(data: &[u8]) {
 
 /// The same bytes as each JSON configuration a model directory holds: `config.json` (BERT,
 /// decoder and Hugging Face CLIP), `open_clip_config.json`, `preprocessor_config.json` and
-/// sentence-transformers' `modules.json`, `sentence_bert_config.json` and pooling config.
+/// sentence-transformers' `modules.json`, `sentence_bert_config.json` and pooling config. The
+/// other names are symbolic links to the one file written, made once: one write an input.
 pub fn model_config(data: &[u8]) {
-    let hf = scratch_dir_with("hf/config.json", data);
+    let config = scratch_file("hf/config.json", data);
+    let links = [
+        "hf/preprocessor_config.json",
+        "open_clip/open_clip_config.json",
+        "sentence/sentence_bert_config.json",
+        "sentence/modules.json",
+        "sentence/1_Pooling/config.json",
+    ]
+    .map(scratch_path);
+    for link in &links {
+        if !link.is_symlink() {
+            std::os::unix::fs::symlink(&config, link).expect("a link to the scratch config");
+        }
+    }
+    let [preprocessor, open_clip, sentence, ..] = &links;
+    let parent = |path: &Path| path.parent().expect("a scratch folder").to_path_buf();
+    let hf = parent(&config);
     let _ = BertConfig::read(&hf);
     let _ = DecoderConfig::read(&hf);
     let _ = ClipConfig::read(&hf);
-    let preprocessor = scratch_file("hf/preprocessor_config.json", data);
-    let _ = Preprocess::from_hf_file(&preprocessor);
-
-    let open_clip = scratch_dir_with("open_clip/open_clip_config.json", data);
-    let _ = ClipConfig::read(&open_clip);
-
-    let sentence = scratch_dir_with("sentence/sentence_bert_config.json", data);
-    scratch_file("sentence/modules.json", data);
-    scratch_file("sentence/1_Pooling/config.json", data);
-    let _ = SentenceConfig::read(&sentence, Pooling::Mean);
+    let _ = Preprocess::from_hf_file(preprocessor);
+    let _ = ClipConfig::read(&parent(open_clip));
+    let _ = SentenceConfig::read(&parent(sentence), Pooling::Mean);
 }
 
 /// A `tokenizer.json`, loaded and run on a few texts.
