@@ -39,8 +39,11 @@ use mscope::models::{decoder_gguf, exif::Orientation};
 use mscope::tensor::DType;
 use mscope::weights::{Gguf, Weights};
 
+/// A target's body: the input bytes in, any failure but a panic ignored.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for the corpus replay.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("safetensors", safetensors),
     ("safetensors_index", safetensors_index),
     ("gguf", gguf),
