@@ -27,17 +27,22 @@ pub enum NpyType {
 
 impl NpyType {
     fn parse(descr: &str) -> Option<Self> {
-        let (order, rest) = descr.split_at(descr.len().min(1));
-        let (kind, width) = rest.split_at(rest.len().min(1));
-        let width: usize = width.parse().ok()?;
+        // By characters, not bytes: the header is any UTF-8 (a multi-byte first character
+        // panicked a byte split; found by fuzzing).
+        let mut chars = descr.chars();
+        let (order, kind) = (chars.next()?, chars.next()?);
+        let width: usize = chars.as_str().parse().ok()?;
         // `|` marks types without a byte order; `<` little-endian; `=` native (little here).
-        let little = matches!(order, "<" | "=") || (order == "|" && width == 1);
+        let little = matches!(order, '<' | '=') || (order == '|' && width == 1);
         match kind {
-            "f" if little && matches!(width, 2 | 4 | 8) => Some(NpyType::Float(width)),
-            "i" if little && matches!(width, 1 | 2 | 4 | 8) => Some(NpyType::Int(width)),
-            "u" if little && matches!(width, 1 | 2 | 4 | 8) => Some(NpyType::Uint(width)),
-            "b" if little && width == 1 => Some(NpyType::Bool),
-            "U" if matches!(order, "<" | "=" | "|") && width > 0 => Some(NpyType::Unicode(width)),
+            'f' if little && matches!(width, 2 | 4 | 8) => Some(NpyType::Float(width)),
+            'i' if little && matches!(width, 1 | 2 | 4 | 8) => Some(NpyType::Int(width)),
+            'u' if little && matches!(width, 1 | 2 | 4 | 8) => Some(NpyType::Uint(width)),
+            'b' if little && width == 1 => Some(NpyType::Bool),
+            // Four bytes a code point: a width whose byte size overflows is refused here.
+            'U' if matches!(order, '<' | '=' | '|') && (1..=usize::MAX / 4).contains(&width) => {
+                Some(NpyType::Unicode(width))
+            }
             _ => None,
         }
     }
@@ -224,6 +229,9 @@ impl NpyArray {
 pub fn read_npz(path: &Path) -> Result<Vec<(String, NpyArray)>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let bad = |msg: String| Error::input(format!("{}: {msg}", path.display()));
+    // A member's declared size is the archive's claim: reserve at most the archive's length for
+    // it up front (deflated members grow past that as they are read).
+    let archive_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut archive =
         zip::ZipArchive::new(file).map_err(|e| bad(format!("not a .npz archive: {e}")))?;
     let mut arrays = Vec::with_capacity(archive.len());
@@ -235,7 +243,7 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, NpyArray)>> {
         let Some(key) = name.strip_suffix(".npy") else {
             continue;
         };
-        let mut bytes = Vec::with_capacity(member.size().min(1 << 30) as usize);
+        let mut bytes = Vec::with_capacity(member.size().min(archive_len) as usize);
         member
             .read_to_end(&mut bytes)
             .map_err(|e| bad(format!("member {name}: {e}")))?;

@@ -44,6 +44,11 @@ pub const MODEL_TYPES: [&str; 3] = ["llama", "mistral", "qwen2"];
 const DEFAULT_SLIDING_WINDOW: usize = 4096;
 /// transformers' default for Qwen2's `max_window_layers`.
 const DEFAULT_MAX_WINDOW_LAYERS: usize = 28;
+/// Most layers a decoder configuration may declare: far past any released model (a few hundred at
+/// most), and small enough that the per-layer tables built from the configuration before any
+/// weight is read never strain memory (a hostile count aborted on the allocation; found by
+/// fuzzing).
+pub const MAX_LAYERS: usize = 1 << 16;
 
 /// The fields of a Hugging Face `config.json` a decoder reads, as written (absent fields get
 /// transformers' defaults in [`DecoderConfig::read`]).
@@ -302,6 +307,11 @@ fn llama3_scaling(
 /// `layer_types` marks, else on those from `max_window_layers` on; Llama has none.
 fn windows(raw: &RawConfig) -> std::result::Result<Vec<Option<usize>>, String> {
     let layers = raw.num_hidden_layers;
+    if layers > MAX_LAYERS {
+        return Err(format!(
+            "num_hidden_layers {layers} is more than {MAX_LAYERS}: not a real model"
+        ));
+    }
     let window = match raw.model_type.as_str() {
         "mistral" => raw.sliding_window.unwrap_or(Some(DEFAULT_SLIDING_WINDOW)),
         "qwen2" if raw.use_sliding_window => {

@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::decoder::{DecoderConfig, DecoderModel};
+use super::decoder::{DecoderConfig, DecoderModel, MAX_LAYERS};
 use super::loader::TensorSource;
 use crate::backend::{Backend, RopeFrequencies, RopeScaling};
 use crate::error::{Error, Result};
@@ -31,6 +31,8 @@ pub const ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
 
 /// llama.cpp's tensor of per-pair RoPE frequency divisors (its form of llama3 scaling).
 const ROPE_FREQS: &str = "rope_freqs.weight";
+/// llama.cpp's token embedding table, `[vocab, hidden]`.
+const TOKEN_EMBEDDINGS: &str = "token_embd.weight";
 
 /// Whether `path` names a GGUF file (by its extension) rather than a model directory.
 pub fn is_gguf(path: &Path) -> bool {
@@ -142,11 +144,26 @@ pub fn config(gguf: &Gguf) -> Result<DecoderConfig> {
         10_000.0
     };
     let layers = count("block_count")?;
+    if layers > MAX_LAYERS {
+        return Err(bad(format!(
+            "{} {layers} is more than {MAX_LAYERS}: not a real model",
+            key("block_count")
+        )));
+    }
     let eps_key = key("attention.layer_norm_rms_epsilon");
     let rms_norm_eps = f64::from(gguf.get_f32(&eps_key)?);
     super::check_norm_eps(&eps_key, rms_norm_eps).map_err(bad)?;
+    // A 0-D token_embd.weight panicked here; found by fuzzing.
+    let vocab_size = match gguf.tensor_info(TOKEN_EMBEDDINGS)?.shape() {
+        &[rows, _] => rows,
+        other => {
+            return Err(bad(format!(
+                "tensor `{TOKEN_EMBEDDINGS}` has shape {other:?}, expected [vocab, hidden]"
+            )))
+        }
+    };
     Ok(DecoderConfig {
-        vocab_size: gguf.tensor_info("token_embd.weight")?.shape()[0],
+        vocab_size,
         hidden_size,
         intermediate_size: count("feed_forward_length")?,
         heads,
@@ -179,7 +196,7 @@ impl GgufTensors<'_> {
     /// llama.cpp's name for transformers' `name`; `None` for a name it has no tensor for.
     fn gguf_name(name: &str) -> Option<String> {
         match name {
-            "embed_tokens.weight" => return Some("token_embd.weight".into()),
+            "embed_tokens.weight" => return Some(TOKEN_EMBEDDINGS.into()),
             "norm.weight" => return Some("output_norm.weight".into()),
             _ => {}
         }

@@ -5,6 +5,7 @@
 //! model's `max_seq_length` (as sentence-transformers does) and never padded, because the
 //! backends run packed variable-length batches.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
@@ -50,7 +51,7 @@ impl TextTokenizer {
                 message: "file not found".into(),
             });
         }
-        let inner = Tokenizer::from_file(&path).map_err(|e| fail(&path, e))?;
+        let inner = read_tokenizer_json(&path)?;
         Self::new(inner, path, max_length)
     }
 
@@ -184,17 +185,24 @@ impl TextTokenizer {
     /// The file's own truncation length, if it sets one (a fallback when the model directory
     /// gives no `max_seq_length`).
     pub fn stored_max_length(dir: &Path) -> Option<usize> {
-        let tok = Tokenizer::from_file(dir.join("tokenizer.json")).ok()?;
+        let tok = read_tokenizer_json(&dir.join("tokenizer.json")).ok()?;
         tok.get_truncation().map(|t| t.max_length)
     }
 
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<TokenizedText>> {
-        let encodings = self
-            .inner
-            .encode_batch_fast(texts.to_vec(), true)
-            .map_err(|e| Error::Tokenizer {
+        // A malformed tokenizer.json can also panic the crate while encoding (a template
+        // post-processor naming a special token it does not define; found by fuzzing).
+        let encode = AssertUnwindSafe(|| self.inner.encode_batch_fast(texts.to_vec(), true));
+        let encodings = std::panic::catch_unwind(encode)
+            .map_err(|_| {
+                "the tokenizers library panicked while encoding: the tokenizer is malformed (e.g. \
+                 its post-processor names a special token it does not define)"
+                    .to_string()
+            })
+            .and_then(|encoded| encoded.map_err(|e| e.to_string()))
+            .map_err(|message| Error::Tokenizer {
                 path: self.path.clone(),
-                message: e.to_string(),
+                message,
             })?;
         Ok(encodings
             .into_iter()
@@ -205,6 +213,25 @@ impl TextTokenizer {
             })
             .collect())
     }
+}
+
+/// Parses a `tokenizer.json`. The `tokenizers` crate panics instead of erring on some malformed
+/// files (a JSON syntax error inside `decoder`, a `Precompiled` normaliser of the wrong shape;
+/// found by fuzzing), so the syntax is checked first, which gives the line and column, and a
+/// panic that still escapes the crate is turned into an error naming the file.
+fn read_tokenizer_json(path: &Path) -> Result<Tokenizer> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let malformed = |message: String| Error::Tokenizer {
+        path: path.to_path_buf(),
+        message,
+    };
+    serde_json::from_str::<serde::de::IgnoredAny>(&text)
+        .map_err(|e| malformed(format!("invalid JSON: {e}")))?;
+    std::panic::catch_unwind(|| text.parse::<Tokenizer>())
+        .map_err(|_| {
+            malformed("malformed tokenizer (the tokenizers library panicked on it)".into())
+        })?
+        .map_err(|e| fail(path, e))
 }
 
 fn fail(path: &Path, e: tokenizers::Error) -> Error {

@@ -124,6 +124,10 @@ impl Value {
 pub fn read_torch_checkpoint(path: &Path) -> Result<Vec<(String, PickledTensor)>> {
     let bad = |message: String| Error::weights(path, message);
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // Members are read into buffers reserved for their declared size, which the archive states
+    // and may lie about: no more than the archive's own length is reserved up front (torch.save
+    // stores members uncompressed, so a real member never exceeds it).
+    let archive_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut archive = match zip::ZipArchive::new(file) {
         Ok(archive) => archive,
         Err(_) => {
@@ -149,7 +153,7 @@ pub fn read_torch_checkpoint(path: &Path) -> Result<Vec<(String, PickledTensor)>
         let mut entry = archive
             .by_name(name)
             .map_err(|e| bad(format!("member {name}: {e}")))?;
-        let mut bytes = Vec::with_capacity(entry.size().min(1 << 32) as usize);
+        let mut bytes = Vec::with_capacity(entry.size().min(archive_len) as usize);
         entry
             .read_to_end(&mut bytes)
             .map_err(|e| bad(format!("member {name}: {e}")))?;
