@@ -1004,7 +1004,7 @@ fn cli_fine_tunes_a_classifier() {
         "unknown.jsonl",
         "{\"text\":\"a\",\"label\":\"sad\"}\n",
         &[],
-        "not one of the model's labels",
+        "not one of the model's 3 labels (negative, neutral, positive)",
     );
     bad(
         "unlabelled.jsonl",

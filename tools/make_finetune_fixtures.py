@@ -20,10 +20,28 @@ float64 from the float32 weights of tiny-bert-cls, each step on the mean cross-e
     batches [3, 2] I64          the texts (rows of texts.jsonl) of each step;
     losses [3]                  each step's loss, before its update;
     after.{name} [*shape]       every parameter after the third step.
+
+A bare encoder and a classifier made from it (`mscope train --model ENCODER_DIR`):
+tests/fixtures/classifiers/tiny-bert-encoder/ is tiny-bert-cls's encoder saved alone as transformers'
+`BertModel` (tensors without `bert.`, pooler included) with its tokenizer;
+tests/fixtures/classifiers/bert_encoder_adamw_reference.safetensors is the AdamW run above from
+`BertForSequenceClassification.from_pretrained(tiny-bert-encoder, num_labels=2)` (labels negative,
+positive: the texts' own), its new classifier set to weights drawn here:
+    init.classifier.weight [2, h], init.classifier.bias [2]
+                                the new head (normal(0, 0.02) from torch's generator, bias 0);
+    labels, hparams, batches, losses, after.{name}   as in the AdamW reference above.
+and tests/fixtures/classifiers/bert_encoder_written_reference.safetensors checks the directory
+mscope writes: the script runs `target/release/mscope train --model tiny-bert-encoder` (build it
+first; arguments in the file's metadata `mscope_args`), loads the result with transformers (no
+missing or unexpected tensors allowed) and records, in float64 from its float32 weights:
+    logits [N, 2]               the written classifier's logits on the four texts;
+    init_logits [N, 2]          those of the directory written with --epochs 0 (the new head only).
 """
 
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -106,6 +124,118 @@ def adamw_reference(model_dir, model_class):
     return ref, meta
 
 
+ENCODER_DIR = OUT / "tiny-bert-encoder"
+ENCODER_LABELS = ["negative", "positive"]
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+# `mscope train` arguments of the written-directory reference (with --model, --data, --out and
+# --epochs 2, or 0 for the untrained head, added).
+WRITTEN_ARGS = ["--batch-size", "2", "--lr", "1e-3", "--warmup", "1",
+                "--weight-decay", "0.01", "--seed", "7"]
+
+
+def make_encoder():
+    """tiny-bert-cls's encoder (pooler included) saved alone, as a bare `BertModel`."""
+    from transformers import BertModel
+
+    encoder = BertModel.from_pretrained(str(OUT / "tiny-bert-cls"))
+    if ENCODER_DIR.exists():
+        shutil.rmtree(ENCODER_DIR)
+    encoder.save_pretrained(str(ENCODER_DIR), safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy(OUT / "tiny-bert-cls" / name, ENCODER_DIR / name)
+
+
+def encoder_classifier():
+    """`from_pretrained` of the bare encoder with a new 2-label head, as mscope makes it."""
+    model, info = BertForSequenceClassification.from_pretrained(
+        str(ENCODER_DIR), num_labels=len(ENCODER_LABELS), attn_implementation="eager",
+        id2label=dict(enumerate(ENCODER_LABELS)),
+        label2id={name: i for i, name in enumerate(ENCODER_LABELS)},
+        output_loading_info=True)
+    assert sorted(info["missing_keys"]) == ["classifier.bias", "classifier.weight"], info
+    assert not info["unexpected_keys"], info
+    return model
+
+
+def encoder_adamw_reference():
+    """The AdamW reference from the bare encoder, with the new head's weights recorded."""
+    from transformers import get_linear_schedule_with_warmup
+
+    model = encoder_classifier().eval()
+    generator = torch.Generator().manual_seed(17)
+    weight = torch.empty_like(model.classifier.weight).normal_(0.0, 0.02, generator=generator)
+    with torch.no_grad():
+        model.classifier.weight.copy_(weight)
+        model.classifier.bias.zero_()
+    init = {"init.classifier.weight": model.classifier.weight.detach().clone(),
+            "init.classifier.bias": model.classifier.bias.detach().clone()}
+    model = model.to(torch.float64)
+    tok = AutoTokenizer.from_pretrained(str(ENCODER_DIR))
+    texts, names = labelled_texts()
+    labels = [model.config.label2id[n] for n in names]
+    opt = torch.optim.AdamW(model.parameters(), lr=ADAMW["lr"], betas=(0.9, 0.999), eps=1e-8,
+                            weight_decay=ADAMW["weight_decay"])
+    sched = get_linear_schedule_with_warmup(opt, ADAMW["warmup"], ADAMW["total"])
+    losses = []
+    for rows in ADAMW_BATCHES:
+        enc = tok([texts[i] for i in rows], padding=True, return_tensors="pt")
+        y = torch.tensor([labels[i] for i in rows], dtype=torch.int64)
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(**enc).logits, y)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    ref = dict(init)
+    ref.update({
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        "hparams": torch.tensor([ADAMW["lr"], ADAMW["weight_decay"], ADAMW["warmup"],
+                                 ADAMW["total"]], dtype=torch.float64),
+        "batches": torch.tensor(ADAMW_BATCHES, dtype=torch.int64),
+        "losses": torch.tensor(losses, dtype=torch.float64),
+    })
+    for name, p in model.named_parameters():
+        ref[f"after.{name}"] = p.detach().double().contiguous()
+    meta = {"texts": "tests/fixtures/classifiers/texts.jsonl", "transformers_version":
+            transformers.__version__, "torch_version": torch.__version__}
+    print(f"  tiny-bert-encoder: AdamW losses {losses}")
+    return ref, meta
+
+
+def written_reference():
+    """Logits, by transformers, of the classifier directories `mscope train` writes from the
+    bare encoder (trained, and with --epochs 0)."""
+    import subprocess
+    import tempfile
+
+    mscope = ROOT / "target" / "release" / "mscope"
+    if not mscope.is_file():
+        sys.exit(f"{mscope} is missing: run `cargo build --release` first")
+    texts, _ = labelled_texts()
+    ref = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, epochs in [("logits", "2"), ("init_logits", "0")]:
+            out = Path(tmp) / key
+            args = [str(mscope), "train", "--model", str(ENCODER_DIR), "--data",
+                    str(OUT / "texts.jsonl"), "--out", str(out), "--epochs", epochs] + WRITTEN_ARGS
+            run = subprocess.run(args, capture_output=True, text=True)
+            if run.returncode != 0:
+                sys.exit(f"{' '.join(args)} failed:\n{run.stderr}")
+            model, info = BertForSequenceClassification.from_pretrained(
+                str(out), attn_implementation="eager", output_loading_info=True)
+            assert not any(info[k] for k in ("missing_keys", "unexpected_keys",
+                                             "mismatched_keys")), info
+            assert model.config.id2label == dict(enumerate(ENCODER_LABELS)), model.config
+            model = model.eval().to(torch.float64)
+            tok = AutoTokenizer.from_pretrained(str(out))
+            with torch.no_grad():
+                ref[key] = model(**tok(texts, padding=True, return_tensors="pt")).logits
+    meta = {"mscope_args": " ".join(WRITTEN_ARGS), "transformers_version":
+            transformers.__version__, "torch_version": torch.__version__}
+    print(f"  mscope-written classifier: logits {ref['logits'].tolist()}")
+    return ref, meta
+
+
 def main():
     for model_dir, model_class, out in [
         ("tiny-bert-cls", BertForSequenceClassification, "bert_loss_reference.safetensors"),
@@ -115,6 +245,11 @@ def main():
         save_file(ref, str(OUT / out), metadata=meta)
     ref, meta = adamw_reference(OUT / "tiny-bert-cls", BertForSequenceClassification)
     save_file(ref, str(OUT / "bert_adamw_reference.safetensors"), metadata=meta)
+    make_encoder()
+    ref, meta = encoder_adamw_reference()
+    save_file(ref, str(OUT / "bert_encoder_adamw_reference.safetensors"), metadata=meta)
+    ref, meta = written_reference()
+    save_file(ref, str(OUT / "bert_encoder_written_reference.safetensors"), metadata=meta)
 
 
 if __name__ == "__main__":

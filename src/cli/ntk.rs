@@ -536,7 +536,7 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
         if rows.is_empty() {
             return Err(Error::input(format!("{}: no texts", path.display())));
         }
-        check_text_labels(path, &rows, classifier.labels())?;
+        text_label_indices(path, &rows, classifier.labels())?;
         let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
         let tokenized = tokenizer.encode(&texts)?;
         let truncated: Vec<usize> = (0..tokenized.len())
@@ -686,24 +686,35 @@ pub(super) fn merge(out: &std::path::Path, shards: &[ShardFile]) -> Result<()> {
     Ok(())
 }
 
-/// An error naming the file and row of a label that is not one of the model's: a label name
-/// of `id2label`, or a class index below `num_labels`. Rows without a label pass.
-fn check_text_labels(path: &Path, rows: &[TextRow], labels: &[String]) -> Result<()> {
-    for (i, row) in rows.iter().enumerate() {
-        let Some(label) = &row.label else { continue };
-        let known =
-            labels.contains(label) || label.parse::<usize>().is_ok_and(|c| c < labels.len());
-        if !known {
-            return Err(Error::input(format!(
-                "{}: row {}: label {label:?} is not one of the model's {} labels ({}) nor a \
-                 class index below {}",
-                path.display(),
-                i + 1,
-                labels.len(),
-                labels.join(", "),
-                labels.len()
-            )));
-        }
-    }
-    Ok(())
+/// Each row's class index among the model's `labels`: its label is a name of `id2label` (first)
+/// or a class index below `num_labels`; `None` for a row without a label. An error names the
+/// file and row of a label that is neither.
+pub(super) fn text_label_indices(
+    path: &Path,
+    rows: &[TextRow],
+    labels: &[String],
+) -> Result<Vec<Option<usize>>> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let Some(label) = &row.label else {
+                return Ok(None);
+            };
+            let class = labels
+                .iter()
+                .position(|l| l == label)
+                .or_else(|| label.parse::<usize>().ok().filter(|&c| c < labels.len()));
+            class.map(Some).ok_or_else(|| {
+                Error::input(format!(
+                    "{}: row {}: label {label:?} is not one of the model's {} labels ({}) nor a \
+                     class index below {}",
+                    path.display(),
+                    i + 1,
+                    labels.len(),
+                    labels.join(", "),
+                    labels.len()
+                ))
+            })
+        })
+        .collect()
 }

@@ -1,9 +1,10 @@
 //! `mscope train`: an ensemble of MLP classifiers, one per seed, on a dataset of `mscope data`;
 //! writes the models, a JSON report and every model's test logits for `mscope compare`. With
-//! `--model CLASSIFIER_DIR`, fine-tunes a transformer sequence classifier on labelled texts
-//! instead (AdamW, linear warm-up/decay) and writes a classifier directory.
+//! `--model DIR`, fine-tunes a transformer sequence classifier on labelled texts instead (AdamW,
+//! linear warm-up/decay; a bare BERT encoder gets a new classification head) and writes a
+//! classifier directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
@@ -12,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::instruments::ensemble::{train_ensemble, Named};
 use crate::io::check_outputs;
 use crate::io::datasets::read_train_test;
+use crate::io::texts::TextRow;
 use crate::models::mlp::parse_activation;
 use crate::models::train::{parse_hidden, parse_seeds, Optimizer, TrainConfig};
 use crate::report;
@@ -22,9 +24,11 @@ pub struct TrainArgs {
     /// --model, labelled texts (.jsonl, .csv, .tsv).
     #[arg(long)]
     data: PathBuf,
-    /// A transformer classifier directory (BertForSequenceClassification,
-    /// XLMRobertaForSequenceClassification) to fine-tune on --data's texts; its labels are
-    /// config.json's. Set --lr (e.g. 2e-5) and --epochs (e.g. 3) for it.
+    /// A transformer to fine-tune on --data's texts: a classifier directory
+    /// (BertForSequenceClassification, XLMRobertaForSequenceClassification), whose labels are
+    /// config.json's, or a bare BERT encoder (BertModel, sentence-transformers), which gets a new
+    /// classification head for the data's labels (sorted; numerically when integers) as
+    /// transformers' BertForSequenceClassification.from_pretrained makes it.
     #[arg(long)]
     model: Option<PathBuf>,
     /// With --model: the text field of --data.
@@ -39,7 +43,12 @@ pub struct TrainArgs {
     /// With --model: train only the classification head.
     #[arg(long)]
     freeze_encoder: bool,
-    /// Test rows in the same format; their logits go to DIR/scores.safetensors.
+    /// With --model: dropout probability during training. Only 0 (off, so a run is a
+    /// deterministic function of its seed) is implemented yet.
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
+    /// Test rows in the same format. MLPs: their logits go to DIR/scores.safetensors. With
+    /// --model: labelled texts whose accuracy train.json reports after every epoch.
     #[arg(long)]
     test_data: Option<PathBuf>,
     /// Hidden layer widths, comma-separated.
@@ -48,31 +57,41 @@ pub struct TrainArgs {
     /// relu, tanh, gelu or sigmoid.
     #[arg(long, default_value = "relu")]
     activation: String,
-    #[arg(long, default_value_t = 50)]
-    epochs: usize,
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    #[arg(long, default_value_t = 32)]
-    batch_size: usize,
+    /// Epochs [default: 50; with --model 3, as transformers' Trainer].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Learning rate [default: 1e-3; with --model 5e-5, as transformers' Trainer].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Minibatch size [default: 32; with --model 8, as transformers' Trainer].
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// sgd or adam.
     #[arg(long, default_value = "adam")]
     optimizer: String,
     /// SGD momentum [default: 0.9].
     #[arg(long)]
     momentum: Option<f64>,
+    /// Weight decay (with --model, AdamW's decoupled decay).
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
-    /// One model per seed: A..B (B excluded) or a comma list.
-    #[arg(long, default_value = "0")]
+    /// One model per seed: A..B (B excluded) or a comma list. With --model, one seed: the batch
+    /// order and any new head's initial weights.
+    #[arg(long, visible_alias = "seed", default_value = "0")]
     seeds: String,
     /// Output directory (created if absent): model-seed{S}.safetensors, train.json and, with
-    /// --test-data, scores.safetensors.
+    /// --test-data, scores.safetensors; with --model, the classifier directory and train.json.
     #[arg(long)]
     out: PathBuf,
     /// CPU threads, at most 4 per core [default: one per core].
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }
+
+/// The MLP defaults of --epochs, --lr and --batch-size.
+const MLP_DEFAULTS: (usize, f64, usize) = (50, 1e-3, 32);
+/// Those of fine-tuning a transformer: transformers' `TrainingArguments`.
+const FINE_TUNING_DEFAULTS: (usize, f64, usize) = (3, 5e-5, 8);
 
 const DEFAULT_MOMENTUM: f64 = 0.9;
 
@@ -81,6 +100,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(model) = &args.model {
         return fine_tune(&args, model);
     }
+    if args.dropout != 0.0 {
+        return Err(Error::input(
+            "--dropout applies to fine-tuning a transformer (--model)",
+        ));
+    }
+    let (epochs, lr, batch_size) = MLP_DEFAULTS;
     let optimizer: Optimizer = args.optimizer.parse()?;
     if optimizer == Optimizer::Adam && args.momentum.is_some() {
         return Err(Error::input(
@@ -90,9 +115,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let config = TrainConfig {
         hidden: parse_hidden(&args.hidden)?,
         activation: parse_activation(&args.activation)?,
-        epochs: args.epochs,
-        lr: args.lr,
-        batch_size: args.batch_size,
+        epochs: args.epochs.unwrap_or(epochs),
+        lr: args.lr.unwrap_or(lr),
+        batch_size: args.batch_size.unwrap_or(batch_size),
         optimizer,
         momentum: args.momentum.unwrap_or(DEFAULT_MOMENTUM),
         weight_decay: args.weight_decay,
@@ -165,47 +190,23 @@ struct EpochReport {
     epoch: usize,
     /// Mean of the epoch's minibatch losses, as they went.
     loss: f64,
-    /// Accuracy of the epoch's minibatch logits (before each update), as they went.
+    /// Accuracy on the training texts after the epoch.
     train_accuracy: f64,
+    /// Accuracy on --test-data's texts after the epoch (null without it).
+    test_accuracy: Option<f64>,
 }
 
-/// `--model`: fine-tunes the classifier directory on `--data`'s labelled texts (module docs).
-fn fine_tune(args: &TrainArgs, model: &std::path::Path) -> Result<()> {
-    use std::sync::Arc;
+/// Labelled texts tokenised for a classifier: token ids and class indices.
+struct LabelledTexts {
+    tokenized: Vec<crate::models::tokenize::TokenizedText>,
+    labels: Vec<usize>,
+}
 
-    use crate::backend::cpu::CpuBackend;
-    use crate::backend::Backend;
+/// The rows of a text file (`--data`, `--test-data`), at least one.
+fn read_texts(path: &Path, args: &TrainArgs) -> Result<Vec<TextRow>> {
     use crate::io::texts::{read_rows, FieldNames, InputSpec};
-    use crate::models::classifier::SequenceClassifier;
-    use crate::models::classifier_grad::loss_gradient;
-    use crate::models::finetune::{linear_schedule, read_parameters, write_classifier, AdamW};
-    use crate::models::tokenize::TextTokenizer;
-    use crate::models::TokenBatch;
-    use crate::random::SplitMix64;
-    use crate::weights::WeightsDtype;
-
-    if args.batch_size == 0 {
-        return Err(Error::input("--batch-size must be at least 1"));
-    }
-    if args.test_data.is_some() {
-        return Err(Error::input(
-            "--test-data with --model is not implemented yet: evaluate the written directory",
-        ));
-    }
-    let seeds = parse_seeds(&args.seeds)?;
-    let [seed] = seeds[..] else {
-        return Err(Error::input("--seeds: fine-tuning takes one seed"));
-    };
-    check_outputs(
-        &[("--data", Some(&args.data))],
-        &[("--out", Some(&args.out))],
-    )?;
-    // The backward pass runs on the host from f32 weights.
-    let cpu: Arc<dyn Backend> = Arc::new(CpuBackend::new());
-    let classifier = SequenceClassifier::load(model, cpu.clone(), WeightsDtype::F32)?;
-    let tokenizer = TextTokenizer::load(model, classifier.encoder().config().max_tokens())?;
     let spec = InputSpec {
-        path: args.data.clone(),
+        path: path.to_path_buf(),
         label: None,
     };
     let fields = FieldNames {
@@ -213,72 +214,179 @@ fn fine_tune(args: &TrainArgs, model: &std::path::Path) -> Result<()> {
         label: args.label_field.clone(),
     };
     let rows = read_rows(&spec, &fields)?;
-    let path = args.data.display();
     if rows.is_empty() {
-        return Err(Error::input(format!("{path}: no texts")));
+        return Err(Error::input(format!("{}: no texts", path.display())));
     }
-    let known = classifier.labels().to_vec();
-    let labels = rows
-        .iter()
+    Ok(rows)
+}
+
+/// `rows`' class indices among the model's `labels` (as `ntk` reads them), every row labelled.
+fn class_indices(
+    path: &Path,
+    rows: &[TextRow],
+    labels: &[String],
+    field: &str,
+) -> Result<Vec<usize>> {
+    super::ntk::text_label_indices(path, rows, labels)?
+        .into_iter()
         .enumerate()
-        .map(|(i, r)| {
-            let label = r.label.as_deref().ok_or_else(|| {
+        .map(|(i, class)| {
+            class.ok_or_else(|| {
                 Error::input(format!(
-                    "{path}: row {} has no `{}` field (every text needs a label)",
-                    i + 1,
-                    args.label_field
-                ))
-            })?;
-            known.iter().position(|l| l == label).ok_or_else(|| {
-                Error::input(format!(
-                    "{path}: row {}: label {label:?} is not one of the model's labels {known:?}",
+                    "{}: row {} has no `{field}` field (every text needs a label)",
+                    path.display(),
                     i + 1
                 ))
             })
         })
-        .collect::<Result<Vec<usize>>>()?;
-    if labels.iter().all(|&y| y == labels[0]) {
+        .collect()
+}
+
+/// Share of `texts` whose highest logit is their label's (the first on a tie), in batches.
+fn accuracy(
+    classifier: &crate::models::classifier::SequenceClassifier,
+    texts: &LabelledTexts,
+    batch_size: usize,
+) -> Result<f64> {
+    let classes = classifier.num_labels();
+    let backend = classifier.encoder().backend().clone();
+    let mut right = 0;
+    for (chunk, labels) in texts
+        .tokenized
+        .chunks(batch_size)
+        .zip(texts.labels.chunks(batch_size))
+    {
+        let logits =
+            backend.download(&classifier.logits(&crate::models::TokenBatch::pack(chunk))?)?;
+        right += logits
+            .chunks_exact(classes)
+            .zip(labels)
+            .filter(|(row, &y)| crate::data::scores::argmax(row) == y)
+            .count();
+    }
+    Ok(right as f64 / texts.labels.len() as f64)
+}
+
+/// `--model`: fine-tunes the classifier (or the bare encoder with a new head) on `--data`'s
+/// labelled texts (module docs).
+fn fine_tune(args: &TrainArgs, model: &Path) -> Result<()> {
+    let created = !args.out.exists();
+    let tuned = fine_tune_into(args, model);
+    if tuned.is_err() && created {
+        // The run made this directory (config, tokenizer) before it failed: leave nothing.
+        let _ = std::fs::remove_dir_all(&args.out);
+    }
+    tuned
+}
+
+fn fine_tune_into(args: &TrainArgs, model: &Path) -> Result<()> {
+    use std::sync::Arc;
+
+    use crate::backend::cpu::CpuBackend;
+    use crate::backend::Backend;
+    use crate::models::classifier_grad::loss_gradient;
+    use crate::models::finetune::{
+        classifier_from_encoder, classifier_from_parameters, copy_classifier_files,
+        has_classification_head, label_names, linear_schedule, read_parameters, write_parameters,
+        AdamW,
+    };
+    use crate::models::tokenize::TextTokenizer;
+    use crate::models::TokenBatch;
+    use crate::random::SplitMix64;
+
+    let (epochs, lr, batch_size) = FINE_TUNING_DEFAULTS;
+    let (epochs, lr, batch_size) = (
+        args.epochs.unwrap_or(epochs),
+        args.lr.unwrap_or(lr),
+        args.batch_size.unwrap_or(batch_size),
+    );
+    if batch_size == 0 {
+        return Err(Error::input("--batch-size must be at least 1"));
+    }
+    if args.dropout != 0.0 {
         return Err(Error::input(format!(
-            "{path}: every text has the label {:?}; fine-tuning needs at least two classes",
-            known[labels[0]]
+            "--dropout {}: dropout during fine-tuning is not implemented yet; only 0 (off, \
+             the default) is accepted",
+            args.dropout
         )));
     }
-    let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
-    let tokenized = tokenizer.encode(&texts)?;
+    let seeds = parse_seeds(&args.seeds)?;
+    let [seed] = seeds[..] else {
+        return Err(Error::input("--seeds: fine-tuning takes one seed"));
+    };
+    check_outputs(
+        &[
+            ("--data", Some(&args.data)),
+            ("--test-data", args.test_data.as_deref()),
+        ],
+        &[("--out", Some(&args.out))],
+    )?;
+    let rows = read_texts(&args.data, args)?;
+    let test_rows = args
+        .test_data
+        .as_deref()
+        .map(|path| read_texts(path, args))
+        .transpose()?;
 
-    let head_names = classifier.head().kind.layer_names();
-    let mut params = read_parameters(&model.join("model.safetensors"))?;
+    // A bare encoder gets its head (and config.json with the data's labels) here; either way
+    // the output directory holds the classifier's config and tokenizer from now on, and the
+    // weights are written there once, at the end.
+    let (mut params, new_config) = if has_classification_head(model)? {
+        (read_parameters(&model.join("model.safetensors"))?, None)
+    } else {
+        let labels = label_names(rows.iter().filter_map(|r| r.label.as_deref()));
+        let (params, config) = classifier_from_encoder(model, &labels, seed)?;
+        (params, Some(config))
+    };
+    copy_classifier_files(model, &args.out, new_config.as_ref())?;
+    // The backward pass runs on the host from f32 weights.
+    let cpu: Arc<dyn Backend> = Arc::new(CpuBackend::new());
+    let mut current = classifier_from_parameters(&args.out, &params, cpu.clone())?;
+    let known = current.labels().to_vec();
+    let tokenizer = TextTokenizer::load(model, current.encoder().config().max_tokens())?;
+    let labelled = |path: &Path, rows: &[TextRow]| -> Result<LabelledTexts> {
+        let labels = class_indices(path, rows, &known, &args.label_field)?;
+        let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
+        Ok(LabelledTexts {
+            tokenized: tokenizer.encode(&texts)?,
+            labels,
+        })
+    };
+    let train = labelled(&args.data, &rows)?;
+    if train.labels.iter().all(|&y| y == train.labels[0]) {
+        return Err(Error::input(format!(
+            "{}: every text has the label {:?}; fine-tuning needs at least two classes",
+            args.data.display(),
+            known[train.labels[0]]
+        )));
+    }
+    let test = args
+        .test_data
+        .as_deref()
+        .zip(test_rows.as_deref())
+        .map(|(path, rows)| labelled(path, rows))
+        .transpose()?;
+
+    let head_names = current.head().kind.layer_names();
     let mut adamw = AdamW::new(args.weight_decay);
-    let steps_per_epoch = rows.len().div_ceil(args.batch_size);
-    let total = steps_per_epoch * args.epochs;
+    let steps_per_epoch = rows.len().div_ceil(batch_size);
+    let total = steps_per_epoch * epochs;
     let bar = super::progress_bar(total as u64, "{bar:40} {pos}/{len} steps  eta {eta}  {msg}");
     let mut rng = SplitMix64::new(seed);
-    let mut current = classifier;
     let mut report = Vec::new();
-    for epoch in 0..args.epochs {
+    for epoch in 0..epochs {
         let mut order: Vec<usize> = (0..rows.len()).collect();
         rng.shuffle(&mut order);
-        let (mut loss_sum, mut correct) = (0.0, 0usize);
-        for (b, chunk) in order.chunks(args.batch_size).enumerate() {
+        let mut loss_sum = 0.0;
+        for (b, chunk) in order.chunks(batch_size).enumerate() {
             let batch = TokenBatch::pack(
                 &chunk
                     .iter()
-                    .map(|&i| tokenized[i].clone())
+                    .map(|&i| train.tokenized[i].clone())
                     .collect::<Vec<_>>(),
             );
-            let y: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
+            let y: Vec<usize> = chunk.iter().map(|&i| train.labels[i]).collect();
             let mut got = loss_gradient(&current, &batch, &y)?;
-            let classes = known.len();
-            correct += got
-                .logits
-                .chunks_exact(classes)
-                .zip(&y)
-                .filter(|(row, &label)| {
-                    row.iter()
-                        .enumerate()
-                        .all(|(c, &z)| c == label || z < row[label])
-                })
-                .count();
             loss_sum += got.loss;
             if args.freeze_encoder {
                 got.grads
@@ -288,29 +396,40 @@ fn fine_tune(args: &TrainArgs, model: &std::path::Path) -> Result<()> {
             adamw.step(
                 &mut params,
                 &got.grads,
-                args.lr * linear_schedule(step, args.warmup, total),
+                lr * linear_schedule(step, args.warmup, total),
             )?;
-            write_classifier(model, &args.out, &params)?;
-            current = SequenceClassifier::load(&args.out, cpu.clone(), WeightsDtype::F32)?;
+            current = classifier_from_parameters(&args.out, &params, cpu.clone())?;
             bar.inc(1);
             bar.set_message(format!("epoch {} loss {:.4}", epoch + 1, got.loss));
         }
         report.push(EpochReport {
             epoch: epoch + 1,
             loss: loss_sum / steps_per_epoch as f64,
-            train_accuracy: correct as f64 / rows.len() as f64,
+            train_accuracy: accuracy(&current, &train, batch_size)?,
+            test_accuracy: test
+                .as_ref()
+                .map(|t| accuracy(&current, t, batch_size))
+                .transpose()?,
         });
     }
     bar.finish_and_clear();
-    if args.epochs == 0 {
-        write_classifier(model, &args.out, &params)?;
-    }
+    write_parameters(&args.out.join("model.safetensors"), &params)?;
     report::write_json(&args.out.join("train.json"), &report)?;
     println!(
-        "fine-tuned {} for {} epochs ({total} steps) into {}",
+        "fine-tuned {} for {epochs} epochs ({total} steps of {batch_size}, lr {lr}) into {}",
         model.display(),
-        args.epochs,
         args.out.display()
     );
+    for e in &report {
+        let test = e.test_accuracy.map_or(String::new(), |a| {
+            format!(", test accuracy {:.2}%", 100.0 * a)
+        });
+        println!(
+            "epoch {}: loss {:.4}, train accuracy {:.2}%{test}",
+            e.epoch,
+            e.loss,
+            100.0 * e.train_accuracy
+        );
+    }
     Ok(())
 }

@@ -174,8 +174,22 @@ impl BertModel {
         backend: Arc<dyn Backend>,
         weights_dtype: WeightsDtype,
     ) -> Result<Self> {
-        let config = BertConfig::read(dir)?;
-        let mut weights = Weights::open(dir)?;
+        Self::from_weights(
+            BertConfig::read(dir)?,
+            Weights::open(dir)?,
+            backend,
+            weights_dtype,
+        )
+    }
+
+    /// The encoder of `config` with the tensors of `weights` (a checkpoint's, or parameters held
+    /// in memory during fine-tuning), found under the first prefix that holds them.
+    pub fn from_weights(
+        config: BertConfig,
+        mut weights: Weights,
+        backend: Arc<dyn Backend>,
+        weights_dtype: WeightsDtype,
+    ) -> Result<Self> {
         weights.resolve_prefix(
             "embeddings.word_embeddings.weight",
             &["", "bert.", "roberta.", "model."],

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::bert::BertModel;
+use super::bert::{BertConfig, BertModel};
 use super::loader::{read_config, Linear, Loader};
 use super::{Encoder, TokenBatch};
 use crate::backend::{Activation, Backend, Pooling, SeqLayout, Tensor};
@@ -38,6 +38,15 @@ pub enum HeadKind {
 impl HeadKind {
     /// Every head, in the order a checkpoint is tried against.
     pub const ALL: [HeadKind; 2] = [HeadKind::BertPooler, HeadKind::Roberta];
+
+    /// The head whose layers `weights` holds, if any.
+    pub fn find(weights: &Weights) -> Option<HeadKind> {
+        HeadKind::ALL.into_iter().find(|k| {
+            k.layer_names()
+                .iter()
+                .all(|n| weights.contains(&format!("{n}.weight")))
+        })
+    }
 
     /// The checkpoint names of the dense and output layers (`.weight`/`.bias` appended).
     pub fn layer_names(self) -> [&'static str; 2] {
@@ -91,15 +100,21 @@ impl SequenceClassifier {
         backend: Arc<dyn Backend>,
         weights_dtype: WeightsDtype,
     ) -> Result<Self> {
-        let encoder = BertModel::load(dir, backend.clone(), weights_dtype)?;
+        Self::from_weights(dir, Weights::open(dir)?, backend, weights_dtype)
+    }
+
+    /// The classifier of the directory `dir`'s `config.json` with the tensors of `weights`
+    /// (the directory's checkpoint, or parameters held in memory during fine-tuning).
+    pub fn from_weights(
+        dir: &Path,
+        weights: Weights,
+        backend: Arc<dyn Backend>,
+        weights_dtype: WeightsDtype,
+    ) -> Result<Self> {
+        let config = BertConfig::read(dir)?;
         let config_path = dir.join("config.json");
         let labels_config: LabelConfig = read_config(dir, "classifier")?;
-        let weights = Weights::open(dir)?;
-        let Some(kind) = HeadKind::ALL.into_iter().find(|k| {
-            k.layer_names()
-                .iter()
-                .all(|n| weights.contains(&format!("{n}.weight")))
-        }) else {
+        let Some(kind) = HeadKind::find(&weights) else {
             let architectures = labels_config.architectures.unwrap_or_default().join(", ");
             return Err(Error::input(format!(
                 "{}: no sequence-classification head (architectures: [{architectures}]); \
@@ -109,7 +124,7 @@ impl SequenceClassifier {
                 dir.display()
             )));
         };
-        let h = encoder.config().hidden_size;
+        let h = config.hidden_size;
         let [dense_name, out_name] = kind.layer_names();
         let out_rows = weights.shape(&format!("{out_name}.weight"))?[0];
         let labels = read_labels(
@@ -135,6 +150,7 @@ impl SequenceClassifier {
             dense: loader.linear(dense_name, h, h, true)?,
             out: loader.linear(out_name, labels.len(), h, true)?,
         };
+        let encoder = BertModel::from_weights(config, weights, backend, weights_dtype)?;
         Ok(SequenceClassifier {
             encoder,
             head,

@@ -1,17 +1,28 @@
 //! Fine-tuning of transformer sequence classifiers: AdamW as `torch.optim.AdamW` makes it, the
 //! linear warm-up then linear decay to zero of transformers' `get_linear_schedule_with_warmup`,
 //! and the classifier's parameters held on the host by checkpoint name, written back as a
-//! classifier directory that [`SequenceClassifier::load`](super::classifier::SequenceClassifier::load) (and transformers) read.
+//! classifier directory that [`SequenceClassifier::load`] (and transformers) read.
 //!
-//! The gradient of each step is [`loss_gradient`](super::classifier_grad::loss_gradient)'s; the
-//! classifier is rebuilt from the written weights after each update (the forward runs on its
-//! backend, the update on the host).
+//! A bare BERT encoder (a `BertModel` or sentence-transformers directory) gets a classification
+//! head as transformers' `BertForSequenceClassification.from_pretrained(dir, num_labels=…)` makes
+//! it ([`classifier_from_encoder`]). The gradient of each step is
+//! [`loss_gradient`](super::classifier_grad::loss_gradient)'s; between steps the classifier is
+//! rebuilt from the parameters in memory ([`classifier_from_parameters`]: the forward runs on its
+//! backend, the update on the host), and the directory is written once, at the end.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
+use serde_json::{json, Value};
+
+use super::classifier::{HeadKind, SequenceClassifier};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::io::tensor_file::{self, TensorFile, TensorOut};
+use crate::random::{counter_hash, SplitMix64};
+use crate::tensor::DType;
+use crate::weights::{Weights, WeightsDtype};
 
 /// AdamW's constants: PyTorch's defaults.
 pub const ADAMW_BETAS: (f64, f64) = (0.9, 0.999);
@@ -61,23 +72,171 @@ const WEIGHT_FILES: [&str; 3] = [
     "model.safetensors.index.json",
 ];
 
+/// Files of a sentence-transformers encoder that describe the encoder's sentence pipeline
+/// (pooling modules, its model card), not the classifier made from it: not copied.
+const SENTENCE_TRANSFORMERS_FILES: [&str; 4] = [
+    "modules.json",
+    "config_sentence_transformers.json",
+    "sentence_bert_config.json",
+    "README.md",
+];
+
 /// Writes a classifier directory `to` (created if absent) holding `params` as
 /// `model.safetensors` and a copy of every other file of the directory `from` it was loaded
 /// from (config.json with its labels, the tokenizer files): what transformers'
-/// `from_pretrained` and [`SequenceClassifier::load`](super::classifier::SequenceClassifier::load)
-/// read.
+/// `from_pretrained` and [`SequenceClassifier::load`] read.
 pub fn write_classifier(from: &Path, to: &Path, params: &Parameters) -> Result<()> {
+    copy_classifier_files(from, to, None)?;
+    write_parameters(&to.join("model.safetensors"), params)
+}
+
+/// Copies every file of `from` but its weights into `to` (created if absent). With `config`
+/// (the classifier made from a bare encoder), writes it as `config.json` instead of the
+/// encoder's and leaves out the encoder's sentence-transformers files.
+pub fn copy_classifier_files(from: &Path, to: &Path, config: Option<&Value>) -> Result<()> {
     std::fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
     for entry in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
         let path = entry.map_err(|e| Error::io(from, e))?.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if path.is_file() && !WEIGHT_FILES.contains(&name) {
+        let replaced = config.is_some()
+            && (name == "config.json" || SENTENCE_TRANSFORMERS_FILES.contains(&name));
+        if path.is_file() && !WEIGHT_FILES.contains(&name) && !replaced {
             std::fs::copy(&path, to.join(name)).map_err(|e| Error::io(&path, e))?;
         }
     }
-    write_parameters(&to.join("model.safetensors"), params)
+    if let Some(config) = config {
+        let path = to.join("config.json");
+        let text = serde_json::to_string_pretty(config).expect("a JSON value serialises");
+        std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
+/// Whether the model directory `dir` carries a sequence-classification head (else it is a bare
+/// encoder, which [`classifier_from_encoder`] completes).
+pub fn has_classification_head(dir: &Path) -> Result<bool> {
+    Ok(HeadKind::find(&Weights::open(dir)?).is_some())
+}
+
+/// The classifier of directory `dir`'s `config.json` (labels included) with the parameters
+/// `params`, on `backend` in f32: how fine-tuning rebuilds the model after each update without
+/// writing it out.
+pub fn classifier_from_parameters(
+    dir: &Path,
+    params: &Parameters,
+    backend: Arc<dyn Backend>,
+) -> Result<SequenceClassifier> {
+    let weights = Weights::from_f32(
+        &dir.join("model.safetensors"),
+        params
+            .iter()
+            .map(|(name, (shape, values))| (name.as_str(), shape.as_slice(), values.as_slice())),
+    )?;
+    SequenceClassifier::from_weights(dir, weights, backend, WeightsDtype::F32)
+}
+
+/// Class names for the labels of a data set, in class order: sorted, numerically when every
+/// label is an integer (so `"10"` follows `"9"`), each once.
+pub fn label_names<'a>(labels: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut names: Vec<String> = labels.into_iter().map(str::to_string).collect();
+    names.sort();
+    names.dedup();
+    if names.iter().all(|l| l.parse::<i64>().is_ok()) {
+        names.sort_by_key(|l| l.parse::<i64>().expect("checked above"));
+    }
+    names
+}
+
+/// Which stream of [`counter_hash`] seeds the head's initial weights (the batch order uses the
+/// seed itself), so the two draws are independent.
+const HEAD_INIT_STREAM: u64 = 0x4845_4144;
+
+/// A `BertForSequenceClassification` made from the bare BERT encoder in `dir` (its
+/// `model.safetensors`, tensors named with or without `bert.`) for the classes `labels`, as
+/// transformers' `from_pretrained(dir, num_labels=…)` makes it: the encoder's tensors under
+/// `bert.`; the pooler `bert.pooler.dense` taken from the checkpoint when it holds one, else newly
+/// initialised; `classifier` `[C, h]` newly initialised. New weights are
+/// normal(0, `initializer_range`) (f64 Box–Muller draws of [`SplitMix64`], seeded from `seed`,
+/// pooler before classifier, row-major), new biases 0. Returns the parameters and the
+/// classifier's `config.json`: the encoder's with `architectures`, `id2label` and `label2id`.
+pub fn classifier_from_encoder(
+    dir: &Path,
+    labels: &[String],
+    seed: u64,
+) -> Result<(Parameters, Value)> {
+    let config_path = dir.join("config.json");
+    let bad = |what: String| Error::input(format!("{}: {what}", config_path.display()));
+    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let mut config: Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let model_type = config["model_type"].as_str().unwrap_or_default();
+    if model_type != "bert" {
+        return Err(bad(format!(
+            "model_type {model_type:?}: a classification head is created for BERT encoders \
+             (model_type \"bert\") only; start from a classifier directory \
+             (XLMRobertaForSequenceClassification, …) for other encoders"
+        )));
+    }
+    let h = config["hidden_size"]
+        .as_u64()
+        .ok_or_else(|| bad("no hidden_size".into()))? as usize;
+    let std = config["initializer_range"].as_f64().unwrap_or(0.02);
+    if labels.len() < 2 {
+        return Err(Error::input(format!(
+            "{} class(es) {labels:?}: a classifier needs at least two",
+            labels.len()
+        )));
+    }
+
+    let weights = Weights::open(dir)?;
+    let names = weights.names();
+    // A checkpoint saved with a task head already names its encoder `bert.*`; a bare encoder's
+    // tensors get the prefix. Integer buffers (`position_ids`) are not parameters.
+    let prefixed = names.iter().any(|n| n.starts_with("bert."));
+    let mut params = Parameters::new();
+    for name in &names {
+        if prefixed && !name.starts_with("bert.") {
+            continue;
+        }
+        if weights.dtype(name)? == DType::I64 {
+            continue;
+        }
+        let shape = weights.shape(name)?;
+        let values = weights.f32(name, &shape)?.into_owned();
+        let full = if prefixed {
+            name.clone()
+        } else {
+            format!("bert.{name}")
+        };
+        params.insert(full, (shape, values));
+    }
+    let mut rng = SplitMix64::new(counter_hash(seed, HEAD_INIT_STREAM, 0));
+    let mut linear = |name: &str, rows: usize, params: &mut Parameters| {
+        let weight = (0..rows * h).map(|_| (std * rng.normal()) as f32).collect();
+        params.insert(format!("{name}.weight"), (vec![rows, h], weight));
+        params.insert(format!("{name}.bias"), (vec![rows], vec![0.0; rows]));
+    };
+    if !params.contains_key("bert.pooler.dense.weight") {
+        linear("bert.pooler.dense", h, &mut params);
+    }
+    linear("classifier", labels.len(), &mut params);
+
+    config["architectures"] = json!(["BertForSequenceClassification"]);
+    config["id2label"] = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i.to_string(), json!(l)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    config["label2id"] = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.clone(), json!(i)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    Ok((params, config))
 }
 
 /// `torch.optim.AdamW` (no AMSGrad): per parameter tensor, decoupled weight decay
@@ -143,6 +302,12 @@ impl AdamW {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_names_are_sorted_numerically_when_integers() {
+        assert_eq!(label_names(["b", "a", "b"]), ["a", "b"]);
+        assert_eq!(label_names(["10", "9", "-1", "9"]), ["-1", "9", "10"]);
+    }
 
     #[test]
     fn the_schedule_warms_up_then_decays_to_zero() {

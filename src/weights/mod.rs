@@ -172,26 +172,72 @@ impl Weights {
     /// anonymous map, so every reader below works on it as on a safetensors file.
     fn open_torch(path: &Path) -> Result<Weights> {
         let tensors = torch_pickle::read_torch_checkpoint(path)?;
+        Self::anonymous(
+            path,
+            tensors
+                .into_iter()
+                .map(|(name, t)| (name, t.dtype, t.shape, Cow::Owned(t.bytes))),
+        )
+    }
+
+    /// F32 tensors held in memory (name, shape, values), e.g. a model's parameters between two
+    /// optimizer steps, copied into an anonymous map as [`Weights::open`] would find them in a
+    /// safetensors file; `origin` is what errors name.
+    pub fn from_f32<'a>(
+        origin: &Path,
+        tensors: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [f32])>,
+    ) -> Result<Weights> {
+        Self::anonymous(
+            origin,
+            tensors.into_iter().map(|(name, shape, values)| {
+                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (
+                    name.to_string(),
+                    Dtype::F32,
+                    shape.to_vec(),
+                    Cow::Owned(bytes),
+                )
+            }),
+        )
+    }
+
+    /// Tensors (name, dtype, shape, little-endian bytes) copied, contiguous and 8-byte aligned,
+    /// into one anonymous map.
+    fn anonymous<'a>(
+        origin: &Path,
+        tensors: impl Iterator<Item = (String, Dtype, Vec<usize>, Cow<'a, [u8]>)>,
+    ) -> Result<Weights> {
+        let tensors: Vec<_> = tensors.collect();
         let align = |n: usize| n.div_ceil(8) * 8;
-        let total: usize = tensors.iter().map(|(_, t)| align(t.bytes.len())).sum();
+        let total: usize = tensors.iter().map(|(.., bytes)| align(bytes.len())).sum();
         let mut map = memmap2::MmapOptions::new()
             .len(total.max(1))
             .map_anon()
-            .map_err(|e| Error::weights(path, format!("cannot allocate {total} bytes: {e}")))?;
-        let mut weights = Weights::empty(path);
+            .map_err(|e| Error::weights(origin, format!("cannot allocate {total} bytes: {e}")))?;
+        let mut weights = Weights::empty(origin);
         let mut at = 0;
-        for (name, tensor) in tensors {
-            let end = at + tensor.bytes.len();
-            map[at..end].copy_from_slice(&tensor.bytes);
+        for (name, dtype, shape, bytes) in tensors {
+            let expected = (shape.iter().product::<usize>() * dtype.bitsize()).div_ceil(8);
+            if bytes.len() != expected {
+                return Err(Error::weights(
+                    origin,
+                    format!(
+                        "tensor `{name}` of shape {shape:?} has {} bytes, expected {expected}",
+                        bytes.len()
+                    ),
+                ));
+            }
+            let end = at + bytes.len();
+            map[at..end].copy_from_slice(&bytes);
             let entry = Entry {
                 file: 0,
-                dtype: tensor.dtype,
-                shape: tensor.shape,
+                dtype,
+                shape,
                 bytes: at..end,
             };
             if weights.tensors.insert(name.clone(), entry).is_some() {
                 return Err(Error::weights(
-                    path,
+                    origin,
                     format!("tensor `{name}` appears twice"),
                 ));
             }
@@ -199,9 +245,9 @@ impl Weights {
         }
         let map = map
             .make_read_only()
-            .map_err(|e| Error::weights(path, format!("cannot map: {e}")))?;
+            .map_err(|e| Error::weights(origin, format!("cannot map: {e}")))?;
         weights.files.push(MappedFile {
-            path: path.to_path_buf(),
+            path: origin.to_path_buf(),
             map: Arc::new(map),
             data_start: 0,
         });
