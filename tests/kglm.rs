@@ -599,7 +599,13 @@ fn exported_spectra_match_numpy_and_feed_alpha() {
     };
     let (a, b) = (kernel("cka_a"), kernel("cka_b"));
     let stem = dir.path().join("spectra.txt");
-    let out = run_mscope_ok(&["ntk-compare", &a, &b, "--export-spectrum", stem.to_str().unwrap()]);
+    let out = run_mscope_ok(&[
+        "ntk-compare",
+        &a,
+        &b,
+        "--export-spectrum",
+        stem.to_str().unwrap(),
+    ]);
     let (first, second) = (
         dir.path().join("spectra.first.txt"),
         dir.path().join("spectra.second.txt"),
@@ -615,7 +621,10 @@ fn exported_spectra_match_numpy_and_feed_alpha() {
         assert_eq!(got.len(), want.len(), "{name}");
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             // Two LAPACK-class solvers agree to rounding of the largest eigenvalue.
-            assert!((g - w).abs() < 1e-12, "{name}[{i}]: {g} against numpy's {w}");
+            assert!(
+                (g - w).abs() < 1e-12,
+                "{name}[{i}]: {g} against numpy's {w}"
+            );
         }
     }
     let out = run_mscope_ok(&[

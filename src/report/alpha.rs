@@ -7,7 +7,11 @@ use crate::error::Result;
 use crate::instruments::alpha::AlphaReport;
 
 /// `d(α)` with the threshold and α̂ marked; the title names the two samples.
-pub fn plot(report: &AlphaReport, path: &Path, (candidate, reference): (&Path, &Path)) -> Result<()> {
+pub fn plot(
+    report: &AlphaReport,
+    path: &Path,
+    (candidate, reference): (&Path, &Path),
+) -> Result<()> {
     let curve: Vec<(f64, f64)> = report
         .curve
         .points

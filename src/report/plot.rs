@@ -462,7 +462,11 @@ where
 {
     let height = area.dim_in_pixel().1 as i32;
     let fits = ((height - LEGEND_TOP - 48) / LEGEND_ROW).max(1) as usize;
-    let shown = if labels.len() > fits { fits - 1 } else { labels.len() };
+    let shown = if labels.len() > fits {
+        fits - 1
+    } else {
+        labels.len()
+    };
     let style = TextStyle::from((FONT, 14).into_font()).pos(text_anchor::Pos::new(
         text_anchor::HPos::Left,
         text_anchor::VPos::Center,
@@ -687,12 +691,12 @@ impl Figure for Heatmap<'_> {
                         } else {
                             &BLACK
                         };
-                        let style = TextStyle::from((FONT, size).into_font())
-                            .color(ink)
-                            .pos(text_anchor::Pos::new(
+                        let style = TextStyle::from((FONT, size).into_font()).color(ink).pos(
+                            text_anchor::Pos::new(
                                 text_anchor::HPos::Center,
                                 text_anchor::VPos::Center,
-                            ));
+                            ),
+                        );
                         Text::new(
                             text(i),
                             (
