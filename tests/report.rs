@@ -122,9 +122,6 @@ fn every_plot_kind_writes_a_png() {
     );
 }
 
-.png"), "{err}");
-}
-
 #[test]
 fn json_report_is_written_whole() {
     let dir = tempfile::tempdir().unwrap();
