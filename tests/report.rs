@@ -41,7 +41,9 @@ fn every_plot_kind_writes_a_png() {
             points: &b,
         },
     ];
-    let names: Vec<String> = ["x", "y", "z"].iter().map(|s| s.to_s    let out = |name: &str| dir.path().join(name);
+    let names: Vec<String> = ["x", "y", "z"].iter().map(|s| s.to_string()).collect();
+
+    let out = |name: &str| dir.path().join(name);
     let draw_all = |ext: &str| {
         let at = |kind: &str| out(&format!("{kind}.{ext}"));
         xy(
@@ -95,7 +97,11 @@ fn every_plot_kind_writes_a_png() {
     }
     let svg = |kind: &str| common::svg_summary(&out(&format!("{kind}.svg")));
     let scatter = svg("scatter");
-    assert_eq!(scatter.count("circle"), 100 + 2, "every point and a legend marker per series");
+    assert_eq!(
+        scatter.count("circle"),
+        100 + 2,
+        "every point and a legend marker per series"
+    );
     assert!(scatter.has_text("scatter") && scatter.has_text("PC1") && scatter.has_text("a"));
     assert!(svg("lines").count("polyline") >= 2);
     assert!(svg("bars").count("rect") >= 3);
