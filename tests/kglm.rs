@@ -576,3 +576,74 @@ fn ntk_compare_cli() {
         &["small.safetensors", "same points"],
     );
 }
+
+/// `ntk-compare --export-spectrum` writes numpy's normalised `eigvalsh` of each kernel, and
+/// `mscope alpha` takes the two files as its samples.
+#[test]
+fn exported_spectra_match_numpy_and_feed_alpha() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = reference();
+    let kernel = |name: &str| {
+        let path = dir.path().join(format!("{name}.safetensors"));
+        KernelFile {
+            values: reference.f32(name).unwrap().1,
+            rows: 40,
+            cols: 40,
+            kind: "rbf".into(),
+            normalized: false,
+            projection_dim: 0,
+        }
+        .write(&path)
+        .unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let (a, b) = (kernel("cka_a"), kernel("cka_b"));
+    let stem = dir.path().join("spectra.txt");
+    let out = run_mscope_ok(&[
+        "ntk-compare",
+        &a,
+        &b,
+        "--export-spectrum",
+        stem.to_str().unwrap(),
+    ]);
+    let (first, second) = (
+        dir.path().join("spectra.first.txt"),
+        dir.path().join("spectra.second.txt"),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("spectra.first.txt"));
+    for (path, name) in [(&first, "spectrum_a"), (&second, "spectrum_b")] {
+        let got: Vec<f64> = std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        let want = f64s(&reference, name);
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            // Two LAPACK-class solvers agree to rounding of the largest eigenvalue.
+            assert!(
+                (g - w).abs() < 1e-12,
+                "{name}[{i}]: {g} against numpy's {w}"
+            );
+        }
+    }
+    let out = run_mscope_ok(&[
+        "alpha",
+        "--candidate",
+        first.to_str().unwrap(),
+        "--reference",
+        second.to_str().unwrap(),
+        "--json",
+        "--backend",
+        "cpu",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let alpha_hat = report["alpha_hat"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&alpha_hat), "{alpha_hat}");
+    assert_eq!(report["n_candidate"], 40);
+
+    assert_fails_cleanly(
+        &["ntk-compare", &a, &b, "--export-spectrum", "spectra.npy"],
+        &["--export-spectrum", "spectra.npy", ".txt"],
+    );
+}

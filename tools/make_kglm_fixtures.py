@@ -18,7 +18,8 @@ Writes under tests/fixtures/kglm/:
   - `r2_true`, `r2_pred`, `r2`: sklearn.metrics.r2_score(r2_true, r2_pred);
   - `cka_a`, `cka_b` (F32, square kernels over the same 40 points: RBF and a cubic polynomial
     kernel) and numpy's `cka`, `spectrum_l1`, `spectrum_l2`, `effective_rank` [2] and
-    `relative_frobenius` for them.
+    `relative_frobenius` for them, and `spectrum_a`, `spectrum_b` [40]: numpy.linalg.eigvalsh of
+    each, descending, divided by their sum (what `ntk-compare --export-spectrum` writes).
 
 The kernels are rounded to float32 first and every reference is computed from those float32
 values in float64, as mscope reads them.
@@ -121,6 +122,8 @@ def main():
             "spectrum_l2": f64([np.sqrt(((pa - pb) ** 2).sum())]),
             "effective_rank": f64([effective_rank(pa), effective_rank(pb)]),
             "relative_frobenius": f64([np.linalg.norm(a64 - b64) / np.linalg.norm(b64)]),
+            "spectrum_a": f64(pa),
+            "spectrum_b": f64(pb),
         },
         str(OUT / "reference.safetensors"),
         metadata={"sklearn": sklearn.__version__, "scipy": scipy.__version__},

@@ -27,7 +27,7 @@ pub struct AlignArgs {
     /// JSON report.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Heat map of linear CKA; STEM.mutual-knn.png beside it.
+    /// Heat map of linear CKA (.png or .svg); STEM.mutual-knn.EXT beside it.
     #[arg(long)]
     plot: Option<PathBuf>,
     /// With two inputs: the first rotated onto the second by the Procrustes rotation, in the
@@ -47,6 +47,7 @@ pub fn run(args: AlignArgs) -> Result<()> {
         .iter()
         .map(|p| ("INPUTS", Some(p.as_path())))
         .collect();
+    report::plot::check_format("--plot", args.plot.as_deref())?;
     check_outputs(
         &inputs,
         &[

@@ -31,7 +31,7 @@ pub struct AlphaArgs {
     /// Also give d(α) at α = i/STEPS, i = 0..STEPS (STEPS at most 100 000).
     #[arg(long, num_args = 0..=1, default_missing_value = "20", value_name = "STEPS")]
     curve: Option<usize>,
-    /// Plot d(α) with the threshold and α̂ to this PNG.
+    /// Plot d(α) with the threshold and α̂ to this PNG or SVG (by extension).
     #[arg(long)]
     plot: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
@@ -39,6 +39,7 @@ pub struct AlphaArgs {
 }
 
 pub fn run(args: AlphaArgs) -> Result<()> {
+    report::plot::check_format("--plot", args.plot.as_deref())?;
     check_outputs(
         &[
             ("--candidate", Some(&args.candidate)),
@@ -57,7 +58,7 @@ pub fn run(args: AlphaArgs) -> Result<()> {
         (args.curve, args.plot.is_some()),
     )?;
     if let Some(path) = &args.plot {
-        report::alpha::plot(&report, path)?;
+        report::alpha::plot(&report, path, (&args.candidate, &args.reference))?;
     }
     if args.json {
         println!("{}", report::json_text(&report));

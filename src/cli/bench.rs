@@ -37,12 +37,13 @@ pub struct BenchArgs {
     /// Write the JSON report here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Plot GEMM throughput against problem size (GFLOP per call) to this PNG.
-    #[arg(long, value_name = "PNG")]
+    /// Plot GEMM throughput against problem size (GFLOP per call) to this PNG or SVG (by
+    /// extension).
+    #[arg(long, value_name = "PNG/SVG")]
     plot: Option<PathBuf>,
     /// Plot every case's fraction of the roofline against its problem size, by kernel family,
-    /// to this PNG.
-    #[arg(long, value_name = "PNG")]
+    /// to this PNG or SVG (by extension).
+    #[arg(long, value_name = "PNG/SVG")]
     roofline_plot: Option<PathBuf>,
     /// CPU threads, at most 4 per core [default: one per core].
     #[arg(long, default_value_t = 0)]
@@ -68,6 +69,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Scale::Full
         },
     };
+    report::plot::check_format("--plot", args.plot.as_deref())?;
+    report::plot::check_format("--roofline-plot", args.roofline_plot.as_deref())?;
     let report = bench::run(&options, &mut |line| eprintln!("bench: {line}"))?;
     if let Some(path) = &args.json {
         let json = report::bench::json(&report, args.suite, args.quick, (args.warmup, args.repeat));

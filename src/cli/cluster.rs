@@ -31,7 +31,7 @@ pub struct ClusterArgs {
     /// JSON report.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Heat map of each label's share in each cluster.
+    /// Heat map of each label's share in each cluster (.png or .svg).
     #[arg(long)]
     plot: Option<PathBuf>,
     /// CPU threads, at most 4 per core [default: one per core].
@@ -41,6 +41,7 @@ pub struct ClusterArgs {
 
 pub fn run(args: ClusterArgs) -> Result<()> {
     super::set_threads(args.threads)?;
+    report::plot::check_format("--plot", args.plot.as_deref())?;
     check_outputs(
         &args.input.paths(),
         &[

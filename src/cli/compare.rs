@@ -61,7 +61,7 @@ pub struct CompareArgs {
     /// Write the JSON report here.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Plot α̂ against accuracy (or churn without labels) to this PNG.
+    /// Plot α̂ against accuracy (or churn without labels) to this PNG or SVG (by extension).
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Rows of the Markdown table (the models with the largest α̂).
@@ -108,6 +108,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         .shard
         .zip(args.out.as_ref())
         .map(|(s, out)| s.path(out));
+    report::plot::check_format("--plot", args.plot.as_deref())?;
     check_outputs(
         &[
             ("--scores", args.scores.as_deref()),

@@ -63,7 +63,7 @@ struct Output {
     /// Test rows, same format.
     #[arg(long, global = true)]
     test_out: Option<PathBuf>,
-    /// Scatter plot of every row coloured by label (2-D data only).
+    /// Scatter plot of every row coloured by label (2-D data only; .png or .svg).
     #[arg(long, global = true)]
     plot: Option<PathBuf>,
 }
@@ -77,6 +77,7 @@ pub fn run(args: DataArgs) -> Result<()> {
         .out
         .as_ref()
         .ok_or_else(|| Error::input("give --out FILE for the training rows"))?;
+    report::plot::check_format("--plot", output.plot.as_deref())?;
     check_outputs(
         &[],
         &[

@@ -46,7 +46,8 @@ pub struct KglmArgs {
     /// JSON report.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Scatter of the surrogate's against the network's probability of the correct class.
+    /// Scatter of the surrogate's against the network's probability of the correct class
+    /// (.png or .svg).
     #[arg(long, requires = "model")]
     plot: Option<PathBuf>,
     /// CPU threads, at most 4 per core [default: one per core].
@@ -56,6 +57,7 @@ pub struct KglmArgs {
 
 pub fn run(args: KglmArgs) -> Result<()> {
     super::set_threads(args.threads)?;
+    report::plot::check_format("--plot", args.plot.as_deref())?;
     check_outputs(
         &[
             ("--train-kernel", Some(&args.train_kernel)),

@@ -38,7 +38,8 @@ pub struct LdaArgs {
     /// Also fit the rule on every labelled row and write it as a detector for `mscope classify`.
     #[arg(long, value_name = "DETECTOR")]
     save: Option<PathBuf>,
-    /// LD1×LD2 scatter coloured by label; with --pairwise also STEM.pairwise.png (heat map).
+    /// LD1×LD2 scatter coloured by label (.png or .svg), STEM.ld2-ld3.EXT beside it; with
+    /// --pairwise also STEM.pairwise.EXT (heat map of mean ± sd over splits).
     #[arg(long)]
     plot: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
@@ -50,6 +51,7 @@ pub struct LdaArgs {
 
 pub fn run(args: LdaArgs) -> Result<()> {
     super::set_threads(args.threads)?;
+    report::plot::check_format("--plot", args.plot.as_deref())?;
     check_outputs(
         &args.input.paths(),
         &[

@@ -22,9 +22,14 @@ pub struct NtkCompareArgs {
     /// JSON report.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Both normalised spectra on a logarithmic axis.
+    /// Both normalised spectra on a logarithmic axis (.png or .svg).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Each kernel's normalised spectrum (eigenvalues / trace, descending), one number per
+    /// line, to `STEM.first.txt` and `STEM.second.txt` for PATH `STEM.txt`: samples that
+    /// `mscope alpha --candidate … --reference …` compares.
+    #[arg(long, value_name = "PATH")]
+    export_spectrum: Option<PathBuf>,
     /// CPU threads, at most 4 per core [default: one per core].
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -32,6 +37,16 @@ pub struct NtkCompareArgs {
 
 pub fn run(args: NtkCompareArgs) -> Result<()> {
     super::set_threads(args.threads)?;
+    let spectrum_paths = args
+        .export_spectrum
+        .as_deref()
+        .map(report::kernels::spectrum_paths)
+        .transpose()?;
+    let [first_spectrum, second_spectrum] = match &spectrum_paths {
+        Some([a, b]) => [Some(a.as_path()), Some(b.as_path())],
+        None => [None, None],
+    };
+    report::plot::check_format("--plot", args.plot.as_deref())?;
     check_outputs(
         &[
             ("--first", Some(&args.first)),
@@ -40,6 +55,8 @@ pub fn run(args: NtkCompareArgs) -> Result<()> {
         &[
             ("--json", args.json.as_deref()),
             ("--plot", args.plot.as_deref()),
+            ("--export-spectrum", first_spectrum),
+            ("--export-spectrum", second_spectrum),
         ],
     )?;
     let kernels = read_square_pair(&args.first, &args.second)?;
@@ -50,6 +67,19 @@ pub fn run(args: NtkCompareArgs) -> Result<()> {
     if let Some(path) = &args.plot {
         report::kernels::plot(&report, path)?;
     }
+    if let Some(paths) = &spectrum_paths {
+        report::kernels::export_spectra(&report, paths)?;
+    }
     print!("{}", report::kernels::markdown(&report));
+    if let Some([a, b]) = &spectrum_paths {
+        println!(
+            "\nSpectra written to {} and {}: `mscope alpha --candidate {} --reference {}` \
+             compares them.",
+            a.display(),
+            b.display(),
+            a.display(),
+            b.display()
+        );
+    }
     Ok(())
 }

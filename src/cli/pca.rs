@@ -23,7 +23,8 @@ pub struct PcaArgs {
     /// JSON report.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// PC1×PC2 scatter coloured by label; STEM.pc2-pc3.png and STEM.variance.png beside it.
+    /// PC1×PC2 scatter coloured by label (.png or .svg); STEM.pc2-pc3.EXT and
+    /// STEM.variance.EXT beside it.
     #[arg(long)]
     plot: Option<PathBuf>,
     /// List the N rows with the highest and the lowest score on each component, with their texts
@@ -39,6 +40,7 @@ pub struct PcaArgs {
 
 pub fn run(args: PcaArgs) -> Result<()> {
     super::set_threads(args.threads)?;
+    report::plot::check_format("--plot", args.plot.as_deref())?;
     check_outputs(
         &args.input.paths(),
         &[

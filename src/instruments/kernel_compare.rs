@@ -21,8 +21,8 @@ pub struct KernelComparison {
     pub effective_rank: [f64; 2],
     /// `‖K₁ − K₂‖_F / ‖K₂‖_F`.
     pub relative_frobenius: f64,
-    /// Each kernel's eigenvalues, descending, divided by their sum (the trace); plotted, not
-    /// reported.
+    /// Each kernel's eigenvalues, descending, divided by their sum (the trace): plotted and
+    /// written by `--export-spectrum`, not in the JSON.
     #[serde(skip)]
     pub spectra: [Vec<f64>; 2],
 }

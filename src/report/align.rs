@@ -39,22 +39,44 @@ fn matrix(report: &AlignReport, diagonal: f64, measure: impl Fn(usize) -> f64) -
 pub fn plots(report: &AlignReport, path: &Path) -> Result<()> {
     let names = names(report);
     let cka = matrix(report, 1.0, |p| report.pairs[p].cka);
+    fn map<'a>(
+        title: &'a str,
+        quantity: &'a str,
+        names: &'a [String],
+        values: &'a [f64],
+    ) -> plot::Heatmap<'a> {
+        plot::Heatmap {
+            title,
+            rows: names,
+            cols: names,
+            values,
+            sd: None,
+            range: (0.0, 1.0),
+            quantity,
+            decimals: 3,
+        }
+    }
     plot::heatmap(
         path,
-        &format!("Linear CKA over {} rows", report.rows),
-        &names,
-        &names,
-        &cka,
-        (0.0, 1.0),
+        &map(
+            &format!("Linear CKA between embedders over {} rows", report.rows),
+            "linear CKA",
+            &names,
+            &cka,
+        ),
     )?;
     let knn = matrix(report, 1.0, |p| report.pairs[p].mutual_knn);
     plot::heatmap(
         &sibling(path, "mutual-knn"),
-        &format!("Mutual {}-NN agreement over {} rows", report.k, report.rows),
-        &names,
-        &names,
-        &knn,
-        (0.0, 1.0),
+        &map(
+            &format!(
+                "Mutual {}-NN agreement between embedders over {} rows",
+                report.k, report.rows
+            ),
+            &format!("mutual {}-NN", report.k),
+            &names,
+            &knn,
+        ),
     )
 }
 

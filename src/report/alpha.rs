@@ -2,12 +2,16 @@
 
 use std::path::Path;
 
-use super::plot;
+use super::{file_name, plot};
 use crate::error::Result;
 use crate::instruments::alpha::AlphaReport;
 
-/// `d(α)` with the threshold and α̂ marked.
-pub fn plot(report: &AlphaReport, path: &Path) -> Result<()> {
+/// `d(α)` with the threshold and α̂ marked; the title names the two samples.
+pub fn plot(
+    report: &AlphaReport,
+    path: &Path,
+    (candidate, reference): (&Path, &Path),
+) -> Result<()> {
     let curve: Vec<(f64, f64)> = report
         .curve
         .points
@@ -17,11 +21,21 @@ pub fn plot(report: &AlphaReport, path: &Path) -> Result<()> {
     let threshold = [(0.0, report.threshold), (1.0, report.threshold)];
     let marker = [(report.alpha_hat, 0.0), (report.alpha_hat, report.ks)];
     let alpha_label = format!("α-hat = {:.4}", report.alpha_hat);
+    // α lives in [0, 1]; d(α) from 0 to a little above its largest value.
+    let top = curve
+        .iter()
+        .map(|p| p.1)
+        .fold(report.threshold.max(report.ks), f64::max);
     plot::xy(
         path,
-        "Kolmogorov distance to the α-trimmings of the candidate",
-        "trimming level α",
-        "d(α)",
+        &format!(
+            "α-trimmings of {} against {}",
+            file_name(candidate),
+            file_name(reference)
+        ),
+        &plot::Axes::new("trimming level α", "Kolmogorov distance d(α)")
+            .x_range(plot::UNIT)
+            .y_range(0.0..1.08 * top.max(1e-12)),
         &[
             plot::Series {
                 label: "d(α)",

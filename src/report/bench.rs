@@ -180,8 +180,7 @@ pub fn draw_gemm(path: &Path, results: &[Measured]) -> Result<()> {
     plot::xy(
         path,
         "GEMM (linear) throughput by problem size",
-        "GFLOP per call",
-        "GFLOP/s",
+        &plot::Axes::new("GFLOP per call", "GFLOP/s"),
         &plot::series(&series),
         plot::Style::Scatter,
     )
@@ -200,8 +199,10 @@ pub fn draw_roofline(path: &Path, results: &[Measured]) -> Result<()> {
     plot::xy(
         path,
         "Fraction of the roofline by problem size",
-        "seconds per call at the roofline (problem size)",
-        "% of the roofline",
+        &plot::Axes::new(
+            "seconds per call at the roofline (problem size)",
+            "% of the roofline",
+        ),
         &plot::series(&series),
         plot::Style::ScatterLogX,
     )

@@ -24,14 +24,22 @@ pub fn plot(report: &ClusterReport, path: &Path) -> Result<()> {
         .collect();
     plot::heatmap(
         path,
-        &format!(
-            "{}: k-means (k = {}), ARI {:.3}, NMI {:.3}",
-            report.model, report.k, a.ari, a.nmi
-        ),
-        &a.labels,
-        &clusters,
-        &shares,
-        (0.0, 1.0),
+        &plot::Heatmap {
+            title: &format!(
+                "k-means (k = {}) of {}: ARI {:.3}, NMI {:.3}",
+                report.k,
+                super::data_name(&report.model, &report.input),
+                a.ari,
+                a.nmi
+            ),
+            rows: &a.labels,
+            cols: &clusters,
+            values: &shares,
+            sd: None,
+            range: (0.0, 1.0),
+            quantity: "share of the label",
+            decimals: 2,
+        },
     )
 }
 

@@ -27,13 +27,19 @@ pub fn plot(report: &CompareReport, path: &Path) -> Result<()> {
     }
     plot::xy(
         path,
-        "Trimmed comparison of each model with the pooled others",
-        if report.labelled {
-            "accuracy"
-        } else {
-            "mean churn"
-        },
-        "α-hat",
+        &format!(
+            "α-hat of each model against the pooled others, {}",
+            report.source
+        ),
+        &plot::Axes::new(
+            if report.labelled {
+                "accuracy"
+            } else {
+                "mean churn"
+            },
+            "α-hat",
+        )
+        .y_range(plot::UNIT),
         &[
             plot::Series {
                 label: "α-hat = 0",

@@ -16,8 +16,7 @@ pub fn plot(path: &Path, name: &str, data: &Dataset) -> Result<()> {
     plot::xy(
         path,
         &format!("{name} ({} rows)", data.len()),
-        "x0",
-        "x1",
+        &plot::Axes::new("x0", "x1"),
         &plot::series(&groups),
         plot::Style::Scatter,
     )

@@ -1,9 +1,9 @@
 //! `mscope ntk-compare`'s plot and Markdown summary.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::{file_name, plot};
-use crate::error::Result;
+use super::{file_name, plot, sibling};
+use crate::error::{Error, Result};
 use crate::instruments::kernel_compare::KernelCompareReport;
 
 /// Both normalised spectra on a logarithmic axis.
@@ -26,8 +26,7 @@ pub fn plot(report: &KernelCompareReport, path: &Path) -> Result<()> {
     plot::xy(
         path,
         &format!("Normalised spectra, CKA = {:.4}", c.cka),
-        "eigenvalue index",
-        "eigenvalue / trace",
+        &plot::Axes::new("eigenvalue index", "eigenvalue / trace"),
         &[
             plot::Series {
                 label: &labels[0],
@@ -67,4 +66,27 @@ pub fn markdown(report: &KernelCompareReport) -> String {
         c.spectrum_l2,
         c.relative_frobenius
     )
+}
+
+/// Where `--export-spectrum STEM.txt` writes the two spectra: `STEM.first.txt` and
+/// `STEM.second.txt`. Text because every reader of samples (`mscope alpha`, NumPy's `loadtxt`)
+/// takes it and the shortest round-trip decimal keeps each f64 exact.
+pub fn spectrum_paths(path: &Path) -> Result<[PathBuf; 2]> {
+    if path.extension().and_then(|e| e.to_str()) != Some("txt") {
+        return Err(Error::input(format!(
+            "--export-spectrum {}: give a .txt path (STEM.txt writes STEM.first.txt and \
+             STEM.second.txt, one eigenvalue per line)",
+            path.display()
+        )));
+    }
+    Ok([sibling(path, "first"), sibling(path, "second")])
+}
+
+/// Each kernel's normalised spectrum to its path of [`spectrum_paths`], one value per line.
+pub fn export_spectra(report: &KernelCompareReport, paths: &[PathBuf; 2]) -> Result<()> {
+    for (spectrum, path) in report.comparison.spectra.iter().zip(paths) {
+        let text: String = spectrum.iter().map(|v| format!("{v}\n")).collect();
+        crate::io::write_atomic(path, text.as_bytes())?;
+    }
+    Ok(())
 }

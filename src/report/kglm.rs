@@ -20,8 +20,12 @@ pub fn plot(report: &KglmReport, path: &Path) -> Result<()> {
     plot::xy(
         path,
         &format!("kGLM against the network, Kendall τ = {:.3}", f.kendall_tau),
-        "network: probability of the correct class",
-        "kGLM: probability of the correct class",
+        &plot::Axes::new(
+            "network: probability of the correct class",
+            "kGLM: probability of the correct class",
+        )
+        .x_range(plot::UNIT)
+        .y_range(plot::UNIT),
         &[plot::Series {
             label: "test points",
             points: &points,

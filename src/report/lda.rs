@@ -2,14 +2,13 @@
 
 use std::path::Path;
 
-use super::{file_name, plot, sibling};
+use super::{plot, sibling};
 use crate::error::Result;
 use crate::instruments::lda::LdaReport;
 
 /// The LD1×LD2 scatter at `path` (LD1 against the label with one direction) and, with the
 /// pairwise table, its heat map beside it.
 pub fn plots(report: &LdaReport, path: &Path) -> Result<()> {
-    let input = file_name(Path::new(&report.input));
     let m = report.directions;
     let (y, axes) = if m >= 2 {
         (Some(1), ("LD1", "LD2"))
@@ -23,12 +22,17 @@ pub fn plots(report: &LdaReport, path: &Path) -> Result<()> {
         &report.row_labels,
         &report.label_names,
     );
-    let title = format!("LDA of {input}");
+    let title = format!(
+        "LDA of {}: {:.1} ± {:.1}% over {} splits",
+        data_name(report),
+        100.0 * report.accuracy_mean,
+        100.0 * report.accuracy_std,
+        report.splits
+    );
     plot::xy(
         path,
         &title,
-        axes.0,
-        axes.1,
+        &plot::Axes::new(axes.0, axes.1),
         &plot::series(&groups),
         plot::Style::Scatter,
     )?;
@@ -43,23 +47,40 @@ pub fn plots(report: &LdaReport, path: &Path) -> Result<()> {
         plot::xy(
             &sibling(path, "ld2-ld3"),
             &title,
-            "LD2",
-            "LD3",
+            &plot::Axes::new("LD2", "LD3"),
             &plot::series(&groups),
             plot::Style::Scatter,
         )?;
     }
     if let Some(p) = &report.pairwise {
+        // Percentages, as the tables of papers give them; the diagonal (null) stays empty.
+        let percent = |table: &[Vec<f64>]| -> Vec<f64> {
+            table.iter().flatten().map(|v| 100.0 * v).collect()
+        };
         plot::heatmap(
             &sibling(path, "pairwise"),
-            &format!("Pairwise LDA accuracy, {input}"),
-            &p.labels,
-            &p.labels,
-            &p.accuracy_mean.concat(),
-            (0.5, 1.0),
+            &plot::Heatmap {
+                title: &format!(
+                    "Pairwise LDA accuracy over {} splits, {}",
+                    report.splits,
+                    data_name(report)
+                ),
+                rows: &p.labels,
+                cols: &p.labels,
+                values: &percent(&p.accuracy_mean),
+                sd: Some(&percent(&p.accuracy_std)),
+                range: (50.0, 100.0),
+                quantity: "accuracy (%)",
+                decimals: 1,
+            },
         )?;
     }
     Ok(())
+}
+
+/// The embedding model and the file, for titles: `MiniLM-L6 embeddings (demo.safetensors)`.
+fn data_name(report: &LdaReport) -> String {
+    super::data_name(&report.model, &report.input)
 }
 
 /// The accuracy, the confusion over all splits and the pairwise table.

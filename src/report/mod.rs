@@ -43,8 +43,23 @@ pub fn file_name(path: &Path) -> String {
         .into_owned()
 }
 
-/// `dir/stem.png` → `dir/stem.{suffix}.png`: the further plots of a command beside its first.
+/// What a plot's title calls an embeddings file: `MODEL embeddings (FILE)`, or the file's name
+/// alone when the model is unknown.
+pub fn data_name(model: &str, input: &str) -> String {
+    let file = file_name(Path::new(input));
+    if model.is_empty() {
+        file
+    } else {
+        format!("{model} embeddings ({file})")
+    }
+}
+
+/// `dir/stem.ext` → `dir/stem.{suffix}.ext`: the further outputs of a command beside its first
+/// (a plot's siblings keep its format).
 pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let stem = path.file_stem().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!("{stem}.{suffix}.png"))
+    match path.extension() {
+        Some(ext) => path.with_file_name(format!("{stem}.{suffix}.{}", ext.to_string_lossy())),
+        None => path.with_file_name(format!("{stem}.{suffix}")),
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{file_name, plot, sibling};
+use super::{plot, sibling};
 use crate::error::Result;
 use crate::instruments::pca::{EndRow, PcaReport, WordScore};
 use crate::io::embeddings::texts_sidecar_path;
@@ -10,8 +10,8 @@ use crate::io::embeddings::texts_sidecar_path;
 /// The PC1×PC2 scatter at `path` (PC1 against the label with one component), PC2×PC3 and the
 /// explained variance ratios beside it.
 pub fn plots(report: &PcaReport, path: &Path) -> Result<()> {
-    let input = file_name(Path::new(&report.input));
-    let title = format!("PCA of {input}");
+    let data = super::data_name(&report.model, &report.input);
+    let title = format!("PCA of {data}");
     let k = report.n_components;
     let groups = |axes| {
         plot::points_by_label(
@@ -27,8 +27,7 @@ pub fn plots(report: &PcaReport, path: &Path) -> Result<()> {
         plot::xy(
             path,
             &title,
-            "PC1",
-            "PC2",
+            &plot::Axes::new("PC1", "PC2"),
             &plot::series(&points),
             plot::Style::Scatter,
         )?;
@@ -37,8 +36,7 @@ pub fn plots(report: &PcaReport, path: &Path) -> Result<()> {
         plot::xy(
             path,
             &title,
-            "PC1",
-            "label",
+            &plot::Axes::new("PC1", "label"),
             &plot::series(&points),
             plot::Style::Scatter,
         )?;
@@ -49,8 +47,7 @@ pub fn plots(report: &PcaReport, path: &Path) -> Result<()> {
         plot::xy(
             &path,
             &title,
-            "PC2",
-            "PC3",
+            &plot::Axes::new("PC2", "PC3"),
             &plot::series(&points),
             plot::Style::Scatter,
         )?;
@@ -58,9 +55,8 @@ pub fn plots(report: &PcaReport, path: &Path) -> Result<()> {
     let names: Vec<String> = (1..=k).map(|c| format!("PC{c}")).collect();
     plot::bars(
         &sibling(path, "variance"),
-        &format!("Explained variance ratio, {input}"),
-        "component",
-        "share of the variance",
+        &format!("Explained variance ratio, {data}"),
+        &plot::Axes::new("component", "share of the variance"),
         &names,
         &report.explained_variance_ratio,
     )

@@ -1,5 +1,6 @@
-//! PNG plots (plotters with an embedded DejaVu font, so no system font is needed): scatter,
-//! lines, bars and heat maps, each written to a temporary name and renamed into place.
+//! Plots as PNG, or SVG when the path ends in `.svg` (plotters with an embedded DejaVu font, so
+//! no system font is needed): scatter, lines, bars and heat maps with colour bars, legends beside
+//! the chart, each written to a temporary name and renamed into place.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -91,15 +92,58 @@ fn colour(i: usize) -> RGBColor {
 /// How an axis writes its tick values.
 type TickFormat<'a> = &'a dyn Fn(&f64) -> String;
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
-type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 
-/// Draws onto a white canvas at a temporary `.png` name beside `path`, then renames it.
-fn render(path: &Path, draw: impl FnOnce(&Area) -> DrawResult) -> Result<()> {
+/// The file format of a plot, chosen by its path's extension.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Format {
+    Png,
+    /// Vector graphics for slides and papers: text stays text, scaling stays sharp.
+    Svg,
+}
+
+fn format_of(path: &Path) -> Result<Format> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    match ext.to_ascii_lowercase().as_str() {
+        "png" => Ok(Format::Png),
+        "svg" => Ok(Format::Svg),
+        _ => Err(Error::input(format!(
+            "{}: a plot is written as PNG (.png) or SVG (.svg); the extension {} is neither",
+            path.display(),
+            if ext.is_empty() {
+                "is missing and".to_string()
+            } else {
+                format!("\".{ext}\"")
+            }
+        ))),
+    }
+}
+
+/// The up-front check of a command's plot path, before any work: `.png` or `.svg`.
+pub fn check_format(flag: &str, path: Option<&Path>) -> Result<()> {
+    match path.map(format_of) {
+        Some(Err(Error::Input(message))) => Err(Error::input(format!("{flag} {message}"))),
+        Some(Err(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// What a plot draws, on any plotters backend (a bitmap for PNG, SVG): a trait rather than a
+/// closure because the drawing is generic over the backend.
+trait Figure {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static;
+}
+
+/// Draws `figure` onto a white canvas at a temporary name beside `path` in the format its
+/// extension names (PNG or SVG), then renames it into place.
+fn render(path: &Path, figure: &impl Figure) -> Result<()> {
     static FONT_ONCE: Once = Once::new();
     FONT_ONCE.call_once(|| {
         plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular())
             .unwrap_or_else(|_| panic!("the embedded DejaVu Sans font is valid"));
     });
+    let format = format_of(path)?;
     let fail = |message: String| Error::Plot {
         path: path.to_path_buf(),
         message,
@@ -114,15 +158,24 @@ fn render(path: &Path, draw: impl FnOnce(&Area) -> DrawResult) -> Result<()> {
     }
     // The image encoder picks the format by extension: the temporary name ends in `.png`.
     let mut tmp = crate::io::temp_path(path)?.into_os_string();
-    tmp.push(".png");
+    tmp.push(match format {
+        Format::Png => ".png",
+        Format::Svg => ".svg",
+    });
     let tmp = PathBuf::from(tmp);
-    let drawn = (|| -> DrawResult {
-        let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
+    fn paint<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, figure: &impl Figure) -> DrawResult
+    where
+        DB::ErrorType: 'static,
+    {
         root.fill(&WHITE)?;
-        draw(&root)?;
+        figure.draw(&root)?;
         root.present()?;
         Ok(())
-    })();
+    }
+    let drawn = match format {
+        Format::Png => paint(BitMapBackend::new(&tmp, SIZE).into_drawing_area(), figure),
+        Format::Svg => paint(SVGBackend::new(&tmp, SIZE).into_drawing_area(), figure),
+    };
     let renamed = drawn
         .map_err(|e| e.to_string())
         .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| e.to_string()));
@@ -146,6 +199,44 @@ fn padded_range(values: impl Iterator<Item = f64>) -> Range<f64> {
     lo - pad..hi + pad
 }
 
+/// The axes of an [`xy`] plot: their titles and, where the quantity has natural bounds (a
+/// probability, α̂), the range to show whatever the data span.
+pub struct Axes<'a> {
+    pub x: &'a str,
+    pub y: &'a str,
+    pub x_range: Option<Range<f64>>,
+    pub y_range: Option<Range<f64>>,
+}
+
+impl<'a> Axes<'a> {
+    /// Both axes fitted to the data.
+    pub fn new(x: &'a str, y: &'a str) -> Self {
+        Axes {
+            x,
+            y,
+            x_range: None,
+            y_range: None,
+        }
+    }
+
+    pub fn x_range(self, range: Range<f64>) -> Self {
+        Axes {
+            x_range: Some(range),
+            ..self
+        }
+    }
+
+    pub fn y_range(self, range: Range<f64>) -> Self {
+        Axes {
+            y_range: Some(range),
+            ..self
+        }
+    }
+}
+
+/// [0, 1] with room for a marker on either end: probabilities, accuracies, α̂.
+pub const UNIT: Range<f64> = -0.02..1.02;
+
 /// How an axis maps values.
 #[derive(Clone, Copy, PartialEq)]
 enum Scale {
@@ -168,23 +259,12 @@ pub enum Style {
     LinesLogY,
 }
 
-/// A scatter or line plot: axes fitted to every point of `series`, a mesh, markers or lines in
-/// palette order, and a legend.
-pub fn xy(
-    path: &Path,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
-    style: Style,
-) -> Result<()> {
-    let as_lines = matches!(style, Style::Lines | Style::LinesLogY);
+/// A scatter or line plot: axes fitted to every point of `series` (or to the ranges `axes`
+/// fixes), a mesh, markers or lines in palette order, and a legend beside the chart, where it
+/// covers no point.
+pub fn xy(path: &Path, title: &str, axes: &Axes, series: &[Series], style: Style) -> Result<()> {
     let x_scale = match style {
         Style::ScatterLogX => Scale::Log,
-        _ => Scale::Linear,
-    };
-    let y_scale = match style {
-        Style::LinesLogY => Scale::Log,
         _ => Scale::Linear,
     };
     // A log x axis is a linear axis over log10(x), labelled with powers of ten: plotters' log
@@ -213,63 +293,110 @@ pub fn xy(
                 .collect()
         }
     };
-    let power_of_ten = |v: &f64| format!("{:.0e}", 10f64.powf(*v));
-    let x_ticks: Option<TickFormat> = match x_scale {
-        Scale::Linear => None,
-        Scale::Log => Some(&power_of_ten),
-    };
-    render(path, |root| {
-        let points = || series.iter().flat_map(|s| s.points.iter());
-        let xr = padded_range(points().map(|p| p.0));
-        let mut builder = ChartBuilder::on(root);
+    render(
+        path,
+        &XyFigure {
+            title,
+            axes,
+            series: &series,
+            style,
+        },
+    )
+}
+
+struct XyFigure<'a> {
+    title: &'a str,
+    axes: &'a Axes<'a>,
+    /// With a logarithmic x axis, the points' x are already log10(x).
+    series: &'a [Series<'a>],
+    style: Style,
+}
+
+impl Figure for XyFigure<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static,
+    {
+        let as_lines = matches!(self.style, Style::Lines | Style::LinesLogY);
+        let area = root.titled(self.title, (FONT, 24))?;
+        let labels: Vec<&str> = self.series.iter().map(|s| s.label).collect();
+        let (chart_area, legend_area) = beside_legend(&area, &labels)?;
+        let points = || self.series.iter().flat_map(|s| s.points.iter());
+        let xr = self
+            .axes
+            .x_range
+            .clone()
+            .unwrap_or_else(|| padded_range(points().map(|p| p.0)));
+        let mut builder = ChartBuilder::on(&chart_area);
         builder
-            .caption(title, (FONT, 24))
             .margin(16)
             .x_label_area_size(48)
-            .y_label_area_size(64);
-        let axes = (x_label, y_label);
-        match y_scale {
-            Scale::Linear => {
-                let yr = padded_range(points().map(|p| p.1));
-                let chart = builder.build_cartesian_2d(xr, yr)?;
-                draw_xy(chart, axes, (x_ticks, None), &series, as_lines)
-            }
-            Scale::Log => {
-                let (lo, hi) = points()
-                    .map(|p| p.1)
-                    .filter(|y| *y > 0.0 && y.is_finite())
-                    .fold((f64::INFINITY, 0.0f64), |(lo, hi), y| {
-                        (lo.min(y), hi.max(y))
-                    });
-                let yr = if lo <= hi {
-                    lo / 1.5..hi * 1.5
-                } else {
-                    0.1..1.0
-                };
+            .y_label_area_size(72);
+        let power_of_ten = |v: &f64| format!("{:.0e}", 10f64.powf(*v));
+        let x_ticks: Option<TickFormat> = match self.style {
+            Style::ScatterLogX => Some(&power_of_ten),
+            _ => None,
+        };
+        let axes = (self.axes.x, self.axes.y);
+        match self.style {
+            Style::LinesLogY => {
+                let yr = self.axes.y_range.clone().unwrap_or_else(|| {
+                    let (lo, hi) = points()
+                        .map(|p| p.1)
+                        .filter(|y| *y > 0.0 && y.is_finite())
+                        .fold((f64::INFINITY, 0.0f64), |(lo, hi), y| {
+                            (lo.min(y), hi.max(y))
+                        });
+                    if lo <= hi {
+                        lo / 1.5..hi * 1.5
+                    } else {
+                        0.1..1.0
+                    }
+                });
                 let chart = builder.build_cartesian_2d(xr, yr.log_scale())?;
                 // Powers of ten as 1e-5, not plotters' 9.999999e-5.
                 draw_xy(
                     chart,
                     axes,
                     (x_ticks, Some(&|v| format!("{v:.0e}"))),
-                    &series,
+                    self.series,
                     as_lines,
-                )
+                )?;
+            }
+            _ => {
+                let yr = self
+                    .axes
+                    .y_range
+                    .clone()
+                    .unwrap_or_else(|| padded_range(points().map(|p| p.1)));
+                let chart = builder.build_cartesian_2d(xr, yr)?;
+                draw_xy(chart, axes, (x_ticks, None), self.series, as_lines)?;
             }
         }
-    })
+        if let Some(legend_area) = legend_area {
+            draw_legend(&legend_area, &labels, as_lines)?;
+        }
+        Ok(())
+    }
 }
 
-/// The mesh, the series and the legend of [`xy`], for either y scale.
-fn draw_xy<'a, Y: Ranged<ValueType = f64> + ValueFormatter<f64>>(
-    mut chart: ChartContext<'a, BitMapBackend<'a>, Cartesian2d<RangedCoordf64, Y>>,
+/// The mesh and the series of [`xy`], for either y scale. Points outside fixed axis ranges are
+/// left out rather than drawn over the axes.
+fn draw_xy<'a, DB: DrawingBackend, Y: Ranged<ValueType = f64> + ValueFormatter<f64>>(
+    mut chart: ChartContext<'a, DB, Cartesian2d<RangedCoordf64, Y>>,
     (x_label, y_label): (&str, &str),
     (x_ticks, y_ticks): (Option<TickFormat>, Option<TickFormat>),
     series: &[Series],
     as_lines: bool,
-) -> DrawResult {
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
     let mut mesh = chart.configure_mesh();
-    mesh.x_desc(x_label).y_desc(y_label).label_style((FONT, 14));
+    mesh.x_desc(x_label)
+        .y_desc(y_label)
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 16));
     if let Some(format) = x_ticks {
         mesh.x_label_formatter(format);
     }
@@ -280,27 +407,85 @@ fn draw_xy<'a, Y: Ranged<ValueType = f64> + ValueFormatter<f64>>(
     for (i, s) in series.iter().enumerate() {
         let c = colour(i);
         if as_lines {
-            chart
-                .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))?
-                .label(s.label)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2)));
+            chart.draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))?;
         } else {
-            chart
-                .draw_series(
-                    s.points
-                        .iter()
-                        .map(|&p| Circle::new(p, 3, c.mix(0.75).filled())),
-                )?
-                .label(s.label)
-                .legend(move |p| Circle::new(p, 5, c.filled()));
+            chart.draw_series(
+                s.points
+                    .iter()
+                    .map(|&p| Circle::new(p, 3, c.mix(0.75).filled())),
+            )?;
         }
     }
-    chart
-        .configure_series_labels()
-        .label_font((FONT, 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    Ok(())
+}
+
+/// Legend rows in pixels; the first sits level with the top of the chart.
+const LEGEND_ROW: i32 = 22;
+const LEGEND_TOP: i32 = 24;
+
+/// `area` split into the chart and, on its right, a column as wide as the longest of `labels`
+/// needs (at most 40% of the width): the legend never covers a point.
+#[allow(clippy::type_complexity)]
+fn beside_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    labels: &[&str],
+) -> std::result::Result<
+    (DrawingArea<DB, Shift>, Option<DrawingArea<DB, Shift>>),
+    Box<dyn std::error::Error>,
+>
+where
+    DB::ErrorType: 'static,
+{
+    if labels.is_empty() {
+        return Ok((area.clone(), None));
+    }
+    let font = TextStyle::from((FONT, 14).into_font());
+    let mut widest = 0;
+    for label in labels {
+        widest = widest.max(area.estimate_text_size(label, &font)?.0);
+    }
+    let width = area.dim_in_pixel().0;
+    let column = (widest + 48).min(width * 2 / 5);
+    let (chart, legend) = area.split_horizontally(width - column);
+    Ok((chart, Some(legend)))
+}
+
+/// One row per label: its marker (or line) in palette order and the label; rows that do not
+/// fit are summed up in a last row.
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    labels: &[&str],
+    as_lines: bool,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    let height = area.dim_in_pixel().1 as i32;
+    let fits = ((height - LEGEND_TOP - 48) / LEGEND_ROW).max(1) as usize;
+    let shown = if labels.len() > fits {
+        fits - 1
+    } else {
+        labels.len()
+    };
+    let style = TextStyle::from((FONT, 14).into_font()).pos(text_anchor::Pos::new(
+        text_anchor::HPos::Left,
+        text_anchor::VPos::Center,
+    ));
+    for (i, label) in labels.iter().take(shown).enumerate() {
+        let y = LEGEND_TOP + LEGEND_ROW * i as i32;
+        let c = colour(i);
+        if as_lines {
+            area.draw(&PathElement::new([(6, y), (24, y)], c.stroke_width(2)))?;
+        } else {
+            area.draw(&Circle::new((15, y), 5, c.filled()))?;
+        }
+        area.draw(&Text::new(label.to_string(), (32, y), style.clone()))?;
+    }
+    if shown < labels.len() {
+        let y = LEGEND_TOP + LEGEND_ROW * shown as i32;
+        let more = format!("… {} more", labels.len() - shown);
+        area.draw(&Text::new(more, (32, y), style))?;
+    }
     Ok(())
 }
 
@@ -320,42 +505,59 @@ fn category<'a>(labels: &'a [String], v: &SegmentValue<usize>) -> &'a str {
 pub fn bars(
     path: &Path,
     title: &str,
-    x_label: &str,
-    y_label: &str,
+    axes: &Axes,
     labels: &[String],
     values: &[f64],
 ) -> Result<()> {
     assert_eq!(labels.len(), values.len(), "one bar per label");
-    render(path, |root| {
-        let top = values
-            .iter()
-            .copied()
-            .filter(|v| v.is_finite())
-            .fold(0.0f64, f64::max);
-        let bottom = values
-            .iter()
-            .copied()
-            .filter(|v| v.is_finite())
-            .fold(0.0f64, f64::min);
+    render(
+        path,
+        &BarsFigure {
+            title,
+            axes,
+            labels,
+            values,
+        },
+    )
+}
+
+struct BarsFigure<'a> {
+    title: &'a str,
+    axes: &'a Axes<'a>,
+    labels: &'a [String],
+    values: &'a [f64],
+}
+
+impl Figure for BarsFigure<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static,
+    {
+        let finite = || self.values.iter().copied().filter(|v| v.is_finite());
+        let top = finite().fold(0.0f64, f64::max);
+        let bottom = finite().fold(0.0f64, f64::min);
+        let y_range = self
+            .axes
+            .y_range
+            .clone()
+            .unwrap_or(bottom * 1.05..(top * 1.05).max(1e-12));
         let mut chart = ChartBuilder::on(root)
-            .caption(title, (FONT, 24))
+            .caption(self.title, (FONT, 24))
             .margin(16)
             .x_label_area_size(48)
-            .y_label_area_size(64)
-            .build_cartesian_2d(
-                categories(values.len()),
-                bottom * 1.05..(top * 1.05).max(1e-12),
-            )?;
+            .y_label_area_size(72)
+            .build_cartesian_2d(categories(self.values.len()), y_range)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .x_labels(values.len())
-            .x_label_formatter(&|v| category(labels, v).to_string())
+            .x_desc(self.axes.x)
+            .y_desc(self.axes.y)
+            .x_labels(self.values.len())
+            .x_label_formatter(&|v| category(self.labels, v).to_string())
             .label_style((FONT, 14))
+            .axis_desc_style((FONT, 16))
             .draw()?;
-        chart.draw_series(values.iter().enumerate().map(|(i, &v)| {
+        chart.draw_series(self.values.iter().enumerate().map(|(i, &v)| {
             let mut bar = Rectangle::new(
                 [
                     (SegmentValue::Exact(i), 0.0),
@@ -367,7 +569,7 @@ pub fn bars(
             bar
         }))?;
         Ok(())
-    })
+    }
 }
 
 /// Sequential colour map from white (low) to dark blue (high).
@@ -377,71 +579,126 @@ fn shade(t: f64) -> RGBColor {
     RGBColor(lerp(247.0, 8.0), lerp(251.0, 48.0), lerp(255.0, 107.0))
 }
 
-/// A heat map of a row-major `[rows, cols]` table with row 0 at the top; cells show their value
-/// when the table is small enough to read.
-pub fn heatmap(
-    path: &Path,
-    title: &str,
-    row_labels: &[String],
-    col_labels: &[String],
-    values: &[f64],
-    value_range: (f64, f64),
-) -> Result<()> {
-    let (rows, cols) = (row_labels.len(), col_labels.len());
-    assert_eq!(values.len(), rows * cols, "one value per cell");
-    render(path, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, (FONT, 24))
+/// Cells without a value (a table's diagonal): light grey, outside the colour map.
+const EMPTY_CELL: RGBColor = RGBColor(224, 224, 224);
+
+/// A heat map of a row-major `[rows, cols]` table.
+pub struct Heatmap<'a> {
+    pub title: &'a str,
+    pub rows: &'a [String],
+    pub cols: &'a [String],
+    pub values: &'a [f64],
+    /// Where `values` are means (over splits), their standard deviations: the cells then read
+    /// `mean ± sd`.
+    pub sd: Option<&'a [f64]>,
+    /// The values the colour map spans (beyond it, the end colours).
+    pub range: (f64, f64),
+    /// What the values are, above the colour bar.
+    pub quantity: &'a str,
+    /// Decimals in the cells.
+    pub decimals: usize,
+}
+
+/// [`Heatmap`] with row 0 at the top, a colour bar on the right and each cell's value (`mean ±
+/// sd` with standard deviations) in a font sized to fit the cell, left out when even a small
+/// font would not.
+pub fn heatmap(path: &Path, map: &Heatmap) -> Result<()> {
+    let cells = map.rows.len() * map.cols.len();
+    assert_eq!(map.values.len(), cells, "one value per cell");
+    assert!(map.sd.is_none_or(|sd| sd.len() == cells), "one sd per cell");
+    render(path, map)
+}
+
+impl Figure for Heatmap<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static,
+    {
+        let (rows, cols) = (self.rows.len(), self.cols.len());
+        let area = root.titled(self.title, (FONT, 24))?;
+        let width = area.dim_in_pixel().0;
+        let (main, bar) = area.split_horizontally(width - 130);
+        let label_font = TextStyle::from((FONT, 14).into_font());
+        let mut widest = 0;
+        for label in self.rows {
+            widest = widest.max(main.estimate_text_size(label, &label_font)?.0);
+        }
+        let mut chart = ChartBuilder::on(&main)
             .margin(16)
             .x_label_area_size(48)
-            .y_label_area_size(110)
+            .y_label_area_size((widest + 20).clamp(48, width / 3))
             .build_cartesian_2d(categories(cols), categories(rows))?;
-        let flipped: Vec<String> = row_labels.iter().rev().cloned().collect();
+        let flipped: Vec<String> = self.rows.iter().rev().cloned().collect();
         chart
             .configure_mesh()
             .disable_mesh()
             .x_labels(cols)
             .y_labels(rows)
-            .x_label_formatter(&|v| category(col_labels, v).to_string())
+            .x_label_formatter(&|v| category(self.cols, v).to_string())
             .y_label_formatter(&|v| category(&flipped, v).to_string())
             .label_style((FONT, 14))
             .draw()?;
-        let (lo, hi) = value_range;
+        let (lo, hi) = self.range;
         let span = if hi > lo { hi - lo } else { 1.0 };
-        let cell = |r: usize, c: usize| {
+        let corners = |i: usize| {
+            let (r, c) = (i / cols, i % cols);
             let y = rows - 1 - r;
-            (
-                [
-                    (SegmentValue::Exact(c), SegmentValue::Exact(y)),
-                    (SegmentValue::Exact(c + 1), SegmentValue::Exact(y + 1)),
-                ],
-                values[r * cols + c],
-            )
+            [
+                (SegmentValue::Exact(c), SegmentValue::Exact(y)),
+                (SegmentValue::Exact(c + 1), SegmentValue::Exact(y + 1)),
+            ]
         };
         chart.draw_series((0..rows * cols).map(|i| {
-            let (corners, v) = cell(i / cols, i % cols);
-            Rectangle::new(corners, shade((v - lo) / span).filled())
+            let v = self.values[i];
+            let fill = if v.is_finite() {
+                shade((v - lo) / span)
+            } else {
+                EMPTY_CELL
+            };
+            Rectangle::new(corners(i), fill.filled())
         }))?;
-        if rows * cols <= 144 {
+        let text = |i: usize| {
+            let d = self.decimals;
+            match self.sd {
+                Some(sd) => format!("{:.d$} ± {:.d$}", self.values[i], sd[i]),
+                None => format!("{:.d$}", self.values[i]),
+            }
+        };
+        // DejaVu Sans digits are about 0.6 em wide; a cell's text takes at most 90% of its
+        // width and 60% of its height.
+        let (plot_w, plot_h) = chart.plotting_area().dim_in_pixel();
+        let (cell_w, cell_h) = (
+            plot_w as f64 / cols.max(1) as f64,
+            plot_h as f64 / rows.max(1) as f64,
+        );
+        let longest = (0..rows * cols)
+            .filter(|&i| self.values[i].is_finite())
+            .map(|i| text(i).chars().count())
+            .max()
+            .unwrap_or(1);
+        let size = (0.9 * cell_w / (0.6 * longest as f64))
+            .min(0.6 * cell_h)
+            .min(16.0)
+            .floor();
+        if size >= 8.0 {
             chart.draw_series(
                 (0..rows * cols)
-                    .filter(|&i| values[i].is_finite())
+                    .filter(|&i| self.values[i].is_finite())
                     .map(|i| {
                         let (r, c) = (i / cols, i % cols);
-                        let v = values[i];
-                        let ink: &'static RGBColor = if (v - lo) / span > 0.55 {
+                        let ink: &'static RGBColor = if (self.values[i] - lo) / span > 0.55 {
                             &WHITE
                         } else {
                             &BLACK
                         };
-                        let style = TextStyle::from((FONT, 14).into_font()).color(ink).pos(
+                        let style = TextStyle::from((FONT, size).into_font()).color(ink).pos(
                             text_anchor::Pos::new(
                                 text_anchor::HPos::Center,
                                 text_anchor::VPos::Center,
                             ),
                         );
                         Text::new(
-                            format!("{v:.3}"),
+                            text(i),
                             (
                                 SegmentValue::CenterOf(c),
                                 SegmentValue::CenterOf(rows - 1 - r),
@@ -451,6 +708,41 @@ pub fn heatmap(
                     }),
             )?;
         }
-        Ok(())
-    })
+        colour_bar(&bar, self.quantity, (lo, hi))
+    }
+}
+
+/// The colour map from `lo` (bottom) to `hi` (top) with its scale, under `quantity`.
+fn colour_bar<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    quantity: &str,
+    (lo, hi): (f64, f64),
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    let hi = if hi > lo { hi } else { lo + 1.0 };
+    let mut bar = ChartBuilder::on(area)
+        .caption(quantity, (FONT, 14))
+        .margin_top(16)
+        .margin_bottom(64)
+        .margin_right(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..1.0, lo..hi)?;
+    bar.configure_mesh()
+        .disable_mesh()
+        .disable_x_axis()
+        .y_labels(6)
+        .label_style((FONT, 13))
+        .draw()?;
+    const STEPS: usize = 128;
+    let step = (hi - lo) / STEPS as f64;
+    bar.draw_series((0..STEPS).map(|i| {
+        let y = lo + step * i as f64;
+        Rectangle::new(
+            [(0.0, y), (1.0, y + step)],
+            shade((i as f64 + 0.5) / STEPS as f64).filled(),
+        )
+    }))?;
+    Ok(())
 }

@@ -418,3 +418,57 @@ pub fn poke_tensor(path: &Path, name: &str, offset: usize, bytes: &[u8]) {
     file[start..start + bytes.len()].copy_from_slice(bytes);
     std::fs::write(path, file).unwrap();
 }
+
+/// The elements and texts of an SVG plot, parsed as XML (a malformed file fails the test).
+#[allow(dead_code)]
+pub struct SvgSummary {
+    /// Element names in document order.
+    pub elements: Vec<String>,
+    pub texts: Vec<String>,
+}
+
+#[allow(dead_code)]
+impl SvgSummary {
+    pub fn count(&self, element: &str) -> usize {
+        self.elements.iter().filter(|e| *e == element).count()
+    }
+
+    pub fn has_text(&self, needle: &str) -> bool {
+        self.texts.iter().any(|t| t.contains(needle))
+    }
+}
+
+/// Parses the SVG at `path`: well-formed XML whose root is an `<svg>` of mscope's canvas size.
+#[allow(dead_code)]
+pub fn svg_summary(path: &Path) -> SvgSummary {
+    use xml::reader::{EventReader, XmlEvent};
+    let file = std::fs::File::open(path).unwrap();
+    let mut summary = SvgSummary {
+        elements: Vec::new(),
+        texts: Vec::new(),
+    };
+    for event in EventReader::new(std::io::BufReader::new(file)) {
+        match event.unwrap_or_else(|e| panic!("{} is not well-formed XML: {e}", path.display())) {
+            XmlEvent::StartElement {
+                name, attributes, ..
+            } => {
+                if summary.elements.is_empty() {
+                    assert_eq!(name.local_name, "svg", "{}: root element", path.display());
+                    let attribute = |key: &str| {
+                        attributes
+                            .iter()
+                            .find(|a| a.name.local_name == key)
+                            .map(|a| a.value.clone())
+                    };
+                    assert_eq!(attribute("width").as_deref(), Some("960"));
+                    assert_eq!(attribute("height").as_deref(), Some("680"));
+                }
+                summary.elements.push(name.local_name);
+            }
+            XmlEvent::Characters(text) => summary.texts.push(text),
+            _ => {}
+        }
+    }
+    assert!(!summary.elements.is_empty(), "{}: empty", path.display());
+    summary
+}
