@@ -11,28 +11,8 @@
 //! The default x86-64 target vectorises these loops over SSE2's 4 lanes; where the CPU has AVX2
 //! they run a copy compiled for its 8 (the same operations, so the same results).
 
-use super::common::lane_sum;
+use super::common::{lane_sum, with_wide_simd};
 use crate::backend::Activation;
-
-/// Defines `pub(super) fn $name(args)` running `$portable(args)` compiled for AVX2 where the CPU
-/// has it (detected at run time), else as built.
-macro_rules! with_wide_simd {
-    ($(#[$doc:meta])* fn $name:ident => $portable:ident($($arg:ident: $ty:ty),*)) => {
-        $(#[$doc])*
-        pub(super) fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") {
-                #[target_feature(enable = "avx2")]
-                unsafe fn wide($($arg: $ty),*) {
-                    $portable($($arg),*)
-                }
-                // SAFETY: the CPU has AVX2 (checked above).
-                return unsafe { wide($($arg),*) };
-            }
-            $portable($($arg),*)
-        }
-    };
-}
 
 with_wide_simd! {
     /// Applies `act` to every value of `y` in place.
@@ -40,17 +20,40 @@ with_wide_simd! {
 }
 
 with_wide_simd! {
-    /// `row ← softmax(row)`: the maximum subtracted, then `exp` and a lane-wise sum (an empty
-    /// row stays empty).
-    fn softmax => softmax_portable(row: &mut [f32])
+    /// `row[i] ← exp(scale·row[i] − shift)`.
+    fn exp_shifted => exp_shifted_portable(row: &mut [f32], scale: f32, shift: f32)
 }
 
 #[inline(always)]
-fn softmax_portable(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    row.iter_mut().for_each(|v| *v = exp(*v - max));
-    let inv = 1.0 / lane_sum(row, |v| v);
-    row.iter_mut().for_each(|v| *v *= inv);
+fn exp_shifted_portable(row: &mut [f32], scale: f32, shift: f32) {
+    row.iter_mut().for_each(|v| *v = exp(*v * scale - shift));
+}
+
+/// One block of a row's online softmax (flash attention): `row ← exp(scale·row − max)` after
+/// `max`, the row's running maximum of `scale·score`, takes in the block's, and `sum`, the
+/// running sum of the weights, is rescaled to the new maximum and adds the block's. Returns the
+/// factor `e^{old max − new max}` by which output accumulated so far must be rescaled when the
+/// maximum grew (0 on the first block, where nothing has been accumulated).
+pub(super) fn online_softmax_block(
+    row: &mut [f32],
+    scale: f32,
+    max: &mut f32,
+    sum: &mut f32,
+) -> Option<f32> {
+    let block_max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
+    let rescale = (block_max > *max).then(|| {
+        let factor = if max.is_finite() {
+            exp(*max - block_max)
+        } else {
+            0.0
+        };
+        *sum *= factor;
+        *max = block_max;
+        factor
+    });
+    exp_shifted(row, scale, *max);
+    *sum += lane_sum(row, |v| v);
+    rescale
 }
 
 #[inline(always)]
