@@ -20,40 +20,17 @@ with_wide_simd! {
 }
 
 with_wide_simd! {
-    /// `row[i] ← exp(scale·row[i] − shift)`.
-    fn exp_shifted => exp_shifted_portable(row: &mut [f32], scale: f32, shift: f32)
+    /// `row ← softmax(row)`: the maximum subtracted, then `exp` and a lane-wise sum (an empty
+    /// row stays empty).
+    fn softmax => softmax_portable(row: &mut [f32])
 }
 
 #[inline(always)]
-fn exp_shifted_portable(row: &mut [f32], scale: f32, shift: f32) {
-    row.iter_mut().for_each(|v| *v = exp(*v * scale - shift));
-}
-
-/// One block of a row's online softmax (flash attention): `row ← exp(scale·row − max)` after
-/// `max`, the row's running maximum of `scale·score`, takes in the block's, and `sum`, the
-/// running sum of the weights, is rescaled to the new maximum and adds the block's. Returns the
-/// factor `e^{old max − new max}` by which output accumulated so far must be rescaled when the
-/// maximum grew (0 on the first block, where nothing has been accumulated).
-pub(super) fn online_softmax_block(
-    row: &mut [f32],
-    scale: f32,
-    max: &mut f32,
-    sum: &mut f32,
-) -> Option<f32> {
-    let block_max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
-    let rescale = (block_max > *max).then(|| {
-        let factor = if max.is_finite() {
-            exp(*max - block_max)
-        } else {
-            0.0
-        };
-        *sum *= factor;
-        *max = block_max;
-        factor
-    });
-    exp_shifted(row, scale, *max);
-    *sum += lane_sum(row, |v| v);
-    rescale
+fn softmax_portable(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    row.iter_mut().for_each(|v| *v = exp(*v - max));
+    let inv = 1.0 / lane_sum(row, |v| v);
+    row.iter_mut().for_each(|v| *v *= inv);
 }
 
 #[inline(always)]

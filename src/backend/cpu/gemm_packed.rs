@@ -35,29 +35,8 @@ pub(super) struct Epilogue<'a> {
 
 /// An `MR × NR` tile of `a·b` over one packed block: `a` holds `kc` columns of `MR` values,
 /// `b` `kc` rows of `NR` values.
-pub(super) type Microkernel<const MR: usize, const NR: usize> =
+type Microkernel<const MR: usize, const NR: usize> =
     unsafe fn(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; NR]; MR]);
-
-/// Code written for any tile shape, run by [`with_microkernel`] on the widest microkernel this
-/// CPU runs: `linear` here, the blocked attention's two products.
-pub(super) trait TileProgram {
-    fn run<const MR: usize, const NR: usize>(self, kernel: Microkernel<MR, NR>);
-}
-
-/// Runs `program` with the AVX-512 microkernel (8 × 32), else AVX2 with FMA (6 × 16), else the
-/// portable loop (6 × 16), as the CPU allows (detected at run time).
-pub(super) fn with_microkernel(program: impl TileProgram) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            return program.run::<8, 32>(microkernel_avx512);
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return program.run::<6, 16>(microkernel_avx2);
-        }
-    }
-    program.run::<6, 16>(microkernel_portable::<6, 16>)
-}
 
 /// `out[n, m] = act(x[n, k]·w[m, k]ᵀ + bias) + residual`, every slice row-major, on the widest
 /// microkernel this CPU runs.
@@ -68,25 +47,16 @@ pub(super) fn linear(
     epilogue: &Epilogue<'_>,
     out: &mut [f32],
 ) {
-    struct Linear<'a> {
-        x: &'a [f32],
-        shape: (usize, usize, usize),
-        w: &'a Matrix<'a>,
-        epilogue: &'a Epilogue<'a>,
-        out: &'a mut [f32],
-    }
-    impl TileProgram for Linear<'_> {
-        fn run<const MR: usize, const NR: usize>(self, kernel: Microkernel<MR, NR>) {
-            blocked::<MR, NR>(kernel, self.x, self.shape, self.w, self.epilogue, self.out)
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return blocked::<8, 32>(microkernel_avx512, x, shape, w, epilogue, out);
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return blocked::<6, 16>(microkernel_avx2, x, shape, w, epilogue, out);
         }
     }
-    with_microkernel(Linear {
-        x,
-        shape,
-        w,
-        epilogue,
-        out,
-    })
+    blocked::<6, 16>(microkernel_portable::<6, 16>, x, shape, w, epilogue, out)
 }
 
 /// The blocked GEMM around `kernel`.
