@@ -125,6 +125,8 @@ pub fn cases(scale: Scale) -> Vec<Case> {
         eigen(8, scale.rows(256, 64)),
         eigen(1, scale.rows(1024, 128)),
         trim(100, scale.rows(10_000, 1_000)),
+        // Issue 21's target size: 10⁸ pooled points, 2 GB of floor traffic.
+        trim(1000, scale.rows(100_000, 10_000)),
         ntk_contract(128, scale.rows(4096, 512), 1000, 784),
         // A BERT-base attention projection (768×768, two classes) between CoLA-length sentences,
         // and the same layer's gradients formed per sample at 128 tokens (SeqForm::choose).

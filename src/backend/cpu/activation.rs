@@ -11,28 +11,8 @@
 //! The default x86-64 target vectorises these loops over SSE2's 4 lanes; where the CPU has AVX2
 //! they run a copy compiled for its 8 (the same operations, so the same results).
 
-use super::common::lane_sum;
+use super::common::{lane_sum, with_wide_simd};
 use crate::backend::Activation;
-
-/// Defines `pub(super) fn $name(args)` running `$portable(args)` compiled for AVX2 where the CPU
-/// has it (detected at run time), else as built.
-macro_rules! with_wide_simd {
-    ($(#[$doc:meta])* fn $name:ident => $portable:ident($($arg:ident: $ty:ty),*)) => {
-        $(#[$doc])*
-        pub(super) fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") {
-                #[target_feature(enable = "avx2")]
-                unsafe fn wide($($arg: $ty),*) {
-                    $portable($($arg),*)
-                }
-                // SAFETY: the CPU has AVX2 (checked above).
-                return unsafe { wide($($arg),*) };
-            }
-            $portable($($arg),*)
-        }
-    };
-}
 
 with_wide_simd! {
     /// Applies `act` to every value of `y` in place.

@@ -1,6 +1,7 @@
 //! What several CPU op families share: the host values behind a tensor (f32, or the half-precision
 //! weights `linear` and `gather_rows` read), the split of packed sequences into disjoint row
-//! blocks, and the lane-wise row sum (the counterpart of `kernels/common.cuh`).
+//! blocks, the lane-wise row sums (the counterpart of `kernels/common.cuh`), and the macro that
+//! compiles a row loop for AVX2 where the CPU has it.
 
 use crate::backend::{SeqLayout, Storage, Tensor};
 use crate::error::{Error, Result};
@@ -75,4 +76,56 @@ pub(super) fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
         lanes.iter_mut().zip(chunk).for_each(|(l, &v)| *l += f(v));
     }
     lanes.iter().sum::<f32>() + tail.iter().map(|&v| f(v)).sum::<f32>()
+}
+
+/// Defines `pub(super) fn $name(args)` running `$portable(args)` compiled for AVX2 where the CPU
+/// has it (detected at run time), else as built.
+macro_rules! with_wide_simd {
+    ($(#[$doc:meta])* fn $name:ident => $portable:ident($($arg:ident: $ty:ty),*)) => {
+        $(#[$doc])*
+        pub(super) fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                #[target_feature(enable = "avx2")]
+                unsafe fn wide($($arg: $ty),*) {
+                    $portable($($arg),*)
+                }
+                // SAFETY: the CPU has AVX2 (checked above).
+                return unsafe { wide($($arg),*) };
+            }
+            $portable($($arg),*)
+        }
+    };
+}
+pub(super) use with_wide_simd;
+
+/// `(Σ v, Σ v²)` in one sweep, in eight f64 lanes: the row statistics of LayerNorm without a
+/// second pass for the variance. f64 keeps `Σ v²/n − mean²` exact enough where a row's mean is
+/// large against its spread (each `v²` of an f32 is exact in f64; the cancellation costs
+/// `log₂(mean²/var)` of f64's 53 bits, not of f32's 24).
+#[inline(always)]
+pub(super) fn sum_and_squares(values: &[f32]) -> (f64, f64) {
+    let (mut sums, mut squares) = ([0.0f64; 8], [0.0f64; 8]);
+    let chunks = values.chunks_exact(8);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for ((s, q), &v) in sums.iter_mut().zip(squares.iter_mut()).zip(chunk) {
+            let v = f64::from(v);
+            *s += v;
+            *q += v * v;
+        }
+    }
+    let (mut sum, mut square) = (sums.iter().sum::<f64>(), squares.iter().sum::<f64>());
+    for &v in tail {
+        let v = f64::from(v);
+        sum += v;
+        square += v * v;
+    }
+    (sum, square)
+}
+
+/// Rows of width `d` per rayon task of a row kernel: about 64 KiB of them, since one row of a
+/// few KiB is less work than a task costs to schedule.
+pub(super) fn rows_per_task(d: usize) -> usize {
+    (16 * 1024 / d.max(1)).max(1)
 }

@@ -1,38 +1,66 @@
-//! The norm family on the CPU: LayerNorm in place and RMSNorm into another tensor, one row a
-//! task, their row statistics summed in lanes ([`lane_sum`]).
+//! The norm family on the CPU: LayerNorm in place and RMSNorm into another tensor, a block of
+//! [`rows_per_task`] rows a task. Each row is read from memory once: its statistics in one
+//! sweep (LayerNorm's sum and sum of squares together, in f64: [`sum_and_squares`]), then the
+//! normalisation while the row is still in L1.
 
 use rayon::prelude::*;
 
-use super::common::{lane_sum, values, values_mut};
+use super::common::{lane_sum, rows_per_task, sum_and_squares, values, values_mut, with_wide_simd};
 use crate::backend::{shapes, Tensor};
 use crate::error::Result;
 
 pub(super) fn layer_norm(x: &mut Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<()> {
     let (_, d) = shapes::layer_norm(x, gamma, beta)?;
     let (g, b) = (values(gamma)?, values(beta)?);
-    values_mut(x)?.par_chunks_mut(d).for_each(|row| {
-        let mean = lane_sum(row, |v| v) / d as f32;
-        let var = lane_sum(row, |v| (v - mean) * (v - mean)) / d as f32;
-        let inv = 1.0 / (var + eps).sqrt();
-        for ((v, g), b) in row.iter_mut().zip(g).zip(b) {
-            *v = (*v - mean) * inv * g + b;
-        }
-    });
+    values_mut(x)?
+        .par_chunks_mut(d * rows_per_task(d))
+        .for_each(|rows| layer_norm_rows(rows, g, b, eps));
     Ok(())
 }
 
 pub(super) fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f32, out: &mut Tensor) -> Result<()> {
     let (_, d) = shapes::rms_norm(x, gamma, out)?;
     let g = values(gamma)?;
+    let block = d * rows_per_task(d);
     values_mut(out)?
-        .par_chunks_mut(d)
-        .zip(values(x)?.par_chunks(d))
-        .for_each(|(normed, row)| {
-            let mean_square = lane_sum(row, |v| v * v) / d as f32;
-            let inv = 1.0 / (mean_square + eps).sqrt();
-            for ((o, v), g) in normed.iter_mut().zip(row).zip(g) {
-                *o = v * inv * g;
-            }
-        });
+        .par_chunks_mut(block)
+        .zip(values(x)?.par_chunks(block))
+        .for_each(|(normed, rows)| rms_norm_rows(rows, g, eps, normed));
     Ok(())
+}
+
+with_wide_simd! {
+    /// LayerNorm of each row (the width of `gamma`) of `rows`, in place.
+    fn layer_norm_rows => layer_norm_rows_portable(rows: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32)
+}
+
+with_wide_simd! {
+    /// RMSNorm of each row (the width of `gamma`) of `rows` into `out`.
+    fn rms_norm_rows => rms_norm_rows_portable(rows: &[f32], gamma: &[f32], eps: f32, out: &mut [f32])
+}
+
+#[inline(always)]
+fn layer_norm_rows_portable(rows: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    let d = gamma.len();
+    for row in rows.chunks_exact_mut(d) {
+        let (sum, squares) = sum_and_squares(row);
+        let mean = sum / d as f64;
+        let var = (squares / d as f64 - mean * mean).max(0.0);
+        let (mean, inv) = (mean as f32, (1.0 / (var + f64::from(eps)).sqrt()) as f32);
+        for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+            *v = (*v - mean) * inv * g + b;
+        }
+    }
+}
+
+#[inline(always)]
+fn rms_norm_rows_portable(rows: &[f32], gamma: &[f32], eps: f32, out: &mut [f32]) {
+    let d = gamma.len();
+    for (row, normed) in rows.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let mean_square = lane_sum(row, |v| v * v) / d as f32;
+        let inv = 1.0 / (mean_square + eps).sqrt();
+        for ((o, v), g) in normed.iter_mut().zip(row).zip(gamma) {
+            *o = v * inv * g;
+        }
+    }
 }

@@ -1,9 +1,9 @@
 //! The pool family on the CPU: one embedding per sequence (CLS, last, max, mean, mean·√len), one
-//! sequence a task, and the in-place L2 normalisation of rows.
+//! sequence a task, and the in-place L2 normalisation of rows, a block of rows a task.
 
 use rayon::prelude::*;
 
-use super::common::{lane_sum, values, values_mut};
+use super::common::{lane_sum, rows_per_task, values, values_mut, with_wide_simd};
 use crate::backend::{shapes, Pooling, SeqLayout, Tensor};
 use crate::error::Result;
 
@@ -51,9 +51,22 @@ pub(super) fn pool(
 
 pub(super) fn l2_normalize(x: &mut Tensor) -> Result<()> {
     let (_, d) = shapes::l2_normalize(x)?;
-    values_mut(x)?.par_chunks_mut(d).for_each(|row| {
-        let norm = lane_sum(row, |v| v * v).sqrt().max(1e-12);
-        row.iter_mut().for_each(|v| *v /= norm);
-    });
+    values_mut(x)?
+        .par_chunks_mut(d * rows_per_task(d))
+        .for_each(|rows| l2_normalize_rows(rows, d));
     Ok(())
+}
+
+with_wide_simd! {
+    /// Each row of width `d` of `rows` divided by its L2 norm (at least 1e-12), in place.
+    fn l2_normalize_rows => l2_normalize_rows_portable(rows: &mut [f32], d: usize)
+}
+
+#[inline(always)]
+fn l2_normalize_rows_portable(rows: &mut [f32], d: usize) {
+    for row in rows.chunks_exact_mut(d) {
+        let norm = lane_sum(row, |v| v * v).sqrt().max(1e-12);
+        // Division, not a product with 1/norm: the result stays the correctly rounded quotient.
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
 }
