@@ -451,8 +451,8 @@ fn cli_embeds_a_folder_of_images_with_folder_labels() {
     ]);
     let file = mscope::io::embeddings::EmbeddingsFile::read(&out).unwrap();
     assert_eq!(file.label_names, ["animals", "people", "things"]);
-    let sidecar = mscope::io::embeddings::read_texts_sidecar(
-        &mscope::io::embeddings::texts_sidecar_path(&out),
+    let sidecar = mscope::io::embeddings::read_texts_beside(
+        &out,
         file.rows(),
     )
     .unwrap()
