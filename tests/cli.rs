@@ -90,8 +90,7 @@ fn embed_writes_the_contract_and_matches_sentence_transformers() {
     let sidecar_texts = read_texts_beside(&out_path, texts.len()).unwrap().unwrap();
     assert_eq!(sidecar_texts, texts);
     let content = std::fs::read_to_string(&sidecar).unwrap();
-    let header: serde_json::Value =
-        serde_json::from_str(content.lines().next().unwrap()).unwrap();
+    let header: serde_json::Value = serde_json::from_str(content.lines().next().unwrap()).unwrap();
     assert_eq!(
         header,
         serde_json::json!({

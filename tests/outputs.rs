@@ -336,8 +336,13 @@ fn every_command_writes_the_same_bytes_twice() {
     }
     let differing: Vec<String> = files
         .iter()
-        .filter(|f| std::fs::read(a.path().join(f)).unwrap() != std::fs::read(b.path().join(f)).unwrap())
+        .filter(|f| {
+            std::fs::read(a.path().join(f)).unwrap() != std::fs::read(b.path().join(f)).unwrap()
+        })
         .map(|f| f.display().to_string())
         .collect();
-    assert!(differing.is_empty(), "differ between two runs: {differing:?}");
+    assert!(
+        differing.is_empty(),
+        "differ between two runs: {differing:?}"
+    );
 }

@@ -388,13 +388,7 @@ fn write_explain_fixture(dir: &Path) -> PathBuf {
     };
     let path = dir.join("explain.safetensors");
     file.write(&path).unwrap();
-    write_texts_beside(
-        &path,
-        &texts,
-        &file.labels,
-        &file.label_names,
-    )
-    .unwrap();
+    write_texts_beside(&path, &texts, &file.labels, &file.label_names).unwrap();
     path
 }
 

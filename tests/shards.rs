@@ -366,10 +366,7 @@ fn a_damaged_checkpoint_block_is_recomputed_not_reused() {
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    assert_eq!(
-        child.wait().unwrap().code(),
-        Some(EXIT_PREEMPTED as i32)
-    );
+    assert_eq!(child.wait().unwrap().code(), Some(EXIT_PREEMPTED as i32));
     let saved: Vec<PathBuf> = std::fs::read_dir(&blocks)
         .unwrap()
         .map(|e| e.unwrap().path())

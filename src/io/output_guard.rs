@@ -262,8 +262,14 @@ mod tests {
 
     #[test]
     fn temporary_names_give_their_output_and_pid() {
-        assert_eq!(parse_temp_name(".k.safetensors.tmp-42-0"), Some(("k.safetensors", 42)));
-        assert_eq!(parse_temp_name(".a.tmp-b.tmp-7-12.png"), Some(("a.tmp-b", 7)));
+        assert_eq!(
+            parse_temp_name(".k.safetensors.tmp-42-0"),
+            Some(("k.safetensors", 42))
+        );
+        assert_eq!(
+            parse_temp_name(".a.tmp-b.tmp-7-12.png"),
+            Some(("a.tmp-b", 7))
+        );
         assert_eq!(parse_temp_name("k.safetensors.tmp-42-0"), None);
         assert_eq!(parse_temp_name(".k.tmp-x-0"), None);
         assert_eq!(parse_temp_name(".k.tmp-42-"), None);
