@@ -263,10 +263,11 @@ fn write_everything(dir: &Path) -> Vec<PathBuf> {
         "merge @ks.safetensors",
         "kglm --train-kernel @ktt.safetensors --train-labels @train.safetensors \
          --test-kernel @kst.safetensors --test-labels @test.safetensors --out @kglm.json \
+         --model @ens/model-seed0.safetensors --test-data @test.safetensors \
          --plot @kglm.png --threads 1",
         "ntk-compare @k.safetensors @k0.safetensors --json @ntkc.json --plot @ntkc.png \
          --threads 1",
-        "compare --scores @ens/scores.safetensors --labels @test.safetensors --out @compare.json \
+        "compare --scores @ens/scores.safetensors --out @compare.json \
          --plot @compare.png --backend cpu --threads 1",
         "pca --input @a.safetensors --out @pca.json --plot @pca.png --backend cpu --threads 1",
         "lda --input @a.safetensors --out @lda.json --save @det.safetensors --plot @lda.png \
