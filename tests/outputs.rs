@@ -275,7 +275,7 @@ fn write_everything(dir: &Path) -> Vec<PathBuf> {
         "classify --detector @det.safetensors --input @b.safetensors --out @classify.json",
         "cluster --input @a.safetensors --k 2 --json @cluster.json --plot @cluster.png \
          --threads 1",
-        "align @a.safetensors @b.safetensors --json @align.json --plot @align.png \
+        "align @a.safetensors @b.safetensors --cca-dims 4 --json @align.json --plot @align.png \
          --aligned @aligned.safetensors --threads 1",
     ];
     for line in lines {
