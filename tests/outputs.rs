@@ -257,9 +257,9 @@ fn write_everything(dir: &Path) -> Vec<PathBuf> {
         "ntk --model @ens/model-seed0.safetensors --data @train.safetensors \
          --out @ktt.safetensors --backend cpu --threads 1",
         "ntk --model @ens/model-seed0.safetensors --data @test.safetensors \
-         --out @ks.safetensors --backend cpu --threads 1 --shard 0/2",
+         --out @ks.safetensors --backend cpu --threads 1 --tile-rows 16 --shard 0/2",
         "ntk --model @ens/model-seed0.safetensors --data @test.safetensors \
-         --out @ks.safetensors --backend cpu --threads 1 --shard 1/2",
+         --out @ks.safetensors --backend cpu --threads 1 --tile-rows 16 --shard 1/2",
         "merge @ks.safetensors",
         "kglm --train-kernel @ktt.safetensors --train-labels @train.safetensors \
          --test-kernel @kst.safetensors --test-labels @test.safetensors --out @kglm.json \
@@ -288,7 +288,7 @@ fn write_everything(dir: &Path) -> Vec<PathBuf> {
     for shard in ["0/2", "1/2"] {
         run(&cmd(&format!(
             "embed --model {minilm} --input {texts} --out @es.safetensors --backend cpu \
-             --threads 1 --shard {shard}"
+             --threads 1 --batch-size 4 --shard {shard}"
         )));
     }
     run(&cmd("merge @es.safetensors"));
