@@ -227,17 +227,22 @@ fn write_embeddings(path: &Path, rotate: bool) {
 /// Runs every command that writes a file, on small inputs, in `dir`; returns the files written.
 fn write_everything(dir: &Path) -> Vec<PathBuf> {
     let p = |name: &str| dir.join(name);
-    let ps = |name: &str| s(&dir.join(name)).to_string();
+    // Run inside `dir` with relative names: reports record their inputs' paths as given.
     let run = |args: &[String]| {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_mscope_ok(&args);
+        let out = Command::new(env!("CARGO_BIN_EXE_mscope"))
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mscope {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     let cmd = |line: &str| -> Vec<String> {
         line.split_whitespace()
-            .map(|w| match w.strip_prefix('@') {
-                Some(name) => ps(name),
-                None => w.to_string(),
-            })
+            .map(|w| w.strip_prefix('@').unwrap_or(w).to_string())
             .collect()
     };
     write_embeddings(&p("a.safetensors"), false);
