@@ -10,7 +10,7 @@ use common::{
     assert_fails_cleanly, cosine, fixture_texts, minilm_dir, reference_tensor, repo_path,
     run_mscope as mscope,
 };
-use mscope::io::embeddings::{read_texts_sidecar, texts_sidecar_path, EmbeddingsFile};
+use mscope::io::embeddings::{read_texts_beside, texts_sidecar_path, EmbeddingsFile};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -83,14 +83,25 @@ fn embed_writes_the_contract_and_matches_sentence_transformers() {
     );
     assert_eq!(file.model, "all-MiniLM-L6-v2");
 
-    // The texts sidecar: one row per embedding, same order, labels by name.
+    // The texts sidecar: a header with the embeddings file's row count and digest, then one row
+    // per embedding, same order, labels by name.
     let sidecar = texts_sidecar_path(&out_path);
     assert_eq!(sidecar, dir.path().join("e.safetensors.texts.jsonl"));
-    let sidecar_texts = read_texts_sidecar(&sidecar, texts.len()).unwrap().unwrap();
+    let sidecar_texts = read_texts_beside(&out_path, texts.len()).unwrap().unwrap();
     assert_eq!(sidecar_texts, texts);
-    let sidecar_labels: Vec<serde_json::Value> = std::fs::read_to_string(&sidecar)
-        .unwrap()
+    let content = std::fs::read_to_string(&sidecar).unwrap();
+    let header: serde_json::Value = serde_json::from_str(content.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        header,
+        serde_json::json!({
+            "sidecar_of": "e.safetensors",
+            "rows": texts.len(),
+            "fnv1a64": mscope::io::checkpoint::file_digest(&out_path).unwrap(),
+        })
+    );
+    let sidecar_labels: Vec<serde_json::Value> = content
         .lines()
+        .skip(1)
         .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["label"].clone())
         .collect();
     let want_names: Vec<serde_json::Value> = want_labels

@@ -451,12 +451,9 @@ fn cli_embeds_a_folder_of_images_with_folder_labels() {
     ]);
     let file = mscope::io::embeddings::EmbeddingsFile::read(&out).unwrap();
     assert_eq!(file.label_names, ["animals", "people", "things"]);
-    let sidecar = mscope::io::embeddings::read_texts_sidecar(
-        &mscope::io::embeddings::texts_sidecar_path(&out),
-        file.rows(),
-    )
-    .unwrap()
-    .unwrap();
+    let sidecar = mscope::io::embeddings::read_texts_beside(&out, file.rows())
+        .unwrap()
+        .unwrap();
     let mut sorted = sidecar.clone();
     sorted.sort();
     assert_eq!(sidecar, sorted, "rows in sorted path order");

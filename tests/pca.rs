@@ -14,7 +14,7 @@ use common::{
 use mscope::backend::wgpu::WgpuOptions;
 use mscope::backend::{self, Backend, BackendKind, Matrix64, OpFamily};
 use mscope::instruments::pca::{separation, Pca};
-use mscope::io::embeddings::{texts_sidecar_path, write_texts_sidecar, EmbeddingsFile};
+use mscope::io::embeddings::{texts_sidecar_path, write_texts_beside, EmbeddingsFile};
 
 backend_tests! {
     scatter_matches_f64_reference: Stats,
@@ -388,13 +388,7 @@ fn write_explain_fixture(dir: &Path) -> PathBuf {
     };
     let path = dir.join("explain.safetensors");
     file.write(&path).unwrap();
-    write_texts_sidecar(
-        &texts_sidecar_path(&path),
-        &texts,
-        &file.labels,
-        &file.label_names,
-    )
-    .unwrap();
+    write_texts_beside(&path, &texts, &file.labels, &file.label_names).unwrap();
     path
 }
 
@@ -460,19 +454,26 @@ fn cli_explain_rejects_a_mismatched_sidecar() {
     let sidecar = texts_sidecar_path(&input);
     let lines = std::fs::read_to_string(&sidecar).unwrap();
     let args = ["pca", "--input", input.to_str().unwrap(), "--explain", "3"];
-    std::fs::write(
-        &sidecar,
-        lines.lines().skip(1).collect::<Vec<_>>().join("\n"),
-    )
-    .unwrap();
+    let all: Vec<&str> = lines.lines().collect();
+    std::fs::write(&sidecar, all[..all.len() - 1].join("\n")).unwrap();
     assert_fails_cleanly(
         &args,
         &["explain.safetensors.texts.jsonl", "39 texts", "40 rows"],
     );
-    std::fs::write(&sidecar, lines.replacen("{", "not json {", 1)).unwrap();
+    std::fs::write(&sidecar, lines.replacen("{\"label", "not json {\"label", 1)).unwrap();
     assert_fails_cleanly(
         &args,
-        &["explain.safetensors.texts.jsonl:1:", "invalid JSON"],
+        &["explain.safetensors.texts.jsonl:2:", "invalid JSON"],
+    );
+    // Rows and count intact, but the embeddings file changed after its sidecar was written.
+    std::fs::write(&sidecar, &lines).unwrap();
+    poke_tensor(&input, "embeddings", 0, &1.5f32.to_le_bytes());
+    assert_fails_cleanly(
+        &args,
+        &[
+            "explain.safetensors.texts.jsonl: belongs to other contents of",
+            "rerun the command that wrote them",
+        ],
     );
 }
 

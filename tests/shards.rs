@@ -351,6 +351,46 @@ fn a_killed_shard_resumes_and_sigterm_stops_cleanly_with_the_same_merged_bytes()
     assert!(std::fs::read(&stopped_out).unwrap() == one);
 }
 
+/// A block saved before a SIGTERM and damaged afterwards (one flipped bit, as a disk error
+/// would) is recomputed on resume, saying so, and the kernel is the uninterrupted run's.
+#[test]
+fn a_damaged_checkpoint_block_is_recomputed_not_reused() {
+    let big = Big::new();
+    let single = big.root.join("single.safetensors");
+    ok(&big.args(&single, &[]), &[]);
+    let out = big.root.join("stopped.safetensors");
+    let blocks = Checkpoint::dir_for(&out);
+    let mut child = big.spawn(&out, &["--block-rows", "48"]);
+    wait_for_a_tile(&mut child, &blocks);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(EXIT_PREEMPTED as i32));
+    let saved: Vec<PathBuf> = std::fs::read_dir(&blocks)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "f32"))
+        .collect();
+    assert!(!saved.is_empty());
+    for block in &saved {
+        let mut bytes = std::fs::read(block).unwrap();
+        bytes[5] ^= 0x10;
+        std::fs::write(block, bytes).unwrap();
+    }
+    let args = big.args(&out, &["--block-rows", "48"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let resumed = run_mscope_ok(&args);
+    let stderr = stderr_of(&resumed);
+    assert_eq!(
+        stderr.matches("damaged block").count(),
+        saved.len(),
+        "{stderr}"
+    );
+    assert!(stderr.contains("computed again"), "{stderr}");
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&single).unwrap());
+}
+
 fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::instruments::align::{self, AlignOptions};
 use crate::io::check_outputs;
 use crate::io::embedding_inputs::EmbeddingInput;
-use crate::io::embeddings::{read_texts_sidecar, texts_sidecar_path, EmbeddingsFile};
+use crate::io::embeddings::{read_texts_beside, EmbeddingsFile};
 use crate::report;
 
 #[derive(Args)]
@@ -101,7 +101,7 @@ pub fn run(args: AlignArgs) -> Result<()> {
 fn check_same_texts(paths: &[PathBuf], files: &[(String, EmbeddingsFile)]) -> Result<()> {
     let mut first: Option<(usize, Vec<String>)> = None;
     for (i, (path, (_, file))) in paths.iter().zip(files).enumerate() {
-        let Some(texts) = read_texts_sidecar(&texts_sidecar_path(path), file.rows())? else {
+        let Some(texts) = read_texts_beside(path, file.rows())? else {
             continue;
         };
         match &first {

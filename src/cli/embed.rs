@@ -21,7 +21,7 @@ use crate::backend::{self, Backend, BackendKind, OpFamily, Pooling};
 use crate::error::{Error, Result};
 use crate::instruments::embed::{EncoderOptions, ImageEmbedder, SentenceEncoder};
 use crate::io::checkpoint::{file_digest, model_digest, Checkpoint};
-use crate::io::embeddings::{texts_sidecar_path, write_texts_sidecar, EmbeddingsFile};
+use crate::io::embeddings::{texts_sidecar_path, write_texts_beside, EmbeddingsFile};
 use crate::io::images::collect_images;
 use crate::io::shards::{self, Manifest, Shard, ShardFile};
 use crate::io::tensor_file::TensorOut;
@@ -241,12 +241,8 @@ fn run_images(args: EmbedArgs) -> Result<()> {
         .iter()
         .map(|p| p.display().to_string())
         .collect();
+    write_with_texts(&args.out, &file, &paths)?;
     let sidecar = texts_sidecar_path(&args.out);
-    write_texts_sidecar(&sidecar, &paths, &file.labels, &file.label_names)?;
-    if let Err(e) = file.write(&args.out) {
-        let _ = std::fs::remove_file(&sidecar);
-        return Err(e);
-    }
     let rows = file.rows();
     println!(
         "embedded {rows} images ({} labels) with {} on {} in {seconds:.2} s: {:.1} images/s -> {} (paths in {})",
@@ -260,13 +256,13 @@ fn run_images(args: EmbedArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes the embeddings file and its texts sidecar. The sidecar goes first and is removed if
-/// the embeddings fail, so a failed run leaves neither behind.
+/// Writes the embeddings file, then its texts sidecar, which records the file's row count and
+/// digest (readers refuse a sidecar that does not match). A sidecar that cannot be written
+/// takes the embeddings file with it, so a failed run leaves neither behind.
 fn write_with_texts(out: &Path, file: &EmbeddingsFile, texts: &[String]) -> Result<()> {
-    let sidecar = texts_sidecar_path(out);
-    write_texts_sidecar(&sidecar, texts, &file.labels, &file.label_names)?;
-    if let Err(e) = file.write(out) {
-        let _ = std::fs::remove_file(&sidecar);
+    file.write(out)?;
+    if let Err(e) = write_texts_beside(out, texts, &file.labels, &file.label_names) {
+        let _ = std::fs::remove_file(out);
         return Err(e);
     }
     Ok(())

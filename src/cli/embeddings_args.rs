@@ -7,7 +7,7 @@ use clap::Args;
 use crate::data::labels::{LabelGroup, LabelSelection};
 use crate::error::Result;
 use crate::io::embedding_inputs::EmbeddingInput;
-use crate::io::embeddings::{read_texts_sidecar, texts_sidecar_path, EmbeddingsFile};
+use crate::io::embeddings::{read_texts_beside, EmbeddingsFile};
 
 #[derive(Args)]
 pub struct EmbeddingsArgs {
@@ -54,7 +54,7 @@ impl EmbeddingsArgs {
         };
         let file = input.read()?;
         let texts = if with_texts {
-            read_texts_sidecar(&texts_sidecar_path(&self.input), file.rows())?
+            read_texts_beside(&self.input, file.rows())?
         } else {
             None
         };

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::error::{Error, Result};
-use crate::io::{check_target, shards};
+use crate::io::{check_outputs, shards};
 
 #[derive(Args)]
 #[command(after_help = "\
@@ -20,7 +20,7 @@ pub struct MergeArgs {
 }
 
 pub fn run(args: MergeArgs) -> Result<()> {
-    check_target(&args.out)?;
+    check_outputs(&[], &[("OUT", Some(&args.out))])?;
     let shards = shards::read_all(&args.out)?;
     let command = shards[0].manifest.job["command"].as_str().unwrap_or("");
     match command {

@@ -79,9 +79,15 @@ enum Command {
 }
 
 /// Runs the command line; errors are printed as one line and give exit status 1, a run stopped
-/// by SIGTERM after saving its checkpoint gives [`crate::io::preemption::EXIT_PREEMPTED`] (75).
+/// by SIGTERM after saving its checkpoint gives [`crate::io::preemption::EXIT_PREEMPTED`] (75),
+/// and any other run SIGINT or SIGTERM ends leaves no temporary or lock file and dies by that
+/// signal (130 and 143 in a shell).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = crate::io::preemption::install() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let outcome = match cli.command {
         Command::Embed(args) => embed::run(args),
         Command::Devices => devices::run(),
@@ -101,6 +107,7 @@ pub fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Slurm(command) => slurm::run(command),
     };
+    crate::io::output_guard::release();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ Error::Preempted(_)) => {

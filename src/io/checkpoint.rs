@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 /// Finished blocks of one run on disk: `<dir>/rows-<start>-<end>.f32` (little-endian
-/// values) beside a `manifest.json` that pins what the blocks belong to — inputs' contents,
+/// values, then their checksum) beside a `manifest.json` that pins what the blocks belong to — inputs' contents,
 /// settings and block size — so a resumed run never mixes blocks of different runs. The rows
 /// are a kernel's rows (blocks or tiles) or, for `embed` shards, positions in the batch order.
 pub struct Checkpoint {
@@ -45,6 +45,8 @@ impl Checkpoint {
             }
             Err(e) => return Err(Error::io(&path, e)),
         }
+        // Blocks being saved when a run was killed: their process is gone, they are not blocks.
+        crate::io::output_guard::sweep_stale_temps(dir, None);
         Ok(Checkpoint {
             dir: dir.to_path_buf(),
         })
@@ -55,7 +57,10 @@ impl Checkpoint {
             .join(format!("rows-{}-{}.f32", rows.start, rows.end))
     }
 
-    /// The saved block, or `None` when it was not finished.
+    /// The saved block, or `None` when it was not finished. A block that is not intact — wrong
+    /// length, or values whose checksum differs from the one saved with them (a disk error, a
+    /// file edited or truncated by hand) — is removed and `None` returned, saying so on stderr:
+    /// the block is recomputed rather than reused.
     pub fn load(&self, rows: &Range<usize>, n_cols: usize) -> Result<Option<Vec<f32>>> {
         let path = self.block_path(rows);
         let bytes = match std::fs::read(&path) {
@@ -63,24 +68,38 @@ impl Checkpoint {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(&path, e)),
         };
-        if bytes.len() != rows.len() * n_cols * 4 {
-            return Err(Error::input(format!(
-                "{}: {} bytes, expected {} (a damaged block: remove it to recompute)",
-                path.display(),
-                bytes.len(),
-                rows.len() * n_cols * 4
-            )));
+        let expected = rows.len() * n_cols * 4;
+        let damage = if bytes.len() != expected + 8 {
+            Some(format!("{} bytes, expected {}", bytes.len(), expected + 8))
+        } else {
+            let (values, saved) = bytes.split_at(expected);
+            let saved = u64::from_le_bytes(saved.try_into().expect("8 bytes"));
+            let actual = fnv1a64(FNV_OFFSET, values);
+            (saved != actual)
+                .then(|| format!("checksum {actual:016x} of its values, saved {saved:016x}"))
+        };
+        if let Some(damage) = damage {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            eprintln!(
+                "note: {}: damaged block ({damage}); removed, its rows are computed again",
+                path.display()
+            );
+            return Ok(None);
         }
         Ok(Some(
-            bytes
+            bytes[..expected]
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
                 .collect(),
         ))
     }
 
+    /// Saves a finished block: its values (little-endian f32) followed by their 64-bit FNV-1a
+    /// checksum (little-endian), which [`Checkpoint::load`] verifies.
     pub fn save(&self, rows: &Range<usize>, values: &[f32]) -> Result<()> {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let checksum = fnv1a64(FNV_OFFSET, &bytes);
+        bytes.extend_from_slice(&checksum.to_le_bytes());
         crate::io::write_atomic(&self.block_path(rows), &bytes)
     }
 
@@ -90,21 +109,30 @@ impl Checkpoint {
     }
 }
 
-/// A 64-bit FNV-1a digest of a file's bytes, hex: identifies the inputs in a manifest. Read in
-/// chunks, so a model of many GiB is digested without holding it in memory.
+/// The 64-bit FNV-1a offset basis: the state before any byte.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// 64-bit FNV-1a state `hash` carried on over `bytes`.
+fn fnv1a64(hash: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(hash, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// A 64-bit FNV-1a digest of a file's bytes, hex: identifies the inputs in a manifest and the
+/// embeddings file in its texts sidecar. Read in chunks, so a model of many GiB is digested
+/// without holding it in memory.
 pub fn file_digest(path: &Path) -> Result<String> {
     use std::io::Read;
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut buffer = vec![0u8; 1 << 20];
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let mut hash = FNV_OFFSET;
     loop {
         let n = file.read(&mut buffer).map_err(|e| Error::io(path, e))?;
         if n == 0 {
             break;
         }
-        hash = buffer[..n]
-            .iter()
-            .fold(hash, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+        hash = fnv1a64(hash, &buffer[..n]);
     }
     Ok(format!("{hash:016x}"))
 }

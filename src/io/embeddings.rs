@@ -1,8 +1,9 @@
 //! The embeddings file `mscope embed` writes and the analysis commands read: safetensors with
 //! `embeddings` F32 `[N, D]` and `labels` I64 `[N]`, plus string metadata (`labels` as a JSON
 //! array of names, `model`, `pooling`, `normalized`, `max_length`). Beside it, the texts sidecar
-//! `<file>.texts.jsonl`: one `{"text", "label"}` object per row, so that analyses can show what
-//! the rows say.
+//! `<file>.texts.jsonl`: a header line with the embeddings file's row count and digest, then one
+//! `{"text", "label"}` object per row, so that analyses can show what the rows say
+//! ([`write_texts_beside`], [`read_texts_beside`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::io::checkpoint::file_digest;
 use crate::io::tensor_file::{self, TensorOut};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -133,41 +135,71 @@ pub fn texts_sidecar_path(embeddings: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Writes one `{"text": ..., "label": name or null}` line per row, rows in embeddings order.
-pub fn write_texts_sidecar(
-    path: &Path,
+/// Writes the texts sidecar of the embeddings file `embeddings`, which must be written first:
+/// a header line `{"fnv1a64": DIGEST, "rows": N, "sidecar_of": NAME}` with the row count and
+/// [`file_digest`] of the embeddings file as written, then one `{"text": ..., "label": name or
+/// null}` line per row, rows in embeddings order. The header lets [`read_texts_beside`] refuse
+/// a sidecar that does not belong to the file beside it (a run stopped between the two writes,
+/// a file replaced by hand). Returns the sidecar's path.
+pub fn write_texts_beside(
+    embeddings: &Path,
     texts: &[String],
     labels: &[i64],
     label_names: &[String],
-) -> Result<()> {
+) -> Result<PathBuf> {
     assert_eq!(
         texts.len(),
         labels.len(),
         "texts and labels disagree on the row count"
     );
-    let mut lines = String::new();
+    let of = embeddings
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let header = serde_json::json!({
+        "sidecar_of": of,
+        "rows": texts.len(),
+        "fnv1a64": file_digest(embeddings)?,
+    });
+    let mut lines = header.to_string();
+    lines.push('\n');
     for (text, &label) in texts.iter().zip(labels) {
         let name = usize::try_from(label).ok().map(|l| &label_names[l]);
         lines += &serde_json::json!({"text": text, "label": name}).to_string();
         lines.push('\n');
     }
-    super::write_atomic(path, lines.as_bytes())
+    let path = texts_sidecar_path(embeddings);
+    super::write_atomic(&path, lines.as_bytes())?;
+    Ok(path)
 }
 
-/// The texts of a sidecar, or `None` when there is no file at `path`. A malformed line or a row
-/// count other than `expected_rows` is an error naming the file (and the line).
-pub fn read_texts_sidecar(path: &Path, expected_rows: usize) -> Result<Option<Vec<String>>> {
-    let content = match std::fs::read_to_string(path) {
+/// The texts of the sidecar beside the embeddings file `embeddings` (of `expected_rows` rows),
+/// or `None` when there is no sidecar. A malformed line, a row count other than
+/// `expected_rows`, or a header whose row count or digest is not the embeddings file's is an
+/// error naming the file (and the line). A sidecar without the header (written by hand or by
+/// an older mscope) is checked by its row count only.
+pub fn read_texts_beside(embeddings: &Path, expected_rows: usize) -> Result<Option<Vec<String>>> {
+    let path = texts_sidecar_path(embeddings);
+    let content = match std::fs::read_to_string(&path) {
         Ok(content) => content,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(path, e)),
+        Err(e) => return Err(Error::io(&path, e)),
     };
     // `path:line:` as the text readers of `mscope embed` name a bad line.
     let at = |line: usize, message: String| {
         Error::input(format!("{}:{line}: {message}", path.display()))
     };
-    let texts = (1..)
-        .zip(content.lines())
+    let mut lines = (1..).zip(content.lines()).peekable();
+    let mut header = None;
+    if let Some(&(n, first)) = lines.peek() {
+        let value: serde_json::Value =
+            serde_json::from_str(first).map_err(|e| at(n, format!("invalid JSON: {e}")))?;
+        if value.get("sidecar_of").is_some() {
+            header = Some(value);
+            lines.next();
+        }
+    }
+    let texts = lines
         .map(|(n, line)| {
             let value: serde_json::Value =
                 serde_json::from_str(line).map_err(|e| at(n, format!("invalid JSON: {e}")))?;
@@ -183,6 +215,22 @@ pub fn read_texts_sidecar(path: &Path, expected_rows: usize) -> Result<Option<Ve
             path.display(),
             texts.len()
         )));
+    }
+    if let Some(header) = header {
+        let rows = header["rows"].as_u64();
+        let digest = header["fnv1a64"].as_str().unwrap_or("");
+        let actual = file_digest(embeddings)?;
+        if rows != Some(expected_rows as u64) || digest != actual {
+            return Err(Error::input(format!(
+                "{}: belongs to other contents of {} (its header records {} rows and digest \
+                 {digest}; the file has {expected_rows} rows and digest {actual}): a run \
+                 stopped between writing the two, or one was replaced; rerun the command that \
+                 wrote them, or remove the sidecar",
+                path.display(),
+                embeddings.display(),
+                rows.map_or("no".to_string(), |r| r.to_string()),
+            )));
+        }
     }
     Ok(Some(texts))
 }

@@ -7,6 +7,7 @@ pub mod images;
 pub mod kernel_file;
 pub mod kernel_inputs;
 pub mod npy;
+pub mod output_guard;
 pub mod preemption;
 pub mod samples;
 pub mod shards;
@@ -19,24 +20,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 
-/// Writes `bytes` to a temporary name beside `path` and renames it into place, so a failed run
-/// never leaves a half-written output behind. This is every command's writer of files (the
-/// plots draw into [`temp_path`] after [`check_target`] and rename the same way).
+/// Writes `bytes` to a temporary name beside `path` and renames it into place, so a failed or
+/// interrupted run never leaves a half-written output behind (the temporary file is removed on
+/// error, panic, SIGINT and SIGTERM: [`output_guard::TempFile`]). This is every command's
+/// writer of files (the plots draw into a [`output_guard::TempFile`] at [`temp_path`] after
+/// [`check_target`] and rename the same way).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     check_target(path)?;
     let tmp = temp_path(path)?;
-    // `create_new`: a file (or a planted link) already at the temporary name is never followed.
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .and_then(|mut file| file.write_all(bytes))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
+    let written = output_guard::TempFile::create(&tmp).and_then(|(temp, mut file)| {
+        file.write_all(bytes)?;
+        temp.hold_for_tests();
+        std::fs::rename(temp.path(), path)
+    });
+    written.map_err(|e| Error::io(path, e))
 }
 
 /// An error unless `path` is a place for an output file: absent, or a regular file (a link is
@@ -78,7 +75,9 @@ pub fn temp_path(path: &Path) -> Result<PathBuf> {
 /// regular file ([`check_target`]), and none may be one of the command's inputs or another of
 /// its outputs (compared as canonical paths, so `./a`, `dir/../a` and links are caught): a run
 /// never overwrites what it reads, nor writes two results to one file. `None` entries (files
-/// not asked for) are skipped; each path comes with the flag that named it.
+/// not asked for) are skipped; each path comes with the flag that named it. Each output is then
+/// locked for the rest of the process ([`output_guard::lock_output`]): a second run on one of
+/// them fails here, before any work.
 pub fn check_outputs(
     inputs: &[(&str, Option<&Path>)],
     outputs: &[(&str, Option<&Path>)],
@@ -98,7 +97,7 @@ pub fn check_outputs(
         .iter()
         .filter_map(|&(flag, p)| Some((flag, resolve(p?)?)))
         .collect();
-    let mut seen: Vec<(&str, PathBuf)> = Vec::new();
+    let mut seen: Vec<(&str, PathBuf, &Path)> = Vec::new();
     for &(flag, path) in outputs {
         let Some(path) = path else { continue };
         check_target(path)?;
@@ -109,8 +108,8 @@ pub fn check_outputs(
             .map(|(f, _)| format!("the command reads it ({f})"))
             .or_else(|| {
                 seen.iter()
-                    .find(|(_, p)| *p == full)
-                    .map(|(f, _)| format!("{f} writes it too"))
+                    .find(|(_, p, _)| *p == full)
+                    .map(|(f, _, _)| format!("{f} writes it too"))
             });
         if let Some(why) = clash {
             return Err(Error::input(format!(
@@ -118,7 +117,10 @@ pub fn check_outputs(
                 path.display()
             )));
         }
-        seen.push((flag, full));
+        seen.push((flag, full, path));
+    }
+    for (flag, full, shown) in &seen {
+        output_guard::lock_output(full, flag, shown)?;
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor;
 
 use crate::error::{Error, Result};
+use crate::io::output_guard::TempFile;
 
 const SIZE: (u32, u32) = (960, 680);
 const FONT: &str = "sans-serif";
@@ -156,13 +157,15 @@ fn render(path: &Path, figure: &impl Figure) -> Result<()> {
     if !folder.is_dir() {
         return Err(fail(format!("folder {} does not exist", folder.display())));
     }
-    // The image encoder picks the format by extension: the temporary name ends in `.png`.
+    // The image encoder picks the format by extension: the temporary name ends in the output's
+    // (`.png` or `.svg`). It is created (and recorded, for removal on error or signal) before the encoder fills it.
     let mut tmp = crate::io::temp_path(path)?.into_os_string();
     tmp.push(match format {
         Format::Png => ".png",
         Format::Svg => ".svg",
     });
     let tmp = PathBuf::from(tmp);
+    let (temp, _) = TempFile::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     fn paint<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, figure: &impl Figure) -> DrawResult
     where
         DB::ErrorType: 'static,
@@ -176,13 +179,9 @@ fn render(path: &Path, figure: &impl Figure) -> Result<()> {
         Format::Png => paint(BitMapBackend::new(&tmp, SIZE).into_drawing_area(), figure),
         Format::Svg => paint(SVGBackend::new(&tmp, SIZE).into_drawing_area(), figure),
     };
-    let renamed = drawn
-        .map_err(|e| e.to_string())
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| e.to_string()));
-    renamed.map_err(|message| {
-        let _ = std::fs::remove_file(&tmp);
-        fail(message)
-    })
+    drawn.map_err(|e| fail(e.to_string()))?;
+    temp.hold_for_tests();
+    std::fs::rename(temp.path(), path).map_err(|e| fail(e.to_string()))
 }
 
 /// The range of `values` widened by 5% on each side (and made non-empty).
