@@ -25,6 +25,7 @@ use mscope::weights::WeightsDtype;
 backend_tests! {
     tiny_mistral_matches_transformers,
     tiny_mistral_bf16_matches_transformers,
+    tiny_mistral_as_bf16_matches_transformers,
     tiny_qwen2_matches_transformers,
     tiny_llama3_matches_transformers,
     embed_cli_pools_the_last_token,
@@ -33,8 +34,8 @@ backend_tests! {
 const REFERENCE: &str = "tests/fixtures/decoder_reference.safetensors";
 /// f32 weights and activations: the f32 paths' relative tolerance.
 const F32_TOL: f64 = 1e-5;
-/// bf16 checkpoints (read in place from the map by the CPU's packed GEMM, widened on CUDA, f16 on
-/// wgpu with SHADER_F16): half precision's.
+/// bf16 weights (a bf16 checkpoint, or f32 rounded by `--weights-dtype bf16`; read by the CPU's
+/// packed GEMM, widened on CUDA, f16 on wgpu with SHADER_F16): half precision's.
 const HALF_TOL: f64 = 1e-2;
 
 /// The texts the references were computed on, from the reference file's metadata.
@@ -48,23 +49,36 @@ fn reference_texts() -> Vec<String> {
 /// Every text of the reference through fixture `model` in one packed batch, each sequence's
 /// hidden states checked against transformers' within `tol`; token ids must match exactly.
 fn check_against_transformers(be: &Arc<dyn Backend>, model: &str, tol: f64) {
+    check_weights_dtype(be, model, WeightsDtype::Auto, tol);
+}
+
+/// [`check_against_transformers`] with the GEMM weights loaded as `dtype` says.
+fn check_weights_dtype(be: &Arc<dyn Backend>, model: &str, dtype: WeightsDtype, tol: f64) {
     let dir = repo_path(&format!("tests/fixtures/{model}"));
     let mut worst: f64 = 0.0;
-    for (i, (tokens, err)) in errors(be, &dir, model).into_iter().enumerate() {
+    for (i, (tokens, err)) in errors(be, &dir, model, dtype).into_iter().enumerate() {
         assert!(
             err < tol,
-            "{} {model}: text {i} ({tokens} tokens) relative error {err:e} ≥ {tol:e}",
+            "{} {model} {dtype:?}: text {i} ({tokens} tokens) relative error {err:e} ≥ {tol:e}",
             be.name()
         );
         worst = worst.max(err);
     }
-    eprintln!("{} {model}: worst relative error {worst:e}", be.name());
+    eprintln!(
+        "{} {model} {dtype:?}: worst relative error {worst:e}",
+        be.name()
+    );
 }
 
-/// For each text of the reference, run together as one packed batch through the model in `dir`:
-/// its token count and the relative error of its hidden states against transformers' for
-/// fixture `model` (whose token ids must be the same).
-fn errors(be: &Arc<dyn Backend>, dir: &Path, model: &str) -> Vec<(usize, f64)> {
+/// For each text of the reference, run together as one packed batch through the model in `dir`
+/// with GEMM weights as `dtype` says: its token count and the relative error of its hidden states
+/// against transformers' for fixture `model` (whose token ids must be the same).
+fn errors(
+    be: &Arc<dyn Backend>,
+    dir: &Path,
+    model: &str,
+    dtype: WeightsDtype,
+) -> Vec<(usize, f64)> {
     let texts = reference_texts();
     let encoder = SentenceEncoder::load(dir, be.clone(), &EncoderOptions::default()).unwrap();
     let tokenized = encoder.tokenize(&texts).unwrap();
@@ -77,7 +91,7 @@ fn errors(be: &Arc<dyn Backend>, dir: &Path, model: &str) -> Vec<(usize, f64)> {
         );
     }
 
-    let net = models::load(dir, be.clone(), WeightsDtype::Auto).unwrap();
+    let net = models::load(dir, be.clone(), dtype).unwrap();
     let batch = TokenBatch {
         ids: tokenized.iter().flat_map(|t| t.ids.clone()).collect(),
         type_ids: tokenized.iter().flat_map(|t| t.type_ids.clone()).collect(),
@@ -108,13 +122,19 @@ fn tiny_mistral_bf16_matches_transformers(be: &Arc<dyn Backend>) {
     check_against_transformers(be, "tiny-mistral-bf16", HALF_TOL);
 }
 
+/// `--weights-dtype bf16` on the f32 checkpoint: its weights rounded to bf16 stay within half
+/// precision's tolerance of transformers' f32 hidden states.
+fn tiny_mistral_as_bf16_matches_transformers(be: &Arc<dyn Backend>) {
+    check_weights_dtype(be, "tiny-mistral", WeightsDtype::Bf16, HALF_TOL);
+}
+
 fn tiny_qwen2_matches_transformers(be: &Arc<dyn Backend>) {
     check_against_transformers(be, "tiny-qwen2", F32_TOL);
 }
 
 /// A bf16 checkpoint's fused Q/K/V stack and embedding reach the CPU as bf16 views of the memory
-/// map under `auto` (no copy, no widening), rows in the parts' order and equal to their widened
-/// values; `f32` widens them and `f16` rounds a converted copy.
+/// map under `auto` and `bf16` (no copy, no widening), rows in the parts' order and equal to their
+/// widened values; `f32` widens them and `f16` rounds a converted copy.
 #[test]
 fn cpu_keeps_bf16_stacks_in_the_map() {
     let dir = repo_path("tests/fixtures/tiny-mistral-bf16");
@@ -140,6 +160,7 @@ fn cpu_keeps_bf16_stacks_in_the_map() {
     let cpu = CpuBackend::new();
     for (dtype, want) in [
         (WeightsDtype::Auto, DType::BF16),
+        (WeightsDtype::Bf16, DType::BF16),
         (WeightsDtype::F32, DType::F32),
         (WeightsDtype::F16, DType::F16),
     ] {
@@ -167,6 +188,38 @@ fn cpu_keeps_bf16_stacks_in_the_map() {
     }
 }
 
+/// `bf16` on an f32 checkpoint: the CPU gets bf16 stacks of the weights rounded to nearest.
+#[test]
+fn cpu_rounds_f32_weights_to_bf16() {
+    let dir = repo_path("tests/fixtures/tiny-mistral");
+    let config = DecoderConfig::read(&dir).unwrap();
+    let mut weights = Weights::open(&dir).unwrap();
+    weights
+        .resolve_prefix("embed_tokens.weight", &["model.", ""])
+        .unwrap();
+    let (h, inter) = (config.hidden_size, config.intermediate_size);
+    let parts = [
+        ("layers.0.mlp.gate_proj".to_string(), inter),
+        ("layers.0.mlp.up_proj".to_string(), inter),
+    ];
+    let mut rounded = Vec::new();
+    for (name, rows) in &parts {
+        let name = format!("{name}.weight");
+        assert_eq!(weights.dtype(&name).unwrap(), DType::F32);
+        let values = weights.f32(&name, &[*rows, h]).unwrap();
+        rounded.extend(values.iter().map(|&v| half::bf16::from_f32(v).to_f32()));
+    }
+    let cpu = CpuBackend::new();
+    let loader = Loader {
+        weights: &weights,
+        backend: &cpu,
+        weights_dtype: WeightsDtype::Bf16,
+    };
+    let gate_up = loader.fused_linear(&parts, h, false).unwrap().weight;
+    assert_eq!(gate_up.dtype(), DType::BF16);
+    assert_eq!(cpu.download(&gate_up).unwrap(), rounded);
+}
+
 fn tiny_llama3_matches_transformers(be: &Arc<dyn Backend>) {
     check_against_transformers(be, "tiny-llama3", F32_TOL);
 }
@@ -179,7 +232,7 @@ fn tiny_llama3_without_its_scaling_misses_transformers() {
         c["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 1e4});
     });
     let cpu = backend::open(BackendKind::Cpu, OpFamily::Encoder).unwrap();
-    for (i, (tokens, err)) in errors(&cpu, dir.path(), "tiny-llama3")
+    for (i, (tokens, err)) in errors(&cpu, dir.path(), "tiny-llama3", WeightsDtype::Auto)
         .into_iter()
         .enumerate()
     {

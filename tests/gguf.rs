@@ -147,7 +147,7 @@ fn dequantises_into_a_caller_buffer_of_the_right_length_only() {
         gguf.dequantize_f16_into(name, &mut halves),
         &["t.q4_k", &len],
     );
-    error_naming(gguf.tensor(name, DType::BF16), &["t.q4_k", "BF16"]);
+    error_naming(gguf.tensor(name, DType::I64), &["t.q4_k", "I64"]);
     error_naming(
         gguf.tensor("missing", DType::F32),
         &["types.gguf", "no tensor `missing`"],

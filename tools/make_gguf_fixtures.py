@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Generate the GGUF reader's fixtures (run by hand; outputs are committed).
 
-Usage (from the repository root, in a venv holding only the PyPI packages gguf and numpy):
+Usage (from the repository root, in a venv holding the PyPI packages gguf and numpy, plus torch and
+transformers for the SentencePiece-vocabulary files, which are skipped with a note without them):
 
-    python3 -m venv tools/.venv && tools/.venv/bin/pip install gguf numpy
+    python3 -m venv tools/.venv && tools/.venv/bin/pip install gguf numpy torch transformers
     tools/.venv/bin/python tools/make_gguf_fixtures.py [SMOLLM2_GGUF]
 
 SMOLLM2_GGUF defaults to .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf (tools/fetch-smollm2.sh);
@@ -22,6 +23,19 @@ Writes to tests/fixtures/gguf/:
   smollm2.json               the real file as gguf.GGUFReader reads it: every tensor's
                              [name, ggml type, numpy shape] in file order, and its scalar metadata
   smollm2_reference.safetensors  gguf.quants.dequantize of the first rows of two real tensors
+  tiny-llama-spm.gguf        a random-init llama model (2 layers, hidden 64, 4 query / 2 KV heads;
+                             F32 norms and embeddings, F16 attention, Q8_0 feed-forward, Q/K rows
+                             permuted as llama.cpp stores them) with a SentencePiece-style BPE
+                             vocabulary (`tokenizer.ggml.model` llama: tokens, scores, token types,
+                             byte-fallback tokens <0x00>..<0xFF>, no merges) learned by a small BPE
+                             trainer below on a multilingual corpus; add_bos_token true
+  tiny-llama-spm-eos.gguf    the same vocabulary, no tensors, add_bos_token false, add_eos_token
+                             true, add_space_prefix false
+  tiny_llama_spm_reference.safetensors  as transformers builds and runs them from the files
+                             (AutoTokenizer / AutoModel with gguf_file=, float32): `ids/I` and
+                             `eos_ids/I` (I64) the token ids of text I from each file, `last` and
+                             `mean` (F32 [texts, 64]) the last-token and mean-pooled
+                             last_hidden_state of each non-empty text; metadata `texts` (JSON)
 
 Quantised types that gguf.quants can quantise (Q8_0, Q4_0, Q4_1, BF16) are made from seeded random
 values; for the K-quants, which it can only dequantise, the blocks are seeded random bytes with
@@ -29,8 +43,10 @@ finite, moderate half-precision super-block scales. The script is deterministic.
 """
 
 import json
+import re
 import struct
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -185,9 +201,214 @@ def make_smollm2(path):
     (OUT / "smollm2.json").write_text(text)
 
 
+# SentencePiece-style vocabulary: llama.cpp's token types.
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE = 1, 2, 3, 4, 6
+SPM_MERGES = 420
+SPM_CORPUS = [
+    "the quick brown fox jumps over the lazy dog and the cat sat on the mat",
+    "language models represent text as sequences of tokens learned from data",
+    "the embedding of a sentence is the hidden state of its last token",
+    "Grüße aus Zürich: ça va très bien, merci beaucoup pour la réponse",
+    "das Wetter ist heute schön und wir gehen über die Brücke",
+    "Привет, мир! Как дела? Сегодня хорошая погода, и мы идём гулять",
+    "Γειά σου κόσμε, η γλώσσα είναι ωραία",
+    "مرحبا بالعالم، كيف حالك اليوم",
+    "東京は日本の首都です。北京是中国的首都。",
+    "def f(x): return x ** 2 + 3.14159 * (y - 1) / 2, [0, 1, 2]",
+    "numbers 1234567890 and symbols !?;:'\"()<>{}#@&%$-_=+|~`^",
+]
+
+
+def train_spm_bpe(corpus, merges):
+    """SentencePiece BPE in miniature: text with spaces as ▁ and a ▁ prepended, split before each
+    ▁ into words, and the most frequent adjacent pair of symbols merged `merges` times (ties to the
+    smaller pair). Returns the merged pieces in learning order and the characters by frequency."""
+    words = Counter()
+    for line in corpus:
+        for word in re.findall("▁[^▁]*|[^▁]+", "▁" + line.replace(" ", "▁")):
+            words[tuple(word)] += 1
+    chars = Counter()
+    for word, n in words.items():
+        for c in word:
+            chars[c] += n
+    pieces = []
+    for _ in range(merges):
+        pairs = Counter()
+        for word, n in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += n
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        pieces.append(best[0] + best[1])
+        merged = Counter()
+        for word, n in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if word[i : i + 2] == best:
+                    out.append(best[0] + best[1])
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged[tuple(out)] += n
+        words = merged
+    return pieces, sorted(chars, key=lambda c: (-chars[c], c))
+
+
+def spm_vocab():
+    """(tokens, scores, types) laid out as a llama vocabulary: <unk>, <s>, </s>, the 256 byte
+    tokens, learned pieces scored -rank (with runs of ▁ as Llama has them), the characters scored
+    below every piece, and one user-defined token."""
+    pieces, chars = train_spm_bpe(SPM_CORPUS, SPM_MERGES)
+    for run in ["▁▁", "▁▁▁▁", "▁▁▁"]:  # code indentation, as in Llama's vocabulary
+        if run not in pieces:
+            pieces.insert(len(pieces) // 3, run)
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    scores = [0.0] * len(tokens)
+    types = [UNKNOWN, CONTROL, CONTROL] + [BYTE] * 256
+    learned = pieces + [c for c in chars if c not in pieces]
+    tokens += learned
+    scores += [-float(i) for i in range(len(learned))]
+    types += [NORMAL] * len(learned)
+    tokens.append("<|sep|>")
+    scores.append(0.0)
+    types.append(USER_DEFINED)
+    assert len(set(tokens)) == len(tokens)
+    return tokens, scores, types
+
+
+# A paragraph repeated with a counter, long enough to pass 1 000 tokens.
+SPM_LONG = " ".join(
+    f"Section {i}: the quick brown fox jumps over the lazy dog, then rests by the river." for i in range(40)
+)
+SPM_TEXTS = [
+    "The cat sat on the mat.",
+    "Grüße aus Zürich — ça va très bien, merci!",
+    "東京は日本の首都です。北京是中国的首都。ソウルは韓国の首都です。",
+    "Привет, мир! Как дела? مرحبا بالعالم Γειά σου",
+    "Emoji: 🚀🔥👍🏽 and a family 👨‍👩‍👧‍👦 plus a flag 🇫🇷.",
+    "   leading spaces,\ttabs\t\tand\n\n\nnewlines    between     words   ",
+    "def f(x):\n    return x ** 2  # 3.14159, 1234567890",
+    " one leading space and one trailing ",
+    "<s>specials in the text</s> <unk> and <|sep|>, ▁ a metaspace already",
+    "",
+    SPM_LONG,
+]
+
+
+def write_spm_gguf(path, tokens, scores, types, add_bos, add_eos, model=None):
+    """A llama GGUF holding the vocabulary and, when `model` (a LlamaModel) is given, its config
+    and weights as llama.cpp's converter writes them."""
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_add_bos_token(add_bos)
+    writer.add_add_eos_token(add_eos)
+    if model is None:
+        writer.add_add_space_prefix(False)
+    else:
+        cfg = model.config
+        head_dim = cfg.hidden_size // cfg.num_attention_heads
+        writer.add_context_length(cfg.max_position_embeddings)
+        writer.add_embedding_length(cfg.hidden_size)
+        writer.add_block_count(cfg.num_hidden_layers)
+        writer.add_feed_forward_length(cfg.intermediate_size)
+        writer.add_head_count(cfg.num_attention_heads)
+        writer.add_head_count_kv(cfg.num_key_value_heads)
+        writer.add_rope_dimension_count(head_dim)
+        writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+        writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+
+        def permute(w, heads):  # transformers' row h·d/2 + i stored as row 2i + h, per head
+            return w.reshape(heads, 2, head_dim // 2, -1).swapaxes(1, 2).reshape(w.shape)
+
+        state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+        writer.add_tensor("token_embd.weight", state["embed_tokens.weight"])
+        writer.add_tensor("output_norm.weight", state["norm.weight"])
+        for layer in range(cfg.num_hidden_layers):
+            get = lambda name: state[f"layers.{layer}.{name}.weight"]
+            blk = f"blk.{layer}"
+            writer.add_tensor(f"{blk}.attn_norm.weight", get("input_layernorm"))
+            writer.add_tensor(f"{blk}.ffn_norm.weight", get("post_attention_layernorm"))
+            attention = {
+                "attn_q": permute(get("self_attn.q_proj"), cfg.num_attention_heads),
+                "attn_k": permute(get("self_attn.k_proj"), cfg.num_key_value_heads),
+                "attn_v": get("self_attn.v_proj"),
+                "attn_output": get("self_attn.o_proj"),
+            }
+            for name, w in attention.items():
+                writer.add_tensor(f"{blk}.{name}.weight", w.astype(np.float16))
+            for name, hf in [("ffn_gate", "gate_proj"), ("ffn_up", "up_proj"), ("ffn_down", "down_proj")]:
+                w = get(f"mlp.{hf}")
+                writer.add_tensor(f"{blk}.{name}.weight", gguf.quants.quantize(w, Q.Q8_0), raw_dtype=Q.Q8_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def make_tiny_llama_spm():
+    try:
+        import torch
+        import transformers
+        from transformers import AutoModel, AutoTokenizer, LlamaConfig, LlamaModel
+    except ImportError:
+        print("torch and transformers are absent: the SentencePiece GGUF fixtures are skipped", file=sys.stderr)
+        return
+    tokens, scores, types = spm_vocab()
+    torch.manual_seed(15)
+    config = LlamaConfig(
+        vocab_size=len(tokens), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True,
+    )
+    model = LlamaModel(config).eval()
+    for p in model.parameters():  # norms away from 1, so a misread one shows
+        if p.dim() == 1:
+            p.data.uniform_(0.5, 1.5)
+    write_spm_gguf(OUT / "tiny-llama-spm.gguf", tokens, scores, types, True, False, model)
+    write_spm_gguf(OUT / "tiny-llama-spm-eos.gguf", tokens, scores, types, False, True)
+
+    tokenizer = AutoTokenizer.from_pretrained(OUT, gguf_file="tiny-llama-spm.gguf")
+    eos_tokenizer = AutoTokenizer.from_pretrained(OUT, gguf_file="tiny-llama-spm-eos.gguf")
+    reference = AutoModel.from_pretrained(OUT, gguf_file="tiny-llama-spm.gguf", dtype=torch.float32).eval()
+    arrays, lasts, means = {}, [], []
+    for i, text in enumerate(SPM_TEXTS):
+        ids = tokenizer(text)["input_ids"]
+        arrays[f"ids/{i}"] = np.array(ids, dtype=np.int64)
+        arrays[f"eos_ids/{i}"] = np.array(eos_tokenizer(text)["input_ids"], dtype=np.int64)
+        if text:
+            with torch.no_grad():
+                hidden = reference(input_ids=torch.tensor([ids])).last_hidden_state[0].numpy()
+            lasts.append(hidden[-1])
+            means.append(hidden.mean(axis=0))
+        print(f"text {i}: {len(ids)} tokens", file=sys.stderr)
+    assert len(arrays[f"ids/{len(SPM_TEXTS) - 1}"]) > 1000
+    arrays["last"] = np.stack(lasts).astype(np.float32)
+    arrays["mean"] = np.stack(means).astype(np.float32)
+    from safetensors.numpy import save_file
+
+    save_file(
+        arrays,
+        OUT / "tiny_llama_spm_reference.safetensors",
+        metadata={
+            "texts": json.dumps(SPM_TEXTS, ensure_ascii=False),
+            "torch_version": torch.__version__,
+            "transformers_version": transformers.__version__,
+        },
+    )
+
+
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
     make_types()
+    make_tiny_llama_spm()
     real = Path(sys.argv[1]) if len(sys.argv) > 1 else SMOLLM2
     if real.is_file():
         make_smollm2(real)

@@ -51,8 +51,8 @@ pub fn open(path: &Path) -> Result<Gguf> {
     Gguf::open(path)
 }
 
-/// Loads the decoder of a GGUF file onto `backend`: its tensors dequantised to f32, or to f16
-/// when `weights_dtype` asks for it.
+/// Loads the decoder of a GGUF file onto `backend`: its tensors dequantised to f32, or to f16 /
+/// bf16 when `weights_dtype` asks for it.
 pub fn load(
     path: &Path,
     backend: Arc<dyn Backend>,
@@ -246,6 +246,7 @@ impl GgufTensors<'_> {
         let data = match tensor.into_data() {
             HostData::F32(v) => HostData::F32(unpermute_rows(&v, heads, cols)),
             HostData::F16(v) => HostData::F16(unpermute_rows(&v, heads, cols)),
+            HostData::BF16(v) => HostData::BF16(unpermute_rows(&v, heads, cols)),
             other => other,
         };
         HostTensor::new(shape.to_vec(), data)
@@ -277,11 +278,12 @@ impl TensorSource for GgufTensors<'_> {
         Ok(Cow::Owned(self.read(name, shape, DType::F32)?.into_f32()))
     }
 
-    /// Quantised blocks have no element type to keep: f16 when asked for, else f32.
+    /// Quantised blocks have no element type to keep: f16 or bf16 when asked for, else f32.
     fn stacked_dtype(&self, _names: &[String], dtype: WeightsDtype) -> Result<DType> {
         Ok(match dtype {
             WeightsDtype::F16 => DType::F16,
-            _ => DType::F32,
+            WeightsDtype::Bf16 => DType::BF16,
+            WeightsDtype::Auto | WeightsDtype::F32 => DType::F32,
         })
     }
 

@@ -77,11 +77,10 @@ impl TensorSource for Weights {
         Weights::stacked_dtype(self, names, dtype)
     }
     fn matrix(&self, name: &str, shape: &[usize], dtype: DType) -> Result<HostTensor> {
-        // Converted to the stack's element type: forcing F32 or F16 gives that type; Auto picked
-        // BF16 only where every part is BF16, and keeps each one so.
+        // Converted to the stack's element type.
         let policy = match dtype {
             DType::F16 => WeightsDtype::F16,
-            DType::BF16 => WeightsDtype::Auto,
+            DType::BF16 => WeightsDtype::Bf16,
             _ => WeightsDtype::F32,
         };
         Weights::stacked(self, std::slice::from_ref(&name.to_string()), shape, policy)

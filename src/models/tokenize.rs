@@ -18,14 +18,26 @@ use crate::error::{Error, Result};
 use crate::weights::Gguf;
 
 /// `tokenizer.ggml.model` values [`TextTokenizer::from_gguf`] builds.
-pub const GGUF_TOKENIZER_MODELS: [&str; 1] = ["gpt2"];
+pub const GGUF_TOKENIZER_MODELS: [&str; 2] = ["gpt2", "llama"];
 
 /// `tokenizer.ggml.pre` values whose text split is GPT-2's own: transformers gives other
 /// vocabularies (llama3, qwen2, …) a split regex of their own, not built here.
 pub const GGUF_PRE_TOKENIZERS: [&str; 3] = ["default", "gpt2", "smollm"];
 
-/// llama.cpp's `tokenizer.ggml.token_type` of a control token (`<|endoftext|>`, …).
+/// llama.cpp's `tokenizer.ggml.token_type` of a control token (`<|endoftext|>`, `<s>`, …).
 const CONTROL: i32 = 3;
+/// llama.cpp's `tokenizer.ggml.token_type` of a user-defined token (`<think>`, …): matched whole
+/// in the text, but not special.
+const USER_DEFINED: i32 = 4;
+
+/// The metadata keys of the token ids transformers makes special tokens (BOS, EOS, unknown,
+/// padding), whatever their token type.
+const NAMED_SPECIALS: [&str; 4] = [
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.unknown_token_id",
+    "tokenizer.ggml.padding_token_id",
+];
 
 /// Token ids of one text, special tokens included.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,104 +67,28 @@ impl TextTokenizer {
         Self::new(inner, path, max_length)
     }
 
-    /// The byte-level BPE of a GGUF file whose `tokenizer.ggml.model` is `gpt2` (and whose
-    /// `tokenizer.ggml.pre`, if any, splits text as GPT-2 does), as transformers builds it: the
-    /// vocabulary and merges as stored (tokens spelled outside GPT-2's byte alphabet respelled
-    /// into it), the plain GPT-2 split and byte mapping, control tokens kept whole, a BOS only
-    /// under `tokenizer.ggml.add_bos_token`.
+    /// The tokenizer a GGUF file's `tokenizer.ggml.*` metadata describes, as transformers builds
+    /// it: `gpt2` a byte-level BPE ([`byte_level_bpe`]), `llama` a SentencePiece-style BPE with
+    /// byte fallback ([`super::tokenize_spm::sentencepiece_bpe`]). Both keep the file's control
+    /// tokens, and its BOS / EOS / unknown / padding tokens, whole as special tokens and its
+    /// user-defined tokens whole as plain ones, and add BOS / EOS as
+    /// `tokenizer.ggml.add_bos_token` / `add_eos_token` say (a llama vocabulary adds BOS when the
+    /// file does not say).
     pub fn from_gguf(gguf: &Gguf, max_length: usize) -> Result<Self> {
         let path = gguf.path().to_path_buf();
-        // `tokenizer.ggml.pre` may be absent; the model may not.
-        let checks = [
-            ("tokenizer.ggml.model", &GGUF_TOKENIZER_MODELS[..], true),
-            ("tokenizer.ggml.pre", &GGUF_PRE_TOKENIZERS[..], false),
-        ];
-        for (key, supported, required) in checks {
-            if !required && gguf.get(key).is_none() {
-                continue;
-            }
-            let value = gguf.get_str(key)?;
-            if !supported.contains(&value) {
-                return Err(Error::Tokenizer {
-                    path,
-                    message: format!(
-                        "{key} {value:?} is not supported (supported: {})",
-                        supported.join(", ")
+        let inner = match gguf.get_str("tokenizer.ggml.model")? {
+            "gpt2" => byte_level_bpe(gguf)?,
+            "llama" => super::tokenize_spm::sentencepiece_bpe(gguf)?,
+            other => {
+                return Err(gguf_error(
+                    gguf,
+                    format!(
+                        "tokenizer.ggml.model {other:?} is not supported (supported: {})",
+                        GGUF_TOKENIZER_MODELS.join(", ")
                     ),
-                });
+                ))
             }
-        }
-        let alphabet = byte_alphabet();
-        let tokens: Vec<String> = gguf
-            .get_str_array("tokenizer.ggml.tokens")?
-            .into_iter()
-            .map(|t| {
-                if t.chars().all(|c| alphabet.contains(&c)) {
-                    t.to_string()
-                } else {
-                    t.bytes().map(|b| alphabet[b as usize]).collect()
-                }
-            })
-            .collect();
-        let vocab: Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        let merges = gguf
-            .get_str_array("tokenizer.ggml.merges")?
-            .into_iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| Error::Tokenizer {
-                        path: path.clone(),
-                        message: format!("tokenizer.ggml.merges entry {m:?} is not two tokens"),
-                    })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| fail(&path, e))?;
-        let mut inner = Tokenizer::new(bpe);
-        let prefix_space = match gguf.get("tokenizer.ggml.add_space_prefix") {
-            Some(_) => gguf.get_bool("tokenizer.ggml.add_space_prefix")?,
-            None => false,
         };
-        inner.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(prefix_space)));
-        inner.with_decoder(Some(ByteLevelDecoder::default()));
-        if gguf.get("tokenizer.ggml.add_bos_token").is_some()
-            && gguf.get_bool("tokenizer.ggml.add_bos_token")?
-        {
-            let id = gguf.get_u32("tokenizer.ggml.bos_token_id")?;
-            let bos = tokens.get(id as usize).ok_or_else(|| Error::Tokenizer {
-                path: path.clone(),
-                message: format!("tokenizer.ggml.bos_token_id {id} is outside the vocabulary"),
-            })?;
-            let template = TemplateProcessing::builder()
-                .try_single(format!("{bos} $A"))
-                .and_then(|b| {
-                    b.special_tokens(vec![(bos.clone(), id)])
-                        .build()
-                        .map_err(|e| e.to_string())
-                })
-                .map_err(|e| Error::Tokenizer {
-                    path: path.clone(),
-                    message: format!("BOS template: {e}"),
-                })?;
-            inner.with_post_processor(Some(template));
-        }
-        if gguf.get("tokenizer.ggml.token_type").is_some() {
-            let control: Vec<AddedToken> = gguf
-                .get_i32_array("tokenizer.ggml.token_type")?
-                .into_iter()
-                .zip(&tokens)
-                .filter(|&(kind, t)| kind == CONTROL && t.chars().all(|c| alphabet.contains(&c)))
-                .map(|(_, t)| AddedToken::from(t.clone(), true).normalized(false))
-                .collect();
-            inner.add_special_tokens(&control);
-        }
         Self::new(inner, path, max_length)
     }
 
@@ -234,7 +170,198 @@ fn read_tokenizer_json(path: &Path) -> Result<Tokenizer> {
         .map_err(|e| fail(path, e))
 }
 
-fn fail(path: &Path, e: tokenizers::Error) -> Error {
+/// The byte-level BPE of a GGUF file whose `tokenizer.ggml.model` is `gpt2` (and whose
+/// `tokenizer.ggml.pre`, if any, splits text as GPT-2 does), as transformers builds it: the
+/// vocabulary and merges as stored (tokens spelled outside GPT-2's byte alphabet respelled into
+/// it), the plain GPT-2 split and byte mapping, specials as [`TextTokenizer::from_gguf`] says.
+fn byte_level_bpe(gguf: &Gguf) -> Result<Tokenizer> {
+    let path = gguf.path().to_path_buf();
+    if gguf.get("tokenizer.ggml.pre").is_some() {
+        let pre = gguf.get_str("tokenizer.ggml.pre")?;
+        if !GGUF_PRE_TOKENIZERS.contains(&pre) {
+            return Err(gguf_error(
+                gguf,
+                format!(
+                    "tokenizer.ggml.pre {pre:?} is not supported with tokenizer.ggml.model \
+                     \"gpt2\" (supported: {})",
+                    GGUF_PRE_TOKENIZERS.join(", ")
+                ),
+            ));
+        }
+    }
+    let alphabet = byte_alphabet();
+    let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
+    let tokens: Vec<String> = gguf
+        .get_str_array("tokenizer.ggml.tokens")?
+        .into_iter()
+        .map(|t| {
+            if in_alphabet(t) {
+                t.to_string()
+            } else {
+                t.bytes().map(|b| alphabet[b as usize]).collect()
+            }
+        })
+        .collect();
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let merges = stored_merges(gguf)?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| fail(&path, e))?;
+    let mut inner = Tokenizer::new(bpe);
+    let prefix_space = match gguf.get("tokenizer.ggml.add_space_prefix") {
+        Some(_) => gguf.get_bool("tokenizer.ggml.add_space_prefix")?,
+        None => false,
+    };
+    inner.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(prefix_space)));
+    inner.with_decoder(Some(ByteLevelDecoder::default()));
+    // A token marked special outside the byte alphabet is a llama.cpp mislabel transformers
+    // skips: adding it would give it an id past the vocabulary.
+    add_gguf_specials(gguf, &mut inner, &tokens, &in_alphabet, false)?;
+    Ok(inner)
+}
+
+/// `tokenizer.ggml.merges` split into pairs.
+pub(super) fn stored_merges(gguf: &Gguf) -> Result<Vec<(String, String)>> {
+    gguf.get_str_array("tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| {
+                    gguf_error(
+                        gguf,
+                        format!("tokenizer.ggml.merges entry {m:?} is not two tokens"),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Adds to `inner` (whose vocabulary is `tokens`, as spelled in it) the special and plain added
+/// tokens transformers gives a GGUF tokenizer, and its BOS / EOS post-processor: control tokens
+/// and the named BOS / EOS / unknown / padding tokens special, user-defined ones plain, each only
+/// if `keep` accepts its spelling; BOS added under `tokenizer.ggml.add_bos_token` (its absence
+/// read as `bos_by_default`), EOS under `add_eos_token`.
+pub(super) fn add_gguf_specials(
+    gguf: &Gguf,
+    inner: &mut Tokenizer,
+    tokens: &[String],
+    keep: &dyn Fn(&str) -> bool,
+    bos_by_default: bool,
+) -> Result<()> {
+    let token = |key: &str| named_token(gguf, tokens, key);
+    let kinds = match gguf.get("tokenizer.ggml.token_type") {
+        Some(_) => gguf.get_i32_array("tokenizer.ggml.token_type")?,
+        None => Vec::new(),
+    };
+    let mut special: Vec<AddedToken> = kinds
+        .iter()
+        .zip(tokens)
+        .filter(|&(&kind, t)| kind == CONTROL && keep(t))
+        .map(|(_, t)| AddedToken::from(t.clone(), true).normalized(false))
+        .collect();
+    for key in NAMED_SPECIALS {
+        if let Some((t, _)) = token(key)? {
+            if keep(t) {
+                special.push(AddedToken::from(t.clone(), true).normalized(false));
+            }
+        }
+    }
+    inner.add_special_tokens(&special);
+    let plain: Vec<AddedToken> = kinds
+        .iter()
+        .zip(tokens)
+        .filter(|&(&kind, t)| kind == USER_DEFINED && keep(t))
+        .map(|(_, t)| AddedToken::from(t.clone(), false).normalized(false))
+        .collect();
+    inner.add_tokens(&plain);
+
+    let flag = |key: &str, default: bool| match gguf.get(key) {
+        Some(_) => gguf.get_bool(key),
+        None => Ok(default),
+    };
+    let mut ends = Vec::new();
+    for (add, id_key, name) in [
+        ("tokenizer.ggml.add_bos_token", NAMED_SPECIALS[0], "BOS"),
+        ("tokenizer.ggml.add_eos_token", NAMED_SPECIALS[1], "EOS"),
+    ] {
+        let default = bos_by_default && name == "BOS";
+        if !flag(add, default)? {
+            ends.push(None);
+            continue;
+        }
+        let found = token(id_key)?.ok_or_else(|| {
+            gguf_error(
+                gguf,
+                format!("{add} is true but the file has no {id_key} ({name} token)"),
+            )
+        })?;
+        ends.push(Some(found));
+    }
+    if ends.iter().all(Option::is_none) {
+        return Ok(());
+    }
+    let template: Vec<String> = [
+        ends[0].map(|(t, _)| t.clone()),
+        Some("$A".into()),
+        ends[1].map(|(t, _)| t.clone()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let specials: Vec<(String, u32)> = ends
+        .iter()
+        .flatten()
+        .map(|&(t, id)| (t.clone(), id))
+        .collect();
+    let processor = TemplateProcessing::builder()
+        .try_single(template.join(" "))
+        .and_then(|b| {
+            b.special_tokens(specials)
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| gguf_error(gguf, format!("BOS/EOS template: {e}")))?;
+    inner.with_post_processor(Some(processor));
+    Ok(())
+}
+
+/// The token (and its id) metadata `key` names, if the file has the key.
+fn named_token<'t>(
+    gguf: &Gguf,
+    tokens: &'t [String],
+    key: &str,
+) -> Result<Option<(&'t String, u32)>> {
+    if gguf.get(key).is_none() {
+        return Ok(None);
+    }
+    let id = gguf.get_u32(key)?;
+    match tokens.get(id as usize) {
+        Some(t) => Ok(Some((t, id))),
+        None => Err(gguf_error(
+            gguf,
+            format!(
+                "{key} {id} is outside the vocabulary of {} tokens",
+                tokens.len()
+            ),
+        )),
+    }
+}
+
+/// A tokenizer error naming the GGUF file.
+pub(super) fn gguf_error(gguf: &Gguf, message: String) -> Error {
+    Error::Tokenizer {
+        path: gguf.path().to_path_buf(),
+        message,
+    }
+}
+
+pub(super) fn fail(path: &Path, e: tokenizers::Error) -> Error {
     Error::Tokenizer {
         path: path.to_path_buf(),
         message: e.to_string(),

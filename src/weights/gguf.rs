@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use half::f16;
+use half::{bf16, f16};
 use memmap2::Mmap;
 
 use super::gguf_metadata::read_value;
@@ -265,7 +265,8 @@ impl Gguf {
         self.dequantize_with(name, out, f16::from_f32)
     }
 
-    /// The tensor dequantised to `dtype` (F32 or F16) with its row-major shape.
+    /// The tensor dequantised to `dtype` (F32, F16 or BF16, each value rounded to nearest) with
+    /// its row-major shape.
     pub fn tensor(&self, name: &str, dtype: DType) -> Result<HostTensor> {
         let info = self.tensor_info(name)?;
         let data = match dtype {
@@ -279,9 +280,14 @@ impl Gguf {
                 self.dequantize_f16_into(name, &mut values)?;
                 HostData::F16(values)
             }
+            DType::BF16 => {
+                let mut values = vec![bf16::ZERO; info.len()];
+                self.dequantize_with(name, &mut values, bf16::from_f32)?;
+                HostData::BF16(values)
+            }
             other => {
                 return Err(self.error(format!(
-                    "tensor `{name}` can be dequantised to F32 or F16, not {other:?}"
+                    "tensor `{name}` can be dequantised to F32, F16 or BF16, not {other:?}"
                 )))
             }
         };

@@ -46,6 +46,12 @@ pub enum WeightsDtype {
     /// f16 whatever the checkpoint stores (F32 and BF16 values rounded to nearest), on backends
     /// whose kernels read f16; the others widen them back to f32.
     F16,
+    /// bf16 whatever the checkpoint stores (F32 and F16 values rounded to nearest, ties to even;
+    /// a BF16 checkpoint stays in place). Each backend then uploads bf16 as it always does
+    /// ([`crate::backend::Backend::upload_bf16`]): the CPU keeps it (its packed half-precision
+    /// GEMM widens one panel at a time), wgpu, which has no bf16 type, converts it to f16 where
+    /// it keeps f16 and the values fit, CUDA widens it to f32 (exact).
+    Bf16,
 }
 
 const SINGLE_FILE: &str = "model.safetensors";
@@ -364,6 +370,7 @@ impl Weights {
             .collect::<Result<Vec<_>>>()?;
         Ok(match (dtype, stored.first()) {
             (WeightsDtype::F16, _) => DType::F16,
+            (WeightsDtype::Bf16, _) => DType::BF16,
             (WeightsDtype::Auto, Some(&first))
                 if matches!(first, DType::F16 | DType::BF16)
                     && stored.iter().all(|&d| d == first) =>
@@ -399,12 +406,14 @@ impl Weights {
                 HostData::F16(values)
             }
             DType::BF16 => {
-                let mut values = Vec::new();
+                let mut values = Vec::with_capacity(names.len() * shape.iter().product::<usize>());
                 for name in names {
-                    let HostData::BF16(v) = self.host(name, shape)?.into_data() else {
-                        unreachable!("Auto picks BF16 only when every tensor is BF16")
-                    };
-                    values.extend(v);
+                    match self.host(name, shape)?.into_data() {
+                        HostData::BF16(v) => values.extend(v),
+                        _ => {
+                            values.extend(self.f32(name, shape)?.iter().map(|&v| bf16::from_f32(v)))
+                        }
+                    }
                 }
                 HostData::BF16(values)
             }
