@@ -80,7 +80,10 @@ fn bad_tables_are_clear_errors_naming_the_row_or_the_columns() {
     let cases = [
         ("null_embedding.parquet", "row 2: the embedding is null"),
         ("null_element.parquet", "row 1: element 1 is null"),
-        ("empty_embedding.parquet", "row 1: the embedding is an empty list"),
+        (
+            "empty_embedding.parquet",
+            "row 1: the embedding is an empty list",
+        ),
         ("ragged.parquet", "row 3: 1 values, but row 0 has 2"),
         (
             "two_lists.parquet",
@@ -106,7 +109,10 @@ fn bad_tables_are_clear_errors_naming_the_row_or_the_columns() {
     };
     assert_eq!(named("other").unwrap().embeddings, [1.0, 2.0]);
     let err = named("label").unwrap_err().to_string();
-    assert!(err.contains("column `label string` is not a list of floats"), "{err}");
+    assert!(
+        err.contains("column `label string` is not a list of floats"),
+        "{err}"
+    );
     let err = named("nope").unwrap_err().to_string();
     assert!(err.contains("no column `nope`"), "{err}");
 
@@ -210,7 +216,10 @@ fn written_npy_is_numpys_layout() {
     assert_eq!(array.shape, [300, 24]);
     assert_eq!(array.to_f32().unwrap(), file.embeddings);
     // The same bytes as np.save of the same float32 matrix (the fixture tools wrote).
-    assert_eq!(bytes, std::fs::read(fixture("sklearn_embeddings.npy")).unwrap());
+    assert_eq!(
+        bytes,
+        std::fs::read(fixture("sklearn_embeddings.npy")).unwrap()
+    );
 }
 
 /// `mscope embed` of the fixture texts (MiniLM, CPU) into `out`, with extra flags.
@@ -285,7 +294,10 @@ fn embed_formats_round_trip_through_pca() {
     // An outside .npy's labels are numbered in sorted order, so its per-label rows may come in
     // another order; the components are the same.
     for (name, keys) in [
-        ("e.parquet", &["n", "explained_variance", "components", "labels"][..]),
+        (
+            "e.parquet",
+            &["n", "explained_variance", "components", "labels"][..],
+        ),
         ("e.npy", &["n", "explained_variance", "components"][..]),
     ] {
         let got = pca(name);
@@ -297,9 +309,21 @@ fn embed_formats_round_trip_through_pca() {
     let model = common::minilm_dir();
     let texts = fixture("texts.jsonl");
     for (out, format, needle) in [
-        ("x.safetensors", "npy", "the extension says safetensors, but --format is npy"),
-        ("x.parquet", "npy", "the extension says parquet, but --format is npy"),
-        ("x.bin", "parquet", "--format parquet needs the extension .parquet"),
+        (
+            "x.safetensors",
+            "npy",
+            "the extension says safetensors, but --format is npy",
+        ),
+        (
+            "x.parquet",
+            "npy",
+            "the extension says parquet, but --format is npy",
+        ),
+        (
+            "x.bin",
+            "parquet",
+            "--format parquet needs the extension .parquet",
+        ),
     ] {
         assert_fails_cleanly(
             &[

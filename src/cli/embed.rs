@@ -138,15 +138,13 @@ impl OutputFormat {
                 found.name(),
                 flag.name()
             ))),
-            (Some(flag), None) if flag != OutputFormat::Safetensors => {
-                Err(Error::input(format!(
-                    "--out {}: --format {} needs the extension .{} (the analysis commands tell \
+            (Some(flag), None) if flag != OutputFormat::Safetensors => Err(Error::input(format!(
+                "--out {}: --format {} needs the extension .{} (the analysis commands tell \
                      formats by extension)",
-                    out.display(),
-                    flag.name(),
-                    flag.name()
-                )))
-            }
+                out.display(),
+                flag.name(),
+                flag.name()
+            ))),
             (Some(flag), _) => Ok(flag),
         }
     }

@@ -262,7 +262,10 @@ pub fn write_f32(path: &Path, shape: &[usize], values: &[f32]) -> Result<()> {
     let mut header =
         format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {tuple}, }}").into_bytes();
     let unpadded = 10 + header.len() + 1;
-    header.resize(header.len() + unpadded.next_multiple_of(64) - unpadded, b' ');
+    header.resize(
+        header.len() + unpadded.next_multiple_of(64) - unpadded,
+        b' ',
+    );
     header.push(b'\n');
     let mut bytes = Vec::with_capacity(10 + header.len() + 4 * values.len());
     bytes.extend_from_slice(b"\x93NUMPY\x01\x00");

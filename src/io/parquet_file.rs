@@ -107,7 +107,7 @@ fn fields(schema: &SchemaDescriptor) -> Vec<Field> {
             (PhysicalType::BYTE_ARRAY, true) => "string".to_string(),
             (PhysicalType::FLOAT, _) => "float32".into(),
             (PhysicalType::DOUBLE, _) => "float64".into(),
-            (other, _) => other.to_string().to_ascii_lowercase(),
+            (other, _) => format!("{other:?}").to_ascii_lowercase(),
         };
         let described = match (shape, column.max_rep_level()) {
             (Shape::Scalar, _) => format!("{name} {element}"),
@@ -132,7 +132,12 @@ fn is_string(column: &ColumnDescriptor) -> bool {
 }
 
 fn parquet_error(path: &Path) -> impl Fn(::parquet::errors::ParquetError) -> Error + '_ {
-    move |e| Error::input(format!("{}: not a readable Parquet file: {e}", path.display()))
+    move |e| {
+        Error::input(format!(
+            "{}: not a readable Parquet file: {e}",
+            path.display()
+        ))
+    }
 }
 
 /// Reads the embeddings, the label column and the texts of a Parquet table.
@@ -260,7 +265,8 @@ pub fn read(path: &Path, columns: &ColumnChoice) -> Result<ParquetTable> {
             },
         )?;
         if let (Some(f), Some(labels)) = (label, table.labels.as_mut()) {
-            let values = read_scalars(column(f)?, &schema.column(f.leaf), rows).map_err(parquet_error(path))?;
+            let values = read_scalars(column(f)?, &schema.column(f.leaf), rows)
+                .map_err(parquet_error(path))?;
             for (value, row) in values.into_iter().zip(rows_before..) {
                 labels.push(match (value, &class_names) {
                     (Some(Scalar::Int(i)), Some(names)) => Some(
@@ -278,12 +284,15 @@ pub fn read(path: &Path, columns: &ColumnChoice) -> Result<ParquetTable> {
                                 ))
                             })?,
                     ),
-                    (value, _) => value.map(|v| v.into_label(path, &f.name, row)).transpose()?,
+                    (value, _) => value
+                        .map(|v| v.into_label(path, &f.name, row))
+                        .transpose()?,
                 });
             }
         }
         if let (Some(f), Some(texts)) = (text, table.texts.as_mut()) {
-            let values = read_scalars(column(f)?, &schema.column(f.leaf), rows).map_err(parquet_error(path))?;
+            let values = read_scalars(column(f)?, &schema.column(f.leaf), rows)
+                .map_err(parquet_error(path))?;
             for (value, row) in values.into_iter().zip(rows_before..) {
                 match value {
                     Some(Scalar::Text(t)) => texts.push(t),
@@ -505,9 +514,13 @@ fn read_scalars(
     }
     match column {
         ColumnReader::BoolColumnReader(r) => spread(r, rows, max_def, |v| Ok(Scalar::Bool(v))),
-        ColumnReader::Int32ColumnReader(r) => spread(r, rows, max_def, |v| Ok(Scalar::Int(v.into()))),
+        ColumnReader::Int32ColumnReader(r) => {
+            spread(r, rows, max_def, |v| Ok(Scalar::Int(v.into())))
+        }
         ColumnReader::Int64ColumnReader(r) => spread(r, rows, max_def, |v| Ok(Scalar::Int(v))),
-        ColumnReader::FloatColumnReader(r) => spread(r, rows, max_def, |v| Ok(Scalar::Float(v.into()))),
+        ColumnReader::FloatColumnReader(r) => {
+            spread(r, rows, max_def, |v| Ok(Scalar::Float(v.into())))
+        }
         ColumnReader::DoubleColumnReader(r) => spread(r, rows, max_def, |v| Ok(Scalar::Float(v))),
         ColumnReader::ByteArrayColumnReader(r) => spread(r, rows, max_def, |v: ByteArray| {
             Ok(Scalar::Text(v.as_utf8()?.to_owned()))
@@ -527,7 +540,11 @@ pub fn write(
     texts_are_paths: bool,
 ) -> Result<()> {
     let rows = file.rows();
-    assert_eq!(texts.len(), rows, "texts and rows disagree on the row count");
+    assert_eq!(
+        texts.len(),
+        rows,
+        "texts and rows disagree on the row count"
+    );
     super::check_finite_output(path, "embeddings", &file.embeddings, file.dim)?;
     let text_column = if texts_are_paths { "path" } else { "text" };
     let schema = parse_message_type(&format!(
@@ -548,7 +565,10 @@ pub fn write(
     let properties = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         // Dictionary pages only pay for the labels; embeddings rarely repeat.
-        .set_column_dictionary_enabled(ColumnPath::from("embedding.list.element"), false)
+        .set_column_dictionary_enabled(
+            ColumnPath::new(["embedding", "list", "element"].map(String::from).to_vec()),
+            false,
+        )
         .set_key_value_metadata(Some(vec![KeyValue::new(
             METADATA_KEY.to_string(),
             serde_json::to_string(&metadata).expect("metadata serialises"),
