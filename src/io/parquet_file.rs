@@ -355,7 +355,6 @@ fn read_float_lists(
     };
     let max_def = descr.max_def_level();
     let (null_below, empty_below) = list_levels(schema, descr);
-    let mut next_value = 0usize;
     let mut row = rows_before;
     let mut width = 0usize;
     let mut started = false;
@@ -390,8 +389,8 @@ fn read_float_lists(
             };
             return Err(bad(format!("row {row}: {what}")));
         }
-        table.embeddings.push(values[next_value]);
-        next_value += 1;
+        // Every level so far was a value (a missing one returned above), so level i is value i.
+        table.embeddings.push(values[i]);
         width += 1;
     }
     if started {
