@@ -1,4 +1,5 @@
-//! `mscope embed`: texts (or, with a CLIP model, images) → `embeddings.safetensors`.
+//! `mscope embed`: texts (or, with a CLIP model, images) → `embeddings.safetensors`, or a
+//! NumPy `.npy` or a Parquet table (`--format`, else from the extension of `--out`).
 //!
 //! With `--shard I/N` a run embeds only shard `I`'s batches — the batches one process runs
 //! (texts sorted longest first, `--batch-size` per batch), balanced by token count — into
@@ -8,13 +9,10 @@
 //! `OUT.shard-I-of-N.safetensors.blocks/`, resumes from them when rerun, and on SIGTERM stops
 //! between batches with exit status 75.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
-
-use std::path::Path;
-
 use serde_json::json;
 
 use crate::backend::{self, Backend, BackendKind, OpFamily, Pooling};
@@ -26,7 +24,7 @@ use crate::io::images::collect_images;
 use crate::io::shards::{self, Manifest, Shard, ShardFile};
 use crate::io::tensor_file::TensorOut;
 use crate::io::texts::{read_corpus, FieldNames, InputSpec};
-use crate::io::{check_outputs, preemption};
+use crate::io::{check_outputs, npy, parquet_file, preemption};
 use crate::weights::WeightsDtype;
 
 #[derive(Args)]
@@ -57,9 +55,14 @@ pub struct EmbedArgs {
     /// column (paths relative to the list's folder), labelled by `--label-field`.
     #[arg(long, num_args = 1.., value_name = "PATH", conflicts_with = "inputs")]
     images: Vec<PathBuf>,
-    /// Output safetensors file.
+    /// Output file: safetensors (with the texts sidecar OUT.texts.jsonl), .npy (float32
+    /// [rows, dim], labels in the texts sidecar) or .parquet (columns embedding, label, and text
+    /// or path).
     #[arg(long)]
     out: PathBuf,
+    /// Output format [default: from the extension of --out: .npy, .parquet, else safetensors].
+    #[arg(long, value_enum)]
+    format: Option<OutputFormat>,
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     backend: BackendKind,
     /// Texts (or images) per forward pass.
@@ -102,8 +105,67 @@ pub struct EmbedArgs {
     shard: Option<Shard>,
 }
 
+/// What `mscope embed` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Safetensors,
+    Npy,
+    Parquet,
+}
+
+impl OutputFormat {
+    /// The format of `out`: `flag` when given, else from the extension (safetensors for any
+    /// other). The analysis commands tell formats by extension, so a flag that contradicts the
+    /// extension, or names npy or parquet for another extension, is an error.
+    pub fn resolve(out: &Path, flag: Option<Self>) -> Result<Self> {
+        let ext = out
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let by_extension = match ext.as_str() {
+            "npy" => Some(OutputFormat::Npy),
+            "parquet" => Some(OutputFormat::Parquet),
+            "safetensors" => Some(OutputFormat::Safetensors),
+            _ => None,
+        };
+        match (flag, by_extension) {
+            (None, found) => Ok(found.unwrap_or(OutputFormat::Safetensors)),
+            (Some(flag), Some(found)) if flag != found => Err(Error::input(format!(
+                "--out {}: the extension says {}, but --format is {}; make them agree",
+                out.display(),
+                found.name(),
+                flag.name()
+            ))),
+            (Some(flag), None) if flag != OutputFormat::Safetensors => Err(Error::input(format!(
+                "--out {}: --format {} needs the extension .{} (the analysis commands tell \
+                     formats by extension)",
+                out.display(),
+                flag.name(),
+                flag.name()
+            ))),
+            (Some(flag), _) => Ok(flag),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Safetensors => "safetensors",
+            OutputFormat::Npy => "npy",
+            OutputFormat::Parquet => "parquet",
+        }
+    }
+
+    /// Whether the texts (and, for .npy, the labels) go to the sidecar OUT.texts.jsonl; a
+    /// Parquet table holds them in its columns.
+    fn has_sidecar(self) -> bool {
+        self != OutputFormat::Parquet
+    }
+}
+
 pub fn run(args: EmbedArgs) -> Result<()> {
     super::set_threads(args.threads)?;
+    let format = OutputFormat::resolve(&args.out, args.format)?;
     let out_dir = args
         .out
         .parent()
@@ -130,12 +192,15 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             &inputs,
             &[
                 ("--out", Some(&args.out)),
-                ("the texts sidecar", Some(&sidecar)),
+                (
+                    "the texts sidecar",
+                    format.has_sidecar().then_some(sidecar.as_path()),
+                ),
             ],
         )?,
     }
     if !args.images.is_empty() {
-        return run_images(args);
+        return run_images(args, format);
     }
     let fields = FieldNames {
         text: args.text_field.clone(),
@@ -186,10 +251,10 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         normalized: encoder.normalize(),
         max_length: encoder.max_length(),
     };
-    write_with_texts(&args.out, &file, &corpus.texts)?;
+    write_with_texts(&args.out, format, &file, &corpus.texts, false)?;
     let rows = file.rows();
     println!(
-        "embedded {rows} texts ({} tokens, {} labels) with {} on {} in {seconds:.2} s: {:.1} texts/s, {:.0} tokens/s -> {} (texts in {})",
+        "embedded {rows} texts ({} tokens, {} labels) with {} on {} in {seconds:.2} s: {:.1} texts/s, {:.0} tokens/s -> {}{}",
         embedded.tokens,
         file.label_names.len(),
         file.model,
@@ -197,13 +262,13 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         rows as f64 / seconds,
         embedded.tokens as f64 / seconds,
         args.out.display(),
-        sidecar.display()
+        texts_note(format, &sidecar)
     );
     Ok(())
 }
 
 /// `--images`: files and folders through a CLIP model's image tower.
-fn run_images(args: EmbedArgs) -> Result<()> {
+fn run_images(args: EmbedArgs, format: OutputFormat) -> Result<()> {
     let fields = FieldNames {
         text: args.image_field.clone(),
         label: args.label_field.clone(),
@@ -237,37 +302,56 @@ fn run_images(args: EmbedArgs) -> Result<()> {
         normalized: embedder.normalize(),
         max_length: 0,
     };
-    // The sidecar lists each row's image path, so analyses can point at the images.
+    // Each row keeps its image path (sidecar or `path` column), so analyses can point at it.
     let paths: Vec<String> = corpus
         .paths
         .iter()
         .map(|p| p.display().to_string())
         .collect();
-    write_with_texts(&args.out, &file, &paths)?;
-    let sidecar = texts_sidecar_path(&args.out);
+    write_with_texts(&args.out, format, &file, &paths, true)?;
     let rows = file.rows();
     println!(
-        "embedded {rows} images ({} labels) with {} on {} in {seconds:.2} s: {:.1} images/s -> {} (paths in {})",
+        "embedded {rows} images ({} labels) with {} on {} in {seconds:.2} s: {:.1} images/s -> {}{}",
         file.label_names.len(),
         file.model,
         backend.name(),
         rows as f64 / seconds,
         args.out.display(),
-        sidecar.display()
+        texts_note(format, &texts_sidecar_path(&args.out))
     );
     Ok(())
 }
 
-/// Writes the embeddings file, then its texts sidecar, which records the file's row count and
-/// digest (readers refuse a sidecar that does not match). A sidecar that cannot be written
-/// takes the embeddings file with it, so a failed run leaves neither behind.
-fn write_with_texts(out: &Path, file: &EmbeddingsFile, texts: &[String]) -> Result<()> {
-    file.write(out)?;
+/// Writes the embeddings in `format` with each row's text (image path when `paths`): in the
+/// table of a Parquet file; otherwise the embeddings file first, then its texts sidecar, which
+/// records the file's row count and digest (readers refuse a sidecar that does not match). A
+/// sidecar that cannot be written takes the embeddings file with it, so a failed run leaves
+/// neither behind.
+fn write_with_texts(
+    out: &Path,
+    format: OutputFormat,
+    file: &EmbeddingsFile,
+    texts: &[String],
+    paths: bool,
+) -> Result<()> {
+    match format {
+        OutputFormat::Parquet => return parquet_file::write(out, file, texts, paths),
+        OutputFormat::Npy => npy::write_f32(out, &[file.rows(), file.dim], &file.embeddings)?,
+        OutputFormat::Safetensors => file.write(out)?,
+    }
     if let Err(e) = write_texts_beside(out, texts, &file.labels, &file.label_names) {
         let _ = std::fs::remove_file(out);
         return Err(e);
     }
     Ok(())
+}
+
+/// Where the run summary says the texts went.
+fn texts_note(format: OutputFormat, sidecar: &Path) -> String {
+    match format {
+        OutputFormat::Parquet => String::new(),
+        _ => format!(" (texts in {})", sidecar.display()),
+    }
 }
 
 /// What identifies an embedding run across shards: the inputs (paths, to read them again at
@@ -444,10 +528,17 @@ pub(super) fn merge(out: &Path, shards: &[ShardFile]) -> Result<()> {
         .map(|s| ("an input", Some(s.path.as_path())))
         .collect();
     inputs.extend(shards.iter().map(|s| ("a shard", Some(s.file.path()))));
+    let format = OutputFormat::resolve(out, None)?;
     let sidecar = texts_sidecar_path(out);
     check_outputs(
         &inputs,
-        &[("OUT", Some(out)), ("the texts sidecar", Some(&sidecar))],
+        &[
+            ("OUT", Some(out)),
+            (
+                "the texts sidecar",
+                format.has_sidecar().then_some(sidecar.as_path()),
+            ),
+        ],
     )?;
     let fields = FieldNames {
         text: job["text_field"].as_str().unwrap_or("text").to_string(),
@@ -495,12 +586,12 @@ pub(super) fn merge(out: &Path, shards: &[ShardFile]) -> Result<()> {
         normalized: info["normalized"].as_bool() == Some(true),
         max_length: info["max_length"].as_u64().unwrap_or(0) as usize,
     };
-    write_with_texts(out, &file, &corpus.texts)?;
+    write_with_texts(out, format, &file, &corpus.texts, false)?;
     println!(
-        "embeddings of {n} texts merged from {} shards -> {} (texts in {})",
+        "embeddings of {n} texts merged from {} shards -> {}{}",
         shards.len(),
         out.display(),
-        sidecar.display()
+        texts_note(format, &sidecar)
     );
     Ok(())
 }

@@ -7,24 +7,26 @@ use clap::Args;
 use crate::data::labels::{LabelGroup, LabelSelection};
 use crate::error::Result;
 use crate::io::embedding_inputs::EmbeddingInput;
-use crate::io::embeddings::{read_texts_beside, EmbeddingsFile};
+use crate::io::embeddings::EmbeddingsFile;
 
 #[derive(Args)]
 pub struct EmbeddingsArgs {
-    /// Embeddings: the safetensors file `mscope embed` writes, a NumPy .npy matrix [rows, dim],
-    /// or a .npz archive (array `embeddings` or its only 2-D float array, labels from array
-    /// --label-field or `labels`).
+    /// Embeddings: the file `mscope embed` writes (.safetensors, .npy with its texts sidecar,
+    /// .parquet), a NumPy .npy matrix [rows, dim], a .npz archive (array `embeddings` or its
+    /// only 2-D float array, labels from array --label-field or `labels`), or a Parquet table
+    /// (its only list-of-floats column, labels from column --label-field or `labels`).
     #[arg(long)]
     pub input: PathBuf,
     /// One label per row, replacing the input's own: .txt (a line per row), .jsonl / .csv / .tsv
     /// (field --label-field), .npy (integers or strings). Blank labels leave a row unlabelled.
     #[arg(long)]
     labels: Option<PathBuf>,
-    /// Label field of a .jsonl / .csv / .tsv labels file, or label array of a .npz input.
-    #[arg(long, default_value = "label")]
+    /// Label field of a .jsonl / .csv / .tsv labels file, label array of a .npz input, or label
+    /// column of a Parquet input.
+    #[arg(long, visible_alias = "label-column", default_value = "label")]
     label_field: String,
-    /// Array of a .npz input holding the embeddings.
-    #[arg(long)]
+    /// Array of a .npz input, or column of a Parquet input, holding the embeddings.
+    #[arg(long, visible_alias = "embedding-column")]
     embeddings_key: Option<String>,
     /// Keep only rows with these labels (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "LABEL,…")]
@@ -52,12 +54,7 @@ impl EmbeddingsArgs {
             label_field: self.label_field.clone(),
             embeddings_key: self.embeddings_key.clone(),
         };
-        let file = input.read()?;
-        let texts = if with_texts {
-            read_texts_beside(&self.input, file.rows())?
-        } else {
-            None
-        };
+        let (file, texts) = input.read_with_texts(with_texts)?;
         let selection = LabelSelection {
             only: self.only.clone(),
             groups: self.group.clone(),

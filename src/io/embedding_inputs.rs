@@ -1,7 +1,9 @@
 //! Embeddings from anywhere, for the analysis commands: mscope's own embeddings file
-//! (safetensors, [`EmbeddingsFile`]), a NumPy `.npy` matrix `[N, D]`, or a `.npz` archive holding
-//! the matrix and optionally a label array — with labels from the file itself or from a separate
-//! labels file (`.txt`, `.jsonl`, `.csv`, `.tsv`, `.npy`: one label per row).
+//! (safetensors, [`EmbeddingsFile`]), a NumPy `.npy` matrix `[N, D]`, a `.npz` archive holding
+//! the matrix and optionally a label array, or a Parquet table (a float-list column and label
+//! columns, [`super::parquet_file`]) — with labels from the file itself or from a separate
+//! labels file (`.txt`, `.jsonl`, `.csv`, `.tsv`, `.npy`: one label per row). A `.npy` that
+//! `mscope embed --format npy` wrote takes its labels from the texts sidecar beside it.
 //!
 //! Labels that come as strings or integers from outside are numbered in sorted order (numerically
 //! when every label is an integer), as scikit-learn's `classes_` and `np.unique` order them; rows
@@ -10,23 +12,24 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::embeddings::EmbeddingsFile;
+use super::embeddings::{read_labels_beside, read_texts_beside, EmbeddingsFile};
 use super::npy::{read_npz, NpyArray};
+use super::parquet_file::{self, ColumnChoice, ParquetTable};
 use super::texts::read_label_column;
 use crate::error::{Error, Result};
 
 /// Where an analysis command's embeddings and labels come from.
 #[derive(Clone, Debug, Default)]
 pub struct EmbeddingInput {
-    /// `.safetensors` (mscope's format), `.npy` or `.npz`.
+    /// `.safetensors` (mscope's format), `.npy`, `.npz` or `.parquet`.
     pub path: PathBuf,
     /// A labels file replacing the input's own labels.
     pub labels: Option<PathBuf>,
     /// The label column of a `.jsonl`/`.csv`/`.tsv` labels file, or the label array of a `.npz`
-    /// input (tried before `labels`).
+    /// input or column of a Parquet input (tried before `labels`).
     pub label_field: String,
-    /// The `.npz` array holding the embeddings; `None`: `embeddings`, else the archive's only
-    /// 2-D float array.
+    /// The `.npz` array holding the embeddings (`None`: `embeddings`, else the archive's only
+    /// 2-D float array), or the Parquet column (`None`: the table's only float-list column).
     pub embeddings_key: Option<String>,
 }
 
@@ -34,23 +37,44 @@ impl EmbeddingInput {
     /// Reads the embeddings and labels, rejecting non-finite values (naming the row) and a
     /// labels file whose row count differs from the embeddings'.
     pub fn read(&self) -> Result<EmbeddingsFile> {
+        Ok(self.read_with_texts(false)?.0)
+    }
+
+    /// [`Self::read`], and with `texts` each row's text (or image path): a Parquet input's
+    /// `text`/`path` column, else `mscope embed`'s texts sidecar when it is there.
+    pub fn read_with_texts(&self, texts: bool) -> Result<(EmbeddingsFile, Option<Vec<String>>)> {
         let path = self.path.as_path();
         let ext = extension(path);
+        let mut row_texts = None;
         let mut file = match ext.as_str() {
             "safetensors" => EmbeddingsFile::read(path)?,
             "npy" => {
                 let (embeddings, dim) = matrix(&NpyArray::read(path)?, &path.display())?;
-                external(path, embeddings, dim, None)
+                let rows = embeddings.len().checked_div(dim).unwrap_or(0);
+                // `mscope embed --format npy` keeps the labels in the texts sidecar.
+                let labels = match &self.labels {
+                    None => read_labels_beside(path, rows)?,
+                    Some(_) => None,
+                };
+                external(path, embeddings, dim, labels)
             }
             "npz" => self.read_npz()?,
+            "parquet" => {
+                let (file, texts) = self.read_parquet()?;
+                row_texts = texts;
+                file
+            }
             _ => {
                 return Err(Error::input(format!(
                     "{}: unsupported embeddings file (supported: .safetensors written by mscope \
-                     embed, .npy, .npz)",
+                     embed, .npy, .npz, .parquet)",
                     path.display()
                 )))
             }
         };
+        if texts && row_texts.is_none() {
+            row_texts = read_texts_beside(path, file.rows())?;
+        }
         if let Some(labels) = &self.labels {
             let values = read_labels(labels, &self.label_field)?;
             if values.len() != file.rows() {
@@ -73,7 +97,59 @@ impl EmbeddingInput {
                 file.embeddings[i]
             )));
         }
-        Ok(file)
+        Ok((file, row_texts.filter(|_| texts)))
+    }
+
+    fn read_parquet(&self) -> Result<(EmbeddingsFile, Option<Vec<String>>)> {
+        let path = self.path.as_path();
+        let ParquetTable {
+            embeddings,
+            dim,
+            labels,
+            texts,
+            metadata,
+        } = parquet_file::read(
+            path,
+            &ColumnChoice {
+                embedding: self.embeddings_key.as_deref(),
+                labels: &[self.label_field.as_str(), "labels"],
+            },
+        )?;
+        let file = match (metadata, labels) {
+            // A file mscope wrote: label indices as they were, and the run's description.
+            (Some(meta), Some(labels)) if self.label_field == "label" => {
+                let index: HashMap<&str, i64> = (0..)
+                    .zip(&meta.label_names)
+                    .map(|(i, n)| (n.as_str(), i))
+                    .collect();
+                let codes = (0..)
+                    .zip(&labels)
+                    .map(|(row, label)| match label {
+                        None => Ok(-1),
+                        Some(name) => index.get(name.as_str()).copied().ok_or_else(|| {
+                            Error::input(format!(
+                                "{}: row {row}: label {name:?} is not among the file's label \
+                                 names {:?}",
+                                path.display(),
+                                meta.label_names
+                            ))
+                        }),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                EmbeddingsFile {
+                    embeddings,
+                    dim,
+                    labels: codes,
+                    label_names: meta.label_names,
+                    model: meta.model,
+                    pooling: meta.pooling,
+                    normalized: meta.normalized,
+                    max_length: meta.max_length,
+                }
+            }
+            (_, labels) => external(path, embeddings, dim, labels),
+        };
+        Ok((file, texts))
     }
 
     fn read_npz(&self) -> Result<EmbeddingsFile> {

@@ -179,6 +179,25 @@ pub fn write_texts_beside(
 /// error naming the file (and the line). A sidecar without the header (written by hand or by
 /// an older mscope) is checked by its row count only.
 pub fn read_texts_beside(embeddings: &Path, expected_rows: usize) -> Result<Option<Vec<String>>> {
+    Ok(read_sidecar_rows(embeddings, expected_rows)?
+        .map(|rows| rows.into_iter().map(|(text, _)| text).collect()))
+}
+
+/// The labels (names, `None` for unlabelled rows) of the sidecar beside `embeddings`, checked
+/// as [`read_texts_beside`] checks it: where `mscope embed --format npy` keeps them.
+pub fn read_labels_beside(
+    embeddings: &Path,
+    expected_rows: usize,
+) -> Result<Option<Vec<Option<String>>>> {
+    Ok(read_sidecar_rows(embeddings, expected_rows)?
+        .map(|rows| rows.into_iter().map(|(_, label)| label).collect()))
+}
+
+/// Each row's `(text, label)` of the sidecar beside `embeddings`, checked against it.
+fn read_sidecar_rows(
+    embeddings: &Path,
+    expected_rows: usize,
+) -> Result<Option<Vec<(String, Option<String>)>>> {
     let path = texts_sidecar_path(embeddings);
     let content = match std::fs::read_to_string(&path) {
         Ok(content) => content,
@@ -203,8 +222,13 @@ pub fn read_texts_beside(embeddings: &Path, expected_rows: usize) -> Result<Opti
         .map(|(n, line)| {
             let value: serde_json::Value =
                 serde_json::from_str(line).map_err(|e| at(n, format!("invalid JSON: {e}")))?;
+            let label = match value.get("label") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(label)) => Some(label.clone()),
+                Some(_) => return Err(at(n, "the field \"label\" is not a string".into())),
+            };
             match value.get("text") {
-                Some(serde_json::Value::String(text)) => Ok(text.clone()),
+                Some(serde_json::Value::String(text)) => Ok((text.clone(), label)),
                 _ => Err(at(n, "no string field \"text\"".into())),
             }
         })

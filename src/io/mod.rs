@@ -7,6 +7,7 @@ pub mod images;
 pub mod kernel_file;
 pub mod kernel_inputs;
 pub mod npy;
+pub mod parquet_file;
 pub mod output_guard;
 pub mod preemption;
 pub mod samples;

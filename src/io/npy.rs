@@ -252,3 +252,33 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, NpyArray)>> {
     }
     Ok(arrays)
 }
+
+/// Writes a little-endian f32 C-order `.npy` (version 1.0) of `shape`, as `np.save` does: the
+/// header padded with spaces to a multiple of 64 bytes and ended by a newline.
+pub fn write_f32(path: &Path, shape: &[usize], values: &[f32]) -> Result<()> {
+    assert_eq!(
+        shape.iter().product::<usize>(),
+        values.len(),
+        "shape and values disagree"
+    );
+    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+    // A one-element tuple needs its trailing comma.
+    let tuple = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {tuple}, }}").into_bytes();
+    let unpadded = 10 + header.len() + 1;
+    header.resize(
+        header.len() + unpadded.next_multiple_of(64) - unpadded,
+        b' ',
+    );
+    header.push(b'\n');
+    let mut bytes = Vec::with_capacity(10 + header.len() + 4 * values.len());
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(&header);
+    bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    super::write_atomic(path, &bytes)
+}
