@@ -193,11 +193,11 @@ pub fn read_labels_beside(
         .map(|rows| rows.into_iter().map(|(_, label)| label).collect()))
 }
 
-/// Each row's `(text, label)` of the sidecar beside `embeddings`, checked against it.
-fn read_sidecar_rows(
-    embeddings: &Path,
-    expected_rows: usize,
-) -> Result<Option<Vec<(String, Option<String>)>>> {
+/// One sidecar row: its text (or image path) and its label's name.
+type SidecarRow = (String, Option<String>);
+
+/// Each row of the sidecar beside `embeddings`, checked against it.
+fn read_sidecar_rows(embeddings: &Path, expected_rows: usize) -> Result<Option<Vec<SidecarRow>>> {
     let path = texts_sidecar_path(embeddings);
     let content = match std::fs::read_to_string(&path) {
         Ok(content) => content,
