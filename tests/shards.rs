@@ -537,12 +537,14 @@ fn same_embeddings(a: &Path, b: &Path, what: &str) {
     );
     // The sidecar's header names the file it belongs to; everything else must be the same bytes.
     let sidecar = |p: &Path| {
-        let text =
-            std::fs::read_to_string(mscope::io::embeddings::texts_sidecar_path(p)).unwrap();
+        let text = std::fs::read_to_string(mscope::io::embeddings::texts_sidecar_path(p)).unwrap();
         let (header, rows) = text.split_once('\n').unwrap();
         let mut header: serde_json::Value = serde_json::from_str(header).unwrap();
         let name = p.file_name().unwrap().to_str().unwrap();
-        assert_eq!(header["sidecar_of"], name, "{what}: the sidecar names its file");
+        assert_eq!(
+            header["sidecar_of"], name,
+            "{what}: the sidecar names its file"
+        );
         header.as_object_mut().unwrap().remove("sidecar_of");
         (header, rows.to_string())
     };
