@@ -1,6 +1,11 @@
 // GEMM with fused epilogue: out = act(x·wᵀ + bias) + residual, x: [n, k], w: [m, k] (PyTorch's
-// Linear layout, so both operands are contiguous along k), out and residual: [n, m]. Accumulation,
-// x, bias, residual and out are f32; the weights are f32 or, in the f16 build, f16.
+// Linear layout, so both operands are contiguous along k), out and residual: [n, out_stride].
+// Accumulation, x, bias, residual and out are f32; the weights are f32 or, in the f16 build, f16.
+// One dispatch computes output columns col0..col0 + m from the m weight rows bound as `w`: the
+// whole matrix (col0 = 0, out_stride = m), or one part of a matrix larger than one storage
+// binding, held in parts of whole rows and dispatched once per part (src/backend/wgpu/gemm.rs).
+// Bias, residual and out are indexed by the full column col0 + j, so the epilogue applies per
+// part unchanged.
 //
 // Variants (numbered as every backend numbers its GEMMs, src/backend/variants.rs):
 //   2. linear_tiled — 64×64 output tile per workgroup of 16×16 threads, k consumed 16 at a time
@@ -22,10 +27,12 @@
 struct Params {
     n: u32,
     k: u32,
-    m: u32,
+    m: u32,          // weight rows bound: output columns of this dispatch
     has_bias: u32,
     has_residual: u32,
     activation: u32, // one of ACT_*
+    col0: u32,       // output column of the bound weight's first row
+    out_stride: u32, // columns of out and residual (all rows of the whole matrix)
 }
 
 // `Activation::code` (src/backend/params.rs; a unit test checks each constant).
@@ -103,22 +110,23 @@ const QUADS: u32 = 16u;  // TILE / 4: vec4 columns of a tile row
 var<workgroup> x_tile: array<vec4<f32>, 256>; // TILE_K * QUADS
 var<workgroup> w_tile: array<vec4<f32>, 256>;
 
-// The epilogue for one output row `i` and the four columns from `j`.
+// The epilogue for one output row `i` and the four columns from `j` of the bound weight rows.
 fn store_row(i: u32, j: u32, acc: vec4<f32>) {
     if i >= p.n {
         return;
     }
     for (var c = 0u; c < 4u; c++) {
         if j + c < p.m {
+            let col = p.col0 + j + c;
             var y = acc[c];
             if p.has_bias != 0u {
-                y += bias[j + c];
+                y += bias[col];
             }
             y = activate(y);
             if p.has_residual != 0u {
-                y += residual[i * p.m + j + c];
+                y += residual[i * p.out_stride + col];
             }
-            out[i * p.m + j + c] = y;
+            out[i * p.out_stride + col] = y;
         }
     }
 }

@@ -10,10 +10,14 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{backend_tests, cosine, reference_tensor, rel_error, repo_path, run_mscope_ok};
+use common::{
+    backend_tests, cosine, current_test, reference_tensor, rel_error, repo_path, report_skip,
+    run_mscope_ok, wgpu_with,
+};
 use mscope::backend::cpu::CpuBackend;
+use mscope::backend::wgpu::WgpuOptions;
 use mscope::backend::RopeScaling;
-use mscope::backend::{self, Backend, BackendKind, OpFamily, SeqLayout};
+use mscope::backend::{self, Backend, BackendKind, OpFamily, SeqLayout, Tensor};
 use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
 use mscope::models::decoder::DecoderConfig;
 use mscope::models::loader::Loader;
@@ -80,25 +84,18 @@ fn errors(
     dtype: WeightsDtype,
 ) -> Vec<(usize, f64)> {
     let texts = reference_texts();
-    let encoder = SentenceEncoder::load(dir, be.clone(), &EncoderOptions::default()).unwrap();
-    let tokenized = encoder.tokenize(&texts).unwrap();
-    for (i, t) in tokenized.iter().enumerate() {
+    let (batch, hidden, dim) = hidden_states(be, dir, dtype, &texts);
+    for (i, text_ids) in batch.layout.starts().windows(2).enumerate() {
         let (_, want) = reference_tensor(REFERENCE, &format!("{model}/ids/{i}"));
-        let got: Vec<f64> = t.ids.iter().map(|&id| f64::from(id)).collect();
+        let got: Vec<f64> = batch.ids[text_ids[0]..text_ids[1]]
+            .iter()
+            .map(|&id| f64::from(id))
+            .collect();
         assert_eq!(
             got, want,
             "{model}: token ids of text {i} differ from transformers'"
         );
     }
-
-    let net = models::load(dir, be.clone(), dtype).unwrap();
-    let batch = TokenBatch {
-        ids: tokenized.iter().flat_map(|t| t.ids.clone()).collect(),
-        type_ids: tokenized.iter().flat_map(|t| t.type_ids.clone()).collect(),
-        layout: SeqLayout::from_lengths(tokenized.iter().map(|t| t.ids.len())),
-    };
-    let hidden = be.download(&net.forward(&batch).unwrap()).unwrap();
-    let dim = net.hidden_size();
     batch
         .layout
         .starts()
@@ -112,6 +109,26 @@ fn errors(
             (rows[1] - rows[0], rel_error(got, &want))
         })
         .collect()
+}
+
+/// `texts` tokenized and run as one packed batch through the model in `dir` with GEMM weights as
+/// `dtype` says: the batch, the hidden states of every token and their width.
+fn hidden_states(
+    be: &Arc<dyn Backend>,
+    dir: &Path,
+    dtype: WeightsDtype,
+    texts: &[String],
+) -> (TokenBatch, Vec<f32>, usize) {
+    let encoder = SentenceEncoder::load(dir, be.clone(), &EncoderOptions::default()).unwrap();
+    let tokenized = encoder.tokenize(texts).unwrap();
+    let net = models::load(dir, be.clone(), dtype).unwrap();
+    let batch = TokenBatch {
+        ids: tokenized.iter().flat_map(|t| t.ids.clone()).collect(),
+        type_ids: tokenized.iter().flat_map(|t| t.type_ids.clone()).collect(),
+        layout: SeqLayout::from_lengths(tokenized.iter().map(|t| t.ids.len())),
+    };
+    let hidden = be.download(&net.forward(&batch).unwrap()).unwrap();
+    (batch, hidden, net.hidden_size())
 }
 
 fn tiny_mistral_matches_transformers(be: &Arc<dyn Backend>) {
@@ -218,6 +235,129 @@ fn cpu_rounds_f32_weights_to_bf16() {
     let gate_up = loader.fused_linear(&parts, h, false).unwrap().weight;
     assert_eq!(gate_up.dtype(), DType::BF16);
     assert_eq!(cpu.download(&gate_up).unwrap(), rounded);
+}
+
+/// wgpu under a 20 KiB storage-binding cap ([`WgpuOptions::max_binding_bytes`]): the GEMM
+/// weights of the tiny Mistral and Qwen2 are held in uneven parts of whole rows (checked below)
+/// and `linear` runs once per part, bias (Qwen2's Q/K/V) included. The hidden states equal the
+/// unsplit wgpu run's bit for bit (each output's reduction is unchanged) and the CPU's on the same
+/// weights within the f32 paths' tolerance, on f32 and f16 weights. The cap holds activations
+/// too (the fused gate/up output is 1 KiB per token), hence a batch of at most 20 tokens, one of
+/// its texts longer than Mistral's 8-token window.
+#[test]
+fn wgpu_splits_gemm_weights_across_bindings() {
+    const CAP: u64 = 20 << 10;
+    let texts = ["Hi".to_string(), "Split weights!".to_string()];
+    let Some(split) = wgpu_with(&WgpuOptions {
+        max_binding_bytes: Some(CAP),
+        ..WgpuOptions::from_env()
+    }) else {
+        return;
+    };
+    let split = Arc::new(split);
+    let split_dyn: Arc<dyn Backend> = split.clone();
+    let whole: Arc<dyn Backend> = Arc::new(wgpu_with(&WgpuOptions::from_env()).unwrap());
+    let cpu: Arc<dyn Backend> = Arc::new(CpuBackend::new());
+    // Rows per part of the fused gate/up [256, 64] and Q/K/V stacks under the cap: 80 f32 rows
+    // (256 bytes each) or 160 f16 ones; Mistral's Q/K/V has 128 rows, Qwen2's 96.
+    for (model, f32_qkv_parts) in [("tiny-mistral", vec![80, 48]), ("tiny-qwen2", vec![80, 16])] {
+        let dir = repo_path(&format!("tests/fixtures/{model}"));
+        for (dtype, gate_up_parts, qkv_parts) in [
+            (
+                WeightsDtype::F32,
+                vec![80, 80, 80, 16],
+                f32_qkv_parts.clone(),
+            ),
+            (
+                WeightsDtype::F16,
+                vec![160, 96],
+                vec![f32_qkv_parts.iter().sum()],
+            ),
+        ] {
+            if dtype == WeightsDtype::F16 && !split.keeps_f16() {
+                report_skip(
+                    &current_test(),
+                    "wgpu",
+                    "f16 weights: the adapter has no SHADER_F16",
+                );
+                continue;
+            }
+            let (gate_up, qkv) = first_layer_stacks(split.as_ref(), &dir, dtype);
+            assert_eq!(
+                split.part_rows(&gate_up).unwrap(),
+                gate_up_parts,
+                "{model} {dtype:?} gate/up"
+            );
+            assert_eq!(
+                split.part_rows(&qkv).unwrap(),
+                qkv_parts,
+                "{model} {dtype:?} q/k/v"
+            );
+
+            let (batch, got, _) = hidden_states(&split_dyn, &dir, dtype, &texts);
+            let lengths: Vec<usize> = batch
+                .layout
+                .starts()
+                .windows(2)
+                .map(|r| r[1] - r[0])
+                .collect();
+            assert!(
+                batch.ids.len() <= 20 && lengths.iter().any(|&l| l > 8),
+                "{model}: texts of {lengths:?} tokens no longer fit the test's cap and window"
+            );
+            let (_, unsplit, _) = hidden_states(&whole, &dir, dtype, &texts);
+            assert_eq!(got, unsplit, "{model} {dtype:?}: split vs unsplit wgpu");
+            let (_, reference, _) = hidden_states(&cpu, &dir, dtype, &texts);
+            let err = rel_error(&got, &reference);
+            assert!(
+                err < F32_TOL,
+                "{model} {dtype:?}: relative error {err:e} against the CPU"
+            );
+            eprintln!("{model} {dtype:?}: split wgpu against the CPU {err:e}");
+        }
+    }
+}
+
+/// Layer 0's fused gate/up and Q/K/V weight stacks of the checkpoint in `dir`, loaded onto `be`
+/// as the model loads them.
+fn first_layer_stacks(be: &dyn Backend, dir: &Path, dtype: WeightsDtype) -> (Tensor, Tensor) {
+    let config = DecoderConfig::read(dir).unwrap();
+    let mut weights = Weights::open(dir).unwrap();
+    weights
+        .resolve_prefix("embed_tokens.weight", &["model.", ""])
+        .unwrap();
+    let loader = Loader {
+        weights: &weights,
+        backend: be,
+        weights_dtype: dtype,
+    };
+    let (h, inter, d) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.head_dim,
+    );
+    let gate_up = loader
+        .fused_linear(
+            &[
+                ("layers.0.mlp.gate_proj".to_string(), inter),
+                ("layers.0.mlp.up_proj".to_string(), inter),
+            ],
+            h,
+            false,
+        )
+        .unwrap();
+    let qkv = loader
+        .fused_linear(
+            &[
+                ("layers.0.self_attn.q_proj".to_string(), config.heads * d),
+                ("layers.0.self_attn.k_proj".to_string(), config.kv_heads * d),
+                ("layers.0.self_attn.v_proj".to_string(), config.kv_heads * d),
+            ],
+            h,
+            false,
+        )
+        .unwrap();
+    (gate_up.weight, qkv.weight)
 }
 
 fn tiny_llama3_matches_transformers(be: &Arc<dyn Backend>) {

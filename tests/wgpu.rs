@@ -124,6 +124,90 @@ fn both_gemm_variants_match_f64() {
     }
 }
 
+/// `linear` on a weight larger than one storage binding, held in uneven parts of whole rows and
+/// dispatched once per part: every epilogue (each activation, with and without bias and
+/// residual), both kernels, f32 and f16 weights. Each output's reduction is the unsplit one, so
+/// the result equals the unsplit weight's bit for bit, and the CPU's on the same (rounded)
+/// weights within the f32 paths' 1e-5.
+#[test]
+fn linear_reads_weights_split_across_bindings() {
+    // The weight (f32: 720 000 bytes, f16: 360 000) splits under a 200 KiB binding into parts of
+    // 85, 85, 85 and 45 rows (f32) or 170 and 130 (f16): part edges off the 64-column tiles and
+    // the 4-column register blocks. x (168 000 bytes) and out (84 000) fit one binding; 70 rows
+    // take two row tiles.
+    let (n, k, m) = (70, 600, 300);
+    let cap = 200 << 10;
+    let cpu = CpuBackend::new();
+    let mut rng = Rng::new(31);
+    let (x, w, b, r) = (rng.vec(n * k), rng.vec(m * k), rng.vec(m), rng.vec(n * m));
+    let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+    for variant in WgpuBackend::GEMM_VARIANTS {
+        let options = WgpuOptions {
+            gemm: Some(variant),
+            ..Default::default()
+        };
+        let (Some(split), Some(whole)) = (
+            open(WgpuOptions {
+                max_binding_bytes: Some(cap),
+                ..options.clone()
+            }),
+            open(options),
+        ) else {
+            return;
+        };
+        let f16_weights = variant.f16_weights();
+        if f16_weights && !split.keeps_f16() {
+            skip(&format!(
+                "{variant:?} on f16 weights: the adapter has no SHADER_F16"
+            ));
+            continue;
+        }
+        let upload_weight = |be: &dyn Backend| {
+            if f16_weights {
+                be.upload_f16(&[m, k], &w16).unwrap()
+            } else {
+                be.upload(&[m, k], &w).unwrap()
+            }
+        };
+        let split_w = upload_weight(&split);
+        let parts = if f16_weights {
+            vec![170, 130]
+        } else {
+            vec![85, 85, 85, 45]
+        };
+        assert_eq!(split.part_rows(&split_w).unwrap(), parts, "{variant:?}");
+        let whole_w = upload_weight(&whole);
+        assert_eq!(whole.part_rows(&whole_w).unwrap(), [m], "{variant:?}");
+        let cpu_w = upload_weight(&cpu);
+        for act in Activation::ALL {
+            for (with_bias, with_residual) in
+                [(false, false), (true, false), (false, true), (true, true)]
+            {
+                let run = |be: &dyn Backend, weight: &mscope::backend::Tensor| {
+                    let bias = with_bias.then(|| upload(be, &[m], &b));
+                    let residual = with_residual.then(|| upload(be, &[n, m], &r));
+                    let mut out = poisoned(be, &[n, m]);
+                    be.linear(
+                        &upload(be, &[n, k], &x),
+                        weight,
+                        bias.as_ref(),
+                        act,
+                        residual.as_ref(),
+                        &mut out,
+                    )
+                    .unwrap();
+                    be.download(&out).unwrap()
+                };
+                let what = format!("{variant:?} {act:?} bias {with_bias} residual {with_residual}");
+                let got = run(&split, &split_w);
+                assert_eq!(got, run(&whole, &whole_w), "{what}: split vs unsplit");
+                let err = rel_error(&got, &run(&cpu, &cpu_w));
+                assert!(err < 1e-5, "{what}: relative error {err:e} against the CPU");
+            }
+        }
+    }
+}
+
 #[test]
 fn norm_family_matches_f64_with_and_without_subgroups() {
     for subgroups in [true, false] {

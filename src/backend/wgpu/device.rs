@@ -208,20 +208,17 @@ impl WgpuBackend {
         }
     }
 
-    /// The single f32 buffer of `t`; split tables are only read by `gather_rows`.
+    /// The single f32 buffer of `t`; split tensors are only read by `gather_rows` (its table),
+    /// `linear` (its weight) and the NTK ops, which dispatch per part.
     pub(super) fn buffer<'a>(&self, t: &'a Tensor, op: &str) -> Result<&'a wgpu::Buffer> {
-        require_f32(t, self.storage_any_dtype(t)?, op)?;
-        self.single_buffer(t, op)
-    }
-
-    /// The single buffer of `t`, of any element type.
-    pub(super) fn single_buffer<'a>(&self, t: &'a Tensor, op: &str) -> Result<&'a wgpu::Buffer> {
         let storage = self.storage_any_dtype(t)?;
+        require_f32(t, storage, op)?;
         match &storage.parts[..] {
             [buffer] => Ok(buffer),
             parts => Err(Error::input(format!(
                 "{op}: tensor of shape {:?} is split into {} buffers (larger than one storage \
-                 binding of {} bytes); only gather_rows reads split tables",
+                 binding of {} bytes), and {op} reads it from one binding; gather_rows' table, linear's \
+                 weight and the NTK ops' operands may be split",
                 t.shape,
                 parts.len(),
                 self.max_part_bytes

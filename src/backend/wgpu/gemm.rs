@@ -1,6 +1,14 @@
 //! `linear` on wgpu (shaders/gemm.wgsl): which GEMM variant a backend runs, the kernel of each
 //! variant on f32 and f16 weights, and the dispatch of one 64×64 output tile per workgroup; and
 //! `gated_activation`, the gated feed-forward's epilogue, from the same shader.
+//!
+//! A weight matrix larger than one storage binding (a Mistral-7B MLP matrix in f32 is 235 MB;
+//! many adapters bind at most 128 MiB) is held in parts of whole rows, as every split tensor is
+//! (memory.rs). Its rows are output columns, so `linear` dispatches once per part, each writing
+//! its own columns of the one output with the full row stride; bias, activation and residual
+//! apply per output element, hence per part unchanged, and each output's reduction over k is the
+//! same as unsplit (the results are identical). A split fused gate/up matrix needs nothing more:
+//! `gated_activation` reads the whole `[n, 2I]` output.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -17,7 +25,9 @@ const TILE: usize = 64;
 /// Threads per workgroup of `gated_activation` (gemm.wgsl `GATED_WORKGROUP`).
 const GATED_WORKGROUP: usize = 256;
 
-/// gemm.wgsl `Params`; `activation` is one of the shader's `ACT_*` constants.
+/// gemm.wgsl `Params`; `activation` is one of the shader's `ACT_*` constants. `m` counts the
+/// weight rows of one dispatch (one part), `col0` is the output column of its first row and
+/// `out_stride` the output's width.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct LinearParams {
@@ -27,7 +37,8 @@ struct LinearParams {
     has_bias: u32,
     has_residual: u32,
     activation: u32,
-    _pad: [u32; 2],
+    col0: u32,
+    out_stride: u32,
 }
 
 /// The kernel of `variant`, or `None` where gemm.wgsl has none ([`WgpuBackend::GEMM_VARIANTS`]
@@ -77,40 +88,30 @@ pub(super) fn linear(
     out: &mut Tensor,
 ) -> Result<()> {
     let (n, k, m) = shapes::linear(x, w, bias, residual, out)?;
-    let buffers = [
-        backend.buffer(x, "linear input")?,
-        backend.single_buffer(w, "linear weight")?,
-        backend.optional_buffer(bias, "linear bias")?,
-        backend.optional_buffer(residual, "linear residual")?,
-        backend.buffer(out, "linear output")?,
-    ];
-    let params = LinearParams {
-        n: to_u32(n, "linear rows")?,
-        k: to_u32(k, "linear features")?,
-        m: to_u32(m, "linear outputs")?,
-        has_bias: bias.is_some().into(),
-        has_residual: residual.is_some().into(),
-        activation: act.code(),
-        _pad: [0; 2],
-    };
-    let groups = [m.div_ceil(TILE) as u32, n.div_ceil(TILE) as u32, 1];
-    if groups[..2]
+    let weight = backend.storage_any_dtype(w)?;
+    let x_buffer = backend.buffer(x, "linear input")?;
+    let bias_buffer = backend.optional_buffer(bias, "linear bias")?;
+    let residual_buffer = backend.optional_buffer(residual, "linear residual")?;
+    let out_buffer = backend.buffer(out, "linear output")?;
+    // The first part is the largest.
+    let widest = weight.part_rows(0, m).len();
+    let row_groups = n.div_ceil(TILE);
+    if [widest.div_ceil(TILE), row_groups]
         .iter()
-        .any(|&g| g > backend.max_workgroups_per_dim)
+        .any(|&g| g > backend.max_workgroups_per_dim as usize)
     {
         return Err(Error::input(format!(
-            "linear: [{n}, {m}] output exceeds the device's workgroup grid"
+            "linear: [{n}, {widest}] output exceeds the device's workgroup grid"
         )));
     }
-    let variant = match w.dtype() {
+    let variant = match weight.dtype {
         DType::F16 => backend.gemm.on_f16_weights(),
         _ => Some(backend.gemm),
     };
     let kernel = variant.and_then(kernel).ok_or_else(|| {
         Error::input(format!(
             "linear: GEMM variant {} has no wgpu kernel for {:?} weights",
-            backend.gemm,
-            w.dtype()
+            backend.gemm, weight.dtype
         ))
     })?;
     let iterations = match kernel {
@@ -118,7 +119,26 @@ pub(super) fn linear(
         _ => direct_loop_iterations(k),
     };
     backend.check_loop_limit(iterations, || format!("linear over {k} input features"))?;
-    backend.dispatch(kernel, &params, &buffers, groups);
+    for (i, part) in weight.parts.iter().enumerate() {
+        let cols = weight.part_rows(i, m);
+        let params = LinearParams {
+            n: to_u32(n, "linear rows")?,
+            k: to_u32(k, "linear features")?,
+            m: to_u32(cols.len(), "linear outputs")?,
+            has_bias: bias.is_some().into(),
+            has_residual: residual.is_some().into(),
+            activation: act.code(),
+            col0: to_u32(cols.start, "linear output column")?,
+            out_stride: to_u32(m, "linear outputs")?,
+        };
+        let groups = [cols.len().div_ceil(TILE) as u32, row_groups as u32, 1];
+        backend.dispatch(
+            kernel,
+            &params,
+            &[x_buffer, part, bias_buffer, residual_buffer, out_buffer],
+            groups,
+        );
+    }
     Ok(())
 }
 
@@ -148,7 +168,8 @@ pub(super) fn gated_activation(
         has_bias: 0,
         has_residual: 0,
         activation: act.code(),
-        _pad: [0; 2],
+        col0: 0,
+        out_stride: 0,
     };
     let groups = backend.grid((n * m).div_ceil(GATED_WORKGROUP))?;
     backend.dispatch(Kernel::GatedActivation, &params, &buffers, groups);

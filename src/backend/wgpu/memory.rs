@@ -1,7 +1,9 @@
 //! Device memory of wgpu tensors, and the memory ops (`upload*`, `download`, `zeros`). A tensor
 //! is one buffer, except a table larger than one storage binding (XLM-R's 250k×1024 embedding is
 //! 1 GiB; lavapipe and WebGPU cap a binding at 128 MiB), which is held in parts of whole rows.
-//! Only `gather_rows` reads split tables. Elements are f32, or f16 for GEMM weights and embedding
+//! `gather_rows` reads split tables, `linear` split weights (a 7B model's MLP matrices and
+//! vocabulary tables in f32) and the NTK ops split operands, each dispatching per part; every
+//! other op refuses them. Elements are f32, or f16 for GEMM weights and embedding
 //! tables on adapters with `SHADER_F16`.
 
 use bytemuck::Pod;
@@ -68,6 +70,20 @@ impl WgpuStorage {
     pub(super) fn part_rows(&self, i: usize, rows: usize) -> std::ops::Range<usize> {
         let start = i * self.rows_per_part;
         start..rows.min(start + self.rows_per_part)
+    }
+}
+
+impl WgpuBackend {
+    /// Rows of each buffer `t` is held in: one entry unless `t` is larger than one storage
+    /// binding (tests check how a lowered [`max_binding_bytes`] split their tensors).
+    ///
+    /// [`max_binding_bytes`]: super::WgpuOptions::max_binding_bytes
+    pub fn part_rows(&self, t: &Tensor) -> Result<Vec<usize>> {
+        let storage = self.storage_any_dtype(t)?;
+        let (rows, _) = rows_and_width(&t.shape);
+        Ok((0..storage.parts.len())
+            .map(|i| storage.part_rows(i, rows).len())
+            .collect())
     }
 }
 

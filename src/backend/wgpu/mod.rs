@@ -75,8 +75,9 @@ pub struct WgpuOptions {
     pub adapter_index: Option<usize>,
     /// Whether a software adapter (lavapipe) may be opened.
     pub allow_software: bool,
-    /// Largest buffer a table part may have; `None` means the device's storage-binding limit.
-    /// Tests lower it to exercise split tables with small data.
+    /// Largest buffer a tensor part may have; `None` means the device's storage-binding limit
+    /// (a lower value only lowers it). Tests lower it to exercise split tables and split GEMM
+    /// weights with small data; every tensor is planned under it, activations included.
     pub max_binding_bytes: Option<u64>,
     /// `None` picks by adapter: [`GemmVariant::Direct`] on software adapters, else tiled. The NTK
     /// contraction (two GEMMs) follows the same choice; an f16-weight variant picks the kernel
@@ -125,7 +126,7 @@ pub struct WgpuBackend {
     /// Bound in place of an absent optional input: layouts are fixed, so every binding needs a
     /// buffer; the kernel's parameters say not to read it.
     placeholder: wgpu::Buffer,
-    /// Tables larger than this are split into parts of whole rows.
+    /// Tensors larger than this are split into parts of whole rows.
     max_part_bytes: u64,
     max_workgroups_per_dim: u32,
     /// The f32-weight GEMM variant `linear` runs (tiled or direct); f16 weights run its f16 build.
