@@ -234,7 +234,7 @@ pub fn run(args: NtkArgs) -> Result<()> {
         ProjectionKind::None => "exact".to_string(),
         p => format!("{p:?} k={}", args.projection_dim).to_lowercase(),
     };
-    println!(
+    outln!(
         "{} {}×{} ({projection}) of a {} MLP on {} in {seconds:.2} s: {:.3e} pairs/s{} -> {}",
         args.kind.name(),
         kernel.rows,
@@ -252,7 +252,7 @@ pub fn run(args: NtkArgs) -> Result<()> {
             String::new()
         },
         args.out.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -408,7 +408,7 @@ fn run_tiled(
         (Some(first), Some(last)) => first.start..last.end,
         _ => 0..0,
     };
-    println!(
+    outln!(
         "{} {what}: rows {}..{} ({} tiles{}) on {} × {} in {:.2} s -> {}",
         manifest.job["file"]["kind"].as_str().unwrap_or("kernel"),
         rows.start,
@@ -423,7 +423,7 @@ fn run_tiled(
         backends[0].name(),
         start.elapsed().as_secs_f64(),
         path.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -612,7 +612,7 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
         &mut |checkpoint, on_block| job.run(backend.as_ref(), checkpoint, on_block),
     )?;
     let computed = (job.n_rows() - resumed_rows) * n_cols;
-    println!(
+    outln!(
         "{} {}×{} ({}) of a {} classifier ({} labels) on {} in {seconds:.2} s: {:.3e} \
          pairs/s{} -> {}",
         args.kind.name(),
@@ -632,7 +632,7 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
             String::new()
         },
         args.out.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -677,12 +677,12 @@ pub(super) fn merge(out: &std::path::Path, shards: &[ShardFile]) -> Result<()> {
     })?;
     let kernel = kernel_file(job, values, &tiling);
     kernel.write(out)?;
-    println!(
+    outln!(
         "{} {rows}×{cols} merged from {} shards -> {}",
         kernel.kind,
         shards.len(),
         out.display()
-    );
+    )?;
     Ok(())
 }
 

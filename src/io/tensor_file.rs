@@ -64,6 +64,26 @@ impl TensorFile {
         self.metadata.get(key).map(String::as_str)
     }
 
+    /// Every metadata entry, in key order.
+    pub fn metadata_entries(&self) -> BTreeMap<&str, &str> {
+        self.metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    /// Every tensor as stored, in name order: name, dtype, shape and little-endian bytes.
+    pub fn raw_tensors(&self) -> Result<Vec<(String, Dtype, Vec<usize>, &[u8])>> {
+        let view = self.view()?;
+        let mut tensors: Vec<_> = view
+            .tensors()
+            .into_iter()
+            .map(|(name, tensor)| (name, tensor.dtype(), tensor.shape().to_vec(), tensor.data()))
+            .collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(tensors)
+    }
+
     /// Shape and values of an F32 tensor.
     pub fn f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         self.decode(name, Dtype::F32, f32::from_le_bytes)
