@@ -73,9 +73,9 @@ fn smoke(name: &str, target: fn(&[u8])) {
         .map(|path| std::fs::read(path).expect("a readable fuzz input"))
         .collect();
     assert!(!corpus.is_empty(), "fuzz/corpus/{name} is empty");
-    let seed = name
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let seed = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     let mut rng = SplitMix64::new(seed);
     for execution in 0..SMOKE_EXECUTIONS {
         let base = &corpus[rng.below(corpus.len())];
@@ -114,7 +114,9 @@ fn mutate(rng: &mut SplitMix64, base: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
             }
             2 => {
                 let i = at(rng, bytes.len());
-                let run: Vec<u8> = (0..1 + rng.below(8)).map(|_| rng.next_u64() as u8).collect();
+                let run: Vec<u8> = (0..1 + rng.below(8))
+                    .map(|_| rng.next_u64() as u8)
+                    .collect();
                 bytes.splice(i..i, run);
             }
             3 if !bytes.is_empty() => {

@@ -531,9 +531,15 @@ fn outputs_are_regular_files_distinct_from_inputs_and_each_other() {
         // `train --out` is a directory the run creates: an existing one is refused, saying
         // what is there and what to do.
         (
-            ["train", "--data", path_str(&data), "--out", path_str(dir.path())]
-                .map(String::from)
-                .to_vec(),
+            [
+                "train",
+                "--data",
+                path_str(&data),
+                "--out",
+                path_str(dir.path()),
+            ]
+            .map(String::from)
+            .to_vec(),
             vec![
                 "--out",
                 "this directory already exists and holds",

@@ -349,7 +349,11 @@ fn run_in(dir: &Path, args: &[String], stdout: Stdout) {
     let plan = args[0] == "slurm";
     let mut child = Command::new(env!("CARGO_BIN_EXE_mscope"))
         .args(args)
-        .current_dir(if plan { slurm_plan_dir() } else { dir.to_path_buf() })
+        .current_dir(if plan {
+            slurm_plan_dir()
+        } else {
+            dir.to_path_buf()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -27,8 +27,6 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use safetensors::Dtype;
-
 use crate::error::{Error, Result};
 use crate::io::checkpoint::{fnv1a64, FNV_OFFSET};
 use crate::io::tensor_file::{self, TensorFile, TensorOut};
@@ -142,13 +140,11 @@ struct StoredManifest {
 /// in name order, then every metadata entry but the manifest in key order. Each field is
 /// preceded by its length, so that no two different contents hash the same byte stream.
 fn data_digest<'a>(
-    tensors: impl IntoIterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>,
+    tensors: &[TensorOut<'_>],
     metadata: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> String {
-    let tensors: BTreeMap<&str, (Dtype, &[usize], &[u8])> = tensors
-        .into_iter()
-        .map(|(name, dtype, shape, bytes)| (name, (dtype, shape, bytes)))
-        .collect();
+    let mut tensors: Vec<&TensorOut<'_>> = tensors.iter().collect();
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
     let metadata: BTreeMap<&str, &str> = metadata
         .into_iter()
         .filter(|(key, _)| *key != MANIFEST_KEY)
@@ -157,12 +153,16 @@ fn data_digest<'a>(
         fnv1a64(fnv1a64(hash, &(bytes.len() as u64).to_le_bytes()), bytes)
     };
     let mut hash = FNV_OFFSET;
-    for (name, (dtype, shape, bytes)) in tensors {
-        hash = field(hash, name.as_bytes());
-        hash = field(hash, format!("{dtype:?}").as_bytes());
-        let dims: Vec<u8> = shape.iter().flat_map(|&d| (d as u64).to_le_bytes()).collect();
+    for tensor in tensors {
+        hash = field(hash, tensor.name.as_bytes());
+        hash = field(hash, format!("{:?}", tensor.dtype).as_bytes());
+        let dims: Vec<u8> = tensor
+            .shape
+            .iter()
+            .flat_map(|&d| (d as u64).to_le_bytes())
+            .collect();
         hash = field(hash, &dims);
-        hash = field(hash, bytes);
+        hash = field(hash, tensor.bytes);
     }
     for (key, value) in metadata {
         hash = field(hash, key.as_bytes());
@@ -187,12 +187,7 @@ pub fn write_with<const N: usize>(
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-    let digest = data_digest(
-        tensors
-            .iter()
-            .map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice(), t.bytes)),
-        all.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-    );
+    let digest = data_digest(&tensors, all.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let stored = StoredManifest {
         manifest: manifest.clone(),
         data_fnv1a64: Some(digest),
@@ -304,14 +299,9 @@ pub fn read_all(out: &Path) -> Result<Vec<ShardFile>> {
             ));
             continue;
         }
-        let computed = file.raw_tensors().map(|tensors| {
-            data_digest(
-                tensors
-                    .iter()
-                    .map(|(name, dtype, shape, bytes)| (name.as_str(), *dtype, &shape[..], *bytes)),
-                file.metadata_entries(),
-            )
-        });
+        let computed = file
+            .raw_tensors()
+            .map(|tensors| data_digest(&tensors, file.metadata_entries()));
         let damage = match (computed, data_fnv1a64) {
             (Err(e), _) => Some(format!("corrupt or truncated: {e}")),
             (Ok(_), None) => Some(format!(

@@ -72,15 +72,20 @@ impl TensorFile {
             .collect()
     }
 
-    /// Every tensor as stored, in name order: name, dtype, shape and little-endian bytes.
-    pub fn raw_tensors(&self) -> Result<Vec<(String, Dtype, Vec<usize>, &[u8])>> {
+    /// Every tensor as stored, in name order, as it would be written again.
+    pub fn raw_tensors(&self) -> Result<Vec<TensorOut<'_>>> {
         let view = self.view()?;
-        let mut tensors: Vec<_> = view
+        let mut tensors: Vec<TensorOut<'_>> = view
             .tensors()
             .into_iter()
-            .map(|(name, tensor)| (name, tensor.dtype(), tensor.shape().to_vec(), tensor.data()))
+            .map(|(name, tensor)| TensorOut {
+                name,
+                dtype: tensor.dtype(),
+                shape: tensor.shape().to_vec(),
+                bytes: tensor.data(),
+            })
             .collect();
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(tensors)
     }
 
