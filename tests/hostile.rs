@@ -205,6 +205,19 @@ fn bad_input_to_every_subcommand_fails_cleanly() {
             ],
             vec!["--projection-dim 1000000000000", "memory"],
         ),
+        // A projection dimension without a projection is not silently ignored.
+        (
+            vec![
+                "ntk",
+                "--model",
+                &a("mlp.st"),
+                "--data",
+                &a("data.st"),
+                "--projection-dim",
+                "8",
+            ],
+            vec!["--projection-dim 8", "without --projection the kernel is exact"],
+        ),
         (
             vec!["ntk", "--model", &a("gap.st"), "--data", &a("data.st")],
             vec!["gap.st", "fc2.weight", "without gaps"],

@@ -135,6 +135,14 @@ fn default_block_rows(n_cols: usize, tile_rows: usize) -> usize {
 
 pub fn run(args: NtkArgs) -> Result<()> {
     super::set_threads(args.threads)?;
+    if args.projection == ProjectionKind::None && args.projection_dim != 0 {
+        // Otherwise the exact kernel would be computed and the dimension silently ignored.
+        return Err(Error::input(format!(
+            "--projection-dim {} applies to a random projection (--projection rademacher, \
+             gaussian or kronecker); without --projection the kernel is exact",
+            args.projection_dim
+        )));
+    }
     let out = match args.shard {
         Some(shard) => shard.path(&args.out),
         None => args.out.clone(),
