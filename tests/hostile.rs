@@ -216,7 +216,10 @@ fn bad_input_to_every_subcommand_fails_cleanly() {
                 "--projection-dim",
                 "8",
             ],
-            vec!["--projection-dim 8", "without --projection the kernel is exact"],
+            vec![
+                "--projection-dim 8",
+                "without --projection the kernel is exact",
+            ],
         ),
         (
             vec!["ntk", "--model", &a("gap.st"), "--data", &a("data.st")],
