@@ -45,6 +45,10 @@ pub enum Error {
     /// Tokenizer failures (the tokenizers crate reports a boxed error).
     #[error("tokenizer {}: {message}", path.display())]
     Tokenizer { path: PathBuf, message: String },
+    /// Standard output was closed by its reader (`mscope … | head`): not a failure of the run,
+    /// which the CLI ends quietly, as coreutils do, after its clean-up.
+    #[error("standard output closed by its reader")]
+    StdoutClosed,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -279,3 +279,81 @@ fn npy_element_types_decode_as_numpy_stores_them() {
         assert!(err.to_string().contains(needle), "{descr}: {err}");
     }
 }
+
+/// A `.npz` of one deflated member `embeddings.npy` (4 MiB of f32 zeros, a few KiB deflated),
+/// written with zip64 size fields when `zip64`, and its member's inflated size.
+fn zeros_npz(zip64: bool) -> (Vec<u8>, u64) {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("zeros.npy");
+    mscope::io::npy::write_f32(&npy, &[1 << 20], &vec![0.0; 1 << 20]).unwrap();
+    let member = std::fs::read(&npy).unwrap();
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .large_file(zip64);
+    zip.start_file("embeddings.npy", options).unwrap();
+    zip.write_all(&member).unwrap();
+    (zip.finish().unwrap().into_inner(), member.len() as u64)
+}
+
+/// `bytes` with every occurrence of `from` replaced by `to` (the same length): the size fields
+/// of a crafted archive.
+fn replaced(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let mut out = bytes.to_vec();
+    let mut count = 0;
+    let mut at = 0;
+    while let Some(found) = out[at..].windows(from.len()).position(|w| w == from) {
+        out[at + found..at + found + to.len()].copy_from_slice(to);
+        at += found + to.len();
+        count += 1;
+    }
+    assert!(count > 0, "no size field to replace");
+    out
+}
+
+/// A deflate bomb is bounded: each member is inflated only to its declared size, the declared
+/// sizes are checked against the available memory first, and a size that lies either way is an
+/// error naming the archive and the member.
+#[test]
+fn npz_members_inflate_only_to_their_declared_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bomb.npz");
+    let (honest, size) = zeros_npz(false);
+    assert!(honest.len() < 64 * 1024, "{} bytes", honest.len());
+    std::fs::write(&path, &honest).unwrap();
+    let arrays = mscope::io::npy::read_npz(&path).unwrap();
+    assert_eq!(arrays[0].1.len(), 1 << 20, "the honest archive reads");
+
+    let actual = (size as u32).to_le_bytes();
+    for (declared, needle) in [
+        (1000u32, "inflates to more bytes"),
+        (size as u32 + 1, "inflates to only"),
+    ] {
+        std::fs::write(&path, replaced(&honest, &actual, &declared.to_le_bytes())).unwrap();
+        let error = mscope::io::npy::read_npz(&path).unwrap_err().to_string();
+        for needle in [
+            needle,
+            &format!("declares {declared}"),
+            "bomb.npz",
+            "embeddings.npy",
+        ] {
+            assert!(error.contains(needle), "`{needle}` not in: {error}");
+        }
+    }
+
+    // A zip64 size of 2^60 bytes: refused for memory before anything is inflated.
+    let (honest64, size) = zeros_npz(true);
+    let huge = replaced(&honest64, &size.to_le_bytes(), &(1u64 << 60).to_le_bytes());
+    std::fs::write(&path, huge).unwrap();
+    let error = mscope::io::npy::read_npz(&path).unwrap_err().to_string();
+    assert!(
+        error.contains("bomb.npz") && error.contains("embeddings.npy") && error.contains("memory"),
+        "{error}"
+    );
+    assert_fails_cleanly(
+        &["pca", "--input", path.to_str().unwrap()],
+        &["bomb.npz", "more than the", "available"],
+    );
+}

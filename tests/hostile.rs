@@ -205,6 +205,22 @@ fn bad_input_to_every_subcommand_fails_cleanly() {
             ],
             vec!["--projection-dim 1000000000000", "memory"],
         ),
+        // A projection dimension without a projection is not silently ignored.
+        (
+            vec![
+                "ntk",
+                "--model",
+                &a("mlp.st"),
+                "--data",
+                &a("data.st"),
+                "--projection-dim",
+                "8",
+            ],
+            vec![
+                "--projection-dim 8",
+                "without --projection the kernel is exact",
+            ],
+        ),
         (
             vec!["ntk", "--model", &a("gap.st"), "--data", &a("data.st")],
             vec!["gap.st", "fc2.weight", "without gaps"],
@@ -470,8 +486,9 @@ fn models_with_bad_epsilons_or_non_finite_weights_are_refused_on_load() {
     embed(&inf, &["layers.0.self_attn.q_proj.weight", "not finite"]);
 }
 
-/// Outputs go only to regular files: a device or FIFO named as `--out` stays what it was, an
-/// output equal to an input (under another spelling) or to another output is refused before
+/// Outputs go only to regular files (and `train`'s to a new directory): a device or FIFO named
+/// as `--out` stays what it was, an existing directory is refused as `train --out`, an output
+/// equal to an input (under another spelling) or to another output is refused before
 /// any work, and a plot into a missing folder says so in words.
 #[test]
 fn outputs_are_regular_files_distinct_from_inputs_and_each_other() {
@@ -526,6 +543,31 @@ fn outputs_are_regular_files_distinct_from_inputs_and_each_other() {
                 .map(String::from)
                 .to_vec(),
             vec!["the command reads it (--data)"],
+        ),
+        // `train --out` is a directory the run creates: an existing one is refused, saying
+        // what is there and what to do.
+        (
+            [
+                "train",
+                "--data",
+                path_str(&data),
+                "--out",
+                path_str(dir.path()),
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec![
+                "--out",
+                "this directory already exists and holds",
+                "data.st",
+                "give a path that does not exist yet, or remove this one",
+            ],
+        ),
+        (
+            ["train", "--data", path_str(&data), "--out", path_str(&out)]
+                .map(String::from)
+                .to_vec(),
+            vec!["--out", "already exists (empty)"],
         ),
         (
             ["data", "moons", "--n", "40", "--out"]

@@ -1,7 +1,8 @@
 //! How the release binary writes its outputs: SIGINT and SIGTERM during a write leave no
 //! temporary or lock file and end the process by that signal; temporary files of dead
 //! processes are swept; a second run on one output fails at once naming the first one's PID;
-//! and every command that writes a file writes the same bytes when run twice.
+//! every command that writes a file writes the same bytes when run twice; and every command
+//! that prints ends quietly, leaving nothing behind, when its standard output's reader is gone.
 //!
 //! Writes are caught in flight with `MSCOPE_TEST_HOLD_WRITE_MS`, which makes each write wait
 //! between filling its temporary file and renaming it.
@@ -224,79 +225,183 @@ fn write_embeddings(path: &Path, rotate: bool) {
     .unwrap();
 }
 
-/// Runs every command that writes a file, on small inputs, in `dir`; returns the files written.
-fn write_everything(dir: &Path) -> Vec<PathBuf> {
-    let p = |name: &str| dir.join(name);
-    // Run inside `dir` with relative names: reports record their inputs' paths as given.
-    let run = |args: &[String]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_mscope"))
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mscope {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let cmd = |line: &str| -> Vec<String> {
-        line.split_whitespace()
-            .map(|w| w.strip_prefix('@').unwrap_or(w).to_string())
-            .collect()
-    };
-    write_embeddings(&p("a.safetensors"), false);
-    write_embeddings(&p("b.safetensors"), true);
-    let texts = s(&repo_path("tests/fixtures/texts.jsonl")).to_string();
-    let minilm = s(&minilm_dir()).to_string();
+/// What a command's standard output is connected to.
+#[derive(Clone, Copy, PartialEq)]
+enum Stdout {
+    /// Read whole; `slurm plan`'s is kept as the file `plan.sh` (its output is a script).
+    Read,
+    /// A pipe whose reader is closed before the command writes (`mscope … | head -c0`).
+    ClosedPipe,
+}
+
+/// `slurm plan` runs in one fixed directory whatever `dir` is: the plan records the directory
+/// it was made in (`--chdir`), and the two runs compared must make the same plan.
+fn slurm_plan_dir() -> PathBuf {
+    repo_path("tests/fixtures")
+}
+
+/// `args` run as a command line of `line`, `@` marking the names relative to the run's folder.
+fn cmd(line: &str) -> Vec<String> {
+    line.split_whitespace()
+        .map(|w| w.strip_prefix('@').unwrap_or(w).to_string())
+        .collect()
+}
+
+/// Every command that writes a file (or, for `slurm plan`, prints one), on small inputs, in
+/// order: later ones read what earlier ones wrote. Run inside the folder with relative names:
+/// reports record their inputs' paths as given.
+fn command_lines() -> Vec<Vec<String>> {
+    let fixture = |name: &str| s(&repo_path(&format!("tests/fixtures/{name}"))).to_string();
+    let (texts, minilm) = (fixture("texts.jsonl"), s(&minilm_dir()).to_string());
     let lines = [
-        "data --out @train.safetensors --test-out @test.safetensors --plot @moons.png moons --n 200",
+        "data --out @train.safetensors --test-out @test.safetensors --plot @moons.png moons --n 200"
+            .to_string(),
         "train --data @train.safetensors --test-data @test.safetensors --out @ens --hidden 8 \
-         --epochs 2 --seeds 0,1",
+         --epochs 2 --seeds 0,1"
+            .into(),
+        format!(
+            "train --model {} --data {texts} --out @tuned --epochs 1 --batch-size 2 --threads 1",
+            fixture("classifiers/tiny-bert-encoder"),
+            texts = fixture("classifiers/texts.jsonl")
+        ),
         "ntk --model @ens/model-seed0.safetensors --data @test.safetensors --out @k.safetensors \
-         --backend cpu --threads 1",
+         --backend cpu --threads 1"
+            .into(),
         "ntk --model @ens/model-seed0.safetensors --data @test.safetensors --kind trntk0 \
-         --out @k0.safetensors --backend cpu --threads 1",
+         --out @k0.safetensors --backend cpu --threads 1"
+            .into(),
         "ntk --model @ens/model-seed0.safetensors --data @test.safetensors \
-         --against @train.safetensors --out @kst.safetensors --backend cpu --threads 1",
+         --against @train.safetensors --out @kst.safetensors --backend cpu --threads 1"
+            .into(),
         "ntk --model @ens/model-seed0.safetensors --data @train.safetensors \
-         --out @ktt.safetensors --backend cpu --threads 1",
+         --out @ktt.safetensors --backend cpu --threads 1"
+            .into(),
         "ntk --model @ens/model-seed0.safetensors --data @test.safetensors \
-         --out @ks.safetensors --backend cpu --threads 1 --tile-rows 16 --shard 0/2",
+         --out @ks.safetensors --backend cpu --threads 1 --tile-rows 16 --shard 0/2"
+            .into(),
         "ntk --model @ens/model-seed0.safetensors --data @test.safetensors \
-         --out @ks.safetensors --backend cpu --threads 1 --tile-rows 16 --shard 1/2",
-        "merge @ks.safetensors",
+         --out @ks.safetensors --backend cpu --threads 1 --tile-rows 16 --shard 1/2"
+            .into(),
+        "merge @ks.safetensors".into(),
         "kglm --train-kernel @ktt.safetensors --train-labels @train.safetensors \
          --test-kernel @kst.safetensors --test-labels @test.safetensors --out @kglm.json \
          --model @ens/model-seed0.safetensors --test-data @test.safetensors \
-         --plot @kglm.png --threads 1",
+         --plot @kglm.png --threads 1"
+            .into(),
         "ntk-compare @k.safetensors @k0.safetensors --json @ntkc.json --plot @ntkc.png \
-         --threads 1",
+         --threads 1"
+            .into(),
         "compare --scores @ens/scores.safetensors --out @compare.json \
-         --plot @compare.png --backend cpu --threads 1",
-        "pca --input @a.safetensors --out @pca.json --plot @pca.png --backend cpu --threads 1",
+         --plot @compare.png --backend cpu --threads 1"
+            .into(),
+        "alpha --candidate @candidate.txt --reference @reference.txt --plot @alpha.png \
+         --backend cpu"
+            .into(),
+        "pca --input @a.safetensors --out @pca.json --plot @pca.png --backend cpu --threads 1"
+            .into(),
         "lda --input @a.safetensors --out @lda.json --save @det.safetensors --plot @lda.png \
-         --backend cpu --threads 1",
-        "classify --detector @det.safetensors --input @b.safetensors --out @classify.json",
+         --backend cpu --threads 1"
+            .into(),
+        "classify --detector @det.safetensors --input @b.safetensors --out @classify.json".into(),
         "cluster --input @a.safetensors --k 2 --json @cluster.json --plot @cluster.png \
-         --threads 1",
+         --threads 1"
+            .into(),
         "align @a.safetensors @b.safetensors --cca-dims 4 --json @align.json --plot @align.png \
-         --aligned @aligned.safetensors --threads 1",
-    ];
-    for line in lines {
-        run(&cmd(line));
-    }
-    let embed = format!(
-        "embed --model {minilm} --input {texts} --out @e.safetensors --backend cpu --threads 1"
-    );
-    run(&cmd(&embed));
-    for shard in ["0/2", "1/2"] {
-        run(&cmd(&format!(
+         --aligned @aligned.safetensors --threads 1"
+            .into(),
+        format!(
+            "embed --model {minilm} --input {texts} --out @e.safetensors --backend cpu --threads 1"
+        ),
+        format!(
             "embed --model {minilm} --input {texts} --out @es.safetensors --backend cpu \
-             --threads 1 --batch-size 4 --shard {shard}"
-        )));
+             --threads 1 --batch-size 4 --shard 0/2"
+        ),
+        format!(
+            "embed --model {minilm} --input {texts} --out @es.safetensors --backend cpu \
+             --threads 1 --batch-size 4 --shard 1/2"
+        ),
+        "merge @es.safetensors".into(),
+        format!(
+            "embed --model {} --images {} --out @images.safetensors --backend cpu --threads 1",
+            fixture("clip/open_clip-tiny"),
+            fixture("clip/photos")
+        ),
+        format!(
+            "embed --model {} --input {texts} --out @decoder.safetensors --backend cpu \
+             --threads 1",
+            fixture("tiny-mistral")
+        ),
+        format!(
+            "embed --model {} --input {texts} --out @gguf.safetensors --backend cpu --threads 1",
+            fixture("gguf/tiny-llama-spm.gguf")
+        ),
+        "slurm plan --shards 4 --time 1:00:00 -- mscope ntk --model mlp.safetensors \
+         --data train.safetensors --backend cpu --threads 1 --out kernel.safetensors"
+            .into(),
+    ];
+    lines.iter().map(|line| cmd(line)).collect()
+}
+
+/// Runs `mscope args` in `dir` (`slurm plan` in [`slurm_plan_dir`]) with its standard output
+/// connected as `stdout` says, and asserts how it ended: success, or with its reader gone, by
+/// SIGPIPE without a panic.
+fn run_in(dir: &Path, args: &[String], stdout: Stdout) {
+    let plan = args[0] == "slurm";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mscope"))
+        .args(args)
+        .current_dir(if plan {
+            slurm_plan_dir()
+        } else {
+            dir.to_path_buf()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if stdout == Stdout::ClosedPipe {
+        drop(child.stdout.take());
     }
-    run(&cmd("merge @es.safetensors"));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match stdout {
+        Stdout::Read => {
+            assert!(out.status.success(), "mscope {args:?} failed: {stderr}");
+            if plan {
+                std::fs::write(dir.join("plan.sh"), &out.stdout).unwrap();
+            }
+        }
+        Stdout::ClosedPipe => {
+            // Ended by SIGPIPE, as `yes | head -c0` ends `yes`: silently, 141 in a shell.
+            assert_eq!(
+                out.status.signal(),
+                Some(13),
+                "mscope {args:?} with its stdout closed: {:?} {stderr}",
+                out.status
+            );
+            // Progress lines (`bench`) may come first; no complaint about the pipe.
+            for complaint in ["panicked", "error", "Broken pipe"] {
+                assert!(!stderr.contains(complaint), "mscope {args:?}: {stderr}");
+            }
+        }
+    }
+}
+
+/// Runs every command of [`command_lines`] in `dir` on its inputs; returns the files in `dir`
+/// afterwards, hidden ones included, as relative paths.
+fn write_everything(dir: &Path, stdout: Stdout) -> Vec<PathBuf> {
+    let p = |name: &str| dir.join(name);
+    write_embeddings(&p("a.safetensors"), false);
+    write_embeddings(&p("b.safetensors"), true);
+    let sample = |shift: f64| -> String {
+        (0..200)
+            .map(|i| format!("{}\n", (i as f64 * 0.37).sin() + shift))
+            .collect()
+    };
+    std::fs::write(p("candidate.txt"), sample(0.2)).unwrap();
+    std::fs::write(p("reference.txt"), sample(0.0)).unwrap();
+    for args in command_lines() {
+        run_in(dir, &args, stdout);
+    }
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(folder) = pending.pop() {
@@ -313,11 +418,14 @@ fn write_everything(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Every command that writes a file writes the same bytes in a second run, `slurm plan`'s
+/// printed script included. `bench` is left out: it measures time, and its reports and plots
+/// carry the timings, which no two runs share.
 #[test]
 fn every_command_writes_the_same_bytes_twice() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let files = write_everything(a.path());
-    assert_eq!(write_everything(b.path()), files);
+    let files = write_everything(a.path(), Stdout::Read);
+    assert_eq!(write_everything(b.path(), Stdout::Read), files);
     // Each command's outputs are there (a missing one would pass the comparison unnoticed).
     for name in [
         "moons.png",
@@ -337,6 +445,14 @@ fn every_command_writes_the_same_bytes_twice() {
         "e.safetensors",
         "e.safetensors.texts.jsonl",
         "es.safetensors.texts.jsonl",
+        "tuned/model.safetensors",
+        "tuned/train.json",
+        "alpha.png",
+        "images.safetensors",
+        "images.safetensors.texts.jsonl",
+        "decoder.safetensors",
+        "gguf.safetensors",
+        "plan.sh",
     ] {
         assert!(files.contains(&PathBuf::from(name)), "{name} not written");
     }
@@ -351,4 +467,31 @@ fn every_command_writes_the_same_bytes_twice() {
         differing.is_empty(),
         "differ between two runs: {differing:?}"
     );
+}
+
+/// Every command that prints to standard output, its reader gone before it writes (`mscope …
+/// | head -c0`), ends quietly by SIGPIPE as coreutils do, after finishing its files: no panic,
+/// no error message, no temporary or lock file left, every output in place.
+#[test]
+fn every_command_ends_quietly_when_its_stdout_reader_has_gone() {
+    let (closed, read) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let files = write_everything(closed.path(), Stdout::ClosedPipe);
+    let leftovers: Vec<&PathBuf> = files
+        .iter()
+        .filter(|f| {
+            let name = f.file_name().unwrap().to_string_lossy();
+            name.contains(".tmp-") || name.ends_with(".lock")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    let mut expected = write_everything(read.path(), Stdout::Read);
+    expected.retain(|f| f != Path::new("plan.sh"));
+    assert_eq!(files, expected, "the same files as with stdout read");
+    // Those that write no file: `devices`, `bench` (its tables on stdout).
+    for line in [
+        "devices",
+        "bench --quick --repeat 1 --warmup 0 --suite kernels --filter minilm",
+    ] {
+        run_in(closed.path(), &cmd(line), Stdout::ClosedPipe);
+    }
 }

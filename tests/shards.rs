@@ -2,7 +2,8 @@
 //! `mscope merge`, give byte for byte the file one process writes (and that file matches
 //! torch.func's kernel); a shard killed with SIGKILL resumes from its finished tiles; SIGTERM
 //! stops a run with exit status 75 and the rerun completes to the same bytes; the merge refuses,
-//! naming the files, shards that are missing, truncated, duplicated or of another run.
+//! naming the files, shards that are missing, truncated, damaged (data that no longer match
+//! their manifest's digest), duplicated or of another run.
 
 mod common;
 
@@ -474,6 +475,49 @@ fn merge_refuses_missing_truncated_duplicate_and_foreign_shards() {
     assert_eq!((keep(0), keep(1), keep(2)), (s0, s1, s2));
     let merged = merge(&out);
     assert!(merged.status.success(), "{}", stderr_of(&merged));
+}
+
+/// Flips one bit in the middle of the tensor data of `path` (a safetensors file), which leaves
+/// its header, and so the file's readability, intact.
+fn flip_a_data_bit(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let data = 8 + header..bytes.len();
+    assert!(!data.is_empty(), "{} holds no tensor data", path.display());
+    let middle = data.start + data.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn merge_refuses_a_shard_whose_tensor_data_changed_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = fixture("train.safetensors");
+    let kernel = dir.path().join("k.safetensors");
+    for index in ["0/2", "1/2"] {
+        ok(
+            &ntk_args(&train, None, &kernel),
+            &["--tile-rows", "4", "--shard", index],
+        );
+    }
+    let texts = texts_file(dir.path(), 1);
+    let embeddings = dir.path().join("e.safetensors");
+    for index in ["0/2", "1/2"] {
+        ok(&embed_args(&texts, &embeddings), &["--shard", index]);
+    }
+    for (out, shard) in [
+        (&kernel, "k.shard-1-of-2.safetensors"),
+        (&embeddings, "e.shard-1-of-2.safetensors"),
+    ] {
+        let path = dir.path().join(shard);
+        let intact = std::fs::read(&path).unwrap();
+        flip_a_data_bit(&path);
+        refused(out, &["corrupt", shard, "digest"]);
+        // The same shard undamaged merges: the digest is the data's, not a chance refusal.
+        std::fs::write(&path, intact).unwrap();
+        let merged = merge(out);
+        assert!(merged.status.success(), "{}", stderr_of(&merged));
+    }
 }
 
 #[test]

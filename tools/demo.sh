@@ -47,10 +47,12 @@ mscope compare --scores $d/ensemble/scores.safetensors --labels $d/ensemble/scor
     --out $d/compare.json --plot $d/compare.png
 mlp=$d/ensemble/model-seed0.safetensors
 for projection in none kronecker; do
+    # A projection dimension only with a projection (ntk refuses one it would ignore).
+    dim=$([ $projection = none ] || echo "--projection-dim 32")
     mscope ntk --model $mlp --data $d/digits-train.safetensors --projection $projection \
-        --projection-dim 32 --out $d/ntk-$projection-train.safetensors
+        $dim --out $d/ntk-$projection-train.safetensors
     mscope ntk --model $mlp --data $d/digits-test.safetensors --against $d/digits-train.safetensors \
-        --projection $projection --projection-dim 32 --out $d/ntk-$projection-test.safetensors
+        --projection $projection $dim --out $d/ntk-$projection-test.safetensors
     mscope kglm --train-kernel $d/ntk-$projection-train.safetensors \
         --train-labels $d/digits-train.safetensors --test-kernel $d/ntk-$projection-test.safetensors \
         --test-labels $d/digits-test.safetensors --model $mlp --test-data $d/digits-test.safetensors \

@@ -93,7 +93,7 @@ pub fn run(args: AlignArgs) -> Result<()> {
     if let Some(path) = &args.plot {
         report::align::plots(&report, path)?;
     }
-    print!("{}", report::align::markdown(&report));
+    out!("{}", report::align::markdown(&report))?;
     Ok(())
 }
 

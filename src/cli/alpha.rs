@@ -61,12 +61,12 @@ pub fn run(args: AlphaArgs) -> Result<()> {
         report::alpha::plot(&report, path, (&args.candidate, &args.reference))?;
     }
     if args.json {
-        println!("{}", report::json_text(&report));
+        outln!("{}", report::json_text(&report))?;
     } else {
-        print!(
+        out!(
             "{}",
             report::alpha::markdown(&report, &args.candidate, &args.reference)
-        );
+        )?;
     }
     Ok(())
 }

@@ -82,6 +82,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(path) = &args.roofline_plot {
         report::bench::draw_roofline(path, &report.results)?;
     }
-    print!("{}", report::bench::markdown(&report));
+    out!("{}", report::bench::markdown(&report))?;
     Ok(())
 }

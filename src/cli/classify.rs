@@ -83,11 +83,11 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
             100.0 * correct as f64 / known.len() as f64
         )
     };
-    println!(
+    outln!(
         "classified {} rows into {} labels -> {}{summary}",
         file.rows(),
         k,
         args.out.display()
-    );
+    )?;
     Ok(())
 }

@@ -70,6 +70,6 @@ pub fn run(args: ClusterArgs) -> Result<()> {
     if let Some(path) = &args.plot {
         report::cluster::plot(&report, path)?;
     }
-    print!("{}", report::cluster::markdown(&report));
+    out!("{}", report::cluster::markdown(&report))?;
     Ok(())
 }

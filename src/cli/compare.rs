@@ -166,7 +166,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     if let Some(path) = &args.plot {
         report::compare::plot(&report, path)?;
     }
-    print!("{}", report::compare::markdown(&report, args.top));
+    out!("{}", report::compare::markdown(&report, args.top))?;
     Ok(())
 }
 
@@ -214,14 +214,14 @@ fn write_shard(
         "trim_seconds": report.trim_seconds,
     });
     shards::write_with(path, &manifest, Vec::new(), [(ROWS_KEY, rows.to_string())])?;
-    println!(
+    outln!(
         "compare shard {shard}: models {}..{} of {} on {} -> {}",
         models.start,
         models.end,
         report.n_models,
         report.backend,
         path.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -283,6 +283,6 @@ pub(super) fn merge(out: &std::path::Path, shards: &[ShardFile]) -> Result<()> {
         trim_seconds,
     };
     report::write_json(out, &report)?;
-    print!("{}", report::compare::markdown(&report, 20));
+    out!("{}", report::compare::markdown(&report, 20))?;
     Ok(())
 }

@@ -147,9 +147,9 @@ pub fn run(args: DataArgs) -> Result<()> {
     if let Some(path) = &output.plot {
         summary += &format!(", plot -> {}", path.display());
     }
-    println!(
+    outln!(
         "{summary} ({dim} dims, {labels} labels, seed {})",
         output.seed
-    );
+    )?;
     Ok(())
 }

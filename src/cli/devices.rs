@@ -24,18 +24,18 @@ fn cpu_features() -> Vec<&'static str> {
 }
 
 pub fn run() -> Result<()> {
-    println!(
+    outln!(
         "cpu: {} threads, SIMD: {}",
         rayon::current_num_threads(),
         cpu_features().join(" ")
-    );
+    )?;
 
     let adapters = wgpu::list_adapters();
     if adapters.is_empty() {
-        println!("wgpu: no adapter (install a Vulkan driver, e.g. mesa-vulkan-drivers)");
+        outln!("wgpu: no adapter (install a Vulkan driver, e.g. mesa-vulkan-drivers)")?;
     }
     for (i, a) in adapters.iter().enumerate() {
-        println!(
+        outln!(
             "wgpu {i}: {} [{} {}] driver {}; shader_f16 {}, subgroups {}, timestamps {}, max storage binding {} MiB",
             a.name,
             a.backend,
@@ -45,23 +45,23 @@ pub fn run() -> Result<()> {
             a.subgroups,
             a.timestamp_query,
             a.max_storage_binding_bytes >> 20
-        );
+        )?;
     }
 
     match cuda::list_devices() {
         Ok(devices) => {
             for d in devices {
-                println!(
+                outln!(
                     "cuda {}: {} (sm_{}{}), {:.1} GiB",
                     d.ordinal,
                     d.name,
                     d.compute_capability.0,
                     d.compute_capability.1,
                     d.memory_bytes as f64 / (1u64 << 30) as f64
-                );
+                )?;
             }
         }
-        Err(why) => println!("cuda: {why}"),
+        Err(why) => outln!("cuda: {why}")?,
     }
     Ok(())
 }

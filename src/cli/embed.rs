@@ -253,7 +253,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     };
     write_with_texts(&args.out, format, &file, &corpus.texts, false)?;
     let rows = file.rows();
-    println!(
+    outln!(
         "embedded {rows} texts ({} tokens, {} labels) with {} on {} in {seconds:.2} s: {:.1} texts/s, {:.0} tokens/s -> {}{}",
         embedded.tokens,
         file.label_names.len(),
@@ -263,7 +263,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         embedded.tokens as f64 / seconds,
         args.out.display(),
         texts_note(format, &sidecar)
-    );
+    )?;
     Ok(())
 }
 
@@ -310,7 +310,7 @@ fn run_images(args: EmbedArgs, format: OutputFormat) -> Result<()> {
         .collect();
     write_with_texts(&args.out, format, &file, &paths, true)?;
     let rows = file.rows();
-    println!(
+    outln!(
         "embedded {rows} images ({} labels) with {} on {} in {seconds:.2} s: {:.1} images/s -> {}{}",
         file.label_names.len(),
         file.model,
@@ -318,7 +318,7 @@ fn run_images(args: EmbedArgs, format: OutputFormat) -> Result<()> {
         rows as f64 / seconds,
         args.out.display(),
         texts_note(format, &texts_sidecar_path(&args.out))
-    );
+    )?;
     Ok(())
 }
 
@@ -477,7 +477,7 @@ fn run_shard(
     if let Some(c) = checkpoint {
         c.remove()?;
     }
-    println!(
+    outln!(
         "embed shard {shard}: {} texts in {} batches{} with {} on {} in {:.2} s -> {}",
         rows.len(),
         mine.len(),
@@ -490,7 +490,7 @@ fn run_shard(
         backend.name(),
         start.elapsed().as_secs_f64(),
         path.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -587,11 +587,11 @@ pub(super) fn merge(out: &Path, shards: &[ShardFile]) -> Result<()> {
         max_length: info["max_length"].as_u64().unwrap_or(0) as usize,
     };
     write_with_texts(out, format, &file, &corpus.texts, false)?;
-    println!(
+    outln!(
         "embeddings of {n} texts merged from {} shards -> {}{}",
         shards.len(),
         out.display(),
         texts_note(format, &sidecar)
-    );
+    )?;
     Ok(())
 }

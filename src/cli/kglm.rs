@@ -96,6 +96,6 @@ pub fn run(args: KglmArgs) -> Result<()> {
     if let Some(path) = &args.plot {
         report::kglm::plot(&report, path)?;
     }
-    print!("{}", report::kglm::markdown(&report));
+    out!("{}", report::kglm::markdown(&report))?;
     Ok(())
 }

@@ -81,6 +81,6 @@ pub fn run(args: LdaArgs) -> Result<()> {
     if let Some(path) = &args.plot {
         report::lda::plots(&report, path)?;
     }
-    print!("{}", report::lda::markdown(&report));
+    out!("{}", report::lda::markdown(&report))?;
     Ok(())
 }

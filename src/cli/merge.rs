@@ -11,7 +11,8 @@ use crate::io::{check_outputs, shards};
 #[derive(Args)]
 #[command(after_help = "\
 Reads every OUT.shard-I-of-N.safetensors beside OUT and refuses, listing the files, when a \
-shard is missing, corrupt or truncated, a duplicate (a copied or renamed shard), or of another \
+shard is missing, corrupt or truncated, damaged (its data no longer match the digest its \
+manifest records), a duplicate (a copied or renamed shard), or of another \
 run (other inputs, arguments, mscope version, backend or thread count). The shards are kept; \
 remove them once OUT is written.")]
 pub struct MergeArgs {

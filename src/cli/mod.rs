@@ -1,4 +1,23 @@
 //! The `mscope` command line: one file per subcommand.
+//!
+//! Subcommands print to standard output only through [`out!`] and [`outln!`], which return an
+//! error instead of panicking when the reader has gone (`mscope … | head -c1`): the command
+//! stops there, and [`main`] cleans up and ends the process quietly by SIGPIPE, as coreutils do.
+
+/// `print!` that returns a [`Result`]: [`Error::StdoutClosed`] when the reader of standard
+/// output has gone (EPIPE), an I/O error naming standard output otherwise.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `println!` that returns a [`Result`], as [`out!`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
 
 mod align;
 mod alpha;
@@ -110,6 +129,7 @@ pub fn main() -> ExitCode {
     crate::io::output_guard::release();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Error::StdoutClosed) => end_by_sigpipe(),
         Err(e @ Error::Preempted(_)) => {
             eprintln!("stopped: {e}");
             ExitCode::from(crate::io::preemption::EXIT_PREEMPTED)
@@ -119,6 +139,29 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `args` to standard output and flushes it (each piece reaches a pipe's reader as it is
+/// printed); see [`out!`].
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => Error::StdoutClosed,
+            _ => Error::io("standard output", e),
+        })
+}
+
+/// Ends the process as a program that does not ignore SIGPIPE ends when its reader goes: by
+/// the signal, silently (status 141 in a shell). Rust ignores SIGPIPE, so this restores its
+/// default action and raises it; called once the run's temporary and lock files are removed.
+fn end_by_sigpipe() -> ExitCode {
+    let _ = signal_hook::low_level::emulate_default_handler(signal_hook::consts::SIGPIPE);
+    // Not reached where SIGPIPE's default action ends the process.
+    ExitCode::from(128 + signal_hook::consts::SIGPIPE as u8)
 }
 
 /// Sizes rayon's global pool (used by every CPU kernel); 0 keeps rayon's default of one thread

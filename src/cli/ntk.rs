@@ -135,6 +135,14 @@ fn default_block_rows(n_cols: usize, tile_rows: usize) -> usize {
 
 pub fn run(args: NtkArgs) -> Result<()> {
     super::set_threads(args.threads)?;
+    if args.projection == ProjectionKind::None && args.projection_dim != 0 {
+        // Otherwise the exact kernel would be computed and the dimension silently ignored.
+        return Err(Error::input(format!(
+            "--projection-dim {} applies to a random projection (--projection rademacher, \
+             gaussian or kronecker); without --projection the kernel is exact",
+            args.projection_dim
+        )));
+    }
     let out = match args.shard {
         Some(shard) => shard.path(&args.out),
         None => args.out.clone(),
@@ -234,7 +242,7 @@ pub fn run(args: NtkArgs) -> Result<()> {
         ProjectionKind::None => "exact".to_string(),
         p => format!("{p:?} k={}", args.projection_dim).to_lowercase(),
     };
-    println!(
+    outln!(
         "{} {}×{} ({projection}) of a {} MLP on {} in {seconds:.2} s: {:.3e} pairs/s{} -> {}",
         args.kind.name(),
         kernel.rows,
@@ -252,7 +260,7 @@ pub fn run(args: NtkArgs) -> Result<()> {
             String::new()
         },
         args.out.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -408,7 +416,7 @@ fn run_tiled(
         (Some(first), Some(last)) => first.start..last.end,
         _ => 0..0,
     };
-    println!(
+    outln!(
         "{} {what}: rows {}..{} ({} tiles{}) on {} × {} in {:.2} s -> {}",
         manifest.job["file"]["kind"].as_str().unwrap_or("kernel"),
         rows.start,
@@ -423,7 +431,7 @@ fn run_tiled(
         backends[0].name(),
         start.elapsed().as_secs_f64(),
         path.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -612,7 +620,7 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
         &mut |checkpoint, on_block| job.run(backend.as_ref(), checkpoint, on_block),
     )?;
     let computed = (job.n_rows() - resumed_rows) * n_cols;
-    println!(
+    outln!(
         "{} {}×{} ({}) of a {} classifier ({} labels) on {} in {seconds:.2} s: {:.3e} \
          pairs/s{} -> {}",
         args.kind.name(),
@@ -632,7 +640,7 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
             String::new()
         },
         args.out.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -677,12 +685,12 @@ pub(super) fn merge(out: &std::path::Path, shards: &[ShardFile]) -> Result<()> {
     })?;
     let kernel = kernel_file(job, values, &tiling);
     kernel.write(out)?;
-    println!(
+    outln!(
         "{} {rows}×{cols} merged from {} shards -> {}",
         kernel.kind,
         shards.len(),
         out.display()
-    );
+    )?;
     Ok(())
 }
 

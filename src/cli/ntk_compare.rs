@@ -70,16 +70,16 @@ pub fn run(args: NtkCompareArgs) -> Result<()> {
     if let Some(paths) = &spectrum_paths {
         report::kernels::export_spectra(&report, paths)?;
     }
-    print!("{}", report::kernels::markdown(&report));
+    out!("{}", report::kernels::markdown(&report))?;
     if let Some([a, b]) = &spectrum_paths {
-        println!(
+        outln!(
             "\nSpectra written to {} and {}: `mscope alpha --candidate {} --reference {}` \
              compares them.",
             a.display(),
             b.display(),
             a.display(),
             b.display()
-        );
+        )?;
     }
     Ok(())
 }

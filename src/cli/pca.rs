@@ -67,6 +67,6 @@ pub fn run(args: PcaArgs) -> Result<()> {
     if let Some(path) = &args.plot {
         report::pca::plots(&report, path)?;
     }
-    print!("{}", report::pca::markdown(&report));
+    out!("{}", report::pca::markdown(&report))?;
     Ok(())
 }

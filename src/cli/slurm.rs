@@ -67,9 +67,9 @@ fn plan(args: PlanArgs) -> Result<()> {
     let plan = Plan::new(command, &options)?;
     if args.submit {
         let ids = plan.submit()?;
-        println!("shards: job {}, merge: job {}", ids.shards, ids.merge);
+        outln!("shards: job {}, merge: job {}", ids.shards, ids.merge)?;
     } else {
-        print!("{}", plan.render());
+        out!("{}", plan.render())?;
     }
     Ok(())
 }

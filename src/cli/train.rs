@@ -11,7 +11,7 @@ use clap::Args;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::instruments::ensemble::{train_ensemble, Named};
-use crate::io::check_outputs;
+use crate::io::check_output_dir;
 use crate::io::datasets::read_train_test;
 use crate::io::texts::TextRow;
 use crate::models::mlp::parse_activation;
@@ -79,7 +79,7 @@ pub struct TrainArgs {
     /// order and any new head's initial weights.
     #[arg(long, visible_alias = "seed", default_value = "0")]
     seeds: String,
-    /// Output directory (created if absent): model-seed{S}.safetensors, train.json and, with
+    /// Output directory, which must not exist yet: model-seed{S}.safetensors, train.json and, with
     /// --test-data, scores.safetensors; with --model, the classifier directory and train.json.
     #[arg(long)]
     out: PathBuf,
@@ -124,19 +124,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     config.check()?;
     let seeds = parse_seeds(&args.seeds)?;
-    check_outputs(
+    check_output_dir(
         &[
             ("--data", Some(&args.data)),
             ("--test-data", args.test_data.as_deref()),
         ],
-        &[("--out", Some(&args.out))],
+        "--out",
+        &args.out,
     )?;
 
     let (data, test) = read_train_test(&args.data, args.test_data.as_deref())?;
     let created = !args.out.exists();
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
     let trained = train_and_write(&args, &config, &seeds, &data, test.as_ref());
-    if trained.is_err() && created {
+    if failed_before_writing(&trained) && created {
         // A run that fails before its first model (diverged, too large) leaves no empty
         // directory behind; `remove_dir` never deletes a directory with files in it.
         let _ = std::fs::remove_dir(&args.out);
@@ -180,7 +181,7 @@ fn train_and_write(
         report::train::write_scores(&report, test, &args.out.join("scores.safetensors"))?;
     }
     report::write_json(&args.out.join("train.json"), &report)?;
-    print!("{}", report::train::markdown(&report, &args.out));
+    out!("{}", report::train::markdown(&report, &args.out))?;
     Ok(())
 }
 
@@ -267,12 +268,18 @@ fn accuracy(
     Ok(right as f64 / texts.labels.len() as f64)
 }
 
+/// Whether a run ended by an error before its outputs were complete: not a closed standard
+/// output, which can only stop the summary printed after them.
+fn failed_before_writing(outcome: &Result<()>) -> bool {
+    matches!(outcome, Err(e) if !matches!(e, Error::StdoutClosed))
+}
+
 /// `--model`: fine-tunes the classifier (or the bare encoder with a new head) on `--data`'s
 /// labelled texts (module docs).
 fn fine_tune(args: &TrainArgs, model: &Path) -> Result<()> {
     let created = !args.out.exists();
     let tuned = fine_tune_into(args, model);
-    if tuned.is_err() && created {
+    if failed_before_writing(&tuned) && created {
         // The run made this directory (config, tokenizer) before it failed: leave nothing.
         let _ = std::fs::remove_dir_all(&args.out);
     }
@@ -314,12 +321,13 @@ fn fine_tune_into(args: &TrainArgs, model: &Path) -> Result<()> {
     let [seed] = seeds[..] else {
         return Err(Error::input("--seeds: fine-tuning takes one seed"));
     };
-    check_outputs(
+    check_output_dir(
         &[
             ("--data", Some(&args.data)),
             ("--test-data", args.test_data.as_deref()),
         ],
-        &[("--out", Some(&args.out))],
+        "--out",
+        &args.out,
     )?;
     let rows = read_texts(&args.data, args)?;
     let test_rows = args
@@ -415,21 +423,21 @@ fn fine_tune_into(args: &TrainArgs, model: &Path) -> Result<()> {
     bar.finish_and_clear();
     write_parameters(&args.out.join("model.safetensors"), &params)?;
     report::write_json(&args.out.join("train.json"), &report)?;
-    println!(
+    outln!(
         "fine-tuned {} for {epochs} epochs ({total} steps of {batch_size}, lr {lr}) into {}",
         model.display(),
         args.out.display()
-    );
+    )?;
     for e in &report {
         let test = e.test_accuracy.map_or(String::new(), |a| {
             format!(", test accuracy {:.2}%", 100.0 * a)
         });
-        println!(
+        outln!(
             "epoch {}: loss {:.4}, train accuracy {:.2}%{test}",
             e.epoch,
             e.loss,
             100.0 * e.train_accuracy
-        );
+        )?;
     }
     Ok(())
 }

@@ -110,10 +110,10 @@ impl Checkpoint {
 }
 
 /// The 64-bit FNV-1a offset basis: the state before any byte.
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub(crate) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// 64-bit FNV-1a state `hash` carried on over `bytes`.
-fn fnv1a64(hash: u64, bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a64(hash: u64, bytes: &[u8]) -> u64 {
     bytes
         .iter()
         .fold(hash, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))

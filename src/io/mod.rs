@@ -83,6 +83,58 @@ pub fn check_outputs(
     inputs: &[(&str, Option<&Path>)],
     outputs: &[(&str, Option<&Path>)],
 ) -> Result<()> {
+    guard_outputs(inputs, outputs, check_target)
+}
+
+/// [`check_outputs`] for a command whose output is a directory it creates (`train --out`):
+/// `dir` must not exist yet, so that a run never mixes its files with another run's, never
+/// overwrites them, and can remove all it made when it fails; then it must not be an input and
+/// is locked.
+pub fn check_output_dir(inputs: &[(&str, Option<&Path>)], flag: &str, dir: &Path) -> Result<()> {
+    guard_outputs(inputs, &[(flag, Some(dir))], |path| {
+        check_new_dir(flag, path)
+    })
+}
+
+/// An error unless nothing is at `dir`, saying what is there and what to do.
+fn check_new_dir(flag: &str, dir: &Path) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let what = if meta.is_dir() {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .filter_map(|entry| Some(entry.ok()?.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        let shown = names.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+        match names.len() {
+            0 => "this directory already exists (empty)".to_string(),
+            n => format!(
+                "this directory already exists and holds {n} entr{} ({shown}{})",
+                if n == 1 { "y" } else { "ies" },
+                if n > 3 { ", …" } else { "" }
+            ),
+        }
+    } else {
+        "a file already exists at this path".to_string()
+    };
+    Err(Error::input(format!(
+        "{flag} {}: {what}; the output is a new directory, never one that exists (a run would \
+         mix its files with another's): give a path that does not exist yet, or remove this one \
+         first",
+        dir.display()
+    )))
+}
+
+/// [`check_outputs`] with `check` the test of each output's path.
+fn guard_outputs(
+    inputs: &[(&str, Option<&Path>)],
+    outputs: &[(&str, Option<&Path>)],
+    check: impl Fn(&Path) -> Result<()>,
+) -> Result<()> {
     let resolve = |path: &Path| -> Option<PathBuf> {
         if let Ok(full) = path.canonicalize() {
             return Some(full);
@@ -101,8 +153,11 @@ pub fn check_outputs(
     let mut seen: Vec<(&str, PathBuf, &Path)> = Vec::new();
     for &(flag, path) in outputs {
         let Some(path) = path else { continue };
-        check_target(path)?;
-        let Some(full) = resolve(path) else { continue };
+        let Some(full) = resolve(path) else {
+            check(path)?;
+            continue;
+        };
+        // A clash first: an output that is an input is refused as such, whatever it is.
         let clash = inputs
             .iter()
             .find(|(_, p)| *p == full)
@@ -118,6 +173,7 @@ pub fn check_outputs(
                 path.display()
             )));
         }
+        check(path)?;
         seen.push((flag, full, path));
     }
     for (flag, full, shown) in &seen {

@@ -226,27 +226,56 @@ impl NpyArray {
 }
 
 /// The arrays of a `.npz` archive, in archive order, by name without the `.npy` suffix.
+///
+/// A member's declared (inflated) size is the archive's claim, and a deflated member can inflate
+/// a thousand times past its compressed bytes: the declared sizes, summed over the members, are
+/// checked against the available memory before a member is read, and each member is inflated
+/// only up to its declared size. A member that inflates to more or fewer bytes than declared is
+/// an error (a crafted or damaged archive), never a read without bound.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, NpyArray)>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let bad = |msg: String| Error::input(format!("{}: {msg}", path.display()));
-    // A member's declared size is the archive's claim: reserve at most the archive's length for
-    // it up front (deflated members grow past that as they are read).
+    // Reserve at most the archive's length up front: the declared size may be a lie.
     let archive_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut archive =
         zip::ZipArchive::new(file).map_err(|e| bad(format!("not a .npz archive: {e}")))?;
     let mut arrays = Vec::with_capacity(archive.len());
+    let mut declared_total = 0.0;
     for i in 0..archive.len() {
-        let mut member = archive
+        let member = archive
             .by_index(i)
             .map_err(|e| bad(format!("member {i}: {e}")))?;
         let name = member.name().to_string();
         let Some(key) = name.strip_suffix(".npy") else {
             continue;
         };
-        let mut bytes = Vec::with_capacity(member.size().min(archive_len) as usize);
+        let declared = member.size();
+        declared_total += declared as f64;
+        crate::limits::check_memory(
+            &format!(
+                "{}: reading its arrays up to member {name} (declared {declared} bytes \
+                 inflated)",
+                path.display()
+            ),
+            declared_total,
+        )?;
+        let mut bytes = Vec::with_capacity(declared.min(archive_len) as usize);
+        // One byte past the declared size tells a member that inflates further.
         member
+            .take(declared.saturating_add(1))
             .read_to_end(&mut bytes)
             .map_err(|e| bad(format!("member {name}: {e}")))?;
+        if bytes.len() as u64 != declared {
+            let inflated = if bytes.len() as u64 > declared {
+                "more".to_string()
+            } else {
+                format!("only {}", bytes.len())
+            };
+            return Err(bad(format!(
+                "member {name} inflates to {inflated} bytes, but the archive declares \
+                 {declared}: a damaged or crafted archive"
+            )));
+        }
         let array = NpyArray::parse(bytes, &format!("{}:{name}", path.display()))?;
         arrays.push((key.to_string(), array));
     }

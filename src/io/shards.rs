@@ -8,9 +8,13 @@
 //! the inputs' digests, every argument that changes the result's bits, the backend and CPU
 //! thread count) and the shard's index, count and units.
 //!
+//! The manifest also records a digest of the shard's data ([`data_digest`]: its tensors and its
+//! other metadata), so that a bit flipped inside a tensor — which leaves the file a readable
+//! safetensors file — is caught before it reaches the merged output.
+//!
 //! `mscope merge OUT` reads every shard ([`read_all`]): all `N` must be there, readable, each
-//! holding the shard its name says, and all of one job; otherwise it lists every missing,
-//! corrupt, duplicated or mismatched file and refuses. The command then assembles the shards'
+//! holding the shard its name says, with the data its digest says, and all of one job;
+//! otherwise it lists every missing, corrupt, duplicated or mismatched file and refuses. The command then assembles the shards'
 //! units into the bytes one process writes. A shard is resumable like the single-process run:
 //! finished units wait in a checkpoint beside the shard file (see [`crate::io::checkpoint`]),
 //! and SIGTERM stops it between units ([`crate::io::preemption`]).
@@ -24,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::io::checkpoint::{fnv1a64, FNV_OFFSET};
 use crate::io::tensor_file::{self, TensorFile, TensorOut};
 
 /// The metadata key of a shard file's manifest.
@@ -121,6 +126,51 @@ pub struct Manifest {
     pub units: Vec<[usize; 2]>,
 }
 
+/// A manifest as a shard file stores it: with the digest of the shard's data, which the
+/// commands building a [`Manifest`] need not know about. `None` when read from a file that has
+/// none.
+#[derive(Serialize, Deserialize)]
+struct StoredManifest {
+    #[serde(flatten)]
+    manifest: Manifest,
+    data_fnv1a64: Option<String>,
+}
+
+/// The 64-bit FNV-1a digest (hex) of a shard's data: every tensor's name, dtype, shape and bytes
+/// in name order, then every metadata entry but the manifest in key order. Each field is
+/// preceded by its length, so that no two different contents hash the same byte stream.
+fn data_digest<'a>(
+    tensors: &[TensorOut<'_>],
+    metadata: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
+    let mut tensors: Vec<&TensorOut<'_>> = tensors.iter().collect();
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let metadata: BTreeMap<&str, &str> = metadata
+        .into_iter()
+        .filter(|(key, _)| *key != MANIFEST_KEY)
+        .collect();
+    let field = |hash: u64, bytes: &[u8]| {
+        fnv1a64(fnv1a64(hash, &(bytes.len() as u64).to_le_bytes()), bytes)
+    };
+    let mut hash = FNV_OFFSET;
+    for tensor in tensors {
+        hash = field(hash, tensor.name.as_bytes());
+        hash = field(hash, format!("{:?}", tensor.dtype).as_bytes());
+        let dims: Vec<u8> = tensor
+            .shape
+            .iter()
+            .flat_map(|&d| (d as u64).to_le_bytes())
+            .collect();
+        hash = field(hash, &dims);
+        hash = field(hash, tensor.bytes);
+    }
+    for (key, value) in metadata {
+        hash = field(hash, key.as_bytes());
+        hash = field(hash, value.as_bytes());
+    }
+    format!("{hash:016x}")
+}
+
 /// Writes a shard file: `tensors` and `manifest`, atomically.
 pub fn write(path: &Path, manifest: &Manifest, tensors: Vec<TensorOut<'_>>) -> Result<()> {
     write_with(path, manifest, tensors, [])
@@ -133,11 +183,16 @@ pub fn write_with<const N: usize>(
     tensors: Vec<TensorOut<'_>>,
     metadata: [(&str, String); N],
 ) -> Result<()> {
-    let text = serde_json::to_string(manifest).expect("manifests serialise");
     let mut all: BTreeMap<String, String> = metadata
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+    let digest = data_digest(&tensors, all.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let stored = StoredManifest {
+        manifest: manifest.clone(),
+        data_fnv1a64: Some(digest),
+    };
+    let text = serde_json::to_string(&stored).expect("manifests serialise");
     all.insert(MANIFEST_KEY.to_string(), text);
     tensor_file::write(path, tensors, all)
 }
@@ -221,10 +276,14 @@ pub fn read_all(out: &Path) -> Result<Vec<ShardFile>> {
                 continue;
             }
         };
-        let manifest = file
+        let stored = file
             .metadata(MANIFEST_KEY)
-            .and_then(|text| serde_json::from_str::<Manifest>(text).ok());
-        let Some(manifest) = manifest else {
+            .and_then(|text| serde_json::from_str::<StoredManifest>(text).ok());
+        let Some(StoredManifest {
+            manifest,
+            data_fnv1a64,
+        }) = stored
+        else {
             problems.push(format!(
                 "corrupt: {}: no readable shard manifest (`{MANIFEST_KEY}` metadata)",
                 path.display()
@@ -238,6 +297,27 @@ pub fn read_all(out: &Path) -> Result<Vec<ShardFile>> {
                 manifest.index,
                 manifest.count
             ));
+            continue;
+        }
+        let computed = file
+            .raw_tensors()
+            .map(|tensors| data_digest(&tensors, file.metadata_entries()));
+        let damage = match (computed, data_fnv1a64) {
+            (Err(e), _) => Some(format!("corrupt or truncated: {e}")),
+            (Ok(_), None) => Some(format!(
+                "corrupt: {}: its manifest records no digest of its data (written by an older \
+                 mscope?); run this shard again",
+                path.display()
+            )),
+            (Ok(computed), Some(recorded)) if computed != recorded => Some(format!(
+                "corrupt: {}: its data do not match the digest its manifest records \
+                 ({computed}, recorded {recorded}): a damaged file; run this shard again",
+                path.display()
+            )),
+            (Ok(_), Some(_)) => None,
+        };
+        if let Some(damage) = damage {
+            problems.push(damage);
             continue;
         }
         found.push(ShardFile { manifest, file });

@@ -64,6 +64,31 @@ impl TensorFile {
         self.metadata.get(key).map(String::as_str)
     }
 
+    /// Every metadata entry, in key order.
+    pub fn metadata_entries(&self) -> BTreeMap<&str, &str> {
+        self.metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    /// Every tensor as stored, in name order, as it would be written again.
+    pub fn raw_tensors(&self) -> Result<Vec<TensorOut<'_>>> {
+        let view = self.view()?;
+        let mut tensors: Vec<TensorOut<'_>> = view
+            .tensors()
+            .into_iter()
+            .map(|(name, tensor)| TensorOut {
+                name,
+                dtype: tensor.dtype(),
+                shape: tensor.shape().to_vec(),
+                bytes: tensor.data(),
+            })
+            .collect();
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(tensors)
+    }
+
     /// Shape and values of an F32 tensor.
     pub fn f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         self.decode(name, Dtype::F32, f32::from_le_bytes)
