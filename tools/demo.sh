@@ -27,13 +27,15 @@ mscope lda --input $d/embeddings.safetensors --shrinkage auto \
 # be fetched here): the numbers show the pipeline — decoding, Pillow-exact resizing, the image
 # tower, PCA with a contact sheet of the photos at either end of each component, LDA — not
 # CLIP's judgement. A real checkpoint is one --model away.
-photos=${PHOTOS:-$(tools/fetch-photos.sh)}
+photos=${PHOTOS:-$(realpath -s --relative-to=. "$(tools/fetch-photos.sh)")}
 clip=tests/fixtures/clip/open_clip-tiny
 mscope embed --model $clip --images "$photos" --out $d/photos.safetensors
 mscope pca --input $d/photos.safetensors --components 3 --explain 2 --out $d/photos-pca.json \
     --plot $d/photos-pca.png --contact-sheet $d/photos-contact-sheet.png
-mscope lda --input $d/photos.safetensors --shrinkage auto --pairwise --out $d/photos-lda.json \
-    --plot $d/photos-lda.png
+# Half of each label held out per split: the smallest label has 4 photos, and each part of a
+# split needs at least 2 of every label.
+mscope lda --input $d/photos.safetensors --shrinkage auto --test-fraction 0.5 \
+    --out $d/photos-lda.json --plot $d/photos-lda.png
 # The same corpus and analyses through a decoder: SmolLM2's last hidden state of each text's last
 # token (the file's config, tokenizer and weights all come from the GGUF).
 decoder=$(tools/fetch-smollm2.sh)
