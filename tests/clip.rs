@@ -1280,7 +1280,10 @@ fn pca_contact_sheet_shows_the_images_at_either_end_of_each_component() {
             "--contact-sheet",
             no_explain.to_str().unwrap(),
         ],
-        &["needs the image path of every row", "texts.safetensors.texts.jsonl"],
+        &[
+            "needs the image path of every row",
+            "texts.safetensors.texts.jsonl",
+        ],
     );
     assert!(!no_explain.exists());
 }

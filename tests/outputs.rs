@@ -297,6 +297,15 @@ fn write_everything(dir: &Path) -> Vec<PathBuf> {
         )));
     }
     run(&cmd("merge @es.safetensors"));
+    let clip = s(&repo_path("tests/fixtures/clip/open_clip-tiny")).to_string();
+    let photos = s(&repo_path("tests/fixtures/clip/photos")).to_string();
+    run(&cmd(&format!(
+        "embed --model {clip} --images {photos} --out @img.safetensors --backend cpu --threads 1"
+    )));
+    run(&cmd(
+        "pca --input @img.safetensors --components 2 --explain 2 --contact-sheet @sheet.png \
+         --backend cpu --threads 1",
+    ));
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(folder) = pending.pop() {
@@ -337,6 +346,8 @@ fn every_command_writes_the_same_bytes_twice() {
         "e.safetensors",
         "e.safetensors.texts.jsonl",
         "es.safetensors.texts.jsonl",
+        "img.safetensors",
+        "sheet.png",
     ] {
         assert!(files.contains(&PathBuf::from(name)), "{name} not written");
     }
