@@ -314,6 +314,44 @@ mod tests {
         assert!(err.contains("no images"), "{err}");
     }
 
+    /// With `skip_bad`, every bad file — in a folder, a list's row, a named file — is recorded
+    /// and left out; `without` then drops rows and the labels left without any.
+    #[test]
+    fn skipping_records_every_bad_file_and_renumbers_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("photos");
+        for path in ["a/1.png", "a/notes.txt", "b/2.png", "c/3.png", "readme.md"] {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"").unwrap();
+        }
+        // Beside the folder, not in it (a list in a folder is a bad file of the folder).
+        let list = dir.path().join("list.csv");
+        std::fs::write(&list, "image\nphotos/b/2.png\nmissing.png\n").unwrap();
+        let inputs = [root.clone(), list, root.join("readme.md")];
+        let err = collect_images(&inputs[2..], &fields(), false).unwrap_err();
+        assert!(err.to_string().contains("readme.md"), "{err}");
+        let corpus = collect_images(&inputs, &fields(), true).unwrap();
+        // The folder's readme.md is a bad file of the folder, then the list's, then the input.
+        assert_eq!(corpus.skipped.len(), 4, "{:?}", corpus.skipped);
+        for (skipped, needle) in corpus.skipped.iter().zip([
+            "a/notes.txt: not an image file",
+            "readme.md: not an image file",
+            "list.csv:3: missing.png: no such file",
+            "readme.md: neither an image",
+        ]) {
+            assert!(skipped.contains(needle), "{skipped}");
+        }
+        assert_eq!(corpus.paths.len(), 4);
+        assert_eq!(corpus.label_names, ["a", "b", "c"]);
+        assert_eq!(corpus.labels, [0, 1, 2, -1]);
+        let kept = corpus.without(&[0, 3]);
+        assert_eq!(kept.paths, [root.join("b/2.png"), root.join("c/3.png")]);
+        assert_eq!(kept.label_names, ["b", "c"]);
+        assert_eq!(kept.labels, [0, 1]);
+        assert_eq!(kept.skipped.len(), 4);
+    }
+
     /// Lists name images relative to their own folder, in their own order, labelled by the label
     /// column; a missing file or a non-image names the list and line.
     #[test]
