@@ -920,3 +920,370 @@ fn cli_embeds_an_image_list_with_its_labels() {
         assert!(cos >= MIN_COSINE, "{name}: cosine {cos}");
     }
 }
+
+// ---- bad inputs, --skip-bad, and the PCA contact sheet of image embeddings ----
+
+/// `mscope embed --images` on the fixture photos with the tiny open_clip model into `out`, from
+/// `args` besides.
+fn embed_images(images: &[&Path], out: &Path, args: &[&str]) -> std::process::Output {
+    let mut all: Vec<String> = vec![
+        "embed".into(),
+        "--model".into(),
+        model_dir("open_clip-tiny").display().to_string(),
+        "--images".into(),
+    ];
+    all.extend(images.iter().map(|p| p.display().to_string()));
+    all.extend(["--out".into(), out.display().to_string()]);
+    all.extend(["--backend".into(), "cpu".into()]);
+    all.extend(args.iter().map(|a| a.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    common::run_mscope(&all)
+}
+
+/// A PNG whose compressed pixels are damaged (the chunk's CRC no longer matches) and a JPEG whose
+/// header claims more pixels than the limit (refused before anything is allocated) are errors
+/// naming the file.
+#[test]
+fn corrupt_and_oversized_images_are_refused_with_their_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut png =
+        std::fs::read(repo_path(&format!("{FIXTURES}/photos/animals/chelsea.png"))).unwrap();
+    let idat = png.windows(4).position(|w| w == b"IDAT").unwrap();
+    for byte in &mut png[idat + 20..idat + 40] {
+        *byte ^= 0x5A;
+    }
+    let corrupt = dir.path().join("corrupt.png");
+    std::fs::write(&corrupt, &png).unwrap();
+
+    let small = dir.path().join("small.jpg");
+    image::RgbImage::from_pixel(16, 16, image::Rgb([90, 140, 200]))
+        .save(&small)
+        .unwrap();
+    let mut jpeg = std::fs::read(&small).unwrap();
+    // The baseline frame header: FF C0, length, precision, then height and width (big-endian).
+    let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    jpeg[sof + 5..sof + 9].copy_from_slice(&[0xFD, 0xE8, 0xFD, 0xE8]); // 65000 × 65000
+    let huge = dir.path().join("huge.jpg");
+    std::fs::write(&huge, &jpeg).unwrap();
+
+    for (path, needle) in [
+        (&corrupt, "cannot decode"),
+        (
+            &huge,
+            "65000×65000 = 4225000000 pixels is over the limit of 178956970",
+        ),
+    ] {
+        let err = decode_rgb(path).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
+}
+
+/// A 1×1 image is valid for transformers and open_clip (upscaled to the input size): it embeds,
+/// exactly as a solid image of its colour at the model's input size does.
+#[test]
+fn a_one_pixel_image_embeds_as_a_solid_image_of_its_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let colour = image::Rgb([200, 100, 7]);
+    let dot = dir.path().join("dot.png");
+    image::RgbImage::from_pixel(1, 1, colour)
+        .save(&dot)
+        .unwrap();
+    let solid = dir.path().join("solid.png");
+    image::RgbImage::from_pixel(32, 32, colour)
+        .save(&solid)
+        .unwrap();
+    let out = dir.path().join("dot.safetensors");
+    let run = embed_images(&[&dot, &solid], &out, &["--batch-size", "1"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let file = mscope::io::embeddings::EmbeddingsFile::read(&out).unwrap();
+    assert_eq!(file.rows(), 2);
+    assert!(file.row(0).iter().all(|v| v.is_finite()));
+    assert_eq!(file.row(0), file.row(1));
+}
+
+/// Without `--skip-bad` the first bad file is an error naming it; with it every bad file (a
+/// non-image, a corrupt image, a refused CMYK JPEG) is listed on stderr and counted, the rest
+/// embedded exactly as on their own, labels left without images dropped; all bad is an error,
+/// and so is an empty folder.
+#[test]
+fn skip_bad_lists_every_skipped_file_and_embeds_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("photos");
+    for folder in ["cats", "cmyk", "people"] {
+        std::fs::create_dir_all(root.join(folder)).unwrap();
+    }
+    let fixture = |name: &str| repo_path(&format!("{FIXTURES}/{name}"));
+    std::fs::copy(
+        fixture("photos/animals/chelsea.png"),
+        root.join("cats/chelsea.png"),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("cats/corrupt.png"),
+        b"\x89PNG\r\n\x1a\nnot really",
+    )
+    .unwrap();
+    std::fs::write(root.join("cats/notes.txt"), b"notes").unwrap();
+    std::fs::copy(fixture("bad/cmyk.jpg"), root.join("cmyk/cmyk.jpg")).unwrap();
+    std::fs::copy(
+        fixture("photos/people/astronaut.png"),
+        root.join("people/astronaut.png"),
+    )
+    .unwrap();
+    let out = dir.path().join("out.safetensors");
+
+    let refused = embed_images(&[&root], &out, &[]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("notes.txt") && err.contains("not an image file"),
+        "{err}"
+    );
+    std::fs::rename(root.join("cats/notes.txt"), dir.path().join("notes.txt")).unwrap();
+    let refused = embed_images(&[&root], &out, &[]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("corrupt.png") && err.contains("cannot decode"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a failed run writes nothing");
+    std::fs::rename(dir.path().join("notes.txt"), root.join("cats/notes.txt")).unwrap();
+
+    // Batches of one: the batches of skipped images have nothing to run.
+    let skipping = embed_images(&[&root], &out, &["--skip-bad", "--batch-size", "1"]);
+    let err = String::from_utf8_lossy(&skipping.stderr);
+    assert!(skipping.status.success(), "{err}");
+    assert!(err.contains("skipped 3 of 5 files (--skip-bad)"), "{err}");
+    for needle in [
+        "cats/notes.txt: not an image file",
+        "cats/corrupt.png: cannot decode",
+        "cmyk/cmyk.jpg: CMYK JPEGs are not supported",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    let file = mscope::io::embeddings::EmbeddingsFile::read(&out).unwrap();
+    assert_eq!(file.label_names, ["cats", "people"]);
+    assert_eq!(file.labels, [0, 1]);
+    let paths = mscope::io::embeddings::read_texts_beside(&out, 2)
+        .unwrap()
+        .unwrap();
+    let good = [
+        root.join("cats/chelsea.png"),
+        root.join("people/astronaut.png"),
+    ];
+    assert_eq!(paths, good.each_ref().map(|p| p.display().to_string()));
+
+    let clean = dir.path().join("clean.safetensors");
+    let run = embed_images(&[&good[0], &good[1]], &clean, &["--batch-size", "1"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let clean = mscope::io::embeddings::EmbeddingsFile::read(&clean).unwrap();
+    assert_eq!(file.embeddings, clean.embeddings);
+
+    let bad_only = root.join("cmyk");
+    let out2 = dir.path().join("none.safetensors");
+    let none = embed_images(&[&bad_only], &out2, &["--skip-bad"]);
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert_eq!(none.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("skipped 1 of 1 files") && err.contains("cmyk.jpg"),
+        "{err}"
+    );
+    assert!(
+        err.contains("every one of the 1 files was skipped"),
+        "{err}"
+    );
+    assert!(!out2.exists());
+
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let none = embed_images(&[&empty], &out2, &["--skip-bad"]);
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert_eq!(none.status.code(), Some(1), "{err}");
+    assert!(err.contains("empty: the folder holds no images"), "{err}");
+}
+
+/// What the contact sheet should show in a cell: the image over white, fitted inside the
+/// thumbnail square by Pillow's bicubic resize (sides `round(side / ratio)`, halves to even),
+/// centred (margin's odd pixel after) on the fill grey.
+fn expected_thumbnail(path: &Path) -> Vec<u8> {
+    use mscope::report::contact_sheet::{FILL, THUMB};
+    let image = decode_image(path).unwrap().to_rgb(Alpha::OverWhite);
+    let ratio = (image.width as f64 / THUMB as f64).max(image.height as f64 / THUMB as f64);
+    let side = |s: usize| ((s as f64 / ratio).round_ties_even() as usize).max(1);
+    let (w, h) = (side(image.width), side(image.height));
+    let small = mscope::models::image::resize(&image, w, h, Filter::Bicubic);
+    let (left, top) = ((THUMB - w) / 2, (THUMB - h) / 2);
+    let mut cell = vec![FILL; THUMB * THUMB * 3];
+    for y in 0..h {
+        let at = ((top + y) * THUMB + left) * 3;
+        cell[at..at + w * 3].copy_from_slice(&small.data[y * w * 3..(y + 1) * w * 3]);
+    }
+    cell
+}
+
+/// `pca --explain N --contact-sheet` on image embeddings: a PNG of the sheet's documented size
+/// whose every cell is the thumbnail of the image the report lists at that place, with a
+/// caption under it; the same bytes on a second run; clear errors without `--explain` or
+/// without image paths.
+#[test]
+fn pca_contact_sheet_shows_the_images_at_either_end_of_each_component() {
+    use mscope::report::contact_sheet::{cell_origin, size, Block, CAPTION, THUMB};
+    let dir = tempfile::tempdir().unwrap();
+    let emb = dir.path().join("photos.safetensors");
+    let run = embed_images(&[&repo_path(&format!("{FIXTURES}/photos"))], &emb, &[]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let (k, n) = (2, 2);
+    let sheet = |name: &str| {
+        let sheet = dir.path().join(name);
+        let report = dir.path().join(format!("{name}.json"));
+        let stdout = common::run_mscope_ok(&[
+            "pca",
+            "--input",
+            emb.to_str().unwrap(),
+            "--components",
+            &k.to_string(),
+            "--explain",
+            &n.to_string(),
+            "--out",
+            report.to_str().unwrap(),
+            "--contact-sheet",
+            sheet.to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ])
+        .stdout;
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
+        // The images at either end are listed by path.
+        let lowest = report["explain"][0]["lowest"][0]["text"].as_str().unwrap();
+        assert!(String::from_utf8_lossy(&stdout).contains(lowest));
+        (sheet, report)
+    };
+    let (first, report) = sheet("sheet.png");
+    let png = image::open(&first).unwrap().to_rgb8();
+    let (width, height) = size(k, n);
+    assert_eq!(
+        (png.width() as usize, png.height() as usize),
+        (width, height)
+    );
+    let png = &png;
+    let cell_at = |(x, y): (usize, usize), rows: usize| -> Vec<u8> {
+        let mut pixels = Vec::with_capacity(rows * THUMB * 3);
+        for row in y..y + rows {
+            for col in x..x + THUMB {
+                pixels.extend(png.get_pixel(col as u32, row as u32).0);
+            }
+        }
+        pixels
+    };
+    for (c, ends) in report["explain"].as_array().unwrap().iter().enumerate() {
+        let lowest = ends["lowest"].as_array().unwrap();
+        let highest = ends["highest"].as_array().unwrap();
+        // Lowest first on the left; highest last on the right.
+        let placed = lowest
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (Block::Low, i, r))
+            .chain(
+                highest
+                    .iter()
+                    .rev()
+                    .enumerate()
+                    .map(|(i, r)| (Block::High, i, r)),
+            );
+        for (block, i, row) in placed {
+            let path = Path::new(row["text"].as_str().unwrap());
+            let origin = cell_origin(c, block, i, n);
+            assert!(
+                cell_at(origin, THUMB) == expected_thumbnail(path),
+                "PC{} {block:?} {i}: the cell is not the thumbnail of {}",
+                c + 1,
+                path.display()
+            );
+            let caption = cell_at((origin.0, origin.1 + THUMB), CAPTION);
+            assert!(
+                caption.iter().any(|&v| v < 128),
+                "no caption under {}",
+                path.display()
+            );
+        }
+    }
+    let (second, _) = sheet("again.png");
+    assert_eq!(
+        std::fs::read(&first).unwrap(),
+        std::fs::read(second).unwrap()
+    );
+
+    let no_explain = dir.path().join("x.png");
+    common::assert_fails_cleanly(
+        &[
+            "pca",
+            "--input",
+            emb.to_str().unwrap(),
+            "--contact-sheet",
+            no_explain.to_str().unwrap(),
+        ],
+        &["--contact-sheet", "--explain N"],
+    );
+    // Embeddings whose sidecar holds texts, not image paths.
+    let text_embeddings = dir.path().join("texts.safetensors");
+    let texts_list = dir.path().join("texts.txt");
+    std::fs::write(&texts_list, texts().join("\n")).unwrap();
+    common::run_mscope_ok(&[
+        "embed",
+        "--model",
+        model_dir("open_clip-tiny").to_str().unwrap(),
+        "--input",
+        texts_list.to_str().unwrap(),
+        "--out",
+        text_embeddings.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
+    common::assert_fails_cleanly(
+        &[
+            "pca",
+            "--input",
+            text_embeddings.to_str().unwrap(),
+            "--components",
+            "2",
+            "--explain",
+            "1",
+            "--contact-sheet",
+            no_explain.to_str().unwrap(),
+        ],
+        &["image not found", "relative to the folder"],
+    );
+    std::fs::remove_file(mscope::io::embeddings::texts_sidecar_path(&text_embeddings)).unwrap();
+    common::assert_fails_cleanly(
+        &[
+            "pca",
+            "--input",
+            text_embeddings.to_str().unwrap(),
+            "--components",
+            "2",
+            "--explain",
+            "1",
+            "--contact-sheet",
+            no_explain.to_str().unwrap(),
+        ],
+        &[
+            "needs the image path of every row",
+            "texts.safetensors.texts.jsonl",
+        ],
+    );
+    assert!(!no_explain.exists());
+}

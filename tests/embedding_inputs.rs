@@ -5,7 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{assert_fails_cleanly, repo_path, run_mscope_ok};
+use common::{assert_fails_cleanly, repo_path, row_label_names, run_mscope_ok};
 use mscope::data::labels::{LabelGroup, LabelSelection};
 use mscope::io::embedding_inputs::EmbeddingInput;
 use mscope::io::embeddings::EmbeddingsFile;
@@ -21,18 +21,6 @@ fn input(path: &str, labels: Option<&str>, field: &str) -> EmbeddingInput {
         label_field: field.into(),
         embeddings_key: None,
     }
-}
-
-/// Each row's label name, `None` for unlabelled rows.
-fn names(file: &EmbeddingsFile) -> Vec<Option<&str>> {
-    file.labels
-        .iter()
-        .map(|&l| {
-            usize::try_from(l)
-                .ok()
-                .map(|l| file.label_names[l].as_str())
-        })
-        .collect()
 }
 
 #[test]
@@ -62,7 +50,7 @@ fn numpy_files_and_labels_files_read_like_the_safetensors_file() {
         let what = format!("{} + {:?}", case.path.display(), case.labels);
         assert_eq!(got.embeddings, want.embeddings, "{what}");
         assert_eq!(got.dim, want.dim, "{what}");
-        assert_eq!(names(&got), names(&want), "{what}");
+        assert_eq!(row_label_names(&got), row_label_names(&want), "{what}");
         // Outside labels are numbered in sorted order, as scikit-learn's classes_.
         assert_eq!(
             got.label_names,
@@ -104,7 +92,7 @@ fn selections_keep_and_merge_labels_in_the_files_order() {
     let (selected, kept) = selection.apply(file.clone()).unwrap();
     // alpha (grouped as ad) comes first, then beta; gamma's rows are gone.
     assert_eq!(selected.label_names, ["ad", "beta"]);
-    let before = names(&file);
+    let before = row_label_names(&file);
     assert_eq!(kept.len(), selected.rows());
     for (row, &r) in kept.iter().enumerate() {
         let want = match before[r] {
@@ -112,7 +100,7 @@ fn selections_keep_and_merge_labels_in_the_files_order() {
             Some("beta") => "beta",
             other => panic!("row {r} ({other:?}) should have been dropped"),
         };
-        assert_eq!(names(&selected)[row], Some(want));
+        assert_eq!(row_label_names(&selected)[row], Some(want));
         assert_eq!(selected.row(row), file.row(r));
     }
     let dropped = before.iter().filter(|n| **n == Some("gamma")).count();

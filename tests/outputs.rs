@@ -326,6 +326,9 @@ fn command_lines() -> Vec<Vec<String>> {
             fixture("clip/open_clip-tiny"),
             fixture("clip/photos")
         ),
+        "pca --input @images.safetensors --components 2 --explain 2 --contact-sheet @sheet.png \
+         --backend cpu --threads 1"
+            .into(),
         format!(
             "embed --model {} --input {texts} --out @decoder.safetensors --backend cpu \
              --threads 1",
@@ -453,6 +456,7 @@ fn every_command_writes_the_same_bytes_twice() {
         "decoder.safetensors",
         "gguf.safetensors",
         "plan.sh",
+        "sheet.png",
     ] {
         assert!(files.contains(&PathBuf::from(name)), "{name} not written");
     }

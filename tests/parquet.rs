@@ -6,7 +6,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{assert_fails_cleanly, repo_path, run_mscope_ok};
+use common::{assert_fails_cleanly, repo_path, row_label_names, run_mscope_ok};
 use mscope::io::embedding_inputs::EmbeddingInput;
 use mscope::io::embeddings::EmbeddingsFile;
 use mscope::io::npy::NpyArray;
@@ -24,18 +24,6 @@ fn parquet(name: &str) -> EmbeddingInput {
     }
 }
 
-/// Each row's label name, `None` for unlabelled rows.
-fn names(file: &EmbeddingsFile) -> Vec<Option<&str>> {
-    file.labels
-        .iter()
-        .map(|&l| {
-            usize::try_from(l)
-                .ok()
-                .map(|l| file.label_names[l].as_str())
-        })
-        .collect()
-}
-
 #[test]
 fn pyarrow_and_datasets_tables_read_like_the_safetensors_file() {
     let want = EmbeddingsFile::read(&fixture("sklearn_embeddings.safetensors")).unwrap();
@@ -44,7 +32,7 @@ fn pyarrow_and_datasets_tables_read_like_the_safetensors_file() {
         let got = parquet(name).read().unwrap();
         assert_eq!(got.dim, want.dim, "{name}");
         assert_eq!(got.embeddings, want.embeddings, "{name}");
-        assert_eq!(names(&got), names(&want), "{name}");
+        assert_eq!(row_label_names(&got), row_label_names(&want), "{name}");
         assert_eq!(
             got.label_names,
             ["alpha", "beta", "delta", "gamma"],
@@ -272,7 +260,7 @@ fn embed_formats_round_trip_through_pca() {
     assert_eq!(parquet_texts, want_texts);
     let (from_npy, npy_texts) = read("e.npy");
     assert_eq!(from_npy.embeddings, want.embeddings);
-    assert_eq!(names(&from_npy), names(&want));
+    assert_eq!(row_label_names(&from_npy), row_label_names(&want));
     assert_eq!(npy_texts, want_texts);
 
     let pca = |name: &str| {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on its bundled default: embeds the demo corpus (three sources) with the real
 # all-MiniLM-L6-v2 and with the real SmolLM2-135M-Instruct decoder (GGUF Q4_1, last-token pooling),
-# analyses both sets of embeddings (PCA, LDA), then trains a small ensemble and runs the
+# analyses both sets of embeddings (PCA, LDA), does the same for a folder of photos through a tiny
+# random-init CLIP (PHOTOS=DIR for your own), then trains a small ensemble and runs the
 # tangent-kernel and trimmed-comparison instruments on it. Outputs land in .cache/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,21 @@ mscope pca --input $d/embeddings.safetensors --components 5 \
     --explain 3 --out $d/pca.json --plot $d/pca.png
 mscope lda --input $d/embeddings.safetensors --shrinkage auto \
     --pairwise --out $d/lda.json --plot $d/lda.png
+# Images: 17 real photos from the scikit-image wheel in three labelled folders (everyday,
+# science, textures), or PHOTOS=DIR for a folder of your own (one sub-folder per label), through
+# the tiny open_clip model the tests commit. Its weights are random (no real CLIP checkpoint can
+# be fetched here): the numbers show the pipeline — decoding, Pillow-exact resizing, the image
+# tower, PCA with a contact sheet of the photos at either end of each component, LDA — not
+# CLIP's judgement. A real checkpoint is one --model away.
+photos=${PHOTOS:-$(realpath -s --relative-to=. "$(tools/fetch-photos.sh)")}
+clip=tests/fixtures/clip/open_clip-tiny
+mscope embed --model $clip --images "$photos" --out $d/photos.safetensors
+mscope pca --input $d/photos.safetensors --components 3 --explain 2 --out $d/photos-pca.json \
+    --plot $d/photos-pca.png --contact-sheet $d/photos-contact-sheet.png
+# Half of each label held out per split: the smallest label has 4 photos, and each part of a
+# split needs at least 2 of every label.
+mscope lda --input $d/photos.safetensors --shrinkage auto --test-fraction 0.5 \
+    --out $d/photos-lda.json --plot $d/photos-lda.png
 # The same corpus and analyses through a decoder: SmolLM2's last hidden state of each text's last
 # token (the file's config, tokenizer and weights all come from the GGUF).
 decoder=$(tools/fetch-smollm2.sh)

@@ -234,7 +234,9 @@ pub fn texts(data: &[u8]) {
     };
     let _ = read_rows(&spec, &fields);
     let _ = read_label_column(&path, &fields.label);
-    let _ = collect_images(std::slice::from_ref(&path), &fields);
+    for skip_bad in [false, true] {
+        let _ = collect_images(std::slice::from_ref(&path), &fields, skip_bad);
+    }
     let _ = samples::read_array(&path, "scores");
     let _ = samples::read_labels(&path);
 }

@@ -103,6 +103,11 @@ pub struct EmbedArgs {
     /// assembles them (texts only).
     #[arg(long, value_name = "I/N", conflicts_with = "images")]
     shard: Option<Shard>,
+    /// With `--images`: skip files that are not images or cannot be decoded (corrupt,
+    /// truncated, refused such as CMYK), listing each on stderr, and embed the rest. Without
+    /// it the first such file is an error naming it.
+    #[arg(long, requires = "images")]
+    skip_bad: bool,
 }
 
 /// What `mscope embed` writes.
@@ -273,7 +278,7 @@ fn run_images(args: EmbedArgs, format: OutputFormat) -> Result<()> {
         text: args.image_field.clone(),
         label: args.label_field.clone(),
     };
-    let corpus = collect_images(&args.images, &fields)?;
+    let corpus = collect_images(&args.images, &fields, args.skip_bad)?;
     let backend = backend::open(args.backend, OpFamily::Encoder)?;
     let options = EncoderOptions {
         normalize: args.normalize,
@@ -286,11 +291,31 @@ fn run_images(args: EmbedArgs, format: OutputFormat) -> Result<()> {
         "{bar:40} {pos}/{len} images  {per_sec}  eta {eta}",
     );
     let start = Instant::now();
-    let embedded = embedder.embed(&corpus.paths, args.batch_size, &mut |rows| {
+    let embedded = embedder.embed(&corpus.paths, args.batch_size, args.skip_bad, &mut |rows| {
         bar.inc(rows as u64)
     })?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
+    let files = corpus.paths.len() + corpus.skipped.len();
+    let undecodable: Vec<usize> = embedded.skipped.iter().map(|&(row, _)| row).collect();
+    let mut corpus = corpus.without(&undecodable);
+    corpus
+        .skipped
+        .extend(embedded.skipped.into_iter().map(|(_, why)| why));
+    if !corpus.skipped.is_empty() {
+        eprintln!(
+            "skipped {} of {files} files (--skip-bad):",
+            corpus.skipped.len()
+        );
+        for why in &corpus.skipped {
+            eprintln!("  {why}");
+        }
+    }
+    if corpus.paths.is_empty() {
+        return Err(Error::input(format!(
+            "every one of the {files} files was skipped (--skip-bad): nothing to embed"
+        )));
+    }
 
     let file = EmbeddingsFile {
         embeddings: embedded.embeddings,

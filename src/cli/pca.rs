@@ -1,11 +1,12 @@
-//! `mscope pca`: principal components of an embeddings file, what each one separates, plots.
+//! `mscope pca`: principal components of an embeddings file, what each one separates, plots,
+//! and for image embeddings a contact sheet of the images at either end of each component.
 
 use std::path::PathBuf;
 
 use clap::Args;
 
 use crate::backend::{self, BackendKind, OpFamily};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::instruments::pca;
 use crate::io::check_outputs;
 use crate::report;
@@ -31,6 +32,11 @@ pub struct PcaArgs {
     /// and the words over-represented at each end when `mscope embed`'s texts sidecar is there.
     #[arg(long, default_value_t = 0, value_name = "N")]
     explain: usize,
+    /// With `--explain N` on image embeddings (`mscope embed --images`): a PNG of the N images
+    /// at either end of each component, a row per component, lowest scores left, highest right,
+    /// each captioned with its score and label.
+    #[arg(long, value_name = "PNG")]
+    contact_sheet: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     backend: BackendKind,
     /// CPU threads, at most 4 per core [default: one per core].
@@ -41,11 +47,29 @@ pub struct PcaArgs {
 pub fn run(args: PcaArgs) -> Result<()> {
     super::set_threads(args.threads)?;
     report::plot::check_format("--plot", args.plot.as_deref())?;
+    if let Some(sheet) = &args.contact_sheet {
+        let is_png = sheet
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+        if !is_png {
+            return Err(Error::input(format!(
+                "--contact-sheet {}: a contact sheet is written as PNG (.png)",
+                sheet.display()
+            )));
+        }
+        if args.explain == 0 {
+            return Err(Error::input(
+                "--contact-sheet shows the images at either end of each component: give \
+                 --explain N (N images per end)",
+            ));
+        }
+    }
     check_outputs(
         &args.input.paths(),
         &[
             ("--out", args.out.as_deref()),
             ("--plot", args.plot.as_deref()),
+            ("--contact-sheet", args.contact_sheet.as_deref()),
         ],
     )?;
     let (file, texts) = args.input.read(args.explain > 0)?;
@@ -66,6 +90,9 @@ pub fn run(args: PcaArgs) -> Result<()> {
     }
     if let Some(path) = &args.plot {
         report::pca::plots(&report, path)?;
+    }
+    if let Some(path) = &args.contact_sheet {
+        report::pca::contact_sheet(&report, path)?;
     }
     out!("{}", report::pca::markdown(&report))?;
     Ok(())

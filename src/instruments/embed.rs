@@ -290,6 +290,17 @@ pub struct ImageEmbedder {
 pub struct EmbeddedImages {
     pub embeddings: Vec<f32>,
     pub dim: usize,
+    /// With bad images skipped: each skipped image's index among the inputs and why (the
+    /// message names the file), in input order; its row is left out of `embeddings`.
+    pub skipped: Vec<(usize, String)>,
+}
+
+/// One batch decoded and preprocessed: the pixel tensors of the images that could be read, and
+/// the others' indices within the batch with their errors.
+struct Prepared {
+    pixels: Vec<f32>,
+    images: usize,
+    failed: Vec<(usize, Error)>,
 }
 
 impl ImageEmbedder {
@@ -332,10 +343,12 @@ impl ImageEmbedder {
         self.tower().embedding_dim()
     }
 
-    /// Pixel tensors of `paths`, decoded and preprocessed in parallel, end to end.
-    fn pixels(&self, paths: &[PathBuf]) -> Result<Vec<f32>> {
+    /// Pixel tensors of `paths`, decoded and preprocessed in parallel, end to end. An image
+    /// that cannot be read fails the batch (the first in order), or with `skip_bad` is set aside
+    /// in [`Prepared::failed`].
+    fn prepare(&self, paths: &[PathBuf], skip_bad: bool) -> Result<Prepared> {
         let preprocess = self.tower().preprocess();
-        let images = paths
+        let images: Vec<Result<Vec<f32>>> = paths
             .par_iter()
             .map(|path| {
                 let image = decode_image(path)?;
@@ -343,16 +356,34 @@ impl ImageEmbedder {
                     .pixels_of(&image)
                     .map_err(|e| Error::input(format!("{}: {e}", path.display())))
             })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(images.concat())
+            .collect();
+        let mut prepared = Prepared {
+            pixels: Vec::new(),
+            images: 0,
+            failed: Vec::new(),
+        };
+        for (i, image) in images.into_iter().enumerate() {
+            match image {
+                Ok(pixels) => {
+                    prepared.pixels.extend(pixels);
+                    prepared.images += 1;
+                }
+                Err(e) if skip_bad => prepared.failed.push((i, e)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(prepared)
     }
 
     /// Embeds the images at `paths`, `batch_size` per forward pass; the next batch is decoded
-    /// while the current one runs. `progress(rows)` is called after each batch.
+    /// while the current one runs. `progress(rows)` is called after each batch. An image that
+    /// cannot be decoded or preprocessed is an error naming it, or with `skip_bad` is left out
+    /// and listed in [`EmbeddedImages::skipped`].
     pub fn embed(
         &self,
         paths: &[PathBuf],
         batch_size: usize,
+        skip_bad: bool,
         progress: &mut dyn FnMut(usize),
     ) -> Result<EmbeddedImages> {
         if batch_size == 0 {
@@ -360,24 +391,41 @@ impl ImageEmbedder {
         }
         let dim = self.dim();
         let mut embeddings = Vec::with_capacity(paths.len() * dim);
+        let mut skipped = Vec::new();
         let batches: Vec<&[PathBuf]> = paths.chunks(batch_size).collect();
-        let mut next = batches.first().map(|b| self.pixels(b)).transpose()?;
+        let prepare = |b: &&[PathBuf]| self.prepare(b, skip_bad);
+        let mut next = batches.first().map(prepare).transpose()?;
         for (i, batch) in batches.iter().enumerate() {
-            let pixels = next.take().expect("prepared before its turn");
+            let current = next.take().expect("prepared before its turn");
             let (embedded, prepared) = rayon::join(
                 || -> Result<Vec<f32>> {
-                    let mut out = self.tower().embed_pixels(&pixels, batch.len())?;
+                    // A batch whose every image was skipped has nothing to run.
+                    if current.images == 0 {
+                        return Ok(Vec::new());
+                    }
+                    let mut out = self.tower().embed_pixels(&current.pixels, current.images)?;
                     if self.normalize {
                         self.backend.l2_normalize(&mut out)?;
                     }
                     self.backend.download(&out)
                 },
-                || batches.get(i + 1).map(|b| self.pixels(b)).transpose(),
+                || batches.get(i + 1).map(prepare).transpose(),
             );
             embeddings.extend(embedded?);
+            let first = i * batch_size;
+            skipped.extend(
+                current
+                    .failed
+                    .into_iter()
+                    .map(|(j, e)| (first + j, e.to_string())),
+            );
             next = prepared?;
             progress(batch.len());
         }
-        Ok(EmbeddedImages { embeddings, dim })
+        Ok(EmbeddedImages {
+            embeddings,
+            dim,
+            skipped,
+        })
     }
 }

@@ -6,8 +6,9 @@
 //! by the text-input reader, so quoting and errors are the same).
 //!
 //! Files whose extension is not an image's are refused, naming the file, rather than skipped,
-//! so a stray file never silently shifts what was embedded; hidden entries (names starting with
-//! `.`, such as `.DS_Store`) are passed over.
+//! so a stray file never silently shifts what was embedded — unless the caller asks to skip bad
+//! files (`--skip-bad`), when each is recorded in [`ImageCorpus::skipped`] for the caller to
+//! list. Hidden entries (names starting with `.`, such as `.DS_Store`) are passed over.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,40 @@ pub struct ImageCorpus {
     pub labels: Vec<i64>,
     /// Sub-folder names, sorted.
     pub label_names: Vec<String>,
+    /// Why each file passed over when skipping bad files was asked for, in input order (each
+    /// message names its file).
+    pub skipped: Vec<String>,
+}
+
+impl ImageCorpus {
+    /// The corpus without the rows at `rows` (sorted indices), label names left without rows
+    /// dropped and the rest renumbered.
+    pub fn without(self, rows: &[usize]) -> ImageCorpus {
+        let kept: Vec<(PathBuf, i64)> = self
+            .paths
+            .into_iter()
+            .zip(self.labels)
+            .enumerate()
+            .filter(|(i, _)| rows.binary_search(i).is_err())
+            .map(|(_, row)| row)
+            .collect();
+        let used: BTreeSet<i64> = kept.iter().map(|&(_, l)| l).filter(|&l| l >= 0).collect();
+        let label_names = used
+            .iter()
+            .map(|&l| self.label_names[l as usize].clone())
+            .collect();
+        let renumber = |l: i64| match used.iter().position(|&u| u == l) {
+            Some(new) => new as i64,
+            None => -1,
+        };
+        let (paths, labels) = kept.into_iter().map(|(p, l)| (p, renumber(l))).unzip();
+        ImageCorpus {
+            paths,
+            labels,
+            label_names,
+            skipped: self.skipped,
+        }
+    }
 }
 
 fn has_extension(path: &Path, extensions: &[&str]) -> bool {
@@ -57,8 +92,13 @@ fn not_an_image(path: &Path) -> Error {
 }
 
 /// The rows of an image list: each image's path (relative ones from the list's folder) and
-/// label, checked to be an image file that exists.
-fn list_rows(list: &Path, fields: &FieldNames) -> Result<Vec<(PathBuf, Option<String>)>> {
+/// label, checked to be an image file that exists; with `skipped`, a row that is not is
+/// recorded there instead of failing the list.
+fn list_rows(
+    list: &Path,
+    fields: &FieldNames,
+    mut skipped: Option<&mut Vec<String>>,
+) -> Result<Vec<(PathBuf, Option<String>)>> {
     let spec = InputSpec {
         path: list.to_path_buf(),
         label: None,
@@ -76,14 +116,24 @@ fn list_rows(list: &Path, fields: &FieldNames) -> Result<Vec<(PathBuf, Option<St
             ))
         };
         let path = folder.join(text);
-        if !is_image(&path) {
-            return Err(at(&format!(
+        let problem = if !is_image(&path) {
+            Some(at(&format!(
                 "not an image file (supported extensions: {})",
                 IMAGE_EXTENSIONS.join(", ")
-            )));
-        }
-        if !path.is_file() {
-            return Err(at(&format!("no such file ({})", path.display())));
+            )))
+        } else if !path.is_file() {
+            Some(at(&format!("no such file ({})", path.display())))
+        } else {
+            None
+        };
+        if let Some(error) = problem {
+            match skipped.as_deref_mut() {
+                Some(skipped) => {
+                    skipped.push(error.to_string());
+                    continue;
+                }
+                None => return Err(error),
+            }
         }
         let name = usize::try_from(label)
             .ok()
@@ -115,9 +165,25 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 
 /// Collects the images of `inputs` (image files, folders, image lists) in order: each input's
 /// images in turn. `fields.text` names the image column of lists, `fields.label` their labels.
-pub fn collect_images(inputs: &[PathBuf], fields: &FieldNames) -> Result<ImageCorpus> {
+/// A file that is not an image (by its extension; a list's row naming no file) is an error, or
+/// with `skip_bad` recorded in [`ImageCorpus::skipped`] and left out.
+pub fn collect_images(
+    inputs: &[PathBuf],
+    fields: &FieldNames,
+    skip_bad: bool,
+) -> Result<ImageCorpus> {
     // (path, label name) per row; names are numbered once every input is read.
     let mut rows: Vec<(PathBuf, Option<String>)> = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
+    // A bad file: recorded when skipping, else the error.
+    let refuse = |skipped: &mut Vec<String>, error: Error| {
+        if skip_bad {
+            skipped.push(error.to_string());
+            Ok(())
+        } else {
+            Err(error)
+        }
+    };
     for input in inputs {
         if input.is_dir() {
             let mut files = Vec::new();
@@ -130,7 +196,8 @@ pub fn collect_images(inputs: &[PathBuf], fields: &FieldNames) -> Result<ImageCo
             }
             for path in files {
                 if !is_image(&path) {
-                    return Err(not_an_image(&path));
+                    refuse(&mut skipped, not_an_image(&path))?;
+                    continue;
                 }
                 let relative = path.strip_prefix(input).expect("walked from the input");
                 let mut parts = relative.components();
@@ -143,15 +210,20 @@ pub fn collect_images(inputs: &[PathBuf], fields: &FieldNames) -> Result<ImageCo
                 rows.push((path, label));
             }
         } else if input.is_file() && has_extension(input, &LIST_EXTENSIONS) {
-            rows.extend(list_rows(input, fields)?);
+            let skipped = if skip_bad { Some(&mut skipped) } else { None };
+            rows.extend(list_rows(input, fields, skipped)?);
         } else if input.is_file() {
             if !is_image(input) {
-                return Err(Error::input(format!(
-                    "{}: neither an image (extensions: {}) nor an image list ({})",
-                    input.display(),
-                    IMAGE_EXTENSIONS.join(", "),
-                    LIST_EXTENSIONS.join(", ")
-                )));
+                refuse(
+                    &mut skipped,
+                    Error::input(format!(
+                        "{}: neither an image (extensions: {}) nor an image list ({})",
+                        input.display(),
+                        IMAGE_EXTENSIONS.join(", "),
+                        LIST_EXTENSIONS.join(", ")
+                    )),
+                )?;
+                continue;
             }
             rows.push((input.clone(), None));
         } else {
@@ -178,6 +250,7 @@ pub fn collect_images(inputs: &[PathBuf], fields: &FieldNames) -> Result<ImageCo
         paths: rows.into_iter().map(|(p, _)| p).collect(),
         labels,
         label_names,
+        skipped,
     })
 }
 
@@ -207,7 +280,7 @@ mod tests {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, b"").unwrap();
         }
-        let corpus = collect_images(&[root.to_path_buf()], &fields()).unwrap();
+        let corpus = collect_images(&[root.to_path_buf()], &fields(), false).unwrap();
         let relative: Vec<String> = corpus
             .paths
             .iter()
@@ -218,14 +291,14 @@ mod tests {
         assert_eq!(corpus.labels, [0, 1, 1, -1]);
 
         std::fs::write(root.join("b/notes.txt"), b"").unwrap();
-        let err = collect_images(&[root.to_path_buf()], &fields())
+        let err = collect_images(&[root.to_path_buf()], &fields(), false)
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("notes.txt") && err.contains("not an image"),
             "{err}"
         );
-        let err = collect_images(&[root.join("b/notes.txt")], &fields())
+        let err = collect_images(&[root.join("b/notes.txt")], &fields(), false)
             .unwrap_err()
             .to_string();
         assert!(
@@ -235,8 +308,48 @@ mod tests {
 
         let empty = root.join("empty");
         std::fs::create_dir(&empty).unwrap();
-        let err = collect_images(&[empty], &fields()).unwrap_err().to_string();
+        let err = collect_images(&[empty], &fields(), false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no images"), "{err}");
+    }
+
+    /// With `skip_bad`, every bad file — in a folder, a list's row, a named file — is recorded
+    /// and left out; `without` then drops rows and the labels left without any.
+    #[test]
+    fn skipping_records_every_bad_file_and_renumbers_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("photos");
+        for path in ["a/1.png", "a/notes.txt", "b/2.png", "c/3.png", "readme.md"] {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"").unwrap();
+        }
+        // Beside the folder, not in it (a list in a folder is a bad file of the folder).
+        let list = dir.path().join("list.csv");
+        std::fs::write(&list, "image\nphotos/b/2.png\nmissing.png\n").unwrap();
+        let inputs = [root.clone(), list, root.join("readme.md")];
+        let err = collect_images(&inputs[2..], &fields(), false).unwrap_err();
+        assert!(err.to_string().contains("readme.md"), "{err}");
+        let corpus = collect_images(&inputs, &fields(), true).unwrap();
+        // The folder's readme.md is a bad file of the folder, then the list's, then the input.
+        assert_eq!(corpus.skipped.len(), 4, "{:?}", corpus.skipped);
+        for (skipped, needle) in corpus.skipped.iter().zip([
+            "a/notes.txt: not an image file",
+            "readme.md: not an image file",
+            "list.csv:3: missing.png: no such file",
+            "readme.md: neither an image",
+        ]) {
+            assert!(skipped.contains(needle), "{skipped}");
+        }
+        assert_eq!(corpus.paths.len(), 4);
+        assert_eq!(corpus.label_names, ["a", "b", "c"]);
+        assert_eq!(corpus.labels, [0, 1, 2, -1]);
+        let kept = corpus.without(&[0, 3]);
+        assert_eq!(kept.paths, [root.join("b/2.png"), root.join("c/3.png")]);
+        assert_eq!(kept.label_names, ["b", "c"]);
+        assert_eq!(kept.labels, [0, 1]);
+        assert_eq!(kept.skipped.len(), 4);
     }
 
     /// Lists name images relative to their own folder, in their own order, labelled by the label
@@ -258,7 +371,7 @@ mod tests {
         .unwrap();
         let jsonl = root.join("list.jsonl");
         std::fs::write(&jsonl, "{\"image\": \"pics/a.webp\"}\n").unwrap();
-        let corpus = collect_images(&[csv.clone(), jsonl.clone()], &fields()).unwrap();
+        let corpus = collect_images(&[csv.clone(), jsonl.clone()], &fields(), false).unwrap();
         assert_eq!(
             corpus.paths,
             [
@@ -285,7 +398,7 @@ mod tests {
         ];
         for (content, needle) in cases {
             std::fs::write(&csv, content).unwrap();
-            let err = collect_images(std::slice::from_ref(&csv), &fields())
+            let err = collect_images(std::slice::from_ref(&csv), &fields(), false)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(needle), "{err}");

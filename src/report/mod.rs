@@ -1,12 +1,13 @@
 //! Reports: each instrument returns a typed report (`#[derive(Serialize)]`, snake_case keys);
 //! this module writes it as JSON for scripts, as a Markdown summary for stdout (one file per
-//! command) and as PNG plots.
+//! command) and as PNG plots (and image contact sheets).
 
 pub mod align;
 pub mod alpha;
 pub mod bench;
 pub mod cluster;
 pub mod compare;
+pub mod contact_sheet;
 pub mod data;
 pub mod kernels;
 pub mod kglm;

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use super::{plot, sibling};
-use crate::error::Result;
+use super::{contact_sheet, plot, sibling};
+use crate::error::{Error, Result};
 use crate::instruments::pca::{EndRow, PcaReport, WordScore};
 use crate::io::embeddings::texts_sidecar_path;
 
@@ -59,6 +59,62 @@ pub fn plots(report: &PcaReport, path: &Path) -> Result<()> {
         &plot::Axes::new("component", "share of the variance"),
         &names,
         &report.explained_variance_ratio,
+    )
+}
+
+/// The contact sheet at `path` (PNG) of the images at either end of every explained component:
+/// a row per component, its lowest-scoring images on the left (lowest first), its highest on the
+/// right (highest last), each captioned with its score and label. The rows' texts must be image
+/// paths (the sidecar of `mscope embed --images`), relative ones from the current folder, as
+/// `mscope embed` recorded them.
+pub fn contact_sheet(report: &PcaReport, path: &Path) -> Result<()> {
+    let sidecar = texts_sidecar_path(Path::new(&report.input));
+    let cell = |row: &EndRow| -> Result<contact_sheet::Cell> {
+        let image = row.text.as_deref().ok_or_else(|| {
+            Error::input(format!(
+                "--contact-sheet needs the image path of every row: no sidecar {} (written by \
+                 `mscope embed --images`)",
+                sidecar.display()
+            ))
+        })?;
+        if !Path::new(image).is_file() {
+            return Err(Error::input(format!(
+                "{image} (row {} of {}): image not found; the sidecar's paths are relative to \
+                 the folder `mscope embed --images` ran in, so run pca from there",
+                row.row, report.input
+            )));
+        }
+        let label = row
+            .label
+            .as_deref()
+            .map_or(String::new(), |l| format!(" {l}"));
+        Ok(contact_sheet::Cell {
+            image: image.into(),
+            caption: format!("{:+.3}{label}", row.score),
+        })
+    };
+    let rows = report
+        .explain
+        .iter()
+        .map(|e| {
+            Ok(contact_sheet::Row {
+                name: vec![
+                    format!("PC{}", e.component),
+                    format!(
+                        "{:.1}%",
+                        100.0 * report.explained_variance_ratio[e.component - 1]
+                    ),
+                ],
+                low: e.lowest.iter().map(cell).collect::<Result<_>>()?,
+                high: e.highest.iter().rev().map(cell).collect::<Result<_>>()?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    contact_sheet::write(
+        path,
+        "lowest scores (lowest first)",
+        "highest scores (highest last)",
+        &rows,
     )
 }
 

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::io::output_guard::TempFile;
 
 const SIZE: (u32, u32) = (960, 680);
-const FONT: &str = "sans-serif";
+pub(super) const FONT: &str = "sans-serif";
 
 /// One labelled group of points (a scatter colour, a line).
 #[derive(Clone, Copy)]
@@ -136,14 +136,20 @@ trait Figure {
         DB::ErrorType: 'static;
 }
 
-/// Draws `figure` onto a white canvas at a temporary name beside `path` in the format its
-/// extension names (PNG or SVG), then renames it into place.
-fn render(path: &Path, figure: &impl Figure) -> Result<()> {
+/// Registers the embedded DejaVu Sans as [`FONT`] with plotters (once per process): plots never
+/// depend on the system's fonts.
+pub(super) fn register_font() {
     static FONT_ONCE: Once = Once::new();
     FONT_ONCE.call_once(|| {
         plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular())
             .unwrap_or_else(|_| panic!("the embedded DejaVu Sans font is valid"));
     });
+}
+
+/// Draws `figure` onto a white canvas at a temporary name beside `path` in the format its
+/// extension names (PNG or SVG), then renames it into place.
+fn render(path: &Path, figure: &impl Figure) -> Result<()> {
+    register_font();
     let format = format_of(path)?;
     let fail = |message: String| Error::Plot {
         path: path.to_path_buf(),

@@ -271,6 +271,18 @@ pub fn minilm_dir() -> PathBuf {
     dir
 }
 
+/// Each row's label name in an embeddings file, `None` for unlabelled rows.
+pub fn row_label_names(file: &mscope::io::embeddings::EmbeddingsFile) -> Vec<Option<&str>> {
+    file.labels
+        .iter()
+        .map(|&l| {
+            usize::try_from(l)
+                .ok()
+                .map(|l| file.label_names[l].as_str())
+        })
+        .collect()
+}
+
 /// Texts of tests/fixtures/texts.jsonl in file order.
 pub fn fixture_texts() -> Vec<String> {
     let text =
