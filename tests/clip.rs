@@ -941,8 +941,8 @@ fn embed_images(images: &[&Path], out: &Path, args: &[&str]) -> std::process::Ou
 }
 
 /// A PNG whose compressed pixels are damaged (the chunk's CRC no longer matches) and a JPEG whose
-/// header claims more pixels than the limit (refused before anything is allocated) are errors
-/// naming the file.
+/// header claims more pixels than the limit (refused before anything is allocated), and a GIF
+/// whose frame is far larger than its screen, are errors naming the file.
 #[test]
 fn corrupt_and_oversized_images_are_refused_with_their_name() {
     let dir = tempfile::tempdir().unwrap();
@@ -966,8 +966,13 @@ fn corrupt_and_oversized_images_are_refused_with_their_name() {
     let huge = dir.path().join("huge.jpg");
     std::fs::write(&huge, &jpeg).unwrap();
 
+    // Found by fuzzing: a 45 × 34 GIF whose first frame claims 65 491 × 65 501 pixels (17 GB
+    // of frame buffer) is refused by the decoder's allocation limit.
+    let gif = repo_path("fuzz/artifacts/image/gif-frame-larger-than-screen.gif");
+
     for (path, needle) in [
         (&corrupt, "cannot decode"),
+        (&gif, "cannot decode: Memory limit exceeded"),
         (
             &huge,
             "65000×65000 = 4225000000 pixels is over the limit of 178956970",

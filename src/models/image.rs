@@ -198,9 +198,20 @@ fn decode_with_image(
                 .into(),
         );
     }
-    fn checked<'a, D: ImageDecoder<'a>>(decoder: D) -> std::result::Result<DynamicImage, String> {
+    fn checked<'a, D: ImageDecoder<'a>>(
+        mut decoder: D,
+    ) -> std::result::Result<DynamicImage, String> {
         let (width, height) = decoder.dimensions();
         check_size(width, height)?;
+        // The header's size bounds the output, not what the decoder allocates on the way: a GIF
+        // frame may claim 65 535 × 65 535 pixels inside a 45 × 34 screen. Capping the decoder's
+        // own allocations at twice the output (plus room for line and inflate buffers) refuses
+        // such a file before the allocation instead of running out of memory.
+        let mut limits = image::io::Limits::default();
+        limits.max_alloc = Some(decoder.total_bytes().saturating_mul(2) + (16 << 20));
+        decoder
+            .set_limits(limits)
+            .map_err(|e| format!("cannot decode: {e}"))?;
         DynamicImage::from_decoder(decoder).map_err(|e| format!("cannot decode: {e}"))
     }
     let cursor = Cursor::new(bytes);
