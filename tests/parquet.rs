@@ -19,7 +19,7 @@ fn fixture(name: &str) -> PathBuf {
 fn parquet(name: &str) -> EmbeddingInput {
     EmbeddingInput {
         path: fixture(&format!("parquet/{name}")),
-        label_field: "label".into(),
+        label_field: None,
         ..Default::default()
     }
 }
@@ -55,7 +55,7 @@ fn pyarrow_and_datasets_tables_read_like_the_safetensors_file() {
     // The embedding column by name (its alias --embedding-column), and no label column.
     let file = EmbeddingInput {
         embeddings_key: Some("embedding".into()),
-        label_field: "id".into(),
+        label_field: Some("id".into()),
         ..parquet("list_f32.parquet")
     }
     .read()
@@ -185,7 +185,7 @@ fn written_parquet_reads_back_the_same_and_identical_runs_give_identical_bytes()
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     let input = EmbeddingInput {
         path: a.clone(),
-        label_field: "label".into(),
+        label_field: None,
         ..Default::default()
     };
     let (got, got_texts) = input.read_with_texts(true).unwrap();
@@ -260,7 +260,7 @@ fn embed_formats_round_trip_through_pca() {
     let read = |name: &str| {
         EmbeddingInput {
             path: path(name),
-            label_field: "label".into(),
+            label_field: None,
             ..Default::default()
         }
         .read_with_texts(true)
