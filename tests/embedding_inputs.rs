@@ -5,7 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{assert_fails_cleanly, repo_path, run_mscope_ok};
+use common::{assert_fails_cleanly, repo_path, run_mscope, run_mscope_ok};
 use mscope::data::labels::{LabelGroup, LabelSelection};
 use mscope::io::embedding_inputs::EmbeddingInput;
 use mscope::io::embeddings::EmbeddingsFile;
@@ -369,16 +369,29 @@ fn unknown_factors_and_label_fields_are_errors_listing_what_is_there() {
     let jsonl = jsonl.to_str().unwrap();
     for command in ["pca", "lda"] {
         assert_fails_cleanly(
-            &[command, "--input", npz, "--factor", "language", "--factor", "topic"],
-            &["no label array `topic`", "arrays:", "embeddings", "subject", "translated"],
+            &[
+                command, "--input", npz, "--factor", "language", "--factor", "topic",
+            ],
+            &[
+                "no label array `topic`",
+                "arrays:",
+                "embeddings",
+                "subject",
+                "translated",
+            ],
         );
         assert_fails_cleanly(
             &[command, "--input", parquet, "--factor", "topic"],
             &["no label column `topic`", "columns:", "language string"],
         );
         assert_fails_cleanly(
-            &[command, "--input", npz, "--labels", csv, "--factor", "topic"],
-            &["no column \"topic\"", "columns: language, subject, translated"],
+            &[
+                command, "--input", npz, "--labels", csv, "--factor", "topic",
+            ],
+            &[
+                "no column \"topic\"",
+                "columns: language, subject, translated",
+            ],
         );
         // An unknown --label-field / --label-column, which used to leave every row unlabelled.
         assert_fails_cleanly(
@@ -390,14 +403,28 @@ fn unknown_factors_and_label_fields_are_errors_listing_what_is_there() {
             &["no label column `topic`", "subject string"],
         );
         assert_fails_cleanly(
-            &[command, "--input", npz, "--labels", jsonl, "--label-field", "language"],
+            &[
+                command,
+                "--input",
+                npz,
+                "--labels",
+                jsonl,
+                "--label-field",
+                "language",
+            ],
             &["no object has the field \"language\"", "fields: lang, n"],
         );
     }
     // Factors need label columns: mscope's own file has one label.
     let safetensors = fixture("sklearn_embeddings.safetensors");
     assert_fails_cleanly(
-        &["pca", "--input", safetensors.to_str().unwrap(), "--factor", "label"],
+        &[
+            "pca",
+            "--input",
+            safetensors.to_str().unwrap(),
+            "--factor",
+            "label",
+        ],
         &["--factor reads label columns", "--labels"],
     );
     // A factor with one level separates nothing.
@@ -406,18 +433,39 @@ fn unknown_factors_and_label_fields_are_errors_listing_what_is_there() {
     std::fs::write(&one, format!("constant,parity\n{rows}")).unwrap();
     assert_fails_cleanly(
         &[
-            "pca", "--input", npz, "--labels", one.to_str().unwrap(), "--factor", "parity",
-            "--factor", "constant",
+            "pca",
+            "--input",
+            npz,
+            "--labels",
+            one.to_str().unwrap(),
+            "--factor",
+            "parity",
+            "--factor",
+            "constant",
         ],
         &["factor `constant` has 1 level (x)", "at least two"],
     );
     assert_fails_cleanly(
-        &["pca", "--input", npz, "--factor", "language", "--factor", "language"],
+        &[
+            "pca", "--input", npz, "--factor", "language", "--factor", "language",
+        ],
         &["--factor language: given twice"],
     );
-    assert_fails_cleanly(
-        &["pca", "--input", npz, "--factor", "language", "--label-field", "subject"],
-        &["--label-field", "--factor"],
+    // Refused by the argument parser (exit status 2).
+    let out = run_mscope(&[
+        "pca",
+        "--input",
+        npz,
+        "--factor",
+        "language",
+        "--label-field",
+        "x",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--factor") && err.contains("--label-field"),
+        "{err}"
     );
 }
 

@@ -195,7 +195,14 @@ fn cli_runs_once_per_factor() {
     let json = dir.path().join("f.json");
     let plot = dir.path().join("lda.svg");
     let mut args = vec![
-        "lda", "--input", input, "--splits", "3", "--backend", "cpu", "--out",
+        "lda",
+        "--input",
+        input,
+        "--splits",
+        "3",
+        "--backend",
+        "cpu",
+        "--out",
     ];
     args.push(json.to_str().unwrap());
     args.extend(["--plot", plot.to_str().unwrap()]);
@@ -204,8 +211,7 @@ fn cli_runs_once_per_factor() {
     }
     let out = run_mscope_ok(&args);
     let md = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let reports = report["factors"].as_array().unwrap();
     assert_eq!(reports.len(), FACTORS.len());
     for (factor, got) in FACTORS.iter().zip(reports) {
@@ -230,23 +236,27 @@ fn cli_runs_once_per_factor() {
         alone["factor"] = serde_json::Value::from(*factor);
         assert_eq!(*got, alone, "{factor}");
     }
-    assert_eq!(reports[1]["labels"], serde_json::json!(["economics", "politics", "sports"]));
+    assert_eq!(
+        reports[1]["labels"],
+        serde_json::json!(["economics", "politics", "sports"])
+    );
     for name in ["lda.svg", "lda.subject.svg", "lda.translated.svg"] {
         assert!(dir.path().join(name).exists(), "{name}");
     }
-    // A detector holds one label set.
-    assert_fails_cleanly(
-        &[
-            "lda",
-            "--input",
-            input,
-            "--factor",
-            "subject",
-            "--save",
-            dir.path().join("d.json").to_str().unwrap(),
-        ],
-        &["--save", "--factor"],
-    );
+    // A detector holds one label set: the argument parser refuses both (exit status 2).
+    let save = dir.path().join("d.safetensors");
+    let out = run_mscope(&[
+        "lda",
+        "--input",
+        input,
+        "--factor",
+        "subject",
+        "--save",
+        save.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--save") && err.contains("--factor"), "{err}");
 }
 
 #[test]

@@ -582,7 +582,10 @@ fn cli_factor_aucs_match_roc_auc_score() {
         args.extend(["--out", json.to_str().unwrap()]);
         let out = run_mscope_ok(&args);
         let md = String::from_utf8_lossy(&out.stdout);
-        assert!(md.contains("## Factor `subject` along the components"), "{md}");
+        assert!(
+            md.contains("## Factor `subject` along the components"),
+            "{md}"
+        );
         let report: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         let got = report["factors"].as_array().unwrap();
@@ -604,11 +607,16 @@ fn cli_factor_aucs_match_roc_auc_score() {
                         .map(|v| v.as_f64().unwrap())
                         .collect()
                 };
-                let (_, auc) = reference_tensor(FACTORS_REFERENCE, &format!("pca_{factor}_{name}_auc"));
+                let (_, auc) =
+                    reference_tensor(FACTORS_REFERENCE, &format!("pca_{factor}_{name}_auc"));
                 let (_, mean) =
                     reference_tensor(FACTORS_REFERENCE, &format!("pca_{factor}_{name}_mean"));
                 for (c, (got, want)) in values("auc_vs_rest").iter().zip(&auc).enumerate() {
-                    assert!((got - want).abs() < 1e-12, "{what} PC{}: AUC {got} vs {want}", c + 1);
+                    assert!(
+                        (got - want).abs() < 1e-12,
+                        "{what} PC{}: AUC {got} vs {want}",
+                        c + 1
+                    );
                 }
                 // Mean scores: f64 PCA of the same f32 rows on both sides.
                 for (c, (got, want)) in values("mean_score").iter().zip(&mean).enumerate() {

@@ -28,9 +28,9 @@ array), sklearn_embeddings.npz (np.savez_compressed: `embeddings`, `label` the n
 sklearn_labels.csv (columns `id`, `source`: the names).
 
 Several label factors per row, as the seeds' translation experiment (language × subject ×
-translated), for `--factor` (tests/factors.rs): sklearn_factors.npz (`embeddings` 222 × 16
-float32 and one unicode array per factor: `language` es/de, `subject` economics/politics/sports,
-`translated` no/yes), the same factors as sklearn_factors.csv (columns `language`, `subject`,
+translated), for `--factor` (tests/pca.rs, tests/lda.rs, tests/embedding_inputs.rs):
+sklearn_factors.npz (`embeddings` 222 × 16 float32 and one unicode array per factor: `language`
+de/es, `subject` economics/politics/sports, `translated` no/yes), the same factors as sklearn_factors.csv (columns `language`, `subject`,
 `translated`) and sklearn_factors.parquet (pyarrow: `embedding` list<float32> and the three
 string columns). sklearn_factors_reference.safetensors: per factor F, LDA's references as above
 under prefix `factor_F` (class codes in sorted order, as mscope numbers string labels); and the

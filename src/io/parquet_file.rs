@@ -296,7 +296,11 @@ pub fn read(path: &Path, columns: &ColumnChoice) -> Result<ParquetTable> {
                 ))
             },
         )?;
-        for ((f, names), labels) in label_fields.iter().zip(&class_names).zip(&mut label_columns) {
+        for ((f, names), labels) in label_fields
+            .iter()
+            .zip(&class_names)
+            .zip(&mut label_columns)
+        {
             let values = read_scalars(column(f)?, &schema.column(f.leaf), rows)
                 .map_err(parquet_error(path))?;
             for (value, row) in values.into_iter().zip(rows_before..) {

@@ -343,7 +343,13 @@ pub fn read_label_columns(path: &Path, fields: &[&str]) -> Result<Vec<Vec<Option
                 seen.extend(object.into_iter().map(|(k, _)| k));
             }
             if let Some(i) = found.iter().position(|f| !f) {
-                seen.extend(fields.iter().zip(&found).filter(|(_, &f)| f).map(|(k, _)| k.to_string()));
+                seen.extend(
+                    fields
+                        .iter()
+                        .zip(&found)
+                        .filter(|(_, &f)| f)
+                        .map(|(k, _)| k.to_string()),
+                );
                 return Err(Error::input(format!(
                     "{}: no object has the field \"{}\" (fields: {})",
                     path.display(),

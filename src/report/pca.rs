@@ -88,26 +88,32 @@ pub fn markdown(report: &PcaReport) -> String {
         cumulative += r;
         md += &format!("| PC{} | {v:.4e} | {r:.4} | {cumulative:.4} |\n", c + 1);
     }
-    let separation_table = |md: &mut String, heading: &str, first: &str, rows: &[LabelSeparation]| {
-        let shown = k.min(5);
-        *md += &format!(
-            "\n## {heading} along the components: mean score (AUC {first} vs rest)\n\n\
+    let separation_table =
+        |md: &mut String, heading: &str, first: &str, rows: &[LabelSeparation]| {
+            let shown = k.min(5);
+            *md += &format!(
+                "\n## {heading} along the components: mean score (AUC {first} vs rest)\n\n\
              | {first} | rows |"
-        );
-        *md += &(1..=shown).map(|c| format!(" PC{c} |")).collect::<String>();
-        *md += &format!("\n|---|---|{}\n", "---|".repeat(shown));
-        for s in rows {
-            *md += &format!("| {} | {} |", s.label, s.rows);
-            for c in 0..shown {
-                *md += &format!(" {:+.3} ({:.2}) |", s.mean_score[c], s.auc_vs_rest[c]);
+            );
+            *md += &(1..=shown).map(|c| format!(" PC{c} |")).collect::<String>();
+            *md += &format!("\n|---|---|{}\n", "---|".repeat(shown));
+            for s in rows {
+                *md += &format!("| {} | {} |", s.label, s.rows);
+                for c in 0..shown {
+                    *md += &format!(" {:+.3} ({:.2}) |", s.mean_score[c], s.auc_vs_rest[c]);
+                }
+                *md += "\n";
             }
-            *md += "\n";
-        }
-    };
+        };
     // With factors, the labels are the first factor's levels: shown with the factors.
     if !report.factors.is_empty() {
         for f in &report.factors {
-            separation_table(&mut md, &format!("Factor `{}`", f.factor), "level", &f.levels);
+            separation_table(
+                &mut md,
+                &format!("Factor `{}`", f.factor),
+                "level",
+                &f.levels,
+            );
         }
     } else if !report.labels.is_empty() {
         separation_table(&mut md, "Labels", "label", &report.labels);
