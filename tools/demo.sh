@@ -20,6 +20,12 @@ mscope pca --input $d/embeddings.safetensors --components 5 \
     --explain 3 --out $d/pca.json --plot $d/pca.png
 mscope lda --input $d/embeddings.safetensors --shrinkage auto \
     --pairwise --out $d/lda.json --plot $d/lda.png
+# Table S4-style slices of the labels: two of the three sources alone, then two sources merged
+# into one class against the third.
+mscope lda --input $d/embeddings.safetensors --shrinkage auto \
+    --only news,review --out $d/lda-only.json
+mscope lda --input $d/embeddings.safetensors --shrinkage auto \
+    --group english=news,review --out $d/lda-group.json
 # The same corpus and analyses through a decoder: SmolLM2's last hidden state of each text's last
 # token (the file's config, tokenizer and weights all come from the GGUF).
 decoder=$(tools/fetch-smollm2.sh)
