@@ -39,8 +39,14 @@ fn names(file: &EmbeddingsFile) -> Vec<Option<&str>> {
 #[test]
 fn pyarrow_and_datasets_tables_read_like_the_safetensors_file() {
     let want = EmbeddingsFile::read(&fixture("sklearn_embeddings.safetensors")).unwrap();
-    // list<float32> in five row groups; fixed_size_list<float64> with ClassLabel codes.
-    for name in ["list_f32.parquet", "hf_fixed_f64.parquet"] {
+    // list<float32> in five row groups (Snappy, gzip, zstd); fixed_size_list<float64> with
+    // ClassLabel codes.
+    for name in [
+        "list_f32.parquet",
+        "list_f32_gzip.parquet",
+        "list_f32_zstd.parquet",
+        "hf_fixed_f64.parquet",
+    ] {
         let got = parquet(name).read().unwrap();
         assert_eq!(got.dim, want.dim, "{name}");
         assert_eq!(got.embeddings, want.embeddings, "{name}");
