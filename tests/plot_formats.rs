@@ -124,12 +124,12 @@ fn long_titles_wrap_onto_lines_that_fit() {
     let svg = svg_summary(&dir.path().join("lda.pairwise.svg"));
     let want = "Pairwise LDA accuracy over 3 splits, synthetic embeddings \
                 (cats_lsun_ddpm_sdxl_open_dalle_clip_vit_l14_embeddings_seed0.safetensors)";
-    let first = svg
-        .texts
+    let texts: Vec<&str> = svg.texts.iter().map(|t| t.trim()).collect();
+    let first = texts
         .iter()
         .position(|t| t.starts_with("Pairwise LDA"))
         .expect("the title is drawn");
-    let lines = &svg.texts[first..first + 2];
+    let lines = &texts[first..first + 2];
     assert_eq!(lines.join(" "), want, "{:?}", svg.texts);
     // DejaVu Sans at 20 px is at least 10 px a character on average: 92 fill the 920 px.
     assert!(lines.iter().all(|l| l.chars().count() <= 92), "{lines:?}");
