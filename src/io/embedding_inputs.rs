@@ -41,6 +41,9 @@ pub struct EmbeddingInput {
     pub embeddings_key: Option<String>,
 }
 
+/// Label columns as read: per column, each row's value (`None`: no label).
+type LabelColumns = Vec<Vec<Option<String>>>;
+
 /// One of several labels per row: the column's name, each row's level (an index into
 /// `level_names`, -1: none) and the level names, numbered as labels are (module docs).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -215,14 +218,7 @@ impl EmbeddingInput {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn read_parquet(
-        &self,
-    ) -> Result<(
-        EmbeddingsFile,
-        Option<Vec<String>>,
-        Option<Vec<Vec<Option<String>>>>,
-    )> {
+    fn read_parquet(&self) -> Result<(EmbeddingsFile, Option<Vec<String>>, Option<LabelColumns>)> {
         let path = self.path.as_path();
         let (own_labels, labels_required) = self.own_label_fields();
         let own_factors = self.own_factors();
@@ -281,7 +277,7 @@ impl EmbeddingInput {
         Ok((file, texts, factors))
     }
 
-    fn read_npz(&self) -> Result<(EmbeddingsFile, Option<Vec<Vec<Option<String>>>>)> {
+    fn read_npz(&self) -> Result<(EmbeddingsFile, Option<LabelColumns>)> {
         let path = self.path.as_path();
         let arrays = read_npz(path)?;
         let names = || {
