@@ -5,7 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{assert_fails_cleanly, repo_path, row_label_names, run_mscope_ok};
+use common::{assert_fails_cleanly, repo_path, row_label_names, run_mscope, run_mscope_ok};
 use mscope::data::labels::{LabelGroup, LabelSelection};
 use mscope::io::embedding_inputs::EmbeddingInput;
 use mscope::io::embeddings::EmbeddingsFile;
@@ -18,8 +18,8 @@ fn input(path: &str, labels: Option<&str>, field: &str) -> EmbeddingInput {
     EmbeddingInput {
         path: fixture(path),
         labels: labels.map(fixture),
-        label_field: field.into(),
-        embeddings_key: None,
+        label_field: Some(field.into()),
+        ..Default::default()
     }
 }
 
@@ -344,4 +344,237 @@ fn npz_members_inflate_only_to_their_declared_size() {
         &["pca", "--input", path.to_str().unwrap()],
         &["bomb.npz", "more than the", "available"],
     );
+}
+
+const FACTORS: [&str; 3] = ["language", "subject", "translated"];
+
+fn factored(path: &str, labels: Option<&str>, factors: &[&str]) -> EmbeddingInput {
+    EmbeddingInput {
+        path: fixture(path),
+        labels: labels.map(fixture),
+        factors: factors.iter().map(|f| f.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Several labels per row read alike from every source that holds them: the archive's arrays,
+/// the Parquet table's columns, and the columns of a .csv or fields of a .jsonl labels file.
+#[test]
+fn factors_read_alike_from_every_source() {
+    let dir = tempfile::tempdir().unwrap();
+    // The .csv's rows as .jsonl objects, one field left null on the first row.
+    let csv = std::fs::read_to_string(fixture("sklearn_factors.csv")).unwrap();
+    let jsonl = dir.path().join("factors.jsonl");
+    let lines: Vec<String> = csv
+        .lines()
+        .skip(1)
+        .enumerate()
+        .map(|(i, line)| {
+            let v: Vec<&str> = line.split(',').collect();
+            let translated = if i == 0 {
+                "null".to_string()
+            } else {
+                format!("{:?}", v[2])
+            };
+            format!(
+                r#"{{"language": {:?}, "subject": {:?}, "translated": {translated}}}"#,
+                v[0], v[1]
+            )
+        })
+        .collect();
+    std::fs::write(&jsonl, lines.join("\n") + "\n").unwrap();
+
+    let (want_file, _, want) = factored("sklearn_factors.npz", None, &FACTORS)
+        .read_factored(false)
+        .unwrap();
+    assert_eq!(want.len(), 3);
+    assert_eq!(want[0].level_names, ["de", "es"]);
+    assert_eq!(want[1].level_names, ["economics", "politics", "sports"]);
+    assert_eq!(want[2].level_names, ["no", "yes"]);
+    // The first factor is the rows' labels.
+    assert_eq!(want_file.labels, want[0].levels);
+    assert_eq!(want_file.label_names, want[0].level_names);
+    for input in [
+        factored("sklearn_factors.parquet", None, &FACTORS),
+        factored("sklearn_factors.npz", Some("sklearn_factors.csv"), &FACTORS),
+        EmbeddingInput {
+            labels: Some(jsonl.clone()),
+            ..factored("sklearn_factors.parquet", None, &FACTORS)
+        },
+    ] {
+        let (file, _, got) = input.read_factored(false).unwrap();
+        let what = format!("{} + {:?}", input.path.display(), input.labels);
+        assert_eq!(file.embeddings, want_file.embeddings, "{what}");
+        let mut want = want.clone();
+        if input.labels.as_ref() == Some(&jsonl) {
+            want[2].levels[0] = -1;
+        }
+        assert_eq!(got, want, "{what}");
+    }
+    // Factors in another order: the first is the labels.
+    let (file, _, got) = factored("sklearn_factors.npz", None, &["subject", "language"])
+        .read_factored(false)
+        .unwrap();
+    assert_eq!(got[0].name, "subject");
+    assert_eq!(file.labels, want[1].levels);
+}
+
+#[test]
+fn unknown_factors_and_label_fields_are_errors_listing_what_is_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let npz = fixture("sklearn_factors.npz");
+    let parquet = fixture("sklearn_factors.parquet");
+    let csv = fixture("sklearn_factors.csv");
+    let (npz, parquet, csv) = (
+        npz.to_str().unwrap(),
+        parquet.to_str().unwrap(),
+        csv.to_str().unwrap(),
+    );
+    let jsonl = dir.path().join("l.jsonl");
+    std::fs::write(&jsonl, "{\"lang\": \"de\", \"n\": 1}\n{\"lang\": \"es\"}\n").unwrap();
+    let jsonl = jsonl.to_str().unwrap();
+    for command in ["pca", "lda"] {
+        assert_fails_cleanly(
+            &[
+                command, "--input", npz, "--factor", "language", "--factor", "topic",
+            ],
+            &[
+                "no label array `topic`",
+                "arrays:",
+                "embeddings",
+                "subject",
+                "translated",
+            ],
+        );
+        assert_fails_cleanly(
+            &[command, "--input", parquet, "--factor", "topic"],
+            &["no label column `topic`", "columns:", "language string"],
+        );
+        assert_fails_cleanly(
+            &[
+                command, "--input", npz, "--labels", csv, "--factor", "topic",
+            ],
+            &[
+                "no column \"topic\"",
+                "columns: language, subject, translated",
+            ],
+        );
+        // An unknown --label-field / --label-column, which used to leave every row unlabelled.
+        assert_fails_cleanly(
+            &[command, "--input", npz, "--label-field", "topic"],
+            &["no label array `topic`", "language"],
+        );
+        assert_fails_cleanly(
+            &[command, "--input", parquet, "--label-column", "topic"],
+            &["no label column `topic`", "subject string"],
+        );
+        assert_fails_cleanly(
+            &[
+                command,
+                "--input",
+                npz,
+                "--labels",
+                jsonl,
+                "--label-field",
+                "language",
+            ],
+            &["no object has the field \"language\"", "fields: lang, n"],
+        );
+    }
+    // Factors need label columns: mscope's own file has one label.
+    let safetensors = fixture("sklearn_embeddings.safetensors");
+    assert_fails_cleanly(
+        &[
+            "pca",
+            "--input",
+            safetensors.to_str().unwrap(),
+            "--factor",
+            "label",
+        ],
+        &["--factor reads label columns", "--labels"],
+    );
+    // A factor with one level separates nothing.
+    let one = dir.path().join("one.csv");
+    let rows: String = (0..222).map(|i| format!("x,{}\n", i % 2)).collect();
+    std::fs::write(&one, format!("constant,parity\n{rows}")).unwrap();
+    assert_fails_cleanly(
+        &[
+            "pca",
+            "--input",
+            npz,
+            "--labels",
+            one.to_str().unwrap(),
+            "--factor",
+            "parity",
+            "--factor",
+            "constant",
+        ],
+        &["factor `constant` has 1 level (x)", "at least two"],
+    );
+    assert_fails_cleanly(
+        &[
+            "pca", "--input", npz, "--factor", "language", "--factor", "language",
+        ],
+        &["--factor language: given twice"],
+    );
+    // Refused by the argument parser (exit status 2).
+    let out = run_mscope(&[
+        "pca",
+        "--input",
+        npz,
+        "--factor",
+        "language",
+        "--label-field",
+        "x",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--factor") && err.contains("--label-field"),
+        "{err}"
+    );
+}
+
+/// --only and --group select levels of the first factor; the others keep the same rows.
+#[test]
+fn selections_apply_to_the_first_factor() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("pca.json");
+    let npz = fixture("sklearn_factors.npz");
+    run_mscope_ok(&[
+        "pca",
+        "--input",
+        npz.to_str().unwrap(),
+        "--factor",
+        "subject",
+        "--factor",
+        "language",
+        "--only",
+        "economics,sports",
+        "--backend",
+        "cpu",
+        "--out",
+        json.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (_, _, all) = factored("sklearn_factors.npz", None, &["subject", "language"])
+        .read_factored(false)
+        .unwrap();
+    let kept: Vec<usize> = (0..all[0].levels.len())
+        .filter(|&r| all[0].levels[r] != 1)
+        .collect();
+    assert_eq!(report["n"], kept.len());
+    let rows = |factor: usize, level: &str| -> usize {
+        report["factors"][factor]["levels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["label"] == level)
+            .map_or(0, |l| l["rows"].as_u64().unwrap() as usize)
+    };
+    let count = |f: usize, code: i64| kept.iter().filter(|&&r| all[f].levels[r] == code).count();
+    assert_eq!(rows(0, "economics"), count(0, 0));
+    assert_eq!(rows(0, "politics"), 0);
+    assert_eq!(rows(1, "de"), count(1, 0));
+    assert_eq!(rows(1, "es"), count(1, 1));
 }

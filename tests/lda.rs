@@ -54,8 +54,12 @@ fn matches_scikit_learn(embeddings: &str, prefix: &str) {
 }
 
 fn matches_scikit_learn_on(file: &EmbeddingsFile, prefix: &str) {
+    matches_reference(file, REFERENCE, prefix);
+}
+
+fn matches_reference(file: &EmbeddingsFile, reference: &str, prefix: &str) {
     let classes = Classes::from_labels(&file.labels, &file.label_names).unwrap();
-    let (shape, test_index) = reference_tensor(REFERENCE, &format!("{prefix}_test_index"));
+    let (shape, test_index) = reference_tensor(reference, &format!("{prefix}_test_index"));
     let splits: Vec<Split> = test_index
         .chunks(shape[1])
         .map(|t| {
@@ -71,8 +75,8 @@ fn matches_scikit_learn_on(file: &EmbeddingsFile, prefix: &str) {
         (Shrinkage::Fixed(0.3), "eigen_0.3"),
     ] {
         let eval = run(file, &classes, &splits, shrinkage, false);
-        let (_, want) = reference_tensor(REFERENCE, &format!("{prefix}_{model}_pred"));
-        let (_, want_acc) = reference_tensor(REFERENCE, &format!("{prefix}_{model}_accuracy"));
+        let (_, want) = reference_tensor(reference, &format!("{prefix}_{model}_pred"));
+        let (_, want_acc) = reference_tensor(reference, &format!("{prefix}_{model}_accuracy"));
         let (mut same, mut total) = (0, 0);
         for (s, (split, predicted)) in splits.iter().zip(&eval.predictions).enumerate() {
             // Our predictions come class by class; scikit-learn's in its test-index order.
@@ -117,7 +121,7 @@ fn predictions_match_scikit_learn_when_the_scatter_is_singular() {
 fn predictions_on_label_selections_match_scikit_learn() {
     let input = EmbeddingInput {
         path: repo_path("tests/fixtures/sklearn_embeddings.npz"),
-        label_field: "label".into(),
+        label_field: None,
         ..Default::default()
     };
     let group = |arg: &str| arg.parse::<LabelGroup>().unwrap();
@@ -155,6 +159,104 @@ fn predictions_on_label_selections_match_scikit_learn() {
         let (selected, _) = selection.apply(file).unwrap();
         matches_scikit_learn_on(&selected, prefix);
     }
+}
+
+const FACTORS: [&str; 3] = ["language", "subject", "translated"];
+
+/// `--factor`: LDA of each label column of rows that carry several (language × subject ×
+/// translated), read from numpy's archive, predicts as scikit-learn does on the same splits.
+#[test]
+fn predictions_per_factor_match_scikit_learn() {
+    let input = EmbeddingInput {
+        path: repo_path("tests/fixtures/sklearn_factors.npz"),
+        factors: FACTORS.map(String::from).to_vec(),
+        ..Default::default()
+    };
+    let (mut file, _, factors) = input.read_factored(false).unwrap();
+    assert_eq!(factors.len(), FACTORS.len());
+    for factor in &factors {
+        file.labels.clone_from(&factor.levels);
+        file.label_names.clone_from(&factor.level_names);
+        matches_reference(
+            &file,
+            "tests/fixtures/sklearn_factors_reference.safetensors",
+            &format!("factor_{}", factor.name),
+        );
+    }
+}
+
+/// `mscope lda --factor` end to end: one report per factor in the JSON, each as `mscope lda
+/// --label-field FACTOR` reports it alone, plots per factor beside the first.
+#[test]
+fn cli_runs_once_per_factor() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = repo_path("tests/fixtures/sklearn_factors.parquet");
+    let input = input.to_str().unwrap();
+    let json = dir.path().join("f.json");
+    let plot = dir.path().join("lda.svg");
+    let mut args = vec![
+        "lda",
+        "--input",
+        input,
+        "--splits",
+        "3",
+        "--backend",
+        "cpu",
+        "--out",
+    ];
+    args.push(json.to_str().unwrap());
+    args.extend(["--plot", plot.to_str().unwrap()]);
+    for f in FACTORS {
+        args.extend(["--factor", f]);
+    }
+    let out = run_mscope_ok(&args);
+    let md = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let reports = report["factors"].as_array().unwrap();
+    assert_eq!(reports.len(), FACTORS.len());
+    for (factor, got) in FACTORS.iter().zip(reports) {
+        assert_eq!(got["factor"], *factor);
+        assert!(md.contains(&format!("by {factor}")), "{md}");
+        let alone = dir.path().join(format!("{factor}.json"));
+        run_mscope_ok(&[
+            "lda",
+            "--input",
+            input,
+            "--splits",
+            "3",
+            "--backend",
+            "cpu",
+            "--label-column",
+            factor,
+            "--out",
+            alone.to_str().unwrap(),
+        ]);
+        let mut alone: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&alone).unwrap()).unwrap();
+        alone["factor"] = serde_json::Value::from(*factor);
+        assert_eq!(*got, alone, "{factor}");
+    }
+    assert_eq!(
+        reports[1]["labels"],
+        serde_json::json!(["economics", "politics", "sports"])
+    );
+    for name in ["lda.svg", "lda.subject.svg", "lda.translated.svg"] {
+        assert!(dir.path().join(name).exists(), "{name}");
+    }
+    // A detector holds one label set: the argument parser refuses both (exit status 2).
+    let save = dir.path().join("d.safetensors");
+    let out = run_mscope(&[
+        "lda",
+        "--input",
+        input,
+        "--factor",
+        "subject",
+        "--save",
+        save.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--save") && err.contains("--factor"), "{err}");
 }
 
 #[test]

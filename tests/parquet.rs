@@ -19,7 +19,7 @@ fn fixture(name: &str) -> PathBuf {
 fn parquet(name: &str) -> EmbeddingInput {
     EmbeddingInput {
         path: fixture(&format!("parquet/{name}")),
-        label_field: "label".into(),
+        label_field: None,
         ..Default::default()
     }
 }
@@ -27,8 +27,14 @@ fn parquet(name: &str) -> EmbeddingInput {
 #[test]
 fn pyarrow_and_datasets_tables_read_like_the_safetensors_file() {
     let want = EmbeddingsFile::read(&fixture("sklearn_embeddings.safetensors")).unwrap();
-    // list<float32> in five row groups; fixed_size_list<float64> with ClassLabel codes.
-    for name in ["list_f32.parquet", "hf_fixed_f64.parquet"] {
+    // list<float32> in five row groups (Snappy, gzip, zstd); fixed_size_list<float64> with
+    // ClassLabel codes.
+    for name in [
+        "list_f32.parquet",
+        "list_f32_gzip.parquet",
+        "list_f32_zstd.parquet",
+        "hf_fixed_f64.parquet",
+    ] {
         let got = parquet(name).read().unwrap();
         assert_eq!(got.dim, want.dim, "{name}");
         assert_eq!(got.embeddings, want.embeddings, "{name}");
@@ -43,7 +49,7 @@ fn pyarrow_and_datasets_tables_read_like_the_safetensors_file() {
     // The embedding column by name (its alias --embedding-column), and no label column.
     let file = EmbeddingInput {
         embeddings_key: Some("embedding".into()),
-        label_field: "id".into(),
+        label_field: Some("id".into()),
         ..parquet("list_f32.parquet")
     }
     .read()
@@ -173,7 +179,7 @@ fn written_parquet_reads_back_the_same_and_identical_runs_give_identical_bytes()
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     let input = EmbeddingInput {
         path: a.clone(),
-        label_field: "label".into(),
+        label_field: None,
         ..Default::default()
     };
     let (got, got_texts) = input.read_with_texts(true).unwrap();
@@ -248,7 +254,7 @@ fn embed_formats_round_trip_through_pca() {
     let read = |name: &str| {
         EmbeddingInput {
             path: path(name),
-            label_field: "label".into(),
+            label_field: None,
             ..Default::default()
         }
         .read_with_texts(true)

@@ -545,3 +545,108 @@ fn cli_wgpu_pca_equals_cpu() {
         assert!(err < 1e-5, "component {c}: wgpu against cpu {err:e}");
     }
 }
+
+const FACTORS_REFERENCE: &str = "tests/fixtures/sklearn_factors_reference.safetensors";
+
+/// `mscope pca --factor` on rows with three label columns (language × subject × translated),
+/// read from each source that holds several: every level's AUC vs rest on every component equals
+/// scikit-learn's `roc_auc_score` (a ratio of rank counts: exact unless two scores tie), and its
+/// mean score matches scikit-learn's PCA scores.
+#[test]
+fn cli_factor_aucs_match_roc_auc_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = |name: &str| repo_path(&format!("tests/fixtures/{name}"));
+    let (npz, csv, parquet) = (
+        fixture("sklearn_factors.npz"),
+        fixture("sklearn_factors.csv"),
+        fixture("sklearn_factors.parquet"),
+    );
+    let factors = ["language", "subject", "translated"];
+    let sources: [&[&str]; 3] = [
+        &["--input", npz.to_str().unwrap()],
+        &["--input", parquet.to_str().unwrap()],
+        &[
+            "--input",
+            npz.to_str().unwrap(),
+            "--labels",
+            csv.to_str().unwrap(),
+        ],
+    ];
+    for (s, source) in sources.iter().enumerate() {
+        let json = dir.path().join(format!("{s}.json"));
+        let mut args = vec!["pca", "--components", "3", "--backend", "cpu"];
+        args.extend_from_slice(source);
+        for f in factors {
+            args.extend(["--factor", f]);
+        }
+        args.extend(["--out", json.to_str().unwrap()]);
+        let out = run_mscope_ok(&args);
+        let md = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            md.contains("## Factor `subject` along the components"),
+            "{md}"
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let got = report["factors"].as_array().unwrap();
+        assert_eq!(got.len(), factors.len(), "{source:?}");
+        // The first factor is also the rows' labels.
+        assert_eq!(report["labels"], got[0]["levels"], "{source:?}");
+        for (factor, entry) in factors.iter().zip(got) {
+            assert_eq!(entry["factor"], *factor);
+            let levels = entry["levels"].as_array().unwrap();
+            assert!(levels.len() >= 2);
+            for level in levels {
+                let name = level["label"].as_str().unwrap();
+                let what = format!("{source:?} {factor}={name}");
+                let values = |key: &str| -> Vec<f64> {
+                    level[key]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_f64().unwrap())
+                        .collect()
+                };
+                let (_, auc) =
+                    reference_tensor(FACTORS_REFERENCE, &format!("pca_{factor}_{name}_auc"));
+                let (_, mean) =
+                    reference_tensor(FACTORS_REFERENCE, &format!("pca_{factor}_{name}_mean"));
+                for (c, (got, want)) in values("auc_vs_rest").iter().zip(&auc).enumerate() {
+                    assert!(
+                        (got - want).abs() < 1e-12,
+                        "{what} PC{}: AUC {got} vs {want}",
+                        c + 1
+                    );
+                }
+                // Mean scores: f64 PCA of the same f32 rows on both sides.
+                for (c, (got, want)) in values("mean_score").iter().zip(&mean).enumerate() {
+                    assert!(
+                        (got - want).abs() < 1e-9 * (1.0 + want.abs()),
+                        "{what} PC{}: mean score {got} vs {want}",
+                        c + 1
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Without --factor the report has no `factors` key (the single-label report is unchanged).
+#[test]
+fn cli_report_without_factors_has_no_factors_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let input = repo_path("tests/fixtures/sklearn_embeddings.safetensors");
+    run_mscope_ok(&[
+        "pca",
+        "--input",
+        input.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--out",
+        json.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(report.get("factors").is_none());
+    assert_eq!(report["labels"].as_array().unwrap().len(), 4);
+}

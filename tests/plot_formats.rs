@@ -100,3 +100,37 @@ fn drawing_commands_write_svg_and_refuse_other_extensions() {
     // The LDA title names the data.
     assert!(svg_summary(&dir.path().join("lda.svg")).has_text("sklearn_embeddings"));
 }
+
+/// A title wider than the canvas (a long file name in the pairwise heat map's) is wrapped over
+/// lines of whole words instead of running off both edges.
+#[test]
+fn long_titles_wrap_onto_lines_that_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = dir
+        .path()
+        .join("cats_lsun_ddpm_sdxl_open_dalle_clip_vit_l14_embeddings_seed0.safetensors");
+    std::fs::copy(fixture("sklearn_embeddings.safetensors"), &long).unwrap();
+    let plot = dir.path().join("lda.svg");
+    run_mscope_ok(&[
+        "lda",
+        "--input",
+        long.to_str().unwrap(),
+        "--splits",
+        "3",
+        "--pairwise",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    let svg = svg_summary(&dir.path().join("lda.pairwise.svg"));
+    let want = "Pairwise LDA accuracy over 3 splits, synthetic embeddings \
+                (cats_lsun_ddpm_sdxl_open_dalle_clip_vit_l14_embeddings_seed0.safetensors)";
+    let texts: Vec<&str> = svg.texts.iter().map(|t| t.trim()).collect();
+    let first = texts
+        .iter()
+        .position(|t| t.starts_with("Pairwise LDA"))
+        .expect("the title is drawn");
+    let lines = &texts[first..first + 2];
+    assert_eq!(lines.join(" "), want, "{:?}", svg.texts);
+    // DejaVu Sans at 20 px is at least 10 px a character on average: 92 fill the 920 px.
+    assert!(lines.iter().all(|l| l.chars().count() <= 92), "{lines:?}");
+}

@@ -21,6 +21,12 @@ mscope pca --input $d/embeddings.safetensors --components 5 \
     --explain 3 --out $d/pca.json --plot $d/pca.png
 mscope lda --input $d/embeddings.safetensors --shrinkage auto \
     --pairwise --out $d/lda.json --plot $d/lda.png
+# Table S4-style slices of the labels: two of the three sources alone, then two sources merged
+# into one class against the third.
+mscope lda --input $d/embeddings.safetensors --shrinkage auto \
+    --only news,review --out $d/lda-only.json
+mscope lda --input $d/embeddings.safetensors --shrinkage auto \
+    --group english=news,review --out $d/lda-group.json
 # Images: 17 real photos from the scikit-image wheel in three labelled folders (everyday,
 # science, textures), or PHOTOS=DIR for a folder of your own (one sub-folder per label), through
 # the tiny open_clip model the tests commit. Its weights are random (no real CLIP checkpoint can

@@ -7,6 +7,8 @@ tools/make_sklearn_fixtures.py), into tests/fixtures/parquet/:
 
 - list_f32.parquet: `id` int64, `embedding` list<float32>, `label` string — pyarrow's defaults
   (nullable list and elements, Snappy), 64 rows per row group, so five row groups.
+- list_f32_gzip.parquet, list_f32_zstd.parquet: the same table compressed with gzip and with
+  zstd (pyarrow's other common codecs).
 - hf_fixed_f64.parquet: `embedding` fixed_size_list<float64, 24> (the float32 values widened, so
   they round back exactly), `label` int64 class codes, and the `huggingface` metadata that
   `datasets` writes, naming the classes (a ClassLabel feature), in one row group.
@@ -52,6 +54,8 @@ def main():
     )
     pq.write_table(table, OUT / "list_f32.parquet", row_group_size=64)
     assert pq.ParquetFile(OUT / "list_f32.parquet").num_row_groups == 5
+    for codec in ["gzip", "zstd"]:
+        pq.write_table(table, OUT / f"list_f32_{codec}.parquet", row_group_size=64, compression=codec)
 
     classes = sorted(set(str(n) for n in names))
     codes = np.array([classes.index(str(n)) for n in names], dtype=np.int64)

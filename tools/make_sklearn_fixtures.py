@@ -27,6 +27,17 @@ sklearn_embeddings.npy (the float32 matrix), sklearn_labels.npy (the label names
 array), sklearn_embeddings.npz (np.savez_compressed: `embeddings`, `label` the names) and
 sklearn_labels.csv (columns `id`, `source`: the names).
 
+Several label factors per row, as the seeds' translation experiment (language × subject ×
+translated), for `--factor` (tests/pca.rs, tests/lda.rs, tests/embedding_inputs.rs):
+sklearn_factors.npz (`embeddings` 222 × 16 float32 and one unicode array per factor: `language`
+de/es, `subject` economics/politics/sports, `translated` no/yes), the same factors as sklearn_factors.csv (columns `language`, `subject`,
+`translated`) and sklearn_factors.parquet (pyarrow: `embedding` list<float32> and the three
+string columns). sklearn_factors_reference.safetensors: per factor F, LDA's references as above
+under prefix `factor_F` (class codes in sorted order, as mscope numbers string labels); and the
+first 3 components of PCA(svd_solver="full") scored on every row, with for every level L of
+every factor `pca_F_L_mean` (mean score per component) and `pca_F_L_auc` (roc_auc_score of
+"is L" against the score, per component).
+
 Inputs are cast to float64 before fitting (scikit-learn would otherwise compute in float32).
 """
 
@@ -37,6 +48,7 @@ import sklearn
 from safetensors.numpy import save_file
 from sklearn.decomposition import PCA
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedShuffleSplit
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
@@ -92,6 +104,56 @@ def lda_references(prefix, x, y):
     return tensors
 
 
+FACTORS = {
+    "language": ["de", "es"],
+    "subject": ["economics", "politics", "sports"],
+    "translated": ["no", "yes"],
+}
+
+
+def factor_fixtures(rng):
+    """Rows whose embedding is the sum of one offset per factor level (language strongest,
+    translation weakest) plus shared anisotropic noise; 12 combinations of levels, of unequal sizes."""
+    dim = 16
+    mix = rng.standard_normal((dim, dim)) * np.geomspace(2.0, 0.2, dim)
+    strength = {"language": 3.0, "subject": 2.0, "translated": 1.0}
+    offsets = {f: rng.standard_normal((len(levels), dim)) * strength[f] / np.sqrt(dim) @ mix.T
+               for f, levels in FACTORS.items()}
+    rows, codes = [], {f: [] for f in FACTORS}
+    for cell, (lang, subj, tr) in enumerate(np.ndindex(2, 3, 2)):
+        n = 14 + 3 * (cell % 4)
+        codes["language"] += [lang] * n
+        codes["subject"] += [subj] * n
+        codes["translated"] += [tr] * n
+        centre = offsets["language"][lang] + offsets["subject"][subj] + offsets["translated"][tr]
+        rows.append(rng.standard_normal((n, dim)) @ mix.T + centre)
+    order = rng.permutation(sum(len(r) for r in rows))
+    x = np.concatenate(rows)[order].astype(np.float32)
+    y = {f: np.asarray(c, dtype=np.int64)[order] for f, c in codes.items()}
+    names = {f: np.array(FACTORS[f])[y[f]] for f in FACTORS}
+
+    np.savez_compressed(OUT / "sklearn_factors.npz", embeddings=x, **names)
+    with open(OUT / "sklearn_factors.csv", "w", encoding="utf-8") as f:
+        f.write(",".join(FACTORS) + "\n")
+        f.writelines(",".join(names[k][i] for k in FACTORS) + "\n" for i in range(len(x)))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"embedding": pa.array(list(x), type=pa.list_(pa.float32())),
+                             **{f: pa.array(names[f]) for f in FACTORS}}),
+                   OUT / "sklearn_factors.parquet")
+
+    ref = {}
+    for f in FACTORS:
+        ref.update(lda_references(f"factor_{f}", x, y[f]))
+    scores = PCA(n_components=3, svd_solver="full").fit(x.astype(np.float64)).transform(x.astype(np.float64))
+    for f, levels in FACTORS.items():
+        for code, level in enumerate(levels):
+            mine = y[f] == code
+            ref[f"pca_{f}_{level}_mean"] = scores[mine].mean(axis=0)
+            ref[f"pca_{f}_{level}_auc"] = np.array([roc_auc_score(mine, scores[:, c]) for c in range(3)])
+    save_file(ref, str(OUT / "sklearn_factors_reference.safetensors"), metadata={"sklearn": sklearn.__version__})
+
+
 def main():
     rng = np.random.default_rng(20240601)
     x, y = synthetic(rng, [100, 80, 70, 50], 24, 2.0)
@@ -124,6 +186,7 @@ def main():
         f.write("id,source\n")
         f.writelines(f"{i},{n}\n" for i, n in enumerate(names))
     save_file(ref, str(OUT / "sklearn_reference.safetensors"), metadata={"sklearn": sklearn.__version__})
+    factor_fixtures(np.random.default_rng(20240602))
     for k in sorted(ref):
         if k.endswith("accuracy"):
             print(k, np.round(ref[k], 3))

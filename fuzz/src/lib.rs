@@ -257,8 +257,7 @@ pub fn npy(data: &[u8]) {
     let input = EmbeddingInput {
         path: path.clone(),
         labels: Some(path),
-        label_field: "label".into(),
-        embeddings_key: None,
+        ..Default::default()
     };
     let _ = input.read();
 }
@@ -273,9 +272,7 @@ pub fn npz(data: &[u8]) {
     }
     let input = EmbeddingInput {
         path,
-        labels: None,
-        label_field: "labels".into(),
-        embeddings_key: None,
+        ..Default::default()
     };
     let _ = input.read();
 }

@@ -65,7 +65,6 @@ pub fn run(args: AlignArgs) -> Result<()> {
         .map(|path| {
             let input = EmbeddingInput {
                 path: path.clone(),
-                label_field: "label".into(),
                 ..Default::default()
             };
             Ok((path.display().to_string(), input.read()?))

@@ -32,6 +32,16 @@ pub struct LdaArgs {
     /// Also the accuracy of every pair of labels (a K×K table).
     #[arg(long)]
     pairwise: bool,
+    /// A label column whose levels are the classes, LDA run once per factor (repeatable), from
+    /// the --labels file's columns or the input's own label columns (.npz arrays, Parquet
+    /// columns). --out then holds `factors: [report, …]`; the first factor's plots go to --plot,
+    /// each further factor's to STEM.FACTOR.EXT. --only / --group select levels of the first.
+    #[arg(
+        long = "factor",
+        value_name = "FIELD",
+        conflicts_with_all = ["label_field", "save"]
+    )]
+    factors: Vec<String>,
     /// JSON report.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -63,7 +73,7 @@ pub fn run(args: LdaArgs) -> Result<()> {
     if args.splits == 0 {
         return Err(Error::input("--splits must be at least 1"));
     }
-    let (file, _) = args.input.read(false)?;
+    let (mut file, _, factors) = args.input.read_factored(false, &args.factors)?;
     let options = LdaOptions {
         splits: args.splits,
         test_fraction: args.test_fraction,
@@ -71,6 +81,33 @@ pub fn run(args: LdaArgs) -> Result<()> {
         shrinkage: args.shrinkage,
         pairwise: args.pairwise,
     };
+    if !factors.is_empty() {
+        let mut reports = Vec::new();
+        for factor in &factors {
+            file.labels.clone_from(&factor.levels);
+            file.label_names.clone_from(&factor.level_names);
+            let mut report = lda::report(args.backend, &file, &args.input.input, &options)
+                .map_err(|e| Error::input(format!("--factor {}: {e}", factor.name)))?;
+            report.factor = Some(factor.name.clone());
+            reports.push(report);
+        }
+        if let Some(path) = &args.out {
+            report::write_json(path, &lda::FactorReports { factors: &reports })?;
+        }
+        if let Some(path) = &args.plot {
+            for (i, report) in reports.iter().enumerate() {
+                let factor_path = match i {
+                    0 => path.clone(),
+                    _ => report::sibling(path, &file_safe(&factors[i].name)),
+                };
+                report::lda::plots(report, &factor_path)?;
+            }
+        }
+        for report in &reports {
+            print!("{}", report::lda::markdown(report));
+        }
+        return Ok(());
+    }
     let report = lda::report(args.backend, &file, &args.input.input, &options)?;
     if let Some(path) = &args.out {
         report::write_json(path, &report)?;
@@ -83,4 +120,18 @@ pub fn run(args: LdaArgs) -> Result<()> {
     }
     out!("{}", report::lda::markdown(&report))?;
     Ok(())
+}
+
+/// A factor's name as part of a file name: characters other than letters, digits, `-` and `_`
+/// become `_`.
+fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }

@@ -21,6 +21,12 @@ pub struct PcaArgs {
     /// dimension or rows − 1 if smaller].
     #[arg(long)]
     components: Option<usize>,
+    /// A label column to test every component against (repeatable: language × subject × …),
+    /// from the --labels file's columns or the input's own label columns (.npz arrays, Parquet
+    /// columns); the report gives each level's mean score and AUC vs rest. The first factor
+    /// colours the plots and is what --only / --group select.
+    #[arg(long = "factor", value_name = "FIELD", conflicts_with = "label_field")]
+    factors: Vec<String>,
     /// JSON report.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -72,7 +78,7 @@ pub fn run(args: PcaArgs) -> Result<()> {
             ("--contact-sheet", args.contact_sheet.as_deref()),
         ],
     )?;
-    let (file, texts) = args.input.read(args.explain > 0)?;
+    let (file, texts, factors) = args.input.read_factored(args.explain > 0, &args.factors)?;
     let backend = backend::open(args.backend, OpFamily::Stats)?;
     let k = args
         .components
@@ -84,6 +90,7 @@ pub fn run(args: PcaArgs) -> Result<()> {
         k,
         args.explain,
         texts.as_deref(),
+        &factors,
     )?;
     if let Some(path) = &args.out {
         report::write_json(path, &report)?;

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::backend::{Backend, Matrix64, Tensor};
 use crate::error::{Error, Result};
+use crate::io::embedding_inputs::LabelFactor;
 use crate::io::embeddings::EmbeddingsFile;
 
 #[derive(Clone, Debug)]
@@ -135,6 +136,13 @@ pub struct LabelSeparation {
     /// Per component, the probability that a row of this label scores higher than a row of
     /// another label (ROC AUC of the score for label-vs-rest; 0.5 = no separation).
     pub auc_vs_rest: Vec<f64>,
+}
+
+/// How the levels of one factor (one of several labels per row) sit along the components.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FactorSeparation {
+    pub factor: String,
+    pub levels: Vec<LabelSeparation>,
 }
 
 /// Per-label mean scores and label-vs-rest AUCs from `[n, k]` scores; rows labelled -1 are
@@ -317,6 +325,10 @@ pub struct PcaReport {
     pub components: Vec<Vec<f64>>,
     pub mean: Vec<f64>,
     pub labels: Vec<LabelSeparation>,
+    /// With several labels per row (`--factor`), each factor's levels as `labels` gives the
+    /// first's; absent otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub factors: Vec<FactorSeparation>,
     /// One entry per component when rows are explained, else none.
     pub explain: Vec<ComponentEnds>,
     /// Rows at each end whose words were counted (meaningful with texts only).
@@ -356,8 +368,9 @@ pub struct EndRow {
 }
 
 /// The first `k` principal components of `file`'s rows (read from `input`), what separates its
-/// labels along them and, with `explain > 0`, the `explain` rows at either end of each
-/// component, with the words over-represented there when the rows' `texts` are given.
+/// labels along them (and the levels of each of `factors`) and, with `explain > 0`, the
+/// `explain` rows at either end of each component, with the words over-represented there when
+/// the rows' `texts` are given.
 pub fn report(
     backend: &dyn Backend,
     file: &EmbeddingsFile,
@@ -365,12 +378,20 @@ pub fn report(
     k: usize,
     explain: usize,
     texts: Option<&[String]>,
+    factors: &[LabelFactor],
 ) -> Result<PcaReport> {
     let x = backend.upload(&[file.rows(), file.dim], &file.embeddings)?;
     let pca =
         Pca::fit(backend, &x, k).map_err(|e| Error::input(format!("{}: {e}", input.display())))?;
     let scores = pca.scores(&file.embeddings);
     let labels = separation(&scores, k, &file.labels, &file.label_names);
+    let factors = factors
+        .iter()
+        .map(|f| FactorSeparation {
+            factor: f.name.clone(),
+            levels: separation(&scores, k, &f.levels, &f.level_names),
+        })
+        .collect();
     // Words are counted over at least a tenth of the rows at each end (N rows say little about
     // word use), and the two ends never share a row.
     let word_rows = explain.max(pca.n / 10).min(pca.n / 2);
@@ -431,6 +452,7 @@ pub fn report(
         explained_variance_ratio: pca.explained_variance_ratio,
         mean: pca.mean,
         labels,
+        factors,
         explain,
         word_rows,
         scores,

@@ -5,6 +5,11 @@
 //! labels file (`.txt`, `.jsonl`, `.csv`, `.tsv`, `.npy`: one label per row). A `.npy` that
 //! `mscope embed --format npy` wrote takes its labels from the texts sidecar beside it.
 //!
+//! Several labels per row (`--factor`, e.g. language × subject × translated) come from the
+//! columns of a `.csv`/`.tsv`/`.jsonl` labels file, or else from the input's own label columns
+//! (Parquet) or arrays (`.npz`); each is a [`LabelFactor`], and the first also becomes the rows'
+//! labels. An explicit label field or factor that is not there is an error listing what is.
+//!
 //! Labels that come as strings or integers from outside are numbered in sorted order (numerically
 //! when every label is an integer), as scikit-learn's `classes_` and `np.unique` order them; rows
 //! without one (blank line, null, empty cell) get -1 and are left out of per-label analyses.
@@ -15,7 +20,7 @@ use std::path::{Path, PathBuf};
 use super::embeddings::{read_labels_beside, read_texts_beside, EmbeddingsFile};
 use super::npy::{read_npz, NpyArray};
 use super::parquet_file::{self, ColumnChoice, ParquetTable};
-use super::texts::read_label_column;
+use super::texts::{read_label_column, read_label_columns};
 use crate::error::{Error, Result};
 
 /// Where an analysis command's embeddings and labels come from.
@@ -26,11 +31,56 @@ pub struct EmbeddingInput {
     /// A labels file replacing the input's own labels.
     pub labels: Option<PathBuf>,
     /// The label column of a `.jsonl`/`.csv`/`.tsv` labels file, or the label array of a `.npz`
-    /// input or column of a Parquet input (tried before `labels`).
-    pub label_field: String,
+    /// input or column of a Parquet input, which must then be there. `None`: `label` (in a `.npz`
+    /// or Parquet input `label`, else `labels`, else none: rows unlabelled).
+    pub label_field: Option<String>,
+    /// Label columns read as factors (see the module docs); the first replaces `label_field`.
+    pub factors: Vec<String>,
     /// The `.npz` array holding the embeddings (`None`: `embeddings`, else the archive's only
     /// 2-D float array), or the Parquet column (`None`: the table's only float-list column).
     pub embeddings_key: Option<String>,
+}
+
+/// Label columns as read: per column, each row's value (`None`: no label).
+type LabelColumns = Vec<Vec<Option<String>>>;
+
+/// One of several labels per row: the column's name, each row's level (an index into
+/// `level_names`, -1: none) and the level names, numbered as labels are (module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelFactor {
+    pub name: String,
+    pub levels: Vec<i64>,
+    pub level_names: Vec<String>,
+}
+
+impl LabelFactor {
+    /// Numbers `values`; a factor needs two levels to separate anything.
+    fn new(name: &str, values: Vec<Option<String>>, source: &Path) -> Result<LabelFactor> {
+        let (levels, level_names) = number_labels(values);
+        if level_names.len() < 2 {
+            return Err(Error::input(format!(
+                "{}: factor `{name}` has {} level{} ({}): a factor needs at least two",
+                source.display(),
+                level_names.len(),
+                if level_names.len() == 1 { "" } else { "s" },
+                level_names.join(", ")
+            )));
+        }
+        Ok(LabelFactor {
+            name: name.to_string(),
+            levels,
+            level_names,
+        })
+    }
+
+    /// The factor on the rows `kept` (indices into its rows), as a label selection keeps them.
+    pub fn select(&self, kept: &[usize]) -> LabelFactor {
+        LabelFactor {
+            name: self.name.clone(),
+            levels: kept.iter().map(|&r| self.levels[r]).collect(),
+            level_names: self.level_names.clone(),
+        }
+    }
 }
 
 impl EmbeddingInput {
@@ -43,9 +93,20 @@ impl EmbeddingInput {
     /// [`Self::read`], and with `texts` each row's text (or image path): a Parquet input's
     /// `text`/`path` column, else `mscope embed`'s texts sidecar when it is there.
     pub fn read_with_texts(&self, texts: bool) -> Result<(EmbeddingsFile, Option<Vec<String>>)> {
+        let (file, texts, _) = self.read_factored(texts)?;
+        Ok((file, texts))
+    }
+
+    /// [`Self::read_with_texts`], and the [`LabelFactor`] of each of `self.factors`; the first
+    /// factor is also the file's labels.
+    pub fn read_factored(
+        &self,
+        texts: bool,
+    ) -> Result<(EmbeddingsFile, Option<Vec<String>>, Vec<LabelFactor>)> {
         let path = self.path.as_path();
         let ext = extension(path);
         let mut row_texts = None;
+        let mut factor_values = None;
         let mut file = match ext.as_str() {
             "safetensors" => EmbeddingsFile::read(path)?,
             "npy" => {
@@ -58,10 +119,15 @@ impl EmbeddingInput {
                 };
                 external(path, embeddings, dim, labels)
             }
-            "npz" => self.read_npz()?,
+            "npz" => {
+                let (file, factors) = self.read_npz()?;
+                factor_values = factors;
+                file
+            }
             "parquet" => {
-                let (file, texts) = self.read_parquet()?;
+                let (file, texts, factors) = self.read_parquet()?;
                 row_texts = texts;
+                factor_values = factors;
                 file
             }
             _ => {
@@ -75,16 +141,48 @@ impl EmbeddingInput {
         if texts && row_texts.is_none() {
             row_texts = read_texts_beside(path, file.rows())?;
         }
-        if let Some(labels) = &self.labels {
-            let values = read_labels(labels, &self.label_field)?;
-            if values.len() != file.rows() {
+        let rows_differ = |labels: &Path, count: usize| {
+            Error::input(format!(
+                "{}: {count} labels, but {} has {} rows",
+                labels.display(),
+                path.display(),
+                file.rows()
+            ))
+        };
+        let mut factors = Vec::new();
+        if !self.factors.is_empty() {
+            let names: Vec<&str> = self.factors.iter().map(String::as_str).collect();
+            if let Some(dup) = (1..names.len()).find(|&i| names[..i].contains(&names[i])) {
                 return Err(Error::input(format!(
-                    "{}: {} labels, but {} has {} rows",
-                    labels.display(),
-                    values.len(),
-                    path.display(),
-                    file.rows()
+                    "--factor {}: given twice",
+                    names[dup]
                 )));
+            }
+            let (source, columns) = match (&self.labels, factor_values) {
+                (Some(labels), _) => (labels.as_path(), read_label_columns(labels, &names)?),
+                (None, Some(columns)) => (path, columns),
+                (None, None) => {
+                    return Err(Error::input(format!(
+                        "{}: --factor reads label columns, which this input has none of; give \
+                         them with --labels FILE (.csv, .tsv or .jsonl, one column per factor)",
+                        path.display()
+                    )))
+                }
+            };
+            if let Some(column) = columns.iter().find(|c| c.len() != file.rows()) {
+                return Err(rows_differ(source, column.len()));
+            }
+            factors = names
+                .iter()
+                .zip(columns)
+                .map(|(name, values)| LabelFactor::new(name, values, source))
+                .collect::<Result<Vec<_>>>()?;
+            file.labels = factors[0].levels.clone();
+            file.label_names = factors[0].level_names.clone();
+        } else if let Some(labels) = &self.labels {
+            let values = read_labels(labels, self.label_field.as_deref().unwrap_or("label"))?;
+            if values.len() != file.rows() {
+                return Err(rows_differ(labels, values.len()));
             }
             (file.labels, file.label_names) = number_labels(values);
         }
@@ -97,27 +195,53 @@ impl EmbeddingInput {
                 file.embeddings[i]
             )));
         }
-        Ok((file, row_texts.filter(|_| texts)))
+        Ok((file, row_texts.filter(|_| texts), factors))
     }
 
-    fn read_parquet(&self) -> Result<(EmbeddingsFile, Option<Vec<String>>)> {
+    /// Where the input's own labels are looked for: the given field, which must be there unless
+    /// a labels file or factors replace them, or `label` then `labels`, either optional.
+    fn own_label_fields(&self) -> (Vec<&str>, bool) {
+        match &self.label_field {
+            Some(field) => (
+                vec![field.as_str()],
+                self.labels.is_none() && self.factors.is_empty(),
+            ),
+            None => (vec!["label", "labels"], false),
+        }
+    }
+
+    /// The factor columns to read from the input itself (none when a labels file gives them).
+    fn own_factors(&self) -> Vec<&str> {
+        match self.labels {
+            Some(_) => Vec::new(),
+            None => self.factors.iter().map(String::as_str).collect(),
+        }
+    }
+
+    fn read_parquet(&self) -> Result<(EmbeddingsFile, Option<Vec<String>>, Option<LabelColumns>)> {
         let path = self.path.as_path();
+        let (own_labels, labels_required) = self.own_label_fields();
+        let own_factors = self.own_factors();
         let ParquetTable {
             embeddings,
             dim,
             labels,
+            factors,
             texts,
             metadata,
         } = parquet_file::read(
             path,
             &ColumnChoice {
                 embedding: self.embeddings_key.as_deref(),
-                labels: &[self.label_field.as_str(), "labels"],
+                labels: &own_labels,
+                labels_required,
+                factors: &own_factors,
             },
         )?;
+        let mscope_labels = matches!(self.label_field.as_deref(), None | Some("label"));
         let file = match (metadata, labels) {
             // A file mscope wrote: label indices as they were, and the run's description.
-            (Some(meta), Some(labels)) if self.label_field == "label" => {
+            (Some(meta), Some(labels)) if mscope_labels => {
                 let index: HashMap<&str, i64> = (0..)
                     .zip(&meta.label_names)
                     .map(|(i, n)| (n.as_str(), i))
@@ -149,10 +273,11 @@ impl EmbeddingInput {
             }
             (_, labels) => external(path, embeddings, dim, labels),
         };
-        Ok((file, texts))
+        let factors = Some(factors).filter(|_| !own_factors.is_empty());
+        Ok((file, texts, factors))
     }
 
-    fn read_npz(&self) -> Result<EmbeddingsFile> {
+    fn read_npz(&self) -> Result<(EmbeddingsFile, Option<LabelColumns>)> {
         let path = self.path.as_path();
         let arrays = read_npz(path)?;
         let names = || {
@@ -193,22 +318,40 @@ impl EmbeddingInput {
         };
         let what = format!("{}:{key}", path.display());
         let (embeddings, dim) = matrix(array, &what)?;
-        let labels = [self.label_field.as_str(), "labels"]
-            .into_iter()
-            .find_map(find)
-            .filter(|(k, _)| k != key)
-            .map(|(k, a)| label_values(a, &format!("{}:{k}", path.display())))
-            .transpose()?;
-        if let Some(values) = &labels {
+        let (own_labels, labels_required) = self.own_label_fields();
+        let missing = |name: &str| {
+            Error::input(format!(
+                "{}: no label array `{name}` (arrays: {})",
+                path.display(),
+                names()
+            ))
+        };
+        let column = |(k, a): &(String, NpyArray)| -> Result<Vec<Option<String>>> {
+            let values = label_values(a, &format!("{}:{k}", path.display()))?;
             if values.len() * dim != embeddings.len() {
                 return Err(Error::input(format!(
-                    "{what}: {} rows, but the archive's labels have {}",
+                    "{what}: {} rows, but the archive's `{k}` has {}",
                     embeddings.len() / dim.max(1),
                     values.len()
                 )));
             }
+            Ok(values)
+        };
+        let labels = own_labels
+            .iter()
+            .find_map(|name| find(name))
+            .filter(|(k, _)| k != key);
+        if let (None, true) = (labels, labels_required) {
+            return Err(missing(own_labels[0]));
         }
-        Ok(external(path, embeddings, dim, labels))
+        let labels = labels.map(column).transpose()?;
+        let own_factors = self.own_factors();
+        let factors = own_factors
+            .iter()
+            .map(|name| find(name).ok_or_else(|| missing(name)).and_then(column))
+            .collect::<Result<Vec<_>>>()?;
+        let factors = Some(factors).filter(|_| !own_factors.is_empty());
+        Ok((external(path, embeddings, dim, labels), factors))
     }
 }
 

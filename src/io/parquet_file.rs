@@ -5,7 +5,8 @@
 //! a `list<float32|float64>` or `fixed_size_list` (Parquet stores both as a LIST group over one
 //! float leaf; the legacy `repeated float` field works too), found by name or as the table's only
 //! float-list column; labels come from a string, integer or boolean column (nulls: unlabelled),
-//! integers mapped to their names when the file's `huggingface` metadata declares a `ClassLabel`.
+//! integers mapped to their names when the file's `huggingface` metadata declares a `ClassLabel`;
+//! further label columns (`--factor`) are read the same way.
 //! Any null in the embeddings (a null or empty list, a null element) is an error naming the row.
 //!
 //! Writing (`mscope embed --format parquet`): columns `embedding` (list<float32>), `label`
@@ -54,17 +55,22 @@ pub struct ParquetTable {
     pub dim: usize,
     /// The label column's value per row (`None`: null), when the table has the label column.
     pub labels: Option<Vec<Option<String>>>,
+    /// The value per row of each of [`ColumnChoice::factors`], in that order.
+    pub factors: Vec<Vec<Option<String>>>,
     /// The `text` (or else `path`) column, when there is one.
     pub texts: Option<Vec<String>>,
     /// Present in files `mscope embed` wrote.
     pub metadata: Option<MscopeMetadata>,
 }
 
-/// Which columns to read: the embedding column (`None`: the only float-list column) and the
-/// label column, tried in order (the first present is read; none present: no labels).
+/// Which columns to read: the embedding column (`None`: the only float-list column), the
+/// label column, tried in order (the first present is read; none present: no labels, or an error
+/// when `labels_required`), and further label columns that must all be there.
 pub struct ColumnChoice<'a> {
     pub embedding: Option<&'a str>,
     pub labels: &'a [&'a str],
+    pub labels_required: bool,
+    pub factors: &'a [&'a str],
 }
 
 /// How a top-level field of the table is stored, as far as reading embeddings cares.
@@ -204,8 +210,27 @@ pub fn read(path: &Path, columns: &ColumnChoice) -> Result<ParquetTable> {
             .iter()
             .find(|f| f.name == name && f.name != embedding.name)
     };
+    let missing = |name: &str| {
+        Error::input(format!(
+            "{}: no label column `{name}` (columns: {})",
+            path.display(),
+            listing()
+        ))
+    };
     let label = columns.labels.iter().find_map(|&name| scalar(name));
-    if let Some(f) = label.filter(|f| f.shape != Shape::Scalar) {
+    if let (None, true, Some(name)) = (label, columns.labels_required, columns.labels.first()) {
+        return Err(missing(name));
+    }
+    let factors = columns
+        .factors
+        .iter()
+        .map(|&name| scalar(name).ok_or_else(|| missing(name)))
+        .collect::<Result<Vec<&Field>>>()?;
+    if let Some(f) = label
+        .iter()
+        .chain(&factors)
+        .find(|f| f.shape != Shape::Scalar)
+    {
         return Err(Error::input(format!(
             "{}: label column `{}` holds more than one value per row",
             path.display(),
@@ -234,12 +259,19 @@ pub fn read(path: &Path, columns: &ColumnChoice) -> Result<ParquetTable> {
             })
         })
         .transpose()?;
-    let class_names = label.and_then(|f| class_label_names(key_value("huggingface")?, &f.name));
+    // The label column first, then the factors: each read the same way.
+    let label_fields: Vec<&Field> = label.into_iter().chain(factors.iter().copied()).collect();
+    let class_names: Vec<Option<Vec<String>>> = label_fields
+        .iter()
+        .map(|f| class_label_names(key_value("huggingface")?, &f.name))
+        .collect();
+    let mut label_columns = vec![Vec::new(); label_fields.len()];
 
     let mut table = ParquetTable {
         embeddings: Vec::new(),
         dim: 0,
-        labels: label.map(|_| Vec::new()),
+        labels: None,
+        factors: Vec::new(),
         texts: text.map(|_| Vec::new()),
         metadata,
     };
@@ -264,11 +296,15 @@ pub fn read(path: &Path, columns: &ColumnChoice) -> Result<ParquetTable> {
                 ))
             },
         )?;
-        if let (Some(f), Some(labels)) = (label, table.labels.as_mut()) {
+        for ((f, names), labels) in label_fields
+            .iter()
+            .zip(&class_names)
+            .zip(&mut label_columns)
+        {
             let values = read_scalars(column(f)?, &schema.column(f.leaf), rows)
                 .map_err(parquet_error(path))?;
             for (value, row) in values.into_iter().zip(rows_before..) {
-                labels.push(match (value, &class_names) {
+                labels.push(match (value, names) {
                     (Some(Scalar::Int(i)), Some(names)) => Some(
                         usize::try_from(i)
                             .ok()
@@ -308,6 +344,11 @@ pub fn read(path: &Path, columns: &ColumnChoice) -> Result<ParquetTable> {
         }
         rows_before += rows;
     }
+    let mut label_columns = label_columns.into_iter();
+    if label.is_some() {
+        table.labels = label_columns.next();
+    }
+    table.factors = label_columns.collect();
     Ok(table)
 }
 

@@ -290,32 +290,77 @@ fn column(path: &Path, header: &csv::StringRecord, name: &str) -> Result<usize> 
 
 /// One label per row from a labels file: `.txt` (a line per row; a blank line is a row without
 /// a label), or field `field` of `.jsonl` objects (null or absent: none) or column `field` of a
-/// `.csv`/`.tsv` with a header (empty: none). Numbers are labels too, by their text.
+/// `.csv`/`.tsv` with a header (empty: none). Numbers are labels too, by their text. A field
+/// that no `.jsonl` object has, or a column the header lacks, is an error listing those there.
 pub fn read_label_column(path: &Path, field: &str) -> Result<Vec<Option<String>>> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("txt"))
+    {
+        let content = read_utf8(path)?;
+        return Ok(content
+            .lines()
+            .map(|l| Some(l.trim().to_owned()).filter(|l| !l.is_empty()))
+            .collect());
+    }
+    Ok(read_label_columns(path, &[field])?.remove(0))
+}
+
+/// Several labels per row (`mscope pca --factor`): one column per name in `fields`, from the
+/// fields of a `.jsonl` labels file or the columns of a `.csv`/`.tsv`, as [`read_label_column`]
+/// reads one. A `.txt` file has no named columns and is refused.
+pub fn read_label_columns(path: &Path, fields: &[&str]) -> Result<Vec<Vec<Option<String>>>> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let content = read_utf8(path)?;
     match ext.as_str() {
-        "txt" => Ok(content
-            .lines()
-            .map(|l| Some(l.trim().to_owned()).filter(|l| !l.is_empty()))
-            .collect()),
-        "jsonl" => (1..)
-            .zip(content.lines())
-            .filter(|(_, line)| !line.trim().is_empty())
-            .map(|(n, line)| match serde_json::from_str(line) {
-                Ok(Value::Object(mut object)) => match object.remove(field) {
-                    Some(value) => json_label(value).map_err(|m| at(path, n, m(field))),
-                    None => Ok(None),
-                },
-                Ok(_) => Err(at(path, n, "not a JSON object")),
-                Err(e) => Err(at(path, n, format!("invalid JSON: {e}"))),
-            })
-            .collect(),
+        "jsonl" => {
+            let content = read_utf8(path)?;
+            let mut columns = vec![Vec::new(); fields.len()];
+            // Every field seen on some line: for the error when a requested one is never there.
+            let mut seen: std::collections::BTreeSet<String> = Default::default();
+            let mut found = vec![false; fields.len()];
+            for (n, line) in (1..).zip(content.lines()) {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let mut object = match serde_json::from_str(line) {
+                    Ok(Value::Object(object)) => object,
+                    Ok(_) => return Err(at(path, n, "not a JSON object")),
+                    Err(e) => return Err(at(path, n, format!("invalid JSON: {e}"))),
+                };
+                for ((field, column), found) in fields.iter().zip(&mut columns).zip(&mut found) {
+                    column.push(match object.remove(*field) {
+                        Some(value) => {
+                            *found = true;
+                            json_label(value).map_err(|m| at(path, n, m(field)))?
+                        }
+                        None => None,
+                    });
+                }
+                seen.extend(object.into_iter().map(|(k, _)| k));
+            }
+            if let Some(i) = found.iter().position(|f| !f) {
+                seen.extend(
+                    fields
+                        .iter()
+                        .zip(&found)
+                        .filter(|(_, &f)| f)
+                        .map(|(k, _)| k.to_string()),
+                );
+                return Err(Error::input(format!(
+                    "{}: no object has the field \"{}\" (fields: {})",
+                    path.display(),
+                    fields[i],
+                    seen.into_iter().collect::<Vec<_>>().join(", ")
+                )));
+            }
+            Ok(columns)
+        }
         "csv" | "tsv" => {
+            let content = read_utf8(path)?;
             let delimiter = if ext == "csv" { b',' } else { b'\t' };
             let mut reader = csv::ReaderBuilder::new()
                 .delimiter(delimiter)
@@ -323,15 +368,24 @@ pub fn read_label_column(path: &Path, field: &str) -> Result<Vec<Option<String>>
             let csv_error =
                 |e: csv::Error| at(path, e.position().map_or(1, |p| p.line() as usize), e);
             let header = reader.headers().map_err(csv_error)?.clone();
-            let c = column(path, &header, field)?;
-            reader
-                .records()
-                .map(|record| {
-                    let record = record.map_err(csv_error)?;
-                    Ok(Some(record[c].to_owned()).filter(|l| !l.is_empty()))
-                })
-                .collect()
+            let at_column = fields
+                .iter()
+                .map(|f| column(path, &header, f))
+                .collect::<Result<Vec<_>>>()?;
+            let mut columns = vec![Vec::new(); fields.len()];
+            for record in reader.records() {
+                let record = record.map_err(csv_error)?;
+                for (&c, column) in at_column.iter().zip(&mut columns) {
+                    column.push(Some(record[c].to_owned()).filter(|l| !l.is_empty()));
+                }
+            }
+            Ok(columns)
         }
+        "txt" => Err(Error::input(format!(
+            "{}: a .txt labels file holds one unnamed label per line; several label columns \
+             need a .csv, .tsv or .jsonl file",
+            path.display()
+        ))),
         _ => Err(Error::input(format!(
             "{}: unsupported labels file (supported: .txt, .jsonl, .csv, .tsv, .npy)",
             path.display()

@@ -23,8 +23,9 @@ pub fn plots(report: &LdaReport, path: &Path) -> Result<()> {
         &report.label_names,
     );
     let title = format!(
-        "LDA of {}: {:.1} ± {:.1}% over {} splits",
+        "LDA of {}{}: {:.1} ± {:.1}% over {} splits",
         data_name(report),
+        by_factor(report),
         100.0 * report.accuracy_mean,
         100.0 * report.accuracy_std,
         report.splits
@@ -61,9 +62,10 @@ pub fn plots(report: &LdaReport, path: &Path) -> Result<()> {
             &sibling(path, "pairwise"),
             &plot::Heatmap {
                 title: &format!(
-                    "Pairwise LDA accuracy over {} splits, {}",
+                    "Pairwise LDA accuracy over {} splits, {}{}",
                     report.splits,
-                    data_name(report)
+                    data_name(report),
+                    by_factor(report)
                 ),
                 rows: &p.labels,
                 cols: &p.labels,
@@ -83,15 +85,24 @@ fn data_name(report: &LdaReport) -> String {
     super::data_name(&report.model, &report.input)
 }
 
+/// ` by FACTOR` when the classes are a factor's levels, for titles.
+fn by_factor(report: &LdaReport) -> String {
+    report
+        .factor
+        .as_ref()
+        .map_or_else(String::new, |f| format!(" by {f}"))
+}
+
 /// The accuracy, the confusion over all splits and the pairwise table.
 pub fn markdown(report: &LdaReport) -> String {
     let k = report.labels.len();
     let mut md = format!(
-        "# LDA of {}\n\n{k} labels, {} labelled rows × {} dims; {} stratified splits \
+        "# LDA of {}{}\n\n{k} labels, {} labelled rows × {} dims; {} stratified splits \
          (test fraction {}, seed {}), shrinkage {}.\n\n\
          **Accuracy {:.2}% ± {:.2}** (sd over splits; majority label {:.1}%).\n\n\
          ## Confusion over all splits (rows: true, columns: predicted)\n\n| |",
         report.input,
+        by_factor(report),
         report.n,
         report.dim,
         report.splits,

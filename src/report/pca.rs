@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::{contact_sheet, plot, sibling};
 use crate::error::{Error, Result};
-use crate::instruments::pca::{EndRow, PcaReport, WordScore};
+use crate::instruments::pca::{EndRow, LabelSeparation, PcaReport, WordScore};
 use crate::io::embeddings::texts_sidecar_path;
 
 /// The PC1×PC2 scatter at `path` (PC1 against the label with one component), PC2×PC3 and the
@@ -144,19 +144,35 @@ pub fn markdown(report: &PcaReport) -> String {
         cumulative += r;
         md += &format!("| PC{} | {v:.4e} | {r:.4} | {cumulative:.4} |\n", c + 1);
     }
-    if !report.labels.is_empty() {
-        let shown = k.min(5);
-        md +=
-            "\n## Labels along the components: mean score (AUC label vs rest)\n\n| label | rows |";
-        md += &(1..=shown).map(|c| format!(" PC{c} |")).collect::<String>();
-        md += &format!("\n|---|---|{}\n", "---|".repeat(shown));
-        for s in &report.labels {
-            md += &format!("| {} | {} |", s.label, s.rows);
-            for c in 0..shown {
-                md += &format!(" {:+.3} ({:.2}) |", s.mean_score[c], s.auc_vs_rest[c]);
+    let separation_table =
+        |md: &mut String, heading: &str, first: &str, rows: &[LabelSeparation]| {
+            let shown = k.min(5);
+            *md += &format!(
+                "\n## {heading} along the components: mean score (AUC {first} vs rest)\n\n\
+             | {first} | rows |"
+            );
+            *md += &(1..=shown).map(|c| format!(" PC{c} |")).collect::<String>();
+            *md += &format!("\n|---|---|{}\n", "---|".repeat(shown));
+            for s in rows {
+                *md += &format!("| {} | {} |", s.label, s.rows);
+                for c in 0..shown {
+                    *md += &format!(" {:+.3} ({:.2}) |", s.mean_score[c], s.auc_vs_rest[c]);
+                }
+                *md += "\n";
             }
-            md += "\n";
+        };
+    // With factors, the labels are the first factor's levels: shown with the factors.
+    if !report.factors.is_empty() {
+        for f in &report.factors {
+            separation_table(
+                &mut md,
+                &format!("Factor `{}`", f.factor),
+                "level",
+                &f.levels,
+            );
         }
+    } else if !report.labels.is_empty() {
+        separation_table(&mut md, "Labels", "label", &report.labels);
     }
     let label = |row: &EndRow| row.label.clone().unwrap_or_else(|| "-".to_string());
     // The words were counted wherever the texts were there.

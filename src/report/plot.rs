@@ -190,6 +190,57 @@ fn render(path: &Path, figure: &impl Figure) -> Result<()> {
     std::fs::rename(temp.path(), path).map_err(|e| fail(e.to_string()))
 }
 
+/// Draws `title` at the top of `root` and returns the area below it: in one line at 24 px when
+/// it fits the canvas, else at 20 px over as few lines as fit (see [`wrap`]), so long titles
+/// (a model and a file name) are never cut off at the edges.
+fn titled<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+) -> std::result::Result<DrawingArea<DB, Shift>, Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    let width = root.dim_in_pixel().0;
+    // 20 px of margin on each side. A text whose size cannot be estimated cannot be drawn
+    // either: drawing it reports the error.
+    let room = width.saturating_sub(40);
+    let fits = |text: &str, size: f64| {
+        let font = TextStyle::from((FONT, size).into_font());
+        root.estimate_text_size(text, &font)
+            .is_ok_and(|(w, _)| w <= room)
+    };
+    if fits(title, 24.0) {
+        return Ok(root.titled(title, (FONT, 24))?);
+    }
+    let lines = wrap(title, |line| fits(line, 20.0));
+    let line_height = 26;
+    let style = TextStyle::from((FONT, 20).into_font()).pos(text_anchor::Pos::new(
+        text_anchor::HPos::Center,
+        text_anchor::VPos::Top,
+    ));
+    for (i, line) in (0..).zip(&lines) {
+        root.draw_text(line, &style, (width as i32 / 2, 6 + i * line_height))?;
+    }
+    let block = 12 + lines.len() as u32 * line_height as u32;
+    Ok(root.split_vertically(block).1)
+}
+
+/// `text` in lines of whole words, each as long as `fits` allows (a single word that does not
+/// fit gets a line of its own).
+fn wrap(text: &str, fits: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(line) if fits(&format!("{line} {word}")) => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_string()),
+        }
+    }
+    lines
+}
+
 /// The range of `values` widened by 5% on each side (and made non-empty).
 fn padded_range(values: impl Iterator<Item = f64>) -> Range<f64> {
     let (lo, hi) = values
@@ -323,7 +374,7 @@ impl Figure for XyFigure<'_> {
         DB::ErrorType: 'static,
     {
         let as_lines = matches!(self.style, Style::Lines | Style::LinesLogY);
-        let area = root.titled(self.title, (FONT, 24))?;
+        let area = titled(root, self.title)?;
         let labels: Vec<&str> = self.series.iter().map(|s| s.label).collect();
         let (chart_area, legend_area) = beside_legend(&area, &labels)?;
         let points = || self.series.iter().flat_map(|s| s.points.iter());
@@ -620,7 +671,7 @@ impl Figure for Heatmap<'_> {
         DB::ErrorType: 'static,
     {
         let (rows, cols) = (self.rows.len(), self.cols.len());
-        let area = root.titled(self.title, (FONT, 24))?;
+        let area = titled(root, self.title)?;
         let width = area.dim_in_pixel().0;
         let (main, bar) = area.split_horizontally(width - 130);
         let label_font = TextStyle::from((FONT, 14).into_font());
@@ -750,4 +801,24 @@ where
         )
     }))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrap;
+
+    #[test]
+    fn wrap_fills_lines_with_whole_words() {
+        let at_most = |n: usize| move |line: &str| line.chars().count() <= n;
+        assert_eq!(
+            wrap("Pairwise LDA accuracy over 50 splits", at_most(14)),
+            ["Pairwise LDA", "accuracy over", "50 splits"]
+        );
+        assert_eq!(wrap("a  b", at_most(80)), ["a b"]);
+        // A word longer than a line stands alone.
+        assert_eq!(
+            wrap("x averyverylongword y", at_most(5)),
+            ["x", "averyverylongword", "y"]
+        );
+    }
 }

@@ -142,6 +142,9 @@ pub struct LdaOptions {
 pub struct LdaReport {
     pub input: String,
     pub model: String,
+    /// The label column whose levels are the classes, with several per row (`--factor`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub factor: Option<String>,
     /// Labelled rows.
     pub n: usize,
     pub dim: usize,
@@ -182,6 +185,12 @@ pub struct ClassAccuracy {
     pub label: String,
     pub one_vs_rest_accuracy: f64,
     pub recall: f64,
+}
+
+/// `mscope lda --factor`'s JSON report: one [`LdaReport`] per factor, in the order given.
+#[derive(Serialize)]
+pub struct FactorReports<'a> {
+    pub factors: &'a [LdaReport],
 }
 
 /// One-vs-rest accuracy and recall of every label from a `[true][predicted]` confusion.
@@ -254,6 +263,7 @@ pub fn report(
     Ok(LdaReport {
         input: input.display().to_string(),
         model: file.model.clone(),
+        factor: None,
         n,
         dim: file.dim,
         splits: options.splits,
