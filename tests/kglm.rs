@@ -439,8 +439,8 @@ const TINY_BERT: &str = "tests/fixtures/classifiers/tiny-bert-cls";
 
 #[test]
 fn kglm_of_a_transformer_classifier_matches_transformers_and_scipy() {
-    let reference = TensorFile::read(Path::new(&classifier_fixture("reference.safetensors")))
-        .unwrap();
+    let reference =
+        TensorFile::read(Path::new(&classifier_fixture("reference.safetensors"))).unwrap();
     let (model, test_texts) = (repo_path(TINY_BERT), classifier_fixture("test.jsonl"));
     let (train_kernel, test_kernel) = (
         classifier_fixture("train_kernel.safetensors"),
@@ -465,13 +465,20 @@ fn kglm_of_a_transformer_classifier_matches_transformers_and_scipy() {
     assert_eq!((inputs.classes, network.outputs), (3, 3));
     let logits: Vec<f64> = network.values.iter().map(|&v| f64::from(v)).collect();
     let logits_error = rel_error_f64(&logits, &f64s(&reference, "logits"));
-    assert!(logits_error < 1e-5, "logits vs transformers: {logits_error:.2e}");
+    assert!(
+        logits_error < 1e-5,
+        "logits vs transformers: {logits_error:.2e}"
+    );
 
     let options = FitOptions {
         tol: 1e-10,
         ..FitOptions::default()
     };
-    let files = (Path::new(&train_kernel), Path::new(&test_kernel), Some(model.as_path()));
+    let files = (
+        Path::new(&train_kernel),
+        Path::new(&test_kernel),
+        Some(model.as_path()),
+    );
     let report = kglm::report(&inputs, files, &options).unwrap();
     let faithful = report.faithfulness.as_ref().unwrap();
     let (surrogate_p, network_p): (Vec<f64>, Vec<f64>) =
@@ -479,7 +486,10 @@ fn kglm_of_a_transformer_classifier_matches_transformers_and_scipy() {
     let network_error = rel_error_f64(&network_p, &f64s(&reference, "network_p"));
     assert!(network_error < 1e-5, "network p: {network_error:.2e}");
     let surrogate_error = rel_error_f64(&surrogate_p, &f64s(&reference, "surrogate_p"));
-    assert!(surrogate_error < 1e-6, "surrogate p vs scikit-learn: {surrogate_error:.2e}");
+    assert!(
+        surrogate_error < 1e-6,
+        "surrogate p vs scikit-learn: {surrogate_error:.2e}"
+    );
     let want_tau = f64s(&reference, "tau")[0];
     assert_eq!(report.dropped_points, Some(0));
     assert!(

@@ -88,21 +88,20 @@ pub fn run(args: KglmArgs) -> Result<()> {
         text: args.text_field.clone(),
         label: args.label_field.clone(),
     };
-    let inputs = KglmInputs::read(&KglmPaths {
-        train_kernel: &args.train_kernel,
-        train_labels: &args.train_labels,
-        test_kernel: &args.test_kernel,
-        test_labels: &args.test_labels,
-        network: args
-            .model
-            .as_deref()
-            .zip(args.test_data.as_deref())
-            .map(|(model, test_data)| NetworkPaths {
-                model,
-                test_data,
-                fields: &fields,
-            }),
-    })?;
+    let inputs =
+        KglmInputs::read(&KglmPaths {
+            train_kernel: &args.train_kernel,
+            train_labels: &args.train_labels,
+            test_kernel: &args.test_kernel,
+            test_labels: &args.test_labels,
+            network: args.model.as_deref().zip(args.test_data.as_deref()).map(
+                |(model, test_data)| NetworkPaths {
+                    model,
+                    test_data,
+                    fields: &fields,
+                },
+            ),
+        })?;
     let options = FitOptions {
         l2: args.l2,
         tol: args.tol,
