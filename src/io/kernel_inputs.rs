@@ -72,7 +72,7 @@ pub struct KglmInputs {
 /// The model named by `--model`, before it has seen the test points.
 enum Network {
     Mlp(Mlp),
-    Classifier(SequenceClassifier),
+    Classifier(Box<SequenceClassifier>),
 }
 
 impl Network {
@@ -81,11 +81,8 @@ impl Network {
     fn load(model: &Path) -> Result<Self> {
         if model.is_dir() {
             let cpu = Arc::new(CpuBackend::new());
-            Ok(Network::Classifier(SequenceClassifier::load(
-                model,
-                cpu,
-                WeightsDtype::F32,
-            )?))
+            let classifier = SequenceClassifier::load(model, cpu, WeightsDtype::F32)?;
+            Ok(Network::Classifier(Box::new(classifier)))
         } else {
             Ok(Network::Mlp(Mlp::read(model)?))
         }
