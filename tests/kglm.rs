@@ -1,6 +1,8 @@
 //! The kernel GLM against scikit-learn, Kendall τ-b and R² against scipy / scikit-learn, kernel
 //! comparison against numpy (fixtures of tools/make_kglm_fixtures.py), the properties each
-//! measure must have, and `mscope kglm` / `mscope ntk-compare` end to end.
+//! measure must have, `mscope kglm` / `mscope ntk-compare` end to end, and the faithfulness to a
+//! transformer classifier against transformers' logits and scipy's τ
+//! (tools/make_kglm_classifier_fixtures.py).
 
 mod common;
 
@@ -11,10 +13,12 @@ use mscope::backend::Activation;
 use mscope::data::Dataset;
 use mscope::instruments::kernel_compare::{cka, compare};
 use mscope::instruments::kglm::{
-    faithfulness, kendall_tau_b, r2_score, softmax, FitOptions, KernelGlm,
+    self, faithfulness, kendall_tau_b, r2_score, softmax, FitOptions, KernelGlm,
 };
 use mscope::io::kernel_file::KernelFile;
+use mscope::io::kernel_inputs::{KglmInputs, KglmPaths, NetworkPaths};
 use mscope::io::tensor_file::TensorFile;
+use mscope::io::texts::FieldNames;
 use mscope::models::mlp::{Layer, Mlp};
 
 const FIXTURES: &str = "tests/fixtures/kglm";
@@ -422,6 +426,178 @@ fn kglm_cli_without_a_model_and_with_text_labels() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(report["accuracy_surrogate"].is_f64());
     assert!(report["kendall_tau"].is_null());
+}
+
+/// The fixture of tools/make_kglm_classifier_fixtures.py: `tests/fixtures/kglm/classifier_NAME`.
+fn classifier_fixture(name: &str) -> String {
+    repo_path(&format!("{FIXTURES}/classifier_{name}"))
+        .to_string_lossy()
+        .into_owned()
+}
+
+const TINY_BERT: &str = "tests/fixtures/classifiers/tiny-bert-cls";
+
+#[test]
+fn kglm_of_a_transformer_classifier_matches_transformers_and_scipy() {
+    let reference =
+        TensorFile::read(Path::new(&classifier_fixture("reference.safetensors"))).unwrap();
+    let (model, test_texts) = (repo_path(TINY_BERT), classifier_fixture("test.jsonl"));
+    let (train_kernel, test_kernel) = (
+        classifier_fixture("train_kernel.safetensors"),
+        classifier_fixture("test_kernel.safetensors"),
+    );
+    let train_texts = classifier_fixture("train.jsonl");
+    let fields = FieldNames::default();
+    // Labels straight from the texts' label names (id2label).
+    let inputs = KglmInputs::read(&KglmPaths {
+        train_kernel: Path::new(&train_kernel),
+        train_labels: Path::new(&train_texts),
+        test_kernel: Path::new(&test_kernel),
+        test_labels: Path::new(&test_texts),
+        network: Some(NetworkPaths {
+            model: &model,
+            test_data: Path::new(&test_texts),
+            fields: &fields,
+        }),
+    })
+    .unwrap();
+    let network = inputs.network.as_ref().unwrap();
+    assert_eq!((inputs.classes, network.outputs), (3, 3));
+    let logits: Vec<f64> = network.values.iter().map(|&v| f64::from(v)).collect();
+    let logits_error = rel_error_f64(&logits, &f64s(&reference, "logits"));
+    assert!(
+        logits_error < 1e-5,
+        "logits vs transformers: {logits_error:.2e}"
+    );
+
+    let options = FitOptions {
+        tol: 1e-10,
+        ..FitOptions::default()
+    };
+    let files = (
+        Path::new(&train_kernel),
+        Path::new(&test_kernel),
+        Some(model.as_path()),
+    );
+    let report = kglm::report(&inputs, files, &options).unwrap();
+    let faithful = report.faithfulness.as_ref().unwrap();
+    let (surrogate_p, network_p): (Vec<f64>, Vec<f64>) =
+        faithful.correct_class_probability.iter().copied().unzip();
+    let network_error = rel_error_f64(&network_p, &f64s(&reference, "network_p"));
+    assert!(network_error < 1e-5, "network p: {network_error:.2e}");
+    let surrogate_error = rel_error_f64(&surrogate_p, &f64s(&reference, "surrogate_p"));
+    assert!(
+        surrogate_error < 1e-6,
+        "surrogate p vs scikit-learn: {surrogate_error:.2e}"
+    );
+    let want_tau = f64s(&reference, "tau")[0];
+    assert_eq!(report.dropped_points, Some(0));
+    assert!(
+        (report.kendall_tau.unwrap() - want_tau).abs() < 1e-12,
+        "τ {} vs scipy {want_tau}",
+        report.kendall_tau.unwrap()
+    );
+
+    // The command gives the same τ, with label files of either kind.
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let test_labels = dir.path().join("test_labels.txt");
+    let indices: String = inputs.test_y.iter().map(|y| format!("{y}\n")).collect();
+    std::fs::write(&test_labels, indices).unwrap();
+    run_mscope_ok(&[
+        "kglm",
+        "--train-kernel",
+        &train_kernel,
+        "--train-labels",
+        &train_texts,
+        "--test-kernel",
+        &test_kernel,
+        "--test-labels",
+        test_labels.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--test-data",
+        &test_texts,
+        "--tol",
+        "1e-10",
+        "--out",
+        json.to_str().unwrap(),
+    ]);
+    let cli: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!((cli["kendall_tau"].as_f64().unwrap() - want_tau).abs() < 1e-12);
+    assert_eq!(cli["classes"], 3);
+    assert_eq!(cli["n_test"], 10);
+}
+
+#[test]
+fn kglm_of_a_transformer_classifier_rejects_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = repo_path(TINY_BERT).to_string_lossy().into_owned();
+    let test_texts = classifier_fixture("test.jsonl");
+    let args = |test_data: &str, test_labels: &str| -> Vec<String> {
+        [
+            "kglm",
+            "--train-kernel",
+            &classifier_fixture("train_kernel.safetensors"),
+            "--train-labels",
+            &classifier_fixture("train.jsonl"),
+            "--test-kernel",
+            &classifier_fixture("test_kernel.safetensors"),
+            "--test-labels",
+            test_labels,
+            "--model",
+            &model,
+            "--test-data",
+            test_data,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let run = |args: &[String], needles: &[&str]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_fails_cleanly(&args, needles);
+    };
+    // Texts in another order than the kernel's rows.
+    let lines: Vec<String> = std::fs::read_to_string(&test_texts)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let mut reordered = lines.clone();
+    let j = (1..lines.len())
+        .find(|&j| label_of(&lines[0]) != label_of(&lines[j]))
+        .unwrap();
+    reordered.swap(0, j);
+    let shuffled = dir.path().join("shuffled.jsonl");
+    std::fs::write(&shuffled, reordered.join("\n") + "\n").unwrap();
+    run(
+        &args(shuffled.to_str().unwrap(), &test_texts),
+        &["shuffled.jsonl", "row 1", "test kernel's order"],
+    );
+    // A label the model does not have.
+    let unknown = dir.path().join("unknown.jsonl");
+    std::fs::write(
+        &unknown,
+        lines[0].replace(&label_of(&lines[0]), "sarcastic") + "\n",
+    )
+    .unwrap();
+    run(
+        &args(&test_texts, unknown.to_str().unwrap()),
+        &["unknown.jsonl", "sarcastic", "negative, neutral, positive"],
+    );
+    // Fewer texts than test labels.
+    let short = dir.path().join("short.jsonl");
+    std::fs::write(&short, lines[..3].join("\n") + "\n").unwrap();
+    run(
+        &args(short.to_str().unwrap(), &test_texts),
+        &["short.jsonl", "3 texts", "10 test labels"],
+    );
+}
+
+fn label_of(jsonl_line: &str) -> String {
+    let row: serde_json::Value = serde_json::from_str(jsonl_line).unwrap();
+    row["label"].as_str().unwrap().to_string()
 }
 
 #[test]

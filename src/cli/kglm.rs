@@ -8,7 +8,8 @@ use clap::Args;
 use crate::error::Result;
 use crate::instruments::kglm::{self, FitOptions, DEFAULT_L2, DEFAULT_MAX_ITER, DEFAULT_TOL};
 use crate::io::check_outputs;
-use crate::io::kernel_inputs::{KglmInputs, KglmPaths};
+use crate::io::kernel_inputs::{KglmInputs, KglmPaths, NetworkPaths};
+use crate::io::texts::FieldNames;
 use crate::report;
 
 #[derive(Args)]
@@ -18,7 +19,9 @@ pub struct KglmArgs {
     #[arg(long)]
     train_kernel: PathBuf,
     /// Labels of the training points: a dataset (its `y`), or text (one per line), .npy or a
-    /// single-tensor safetensors file.
+    /// single-tensor safetensors file; with a transformer classifier as --model, also labelled
+    /// texts (.jsonl, .csv, .tsv: the --label-field of each row, a name of the model's labels
+    /// or a class index).
     #[arg(long)]
     train_labels: PathBuf,
     /// Test-by-train kernel K_ST [N_test, N_train].
@@ -27,12 +30,21 @@ pub struct KglmArgs {
     /// Labels of the test points, same formats.
     #[arg(long)]
     test_labels: PathBuf,
-    /// The MLP classifier the kernels describe: adds Kendall τ, R² and the accuracy differential.
+    /// The classifier the kernels describe — an MLP (safetensors) or a transformer sequence
+    /// classifier directory (as `ntk --model` takes; run on the CPU in f32): adds Kendall τ, R²
+    /// and the accuracy differential.
     #[arg(long, requires = "test_data")]
     model: Option<PathBuf>,
-    /// Test dataset whose rows are K_ST's rows, in order; the network is evaluated on it.
+    /// The test points, K_ST's rows in order, which the network is evaluated on: a dataset for
+    /// an MLP, labelled texts (.jsonl, .csv, .tsv) for a transformer classifier.
     #[arg(long, requires = "model")]
     test_data: Option<PathBuf>,
+    /// Text field of .jsonl / column of .csv and .tsv texts (transformer classifiers).
+    #[arg(long, default_value = "text")]
+    text_field: String,
+    /// Label field of .jsonl / column of .csv and .tsv texts (transformer classifiers).
+    #[arg(long, default_value = "label")]
+    label_field: String,
     /// L2 penalty λ on the coefficients: the objective is Σ log-loss + λ/2·‖W‖², scikit-learn's
     /// LogisticRegression(C = 1/λ); the default is its C = 1.
     #[arg(long, default_value_t = DEFAULT_L2)]
@@ -72,13 +84,24 @@ pub fn run(args: KglmArgs) -> Result<()> {
             ("--plot", args.plot.as_deref()),
         ],
     )?;
-    let inputs = KglmInputs::read(&KglmPaths {
-        train_kernel: &args.train_kernel,
-        train_labels: &args.train_labels,
-        test_kernel: &args.test_kernel,
-        test_labels: &args.test_labels,
-        network: args.model.as_deref().zip(args.test_data.as_deref()),
-    })?;
+    let fields = FieldNames {
+        text: args.text_field.clone(),
+        label: args.label_field.clone(),
+    };
+    let inputs =
+        KglmInputs::read(&KglmPaths {
+            train_kernel: &args.train_kernel,
+            train_labels: &args.train_labels,
+            test_kernel: &args.test_kernel,
+            test_labels: &args.test_labels,
+            network: args.model.as_deref().zip(args.test_data.as_deref()).map(
+                |(model, test_data)| NetworkPaths {
+                    model,
+                    test_data,
+                    fields: &fields,
+                },
+            ),
+        })?;
     let options = FitOptions {
         l2: args.l2,
         tol: args.tol,

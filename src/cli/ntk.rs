@@ -28,7 +28,7 @@ use crate::io::checkpoint::{file_digest, Checkpoint};
 use crate::io::kernel_file::KernelFile;
 use crate::io::shards::{self, Manifest, Shard, ShardFile};
 use crate::io::tensor_file::TensorOut;
-use crate::io::texts::{read_rows, FieldNames, InputSpec, TextRow};
+use crate::io::texts::{read_rows, text_label_indices, FieldNames, InputSpec};
 use crate::io::{check_outputs, preemption};
 use crate::models::classifier::SequenceClassifier;
 use crate::models::mlp::Mlp;
@@ -692,37 +692,4 @@ pub(super) fn merge(out: &std::path::Path, shards: &[ShardFile]) -> Result<()> {
         out.display()
     )?;
     Ok(())
-}
-
-/// Each row's class index among the model's `labels`: its label is a name of `id2label` (first)
-/// or a class index below `num_labels`; `None` for a row without a label. An error names the
-/// file and row of a label that is neither.
-pub(super) fn text_label_indices(
-    path: &Path,
-    rows: &[TextRow],
-    labels: &[String],
-) -> Result<Vec<Option<usize>>> {
-    rows.iter()
-        .enumerate()
-        .map(|(i, row)| {
-            let Some(label) = &row.label else {
-                return Ok(None);
-            };
-            let class = labels
-                .iter()
-                .position(|l| l == label)
-                .or_else(|| label.parse::<usize>().ok().filter(|&c| c < labels.len()));
-            class.map(Some).ok_or_else(|| {
-                Error::input(format!(
-                    "{}: row {}: label {label:?} is not one of the model's {} labels ({}) nor a \
-                     class index below {}",
-                    path.display(),
-                    i + 1,
-                    labels.len(),
-                    labels.join(", "),
-                    labels.len()
-                ))
-            })
-        })
-        .collect()
 }

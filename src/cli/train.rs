@@ -228,7 +228,7 @@ fn class_indices(
     labels: &[String],
     field: &str,
 ) -> Result<Vec<usize>> {
-    super::ntk::text_label_indices(path, rows, labels)?
+    crate::io::texts::text_label_indices(path, rows, labels)?
         .into_iter()
         .enumerate()
         .map(|(i, class)| {
@@ -249,22 +249,12 @@ fn accuracy(
     texts: &LabelledTexts,
     batch_size: usize,
 ) -> Result<f64> {
-    let classes = classifier.num_labels();
-    let backend = classifier.encoder().backend().clone();
-    let mut right = 0;
-    for (chunk, labels) in texts
-        .tokenized
-        .chunks(batch_size)
-        .zip(texts.labels.chunks(batch_size))
-    {
-        let logits =
-            backend.download(&classifier.logits(&crate::models::TokenBatch::pack(chunk))?)?;
-        right += logits
-            .chunks_exact(classes)
-            .zip(labels)
-            .filter(|(row, &y)| crate::data::scores::argmax(row) == y)
-            .count();
-    }
+    let logits = classifier.logits_of(&texts.tokenized, batch_size)?;
+    let right = logits
+        .chunks_exact(classifier.num_labels())
+        .zip(&texts.labels)
+        .filter(|(row, &y)| crate::data::scores::argmax(row) == y)
+        .count();
     Ok(right as f64 / texts.labels.len() as f64)
 }
 

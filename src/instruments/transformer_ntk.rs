@@ -98,7 +98,7 @@ impl TileFactors {
             .iter()
             .map(|v| backend.upload(&[n, f.seeds * v.len], &v.grads))
             .collect::<Result<Vec<_>>>()?;
-        let mut tile = TileFactors {
+        let tile = TileFactors {
             n,
             samples: SeqLayout::from_lengths(vec![1; n]),
             linears,
@@ -108,9 +108,7 @@ impl TileFactors {
             self_kernel: Vec::new(),
             tokens: f.layout,
         };
-        let own = contract(backend, &tile, &tile)?;
-        tile.self_kernel = (0..n).map(|i| own[i * n + i] as f64).collect();
-        Ok(tile)
+        tile.with_self_kernel(backend)
     }
 
     /// A tile of dense JL features: each (sample, seed) gradient, materialised one sample at a
@@ -186,7 +184,7 @@ impl TileFactors {
             }
             vectors.push(backend.upload(&[n, r * k * k], &grads)?);
         }
-        let mut tile = TileFactors {
+        let tile = TileFactors {
             n,
             samples: SeqLayout::from_lengths(vec![1; n]),
             linears: Vec::new(),
@@ -197,9 +195,16 @@ impl TileFactors {
             self_kernel: Vec::new(),
             tokens: f.layout,
         };
-        let own = contract(backend, &tile, &tile)?;
-        tile.self_kernel = (0..n).map(|i| own[i * n + i] as f64).collect();
-        Ok(tile)
+        tile.with_self_kernel(backend)
+    }
+
+    /// Contracts the tile with itself and keeps the diagonal as `self_kernel` (what the cosine
+    /// normalisation divides by).
+    fn with_self_kernel(mut self, backend: &dyn Backend) -> Result<Self> {
+        let n = self.n;
+        let own = contract(backend, &self, &self)?;
+        self.self_kernel = (0..n).map(|i| own[i * n + i] as f64).collect();
+        Ok(self)
     }
 
     fn layout(&self, rows: FactorRows) -> &SeqLayout {

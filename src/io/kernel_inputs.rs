@@ -1,16 +1,22 @@
 //! The inputs of the kernel instruments, read and checked against each other: for a kernel GLM
 //! (`mscope kglm`) a square train-by-train kernel, a test-by-train kernel of the same kind, a
-//! class label per row of each, and optionally the network with the test data its rows come
-//! from; for a comparison (`mscope ntk-compare`) two square kernels over the same points.
+//! class label per row of each, and optionally the network's logits on the test points (an MLP
+//! on a dataset, or a transformer sequence classifier on labelled texts); for a comparison (`mscope ntk-compare`) two square kernels over the same points.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use crate::backend::cpu::CpuBackend;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::io::kernel_file::KernelFile;
 use crate::io::samples::read_labels;
 use crate::io::tensor_file::TensorFile;
+use crate::io::texts::{read_rows, text_label_indices, FieldNames, InputSpec};
+use crate::models::classifier::SequenceClassifier;
 use crate::models::mlp::Mlp;
+use crate::models::tokenize::TextTokenizer;
+use crate::weights::WeightsDtype;
 
 /// Where the inputs are.
 #[derive(Clone, Copy, Debug)]
@@ -20,8 +26,32 @@ pub struct KglmPaths<'a> {
     pub test_kernel: &'a Path,
     pub test_labels: &'a Path,
     /// The network and its test data come together.
-    pub network: Option<(&'a Path, &'a Path)>,
+    pub network: Option<NetworkPaths<'a>>,
 }
+
+/// The network the kernels describe and the test points it is evaluated on.
+#[derive(Clone, Copy, Debug)]
+pub struct NetworkPaths<'a> {
+    /// An MLP (safetensors file) or a transformer sequence classifier (a directory).
+    pub model: &'a Path,
+    /// For an MLP a dataset; for a classifier labelled texts (.jsonl, .csv, .tsv), whose labels
+    /// (and the label files', when they are such texts) are names of the model's `id2label` or
+    /// class indices.
+    pub test_data: &'a Path,
+    /// The text and label fields of a classifier's texts.
+    pub fields: &'a FieldNames,
+}
+
+/// The network's logits on the test points, rows in the test kernel's order.
+pub struct NetworkLogits {
+    /// Row-major `[N_test, outputs]`.
+    pub values: Vec<f32>,
+    /// One for a binary MLP (its logit is class 1's log-odds), else the classes.
+    pub outputs: usize,
+}
+
+/// The forward pass a classifier's test texts go through, this many at a time.
+const CLASSIFIER_BATCH: usize = 32;
 
 /// The inputs, consistent with each other.
 pub struct KglmInputs {
@@ -35,8 +65,36 @@ pub struct KglmInputs {
     /// The network's classes (two for a one-output network), or else those the training labels
     /// name.
     pub classes: usize,
-    /// The network and the test data, rows in the test kernel's order.
-    pub network: Option<(Mlp, Dataset)>,
+    /// The network's logits on the test points.
+    pub network: Option<NetworkLogits>,
+}
+
+/// The model named by `--model`, before it has seen the test points.
+enum Network {
+    Mlp(Mlp),
+    Classifier(Box<SequenceClassifier>),
+}
+
+impl Network {
+    /// A directory is a transformer classifier (run on the CPU in f32, as `ntk` runs it), a
+    /// file an MLP.
+    fn load(model: &Path) -> Result<Self> {
+        if model.is_dir() {
+            let cpu = Arc::new(CpuBackend::new());
+            let classifier = SequenceClassifier::load(model, cpu, WeightsDtype::F32)?;
+            Ok(Network::Classifier(Box::new(classifier)))
+        } else {
+            Ok(Network::Mlp(Mlp::read(model)?))
+        }
+    }
+
+    /// Classes of the surrogate: two for a one-output (binary) MLP.
+    fn classes(&self) -> usize {
+        match self {
+            Network::Mlp(mlp) => mlp.num_classes().max(2),
+            Network::Classifier(classifier) => classifier.num_labels(),
+        }
+    }
 }
 
 impl KglmInputs {
@@ -44,8 +102,17 @@ impl KglmInputs {
         let train_kernel = KernelFile::read(paths.train_kernel)?;
         let test_kernel = KernelFile::read(paths.test_kernel)?;
         check_kernels(paths, &train_kernel, &test_kernel)?;
-        let train_labels = read_class_labels(paths.train_labels)?;
-        let test_labels = read_class_labels(paths.test_labels)?;
+        let network = paths
+            .network
+            .map(|n| Network::load(n.model).map(|model| (n, model)))
+            .transpose()?;
+        // A classifier's label names map label files that are texts to class indices.
+        let label_names = match &network {
+            Some((n, Network::Classifier(classifier))) => Some((classifier.labels(), n.fields)),
+            _ => None,
+        };
+        let train_labels = read_class_labels(paths.train_labels, label_names)?;
+        let test_labels = read_class_labels(paths.test_labels, label_names)?;
         check_count(
             paths.train_labels,
             train_labels.len(),
@@ -59,13 +126,8 @@ impl KglmInputs {
             paths.test_kernel,
         )?;
 
-        let network = match paths.network {
-            Some((model, data)) => Some((Mlp::read(model)?, Dataset::read(data)?)),
-            None => None,
-        };
-        // One-output networks are binary (their logit is class 1's log-odds): two classes.
         let classes = match &network {
-            Some((mlp, _)) => mlp.num_classes().max(2),
+            Some((_, model)) => model.classes(),
             None => train_labels
                 .iter()
                 .max()
@@ -107,9 +169,20 @@ impl KglmInputs {
             )));
         }
         let test_y = class_indices(&test_labels, classes, &source(paths.test_labels))?;
-        if let (Some((model, data)), Some((mlp, test))) = (paths.network, &network) {
-            check_network(model, mlp, data, test, &test_labels)?;
-        }
+        let network = match network {
+            Some((paths, Network::Mlp(mlp))) => {
+                let test = Dataset::read(paths.test_data)?;
+                check_network(paths.model, &mlp, paths.test_data, &test, &test_labels)?;
+                Some(NetworkLogits {
+                    values: mlp.logits(&test.x)?,
+                    outputs: mlp.num_classes(),
+                })
+            }
+            Some((paths, Network::Classifier(classifier))) => {
+                Some(classifier_logits(&paths, &classifier, &test_labels)?)
+            }
+            None => None,
+        };
         Ok(KglmInputs {
             train_kernel,
             test_kernel,
@@ -119,6 +192,51 @@ impl KglmInputs {
             network,
         })
     }
+}
+
+/// The classifier's logits on `--test-data`'s texts, whose labels must be the test labels (the
+/// rows in the test kernel's order).
+fn classifier_logits(
+    paths: &NetworkPaths,
+    classifier: &SequenceClassifier,
+    test_labels: &[i64],
+) -> Result<NetworkLogits> {
+    let data = paths.test_data;
+    let rows = read_rows(
+        &InputSpec {
+            path: data.to_path_buf(),
+            label: None,
+        },
+        paths.fields,
+    )?;
+    if rows.len() != test_labels.len() {
+        return Err(Error::input(format!(
+            "{} has {} texts but there are {} test labels",
+            data.display(),
+            rows.len(),
+            test_labels.len()
+        )));
+    }
+    let classes = text_label_indices(data, &rows, classifier.labels())?;
+    for (row, (class, &label)) in classes.iter().zip(test_labels).enumerate() {
+        if class.is_some_and(|c| c as i64 != label) {
+            return Err(Error::input(format!(
+                "{}: row {}: label {:?} differs from the test labels' class {label} (are the \
+                 rows in the test kernel's order?)",
+                data.display(),
+                row + 1,
+                rows[row].label.as_deref().unwrap_or_default()
+            )));
+        }
+    }
+    let max_tokens = classifier.encoder().config().max_tokens();
+    let tokenizer = TextTokenizer::load(paths.model, max_tokens)?;
+    let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
+    let tokenized = tokenizer.encode(&texts)?;
+    Ok(NetworkLogits {
+        values: classifier.logits_of(&tokenized, CLASSIFIER_BATCH)?,
+        outputs: classifier.num_labels(),
+    })
 }
 
 /// K_TT must be square, K_ST must have one column per training point, and both must be the
@@ -165,10 +283,33 @@ fn check_count(labels: &Path, count: usize, rows: usize, kernel: &Path) -> Resul
     )))
 }
 
-/// Class labels of a dataset (its `y`) or of any file [`read_labels`] takes.
-fn read_class_labels(path: &Path) -> Result<Vec<i64>> {
-    let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
-    if is_safetensors && TensorFile::read(path)?.contains("x") {
+/// Class labels of a dataset (its `y`) or of any file [`read_labels`] takes; with a transformer
+/// classifier's label names and fields, of labelled texts (.jsonl, .csv, .tsv) too, each label a
+/// name of the model's or a class index.
+fn read_class_labels(path: &Path, names: Option<(&[String], &FieldNames)>) -> Result<Vec<i64>> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if let (Some((names, fields)), "jsonl" | "csv" | "tsv") = (names, ext) {
+        let spec = InputSpec {
+            path: path.to_path_buf(),
+            label: None,
+        };
+        let rows = read_rows(&spec, fields)?;
+        return text_label_indices(path, &rows, names)?
+            .into_iter()
+            .enumerate()
+            .map(|(row, class)| {
+                class.map(|c| c as i64).ok_or_else(|| {
+                    Error::input(format!(
+                        "{}: row {} has no `{}` field (every point needs a label)",
+                        path.display(),
+                        row + 1,
+                        fields.label
+                    ))
+                })
+            })
+            .collect();
+    }
+    if ext == "safetensors" && TensorFile::read(path)?.contains("x") {
         return Ok(Dataset::read(path)?.y);
     }
     read_labels(path)

@@ -396,3 +396,36 @@ pub fn read_label_columns(path: &Path, fields: &[&str]) -> Result<Vec<Vec<Option
 fn at(path: &Path, line: usize, message: impl Display) -> Error {
     Error::input(format!("{}:{line}: {message}", path.display()))
 }
+
+/// Each row's class index among the model's `labels`: its label is a name of `id2label` (first)
+/// or a class index below `num_labels`; `None` for a row without a label. An error names the
+/// file and row of a label that is neither.
+pub fn text_label_indices(
+    path: &Path,
+    rows: &[TextRow],
+    labels: &[String],
+) -> Result<Vec<Option<usize>>> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let Some(label) = &row.label else {
+                return Ok(None);
+            };
+            let class = labels
+                .iter()
+                .position(|l| l == label)
+                .or_else(|| label.parse::<usize>().ok().filter(|&c| c < labels.len()));
+            class.map(Some).ok_or_else(|| {
+                Error::input(format!(
+                    "{}: row {}: label {label:?} is not one of the model's {} labels ({}) nor a \
+                     class index below {}",
+                    path.display(),
+                    i + 1,
+                    labels.len(),
+                    labels.join(", "),
+                    labels.len()
+                ))
+            })
+        })
+        .collect()
+}

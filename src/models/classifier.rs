@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use super::bert::{BertConfig, BertModel};
 use super::loader::{read_config, Linear, Loader};
+use super::tokenize::TokenizedText;
 use super::{Encoder, TokenBatch};
 use crate::backend::{Activation, Backend, Pooling, SeqLayout, Tensor};
 use crate::error::{Error, Result};
@@ -179,6 +180,17 @@ impl SequenceClassifier {
     pub fn logits(&self, batch: &TokenBatch) -> Result<Tensor> {
         let hidden = self.encoder.forward(batch)?;
         self.head_forward(&hidden, &batch.layout, None)
+    }
+
+    /// Logits `[texts, num_labels]` of tokenised `texts`, `batch_size` texts a forward pass,
+    /// downloaded to the host.
+    pub fn logits_of(&self, texts: &[TokenizedText], batch_size: usize) -> Result<Vec<f32>> {
+        let backend = self.encoder.backend();
+        let mut logits = Vec::with_capacity(texts.len() * self.num_labels());
+        for chunk in texts.chunks(batch_size.max(1)) {
+            logits.extend(backend.download(&self.logits(&TokenBatch::pack(chunk))?)?);
+        }
+        Ok(logits)
     }
 
     /// The head over the encoder's hidden states; records into `tape` when given (the dense

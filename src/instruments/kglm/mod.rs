@@ -489,10 +489,6 @@ pub fn report(
     options: &FitOptions,
 ) -> Result<KglmReport> {
     let classes = inputs.classes;
-    let network = match &inputs.network {
-        Some((mlp, data)) => Some((mlp.logits(&data.x)?, mlp.num_classes())),
-        None => None,
-    };
     let glm = KernelGlm::fit(
         &inputs.train_kernel.values,
         &inputs.train_y,
@@ -500,9 +496,10 @@ pub fn report(
         options,
     )?;
     let logits = glm.logits(&inputs.test_kernel.values);
-    let faithful = network
+    let faithful = inputs
+        .network
         .as_ref()
-        .map(|(net, outputs)| faithfulness(&logits, classes, net, *outputs, &inputs.test_y))
+        .map(|net| faithfulness(&logits, classes, &net.values, net.outputs, &inputs.test_y))
         .transpose()?;
     let field = |get: fn(&Faithfulness) -> f64| faithful.as_ref().map(get);
     let kernel = &inputs.train_kernel;
