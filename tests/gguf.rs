@@ -459,6 +459,12 @@ fn hostile_files_are_clear_errors() {
             vec!["tensor `w`", "more elements than fit"],
         ),
         (
+            // Found by fuzzing: no element, but the shape's product overflows in row-major order.
+            "zero dim beside huge ones",
+            one_tensor(info("w", &[0, 1 << 32, 1 << 32], F32, 0)),
+            vec!["tensor `w`", "more elements than fit"],
+        ),
+        (
             "block",
             one_tensor(info("w", &[33, 2], Q8_0, 0)),
             vec!["tensor `w`", "row length 33", "Q8_0's block of 32"],

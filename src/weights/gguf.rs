@@ -330,11 +330,14 @@ impl Gguf {
     fn validate(&self, raw: RawInfo, data_start: usize) -> Result<TensorInfo> {
         let fail = |message: String| self.error(format!("tensor `{}`: {message}", raw.name));
         let ty = raw.ggml_type;
-        let elements = raw
-            .dims
-            .iter()
-            .try_fold(1u64, |n, &d| n.checked_mul(d))
-            .and_then(|n| usize::try_from(n).ok())
+        // The product of the non-zero dims must fit too: then every partial product of the shape,
+        // in any order, fits (dims [0, 2^40, 2^40] hold no element, yet 2^40 · 2^40 overflows).
+        fn product(dims: impl Iterator<Item = u64>) -> Option<usize> {
+            dims.fold(Some(1u64), |n, d| n?.checked_mul(d))
+                .and_then(|n| usize::try_from(n).ok())
+        }
+        let elements = product(raw.dims.iter().copied())
+            .filter(|_| product(raw.dims.iter().copied().filter(|&d| d > 0)).is_some())
             .ok_or_else(|| {
                 fail(format!(
                     "dims {:?} hold more elements than fit in memory",
