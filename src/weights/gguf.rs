@@ -332,8 +332,8 @@ impl Gguf {
         let ty = raw.ggml_type;
         // The product of the non-zero dims must fit too: then every partial product of the shape,
         // in any order, fits (dims [0, 2^40, 2^40] hold no element, yet 2^40 · 2^40 overflows).
-        fn product(dims: impl Iterator<Item = u64>) -> Option<usize> {
-            dims.fold(Some(1u64), |n, d| n?.checked_mul(d))
+        fn product(mut dims: impl Iterator<Item = u64>) -> Option<usize> {
+            dims.try_fold(1u64, |n, d| n.checked_mul(d))
                 .and_then(|n| usize::try_from(n).ok())
         }
         let elements = product(raw.dims.iter().copied())
