@@ -206,15 +206,8 @@ fn jsonl_rows(
 ) -> Result<Vec<(usize, TextRow)>> {
     let (text_field, label_field) = (&fields.text, &fields.label);
     let mut rows = Vec::new();
-    for (n, line) in (1..).zip(content.lines()) {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let mut object = match serde_json::from_str(line) {
-            Ok(Value::Object(object)) => object,
-            Ok(_) => return Err(at(path, n, "not a JSON object")),
-            Err(e) => return Err(at(path, n, format!("invalid JSON: {e}"))),
-        };
+    for object in jsonl_objects(path, content) {
+        let (n, mut object) = object?;
         let text = match object.remove(text_field) {
             Some(Value::String(text)) => text,
             Some(_) => {
@@ -322,15 +315,8 @@ pub fn read_label_columns(path: &Path, fields: &[&str]) -> Result<Vec<Vec<Option
             // Every field seen on some line: for the error when a requested one is never there.
             let mut seen: std::collections::BTreeSet<String> = Default::default();
             let mut found = vec![false; fields.len()];
-            for (n, line) in (1..).zip(content.lines()) {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let mut object = match serde_json::from_str(line) {
-                    Ok(Value::Object(object)) => object,
-                    Ok(_) => return Err(at(path, n, "not a JSON object")),
-                    Err(e) => return Err(at(path, n, format!("invalid JSON: {e}"))),
-                };
+            for object in jsonl_objects(path, content.as_str()) {
+                let (n, mut object) = object?;
                 for ((field, column), found) in fields.iter().zip(&mut columns).zip(&mut found) {
                     column.push(match object.remove(*field) {
                         Some(value) => {
@@ -391,6 +377,22 @@ pub fn read_label_columns(path: &Path, fields: &[&str]) -> Result<Vec<Vec<Option
             path.display()
         ))),
     }
+}
+
+/// The objects of a `.jsonl` file with their 1-based line numbers, blank lines skipped; a line
+/// that is not a JSON object is an error naming it.
+fn jsonl_objects<'a>(
+    path: &'a Path,
+    content: &'a str,
+) -> impl Iterator<Item = Result<(usize, serde_json::Map<String, Value>)>> + 'a {
+    (1..)
+        .zip(content.lines())
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(move |(n, line)| match serde_json::from_str(line) {
+            Ok(Value::Object(object)) => Ok((n, object)),
+            Ok(_) => Err(at(path, n, "not a JSON object")),
+            Err(e) => Err(at(path, n, format!("invalid JSON: {e}"))),
+        })
 }
 
 fn at(path: &Path, line: usize, message: impl Display) -> Error {
