@@ -1258,33 +1258,24 @@ fn pca_contact_sheet_shows_the_images_at_either_end_of_each_component() {
         "--backend",
         "cpu",
     ]);
+    let sheet_of_texts = [
+        "pca",
+        "--input",
+        text_embeddings.to_str().unwrap(),
+        "--components",
+        "2",
+        "--explain",
+        "1",
+        "--contact-sheet",
+        no_explain.to_str().unwrap(),
+    ];
     common::assert_fails_cleanly(
-        &[
-            "pca",
-            "--input",
-            text_embeddings.to_str().unwrap(),
-            "--components",
-            "2",
-            "--explain",
-            "1",
-            "--contact-sheet",
-            no_explain.to_str().unwrap(),
-        ],
+        &sheet_of_texts,
         &["image not found", "relative to the folder"],
     );
     std::fs::remove_file(mscope::io::embeddings::texts_sidecar_path(&text_embeddings)).unwrap();
     common::assert_fails_cleanly(
-        &[
-            "pca",
-            "--input",
-            text_embeddings.to_str().unwrap(),
-            "--components",
-            "2",
-            "--explain",
-            "1",
-            "--contact-sheet",
-            no_explain.to_str().unwrap(),
-        ],
+        &sheet_of_texts,
         &[
             "needs the image path of every row",
             "texts.safetensors.texts.jsonl",
