@@ -2,11 +2,11 @@
 # Puts scikit-learn's 8×8 handwritten digits into .cache/data/digits.csv (1797 rows, no header:
 # 64 pixel columns 0..16, then the label 0..9) and prints the path.
 # The data ships inside the scikit-learn wheel as sklearn/datasets/data/digits.csv.gz; this
-# downloads one pinned wheel from PyPI (the wheel is only unzipped, never installed, so its tags
-# are pinned too and any python3 with pip will do, e.g. Debian's python3-pip) and checks the
-# CSV's sha256. Idempotent: does nothing when the CSV is already there.
+# downloads one pinned wheel from PyPI and checks the CSV's sha256. Idempotent: does nothing
+# when the CSV is already there.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/tools/lib/pypi-wheel.sh"
 dest="$root/.cache/data/digits.csv"
 version="1.5.2"
 sha256="6ebb3d2fee246a4e99363262ddf8a00a3c41bee6014c373ed9d9216ba7f651b8"
@@ -14,15 +14,9 @@ if [ -f "$dest" ]; then
     echo "$dest"
     exit 0
 fi
-if ! python3 -m pip --version >/dev/null 2>&1; then
-    echo "fetch-digits.sh: needs python3 with pip (Debian: apt-get install python3-pip)" >&2
-    exit 1
-fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-python3 -m pip download --quiet --no-deps --disable-pip-version-check --only-binary=:all: \
-    --python-version 3.11 --implementation cp --abi cp311 --platform manylinux2014_x86_64 \
-    -d "$work" "scikit-learn==$version" >&2
+download_wheel fetch-digits.sh scikit-learn "$version" "$work"
 mkdir -p "$(dirname "$dest")"
 python3 - "$work"/scikit_learn-"$version"-*.whl "$dest.partial" "$sha256" <<'PY'
 import gzip, hashlib, sys, zipfile

@@ -6,11 +6,11 @@
 #   science/   cell, ihc, microaneurysms, retina, hubble_deep_field
 #   textures/  brick, grass, gravel, moon
 # and prints the folder. The photos ship inside the scikit-image wheel as skimage/data/*; this
-# downloads one pinned wheel from PyPI (only unzipped, never installed, so its tags are pinned
-# too and any python3 with pip will do) and checks every photo's sha256. Idempotent: does
+# downloads one pinned wheel from PyPI and checks every photo's sha256. Idempotent: does
 # nothing when the folder is already complete.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/tools/lib/pypi-wheel.sh"
 dest="$root/.cache/data/photos"
 version="0.25.2"
 # label/name sha256
@@ -37,15 +37,9 @@ if [ -f "$dest/.complete" ]; then
     echo "$dest"
     exit 0
 fi
-if ! python3 -m pip --version >/dev/null 2>&1; then
-    echo "fetch-photos.sh: needs python3 with pip (Debian: apt-get install python3-pip)" >&2
-    exit 1
-fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-python3 -m pip download --quiet --no-deps --disable-pip-version-check --only-binary=:all: \
-    --python-version 3.11 --implementation cp --abi cp311 --platform manylinux2014_x86_64 \
-    -d "$work" "scikit-image==$version" >&2
+download_wheel fetch-photos.sh scikit-image "$version" "$work"
 # Unpacked beside the destination and renamed into place: an interrupted run leaves no
 # half-filled folder behind.
 mkdir -p "$(dirname "$dest")"
