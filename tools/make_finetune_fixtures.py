@@ -89,12 +89,12 @@ ADAMW = {"lr": 1e-3, "weight_decay": 0.1, "warmup": 1, "total": 4}
 ADAMW_BATCHES = [[0, 1], [2, 3], [3, 0]]
 
 
-def adamw_reference(model_dir, model_class):
+def adamw_steps(model, tokenizer_dir):
+    """Runs ADAMW_BATCHES through PyTorch's AdamW with the linear warm-up schedule, in place.
+    Returns the labels of the texts and the loss of each step."""
     from transformers import get_linear_schedule_with_warmup
 
-    model = model_class.from_pretrained(str(model_dir), attn_implementation="eager").eval()
-    model = model.to(torch.float64)
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     texts, names = labelled_texts()
     labels = [model.config.label2id[n] for n in names]
     opt = torch.optim.AdamW(model.parameters(), lr=ADAMW["lr"], betas=(0.9, 0.999), eps=1e-8,
@@ -110,6 +110,13 @@ def adamw_reference(model_dir, model_class):
         opt.step()
         sched.step()
         losses.append(loss.item())
+    return labels, losses
+
+
+def adamw_reference(model_dir, model_class):
+    model = model_class.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+    model = model.to(torch.float64)
+    _, losses = adamw_steps(model, model_dir)
     ref = {
         "hparams": torch.tensor([ADAMW["lr"], ADAMW["weight_decay"], ADAMW["warmup"],
                                  ADAMW["total"]], dtype=torch.float64),
@@ -159,8 +166,6 @@ def encoder_classifier():
 
 def encoder_adamw_reference():
     """The AdamW reference from the bare encoder, with the new head's weights recorded."""
-    from transformers import get_linear_schedule_with_warmup
-
     model = encoder_classifier().eval()
     generator = torch.Generator().manual_seed(17)
     weight = torch.empty_like(model.classifier.weight).normal_(0.0, 0.02, generator=generator)
@@ -170,22 +175,7 @@ def encoder_adamw_reference():
     init = {"init.classifier.weight": model.classifier.weight.detach().clone(),
             "init.classifier.bias": model.classifier.bias.detach().clone()}
     model = model.to(torch.float64)
-    tok = AutoTokenizer.from_pretrained(str(ENCODER_DIR))
-    texts, names = labelled_texts()
-    labels = [model.config.label2id[n] for n in names]
-    opt = torch.optim.AdamW(model.parameters(), lr=ADAMW["lr"], betas=(0.9, 0.999), eps=1e-8,
-                            weight_decay=ADAMW["weight_decay"])
-    sched = get_linear_schedule_with_warmup(opt, ADAMW["warmup"], ADAMW["total"])
-    losses = []
-    for rows in ADAMW_BATCHES:
-        enc = tok([texts[i] for i in rows], padding=True, return_tensors="pt")
-        y = torch.tensor([labels[i] for i in rows], dtype=torch.int64)
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(**enc).logits, y)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+    labels, losses = adamw_steps(model, ENCODER_DIR)
     ref = dict(init)
     ref.update({
         "labels": torch.tensor(labels, dtype=torch.int64),
