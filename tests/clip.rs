@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{backend_tests, cosine, reference_tensor, rel_error, repo_path};
+use common::{assert_row_cosines, backend_tests, cosine, reference_tensor, rel_error, repo_path};
 use mscope::backend::{Backend, SeqLayout};
 use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
 use mscope::models::clip::ClipModel;
@@ -171,16 +171,13 @@ fn load(name: &str, be: &Arc<dyn Backend>) -> ClipModel {
 }
 
 fn assert_embeddings(what: &str, got: &[f32], want: &[f64], dim: usize) {
-    let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
-    let rel = rel_error(got, &want);
+    let want_f32: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+    let rel = rel_error(got, &want_f32);
     assert!(
         rel <= MAX_REL,
         "{what}: relative error {rel:.3e} > {MAX_REL}"
     );
-    for (row, (g, w)) in got.chunks(dim).zip(want.chunks(dim)).enumerate() {
-        let cos = cosine(g, w);
-        assert!(cos >= MIN_COSINE, "{what}: row {row} cosine {cos}");
-    }
+    assert_row_cosines(what, got, want, dim, MIN_COSINE);
 }
 
 fn image_tower_matches_reference_on_reference_pixels(be: &Arc<dyn Backend>) {

@@ -9,7 +9,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{backend_tests, cosine, reference_tensor, rel_error, repo_path, run_mscope_ok};
+use common::{
+    assert_row_cosines, backend_tests, reference_tensor, rel_error, repo_path, run_mscope_ok,
+};
 use mscope::backend::{self, Backend, BackendKind, OpFamily, Pooling, SeqLayout};
 use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
 use mscope::models::{self, TokenBatch};
@@ -100,20 +102,8 @@ fn smollm2_pooled_embeddings_match_transformers(be: &Arc<dyn Backend>) {
         assert_eq!(enc.pooling().name(), name);
         let got = enc.embed(&texts, 3, &mut |_, _| {}).unwrap();
         let (_, want) = reference_tensor(REFERENCE, name);
-        let mut worst: f64 = 1.0;
-        for (i, g) in got.embeddings.chunks(got.dim).enumerate() {
-            let w: Vec<f32> = want[i * got.dim..(i + 1) * got.dim]
-                .iter()
-                .map(|&v| v as f32)
-                .collect();
-            let cos = cosine(g, &w);
-            assert!(
-                cos >= MIN_COSINE,
-                "{} {name}: text {i} cosine {cos}",
-                be.name()
-            );
-            worst = worst.min(cos);
-        }
+        let what = format!("{} {name}", be.name());
+        let worst = assert_row_cosines(&what, &got.embeddings, &want, got.dim, MIN_COSINE);
         eprintln!("{} {name}: lowest cosine {worst}", be.name());
     }
 }
@@ -144,12 +134,9 @@ fn embed_cli_runs_a_gguf_file() {
     let (shape, got) = reference_tensor(out.to_str().unwrap(), "embeddings");
     let (_, want) = reference_tensor(REFERENCE, "last");
     assert_eq!(shape, [texts.len(), 576]);
-    for (i, (g, w)) in got.chunks(576).zip(want.chunks(576)).enumerate() {
-        let g: Vec<f32> = g.iter().map(|&v| v as f32).collect();
-        let w: Vec<f32> = w.iter().map(|&v| v as f32).collect();
-        let cos = cosine(&g, &w);
-        assert!(cos >= MIN_COSINE, "text {i} cosine {cos}");
-    }
+    let got: Vec<f32> = got.iter().map(|&v| v as f32).collect();
+    // The reference holds every text; the run embedded the first ones.
+    assert_row_cosines("mscope embed", &got, &want[..got.len()], 576, MIN_COSINE);
 }
 
 fn load_error(path: &Path) -> String {

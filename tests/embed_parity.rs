@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::{
-    backend_tests, cosine, fixture_texts, minilm_dir, reference_tensor, rel_error, repo_path,
+    assert_row_cosines, backend_tests, cosine, fixture_texts, minilm_dir, reference_tensor,
+    rel_error, repo_path,
 };
 use mscope::backend::{self, Backend, BackendKind, OpFamily, Pooling};
 use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
@@ -41,22 +42,7 @@ fn embed(
 
 fn assert_rows_match(what: &str, got: &[f32], reference: &str, tensor: &str) {
     let (shape, want) = reference_tensor(reference, tensor);
-    let dim = shape[1];
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "{what}: {} values, reference has {}",
-        got.len(),
-        want.len()
-    );
-    let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
-    for (row, (g, w)) in got.chunks(dim).zip(want.chunks(dim)).enumerate() {
-        let cos = cosine(g, w);
-        assert!(
-            cos >= MIN_COSINE,
-            "{what}: row {row} cosine {cos} < {MIN_COSINE}"
-        );
-    }
+    assert_row_cosines(what, got, &want, shape[1], MIN_COSINE);
 }
 
 fn token_counts(dir: &Path, be: Arc<dyn Backend>, options: &EncoderOptions) -> Vec<f64> {

@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{backend_tests, cosine, reference_tensor, repo_path};
+use common::{assert_row_cosines, backend_tests, reference_tensor, repo_path};
 use mscope::backend::{Backend, Pooling};
 use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
 use mscope::models::tokenize::TextTokenizer;
@@ -94,20 +94,8 @@ fn spm_model_pooled_embeddings_match_transformers(be: &Arc<dyn Backend>) {
         let got = enc.embed(&texts, 4, &mut |_, _| {}).unwrap();
         let (shape, want) = reference_tensor(REFERENCE, name);
         assert_eq!(shape, [texts.len(), got.dim]);
-        let mut worst: f64 = 1.0;
-        for (i, g) in got.embeddings.chunks(got.dim).enumerate() {
-            let w: Vec<f32> = want[i * got.dim..(i + 1) * got.dim]
-                .iter()
-                .map(|&v| v as f32)
-                .collect();
-            let cos = cosine(g, &w);
-            assert!(
-                cos >= MIN_COSINE,
-                "{} {name}: text {i} cosine {cos}",
-                be.name()
-            );
-            worst = worst.min(cos);
-        }
+        let what = format!("{} {name}", be.name());
+        let worst = assert_row_cosines(&what, &got.embeddings, &want, got.dim, MIN_COSINE);
         eprintln!("{} {name}: lowest cosine {worst}", be.name());
     }
 }

@@ -254,6 +254,26 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
+/// Checks each `dim`-wide row of `got` against the same row of the f64 reference at cosine ≥
+/// `min`, naming `what` and the row on failure; returns the lowest cosine.
+pub fn assert_row_cosines(what: &str, got: &[f32], want: &[f64], dim: usize, min: f64) -> f64 {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: {} values, reference has {}",
+        got.len(),
+        want.len()
+    );
+    let mut worst: f64 = 1.0;
+    for (row, (g, w)) in got.chunks(dim).zip(want.chunks(dim)).enumerate() {
+        let w: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+        let cos = cosine(g, &w);
+        assert!(cos >= min, "{what}: row {row} cosine {cos} < {min}");
+        worst = worst.min(cos);
+    }
+    worst
+}
+
 pub fn repo_path(relative: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
