@@ -8,6 +8,7 @@ model first.
 
 Rows (the anchor scripts beside this file document each side's work):
   embed    mscope embed            vs sentence-transformers encode (embed_sentence_transformers.py)
+  embed-long  the same on 600 long fortune-file texts (long_texts.py; not in the default rows)
   decoder  mscope embed, SmolLM2   vs transformers fp32 on the same GGUF (embed_transformers_decoder.py)
   pca      mscope pca              vs sklearn PCA(svd_solver="full") (pca_sklearn.py)
   lda      mscope lda --pairwise   vs sklearn LinearDiscriminantAnalysis per split (lda_sklearn.py)
@@ -84,16 +85,22 @@ DEMO_CORPUS = ["tools/demo-corpus/news.txt", "tools/demo-corpus/reviews.jsonl",
 DEMO_INPUTS = [flag for path in DEMO_CORPUS for flag in ("--input", ROOT / path)]
 
 
-def embed(opts, tmp):
+def embed(opts, tmp, inputs=DEMO_INPUTS, name="embed"):
     model = ROOT / ".cache" / "models" / "all-MiniLM-L6-v2"
-    inputs = DEMO_INPUTS
     mscope = time_mscope(opts, "embed", "--model", model, *inputs, "--batch-size", 32,
                          "--threads", opts.threads, "--backend", opts.backend, "--out", tmp / "e.safetensors")
     anchor = run_anchor("embed_sentence_transformers.py", "--model", model, *inputs, "--batch-size", 32,
                         "--threads", opts.threads, "--repeat", opts.repeat)
     work = f"all-MiniLM-L6-v2, {anchor['n_texts']} texts / {anchor['n_tokens']} tokens, batch 32"
-    return row("embed", work, mscope, "sentence-transformers " + anchor["sentence_transformers_version"],
+    return row(name, work, mscope, "sentence-transformers " + anchor["sentence_transformers_version"],
                anchor["median_s"], anchor, "anchor excludes model loading")
+
+
+def embed_long(opts, tmp):
+    """`embed`'s row on 600 long texts (most over 128 tokens; long_texts.py)."""
+    path = subprocess.run([sys.executable, str(ANCHORS / "long_texts.py")], check=True,
+                          stdout=subprocess.PIPE, text=True).stdout.strip()
+    return embed(opts, tmp, ["--input", path], "embed-long")
 
 
 def decoder(opts, tmp):
@@ -236,6 +243,7 @@ def main():
         tmp = Path(tmp)
         steps = [
             ("embed", lambda: [embed(opts, tmp)]),
+            ("embed-long", lambda: [embed_long(opts, tmp)]),
             ("decoder", lambda: [decoder(opts, tmp)]),
             ("pca", lambda: [pca(opts, tmp, SIZES["pca"][pick])]),
             ("lda", lambda: [lda(opts, SIZES["lda"][pick])]),
