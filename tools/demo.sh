@@ -94,7 +94,7 @@ fortunes=$(tools/fetch-fortunes.sh)
 classifier=$d/fortunes-classifier
 mscope train --model "$encoder" --data $fortunes/train.jsonl --test-data $fortunes/test.jsonl \
     --epochs 4 --lr 1e-4 --batch-size 16 --seed 0 --out $classifier
-proj_dim=${PROJ_DIM:-1024}
+proj_dim=${PROJ_DIM:-128}
 for kernel in trntk trntk0 pntk trntk-proj pntk-proj; do
     kind=${kernel%-proj}
     projection=""
