@@ -88,8 +88,8 @@ mscope ntk-compare $d/ntk-none-train.safetensors $d/ntk-kronecker-train.safetens
 # three-label head, AdamW) on 96 of Debian's fortune cookies from three categories (computers,
 # food, love; tools/fetch-fortunes.sh), then its exact trNTK, trNTK0 (unnormalised) and pNTK over
 # every parameter, the projected trNTK and pNTK (one dense ±1 map of the whole parameter vector
-# to K = PROJ_DIM dimensions, as the seeds project), a kGLM fitted on each train × train kernel,
-# and each kGLM's Kendall τ against the network on 48 held-out cookies.
+# to K = PROJ_DIM dimensions, 128 by default), a kGLM fitted on each train × train kernel, and
+# each kGLM's Kendall τ against the network on 48 held-out cookies.
 fortunes=$(tools/fetch-fortunes.sh)
 classifier=$d/fortunes-classifier
 mscope train --model "$encoder" --data $fortunes/train.jsonl --test-data $fortunes/test.jsonl \
