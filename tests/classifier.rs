@@ -19,6 +19,7 @@ use mscope::backend::{Backend, JlDistribution, JlSpec};
 use mscope::instruments::layers::LayerSpec;
 use mscope::instruments::project::KernelKind;
 use mscope::instruments::transformer_ntk::SequenceKernelJob;
+use mscope::instruments::transformer_project::{dense_features, CHUNK_VALUES};
 use mscope::io::checkpoint::Checkpoint;
 use mscope::io::kernel_file::KernelFile;
 use mscope::models::classifier::SequenceClassifier;
@@ -847,6 +848,66 @@ fn projected_kernels_approach_the_exact_one() {
             "kronecker {kronecker}: tiles"
         );
     }
+}
+
+/// The tile-batched dense features (only the table rows the tile read, weights in row blocks
+/// for every sample at once) equal the definition: each (sample, seed) gradient materialised
+/// whole, in `materialize` order, times one map — for every parameter, for a `--layers` subset
+/// that splits the fused QKV weight, with the default chunk and with chunks so small that every
+/// weight is cut into row blocks and every table's ids into runs of one or two.
+#[test]
+fn dense_features_equal_the_materialised_projection() {
+    let be = CpuBackend::new();
+    let jl = JlSpec {
+        seed: 11,
+        dim: 24,
+        distribution: JlDistribution::Rademacher,
+        column_offset: 5,
+    };
+    for model in MODELS {
+        for spec in ["all", "embeddings,*.attention.self.key.,*.output.dense."] {
+            let mut f = cpu_factors(model, class_seeds);
+            let keep = spec
+                .parse::<LayerSpec>()
+                .unwrap()
+                .select(&f.parameter_names())
+                .unwrap();
+            f.retain(&keep);
+            let rows = f.num_samples() * f.seeds;
+            let whole: Vec<f32> = (0..rows)
+                .flat_map(|row| {
+                    f.materialize(row / f.seeds, row % f.seeds)
+                        .expect("materialises")
+                        .into_iter()
+                        .flat_map(|(_, g)| g)
+                })
+                .collect();
+            let width = whole.len() / rows;
+            let mut want = be.zeros(&[rows, jl.dim]).unwrap();
+            be.jl_project(
+                &be.upload(&[rows, width], &whole).unwrap(),
+                &jl,
+                false,
+                &mut want,
+            )
+            .unwrap();
+            let want: Vec<f64> = widen32(&be.download(&want).unwrap());
+            let hidden = f.embeddings.width;
+            for chunk in [CHUNK_VALUES, 2 * rows * hidden] {
+                let got = widen32(&dense_features(&be, &f, &jl, chunk).unwrap());
+                let err = rel_error_f64(&got, &want);
+                assert!(
+                    err < F32_TOLERANCE,
+                    "{} --layers {spec}, chunk {chunk}: rel err {err:.2e}",
+                    model.0
+                );
+            }
+        }
+    }
+}
+
+fn widen32(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
 }
 
 #[test]

@@ -87,31 +87,37 @@ mscope ntk-compare $d/ntk-none-train.safetensors $d/ntk-kronecker-train.safetens
 # The seeds' kernel comparison at small scale: the real all-MiniLM-L6-v2 fine-tuned (a new
 # three-label head, AdamW) on 96 of Debian's fortune cookies from three categories (computers,
 # food, love; tools/fetch-fortunes.sh), then its exact trNTK, trNTK0 (unnormalised) and pNTK over
-# every parameter, a kGLM fitted on each train × train kernel, and each kGLM's Kendall τ against
-# the network on 48 held-out cookies. (The projected kernels are left out: a Kronecker-projected
-# trNTK of this classifier ran over 15 minutes on a loaded two-core machine; not yet investigated.)
+# every parameter, the projected trNTK and pNTK (one dense ±1 map of the whole parameter vector
+# to K = PROJ_DIM dimensions, 128 by default), a kGLM fitted on each train × train kernel, and
+# each kGLM's Kendall τ against the network on 48 held-out cookies.
 fortunes=$(tools/fetch-fortunes.sh)
 classifier=$d/fortunes-classifier
 mscope train --model "$encoder" --data $fortunes/train.jsonl --test-data $fortunes/test.jsonl \
     --epochs 4 --lr 1e-4 --batch-size 16 --seed 0 --out $classifier
-for kind in trntk trntk0 pntk; do
-    k=$d/fortunes-$kind
-    mscope ntk --model $classifier --data $fortunes/train.jsonl --kind $kind \
+proj_dim=${PROJ_DIM:-128}
+for kernel in trntk trntk0 pntk trntk-proj pntk-proj; do
+    kind=${kernel%-proj}
+    projection=""
+    [ $kind = $kernel ] || projection="--projection rademacher --projection-dim $proj_dim"
+    k=$d/fortunes-$kernel
+    mscope ntk --model $classifier --data $fortunes/train.jsonl --kind $kind $projection \
         --out $k-train.safetensors
     mscope ntk --model $classifier --data $fortunes/test.jsonl --against $fortunes/train.jsonl \
-        --kind $kind --out $k-test.safetensors
+        --kind $kind $projection --out $k-test.safetensors
     mscope kglm --train-kernel $k-train.safetensors --train-labels $fortunes/train.jsonl \
         --test-kernel $k-test.safetensors --test-labels $fortunes/test.jsonl \
         --model $classifier --test-data $fortunes/test.jsonl --out $k-kglm.json >/dev/null
 done
 # The table: one row per surrogate, as the seeds' comparison prints it.
-python3 - $d/fortunes <<'PY'
+python3 - $d/fortunes $proj_dim <<'PY'
 import json, sys
-prefix = sys.argv[1]
+prefix, dim = sys.argv[1], sys.argv[2]
 print("| kernel | Kendall τ | test accuracy, kGLM | test accuracy, network |")
 print("|---|---|---|---|")
-for name, kind in (("trNTK", "trntk"), ("trNTK0", "trntk0"), ("pNTK", "pntk")):
-    r = json.load(open(f"{prefix}-{kind}-kglm.json"))
+for name, kernel in (("trNTK", "trntk"), (f"projected trNTK (K = {dim})", "trntk-proj"),
+                     (f"projected pNTK (K = {dim})", "pntk-proj"), ("trNTK0", "trntk0"),
+                     ("pNTK", "pntk")):
+    r = json.load(open(f"{prefix}-{kernel}-kglm.json"))
     print(f"| {name} | {r['kendall_tau']:.3f} | {r['accuracy_surrogate']:.1%} "
           f"| {r['accuracy_network']:.1%} |")
 PY

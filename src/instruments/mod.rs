@@ -16,3 +16,4 @@ pub mod pca;
 pub mod project;
 pub mod splits;
 pub mod transformer_ntk;
+pub mod transformer_project;

@@ -23,6 +23,7 @@ use std::ops::{ControlFlow, Range};
 use super::layers::LayerSpec;
 use super::ntk::{cosine_normalize, run_blocks, run_tiles, BlockDone, TileFn, Tiling, WorkerLoop};
 use super::project::{layer_seed, KernelKind};
+use super::transformer_project::{dense_features, CHUNK_VALUES};
 use crate::backend::{Backend, JlSpec, SeqFactors, SeqForm, SeqLayout, Tensor, TokenPairing};
 use crate::error::{Error, Result};
 use crate::io::checkpoint::Checkpoint;
@@ -111,10 +112,11 @@ impl TileFactors {
         tile.with_self_kernel(backend)
     }
 
-    /// A tile of dense JL features: each (sample, seed) gradient, materialised one sample at a
-    /// time tensor by tensor (never the tile's whole gradients) and projected by one `k × P`
-    /// map over the parameters in [`SequenceFactors::parameter_names`] order, as the MLPs'
-    /// dense projection maps the whole parameter vector. One term, `[n, seeds·k]`.
+    /// A tile of dense JL features: each (sample, seed) gradient projected by one `k × P` map
+    /// over the parameters in [`SequenceFactors::materialize`] order, as the MLPs' dense
+    /// projection maps the whole parameter vector ([`dense_features`]: only the table rows
+    /// the tile read, the rest tensor block by tensor block for the whole tile, never one
+    /// whole gradient). One term, `[n, seeds·k]`.
     ///
     /// With `kronecker`, each Linear weight is left out of that map and projected by two maps
     /// of its own, `P_δ` on output gradients and `P_a` on inputs (seeds from
@@ -132,21 +134,7 @@ impl TileFactors {
             Vec::new()
         };
         let (n, r, k) = (f.num_samples(), f.seeds, jl.dim);
-        let mut features = vec![0.0f32; n * r * k];
-        let mut out = backend.zeros(&[1, k])?;
-        for (row, feature) in features.chunks_exact_mut(k).enumerate() {
-            let mut offset = 0u64;
-            for (t, (_, g)) in f.materialize(row / r, row % r)?.into_iter().enumerate() {
-                let spec = JlSpec {
-                    column_offset: offset,
-                    ..*jl
-                };
-                let x = backend.upload(&[1, g.len()], &g)?;
-                backend.jl_project(&x, &spec, t > 0, &mut out)?;
-                offset += g.len() as u64;
-            }
-            feature.copy_from_slice(&backend.download(&out)?);
-        }
+        let features = dense_features(backend, &f, jl, CHUNK_VALUES)?;
         let mut vectors = vec![backend.upload(&[n, r * k], &features)?];
         for (l, lin) in linears.iter().enumerate() {
             let count = match lin.rows {
