@@ -258,6 +258,49 @@ impl Backend for CpuBackend {
 
     // trim
 
+    fn activation_backward(
+        &self,
+        pre: &Tensor,
+        dy: &Tensor,
+        act: Activation,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        backward::on_tensors::activation_backward(pre, dy, act, out)
+    }
+
+    fn layer_norm_backward(
+        &self,
+        pre: &Tensor,
+        gamma: &Tensor,
+        eps: f32,
+        dy: &Tensor,
+        dx: &mut Tensor,
+        normed: &mut Tensor,
+    ) -> Result<()> {
+        backward::on_tensors::layer_norm_backward(pre, gamma, eps, dy, dx, normed)
+    }
+
+    fn attention_backward(
+        &self,
+        qkv: &Tensor,
+        layout: &SeqLayout,
+        spec: &AttentionSpec,
+        d_out: &Tensor,
+        d_qkv: &mut Tensor,
+    ) -> Result<()> {
+        backward::on_tensors::attention_backward(qkv, layout, spec, d_out, d_qkv)
+    }
+
+    fn scatter_rows(
+        &self,
+        delta: &Tensor,
+        ids: &[u32],
+        accumulate: bool,
+        table: &mut Tensor,
+    ) -> Result<()> {
+        backward::on_tensors::scatter_rows(delta, ids, accumulate, table)
+    }
+
     fn trim_search(
         &self,
         candidates: &[&[f32]],
