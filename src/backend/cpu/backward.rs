@@ -5,6 +5,11 @@
 //! are left to the caller, which keeps them per sample (`Δᵀ A` for a GEMM, rows scattered by id
 //! for an embedding, sums over each sample's tokens for biases and LayerNorm).
 //!
+//! `activation_backward`, `layer_norm_backward`, `attention_backward` and `scatter_rows` are also
+//! the CPU's ops of the backward family ([`crate::backend::OpFamily::Backward`]), through
+//! [`on_tensors`]; the GPU kernels are checked against them. A linear layer's input gradient
+//! (`linear_input_backward`) is `linear` on the transposed weight on a device.
+//!
 //! Row statistics (LayerNorm's mean and variance, softmax's `Σ P ⊙ dP`) accumulate in f64: they
 //! are differences of nearly equal sums, and the cost is a few flops a value.
 

@@ -11,8 +11,10 @@
 //! (also the public [`gemm()`] and [`Operand`] of host loops) and `gemm_packed` (GEMM variants
 //! 8 and 9, and every GEMM on half-precision weights), `norm`, `rope`, `attention`,
 //! `gather`, `pool`, `ntk`, `stats`, `trim` — each holding functions named like the [`Backend`]
-//! methods they implement; `activation` holds the vectorised epilogues, `common` what several
-//! families share (tensor values, packed-sequence splits, lane sums). `impl Backend` below only
+//! methods they implement (`backward` holds the host-slice functions the classifier's backward
+//! pass calls, and in `backward::on_tensors` the backward family's ops over them); `activation`
+//! holds the vectorised epilogues, `common` what several families share (tensor values,
+//! packed-sequence splits, lane sums). `impl Backend` below only
 //! delegates, one line an op. A new op goes into its family's file (a new file for a new
 //! family) and gets its one line here.
 

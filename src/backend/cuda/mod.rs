@@ -8,8 +8,8 @@
 //! kernel; release builds surface asynchronous errors at the next synchronisation.
 //!
 //! Shape: one file per kernel family, mirroring `kernels/*.cu` — `gemm`, `norm`, `rope`,
-//! `attention`, `gather`, `pool`, `ntk`, `stats`, `backward` — each holding functions named like the
-//! [`Backend`] methods they implement, with their variant choice, launch configuration and
+//! `attention`, `gather`, `pool`, `ntk`, `stats`, `backward` — each holding functions named like
+//! the [`Backend`] methods they implement, with their variant choice, launch configuration and
 //! `#[repr(C)]` parameter structs. `device` holds the plumbing they share (device set-up, kernel
 //! lookup and launch, tensor buffers, small uploads, grid arithmetic), [`nvrtc`] the compilation
 //! and cubin cache, `memory` the storage of a tensor. `impl Backend` below only delegates, one

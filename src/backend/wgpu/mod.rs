@@ -6,12 +6,12 @@
 //! One file per kernel family, named like its shader in `shaders/`: `gemm.rs` (`linear`),
 //! `norm.rs` (`layer_norm`, `rms_norm`, `l2_normalize`), `rope.rs`, `attention.rs`, `gather.rs`
 //! (`gather_rows`), `pool.rs`, `ntk.rs` (`ntk_contract`, `jl_project`), `stats.rs` (`scatter`,
-//! `symmetric_eigen`, `spd_solve`), `trim.rs` (`trim_search`) and `backward.rs` (`layer_norm_backward`,
-//! `attention_backward`, `scatter_rows`; `activation_backward` is in `gemm.rs`, beside the
-//! activations). Each holds one function per op,
-//! named like the [`Backend`] method that calls it in one line below, together with what only that
-//! family knows: which kernel (and [`GemmVariant`]) it runs, its workgroup sizes and the other
-//! constants that must match its shader, and its `#[repr(C)]` `Params` block. Around them:
+//! `symmetric_eigen`, `spd_solve`), `trim.rs` (`trim_search`) and `backward.rs`
+//! (`layer_norm_backward`, `attention_backward`, `scatter_rows`; `activation_backward` is in
+//! `gemm.rs`, beside the activations). Each holds one function per op, named like the
+//! [`Backend`] method that calls it in one line below, together with what only that family knows:
+//! which kernel (and [`GemmVariant`]) it runs, its workgroup sizes and the other constants that
+//! must match its shader, and its `#[repr(C)]` `Params` block. Around them:
 //! `device.rs` (opening the adapter, the pending encoder, waiting and mapping, the generic
 //! `dispatch`, the lookup of a tensor's buffers), `memory.rs` (tensor storage and the memory ops),
 //! `timer.rs` (the device timer), `kernels.rs` (every entry point's source, name and bind-group
