@@ -5,7 +5,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::device::to_u32;
+use super::device::{direct_loop_iterations, to_u32};
 use super::kernels::Kernel;
 use super::WgpuBackend;
 use crate::backend::{shapes, AttentionSpec, Backend, SeqLayout, Tensor};
@@ -56,7 +56,8 @@ pub(super) fn layer_norm_backward(
     normed: &mut Tensor,
 ) -> Result<()> {
     let (n, d) = shapes::layer_norm_backward(pre, gamma, dy, dx, normed)?;
-    backend.check_loop_limit(4 * d as u64, || {
+    // Four passes over the row.
+    backend.check_loop_limit(direct_loop_iterations(4 * (d + 1)), || {
         format!("layer_norm_backward of rows of {d}")
     })?;
     let params = NormParams {
@@ -91,8 +92,9 @@ pub(super) fn attention_backward(
         return Ok(());
     }
     let (max_len, hd) = (layout.max_len(), spec.head_dim);
-    // The gradient pass's loop over keys runs four head-wide dot products a key.
-    backend.check_loop_limit((max_len * (4 * hd + 1)) as u64, || {
+    // The gradient pass's loop over keys runs four head-wide dot products a key (the statistics
+    // pass three).
+    backend.check_loop_limit(direct_loop_iterations(max_len * (4 * (hd + 1) + 1)), || {
         format!("attention_backward over {max_len} tokens with head_dim {hd}")
     })?;
     let (heads, sequences) = (spec.heads, layout.num_sequences());
@@ -154,7 +156,7 @@ pub(super) fn scatter_rows(
         .map(|w| w[1] - w[0])
         .max()
         .unwrap_or(0);
-    backend.check_loop_limit(most as u64, || {
+    backend.check_loop_limit(direct_loop_iterations(most as usize), || {
         format!("scatter_rows with {most} ids naming one row")
     })?;
     let params = ScatterParams {
