@@ -28,6 +28,36 @@ __device__ __forceinline__ float apply_activation(int act, float x) {
     }
 }
 
+// act'(x), the same definitions as `Activation::derivative` (the backward family).
+__device__ __forceinline__ float activation_derivative(int act, float x) {
+    switch (act) {
+    case ACT_GELU:  // Φ(x) + x·φ(x)
+        return 0.5f * (1.0f + erff(x * 0.70710678118654752f)) + x * expf(-0.5f * x * x) * 0.3989422804f;
+    case ACT_GELU_TANH: {
+        const float t = tanhf(0.7978845608f * (x + 0.044715f * x * x * x));
+        return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * 0.7978845608f * (1.0f + 3.0f * 0.044715f * x * x);
+    }
+    case ACT_QUICK_GELU: {
+        const float s = 1.0f / (1.0f + expf(-1.702f * x));
+        return s + 1.702f * x * s * (1.0f - s);
+    }
+    case ACT_SILU: {
+        const float s = 1.0f / (1.0f + expf(-x));
+        return s + x * s * (1.0f - s);
+    }
+    case ACT_RELU: return x > 0.0f ? 1.0f : 0.0f;
+    case ACT_TANH: {
+        const float t = tanhf(x);
+        return 1.0f - t * t;
+    }
+    case ACT_SIGMOID: {
+        const float s = 1.0f / (1.0f + expf(-x));
+        return s * (1.0f - s);
+    }
+    default: return 1.0f;
+    }
+}
+
 // NVRTC has no <cmath>, so no INFINITY macro.
 __device__ __forceinline__ float neg_infinity() { return __int_as_float(0xff800000); }
 

@@ -20,7 +20,9 @@
 //      lavapipe (MiniLM's 1317×384×1536: 1.6–3.1 s against 3.7–5.5 s, loaded 2-core machine).
 //   5. linear_tiled, f16 build — variant 2 on f16 weights, widened to f32 as they are loaded.
 //   6. linear_direct, f16 build — variant 3 on f16 weights.
-// Beside them, gated_activation (the gated feed-forward's act(gate) ⊙ up, at the end of the file).
+// Beside them, gated_activation (the gated feed-forward's act(gate) ⊙ up) and activation_backward
+// (the backward family's dy ⊙ act'(pre), here beside the activations it differentiates), at the end
+// of the file.
 // The f16 build (src/backend/wgpu/shader_builds.rs) is this file with `enable f16;` and `Weight`
 // aliased to f16; it needs the adapter's SHADER_F16 and halves the weight bytes read.
 
@@ -98,6 +100,43 @@ fn activate(v: f32) -> f32 {
         }
         default: {
             return v;
+        }
+    }
+}
+
+// Must match `Activation::derivative` in src/backend/params.rs.
+fn activation_derivative(v: f32) -> f32 {
+    switch p.activation {
+        case ACT_GELU: {
+            // Φ(v) + v·φ(v)
+            return 0.5 * erfc(-v * 0.70710678118654752) + v * exp(-0.5 * v * v) * 0.3989422804;
+        }
+        case ACT_GELU_TANH: {
+            let t = tanh(0.7978845608 * (v + 0.044715 * v * v * v));
+            return 0.5 * (1.0 + t)
+                + 0.5 * v * (1.0 - t * t) * 0.7978845608 * (1.0 + 3.0 * 0.044715 * v * v);
+        }
+        case ACT_QUICK_GELU: {
+            let s = sigmoid(1.702 * v);
+            return s + 1.702 * v * s * (1.0 - s);
+        }
+        case ACT_SILU: {
+            let s = sigmoid(v);
+            return s + v * s * (1.0 - s);
+        }
+        case ACT_RELU: {
+            return select(0.0, 1.0, v > 0.0);
+        }
+        case ACT_TANH: {
+            let t = tanh(v);
+            return 1.0 - t * t;
+        }
+        case ACT_SIGMOID: {
+            let s = sigmoid(v);
+            return s * (1.0 - s);
+        }
+        default: {
+            return 1.0;
         }
     }
 }
@@ -238,4 +277,19 @@ fn gated_activation(
     let row = i / p.m;
     let gate = row * 2u * p.m + (i - row * p.m);
     out[i] = activate(x[gate]) * x[gate + p.m];
+}
+
+// activation_backward — out[i] = residual[i] · act'(x[i]) for the pre-activation x and the
+// gradient at the activation's output bound as `residual`, all n·m values (m = `m`); one
+// invocation per value. The weight and bias bindings are bound but unused.
+@compute @workgroup_size(256)
+fn activation_backward(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let i = gid.y * groups.x * GATED_WORKGROUP + gid.x;
+    if i >= p.n * p.m {
+        return;
+    }
+    out[i] = residual[i] * activation_derivative(x[i]);
 }

@@ -24,8 +24,9 @@
 //! data/         classifier datasets (moons, blobs, digits) and ensemble scores
 //! io/           readers (texts, image folders, embeddings, samples, tensor files), the atomic
 //!               output writer, checkpoints of long runs
-//! backend/      the op set (`Backend`) on cpu/, wgpu/ and cuda/, one file per kernel family on
-//!               each, mirroring kernels/ (CUDA) and shaders/ (WGSL); parameter and result types
+//! backend/      the op set (`Backend`, its families in `OpFamily`: encoder, stats, trim, ntk,
+//!               backward) on cpu/, wgpu/ and cuda/, one file per kernel family on each, mirroring
+//!               kernels/ (CUDA) and shaders/ (WGSL); parameter and result types
 //! weights/      checkpoints on the host: memory-mapped safetensors and GGUF (dequantisation)
 //! tensor, random, error, limits: host tensors, counter-based hashes, the error type, thread and
 //!               memory bounds checked before work starts

@@ -38,6 +38,11 @@ backend_tests! {
     attention_padding_causal_window_and_grouped_heads,
     attention_over_long_sequences,
     pooling_modes_and_normalize,
+    activation_backward_of_every_activation: Backward,
+    layer_norm_backward_rows: Backward,
+    attention_backward_over_packed_sequences: Backward,
+    scatter_rows_adds_by_id: Backward,
+    backward_ops_reject_bad_shapes: Backward,
 }
 
 /// The last spans several depth blocks and column blocks of the CPU's packed GEMM (256 × 128),
@@ -590,4 +595,119 @@ fn pooling_modes_and_normalize(be: &Arc<dyn Backend>) {
             check_case(be, &OpCase::new(name, 5, op));
         }
     }
+}
+
+fn activation_backward_of_every_activation(be: &Arc<dyn Backend>) {
+    for act in Activation::ALL {
+        let op = CaseOp::ActivationBackward { n: 13, m: 37, act };
+        check_case(
+            be,
+            &OpCase::new(format!("activation_backward/{act:?}"), 6, op),
+        );
+    }
+}
+
+/// dx and the normalised rows, the first row offset by 30 (statistics must be centred).
+fn layer_norm_backward_rows(be: &Arc<dyn Backend>) {
+    for (n, d, eps) in [(9, 75, 1e-12), (5, 3, 1e-5), (3, 300, 1e-5)] {
+        let op = CaseOp::LayerNormBackward { n, d, eps };
+        check_case(be, &OpCase::new("layer_norm_backward", 7, op));
+    }
+}
+
+/// Packed sequences of uneven lengths with an empty one among them (a padded batch's layout):
+/// each sequence's gradients come from its own rows only.
+fn attention_backward_over_packed_sequences(be: &Arc<dyn Backend>) {
+    let lengths = vec![1, 17, 0, 5, 33, 2];
+    for (heads, head_dim) in [(3, 7), (2, 16), (1, 33)] {
+        let spec = AttentionSpec::bidirectional(heads, head_dim);
+        let op = CaseOp::AttentionBackward {
+            lengths: lengths.clone(),
+            spec,
+        };
+        let name = format!("attention_backward/{heads}×{head_dim}");
+        check_case(be, &OpCase::new(name, 8, op));
+    }
+}
+
+/// More ids than rows, so rows repeat; some rows named by no id; no ids at all.
+fn scatter_rows_adds_by_id(be: &Arc<dyn Backend>) {
+    for (rows, ids) in [(23, 50), (7, 3), (5, 0)] {
+        for accumulate in [false, true] {
+            let op = CaseOp::ScatterRows {
+                rows,
+                d: 19,
+                ids,
+                accumulate,
+            };
+            check_case(be, &OpCase::new("scatter_rows", 9, op));
+        }
+    }
+}
+
+fn backward_ops_reject_bad_shapes(be: &dyn Backend) {
+    let t = |shape: &[usize]| poisoned(be, shape);
+    let expect = |result: mscope::Result<()>, needle: &str| {
+        let err = result.expect_err(needle);
+        assert!(err.to_string().contains(needle), "{}: {err}", be.name());
+    };
+    expect(
+        be.activation_backward(&t(&[3, 4]), &t(&[3, 5]), Activation::Gelu, &mut t(&[3, 4])),
+        "activation_backward: gradient [3, 5] and output [3, 4], expected the pre-activation's \
+         [3, 4]",
+    );
+    expect(
+        be.layer_norm_backward(
+            &t(&[2, 6]),
+            &t(&[5]),
+            1e-5,
+            &t(&[2, 6]),
+            &mut t(&[2, 6]),
+            &mut t(&[2, 6]),
+        ),
+        "layer_norm_backward: gamma [5], expected [6]",
+    );
+    expect(
+        be.layer_norm_backward(
+            &t(&[2, 6]),
+            &t(&[6]),
+            1e-5,
+            &t(&[2, 6]),
+            &mut t(&[2, 6]),
+            &mut t(&[3, 6]),
+        ),
+        "layer_norm_backward: normed rows [3, 6], expected the input's [2, 6]",
+    );
+    let layout = SeqLayout::from_lengths([2, 3]);
+    let spec = AttentionSpec::bidirectional(2, 4);
+    let causal = AttentionSpec {
+        causal: true,
+        ..spec
+    };
+    expect(
+        be.attention_backward(
+            &t(&[5, 24]),
+            &layout,
+            &causal,
+            &t(&[5, 8]),
+            &mut t(&[5, 24]),
+        ),
+        "attention_backward: only bidirectional attention",
+    );
+    expect(
+        be.attention_backward(&t(&[5, 24]), &layout, &spec, &t(&[5, 7]), &mut t(&[5, 24])),
+        "attention_backward: attention: gradient shape [5, 7], expected [5, 8]",
+    );
+    expect(
+        be.attention_backward(&t(&[5, 24]), &layout, &spec, &t(&[5, 8]), &mut t(&[5, 23])),
+        "attention_backward: d_qkv shape [5, 23], expected qkv's [5, 24]",
+    );
+    expect(
+        be.scatter_rows(&t(&[2, 3]), &[0, 4], false, &mut t(&[4, 3])),
+        "scatter_rows: index 4 out of range for a table of 4 rows",
+    );
+    expect(
+        be.scatter_rows(&t(&[2, 3]), &[0], true, &mut t(&[4, 3])),
+        "scatter_rows: gradient rows [2, 3], expected [1, 3] (one row per id)",
+    );
 }

@@ -687,3 +687,106 @@ fn ntk_seq_ops_run_to_llvmpipes_loop_limit_and_refuse_past_it() {
         assert!(err < 1e-5, "{tokens} tokens: relative error {err}");
     }
 }
+
+#[test]
+fn backward_ops_run_to_llvmpipes_loop_limit_and_refuse_past_it() {
+    let Some(be) = open(WgpuOptions::default()) else {
+        return;
+    };
+    if be.adapter_info().driver != "llvmpipe" {
+        return skip("the loop limit is llvmpipe's");
+    }
+    // The host's bounds admit rows of 13 105 for layer_norm_backward, 759 tokens at head_dim 16
+    // for attention_backward and 52 427 ids of one row for scatter_rows, and refuse one more;
+    // the longest admitted of each must be computed in full.
+    let cpu = CpuBackend::new();
+    let mut rng = Rng::new(41);
+    let check = |what: &str, got: &mscope::backend::Tensor, want: &mscope::backend::Tensor| {
+        let err = rel_error(&be.download(got).unwrap(), &cpu.download(want).unwrap());
+        assert!(err < 1e-5, "{what}: relative error {err}");
+    };
+
+    let n = 3;
+    for (d, admitted) in [(13_105, true), (13_106, false)] {
+        let (x, gamma, dy) = (rng.vec(n * d), rng.vec(d), rng.vec(n * d));
+        let (mut dx, mut normed) = (poisoned(&be, &[n, d]), poisoned(&be, &[n, d]));
+        let result = be.layer_norm_backward(
+            &upload(&be, &[n, d], &x),
+            &upload(&be, &[d], &gamma),
+            1e-5,
+            &upload(&be, &[n, d], &dy),
+            &mut dx,
+            &mut normed,
+        );
+        if !admitted {
+            let err = result.unwrap_err().to_string();
+            assert!(err.contains(&format!("rows of {d}")), "{err}");
+            continue;
+        }
+        result.unwrap();
+        let (mut want_dx, mut want_normed) =
+            (cpu.zeros(&[n, d]).unwrap(), cpu.zeros(&[n, d]).unwrap());
+        cpu.layer_norm_backward(
+            &upload(&cpu, &[n, d], &x),
+            &upload(&cpu, &[d], &gamma),
+            1e-5,
+            &upload(&cpu, &[n, d], &dy),
+            &mut want_dx,
+            &mut want_normed,
+        )
+        .unwrap();
+        check("layer_norm_backward dx", &dx, &want_dx);
+        check("layer_norm_backward normed", &normed, &want_normed);
+    }
+
+    let spec = AttentionSpec::bidirectional(1, 16);
+    for (len, admitted) in [(759, true), (760, false)] {
+        let layout = SeqLayout::from_lengths([len]);
+        let (qkv, d_out) = (rng.vec(len * 48), rng.vec(len * 16));
+        let mut d_qkv = poisoned(&be, &[len, 48]);
+        let result = be.attention_backward(
+            &upload(&be, &[len, 48], &qkv),
+            &layout,
+            &spec,
+            &upload(&be, &[len, 16], &d_out),
+            &mut d_qkv,
+        );
+        if !admitted {
+            let err = result.unwrap_err().to_string();
+            assert!(err.contains(&format!("over {len} tokens")), "{err}");
+            continue;
+        }
+        result.unwrap();
+        let mut want = cpu.zeros(&[len, 48]).unwrap();
+        cpu.attention_backward(
+            &upload(&cpu, &[len, 48], &qkv),
+            &layout,
+            &spec,
+            &upload(&cpu, &[len, 16], &d_out),
+            &mut want,
+        )
+        .unwrap();
+        check("attention_backward", &d_qkv, &want);
+    }
+
+    for (count, admitted) in [(52_427, true), (52_428, false)] {
+        // Every id names row 1 of a 3-row table; rows 0 and 2 must come out zero.
+        let ids = vec![1u32; count];
+        let delta = rng.vec(count * 2);
+        let mut table = poisoned(&be, &[3, 2]);
+        let result = be.scatter_rows(&upload(&be, &[count, 2], &delta), &ids, false, &mut table);
+        if !admitted {
+            let err = result.unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{count} ids naming one row")),
+                "{err}"
+            );
+            continue;
+        }
+        result.unwrap();
+        let mut want = cpu.zeros(&[3, 2]).unwrap();
+        cpu.scatter_rows(&upload(&cpu, &[count, 2], &delta), &ids, false, &mut want)
+            .unwrap();
+        check("scatter_rows", &table, &want);
+    }
+}

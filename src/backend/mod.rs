@@ -101,6 +101,12 @@ pub enum OpFamily {
     Stats,
     /// trim_search.
     Trim,
+    /// activation_backward, layer_norm_backward, attention_backward, scatter_rows: the gradient
+    /// kernels of a transformer classifier's backward pass. A linear layer's input gradient
+    /// `dx = δ·W` is `linear` with the transposed weight (and `dx` of a residual branch as its
+    /// residual), so it has no op of its own; its weight and bias gradients are the tangent-kernel
+    /// instrument's `ntk_*` factors.
+    Backward,
     /// ntk_contract, ntk_contract_seq, ntk_sample_gradients, jl_project: the tangent-kernel
     /// instrument's device work.
     Ntk,
@@ -313,6 +319,62 @@ pub trait Backend: Send + Sync {
         spec: &JlSpec,
         accumulate: bool,
         out: &mut Tensor,
+    ) -> Result<()>;
+
+    // backward
+
+    /// `out = dy ⊙ act'(pre)`: the gradient at an epilogue's pre-activation `pre: [n, m]` (the
+    /// `linear` output before `act`) from the gradient `dy: [n, m]` at its output.
+    fn activation_backward(
+        &self,
+        pre: &Tensor,
+        dy: &Tensor,
+        act: Activation,
+        out: &mut Tensor,
+    ) -> Result<()>;
+
+    /// LayerNorm's backward pass over the rows `pre: [n, d]` it normalised, with `gamma: [d]`:
+    /// from the gradient `dy: [n, d]` at its output, writes the gradient `dx: [n, d]` at its
+    /// input, `(g − mean(g) − x̂·mean(g ⊙ x̂))/σ` with `g = dy ⊙ γ`, and the normalised rows
+    /// `normed = x̂ = (x − μ)/σ: [n, d]`, from which the caller forms the per-token parameter
+    /// gradients `∂/∂γ = dy ⊙ x̂` and `∂/∂β = dy`. Row statistics as in `layer_norm`
+    /// (biased variance, `eps` inside the root).
+    fn layer_norm_backward(
+        &self,
+        pre: &Tensor,
+        gamma: &Tensor,
+        eps: f32,
+        dy: &Tensor,
+        dx: &mut Tensor,
+        normed: &mut Tensor,
+    ) -> Result<()>;
+
+    /// The backward pass of `attention` for bidirectional attention without grouped heads
+    /// (`causal` false, no window, `kv_heads == heads`; others are refused): from the packed
+    /// `qkv: [tokens, 3·heads·head_dim]` the forward read and the gradient `d_out: [tokens,
+    /// heads·head_dim]` at its output, writes `d_qkv` of `qkv`'s shape (dQ, dK, dV side by side
+    /// as Q, K, V are). With `P = softmax(scale·Q·Kᵀ)` per sequence and head: `dV = Pᵀ·dO`,
+    /// `dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O))`, `dQ = scale·dS·K`, `dK = scale·dSᵀ·Q`; sequences of
+    /// `layout` never see each other, so padding needs no mask.
+    fn attention_backward(
+        &self,
+        qkv: &Tensor,
+        layout: &SeqLayout,
+        spec: &AttentionSpec,
+        d_out: &Tensor,
+        d_qkv: &mut Tensor,
+    ) -> Result<()>;
+
+    /// The adjoint of `gather_rows`: `table[r] (+)= Σ_{i: ids[i] = r} delta[i]` for `delta:
+    /// [ids.len(), d]` and `table: [rows, d]`, the sum over each row's ids in the order of `i`;
+    /// without `accumulate` every row of `table` is overwritten (rows no id names become zero).
+    /// An embedding table's gradient: a sample's when `ids` and `delta` are its tokens.
+    fn scatter_rows(
+        &self,
+        delta: &Tensor,
+        ids: &[u32],
+        accumulate: bool,
+        table: &mut Tensor,
     ) -> Result<()>;
 
     // trim

@@ -390,3 +390,125 @@ pub(crate) fn square_finite(what: &str, index: usize, a: &super::Matrix64) -> Re
         format!("{what}: matrix {index} of the batch has a non-finite entry")
     })
 }
+
+/// `(n, m)` of [`super::Backend::activation_backward`]: `pre`, `dy` and `out` all `[n, m]`.
+pub(crate) fn activation_backward(
+    pre: &Tensor,
+    dy: &Tensor,
+    out: &Tensor,
+) -> Result<(usize, usize)> {
+    let (n, m) = pre.dims2("activation_backward pre-activation")?;
+    ensure(dy.shape() == [n, m] && out.shape() == [n, m], || {
+        format!(
+            "activation_backward: gradient {:?} and output {:?}, expected the pre-activation's \
+             [{n}, {m}]",
+            dy.shape(),
+            out.shape()
+        )
+    })?;
+    Ok((n, m))
+}
+
+/// `(n, d)` of [`super::Backend::layer_norm_backward`]: `pre`, `dy`, `dx`, `normed` all
+/// `[n, d]`, `gamma: [d]`, `d > 0`.
+pub(crate) fn layer_norm_backward(
+    pre: &Tensor,
+    gamma: &Tensor,
+    dy: &Tensor,
+    dx: &Tensor,
+    normed: &Tensor,
+) -> Result<(usize, usize)> {
+    let (n, d) = pre.dims2("layer_norm_backward input rows")?;
+    ensure(d > 0, || "layer_norm_backward: rows of width 0".to_string())?;
+    ensure(gamma.shape() == [d], || {
+        format!(
+            "layer_norm_backward: gamma {:?}, expected [{d}]",
+            gamma.shape()
+        )
+    })?;
+    for (what, t) in [("gradient", dy), ("dx", dx), ("normed rows", normed)] {
+        ensure(t.shape() == [n, d], || {
+            format!(
+                "layer_norm_backward: {what} {:?}, expected the input's [{n}, {d}]",
+                t.shape()
+            )
+        })?;
+    }
+    Ok((n, d))
+}
+
+/// Checks [`super::Backend::attention_backward`]: a spec it covers (bidirectional, no window,
+/// no grouped heads), `qkv` and `d_out` as `attention` takes and writes them, `d_qkv` of `qkv`'s
+/// shape.
+pub(crate) fn attention_backward(
+    qkv: &Tensor,
+    layout: &SeqLayout,
+    spec: &AttentionSpec,
+    d_out: &Tensor,
+    d_qkv: &Tensor,
+) -> Result<()> {
+    ensure(
+        !spec.causal && spec.window.is_none() && spec.kv_heads == spec.heads,
+        || {
+            "attention_backward: only bidirectional attention without a window or grouped heads \
+             has a backward pass"
+                .to_string()
+        },
+    )?;
+    attention(qkv, layout, spec, d_out).map_err(|e| {
+        Error::input(format!(
+            "attention_backward: {}",
+            e.to_string().replace("output shape", "gradient shape")
+        ))
+    })?;
+    ensure(d_qkv.shape() == qkv.shape(), || {
+        format!(
+            "attention_backward: d_qkv shape {:?}, expected qkv's {:?}",
+            d_qkv.shape(),
+            qkv.shape()
+        )
+    })
+}
+
+/// `(rows, d)` of [`super::Backend::scatter_rows`]: `delta: [ids.len(), d]`, `table: [rows, d]`,
+/// every id below `rows`.
+pub(crate) fn scatter_rows(delta: &Tensor, ids: &[u32], table: &Tensor) -> Result<(usize, usize)> {
+    let (rows, d) = table.dims2("scatter_rows table")?;
+    ensure(delta.shape() == [ids.len(), d], || {
+        format!(
+            "scatter_rows: gradient rows {:?}, expected [{}, {d}] (one row per id)",
+            delta.shape(),
+            ids.len()
+        )
+    })?;
+    if let Some(&bad) = ids.iter().find(|&&id| id as usize >= rows) {
+        return Err(Error::input(format!(
+            "scatter_rows: index {bad} out of range for a table of {rows} rows"
+        )));
+    }
+    Ok((rows, d))
+}
+
+/// The CSR index of `ids` (checked by [`scatter_rows`]) over a table of `rows` rows, which the
+/// GPU `scatter_rows` kernels read: `rows + 1` offsets, and the positions of the ids sorted by id
+/// (stable, so each row's ids stay in order and sum as on the CPU).
+pub(crate) fn ids_by_row(ids: &[u32], rows: usize) -> Result<(Vec<u32>, Vec<u32>)> {
+    ensure(u32::try_from(ids.len()).is_ok(), || {
+        format!("scatter_rows: {} ids exceed u32", ids.len())
+    })?;
+    let mut starts = vec![0u32; rows + 1];
+    for &id in ids {
+        starts[id as usize + 1] += 1;
+    }
+    for r in 0..rows {
+        starts[r + 1] += starts[r];
+    }
+    let mut next = starts.clone();
+    let mut order = vec![0u32; ids.len()];
+    for (i, &id) in ids.iter().enumerate() {
+        let slot = &mut next[id as usize];
+        order[*slot as usize] = i as u32;
+        *slot += 1;
+    }
+    Ok((starts, order))
+}

@@ -3,14 +3,15 @@
 //! instruments' own sizes (covariance of 10 000 rows, α̂ over 100 models, NTK tiles).
 //!
 //! Counted work: `linear` `2·n·k·m` FLOPs; attention `4·head_dim` FLOPs per (query, key, head)
-//! the mask allows (QKᵀ and PV; softmax not counted); covariance `n·d²` f64 FLOPs (the lower
+//! the mask allows (QKᵀ and PV; softmax not counted), its backward pass `10·head_dim` (S, dP,
+//! dV, dQ, dK); covariance `n·d²` f64 FLOPs (the lower
 //! half); eigen `9·d³` f64 FLOPs (Golub–Van Loan's count for values and vectors); contraction
 //! `2·r·c·(p + q)` (over tokens for the sequence form), a per-sample gradient `2·T·p·(q + 1)`;
 //! projection `2·n·d·k`. Bytes are each op's inputs read once and outputs
 //! written once, in their element type (f16 weights count 2 bytes each), except the sort of
 //! `trim_search` (see [`trim`]).
 //!
-//! The encoder ops' cases are [`super::cases`]' op cases, the ones `tests/ops.rs` checks at test
+//! The encoder and backward ops' cases are [`super::cases`]' op cases, the ones `tests/ops.rs` checks at test
 //! sizes; the stats, trim and NTK cases are timed here only (tests/pca.rs, tests/alpha.rs and
 //! tests/ntk.rs check those ops).
 
@@ -121,6 +122,11 @@ pub fn cases(scale: Scale) -> Vec<Case> {
         l2_normalize("bert-base", rows, 768),
         gather("bert-base-vocab", 30_522, 768, rows),
         pool("minilm-mean", rows / 128, 128, 384),
+        // The backward family at BERT-base's shapes over CoLA-length (12-token) sentences.
+        activation_backward("bert-base-ffn", rows, 3072),
+        layer_norm_backward("bert-base", rows, 768),
+        attention_backward("bert-base-cola", vec![12; scale.rows(1024, 32)]),
+        scatter_rows("bert-base-vocab", 30_522, 768, 12),
         scatter("covariance", scale.rows(10_000, 1_000), 1024),
         eigen(8, scale.rows(256, 64)),
         eigen(1, scale.rows(1024, 128)),
@@ -248,6 +254,38 @@ fn pool(model: &str, sequences: usize, len: usize, d: usize) -> Case {
         normalize: false,
     };
     timed(OpCase::new(format!("pool/{model}"), 12, op))
+}
+
+fn activation_backward(model: &str, n: usize, m: usize) -> Case {
+    let op = CaseOp::ActivationBackward {
+        n,
+        m,
+        act: Activation::Gelu,
+    };
+    timed(OpCase::new(format!("activation_backward/{model}"), 30, op))
+}
+
+fn layer_norm_backward(model: &str, n: usize, d: usize) -> Case {
+    let op = CaseOp::LayerNormBackward { n, d, eps: 1e-12 };
+    timed(OpCase::new(format!("layer_norm_backward/{model}"), 31, op))
+}
+
+fn attention_backward(model: &str, lengths: Vec<usize>) -> Case {
+    let spec = AttentionSpec::bidirectional(12, 64);
+    let op = CaseOp::AttentionBackward { lengths, spec };
+    timed(OpCase::new(format!("attention_backward/{model}"), 32, op))
+}
+
+/// One sentence's gradient rows scattered into a vocabulary-sized table (a per-sample
+/// embedding gradient).
+fn scatter_rows(model: &str, vocab: usize, d: usize, ids: usize) -> Case {
+    let op = CaseOp::ScatterRows {
+        rows: vocab,
+        d,
+        ids,
+        accumulate: false,
+    };
+    timed(OpCase::new(format!("scatter_rows/{model}"), 33, op))
 }
 
 fn scatter(what: &str, n: usize, d: usize) -> Case {

@@ -5,6 +5,11 @@
 //! are left to the caller, which keeps them per sample (`Δᵀ A` for a GEMM, rows scattered by id
 //! for an embedding, sums over each sample's tokens for biases and LayerNorm).
 //!
+//! `activation_backward`, `layer_norm_backward`, `attention_backward` and `scatter_rows` are also
+//! the CPU's ops of the backward family ([`crate::backend::OpFamily::Backward`]), through
+//! [`on_tensors`]; the GPU kernels are checked against them. A linear layer's input gradient
+//! (`linear_input_backward`) is `linear` on the transposed weight on a device.
+//!
 //! Row statistics (LayerNorm's mean and variance, softmax's `Σ P ⊙ dP`) accumulate in f64: they
 //! are differences of nearly equal sums, and the cost is a few flops a value.
 
@@ -216,4 +221,72 @@ pub fn scatter_rows(delta: &[f32], ids: &[u32], rows: usize, width: usize) -> Re
             .for_each(|(t, &v)| *t += v);
     }
     Ok(table)
+}
+
+/// The [`crate::backend::Backend`] ops of the backward family on CPU tensors: shape checks, then
+/// the host functions above on the tensors' values.
+pub(super) mod on_tensors {
+    use super::super::common::{values, values_mut};
+    use crate::backend::{shapes, Activation, AttentionSpec, SeqLayout, Tensor};
+    use crate::error::Result;
+
+    pub(in crate::backend::cpu) fn activation_backward(
+        pre: &Tensor,
+        dy: &Tensor,
+        act: Activation,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        shapes::activation_backward(pre, dy, out)?;
+        let dz = super::activation_backward(act, values(pre)?, values(dy)?);
+        values_mut(out)?.copy_from_slice(&dz);
+        Ok(())
+    }
+
+    pub(in crate::backend::cpu) fn layer_norm_backward(
+        pre: &Tensor,
+        gamma: &Tensor,
+        eps: f32,
+        dy: &Tensor,
+        dx: &mut Tensor,
+        normed: &mut Tensor,
+    ) -> Result<()> {
+        shapes::layer_norm_backward(pre, gamma, dy, dx, normed)?;
+        let (grad, rows) =
+            super::layer_norm_backward(values(pre)?, values(gamma)?, eps, values(dy)?);
+        values_mut(dx)?.copy_from_slice(&grad);
+        values_mut(normed)?.copy_from_slice(&rows);
+        Ok(())
+    }
+
+    pub(in crate::backend::cpu) fn attention_backward(
+        qkv: &Tensor,
+        layout: &SeqLayout,
+        spec: &AttentionSpec,
+        d_out: &Tensor,
+        d_qkv: &mut Tensor,
+    ) -> Result<()> {
+        shapes::attention_backward(qkv, layout, spec, d_out, d_qkv)?;
+        let grad = super::attention_backward(values(qkv)?, layout, spec, values(d_out)?)?;
+        values_mut(d_qkv)?.copy_from_slice(&grad);
+        Ok(())
+    }
+
+    /// Each row's ids summed in order from zero, then added to the table when `accumulate`
+    /// (the order the GPU kernels follow, so the backends round alike).
+    pub(in crate::backend::cpu) fn scatter_rows(
+        delta: &Tensor,
+        ids: &[u32],
+        accumulate: bool,
+        table: &mut Tensor,
+    ) -> Result<()> {
+        let (rows, d) = shapes::scatter_rows(delta, ids, table)?;
+        let sums = super::scatter_rows(values(delta)?, ids, rows, d)?;
+        let table = values_mut(table)?;
+        if accumulate {
+            table.iter_mut().zip(&sums).for_each(|(t, s)| *t += s);
+        } else {
+            table.copy_from_slice(&sums);
+        }
+        Ok(())
+    }
 }

@@ -11,8 +11,10 @@
 //! (also the public [`gemm()`] and [`Operand`] of host loops) and `gemm_packed` (GEMM variants
 //! 8 and 9, and every GEMM on half-precision weights), `norm`, `rope`, `attention`,
 //! `gather`, `pool`, `ntk`, `stats`, `trim` — each holding functions named like the [`Backend`]
-//! methods they implement; `activation` holds the vectorised epilogues, `common` what several
-//! families share (tensor values, packed-sequence splits, lane sums). `impl Backend` below only
+//! methods they implement (`backward` holds the host-slice functions the classifier's backward
+//! pass calls, and in `backward::on_tensors` the backward family's ops over them); `activation`
+//! holds the vectorised epilogues, `common` what several families share (tensor values,
+//! packed-sequence splits, lane sums). `impl Backend` below only
 //! delegates, one line an op. A new op goes into its family's file (a new file for a new
 //! family) and gets its one line here.
 
@@ -257,6 +259,49 @@ impl Backend for CpuBackend {
     }
 
     // trim
+
+    fn activation_backward(
+        &self,
+        pre: &Tensor,
+        dy: &Tensor,
+        act: Activation,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        backward::on_tensors::activation_backward(pre, dy, act, out)
+    }
+
+    fn layer_norm_backward(
+        &self,
+        pre: &Tensor,
+        gamma: &Tensor,
+        eps: f32,
+        dy: &Tensor,
+        dx: &mut Tensor,
+        normed: &mut Tensor,
+    ) -> Result<()> {
+        backward::on_tensors::layer_norm_backward(pre, gamma, eps, dy, dx, normed)
+    }
+
+    fn attention_backward(
+        &self,
+        qkv: &Tensor,
+        layout: &SeqLayout,
+        spec: &AttentionSpec,
+        d_out: &Tensor,
+        d_qkv: &mut Tensor,
+    ) -> Result<()> {
+        backward::on_tensors::attention_backward(qkv, layout, spec, d_out, d_qkv)
+    }
+
+    fn scatter_rows(
+        &self,
+        delta: &Tensor,
+        ids: &[u32],
+        accumulate: bool,
+        table: &mut Tensor,
+    ) -> Result<()> {
+        backward::on_tensors::scatter_rows(delta, ids, accumulate, table)
+    }
 
     fn trim_search(
         &self,

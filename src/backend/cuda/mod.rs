@@ -8,8 +8,8 @@
 //! kernel; release builds surface asynchronous errors at the next synchronisation.
 //!
 //! Shape: one file per kernel family, mirroring `kernels/*.cu` — `gemm`, `norm`, `rope`,
-//! `attention`, `gather`, `pool`, `ntk`, `stats` — each holding functions named like the
-//! [`Backend`] methods they implement, with their variant choice, launch configuration and
+//! `attention`, `gather`, `pool`, `ntk`, `stats`, `backward` — each holding functions named like
+//! the [`Backend`] methods they implement, with their variant choice, launch configuration and
 //! `#[repr(C)]` parameter structs. `device` holds the plumbing they share (device set-up, kernel
 //! lookup and launch, tensor buffers, small uploads, grid arithmetic), [`nvrtc`] the compilation
 //! and cubin cache, `memory` the storage of a tensor. `impl Backend` below only delegates, one
@@ -17,6 +17,7 @@
 //! and gets its one line here.
 
 mod attention;
+mod backward;
 mod device;
 mod gather;
 mod gemm;
@@ -336,6 +337,49 @@ impl Backend for CudaBackend {
     // trim
 
     /// Trim has no CUDA kernels (kernels/ has no trim family): unsupported, as `supports` says.
+    fn activation_backward(
+        &self,
+        pre: &Tensor,
+        dy: &Tensor,
+        act: Activation,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        backward::activation_backward(self, pre, dy, act, out)
+    }
+
+    fn layer_norm_backward(
+        &self,
+        pre: &Tensor,
+        gamma: &Tensor,
+        eps: f32,
+        dy: &Tensor,
+        dx: &mut Tensor,
+        normed: &mut Tensor,
+    ) -> Result<()> {
+        backward::layer_norm_backward(self, pre, gamma, eps, dy, dx, normed)
+    }
+
+    fn attention_backward(
+        &self,
+        qkv: &Tensor,
+        layout: &SeqLayout,
+        spec: &AttentionSpec,
+        d_out: &Tensor,
+        d_qkv: &mut Tensor,
+    ) -> Result<()> {
+        backward::attention_backward(self, qkv, layout, spec, d_out, d_qkv)
+    }
+
+    fn scatter_rows(
+        &self,
+        delta: &Tensor,
+        ids: &[u32],
+        accumulate: bool,
+        table: &mut Tensor,
+    ) -> Result<()> {
+        backward::scatter_rows(self, delta, ids, accumulate, table)
+    }
+
     fn trim_search(
         &self,
         _candidates: &[&[f32]],

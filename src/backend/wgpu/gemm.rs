@@ -176,6 +176,42 @@ pub(super) fn gated_activation(
     Ok(())
 }
 
+/// The backward family's `dy ⊙ act'(pre)`, in gemm.wgsl beside the activations: `pre` bound as
+/// the input, `dy` as the residual.
+pub(super) fn activation_backward(
+    backend: &WgpuBackend,
+    pre: &Tensor,
+    dy: &Tensor,
+    act: Activation,
+    out: &mut Tensor,
+) -> Result<()> {
+    let (n, m) = shapes::activation_backward(pre, dy, out)?;
+    if n * m == 0 {
+        return Ok(());
+    }
+    let unused = &backend.placeholder;
+    let buffers = [
+        backend.buffer(pre, "activation_backward pre-activation")?,
+        unused,
+        unused,
+        backend.buffer(dy, "activation_backward gradient")?,
+        backend.buffer(out, "activation_backward output")?,
+    ];
+    let params = LinearParams {
+        n: to_u32(n, "activation_backward rows")?,
+        k: 0,
+        m: to_u32(m, "activation_backward width")?,
+        has_bias: 0,
+        has_residual: 1,
+        activation: act.code(),
+        col0: 0,
+        out_stride: 0,
+    };
+    let groups = backend.grid((n * m).div_ceil(GATED_WORKGROUP))?;
+    backend.dispatch(Kernel::ActivationBackward, &params, &buffers, groups);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

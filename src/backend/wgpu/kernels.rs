@@ -35,6 +35,8 @@ pub(super) enum Kernel {
     LinearDirectF16,
     /// `act(gate) ⊙ up` (gemm.wgsl, f32 build).
     GatedActivation,
+    /// `dy ⊙ act'(pre)` (gemm.wgsl, f32 build; the backward family).
+    ActivationBackward,
     LayerNorm,
     L2Normalize,
     RmsNorm,
@@ -60,6 +62,11 @@ pub(super) enum Kernel {
     JlProject,
     GroupSums,
     ScatterTiled,
+    /// The backward family (backward.wgsl).
+    LayerNormBackward,
+    AttentionBackwardStats,
+    AttentionBackward,
+    ScatterRows,
     /// Trim stage 1: bitonic stages within a workgroup tile.
     BitonicLocal,
     /// Trim stage 2: one bitonic stage with a long stride, in storage.
@@ -77,7 +84,10 @@ impl Kernel {
             Cow::Owned(f16_build(source).expect("the shader aliases its weight element type"))
         };
         Cow::Borrowed(match self {
-            Kernel::LinearTiled | Kernel::LinearDirect | Kernel::GatedActivation => GEMM,
+            Kernel::LinearTiled
+            | Kernel::LinearDirect
+            | Kernel::GatedActivation
+            | Kernel::ActivationBackward => GEMM,
             Kernel::LinearTiledF16 | Kernel::LinearDirectF16 => return f16_build(GEMM),
             Kernel::LayerNorm | Kernel::L2Normalize | Kernel::RmsNorm => NORM,
             Kernel::LayerNormSubgroup | Kernel::L2NormalizeSubgroup | Kernel::RmsNormSubgroup => {
@@ -97,6 +107,10 @@ impl Kernel {
             | Kernel::SampleGradients
             | Kernel::JlProject => include_str!("../../../shaders/ntk.wgsl"),
             Kernel::GroupSums | Kernel::ScatterTiled => include_str!("../../../shaders/stats.wgsl"),
+            Kernel::LayerNormBackward
+            | Kernel::AttentionBackwardStats
+            | Kernel::AttentionBackward
+            | Kernel::ScatterRows => include_str!("../../../shaders/backward.wgsl"),
             Kernel::BitonicLocal | Kernel::BitonicGlobal | Kernel::EcdfCounts => {
                 include_str!("../../../shaders/trim.wgsl")
             }
@@ -108,6 +122,11 @@ impl Kernel {
             Kernel::LinearTiled | Kernel::LinearTiledF16 => "linear_tiled",
             Kernel::LinearDirect | Kernel::LinearDirectF16 => "linear_direct",
             Kernel::GatedActivation => "gated_activation",
+            Kernel::ActivationBackward => "activation_backward",
+            Kernel::LayerNormBackward => "layer_norm_backward",
+            Kernel::AttentionBackwardStats => "attention_backward_stats",
+            Kernel::AttentionBackward => "attention_backward",
+            Kernel::ScatterRows => "scatter_rows",
             Kernel::LayerNorm | Kernel::LayerNormSubgroup => "layer_norm",
             Kernel::L2Normalize | Kernel::L2NormalizeSubgroup => "l2_normalize",
             Kernel::RmsNorm | Kernel::RmsNormSubgroup => "rms_norm",
@@ -136,7 +155,16 @@ impl Kernel {
             | Kernel::LinearDirect
             | Kernel::LinearTiledF16
             | Kernel::LinearDirectF16
-            | Kernel::GatedActivation => &[Read, Read, Read, Read, ReadWrite],
+            | Kernel::GatedActivation
+            | Kernel::ActivationBackward => &[Read, Read, Read, Read, ReadWrite],
+            // pre, gamma, dy, dx, normed
+            Kernel::LayerNormBackward => &[Read, Read, Read, ReadWrite, ReadWrite],
+            // qkv, sequence starts, d_out, row statistics, d_qkv
+            Kernel::AttentionBackwardStats | Kernel::AttentionBackward => {
+                &[Read, Read, Read, ReadWrite, ReadWrite]
+            }
+            // delta, row starts, tokens sorted by id, table
+            Kernel::ScatterRows => &[Read, Read, Read, ReadWrite],
             // x, gamma, beta
             Kernel::LayerNorm | Kernel::LayerNormSubgroup => &[ReadWrite, Read, Read],
             // x

@@ -6,10 +6,12 @@
 //! One file per kernel family, named like its shader in `shaders/`: `gemm.rs` (`linear`),
 //! `norm.rs` (`layer_norm`, `rms_norm`, `l2_normalize`), `rope.rs`, `attention.rs`, `gather.rs`
 //! (`gather_rows`), `pool.rs`, `ntk.rs` (`ntk_contract`, `jl_project`), `stats.rs` (`scatter`,
-//! `symmetric_eigen`, `spd_solve`) and `trim.rs` (`trim_search`). Each holds one function per op,
-//! named like the [`Backend`] method that calls it in one line below, together with what only that
-//! family knows: which kernel (and [`GemmVariant`]) it runs, its workgroup sizes and the other
-//! constants that must match its shader, and its `#[repr(C)]` `Params` block. Around them:
+//! `symmetric_eigen`, `spd_solve`), `trim.rs` (`trim_search`) and `backward.rs`
+//! (`layer_norm_backward`, `attention_backward`, `scatter_rows`; `activation_backward` is in
+//! `gemm.rs`, beside the activations). Each holds one function per op, named like the
+//! [`Backend`] method that calls it in one line below, together with what only that family knows:
+//! which kernel (and [`GemmVariant`]) it runs, its workgroup sizes and the other constants that
+//! must match its shader, and its `#[repr(C)]` `Params` block. Around them:
 //! `device.rs` (opening the adapter, the pending encoder, waiting and mapping, the generic
 //! `dispatch`, the lookup of a tensor's buffers), `memory.rs` (tensor storage and the memory ops),
 //! `timer.rs` (the device timer), `kernels.rs` (every entry point's source, name and bind-group
@@ -33,6 +35,7 @@
 
 mod adapter;
 mod attention;
+mod backward;
 mod device;
 mod gather;
 mod gemm;
@@ -179,7 +182,11 @@ impl Backend for WgpuBackend {
     fn supports(&self, family: OpFamily) -> bool {
         matches!(
             family,
-            OpFamily::Encoder | OpFamily::Stats | OpFamily::Ntk | OpFamily::Trim
+            OpFamily::Encoder
+                | OpFamily::Stats
+                | OpFamily::Ntk
+                | OpFamily::Trim
+                | OpFamily::Backward
         )
     }
 
@@ -341,6 +348,49 @@ impl Backend for WgpuBackend {
         out: &mut Tensor,
     ) -> Result<()> {
         ntk::jl_project(self, x, spec, accumulate, out)
+    }
+
+    fn activation_backward(
+        &self,
+        pre: &Tensor,
+        dy: &Tensor,
+        act: Activation,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        gemm::activation_backward(self, pre, dy, act, out)
+    }
+
+    fn layer_norm_backward(
+        &self,
+        pre: &Tensor,
+        gamma: &Tensor,
+        eps: f32,
+        dy: &Tensor,
+        dx: &mut Tensor,
+        normed: &mut Tensor,
+    ) -> Result<()> {
+        backward::layer_norm_backward(self, pre, gamma, eps, dy, dx, normed)
+    }
+
+    fn attention_backward(
+        &self,
+        qkv: &Tensor,
+        layout: &SeqLayout,
+        spec: &AttentionSpec,
+        d_out: &Tensor,
+        d_qkv: &mut Tensor,
+    ) -> Result<()> {
+        backward::attention_backward(self, qkv, layout, spec, d_out, d_qkv)
+    }
+
+    fn scatter_rows(
+        &self,
+        delta: &Tensor,
+        ids: &[u32],
+        accumulate: bool,
+        table: &mut Tensor,
+    ) -> Result<()> {
+        backward::scatter_rows(self, delta, ids, accumulate, table)
     }
 
     fn trim_search(

@@ -151,6 +151,32 @@ pub enum CaseOp {
         mode: Pooling,
         normalize: bool,
     },
+    /// `dy ⊙ act'(pre)` for `pre, dy: [n, m]` (the backward family).
+    ActivationBackward {
+        n: usize,
+        m: usize,
+        act: Activation,
+    },
+    /// LayerNorm's backward pass over `n × d` rows; the output is `dx` followed by the
+    /// normalised rows.
+    LayerNormBackward {
+        n: usize,
+        d: usize,
+        eps: f32,
+    },
+    /// `attention`'s backward pass: `d_qkv` from `qkv` and the gradient at the output.
+    AttentionBackward {
+        lengths: Vec<usize>,
+        spec: AttentionSpec,
+    },
+    /// `ids` gradient rows of width `d` scattered into a `rows × d` table, added to a seeded
+    /// table where `accumulate`.
+    ScatterRows {
+        rows: usize,
+        d: usize,
+        ids: usize,
+        accumulate: bool,
+    },
 }
 
 /// One case: a named op on one shape, with the seed of its inputs.
@@ -187,6 +213,8 @@ pub struct Instance {
     ids: Vec<u32>,
     layout: Option<SeqLayout>,
     out: Tensor,
+    /// A second output, downloaded after `out` (LayerNorm backward's normalised rows).
+    second_out: Option<Tensor>,
 }
 
 fn rounded_to_f16(values: Vec<f32>) -> Vec<f32> {
@@ -212,7 +240,13 @@ impl OpCase {
 
     /// The op family a backend must support to run the case.
     pub fn family(&self) -> OpFamily {
-        OpFamily::Encoder
+        match self.op {
+            CaseOp::ActivationBackward { .. }
+            | CaseOp::LayerNormBackward { .. }
+            | CaseOp::AttentionBackward { .. }
+            | CaseOp::ScatterRows { .. } => OpFamily::Backward,
+            _ => OpFamily::Encoder,
+        }
     }
 
     /// The shapes, in words (the bench's `shape` column).
@@ -224,7 +258,24 @@ impl OpCase {
                 format!("lengths {lengths:?}")
             }
         };
+        let heads = |spec: &AttentionSpec| {
+            format!("{}/{} heads × {}", spec.heads, spec.kv_heads, spec.head_dim)
+        };
         match &self.op {
+            CaseOp::ActivationBackward { n, m, act } => format!("{n}×{m} {act:?}"),
+            CaseOp::LayerNormBackward { n, d, .. } => format!("{n}×{d}"),
+            CaseOp::AttentionBackward { lengths, spec } => {
+                format!("{}, {}", sequences(lengths), heads(spec))
+            }
+            CaseOp::ScatterRows {
+                rows,
+                d,
+                ids,
+                accumulate,
+            } => {
+                let added = if *accumulate { ", accumulated" } else { "" };
+                format!("{ids} rows into {rows}×{d}{added}")
+            }
             CaseOp::Linear(l) => {
                 let mut epilogue = String::new();
                 if l.bias {
@@ -298,6 +349,26 @@ impl OpCase {
     /// their element type (RoPE also reads the positions and its (cos, sin) table).
     pub fn work(&self) -> Work {
         match &self.op {
+            CaseOp::ActivationBackward { n, m, .. } => Work::bytes((3 * n * m) as f64 * F32),
+            CaseOp::LayerNormBackward { n, d, .. } => Work::bytes((4 * n * d + d) as f64 * F32),
+            // Per (query, key, head): the score, dP, dV, dQ and dK products, head_dim
+            // multiply-adds each.
+            CaseOp::AttentionBackward { lengths, spec } => {
+                let pairs: usize = lengths.iter().map(|&len| len * len).sum();
+                let tokens: usize = lengths.iter().sum();
+                let flops = 10.0 * (pairs * spec.head_dim * spec.heads) as f64;
+                let values = tokens * (2 * spec.qkv_width() + spec.heads * spec.head_dim);
+                Work::f32(flops, values as f64 * F32)
+            }
+            CaseOp::ScatterRows {
+                rows,
+                d,
+                ids,
+                accumulate,
+            } => {
+                let table = if *accumulate { 2 * rows * d } else { rows * d };
+                Work::bytes((ids * d + table + ids) as f64 * F32)
+            }
             CaseOp::Linear(l) => {
                 let (n, k, m) = (l.n, l.k, l.m);
                 let weight_bytes = l.weights.bytes();
@@ -372,6 +443,45 @@ impl OpCase {
         let seed = self.seed;
         let random = |len: usize, i: u64| uniform(len, seed + i);
         let (tensors, ids) = match &self.op {
+            // The pre-activation scaled by 4, as for the gated activation.
+            CaseOp::ActivationBackward { n, m, .. } => (
+                vec![
+                    random(n * m, 0).iter().map(|v| 4.0 * v).collect(),
+                    random(n * m, 1),
+                ],
+                Vec::new(),
+            ),
+            CaseOp::LayerNormBackward { n, d, .. } => {
+                let x = random(n * d, 0)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v + if i < *d { 30.0 } else { 0.0 })
+                    .collect();
+                (vec![x, random(*d, 1), random(n * d, 2)], Vec::new())
+            }
+            CaseOp::AttentionBackward { lengths, spec } => {
+                let tokens: usize = lengths.iter().sum();
+                let qkv = random(tokens * spec.qkv_width(), 0);
+                let d_out = random(tokens * spec.heads * spec.head_dim, 1);
+                (
+                    vec![qkv.iter().map(|v| v * 3.0).collect(), d_out],
+                    Vec::new(),
+                )
+            }
+            CaseOp::ScatterRows {
+                rows,
+                d,
+                ids,
+                accumulate,
+            } => {
+                let mut rng = SplitMix64::new(seed + 1);
+                let ids: Vec<u32> = (0..*ids).map(|_| rng.below(*rows) as u32).collect();
+                let mut tensors = vec![random(ids.len() * d, 0)];
+                if *accumulate {
+                    tensors.push(random(rows * d, 2));
+                }
+                (tensors, ids)
+            }
             CaseOp::Linear(l) => {
                 let (n, k, m) = (l.n, l.k, l.m);
                 let w = random(m * k, 1);
@@ -453,6 +563,20 @@ impl OpCase {
     pub fn reference(&self, inputs: &Inputs) -> Vec<f64> {
         let t = &inputs.tensors;
         match &self.op {
+            CaseOp::ActivationBackward { act, .. } => t[0]
+                .iter()
+                .zip(&t[1])
+                .map(|(&z, &dy)| dy as f64 * reference::activation_derivative(*act, z as f64))
+                .collect(),
+            CaseOp::LayerNormBackward { eps, .. } => {
+                reference::layer_norm_backward(&t[0], &t[1], &t[2], *eps as f64)
+            }
+            CaseOp::AttentionBackward { lengths, spec } => {
+                reference::attention_backward(&t[0], lengths, spec, &t[1])
+            }
+            CaseOp::ScatterRows { rows, d, .. } => {
+                reference::scatter_rows(&t[0], *d, &inputs.ids, *rows, t.get(1).map(Vec::as_slice))
+            }
             CaseOp::Linear(l) => {
                 let mut rest = t[2..].iter();
                 let bias = l.bias.then(|| rest.next().unwrap().as_slice());
@@ -504,7 +628,42 @@ impl OpCase {
             Fill::Nan => be.upload(shape, &vec![f32::NAN; shape.iter().product()]),
         };
         let mut layout = None;
+        let mut second_out = None;
         let (tensors, out) = match &self.op {
+            CaseOp::ActivationBackward { n, m, .. } => (
+                vec![up(&[*n, *m], &t[0])?, up(&[*n, *m], &t[1])?],
+                output(&[*n, *m])?,
+            ),
+            CaseOp::LayerNormBackward { n, d, .. } => {
+                second_out = Some(output(&[*n, *d])?);
+                (
+                    vec![
+                        up(&[*n, *d], &t[0])?,
+                        up(&[*d], &t[1])?,
+                        up(&[*n, *d], &t[2])?,
+                    ],
+                    output(&[*n, *d])?,
+                )
+            }
+            CaseOp::AttentionBackward { lengths, spec } => {
+                let seqs = SeqLayout::from_lengths(lengths.iter().copied());
+                let tokens = seqs.num_tokens();
+                layout = Some(seqs);
+                let width = spec.qkv_width();
+                let d_out = up(&[tokens, spec.heads * spec.head_dim], &t[1])?;
+                (
+                    vec![up(&[tokens, width], &t[0])?, d_out],
+                    output(&[tokens, width])?,
+                )
+            }
+            CaseOp::ScatterRows { rows, d, .. } => {
+                let delta = up(&[inputs.ids.len(), *d], &t[0])?;
+                let table = match t.get(1) {
+                    Some(base) => up(&[*rows, *d], base)?,
+                    None => output(&[*rows, *d])?,
+                };
+                (vec![delta], table)
+            }
             CaseOp::Linear(l) => {
                 let (n, k, m) = (l.n, l.k, l.m);
                 let w = l.weights.upload(be, &[m, k], &t[1])?;
@@ -577,6 +736,7 @@ impl OpCase {
             ids: inputs.ids.clone(),
             layout,
             out,
+            second_out,
         })
     }
 }
@@ -587,6 +747,22 @@ impl Instance {
         let (be, t, out) = (&self.be, &self.inputs, &mut self.out);
         let layout = || self.layout.as_ref().expect("a layout for a sequence op");
         match &self.op {
+            CaseOp::ActivationBackward { act, .. } => {
+                be.activation_backward(&t[0], &t[1], *act, out)
+            }
+            CaseOp::LayerNormBackward { eps, .. } => {
+                let normed = self
+                    .second_out
+                    .as_mut()
+                    .expect("the normalised rows' tensor");
+                be.layer_norm_backward(&t[0], &t[1], *eps, &t[2], out, normed)
+            }
+            CaseOp::AttentionBackward { spec, .. } => {
+                be.attention_backward(&t[0], layout(), spec, &t[1], out)
+            }
+            CaseOp::ScatterRows { accumulate, .. } => {
+                be.scatter_rows(&t[0], &self.ids, *accumulate, out)
+            }
             CaseOp::Linear(l) => {
                 let mut rest = t[2..].iter();
                 let bias = if l.bias { rest.next() } else { None };
@@ -612,8 +788,12 @@ impl Instance {
         }
     }
 
-    /// The output, downloaded.
+    /// The output, downloaded (followed by the second output where the op has one).
     pub fn output(&self) -> Result<Vec<f32>> {
-        self.be.download(&self.out)
+        let mut values = self.be.download(&self.out)?;
+        if let Some(second) = &self.second_out {
+            values.extend(self.be.download(second)?);
+        }
+        Ok(values)
     }
 }

@@ -22,6 +22,37 @@ pub fn activation(act: Activation, x: f64) -> f64 {
     }
 }
 
+/// `act'(x)` in f64, by the derivative of each definition in [`activation`].
+pub fn activation_derivative(act: Activation, x: f64) -> f64 {
+    let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+    match act {
+        Activation::Identity => 1.0,
+        Activation::Gelu => {
+            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)) + x * pdf
+        }
+        Activation::GeluTanh => {
+            let c = (2.0 / std::f64::consts::PI).sqrt();
+            let t = (c * (x + 0.044715 * x.powi(3))).tanh();
+            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x)
+        }
+        Activation::QuickGelu => {
+            let s = sigmoid(1.702 * x);
+            s + 1.702 * x * s * (1.0 - s)
+        }
+        Activation::Silu => sigmoid(x) * (1.0 + x * (1.0 - sigmoid(x))),
+        Activation::Relu => {
+            if x > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        Activation::Tanh => 1.0 - x.tanh().powi(2),
+        Activation::Sigmoid => sigmoid(x) * (1.0 - sigmoid(x)),
+    }
+}
+
 /// `act(x·wᵀ + bias) + residual` in f64 for `x: [n, k]`, `w: [m, k]`.
 /// `act(gate) ⊙ up` in f64 for `x: [n, 2m]` holding the gate in columns `0..m`.
 pub fn gated_activation(x: &[f32], n: usize, m: usize, act: Activation) -> Vec<f64> {
@@ -196,4 +227,112 @@ pub fn gather(table: &[f32], d: usize, ids: &[u32], base: Option<&[f32]>) -> Vec
             row + base.map_or(0.0, |b| b[i] as f64)
         })
         .collect()
+}
+
+/// LayerNorm's backward pass in f64 over the `d`-wide rows of `x` with `gamma: [d]` and the
+/// output gradient `dy`: `dx` for every row, then the normalised rows `x̂`.
+pub fn layer_norm_backward(x: &[f32], gamma: &[f32], dy: &[f32], eps: f64) -> Vec<f64> {
+    let d = gamma.len();
+    let mut dx = Vec::with_capacity(x.len());
+    let mut normed = Vec::with_capacity(x.len());
+    for (row, dy) in x.chunks(d).zip(dy.chunks(d)) {
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+        let inv = 1.0 / (var + eps).sqrt();
+        let h: Vec<f64> = row.iter().map(|&v| (v as f64 - mean) * inv).collect();
+        let g: Vec<f64> = dy
+            .iter()
+            .zip(gamma)
+            .map(|(&a, &b)| a as f64 * b as f64)
+            .collect();
+        let g_mean = g.iter().sum::<f64>() / d as f64;
+        let gh_mean = g.iter().zip(&h).map(|(g, h)| g * h).sum::<f64>() / d as f64;
+        dx.extend(
+            g.iter()
+                .zip(&h)
+                .map(|(g, h)| inv * (g - g_mean - h * gh_mean)),
+        );
+        normed.extend(h);
+    }
+    dx.extend(normed);
+    dx
+}
+
+/// Attention's backward pass in f64 (bidirectional, `kv_heads == heads`): `d_qkv` from `qkv`
+/// and the output gradient `d_out`, each sequence separately, through the dense `P`.
+pub fn attention_backward(
+    qkv: &[f32],
+    lengths: &[usize],
+    spec: &AttentionSpec,
+    d_out: &[f32],
+) -> Vec<f64> {
+    let (hd, heads) = (spec.head_dim, spec.heads);
+    let (width, out_width) = (spec.qkv_width(), heads * hd);
+    let scale = spec.scale as f64;
+    let mut grad = vec![0.0f64; qkv.len()];
+    let mut start = 0;
+    for &len in lengths {
+        for h in 0..heads {
+            let at = |t: usize, block: usize| (start + t) * width + block * out_width + h * hd;
+            let row = |t: usize, block: usize| -> Vec<f64> {
+                qkv[at(t, block)..at(t, block) + hd]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect()
+            };
+            let d_o = |t: usize| -> Vec<f64> {
+                let o = (start + t) * out_width + h * hd;
+                d_out[o..o + hd].iter().map(|&v| v as f64).collect()
+            };
+            let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f64>();
+            let (q, k, v): (Vec<_>, Vec<_>, Vec<_>) = (
+                (0..len).map(|t| row(t, 0)).collect(),
+                (0..len).map(|t| row(t, 1)).collect(),
+                (0..len).map(|t| row(t, 2)).collect(),
+            );
+            let d_o: Vec<Vec<f64>> = (0..len).map(d_o).collect();
+            for i in 0..len {
+                let scores: Vec<f64> = (0..len).map(|j| scale * dot(&q[i], &k[j])).collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = e.iter().sum();
+                let p: Vec<f64> = e.iter().map(|e| e / total).collect();
+                let dp: Vec<f64> = (0..len).map(|j| dot(&d_o[i], &v[j])).collect();
+                let centre: f64 = p.iter().zip(&dp).map(|(p, d)| p * d).sum();
+                for j in 0..len {
+                    let ds = p[j] * (dp[j] - centre);
+                    for c in 0..hd {
+                        grad[at(i, 0) + c] += scale * ds * k[j][c];
+                        grad[at(j, 1) + c] += scale * ds * q[i][c];
+                        grad[at(j, 2) + c] += p[j] * d_o[i][c];
+                    }
+                }
+            }
+        }
+        start += len;
+    }
+    grad
+}
+
+/// The `d`-wide rows of `delta` added into a `rows × d` table at `ids`, starting from `base`
+/// where given (else zeros).
+pub fn scatter_rows(
+    delta: &[f32],
+    d: usize,
+    ids: &[u32],
+    rows: usize,
+    base: Option<&[f32]>,
+) -> Vec<f64> {
+    let mut table: Vec<f64> = match base {
+        Some(b) => b.iter().map(|&v| v as f64).collect(),
+        None => vec![0.0; rows * d],
+    };
+    for (&id, row) in ids.iter().zip(delta.chunks(d.max(1))) {
+        let at = id as usize * d;
+        table[at..at + d]
+            .iter_mut()
+            .zip(row)
+            .for_each(|(t, &v)| *t += v as f64);
+    }
+    table
 }
