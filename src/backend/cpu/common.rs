@@ -79,21 +79,42 @@ pub(super) fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 }
 
 /// Defines `pub(super) fn $name(args)` running `$portable(args)` compiled for AVX2 where the CPU
-/// has it (detected at run time), else as built.
+/// has it (detected at run time), else as built. The `avx512` form tries AVX-512F first: for
+/// element-wise loops heavy enough that sixteen lanes pay (the activations), where the same
+/// operations give the same results at every width.
 macro_rules! with_wide_simd {
-    ($(#[$doc:meta])* fn $name:ident => $portable:ident($($arg:ident: $ty:ty),*)) => {
+    ($(#[$doc:meta])* avx512 fn $name:ident => $portable:ident($($arg:ident: $ty:ty),*)) => {
         $(#[$doc])*
         pub(super) fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") {
-                #[target_feature(enable = "avx2")]
-                unsafe fn wide($($arg: $ty),*) {
+            if std::is_x86_feature_detected!("avx512f") {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn widest($($arg: $ty),*) {
                     $portable($($arg),*)
                 }
-                // SAFETY: the CPU has AVX2 (checked above).
-                return unsafe { wide($($arg),*) };
+                // SAFETY: the CPU has AVX-512F (checked above).
+                return unsafe { widest($($arg),*) };
             }
+            with_wide_simd!(@avx2 $portable($($arg: $ty),*));
             $portable($($arg),*)
+        }
+    };
+    ($(#[$doc:meta])* fn $name:ident => $portable:ident($($arg:ident: $ty:ty),*)) => {
+        $(#[$doc])*
+        pub(super) fn $name($($arg: $ty),*) {
+            with_wide_simd!(@avx2 $portable($($arg: $ty),*));
+            $portable($($arg),*)
+        }
+    };
+    (@avx2 $portable:ident($($arg:ident: $ty:ty),*)) => {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            unsafe fn wide($($arg: $ty),*) {
+                $portable($($arg),*)
+            }
+            // SAFETY: the CPU has AVX2 (checked above).
+            return unsafe { wide($($arg),*) };
         }
     };
 }

@@ -7,11 +7,19 @@
 //! order; the weight rows (the output's columns) are split into blocks of [`NC`], one rayon task
 //! a block (and a chunk of rows where blocks are few), and each task packs its block `KC`
 //! columns at a time into panels of `NR` rows — widening f16/bf16 to f32 as it packs, so the
-//! only f32 copy of the weights is one `NC × KC` panel per task (128 KiB, in L2). The microkernel keeps an `MR × NR` tile of the output in
-//! registers over the `KC` block, chosen at run time: 8 × 32 in sixteen AVX-512 registers,
-//! 6 × 16 in twelve AVX2 registers with FMA, or a portable loop of the AVX2 shape. Tiles add
-//! into the output block by block; after the last block the epilogue (bias, activation,
-//! residual) is applied to the tile before it is stored, while it is still in L1.
+//! only f32 copy of the weights is one `NC × KC` panel per task (128 KiB, in L2). The
+//! microkernel keeps an `MR × NR` tile of the output in registers over the `KC` block, chosen at
+//! run time: 8 × 32 in sixteen AVX-512 registers, 6 × 16 in twelve AVX2 registers with FMA, or a
+//! portable loop of the AVX2 shape. Tiles add into the output block by block; after the last
+//! block the tile is finished in place before its one store, while it is in L1: the earlier
+//! blocks' sums and the bias added, the activation applied to the whole tile in one call
+//! ([`activation::apply`], sixteen lanes on AVX-512: 256 values a call, not one call per
+//! 32-value row segment), the residual added as it is stored.
+//!
+//! Not yet done (issue 21 item 2): packing each weight once and keeping it across calls (an
+//! f32 copy the size of the weights, so only for models that fit twice in memory), and the
+//! blocking that would make this GEMM match faer on the large FFN-ups (BENCHMARKS.md, "Session
+//! h21g"); until it does, faer stays the CPU's GEMM on f32 weights.
 
 use rayon::prelude::*;
 
@@ -111,7 +119,7 @@ fn blocked<const MR: usize, const NR: usize>(
                             // SAFETY: this task alone writes rows `panels` × columns `columns` of
                             // `out`, which has `n · m` values; `rows` < n and `cols` ⊂ `columns`.
                             unsafe {
-                                out.store(&tile, rows.clone(), cols, m, b == 0, last, epilogue)
+                                out.store(&mut tile, rows.clone(), cols, m, b == 0, last, epilogue)
                             };
                         }
                     }
@@ -192,14 +200,17 @@ unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
     /// Stores (`first`) or adds the valid part of `tile` at `rows × cols` of the `[_, m]` output;
-    /// when `last`, applies the epilogue to each row segment first.
+    /// when `last`, finishes the tile in place first: the earlier blocks' sums added, then the
+    /// epilogue over the whole tile — one vectorised activation call a tile, sixteen lanes on
+    /// AVX-512, while the tile is in L1 (its padding lanes hold the zeros of the padded panels,
+    /// harmless to every activation, and are never stored).
     ///
     /// # Safety
     /// `rows × cols` lies inside the output, and no other thread touches it meanwhile.
     #[allow(clippy::too_many_arguments)]
     unsafe fn store<const MR: usize, const NR: usize>(
         self,
-        tile: &[[f32; NR]; MR],
+        tile: &mut [[f32; NR]; MR],
         rows: std::ops::Range<usize>,
         cols: std::ops::Range<usize>,
         m: usize,
@@ -208,27 +219,41 @@ impl SharedOut {
         epilogue: &Epilogue<'_>,
     ) {
         let width = cols.len();
-        for (r, row) in rows.enumerate() {
-            // SAFETY: the caller's contract.
-            let y =
-                unsafe { std::slice::from_raw_parts_mut(self.0.add(row * m + cols.start), width) };
-            let acc = &tile[r][..width];
-            if first {
-                y.copy_from_slice(acc);
-            } else {
-                y.iter_mut().zip(acc).for_each(|(y, a)| *y += a);
+        // SAFETY: the caller's contract.
+        let out_row = |row: usize| unsafe {
+            std::slice::from_raw_parts_mut(self.0.add(row * m + cols.start), width)
+        };
+        if !last {
+            for (row, acc) in rows.zip(tile.iter()) {
+                let y = out_row(row);
+                if first {
+                    y.copy_from_slice(&acc[..width]);
+                } else {
+                    y.iter_mut().zip(acc).for_each(|(y, a)| *y += a);
+                }
             }
-            if last {
-                if let Some(bias) = epilogue.bias {
-                    y.iter_mut()
-                        .zip(&bias[cols.clone()])
-                        .for_each(|(y, b)| *y += b);
-                }
-                activation::apply(epilogue.act, y);
-                if let Some(residual) = epilogue.residual {
-                    let r = &residual[row * m + cols.start..][..width];
-                    y.iter_mut().zip(r).for_each(|(y, r)| *y += r);
-                }
+            return;
+        }
+        for (row, acc) in rows.clone().zip(tile.iter_mut()) {
+            let acc = &mut acc[..width];
+            if !first {
+                acc.iter_mut()
+                    .zip(out_row(row).iter())
+                    .for_each(|(a, y)| *a += y);
+            }
+            if let Some(bias) = epilogue.bias {
+                acc.iter_mut()
+                    .zip(&bias[cols.clone()])
+                    .for_each(|(a, b)| *a += b);
+            }
+        }
+        activation::apply(epilogue.act, tile.as_flattened_mut());
+        for (row, acc) in rows.zip(tile.iter()) {
+            let y = out_row(row);
+            y.copy_from_slice(&acc[..width]);
+            if let Some(residual) = epilogue.residual {
+                let r = &residual[row * m + cols.start..][..width];
+                y.iter_mut().zip(r).for_each(|(y, r)| *y += r);
             }
         }
     }
