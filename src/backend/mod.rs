@@ -27,7 +27,7 @@ pub use params::{
 pub use stats::{Eigen, Matrix64, Moments};
 pub use tensor::{Storage, Tensor};
 pub use trim::{TrimReference, TrimResult, TrimSpec, W2Grid};
-pub use variants::{GemmVariant, NtkVariant};
+pub use variants::{AttentionVariant, GemmVariant, NtkVariant};
 
 /// Which device runs the op set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
