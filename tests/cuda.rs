@@ -18,11 +18,11 @@ use mscope::backend::cuda::{CudaBackend, CudaOptions};
 use std::sync::Arc;
 
 use half::{bf16, f16};
+use mscope::backend::GemmVariant;
 use mscope::backend::{
     self, Activation, AttentionSpec, AttentionVariant, Backend, BackendKind, JlDistribution,
     JlSpec, Matrix64, OpFamily, SeqLayout, Tensor,
 };
-use mscope::backend::GemmVariant;
 use mscope::tensor::{DType, HalfMatrix, SharedBytes};
 
 /// The CUDA backend with `options`, or `None` after reporting the running test skipped.
@@ -143,7 +143,11 @@ fn half_tensors_round_trip_and_only_gemm_and_gather_read_them() {
     };
     let mut rng = Rng::new(38);
     let (rows, cols) = (11, 7);
-    let values: Vec<bf16> = rng.vec(rows * cols).into_iter().map(bf16::from_f32).collect();
+    let values: Vec<bf16> = rng
+        .vec(rows * cols)
+        .into_iter()
+        .map(bf16::from_f32)
+        .collect();
     let wide: Vec<f32> = values.iter().map(|v| v.to_f32()).collect();
     let t = be.upload_bf16(&[rows, cols], &values).unwrap();
     assert_eq!(t.dtype(), DType::BF16);
@@ -160,12 +164,22 @@ fn half_tensors_round_trip_and_only_gemm_and_gather_read_them() {
     ];
     let matrix = HalfMatrix::new(DType::BF16, cols, parts).unwrap();
     let stacked = be.upload_half(&matrix).unwrap();
-    assert_eq!((stacked.shape(), stacked.dtype()), (&[rows, cols][..], DType::BF16));
-    assert_eq!(be.download(&stacked).unwrap(), wide, "upload_half of two parts");
+    assert_eq!(
+        (stacked.shape(), stacked.dtype()),
+        (&[rows, cols][..], DType::BF16)
+    );
+    assert_eq!(
+        be.download(&stacked).unwrap(),
+        wide,
+        "upload_half of two parts"
+    );
 
     let mut t = upload_rounded(&be, DType::F16, &[rows, cols], &wide);
     let err = be.l2_normalize(&mut t).unwrap_err().to_string();
-    assert!(err.contains("F16") && err.contains("half precision"), "{err}");
+    assert!(
+        err.contains("F16") && err.contains("half precision"),
+        "{err}"
+    );
     let x = be.zeros(&[rows, cols]).unwrap();
     let mut out = be.zeros(&[rows, cols]).unwrap();
     let err = be.rms_norm(&t, &x, 1e-6, &mut out).unwrap_err().to_string();

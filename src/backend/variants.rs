@@ -236,9 +236,7 @@ mod tests {
         }
         let numbers: Vec<u32> = NtkVariant::ALL.map(NtkVariant::number).to_vec();
         assert!(numbers.windows(2).all(|w| w[0] < w[1]));
-        let numbers: Vec<u32> = AttentionVariant::ALL
-            .map(AttentionVariant::number)
-            .to_vec();
+        let numbers: Vec<u32> = AttentionVariant::ALL.map(AttentionVariant::number).to_vec();
         assert!(numbers.windows(2).all(|w| w[0] < w[1]));
         // The same algorithm has the same number in both tables.
         for (g, n) in [

@@ -67,7 +67,8 @@ pub(super) fn attention(
         )));
     }
     // Queries per block: FLASH_BQ and WARP_BQ in kernels/attention.cu.
-    let query_tiles = |per_block: usize| grid_yz(max_len.div_ceil(per_block), "attention query tiles");
+    let query_tiles =
+        |per_block: usize| grid_yz(max_len.div_ceil(per_block), "attention query tiles");
     let (kernel, cfg) = match (variant, spec.head_dim) {
         (AttentionVariant::Naive, _) => {
             ("attention_v1_naive", config((seqs, heads, 1), (128, 1, 1)))

@@ -9,8 +9,8 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig,
 };
 
-use super::nvrtc::{self, ModuleCache};
 use super::memory::CudaData;
+use super::nvrtc::{self, ModuleCache};
 use super::{CudaBackend, CudaStorage};
 use crate::backend::{shapes, SeqLayout, Storage, Tensor};
 use crate::error::{Error, Result};
@@ -177,9 +177,11 @@ impl CudaBackend {
 
     pub(super) fn slice_mut<'a>(&self, t: &'a mut Tensor) -> Result<&'a mut CudaSlice<f32>> {
         let dtype = self.storage(t)?.dtype();
-        let refused = half_refused(t, dtype);
+        if dtype != DType::F32 {
+            return Err(half_refused(t, dtype));
+        }
         match &mut t.storage {
-            Storage::Cuda(s) => s.data_mut().ok_or(refused),
+            Storage::Cuda(s) => Ok(s.data_mut().expect("f32 values, checked above")),
             _ => unreachable!("checked above"),
         }
     }

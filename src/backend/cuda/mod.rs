@@ -39,9 +39,9 @@ pub use device::{list_devices, CudaDeviceSummary};
 pub use memory::CudaStorage;
 
 use super::{
-    shapes, Activation, AttentionSpec, AttentionVariant, Backend, Eigen, GemmVariant, JlSpec, Matrix64, Moments,
-    NtkVariant, OpFamily, Pooling, RopeSpec, SeqFactors, SeqLayout, Tensor, TokenPairing,
-    TrimReference, TrimResult, TrimSpec,
+    shapes, Activation, AttentionSpec, AttentionVariant, Backend, Eigen, GemmVariant, JlSpec,
+    Matrix64, Moments, NtkVariant, OpFamily, Pooling, RopeSpec, SeqFactors, SeqLayout, Tensor,
+    TokenPairing, TrimReference, TrimResult, TrimSpec,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{widen_half, DType, HalfMatrix};
