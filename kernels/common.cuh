@@ -58,6 +58,25 @@ __device__ __forceinline__ float activation_derivative(int act, float x) {
     }
 }
 
+// Half-precision values as a checkpoint stores them (linear weights, embedding tables), kept in
+// their 16 bits on the device: distinct types so that a kernel template reads each the right way.
+struct Bf16 {
+    unsigned short bits;
+};
+struct F16 {
+    unsigned short bits;
+};
+
+// Widening to f32 is exact for both: bf16 is the top half of an f32; f16 converts in hardware
+// (inline PTX, since NVRTC's fp16 header is not assumed).
+__device__ __forceinline__ float widen(float v) { return v; }
+__device__ __forceinline__ float widen(Bf16 v) { return __uint_as_float((unsigned)v.bits << 16); }
+__device__ __forceinline__ float widen(F16 v) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
+    return f;
+}
+
 // NVRTC has no <cmath>, so no INFINITY macro.
 __device__ __forceinline__ float neg_infinity() { return __int_as_float(0xff800000); }
 

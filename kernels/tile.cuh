@@ -4,6 +4,7 @@
 // 256 threads in a 16×16 grid, each owning a 4×4 block of outputs in registers; K advances in
 // 16-deep slices staged in shared memory, K-major so the inner loop reads 4 consecutive rows.
 #pragma once
+// Include after common.cuh, whose `widen` reads half-precision operands.
 
 #define TILE_M 64
 #define TILE_N 64
@@ -45,11 +46,14 @@ __device__ __forceinline__ void tile_product(float (&acc)[4][4], int row0, int c
     }
 }
 
-// A row-major [rows, k] operand read with bounds checks, for tile_product.
-struct RowMajor {
-    const float* data;
+// A row-major [rows, k] operand read with bounds checks, for tile_product; half-precision
+// elements (Bf16, F16 of common.cuh) are widened to f32 as they are loaded.
+template <class T>
+struct RowMajorOf {
+    const T* data;
     int rows, k;
     __device__ __forceinline__ float operator()(int r, int p) const {
-        return (r < rows && p < k) ? data[(size_t)r * k + p] : 0.0f;
+        return (r < rows && p < k) ? widen(data[(size_t)r * k + p]) : 0.0f;
     }
 };
+typedef RowMajorOf<float> RowMajor;

@@ -55,8 +55,8 @@
 //! # Numerics
 //!
 //! Activations and accumulation are f32 on every backend; GEMM weights and embedding tables may
-//! be f16 or bf16 (the CPU reads both as stored, wgpu f16, CUDA's tensor-core variant bf16) with
-//! f32 accumulation; reductions (norm
+//! be f16 or bf16 (the CPU and CUDA read both as stored — CUDA's tensor-core variant as bf16 —,
+//! wgpu f16) with f32 accumulation; reductions (norm
 //! statistics, softmax, covariance, Gram matrices) accumulate in f32 or better, and the stats
 //! results are f64. Tests compare with the relative error ‖out − ref‖ / ‖ref‖ against an f64
 //! reference or the CPU: f32 paths under 1e-5, f16/bf16 paths under 1e-2, NaN never passes;

@@ -278,6 +278,11 @@ impl HalfMatrix {
         self.cols
     }
 
+    /// Each part's little-endian bytes (whole rows, any alignment), in row order.
+    pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        self.parts.iter().map(|(part, _)| part.bytes())
+    }
+
     /// The `2·cols` little-endian bytes of row `row` (< [`HalfMatrix::rows`]).
     pub fn row_bytes(&self, row: usize) -> &[u8] {
         let at = self.parts.partition_point(|(_, first)| *first <= row) - 1;

@@ -1,5 +1,6 @@
-//! The CUDA backend's own kernels: every numbered variant of GEMM and of the NTK contraction
-//! against the CPU backend, the generated JL entries against `JlSpec::entry`, the batched Jacobi
+//! The CUDA backend's own kernels: every numbered variant of GEMM (on f32, f16 and bf16 weights),
+//! of attention and of the NTK contraction against the CPU backend, gathers from half-precision
+//! tables, the generated JL entries against `JlSpec::entry`, the batched Jacobi
 //! eigensolver's residuals at every size 2…64, and the clean failure where no CUDA is present.
 //! The op-set parity tests of ops.rs, ntk.rs and pca.rs run on CUDA too (their `cuda::` tests).
 //!
@@ -14,11 +15,15 @@ use common::{
 };
 use mscope::backend::cpu::CpuBackend;
 use mscope::backend::cuda::{CudaBackend, CudaOptions};
+use std::sync::Arc;
+
+use half::{bf16, f16};
 use mscope::backend::GemmVariant;
 use mscope::backend::{
-    self, Activation, AttentionSpec, Backend, BackendKind, JlDistribution, JlSpec, Matrix64,
-    OpFamily, SeqLayout,
+    self, Activation, AttentionSpec, AttentionVariant, Backend, BackendKind, JlDistribution,
+    JlSpec, Matrix64, OpFamily, SeqLayout, Tensor,
 };
+use mscope::tensor::{DType, HalfMatrix, SharedBytes};
 
 /// The CUDA backend with `options`, or `None` after reporting the running test skipped.
 fn cuda(options: CudaOptions) -> Option<CudaBackend> {
@@ -65,6 +70,147 @@ fn every_gemm_variant_matches_the_cpu() {
                     variant.name()
                 );
             }
+        }
+    }
+}
+
+/// `values` rounded to `dtype` and uploaded in it (kept 16-bit on CUDA).
+fn upload_rounded(be: &dyn Backend, dtype: DType, shape: &[usize], values: &[f32]) -> Tensor {
+    match dtype {
+        DType::F16 => {
+            let halves: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
+            be.upload_f16(shape, &halves).unwrap()
+        }
+        _ => {
+            let halves: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
+            be.upload_bf16(shape, &halves).unwrap()
+        }
+    }
+}
+
+/// Every GEMM variant reads f16 and bf16 weights as they were uploaded (no f32 copy on the
+/// device): against the CPU on the same rounded weights, variants 1 and 2 widen exactly and keep
+/// the f32 tolerance; variant 4 rounds activations (and f16 weights) to bf16: the f16/bf16
+/// paths' tolerance.
+#[test]
+fn every_gemm_variant_reads_half_weights() {
+    let cpu = CpuBackend::new();
+    for variant in CudaBackend::GEMM_VARIANTS {
+        let Some(be) = cuda(CudaOptions {
+            gemm: Some(variant),
+            ..Default::default()
+        }) else {
+            return;
+        };
+        let tol = if variant == GemmVariant::MmaBf16 {
+            1e-2
+        } else {
+            1e-5
+        };
+        let mut rng = Rng::new(37);
+        for dtype in [DType::F16, DType::BF16] {
+            for (n, k, m) in [(1, 1, 1), (37, 53, 29), (130, 70, 97), (65, 257, 129)] {
+                let (x, w, b, r) = (rng.vec(n * k), rng.vec(m * k), rng.vec(m), rng.vec(n * m));
+                let run = |be: &dyn Backend| {
+                    let wt = upload_rounded(be, dtype, &[m, k], &w);
+                    let up = |shape: &[usize], v: &[f32]| be.upload(shape, v).unwrap();
+                    let (xt, bt, rt) = (up(&[n, k], &x), up(&[m], &b), up(&[n, m], &r));
+                    let mut out = poisoned(be, &[n, m]);
+                    be.linear(&xt, &wt, Some(&bt), Activation::Silu, Some(&rt), &mut out)
+                        .unwrap();
+                    (wt.dtype(), be.download(&out).unwrap())
+                };
+                let ((kept, got), (_, want)) = (run(&be), run(&cpu));
+                assert_eq!(kept, dtype, "CUDA keeps {dtype:?} weights as uploaded");
+                let err = rel_error(&got, &want);
+                assert!(
+                    err < tol,
+                    "gemm {} on {dtype:?} weights {n}x{k}x{m}: relative error {err:e}",
+                    variant.name()
+                );
+            }
+        }
+    }
+}
+
+/// Half-precision tensors come back widened (exactly); `upload_half` copies a matrix of several
+/// parts, one of them at an odd address, in row order; ops other than `linear` and
+/// `gather_rows` refuse such a tensor by name.
+#[test]
+fn half_tensors_round_trip_and_only_gemm_and_gather_read_them() {
+    let Some(be) = cuda(CudaOptions::default()) else {
+        return;
+    };
+    let mut rng = Rng::new(38);
+    let (rows, cols) = (11, 7);
+    let values: Vec<bf16> = rng
+        .vec(rows * cols)
+        .into_iter()
+        .map(bf16::from_f32)
+        .collect();
+    let wide: Vec<f32> = values.iter().map(|v| v.to_f32()).collect();
+    let t = be.upload_bf16(&[rows, cols], &values).unwrap();
+    assert_eq!(t.dtype(), DType::BF16);
+    assert_eq!(be.download(&t).unwrap(), wide, "bf16 round trip");
+
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let split = 4 * cols * 2; // four rows in the first part
+    let mut odd = vec![0u8];
+    odd.extend_from_slice(&bytes[split..]);
+    let odd_len = odd.len();
+    let parts = vec![
+        SharedBytes::owned(bytes[..split].to_vec()),
+        SharedBytes::new(Arc::new(odd), 1..odd_len).unwrap(),
+    ];
+    let matrix = HalfMatrix::new(DType::BF16, cols, parts).unwrap();
+    let stacked = be.upload_half(&matrix).unwrap();
+    assert_eq!(
+        (stacked.shape(), stacked.dtype()),
+        (&[rows, cols][..], DType::BF16)
+    );
+    assert_eq!(
+        be.download(&stacked).unwrap(),
+        wide,
+        "upload_half of two parts"
+    );
+
+    let mut t = upload_rounded(&be, DType::F16, &[rows, cols], &wide);
+    let err = be.l2_normalize(&mut t).unwrap_err().to_string();
+    assert!(
+        err.contains("F16") && err.contains("half precision"),
+        "{err}"
+    );
+    let x = be.zeros(&[rows, cols]).unwrap();
+    let mut out = be.zeros(&[rows, cols]).unwrap();
+    let err = be.rms_norm(&t, &x, 1e-6, &mut out).unwrap_err().to_string();
+    assert!(err.contains("half precision"), "{err}");
+}
+
+/// Rows of f16 and bf16 tables, copied and added, are the CPU's exactly (widening is exact).
+#[test]
+fn gather_reads_half_tables() {
+    let Some(be) = cuda(CudaOptions::default()) else {
+        return;
+    };
+    let cpu = CpuBackend::new();
+    let mut rng = Rng::new(39);
+    let (rows, d) = (41, 300);
+    let table = rng.vec(rows * d);
+    let ids: Vec<u32> = (0..23).map(|_| rng.below(rows as u64) as u32).collect();
+    let start = rng.vec(ids.len() * d);
+    for dtype in [DType::F16, DType::BF16] {
+        for accumulate in [false, true] {
+            let run = |be: &dyn Backend| {
+                let t = upload_rounded(be, dtype, &[rows, d], &table);
+                let mut out = be.upload(&[ids.len(), d], &start).unwrap();
+                be.gather_rows(&t, &ids, accumulate, &mut out).unwrap();
+                be.download(&out).unwrap()
+            };
+            assert_eq!(
+                run(&be),
+                run(&cpu),
+                "gather from {dtype:?} accumulate={accumulate}"
+            );
         }
     }
 }
@@ -224,54 +370,98 @@ fn jacobi_eigen_residuals_at_every_size_to_64() {
     }
 }
 
+/// Every attention variant on every head_dim it has a kernel for (and the default choice, 0 in
+/// the messages): grouped and plain heads, odd and empty sequences packed together, causal or
+/// not, windows shorter than the sequences and a window of 0 that masks every key.
 #[test]
 fn flash_and_naive_attention_match_the_cpu_with_windows() {
-    let Some(be) = cuda(CudaOptions::default()) else {
-        return;
-    };
     let cpu = CpuBackend::new();
     let mut rng = Rng::new(36);
-    let layout = SeqLayout::from_lengths([1, 70, 0, 131]);
-    // head_dim 32 and 64 take the flash kernel, 24 the naive one.
-    for head_dim in [32, 64, 24] {
-        for (causal, window) in [
-            (false, None),
-            (true, None),
-            (true, Some(5)),
-            (false, Some(0)),
-        ] {
-            let spec = AttentionSpec {
-                heads: 4,
-                kv_heads: 2,
-                head_dim,
-                causal,
-                window,
-                scale: 1.0 / (head_dim as f32).sqrt(),
-            };
-            let qkv = rng.vec(layout.num_tokens() * spec.qkv_width());
-            let run = |be: &dyn Backend| {
-                let t = be
-                    .upload(&[layout.num_tokens(), spec.qkv_width()], &qkv)
-                    .unwrap();
-                let mut out = poisoned(be, &[layout.num_tokens(), 4 * head_dim]);
-                be.attention(&t, &layout, &spec, &mut out).unwrap();
-                be.download(&out).unwrap()
-            };
-            let (got, want) = (run(&be), run(&cpu));
-            let err = if window == Some(0) {
-                // Every key masked: zeros on both (rel_error of zeros would divide by zero).
-                assert!(want.iter().all(|&v| v == 0.0));
-                got.iter().map(|v| v.abs() as f64).fold(0.0, f64::max)
-                    + f64::from(u8::from(got.iter().any(|v| v.is_nan())))
-            } else {
-                rel_error(&got, &want)
-            };
-            assert!(
-                err < 1e-5,
-                "attention hd={head_dim} causal={causal} window={window:?}: {err:e}"
-            );
+    let layout = SeqLayout::from_lengths([1, 70, 0, 131, 17]);
+    let variants = AttentionVariant::ALL.map(Some);
+    for variant in [None].into_iter().chain(variants) {
+        let Some(be) = cuda(CudaOptions {
+            attention: variant,
+            ..Default::default()
+        }) else {
+            return;
+        };
+        let number = variant.map_or(0, AttentionVariant::number);
+        for head_dim in [24, 32, 64, 128] {
+            if variant.is_some_and(|v| !v.supports_head_dim(head_dim)) {
+                continue;
+            }
+            for (heads, kv_heads) in [(4, 2), (3, 3), (8, 1)] {
+                for (causal, window) in [
+                    (false, None),
+                    (true, None),
+                    (true, Some(5)),
+                    (false, Some(40)),
+                    (false, Some(0)),
+                ] {
+                    let spec = AttentionSpec {
+                        heads,
+                        kv_heads,
+                        head_dim,
+                        causal,
+                        window,
+                        scale: 1.0 / (head_dim as f32).sqrt(),
+                    };
+                    let qkv = rng.vec(layout.num_tokens() * spec.qkv_width());
+                    let run = |be: &dyn Backend| {
+                        let t = be
+                            .upload(&[layout.num_tokens(), spec.qkv_width()], &qkv)
+                            .unwrap();
+                        let mut out = poisoned(be, &[layout.num_tokens(), heads * head_dim]);
+                        be.attention(&t, &layout, &spec, &mut out).unwrap();
+                        be.download(&out).unwrap()
+                    };
+                    let (got, want) = (run(&be), run(&cpu));
+                    let err = if window == Some(0) {
+                        // Every key masked: zeros on both (rel_error of zeros would divide by zero).
+                        assert!(want.iter().all(|&v| v == 0.0));
+                        got.iter().map(|v| v.abs() as f64).fold(0.0, f64::max)
+                            + f64::from(u8::from(got.iter().any(|v| v.is_nan())))
+                    } else {
+                        rel_error(&got, &want)
+                    };
+                    assert!(
+                        err < 1e-5,
+                        "attention variant {number} hd={head_dim} heads {heads}/{kv_heads} \
+                         causal={causal} window={window:?}: {err:e}"
+                    );
+                }
+            }
         }
     }
+}
+
+/// A variant asked for a head_dim it has no kernel for says which it has.
+#[test]
+fn attention_variant_without_a_kernel_for_the_head_dim_is_refused() {
+    let Some(be) = cuda(CudaOptions {
+        attention: Some(AttentionVariant::FlashWarp),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let spec = AttentionSpec {
+        heads: 2,
+        kv_heads: 1,
+        head_dim: 32,
+        causal: true,
+        window: None,
+        scale: 1.0,
+    };
+    let layout = SeqLayout::from_lengths([3]);
+    let qkv = be.zeros(&[3, spec.qkv_width()]).unwrap();
+    let mut out = be.zeros(&[3, 64]).unwrap();
+    let err = be.attention(&qkv, &layout, &spec, &mut out).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("variant 3 (flash-warp) has CUDA kernels for head_dim [64, 128], not 32"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -39,7 +39,7 @@ const REFERENCE: &str = "tests/fixtures/decoder_reference.safetensors";
 /// f32 weights and activations: the f32 paths' relative tolerance.
 const F32_TOL: f64 = 1e-5;
 /// bf16 weights (a bf16 checkpoint, or f32 rounded by `--weights-dtype bf16`; read by the CPU's
-/// packed GEMM, widened on CUDA, f16 on wgpu with SHADER_F16): half precision's.
+/// packed GEMM, kept bf16 on CUDA, f16 on wgpu with SHADER_F16): half precision's.
 const HALF_TOL: f64 = 1e-2;
 
 /// The texts the references were computed on, from the reference file's metadata.

@@ -97,7 +97,7 @@ fn cpu_packed_gemm_matches_faer() {
 }
 
 /// bf16 weights (kept bf16 and widened panel by panel on the CPU, f16 on wgpu with SHADER_F16,
-/// f32 on CUDA): the reference uses the same rounded weights, exact in f32 and in f16 but for
+/// bf16 widened as they are loaded on CUDA): the reference uses the same rounded weights, exact in f32 and in f16 but for
 /// values under 2⁻¹⁷ (a rounding far below the tolerance), so the f32 tolerance holds.
 fn linear_with_bf16_weights(be: &Arc<dyn Backend>) {
     for case in linear_cases(WeightsIn::Bf16, 41) {

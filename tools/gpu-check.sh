@@ -9,18 +9,23 @@
 #                             $OUT/<stage>.log; a failing stage is reported and the next runs.
 #                             A summary table is printed last (and kept in $OUT/summary.md).
 #
-# Stages: devices · NVRTC compile of every family (cuda_kernels) · CUDA kernel tests (cuda) ·
-# op-set parity on every backend (ops, ntk, ntk_seq, classifier, pca, lda, embed_parity's tiny
+# Stages: devices · NVRTC compile of every family (cuda_kernels) · CUDA kernel tests (cuda), with
+# the half-precision weights (GEMM variants 1, 2, 4 on f16/bf16 weights, gathers from f16/bf16
+# tables, upload_half) and every attention variant (head_dim 24/32/64/128, GQA, windows) also run
+# as stages of their own so a failure names them ·
+# op-set parity on every backend (ops, ntk, ntk_seq, classifier, pca, lda, the cuda:: decoder
+# tests on the tiny Mistral/Qwen2 fixtures, f32 and bf16, embed_parity's tiny
 # XLM-R) · ntk --devices 0,0 (shards) · CLI runs with
 # --backend cuda against --backend cpu (embed, ntk, pca) · compute-sanitizer memcheck of the CUDA
-# tests · wgpu tests and GEMM variants 2, 3, 5, 6 on the GPU's Vulkan adapter (the Vulkan loader travels
+# tests (and of the half-weight tests on their own) · attention variants 1, 2, 3 benched side by
+# side · wgpu tests and GEMM variants 2, 3, 5, 6 on the GPU's Vulkan adapter (the Vulkan loader travels
 # in the bundle; the NVIDIA driver brings its ICD) · mscope bench --backend cuda (GEMM variants
 # 1,2,3) · PyTorch anchors (cuBLAS, SDPA, torch.func) set against both benches.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PACK=$ROOT/.gpu
-TESTS="cuda cuda_kernels ops ntk ntk_seq classifier shards pca lda alpha embed_parity wgpu"
+TESTS="cuda cuda_kernels ops ntk ntk_seq classifier shards pca lda alpha embed_parity wgpu decoder"
 
 pack() {
     set -e
@@ -190,6 +195,11 @@ run() {
     stage devices 60 "$m" devices
     stage nvrtc_compile 120 "$bin/cuda_kernels"
     stage test_cuda 120 "$bin/cuda"
+    # First run on a GPU of kernels written without one: bf16/f16 weights read natively, and the
+    # warp-per-query flash attention (MSCOPE_CUDA_ATTENTION=naive runs the reference kernel).
+    stage cuda_half_weights 60 "$bin/cuda" half gather_reads
+    stage cuda_attention_variants 60 "$bin/cuda" attention
+    stage test_decoder_cuda 90 "$bin/decoder" cuda::
     stage test_ops 90 "$bin/ops"
     stage test_ntk 90 "$bin/ntk"
     stage test_ntk_seq 90 "$bin/ntk_seq"
@@ -228,12 +238,25 @@ run() {
             linear attention layer_norm gather pool l2
         stage racecheck_stats 60 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/cuda" \
             jacobi flash
+        stage memcheck_half_weights 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/cuda" \
+            half gather_reads
     else
         SUMMARY+=("| memcheck | SKIPPED (no compute-sanitizer) | – | – |")
     fi
 
     stage bench_cuda 150 "$m" bench --backend cuda --suite kernels --variant 1,2,4 \
         --json "$OUT/bench_cuda.json"
+    # Attention variants side by side (MSCOPE_CUDA_ATTENTION picks one; each runs the cases of
+    # the head_dims it has kernels for: bert-base 64, mistral-7b 128).
+    stage bench_attention_naive 60 env MSCOPE_CUDA_ATTENTION=naive "$m" bench --backend cuda \
+        --suite kernels --filter attention/ --json "$OUT/bench_attention_naive.json"
+    stage bench_attention_flash 60 env MSCOPE_CUDA_ATTENTION=flash "$m" bench --backend cuda \
+        --suite kernels --filter attention/bert-base --json "$OUT/bench_attention_flash.json"
+    for c in bert-base mistral-7b; do
+        stage "bench_attention_flash_warp_$c" 60 env MSCOPE_CUDA_ATTENTION=flash-warp "$m" bench \
+            --backend cuda --suite kernels --filter "attention/$c" \
+            --json "$OUT/bench_attention_flash_warp_$c.json"
+    done
     stage bench_cuda_pipelines 60 "$m" bench --backend cuda --suite pipelines \
         --json "$OUT/bench_cuda_pipelines.json"
     stage bench_wgpu 120 "$m" bench --backend wgpu --suite kernels --filter linear/ \

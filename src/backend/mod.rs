@@ -27,7 +27,7 @@ pub use params::{
 pub use stats::{Eigen, Matrix64, Moments};
 pub use tensor::{Storage, Tensor};
 pub use trim::{TrimReference, TrimResult, TrimSpec, W2Grid};
-pub use variants::{GemmVariant, NtkVariant};
+pub use variants::{AttentionVariant, GemmVariant, NtkVariant};
 
 /// Which device runs the op set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -135,7 +135,8 @@ pub trait Backend: Send + Sync {
     }
 
     /// Uploads bf16 values, meant for `linear` weights and `gather_rows` tables: widened to f32
-    /// (exact) unless the backend documents another rule (wgpu: as f16 where it keeps f16).
+    /// (exact) unless the backend documents another rule (wgpu: as f16 where it keeps f16; CUDA
+    /// and the CPU: kept bf16).
     fn upload_bf16(&self, shape: &[usize], data: &[bf16]) -> Result<Tensor> {
         let wide: Vec<f32> = data.iter().map(|v| v.to_f32()).collect();
         self.upload(shape, &wide)
@@ -143,7 +144,8 @@ pub trait Backend: Send + Sync {
 
     /// Uploads a half-precision matrix, meant for `linear` weights and `gather_rows` tables. The
     /// CPU keeps it where it is (a memory-mapped checkpoint stays mapped, read panel by panel);
-    /// the others upload a host copy through [`Backend::upload_f16`] / [`Backend::upload_bf16`].
+    /// CUDA copies its 16-bit values part by part to the device; wgpu uploads a host copy through
+    /// [`Backend::upload_f16`] / [`Backend::upload_bf16`].
     fn upload_half(&self, matrix: &HalfMatrix) -> Result<Tensor> {
         self.upload_host(&matrix.to_host()?)
     }

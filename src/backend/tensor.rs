@@ -52,7 +52,8 @@ impl Tensor {
         match &self.storage {
             Storage::Wgpu(s) => s.dtype(),
             Storage::CpuHalf(m) => m.dtype(),
-            Storage::Cpu(_) | Storage::Cuda(_) => DType::F32,
+            Storage::Cuda(s) => s.dtype(),
+            Storage::Cpu(_) => DType::F32,
         }
     }
 

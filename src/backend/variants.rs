@@ -158,6 +158,67 @@ impl NtkVariant {
     }
 }
 
+/// The kernels behind [`crate::backend::Backend::attention`] (CUDA's; the CPU and wgpu each run
+/// one flash-style kernel of their own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionVariant {
+    /// 1 — one block per (sequence, head), one thread per query, two passes over the keys in
+    /// global memory: the device-side reference, any head_dim.
+    Naive,
+    /// 2 — flash attention with a thread per query: K/V tiles in shared memory, online softmax,
+    /// the query and output rows in registers (head_dim 32 and 64).
+    Flash,
+    /// 3 — flash attention with a warp per query: the lanes score a tile's 32 keys at once and
+    /// split the output columns, so registers hold head_dim/32 values per query (head_dim 64 and
+    /// 128, Llama's and Mistral's).
+    FlashWarp,
+}
+
+impl AttentionVariant {
+    /// Every variant, in the order of its number.
+    pub const ALL: [AttentionVariant; 3] = [
+        AttentionVariant::Naive,
+        AttentionVariant::Flash,
+        AttentionVariant::FlashWarp,
+    ];
+
+    pub fn number(self) -> u32 {
+        match self {
+            AttentionVariant::Naive => 1,
+            AttentionVariant::Flash => 2,
+            AttentionVariant::FlashWarp => 3,
+        }
+    }
+
+    /// The name `MSCOPE_CUDA_ATTENTION` accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionVariant::Naive => "naive",
+            AttentionVariant::Flash => "flash",
+            AttentionVariant::FlashWarp => "flash-warp",
+        }
+    }
+
+    /// The head dimensions the variant has a kernel for; `None`: every one.
+    pub fn head_dims(self) -> Option<&'static [usize]> {
+        match self {
+            AttentionVariant::Naive => None,
+            AttentionVariant::Flash => Some(&[32, 64]),
+            AttentionVariant::FlashWarp => Some(&[64, 128]),
+        }
+    }
+
+    pub fn supports_head_dim(self, head_dim: usize) -> bool {
+        self.head_dims().is_none_or(|dims| dims.contains(&head_dim))
+    }
+}
+
+impl std::fmt::Display for AttentionVariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.number(), self.name())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +235,8 @@ mod tests {
             }
         }
         let numbers: Vec<u32> = NtkVariant::ALL.map(NtkVariant::number).to_vec();
+        assert!(numbers.windows(2).all(|w| w[0] < w[1]));
+        let numbers: Vec<u32> = AttentionVariant::ALL.map(AttentionVariant::number).to_vec();
         assert!(numbers.windows(2).all(|w| w[0] < w[1]));
         // The same algorithm has the same number in both tables.
         for (g, n) in [

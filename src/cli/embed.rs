@@ -93,9 +93,9 @@ pub struct EmbedArgs {
     #[arg(long, default_value = "label")]
     label_field: String,
     /// Element type of the GEMM weights and embedding tables on the device: `auto` keeps the
-    /// checkpoint's (F16/BF16 stay half precision where the kernels read f16: wgpu with
-    /// SHADER_F16), `f16` rounds f32 checkpoints to f16 there too, `bf16` rounds them to bf16
-    /// (kept bf16 on the CPU, f16 on wgpu with SHADER_F16, widened on CUDA), `f32` widens
+    /// checkpoint's (F16/BF16 stay half precision where the kernels read them: CPU, CUDA, and
+    /// wgpu with SHADER_F16), `f16` rounds f32 checkpoints to f16 there too, `bf16` rounds them to bf16
+    /// (kept bf16 on the CPU and CUDA, f16 on wgpu with SHADER_F16), `f32` widens
     /// everything. GGUF files dequantise to f32, or to f16 / bf16 when asked.
     #[arg(long, value_enum, default_value_t = WeightsDtype::Auto)]
     weights_dtype: WeightsDtype,

@@ -50,7 +50,7 @@ pub enum WeightsDtype {
     /// a BF16 checkpoint stays in place). Each backend then uploads bf16 as it always does
     /// ([`crate::backend::Backend::upload_bf16`]): the CPU keeps it (its packed half-precision
     /// GEMM widens one panel at a time), wgpu, which has no bf16 type, converts it to f16 where
-    /// it keeps f16 and the values fit, CUDA widens it to f32 (exact).
+    /// it keeps f16 and the values fit, CUDA keeps it bf16 (its kernels widen it as they load it).
     Bf16,
 }
 

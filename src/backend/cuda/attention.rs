@@ -1,12 +1,14 @@
-//! The attention family on CUDA (kernels/attention.cu): the flash kernel (one block per sequence,
-//! head and tile of queries) for head dimensions 32 and 64, the naive kernel (one block per
-//! sequence and head) for the others.
+//! The attention family on CUDA (kernels/attention.cu), numbered [`AttentionVariant`]s: the
+//! naive kernel (one block per sequence and head, any head_dim), the thread-per-query flash
+//! kernel (head_dim 32 and 64) and the warp-per-query flash kernel (64 and 128). Unless the
+//! backend was opened with a variant, head_dim 32 and 64 run variant 2, 128 variant 3, the others
+//! variant 1.
 
 use cudarc::driver::{DeviceRepr, PushKernelArg};
 
 use super::device::{config, grid_yz, sequence_starts, to_i32};
 use super::CudaBackend;
-use crate::backend::{shapes, AttentionSpec, SeqLayout, Tensor};
+use crate::backend::{shapes, AttentionSpec, AttentionVariant, SeqLayout, Tensor};
 use crate::error::{Error, Result};
 
 /// Must match `AttentionShape` in kernels/attention.cu.
@@ -52,24 +54,41 @@ pub(super) fn attention(
     let seqs =
         u32::try_from(sequences).map_err(|_| Error::input("attention: sequences exceed u32"))?;
     let heads = grid_yz(spec.heads, "attention heads")?;
-    let (kernel, cfg) = match spec.head_dim {
-        32 | 64 => (
-            if spec.head_dim == 32 {
+    let variant = be.attention.unwrap_or(match spec.head_dim {
+        32 | 64 => AttentionVariant::Flash,
+        128 => AttentionVariant::FlashWarp,
+        _ => AttentionVariant::Naive,
+    });
+    if !variant.supports_head_dim(spec.head_dim) {
+        return Err(Error::input(format!(
+            "attention variant {variant} has CUDA kernels for head_dim {:?}, not {}",
+            variant.head_dims().unwrap_or_default(),
+            spec.head_dim
+        )));
+    }
+    // Queries per block: FLASH_BQ and WARP_BQ in kernels/attention.cu.
+    let query_tiles =
+        |per_block: usize| grid_yz(max_len.div_ceil(per_block), "attention query tiles");
+    let (kernel, cfg) = match (variant, spec.head_dim) {
+        (AttentionVariant::Naive, _) => {
+            ("attention_v1_naive", config((seqs, heads, 1), (128, 1, 1)))
+        }
+        (AttentionVariant::Flash, hd) => (
+            if hd == 32 {
                 "attention_v2_flash_hd32"
             } else {
                 "attention_v2_flash_hd64"
             },
-            // Must match FLASH_BQ in kernels/attention.cu.
-            config(
-                (
-                    seqs,
-                    heads,
-                    grid_yz(max_len.div_ceil(64), "attention query tiles")?,
-                ),
-                (64, 1, 1),
-            ),
+            config((seqs, heads, query_tiles(64)?), (64, 1, 1)),
         ),
-        _ => ("attention_v1_naive", config((seqs, heads, 1), (128, 1, 1))),
+        (AttentionVariant::FlashWarp, hd) => (
+            if hd == 64 {
+                "attention_v3_flash_warp_hd64"
+            } else {
+                "attention_v3_flash_warp_hd128"
+            },
+            config((seqs, heads, query_tiles(16)?), (128, 1, 1)),
+        ),
     };
     let starts = be.upload_small(&sequence_starts(layout)?)?;
     let f = be.function("attention", kernel)?;

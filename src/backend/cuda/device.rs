@@ -9,10 +9,12 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig,
 };
 
+use super::memory::CudaData;
 use super::nvrtc::{self, ModuleCache};
 use super::{CudaBackend, CudaStorage};
 use crate::backend::{shapes, SeqLayout, Storage, Tensor};
 use crate::error::{Error, Result};
+use crate::tensor::DType;
 
 /// A device's one stream (which holds its context) and its kernel modules, shared by every backend value
 /// opened on it (so kernels are compiled once per process).
@@ -165,19 +167,40 @@ impl CudaBackend {
         }
     }
 
+    /// The f32 values of `t`, which an op reads; f16/bf16 values are refused with the rule.
     pub(super) fn slice<'a>(&self, t: &'a Tensor) -> Result<&'a CudaSlice<f32>> {
-        Ok(&self.storage(t)?.data)
+        match &self.storage(t)?.data {
+            CudaData::F32(d) => Ok(d),
+            CudaData::Half(dtype, _) => Err(half_refused(t, *dtype)),
+        }
     }
 
     pub(super) fn slice_mut<'a>(&self, t: &'a mut Tensor) -> Result<&'a mut CudaSlice<f32>> {
-        self.storage(t)?;
+        let dtype = self.storage(t)?.dtype();
+        if dtype != DType::F32 {
+            return Err(half_refused(t, dtype));
+        }
         match &mut t.storage {
-            Storage::Cuda(s) => Ok(s.data_mut()),
+            Storage::Cuda(s) => Ok(s.data_mut().expect("f32 values, checked above")),
             _ => unreachable!("checked above"),
         }
     }
 
     pub(super) fn new_tensor(&self, shape: &[usize], data: CudaSlice<f32>) -> Tensor {
+        self.tensor_of(shape, CudaData::F32(data))
+    }
+
+    /// A tensor of f16 or bf16 `bits`.
+    pub(super) fn new_half_tensor(
+        &self,
+        shape: &[usize],
+        dtype: DType,
+        bits: CudaSlice<u16>,
+    ) -> Tensor {
+        self.tensor_of(shape, CudaData::Half(dtype, bits))
+    }
+
+    fn tensor_of(&self, shape: &[usize], data: CudaData) -> Tensor {
         Tensor {
             shape: shape.to_vec(),
             storage: Storage::Cuda(CudaStorage::new(self.device.ordinal as u64, data)),
@@ -198,6 +221,15 @@ impl CudaBackend {
         };
         self.stream().clone_htod(data).map_err(device_error)
     }
+}
+
+/// The error for a half-precision tensor handed to an op that reads f32.
+fn half_refused(t: &Tensor, dtype: DType) -> Error {
+    Error::input(format!(
+        "tensor of shape {:?} holds {dtype:?} values on the CUDA device; only linear weights and \
+         gather_rows tables may be half precision",
+        t.shape
+    ))
 }
 
 /// The null device pointer passed for an absent optional input.

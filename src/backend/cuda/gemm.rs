@@ -1,14 +1,17 @@
 //! The GEMM family on CUDA (kernels/gemm.cu): `linear` as one fused kernel (GEMM, bias,
-//! activation, residual) of the variant the backend was opened with, and the bf16 copy of the
-//! weights that the tensor-core variant reads; and `gated_activation`, the gated feed-forward's
+//! activation, residual) of the variant the backend was opened with, in the build for the
+//! weights' element type (f32, or f16/bf16 kept as uploaded), and the bf16 copy of f32 weights
+//! that the tensor-core variant reads; and `gated_activation`, the gated feed-forward's
 //! epilogue.
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
 use super::device::{config, device_error, tile_grid, to_i32, unsupported_variant, NULL};
+use super::memory::CudaData;
 use super::CudaBackend;
 use crate::backend::{shapes, Activation, GemmVariant, Tensor};
 use crate::error::Result;
+use crate::tensor::DType;
 
 pub(super) fn linear(
     be: &CudaBackend,
@@ -26,35 +29,28 @@ pub(super) fn linear(
         to_i32(m, "linear outputs")?,
     );
     let act = act.code() as i32;
-    let (kernel, cfg) = match be.gemm {
-        GemmVariant::Naive => (
-            "gemm_v1_naive",
-            config(tile_grid(n, m, 16, "linear")?, (16, 16, 1)),
-        ),
-        GemmVariant::Tiled => (
-            "gemm_v2_tiled",
-            config(tile_grid(n, m, 64, "linear")?, (256, 1, 1)),
-        ),
-        GemmVariant::MmaBf16 => (
-            "gemm_v4_mma_bf16",
-            config(tile_grid(n, m, 64, "linear")?, (128, 1, 1)),
-        ),
+    let cfg = match be.gemm {
+        GemmVariant::Naive => config(tile_grid(n, m, 16, "linear")?, (16, 16, 1)),
+        GemmVariant::Tiled => config(tile_grid(n, m, 64, "linear")?, (256, 1, 1)),
+        GemmVariant::MmaBf16 => config(tile_grid(n, m, 64, "linear")?, (128, 1, 1)),
         other => return Err(unsupported_variant(other.to_string())),
     };
+    let storage = be.storage(w)?;
+    let kernel = kernel_name(be.gemm, storage.dtype());
     let f = be.function("gemm", kernel)?;
-    let w_bf16 = match be.gemm {
-        GemmVariant::MmaBf16 => Some(bf16_weights(be, w)?),
+    let bf16_copy = match (be.gemm, &storage.data) {
+        (GemmVariant::MmaBf16, CudaData::F32(_)) => Some(bf16_weights(be, w)?),
         _ => None,
     };
-    let (x, w) = (be.slice(x)?, be.slice(w)?);
+    let x = be.slice(x)?;
     let bias = bias.map(|t| be.slice(t)).transpose()?;
     let residual = residual.map(|t| be.slice(t)).transpose()?;
     let out = be.slice_mut(out)?;
     let mut args = be.stream().launch_builder(&f);
     args.arg(x);
-    match w_bf16 {
-        Some(bits) => args.arg(bits),
-        None => args.arg(w),
+    match (bf16_copy, &storage.data) {
+        (Some(bits), _) | (None, CudaData::Half(_, bits)) => args.arg(bits),
+        (None, CudaData::F32(w)) => args.arg(w),
     };
     match bias {
         Some(b) => args.arg(b),
@@ -66,6 +62,21 @@ pub(super) fn linear(
     };
     args.arg(out).arg(&ni).arg(&mi).arg(&ki).arg(&act);
     be.launch(kernel, &mut args, cfg)
+}
+
+/// The build of GEMM `variant` (1, 2 or 4) for weights of `dtype` (kernels/gemm.cu's header).
+fn kernel_name(variant: GemmVariant, dtype: DType) -> &'static str {
+    match (variant, dtype) {
+        (GemmVariant::Naive, DType::F16) => "gemm_v1_naive_f16w",
+        (GemmVariant::Naive, DType::BF16) => "gemm_v1_naive_bf16w",
+        (GemmVariant::Naive, _) => "gemm_v1_naive",
+        (GemmVariant::Tiled, DType::F16) => "gemm_v2_tiled_f16w",
+        (GemmVariant::Tiled, DType::BF16) => "gemm_v2_tiled_bf16w",
+        (GemmVariant::Tiled, _) => "gemm_v2_tiled",
+        // f32 weights through their bf16 copy, bf16 weights as they are.
+        (_, DType::F16) => "gemm_v4_mma_bf16_f16w",
+        _ => "gemm_v4_mma_bf16",
+    }
 }
 
 pub(super) fn gated_activation(
@@ -103,7 +114,7 @@ fn bf16_weights<'a>(be: &CudaBackend, w: &'a Tensor) -> Result<&'a CudaSlice<u16
     let mut bits = unsafe { be.stream().alloc::<u16>(len) }.map_err(device_error)?;
     let f = be.function("gemm", "to_bf16_v1")?;
     let mut args = be.stream().launch_builder(&f);
-    args.arg(&storage.data).arg(&mut bits).arg(&len);
+    args.arg(be.slice(w)?).arg(&mut bits).arg(&len);
     let blocks = len.div_ceil(256).min(1 << 16) as u32;
     be.launch("to_bf16_v1", &mut args, config((blocks, 1, 1), (256, 1, 1)))?;
     drop(args);

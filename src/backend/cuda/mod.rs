@@ -31,18 +31,23 @@ mod stats;
 
 use std::sync::{Arc, Mutex};
 
+use std::borrow::Cow;
+
 use cudarc::driver::{sys::CUevent_flags, CudaEvent};
+use half::{bf16, f16};
 
 pub use device::{list_devices, CudaDeviceSummary};
 pub use memory::CudaStorage;
 
 use super::{
-    shapes, Activation, AttentionSpec, Backend, Eigen, GemmVariant, JlSpec, Matrix64, Moments,
-    NtkVariant, OpFamily, Pooling, RopeSpec, SeqFactors, SeqLayout, Tensor, TokenPairing,
-    TrimReference, TrimResult, TrimSpec,
+    shapes, Activation, AttentionSpec, AttentionVariant, Backend, Eigen, GemmVariant, JlSpec,
+    Matrix64, Moments, NtkVariant, OpFamily, Pooling, RopeSpec, SeqFactors, SeqLayout, Tensor,
+    TokenPairing, TrimReference, TrimResult, TrimSpec,
 };
 use crate::error::{Error, Result};
+use crate::tensor::{widen_half, DType, HalfMatrix};
 use device::{device_error, Device};
+use memory::CudaData;
 
 /// How to open the backend.
 #[derive(Clone, Debug, Default)]
@@ -53,11 +58,15 @@ pub struct CudaOptions {
     pub gemm: Option<GemmVariant>,
     /// `None`: [`NtkVariant::Tiled`].
     pub ntk: Option<NtkVariant>,
+    /// `None`: chosen per head_dim (see `attention`'s module docs); a variant without a kernel
+    /// for a call's head_dim makes that call an error.
+    pub attention: Option<AttentionVariant>,
 }
 
 impl CudaOptions {
-    /// Defaults, with the device from `MSCOPE_CUDA_DEVICE` and the GEMM variant from
-    /// `MSCOPE_CUDA_GEMM` (`naive`, `tiled`, `mma-bf16`/`mma`) when they are set; values that do
+    /// Defaults, with the device from `MSCOPE_CUDA_DEVICE`, the GEMM variant from
+    /// `MSCOPE_CUDA_GEMM` (`naive`, `tiled`, `mma-bf16`/`mma`) and the attention variant from
+    /// `MSCOPE_CUDA_ATTENTION` (`naive`, `flash`, `flash-warp`) when they are set; values that do
     /// not parse are ignored.
     pub fn from_env() -> Self {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
@@ -71,6 +80,8 @@ impl CudaOptions {
                     .find(|g| g.name() == v || (v == "mma" && *g == GemmVariant::MmaBf16))
             }),
             ntk: None,
+            attention: var("MSCOPE_CUDA_ATTENTION")
+                .and_then(|v| AttentionVariant::ALL.into_iter().find(|a| a.name() == v)),
         }
     }
 }
@@ -79,6 +90,7 @@ pub struct CudaBackend {
     device: Arc<Device>,
     gemm: GemmVariant,
     ntk: NtkVariant,
+    attention: Option<AttentionVariant>,
     /// Host fallbacks (large eigenproblems, SPD solves): see [`stats`].
     cpu: super::cpu::CpuBackend,
     /// The start event of a running device timer.
@@ -117,6 +129,7 @@ impl CudaBackend {
             device,
             gemm,
             ntk,
+            attention: options.attention,
             cpu: super::cpu::CpuBackend::new(),
             timer: Mutex::new(None),
         })
@@ -153,19 +166,73 @@ impl Backend for CudaBackend {
         Ok(self.new_tensor(shape, self.upload_small(data)?))
     }
 
+    /// Half-precision tensors come back widened to f32 (exact).
     fn download(&self, tensor: &Tensor) -> Result<Vec<f32>> {
-        let data = self.slice(tensor)?;
+        let storage = self.storage(tensor)?;
         // Surfaces a failed kernel as this call's error before the copy.
         self.synchronize()?;
         if tensor.is_empty() {
             return Ok(Vec::new());
         }
-        let out = self
-            .stream()
-            .clone_dtoh(&data.slice(..tensor.len()))
-            .map_err(device_error)?;
+        let len = tensor.len();
+        let out = match &storage.data {
+            CudaData::F32(data) => self.stream().clone_dtoh(&data.slice(..len)),
+            CudaData::Half(dtype, bits) => {
+                self.stream().clone_dtoh(&bits.slice(..len)).map(|bits| {
+                    let mut wide = vec![0.0; len];
+                    widen_half(*dtype, bytemuck::cast_slice(&bits), &mut wide);
+                    wide
+                })
+            }
+        }
+        .map_err(device_error)?;
         self.synchronize()?;
         Ok(out)
+    }
+
+    /// Kept f16 on the device: `linear` and `gather_rows` read the 16 bits, other ops refuse the
+    /// tensor.
+    fn upload_f16(&self, shape: &[usize], data: &[f16]) -> Result<Tensor> {
+        shapes::upload(shape, data.len())?;
+        let bits = self.upload_small(bytemuck::cast_slice::<f16, u16>(data))?;
+        Ok(self.new_half_tensor(shape, DType::F16, bits))
+    }
+
+    /// Kept bf16 on the device, like [`Backend::upload_f16`]'s f16.
+    fn upload_bf16(&self, shape: &[usize], data: &[bf16]) -> Result<Tensor> {
+        shapes::upload(shape, data.len())?;
+        let bits = self.upload_small(bytemuck::cast_slice::<bf16, u16>(data))?;
+        Ok(self.new_half_tensor(shape, DType::BF16, bits))
+    }
+
+    /// Copied part by part from where the matrix lies (a checkpoint's memory map) into one
+    /// device buffer of its 16-bit values: no host copy of the matrix, but for a part whose
+    /// bytes are not 2-aligned.
+    fn upload_half(&self, matrix: &HalfMatrix) -> Result<Tensor> {
+        let (rows, cols) = (matrix.rows(), matrix.cols());
+        let len = rows * cols;
+        // SAFETY: every element is written by the copies below before any read.
+        let mut bits = unsafe { self.stream().alloc::<u16>(len.max(1)) }.map_err(device_error)?;
+        let mut at = 0;
+        for part in matrix.parts() {
+            let aligned: Cow<[u16]> = match bytemuck::try_cast_slice(part) {
+                Ok(halves) if cfg!(target_endian = "little") => Cow::Borrowed(halves),
+                _ => Cow::Owned(
+                    part.chunks_exact(2)
+                        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                        .collect(),
+                ),
+            };
+            let end = at + aligned.len();
+            self.stream()
+                .memcpy_htod(aligned.as_ref(), &mut bits.slice_mut(at..end))
+                .map_err(device_error)?;
+            // The host bytes must outlive the asynchronous copy.
+            self.synchronize()?;
+            at = end;
+        }
+        debug_assert_eq!(at, len, "the parts hold every row");
+        Ok(self.new_half_tensor(&[rows, cols], matrix.dtype(), bits))
     }
 
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
