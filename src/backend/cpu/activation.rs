@@ -20,17 +20,17 @@ with_wide_simd! {
 }
 
 with_wide_simd! {
-    /// `row ← softmax(row)`: the maximum subtracted, then `exp` and a lane-wise sum (an empty
-    /// row stays empty).
-    fn softmax => softmax_portable(row: &mut [f32])
+    /// `row ← exp(row − max row)`, returning the lane-wise sum of the result (0 for an empty
+    /// row): the softmax without its division, which attention applies to its output rows
+    /// instead of to every weight.
+    fn exp_from_max => exp_from_max_portable(row: &mut [f32]) -> f32
 }
 
 #[inline(always)]
-fn softmax_portable(row: &mut [f32]) {
+fn exp_from_max_portable(row: &mut [f32]) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     row.iter_mut().for_each(|v| *v = exp(*v - max));
-    let inv = 1.0 / lane_sum(row, |v| v);
-    row.iter_mut().for_each(|v| *v *= inv);
+    lane_sum(row, |v| v)
 }
 
 #[inline(always)]
