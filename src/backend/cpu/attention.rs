@@ -2,32 +2,35 @@
 //! register-tiled microkernel ([`gemm_packed::with_microkernel`]: 8 × 32 on AVX-512, 6 × 16 on
 //! AVX2 with FMA).
 //!
-//! A task is one block of [`PANELS_PER_BLOCK`] row panels of queries (64 on AVX-512, 48 on
-//! AVX2) of one sequence, with every head; blocks of every sequence run in parallel, each owning
-//! its rows of the output, so a single long sequence (a decoder's prompt) still uses every core.
-//! Within a task, for each key/value head:
+//! A task is [`PANELS_PER_BLOCK`] row panels of `MR` queries (64 queries on AVX-512, 48 on
+//! AVX2) of one sequence, with every head; the blocks of every sequence run in parallel, each
+//! owning its rows of the output, so a single long sequence (a decoder's prompt) still uses every
+//! core. Within a task, for each key/value head:
 //!
-//! 1. `Kᵀ` over the keys the block can see, and `V`, are packed once into the microkernel's
-//!    `NR`-wide panels and shared by the query heads of a grouped-query group.
-//! 2. For each query head, `scale·Q` is packed into `MR`-row panels and the scores
-//!    `S = scale·Q·Kᵀ` are computed tile by tile — only the key panels a row panel can see, so a
-//!    causal or windowed mask skips the tiles it hides — into a score block that stays in L2.
-//! 3. Row panel by row panel, each row's visible scores become `exp(s − max)` (vectorised,
-//!    [`activation::exp_from_max`]) and are packed as the `MR`-row panel of `P`; `P·V` runs on the
-//!    microkernel over just the panel's visible keys, and the softmax division is applied to the
-//!    output tile (`hd` values a row) instead of to the weights (one per key).
+//! 1. `K` over the keys the block can see is packed into `MR`-key panels and `V` into `NR`-column
+//!    panels, once, shared by the query heads of a grouped-query group.
+//! 2. For each query head, `scale·Qᵀ` is packed into `NR`-query panels and the scores are
+//!    computed transposed, `Sᵀ = K·(scale·Qᵀ)`, tile by tile — only the key panels a query panel
+//!    can see, so a causal or windowed mask skips the tiles it hides. A tile's rows (one key,
+//!    `NR` queries) are stored in runs of `MR` queries: that is already the layout `P·V` reads
+//!    `P` in (a row panel of `MR` queries, key after key), so `P` is never transposed.
+//! 3. Row panel by row panel, the softmax runs down the keys in vertical lanes (lane `i` holds
+//!    row `i mod MR`: maxima, `exp`, sums without a horizontal reduction, vectorised with
+//!    [`with_wide_simd`]); masked keys are −∞ for the maximum and exactly 0 after `exp`. `P·V`
+//!    runs on the microkernel over just the panel's visible keys, and the softmax division is
+//!    applied to the output tile (`head_dim` values a row) instead of to the weights (one a key).
 //!
-//! Scores are kept for the block's whole key range (two passes, no online rescaling): at the
-//! model shapes (up to 64 queries × ~600 keys) the block is a few hundred KiB at most. Scratch
-//! buffers live per rayon worker and are only resized, never allocated per head or tile.
+//! The whole block's scores are kept (two passes, no online rescaling): at the model shapes (64
+//! queries × up to ~600 keys) that is a few hundred KiB, in L2. Scratch buffers belong to a
+//! rayon worker and only grow; nothing is allocated per head or tile.
 //!
-//! The faer path this replaced (two faer GEMMs per block and head, the softmax normalising
-//! every weight) ran the bench's attention cases 1.5–2.6× slower; see BENCHMARKS.md.
+//! The faer path this replaced (two faer GEMMs per block and head, the softmax over each score row
+//! and a copy of each head's output) is measured against it in BENCHMARKS.md.
 
 use rayon::prelude::*;
 
 use super::activation;
-use super::common::{split_sequences, values, values_mut};
+use super::common::{split_sequences, values, values_mut, with_wide_simd};
 use super::gemm_packed::{self, Microkernel, TileProgram};
 use crate::backend::{shapes, AttentionSpec, SeqLayout, Tensor};
 use crate::error::Result;
@@ -104,30 +107,73 @@ fn blocked<const MR: usize, const NR: usize>(
             tasks.push((s, b * block, rows));
         }
     }
-    tasks.into_par_iter().for_each_init(
-        Scratch::default,
-        |scratch, (s, first_query, out_rows)| {
+    tasks
+        .into_par_iter()
+        .for_each_init(Scratch::default, |scratch, (s, first_query, out_rows)| {
             let task = QueryBlock::new(qkv, layout, spec, s, first_query, out_rows.len());
             task.run(kernel, scratch, out_rows);
-        },
-    );
+        });
+}
+
+/// Lanes of the panel softmax's maximum and sum: a multiple of both tile heights (6 and 8), so
+/// lane `i` of a `P` panel (`MR` values a key) always holds row `i % MR`.
+const LANES: usize = 48;
+
+with_wide_simd! {
+    /// `lanes[i % LANES] ← max(lanes[i % LANES], values[i])`.
+    fn lane_max => lane_max_portable(values: &[f32], lanes: &mut [f32; LANES])
+}
+
+#[inline(always)]
+fn lane_max_portable(values: &[f32], lanes: &mut [f32; LANES]) {
+    let chunks = values.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        lanes
+            .iter_mut()
+            .zip(chunk)
+            .for_each(|(l, &v)| *l = l.max(v));
+    }
+    lanes.iter_mut().zip(tail).for_each(|(l, &v)| *l = l.max(v));
+}
+
+with_wide_simd! {
+    /// `values[i] ← exp(values[i] − shift[i % LANES])`, summed into `sums[i % LANES]`.
+    fn lane_exp => lane_exp_portable(
+        values: &mut [f32],
+        shift: &[f32; LANES],
+        sums: &mut [f32; LANES]
+    )
+}
+
+#[inline(always)]
+fn lane_exp_portable(values: &mut [f32], shift: &[f32; LANES], sums: &mut [f32; LANES]) {
+    let mut chunks = values.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for ((v, s), sum) in chunk.iter_mut().zip(shift).zip(sums.iter_mut()) {
+            *v = activation::exp(*v - s);
+            *sum += *v;
+        }
+    }
+    let tail = chunks.into_remainder();
+    for ((v, s), sum) in tail.iter_mut().zip(shift).zip(sums.iter_mut()) {
+        *v = activation::exp(*v - s);
+        *sum += *v;
+    }
 }
 
 /// A worker's buffers, grown to the largest task it has run.
 #[derive(Default)]
 struct Scratch {
-    /// `scale·Q` of one head in `MR`-row panels: panel `pi`, column `c` at `(pi·hd + c)·MR`.
+    /// `scale·Qᵀ` of one head in `NR`-query panels: panel `qb`, column `c` at `(qb·hd + c)·NR`.
     q: Vec<f32>,
-    /// `Kᵀ` of one key/value head in `NR`-key panels: panel `j`, column `c` at `(j·hd + c)·NR`.
+    /// `K` of one key/value head in `MR`-key panels: panel `kb`, column `c` at `(kb·hd + c)·MR`.
     k: Vec<f32>,
     /// `V` in `NR`-column panels: panel `j`, key `t` at `(j·keys + t)·NR`.
     v: Vec<f32>,
-    /// The scores, then `exp(s − max)`: query `r`, key `t` at `r·keys_padded + t`.
-    scores: Vec<f32>,
-    /// One row panel of `P` over its visible keys: key `t` at `t·MR`.
+    /// Scores, then weights, in `MR`-query row panels over each panel's visible keys: panel
+    /// `pi`, its key `t` (from the panel's first) at `pi·keys·MR + t·MR`.
     p: Vec<f32>,
-    /// `1 / Σ exp(s − max)` per query (0 where a query sees no key).
-    inv_sums: Vec<f32>,
 }
 
 /// `buffer[..len]`, grown (with zeros) if it is shorter.
@@ -190,10 +236,10 @@ impl<'a> QueryBlock<'a> {
         (first - self.keys_first, end - self.keys_first)
     }
 
-    /// Visible keys of row panel `pi`: its first query's first to its last query's end.
-    fn panel_keys<const MR: usize>(&self, pi: usize) -> (usize, usize) {
-        let last = ((pi + 1) * MR).min(self.queries) - 1;
-        (self.visible(pi * MR).0, self.visible(last).1)
+    /// Visible keys of the queries `rows` (within the block): the first's first to the last's end.
+    fn keys_of(&self, rows: std::ops::Range<usize>) -> (usize, usize) {
+        let last = rows.end.min(self.queries) - 1;
+        (self.visible(rows.start).0, self.visible(last).1)
     }
 
     fn run<const MR: usize, const NR: usize>(
@@ -202,96 +248,82 @@ impl<'a> QueryBlock<'a> {
         scratch: &mut Scratch,
         out_rows: &mut [f32],
     ) {
+        debug_assert!(LANES % MR == 0);
         let spec = self.spec;
         let (hd, heads, kv_heads) = (spec.head_dim, spec.heads, spec.kv_heads);
-        let group = heads / kv_heads;
-        let out_width = heads * hd;
-        let (panels, k_panels, v_panels) = (
-            self.queries.div_ceil(MR),
-            self.keys.div_ceil(NR),
-            hd.div_ceil(NR),
-        );
-        let keys_padded = k_panels * NR;
-        let Scratch {
-            q,
-            k,
-            v,
-            scores,
-            p,
-            inv_sums,
-        } = scratch;
-        let q = sized(q, panels * hd * MR);
-        let k = sized(k, k_panels * hd * NR);
-        let v = sized(v, v_panels * self.keys * NR);
-        let scores = sized(scores, panels * MR * keys_padded);
-        let p = sized(p, self.keys * MR);
-        let inv_sums = sized(inv_sums, panels * MR);
+        let (group, out_width, keys) = (heads / kv_heads, heads * hd, self.keys);
+        let panels = self.queries.div_ceil(MR);
+        let q_panels = self.queries.div_ceil(NR);
+        let k_panels = keys.div_ceil(MR);
+        let v_panels = hd.div_ceil(NR);
+        // Each row panel's visible keys.
+        let mut ranges = [(0, 0); PANELS_PER_BLOCK];
+        for (pi, range) in ranges.iter_mut().enumerate().take(panels) {
+            *range = self.keys_of(pi * MR..(pi + 1) * MR);
+        }
+        let Scratch { q, k, v, p } = scratch;
+        let q = sized(q, q_panels * hd * NR);
+        let k = sized(k, k_panels * hd * MR);
+        let v = sized(v, v_panels * keys * NR);
+        let p = sized(p, panels * keys * MR);
         for kv in 0..kv_heads {
-            self.pack_k::<NR>(heads * hd + kv * hd, k);
+            self.pack_k::<MR>(heads * hd + kv * hd, k);
             self.pack_v::<NR>((heads + kv_heads) * hd + kv * hd, v);
             for h in kv * group..(kv + 1) * group {
                 let q_col = h * hd;
-                self.pack_q::<MR>(q_col, q);
-                // S = scale·Q·Kᵀ over the key panels each row panel sees.
-                for pi in 0..panels {
-                    let (lo, hi) = self.panel_keys::<MR>(pi);
-                    let a = &q[pi * hd * MR..][..hd * MR];
-                    for j in lo / NR..hi.div_ceil(NR) {
+                self.pack_q::<NR>(q_col, q);
+                // Sᵀ = K·(scale·Qᵀ) for the key panels each query panel sees; each tile row
+                // (one key, NR queries) lands in the row panels of P in runs of MR queries.
+                for qb in 0..q_panels {
+                    let (lo, hi) = self.keys_of(qb * NR..(qb + 1) * NR);
+                    let b = &q[qb * hd * NR..][..hd * NR];
+                    for kb in lo / MR..hi.div_ceil(MR) {
                         let mut tile = [[0.0f32; NR]; MR];
-                        // SAFETY: `with_microkernel` chose the kernel for this CPU; `a` and the
-                        // key panel hold `hd` columns of MR and NR values.
-                        unsafe { kernel(hd, a, &k[j * hd * NR..][..hd * NR], &mut tile) };
-                        for (rr, t) in tile.iter().enumerate() {
-                            scores[(pi * MR + rr) * keys_padded + j * NR..][..NR]
-                                .copy_from_slice(t);
+                        // SAFETY: `with_microkernel` chose the kernel for this CPU; the key panel
+                        // and `b` hold `hd` columns of MR and NR values.
+                        unsafe { kernel(hd, &k[kb * hd * MR..][..hd * MR], b, &mut tile) };
+                        for (t, row) in (kb * MR..keys).zip(&tile) {
+                            let mut qq = 0;
+                            while qq < NR && qb * NR + qq < self.queries {
+                                let (pi, rr) = ((qb * NR + qq) / MR, (qb * NR + qq) % MR);
+                                let run = (MR - rr).min(NR - qq);
+                                let (p_lo, p_hi) = ranges[pi];
+                                if (p_lo..p_hi).contains(&t) {
+                                    let at = pi * keys * MR + (t - p_lo) * MR;
+                                    if run == MR {
+                                        p[at..at + MR].copy_from_slice(&row[qq..qq + MR]);
+                                    } else {
+                                        p[at + rr..at + rr + run]
+                                            .copy_from_slice(&row[qq..qq + run]);
+                                    }
+                                }
+                                qq += run;
+                            }
                         }
                     }
                 }
-                for pi in 0..panels {
-                    let (lo, hi) = self.panel_keys::<MR>(pi);
+                for (pi, &(lo, hi)) in ranges.iter().enumerate().take(panels) {
                     let depth = hi - lo;
-                    // Each row's weights exp(s − max) over its visible keys, zeros elsewhere
-                    // in the panel's range (rows past the block: all zeros).
-                    for rr in 0..MR {
-                        let r = pi * MR + rr;
-                        let row = &mut scores[r * keys_padded..][..keys_padded];
-                        if r >= self.queries {
-                            row[lo..hi].fill(0.0);
-                            continue;
-                        }
-                        let (first, end) = self.visible(r);
-                        let sum = activation::exp_from_max(&mut row[first..end]);
-                        // Only an empty window has no key: its queries yield zeros.
-                        inv_sums[r] = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-                        row[lo..first].fill(0.0);
-                        row[end..hi].fill(0.0);
-                    }
-                    // The row panel of P, column by column.
-                    let panel_rows = &scores[pi * MR * keys_padded..][..MR * keys_padded];
-                    for (t, column) in p[..depth * MR].chunks_exact_mut(MR).enumerate() {
-                        for (rr, value) in column.iter_mut().enumerate() {
-                            *value = panel_rows[rr * keys_padded + lo + t];
-                        }
-                    }
+                    let panel = &mut p[pi * keys * MR..][..depth * MR];
+                    let inv_sums = softmax_panel::<MR>(self, pi, lo, panel);
                     // O = P·V / Σ, one NR-column panel of V at a time.
                     for j in 0..v_panels {
                         let mut tile = [[0.0f32; NR]; MR];
-                        // SAFETY: as above, with `depth` columns of P and rows of V.
+                        // SAFETY: as above, with `depth` keys of P and of V.
                         unsafe {
                             kernel(
                                 depth,
-                                &p[..depth * MR],
-                                &v[(j * self.keys + lo) * NR..][..depth * NR],
+                                panel,
+                                &v[(j * keys + lo) * NR..][..depth * NR],
                                 &mut tile,
                             )
                         };
                         let width = NR.min(hd - j * NR);
-                        for (rr, t) in tile.iter().enumerate() {
+                        for (rr, (t, inv)) in tile.iter().zip(inv_sums).enumerate() {
                             let r = pi * MR + rr;
                             if r >= self.queries {
                                 break;
                             }
-                            let inv = inv_sums[r];
                             out_rows[r * out_width + q_col + j * NR..][..width]
                                 .iter_mut()
                                 .zip(t)
@@ -303,37 +335,38 @@ impl<'a> QueryBlock<'a> {
         }
     }
 
-    /// `scale·Q` of the head at column `column` into `MR`-row panels (rows past the block 0).
-    fn pack_q<const MR: usize>(&self, column: usize, q: &mut [f32]) {
+    /// `scale·Qᵀ` of the head at column `column` into `NR`-query panels (queries past the block
+    /// 0).
+    fn pack_q<const NR: usize>(&self, column: usize, q: &mut [f32]) {
         let (hd, scale) = (self.spec.head_dim, self.spec.scale);
-        for (pi, panel) in q.chunks_exact_mut(hd * MR).enumerate() {
-            for rr in 0..MR {
-                let r = pi * MR + rr;
+        for (qb, panel) in q.chunks_exact_mut(hd * NR).enumerate() {
+            for qq in 0..NR {
+                let r = qb * NR + qq;
                 if r >= self.queries {
-                    (0..hd).for_each(|c| panel[c * MR + rr] = 0.0);
+                    (0..hd).for_each(|c| panel[c * NR + qq] = 0.0);
                     continue;
                 }
                 let row = self.head_row(self.first_query + r, column);
                 for (c, &x) in row.iter().enumerate() {
-                    panel[c * MR + rr] = scale * x;
+                    panel[c * NR + qq] = scale * x;
                 }
             }
         }
     }
 
-    /// `Kᵀ` of the key head at column `column` into `NR`-key panels (keys past the block 0).
-    fn pack_k<const NR: usize>(&self, column: usize, k: &mut [f32]) {
+    /// `K` of the key head at column `column` into `MR`-key panels (keys past the block 0).
+    fn pack_k<const MR: usize>(&self, column: usize, k: &mut [f32]) {
         let hd = self.spec.head_dim;
-        for (j, panel) in k.chunks_exact_mut(hd * NR).enumerate() {
-            for jj in 0..NR {
-                let t = j * NR + jj;
+        for (kb, panel) in k.chunks_exact_mut(hd * MR).enumerate() {
+            for kk in 0..MR {
+                let t = kb * MR + kk;
                 if t >= self.keys {
-                    (0..hd).for_each(|c| panel[c * NR + jj] = 0.0);
+                    (0..hd).for_each(|c| panel[c * MR + kk] = 0.0);
                     continue;
                 }
                 let row = self.head_row(self.keys_first + t, column);
                 for (c, &x) in row.iter().enumerate() {
-                    panel[c * NR + jj] = x;
+                    panel[c * MR + kk] = x;
                 }
             }
         }
@@ -350,6 +383,67 @@ impl<'a> QueryBlock<'a> {
             }
         }
     }
+}
+
+/// Row panel `pi` of `P` (its keys from `lo`, `MR` values a key): each row's scores become
+/// `exp(s − max)` over the keys it sees and 0 elsewhere (rows past the block: all 0), in vertical
+/// lanes with no transpose. Returns `1 / Σ` per row, 0 for a row that sees no key (an empty
+/// window), whose output is then zero.
+fn softmax_panel<const MR: usize>(
+    block: &QueryBlock<'_>,
+    pi: usize,
+    lo: usize,
+    panel: &mut [f32],
+) -> [f32; MR] {
+    let depth = panel.len() / MR;
+    // Each row's visible keys from `lo`; the rest of the panel is masked with −∞ (those entries
+    // may hold another head's values: the score tiles skip keys no row of theirs sees).
+    let mut visible = [(0, 0); MR];
+    for (rr, range) in visible.iter_mut().enumerate() {
+        let r = pi * MR + rr;
+        if r < block.queries {
+            let (first, end) = block.visible(r);
+            *range = (first - lo, end - lo);
+        }
+        let (first, end) = *range;
+        for t in (0..first).chain(end..depth) {
+            panel[t * MR + rr] = f32::NEG_INFINITY;
+        }
+    }
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    lane_max(panel, &mut lanes);
+    let mut max = [f32::NEG_INFINITY; MR];
+    for (i, &l) in lanes.iter().enumerate() {
+        max[i % MR] = max[i % MR].max(l);
+    }
+    // A row of −∞ only (no visible key) is shifted by 0, not by −∞ (no NaN).
+    let shift: [f32; LANES] = std::array::from_fn(|i| {
+        let m = max[i % MR];
+        if m == f32::NEG_INFINITY {
+            0.0
+        } else {
+            m
+        }
+    });
+    let mut lane_sums = [0.0f32; LANES];
+    // exp(−∞ − max) is clamped to e^−87, ~1e-38: below any row sum's resolution (its maximum
+    // contributes 1), and set to exactly 0 below before P·V.
+    lane_exp(panel, &shift, &mut lane_sums);
+    let mut sums = [0.0f32; MR];
+    for (i, &s) in lane_sums.iter().enumerate() {
+        sums[i % MR] += s;
+    }
+    std::array::from_fn(|rr| {
+        let (first, end) = visible[rr];
+        for t in (0..first).chain(end..depth) {
+            panel[t * MR + rr] = 0.0;
+        }
+        if first < end {
+            1.0 / sums[rr]
+        } else {
+            0.0
+        }
+    })
 }
 
 #[cfg(test)]

@@ -81,16 +81,13 @@ pub(super) fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 /// Defines `pub(super) fn $name(args)` running `$portable(args)` compiled for AVX2 where the CPU
 /// has it (detected at run time), else as built.
 macro_rules! with_wide_simd {
-    (
-        $(#[$doc:meta])*
-        fn $name:ident => $portable:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?
-    ) => {
+    ($(#[$doc:meta])* fn $name:ident => $portable:ident($($arg:ident: $ty:ty),*)) => {
         $(#[$doc])*
-        pub(super) fn $name($($arg: $ty),*) $(-> $ret)? {
+        pub(super) fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx2") {
                 #[target_feature(enable = "avx2")]
-                unsafe fn wide($($arg: $ty),*) $(-> $ret)? {
+                unsafe fn wide($($arg: $ty),*) {
                     $portable($($arg),*)
                 }
                 // SAFETY: the CPU has AVX2 (checked above).

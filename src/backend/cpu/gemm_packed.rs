@@ -323,7 +323,12 @@ pub(super) unsafe fn microkernel_avx2(kc: usize, a: &[f32], b: &[f32], tile: &mu
 /// The CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn microkernel_avx512(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; 32]; 8]) {
+pub(super) unsafe fn microkernel_avx512(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    tile: &mut [[f32; 32]; 8],
+) {
     use std::arch::x86_64::*;
     const NR: usize = 32;
     assert!(a.len() >= kc * 8 && b.len() >= kc * NR);
