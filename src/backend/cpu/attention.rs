@@ -5,15 +5,19 @@
 //! A task is [`PANELS_PER_BLOCK`] row panels of `MR` queries (64 queries on AVX-512, 48 on
 //! AVX2) of one sequence, with every head; the blocks of every sequence run in parallel, each
 //! owning its rows of the output, so a single long sequence (a decoder's prompt) still uses every
-//! core. Within a task, for each key/value head:
+//! core. Within a task:
 //!
 //! 1. `K` over the keys the block can see is packed into `MR`-key panels and `V` into `NR`-column
-//!    panels, once, shared by the query heads of a grouped-query group.
-//! 2. For each query head, `scale·Qᵀ` is packed into `NR`-query panels and the scores are
-//!    computed transposed, `Sᵀ = K·(scale·Qᵀ)`, tile by tile — only the key panels a query panel
-//!    can see, so a causal or windowed mask skips the tiles it hides. A tile's rows (one key,
-//!    `NR` queries) are stored in runs of `MR` queries: that is already the layout `P·V` reads
-//!    `P` in (a row panel of `MR` queries, key after key), so `P` is never transposed.
+//!    panels, shared by the query heads of a grouped-query group, and `scale·Qᵀ` into `NR`-query
+//!    panels — every head in one pass over the block's rows of `qkv`, each read whole and in
+//!    order. (Packing one head's columns row after row, 9 KiB apart at BERT-base's width, missed
+//!    the cache and the TLB on every row: perf found it the largest cost outside the
+//!    microkernel.)
+//! 2. For each query head, the scores are computed transposed, `Sᵀ = K·(scale·Qᵀ)`, tile by
+//!    tile — only the key panels a query panel can see, so a causal or windowed mask skips the
+//!    tiles it hides. A tile's rows (one key, `NR` queries) are stored in runs of `MR` queries:
+//!    that is already the layout `P·V` reads `P` in (a row panel of `MR` queries, key after
+//!    key), so `P` is never transposed.
 //! 3. Row panel by row panel, the softmax runs down the keys in vertical lanes (lane `i` holds
 //!    row `i mod MR`: maxima, `exp`, sums without a horizontal reduction, vectorised with
 //!    [`with_wide_simd`]); masked keys are −∞ for the maximum and exactly 0 after `exp`. `P·V`
@@ -21,8 +25,10 @@
 //!    applied to the output tile (`head_dim` values a row) instead of to the weights (one a key).
 //!
 //! The whole block's scores are kept (two passes, no online rescaling): at the model shapes (64
-//! queries × up to ~600 keys) that is a few hundred KiB, in L2. Scratch buffers belong to a
-//! rayon worker and only grow; nothing is allocated per head or tile.
+//! queries × up to ~600 keys) that is a few hundred KiB, in L2. The packed heads are the block's
+//! `Q` and its visible `K`, `V` (BERT-base's 256 keys: 1.7 MiB; Mistral-7B's 576 of 8 key/value
+//! heads: 5.7 MiB, in L3). Scratch buffers belong to a rayon worker and only grow; nothing is
+//! allocated per head or tile.
 //!
 //! The faer path this replaced (two faer GEMMs per block and head, the softmax over each score row
 //! and a copy of each head's output) is measured against it in BENCHMARKS.md.
@@ -165,11 +171,14 @@ fn lane_exp_portable(values: &mut [f32], shift: &[f32; LANES], sums: &mut [f32; 
 /// A worker's buffers, grown to the largest task it has run.
 #[derive(Default)]
 struct Scratch {
-    /// `scale·Qᵀ` of one head in `NR`-query panels: panel `qb`, column `c` at `(qb·hd + c)·NR`.
+    /// `scale·Qᵀ` of every head, head after head, in `NR`-query panels: panel `qb`, column `c`
+    /// at `(qb·hd + c)·NR` of its head's part.
     q: Vec<f32>,
-    /// `K` of one key/value head in `MR`-key panels: panel `kb`, column `c` at `(kb·hd + c)·MR`.
+    /// `K` of every key/value head in `MR`-key panels: panel `kb`, column `c` at
+    /// `(kb·hd + c)·MR` of its head's part.
     k: Vec<f32>,
-    /// `V` in `NR`-column panels: panel `j`, key `t` at `(j·keys + t)·NR`.
+    /// `V` of every key/value head in `NR`-column panels: panel `j`, key `t` at
+    /// `(j·keys + t)·NR` of its head's part.
     v: Vec<f32>,
     /// Scores, then weights, in `MR`-query row panels over each panel's visible keys: panel
     /// `pi`, its key `t` (from the panel's first) at `pi·keys·MR + t·MR`.
@@ -224,10 +233,10 @@ impl<'a> QueryBlock<'a> {
         }
     }
 
-    /// Columns `column..column + hd` of the sequence's token `token`.
-    fn head_row(&self, token: usize, column: usize) -> &'a [f32] {
-        let start = (self.row0 + token) * self.spec.qkv_width() + column;
-        &self.qkv[start..start + self.spec.head_dim]
+    /// Columns `columns` of the sequence's token `token`.
+    fn row(&self, token: usize, columns: std::ops::Range<usize>) -> &'a [f32] {
+        let start = (self.row0 + token) * self.spec.qkv_width();
+        &self.qkv[start + columns.start..start + columns.end]
     }
 
     /// Visible keys `[first, end)` of the block's query `r`, as offsets from `keys_first`.
@@ -261,17 +270,23 @@ impl<'a> QueryBlock<'a> {
         for (pi, range) in ranges.iter_mut().enumerate().take(panels) {
             *range = self.keys_of(pi * MR..(pi + 1) * MR);
         }
+        let (q_size, k_size, v_size) =
+            (q_panels * hd * NR, k_panels * hd * MR, v_panels * keys * NR);
         let Scratch { q, k, v, p } = scratch;
-        let q = sized(q, q_panels * hd * NR);
-        let k = sized(k, k_panels * hd * MR);
-        let v = sized(v, v_panels * keys * NR);
+        let q = sized(q, heads * q_size);
+        let k = sized(k, kv_heads * k_size);
+        let v = sized(v, kv_heads * v_size);
         let p = sized(p, panels * keys * MR);
+        // Every head at once: each token's row of qkv is read whole, in order, where one head's
+        // columns a row at a time would miss the cache (and the TLB) on every row.
+        self.pack_q::<NR>(q, q_size);
+        self.pack_kv::<MR, NR>(k, k_size, v, v_size);
         for kv in 0..kv_heads {
-            self.pack_k::<MR>(heads * hd + kv * hd, k);
-            self.pack_v::<NR>((heads + kv_heads) * hd + kv * hd, v);
+            let k = &k[kv * k_size..][..k_size];
+            let v = &v[kv * v_size..][..v_size];
             for h in kv * group..(kv + 1) * group {
                 let q_col = h * hd;
-                self.pack_q::<NR>(q_col, q);
+                let q = &q[h * q_size..][..q_size];
                 // Sᵀ = K·(scale·Qᵀ) for the key panels each query panel sees; each tile row
                 // (one key, NR queries) lands in the row panels of P in runs of MR queries.
                 for qb in 0..q_panels {
@@ -335,51 +350,56 @@ impl<'a> QueryBlock<'a> {
         }
     }
 
-    /// `scale·Qᵀ` of the head at column `column` into `NR`-query panels (queries past the block
-    /// 0).
-    fn pack_q<const NR: usize>(&self, column: usize, q: &mut [f32]) {
-        let (hd, scale) = (self.spec.head_dim, self.spec.scale);
-        for (qb, panel) in q.chunks_exact_mut(hd * NR).enumerate() {
-            for qq in 0..NR {
-                let r = qb * NR + qq;
-                if r >= self.queries {
-                    (0..hd).for_each(|c| panel[c * NR + qq] = 0.0);
-                    continue;
-                }
-                let row = self.head_row(self.first_query + r, column);
-                for (c, &x) in row.iter().enumerate() {
-                    panel[c * NR + qq] = scale * x;
+    /// `scale·Qᵀ` of every head, `size` values a head, in `NR`-query panels (queries past the
+    /// block 0).
+    fn pack_q<const NR: usize>(&self, q: &mut [f32], size: usize) {
+        let (hd, heads, scale) = (self.spec.head_dim, self.spec.heads, self.spec.scale);
+        for r in 0..size / hd {
+            let (qb, qq) = (r / NR, r % NR);
+            let row = (r < self.queries).then(|| self.row(self.first_query + r, 0..heads * hd));
+            for h in 0..heads {
+                let panel = &mut q[h * size + qb * hd * NR..][..hd * NR];
+                match row {
+                    Some(row) => {
+                        for (c, &x) in row[h * hd..][..hd].iter().enumerate() {
+                            panel[c * NR + qq] = scale * x;
+                        }
+                    }
+                    None => (0..hd).for_each(|c| panel[c * NR + qq] = 0.0),
                 }
             }
         }
     }
 
-    /// `K` of the key head at column `column` into `MR`-key panels (keys past the block 0).
-    fn pack_k<const MR: usize>(&self, column: usize, k: &mut [f32]) {
-        let hd = self.spec.head_dim;
-        for (kb, panel) in k.chunks_exact_mut(hd * MR).enumerate() {
-            for kk in 0..MR {
-                let t = kb * MR + kk;
-                if t >= self.keys {
+    /// `K` of every key/value head into `MR`-key panels (keys past the block 0) and `V` into
+    /// `NR`-column panels (columns past `hd` 0), `k_size` and `v_size` values a head.
+    fn pack_kv<const MR: usize, const NR: usize>(
+        &self,
+        k: &mut [f32],
+        k_size: usize,
+        v: &mut [f32],
+        v_size: usize,
+    ) {
+        let (hd, heads, kv_heads) = (self.spec.head_dim, self.spec.heads, self.spec.kv_heads);
+        for t in 0..k_size / hd {
+            let (kb, kk) = (t / MR, t % MR);
+            let row = (t < self.keys)
+                .then(|| self.row(self.keys_first + t, heads * hd..(heads + 2 * kv_heads) * hd));
+            for kv in 0..kv_heads {
+                let panel = &mut k[kv * k_size + kb * hd * MR..][..hd * MR];
+                let Some(row) = row else {
                     (0..hd).for_each(|c| panel[c * MR + kk] = 0.0);
                     continue;
-                }
-                let row = self.head_row(self.keys_first + t, column);
-                for (c, &x) in row.iter().enumerate() {
+                };
+                for (c, &x) in row[kv * hd..][..hd].iter().enumerate() {
                     panel[c * MR + kk] = x;
                 }
-            }
-        }
-    }
-
-    /// `V` of the value head at column `column` into `NR`-column panels (columns past `hd` 0).
-    fn pack_v<const NR: usize>(&self, column: usize, v: &mut [f32]) {
-        for t in 0..self.keys {
-            let row = self.head_row(self.keys_first + t, column);
-            for (j, part) in row.chunks(NR).enumerate() {
-                let dst = &mut v[(j * self.keys + t) * NR..][..NR];
-                dst[..part.len()].copy_from_slice(part);
-                dst[part.len()..].fill(0.0);
+                let values = &row[(kv_heads + kv) * hd..][..hd];
+                for (j, part) in values.chunks(NR).enumerate() {
+                    let dst = &mut v[kv * v_size + (j * self.keys + t) * NR..][..NR];
+                    dst[..part.len()].copy_from_slice(part);
+                    dst[part.len()..].fill(0.0);
+                }
             }
         }
     }
