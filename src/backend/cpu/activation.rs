@@ -11,12 +11,26 @@
 //! The default x86-64 target vectorises these loops over SSE2's 4 lanes; where the CPU has AVX2
 //! they run a copy compiled for its 8 (the same operations, so the same results).
 
-use super::common::with_wide_simd;
+use super::common::{lane_sum, with_wide_simd};
 use crate::backend::Activation;
 
 with_wide_simd! {
     /// Applies `act` to every value of `y` in place.
     fn apply => apply_portable(act: Activation, y: &mut [f32])
+}
+
+with_wide_simd! {
+    /// `row ← softmax(row)`: the maximum subtracted, then `exp` and a lane-wise sum (an empty
+    /// row stays empty).
+    fn softmax => softmax_portable(row: &mut [f32])
+}
+
+#[inline(always)]
+fn softmax_portable(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    row.iter_mut().for_each(|v| *v = exp(*v - max));
+    let inv = 1.0 / lane_sum(row, |v| v);
+    row.iter_mut().for_each(|v| *v *= inv);
 }
 
 #[inline(always)]
@@ -72,7 +86,7 @@ fn gelu(x: f32) -> f32 {
 /// `e^x` as `2^n · e^r` with `n = round(x / ln 2)` and `|r| ≤ ln 2 / 2`; `e^r` by its degree-6
 /// Taylor polynomial (truncation below 1.2e-7 relative). Inputs are clamped to the range whose
 /// result is a normal f32, which the activations above only reach where they saturate (and
-/// attention's softmax only for the keys its mask hides, whose weights it then sets to zero).
+/// blocked attention's softmax only for the keys its mask hides, whose weights it then zeroes).
 #[inline(always)]
 pub(super) fn exp(x: f32) -> f32 {
     // Adding and subtracting 1.5·2^23 rounds to the nearest integer without a library call.

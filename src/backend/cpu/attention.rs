@@ -1,6 +1,14 @@
-//! Softmax attention on the CPU, blocked so that both products run on the packed GEMM's
-//! register-tiled microkernel ([`gemm_packed::with_microkernel`]: 8 × 32 on AVX-512, 6 × 16 on
-//! AVX2 with FMA).
+//! Softmax attention on the CPU, two ways, chosen by the mask:
+//!
+//! - **Causal or windowed** (decoders): blocked so that both products run on the packed GEMM's
+//!   register-tiled microkernel ([`gemm_packed::with_microkernel`]: 8 × 32 on AVX-512, 6 × 16
+//!   on AVX2 with FMA), skipping the score tiles the mask hides — described below.
+//! - **Bidirectional** (encoders: MiniLM, BERT): two faer GEMMs per block of
+//!   [`FAER_QUERY_BLOCK`] queries and head over the keys the block sees, the row softmax between
+//!   them. The blocked kernel computes the same thing, but measured 6–60% slower there (on the
+//!   loaded 2-core development machine, BENCHMARKS.md "Session h21a"), so it is not used for it.
+//!
+//! The blocked kernel:
 //!
 //! A task is [`PANELS_PER_BLOCK`] row panels of `MR` queries (64 queries on AVX-512, 48 on
 //! AVX2) of one sequence, with every head; the blocks of every sequence run in parallel, each
@@ -30,9 +38,11 @@
 //! heads: 5.7 MiB, in L3). Scratch buffers belong to a rayon worker and only grow; nothing is
 //! allocated per head or tile.
 //!
-//! The faer path this replaced (two faer GEMMs per block and head, the softmax over each score row
-//! and a copy of each head's output) is measured against it in BENCHMARKS.md.
+//! Against the faer path on the causal, windowed, grouped-query Mistral-7B case it measured
+//! about 1.2× faster (tiles skipped, not faster tiles); BENCHMARKS.md has the runs.
 
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::activation;
@@ -45,6 +55,10 @@ use crate::error::Result;
 /// for the packing of `K` and `V` (once per task) to be small against the products, few enough
 /// that a 128-token sequence still makes two or three tasks.
 const PANELS_PER_BLOCK: usize = 8;
+
+/// Queries per task of the faer path: enough rows for faer's GEMMs to reach their kernels'
+/// speed, few enough that a 256-token sequence still makes several tasks.
+const FAER_QUERY_BLOCK: usize = 64;
 
 /// Keys `[first, end)` that query `i` of a sequence of `len` tokens may attend to: the
 /// contiguous range [`AttentionSpec::allows`] describes. Both ends are non-decreasing in `i`,
@@ -69,12 +83,34 @@ pub(super) fn attention(
     out: &mut Tensor,
 ) -> Result<()> {
     shapes::attention(qkv, layout, spec, out)?;
-    gemm_packed::with_microkernel(Attention {
-        qkv: values(qkv)?,
-        layout,
-        spec,
-        out: values_mut(out)?,
-    });
+    let (qkv, out) = (values(qkv)?, values_mut(out)?);
+    if spec.causal || spec.window.is_some() {
+        gemm_packed::with_microkernel(Attention {
+            qkv,
+            layout,
+            spec,
+            out,
+        });
+        return Ok(());
+    }
+    let out_width = spec.heads * spec.head_dim;
+    let mut tasks = Vec::new();
+    for (s, sequence) in split_sequences(out, layout, out_width)
+        .into_iter()
+        .enumerate()
+    {
+        for (b, rows) in sequence
+            .chunks_mut(FAER_QUERY_BLOCK * out_width)
+            .enumerate()
+        {
+            tasks.push((s, b * FAER_QUERY_BLOCK, rows));
+        }
+    }
+    tasks
+        .into_par_iter()
+        .for_each(|(s, first_query, out_rows)| {
+            faer_query_block(qkv, layout, spec, s, first_query, out_rows)
+        });
     Ok(())
 }
 
@@ -464,6 +500,90 @@ fn softmax_panel<const MR: usize>(
             0.0
         }
     })
+}
+
+/// The faer path: every head of the queries `first_query..` of sequence `s` whose output rows
+/// are `out_rows`, as two faer GEMMs per head.
+fn faer_query_block(
+    qkv: &[f32],
+    layout: &SeqLayout,
+    spec: &AttentionSpec,
+    s: usize,
+    first_query: usize,
+    out_rows: &mut [f32],
+) {
+    let (hd, heads, kv_heads) = (spec.head_dim, spec.heads, spec.kv_heads);
+    let (width, out_width) = (spec.qkv_width(), heads * hd);
+    let rows = layout.range(s);
+    let len = rows.len();
+    let queries = out_rows.len() / out_width;
+    // The union of the block's visible keys: the first query's first to the last query's end.
+    let keys_first = visible_keys(spec, first_query, len).0;
+    let keys_end = visible_keys(spec, first_query + queries - 1, len).1;
+    let keys = keys_end.saturating_sub(keys_first);
+    if keys == 0 {
+        // Only an empty window sees no key: its queries yield zeros.
+        out_rows.fill(0.0);
+        return;
+    }
+    let at = |token: usize, column: usize| (rows.start + token) * width + column;
+    let mut scores = vec![0.0f32; queries * keys];
+    let mut head_out = vec![0.0f32; queries * hd];
+    for h in 0..heads {
+        let kv = h / (heads / kv_heads);
+        let q_col = h * hd;
+        let k_col = heads * hd + kv * hd;
+        let v_col = (heads + kv_heads) * hd + kv * hd;
+        let q = MatRef::from_row_major_slice_with_stride(
+            &qkv[at(first_query, q_col)..],
+            queries,
+            hd,
+            width,
+        );
+        let k = MatRef::from_row_major_slice_with_stride(
+            &qkv[at(keys_first, k_col)..],
+            keys,
+            hd,
+            width,
+        );
+        let v = MatRef::from_row_major_slice_with_stride(
+            &qkv[at(keys_first, v_col)..],
+            keys,
+            hd,
+            width,
+        );
+        matmul(
+            MatMut::from_row_major_slice_mut(&mut scores, queries, keys),
+            Accum::Replace,
+            q,
+            k.transpose(),
+            spec.scale,
+            Par::Seq,
+        );
+        for (r, row) in scores.chunks_exact_mut(keys).enumerate() {
+            let (first, end) = visible_keys(spec, first_query + r, len);
+            let (first, end) = (first - keys_first, end - keys_first);
+            row[..first].fill(0.0);
+            row[end..].fill(0.0);
+            activation::softmax(&mut row[first..end]);
+        }
+        // Into a contiguous block, then copied: faer 0.24's small-matrix kernels store past the
+        // last column of a strided destination (valgrind: 8-byte writes beyond the buffer).
+        matmul(
+            MatMut::from_row_major_slice_mut(&mut head_out, queries, hd),
+            Accum::Replace,
+            MatRef::from_row_major_slice(&scores, queries, keys),
+            v,
+            1.0,
+            Par::Seq,
+        );
+        for (o, h_row) in out_rows
+            .chunks_exact_mut(out_width)
+            .zip(head_out.chunks_exact(hd))
+        {
+            o[q_col..q_col + hd].copy_from_slice(h_row);
+        }
+    }
 }
 
 #[cfg(test)]
