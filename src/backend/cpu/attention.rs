@@ -293,7 +293,7 @@ impl<'a> QueryBlock<'a> {
         scratch: &mut Scratch,
         out_rows: &mut [f32],
     ) {
-        debug_assert!(LANES % MR == 0);
+        debug_assert!(LANES.is_multiple_of(MR));
         let spec = self.spec;
         let (hd, heads, kv_heads) = (spec.head_dim, spec.heads, spec.kv_heads);
         let (group, out_width, keys) = (heads / kv_heads, heads * hd, self.keys);
