@@ -38,8 +38,10 @@
 //! heads: 5.7 MiB, in L3). Scratch buffers belong to a rayon worker and only grow; nothing is
 //! allocated per head or tile.
 //!
-//! Against the faer path on the causal, windowed, grouped-query Mistral-7B case it measured
-//! about 1.2× faster (tiles skipped, not faster tiles); BENCHMARKS.md has the runs.
+//! Against the faer path on the bench's causal, windowed, grouped-query Mistral-7B case it won 6
+//! of 8 alternated runs on the loaded development machine (faer/blocked 0.82–1.38, median about
+//! 1.15) — the tiles the mask hides are skipped; the tiles themselves are not faster. Both
+//! measurements and the idle-machine rerun are BENCHMARKS.md's "Session h21a".
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
