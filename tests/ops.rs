@@ -575,6 +575,21 @@ fn attention_over_long_sequences(be: &Arc<dyn Backend>) {
             vec![7, 700],
             AttentionSpec::bidirectional(1, 80),
         ),
+        // MiniLM's heads, over lengths that fill no query block or key panel exactly.
+        (
+            "bidirectional head_dim 32, 12 heads",
+            vec![130, 1, 65, 200],
+            AttentionSpec::bidirectional(12, 32),
+        ),
+        (
+            "bidirectional window 40, grouped 4/2, head_dim 33",
+            vec![150, 7],
+            AttentionSpec {
+                kv_heads: 2,
+                window: Some(40),
+                ..AttentionSpec::bidirectional(4, 33)
+            },
+        ),
     ];
     for (name, lengths, spec) in cases {
         let op = CaseOp::Attention { lengths, spec };

@@ -91,9 +91,10 @@ fn gelu(x: f32) -> f32 {
 
 /// `e^x` as `2^n · e^r` with `n = round(x / ln 2)` and `|r| ≤ ln 2 / 2`; `e^r` by its degree-6
 /// Taylor polynomial (truncation below 1.2e-7 relative). Inputs are clamped to the range whose
-/// result is a normal f32, which the activations above only reach where they saturate.
+/// result is a normal f32, which the activations above only reach where they saturate (and
+/// blocked attention's softmax only for the keys its mask hides, whose weights it then zeroes).
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(super) fn exp(x: f32) -> f32 {
     // Adding and subtracting 1.5·2^23 rounds to the nearest integer without a library call.
     const ROUND: f32 = 12_582_912.0;
     const LN2_HI: f32 = 0.693_145_75;

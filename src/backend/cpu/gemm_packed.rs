@@ -43,8 +43,29 @@ pub(super) struct Epilogue<'a> {
 
 /// An `MR × NR` tile of `a·b` over one packed block: `a` holds `kc` columns of `MR` values,
 /// `b` `kc` rows of `NR` values.
-type Microkernel<const MR: usize, const NR: usize> =
+pub(super) type Microkernel<const MR: usize, const NR: usize> =
     unsafe fn(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; NR]; MR]);
+
+/// Code written for any tile shape, which [`with_microkernel`] runs on the widest microkernel
+/// of this CPU: `linear` here, attention's two products per head.
+pub(super) trait TileProgram {
+    fn run<const MR: usize, const NR: usize>(self, kernel: Microkernel<MR, NR>);
+}
+
+/// Runs `program` on the AVX-512 microkernel (8 × 32), else the AVX2 one with FMA (6 × 16), else
+/// the portable loop (6 × 16), as the CPU allows (detected at run time).
+pub(super) fn with_microkernel(program: impl TileProgram) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return program.run::<8, 32>(microkernel_avx512);
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return program.run::<6, 16>(microkernel_avx2);
+        }
+    }
+    program.run::<6, 16>(microkernel_portable::<6, 16>)
+}
 
 /// `out[n, m] = act(x[n, k]·w[m, k]ᵀ + bias) + residual`, every slice row-major, on the widest
 /// microkernel this CPU runs.
@@ -55,16 +76,25 @@ pub(super) fn linear(
     epilogue: &Epilogue<'_>,
     out: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            return blocked::<8, 32>(microkernel_avx512, x, shape, w, epilogue, out);
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return blocked::<6, 16>(microkernel_avx2, x, shape, w, epilogue, out);
+    struct Linear<'a> {
+        x: &'a [f32],
+        shape: (usize, usize, usize),
+        w: &'a Matrix<'a>,
+        epilogue: &'a Epilogue<'a>,
+        out: &'a mut [f32],
+    }
+    impl TileProgram for Linear<'_> {
+        fn run<const MR: usize, const NR: usize>(self, kernel: Microkernel<MR, NR>) {
+            blocked::<MR, NR>(kernel, self.x, self.shape, self.w, self.epilogue, self.out)
         }
     }
-    blocked::<6, 16>(microkernel_portable::<6, 16>, x, shape, w, epilogue, out)
+    with_microkernel(Linear {
+        x,
+        shape,
+        w,
+        epilogue,
+        out,
+    })
 }
 
 /// The blocked GEMM around `kernel`.
@@ -263,7 +293,7 @@ impl SharedOut {
 ///
 /// # Safety
 /// None beyond the slices' lengths (checked); `unsafe` only to share [`Microkernel`]'s type.
-unsafe fn microkernel_portable<const MR: usize, const NR: usize>(
+pub(super) unsafe fn microkernel_portable<const MR: usize, const NR: usize>(
     kc: usize,
     a: &[f32],
     b: &[f32],
@@ -283,7 +313,7 @@ unsafe fn microkernel_portable<const MR: usize, const NR: usize>(
 /// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn microkernel_avx2(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; 16]; 6]) {
+pub(super) unsafe fn microkernel_avx2(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; 16]; 6]) {
     use std::arch::x86_64::*;
     const NR: usize = 16;
     assert!(a.len() >= kc * 6 && b.len() >= kc * NR);
@@ -318,7 +348,12 @@ unsafe fn microkernel_avx2(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; 16
 /// The CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn microkernel_avx512(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; 32]; 8]) {
+pub(super) unsafe fn microkernel_avx512(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    tile: &mut [[f32; 32]; 8],
+) {
     use std::arch::x86_64::*;
     const NR: usize = 32;
     assert!(a.len() >= kc * 8 && b.len() >= kc * NR);
