@@ -199,8 +199,10 @@ fn entries_and_pool(
 ) -> Result<(HugeBuffer<Entry>, HugeBuffer<f32>)> {
     let (models, total) = (candidates.len(), offsets[candidates.len()]);
     let pieces = pieces(candidates, chunk_len(total));
+    // Few splits: each makes and adds up a 256 KiB histogram.
     let prefix_counts = pieces
         .par_iter()
+        .with_min_len(pieces.len().div_ceil(2 * rayon::current_num_threads()))
         .fold(
             || vec![0u32; PREFIXES],
             |mut counts, p| {
