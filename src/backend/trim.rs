@@ -254,16 +254,19 @@ pub fn pool_quantiles_without(positions: &[u32], pooled: &[f32]) -> Vec<f32> {
     let n = positions.len();
     let m = pooled.len() - n;
     let mut skipped = 0;
-    (1..=n)
+    let at: Vec<usize> = (1..=n)
         .map(|i| {
             let j = (i * m).div_ceil(n);
             // The j-th reference point sits at j − 1 plus the own points before it.
             while skipped < n && positions[skipped] as usize <= j - 1 + skipped {
                 skipped += 1;
             }
-            pooled[j - 1 + skipped]
+            j - 1 + skipped
         })
-        .collect()
+        .collect();
+    // Gathered apart from the walk, whose branches would otherwise cut short the overlap of
+    // these (mostly cache-missing) loads.
+    at.iter().map(|&p| pooled[p]).collect()
 }
 
 /// One candidate's [`TrimResult`] from its [`Profile`]; `trimmed_w2` gives the W2 cost at a

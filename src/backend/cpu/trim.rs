@@ -9,17 +9,16 @@
 //! Only the exact trimmed W2 needs the whole reference of each model (O(M·N) per model); the
 //! candidate-grid approximation needs its `N` quantiles.
 //!
-//! Every pass over the pool runs on every core: the pool is cut into [`chunk_len`] blocks; the
-//! radix sort counts digits per block and scatters each block from its own offsets (stable, so
-//! the result is the one a serial sort gives), and the scan cuts the sorted pool at the start of a
-//! run of equal values and gives each block its own cursor per model. Results do not depend on
-//! the number of threads.
+//! The pool's sort moves it through DRAM once: one scatter into cache-sized buckets of value
+//! ranges chosen from the data's own histogram, then each bucket is sorted and scanned while it
+//! is in cache ([`entries_and_pool`]). Every pass runs on every core, cut into blocks of at most
+//! [`chunk_len`] points; results do not depend on the number of threads.
 
 use rayon::prelude::*;
 
 use crate::backend::trim::{self, Profile};
 use crate::backend::{TrimReference, TrimResult, TrimSpec};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub(super) fn trim_search(
     candidates: &[&[f32]],
@@ -52,11 +51,64 @@ fn against_sample(candidates: &[&[f32]], reference: &[f32], spec: &TrimSpec) -> 
 /// One point of the pool as its model sees it: value, position in the pooled order, and the
 /// pooled counts of values `< v` and `≤ v`.
 #[derive(Clone, Copy, Default)]
+#[repr(C)]
 struct Entry {
     value: f32,
     pos: u32,
     lt: u32,
     le: u32,
+}
+
+// SAFETY: four plain numbers, for which all-zero bytes are a valid value.
+unsafe impl bytemuck::Zeroable for Entry {}
+
+/// Zero-filled memory for `len` values, mapped anonymously with the kernel asked to back it
+/// with transparent huge pages. The pool's buffers are GBs written and read at scattered places
+/// (a cursor per bucket, per model, the W2 quantile gathers): on 4 KiB pages nearly every such
+/// access misses the TLB, and first touching them costs a page fault per 4 KiB.
+struct HugeBuffer<T> {
+    map: memmap2::MmapMut,
+    len: usize,
+    values: std::marker::PhantomData<T>,
+}
+
+impl<T: bytemuck::Zeroable> HugeBuffer<T> {
+    fn zeroed(len: usize) -> Result<Self> {
+        let bytes = len * std::mem::size_of::<T>();
+        let map = memmap2::MmapOptions::new()
+            .len(bytes.max(1))
+            .map_anon()
+            .map_err(|e| {
+                Error::input(format!(
+                    "cannot allocate {bytes} bytes for a pool of {len} points: {e}"
+                ))
+            })?;
+        // Advice only: without huge pages the buffer works the same, slower.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        Ok(HugeBuffer {
+            map,
+            len,
+            values: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<T> std::ops::Deref for HugeBuffer<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        // SAFETY: the map is page-aligned, holds `len` values of `T` and starts zero-filled,
+        // which `T: Zeroable` (the only way to build one) makes valid.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast(), self.len) }
+    }
+}
+
+impl<T> std::ops::DerefMut for HugeBuffer<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as for `deref`, borrowed mutably through the map.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().cast(), self.len) }
+    }
 }
 
 /// Pool positions per parallel block: a few blocks per thread so uneven blocks even out, none so
@@ -101,39 +153,7 @@ fn leave_one_out(
         }))
         .collect();
     let total = offsets[models];
-    let chunk = chunk_len(total);
-
-    // Upper 32 bits: the value in an order-preserving encoding; lower: the model id. The digit
-    // histograms of the sort are counted as the keys are written.
-    let mut keys = vec![0u64; total];
-    let histograms: Vec<DigitCounts> = keys
-        .par_chunks_mut(chunk)
-        .enumerate()
-        .map(|(c, block)| {
-            let start = c * chunk;
-            let mut counts = DigitCounts::new();
-            let mut k = offsets.partition_point(|&o| o <= start) - 1;
-            let mut at = 0;
-            while at < block.len() {
-                let from = start + at - offsets[k];
-                let take = (candidates[k].len() - from).min(block.len() - at);
-                for (key, &v) in block[at..at + take]
-                    .iter_mut()
-                    .zip(&candidates[k][from..from + take])
-                {
-                    *key = (u64::from(trim::order_bits(v)) << 32) | k as u64;
-                    counts.add(*key);
-                }
-                at += take;
-                k += 1;
-            }
-            counts
-        })
-        .collect();
-    radix_sort_by_value(&mut keys, histograms, chunk);
-
-    let (entries, pooled) = scan(&keys, &offsets, chunk);
-    drop(keys);
+    let (entries, pooled) = entries_and_pool(candidates, &offsets, bucket_target(total, models))?;
 
     let exact_w2 = spec.w2_grid.is_exact(models, total);
     Ok(compared
@@ -161,169 +181,250 @@ fn leave_one_out(
         .collect())
 }
 
-/// One scan of the sorted `keys` in pooled order: every model's entries (at `offsets`, already
-/// sorted by value, equal values in pooled order) and the pooled values. Blocks start where a
-/// run of equal values starts, so each run's counts are known inside its block; a block's cursor
-/// for model `k` starts after the points of `k` in the blocks before it.
-fn scan(keys: &[u64], offsets: &[usize], chunk: usize) -> (Vec<Entry>, Vec<f32>) {
-    let (total, models) = (keys.len(), offsets.len() - 1);
-    let value_at = |i: usize| keys[i] >> 32;
-    let mut bounds = vec![0];
-    while let Some(&last) = bounds.last() {
-        let mut next = (last + chunk).min(total);
-        while next < total && value_at(next) == value_at(next - 1) {
-            next += 1;
-        }
-        bounds.push(next);
-        if next == total {
-            break;
-        }
-    }
-    let blocks: Vec<std::ops::Range<usize>> = bounds.windows(2).map(|w| w[0]..w[1]).collect();
-    let per_block: Vec<Vec<u32>> = blocks
+/// The pool sorted once, as each model needs it: every model's entries (at `offsets`, sorted by
+/// value, equal values in pooled order) and the sorted pooled values.
+///
+/// One scatter moves the pool through DRAM; the rest is done a cache-sized bucket at a time. The
+/// buckets are ranges of the top [`PREFIX_BITS`] of the values' order bits, merged greedily up to
+/// `target` keys each from a histogram of the actual data (scores that are all probabilities, or
+/// all near zero, share their top bits: fixed digits would leave a few huge buckets). Each
+/// bucket is then sorted by the value bits its keys differ in and scanned while in cache. A
+/// run of equal values never crosses a bucket, so each run's pooled ranks are known inside it.
+/// Scattering a model's points in pool order and sorting buckets stably keeps equal values in
+/// pooled order: the result is the one a serial stable sort gives, whatever the thread count.
+fn entries_and_pool(
+    candidates: &[&[f32]],
+    offsets: &[usize],
+    target: usize,
+) -> Result<(HugeBuffer<Entry>, HugeBuffer<f32>)> {
+    let (models, total) = (candidates.len(), offsets[candidates.len()]);
+    let pieces = pieces(candidates, chunk_len(total));
+    // Few splits: each makes and adds up a 256 KiB histogram.
+    let prefix_counts = pieces
         .par_iter()
-        .map(|block| {
-            let mut counts = vec![0u32; models];
-            for &key in &keys[block.clone()] {
-                counts[(key & 0xFFFF_FFFF) as usize] += 1;
+        .with_min_len(pieces.len().div_ceil(2 * rayon::current_num_threads()))
+        .fold(
+            || vec![0u32; PREFIXES],
+            |mut counts, p| {
+                for &v in p.values(candidates) {
+                    counts[prefix(trim::order_bits(v))] += 1;
+                }
+                counts
+            },
+        )
+        .reduce(
+            || vec![0u32; PREFIXES],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, &b)| *a += b);
+                a
+            },
+        );
+    let (bucket_of, bucket_starts) = buckets(&prefix_counts, target);
+    let buckets = bucket_starts.len() - 1;
+    let bucket = |bits: u32| bucket_of[prefix(bits)] as usize;
+
+    // Each piece's keys per bucket; then, in place, where the piece writes its first key of each
+    // bucket: after the bucket's keys of the pieces before it.
+    let mut piece_next: Vec<Vec<u32>> = pieces
+        .par_iter()
+        .map(|p| {
+            let mut counts = vec![0u32; buckets];
+            for &v in p.values(candidates) {
+                counts[bucket(trim::order_bits(v))] += 1;
             }
             counts
         })
         .collect();
-    let mut cursors = Vec::with_capacity(blocks.len());
-    let mut next: Vec<usize> = offsets[..models].to_vec();
-    for counts in &per_block {
-        cursors.push(next.clone());
-        next.iter_mut()
-            .zip(counts)
-            .for_each(|(n, &c)| *n += c as usize);
+    // Where model `k`'s entries of bucket `b` start (`cursors[k · buckets + b]`): after its
+    // entries of the buckets before. Pieces of a model are consecutive.
+    let mut cursors = vec![0u32; models * buckets];
+    cursors
+        .par_chunks_mut(buckets)
+        .enumerate()
+        .for_each(|(k, row)| {
+            let first = pieces.partition_point(|p| p.model < k);
+            let last = pieces.partition_point(|p| p.model <= k);
+            let mut at = offsets[k] as u32;
+            for (b, cursor) in row.iter_mut().enumerate() {
+                *cursor = at;
+                at += piece_next[first..last].iter().map(|c| c[b]).sum::<u32>();
+            }
+        });
+    let mut at: Vec<u32> = bucket_starts[..buckets].iter().map(|&s| s as u32).collect();
+    for next in piece_next.iter_mut() {
+        for (next, at) in next.iter_mut().zip(at.iter_mut()) {
+            (*next, *at) = (*at, *at + *next);
+        }
     }
-    drop(per_block);
 
-    let mut entries = Vec::<Entry>::with_capacity(total);
-    let mut pooled = Vec::<f32>::with_capacity(total);
-    let (entry_out, pooled_out) = (Shared(entries.as_mut_ptr()), Shared(pooled.as_mut_ptr()));
-    blocks
+    // Upper 32 bits of a key: the value's order bits; lower: the model id.
+    let mut keys = HugeBuffer::<u64>::zeroed(total)?;
+    let out = Shared::new(&mut keys);
+    pieces.par_iter().zip(piece_next).for_each(|(p, mut next)| {
+        for &v in p.values(candidates) {
+            let bits = trim::order_bits(v);
+            let b = bucket(bits);
+            // SAFETY: the pieces' ranges per bucket partition `0..total`.
+            unsafe { out.write(next[b] as usize, (u64::from(bits) << 32) | p.model as u64) };
+            next[b] += 1;
+        }
+    });
+
+    let mut regions = Vec::with_capacity(buckets);
+    let mut rest = &mut keys[..];
+    for w in bucket_starts.windows(2) {
+        let (region, tail) = rest.split_at_mut(w[1] - w[0]);
+        regions.push(region);
+        rest = tail;
+    }
+    let mut entries = HugeBuffer::<Entry>::zeroed(total)?;
+    let mut pooled = HugeBuffer::<f32>::zeroed(total)?;
+    let (entry_out, pooled_out) = (Shared::new(&mut entries), Shared::new(&mut pooled));
+    regions
         .into_par_iter()
-        .zip(cursors)
-        .for_each(|(block, mut cursor)| {
-            let mut run_start = block.start;
-            while run_start < block.end {
-                let upper = value_at(run_start);
+        .enumerate()
+        .for_each_init(Vec::new, |scratch, (b, region)| {
+            sort_by_value(region, scratch);
+            let start = bucket_starts[b];
+            let mut cursor: Vec<u32> = (0..models).map(|k| cursors[k * buckets + b]).collect();
+            let mut run_start = 0;
+            while run_start < region.len() {
+                let upper = region[run_start] >> 32;
                 let run_end = run_start
-                    + keys[run_start..block.end]
+                    + region[run_start..]
                         .iter()
                         .take_while(|&&k| k >> 32 == upper)
                         .count();
                 let value = trim::from_order_bits(upper as u32);
-                for (pos, &key) in (run_start..run_end).zip(&keys[run_start..run_end]) {
+                let (lt, le) = ((start + run_start) as u32, (start + run_end) as u32);
+                for (pos, &key) in (lt..le).zip(&region[run_start..run_end]) {
                     let k = (key & 0xFFFF_FFFF) as usize;
-                    let entry = Entry {
-                        value,
-                        pos: pos as u32,
-                        lt: run_start as u32,
-                        le: run_end as u32,
-                    };
-                    // SAFETY: block cursors partition each model's `offsets` range (counted
-                    // above) and blocks partition the pool, so each position is written once.
+                    let entry = Entry { value, pos, lt, le };
+                    // SAFETY: the buckets' cursors partition each model's `offsets` range
+                    // (counted above) and the buckets partition the pool, so each position is
+                    // written once.
                     unsafe {
-                        entry_out.write(cursor[k], entry);
-                        pooled_out.write(pos, value);
+                        entry_out.write(cursor[k] as usize, entry);
+                        pooled_out.write(pos as usize, value);
                     }
                     cursor[k] += 1;
                 }
                 run_start = run_end;
             }
         });
-    // SAFETY: every one of the `total` positions of both was written above.
-    unsafe {
-        entries.set_len(total);
-        pooled.set_len(total);
-    }
-    (entries, pooled)
+    Ok((entries, pooled))
 }
 
-/// Bits per radix digit of the 32-bit value (three passes: 11, 11, 10 bits).
-const DIGIT_BITS: u32 = 11;
-const BUCKETS: usize = 1 << DIGIT_BITS;
-/// Shifts of the three digits inside a key, whose upper 32 bits are the value.
-const SHIFTS: [u32; 3] = [32, 32 + DIGIT_BITS, 32 + 2 * DIGIT_BITS];
-
-fn digit(key: u64, shift: u32) -> usize {
-    (key >> shift) as usize & (BUCKETS - 1)
+/// Keys per bucket [`entries_and_pool`] aims at: a bucket and its sort buffer within a core's
+/// share of the cache, at most about 2 000 buckets for the scatter to write to at once, and
+/// few enough that the cursors (a `u32` per model and bucket) take no more than the pool
+/// (many small models get fewer, larger buckets).
+fn bucket_target(total: usize, models: usize) -> usize {
+    let buckets = (total / (4 * models)).clamp(1, 1024);
+    total.div_ceil(buckets).max(1 << 15)
 }
 
-/// Counts of each digit value in a block of keys, for each of the three passes.
-struct DigitCounts([Vec<u32>; 3]);
+/// Top bits of the order bits that the buckets are cut by.
+const PREFIX_BITS: u32 = 16;
+const PREFIXES: usize = 1 << PREFIX_BITS;
 
-impl DigitCounts {
-    fn new() -> Self {
-        DigitCounts(std::array::from_fn(|_| vec![0; BUCKETS]))
-    }
+fn prefix(bits: u32) -> usize {
+    (bits >> (32 - PREFIX_BITS)) as usize
+}
 
-    #[inline(always)]
-    fn add(&mut self, key: u64) {
-        for (counts, shift) in self.0.iter_mut().zip(SHIFTS) {
-            counts[digit(key, shift)] += 1;
+/// Consecutive prefixes merged into buckets of at most `target` keys (a single prefix may hold
+/// more): the bucket of each prefix, and where each bucket starts in the sorted pool (one more
+/// for the end).
+fn buckets(prefix_counts: &[u32], target: usize) -> (Vec<u16>, Vec<usize>) {
+    let mut bucket_of = vec![0u16; prefix_counts.len()];
+    let mut starts = vec![0];
+    let (mut start, mut size) = (0, 0);
+    for (of, &count) in bucket_of.iter_mut().zip(prefix_counts) {
+        if size > 0 && size + count as usize > target {
+            start += size;
+            starts.push(start);
+            size = 0;
         }
+        // At most one bucket per prefix: the index fits 16 bits.
+        *of = (starts.len() - 1) as u16;
+        size += count as usize;
+    }
+    starts.push(start + size);
+    (bucket_of, starts)
+}
+
+/// A run of one model's points, at most a block long: the unit of the parallel passes over the
+/// pool, so that a few large models still keep every core busy.
+struct Piece {
+    model: usize,
+    range: std::ops::Range<usize>,
+}
+
+impl Piece {
+    fn values<'a>(&self, candidates: &[&'a [f32]]) -> &'a [f32] {
+        &candidates[self.model][self.range.clone()]
     }
 }
 
-/// Stable LSD radix sort by the upper 32 bits, [`DIGIT_BITS`] a pass: stable, so equal values
-/// keep their model order. `histograms` holds the digit counts of each `chunk`-long block as the
-/// keys stand; a pass whose digit every key shares is skipped. Each pass scatters the blocks in
-/// parallel, block `c` writing digit `d` after the keys of digit `d` of blocks `0..c` — the
-/// positions a serial pass gives.
-fn radix_sort_by_value(keys: &mut Vec<u64>, mut histograms: Vec<DigitCounts>, chunk: usize) {
-    let total = keys.len();
-    let mut buffer = vec![0u64; total];
-    let mut first = true;
-    for (pass, shift) in SHIFTS.into_iter().enumerate() {
-        // Digit totals do not change as keys move: any pass's counts say whether to skip.
-        let mut totals = vec![0usize; BUCKETS];
-        for h in &histograms {
-            totals
-                .iter_mut()
-                .zip(&h.0[pass])
-                .for_each(|(t, &c)| *t += c as usize);
-        }
-        if totals.contains(&total) {
+/// Every model cut into pieces of at most `chunk` points, in pool order.
+fn pieces(candidates: &[&[f32]], chunk: usize) -> Vec<Piece> {
+    candidates
+        .iter()
+        .enumerate()
+        .flat_map(|(model, c)| {
+            (0..c.len()).step_by(chunk).map(move |s| Piece {
+                model,
+                range: s..(s + chunk).min(c.len()),
+            })
+        })
+        .collect()
+}
+
+/// Largest radix digit of the in-bucket sort: 2 048 counters stay in L1.
+const MAX_DIGIT_BITS: u32 = 11;
+
+/// Stable LSD radix sort of `keys` by their upper 32 bits (the value's order bits), on only
+/// the bits between the smallest and largest value, in digits of at most [`MAX_DIGIT_BITS`]
+/// (`scratch` is its buffer); a digit every key shares is skipped.
+fn sort_by_value(keys: &mut [u64], scratch: &mut Vec<u64>) {
+    let values = || keys.iter().map(|&k| k >> 32);
+    let (Some(lo), Some(hi)) = (values().min(), values().max()) else {
+        return;
+    };
+    let bits = u64::BITS - (hi - lo).leading_zeros();
+    if bits == 0 {
+        return;
+    }
+    let passes = bits.div_ceil(MAX_DIGIT_BITS);
+    let digit_bits = bits.div_ceil(passes);
+    let mask = (1usize << digit_bits) - 1;
+    scratch.clear();
+    scratch.resize(keys.len(), 0);
+    let mut counts = vec![0usize; mask + 1];
+    let (mut from, mut to) = (&mut *keys, scratch.as_mut_slice());
+    let mut in_scratch = false;
+    for pass in 0..passes {
+        let shift = pass * digit_bits;
+        let digit = |k: u64| (((k >> 32) - lo) >> shift) as usize & mask;
+        counts.fill(0);
+        from.iter().for_each(|&k| counts[digit(k)] += 1);
+        if counts.contains(&from.len()) {
             continue;
         }
-        if !first {
-            // The blocks' counts of this digit, as the previous pass left the keys.
-            histograms
-                .par_iter_mut()
-                .zip(keys.par_chunks(chunk))
-                .for_each(|(h, block)| {
-                    let counts = &mut h.0[pass];
-                    counts.fill(0);
-                    for &key in block {
-                        counts[digit(key, shift)] += 1;
-                    }
-                });
-        }
-        first = false;
-        let mut starts: Vec<Vec<usize>> = vec![vec![0; BUCKETS]; histograms.len()];
         let mut at = 0;
-        for b in 0..BUCKETS {
-            for (start, h) in starts.iter_mut().zip(&histograms) {
-                start[b] = at;
-                at += h.0[pass][b] as usize;
-            }
+        for c in counts.iter_mut() {
+            (*c, at) = (at, at + *c);
         }
-        let out = Shared::new(&mut buffer);
-        keys.par_chunks(chunk)
-            .zip(starts)
-            .for_each(|(block, mut next)| {
-                for &key in block {
-                    let d = digit(key, shift);
-                    // SAFETY: the blocks' ranges per digit partition `0..total`.
-                    unsafe { out.write(next[d], key) };
-                    next[d] += 1;
-                }
-            });
-        std::mem::swap(keys, &mut buffer);
+        for &k in from.iter() {
+            let d = digit(k);
+            to[counts[d]] = k;
+            counts[d] += 1;
+        }
+        std::mem::swap(&mut from, &mut to);
+        in_scratch = !in_scratch;
+    }
+    if in_scratch {
+        keys.copy_from_slice(scratch);
     }
 }
 
@@ -331,83 +432,143 @@ fn radix_sort_by_value(keys: &mut Vec<u64>, mut histograms: Vec<DigitCounts>, ch
 mod tests {
     use super::*;
 
-    /// Pseudo-random keys as [`leave_one_out`] builds them: values from a few thousand levels (many
-    /// ties, every digit used, negatives included), model ids increasing along the pool.
-    fn keys(total: usize, models: usize) -> Vec<u64> {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        (0..total)
-            .map(|i| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                let v = ((state >> 40) % 5000) as f32 * 0.37 - 900.0;
-                let model = (i * models / total) as u64;
-                (u64::from(trim::order_bits(v)) << 32) | model
+    /// Pseudo-random samples: values from `levels` levels (ties when few), both signs, −0 and
+    /// +0 both present; model sizes uneven.
+    fn ensemble(models: usize, levels: u64, seed: u64) -> Vec<Vec<f32>> {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ seed;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        (0..models)
+            .map(|k| {
+                let n = 1 + (next() % 3000) as usize + 100 * k;
+                (0..n)
+                    .map(|_| match next() % levels {
+                        0 => -0.0,
+                        l => (l as f32 - levels as f32 / 2.0) * 0.37,
+                    })
+                    .collect()
             })
             .collect()
     }
 
-    fn histograms(keys: &[u64], chunk: usize) -> Vec<DigitCounts> {
-        keys.chunks(chunk)
-            .map(|block| {
-                let mut counts = DigitCounts::new();
-                block.iter().for_each(|&k| counts.add(k));
-                counts
-            })
+    /// The definition: the pool sorted stably by value, each point's position and pooled run,
+    /// each model's points in pooled order.
+    fn brute_entries_and_pool(candidates: &[&[f32]]) -> (Vec<Entry>, Vec<f32>) {
+        let mut pool: Vec<(f32, usize)> = candidates
+            .iter()
+            .enumerate()
+            .flat_map(|(k, c)| c.iter().map(move |&v| (v + 0.0, k)))
+            .collect();
+        pool.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut per_model = vec![Vec::new(); candidates.len()];
+        for (pos, &(value, k)) in pool.iter().enumerate() {
+            let lt = pool.partition_point(|p| p.0 < value) as u32;
+            let le = pool.partition_point(|p| p.0 <= value) as u32;
+            let pos = pos as u32;
+            per_model[k].push(Entry { value, pos, lt, le });
+        }
+        let pooled = pool.iter().map(|p| p.0).collect();
+        (per_model.concat(), pooled)
+    }
+
+    fn offsets(candidates: &[&[f32]]) -> Vec<usize> {
+        std::iter::once(0)
+            .chain(candidates.iter().scan(0, |end, c| {
+                *end += c.len();
+                Some(*end)
+            }))
             .collect()
     }
 
-    /// Blocks of every size, down to one key: the result is the stable order by value, which for
-    /// these keys (model ids increasing along the pool) is the order of the whole key.
+    fn bits(entries: &[Entry]) -> Vec<(u32, u32, u32, u32)> {
+        entries
+            .iter()
+            .map(|e| (e.value.to_bits(), e.pos, e.lt, e.le))
+            .collect()
+    }
+
+    fn check(candidates: &[&[f32]], what: &str) {
+        let (want_entries, want_pooled) = brute_entries_and_pool(candidates);
+        let offsets = offsets(candidates);
+        let total = offsets[candidates.len()];
+        // Buckets of one key up to one bucket for everything.
+        for target in [
+            1,
+            7,
+            1000,
+            bucket_target(total, candidates.len()),
+            usize::MAX,
+        ] {
+            let (entries, pooled) = entries_and_pool(candidates, &offsets, target).unwrap();
+            assert!(
+                bits(&entries) == bits(&want_entries),
+                "{what}, buckets of {target}"
+            );
+            let pooled: Vec<u32> = pooled.iter().map(|v| v.to_bits()).collect();
+            let want: Vec<u32> = want_pooled.iter().map(|v| v.to_bits()).collect();
+            assert!(pooled == want, "{what}, buckets of {target}: pooled values");
+        }
+    }
+
+    /// Many levels (few ties, every bucket used), a few (ties everywhere), one value only.
     #[test]
-    fn radix_sort_is_the_stable_order_by_value() {
-        for (total, chunk) in [(300_000, 1 << 14), (50_001, 977), (10, 1), (1, 1)] {
-            let mut got = keys(total, 37);
-            let mut want = got.clone();
+    fn entries_and_pool_match_the_definition() {
+        for (models, levels) in [(23, 1 << 40), (9, 5), (4, 1)] {
+            let samples = ensemble(models, levels, levels);
+            let views: Vec<&[f32]> = samples.iter().map(|s| s.as_slice()).collect();
+            check(&views, &format!("{models} models, {levels} levels"));
+        }
+    }
+
+    /// One point per model; the extremes of the finite floats; −0 and +0 (equal, stored as +0);
+    /// subnormals; values whose order bits differ only in the lowest bit.
+    #[test]
+    fn entries_and_pool_at_the_edges() {
+        let tiny = f32::from_bits(1);
+        let next_up = f32::from_bits(1.0f32.to_bits() + 1);
+        let cases: [&[&[f32]]; 4] = [
+            &[&[3.0], &[3.0]],
+            &[&[1.0], &[-2.0], &[0.5]],
+            &[
+                &[f32::MAX, -f32::MAX, 0.0],
+                &[-0.0, f32::MIN_POSITIVE, -tiny],
+                &[tiny, 0.0],
+            ],
+            &[&[1.0, next_up, 1.0], &[next_up, next_up, 1.0, -0.0]],
+        ];
+        for (i, candidates) in cases.iter().enumerate() {
+            check(candidates, &format!("case {i}"));
+        }
+    }
+
+    /// The in-bucket sort against a stable sort, at sizes 0, 1, not a multiple of anything, with
+    /// ties, one value only, and values spread over all 32 bits (three digits).
+    #[test]
+    fn sort_by_value_is_the_stable_order_by_value() {
+        let mut scratch = Vec::new();
+        for samples in [
+            ensemble(1, 1 << 40, 3),
+            ensemble(1, 7, 4),
+            ensemble(1, 1, 5),
+            vec![vec![f32::MAX, -f32::MAX, 0.0, 1.0, f32::from_bits(1)]],
+            vec![vec![2.5]],
+            vec![vec![]],
+        ] {
+            let values = &samples[0];
+            // The low bits number the keys, so a stable order is the order of the whole key.
+            let mut keys: Vec<u64> = values
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| (u64::from(trim::order_bits(v)) << 32) | i as u64)
+                .collect();
+            let mut want = keys.clone();
             want.sort_unstable();
-            let counts = histograms(&got, chunk);
-            radix_sort_by_value(&mut got, counts, chunk);
-            assert!(got == want, "{total} keys in blocks of {chunk}");
-        }
-    }
-
-    /// The parallel scan against its definition: each model's entries are its points in pooled
-    /// order, with their position and the pooled run of their value.
-    #[test]
-    fn scan_gives_each_model_its_sorted_points_and_ranks() {
-        let models = 23;
-        let mut sorted = keys(200_000, models);
-        sorted.sort_unstable();
-        let mut offsets = vec![0; models + 1];
-        for &k in &sorted {
-            offsets[(k & 0xFFFF_FFFF) as usize + 1] += 1;
-        }
-        for k in 0..models {
-            offsets[k + 1] += offsets[k];
-        }
-        for chunk in [1, 1000, 1 << 14, 1 << 20] {
-            let (entries, pooled) = scan(&sorted, &offsets, chunk);
-            let mut seen = offsets[..models].to_vec();
-            for (pos, &key) in sorted.iter().enumerate() {
-                let upper = key >> 32;
-                let value = trim::from_order_bits(upper as u32);
-                assert_eq!(pooled[pos].to_bits(), value.to_bits());
-                let lt = sorted.partition_point(|&k| k >> 32 < upper);
-                let le = sorted.partition_point(|&k| k >> 32 <= upper);
-                let k = (key & 0xFFFF_FFFF) as usize;
-                let e = entries[seen[k]];
-                seen[k] += 1;
-                assert_eq!(
-                    (
-                        e.value.to_bits(),
-                        e.pos as usize,
-                        e.lt as usize,
-                        e.le as usize
-                    ),
-                    (value.to_bits(), pos, lt, le),
-                    "blocks of {chunk}, position {pos}"
-                );
-            }
+            sort_by_value(&mut keys, &mut scratch);
+            assert!(keys == want, "{} values", values.len());
         }
     }
 }
