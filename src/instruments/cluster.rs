@@ -1,5 +1,5 @@
-//! Does unsupervised clustering recreate the labels? k-means on the embeddings (greedy
-//! k-means++ seeding, Lloyd iterations with distances by GEMM, several restarts, the lowest
+//! Does unsupervised clustering recreate the labels? k-means on the embeddings (k-means++
+//! seeding, Lloyd iterations with distances by GEMM, several restarts, the lowest
 //! inertia kept, as scikit-learn's `KMeans`), scored against the labels by the adjusted Rand index, normalised
 //! mutual information (arithmetic mean, scikit-learn's default) and purity.
 
@@ -150,49 +150,32 @@ pub fn kmeans(x: &[f32], dim: usize, options: &ClusterOptions) -> Result<(KMeans
     Ok((best.expect("at least one restart"), inertias))
 }
 
-/// Greedy k-means++ (scikit-learn's seeding): the first centre uniformly; then, for each next
-/// one, `2 + ⌊ln k⌋` candidate rows drawn with probability proportional to the squared distance
-/// to the nearest centre so far, and the candidate that leaves the lowest total kept.
+/// k-means++: the first centre uniformly, each next one with probability proportional to the
+/// squared distance to the nearest centre so far.
 fn seed_centres(x: &[f32], dim: usize, norms: &[f64], k: usize, rng: &mut SplitMix64) -> Vec<f64> {
     let rows = norms.len();
-    let trials = 2 + (k as f64).ln() as usize;
     let row = |r: usize| x[r * dim..(r + 1) * dim].iter().map(|&v| f64::from(v));
     let first = rng.below(rows);
     let mut centres: Vec<f64> = row(first).collect();
     let mut nearest = distances_to_rows(x, dim, norms, &[first]);
     while centres.len() < k * dim {
-        let cumulative: Vec<f64> = nearest
-            .iter()
-            .scan(0.0, |total, &d| {
-                *total += d;
-                Some(*total)
-            })
-            .collect();
-        let total = cumulative[rows - 1];
-        let candidates: Vec<usize> = (0..trials)
-            .map(|_| {
-                if total > 0.0 {
-                    let target = rng.next_f64() * total;
-                    cumulative.partition_point(|&c| c <= target).min(rows - 1)
-                } else {
-                    // Fewer distinct rows than clusters: any row.
-                    rng.below(rows)
-                }
-            })
-            .collect();
-        let distances = distances_to_rows(x, dim, norms, &candidates);
-        let column = |t: usize| distances.iter().skip(t).step_by(trials);
-        let potential =
-            |t: usize| -> f64 { nearest.iter().zip(column(t)).map(|(&n, &d)| n.min(d)).sum() };
-        let best = (0..trials)
-            .map(|t| (t, potential(t)))
-            .fold((0, f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a })
-            .0;
-        nearest
-            .iter_mut()
-            .zip(column(best))
-            .for_each(|(n, &d)| *n = n.min(d));
-        centres.extend(row(candidates[best]));
+        let total: f64 = nearest.iter().sum();
+        let chosen = if total > 0.0 {
+            let mut target = rng.next_f64() * total;
+            nearest
+                .iter()
+                .position(|&d| {
+                    target -= d;
+                    target < 0.0
+                })
+                .unwrap_or(rows - 1)
+        } else {
+            // Fewer distinct rows than clusters: any row.
+            rng.below(rows)
+        };
+        centres.extend(row(chosen));
+        let new = distances_to_rows(x, dim, norms, &[chosen]);
+        nearest.iter_mut().zip(new).for_each(|(n, d)| *n = n.min(d));
     }
     centres
 }
