@@ -12,7 +12,7 @@
 //!   neighbours (itself excluded) that both embeddings agree on, averaged over the rows.
 //!
 //! Everything runs in f64 on the host except the neighbour search (f32 cosine similarities in
-//! row blocks, never an `n×n` matrix).
+//! tiles over the upper triangle, never an `n×n` matrix).
 
 use std::sync::{Mutex, PoisonError};
 
