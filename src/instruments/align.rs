@@ -12,13 +12,15 @@
 //!   neighbours (itself excluded) that both embeddings agree on, averaged over the rows.
 //!
 //! Everything runs in f64 on the host except the neighbour search (f32 cosine similarities in
-//! row blocks, never an `n×n` matrix).
+//! tiles over the upper triangle, never an `n×n` matrix).
+
+use std::sync::{Mutex, PoisonError};
 
 use faer::{Mat, MatRef, Side};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backend::cpu::{gemm, Operand};
+use crate::backend::cpu::{gemm, gemm_in_task, Operand};
 use crate::error::{Error, Result};
 use crate::io::embeddings::EmbeddingsFile;
 
@@ -140,7 +142,7 @@ pub fn report(files: &[(String, EmbeddingsFile)], options: &AlignOptions) -> Res
 pub fn aligned(a: &EmbeddingsFile, b: &EmbeddingsFile) -> Result<Vec<f32>> {
     let (ca, cb) = (Centred::of_values(a)?, Centred::of_values(b)?);
     let rows = a.rows();
-    let rotation = procrustes(&ca, &cb, rows)?.1;
+    let rotation = procrustes(&ca, &cb, &cross(&ca, &cb, rows))?.1;
     // Â R with Â zero-padded to the wider width: only R's first `a.dim` rows and `b.dim`
     // columns meet nonzero entries and land in B's columns.
     let block: Vec<f64> = (0..ca.dim)
@@ -256,11 +258,11 @@ fn whitened_scores(c: &Centred, gram: &Mat<f64>, rows: usize, k: usize) -> Resul
     Ok(scores)
 }
 
-/// The Procrustes residual and rotation (`[d, d]`, `d` the wider width) of `a` onto `b`.
-fn procrustes(a: &Centred, b: &Centred, rows: usize) -> Result<(f64, Mat<f64>)> {
+/// The Procrustes residual and rotation (`[d, d]`, `d` the wider width) of `a` onto `b`, from
+/// their cross product `c = XₐᵀX_b`.
+fn procrustes(a: &Centred, b: &Centred, c: &Mat<f64>) -> Result<(f64, Mat<f64>)> {
     let d = a.dim.max(b.dim);
     let scale = 1.0 / (a.norm * b.norm);
-    let c = cross(a, b, rows);
     let padded = Mat::from_fn(d, d, |i, j| {
         if i < a.dim && j < b.dim {
             c[(i, j)] * scale
@@ -284,7 +286,7 @@ fn compare(
 ) -> Result<AlignPair> {
     let c = cross(a, b, rows);
     let cka = c.squared_norm_l2() / (a.gram_norm * b.gram_norm);
-    let (procrustes_residual, _) = procrustes(a, b, rows)?;
+    let (procrustes_residual, _) = procrustes(a, b, &c)?;
     let k = options.cca_dims;
     let mut qq = vec![0.0f64; k * k];
     gemm(
@@ -313,46 +315,134 @@ fn compare(
     })
 }
 
-/// Rows per block of the neighbour search: a block's similarities to every row stay in memory.
-const NEIGHBOUR_BLOCK: usize = 256;
+/// Rows per side of a similarity tile: a tile's GEMM (`2·T²·dim` FLOPs) outweighs packing its
+/// two `T × dim` operands, and its `T × T` similarities stay in the core's cache for the scans.
+const NEIGHBOUR_TILE: usize = 512;
 
 /// Each row's `k` nearest neighbours by cosine similarity, itself excluded, as sorted indices;
 /// ties go to the lower index. Zero rows are at similarity 0 to everything.
+///
+/// Exact, and no `n×n` matrix: the similarities come in `T × T` tiles, one single-threaded GEMM
+/// per rayon task, over the tiles on and above the diagonal only (the matrix is symmetric, so a
+/// tile `(I, J)` serves the rows of `I` along its rows and the rows of `J` along its columns:
+/// half the FLOPs of the full product). Each tile is scanned straight into the rows' running
+/// top-`k` lists (a compare against the row's current `k`-th best, rarely an insertion).
 fn nearest_neighbours(values: &[f32], dim: usize, k: usize) -> Vec<Vec<u32>> {
     let unit: Vec<f32> = values
-        .chunks_exact(dim)
-        .flat_map(|row| {
+        .par_chunks(dim)
+        .flat_map_iter(|row| {
             let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
             let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
             row.iter().map(move |v| v * inv)
         })
         .collect();
     let rows = values.len() / dim;
-    let mut out = Vec::with_capacity(rows);
-    for start in (0..rows).step_by(NEIGHBOUR_BLOCK) {
-        let block = NEIGHBOUR_BLOCK.min(rows - start);
-        let mut sims = vec![0.0f32; block * rows];
-        gemm(
-            &mut sims,
-            Operand::plain(&unit[start * dim..(start + block) * dim], block, dim),
-            Operand::transposed(&unit, rows, dim),
-            false,
-        );
-        let found: Vec<Vec<u32>> = sims
-            .par_chunks(rows)
-            .enumerate()
-            .map(|(r, s)| {
-                let me = start + r;
-                let mut order: Vec<u32> = (0..rows as u32).filter(|&j| j as usize != me).collect();
-                let by =
-                    |x: &u32, y: &u32| s[*y as usize].total_cmp(&s[*x as usize]).then(x.cmp(y));
-                order.select_nth_unstable_by(k - 1, by);
-                let mut top = order[..k].to_vec();
-                top.sort_unstable();
-                top
-            })
-            .collect();
-        out.extend(found);
+    let tiles = rows.div_ceil(NEIGHBOUR_TILE);
+    let span = |t: usize| t * NEIGHBOUR_TILE..((t + 1) * NEIGHBOUR_TILE).min(rows);
+    // One lock per tile of rows: a task updates its two tiles' lists one after the other.
+    let best: Vec<Mutex<TopK>> = (0..tiles)
+        .map(|t| Mutex::new(TopK::new(span(t).len(), k)))
+        .collect();
+    let pairs: Vec<(usize, usize)> = (0..tiles)
+        .flat_map(|i| (i..tiles).map(move |j| (i, j)))
+        .collect();
+    pairs.into_par_iter().for_each_init(
+        || vec![0.0f32; NEIGHBOUR_TILE * NEIGHBOUR_TILE],
+        |sims, (i, j)| {
+            let (a, b) = (span(i), span(j));
+            let sims = &mut sims[..a.len() * b.len()];
+            gemm_in_task(
+                sims,
+                Operand::plain(&unit[a.start * dim..a.end * dim], a.len(), dim),
+                Operand::transposed(&unit[b.start * dim..b.end * dim], b.len(), dim),
+                false,
+            );
+            let lock = |t: usize| best[t].lock().unwrap_or_else(PoisonError::into_inner);
+            lock(i).offer_rows(sims, a.start, b.start, b.len());
+            if i != j {
+                lock(j).offer_columns(sims, a.start, b.len());
+            }
+        },
+    );
+    best.into_iter()
+        .flat_map(|t| {
+            t.into_inner()
+                .unwrap_or_else(PoisonError::into_inner)
+                .into_sorted_indices()
+        })
+        .collect()
+}
+
+/// The running `k` best `(similarity, index)` candidates of a tile's rows, each row's list
+/// best first: higher similarity, then lower index.
+struct TopK {
+    k: usize,
+    entries: Vec<(f32, u32)>,
+}
+
+impl TopK {
+    fn new(rows: usize, k: usize) -> Self {
+        // The sentinel loses to every real candidate (similarities are at least −1).
+        TopK {
+            k,
+            entries: vec![(f32::NEG_INFINITY, u32::MAX); rows * k],
+        }
     }
-    out
+
+    /// Offers `(sim, index)` to local row `row`.
+    fn offer(&mut self, row: usize, sim: f32, index: u32) {
+        let list = &mut self.entries[row * self.k..(row + 1) * self.k];
+        let beats = |e: &(f32, u32)| sim > e.0 || (sim == e.0 && index < e.1);
+        if !beats(&list[self.k - 1]) {
+            return;
+        }
+        let at = list.iter().position(beats).expect("beats the last entry");
+        list.copy_within(at..self.k - 1, at + 1);
+        list[at] = (sim, index);
+    }
+
+    /// The `k`-th best similarity of local row `row` (a candidate below it cannot enter).
+    fn floor(&self, row: usize) -> f32 {
+        self.entries[(row + 1) * self.k - 1].0
+    }
+
+    /// Rows of `sims` (`[rows, cols]`, rows from global row `row_start`, columns from
+    /// `col_start`) offered to this tile's rows, which are those rows; the row itself skipped.
+    fn offer_rows(&mut self, sims: &[f32], row_start: usize, col_start: usize, cols: usize) {
+        for (r, line) in sims.chunks_exact(cols).enumerate() {
+            let me = row_start + r;
+            let mut floor = self.floor(r);
+            for (c, &s) in line.iter().enumerate() {
+                if s >= floor && col_start + c != me {
+                    self.offer(r, s, (col_start + c) as u32);
+                    floor = self.floor(r);
+                }
+            }
+        }
+    }
+
+    /// Columns of `sims` (`[rows, cols]`, rows from global row `row_start`) offered to this
+    /// tile's rows, which are the columns (another tile than the rows').
+    fn offer_columns(&mut self, sims: &[f32], row_start: usize, cols: usize) {
+        let mut floors: Vec<f32> = (0..cols).map(|c| self.floor(c)).collect();
+        for (r, line) in sims.chunks_exact(cols).enumerate() {
+            for (c, (&s, floor)) in line.iter().zip(&mut floors).enumerate() {
+                if s >= *floor {
+                    self.offer(c, s, (row_start + r) as u32);
+                    *floor = self.floor(c);
+                }
+            }
+        }
+    }
+
+    fn into_sorted_indices(self) -> Vec<Vec<u32>> {
+        self.entries
+            .chunks_exact(self.k)
+            .map(|list| {
+                let mut indices: Vec<u32> = list.iter().map(|e| e.1).collect();
+                indices.sort_unstable();
+                indices
+            })
+            .collect()
+    }
 }

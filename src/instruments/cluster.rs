@@ -1,12 +1,12 @@
 //! Does unsupervised clustering recreate the labels? k-means on the embeddings (k-means++
-//! seeding, Lloyd iterations with distances by GEMM, several restarts, the lowest inertia kept, as
-//! scikit-learn's `KMeans`), scored against the labels by the adjusted Rand index, normalised
+//! seeding, Lloyd iterations with distances by GEMM, several restarts, the lowest
+//! inertia kept, as scikit-learn's `KMeans`), scored against the labels by the adjusted Rand index, normalised
 //! mutual information (arithmetic mean, scikit-learn's default) and purity.
 
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backend::cpu::{gemm, Operand};
+use crate::backend::cpu::{gemm, gemm_in_task, Operand};
 use crate::error::{Error, Result};
 use crate::io::embeddings::EmbeddingsFile;
 use crate::random::SplitMix64;
@@ -155,8 +155,9 @@ pub fn kmeans(x: &[f32], dim: usize, options: &ClusterOptions) -> Result<(KMeans
 fn seed_centres(x: &[f32], dim: usize, norms: &[f64], k: usize, rng: &mut SplitMix64) -> Vec<f64> {
     let rows = norms.len();
     let row = |r: usize| x[r * dim..(r + 1) * dim].iter().map(|&v| f64::from(v));
-    let mut centres: Vec<f64> = row(rng.below(rows)).collect();
-    let mut nearest = distances_to(x, dim, norms, &centres);
+    let first = rng.below(rows);
+    let mut centres: Vec<f64> = row(first).collect();
+    let mut nearest = distances_to_rows(x, dim, norms, &[first]);
     while centres.len() < k * dim {
         let total: f64 = nearest.iter().sum();
         let chosen = if total > 0.0 {
@@ -172,24 +173,38 @@ fn seed_centres(x: &[f32], dim: usize, norms: &[f64], k: usize, rng: &mut SplitM
             // Fewer distinct rows than clusters: any row.
             rng.below(rows)
         };
-        let start = centres.len();
         centres.extend(row(chosen));
-        let new = distances_to(x, dim, norms, &centres[start..]);
+        let new = distances_to_rows(x, dim, norms, &[chosen]);
         nearest.iter_mut().zip(new).for_each(|(n, d)| *n = n.min(d));
     }
     centres
 }
 
-/// Squared distances of every row to one centre.
-fn distances_to(x: &[f32], dim: usize, norms: &[f64], centre: &[f64]) -> Vec<f64> {
-    let c2: f64 = centre.iter().map(|v| v * v).sum();
-    x.par_chunks(dim)
+/// Squared distances of every row to each of the rows `centres`, `[rows, centres.len()]`: the
+/// dot products by one GEMM, as [`assign`] computes them.
+fn distances_to_rows(x: &[f32], dim: usize, norms: &[f64], centres: &[usize]) -> Vec<f64> {
+    let m = centres.len();
+    let picked: Vec<f32> = centres
+        .iter()
+        .flat_map(|&r| x[r * dim..(r + 1) * dim].iter().copied())
+        .collect();
+    let mut dots = vec![0.0f32; norms.len() * m];
+    gemm(
+        &mut dots,
+        Operand::plain(x, norms.len(), dim),
+        Operand::transposed(&picked, m, dim),
+        false,
+    );
+    let mut out = vec![0.0f64; dots.len()];
+    out.par_chunks_mut(m)
+        .zip(dots.par_chunks(m))
         .zip(norms)
-        .map(|(r, n)| {
-            let dot: f64 = r.iter().zip(centre).map(|(&v, c)| f64::from(v) * c).sum();
-            (n - 2.0 * dot + c2).max(0.0)
-        })
-        .collect()
+        .for_each(|((out, dots), &n)| {
+            for ((o, &dot), &c) in out.iter_mut().zip(dots).zip(centres) {
+                *o = (n - 2.0 * f64::from(dot) + norms[c]).max(0.0);
+            }
+        });
+    out
 }
 
 /// Lloyd's iterations from `centres` until the squared centre shift is at most `tol` or
@@ -205,17 +220,13 @@ fn lloyd(
     let k = centres.len() / dim;
     let mut iterations = 0;
     loop {
-        let (assignment, distances) = assign(x, dim, norms, &centres);
+        let Pass {
+            distances,
+            mut sums,
+            mut counts,
+            ..
+        } = assign(x, dim, norms, &centres);
         iterations += 1;
-        let mut sums = vec![0.0f64; k * dim];
-        let mut counts = vec![0usize; k];
-        for (r, &c) in assignment.iter().enumerate() {
-            counts[c] += 1;
-            sums[c * dim..(c + 1) * dim]
-                .iter_mut()
-                .zip(&x[r * dim..(r + 1) * dim])
-                .for_each(|(s, &v)| *s += f64::from(v));
-        }
         // An empty cluster takes the row farthest from its centre.
         for c in 0..k {
             if counts[c] == 0 {
@@ -237,23 +248,35 @@ fn lloyd(
         let shift: f64 = new.iter().zip(&centres).map(|(a, b)| (a - b).powi(2)).sum();
         centres = new;
         if shift <= tol || iterations >= max_iter {
-            let (assignment, distances) = assign(x, dim, norms, &centres);
+            let pass = assign(x, dim, norms, &centres);
             return KMeans {
-                assignment,
+                assignment: pass.assignment,
                 centres,
-                inertia: distances.iter().sum(),
+                inertia: pass.distances.iter().sum(),
                 iterations,
             };
         }
     }
 }
 
-/// Rows per block of the assignment GEMM.
-const ASSIGN_BLOCK: usize = 4096;
+/// Rows per block of the assignment: one single-threaded GEMM and one partial sum per block.
+const ASSIGN_BLOCK: usize = 1024;
 
-/// The nearest centre of every row and the squared distance to it: `‖x‖² − 2x·c + ‖c‖²` with
-/// `x·c` by GEMM in blocks of rows (f32 products, f64 sums).
-fn assign(x: &[f32], dim: usize, norms: &[f64], centres: &[f64]) -> (Vec<usize>, Vec<f64>) {
+/// One assignment pass: each row's nearest centre and squared distance to it, and the sums and
+/// counts of the rows of each cluster (the next centres).
+struct Pass {
+    assignment: Vec<usize>,
+    distances: Vec<f64>,
+    /// `[k, dim]` sums of each cluster's rows.
+    sums: Vec<f64>,
+    counts: Vec<usize>,
+}
+
+/// The nearest centre of every row and the squared distance to it, `‖x‖² − 2x·c + ‖c‖²` with
+/// `x·c` by GEMM (f32 products, f64 sums), and each cluster's row sums, in one sweep over the
+/// rows: blocks in parallel, each block's partial sums added in block order (the same result on
+/// any number of threads).
+fn assign(x: &[f32], dim: usize, norms: &[f64], centres: &[f64]) -> Pass {
     let k = centres.len() / dim;
     let c32: Vec<f32> = centres.iter().map(|&v| v as f32).collect();
     let c2: Vec<f64> = centres
@@ -261,32 +284,62 @@ fn assign(x: &[f32], dim: usize, norms: &[f64], centres: &[f64]) -> (Vec<usize>,
         .map(|c| c.iter().map(|v| v * v).sum())
         .collect();
     let rows = norms.len();
-    let mut assignment = Vec::with_capacity(rows);
-    let mut distances = Vec::with_capacity(rows);
-    for start in (0..rows).step_by(ASSIGN_BLOCK) {
-        let block = ASSIGN_BLOCK.min(rows - start);
-        let mut dots = vec![0.0f32; block * k];
-        gemm(
-            &mut dots,
-            Operand::plain(&x[start * dim..(start + block) * dim], block, dim),
-            Operand::transposed(&c32, k, dim),
-            false,
-        );
-        for (r, d) in dots.chunks_exact(k).enumerate() {
-            let (best, dist) = d
-                .iter()
-                .zip(&c2)
-                .map(|(&dot, c2)| (norms[start + r] - 2.0 * f64::from(dot) + c2).max(0.0))
-                .enumerate()
-                .fold(
-                    (0, f64::INFINITY),
-                    |acc, (c, v)| if v < acc.1 { (c, v) } else { acc },
+    let mut pass = Pass {
+        assignment: vec![0; rows],
+        distances: vec![0.0; rows],
+        sums: vec![0.0; k * dim],
+        counts: vec![0; k],
+    };
+    // Blocks run a wave at a time so that only a wave's partial sums are held.
+    let wave = ASSIGN_BLOCK * 2 * rayon::current_num_threads();
+    for start in (0..rows).step_by(wave) {
+        let end = (start + wave).min(rows);
+        let partials: Vec<(Vec<f64>, Vec<usize>)> = x[start * dim..end * dim]
+            .par_chunks(ASSIGN_BLOCK * dim)
+            .zip(norms[start..end].par_chunks(ASSIGN_BLOCK))
+            .zip(pass.assignment[start..end].par_chunks_mut(ASSIGN_BLOCK))
+            .zip(pass.distances[start..end].par_chunks_mut(ASSIGN_BLOCK))
+            .map(|(((block, norms), assignment), distances)| {
+                let n = norms.len();
+                let mut dots = vec![0.0f32; n * k];
+                gemm_in_task(
+                    &mut dots,
+                    Operand::plain(block, n, dim),
+                    Operand::transposed(&c32, k, dim),
+                    false,
                 );
-            assignment.push(best);
-            distances.push(dist);
+                let mut sums = vec![0.0f64; k * dim];
+                let mut counts = vec![0usize; k];
+                for (r, d) in dots.chunks_exact(k).enumerate() {
+                    let (best, dist) = d
+                        .iter()
+                        .zip(&c2)
+                        .map(|(&dot, c2)| (norms[r] - 2.0 * f64::from(dot) + c2).max(0.0))
+                        .enumerate()
+                        .fold(
+                            (0, f64::INFINITY),
+                            |acc, (c, v)| if v < acc.1 { (c, v) } else { acc },
+                        );
+                    assignment[r] = best;
+                    distances[r] = dist;
+                    counts[best] += 1;
+                    sums[best * dim..(best + 1) * dim]
+                        .iter_mut()
+                        .zip(&block[r * dim..(r + 1) * dim])
+                        .for_each(|(s, &v)| *s += f64::from(v));
+                }
+                (sums, counts)
+            })
+            .collect();
+        for (sums, counts) in partials {
+            pass.sums.iter_mut().zip(sums).for_each(|(t, s)| *t += s);
+            pass.counts
+                .iter_mut()
+                .zip(counts)
+                .for_each(|(t, c)| *t += c);
         }
     }
-    (assignment, distances)
+    pass
 }
 
 /// `[label][cluster]` counts.

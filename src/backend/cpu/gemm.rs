@@ -61,6 +61,27 @@ pub fn gemm<T: ComplexField>(
     rhs: Operand<'_, T>,
     accumulate: bool,
 ) {
+    gemm_on(dst, lhs, rhs, accumulate, Par::rayon(0));
+}
+
+/// [`gemm`] on the calling thread only: for tiles that already run one per rayon task (a tiled
+/// loop keeps every core busy with its own tile instead of splitting each small GEMM).
+pub fn gemm_in_task<T: ComplexField>(
+    dst: &mut [T],
+    lhs: Operand<'_, T>,
+    rhs: Operand<'_, T>,
+    accumulate: bool,
+) {
+    gemm_on(dst, lhs, rhs, accumulate, Par::Seq);
+}
+
+fn gemm_on<T: ComplexField>(
+    dst: &mut [T],
+    lhs: Operand<'_, T>,
+    rhs: Operand<'_, T>,
+    accumulate: bool,
+    par: Par,
+) {
     let (lhs, rhs) = (lhs.mat(), rhs.mat());
     assert_eq!(lhs.ncols(), rhs.nrows(), "gemm: inner dimensions differ");
     let dst = MatMut::from_row_major_slice_mut(dst, lhs.nrows(), rhs.ncols());
@@ -69,7 +90,7 @@ pub fn gemm<T: ComplexField>(
     } else {
         Accum::Replace
     };
-    matmul(dst, accum, lhs, rhs, one::<T>(), Par::rayon(0));
+    matmul(dst, accum, lhs, rhs, one::<T>(), par);
 }
 
 pub(super) fn gated_activation(gate_up: &Tensor, act: Activation, out: &mut Tensor) -> Result<()> {

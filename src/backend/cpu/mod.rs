@@ -41,7 +41,7 @@ mod rope;
 mod stats;
 mod trim;
 
-pub use gemm::{gemm, Operand};
+pub use gemm::{gemm, gemm_in_task, Operand};
 
 pub struct CpuBackend {
     /// The kernel of `linear` on f32 weights (half-precision weights always run variant 8's).
