@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backend::cpu::{gemm, gemm_in_task, Operand};
+use crate::backend::cpu::{add_widened, gemm, gemm_in_task, Operand};
 use crate::error::{Error, Result};
 use crate::io::embeddings::EmbeddingsFile;
 use crate::random::SplitMix64;
@@ -323,10 +323,10 @@ fn assign(x: &[f32], dim: usize, norms: &[f64], centres: &[f64]) -> Pass {
                     assignment[r] = best;
                     distances[r] = dist;
                     counts[best] += 1;
-                    sums[best * dim..(best + 1) * dim]
-                        .iter_mut()
-                        .zip(&block[r * dim..(r + 1) * dim])
-                        .for_each(|(s, &v)| *s += f64::from(v));
+                    add_widened(
+                        &mut sums[best * dim..(best + 1) * dim],
+                        &block[r * dim..(r + 1) * dim],
+                    );
                 }
                 (sums, counts)
             })

@@ -120,6 +120,18 @@ macro_rules! with_wide_simd {
 }
 pub(super) use with_wide_simd;
 
+with_wide_simd! {
+    /// [`super::add_widened`], as wide as the CPU allows.
+    avx512 fn add_widened_wide => add_widened_portable(sums: &mut [f64], row: &[f32])
+}
+
+fn add_widened_portable(sums: &mut [f64], row: &[f32]) {
+    assert_eq!(sums.len(), row.len(), "add_widened: lengths differ");
+    sums.iter_mut()
+        .zip(row)
+        .for_each(|(s, &v)| *s += f64::from(v));
+}
+
 /// `(Σ v, Σ v²)` in one sweep, in eight f64 lanes: the row statistics of LayerNorm without a
 /// second pass for the variance. f64 keeps `Σ v²/n − mean²` exact enough where a row's mean is
 /// large against its spread (each `v²` of an f32 is exact in f64; the cancellation costs

@@ -43,6 +43,13 @@ mod trim;
 
 pub use gemm::{gemm, gemm_in_task, Operand};
 
+/// `sums[i] += f64::from(row[i])` for every `i`: a row added into f64 accumulators (a cluster's
+/// centre sums) in the widest SIMD the CPU has. Each element sees the same additions in the same
+/// order on every CPU, so results do not depend on the width.
+pub fn add_widened(sums: &mut [f64], row: &[f32]) {
+    common::add_widened_wide(sums, row)
+}
+
 pub struct CpuBackend {
     /// The kernel of `linear` on f32 weights (half-precision weights always run variant 8's).
     gemm: GemmVariant,
