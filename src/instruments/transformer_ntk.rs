@@ -158,10 +158,7 @@ impl TileFactors {
             let mut grads = vec![0.0f32; n * r * k * k];
             for (row, g) in grads.chunks_exact_mut(k * k).enumerate() {
                 let (i, c) = (row / r, row % r);
-                let tokens = match lin.rows {
-                    FactorRows::Tokens => f.layout.range(i),
-                    FactorRows::Samples => i..i + 1,
-                };
+                let tokens = f.sample_rows(lin.rows, i);
                 for t in tokens {
                     let a = &acts[t * k..(t + 1) * k];
                     let d = &deltas[(t * r + c) * k..(t * r + c + 1) * k];

@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use crate::backend::cpu::{gemm, Operand};
 use crate::backend::{Backend, JlSpec};
 use crate::error::{Error, Result};
-use crate::models::classifier_grad::{FactorRows, SequenceFactors};
+use crate::models::classifier_grad::{seed_columns, SequenceFactors};
 
 /// Gradient values formed per projection call: bounds a tile's memory whatever the model.
 pub const CHUNK_VALUES: usize = 16 << 20;
@@ -154,13 +154,17 @@ impl Projection<'_> {
                 x.par_chunks_mut(r * width)
                     .enumerate()
                     .for_each(|(i, sample)| {
-                        let rows = match lin.rows {
-                            FactorRows::Tokens => f.layout.range(i),
-                            FactorRows::Samples => i..i + 1,
-                        };
+                        let rows = f.sample_rows(lin.rows, i);
                         let acts = &lin.acts[rows.start * d_in..rows.end * d_in];
                         for (c, grad) in sample.chunks_exact_mut(width).enumerate() {
-                            let delta = seed_columns(&lin.deltas, &rows, r, d_out, c, &out_rows);
+                            let delta = seed_columns(
+                                &lin.deltas,
+                                rows.clone(),
+                                r,
+                                d_out,
+                                c,
+                                out_rows.clone(),
+                            );
                             gemm(
                                 grad,
                                 Operand::transposed(&delta, rows.len(), out_rows.len()),
@@ -175,23 +179,6 @@ impl Projection<'_> {
         }
         Ok(())
     }
-}
-
-/// Columns `cols` of seed `c` of the rows `rows` of a `[rows, seeds·width]` factor.
-fn seed_columns(
-    values: &[f32],
-    rows: &Range<usize>,
-    seeds: usize,
-    width: usize,
-    c: usize,
-    cols: &Range<usize>,
-) -> Vec<f32> {
-    rows.clone()
-        .flat_map(|t| {
-            let at = (t * seeds + c) * width;
-            values[at + cols.start..at + cols.end].iter().copied()
-        })
-        .collect()
 }
 
 /// Sorted distinct `ids` cut into runs of consecutive ids, at most `max` each.

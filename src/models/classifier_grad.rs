@@ -120,18 +120,20 @@ pub fn summed_seed(classes: usize) -> Vec<f32> {
     vec![1.0 / (classes as f32).sqrt(); classes]
 }
 
-/// Rows `range` of seed `k` of a `[rows, seeds·width]` factor, as `[range.len(), width]`.
-fn seed_rows(
+/// Columns `cols` of seed `k` of the rows `range` of a `[rows, seeds·width]` factor, as
+/// `[range.len(), cols.len()]`.
+pub fn seed_columns(
     values: &[f32],
     range: Range<usize>,
     seeds: usize,
     width: usize,
     k: usize,
+    cols: Range<usize>,
 ) -> Vec<f32> {
     range
         .flat_map(|row| {
             let at = (row * seeds + k) * width;
-            values[at..at + width].iter().copied()
+            values[at + cols.start..at + cols.end].iter().copied()
         })
         .collect()
 }
@@ -153,7 +155,8 @@ impl SequenceFactors {
         self.layout.num_sequences()
     }
 
-    fn sample_rows(&self, rows: FactorRows, sample: usize) -> Range<usize> {
+    /// The factor rows of `sample`: its tokens, or its one row of the head's layers.
+    pub fn sample_rows(&self, rows: FactorRows, sample: usize) -> Range<usize> {
         match rows {
             FactorRows::Tokens => self.layout.range(sample),
             FactorRows::Samples => sample..sample + 1,
@@ -206,7 +209,14 @@ impl SequenceFactors {
         let mut out = Vec::new();
         let emb = &self.embeddings;
         let tokens = self.layout.range(sample);
-        let delta = seed_rows(&emb.deltas, tokens.clone(), r, emb.width, seed);
+        let delta = seed_columns(
+            &emb.deltas,
+            tokens.clone(),
+            r,
+            emb.width,
+            seed,
+            0..emb.width,
+        );
         for table in &emb.tables {
             out.push((
                 table.name.clone(),
@@ -216,7 +226,7 @@ impl SequenceFactors {
         for lin in &self.linears {
             let rows = self.sample_rows(lin.rows, sample);
             let t = rows.len();
-            let delta = seed_rows(&lin.deltas, rows.clone(), r, lin.d_out, seed);
+            let delta = seed_columns(&lin.deltas, rows.clone(), r, lin.d_out, seed, 0..lin.d_out);
             let acts = &lin.acts[rows.start * lin.d_in..rows.end * lin.d_in];
             let mut grad = vec![0.0f32; lin.d_out * lin.d_in];
             gemm(
