@@ -515,6 +515,33 @@ fn cli_rejects_bad_input() {
         &["nan.safetensors", "row 12, column 0"],
     );
 
+    // Classes of 4 rows split in halves: 2 training rows each, which Ledoit–Wolf does not shrink
+    // (scikit-learn's shrinkage is 0 there too), so a pair's covariance has rank 2 in `dim`
+    // dimensions. The error says why and what to do; a fixed shrinkage fits.
+    let mut tiny = base.clone();
+    let keep: Vec<usize> = (0..4)
+        .flat_map(|c| {
+            let rows: Vec<usize> = (0..base.rows()).filter(|&r| base.labels[r] == c).collect();
+            rows[..4].to_vec()
+        })
+        .collect();
+    tiny.labels = keep.iter().map(|&r| base.labels[r]).collect();
+    tiny.embeddings = keep.iter().flat_map(|&r| base.row(r).to_vec()).collect();
+    let path = write("tiny.safetensors", &tiny);
+    let tiny_args = [
+        "lda",
+        "--input",
+        &path,
+        "--test-fraction",
+        "0.5",
+        "--pairwise",
+    ];
+    assert_fails_cleanly(
+        &[&tiny_args[..], &["--shrinkage", "auto"]].concat(),
+        &["tiny.safetensors", "2 training rows", "--shrinkage"],
+    );
+    run_mscope_ok(&[&tiny_args[..], &["--shrinkage", "0.1"]].concat());
+
     let input = repo_path("tests/fixtures/sklearn_embeddings.safetensors");
     assert_fails_cleanly(
         &[

@@ -193,12 +193,13 @@ pub(super) fn fit_rules(
                 .collect()
         }
         _ => backend
-            .spd_solve(&pooled.into_iter().zip(means.iter().cloned()).collect::<Vec<_>>())
-            .map_err(|e| {
-                Error::input(format!(
-                    "{e}: the shrunk class covariance is singular (a feature constant in every class?)"
-                ))
-            })?,
+            .spd_solve(
+                &pooled
+                    .into_iter()
+                    .zip(means.iter().cloned())
+                    .collect::<Vec<_>>(),
+            )
+            .map_err(|e| singular_covariance(e, train, problems, shrinkage))?,
     };
     Ok(problems
         .iter()
@@ -219,6 +220,35 @@ pub(super) fn fit_rules(
             }
         })
         .collect())
+}
+
+/// The error for a shrunk covariance that is still singular, with its likely cause. Ledoit–Wolf
+/// (as scikit-learn's) does not shrink a class of two rows at all — their standardised rows are
+/// opposite, so its `β` is 0 — and a class of n rows spans at most n − 1 directions.
+fn singular_covariance(
+    e: Error,
+    train: &[Moments],
+    problems: &[Vec<usize>],
+    shrinkage: Shrinkage,
+) -> Error {
+    let d = train[0].mean.len();
+    let fewest = problems
+        .iter()
+        .flatten()
+        .map(|&c| train[c].count)
+        .min()
+        .unwrap_or(0);
+    let cause = match shrinkage {
+        Shrinkage::Auto if (fewest as usize) < d => format!(
+            "the smallest class has {fewest} training rows in {d} dimensions, too few for \
+             Ledoit–Wolf to make its covariance invertible (it does not shrink a class of 2 rows \
+             at all); give --shrinkage a fixed value such as 0.1, or more rows per class (a \
+             smaller --test-fraction)"
+        ),
+        _ => "the shrunk class covariance is singular (a feature constant in every class?)"
+            .to_string(),
+    };
+    Error::input(format!("{e}: {cause}"))
 }
 
 /// The covariance a problem's rule uses: `Σ S_k / (N − K)` without shrinkage (scikit-learn's
