@@ -1,8 +1,8 @@
 //! Fine-tuning from a bare encoder (`mscope train --model ENCODER_DIR`) against transformers and
 //! torch (fixtures of `tools/make_finetune_fixtures.py`): the head transformers'
 //! `BertForSequenceClassification.from_pretrained` makes, three AdamW steps with the parameters
-//! kept in memory, the written directory's logits as transformers reads them, `--test-data`'s
-//! report, and bad input.
+//! kept in memory, the written directory's logits as transformers reads them (from a BERT and an
+//! XLM-R encoder), `--test-data`'s report, and bad input.
 
 mod common;
 

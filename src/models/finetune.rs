@@ -3,9 +3,9 @@
 //! and the classifier's parameters held on the host by checkpoint name, written back as a
 //! classifier directory that [`SequenceClassifier::load`] (and transformers) read.
 //!
-//! A bare BERT encoder (a `BertModel` or sentence-transformers directory) gets a classification
-//! head as transformers' `BertForSequenceClassification.from_pretrained(dir, num_labels=…)` makes
-//! it ([`classifier_from_encoder`]). The gradient of each step is
+//! A bare BERT or XLM-R encoder (a `BertModel` / `XLMRobertaModel` or sentence-transformers
+//! directory) gets a classification head as transformers' `from_pretrained(dir, num_labels=…)` of
+//! the family's sequence classifier makes it ([`classifier_from_encoder`]). The gradient of each step is
 //! [`loss_gradient`](super::classifier_grad::loss_gradient)'s; between steps the classifier is
 //! rebuilt from the parameters in memory ([`classifier_from_parameters`]: the forward runs on its
 //! backend, the update on the host), and the directory is written once, at the end.
