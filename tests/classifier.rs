@@ -459,6 +459,8 @@ fn contracted_kernels_match_torch_func() {
                 classifier: &classifier,
                 rows: &texts,
                 cols: None,
+                row_labels: None,
+                col_labels: None,
                 kind,
                 block_rows: 1,
                 tile_rows: 3,
@@ -501,6 +503,8 @@ fn a_resumed_run_gives_the_one_pass_kernel_exactly() {
         classifier: &classifier,
         rows: &texts,
         cols: None,
+        row_labels: None,
+        col_labels: None,
         kind: KernelKind::Trntk,
         block_rows: 1,
         tile_rows: 2,
@@ -533,6 +537,153 @@ fn a_resumed_run_gives_the_one_pass_kernel_exactly() {
         .unwrap();
     assert_eq!(resumed, [true, true, false, false]);
     assert_eq!(kernel.values, one_pass);
+}
+
+/// The fixture texts' labels as the classifier's class indices.
+fn labels(classifier: &SequenceClassifier) -> Vec<usize> {
+    std::fs::read_to_string(repo_path("tests/fixtures/classifiers/texts.jsonl"))
+        .expect("fixture texts")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("JSON line");
+            let name = v["label"].as_str().expect("label field");
+            classifier
+                .labels()
+                .iter()
+                .position(|l| l == name)
+                .expect("a label of the model")
+        })
+        .collect()
+}
+
+/// The gradient cosine and embedding kernels (`tools/make_kernel_kind_fixtures.py`) against
+/// torch.func's loss gradients and transformers' hidden states, square (tiles of 3 texts, so
+/// one tile is ragged and the texts of a tile have different lengths) and against.
+#[test]
+fn gradient_cosine_and_embedding_kernels_match_torch() {
+    for (dir, reference) in MODELS {
+        let kinds_reference = reference.replace("_reference", "_kinds_reference");
+        let classifier = load(dir, Arc::new(CpuBackend::new()));
+        let texts = tokenized(dir, &classifier);
+        let labels = labels(&classifier);
+        let n = texts.len();
+        for kind in [KernelKind::Gradcos, KernelKind::Embedding] {
+            let (_, want) = reference_tensor(&kinds_reference, kind.name());
+            let mut job = SequenceKernelJob {
+                classifier: &classifier,
+                rows: &texts,
+                cols: None,
+                row_labels: Some(&labels),
+                col_labels: None,
+                kind,
+                block_rows: 2,
+                tile_rows: 3,
+                layers: LayerSpec::default(),
+                projection: None,
+                kronecker: false,
+            };
+            let square: Vec<f64> = run_job(&job).iter().map(|&v| v as f64).collect();
+            let err = rel_error_f64(&square, &want);
+            assert!(
+                err < F32_TOLERANCE,
+                "{dir} {}: square rel err {err:.2e}",
+                kind.name()
+            );
+            job.rows = &texts[1..];
+            job.row_labels = Some(&labels[1..]);
+            job.cols = Some(&texts);
+            job.col_labels = Some(&labels);
+            let against: Vec<f64> = run_job(&job).iter().map(|&v| v as f64).collect();
+            let err = rel_error_f64(&against, &want[n..]);
+            assert!(
+                err < F32_TOLERANCE,
+                "{dir} {}: against rel err {err:.2e}",
+                kind.name()
+            );
+        }
+    }
+}
+
+/// `ntk --kind gradcos|embedding` writes the kernels torch gives, and refuses what they cannot
+/// take: unlabelled texts for the gradient cosine, a projection or a layer subset for the
+/// embedding kernel, an MLP for either.
+#[test]
+fn cli_ntk_gradient_cosine_and_embedding_kernels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = repo_path("tests/fixtures/classifiers/texts.jsonl");
+    let out = tmp.path().join("k.safetensors");
+    let (dir, reference) = MODELS[1];
+    let model = repo_path(dir);
+    let kinds_reference = reference.replace("_reference", "_kinds_reference");
+    let ntk = |kind: &str, data: &std::path::Path, extra: &[&str]| -> Vec<String> {
+        [
+            "ntk",
+            "--model",
+            path_str(&model),
+            "--data",
+            path_str(data),
+            "--kind",
+            kind,
+            "--backend",
+            "cpu",
+            "--out",
+            path_str(&out),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+    };
+    for kind in ["gradcos", "embedding"] {
+        run_mscope_ok(&as_strs(&ntk(kind, &data, &[])));
+        let k = KernelFile::read(&out).unwrap();
+        assert_eq!(
+            (k.rows, k.cols, k.kind.as_str(), k.normalized),
+            (4, 4, kind, true)
+        );
+        let got: Vec<f64> = k.values.iter().map(|&v| v as f64).collect();
+        let err = rel_error_f64(&got, &reference_tensor(&kinds_reference, kind).1);
+        assert!(err < F32_TOLERANCE, "{kind}: rel err {err:.2e}");
+        std::fs::remove_file(&out).unwrap();
+    }
+    let unlabelled = tmp.path().join("unlabelled.jsonl");
+    std::fs::write(&unlabelled, "{\"text\": \"fine\"}\n").unwrap();
+    common::assert_fails_cleanly(
+        &as_strs(&ntk("gradcos", &unlabelled, &[])),
+        &["unlabelled.jsonl", "--kind gradcos needs a label"],
+    );
+    common::assert_fails_cleanly(
+        &as_strs(&ntk(
+            "embedding",
+            &data,
+            &["--projection", "rademacher", "--projection-dim", "4"],
+        )),
+        &["--kind embedding", "--projection"],
+    );
+    common::assert_fails_cleanly(
+        &as_strs(&ntk("embedding", &data, &["--layers", "head"])),
+        &["--kind embedding", "--layers"],
+    );
+    let mlp = repo_path("tests/fixtures/ntk/mlp_relu.safetensors");
+    let points = repo_path("tests/fixtures/ntk/test.safetensors");
+    for kind in ["gradcos", "embedding"] {
+        common::assert_fails_cleanly(
+            &[
+                "ntk",
+                "--model",
+                path_str(&mlp),
+                "--data",
+                path_str(&points),
+                "--kind",
+                kind,
+                "--backend",
+                "cpu",
+                "--out",
+                path_str(&out),
+            ],
+            &[kind, "transformer classifiers"],
+        );
+    }
 }
 
 fn as_strs(a: &[String]) -> Vec<&str> {
@@ -717,6 +868,8 @@ fn kernels_restricted_to_layers_match_torch_func() {
                 classifier: &classifier,
                 rows: &texts,
                 cols: None,
+                row_labels: None,
+                col_labels: None,
                 kind: KernelKind::Trntk0,
                 block_rows: 2,
                 tile_rows: 3,
@@ -802,6 +955,8 @@ fn projected_kernels_approach_the_exact_one() {
         classifier: &classifier,
         rows: &texts,
         cols: None,
+        row_labels: None,
+        col_labels: None,
         kind: KernelKind::Trntk0,
         block_rows,
         tile_rows,

@@ -1,8 +1,8 @@
 //! Fine-tuning from a bare encoder (`mscope train --model ENCODER_DIR`) against transformers and
 //! torch (fixtures of `tools/make_finetune_fixtures.py`): the head transformers'
 //! `BertForSequenceClassification.from_pretrained` makes, three AdamW steps with the parameters
-//! kept in memory, the written directory's logits as transformers reads them, `--test-data`'s
-//! report, and bad input.
+//! kept in memory, the written directory's logits as transformers reads them (from a BERT and an
+//! XLM-R encoder), `--test-data`'s report, and bad input.
 
 mod common;
 
@@ -177,11 +177,30 @@ fn logits(dir: &Path) -> Vec<f64> {
 
 /// The directory `mscope train --model ENCODER` writes (new head, then trained) is the one
 /// transformers loaded in the fixture: the same logits; it is a classifier directory, not a
-/// sentence-transformers one; `--test-data` adds the test accuracy after each epoch.
+/// sentence-transformers one; `--test-data` adds the test accuracy after each epoch. For a bare
+/// BERT encoder (pooler + classifier) and a bare XLM-R one (the RoBERTa head: dense + tanh +
+/// out_proj, no pooler).
 #[test]
 fn cli_fine_tunes_an_encoder_into_what_transformers_loads() {
+    for (encoder, reference, architecture) in [
+        (ENCODER, WRITTEN_REFERENCE, "BertForSequenceClassification"),
+        (
+            "tests/fixtures/tiny-xlmr",
+            "tests/fixtures/classifiers/xlmr_encoder_written_reference.safetensors",
+            "XLMRobertaForSequenceClassification",
+        ),
+    ] {
+        fine_tunes_an_encoder_into_what_transformers_loads(encoder, reference, architecture);
+    }
+}
+
+fn fine_tunes_an_encoder_into_what_transformers_loads(
+    encoder: &str,
+    reference: &str,
+    architecture: &str,
+) {
     let tmp = tempfile::tempdir().unwrap();
-    let (encoder, texts) = (repo_path(ENCODER), repo_path(TEXTS));
+    let (encoder, texts) = (repo_path(encoder), repo_path(TEXTS));
     for (key, epochs) in [("init_logits", "0"), ("logits", "2")] {
         let out = tmp.path().join(key);
         let mut args: Vec<String> = ["train", "--model", path_str(&encoder), "--data"]
@@ -199,15 +218,18 @@ fn cli_fine_tunes_an_encoder_into_what_transformers_loads() {
         args.extend(written_args());
         run_mscope_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let got = logits(&out);
-        let (shape, want) = reference_tensor(WRITTEN_REFERENCE, key);
+        let (shape, want) = reference_tensor(reference, key);
         assert_eq!(shape, [4, 2]);
         let err = rel_error_f64(&got, &want);
-        assert!(err < F32_TOLERANCE, "{key}: rel err {err:.2e}");
+        assert!(
+            err < F32_TOLERANCE,
+            "{architecture} {key}: rel err {err:.2e}"
+        );
 
         let config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
                 .unwrap();
-        assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+        assert_eq!(config["architectures"][0], architecture);
         assert!(!out.join("modules.json").exists());
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("train.json")).unwrap())
@@ -250,12 +272,12 @@ fn cli_fine_tuning_refuses_bad_input() {
         &["--dropout", "0.1"],
         &["--dropout 0.1", "not implemented yet"],
     );
-    // A RoBERTa-family encoder gets no new head (yet).
+    // A decoder gets no classification head.
     train(
-        &repo_path("tests/fixtures/tiny-xlmr"),
+        &repo_path("tests/fixtures/tiny-llama3"),
         &texts,
         &[],
-        &["model_type \"xlm-roberta\"", "BERT encoders"],
+        &["model_type \"llama\"", "BERT (\"bert\") and XLM-R"],
     );
     let empty = tmp.path().join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();

@@ -88,14 +88,16 @@ mscope ntk-compare $d/ntk-none-train.safetensors $d/ntk-kronecker-train.safetens
 # three-label head, AdamW) on 96 of Debian's fortune cookies from three categories (computers,
 # food, love; tools/fetch-fortunes.sh), then its exact trNTK, trNTK0 (unnormalised) and pNTK over
 # every parameter, the projected trNTK and pNTK (one dense ±1 map of the whole parameter vector
-# to K = PROJ_DIM dimensions, 128 by default), a kGLM fitted on each train × train kernel, and
-# each kGLM's Kendall τ against the network on 48 held-out cookies.
+# to K = PROJ_DIM dimensions, 128 by default), the seeds' two baselines (gradient cosine: the
+# cosine of per-cookie loss gradients at their labels; embedding kernel: the cosine of every
+# layer's hidden states), a kGLM fitted on each train × train kernel, and each kGLM's Kendall τ
+# against the network on 48 held-out cookies.
 fortunes=$(tools/fetch-fortunes.sh)
 classifier=$d/fortunes-classifier
 mscope train --model "$encoder" --data $fortunes/train.jsonl --test-data $fortunes/test.jsonl \
     --epochs 4 --lr 1e-4 --batch-size 16 --seed 0 --out $classifier
 proj_dim=${PROJ_DIM:-128}
-for kernel in trntk trntk0 pntk trntk-proj pntk-proj; do
+for kernel in trntk trntk0 pntk trntk-proj pntk-proj gradcos embedding; do
     kind=${kernel%-proj}
     projection=""
     [ $kind = $kernel ] || projection="--projection rademacher --projection-dim $proj_dim"
@@ -115,8 +117,8 @@ prefix, dim = sys.argv[1], sys.argv[2]
 print("| kernel | Kendall τ | test accuracy, kGLM | test accuracy, network |")
 print("|---|---|---|---|")
 for name, kernel in (("trNTK", "trntk"), (f"projected trNTK (K = {dim})", "trntk-proj"),
-                     (f"projected pNTK (K = {dim})", "pntk-proj"), ("trNTK0", "trntk0"),
-                     ("pNTK", "pntk")):
+                     (f"projected pNTK (K = {dim})", "pntk-proj"), ("gradient cosine", "gradcos"),
+                     ("embedding kernel", "embedding"), ("trNTK0", "trntk0"), ("pNTK", "pntk")):
     r = json.load(open(f"{prefix}-{kernel}-kglm.json"))
     print(f"| {name} | {r['kendall_tau']:.3f} | {r['accuracy_surrogate']:.1%} "
           f"| {r['accuracy_network']:.1%} |")

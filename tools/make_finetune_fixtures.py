@@ -36,6 +36,10 @@ first; arguments in the file's metadata `mscope_args`), loads the result with tr
 missing or unexpected tensors allowed) and records, in float64 from its float32 weights:
     logits [N, 2]               the written classifier's logits on the four texts;
     init_logits [N, 2]          those of the directory written with --epochs 0 (the new head only).
+tests/fixtures/classifiers/xlmr_encoder_written_reference.safetensors: the same from the bare
+XLM-R encoder tests/fixtures/tiny-xlmr (mscope gives it the RoBERTa head, dense + tanh +
+out_proj), loaded as XLMRobertaForSequenceClassification. `make_finetune_fixtures.py
+xlmr-encoder` writes only this file.
 """
 
 import json
@@ -132,6 +136,8 @@ def adamw_reference(model_dir, model_class):
 
 
 ENCODER_DIR = OUT / "tiny-bert-encoder"
+# A bare XLM-R encoder (sentence-transformers directory, no pooler) of tools/make_fixtures.py.
+XLMR_ENCODER_DIR = ROOT / "tests" / "fixtures" / "tiny-xlmr"
 ENCODER_LABELS = ["negative", "positive"]
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 # `mscope train` arguments of the written-directory reference (with --model, --data, --out and
@@ -192,9 +198,9 @@ def encoder_adamw_reference():
     return ref, meta
 
 
-def written_reference():
-    """Logits, by transformers, of the classifier directories `mscope train` writes from the
-    bare encoder (trained, and with --epochs 0)."""
+def written_reference(encoder_dir, model_class):
+    """Logits, by transformers' `model_class`, of the classifier directories `mscope train`
+    writes from the bare encoder `encoder_dir` (trained, and with --epochs 0)."""
     import subprocess
     import tempfile
 
@@ -206,12 +212,12 @@ def written_reference():
     with tempfile.TemporaryDirectory() as tmp:
         for key, epochs in [("logits", "2"), ("init_logits", "0")]:
             out = Path(tmp) / key
-            args = [str(mscope), "train", "--model", str(ENCODER_DIR), "--data",
+            args = [str(mscope), "train", "--model", str(encoder_dir), "--data",
                     str(OUT / "texts.jsonl"), "--out", str(out), "--epochs", epochs] + WRITTEN_ARGS
             run = subprocess.run(args, capture_output=True, text=True)
             if run.returncode != 0:
                 sys.exit(f"{' '.join(args)} failed:\n{run.stderr}")
-            model, info = BertForSequenceClassification.from_pretrained(
+            model, info = model_class.from_pretrained(
                 str(out), attn_implementation="eager", output_loading_info=True)
             assert not any(info[k] for k in ("missing_keys", "unexpected_keys",
                                              "mismatched_keys")), info
@@ -222,11 +228,16 @@ def written_reference():
                 ref[key] = model(**tok(texts, padding=True, return_tensors="pt")).logits
     meta = {"mscope_args": " ".join(WRITTEN_ARGS), "transformers_version":
             transformers.__version__, "torch_version": torch.__version__}
-    print(f"  mscope-written classifier: logits {ref['logits'].tolist()}")
+    print(f"  mscope-written classifier from {encoder_dir.name}: logits {ref['logits'].tolist()}")
     return ref, meta
 
 
 def main():
+    if sys.argv[1:] == ["xlmr-encoder"]:
+        # Only the XLM-R written-directory reference (the other files untouched).
+        ref, meta = written_reference(XLMR_ENCODER_DIR, XLMRobertaForSequenceClassification)
+        save_file(ref, str(OUT / "xlmr_encoder_written_reference.safetensors"), metadata=meta)
+        return
     for model_dir, model_class, out in [
         ("tiny-bert-cls", BertForSequenceClassification, "bert_loss_reference.safetensors"),
         ("tiny-xlmr-cls", XLMRobertaForSequenceClassification, "xlmr_loss_reference.safetensors"),
@@ -238,8 +249,10 @@ def main():
     make_encoder()
     ref, meta = encoder_adamw_reference()
     save_file(ref, str(OUT / "bert_encoder_adamw_reference.safetensors"), metadata=meta)
-    ref, meta = written_reference()
+    ref, meta = written_reference(ENCODER_DIR, BertForSequenceClassification)
     save_file(ref, str(OUT / "bert_encoder_written_reference.safetensors"), metadata=meta)
+    ref, meta = written_reference(XLMR_ENCODER_DIR, XLMRobertaForSequenceClassification)
+    save_file(ref, str(OUT / "xlmr_encoder_written_reference.safetensors"), metadata=meta)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,9 @@ pub struct NtkArgs {
     /// [default: the rows' own data].
     #[arg(long)]
     against: Option<PathBuf>,
+    /// The kernel: trntk, trntk0 or pntk; for a transformer classifier also gradcos (the cosine
+    /// of per-sample loss gradients, every text labelled) and embedding (the cosine of the
+    /// hidden states).
     #[arg(long, value_enum, default_value_t = KernelKind::Trntk)]
     kind: KernelKind,
     #[arg(long, value_enum, default_value_t = ProjectionKind::None)]
@@ -535,7 +538,8 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
         text: args.text_field.clone(),
         label: args.label_field.clone(),
     };
-    let read = |path: &PathBuf| -> Result<Vec<TokenizedText>> {
+    // Texts and, where every row has one, their class indices (the gradient cosine needs them).
+    let read = |path: &PathBuf| -> Result<(Vec<TokenizedText>, Option<Vec<usize>>)> {
         let spec = InputSpec {
             path: path.clone(),
             label: None,
@@ -544,7 +548,7 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
         if rows.is_empty() {
             return Err(Error::input(format!("{}: no texts", path.display())));
         }
-        text_label_indices(path, &rows, classifier.labels())?;
+        let labels = text_label_indices(path, &rows, classifier.labels())?;
         let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
         let tokenized = tokenizer.encode(&texts)?;
         let truncated: Vec<usize> = (0..tokenized.len())
@@ -560,10 +564,22 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
                 first + 1
             );
         }
-        Ok(tokenized)
+        let labels = labels.into_iter().collect::<Option<Vec<usize>>>();
+        if args.kind == KernelKind::Gradcos && labels.is_none() {
+            return Err(Error::input(format!(
+                "{}: --kind gradcos needs a label (field `{}`) on every text: the loss gradient \
+                 is taken at it",
+                path.display(),
+                args.label_field
+            )));
+        }
+        Ok((tokenized, labels))
     };
-    let rows = read(&args.data)?;
-    let cols = args.against.as_ref().map(read).transpose()?;
+    let (rows, row_labels) = read(&args.data)?;
+    let (cols, col_labels) = match args.against.as_ref().map(read).transpose()? {
+        Some((cols, labels)) => (Some(cols), labels),
+        None => (None, None),
+    };
     let n_cols = cols.as_ref().unwrap_or(&rows).len();
     let block_rows = args
         .block_rows
@@ -572,6 +588,8 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
         classifier: &classifier,
         rows: &rows,
         cols: cols.as_deref(),
+        row_labels: row_labels.as_deref(),
+        col_labels: col_labels.as_deref(),
         kind: args.kind,
         block_rows,
         tile_rows: args.tile_rows,

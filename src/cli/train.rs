@@ -1,7 +1,7 @@
 //! `mscope train`: an ensemble of MLP classifiers, one per seed, on a dataset of `mscope data`;
 //! writes the models, a JSON report and every model's test logits for `mscope compare`. With
 //! `--model DIR`, fine-tunes a transformer sequence classifier on labelled texts instead (AdamW,
-//! linear warm-up/decay; a bare BERT encoder gets a new classification head) and writes a
+//! linear warm-up/decay; a bare BERT or XLM-R encoder gets a new classification head) and writes a
 //! classifier directory.
 
 use std::path::{Path, PathBuf};
@@ -26,9 +26,10 @@ pub struct TrainArgs {
     data: PathBuf,
     /// A transformer to fine-tune on --data's texts: a classifier directory
     /// (BertForSequenceClassification, XLMRobertaForSequenceClassification), whose labels are
-    /// config.json's, or a bare BERT encoder (BertModel, sentence-transformers), which gets a new
-    /// classification head for the data's labels (sorted; numerically when integers) as
-    /// transformers' BertForSequenceClassification.from_pretrained makes it.
+    /// config.json's, or a bare BERT or XLM-R encoder (BertModel, XLMRobertaModel,
+    /// sentence-transformers), which gets a new classification head for the data's labels
+    /// (sorted; numerically when integers) as transformers' from_pretrained of the family's
+    /// sequence classifier makes it.
     #[arg(long)]
     model: Option<PathBuf>,
     /// With --model: the text field of --data.

@@ -28,6 +28,14 @@ pub enum KernelKind {
     /// Pseudo-NTK, the gradient of the summed logits: `⟨∇Σ_c f_c(x), ∇Σ_c f_c(z)⟩ / C`
     /// (Mohamadi et al. 2023's scaling), unnormalised.
     Pntk,
+    /// Gradient cosine: the cosine of the per-sample gradients of the cross-entropy loss at each
+    /// point's own label, `⟨∇L(x), ∇L(z)⟩ / (‖∇L(x)‖·‖∇L(z)‖)` (one of Engel et al.'s baselines;
+    /// transformer classifiers, labelled texts).
+    Gradcos,
+    /// Embedding kernel: the cosine of every layer's hidden states side by side, token positions
+    /// aligned, `Σ_l Σ_t ⟨h_lt(x), h_lt(z)⟩` normalised (Engel et al.'s other baseline; no
+    /// gradient; transformer classifiers).
+    Embedding,
 }
 
 impl KernelKind {
@@ -36,17 +44,31 @@ impl KernelKind {
             KernelKind::Trntk => "trntk",
             KernelKind::Trntk0 => "trntk0",
             KernelKind::Pntk => "pntk",
+            KernelKind::Gradcos => "gradcos",
+            KernelKind::Embedding => "embedding",
         }
     }
 
     pub fn normalized(self) -> bool {
-        self == KernelKind::Trntk
+        matches!(
+            self,
+            KernelKind::Trntk | KernelKind::Gradcos | KernelKind::Embedding
+        )
+    }
+
+    /// Whether the kernel is one of the tangent kernels an MLP's factors give (the gradient
+    /// cosine and embedding kernels are computed for transformer classifiers only).
+    pub fn mlp_supported(self) -> bool {
+        matches!(
+            self,
+            KernelKind::Trntk | KernelKind::Trntk0 | KernelKind::Pntk
+        )
     }
 
     /// Rows of the backward pass per sample: one per class, or one for the summed logits.
     pub(crate) fn rows_per_sample(self, classes: usize) -> usize {
         match self {
-            KernelKind::Pntk => 1,
+            KernelKind::Pntk | KernelKind::Gradcos | KernelKind::Embedding => 1,
             KernelKind::Trntk | KernelKind::Trntk0 => classes,
         }
     }
@@ -119,6 +141,9 @@ pub struct FactorSpec {
 
 impl FactorSpec {
     pub fn check(&self) -> Result<()> {
+        if !self.kind.mlp_supported() {
+            return Err(unsupported_for_mlps(self.kind));
+        }
         if self.projection != ProjectionKind::None && self.projection_dim == 0 {
             return Err(Error::input(
                 "--projection-dim must be at least 1 for a projected kernel",
@@ -126,6 +151,14 @@ impl FactorSpec {
         }
         Ok(())
     }
+}
+
+fn unsupported_for_mlps(kind: KernelKind) -> Error {
+    Error::input(format!(
+        "--kind {}: computed for transformer classifiers (a model directory) only; an MLP \
+         takes trntk, trntk0 or pntk",
+        kind.name()
+    ))
 }
 
 /// Per-sample output gradients of every layer, `[n, r·d_out_l]` (`r` rows per sample as
@@ -150,6 +183,7 @@ fn gradients(mlp: &Mlp, x: &[f32], kind: KernelKind) -> Result<LayerGradients> {
         }
         // The summed logits, scaled by 1/√C so the kernel carries Mohamadi et al.'s 1/C.
         KernelKind::Pntk => vec![1.0 / (classes as f32).sqrt(); fwd.n * classes],
+        KernelKind::Gradcos | KernelKind::Embedding => return Err(unsupported_for_mlps(kind)),
     };
     let deltas = mlp.backward(&fwd, top, r);
     Ok(LayerGradients {

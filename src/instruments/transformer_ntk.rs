@@ -1,6 +1,11 @@
 //! Exact tangent kernels (trNTK, trNTK0, pNTK) of transformer sequence classifiers, in the row
 //! blocks and tiles of the MLP kernels ([`super::ntk::run_blocks`]: same checkpoints, same
-//! symmetric mirroring, bits independent of the block size).
+//! symmetric mirroring, bits independent of the block size), and two of Engel et al.'s
+//! baselines in the same tiles: the gradient cosine (one backward seed per sample, its own
+//! cross-entropy gradient `softmax(f(x)) − e_y`, contracted like a pNTK and cosine-normalised)
+//! and the embedding kernel (no backward pass: every token's hidden states of every layer side by
+//! side, paired by position within the text through the embedding tables' id-matching form with
+//! the position as the id, cosine-normalised).
 //!
 //! Per tile of `tile_rows` texts, the classifier's per-sample gradient factors
 //! ([`crate::models::classifier_grad`]) are computed on the host (recorded forward, backward
@@ -30,7 +35,7 @@ use crate::io::checkpoint::Checkpoint;
 use crate::io::kernel_file::KernelFile;
 use crate::models::classifier::SequenceClassifier;
 use crate::models::classifier_grad::{
-    class_seeds, factors, summed_seed, FactorRows, SequenceFactors,
+    class_seeds, factors, hidden_states, loss_factors, summed_seed, FactorRows, SequenceFactors,
 };
 use crate::models::tokenize::TokenizedText;
 use crate::models::TokenBatch;
@@ -42,6 +47,10 @@ pub struct SequenceKernelJob<'a> {
     pub classifier: &'a SequenceClassifier,
     pub rows: &'a [TokenizedText],
     pub cols: Option<&'a [TokenizedText]>,
+    /// Class indices of the rows and (when `cols` is given) the columns: the gradient cosine's
+    /// loss needs them; the other kinds ignore them.
+    pub row_labels: Option<&'a [usize]>,
+    pub col_labels: Option<&'a [usize]>,
     pub kind: KernelKind,
     /// Rows per block (≥ 1): what a checkpoint saves at once.
     pub block_rows: usize,
@@ -108,6 +117,33 @@ impl TileFactors {
             vectors,
             self_kernel: Vec::new(),
             tokens: f.layout,
+        };
+        tile.with_self_kernel(backend)
+    }
+
+    /// A tile of the embedding kernel: every token's hidden states `[tokens, (L+1)·h]` as the one
+    /// "table" gradient, its position within its text as the id, so the id-matching contraction
+    /// gives `Σ_{t < min(T_x, T_z)} ⟨H_t(x), H_t(z)⟩`.
+    fn hidden(
+        backend: &dyn Backend,
+        classifier: &SequenceClassifier,
+        batch: &TokenBatch,
+    ) -> Result<Self> {
+        let states = hidden_states(classifier, batch)?;
+        let tokens = batch.layout.num_tokens();
+        let n = batch.layout.num_sequences();
+        let positions = (0..n)
+            .flat_map(|i| 0..batch.layout.range(i).len() as u32)
+            .collect();
+        let tile = TileFactors {
+            n,
+            samples: SeqLayout::from_lengths(vec![1; n]),
+            linears: Vec::new(),
+            embedding: backend.upload(&[tokens, states.len() / tokens.max(1)], &states)?,
+            tables: vec![positions],
+            vectors: Vec::new(),
+            self_kernel: Vec::new(),
+            tokens: batch.layout.clone(),
         };
         tile.with_self_kernel(backend)
     }
@@ -304,6 +340,28 @@ impl SequenceKernelJob<'_> {
         if self.block_rows == 0 || self.tile_rows == 0 {
             return Err(Error::input("--block-rows must be at least 1"));
         }
+        if self.kind == KernelKind::Gradcos {
+            let cols = self.cols.map_or(self.row_labels, |_| self.col_labels);
+            for (what, labels, n) in [
+                ("data", self.row_labels, self.n_rows()),
+                ("--against data", cols, self.n_cols()),
+            ] {
+                if labels.is_none_or(|l| l.len() != n) {
+                    return Err(Error::input(format!(
+                        "{what}: --kind gradcos needs every text's label (the loss gradient is \
+                         taken at it)"
+                    )));
+                }
+            }
+        }
+        if self.kind == KernelKind::Embedding
+            && (self.projection.is_some() || !self.layers.is_all())
+        {
+            return Err(Error::input(
+                "--kind embedding: the kernel of hidden states takes neither --projection nor \
+                 --layers (they select and project parameter gradients)",
+            ));
+        }
         if !self.layers.is_all() {
             // Refuse a spec that keeps nothing before any block is computed.
             let seed = summed_seed(self.classifier.num_labels());
@@ -372,10 +430,26 @@ impl SequenceKernelJob<'_> {
         let seeds = match self.kind {
             KernelKind::Pntk => summed_seed(classes),
             KernelKind::Trntk | KernelKind::Trntk0 => class_seeds(classes),
+            // Seeded per sample from its label, or no backward pass at all.
+            KernelKind::Gradcos | KernelKind::Embedding => Vec::new(),
         };
         let t = self.tile_rows;
-        let make = |texts: &[TokenizedText]| -> Result<TileFactors> {
-            let mut f = factors(self.classifier, &TokenBatch::pack(texts), &seeds)?;
+        // The texts `range` of `texts`, with their labels where given (checked to be all).
+        let make = |texts: &[TokenizedText],
+                    labels: Option<&[usize]>,
+                    range: Range<usize>|
+         -> Result<TileFactors> {
+            let batch = TokenBatch::pack(&texts[range.clone()]);
+            let mut f = match self.kind {
+                KernelKind::Embedding => {
+                    return TileFactors::hidden(backend, self.classifier, &batch)
+                }
+                KernelKind::Gradcos => {
+                    let labels = labels.map(|l| &l[range]).unwrap_or_default();
+                    loss_factors(self.classifier, &batch, labels)?
+                }
+                _ => factors(self.classifier, &batch, &seeds)?,
+            };
             if !self.layers.is_all() {
                 let keep = self.layers.select(&f.parameter_names())?;
                 f.retain(&keep);
@@ -385,11 +459,13 @@ impl SequenceKernelJob<'_> {
                 Some(jl) => TileFactors::projected(backend, f, jl, self.kronecker),
             }
         };
-        let col_tiles = self
-            .cols
-            .unwrap_or(self.rows)
-            .chunks(t)
-            .map(make)
+        let (cols, col_labels) = match self.cols {
+            Some(cols) => (cols, self.col_labels),
+            None => (self.rows, self.row_labels),
+        };
+        let col_tiles = (0..cols.len())
+            .step_by(t)
+            .map(|start| make(cols, col_labels, start..(start + t).min(cols.len())))
             .collect::<Result<Vec<_>>>()?;
         let tiling = self.tiling();
         let mut tile = |rows: Range<usize>, cols: Range<usize>| -> Result<Vec<f32>> {
@@ -397,7 +473,7 @@ impl SequenceKernelJob<'_> {
             let row_tile = if tiling.square {
                 &col_tiles[rows.start / t]
             } else {
-                own = make(&self.rows[rows.clone()])?;
+                own = make(self.rows, self.row_labels, rows.clone())?;
                 &own
             };
             let mut values = vec![0.0f32; rows.len() * cols.len()];

@@ -568,12 +568,42 @@ pub fn factors(
             seeds.len()
         )));
     }
-    let r = seeds.len() / classes;
     let backward = Backward::record(classifier, batch)?;
     let samples = batch.layout.num_sequences();
-    let mut passes = seeds
+    let tops = seeds
         .chunks_exact(classes)
-        .map(|seed| backward.run((0..samples).flat_map(|_| seed.iter().copied()).collect()))
+        .map(|seed| (0..samples).flat_map(|_| seed.iter().copied()).collect())
+        .collect();
+    assemble(backward, batch, tops)
+}
+
+/// The factors of each sample's gradient of its own cross-entropy loss at class index
+/// `labels[i]`, `∇θ −log softmax(f(x_i))[y_i] = Σ_c (softmax(f(x_i))_c − [c = y_i]) ∇θ f_c(x_i)`:
+/// one seed whose row differs per sample (the gradient-cosine kernel's). Checks the labels as
+/// [`loss_gradient`] does.
+pub fn loss_factors(
+    classifier: &SequenceClassifier,
+    batch: &TokenBatch,
+    labels: &[usize],
+) -> Result<SequenceFactors> {
+    let classes = classifier.num_labels();
+    check_labels(labels, batch.layout.num_sequences(), classes)?;
+    let backward = Backward::record(classifier, batch)?;
+    let (top, _) = cross_entropy_seeds(&backward.logits, labels, classes, 1.0);
+    assemble(backward, batch, vec![top])
+}
+
+/// Per-sample gradient factors from one backward pass per entry of `tops` (each `[samples, C]`
+/// logit gradients), every pass's rows side by side.
+fn assemble(
+    backward: Backward<'_>,
+    batch: &TokenBatch,
+    tops: Vec<Vec<f32>>,
+) -> Result<SequenceFactors> {
+    let r = tops.len();
+    let mut passes = tops
+        .into_iter()
+        .map(|top| backward.run(top))
         .collect::<Result<Vec<_>>>()?;
 
     let linears = backward
@@ -627,6 +657,42 @@ pub fn factors(
     })
 }
 
+/// Every token's hidden states side by side, `[tokens, (L + 1)·h]`: the embedding output and
+/// each encoder layer's output (transformers' `output_hidden_states`), from the classifier's
+/// forward pass (the embedding kernel's features).
+pub fn hidden_states(classifier: &SequenceClassifier, batch: &TokenBatch) -> Result<Vec<f32>> {
+    let encoder = classifier.encoder();
+    let h = encoder.config().hidden_size;
+    let (last, tape) = encoder.forward_recorded(batch)?;
+    let last = encoder.backend().download(&last)?;
+    let mut per_layer: Vec<&[f32]> = tape.layers.iter().map(|l| l.input.as_slice()).collect();
+    per_layer.push(&last);
+    let tokens = batch.layout.num_tokens();
+    let mut out = Vec::with_capacity(tokens * per_layer.len() * h);
+    for t in 0..tokens {
+        for layer in &per_layer {
+            out.extend_from_slice(&layer[t * h..(t + 1) * h]);
+        }
+    }
+    Ok(out)
+}
+
+/// An error unless `labels` holds one class index below `classes` per sample.
+fn check_labels(labels: &[usize], samples: usize, classes: usize) -> Result<()> {
+    if labels.len() != samples {
+        return Err(Error::input(format!(
+            "cross-entropy loss: {} labels for {samples} texts",
+            labels.len()
+        )));
+    }
+    if let Some(&bad) = labels.iter().find(|&&y| y >= classes) {
+        return Err(Error::input(format!(
+            "cross-entropy loss: label index {bad} of a classifier with {classes} labels"
+        )));
+    }
+    Ok(())
+}
+
 /// The mean cross-entropy loss of a minibatch and its gradient for every parameter.
 #[derive(Clone, Debug)]
 pub struct LossGradient {
@@ -651,19 +717,10 @@ pub fn loss_gradient(
 ) -> Result<LossGradient> {
     let classes = classifier.num_labels();
     let samples = batch.layout.num_sequences();
-    if labels.len() != samples {
-        return Err(Error::input(format!(
-            "cross-entropy loss: {} labels for {samples} texts",
-            labels.len()
-        )));
-    }
-    if let Some(&bad) = labels.iter().find(|&&y| y >= classes) {
-        return Err(Error::input(format!(
-            "cross-entropy loss: label index {bad} of a classifier with {classes} labels"
-        )));
-    }
+    check_labels(labels, samples, classes)?;
     let backward = Backward::record(classifier, batch)?;
-    let (d_logits, loss) = cross_entropy_seeds(&backward.logits, labels, classes);
+    let (d_logits, loss) =
+        cross_entropy_seeds(&backward.logits, labels, classes, 1.0 / samples as f64);
     let pass = backward.run(d_logits)?;
 
     let mut grads = Vec::new();
@@ -708,9 +765,15 @@ pub fn loss_gradient(
     })
 }
 
-/// The mean cross-entropy's logit gradients `(softmax(z_i) − e_{y_i}) / N`, `[N, C]`, and the
-/// loss itself (log-sum-exp shifted by the row maximum, in f64).
-fn cross_entropy_seeds(logits: &[f32], labels: &[usize], classes: usize) -> (Vec<f32>, f64) {
+/// The cross-entropy's logit gradients `(softmax(z_i) − e_{y_i})·scale`, `[N, C]` (`scale` 1/N
+/// for the mean loss, 1 for each sample's own), and the mean loss (log-sum-exp shifted by the
+/// row maximum, in f64).
+fn cross_entropy_seeds(
+    logits: &[f32],
+    labels: &[usize],
+    classes: usize,
+    scale: f64,
+) -> (Vec<f32>, f64) {
     let n = labels.len();
     let mut seeds = Vec::with_capacity(n * classes);
     let mut loss = 0.0f64;
@@ -721,7 +784,7 @@ fn cross_entropy_seeds(logits: &[f32], labels: &[usize], classes: usize) -> (Vec
         loss += total.ln() + max - row[y] as f64;
         for (c, e) in exps.iter().enumerate() {
             let onehot = if c == y { 1.0 } else { 0.0 };
-            seeds.push(((e / total - onehot) / n as f64) as f32);
+            seeds.push(((e / total - onehot) * scale) as f32);
         }
     }
     (seeds, loss / n as f64)

@@ -3,9 +3,9 @@
 //! and the classifier's parameters held on the host by checkpoint name, written back as a
 //! classifier directory that [`SequenceClassifier::load`] (and transformers) read.
 //!
-//! A bare BERT encoder (a `BertModel` or sentence-transformers directory) gets a classification
-//! head as transformers' `BertForSequenceClassification.from_pretrained(dir, num_labels=…)` makes
-//! it ([`classifier_from_encoder`]). The gradient of each step is
+//! A bare BERT or XLM-R encoder (a `BertModel` / `XLMRobertaModel` or sentence-transformers
+//! directory) gets a classification head as transformers' `from_pretrained(dir, num_labels=…)` of
+//! the family's sequence classifier makes it ([`classifier_from_encoder`]). The gradient of each step is
 //! [`loss_gradient`](super::classifier_grad::loss_gradient)'s; between steps the classifier is
 //! rebuilt from the parameters in memory ([`classifier_from_parameters`]: the forward runs on its
 //! backend, the update on the host), and the directory is written once, at the end.
@@ -153,14 +153,22 @@ pub fn label_names<'a>(labels: impl IntoIterator<Item = &'a str>) -> Vec<String>
 /// seed itself), so the two draws are independent.
 const HEAD_INIT_STREAM: u64 = 0x4845_4144;
 
-/// A `BertForSequenceClassification` made from the bare BERT encoder in `dir` (its
-/// `model.safetensors`, tensors named with or without `bert.`) for the classes `labels`, as
-/// transformers' `from_pretrained(dir, num_labels=…)` makes it: the encoder's tensors under
-/// `bert.`; the pooler `bert.pooler.dense` taken from the checkpoint when it holds one, else newly
-/// initialised; `classifier` `[C, h]` newly initialised. New weights are
-/// normal(0, `initializer_range`) (f64 Box–Muller draws of [`SplitMix64`], seeded from `seed`,
-/// pooler before classifier, row-major), new biases 0. Returns the parameters and the
-/// classifier's `config.json`: the encoder's with `architectures`, `id2label` and `label2id`.
+/// A sequence classifier made from the bare encoder in `dir` (its `model.safetensors`, tensors
+/// named with or without the encoder's prefix) for the classes `labels`, as transformers'
+/// `from_pretrained(dir, num_labels=…)` makes it:
+///
+/// - BERT (`model_type` "bert"): `BertForSequenceClassification`, the encoder's tensors under
+///   `bert.`; the pooler `bert.pooler.dense` taken from the checkpoint when it holds one, else
+///   newly initialised; `classifier` `[C, h]` newly initialised.
+/// - XLM-R (`model_type` "xlm-roberta"): `XLMRobertaForSequenceClassification`, the encoder's
+///   tensors under `roberta.` (a pooler in the checkpoint is dropped: this head does not use
+///   one, and transformers builds the encoder without it); the RoBERTa head `classifier.dense`
+///   `[h, h]` (tanh) and `classifier.out_proj` `[C, h]`, newly initialised.
+///
+/// New weights are normal(0, `initializer_range`) (f64 Box–Muller draws of [`SplitMix64`],
+/// seeded from `seed`, in the order listed, row-major), new biases 0. Returns the parameters and
+/// the classifier's `config.json`: the encoder's with `architectures`, `id2label` and
+/// `label2id`.
 pub fn classifier_from_encoder(
     dir: &Path,
     labels: &[String],
@@ -172,13 +180,26 @@ pub fn classifier_from_encoder(
     let mut config: Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
     let model_type = config["model_type"].as_str().unwrap_or_default();
-    if model_type != "bert" {
-        return Err(bad(format!(
-            "model_type {model_type:?}: a classification head is created for BERT encoders \
-             (model_type \"bert\") only; start from a classifier directory \
-             (XLMRobertaForSequenceClassification, …) for other encoders"
-        )));
-    }
+    // The checkpoint prefix of the encoder, the new layers and the architecture.
+    let (prefix, head, architecture): (&str, &[&str], &str) = match model_type {
+        "bert" => (
+            "bert.",
+            &["bert.pooler.dense", "classifier"],
+            "BertForSequenceClassification",
+        ),
+        "xlm-roberta" => (
+            "roberta.",
+            &["classifier.dense", "classifier.out_proj"],
+            "XLMRobertaForSequenceClassification",
+        ),
+        _ => {
+            return Err(bad(format!(
+                "model_type {model_type:?}: a classification head is created for BERT \
+                 (\"bert\") and XLM-R (\"xlm-roberta\") encoders only; start from a \
+                 classifier directory for other encoders"
+            )))
+        }
+    };
     let h = config["hidden_size"]
         .as_u64()
         .ok_or_else(|| bad("no hidden_size".into()))? as usize;
@@ -192,24 +213,27 @@ pub fn classifier_from_encoder(
 
     let weights = Weights::open(dir)?;
     let names = weights.names();
-    // A checkpoint saved with a task head already names its encoder `bert.*`; a bare encoder's
-    // tensors get the prefix. Integer buffers (`position_ids`) are not parameters.
-    let prefixed = names.iter().any(|n| n.starts_with("bert."));
+    // A checkpoint saved with a task head already names its encoder with the prefix; a bare
+    // encoder's tensors get it. Integer buffers (`position_ids`) are not parameters.
+    let prefixed = names.iter().any(|n| n.starts_with(prefix));
     let mut params = Parameters::new();
     for name in &names {
-        if prefixed && !name.starts_with("bert.") {
+        if prefixed && !name.starts_with(prefix) {
             continue;
         }
         if weights.dtype(name)? == DType::I64 {
             continue;
         }
-        let shape = weights.shape(name)?;
-        let values = weights.f32(name, &shape)?.into_owned();
         let full = if prefixed {
             name.clone()
         } else {
-            format!("bert.{name}")
+            format!("{prefix}{name}")
         };
+        if model_type == "xlm-roberta" && full.starts_with("roberta.pooler.") {
+            continue;
+        }
+        let shape = weights.shape(name)?;
+        let values = weights.f32(name, &shape)?.into_owned();
         params.insert(full, (shape, values));
     }
     let mut rng = SplitMix64::new(counter_hash(seed, HEAD_INIT_STREAM, 0));
@@ -218,12 +242,13 @@ pub fn classifier_from_encoder(
         params.insert(format!("{name}.weight"), (vec![rows, h], weight));
         params.insert(format!("{name}.bias"), (vec![rows], vec![0.0; rows]));
     };
-    if !params.contains_key("bert.pooler.dense.weight") {
-        linear("bert.pooler.dense", h, &mut params);
+    let [hidden_layer, output_layer] = [head[0], head[1]];
+    if !params.contains_key(&format!("{hidden_layer}.weight")) {
+        linear(hidden_layer, h, &mut params);
     }
-    linear("classifier", labels.len(), &mut params);
+    linear(output_layer, labels.len(), &mut params);
 
-    config["architectures"] = json!(["BertForSequenceClassification"]);
+    config["architectures"] = json!([architecture]);
     config["id2label"] = labels
         .iter()
         .enumerate()
