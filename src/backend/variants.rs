@@ -175,10 +175,12 @@ pub enum AttentionVariant {
     /// 7 — two faer GEMMs per block of 64 queries and head, the row softmax between them (CPU).
     Faer,
     /// 8 — `K`, `V` and `Q` of every head packed per block of 64 queries into the packed GEMM's
-    /// panels, the scores computed transposed tile by tile, skipping the tiles a mask hides (CPU).
+    /// panels, the scores computed transposed tile by tile, skipping the tiles a mask hides (CPU:
+    /// the default for causal and windowed attention).
     Packed,
     /// 9 — `K` and `V` packed once per sequence and key/value head, then per panel of 8 queries
-    /// the scores, softmax and `P·V` in L1, the queries and weights read where they are (CPU).
+    /// (6 on AVX2) the scores, softmax and `P·V` in L1, the queries and weights read where they
+    /// are (CPU: the default for bidirectional attention).
     Panels,
 }
 

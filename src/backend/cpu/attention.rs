@@ -1,14 +1,20 @@
-//! Softmax attention on the CPU, two ways, chosen by the mask:
+//! Softmax attention on the CPU: three kernels, numbered [`AttentionVariant`]s (7–9, chosen with
+//! `MSCOPE_CPU_ATTENTION` or [`super::CpuBackend::with_attention`]); by default by the mask:
 //!
-//! - **Causal or windowed** (decoders): blocked so that both products run on the packed GEMM's
-//!   register-tiled microkernel ([`gemm_packed::with_microkernel`]: 8 × 32 on AVX-512, 6 × 16
-//!   on AVX2 with FMA), skipping the score tiles the mask hides — described below.
-//! - **Bidirectional** (encoders: MiniLM, BERT): two faer GEMMs per block of
-//!   [`FAER_QUERY_BLOCK`] queries and head over the keys the block sees, the row softmax between
-//!   them. The blocked kernel computes the same thing, but measured 6–60% slower there (on the
-//!   loaded 2-core development machine, BENCHMARKS.md "Session h21a"), so it is not used for it.
+//! - **Bidirectional** (encoders: MiniLM, BERT): variant 9, the query-panel kernel of
+//!   [`attention_panels`] — `K` and `V` packed once per sequence and key/value head, then each
+//!   panel of 8 queries' scores, softmax and `P·V` in L1. On the loaded development machine it
+//!   ran MiniLM's attention (head_dim 32) 1.7× and BERT-base's 1.3× faster than variant 7
+//!   (BENCHMARKS.md, "Session h21m").
+//! - **Causal or windowed** (decoders): variant 8, blocked so that both products run on the
+//!   packed GEMM's register-tiled microkernel ([`gemm_packed::with_microkernel`]: 8 × 32 on
+//!   AVX-512, 6 × 16 on AVX2 with FMA), skipping the score tiles the mask hides — described
+//!   below. Variant 9 skips them too, and measured level with it on the Mistral case at a load
+//!   too high to separate them.
+//! - Variant 7: two faer GEMMs per block of [`FAER_QUERY_BLOCK`] queries and head over the keys
+//!   the block sees, the row softmax between them (the bidirectional default before variant 9).
 //!
-//! The blocked kernel:
+//! The blocked kernel (variant 8):
 //!
 //! A task is [`PANELS_PER_BLOCK`] row panels of `MR` queries (64 queries on AVX-512, 48 on
 //! AVX2) of one sequence, with every head; the blocks of every sequence run in parallel, each

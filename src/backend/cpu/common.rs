@@ -132,15 +132,15 @@ fn add_widened_portable(sums: &mut [f64], row: &[f32]) {
         .for_each(|(s, &v)| *s += f64::from(v));
 }
 
-/// `Σ f(v)` in f64, in sixteen independent lanes: [`lane_sum`]'s counterpart for the row
-/// statistics that need f64 (LayerNorm's mean and variance), which vectorises to whole-register
-/// conversions and additions (sixteen lanes: enough sums in flight to hide the add latency).
-/// One quantity a sweep: the sum and the sum of squares together in one loop compiled to scalar
-/// conversions and shuffles, five instructions an element.
+/// `Σ f(v)` in f64, in 32 independent lanes: [`lane_sum`]'s counterpart for the row statistics
+/// that need f64 (LayerNorm's mean and variance). It vectorises to whole-register conversions and
+/// additions, with four AVX-512 sums in flight to hide the add latency; one quantity a sweep,
+/// since the sum and the sum of squares together in one loop compiled to scalar conversions and
+/// shuffles (five instructions an element, LayerNorm at half the triad).
 #[inline(always)]
 pub(super) fn lane_sum_f64(values: &[f32], f: impl Fn(f64) -> f64) -> f64 {
-    let mut lanes = [0.0f64; 16];
-    let chunks = values.chunks_exact(16);
+    let mut lanes = [0.0f64; 32];
+    let chunks = values.chunks_exact(32);
     let tail = chunks.remainder();
     for chunk in chunks {
         lanes

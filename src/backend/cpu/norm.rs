@@ -30,8 +30,8 @@ pub(super) fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f32, out: &mut Tensor) -
 }
 
 with_wide_simd! {
-    /// LayerNorm of each row (the width of `gamma`) of `rows`, in place (sixteen lanes on
-    /// AVX-512: the f64 statistics convert eight values an instruction there).
+    /// LayerNorm of each row (the width of `gamma`) of `rows`, in place (AVX-512 where the CPU
+    /// has it: the f64 statistics convert eight values an instruction there).
     avx512 fn layer_norm_rows => layer_norm_rows_portable(rows: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32)
 }
 
