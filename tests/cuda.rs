@@ -378,7 +378,7 @@ fn flash_and_naive_attention_match_the_cpu_with_windows() {
     let cpu = CpuBackend::new();
     let mut rng = Rng::new(36);
     let layout = SeqLayout::from_lengths([1, 70, 0, 131, 17]);
-    let variants = AttentionVariant::ALL.map(Some);
+    let variants = AttentionVariant::CUDA.map(Some);
     for variant in [None].into_iter().chain(variants) {
         let Some(be) = cuda(CudaOptions {
             attention: variant,

@@ -11,8 +11,8 @@ use common::{backend_tests, check_case, poisoned, reference_tensor, rel_error, r
 use half::f16;
 use mscope::backend::cpu::CpuBackend;
 use mscope::backend::{
-    Activation, AttentionSpec, Backend, GemmVariant, Pooling, RopeFrequencies, RopeScaling,
-    RopeSpec, SeqLayout,
+    Activation, AttentionSpec, AttentionVariant, Backend, GemmVariant, Pooling, RopeFrequencies,
+    RopeScaling, RopeSpec, SeqLayout,
 };
 use mscope::bench::cases::{CaseOp, Linear, OpCase, WeightsIn};
 use mscope::models;
@@ -94,6 +94,25 @@ fn cpu_packed_gemm_matches_faer() {
         let err = rel_error(&got, &want);
         assert!(err < 1e-5, "{}: packed is {err:e} from faer", case.name);
     }
+}
+
+/// Each CPU attention kernel (faer blocks, packed tiles, query panels) on every attention case,
+/// against the f64 reference — the default runs only the one chosen for each mask — and a CUDA
+/// variant refused by name.
+#[test]
+fn every_cpu_attention_variant_matches_the_reference() {
+    for variant in AttentionVariant::CPU {
+        let be: Arc<dyn Backend> = Arc::new(CpuBackend::new().with_attention(Some(variant)));
+        attention_padding_causal_window_and_grouped_heads(&be);
+        attention_over_long_sequences(&be);
+    }
+    let be = CpuBackend::new().with_attention(Some(AttentionVariant::Flash));
+    let spec = AttentionSpec::bidirectional(2, 4);
+    let layout = SeqLayout::from_lengths([3]);
+    let qkv = be.zeros(&[3, spec.qkv_width()]).unwrap();
+    let mut out = be.zeros(&[3, 8]).unwrap();
+    let err = be.attention(&qkv, &layout, &spec, &mut out).unwrap_err();
+    assert!(err.to_string().contains("CUDA kernel"), "{err}");
 }
 
 /// bf16 weights (kept bf16 and widened panel by panel on the CPU, f16 on wgpu with SHADER_F16,

@@ -45,7 +45,7 @@ pub enum BackendKind {
 /// themselves unsupported.
 pub fn open(kind: BackendKind, family: OpFamily) -> Result<Arc<dyn Backend>> {
     match kind {
-        BackendKind::Cpu => Ok(Arc::new(cpu::CpuBackend::new())),
+        BackendKind::Cpu => Ok(Arc::new(cpu::CpuBackend::from_env())),
         BackendKind::Wgpu => Ok(Arc::new(wgpu::WgpuBackend::open(
             &wgpu::WgpuOptions::from_env(),
         )?)),
@@ -64,7 +64,7 @@ pub fn open(kind: BackendKind, family: OpFamily) -> Result<Arc<dyn Backend>> {
             };
             match wgpu::WgpuBackend::open(&hardware) {
                 Ok(be) if be.supports(family) => Ok(Arc::new(be)),
-                _ => Ok(Arc::new(cpu::CpuBackend::new())),
+                _ => Ok(Arc::new(cpu::CpuBackend::from_env())),
             }
         }
     }

@@ -158,8 +158,8 @@ impl NtkVariant {
     }
 }
 
-/// The kernels behind [`crate::backend::Backend::attention`] (CUDA's; the CPU and wgpu each run
-/// one flash-style kernel of their own).
+/// The kernels behind [`crate::backend::Backend::attention`]: CUDA's (1–3) and the CPU's (7–9;
+/// wgpu runs one flash-style kernel of its own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionVariant {
     /// 1 — one block per (sequence, head), one thread per query, two passes over the keys in
@@ -172,14 +172,41 @@ pub enum AttentionVariant {
     /// split the output columns, so registers hold head_dim/32 values per query (head_dim 64 and
     /// 128, Llama's and Mistral's).
     FlashWarp,
+    /// 7 — two faer GEMMs per block of 64 queries and head, the row softmax between them (CPU).
+    Faer,
+    /// 8 — `K`, `V` and `Q` of every head packed per block of 64 queries into the packed GEMM's
+    /// panels, the scores computed transposed tile by tile, skipping the tiles a mask hides (CPU:
+    /// the default for causal and windowed attention).
+    Packed,
+    /// 9 — `K` and `V` packed once per sequence and key/value head, then per panel of 8 queries
+    /// (6 on AVX2) the scores, softmax and `P·V` in L1, the queries and weights read where they
+    /// are (CPU: the default for bidirectional attention).
+    Panels,
 }
 
 impl AttentionVariant {
     /// Every variant, in the order of its number.
-    pub const ALL: [AttentionVariant; 3] = [
+    pub const ALL: [AttentionVariant; 6] = [
         AttentionVariant::Naive,
         AttentionVariant::Flash,
         AttentionVariant::FlashWarp,
+        AttentionVariant::Faer,
+        AttentionVariant::Packed,
+        AttentionVariant::Panels,
+    ];
+
+    /// The CUDA backend's variants.
+    pub const CUDA: [AttentionVariant; 3] = [
+        AttentionVariant::Naive,
+        AttentionVariant::Flash,
+        AttentionVariant::FlashWarp,
+    ];
+
+    /// The CPU backend's variants.
+    pub const CPU: [AttentionVariant; 3] = [
+        AttentionVariant::Faer,
+        AttentionVariant::Packed,
+        AttentionVariant::Panels,
     ];
 
     pub fn number(self) -> u32 {
@@ -187,24 +214,30 @@ impl AttentionVariant {
             AttentionVariant::Naive => 1,
             AttentionVariant::Flash => 2,
             AttentionVariant::FlashWarp => 3,
+            AttentionVariant::Faer => 7,
+            AttentionVariant::Packed => 8,
+            AttentionVariant::Panels => 9,
         }
     }
 
-    /// The name `MSCOPE_CUDA_ATTENTION` accepts.
+    /// The name `MSCOPE_CUDA_ATTENTION` (1–3) or `MSCOPE_CPU_ATTENTION` (7–9) accepts.
     pub fn name(self) -> &'static str {
         match self {
             AttentionVariant::Naive => "naive",
             AttentionVariant::Flash => "flash",
             AttentionVariant::FlashWarp => "flash-warp",
+            AttentionVariant::Faer => "faer",
+            AttentionVariant::Packed => "packed",
+            AttentionVariant::Panels => "panels",
         }
     }
 
     /// The head dimensions the variant has a kernel for; `None`: every one.
     pub fn head_dims(self) -> Option<&'static [usize]> {
         match self {
-            AttentionVariant::Naive => None,
             AttentionVariant::Flash => Some(&[32, 64]),
             AttentionVariant::FlashWarp => Some(&[64, 128]),
+            _ => None,
         }
     }
 

@@ -39,7 +39,9 @@ pub fn open(kind: BackendKind, variant: Option<u32>) -> Result<Target> {
     match kind {
         BackendKind::Cpu => {
             let picked = pick(&CpuBackend::GEMM_VARIANTS)?;
-            let be = picked.map_or_else(CpuBackend::new, CpuBackend::with_gemm);
+            let be = picked
+                .map_or_else(CpuBackend::new, CpuBackend::with_gemm)
+                .with_attention(CpuBackend::from_env().attention_variant());
             Ok(Target {
                 device: super::machine::cpu_model(),
                 // The variant asked for: 9 is 8's kernel, on the f16 weights the cases upload.

@@ -1,14 +1,20 @@
-//! Softmax attention on the CPU, two ways, chosen by the mask:
+//! Softmax attention on the CPU: three kernels, numbered [`AttentionVariant`]s (7–9, chosen with
+//! `MSCOPE_CPU_ATTENTION` or [`super::CpuBackend::with_attention`]); by default by the mask:
 //!
-//! - **Causal or windowed** (decoders): blocked so that both products run on the packed GEMM's
-//!   register-tiled microkernel ([`gemm_packed::with_microkernel`]: 8 × 32 on AVX-512, 6 × 16
-//!   on AVX2 with FMA), skipping the score tiles the mask hides — described below.
-//! - **Bidirectional** (encoders: MiniLM, BERT): two faer GEMMs per block of
-//!   [`FAER_QUERY_BLOCK`] queries and head over the keys the block sees, the row softmax between
-//!   them. The blocked kernel computes the same thing, but measured 6–60% slower there (on the
-//!   loaded 2-core development machine, BENCHMARKS.md "Session h21a"), so it is not used for it.
+//! - **Bidirectional** (encoders: MiniLM, BERT): variant 9, the query-panel kernel of
+//!   [`attention_panels`] — `K` and `V` packed once per sequence and key/value head, then each
+//!   panel of 8 queries' scores, softmax and `P·V` in L1. On the loaded development machine it
+//!   ran MiniLM's attention (head_dim 32) 1.7× and BERT-base's 1.3× faster than variant 7
+//!   (BENCHMARKS.md, "Session h21m").
+//! - **Causal or windowed** (decoders): variant 8, blocked so that both products run on the
+//!   packed GEMM's register-tiled microkernel ([`gemm_packed::with_microkernel`]: 8 × 32 on
+//!   AVX-512, 6 × 16 on AVX2 with FMA), skipping the score tiles the mask hides — described
+//!   below. Variant 9 skips them too, and measured level with it on the Mistral case at a load
+//!   too high to separate them.
+//! - Variant 7: two faer GEMMs per block of [`FAER_QUERY_BLOCK`] queries and head over the keys
+//!   the block sees, the row softmax between them (the bidirectional default before variant 9).
 //!
-//! The blocked kernel:
+//! The blocked kernel (variant 8):
 //!
 //! A task is [`PANELS_PER_BLOCK`] row panels of `MR` queries (64 queries on AVX-512, 48 on
 //! AVX2) of one sequence, with every head; the blocks of every sequence run in parallel, each
@@ -48,10 +54,11 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::activation;
+use super::attention_panels;
 use super::common::{split_sequences, values, values_mut, with_wide_simd};
 use super::gemm_packed::{self, Microkernel, TileProgram};
-use crate::backend::{shapes, AttentionSpec, SeqLayout, Tensor};
-use crate::error::Result;
+use crate::backend::{shapes, AttentionSpec, AttentionVariant, SeqLayout, Tensor};
+use crate::error::{Error, Result};
 
 /// Row panels of queries per task: 64 queries on the AVX-512 tile, 48 on the AVX2 one — enough
 /// for the packing of `K` and `V` (once per task) to be small against the products, few enough
@@ -65,7 +72,7 @@ const FAER_QUERY_BLOCK: usize = 64;
 /// Keys `[first, end)` that query `i` of a sequence of `len` tokens may attend to: the
 /// contiguous range [`AttentionSpec::allows`] describes. Both ends are non-decreasing in `i`,
 /// so a run of queries sees the keys from its first query's `first` to its last query's `end`.
-fn visible_keys(spec: &AttentionSpec, i: usize, len: usize) -> (usize, usize) {
+pub(super) fn visible_keys(spec: &AttentionSpec, i: usize, len: usize) -> (usize, usize) {
     let end = if spec.causal { i + 1 } else { len };
     match spec.window {
         Some(w) => {
@@ -77,24 +84,43 @@ fn visible_keys(spec: &AttentionSpec, i: usize, len: usize) -> (usize, usize) {
     }
 }
 
-/// `out: [tokens, heads·head_dim]` from the packed `qkv: [tokens, spec.qkv_width()]`.
+/// `out: [tokens, heads·head_dim]` from the packed `qkv: [tokens, spec.qkv_width()]`, on
+/// `variant` (`None`: the default for the mask, see the module docs).
 pub(super) fn attention(
     qkv: &Tensor,
     layout: &SeqLayout,
     spec: &AttentionSpec,
     out: &mut Tensor,
+    variant: Option<AttentionVariant>,
 ) -> Result<()> {
     shapes::attention(qkv, layout, spec, out)?;
     let (qkv, out) = (values(qkv)?, values_mut(out)?);
-    if spec.causal || spec.window.is_some() {
-        gemm_packed::with_microkernel(Attention {
+    let variant = variant.unwrap_or(if spec.causal || spec.window.is_some() {
+        AttentionVariant::Packed
+    } else {
+        AttentionVariant::Panels
+    });
+    match variant {
+        AttentionVariant::Faer => faer(qkv, layout, spec, out),
+        AttentionVariant::Packed => gemm_packed::with_microkernel(Attention {
             qkv,
             layout,
             spec,
             out,
-        });
-        return Ok(());
+        }),
+        AttentionVariant::Panels => attention_panels::attention(qkv, layout, spec, out),
+        cuda => {
+            return Err(Error::input(format!(
+                "attention variant {cuda} is a CUDA kernel; the CPU's are 7 (faer), 8 (packed) \
+                 and 9 (panels)"
+            )))
+        }
     }
+    Ok(())
+}
+
+/// Variant 7: faer's GEMMs, a task per block of [`FAER_QUERY_BLOCK`] queries of a sequence.
+fn faer(qkv: &[f32], layout: &SeqLayout, spec: &AttentionSpec, out: &mut [f32]) {
     let out_width = spec.heads * spec.head_dim;
     let mut tasks = Vec::new();
     for (s, sequence) in split_sequences(out, layout, out_width)
@@ -113,7 +139,6 @@ pub(super) fn attention(
         .for_each(|(s, first_query, out_rows)| {
             faer_query_block(qkv, layout, spec, s, first_query, out_rows)
         });
-    Ok(())
 }
 
 /// The whole op, run on the microkernel [`gemm_packed::with_microkernel`] picks.
@@ -589,7 +614,7 @@ fn faer_query_block(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::backend::cpu::gemm_packed::microkernel_portable;
 
@@ -637,14 +662,14 @@ mod tests {
         out
     }
 
-    /// Every microkernel this CPU runs (the integration tests reach only the widest) on packed
-    /// sequences whose lengths fill no query block or key panel exactly, with a causal window,
-    /// grouped heads, a head_dim above one `NR` panel and an empty window, against f64.
-    #[test]
-    fn every_microkernel_matches_f64() {
-        let lengths = [1, 70, 9, 131];
-        let layout = SeqLayout::from_lengths(lengths);
-        let specs = [
+    /// The kernel checks' packed sequences: lengths that fill no query block, query panel or key
+    /// panel exactly.
+    const LENGTHS: [usize; 4] = [1, 70, 9, 131];
+
+    /// The kernel checks' masks and heads: a causal window, grouped heads, a head_dim above one
+    /// `NR` panel (and not a multiple of one) and an empty window.
+    fn specs() -> [AttentionSpec; 3] {
+        [
             AttentionSpec {
                 kv_heads: 2,
                 ..AttentionSpec::bidirectional(4, 33)
@@ -659,13 +684,21 @@ mod tests {
                 window: Some(0),
                 ..AttentionSpec::bidirectional(1, 8)
             },
-        ];
-        for spec in specs {
+        ]
+    }
+
+    /// Runs `kernels(check)` for every spec of [`specs`] over [`LENGTHS`], where `check(name,
+    /// run)` asserts that `run` writes the f64 reference's output within 1e-5 relative.
+    pub(in crate::backend::cpu) fn check_kernels(
+        kernels: impl Fn(&[f32], &SeqLayout, &AttentionSpec, &dyn Fn(&str, &dyn Fn(&mut [f32]))),
+    ) {
+        let layout = SeqLayout::from_lengths(LENGTHS);
+        for spec in specs() {
             let tokens = layout.num_tokens();
             let qkv: Vec<f32> = (0..tokens * spec.qkv_width())
                 .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 1.5)
                 .collect();
-            let want = reference(&qkv, &lengths, &spec);
+            let want = reference(&qkv, &LENGTHS, &spec);
             let check = |name: &str, run: &dyn Fn(&mut [f32])| {
                 let mut out = vec![f32::NAN; tokens * spec.heads * spec.head_dim];
                 run(&mut out);
@@ -681,23 +714,32 @@ mod tests {
                     assert!(out.iter().all(|&o| o == 0.0), "{name}: empty window");
                 }
             };
+            kernels(&qkv, &layout, &spec, &check);
+        }
+    }
+
+    /// Every microkernel of the packed kernel this CPU runs (the integration tests reach only
+    /// the widest), against f64.
+    #[test]
+    fn every_microkernel_matches_f64() {
+        check_kernels(|qkv, layout, spec, check| {
             check("portable", &|out| {
-                blocked::<6, 16>(microkernel_portable::<6, 16>, &qkv, &layout, &spec, out)
+                blocked::<6, 16>(microkernel_portable::<6, 16>, qkv, layout, spec, out)
             });
             #[cfg(target_arch = "x86_64")]
             {
                 use crate::backend::cpu::gemm_packed::{microkernel_avx2, microkernel_avx512};
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                     check("avx2", &|out| {
-                        blocked::<6, 16>(microkernel_avx2, &qkv, &layout, &spec, out)
+                        blocked::<6, 16>(microkernel_avx2, qkv, layout, spec, out)
                     });
                 }
                 if std::is_x86_feature_detected!("avx512f") {
                     check("avx512", &|out| {
-                        blocked::<8, 32>(microkernel_avx512, &qkv, &layout, &spec, out)
+                        blocked::<8, 32>(microkernel_avx512, qkv, layout, spec, out)
                     });
                 }
             }
-        }
+        });
     }
 }

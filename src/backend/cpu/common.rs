@@ -132,29 +132,23 @@ fn add_widened_portable(sums: &mut [f64], row: &[f32]) {
         .for_each(|(s, &v)| *s += f64::from(v));
 }
 
-/// `(Σ v, Σ v²)` in one sweep, in eight f64 lanes: the row statistics of LayerNorm without a
-/// second pass for the variance. f64 keeps `Σ v²/n − mean²` exact enough where a row's mean is
-/// large against its spread (each `v²` of an f32 is exact in f64; the cancellation costs
-/// `log₂(mean²/var)` of f64's 53 bits, not of f32's 24).
+/// `Σ f(v)` in f64, in 32 independent lanes: [`lane_sum`]'s counterpart for the row statistics
+/// that need f64 (LayerNorm's mean and variance). It vectorises to whole-register conversions and
+/// additions, with four AVX-512 sums in flight to hide the add latency; one quantity a sweep,
+/// since the sum and the sum of squares together in one loop compiled to scalar conversions and
+/// shuffles (five instructions an element, LayerNorm at half the triad).
 #[inline(always)]
-pub(super) fn sum_and_squares(values: &[f32]) -> (f64, f64) {
-    let (mut sums, mut squares) = ([0.0f64; 8], [0.0f64; 8]);
-    let chunks = values.chunks_exact(8);
+pub(super) fn lane_sum_f64(values: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut lanes = [0.0f64; 32];
+    let chunks = values.chunks_exact(32);
     let tail = chunks.remainder();
     for chunk in chunks {
-        for ((s, q), &v) in sums.iter_mut().zip(squares.iter_mut()).zip(chunk) {
-            let v = f64::from(v);
-            *s += v;
-            *q += v * v;
-        }
+        lanes
+            .iter_mut()
+            .zip(chunk)
+            .for_each(|(l, &v)| *l += f(f64::from(v)));
     }
-    let (mut sum, mut square) = (sums.iter().sum::<f64>(), squares.iter().sum::<f64>());
-    for &v in tail {
-        let v = f64::from(v);
-        sum += v;
-        square += v * v;
-    }
-    (sum, square)
+    lanes.iter().sum::<f64>() + tail.iter().map(|&v| f(f64::from(v))).sum::<f64>()
 }
 
 /// Rows of width `d` per rayon task of a row kernel: about 64 KiB of them, since one row of a

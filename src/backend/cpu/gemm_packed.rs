@@ -113,7 +113,7 @@ fn blocked<const MR: usize, const NR: usize>(
     let blocks = k.div_ceil(KC).max(1);
     let row_panels = n.div_ceil(MR);
     let packed_x = pack_x::<MR>(x, n, k, blocks, row_panels);
-    let out = SharedOut(out.as_mut_ptr());
+    let out = SharedOut::new(out);
     // Tasks are column blocks; where those are too few to keep every thread busy (MiniLM's
     // 384 outputs are 3 blocks), each is also cut into row chunks, which pack its weights again.
     let column_blocks = m.div_ceil(NC);
@@ -220,15 +220,29 @@ fn pack_w<const NR: usize>(
     }
 }
 
-/// The output, written by several tasks at once, each in its own tiles.
+/// An output written by several tasks at once, each in its own tiles (here and in attention's
+/// query panels).
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+pub(super) struct SharedOut(*mut f32);
 
-// SAFETY: tasks write disjoint tiles (see `store`), so no value is shared.
+// SAFETY: tasks write disjoint parts (see `store` and `slice`), so no value is shared.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
+    pub(super) fn new(out: &mut [f32]) -> Self {
+        SharedOut(out.as_mut_ptr())
+    }
+
+    /// The `len` values from `start`.
+    ///
+    /// # Safety
+    /// They lie inside the output, and no other thread touches them while the slice lives.
+    pub(super) unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [f32] {
+        // SAFETY: the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+
     /// Stores (`first`) or adds the valid part of `tile` at `rows × cols` of the `[_, m]` output;
     /// when `last`, finishes the tile in place first: the earlier blocks' sums added, then the
     /// epilogue over the whole tile — one vectorised activation call a tile, sixteen lanes on

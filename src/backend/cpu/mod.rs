@@ -19,9 +19,9 @@
 //! family) and gets its one line here.
 
 use super::{
-    shapes, Activation, AttentionSpec, Backend, Eigen, GemmVariant, JlSpec, Matrix64, Moments,
-    OpFamily, Pooling, RopeSpec, SeqFactors, SeqLayout, Storage, Tensor, TokenPairing,
-    TrimReference, TrimResult, TrimSpec,
+    shapes, Activation, AttentionSpec, AttentionVariant, Backend, Eigen, GemmVariant, JlSpec,
+    Matrix64, Moments, OpFamily, Pooling, RopeSpec, SeqFactors, SeqLayout, Storage, Tensor,
+    TokenPairing, TrimReference, TrimResult, TrimSpec,
 };
 use crate::error::Result;
 use crate::tensor::HalfMatrix;
@@ -29,6 +29,7 @@ use half::{bf16, f16};
 
 mod activation;
 mod attention;
+mod attention_panels;
 pub mod backward;
 mod common;
 mod gather;
@@ -53,6 +54,8 @@ pub fn add_widened(sums: &mut [f64], row: &[f32]) {
 pub struct CpuBackend {
     /// The kernel of `linear` on f32 weights (half-precision weights always run variant 8's).
     gemm: GemmVariant,
+    /// The kernel of `attention`; `None`: chosen by the mask (see `attention`'s module docs).
+    attention: Option<AttentionVariant>,
 }
 
 impl CpuBackend {
@@ -74,12 +77,35 @@ impl CpuBackend {
     pub fn with_gemm(variant: GemmVariant) -> Self {
         CpuBackend {
             gemm: variant.on_f32_weights(),
+            attention: None,
+        }
+    }
+
+    /// The backend with its default GEMM and the attention variant `MSCOPE_CPU_ATTENTION` names
+    /// (`faer`, `packed`, `panels`) when it is set; a value that does not parse is ignored.
+    pub fn from_env() -> Self {
+        let attention = std::env::var("MSCOPE_CPU_ATTENTION")
+            .ok()
+            .and_then(|v| AttentionVariant::CPU.into_iter().find(|a| a.name() == v));
+        Self::new().with_attention(attention)
+    }
+
+    /// This backend running `attention` with `variant` (7, 8 or 9; `None`: chosen by the mask).
+    pub fn with_attention(self, variant: Option<AttentionVariant>) -> Self {
+        CpuBackend {
+            attention: variant,
+            ..self
         }
     }
 
     /// The kernel of `linear` on f32 weights.
     pub fn gemm_variant(&self) -> GemmVariant {
         self.gemm
+    }
+
+    /// The kernel of `attention` it was opened with (`None`: chosen by the mask).
+    pub fn attention_variant(&self) -> Option<AttentionVariant> {
+        self.attention
     }
 }
 
@@ -189,7 +215,7 @@ impl Backend for CpuBackend {
         spec: &AttentionSpec,
         out: &mut Tensor,
     ) -> Result<()> {
-        attention::attention(qkv, layout, spec, out)
+        attention::attention(qkv, layout, spec, out, self.attention)
     }
 
     fn pool(

@@ -1,11 +1,11 @@
 //! The norm family on the CPU: LayerNorm in place and RMSNorm into another tensor, a block of
-//! [`rows_per_task`] rows a task. Each row is read from memory once: its statistics in one
-//! sweep (LayerNorm's sum and sum of squares together, in f64: [`sum_and_squares`]), then the
-//! normalisation while the row is still in L1.
+//! [`rows_per_task`] rows a task. Each row is read from memory once: its statistics (LayerNorm's
+//! mean, then the mean square of the deviations from it, each in f64: [`lane_sum_f64`]), then
+//! the normalisation, while the row is still in L1 — the sweeps after the first cost L1 reads.
 
 use rayon::prelude::*;
 
-use super::common::{lane_sum, rows_per_task, sum_and_squares, values, values_mut, with_wide_simd};
+use super::common::{lane_sum, lane_sum_f64, rows_per_task, values, values_mut, with_wide_simd};
 use crate::backend::{shapes, Tensor};
 use crate::error::Result;
 
@@ -30,8 +30,9 @@ pub(super) fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f32, out: &mut Tensor) -
 }
 
 with_wide_simd! {
-    /// LayerNorm of each row (the width of `gamma`) of `rows`, in place.
-    fn layer_norm_rows => layer_norm_rows_portable(rows: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32)
+    /// LayerNorm of each row (the width of `gamma`) of `rows`, in place (AVX-512 where the CPU
+    /// has it: the f64 statistics convert eight values an instruction there).
+    avx512 fn layer_norm_rows => layer_norm_rows_portable(rows: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32)
 }
 
 with_wide_simd! {
@@ -43,9 +44,9 @@ with_wide_simd! {
 fn layer_norm_rows_portable(rows: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
     let d = gamma.len();
     for row in rows.chunks_exact_mut(d) {
-        let (sum, squares) = sum_and_squares(row);
-        let mean = sum / d as f64;
-        let var = (squares / d as f64 - mean * mean).max(0.0);
+        // Two sweeps, no cancellation: the variance from the deviations, not `Σv²/d − mean²`.
+        let mean = lane_sum_f64(row, |v| v) / d as f64;
+        let var = lane_sum_f64(row, |v| (v - mean) * (v - mean)) / d as f64;
         let (mean, inv) = (mean as f32, (1.0 / (var + f64::from(eps)).sqrt()) as f32);
         for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
             *v = (*v - mean) * inv * g + b;

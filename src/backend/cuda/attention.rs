@@ -59,6 +59,12 @@ pub(super) fn attention(
         128 => AttentionVariant::FlashWarp,
         _ => AttentionVariant::Naive,
     });
+    if !AttentionVariant::CUDA.contains(&variant) {
+        return Err(Error::input(format!(
+            "attention variant {variant} is a CPU kernel; CUDA's are 1 (naive), 2 (flash) and \
+             3 (flash-warp)"
+        )));
+    }
     if !variant.supports_head_dim(spec.head_dim) {
         return Err(Error::input(format!(
             "attention variant {variant} has CUDA kernels for head_dim {:?}, not {}",
@@ -89,6 +95,7 @@ pub(super) fn attention(
             },
             config((seqs, heads, query_tiles(16)?), (128, 1, 1)),
         ),
+        (cpu, _) => unreachable!("{cpu} was refused above"),
     };
     let starts = be.upload_small(&sequence_starts(layout)?)?;
     let f = be.function("attention", kernel)?;

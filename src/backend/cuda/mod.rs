@@ -81,7 +81,7 @@ impl CudaOptions {
             }),
             ntk: None,
             attention: var("MSCOPE_CUDA_ATTENTION")
-                .and_then(|v| AttentionVariant::ALL.into_iter().find(|a| a.name() == v)),
+                .and_then(|v| AttentionVariant::CUDA.into_iter().find(|a| a.name() == v)),
         }
     }
 }

@@ -1,0 +1,530 @@
+//! Softmax attention by query panels: the CPU's kernel for short heads (head_dim 32–128) over
+//! packed sequences, any mask.
+//!
+//! A task is one key/value head of one sequence (with every query head that shares it), or a
+//! run of its queries where sequences × key/value heads are too few to keep every thread busy.
+//! It packs the keys its queries can see once — `Kᵀ` in panels of `NR` keys, `V` as contiguous
+//! rows padded to a multiple of `NR` columns — and then, for each query head and each panel of
+//! `MR` queries:
+//!
+//! 1. `S = scale·Q·Kᵀ` over the key panels the panel's queries see, on a register-tiled
+//!    microkernel (8 × 32 on AVX-512, 6 × 16 on AVX2 with FMA) whose `A` rows are read where they
+//!    are: the queries straight from `qkv`, so `Q` is never packed.
+//! 2. Each row's softmax over its visible keys, in place: the maximum, then `exp(s − max)` and
+//!    the sum in one sweep (an AVX-512 `exp2` on `vscalefps` where the CPU has it); keys the mask
+//!    hides become 0.
+//! 3. `O = P·V / Σ` on the same microkernel, `P`'s rows read where they are, the division applied
+//!    to the output tile (head_dim values a row) as it is stored.
+//!
+//! The `MR` rows of scores (4 KiB at 128 keys, 16 KiB at 512) stay in L1 from their product to
+//! their use; the packed `K` and `V` (32 KiB for a 128-token MiniLM head) in L1 or L2 for every
+//! panel of every query head of the group. Against the two other CPU kernels
+//! ([`super::attention`]'s faer blocks, which pack nothing but run faer's setup for every small
+//! product, and its blocked kernel, which packs `K` and `V` for every 64-query block and `Q`
+//! always) this packs the least and keeps the softmax next to its products; where it wins is in
+//! BENCHMARKS.md ("Session h21m").
+
+use rayon::prelude::*;
+
+use super::activation;
+use super::attention::visible_keys;
+use super::common::lane_sum;
+use super::gemm_packed::SharedOut;
+use crate::backend::{AttentionSpec, SeqLayout};
+
+/// An `MR × NR` tile of `A·B` over `kc` steps: row `i` of `A` is `kc` contiguous values at
+/// `a[i]`, row `p` of `B` is `NR` contiguous values at `b + p·b_stride`.
+type RowKernel<const MR: usize, const NR: usize> = unsafe fn(
+    kc: usize,
+    a: &[*const f32; MR],
+    b: *const f32,
+    b_stride: usize,
+    tile: &mut [[f32; NR]; MR],
+);
+
+/// `out: [tokens, heads·head_dim]` from the packed `qkv: [tokens, spec.qkv_width()]`, every
+/// shape already checked, on the widest kernels this CPU runs.
+pub(super) fn attention(qkv: &[f32], layout: &SeqLayout, spec: &AttentionSpec, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return tasks::<8>(qkv, layout, spec, out, |task, scratch| {
+                // SAFETY: the CPU has AVX-512F (checked above).
+                unsafe { task_avx512(task, scratch) }
+            });
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return tasks::<6>(qkv, layout, spec, out, |task, scratch| {
+                // SAFETY: the CPU has AVX2 and FMA (checked above).
+                unsafe { task_avx2(task, scratch) }
+            });
+        }
+    }
+    tasks::<6>(qkv, layout, spec, out, |task, scratch| {
+        task.run::<6, 16>(row_kernel_portable::<6, 16>, exp_row_portable, scratch)
+    })
+}
+
+/// Splits the op into [`Task`]s (queries cut into runs of whole `MR`-query panels) and runs them
+/// on every thread with `run`.
+fn tasks<const MR: usize>(
+    qkv: &[f32],
+    layout: &SeqLayout,
+    spec: &AttentionSpec,
+    out: &mut [f32],
+    run: impl Fn(&Task<'_>, &mut Scratch) + Sync,
+) {
+    if spec.heads * spec.head_dim == 0 {
+        return;
+    }
+    let sequences = layout.num_sequences();
+    let wanted = 4 * rayon::current_num_threads();
+    let runs = wanted.div_ceil((sequences * spec.kv_heads).max(1));
+    let out = SharedOut::new(out);
+    let mut tasks = Vec::new();
+    for s in 0..sequences {
+        let rows = layout.range(s);
+        let panels = rows.len().div_ceil(MR);
+        if panels == 0 {
+            continue;
+        }
+        let per_run = panels.div_ceil(runs.min(panels)) * MR;
+        for kv in 0..spec.kv_heads {
+            for first in (0..rows.len()).step_by(per_run) {
+                tasks.push(Task {
+                    qkv,
+                    spec,
+                    out,
+                    row0: rows.start,
+                    len: rows.len(),
+                    kv,
+                    queries: first..(first + per_run).min(rows.len()),
+                });
+            }
+        }
+    }
+    tasks
+        .into_par_iter()
+        .for_each_init(Scratch::default, |scratch, task| run(&task, scratch));
+}
+
+/// The queries `queries` of one sequence (`len` tokens from row `row0` of `qkv`) for every query
+/// head of key/value head `kv`; it alone writes their columns of `out`.
+struct Task<'a> {
+    qkv: &'a [f32],
+    spec: &'a AttentionSpec,
+    out: SharedOut,
+    row0: usize,
+    len: usize,
+    kv: usize,
+    queries: std::ops::Range<usize>,
+}
+
+/// A worker's buffers, grown to the largest task it has run (only ever grown, never cleared).
+#[derive(Default)]
+struct Scratch {
+    /// `Kᵀ` in `NR`-key panels: panel `kb`, column `c` at `(kb·head_dim + c)·NR`.
+    k: Vec<f32>,
+    /// `V`, a key a row of `head_dim` rounded up to a multiple of `NR`.
+    v: Vec<f32>,
+    /// One query panel's scores, then weights: `MR` rows of the task's keys rounded up to `NR`.
+    s: Vec<f32>,
+}
+
+/// `buffer[..len]`, grown (with zeros) if it is shorter.
+fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
+}
+
+/// [`Task::run`] on the AVX-512 kernels, compiled for AVX-512 throughout.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn task_avx512(task: &Task<'_>, scratch: &mut Scratch) {
+    task.run::<8, 32>(
+        row_kernel_avx512,
+        // SAFETY: as this function's.
+        |row| unsafe { exp_row_avx512(row) },
+        scratch,
+    )
+}
+
+/// [`Task::run`] on the AVX2 kernels, compiled for AVX2 and FMA throughout.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn task_avx2(task: &Task<'_>, scratch: &mut Scratch) {
+    task.run::<6, 16>(row_kernel_avx2, exp_row_portable, scratch)
+}
+
+impl Task<'_> {
+    /// Visible keys `[first, end)` of the sequence's query `i`.
+    fn visible(&self, i: usize) -> (usize, usize) {
+        visible_keys(self.spec, i, self.len)
+    }
+
+    #[inline(always)]
+    fn run<const MR: usize, const NR: usize>(
+        &self,
+        kernel: RowKernel<MR, NR>,
+        exp_row: impl Fn(&mut [f32]) -> f32,
+        scratch: &mut Scratch,
+    ) {
+        let spec = self.spec;
+        let (hd, heads, kv_heads) = (spec.head_dim, spec.heads, spec.kv_heads);
+        let (width, out_width, group) = (spec.qkv_width(), heads * hd, heads / kv_heads);
+        let queries = self.queries.clone();
+        // Keys from the first query's first visible one to the last query's end; offsets below
+        // count from `keys_first`.
+        let keys_first = self.visible(queries.start).0;
+        let keys = self.visible(queries.end - 1).1.saturating_sub(keys_first);
+        if keys == 0 {
+            // Only an empty window sees no key: its queries yield zeros.
+            for i in queries {
+                let at = (self.row0 + i) * out_width + self.kv * group * hd;
+                // SAFETY: this task alone writes its queries' columns of its heads.
+                unsafe { self.out.slice(at, group * hd) }.fill(0.0);
+            }
+            return;
+        }
+        let (key_panels, hd_padded) = (keys.div_ceil(NR), hd.div_ceil(NR) * NR);
+        let s_stride = key_panels * NR;
+        let Scratch { k, v, s } = scratch;
+        let (k, v, s) = (
+            sized(k, key_panels * hd * NR),
+            sized(v, keys * hd_padded),
+            sized(s, MR * s_stride),
+        );
+        // Pack K transposed and V: each key's row read once, in order.
+        let (k_col, v_col) = ((heads + self.kv) * hd, (heads + kv_heads + self.kv) * hd);
+        for t in 0..keys {
+            let row = &self.qkv[(self.row0 + keys_first + t) * width..][..width];
+            let panel = &mut k[(t / NR) * hd * NR..][..hd * NR];
+            for (c, &x) in row[k_col..k_col + hd].iter().enumerate() {
+                panel[c * NR + t % NR] = x;
+            }
+            v[t * hd_padded..][..hd].copy_from_slice(&row[v_col..v_col + hd]);
+        }
+        // The last panel's keys past the end: never read as scores, but kept finite.
+        for t in keys..s_stride {
+            let panel = &mut k[(t / NR) * hd * NR..][..hd * NR];
+            (0..hd).for_each(|c| panel[c * NR + t % NR] = 0.0);
+        }
+        for h in self.kv * group..(self.kv + 1) * group {
+            for first in queries.clone().step_by(MR) {
+                let rows = (first + MR).min(queries.end) - first;
+                // The panel's keys: its first query's first to its last query's end.
+                let lo = self.visible(first).0 - keys_first;
+                let hi = (self.visible(first + rows - 1).1 - keys_first).max(lo);
+                // Rows past the panel's end repeat its last query (computed, never stored).
+                let q_rows: [*const f32; MR] = std::array::from_fn(|i| {
+                    let token = self.row0 + first + i.min(rows - 1);
+                    self.qkv[token * width + h * hd..].as_ptr()
+                });
+                for kb in lo / NR..hi.div_ceil(NR) {
+                    let mut tile = [[0.0f32; NR]; MR];
+                    // SAFETY: the kernel runs on this CPU (chosen by `attention`); each query
+                    // row holds `hd` values and the key panel `hd` rows of NR.
+                    unsafe { kernel(hd, &q_rows, k[kb * hd * NR..].as_ptr(), NR, &mut tile) };
+                    for (row, scores) in tile.iter().take(rows).zip(s.chunks_exact_mut(s_stride)) {
+                        scores[kb * NR..][..NR]
+                            .iter_mut()
+                            .zip(row)
+                            .for_each(|(s, &t)| *s = spec.scale * t);
+                    }
+                }
+                let mut inv_sums = [0.0f32; MR];
+                for (r, (scores, inv)) in s
+                    .chunks_exact_mut(s_stride)
+                    .zip(&mut inv_sums)
+                    .take(rows)
+                    .enumerate()
+                {
+                    let (v_first, v_end) = self.visible(first + r);
+                    let (v_first, v_end) = (v_first - keys_first, v_end - keys_first);
+                    scores[lo..v_first].fill(0.0);
+                    scores[v_end.max(v_first)..hi].fill(0.0);
+                    if v_first < v_end {
+                        *inv = 1.0 / exp_row(&mut scores[v_first..v_end]);
+                    }
+                }
+                let p_rows: [*const f32; MR] =
+                    std::array::from_fn(|i| s[i.min(rows - 1) * s_stride + lo..].as_ptr());
+                for j in (0..hd).step_by(NR) {
+                    let mut tile = [[0.0f32; NR]; MR];
+                    // SAFETY: as above; each weight row holds the `hi − lo` keys from `lo`, and
+                    // V those keys' rows of `hd_padded` values from column `j` (none: the
+                    // panel's queries see no key and its output is zero).
+                    if hi > lo {
+                        unsafe {
+                            kernel(
+                                hi - lo,
+                                &p_rows,
+                                v[lo * hd_padded + j..].as_ptr(),
+                                hd_padded,
+                                &mut tile,
+                            )
+                        }
+                    }
+                    let cols = NR.min(hd - j);
+                    for (r, (row, inv)) in tile.iter().zip(inv_sums).take(rows).enumerate() {
+                        let at = (self.row0 + first + r) * out_width + h * hd + j;
+                        // SAFETY: this task alone writes its queries' columns of head `h`.
+                        let dst = unsafe { self.out.slice(at, cols) };
+                        dst.iter_mut().zip(row).for_each(|(o, &t)| *o = t * inv);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `row[i] ← exp(row[i] − max(row))`, returning `Σ row[i]` (eight-lane sums, [`lane_sum`]).
+#[inline(always)]
+fn exp_row_portable(row: &mut [f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    row.iter_mut().for_each(|v| *v = activation::exp(*v - max));
+    lane_sum(row, |v| v)
+}
+
+/// [`exp_row_portable`] in sixteen lanes: `exp(x) = 2^n · 2^f` with `n = round(x·log₂e)`,
+/// `2^f` (|f| ≤ ½) by its degree-7 Taylor polynomial (truncation below 6·10⁻⁹, under f32's
+/// rounding) and the `2^n` applied by `vscalefps`, which also flushes far-negative exponents to
+/// 0 (no clamp). `max·log₂e` is rounded once for the whole row: a factor common to every weight,
+/// cancelled by the division by the sum. `t = s·log₂e − max·log₂e` is rounded to f32 too, a
+/// relative error `|t|·2⁻²⁴` in `2^t`: below 1 ulp for the weights that matter (`t > −2`),
+/// growing only where the weight itself vanishes (10⁻⁶ at `e^−20`).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_row_avx512(row: &mut [f32]) -> f32 {
+    use std::arch::x86_64::*;
+    const LN2: f32 = std::f32::consts::LN_2;
+    // ln2^k / k!, k = 7 down to 1.
+    const TAYLOR: [f32; 7] = [
+        LN2 * LN2 * LN2 * LN2 * LN2 * LN2 * LN2 / 5040.0,
+        LN2 * LN2 * LN2 * LN2 * LN2 * LN2 / 720.0,
+        LN2 * LN2 * LN2 * LN2 * LN2 / 120.0,
+        LN2 * LN2 * LN2 * LN2 / 24.0,
+        LN2 * LN2 * LN2 / 6.0,
+        LN2 * LN2 / 2.0,
+        LN2,
+    ];
+    let len = row.len();
+    let (full, tail) = (len / 16, len % 16);
+    let tail_mask: __mmask16 = ((1u32 << tail) - 1) as u16;
+    let at = row.as_mut_ptr();
+    // SAFETY: every access is to `row`: whole vectors below `16·full`, the masked tail after.
+    unsafe {
+        let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+        for i in 0..full {
+            max = _mm512_max_ps(max, _mm512_loadu_ps(at.add(16 * i)));
+        }
+        let tail_values = _mm512_mask_loadu_ps(max, tail_mask, at.add(16 * full));
+        let max = _mm512_reduce_max_ps(_mm512_max_ps(max, tail_values));
+        let log2e = _mm512_set1_ps(std::f32::consts::LOG2_E);
+        let shift = _mm512_set1_ps(max * std::f32::consts::LOG2_E);
+        let exp = |x: __m512| {
+            let t = _mm512_fmsub_ps(x, log2e, shift);
+            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+            let f = _mm512_sub_ps(t, n);
+            let mut p = _mm512_set1_ps(TAYLOR[0]);
+            for c in &TAYLOR[1..] {
+                p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(*c));
+            }
+            p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0));
+            _mm512_scalef_ps(p, n)
+        };
+        let mut sum = _mm512_setzero_ps();
+        for i in 0..full {
+            let e = exp(_mm512_loadu_ps(at.add(16 * i)));
+            _mm512_storeu_ps(at.add(16 * i), e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        if tail > 0 {
+            let e = exp(_mm512_maskz_loadu_ps(tail_mask, at.add(16 * full)));
+            _mm512_mask_storeu_ps(at.add(16 * full), tail_mask, e);
+            sum = _mm512_mask_add_ps(sum, tail_mask, sum, e);
+        }
+        _mm512_reduce_add_ps(sum)
+    }
+}
+
+/// The row microkernel in plain Rust (the compiler vectorises the `NR` loop for the target it
+/// is inlined into).
+///
+/// # Safety
+/// `a[i]` holds `kc` values and `b + p·b_stride` `NR` values for every `p < kc`.
+unsafe fn row_kernel_portable<const MR: usize, const NR: usize>(
+    kc: usize,
+    a: &[*const f32; MR],
+    b: *const f32,
+    b_stride: usize,
+    tile: &mut [[f32; NR]; MR],
+) {
+    for p in 0..kc {
+        // SAFETY: the caller's contract.
+        let b = unsafe { std::slice::from_raw_parts(b.add(p * b_stride), NR) };
+        for (acc, a) in tile.iter_mut().zip(a) {
+            // SAFETY: the caller's contract.
+            let a = unsafe { *a.add(p) };
+            acc.iter_mut().zip(b).for_each(|(c, &b)| *c += a * b);
+        }
+    }
+}
+
+/// The row microkernel on AVX2 with FMA: the 6 × 16 tile in twelve registers.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA, and [`row_kernel_portable`]'s contract holds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_kernel_avx2(
+    kc: usize,
+    a: &[*const f32; 6],
+    b: *const f32,
+    b_stride: usize,
+    tile: &mut [[f32; 16]; 6],
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+    for p in 0..kc {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let b0 = _mm256_loadu_ps(b.add(p * b_stride));
+            let b1 = _mm256_loadu_ps(b.add(p * b_stride + 8));
+            for (acc, a) in acc.iter_mut().zip(a) {
+                let ai = _mm256_broadcast_ss(&*a.add(p));
+                acc[0] = _mm256_fmadd_ps(ai, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(ai, b1, acc[1]);
+            }
+        }
+    }
+    for (dst, acc) in tile.iter_mut().zip(&acc) {
+        // SAFETY: each tile row holds 16 values.
+        unsafe {
+            _mm256_storeu_ps(dst.as_mut_ptr(), acc[0]);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(8), acc[1]);
+        }
+    }
+}
+
+/// The row microkernel on AVX-512: the 8 × 32 tile in sixteen registers.
+///
+/// # Safety
+/// The CPU has AVX-512F, and [`row_kernel_portable`]'s contract holds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_kernel_avx512(
+    kc: usize,
+    a: &[*const f32; 8],
+    b: *const f32,
+    b_stride: usize,
+    tile: &mut [[f32; 32]; 8],
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; 8];
+    for p in 0..kc {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let b0 = _mm512_loadu_ps(b.add(p * b_stride));
+            let b1 = _mm512_loadu_ps(b.add(p * b_stride + 16));
+            for (acc, a) in acc.iter_mut().zip(a) {
+                let ai = _mm512_set1_ps(*a.add(p));
+                acc[0] = _mm512_fmadd_ps(ai, b0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(ai, b1, acc[1]);
+            }
+        }
+    }
+    for (dst, acc) in tile.iter_mut().zip(&acc) {
+        // SAFETY: each tile row holds 32 values.
+        unsafe {
+            _mm512_storeu_ps(dst.as_mut_ptr(), acc[0]);
+            _mm512_storeu_ps(dst.as_mut_ptr().add(16), acc[1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::attention::tests::check_kernels;
+
+    /// Every kernel pair this CPU runs (the integration tests reach only the widest) against the
+    /// f64 reference of the packed kernel's checks.
+    #[test]
+    fn every_kernel_matches_f64() {
+        check_kernels(|qkv, layout, spec, check| {
+            check("portable", &|out| {
+                tasks::<6>(qkv, layout, spec, out, |task, scratch| {
+                    task.run::<6, 16>(row_kernel_portable::<6, 16>, exp_row_portable, scratch)
+                })
+            });
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    check("avx2", &|out| {
+                        tasks::<6>(qkv, layout, spec, out, |task, scratch| {
+                            // SAFETY: the CPU has AVX2 and FMA (checked above).
+                            unsafe { task_avx2(task, scratch) }
+                        })
+                    });
+                }
+                if std::is_x86_feature_detected!("avx512f") {
+                    check("avx512", &|out| {
+                        tasks::<8>(qkv, layout, spec, out, |task, scratch| {
+                            // SAFETY: the CPU has AVX-512F (checked above).
+                            unsafe { task_avx512(task, scratch) }
+                        })
+                    });
+                }
+            }
+        });
+    }
+
+    /// The AVX-512 row exponential against f64, over lengths with and without a tail and scores
+    /// down to 80 below the maximum: each weight `w` within 3 ulp of `exp(s − max)`, plus the
+    /// rounding of its exponent `t = (s − max)·log₂e` (relative `|t|·2⁻²⁴·ln 2`, which grows as
+    /// `w` shrinks: at most `w·|ln w|·10⁻⁷` in any output), once the row's common factor (the
+    /// rounding of `max·log₂e`) is divided out through the maximum's own weight; and the sum
+    /// that of the weights.
+    #[test]
+    fn avx512_exp_row_matches_f64() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            for len in [1, 15, 16, 33, 200] {
+                let scores: Vec<f32> = (0..len)
+                    .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 40.0)
+                    .collect();
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let want: Vec<f64> = scores
+                    .iter()
+                    .map(|&s| (f64::from(s) - f64::from(max)).exp())
+                    .collect();
+                let mut got = scores.clone();
+                // SAFETY: the CPU has AVX-512F (checked above).
+                let sum = unsafe { exp_row_avx512(&mut got) };
+                let top = scores.iter().position(|&s| s == max).unwrap();
+                let common = f64::from(got[top]);
+                assert!((common - 1.0).abs() < 1e-6, "{len}: common factor {common}");
+                for (&g, &w) in got.iter().zip(&want) {
+                    let g = f64::from(g) / common;
+                    let exponent = w.ln().abs() * std::f64::consts::LOG2_E;
+                    let bound = 3.6e-7 + (exponent + 1.0) * 2f64.powi(-24) * 2.0;
+                    assert!((g - w).abs() <= bound * w, "{len}: {g} against {w}");
+                }
+                let got_sum: f64 = got.iter().map(|&g| f64::from(g)).sum();
+                assert!((f64::from(sum) / got_sum - 1.0).abs() < 1e-6, "{len}: sum");
+            }
+        }
+    }
+}
