@@ -40,6 +40,7 @@ backend_tests! {
     bert_exact_kernels_match_torch_func: Backward,
     xlmr_exact_kernels_match_torch_func: Backward,
     contracted_kernels_match_torch_func: Backward,
+    cli_ntk_of_a_classifier_matches_torch_func: Backward,
 }
 
 /// f32 paths against a float64 reference (the crate's numerics contract).
@@ -162,7 +163,11 @@ fn factors_on(
 }
 
 fn cpu_factors(model: (&str, &str), seeds: fn(usize) -> Vec<f32>) -> SequenceFactors {
-    factors_on(&(Arc::new(CpuBackend::new()) as Arc<dyn Backend>), model, seeds)
+    factors_on(
+        &(Arc::new(CpuBackend::new()) as Arc<dyn Backend>),
+        model,
+        seeds,
+    )
 }
 
 /// Every factor a backend computes (layer inputs, output gradients, embedding gradients,
@@ -172,7 +177,11 @@ fn factors_match_the_cpu_path(be: &Arc<dyn Backend>) {
     let close = |what: String, got: &[f32], want: &[f32]| {
         assert_eq!(got.len(), want.len(), "{what}: length");
         let err = rel_error_f64(&widen32(got), &widen32(want));
-        assert!(err < F32_TOLERANCE, "{what} on {}: rel err {err:.2e}", be.name());
+        assert!(
+            err < F32_TOLERANCE,
+            "{what} on {}: rel err {err:.2e}",
+            be.name()
+        );
     };
     for model in MODELS {
         for seeds in [class_seeds as fn(usize) -> Vec<f32>, summed_seed] {
@@ -185,7 +194,11 @@ fn factors_match_the_cpu_path(be: &Arc<dyn Backend>) {
                 close(format!("{name} output gradients"), &g.deltas, &w.deltas);
             }
             let (ge, we) = (&got.embeddings, &want.embeddings);
-            close(format!("{}: embedding gradients", model.0), &ge.deltas, &we.deltas);
+            close(
+                format!("{}: embedding gradients", model.0),
+                &ge.deltas,
+                &we.deltas,
+            );
             for (g, w) in ge.tables.iter().zip(&we.tables) {
                 assert_eq!(g.ids, w.ids, "{}: ids", w.name);
             }
@@ -600,8 +613,9 @@ fn path_str(p: &std::path::Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
 
-#[test]
-fn cli_ntk_of_a_classifier_matches_torch_func() {
+/// `mscope ntk --model` on the test's backend: the factors' backward passes and the contraction
+/// both run there.
+fn cli_ntk_of_a_classifier_matches_torch_func(be: &dyn Backend) {
     let tmp = tempfile::tempdir().unwrap();
     let data = repo_path("tests/fixtures/classifiers/texts.jsonl");
     for (dir, reference) in MODELS {
@@ -619,7 +633,7 @@ fn cli_ntk_of_a_classifier_matches_torch_func() {
                 "--block-rows",
                 "2",
                 "--backend",
-                "cpu",
+                be.name(),
                 "--out",
                 path_str(&out),
             ])
@@ -630,7 +644,11 @@ fn cli_ntk_of_a_classifier_matches_torch_func() {
             assert_eq!((k.rows, k.cols, k.kind.as_str()), (4, 4, kind));
             let got: Vec<f64> = k.values.iter().map(|&v| v as f64).collect();
             let err = rel_error_f64(&got, &reference_tensor(reference, kind).1);
-            assert!(err < F32_TOLERANCE, "{dir} {kind}: rel err {err:.2e}");
+            assert!(
+                err < F32_TOLERANCE,
+                "{dir} {kind} on {}: rel err {err:.2e}",
+                be.name()
+            );
             assert!(
                 !Checkpoint::dir_for(&out).exists(),
                 "blocks removed when done"

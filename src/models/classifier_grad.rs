@@ -552,7 +552,8 @@ impl<'a> Backward<'a> {
         // The head, one row per sample.
         let d_logits = be.upload(&[samples, self.classes], d_logits)?;
         let d_pooled = self.input_gradient(&d_logits, &w.out, None)?;
-        let dense_delta = self.activation(Activation::Tanh, &self.head_tape.dense_pre, &d_pooled)?;
+        let dense_delta =
+            self.activation(Activation::Tanh, &self.head_tape.dense_pre, &d_pooled)?;
         let d_first = self.input_gradient(&dense_delta, &w.dense, None)?;
         let head_vectors = [be.download(&dense_delta)?, be.download(&d_logits)?];
         linears[4 * layer_count] = head_vectors[0].clone();
@@ -569,8 +570,12 @@ impl<'a> Backward<'a> {
             let mut vectors = Vec::new();
             // x' = LN(a + W_o·act(W_i·a + b_i) + b_o)
             let mut output_ln = Vec::new();
-            let d_out_sum =
-                self.layer_norm(&t.output_sum, &weights.output_norm.gamma, &d_x, &mut output_ln)?;
+            let d_out_sum = self.layer_norm(
+                &t.output_sum,
+                &weights.output_norm.gamma,
+                &d_x,
+                &mut output_ln,
+            )?;
             let d_inter = self.input_gradient(&d_out_sum, &wl.output, None)?;
             let inter_delta = self.activation(self.act, &t.inter_pre, &d_inter)?;
             let d_a = self.input_gradient(&inter_delta, &wl.intermediate, Some(&d_out_sum))?;

@@ -316,7 +316,12 @@ pub fn attention_backward(
 
 /// The `d`-wide rows of each sequence of `lengths` summed, each times its row of `weights` where
 /// given.
-pub fn sequence_sums(values: &[f32], weights: Option<&[f32]>, lengths: &[usize], d: usize) -> Vec<f64> {
+pub fn sequence_sums(
+    values: &[f32],
+    weights: Option<&[f32]>,
+    lengths: &[usize],
+    d: usize,
+) -> Vec<f64> {
     let mut out = vec![0.0f64; lengths.len() * d];
     let mut token = 0;
     for (s, &len) in lengths.iter().enumerate() {
