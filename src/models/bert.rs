@@ -169,7 +169,7 @@ pub struct LayerTape {
 
 /// A copy of the `[n, d]` tensor `t` on its backend: `gather_rows` of every row in order, so the
 /// tape's values never leave the device.
-pub(crate) fn device_copy(be: &dyn Backend, t: &Tensor) -> Result<Tensor> {
+fn device_copy(be: &dyn Backend, t: &Tensor) -> Result<Tensor> {
     let (n, d) = t.dims2("device copy")?;
     let mut copy = be.zeros(&[n, d])?;
     let rows: Vec<u32> = (0..n as u32).collect();
