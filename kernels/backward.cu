@@ -15,6 +15,9 @@
 //   scatter_rows_v1             — one thread per table value: the sum of its row's ids' gradient
 //                                 rows in token order, through a CSR index built on the host
 //                                 (deterministic, no float atomics).
+//   sequence_sums_v1            — one thread per (sequence, column): the column summed over the
+//                                 sequence's tokens in order, times the weights where `weighted`
+//                                 (a bias's or a LayerNorm γ's per-sample gradient).
 #include "common.cuh"
 
 extern "C" __global__ void activation_backward_v1(const float* __restrict__ pre, const float* __restrict__ dy,
@@ -128,5 +131,21 @@ extern "C" __global__ void scatter_rows_v1(const float* __restrict__ delta, cons
         float sum = 0.0f;
         for (int k = row_starts[r]; k < row_starts[r + 1]; ++k) sum += delta[(size_t)order[k] * d + c];
         table[i] = accumulate ? table[i] + sum : sum;
+    }
+}
+
+extern "C" __global__ void sequence_sums_v1(const float* __restrict__ values, const float* __restrict__ weights,
+                                            const int* __restrict__ starts, float* __restrict__ out,
+                                            int sequences, int d, int weighted) {
+    const long long len = (long long)sequences * d;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < len;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int s = (int)(i / d), c = (int)(i % d);
+        float sum = 0.0f;
+        for (int t = starts[s]; t < starts[s + 1]; ++t) {
+            const float v = values[(size_t)t * d + c];
+            sum += weighted ? v * weights[(size_t)t * d + c] : v;
+        }
+        out[i] = sum;
     }
 }

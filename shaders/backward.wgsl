@@ -12,6 +12,9 @@
 //      the second, one thread per (token, head, channel), sums over the sequence the channel of
 //      dQ (the token as query), dK and dV (the token as key), recomputing P and dS from the
 //      stored statistics, so no [len, len] matrix is stored.
+//   1. sequence_sums — one thread per (sequence, column): the column summed over the sequence's
+//      tokens in order, each value times its weight when the op has weights (a bias's or a
+//      LayerNorm γ's per-sample gradient).
 //   1. scatter_rows — one thread per (table row, column): the sum of the row's ids' gradient rows
 //      in token order, through a CSR index the host builds (row_starts, then the tokens sorted
 //      by id), so the result is deterministic and needs no float atomics.
@@ -218,4 +221,44 @@ fn scatter_rows(
     } else {
         table[i] = sum;
     }
+}
+
+// ---- sequence_sums -------------------------------------------------------------------------
+
+struct SumParams {
+    sequences: u32,
+    width: u32,
+    weighted: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> up: SumParams;
+@group(0) @binding(1) var<storage, read> sum_values: array<f32>;
+@group(0) @binding(2) var<storage, read> sum_weights: array<f32>; // the values again when unweighted
+@group(0) @binding(3) var<storage, read> sum_starts: array<u32>;  // sequences + 1 token offsets
+@group(0) @binding(4) var<storage, read_write> sum_out: array<f32>;
+
+const SUM_WORKGROUP: u32 = 256u;
+
+@compute @workgroup_size(256)
+fn sequence_sums(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let i = gid.y * groups.x * SUM_WORKGROUP + gid.x;
+    if i >= up.sequences * up.width {
+        return;
+    }
+    let s = i / up.width;
+    let c = i - s * up.width;
+    var sum = 0.0;
+    for (var t = sum_starts[s]; t < sum_starts[s + 1u]; t++) {
+        let v = sum_values[t * up.width + c];
+        if up.weighted != 0u {
+            sum += v * sum_weights[t * up.width + c];
+        } else {
+            sum += v;
+        }
+    }
+    sum_out[i] = sum;
 }

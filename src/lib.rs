@@ -41,7 +41,8 @@
 //! embeddings ─scatter (backend)─▶ covariance ─eigen─▶ PCA; per-class scatters over S splits ─▶ LDA
 //! MLP + data ─forward, batched backward─▶ per-layer factors (A, Δ) ─ntk_contract or jl_project─▶
 //!     kernel tiles ─▶ kernel file ─▶ kGLM ─▶ Kendall τ
-//! BERT/XLM-R classifier + texts ─recorded forward (backend), host backward per class─▶
+//! BERT/XLM-R classifier + texts ─recorded forward, backward per class (backend ops, tape and
+//!     transposed weights on the device; per-sample bias/LayerNorm sums by sequence_sums)─▶
 //!     per-token factors (A, Δ; embedding δ and ids; bias/LayerNorm gradients)
 //!     ─ntk_contract_seq (token Grams summed per sample pair; embeddings
 //!     by id), or ntk_sample_gradients then ntk_contract, as SeqForm::choose says─▶ kernel tiles

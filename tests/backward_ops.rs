@@ -144,7 +144,7 @@ fn linear_backward_matches_finite_differences() {
             Operand::plain(&x, n, k),
             false,
         );
-        let db = sequence_sums(&delta, &SeqLayout::from_lengths([n]), m);
+        let db = sequence_sums(&delta, None, &SeqLayout::from_lengths([n]), m);
         let r = widen(&readout);
         let fd_x = finite_differences(&xd, &r, |x| linear_f64(x, &wd, &bd, act, k));
         let fd_w = finite_differences(&wd, &r, |w| linear_f64(&xd, w, &bd, act, k));
@@ -207,11 +207,10 @@ fn layer_norm_backward_matches_finite_differences() {
             &layer_norm_f64(&xd, &gd, &bd, e),
         );
         let (dx, normed) = layer_norm_backward(&x, &gamma, eps, &readout);
-        let scaled: Vec<f32> = readout.iter().zip(&normed).map(|(r, h)| r * h).collect();
         let one = SeqLayout::from_lengths([n]);
         let (dgamma, dbeta) = (
-            sequence_sums(&scaled, &one, d),
-            sequence_sums(&readout, &one, d),
+            sequence_sums(&readout, Some(&normed), &one, d),
+            sequence_sums(&readout, None, &one, d),
         );
         let r = widen(&readout);
         let fd_x = finite_differences(&xd, &r, |x| layer_norm_f64(x, &gd, &bd, e));
@@ -349,7 +348,12 @@ fn sequence_sums_sum_each_sequence() {
     let values: Vec<f32> = (0..10).map(|v| v as f32).collect();
     // Rows [0,1] [2,3] | none | [4,5] [6,7] [8,9]
     assert_eq!(
-        sequence_sums(&values, &layout, 2),
+        sequence_sums(&values, None, &layout, 2),
         vec![2.0, 4.0, 0.0, 0.0, 18.0, 21.0]
+    );
+    // Weighted by the rows' own values: the sums of squares.
+    assert_eq!(
+        sequence_sums(&values, Some(&values), &layout, 2),
+        vec![4.0, 10.0, 0.0, 0.0, 116.0, 155.0]
     );
 }

@@ -31,7 +31,17 @@ use mscope::models::tokenize::{TextTokenizer, TokenizedText};
 use mscope::models::{Encoder, TokenBatch};
 use mscope::weights::WeightsDtype;
 
-backend_tests! { bert_logits_match_transformers, xlmr_logits_match_transformers }
+backend_tests! {
+    bert_logits_match_transformers,
+    xlmr_logits_match_transformers,
+    factors_match_the_cpu_path: Backward,
+    bert_per_sample_gradients_match_torch_func: Backward,
+    xlmr_per_sample_gradients_match_torch_func: Backward,
+    bert_exact_kernels_match_torch_func: Backward,
+    xlmr_exact_kernels_match_torch_func: Backward,
+    contracted_kernels_match_torch_func: Backward,
+    cli_ntk_of_a_classifier_matches_torch_func: Backward,
+}
 
 /// f32 paths against a float64 reference (the crate's numerics contract).
 const F32_TOLERANCE: f64 = 1e-5;
@@ -141,16 +151,73 @@ fn gram(rows: &[Vec<f64>]) -> Vec<f64> {
         .collect()
 }
 
-fn cpu_factors((dir, reference): (&str, &str), seeds: fn(usize) -> Vec<f32>) -> SequenceFactors {
-    let classifier = load(dir, Arc::new(CpuBackend::new()));
+/// The factors of the fixture texts, computed on `be` (recorded forward and backward passes).
+fn factors_on(
+    be: &Arc<dyn Backend>,
+    (dir, reference): (&str, &str),
+    seeds: fn(usize) -> Vec<f32>,
+) -> SequenceFactors {
+    let classifier = load(dir, be.clone());
     let batch = batch(dir, &classifier, reference);
     factors(&classifier, &batch, &seeds(classifier.num_labels())).expect("factors")
 }
 
+fn cpu_factors(model: (&str, &str), seeds: fn(usize) -> Vec<f32>) -> SequenceFactors {
+    factors_on(
+        &(Arc::new(CpuBackend::new()) as Arc<dyn Backend>),
+        model,
+        seeds,
+    )
+}
+
+/// Every factor a backend computes (layer inputs, output gradients, embedding gradients,
+/// per-sample vectors) against the CPU path's, within f32 tolerance, for both models and both
+/// kinds of seeds.
+fn factors_match_the_cpu_path(be: &Arc<dyn Backend>) {
+    let close = |what: String, got: &[f32], want: &[f32]| {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        let err = rel_error_f64(&widen32(got), &widen32(want));
+        assert!(
+            err < F32_TOLERANCE,
+            "{what} on {}: rel err {err:.2e}",
+            be.name()
+        );
+    };
+    for model in MODELS {
+        for seeds in [class_seeds as fn(usize) -> Vec<f32>, summed_seed] {
+            let (got, want) = (factors_on(be, model, seeds), cpu_factors(model, seeds));
+            assert_eq!(got.seeds, want.seeds);
+            assert_eq!(got.parameter_names(), want.parameter_names());
+            for (g, w) in got.linears.iter().zip(&want.linears) {
+                let name = &w.parts[0].0;
+                close(format!("{name} inputs"), &g.acts, &w.acts);
+                close(format!("{name} output gradients"), &g.deltas, &w.deltas);
+            }
+            let (ge, we) = (&got.embeddings, &want.embeddings);
+            close(
+                format!("{}: embedding gradients", model.0),
+                &ge.deltas,
+                &we.deltas,
+            );
+            for (g, w) in ge.tables.iter().zip(&we.tables) {
+                assert_eq!(g.ids, w.ids, "{}: ids", w.name);
+            }
+            for (g, w) in got.vectors.iter().zip(&want.vectors) {
+                if w.name.ends_with("attention.self.key.bias") {
+                    // Rounding alone (see per_sample_gradients_match_torch_func).
+                    continue;
+                }
+                close(w.name.clone(), &g.grads, &w.grads);
+            }
+        }
+    }
+}
+
 /// Names of the reference tensors with `prefix`, the prefix removed.
-fn per_sample_gradients_match_torch_func(model: (&str, &str)) {
+fn per_sample_gradients_match_torch_func(be: &Arc<dyn Backend>, model: (&str, &str)) {
     let (dir, reference) = model;
-    let grads = materialised(&cpu_factors(model, class_seeds));
+    let dir = &format!("{dir} on {}", be.name());
+    let grads = materialised(&factors_on(be, model, class_seeds));
     // Every parameter of the checkpoint, and nothing else.
     let names: Vec<String> = grads.keys().cloned().collect();
     assert_eq!(
@@ -203,14 +270,12 @@ fn per_sample_gradients_match_torch_func(model: (&str, &str)) {
     }
 }
 
-#[test]
-fn bert_per_sample_gradients_match_torch_func() {
-    per_sample_gradients_match_torch_func(MODELS[0]);
+fn bert_per_sample_gradients_match_torch_func(be: &Arc<dyn Backend>) {
+    per_sample_gradients_match_torch_func(be, MODELS[0]);
 }
 
-#[test]
-fn xlmr_per_sample_gradients_match_torch_func() {
-    per_sample_gradients_match_torch_func(MODELS[1]);
+fn xlmr_per_sample_gradients_match_torch_func(be: &Arc<dyn Backend>) {
+    per_sample_gradients_match_torch_func(be, MODELS[1]);
 }
 
 /// The mean cross-entropy loss of the fixture texts and its gradient, parameter by parameter,
@@ -353,15 +418,16 @@ fn kernel(f: &SequenceFactors) -> Vec<f64> {
     k
 }
 
-fn exact_kernels_match_torch_func(model: (&str, &str)) {
+fn exact_kernels_match_torch_func(be: &Arc<dyn Backend>, model: (&str, &str)) {
     let (dir, reference) = model;
-    let trntk0 = kernel(&cpu_factors(model, class_seeds));
+    let dir = &format!("{dir} on {}", be.name());
+    let trntk0 = kernel(&factors_on(be, model, class_seeds));
     let n = (trntk0.len() as f64).sqrt() as usize;
     let norms: Vec<f64> = (0..n).map(|i| trntk0[i * n + i].sqrt()).collect();
     let trntk: Vec<f64> = (0..n * n)
         .map(|ij| trntk0[ij] / (norms[ij / n] * norms[ij % n]))
         .collect();
-    let pntk = kernel(&cpu_factors(model, summed_seed));
+    let pntk = kernel(&factors_on(be, model, summed_seed));
     for (what, got) in [("trntk0", trntk0), ("trntk", trntk), ("pntk", pntk)] {
         let (_, want) = reference_tensor(reference, what);
         let err = rel_error_f64(&got, &want);
@@ -369,14 +435,12 @@ fn exact_kernels_match_torch_func(model: (&str, &str)) {
     }
 }
 
-#[test]
-fn bert_exact_kernels_match_torch_func() {
-    exact_kernels_match_torch_func(MODELS[0]);
+fn bert_exact_kernels_match_torch_func(be: &Arc<dyn Backend>) {
+    exact_kernels_match_torch_func(be, MODELS[0]);
 }
 
-#[test]
-fn xlmr_exact_kernels_match_torch_func() {
-    exact_kernels_match_torch_func(MODELS[1]);
+fn xlmr_exact_kernels_match_torch_func(be: &Arc<dyn Backend>) {
+    exact_kernels_match_torch_func(be, MODELS[1]);
 }
 
 /// Packing must not leak: each text's gradients in the batch of four equal its gradients alone.
@@ -439,19 +503,25 @@ fn tokenized(dir: &str, classifier: &SequenceClassifier) -> Vec<TokenizedText> {
 }
 
 fn run_job(job: &SequenceKernelJob) -> Vec<f32> {
-    job.run(&CpuBackend::new(), None, &mut |_| ControlFlow::Continue(()))
+    run_job_on(&CpuBackend::new(), job)
+}
+
+fn run_job_on(be: &dyn Backend, job: &SequenceKernelJob) -> Vec<f32> {
+    job.run(be, None, &mut |_| ControlFlow::Continue(()))
         .expect("kernel")
         .expect("not stopped")
         .values
 }
 
-/// The instrument's contracted kernels (token-level, id-matching and materialised forms on the
-/// backend, tiles of 3 texts so one tile is ragged) against torch.func's, square and against.
-#[test]
-fn contracted_kernels_match_torch_func() {
+/// The instrument's contracted kernels (factors and the token-level, id-matching and
+/// materialised forms on the backend, tiles of 3 texts so one tile is ragged) against
+/// torch.func's, square and against.
+fn contracted_kernels_match_torch_func(be: &Arc<dyn Backend>) {
+    let run_job = |job: &SequenceKernelJob| run_job_on(be.as_ref(), job);
     for (dir, reference) in MODELS {
-        let classifier = load(dir, Arc::new(CpuBackend::new()));
+        let classifier = load(dir, be.clone());
         let texts = tokenized(dir, &classifier);
+        let dir = &format!("{dir} on {}", be.name());
         let n = texts.len();
         for kind in [KernelKind::Trntk, KernelKind::Trntk0, KernelKind::Pntk] {
             let (_, want) = reference_tensor(reference, kind.name());
@@ -694,8 +764,9 @@ fn path_str(p: &std::path::Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
 
-#[test]
-fn cli_ntk_of_a_classifier_matches_torch_func() {
+/// `mscope ntk --model` on the test's backend: the factors' backward passes and the contraction
+/// both run there.
+fn cli_ntk_of_a_classifier_matches_torch_func(be: &dyn Backend) {
     let tmp = tempfile::tempdir().unwrap();
     let data = repo_path("tests/fixtures/classifiers/texts.jsonl");
     for (dir, reference) in MODELS {
@@ -713,7 +784,7 @@ fn cli_ntk_of_a_classifier_matches_torch_func() {
                 "--block-rows",
                 "2",
                 "--backend",
-                "cpu",
+                be.name(),
                 "--out",
                 path_str(&out),
             ])
@@ -724,7 +795,11 @@ fn cli_ntk_of_a_classifier_matches_torch_func() {
             assert_eq!((k.rows, k.cols, k.kind.as_str()), (4, 4, kind));
             let got: Vec<f64> = k.values.iter().map(|&v| v as f64).collect();
             let err = rel_error_f64(&got, &reference_tensor(reference, kind).1);
-            assert!(err < F32_TOLERANCE, "{dir} {kind}: rel err {err:.2e}");
+            assert!(
+                err < F32_TOLERANCE,
+                "{dir} {kind} on {}: rel err {err:.2e}",
+                be.name()
+            );
             assert!(
                 !Checkpoint::dir_for(&out).exists(),
                 "blocks removed when done"

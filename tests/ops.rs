@@ -42,6 +42,7 @@ backend_tests! {
     layer_norm_backward_rows: Backward,
     attention_backward_over_packed_sequences: Backward,
     scatter_rows_adds_by_id: Backward,
+    sequence_sums_add_each_sequence: Backward,
     backward_ops_reject_bad_shapes: Backward,
 }
 
@@ -679,6 +680,21 @@ fn scatter_rows_adds_by_id(be: &Arc<dyn Backend>) {
     }
 }
 
+/// Sequences of one token, of lengths not multiples of any tile, an empty one; with and without
+/// weights.
+fn sequence_sums_add_each_sequence(be: &Arc<dyn Backend>) {
+    for lengths in [vec![1, 5, 17], vec![3, 0, 40, 2]] {
+        for weighted in [false, true] {
+            let op = CaseOp::SequenceSums {
+                lengths: lengths.clone(),
+                d: 37,
+                weighted,
+            };
+            check_case(be, &OpCase::new("sequence_sums", 10, op));
+        }
+    }
+}
+
 fn backward_ops_reject_bad_shapes(be: &dyn Backend) {
     let t = |shape: &[usize]| poisoned(be, shape);
     let expect = |result: mscope::Result<()>, needle: &str| {
@@ -743,5 +759,17 @@ fn backward_ops_reject_bad_shapes(be: &dyn Backend) {
     expect(
         be.scatter_rows(&t(&[2, 3]), &[0], true, &mut t(&[4, 3])),
         "scatter_rows: gradient rows [2, 3], expected [1, 3] (one row per id)",
+    );
+    expect(
+        be.sequence_sums(&t(&[4, 3]), None, &layout, &mut t(&[2, 3])),
+        "sequence_sums: values [4, 3], expected one row per token of the layout's 5",
+    );
+    expect(
+        be.sequence_sums(&t(&[5, 3]), Some(&t(&[5, 2])), &layout, &mut t(&[2, 3])),
+        "sequence_sums: weights [5, 2], expected the values' [5, 3]",
+    );
+    expect(
+        be.sequence_sums(&t(&[5, 3]), None, &layout, &mut t(&[5, 3])),
+        "sequence_sums: output [5, 3], expected [2, 3] (one row per sequence)",
     );
 }

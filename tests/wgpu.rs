@@ -697,8 +697,9 @@ fn backward_ops_run_to_llvmpipes_loop_limit_and_refuse_past_it() {
         return skip("the loop limit is llvmpipe's");
     }
     // The host's bounds admit rows of 13 105 for layer_norm_backward, 759 tokens at head_dim 16
-    // for attention_backward and 52 427 ids of one row for scatter_rows, and refuse one more;
-    // the longest admitted of each must be computed in full.
+    // for attention_backward, 52 427 ids of one row for scatter_rows and sequences of 52 427
+    // tokens for sequence_sums, and refuse one more; the longest admitted of each must be
+    // computed in full.
     let cpu = CpuBackend::new();
     let mut rng = Rng::new(41);
     let check = |what: &str, got: &mscope::backend::Tensor, want: &mscope::backend::Tensor| {
@@ -788,5 +789,34 @@ fn backward_ops_run_to_llvmpipes_loop_limit_and_refuse_past_it() {
         cpu.scatter_rows(&upload(&cpu, &[count, 2], &delta), &ids, false, &mut want)
             .unwrap();
         check("scatter_rows", &table, &want);
+    }
+
+    for (len, admitted) in [(52_427, true), (52_428, false)] {
+        // One long sequence beside a short one, weighted by a second set of rows.
+        let layout = SeqLayout::from_lengths([3, len]);
+        let tokens = layout.num_tokens();
+        let (values, weights) = (rng.vec(tokens * 2), rng.vec(tokens * 2));
+        let mut sums = poisoned(&be, &[2, 2]);
+        let result = be.sequence_sums(
+            &upload(&be, &[tokens, 2], &values),
+            Some(&upload(&be, &[tokens, 2], &weights)),
+            &layout,
+            &mut sums,
+        );
+        if !admitted {
+            let err = result.unwrap_err().to_string();
+            assert!(err.contains(&format!("sequences of {len} tokens")), "{err}");
+            continue;
+        }
+        result.unwrap();
+        let mut want = cpu.zeros(&[2, 2]).unwrap();
+        cpu.sequence_sums(
+            &upload(&cpu, &[tokens, 2], &values),
+            Some(&upload(&cpu, &[tokens, 2], &weights)),
+            &layout,
+            &mut want,
+        )
+        .unwrap();
+        check("sequence_sums", &sums, &want);
     }
 }

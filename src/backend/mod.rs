@@ -101,8 +101,8 @@ pub enum OpFamily {
     Stats,
     /// trim_search.
     Trim,
-    /// activation_backward, layer_norm_backward, attention_backward, scatter_rows: the gradient
-    /// kernels of a transformer classifier's backward pass. A linear layer's input gradient
+    /// activation_backward, layer_norm_backward, attention_backward, scatter_rows,
+    /// sequence_sums: the gradient kernels of a transformer classifier's backward pass. A linear layer's input gradient
     /// `dx = δ·W` is `linear` with the transposed weight (and `dx` of a residual branch as its
     /// residual), so it has no op of its own; its weight and bias gradients are the tangent-kernel
     /// instrument's `ntk_*` factors.
@@ -377,6 +377,19 @@ pub trait Backend: Send + Sync {
         ids: &[u32],
         accumulate: bool,
         table: &mut Tensor,
+    ) -> Result<()>;
+
+    /// Per-sequence sums of token rows: `out[s] = Σ_{t ∈ s} values[t] (⊙ weights[t])` for
+    /// `values` (and `weights`): `[layout.num_tokens(), d]`, `out: [layout.num_sequences(), d]`,
+    /// every token of a sequence in order. A sample's gradient of a bias (`values` = the output
+    /// gradients) or of a LayerNorm's γ (`values` = the gradients at its output, `weights` = the
+    /// normalised rows) from its per-token terms.
+    fn sequence_sums(
+        &self,
+        values: &Tensor,
+        weights: Option<&Tensor>,
+        layout: &SeqLayout,
+        out: &mut Tensor,
     ) -> Result<()>;
 
     // trim

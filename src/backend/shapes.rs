@@ -470,6 +470,41 @@ pub(crate) fn attention_backward(
     })
 }
 
+/// `d` of [`super::Backend::sequence_sums`]: `values` (and `weights`) `[layout.num_tokens(), d]`,
+/// `out: [layout.num_sequences(), d]`.
+pub(crate) fn sequence_sums(
+    values: &Tensor,
+    weights: Option<&Tensor>,
+    layout: &SeqLayout,
+    out: &Tensor,
+) -> Result<usize> {
+    let (tokens, d) = values.dims2("sequence_sums values")?;
+    ensure(tokens == layout.num_tokens(), || {
+        format!(
+            "sequence_sums: values {:?}, expected one row per token of the layout's {}",
+            values.shape(),
+            layout.num_tokens()
+        )
+    })?;
+    if let Some(w) = weights {
+        ensure(w.shape() == values.shape(), || {
+            format!(
+                "sequence_sums: weights {:?}, expected the values' {:?}",
+                w.shape(),
+                values.shape()
+            )
+        })?;
+    }
+    ensure(out.shape() == [layout.num_sequences(), d], || {
+        format!(
+            "sequence_sums: output {:?}, expected [{}, {d}] (one row per sequence)",
+            out.shape(),
+            layout.num_sequences()
+        )
+    })?;
+    Ok(d)
+}
+
 /// `(rows, d)` of [`super::Backend::scatter_rows`]: `delta: [ids.len(), d]`, `table: [rows, d]`,
 /// every id below `rows`.
 pub(crate) fn scatter_rows(delta: &Tensor, ids: &[u32], table: &Tensor) -> Result<(usize, usize)> {

@@ -127,6 +127,7 @@ pub fn cases(scale: Scale) -> Vec<Case> {
         layer_norm_backward("bert-base", rows, 768),
         attention_backward("bert-base-cola", vec![12; scale.rows(1024, 32)]),
         scatter_rows("bert-base-vocab", 30_522, 768, 12),
+        sequence_sums("bert-base-layernorm", vec![12; scale.rows(1024, 32)], 768),
         scatter("covariance", scale.rows(10_000, 1_000), 1024),
         eigen(8, scale.rows(256, 64)),
         eigen(1, scale.rows(1024, 128)),
@@ -274,6 +275,16 @@ fn attention_backward(model: &str, lengths: Vec<usize>) -> Case {
     let spec = AttentionSpec::bidirectional(12, 64);
     let op = CaseOp::AttentionBackward { lengths, spec };
     timed(OpCase::new(format!("attention_backward/{model}"), 32, op))
+}
+
+/// A LayerNorm γ's per-sample gradients: `dy ⊙ x̂` summed over each sentence's tokens.
+fn sequence_sums(model: &str, lengths: Vec<usize>, d: usize) -> Case {
+    let op = CaseOp::SequenceSums {
+        lengths,
+        d,
+        weighted: true,
+    };
+    timed(OpCase::new(format!("sequence_sums/{model}"), 34, op))
 }
 
 /// One sentence's gradient rows scattered into a vocabulary-sized table (a per-sample

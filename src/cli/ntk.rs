@@ -16,7 +16,6 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::json;
 
-use crate::backend::cpu::CpuBackend;
 use crate::backend::{self, Backend, BackendKind, JlDistribution, JlSpec, OpFamily};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -529,9 +528,11 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
         distribution,
         column_offset: 0,
     });
-    let cpu: Arc<dyn Backend> = Arc::new(CpuBackend::new());
-    // The factors' backward pass runs on the host from f32 weights.
-    let classifier = SequenceClassifier::load(&args.model, cpu, WeightsDtype::F32)?;
+    let backends = open_backends(&args)?;
+    let backend = backends[0].clone();
+    // The factors (recorded forward, backward passes) are computed on the first device, from f32
+    // weights; every device contracts them.
+    let classifier = SequenceClassifier::load(&args.model, backend.clone(), WeightsDtype::F32)?;
     let max_tokens = classifier.encoder().config().max_tokens();
     let tokenizer = TextTokenizer::load(&args.model, max_tokens)?;
     let fields = FieldNames {
@@ -598,8 +599,6 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
         kronecker: args.projection == ProjectionKind::Kronecker,
     };
     job.check()?;
-    let backends = open_backends(&args)?;
-    let backend = backends[0].clone();
     preemption::watch()?;
     let manifest = job_manifest(
         json!({

@@ -8,8 +8,9 @@
 //! the position as the id, cosine-normalised).
 //!
 //! Per tile of `tile_rows` texts, the classifier's per-sample gradient factors
-//! ([`crate::models::classifier_grad`]) are computed on the host (recorded forward, backward
-//! pass) and uploaded; a pair of tiles is contracted on the backend term by term:
+//! ([`crate::models::classifier_grad`]) are computed on the classifier's backend (recorded
+//! forward, one backward pass per seed), downloaded and uploaded to the contraction backend; a
+//! pair of tiles is contracted on the backend term by term:
 //!
 //! - each Linear layer by the token-level form (`ntk_contract_seq`, `Σ_{t,s}⟨δ_t,δ_s⟩⟨a_t,a_s⟩`)
 //!   or, where [`SeqForm::choose`] says it is cheaper for the tiles' mean lengths, by the
@@ -43,7 +44,8 @@ use crate::models::TokenBatch;
 /// A kernel between tokenised row texts and column texts (the same texts when `cols` is
 /// `None`).
 pub struct SequenceKernelJob<'a> {
-    /// Computes the factors: loaded with f32 weights (any backend; the CPU is the usual one).
+    /// Computes the factors: loaded with f32 weights on any backend (`mscope ntk` loads it on
+    /// the first contraction device).
     pub classifier: &'a SequenceClassifier,
     pub rows: &'a [TokenizedText],
     pub cols: Option<&'a [TokenizedText]>,

@@ -137,33 +137,44 @@ pub struct BertModel {
 }
 
 /// What a recorded forward pass ([`BertModel::forward_recorded`]) keeps for a backward pass, on
-/// the host: row-major values over the packed tokens of the batch.
-#[derive(Clone, Debug, Default)]
+/// the encoder's backend: row-major values over the packed tokens of the batch, each a tensor of
+/// its own (copies of the forward's buffers, which the next layer overwrites).
+#[derive(Debug)]
 pub struct BertTape {
     /// Word + position + token-type rows before the embedding LayerNorm, `[tokens, h]`.
-    pub embed_sum: Vec<f32>,
+    pub embed_sum: Tensor,
     pub layers: Vec<LayerTape>,
 }
 
 /// One layer's recorded values, `[tokens, width]` each.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug)]
 pub struct LayerTape {
     /// The layer's input (QKV's input, the attention residual), width h.
-    pub input: Vec<f32>,
+    pub input: Tensor,
     /// Packed queries, keys and values, width 3h.
-    pub qkv: Vec<f32>,
+    pub qkv: Tensor,
     /// Attention output (the attention output projection's input), width h.
-    pub context: Vec<f32>,
+    pub context: Tensor,
     /// Rows before the attention LayerNorm, width h.
-    pub attn_sum: Vec<f32>,
+    pub attn_sum: Tensor,
     /// After it (the FFN's input and residual), width h.
-    pub attn_normed: Vec<f32>,
+    pub attn_normed: Tensor,
     /// The intermediate projection before its activation, width intermediate_size.
-    pub inter_pre: Vec<f32>,
+    pub inter_pre: Tensor,
     /// After the activation (the output projection's input), width intermediate_size.
-    pub inter: Vec<f32>,
+    pub inter: Tensor,
     /// Rows before the output LayerNorm, width h.
-    pub output_sum: Vec<f32>,
+    pub output_sum: Tensor,
+}
+
+/// A copy of the `[n, d]` tensor `t` on its backend: `gather_rows` of every row in order, so the
+/// tape's values never leave the device.
+fn device_copy(be: &dyn Backend, t: &Tensor) -> Result<Tensor> {
+    let (n, d) = t.dims2("device copy")?;
+    let mut copy = be.zeros(&[n, d])?;
+    let rows: Vec<u32> = (0..n as u32).collect();
+    be.gather_rows(t, &rows, false, &mut copy)?;
+    Ok(copy)
 }
 
 impl BertModel {
@@ -277,16 +288,15 @@ impl BertModel {
         layout.positions().map(|p| (p + offset) as u32).collect()
     }
 
-    /// [`Encoder::forward`] keeping on the host what a backward pass needs ([`BertTape`]). The
-    /// values are the forward's own; the one extra op is the intermediate GEMM run a second
+    /// [`Encoder::forward`] keeping on the backend what a backward pass needs ([`BertTape`]).
+    /// The values are the forward's own; the one extra op is the intermediate GEMM run a second
     /// time without its fused activation, for the pre-activation.
     pub fn forward_recorded(&self, batch: &TokenBatch) -> Result<(Tensor, BertTape)> {
-        let mut tape = BertTape::default();
-        let hidden = self.run(batch, Some(&mut tape))?;
-        Ok((hidden, tape))
+        let (hidden, tape) = self.run(batch, true)?;
+        Ok((hidden, tape.expect("recorded")))
     }
 
-    fn run(&self, batch: &TokenBatch, mut tape: Option<&mut BertTape>) -> Result<Tensor> {
+    fn run(&self, batch: &TokenBatch, record: bool) -> Result<(Tensor, Option<BertTape>)> {
         let be = self.backend.as_ref();
         let cfg = &self.config;
         let (n, h) = (batch.layout.num_tokens(), cfg.hidden_size);
@@ -298,16 +308,13 @@ impl BertModel {
             )));
         }
         let positions = self.position_ids(&batch.layout);
-        // Host copy of a tensor the tape keeps (a clone on the CPU backend).
-        let keep = |t: &Tensor| be.download(t);
+        let keep = |t: &Tensor| device_copy(be, t);
 
         let mut x = be.zeros(&[n, h])?;
         be.gather_rows(&self.word, &batch.ids, false, &mut x)?;
         be.gather_rows(&self.token_type, &batch.type_ids, true, &mut x)?;
         be.gather_rows(&self.position, &positions, true, &mut x)?;
-        if let Some(tape) = tape.as_deref_mut() {
-            tape.embed_sum = keep(&x)?;
-        }
+        let embed_sum = record.then(|| keep(&x)).transpose()?;
         let eps = cfg.layer_norm_eps as f32;
         be.layer_norm(&mut x, &self.embed_norm.gamma, &self.embed_norm.beta, eps)?;
 
@@ -317,8 +324,8 @@ impl BertModel {
         let mut context = be.zeros(&[n, h])?;
         let mut a = be.zeros(&[n, h])?;
         let mut inter = be.zeros(&[n, cfg.intermediate_size])?;
+        let mut layers = Vec::new();
         for layer in &self.layers {
-            let mut record = LayerTape::default();
             be.linear(
                 &x,
                 &layer.qkv.weight,
@@ -336,14 +343,13 @@ impl BertModel {
                 Some(&x),
                 &mut a,
             )?;
-            if tape.is_some() {
-                record.input = keep(&x)?;
-                record.qkv = keep(&qkv)?;
-                record.context = keep(&context)?;
-                record.attn_sum = keep(&a)?;
-            }
+            let attention = if record {
+                Some([keep(&x)?, keep(&qkv)?, keep(&context)?, keep(&a)?])
+            } else {
+                None
+            };
             be.layer_norm(&mut a, &layer.attn_norm.gamma, &layer.attn_norm.beta, eps)?;
-            if tape.is_some() {
+            let inter_pre = if record {
                 be.linear(
                     &a,
                     &layer.intermediate.weight,
@@ -352,8 +358,10 @@ impl BertModel {
                     None,
                     &mut inter,
                 )?;
-                record.inter_pre = keep(&inter)?;
-            }
+                Some(keep(&inter)?)
+            } else {
+                None
+            };
             be.linear(
                 &a,
                 &layer.intermediate.weight,
@@ -370,11 +378,18 @@ impl BertModel {
                 Some(&a),
                 &mut x,
             )?;
-            if let Some(tape) = tape.as_deref_mut() {
-                record.attn_normed = keep(&a)?;
-                record.inter = keep(&inter)?;
-                record.output_sum = keep(&x)?;
-                tape.layers.push(record);
+            if let (Some([input, qkv, context, attn_sum]), Some(inter_pre)) = (attention, inter_pre)
+            {
+                layers.push(LayerTape {
+                    input,
+                    qkv,
+                    context,
+                    attn_sum,
+                    attn_normed: keep(&a)?,
+                    inter_pre,
+                    inter: keep(&inter)?,
+                    output_sum: keep(&x)?,
+                });
             }
             be.layer_norm(
                 &mut x,
@@ -383,7 +398,8 @@ impl BertModel {
                 eps,
             )?;
         }
-        Ok(x)
+        let tape = embed_sum.map(|embed_sum| BertTape { embed_sum, layers });
+        Ok((x, tape))
     }
 }
 
@@ -406,6 +422,6 @@ impl Encoder for BertModel {
     }
 
     fn forward(&self, batch: &TokenBatch) -> Result<Tensor> {
-        self.run(batch, None)
+        Ok(self.run(batch, false)?.0)
     }
 }

@@ -15,11 +15,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
 
 use super::bert::{BertConfig, BertModel};
+use super::classifier_grad::TransposedWeights;
 use super::loader::{read_config, Linear, Loader};
 use super::tokenize::TokenizedText;
 use super::{Encoder, TokenBatch};
@@ -65,15 +66,16 @@ pub struct ClassifierHead {
     pub out: Linear,
 }
 
-/// What a recorded head forward keeps for a backward pass, on the host, one row per sequence.
-#[derive(Clone, Debug, Default)]
+/// What a recorded head forward keeps for a backward pass, on the classifier's backend, one row
+/// per sequence.
+#[derive(Debug)]
 pub struct HeadTape {
     /// The first token's hidden state, `[sequences, h]`.
-    pub first: Vec<f32>,
+    pub first: Tensor,
     /// The dense layer before tanh, `[sequences, h]`.
-    pub dense_pre: Vec<f32>,
+    pub dense_pre: Tensor,
     /// After tanh (the output layer's input), `[sequences, h]`.
-    pub pooled: Vec<f32>,
+    pub pooled: Tensor,
 }
 
 #[derive(Deserialize)]
@@ -91,6 +93,8 @@ pub struct SequenceClassifier {
     encoder: BertModel,
     head: ClassifierHead,
     labels: Vec<String>,
+    /// The transposed weights of the backward pass, uploaded at its first use.
+    transposed: OnceLock<TransposedWeights>,
 }
 
 impl SequenceClassifier {
@@ -156,6 +160,7 @@ impl SequenceClassifier {
             encoder,
             head,
             labels,
+            transposed: OnceLock::new(),
         })
     }
 
@@ -165,6 +170,16 @@ impl SequenceClassifier {
 
     pub fn head(&self) -> &ClassifierHead {
         &self.head
+    }
+
+    /// The transposed weights the backward pass multiplies by, on the classifier's backend:
+    /// uploaded by the first call, kept for the classifier's life.
+    pub(crate) fn transposed_weights(&self) -> Result<&TransposedWeights> {
+        if let Some(weights) = self.transposed.get() {
+            return Ok(weights);
+        }
+        let weights = TransposedWeights::upload(self)?;
+        Ok(self.transposed.get_or_init(|| weights))
     }
 
     /// Label names, index = class.
@@ -179,7 +194,7 @@ impl SequenceClassifier {
     /// Logits `[sequences, num_labels]` of a packed batch, on the backend.
     pub fn logits(&self, batch: &TokenBatch) -> Result<Tensor> {
         let hidden = self.encoder.forward(batch)?;
-        self.head_forward(&hidden, &batch.layout, None)
+        self.head_forward(&hidden, &batch.layout)
     }
 
     /// Logits `[texts, num_labels]` of tokenised `texts`, `batch_size` texts a forward pass,
@@ -193,37 +208,48 @@ impl SequenceClassifier {
         Ok(logits)
     }
 
-    /// The head over the encoder's hidden states; records into `tape` when given (the dense
+    /// The head over the encoder's hidden states.
+    pub fn head_forward(&self, hidden: &Tensor, layout: &SeqLayout) -> Result<Tensor> {
+        Ok(self.run_head(hidden, layout, false)?.0)
+    }
+
+    /// [`Self::head_forward`] keeping its values on the backend for a backward pass (the dense
     /// GEMM then runs once more without tanh, for its pre-activation).
-    pub fn head_forward(
+    pub fn head_forward_recorded(
         &self,
         hidden: &Tensor,
         layout: &SeqLayout,
-        tape: Option<&mut HeadTape>,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, HeadTape)> {
+        let (logits, tape) = self.run_head(hidden, layout, true)?;
+        Ok((logits, tape.expect("recorded")))
+    }
+
+    fn run_head(
+        &self,
+        hidden: &Tensor,
+        layout: &SeqLayout,
+        record: bool,
+    ) -> Result<(Tensor, Option<HeadTape>)> {
         let be = self.encoder.backend().as_ref();
         let (s, h) = (layout.num_sequences(), self.encoder.config().hidden_size);
         let mut first = be.zeros(&[s, h])?;
         be.pool(hidden, layout, Pooling::Cls, &mut first)?;
-        let mut pooled = be.zeros(&[s, h])?;
         let dense = &self.head.dense;
-        if let Some(tape) = tape {
+        let dense_pre = if record {
+            let mut pre = be.zeros(&[s, h])?;
             be.linear(
                 &first,
                 &dense.weight,
                 dense.bias.as_ref(),
                 Activation::Identity,
                 None,
-                &mut pooled,
+                &mut pre,
             )?;
-            tape.dense_pre = be.download(&pooled)?;
-            tape.first = be.download(&first)?;
-            tape.pooled = tape
-                .dense_pre
-                .iter()
-                .map(|&z| Activation::Tanh.apply(z))
-                .collect();
-        }
+            Some(pre)
+        } else {
+            None
+        };
+        let mut pooled = be.zeros(&[s, h])?;
         be.linear(
             &first,
             &dense.weight,
@@ -241,7 +267,12 @@ impl SequenceClassifier {
             None,
             &mut logits,
         )?;
-        Ok(logits)
+        let tape = dense_pre.map(|dense_pre| HeadTape {
+            first,
+            dense_pre,
+            pooled,
+        });
+        Ok((logits, tape))
     }
 }
 

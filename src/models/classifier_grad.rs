@@ -30,12 +30,9 @@ use std::ops::Range;
 use super::bert::BertTape;
 use super::classifier::{HeadTape, SequenceClassifier};
 use super::TokenBatch;
-use crate::backend::cpu::backward::{
-    activation_backward, attention_backward, layer_norm_backward, linear_input_backward,
-    scatter_rows, sequence_sums,
-};
+use crate::backend::cpu::backward::scatter_rows;
 use crate::backend::cpu::{gemm, Operand};
-use crate::backend::{Activation, AttentionSpec, SeqLayout, Tensor};
+use crate::backend::{Activation, AttentionSpec, Backend, SeqLayout, Tensor};
 use crate::error::{Error, Result};
 
 /// Which rows a factor has: one per token of the packed batch, or one per sample.
@@ -252,8 +249,9 @@ impl SequenceFactors {
     }
 }
 
-/// The host copy of a weight the backward pass multiplies by.
-fn host(be: &dyn crate::backend::Backend, t: &Tensor, what: &str) -> Result<Vec<f32>> {
+/// A host copy of a weight the backward pass reads; an error that says what to do where the
+/// backend keeps it in half precision.
+fn host(be: &dyn Backend, t: &Tensor, what: &str) -> Result<Vec<f32>> {
     be.download(t).map_err(|e| {
         Error::input(format!(
             "{what}: the backward pass reads f32 weights (load the classifier with f32 weights): {e}"
@@ -261,36 +259,97 @@ fn host(be: &dyn crate::backend::Backend, t: &Tensor, what: &str) -> Result<Vec<
     })
 }
 
-/// One seed's backward pass: every Linear's `δ` (slot order of [`SequenceFactors::linears`]),
-/// the embedding `δ`, and the vectors' per-sample gradients (slot order of the vectors).
+/// The transpose `[d_in, d_out]` of a PyTorch-layout weight `[d_out, d_in]` on its backend, so
+/// that `linear(δ, Wᵀ)` is a layer's input gradient `δ·W`.
+fn upload_transposed(be: &dyn Backend, w: &Tensor, what: &str) -> Result<Tensor> {
+    let (rows, cols) = w.dims2(what)?;
+    let values = host(be, w, what)?;
+    let mut transposed = vec![0.0f32; rows * cols];
+    for (r, row) in values.chunks_exact(cols.max(1)).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            transposed[c * rows + r] = v;
+        }
+    }
+    be.upload(&[cols, rows], &transposed)
+}
+
+/// One encoder layer's transposed weights.
+struct TransposedLayer {
+    qkv: Tensor,
+    attn_out: Tensor,
+    intermediate: Tensor,
+    output: Tensor,
+}
+
+/// The transposed weights of a classifier's Linear layers on its backend
+/// ([`SequenceClassifier::transposed_weights`]): what every backward pass multiplies the output
+/// gradients by. LayerNorm's γ are the forward's own tensors.
+pub struct TransposedWeights {
+    layers: Vec<TransposedLayer>,
+    dense: Tensor,
+    out: Tensor,
+}
+
+impl TransposedWeights {
+    /// Downloads each weight once, transposes it on the host and uploads it.
+    pub(crate) fn upload(classifier: &SequenceClassifier) -> Result<Self> {
+        let encoder = classifier.encoder();
+        let be = encoder.backend().as_ref();
+        let prefix = encoder.weight_prefix();
+        let layers = encoder
+            .layers()
+            .iter()
+            .enumerate()
+            .map(|(l, w)| {
+                let name = |rest: &str| format!("{prefix}encoder.layer.{l}.{rest}");
+                Ok(TransposedLayer {
+                    qkv: upload_transposed(be, &w.qkv.weight, &name("attention.self"))?,
+                    attn_out: upload_transposed(
+                        be,
+                        &w.attn_out.weight,
+                        &name("attention.output.dense"),
+                    )?,
+                    intermediate: upload_transposed(
+                        be,
+                        &w.intermediate.weight,
+                        &name("intermediate.dense"),
+                    )?,
+                    output: upload_transposed(be, &w.output.weight, &name("output.dense"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let head = classifier.head();
+        let [dense_name, out_name] = head.kind.layer_names();
+        Ok(TransposedWeights {
+            layers,
+            dense: upload_transposed(be, &head.dense.weight, dense_name)?,
+            out: upload_transposed(be, &head.out.weight, out_name)?,
+        })
+    }
+}
+
+/// One seed's backward pass, downloaded: every Linear's `δ` (slot order of
+/// [`SequenceFactors::linears`]), the embedding `δ`, and the vectors' per-sample gradients (slot
+/// order of the vectors).
 struct SeedPass {
     linears: Vec<Vec<f32>>,
     embedding: Vec<f32>,
     vectors: Vec<Vec<f32>>,
 }
 
-/// Host weights of one encoder layer.
-struct HostLayer {
-    qkv: Vec<f32>,
-    attn_out: Vec<f32>,
-    attn_gamma: Vec<f32>,
-    intermediate: Vec<f32>,
-    output: Vec<f32>,
-    output_gamma: Vec<f32>,
-}
-
-/// What every backward pass over one batch reads: the recorded forward (tapes, logits), the
-/// host weights, and the checkpoint names of the parameters.
+/// What every backward pass over one batch reads: the recorded forward (tapes on the backend,
+/// logits on the host), the transposed weights, and the checkpoint names of the parameters.
 struct Backward<'a> {
+    classifier: &'a SequenceClassifier,
+    be: &'a dyn Backend,
+    weights: &'a TransposedWeights,
     layout: &'a SeqLayout,
     tape: BertTape,
     head_tape: HeadTape,
     /// `[samples, classes]`, downloaded from the backend.
     logits: Vec<f32>,
-    layers: Vec<HostLayer>,
-    embed_gamma: Vec<f32>,
-    dense: Vec<f32>,
-    out: Vec<f32>,
+    /// The packed row of each sample's first token, where the head reads.
+    first_tokens: Vec<u32>,
     act: Activation,
     eps: f32,
     spec: AttentionSpec,
@@ -306,40 +365,22 @@ struct Backward<'a> {
 }
 
 /// A Linear slot of [`Backward::linear_slots`]: weight parts, `d_in`, `d_out`, rows, inputs.
-type LinearSlot<'t> = (Vec<(String, usize)>, usize, usize, FactorRows, &'t [f32]);
+type LinearSlot<'t> = (Vec<(String, usize)>, usize, usize, FactorRows, &'t Tensor);
 
 impl<'a> Backward<'a> {
-    /// Runs the recorded forward of `batch` on the classifier's backend and gathers the host
-    /// weights the backward passes multiply by.
-    fn record(classifier: &SequenceClassifier, batch: &'a TokenBatch) -> Result<Self> {
+    /// Runs the recorded forward of `batch` on the classifier's backend, keeping its tape there.
+    fn record(classifier: &'a SequenceClassifier, batch: &'a TokenBatch) -> Result<Self> {
         let encoder = classifier.encoder();
         let config = encoder.config();
         let be = encoder.backend().as_ref();
+        let weights = classifier.transposed_weights()?;
         let h = config.hidden_size;
         let (hidden, tape) = encoder.forward_recorded(batch)?;
-        let mut head_tape = HeadTape::default();
-        let logits = classifier.head_forward(&hidden, &batch.layout, Some(&mut head_tape))?;
+        let (logits, head_tape) = classifier.head_forward_recorded(&hidden, &batch.layout)?;
         let logits = be.download(&logits)?;
 
         let prefix = encoder.weight_prefix().to_string();
-        let layer_name = |l: usize, rest: &str| format!("{prefix}encoder.layer.{l}.{rest}");
-        let layers = encoder
-            .layers()
-            .iter()
-            .enumerate()
-            .map(|(l, w)| {
-                Ok(HostLayer {
-                    qkv: host(be, &w.qkv.weight, &layer_name(l, "attention.self"))?,
-                    attn_out: host(be, &w.attn_out.weight, &layer_name(l, "attention.output"))?,
-                    attn_gamma: host(be, &w.attn_norm.gamma, &layer_name(l, "attention.output"))?,
-                    intermediate: host(be, &w.intermediate.weight, &layer_name(l, "intermediate"))?,
-                    output: host(be, &w.output.weight, &layer_name(l, "output"))?,
-                    output_gamma: host(be, &w.output_norm.gamma, &layer_name(l, "output"))?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let head = classifier.head();
-        let head_names = head.kind.layer_names();
+        let head_names = classifier.head().kind.layer_names();
         let tables = vec![
             EmbeddingIds {
                 name: format!("{prefix}embeddings.word_embeddings.weight"),
@@ -357,15 +398,18 @@ impl<'a> Backward<'a> {
                 ids: batch.type_ids.clone(),
             },
         ];
+        let layout = &batch.layout;
         Ok(Backward {
-            layout: &batch.layout,
+            classifier,
+            be,
+            weights,
+            layout,
             tape,
             head_tape,
             logits,
-            layers,
-            embed_gamma: host(be, &encoder.embed_norm().gamma, "embeddings.LayerNorm")?,
-            dense: host(be, &head.dense.weight, head_names[0])?,
-            out: host(be, &head.out.weight, head_names[1])?,
+            first_tokens: (0..layout.num_sequences())
+                .map(|s| layout.range(s).start as u32)
+                .collect(),
             act: encoder.activation(),
             eps: config.layer_norm_eps as f32,
             spec: AttentionSpec::bidirectional(
@@ -388,7 +432,7 @@ impl<'a> Backward<'a> {
     /// Every Linear layer in the slot order of [`SequenceFactors::linears`].
     fn linear_slots(&self) -> Vec<LinearSlot<'_>> {
         let (h, inter) = (self.hidden, self.intermediate);
-        let mut slots = Vec::with_capacity(4 * self.layers.len() + 2);
+        let mut slots = Vec::with_capacity(4 * self.tape.layers.len() + 2);
         for (l, t) in self.tape.layers.iter().enumerate() {
             let qkv_parts = ["query", "key", "value"]
                 .map(|m| (self.layer_name(l, &format!("attention.self.{m}.weight")), h))
@@ -405,7 +449,7 @@ impl<'a> Backward<'a> {
                 ),
                 (single("output.dense.weight", h), inter, h, &t.inter),
             ] {
-                slots.push((parts, d_in, d_out, FactorRows::Tokens, acts.as_slice()));
+                slots.push((parts, d_in, d_out, FactorRows::Tokens, acts));
             }
         }
         let [dense_name, out_name] = self.head_names;
@@ -414,7 +458,7 @@ impl<'a> Backward<'a> {
             (out_name, self.classes, &self.head_tape.pooled),
         ] {
             let parts = vec![(format!("{name}.weight"), d_out)];
-            slots.push((parts, h, d_out, FactorRows::Samples, acts.as_slice()));
+            slots.push((parts, h, d_out, FactorRows::Samples, acts));
         }
         slots
     }
@@ -426,7 +470,7 @@ impl<'a> Backward<'a> {
             (format!("{}embeddings.LayerNorm.weight", self.prefix), h),
             (format!("{}embeddings.LayerNorm.bias", self.prefix), h),
         ];
-        for l in 0..self.layers.len() {
+        for l in 0..self.tape.layers.len() {
             for (rest, len) in [
                 ("attention.self.query.bias", h),
                 ("attention.self.key.bias", h),
@@ -448,76 +492,105 @@ impl<'a> Backward<'a> {
         names
     }
 
+    /// `linear(x, wᵀ)` into a new tensor, plus `residual` where given: a layer's input gradient
+    /// from its output gradient `x` and its transposed weight.
+    fn input_gradient(&self, x: &Tensor, wt: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let rows = x.dims2("backward: output gradient")?.0;
+        let mut dx = self.be.zeros(&[rows, wt.dims2("backward: weight")?.0])?;
+        self.be
+            .linear(x, wt, None, Activation::Identity, residual, &mut dx)?;
+        Ok(dx)
+    }
+
+    /// `dy ⊙ act'(pre)` into a new tensor.
+    fn activation(&self, act: Activation, pre: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        let mut out = self.be.zeros(pre.shape())?;
+        self.be.activation_backward(pre, dy, act, &mut out)?;
+        Ok(out)
+    }
+
+    /// Each sample's sum of its token rows of `values` (times `weights`), downloaded.
+    fn per_sample(&self, values: &Tensor, weights: Option<&Tensor>) -> Result<Vec<f32>> {
+        let width = values.dims2("backward: per-token gradients")?.1;
+        let mut out = self.be.zeros(&[self.layout.num_sequences(), width])?;
+        self.be
+            .sequence_sums(values, weights, self.layout, &mut out)?;
+        self.be.download(&out)
+    }
+
     /// The LayerNorm backward with its γ and β gradients summed per sample (pushed in that
     /// order onto `vectors`); returns the gradient at the LayerNorm's input.
     fn layer_norm(
         &self,
-        pre: &[f32],
-        gamma: &[f32],
-        dy: &[f32],
+        pre: &Tensor,
+        gamma: &Tensor,
+        dy: &Tensor,
         vectors: &mut Vec<Vec<f32>>,
-    ) -> Vec<f32> {
-        let (dx, normed) = layer_norm_backward(pre, gamma, self.eps, dy);
-        let scaled: Vec<f32> = dy.iter().zip(&normed).map(|(d, x)| d * x).collect();
-        vectors.push(sequence_sums(&scaled, self.layout, gamma.len()));
-        vectors.push(sequence_sums(dy, self.layout, gamma.len()));
-        dx
+    ) -> Result<Tensor> {
+        let mut dx = self.be.zeros(pre.shape())?;
+        let mut normed = self.be.zeros(pre.shape())?;
+        self.be
+            .layer_norm_backward(pre, gamma, self.eps, dy, &mut dx, &mut normed)?;
+        vectors.push(self.per_sample(dy, Some(&normed))?);
+        vectors.push(self.per_sample(dy, None)?);
+        Ok(dx)
     }
 
-    /// One backward pass from the logit gradients `d_logits: [samples, classes]` (a row per
-    /// sample, so each sample may have its own seed).
-    fn run(&self, d_logits: Vec<f32>) -> Result<SeedPass> {
-        let (h, inter) = (self.hidden, self.intermediate);
+    /// One backward pass on the backend from the logit gradients `d_logits: [samples, classes]`
+    /// (a row per sample, so each sample may have its own seed); what the factors need is
+    /// downloaded as it is formed.
+    fn run(&self, d_logits: &[f32]) -> Result<SeedPass> {
+        let be = self.be;
+        let (h, w) = (self.hidden, self.weights);
         let samples = self.layout.num_sequences();
         let tokens = self.layout.num_tokens();
-        let layer_count = self.layers.len();
+        let layer_count = self.tape.layers.len();
         let mut linears = vec![Vec::new(); 4 * layer_count + 2];
         // Vectors are collected per layer in backward order and put in forward order at the end.
-        let mut head_vectors = Vec::new();
         let mut layer_vectors: Vec<Vec<Vec<f32>>> = vec![Vec::new(); layer_count];
 
         // The head, one row per sample.
-        let mut d_pooled = vec![0.0f32; samples * h];
-        linear_input_backward(&d_logits, &self.out, self.classes, h, &mut d_pooled, false);
+        let d_logits = be.upload(&[samples, self.classes], d_logits)?;
+        let d_pooled = self.input_gradient(&d_logits, &w.out, None)?;
         let dense_delta =
-            activation_backward(Activation::Tanh, &self.head_tape.dense_pre, &d_pooled);
-        let mut d_first = vec![0.0f32; samples * h];
-        linear_input_backward(&dense_delta, &self.dense, h, h, &mut d_first, false);
-        head_vectors.push(dense_delta.clone());
-        head_vectors.push(d_logits.clone());
-        linears[4 * layer_count] = dense_delta;
-        linears[4 * layer_count + 1] = d_logits;
+            self.activation(Activation::Tanh, &self.head_tape.dense_pre, &d_pooled)?;
+        let d_first = self.input_gradient(&dense_delta, &w.dense, None)?;
+        let head_vectors = [be.download(&dense_delta)?, be.download(&d_logits)?];
+        linears[4 * layer_count] = head_vectors[0].clone();
+        linears[4 * layer_count + 1] = head_vectors[1].clone();
 
-        // The first token of each sample carries the head's gradient into the encoder.
-        let mut d_x = vec![0.0f32; tokens * h];
-        for s in 0..samples {
-            let first = self.layout.range(s).start;
-            d_x[first * h..(first + 1) * h].copy_from_slice(&d_first[s * h..(s + 1) * h]);
-        }
+        // The first token of each sample carries the head's gradient into the encoder; the
+        // other rows start at zero.
+        let mut d_x = be.zeros(&[tokens, h])?;
+        be.scatter_rows(&d_first, &self.first_tokens, false, &mut d_x)?;
 
+        let layers = self.classifier.encoder().layers();
         for l in (0..layer_count).rev() {
-            let (t, w) = (&self.tape.layers[l], &self.layers[l]);
+            let (t, wl, weights) = (&self.tape.layers[l], &w.layers[l], &layers[l]);
             let mut vectors = Vec::new();
-            // x' = LN(a + W_o·gelu(W_i·a + b_i) + b_o)
+            // x' = LN(a + W_o·act(W_i·a + b_i) + b_o)
             let mut output_ln = Vec::new();
-            let d_out_sum = self.layer_norm(&t.output_sum, &w.output_gamma, &d_x, &mut output_ln);
-            let mut d_inter = vec![0.0f32; tokens * inter];
-            linear_input_backward(&d_out_sum, &w.output, h, inter, &mut d_inter, false);
-            let inter_delta = activation_backward(self.act, &t.inter_pre, &d_inter);
-            let mut d_a = d_out_sum.clone();
-            linear_input_backward(&inter_delta, &w.intermediate, inter, h, &mut d_a, true);
+            let d_out_sum = self.layer_norm(
+                &t.output_sum,
+                &weights.output_norm.gamma,
+                &d_x,
+                &mut output_ln,
+            )?;
+            let d_inter = self.input_gradient(&d_out_sum, &wl.output, None)?;
+            let inter_delta = self.activation(self.act, &t.inter_pre, &d_inter)?;
+            let d_a = self.input_gradient(&inter_delta, &wl.intermediate, Some(&d_out_sum))?;
             // a = LN(x + W_ao·attention(W_qkv·x + b_qkv) + b_ao)
             let mut attn_ln = Vec::new();
-            let d_attn_sum = self.layer_norm(&t.attn_sum, &w.attn_gamma, &d_a, &mut attn_ln);
-            let mut d_context = vec![0.0f32; tokens * h];
-            linear_input_backward(&d_attn_sum, &w.attn_out, h, h, &mut d_context, false);
-            let d_qkv = attention_backward(&t.qkv, self.layout, &self.spec, &d_context)?;
-            let mut d_input = d_attn_sum.clone();
-            linear_input_backward(&d_qkv, &w.qkv, 3 * h, h, &mut d_input, true);
+            let d_attn_sum =
+                self.layer_norm(&t.attn_sum, &weights.attn_norm.gamma, &d_a, &mut attn_ln)?;
+            let d_context = self.input_gradient(&d_attn_sum, &wl.attn_out, None)?;
+            let mut d_qkv = be.zeros(&[tokens, 3 * h])?;
+            be.attention_backward(&t.qkv, self.layout, &self.spec, &d_context, &mut d_qkv)?;
+            d_x = self.input_gradient(&d_qkv, &wl.qkv, Some(&d_attn_sum))?;
 
             // Forward order: Q, K, V biases, attention output bias, its LayerNorm γ β,
             // intermediate bias, output bias, output LayerNorm γ β.
-            let qkv_bias = sequence_sums(&d_qkv, self.layout, 3 * h);
+            let qkv_bias = self.per_sample(&d_qkv, None)?;
             for part in 0..3 {
                 vectors.push(
                     qkv_bias
@@ -526,36 +599,38 @@ impl<'a> Backward<'a> {
                         .collect(),
                 );
             }
-            vectors.push(sequence_sums(&d_attn_sum, self.layout, h));
+            vectors.push(self.per_sample(&d_attn_sum, None)?);
             vectors.extend(attn_ln);
-            vectors.push(sequence_sums(&inter_delta, self.layout, inter));
-            vectors.push(sequence_sums(&d_out_sum, self.layout, h));
+            vectors.push(self.per_sample(&inter_delta, None)?);
+            vectors.push(self.per_sample(&d_out_sum, None)?);
             vectors.extend(output_ln);
             layer_vectors[l] = vectors;
 
-            linears[4 * l] = d_qkv;
-            linears[4 * l + 1] = d_attn_sum;
-            linears[4 * l + 2] = inter_delta;
-            linears[4 * l + 3] = d_out_sum;
-            d_x = d_input;
+            for (slot, delta) in [d_qkv, d_attn_sum, inter_delta, d_out_sum]
+                .iter()
+                .enumerate()
+            {
+                linears[4 * l + slot] = be.download(delta)?;
+            }
         }
         let mut vectors = Vec::new();
-        let embedding =
-            self.layer_norm(&self.tape.embed_sum, &self.embed_gamma, &d_x, &mut vectors);
+        let embed_gamma = &self.classifier.encoder().embed_norm().gamma;
+        let embedding = self.layer_norm(&self.tape.embed_sum, embed_gamma, &d_x, &mut vectors)?;
         vectors.extend(layer_vectors.into_iter().flatten());
         vectors.extend(head_vectors);
         Ok(SeedPass {
             linears,
-            embedding,
+            embedding: be.download(&embedding)?,
             vectors,
         })
     }
 }
 
 /// The factors of the samples of `batch` for the backward seeds `seeds: [r, C]` (row `k` is the
-/// logit gradient of seed `k`; [`class_seeds`], [`summed_seed`]). The forward runs on the
-/// classifier's backend, recorded; the backward on the host. The classifier must hold f32
-/// weights (`WeightsDtype::F32`, or an f32 checkpoint).
+/// logit gradient of seed `k`; [`class_seeds`], [`summed_seed`]). The recorded forward and
+/// every seed's backward pass run on the classifier's backend, the tape kept there; each pass's
+/// output gradients, per-sample vectors and the layer inputs are downloaded into the factors.
+/// The classifier must hold f32 weights (`WeightsDtype::F32`, or an f32 checkpoint).
 pub fn factors(
     classifier: &SequenceClassifier,
     batch: &TokenBatch,
@@ -603,7 +678,7 @@ fn assemble(
     let r = tops.len();
     let mut passes = tops
         .into_iter()
-        .map(|top| backward.run(top))
+        .map(|top| backward.run(&top))
         .collect::<Result<Vec<_>>>()?;
 
     let linears = backward
@@ -615,16 +690,16 @@ fn assemble(
                 .iter_mut()
                 .map(|p| std::mem::take(&mut p.linears[slot]))
                 .collect();
-            LinearFactors {
+            Ok(LinearFactors {
                 parts,
                 d_in,
                 d_out,
                 rows,
-                acts: acts.to_vec(),
+                acts: backward.be.download(acts)?,
                 deltas: interleave(&per_seed, d_out),
-            }
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     let vectors = backward
         .vector_names()
         .into_iter()
@@ -664,9 +739,14 @@ pub fn hidden_states(classifier: &SequenceClassifier, batch: &TokenBatch) -> Res
     let encoder = classifier.encoder();
     let h = encoder.config().hidden_size;
     let (last, tape) = encoder.forward_recorded(batch)?;
-    let last = encoder.backend().download(&last)?;
-    let mut per_layer: Vec<&[f32]> = tape.layers.iter().map(|l| l.input.as_slice()).collect();
-    per_layer.push(&last);
+    let be = encoder.backend();
+    let per_layer = tape
+        .layers
+        .iter()
+        .map(|l| &l.input)
+        .chain([&last])
+        .map(|t| be.download(t))
+        .collect::<Result<Vec<_>>>()?;
     let tokens = batch.layout.num_tokens();
     let mut out = Vec::with_capacity(tokens * per_layer.len() * h);
     for t in 0..tokens {
@@ -721,7 +801,7 @@ pub fn loss_gradient(
     let backward = Backward::record(classifier, batch)?;
     let (d_logits, loss) =
         cross_entropy_seeds(&backward.logits, labels, classes, 1.0 / samples as f64);
-    let pass = backward.run(d_logits)?;
+    let pass = backward.run(&d_logits)?;
 
     let mut grads = Vec::new();
     let delta = &pass.embedding;
@@ -734,6 +814,7 @@ pub fn loss_gradient(
     for ((parts, d_in, d_out, _, acts), delta) in
         backward.linear_slots().into_iter().zip(&pass.linears)
     {
+        let acts = &backward.be.download(acts)?;
         let rows = delta.len() / d_out;
         let mut grad = vec![0.0f32; d_out * d_in];
         gemm(

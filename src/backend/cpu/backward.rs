@@ -5,9 +5,9 @@
 //! are left to the caller, which keeps them per sample (`Δᵀ A` for a GEMM, rows scattered by id
 //! for an embedding, sums over each sample's tokens for biases and LayerNorm).
 //!
-//! `activation_backward`, `layer_norm_backward`, `attention_backward` and `scatter_rows` are also
-//! the CPU's ops of the backward family ([`crate::backend::OpFamily::Backward`]), through
-//! [`on_tensors`]; the GPU kernels are checked against them. A linear layer's input gradient
+//! `activation_backward`, `layer_norm_backward`, `attention_backward`, `sequence_sums` and
+//! `scatter_rows` are also the CPU's ops of the backward family
+//! ([`crate::backend::OpFamily::Backward`]), through [`on_tensors`]; the GPU kernels are checked against them. A linear layer's input gradient
 //! (`linear_input_backward`) is `linear` on the transposed weight on a device.
 //!
 //! Row statistics (LayerNorm's mean and variance, softmax's `Σ P ⊙ dP`) accumulate in f64: they
@@ -179,23 +179,39 @@ pub fn attention_backward(
     Ok(d_qkv)
 }
 
-/// Sums of the rows of each sequence: `values: [tokens, width]` → `[sequences, width]`, in f64
-/// then rounded (a bias's or a LayerNorm parameter's per-sample gradient from its per-token
-/// terms).
-pub fn sequence_sums(values: &[f32], layout: &SeqLayout, width: usize) -> Vec<f32> {
+/// Sums of the rows of each sequence, each row multiplied element-wise by its row of `weights`
+/// when given: `values: [tokens, width]` → `[sequences, width]`, in f64 then rounded (a bias's
+/// or, with the normalised rows as weights, a LayerNorm γ's per-sample gradient from its
+/// per-token terms).
+pub fn sequence_sums(
+    values: &[f32],
+    weights: Option<&[f32]>,
+    layout: &SeqLayout,
+    width: usize,
+) -> Vec<f32> {
     assert_eq!(
         values.len(),
         layout.num_tokens() * width,
         "sequence_sums shape"
     );
+    if let Some(w) = weights {
+        assert_eq!(w.len(), values.len(), "sequence_sums weights shape");
+    }
     (0..layout.num_sequences())
         .into_par_iter()
         .flat_map_iter(|s| {
             let mut sum = vec![0.0f64; width];
-            for row in values[layout.range(s).start * width..layout.range(s).end * width]
-                .chunks_exact(width.max(1))
-            {
-                sum.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64);
+            let rows = layout.range(s).start * width..layout.range(s).end * width;
+            for (t, row) in values[rows.clone()].chunks_exact(width.max(1)).enumerate() {
+                match weights {
+                    Some(w) => {
+                        let w = &w[rows.start + t * width..rows.start + (t + 1) * width];
+                        sum.iter_mut()
+                            .zip(row.iter().zip(w))
+                            .for_each(|(a, (&v, &w))| *a += v as f64 * w as f64);
+                    }
+                    None => sum.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64),
+                }
             }
             sum.into_iter().map(|v| v as f32)
         })
@@ -268,6 +284,19 @@ pub(super) mod on_tensors {
         shapes::attention_backward(qkv, layout, spec, d_out, d_qkv)?;
         let grad = super::attention_backward(values(qkv)?, layout, spec, values(d_out)?)?;
         values_mut(d_qkv)?.copy_from_slice(&grad);
+        Ok(())
+    }
+
+    pub(in crate::backend::cpu) fn sequence_sums(
+        rows: &Tensor,
+        weights: Option<&Tensor>,
+        layout: &SeqLayout,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let d = shapes::sequence_sums(rows, weights, layout, out)?;
+        let weights = weights.map(values).transpose()?;
+        let sums = super::sequence_sums(values(rows)?, weights, layout, d);
+        values_mut(out)?.copy_from_slice(&sums);
         Ok(())
     }
 

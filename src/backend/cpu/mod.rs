@@ -326,6 +326,16 @@ impl Backend for CpuBackend {
         backward::on_tensors::attention_backward(qkv, layout, spec, d_out, d_qkv)
     }
 
+    fn sequence_sums(
+        &self,
+        values: &Tensor,
+        weights: Option<&Tensor>,
+        layout: &SeqLayout,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        backward::on_tensors::sequence_sums(values, weights, layout, out)
+    }
+
     fn scatter_rows(
         &self,
         delta: &Tensor,

@@ -1,7 +1,8 @@
 //! The backward family on CUDA (kernels/backward.cu): `activation_backward` (one thread per
 //! value), `layer_norm_backward` (one block per row), `attention_backward` (a statistics kernel per
-//! (query, head), then one thread per (token, head, channel)) and `scatter_rows` (one thread per
-//! table value, through the CSR index of the ids the wgpu backend builds too).
+//! (query, head), then one thread per (token, head, channel)), `scatter_rows` (one thread per
+//! table value, through the CSR index of the ids the wgpu backend builds too) and
+//! `sequence_sums` (one thread per (sequence, column)).
 
 use cudarc::driver::PushKernelArg;
 
@@ -162,4 +163,39 @@ pub(super) fn scatter_rows(
     let blocks = (rows * d).div_ceil(THREADS).min(1 << 16) as u32;
     let cfg = config((blocks, 1, 1), (THREADS as u32, 1, 1));
     be.launch("scatter_rows_v1", &mut args, cfg)
+}
+
+pub(super) fn sequence_sums(
+    be: &CudaBackend,
+    values: &Tensor,
+    weights: Option<&Tensor>,
+    layout: &SeqLayout,
+    out: &mut Tensor,
+) -> Result<()> {
+    let d = shapes::sequence_sums(values, weights, layout, out)?;
+    let sequences = layout.num_sequences();
+    if sequences * d == 0 {
+        return Ok(());
+    }
+    let starts = be.upload_small(&sequence_starts(layout)?)?;
+    let (sequences_i, di, weighted) = (
+        to_i32(sequences, "sequence_sums sequences")?,
+        to_i32(d, "sequence_sums width")?,
+        i32::from(weights.is_some()),
+    );
+    let f = be.function("backward", "sequence_sums_v1")?;
+    // Unweighted, the kernel never reads its weights: the values stand in.
+    let (values_s, weights_s) = (be.slice(values)?, be.slice(weights.unwrap_or(values))?);
+    let out = be.slice_mut(out)?;
+    let mut args = be.stream().launch_builder(&f);
+    args.arg(values_s)
+        .arg(weights_s)
+        .arg(&starts)
+        .arg(out)
+        .arg(&sequences_i)
+        .arg(&di)
+        .arg(&weighted);
+    let blocks = (sequences * d).div_ceil(THREADS).min(1 << 16) as u32;
+    let cfg = config((blocks, 1, 1), (THREADS as u32, 1, 1));
+    be.launch("sequence_sums_v1", &mut args, cfg)
 }

@@ -437,6 +437,16 @@ impl Backend for CudaBackend {
         backward::attention_backward(self, qkv, layout, spec, d_out, d_qkv)
     }
 
+    fn sequence_sums(
+        &self,
+        values: &Tensor,
+        weights: Option<&Tensor>,
+        layout: &SeqLayout,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        backward::sequence_sums(self, values, weights, layout, out)
+    }
+
     fn scatter_rows(
         &self,
         delta: &Tensor,

@@ -1,7 +1,7 @@
 //! The backward family on wgpu (shaders/backward.wgsl): `layer_norm_backward` (one thread per
 //! row), `attention_backward` (a statistics pass per (query, head), then one thread per (token,
-//! head, channel)) and `scatter_rows` (one thread per table value, through a CSR index of the ids
-//! built here). `activation_backward` is in `gemm.rs`, as its kernel is in gemm.wgsl.
+//! head, channel)), `scatter_rows` (one thread per table value, through a CSR index of the ids
+//! built here) and `sequence_sums` (one thread per (sequence, column)). `activation_backward` is in `gemm.rs`, as its kernel is in gemm.wgsl.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -11,10 +11,11 @@ use super::WgpuBackend;
 use crate::backend::{shapes, AttentionSpec, Backend, SeqLayout, Tensor};
 use crate::error::Result;
 
-/// backward.wgsl `ROW_WORKGROUP`, `QUERY_WORKGROUP`, `SCATTER_WORKGROUP`.
+/// backward.wgsl `ROW_WORKGROUP`, `QUERY_WORKGROUP`, `SCATTER_WORKGROUP`, `SUM_WORKGROUP`.
 const ROW_WORKGROUP: usize = 64;
 const QUERY_WORKGROUP: usize = 64;
 const SCATTER_WORKGROUP: usize = 256;
+const SUM_WORKGROUP: usize = 256;
 
 /// backward.wgsl `NormParams`.
 #[repr(C)]
@@ -43,6 +44,16 @@ struct ScatterParams {
     rows: u32,
     width: u32,
     accumulate: u32,
+    _pad: u32,
+}
+
+/// backward.wgsl `SumParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct SumParams {
+    sequences: u32,
+    width: u32,
+    weighted: u32,
     _pad: u32,
 }
 
@@ -175,5 +186,40 @@ pub(super) fn scatter_rows(
     ];
     let groups = backend.grid((rows * d).div_ceil(SCATTER_WORKGROUP))?;
     backend.dispatch(Kernel::ScatterRows, &params, &buffers, groups);
+    Ok(())
+}
+
+pub(super) fn sequence_sums(
+    backend: &WgpuBackend,
+    values: &Tensor,
+    weights: Option<&Tensor>,
+    layout: &SeqLayout,
+    out: &mut Tensor,
+) -> Result<()> {
+    let d = shapes::sequence_sums(values, weights, layout, out)?;
+    let sequences = layout.num_sequences();
+    if sequences * d == 0 {
+        return Ok(());
+    }
+    let max_len = layout.max_len();
+    backend.check_loop_limit(direct_loop_iterations(max_len), || {
+        format!("sequence_sums over sequences of {max_len} tokens")
+    })?;
+    let params = SumParams {
+        sequences: to_u32(sequences, "sequence_sums sequences")?,
+        width: to_u32(d, "sequence_sums width")?,
+        weighted: weights.is_some().into(),
+        _pad: 0,
+    };
+    let starts = backend.upload_sequence_starts(layout)?;
+    let buffers = [
+        backend.buffer(values, "sequence_sums values")?,
+        // Unweighted, the kernel never reads its weights binding: the values stand in.
+        backend.buffer(weights.unwrap_or(values), "sequence_sums weights")?,
+        &starts,
+        backend.buffer(out, "sequence_sums output")?,
+    ];
+    let groups = backend.grid((sequences * d).div_ceil(SUM_WORKGROUP))?;
+    backend.dispatch(Kernel::SequenceSums, &params, &buffers, groups);
     Ok(())
 }

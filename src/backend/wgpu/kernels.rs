@@ -67,6 +67,7 @@ pub(super) enum Kernel {
     AttentionBackwardStats,
     AttentionBackward,
     ScatterRows,
+    SequenceSums,
     /// Trim stage 1: bitonic stages within a workgroup tile.
     BitonicLocal,
     /// Trim stage 2: one bitonic stage with a long stride, in storage.
@@ -110,7 +111,8 @@ impl Kernel {
             Kernel::LayerNormBackward
             | Kernel::AttentionBackwardStats
             | Kernel::AttentionBackward
-            | Kernel::ScatterRows => include_str!("../../../shaders/backward.wgsl"),
+            | Kernel::ScatterRows
+            | Kernel::SequenceSums => include_str!("../../../shaders/backward.wgsl"),
             Kernel::BitonicLocal | Kernel::BitonicGlobal | Kernel::EcdfCounts => {
                 include_str!("../../../shaders/trim.wgsl")
             }
@@ -127,6 +129,7 @@ impl Kernel {
             Kernel::AttentionBackwardStats => "attention_backward_stats",
             Kernel::AttentionBackward => "attention_backward",
             Kernel::ScatterRows => "scatter_rows",
+            Kernel::SequenceSums => "sequence_sums",
             Kernel::LayerNorm | Kernel::LayerNormSubgroup => "layer_norm",
             Kernel::L2Normalize | Kernel::L2NormalizeSubgroup => "l2_normalize",
             Kernel::RmsNorm | Kernel::RmsNormSubgroup => "rms_norm",
@@ -165,6 +168,8 @@ impl Kernel {
             }
             // delta, row starts, tokens sorted by id, table
             Kernel::ScatterRows => &[Read, Read, Read, ReadWrite],
+            // values, weights, sequence starts, out
+            Kernel::SequenceSums => &[Read, Read, Read, ReadWrite],
             // x, gamma, beta
             Kernel::LayerNorm | Kernel::LayerNormSubgroup => &[ReadWrite, Read, Read],
             // x

@@ -169,6 +169,13 @@ pub enum CaseOp {
         lengths: Vec<usize>,
         spec: AttentionSpec,
     },
+    /// Per-sequence sums of `[tokens, d]` rows over sequences of `lengths`, each row multiplied
+    /// by a second input's row where `weighted`.
+    SequenceSums {
+        lengths: Vec<usize>,
+        d: usize,
+        weighted: bool,
+    },
     /// `ids` gradient rows of width `d` scattered into a `rows × d` table, added to a seeded
     /// table where `accumulate`.
     ScatterRows {
@@ -244,7 +251,8 @@ impl OpCase {
             CaseOp::ActivationBackward { .. }
             | CaseOp::LayerNormBackward { .. }
             | CaseOp::AttentionBackward { .. }
-            | CaseOp::ScatterRows { .. } => OpFamily::Backward,
+            | CaseOp::ScatterRows { .. }
+            | CaseOp::SequenceSums { .. } => OpFamily::Backward,
             _ => OpFamily::Encoder,
         }
     }
@@ -266,6 +274,14 @@ impl OpCase {
             CaseOp::LayerNormBackward { n, d, .. } => format!("{n}×{d}"),
             CaseOp::AttentionBackward { lengths, spec } => {
                 format!("{}, {}", sequences(lengths), heads(spec))
+            }
+            CaseOp::SequenceSums {
+                lengths,
+                d,
+                weighted,
+            } => {
+                let by = if *weighted { ", weighted" } else { "" };
+                format!("{} × {d}{by}", sequences(lengths))
             }
             CaseOp::ScatterRows {
                 rows,
@@ -359,6 +375,15 @@ impl OpCase {
                 let flops = 10.0 * (pairs * spec.head_dim * spec.heads) as f64;
                 let values = tokens * (2 * spec.qkv_width() + spec.heads * spec.head_dim);
                 Work::f32(flops, values as f64 * F32)
+            }
+            CaseOp::SequenceSums {
+                lengths,
+                d,
+                weighted,
+            } => {
+                let tokens: usize = lengths.iter().sum();
+                let read = if *weighted { 2 * tokens } else { tokens };
+                Work::bytes(((read + lengths.len()) * d) as f64 * F32)
             }
             CaseOp::ScatterRows {
                 rows,
@@ -468,6 +493,18 @@ impl OpCase {
                     Vec::new(),
                 )
             }
+            CaseOp::SequenceSums {
+                lengths,
+                d,
+                weighted,
+            } => {
+                let values = lengths.iter().sum::<usize>() * d;
+                let mut tensors = vec![random(values, 0)];
+                if *weighted {
+                    tensors.push(random(values, 1));
+                }
+                (tensors, Vec::new())
+            }
             CaseOp::ScatterRows {
                 rows,
                 d,
@@ -574,6 +611,9 @@ impl OpCase {
             CaseOp::AttentionBackward { lengths, spec } => {
                 reference::attention_backward(&t[0], lengths, spec, &t[1])
             }
+            CaseOp::SequenceSums { lengths, d, .. } => {
+                reference::sequence_sums(&t[0], t.get(1).map(Vec::as_slice), lengths, *d)
+            }
             CaseOp::ScatterRows { rows, d, .. } => {
                 reference::scatter_rows(&t[0], *d, &inputs.ids, *rows, t.get(1).map(Vec::as_slice))
             }
@@ -655,6 +695,14 @@ impl OpCase {
                     vec![up(&[tokens, width], &t[0])?, d_out],
                     output(&[tokens, width])?,
                 )
+            }
+            CaseOp::SequenceSums { lengths, d, .. } => {
+                let seqs = SeqLayout::from_lengths(lengths.iter().copied());
+                let shape = [seqs.num_tokens(), *d];
+                let out = output(&[seqs.num_sequences(), *d])?;
+                layout = Some(seqs);
+                let tensors = t.iter().map(|v| up(&shape, v)).collect::<Result<_>>()?;
+                (tensors, out)
             }
             CaseOp::ScatterRows { rows, d, .. } => {
                 let delta = up(&[inputs.ids.len(), *d], &t[0])?;
@@ -760,6 +808,7 @@ impl Instance {
             CaseOp::AttentionBackward { spec, .. } => {
                 be.attention_backward(&t[0], layout(), spec, &t[1], out)
             }
+            CaseOp::SequenceSums { .. } => be.sequence_sums(&t[0], t.get(1), layout(), out),
             CaseOp::ScatterRows { accumulate, .. } => {
                 be.scatter_rows(&t[0], &self.ids, *accumulate, out)
             }

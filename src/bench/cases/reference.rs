@@ -314,6 +314,28 @@ pub fn attention_backward(
     grad
 }
 
+/// The `d`-wide rows of each sequence of `lengths` summed, each times its row of `weights` where
+/// given.
+pub fn sequence_sums(
+    values: &[f32],
+    weights: Option<&[f32]>,
+    lengths: &[usize],
+    d: usize,
+) -> Vec<f64> {
+    let mut out = vec![0.0f64; lengths.len() * d];
+    let mut token = 0;
+    for (s, &len) in lengths.iter().enumerate() {
+        for t in token..token + len {
+            for c in 0..d {
+                let w = weights.map_or(1.0, |w| w[t * d + c] as f64);
+                out[s * d + c] += values[t * d + c] as f64 * w;
+            }
+        }
+        token += len;
+    }
+    out
+}
+
 /// The `d`-wide rows of `delta` added into a `rows × d` table at `ids`, starting from `base`
 /// where given (else zeros).
 pub fn scatter_rows(
