@@ -378,12 +378,20 @@ fn entries_and_pool(
                     }
                     Wanted::Quantiles => {
                         let (n, own_before) = (offsets[k + 1] - offsets[k], first[k] - offsets[k]);
-                        quantiles_in_bucket(n, total - n, own_before, own, start, region, |i, v| {
-                            // SAFETY: each model's quantile indices are cut into the buckets by
-                            // the reference points before each (see `quantiles_in_bucket`):
-                            // each is written once.
-                            unsafe { values_out.write(offsets[k] + i, v) }
-                        });
+                        quantiles_in_bucket(
+                            n,
+                            total - n,
+                            own_before,
+                            own,
+                            start,
+                            region,
+                            |i, v| {
+                                // SAFETY: each model's quantile indices are cut into the buckets by
+                                // the reference points before each (see `quantiles_in_bucket`):
+                                // each is written once.
+                                unsafe { values_out.write(offsets[k] + i, v) }
+                            },
+                        );
                     }
                 }
             }
@@ -431,7 +439,10 @@ fn quantiles_in_bucket(
             skipped += 1;
         }
         let at = j - 1 + own_before + skipped - start;
-        write(i as usize - 1, trim::from_order_bits((region[at] >> 32) as u32));
+        write(
+            i as usize - 1,
+            trim::from_order_bits((region[at] >> 32) as u32),
+        );
         i += 1;
     }
 }
@@ -646,14 +657,17 @@ mod tests {
             for (k, w) in offsets.windows(2).enumerate() {
                 let want: Vec<u32> =
                     trim::pool_quantiles_without(&want_positions[w[0]..w[1]], &want_pooled)
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect();
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect();
                 let got: Vec<u32> = sorted.values[w[0]..w[1]]
                     .iter()
                     .map(|v| v.to_bits())
                     .collect();
-                assert!(got == want, "{what}, buckets of {target}: model {k}'s quantiles");
+                assert!(
+                    got == want,
+                    "{what}, buckets of {target}: model {k}'s quantiles"
+                );
             }
         }
     }
