@@ -317,8 +317,8 @@ fn entries_and_pool(
         Shared::new(&mut positions),
     );
     regions.into_par_iter().enumerate().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(scratch, local), (b, region)| {
+        || (Vec::new(), Vec::new(), Vec::new()),
+        |(scratch, local, sorted), (b, region)| {
             sort_by_value(region, scratch);
             let start = bucket_starts[b];
             // Model `k`'s entries of this bucket go to `first[k]..`, its pooled positions to
@@ -338,6 +338,8 @@ fn entries_and_pool(
             }
             local.clear();
             local.resize(region.len(), 0u32);
+            // The bucket's values in order, for the quantiles: half the bytes of its keys.
+            sorted.clear();
             let mut cursor = first.clone();
             let mut local_cursor = local_first.clone();
             let mut run_start = 0;
@@ -350,6 +352,9 @@ fn entries_and_pool(
                         .count();
                 let value = trim::from_order_bits(upper as u32);
                 let (lt, le) = ((start + run_start) as u32, (start + run_end) as u32);
+                if wanted == Wanted::Quantiles {
+                    sorted.resize(run_end, value);
+                }
                 for (pos, &key) in (lt..le).zip(&region[run_start..run_end]) {
                     let k = (key & 0xFFFF_FFFF) as usize;
                     // SAFETY: the buckets' cursors partition each model's `offsets` range
@@ -384,7 +389,7 @@ fn entries_and_pool(
                             own_before,
                             own,
                             start,
-                            region,
+                            sorted,
                             |i, v| {
                                 // SAFETY: each model's quantile indices are cut into the buckets by
                                 // the reference points before each (see `quantiles_in_bucket`):
@@ -405,9 +410,9 @@ fn entries_and_pool(
 }
 
 /// The reference quantiles `G⁻¹(i/n)` of one model (`n` own points, `m` reference points) that
-/// lie in a bucket of the sorted pool: `region`, its keys sorted, starting at pool position
-/// `start`, in which the model has its points at the positions `own` and `own_before` points
-/// before it. Calls
+/// lie in a bucket of the sorted pool: the values `sorted`, starting at pool position `start`,
+/// in which the model has its points at the positions `own` and `own_before` points before it.
+/// Calls
 /// `write(i − 1, G⁻¹(i/n))` for each, the values [`trim::pool_quantiles_without`] gives.
 ///
 /// The quantile `G⁻¹(i/n)` is the reference's `j = ⌈i·m/n⌉`-th point; the bucket holds the
@@ -420,30 +425,34 @@ fn quantiles_in_bucket(
     own_before: usize,
     own: &[u32],
     start: usize,
-    region: &[u64],
+    sorted: &[f32],
     mut write: impl FnMut(usize, f32),
 ) {
     let (first_ref, end_ref) = (
         start - own_before,
-        start + region.len() - own_before - own.len(),
+        start + sorted.len() - own_before - own.len(),
     );
     let (n64, m64) = (n as u64, m as u64);
     let mut i = first_ref as u64 * n64 / m64 + 1;
+    // `i·m = q·n + r`, stepped by `m` without dividing (a division per quantile cost as much
+    // as the rest of the walk).
+    let (step_q, step_r) = (m64 / n64, m64 % n64);
+    let (mut q, mut r) = (i * m64 / n64, i * m64 % n64);
     let mut skipped = 0;
     while i <= n64 {
-        let j = (i * m64).div_ceil(n64) as usize;
+        let j = (q + u64::from(r > 0)) as usize;
         if j > end_ref {
             break;
         }
         while skipped < own.len() && own[skipped] as usize <= j - 1 + own_before + skipped {
             skipped += 1;
         }
-        let at = j - 1 + own_before + skipped - start;
-        write(
-            i as usize - 1,
-            trim::from_order_bits((region[at] >> 32) as u32),
-        );
+        write(i as usize - 1, sorted[j - 1 + own_before + skipped - start]);
         i += 1;
+        (q, r) = (q + step_q, r + step_r);
+        if r >= n64 {
+            (q, r) = (q + 1, r - n64);
+        }
     }
 }
 
