@@ -207,15 +207,16 @@ pub fn from_order_bits(b: u32) -> f32 {
 /// reference, `ranks(i) = (#reference < vᵢ, #reference ≤ vᵢ)`. With `own_in_reference` the
 /// reference is a pool that holds the sample itself (leave-one-out), whose own counts are taken
 /// out of the pooled ones.
-pub fn counts_from_ranks(
-    sorted: &[f32],
-    ranks: impl Fn(usize) -> (usize, usize),
+pub fn counts_from_ranks<'a>(
+    sorted: &'a [f32],
+    ranks: impl Fn(usize) -> (usize, usize) + 'a,
     own_in_reference: bool,
-) -> Vec<Counts> {
-    let mut counts = Vec::new();
+) -> impl Iterator<Item = Counts> + 'a {
+    // Yielded one run at a time: the profile is built from them directly, no list in between.
     let mut t = 0;
-    while t < sorted.len() {
-        let run = sorted[t..].iter().take_while(|&&v| v == sorted[t]).count();
+    std::iter::from_fn(move || {
+        let v = *sorted.get(t)?;
+        let run = sorted[t..].iter().take_while(|&&x| x == v).count();
         let (lt, le) = ranks(t);
         let (own_lt, own_le) = (t, t + run);
         let (ref_lt, ref_le) = if own_in_reference {
@@ -223,15 +224,14 @@ pub fn counts_from_ranks(
         } else {
             (lt, le)
         };
-        counts.push(Counts {
+        t += run;
+        Some(Counts {
             own_lt: own_lt as u64,
             own_le: own_le as u64,
             ref_lt: ref_lt as u64,
             ref_le: ref_le as u64,
-        });
-        t += run;
-    }
-    counts
+        })
+    })
 }
 
 /// A leave-one-out reference itself, sorted: the sorted pool without the model's own points at
@@ -324,8 +324,12 @@ pub struct Counts {
 impl Profile {
     /// From the counts at each distinct candidate value, in increasing order of the value.
     pub fn from_counts(n: usize, m: usize, counts: impl IntoIterator<Item = Counts>) -> Self {
+        // Two states per distinct value, at most `n` of them, and the final `(1, 1)`.
+        let mut p = Profile {
+            f: Vec::with_capacity(2 * n + 1),
+            g: Vec::with_capacity(2 * n + 1),
+        };
         let (n, m) = (n as f64, m as f64);
-        let mut p = Profile::default();
         for c in counts {
             p.f.extend([c.own_lt as f64 / n, c.own_le as f64 / n]);
             p.g.extend([c.ref_lt as f64 / m, c.ref_le as f64 / m]);
@@ -391,16 +395,27 @@ impl Profile {
     /// `2t`, which Newton's method from the left solves in a few passes without overshooting.
     pub fn alpha_hat(&self, t: f64) -> f64 {
         let mut l = 1.0f64;
+        // `l.max(num / den)` for `den > 0`, dividing only when the bound may raise `l`: if
+        // `num ≤ l·den·SHY` as rounded, then `num < l·den` exactly, so the rounded quotient is
+        // at most `l` and the maximum stays `l` bit for bit. Most grid points bound nothing.
+        const SHY: f64 = 1.0 - 1.0 / (1u64 << 40) as f64;
+        let raise = |l: f64, num: f64, den: f64| {
+            if num > l * den * SHY {
+                l.max(num / den)
+            } else {
+                l
+            }
+        };
         for (f, g) in self.states() {
             // A: g − L·f ≤ t.
             if f > 0.0 {
-                l = l.max((g - t) / f);
+                l = raise(l, g - t, f);
             } else if g > t {
                 return 1.0;
             }
             // B: L·(f − α) − g = L·(f − 1) + 1 − g ≤ t.
             if f < 1.0 {
-                l = l.max((1.0 - g - t) / (1.0 - f));
+                l = raise(l, 1.0 - g - t, 1.0 - f);
             } else if 1.0 - g > t {
                 return 1.0;
             }

@@ -28,12 +28,19 @@ pub const ECE_BINS: usize = 15;
 pub fn model_metrics(scores: &Scores, labels: Option<&[i64]>) -> Vec<ModelMetrics> {
     let (m, n, k) = (scores.models, scores.points, scores.num_labels());
     // votes[p·k + c]: how many models predict class c at point p.
+    // Counted a block of points per task (every model's labels at those points), in parallel.
     let mut votes = vec![0u32; n * k];
-    for model in 0..m {
-        for (p, slot) in votes.chunks_exact_mut(k).enumerate() {
-            slot[scores.label(model, p)] += 1;
-        }
-    }
+    let block = 4096;
+    votes
+        .par_chunks_mut(block * k)
+        .enumerate()
+        .for_each(|(b, votes)| {
+            for model in 0..m {
+                for (p, slot) in votes.chunks_exact_mut(k).enumerate() {
+                    slot[scores.label(model, b * block + p)] += 1;
+                }
+            }
+        });
     let majority: Vec<usize> = votes.chunks_exact(k).map(argmax_u32).collect();
     (0..m)
         .into_par_iter()

@@ -3,11 +3,12 @@
 //!
 //! Leave-one-out over an ensemble of `M` models × `N` points would naively merge each model with
 //! a freshly sorted pool of the other `M − 1`, O(M²·N). Instead the whole pool is sorted once,
-//! tagged with model ids; one scan then records, for every point, its position and the pooled
-//! ranks `< v` and `≤ v` of its value. A model's reference counts are the pooled counts minus its
-//! own, so each model needs only its own `N` points afterwards, and models run in parallel.
-//! Only the exact trimmed W2 needs the whole reference of each model (O(M·N) per model); the
-//! candidate-grid approximation needs its `N` quantiles.
+//! tagged with model ids; one scan then records, for every point, the pooled ranks `< v` and
+//! `≤ v` of its value. A model's reference counts are the pooled counts minus its own, so each
+//! model needs only its own `N` points afterwards, and models run in parallel. Only the exact
+//! trimmed W2 needs the whole reference of each model (O(M·N) per model: the sorted pool and the
+//! model's positions in it); the candidate-grid approximation needs its `N` reference quantiles,
+//! which the scan picks out of the sorted pool as it goes ([`Wanted`]).
 //!
 //! The pool's sort moves it through DRAM once: one scatter into cache-sized buckets of value
 //! ranges chosen from the data's own histogram, then each bucket is sorted and scanned while it
@@ -48,18 +49,18 @@ fn against_sample(candidates: &[&[f32]], reference: &[f32], spec: &TrimSpec) -> 
         .collect()
 }
 
-/// One point of the pool as its model sees it: value, position in the pooled order, and the
-/// pooled counts of values `< v` and `≤ v`.
+/// One point of the pool as its model sees it: value and the pooled counts of values `< v` and
+/// `≤ v` (12 bytes: the position in the pooled order is kept only where it is needed, see
+/// [`SortedPool`]).
 #[derive(Clone, Copy, Default)]
 #[repr(C)]
 struct Entry {
     value: f32,
-    pos: u32,
     lt: u32,
     le: u32,
 }
 
-// SAFETY: four plain numbers, for which all-zero bytes are a valid value.
+// SAFETY: three plain numbers, for which all-zero bytes are a valid value.
 unsafe impl bytemuck::Zeroable for Entry {}
 
 /// Zero-filled memory for `len` values, mapped anonymously: the kernel supplies zero pages as
@@ -150,9 +151,18 @@ fn leave_one_out(
         }))
         .collect();
     let total = offsets[models];
-    let (entries, pooled) = entries_and_pool(candidates, &offsets, bucket_target(total, models))?;
-
     let exact_w2 = spec.w2_grid.is_exact(models, total);
+    let wanted = if exact_w2 {
+        Wanted::Pool
+    } else {
+        Wanted::Quantiles
+    };
+    let SortedPool {
+        entries,
+        values,
+        positions,
+    } = entries_and_pool(candidates, &offsets, bucket_target(total, models), wanted)?;
+
     Ok(compared
         .into_par_iter()
         .map(|k| {
@@ -165,21 +175,44 @@ fn leave_one_out(
                 true,
             );
             let profile = Profile::from_counts(n, m, counts);
-            trim::result(&profile, n, m, spec, exact_w2, |alpha| {
-                let positions: Vec<u32> = own.iter().map(|e| e.pos).collect();
-                let reference = if exact_w2 {
-                    trim::pool_without(&positions, &pooled)
-                } else {
-                    trim::pool_quantiles_without(&positions, &pooled)
-                };
-                trim::trimmed_w2(&candidate, &reference, alpha)
+            trim::result(&profile, n, m, spec, exact_w2, |alpha| match wanted {
+                Wanted::Pool => {
+                    let own_positions = &positions[offsets[k]..offsets[k + 1]];
+                    let reference = trim::pool_without(own_positions, &values);
+                    trim::trimmed_w2(&candidate, &reference, alpha)
+                }
+                Wanted::Quantiles => {
+                    trim::trimmed_w2(&candidate, &values[offsets[k]..offsets[k + 1]], alpha)
+                }
             })
         })
         .collect())
 }
 
-/// The pool sorted once, as each model needs it: every model's entries (at `offsets`, sorted by
-/// value, equal values in pooled order) and the sorted pooled values.
+/// What [`entries_and_pool`] writes beside the entries, `total` values either way.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Wanted {
+    /// The sorted pool (the exact W2 takes each model's whole reference out of it).
+    Pool,
+    /// Each model's reference quantiles `G⁻¹(i/n)`, `i = 1..n`, at the model's `offsets`
+    /// ([`trim::pool_quantiles_without`]); found bucket by bucket while the bucket is in cache,
+    /// where gathering them from the sorted pool afterwards misses the cache at every one.
+    Quantiles,
+}
+
+/// The pool sorted, as [`leave_one_out`] needs it.
+struct SortedPool {
+    /// Every model's points at its `offsets`, sorted by value, equal values in pooled order.
+    entries: ZeroedMap<Entry>,
+    /// The values [`Wanted`].
+    values: ZeroedMap<f32>,
+    /// With [`Wanted::Pool`], each entry's position in the sorted pool (none otherwise: the
+    /// quantiles need them only bucket by bucket, while the bucket is in cache).
+    positions: ZeroedMap<u32>,
+}
+
+/// The pool sorted once, as each model needs it: every model's entries and the values `wanted`
+/// (the sorted pool, or every model's reference quantiles).
 ///
 /// One scatter moves the pool through DRAM; the rest is done a cache-sized bucket at a time. The
 /// buckets are ranges of the top [`PREFIX_BITS`] of the values' order bits, merged greedily up to
@@ -193,7 +226,8 @@ fn entries_and_pool(
     candidates: &[&[f32]],
     offsets: &[usize],
     target: usize,
-) -> Result<(ZeroedMap<Entry>, ZeroedMap<f32>)> {
+    wanted: Wanted,
+) -> Result<SortedPool> {
     let (models, total) = (candidates.len(), offsets[candidates.len()]);
     let pieces = pieces(candidates, chunk_len(total));
     // Few splits: each makes and adds up a 256 KiB histogram.
@@ -275,15 +309,39 @@ fn entries_and_pool(
         rest = tail;
     }
     let mut entries = ZeroedMap::<Entry>::zeroed(total)?;
-    let mut pooled = ZeroedMap::<f32>::zeroed(total)?;
-    let (entry_out, pooled_out) = (Shared::new(&mut entries), Shared::new(&mut pooled));
-    regions
-        .into_par_iter()
-        .enumerate()
-        .for_each_init(Vec::new, |scratch, (b, region)| {
+    let mut values = ZeroedMap::<f32>::zeroed(total)?;
+    let mut positions = ZeroedMap::<u32>::zeroed(if wanted == Wanted::Pool { total } else { 0 })?;
+    let (entry_out, values_out, positions_out) = (
+        Shared::new(&mut entries),
+        Shared::new(&mut values),
+        Shared::new(&mut positions),
+    );
+    regions.into_par_iter().enumerate().for_each_init(
+        || (Vec::new(), Vec::new(), Vec::new()),
+        |(scratch, local, sorted), (b, region)| {
             sort_by_value(region, scratch);
             let start = bucket_starts[b];
-            let mut cursor: Vec<u32> = (0..models).map(|k| cursors[k * buckets + b]).collect();
+            // Model `k`'s entries of this bucket go to `first[k]..`, its pooled positions to
+            // `local[local_first[k]..]` (the bucket's positions grouped by model, in cache).
+            let first: Vec<usize> = (0..models)
+                .map(|k| cursors[k * buckets + b] as usize)
+                .collect();
+            let mut local_first = Vec::with_capacity(models + 1);
+            local_first.push(0);
+            for k in 0..models {
+                let end = if b + 1 < buckets {
+                    cursors[k * buckets + b + 1] as usize
+                } else {
+                    offsets[k + 1]
+                };
+                local_first.push(local_first[k] + end - first[k]);
+            }
+            local.clear();
+            local.resize(region.len(), 0u32);
+            // The bucket's values in order, for the quantiles: half the bytes of its keys.
+            sorted.clear();
+            let mut cursor = first.clone();
+            let mut local_cursor = local_first.clone();
             let mut run_start = 0;
             while run_start < region.len() {
                 let upper = region[run_start] >> 32;
@@ -294,22 +352,108 @@ fn entries_and_pool(
                         .count();
                 let value = trim::from_order_bits(upper as u32);
                 let (lt, le) = ((start + run_start) as u32, (start + run_end) as u32);
+                if wanted == Wanted::Quantiles {
+                    sorted.resize(run_end, value);
+                }
                 for (pos, &key) in (lt..le).zip(&region[run_start..run_end]) {
                     let k = (key & 0xFFFF_FFFF) as usize;
-                    let entry = Entry { value, pos, lt, le };
                     // SAFETY: the buckets' cursors partition each model's `offsets` range
                     // (counted above) and the buckets partition the pool, so each position is
                     // written once.
                     unsafe {
-                        entry_out.write(cursor[k] as usize, entry);
-                        pooled_out.write(pos as usize, value);
+                        entry_out.write(cursor[k], Entry { value, lt, le });
+                        if wanted == Wanted::Pool {
+                            values_out.write(pos as usize, value);
+                        }
                     }
+                    local[local_cursor[k]] = pos;
                     cursor[k] += 1;
+                    local_cursor[k] += 1;
                 }
                 run_start = run_end;
             }
-        });
-    Ok((entries, pooled))
+            for k in 0..models {
+                let own = &local[local_first[k]..local_first[k + 1]];
+                match wanted {
+                    Wanted::Pool => {
+                        for (i, &pos) in own.iter().enumerate() {
+                            // SAFETY: as for the entries.
+                            unsafe { positions_out.write(first[k] + i, pos) }
+                        }
+                    }
+                    Wanted::Quantiles => {
+                        let (n, own_before) = (offsets[k + 1] - offsets[k], first[k] - offsets[k]);
+                        quantiles_in_bucket(
+                            n,
+                            total - n,
+                            own_before,
+                            own,
+                            start,
+                            sorted,
+                            |i, v| {
+                                // SAFETY: each model's quantile indices are cut into the buckets by
+                                // the reference points before each (see `quantiles_in_bucket`):
+                                // each is written once.
+                                unsafe { values_out.write(offsets[k] + i, v) }
+                            },
+                        );
+                    }
+                }
+            }
+        },
+    );
+    Ok(SortedPool {
+        entries,
+        values,
+        positions,
+    })
+}
+
+/// The reference quantiles `G⁻¹(i/n)` of one model (`n` own points, `m` reference points) that
+/// lie in a bucket of the sorted pool: the values `sorted`, starting at pool position `start`,
+/// in which the model has its points at the positions `own` and `own_before` points before it.
+/// Calls
+/// `write(i − 1, G⁻¹(i/n))` for each, the values [`trim::pool_quantiles_without`] gives.
+///
+/// The quantile `G⁻¹(i/n)` is the reference's `j = ⌈i·m/n⌉`-th point; the bucket holds the
+/// reference points `R₀ < j ≤ R₁` (`R₀ = start − own_before`), so its first `i` is
+/// `⌊R₀·n/m⌋ + 1`, the buckets share the `i` out without overlap, and within the bucket the
+/// `j`-th reference point sits at `j − 1` plus the own points before it, as in the whole pool.
+fn quantiles_in_bucket(
+    n: usize,
+    m: usize,
+    own_before: usize,
+    own: &[u32],
+    start: usize,
+    sorted: &[f32],
+    mut write: impl FnMut(usize, f32),
+) {
+    let (first_ref, end_ref) = (
+        start - own_before,
+        start + sorted.len() - own_before - own.len(),
+    );
+    let (n64, m64) = (n as u64, m as u64);
+    let mut i = first_ref as u64 * n64 / m64 + 1;
+    // `i·m = q·n + r`, stepped by `m` without dividing (a division per quantile cost as much
+    // as the rest of the walk).
+    let (step_q, step_r) = (m64 / n64, m64 % n64);
+    let (mut q, mut r) = (i * m64 / n64, i * m64 % n64);
+    let mut skipped = 0;
+    while i <= n64 {
+        let j = (q + u64::from(r > 0)) as usize;
+        if j > end_ref {
+            break;
+        }
+        while skipped < own.len() && own[skipped] as usize <= j - 1 + own_before + skipped {
+            skipped += 1;
+        }
+        write(i as usize - 1, sorted[j - 1 + own_before + skipped - start]);
+        i += 1;
+        (q, r) = (q + step_q, r + step_r);
+        if r >= n64 {
+            (q, r) = (q + 1, r - n64);
+        }
+    }
 }
 
 /// Keys per bucket [`entries_and_pool`] aims at: a bucket and its sort buffer within a core's
@@ -452,9 +596,9 @@ mod tests {
             .collect()
     }
 
-    /// The definition: the pool sorted stably by value, each point's position and pooled run,
+    /// The definition: the pool sorted stably by value, each point's pooled run and position,
     /// each model's points in pooled order.
-    fn brute_entries_and_pool(candidates: &[&[f32]]) -> (Vec<Entry>, Vec<f32>) {
+    fn brute_entries_and_pool(candidates: &[&[f32]]) -> (Vec<Entry>, Vec<u32>, Vec<f32>) {
         let mut pool: Vec<(f32, usize)> = candidates
             .iter()
             .enumerate()
@@ -465,11 +609,11 @@ mod tests {
         for (pos, &(value, k)) in pool.iter().enumerate() {
             let lt = pool.partition_point(|p| p.0 < value) as u32;
             let le = pool.partition_point(|p| p.0 <= value) as u32;
-            let pos = pos as u32;
-            per_model[k].push(Entry { value, pos, lt, le });
+            per_model[k].push((Entry { value, lt, le }, pos as u32));
         }
+        let (entries, positions) = per_model.concat().into_iter().unzip();
         let pooled = pool.iter().map(|p| p.0).collect();
-        (per_model.concat(), pooled)
+        (entries, positions, pooled)
     }
 
     fn offsets(candidates: &[&[f32]]) -> Vec<usize> {
@@ -481,15 +625,15 @@ mod tests {
             .collect()
     }
 
-    fn bits(entries: &[Entry]) -> Vec<(u32, u32, u32, u32)> {
+    fn bits(entries: &[Entry]) -> Vec<(u32, u32, u32)> {
         entries
             .iter()
-            .map(|e| (e.value.to_bits(), e.pos, e.lt, e.le))
+            .map(|e| (e.value.to_bits(), e.lt, e.le))
             .collect()
     }
 
     fn check(candidates: &[&[f32]], what: &str) {
-        let (want_entries, want_pooled) = brute_entries_and_pool(candidates);
+        let (want_entries, want_positions, want_pooled) = brute_entries_and_pool(candidates);
         let offsets = offsets(candidates);
         let total = offsets[candidates.len()];
         // Buckets of one key up to one bucket for everything.
@@ -500,14 +644,40 @@ mod tests {
             bucket_target(total, candidates.len()),
             usize::MAX,
         ] {
-            let (entries, pooled) = entries_and_pool(candidates, &offsets, target).unwrap();
+            let sorted = entries_and_pool(candidates, &offsets, target, Wanted::Pool).unwrap();
             assert!(
-                bits(&entries) == bits(&want_entries),
+                bits(&sorted.entries) == bits(&want_entries),
                 "{what}, buckets of {target}"
             );
-            let pooled: Vec<u32> = pooled.iter().map(|v| v.to_bits()).collect();
+            assert!(
+                *sorted.positions == want_positions,
+                "{what}, buckets of {target}: positions"
+            );
+            let pooled: Vec<u32> = sorted.values.iter().map(|v| v.to_bits()).collect();
             let want: Vec<u32> = want_pooled.iter().map(|v| v.to_bits()).collect();
             assert!(pooled == want, "{what}, buckets of {target}: pooled values");
+
+            // The quantiles against the walk over the whole sorted pool.
+            let sorted = entries_and_pool(candidates, &offsets, target, Wanted::Quantiles).unwrap();
+            assert!(
+                bits(&sorted.entries) == bits(&want_entries),
+                "{what}, buckets of {target}, with quantiles"
+            );
+            for (k, w) in offsets.windows(2).enumerate() {
+                let want: Vec<u32> =
+                    trim::pool_quantiles_without(&want_positions[w[0]..w[1]], &want_pooled)
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect();
+                let got: Vec<u32> = sorted.values[w[0]..w[1]]
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect();
+                assert!(
+                    got == want,
+                    "{what}, buckets of {target}: model {k}'s quantiles"
+                );
+            }
         }
     }
 
