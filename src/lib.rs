@@ -89,6 +89,7 @@ pub mod instruments;
 pub mod io;
 pub mod limits;
 pub mod models;
+pub mod phases;
 pub mod random;
 pub mod report;
 pub mod slurm;
