@@ -30,6 +30,7 @@
 //! weights/      checkpoints on the host: memory-mapped safetensors and GGUF (dequantisation)
 //! tensor, random, error, limits: host tensors, counter-based hashes, the error type, thread and
 //!               memory bounds checked before work starts
+//! phases        `MSCOPE_PHASES=1`: wall-clock time of each phase of a command on stderr
 //! ```
 //!
 //! # Data flow
@@ -90,6 +91,7 @@ pub mod instruments;
 pub mod io;
 pub mod limits;
 pub mod models;
+pub mod phases;
 pub mod random;
 pub mod report;
 pub mod slurm;

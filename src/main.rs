@@ -1,7 +1,10 @@
 fn main() -> std::process::ExitCode {
+    mscope::phases::mark("start");
     #[cfg(target_os = "linux")]
     give_mesa_a_runtime_dir();
-    mscope::cli::main()
+    let status = mscope::cli::main();
+    mscope::phases::mark("end of main");
+    status
 }
 
 /// Mesa's Vulkan drivers print "error: XDG_RUNTIME_DIR is invalid or not set" for every wgpu

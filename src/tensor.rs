@@ -186,6 +186,15 @@ impl SharedBytes {
     pub fn bytes(&self) -> &[u8] {
         &(*self.owner).as_ref()[self.range.clone()]
     }
+
+    /// The bytes as little-endian f32 values, read in place: `None` unless they are 4-byte
+    /// aligned, a whole number of values, on a little-endian machine.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        if cfg!(target_endian = "big") {
+            return None;
+        }
+        bytemuck::try_cast_slice(self.bytes()).ok()
+    }
 }
 
 impl std::fmt::Debug for SharedBytes {

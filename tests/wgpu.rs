@@ -5,7 +5,12 @@
 
 mod common;
 
-use common::{current_test, poisoned, rel_error, report_skip, upload, wgpu_with, Rng};
+use std::sync::Arc;
+
+use common::{
+    current_test, fixture_texts, poisoned, rel_error, repo_path, report_skip, upload, wgpu_with,
+    Rng,
+};
 use half::{bf16, f16};
 use mscope::backend::cpu::CpuBackend;
 use mscope::backend::wgpu::{list_adapters, WgpuBackend, WgpuOptions};
@@ -14,6 +19,7 @@ use mscope::backend::{
     SeqFactors, SeqLayout, TokenPairing, TrimReference, TrimSpec, W2Grid,
 };
 use mscope::bench::cases::reference;
+use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
 use mscope::tensor::DType;
 
 /// The wgpu backend with `options`, or `None` after reporting the running test skipped.
@@ -819,4 +825,74 @@ fn backward_ops_run_to_llvmpipes_loop_limit_and_refuse_past_it() {
         .unwrap();
         check("sequence_sums", &sums, &want);
     }
+}
+
+/// `embed` under a lowered storage-binding limit: tiny XLM-R's widest activation is its fused
+/// Q/K/V output, 96 f32 values (384 bytes) per token, so a 24 KiB binding holds 64 tokens, and
+/// the plan cuts batches of 8 texts of up to 24 tokens where the next text would pass that. The
+/// embeddings equal those of the run without the limit (batches of 8) bit for bit: every op
+/// works row by row or sequence by sequence, so a row's reductions do not depend on its batch.
+/// A text longer than 64 tokens alone is an error that names the --max-length that fits.
+#[test]
+fn embed_cuts_batches_to_the_storage_binding_limit() {
+    const CAP: u64 = 24 << 10;
+    let cap_tokens = (CAP / (4 * 96)) as usize;
+    let Some(capped) = open(WgpuOptions {
+        max_binding_bytes: Some(CAP),
+        ..WgpuOptions::from_env()
+    }) else {
+        return;
+    };
+    let capped: Arc<dyn Backend> = Arc::new(capped);
+    let whole: Arc<dyn Backend> = Arc::new(open(WgpuOptions::from_env()).unwrap());
+    let dir = repo_path("tests/fixtures/tiny-xlmr");
+    let texts = fixture_texts();
+    let options = EncoderOptions {
+        max_length: Some(24),
+        ..Default::default()
+    };
+    let split = SentenceEncoder::load(&dir, capped.clone(), &options).unwrap();
+    let unsplit = SentenceEncoder::load(&dir, whole, &options).unwrap();
+
+    let plan = split.plan(&texts, 8).unwrap();
+    let unsplit_plan = unsplit.plan(&texts, 8).unwrap();
+    assert!(
+        unsplit_plan.batch_tokens(0) > cap_tokens,
+        "the first batch of 8 ({} tokens) must exceed the {cap_tokens} tokens the cap holds",
+        unsplit_plan.batch_tokens(0)
+    );
+    assert!(plan.batches() > unsplit_plan.batches());
+    let mut rows: Vec<usize> = (0..plan.batches())
+        .flat_map(|b| {
+            let tokens = plan.batch_tokens(b);
+            assert!(
+                tokens <= cap_tokens && plan.batch(b).len() <= 8,
+                "batch {b}: {tokens} tokens"
+            );
+            plan.batch(b).to_vec()
+        })
+        .collect();
+    rows.sort_unstable();
+    assert_eq!(
+        rows,
+        (0..texts.len()).collect::<Vec<_>>(),
+        "every text once"
+    );
+
+    let got = split.embed(&texts, 8, &mut |_, _| {}).unwrap();
+    let want = unsplit.embed(&texts, 8, &mut |_, _| {}).unwrap();
+    assert_eq!(got.embeddings, want.embeddings, "split vs unsplit batches");
+    assert_eq!(got.tokens, want.tokens);
+
+    // Without --max-length the fixtures' longest text (over 64 tokens) fits no batch.
+    let long = SentenceEncoder::load(&dir, capped, &EncoderOptions::default()).unwrap();
+    let err = long
+        .embed(&texts, 8, &mut |_, _| {})
+        .err()
+        .expect("a text over the cap")
+        .to_string();
+    assert!(
+        err.contains(&format!("--max-length {cap_tokens} or less")),
+        "{err}"
+    );
 }

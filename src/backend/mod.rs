@@ -19,7 +19,7 @@ use std::sync::Arc;
 use half::{bf16, f16};
 
 use crate::error::{Error, Result};
-use crate::tensor::{HalfMatrix, HostData, HostTensor};
+use crate::tensor::{HalfMatrix, HostData, HostTensor, SharedBytes};
 pub use params::{
     Activation, AttentionSpec, JlDistribution, JlSpec, Pooling, RopeFrequencies, RopeScaling,
     RopeSpec, SeqFactors, SeqForm, SeqLayout, TokenChunk, TokenChunks, TokenPairing,
@@ -112,6 +112,16 @@ pub enum OpFamily {
     Ntk,
 }
 
+/// The f32 values of `bytes` for [`Backend::upload_mapped`], or the error for bytes that cannot be
+/// read in place.
+pub(crate) fn mapped_f32(bytes: &SharedBytes) -> Result<&[f32]> {
+    bytes.as_f32().ok_or_else(|| {
+        Error::input(format!(
+            "upload_mapped: {bytes:?} are not 4-byte aligned little-endian f32 values"
+        ))
+    })
+}
+
 /// The op set. Every backend implements each op or reports it unsupported; the CPU backend is
 /// the reference the others are tested against.
 pub trait Backend: Send + Sync {
@@ -124,6 +134,14 @@ pub trait Backend: Send + Sync {
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor>;
     fn download(&self, tensor: &Tensor) -> Result<Vec<f32>>;
     fn zeros(&self, shape: &[usize]) -> Result<Tensor>;
+
+    /// The largest tensor, in bytes, that every op reads or writes whole (one storage binding on
+    /// wgpu); `None` where any size is. Only weights and tables may be larger (split across
+    /// buffers, [`Backend::linear`] and [`Backend::gather_rows`] read them part by part), so
+    /// callers that choose a batch keep every activation of it within this size.
+    fn max_activation_bytes(&self) -> Option<u64> {
+        None
+    }
 
     /// Uploads f16 values, meant for `linear` weights and `gather_rows` tables. A backend whose
     /// kernels read those in f16 keeps them f16 ([`Tensor::dtype`] says so), halving their memory
@@ -148,6 +166,14 @@ pub trait Backend: Send + Sync {
     /// [`Backend::upload_f16`] / [`Backend::upload_bf16`].
     fn upload_half(&self, matrix: &HalfMatrix) -> Result<Tensor> {
         self.upload_host(&matrix.to_host()?)
+    }
+
+    /// Uploads f32 values lent by their owner (a checkpoint's memory map; readable in place,
+    /// [`SharedBytes::as_f32`]), meant for weights and tables no op writes. The CPU keeps them
+    /// where they are (no copy: a batch reads a few rows of a large embedding table, and pages
+    /// are read as the ops touch them); the others upload a copy.
+    fn upload_mapped(&self, shape: &[usize], bytes: &SharedBytes) -> Result<Tensor> {
+        self.upload(shape, mapped_f32(bytes)?)
     }
 
     /// Uploads a host tensor through the upload of its dtype.

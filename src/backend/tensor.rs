@@ -2,7 +2,7 @@
 
 use super::{cuda, wgpu};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, HalfMatrix};
+use crate::tensor::{DType, HalfMatrix, SharedBytes};
 
 /// A tensor living on a backend's device: f32 values (f16 or bf16 for GEMM weights and embedding
 /// tables a backend keeps in half precision, see [`super::Backend::upload_half`]), row-major.
@@ -16,6 +16,10 @@ pub struct Tensor {
 #[derive(Debug)]
 pub enum Storage {
     Cpu(Vec<f32>),
+    /// Read-only f32 values where they already were (a checkpoint's memory map, 4-byte
+    /// aligned): weights and tables the model never writes, kept without a copy
+    /// ([`super::Backend::upload_mapped`]).
+    CpuMapped(SharedBytes),
     /// GEMM weights and embedding tables in f16 or bf16, where they already were (a checkpoint's
     /// memory map): only `linear` and `gather_rows` read them.
     CpuHalf(HalfMatrix),
@@ -27,7 +31,7 @@ impl Storage {
     /// The backend this memory belongs to.
     pub fn backend_name(&self) -> &'static str {
         match self {
-            Storage::Cpu(_) | Storage::CpuHalf(_) => "cpu",
+            Storage::Cpu(_) | Storage::CpuMapped(_) | Storage::CpuHalf(_) => "cpu",
             Storage::Wgpu(_) => "wgpu",
             Storage::Cuda(_) => "cuda",
         }
@@ -53,7 +57,7 @@ impl Tensor {
             Storage::Wgpu(s) => s.dtype(),
             Storage::CpuHalf(m) => m.dtype(),
             Storage::Cuda(s) => s.dtype(),
-            Storage::Cpu(_) => DType::F32,
+            Storage::Cpu(_) | Storage::CpuMapped(_) => DType::F32,
         }
     }
 

@@ -25,6 +25,7 @@ use crate::io::shards::{self, Manifest, Shard, ShardFile};
 use crate::io::tensor_file::TensorOut;
 use crate::io::texts::{read_corpus, FieldNames, InputSpec};
 use crate::io::{check_outputs, npy, parquet_file, preemption};
+use crate::phases;
 use crate::weights::WeightsDtype;
 
 #[derive(Args)]
@@ -212,7 +213,9 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         label: args.label_field.clone(),
     };
     let corpus = read_corpus(&args.inputs, &fields)?;
+    phases::mark("read inputs");
     let backend = backend::open(args.backend, OpFamily::Encoder)?;
+    phases::mark("open backend");
     let options = EncoderOptions {
         max_length: args.max_length,
         pooling: args.pooling,
@@ -257,6 +260,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         max_length: encoder.max_length(),
     };
     write_with_texts(&args.out, format, &file, &corpus.texts, false)?;
+    phases::mark("write output");
     let rows = file.rows();
     outln!(
         "embedded {rows} texts ({} tokens, {} labels) with {} on {} in {seconds:.2} s: {:.1} texts/s, {:.0} tokens/s -> {}{}",
@@ -441,15 +445,13 @@ fn run_shard(
         .map(|b| plan.batch_tokens(b) as u64)
         .collect();
     let mine = shard.units(&costs);
-    // A batch's positions in the longest-first order name it in the manifest and checkpoint.
-    let positions = |b: usize| b * args.batch_size..(b * args.batch_size + plan.batch(b).len());
     let manifest = Manifest {
         job: job_manifest(args, encoder, backend, texts.len())?,
         index: shard.index,
         count: shard.count,
         units: mine
             .clone()
-            .map(|b| [positions(b).start, positions(b).end])
+            .map(|b| [plan.positions(b).start, plan.positions(b).end])
             .collect(),
     };
     let dir = Checkpoint::dir_for(path);
@@ -465,7 +467,7 @@ fn run_shard(
     let (mut rows, mut embeddings, mut resumed) = (Vec::new(), Vec::new(), 0);
     for b in mine.clone() {
         let saved = match &checkpoint {
-            Some(c) => c.load(&positions(b), dim)?,
+            Some(c) => c.load(&plan.positions(b), dim)?,
             None => None,
         };
         resumed += usize::from(saved.is_some());
@@ -474,7 +476,7 @@ fn run_shard(
             None => {
                 let values = encoder.embed_batch(&plan, b)?;
                 if let Some(c) = &checkpoint {
-                    c.save(&positions(b), &values)?;
+                    c.save(&plan.positions(b), &values)?;
                 }
                 values
             }

@@ -20,6 +20,7 @@ use crate::models::image::decode_image;
 use crate::models::sentence::SentenceConfig;
 use crate::models::tokenize::{TextTokenizer, TokenizedText};
 use crate::models::{self, Encoder, ImageTower, TokenBatch};
+use crate::phases;
 use crate::weights::WeightsDtype;
 
 /// Choices that override what the model directory says.
@@ -68,7 +69,9 @@ impl SentenceEncoder {
                 dir.display()
             )));
         }
-        let (model, sentence): (Box<dyn Encoder>, _) = match &gguf {
+        // `tokenizer.json` (None for a GGUF file), parsed on a second thread while the weights
+        // load; its errors are reported where loading it used to fail, after the model's.
+        let (model, sentence, parsed): (Box<dyn Encoder>, _, _) = match &gguf {
             Some(file) => {
                 let model = decoder_gguf::from_file(file, backend.clone(), options.weights_dtype)?;
                 let sentence = SentenceConfig {
@@ -76,22 +79,32 @@ impl SentenceEncoder {
                     pooling: model.default_pooling(),
                     normalize: false,
                 };
-                (Box::new(model), sentence)
+                (Box::new(model), sentence, None)
             }
             None => {
-                let model = models::load(dir, backend.clone(), options.weights_dtype)?;
+                let (model, parsed) = std::thread::scope(|scope| {
+                    let parsed = scope.spawn(|| TextTokenizer::parse(dir));
+                    let model = models::load(dir, backend.clone(), options.weights_dtype);
+                    let parsed = parsed
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    (model, parsed)
+                });
+                let model = model?;
                 let sentence = SentenceConfig::read(dir, model.default_pooling())?;
-                (model, sentence)
+                (model, sentence, Some(parsed))
             }
         };
+        phases::mark("load weights and tokenizer.json");
         let capacity = model.max_tokens();
         let max_length = options
             .max_length
             .or(sentence.max_seq_length)
             .or_else(|| {
-                gguf.is_none()
-                    .then(|| TextTokenizer::stored_max_length(dir))
-                    .flatten()
+                parsed
+                    .as_ref()
+                    .and_then(|p| p.as_ref().ok())
+                    .and_then(|p| p.stored_max_length())
             })
             .unwrap_or(capacity);
         if let (Some(own), Some(asked)) = (model.own_pooling(), options.pooling) {
@@ -111,12 +124,16 @@ impl SentenceEncoder {
                 dir.display()
             )));
         }
+        let tokenizer = match (&gguf, parsed) {
+            (Some(file), _) => TextTokenizer::from_gguf(file, max_length)?,
+            (None, parsed) => parsed
+                .expect("parsed beside the weights")?
+                .truncated(max_length)?,
+        };
+        phases::mark("tokenizer");
         Ok(SentenceEncoder {
             name: model_name(dir),
-            tokenizer: match &gguf {
-                Some(file) => TextTokenizer::from_gguf(file, max_length)?,
-                None => TextTokenizer::load(dir, max_length)?,
-            },
+            tokenizer,
             model,
             backend,
             pooling: options.pooling.unwrap_or(sentence.pooling),
@@ -172,6 +189,7 @@ impl SentenceEncoder {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Embedded> {
         let plan = self.plan(texts, batch_size)?;
+        phases::mark("tokenise");
         let dim = self.dim();
         let mut embeddings = vec![0.0f32; texts.len() * dim];
         let mut tokens = 0;
@@ -184,6 +202,7 @@ impl SentenceEncoder {
             tokens += plan.batch_tokens(b);
             progress(rows.len(), plan.batch_tokens(b));
         }
+        phases::mark("forward passes");
         Ok(Embedded {
             embeddings,
             dim,
@@ -194,6 +213,11 @@ impl SentenceEncoder {
     /// Tokenises `texts` and cuts them into the batches [`Self::embed`] runs: the one schedule
     /// every process derives from the same texts, so a shard that runs some of its batches
     /// computes each exactly as one process does (a row's bits depend on its batch's shapes).
+    ///
+    /// A batch is `batch_size` texts, or fewer where the backend bounds the buffer an activation
+    /// may take ([`Backend::max_activation_bytes`], wgpu's storage-binding limit): the texts are
+    /// then cut where the next one would take the model's widest activation past it. A text
+    /// too long to fit alone is an error that says which `--max-length` fits.
     pub fn plan(&self, texts: &[String], batch_size: usize) -> Result<EmbedPlan> {
         if batch_size == 0 {
             return Err(Error::input("batch size must be at least 1"));
@@ -201,11 +225,42 @@ impl SentenceEncoder {
         let tokenized = self.tokenize(texts)?;
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(tokenized[i].ids.len()));
+        let token_cap = self.tokens_per_buffer();
+        let mut starts = Vec::new();
+        let (mut rows, mut tokens) = (0, 0);
+        for (at, &i) in order.iter().enumerate() {
+            let len = tokenized[i].ids.len();
+            if let Some((cap, bytes)) = token_cap.filter(|&(cap, _)| len > cap) {
+                return Err(Error::input(format!(
+                    "input text {i} (0-based) has {len} tokens, but {} on {} fits at most {cap} tokens in one \
+                     batch ({} values of f32 per token in its widest activation, buffers of at \
+                     most {bytes} bytes): embed with --max-length {cap} or less",
+                    self.name,
+                    self.backend.name(),
+                    self.model.widest_activation()
+                )));
+            }
+            let fits = token_cap.is_none_or(|(cap, _)| tokens + len <= cap);
+            if at == 0 || rows == batch_size || !fits {
+                starts.push(at);
+                (rows, tokens) = (0, 0);
+            }
+            rows += 1;
+            tokens += len;
+        }
         Ok(EmbedPlan {
             tokenized,
             order,
-            batch_size,
+            starts,
         })
+    }
+
+    /// The most tokens one batch may have on this backend, with the buffer limit behind it;
+    /// `None` where the backend has none.
+    fn tokens_per_buffer(&self) -> Option<(usize, u64)> {
+        let bytes = self.backend.max_activation_bytes()?;
+        let token_bytes = 4 * self.model.widest_activation() as u64;
+        Some(((bytes / token_bytes) as usize, bytes))
     }
 
     /// The embeddings of batch `b` of `plan`, `[plan.batch(b).len(), dim]` in the batch's row
@@ -241,23 +296,31 @@ impl SentenceEncoder {
     }
 }
 
-/// Tokenised texts in batches: longest first, `batch_size` per batch.
+/// Tokenised texts in batches: longest first, `batch_size` per batch unless the backend's
+/// buffer limit cuts one shorter ([`SentenceEncoder::plan`]).
 pub struct EmbedPlan {
     tokenized: Vec<TokenizedText>,
     /// Row indices, longest text first.
     order: Vec<usize>,
-    batch_size: usize,
+    /// Where each batch starts in `order`.
+    starts: Vec<usize>,
 }
 
 impl EmbedPlan {
     pub fn batches(&self) -> usize {
-        self.order.len().div_ceil(self.batch_size)
+        self.starts.len()
+    }
+
+    /// The positions of batch `b` in the longest-first order (they name it in a shard's
+    /// manifest and checkpoint).
+    pub fn positions(&self, b: usize) -> std::ops::Range<usize> {
+        let end = self.starts.get(b + 1).copied().unwrap_or(self.order.len());
+        self.starts[b]..end
     }
 
     /// The input rows of batch `b`.
     pub fn batch(&self, b: usize) -> &[usize] {
-        let start = b * self.batch_size;
-        &self.order[start..(start + self.batch_size).min(self.order.len())]
+        &self.order[self.positions(b)]
     }
 
     /// Tokens of batch `b`: its cost.

@@ -421,6 +421,11 @@ impl Encoder for BertModel {
         Pooling::Mean
     }
 
+    /// The fused Q/K/V output or the FFN's hidden layer.
+    fn widest_activation(&self) -> usize {
+        (3 * self.config.hidden_size).max(self.config.intermediate_size)
+    }
+
     fn forward(&self, batch: &TokenBatch) -> Result<Tensor> {
         Ok(self.run(batch, false)?.0)
     }

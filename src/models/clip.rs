@@ -969,6 +969,12 @@ impl Encoder for ClipModel {
         Pooling::Last
     }
 
+    /// The text tower's fused Q/K/V output or its MLP's hidden layer.
+    fn widest_activation(&self) -> usize {
+        let c = &self.config.text.tower;
+        (3 * c.width).max(c.mlp_width)
+    }
+
     fn forward(&self, batch: &TokenBatch) -> Result<Tensor> {
         let mut x = self.text_states(batch)?;
         let head = &self.text.head;

@@ -466,6 +466,14 @@ impl Encoder for DecoderModel {
         Pooling::Last
     }
 
+    /// The fused Q/K/V output or the fused gate/up output.
+    fn widest_activation(&self) -> usize {
+        let c = &self.config;
+        c.qkv_width()
+            .max(2 * c.intermediate_size)
+            .max(c.hidden_size)
+    }
+
     fn forward(&self, batch: &TokenBatch) -> Result<Tensor> {
         let be = self.backend.as_ref();
         let c = &self.config;

@@ -10,8 +10,11 @@
 //! stack ([`Backend::upload_half`]). The CPU keeps those views: the weights stay in the page
 //! cache, read panel by panel by the GEMM, so a 7B bf16 checkpoint costs its activations and
 //! one f32 panel per GEMM task in process memory, not 28 GB of f32. GPU backends copy them into
-//! device memory as before. Every other case (f32 weights, a dtype that needs converting, GGUF's
-//! dequantised blocks) builds the stack on the host and uploads it.
+//! device memory as before. A single f32 tensor (an unfused weight, an embedding table, a norm
+//! parameter) reaches the backend the same way, as a view of the map ([`Backend::upload_mapped`]):
+//! the CPU reads it in place, so loading an f32 checkpoint copies only its fused stacks. Every
+//! other case (fused f32 stacks, a dtype that needs converting, GGUF's dequantised blocks) builds
+//! the stack on the host and uploads it.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -64,6 +67,12 @@ pub trait TensorSource {
     fn half(&self, _name: &str, _shape: &[usize]) -> Result<Option<(DType, SharedBytes)>> {
         Ok(None)
     }
+
+    /// Tensor `name` of `shape` in place, where the source stores it as F32 values readable
+    /// where they are ([`SharedBytes::as_f32`]); `None` where it cannot lend them.
+    fn mapped_f32(&self, _name: &str, _shape: &[usize]) -> Result<Option<SharedBytes>> {
+        Ok(None)
+    }
 }
 
 impl TensorSource for Weights {
@@ -88,6 +97,9 @@ impl TensorSource for Weights {
     fn half(&self, name: &str, shape: &[usize]) -> Result<Option<(DType, SharedBytes)>> {
         Weights::half(self, name, shape)
     }
+    fn mapped_f32(&self, name: &str, shape: &[usize]) -> Result<Option<SharedBytes>> {
+        Weights::mapped_f32(self, name, shape)
+    }
 }
 
 /// Reads tensors of one checkpoint, shape-checked, onto the backend.
@@ -99,8 +111,14 @@ pub struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    /// An f32 tensor (biases, norm parameters).
+    /// An f32 tensor (biases, norm parameters, f32 weights and tables); lent to the backend in
+    /// place where the source can ([`Backend::upload_mapped`]).
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        if let Some(bytes) = self.weights.mapped_f32(name, shape)? {
+            let values = bytes.as_f32().expect("mapped_f32 lends readable values");
+            check_finite(name, crate::tensor::first_non_finite(values))?;
+            return self.backend.upload_mapped(shape, &bytes);
+        }
         self.backend.upload(shape, &self.host(name, shape)?)
     }
 

@@ -94,6 +94,12 @@ pub trait Encoder: Send + Sync {
     /// The pooling its embeddings use when the model directory names none.
     fn default_pooling(&self) -> Pooling;
 
+    /// Values per token of the widest `[tokens, width]` f32 activation its forward allocates
+    /// (the FFN's hidden layer or the fused Q/K/V, usually): a batch of `t` tokens needs a
+    /// buffer of `4·t·width` bytes, which the embed instrument keeps within
+    /// [`Backend::max_activation_bytes`].
+    fn widest_activation(&self) -> usize;
+
     /// Last hidden states `[tokens, hidden_size]` of a packed batch, on the backend. A sequence
     /// longer than [`Encoder::max_tokens`] is an error.
     fn forward(&self, batch: &TokenBatch) -> Result<Tensor>;

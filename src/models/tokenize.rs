@@ -53,9 +53,34 @@ pub struct TextTokenizer {
     path: PathBuf,
 }
 
+/// A `tokenizer.json` parsed ([`TextTokenizer::parse`]), before its truncation is set.
+pub struct ParsedTokenizer {
+    inner: Tokenizer,
+    path: PathBuf,
+}
+
+impl ParsedTokenizer {
+    /// The file's own truncation length, if it sets one (a fallback when the model directory
+    /// gives no `max_seq_length`).
+    pub fn stored_max_length(&self) -> Option<usize> {
+        self.inner.get_truncation().map(|t| t.max_length)
+    }
+
+    /// The tokenizer truncating to `max_length` tokens ([`TextTokenizer::load`]).
+    pub fn truncated(self, max_length: usize) -> Result<TextTokenizer> {
+        TextTokenizer::new(self.inner, self.path, max_length)
+    }
+}
+
 impl TextTokenizer {
     /// Loads `dir/tokenizer.json`, truncating to `max_length` tokens (special tokens included).
     pub fn load(dir: &Path, max_length: usize) -> Result<Self> {
+        Self::parse(dir)?.truncated(max_length)
+    }
+
+    /// `dir/tokenizer.json` as a [`ParsedTokenizer`], its own settings untouched: the slow part
+    /// of [`TextTokenizer::load`], which a caller can run while it loads the weights.
+    pub fn parse(dir: &Path) -> Result<ParsedTokenizer> {
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
             return Err(Error::Tokenizer {
@@ -64,7 +89,7 @@ impl TextTokenizer {
             });
         }
         let inner = read_tokenizer_json(&path)?;
-        Self::new(inner, path, max_length)
+        Ok(ParsedTokenizer { inner, path })
     }
 
     /// The tokenizer a GGUF file's `tokenizer.ggml.*` metadata describes, as transformers builds
@@ -116,13 +141,6 @@ impl TextTokenizer {
             .map_err(|e| fail(&path, e))?;
         inner.with_padding(None);
         Ok(TextTokenizer { inner, path })
-    }
-
-    /// The file's own truncation length, if it sets one (a fallback when the model directory
-    /// gives no `max_seq_length`).
-    pub fn stored_max_length(dir: &Path) -> Option<usize> {
-        let tok = read_tokenizer_json(&dir.join("tokenizer.json")).ok()?;
-        tok.get_truncation().map(|t| t.max_length)
     }
 
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<TokenizedText>> {

@@ -352,13 +352,23 @@ impl Weights {
     /// the map (which they keep alive), so a backend that reads half precision needs no copy.
     /// `None` for other dtypes.
     pub fn half(&self, name: &str, shape: &[usize]) -> Result<Option<(DType, SharedBytes)>> {
+        let (dtype, bytes) = self.shared(name, shape)?;
+        Ok(matches!(dtype, DType::F16 | DType::BF16).then_some((dtype, bytes)))
+    }
+
+    /// The bytes of `name`, shape-checked, where it is F32 and they can be read in place
+    /// ([`SharedBytes::as_f32`]): borrowed from the map, as [`Weights::half`]'s.
+    pub fn mapped_f32(&self, name: &str, shape: &[usize]) -> Result<Option<SharedBytes>> {
+        let (dtype, bytes) = self.shared(name, shape)?;
+        Ok((dtype == DType::F32 && bytes.as_f32().is_some()).then_some(bytes))
+    }
+
+    /// The stored dtype and bytes of `name`, shape-checked, shared with the map.
+    fn shared(&self, name: &str, shape: &[usize]) -> Result<(DType, SharedBytes)> {
         let (full, entry, _) = self.checked(name, shape)?;
         let dtype = self.supported(&full, entry)?;
-        if !matches!(dtype, DType::F16 | DType::BF16) {
-            return Ok(None);
-        }
         let map: Arc<dyn AsRef<[u8]> + Send + Sync> = self.files[entry.file].map.clone();
-        Ok(Some((dtype, SharedBytes::new(map, entry.bytes.clone())?)))
+        Ok((dtype, SharedBytes::new(map, entry.bytes.clone())?))
     }
 
     /// The element type `dtype` picks for tensors `names`: with `Auto` the stored one when every

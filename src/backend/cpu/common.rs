@@ -12,6 +12,7 @@ use crate::tensor::HalfMatrix;
 pub(super) fn values(t: &Tensor) -> Result<&[f32]> {
     match &t.storage {
         Storage::Cpu(v) => Ok(v),
+        Storage::CpuMapped(bytes) => Ok(bytes.as_f32().expect("checked by upload_mapped")),
         Storage::CpuHalf(m) => Err(Error::input(format!(
             "tensor of shape {:?} holds {:?} weights, which only linear (as weights) and \
              gather_rows (as the table) read on the cpu backend",
@@ -38,6 +39,12 @@ pub(super) fn matrix(t: &Tensor) -> Result<Matrix<'_>> {
 
 /// [`values`] for writing.
 pub(super) fn values_mut(t: &mut Tensor) -> Result<&mut [f32]> {
+    if matches!(t.storage, Storage::CpuMapped(_) | Storage::CpuHalf(_)) {
+        return Err(Error::input(format!(
+            "tensor of shape {:?} holds weights read in place from a checkpoint; no op writes them",
+            t.shape
+        )));
+    }
     if !matches!(t.storage, Storage::Cpu(_)) {
         return Err(t.foreign("cpu"));
     }

@@ -2,7 +2,8 @@
 //! reference every other backend is tested against, and a fast path of its own (packed
 //! sequences, fused epilogues).
 //!
-//! Memory: f32 tensors are host vectors ([`Storage::Cpu`]); f16 and bf16 GEMM weights and
+//! Memory: f32 tensors are host vectors ([`Storage::Cpu`]), or for f32 weights and tables a
+//! checkpoint's memory map read in place ([`Storage::CpuMapped`]); f16 and bf16 GEMM weights and
 //! embedding tables stay half precision where they are ([`Storage::CpuHalf`]: a checkpoint's
 //! memory map, shared, or an owned copy for [`Backend::upload_f16`]), read by `linear` a packed
 //! panel at a time and by `gather_rows` a row at a time; the other ops refuse them.
@@ -24,7 +25,7 @@ use super::{
     TokenPairing, TrimReference, TrimResult, TrimSpec,
 };
 use crate::error::Result;
-use crate::tensor::HalfMatrix;
+use crate::tensor::{HalfMatrix, SharedBytes};
 use half::{bf16, f16};
 
 mod activation;
@@ -140,6 +141,16 @@ impl Backend for CpuBackend {
     /// Kept bf16: `linear` and `gather_rows` widen what they read.
     fn upload_bf16(&self, shape: &[usize], data: &[bf16]) -> Result<Tensor> {
         self.upload_half(&HalfMatrix::from_bf16(shape, data)?)
+    }
+
+    /// Kept where it is when 4-byte aligned (the clone shares the map): no copy of a large
+    /// embedding table of which a batch reads a few rows.
+    fn upload_mapped(&self, shape: &[usize], bytes: &SharedBytes) -> Result<Tensor> {
+        shapes::upload(shape, super::mapped_f32(bytes)?.len())?;
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            storage: Storage::CpuMapped(bytes.clone()),
+        })
     }
 
     /// Kept where it is: a memory-mapped matrix stays mapped (the clone shares the map).

@@ -179,6 +179,10 @@ impl Backend for WgpuBackend {
         "wgpu"
     }
 
+    fn max_activation_bytes(&self) -> Option<u64> {
+        Some(self.max_part_bytes)
+    }
+
     fn supports(&self, family: OpFamily) -> bool {
         matches!(
             family,
