@@ -126,7 +126,14 @@ pub(super) fn linear(
             act,
             residual: residual.map(values).transpose()?,
         };
-        gemm_packed::linear(values(x)?, (n, k, m), &weights, &epilogue, values_mut(out)?);
+        gemm_packed::linear(
+            values(x)?,
+            (n, k, m),
+            &weights,
+            Some(&w.cpu_packed),
+            &epilogue,
+            values_mut(out)?,
+        );
         return Ok(());
     }
     gemm(

@@ -42,6 +42,7 @@ mod stats;
 mod trim;
 
 pub use gemm::{gemm, gemm_in_task, Operand};
+pub(crate) use gemm_packed::PackedCache;
 
 /// `sums[i] += f64::from(row[i])` for every `i`: a row added into f64 accumulators (a cluster's
 /// centre sums) in the widest SIMD the CPU has. Each element sees the same additions in the same
@@ -103,6 +104,7 @@ impl Backend for CpuBackend {
         Ok(Tensor {
             shape: shape.to_vec(),
             storage: Storage::Cpu(data.to_vec()),
+            cpu_packed: PackedCache::default(),
         })
     }
 
@@ -121,6 +123,7 @@ impl Backend for CpuBackend {
         Ok(Tensor {
             shape: vec![matrix.rows(), matrix.cols()],
             storage: Storage::CpuHalf(matrix.clone()),
+            cpu_packed: PackedCache::default(),
         })
     }
 
@@ -135,6 +138,7 @@ impl Backend for CpuBackend {
         Ok(Tensor {
             shape: shape.to_vec(),
             storage: Storage::Cpu(vec![0.0; shape.iter().product()]),
+            cpu_packed: PackedCache::default(),
         })
     }
 
