@@ -28,8 +28,9 @@
 //! AVX2 registers with FMA, or a portable loop of the AVX2 shape. Where `k` takes several depth
 //! blocks, tiles add into the output block by block; after the last block the tile is finished
 //! in place before its one store, while it is in L1: the earlier blocks' sums and the bias
-//! added, the activation applied to the whole tile in one call ([`activation::apply`], sixteen
-//! lanes on AVX-512), the residual added as it is stored.
+//! added, the activation applied to the whole tile in one loop (sixteen lanes on AVX-512: the
+//! tile's finishing is compiled for the microkernel's vector width), the residual added as it
+//! is stored.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -348,9 +349,15 @@ unsafe impl Sync for SharedOut {}
 impl SharedOut {
     /// Stores (`first`) or adds the valid part of `tile` at `rows × cols` of the `[_, m]` output;
     /// when `last`, finishes the tile in place first: the earlier blocks' sums added, then the
-    /// epilogue over the whole tile — one vectorised activation call a tile, sixteen lanes on
-    /// AVX-512, while the tile is in L1 (its padding lanes hold the zeros of the padded panels,
-    /// harmless to every activation, and are never stored).
+    /// epilogue over the whole tile — one vectorised activation loop a tile while the tile is in
+    /// L1 (its padding lanes hold the zeros of the padded panels, harmless to every activation,
+    /// and are never stored).
+    ///
+    /// Compiled for the widest vectors the CPU has, like the microkernel that wrote the tile:
+    /// built for the baseline target, these loops re-read the tile four floats at a time just
+    /// after the microkernel's 64-byte stores and the activation then read it sixteen at a time
+    /// just after those narrow stores — loads that cannot be forwarded from the pending stores
+    /// and wait for them to retire, which made the GELU epilogue a third of MiniLM's FFN time.
     ///
     /// # Safety
     /// `rows × cols` lies inside the output, and no other thread touches it meanwhile.
@@ -358,8 +365,69 @@ impl SharedOut {
     unsafe fn store<const MR: usize, const NR: usize>(
         self,
         tile: &mut [[f32; NR]; MR],
-        rows: std::ops::Range<usize>,
-        cols: std::ops::Range<usize>,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        m: usize,
+        first: bool,
+        last: bool,
+        epilogue: &Epilogue<'_>,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx512<const MR: usize, const NR: usize>(
+                out: SharedOut,
+                tile: &mut [[f32; NR]; MR],
+                rows: Range<usize>,
+                cols: Range<usize>,
+                m: usize,
+                first: bool,
+                last: bool,
+                epilogue: &Epilogue<'_>,
+            ) {
+                // SAFETY: the caller's contract.
+                unsafe { out.store_portable(tile, rows, cols, m, first, last, epilogue) }
+            }
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx2<const MR: usize, const NR: usize>(
+                out: SharedOut,
+                tile: &mut [[f32; NR]; MR],
+                rows: Range<usize>,
+                cols: Range<usize>,
+                m: usize,
+                first: bool,
+                last: bool,
+                epilogue: &Epilogue<'_>,
+            ) {
+                // SAFETY: the caller's contract.
+                unsafe { out.store_portable(tile, rows, cols, m, first, last, epilogue) }
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F; the rest is the caller's contract.
+                return unsafe { avx512(self, tile, rows, cols, m, first, last, epilogue) };
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has AVX2 and FMA; the rest is the caller's contract.
+                return unsafe { avx2(self, tile, rows, cols, m, first, last, epilogue) };
+            }
+        }
+        // SAFETY: the caller's contract.
+        unsafe { self.store_portable(tile, rows, cols, m, first, last, epilogue) }
+    }
+
+    /// [`Self::store`] as written, inlined into each target-feature copy.
+    ///
+    /// # Safety
+    /// As [`Self::store`].
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn store_portable<const MR: usize, const NR: usize>(
+        self,
+        tile: &mut [[f32; NR]; MR],
+        rows: Range<usize>,
+        cols: Range<usize>,
         m: usize,
         first: bool,
         last: bool,
@@ -394,7 +462,7 @@ impl SharedOut {
                     .for_each(|(a, b)| *a += b);
             }
         }
-        activation::apply(epilogue.act, tile.as_flattened_mut());
+        activation::apply_portable(epilogue.act, tile.as_flattened_mut());
         for (row, acc) in rows.zip(tile.iter()) {
             let y = out_row(row);
             y.copy_from_slice(&acc[..width]);

@@ -1,4 +1,4 @@
-//! The CPU backend: rayon for parallel loops, faer or our packed GEMM for `linear`. It is the
+//! The CPU backend: rayon for parallel loops, our packed GEMM (or faer, variant 7) for `linear`. It is the
 //! reference every other backend is tested against, and a fast path of its own (packed
 //! sequences, fused epilogues).
 //!
@@ -64,10 +64,12 @@ impl CpuBackend {
         GemmVariant::PackedF16,
     ];
 
-    /// The CPU backend with its default GEMM, faer on f32 weights (see BENCHMARKS.md for how
-    /// the packed GEMM compares on the model shapes).
+    /// The CPU backend with its default GEMM: ours (variant 8) on f32 weights too, which keeps
+    /// each weight matrix packed after its first use and finishes the epilogue in registers; it
+    /// matches or beats faer on every model shape of `mscope bench` (BENCHMARKS.md, session
+    /// h21f), most on the epilogue-heavy ones (MiniLM's GELU FFN, Mistral's 256-row MLP).
     pub fn new() -> Self {
-        Self::with_gemm(GemmVariant::Faer)
+        Self::with_gemm(GemmVariant::Packed)
     }
 
     /// The CPU backend running `linear` on f32 weights with `variant` (7 or 8; 9 is 8, on the
