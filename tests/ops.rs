@@ -46,8 +46,8 @@ backend_tests! {
 }
 
 /// The last spans several panels of the CPU's packed GEMM (8 × 32 tiles on AVX-512), none of
-/// them whole; its depth blocks are 2048 deep, so `cpu_packed_gemm_matches_faer` adds a deeper
-/// case.
+/// them whole; its depth blocks are at most 768 deep, so `cpu_packed_gemm_matches_faer` adds a
+/// deeper case.
 const LINEAR_SIZES: [(usize, usize, usize); 4] =
     [(1, 1, 1), (37, 53, 29), (130, 70, 97), (23, 600, 300)];
 
@@ -84,8 +84,8 @@ fn linear_with_epilogues(be: &Arc<dyn Backend>) {
 }
 
 /// The CPU's packed GEMM (variant 8) on f32 weights: within the f32 tolerance of the f64
-/// reference and of faer's result (variant 7) on every case, and on one deeper than the packed
-/// GEMM's 2048-deep blocks (so its tiles add over two blocks before the epilogue).
+/// reference and of faer's result (variant 7) on every case, and on one three of the packed
+/// GEMM's depth blocks deep (its tiles add over the blocks before the epilogue).
 #[test]
 fn cpu_packed_gemm_matches_faer() {
     let faer: Arc<dyn Backend> = Arc::new(CpuBackend::with_gemm(GemmVariant::Faer));

@@ -6,14 +6,15 @@
 //! Layout (Goto and van de Geijn's): the weights are cut into panels of `NR` rows (the output's
 //! columns), each stored depth-major — column `p` of the panel is its `NR` values at `p · NR` —
 //! so the microkernel reads a panel front to back; `x` is cut the same way into panels of `MR`
-//! rows, once a call. An `MR × NR` tile of the output stays in registers over a whole depth
-//! block (all of `k` up to [`KC_MAX`], so one block on every encoder shape), and is stored once,
-//! finished.
+//! rows, once a call. An `MR × NR` tile of the output stays in registers over a depth block
+//! (up to [`KC_MAX`]: one block on BERT-base's 768, two of 512 on e5-large's 1024).
 //!
 //! Blocking for this EPYC's caches (48 KiB L1d and 1 MiB L2 a core, 32 MiB L3): one rayon task
-//! owns a block of weight panels that fits in half its core's L2 ([`L2_BLOCK_BYTES`]) and runs
-//! every row panel of `x` over it, each `x` panel (`MR × kc`, 32 KiB at `k` = 1024) reused from
-//! L1 across the block's panels; all of packed `x` stays in L3. The block count is a multiple of
+//! owns a block of weight panels, at full depth, that fits in half its core's L2
+//! ([`L2_BLOCK_BYTES`]) and runs every row panel of `x` over it: for each row panel, depth block
+//! by depth block, the `x` panel's block (`MR × kc`, at most 24 KiB) reused from L1 across the
+//! block's weight panels and the row panel's tiles kept in L1 across the depth blocks; all of
+//! packed `x` stays in L3. The block count is a multiple of
 //! the thread count, so every core gets the same work (MiniLM's 48 panels of 32 outputs are six
 //! blocks of eight on two cores, not five of ten); where blocks are fewer than twice the threads
 //! they are also cut into row chunks.
@@ -42,12 +43,14 @@ use super::activation;
 use super::common::Matrix;
 use crate::backend::Activation;
 
-/// Deepest block the microkernel covers in one pass: every encoder shape's `k` (384 to 1536)
-/// in one block, so a tile is stored once. Deeper products (Mistral's 4096) are cut into equal
-/// blocks whose tiles add into the output.
-const KC_MAX: usize = 2048;
-/// Packed weights one task keeps in its core's L2 while every row panel of `x` passes over
-/// them: half of this EPYC's 1 MiB, leaving the rest to `x`'s panels and the output tiles.
+/// Deepest block the microkernel covers in one pass: an `x` panel's block (`MR × kc`, at most
+/// 24 KiB on AVX-512) stays in L1, half of this EPYC's 48 KiB, beside the weights streaming
+/// through. Deeper products are cut into equal blocks (e5-large's 1024 into two of 512), whose
+/// tiles add into the output while the row panel's tiles are still in L1.
+const KC_MAX: usize = 768;
+/// Packed weights (at full depth) one task keeps in its core's L2 while every row panel of `x`
+/// passes over them: half of this EPYC's 1 MiB, leaving the rest to `x`'s panels and the
+/// output tiles.
 const L2_BLOCK_BYTES: usize = 512 * 1024;
 /// The most bytes of f32 weights the process keeps packed: MiniLM's 90 MB and e5-large's 1.3 GB
 /// fit; past it, weights are packed at every call as half-precision ones are.
@@ -223,7 +226,7 @@ fn blocked<const MR: usize, const NR: usize>(
 
     let threads = rayon::current_num_threads();
     let col_panels = m.div_ceil(NR);
-    let fit = (L2_BLOCK_BYTES / (4 * NR * kc.max(1))).max(1);
+    let fit = (L2_BLOCK_BYTES / (4 * NR * k.max(1))).max(1);
     let col_blocks = col_panels.div_ceil(fit).div_ceil(threads) * threads;
     let per_block = col_panels.div_ceil(col_blocks.min(col_panels));
     let col_blocks = col_panels.div_ceil(per_block);
@@ -241,37 +244,39 @@ fn blocked<const MR: usize, const NR: usize>(
             let (block, chunk) = (task / row_chunks, task % row_chunks);
             let panels = block * per_block..((block + 1) * per_block).min(col_panels);
             let chunk_panels = chunk * per_chunk..((chunk + 1) * per_chunk).min(row_panels);
-            for b in 0..blocks {
-                let depth = (b * kc).min(k)..((b + 1) * kc).min(k);
-                let kd = depth.len();
-                // This block's weight panels over `depth`: panel `i` at `i · stride +
-                // offset`, from the packed weights or packed now into `scratch`.
-                let (w_block, stride, offset): (&[f32], usize, usize) = match packed {
-                    Some(all) => (&all[panels.start * k * NR..], k * NR, depth.start * NR),
-                    None => {
-                        scratch.resize(panels.len() * kd * NR, 0.0);
-                        for (i, panel) in panels.clone().enumerate() {
-                            let dst = &mut scratch[i * kd * NR..][..kd * NR];
-                            pack_panel::<NR>(w, (k, m), panel, depth.clone(), dst, row);
-                        }
-                        (&scratch[..], kd * NR, 0)
+            // This block's weight panels at full depth, panel `i` at `i · k · NR`: from the
+            // packed weights, or packed now into `scratch`.
+            let w_block: &[f32] = match packed {
+                Some(all) => &all[panels.start * k * NR..][..panels.len() * k * NR],
+                None => {
+                    scratch.resize(panels.len() * k * NR, 0.0);
+                    for (i, panel) in panels.clone().enumerate() {
+                        let dst = &mut scratch[i * k * NR..][..k * NR];
+                        pack_panel::<NR>(w, (k, m), panel, 0..k, dst, row);
                     }
-                };
-                let last = b + 1 == blocks;
-                for panel in chunk_panels.clone() {
+                    scratch
+                }
+            };
+            for panel in chunk_panels {
+                let rows = panel * MR..((panel + 1) * MR).min(n);
+                // Depth blocks inside the row panel: the `x` panel's block stays in L1 across
+                // the weight panels, and the row panel's output tiles in L1 across the blocks.
+                for b in 0..blocks {
+                    let depth = (b * kc).min(k)..((b + 1) * kc).min(k);
+                    let kd = depth.len();
                     let a = &packed_x[panel * k * MR + depth.start * MR..][..kd * MR];
-                    let rows = panel * MR..((panel + 1) * MR).min(n);
                     for (i, jp) in panels.clone().enumerate() {
-                        let bw = &w_block[i * stride + offset..][..kd * NR];
+                        let bw = &w_block[i * k * NR + depth.start * NR..][..kd * NR];
                         let mut tile = [[0.0f32; NR]; MR];
                         // SAFETY: the kernel was chosen for this CPU's features, and `a`, `b`
                         // hold `kd` columns of MR and NR values.
                         unsafe { kernel(kd, a, bw, &mut tile) };
                         let cols = jp * NR..((jp + 1) * NR).min(m);
+                        let (first, last) = (b == 0, b + 1 == blocks);
                         // SAFETY: this task alone writes rows `chunk_panels` × columns of
                         // `panels` of `out`, which has `n · m` values; `rows` < n, `cols` < m.
                         unsafe {
-                            out.store(&mut tile, rows.clone(), cols, m, b == 0, last, epilogue)
+                            out.store(&mut tile, rows.clone(), cols, m, first, last, epilogue)
                         };
                     }
                 }
