@@ -46,8 +46,9 @@ backend_tests! {
     backward_ops_reject_bad_shapes: Backward,
 }
 
-/// The last spans several depth blocks and column blocks of the CPU's packed GEMM (256 × 128),
-/// none of them whole.
+/// The last spans several panels of the CPU's packed GEMM (8 × 32 tiles on AVX-512), none of
+/// them whole; its depth blocks are at most 768 deep, so `cpu_packed_gemm_matches_faer` adds a
+/// deeper case.
 const LINEAR_SIZES: [(usize, usize, usize); 4] =
     [(1, 1, 1), (37, 53, 29), (130, 70, 97), (23, 600, 300)];
 
@@ -84,12 +85,23 @@ fn linear_with_epilogues(be: &Arc<dyn Backend>) {
 }
 
 /// The CPU's packed GEMM (variant 8) on f32 weights: within the f32 tolerance of the f64
-/// reference and of faer's result (variant 7) on every case.
+/// reference and of faer's result (variant 7) on every case, and on one three of the packed
+/// GEMM's depth blocks deep (its tiles add over the blocks before the epilogue).
 #[test]
 fn cpu_packed_gemm_matches_faer() {
     let faer: Arc<dyn Backend> = Arc::new(CpuBackend::with_gemm(GemmVariant::Faer));
     let packed: Arc<dyn Backend> = Arc::new(CpuBackend::with_gemm(GemmVariant::Packed));
-    for case in linear_cases(WeightsIn::F32, 31) {
+    let deep = Linear {
+        n: 21,
+        k: 2100,
+        m: 67,
+        act: Activation::Gelu,
+        bias: true,
+        residual: true,
+        weights: WeightsIn::F32,
+    };
+    let deep = OpCase::new("linear/21x2100x67 deep", 32, CaseOp::Linear(deep));
+    for case in linear_cases(WeightsIn::F32, 31).into_iter().chain([deep]) {
         let (_, want) = check_case(&faer, &case);
         let (_, got) = check_case(&packed, &case);
         let err = rel_error(&got, &want);
@@ -114,6 +126,46 @@ fn every_cpu_attention_variant_matches_the_reference() {
     let mut out = be.zeros(&[3, 8]).unwrap();
     let err = be.attention(&qkv, &layout, &spec, &mut out).unwrap_err();
     assert!(err.to_string().contains("CUDA kernel"), "{err}");
+}
+
+/// The packed GEMM keeps f32 weights packed with their tensor: a second call reads that copy and
+/// gives the same values, and writing the tensor (here as another op's output) drops the copy, so
+/// the next call multiplies by the new weights (checked against faer, which keeps no copy).
+#[test]
+fn cpu_packed_weights_follow_their_tensor() {
+    let faer = CpuBackend::with_gemm(GemmVariant::Faer);
+    let packed = CpuBackend::with_gemm(GemmVariant::Packed);
+    let (n, k, m) = (13, 70, 45);
+    let values = |len: usize, seed: usize| -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    };
+    let x = packed.upload(&[n, k], &values(n * k, 1)).unwrap();
+    let mut w = packed.upload(&[m, k], &values(m * k, 2)).unwrap();
+    let run = |be: &CpuBackend, w: &mscope::backend::Tensor| {
+        let mut out = be.zeros(&[n, m]).unwrap();
+        be.linear(&x, w, None, Activation::Gelu, None, &mut out)
+            .unwrap();
+        be.download(&out).unwrap()
+    };
+    let first = run(&packed, &w);
+    assert_eq!(run(&packed, &w), first, "second call, from the packed copy");
+    assert!(rel_error(&first, &run(&faer, &w)) < 1e-5);
+
+    // w ← y·zᵀ, written in place by linear itself.
+    let y = packed.upload(&[m, 3], &values(m * 3, 3)).unwrap();
+    let z = packed.upload(&[k, 3], &values(k * 3, 4)).unwrap();
+    packed
+        .linear(&y, &z, None, Activation::Identity, None, &mut w)
+        .unwrap();
+    let after = run(&packed, &w);
+    assert!(rel_error(&after, &first) > 0.1, "the new weights differ");
+    let err = rel_error(&after, &run(&faer, &w));
+    assert!(
+        err < 1e-5,
+        "after the weights were written: {err:e} from faer"
+    );
 }
 
 /// bf16 weights (kept bf16 and widened panel by panel on the CPU, f16 on wgpu with SHADER_F16,

@@ -10,6 +10,9 @@ use crate::tensor::{DType, HalfMatrix, SharedBytes};
 pub struct Tensor {
     pub(super) shape: Vec<usize>,
     pub(super) storage: Storage,
+    /// The CPU's packed copy of f32 `linear` weights, made at the first `linear` that reads them
+    /// (empty on other tensors and backends; emptied whenever the values are written).
+    pub(super) cpu_packed: super::cpu::PackedCache,
 }
 
 /// Device memory behind a [`Tensor`]; each backend adds its variant when its issue lands.

@@ -24,9 +24,10 @@ pub enum GemmVariant {
     DirectF16,
     /// 7 — faer's GEMM, the epilogue in a second pass over the output (CPU).
     Faer,
-    /// 8 — packed panels and a 6×16 register tile (AVX2 + FMA where the CPU has them), the
-    /// epilogue applied to the tile before it is stored; f16 and bf16 weights are widened panel
-    /// by panel as they are packed (CPU, where it runs every GEMM on half-precision weights).
+    /// 8 — packed panels and an 8×32 (AVX-512) or 6×16 (AVX2 + FMA) register tile, the epilogue
+    /// applied to the tile before it is stored; f32 weights packed once and kept with their
+    /// tensor, f16 and bf16 ones widened block by block as they are packed (CPU: the default,
+    /// and every GEMM on half-precision weights).
     Packed,
     /// 9 — variant 8 on f16 weights (CPU).
     PackedF16,

@@ -1,9 +1,10 @@
 //! The machine's ceilings, measured before the cases: what the roofline fractions divide by.
 //!
 //! - `gemm-f32`, `gemm-f32-panel`: a large square GEMM and a model-shaped one (`k = m = 1024`)
-//!   through the backend's `linear`; the faster is the *achieved* GEMM ceiling (what the
-//!   best-tuned op of this backend reaches), not the datasheet peak. The square one alone
-//!   under-reads it where its 48 MB working set leaves the caches that model shapes stay in.
+//!   through the backend's `linear` (faer's, variant 7, on the CPU); the faster is the
+//!   *achieved* GEMM ceiling (what the best-tuned op of this backend reaches), not the datasheet
+//!   peak. The square one alone under-reads it where its 48 MB working set leaves the caches
+//!   that model shapes stay in.
 //! - `gemm-f64` (CPU): the same with faer in f64, the ceiling of the f64 stats ops.
 //! - `fma-f32` (CPU, x86-64 with FMA): independent AVX2 FMA chains in registers on every rayon
 //!   thread, the nearest to the datasheet peak software gets; reported, not used as a ceiling.
@@ -19,7 +20,8 @@ use rayon::prelude::*;
 use super::target::Target;
 use super::timing::{measure, Timing};
 use super::{uniform, Bound, Op, Precision, Scale, Work};
-use crate::backend::{Activation, Backend};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{Activation, Backend, GemmVariant};
 use crate::error::Result;
 
 /// One probe's figure.
@@ -82,8 +84,13 @@ pub fn run(
 
     // Quick runs shrink the probes less than the cases: a ceiling needs a working set past the
     // caches and a GEMM large enough to amortise packing (512³ still takes seconds on lavapipe).
+    // The CPU's GEMM ceilings are faer's whatever the default variant: the reference GEMM, as
+    // in every earlier run, so fractions stay comparable (the packed GEMM is within a few per
+    // cent of it on these two shapes).
+    let faer = CpuBackend::with_gemm(GemmVariant::Faer);
+    let gemm_be: &dyn Backend = if be.name() == "cpu" { &faer } else { be };
     let n = scale.rows(2048, 512);
-    let timing = timed(&mut gemm_f32(be, n, n, n)?)?;
+    let timing = timed(&mut gemm_f32(gemm_be, n, n, n)?)?;
     probes.push(rate(
         "gemm-f32",
         format!("{n}³"),
@@ -92,7 +99,7 @@ pub fn run(
         true,
     ));
     let (k, m) = (1024, 1024);
-    let timing = timed(&mut gemm_f32(be, n, k, m)?)?;
+    let timing = timed(&mut gemm_f32(gemm_be, n, k, m)?)?;
     probes.push(rate(
         "gemm-f32-panel",
         format!("{n}×{k}·{m}×{k}ᵀ"),

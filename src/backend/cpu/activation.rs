@@ -39,8 +39,10 @@ fn softmax_portable(row: &mut [f32]) {
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
+/// [`apply`] as written, also for callers that inline it into their own target-feature copies
+/// (the packed GEMM's tile epilogue), where the vector width must match the code around it.
 #[inline(always)]
-fn apply_portable(act: Activation, y: &mut [f32]) {
+pub(super) fn apply_portable(act: Activation, y: &mut [f32]) {
     match act {
         Activation::Identity => {}
         Activation::Gelu => y.iter_mut().for_each(|v| *v = gelu(*v)),

@@ -37,7 +37,7 @@ pub(super) fn matrix(t: &Tensor) -> Result<Matrix<'_>> {
     }
 }
 
-/// [`values`] for writing.
+/// [`values`] for writing; drops the packed copy `linear` may keep of them.
 pub(super) fn values_mut(t: &mut Tensor) -> Result<&mut [f32]> {
     if matches!(t.storage, Storage::CpuMapped(_) | Storage::CpuHalf(_)) {
         return Err(Error::input(format!(
@@ -48,6 +48,7 @@ pub(super) fn values_mut(t: &mut Tensor) -> Result<&mut [f32]> {
     if !matches!(t.storage, Storage::Cpu(_)) {
         return Err(t.foreign("cpu"));
     }
+    t.cpu_packed = Default::default();
     let Storage::Cpu(v) = &mut t.storage else {
         unreachable!("checked above")
     };

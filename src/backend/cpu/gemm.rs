@@ -1,8 +1,8 @@
 //! The GEMM family on the CPU: faer's matmul on every core behind [`gemm`] (also the host GEMM
 //! of `models/` and `instruments/`), and `linear` in one of two variants: 7, that GEMM plus one
-//! epilogue pass (bias, activation, residual) over its rows; 8, our packed GEMM with the
-//! epilogue applied to each register tile ([`super::gemm_packed`]), which also runs every
-//! `linear` on half-precision weights (faer would need a whole f32 copy of them).
+//! epilogue pass (bias, activation, residual) over its rows; 8 (the default), our packed GEMM
+//! with the epilogue applied to each register tile ([`super::gemm_packed`]), which also runs
+//! every `linear` on half-precision weights (faer would need a whole f32 copy of them).
 
 use faer::linalg::matmul::matmul;
 use faer::traits::{math_utils::one, ComplexField};
@@ -126,7 +126,14 @@ pub(super) fn linear(
             act,
             residual: residual.map(values).transpose()?,
         };
-        gemm_packed::linear(values(x)?, (n, k, m), &weights, &epilogue, values_mut(out)?);
+        gemm_packed::linear(
+            values(x)?,
+            (n, k, m),
+            &weights,
+            Some(&w.cpu_packed),
+            &epilogue,
+            values_mut(out)?,
+        );
         return Ok(());
     }
     gemm(

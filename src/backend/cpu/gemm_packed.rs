@@ -1,25 +1,41 @@
 //! GEMM variant 8 (and 9 on f16 weights): `out = act(x·wᵀ + bias) + residual` written for the
-//! model shapes, with weights in f32, f16 or bf16 — the CPU GEMM of half-precision checkpoints,
-//! whose weights stay in their memory map and are never widened as a whole.
+//! model shapes, with weights in f32, f16 or bf16 — the CPU's default `linear` where it beats
+//! faer (see [`super::CpuBackend::new`]), and the GEMM of half-precision checkpoints, whose
+//! weights stay in their memory map and are never widened as a whole.
 //!
-//! The classic blocked layout (Goto and van de Geijn): `x` is packed once into panels of `MR`
-//! rows, `KC` columns at a time, each stored column by column so the microkernel reads it in
-//! order; the weight rows (the output's columns) are split into blocks of [`NC`], one rayon task
-//! a block (and a chunk of rows where blocks are few), and each task packs its block `KC`
-//! columns at a time into panels of `NR` rows — widening f16/bf16 to f32 as it packs, so the
-//! only f32 copy of the weights is one `NC × KC` panel per task (128 KiB, in L2). The
-//! microkernel keeps an `MR × NR` tile of the output in registers over the `KC` block, chosen at
-//! run time: 8 × 32 in sixteen AVX-512 registers, 6 × 16 in twelve AVX2 registers with FMA, or a
-//! portable loop of the AVX2 shape. Tiles add into the output block by block; after the last
-//! block the tile is finished in place before its one store, while it is in L1: the earlier
-//! blocks' sums and the bias added, the activation applied to the whole tile in one call
-//! ([`activation::apply`], sixteen lanes on AVX-512: 256 values a call, not one call per
-//! 32-value row segment), the residual added as it is stored.
+//! Layout (Goto and van de Geijn's): the weights are cut into panels of `NR` rows (the output's
+//! columns), each stored depth-major — column `p` of the panel is its `NR` values at `p · NR` —
+//! so the microkernel reads a panel front to back; `x` is cut the same way into panels of `MR`
+//! rows, once a call. An `MR × NR` tile of the output stays in registers over a depth block
+//! (up to [`KC_MAX`]: one block on BERT-base's 768, two of 512 on e5-large's 1024).
 //!
-//! Not yet done (issue 21 item 2): packing each weight once and keeping it across calls (an
-//! f32 copy the size of the weights, so only for models that fit twice in memory), and the
-//! blocking that would make this GEMM match faer on the large FFN-ups (BENCHMARKS.md, "Session
-//! h21g"); until it does, faer stays the CPU's GEMM on f32 weights.
+//! Blocking for this EPYC's caches (48 KiB L1d and 1 MiB L2 a core, 32 MiB L3): one rayon task
+//! owns a block of weight panels, at full depth, that fits in half its core's L2
+//! ([`L2_BLOCK_BYTES`]) and runs every row panel of `x` over it: for each row panel, depth block
+//! by depth block, the `x` panel's block (`MR × kc`, at most 24 KiB) reused from L1 across the
+//! block's weight panels and the row panel's tiles kept in L1 across the depth blocks; all of
+//! packed `x` stays in L3. The block count is a multiple of
+//! the thread count, so every core gets the same work (MiniLM's 48 panels of 32 outputs are six
+//! blocks of eight on two cores, not five of ten); where blocks are fewer than twice the threads
+//! they are also cut into row chunks.
+//!
+//! f32 weights are packed once and kept with their tensor ([`PackedCache`]: filled by the first
+//! `linear` that reads them, dropped when the tensor is written or freed), up to
+//! [`CACHE_BUDGET_BYTES`] for the whole process. Beyond that budget, and always for f16/bf16
+//! weights (an f32 copy would be twice their size), each task packs its block as it goes,
+//! widening half values to f32 in the packing: the only f32 copy is then one block per task.
+//!
+//! The microkernel is chosen at run time: 8 × 32 in sixteen AVX-512 registers, 6 × 16 in twelve
+//! AVX2 registers with FMA, or a portable loop of the AVX2 shape. Where `k` takes several depth
+//! blocks, tiles add into the output block by block; after the last block the tile is finished
+//! in place before its one store, while it is in L1: the earlier blocks' sums and the bias
+//! added, the activation applied to the whole tile in one loop (sixteen lanes on AVX-512: the
+//! tile's finishing is compiled for the microkernel's vector width), the residual added as it
+//! is stored.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
@@ -27,18 +43,91 @@ use super::activation;
 use super::common::Matrix;
 use crate::backend::Activation;
 
-/// Depth of a packed block: an `MR × KC` panel of `x` (at most 8 KiB) and an `NR × KC` panel of
-/// the weights (at most 32 KiB) stay in L1 while the microkernel runs over them.
-const KC: usize = 256;
-/// Output columns of one task: its packed weights (`NC × KC`, 128 KiB) stay in L2 while every
-/// row panel of `x` passes over them.
-const NC: usize = 128;
+/// Deepest block the microkernel covers in one pass: an `x` panel's block (`MR × kc`, at most
+/// 24 KiB on AVX-512) stays in L1, half of this EPYC's 48 KiB, beside the weights streaming
+/// through. Deeper products are cut into equal blocks (e5-large's 1024 into two of 512), whose
+/// tiles add into the output while the row panel's tiles are still in L1.
+const KC_MAX: usize = 768;
+/// Packed weights (at full depth) one task keeps in its core's L2 while every row panel of `x`
+/// passes over them: half of this EPYC's 1 MiB, leaving the rest to `x`'s panels and the
+/// output tiles.
+const L2_BLOCK_BYTES: usize = 512 * 1024;
+/// The most bytes of f32 weights the process keeps packed: MiniLM's 90 MB and e5-large's 1.3 GB
+/// fit; past it, weights are packed at every call as half-precision ones are.
+const CACHE_BUDGET_BYTES: usize = 4 << 30;
+
+/// Bytes held by every [`PackedWeights`] alive, against [`CACHE_BUDGET_BYTES`].
+static CACHED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// What `linear` adds after the product: `act(acc + bias) + residual`.
 pub(super) struct Epilogue<'a> {
     pub bias: Option<&'a [f32]>,
     pub act: Activation,
     pub residual: Option<&'a [f32]>,
+}
+
+/// f32 weights `[m, k]` packed for one microkernel width `nr`: panel `jp` at `jp · k · nr`, its
+/// column `p` at `p · nr`, rows past `m` zero.
+struct PackedWeights {
+    nr: usize,
+    k: usize,
+    m: usize,
+    values: Vec<f32>,
+}
+
+impl Drop for PackedWeights {
+    fn drop(&mut self) {
+        CACHED_BYTES.fetch_sub(self.values.len() * 4, Ordering::Relaxed);
+    }
+}
+
+/// A tensor's weights packed for `linear` on f32 weights: empty until the first call reads them,
+/// `None` inside when the process's budget was spent then. A tensor holds one, emptied whenever
+/// its values are borrowed for writing, so it never outlives the values it copies.
+#[derive(Default)]
+pub(crate) struct PackedCache(OnceLock<Option<PackedWeights>>);
+
+impl std::fmt::Debug for PackedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.0.get() {
+            None => "empty",
+            Some(None) => "over budget",
+            Some(Some(_)) => "packed",
+        };
+        write!(f, "PackedCache({state})")
+    }
+}
+
+impl PackedCache {
+    /// The packed form of `w` (`[m, k]`) for microkernel width `NR`, packing it now if this is
+    /// the first call; `None` when it is not kept (over budget, or packed for another shape).
+    fn get_or_pack<const NR: usize>(&self, w: &[f32], k: usize, m: usize) -> Option<&[f32]> {
+        let packed = self.0.get_or_init(|| {
+            let len = m.div_ceil(NR) * NR * k;
+            CACHED_BYTES
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                    (used + 4 * len <= CACHE_BUDGET_BYTES).then_some(used + 4 * len)
+                })
+                .ok()?;
+            let mut values = vec![0.0f32; len];
+            if k > 0 {
+                values.par_chunks_mut(k * NR).enumerate().for_each_init(
+                    Vec::new,
+                    |row, (panel, dst)| {
+                        pack_panel::<NR>(&Matrix::F32(w), (k, m), panel, 0..k, dst, row)
+                    },
+                );
+            }
+            Some(PackedWeights {
+                nr: NR,
+                k,
+                m,
+                values,
+            })
+        });
+        let packed = packed.as_ref()?;
+        (packed.nr == NR && packed.k == k && packed.m == m).then_some(&packed.values[..])
+    }
 }
 
 /// An `MR × NR` tile of `a·b` over one packed block: `a` holds `kc` columns of `MR` values,
@@ -68,11 +157,12 @@ pub(super) fn with_microkernel(program: impl TileProgram) {
 }
 
 /// `out[n, m] = act(x[n, k]·w[m, k]ᵀ + bias) + residual`, every slice row-major, on the widest
-/// microkernel this CPU runs.
+/// microkernel this CPU runs; f32 weights are read from (or packed into) `cache` when given.
 pub(super) fn linear(
     x: &[f32],
     shape: (usize, usize, usize),
     w: &Matrix<'_>,
+    cache: Option<&PackedCache>,
     epilogue: &Epilogue<'_>,
     out: &mut [f32],
 ) {
@@ -80,29 +170,47 @@ pub(super) fn linear(
         x: &'a [f32],
         shape: (usize, usize, usize),
         w: &'a Matrix<'a>,
+        cache: Option<&'a PackedCache>,
         epilogue: &'a Epilogue<'a>,
         out: &'a mut [f32],
     }
     impl TileProgram for Linear<'_> {
         fn run<const MR: usize, const NR: usize>(self, kernel: Microkernel<MR, NR>) {
-            blocked::<MR, NR>(kernel, self.x, self.shape, self.w, self.epilogue, self.out)
+            let packed = match (self.w, self.cache) {
+                (Matrix::F32(w), Some(cache)) => {
+                    cache.get_or_pack::<NR>(w, self.shape.1, self.shape.2)
+                }
+                _ => None,
+            };
+            blocked::<MR, NR>(
+                kernel,
+                self.x,
+                self.shape,
+                self.w,
+                packed,
+                self.epilogue,
+                self.out,
+            )
         }
     }
     with_microkernel(Linear {
         x,
         shape,
         w,
+        cache,
         epilogue,
         out,
     })
 }
 
-/// The blocked GEMM around `kernel`.
+/// The blocked GEMM around `kernel`; `packed` is all of `w` packed (else each task packs its
+/// block of it).
 fn blocked<const MR: usize, const NR: usize>(
     kernel: Microkernel<MR, NR>,
     x: &[f32],
     (n, k, m): (usize, usize, usize),
     w: &Matrix<'_>,
+    packed: Option<&[f32]>,
     epilogue: &Epilogue<'_>,
     out: &mut [f32],
 ) {
@@ -110,76 +218,90 @@ fn blocked<const MR: usize, const NR: usize>(
         return;
     }
     // With k = 0 one empty block still runs, so the epilogue is applied to the zero product.
-    let blocks = k.div_ceil(KC).max(1);
+    let blocks = k.div_ceil(KC_MAX).max(1);
+    let kc = k.div_ceil(blocks);
     let row_panels = n.div_ceil(MR);
-    let packed_x = pack_x::<MR>(x, n, k, blocks, row_panels);
+    let packed_x = pack_x::<MR>(x, n, k, row_panels);
     let out = SharedOut::new(out);
-    // Tasks are column blocks; where those are too few to keep every thread busy (MiniLM's
-    // 384 outputs are 3 blocks), each is also cut into row chunks, which pack its weights again.
-    let column_blocks = m.div_ceil(NC);
-    let wanted = 4 * rayon::current_num_threads();
-    let row_chunks = wanted
-        .div_ceil(column_blocks)
-        .min(row_panels.div_ceil(4))
-        .max(1);
-    let panels_per_chunk = row_panels.div_ceil(row_chunks);
-    (0..column_blocks * row_chunks)
-        .into_par_iter()
-        .for_each_init(
-            || vec![0.0f32; NC * KC],
-            |packed_w, task| {
-                let (block, chunk) = (task / row_chunks, task % row_chunks);
-                let columns = block * NC..((block + 1) * NC).min(m);
-                let panels =
-                    chunk * panels_per_chunk..((chunk + 1) * panels_per_chunk).min(row_panels);
+
+    let threads = rayon::current_num_threads();
+    let col_panels = m.div_ceil(NR);
+    let fit = (L2_BLOCK_BYTES / (4 * NR * k.max(1))).max(1);
+    let col_blocks = col_panels.div_ceil(fit).div_ceil(threads) * threads;
+    let per_block = col_panels.div_ceil(col_blocks.min(col_panels));
+    let col_blocks = col_panels.div_ceil(per_block);
+    let row_chunks = if col_blocks < 2 * threads {
+        (2 * threads).div_ceil(col_blocks).min(row_panels)
+    } else {
+        1
+    };
+    let per_chunk = row_panels.div_ceil(row_chunks);
+    let row_chunks = row_panels.div_ceil(per_chunk);
+
+    (0..col_blocks * row_chunks).into_par_iter().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(scratch, row), task| {
+            let (block, chunk) = (task / row_chunks, task % row_chunks);
+            let panels = block * per_block..((block + 1) * per_block).min(col_panels);
+            let chunk_panels = chunk * per_chunk..((chunk + 1) * per_chunk).min(row_panels);
+            // This block's weight panels at full depth, panel `i` at `i · k · NR`: from the
+            // packed weights, or packed now into `scratch`.
+            let w_block: &[f32] = match packed {
+                Some(all) => &all[panels.start * k * NR..][..panels.len() * k * NR],
+                None => {
+                    scratch.resize(panels.len() * k * NR, 0.0);
+                    for (i, panel) in panels.clone().enumerate() {
+                        let dst = &mut scratch[i * k * NR..][..k * NR];
+                        pack_panel::<NR>(w, (k, m), panel, 0..k, dst, row);
+                    }
+                    scratch
+                }
+            };
+            for panel in chunk_panels {
+                let rows = panel * MR..((panel + 1) * MR).min(n);
+                // Depth blocks inside the row panel: the `x` panel's block stays in L1 across
+                // the weight panels, and the row panel's output tiles in L1 across the blocks.
                 for b in 0..blocks {
-                    let depth = b * KC..((b + 1) * KC).min(k);
-                    pack_w::<NR>(w, k, columns.clone(), depth.clone(), packed_w);
-                    let last = b + 1 == blocks;
-                    for panel in panels.clone() {
-                        let a = &packed_x[(b * row_panels + panel) * KC * MR..][..depth.len() * MR];
-                        let rows = panel * MR..((panel + 1) * MR).min(n);
-                        for (jr, j0) in columns.clone().step_by(NR).enumerate() {
-                            let bw = &packed_w[jr * KC * NR..][..depth.len() * NR];
-                            let mut tile = [[0.0f32; NR]; MR];
-                            // SAFETY: the kernel was chosen for this CPU's features, and `a`, `b`
-                            // hold `depth.len()` columns of MR and NR values.
-                            unsafe { kernel(depth.len(), a, bw, &mut tile) };
-                            let cols = j0..(j0 + NR).min(columns.end);
-                            // SAFETY: this task alone writes rows `panels` × columns `columns` of
-                            // `out`, which has `n · m` values; `rows` < n and `cols` ⊂ `columns`.
-                            unsafe {
-                                out.store(&mut tile, rows.clone(), cols, m, b == 0, last, epilogue)
-                            };
-                        }
+                    let depth = (b * kc).min(k)..((b + 1) * kc).min(k);
+                    let kd = depth.len();
+                    let a = &packed_x[panel * k * MR + depth.start * MR..][..kd * MR];
+                    for (i, jp) in panels.clone().enumerate() {
+                        let bw = &w_block[i * k * NR + depth.start * NR..][..kd * NR];
+                        let mut tile = [[0.0f32; NR]; MR];
+                        // SAFETY: the kernel was chosen for this CPU's features, and `a`, `b`
+                        // hold `kd` columns of MR and NR values.
+                        unsafe { kernel(kd, a, bw, &mut tile) };
+                        let cols = jp * NR..((jp + 1) * NR).min(m);
+                        let (first, last) = (b == 0, b + 1 == blocks);
+                        // SAFETY: this task alone writes rows `chunk_panels` × columns of
+                        // `panels` of `out`, which has `n · m` values; `rows` < n, `cols` < m.
+                        unsafe {
+                            out.store(&mut tile, rows.clone(), cols, m, first, last, epilogue)
+                        };
                     }
                 }
-            },
-        );
+            }
+        },
+    );
 }
 
-/// `x`'s row panels for every depth block: block `b`, panel `p` at `(b · panels + p) · KC · MR`,
-/// column `c` of the block at `c · MR`, rows past `n` zero.
-fn pack_x<const MR: usize>(
-    x: &[f32],
-    n: usize,
-    k: usize,
-    blocks: usize,
-    panels: usize,
-) -> Vec<f32> {
-    let mut packed = vec![0.0f32; blocks * panels * KC * MR];
+/// `x`'s row panels at full depth: panel `p` at `p · k · MR`, its column `c` at `c · MR`, rows
+/// past `n` zero.
+fn pack_x<const MR: usize>(x: &[f32], n: usize, k: usize, panels: usize) -> Vec<f32> {
+    let mut packed = vec![0.0f32; panels * k * MR];
+    if k == 0 {
+        return packed;
+    }
     packed
-        .par_chunks_mut(KC * MR)
+        .par_chunks_mut(k * MR)
         .enumerate()
-        .for_each(|(i, dst)| {
-            let (b, panel) = (i / panels, i % panels);
-            let depth = b * KC..((b + 1) * KC).min(k);
+        .for_each(|(panel, dst)| {
             for r in 0..MR {
                 let row = panel * MR + r;
                 if row >= n {
                     break;
                 }
-                for (c, &v) in x[row * k..][depth.clone()].iter().enumerate() {
+                for (c, &v) in x[row * k..][..k].iter().enumerate() {
                     dst[c * MR + r] = v;
                 }
             }
@@ -187,35 +309,36 @@ fn pack_x<const MR: usize>(
     packed
 }
 
-/// Weight rows `columns` over `depth`, widened to f32 into panels of `NR` rows: panel `jr` at
-/// `jr · KC · NR`, its column `c` at `c · NR`, rows past the block zero. Each panel's rows are
-/// widened side by side first (contiguous runs the compiler vectorises), then transposed in L1.
-fn pack_w<const NR: usize>(
+/// Weight panel `panel` (rows `panel · NR ..` of the `[m, k]` weights) over `depth`, widened to
+/// f32 into `dst`: column `c` at `c · NR`, rows past `m` zero. `row` is scratch for a widened
+/// half-precision row.
+fn pack_panel<const NR: usize>(
     w: &Matrix<'_>,
-    k: usize,
-    columns: std::ops::Range<usize>,
-    depth: std::ops::Range<usize>,
-    packed: &mut [f32],
+    (k, m): (usize, usize),
+    panel: usize,
+    depth: Range<usize>,
+    dst: &mut [f32],
+    row: &mut Vec<f32>,
 ) {
     let kc = depth.len();
-    let mut rows = vec![0.0f32; NR * kc];
-    for (jr, j0) in columns.clone().step_by(NR).enumerate() {
-        for (jj, row) in rows.chunks_exact_mut(kc.max(1)).enumerate().take(NR) {
-            let j = j0 + jj;
-            if j >= columns.end {
-                row.fill(0.0);
-                continue;
-            }
+    for jj in 0..NR {
+        let j = panel * NR + jj;
+        let src: &[f32] = if j >= m {
+            row.clear();
+            row.resize(kc, 0.0);
+            row
+        } else {
             match w {
-                Matrix::F32(w) => row.copy_from_slice(&w[j * k..][depth.clone()]),
-                Matrix::Half(w) => w.widen_row(j, depth.start, row),
+                Matrix::F32(w) => &w[j * k..][depth.clone()],
+                Matrix::Half(w) => {
+                    row.resize(kc, 0.0);
+                    w.widen_row(j, depth.start, row);
+                    row
+                }
             }
-        }
-        let panel = &mut packed[jr * KC * NR..][..kc * NR];
-        for (c, dst) in panel.chunks_exact_mut(NR).enumerate() {
-            for (jj, d) in dst.iter_mut().enumerate() {
-                *d = rows[jj * kc + c];
-            }
+        };
+        for (c, &v) in src.iter().enumerate() {
+            dst[c * NR + jj] = v;
         }
     }
 }
@@ -245,9 +368,15 @@ impl SharedOut {
 
     /// Stores (`first`) or adds the valid part of `tile` at `rows × cols` of the `[_, m]` output;
     /// when `last`, finishes the tile in place first: the earlier blocks' sums added, then the
-    /// epilogue over the whole tile — one vectorised activation call a tile, sixteen lanes on
-    /// AVX-512, while the tile is in L1 (its padding lanes hold the zeros of the padded panels,
-    /// harmless to every activation, and are never stored).
+    /// epilogue over the whole tile — one vectorised activation loop a tile while the tile is in
+    /// L1 (its padding lanes hold the zeros of the padded panels, harmless to every activation,
+    /// and are never stored).
+    ///
+    /// Compiled for the widest vectors the CPU has, like the microkernel that wrote the tile:
+    /// built for the baseline target, these loops re-read the tile four floats at a time just
+    /// after the microkernel's 64-byte stores and the activation then read it sixteen at a time
+    /// just after those narrow stores — loads that cannot be forwarded from the pending stores
+    /// and wait for them to retire, which made the GELU epilogue a third of MiniLM's FFN time.
     ///
     /// # Safety
     /// `rows × cols` lies inside the output, and no other thread touches it meanwhile.
@@ -255,8 +384,69 @@ impl SharedOut {
     unsafe fn store<const MR: usize, const NR: usize>(
         self,
         tile: &mut [[f32; NR]; MR],
-        rows: std::ops::Range<usize>,
-        cols: std::ops::Range<usize>,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        m: usize,
+        first: bool,
+        last: bool,
+        epilogue: &Epilogue<'_>,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx512<const MR: usize, const NR: usize>(
+                out: SharedOut,
+                tile: &mut [[f32; NR]; MR],
+                rows: Range<usize>,
+                cols: Range<usize>,
+                m: usize,
+                first: bool,
+                last: bool,
+                epilogue: &Epilogue<'_>,
+            ) {
+                // SAFETY: the caller's contract.
+                unsafe { out.store_portable(tile, rows, cols, m, first, last, epilogue) }
+            }
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx2<const MR: usize, const NR: usize>(
+                out: SharedOut,
+                tile: &mut [[f32; NR]; MR],
+                rows: Range<usize>,
+                cols: Range<usize>,
+                m: usize,
+                first: bool,
+                last: bool,
+                epilogue: &Epilogue<'_>,
+            ) {
+                // SAFETY: the caller's contract.
+                unsafe { out.store_portable(tile, rows, cols, m, first, last, epilogue) }
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F; the rest is the caller's contract.
+                return unsafe { avx512(self, tile, rows, cols, m, first, last, epilogue) };
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has AVX2 and FMA; the rest is the caller's contract.
+                return unsafe { avx2(self, tile, rows, cols, m, first, last, epilogue) };
+            }
+        }
+        // SAFETY: the caller's contract.
+        unsafe { self.store_portable(tile, rows, cols, m, first, last, epilogue) }
+    }
+
+    /// [`Self::store`] as written, inlined into each target-feature copy.
+    ///
+    /// # Safety
+    /// As [`Self::store`].
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn store_portable<const MR: usize, const NR: usize>(
+        self,
+        tile: &mut [[f32; NR]; MR],
+        rows: Range<usize>,
+        cols: Range<usize>,
         m: usize,
         first: bool,
         last: bool,
@@ -291,7 +481,7 @@ impl SharedOut {
                     .for_each(|(a, b)| *a += b);
             }
         }
-        activation::apply(epilogue.act, tile.as_flattened_mut());
+        activation::apply_portable(epilogue.act, tile.as_flattened_mut());
         for (row, acc) in rows.zip(tile.iter()) {
             let y = out_row(row);
             y.copy_from_slice(&acc[..width]);
@@ -400,66 +590,114 @@ mod tests {
     use crate::tensor::HalfMatrix;
     use half::bf16;
 
-    /// Every microkernel this CPU runs (the integration tests reach only the widest) on a shape
-    /// that fills no tile, block or panel exactly, against an f64 loop: f32 weights and bf16 ones
-    /// (the reference reads the same rounded values).
+    /// [`blocked`] on `kernel`, with `w` packed once beforehand (as a weight tensor's cache
+    /// holds it) when `cached`, else packed block by block in the tasks.
+    fn run<const MR: usize, const NR: usize>(
+        kernel: Microkernel<MR, NR>,
+        x: &[f32],
+        shape: (usize, usize, usize),
+        w: &Matrix<'_>,
+        cached: bool,
+        epilogue: &Epilogue<'_>,
+        out: &mut [f32],
+    ) {
+        let cache = PackedCache::default();
+        let packed = match (w, cached) {
+            (Matrix::F32(values), true) => {
+                let packed = cache.get_or_pack::<NR>(values, shape.1, shape.2);
+                assert!(packed.is_some(), "test weights fit the budget");
+                packed
+            }
+            _ => None,
+        };
+        blocked::<MR, NR>(kernel, x, shape, w, packed, epilogue, out)
+    }
+
+    /// Every microkernel this CPU runs (the integration tests reach only the widest) on shapes
+    /// that fill no tile, block or panel exactly — one depth block and, past [`KC_MAX`], two —
+    /// against an f64 loop: f32 weights packed once or in the tasks, and bf16 ones (the reference
+    /// reads the same rounded values).
     #[test]
     fn every_microkernel_matches_f64() {
-        let (n, k, m) = (17, 300, 150);
-        let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5;
-        let x: Vec<f32> = (0..n * k).map(value).collect();
-        let w: Vec<f32> = (0..m * k)
-            .map(|i| bf16::from_f32(value(i + 3)).to_f32())
-            .collect();
-        let bias: Vec<f32> = (0..m).map(|i| value(i + 11)).collect();
-        let residual: Vec<f32> = (0..n * m).map(|i| value(i + 5)).collect();
-        let want: Vec<f64> = (0..n * m)
-            .map(|idx| {
-                let (i, j) = (idx / m, idx % m);
-                let dot: f64 = (0..k)
-                    .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
-                    .sum();
-                let z = dot + bias[j] as f64;
-                z / (1.0 + (-z).exp()) + residual[idx] as f64
-            })
-            .collect();
-        let halves: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-        let half = HalfMatrix::from_bf16(&[m, k], &halves).unwrap();
-        let epilogue = Epilogue {
-            bias: Some(&bias),
-            act: Activation::Silu,
-            residual: Some(&residual),
-        };
-        let check = |name: &str, run: &dyn Fn(&Matrix<'_>, &mut [f32])| {
-            for weights in [Matrix::F32(&w), Matrix::Half(&half)] {
-                let mut out = vec![f32::NAN; n * m];
-                run(&weights, &mut out);
-                let err: f64 = out
-                    .iter()
-                    .zip(&want)
-                    .map(|(&o, &r)| (o as f64 - r).powi(2))
-                    .sum();
-                let norm: f64 = want.iter().map(|r| r * r).sum();
-                let rel = (err / norm).sqrt();
-                assert!(rel < 1e-5, "{name}: relative error {rel:e}");
-            }
-        };
-        let shape = (n, k, m);
-        check("portable", &|w, out| {
-            blocked::<6, 16>(microkernel_portable::<6, 16>, &x, shape, w, &epilogue, out)
-        });
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                check("avx2", &|w, out| {
-                    blocked::<6, 16>(microkernel_avx2, &x, shape, w, &epilogue, out)
-                });
-            }
-            if std::is_x86_feature_detected!("avx512f") {
-                check("avx512", &|w, out| {
-                    blocked::<8, 32>(microkernel_avx512, &x, shape, w, &epilogue, out)
-                });
+        for (n, k, m) in [(17, 300, 150), (9, KC_MAX + 52, 37)] {
+            let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5;
+            let x: Vec<f32> = (0..n * k).map(value).collect();
+            let w: Vec<f32> = (0..m * k)
+                .map(|i| bf16::from_f32(value(i + 3)).to_f32())
+                .collect();
+            let bias: Vec<f32> = (0..m).map(|i| value(i + 11)).collect();
+            let residual: Vec<f32> = (0..n * m).map(|i| value(i + 5)).collect();
+            let want: Vec<f64> = (0..n * m)
+                .map(|idx| {
+                    let (i, j) = (idx / m, idx % m);
+                    let dot: f64 = (0..k)
+                        .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                        .sum();
+                    let z = dot + bias[j] as f64;
+                    z / (1.0 + (-z).exp()) + residual[idx] as f64
+                })
+                .collect();
+            let halves: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+            let half = HalfMatrix::from_bf16(&[m, k], &halves).unwrap();
+            let epilogue = Epilogue {
+                bias: Some(&bias),
+                act: Activation::Silu,
+                residual: Some(&residual),
+            };
+            let check = |name: &str, run: &dyn Fn(&Matrix<'_>, bool, &mut [f32])| {
+                for (weights, cached) in [
+                    (Matrix::F32(&w), false),
+                    (Matrix::F32(&w), true),
+                    (Matrix::Half(&half), false),
+                ] {
+                    let mut out = vec![f32::NAN; n * m];
+                    run(&weights, cached, &mut out);
+                    let err: f64 = out
+                        .iter()
+                        .zip(&want)
+                        .map(|(&o, &r)| (o as f64 - r).powi(2))
+                        .sum();
+                    let norm: f64 = want.iter().map(|r| r * r).sum();
+                    let rel = (err / norm).sqrt();
+                    assert!(
+                        rel < 1e-5,
+                        "{name} at {n}×{k}·{m} (cached {cached}): relative error {rel:e}"
+                    );
+                }
+            };
+            let shape = (n, k, m);
+            check("portable", &|w, cached, out| {
+                let kernel = microkernel_portable::<6, 16>;
+                run::<6, 16>(kernel, &x, shape, w, cached, &epilogue, out)
+            });
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    check("avx2", &|w, cached, out| {
+                        run::<6, 16>(microkernel_avx2, &x, shape, w, cached, &epilogue, out)
+                    });
+                }
+                if std::is_x86_feature_detected!("avx512f") {
+                    check("avx512", &|w, cached, out| {
+                        run::<8, 32>(microkernel_avx512, &x, shape, w, cached, &epilogue, out)
+                    });
+                }
             }
         }
+    }
+
+    /// A cache filled for one tile width or shape is not read for another (it is refilled only
+    /// when the tensor is written, which empties it).
+    #[test]
+    fn packed_cache_answers_only_its_own_shape() {
+        let w: Vec<f32> = (0..6 * 5).map(|i| i as f32).collect();
+        let cache = PackedCache::default();
+        let packed = cache.get_or_pack::<4>(&w, 5, 6).unwrap().to_vec();
+        // Panel 0 holds rows 0–3 column by column; panel 1 rows 4, 5 and two zero rows.
+        assert_eq!(&packed[..8], &[0.0, 5.0, 10.0, 15.0, 1.0, 6.0, 11.0, 16.0]);
+        assert_eq!(&packed[20..24], &[20.0, 25.0, 0.0, 0.0]);
+        assert!(cache.get_or_pack::<8>(&w, 5, 6).is_none());
+        assert!(cache.get_or_pack::<4>(&w, 6, 5).is_none());
+        assert_eq!(cache.get_or_pack::<4>(&w, 5, 6).unwrap(), &packed[..]);
     }
 }

@@ -1,4 +1,4 @@
-//! The CPU backend: rayon for parallel loops, faer or our packed GEMM for `linear`. It is the
+//! The CPU backend: rayon for parallel loops, our packed GEMM (or faer, variant 7) for `linear`. It is the
 //! reference every other backend is tested against, and a fast path of its own (packed
 //! sequences, fused epilogues).
 //!
@@ -44,6 +44,7 @@ mod stats;
 mod trim;
 
 pub use gemm::{gemm, gemm_in_task, Operand};
+pub(crate) use gemm_packed::PackedCache;
 
 /// `sums[i] += f64::from(row[i])` for every `i`: a row added into f64 accumulators (a cluster's
 /// centre sums) in the widest SIMD the CPU has. Each element sees the same additions in the same
@@ -67,10 +68,12 @@ impl CpuBackend {
         GemmVariant::PackedF16,
     ];
 
-    /// The CPU backend with its default GEMM, faer on f32 weights (see BENCHMARKS.md for how
-    /// the packed GEMM compares on the model shapes).
+    /// The CPU backend with its default GEMM: ours (variant 8) on f32 weights too, which keeps
+    /// each weight matrix packed after its first use and finishes the epilogue in registers; it
+    /// matches or beats faer on every model shape of `mscope bench` (BENCHMARKS.md, session
+    /// h21f), most on the epilogue-heavy ones (MiniLM's GELU FFN, Mistral's 256-row MLP).
     pub fn new() -> Self {
-        Self::with_gemm(GemmVariant::Faer)
+        Self::with_gemm(GemmVariant::Packed)
     }
 
     /// The CPU backend running `linear` on f32 weights with `variant` (7 or 8; 9 is 8, on the
@@ -130,6 +133,7 @@ impl Backend for CpuBackend {
         Ok(Tensor {
             shape: shape.to_vec(),
             storage: Storage::Cpu(data.to_vec()),
+            cpu_packed: PackedCache::default(),
         })
     }
 
@@ -150,6 +154,7 @@ impl Backend for CpuBackend {
         Ok(Tensor {
             shape: shape.to_vec(),
             storage: Storage::CpuMapped(bytes.clone()),
+            cpu_packed: PackedCache::default(),
         })
     }
 
@@ -158,6 +163,7 @@ impl Backend for CpuBackend {
         Ok(Tensor {
             shape: vec![matrix.rows(), matrix.cols()],
             storage: Storage::CpuHalf(matrix.clone()),
+            cpu_packed: PackedCache::default(),
         })
     }
 
@@ -172,6 +178,7 @@ impl Backend for CpuBackend {
         Ok(Tensor {
             shape: shape.to_vec(),
             storage: Storage::Cpu(vec![0.0; shape.iter().product()]),
+            cpu_packed: PackedCache::default(),
         })
     }
 

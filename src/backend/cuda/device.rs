@@ -204,6 +204,7 @@ impl CudaBackend {
         Tensor {
             shape: shape.to_vec(),
             storage: Storage::Cuda(CudaStorage::new(self.device.ordinal as u64, data)),
+            cpu_packed: Default::default(),
         }
     }
 

@@ -195,6 +195,7 @@ fn new_tensor(
             rows_per_part,
             dtype,
         }),
+        cpu_packed: Default::default(),
     }
 }
 
