@@ -1,12 +1,20 @@
-//! Does unsupervised clustering recreate the labels? k-means on the embeddings (k-means++
-//! seeding, Lloyd iterations with distances by GEMM, several restarts, the lowest
-//! inertia kept, as scikit-learn's `KMeans`), scored against the labels by the adjusted Rand index, normalised
+//! Does unsupervised clustering recreate the labels? k-means on the embeddings (greedy
+//! k-means++ seeding, Lloyd iterations, several restarts, the lowest inertia kept, as
+//! scikit-learn's `KMeans`), scored against the labels by the adjusted Rand index, normalised
 //! mutual information (arithmetic mean, scikit-learn's default) and purity.
+//!
+//! k-means on embeddings is memory-bound: a pass computes only `k` dot products per row (the
+//! `[rows, k]` product of the distances is too narrow for a GEMM to pay), so the work is
+//! arranged to read the rows as few times as possible. Each Lloyd pass reads every row once,
+//! computing its `k` dot products in one sweep ([`row_dots`]) and adding it into its cluster's
+//! sums while it is in the cache; seeding reads the rows once per centre for all restarts and
+//! candidates together. Results depend on the seed only, not on the number of threads: blocks
+//! of rows run in parallel and their partial sums are added in block order.
 
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backend::cpu::{add_widened, gemm, gemm_in_task, Operand};
+use crate::backend::cpu::{add_widened, row_dots};
 use crate::error::{Error, Result};
 use crate::io::embeddings::EmbeddingsFile;
 use crate::random::SplitMix64;
@@ -114,33 +122,11 @@ pub fn kmeans(x: &[f32], dim: usize, options: &ClusterOptions) -> Result<(KMeans
             "--restarts and --max-iter must be at least 1 and the tolerance at least 0",
         ));
     }
-    let norms: Vec<f64> = x
-        .par_chunks(dim)
-        .map(|r| r.iter().map(|&v| f64::from(v) * f64::from(v)).sum())
-        .collect();
-    let mut mean = vec![0.0f64; dim];
-    x.chunks_exact(dim).for_each(|r| {
-        mean.iter_mut()
-            .zip(r)
-            .for_each(|(m, &v)| *m += f64::from(v))
-    });
-    mean.iter_mut().for_each(|m| *m /= rows as f64);
-    let variance: f64 = x
-        .chunks_exact(dim)
-        .map(|r| {
-            r.iter()
-                .zip(&mean)
-                .map(|(&v, m)| (f64::from(v) - m).powi(2))
-                .sum::<f64>()
-        })
-        .sum::<f64>()
-        / (rows * dim) as f64;
+    let (norms, variance) = norms_and_variance(x, dim);
     let tol = options.tol * variance;
-    let mut rng = SplitMix64::new(options.seed);
     let mut best: Option<KMeans> = None;
     let mut inertias = Vec::with_capacity(options.restarts);
-    for _ in 0..options.restarts {
-        let centres = seed_centres(x, dim, &norms, options.k, &mut rng);
+    for centres in seed_centres(x, dim, &norms, options.k, options.restarts, options.seed) {
         let run = lloyd(x, dim, &norms, centres, options.max_iter, tol);
         inertias.push(run.inertia);
         if best.as_ref().is_none_or(|b| run.inertia < b.inertia) {
@@ -150,58 +136,147 @@ pub fn kmeans(x: &[f32], dim: usize, options: &ClusterOptions) -> Result<(KMeans
     Ok((best.expect("at least one restart"), inertias))
 }
 
-/// k-means++: the first centre uniformly, each next one with probability proportional to the
-/// squared distance to the nearest centre so far.
-fn seed_centres(x: &[f32], dim: usize, norms: &[f64], k: usize, rng: &mut SplitMix64) -> Vec<f64> {
-    let rows = norms.len();
-    let row = |r: usize| x[r * dim..(r + 1) * dim].iter().map(|&v| f64::from(v));
-    let first = rng.below(rows);
-    let mut centres: Vec<f64> = row(first).collect();
-    let mut nearest = distances_to_rows(x, dim, norms, &[first]);
-    while centres.len() < k * dim {
-        let total: f64 = nearest.iter().sum();
-        let chosen = if total > 0.0 {
-            let mut target = rng.next_f64() * total;
-            nearest
-                .iter()
-                .position(|&d| {
-                    target -= d;
-                    target < 0.0
-                })
-                .unwrap_or(rows - 1)
-        } else {
-            // Fewer distinct rows than clusters: any row.
-            rng.below(rows)
-        };
-        centres.extend(row(chosen));
-        let new = distances_to_rows(x, dim, norms, &[chosen]);
-        nearest.iter_mut().zip(new).for_each(|(n, d)| *n = n.min(d));
+/// Each row's squared norm and the data's mean per-dimension variance (what scikit-learn scales
+/// `tol` by), in one sweep over the rows: blocks in parallel, their column sums added in block
+/// order (the same result on any number of threads).
+fn norms_and_variance(x: &[f32], dim: usize) -> (Vec<f64>, f64) {
+    let rows = x.len() / dim;
+    let mut norms = vec![0.0f64; rows];
+    let block_sums: Vec<Vec<f64>> = x
+        .par_chunks(ASSIGN_BLOCK * dim)
+        .zip(norms.par_chunks_mut(ASSIGN_BLOCK))
+        .map(|(block, norms)| {
+            let mut sums = vec![0.0f64; dim];
+            for (row, norm) in block.chunks_exact(dim).zip(norms) {
+                *norm = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+                add_widened(&mut sums, row);
+            }
+            sums
+        })
+        .collect();
+    let mut sums = vec![0.0f64; dim];
+    for block in block_sums {
+        sums.iter_mut().zip(block).for_each(|(t, s)| *t += s);
     }
-    centres
+    // Σ‖x − μ‖² = Σ‖x‖² − n‖μ‖².
+    let mean_norm: f64 = sums.iter().map(|s| (s / rows as f64).powi(2)).sum();
+    let total: f64 = norms.iter().sum();
+    let variance = ((total - rows as f64 * mean_norm) / (rows * dim) as f64).max(0.0);
+    (norms, variance)
 }
 
-/// Squared distances of every row to each of the rows `centres`, `[rows, centres.len()]`: the
-/// dot products by one GEMM, as [`assign`] computes them.
+/// Greedy k-means++ (scikit-learn's seeding), for every restart at once: the first centre
+/// uniformly, then for each next centre `2 + ⌊ln k⌋` candidate rows drawn with probability
+/// proportional to the squared distance to the nearest centre so far, the candidate leaving the
+/// lowest potential (the sum of those distances) kept. Trying several candidates leaves fewer
+/// restarts in poor minima than one draw, and poor minima take many Lloyd passes to settle.
+/// One sweep over the rows computes the distances to every restart's candidates, so seeding
+/// reads the rows `k` times whatever the number of restarts. Each restart draws from its own
+/// stream, derived from `seed`, so its centres do not depend on the others'.
+fn seed_centres(
+    x: &[f32],
+    dim: usize,
+    norms: &[f64],
+    k: usize,
+    restarts: usize,
+    seed: u64,
+) -> Vec<Vec<f64>> {
+    let rows = norms.len();
+    let trials = 2 + (k as f64).ln().floor() as usize;
+    let mut streams = SplitMix64::new(seed);
+    let mut rngs: Vec<SplitMix64> = (0..restarts)
+        .map(|_| SplitMix64::new(streams.next_u64()))
+        .collect();
+    let mut chosen: Vec<Vec<usize>> = rngs.iter_mut().map(|r| vec![r.below(rows)]).collect();
+    let firsts: Vec<usize> = chosen.iter().map(|c| c[0]).collect();
+    let first = distances_to_rows(x, dim, norms, &firsts);
+    let mut nearest: Vec<Vec<f64>> = (0..restarts)
+        .map(|r| first.iter().skip(r).step_by(restarts).copied().collect())
+        .collect();
+    drop(first);
+    for _ in 1..k {
+        let candidates: Vec<usize> = rngs
+            .iter_mut()
+            .zip(&nearest)
+            .flat_map(|(rng, nearest)| draw_candidates(nearest, trials, rng))
+            .collect();
+        let distances = distances_to_rows(x, dim, norms, &candidates);
+        let m = candidates.len();
+        for (r, nearest) in nearest.iter_mut().enumerate() {
+            let column = |t: usize| distances[r * trials + t..].iter().step_by(m);
+            let potential =
+                |t: usize| -> f64 { nearest.iter().zip(column(t)).map(|(&n, &d)| n.min(d)).sum() };
+            let kept = (0..trials)
+                .map(|t| (t, potential(t)))
+                .fold(
+                    (0, f64::INFINITY),
+                    |acc, (t, p)| if p < acc.1 { (t, p) } else { acc },
+                )
+                .0;
+            nearest
+                .iter_mut()
+                .zip(column(kept))
+                .for_each(|(n, &d)| *n = n.min(d));
+            chosen[r].push(candidates[r * trials + kept]);
+        }
+    }
+    chosen
+        .iter()
+        .map(|rows| {
+            rows.iter()
+                .flat_map(|&r| x[r * dim..(r + 1) * dim].iter().map(|&v| f64::from(v)))
+                .collect()
+        })
+        .collect()
+}
+
+/// `trials` rows drawn with probability proportional to `nearest` (any rows where every
+/// distance is zero: fewer distinct rows than clusters).
+fn draw_candidates(nearest: &[f64], trials: usize, rng: &mut SplitMix64) -> Vec<usize> {
+    let rows = nearest.len();
+    let cumulative: Vec<f64> = nearest
+        .iter()
+        .scan(0.0, |total, &d| {
+            *total += d;
+            Some(*total)
+        })
+        .collect();
+    let total = cumulative[rows - 1];
+    (0..trials)
+        .map(|_| {
+            if total > 0.0 {
+                let target = rng.next_f64() * total;
+                cumulative.partition_point(|&c| c <= target).min(rows - 1)
+            } else {
+                rng.below(rows)
+            }
+        })
+        .collect()
+}
+
+/// Squared distances of every row to each of the rows `centres`, `[rows, centres.len()]`, as
+/// [`assign`] computes them: `‖x‖² − 2x·c + ‖c‖²` with `x·c` in f32 by [`row_dots`].
 fn distances_to_rows(x: &[f32], dim: usize, norms: &[f64], centres: &[usize]) -> Vec<f64> {
     let m = centres.len();
     let picked: Vec<f32> = centres
         .iter()
         .flat_map(|&r| x[r * dim..(r + 1) * dim].iter().copied())
         .collect();
-    let mut dots = vec![0.0f32; norms.len() * m];
-    gemm(
-        &mut dots,
-        Operand::plain(x, norms.len(), dim),
-        Operand::transposed(&picked, m, dim),
-        false,
-    );
-    let mut out = vec![0.0f64; dots.len()];
-    out.par_chunks_mut(m)
-        .zip(dots.par_chunks(m))
-        .zip(norms)
-        .for_each(|((out, dots), &n)| {
-            for ((o, &dot), &c) in out.iter_mut().zip(dots).zip(centres) {
-                *o = (n - 2.0 * f64::from(dot) + norms[c]).max(0.0);
+    let mut out = vec![0.0f64; norms.len() * m];
+    out.par_chunks_mut(ASSIGN_BLOCK * m)
+        .zip(x.par_chunks(ASSIGN_BLOCK * dim))
+        .zip(norms.par_chunks(ASSIGN_BLOCK))
+        .for_each(|((out, block), block_norms)| {
+            let mut dots = vec![0.0f32; m];
+            for ((out, row), &n) in out
+                .chunks_exact_mut(m)
+                .zip(block.chunks_exact(dim))
+                .zip(block_norms)
+            {
+                row_dots(&mut dots, row, &picked);
+                for ((o, &dot), &c) in out.iter_mut().zip(&dots).zip(centres) {
+                    *o = (n - 2.0 * f64::from(dot) + norms[c]).max(0.0);
+                }
             }
         });
     out
@@ -259,7 +334,7 @@ fn lloyd(
     }
 }
 
-/// Rows per block of the assignment: one single-threaded GEMM and one partial sum per block.
+/// Rows per block of the sweeps over the rows: one rayon task and one partial sum per block.
 const ASSIGN_BLOCK: usize = 1024;
 
 /// One assignment pass: each row's nearest centre and squared distance to it, and the sums and
@@ -273,7 +348,7 @@ struct Pass {
 }
 
 /// The nearest centre of every row and the squared distance to it, `‖x‖² − 2x·c + ‖c‖²` with
-/// `x·c` by GEMM (f32 products, f64 sums), and each cluster's row sums, in one sweep over the
+/// `x·c` in f32 by [`row_dots`] (in f64 after), and each cluster's row sums, in one sweep over the
 /// rows: blocks in parallel, each block's partial sums added in block order (the same result on
 /// any number of threads).
 fn assign(x: &[f32], dim: usize, norms: &[f64], centres: &[f64]) -> Pass {
@@ -300,18 +375,14 @@ fn assign(x: &[f32], dim: usize, norms: &[f64], centres: &[f64]) -> Pass {
             .zip(pass.assignment[start..end].par_chunks_mut(ASSIGN_BLOCK))
             .zip(pass.distances[start..end].par_chunks_mut(ASSIGN_BLOCK))
             .map(|(((block, norms), assignment), distances)| {
-                let n = norms.len();
-                let mut dots = vec![0.0f32; n * k];
-                gemm_in_task(
-                    &mut dots,
-                    Operand::plain(block, n, dim),
-                    Operand::transposed(&c32, k, dim),
-                    false,
-                );
                 let mut sums = vec![0.0f64; k * dim];
                 let mut counts = vec![0usize; k];
-                for (r, d) in dots.chunks_exact(k).enumerate() {
-                    let (best, dist) = d
+                let mut dots = vec![0.0f32; k];
+                // Each row is read from memory once: its dot products, then (while it is in
+                // the cache) its addition into its cluster's sums.
+                for (r, row) in block.chunks_exact(dim).enumerate() {
+                    row_dots(&mut dots, row, &c32);
+                    let (best, dist) = dots
                         .iter()
                         .zip(&c2)
                         .map(|(&dot, c2)| (norms[r] - 2.0 * f64::from(dot) + c2).max(0.0))
@@ -323,10 +394,7 @@ fn assign(x: &[f32], dim: usize, norms: &[f64], centres: &[f64]) -> Pass {
                     assignment[r] = best;
                     distances[r] = dist;
                     counts[best] += 1;
-                    add_widened(
-                        &mut sums[best * dim..(best + 1) * dim],
-                        &block[r * dim..(r + 1) * dim],
-                    );
+                    add_widened(&mut sums[best * dim..(best + 1) * dim], row);
                 }
                 (sums, counts)
             })
