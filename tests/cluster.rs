@@ -184,6 +184,65 @@ fn kmeans_is_the_same_on_any_number_of_threads() {
 }
 
 #[test]
+fn lloyd_with_bounds_ends_at_a_fixed_point_of_plain_lloyd() {
+    // Nine clusters on six blobs: blobs split and rows move for many passes, most of them
+    // settled by Hamerly's bounds. At tol 0 the run ends where no row moves: every row is at its
+    // nearest centre and every centre is the mean of its rows (checked here in f64).
+    let (rows, dim, k) = (3000, 24, 9);
+    let x = blobs(rows);
+    let options = ClusterOptions {
+        k,
+        restarts: 3,
+        max_iter: 300,
+        tol: 0.0,
+        seed: 1,
+    };
+    let (best, _) = kmeans(&x, dim, &options).unwrap();
+    assert!(best.iterations >= 3, "{} iterations", best.iterations);
+    let distance = |r: usize, c: usize| -> f64 {
+        x[r * dim..(r + 1) * dim]
+            .iter()
+            .zip(&best.centres[c * dim..(c + 1) * dim])
+            .map(|(&v, m)| (f64::from(v) - m).powi(2))
+            .sum()
+    };
+    let centre_norm_max = best
+        .centres
+        .chunks(dim)
+        .map(|c| c.iter().map(|v| v * v).sum::<f64>())
+        .fold(0.0, f64::max);
+    let mut sums = vec![0.0f64; k * dim];
+    let mut counts = vec![0usize; k];
+    for r in 0..rows {
+        let own = distance(r, best.assignment[r]);
+        let nearest = (0..k).map(|c| distance(r, c)).fold(f64::INFINITY, f64::min);
+        // Within the rounding of an f32 dot product (the distances mscope compares).
+        let norm: f64 = x[r * dim..(r + 1) * dim]
+            .iter()
+            .map(|&v| f64::from(v).powi(2))
+            .sum();
+        let tolerance = 1e-6 * (norm + centre_norm_max);
+        assert!(own <= nearest + tolerance, "row {r}: {own} vs {nearest}");
+        let c = best.assignment[r];
+        counts[c] += 1;
+        for (s, &v) in sums[c * dim..(c + 1) * dim]
+            .iter_mut()
+            .zip(&x[r * dim..(r + 1) * dim])
+        {
+            *s += f64::from(v);
+        }
+    }
+    for (i, (s, m)) in sums.iter().zip(&best.centres).enumerate() {
+        let mean = s / counts[i / dim] as f64;
+        assert!(
+            (mean - m).abs() <= 1e-9 * (1.0 + mean.abs()),
+            "centre {}: {mean} vs {m}",
+            i / dim
+        );
+    }
+}
+
+#[test]
 fn cli_clusters_labelled_embeddings_and_refuses_bad_sizes() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("cluster.json");

@@ -11,6 +11,8 @@
 //! candidates together. Results depend on the seed only, not on the number of threads: blocks
 //! of rows run in parallel and their partial sums are added in block order.
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -283,7 +285,16 @@ fn distances_to_rows(x: &[f32], dim: usize, norms: &[f64], centres: &[usize]) ->
 }
 
 /// Lloyd's iterations from `centres` until the squared centre shift is at most `tol` or
-/// `max_iter` passes; the assignment and inertia are those of the final centres.
+/// `max_iter` passes; the assignment and inertia are those of the final centres (one exact pass).
+///
+/// Hamerly's bounds spare most of the passes' reading: each row keeps an upper bound on the
+/// distance to its centre and a lower bound on the distance to every other centre, and a centre
+/// moving by `p` loosens them by `p`. A row whose upper bound stays below both its lower bound
+/// and half the distance from its centre to the nearest other centre keeps its centre without
+/// being read, and the cluster sums change only by the rows that move. Restarts that fall into
+/// poor minima settle over tens of passes, most of which then read a small share of the rows.
+/// The bounds are widened by the f32 dot products' rounding, so a row is skipped only where
+/// plain Lloyd would keep its centre too.
 fn lloyd(
     x: &[f32],
     dim: usize,
@@ -293,43 +304,251 @@ fn lloyd(
     tol: f64,
 ) -> KMeans {
     let k = centres.len() / dim;
+    let mut state = Bounds::exact(x, dim, norms, &centres);
     let mut iterations = 0;
     loop {
-        let Pass {
-            distances,
-            mut sums,
-            mut counts,
-            ..
-        } = assign(x, dim, norms, &centres);
         iterations += 1;
-        // An empty cluster takes the row farthest from its centre.
-        for c in 0..k {
-            if counts[c] == 0 {
-                let far = (0..distances.len())
-                    .max_by(|&a, &b| distances[a].total_cmp(&distances[b]))
-                    .expect("rows");
-                sums[c * dim..(c + 1) * dim]
-                    .iter_mut()
-                    .zip(&x[far * dim..(far + 1) * dim])
-                    .for_each(|(s, &v)| *s = f64::from(v));
-                counts[c] = 1;
+        let relocated = state.counts.contains(&0);
+        let (sums, counts) = if relocated {
+            // An empty cluster takes the row farthest from its centre (exact distances: a
+            // plain pass), and the bounds start again from the next centres.
+            let Pass {
+                distances,
+                mut sums,
+                mut counts,
+                ..
+            } = assign(x, dim, norms, &centres);
+            for c in 0..k {
+                if counts[c] == 0 {
+                    let far = (0..distances.len())
+                        .max_by(|&a, &b| distances[a].total_cmp(&distances[b]))
+                        .expect("rows");
+                    sums[c * dim..(c + 1) * dim]
+                        .iter_mut()
+                        .zip(&x[far * dim..(far + 1) * dim])
+                        .for_each(|(s, &v)| *s = f64::from(v));
+                    counts[c] = 1;
+                }
             }
-        }
+            (Cow::Owned(sums), Cow::Owned(counts))
+        } else {
+            (Cow::Borrowed(&state.sums), Cow::Borrowed(&state.counts))
+        };
         let new: Vec<f64> = sums
             .iter()
             .enumerate()
             .map(|(i, s)| s / counts[i / dim] as f64)
             .collect();
         let shift: f64 = new.iter().zip(&centres).map(|(a, b)| (a - b).powi(2)).sum();
-        centres = new;
         if shift <= tol || iterations >= max_iter {
-            let pass = assign(x, dim, norms, &centres);
+            let pass = assign(x, dim, norms, &new);
             return KMeans {
                 assignment: pass.assignment,
-                centres,
+                centres: new,
                 inertia: pass.distances.iter().sum(),
                 iterations,
             };
+        }
+        if relocated || k > HAMERLY_MAX_K {
+            state = Bounds::exact(x, dim, norms, &new);
+        } else {
+            state.advance(x, dim, norms, &centres, &new);
+        }
+        centres = new;
+    }
+}
+
+/// Above this many clusters the bounds are not kept (half the distance to the nearest other
+/// centre costs `k²·dim` per pass): every pass is exact.
+const HAMERLY_MAX_K: usize = 256;
+
+/// What Hamerly's bounds keep between passes: each row's centre, an upper bound on its distance
+/// to it and a lower bound on its distance to any other centre (Euclidean, not squared), and
+/// the sums and counts of each cluster's rows.
+struct Bounds {
+    assignment: Vec<usize>,
+    upper: Vec<f64>,
+    lower: Vec<f64>,
+    sums: Vec<f64>,
+    counts: Vec<usize>,
+}
+
+/// The f32 centres the row kernel reads, their squared norms, and how much a squared distance
+/// is widened to cover the rounding of its f32 dot product.
+struct CentreTerms {
+    c32: Vec<f32>,
+    c2: Vec<f64>,
+    /// `|Δ(x·c)| ≤ γ·Σ|x_i c_i| ≤ γ(‖x‖² + ‖c‖²)/2` with `γ ≈ (dim/16 + 16)·u` for sums in 16
+    /// lanes; this is twice that `γ`, times `‖x‖² + max ‖c‖²`.
+    slack_factor: f64,
+    c2_max: f64,
+}
+
+impl CentreTerms {
+    fn new(centres: &[f64], dim: usize) -> Self {
+        let c2: Vec<f64> = centres
+            .chunks_exact(dim)
+            .map(|c| c.iter().map(|v| v * v).sum())
+            .collect();
+        Self {
+            c32: centres.iter().map(|&v| v as f32).collect(),
+            slack_factor: (dim as f64 / 16.0 + 20.0) * f64::from(f32::EPSILON),
+            c2_max: c2.iter().copied().fold(0.0, f64::max),
+            c2,
+        }
+    }
+
+    /// The widening of the squared distances of a row of squared norm `norm`.
+    fn slack(&self, norm: f64) -> f64 {
+        self.slack_factor * (norm + self.c2_max)
+    }
+
+    /// `(nearest, upper bound on the distance to it, lower bound on the distance to any other)`
+    /// for a row of squared norm `norm` whose dot products with the centres are `dots`.
+    fn nearest_two(&self, dots: &[f32], norm: f64) -> (usize, f64, f64) {
+        let (mut best, mut first, mut second) = (0, f64::INFINITY, f64::INFINITY);
+        for (c, (&dot, c2)) in dots.iter().zip(&self.c2).enumerate() {
+            let d = (norm - 2.0 * f64::from(dot) + c2).max(0.0);
+            if d < first {
+                (best, second, first) = (c, first, d);
+            } else if d < second {
+                second = d;
+            }
+        }
+        let slack = self.slack(norm);
+        (
+            best,
+            (first + slack).sqrt(),
+            (second - slack).max(0.0).sqrt(),
+        )
+    }
+}
+
+impl Bounds {
+    /// Every row's distances to every centre: exact assignment, tight bounds, fresh sums.
+    fn exact(x: &[f32], dim: usize, norms: &[f64], centres: &[f64]) -> Self {
+        let k = centres.len() / dim;
+        let terms = CentreTerms::new(centres, dim);
+        let rows = norms.len();
+        let mut state = Bounds {
+            assignment: vec![0; rows],
+            upper: vec![0.0; rows],
+            lower: vec![0.0; rows],
+            sums: vec![0.0; k * dim],
+            counts: vec![0; k],
+        };
+        let partials: Vec<(Vec<f64>, Vec<usize>)> = x
+            .par_chunks(ASSIGN_BLOCK * dim)
+            .zip(norms.par_chunks(ASSIGN_BLOCK))
+            .zip(state.assignment.par_chunks_mut(ASSIGN_BLOCK))
+            .zip(state.upper.par_chunks_mut(ASSIGN_BLOCK))
+            .zip(state.lower.par_chunks_mut(ASSIGN_BLOCK))
+            .map(|((((block, norms), assignment), upper), lower)| {
+                let mut sums = vec![0.0f64; k * dim];
+                let mut counts = vec![0usize; k];
+                let mut dots = vec![0.0f32; k];
+                for (r, row) in block.chunks_exact(dim).enumerate() {
+                    row_dots(&mut dots, row, &terms.c32);
+                    let (best, up, low) = terms.nearest_two(&dots, norms[r]);
+                    (assignment[r], upper[r], lower[r]) = (best, up, low);
+                    counts[best] += 1;
+                    add_widened(&mut sums[best * dim..(best + 1) * dim], row);
+                }
+                (sums, counts)
+            })
+            .collect();
+        for (sums, counts) in partials {
+            state.sums.iter_mut().zip(sums).for_each(|(t, s)| *t += s);
+            state
+                .counts
+                .iter_mut()
+                .zip(counts)
+                .for_each(|(t, c)| *t += c);
+        }
+        state
+    }
+
+    /// The assignment to `new` from the one to `old`, reading only the rows the bounds do not
+    /// settle; the sums move by the rows that change cluster, in row order.
+    fn advance(&mut self, x: &[f32], dim: usize, norms: &[f64], old: &[f64], new: &[f64]) {
+        let k = new.len() / dim;
+        let distance = |a: &[f64], b: &[f64]| -> f64 {
+            a.iter()
+                .zip(b)
+                .map(|(p, q)| (p - q).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        };
+        let shifts: Vec<f64> = old
+            .chunks_exact(dim)
+            .zip(new.chunks_exact(dim))
+            .map(|(a, b)| distance(a, b))
+            .collect();
+        // The largest shift, which centre made it, and the largest of the others.
+        let (mut top, mut top_centre, mut runner_up) = (0.0f64, 0, 0.0f64);
+        for (c, &p) in shifts.iter().enumerate() {
+            if p > top {
+                (runner_up, top, top_centre) = (top, p, c);
+            } else if p > runner_up {
+                runner_up = p;
+            }
+        }
+        let half_gap: Vec<f64> = (0..k)
+            .map(|c| {
+                let centre = &new[c * dim..(c + 1) * dim];
+                (0..k)
+                    .filter(|&o| o != c)
+                    .map(|o| distance(centre, &new[o * dim..(o + 1) * dim]))
+                    .fold(f64::INFINITY, f64::min)
+                    / 2.0
+            })
+            .collect();
+        let terms = CentreTerms::new(new, dim);
+        let moves: Vec<Vec<(usize, usize, usize)>> = x
+            .par_chunks(ASSIGN_BLOCK * dim)
+            .zip(norms.par_chunks(ASSIGN_BLOCK))
+            .zip(self.assignment.par_chunks_mut(ASSIGN_BLOCK))
+            .zip(self.upper.par_chunks_mut(ASSIGN_BLOCK))
+            .zip(self.lower.par_chunks_mut(ASSIGN_BLOCK))
+            .enumerate()
+            .map(|(b, ((((block, norms), assignment), upper), lower))| {
+                let mut moves = Vec::new();
+                let mut dots = vec![0.0f32; k];
+                for r in 0..norms.len() {
+                    let a = assignment[r];
+                    upper[r] += shifts[a];
+                    lower[r] -= if a == top_centre { runner_up } else { top };
+                    let bound = half_gap[a].max(lower[r]);
+                    if upper[r] <= bound {
+                        continue;
+                    }
+                    let row = &block[r * dim..(r + 1) * dim];
+                    let slack = terms.slack(norms[r]);
+                    row_dots(&mut dots[..1], row, &terms.c32[a * dim..(a + 1) * dim]);
+                    let own = (norms[r] - 2.0 * f64::from(dots[0]) + terms.c2[a]).max(0.0);
+                    upper[r] = (own + slack).sqrt();
+                    if upper[r] <= bound {
+                        continue;
+                    }
+                    row_dots(&mut dots, row, &terms.c32);
+                    let (best, up, low) = terms.nearest_two(&dots, norms[r]);
+                    (assignment[r], upper[r], lower[r]) = (best, up, low);
+                    if best != a {
+                        moves.push((b * ASSIGN_BLOCK + r, a, best));
+                    }
+                }
+                moves
+            })
+            .collect();
+        for (r, from, to) in moves.into_iter().flatten() {
+            let row = &x[r * dim..(r + 1) * dim];
+            self.sums[from * dim..(from + 1) * dim]
+                .iter_mut()
+                .zip(row)
+                .for_each(|(s, &v)| *s -= f64::from(v));
+            add_widened(&mut self.sums[to * dim..(to + 1) * dim], row);
+            self.counts[from] -= 1;
+            self.counts[to] += 1;
         }
     }
 }
