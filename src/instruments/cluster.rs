@@ -293,8 +293,8 @@ fn distances_to_rows(x: &[f32], dim: usize, norms: &[f64], centres: &[usize]) ->
 /// and half the distance from its centre to the nearest other centre keeps its centre without
 /// being read, and the cluster sums change only by the rows that move. Restarts that fall into
 /// poor minima settle over tens of passes, most of which then read a small share of the rows.
-/// The bounds are widened by the f32 dot products' rounding, so a row is skipped only where
-/// plain Lloyd would keep its centre too.
+/// The bounds are widened by the f32 dot products' rounding, so a row is skipped only where its
+/// centre is still the nearest.
 fn lloyd(
     x: &[f32],
     dim: usize,
