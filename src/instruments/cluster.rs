@@ -1,12 +1,22 @@
-//! Does unsupervised clustering recreate the labels? k-means on the embeddings (k-means++
-//! seeding, Lloyd iterations with distances by GEMM, several restarts, the lowest
-//! inertia kept, as scikit-learn's `KMeans`), scored against the labels by the adjusted Rand index, normalised
+//! Does unsupervised clustering recreate the labels? k-means on the embeddings (greedy
+//! k-means++ seeding, Lloyd iterations, several restarts, the lowest inertia kept, as
+//! scikit-learn's `KMeans`), scored against the labels by the adjusted Rand index, normalised
 //! mutual information (arithmetic mean, scikit-learn's default) and purity.
+//!
+//! k-means on embeddings is memory-bound: a pass computes only `k` dot products per row (the
+//! `[rows, k]` product of the distances is too narrow for a GEMM to pay), so the work is
+//! arranged to read the rows as few times as possible. Each Lloyd pass reads every row once,
+//! computing its `k` dot products in one sweep ([`row_dots`]) and adding it into its cluster's
+//! sums while it is in the cache; seeding reads the rows once per centre for all restarts and
+//! candidates together. Results depend on the seed only, not on the number of threads: blocks
+//! of rows run in parallel and their partial sums are added in block order.
+
+use std::borrow::Cow;
 
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backend::cpu::{add_widened, gemm, gemm_in_task, Operand};
+use crate::backend::cpu::{add_widened, row_dots};
 use crate::error::{Error, Result};
 use crate::io::embeddings::EmbeddingsFile;
 use crate::random::SplitMix64;
@@ -114,33 +124,11 @@ pub fn kmeans(x: &[f32], dim: usize, options: &ClusterOptions) -> Result<(KMeans
             "--restarts and --max-iter must be at least 1 and the tolerance at least 0",
         ));
     }
-    let norms: Vec<f64> = x
-        .par_chunks(dim)
-        .map(|r| r.iter().map(|&v| f64::from(v) * f64::from(v)).sum())
-        .collect();
-    let mut mean = vec![0.0f64; dim];
-    x.chunks_exact(dim).for_each(|r| {
-        mean.iter_mut()
-            .zip(r)
-            .for_each(|(m, &v)| *m += f64::from(v))
-    });
-    mean.iter_mut().for_each(|m| *m /= rows as f64);
-    let variance: f64 = x
-        .chunks_exact(dim)
-        .map(|r| {
-            r.iter()
-                .zip(&mean)
-                .map(|(&v, m)| (f64::from(v) - m).powi(2))
-                .sum::<f64>()
-        })
-        .sum::<f64>()
-        / (rows * dim) as f64;
+    let (norms, variance) = norms_and_variance(x, dim);
     let tol = options.tol * variance;
-    let mut rng = SplitMix64::new(options.seed);
     let mut best: Option<KMeans> = None;
     let mut inertias = Vec::with_capacity(options.restarts);
-    for _ in 0..options.restarts {
-        let centres = seed_centres(x, dim, &norms, options.k, &mut rng);
+    for centres in seed_centres(x, dim, &norms, options.k, options.restarts, options.seed) {
         let run = lloyd(x, dim, &norms, centres, options.max_iter, tol);
         inertias.push(run.inertia);
         if best.as_ref().is_none_or(|b| run.inertia < b.inertia) {
@@ -150,65 +138,163 @@ pub fn kmeans(x: &[f32], dim: usize, options: &ClusterOptions) -> Result<(KMeans
     Ok((best.expect("at least one restart"), inertias))
 }
 
-/// k-means++: the first centre uniformly, each next one with probability proportional to the
-/// squared distance to the nearest centre so far.
-fn seed_centres(x: &[f32], dim: usize, norms: &[f64], k: usize, rng: &mut SplitMix64) -> Vec<f64> {
-    let rows = norms.len();
-    let row = |r: usize| x[r * dim..(r + 1) * dim].iter().map(|&v| f64::from(v));
-    let first = rng.below(rows);
-    let mut centres: Vec<f64> = row(first).collect();
-    let mut nearest = distances_to_rows(x, dim, norms, &[first]);
-    while centres.len() < k * dim {
-        let total: f64 = nearest.iter().sum();
-        let chosen = if total > 0.0 {
-            let mut target = rng.next_f64() * total;
-            nearest
-                .iter()
-                .position(|&d| {
-                    target -= d;
-                    target < 0.0
-                })
-                .unwrap_or(rows - 1)
-        } else {
-            // Fewer distinct rows than clusters: any row.
-            rng.below(rows)
-        };
-        centres.extend(row(chosen));
-        let new = distances_to_rows(x, dim, norms, &[chosen]);
-        nearest.iter_mut().zip(new).for_each(|(n, d)| *n = n.min(d));
+/// Each row's squared norm and the data's mean per-dimension variance (what scikit-learn scales
+/// `tol` by), in one sweep over the rows: blocks in parallel, their column sums added in block
+/// order (the same result on any number of threads).
+fn norms_and_variance(x: &[f32], dim: usize) -> (Vec<f64>, f64) {
+    let rows = x.len() / dim;
+    let mut norms = vec![0.0f64; rows];
+    let block_sums: Vec<Vec<f64>> = x
+        .par_chunks(ASSIGN_BLOCK * dim)
+        .zip(norms.par_chunks_mut(ASSIGN_BLOCK))
+        .map(|(block, norms)| {
+            let mut sums = vec![0.0f64; dim];
+            for (row, norm) in block.chunks_exact(dim).zip(norms) {
+                *norm = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+                add_widened(&mut sums, row);
+            }
+            sums
+        })
+        .collect();
+    let mut sums = vec![0.0f64; dim];
+    for block in block_sums {
+        sums.iter_mut().zip(block).for_each(|(t, s)| *t += s);
     }
-    centres
+    // Σ‖x − μ‖² = Σ‖x‖² − n‖μ‖².
+    let mean_norm: f64 = sums.iter().map(|s| (s / rows as f64).powi(2)).sum();
+    let total: f64 = norms.iter().sum();
+    let variance = ((total - rows as f64 * mean_norm) / (rows * dim) as f64).max(0.0);
+    (norms, variance)
 }
 
-/// Squared distances of every row to each of the rows `centres`, `[rows, centres.len()]`: the
-/// dot products by one GEMM, as [`assign`] computes them.
+/// Greedy k-means++ (scikit-learn's seeding), for every restart at once: the first centre
+/// uniformly, then for each next centre `2 + ⌊ln k⌋` candidate rows drawn with probability
+/// proportional to the squared distance to the nearest centre so far, the candidate leaving the
+/// lowest potential (the sum of those distances) kept. Trying several candidates leaves fewer
+/// restarts in poor minima than one draw, and poor minima take many Lloyd passes to settle.
+/// One sweep over the rows computes the distances to every restart's candidates, so seeding
+/// reads the rows `k` times whatever the number of restarts. Each restart draws from its own
+/// stream, derived from `seed`, so its centres do not depend on the others'.
+fn seed_centres(
+    x: &[f32],
+    dim: usize,
+    norms: &[f64],
+    k: usize,
+    restarts: usize,
+    seed: u64,
+) -> Vec<Vec<f64>> {
+    let rows = norms.len();
+    let trials = 2 + (k as f64).ln().floor() as usize;
+    let mut streams = SplitMix64::new(seed);
+    let mut rngs: Vec<SplitMix64> = (0..restarts)
+        .map(|_| SplitMix64::new(streams.next_u64()))
+        .collect();
+    let mut chosen: Vec<Vec<usize>> = rngs.iter_mut().map(|r| vec![r.below(rows)]).collect();
+    let firsts: Vec<usize> = chosen.iter().map(|c| c[0]).collect();
+    let first = distances_to_rows(x, dim, norms, &firsts);
+    let mut nearest: Vec<Vec<f64>> = (0..restarts)
+        .map(|r| first.iter().skip(r).step_by(restarts).copied().collect())
+        .collect();
+    drop(first);
+    for _ in 1..k {
+        let candidates: Vec<usize> = rngs
+            .iter_mut()
+            .zip(&nearest)
+            .flat_map(|(rng, nearest)| draw_candidates(nearest, trials, rng))
+            .collect();
+        let distances = distances_to_rows(x, dim, norms, &candidates);
+        let m = candidates.len();
+        for (r, nearest) in nearest.iter_mut().enumerate() {
+            let column = |t: usize| distances[r * trials + t..].iter().step_by(m);
+            let potential =
+                |t: usize| -> f64 { nearest.iter().zip(column(t)).map(|(&n, &d)| n.min(d)).sum() };
+            let kept = (0..trials)
+                .map(|t| (t, potential(t)))
+                .fold(
+                    (0, f64::INFINITY),
+                    |acc, (t, p)| if p < acc.1 { (t, p) } else { acc },
+                )
+                .0;
+            nearest
+                .iter_mut()
+                .zip(column(kept))
+                .for_each(|(n, &d)| *n = n.min(d));
+            chosen[r].push(candidates[r * trials + kept]);
+        }
+    }
+    chosen
+        .iter()
+        .map(|rows| {
+            rows.iter()
+                .flat_map(|&r| x[r * dim..(r + 1) * dim].iter().map(|&v| f64::from(v)))
+                .collect()
+        })
+        .collect()
+}
+
+/// `trials` rows drawn with probability proportional to `nearest` (any rows where every
+/// distance is zero: fewer distinct rows than clusters).
+fn draw_candidates(nearest: &[f64], trials: usize, rng: &mut SplitMix64) -> Vec<usize> {
+    let rows = nearest.len();
+    let cumulative: Vec<f64> = nearest
+        .iter()
+        .scan(0.0, |total, &d| {
+            *total += d;
+            Some(*total)
+        })
+        .collect();
+    let total = cumulative[rows - 1];
+    (0..trials)
+        .map(|_| {
+            if total > 0.0 {
+                let target = rng.next_f64() * total;
+                cumulative.partition_point(|&c| c <= target).min(rows - 1)
+            } else {
+                rng.below(rows)
+            }
+        })
+        .collect()
+}
+
+/// Squared distances of every row to each of the rows `centres`, `[rows, centres.len()]`, as
+/// [`assign`] computes them: `‖x‖² − 2x·c + ‖c‖²` with `x·c` in f32 by [`row_dots`].
 fn distances_to_rows(x: &[f32], dim: usize, norms: &[f64], centres: &[usize]) -> Vec<f64> {
     let m = centres.len();
     let picked: Vec<f32> = centres
         .iter()
         .flat_map(|&r| x[r * dim..(r + 1) * dim].iter().copied())
         .collect();
-    let mut dots = vec![0.0f32; norms.len() * m];
-    gemm(
-        &mut dots,
-        Operand::plain(x, norms.len(), dim),
-        Operand::transposed(&picked, m, dim),
-        false,
-    );
-    let mut out = vec![0.0f64; dots.len()];
-    out.par_chunks_mut(m)
-        .zip(dots.par_chunks(m))
-        .zip(norms)
-        .for_each(|((out, dots), &n)| {
-            for ((o, &dot), &c) in out.iter_mut().zip(dots).zip(centres) {
-                *o = (n - 2.0 * f64::from(dot) + norms[c]).max(0.0);
+    let mut out = vec![0.0f64; norms.len() * m];
+    out.par_chunks_mut(ASSIGN_BLOCK * m)
+        .zip(x.par_chunks(ASSIGN_BLOCK * dim))
+        .zip(norms.par_chunks(ASSIGN_BLOCK))
+        .for_each(|((out, block), block_norms)| {
+            let mut dots = vec![0.0f32; m];
+            for ((out, row), &n) in out
+                .chunks_exact_mut(m)
+                .zip(block.chunks_exact(dim))
+                .zip(block_norms)
+            {
+                row_dots(&mut dots, row, &picked);
+                for ((o, &dot), &c) in out.iter_mut().zip(&dots).zip(centres) {
+                    *o = (n - 2.0 * f64::from(dot) + norms[c]).max(0.0);
+                }
             }
         });
     out
 }
 
 /// Lloyd's iterations from `centres` until the squared centre shift is at most `tol` or
-/// `max_iter` passes; the assignment and inertia are those of the final centres.
+/// `max_iter` passes; the assignment and inertia are those of the final centres (one exact pass).
+///
+/// Hamerly's bounds spare most of the passes' reading: each row keeps an upper bound on the
+/// distance to its centre and a lower bound on the distance to every other centre, and a centre
+/// moving by `p` loosens them by `p`. A row whose upper bound stays below both its lower bound
+/// and half the distance from its centre to the nearest other centre keeps its centre without
+/// being read, and the cluster sums change only by the rows that move. Restarts that fall into
+/// poor minima settle over tens of passes, most of which then read a small share of the rows.
+/// The bounds are widened by the f32 dot products' rounding, so a row is skipped only where its
+/// centre is still the nearest.
 fn lloyd(
     x: &[f32],
     dim: usize,
@@ -218,48 +304,256 @@ fn lloyd(
     tol: f64,
 ) -> KMeans {
     let k = centres.len() / dim;
+    let mut state = Bounds::exact(x, dim, norms, &centres);
     let mut iterations = 0;
     loop {
-        let Pass {
-            distances,
-            mut sums,
-            mut counts,
-            ..
-        } = assign(x, dim, norms, &centres);
         iterations += 1;
-        // An empty cluster takes the row farthest from its centre.
-        for c in 0..k {
-            if counts[c] == 0 {
-                let far = (0..distances.len())
-                    .max_by(|&a, &b| distances[a].total_cmp(&distances[b]))
-                    .expect("rows");
-                sums[c * dim..(c + 1) * dim]
-                    .iter_mut()
-                    .zip(&x[far * dim..(far + 1) * dim])
-                    .for_each(|(s, &v)| *s = f64::from(v));
-                counts[c] = 1;
+        let relocated = state.counts.contains(&0);
+        let (sums, counts) = if relocated {
+            // An empty cluster takes the row farthest from its centre (exact distances: a
+            // plain pass), and the bounds start again from the next centres.
+            let Pass {
+                distances,
+                mut sums,
+                mut counts,
+                ..
+            } = assign(x, dim, norms, &centres);
+            for c in 0..k {
+                if counts[c] == 0 {
+                    let far = (0..distances.len())
+                        .max_by(|&a, &b| distances[a].total_cmp(&distances[b]))
+                        .expect("rows");
+                    sums[c * dim..(c + 1) * dim]
+                        .iter_mut()
+                        .zip(&x[far * dim..(far + 1) * dim])
+                        .for_each(|(s, &v)| *s = f64::from(v));
+                    counts[c] = 1;
+                }
             }
-        }
+            (Cow::Owned(sums), Cow::Owned(counts))
+        } else {
+            (Cow::Borrowed(&state.sums), Cow::Borrowed(&state.counts))
+        };
         let new: Vec<f64> = sums
             .iter()
             .enumerate()
             .map(|(i, s)| s / counts[i / dim] as f64)
             .collect();
         let shift: f64 = new.iter().zip(&centres).map(|(a, b)| (a - b).powi(2)).sum();
-        centres = new;
         if shift <= tol || iterations >= max_iter {
-            let pass = assign(x, dim, norms, &centres);
+            let pass = assign(x, dim, norms, &new);
             return KMeans {
                 assignment: pass.assignment,
-                centres,
+                centres: new,
                 inertia: pass.distances.iter().sum(),
                 iterations,
             };
         }
+        if relocated || k > HAMERLY_MAX_K {
+            state = Bounds::exact(x, dim, norms, &new);
+        } else {
+            state.advance(x, dim, norms, &centres, &new);
+        }
+        centres = new;
     }
 }
 
-/// Rows per block of the assignment: one single-threaded GEMM and one partial sum per block.
+/// Above this many clusters the bounds are not kept (half the distance to the nearest other
+/// centre costs `k²·dim` per pass): every pass is exact.
+const HAMERLY_MAX_K: usize = 256;
+
+/// What Hamerly's bounds keep between passes: each row's centre, an upper bound on its distance
+/// to it and a lower bound on its distance to any other centre (Euclidean, not squared), and
+/// the sums and counts of each cluster's rows.
+struct Bounds {
+    assignment: Vec<usize>,
+    upper: Vec<f64>,
+    lower: Vec<f64>,
+    sums: Vec<f64>,
+    counts: Vec<usize>,
+}
+
+/// The f32 centres the row kernel reads, their squared norms, and how much a squared distance
+/// is widened to cover the rounding of its f32 dot product.
+struct CentreTerms {
+    c32: Vec<f32>,
+    c2: Vec<f64>,
+    /// `|Δ(x·c)| ≤ γ·Σ|x_i c_i| ≤ γ(‖x‖² + ‖c‖²)/2` with `γ ≈ (dim/16 + 16)·u` for sums in 16
+    /// lanes; this is twice that `γ`, times `‖x‖² + max ‖c‖²`.
+    slack_factor: f64,
+    c2_max: f64,
+}
+
+impl CentreTerms {
+    fn new(centres: &[f64], dim: usize) -> Self {
+        let c2: Vec<f64> = centres
+            .chunks_exact(dim)
+            .map(|c| c.iter().map(|v| v * v).sum())
+            .collect();
+        Self {
+            c32: centres.iter().map(|&v| v as f32).collect(),
+            slack_factor: (dim as f64 / 16.0 + 20.0) * f64::from(f32::EPSILON),
+            c2_max: c2.iter().copied().fold(0.0, f64::max),
+            c2,
+        }
+    }
+
+    /// The widening of the squared distances of a row of squared norm `norm`.
+    fn slack(&self, norm: f64) -> f64 {
+        self.slack_factor * (norm + self.c2_max)
+    }
+
+    /// `(nearest, upper bound on the distance to it, lower bound on the distance to any other)`
+    /// for a row of squared norm `norm` whose dot products with the centres are `dots`.
+    fn nearest_two(&self, dots: &[f32], norm: f64) -> (usize, f64, f64) {
+        let (mut best, mut first, mut second) = (0, f64::INFINITY, f64::INFINITY);
+        for (c, (&dot, c2)) in dots.iter().zip(&self.c2).enumerate() {
+            let d = (norm - 2.0 * f64::from(dot) + c2).max(0.0);
+            if d < first {
+                (best, second, first) = (c, first, d);
+            } else if d < second {
+                second = d;
+            }
+        }
+        let slack = self.slack(norm);
+        (
+            best,
+            (first + slack).sqrt(),
+            (second - slack).max(0.0).sqrt(),
+        )
+    }
+}
+
+impl Bounds {
+    /// Every row's distances to every centre: exact assignment, tight bounds, fresh sums.
+    fn exact(x: &[f32], dim: usize, norms: &[f64], centres: &[f64]) -> Self {
+        let k = centres.len() / dim;
+        let terms = CentreTerms::new(centres, dim);
+        let rows = norms.len();
+        let mut state = Bounds {
+            assignment: vec![0; rows],
+            upper: vec![0.0; rows],
+            lower: vec![0.0; rows],
+            sums: vec![0.0; k * dim],
+            counts: vec![0; k],
+        };
+        let partials: Vec<(Vec<f64>, Vec<usize>)> = x
+            .par_chunks(ASSIGN_BLOCK * dim)
+            .zip(norms.par_chunks(ASSIGN_BLOCK))
+            .zip(state.assignment.par_chunks_mut(ASSIGN_BLOCK))
+            .zip(state.upper.par_chunks_mut(ASSIGN_BLOCK))
+            .zip(state.lower.par_chunks_mut(ASSIGN_BLOCK))
+            .map(|((((block, norms), assignment), upper), lower)| {
+                let mut sums = vec![0.0f64; k * dim];
+                let mut counts = vec![0usize; k];
+                let mut dots = vec![0.0f32; k];
+                for (r, row) in block.chunks_exact(dim).enumerate() {
+                    row_dots(&mut dots, row, &terms.c32);
+                    let (best, up, low) = terms.nearest_two(&dots, norms[r]);
+                    (assignment[r], upper[r], lower[r]) = (best, up, low);
+                    counts[best] += 1;
+                    add_widened(&mut sums[best * dim..(best + 1) * dim], row);
+                }
+                (sums, counts)
+            })
+            .collect();
+        for (sums, counts) in partials {
+            state.sums.iter_mut().zip(sums).for_each(|(t, s)| *t += s);
+            state
+                .counts
+                .iter_mut()
+                .zip(counts)
+                .for_each(|(t, c)| *t += c);
+        }
+        state
+    }
+
+    /// The assignment to `new` from the one to `old`, reading only the rows the bounds do not
+    /// settle; the sums move by the rows that change cluster, in row order.
+    fn advance(&mut self, x: &[f32], dim: usize, norms: &[f64], old: &[f64], new: &[f64]) {
+        let k = new.len() / dim;
+        let distance = |a: &[f64], b: &[f64]| -> f64 {
+            a.iter()
+                .zip(b)
+                .map(|(p, q)| (p - q).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        };
+        let shifts: Vec<f64> = old
+            .chunks_exact(dim)
+            .zip(new.chunks_exact(dim))
+            .map(|(a, b)| distance(a, b))
+            .collect();
+        // The largest shift, which centre made it, and the largest of the others.
+        let (mut top, mut top_centre, mut runner_up) = (0.0f64, 0, 0.0f64);
+        for (c, &p) in shifts.iter().enumerate() {
+            if p > top {
+                (runner_up, top, top_centre) = (top, p, c);
+            } else if p > runner_up {
+                runner_up = p;
+            }
+        }
+        let half_gap: Vec<f64> = (0..k)
+            .map(|c| {
+                let centre = &new[c * dim..(c + 1) * dim];
+                (0..k)
+                    .filter(|&o| o != c)
+                    .map(|o| distance(centre, &new[o * dim..(o + 1) * dim]))
+                    .fold(f64::INFINITY, f64::min)
+                    / 2.0
+            })
+            .collect();
+        let terms = CentreTerms::new(new, dim);
+        let moves: Vec<Vec<(usize, usize, usize)>> = x
+            .par_chunks(ASSIGN_BLOCK * dim)
+            .zip(norms.par_chunks(ASSIGN_BLOCK))
+            .zip(self.assignment.par_chunks_mut(ASSIGN_BLOCK))
+            .zip(self.upper.par_chunks_mut(ASSIGN_BLOCK))
+            .zip(self.lower.par_chunks_mut(ASSIGN_BLOCK))
+            .enumerate()
+            .map(|(b, ((((block, norms), assignment), upper), lower))| {
+                let mut moves = Vec::new();
+                let mut dots = vec![0.0f32; k];
+                for r in 0..norms.len() {
+                    let a = assignment[r];
+                    upper[r] += shifts[a];
+                    lower[r] -= if a == top_centre { runner_up } else { top };
+                    let bound = half_gap[a].max(lower[r]);
+                    if upper[r] <= bound {
+                        continue;
+                    }
+                    let row = &block[r * dim..(r + 1) * dim];
+                    let slack = terms.slack(norms[r]);
+                    row_dots(&mut dots[..1], row, &terms.c32[a * dim..(a + 1) * dim]);
+                    let own = (norms[r] - 2.0 * f64::from(dots[0]) + terms.c2[a]).max(0.0);
+                    upper[r] = (own + slack).sqrt();
+                    if upper[r] <= bound {
+                        continue;
+                    }
+                    row_dots(&mut dots, row, &terms.c32);
+                    let (best, up, low) = terms.nearest_two(&dots, norms[r]);
+                    (assignment[r], upper[r], lower[r]) = (best, up, low);
+                    if best != a {
+                        moves.push((b * ASSIGN_BLOCK + r, a, best));
+                    }
+                }
+                moves
+            })
+            .collect();
+        for (r, from, to) in moves.into_iter().flatten() {
+            let row = &x[r * dim..(r + 1) * dim];
+            self.sums[from * dim..(from + 1) * dim]
+                .iter_mut()
+                .zip(row)
+                .for_each(|(s, &v)| *s -= f64::from(v));
+            add_widened(&mut self.sums[to * dim..(to + 1) * dim], row);
+            self.counts[from] -= 1;
+            self.counts[to] += 1;
+        }
+    }
+}
+
+/// Rows per block of the sweeps over the rows: one rayon task and one partial sum per block.
 const ASSIGN_BLOCK: usize = 1024;
 
 /// One assignment pass: each row's nearest centre and squared distance to it, and the sums and
@@ -273,7 +567,7 @@ struct Pass {
 }
 
 /// The nearest centre of every row and the squared distance to it, `‖x‖² − 2x·c + ‖c‖²` with
-/// `x·c` by GEMM (f32 products, f64 sums), and each cluster's row sums, in one sweep over the
+/// `x·c` in f32 by [`row_dots`] (in f64 after), and each cluster's row sums, in one sweep over the
 /// rows: blocks in parallel, each block's partial sums added in block order (the same result on
 /// any number of threads).
 fn assign(x: &[f32], dim: usize, norms: &[f64], centres: &[f64]) -> Pass {
@@ -300,18 +594,14 @@ fn assign(x: &[f32], dim: usize, norms: &[f64], centres: &[f64]) -> Pass {
             .zip(pass.assignment[start..end].par_chunks_mut(ASSIGN_BLOCK))
             .zip(pass.distances[start..end].par_chunks_mut(ASSIGN_BLOCK))
             .map(|(((block, norms), assignment), distances)| {
-                let n = norms.len();
-                let mut dots = vec![0.0f32; n * k];
-                gemm_in_task(
-                    &mut dots,
-                    Operand::plain(block, n, dim),
-                    Operand::transposed(&c32, k, dim),
-                    false,
-                );
                 let mut sums = vec![0.0f64; k * dim];
                 let mut counts = vec![0usize; k];
-                for (r, d) in dots.chunks_exact(k).enumerate() {
-                    let (best, dist) = d
+                let mut dots = vec![0.0f32; k];
+                // Each row is read from memory once: its dot products, then (while it is in
+                // the cache) its addition into its cluster's sums.
+                for (r, row) in block.chunks_exact(dim).enumerate() {
+                    row_dots(&mut dots, row, &c32);
+                    let (best, dist) = dots
                         .iter()
                         .zip(&c2)
                         .map(|(&dot, c2)| (norms[r] - 2.0 * f64::from(dot) + c2).max(0.0))
@@ -323,10 +613,7 @@ fn assign(x: &[f32], dim: usize, norms: &[f64], centres: &[f64]) -> Pass {
                     assignment[r] = best;
                     distances[r] = dist;
                     counts[best] += 1;
-                    add_widened(
-                        &mut sums[best * dim..(best + 1) * dim],
-                        &block[r * dim..(r + 1) * dim],
-                    );
+                    add_widened(&mut sums[best * dim..(best + 1) * dim], row);
                 }
                 (sums, counts)
             })

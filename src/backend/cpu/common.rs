@@ -133,6 +133,69 @@ with_wide_simd! {
     avx512 fn add_widened_wide => add_widened_portable(sums: &mut [f64], row: &[f32])
 }
 
+with_wide_simd! {
+    /// [`super::row_dots`], as wide as the CPU allows.
+    avx512 fn row_dots_wide => row_dots_portable(out: &mut [f32], row: &[f32], others: &[f32])
+}
+
+/// Lanes of [`row_dots_portable`]'s accumulators: fixed, so that every CPU adds the same
+/// products in the same order (one AVX-512 register, two AVX2 ones).
+const DOT_LANES: usize = 16;
+/// Dot products one sweep over the row computes at once: their accumulators stay in registers
+/// and each chunk of the row is loaded once for all of them.
+const DOT_GROUP: usize = 8;
+
+#[inline(always)]
+fn row_dots_portable(out: &mut [f32], row: &[f32], others: &[f32]) {
+    let dim = row.len();
+    assert_eq!(others.len(), out.len() * dim, "row_dots: sizes differ");
+    if dim == 0 {
+        out.fill(0.0);
+        return;
+    }
+    for (out, others) in out
+        .chunks_mut(DOT_GROUP)
+        .zip(others.chunks(DOT_GROUP * dim))
+    {
+        match out.len() {
+            8 => group_dots::<8>(out, row, others),
+            7 => group_dots::<7>(out, row, others),
+            6 => group_dots::<6>(out, row, others),
+            5 => group_dots::<5>(out, row, others),
+            4 => group_dots::<4>(out, row, others),
+            3 => group_dots::<3>(out, row, others),
+            2 => group_dots::<2>(out, row, others),
+            _ => group_dots::<1>(out, row, others),
+        }
+    }
+}
+
+/// `out[j] = row · others[j]` for `M` rows `others`, each product added into lane `i mod 16`
+/// of its accumulator, the lanes then summed in order, the tail past the last full chunk last.
+#[inline(always)]
+fn group_dots<const M: usize>(out: &mut [f32], row: &[f32], others: &[f32]) {
+    let dim = row.len();
+    let full = dim - dim % DOT_LANES;
+    let mut acc = [[0.0f32; DOT_LANES]; M];
+    for start in (0..full).step_by(DOT_LANES) {
+        let chunk: &[f32; DOT_LANES] = row[start..start + DOT_LANES].try_into().expect("chunk");
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let other: &[f32; DOT_LANES] = others[j * dim + start..j * dim + start + DOT_LANES]
+                .try_into()
+                .expect("chunk");
+            for l in 0..DOT_LANES {
+                acc[l] += chunk[l] * other[l];
+            }
+        }
+    }
+    for (j, (o, acc)) in out.iter_mut().zip(&acc).enumerate() {
+        let tail = (full..dim)
+            .map(|i| row[i] * others[j * dim + i])
+            .sum::<f32>();
+        *o = acc.iter().sum::<f32>() + tail;
+    }
+}
+
 fn add_widened_portable(sums: &mut [f64], row: &[f32]) {
     assert_eq!(sums.len(), row.len(), "add_widened: lengths differ");
     sums.iter_mut()

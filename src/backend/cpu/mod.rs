@@ -53,6 +53,14 @@ pub fn add_widened(sums: &mut [f64], row: &[f32]) {
     common::add_widened_wide(sums, row)
 }
 
+/// `out[j] = row · others[j]` for the `[out.len(), row.len()]` rows `others` (row-major): the
+/// dot products of one row with a few others (k-means centres) in one sweep over the row, in
+/// f32, in the widest SIMD the CPU has. The products are added in sixteen fixed lanes on every
+/// CPU, so results do not depend on the width.
+pub fn row_dots(out: &mut [f32], row: &[f32], others: &[f32]) {
+    common::row_dots_wide(out, row, others)
+}
+
 pub struct CpuBackend {
     /// The kernel of `linear` on f32 weights (half-precision weights always run variant 8's).
     gemm: GemmVariant,
