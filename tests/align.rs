@@ -8,8 +8,8 @@ use mscope::instruments::align::{self, AlignOptions};
 use mscope::instruments::kernel_compare;
 use mscope::instruments::neighbours::{cosine_neighbours, NeighbourScreen};
 use mscope::io::embedding_inputs::EmbeddingInput;
-use mscope::random::SplitMix64;
 use mscope::io::embeddings::EmbeddingsFile;
+use mscope::random::SplitMix64;
 
 fn read(name: &str) -> (String, EmbeddingsFile) {
     let path = repo_path(&format!("tests/fixtures/align/{name}.npy"));
@@ -188,8 +188,7 @@ fn cli_writes_the_report_plots_and_aligned_rows_and_refuses_bad_input() {
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         assert_eq!(
-            report["pairs"][0]["mutual_knn"],
-            want["pairs"][0]["mutual_knn"],
+            report["pairs"][0]["mutual_knn"], want["pairs"][0]["mutual_knn"],
             "variant {number}"
         );
     }
@@ -282,7 +281,10 @@ fn neighbours_equal_brute_force_with_ties_and_near_ties_on_every_variant() {
         .iter()
         .filter(|all| all[k - 1].0 - all[k].0 < 1e-4)
         .count();
-    assert!(close > 100, "only {close} rows with a near-tie at the k-th place");
+    assert!(
+        close > 100,
+        "only {close} rows with a near-tie at the k-th place"
+    );
     let supported: Vec<_> = NeighbourScreen::ALL
         .into_iter()
         .filter(|v| v.supported())

@@ -149,18 +149,40 @@ pub fn cosine_neighbours(
         .collect())
 }
 
-/// `Σ a_t·b_t` in f64 with eight partial sums in a fixed order (the same value on every CPU).
+/// `Σ a_t·b_t` in f64 with sixteen partial sums in a fixed order (the same value on every CPU
+/// and at every SIMD width: Rust does not contract or reorder the additions).
 fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { dot_f64_avx512(a, b) };
+    }
+    dot_f64_lanes(a, b)
+}
+
+/// [`dot_f64`] compiled for AVX-512: two registers of partial sums instead of eight.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_f64_avx512(a: &[f32], b: &[f32]) -> f64 {
+    dot_f64_lanes(a, b)
+}
+
+#[inline(always)]
+fn dot_f64_lanes(a: &[f32], b: &[f32]) -> f64 {
+    const LANES: usize = 16;
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f64 = ca
         .remainder()
         .iter()
         .zip(cb.remainder())
         .map(|(x, y)| f64::from(*x) * f64::from(*y))
         .sum();
-    let mut partial = [0.0f64; 8];
+    let mut partial = [0.0f64; LANES];
     for (x, y) in ca.zip(cb) {
-        for lane in 0..8 {
+        for lane in 0..LANES {
             partial[lane] += f64::from(x[lane]) * f64::from(y[lane]);
         }
     }
@@ -267,7 +289,12 @@ fn bf16_value(h: u16) -> f64 {
 }
 
 /// Variant 2's candidate lists.
-fn screen_bf16(values: &[f32], dim: usize, inverse_norms: &[f64], k: usize) -> Vec<Vec<(f32, u32)>> {
+fn screen_bf16(
+    values: &[f32],
+    dim: usize,
+    inverse_norms: &[f64],
+    k: usize,
+) -> Vec<Vec<(f32, u32)>> {
     let rows = inverse_norms.len();
     let padded_rows = rows.div_ceil(BF16_TILE) * BF16_TILE;
     let pairs = dim.div_ceil(2);
@@ -479,8 +506,13 @@ mod bf16_tile {
 
     /// Rows per register block: half a 16-row panel, so the block's broadcasts share cache lines.
     const ROWS: usize = 8;
-    /// 16-column panels per register block (`ROWS × PANELS` accumulators).
-    const PANELS: usize = 2;
+    /// 16-column panels per register block: `ROWS × PANELS` = 24 accumulators, 3 column
+    /// registers and a broadcast of the 32 AVX-512 registers.
+    const PANELS: usize = 3;
+    /// Coordinate pairs per pass over a tile: a register block's column panels
+    /// (`PANELS × 16 × 4` bytes per pair, 24 KiB) stay in L1 while every row block of the tile
+    /// streams past them; the accumulators are stored and reloaded between passes.
+    const PAIRS_PER_PASS: usize = 128;
 
     pub fn supported() -> bool {
         std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
@@ -503,36 +535,51 @@ mod bf16_tile {
         sims: &mut [f32],
     ) {
         debug_assert!(packed.len() >= (a0.max(b0) + t) * pairs && sims.len() >= t * t);
+        debug_assert!(
+            a0.is_multiple_of(16)
+                && b0.is_multiple_of(16 * PANELS)
+                && t.is_multiple_of(16 * PANELS)
+        );
         let base = packed.as_ptr();
         let out = sims.as_mut_ptr();
-        for cb in (0..t).step_by(16 * PANELS) {
-            let mut b = [base; PANELS];
-            for (n, panel) in b.iter_mut().enumerate() {
-                *panel = base.add((b0 + cb) / 16 * pairs * 16 + n * pairs * 16);
-            }
-            for rb in (0..t).step_by(ROWS) {
-                let row = a0 + rb;
-                let a = base.add(row / 16 * pairs * 16 + row % 16);
-                let mut acc = [[_mm512_setzero_ps(); PANELS]; ROWS];
-                for p in 0..pairs {
-                    let mut bv = [_mm512_setzero_si512(); PANELS];
-                    for n in 0..PANELS {
-                        bv[n] = _mm512_loadu_si512(b[n].add(p * 16).cast());
-                    }
-                    for (m, acc_row) in acc.iter_mut().enumerate() {
-                        let av = _mm512_set1_epi32(*a.add(p * 16 + m) as i32);
-                        for n in 0..PANELS {
-                            acc_row[n] = _mm512_dpbf16_ps(
-                                acc_row[n],
-                                std::mem::transmute::<__m512i, __m512bh>(av),
-                                std::mem::transmute::<__m512i, __m512bh>(bv[n]),
-                            );
+        for first in (0..pairs).step_by(PAIRS_PER_PASS) {
+            let last = (first + PAIRS_PER_PASS).min(pairs);
+            for cb in (0..t).step_by(16 * PANELS) {
+                let mut b = [base; PANELS];
+                for (n, panel) in b.iter_mut().enumerate() {
+                    *panel = base.add((b0 + cb) / 16 * pairs * 16 + n * pairs * 16);
+                }
+                for rb in (0..t).step_by(ROWS) {
+                    let row = a0 + rb;
+                    let a = base.add(row / 16 * pairs * 16 + row % 16);
+                    let mut acc = [[_mm512_setzero_ps(); PANELS]; ROWS];
+                    if first > 0 {
+                        for (m, acc_row) in acc.iter_mut().enumerate() {
+                            for (n, v) in acc_row.iter_mut().enumerate() {
+                                *v = _mm512_loadu_ps(out.add((rb + m) * t + cb + 16 * n));
+                            }
                         }
                     }
-                }
-                for (m, acc_row) in acc.iter().enumerate() {
-                    for (n, v) in acc_row.iter().enumerate() {
-                        _mm512_storeu_ps(out.add((rb + m) * t + cb + 16 * n), *v);
+                    for p in first..last {
+                        let mut bv = [_mm512_setzero_si512(); PANELS];
+                        for n in 0..PANELS {
+                            bv[n] = _mm512_loadu_si512(b[n].add(p * 16).cast());
+                        }
+                        for (m, acc_row) in acc.iter_mut().enumerate() {
+                            let av = _mm512_set1_epi32(*a.add(p * 16 + m) as i32);
+                            for n in 0..PANELS {
+                                acc_row[n] = _mm512_dpbf16_ps(
+                                    acc_row[n],
+                                    std::mem::transmute::<__m512i, __m512bh>(av),
+                                    std::mem::transmute::<__m512i, __m512bh>(bv[n]),
+                                );
+                            }
+                        }
+                    }
+                    for (m, acc_row) in acc.iter().enumerate() {
+                        for (n, v) in acc_row.iter().enumerate() {
+                            _mm512_storeu_ps(out.add((rb + m) * t + cb + 16 * n), *v);
+                        }
                     }
                 }
             }
@@ -547,6 +594,9 @@ mod bf16_tile {
     }
 
     /// Never called: [`supported`] is false off x86-64.
+    ///
+    /// # Safety
+    /// None needed; it panics.
     pub unsafe fn similarities(_: &[u32], _: usize, _: usize, _: usize, _: usize, _: &mut [f32]) {
         unreachable!("the bf16 screen needs x86-64")
     }
