@@ -169,8 +169,8 @@ fn cli_writes_the_report_plots_and_aligned_rows_and_refuses_bad_input() {
         &["exactly two"],
     );
     assert_fails_cleanly(
-        &["align", a, b, "--neighbour-variant", "3"],
-        &["--neighbour-variant 3: allowed are 1"],
+        &["align", a, b, "--neighbour-variant", "4"],
+        &["--neighbour-variant 4: allowed are 1"],
     );
     // Both variants through the CLI give the fixture's mutual k-NN.
     for variant in NeighbourScreen::ALL.iter().filter(|v| v.supported()) {

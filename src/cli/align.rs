@@ -37,8 +37,8 @@ pub struct AlignArgs {
     #[arg(long)]
     aligned: Option<PathBuf>,
     /// How the neighbour search screens similarities before ranking its candidates exactly:
-    /// 1 = f32 (any CPU), 2 = bf16 (AVX512_BF16). The neighbours are the same with both
-    /// [default: the fastest this CPU runs].
+    /// 1 = f32 (any CPU), 2 = bf16 (AVX512_BF16), 3 = int8 (AVX512_VNNI). The neighbours are
+    /// the same with every variant [default: 2 where the CPU has it, else 3, else 1].
     #[arg(long)]
     neighbour_variant: Option<u32>,
     /// CPU threads, at most 4 per core [default: one per core].

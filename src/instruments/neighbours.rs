@@ -12,7 +12,11 @@
 //! single-threaded tile product per rayon task:
 //! - variant 1, [`NeighbourScreen::F32`]: f32 unit rows, faer's f32 GEMM (any CPU; the fallback);
 //! - variant 2, [`NeighbourScreen::Bf16`]: bf16 unit rows, products accumulated in f32 by
-//!   AVX512_BF16's `vdpbf16ps` (two multiply-adds per f32 lane: twice the f32 FMA rate).
+//!   AVX512_BF16's `vdpbf16ps` (two multiply-adds per f32 lane: twice the f32 FMA rate);
+//! - variant 3, [`NeighbourScreen::Int8`]: unit rows quantised to 8 bits with one scale per row,
+//!   products summed exactly in i32 by AVX512_VNNI's `vpdpbusd` (four multiply-adds per lane: four
+//!   times the f32 rate), with a wider bound (hundreds of candidates per row on 1 024-dim rows,
+//!   which makes it slower than variant 2 overall today).
 //!
 //! Every screened value `ŝ_ij` is within a rigorous bound `E_i` of `s_ij` (below), so row `i`'s
 //! `k`-th best exact similarity is at least `Ŝ_k(i) − E_i` (`Ŝ_k(i)` its `k`-th best screened
@@ -30,6 +34,9 @@
 //! `E_i = δ_i + ν_i·max δ + γ_m·ν_i·max ν + 10⁻⁹`; the last term covers the f64 rounding of
 //! `s_ij`, `u_i`, `δ_i`, `ν_i` (each below 10⁻¹²) and the subnormal products `vdpbf16ps` flushes
 //! to zero (below 2⁻¹²⁶ each; subnormal inputs are flushed when the rows are rounded to bf16).
+//! Variant 3 sums its integer products exactly: its only rounding is the conversion and scaling
+//! of the sum, `ŝ = fl(fl(Σ_t q_it·q_jt) · fl(σ_i·σ_j))` with `v_i = σ_i·q_i`, at most
+//! `3.01·2⁻²⁴·ν_i·ν_j`, which replaces the `γ_m` term.
 
 use std::ops::Range;
 use std::sync::{Mutex, PoisonError};
@@ -48,16 +55,27 @@ pub enum NeighbourScreen {
     /// 2 — bf16 unit rows, products accumulated in f32 by `vdpbf16ps` (x86-64 with AVX-512F and
     /// AVX512_BF16).
     Bf16,
+    /// 3 — 8-bit unit rows (one scale per row), exact i32 sums by `vpdpbusd` (x86-64 with
+    /// AVX-512F and AVX512_VNNI). Rows wider than [`INT8_MAX_DIM`] run variant 2 or 1.
+    Int8,
 }
+
+/// The widest rows variant 3 sums without overflowing i32 (`dim · 255 · 127 < 2³¹`).
+pub const INT8_MAX_DIM: usize = 65_536;
 
 impl NeighbourScreen {
     /// Every variant, in the order of its number.
-    pub const ALL: [NeighbourScreen; 2] = [NeighbourScreen::F32, NeighbourScreen::Bf16];
+    pub const ALL: [NeighbourScreen; 3] = [
+        NeighbourScreen::F32,
+        NeighbourScreen::Bf16,
+        NeighbourScreen::Int8,
+    ];
 
     pub fn number(self) -> u32 {
         match self {
             NeighbourScreen::F32 => 1,
             NeighbourScreen::Bf16 => 2,
+            NeighbourScreen::Int8 => 3,
         }
     }
 
@@ -68,14 +86,14 @@ impl NeighbourScreen {
             .find(|s| s.number() == number)
             .ok_or_else(|| {
                 Error::input(format!(
-                    "--neighbour-variant {number}: allowed are 1 (f32 screen, any CPU) and 2 \
-                     (bf16 screen, AVX512_BF16)"
+                    "--neighbour-variant {number}: allowed are 1 (f32 screen, any CPU), 2 \
+                     (bf16 screen, AVX512_BF16) and 3 (int8 screen, AVX512_VNNI)"
                 ))
             })?;
         if !screen.supported() {
             return Err(Error::input(format!(
-                "--neighbour-variant {number} needs AVX-512F and AVX512_BF16, which this CPU \
-                 lacks; variant 1 runs anywhere"
+                "--neighbour-variant {number} needs AVX-512 instructions this CPU lacks \
+                 (AVX512_BF16 for 2, AVX512_VNNI for 3); variant 1 runs anywhere"
             )));
         }
         Ok(screen)
@@ -85,17 +103,19 @@ impl NeighbourScreen {
     pub fn supported(self) -> bool {
         match self {
             NeighbourScreen::F32 => true,
-            NeighbourScreen::Bf16 => bf16_tile::supported(),
+            NeighbourScreen::Bf16 => avx512::bf16_supported(),
+            NeighbourScreen::Int8 => avx512::int8_supported(),
         }
     }
 
-    /// The fastest variant this CPU runs.
+    /// The fastest variant this CPU runs: 2, else 3, else 1. Variant 3 screens twice as fast as
+    /// 2, but its wider bound leaves hundreds of candidates per row whose f64 re-rank (a cache
+    /// miss per candidate row) costs more than that saves (BENCHMARKS.md).
     pub fn fastest() -> Self {
-        if NeighbourScreen::Bf16.supported() {
-            NeighbourScreen::Bf16
-        } else {
-            NeighbourScreen::F32
-        }
+        [NeighbourScreen::Bf16, NeighbourScreen::Int8]
+            .into_iter()
+            .find(|s| s.supported())
+            .unwrap_or(NeighbourScreen::F32)
     }
 }
 
@@ -140,7 +160,11 @@ pub fn cosine_neighbours(
         .collect();
     let lists = match screen {
         NeighbourScreen::F32 => screen_f32(values, dim, &inverse_norms, k),
-        NeighbourScreen::Bf16 => screen_bf16(values, dim, &inverse_norms, k),
+        NeighbourScreen::Int8 if dim <= INT8_MAX_DIM => screen_int8(values, dim, &inverse_norms, k),
+        NeighbourScreen::Bf16 | NeighbourScreen::Int8 if avx512::bf16_supported() => {
+            screen_bf16(values, dim, &inverse_norms, k)
+        }
+        NeighbourScreen::Bf16 | NeighbourScreen::Int8 => screen_f32(values, dim, &inverse_norms, k),
     };
     Ok(lists
         .into_par_iter()
@@ -213,16 +237,21 @@ fn rerank(
     best
 }
 
-/// `2·E_i` for every row from the screened rows' `δ_i` and `ν_i` (the module docs' bound).
-fn margins(stats: &[(f64, f64)], dim: usize) -> Vec<f64> {
+/// `2·E_i` for every row from the screened rows' `δ_i` and `ν_i` (the module docs' bound), the
+/// arithmetic of the screen adding at most `rounding·ν_i·ν_j`.
+fn margins(stats: &[(f64, f64)], rounding: f64) -> Vec<f64> {
     let max_delta = stats.iter().map(|s| s.0).fold(0.0, f64::max);
     let max_norm = stats.iter().map(|s| s.1).fold(0.0, f64::max);
-    let m = (2 * dim + 16) as f64 * f64::from(f32::EPSILON) / 2.0;
-    let gamma = m / (1.0 - m);
     stats
         .iter()
-        .map(|&(delta, norm)| 2.0 * (delta + norm * max_delta + gamma * norm * max_norm + 1e-9))
+        .map(|&(delta, norm)| 2.0 * (delta + norm * max_delta + rounding * norm * max_norm + 1e-9))
         .collect()
+}
+
+/// `γ_m` for f32 sums of `dim` products in any order and blocking (`m = 2·dim + 16`).
+fn f32_summation_bound(dim: usize) -> f64 {
+    let m = (2 * dim + 16) as f64 * f64::from(f32::EPSILON) / 2.0;
+    m / (1.0 - m)
 }
 
 /// `δ = ‖u − v‖` and `ν = ‖v‖` of one row from its f64 unit values `u` and screened values `v`.
@@ -257,7 +286,8 @@ fn screen_f32(values: &[f32], dim: usize, inverse_norms: &[f64], k: usize) -> Ve
         })
         .collect();
     let rows = inverse_norms.len();
-    screen_tiles(rows, k, &margins(&stats, dim), F32_TILE, |sims, a, b| {
+    let margins = margins(&stats, f32_summation_bound(dim));
+    screen_tiles(rows, k, &margins, F32_TILE, |sims, a, b| {
         let sims = &mut sims[..a.len() * b.len()];
         gemm_in_task(
             sims,
@@ -269,8 +299,8 @@ fn screen_f32(values: &[f32], dim: usize, inverse_norms: &[f64], k: usize) -> Ve
     })
 }
 
-/// Rows per side of a bf16 similarity tile (a multiple of the kernel's register block).
-const BF16_TILE: usize = 384;
+/// Rows per side of a bf16 or int8 similarity tile (a multiple of the kernels' register block).
+const AVX512_TILE: usize = 384;
 
 /// `v` rounded to bf16 (to nearest, ties to even; `v` finite), subnormals flushed to zero as
 /// `vdpbf16ps` reads them.
@@ -296,7 +326,7 @@ fn screen_bf16(
     k: usize,
 ) -> Vec<Vec<(f32, u32)>> {
     let rows = inverse_norms.len();
-    let padded_rows = rows.div_ceil(BF16_TILE) * BF16_TILE;
+    let padded_rows = rows.div_ceil(AVX512_TILE) * AVX512_TILE;
     let pairs = dim.div_ceil(2);
     // Panels of 16 rows: for each pair of coordinates, the 16 rows' (2p, 2p + 1) bf16 values as
     // one u32 each (low half 2p), so one 64-byte load is a `vdpbf16ps` operand of 16 rows and
@@ -328,11 +358,91 @@ fn screen_bf16(
                 .collect::<Vec<_>>()
         })
         .collect();
-    screen_tiles(rows, k, &margins(&stats, dim), BF16_TILE, |sims, a, b| {
-        // SAFETY: `Bf16` is only chosen where `supported()`; tiles start at multiples of
-        // BF16_TILE inside `packed` (rows padded to a whole tile with zeros).
-        unsafe { bf16_tile::similarities(&packed, pairs, a.start, b.start, BF16_TILE, sims) };
-        BF16_TILE
+    let margins = margins(&stats, f32_summation_bound(dim));
+    screen_tiles(rows, k, &margins, AVX512_TILE, |sims, a, b| {
+        // SAFETY: variant 2 runs only where `bf16_supported()`; tiles start at multiples of
+        // AVX512_TILE inside `packed` (rows padded to a whole tile with zeros).
+        unsafe { avx512::bf16_tile(&packed, pairs, a.start, b.start, AVX512_TILE, sims) };
+        AVX512_TILE
+    })
+}
+
+/// Variant 3's candidate lists.
+fn screen_int8(
+    values: &[f32],
+    dim: usize,
+    inverse_norms: &[f64],
+    k: usize,
+) -> Vec<Vec<(f32, u32)>> {
+    let rows = inverse_norms.len();
+    let padded_rows = rows.div_ceil(AVX512_TILE) * AVX512_TILE;
+    let quads = dim.div_ceil(4);
+    // Each row: σ = max|u|/127 (as f32), q = round(u/σ) in [−127, 127], Σ q, δ and ν of σ·q.
+    let quantised: Vec<(f32, i32, Vec<i8>, (f64, f64))> = values
+        .par_chunks_exact(dim)
+        .zip(inverse_norms)
+        .map(|(x, &r)| {
+            let unit: Vec<f64> = x.iter().map(|&v| f64::from(v) * r).collect();
+            let scale = (unit.iter().fold(0.0f64, |m, u| m.max(u.abs())) / 127.0) as f32;
+            let q: Vec<i8> = unit
+                .iter()
+                .map(|&u| {
+                    if scale > 0.0 {
+                        (u / f64::from(scale)).round().clamp(-127.0, 127.0) as i8
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            let sum = q.iter().map(|&v| i32::from(v)).sum();
+            let stats = screen_error(
+                unit.iter()
+                    .zip(&q)
+                    .map(|(&u, &v)| (u, f64::from(scale) * f64::from(v))),
+            );
+            (scale, sum, q, stats)
+        })
+        .collect();
+    let mut scales = vec![0.0f32; padded_rows];
+    let mut sums = vec![0i32; padded_rows];
+    for (row, (scale, sum, _, _)) in quantised.iter().enumerate() {
+        (scales[row], sums[row]) = (*scale, *sum);
+    }
+    // Panels of 16 rows as for bf16: four coordinates' 8-bit values per u32.
+    let mut packed = vec![0u32; padded_rows * quads];
+    packed
+        .par_chunks_mut(16 * quads)
+        .enumerate()
+        .for_each(|(panel, out)| {
+            for row in (panel * 16..panel * 16 + 16).take_while(|&row| row < rows) {
+                for (p, quad) in quantised[row].2.chunks(4).enumerate() {
+                    let mut bytes = [0u8; 4];
+                    for (b, &v) in bytes.iter_mut().zip(quad) {
+                        *b = v as u8;
+                    }
+                    out[p * 16 + row % 16] = u32::from_le_bytes(bytes);
+                }
+            }
+        });
+    let stats: Vec<(f64, f64)> = quantised.iter().map(|q| q.3).collect();
+    drop(quantised);
+    // Conversion of the exact sum, σ_i·σ_j and their product: three f32 roundings.
+    let margins = margins(&stats, 3.01 * f64::from(f32::EPSILON) / 2.0);
+    screen_tiles(rows, k, &margins, AVX512_TILE, |sims, a, b| {
+        // SAFETY: variant 3 runs only where `int8_supported()` and dim ≤ INT8_MAX_DIM; tiles
+        // start at multiples of AVX512_TILE inside `packed`, `scales` and `sums`.
+        unsafe {
+            avx512::int8_tile(
+                &packed,
+                quads,
+                (&scales, &sums),
+                a.start,
+                b.start,
+                AVX512_TILE,
+                sims,
+            )
+        };
+        AVX512_TILE
     })
 }
 
@@ -501,7 +611,7 @@ fn round_down(x: f64) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod bf16_tile {
+mod avx512 {
     use std::arch::x86_64::*;
 
     /// Rows per register block: half a 16-row panel, so the block's broadcasts share cache lines.
@@ -514,8 +624,12 @@ mod bf16_tile {
     /// streams past them; the accumulators are stored and reloaded between passes.
     const PAIRS_PER_PASS: usize = 128;
 
-    pub fn supported() -> bool {
+    pub fn bf16_supported() -> bool {
         std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
+    }
+
+    pub fn int8_supported() -> bool {
+        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vnni")
     }
 
     /// `sims[r·t + c]` = the f32 sum of bf16 products of packed rows `a0 + r` and `b0 + c`,
@@ -526,7 +640,7 @@ mod bf16_tile {
     /// of ROWS, `packed` (panels of 16 rows, `pairs` u32 per row) holds rows up to `a0 + t` and
     /// `b0 + t`, and `sims` has room for `t × t`.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub unsafe fn similarities(
+    pub unsafe fn bf16_tile(
         packed: &[u32],
         pairs: usize,
         a0: usize,
@@ -585,19 +699,124 @@ mod bf16_tile {
             }
         }
     }
+
+    /// `sims[r·t + c]` = `Σ q·q` of rows `a0 + r` and `b0 + c` (8-bit values, four per u32 in
+    /// `packed`'s panels), times `σ_r·σ_c` (`scales`), for `r, c < t`. The rows' bytes are
+    /// flipped to `q + 128` (unsigned, as `vpdpbusd` wants one side) and `128·Σ_t q_ct`
+    /// (`sums`) taken off each column's sum.
+    ///
+    /// # Safety
+    /// As for [`bf16_tile`], with AVX512_VNNI for AVX512_BF16, `quads` u32 per row, `scales` and
+    /// `sums` holding rows up to `a0 + t` and `b0 + t`, and `dim ≤ INT8_MAX_DIM`.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub unsafe fn int8_tile(
+        packed: &[u32],
+        quads: usize,
+        (scales, sums): (&[f32], &[i32]),
+        a0: usize,
+        b0: usize,
+        t: usize,
+        sims: &mut [f32],
+    ) {
+        debug_assert!(packed.len() >= (a0.max(b0) + t) * quads && sims.len() >= t * t);
+        debug_assert!(scales.len() >= a0.max(b0) + t && sums.len() >= a0.max(b0) + t);
+        let base = packed.as_ptr();
+        let out = sims.as_mut_ptr();
+        let flip = _mm512_set1_epi32(0x8080_8080_u32 as i32);
+        for first in (0..quads).step_by(PAIRS_PER_PASS) {
+            let last = (first + PAIRS_PER_PASS).min(quads);
+            for cb in (0..t).step_by(16 * PANELS) {
+                let mut b = [base; PANELS];
+                for (n, panel) in b.iter_mut().enumerate() {
+                    *panel = base.add((b0 + cb) / 16 * quads * 16 + n * quads * 16);
+                }
+                for rb in (0..t).step_by(ROWS) {
+                    let row = a0 + rb;
+                    let a = base.add(row / 16 * quads * 16 + row % 16);
+                    let mut acc = [[_mm512_setzero_si512(); PANELS]; ROWS];
+                    if first > 0 {
+                        for (m, acc_row) in acc.iter_mut().enumerate() {
+                            for (n, v) in acc_row.iter_mut().enumerate() {
+                                *v = _mm512_loadu_si512(out.add((rb + m) * t + cb + 16 * n).cast());
+                            }
+                        }
+                    }
+                    for p in first..last {
+                        let mut bv = [_mm512_setzero_si512(); PANELS];
+                        for n in 0..PANELS {
+                            bv[n] = _mm512_loadu_si512(b[n].add(p * 16).cast());
+                        }
+                        for (m, acc_row) in acc.iter_mut().enumerate() {
+                            let av = _mm512_xor_si512(
+                                _mm512_set1_epi32(*a.add(p * 16 + m) as i32),
+                                flip,
+                            );
+                            for n in 0..PANELS {
+                                acc_row[n] = _mm512_dpbusd_epi32(acc_row[n], av, bv[n]);
+                            }
+                        }
+                    }
+                    if last < quads {
+                        // Partial integer sums, kept bit for bit until the next pass.
+                        for (m, acc_row) in acc.iter().enumerate() {
+                            for (n, v) in acc_row.iter().enumerate() {
+                                _mm512_storeu_si512(out.add((rb + m) * t + cb + 16 * n).cast(), *v);
+                            }
+                        }
+                        continue;
+                    }
+                    for n in 0..PANELS {
+                        let col = b0 + cb + 16 * n;
+                        let offset = _mm512_slli_epi32::<7>(_mm512_loadu_si512(
+                            sums.as_ptr().add(col).cast(),
+                        ));
+                        let col_scales = _mm512_loadu_ps(scales.as_ptr().add(col));
+                        for (m, acc_row) in acc.iter().enumerate() {
+                            let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc_row[n], offset));
+                            let scale = _mm512_mul_ps(_mm512_set1_ps(scales[row + m]), col_scales);
+                            _mm512_storeu_ps(
+                                out.add((rb + m) * t + cb + 16 * n),
+                                _mm512_mul_ps(exact, scale),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-mod bf16_tile {
-    pub fn supported() -> bool {
+mod avx512 {
+    pub fn bf16_supported() -> bool {
         false
     }
 
-    /// Never called: [`supported`] is false off x86-64.
+    pub fn int8_supported() -> bool {
+        false
+    }
+
+    /// Never called: [`bf16_supported`] is false off x86-64.
     ///
     /// # Safety
     /// None needed; it panics.
-    pub unsafe fn similarities(_: &[u32], _: usize, _: usize, _: usize, _: usize, _: &mut [f32]) {
+    pub unsafe fn bf16_tile(_: &[u32], _: usize, _: usize, _: usize, _: usize, _: &mut [f32]) {
         unreachable!("the bf16 screen needs x86-64")
+    }
+
+    /// Never called: [`int8_supported`] is false off x86-64.
+    ///
+    /// # Safety
+    /// None needed; it panics.
+    pub unsafe fn int8_tile(
+        _: &[u32],
+        _: usize,
+        _: (&[f32], &[i32]),
+        _: usize,
+        _: usize,
+        _: usize,
+        _: &mut [f32],
+    ) {
+        unreachable!("the int8 screen needs x86-64")
     }
 }
