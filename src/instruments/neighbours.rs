@@ -367,6 +367,15 @@ fn screen_bf16(
     })
 }
 
+/// One row for variant 3: `σ = max|u|/127` (as f32), `q = round(u/σ)` in [−127, 127], `Σ q`,
+/// and `(δ, ν)` of `σ·q`.
+struct QuantisedRow {
+    scale: f32,
+    sum: i32,
+    q: Vec<i8>,
+    stats: (f64, f64),
+}
+
 /// Variant 3's candidate lists.
 fn screen_int8(
     values: &[f32],
@@ -377,8 +386,7 @@ fn screen_int8(
     let rows = inverse_norms.len();
     let padded_rows = rows.div_ceil(AVX512_TILE) * AVX512_TILE;
     let quads = dim.div_ceil(4);
-    // Each row: σ = max|u|/127 (as f32), q = round(u/σ) in [−127, 127], Σ q, δ and ν of σ·q.
-    let quantised: Vec<(f32, i32, Vec<i8>, (f64, f64))> = values
+    let quantised: Vec<QuantisedRow> = values
         .par_chunks_exact(dim)
         .zip(inverse_norms)
         .map(|(x, &r)| {
@@ -400,13 +408,18 @@ fn screen_int8(
                     .zip(&q)
                     .map(|(&u, &v)| (u, f64::from(scale) * f64::from(v))),
             );
-            (scale, sum, q, stats)
+            QuantisedRow {
+                scale,
+                sum,
+                q,
+                stats,
+            }
         })
         .collect();
     let mut scales = vec![0.0f32; padded_rows];
     let mut sums = vec![0i32; padded_rows];
-    for (row, (scale, sum, _, _)) in quantised.iter().enumerate() {
-        (scales[row], sums[row]) = (*scale, *sum);
+    for (row, quantised) in quantised.iter().enumerate() {
+        (scales[row], sums[row]) = (quantised.scale, quantised.sum);
     }
     // Panels of 16 rows as for bf16: four coordinates' 8-bit values per u32.
     let mut packed = vec![0u32; padded_rows * quads];
@@ -415,7 +428,7 @@ fn screen_int8(
         .enumerate()
         .for_each(|(panel, out)| {
             for row in (panel * 16..panel * 16 + 16).take_while(|&row| row < rows) {
-                for (p, quad) in quantised[row].2.chunks(4).enumerate() {
+                for (p, quad) in quantised[row].q.chunks(4).enumerate() {
                     let mut bytes = [0u8; 4];
                     for (b, &v) in bytes.iter_mut().zip(quad) {
                         *b = v as u8;
@@ -424,7 +437,7 @@ fn screen_int8(
                 }
             }
         });
-    let stats: Vec<(f64, f64)> = quantised.iter().map(|q| q.3).collect();
+    let stats: Vec<(f64, f64)> = quantised.iter().map(|q| q.stats).collect();
     drop(quantised);
     // Conversion of the exact sum, σ_i·σ_j and their product: three f32 roundings.
     let margins = margins(&stats, 3.01 * f64::from(f32::EPSILON) / 2.0);
