@@ -7,6 +7,7 @@ use clap::Args;
 
 use crate::error::{Error, Result};
 use crate::instruments::align::{self, AlignOptions};
+use crate::instruments::neighbours::NeighbourScreen;
 use crate::io::check_outputs;
 use crate::io::embedding_inputs::EmbeddingInput;
 use crate::io::embeddings::{read_texts_beside, EmbeddingsFile};
@@ -35,6 +36,11 @@ pub struct AlignArgs {
     /// labels.
     #[arg(long)]
     aligned: Option<PathBuf>,
+    /// How the neighbour search screens similarities before ranking its candidates exactly:
+    /// 1 = f32 (any CPU), 2 = bf16 (AVX512_BF16), 3 = int8 (AVX512_VNNI). The neighbours are
+    /// the same with every variant [default: 2 where the CPU has it, else 3, else 1].
+    #[arg(long)]
+    neighbour_variant: Option<u32>,
     /// CPU threads, at most 4 per core [default: one per core].
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -74,6 +80,10 @@ pub fn run(args: AlignArgs) -> Result<()> {
     let options = AlignOptions {
         k: args.k,
         cca_dims: args.cca_dims,
+        screen: match args.neighbour_variant {
+            Some(n) => NeighbourScreen::from_number(n)?,
+            None => NeighbourScreen::fastest(),
+        },
     };
     let report = align::report(&files, &options)?;
     if let Some(path) = &args.aligned {

@@ -11,17 +11,16 @@
 //! - **mutual k-nearest-neighbour agreement**: for each row, the share of its `k` cosine nearest
 //!   neighbours (itself excluded) that both embeddings agree on, averaged over the rows.
 //!
-//! Everything runs in f64 on the host except the neighbour search (f32 cosine similarities in
-//! tiles over the upper triangle, never an `n×n` matrix).
-
-use std::sync::{Mutex, PoisonError};
+//! Everything runs in f64 on the host except the neighbour search, which screens the cosine
+//! similarities in f32 or bf16 tiles over the upper triangle (never an `n×n` matrix) and re-ranks
+//! the candidates in f64: exact neighbours (see [`crate::instruments::neighbours`]).
 
 use faer::{Mat, MatRef, Side};
-use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backend::cpu::{gemm, gemm_in_task, Operand};
+use crate::backend::cpu::{gemm, Operand};
 use crate::error::{Error, Result};
+use crate::instruments::neighbours::{cosine_neighbours, NeighbourScreen};
 use crate::io::embeddings::EmbeddingsFile;
 
 /// What `align` compares and how.
@@ -31,6 +30,9 @@ pub struct AlignOptions {
     pub k: usize,
     /// Principal components per side for SVCCA.
     pub cca_dims: usize,
+    /// How the neighbour search screens similarities before its exact re-rank (the neighbours
+    /// are the same with every variant).
+    pub screen: NeighbourScreen,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -204,7 +206,7 @@ impl Centred {
         let gram = cross(&c, &c, rows);
         c.gram_norm = gram.norm_l2();
         c.whitened = whitened_scores(&c, &gram, rows, options.cca_dims)?;
-        c.neighbours = nearest_neighbours(&file.embeddings, file.dim, options.k);
+        c.neighbours = cosine_neighbours(&file.embeddings, file.dim, options.k, options.screen)?;
         Ok(c)
     }
 }
@@ -313,136 +315,4 @@ fn compare(
         cca,
         mutual_knn: agreed as f64 / (rows * options.k) as f64,
     })
-}
-
-/// Rows per side of a similarity tile: a tile's GEMM (`2·T²·dim` FLOPs) outweighs packing its
-/// two `T × dim` operands, and its `T × T` similarities stay in the core's cache for the scans.
-const NEIGHBOUR_TILE: usize = 512;
-
-/// Each row's `k` nearest neighbours by cosine similarity, itself excluded, as sorted indices;
-/// ties go to the lower index. Zero rows are at similarity 0 to everything.
-///
-/// Exact, and no `n×n` matrix: the similarities come in `T × T` tiles, one single-threaded GEMM
-/// per rayon task, over the tiles on and above the diagonal only (the matrix is symmetric, so a
-/// tile `(I, J)` serves the rows of `I` along its rows and the rows of `J` along its columns:
-/// half the FLOPs of the full product). Each tile is scanned straight into the rows' running
-/// top-`k` lists (a compare against the row's current `k`-th best, rarely an insertion).
-fn nearest_neighbours(values: &[f32], dim: usize, k: usize) -> Vec<Vec<u32>> {
-    let unit: Vec<f32> = values
-        .par_chunks(dim)
-        .flat_map_iter(|row| {
-            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-            let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
-            row.iter().map(move |v| v * inv)
-        })
-        .collect();
-    let rows = values.len() / dim;
-    let tiles = rows.div_ceil(NEIGHBOUR_TILE);
-    let span = |t: usize| t * NEIGHBOUR_TILE..((t + 1) * NEIGHBOUR_TILE).min(rows);
-    // One lock per tile of rows: a task updates its two tiles' lists one after the other.
-    let best: Vec<Mutex<TopK>> = (0..tiles)
-        .map(|t| Mutex::new(TopK::new(span(t).len(), k)))
-        .collect();
-    let pairs: Vec<(usize, usize)> = (0..tiles)
-        .flat_map(|i| (i..tiles).map(move |j| (i, j)))
-        .collect();
-    pairs.into_par_iter().for_each_init(
-        || vec![0.0f32; NEIGHBOUR_TILE * NEIGHBOUR_TILE],
-        |sims, (i, j)| {
-            let (a, b) = (span(i), span(j));
-            let sims = &mut sims[..a.len() * b.len()];
-            gemm_in_task(
-                sims,
-                Operand::plain(&unit[a.start * dim..a.end * dim], a.len(), dim),
-                Operand::transposed(&unit[b.start * dim..b.end * dim], b.len(), dim),
-                false,
-            );
-            let lock = |t: usize| best[t].lock().unwrap_or_else(PoisonError::into_inner);
-            lock(i).offer_rows(sims, a.start, b.start, b.len());
-            if i != j {
-                lock(j).offer_columns(sims, a.start, b.len());
-            }
-        },
-    );
-    best.into_iter()
-        .flat_map(|t| {
-            t.into_inner()
-                .unwrap_or_else(PoisonError::into_inner)
-                .into_sorted_indices()
-        })
-        .collect()
-}
-
-/// The running `k` best `(similarity, index)` candidates of a tile's rows, each row's list
-/// best first: higher similarity, then lower index.
-struct TopK {
-    k: usize,
-    entries: Vec<(f32, u32)>,
-}
-
-impl TopK {
-    fn new(rows: usize, k: usize) -> Self {
-        // The sentinel loses to every real candidate (similarities are at least −1).
-        TopK {
-            k,
-            entries: vec![(f32::NEG_INFINITY, u32::MAX); rows * k],
-        }
-    }
-
-    /// Offers `(sim, index)` to local row `row`.
-    fn offer(&mut self, row: usize, sim: f32, index: u32) {
-        let list = &mut self.entries[row * self.k..(row + 1) * self.k];
-        let beats = |e: &(f32, u32)| sim > e.0 || (sim == e.0 && index < e.1);
-        if !beats(&list[self.k - 1]) {
-            return;
-        }
-        let at = list.iter().position(beats).expect("beats the last entry");
-        list.copy_within(at..self.k - 1, at + 1);
-        list[at] = (sim, index);
-    }
-
-    /// The `k`-th best similarity of local row `row` (a candidate below it cannot enter).
-    fn floor(&self, row: usize) -> f32 {
-        self.entries[(row + 1) * self.k - 1].0
-    }
-
-    /// Rows of `sims` (`[rows, cols]`, rows from global row `row_start`, columns from
-    /// `col_start`) offered to this tile's rows, which are those rows; the row itself skipped.
-    fn offer_rows(&mut self, sims: &[f32], row_start: usize, col_start: usize, cols: usize) {
-        for (r, line) in sims.chunks_exact(cols).enumerate() {
-            let me = row_start + r;
-            let mut floor = self.floor(r);
-            for (c, &s) in line.iter().enumerate() {
-                if s >= floor && col_start + c != me {
-                    self.offer(r, s, (col_start + c) as u32);
-                    floor = self.floor(r);
-                }
-            }
-        }
-    }
-
-    /// Columns of `sims` (`[rows, cols]`, rows from global row `row_start`) offered to this
-    /// tile's rows, which are the columns (another tile than the rows').
-    fn offer_columns(&mut self, sims: &[f32], row_start: usize, cols: usize) {
-        let mut floors: Vec<f32> = (0..cols).map(|c| self.floor(c)).collect();
-        for (r, line) in sims.chunks_exact(cols).enumerate() {
-            for (c, (&s, floor)) in line.iter().zip(&mut floors).enumerate() {
-                if s >= *floor {
-                    self.offer(c, s, (row_start + r) as u32);
-                    *floor = self.floor(c);
-                }
-            }
-        }
-    }
-
-    fn into_sorted_indices(self) -> Vec<Vec<u32>> {
-        self.entries
-            .chunks_exact(self.k)
-            .map(|list| {
-                let mut indices: Vec<u32> = list.iter().map(|e| e.1).collect();
-                indices.sort_unstable();
-                indices
-            })
-            .collect()
-    }
 }

@@ -11,6 +11,7 @@ pub mod kglm;
 pub mod layers;
 pub mod lda;
 pub mod metrics;
+pub mod neighbours;
 pub mod ntk;
 pub mod pca;
 pub mod project;
