@@ -239,7 +239,7 @@ fn singular_covariance(
         .min()
         .unwrap_or(0);
     let cause = match shrinkage {
-        Shrinkage::Auto if (fewest as usize) < d => format!(
+        Shrinkage::Auto if fewest < d => format!(
             "the smallest class has {fewest} training rows in {d} dimensions, too few for \
              Ledoit–Wolf to make its covariance invertible (it does not shrink a class of 2 rows \
              at all); give --shrinkage a fixed value such as 0.1, or more rows per class (a \
