@@ -61,9 +61,17 @@ pub fn row_dots(out: &mut [f32], row: &[f32], others: &[f32]) {
     common::row_dots_wide(out, row, others)
 }
 
+/// The default backend's crossover from faer's GEMM to ours, in values of the weight matrix:
+/// BERT-base's FFN (2.4 M) and e5-large's (4.2 M) run about equally fast on both; ours wins
+/// above, faer below.
+pub const PACKED_MIN_WEIGHTS: usize = 1 << 22;
+
 pub struct CpuBackend {
     /// The kernel of `linear` on f32 weights (half-precision weights always run variant 8's).
     gemm: GemmVariant,
+    /// Whether f32 weight matrices under [`PACKED_MIN_WEIGHTS`] values run faer's GEMM instead
+    /// (the default backend; not one opened with a variant).
+    by_size: bool,
     /// The kernel of `attention`; `None`: chosen by the mask (see `attention`'s module docs).
     attention: Option<AttentionVariant>,
 }
@@ -76,12 +84,16 @@ impl CpuBackend {
         GemmVariant::PackedF16,
     ];
 
-    /// The CPU backend with its default GEMM: ours (variant 8) on f32 weights too, which keeps
-    /// each weight matrix packed after its first use and finishes the epilogue in registers; it
-    /// matches or beats faer on every model shape of `mscope bench` (BENCHMARKS.md, session
-    /// h21f), most on the epilogue-heavy ones (MiniLM's GELU FFN, Mistral's 256-row MLP).
+    /// The CPU backend with its default GEMM, chosen per weight matrix: ours (variant 8) for
+    /// matrices of [`PACKED_MIN_WEIGHTS`] values or more, which it keeps packed after their first
+    /// use, finishing the epilogue in registers; faer's (7) for smaller ones. On the idle machine
+    /// (BENCHMARKS.md, "Idle re-measure", session 11) ours wins on Mistral's MLP (1.5×) and CLIP's
+    /// (1.08×), ties on BERT-base's and e5-large's FFN, and loses on MiniLM's Linears (up to 1.13×).
     pub fn new() -> Self {
-        Self::with_gemm(GemmVariant::Packed)
+        CpuBackend {
+            by_size: true,
+            ..Self::with_gemm(GemmVariant::Packed)
+        }
     }
 
     /// The CPU backend running `linear` on f32 weights with `variant` (7 or 8; 9 is 8, on the
@@ -89,6 +101,7 @@ impl CpuBackend {
     pub fn with_gemm(variant: GemmVariant) -> Self {
         CpuBackend {
             gemm: variant.on_f32_weights(),
+            by_size: false,
             attention: None,
         }
     }
@@ -110,7 +123,8 @@ impl CpuBackend {
         }
     }
 
-    /// The kernel of `linear` on f32 weights.
+    /// The kernel of `linear` on f32 weights (on the default backend, on those of
+    /// [`PACKED_MIN_WEIGHTS`] values or more; faer's below).
     pub fn gemm_variant(&self) -> GemmVariant {
         self.gemm
     }
@@ -199,7 +213,13 @@ impl Backend for CpuBackend {
         residual: Option<&Tensor>,
         out: &mut Tensor,
     ) -> Result<()> {
-        gemm::linear(self.gemm, x, w, bias, act, residual, out)
+        let small = w.len() < PACKED_MIN_WEIGHTS;
+        let variant = if self.by_size && small {
+            GemmVariant::Faer
+        } else {
+            self.gemm
+        };
+        gemm::linear(variant, x, w, bias, act, residual, out)
     }
 
     fn gated_activation(&self, gate_up: &Tensor, act: Activation, out: &mut Tensor) -> Result<()> {
