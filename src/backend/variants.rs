@@ -26,8 +26,8 @@ pub enum GemmVariant {
     Faer,
     /// 8 — packed panels and an 8×32 (AVX-512) or 6×16 (AVX2 + FMA) register tile, the epilogue
     /// applied to the tile before it is stored; f32 weights packed once and kept with their
-    /// tensor, f16 and bf16 ones widened block by block as they are packed (CPU: the default,
-    /// and every GEMM on half-precision weights).
+    /// tensor, f16 and bf16 ones widened block by block as they are packed (CPU: the default on
+    /// f32 weight matrices of 2²² values or more, and every GEMM on half-precision weights).
     Packed,
     /// 9 — variant 8 on f16 weights (CPU).
     PackedF16,

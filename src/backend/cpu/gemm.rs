@@ -1,8 +1,9 @@
 //! The GEMM family on the CPU: faer's matmul on every core behind [`gemm`] (also the host GEMM
 //! of `models/` and `instruments/`), and `linear` in one of two variants: 7, that GEMM plus one
-//! epilogue pass (bias, activation, residual) over its rows; 8 (the default), our packed GEMM
-//! with the epilogue applied to each register tile ([`super::gemm_packed`]), which also runs
-//! every `linear` on half-precision weights (faer would need a whole f32 copy of them).
+//! epilogue pass (bias, activation, residual) over its rows; 8, our packed GEMM with the
+//! epilogue applied to each register tile ([`super::gemm_packed`]), which also runs every
+//! `linear` on half-precision weights (faer would need a whole f32 copy of them). The default
+//! backend picks between them by weight size ([`super::PACKED_MIN_WEIGHTS`]).
 
 use faer::linalg::matmul::matmul;
 use faer::traits::{math_utils::one, ComplexField};
