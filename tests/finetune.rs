@@ -15,7 +15,7 @@ use common::{
     assert_matches_adamw_reference, reference_tensor, rel_error_f64, repo_path, run_mscope_ok,
 };
 use mscope::backend::cpu::CpuBackend;
-use mscope::backend::{Backend, DropoutMask};
+use mscope::backend::{Backend, BackendKind, DropoutMask, OpFamily};
 use mscope::models::bert::BertConfig;
 use mscope::models::classifier::SequenceClassifier;
 use mscope::models::classifier_grad::{loss_gradient, loss_gradient_with_dropout};
@@ -500,4 +500,27 @@ fn cli_dropout_runs_are_reproducible() {
     let first = train("first", true);
     assert_eq!(train("again", true), first, "the same seed, another model");
     assert_ne!(train("plain", false), first, "--dropout changed nothing");
+}
+
+/// Training runs on the CPU: the GPU backends say they lack the training family, and its ops
+/// fail with an error naming the op (each backend present; an absent one is reported skipped).
+#[test]
+fn gpu_backends_refuse_dropout_clearly() {
+    assert!(cpu().supports(OpFamily::Training));
+    for kind in [BackendKind::Wgpu, BackendKind::Cuda] {
+        let Some(be) = common::backend(kind, OpFamily::Encoder, "gpu_backends_refuse_dropout_clearly")
+        else {
+            continue;
+        };
+        assert!(!be.supports(OpFamily::Training), "{}", be.name());
+        let x = be.upload(&[2, 3], &[1.0; 6]).unwrap();
+        let mut out = be.zeros(&[2, 3]).unwrap();
+        let mask = DropoutMask::new(1, 0.5).unwrap();
+        let err = be.dropout(&x, &mask, None, &mut out).unwrap_err().to_string();
+        assert!(
+            err.contains("dropout") && err.contains("not supported"),
+            "{}: {err}",
+            be.name()
+        );
+    }
 }

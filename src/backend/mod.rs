@@ -112,6 +112,9 @@ pub enum OpFamily {
     /// ntk_contract, ntk_contract_seq, ntk_sample_gradients, jl_project: the tangent-kernel
     /// instrument's device work.
     Ntk,
+    /// dropout, attention_dropout, attention_dropout_backward: what a training step adds to the
+    /// backward family (fine-tuning with dropout). The CPU's only: training runs there.
+    Training,
 }
 
 /// The f32 values of `bytes` for [`Backend::upload_mapped`], or the error for bytes that cannot be
@@ -420,8 +423,8 @@ pub trait Backend: Send + Sync {
         out: &mut Tensor,
     ) -> Result<()>;
 
-    // training: dropout, run by the CPU only (fine-tuning runs there); the other backends
-    // report these ops unsupported. They belong to no [`OpFamily`].
+    // training ([`OpFamily::Training`]): the CPU's only (fine-tuning runs there); the other
+    // backends report these ops unsupported.
 
     /// `out = x ⊙ mask (+ residual)` for `x, residual, out: [n, d]`, entry `(r, c)` of `x` scaled
     /// by `mask.factor(r, c)` ([`DropoutMask`]): inverted dropout of a layer's output, and, with

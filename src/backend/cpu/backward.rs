@@ -214,12 +214,13 @@ pub fn attention_dropout(
     Ok(out)
 }
 
-/// An error unless `spec` is bidirectional attention without grouped heads, the attention the
-/// host backward pass (and dropout) handle.
+/// An error unless `spec` is bidirectional attention without grouped heads, the only attention
+/// with a backward pass (and training dropout).
 fn check_bidirectional(op: &str, spec: &AttentionSpec) -> Result<()> {
     if spec.causal || spec.window.is_some() || spec.kv_heads != spec.heads {
         return Err(Error::input(format!(
-            "{op}: only bidirectional attention without grouped heads has a backward pass"
+            "{op}: only bidirectional attention without grouped heads is supported (the only \
+             attention with a backward pass)"
         )));
     }
     Ok(())
