@@ -334,7 +334,9 @@ fn attention_dropout_matches_finite_differences() {
         .collect();
     let readout = rng.vec(n * heads * hd);
     let be = CpuBackend::new();
-    let mut out = be.upload(&[n, heads * hd], &vec![f32::NAN; n * heads * hd]).unwrap();
+    let mut out = be
+        .upload(&[n, heads * hd], &vec![f32::NAN; n * heads * hd])
+        .unwrap();
     let qkv_tensor = be.upload(&[n, 3 * heads * hd], &qkv).unwrap();
     be.attention_dropout(&qkv_tensor, &layout, &spec, &mask, &mut out)
         .unwrap();
@@ -368,7 +370,11 @@ fn attention_dropout_matches_finite_differences() {
     let want = finite_differences(&qd, &widen(&readout), |x| {
         attention_f64(x, &layout, heads, hd, Some(&mask))
     });
-    assert_close("attention dropout d_qkv", &be.download(&d_qkv).unwrap(), &want);
+    assert_close(
+        "attention dropout d_qkv",
+        &be.download(&d_qkv).unwrap(),
+        &want,
+    );
 }
 
 #[test]

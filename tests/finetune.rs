@@ -457,7 +457,10 @@ fn dropout_rates_follow_the_config() {
             "num_attention_heads": 1, "intermediate_size": 8, "max_position_embeddings": 8,
             "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.2,
         });
-        config.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        config
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         let config: BertConfig = serde_json::from_value(config).unwrap();
         DropoutRates::of_config(&config, Path::new("dir/config.json"))
     };
@@ -490,7 +493,16 @@ fn cli_dropout_runs_are_reproducible() {
         let out = tmp.path().join(name);
         let mut args = vec!["train", "--model", path_str(&encoder), "--data"];
         args.extend([path_str(&texts), "--out", path_str(&out)]);
-        args.extend(["--epochs", "2", "--batch-size", "2", "--lr", "1e-3", "--seed", "5"]);
+        args.extend([
+            "--epochs",
+            "2",
+            "--batch-size",
+            "2",
+            "--lr",
+            "1e-3",
+            "--seed",
+            "5",
+        ]);
         if dropout {
             args.push("--dropout");
         }
@@ -508,15 +520,21 @@ fn cli_dropout_runs_are_reproducible() {
 fn gpu_backends_refuse_dropout_clearly() {
     assert!(cpu().supports(OpFamily::Training));
     for kind in [BackendKind::Wgpu, BackendKind::Cuda] {
-        let Some(be) = common::backend(kind, OpFamily::Encoder, "gpu_backends_refuse_dropout_clearly")
-        else {
+        let Some(be) = common::backend(
+            kind,
+            OpFamily::Encoder,
+            "gpu_backends_refuse_dropout_clearly",
+        ) else {
             continue;
         };
         assert!(!be.supports(OpFamily::Training), "{}", be.name());
         let x = be.upload(&[2, 3], &[1.0; 6]).unwrap();
         let mut out = be.zeros(&[2, 3]).unwrap();
         let mask = DropoutMask::new(1, 0.5).unwrap();
-        let err = be.dropout(&x, &mask, None, &mut out).unwrap_err().to_string();
+        let err = be
+            .dropout(&x, &mask, None, &mut out)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("dropout") && err.contains("not supported"),
             "{}: {err}",

@@ -21,11 +21,11 @@ use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 use crate::tensor::{HalfMatrix, HostData, HostTensor, SharedBytes};
+pub use dropout::DropoutMask;
 pub use params::{
     Activation, AttentionSpec, JlDistribution, JlSpec, Pooling, RopeFrequencies, RopeScaling,
     RopeSpec, SeqFactors, SeqForm, SeqLayout, TokenChunk, TokenChunks, TokenPairing,
 };
-pub use dropout::DropoutMask;
 pub use stats::{Eigen, Matrix64, Moments};
 pub use tensor::{Storage, Tensor};
 pub use trim::{TrimReference, TrimResult, TrimSpec, W2Grid};

@@ -14,9 +14,7 @@ use serde::Deserialize;
 use super::dropout::{DropoutSite, StepDropout};
 use super::loader::{read_config, Linear, Loader, Norm};
 use super::{Encoder, TokenBatch};
-use crate::backend::{
-    Activation, AttentionSpec, Backend, DropoutMask, Pooling, SeqLayout, Tensor,
-};
+use crate::backend::{Activation, AttentionSpec, Backend, DropoutMask, Pooling, SeqLayout, Tensor};
 use crate::error::{Error, Result};
 use crate::weights::{Weights, WeightsDtype};
 

@@ -610,7 +610,8 @@ impl<'a> Backward<'a> {
                 &mut output_ln,
             )?;
             // With dropout the output projection's gradient is masked; the residual's is not.
-            let ffn_dropped = self.dropped(self.encoder_mask(DropoutSite::FfnOutput(l)), &d_out_sum)?;
+            let ffn_dropped =
+                self.dropped(self.encoder_mask(DropoutSite::FfnOutput(l)), &d_out_sum)?;
             let ffn_delta = ffn_dropped.as_ref().unwrap_or(&d_out_sum);
             let d_inter = self.input_gradient(ffn_delta, &wl.output, None)?;
             let inter_delta = self.activation(self.act, &t.inter_pre, &d_inter)?;
@@ -619,8 +620,10 @@ impl<'a> Backward<'a> {
             let mut attn_ln = Vec::new();
             let d_attn_sum =
                 self.layer_norm(&t.attn_sum, &weights.attn_norm.gamma, &d_a, &mut attn_ln)?;
-            let attn_dropped =
-                self.dropped(self.encoder_mask(DropoutSite::AttentionOutput(l)), &d_attn_sum)?;
+            let attn_dropped = self.dropped(
+                self.encoder_mask(DropoutSite::AttentionOutput(l)),
+                &d_attn_sum,
+            )?;
             let attn_delta = attn_dropped.as_ref().unwrap_or(&d_attn_sum);
             let d_context = self.input_gradient(attn_delta, &wl.attn_out, None)?;
             let mut d_qkv = be.zeros(&[tokens, 3 * h])?;
@@ -633,13 +636,9 @@ impl<'a> Backward<'a> {
                     &d_context,
                     &mut d_qkv,
                 )?,
-                None => be.attention_backward(
-                    &t.qkv,
-                    self.layout,
-                    &self.spec,
-                    &d_context,
-                    &mut d_qkv,
-                )?,
+                None => {
+                    be.attention_backward(&t.qkv, self.layout, &self.spec, &d_context, &mut d_qkv)?
+                }
             }
             d_x = self.input_gradient(&d_qkv, &wl.qkv, Some(&d_attn_sum))?;
 
@@ -673,8 +672,12 @@ impl<'a> Backward<'a> {
         let d_embed_out = self
             .dropped(self.encoder_mask(DropoutSite::Embeddings), &d_x)?
             .unwrap_or(d_x);
-        let embedding =
-            self.layer_norm(&self.tape.embed_sum, embed_gamma, &d_embed_out, &mut vectors)?;
+        let embedding = self.layer_norm(
+            &self.tape.embed_sum,
+            embed_gamma,
+            &d_embed_out,
+            &mut vectors,
+        )?;
         vectors.extend(layer_vectors.into_iter().flatten());
         vectors.extend(head_vectors);
         Ok(SeedPass {

@@ -132,9 +132,9 @@ impl StepDropout {
     /// probability is 0 (nothing dropped, nothing computed).
     pub fn mask(&self, site: DropoutSite) -> Option<DropoutMask> {
         let p = match site {
-            DropoutSite::Embeddings | DropoutSite::AttentionOutput(_) | DropoutSite::FfnOutput(_) => {
-                self.rates.hidden
-            }
+            DropoutSite::Embeddings
+            | DropoutSite::AttentionOutput(_)
+            | DropoutSite::FfnOutput(_) => self.rates.hidden,
             DropoutSite::AttentionProbs(_) => self.rates.attention,
             DropoutSite::HeadInput | DropoutSite::HeadHidden => self.rates.head,
         };

@@ -120,55 +120,54 @@ pub fn attention_backward(
     );
     let mut d_qkv = vec![0.0f32; tokens * width];
     let blocks = split_sequences(&mut d_qkv, layout, width);
-    blocks
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(s, d_block)| {
-            let rows = layout.range(s);
-            let len = rows.len();
-            let at = |t: usize, c: usize| (rows.start + t) * width + c;
-            let mut p = vec![0.0f32; len * len];
-            for h in 0..heads {
-                let (qc, kc, vc) = (h * hd, out_width + h * hd, 2 * out_width + h * hd);
-                softmax_probabilities(qkv, spec, &rows, (qc, kc), &mut p);
-                let factor = |i: usize, j: usize| {
-                    dropout.map_or(1.0, |m| m.factor(((rows.start + i) * heads + h) as u64, j as u64))
-                };
-                let d_o = |t: usize, e: usize| d_out[(rows.start + t) * out_width + h * hd + e];
-                // dV[j] = Σ_i M[i, j]·P[i, j]·dO[i]
-                for j in 0..len {
-                    for e in 0..hd {
-                        let v: f32 = (0..len)
-                            .map(|i| p[i * len + j] * factor(i, j) * d_o(i, e))
-                            .sum();
-                        d_block[j * width + vc + e] = v;
-                    }
-                }
-                // dS[i, j] = P[i, j]·(dP[i, j] − Σ_k P[i, k]·dP[i, k]), dP[i, j] = M[i, j]·dO[i]·V[j]
-                let mut ds = vec![0.0f32; len * len];
-                for i in 0..len {
-                    let dp: Vec<f32> = (0..len)
-                        .map(|j| {
-                            let dot: f32 = (0..hd).map(|e| d_o(i, e) * qkv[at(j, vc + e)]).sum();
-                            factor(i, j) * dot
-                        })
-                        .collect();
-                    let centre: f64 = (0..len).map(|j| p[i * len + j] as f64 * dp[j] as f64).sum();
-                    for j in 0..len {
-                        ds[i * len + j] = (p[i * len + j] as f64 * (dp[j] as f64 - centre)) as f32;
-                    }
-                }
-                // dQ[i] = scale·Σ_j dS[i, j]·K[j];  dK[j] = scale·Σ_i dS[i, j]·Q[i]
-                for i in 0..len {
-                    for e in 0..hd {
-                        let dq: f32 = (0..len).map(|j| ds[i * len + j] * qkv[at(j, kc + e)]).sum();
-                        let dk: f32 = (0..len).map(|j| ds[j * len + i] * qkv[at(j, qc + e)]).sum();
-                        d_block[i * width + qc + e] = spec.scale * dq;
-                        d_block[i * width + kc + e] = spec.scale * dk;
-                    }
+    blocks.into_par_iter().enumerate().for_each(|(s, d_block)| {
+        let rows = layout.range(s);
+        let len = rows.len();
+        let at = |t: usize, c: usize| (rows.start + t) * width + c;
+        let mut p = vec![0.0f32; len * len];
+        for h in 0..heads {
+            let (qc, kc, vc) = (h * hd, out_width + h * hd, 2 * out_width + h * hd);
+            softmax_probabilities(qkv, spec, &rows, (qc, kc), &mut p);
+            let factor = |i: usize, j: usize| {
+                dropout.map_or(1.0, |m| {
+                    m.factor(((rows.start + i) * heads + h) as u64, j as u64)
+                })
+            };
+            let d_o = |t: usize, e: usize| d_out[(rows.start + t) * out_width + h * hd + e];
+            // dV[j] = Σ_i M[i, j]·P[i, j]·dO[i]
+            for j in 0..len {
+                for e in 0..hd {
+                    let v: f32 = (0..len)
+                        .map(|i| p[i * len + j] * factor(i, j) * d_o(i, e))
+                        .sum();
+                    d_block[j * width + vc + e] = v;
                 }
             }
-        });
+            // dS[i, j] = P[i, j]·(dP[i, j] − Σ_k P[i, k]·dP[i, k]), dP[i, j] = M[i, j]·dO[i]·V[j]
+            let mut ds = vec![0.0f32; len * len];
+            for i in 0..len {
+                let dp: Vec<f32> = (0..len)
+                    .map(|j| {
+                        let dot: f32 = (0..hd).map(|e| d_o(i, e) * qkv[at(j, vc + e)]).sum();
+                        factor(i, j) * dot
+                    })
+                    .collect();
+                let centre: f64 = (0..len).map(|j| p[i * len + j] as f64 * dp[j] as f64).sum();
+                for j in 0..len {
+                    ds[i * len + j] = (p[i * len + j] as f64 * (dp[j] as f64 - centre)) as f32;
+                }
+            }
+            // dQ[i] = scale·Σ_j dS[i, j]·K[j];  dK[j] = scale·Σ_i dS[i, j]·Q[i]
+            for i in 0..len {
+                for e in 0..hd {
+                    let dq: f32 = (0..len).map(|j| ds[i * len + j] * qkv[at(j, kc + e)]).sum();
+                    let dk: f32 = (0..len).map(|j| ds[j * len + i] * qkv[at(j, qc + e)]).sum();
+                    d_block[i * width + qc + e] = spec.scale * dq;
+                    d_block[i * width + kc + e] = spec.scale * dk;
+                }
+            }
+        }
+    });
     Ok(d_qkv)
 }
 

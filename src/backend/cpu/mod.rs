@@ -20,8 +20,8 @@
 //! family) and gets its one line here.
 
 use super::{
-    shapes, Activation, AttentionSpec, AttentionVariant, Backend, DropoutMask, Eigen, GemmVariant, JlSpec,
-    Matrix64, Moments, OpFamily, Pooling, RopeSpec, SeqFactors, SeqLayout, Storage, Tensor,
+    shapes, Activation, AttentionSpec, AttentionVariant, Backend, DropoutMask, Eigen, GemmVariant,
+    JlSpec, Matrix64, Moments, OpFamily, Pooling, RopeSpec, SeqFactors, SeqLayout, Storage, Tensor,
     TokenPairing, TrimReference, TrimResult, TrimSpec,
 };
 use crate::error::Result;
