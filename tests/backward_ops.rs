@@ -266,20 +266,35 @@ fn attention_f64(
     out
 }
 
-#[test]
-fn attention_backward_matches_finite_differences() {
-    let (heads, hd) = (2, 3);
-    // A one-token sequence, a long one and a middling one, packed back to back.
+/// Heads and head size of the attention tests.
+const HEADS: (usize, usize) = (2, 3);
+
+/// The attention tests' inputs drawn from `seed`: a one-token sequence, a long one and a
+/// middling one, packed back to back; `qkv` and a readout of the output.
+fn attention_inputs(seed: u64) -> (SeqLayout, AttentionSpec, Vec<f32>, Vec<f32>) {
+    let (heads, hd) = HEADS;
     let layout = SeqLayout::from_lengths([1, 6, 3]);
     let n = layout.num_tokens();
-    let spec = AttentionSpec::bidirectional(heads, hd);
-    let mut rng = Rng::new(4);
+    let mut rng = Rng::new(seed);
     let qkv: Vec<f32> = rng
         .vec(n * 3 * heads * hd)
         .iter()
         .map(|v| 2.0 * v)
         .collect();
     let readout = rng.vec(n * heads * hd);
+    (
+        layout,
+        AttentionSpec::bidirectional(heads, hd),
+        qkv,
+        readout,
+    )
+}
+
+#[test]
+fn attention_backward_matches_finite_differences() {
+    let (heads, hd) = HEADS;
+    let (layout, spec, qkv, readout) = attention_inputs(4);
+    let n = layout.num_tokens();
     let be = CpuBackend::new();
     let mut out = be.zeros(&[n, heads * hd]).unwrap();
     be.attention(
@@ -321,18 +336,10 @@ fn attention_backward_matches_finite_differences() {
 /// and its backward pass against finite differences of that forward; some entries are dropped.
 #[test]
 fn attention_dropout_matches_finite_differences() {
-    let (heads, hd) = (2, 3);
-    let layout = SeqLayout::from_lengths([1, 6, 3]);
+    let (heads, hd) = HEADS;
+    let (layout, spec, qkv, readout) = attention_inputs(5);
     let n = layout.num_tokens();
-    let spec = AttentionSpec::bidirectional(heads, hd);
     let mask = DropoutMask::new(9, 0.4).unwrap();
-    let mut rng = Rng::new(5);
-    let qkv: Vec<f32> = rng
-        .vec(n * 3 * heads * hd)
-        .iter()
-        .map(|v| 2.0 * v)
-        .collect();
-    let readout = rng.vec(n * heads * hd);
     let be = CpuBackend::new();
     let mut out = be
         .upload(&[n, heads * hd], &vec![f32::NAN; n * heads * hd])

@@ -109,9 +109,10 @@ ADAMW = {"lr": 1e-3, "weight_decay": 0.1, "warmup": 1, "total": 4}
 ADAMW_BATCHES = [[0, 1], [2, 3], [3, 0]]
 
 
-def adamw_steps(model, tokenizer_dir):
-    """Runs ADAMW_BATCHES through PyTorch's AdamW with the linear warm-up schedule, in place.
-    Returns the labels of the texts and the loss of each step."""
+def adamw_steps(model, tokenizer_dir, masked=False):
+    """Runs ADAMW_BATCHES through PyTorch's AdamW with the linear warm-up schedule, in place;
+    `masked`: with mscope's dropout masks of each step (install_masks). Returns the labels of the
+    texts and the loss of each step."""
     from transformers import get_linear_schedule_with_warmup
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -121,11 +122,18 @@ def adamw_steps(model, tokenizer_dir):
                             weight_decay=ADAMW["weight_decay"])
     sched = get_linear_schedule_with_warmup(opt, ADAMW["warmup"], ADAMW["total"])
     losses = []
-    for rows in ADAMW_BATCHES:
+    for step, rows in enumerate(ADAMW_BATCHES, start=DROPOUT["first_step"]):
         enc = tok([texts[i] for i in rows], padding=True, return_tensors="pt")
+        if masked:
+            MASKS["step"] = StepMasks(step, enc["attention_mask"].sum(dim=1).numpy())
         y = torch.tensor([labels[i] for i in rows], dtype=torch.int64)
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(**enc).logits, y)
+        if masked:
+            # Every replaced module ran once, RoBERTa's head module twice.
+            calls = sorted(MASKS["step"].calls.values())
+            assert calls == [1] * (1 + 2 * model.config.num_hidden_layers) + [
+                1 if hasattr(model, "bert") else 2], calls
         loss.backward()
         opt.step()
         sched.step()
@@ -133,18 +141,25 @@ def adamw_steps(model, tokenizer_dir):
     return labels, losses
 
 
-def adamw_reference(model_dir, model_class):
-    model = model_class.from_pretrained(str(model_dir), attn_implementation="eager").eval()
-    model = model.to(torch.float64)
-    _, losses = adamw_steps(model, model_dir)
-    ref = {
+def adamw_record(model, losses, dtype=torch.float64):
+    """The hyper-parameters, batches and losses of an AdamW reference, and every parameter of
+    `model` after the steps (`after.NAME`, in `dtype`)."""
+    record = {
         "hparams": torch.tensor([ADAMW["lr"], ADAMW["weight_decay"], ADAMW["warmup"],
                                  ADAMW["total"]], dtype=torch.float64),
         "batches": torch.tensor(ADAMW_BATCHES, dtype=torch.int64),
         "losses": torch.tensor(losses, dtype=torch.float64),
     }
     for name, p in model.named_parameters():
-        ref[f"after.{name}"] = p.detach().double().contiguous()
+        record[f"after.{name}"] = p.detach().to(dtype).contiguous()
+    return record
+
+
+def adamw_reference(model_dir, model_class):
+    model = model_class.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+    model = model.to(torch.float64)
+    _, losses = adamw_steps(model, model_dir)
+    ref = adamw_record(model, losses)
     meta = {"texts": "tests/fixtures/classifiers/texts.jsonl", "transformers_version":
             transformers.__version__, "torch_version": torch.__version__}
     print(f"  {model_dir.name}: AdamW losses {losses}")
@@ -199,15 +214,8 @@ def encoder_adamw_reference():
     model = model.to(torch.float64)
     labels, losses = adamw_steps(model, ENCODER_DIR)
     ref = dict(init)
-    ref.update({
-        "labels": torch.tensor(labels, dtype=torch.int64),
-        "hparams": torch.tensor([ADAMW["lr"], ADAMW["weight_decay"], ADAMW["warmup"],
-                                 ADAMW["total"]], dtype=torch.float64),
-        "batches": torch.tensor(ADAMW_BATCHES, dtype=torch.int64),
-        "losses": torch.tensor(losses, dtype=torch.float64),
-    })
-    for name, p in model.named_parameters():
-        ref[f"after.{name}"] = p.detach().double().contiguous()
+    ref["labels"] = torch.tensor(labels, dtype=torch.int64)
+    ref.update(adamw_record(model, losses))
     meta = {"texts": "tests/fixtures/classifiers/texts.jsonl", "transformers_version":
             transformers.__version__, "torch_version": torch.__version__}
     print(f"  tiny-bert-encoder: AdamW losses {losses}")
@@ -365,43 +373,16 @@ def install_masks(model):
 
 def dropout_adamw_reference(model_dir, model_class):
     """The AdamW reference with dropout on at mscope's masks (module docstring)."""
-    from transformers import get_linear_schedule_with_warmup
-
     model = model_class.from_pretrained(str(model_dir), attn_implementation="eager").eval()
     model = model.to(torch.float64)
     install_masks(model)
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    texts, names = labelled_texts()
-    labels = [model.config.label2id[n] for n in names]
-    opt = torch.optim.AdamW(model.parameters(), lr=ADAMW["lr"], betas=(0.9, 0.999), eps=1e-8,
-                            weight_decay=ADAMW["weight_decay"])
-    sched = get_linear_schedule_with_warmup(opt, ADAMW["warmup"], ADAMW["total"])
-    losses = []
-    for step, rows in enumerate(ADAMW_BATCHES, start=DROPOUT["first_step"]):
-        enc = tok([texts[i] for i in rows], padding=True, return_tensors="pt")
-        MASKS["step"] = StepMasks(step, enc["attention_mask"].sum(dim=1).numpy())
-        y = torch.tensor([labels[i] for i in rows], dtype=torch.int64)
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(**enc).logits, y)
-        # Every replaced module ran once, RoBERTa's head module twice.
-        calls = sorted(MASKS["step"].calls.values())
-        assert calls == [1] * (1 + 2 * model.config.num_hidden_layers) + [
-            1 if hasattr(model, "bert") else 2], calls
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+    labels, losses = adamw_steps(model, model_dir, masked=True)
     ref = {
         "dropout": torch.tensor([DROPOUT[k] for k in ("seed", "first_step", "hidden", "attention",
                                                        "head")], dtype=torch.float64),
         "labels": torch.tensor(labels, dtype=torch.int64),
-        "hparams": torch.tensor([ADAMW["lr"], ADAMW["weight_decay"], ADAMW["warmup"],
-                                 ADAMW["total"]], dtype=torch.float64),
-        "batches": torch.tensor(ADAMW_BATCHES, dtype=torch.int64),
-        "losses": torch.tensor(losses, dtype=torch.float64),
     }
-    for name, p in model.named_parameters():
-        ref[f"after.{name}"] = p.detach().float().contiguous()
+    ref.update(adamw_record(model, losses, torch.float32))
     meta = {"texts": "tests/fixtures/classifiers/texts.jsonl", "transformers_version":
             transformers.__version__, "torch_version": torch.__version__}
     print(f"  {model_dir.name}: AdamW losses with dropout {losses}")

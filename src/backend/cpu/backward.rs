@@ -173,10 +173,10 @@ pub fn attention_backward(
 
 /// Bidirectional attention with its probabilities dropped by `mask` (transformers' attention
 /// dropout in train mode) over packed sequences: `out: [tokens, heads·head_dim]`, per sequence
-/// and head `O = (M ⊙ P)·V` with `P = softmax(scale·Q·Kᵀ)` and `M[i, j] = mask.factor(t_i·heads
-/// + h, j)` for the packed row `t_i` of query `i` and key position `j` in the sequence. Computes
-/// `P` as [`attention_backward`] recomputes it: a training-step reference, not the fast path of
-/// inference.
+/// and head `O = (M ⊙ P)·V` with `P = softmax(scale·Q·Kᵀ)` and
+/// `M[i, j] = mask.factor(t_i·heads + h, j)` for the packed row `t_i` of query `i` and key
+/// position `j` in the sequence. Computes `P` as [`attention_backward`] recomputes it: a
+/// training-step reference, not the fast path of inference.
 pub fn attention_dropout(
     qkv: &[f32],
     layout: &SeqLayout,
