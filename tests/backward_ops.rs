@@ -12,7 +12,7 @@ use mscope::backend::cpu::backward::{
     scatter_rows, sequence_sums,
 };
 use mscope::backend::cpu::{gemm, CpuBackend, Operand};
-use mscope::backend::{Activation, AttentionSpec, Backend, SeqLayout};
+use mscope::backend::{Activation, AttentionSpec, Backend, DropoutMask, SeqLayout};
 
 /// f32 backward against an f64 reference (the crate's numerics contract).
 const F32_TOLERANCE: f64 = 1e-5;
@@ -222,8 +222,16 @@ fn layer_norm_backward_matches_finite_differences() {
     }
 }
 
-/// Bidirectional multi-head attention of each packed sequence, in f64.
-fn attention_f64(qkv: &[f64], layout: &SeqLayout, heads: usize, hd: usize) -> Vec<f64> {
+/// Bidirectional multi-head attention of each packed sequence, in f64, the probabilities
+/// multiplied by `dropout`'s factors where given (row: query token · heads + head, column: key
+/// position in the sequence).
+fn attention_f64(
+    qkv: &[f64],
+    layout: &SeqLayout,
+    heads: usize,
+    hd: usize,
+    dropout: Option<&DropoutMask>,
+) -> Vec<f64> {
     let (width, out_width) = (3 * heads * hd, heads * hd);
     let scale = 1.0 / (hd as f64).sqrt();
     let mut out = vec![0.0; layout.num_tokens() * out_width];
@@ -240,11 +248,16 @@ fn attention_f64(qkv: &[f64], layout: &SeqLayout, heads: usize, hd: usize) -> Ve
                 let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                 let total: f64 = exps.iter().sum();
+                let factor = |j: usize| {
+                    dropout.map_or(1.0, |m| {
+                        f64::from(m.factor((i * heads + h) as u64, (j - rows.start) as u64))
+                    })
+                };
                 for e in 0..hd {
                     out[i * out_width + h * hd + e] = rows
                         .clone()
                         .zip(&exps)
-                        .map(|(j, p)| p / total * col(2, j, e))
+                        .map(|(j, p)| p / total * factor(j) * col(2, j, e))
                         .sum();
                 }
             }
@@ -253,20 +266,35 @@ fn attention_f64(qkv: &[f64], layout: &SeqLayout, heads: usize, hd: usize) -> Ve
     out
 }
 
-#[test]
-fn attention_backward_matches_finite_differences() {
-    let (heads, hd) = (2, 3);
-    // A one-token sequence, a long one and a middling one, packed back to back.
+/// Heads and head size of the attention tests.
+const HEADS: (usize, usize) = (2, 3);
+
+/// The attention tests' inputs drawn from `seed`: a one-token sequence, a long one and a
+/// middling one, packed back to back; `qkv` and a readout of the output.
+fn attention_inputs(seed: u64) -> (SeqLayout, AttentionSpec, Vec<f32>, Vec<f32>) {
+    let (heads, hd) = HEADS;
     let layout = SeqLayout::from_lengths([1, 6, 3]);
     let n = layout.num_tokens();
-    let spec = AttentionSpec::bidirectional(heads, hd);
-    let mut rng = Rng::new(4);
+    let mut rng = Rng::new(seed);
     let qkv: Vec<f32> = rng
         .vec(n * 3 * heads * hd)
         .iter()
         .map(|v| 2.0 * v)
         .collect();
     let readout = rng.vec(n * heads * hd);
+    (
+        layout,
+        AttentionSpec::bidirectional(heads, hd),
+        qkv,
+        readout,
+    )
+}
+
+#[test]
+fn attention_backward_matches_finite_differences() {
+    let (heads, hd) = HEADS;
+    let (layout, spec, qkv, readout) = attention_inputs(4);
+    let n = layout.num_tokens();
     let be = CpuBackend::new();
     let mut out = be.zeros(&[n, heads * hd]).unwrap();
     be.attention(
@@ -280,11 +308,11 @@ fn attention_backward_matches_finite_differences() {
     assert_close(
         "attention forward",
         &be.download(&out).unwrap(),
-        &attention_f64(&qd, &layout, heads, hd),
+        &attention_f64(&qd, &layout, heads, hd, None),
     );
-    let got = attention_backward(&qkv, &layout, &spec, &readout).unwrap();
+    let got = attention_backward(&qkv, &layout, &spec, &readout, None).unwrap();
     let want = finite_differences(&qd, &widen(&readout), |x| {
-        attention_f64(x, &layout, heads, hd)
+        attention_f64(x, &layout, heads, hd, None)
     });
     assert_close("attention d_qkv", &got, &want);
     // A token's gradient comes from its own sequence only: a readout on the last sequence alone
@@ -292,7 +320,7 @@ fn attention_backward_matches_finite_differences() {
     let mut last_only = vec![0.0f32; readout.len()];
     let last = layout.range(2);
     last_only[last.start * heads * hd..].copy_from_slice(&readout[last.start * heads * hd..]);
-    let grad = attention_backward(&qkv, &layout, &spec, &last_only).unwrap();
+    let grad = attention_backward(&qkv, &layout, &spec, &last_only, None).unwrap();
     assert!(grad[..last.start * 3 * heads * hd]
         .iter()
         .all(|&v| v == 0.0));
@@ -301,7 +329,59 @@ fn attention_backward_matches_finite_differences() {
         causal: true,
         ..spec
     };
-    assert!(attention_backward(&qkv, &layout, &causal, &readout).is_err());
+    assert!(attention_backward(&qkv, &layout, &causal, &readout, None).is_err());
+}
+
+/// Attention with dropped probabilities: the CPU op against the f64 forward with the same mask,
+/// and its backward pass against finite differences of that forward; some entries are dropped.
+#[test]
+fn attention_dropout_matches_finite_differences() {
+    let (heads, hd) = HEADS;
+    let (layout, spec, qkv, readout) = attention_inputs(5);
+    let n = layout.num_tokens();
+    let mask = DropoutMask::new(9, 0.4).unwrap();
+    let be = CpuBackend::new();
+    let mut out = be
+        .upload(&[n, heads * hd], &vec![f32::NAN; n * heads * hd])
+        .unwrap();
+    let qkv_tensor = be.upload(&[n, 3 * heads * hd], &qkv).unwrap();
+    be.attention_dropout(&qkv_tensor, &layout, &spec, &mask, &mut out)
+        .unwrap();
+    let qd = widen(&qkv);
+    assert_close(
+        "attention dropout forward",
+        &be.download(&out).unwrap(),
+        &attention_f64(&qd, &layout, heads, hd, Some(&mask)),
+    );
+    // (query token, head, key position) of every probability, the ones dropped counted.
+    let dropped = (0..layout.num_sequences())
+        .flat_map(|s| {
+            let rows = layout.range(s);
+            let len = rows.len() as u64;
+            rows.flat_map(move |t| (0..heads).map(move |h| (t * heads + h) as u64))
+                .flat_map(move |row| (0..len).map(move |col| (row, col)))
+        })
+        .filter(|&(row, col)| !mask.keeps(row, col))
+        .count();
+    assert!(dropped > 0, "the mask drops nothing at this size");
+    let mut d_qkv = be.zeros(&[n, 3 * heads * hd]).unwrap();
+    be.attention_dropout_backward(
+        &qkv_tensor,
+        &layout,
+        &spec,
+        &mask,
+        &be.upload(&[n, heads * hd], &readout).unwrap(),
+        &mut d_qkv,
+    )
+    .unwrap();
+    let want = finite_differences(&qd, &widen(&readout), |x| {
+        attention_f64(x, &layout, heads, hd, Some(&mask))
+    });
+    assert_close(
+        "attention dropout d_qkv",
+        &be.download(&d_qkv).unwrap(),
+        &want,
+    );
 }
 
 #[test]

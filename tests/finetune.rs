@@ -2,7 +2,9 @@
 //! torch (fixtures of `tools/make_finetune_fixtures.py`): the head transformers'
 //! `BertForSequenceClassification.from_pretrained` makes, three AdamW steps with the parameters
 //! kept in memory, the written directory's logits as transformers reads them (from a BERT and an
-//! XLM-R encoder), `--test-data`'s report, and bad input.
+//! XLM-R encoder), `--test-data`'s report, and bad input. With dropout (`--dropout`): three AdamW
+//! steps against torch with mscope's masks put in transformers' dropout sites, zero rates as no
+//! dropout bit for bit, reproducible runs and masks, and bad probabilities.
 
 mod common;
 
@@ -13,9 +15,11 @@ use common::{
     assert_matches_adamw_reference, reference_tensor, rel_error_f64, repo_path, run_mscope_ok,
 };
 use mscope::backend::cpu::CpuBackend;
-use mscope::backend::Backend;
+use mscope::backend::{Backend, BackendKind, DropoutMask, OpFamily};
+use mscope::models::bert::BertConfig;
 use mscope::models::classifier::SequenceClassifier;
-use mscope::models::classifier_grad::loss_gradient;
+use mscope::models::classifier_grad::{loss_gradient, loss_gradient_with_dropout};
+use mscope::models::dropout::DropoutRates;
 use mscope::models::finetune::{
     classifier_from_encoder, classifier_from_parameters, copy_classifier_files, linear_schedule,
     read_parameters, write_parameters, AdamW, Parameters,
@@ -266,12 +270,26 @@ fn cli_fine_tuning_refuses_bad_input() {
         args.extend(extra);
         common::assert_fails_cleanly(&args, needles);
     };
+    // A dropout probability of 1 in the checkpoint's config, with --dropout.
+    let bad_config = tmp.path().join("bad-config");
+    copy_classifier_files(&encoder, &bad_config, None).unwrap();
+    std::fs::copy(
+        encoder.join("model.safetensors"),
+        bad_config.join("model.safetensors"),
+    )
+    .unwrap();
+    let config_path = bad_config.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["hidden_dropout_prob"] = 1.0.into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
     train(
-        &encoder,
+        &bad_config,
         &texts,
-        &["--dropout", "0.1"],
-        &["--dropout 0.1", "not implemented yet"],
+        &["--dropout"],
+        &["config.json", "hidden_dropout_prob 1", "outside [0, 1)"],
     );
+    assert!(!out.exists(), "a failed run leaves no output directory");
     // A decoder gets no classification head.
     train(
         &repo_path("tests/fixtures/tiny-llama3"),
@@ -305,4 +323,222 @@ fn cli_fine_tuning_refuses_bad_input() {
     )
     .unwrap();
     train(&encoder, &one, &[], &["at least two"]);
+}
+
+/// Three AdamW steps with dropout on against torch (`tools/make_finetune_fixtures.py dropout`):
+/// transformers' classifier with every dropout site given mscope's mask of the same seed, step and
+/// site, float64. Each step's loss and every parameter after the third within f32 rounding.
+#[test]
+fn dropout_adamw_steps_match_torch() {
+    for (dir, reference) in [
+        (
+            "tests/fixtures/classifiers/tiny-bert-cls",
+            "tests/fixtures/classifiers/bert_dropout_adamw_reference.safetensors",
+        ),
+        (
+            "tests/fixtures/classifiers/tiny-xlmr-cls",
+            "tests/fixtures/classifiers/xlmr_dropout_adamw_reference.safetensors",
+        ),
+    ] {
+        dropout_adamw_steps_match(dir, reference);
+    }
+}
+
+fn dropout_adamw_steps_match(dir: &str, reference: &str) {
+    let dir = repo_path(dir);
+    let mut params = read_parameters(&dir.join("model.safetensors")).expect("weights");
+    let (_, hparams) = reference_tensor(reference, "hparams");
+    let (lr, weight_decay) = (hparams[0], hparams[1]);
+    let (warmup, total) = (hparams[2] as usize, hparams[3] as usize);
+    let (_, dropout) = reference_tensor(reference, "dropout");
+    let (seed, first_step) = (dropout[0] as u64, dropout[1] as u64);
+    let rates = DropoutRates::new(dropout[2], dropout[3], dropout[4]).expect("rates");
+    let (_, batches) = reference_tensor(reference, "batches");
+    let (_, want_losses) = reference_tensor(reference, "losses");
+    let (_, classes) = reference_tensor(reference, "labels");
+    let mut adamw = AdamW::new(weight_decay);
+    let mut classifier = classifier_from_parameters(&dir, &params, cpu()).expect("builds");
+    let texts = tokenized(&dir, &classifier);
+    for (step, rows) in batches.chunks_exact(2).enumerate() {
+        let batch: Vec<TokenizedText> = rows.iter().map(|&r| texts[r as usize].clone()).collect();
+        let y: Vec<usize> = rows.iter().map(|&r| classes[r as usize] as usize).collect();
+        let dropout = rates.for_step(seed, first_step + step as u64);
+        let got =
+            loss_gradient_with_dropout(&classifier, &TokenBatch::pack(&batch), &y, Some(&dropout))
+                .expect("gradient");
+        let err = ((got.loss - want_losses[step]) / want_losses[step]).abs();
+        assert!(
+            err < F32_TOLERANCE,
+            "{}: step {step}: loss rel err {err:.2e}",
+            dir.display()
+        );
+        let step_lr = lr * linear_schedule(step, warmup, total);
+        adamw
+            .step(&mut params, &got.grads, step_lr)
+            .expect("update");
+        classifier = classifier_from_parameters(&dir, &params, cpu()).expect("rebuilds");
+    }
+    assert_matches_adamw_reference(&params, reference);
+}
+
+/// Rates of zero drop nothing and compute nothing more: the loss gradient is bit for bit the one
+/// without dropout; nonzero rates change it.
+#[test]
+fn zero_dropout_is_no_dropout_bit_for_bit() {
+    let dir = repo_path("tests/fixtures/classifiers/tiny-xlmr-cls");
+    let classifier = SequenceClassifier::load(&dir, cpu(), WeightsDtype::F32).expect("loads");
+    let batch = TokenBatch::pack(&tokenized(&dir, &classifier));
+    let labels = [1, 0, 0, 1];
+    let plain = loss_gradient(&classifier, &batch, &labels).expect("gradient");
+    let zero = DropoutRates::new(0.0, 0.0, 0.0).unwrap().for_step(3, 0);
+    let got = loss_gradient_with_dropout(&classifier, &batch, &labels, Some(&zero)).unwrap();
+    assert_eq!(got.loss.to_bits(), plain.loss.to_bits());
+    assert_eq!(got.grads, plain.grads);
+    let some = DropoutRates::new(0.1, 0.1, 0.1).unwrap().for_step(3, 0);
+    let dropped = loss_gradient_with_dropout(&classifier, &batch, &labels, Some(&some)).unwrap();
+    assert_ne!(dropped.grads, plain.grads);
+}
+
+/// A large mask keeps a share of entries within four standard errors of 1 − p, each kept entry
+/// scaled by exactly 1/(1 − p) in f32 and the residual added; the same key gives the same mask
+/// whatever the thread count, another key another mask.
+#[test]
+fn dropout_masks_keep_one_minus_p_and_are_reproducible() {
+    let (n, d, p) = (1000usize, 999usize, 0.3);
+    let run = |key: u64, threads: usize| -> Vec<f32> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mask = DropoutMask::new(key, p).unwrap();
+        pool.install(|| {
+            let be = cpu();
+            let x = be.upload(&[n, d], &vec![1.0; n * d]).unwrap();
+            let residual = be.upload(&[n, d], &vec![0.5; n * d]).unwrap();
+            let mut out = be.upload(&[n, d], &vec![f32::NAN; n * d]).unwrap();
+            be.dropout(&x, &mask, Some(&residual), &mut out).unwrap();
+            be.download(&out).unwrap()
+        })
+    };
+    let got = run(11, 1);
+    let scale = (1.0 / (1.0 - p)) as f32;
+    assert!(got.iter().all(|&v| v == 0.5 || v == scale + 0.5));
+    let kept = got.iter().filter(|&&v| v != 0.5).count() as f64 / got.len() as f64;
+    let standard_error = (p * (1.0 - p) / got.len() as f64).sqrt();
+    assert!(
+        (kept - (1.0 - p)).abs() < 4.0 * standard_error,
+        "kept {kept}, expected {} ± {standard_error:.1e}",
+        1.0 - p
+    );
+    assert_eq!(run(11, 3), got, "the thread count changed the mask");
+    assert_ne!(run(12, 1), got, "another key, the same mask");
+    let mask = DropoutMask::new(11, p).unwrap();
+    assert_eq!(mask.keeps(0, 0), got[0] != 0.5);
+}
+
+#[test]
+fn dropout_probabilities_outside_zero_one_are_errors() {
+    for p in [1.0, 1.5, -0.1, f64::NAN] {
+        let err = DropoutMask::new(0, p).unwrap_err().to_string();
+        assert!(err.contains("outside [0, 1)"), "{p}: {err}");
+    }
+    let err = DropoutRates::new(0.1, 1.0, 0.1).unwrap_err().to_string();
+    assert!(err.contains("attention dropout probability 1"), "{err}");
+    assert!(DropoutMask::new(0, 0.0).is_ok());
+}
+
+/// The rates of a config: `classifier_dropout` for the head, `hidden_dropout_prob` where it is
+/// null; a probability of 1 is an error naming the file and the key.
+#[test]
+fn dropout_rates_follow_the_config() {
+    let rates = |extra: serde_json::Value| {
+        let mut config = serde_json::json!({
+            "model_type": "bert", "vocab_size": 10, "hidden_size": 4, "num_hidden_layers": 1,
+            "num_attention_heads": 1, "intermediate_size": 8, "max_position_embeddings": 8,
+            "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.2,
+        });
+        config
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let config: BertConfig = serde_json::from_value(config).unwrap();
+        DropoutRates::of_config(&config, Path::new("dir/config.json"))
+    };
+    let head = |p: f64| DropoutRates::new(0.1, 0.2, p).unwrap();
+    assert_eq!(rates(serde_json::json!({})).unwrap(), head(0.1));
+    assert_eq!(
+        rates(serde_json::json!({"classifier_dropout": null})).unwrap(),
+        head(0.1)
+    );
+    assert_eq!(
+        rates(serde_json::json!({"classifier_dropout": 0.3})).unwrap(),
+        head(0.3)
+    );
+    let err = rates(serde_json::json!({"classifier_dropout": 1.0}))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("dir/config.json: classifier_dropout 1 is outside [0, 1)"),
+        "{err}"
+    );
+}
+
+/// `mscope train --dropout` twice with one seed writes the same model, and one that differs from
+/// the run without dropout.
+#[test]
+fn cli_dropout_runs_are_reproducible() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (encoder, texts) = (repo_path(ENCODER), repo_path(TEXTS));
+    let train = |name: &str, dropout: bool| -> Vec<u8> {
+        let out = tmp.path().join(name);
+        let mut args = vec!["train", "--model", path_str(&encoder), "--data"];
+        args.extend([path_str(&texts), "--out", path_str(&out)]);
+        args.extend([
+            "--epochs",
+            "2",
+            "--batch-size",
+            "2",
+            "--lr",
+            "1e-3",
+            "--seed",
+            "5",
+        ]);
+        if dropout {
+            args.push("--dropout");
+        }
+        run_mscope_ok(&args);
+        std::fs::read(out.join("model.safetensors")).unwrap()
+    };
+    let first = train("first", true);
+    assert_eq!(train("again", true), first, "the same seed, another model");
+    assert_ne!(train("plain", false), first, "--dropout changed nothing");
+}
+
+/// Training runs on the CPU: the GPU backends say they lack the training family, and its ops
+/// fail with an error naming the op (each backend present; an absent one is reported skipped).
+#[test]
+fn gpu_backends_refuse_dropout_clearly() {
+    assert!(cpu().supports(OpFamily::Training));
+    for kind in [BackendKind::Wgpu, BackendKind::Cuda] {
+        let Some(be) = common::backend(
+            kind,
+            OpFamily::Encoder,
+            "gpu_backends_refuse_dropout_clearly",
+        ) else {
+            continue;
+        };
+        assert!(!be.supports(OpFamily::Training), "{}", be.name());
+        let x = be.upload(&[2, 3], &[1.0; 6]).unwrap();
+        let mut out = be.zeros(&[2, 3]).unwrap();
+        let mask = DropoutMask::new(1, 0.5).unwrap();
+        let err = be
+            .dropout(&x, &mask, None, &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("dropout") && err.contains("not supported"),
+            "{}: {err}",
+            be.name()
+        );
+    }
 }

@@ -40,9 +40,24 @@ tests/fixtures/classifiers/xlmr_encoder_written_reference.safetensors: the same 
 XLM-R encoder tests/fixtures/tiny-xlmr (mscope gives it the RoBERTa head, dense + tanh +
 out_proj), loaded as XLMRobertaForSequenceClassification. `make_finetune_fixtures.py
 xlmr-encoder` writes only this file.
+
+tests/fixtures/classifiers/{bert,xlmr}_dropout_adamw_reference.safetensors: the AdamW run of
+bert_adamw_reference (same hparams and batches) on tiny-bert-cls and tiny-xlmr-cls with dropout on,
+as transformers applies it in train mode (embeddings after their LayerNorm, attention
+probabilities, attention and FFN output projections before the residual add, and the head:
+BERT's pooled output; RoBERTa's head before dense and before out_proj), every dropout module and
+the attention's dropout replaced by mscope's masks for optimizer steps 0, 1, 2 (the counter hash
+of src/backend/dropout.rs and src/models/dropout.rs, reimplemented here in numpy, on the packed
+row of each token), float64; `make_finetune_fixtures.py dropout` writes only these files:
+    dropout [5]                 seed, step of the first batch, hidden, attention and head
+                                probabilities (distinct, so that a mask at the wrong site shows);
+    labels, hparams, batches, losses   as in the AdamW reference above;
+    after.{name} [*shape] F32   every parameter after the third step (rounded to float32 to
+                                keep the file small; the test's tolerance is 1e-5).
 """
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -53,6 +68,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["OMP_NUM_THREADS"] = "1"
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
@@ -93,9 +109,10 @@ ADAMW = {"lr": 1e-3, "weight_decay": 0.1, "warmup": 1, "total": 4}
 ADAMW_BATCHES = [[0, 1], [2, 3], [3, 0]]
 
 
-def adamw_steps(model, tokenizer_dir):
-    """Runs ADAMW_BATCHES through PyTorch's AdamW with the linear warm-up schedule, in place.
-    Returns the labels of the texts and the loss of each step."""
+def adamw_steps(model, tokenizer_dir, masked=False):
+    """Runs ADAMW_BATCHES through PyTorch's AdamW with the linear warm-up schedule, in place;
+    `masked`: with mscope's dropout masks of each step (install_masks). Returns the labels of the
+    texts and the loss of each step."""
     from transformers import get_linear_schedule_with_warmup
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -105,11 +122,18 @@ def adamw_steps(model, tokenizer_dir):
                             weight_decay=ADAMW["weight_decay"])
     sched = get_linear_schedule_with_warmup(opt, ADAMW["warmup"], ADAMW["total"])
     losses = []
-    for rows in ADAMW_BATCHES:
+    for step, rows in enumerate(ADAMW_BATCHES, start=DROPOUT["first_step"]):
         enc = tok([texts[i] for i in rows], padding=True, return_tensors="pt")
+        if masked:
+            MASKS["step"] = StepMasks(step, enc["attention_mask"].sum(dim=1).numpy())
         y = torch.tensor([labels[i] for i in rows], dtype=torch.int64)
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(**enc).logits, y)
+        if masked:
+            # Every replaced module ran once, RoBERTa's head module twice.
+            calls = sorted(MASKS["step"].calls.values())
+            assert calls == [1] * (1 + 2 * model.config.num_hidden_layers) + [
+                1 if hasattr(model, "bert") else 2], calls
         loss.backward()
         opt.step()
         sched.step()
@@ -117,18 +141,25 @@ def adamw_steps(model, tokenizer_dir):
     return labels, losses
 
 
-def adamw_reference(model_dir, model_class):
-    model = model_class.from_pretrained(str(model_dir), attn_implementation="eager").eval()
-    model = model.to(torch.float64)
-    _, losses = adamw_steps(model, model_dir)
-    ref = {
+def adamw_record(model, losses, dtype=torch.float64):
+    """The hyper-parameters, batches and losses of an AdamW reference, and every parameter of
+    `model` after the steps (`after.NAME`, in `dtype`)."""
+    record = {
         "hparams": torch.tensor([ADAMW["lr"], ADAMW["weight_decay"], ADAMW["warmup"],
                                  ADAMW["total"]], dtype=torch.float64),
         "batches": torch.tensor(ADAMW_BATCHES, dtype=torch.int64),
         "losses": torch.tensor(losses, dtype=torch.float64),
     }
     for name, p in model.named_parameters():
-        ref[f"after.{name}"] = p.detach().double().contiguous()
+        record[f"after.{name}"] = p.detach().to(dtype).contiguous()
+    return record
+
+
+def adamw_reference(model_dir, model_class):
+    model = model_class.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+    model = model.to(torch.float64)
+    _, losses = adamw_steps(model, model_dir)
+    ref = adamw_record(model, losses)
     meta = {"texts": "tests/fixtures/classifiers/texts.jsonl", "transformers_version":
             transformers.__version__, "torch_version": torch.__version__}
     print(f"  {model_dir.name}: AdamW losses {losses}")
@@ -183,15 +214,8 @@ def encoder_adamw_reference():
     model = model.to(torch.float64)
     labels, losses = adamw_steps(model, ENCODER_DIR)
     ref = dict(init)
-    ref.update({
-        "labels": torch.tensor(labels, dtype=torch.int64),
-        "hparams": torch.tensor([ADAMW["lr"], ADAMW["weight_decay"], ADAMW["warmup"],
-                                 ADAMW["total"]], dtype=torch.float64),
-        "batches": torch.tensor(ADAMW_BATCHES, dtype=torch.int64),
-        "losses": torch.tensor(losses, dtype=torch.float64),
-    })
-    for name, p in model.named_parameters():
-        ref[f"after.{name}"] = p.detach().double().contiguous()
+    ref["labels"] = torch.tensor(labels, dtype=torch.int64)
+    ref.update(adamw_record(model, losses))
     meta = {"texts": "tests/fixtures/classifiers/texts.jsonl", "transformers_version":
             transformers.__version__, "torch_version": torch.__version__}
     print(f"  tiny-bert-encoder: AdamW losses {losses}")
@@ -232,7 +256,153 @@ def written_reference(encoder_dir, model_class):
     return ref, meta
 
 
+# mscope's counter-based dropout masks (src/random.rs, src/backend/dropout.rs,
+# src/models/dropout.rs), in numpy's wrapping uint64 arithmetic.
+DROPOUT = {"seed": 7, "first_step": 0, "hidden": 0.2, "attention": 0.3, "head": 0.4}
+DROPOUT_STREAM = 0x44524F50
+HEAD_INPUT_SITE, HEAD_HIDDEN_SITE = 1 << 32, (1 << 32) + 1
+
+
+def mix(z):
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def counter_hash(seed, row, col):
+    with np.errstate(over="ignore"):
+        seed, row, col = (np.asarray(v, dtype=np.uint64) for v in (seed, row, col))
+        h = mix(seed ^ np.uint64(0x243F6A8885A308D3))
+        h = mix(h ^ (row * np.uint64(0x9E3779B97F4A7C15)))
+        return mix(h ^ (col * np.uint64(0xD1B54A32D192ED03)))
+
+
+def mask_factors(key, p, rows, cols):
+    """1/(1-p) where entry (row, col) of the mask `key` is kept, else 0 (broadcast shapes)."""
+    threshold = np.uint64(math.ceil(p * 2.0**53))
+    kept = (counter_hash(key, rows, cols) >> np.uint64(11)) >= threshold
+    return torch.from_numpy(kept.astype(np.float64) / (1.0 - p))
+
+
+class StepMasks:
+    """The masks of one optimizer step on one padded batch: token rows are their packed rows in
+    mscope (the batch's texts one after another, no padding)."""
+
+    def __init__(self, step, lengths):
+        self.key = counter_hash(DROPOUT["seed"], DROPOUT_STREAM, step)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.uint64)
+        self.calls = {}
+
+    def site_key(self, site):
+        return counter_hash(self.key, site, 0)
+
+    def tokens(self, site, p, shape):
+        """[B, L, d] factors: row = the token's packed row, col = the feature."""
+        b, length, d = shape
+        rows = self.offsets[:, None, None] + np.arange(length, dtype=np.uint64)[None, :, None]
+        return mask_factors(self.site_key(site), p, rows, np.arange(d, dtype=np.uint64)[None, None, :])
+
+    def attention(self, layer, shape):
+        """[B, H, L, L] factors: row = packed query row · heads + head, col = key position."""
+        b, heads, length, _ = shape
+        queries = self.offsets[:, None, None, None] + np.arange(length, dtype=np.uint64)[None, None, :, None]
+        rows = queries * np.uint64(heads) + np.arange(heads, dtype=np.uint64)[None, :, None, None]
+        cols = np.arange(length, dtype=np.uint64)[None, None, None, :]
+        return mask_factors(self.site_key(1 + 3 * layer), DROPOUT["attention"], rows, cols)
+
+    def head(self, site, shape):
+        """[B, d] factors: row = the text's place in the batch."""
+        b, d = shape
+        rows = np.arange(b, dtype=np.uint64)[:, None]
+        return mask_factors(self.site_key(site), DROPOUT["head"], rows, np.arange(d, dtype=np.uint64)[None, :])
+
+
+MASKS = {"step": None}
+
+
+class MaskedDropout(torch.nn.Module):
+    """A dropout module replaced by mscope's mask of `sites[k]` at its k-th call in a forward
+    (RoBERTa's head calls its one dropout module twice)."""
+
+    def __init__(self, sites, kind):
+        super().__init__()
+        self.sites, self.kind = sites, kind
+
+    def forward(self, x):
+        masks = MASKS["step"]
+        k = masks.calls.get(id(self), 0)
+        masks.calls[id(self)] = k + 1
+        site = self.sites[k]
+        if self.kind == "head":
+            return x * masks.head(site, x.shape)
+        return x * masks.tokens(site, DROPOUT["hidden"], x.shape)
+
+
+def masked_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Eager attention with the probabilities dropped by mscope's mask of the module's layer."""
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = torch.softmax(weights, dim=-1)
+    weights = weights * MASKS["step"].attention(module.mscope_layer, weights.shape)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def install_masks(model):
+    """Replaces every dropout of `model` (a BERT or XLM-R sequence classifier) by mscope's."""
+    from transformers.models.bert import modeling_bert
+    from transformers.models.xlm_roberta import modeling_xlm_roberta
+
+    modeling_bert.eager_attention_forward = masked_attention
+    modeling_xlm_roberta.eager_attention_forward = masked_attention
+    encoder = model.bert if hasattr(model, "bert") else model.roberta
+    encoder.embeddings.dropout = MaskedDropout([0], "tokens")
+    for l, layer in enumerate(encoder.encoder.layer):
+        layer.attention.self.mscope_layer = l
+        layer.attention.output.dropout = MaskedDropout([2 + 3 * l], "tokens")
+        layer.output.dropout = MaskedDropout([3 + 3 * l], "tokens")
+    if hasattr(model, "bert"):
+        model.dropout = MaskedDropout([HEAD_HIDDEN_SITE], "head")
+    else:
+        model.classifier.dropout = MaskedDropout([HEAD_INPUT_SITE, HEAD_HIDDEN_SITE], "head")
+    # The attention's own dropout module only lends its p to the attention function.
+    left = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout)
+            and not n.endswith("attention.self.dropout")]
+    assert not left, left
+
+
+def dropout_adamw_reference(model_dir, model_class):
+    """The AdamW reference with dropout on at mscope's masks (module docstring)."""
+    model = model_class.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+    model = model.to(torch.float64)
+    install_masks(model)
+    labels, losses = adamw_steps(model, model_dir, masked=True)
+    ref = {
+        "dropout": torch.tensor([DROPOUT[k] for k in ("seed", "first_step", "hidden", "attention",
+                                                       "head")], dtype=torch.float64),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+    }
+    ref.update(adamw_record(model, losses, torch.float32))
+    meta = {"texts": "tests/fixtures/classifiers/texts.jsonl", "transformers_version":
+            transformers.__version__, "torch_version": torch.__version__}
+    print(f"  {model_dir.name}: AdamW losses with dropout {losses}")
+    return ref, meta
+
+
+def write_dropout_references():
+    for model_dir, model_class, out in [
+        ("tiny-bert-cls", BertForSequenceClassification, "bert_dropout_adamw_reference.safetensors"),
+        ("tiny-xlmr-cls", XLMRobertaForSequenceClassification,
+         "xlmr_dropout_adamw_reference.safetensors"),
+    ]:
+        ref, meta = dropout_adamw_reference(OUT / model_dir, model_class)
+        save_file(ref, str(OUT / out), metadata=meta)
+
+
 def main():
+    if sys.argv[1:] == ["dropout"]:
+        write_dropout_references()
+        return
     if sys.argv[1:] == ["xlmr-encoder"]:
         # Only the XLM-R written-directory reference (the other files untouched).
         ref, meta = written_reference(XLMR_ENCODER_DIR, XLMRobertaForSequenceClassification)
@@ -253,6 +423,7 @@ def main():
     save_file(ref, str(OUT / "bert_encoder_written_reference.safetensors"), metadata=meta)
     ref, meta = written_reference(XLMR_ENCODER_DIR, XLMRobertaForSequenceClassification)
     save_file(ref, str(OUT / "xlmr_encoder_written_reference.safetensors"), metadata=meta)
+    write_dropout_references()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod dropout;
 mod params;
 mod shapes;
 pub mod stats;
@@ -20,6 +21,7 @@ use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 use crate::tensor::{HalfMatrix, HostData, HostTensor, SharedBytes};
+pub use dropout::DropoutMask;
 pub use params::{
     Activation, AttentionSpec, JlDistribution, JlSpec, Pooling, RopeFrequencies, RopeScaling,
     RopeSpec, SeqFactors, SeqForm, SeqLayout, TokenChunk, TokenChunks, TokenPairing,
@@ -110,6 +112,9 @@ pub enum OpFamily {
     /// ntk_contract, ntk_contract_seq, ntk_sample_gradients, jl_project: the tangent-kernel
     /// instrument's device work.
     Ntk,
+    /// dropout, attention_dropout, attention_dropout_backward: what a training step adds to the
+    /// backward family (fine-tuning with dropout). The CPU's only: training runs there.
+    Training,
 }
 
 /// The f32 values of `bytes` for [`Backend::upload_mapped`], or the error for bytes that cannot be
@@ -417,6 +422,62 @@ pub trait Backend: Send + Sync {
         layout: &SeqLayout,
         out: &mut Tensor,
     ) -> Result<()>;
+
+    // training ([`OpFamily::Training`]): the CPU's only (fine-tuning runs there); the other
+    // backends report these ops unsupported.
+
+    /// `out = x ⊙ mask (+ residual)` for `x, residual, out: [n, d]`, entry `(r, c)` of `x` scaled
+    /// by `mask.factor(r, c)` ([`DropoutMask`]): inverted dropout of a layer's output, and, with
+    /// the same mask on the gradient at that output, its backward pass.
+    fn dropout(
+        &self,
+        _x: &Tensor,
+        _mask: &DropoutMask,
+        _residual: Option<&Tensor>,
+        _out: &mut Tensor,
+    ) -> Result<()> {
+        Err(Error::Unsupported {
+            backend: self.name(),
+            op: "dropout (training runs on the cpu backend)",
+        })
+    }
+
+    /// [`Backend::attention`] for bidirectional attention without grouped heads, its
+    /// probabilities dropped by `mask` before they weigh the values (transformers' attention
+    /// dropout in train mode): `O = (M ⊙ P)·V` per sequence and head, `M`'s entry for query
+    /// token `t` (packed row), head `h` and key position `j` (within the sequence) being
+    /// `mask.factor(t·heads + h, j)`.
+    fn attention_dropout(
+        &self,
+        _qkv: &Tensor,
+        _layout: &SeqLayout,
+        _spec: &AttentionSpec,
+        _mask: &DropoutMask,
+        _out: &mut Tensor,
+    ) -> Result<()> {
+        Err(Error::Unsupported {
+            backend: self.name(),
+            op: "attention_dropout (training runs on the cpu backend)",
+        })
+    }
+
+    /// The backward pass of [`Backend::attention_dropout`] with the same `mask`, as
+    /// [`Backend::attention_backward`] is `attention`'s: `dV = (M ⊙ P)ᵀ·dO`,
+    /// `dP = M ⊙ (dO·Vᵀ)`, `dS = P ⊙ (dP − rowsum(P ⊙ dP))`, then dQ and dK as there.
+    fn attention_dropout_backward(
+        &self,
+        _qkv: &Tensor,
+        _layout: &SeqLayout,
+        _spec: &AttentionSpec,
+        _mask: &DropoutMask,
+        _d_out: &Tensor,
+        _d_qkv: &mut Tensor,
+    ) -> Result<()> {
+        Err(Error::Unsupported {
+            backend: self.name(),
+            op: "attention_dropout_backward (training runs on the cpu backend)",
+        })
+    }
 
     // trim
 

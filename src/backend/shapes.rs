@@ -524,6 +524,22 @@ pub(crate) fn scatter_rows(delta: &Tensor, ids: &[u32], table: &Tensor) -> Resul
     Ok((rows, d))
 }
 
+/// `d` of [`super::Backend::dropout`]: `x`, `residual` and `out` all `[n, d]`.
+pub(crate) fn dropout(x: &Tensor, residual: Option<&Tensor>, out: &Tensor) -> Result<usize> {
+    let (n, d) = x.dims2("dropout input")?;
+    ensure(
+        out.shape() == [n, d] && residual.is_none_or(|r| r.shape() == [n, d]),
+        || {
+            format!(
+                "dropout: output {:?} and residual {:?}, expected the input's [{n}, {d}]",
+                out.shape(),
+                residual.map(Tensor::shape)
+            )
+        },
+    )?;
+    Ok(d)
+}
+
 /// The CSR index of `ids` (checked by [`scatter_rows`]) over a table of `rows` rows, which the
 /// GPU `scatter_rows` kernels read: `rows + 1` offsets, and the positions of the ids sorted by id
 /// (stable, so each row's ids stay in order and sum as on the CPU).

@@ -3,15 +3,18 @@
 //!
 //! Batches are packed (no padding rows); each layer is post-LN:
 //! `a = LN(x + Attn(x))`, `x' = LN(a + W₂·act(W₁·a))`, with Q, K and V fused into one GEMM.
+//! A training forward ([`BertModel::forward_recorded`] with a step's dropout) drops where
+//! transformers does in train mode ([`super::dropout`]); inference never drops.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::dropout::{DropoutSite, StepDropout};
 use super::loader::{read_config, Linear, Loader, Norm};
 use super::{Encoder, TokenBatch};
-use crate::backend::{Activation, AttentionSpec, Backend, Pooling, SeqLayout, Tensor};
+use crate::backend::{Activation, AttentionSpec, Backend, DropoutMask, Pooling, SeqLayout, Tensor};
 use crate::error::{Error, Result};
 use crate::weights::{Weights, WeightsDtype};
 
@@ -35,6 +38,16 @@ pub struct BertConfig {
     pub pad_token_id: Option<u32>,
     #[serde(default)]
     pub position_embedding_type: Option<String>,
+    /// Dropout of the embeddings' and each sublayer's output while training (transformers'
+    /// default 0.1 where absent); read only by `mscope train --dropout`.
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    /// Dropout of the attention probabilities while training (default 0.1).
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    /// The classification head's dropout; null: `hidden_dropout_prob`.
+    #[serde(default)]
+    pub classifier_dropout: Option<f64>,
 }
 
 fn default_hidden_act() -> String {
@@ -45,6 +58,9 @@ fn default_layer_norm_eps() -> f64 {
 }
 fn default_type_vocab_size() -> usize {
     2
+}
+fn default_dropout() -> f64 {
+    0.1
 }
 
 /// Model types whose position ids start after the padding index (RoBERTa's convention).
@@ -165,6 +181,25 @@ pub struct LayerTape {
     pub inter: Tensor,
     /// Rows before the output LayerNorm, width h.
     pub output_sum: Tensor,
+}
+
+/// `out = linear(x) + residual`, the linear's output dropped by `mask` where given (training):
+/// a post-LN sublayer's sum before its LayerNorm.
+fn residual_linear(
+    be: &dyn Backend,
+    x: &Tensor,
+    linear: &Linear,
+    residual: &Tensor,
+    mask: Option<DropoutMask>,
+    out: &mut Tensor,
+) -> Result<()> {
+    let (w, b, identity) = (&linear.weight, linear.bias.as_ref(), Activation::Identity);
+    let Some(mask) = mask else {
+        return be.linear(x, w, b, identity, Some(residual), out);
+    };
+    let mut projected = be.zeros(out.shape())?;
+    be.linear(x, w, b, identity, None, &mut projected)?;
+    be.dropout(&projected, &mask, Some(residual), out)
 }
 
 /// A copy of the `[n, d]` tensor `t` on its backend: `gather_rows` of every row in order, so the
@@ -290,13 +325,25 @@ impl BertModel {
 
     /// [`Encoder::forward`] keeping on the backend what a backward pass needs ([`BertTape`]).
     /// The values are the forward's own; the one extra op is the intermediate GEMM run a second
-    /// time without its fused activation, for the pre-activation.
-    pub fn forward_recorded(&self, batch: &TokenBatch) -> Result<(Tensor, BertTape)> {
-        let (hidden, tape) = self.run(batch, true)?;
+    /// time without its fused activation, for the pre-activation. With `dropout`, the forward of
+    /// a training step: the embeddings' and every sublayer's output and the attention
+    /// probabilities dropped by the step's masks (the tape holds the dropped values the next op
+    /// read; the masks are recomputed by the backward pass).
+    pub fn forward_recorded(
+        &self,
+        batch: &TokenBatch,
+        dropout: Option<&StepDropout>,
+    ) -> Result<(Tensor, BertTape)> {
+        let (hidden, tape) = self.run(batch, true, dropout)?;
         Ok((hidden, tape.expect("recorded")))
     }
 
-    fn run(&self, batch: &TokenBatch, record: bool) -> Result<(Tensor, Option<BertTape>)> {
+    fn run(
+        &self,
+        batch: &TokenBatch,
+        record: bool,
+        dropout: Option<&StepDropout>,
+    ) -> Result<(Tensor, Option<BertTape>)> {
         let be = self.backend.as_ref();
         let cfg = &self.config;
         let (n, h) = (batch.layout.num_tokens(), cfg.hidden_size);
@@ -309,6 +356,7 @@ impl BertModel {
         }
         let positions = self.position_ids(&batch.layout);
         let keep = |t: &Tensor| device_copy(be, t);
+        let mask = |site: DropoutSite| dropout.and_then(|d| d.mask(site));
 
         let mut x = be.zeros(&[n, h])?;
         be.gather_rows(&self.word, &batch.ids, false, &mut x)?;
@@ -317,6 +365,11 @@ impl BertModel {
         let embed_sum = record.then(|| keep(&x)).transpose()?;
         let eps = cfg.layer_norm_eps as f32;
         be.layer_norm(&mut x, &self.embed_norm.gamma, &self.embed_norm.beta, eps)?;
+        if let Some(m) = mask(DropoutSite::Embeddings) {
+            let mut dropped = be.zeros(&[n, h])?;
+            be.dropout(&x, &m, None, &mut dropped)?;
+            x = dropped;
+        }
 
         let spec =
             AttentionSpec::bidirectional(cfg.num_attention_heads, h / cfg.num_attention_heads);
@@ -325,7 +378,7 @@ impl BertModel {
         let mut a = be.zeros(&[n, h])?;
         let mut inter = be.zeros(&[n, cfg.intermediate_size])?;
         let mut layers = Vec::new();
-        for layer in &self.layers {
+        for (l, layer) in self.layers.iter().enumerate() {
             be.linear(
                 &x,
                 &layer.qkv.weight,
@@ -334,13 +387,16 @@ impl BertModel {
                 None,
                 &mut qkv,
             )?;
-            be.attention(&qkv, &batch.layout, &spec, &mut context)?;
-            be.linear(
+            match mask(DropoutSite::AttentionProbs(l)) {
+                Some(m) => be.attention_dropout(&qkv, &batch.layout, &spec, &m, &mut context)?,
+                None => be.attention(&qkv, &batch.layout, &spec, &mut context)?,
+            }
+            residual_linear(
+                be,
                 &context,
-                &layer.attn_out.weight,
-                layer.attn_out.bias.as_ref(),
-                Activation::Identity,
-                Some(&x),
+                &layer.attn_out,
+                &x,
+                mask(DropoutSite::AttentionOutput(l)),
                 &mut a,
             )?;
             let attention = if record {
@@ -370,12 +426,12 @@ impl BertModel {
                 None,
                 &mut inter,
             )?;
-            be.linear(
+            residual_linear(
+                be,
                 &inter,
-                &layer.output.weight,
-                layer.output.bias.as_ref(),
-                Activation::Identity,
-                Some(&a),
+                &layer.output,
+                &a,
+                mask(DropoutSite::FfnOutput(l)),
                 &mut x,
             )?;
             if let (Some([input, qkv, context, attn_sum]), Some(inter_pre)) = (attention, inter_pre)
@@ -427,6 +483,6 @@ impl Encoder for BertModel {
     }
 
     fn forward(&self, batch: &TokenBatch) -> Result<Tensor> {
-        Ok(self.run(batch, false)?.0)
+        Ok(self.run(batch, false, None)?.0)
     }
 }

@@ -10,6 +10,9 @@
 //! | BERT | `bert.pooler.dense` | `classifier` |
 //! | RoBERTa / XLM-R | `classifier.dense` | `classifier.out_proj` |
 //!
+//! While fine-tuning with dropout, BERT's head drops the pooled output (after tanh) and RoBERTa's
+//! also the first token's state before `dense` ([`SequenceClassifier::head_dropout`]).
+//!
 //! The labels come from `config.json`'s `id2label` (keys `"0"…"C-1"`), else `num_labels`
 //! (named `LABEL_i` as transformers names them), and must match the output layer's rows.
 
@@ -21,10 +24,11 @@ use serde::Deserialize;
 
 use super::bert::{BertConfig, BertModel};
 use super::classifier_grad::TransposedWeights;
+use super::dropout::{DropoutSite, StepDropout};
 use super::loader::{read_config, Linear, Loader};
 use super::tokenize::TokenizedText;
 use super::{Encoder, TokenBatch};
-use crate::backend::{Activation, Backend, Pooling, SeqLayout, Tensor};
+use crate::backend::{Activation, Backend, DropoutMask, Pooling, SeqLayout, Tensor};
 use crate::error::{Error, Result};
 use crate::weights::{Weights, WeightsDtype};
 
@@ -210,18 +214,37 @@ impl SequenceClassifier {
 
     /// The head over the encoder's hidden states.
     pub fn head_forward(&self, hidden: &Tensor, layout: &SeqLayout) -> Result<Tensor> {
-        Ok(self.run_head(hidden, layout, false)?.0)
+        Ok(self.run_head(hidden, layout, false, None)?.0)
     }
 
     /// [`Self::head_forward`] keeping its values on the backend for a backward pass (the dense
-    /// GEMM then runs once more without tanh, for its pre-activation).
+    /// GEMM then runs once more without tanh, for its pre-activation). With `dropout`, a
+    /// training step's head: its inputs dropped where the head kind drops
+    /// ([`Self::head_dropout`]); the tape holds the dropped values.
     pub fn head_forward_recorded(
         &self,
         hidden: &Tensor,
         layout: &SeqLayout,
+        dropout: Option<&StepDropout>,
     ) -> Result<(Tensor, HeadTape)> {
-        let (logits, tape) = self.run_head(hidden, layout, true)?;
+        let (logits, tape) = self.run_head(hidden, layout, true, dropout)?;
         Ok((logits, tape.expect("recorded")))
+    }
+
+    /// The mask a training step's head applies at `site` ([`DropoutSite::HeadInput`] or
+    /// [`DropoutSite::HeadHidden`]): BERT drops only the pooled output (after tanh), RoBERTa's
+    /// head also the first token's state before its dense layer.
+    pub fn head_dropout(
+        &self,
+        dropout: Option<&StepDropout>,
+        site: DropoutSite,
+    ) -> Option<DropoutMask> {
+        let applies = match site {
+            DropoutSite::HeadHidden => true,
+            DropoutSite::HeadInput => self.head.kind == HeadKind::Roberta,
+            _ => false,
+        };
+        dropout.filter(|_| applies).and_then(|d| d.mask(site))
     }
 
     fn run_head(
@@ -229,11 +252,21 @@ impl SequenceClassifier {
         hidden: &Tensor,
         layout: &SeqLayout,
         record: bool,
+        dropout: Option<&StepDropout>,
     ) -> Result<(Tensor, Option<HeadTape>)> {
         let be = self.encoder.backend().as_ref();
         let (s, h) = (layout.num_sequences(), self.encoder.config().hidden_size);
+        let dropped = |t: Tensor, site: DropoutSite| -> Result<Tensor> {
+            let Some(mask) = self.head_dropout(dropout, site) else {
+                return Ok(t);
+            };
+            let mut out = be.zeros(t.shape())?;
+            be.dropout(&t, &mask, None, &mut out)?;
+            Ok(out)
+        };
         let mut first = be.zeros(&[s, h])?;
         be.pool(hidden, layout, Pooling::Cls, &mut first)?;
+        let first = dropped(first, DropoutSite::HeadInput)?;
         let dense = &self.head.dense;
         let dense_pre = if record {
             let mut pre = be.zeros(&[s, h])?;
@@ -258,6 +291,7 @@ impl SequenceClassifier {
             None,
             &mut pooled,
         )?;
+        let pooled = dropped(pooled, DropoutSite::HeadHidden)?;
         let mut logits = be.zeros(&[s, self.num_labels()])?;
         be.linear(
             &pooled,

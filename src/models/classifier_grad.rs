@@ -29,10 +29,11 @@ use std::ops::Range;
 
 use super::bert::BertTape;
 use super::classifier::{HeadTape, SequenceClassifier};
+use super::dropout::{DropoutSite, StepDropout};
 use super::TokenBatch;
 use crate::backend::cpu::backward::scatter_rows;
 use crate::backend::cpu::{gemm, Operand};
-use crate::backend::{Activation, AttentionSpec, Backend, SeqLayout, Tensor};
+use crate::backend::{Activation, AttentionSpec, Backend, DropoutMask, SeqLayout, Tensor};
 use crate::error::{Error, Result};
 
 /// Which rows a factor has: one per token of the packed batch, or one per sample.
@@ -362,21 +363,29 @@ struct Backward<'a> {
     head_names: [&'static str; 2],
     /// What each embedding table was read at, for the whole packed batch.
     tables: Vec<EmbeddingIds>,
+    /// A training step's dropout, whose masks the backward pass applies again.
+    dropout: Option<&'a StepDropout>,
 }
 
 /// A Linear slot of [`Backward::linear_slots`]: weight parts, `d_in`, `d_out`, rows, inputs.
 type LinearSlot<'t> = (Vec<(String, usize)>, usize, usize, FactorRows, &'t Tensor);
 
 impl<'a> Backward<'a> {
-    /// Runs the recorded forward of `batch` on the classifier's backend, keeping its tape there.
-    fn record(classifier: &'a SequenceClassifier, batch: &'a TokenBatch) -> Result<Self> {
+    /// Runs the recorded forward of `batch` on the classifier's backend, keeping its tape there
+    /// (with `dropout`, a training step's forward).
+    fn record(
+        classifier: &'a SequenceClassifier,
+        batch: &'a TokenBatch,
+        dropout: Option<&'a StepDropout>,
+    ) -> Result<Self> {
         let encoder = classifier.encoder();
         let config = encoder.config();
         let be = encoder.backend().as_ref();
         let weights = classifier.transposed_weights()?;
         let h = config.hidden_size;
-        let (hidden, tape) = encoder.forward_recorded(batch)?;
-        let (logits, head_tape) = classifier.head_forward_recorded(&hidden, &batch.layout)?;
+        let (hidden, tape) = encoder.forward_recorded(batch, dropout)?;
+        let (logits, head_tape) =
+            classifier.head_forward_recorded(&hidden, &batch.layout, dropout)?;
         let logits = be.download(&logits)?;
 
         let prefix = encoder.weight_prefix().to_string();
@@ -422,6 +431,7 @@ impl<'a> Backward<'a> {
             prefix,
             head_names,
             tables,
+            dropout,
         })
     }
 
@@ -502,6 +512,22 @@ impl<'a> Backward<'a> {
         Ok(dx)
     }
 
+    /// `dy` times `mask` into a new tensor (the backward pass of a dropout), or `None` without a
+    /// mask, where the gradient passes unchanged.
+    fn dropped(&self, mask: Option<DropoutMask>, dy: &Tensor) -> Result<Option<Tensor>> {
+        let Some(mask) = mask else {
+            return Ok(None);
+        };
+        let mut out = self.be.zeros(dy.shape())?;
+        self.be.dropout(dy, &mask, None, &mut out)?;
+        Ok(Some(out))
+    }
+
+    /// The mask of an encoder site in this step, if it drops.
+    fn encoder_mask(&self, site: DropoutSite) -> Option<DropoutMask> {
+        self.dropout.and_then(|d| d.mask(site))
+    }
+
     /// `dy ⊙ act'(pre)` into a new tensor.
     fn activation(&self, act: Activation, pre: &Tensor, dy: &Tensor) -> Result<Tensor> {
         let mut out = self.be.zeros(pre.shape())?;
@@ -551,10 +577,17 @@ impl<'a> Backward<'a> {
 
         // The head, one row per sample.
         let d_logits = be.upload(&[samples, self.classes], d_logits)?;
+        let head_mask = |site| self.classifier.head_dropout(self.dropout, site);
         let d_pooled = self.input_gradient(&d_logits, &w.out, None)?;
+        let d_pooled = self
+            .dropped(head_mask(DropoutSite::HeadHidden), &d_pooled)?
+            .unwrap_or(d_pooled);
         let dense_delta =
             self.activation(Activation::Tanh, &self.head_tape.dense_pre, &d_pooled)?;
         let d_first = self.input_gradient(&dense_delta, &w.dense, None)?;
+        let d_first = self
+            .dropped(head_mask(DropoutSite::HeadInput), &d_first)?
+            .unwrap_or(d_first);
         let head_vectors = [be.download(&dense_delta)?, be.download(&d_logits)?];
         linears[4 * layer_count] = head_vectors[0].clone();
         linears[4 * layer_count + 1] = head_vectors[1].clone();
@@ -576,16 +609,37 @@ impl<'a> Backward<'a> {
                 &d_x,
                 &mut output_ln,
             )?;
-            let d_inter = self.input_gradient(&d_out_sum, &wl.output, None)?;
+            // With dropout the output projection's gradient is masked; the residual's is not.
+            let ffn_dropped =
+                self.dropped(self.encoder_mask(DropoutSite::FfnOutput(l)), &d_out_sum)?;
+            let ffn_delta = ffn_dropped.as_ref().unwrap_or(&d_out_sum);
+            let d_inter = self.input_gradient(ffn_delta, &wl.output, None)?;
             let inter_delta = self.activation(self.act, &t.inter_pre, &d_inter)?;
             let d_a = self.input_gradient(&inter_delta, &wl.intermediate, Some(&d_out_sum))?;
             // a = LN(x + W_ao·attention(W_qkv·x + b_qkv) + b_ao)
             let mut attn_ln = Vec::new();
             let d_attn_sum =
                 self.layer_norm(&t.attn_sum, &weights.attn_norm.gamma, &d_a, &mut attn_ln)?;
-            let d_context = self.input_gradient(&d_attn_sum, &wl.attn_out, None)?;
+            let attn_dropped = self.dropped(
+                self.encoder_mask(DropoutSite::AttentionOutput(l)),
+                &d_attn_sum,
+            )?;
+            let attn_delta = attn_dropped.as_ref().unwrap_or(&d_attn_sum);
+            let d_context = self.input_gradient(attn_delta, &wl.attn_out, None)?;
             let mut d_qkv = be.zeros(&[tokens, 3 * h])?;
-            be.attention_backward(&t.qkv, self.layout, &self.spec, &d_context, &mut d_qkv)?;
+            match self.encoder_mask(DropoutSite::AttentionProbs(l)) {
+                Some(mask) => be.attention_dropout_backward(
+                    &t.qkv,
+                    self.layout,
+                    &self.spec,
+                    &mask,
+                    &d_context,
+                    &mut d_qkv,
+                )?,
+                None => {
+                    be.attention_backward(&t.qkv, self.layout, &self.spec, &d_context, &mut d_qkv)?
+                }
+            }
             d_x = self.input_gradient(&d_qkv, &wl.qkv, Some(&d_attn_sum))?;
 
             // Forward order: Q, K, V biases, attention output bias, its LayerNorm γ β,
@@ -599,15 +653,15 @@ impl<'a> Backward<'a> {
                         .collect(),
                 );
             }
-            vectors.push(self.per_sample(&d_attn_sum, None)?);
+            vectors.push(self.per_sample(attn_delta, None)?);
             vectors.extend(attn_ln);
             vectors.push(self.per_sample(&inter_delta, None)?);
-            vectors.push(self.per_sample(&d_out_sum, None)?);
+            vectors.push(self.per_sample(ffn_delta, None)?);
             vectors.extend(output_ln);
             layer_vectors[l] = vectors;
 
-            for (slot, delta) in [d_qkv, d_attn_sum, inter_delta, d_out_sum]
-                .iter()
+            for (slot, delta) in [&d_qkv, attn_delta, &inter_delta, ffn_delta]
+                .into_iter()
                 .enumerate()
             {
                 linears[4 * l + slot] = be.download(delta)?;
@@ -615,7 +669,15 @@ impl<'a> Backward<'a> {
         }
         let mut vectors = Vec::new();
         let embed_gamma = &self.classifier.encoder().embed_norm().gamma;
-        let embedding = self.layer_norm(&self.tape.embed_sum, embed_gamma, &d_x, &mut vectors)?;
+        let d_embed_out = self
+            .dropped(self.encoder_mask(DropoutSite::Embeddings), &d_x)?
+            .unwrap_or(d_x);
+        let embedding = self.layer_norm(
+            &self.tape.embed_sum,
+            embed_gamma,
+            &d_embed_out,
+            &mut vectors,
+        )?;
         vectors.extend(layer_vectors.into_iter().flatten());
         vectors.extend(head_vectors);
         Ok(SeedPass {
@@ -643,7 +705,7 @@ pub fn factors(
             seeds.len()
         )));
     }
-    let backward = Backward::record(classifier, batch)?;
+    let backward = Backward::record(classifier, batch, None)?;
     let samples = batch.layout.num_sequences();
     let tops = seeds
         .chunks_exact(classes)
@@ -663,7 +725,7 @@ pub fn loss_factors(
 ) -> Result<SequenceFactors> {
     let classes = classifier.num_labels();
     check_labels(labels, batch.layout.num_sequences(), classes)?;
-    let backward = Backward::record(classifier, batch)?;
+    let backward = Backward::record(classifier, batch, None)?;
     let (top, _) = cross_entropy_seeds(&backward.logits, labels, classes, 1.0);
     assemble(backward, batch, vec![top])
 }
@@ -738,7 +800,7 @@ fn assemble(
 pub fn hidden_states(classifier: &SequenceClassifier, batch: &TokenBatch) -> Result<Vec<f32>> {
     let encoder = classifier.encoder();
     let h = encoder.config().hidden_size;
-    let (last, tape) = encoder.forward_recorded(batch)?;
+    let (last, tape) = encoder.forward_recorded(batch, None)?;
     let be = encoder.backend();
     let per_layer = tape
         .layers
@@ -795,10 +857,22 @@ pub fn loss_gradient(
     batch: &TokenBatch,
     labels: &[usize],
 ) -> Result<LossGradient> {
+    loss_gradient_with_dropout(classifier, batch, labels, None)
+}
+
+/// [`loss_gradient`] of a training step: with `dropout`, the forward drops where transformers
+/// does in train mode ([`super::dropout`]) and the backward pass multiplies each site's gradient
+/// by the same mask; without, exactly [`loss_gradient`]. Dropout runs on the CPU backend only.
+pub fn loss_gradient_with_dropout(
+    classifier: &SequenceClassifier,
+    batch: &TokenBatch,
+    labels: &[usize],
+    dropout: Option<&StepDropout>,
+) -> Result<LossGradient> {
     let classes = classifier.num_labels();
     let samples = batch.layout.num_sequences();
     check_labels(labels, samples, classes)?;
-    let backward = Backward::record(classifier, batch)?;
+    let backward = Backward::record(classifier, batch, dropout)?;
     let (d_logits, loss) =
         cross_entropy_seeds(&backward.logits, labels, classes, 1.0 / samples as f64);
     let pass = backward.run(&d_logits)?;

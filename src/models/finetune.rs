@@ -8,7 +8,10 @@
 //! the family's sequence classifier makes it ([`classifier_from_encoder`]). The gradient of each step is
 //! [`loss_gradient`](super::classifier_grad::loss_gradient)'s; between steps the classifier is
 //! rebuilt from the parameters in memory ([`classifier_from_parameters`]: the forward runs on its
-//! backend, the update on the host), and the directory is written once, at the end.
+//! backend, the update on the host), and the directory is written once, at the end. With
+//! dropout, each step's gradient is
+//! [`loss_gradient_with_dropout`](super::classifier_grad::loss_gradient_with_dropout)'s, at the
+//! config's rates ([`super::dropout::DropoutRates::of_config`]) and the masks of the step.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -16,7 +16,8 @@
 //! Hugging Face and open_clip layouts), [`image`] (decoding and preprocessing), [`sentence`]
 //! (sentence-transformers' extras: length, pooling, normalisation), [`tokenize`], and the
 //! classifiers the tangent-kernel instrument studies ([`mlp`], [`train`]; transformer sequence
-//! classifiers in [`classifier`], their per-sample gradient factors in [`classifier_grad`]).
+//! classifiers in [`classifier`], their per-sample gradient factors in [`classifier_grad`],
+//! fine-tuning in [`finetune`] with its training dropout in [`dropout`]).
 //!
 //! # Adding an architecture
 //!
@@ -39,6 +40,7 @@ pub mod classifier_grad;
 pub mod clip;
 pub mod decoder;
 pub mod decoder_gguf;
+pub mod dropout;
 pub mod exif;
 pub mod finetune;
 pub mod image;

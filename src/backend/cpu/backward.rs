@@ -7,16 +7,22 @@
 //!
 //! `activation_backward`, `layer_norm_backward`, `attention_backward`, `sequence_sums` and
 //! `scatter_rows` are also the CPU's ops of the backward family
-//! ([`crate::backend::OpFamily::Backward`]), through [`on_tensors`]; the GPU kernels are checked against them. A linear layer's input gradient
+//! ([`crate::backend::OpFamily::Backward`]), through [`on_tensors`]; the GPU kernels are checked against them.
+//! So are the training ops only the CPU runs: `dropout` (inverted dropout by a
+//! [`DropoutMask`]), [`attention_dropout`] and its backward pass (`attention_backward` with the
+//! mask). A linear layer's input gradient
 //! (`linear_input_backward`) is `linear` on the transposed weight on a device.
 //!
 //! Row statistics (LayerNorm's mean and variance, softmax's `Σ P ⊙ dP`) accumulate in f64: they
 //! are differences of nearly equal sums, and the cost is a few flops a value.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
+use super::common::split_sequences;
 use super::gemm::{gemm, Operand};
-use crate::backend::{Activation, AttentionSpec, SeqLayout};
+use crate::backend::{Activation, AttentionSpec, DropoutMask, SeqLayout};
 use crate::error::{Error, Result};
 
 /// `dz = dy ⊙ act'(z)` through an epilogue activation, from its pre-activation `z`.
@@ -91,21 +97,18 @@ pub fn layer_norm_backward(
 /// sees every key of its own sequence; no causal mask, window or grouped heads) over packed
 /// sequences: from the packed `qkv: [tokens, 3·heads·head_dim]` the forward read and the gradient
 /// at its output `d_out: [tokens, heads·head_dim]`, the gradient `d_qkv` at `qkv`. Per sequence
-/// and head, with `P = softmax(scale·Q·Kᵀ)` recomputed:
-/// `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ⊙ (dP − rowsum(P ⊙ dP))`, `dQ = scale·dS·K`,
+/// and head, with `P = softmax(scale·Q·Kᵀ)` recomputed and `M` the `dropout` mask of the
+/// probabilities ([`attention_dropout`]; all ones without one):
+/// `dV = (M ⊙ P)ᵀ·dO`, `dP = M ⊙ (dO·Vᵀ)`, `dS = P ⊙ (dP − rowsum(P ⊙ dP))`, `dQ = scale·dS·K`,
 /// `dK = scale·dSᵀ·Q`. Sequences never see each other's rows, so nothing leaks across them.
 pub fn attention_backward(
     qkv: &[f32],
     layout: &SeqLayout,
     spec: &AttentionSpec,
     d_out: &[f32],
+    dropout: Option<&DropoutMask>,
 ) -> Result<Vec<f32>> {
-    if spec.causal || spec.window.is_some() || spec.kv_heads != spec.heads {
-        return Err(Error::input(
-            "attention_backward: only bidirectional attention without grouped heads has a \
-             backward pass",
-        ));
-    }
+    check_bidirectional("attention_backward", spec)?;
     let (heads, hd) = (spec.heads, spec.head_dim);
     let (width, out_width) = (spec.qkv_width(), heads * hd);
     let tokens = layout.num_tokens();
@@ -116,49 +119,38 @@ pub fn attention_backward(
         "attention_backward: d_out shape"
     );
     let mut d_qkv = vec![0.0f32; tokens * width];
-    let mut blocks = Vec::with_capacity(layout.num_sequences());
-    let mut rest = d_qkv.as_mut_slice();
-    for s in 0..layout.num_sequences() {
-        let (head, tail) = rest.split_at_mut(layout.range(s).len() * width);
-        blocks.push((layout.range(s), head));
-        rest = tail;
-    }
-    blocks.into_par_iter().for_each(|(rows, d_block)| {
+    let blocks = split_sequences(&mut d_qkv, layout, width);
+    blocks.into_par_iter().enumerate().for_each(|(s, d_block)| {
+        let rows = layout.range(s);
         let len = rows.len();
         let at = |t: usize, c: usize| (rows.start + t) * width + c;
         let mut p = vec![0.0f32; len * len];
         for h in 0..heads {
             let (qc, kc, vc) = (h * hd, out_width + h * hd, 2 * out_width + h * hd);
-            // P = softmax(scale·Q·Kᵀ), row by row.
-            for i in 0..len {
-                let row = &mut p[i * len..(i + 1) * len];
-                for (j, r) in row.iter_mut().enumerate() {
-                    let dot: f32 = (0..hd)
-                        .map(|e| qkv[at(i, qc + e)] * qkv[at(j, kc + e)])
-                        .sum();
-                    *r = spec.scale * dot;
-                }
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0f64;
-                for r in row.iter_mut() {
-                    *r = (*r - max).exp();
-                    sum += *r as f64;
-                }
-                row.iter_mut().for_each(|r| *r = (*r as f64 / sum) as f32);
-            }
+            softmax_probabilities(qkv, spec, &rows, (qc, kc), &mut p);
+            let factor = |i: usize, j: usize| {
+                dropout.map_or(1.0, |m| {
+                    m.factor(((rows.start + i) * heads + h) as u64, j as u64)
+                })
+            };
             let d_o = |t: usize, e: usize| d_out[(rows.start + t) * out_width + h * hd + e];
-            // dV[j] = Σ_i P[i, j]·dO[i]
+            // dV[j] = Σ_i M[i, j]·P[i, j]·dO[i]
             for j in 0..len {
                 for e in 0..hd {
-                    let v: f32 = (0..len).map(|i| p[i * len + j] * d_o(i, e)).sum();
+                    let v: f32 = (0..len)
+                        .map(|i| p[i * len + j] * factor(i, j) * d_o(i, e))
+                        .sum();
                     d_block[j * width + vc + e] = v;
                 }
             }
-            // dS[i, j] = P[i, j]·(dP[i, j] − Σ_k P[i, k]·dP[i, k]), dP[i, j] = dO[i]·V[j]
+            // dS[i, j] = P[i, j]·(dP[i, j] − Σ_k P[i, k]·dP[i, k]), dP[i, j] = M[i, j]·dO[i]·V[j]
             let mut ds = vec![0.0f32; len * len];
             for i in 0..len {
                 let dp: Vec<f32> = (0..len)
-                    .map(|j| (0..hd).map(|e| d_o(i, e) * qkv[at(j, vc + e)]).sum())
+                    .map(|j| {
+                        let dot: f32 = (0..hd).map(|e| d_o(i, e) * qkv[at(j, vc + e)]).sum();
+                        factor(i, j) * dot
+                    })
                     .collect();
                 let centre: f64 = (0..len).map(|j| p[i * len + j] as f64 * dp[j] as f64).sum();
                 for j in 0..len {
@@ -177,6 +169,89 @@ pub fn attention_backward(
         }
     });
     Ok(d_qkv)
+}
+
+/// Bidirectional attention with its probabilities dropped by `mask` (transformers' attention
+/// dropout in train mode) over packed sequences: `out: [tokens, heads·head_dim]`, per sequence
+/// and head `O = (M ⊙ P)·V` with `P = softmax(scale·Q·Kᵀ)` and
+/// `M[i, j] = mask.factor(t_i·heads + h, j)` for the packed row `t_i` of query `i` and key
+/// position `j` in the sequence. Computes `P` as [`attention_backward`] recomputes it: a
+/// training-step reference, not the fast path of inference.
+pub fn attention_dropout(
+    qkv: &[f32],
+    layout: &SeqLayout,
+    spec: &AttentionSpec,
+    mask: &DropoutMask,
+) -> Result<Vec<f32>> {
+    check_bidirectional("attention_dropout", spec)?;
+    let (heads, hd) = (spec.heads, spec.head_dim);
+    let (width, out_width) = (spec.qkv_width(), heads * hd);
+    let tokens = layout.num_tokens();
+    assert_eq!(qkv.len(), tokens * width, "attention_dropout: qkv shape");
+    let mut out = vec![0.0f32; tokens * out_width];
+    let blocks = split_sequences(&mut out, layout, out_width);
+    blocks.into_par_iter().enumerate().for_each(|(s, block)| {
+        let rows = layout.range(s);
+        let len = rows.len();
+        let mut p = vec![0.0f32; len * len];
+        for h in 0..heads {
+            let (qc, kc, vc) = (h * hd, out_width + h * hd, 2 * out_width + h * hd);
+            softmax_probabilities(qkv, spec, &rows, (qc, kc), &mut p);
+            for i in 0..len {
+                let query_row = ((rows.start + i) * heads + h) as u64;
+                for (j, pj) in p[i * len..(i + 1) * len].iter_mut().enumerate() {
+                    *pj *= mask.factor(query_row, j as u64);
+                }
+                for e in 0..hd {
+                    block[i * out_width + h * hd + e] = (0..len)
+                        .map(|j| p[i * len + j] * qkv[(rows.start + j) * width + vc + e])
+                        .sum();
+                }
+            }
+        }
+    });
+    Ok(out)
+}
+
+/// An error unless `spec` is bidirectional attention without grouped heads, the only attention
+/// with a backward pass (and training dropout).
+fn check_bidirectional(op: &str, spec: &AttentionSpec) -> Result<()> {
+    if spec.causal || spec.window.is_some() || spec.kv_heads != spec.heads {
+        return Err(Error::input(format!(
+            "{op}: only bidirectional attention without grouped heads is supported (the only \
+             attention with a backward pass)"
+        )));
+    }
+    Ok(())
+}
+
+/// `p = softmax(scale·Q·Kᵀ)` row by row, `[len, len]`, for the packed sequence `rows` of `qkv`
+/// and the head whose queries and keys start at columns `(qc, kc)`.
+fn softmax_probabilities(
+    qkv: &[f32],
+    spec: &AttentionSpec,
+    rows: &Range<usize>,
+    (qc, kc): (usize, usize),
+    p: &mut [f32],
+) {
+    let (width, hd, len) = (spec.qkv_width(), spec.head_dim, rows.len());
+    let at = |t: usize, c: usize| (rows.start + t) * width + c;
+    for i in 0..len {
+        let row = &mut p[i * len..(i + 1) * len];
+        for (j, r) in row.iter_mut().enumerate() {
+            let dot: f32 = (0..hd)
+                .map(|e| qkv[at(i, qc + e)] * qkv[at(j, kc + e)])
+                .sum();
+            *r = spec.scale * dot;
+        }
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f64;
+        for r in row.iter_mut() {
+            *r = (*r - max).exp();
+            sum += *r as f64;
+        }
+        row.iter_mut().for_each(|r| *r = (*r as f64 / sum) as f32);
+    }
 }
 
 /// Sums of the rows of each sequence, each row multiplied element-wise by its row of `weights`
@@ -242,8 +317,10 @@ pub fn scatter_rows(delta: &[f32], ids: &[u32], rows: usize, width: usize) -> Re
 /// The [`crate::backend::Backend`] ops of the backward family on CPU tensors: shape checks, then
 /// the host functions above on the tensors' values.
 pub(super) mod on_tensors {
+    use rayon::prelude::*;
+
     use super::super::common::{values, values_mut};
-    use crate::backend::{shapes, Activation, AttentionSpec, SeqLayout, Tensor};
+    use crate::backend::{shapes, Activation, AttentionSpec, DropoutMask, SeqLayout, Tensor};
     use crate::error::Result;
 
     pub(in crate::backend::cpu) fn activation_backward(
@@ -282,8 +359,58 @@ pub(super) mod on_tensors {
         d_qkv: &mut Tensor,
     ) -> Result<()> {
         shapes::attention_backward(qkv, layout, spec, d_out, d_qkv)?;
-        let grad = super::attention_backward(values(qkv)?, layout, spec, values(d_out)?)?;
+        let grad = super::attention_backward(values(qkv)?, layout, spec, values(d_out)?, None)?;
         values_mut(d_qkv)?.copy_from_slice(&grad);
+        Ok(())
+    }
+
+    pub(in crate::backend::cpu) fn attention_dropout(
+        qkv: &Tensor,
+        layout: &SeqLayout,
+        spec: &AttentionSpec,
+        mask: &DropoutMask,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        shapes::attention(qkv, layout, spec, out)?;
+        let context = super::attention_dropout(values(qkv)?, layout, spec, mask)?;
+        values_mut(out)?.copy_from_slice(&context);
+        Ok(())
+    }
+
+    pub(in crate::backend::cpu) fn attention_dropout_backward(
+        qkv: &Tensor,
+        layout: &SeqLayout,
+        spec: &AttentionSpec,
+        mask: &DropoutMask,
+        d_out: &Tensor,
+        d_qkv: &mut Tensor,
+    ) -> Result<()> {
+        shapes::attention_backward(qkv, layout, spec, d_out, d_qkv)?;
+        let grad =
+            super::attention_backward(values(qkv)?, layout, spec, values(d_out)?, Some(mask))?;
+        values_mut(d_qkv)?.copy_from_slice(&grad);
+        Ok(())
+    }
+
+    /// `out = x ⊙ mask (+ residual)`, entry `(r, c)` scaled by `mask.factor(r, c)`.
+    pub(in crate::backend::cpu) fn dropout(
+        x: &Tensor,
+        mask: &DropoutMask,
+        residual: Option<&Tensor>,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let d = shapes::dropout(x, residual, out)?;
+        let (x, residual) = (values(x)?, residual.map(values).transpose()?);
+        values_mut(out)?
+            .par_chunks_mut(d.max(1))
+            .enumerate()
+            .for_each(|(r, row)| {
+                let at = r * d;
+                for (c, o) in row.iter_mut().enumerate() {
+                    let dropped = x[at + c] * mask.factor(r as u64, c as u64);
+                    *o = residual.map_or(dropped, |res| dropped + res[at + c]);
+                }
+            });
         Ok(())
     }
 

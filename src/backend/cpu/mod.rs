@@ -20,8 +20,8 @@
 //! family) and gets its one line here.
 
 use super::{
-    shapes, Activation, AttentionSpec, AttentionVariant, Backend, Eigen, GemmVariant, JlSpec,
-    Matrix64, Moments, OpFamily, Pooling, RopeSpec, SeqFactors, SeqLayout, Storage, Tensor,
+    shapes, Activation, AttentionSpec, AttentionVariant, Backend, DropoutMask, Eigen, GemmVariant,
+    JlSpec, Matrix64, Moments, OpFamily, Pooling, RopeSpec, SeqFactors, SeqLayout, Storage, Tensor,
     TokenPairing, TrimReference, TrimResult, TrimSpec,
 };
 use crate::error::Result;
@@ -390,6 +390,39 @@ impl Backend for CpuBackend {
         table: &mut Tensor,
     ) -> Result<()> {
         backward::on_tensors::scatter_rows(delta, ids, accumulate, table)
+    }
+
+    fn dropout(
+        &self,
+        x: &Tensor,
+        mask: &DropoutMask,
+        residual: Option<&Tensor>,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        backward::on_tensors::dropout(x, mask, residual, out)
+    }
+
+    fn attention_dropout(
+        &self,
+        qkv: &Tensor,
+        layout: &SeqLayout,
+        spec: &AttentionSpec,
+        mask: &DropoutMask,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        backward::on_tensors::attention_dropout(qkv, layout, spec, mask, out)
+    }
+
+    fn attention_dropout_backward(
+        &self,
+        qkv: &Tensor,
+        layout: &SeqLayout,
+        spec: &AttentionSpec,
+        mask: &DropoutMask,
+        d_out: &Tensor,
+        d_qkv: &mut Tensor,
+    ) -> Result<()> {
+        backward::on_tensors::attention_dropout_backward(qkv, layout, spec, mask, d_out, d_qkv)
     }
 
     fn trim_search(

@@ -158,7 +158,7 @@ impl Backend for CudaBackend {
     /// Trim has no CUDA kernels yet; every other family runs here (stats with the host
     /// fallbacks documented in [`stats`]).
     fn supports(&self, family: OpFamily) -> bool {
-        family != OpFamily::Trim
+        !matches!(family, OpFamily::Trim | OpFamily::Training)
     }
 
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
