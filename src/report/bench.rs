@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::plot;
-use crate::bench::{Bound, Measured, Report, Suite};
+use crate::bench::{is_linear_case, Bound, Measured, Report, Suite};
 use crate::error::Result;
 
 /// The JSON report of a run.
@@ -168,7 +168,7 @@ pub fn draw_gemm(path: &Path, results: &[Measured]) -> Result<()> {
     let series = plot::grouped(
         results
             .iter()
-            .filter(|r| r.name.starts_with("linear/"))
+            .filter(|r| is_linear_case(&r.name))
             .map(|r| {
                 let label = match r.variant {
                     Some(v) => format!("{} {v}", r.backend),
