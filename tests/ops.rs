@@ -266,7 +266,11 @@ fn linear_gated_cases(seed: u64) -> Vec<OpCase> {
 
 /// `linear` into `[n, 2m]` then `gated_activation`: what `linear_gated` replaces, on `be`, from
 /// the case's inputs (the weights uploaded in the case's element type).
-fn linear_then_gated_activation(be: &dyn Backend, op: &LinearGated, inputs: &[Vec<f32>]) -> Vec<f32> {
+fn linear_then_gated_activation(
+    be: &dyn Backend,
+    op: &LinearGated,
+    inputs: &[Vec<f32>],
+) -> Vec<f32> {
     let (n, k, m) = (op.n, op.k, op.m);
     let x = be.upload(&[n, k], &inputs[0]).unwrap();
     let shape = [2 * m, k];
@@ -284,8 +288,15 @@ fn linear_then_gated_activation(be: &dyn Backend, op: &LinearGated, inputs: &[Ve
     .unwrap();
     let bias = inputs.get(2).map(|b| be.upload(&[2 * m], b).unwrap());
     let mut gate_up = poisoned(be, &[n, 2 * m]);
-    be.linear(&x, &w, bias.as_ref(), Activation::Identity, None, &mut gate_up)
-        .unwrap();
+    be.linear(
+        &x,
+        &w,
+        bias.as_ref(),
+        Activation::Identity,
+        None,
+        &mut gate_up,
+    )
+    .unwrap();
     let mut out = poisoned(be, &[n, m]);
     be.gated_activation(&gate_up, op.act, &mut out).unwrap();
     be.download(&out).unwrap()
@@ -329,7 +340,11 @@ fn cpu_fused_linear_gated_matches_faer() {
             bias: true,
             weights: WeightsIn::F32,
         };
-        OpCase::new(format!("linear_gated/{n}x{k}x{m} deep"), 52, CaseOp::LinearGated(op))
+        OpCase::new(
+            format!("linear_gated/{n}x{k}x{m} deep"),
+            52,
+            CaseOp::LinearGated(op),
+        )
     });
     let f32_weights = linear_gated_cases(53)
         .into_iter()
@@ -338,7 +353,11 @@ fn cpu_fused_linear_gated_matches_faer() {
         let (_, want) = check_case(&faer, &case);
         let (_, got) = check_case(&packed, &case);
         let err = rel_error(&got, &want);
-        assert!(err < 1e-5, "{}: fused is {err:e} from faer's two ops", case.name);
+        assert!(
+            err < 1e-5,
+            "{}: fused is {err:e} from faer's two ops",
+            case.name
+        );
     }
 }
 

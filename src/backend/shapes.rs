@@ -71,7 +71,10 @@ pub(crate) fn linear_gated(
     })?;
     if let Some(b) = bias {
         ensure(b.shape() == [rows], || {
-            format!("linear_gated: bias shape {:?}, expected [{rows}]", b.shape())
+            format!(
+                "linear_gated: bias shape {:?}, expected [{rows}]",
+                b.shape()
+            )
         })?;
     }
     Ok((n, k, m))

@@ -693,7 +693,11 @@ mod tests {
     /// the same rounded values).
     #[test]
     fn every_microkernel_matches_f64() {
-        let shapes = [(17, 300, 150), (9, KC_MAX + 52, 37), (5, 2 * KC_MAX + 10, 21)];
+        let shapes = [
+            (17, 300, 150),
+            (9, KC_MAX + 52, 37),
+            (5, 2 * KC_MAX + 10, 21),
+        ];
         for ((n, k, m), gated) in shapes.into_iter().flat_map(|s| [(s, false), (s, true)]) {
             let rows = if gated { 2 * m } else { m };
             let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5;
@@ -785,7 +789,10 @@ mod tests {
         assert!(cache.get_or_pack::<8>(&w, 5, 6, false).is_none());
         assert!(cache.get_or_pack::<4>(&w, 6, 5, false).is_none());
         assert!(cache.get_or_pack::<4>(&w, 5, 3, true).is_none());
-        assert_eq!(cache.get_or_pack::<4>(&w, 5, 6, false).unwrap(), &packed[..]);
+        assert_eq!(
+            cache.get_or_pack::<4>(&w, 5, 6, false).unwrap(),
+            &packed[..]
+        );
 
         // The same rows as 3 gated columns: panel 0 holds gates 0, 1 and ups 0, 1 (rows 3, 4);
         // panel 1 gate 2, a zero lane, up 2 (row 5), a zero lane.

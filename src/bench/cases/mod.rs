@@ -428,8 +428,8 @@ impl OpCase {
             CaseOp::LinearGated(l) => {
                 let (n, k, m) = (l.n, l.k, l.m);
                 let bias = if l.bias { 2 * m } else { 0 };
-                let bytes = (n * k + bias + n * m) as f64 * F32
-                    + (2 * m * k) as f64 * l.weights.bytes();
+                let bytes =
+                    (n * k + bias + n * m) as f64 * F32 + (2 * m * k) as f64 * l.weights.bytes();
                 Work::f32(2.0 * (n * k * 2 * m) as f64, bytes)
             }
             CaseOp::Attention { lengths, spec } => {
