@@ -11,9 +11,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{assert_row_cosines, backend_tests, cosine, reference_tensor, rel_error, repo_path};
+use common::{
+    assert_row_cosines, backend_tests, cosine, reference_tensor, rel_error, repo_path, wgpu_with,
+};
+use mscope::backend::cpu::CpuBackend;
+use mscope::backend::wgpu::WgpuOptions;
 use mscope::backend::{Backend, SeqLayout};
-use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
+use mscope::instruments::embed::{EncoderOptions, ImageEmbedder, SentenceEncoder};
 use mscope::models::clip::ClipModel;
 use mscope::models::image::{
     decode_image, decode_rgb, Alpha, CropRounding, Filter, Preprocess, ResizeMode, OPENAI_MEAN,
@@ -317,6 +321,58 @@ fn embed_instrument_runs_clip_text(be: &Arc<dyn Backend>) {
         };
         assert!(err.contains("does not apply"), "{err}");
     }
+}
+
+/// Image batches under a lowered storage-binding limit (wgpu): hf-tiny's widest activation per
+/// image is its 17 tokens' patch rows, 192 f32 values each (13 056 bytes), so a 32 KiB binding
+/// holds 2 images and a batch of the 6 photos runs as three batches of 2. The embeddings equal
+/// those of one image a batch without the limit bit for bit (every op works row by row or image
+/// by image) and the CPU's within the f32 tolerance. A limit below one image is an error.
+#[test]
+fn image_batches_are_cut_to_the_storage_binding_limit() {
+    let capped_at = |bytes: u64| {
+        wgpu_with(&WgpuOptions {
+            max_binding_bytes: Some(bytes),
+            ..WgpuOptions::from_env()
+        })
+    };
+    let Some(capped) = capped_at(32 << 10) else {
+        return;
+    };
+    let whole = wgpu_with(&WgpuOptions::from_env()).unwrap();
+    let load = |be: Arc<dyn Backend>| {
+        ImageEmbedder::load(&model_dir("hf-tiny"), be, &EncoderOptions::default()).unwrap()
+    };
+    let photos = photos();
+    assert_eq!(photos.len(), 6);
+
+    let split = load(Arc::new(capped));
+    assert_eq!(split.images_per_buffer().unwrap(), 2);
+    let mut batches = Vec::new();
+    let got = split
+        .embed(&photos, photos.len(), false, &mut |rows| batches.push(rows))
+        .unwrap();
+    assert_eq!(batches, [2, 2, 2], "images per batch under the cap");
+    let one_by_one = load(Arc::new(whole))
+        .embed(&photos, 1, false, &mut |_| {})
+        .unwrap();
+    assert_eq!(
+        got.embeddings, one_by_one.embeddings,
+        "batches cut by the cap vs one image a batch"
+    );
+    let cpu = load(Arc::new(CpuBackend::new()))
+        .embed(&photos, photos.len(), false, &mut |_| {})
+        .unwrap();
+    let err = rel_error(&got.embeddings, &cpu.embeddings);
+    assert!(err <= MAX_REL, "against the CPU: relative error {err:e}");
+
+    let below_one_image = load(Arc::new(capped_at(12 << 10).unwrap()));
+    let err = below_one_image
+        .embed(&photos, 1, false, &mut |_| {})
+        .err()
+        .expect("an image over the cap")
+        .to_string();
+    assert!(err.contains("cannot embed one image"), "{err}");
 }
 
 #[test]

@@ -17,7 +17,7 @@ use common::{
 use mscope::backend::cpu::CpuBackend;
 use mscope::backend::wgpu::WgpuOptions;
 use mscope::backend::RopeScaling;
-use mscope::backend::{self, Backend, BackendKind, OpFamily, SeqLayout, Tensor};
+use mscope::backend::{self, Backend, BackendKind, GemmVariant, OpFamily, SeqLayout, Tensor};
 use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
 use mscope::models::decoder::DecoderConfig;
 use mscope::models::loader::Loader;
@@ -362,6 +362,18 @@ fn first_layer_stacks(be: &dyn Backend, dir: &Path, dtype: WeightsDtype) -> (Ten
 
 fn tiny_llama3_matches_transformers(be: &Arc<dyn Backend>) {
     check_against_transformers(be, "tiny-llama3", F32_TOL);
+}
+
+/// The CPU's packed GEMM on every f32 fixture (the default backend runs these small matrices on
+/// faer, with SwiGLU as `linear` then `gated_activation`): the gate/up projection fused with
+/// SiLU and the product by up in its epilogue — the tiny Llama's with the MLP biases of both
+/// halves — within the f32 tolerance of transformers' hidden states.
+#[test]
+fn cpu_packed_gemm_fuses_swiglu_within_transformers_tolerance() {
+    let be: Arc<dyn Backend> = Arc::new(CpuBackend::with_gemm(GemmVariant::Packed));
+    for model in ["tiny-mistral", "tiny-qwen2", "tiny-llama3"] {
+        check_against_transformers(&be, model, F32_TOL);
+    }
 }
 
 /// The tiny Llama test can fail: run without its llama3 scaling (plain θ^(−2i/d) frequencies),

@@ -8,13 +8,13 @@ mod common;
 use std::sync::Arc;
 
 use common::{backend_tests, check_case, poisoned, reference_tensor, rel_error, repo_path};
-use half::f16;
+use half::{bf16, f16};
 use mscope::backend::cpu::CpuBackend;
 use mscope::backend::{
     Activation, AttentionSpec, AttentionVariant, Backend, GemmVariant, Pooling, RopeFrequencies,
     RopeScaling, RopeSpec, SeqLayout,
 };
-use mscope::bench::cases::{CaseOp, Linear, OpCase, WeightsIn};
+use mscope::bench::cases::{CaseOp, Linear, LinearGated, OpCase, WeightsIn};
 use mscope::models;
 
 /// transformers' decoder references (tools/make_decoder_fixtures.py), which hold its RoPE
@@ -26,6 +26,8 @@ backend_tests! {
     linear_with_f16_weights,
     linear_with_bf16_weights,
     linear_rejects_mismatched_shapes,
+    linear_gated_matches_f64_and_the_two_ops,
+    linear_gated_rejects_bad_shapes,
     gated_activation_of_every_activation,
     gated_activation_rejects_bad_shapes,
     gather_rows_copies_and_accumulates,
@@ -233,6 +235,152 @@ fn linear_rejects_mismatched_shapes(be: &dyn Backend) {
         .linear(&x, &w, None, Activation::Identity, None, &mut out)
         .unwrap_err();
     assert!(err.to_string().contains("4 features"), "{err}");
+}
+
+/// `linear_gated` (SwiGLU and GeGLU) with and without bias, its weights f32 or rounded to f16 or
+/// bf16, on sizes that fill no tile: the CPU's packed GEMM pairs 16 gate and 16 up rows a panel
+/// (8 and 8 on AVX2), so 29 and 300 columns leave a panel part full, and 600 is a depth block
+/// that is no multiple of any. [`cpu_fused_linear_gated_matches_faer`] adds deeper ones.
+fn linear_gated_cases(seed: u64) -> Vec<OpCase> {
+    let mut cases = Vec::new();
+    for (n, k, m) in [(1, 1, 1), (37, 53, 29), (23, 600, 300)] {
+        for act in [Activation::Silu, Activation::Gelu] {
+            for bias in [false, true] {
+                for weights in [WeightsIn::F32, WeightsIn::F16, WeightsIn::Bf16] {
+                    let op = LinearGated {
+                        n,
+                        k,
+                        m,
+                        act,
+                        bias,
+                        weights,
+                    };
+                    let name = format!("linear_gated/{n}x{k}x{m} {act:?} bias={bias} {weights:?}");
+                    cases.push(OpCase::new(name, seed, CaseOp::LinearGated(op)));
+                }
+            }
+        }
+    }
+    cases
+}
+
+/// `linear` into `[n, 2m]` then `gated_activation`: what `linear_gated` replaces, on `be`, from
+/// the case's inputs (the weights uploaded in the case's element type).
+fn linear_then_gated_activation(
+    be: &dyn Backend,
+    op: &LinearGated,
+    inputs: &[Vec<f32>],
+) -> Vec<f32> {
+    let (n, k, m) = (op.n, op.k, op.m);
+    let x = be.upload(&[n, k], &inputs[0]).unwrap();
+    let shape = [2 * m, k];
+    let w = match op.weights {
+        WeightsIn::F32 => be.upload(&shape, &inputs[1]),
+        WeightsIn::F16 => {
+            let halves: Vec<f16> = inputs[1].iter().map(|&v| f16::from_f32(v)).collect();
+            be.upload_f16(&shape, &halves)
+        }
+        WeightsIn::Bf16 => {
+            let halves: Vec<bf16> = inputs[1].iter().map(|&v| bf16::from_f32(v)).collect();
+            be.upload_bf16(&shape, &halves)
+        }
+    }
+    .unwrap();
+    let bias = inputs.get(2).map(|b| be.upload(&[2 * m], b).unwrap());
+    let mut gate_up = poisoned(be, &[n, 2 * m]);
+    be.linear(
+        &x,
+        &w,
+        bias.as_ref(),
+        Activation::Identity,
+        None,
+        &mut gate_up,
+    )
+    .unwrap();
+    let mut out = poisoned(be, &[n, m]);
+    be.gated_activation(&gate_up, op.act, &mut out).unwrap();
+    be.download(&out).unwrap()
+}
+
+/// `linear_gated` against its f64 reference (over a NaN-poisoned output, within the f32
+/// tolerance: the reference reads the same rounded weights) and against `linear` then
+/// `gated_activation` on the same backend.
+fn linear_gated_matches_f64_and_the_two_ops(be: &Arc<dyn Backend>) {
+    for case in linear_gated_cases(51) {
+        let CaseOp::LinearGated(op) = case.op else {
+            unreachable!("linear_gated cases")
+        };
+        let (inputs, got) = check_case(be, &case);
+        let two_ops = linear_then_gated_activation(be.as_ref(), &op, &inputs.tensors);
+        let err = rel_error(&got, &two_ops);
+        assert!(
+            err < 1e-5,
+            "{} {}: {err:e} from linear then gated_activation",
+            be.name(),
+            case.name
+        );
+    }
+}
+
+/// The CPU's `linear_gated` on f32 weights fused into our packed GEMM (variant 8) against faer's
+/// `linear` then `gated_activation` (variant 7; half-precision weights run the fused GEMM on
+/// both, and `linear_gated_matches_f64_and_the_two_ops` checks them), on the shared cases and
+/// on products two and three depth blocks deep (768 a block), whose gated tiles add up in the
+/// task's own buffer before their epilogue.
+#[test]
+fn cpu_fused_linear_gated_matches_faer() {
+    let faer: Arc<dyn Backend> = Arc::new(CpuBackend::with_gemm(GemmVariant::Faer));
+    let packed: Arc<dyn Backend> = Arc::new(CpuBackend::with_gemm(GemmVariant::Packed));
+    let deep = [(21, 1000, 67), (9, 2100, 45)].map(|(n, k, m)| {
+        let op = LinearGated {
+            n,
+            k,
+            m,
+            act: Activation::Silu,
+            bias: true,
+            weights: WeightsIn::F32,
+        };
+        OpCase::new(
+            format!("linear_gated/{n}x{k}x{m} deep"),
+            52,
+            CaseOp::LinearGated(op),
+        )
+    });
+    let f32_weights = linear_gated_cases(53)
+        .into_iter()
+        .filter(|case| matches!(&case.op, CaseOp::LinearGated(op) if op.weights == WeightsIn::F32));
+    for case in f32_weights.chain(deep) {
+        let (_, want) = check_case(&faer, &case);
+        let (_, got) = check_case(&packed, &case);
+        let err = rel_error(&got, &want);
+        assert!(
+            err < 1e-5,
+            "{}: fused is {err:e} from faer's two ops",
+            case.name
+        );
+    }
+}
+
+fn linear_gated_rejects_bad_shapes(be: &dyn Backend) {
+    let x = be.zeros(&[3, 4]).unwrap();
+    let mut out = be.zeros(&[3, 5]).unwrap();
+    let mut gate_up = None;
+    let mut run = |w: &[usize], bias: Option<usize>, out: &mut mscope::backend::Tensor| {
+        let w = be.zeros(w).unwrap();
+        let bias = bias.map(|len| be.zeros(&[len]).unwrap());
+        be.linear_gated(&x, &w, bias.as_ref(), Activation::Silu, &mut gate_up, out)
+            .unwrap_err()
+            .to_string()
+    };
+    let err = run(&[10, 6], None, &mut out);
+    assert!(err.contains("4 features"), "{err}");
+    let err = run(&[9, 4], None, &mut out);
+    assert!(err.contains("odd"), "{err}");
+    let err = run(&[12, 4], None, &mut out);
+    assert!(err.contains("expected [3, 6]"), "{err}");
+    let err = run(&[10, 4], Some(5), &mut out);
+    assert!(err.contains("expected [10]"), "{err}");
+    assert!(gate_up.is_none(), "no product allocated for refused shapes");
 }
 
 /// `act(gate) ⊙ up` for every activation, on widths that are not multiples of a workgroup.

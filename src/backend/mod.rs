@@ -127,6 +127,26 @@ pub(crate) fn mapped_f32(bytes: &SharedBytes) -> Result<&[f32]> {
     })
 }
 
+/// [`Backend::linear_gated`] unfused: `linear` into `gate_up` (allocated `[n, 2m]` unless it
+/// already has that shape), then `gated_activation`.
+pub(crate) fn linear_then_gated<B: Backend + ?Sized>(
+    be: &B,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+    gate_up: &mut Option<Tensor>,
+    out: &mut Tensor,
+) -> Result<()> {
+    let (n, _, m) = shapes::linear_gated(x, w, bias, out)?;
+    if gate_up.as_ref().is_none_or(|t| t.shape() != [n, 2 * m]) {
+        *gate_up = Some(be.zeros(&[n, 2 * m])?);
+    }
+    let product = gate_up.as_mut().expect("allocated above");
+    be.linear(x, w, bias, Activation::Identity, None, product)?;
+    be.gated_activation(product, act, out)
+}
+
 /// The op set. Every backend implements each op or reports it unsupported; the CPU backend is
 /// the reference the others are tested against.
 pub trait Backend: Send + Sync {
@@ -226,6 +246,25 @@ pub trait Backend: Send + Sync {
         residual: Option<&Tensor>,
         out: &mut Tensor,
     ) -> Result<()>;
+
+    /// `out = act(x·W_gateᵀ + b_gate) ⊙ (x·W_upᵀ + b_up)` for `x: [n, k]`, `w: [2m, k]` holding
+    /// the gate rows `0..m` over the up rows `m..2m`, `bias: [2m]` alike, `out: [n, m]`: the first
+    /// half of a gated feed-forward (SwiGLU with SiLU) in one op. Where the backend fuses it (the
+    /// CPU's packed GEMM) the `[n, 2m]` product never exists and `gate_up` stays as it is;
+    /// elsewhere it is [`Backend::linear`] into `gate_up` (allocated by the first call that needs
+    /// it, kept while its shape fits, so a forward passes one slot to every layer) then
+    /// [`Backend::gated_activation`].
+    fn linear_gated(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        act: Activation,
+        gate_up: &mut Option<Tensor>,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        linear_then_gated(self, x, w, bias, act, gate_up, out)
+    }
 
     /// `out = act(gate) ⊙ up` for `gate_up: [n, 2m]` holding the gate in columns `0..m` and up in
     /// `m..2m` (the output of one GEMM over the stacked gate and up projections), `out: [n, m]`:

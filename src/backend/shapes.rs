@@ -47,6 +47,39 @@ pub(crate) fn linear(
     Ok((n, k, m))
 }
 
+/// `(n, k, m)` of a gated `linear` (`w: [2m, k]`, `out: [n, m]`), after checking every shape.
+pub(crate) fn linear_gated(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    out: &Tensor,
+) -> Result<(usize, usize, usize)> {
+    let (n, k) = x.dims2("linear_gated input")?;
+    let (rows, wk) = w.dims2("linear_gated weight")?;
+    ensure(k == wk, || {
+        format!("linear_gated: input has {k} features, weight expects {wk}")
+    })?;
+    ensure(rows % 2 == 0, || {
+        format!("linear_gated: weight has {rows} rows, not gate and up rows stacked (odd)")
+    })?;
+    let m = rows / 2;
+    ensure(out.shape() == [n, m], || {
+        format!(
+            "linear_gated: output shape {:?}, expected [{n}, {m}]",
+            out.shape()
+        )
+    })?;
+    if let Some(b) = bias {
+        ensure(b.shape() == [rows], || {
+            format!(
+                "linear_gated: bias shape {:?}, expected [{rows}]",
+                b.shape()
+            )
+        })?;
+    }
+    Ok((n, k, m))
+}
+
 /// `(n, m)` of `out[n, m] = act(gate_up[n, :m]) ⊙ gate_up[n, m:]`.
 pub(crate) fn gated_activation(gate_up: &Tensor, out: &Tensor) -> Result<(usize, usize)> {
     let (n, width) = gate_up.dims2("gated_activation input")?;

@@ -2,9 +2,9 @@
 //! run (MiniLM, BERT-base, e5-large, a Mistral-7B layer, a CLIP ViT-H block) and on the
 //! instruments' own sizes (covariance of 10 000 rows, α̂ over 100 models, NTK tiles).
 //!
-//! Counted work: `linear` `2·n·k·m` FLOPs; attention `4·head_dim` FLOPs per (query, key, head)
-//! the mask allows (QKᵀ and PV; softmax not counted), its backward pass `10·head_dim` (S, dP,
-//! dV, dQ, dK); covariance `n·d²` f64 FLOPs (the lower
+//! Counted work: `linear` `2·n·k·m` FLOPs (`linear_gated` `2·n·k·2m`, gate and up); attention
+//! `4·head_dim` FLOPs per (query, key, head) the mask allows (QKᵀ and PV; softmax not counted),
+//! its backward pass `10·head_dim` (S, dP, dV, dQ, dK); covariance `n·d²` f64 FLOPs (the lower
 //! half); eigen `9·d³` f64 FLOPs (Golub–Van Loan's count for values and vectors); contraction
 //! `2·r·c·(p + q)` (over tokens for the sequence form), a per-sample gradient `2·T·p·(q + 1)`;
 //! projection `2·n·d·k`. Bytes are each op's inputs read once and outputs
@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use super::cases::{CaseOp, Fill, Linear, OpCase, WeightsIn};
+use super::cases::{CaseOp, Fill, Linear, LinearGated, OpCase, WeightsIn};
 use super::{uniform, Case, Op, Prepared, Scale, Work};
 use crate::backend::{
     Activation, AttentionSpec, Backend, JlDistribution, JlSpec, Matrix64, OpFamily, Pooling,
@@ -57,15 +57,9 @@ pub fn cases(scale: Scale) -> Vec<Case> {
             Activation::Gelu,
             false,
         ),
-        // One decode-sized batch of rows keeps the 4096×14336 projection quick on a CPU.
-        linear(
-            "mistral-7b-mlp-up",
-            scale.rows(256, 32),
-            4096,
-            14336,
-            Activation::Silu,
-            false,
-        ),
+        // Mistral-7B's gate and up projections (4096 → 2 × 14336) with SwiGLU in the epilogue
+        // where the GEMM fuses it; one decode-sized batch of rows keeps it quick on a CPU.
+        linear_gated("mistral-7b-mlp-gate-up", scale.rows(256, 32), 4096, 14336),
         // 8 images × 257 tokens (256 patches + CLS).
         linear(
             "clip-vit-h-mlp-up",
@@ -163,9 +157,11 @@ fn random(
 fn timed(case: OpCase) -> Case {
     Case::on_target(case.name.clone(), case.family(), move |target| {
         let mut case = case.clone();
-        if let CaseOp::Linear(linear) = &mut case.op {
-            if target.gemm.f16_weights() {
-                linear.weights = WeightsIn::F16;
+        if target.gemm.f16_weights() {
+            match &mut case.op {
+                CaseOp::Linear(linear) => linear.weights = WeightsIn::F16,
+                CaseOp::LinearGated(gated) => gated.weights = WeightsIn::F16,
+                _ => {}
             }
         }
         let mut instance = case.instance(&target.backend, &case.inputs(), Fill::Zeros)?;
@@ -190,6 +186,20 @@ fn linear(model: &str, n: usize, k: usize, m: usize, act: Activation, residual: 
         weights: WeightsIn::F32,
     });
     timed(OpCase::new(format!("linear/{model}"), 1, op))
+}
+
+/// A bias-free `linear_gated` case with SiLU (SwiGLU), `m` output columns from `2m` weight rows;
+/// f16 weights on variants that read them.
+fn linear_gated(model: &str, n: usize, k: usize, m: usize) -> Case {
+    let op = CaseOp::LinearGated(LinearGated {
+        n,
+        k,
+        m,
+        act: Activation::Silu,
+        bias: false,
+        weights: WeightsIn::F32,
+    });
+    timed(OpCase::new(format!("linear_gated/{model}"), 1, op))
 }
 
 fn attention(model: &str, lengths: Vec<usize>, spec: AttentionSpec) -> Case {

@@ -192,17 +192,22 @@ impl Case {
         }
     }
 
-    /// Whether the case runs an op with numbered GEMM variants: `linear`, and `ntk_contract`
-    /// (two GEMMs), which follows the same kernel choice on wgpu.
+    /// Whether the case runs an op with numbered GEMM variants: `linear` (and `linear_gated`),
+    /// and `ntk_contract` (two GEMMs), which follows the same kernel choice on wgpu.
     fn runs_gemm(&self) -> bool {
-        self.name.starts_with("linear/") || self.name.starts_with("ntk_contract/")
+        is_linear_case(&self.name) || self.name.starts_with("ntk_contract/")
     }
 
     /// Whether the case runs on `variant`: a variant on f16 weights only changes `linear`, so
     /// the contraction would repeat its f32 twin there.
     fn runs_on(&self, variant: &GemmVariant) -> bool {
-        !variant.f16_weights() || self.name.starts_with("linear/")
+        !variant.f16_weights() || is_linear_case(&self.name)
     }
+}
+
+/// Whether the case named `name` times `linear`, plain or gated (`linear_gated`).
+pub fn is_linear_case(name: &str) -> bool {
+    name.starts_with("linear/") || name.starts_with("linear_gated/")
 }
 
 /// A case that ran.

@@ -7,6 +7,10 @@
 //! Texts are tokenised once, sorted by token count (longest first, so a batch that does not fit
 //! fails early) and cut into batches of similar length; each batch runs packed, so no work is
 //! spent on padding. Rows come back in input order.
+//!
+//! Where the backend bounds the buffer one activation may take (wgpu's storage-binding limit,
+//! [`Backend::max_activation_bytes`]), text batches are cut by tokens and image batches by
+//! images so that the model's widest activation fits it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -406,6 +410,28 @@ impl ImageEmbedder {
         self.tower().embedding_dim()
     }
 
+    /// The most images one batch may hold on this backend: as many as keep the tower's widest
+    /// activation within [`Backend::max_activation_bytes`] (wgpu's storage-binding limit), or
+    /// any number where the backend has no limit. An image too large for the limit alone is an
+    /// error.
+    pub fn images_per_buffer(&self) -> Result<usize> {
+        let Some(bytes) = self.backend.max_activation_bytes() else {
+            return Ok(usize::MAX);
+        };
+        let values = self.tower().widest_activation_per_image();
+        let images = bytes / (4 * values as u64).max(1);
+        if images == 0 {
+            return Err(Error::input(format!(
+                "{} on {} cannot embed one image: its widest activation takes {values} f32 values \
+                 ({} bytes), but buffers hold at most {bytes} bytes",
+                self.name,
+                self.backend.name(),
+                4 * values
+            )));
+        }
+        Ok(usize::try_from(images).unwrap_or(usize::MAX))
+    }
+
     /// Pixel tensors of `paths`, decoded and preprocessed in parallel, end to end. An image
     /// that cannot be read fails the batch (the first in order), or with `skip_bad` is set aside
     /// in [`Prepared::failed`].
@@ -438,10 +464,11 @@ impl ImageEmbedder {
         Ok(prepared)
     }
 
-    /// Embeds the images at `paths`, `batch_size` per forward pass; the next batch is decoded
-    /// while the current one runs. `progress(rows)` is called after each batch. An image that
-    /// cannot be decoded or preprocessed is an error naming it, or with `skip_bad` is left out
-    /// and listed in [`EmbeddedImages::skipped`].
+    /// Embeds the images at `paths`, `batch_size` per forward pass — or fewer where the backend
+    /// bounds the buffer an activation may take ([`Self::images_per_buffer`]); the next batch is
+    /// decoded while the current one runs. `progress(rows)` is called after each batch. An image
+    /// that cannot be decoded or preprocessed is an error naming it, or with `skip_bad` is left
+    /// out and listed in [`EmbeddedImages::skipped`].
     pub fn embed(
         &self,
         paths: &[PathBuf],
@@ -452,6 +479,7 @@ impl ImageEmbedder {
         if batch_size == 0 {
             return Err(Error::input("batch size must be at least 1"));
         }
+        let batch_size = batch_size.min(self.images_per_buffer()?);
         let dim = self.dim();
         let mut embeddings = Vec::with_capacity(paths.len() * dim);
         let mut skipped = Vec::new();

@@ -890,6 +890,13 @@ impl ImageTower for ClipModel {
         self.config.embed_dim
     }
 
+    /// The patch matrix, the fused Q/K/V output or the MLP's hidden layer of the image's tokens.
+    fn widest_activation_per_image(&self) -> usize {
+        let v = &self.config.vision;
+        let patch_values = 3 * v.patch_size * v.patch_size;
+        v.tokens() * patch_values.max(3 * v.tower.width).max(v.tower.mlp_width)
+    }
+
     fn embed_pixels(&self, pixels: &[f32], images: usize) -> Result<Tensor> {
         let be = self.backend.as_ref();
         let v = &self.config.vision;

@@ -142,6 +142,12 @@ pub trait ImageTower: Send + Sync {
     /// Width of an image embedding.
     fn embedding_dim(&self) -> usize;
 
+    /// Values of the widest f32 activation one image takes in [`ImageTower::embed_pixels`]
+    /// (the image's tokens times the widest of its rows: patch pixels, fused Q/K/V, the MLP's
+    /// hidden layer): a batch of `b` images needs a buffer of `4·b·values` bytes, which the
+    /// image embedder keeps within [`Backend::max_activation_bytes`].
+    fn widest_activation_per_image(&self) -> usize;
+
     /// Embeddings `[images, embedding_dim]` on the backend of `images` pixel tensors
     /// `[3, height, width]` laid end to end on the host. Pixels of another size than the tower's
     /// are an error.

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::plot;
-use crate::bench::{Bound, Measured, Report, Suite};
+use crate::bench::{is_linear_case, Bound, Measured, Report, Suite};
 use crate::error::Result;
 
 /// The JSON report of a run.
@@ -165,18 +165,13 @@ fn result_json(r: &Measured) -> ResultJson<'_> {
 /// GFLOP/s of each `linear` case against its GFLOPs per call, one colour per backend and
 /// variant. Points, not lines: the cases differ in aspect ratio and epilogue as well as size.
 pub fn draw_gemm(path: &Path, results: &[Measured]) -> Result<()> {
-    let series = plot::grouped(
-        results
-            .iter()
-            .filter(|r| r.name.starts_with("linear/"))
-            .map(|r| {
-                let label = match r.variant {
-                    Some(v) => format!("{} {v}", r.backend),
-                    None => r.backend.clone(),
-                };
-                (label, (r.work.flops / 1e9, r.gflops().unwrap_or(0.0)))
-            }),
-    );
+    let series = plot::grouped(results.iter().filter(|r| is_linear_case(&r.name)).map(|r| {
+        let label = match r.variant {
+            Some(v) => format!("{} {v}", r.backend),
+            None => r.backend.clone(),
+        };
+        (label, (r.work.flops / 1e9, r.gflops().unwrap_or(0.0)))
+    }));
     plot::xy(
         path,
         "GEMM (linear) throughput by problem size",

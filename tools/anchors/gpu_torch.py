@@ -4,7 +4,9 @@
     python3 tools/anchors/gpu_torch.py [--bench mscope-bench.json] [--json out.json]
 
 - GEMM: F.linear with bias and the case's activation (and the residual add where the case has
-  one) on the shapes of src/bench/kernels.rs's `linear/*` cases (full scale), cuBLAS in f32
+  one) on the shapes of src/bench/kernels.rs's `linear/*` cases (full scale); for the
+  `linear_gated/*` (SwiGLU) case, transformers' MLP: silu(F.linear(x, gate)) * F.linear(x, up),
+  no bias, m output columns from 2m weight rows. cuBLAS in f32
   (TF32 off, the accuracy mscope's f32 kernels keep) and in bf16 (tensor cores).
 - Attention: scaled_dot_product_attention on the `attention/*` cases' shapes (padded batches of
   equal-length sequences, so no packing is needed), f32 and bf16; the Mistral case with its
@@ -25,14 +27,15 @@ import sys
 import torch
 import torch.nn.functional as F
 
-# (case, n, k, m, activation, residual) — src/bench/kernels.rs at Scale::Full.
+# (case, n, k, m, activation, residual) — src/bench/kernels.rs at Scale::Full; "swiglu": m gated
+# output columns.
 LINEAR = [
     ("linear/minilm-qkv", 2048, 384, 1152, "identity", False),
     ("linear/minilm-ffn-up", 2048, 384, 1536, "gelu", False),
     ("linear/minilm-ffn-down", 2048, 1536, 384, "identity", True),
     ("linear/bert-base-ffn-up", 2048, 768, 3072, "gelu", False),
     ("linear/e5-large-ffn-up", 2048, 1024, 4096, "gelu", False),
-    ("linear/mistral-7b-mlp-up", 256, 4096, 14336, "silu", False),
+    ("linear_gated/mistral-7b-mlp-gate-up", 256, 4096, 14336, "swiglu", False),
     ("linear/clip-vit-h-mlp-up", 8 * 257, 1280, 5120, "gelu", False),
 ]
 
@@ -66,19 +69,28 @@ def linear_cases(args):
     for name, n, k, m, act, residual in LINEAR:
         for dtype in (torch.float32, torch.bfloat16):
             g = torch.Generator(device="cuda").manual_seed(0)
+            gated = act == "swiglu"
+            rows = 2 * m if gated else m
             x = torch.rand(n, k, device="cuda", dtype=dtype, generator=g) * 2 - 1
-            w = torch.rand(m, k, device="cuda", dtype=dtype, generator=g) * 2 - 1
+            w = torch.rand(rows, k, device="cuda", dtype=dtype, generator=g) * 2 - 1
             b = torch.rand(m, device="cuda", dtype=dtype, generator=g)
             r = torch.rand(n, m, device="cuda", dtype=dtype, generator=g) if residual else None
-            f = ACT[act]
 
-            def run():
-                y = f(F.linear(x, w, b))
-                return y + r if r is not None else y
+            if gated:
+                gate, up = w[:m], w[m:]
+
+                def run():
+                    return F.silu(F.linear(x, gate)) * F.linear(x, up)
+            else:
+                f = ACT[act]
+
+                def run():
+                    y = f(F.linear(x, w, b))
+                    return y + r if r is not None else y
 
             s = timed(run, args.warmup, args.repeat)
             out.append(dict(name=name, torch=f"F.linear {str(dtype)[6:]}", seconds=s,
-                            rate=2 * n * k * m / s / 1e9, unit="GFLOP/s"))
+                            rate=2 * n * k * rows / s / 1e9, unit="GFLOP/s"))
     return out
 
 

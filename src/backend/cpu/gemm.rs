@@ -3,7 +3,8 @@
 //! epilogue pass (bias, activation, residual) over its rows; 8, our packed GEMM with the
 //! epilogue applied to each register tile ([`super::gemm_packed`]), which also runs every
 //! `linear` on half-precision weights (faer would need a whole f32 copy of them). The default
-//! backend picks between them by weight size ([`super::PACKED_MIN_WEIGHTS`]).
+//! backend picks between them by weight size ([`super::PACKED_MIN_WEIGHTS`]). `linear_gated`
+//! (SwiGLU) is fused only into ours; with faer it is `linear` then `gated_activation`.
 
 use faer::linalg::matmul::matmul;
 use faer::traits::{math_utils::one, ComplexField};
@@ -109,6 +110,33 @@ pub(super) fn gated_activation(gate_up: &Tensor, act: Activation, out: &mut Tens
     Ok(())
 }
 
+/// `linear_gated` fused into our packed GEMM (variant 8): the gate and up rows share each
+/// register tile, which is finished as `act(gate) ⊙ up` and stored at half its width.
+pub(super) fn linear_gated(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+    out: &mut Tensor,
+) -> Result<()> {
+    let (n, k, m) = shapes::linear_gated(x, w, bias, out)?;
+    let epilogue = gemm_packed::Epilogue {
+        bias: bias.map(values).transpose()?,
+        act,
+        residual: None,
+        gated: true,
+    };
+    gemm_packed::linear(
+        values(x)?,
+        (n, k, m),
+        &matrix(w)?,
+        Some(&w.cpu_packed),
+        &epilogue,
+        values_mut(out)?,
+    );
+    Ok(())
+}
+
 /// `linear` on `variant` (7 or 8) for f32 weights; half-precision weights always run variant 8.
 pub(super) fn linear(
     variant: GemmVariant,
@@ -126,6 +154,7 @@ pub(super) fn linear(
             bias: bias.map(values).transpose()?,
             act,
             residual: residual.map(values).transpose()?,
+            gated: false,
         };
         gemm_packed::linear(
             values(x)?,

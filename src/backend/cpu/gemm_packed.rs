@@ -32,6 +32,14 @@
 //! added, the activation applied to the whole tile in one loop (sixteen lanes on AVX-512: the
 //! tile's finishing is compiled for the microkernel's vector width), the residual added as it
 //! is stored.
+//!
+//! Gated columns (SwiGLU, GeGLU: `act(gate) ⊙ up`, [`Epilogue::gated`]): the weights stack the
+//! `m` gate rows over the `m` up rows, and each panel pairs `NR / 2` gate rows with their up
+//! rows (gate row `c` in lane `c mod NR/2`, up row `m + c` half a panel later), so one register
+//! tile holds both halves of `NR / 2` output columns. The microkernel is the same; the finishing
+//! multiplies the activated gate half by the up half and stores only that half — the `[n, 2m]`
+//! product never exists. Its depth blocks' sums wait in the task's own buffer of the row panel's
+//! tiles (the output has room for half of them).
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,19 +67,44 @@ const CACHE_BUDGET_BYTES: usize = 4 << 30;
 /// Bytes held by every [`PackedWeights`] alive, against [`CACHE_BUDGET_BYTES`].
 static CACHED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
-/// What `linear` adds after the product: `act(acc + bias) + residual`.
+/// What `linear` adds after the product: `act(acc + bias) + residual`, or with `gated`
+/// `act(gate + bias) ⊙ (up + bias) + residual`.
 pub(super) struct Epilogue<'a> {
+    /// `[m]`, or `[2m]` (gates' then ups') when `gated`.
     pub bias: Option<&'a [f32]>,
     pub act: Activation,
     pub residual: Option<&'a [f32]>,
+    /// The weights are `[2m, k]`, gate rows over up rows, for `m` output columns.
+    pub gated: bool,
 }
 
-/// f32 weights `[m, k]` packed for one microkernel width `nr`: panel `jp` at `jp · k · nr`, its
-/// column `p` at `p · nr`, rows past `m` zero.
+/// Output columns one panel of `NR` lanes finishes: `NR`, or `NR / 2` when gated (half its
+/// lanes gates, half ups).
+const fn panel_columns<const NR: usize>(gated: bool) -> usize {
+    if gated {
+        NR / 2
+    } else {
+        NR
+    }
+}
+
+/// The weight row in lane `lane` of panel `panel`, for `m` output columns (`None`: a padding
+/// lane): row `panel · NR + lane`, or gated, the gate of column `c` in lane `c mod NR/2` and its
+/// up (row `m + c`) `NR / 2` lanes later.
+fn panel_row<const NR: usize>(gated: bool, m: usize, panel: usize, lane: usize) -> Option<usize> {
+    let columns = panel_columns::<NR>(gated);
+    let column = panel * columns + lane % columns;
+    let up = if gated && lane >= columns { m } else { 0 };
+    (column < m).then_some(up + column)
+}
+
+/// f32 weights packed for one microkernel width `nr` and `m` output columns (plain or gated):
+/// panel `jp` at `jp · k · nr`, its column `p` at `p · nr`, padding lanes zero.
 struct PackedWeights {
     nr: usize,
     k: usize,
     m: usize,
+    gated: bool,
     values: Vec<f32>,
 }
 
@@ -99,11 +132,18 @@ impl std::fmt::Debug for PackedCache {
 }
 
 impl PackedCache {
-    /// The packed form of `w` (`[m, k]`) for microkernel width `NR`, packing it now if this is
-    /// the first call; `None` when it is not kept (over budget, or packed for another shape).
-    fn get_or_pack<const NR: usize>(&self, w: &[f32], k: usize, m: usize) -> Option<&[f32]> {
+    /// The packed form of `w` (`[m, k]`, or `[2m, k]` when `gated`) for microkernel width `NR`,
+    /// packing it now if this is the first call; `None` when it is not kept (over budget, or
+    /// packed for another shape).
+    fn get_or_pack<const NR: usize>(
+        &self,
+        w: &[f32],
+        k: usize,
+        m: usize,
+        gated: bool,
+    ) -> Option<&[f32]> {
         let packed = self.0.get_or_init(|| {
-            let len = m.div_ceil(NR) * NR * k;
+            let len = m.div_ceil(panel_columns::<NR>(gated)) * NR * k;
             CACHED_BYTES
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
                     (used + 4 * len <= CACHE_BUDGET_BYTES).then_some(used + 4 * len)
@@ -114,7 +154,7 @@ impl PackedCache {
                 values.par_chunks_mut(k * NR).enumerate().for_each_init(
                     Vec::new,
                     |row, (panel, dst)| {
-                        pack_panel::<NR>(&Matrix::F32(w), (k, m), panel, 0..k, dst, row)
+                        pack_panel::<NR>(&Matrix::F32(w), (k, m), gated, panel, dst, row)
                     },
                 );
             }
@@ -122,11 +162,13 @@ impl PackedCache {
                 nr: NR,
                 k,
                 m,
+                gated,
                 values,
             })
         });
         let packed = packed.as_ref()?;
-        (packed.nr == NR && packed.k == k && packed.m == m).then_some(&packed.values[..])
+        let same = (packed.nr, packed.k, packed.m, packed.gated) == (NR, k, m, gated);
+        same.then_some(&packed.values[..])
     }
 }
 
@@ -156,8 +198,9 @@ pub(super) fn with_microkernel(program: impl TileProgram) {
     program.run::<6, 16>(microkernel_portable::<6, 16>)
 }
 
-/// `out[n, m] = act(x[n, k]·w[m, k]ᵀ + bias) + residual`, every slice row-major, on the widest
-/// microkernel this CPU runs; f32 weights are read from (or packed into) `cache` when given.
+/// `out[n, m] = act(x[n, k]·w[m, k]ᵀ + bias) + residual` (or gated, `w: [2m, k]`, see
+/// [`Epilogue`]), every slice row-major, on the widest microkernel this CPU runs; f32 weights
+/// are read from (or packed into) `cache` when given.
 pub(super) fn linear(
     x: &[f32],
     shape: (usize, usize, usize),
@@ -178,7 +221,8 @@ pub(super) fn linear(
         fn run<const MR: usize, const NR: usize>(self, kernel: Microkernel<MR, NR>) {
             let packed = match (self.w, self.cache) {
                 (Matrix::F32(w), Some(cache)) => {
-                    cache.get_or_pack::<NR>(w, self.shape.1, self.shape.2)
+                    let (_, k, m) = self.shape;
+                    cache.get_or_pack::<NR>(w, k, m, self.epilogue.gated)
                 }
                 _ => None,
             };
@@ -225,7 +269,9 @@ fn blocked<const MR: usize, const NR: usize>(
     let out = SharedOut::new(out);
 
     let threads = rayon::current_num_threads();
-    let col_panels = m.div_ceil(NR);
+    let gated = epilogue.gated;
+    let columns = panel_columns::<NR>(gated);
+    let col_panels = m.div_ceil(columns);
     let fit = (L2_BLOCK_BYTES / (4 * NR * k.max(1))).max(1);
     let col_blocks = col_panels.div_ceil(fit).div_ceil(threads) * threads;
     let per_block = col_panels.div_ceil(col_blocks.min(col_panels));
@@ -239,8 +285,8 @@ fn blocked<const MR: usize, const NR: usize>(
     let row_chunks = row_panels.div_ceil(per_chunk);
 
     (0..col_blocks * row_chunks).into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(scratch, row), task| {
+        || (Vec::new(), Vec::new(), Vec::new()),
+        |(scratch, row, partials), task| {
             let (block, chunk) = (task / row_chunks, task % row_chunks);
             let panels = block * per_block..((block + 1) * per_block).min(col_panels);
             let chunk_panels = chunk * per_chunk..((chunk + 1) * per_chunk).min(row_panels);
@@ -252,11 +298,15 @@ fn blocked<const MR: usize, const NR: usize>(
                     scratch.resize(panels.len() * k * NR, 0.0);
                     for (i, panel) in panels.clone().enumerate() {
                         let dst = &mut scratch[i * k * NR..][..k * NR];
-                        pack_panel::<NR>(w, (k, m), panel, 0..k, dst, row);
+                        pack_panel::<NR>(w, (k, m), gated, panel, dst, row);
                     }
                     scratch
                 }
             };
+            // Gated tiles' sums over the earlier depth blocks, one a weight panel.
+            if gated && blocks > 1 {
+                partials.resize(panels.len(), [[0.0f32; NR]; MR]);
+            }
             for panel in chunk_panels {
                 let rows = panel * MR..((panel + 1) * MR).min(n);
                 // Depth blocks inside the row panel: the `x` panel's block stays in L1 across
@@ -271,8 +321,21 @@ fn blocked<const MR: usize, const NR: usize>(
                         // SAFETY: the kernel was chosen for this CPU's features, and `a`, `b`
                         // hold `kd` columns of MR and NR values.
                         unsafe { kernel(kd, a, bw, &mut tile) };
-                        let cols = jp * NR..((jp + 1) * NR).min(m);
-                        let (first, last) = (b == 0, b + 1 == blocks);
+                        let cols = jp * columns..((jp + 1) * columns).min(m);
+                        let (mut first, last) = (b == 0, b + 1 == blocks);
+                        if gated {
+                            if !first {
+                                let sums = partials[i].as_flattened();
+                                let acc = tile.as_flattened_mut().iter_mut();
+                                acc.zip(sums).for_each(|(a, s)| *a += s);
+                            }
+                            if !last {
+                                partials[i] = tile;
+                                continue;
+                            }
+                            // The whole sum is in the tile now: the output is written once.
+                            first = true;
+                        }
                         // SAFETY: this task alone writes rows `chunk_panels` × columns of
                         // `panels` of `out`, which has `n · m` values; `rows` < n, `cols` < m.
                         unsafe {
@@ -309,32 +372,29 @@ fn pack_x<const MR: usize>(x: &[f32], n: usize, k: usize, panels: usize) -> Vec<
     packed
 }
 
-/// Weight panel `panel` (rows `panel · NR ..` of the `[m, k]` weights) over `depth`, widened to
-/// f32 into `dst`: column `c` at `c · NR`, rows past `m` zero. `row` is scratch for a widened
-/// half-precision row.
+/// Weight panel `panel` at full depth, its lanes the rows [`panel_row`] names for `m` output
+/// columns, widened to f32 into `dst`: column `c` at `c · NR`, padding lanes zero. `row` is
+/// scratch for a widened half-precision row.
 fn pack_panel<const NR: usize>(
     w: &Matrix<'_>,
     (k, m): (usize, usize),
+    gated: bool,
     panel: usize,
-    depth: Range<usize>,
     dst: &mut [f32],
     row: &mut Vec<f32>,
 ) {
-    let kc = depth.len();
     for jj in 0..NR {
-        let j = panel * NR + jj;
-        let src: &[f32] = if j >= m {
-            row.clear();
-            row.resize(kc, 0.0);
-            row
-        } else {
-            match w {
-                Matrix::F32(w) => &w[j * k..][depth.clone()],
-                Matrix::Half(w) => {
-                    row.resize(kc, 0.0);
-                    w.widen_row(j, depth.start, row);
-                    row
-                }
+        let src: &[f32] = match (panel_row::<NR>(gated, m, panel, jj), w) {
+            (None, _) => {
+                row.clear();
+                row.resize(k, 0.0);
+                row
+            }
+            (Some(j), Matrix::F32(w)) => &w[j * k..][..k],
+            (Some(j), Matrix::Half(w)) => {
+                row.resize(k, 0.0);
+                w.widen_row(j, 0, row);
+                row
             }
         };
         for (c, &v) in src.iter().enumerate() {
@@ -370,7 +430,8 @@ impl SharedOut {
     /// when `last`, finishes the tile in place first: the earlier blocks' sums added, then the
     /// epilogue over the whole tile — one vectorised activation loop a tile while the tile is in
     /// L1 (its padding lanes hold the zeros of the padded panels, harmless to every activation,
-    /// and are never stored).
+    /// and are never stored). A gated tile comes whole (`first` and `last`): its gate half is
+    /// activated and multiplied by its up half, which is then stored as a plain tile's is.
     ///
     /// Compiled for the widest vectors the CPU has, like the microkernel that wrote the tile:
     /// built for the baseline target, these loops re-read the tile four floats at a time just
@@ -453,6 +514,7 @@ impl SharedOut {
         epilogue: &Epilogue<'_>,
     ) {
         let width = cols.len();
+        debug_assert!(!epilogue.gated || (first && last), "gated tiles come whole");
         // SAFETY: the caller's contract.
         let out_row = |row: usize| unsafe {
             std::slice::from_raw_parts_mut(self.0.add(row * m + cols.start), width)
@@ -468,20 +530,31 @@ impl SharedOut {
             }
             return;
         }
+        let add = |acc: &mut [f32], values: &[f32]| {
+            acc.iter_mut().zip(values).for_each(|(a, v)| *a += v);
+        };
+        // Gated tiles: the up half's lanes start here.
+        let ups = panel_columns::<NR>(true);
         for (row, acc) in rows.clone().zip(tile.iter_mut()) {
-            let acc = &mut acc[..width];
             if !first {
-                acc.iter_mut()
-                    .zip(out_row(row).iter())
-                    .for_each(|(a, y)| *a += y);
+                add(&mut acc[..width], out_row(row));
             }
             if let Some(bias) = epilogue.bias {
-                acc.iter_mut()
-                    .zip(&bias[cols.clone()])
-                    .for_each(|(a, b)| *a += b);
+                add(&mut acc[..width], &bias[cols.clone()]);
+                if epilogue.gated {
+                    add(&mut acc[ups..][..width], &bias[m + cols.start..][..width]);
+                }
             }
         }
-        activation::apply_portable(epilogue.act, tile.as_flattened_mut());
+        if epilogue.gated {
+            for acc in tile.iter_mut() {
+                let (gate, up) = acc.split_at_mut(ups);
+                activation::apply_portable(epilogue.act, gate);
+                gate.iter_mut().zip(&*up).for_each(|(g, u)| *g *= u);
+            }
+        } else {
+            activation::apply_portable(epilogue.act, tile.as_flattened_mut());
+        }
         for (row, acc) in rows.zip(tile.iter()) {
             let y = out_row(row);
             y.copy_from_slice(&acc[..width]);
@@ -604,7 +677,7 @@ mod tests {
         let cache = PackedCache::default();
         let packed = match (w, cached) {
             (Matrix::F32(values), true) => {
-                let packed = cache.get_or_pack::<NR>(values, shape.1, shape.2);
+                let packed = cache.get_or_pack::<NR>(values, shape.1, shape.2, epilogue.gated);
                 assert!(packed.is_some(), "test weights fit the budget");
                 packed
             }
@@ -614,35 +687,51 @@ mod tests {
     }
 
     /// Every microkernel this CPU runs (the integration tests reach only the widest) on shapes
-    /// that fill no tile, block or panel exactly — one depth block and, past [`KC_MAX`], two —
-    /// against an f64 loop: f32 weights packed once or in the tasks, and bf16 ones (the reference
-    /// reads the same rounded values).
+    /// that fill no tile, block or panel exactly — one depth block and, past [`KC_MAX`], two and
+    /// three — against an f64 loop, plain and gated (SwiGLU, whose depth blocks add in the task's
+    /// own tiles): f32 weights packed once or in the tasks, and bf16 ones (the reference reads
+    /// the same rounded values).
     #[test]
     fn every_microkernel_matches_f64() {
-        for (n, k, m) in [(17, 300, 150), (9, KC_MAX + 52, 37)] {
+        let shapes = [
+            (17, 300, 150),
+            (9, KC_MAX + 52, 37),
+            (5, 2 * KC_MAX + 10, 21),
+        ];
+        for ((n, k, m), gated) in shapes.into_iter().flat_map(|s| [(s, false), (s, true)]) {
+            let rows = if gated { 2 * m } else { m };
             let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5;
             let x: Vec<f32> = (0..n * k).map(value).collect();
-            let w: Vec<f32> = (0..m * k)
+            let w: Vec<f32> = (0..rows * k)
                 .map(|i| bf16::from_f32(value(i + 3)).to_f32())
                 .collect();
-            let bias: Vec<f32> = (0..m).map(|i| value(i + 11)).collect();
+            let bias: Vec<f32> = (0..rows).map(|i| value(i + 11)).collect();
             let residual: Vec<f32> = (0..n * m).map(|i| value(i + 5)).collect();
+            let silu = |z: f64| z / (1.0 + (-z).exp());
             let want: Vec<f64> = (0..n * m)
                 .map(|idx| {
                     let (i, j) = (idx / m, idx % m);
-                    let dot: f64 = (0..k)
-                        .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
-                        .sum();
-                    let z = dot + bias[j] as f64;
-                    z / (1.0 + (-z).exp()) + residual[idx] as f64
+                    let z = |j: usize| -> f64 {
+                        let dot: f64 = (0..k)
+                            .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                            .sum();
+                        dot + bias[j] as f64
+                    };
+                    let y = if gated {
+                        silu(z(j)) * z(m + j)
+                    } else {
+                        silu(z(j))
+                    };
+                    y + residual[idx] as f64
                 })
                 .collect();
             let halves: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-            let half = HalfMatrix::from_bf16(&[m, k], &halves).unwrap();
+            let half = HalfMatrix::from_bf16(&[rows, k], &halves).unwrap();
             let epilogue = Epilogue {
                 bias: Some(&bias),
                 act: Activation::Silu,
                 residual: Some(&residual),
+                gated,
             };
             let check = |name: &str, run: &dyn Fn(&Matrix<'_>, bool, &mut [f32])| {
                 for (weights, cached) in [
@@ -661,7 +750,8 @@ mod tests {
                     let rel = (err / norm).sqrt();
                     assert!(
                         rel < 1e-5,
-                        "{name} at {n}×{k}·{m} (cached {cached}): relative error {rel:e}"
+                        "{name} at {n}×{k}·{m} (gated {gated}, cached {cached}): relative \
+                         error {rel:e}"
                     );
                 }
             };
@@ -686,18 +776,30 @@ mod tests {
         }
     }
 
-    /// A cache filled for one tile width or shape is not read for another (it is refilled only
-    /// when the tensor is written, which empties it).
+    /// A cache filled for one tile width, shape or pairing of rows is not read for another (it
+    /// is refilled only when the tensor is written, which empties it).
     #[test]
     fn packed_cache_answers_only_its_own_shape() {
         let w: Vec<f32> = (0..6 * 5).map(|i| i as f32).collect();
         let cache = PackedCache::default();
-        let packed = cache.get_or_pack::<4>(&w, 5, 6).unwrap().to_vec();
+        let packed = cache.get_or_pack::<4>(&w, 5, 6, false).unwrap().to_vec();
         // Panel 0 holds rows 0–3 column by column; panel 1 rows 4, 5 and two zero rows.
         assert_eq!(&packed[..8], &[0.0, 5.0, 10.0, 15.0, 1.0, 6.0, 11.0, 16.0]);
         assert_eq!(&packed[20..24], &[20.0, 25.0, 0.0, 0.0]);
-        assert!(cache.get_or_pack::<8>(&w, 5, 6).is_none());
-        assert!(cache.get_or_pack::<4>(&w, 6, 5).is_none());
-        assert_eq!(cache.get_or_pack::<4>(&w, 5, 6).unwrap(), &packed[..]);
+        assert!(cache.get_or_pack::<8>(&w, 5, 6, false).is_none());
+        assert!(cache.get_or_pack::<4>(&w, 6, 5, false).is_none());
+        assert!(cache.get_or_pack::<4>(&w, 5, 3, true).is_none());
+        assert_eq!(
+            cache.get_or_pack::<4>(&w, 5, 6, false).unwrap(),
+            &packed[..]
+        );
+
+        // The same rows as 3 gated columns: panel 0 holds gates 0, 1 and ups 0, 1 (rows 3, 4);
+        // panel 1 gate 2, a zero lane, up 2 (row 5), a zero lane.
+        let gated = PackedCache::default();
+        let packed = gated.get_or_pack::<4>(&w, 5, 3, true).unwrap();
+        assert_eq!(&packed[..4], &[0.0, 5.0, 15.0, 20.0]);
+        assert_eq!(&packed[20..24], &[10.0, 0.0, 25.0, 0.0]);
+        assert!(gated.get_or_pack::<4>(&w, 5, 3, false).is_none());
     }
 }

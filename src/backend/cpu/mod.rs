@@ -129,6 +129,16 @@ impl CpuBackend {
         self.gemm
     }
 
+    /// The kernel of `linear` on the f32 weights `w`: faer's for small ones on the default
+    /// backend, else the one the backend was opened with.
+    fn gemm_for(&self, w: &Tensor) -> GemmVariant {
+        if self.by_size && w.len() < PACKED_MIN_WEIGHTS {
+            GemmVariant::Faer
+        } else {
+            self.gemm
+        }
+    }
+
     /// The kernel of `attention` it was opened with (`None`: chosen by the mask).
     pub fn attention_variant(&self) -> Option<AttentionVariant> {
         self.attention
@@ -213,13 +223,26 @@ impl Backend for CpuBackend {
         residual: Option<&Tensor>,
         out: &mut Tensor,
     ) -> Result<()> {
-        let small = w.len() < PACKED_MIN_WEIGHTS;
-        let variant = if self.by_size && small {
-            GemmVariant::Faer
+        gemm::linear(self.gemm_for(w), x, w, bias, act, residual, out)
+    }
+
+    /// Fused wherever `linear` would run our packed GEMM on `w`; faer's GEMM, which keeps no
+    /// epilogue, runs it as `linear` then `gated_activation`.
+    fn linear_gated(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        act: Activation,
+        gate_up: &mut Option<Tensor>,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let half = matches!(w.storage, Storage::CpuHalf(_));
+        if half || self.gemm_for(w) == GemmVariant::Packed {
+            gemm::linear_gated(x, w, bias, act, out)
         } else {
-            self.gemm
-        };
-        gemm::linear(variant, x, w, bias, act, residual, out)
+            super::linear_then_gated(self, x, w, bias, act, gate_up, out)
+        }
     }
 
     fn gated_activation(&self, gate_up: &Tensor, act: Activation, out: &mut Tensor) -> Result<()> {

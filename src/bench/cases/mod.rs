@@ -56,6 +56,18 @@ pub struct Linear {
     pub weights: WeightsIn,
 }
 
+/// A `linear_gated` case: `act(x·w_gateᵀ + b_gate) ⊙ (x·w_upᵀ + b_up)` for `x: [n, k]`,
+/// `w: [2m, k]` (gate rows over up rows), `out: [n, m]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinearGated {
+    pub n: usize,
+    pub k: usize,
+    pub m: usize,
+    pub act: Activation,
+    pub bias: bool,
+    pub weights: WeightsIn,
+}
+
 /// The element type of a `linear` case's weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightsIn {
@@ -104,6 +116,7 @@ impl WeightsIn {
 #[derive(Clone, Debug, PartialEq)]
 pub enum CaseOp {
     Linear(Linear),
+    LinearGated(LinearGated),
     /// `act(gate) ⊙ up` of an `n × 2m` input (gate beside up) into `n × m`.
     GatedActivation {
         n: usize,
@@ -222,6 +235,9 @@ pub struct Instance {
     out: Tensor,
     /// A second output, downloaded after `out` (LayerNorm backward's normalised rows).
     second_out: Option<Tensor>,
+    /// `linear_gated`'s `[n, 2m]` product where the backend runs it unfused (made by the first
+    /// run, as a model's forward makes it once for all its layers).
+    gate_up: Option<Tensor>,
 }
 
 fn rounded_to_f16(values: Vec<f32>) -> Vec<f32> {
@@ -303,6 +319,11 @@ impl OpCase {
                 let (n, k, m, act) = (l.n, l.k, l.m, l.act);
                 format!("{n}×{k}·{m}×{k}ᵀ{epilogue} {act:?}")
             }
+            CaseOp::LinearGated(l) => {
+                let bias = if l.bias { "+bias" } else { "" };
+                let (n, k, m, act) = (l.n, l.k, l.m, l.act);
+                format!("{n}×{k}·(2·{m})×{k}ᵀ{bias} {act:?}-gated")
+            }
             CaseOp::Attention { lengths, spec } => {
                 let mut shape = format!(
                     "{}, {}/{} heads × {}",
@@ -360,9 +381,10 @@ impl OpCase {
         }
     }
 
-    /// The work of one run: `linear` `2·n·k·m` FLOPs, attention `4·head_dim` FLOPs per (query,
-    /// key, head) the mask allows; bytes are the inputs read once and outputs written once in
-    /// their element type (RoPE also reads the positions and its (cos, sin) table).
+    /// The work of one run: `linear` `2·n·k·m` FLOPs (`linear_gated` `2·n·k·2m`: gate and up),
+    /// attention `4·head_dim` FLOPs per (query, key, head) the mask allows; bytes are the inputs
+    /// read once and outputs written once in their element type (RoPE also reads the positions
+    /// and its (cos, sin) table).
     pub fn work(&self) -> Work {
         match &self.op {
             CaseOp::ActivationBackward { n, m, .. } => Work::bytes((3 * n * m) as f64 * F32),
@@ -401,6 +423,14 @@ impl OpCase {
                 let out = if l.residual { 2 * n * m } else { n * m };
                 let bytes = (n * k + bias + out) as f64 * F32 + (m * k) as f64 * weight_bytes;
                 Work::f32(2.0 * (n * k * m) as f64, bytes)
+            }
+            // Both halves' products; the `[n, 2m]` product is not compulsory traffic.
+            CaseOp::LinearGated(l) => {
+                let (n, k, m) = (l.n, l.k, l.m);
+                let bias = if l.bias { 2 * m } else { 0 };
+                let bytes =
+                    (n * k + bias + n * m) as f64 * F32 + (2 * m * k) as f64 * l.weights.bytes();
+                Work::f32(2.0 * (n * k * 2 * m) as f64, bytes)
             }
             CaseOp::Attention { lengths, spec } => {
                 let pairs: usize = lengths
@@ -463,7 +493,8 @@ impl OpCase {
     }
 
     /// The seeded inputs, in the order the op takes them (`linear`: x, w, bias, residual;
-    /// norms: x, gamma, beta; gather: table, then the output's starting values).
+    /// `linear_gated`: x, w, bias; norms: x, gamma, beta; gather: table, then the output's
+    /// starting values).
     pub fn inputs(&self) -> Inputs {
         let seed = self.seed;
         let random = |len: usize, i: u64| uniform(len, seed + i);
@@ -529,6 +560,15 @@ impl OpCase {
                 }
                 if l.residual {
                     tensors.push(random(n * m, 3));
+                }
+                (tensors, Vec::new())
+            }
+            CaseOp::LinearGated(l) => {
+                let (n, k, m) = (l.n, l.k, l.m);
+                let w = l.weights.round(random(2 * m * k, 1));
+                let mut tensors = vec![random(n * k, 0), w];
+                if l.bias {
+                    tensors.push(random(2 * m, 2));
                 }
                 (tensors, Vec::new())
             }
@@ -622,6 +662,10 @@ impl OpCase {
                 let bias = l.bias.then(|| rest.next().unwrap().as_slice());
                 let residual = l.residual.then(|| rest.next().unwrap().as_slice());
                 reference::linear((l.n, l.k, l.m), &t[0], &t[1], bias, l.act, residual)
+            }
+            CaseOp::LinearGated(l) => {
+                let bias = t.get(2).map(Vec::as_slice);
+                reference::linear_gated((l.n, l.k, l.m), &t[0], &t[1], bias, l.act)
             }
             CaseOp::Attention { lengths, spec } => reference::attention(&t[0], lengths, spec),
             CaseOp::GatedActivation { n, m, act } => {
@@ -725,6 +769,15 @@ impl OpCase {
                 }
                 (tensors, output(&[n, m])?)
             }
+            CaseOp::LinearGated(l) => {
+                let (n, k, m) = (l.n, l.k, l.m);
+                let w = l.weights.upload(be, &[2 * m, k], &t[1])?;
+                let mut tensors = vec![up(&[n, k], &t[0])?, w];
+                if let Some(bias) = t.get(2) {
+                    tensors.push(up(&[2 * m], bias)?);
+                }
+                (tensors, output(&[n, m])?)
+            }
             CaseOp::Attention { lengths, spec } => {
                 let seqs = SeqLayout::from_lengths(lengths.iter().copied());
                 let tokens = seqs.num_tokens();
@@ -785,6 +838,7 @@ impl OpCase {
             layout,
             out,
             second_out,
+            gate_up: None,
         })
     }
 }
@@ -817,6 +871,9 @@ impl Instance {
                 let bias = if l.bias { rest.next() } else { None };
                 let residual = if l.residual { rest.next() } else { None };
                 be.linear(&t[0], &t[1], bias, l.act, residual, out)
+            }
+            CaseOp::LinearGated(l) => {
+                be.linear_gated(&t[0], &t[1], t.get(2), l.act, &mut self.gate_up, out)
             }
             CaseOp::Attention { spec, .. } => be.attention(&t[0], layout(), spec, out),
             CaseOp::GatedActivation { act, .. } => be.gated_activation(&t[0], *act, out),

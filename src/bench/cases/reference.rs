@@ -53,7 +53,6 @@ pub fn activation_derivative(act: Activation, x: f64) -> f64 {
     }
 }
 
-/// `act(x·wᵀ + bias) + residual` in f64 for `x: [n, k]`, `w: [m, k]`.
 /// `act(gate) ⊙ up` in f64 for `x: [n, 2m]` holding the gate in columns `0..m`.
 pub fn gated_activation(x: &[f32], n: usize, m: usize, act: Activation) -> Vec<f64> {
     (0..n * m)
@@ -65,6 +64,7 @@ pub fn gated_activation(x: &[f32], n: usize, m: usize, act: Activation) -> Vec<f
         .collect()
 }
 
+/// `act(x·wᵀ + bias) + residual` in f64 for `x: [n, k]`, `w: [m, k]`.
 pub fn linear(
     (n, k, m): (usize, usize, usize),
     x: &[f32],
@@ -87,6 +87,29 @@ pub fn linear(
                 y += r[idx] as f64;
             }
             y
+        })
+        .collect()
+}
+
+/// `act(x·w_gateᵀ + b_gate) ⊙ (x·w_upᵀ + b_up)` in f64 for `x: [n, k]`, `w: [2m, k]` (gate rows
+/// over up rows), `bias: [2m]` alike.
+pub fn linear_gated(
+    (n, k, m): (usize, usize, usize),
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+) -> Vec<f64> {
+    let z = |i: usize, j: usize| -> f64 {
+        let dot: f64 = (0..k)
+            .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+            .sum();
+        dot + bias.map_or(0.0, |b| b[j] as f64)
+    };
+    (0..n * m)
+        .map(|idx| {
+            let (i, j) = (idx / m, idx % m);
+            activation(act, z(i, j)) * z(i, m + j)
         })
         .collect()
 }
