@@ -189,7 +189,7 @@ fn linear(model: &str, n: usize, k: usize, m: usize, act: Activation, residual: 
         residual,
         weights: WeightsIn::F32,
     });
-    timed(OpCase::new(format!("linear/{model}"), 1, op))
+    timed(OpCase::new(format!("linear/{model}"), 1, op)).with_linear_weights(k * m)
 }
 
 fn attention(model: &str, lengths: Vec<usize>, spec: AttentionSpec) -> Case {

@@ -16,7 +16,19 @@ pub struct Target {
     pub backend: Arc<dyn Backend>,
     /// Adapter name on wgpu, CPU model on the CPU.
     pub device: String,
+    /// The variant asked for, else the backend's (on the default CPU backend, the one of its
+    /// largest weights: see [`Self::linear_variant`]).
     pub gemm: GemmVariant,
+    /// The CPU backend with its default GEMM, which chooses by weight size.
+    cpu_default: Option<CpuBackend>,
+}
+
+impl Target {
+    /// The GEMM variant `linear` runs on a weight matrix of `weights` values.
+    pub fn linear_variant(&self, weights: usize) -> GemmVariant {
+        self.cpu_default
+            .map_or(self.gemm, |cpu| cpu.linear_variant(weights))
+    }
 }
 
 /// The backend `kind` names with GEMM variant number `variant` (`None`: the backend's choice).
@@ -46,6 +58,7 @@ pub fn open(kind: BackendKind, variant: Option<u32>) -> Result<Target> {
                 device: super::machine::cpu_model(),
                 // The variant asked for: 9 is 8's kernel, on the f16 weights the cases upload.
                 gemm: picked.unwrap_or(be.gemm_variant()),
+                cpu_default: picked.is_none().then_some(be),
                 backend: Arc::new(be),
             })
         }
@@ -65,6 +78,7 @@ pub fn open(kind: BackendKind, variant: Option<u32>) -> Result<Target> {
             Ok(Target {
                 device: be.adapter_info().name.clone(),
                 gemm,
+                cpu_default: None,
                 backend: Arc::new(be),
             })
         }
@@ -78,6 +92,7 @@ pub fn open(kind: BackendKind, variant: Option<u32>) -> Result<Target> {
             Ok(Target {
                 device: be.device_name().to_string(),
                 gemm: be.gemm_variant(),
+                cpu_default: None,
                 backend: Arc::new(be),
             })
         }
@@ -89,5 +104,23 @@ pub fn open(kind: BackendKind, variant: Option<u32>) -> Result<Target> {
             };
             open(picked, variant)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default CPU backend's label follows its choice by weight size (MiniLM's FFN on faer,
+    /// e5-large's on the packed GEMM); a variant asked for labels every size.
+    #[test]
+    fn cpu_labels_the_gemm_each_weight_size_runs() {
+        let default = open(BackendKind::Cpu, None).unwrap();
+        assert_eq!(default.linear_variant(1536 * 384), GemmVariant::Faer);
+        assert_eq!(default.linear_variant(4096 * 1024), GemmVariant::Packed);
+        let packed = open(BackendKind::Cpu, Some(8)).unwrap();
+        assert_eq!(packed.linear_variant(1536 * 384), GemmVariant::Packed);
+        let faer = open(BackendKind::Cpu, Some(7)).unwrap();
+        assert_eq!(faer.linear_variant(4096 * 1024), GemmVariant::Faer);
     }
 }

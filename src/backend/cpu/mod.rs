@@ -66,6 +66,7 @@ pub fn row_dots(out: &mut [f32], row: &[f32], others: &[f32]) {
 /// above, faer below.
 pub const PACKED_MIN_WEIGHTS: usize = 1 << 22;
 
+#[derive(Clone, Copy, Debug)]
 pub struct CpuBackend {
     /// The kernel of `linear` on f32 weights (half-precision weights always run variant 8's).
     gemm: GemmVariant,
@@ -127,6 +128,16 @@ impl CpuBackend {
     /// [`PACKED_MIN_WEIGHTS`] values or more; faer's below).
     pub fn gemm_variant(&self) -> GemmVariant {
         self.gemm
+    }
+
+    /// The kernel `linear` runs on f32 weights of `weights` values: on the default backend,
+    /// faer's under [`PACKED_MIN_WEIGHTS`]; else [`Self::gemm_variant`].
+    pub fn linear_variant(&self, weights: usize) -> GemmVariant {
+        if self.by_size && weights < PACKED_MIN_WEIGHTS {
+            GemmVariant::Faer
+        } else {
+            self.gemm
+        }
     }
 
     /// The kernel of `attention` it was opened with (`None`: chosen by the mask).
@@ -213,13 +224,7 @@ impl Backend for CpuBackend {
         residual: Option<&Tensor>,
         out: &mut Tensor,
     ) -> Result<()> {
-        let small = w.len() < PACKED_MIN_WEIGHTS;
-        let variant = if self.by_size && small {
-            GemmVariant::Faer
-        } else {
-            self.gemm
-        };
-        gemm::linear(variant, x, w, bias, act, residual, out)
+        gemm::linear(self.linear_variant(w.len()), x, w, bias, act, residual, out)
     }
 
     fn gated_activation(&self, gate_up: &Tensor, act: Activation, out: &mut Tensor) -> Result<()> {
