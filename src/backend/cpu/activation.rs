@@ -53,7 +53,8 @@ pub(super) unsafe fn apply_avx512(act: Activation, y: &mut [f32]) {
         return apply_portable(act, y);
     }
     // Four vectors at a time: GELU is one dependency chain about thirty operations deep, and
-    // four of them side by side keep both FMA pipes busy.
+    // the core overlaps four side by side better than one after another (0.58 against 0.73 ns
+    // an element, measured on a loaded machine).
     let mut blocks = y.chunks_exact_mut(64);
     for block in &mut blocks {
         let at = block.as_mut_ptr();
