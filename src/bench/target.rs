@@ -106,21 +106,3 @@ pub fn open(kind: BackendKind, variant: Option<u32>) -> Result<Target> {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The default CPU backend's label follows its choice by weight size (MiniLM's FFN on faer,
-    /// e5-large's on the packed GEMM); a variant asked for labels every size.
-    #[test]
-    fn cpu_labels_the_gemm_each_weight_size_runs() {
-        let default = open(BackendKind::Cpu, None).unwrap();
-        assert_eq!(default.linear_variant(1536 * 384), GemmVariant::Faer);
-        assert_eq!(default.linear_variant(4096 * 1024), GemmVariant::Packed);
-        let packed = open(BackendKind::Cpu, Some(8)).unwrap();
-        assert_eq!(packed.linear_variant(1536 * 384), GemmVariant::Packed);
-        let faer = open(BackendKind::Cpu, Some(7)).unwrap();
-        assert_eq!(faer.linear_variant(4096 * 1024), GemmVariant::Faer);
-    }
-}

@@ -350,7 +350,8 @@ mod tests {
         ];
         // Every form this CPU runs (each wide one has its own GELU); the grid's length, no
         // whole number of vectors, leaves them a tail.
-        let mut forms: Vec<(&str, fn(Activation, &mut [f32]))> = vec![("portable", apply_portable)];
+        type Form = fn(Activation, &mut [f32]);
+        let mut forms: Vec<(&str, Form)> = vec![("portable", apply_portable)];
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
