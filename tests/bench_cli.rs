@@ -100,8 +100,9 @@ fn cpu_kernels_report_the_fixed_keys() {
         assert!(r["gflops"].is_number() || r["gbps"].is_number());
         let name = r["name"].as_str().unwrap();
         if name.starts_with("linear/") {
-            // The CPU's default GEMM: variant 8, the packed one.
-            assert_eq!(r["variant"], 8, "{name}");
+            // The CPU's default GEMM chooses by weight size, and the label says which ran:
+            // faer's (variant 7) on MiniLM's Linears, all under PACKED_MIN_WEIGHTS values.
+            assert_eq!(r["variant"], 7, "{name}");
             assert_eq!(r["bound"], "compute", "{name}");
         }
         if name.starts_with("pool/") {

@@ -185,7 +185,7 @@ fn linear(model: &str, n: usize, k: usize, m: usize, act: Activation, residual: 
         residual,
         weights: WeightsIn::F32,
     });
-    timed(OpCase::new(format!("linear/{model}"), 1, op))
+    timed(OpCase::new(format!("linear/{model}"), 1, op)).with_linear_weights(k * m)
 }
 
 /// A bias-free `linear_gated` case with SiLU (SwiGLU), `m` output columns from `2m` weight rows;

@@ -148,6 +148,8 @@ pub struct Case {
     pub name: String,
     pub family: OpFamily,
     prepare: Prepare,
+    /// Values of the weight matrix, for a `linear` case: the default CPU GEMM's choice.
+    linear_weights: Option<usize>,
 }
 
 impl Case {
@@ -189,7 +191,25 @@ impl Case {
             name: name.into(),
             family,
             prepare: Box::new(prepare),
+            linear_weights: None,
         }
+    }
+
+    /// This `linear` case, whose weight matrix holds `weights` values.
+    pub fn with_linear_weights(self, weights: usize) -> Self {
+        Case {
+            linear_weights: Some(weights),
+            ..self
+        }
+    }
+
+    /// The GEMM variant the case runs on `target`, for cases that run one: `linear`'s as chosen
+    /// for its weights' size.
+    fn gemm_variant(&self, target: &Target) -> Option<GemmVariant> {
+        self.runs_gemm().then(|| {
+            self.linear_weights
+                .map_or(target.gemm, |weights| target.linear_variant(weights))
+        })
     }
 
     /// Whether the case runs an op with numbered GEMM variants: `linear` (and `linear_gated`),
@@ -359,7 +379,7 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
                     let measured = Measured {
                         name: case.name.clone(),
                         backend: be.name().to_string(),
-                        variant: case.runs_gemm().then_some(target.gemm),
+                        variant: case.gemm_variant(target),
                         shape: prepared.shape,
                         roofline: ceilings.roofline(&prepared.work, timing.median()),
                         work: prepared.work,

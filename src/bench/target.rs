@@ -16,7 +16,19 @@ pub struct Target {
     pub backend: Arc<dyn Backend>,
     /// Adapter name on wgpu, CPU model on the CPU.
     pub device: String,
+    /// The variant asked for, else the backend's (on the default CPU backend, the one of its
+    /// largest weights: see [`Self::linear_variant`]).
     pub gemm: GemmVariant,
+    /// The CPU backend with its default GEMM, which chooses by weight size.
+    cpu_default: Option<CpuBackend>,
+}
+
+impl Target {
+    /// The GEMM variant `linear` runs on a weight matrix of `weights` values.
+    pub fn linear_variant(&self, weights: usize) -> GemmVariant {
+        self.cpu_default
+            .map_or(self.gemm, |cpu| cpu.linear_variant(weights))
+    }
 }
 
 /// The backend `kind` names with GEMM variant number `variant` (`None`: the backend's choice).
@@ -46,6 +58,7 @@ pub fn open(kind: BackendKind, variant: Option<u32>) -> Result<Target> {
                 device: super::machine::cpu_model(),
                 // The variant asked for: 9 is 8's kernel, on the f16 weights the cases upload.
                 gemm: picked.unwrap_or(be.gemm_variant()),
+                cpu_default: picked.is_none().then_some(be),
                 backend: Arc::new(be),
             })
         }
@@ -65,6 +78,7 @@ pub fn open(kind: BackendKind, variant: Option<u32>) -> Result<Target> {
             Ok(Target {
                 device: be.adapter_info().name.clone(),
                 gemm,
+                cpu_default: None,
                 backend: Arc::new(be),
             })
         }
@@ -78,6 +92,7 @@ pub fn open(kind: BackendKind, variant: Option<u32>) -> Result<Target> {
             Ok(Target {
                 device: be.device_name().to_string(),
                 gemm: be.gemm_variant(),
+                cpu_default: None,
                 backend: Arc::new(be),
             })
         }

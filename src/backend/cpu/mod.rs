@@ -66,6 +66,7 @@ pub fn row_dots(out: &mut [f32], row: &[f32], others: &[f32]) {
 /// above, faer below.
 pub const PACKED_MIN_WEIGHTS: usize = 1 << 22;
 
+#[derive(Clone, Copy, Debug)]
 pub struct CpuBackend {
     /// The kernel of `linear` on f32 weights (half-precision weights always run variant 8's).
     gemm: GemmVariant,
@@ -129,10 +130,10 @@ impl CpuBackend {
         self.gemm
     }
 
-    /// The kernel of `linear` on the f32 weights `w`: faer's for small ones on the default
-    /// backend, else the one the backend was opened with.
-    fn gemm_for(&self, w: &Tensor) -> GemmVariant {
-        if self.by_size && w.len() < PACKED_MIN_WEIGHTS {
+    /// The kernel `linear` runs on f32 weights of `weights` values: on the default backend,
+    /// faer's under [`PACKED_MIN_WEIGHTS`]; else [`Self::gemm_variant`].
+    pub fn linear_variant(&self, weights: usize) -> GemmVariant {
+        if self.by_size && weights < PACKED_MIN_WEIGHTS {
             GemmVariant::Faer
         } else {
             self.gemm
@@ -223,7 +224,7 @@ impl Backend for CpuBackend {
         residual: Option<&Tensor>,
         out: &mut Tensor,
     ) -> Result<()> {
-        gemm::linear(self.gemm_for(w), x, w, bias, act, residual, out)
+        gemm::linear(self.linear_variant(w.len()), x, w, bias, act, residual, out)
     }
 
     /// Fused wherever `linear` would run our packed GEMM on `w`; faer's GEMM, which keeps no
@@ -238,7 +239,7 @@ impl Backend for CpuBackend {
         out: &mut Tensor,
     ) -> Result<()> {
         let half = matches!(w.storage, Storage::CpuHalf(_));
-        if half || self.gemm_for(w) == GemmVariant::Packed {
+        if half || self.linear_variant(w.len()) == GemmVariant::Packed {
             gemm::linear_gated(x, w, bias, act, out)
         } else {
             super::linear_then_gated(self, x, w, bias, act, gate_up, out)
