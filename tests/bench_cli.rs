@@ -113,6 +113,43 @@ fn cpu_kernels_report_the_fixed_keys() {
     assert!(roofline.is_file(), "--roofline-plot wrote no PNG");
 }
 
+/// `--variant` numbers pick the attention kernels too: the CPU's three side by side, each row
+/// labelled with its variant; without `--variant` the default (chosen by the mask) is unlabelled.
+#[test]
+fn cpu_attention_variants_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--suite", "kernels", "--filter", "attention/minilm"];
+    let report = bench(
+        dir.path(),
+        &[&args[..], &["--variant", "7,8,9"]].concat(),
+        None,
+    )
+    .unwrap();
+    let variants: Vec<(&str, u64, &str)> = results(&report)
+        .iter()
+        .map(|r| {
+            assert!(r["median_s"].as_f64().unwrap() > 0.0);
+            (
+                r["name"].as_str().unwrap(),
+                r["variant"].as_u64().unwrap(),
+                r["variant_name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        variants,
+        [
+            ("attention/minilm", 7, "faer"),
+            ("attention/minilm", 8, "packed"),
+            ("attention/minilm", 9, "panels"),
+        ]
+    );
+    let report = bench(dir.path(), &args, None).unwrap();
+    let results = results(&report);
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert!(results[0]["variant"].is_null(), "{results:?}");
+}
+
 #[test]
 fn cpu_pipeline_reports_throughput() {
     let dir = tempfile::tempdir().unwrap();
@@ -229,7 +266,11 @@ fn bad_input_fails_cleanly() {
     );
     assert_fails_cleanly(
         &["bench", "--variant", "3", "--filter", "nothing"],
-        &["--variant 3", "7 (faer)"],
+        &[
+            "--variant 3",
+            "7 (faer)",
+            "attention variants 7 (faer), 8 (packed), 9 (panels)",
+        ],
     );
     if wgpu_with(&WgpuOptions::default()).is_some() {
         assert_fails_cleanly(

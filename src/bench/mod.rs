@@ -17,7 +17,7 @@ mod timing;
 
 use std::sync::Arc;
 
-use crate::backend::{Backend, BackendKind, GemmVariant, OpFamily};
+use crate::backend::{AttentionVariant, Backend, BackendKind, GemmVariant, OpFamily};
 use crate::error::{Error, Result};
 
 pub use machine::Machine;
@@ -218,6 +218,11 @@ impl Case {
         is_linear_case(&self.name) || self.name.starts_with("ntk_contract/")
     }
 
+    /// Whether the case runs `attention`, whose kernels are numbered too.
+    fn runs_attention(&self) -> bool {
+        self.name.starts_with("attention/")
+    }
+
     /// Whether the case runs on `variant`: a variant on f16 weights only changes `linear`, so
     /// the contraction would repeat its f32 twin there.
     fn runs_on(&self, variant: &GemmVariant) -> bool {
@@ -230,13 +235,43 @@ pub fn is_linear_case(name: &str) -> bool {
     name.starts_with("linear/") || name.starts_with("linear_gated/")
 }
 
+/// The numbered kernel a case ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelVariant {
+    Gemm(GemmVariant),
+    Attention(AttentionVariant),
+}
+
+impl KernelVariant {
+    pub fn number(self) -> u32 {
+        match self {
+            KernelVariant::Gemm(v) => v.number(),
+            KernelVariant::Attention(v) => v.number(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelVariant::Gemm(v) => v.name(),
+            KernelVariant::Attention(v) => v.name(),
+        }
+    }
+}
+
+impl std::fmt::Display for KernelVariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.number(), self.name())
+    }
+}
+
 /// A case that ran.
 #[derive(Clone, Debug)]
 pub struct Measured {
     pub name: String,
     pub backend: String,
-    /// The GEMM variant, for cases that run `linear`.
-    pub variant: Option<GemmVariant>,
+    /// The kernel variant: `linear`'s GEMM always; `attention`'s kernel where `--variant` picked
+    /// one.
+    pub variant: Option<KernelVariant>,
     pub shape: String,
     pub work: Work,
     pub timing: Timing,
@@ -279,7 +314,7 @@ pub struct Options {
     pub suite: Suite,
     /// Substring of the case names to run; probes always run.
     pub filter: Option<String>,
-    /// GEMM variants by number; empty runs the backend's default.
+    /// Kernel variants by number (GEMM and attention); empty runs the backend's defaults.
     pub variants: Vec<u32>,
     pub warmup: usize,
     pub repeat: usize,
@@ -307,19 +342,25 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
         return Err(Error::input("--repeat must be at least 1"));
     }
     let machine = Machine::describe();
-    // The probes and every case without variants run on the backend's default; `linear` runs
-    // on each requested variant, so one table compares them against the same ceiling.
+    // The probes and every case without variants run on the backend's default; `linear` and
+    // `attention` run on each requested variant of theirs (on the default where none was asked
+    // for), so one table compares them against the same ceiling.
     let main = target::open(options.backend, None)?;
     let variants = options
         .variants
         .iter()
         .map(|&n| target::open(options.backend, Some(n)))
         .collect::<Result<Vec<_>>>()?;
-    let gemm_targets = if variants.is_empty() {
-        std::slice::from_ref(&main)
-    } else {
-        &variants[..]
+    let picked_or_main = |picked: fn(&Target) -> bool| {
+        let on: Vec<&Target> = variants.iter().filter(|t| picked(t)).collect();
+        if on.is_empty() {
+            vec![&main]
+        } else {
+            on
+        }
     };
+    let gemm_targets = picked_or_main(|t| t.picked_gemm.is_some());
+    let attention_targets = picked_or_main(|t| t.picked_attention.is_some());
     let (probes, ceilings) = probes::run(&main, options.scale, options.warmup, options.repeat)?;
     for probe in &probes {
         progress(&format!(
@@ -345,11 +386,16 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
     let (mut results, mut skipped) = (Vec::new(), Vec::new());
     for case in cases.iter().filter(|c| wanted(c)) {
         let on = if case.runs_gemm() {
-            gemm_targets
+            &gemm_targets[..]
+        } else if case.runs_attention() {
+            &attention_targets[..]
         } else {
-            std::slice::from_ref(&main)
+            &[&main][..]
         };
-        for target in on.iter().filter(|t| case.runs_on(&t.gemm)) {
+        for target in on
+            .iter()
+            .filter(|t| !case.runs_gemm() || case.runs_on(&t.gemm))
+        {
             let be = &target.backend;
             let skip = |reason: String| Skipped {
                 name: case.name.clone(),
@@ -379,7 +425,13 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
                     let measured = Measured {
                         name: case.name.clone(),
                         backend: be.name().to_string(),
-                        variant: case.gemm_variant(target),
+                        variant: match case.gemm_variant(target) {
+                            Some(gemm) => Some(KernelVariant::Gemm(gemm)),
+                            None if case.runs_attention() => {
+                                target.picked_attention.map(KernelVariant::Attention)
+                            }
+                            None => None,
+                        },
                         shape: prepared.shape,
                         roofline: ceilings.roofline(&prepared.work, timing.median()),
                         work: prepared.work,

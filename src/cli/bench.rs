@@ -21,8 +21,11 @@ pub struct BenchArgs {
     /// probes always run.
     #[arg(long, value_name = "NAME")]
     filter: Option<String>,
-    /// GEMM variant(s) by number, e.g. `--variant 1,2` for wgpu's tiled and direct kernels side
-    /// by side, `1,2,3,4` adding both on f16 weights [default: the backend's choice].
+    /// Kernel variant(s) by number, side by side: `linear`'s GEMMs and `attention`'s kernels
+    /// where the backend has a variant of that number (the others run its choice), e.g.
+    /// `--variant 2,3` for wgpu's tiled and direct GEMMs, `2,3,5,6` adding both on f16 weights;
+    /// on the CPU `--variant 7,8,9 --filter attention/` sets its faer, packed and panels
+    /// attention side by side [default: the backend's choice].
     #[arg(long, value_name = "N", value_delimiter = ',')]
     variant: Vec<u32>,
     /// Timed runs per case (pipelines: at most 3).

@@ -36,6 +36,8 @@ def run(command, args):
         env[key] = value
     words += ["bench", "--backend", "cpu", "--suite", "kernels", "--filter", args.filter,
               "--repeat", str(args.repeat), "--threads", str(args.threads)]
+    if args.quick:
+        words.append("--quick")
     out = subprocess.run(words, env=env, capture_output=True, text=True, check=True).stdout
     cases = {}
     for line in out.splitlines():
@@ -54,6 +56,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--quick", action="store_true",
+                        help="bench's --quick sizes: probes and row counts / 8 (a loaded machine)")
     args = parser.parse_args()
     commands = [c.split("=", 1) for c in args.commands]
     results = {label: [] for label, _ in commands}

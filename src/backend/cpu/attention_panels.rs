@@ -3,13 +3,14 @@
 //!
 //! A task is one key/value head of one sequence (with every query head that shares it), or a
 //! run of its queries where sequences × key/value heads are too few to keep every thread busy.
-//! It packs the keys its queries can see once — `Kᵀ` in panels of `NR` keys, `V` as contiguous
-//! rows padded to a multiple of `NR` columns — and then, for each query head and each panel of
-//! `MR` queries:
+//! It packs the keys its queries can see once — `Kᵀ` in panels of `NR` keys (on AVX-512 by 16 × 16
+//! blocks transposed in registers), `V` as contiguous rows padded to a multiple of `NR` columns —
+//! and then, for each query head and each panel of `MR` queries:
 //!
 //! 1. `S = scale·Q·Kᵀ` over the key panels the panel's queries see, on a register-tiled
 //!    microkernel (8 × 32 on AVX-512, 6 × 16 on AVX2 with FMA) whose `A` rows are read where they
-//!    are: the queries straight from `qkv`, so `Q` is never packed.
+//!    are: the queries straight from `qkv`, so `Q` is never packed; the kernel stores each row
+//!    scaled straight into the panel's score rows.
 //! 2. Each row's softmax over its visible keys, in place: the maximum, then `exp(s − max)` and
 //!    the sum in one sweep (an AVX-512 `exp2` on `vscalefps` where the CPU has it); keys the mask
 //!    hides become 0.
@@ -32,15 +33,35 @@ use super::common::lane_sum;
 use super::gemm_packed::SharedOut;
 use crate::backend::{AttentionSpec, SeqLayout};
 
-/// An `MR × NR` tile of `A·B` over `kc` steps: row `i` of `A` is `kc` contiguous values at
-/// `a[i]`, row `p` of `B` is `NR` contiguous values at `b + p·b_stride`.
+/// An `MR × NR` tile of `A·B` over `kc` steps, each row times its factor stored where it goes:
+/// row `i` of `A` is `kc` contiguous values at `a[i]`, row `p` of `B` is `NR` contiguous values
+/// at `b + p·b_stride`, and `scales[i]` times row `i` of the tile is stored to its first `cols`
+/// (at most `NR`) values at `dst[i]` — no tile is staged in memory between the registers and
+/// the scores or the output.
 type RowKernel<const MR: usize, const NR: usize> = unsafe fn(
     kc: usize,
     a: &[*const f32; MR],
     b: *const f32,
     b_stride: usize,
-    tile: &mut [[f32; NR]; MR],
+    dst: &[*mut f32; MR],
+    scales: &[f32; MR],
+    cols: usize,
 );
+
+/// The `K` rows of a task's keys: key `t`'s `hd` values at `qkv[first + t·width..]`.
+struct KeyRows<'a> {
+    qkv: &'a [f32],
+    first: usize,
+    width: usize,
+    hd: usize,
+    keys: usize,
+}
+
+impl KeyRows<'_> {
+    fn row(&self, t: usize) -> &[f32] {
+        &self.qkv[self.first + t * self.width..][..self.hd]
+    }
+}
 
 /// `out: [tokens, heads·head_dim]` from the packed `qkv: [tokens, spec.qkv_width()]`, every
 /// shape already checked, on the widest kernels this CPU runs.
@@ -60,9 +81,7 @@ pub(super) fn attention(qkv: &[f32], layout: &SeqLayout, spec: &AttentionSpec, o
             });
         }
     }
-    tasks::<6>(qkv, layout, spec, out, |task, scratch| {
-        task.run::<6, 16>(row_kernel_portable::<6, 16>, exp_row_portable, scratch)
-    })
+    tasks::<6>(qkv, layout, spec, out, task_portable)
 }
 
 /// Splits the op into [`Task`]s (queries cut into runs of whole `MR`-query panels) and runs them
@@ -149,6 +168,8 @@ unsafe fn task_avx512(task: &Task<'_>, scratch: &mut Scratch) {
     task.run::<8, 32>(
         row_kernel_avx512,
         // SAFETY: as this function's.
+        |rows, k| unsafe { pack_keys_avx512::<32>(rows, k) },
+        // SAFETY: as this function's.
         |row| unsafe { exp_row_avx512(row) },
         scratch,
     )
@@ -161,7 +182,22 @@ unsafe fn task_avx512(task: &Task<'_>, scratch: &mut Scratch) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn task_avx2(task: &Task<'_>, scratch: &mut Scratch) {
-    task.run::<6, 16>(row_kernel_avx2, exp_row_portable, scratch)
+    task.run::<6, 16>(
+        row_kernel_avx2,
+        pack_keys_portable::<16>,
+        exp_row_portable,
+        scratch,
+    )
+}
+
+/// [`Task::run`] on the plain-Rust kernels.
+fn task_portable(task: &Task<'_>, scratch: &mut Scratch) {
+    task.run::<6, 16>(
+        row_kernel_portable::<6, 16>,
+        pack_keys_portable::<16>,
+        exp_row_portable,
+        scratch,
+    )
 }
 
 impl Task<'_> {
@@ -174,6 +210,7 @@ impl Task<'_> {
     fn run<const MR: usize, const NR: usize>(
         &self,
         kernel: RowKernel<MR, NR>,
+        pack_keys: impl Fn(&KeyRows<'_>, &mut [f32]),
         exp_row: impl Fn(&mut [f32]) -> f32,
         scratch: &mut Scratch,
     ) {
@@ -202,21 +239,29 @@ impl Task<'_> {
             sized(v, keys * hd_padded),
             sized(s, MR * s_stride),
         );
-        // Pack K transposed and V: each key's row read once, in order.
+        // Pack K transposed and V.
         let (k_col, v_col) = ((heads + self.kv) * hd, (heads + kv_heads + self.kv) * hd);
+        let first_row = self.row0 + keys_first;
+        let key_rows = KeyRows {
+            qkv: self.qkv,
+            first: first_row * width + k_col,
+            width,
+            hd,
+            keys,
+        };
+        pack_keys(&key_rows, k);
         for t in 0..keys {
-            let row = &self.qkv[(self.row0 + keys_first + t) * width..][..width];
-            let panel = &mut k[(t / NR) * hd * NR..][..hd * NR];
-            for (c, &x) in row[k_col..k_col + hd].iter().enumerate() {
-                panel[c * NR + t % NR] = x;
-            }
-            v[t * hd_padded..][..hd].copy_from_slice(&row[v_col..v_col + hd]);
+            let row = &self.qkv[(first_row + t) * width + v_col..][..hd];
+            v[t * hd_padded..][..hd].copy_from_slice(row);
         }
         // The last panel's keys past the end: never read as scores, but kept finite.
         for t in keys..s_stride {
             let panel = &mut k[(t / NR) * hd * NR..][..hd * NR];
             (0..hd).for_each(|c| panel[c * NR + t % NR] = 0.0);
         }
+        let score_scales = [spec.scale; MR];
+        // Where the output rows of a panel's padding rows go (their weights are 0).
+        let mut spill = [0.0f32; NR];
         for h in self.kv * group..(self.kv + 1) * group {
             for first in queries.clone().step_by(MR) {
                 let rows = (first + MR).min(queries.end) - first;
@@ -229,16 +274,23 @@ impl Task<'_> {
                     self.qkv[token * width + h * hd..].as_ptr()
                 });
                 for kb in lo / NR..hi.div_ceil(NR) {
-                    let mut tile = [[0.0f32; NR]; MR];
+                    let s_at = s.as_mut_ptr().wrapping_add(kb * NR);
+                    let dst: [*mut f32; MR] =
+                        std::array::from_fn(|i| s_at.wrapping_add(i * s_stride));
                     // SAFETY: the kernel runs on this CPU (chosen by `attention`); each query
-                    // row holds `hd` values and the key panel `hd` rows of NR.
-                    unsafe { kernel(hd, &q_rows, k[kb * hd * NR..].as_ptr(), NR, &mut tile) };
-                    for (row, scores) in tile.iter().take(rows).zip(s.chunks_exact_mut(s_stride)) {
-                        scores[kb * NR..][..NR]
-                            .iter_mut()
-                            .zip(row)
-                            .for_each(|(s, &t)| *s = spec.scale * t);
-                    }
+                    // row holds `hd` values, the key panel `hd` rows of NR, and each score row
+                    // NR values from key `kb·NR` (its stride is a whole number of panels).
+                    unsafe {
+                        kernel(
+                            hd,
+                            &q_rows,
+                            k[kb * hd * NR..].as_ptr(),
+                            NR,
+                            &dst,
+                            &score_scales,
+                            NR,
+                        )
+                    };
                 }
                 let mut inv_sums = [0.0f32; MR];
                 for (r, (scores, inv)) in s
@@ -258,27 +310,30 @@ impl Task<'_> {
                 let p_rows: [*const f32; MR] =
                     std::array::from_fn(|i| s[i.min(rows - 1) * s_stride + lo..].as_ptr());
                 for j in (0..hd).step_by(NR) {
-                    let mut tile = [[0.0f32; NR]; MR];
-                    // SAFETY: as above; each weight row holds the `hi − lo` keys from `lo`, and
-                    // V those keys' rows of `hd_padded` values from column `j` (none: the
-                    // panel's queries see no key and its output is zero).
-                    if hi > lo {
-                        unsafe {
-                            kernel(
-                                hi - lo,
-                                &p_rows,
-                                v[lo * hd_padded + j..].as_ptr(),
-                                hd_padded,
-                                &mut tile,
-                            )
-                        }
-                    }
                     let cols = NR.min(hd - j);
-                    for (r, (row, inv)) in tile.iter().zip(inv_sums).take(rows).enumerate() {
-                        let at = (self.row0 + first + r) * out_width + h * hd + j;
-                        // SAFETY: this task alone writes its queries' columns of head `h`.
-                        let dst = unsafe { self.out.slice(at, cols) };
-                        dst.iter_mut().zip(row).for_each(|(o, &t)| *o = t * inv);
+                    let dst: [*mut f32; MR] = std::array::from_fn(|r| {
+                        if r < rows {
+                            let at = (self.row0 + first + r) * out_width + h * hd + j;
+                            // SAFETY: this task alone writes its queries' columns of head `h`.
+                            unsafe { self.out.slice(at, cols) }.as_mut_ptr()
+                        } else {
+                            spill.as_mut_ptr()
+                        }
+                    });
+                    // SAFETY: as above; each weight row holds the `hi − lo` keys from `lo`, V
+                    // those keys' rows of `hd_padded` values from column `j` (none: the
+                    // panel's queries see no key, and the kernel stores zeros), and each
+                    // destination `cols` values.
+                    unsafe {
+                        kernel(
+                            hi - lo,
+                            &p_rows,
+                            v.as_ptr().wrapping_add(lo * hd_padded + j),
+                            hd_padded,
+                            &dst,
+                            &inv_sums,
+                            cols,
+                        )
                     }
                 }
             }
@@ -295,9 +350,9 @@ fn exp_row_portable(row: &mut [f32]) -> f32 {
 }
 
 /// [`exp_row_portable`] in sixteen lanes: `exp(x) = 2^n · 2^f` with `n = round(x·log₂e)`,
-/// `2^f` (|f| ≤ ½) by its degree-7 Taylor polynomial (truncation below 6·10⁻⁹, under f32's
-/// rounding) and the `2^n` applied by `vscalefps`, which also flushes far-negative exponents to
-/// 0 (no clamp). `max·log₂e` is rounded once for the whole row: a factor common to every weight,
+/// `2^f` (|f| ≤ ½) by a degree-6 polynomial (relative error 4.4·10⁻⁹, under f32's rounding;
+/// the degree-7 Taylor polynomial it replaced erred by 6·10⁻⁹, one FMA more a vector) and the
+/// `2^n` applied by `vscalefps`, which also flushes far-negative exponents to 0 (no clamp). `max·log₂e` is rounded once for the whole row: a factor common to every weight,
 /// cancelled by the division by the sum. `t = s·log₂e − max·log₂e` is rounded to f32 too, a
 /// relative error `|t|·2⁻²⁴` in `2^t`: below 1 ulp for the weights that matter (`t > −2`),
 /// growing only where the weight itself vanishes (10⁻⁶ at `e^−20`).
@@ -308,20 +363,19 @@ fn exp_row_portable(row: &mut [f32]) -> f32 {
 #[target_feature(enable = "avx512f")]
 unsafe fn exp_row_avx512(row: &mut [f32]) -> f32 {
     use std::arch::x86_64::*;
-    const LN2: f32 = std::f32::consts::LN_2;
-    // ln2^k / k!, k = 7 down to 1.
-    const TAYLOR: [f32; 7] = [
-        LN2 * LN2 * LN2 * LN2 * LN2 * LN2 * LN2 / 5040.0,
-        LN2 * LN2 * LN2 * LN2 * LN2 * LN2 / 720.0,
-        LN2 * LN2 * LN2 * LN2 * LN2 / 120.0,
-        LN2 * LN2 * LN2 * LN2 / 24.0,
-        LN2 * LN2 * LN2 / 6.0,
-        LN2 * LN2 / 2.0,
-        LN2,
+    // 2^f on [−½, ½], degree 6 down to 1 (the constant is 1): the least-squares fit of the
+    // relative error at Chebyshev weights (numpy's `chebfit`, weights 1/2^f), near-minimax.
+    const POLY: [f32; 6] = [
+        1.533_250_8e-4,
+        1.339_470_2e-3,
+        9.618_491e-3,
+        5.550_342_4e-2,
+        2.402_264_8e-1,
+        std::f32::consts::LN_2,
     ];
     let len = row.len();
     let (full, tail) = (len / 16, len % 16);
-    let tail_mask: __mmask16 = ((1u32 << tail) - 1) as u16;
+    let tail_mask: __mmask16 = first_lanes(tail);
     let at = row.as_mut_ptr();
     // SAFETY: every access is to `row`: whole vectors below `16·full`, the masked tail after.
     unsafe {
@@ -337,8 +391,8 @@ unsafe fn exp_row_avx512(row: &mut [f32]) -> f32 {
             let t = _mm512_fmsub_ps(x, log2e, shift);
             let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
             let f = _mm512_sub_ps(t, n);
-            let mut p = _mm512_set1_ps(TAYLOR[0]);
-            for c in &TAYLOR[1..] {
+            let mut p = _mm512_set1_ps(POLY[0]);
+            for c in &POLY[1..] {
                 p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(*c));
             }
             p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0));
@@ -363,14 +417,18 @@ unsafe fn exp_row_avx512(row: &mut [f32]) -> f32 {
 /// is inlined into).
 ///
 /// # Safety
-/// `a[i]` holds `kc` values and `b + p·b_stride` `NR` values for every `p < kc`.
+/// `a[i]` holds `kc` values, `b + p·b_stride` `NR` values for every `p < kc`, and `dst[i]`
+/// `cols ≤ NR` values.
 unsafe fn row_kernel_portable<const MR: usize, const NR: usize>(
     kc: usize,
     a: &[*const f32; MR],
     b: *const f32,
     b_stride: usize,
-    tile: &mut [[f32; NR]; MR],
+    dst: &[*mut f32; MR],
+    scales: &[f32; MR],
+    cols: usize,
 ) {
+    let mut tile = [[0.0f32; NR]; MR];
     for p in 0..kc {
         // SAFETY: the caller's contract.
         let b = unsafe { std::slice::from_raw_parts(b.add(p * b_stride), NR) };
@@ -379,6 +437,11 @@ unsafe fn row_kernel_portable<const MR: usize, const NR: usize>(
             let a = unsafe { *a.add(p) };
             acc.iter_mut().zip(b).for_each(|(c, &b)| *c += a * b);
         }
+    }
+    for ((row, &dst), &scale) in tile.iter().zip(dst).zip(scales) {
+        // SAFETY: the caller's contract.
+        let dst = unsafe { std::slice::from_raw_parts_mut(dst, cols) };
+        dst.iter_mut().zip(row).for_each(|(d, &t)| *d = scale * t);
     }
 }
 
@@ -393,7 +456,9 @@ unsafe fn row_kernel_avx2(
     a: &[*const f32; 6],
     b: *const f32,
     b_stride: usize,
-    tile: &mut [[f32; 16]; 6],
+    dst: &[*mut f32; 6],
+    scales: &[f32; 6],
+    cols: usize,
 ) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; 6];
@@ -409,16 +474,36 @@ unsafe fn row_kernel_avx2(
             }
         }
     }
-    for (dst, acc) in tile.iter_mut().zip(&acc) {
-        // SAFETY: each tile row holds 16 values.
+    for ((acc, &dst), &scale) in acc.iter().zip(dst).zip(scales) {
+        let scale = _mm256_set1_ps(scale);
+        let (low, high) = (_mm256_mul_ps(acc[0], scale), _mm256_mul_ps(acc[1], scale));
+        // SAFETY: `dst` holds `cols` values: all 16, or a staged row's first `cols` are copied.
         unsafe {
-            _mm256_storeu_ps(dst.as_mut_ptr(), acc[0]);
-            _mm256_storeu_ps(dst.as_mut_ptr().add(8), acc[1]);
+            if cols == 16 {
+                _mm256_storeu_ps(dst, low);
+                _mm256_storeu_ps(dst.add(8), high);
+            } else {
+                let mut row = [0.0f32; 16];
+                _mm256_storeu_ps(row.as_mut_ptr(), low);
+                _mm256_storeu_ps(row.as_mut_ptr().add(8), high);
+                std::ptr::copy_nonoverlapping(row.as_ptr(), dst, cols);
+            }
         }
     }
 }
 
-/// The row microkernel on AVX-512: the 8 × 32 tile in sixteen registers.
+/// The lanes of a sixteen-lane vector below `n`.
+#[cfg(target_arch = "x86_64")]
+fn first_lanes(n: usize) -> u16 {
+    if n >= 16 {
+        u16::MAX
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
+/// The row microkernel on AVX-512: the 8 × 32 tile in sixteen registers, stored through lane
+/// masks where `cols < 32`.
 ///
 /// # Safety
 /// The CPU has AVX-512F, and [`row_kernel_portable`]'s contract holds.
@@ -429,7 +514,9 @@ unsafe fn row_kernel_avx512(
     a: &[*const f32; 8],
     b: *const f32,
     b_stride: usize,
-    tile: &mut [[f32; 32]; 8],
+    dst: &[*mut f32; 8],
+    scales: &[f32; 8],
+    cols: usize,
 ) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 2]; 8];
@@ -445,13 +532,114 @@ unsafe fn row_kernel_avx512(
             }
         }
     }
-    for (dst, acc) in tile.iter_mut().zip(&acc) {
-        // SAFETY: each tile row holds 32 values.
+    let (low, high) = (first_lanes(cols), first_lanes(cols.saturating_sub(16)));
+    for ((acc, &dst), &scale) in acc.iter().zip(dst).zip(scales) {
+        let scale = _mm512_set1_ps(scale);
+        // SAFETY: `dst` holds `cols` values; the masks store no lane past them.
         unsafe {
-            _mm512_storeu_ps(dst.as_mut_ptr(), acc[0]);
-            _mm512_storeu_ps(dst.as_mut_ptr().add(16), acc[1]);
+            _mm512_mask_storeu_ps(dst, low, _mm512_mul_ps(acc[0], scale));
+            _mm512_mask_storeu_ps(dst.wrapping_add(16), high, _mm512_mul_ps(acc[1], scale));
         }
     }
+}
+
+/// Stores columns `cols` of keys `keys` into `k`, `Kᵀ` in `NR`-key panels: key `t`'s column `c`
+/// at `(t/NR·hd + c)·NR + t%NR`.
+fn pack_keys_scalar<const NR: usize>(
+    rows: &KeyRows<'_>,
+    keys: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    k: &mut [f32],
+) {
+    let hd = rows.hd;
+    for t in keys {
+        let row = rows.row(t);
+        let panel = &mut k[(t / NR) * hd * NR..][..hd * NR];
+        for c in cols.clone() {
+            panel[c * NR + t % NR] = row[c];
+        }
+    }
+}
+
+/// Every key's columns into `k` as [`pack_keys_scalar`] lays them out.
+fn pack_keys_portable<const NR: usize>(rows: &KeyRows<'_>, k: &mut [f32]) {
+    pack_keys_scalar::<NR>(rows, 0..rows.keys, 0..rows.hd, k)
+}
+
+/// [`pack_keys_portable`] by 16 × 16 blocks transposed in registers (16 row loads, 64 shuffles
+/// and 16 stores where the scalar loop moves 256 values one by one); the keys and columns past
+/// the last whole block one by one.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_keys_avx512<const NR: usize>(rows: &KeyRows<'_>, k: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(NR.is_multiple_of(16), "a 16-key block lies in one panel");
+    let hd = rows.hd;
+    let (block_keys, block_cols) = (rows.keys / 16 * 16, hd / 16 * 16);
+    for t0 in (0..block_keys).step_by(16) {
+        let panel = &mut k[(t0 / NR) * hd * NR..][..hd * NR];
+        for c0 in (0..block_cols).step_by(16) {
+            let mut block = [_mm512_setzero_ps(); 16];
+            for (i, r) in block.iter_mut().enumerate() {
+                let row = &rows.row(t0 + i)[c0..c0 + 16];
+                // SAFETY: `row` holds 16 values.
+                *r = unsafe { _mm512_loadu_ps(row.as_ptr()) };
+            }
+            for (c, column) in transpose16(block).into_iter().enumerate() {
+                let dst = &mut panel[(c0 + c) * NR + t0 % NR..][..16];
+                // SAFETY: `dst` holds 16 values.
+                unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), column) };
+            }
+        }
+    }
+    pack_keys_scalar::<NR>(rows, 0..block_keys, block_cols..hd, k);
+    pack_keys_scalar::<NR>(rows, block_keys..rows.keys, 0..hd, k);
+}
+
+/// The transpose of the 16 × 16 matrix whose rows are `r`: pairs of rows interleaved by 32-bit
+/// values, then by 64-bit pairs (vector `4g + j`, 128-bit lane `l`: rows `4g..4g+4` of column
+/// `4l + j`), then the 4 × 4 blocks of 128-bit lanes transposed.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::*;
+    let mut t = [_mm512_setzero_ps(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    let mut u = [_mm512_setzero_ps(); 16];
+    for g in 0..4 {
+        let (even, odd) = (t[4 * g], t[4 * g + 1]);
+        let (even2, odd2) = (
+            _mm512_castps_pd(t[4 * g + 2]),
+            _mm512_castps_pd(t[4 * g + 3]),
+        );
+        let (even, odd) = (_mm512_castps_pd(even), _mm512_castps_pd(odd));
+        u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(even, even2));
+        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(even, even2));
+        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(odd, odd2));
+        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(odd, odd2));
+    }
+    let mut out = [_mm512_setzero_ps(); 16];
+    for j in 0..4 {
+        let (a, b, c, d) = (u[j], u[4 + j], u[8 + j], u[12 + j]);
+        // Lanes (a0, a1, b0, b1), (a2, a3, b2, b3) and the same of c, d.
+        let ab_low = _mm512_shuffle_f32x4::<0x44>(a, b);
+        let ab_high = _mm512_shuffle_f32x4::<0xEE>(a, b);
+        let cd_low = _mm512_shuffle_f32x4::<0x44>(c, d);
+        let cd_high = _mm512_shuffle_f32x4::<0xEE>(c, d);
+        // Lanes (a_l, b_l, c_l, d_l): column 4l + j.
+        out[j] = _mm512_shuffle_f32x4::<0x88>(ab_low, cd_low);
+        out[4 + j] = _mm512_shuffle_f32x4::<0xDD>(ab_low, cd_low);
+        out[8 + j] = _mm512_shuffle_f32x4::<0x88>(ab_high, cd_high);
+        out[12 + j] = _mm512_shuffle_f32x4::<0xDD>(ab_high, cd_high);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -465,9 +653,7 @@ mod tests {
     fn every_kernel_matches_f64() {
         check_kernels(|qkv, layout, spec, check| {
             check("portable", &|out| {
-                tasks::<6>(qkv, layout, spec, out, |task, scratch| {
-                    task.run::<6, 16>(row_kernel_portable::<6, 16>, exp_row_portable, scratch)
-                })
+                tasks::<6>(qkv, layout, spec, out, task_portable)
             });
             #[cfg(target_arch = "x86_64")]
             {
@@ -489,6 +675,33 @@ mod tests {
                 }
             }
         });
+    }
+
+    /// The AVX-512 packing of `Kᵀ` (16 × 16 blocks transposed in registers, the rest one by one)
+    /// writes exactly the scalar packing's panels, over key counts and head sizes with and
+    /// without a partial block, from rows strided as in `qkv`.
+    #[test]
+    fn avx512_key_packing_matches_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            for (keys, hd) in [(128, 32), (37, 40), (16, 16), (5, 64), (33, 7)] {
+                let width = 3 * hd + 5;
+                let qkv: Vec<f32> = (0..(keys + 1) * width).map(|i| i as f32).collect();
+                let rows = KeyRows {
+                    qkv: &qkv,
+                    first: 3,
+                    width,
+                    hd,
+                    keys,
+                };
+                let len = keys.div_ceil(32) * hd * 32;
+                let (mut want, mut got) = (vec![-1.0; len], vec![-1.0; len]);
+                pack_keys_portable::<32>(&rows, &mut want);
+                // SAFETY: the CPU has AVX-512F (checked above).
+                unsafe { pack_keys_avx512::<32>(&rows, &mut got) };
+                assert_eq!(got, want, "{keys} keys × {hd}");
+            }
+        }
     }
 
     /// The AVX-512 row exponential against f64, over lengths with and without a tail and scores
