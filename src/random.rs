@@ -12,8 +12,18 @@ impl SplitMix64 {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.0 = self.0.wrapping_add(Self::STEP);
         mix(self.0)
+    }
+
+    /// What the state adds per draw: the generator jumps ahead in O(1).
+    const STEP: u64 = 0x9E37_79B9_7F4A_7C15;
+
+    /// This generator as it will be after `draws` calls of [`SplitMix64::next_u64`] (each
+    /// [`SplitMix64::normal`] makes two), so that threads can each draw their own stretch of
+    /// one sequence.
+    pub fn ahead(&self, draws: u64) -> Self {
+        SplitMix64(self.0.wrapping_add(Self::STEP.wrapping_mul(draws)))
     }
 
     /// Uniform in `[0, 1)` with 53 random bits.

@@ -225,6 +225,56 @@ fn alpha_hat_is_the_smallest_level_within_the_threshold(be: &Arc<dyn Backend>) {
     }
 }
 
+/// KS and α̂ from the shared passes: KS bit for bit `d(0)`, α̂ the bisection's, on samples that
+/// agree (the linear bounds leave L = 1, the KS pass's draw-up is Newton's first), that differ
+/// (L raised, Newton from there), with ties, and at thresholds from "no trimming helps" to
+/// "none needed".
+#[test]
+fn ks_and_alpha_hat_match_distance_and_bisection() {
+    let mut rng = Rng::new(17);
+    for case in 0..600usize {
+        let (n, m) = (1 + rng.below(200) as usize, 1 + rng.below(400) as usize);
+        // Both from one distribution on a third of the cases, else the reference squeezed
+        // into the candidate's middle or the candidate shifted.
+        let (reference_scale, shift) = match case % 3 {
+            0 => (1.0, 0.0),
+            1 => (0.5, 0.0),
+            _ => (1.0, 0.3 * rng.uniform()),
+        };
+        let tied = case % 4 == 1;
+        let draw = |rng: &mut Rng, scale: f32, shift: f32| {
+            let v = rng.uniform() * scale + shift;
+            if tied {
+                (v * 6.0).round()
+            } else {
+                v
+            }
+        };
+        let candidate: Vec<f32> = (0..n).map(|_| draw(&mut rng, 1.0, shift)).collect();
+        let reference: Vec<f32> = (0..m)
+            .map(|_| draw(&mut rng, reference_scale, 0.0))
+            .collect();
+        let p = profile(&candidate, &reference);
+        // Thresholds off the ratios of counts that d(α) takes on its plateaus: at a threshold
+        // equal to one, bisection's `d ≤ t` is a rounding tie and stops elsewhere than the root.
+        let thresholds = [1e-3, 0.05, 0.2, 0.6].map(|t| t * std::f64::consts::SQRT_2);
+        for t in thresholds.into_iter().chain([trim::threshold(0.05, n, m)]) {
+            let (ks, alpha_hat) = p.ks_and_alpha_hat(t);
+            assert_eq!(
+                ks.to_bits(),
+                p.distance(0.0).to_bits(),
+                "case {case}, t {t}"
+            );
+            assert_eq!(ks.to_bits(), p.ks().to_bits(), "case {case}, t {t}");
+            let want = bisect_alpha(&p, t);
+            assert!(
+                (alpha_hat - want).abs() <= 1e-9,
+                "case {case}, t {t}: α̂ {alpha_hat} vs bisection {want}"
+            );
+        }
+    }
+}
+
 #[test]
 fn distance_is_non_increasing_in_alpha() {
     let mut rng = Rng::new(3);

@@ -280,10 +280,10 @@ pub fn result(
     trimmed_w2: impl FnOnce(f64) -> f64,
 ) -> TrimResult {
     let threshold = threshold(spec.level, n, m);
-    let alpha_hat = profile.alpha_hat(threshold);
+    let (ks, alpha_hat) = profile.ks_and_alpha_hat(threshold);
     TrimResult {
         alpha_hat,
-        ks: profile.ks(),
+        ks,
         threshold,
         n_candidate: n,
         n_reference: m,
@@ -329,11 +329,15 @@ impl Profile {
             f: Vec::with_capacity(2 * n + 1),
             g: Vec::with_capacity(2 * n + 1),
         };
-        let (n, m) = (n as f64, m as f64);
         for c in counts {
-            p.f.extend([c.own_lt as f64 / n, c.own_le as f64 / n]);
-            p.g.extend([c.ref_lt as f64 / m, c.ref_le as f64 / m]);
+            p.f.extend([c.own_lt as f64, c.own_le as f64]);
+            p.g.extend([c.ref_lt as f64, c.ref_le as f64]);
         }
+        // Divided apart from the counting, in loops the compiler vectorises: the same correctly
+        // rounded quotients, several per instruction.
+        let (n, m) = (n as f64, m as f64);
+        p.f.iter_mut().for_each(|f| *f /= n);
+        p.g.iter_mut().for_each(|g| *g /= m);
         p.f.push(1.0);
         p.g.push(1.0);
         p
@@ -394,6 +398,14 @@ impl Profile {
     /// `G − L·F` (convex and non-increasing in `L`, a maximum of affine functions) to stay below
     /// `2t`, which Newton's method from the left solves in a few passes without overshooting.
     pub fn alpha_hat(&self, t: f64) -> f64 {
+        self.ks_and_alpha_hat(t).1
+    }
+
+    /// `(d(0), α̂)`: [`Profile::ks`] and [`Profile::alpha_hat`] bit for bit, sharing passes over
+    /// the profile. The linear bounds of α̂ are found in the KS pass; where they leave `L = 1`
+    /// (samples that agree, the usual case) that pass's largest draw-up is also Newton's first,
+    /// so one pass gives both.
+    pub fn ks_and_alpha_hat(&self, t: f64) -> (f64, f64) {
         let mut l = 1.0f64;
         // `l.max(num / den)` for `den > 0`, dividing only when the bound may raise `l`: if
         // `num ≤ l·den·SHY` as rounded, then `num < l·den` exactly, so the rounded quotient is
@@ -406,28 +418,51 @@ impl Profile {
                 l
             }
         };
+        // Whether some grid point rules out every trimming.
+        let mut hopeless = false;
+        // KS: `distance(0)`'s terms, its draw-up tracked as `max_rise(1)` does.
+        let (mut a, mut b) = (0.0f64, 0.0f64);
+        let mut rise_at_one = (0.0f64, 0.0, 0.0);
+        let (mut low, mut low_f, mut low_g) = (0.0f64, 0.0, 0.0);
         for (f, g) in self.states() {
+            let d = g - f;
+            a = a.max(d);
+            b = b.max((1.0 - g) - (1.0 - f));
+            if d - low > rise_at_one.0 {
+                rise_at_one = (d - low, g - low_g, f - low_f);
+            }
+            if d < low {
+                (low, low_f, low_g) = (d, f, g);
+            }
+            if hopeless {
+                continue;
+            }
             // A: g − L·f ≤ t.
             if f > 0.0 {
                 l = raise(l, g - t, f);
             } else if g > t {
-                return 1.0;
+                hopeless = true;
             }
             // B: L·(f − α) − g = L·(f − 1) + 1 − g ≤ t.
             if f < 1.0 {
                 l = raise(l, 1.0 - g - t, 1.0 - f);
             } else if 1.0 - g > t {
-                return 1.0;
+                hopeless = true;
             }
         }
+        let ks = a.max(b).max(rise_at_one.0 / 2.0);
+        if hopeless {
+            return (ks, 1.0);
+        }
+        let mut known_rise = (l == 1.0).then_some(rise_at_one);
         loop {
-            let (rise, dg, df) = self.max_rise(l);
+            let (rise, dg, df) = known_rise.take().unwrap_or_else(|| self.max_rise(l));
             if rise <= 2.0 * t {
                 break;
             }
             if df == 0.0 {
                 // G rises by more than 2t where F is flat: no trimming helps.
-                return 1.0;
+                return (ks, 1.0);
             }
             let next = (dg - 2.0 * t) / df;
             if next <= l || !next.is_finite() {
@@ -436,11 +471,8 @@ impl Profile {
             }
             l = next;
         }
-        if l.is_finite() {
-            1.0 - 1.0 / l
-        } else {
-            1.0
-        }
+        let alpha_hat = if l.is_finite() { 1.0 - 1.0 / l } else { 1.0 };
+        (ks, alpha_hat)
     }
 
     /// Largest draw-up `max_{x<y} D(y) − D(x)` of `D = G − L·F` with the `(ΔG, ΔF)` of the pair

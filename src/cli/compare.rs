@@ -140,6 +140,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         }
         (None, None) => return Err(Error::input("give --scores FILE or --synthetic MxN")),
     };
+    crate::phases::mark("read or generate the scores");
     let spec = TrimSpec {
         level: args.level,
         w2_alpha: args.w2_alpha,
@@ -167,6 +168,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         report::compare::plot(&report, path)?;
     }
     out!("{}", report::compare::markdown(&report, args.top))?;
+    crate::phases::mark("write the report");
     Ok(())
 }
 

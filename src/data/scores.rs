@@ -4,6 +4,8 @@
 use std::borrow::Cow;
 use std::path::Path;
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 use crate::io::samples::{read_array, to_f32};
 use crate::random::SplitMix64;
@@ -151,6 +153,9 @@ pub fn check_synthetic_size(models: usize, points: usize) -> Result<()> {
 /// Each point has a true logit `±(0.5 + |z|)` (sign from its label); every model adds its own
 /// N(0, 0.8²) noise, except the last, which is overconfident (its scores scaled by 1.6), so
 /// `compare` should single it out.
+///
+/// One seeded sequence: the labels, then the truths, then every model's noise in order; blocks
+/// of the noise are drawn in parallel, each from its own place in the sequence.
 pub fn synthetic_ensemble(models: usize, points: usize, seed: u64) -> (Scores, Vec<i64>) {
     let mut rng = SplitMix64::new(seed);
     let labels: Vec<i64> = (0..points).map(|_| (rng.next_u64() >> 63) as i64).collect();
@@ -158,19 +163,31 @@ pub fn synthetic_ensemble(models: usize, points: usize, seed: u64) -> (Scores, V
         .iter()
         .map(|&y| (2 * y - 1) as f64 * (0.5 + rng.normal().abs()))
         .collect();
-    let mut values = Vec::with_capacity(models * points);
-    for k in 0..models {
-        let scale = if k + 1 == models && models > 1 {
+    let scale = |k: usize| {
+        if k + 1 == models && models > 1 {
             1.6
         } else {
             1.0
-        };
-        values.extend(
-            truth
-                .iter()
-                .map(|&t| (scale * (t + 0.8 * rng.normal())) as f32),
-        );
-    }
+        }
+    };
+    // Scores in model-major order; score `i` draws the sequence's normal `i` after the truths.
+    let block = 1 << 16;
+    let mut values = vec![0.0f32; models * points];
+    values
+        .par_chunks_mut(block)
+        .enumerate()
+        .for_each(|(b, out)| {
+            let first = b * block;
+            let mut rng = rng.ahead(2 * first as u64);
+            let (mut k, mut p) = (first / points, first % points);
+            for v in out {
+                *v = (scale(k) * (truth[p] + 0.8 * rng.normal())) as f32;
+                p += 1;
+                if p == points {
+                    (k, p) = (k + 1, 0);
+                }
+            }
+        });
     let scores = Scores {
         values,
         models,
@@ -178,4 +195,37 @@ pub fn synthetic_ensemble(models: usize, points: usize, seed: u64) -> (Scores, V
         classes: 1,
     };
     (scores, labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parallel blocks against the sequence drawn in order, at sizes that cut models across
+    /// blocks and blocks across models.
+    #[test]
+    fn synthetic_ensemble_is_the_sequence_drawn_in_order() {
+        for (models, points) in [(2, 1), (3, 70_001), (5, 1 << 16), (40, 3_000)] {
+            let (scores, labels) = synthetic_ensemble(models, points, 7);
+            let mut rng = SplitMix64::new(7);
+            let want_labels: Vec<i64> =
+                (0..points).map(|_| (rng.next_u64() >> 63) as i64).collect();
+            let truth: Vec<f64> = want_labels
+                .iter()
+                .map(|&y| (2 * y - 1) as f64 * (0.5 + rng.normal().abs()))
+                .collect();
+            let mut want = Vec::new();
+            for k in 0..models {
+                let scale = if k + 1 == models { 1.6 } else { 1.0 };
+                want.extend(
+                    truth
+                        .iter()
+                        .map(|&t| (scale * (t + 0.8 * rng.normal())) as f32),
+                );
+            }
+            assert_eq!(labels, want_labels, "{models}x{points}");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&scores.values) == bits(&want), "{models}x{points}");
+        }
+    }
 }

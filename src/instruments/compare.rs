@@ -77,7 +77,9 @@ pub fn report(
     };
     let trims = backend.trim_search(&rows, part, spec)?;
     let trim_seconds = start.elapsed().as_secs_f64();
+    crate::phases::mark("trimmed search");
     let metrics = model_metrics(scores, labels);
+    crate::phases::mark("accuracy, churn, ECE");
     let metrics = metrics.into_iter().skip(models.start).take(models.len());
     let seconds = start.elapsed().as_secs_f64();
     Ok(CompareReport {

@@ -20,6 +20,7 @@ use rayon::prelude::*;
 use crate::backend::trim::{self, Profile};
 use crate::backend::{TrimReference, TrimResult, TrimSpec};
 use crate::error::{Error, Result};
+use crate::phases;
 
 pub(super) fn trim_search(
     candidates: &[&[f32]],
@@ -163,7 +164,7 @@ fn leave_one_out(
         positions,
     } = entries_and_pool(candidates, &offsets, bucket_target(total, models), wanted)?;
 
-    Ok(compared
+    let results = compared
         .into_par_iter()
         .map(|k| {
             let own = &entries[offsets[k]..offsets[k + 1]];
@@ -186,7 +187,11 @@ fn leave_one_out(
                 }
             })
         })
-        .collect())
+        .collect();
+    phases::mark("trim: every model's profile, α̂, KS, W2");
+    drop((entries, values, positions));
+    phases::mark("trim: unmap the sorted pool");
+    Ok(results)
 }
 
 /// What [`entries_and_pool`] writes beside the entries, `total` values either way.
@@ -250,6 +255,7 @@ fn entries_and_pool(
                 a
             },
         );
+    phases::mark("trim: histogram of the values' top bits");
     let (bucket_of, bucket_starts) = buckets(&prefix_counts, target);
     let buckets = bucket_starts.len() - 1;
     let bucket = |bits: u32| bucket_of[prefix(bits)] as usize;
@@ -288,26 +294,25 @@ fn entries_and_pool(
         }
     }
 
-    // Upper 32 bits of a key: the value's order bits; lower: the model id.
-    let mut keys = ZeroedMap::<u64>::zeroed(total)?;
-    let out = Shared::new(&mut keys);
+    // The values' order bits only: a bucket holds its models' points model after model, so the
+    // bucket pass knows each point's model from where it lies.
+    let mut scattered = ZeroedMap::<u32>::zeroed(total)?;
+    let out = Shared::new(&mut scattered);
     pieces.par_iter().zip(piece_next).for_each(|(p, mut next)| {
         for &v in p.values(candidates) {
             let bits = trim::order_bits(v);
             let b = bucket(bits);
             // SAFETY: the pieces' ranges per bucket partition `0..total`.
-            unsafe { out.write(next[b] as usize, (u64::from(bits) << 32) | p.model as u64) };
+            unsafe { out.write(next[b] as usize, bits) };
             next[b] += 1;
         }
     });
 
-    let mut regions = Vec::with_capacity(buckets);
-    let mut rest = &mut keys[..];
-    for w in bucket_starts.windows(2) {
-        let (region, tail) = rest.split_at_mut(w[1] - w[0]);
-        regions.push(region);
-        rest = tail;
-    }
+    phases::mark("trim: count and scatter into buckets");
+    let regions: Vec<&[u32]> = bucket_starts
+        .windows(2)
+        .map(|w| &scattered[w[0]..w[1]])
+        .collect();
     let mut entries = ZeroedMap::<Entry>::zeroed(total)?;
     let mut values = ZeroedMap::<f32>::zeroed(total)?;
     let mut positions = ZeroedMap::<u32>::zeroed(if wanted == Wanted::Pool { total } else { 0 })?;
@@ -317,9 +322,8 @@ fn entries_and_pool(
         Shared::new(&mut positions),
     );
     regions.into_par_iter().enumerate().for_each_init(
-        || (Vec::new(), Vec::new(), Vec::new()),
-        |(scratch, local, sorted), (b, region)| {
-            sort_by_value(region, scratch);
+        || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+        |(keys, scratch, local, sorted), (b, region)| {
             let start = bucket_starts[b];
             // Model `k`'s entries of this bucket go to `first[k]..`, its pooled positions to
             // `local[local_first[k]..]` (the bucket's positions grouped by model, in cache).
@@ -336,6 +340,17 @@ fn entries_and_pool(
                 };
                 local_first.push(local_first[k] + end - first[k]);
             }
+            // Upper 32 bits of a key: the value's order bits; lower: the model id.
+            keys.clear();
+            for (k, w) in local_first.windows(2).enumerate() {
+                keys.extend(
+                    region[w[0]..w[1]]
+                        .iter()
+                        .map(|&bits| (u64::from(bits) << 32) | k as u64),
+                );
+            }
+            sort_by_value(keys, scratch);
+            let region = &keys[..];
             local.clear();
             local.resize(region.len(), 0u32);
             // The bucket's values in order, for the quantiles: half the bytes of its keys.
@@ -402,6 +417,7 @@ fn entries_and_pool(
             }
         },
     );
+    phases::mark("trim: sort and scan each bucket");
     Ok(SortedPool {
         entries,
         values,
@@ -710,6 +726,21 @@ mod tests {
         for (i, candidates) in cases.iter().enumerate() {
             check(candidates, &format!("case {i}"));
         }
+    }
+
+    /// Many models of one to three points, tied on 11 levels: most buckets hold no point of most
+    /// models, so each bucket's points must be told apart by model from the counts alone.
+    #[test]
+    fn entries_and_pool_of_many_tiny_models() {
+        let samples: Vec<Vec<f32>> = (0..61)
+            .map(|k| {
+                (0..1 + k % 3)
+                    .map(|i| ((k * 7 + i * 3) % 11) as f32 * 0.3 - 1.5)
+                    .collect()
+            })
+            .collect();
+        let views: Vec<&[f32]> = samples.iter().map(|s| s.as_slice()).collect();
+        check(&views, "61 tiny models");
     }
 
     /// The in-bucket sort against a stable sort, at sizes 0, 1, not a multiple of anything, with
