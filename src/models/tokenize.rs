@@ -208,7 +208,13 @@ fn byte_level_bpe(gguf: &Gguf) -> Result<Tokenizer> {
         }
     }
     let alphabet = byte_alphabet();
-    let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
+    // Membership by code point (the alphabet's characters all lie below U+0144): a search of
+    // the 256 characters for each character of 49 152 tokens took a few milliseconds.
+    let mut member = vec![false; alphabet.iter().map(|&c| c as usize + 1).max().unwrap_or(0)];
+    for &c in &alphabet {
+        member[c as usize] = true;
+    }
+    let in_alphabet = |t: &str| t.chars().all(|c| member.get(c as usize) == Some(&true));
     let tokens: Vec<String> = gguf
         .get_str_array("tokenizer.ggml.tokens")?
         .into_iter()
