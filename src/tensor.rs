@@ -185,9 +185,9 @@ impl SharedBytes {
 
     /// `len` f32 values that `fill` writes into fresh anonymous memory, read-only afterwards: how
     /// a source that makes its values (dequantising a GGUF file) lends them as a checkpoint's
-    /// memory map lends stored ones, with no second copy. The kernel is asked for transparent
-    /// huge pages, so writing hundreds of MB faults in 2 MiB pages rather than 4 KiB ones, and
-    /// freeing them at exit is as quick.
+    /// memory map lends stored ones, with no second copy. (Advising transparent huge pages made
+    /// loading SmolLM2 slower on the development VM: most of the time went to zeroing 2 MiB
+    /// pages.)
     pub fn filled_f32(len: usize, fill: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<Self> {
         let cannot = |e: String| Error::input(format!("cannot allocate {len} f32 values: {e}"));
         let size = len
@@ -197,9 +197,6 @@ impl SharedBytes {
             return Ok(SharedBytes::owned(Vec::new()));
         }
         let mut map = memmap2::MmapMut::map_anon(size).map_err(|e| cannot(e.to_string()))?;
-        // Advice only: where transparent huge pages are off, the map keeps 4 KiB pages.
-        #[cfg(target_os = "linux")]
-        let _ = map.advise(memmap2::Advice::HugePage);
         fill(bytemuck::cast_slice_mut(&mut map[..]))?;
         let map = map.make_read_only().map_err(|e| cannot(e.to_string()))?;
         Ok(SharedBytes {

@@ -1,6 +1,9 @@
 //! Decoders from a single GGUF file (llama.cpp's checkpoints): the [`DecoderConfig`] from the
 //! file's metadata and the tensors under llama.cpp's names, dequantised on upload, so
-//! [`DecoderModel`]'s forward runs them unchanged.
+//! [`DecoderModel`]'s forward runs them unchanged. In f32 each tensor (each fused Q/K/V or
+//! gate/up stack) is dequantised once, in parallel, straight into the memory the CPU backend
+//! then reads in place: SmolLM2-135M's 538 MB of f32 weights are written once, where they were
+//! copied again to stack the parts and to upload them.
 //!
 //! Two things differ from a Hugging Face directory:
 //! - Names: llama.cpp calls `layers.N.self_attn.q_proj.weight` `blk.N.attn_q.weight` and so on;
