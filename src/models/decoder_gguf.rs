@@ -225,7 +225,11 @@ impl GgufTensors<'_> {
 
     /// Tensor `name` of `shape` dequantised to `dtype`, Q/K rows in transformers' order.
     fn read(&self, name: &str, shape: &[usize], dtype: DType) -> Result<HostTensor> {
-        let len = shape.iter().product();
+        // The shape is checked against the file before anything that size is allocated.
+        let len = self
+            .gguf
+            .tensor_info(&self.checked_name(name, shape)?)?
+            .len();
         let data = match dtype {
             DType::F32 => HostData::F32(self.read_into(name, shape, vec![0f32; len], |x| x)?),
             DType::F16 => {
@@ -270,6 +274,24 @@ impl GgufTensors<'_> {
         out: &mut [T],
         convert: impl Fn(f32) -> T + Sync,
     ) -> Result<()> {
+        let gguf_name = self.checked_name(name, shape)?;
+        let heads = match name.rsplit('.').nth(1) {
+            Some("q_proj") if self.permuted_qk => self.heads,
+            Some("k_proj") if self.permuted_qk => self.kv_heads,
+            _ => return self.gguf.dequantize_with(&gguf_name, out, convert),
+        };
+        let d = shape[0] / heads;
+        let stored_row = |row: usize| {
+            let (head, within) = (row / d, row % d);
+            let (half, pair) = (within / (d / 2), within % (d / 2));
+            head * d + 2 * pair + half
+        };
+        self.gguf
+            .dequantize_rows_into(&gguf_name, out, stored_row, convert)
+    }
+
+    /// llama.cpp's name for `name`, once its tensor is known to have `shape`.
+    fn checked_name(&self, name: &str, shape: &[usize]) -> Result<String> {
         let gguf_name = Self::gguf_name(name).ok_or_else(|| {
             Error::weights(
                 self.gguf.path(),
@@ -286,28 +308,20 @@ impl GgufTensors<'_> {
                 ),
             ));
         }
-        let heads = match name.rsplit('.').nth(1) {
-            Some("q_proj") if self.permuted_qk => self.heads,
-            Some("k_proj") if self.permuted_qk => self.kv_heads,
-            _ => return self.gguf.dequantize_with(&gguf_name, out, convert),
-        };
-        let d = shape[0] / heads;
-        let stored_row = |row: usize| {
-            let (head, within) = (row / d, row % d);
-            let (half, pair) = (within / (d / 2), within % (d / 2));
-            head * d + 2 * pair + half
-        };
-        self.gguf
-            .dequantize_rows_into(&gguf_name, out, stored_row, convert)
+        Ok(gguf_name)
     }
 
     /// Tensors `parts` (name and shape) dequantised one after the other into fresh memory the
     /// backend reads in place ([`SharedBytes::filled_f32`]).
     fn lent_f32(&self, parts: &[(&str, &[usize])]) -> Result<SharedBytes> {
-        let len = parts
-            .iter()
-            .map(|(_, shape)| shape.iter().product::<usize>())
-            .sum();
+        let mut len = 0;
+        for &(name, shape) in parts {
+            // The shapes are checked against the file before anything that size is allocated.
+            len += self
+                .gguf
+                .tensor_info(&self.checked_name(name, shape)?)?
+                .len();
+        }
         SharedBytes::filled_f32(len, |mut out| {
             for &(name, shape) in parts {
                 let (part, rest) = out.split_at_mut(shape.iter().product());
