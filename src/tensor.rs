@@ -183,6 +183,28 @@ impl SharedBytes {
         }
     }
 
+    /// `len` f32 values that `fill` writes into fresh anonymous memory, read-only afterwards: how
+    /// a source that makes its values (dequantising a GGUF file) lends them as a checkpoint's
+    /// memory map lends stored ones, with no second copy. (Advising transparent huge pages made
+    /// loading SmolLM2 slower on the development VM: most of the time went to zeroing 2 MiB
+    /// pages.)
+    pub fn filled_f32(len: usize, fill: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<Self> {
+        let cannot = |e: String| Error::input(format!("cannot allocate {len} f32 values: {e}"));
+        let size = len
+            .checked_mul(std::mem::size_of::<f32>())
+            .ok_or_else(|| cannot("too many".into()))?;
+        if size == 0 {
+            return Ok(SharedBytes::owned(Vec::new()));
+        }
+        let mut map = memmap2::MmapMut::map_anon(size).map_err(|e| cannot(e.to_string()))?;
+        fill(bytemuck::cast_slice_mut(&mut map[..]))?;
+        let map = map.make_read_only().map_err(|e| cannot(e.to_string()))?;
+        Ok(SharedBytes {
+            owner: Arc::new(map),
+            range: 0..size,
+        })
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &(*self.owner).as_ref()[self.range.clone()]
     }

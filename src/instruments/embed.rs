@@ -73,43 +73,39 @@ impl SentenceEncoder {
                 dir.display()
             )));
         }
-        // `tokenizer.json` (None for a GGUF file), parsed on a second thread while the weights
-        // load; its errors are reported where loading it used to fail, after the model's.
-        let (model, sentence, parsed): (Box<dyn Encoder>, _, _) = match &gguf {
-            Some(file) => {
-                let model = decoder_gguf::from_file(file, backend.clone(), options.weights_dtype)?;
-                let sentence = SentenceConfig {
-                    max_seq_length: None,
-                    pooling: model.default_pooling(),
-                    normalize: false,
-                };
-                (Box::new(model), sentence, None)
-            }
-            None => {
-                let (model, parsed) = std::thread::scope(|scope| {
-                    let parsed = scope.spawn(|| TextTokenizer::parse(dir));
-                    let model = models::load(dir, backend.clone(), options.weights_dtype);
-                    let parsed = parsed
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                    (model, parsed)
-                });
-                let model = model?;
-                let sentence = SentenceConfig::read(dir, model.default_pooling())?;
-                (model, sentence, Some(parsed))
-            }
+        // The tokenizer (`tokenizer.json`, or a GGUF file's metadata), parsed on a second thread
+        // while the weights load; its errors are reported where loading it used to fail, after
+        // the model's.
+        let (model, parsed) = std::thread::scope(|scope| {
+            let parsed = scope.spawn(|| match &gguf {
+                Some(file) => TextTokenizer::parse_gguf(file),
+                None => TextTokenizer::parse(dir),
+            });
+            let model: Result<Box<dyn Encoder>> = match &gguf {
+                Some(file) => decoder_gguf::from_file(file, backend.clone(), options.weights_dtype)
+                    .map(|m| Box::new(m) as Box<dyn Encoder>),
+                None => models::load(dir, backend.clone(), options.weights_dtype),
+            };
+            let parsed = parsed
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (model, parsed)
+        });
+        let model = model?;
+        let sentence = match &gguf {
+            Some(_) => SentenceConfig {
+                max_seq_length: None,
+                pooling: model.default_pooling(),
+                normalize: false,
+            },
+            None => SentenceConfig::read(dir, model.default_pooling())?,
         };
         phases::mark("load weights and tokenizer.json");
         let capacity = model.max_tokens();
         let max_length = options
             .max_length
             .or(sentence.max_seq_length)
-            .or_else(|| {
-                parsed
-                    .as_ref()
-                    .and_then(|p| p.as_ref().ok())
-                    .and_then(|p| p.stored_max_length())
-            })
+            .or_else(|| parsed.as_ref().ok().and_then(|p| p.stored_max_length()))
             .unwrap_or(capacity);
         if let (Some(own), Some(asked)) = (model.own_pooling(), options.pooling) {
             return Err(Error::input(format!(
@@ -128,12 +124,7 @@ impl SentenceEncoder {
                 dir.display()
             )));
         }
-        let tokenizer = match (&gguf, parsed) {
-            (Some(file), _) => TextTokenizer::from_gguf(file, max_length)?,
-            (None, parsed) => parsed
-                .expect("parsed beside the weights")?
-                .truncated(max_length)?,
-        };
+        let tokenizer = parsed?.truncated(max_length)?;
         phases::mark("tokenizer");
         Ok(SentenceEncoder {
             name: model_name(dir),

@@ -1,6 +1,9 @@
 //! Decoders from a single GGUF file (llama.cpp's checkpoints): the [`DecoderConfig`] from the
 //! file's metadata and the tensors under llama.cpp's names, dequantised on upload, so
-//! [`DecoderModel`]'s forward runs them unchanged.
+//! [`DecoderModel`]'s forward runs them unchanged. In f32 each tensor (each fused Q/K/V or
+//! gate/up stack) is dequantised once, in parallel, straight into the memory the CPU backend
+//! then reads in place: SmolLM2-135M's 538 MB of f32 weights are written once, where they were
+//! copied again to stack the parts and to upload them.
 //!
 //! Two things differ from a Hugging Face directory:
 //! - Names: llama.cpp calls `layers.N.self_attn.q_proj.weight` `blk.N.attn_q.weight` and so on;
@@ -19,11 +22,13 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
+use half::{bf16, f16};
+
 use super::decoder::{DecoderConfig, DecoderModel, MAX_LAYERS};
 use super::loader::TensorSource;
 use crate::backend::{Backend, RopeFrequencies, RopeScaling};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, HostData, HostTensor};
+use crate::tensor::{DType, HostData, HostTensor, SharedBytes};
 use crate::weights::{Gguf, WeightsDtype};
 
 /// The `general.architecture` values this file runs.
@@ -220,6 +225,73 @@ impl GgufTensors<'_> {
 
     /// Tensor `name` of `shape` dequantised to `dtype`, Q/K rows in transformers' order.
     fn read(&self, name: &str, shape: &[usize], dtype: DType) -> Result<HostTensor> {
+        // The shape is checked against the file before anything that size is allocated.
+        let len = self
+            .gguf
+            .tensor_info(&self.checked_name(name, shape)?)?
+            .len();
+        let data = match dtype {
+            DType::F32 => HostData::F32(self.read_into(name, shape, vec![0f32; len], |x| x)?),
+            DType::F16 => {
+                HostData::F16(self.read_into(name, shape, vec![f16::ZERO; len], f16::from_f32)?)
+            }
+            DType::BF16 => HostData::BF16(self.read_into(
+                name,
+                shape,
+                vec![bf16::ZERO; len],
+                bf16::from_f32,
+            )?),
+            other => {
+                return Err(Error::weights(
+                    self.gguf.path(),
+                    format!(
+                        "tensor `{name}` can be dequantised to F32, F16 or BF16, not {other:?}"
+                    ),
+                ))
+            }
+        };
+        HostTensor::new(shape.to_vec(), data)
+    }
+
+    /// [`Self::read`] into `out` (the tensor's elements), each value converted with `convert`.
+    fn read_into<T: Send>(
+        &self,
+        name: &str,
+        shape: &[usize],
+        mut out: Vec<T>,
+        convert: impl Fn(f32) -> T + Sync,
+    ) -> Result<Vec<T>> {
+        self.fill(name, shape, &mut out, convert)?;
+        Ok(out)
+    }
+
+    /// Dequantises tensor `name` of `shape` into `out`, Q/K rows in transformers' order: row
+    /// `h·d/2 + i` of each block of `d` rows (a head) is read from stored row `2i + h`.
+    fn fill<T: Send>(
+        &self,
+        name: &str,
+        shape: &[usize],
+        out: &mut [T],
+        convert: impl Fn(f32) -> T + Sync,
+    ) -> Result<()> {
+        let gguf_name = self.checked_name(name, shape)?;
+        let heads = match name.rsplit('.').nth(1) {
+            Some("q_proj") if self.permuted_qk => self.heads,
+            Some("k_proj") if self.permuted_qk => self.kv_heads,
+            _ => return self.gguf.dequantize_with(&gguf_name, out, convert),
+        };
+        let d = shape[0] / heads;
+        let stored_row = |row: usize| {
+            let (head, within) = (row / d, row % d);
+            let (half, pair) = (within / (d / 2), within % (d / 2));
+            head * d + 2 * pair + half
+        };
+        self.gguf
+            .dequantize_rows_into(&gguf_name, out, stored_row, convert)
+    }
+
+    /// llama.cpp's name for `name`, once its tensor is known to have `shape`.
+    fn checked_name(&self, name: &str, shape: &[usize]) -> Result<String> {
         let gguf_name = Self::gguf_name(name).ok_or_else(|| {
             Error::weights(
                 self.gguf.path(),
@@ -236,37 +308,29 @@ impl GgufTensors<'_> {
                 ),
             ));
         }
-        let tensor = self.gguf.tensor(&gguf_name, dtype)?;
-        let heads = match name.rsplit('.').nth(1) {
-            Some("q_proj") if self.permuted_qk => self.heads,
-            Some("k_proj") if self.permuted_qk => self.kv_heads,
-            _ => return Ok(tensor),
-        };
-        let cols = shape[1..].iter().product();
-        let data = match tensor.into_data() {
-            HostData::F32(v) => HostData::F32(unpermute_rows(&v, heads, cols)),
-            HostData::F16(v) => HostData::F16(unpermute_rows(&v, heads, cols)),
-            HostData::BF16(v) => HostData::BF16(unpermute_rows(&v, heads, cols)),
-            other => other,
-        };
-        HostTensor::new(shape.to_vec(), data)
+        Ok(gguf_name)
     }
-}
 
-/// Undoes llama.cpp's Q/K row order: within each of `heads` blocks of `d` rows (`cols` values
-/// each), transformers' row `h·d/2 + i` is stored row `2i + h`.
-fn unpermute_rows<T: Copy>(stored: &[T], heads: usize, cols: usize) -> Vec<T> {
-    let d = stored.len() / cols / heads;
-    let mut out = Vec::with_capacity(stored.len());
-    for head in 0..heads {
-        for half in 0..2 {
-            for i in 0..d / 2 {
-                let row = head * d + 2 * i + half;
-                out.extend_from_slice(&stored[row * cols..(row + 1) * cols]);
-            }
+    /// Tensors `parts` (name and shape) dequantised one after the other into fresh memory the
+    /// backend reads in place ([`SharedBytes::filled_f32`]).
+    fn lent_f32(&self, parts: &[(&str, &[usize])]) -> Result<SharedBytes> {
+        let mut len = 0;
+        for &(name, shape) in parts {
+            // The shapes are checked against the file before anything that size is allocated.
+            len += self
+                .gguf
+                .tensor_info(&self.checked_name(name, shape)?)?
+                .len();
         }
+        SharedBytes::filled_f32(len, |mut out| {
+            for &(name, shape) in parts {
+                let (part, rest) = out.split_at_mut(shape.iter().product());
+                self.fill(name, shape, part, |x| x)?;
+                out = rest;
+            }
+            Ok(())
+        })
     }
-    out
 }
 
 impl TensorSource for GgufTensors<'_> {
@@ -289,5 +353,24 @@ impl TensorSource for GgufTensors<'_> {
 
     fn matrix(&self, name: &str, shape: &[usize], dtype: DType) -> Result<HostTensor> {
         self.read(name, shape, dtype)
+    }
+
+    /// Dequantised straight into the memory the backend reads: no copy on upload.
+    fn mapped_f32(&self, name: &str, shape: &[usize]) -> Result<Option<SharedBytes>> {
+        self.lent_f32(&[(name, shape)]).map(Some)
+    }
+
+    fn mapped_f32_stack(
+        &self,
+        parts: &[(String, usize)],
+        cols: usize,
+    ) -> Result<Option<SharedBytes>> {
+        let shapes: Vec<[usize; 2]> = parts.iter().map(|&(_, rows)| [rows, cols]).collect();
+        let parts: Vec<(&str, &[usize])> = parts
+            .iter()
+            .zip(&shapes)
+            .map(|((name, _), shape)| (name.as_str(), shape.as_slice()))
+            .collect();
+        self.lent_f32(&parts).map(Some)
     }
 }

@@ -69,8 +69,20 @@ pub trait TensorSource {
     }
 
     /// Tensor `name` of `shape` in place, where the source stores it as F32 values readable
-    /// where they are ([`SharedBytes::as_f32`]); `None` where it cannot lend them.
+    /// where they are ([`SharedBytes::as_f32`]), or makes them (dequantising) into memory it can
+    /// lend; `None` where it cannot lend them.
     fn mapped_f32(&self, _name: &str, _shape: &[usize]) -> Result<Option<SharedBytes>> {
+        Ok(None)
+    }
+
+    /// Matrices `parts` (name and row count, each `[rows, cols]`) as one stack of F32 values,
+    /// where the source makes them into memory it can lend, as [`TensorSource::mapped_f32`];
+    /// `None` where it cannot.
+    fn mapped_f32_stack(
+        &self,
+        _parts: &[(String, usize)],
+        _cols: usize,
+    ) -> Result<Option<SharedBytes>> {
         Ok(None)
     }
 }
@@ -147,6 +159,21 @@ impl Loader<'_> {
         if let ([(name, rows)], DType::F32) = (parts, target) {
             // One f32 tensor uploads straight from the map: no host copy of a large vocabulary.
             return self.tensor(name, &[*rows, cols]);
+        }
+        if target == DType::F32 {
+            if let Some(stack) = self.weights.mapped_f32_stack(parts, cols)? {
+                let values = stack
+                    .as_f32()
+                    .expect("mapped_f32_stack lends readable values");
+                let mut start = 0;
+                for (name, rows) in parts {
+                    let end = start + rows * cols;
+                    check_finite(name, crate::tensor::first_non_finite(&values[start..end]))?;
+                    start = end;
+                }
+                let rows = parts.iter().map(|(_, rows)| rows).sum();
+                return self.backend.upload_mapped(&[rows, cols], &stack);
+            }
         }
         if let Some(matrix) = self.mapped_half(parts, cols, target)? {
             return self.backend.upload_half(&matrix);

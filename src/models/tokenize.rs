@@ -53,7 +53,8 @@ pub struct TextTokenizer {
     path: PathBuf,
 }
 
-/// A `tokenizer.json` parsed ([`TextTokenizer::parse`]), before its truncation is set.
+/// A `tokenizer.json` parsed ([`TextTokenizer::parse`]) or a GGUF file's tokenizer built
+/// ([`TextTokenizer::parse_gguf`]), before its truncation is set.
 pub struct ParsedTokenizer {
     inner: Tokenizer,
     path: PathBuf,
@@ -100,6 +101,12 @@ impl TextTokenizer {
     /// `tokenizer.ggml.add_bos_token` / `add_eos_token` say (a llama vocabulary adds BOS when the
     /// file does not say).
     pub fn from_gguf(gguf: &Gguf, max_length: usize) -> Result<Self> {
+        Self::parse_gguf(gguf)?.truncated(max_length)
+    }
+
+    /// The tokenizer of [`TextTokenizer::from_gguf`] before its truncation is set: the slow part,
+    /// which a caller can run while it loads the weights.
+    pub fn parse_gguf(gguf: &Gguf) -> Result<ParsedTokenizer> {
         let path = gguf.path().to_path_buf();
         let inner = match gguf.get_str("tokenizer.ggml.model")? {
             "gpt2" => byte_level_bpe(gguf)?,
@@ -114,7 +121,7 @@ impl TextTokenizer {
                 ))
             }
         };
-        Self::new(inner, path, max_length)
+        Ok(ParsedTokenizer { inner, path })
     }
 
     /// `inner` truncating to `max_length` tokens, never padding. `max_length` must leave room
@@ -208,7 +215,13 @@ fn byte_level_bpe(gguf: &Gguf) -> Result<Tokenizer> {
         }
     }
     let alphabet = byte_alphabet();
-    let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
+    // Membership by code point (the alphabet's characters all lie below U+0144), not by a
+    // search of the 256 characters for every character of every token.
+    let mut member = vec![false; alphabet.iter().map(|&c| c as usize + 1).max().unwrap_or(0)];
+    for &c in &alphabet {
+        member[c as usize] = true;
+    }
+    let in_alphabet = |t: &str| t.chars().all(|c| member.get(c as usize) == Some(&true));
     let tokens: Vec<String> = gguf
         .get_str_array("tokenizer.ggml.tokens")?
         .into_iter()

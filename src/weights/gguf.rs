@@ -26,8 +26,8 @@ use memmap2::Mmap;
 
 use super::gguf_metadata::read_value;
 pub use super::gguf_metadata::Value;
-use super::quant::dequantize;
 pub use super::quant::GgmlType;
+use super::quant::{dequantize, dequantize_rows};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, HostData, HostTensor};
 
@@ -294,22 +294,52 @@ impl Gguf {
         HostTensor::new(info.shape.clone(), data)
     }
 
-    fn dequantize_with<T: Send>(
+    /// Dequantises `name` into `out` (exactly its elements, row-major), each value converted
+    /// with `convert`.
+    pub fn dequantize_with<T: Send>(
         &self,
         name: &str,
         out: &mut [T],
         convert: impl Fn(f32) -> T + Sync,
     ) -> Result<()> {
-        let info = self.tensor_info(name)?;
-        if out.len() != info.len() {
-            return Err(self.error(format!(
-                "tensor `{name}` has {} elements, the buffer {}",
-                info.len(),
-                out.len()
-            )));
-        }
+        let info = self.checked_info(name, out.len())?;
         dequantize(info.ggml_type, &self.map[info.bytes.clone()], out, convert)
             .map_err(|e| self.error(format!("tensor `{name}`: {e}")))
+    }
+
+    /// As [`Gguf::dequantize_f32_into`] with the rows (of the tensor's last row-major dim)
+    /// reordered: row `r` of `out` holds stored row `source_row(r)`, which must be one of the
+    /// tensor's rows. Each value is converted with `convert`.
+    pub fn dequantize_rows_into<T: Send>(
+        &self,
+        name: &str,
+        out: &mut [T],
+        source_row: impl Fn(usize) -> usize + Sync,
+        convert: impl Fn(f32) -> T + Sync,
+    ) -> Result<()> {
+        let info = self.checked_info(name, out.len())?;
+        let row_len = info.dims.first().map_or(1, |&d| d as usize);
+        dequantize_rows(
+            info.ggml_type,
+            &self.map[info.bytes.clone()],
+            row_len,
+            out,
+            source_row,
+            convert,
+        )
+        .map_err(|e| self.error(format!("tensor `{name}`: {e}")))
+    }
+
+    /// The info of tensor `name`, whose elements a buffer of `len` must hold exactly.
+    fn checked_info(&self, name: &str, len: usize) -> Result<&TensorInfo> {
+        let info = self.tensor_info(name)?;
+        if len != info.len() {
+            return Err(self.error(format!(
+                "tensor `{name}` has {} elements, the buffer {len}",
+                info.len()
+            )));
+        }
+        Ok(info)
     }
 
     /// `general.alignment`: a power-of-two u32 when present.

@@ -23,13 +23,13 @@ use std::fmt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-/// Decodes one step: a block, or up to [`SCALAR_STEP`] one-element blocks.
+/// Decodes a run of whole blocks into their elements.
 type Decoder = fn(&[u8], &mut [f32]);
 
-/// The elements of the largest block (the K-quants' super-block).
-const MAX_BLOCK: usize = 256;
-/// Elements decoded per step for the one-element-a-block types, to amortise the dispatch.
-const SCALAR_STEP: usize = 256;
+/// Elements a parallel task decodes at least (a multiple of every block size): big enough that
+/// rayon's dispatch is a small part of the work, small enough that a piece's f32 values stay
+/// in L1 between decoding and converting.
+const PIECE: usize = 4096;
 
 macro_rules! ggml_types {
     ($($name:ident = $id:literal, $block:literal, $size:expr;)*) => {
@@ -116,15 +116,27 @@ impl GgmlType {
 
     fn decoder(self) -> Option<Decoder> {
         Some(match self {
-            GgmlType::F32 => |b, out| scalars(b, out, |x: [u8; 4]| f32::from_le_bytes(x)),
-            GgmlType::F16 => |b, out| scalars(b, out, |x| f16::from_le_bytes(x).to_f32()),
-            GgmlType::BF16 => |b, out| scalars(b, out, |x| bf16::from_le_bytes(x).to_f32()),
-            GgmlType::Q8_0 => q8_0,
-            GgmlType::Q4_0 => q4_0,
-            GgmlType::Q4_1 => q4_1,
-            GgmlType::Q4_K => q4_k,
-            GgmlType::Q5_K => q5_k,
-            GgmlType::Q6_K => q6_k,
+            GgmlType::F32 => |b, out| {
+                blocks(b, out, |x: &[u8; 4], o: &mut [f32; 1]| {
+                    o[0] = f32::from_le_bytes(*x)
+                })
+            },
+            GgmlType::F16 => |b, out| {
+                blocks(b, out, |x: &[u8; 2], o: &mut [f32; 1]| {
+                    o[0] = f16::from_le_bytes(*x).to_f32()
+                })
+            },
+            GgmlType::BF16 => |b, out| {
+                blocks(b, out, |x: &[u8; 2], o: &mut [f32; 1]| {
+                    o[0] = bf16::from_le_bytes(*x).to_f32()
+                })
+            },
+            GgmlType::Q8_0 => |b, out| blocks(b, out, q8_0),
+            GgmlType::Q4_0 => |b, out| blocks(b, out, q4_0),
+            GgmlType::Q4_1 => |b, out| blocks(b, out, q4_1),
+            GgmlType::Q4_K => |b, out| blocks(b, out, q4_k),
+            GgmlType::Q5_K => |b, out| blocks(b, out, q5_k),
+            GgmlType::Q6_K => |b, out| blocks(b, out, q6_k),
             _ => return None,
         })
     }
@@ -167,47 +179,103 @@ impl fmt::Display for DequantError {
     }
 }
 
-/// Decodes `bytes` (whole blocks of `ty`) into `out`, one block at a time, converting each f32
-/// with `convert`; `out` must have exactly the elements the blocks hold. Large tensors are
-/// split across rayon's threads.
+/// Decodes `bytes` (whole blocks of `ty`) into `out`, converting each f32 with `convert`; `out`
+/// must have exactly the elements the blocks hold. Pieces of the tensor are decoded on rayon's
+/// threads.
 pub fn dequantize<T: Send>(
     ty: GgmlType,
     bytes: &[u8],
     out: &mut [T],
     convert: impl Fn(f32) -> T + Sync,
 ) -> Result<(), DequantError> {
-    let decode = ty.decoder().ok_or(DequantError::Unsupported(ty))?;
-    let (block, size) = ty.layout();
-    let length_error = DequantError::Length {
-        ty,
-        bytes: bytes.len(),
-        elements: out.len(),
-    };
-    if !bytes.len().is_multiple_of(size) || bytes.len() / size * block != out.len() {
-        return Err(length_error);
-    }
-    let step = if block == 1 { SCALAR_STEP } else { block };
-    let step_bytes = step / block * size;
-    bytes
-        .par_chunks(step_bytes)
-        .zip(out.par_chunks_mut(step))
-        .with_min_len(64)
-        .for_each(|(src, dst)| {
-            let mut values = [0f32; MAX_BLOCK];
-            let values = &mut values[..dst.len()];
-            decode(src, values);
-            for (d, &v) in dst.iter_mut().zip(values.iter()) {
-                *d = convert(v);
-            }
-        });
+    let decode = checked_decoder(ty, bytes, out.len())?;
+    decode_pieces(ty, decode, bytes, out, PIECE, |p| p, convert);
     Ok(())
 }
 
-fn scalars<const N: usize>(bytes: &[u8], out: &mut [f32], decode: impl Fn([u8; N]) -> f32) {
-    for (chunk, o) in bytes.chunks_exact(N).zip(out) {
-        let mut array = [0u8; N];
-        array.copy_from_slice(chunk);
-        *o = decode(array);
+/// As [`dequantize`] for a tensor of rows of `row_len` elements (a multiple of the block), row
+/// `r` of `out` decoded from stored row `source_row(r)`, which must be one of the tensor's rows:
+/// a reordering of rows costs no copy.
+pub fn dequantize_rows<T: Send>(
+    ty: GgmlType,
+    bytes: &[u8],
+    row_len: usize,
+    out: &mut [T],
+    source_row: impl Fn(usize) -> usize + Sync,
+    convert: impl Fn(f32) -> T + Sync,
+) -> Result<(), DequantError> {
+    let decode = checked_decoder(ty, bytes, out.len())?;
+    if row_len == 0
+        || !row_len.is_multiple_of(ty.block_size())
+        || !out.len().is_multiple_of(row_len)
+    {
+        return Err(DequantError::Length {
+            ty,
+            bytes: bytes.len(),
+            elements: out.len(),
+        });
+    }
+    decode_pieces(ty, decode, bytes, out, row_len, source_row, convert);
+    Ok(())
+}
+
+/// `ty`'s decoder, once `bytes` are known to be whole blocks holding `elements` elements.
+fn checked_decoder(ty: GgmlType, bytes: &[u8], elements: usize) -> Result<Decoder, DequantError> {
+    let decode = ty.decoder().ok_or(DequantError::Unsupported(ty))?;
+    let (block, size) = ty.layout();
+    if !bytes.len().is_multiple_of(size) || bytes.len() / size * block != elements {
+        return Err(DequantError::Length {
+            ty,
+            bytes: bytes.len(),
+            elements,
+        });
+    }
+    Ok(decode)
+}
+
+/// Decodes `out` in pieces of `piece` elements (a multiple of the block; the last may be
+/// shorter) in parallel, piece `p` from the blocks of stored piece `source(p)`. Each task decodes
+/// into a buffer of its own and converts from there.
+fn decode_pieces<T: Send>(
+    ty: GgmlType,
+    decode: Decoder,
+    bytes: &[u8],
+    out: &mut [T],
+    piece: usize,
+    source: impl Fn(usize) -> usize + Sync,
+    convert: impl Fn(f32) -> T + Sync,
+) {
+    let (block, size) = ty.layout();
+    let piece_bytes = piece / block * size;
+    out.par_chunks_mut(piece)
+        .enumerate()
+        .with_min_len(PIECE.div_ceil(piece))
+        .for_each_init(
+            || vec![0f32; piece],
+            |values, (p, dst)| {
+                let start = source(p) * piece_bytes;
+                let src = &bytes[start..start + dst.len() / block * size];
+                let values = &mut values[..dst.len()];
+                decode(src, values);
+                for (d, &v) in dst.iter_mut().zip(values.iter()) {
+                    *d = convert(v);
+                }
+            },
+        );
+}
+
+/// Runs `decode` on each block of `bytes` (`SIZE` bytes a block) and its `BLOCK` elements of
+/// `out`: fixed-size arrays, so the compiler unrolls and vectorises each block's loop.
+fn blocks<const SIZE: usize, const BLOCK: usize>(
+    bytes: &[u8],
+    out: &mut [f32],
+    decode: impl Fn(&[u8; SIZE], &mut [f32; BLOCK]),
+) {
+    for (b, o) in bytes.chunks_exact(SIZE).zip(out.chunks_exact_mut(BLOCK)) {
+        decode(
+            b.try_into().expect("chunks of SIZE bytes"),
+            o.try_into().expect("chunks of BLOCK elements"),
+        );
     }
 }
 
@@ -215,7 +283,7 @@ fn half_at(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
-fn q8_0(b: &[u8], out: &mut [f32]) {
+fn q8_0(b: &[u8; 34], out: &mut [f32; 32]) {
     let d = half_at(b, 0);
     for (o, &q) in out.iter_mut().zip(&b[2..34]) {
         *o = f32::from(q as i8) * d;
@@ -223,22 +291,24 @@ fn q8_0(b: &[u8], out: &mut [f32]) {
 }
 
 /// Low nibbles are the block's first half, high nibbles its second.
-fn nibbles(qs: &[u8], out: &mut [f32], value: impl Fn(u8) -> f32) {
-    let (low, high) = out.split_at_mut(qs.len());
+fn nibbles(qs: &[u8; 16], out: &mut [f32; 32], value: impl Fn(u8) -> f32) {
+    let (low, high) = out.split_at_mut(16);
     for ((l, h), &q) in low.iter_mut().zip(high).zip(qs) {
         *l = value(q & 0x0F);
         *h = value(q >> 4);
     }
 }
 
-fn q4_0(b: &[u8], out: &mut [f32]) {
+fn q4_0(b: &[u8; 18], out: &mut [f32; 32]) {
     let d = half_at(b, 0);
-    nibbles(&b[2..18], out, |q| d * f32::from(q as i8 - 8));
+    let qs = b[2..18].try_into().expect("16 bytes");
+    nibbles(qs, out, |q| d * f32::from(q as i8 - 8));
 }
 
-fn q4_1(b: &[u8], out: &mut [f32]) {
+fn q4_1(b: &[u8; 20], out: &mut [f32; 32]) {
     let (d, m) = (half_at(b, 0), half_at(b, 2));
-    nibbles(&b[4..20], out, |q| d * f32::from(q) + m);
+    let qs = b[4..20].try_into().expect("16 bytes");
+    nibbles(qs, out, |q| d * f32::from(q) + m);
 }
 
 /// Sub-block `j`'s 6-bit scale and min from the K-quants' 12 packed bytes: the first four
@@ -258,7 +328,7 @@ fn scale_min(scales: &[u8], j: usize) -> (f32, f32) {
 }
 
 /// Q4_K and Q5_K: eight 32-element sub-blocks, q = nibble | fifth bit (when `high` is given).
-fn k_quant_4_5(b: &[u8], high: Option<&[u8]>, qs: &[u8], out: &mut [f32]) {
+fn k_quant_4_5(b: &[u8], high: Option<&[u8]>, qs: &[u8], out: &mut [f32; 256]) {
     let (d, dmin) = (half_at(b, 0), half_at(b, 2));
     let scales = &b[4..16];
     for (j, sub) in out.chunks_exact_mut(32).enumerate() {
@@ -276,15 +346,15 @@ fn k_quant_4_5(b: &[u8], high: Option<&[u8]>, qs: &[u8], out: &mut [f32]) {
     }
 }
 
-fn q4_k(b: &[u8], out: &mut [f32]) {
+fn q4_k(b: &[u8; 144], out: &mut [f32; 256]) {
     k_quant_4_5(b, None, &b[16..144], out);
 }
 
-fn q5_k(b: &[u8], out: &mut [f32]) {
+fn q5_k(b: &[u8; 176], out: &mut [f32; 256]) {
     k_quant_4_5(b, Some(&b[16..48]), &b[48..176], out);
 }
 
-fn q6_k(b: &[u8], out: &mut [f32]) {
+fn q6_k(b: &[u8; 210], out: &mut [f32; 256]) {
     let (ql, qh, scales) = (&b[..128], &b[128..192], &b[192..208]);
     let d = half_at(b, 208);
     for (e, o) in out.iter_mut().enumerate() {
