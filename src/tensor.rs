@@ -47,29 +47,50 @@ impl HostData {
     }
 }
 
+/// Values per block of the finiteness checks below.
+const FINITE_BLOCK: usize = 4096;
+
+/// Blocks of `items`, in order, each passed with its index to `first_in` until one returns an
+/// index: on every core from [`PARALLEL_CHECK_BLOCKS`] blocks up (a checkpoint's embedding table,
+/// read from its memory map, is most of a short run's start-up), on this thread below, where
+/// handing the work to the pool would cost more than it saves.
+fn first_in_blocks<T: Sync>(
+    items: &[T],
+    block: usize,
+    first_in: impl Fn((usize, &[T])) -> Option<usize> + Sync + Send,
+) -> Option<usize> {
+    use rayon::prelude::*;
+    if items.len() < PARALLEL_CHECK_BLOCKS * block {
+        items.chunks(block).enumerate().find_map(first_in)
+    } else {
+        items.par_chunks(block).enumerate().find_map_first(first_in)
+    }
+}
+
+/// Blocks of [`FINITE_BLOCK`] values (1 MiB of f32) from which a check runs in parallel.
+const PARALLEL_CHECK_BLOCKS: usize = 64;
+
 /// Index of the first NaN or infinite value of `values`. Runs in branch-free blocks (the common
 /// all-finite case vectorises) and looks for the index only inside a failing block.
 pub fn first_non_finite(values: &[f32]) -> Option<usize> {
-    const BLOCK: usize = 4096;
-    values.chunks(BLOCK).enumerate().find_map(|(b, block)| {
+    first_in_blocks(values, FINITE_BLOCK, |(b, block)| {
         let finite = block.iter().fold(true, |ok, v| ok & v.is_finite());
-        (!finite).then(|| b * BLOCK + block.iter().position(|v| !v.is_finite()).unwrap_or(0))
+        (!finite).then(|| b * FINITE_BLOCK + block.iter().position(|v| !v.is_finite()).unwrap_or(0))
     })
 }
 
 /// Index of the first NaN or infinite value of little-endian F16 or BF16 `bytes` (any
 /// alignment: views into a memory map): a value whose exponent field is all ones.
 pub fn first_non_finite_half(dtype: DType, bytes: &[u8]) -> Option<usize> {
-    const BLOCK: usize = 4096;
     let mask: u16 = match dtype {
         DType::F16 => 0x7C00,
         DType::BF16 => 0x7F80,
         _ => return None,
     };
     let bad = |pair: &[u8]| u16::from_le_bytes([pair[0], pair[1]]) & mask == mask;
-    bytes.chunks(2 * BLOCK).enumerate().find_map(|(b, block)| {
+    first_in_blocks(bytes, 2 * FINITE_BLOCK, |(b, block)| {
         let finite = block.chunks_exact(2).fold(true, |ok, pair| ok & !bad(pair));
-        (!finite).then(|| b * BLOCK + block.chunks_exact(2).position(bad).unwrap_or(0))
+        (!finite).then(|| b * FINITE_BLOCK + block.chunks_exact(2).position(bad).unwrap_or(0))
     })
 }
 

@@ -151,6 +151,16 @@ impl Loader<'_> {
         if let Some(matrix) = self.mapped_half(parts, cols, target)? {
             return self.backend.upload_half(&matrix);
         }
+        let rows = parts.iter().map(|(_, r)| r).sum();
+        if target == DType::F32 && !parts.is_empty() {
+            // Each part copied once, straight from the source into the stack: no vector of its
+            // own grown into it (fresh pages are most of the cost of loading a small model).
+            let mut values = Vec::with_capacity(rows * cols);
+            for (name, part_rows) in parts {
+                values.extend_from_slice(&self.host(name, &[*part_rows, cols])?);
+            }
+            return self.backend.upload(&[rows, cols], &values);
+        }
         let mut data: Option<HostData> = None;
         for (name, rows) in parts {
             let part = self
@@ -160,10 +170,6 @@ impl Loader<'_> {
             check_finite(name, part.first_non_finite())?;
             data = Some(match (data, part) {
                 (None, part) => part,
-                (Some(HostData::F32(mut a)), HostData::F32(b)) => {
-                    a.extend(b);
-                    HostData::F32(a)
-                }
                 (Some(HostData::F16(mut a)), HostData::F16(b)) => {
                     a.extend(b);
                     HostData::F16(a)
@@ -175,7 +181,6 @@ impl Loader<'_> {
                 _ => unreachable!("every part is converted to {target:?}"),
             });
         }
-        let rows = parts.iter().map(|(_, r)| r).sum();
         let data = data.ok_or_else(|| Error::input("stacked_matrix: no matrices to stack"))?;
         self.backend
             .upload_host(&HostTensor::new(vec![rows, cols], data)?)

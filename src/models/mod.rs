@@ -46,6 +46,7 @@ pub mod loader;
 pub mod mlp;
 pub mod sentence;
 pub mod tokenize;
+mod tokenize_json;
 mod tokenize_spm;
 pub mod train;
 

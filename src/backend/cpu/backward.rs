@@ -7,7 +7,7 @@
 //!
 //! `activation_backward`, `layer_norm_backward`, `attention_backward`, `sequence_sums` and
 //! `scatter_rows` are also the CPU's ops of the backward family
-//! ([`crate::backend::OpFamily::Backward`]), through [`on_tensors`]; the GPU kernels are checked against them. A linear layer's input gradient
+//! ([`crate::backend::OpFamily::Backward`]), through `on_tensors`; the GPU kernels are checked against them. A linear layer's input gradient
 //! (`linear_input_backward`) is `linear` on the transposed weight on a device.
 //!
 //! Row statistics (LayerNorm's mean and variance, softmax's `Σ P ⊙ dP`) accumulate in f64: they
