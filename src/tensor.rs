@@ -50,10 +50,14 @@ impl HostData {
 /// Values per block of the finiteness checks below.
 const FINITE_BLOCK: usize = 4096;
 
-/// Blocks of `items`, in order, each passed with its index to `first_in` until one returns an
-/// index: on every core from [`PARALLEL_CHECK_BLOCKS`] blocks up (a checkpoint's embedding table,
-/// read from its memory map, is most of a short run's start-up), on this thread below, where
-/// handing the work to the pool would cost more than it saves.
+/// Blocks from which [`first_in_blocks`] runs on every core (1 MiB of f32 values).
+const PARALLEL_CHECK_BLOCKS: usize = 64;
+
+/// The first index `first_in` finds, given each block of `items` with the block's index. From
+/// [`PARALLEL_CHECK_BLOCKS`] blocks up the blocks are checked on every core (the load-time check
+/// of a model's embedding table and FFN weights, read through the checkpoint's memory map, is on
+/// the critical path of a short run's start-up); below, on this thread, where handing the work to
+/// the pool would cost more than it saves.
 fn first_in_blocks<T: Sync>(
     items: &[T],
     block: usize,
@@ -66,9 +70,6 @@ fn first_in_blocks<T: Sync>(
         items.par_chunks(block).enumerate().find_map_first(first_in)
     }
 }
-
-/// Blocks of [`FINITE_BLOCK`] values (1 MiB of f32) from which a check runs in parallel.
-const PARALLEL_CHECK_BLOCKS: usize = 64;
 
 /// Index of the first NaN or infinite value of `values`. Runs in branch-free blocks (the common
 /// all-finite case vectorises) and looks for the index only inside a failing block.
@@ -450,5 +451,46 @@ mod tests {
         // f16's largest finite value is finite; bf16's 65504 too.
         let max = f16::MAX.to_bits().to_le_bytes();
         assert_eq!(first_non_finite_half(DType::F16, &max), None);
+    }
+
+    /// Bad values put in from the back: each check must then report the one just put in, on
+    /// this thread (short tensors) and on every core (long ones, bad values in several blocks).
+    #[test]
+    fn finds_the_first_non_finite_value() {
+        for len in [10, 5000, (PARALLEL_CHECK_BLOCKS + 3) * FINITE_BLOCK] {
+            let mut values = vec![1.0f32; len];
+            let mut f16s: Vec<u8> = values
+                .iter()
+                .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+                .collect();
+            let mut bf16s: Vec<u8> = values
+                .iter()
+                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+                .collect();
+            assert_eq!(first_non_finite(&values), None);
+            assert_eq!(first_non_finite_half(DType::F16, &f16s), None);
+            assert_eq!(first_non_finite_half(DType::BF16, &bf16s), None);
+            for (k, at) in [len - 1, len / 2 + 1, len / 2, 3].into_iter().enumerate() {
+                let bad = if k % 2 == 0 {
+                    f32::NAN
+                } else {
+                    f32::NEG_INFINITY
+                };
+                values[at] = bad;
+                f16s[2 * at..2 * at + 2].copy_from_slice(&f16::from_f32(bad).to_le_bytes());
+                bf16s[2 * at..2 * at + 2].copy_from_slice(&bf16::from_f32(bad).to_le_bytes());
+                assert_eq!(first_non_finite(&values), Some(at), "f32, {len} values");
+                assert_eq!(
+                    first_non_finite_half(DType::F16, &f16s),
+                    Some(at),
+                    "f16, {len} values"
+                );
+                assert_eq!(
+                    first_non_finite_half(DType::BF16, &bf16s),
+                    Some(at),
+                    "bf16, {len} values"
+                );
+            }
+        }
     }
 }

@@ -153,13 +153,14 @@ impl Loader<'_> {
         }
         let rows = parts.iter().map(|(_, r)| r).sum();
         if target == DType::F32 && !parts.is_empty() {
-            // Each part copied once, straight from the source into the stack: no vector of its
-            // own grown into it (fresh pages are most of the cost of loading a small model).
+            // Each part copied once, straight from the source into the stack the backend keeps:
+            // no vector of its own grown into it, no copy on upload (writing fresh pages is
+            // most of the cost of loading a small model's fused stacks).
             let mut values = Vec::with_capacity(rows * cols);
             for (name, part_rows) in parts {
                 values.extend_from_slice(&self.host(name, &[*part_rows, cols])?);
             }
-            return self.backend.upload(&[rows, cols], &values);
+            return self.backend.upload_owned(&[rows, cols], values);
         }
         let mut data: Option<HostData> = None;
         for (name, rows) in parts {
@@ -240,7 +241,7 @@ impl Loader<'_> {
                 check_finite(&name, crate::tensor::first_non_finite(&part))?;
                 values.extend_from_slice(&part);
             }
-            Some(self.backend.upload(&[values.len()], &values)?)
+            Some(self.backend.upload_owned(&[values.len()], values)?)
         } else {
             None
         };

@@ -86,13 +86,12 @@ fn model(raw: &RawValue) -> Option<ModelWrapper> {
 /// is not an object, a key has escapes, or a key repeats (the crate takes the last of repeated
 /// keys in some places and refuses them in others).
 fn members(text: &str) -> Option<Vec<(&str, &RawValue)>> {
-    let Members(mut members) = serde_json::from_str(text).ok()?;
+    let Members(members) = serde_json::from_str(text).ok()?;
     let mut keys: Vec<&str> = members.iter().map(|&(k, _)| k).collect();
     keys.sort_unstable();
     if keys.windows(2).any(|pair| pair[0] == pair[1]) {
         return None;
     }
-    members.shrink_to_fit();
     Some(members)
 }
 
