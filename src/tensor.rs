@@ -47,29 +47,51 @@ impl HostData {
     }
 }
 
+/// Values per block of the finiteness checks below.
+const FINITE_BLOCK: usize = 4096;
+
+/// Blocks from which [`first_in_blocks`] runs on every core (1 MiB of f32 values).
+const PARALLEL_CHECK_BLOCKS: usize = 64;
+
+/// The first index `first_in` finds, given each block of `items` with the block's index. From
+/// [`PARALLEL_CHECK_BLOCKS`] blocks up the blocks are checked on every core (the load-time check
+/// of a model's embedding table and FFN weights, read through the checkpoint's memory map, is on
+/// the critical path of a short run's start-up); below, on this thread, where handing the work to
+/// the pool would cost more than it saves.
+fn first_in_blocks<T: Sync>(
+    items: &[T],
+    block: usize,
+    first_in: impl Fn((usize, &[T])) -> Option<usize> + Sync + Send,
+) -> Option<usize> {
+    use rayon::prelude::*;
+    if items.len() < PARALLEL_CHECK_BLOCKS * block {
+        items.chunks(block).enumerate().find_map(first_in)
+    } else {
+        items.par_chunks(block).enumerate().find_map_first(first_in)
+    }
+}
+
 /// Index of the first NaN or infinite value of `values`. Runs in branch-free blocks (the common
 /// all-finite case vectorises) and looks for the index only inside a failing block.
 pub fn first_non_finite(values: &[f32]) -> Option<usize> {
-    const BLOCK: usize = 4096;
-    values.chunks(BLOCK).enumerate().find_map(|(b, block)| {
+    first_in_blocks(values, FINITE_BLOCK, |(b, block)| {
         let finite = block.iter().fold(true, |ok, v| ok & v.is_finite());
-        (!finite).then(|| b * BLOCK + block.iter().position(|v| !v.is_finite()).unwrap_or(0))
+        (!finite).then(|| b * FINITE_BLOCK + block.iter().position(|v| !v.is_finite()).unwrap_or(0))
     })
 }
 
 /// Index of the first NaN or infinite value of little-endian F16 or BF16 `bytes` (any
 /// alignment: views into a memory map): a value whose exponent field is all ones.
 pub fn first_non_finite_half(dtype: DType, bytes: &[u8]) -> Option<usize> {
-    const BLOCK: usize = 4096;
     let mask: u16 = match dtype {
         DType::F16 => 0x7C00,
         DType::BF16 => 0x7F80,
         _ => return None,
     };
     let bad = |pair: &[u8]| u16::from_le_bytes([pair[0], pair[1]]) & mask == mask;
-    bytes.chunks(2 * BLOCK).enumerate().find_map(|(b, block)| {
+    first_in_blocks(bytes, 2 * FINITE_BLOCK, |(b, block)| {
         let finite = block.chunks_exact(2).fold(true, |ok, pair| ok & !bad(pair));
-        (!finite).then(|| b * BLOCK + block.chunks_exact(2).position(bad).unwrap_or(0))
+        (!finite).then(|| b * FINITE_BLOCK + block.chunks_exact(2).position(bad).unwrap_or(0))
     })
 }
 
@@ -451,5 +473,46 @@ mod tests {
         // f16's largest finite value is finite; bf16's 65504 too.
         let max = f16::MAX.to_bits().to_le_bytes();
         assert_eq!(first_non_finite_half(DType::F16, &max), None);
+    }
+
+    /// Bad values put in from the back: each check must then report the one just put in, on
+    /// this thread (short tensors) and on every core (long ones, bad values in several blocks).
+    #[test]
+    fn finds_the_first_non_finite_value() {
+        for len in [10, 5000, (PARALLEL_CHECK_BLOCKS + 3) * FINITE_BLOCK] {
+            let mut values = vec![1.0f32; len];
+            let mut f16s: Vec<u8> = values
+                .iter()
+                .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+                .collect();
+            let mut bf16s: Vec<u8> = values
+                .iter()
+                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+                .collect();
+            assert_eq!(first_non_finite(&values), None);
+            assert_eq!(first_non_finite_half(DType::F16, &f16s), None);
+            assert_eq!(first_non_finite_half(DType::BF16, &bf16s), None);
+            for (k, at) in [len - 1, len / 2 + 1, len / 2, 3].into_iter().enumerate() {
+                let bad = if k % 2 == 0 {
+                    f32::NAN
+                } else {
+                    f32::NEG_INFINITY
+                };
+                values[at] = bad;
+                f16s[2 * at..2 * at + 2].copy_from_slice(&f16::from_f32(bad).to_le_bytes());
+                bf16s[2 * at..2 * at + 2].copy_from_slice(&bf16::from_f32(bad).to_le_bytes());
+                assert_eq!(first_non_finite(&values), Some(at), "f32, {len} values");
+                assert_eq!(
+                    first_non_finite_half(DType::F16, &f16s),
+                    Some(at),
+                    "f16, {len} values"
+                );
+                assert_eq!(
+                    first_non_finite_half(DType::BF16, &bf16s),
+                    Some(at),
+                    "bf16, {len} values"
+                );
+            }
+        }
     }
 }

@@ -201,6 +201,12 @@ pub trait Backend: Send + Sync {
         self.upload(shape, mapped_f32(bytes)?)
     }
 
+    /// Uploads f32 values the caller hands over (a weight stack built for this tensor): the CPU
+    /// keeps the vector itself, the others upload it as [`Backend::upload`] does.
+    fn upload_owned(&self, shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
+        self.upload(shape, &data)
+    }
+
     /// Uploads a host tensor through the upload of its dtype.
     fn upload_host(&self, tensor: &HostTensor) -> Result<Tensor> {
         let shape = tensor.shape();

@@ -143,7 +143,7 @@ impl Activation {
 /// How token rows of one sequence become one embedding (sentence-transformers' pooling modes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Pooling {
-    /// The first token ([CLS] / <s>).
+    /// The first token (`[CLS]` / `<s>`).
     Cls,
     /// Mean over the sequence's tokens.
     Mean,

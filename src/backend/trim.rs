@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
-/// What each candidate of [`Backend::trim_search`] is compared with.
+/// What each candidate of [`Backend::trim_search`](crate::backend::Backend::trim_search) is compared with.
 #[derive(Clone, Copy, Debug)]
 pub enum TrimReference<'a> {
     /// One reference sample shared by every candidate.
@@ -52,7 +52,7 @@ impl TrimReference<'_> {
     }
 }
 
-/// Parameters of [`Backend::trim_search`].
+/// Parameters of [`Backend::trim_search`](crate::backend::Backend::trim_search).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TrimSpec {
     /// Test level in (0, 1); sets the KS threshold α̂ is searched against.

@@ -273,6 +273,9 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         args.out.display(),
         texts_note(format, &sidecar)
     )?;
+    // The process ends next and its memory goes with it: freeing the tokenizer's vocabulary one
+    // string at a time and the model's buffers would only delay the exit (4 ms of a 0.2 s run).
+    std::mem::forget(encoder);
     Ok(())
 }
 

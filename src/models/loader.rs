@@ -178,6 +178,17 @@ impl Loader<'_> {
         if let Some(matrix) = self.mapped_half(parts, cols, target)? {
             return self.backend.upload_half(&matrix);
         }
+        let rows = parts.iter().map(|(_, r)| r).sum();
+        if target == DType::F32 && !parts.is_empty() {
+            // Each part copied once, straight from the source into the stack the backend keeps:
+            // no vector of its own grown into it, no copy on upload (writing fresh pages is
+            // most of the cost of loading a small model's fused stacks).
+            let mut values = Vec::with_capacity(rows * cols);
+            for (name, part_rows) in parts {
+                values.extend_from_slice(&self.host(name, &[*part_rows, cols])?);
+            }
+            return self.backend.upload_owned(&[rows, cols], values);
+        }
         let mut data: Option<HostData> = None;
         for (name, rows) in parts {
             let part = self
@@ -187,10 +198,6 @@ impl Loader<'_> {
             check_finite(name, part.first_non_finite())?;
             data = Some(match (data, part) {
                 (None, part) => part,
-                (Some(HostData::F32(mut a)), HostData::F32(b)) => {
-                    a.extend(b);
-                    HostData::F32(a)
-                }
                 (Some(HostData::F16(mut a)), HostData::F16(b)) => {
                     a.extend(b);
                     HostData::F16(a)
@@ -202,7 +209,6 @@ impl Loader<'_> {
                 _ => unreachable!("every part is converted to {target:?}"),
             });
         }
-        let rows = parts.iter().map(|(_, r)| r).sum();
         let data = data.ok_or_else(|| Error::input("stacked_matrix: no matrices to stack"))?;
         self.backend
             .upload_host(&HostTensor::new(vec![rows, cols], data)?)
@@ -262,7 +268,7 @@ impl Loader<'_> {
                 check_finite(&name, crate::tensor::first_non_finite(&part))?;
                 values.extend_from_slice(&part);
             }
-            Some(self.backend.upload(&[values.len()], &values)?)
+            Some(self.backend.upload_owned(&[values.len()], values)?)
         } else {
             None
         };

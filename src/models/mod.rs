@@ -48,6 +48,7 @@ pub mod loader;
 pub mod mlp;
 pub mod sentence;
 pub mod tokenize;
+mod tokenize_json;
 mod tokenize_spm;
 pub mod train;
 

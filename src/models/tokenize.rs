@@ -176,12 +176,17 @@ impl TextTokenizer {
     }
 }
 
-/// Parses a `tokenizer.json`. The `tokenizers` crate panics instead of erring on some malformed
-/// files (a JSON syntax error inside `decoder`, a `Precompiled` normaliser of the wrong shape;
-/// found by fuzzing), so the syntax is checked first, which gives the line and column, and a
-/// panic that still escapes the crate is turned into an error naming the file.
+/// Parses a `tokenizer.json`: section by section where [`super::tokenize_json`] can (WordPiece
+/// and BPE models), else with the `tokenizers` crate's own parser. That parser panics instead of
+/// erring on some malformed files (a JSON syntax error inside `decoder`, a `Precompiled`
+/// normaliser of the wrong shape; found by fuzzing), so the syntax is checked first, which gives
+/// the line and column, and a panic that still escapes the crate is turned into an error naming
+/// the file.
 fn read_tokenizer_json(path: &Path) -> Result<Tokenizer> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    if let Ok(Some(tokenizer)) = std::panic::catch_unwind(|| super::tokenize_json::parse(&text)) {
+        return Ok(tokenizer);
+    }
     let malformed = |message: String| Error::Tokenizer {
         path: path.to_path_buf(),
         message,

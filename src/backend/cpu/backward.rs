@@ -7,7 +7,7 @@
 //!
 //! `activation_backward`, `layer_norm_backward`, `attention_backward`, `sequence_sums` and
 //! `scatter_rows` are also the CPU's ops of the backward family
-//! ([`crate::backend::OpFamily::Backward`]), through [`on_tensors`]; the GPU kernels are checked against them.
+//! ([`crate::backend::OpFamily::Backward`]), through `on_tensors`; the GPU kernels are checked against them.
 //! So are the training ops only the CPU runs: `dropout` (inverted dropout by a
 //! [`DropoutMask`]), [`attention_dropout`] and its backward pass (`attention_backward` with the
 //! mask). A linear layer's input gradient

@@ -162,10 +162,15 @@ impl Backend for CpuBackend {
     }
 
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        self.upload_owned(shape, data.to_vec())
+    }
+
+    /// Kept as it is: no copy.
+    fn upload_owned(&self, shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
         shapes::upload(shape, data.len())?;
         Ok(Tensor {
             shape: shape.to_vec(),
-            storage: Storage::Cpu(data.to_vec()),
+            storage: Storage::Cpu(data),
             cpu_packed: PackedCache::default(),
         })
     }
