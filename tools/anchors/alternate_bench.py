@@ -66,10 +66,17 @@ def main():
             results[label].append(run(command, args))
     load = open("/proc/loadavg").read().split()[:3]
     print(f"# {args.rounds} rounds, load average after: {' '.join(load)}")
+    # Builds may bench different cases (a case added or renamed): compare the ones every build
+    # ran in every round, and name the rest.
+    seen = {label: set.intersection(*map(set, rounds)) for label, rounds in results.items()}
+    common = set.intersection(*seen.values())
+    for label, cases in seen.items():
+        if cases - common:
+            print(f"# only in {label}: {', '.join(sorted(cases - common))}")
     print("| case | build | median ms (rounds) | median | roofline | first / this |")
     print("|---|---|---|---:|---:|---:|")
     first = commands[0][0]
-    for case in sorted(results[first][0]):
+    for case in sorted(common):
         base = statistics.median(r[case][0] for r in results[first])
         for label, _ in commands:
             times = [r[case][0] for r in results[label]]
