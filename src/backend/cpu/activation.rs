@@ -14,6 +14,10 @@
 //! ([`gelu_avx512`], [`gelu_avx2`]), within a few ulp of the portable form. The packed
 //! GEMM applies the activation once per register tile, in the copy of its microkernel's width.
 //!
+//! The backward pass's slopes ([`backward`]) are written the same way, from the same `exp` and
+//! erfc fit, in copies compiled for AVX-512 and AVX2: the op is one pass over three arrays,
+//! which a library call per element made twenty times slower than memory.
+//!
 //! Keep each activation's loop body small: LLVM's loop vectoriser judges the body as a whole,
 //! and a GELU that also evaluated a separate small-argument erf polynomial (for erf accurate to
 //! 1.5e-7 near 0, where `1 − erfc` is only good to 4e-7) was left scalar — 10 ns an element
@@ -107,6 +111,119 @@ pub(super) unsafe fn apply_avx2(act: Activation, y: &mut [f32]) {
             _mm256_maskstore_ps(tail.as_mut_ptr(), mask, gelu_avx2(v));
         }
     }
+}
+
+/// `dz = dy ⊙ act'(z)`, the backward pass of an epilogue activation from its pre-activation:
+/// [`backward_avx512`] where the CPU has AVX-512, [`backward_avx2`] where it has AVX2 and FMA,
+/// else [`backward_portable`] as built.
+pub(super) fn backward(act: Activation, z: &[f32], dy: &[f32], dz: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked above).
+            return unsafe { backward_avx512(act, z, dy, dz) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            return unsafe { backward_avx2(act, z, dy, dz) };
+        }
+    }
+    backward_portable(act, z, dy, dz)
+}
+
+/// [`backward_portable`] compiled for AVX-512's sixteen lanes.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn backward_avx512(act: Activation, z: &[f32], dy: &[f32], dz: &mut [f32]) {
+    backward_portable(act, z, dy, dz)
+}
+
+/// [`backward_portable`] compiled for AVX2's eight lanes, with FMAs.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn backward_avx2(act: Activation, z: &[f32], dy: &[f32], dz: &mut [f32]) {
+    backward_portable(act, z, dy, dz)
+}
+
+/// [`backward`] as written: one branch-free loop per activation, each slope from [`exp`] (and
+/// GELU's from [`gelu`]'s erfc fit), so that the compiler vectorises every one of them.
+#[inline(always)]
+fn backward_portable(act: Activation, z: &[f32], dy: &[f32], dz: &mut [f32]) {
+    assert!(
+        z.len() == dz.len() && dy.len() == dz.len(),
+        "activation backward: lengths differ"
+    );
+    // Generic, not a function pointer, so that each slope is inlined into its own loop.
+    #[inline(always)]
+    fn scale(z: &[f32], dy: &[f32], dz: &mut [f32], slope: impl Fn(f32) -> f32) {
+        for ((out, &z), &dy) in dz.iter_mut().zip(z).zip(dy) {
+            *out = dy * slope(z);
+        }
+    }
+    match act {
+        Activation::Identity => dz.copy_from_slice(dy),
+        Activation::Gelu => scale(z, dy, dz, gelu_slope),
+        Activation::GeluTanh => scale(z, dy, dz, gelu_tanh_slope),
+        Activation::QuickGelu => scale(z, dy, dz, |z| gated_logistic_slope(1.702, z)),
+        Activation::Silu => scale(z, dy, dz, |z| gated_logistic_slope(1.0, z)),
+        Activation::Sigmoid => scale(z, dy, dz, |z| {
+            // σ'(z) = e/(1 + e)² with e = e^{−|z|}: the same on both sides, and never 1 − σ.
+            let e = exp(-z.abs());
+            e / ((1.0 + e) * (1.0 + e))
+        }),
+        Activation::Relu => scale(z, dy, dz, |z| if z > 0.0 { 1.0 } else { 0.0 }),
+        // 1 − tanh² z = 4e/(1 + e)² with e = e^{−2|z|}: no cancellation as tanh z nears ±1.
+        Activation::Tanh => scale(z, dy, dz, |z| {
+            let e = exp(-2.0 * z.abs());
+            4.0 * e / ((1.0 + e) * (1.0 + e))
+        }),
+    }
+}
+
+/// `d/dz z·Φ(z) = Φ(z) + z·φ(z)`, with `Φ` from [`gelu`]'s erfc fit and
+/// `φ(z) = e^{−z²/2}/√(2π)`; both exponents are `−z²/2`, rounded once.
+#[inline(always)]
+fn gelu_slope(z: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    let half_square = 0.5 * z * z;
+    let a = z.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + 0.5 * a);
+    let c = ERFC_FIT.iter().rev().fold(0.0, |acc, &c| acc * t + c);
+    // Φ(−|z|) = ½·erfc(|z|/√2): the small side, kept to relative accuracy.
+    let lower_tail = 0.5 * t * exp(c - half_square);
+    let cdf = if z >= 0.0 {
+        1.0 - lower_tail
+    } else {
+        lower_tail
+    };
+    cdf + z * INV_SQRT_2PI * exp(-half_square)
+}
+
+/// `d/dz ½z(1 + tanh u)` with `u = √(2/π)(z + 0.044715z³)`: as `z·σ(2u)` (see [`apply_portable`]),
+/// `σ(2u) + 2z·σ(2u)(1 − σ(2u))·u'`, with `1 − σ = e·σ`, `e = e^{−2u}`.
+#[inline(always)]
+fn gelu_tanh_slope(z: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const CUBIC: f32 = 0.044_715;
+    let e = exp(-2.0 * SQRT_2_OVER_PI * (z + CUBIC * z * z * z));
+    let s = 1.0 / (1.0 + e);
+    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * CUBIC * z * z);
+    s + 2.0 * z * (e * s) * s * du
+}
+
+/// `d/dz z·σ(kz) = σ(kz)·(1 + kz·(1 − σ(kz)))`, with `1 − σ = e·σ`, `e = e^{−kz}`: relative
+/// accuracy where `σ` nears 1 (QuickGELU: k = 1.702; SiLU: k = 1).
+#[inline(always)]
+fn gated_logistic_slope(k: f32, z: f32) -> f32 {
+    let e = exp(-k * z);
+    let s = 1.0 / (1.0 + e);
+    s * (1.0 + k * z * (e * s))
 }
 
 with_wide_simd! {
@@ -375,6 +492,63 @@ mod tests {
                     assert!(
                         (got as f64 - want).abs() <= bound,
                         "{form} {act:?}({x}) = {got}, want {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_slope_matches_the_f64_derivative() {
+        use crate::bench::cases::reference;
+        // f32 slopes of the gated forms are sums of two terms, `act(z)/z` (the gate) and the
+        // rest, which cancel where the slope crosses zero; the bound is relative to the gate
+        // as well as to the slope (and to the slope alone for the other activations).
+        let gated = [
+            Activation::Gelu,
+            Activation::GeluTanh,
+            Activation::QuickGelu,
+            Activation::Silu,
+        ];
+        type Form = fn(Activation, &[f32], &[f32], &mut [f32]);
+        let mut forms: Vec<(&str, Form)> = vec![("portable", backward_portable)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has AVX2 and FMA (checked above).
+                forms.push(("avx2", |act, z, dy, dz| unsafe {
+                    backward_avx2(act, z, dy, dz)
+                }));
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (checked above).
+                forms.push(("avx512", |act, z, dy, dz| unsafe {
+                    backward_avx512(act, z, dy, dz)
+                }));
+            }
+        }
+        let z = grid();
+        // Output gradients of both signs and several sizes; the grid's length, no whole number
+        // of vectors, leaves every form a tail.
+        let dy: Vec<f32> = (0..z.len()).map(|i| [1.0, -0.5, 3.0][i % 3]).collect();
+        for (form, run) in forms {
+            for act in Activation::ALL {
+                let mut dz = vec![f32::NAN; z.len()];
+                run(act, &z, &dy, &mut dz);
+                for ((&x, &d), got) in z.iter().zip(&dy).zip(dz) {
+                    let x64 = x as f64;
+                    let want = d as f64 * reference::activation_derivative(act, x64);
+                    let gate = if gated.contains(&act) && x != 0.0 {
+                        reference::activation(act, x64) / x64
+                    } else {
+                        0.0
+                    };
+                    // The absolute floor covers the far tails, below 1e-9, where rounding the
+                    // exponent (z²/2, kz) to f32 costs more than this of the value.
+                    let bound = 2e-6 * (want.abs() + (d as f64 * gate).abs()) + 1e-9;
+                    assert!(
+                        (got as f64 - want).abs() <= bound,
+                        "{form} {act:?}'({x}) · {d} = {got}, want {want}"
                     );
                 }
             }

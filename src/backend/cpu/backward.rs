@@ -20,6 +20,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::activation;
 use super::common::split_sequences;
 use super::gemm::{gemm, Operand};
 use crate::backend::{Activation, AttentionSpec, DropoutMask, SeqLayout};
@@ -27,11 +28,23 @@ use crate::error::{Error, Result};
 
 /// `dz = dy ⊙ act'(z)` through an epilogue activation, from its pre-activation `z`.
 pub fn activation_backward(act: Activation, z: &[f32], dy: &[f32]) -> Vec<f32> {
-    assert_eq!(z.len(), dy.len(), "activation_backward: shapes differ");
-    z.par_iter()
-        .zip(dy)
-        .map(|(&z, &d)| d * act.derivative(z))
-        .collect()
+    let mut dz = vec![0.0f32; z.len()];
+    activation_backward_into(act, z, dy, &mut dz);
+    dz
+}
+
+/// [`activation_backward`] written into `dz`, in parallel over chunks of the vectorised slopes
+/// (a memory-bound pass: the op's output is written once, never collected then copied).
+pub fn activation_backward_into(act: Activation, z: &[f32], dy: &[f32], dz: &mut [f32]) {
+    assert!(
+        z.len() == dy.len() && dz.len() == dy.len(),
+        "activation_backward: shapes differ"
+    );
+    // Large enough to amortise a task, small enough to balance two to a few dozen threads.
+    const CHUNK: usize = 1 << 14;
+    dz.par_chunks_mut(CHUNK)
+        .zip(z.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+        .for_each(|(dz, (z, dy))| activation::backward(act, z, dy, dz));
 }
 
 /// The gradient at a linear layer's input, `dx = δ·W` for `δ: [n, d_out]` and the PyTorch-layout
@@ -125,21 +138,28 @@ pub fn attention_backward(
         let len = rows.len();
         let at = |t: usize, c: usize| (rows.start + t) * width + c;
         let mut p = vec![0.0f32; len * len];
+        // M and M ⊙ P of the head, each mask entry hashed once rather than once per use.
+        let mut mask = vec![1.0f32; len * len];
+        let mut masked_p = vec![0.0f32; len * len];
         for h in 0..heads {
             let (qc, kc, vc) = (h * hd, out_width + h * hd, 2 * out_width + h * hd);
             softmax_probabilities(qkv, spec, &rows, (qc, kc), &mut p);
-            let factor = |i: usize, j: usize| {
-                dropout.map_or(1.0, |m| {
-                    m.factor(((rows.start + i) * heads + h) as u64, j as u64)
-                })
-            };
+            if let Some(m) = dropout {
+                for (i, row) in mask.chunks_exact_mut(len).enumerate() {
+                    let query_row = ((rows.start + i) * heads + h) as u64;
+                    for (j, f) in row.iter_mut().enumerate() {
+                        *f = m.factor(query_row, j as u64);
+                    }
+                }
+            }
+            for ((mp, &p), &f) in masked_p.iter_mut().zip(&p).zip(&mask) {
+                *mp = p * f;
+            }
             let d_o = |t: usize, e: usize| d_out[(rows.start + t) * out_width + h * hd + e];
             // dV[j] = Σ_i M[i, j]·P[i, j]·dO[i]
             for j in 0..len {
                 for e in 0..hd {
-                    let v: f32 = (0..len)
-                        .map(|i| p[i * len + j] * factor(i, j) * d_o(i, e))
-                        .sum();
+                    let v: f32 = (0..len).map(|i| masked_p[i * len + j] * d_o(i, e)).sum();
                     d_block[j * width + vc + e] = v;
                 }
             }
@@ -149,7 +169,7 @@ pub fn attention_backward(
                 let dp: Vec<f32> = (0..len)
                     .map(|j| {
                         let dot: f32 = (0..hd).map(|e| d_o(i, e) * qkv[at(j, vc + e)]).sum();
-                        factor(i, j) * dot
+                        mask[i * len + j] * dot
                     })
                     .collect();
                 let centre: f64 = (0..len).map(|j| p[i * len + j] as f64 * dp[j] as f64).sum();
@@ -330,8 +350,7 @@ pub(super) mod on_tensors {
         out: &mut Tensor,
     ) -> Result<()> {
         shapes::activation_backward(pre, dy, out)?;
-        let dz = super::activation_backward(act, values(pre)?, values(dy)?);
-        values_mut(out)?.copy_from_slice(&dz);
+        super::activation_backward_into(act, values(pre)?, values(dy)?, values_mut(out)?);
         Ok(())
     }
 
