@@ -1,6 +1,6 @@
 //! The `mscope` command line: one file per subcommand.
 //!
-//! Subcommands print to standard output only through [`out!`] and [`outln!`], which return an
+//! Subcommands print to standard output only through `out!` and `outln!`, which return an
 //! error instead of panicking when the reader has gone (`mscope … | head -c1`): the command
 //! stops there, and [`main`] cleans up and ends the process quietly by SIGPIPE, as coreutils do.
 

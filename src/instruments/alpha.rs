@@ -55,7 +55,7 @@ pub const MAX_CURVE_STEPS: usize = 100_000;
 
 /// Compares `candidate` with `reference` at `level` on `backend`; `w2_alpha` is the trimming
 /// level of the W2 cost [default: α̂]. The curve has `curve` steps when asked for, else
-/// [`DRAWN_STEPS`] when it is to be `drawn`.
+/// `DRAWN_STEPS` when it is to be `drawn`.
 pub fn report(
     backend: &dyn Backend,
     candidate: &[f32],

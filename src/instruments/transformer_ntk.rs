@@ -19,7 +19,7 @@
 //! - the biases and LayerNorm parameters, materialised per sample, by `ntk_contract`.
 //!
 //! With a dense JL projection each tile's factors are replaced by the projected per-sample
-//! gradients `[n, seeds·k]` ([`TileFactors::projected`]), contracted as one term.
+//! gradients `[n, seeds·k]` (`TileFactors::projected`), contracted as one term.
 //!
 //! Every column tile's factors stay uploaded for the whole run; a row tile's are computed once
 //! per tile (reused from the column tiles when the kernel is square).
@@ -64,7 +64,7 @@ pub struct SequenceKernelJob<'a> {
     /// kernel.
     pub projection: Option<JlSpec>,
     /// With `projection`: each Linear weight by its own Kronecker pair of maps instead
-    /// ([`TileFactors::projected`]).
+    /// (`TileFactors::projected`).
     pub kronecker: bool,
 }
 

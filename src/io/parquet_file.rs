@@ -9,7 +9,7 @@
 //! further label columns (`--factor`) are read the same way.
 //! Any null in the embeddings (a null or empty list, a null element) is an error naming the row.
 //!
-//! Writing (`mscope embed --format parquet`): columns `embedding` (list<float32>), `label`
+//! Writing (`mscope embed --format parquet`): columns `embedding` (`list<float32>`), `label`
 //! (nullable string) and `text` (or `path` for images), plus the key-value metadata `mscope`
 //! (a JSON object with sorted keys: label names in index order, model, pooling, normalisation,
 //! token limit) that reading restores. Snappy-compressed, no timestamps: identical inputs give

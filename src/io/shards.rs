@@ -8,7 +8,7 @@
 //! the inputs' digests, every argument that changes the result's bits, the backend and CPU
 //! thread count) and the shard's index, count and units.
 //!
-//! The manifest also records a digest of the shard's data ([`data_digest`]: its tensors and its
+//! The manifest also records a digest of the shard's data (`data_digest`: its tensors and its
 //! other metadata), so that a bit flipped inside a tensor — which leaves the file a readable
 //! safetensors file — is caught before it reaches the merged output.
 //!
@@ -176,7 +176,7 @@ pub fn write(path: &Path, manifest: &Manifest, tensors: Vec<TensorOut<'_>>) -> R
     write_with(path, manifest, tensors, [])
 }
 
-/// [`write`] with further string metadata (results that are not tensors).
+/// [`write`](fn@write) with further string metadata (results that are not tensors).
 pub fn write_with<const N: usize>(
     path: &Path,
     manifest: &Manifest,

@@ -283,7 +283,7 @@ struct TransposedLayer {
 }
 
 /// The transposed weights of a classifier's Linear layers on its backend
-/// ([`SequenceClassifier::transposed_weights`]): what every backward pass multiplies the output
+/// (`SequenceClassifier::transposed_weights`): what every backward pass multiplies the output
 /// gradients by. LayerNorm's γ are the forward's own tensors.
 pub struct TransposedWeights {
     layers: Vec<TransposedLayer>,

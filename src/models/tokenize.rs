@@ -94,8 +94,8 @@ impl TextTokenizer {
     }
 
     /// The tokenizer a GGUF file's `tokenizer.ggml.*` metadata describes, as transformers builds
-    /// it: `gpt2` a byte-level BPE ([`byte_level_bpe`]), `llama` a SentencePiece-style BPE with
-    /// byte fallback ([`super::tokenize_spm::sentencepiece_bpe`]). Both keep the file's control
+    /// it: `gpt2` a byte-level BPE (`byte_level_bpe`), `llama` a SentencePiece-style BPE with
+    /// byte fallback (`tokenize_spm::sentencepiece_bpe`). Both keep the file's control
     /// tokens, and its BOS / EOS / unknown / padding tokens, whole as special tokens and its
     /// user-defined tokens whole as plain ones, and add BOS / EOS as
     /// `tokenizer.ggml.add_bos_token` / `add_eos_token` say (a llama vocabulary adds BOS when the

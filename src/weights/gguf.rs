@@ -3,7 +3,7 @@
 //!
 //! Layout (all little-endian): the magic `GGUF`, a u32 version (3; 2 differs only in allowing
 //! nothing newer, 1 used 32-bit counts and is refused), u64 tensor count, u64 metadata count,
-//! the metadata pairs (see [`super::gguf_metadata`]), then one info a tensor: name (a u64
+//! the metadata pairs (see `gguf_metadata`), then one info a tensor: name (a u64
 //! length and UTF-8), u32 dimension count (at most 4), that many u64 dims, u32 ggml type, u64
 //! offset into the data section. The data section starts at the next multiple of `general.alignment`
 //! (a u32, default 32) after the infos; every tensor offset is a multiple of it too.

@@ -16,7 +16,7 @@
 //!
 //! The backward pass's slopes ([`backward`]) are written the same way, from the same `exp` and
 //! erfc fit, in copies compiled for AVX-512 and AVX2: the op is one pass over three arrays,
-//! which a library call per element made twenty times slower than memory.
+//! which libm's `erff` per element held at 2% of the memory roofline (18× slower than these).
 //!
 //! Keep each activation's loop body small: LLVM's loop vectoriser judges the body as a whole,
 //! and a GELU that also evaluated a separate small-argument erf polynomial (for erf accurate to

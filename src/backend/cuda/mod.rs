@@ -156,7 +156,7 @@ impl Backend for CudaBackend {
     }
 
     /// Trim has no CUDA kernels yet; every other family runs here (stats with the host
-    /// fallbacks documented in [`stats`]).
+    /// fallbacks documented in `stats`).
     fn supports(&self, family: OpFamily) -> bool {
         !matches!(family, OpFamily::Trim | OpFamily::Training)
     }

@@ -1,12 +1,12 @@
 //! The op cases of the encoder op set, one list serving both the parity tests and the kernel bench
 //! (after llama.cpp's `test-backend-ops`): `tests/ops.rs` runs them on every backend at sizes that
 //! are not multiples of any tile, with outputs poisoned with NaN so an op that skips a row cannot
-//! pass; [`super::kernels`] times the same cases at the shapes of the models the instruments run.
+//! pass; `bench::kernels` times the same cases at the shapes of the models the instruments run.
 //!
 //! Each case names its op and shape, builds its inputs from a seed ([`OpCase::inputs`]), uploads
-//! them to a backend ([`OpCase::instance`]), and gives the f64 reference ([`reference`]) with the
-//! tolerance its output must meet and the work one run does (FLOPs and compulsory bytes, see
-//! [`super::kernels`] for the counting rules).
+//! them to a backend ([`OpCase::instance`]), and gives the f64 reference
+//! ([`reference`](mod@reference)) with the tolerance its output must meet and the work one run
+//! does (FLOPs and compulsory bytes, see `bench::kernels` for the counting rules).
 //!
 //! Inputs are uniform in [-1, 1) except where a case needs more to be able to fail: LayerNorm's
 //! first row is offset by 30 (statistics must be centred before squaring), RMSNorm's second row

@@ -10,7 +10,7 @@
 //! pair of classes pools the same per-class terms (`Σ_ab` from `S_a`, `S_b`) instead of refitting
 //! from raw rows. All problems of a split go to the backend as one batch.
 //!
-//! [`evaluation`] runs the splits, [`fit`] turns moments into rules, [`projection`] gives the
+//! `evaluation` runs the splits, `fit` turns moments into rules, `projection` gives the
 //! discriminant directions for plots; [`report`] gathers what `mscope lda` reports; [`detector`]
 //! keeps the rule fitted on every row for new rows.
 
