@@ -21,6 +21,7 @@ mod backward;
 mod device;
 mod gather;
 mod gemm;
+mod gemm_sm90;
 mod memory;
 mod norm;
 mod ntk;
@@ -65,7 +66,7 @@ pub struct CudaOptions {
 
 impl CudaOptions {
     /// Defaults, with the device from `MSCOPE_CUDA_DEVICE`, the GEMM variant from
-    /// `MSCOPE_CUDA_GEMM` (`naive`, `tiled`, `mma-bf16`/`mma`) and the attention variant from
+    /// `MSCOPE_CUDA_GEMM` (`naive`, `tiled`, `mma-bf16`/`mma`, `wgmma-bf16`/`wgmma`) and the attention variant from
     /// `MSCOPE_CUDA_ATTENTION` (`naive`, `flash`, `flash-warp`) when they are set; values that do
     /// not parse are ignored.
     pub fn from_env() -> Self {
@@ -77,7 +78,7 @@ impl CudaOptions {
             gemm: var("MSCOPE_CUDA_GEMM").and_then(|v| {
                 GemmVariant::ALL
                     .into_iter()
-                    .find(|g| g.name() == v || (v == "mma" && *g == GemmVariant::MmaBf16))
+                    .find(|g| g.name() == v || g.name().strip_suffix("-bf16") == Some(v.as_str()))
             }),
             ntk: None,
             attention: var("MSCOPE_CUDA_ATTENTION")
@@ -98,9 +99,13 @@ pub struct CudaBackend {
 }
 
 impl CudaBackend {
-    /// The GEMM variants of kernels/gemm.cu.
-    pub const GEMM_VARIANTS: [GemmVariant; 3] =
-        [GemmVariant::Naive, GemmVariant::Tiled, GemmVariant::MmaBf16];
+    /// The GEMM variants of kernels/gemm.cu and kernels/gemm_sm90.cu (sm_90 devices only).
+    pub const GEMM_VARIANTS: [GemmVariant; 4] = [
+        GemmVariant::Naive,
+        GemmVariant::Tiled,
+        GemmVariant::MmaBf16,
+        GemmVariant::WgmmaBf16,
+    ];
     /// The contraction variants of kernels/ntk.cu.
     pub const NTK_VARIANTS: [NtkVariant; 2] = [NtkVariant::Naive, NtkVariant::Tiled];
 
@@ -122,6 +127,12 @@ impl CudaBackend {
         if gemm == GemmVariant::MmaBf16 && device.compute_capability.0 < 8 {
             return Err(Error::input(format!(
                 "GEMM variant mma-bf16 needs sm_80 or newer; {} is sm_{}{}",
+                device.name, device.compute_capability.0, device.compute_capability.1
+            )));
+        }
+        if gemm == GemmVariant::WgmmaBf16 && device.compute_capability != (9, 0) {
+            return Err(Error::input(format!(
+                "GEMM variant wgmma-bf16 needs an sm_90 (Hopper) device; {} is sm_{}{}",
                 device.name, device.compute_capability.0, device.compute_capability.1
             )));
         }
