@@ -41,11 +41,7 @@ fn every_gemm_variant_matches_the_cpu() {
             return;
         };
         // bf16 operands carry 8 bits of mantissa: the f16/bf16 paths' tolerance.
-        let tol = if variant.bf16_operands() {
-            1e-2
-        } else {
-            1e-5
-        };
+        let tol = if variant.bf16_operands() { 1e-2 } else { 1e-5 };
         let mut rng = Rng::new(31);
         for (n, k, m) in [(1, 1, 1), (37, 53, 29), (130, 70, 97), (65, 257, 129)] {
             let (x, w, b, r) = (rng.vec(n * k), rng.vec(m * k), rng.vec(m), rng.vec(n * m));
@@ -108,7 +104,11 @@ fn wgmma_gemm_matches_the_cpu_on_model_and_ragged_shapes() {
                     };
                     let up = |shape: &[usize], v: &[f32]| be.upload(shape, v).unwrap();
                     let (xt, bt, rt) = (up(&[n, k], &x), up(&[m], &b), up(&[n, m], &r));
-                    let (bias, residual) = if fused { (Some(&bt), Some(&rt)) } else { (None, None) };
+                    let (bias, residual) = if fused {
+                        (Some(&bt), Some(&rt))
+                    } else {
+                        (None, None)
+                    };
                     let mut out = poisoned(be, &[n, m]);
                     be.linear(&xt, &wt, bias, act, residual, &mut out).unwrap();
                     be.download(&out).unwrap()
@@ -151,11 +151,7 @@ fn every_gemm_variant_reads_half_weights() {
         }) else {
             return;
         };
-        let tol = if variant.bf16_operands() {
-            1e-2
-        } else {
-            1e-5
-        };
+        let tol = if variant.bf16_operands() { 1e-2 } else { 1e-5 };
         let mut rng = Rng::new(37);
         for dtype in [DType::F16, DType::BF16] {
             for (n, k, m) in [(1, 1, 1), (37, 53, 29), (130, 70, 97), (65, 257, 129)] {

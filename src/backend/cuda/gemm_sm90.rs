@@ -25,8 +25,10 @@ const TILE: usize = 128;
 const SLICE: u32 = 64;
 /// `W90_THREADS`: a producer and two consumer warpgroups.
 const THREADS: u32 = 384;
-/// `W90_SHARED_BYTES`: four stages of two 128 × 64 bf16 tiles, plus 1024 bytes of alignment.
-const SHARED_BYTES: u32 = 4 * 2 * (TILE as u32) * SLICE * 2 + 1024;
+/// `W90_STAGES`: pipeline depth.
+const STAGES: u32 = 4;
+/// `W90_SHARED_BYTES`: the stages' two 128 × 64 bf16 tiles each, plus 1024 bytes of alignment.
+const SHARED_BYTES: u32 = STAGES * 2 * (TILE as u32) * SLICE * 2 + 1024;
 
 /// Whether the kernel runs a product over `k` features with weights of `dtype`: TMA needs row
 /// strides that are multiples of 16 bytes (k % 8 == 0, k > 0), and the kernel reads bf16 (f32
@@ -68,7 +70,11 @@ fn tensor_map(address: u64, rows: usize, k: usize) -> Result<TensorMap> {
         )
     }
     .result()
-    .map_err(|e| device_error(format!("TMA tensor map of a [{rows}, {k}] bf16 matrix: {e}")))?;
+    .map_err(|e| {
+        device_error(format!(
+            "TMA tensor map of a [{rows}, {k}] bf16 matrix: {e}"
+        ))
+    })?;
     Ok(TensorMap(map))
 }
 
@@ -107,7 +113,11 @@ pub(super) fn linear(
         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
         SHARED_BYTES as i32,
     )
-    .map_err(|e| device_error(format!("{kernel}: {SHARED_BYTES} bytes of shared memory: {e}")))?;
+    .map_err(|e| {
+        device_error(format!(
+            "{kernel}: {SHARED_BYTES} bytes of shared memory: {e}"
+        ))
+    })?;
     let bias = bias.map(|t| be.slice(t)).transpose()?;
     let residual = residual.map(|t| be.slice(t)).transpose()?;
     let out = be.slice_mut(out)?;
@@ -129,4 +139,33 @@ pub(super) fn linear(
     };
     // The bf16 activations are freed in stream order after the kernel (cudarc's async free).
     be.launch(kernel, &mut args, cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The launch constants above are the kernel's `#define`s.
+    #[test]
+    fn launch_constants_match_the_kernel() {
+        let source = include_str!("../../../kernels/gemm_sm90.cu");
+        let define = |name: &str| -> u32 {
+            source
+                .lines()
+                .find_map(|line| {
+                    let rest = line.strip_prefix("#define ")?.strip_prefix(name)?;
+                    rest.strip_prefix(' ')?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or_else(|| panic!("#define {name} <number> in gemm_sm90.cu"))
+        };
+        assert_eq!(define("W90_BM") as usize, TILE);
+        assert_eq!(define("W90_BN") as usize, TILE);
+        assert_eq!(define("W90_BK"), SLICE);
+        assert_eq!(define("W90_THREADS"), THREADS);
+        assert_eq!(define("W90_STAGES"), STAGES);
+    }
 }

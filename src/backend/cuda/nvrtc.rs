@@ -178,11 +178,8 @@ impl ModuleCache {
             version.as_bytes(),
             OPTIONS.join(" ").as_bytes(),
         ]);
-        let path = cache_dir().map(|d| {
-            d.join(format!(
-                "{family}-{arch}-nvrtc{version}-{key:016x}.cubin"
-            ))
-        });
+        let path =
+            cache_dir().map(|d| d.join(format!("{family}-{arch}-nvrtc{version}-{key:016x}.cubin")));
         // A cached cubin that the driver rejects (truncated, foreign) is compiled afresh.
         let cached = path
             .as_ref()
