@@ -34,7 +34,7 @@ const SHARED_BYTES: u32 = STAGES * 2 * (TILE as u32) * SLICE * 2 + 1024;
 /// strides that are multiples of 16 bytes (k % 8 == 0, k > 0), and the kernel reads bf16 (f32
 /// weights through their bf16 copy). Otherwise the backend runs variant 4.
 pub(super) fn runs(k: usize, dtype: DType) -> bool {
-    k > 0 && k % 8 == 0 && matches!(dtype, DType::F32 | DType::BF16)
+    k > 0 && k.is_multiple_of(8) && matches!(dtype, DType::F32 | DType::BF16)
 }
 
 /// A tensor map as a kernel parameter (`TensorMap` in gemm_sm90.cu: 128 opaque bytes).
