@@ -5,7 +5,7 @@
 //! epilogue. Variant 10 (Hopper, kernels/gemm_sm90.cu) launches from `gemm_sm90`; the shapes and
 //! weight types it cannot take run variant 4.
 
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchArgs, PushKernelArg};
 
 use super::device::{config, device_error, tile_grid, to_i32, unsupported_variant, NULL};
 use super::gemm_sm90;
@@ -52,25 +52,38 @@ pub(super) fn linear(
         _ => None,
     };
     let x = be.slice(x)?;
-    let bias = bias.map(|t| be.slice(t)).transpose()?;
-    let residual = residual.map(|t| be.slice(t)).transpose()?;
-    let out = be.slice_mut(out)?;
+    let dims_act = [ni, mi, ki, act];
     let mut args = be.stream().launch_builder(&f);
     args.arg(x);
     match (weight_copy, &storage.data) {
         (Some(bits), _) | (None, CudaData::Half(_, bits)) => args.arg(bits),
         (None, CudaData::F32(w)) => args.arg(w),
     };
-    match bias {
-        Some(b) => args.arg(b),
-        None => args.arg(&NULL),
-    };
-    match residual {
-        Some(r) => args.arg(r),
-        None => args.arg(&NULL),
-    };
-    args.arg(out).arg(&ni).arg(&mi).arg(&ki).arg(&act);
+    push_epilogue_args(be, &mut args, bias, residual, out, &dims_act)?;
     be.launch(kernel, &mut args, cfg)
+}
+
+/// Pushes the arguments every GEMM kernel takes after its operands: bias and residual (null
+/// pointers when absent), the output, then `dims_act` = [n, m, k, activation code].
+pub(super) fn push_epilogue_args<'a>(
+    be: &CudaBackend,
+    args: &mut LaunchArgs<'a>,
+    bias: Option<&'a Tensor>,
+    residual: Option<&'a Tensor>,
+    out: &'a mut Tensor,
+    dims_act: &'a [i32; 4],
+) -> Result<()> {
+    for optional in [bias, residual] {
+        match optional {
+            Some(t) => args.arg(be.slice(t)?),
+            None => args.arg(&NULL),
+        };
+    }
+    args.arg(be.slice_mut(out)?);
+    for value in dims_act {
+        args.arg(value);
+    }
+    Ok(())
 }
 
 /// The build of GEMM `variant` (1, 2 or 4) for weights of `dtype` (kernels/gemm.cu's header).

@@ -11,8 +11,8 @@ use cudarc::driver::sys::{
 };
 use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 
-use super::device::{device_error, tile_grid, NULL};
-use super::gemm::{bf16_copy, bf16_weights};
+use super::device::{device_error, tile_grid};
+use super::gemm::{bf16_copy, bf16_weights, push_epilogue_args};
 use super::memory::CudaData;
 use super::CudaBackend;
 use crate::backend::{Activation, Tensor};
@@ -102,8 +102,6 @@ pub(super) fn linear(
     let (x_address, _x_guard) = activations.device_ptr(stream);
     let (w_address, _w_guard) = weights.device_ptr(stream);
     let (x_map, w_map) = (tensor_map(x_address, n, k)?, tensor_map(w_address, m, k)?);
-    let (ni, mi, ki) = (n as i32, m as i32, k as i32);
-    let act = act.code() as i32;
 
     let kernel = "gemm_v10_wgmma_bf16";
     let f = be.function("gemm_sm90", kernel)?;
@@ -118,20 +116,11 @@ pub(super) fn linear(
             "{kernel}: {SHARED_BYTES} bytes of shared memory: {e}"
         ))
     })?;
-    let bias = bias.map(|t| be.slice(t)).transpose()?;
-    let residual = residual.map(|t| be.slice(t)).transpose()?;
-    let out = be.slice_mut(out)?;
+    // The sizes fit in i32: `gemm::linear` checked them before choosing this kernel.
+    let dims_act = [n as i32, m as i32, k as i32, act.code() as i32];
     let mut args = stream.launch_builder(&f);
     args.arg(&x_map).arg(&w_map);
-    match bias {
-        Some(b) => args.arg(b),
-        None => args.arg(&NULL),
-    };
-    match residual {
-        Some(r) => args.arg(r),
-        None => args.arg(&NULL),
-    };
-    args.arg(out).arg(&ni).arg(&mi).arg(&ki).arg(&act);
+    push_epilogue_args(be, &mut args, bias, residual, out, &dims_act)?;
     let cfg = LaunchConfig {
         grid_dim: tile_grid(n, m, TILE, "linear")?,
         block_dim: (THREADS, 1, 1),
