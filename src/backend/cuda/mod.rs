@@ -7,8 +7,9 @@
 //! [`Backend::synchronize`]. Debug builds synchronise after every launch so an error names its
 //! kernel; release builds surface asynchronous errors at the next synchronisation.
 //!
-//! Shape: one file per kernel family, mirroring `kernels/*.cu` — `gemm`, `norm`, `rope`,
-//! `attention`, `gather`, `pool`, `ntk`, `stats`, `backward` — each holding functions named like
+//! Shape: one file per kernel family, mirroring `kernels/*.cu` — `gemm`, `gemm_sm90` (Hopper,
+//! launched from `gemm`), `norm`, `rope`, `attention`, `gather`, `pool`, `ntk`, `stats`,
+//! `backward` — each holding functions named like
 //! the [`Backend`] methods they implement, with their variant choice, launch configuration and
 //! `#[repr(C)]` parameter structs. `device` holds the plumbing they share (device set-up, kernel
 //! lookup and launch, tensor buffers, small uploads, grid arithmetic), [`nvrtc`] the compilation
