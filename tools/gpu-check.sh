@@ -11,8 +11,9 @@
 #
 # Stages: devices · NVRTC compile of every family (cuda_kernels) · CUDA kernel tests (cuda), with
 # the half-precision weights (GEMM variants 1, 2, 4 on f16/bf16 weights, gathers from f16/bf16
-# tables, upload_half) and every attention variant (head_dim 24/32/64/128, GQA, windows) also run
-# as stages of their own so a failure names them ·
+# tables, upload_half), every attention variant (head_dim 24/32/64/128, GQA, windows) and the
+# Hopper GEMM (variant 10: wgmma + TMA, sm_90a) also run as stages of their own so a failure
+# names them ·
 # op-set parity on every backend (ops, ntk, ntk_seq, classifier, pca, lda, the cuda:: decoder
 # tests on the tiny Mistral/Qwen2 fixtures, f32 and bf16, embed_parity's tiny
 # XLM-R) · ntk --devices 0,0 (shards) · CLI runs with
@@ -20,7 +21,7 @@
 # tests (and of the half-weight tests on their own) · attention variants 1, 2, 3 benched side by
 # side · wgpu tests and GEMM variants 2, 3, 5, 6 on the GPU's Vulkan adapter (the Vulkan loader travels
 # in the bundle; the NVIDIA driver brings its ICD) · mscope bench --backend cuda (GEMM variants
-# 1,2,3) · PyTorch anchors (cuBLAS, SDPA, torch.func) set against both benches.
+# 1, 2, 4, 10) · PyTorch anchors (cuBLAS, SDPA, torch.func) set against both benches.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -199,6 +200,8 @@ run() {
     # warp-per-query flash attention (MSCOPE_CUDA_ATTENTION=naive runs the reference kernel).
     stage cuda_half_weights 60 "$bin/cuda" half gather_reads
     stage cuda_attention_variants 60 "$bin/cuda" attention
+    # The Hopper GEMM (wgmma on TMA-staged tiles, an mbarrier pipeline): never run before.
+    stage cuda_wgmma 60 "$bin/cuda" wgmma
     stage test_decoder_cuda 90 "$bin/decoder" cuda::
     stage test_ops 90 "$bin/ops"
     stage test_ntk 90 "$bin/ntk"
@@ -240,11 +243,13 @@ run() {
             jacobi flash
         stage memcheck_half_weights 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/cuda" \
             half gather_reads
+        stage memcheck_wgmma 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/cuda" \
+            wgmma
     else
         SUMMARY+=("| memcheck | SKIPPED (no compute-sanitizer) | – | – |")
     fi
 
-    stage bench_cuda 150 "$m" bench --backend cuda --suite kernels --variant 1,2,4 \
+    stage bench_cuda 150 "$m" bench --backend cuda --suite kernels --variant 1,2,4,10 \
         --json "$OUT/bench_cuda.json"
     # Attention variants side by side (MSCOPE_CUDA_ATTENTION picks one; each runs the cases of
     # the head_dims it has kernels for: bert-base 64, mistral-7b 128).

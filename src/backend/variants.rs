@@ -31,11 +31,15 @@ pub enum GemmVariant {
     Packed,
     /// 9 — variant 8 on f16 weights (CPU).
     PackedF16,
+    /// 10 — Hopper tensor cores: `wgmma` on bf16 activations and weights staged by TMA through
+    /// a multistage mbarrier pipeline, f32 accumulation, relative error about 1e-3 like variant 4;
+    /// opt-in (CUDA, sm_90 only; shapes TMA cannot describe run variant 4).
+    WgmmaBf16,
 }
 
 impl GemmVariant {
     /// Every variant, in the order of its number.
-    pub const ALL: [GemmVariant; 9] = [
+    pub const ALL: [GemmVariant; 10] = [
         GemmVariant::Naive,
         GemmVariant::Tiled,
         GemmVariant::Direct,
@@ -45,6 +49,7 @@ impl GemmVariant {
         GemmVariant::Faer,
         GemmVariant::Packed,
         GemmVariant::PackedF16,
+        GemmVariant::WgmmaBf16,
     ];
 
     pub fn number(self) -> u32 {
@@ -58,6 +63,7 @@ impl GemmVariant {
             GemmVariant::Faer => 7,
             GemmVariant::Packed => 8,
             GemmVariant::PackedF16 => 9,
+            GemmVariant::WgmmaBf16 => 10,
         }
     }
 
@@ -77,7 +83,14 @@ impl GemmVariant {
             GemmVariant::Faer => "faer",
             GemmVariant::Packed => "packed",
             GemmVariant::PackedF16 => "packed-f16",
+            GemmVariant::WgmmaBf16 => "wgmma-bf16",
         }
+    }
+
+    /// Whether the kernel multiplies bf16-rounded activations and weights (f32 accumulation), so
+    /// its results carry the half-precision tolerance.
+    pub fn bf16_operands(self) -> bool {
+        matches!(self, GemmVariant::MmaBf16 | GemmVariant::WgmmaBf16)
     }
 
     /// Whether the kernel reads f16 weights (uploaded by [`crate::backend::Backend::upload_f16`]).

@@ -1,12 +1,14 @@
 //! The GEMM family on CUDA (kernels/gemm.cu): `linear` as one fused kernel (GEMM, bias,
 //! activation, residual) of the variant the backend was opened with, in the build for the
 //! weights' element type (f32, or f16/bf16 kept as uploaded), and the bf16 copy of f32 weights
-//! that the tensor-core variant reads; and `gated_activation`, the gated feed-forward's
-//! epilogue.
+//! that the tensor-core variants read; and `gated_activation`, the gated feed-forward's
+//! epilogue. Variant 10 (Hopper, kernels/gemm_sm90.cu) launches from `gemm_sm90`; the shapes and
+//! weight types it cannot take run variant 4.
 
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchArgs, PushKernelArg};
 
 use super::device::{config, device_error, tile_grid, to_i32, unsupported_variant, NULL};
+use super::gemm_sm90;
 use super::memory::CudaData;
 use super::CudaBackend;
 use crate::backend::{shapes, Activation, GemmVariant, Tensor};
@@ -28,40 +30,60 @@ pub(super) fn linear(
         to_i32(k, "linear features")?,
         to_i32(m, "linear outputs")?,
     );
+    let storage = be.storage(w)?;
+    let variant = match be.gemm {
+        GemmVariant::WgmmaBf16 if gemm_sm90::runs(k, storage.dtype()) => {
+            return gemm_sm90::linear(be, x, w, bias, act, residual, out, (n, k, m));
+        }
+        GemmVariant::WgmmaBf16 => GemmVariant::MmaBf16,
+        other => other,
+    };
     let act = act.code() as i32;
-    let cfg = match be.gemm {
+    let cfg = match variant {
         GemmVariant::Naive => config(tile_grid(n, m, 16, "linear")?, (16, 16, 1)),
         GemmVariant::Tiled => config(tile_grid(n, m, 64, "linear")?, (256, 1, 1)),
         GemmVariant::MmaBf16 => config(tile_grid(n, m, 64, "linear")?, (128, 1, 1)),
         other => return Err(unsupported_variant(other.to_string())),
     };
-    let storage = be.storage(w)?;
-    let kernel = kernel_name(be.gemm, storage.dtype());
+    let kernel = kernel_name(variant, storage.dtype());
     let f = be.function("gemm", kernel)?;
-    let bf16_copy = match (be.gemm, &storage.data) {
+    let weight_copy = match (variant, &storage.data) {
         (GemmVariant::MmaBf16, CudaData::F32(_)) => Some(bf16_weights(be, w)?),
         _ => None,
     };
     let x = be.slice(x)?;
-    let bias = bias.map(|t| be.slice(t)).transpose()?;
-    let residual = residual.map(|t| be.slice(t)).transpose()?;
-    let out = be.slice_mut(out)?;
+    let dims_act = [ni, mi, ki, act];
     let mut args = be.stream().launch_builder(&f);
     args.arg(x);
-    match (bf16_copy, &storage.data) {
+    match (weight_copy, &storage.data) {
         (Some(bits), _) | (None, CudaData::Half(_, bits)) => args.arg(bits),
         (None, CudaData::F32(w)) => args.arg(w),
     };
-    match bias {
-        Some(b) => args.arg(b),
-        None => args.arg(&NULL),
-    };
-    match residual {
-        Some(r) => args.arg(r),
-        None => args.arg(&NULL),
-    };
-    args.arg(out).arg(&ni).arg(&mi).arg(&ki).arg(&act);
+    push_epilogue_args(be, &mut args, bias, residual, out, &dims_act)?;
     be.launch(kernel, &mut args, cfg)
+}
+
+/// Pushes the arguments every GEMM kernel takes after its operands: bias and residual (null
+/// pointers when absent), the output, then `dims_act` = [n, m, k, activation code].
+pub(super) fn push_epilogue_args<'a>(
+    be: &CudaBackend,
+    args: &mut LaunchArgs<'a>,
+    bias: Option<&'a Tensor>,
+    residual: Option<&'a Tensor>,
+    out: &'a mut Tensor,
+    dims_act: &'a [i32; 4],
+) -> Result<()> {
+    for optional in [bias, residual] {
+        match optional {
+            Some(t) => args.arg(be.slice(t)?),
+            None => args.arg(&NULL),
+        };
+    }
+    args.arg(be.slice_mut(out)?);
+    for value in dims_act {
+        args.arg(value);
+    }
+    Ok(())
 }
 
 /// The build of GEMM `variant` (1, 2 or 4) for weights of `dtype` (kernels/gemm.cu's header).
@@ -104,21 +126,32 @@ pub(super) fn gated_activation(
 }
 
 /// The bf16 copy of weights `w`, made once by the conversion kernel.
-fn bf16_weights<'a>(be: &CudaBackend, w: &'a Tensor) -> Result<&'a CudaSlice<u16>> {
+pub(super) fn bf16_weights<'a>(be: &CudaBackend, w: &'a Tensor) -> Result<&'a CudaSlice<u16>> {
     let storage = be.storage(w)?;
     if let Some(b) = storage.bf16.get() {
         return Ok(b);
     }
-    let len = w.len().max(1);
+    let bits = bf16_copy(be, be.slice(w)?, w.len())?;
+    // Another thread may have converted it meanwhile; either copy is the same.
+    let _ = storage.bf16.set(bits);
+    Ok(storage.bf16.get().expect("set above"))
+}
+
+/// The first `len` values of `src` rounded to bf16 (to nearest even) by `to_bf16_v1`, in a new
+/// buffer (never empty: a buffer of zero bytes cannot be allocated).
+pub(super) fn bf16_copy(
+    be: &CudaBackend,
+    src: &CudaSlice<f32>,
+    len: usize,
+) -> Result<CudaSlice<u16>> {
+    let len = len.max(1);
     // SAFETY: every element is written by the conversion kernel below before any read.
     let mut bits = unsafe { be.stream().alloc::<u16>(len) }.map_err(device_error)?;
     let f = be.function("gemm", "to_bf16_v1")?;
     let mut args = be.stream().launch_builder(&f);
-    args.arg(be.slice(w)?).arg(&mut bits).arg(&len);
+    args.arg(src).arg(&mut bits).arg(&len);
     let blocks = len.div_ceil(256).min(1 << 16) as u32;
     be.launch("to_bf16_v1", &mut args, config((blocks, 1, 1), (256, 1, 1)))?;
     drop(args);
-    // Another thread may have converted it meanwhile; either copy is the same.
-    let _ = storage.bf16.set(bits);
-    Ok(storage.bf16.get().expect("set above"))
+    Ok(bits)
 }

@@ -7,8 +7,9 @@
 //! [`Backend::synchronize`]. Debug builds synchronise after every launch so an error names its
 //! kernel; release builds surface asynchronous errors at the next synchronisation.
 //!
-//! Shape: one file per kernel family, mirroring `kernels/*.cu` — `gemm`, `norm`, `rope`,
-//! `attention`, `gather`, `pool`, `ntk`, `stats`, `backward` — each holding functions named like
+//! Shape: one file per kernel family, mirroring `kernels/*.cu` — `gemm`, `gemm_sm90` (Hopper,
+//! launched from `gemm`), `norm`, `rope`, `attention`, `gather`, `pool`, `ntk`, `stats`,
+//! `backward` — each holding functions named like
 //! the [`Backend`] methods they implement, with their variant choice, launch configuration and
 //! `#[repr(C)]` parameter structs. `device` holds the plumbing they share (device set-up, kernel
 //! lookup and launch, tensor buffers, small uploads, grid arithmetic), [`nvrtc`] the compilation
@@ -21,6 +22,7 @@ mod backward;
 mod device;
 mod gather;
 mod gemm;
+mod gemm_sm90;
 mod memory;
 mod norm;
 mod ntk;
@@ -65,7 +67,7 @@ pub struct CudaOptions {
 
 impl CudaOptions {
     /// Defaults, with the device from `MSCOPE_CUDA_DEVICE`, the GEMM variant from
-    /// `MSCOPE_CUDA_GEMM` (`naive`, `tiled`, `mma-bf16`/`mma`) and the attention variant from
+    /// `MSCOPE_CUDA_GEMM` (`naive`, `tiled`, `mma-bf16`/`mma`, `wgmma-bf16`/`wgmma`) and the attention variant from
     /// `MSCOPE_CUDA_ATTENTION` (`naive`, `flash`, `flash-warp`) when they are set; values that do
     /// not parse are ignored.
     pub fn from_env() -> Self {
@@ -77,7 +79,7 @@ impl CudaOptions {
             gemm: var("MSCOPE_CUDA_GEMM").and_then(|v| {
                 GemmVariant::ALL
                     .into_iter()
-                    .find(|g| g.name() == v || (v == "mma" && *g == GemmVariant::MmaBf16))
+                    .find(|g| g.name() == v || g.name().strip_suffix("-bf16") == Some(v.as_str()))
             }),
             ntk: None,
             attention: var("MSCOPE_CUDA_ATTENTION")
@@ -98,9 +100,13 @@ pub struct CudaBackend {
 }
 
 impl CudaBackend {
-    /// The GEMM variants of kernels/gemm.cu.
-    pub const GEMM_VARIANTS: [GemmVariant; 3] =
-        [GemmVariant::Naive, GemmVariant::Tiled, GemmVariant::MmaBf16];
+    /// The GEMM variants of kernels/gemm.cu and kernels/gemm_sm90.cu (sm_90 devices only).
+    pub const GEMM_VARIANTS: [GemmVariant; 4] = [
+        GemmVariant::Naive,
+        GemmVariant::Tiled,
+        GemmVariant::MmaBf16,
+        GemmVariant::WgmmaBf16,
+    ];
     /// The contraction variants of kernels/ntk.cu.
     pub const NTK_VARIANTS: [NtkVariant; 2] = [NtkVariant::Naive, NtkVariant::Tiled];
 
@@ -122,6 +128,12 @@ impl CudaBackend {
         if gemm == GemmVariant::MmaBf16 && device.compute_capability.0 < 8 {
             return Err(Error::input(format!(
                 "GEMM variant mma-bf16 needs sm_80 or newer; {} is sm_{}{}",
+                device.name, device.compute_capability.0, device.compute_capability.1
+            )));
+        }
+        if gemm == GemmVariant::WgmmaBf16 && device.compute_capability != (9, 0) {
+            return Err(Error::input(format!(
+                "GEMM variant wgmma-bf16 needs an sm_90 (Hopper) device; {} is sm_{}{}",
                 device.name, device.compute_capability.0, device.compute_capability.1
             )));
         }

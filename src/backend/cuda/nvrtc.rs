@@ -33,6 +33,25 @@ pub fn nvrtc_version() -> Result<(i32, i32), String> {
 /// NVRTC options of every compilation (the architecture comes first, added per call).
 const OPTIONS: [&str; 2] = ["--std=c++17", "-default-device"];
 
+/// Families of architecture-specific instructions and the one NVRTC target they compile for:
+/// `gemm_sm90` (wgmma, TMA) exists only as `sm_90a`, which only sm_90 devices run. Every other
+/// family compiles for the device's own architecture.
+pub const ARCH_SPECIFIC_FAMILIES: [(&str, &str); 1] = [("gemm_sm90", "sm_90a")];
+
+/// The NVRTC target of `family` on a device of architecture `device_arch` (e.g. "sm_90"), or
+/// why the device cannot run it.
+pub fn family_target(family: &str, device_arch: &str) -> Result<String, String> {
+    match ARCH_SPECIFIC_FAMILIES.iter().find(|(f, _)| *f == family) {
+        None => Ok(device_arch.to_string()),
+        Some((_, target)) if target.strip_suffix('a') == Some(device_arch) => {
+            Ok(target.to_string())
+        }
+        Some((_, target)) => Err(format!(
+            "{family}.cu is compiled for {target} only; this device is {device_arch}"
+        )),
+    }
+}
+
 /// Compiles one family to a cubin for `arch` (e.g. "sm_90"). Producing a cubin runs ptxas, so
 /// register and shared-memory limits are checked, not only the syntax. Returns the cubin, or
 /// NVRTC's log naming the family.
@@ -151,19 +170,16 @@ impl ModuleCache {
             return Ok(m.clone());
         }
         let source = source(family).ok_or_else(|| format!("no kernel family {family}"))?;
+        let arch = family_target(family, &self.arch)?;
         let version = format!("{}.{}", self.nvrtc.0, self.nvrtc.1);
         let key = fnv1a(&[
             source.as_bytes(),
-            self.arch.as_bytes(),
+            arch.as_bytes(),
             version.as_bytes(),
             OPTIONS.join(" ").as_bytes(),
         ]);
-        let path = cache_dir().map(|d| {
-            d.join(format!(
-                "{family}-{}-nvrtc{version}-{key:016x}.cubin",
-                self.arch
-            ))
-        });
+        let path =
+            cache_dir().map(|d| d.join(format!("{family}-{arch}-nvrtc{version}-{key:016x}.cubin")));
         // A cached cubin that the driver rejects (truncated, foreign) is compiled afresh.
         let cached = path
             .as_ref()
@@ -172,13 +188,13 @@ impl ModuleCache {
         let module = match cached {
             Some(m) => m,
             None => {
-                let cubin = compile_cubin(family, source, &self.arch)?;
+                let cubin = compile_cubin(family, source, &arch)?;
                 if let Some(p) = &path {
                     store(p, &cubin);
                 }
                 self.ctx
                     .load_module(Ptx::from_binary(cubin))
-                    .map_err(|e| format!("{family}.cu for {}: loading the cubin: {e}", self.arch))?
+                    .map_err(|e| format!("{family}.cu for {arch}: loading the cubin: {e}"))?
             }
         };
         modules.insert(family, module.clone());

@@ -53,7 +53,8 @@ fn kernel(variant: GemmVariant) -> Option<Kernel> {
         | GemmVariant::MmaBf16
         | GemmVariant::Faer
         | GemmVariant::Packed
-        | GemmVariant::PackedF16 => None,
+        | GemmVariant::PackedF16
+        | GemmVariant::WgmmaBf16 => None,
     }
 }
 
