@@ -30,6 +30,7 @@ const F32: f64 = 4.0;
 
 pub fn cases(scale: Scale) -> Vec<Case> {
     let tokens = scale.rows(2048, 64);
+    let decoder_tokens = scale.rows(512, 64);
     let mut cases = vec![
         linear("minilm-qkv", tokens, 384, 1152, Activation::Identity, false),
         linear("minilm-ffn-up", tokens, 384, 1536, Activation::Gelu, false),
@@ -60,6 +61,33 @@ pub fn cases(scale: Scale) -> Vec<Case> {
         // Mistral-7B's gate and up projections (4096 → 2 × 14336) with SwiGLU in the epilogue
         // where the GEMM fuses it; one decode-sized batch of rows keeps it quick on a CPU.
         linear_gated("mistral-7b-mlp-gate-up", scale.rows(256, 32), 4096, 14336),
+        // SmolLM2-135M's layer (hidden 576, 9 + 2·3 heads of 64, MLP 1536) on a batch of 32
+        // short texts: the decoder anchor's batches hold 305–828 tokens.
+        linear(
+            "smollm2-qkv",
+            decoder_tokens,
+            576,
+            960,
+            Activation::Identity,
+            false,
+        ),
+        linear(
+            "smollm2-o",
+            decoder_tokens,
+            576,
+            576,
+            Activation::Identity,
+            true,
+        ),
+        linear_gated("smollm2-mlp-gate-up", decoder_tokens, 576, 1536),
+        linear(
+            "smollm2-mlp-down",
+            decoder_tokens,
+            1536,
+            576,
+            Activation::Identity,
+            true,
+        ),
         // 8 images × 257 tokens (256 patches + CLS).
         linear(
             "clip-vit-h-mlp-up",

@@ -4,7 +4,8 @@
 //! epilogue applied to each register tile ([`super::gemm_packed`]), which also runs every
 //! `linear` on half-precision weights (faer would need a whole f32 copy of them). The default
 //! backend picks between them by weight size ([`super::PACKED_MIN_WEIGHTS`]). `linear_gated`
-//! (SwiGLU) is fused only into ours; with faer it is `linear` then `gated_activation`.
+//! (SwiGLU) is fused only into ours, which the default backend runs it on at every size; with
+//! faer (the backend opened with variant 7) it is `linear` then `gated_activation`.
 
 use faer::linalg::matmul::matmul;
 use faer::traits::{math_utils::one, ComplexField};

@@ -15,9 +15,10 @@
 //! by depth block, the `x` panel's block (`MR × kc`, at most 24 KiB) reused from L1 across the
 //! block's weight panels and the row panel's tiles kept in L1 across the depth blocks; all of
 //! packed `x` stays in L3. The block count is a multiple of
-//! the thread count, so every core gets the same work (MiniLM's 48 panels of 32 outputs are six
-//! blocks of eight on two cores, not five of ten); where blocks are fewer than twice the threads
-//! they are also cut into row chunks.
+//! the thread count, its panels shared out evenly, so every core gets the same work (MiniLM's 48
+//! panels of 32 outputs are six blocks of eight on two cores, not five of ten; SmolLM2's 18 are
+//! four of 4 or 5, not 5 + 5 + 5 + 3); where blocks are fewer than twice the threads they are
+//! also cut into row chunks.
 //!
 //! f32 weights are packed once and kept with their tensor ([`PackedCache`]: filled by the first
 //! `linear` that reads them, dropped when the tensor is written or freed), up to
@@ -265,7 +266,8 @@ fn blocked<const MR: usize, const NR: usize>(
     let blocks = k.div_ceil(KC_MAX).max(1);
     let kc = k.div_ceil(blocks);
     let row_panels = n.div_ceil(MR);
-    let packed_x = pack_x::<MR>(x, n, k, row_panels);
+    let mut packed_x = PACKED_X.take();
+    pack_x::<MR>(x, n, k, row_panels, &mut packed_x);
     let out = SharedOut::new(out);
 
     let threads = rayon::current_num_threads();
@@ -273,23 +275,19 @@ fn blocked<const MR: usize, const NR: usize>(
     let columns = panel_columns::<NR>(gated);
     let col_panels = m.div_ceil(columns);
     let fit = (L2_BLOCK_BYTES / (4 * NR * k.max(1))).max(1);
-    let col_blocks = col_panels.div_ceil(fit).div_ceil(threads) * threads;
-    let per_block = col_panels.div_ceil(col_blocks.min(col_panels));
-    let col_blocks = col_panels.div_ceil(per_block);
+    let col_blocks = (col_panels.div_ceil(fit).div_ceil(threads) * threads).min(col_panels);
     let row_chunks = if col_blocks < 2 * threads {
         (2 * threads).div_ceil(col_blocks).min(row_panels)
     } else {
         1
     };
-    let per_chunk = row_panels.div_ceil(row_chunks);
-    let row_chunks = row_panels.div_ceil(per_chunk);
 
     (0..col_blocks * row_chunks).into_par_iter().for_each_init(
         || (Vec::new(), Vec::new(), Vec::new()),
         |(scratch, row, partials), task| {
             let (block, chunk) = (task / row_chunks, task % row_chunks);
-            let panels = block * per_block..((block + 1) * per_block).min(col_panels);
-            let chunk_panels = chunk * per_chunk..((chunk + 1) * per_chunk).min(row_panels);
+            let panels = even_share(col_panels, col_blocks, block);
+            let chunk_panels = even_share(row_panels, row_chunks, chunk);
             // This block's weight panels at full depth, panel `i` at `i · k · NR`: from the
             // packed weights, or packed now into `scratch`.
             let w_block: &[f32] = match packed {
@@ -346,14 +344,41 @@ fn blocked<const MR: usize, const NR: usize>(
             }
         },
     );
+    keep_packed_x(packed_x);
 }
 
-/// `x`'s row panels at full depth: panel `p` at `p · k · MR`, its column `c` at `c · MR`, rows
-/// past `n` zero.
-fn pack_x<const MR: usize>(x: &[f32], n: usize, k: usize, panels: usize) -> Vec<f32> {
-    let mut packed = vec![0.0f32; panels * k * MR];
+/// Part `i` of `total` items cut into `parts` consecutive parts whose sizes differ by at most
+/// one: blocks of equal cost, where whole-panel blocks of the rounded-up size left the last one
+/// short (SmolLM2's 18 output panels as 5 + 5 + 5 + 3 kept one core idle a ninth of the time).
+fn even_share(total: usize, parts: usize, i: usize) -> Range<usize> {
+    i * total / parts..(i + 1) * total / parts
+}
+
+/// Packed `x` of the most values a thread keeps between calls (MiniLM's FFN-down input of 2 048
+/// tokens is 12.6 MB); a larger one is freed after its call.
+const PACKED_X_KEPT_BYTES: usize = 32 << 20;
+
+thread_local! {
+    /// The calling thread's packed `x`, reused across calls: a fresh one was fresh pages, zeroed
+    /// by the kernel at their first touch on every call (MiniLM's FFN-down, 12.6 MB of packed
+    /// `x`, runs 1.18× faster reusing it: BENCHMARKS.md, 2026-12-06, LOADED machine).
+    static PACKED_X: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Returns `packed` (from [`pack_x`]) to the calling thread for its next call, unless it is
+/// larger than [`PACKED_X_KEPT_BYTES`].
+fn keep_packed_x(packed: Vec<f32>) {
+    if packed.capacity() * 4 <= PACKED_X_KEPT_BYTES {
+        PACKED_X.set(packed);
+    }
+}
+
+/// `x`'s row panels at full depth into `packed` (resized): panel `p` at `p · k · MR`, its
+/// column `c` at `c · MR`, rows past `n` zero.
+fn pack_x<const MR: usize>(x: &[f32], n: usize, k: usize, panels: usize, packed: &mut Vec<f32>) {
+    packed.resize(panels * k * MR, 0.0);
     if k == 0 {
-        return packed;
+        return;
     }
     packed
         .par_chunks_mut(k * MR)
@@ -361,15 +386,16 @@ fn pack_x<const MR: usize>(x: &[f32], n: usize, k: usize, panels: usize) -> Vec<
         .for_each(|(panel, dst)| {
             for r in 0..MR {
                 let row = panel * MR + r;
-                if row >= n {
-                    break;
-                }
-                for (c, &v) in x[row * k..][..k].iter().enumerate() {
-                    dst[c * MR + r] = v;
+                if row < n {
+                    for (c, &v) in x[row * k..][..k].iter().enumerate() {
+                        dst[c * MR + r] = v;
+                    }
+                } else {
+                    // The buffer is reused: padding rows may hold an earlier call's values.
+                    (0..k).for_each(|c| dst[c * MR + r] = 0.0);
                 }
             }
         });
-    packed
 }
 
 /// Weight panel `panel` at full depth, its lanes the rows [`panel_row`] names for `m` output

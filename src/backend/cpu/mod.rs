@@ -70,8 +70,8 @@ pub const PACKED_MIN_WEIGHTS: usize = 1 << 22;
 pub struct CpuBackend {
     /// The kernel of `linear` on f32 weights (half-precision weights always run variant 8's).
     gemm: GemmVariant,
-    /// Whether f32 weight matrices under [`PACKED_MIN_WEIGHTS`] values run faer's GEMM instead
-    /// (the default backend; not one opened with a variant).
+    /// Whether `linear` runs faer's GEMM instead on f32 weight matrices under
+    /// [`PACKED_MIN_WEIGHTS`] values (the default backend; not one opened with a variant).
     by_size: bool,
     /// The kernel of `attention`; `None`: chosen by the mask (see `attention`'s module docs).
     attention: Option<AttentionVariant>,
@@ -90,6 +90,7 @@ impl CpuBackend {
     /// use, finishing the epilogue in registers; faer's (7) for smaller ones. On the idle machine
     /// (BENCHMARKS.md, "Idle re-measure", session 11) ours wins on Mistral's MLP (1.5×) and CLIP's
     /// (1.08×), ties on BERT-base's and e5-large's FFN, and loses on MiniLM's Linears (up to 1.13×).
+    /// `linear_gated` runs ours at every size: its fused epilogue saves a pass faer cannot.
     pub fn new() -> Self {
         CpuBackend {
             by_size: true,
@@ -232,8 +233,10 @@ impl Backend for CpuBackend {
         gemm::linear(self.linear_variant(w.len()), x, w, bias, act, residual, out)
     }
 
-    /// Fused wherever `linear` would run our packed GEMM on `w`; faer's GEMM, which keeps no
-    /// epilogue, runs it as `linear` then `gated_activation`.
+    /// Fused into our packed GEMM on every weight size on the default backend: at SmolLM2's
+    /// 1.8 M values, under [`PACKED_MIN_WEIGHTS`], it beats faer's GEMM plus the separate pass
+    /// over the `[n, 2m]` product that faer, which keeps no epilogue, needs (`linear` then
+    /// `gated_activation`: the backend opened with variant 7).
     fn linear_gated(
         &self,
         x: &Tensor,
@@ -244,7 +247,7 @@ impl Backend for CpuBackend {
         out: &mut Tensor,
     ) -> Result<()> {
         let half = matches!(w.storage, Storage::CpuHalf(_));
-        if half || self.linear_variant(w.len()) == GemmVariant::Packed {
+        if half || self.gemm == GemmVariant::Packed {
             gemm::linear_gated(x, w, bias, act, out)
         } else {
             super::linear_then_gated(self, x, w, bias, act, gate_up, out)
