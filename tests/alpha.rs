@@ -275,6 +275,61 @@ fn ks_and_alpha_hat_match_distance_and_bisection() {
     }
 }
 
+/// The streamed pass over the counts gives the profile's KS and α̂ bit for bit, on profiles of
+/// many blocks, of one block and less, and where α̂ needs Newton's further passes (the shifted
+/// and squeezed references) or is 1 (disjoint samples).
+#[test]
+fn ks_and_alpha_hat_of_counts_are_the_profiles() {
+    let mut rng = Rng::new(41);
+    for case in 0..120usize {
+        let (n, m) = (1 + rng.below(3000) as usize, 1 + rng.below(3000) as usize);
+        let (reference_scale, shift) = match case % 4 {
+            0 => (1.0, 0.0),
+            1 => (0.5, 0.0),
+            2 => (1.0, 0.3 * rng.uniform()),
+            _ => (1.0, 2.0),
+        };
+        let tied = case % 3 == 1;
+        let draw = |rng: &mut Rng, scale: f32, shift: f32| {
+            let v = rng.uniform() * scale + shift;
+            if tied {
+                (v * 50.0).round()
+            } else {
+                v
+            }
+        };
+        let candidate = trim::sorted(
+            &(0..n)
+                .map(|_| draw(&mut rng, 1.0, shift))
+                .collect::<Vec<_>>(),
+        );
+        let reference = trim::sorted(
+            &(0..m)
+                .map(|_| draw(&mut rng, reference_scale, 0.0))
+                .collect::<Vec<_>>(),
+        );
+        let ranks = |i: usize| {
+            let v = candidate[i];
+            (
+                reference.partition_point(|&r| r < v),
+                reference.partition_point(|&r| r <= v),
+            )
+        };
+        let counts = || trim::counts_from_ranks(&candidate, ranks, false);
+        let p = Profile::from_counts(n, m, counts());
+        for t in [1e-3, 0.05, trim::threshold(0.05, n, m), 0.6] {
+            let (ks, alpha_hat) = p.ks_and_alpha_hat(t);
+            let (streamed_ks, streamed_alpha_hat) =
+                Profile::ks_and_alpha_hat_of_counts(n, m, counts, t);
+            assert_eq!(
+                (streamed_ks.to_bits(), streamed_alpha_hat.to_bits()),
+                (ks.to_bits(), alpha_hat.to_bits()),
+                "case {case}, t {t}"
+            );
+        }
+    }
+}
+
 #[test]
 fn distance_is_non_increasing_in_alpha() {
     let mut rng = Rng::new(3);

@@ -170,13 +170,14 @@ fn leave_one_out(
             let own = &entries[offsets[k]..offsets[k + 1]];
             let (n, m) = (own.len(), total - own.len());
             let candidate: Vec<f32> = own.iter().map(|e| e.value).collect();
-            let counts = trim::counts_from_ranks(
-                &candidate,
-                |i| (own[i].lt as usize, own[i].le as usize),
-                true,
-            );
-            let profile = Profile::from_counts(n, m, counts);
-            trim::result(&profile, n, m, spec, exact_w2, |alpha| match wanted {
+            let counts = || {
+                trim::counts_from_ranks(
+                    &candidate,
+                    |i| (own[i].lt as usize, own[i].le as usize),
+                    true,
+                )
+            };
+            trim::result_of_counts(n, m, counts, spec, exact_w2, |alpha| match wanted {
                 Wanted::Pool => {
                     let own_positions = &positions[offsets[k]..offsets[k + 1]];
                     let reference = trim::pool_without(own_positions, &values);
