@@ -279,7 +279,7 @@ pub fn result(
     w2_exact: bool,
     trimmed_w2: impl FnOnce(f64) -> f64,
 ) -> TrimResult {
-    result_with(
+    result_from(
         n,
         m,
         spec,
@@ -289,28 +289,9 @@ pub fn result(
     )
 }
 
-/// [`result`] of the profile `Profile::from_counts(n, m, counts())`, bit for bit, without
-/// building the profile where α̂ needs no pass beyond the first (see
-/// [`Profile::ks_and_alpha_hat_of_counts`]).
-pub fn result_of_counts<I: IntoIterator<Item = Counts>>(
-    n: usize,
-    m: usize,
-    counts: impl Fn() -> I,
-    spec: &TrimSpec,
-    w2_exact: bool,
-    trimmed_w2: impl FnOnce(f64) -> f64,
-) -> TrimResult {
-    result_with(
-        n,
-        m,
-        spec,
-        w2_exact,
-        |t| Profile::ks_and_alpha_hat_of_counts(n, m, counts, t),
-        trimmed_w2,
-    )
-}
-
-fn result_with(
+/// [`result`] with `(d(0), α̂)` from `ks_and_alpha_hat(threshold)`: for kernels that do not
+/// build the whole profile ([`Profile::ks_and_alpha_hat_of_counts`]).
+pub fn result_from(
     n: usize,
     m: usize,
     spec: &TrimSpec,

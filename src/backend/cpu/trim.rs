@@ -177,16 +177,24 @@ fn leave_one_out(
                     true,
                 )
             };
-            trim::result_of_counts(n, m, counts, spec, exact_w2, |alpha| match wanted {
-                Wanted::Pool => {
-                    let own_positions = &positions[offsets[k]..offsets[k + 1]];
-                    let reference = trim::pool_without(own_positions, &values);
-                    trim::trimmed_w2(&candidate, &reference, alpha)
-                }
-                Wanted::Quantiles => {
-                    trim::trimmed_w2(&candidate, &values[offsets[k]..offsets[k + 1]], alpha)
-                }
-            })
+            let ks_and_alpha_hat = |t| Profile::ks_and_alpha_hat_of_counts(n, m, counts, t);
+            trim::result_from(
+                n,
+                m,
+                spec,
+                exact_w2,
+                ks_and_alpha_hat,
+                |alpha| match wanted {
+                    Wanted::Pool => {
+                        let own_positions = &positions[offsets[k]..offsets[k + 1]];
+                        let reference = trim::pool_without(own_positions, &values);
+                        trim::trimmed_w2(&candidate, &reference, alpha)
+                    }
+                    Wanted::Quantiles => {
+                        trim::trimmed_w2(&candidate, &values[offsets[k]..offsets[k + 1]], alpha)
+                    }
+                },
+            )
         })
         .collect();
     phases::mark("trim: every model's profile, α̂, KS, W2");
