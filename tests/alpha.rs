@@ -225,6 +225,31 @@ fn alpha_hat_is_the_smallest_level_within_the_threshold(be: &Arc<dyn Backend>) {
     }
 }
 
+/// A candidate of `n` points and a reference of `m` by `shape`: both from one distribution (0),
+/// the reference squeezed into the candidate's middle (1), the candidate shifted a little (2) or
+/// past the whole reference (3); rounded to steps of `1/levels` where `tied` gives the levels.
+fn sample_pair(
+    rng: &mut Rng,
+    n: usize,
+    m: usize,
+    shape: usize,
+    tied: Option<f32>,
+) -> (Vec<f32>, Vec<f32>) {
+    let (reference_scale, shift) = match shape {
+        0 => (1.0, 0.0),
+        1 => (0.5, 0.0),
+        2 => (1.0, 0.3 * rng.uniform()),
+        _ => (1.0, 2.0),
+    };
+    let draw = |rng: &mut Rng, scale: f32, shift: f32| {
+        let v = rng.uniform() * scale + shift;
+        tied.map_or(v, |levels| (v * levels).round())
+    };
+    let candidate = (0..n).map(|_| draw(rng, 1.0, shift)).collect();
+    let reference = (0..m).map(|_| draw(rng, reference_scale, 0.0)).collect();
+    (candidate, reference)
+}
+
 /// KS and α̂ from the shared passes: KS bit for bit `d(0)`, α̂ the bisection's, on samples that
 /// agree (the linear bounds leave L = 1, the KS pass's draw-up is Newton's first), that differ
 /// (L raised, Newton from there), with ties, and at thresholds from "no trimming helps" to
@@ -234,26 +259,8 @@ fn ks_and_alpha_hat_match_distance_and_bisection() {
     let mut rng = Rng::new(17);
     for case in 0..600usize {
         let (n, m) = (1 + rng.below(200) as usize, 1 + rng.below(400) as usize);
-        // Both from one distribution on a third of the cases, else the reference squeezed
-        // into the candidate's middle or the candidate shifted.
-        let (reference_scale, shift) = match case % 3 {
-            0 => (1.0, 0.0),
-            1 => (0.5, 0.0),
-            _ => (1.0, 0.3 * rng.uniform()),
-        };
-        let tied = case % 4 == 1;
-        let draw = |rng: &mut Rng, scale: f32, shift: f32| {
-            let v = rng.uniform() * scale + shift;
-            if tied {
-                (v * 6.0).round()
-            } else {
-                v
-            }
-        };
-        let candidate: Vec<f32> = (0..n).map(|_| draw(&mut rng, 1.0, shift)).collect();
-        let reference: Vec<f32> = (0..m)
-            .map(|_| draw(&mut rng, reference_scale, 0.0))
-            .collect();
+        let tied = (case % 4 == 1).then_some(6.0);
+        let (candidate, reference) = sample_pair(&mut rng, n, m, case % 3, tied);
         let p = profile(&candidate, &reference);
         // Thresholds off the ratios of counts that d(α) takes on its plateaus: at a threshold
         // equal to one, bisection's `d ≤ t` is a rounding tie and stops elsewhere than the root.
@@ -270,6 +277,39 @@ fn ks_and_alpha_hat_match_distance_and_bisection() {
             assert!(
                 (alpha_hat - want).abs() <= 1e-9,
                 "case {case}, t {t}: α̂ {alpha_hat} vs bisection {want}"
+            );
+        }
+    }
+}
+
+/// The streamed pass over the counts gives the profile's KS and α̂ bit for bit, on profiles of
+/// many blocks, of one block and less, and where α̂ needs Newton's further passes (the shifted
+/// and squeezed references) or is 1 (disjoint samples).
+#[test]
+fn ks_and_alpha_hat_of_counts_are_the_profiles() {
+    let mut rng = Rng::new(41);
+    for case in 0..120usize {
+        let (n, m) = (1 + rng.below(3000) as usize, 1 + rng.below(3000) as usize);
+        let tied = (case % 3 == 1).then_some(50.0);
+        let (candidate, reference) = sample_pair(&mut rng, n, m, case % 4, tied);
+        let (candidate, reference) = (trim::sorted(&candidate), trim::sorted(&reference));
+        let ranks = |i: usize| {
+            let v = candidate[i];
+            (
+                reference.partition_point(|&r| r < v),
+                reference.partition_point(|&r| r <= v),
+            )
+        };
+        let counts = || trim::counts_from_ranks(&candidate, ranks, false);
+        let p = Profile::from_counts(n, m, counts());
+        for t in [1e-3, 0.05, trim::threshold(0.05, n, m), 0.6] {
+            let (ks, alpha_hat) = p.ks_and_alpha_hat(t);
+            let (streamed_ks, streamed_alpha_hat) =
+                Profile::ks_and_alpha_hat_of_counts(n, m, counts, t);
+            assert_eq!(
+                (streamed_ks.to_bits(), streamed_alpha_hat.to_bits()),
+                (ks.to_bits(), alpha_hat.to_bits()),
+                "case {case}, t {t}"
             );
         }
     }

@@ -279,8 +279,28 @@ pub fn result(
     w2_exact: bool,
     trimmed_w2: impl FnOnce(f64) -> f64,
 ) -> TrimResult {
+    result_from(
+        n,
+        m,
+        spec,
+        w2_exact,
+        |t| profile.ks_and_alpha_hat(t),
+        trimmed_w2,
+    )
+}
+
+/// [`result`] with `(d(0), α̂)` from `ks_and_alpha_hat(threshold)`: for kernels that do not
+/// build the whole profile ([`Profile::ks_and_alpha_hat_of_counts`]).
+pub fn result_from(
+    n: usize,
+    m: usize,
+    spec: &TrimSpec,
+    w2_exact: bool,
+    ks_and_alpha_hat: impl FnOnce(f64) -> (f64, f64),
+    trimmed_w2: impl FnOnce(f64) -> f64,
+) -> TrimResult {
     let threshold = threshold(spec.level, n, m);
-    let (ks, alpha_hat) = profile.ks_and_alpha_hat(threshold);
+    let (ks, alpha_hat) = ks_and_alpha_hat(threshold);
     TrimResult {
         alpha_hat,
         ks,
@@ -329,18 +349,33 @@ impl Profile {
             f: Vec::with_capacity(2 * n + 1),
             g: Vec::with_capacity(2 * n + 1),
         };
-        for c in counts {
-            p.f.extend([c.own_lt as f64, c.own_le as f64]);
-            p.g.extend([c.ref_lt as f64, c.ref_le as f64]);
-        }
-        // Divided apart from the counting, in loops the compiler vectorises: the same correctly
-        // rounded quotients, several per instruction.
-        let (n, m) = (n as f64, m as f64);
-        p.f.iter_mut().for_each(|f| *f /= n);
-        p.g.iter_mut().for_each(|g| *g /= m);
+        state_blocks(n, m, counts, |f, g| {
+            p.f.extend_from_slice(f);
+            p.g.extend_from_slice(g);
+        });
         p.f.push(1.0);
         p.g.push(1.0);
         p
+    }
+
+    /// `Profile::from_counts(n, m, counts()).ks_and_alpha_hat(t)` bit for bit, in one pass over
+    /// the counts that holds a block of the profile at a time: the whole profile is built only
+    /// where α̂ needs Newton's further passes (samples that disagree, the rare case).
+    pub fn ks_and_alpha_hat_of_counts<I: IntoIterator<Item = Counts>>(
+        n: usize,
+        m: usize,
+        counts: impl Fn() -> I,
+        t: f64,
+    ) -> (f64, f64) {
+        let mut scan = FirstPass::new(t);
+        state_blocks(n, m, counts(), |f, g| scan.push_block(f, g));
+        scan.push_block(&[1.0], &[1.0]);
+        let mut profile = None;
+        scan.finish(|l| {
+            profile
+                .get_or_insert_with(|| Profile::from_counts(n, m, counts()))
+                .max_rise(l)
+        })
     }
 
     /// From both samples sorted ascending (a merge, O(n + m)).
@@ -406,73 +441,9 @@ impl Profile {
     /// (samples that agree, the usual case) that pass's largest draw-up is also Newton's first,
     /// so one pass gives both.
     pub fn ks_and_alpha_hat(&self, t: f64) -> (f64, f64) {
-        let mut l = 1.0f64;
-        // `l.max(num / den)` for `den > 0`, dividing only when the bound may raise `l`: if
-        // `num ≤ l·den·SHY` as rounded, then `num < l·den` exactly, so the rounded quotient is
-        // at most `l` and the maximum stays `l` bit for bit. Most grid points bound nothing.
-        const SHY: f64 = 1.0 - 1.0 / (1u64 << 40) as f64;
-        let raise = |l: f64, num: f64, den: f64| {
-            if num > l * den * SHY {
-                l.max(num / den)
-            } else {
-                l
-            }
-        };
-        // Whether some grid point rules out every trimming.
-        let mut hopeless = false;
-        // KS: `distance(0)`'s terms, its draw-up tracked as `max_rise(1)` does.
-        let (mut a, mut b) = (0.0f64, 0.0f64);
-        let mut rise_at_one = (0.0f64, 0.0, 0.0);
-        let (mut low, mut low_f, mut low_g) = (0.0f64, 0.0, 0.0);
-        for (f, g) in self.states() {
-            let d = g - f;
-            a = a.max(d);
-            b = b.max((1.0 - g) - (1.0 - f));
-            if d - low > rise_at_one.0 {
-                rise_at_one = (d - low, g - low_g, f - low_f);
-            }
-            if d < low {
-                (low, low_f, low_g) = (d, f, g);
-            }
-            if hopeless {
-                continue;
-            }
-            // A: g − L·f ≤ t.
-            if f > 0.0 {
-                l = raise(l, g - t, f);
-            } else if g > t {
-                hopeless = true;
-            }
-            // B: L·(f − α) − g = L·(f − 1) + 1 − g ≤ t.
-            if f < 1.0 {
-                l = raise(l, 1.0 - g - t, 1.0 - f);
-            } else if 1.0 - g > t {
-                hopeless = true;
-            }
-        }
-        let ks = a.max(b).max(rise_at_one.0 / 2.0);
-        if hopeless {
-            return (ks, 1.0);
-        }
-        let mut known_rise = (l == 1.0).then_some(rise_at_one);
-        loop {
-            let (rise, dg, df) = known_rise.take().unwrap_or_else(|| self.max_rise(l));
-            if rise <= 2.0 * t {
-                break;
-            }
-            if df == 0.0 {
-                // G rises by more than 2t where F is flat: no trimming helps.
-                return (ks, 1.0);
-            }
-            let next = (dg - 2.0 * t) / df;
-            if next <= l || !next.is_finite() {
-                // Rounding: `l` is the root to within an ulp.
-                break;
-            }
-            l = next;
-        }
-        let alpha_hat = if l.is_finite() { 1.0 - 1.0 / l } else { 1.0 };
-        (ks, alpha_hat)
+        let mut scan = FirstPass::new(t);
+        scan.push_block(&self.f, &self.g);
+        scan.finish(|l| self.max_rise(l))
     }
 
     /// Largest draw-up `max_{x<y} D(y) − D(x)` of `D = G − L·F` with the `(ΔG, ΔF)` of the pair
@@ -493,6 +464,143 @@ impl Profile {
     }
 }
 
+/// States per block of [`state_blocks`]: two blocks of them stay in L1.
+const STATE_BLOCK: usize = 512;
+
+/// The profile's states `(F, G)` from the counts, without the final `(1, 1)`, handed to `block`
+/// a block at a time in order. Divided apart from the counting, in loops the compiler
+/// vectorises: the same correctly rounded quotients, several per instruction.
+fn state_blocks(
+    n: usize,
+    m: usize,
+    counts: impl IntoIterator<Item = Counts>,
+    mut block: impl FnMut(&[f64], &[f64]),
+) {
+    let (n, m) = (n as f64, m as f64);
+    let (mut f, mut g) = ([0.0f64; STATE_BLOCK], [0.0f64; STATE_BLOCK]);
+    let mut len = 0;
+    let mut flush = |f: &mut [f64], g: &mut [f64]| {
+        f.iter_mut().for_each(|f| *f /= n);
+        g.iter_mut().for_each(|g| *g /= m);
+        block(f, g);
+    };
+    for c in counts {
+        [f[len], f[len + 1]] = [c.own_lt as f64, c.own_le as f64];
+        [g[len], g[len + 1]] = [c.ref_lt as f64, c.ref_le as f64];
+        len += 2;
+        if len == STATE_BLOCK {
+            flush(&mut f, &mut g);
+            len = 0;
+        }
+    }
+    flush(&mut f[..len], &mut g[..len]);
+}
+
+/// The first pass of [`Profile::ks_and_alpha_hat`] over the states in order: the KS terms, the
+/// linear bounds of α̂ and the largest draw-up at `L = 1`.
+#[derive(Clone, Copy)]
+struct FirstPass {
+    t: f64,
+    /// The largest linear lower bound on `L` so far.
+    l: f64,
+    /// Whether some grid point rules out every trimming.
+    hopeless: bool,
+    a: f64,
+    b: f64,
+    /// `max_rise(1)` so far: the draw-up and its `(ΔG, ΔF)`.
+    rise_at_one: (f64, f64, f64),
+    /// The lowest `G − F` so far and its `(F, G)`.
+    low: (f64, f64, f64),
+}
+
+impl FirstPass {
+    fn new(t: f64) -> Self {
+        FirstPass {
+            t,
+            l: 1.0,
+            hopeless: false,
+            a: 0.0,
+            b: 0.0,
+            rise_at_one: (0.0, 0.0, 0.0),
+            low: (0.0, 0.0, 0.0),
+        }
+    }
+
+    fn push_block(&mut self, fs: &[f64], gs: &[f64]) {
+        // `l.max(num / den)` for `den > 0`, dividing only when the bound may raise `l`: if
+        // `num ≤ l·den·SHY` as rounded, then `num < l·den` exactly, so the rounded quotient is
+        // at most `l` and the maximum stays `l` bit for bit. Most grid points bound nothing.
+        const SHY: f64 = 1.0 - 1.0 / (1u64 << 40) as f64;
+        let raise = |l: f64, num: f64, den: f64| {
+            if num > l * den * SHY {
+                l.max(num / den)
+            } else {
+                l
+            }
+        };
+        // A copy in locals, so the loop keeps it in registers.
+        let mut s = *self;
+        for (&f, &g) in fs.iter().zip(gs) {
+            // KS: `distance(0)`'s terms, its draw-up tracked as `max_rise(1)` does.
+            let d = g - f;
+            s.a = s.a.max(d);
+            s.b = s.b.max((1.0 - g) - (1.0 - f));
+            if d - s.low.0 > s.rise_at_one.0 {
+                s.rise_at_one = (d - s.low.0, g - s.low.2, f - s.low.1);
+            }
+            if d < s.low.0 {
+                s.low = (d, f, g);
+            }
+            if s.hopeless {
+                continue;
+            }
+            // A: g − L·f ≤ t.
+            if f > 0.0 {
+                s.l = raise(s.l, g - s.t, f);
+            } else if g > s.t {
+                s.hopeless = true;
+            }
+            // B: L·(f − α) − g = L·(f − 1) + 1 − g ≤ t.
+            if f < 1.0 {
+                s.l = raise(s.l, 1.0 - g - s.t, 1.0 - f);
+            } else if 1.0 - g > s.t {
+                s.hopeless = true;
+            }
+        }
+        *self = s;
+    }
+
+    /// `(d(0), α̂)` once every state has been pushed; `max_rise` is [`Profile::max_rise`] of the
+    /// whole profile, called only where the first pass leaves α̂ open.
+    fn finish(self, mut max_rise: impl FnMut(f64) -> (f64, f64, f64)) -> (f64, f64) {
+        let t = self.t;
+        let ks = self.a.max(self.b).max(self.rise_at_one.0 / 2.0);
+        if self.hopeless {
+            return (ks, 1.0);
+        }
+        let mut l = self.l;
+        let mut known_rise = (l == 1.0).then_some(self.rise_at_one);
+        loop {
+            let (rise, dg, df) = known_rise.take().unwrap_or_else(|| max_rise(l));
+            if rise <= 2.0 * t {
+                break;
+            }
+            if df == 0.0 {
+                // G rises by more than 2t where F is flat: no trimming helps.
+                return (ks, 1.0);
+            }
+            let next = (dg - 2.0 * t) / df;
+            if next <= l || !next.is_finite() {
+                // Rounding: `l` is the root to within an ulp.
+                break;
+            }
+            l = next;
+        }
+        let alpha_hat = if l.is_finite() { 1.0 - 1.0 / l } else { 1.0 };
+        (ks, alpha_hat)
+    }
+}
+
 /// The trimmed Wasserstein-2 cost `τ_α = min_h ∫₀¹ (F⁻¹(t) − G⁻¹(t))² h'(t) dt` over the
 /// α-trimmings `h` (Álvarez-Esteban et al. 2008): on the merged grid `{i/n} ∪ {j/m}` both
 /// quantile functions are constant, so the optimal `h' = L` keeps the smallest `(1−α)` share of
@@ -501,22 +609,32 @@ impl Profile {
 pub fn trimmed_w2(candidate: &[f32], reference: &[f32], alpha: f64) -> f64 {
     let (n, m) = (candidate.len() as u64, reference.len() as u64);
     // Pieces of the merged grid as (squared difference, length in units of 1/(n·m)).
-    let mut pieces = Vec::with_capacity(candidate.len() + reference.len());
     let (mut i, mut j, mut at) = (1u64, 1u64, 0u64);
-    while i <= n && j <= m {
+    let pieces = std::iter::from_fn(|| {
+        if i > n || j > m {
+            return None;
+        }
         let (end_f, end_g) = (i * m, j * n);
         let end = end_f.min(end_g);
         let diff = candidate[i as usize - 1] as f64 - reference[j as usize - 1] as f64;
-        pieces.push((diff * diff, end - at));
+        let piece = (diff * diff, end - at);
         at = end;
         i += u64::from(end_f == end);
         j += u64::from(end_g == end);
-    }
+        Some(piece)
+    });
     let total = (n * m) as f64;
     if alpha >= 1.0 {
-        return pieces.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
+        return pieces.map(|p| p.0).fold(f64::INFINITY, f64::min);
     }
-    smallest_share(&mut pieces, (1.0 - alpha) * total) / ((1.0 - alpha) * total)
+    let keep = (1.0 - alpha) * total;
+    // The lengths add up to n·m, as f64 exactly `total` while every partial sum is an integer
+    // below 2⁵³: then keeping at least `total` keeps every piece, in order, with no list.
+    if keep >= total && n * m <= 1 << f64::MANTISSA_DIGITS {
+        return pieces.map(|p| p.0 * p.1 as f64).sum::<f64>() / keep;
+    }
+    let mut pieces: Vec<(f64, u64)> = pieces.collect();
+    smallest_share(&mut pieces, keep) / keep
 }
 
 /// `Σ value·length` over the smallest-valued pieces whose lengths add up to `keep` (the last

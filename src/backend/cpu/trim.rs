@@ -170,22 +170,31 @@ fn leave_one_out(
             let own = &entries[offsets[k]..offsets[k + 1]];
             let (n, m) = (own.len(), total - own.len());
             let candidate: Vec<f32> = own.iter().map(|e| e.value).collect();
-            let counts = trim::counts_from_ranks(
-                &candidate,
-                |i| (own[i].lt as usize, own[i].le as usize),
-                true,
-            );
-            let profile = Profile::from_counts(n, m, counts);
-            trim::result(&profile, n, m, spec, exact_w2, |alpha| match wanted {
-                Wanted::Pool => {
-                    let own_positions = &positions[offsets[k]..offsets[k + 1]];
-                    let reference = trim::pool_without(own_positions, &values);
-                    trim::trimmed_w2(&candidate, &reference, alpha)
-                }
-                Wanted::Quantiles => {
-                    trim::trimmed_w2(&candidate, &values[offsets[k]..offsets[k + 1]], alpha)
-                }
-            })
+            let counts = || {
+                trim::counts_from_ranks(
+                    &candidate,
+                    |i| (own[i].lt as usize, own[i].le as usize),
+                    true,
+                )
+            };
+            let ks_and_alpha_hat = |t| Profile::ks_and_alpha_hat_of_counts(n, m, counts, t);
+            trim::result_from(
+                n,
+                m,
+                spec,
+                exact_w2,
+                ks_and_alpha_hat,
+                |alpha| match wanted {
+                    Wanted::Pool => {
+                        let own_positions = &positions[offsets[k]..offsets[k + 1]];
+                        let reference = trim::pool_without(own_positions, &values);
+                        trim::trimmed_w2(&candidate, &reference, alpha)
+                    }
+                    Wanted::Quantiles => {
+                        trim::trimmed_w2(&candidate, &values[offsets[k]..offsets[k + 1]], alpha)
+                    }
+                },
+            )
         })
         .collect();
     phases::mark("trim: every model's profile, α̂, KS, W2");
