@@ -204,22 +204,32 @@ fn add_widened_portable(sums: &mut [f64], row: &[f32]) {
 }
 
 /// `Σ f(v)` in f64, in 32 independent lanes: [`lane_sum`]'s counterpart for the row statistics
-/// that need f64 (LayerNorm's mean and variance). It vectorises to whole-register conversions and
-/// additions, with four AVX-512 sums in flight to hide the add latency; one quantity a sweep,
-/// since the sum and the sum of squares together in one loop compiled to scalar conversions and
-/// shuffles (five instructions an element, LayerNorm at half the triad).
+/// that need f64 (LayerNorm's mean and variance); [`lane_sum_pairs_f64`] over the slice paired
+/// with itself, whose second loads the compiler drops.
 #[inline(always)]
 pub(super) fn lane_sum_f64(values: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    lane_sum_pairs_f64(values, values, |v, _| f(v))
+}
+
+/// `Σ f(a, b)` over the pairs of two equally long slices, in f64, in 32 independent lanes. It
+/// vectorises to whole-register conversions and additions, with four AVX-512 sums in flight to
+/// hide the add latency; one quantity a sweep, since two sums in one loop (a row's sum and sum of
+/// squares) compiled to scalar conversions and shuffles (five instructions an element, LayerNorm
+/// at half the triad).
+#[inline(always)]
+pub(super) fn lane_sum_pairs_f64(a: &[f32], b: &[f32], f: impl Fn(f64, f64) -> f64) -> f64 {
+    assert_eq!(a.len(), b.len(), "lane_sum_pairs_f64: lengths differ");
     let mut lanes = [0.0f64; 32];
-    let chunks = values.chunks_exact(32);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        lanes
-            .iter_mut()
-            .zip(chunk)
-            .for_each(|(l, &v)| *l += f(f64::from(v)));
+    let (chunks_a, chunks_b) = (a.chunks_exact(32), b.chunks_exact(32));
+    let (tail_a, tail_b) = (chunks_a.remainder(), chunks_b.remainder());
+    for (chunk_a, chunk_b) in chunks_a.zip(chunks_b) {
+        for ((l, &x), &y) in lanes.iter_mut().zip(chunk_a).zip(chunk_b) {
+            *l += f(f64::from(x), f64::from(y));
+        }
     }
-    lanes.iter().sum::<f64>() + tail.iter().map(|&v| f(f64::from(v))).sum::<f64>()
+    let tail = tail_a.iter().zip(tail_b);
+    let tail_sum: f64 = tail.map(|(&x, &y)| f(f64::from(x), f64::from(y))).sum();
+    lanes.iter().sum::<f64>() + tail_sum
 }
 
 /// Rows of width `d` per rayon task of a row kernel: about 64 KiB of them, since one row of a
