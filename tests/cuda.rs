@@ -415,6 +415,51 @@ fn jacobi_eigen_residuals_at_every_size_to_64() {
     }
 }
 
+/// `spec` with the usual 1/√head_dim scale.
+fn attention_spec(
+    (heads, kv_heads): (usize, usize),
+    head_dim: usize,
+    causal: bool,
+    window: Option<usize>,
+) -> AttentionSpec {
+    AttentionSpec {
+        heads,
+        kv_heads,
+        head_dim,
+        causal,
+        window,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+    }
+}
+
+/// `be`'s attention on `qkv` against the CPU's: their relative error, or where a window of 0
+/// masks every key (zeros on both; rel_error of zeros would divide by zero) `be`'s largest
+/// magnitude, plus 1 if it wrote a NaN.
+fn attention_error(
+    be: &dyn Backend,
+    cpu: &CpuBackend,
+    layout: &SeqLayout,
+    spec: &AttentionSpec,
+    qkv: &[f32],
+) -> f64 {
+    let run = |be: &dyn Backend| {
+        let t = be
+            .upload(&[layout.num_tokens(), spec.qkv_width()], qkv)
+            .unwrap();
+        let mut out = poisoned(be, &[layout.num_tokens(), spec.heads * spec.head_dim]);
+        be.attention(&t, layout, spec, &mut out).unwrap();
+        be.download(&out).unwrap()
+    };
+    let (got, want) = (run(be), run(cpu));
+    if spec.window == Some(0) {
+        assert!(want.iter().all(|&v| v == 0.0));
+        got.iter().map(|v| v.abs() as f64).fold(0.0, f64::max)
+            + f64::from(u8::from(got.iter().any(|v| v.is_nan())))
+    } else {
+        rel_error(&got, &want)
+    }
+}
+
 /// Every f32 attention variant on every head_dim it has a kernel for (and the default choice, 0
 /// in the messages): grouped and plain heads, odd and empty sequences packed together, causal or
 /// not, windows shorter than the sequences and a window of 0 that masks every key. The bf16
@@ -448,32 +493,9 @@ fn flash_and_naive_attention_match_the_cpu_with_windows() {
                     (false, Some(40)),
                     (false, Some(0)),
                 ] {
-                    let spec = AttentionSpec {
-                        heads,
-                        kv_heads,
-                        head_dim,
-                        causal,
-                        window,
-                        scale: 1.0 / (head_dim as f32).sqrt(),
-                    };
+                    let spec = attention_spec((heads, kv_heads), head_dim, causal, window);
                     let qkv = rng.vec(layout.num_tokens() * spec.qkv_width());
-                    let run = |be: &dyn Backend| {
-                        let t = be
-                            .upload(&[layout.num_tokens(), spec.qkv_width()], &qkv)
-                            .unwrap();
-                        let mut out = poisoned(be, &[layout.num_tokens(), heads * head_dim]);
-                        be.attention(&t, &layout, &spec, &mut out).unwrap();
-                        be.download(&out).unwrap()
-                    };
-                    let (got, want) = (run(&be), run(&cpu));
-                    let err = if window == Some(0) {
-                        // Every key masked: zeros on both (rel_error of zeros would divide by zero).
-                        assert!(want.iter().all(|&v| v == 0.0));
-                        got.iter().map(|v| v.abs() as f64).fold(0.0, f64::max)
-                            + f64::from(u8::from(got.iter().any(|v| v.is_nan())))
-                    } else {
-                        rel_error(&got, &want)
-                    };
+                    let err = attention_error(&be, &cpu, &layout, &spec, &qkv);
                     assert!(
                         err < 1e-5,
                         "attention variant {number} hd={head_dim} heads {heads}/{kv_heads} \
@@ -516,36 +538,14 @@ fn tensor_core_attention_matches_the_cpu_at_bf16_tolerance() {
                 (false, Some(40)),
                 (false, Some(0)),
             ] {
-                let spec = AttentionSpec {
-                    heads,
-                    kv_heads,
-                    head_dim,
-                    causal,
-                    window,
-                    scale: 1.0 / (head_dim as f32).sqrt(),
-                };
+                let spec = attention_spec((heads, kv_heads), head_dim, causal, window);
                 // Scores spread over several units, so the softmax is not near uniform.
                 let qkv: Vec<f32> = rng
                     .vec(layout.num_tokens() * spec.qkv_width())
                     .iter()
                     .map(|v| 2.0 * v)
                     .collect();
-                let run = |be: &dyn Backend| {
-                    let t = be
-                        .upload(&[layout.num_tokens(), spec.qkv_width()], &qkv)
-                        .unwrap();
-                    let mut out = poisoned(be, &[layout.num_tokens(), heads * head_dim]);
-                    be.attention(&t, &layout, &spec, &mut out).unwrap();
-                    be.download(&out).unwrap()
-                };
-                let (got, want) = (run(&be), run(&cpu));
-                let err = if window == Some(0) {
-                    assert!(want.iter().all(|&v| v == 0.0));
-                    got.iter().map(|v| v.abs() as f64).fold(0.0, f64::max)
-                        + f64::from(u8::from(got.iter().any(|v| v.is_nan())))
-                } else {
-                    rel_error(&got, &want)
-                };
+                let err = attention_error(&be, &cpu, &layout, &spec, &qkv);
                 let what = format!(
                     "mma-bf16 attention hd={head_dim} heads {heads}/{kv_heads} causal={causal} \
                      window={window:?}"

@@ -62,7 +62,11 @@ pub(super) fn attention(
     };
     let variant = match be.attention {
         // Tensor cores only for the head_dims with a kernel, like the Hopper GEMM's fallback.
-        Some(AttentionVariant::MmaBf16) if !AttentionVariant::MmaBf16.supports_head_dim(spec.head_dim) => default,
+        Some(AttentionVariant::MmaBf16)
+            if !AttentionVariant::MmaBf16.supports_head_dim(spec.head_dim) =>
+        {
+            default
+        }
         picked => picked.unwrap_or(default),
     };
     if !AttentionVariant::CUDA.contains(&variant) {

@@ -129,7 +129,10 @@ impl CudaBackend {
         // mma.sync on bf16 and cvt.rn.bf16x2 are sm_80 instructions.
         for (picked, kernel) in [
             (gemm == GemmVariant::MmaBf16, "GEMM"),
-            (options.attention == Some(AttentionVariant::MmaBf16), "attention"),
+            (
+                options.attention == Some(AttentionVariant::MmaBf16),
+                "attention",
+            ),
         ] {
             if picked && device.compute_capability.0 < 8 {
                 return Err(Error::input(format!(
