@@ -17,18 +17,7 @@
 //                                query instead of 2·D, so D = 128 fits. Instantiated for D = 64
 //                                and 128.
 #include "common.cuh"
-
-struct AttentionShape {
-    int heads, kv_heads, head_dim, causal, window;
-    float scale;
-};
-
-__device__ __forceinline__ bool allows(const AttentionShape& a, int i, int j) {
-    if (a.causal && j > i) return false;
-    return a.window < 0 || abs(i - j) < a.window;
-}
-
-__device__ __forceinline__ int qkv_width(const AttentionShape& a) { return (a.heads + 2 * a.kv_heads) * a.head_dim; }
+#include "attention.cuh"
 
 extern "C" __global__ void attention_v1_naive(const float* __restrict__ qkv, const int* __restrict__ starts,
                                               float* __restrict__ out, AttentionShape a) {

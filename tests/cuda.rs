@@ -415,15 +415,64 @@ fn jacobi_eigen_residuals_at_every_size_to_64() {
     }
 }
 
-/// Every attention variant on every head_dim it has a kernel for (and the default choice, 0 in
-/// the messages): grouped and plain heads, odd and empty sequences packed together, causal or
-/// not, windows shorter than the sequences and a window of 0 that masks every key.
+/// `spec` with the usual 1/√head_dim scale.
+fn attention_spec(
+    (heads, kv_heads): (usize, usize),
+    head_dim: usize,
+    causal: bool,
+    window: Option<usize>,
+) -> AttentionSpec {
+    AttentionSpec {
+        heads,
+        kv_heads,
+        head_dim,
+        causal,
+        window,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+    }
+}
+
+/// `be`'s attention on `qkv` against the CPU's: their relative error, or where a window of 0
+/// masks every key (zeros on both; rel_error of zeros would divide by zero) `be`'s largest
+/// magnitude, plus 1 if it wrote a NaN.
+fn attention_error(
+    be: &dyn Backend,
+    cpu: &CpuBackend,
+    layout: &SeqLayout,
+    spec: &AttentionSpec,
+    qkv: &[f32],
+) -> f64 {
+    let run = |be: &dyn Backend| {
+        let t = be
+            .upload(&[layout.num_tokens(), spec.qkv_width()], qkv)
+            .unwrap();
+        let mut out = poisoned(be, &[layout.num_tokens(), spec.heads * spec.head_dim]);
+        be.attention(&t, layout, spec, &mut out).unwrap();
+        be.download(&out).unwrap()
+    };
+    let (got, want) = (run(be), run(cpu));
+    if spec.window == Some(0) {
+        assert!(want.iter().all(|&v| v == 0.0));
+        got.iter().map(|v| v.abs() as f64).fold(0.0, f64::max)
+            + f64::from(u8::from(got.iter().any(|v| v.is_nan())))
+    } else {
+        rel_error(&got, &want)
+    }
+}
+
+/// Every f32 attention variant on every head_dim it has a kernel for (and the default choice, 0
+/// in the messages): grouped and plain heads, odd and empty sequences packed together, causal or
+/// not, windows shorter than the sequences and a window of 0 that masks every key. The bf16
+/// tensor-core variant has its own test at the bf16 tolerance.
 #[test]
 fn flash_and_naive_attention_match_the_cpu_with_windows() {
     let cpu = CpuBackend::new();
     let mut rng = Rng::new(36);
     let layout = SeqLayout::from_lengths([1, 70, 0, 131, 17]);
-    let variants = AttentionVariant::CUDA.map(Some);
+    let variants = AttentionVariant::CUDA
+        .into_iter()
+        .filter(|v| !v.bf16_operands())
+        .map(Some);
     for variant in [None].into_iter().chain(variants) {
         let Some(be) = cuda(CudaOptions {
             attention: variant,
@@ -444,37 +493,67 @@ fn flash_and_naive_attention_match_the_cpu_with_windows() {
                     (false, Some(40)),
                     (false, Some(0)),
                 ] {
-                    let spec = AttentionSpec {
-                        heads,
-                        kv_heads,
-                        head_dim,
-                        causal,
-                        window,
-                        scale: 1.0 / (head_dim as f32).sqrt(),
-                    };
+                    let spec = attention_spec((heads, kv_heads), head_dim, causal, window);
                     let qkv = rng.vec(layout.num_tokens() * spec.qkv_width());
-                    let run = |be: &dyn Backend| {
-                        let t = be
-                            .upload(&[layout.num_tokens(), spec.qkv_width()], &qkv)
-                            .unwrap();
-                        let mut out = poisoned(be, &[layout.num_tokens(), heads * head_dim]);
-                        be.attention(&t, &layout, &spec, &mut out).unwrap();
-                        be.download(&out).unwrap()
-                    };
-                    let (got, want) = (run(&be), run(&cpu));
-                    let err = if window == Some(0) {
-                        // Every key masked: zeros on both (rel_error of zeros would divide by zero).
-                        assert!(want.iter().all(|&v| v == 0.0));
-                        got.iter().map(|v| v.abs() as f64).fold(0.0, f64::max)
-                            + f64::from(u8::from(got.iter().any(|v| v.is_nan())))
-                    } else {
-                        rel_error(&got, &want)
-                    };
+                    let err = attention_error(&be, &cpu, &layout, &spec, &qkv);
                     assert!(
                         err < 1e-5,
                         "attention variant {number} hd={head_dim} heads {heads}/{kv_heads} \
                          causal={causal} window={window:?}: {err:e}"
                     );
+                }
+            }
+        }
+    }
+}
+
+/// Variant 4 (tensor cores, kernels/attention_mma.cu) against the CPU at the bf16 tolerance, on
+/// head_dim 64 and 128: ragged sequences packed together (shorter than one 16-query warp tile,
+/// empty, across several 64-query and 64-key tiles, none a multiple of a tile), grouped heads
+/// (4 query heads on 2 key/value heads, 8 on 1) and plain ones, bidirectional and causal, windows
+/// shorter than the sequences (so whole key tiles are skipped on both sides), and a window of 0
+/// that masks every key. Other head_dims run the default kernel, at the f32 tolerance, with no
+/// error.
+#[test]
+fn tensor_core_attention_matches_the_cpu_at_bf16_tolerance() {
+    let Some(be) = cuda(CudaOptions {
+        attention: Some(AttentionVariant::MmaBf16),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let cpu = CpuBackend::new();
+    let mut rng = Rng::new(44);
+    let layout = SeqLayout::from_lengths([1, 70, 0, 131, 17, 300]);
+    for head_dim in [64, 128, 32, 24] {
+        // bf16 operands carry 8 bits of mantissa: the f16/bf16 paths' tolerance.
+        let tensor_cores = AttentionVariant::MmaBf16.supports_head_dim(head_dim);
+        let tol = if tensor_cores { 1e-2 } else { 1e-5 };
+        for (heads, kv_heads) in [(4, 2), (8, 1), (3, 3)] {
+            for (causal, window) in [
+                (false, None),
+                (true, None),
+                (true, Some(5)),
+                (true, Some(100)),
+                (false, Some(40)),
+                (false, Some(0)),
+            ] {
+                let spec = attention_spec((heads, kv_heads), head_dim, causal, window);
+                // Scores spread over several units, so the softmax is not near uniform.
+                let qkv: Vec<f32> = rng
+                    .vec(layout.num_tokens() * spec.qkv_width())
+                    .iter()
+                    .map(|v| 2.0 * v)
+                    .collect();
+                let err = attention_error(&be, &cpu, &layout, &spec, &qkv);
+                let what = format!(
+                    "mma-bf16 attention hd={head_dim} heads {heads}/{kv_heads} causal={causal} \
+                     window={window:?}"
+                );
+                assert!(err < tol, "{what}: {err:e}");
+                // bf16 operands leave an error no f32 kernel has: the tensor cores ran.
+                if tensor_cores && window != Some(0) {
+                    assert!(err > 1e-5, "{what}: {err:e}, an f32 kernel's error");
                 }
             }
         }

@@ -11,15 +11,15 @@
 #
 # Stages: devices · NVRTC compile of every family (cuda_kernels) · CUDA kernel tests (cuda), with
 # the half-precision weights (GEMM variants 1, 2, 4 on f16/bf16 weights, gathers from f16/bf16
-# tables, upload_half), every attention variant (head_dim 24/32/64/128, GQA, windows) and the
-# Hopper GEMM (variant 10: wgmma + TMA, sm_90a) also run as stages of their own so a failure
-# names them ·
+# tables, upload_half), every attention variant (head_dim 24/32/64/128, GQA, windows), the
+# tensor-core attention (variant 4: mma.sync bf16, head_dim 64/128) and the Hopper GEMM
+# (variant 10: wgmma + TMA, sm_90a) also run as stages of their own so a failure names them ·
 # op-set parity on every backend (ops, ntk, ntk_seq, classifier, pca, lda, the cuda:: decoder
 # tests on the tiny Mistral/Qwen2 fixtures, f32 and bf16, embed_parity's tiny
 # XLM-R) · ntk --devices 0,0 (shards) · CLI runs with
 # --backend cuda against --backend cpu (embed, ntk, pca) · compute-sanitizer memcheck of the CUDA
-# tests (and of the half-weight tests on their own) · attention variants 1, 2, 3 benched side by
-# side · wgpu tests and GEMM variants 2, 3, 5, 6 on the GPU's Vulkan adapter (the Vulkan loader travels
+# tests (and of the half-weight tests on their own) · attention variants 1, 2, 3, 4 benched side
+# by side · wgpu tests and GEMM variants 2, 3, 5, 6 on the GPU's Vulkan adapter (the Vulkan loader travels
 # in the bundle; the NVIDIA driver brings its ICD) · mscope bench --backend cuda (GEMM variants
 # 1, 2, 4, 10) · PyTorch anchors (cuBLAS, SDPA, torch.func) set against both benches.
 set -uo pipefail
@@ -202,6 +202,8 @@ run() {
     stage cuda_attention_variants 60 "$bin/cuda" attention
     # The Hopper GEMM (wgmma on TMA-staged tiles, an mbarrier pipeline): never run before.
     stage cuda_wgmma 60 "$bin/cuda" wgmma
+    # The tensor-core flash attention (mma.sync on bf16 fragments, ldmatrix): never run before.
+    stage cuda_attention_mma 60 "$bin/cuda" tensor_core_attention
     stage test_decoder_cuda 90 "$bin/decoder" cuda::
     stage test_ops 90 "$bin/ops"
     stage test_ntk 90 "$bin/ntk"
@@ -245,10 +247,16 @@ run() {
             half gather_reads
         stage memcheck_wgmma 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/cuda" \
             wgmma
+        stage memcheck_attention_mma 60 compute-sanitizer --tool memcheck --error-exitcode 9 \
+            "$bin/cuda" tensor_core_attention
+        stage racecheck_attention_mma 60 compute-sanitizer --tool racecheck --error-exitcode 9 \
+            "$bin/cuda" tensor_core_attention
     else
         SUMMARY+=("| memcheck | SKIPPED (no compute-sanitizer) | – | – |")
     fi
 
+    # Variant numbers pick both GEMM and attention kernels: 4 is the mma-bf16 GEMM and the
+    # tensor-core attention (bench skips the attention cases a variant has no kernel for).
     stage bench_cuda 150 "$m" bench --backend cuda --suite kernels --variant 1,2,4,10 \
         --json "$OUT/bench_cuda.json"
     # Attention variants side by side (MSCOPE_CUDA_ATTENTION picks one; each runs the cases of
@@ -261,6 +269,9 @@ run() {
         stage "bench_attention_flash_warp_$c" 60 env MSCOPE_CUDA_ATTENTION=flash-warp "$m" bench \
             --backend cuda --suite kernels --filter "attention/$c" \
             --json "$OUT/bench_attention_flash_warp_$c.json"
+        stage "bench_attention_mma_$c" 60 env MSCOPE_CUDA_ATTENTION=mma-bf16 "$m" bench \
+            --backend cuda --suite kernels --filter "attention/$c" \
+            --json "$OUT/bench_attention_mma_$c.json"
     done
     stage bench_cuda_pipelines 60 "$m" bench --backend cuda --suite pipelines \
         --json "$OUT/bench_cuda_pipelines.json"

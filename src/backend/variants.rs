@@ -172,7 +172,7 @@ impl NtkVariant {
     }
 }
 
-/// The kernels behind [`crate::backend::Backend::attention`]: CUDA's (1–3) and the CPU's (7–9;
+/// The kernels behind [`crate::backend::Backend::attention`]: CUDA's (1–4) and the CPU's (7–9;
 /// wgpu runs one flash-style kernel of its own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionVariant {
@@ -186,6 +186,12 @@ pub enum AttentionVariant {
     /// split the output columns, so registers hold head_dim/32 values per query (head_dim 64 and
     /// 128, Llama's and Mistral's).
     FlashWarp,
+    /// 4 — flash attention on tensor cores: a warp per 16 queries computes `Q·Kᵀ` and `P·V` with
+    /// `mma.sync` m16n8k16 on bf16 operands (Q, K, V and P rounded to bf16), f32 accumulation and
+    /// f32 softmax state in registers, skipping key tiles the masks hide (head_dim 64 and 128;
+    /// others run the default kernel for their head_dim). Relative error about 1e-3 like GEMM
+    /// variant 4, so opt-in (CUDA, sm_80+).
+    MmaBf16,
     /// 7 — two faer GEMMs per block of 64 queries and head, the row softmax between them (CPU).
     Faer,
     /// 8 — `K`, `V` and `Q` of every head packed per block of 64 queries into the packed GEMM's
@@ -200,20 +206,22 @@ pub enum AttentionVariant {
 
 impl AttentionVariant {
     /// Every variant, in the order of its number.
-    pub const ALL: [AttentionVariant; 6] = [
+    pub const ALL: [AttentionVariant; 7] = [
         AttentionVariant::Naive,
         AttentionVariant::Flash,
         AttentionVariant::FlashWarp,
+        AttentionVariant::MmaBf16,
         AttentionVariant::Faer,
         AttentionVariant::Packed,
         AttentionVariant::Panels,
     ];
 
     /// The CUDA backend's variants.
-    pub const CUDA: [AttentionVariant; 3] = [
+    pub const CUDA: [AttentionVariant; 4] = [
         AttentionVariant::Naive,
         AttentionVariant::Flash,
         AttentionVariant::FlashWarp,
+        AttentionVariant::MmaBf16,
     ];
 
     /// The CPU backend's variants.
@@ -228,18 +236,20 @@ impl AttentionVariant {
             AttentionVariant::Naive => 1,
             AttentionVariant::Flash => 2,
             AttentionVariant::FlashWarp => 3,
+            AttentionVariant::MmaBf16 => 4,
             AttentionVariant::Faer => 7,
             AttentionVariant::Packed => 8,
             AttentionVariant::Panels => 9,
         }
     }
 
-    /// The name `MSCOPE_CUDA_ATTENTION` (1–3) or `MSCOPE_CPU_ATTENTION` (7–9) accepts.
+    /// The name `MSCOPE_CUDA_ATTENTION` (1–4) or `MSCOPE_CPU_ATTENTION` (7–9) accepts.
     pub fn name(self) -> &'static str {
         match self {
             AttentionVariant::Naive => "naive",
             AttentionVariant::Flash => "flash",
             AttentionVariant::FlashWarp => "flash-warp",
+            AttentionVariant::MmaBf16 => "mma-bf16",
             AttentionVariant::Faer => "faer",
             AttentionVariant::Packed => "packed",
             AttentionVariant::Panels => "panels",
@@ -250,13 +260,19 @@ impl AttentionVariant {
     pub fn head_dims(self) -> Option<&'static [usize]> {
         match self {
             AttentionVariant::Flash => Some(&[32, 64]),
-            AttentionVariant::FlashWarp => Some(&[64, 128]),
+            AttentionVariant::FlashWarp | AttentionVariant::MmaBf16 => Some(&[64, 128]),
             _ => None,
         }
     }
 
     pub fn supports_head_dim(self, head_dim: usize) -> bool {
         self.head_dims().is_none_or(|dims| dims.contains(&head_dim))
+    }
+
+    /// Whether the kernel multiplies bf16-rounded operands (f32 accumulation), so its results
+    /// carry the half-precision tolerance.
+    pub fn bf16_operands(self) -> bool {
+        self == AttentionVariant::MmaBf16
     }
 }
 

@@ -231,8 +231,9 @@ fn linear_gated(model: &str, n: usize, k: usize, m: usize) -> Case {
 }
 
 fn attention(model: &str, lengths: Vec<usize>, spec: AttentionSpec) -> Case {
+    let head_dim = spec.head_dim;
     let op = CaseOp::Attention { lengths, spec };
-    timed(OpCase::new(format!("attention/{model}"), 5, op))
+    timed(OpCase::new(format!("attention/{model}"), 5, op)).with_attention_head_dim(head_dim)
 }
 
 fn layer_norm(model: &str, n: usize, d: usize) -> Case {

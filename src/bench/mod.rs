@@ -150,6 +150,9 @@ pub struct Case {
     prepare: Prepare,
     /// Values of the weight matrix, for a `linear` case: the default CPU GEMM's choice.
     linear_weights: Option<usize>,
+    /// The head_dim of an `attention` case: a variant without a kernel for it is skipped (CUDA's
+    /// variant 4 would run the default kernel under its own label).
+    attention_head_dim: Option<usize>,
 }
 
 impl Case {
@@ -192,6 +195,7 @@ impl Case {
             family,
             prepare: Box::new(prepare),
             linear_weights: None,
+            attention_head_dim: None,
         }
     }
 
@@ -199,6 +203,14 @@ impl Case {
     pub fn with_linear_weights(self, weights: usize) -> Self {
         Case {
             linear_weights: Some(weights),
+            ..self
+        }
+    }
+
+    /// This `attention` case, whose heads have `head_dim` columns.
+    pub fn with_attention_head_dim(self, head_dim: usize) -> Self {
+        Case {
+            attention_head_dim: Some(head_dim),
             ..self
         }
     }
@@ -409,6 +421,16 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
                     be.name()
                 )));
                 continue;
+            }
+            if let (Some(variant), Some(head_dim)) =
+                (target.picked_attention, case.attention_head_dim)
+            {
+                if !variant.supports_head_dim(head_dim) {
+                    skipped.push(skip(format!(
+                        "attention variant {variant} has no kernel for head_dim {head_dim}"
+                    )));
+                    continue;
+                }
             }
             let timed = (case.prepare)(target).and_then(|mut prepared| {
                 let repeat = if prepared.work.items.is_empty() {

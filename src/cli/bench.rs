@@ -25,7 +25,9 @@ pub struct BenchArgs {
     /// where the backend has a variant of that number (the others run its choice), e.g.
     /// `--variant 2,3` for wgpu's tiled and direct GEMMs, `2,3,5,6` adding both on f16 weights;
     /// on the CPU `--variant 7,8,9 --filter attention/` sets its faer, packed and panels
-    /// attention side by side [default: the backend's choice].
+    /// attention side by side, on CUDA `--variant 1,2,3,4` its naive, flash, warp-per-query and
+    /// tensor-core attention (cases a variant has no kernel for are skipped) [default: the
+    /// backend's choice].
     #[arg(long, value_name = "N", value_delimiter = ',')]
     variant: Vec<u32>,
     /// Timed runs per case (pipelines: at most 3).

@@ -1,8 +1,9 @@
-//! The attention family on CUDA (kernels/attention.cu), numbered [`AttentionVariant`]s: the
-//! naive kernel (one block per sequence and head, any head_dim), the thread-per-query flash
-//! kernel (head_dim 32 and 64) and the warp-per-query flash kernel (64 and 128). Unless the
+//! The attention family on CUDA (kernels/attention.cu and kernels/attention_mma.cu), numbered
+//! [`AttentionVariant`]s: the naive kernel (one block per sequence and head, any head_dim), the
+//! thread-per-query flash kernel (head_dim 32 and 64), the warp-per-query flash kernel (64 and
+//! 128) and the tensor-core flash kernel on bf16 operands (64 and 128, opt-in). Unless the
 //! backend was opened with a variant, head_dim 32 and 64 run variant 2, 128 variant 3, the others
-//! variant 1.
+//! variant 1; opened with variant 4, the head_dims it has no kernel for run that default.
 
 use cudarc::driver::{DeviceRepr, PushKernelArg};
 
@@ -11,7 +12,7 @@ use super::CudaBackend;
 use crate::backend::{shapes, AttentionSpec, AttentionVariant, SeqLayout, Tensor};
 use crate::error::{Error, Result};
 
-/// Must match `AttentionShape` in kernels/attention.cu.
+/// Must match `AttentionShape` in kernels/attention.cuh.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct AttentionShape {
@@ -54,15 +55,24 @@ pub(super) fn attention(
     let seqs =
         u32::try_from(sequences).map_err(|_| Error::input("attention: sequences exceed u32"))?;
     let heads = grid_yz(spec.heads, "attention heads")?;
-    let variant = be.attention.unwrap_or(match spec.head_dim {
+    let default = match spec.head_dim {
         32 | 64 => AttentionVariant::Flash,
         128 => AttentionVariant::FlashWarp,
         _ => AttentionVariant::Naive,
-    });
+    };
+    let variant = match be.attention {
+        // Tensor cores only for the head_dims with a kernel, like the Hopper GEMM's fallback.
+        Some(AttentionVariant::MmaBf16)
+            if !AttentionVariant::MmaBf16.supports_head_dim(spec.head_dim) =>
+        {
+            default
+        }
+        picked => picked.unwrap_or(default),
+    };
     if !AttentionVariant::CUDA.contains(&variant) {
         return Err(Error::input(format!(
-            "attention variant {variant} is a CPU kernel; CUDA's are 1 (naive), 2 (flash) and \
-             3 (flash-warp)"
+            "attention variant {variant} is a CPU kernel; CUDA's are 1 (naive), 2 (flash), \
+             3 (flash-warp) and 4 (mma-bf16)"
         )));
     }
     if !variant.supports_head_dim(spec.head_dim) {
@@ -72,14 +82,18 @@ pub(super) fn attention(
             spec.head_dim
         )));
     }
-    // Queries per block: FLASH_BQ and WARP_BQ in kernels/attention.cu.
+    // Queries per block: FLASH_BQ and WARP_BQ in kernels/attention.cu, MMA_BQ in
+    // kernels/attention_mma.cu.
     let query_tiles =
         |per_block: usize| grid_yz(max_len.div_ceil(per_block), "attention query tiles");
-    let (kernel, cfg) = match (variant, spec.head_dim) {
-        (AttentionVariant::Naive, _) => {
-            ("attention_v1_naive", config((seqs, heads, 1), (128, 1, 1)))
-        }
+    let (family, kernel, cfg) = match (variant, spec.head_dim) {
+        (AttentionVariant::Naive, _) => (
+            "attention",
+            "attention_v1_naive",
+            config((seqs, heads, 1), (128, 1, 1)),
+        ),
         (AttentionVariant::Flash, hd) => (
+            "attention",
             if hd == 32 {
                 "attention_v2_flash_hd32"
             } else {
@@ -88,6 +102,7 @@ pub(super) fn attention(
             config((seqs, heads, query_tiles(64)?), (64, 1, 1)),
         ),
         (AttentionVariant::FlashWarp, hd) => (
+            "attention",
             if hd == 64 {
                 "attention_v3_flash_warp_hd64"
             } else {
@@ -95,10 +110,19 @@ pub(super) fn attention(
             },
             config((seqs, heads, query_tiles(16)?), (128, 1, 1)),
         ),
+        (AttentionVariant::MmaBf16, hd) => (
+            "attention_mma",
+            if hd == 64 {
+                "attention_v4_mma_bf16_hd64"
+            } else {
+                "attention_v4_mma_bf16_hd128"
+            },
+            config((seqs, heads, query_tiles(64)?), (128, 1, 1)),
+        ),
         (cpu, _) => unreachable!("{cpu} was refused above"),
     };
     let starts = be.upload_small(&sequence_starts(layout)?)?;
-    let f = be.function("attention", kernel)?;
+    let f = be.function(family, kernel)?;
     let qkv = be.slice(qkv)?;
     let out = be.slice_mut(out)?;
     let mut args = be.stream().launch_builder(&f);

@@ -61,14 +61,15 @@ pub struct CudaOptions {
     /// `None`: [`NtkVariant::Tiled`].
     pub ntk: Option<NtkVariant>,
     /// `None`: chosen per head_dim (see `attention`'s module docs); a variant without a kernel
-    /// for a call's head_dim makes that call an error.
+    /// for a call's head_dim makes that call an error, except variant 4, which runs the default
+    /// there.
     pub attention: Option<AttentionVariant>,
 }
 
 impl CudaOptions {
     /// Defaults, with the device from `MSCOPE_CUDA_DEVICE`, the GEMM variant from
     /// `MSCOPE_CUDA_GEMM` (`naive`, `tiled`, `mma-bf16`/`mma`, `wgmma-bf16`/`wgmma`) and the attention variant from
-    /// `MSCOPE_CUDA_ATTENTION` (`naive`, `flash`, `flash-warp`) when they are set; values that do
+    /// `MSCOPE_CUDA_ATTENTION` (`naive`, `flash`, `flash-warp`, `mma-bf16`) when they are set; values that do
     /// not parse are ignored.
     pub fn from_env() -> Self {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
@@ -125,11 +126,20 @@ impl CudaBackend {
                 listed.join(", ")
             )));
         }
-        if gemm == GemmVariant::MmaBf16 && device.compute_capability.0 < 8 {
-            return Err(Error::input(format!(
-                "GEMM variant mma-bf16 needs sm_80 or newer; {} is sm_{}{}",
-                device.name, device.compute_capability.0, device.compute_capability.1
-            )));
+        // mma.sync on bf16 and cvt.rn.bf16x2 are sm_80 instructions.
+        for (picked, kernel) in [
+            (gemm == GemmVariant::MmaBf16, "GEMM"),
+            (
+                options.attention == Some(AttentionVariant::MmaBf16),
+                "attention",
+            ),
+        ] {
+            if picked && device.compute_capability.0 < 8 {
+                return Err(Error::input(format!(
+                    "{kernel} variant mma-bf16 needs sm_80 or newer; {} is sm_{}{}",
+                    device.name, device.compute_capability.0, device.compute_capability.1
+                )));
+            }
         }
         if gemm == GemmVariant::WgmmaBf16 && device.compute_capability != (9, 0) {
             return Err(Error::input(format!(
