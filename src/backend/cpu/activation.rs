@@ -13,6 +13,10 @@
 //! operations, so the same results), except GELU, in intrinsics with FMAs on both
 //! ([`gelu_avx512`], [`gelu_avx2`]), within a few ulp of the portable form. The packed
 //! GEMM applies the activation once per register tile, in the copy of its microkernel's width.
+//! GELU multiplies `x·t` before the tail's small `exp` factor, so no intermediate falls below
+//! f32's normal range: on Intel cores each instruction with a subnormal result costs a
+//! microcode assist, which made the GELU epilogue four times slower there on FFN outputs whose
+//! left tail passes −13.
 //!
 //! The backward pass's slopes ([`backward`]) are written the same way, from the same `exp`, in
 //! copies compiled for AVX-512 and AVX2: the op is one pass over three arrays, which libm's
@@ -452,9 +456,13 @@ fn gelu(x: f32) -> f32 {
     let a = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
     let t = 1.0 / (1.0 + 0.5 * a);
     let c = ERFC_FIT.iter().rev().fold(0.0, |acc, &c| acc * t + c);
-    let erfc_a = t * exp(c - a * a);
-    let erfc_minus = if x >= 0.0 { 2.0 - erfc_a } else { erfc_a };
-    0.5 * x * erfc_minus
+    // ½x·t before the exp's factor, so no product is subnormal (see `gelu_avx512`).
+    let half_x_erfc_a = 0.5 * x * t * exp(c - a * a);
+    if x >= 0.0 {
+        x - half_x_erfc_a
+    } else {
+        half_x_erfc_a
+    }
 }
 
 /// [`gelu`] on `L` vectors of sixteen lanes, each step taken across all of them (independent
@@ -487,12 +495,15 @@ unsafe fn gelu_avx512<const L: usize>(
         let c = _mm512_fmadd_ps(c[i], t[i], c0);
         _mm512_fnmadd_ps(a[i], a[i], c)
     }));
+    // x·t first: |x·t| ≥ ~1 wherever e is tiny, so no product lands below f32's normal range
+    // (Intel cores take a microcode assist for every instruction that makes a subnormal).
     from_fn(|i| {
-        let half_erfc = _mm512_mul_ps(t[i], e[i]);
+        let xt = _mm512_mul_ps(x[i], t[i]);
         let positive = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x[i], _mm512_setzero_ps());
-        _mm512_mul_ps(
-            x[i],
-            _mm512_mask_sub_ps(half_erfc, positive, one, half_erfc),
+        _mm512_mask_blend_ps(
+            positive,
+            _mm512_mul_ps(xt, e[i]),
+            _mm512_fnmadd_ps(xt, e[i], x[i]),
         )
     })
 }
@@ -518,10 +529,11 @@ unsafe fn gelu_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
         c = _mm256_fmadd_ps(c, t, splat(coefficient));
     }
     c = _mm256_fmadd_ps(c, t, splat(ERFC_FIT[0] - std::f32::consts::LN_2));
-    let half_erfc = _mm256_mul_ps(t, exp_nonpositive_avx2(_mm256_fnmadd_ps(a, a, c)));
+    let e = exp_nonpositive_avx2(_mm256_fnmadd_ps(a, a, c));
+    // x·t first, as in `gelu_avx512`: no subnormal products.
+    let xt = _mm256_mul_ps(x, t);
     let positive = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_setzero_ps());
-    let phi = _mm256_blendv_ps(half_erfc, _mm256_sub_ps(one, half_erfc), positive);
-    _mm256_mul_ps(x, phi)
+    _mm256_blendv_ps(_mm256_mul_ps(xt, e), _mm256_fnmadd_ps(xt, e, x), positive)
 }
 
 /// [`exp`] of `L` vectors of sixteen non-positive values (clamped below at −87, as `exp` clamps
