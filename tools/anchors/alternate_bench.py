@@ -8,7 +8,8 @@ run of each, since every build sees the same load, round after round.
         "faer=MSCOPE_CPU_ATTENTION=faer target/release/mscope"
 
 Each `LABEL=COMMAND` is a binary, optionally preceded by environment assignments. Each round runs
-every command once (`bench --backend cpu --suite kernels --filter F --repeat R`); the table gives,
+every command once (`bench --backend cpu --suite kernels --filter F --repeat R`, once per
+`--filter`: the option repeats, e.g. `--filter layer_norm/ --filter rms_norm/`); the table gives,
 per case and command, the median of the rounds' medians, the median fraction of the roofline the
 bench printed, and the ratio to the first command.
 """
@@ -29,30 +30,33 @@ def millis(text):
 
 
 def run(command, args):
+    """One bench run of `command` per filter: {case: (median ms, roofline %)}."""
     words = shlex.split(command)
     env = dict(os.environ)
     while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
         key, value = words.pop(0).split("=", 1)
         env[key] = value
-    words += ["bench", "--backend", "cpu", "--suite", "kernels", "--filter", args.filter,
-              "--repeat", str(args.repeat), "--threads", str(args.threads)]
-    if args.quick:
-        words.append("--quick")
-    out = subprocess.run(words, env=env, capture_output=True, text=True, check=True).stdout
     cases = {}
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        # | case | backend | variant | shape | median | min – max | clock | rate | roofline |
-        if len(cells) == 9 and args.filter in cells[0] and cells[1] == "cpu":
-            roofline = float(cells[8].split("%")[0]) if "%" in cells[8] else float("nan")
-            cases[cells[0]] = (millis(cells[4]), roofline)
+    for name in args.filter:
+        bench = words + ["bench", "--backend", "cpu", "--suite", "kernels", "--filter", name,
+                         "--repeat", str(args.repeat), "--threads", str(args.threads)]
+        if args.quick:
+            bench.append("--quick")
+        out = subprocess.run(bench, env=env, capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            # | case | backend | variant | shape | median | min – max | clock | rate | roofline |
+            if len(cells) == 9 and name in cells[0] and cells[1] == "cpu":
+                roofline = float(cells[8].split("%")[0]) if "%" in cells[8] else float("nan")
+                cases[cells[0]] = (millis(cells[4]), roofline)
     return cases
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("commands", nargs="+", help="LABEL=COMMAND")
-    parser.add_argument("--filter", required=True)
+    parser.add_argument("--filter", required=True, action="append",
+                        help="bench's --filter; repeat it for several (one bench run each)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0)
