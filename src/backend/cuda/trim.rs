@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use super::device::{config, device_error};
 use super::CudaBackend;
 use crate::backend::trim;
-use crate::backend::{TrimReference, TrimResult, TrimSpec};
+use crate::backend::{Backend, TrimReference, TrimResult, TrimSpec};
 use crate::error::{Error, Result};
 
 /// Keys per sort tile (SORT_TILE in kernels/trim.cu).
