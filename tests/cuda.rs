@@ -1,7 +1,8 @@
 //! The CUDA backend's own kernels: every numbered variant of GEMM (on f32, f16 and bf16 weights),
 //! of attention and of the NTK contraction against the CPU backend, gathers from half-precision
 //! tables, the generated JL entries against `JlSpec::entry`, the batched Jacobi
-//! eigensolver's residuals at every size 2…64, and the clean failure where no CUDA is present.
+//! eigensolver's residuals at every size 2…64, `trim_search` (segmented radix sort, merged ECDF
+//! counts) bit for bit against the CPU, and the clean failure where no CUDA is present.
 //! The op-set parity tests of ops.rs, ntk.rs and pca.rs run on CUDA too (their `cuda::` tests).
 //!
 //! Without a CUDA device every test here but the failure checks reports itself skipped on stderr,
@@ -21,7 +22,7 @@ use half::{bf16, f16};
 use mscope::backend::GemmVariant;
 use mscope::backend::{
     self, Activation, AttentionSpec, AttentionVariant, Backend, BackendKind, JlDistribution,
-    JlSpec, Matrix64, OpFamily, SeqLayout, Tensor,
+    JlSpec, Matrix64, OpFamily, SeqLayout, Tensor, TrimReference, TrimSpec, W2Grid,
 };
 use mscope::tensor::{DType, HalfMatrix, SharedBytes};
 
@@ -594,19 +595,111 @@ fn stats_family_runs_on_cuda() {
         return;
     };
     assert!(be.supports(OpFamily::Stats) && be.supports(OpFamily::Ntk));
-    assert!(!be.supports(OpFamily::Trim), "trim has no CUDA kernels");
-    let err = be
-        .trim_search(
-            &[&[1.0]],
-            mscope::backend::TrimReference::Sample(&[1.0]),
-            &mscope::backend::TrimSpec {
+    assert!(
+        !be.supports(OpFamily::Training),
+        "training runs on the CPU only"
+    );
+}
+
+/// Samples of `lengths` points: coarse values, so ties within and across samples, and −0 beside
+/// +0 (which must compare equal).
+fn tied_samples(rng: &mut Rng, lengths: &[usize]) -> Vec<Vec<f32>> {
+    lengths
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| {
+            (0..n)
+                .map(|_| {
+                    let v = (rng.normal() * 4.0 + k as f64 * 0.3).round() as f32 / 2.0;
+                    if v == 0.0 && rng.below(2) == 0 {
+                        -0.0
+                    } else {
+                        v
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Each form of the comparison on both backends — against `reference`, leave-one-out on each of
+/// `grids`, a part of the leave-one-out models — both without and with a W2 trimming level: the
+/// CUDA results are the CPU's bit for bit (the sort is exact, the ECDF counts are integers and
+/// the f64 scan is shared code).
+fn assert_trim_search_equals_the_cpu(
+    be: &CudaBackend,
+    rows: &[Vec<f32>],
+    reference: &[f32],
+    grids: &[W2Grid],
+) {
+    let cpu = CpuBackend::new();
+    let views: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
+    let part = TrimReference::LeaveOneOutPart {
+        start: 1,
+        end: rows.len() - 1,
+    };
+    let forms = [
+        (TrimReference::Sample(reference), W2Grid::Merged),
+        (part, W2Grid::Auto),
+    ]
+    .into_iter()
+    .chain(grids.iter().map(|&g| (TrimReference::LeaveOneOut, g)));
+    for (reference, grid) in forms {
+        for w2_alpha in [None, Some(0.1)] {
+            let spec = TrimSpec {
                 level: 0.05,
-                w2_alpha: None,
-                w2_grid: mscope::backend::W2Grid::Merged,
-            },
-        )
-        .unwrap_err();
-    assert!(err.to_string().contains("not supported"), "{err}");
+                w2_alpha,
+                w2_grid: grid,
+            };
+            let want = cpu.trim_search(&views, reference, &spec).unwrap();
+            let got = be.trim_search(&views, reference, &spec).unwrap();
+            assert_eq!(got, want, "{reference:?} {spec:?}");
+        }
+    }
+}
+
+/// Lengths that are not powers of two, of one point, of exactly a 2 048-key sort tile and
+/// either side of it, and a sample at the extremes of the floats (every digit of the keys
+/// varies); a 300 001-point reference sorts as 147 tiles of one segment, whose 37 632 digit counts
+/// take 19 blocks of the scan.
+#[test]
+fn trim_search_equals_the_cpu_bit_for_bit() {
+    let Some(be) = cuda(CudaOptions::default()) else {
+        return;
+    };
+    assert!(be.supports(OpFamily::Trim));
+    let mut rng = Rng::new(23);
+    let mut rows = tied_samples(&mut rng, &[1, 2, 3, 700, 2047, 2048, 2049, 5000, 17, 190]);
+    let tiny = f32::from_bits(1);
+    rows.push(vec![
+        f32::MAX,
+        -f32::MAX,
+        tiny,
+        -tiny,
+        f32::MIN_POSITIVE,
+        0.0,
+        -0.0,
+        1.0,
+        f32::from_bits(1.0f32.to_bits() + 1),
+        1.0,
+    ]);
+    let reference: Vec<f32> = (0..300_001).map(|_| rng.normal() as f32).collect();
+    assert_trim_search_equals_the_cpu(&be, &rows, &reference, &[W2Grid::Merged, W2Grid::Candidate]);
+}
+
+/// 20 000 models of one to three points: as many sort tiles, whose 5 120 000 digit counts take
+/// 2 500 blocks of the scan, more than the one block that scans their sums holds at once. (The
+/// exact leave-one-out W2 would take each model's 40 000-point reference: the candidate grid.)
+#[test]
+fn trim_search_of_many_small_models_equals_the_cpu() {
+    let Some(be) = cuda(CudaOptions::default()) else {
+        return;
+    };
+    let mut rng = Rng::new(31);
+    let lengths: Vec<usize> = (0..20_000).map(|_| 1 + rng.below(3) as usize).collect();
+    let rows = tied_samples(&mut rng, &lengths);
+    let reference: Vec<f32> = (0..999).map(|_| rng.normal() as f32).collect();
+    assert_trim_search_equals_the_cpu(&be, &rows, &reference, &[W2Grid::Candidate]);
 }
 
 /// Where no CUDA driver is present, asking for the backend is a clean error, not a panic.

@@ -14,14 +14,15 @@
 # tables, upload_half), every attention variant (head_dim 24/32/64/128, GQA, windows), the
 # tensor-core attention (variant 4: mma.sync bf16, head_dim 64/128) and the Hopper GEMM
 # (variant 10: wgmma + TMA, sm_90a) also run as stages of their own so a failure names them ·
-# op-set parity on every backend (ops, ntk, ntk_seq, classifier, pca, lda, the cuda:: decoder
-# tests on the tiny Mistral/Qwen2 fixtures, f32 and bf16, embed_parity's tiny
-# XLM-R) · ntk --devices 0,0 (shards) · CLI runs with
-# --backend cuda against --backend cpu (embed, ntk, pca) · compute-sanitizer memcheck of the CUDA
-# tests (and of the half-weight tests on their own) · attention variants 1, 2, 3, 4 benched side
+# op-set parity on every backend (ops, ntk, ntk_seq, classifier, pca, lda, alpha with the trim
+# family, the cuda:: decoder tests on the tiny Mistral/Qwen2 fixtures, f32 and bf16,
+# embed_parity's tiny XLM-R) · ntk --devices 0,0 (shards) · CLI runs with
+# --backend cuda against --backend cpu (embed, ntk, pca, and compare on 1 000 models × 100 000
+# points, timed) · compute-sanitizer memcheck of the CUDA tests (and of the half-weight tests on
+# their own), racecheck of the trim sort · attention variants 1, 2, 3, 4 benched side
 # by side · wgpu tests and GEMM variants 2, 3, 5, 6 on the GPU's Vulkan adapter (the Vulkan loader travels
 # in the bundle; the NVIDIA driver brings its ICD) · mscope bench --backend cuda (GEMM variants
-# 1, 2, 4, 10) · PyTorch anchors (cuBLAS, SDPA, torch.func) set against both benches.
+# 1, 2, 4, 10; the suite's other cases, trim_search among them, on the defaults) · PyTorch anchors (cuBLAS, SDPA, torch.func) set against both benches.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -148,6 +149,18 @@ rel = max(abs(x - y) / abs(y) for x, y in zip(va, vb))
 print(f"explained_variance cuda {va}\n                   cpu  {vb}\nmax relative difference {rel:.3e}")
 sys.exit(0 if rel < 1e-6 else 1)
 EOF
+    cat >"$1/compare_reports.py" <<'EOF'
+"""compare_reports.py A B LOG...: two `mscope compare --out` reports, cuda (A) against cpu (B),
+whose model rows must be equal bit for bit; prints each LOG's timing lines."""
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+fields = ("index", "alpha_hat", "ks", "trimmed_w2", "trimmed_w2_exact")
+differ = [x["index"] for x, y in zip(a["models"], b["models"]) if any(x[f] != y[f] for f in fields)]
+for log in sys.argv[3:]:
+    print(log, [l.strip() for l in open(log) if "trimmed search)" in l or l.startswith("phase ")])
+print(f"{len(a['models'])} and {len(b['models'])} models; rows that differ: {len(differ)} {differ[:10]}")
+sys.exit(0 if not differ and len(a["models"]) == len(b["models"]) else 1)
+EOF
     cat >"$1/merge_bench.py" <<'EOF'
 """merge_bench.py OUT A B...: the results of `mscope bench --json` reports in one file."""
 import json, sys
@@ -236,6 +249,14 @@ run() {
     stage ntk_compare 60 python3 "$tmp/compare_tensors.py" "$tmp/k_cuda.safetensors" "$tmp/k_cpu.safetensors" kernel
     stage ntk_jl_compare 60 python3 "$tmp/compare_tensors.py" "$tmp/kp_cuda.safetensors" "$tmp/kp_cpu.safetensors" kernel
     stage pca_compare 60 python3 "$tmp/compare_pca.py" "$tmp/pca_cuda.json" "$tmp/pca_cpu.json"
+    # compare at issue 19's target size (1 000 models × 100 000 points, under 1 s): the report's
+    # line "N s (M s trimmed search)" times it, MSCOPE_PHASES its phases; rows equal to the CPU's.
+    for b in cuda cpu; do
+        stage "compare_$b" 90 env MSCOPE_PHASES=1 "$m" compare --synthetic 1000x100000 \
+            --backend "$b" --out "$tmp/compare_$b.json"
+    done
+    stage compare_compare 30 python3 "$tmp/compare_reports.py" "$tmp/compare_cuda.json" \
+        "$tmp/compare_cpu.json" "$OUT/compare_cuda.log" "$OUT/compare_cpu.log"
 
     if command -v compute-sanitizer >/dev/null; then
         stage memcheck_cuda 90 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/cuda"
@@ -251,12 +272,16 @@ run() {
             "$bin/cuda" tensor_core_attention
         stage racecheck_attention_mma 60 compute-sanitizer --tool racecheck --error-exitcode 9 \
             "$bin/cuda" tensor_core_attention
+        # The radix scatter's per-warp digit offsets in shared memory, four barriers a round.
+        stage racecheck_trim 60 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/cuda" \
+            trim_search_equals
     else
         SUMMARY+=("| memcheck | SKIPPED (no compute-sanitizer) | – | – |")
     fi
 
     # Variant numbers pick both GEMM and attention kernels: 4 is the mma-bf16 GEMM and the
-    # tensor-core attention (bench skips the attention cases a variant has no kernel for).
+    # tensor-core attention (bench skips the attention cases a variant has no kernel for). Cases
+    # without variants run once on the defaults, trim_search/100x10000 and /1000x100000 among them.
     stage bench_cuda 150 "$m" bench --backend cuda --suite kernels --variant 1,2,4,10 \
         --json "$OUT/bench_cuda.json"
     # Attention variants side by side (MSCOPE_CUDA_ATTENTION picks one; each runs the cases of

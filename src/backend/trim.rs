@@ -234,6 +234,59 @@ pub fn counts_from_ranks<'a>(
     })
 }
 
+/// One candidate's [`TrimResult`] from what a GPU kernel counted: its values sorted, and for each
+/// its ranks in the sorted reference, `ranks[2i]` reference points `< valuesᵢ` and
+/// `ranks[2i + 1]` `≤ valuesᵢ`. With `leave_one_out` the reference is the pool of every
+/// candidate, `sorted_reference`, which holds this candidate's own points: they are taken out of
+/// the counts and, for the W2 cost, out of the pool. The CPU backend's result bit for bit.
+pub fn result_of_ranks(
+    values: &[f32],
+    ranks: &[u32],
+    sorted_reference: &[f32],
+    leave_one_out: bool,
+    spec: &TrimSpec,
+    w2_exact: bool,
+) -> TrimResult {
+    let n = values.len();
+    let m = sorted_reference.len() - if leave_one_out { n } else { 0 };
+    let rank = |i: usize| (ranks[2 * i] as usize, ranks[2 * i + 1] as usize);
+    let counts = || counts_from_ranks(values, rank, leave_one_out);
+    result_from(
+        n,
+        m,
+        spec,
+        w2_exact,
+        |t| Profile::ks_and_alpha_hat_of_counts(n, m, counts, t),
+        |alpha| {
+            if !leave_one_out {
+                return trimmed_w2(values, sorted_reference, alpha);
+            }
+            let positions = pool_positions(values, rank);
+            let reference = if w2_exact {
+                pool_without(&positions, sorted_reference)
+            } else {
+                pool_quantiles_without(&positions, sorted_reference)
+            };
+            trimmed_w2(values, &reference, alpha)
+        },
+    )
+}
+
+/// Positions in the sorted pool for a model's sorted own points from their pooled ranks: equal
+/// values are interchangeable, so a run of equal own values takes the first slots of its value's
+/// run in the pool.
+fn pool_positions(values: &[f32], rank: impl Fn(usize) -> (usize, usize)) -> Vec<u32> {
+    let mut run_start = 0;
+    (0..values.len())
+        .map(|i| {
+            if values[i] != values[run_start] {
+                run_start = i;
+            }
+            (rank(i).0 + i - run_start) as u32
+        })
+        .collect()
+}
+
 /// A leave-one-out reference itself, sorted: the sorted pool without the model's own points at
 /// `positions` (increasing).
 pub fn pool_without(positions: &[u32], pooled: &[f32]) -> Vec<f32> {

@@ -9,7 +9,7 @@
 //!
 //! Shape: one file per kernel family, mirroring `kernels/*.cu` — `gemm`, `gemm_sm90` (Hopper,
 //! launched from `gemm`), `norm`, `rope`, `attention`, `gather`, `pool`, `ntk`, `stats`,
-//! `backward` — each holding functions named like
+//! `backward`, `trim` — each holding functions named like
 //! the [`Backend`] methods they implement, with their variant choice, launch configuration and
 //! `#[repr(C)]` parameter structs. `device` holds the plumbing they share (device set-up, kernel
 //! lookup and launch, tensor buffers, small uploads, grid arithmetic), [`nvrtc`] the compilation
@@ -30,6 +30,7 @@ pub mod nvrtc;
 mod pool;
 mod rope;
 mod stats;
+mod trim;
 
 use std::sync::{Arc, Mutex};
 
@@ -177,10 +178,11 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
-    /// Trim has no CUDA kernels yet; every other family runs here (stats with the host
-    /// fallbacks documented in `stats`).
+    /// Every family but training (the CPU's only): encoder, backward, NTK, stats (with the
+    /// host fallbacks documented in `stats`) and trim (the sort and the ECDF counts on the
+    /// device, the f64 scan on the host, see `trim`).
     fn supports(&self, family: OpFamily) -> bool {
-        !matches!(family, OpFamily::Trim | OpFamily::Training)
+        !matches!(family, OpFamily::Training)
     }
 
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
@@ -423,9 +425,8 @@ impl Backend for CudaBackend {
         ntk::jl_project(self, x, spec, accumulate, out)
     }
 
-    // trim
+    // backward
 
-    /// Trim has no CUDA kernels (kernels/ has no trim family): unsupported, as `supports` says.
     fn activation_backward(
         &self,
         pre: &Tensor,
@@ -479,15 +480,14 @@ impl Backend for CudaBackend {
         backward::scatter_rows(self, delta, ids, accumulate, table)
     }
 
+    // trim
+
     fn trim_search(
         &self,
-        _candidates: &[&[f32]],
-        _reference: TrimReference<'_>,
-        _spec: &TrimSpec,
+        candidates: &[&[f32]],
+        reference: TrimReference<'_>,
+        spec: &TrimSpec,
     ) -> Result<Vec<TrimResult>> {
-        Err(Error::Unsupported {
-            backend: "cuda",
-            op: "trim_search",
-        })
+        trim::trim_search(self, candidates, reference, spec)
     }
 }

@@ -2,8 +2,9 @@
 //! long global strides) and counts, for every point, the reference points below and at it (the
 //! merged ECDFs, by binary search in the sorted reference). The host then reads the sorted rows
 //! and their counts back and runs the α̂ solve and the trimmed-W2 selection in f64 with the
-//! definitions of [`crate::backend::trim`], which WGSL (no f64) cannot match. Results equal
-//! the CPU backend's: the counts are integers and the sorted values are the same.
+//! definitions of [`crate::backend::trim`] ([`trim::result_of_ranks`]), which WGSL (no f64)
+//! cannot match. Results equal the CPU backend's: the counts are integers and the sorted values
+//! are the same.
 //!
 //! Leave-one-out sorts the whole pool once; a model's reference counts are the pooled counts
 //! minus its own, as on the CPU.
@@ -14,7 +15,7 @@ use rayon::prelude::*;
 use super::device::to_u32;
 use super::kernels::Kernel;
 use super::WgpuBackend;
-use crate::backend::trim::{self, Profile};
+use crate::backend::trim;
 use crate::backend::{Backend, Tensor, TrimReference, TrimResult, TrimSpec};
 use crate::error::{Error, Result};
 
@@ -108,26 +109,14 @@ pub(super) fn trim_search(
                 .map(|&k| trim::from_order_bits(k))
                 .collect();
             let ranks = &counts[2 * r * width..2 * (r * width + n)];
-            let rank = |i: usize| (ranks[2 * i] as usize, ranks[2 * i + 1] as usize);
-            let m = if leave_one_out {
-                total_reference - n
-            } else {
-                total_reference
-            };
-            let profile =
-                Profile::from_counts(n, m, trim::counts_from_ranks(&values, rank, leave_one_out));
-            trim::result(&profile, n, m, spec, w2_exact, |alpha| {
-                if !leave_one_out {
-                    return trim::trimmed_w2(&values, &sorted_reference, alpha);
-                }
-                let positions = pool_positions(&values, rank);
-                let reference = if w2_exact {
-                    trim::pool_without(&positions, &sorted_reference)
-                } else {
-                    trim::pool_quantiles_without(&positions, &sorted_reference)
-                };
-                trim::trimmed_w2(&values, &reference, alpha)
-            })
+            trim::result_of_ranks(
+                &values,
+                ranks,
+                &sorted_reference,
+                leave_one_out,
+                spec,
+                w2_exact,
+            )
         }));
     }
     Ok(results)
@@ -209,19 +198,4 @@ fn bitonic_sort(
 /// A tensor of raw 32-bit words (keys, counts) as the host reads them.
 fn download_words(backend: &WgpuBackend, tensor: &Tensor) -> Result<Vec<u32>> {
     Ok(bytemuck::allocation::cast_vec(backend.download(tensor)?))
-}
-
-/// Positions in the sorted pool for a model's sorted own points from their pooled ranks: equal
-/// values are interchangeable, so a run of equal own values takes the first slots of its value's
-/// run in the pool.
-fn pool_positions(values: &[f32], rank: impl Fn(usize) -> (usize, usize)) -> Vec<u32> {
-    let mut run_start = 0;
-    (0..values.len())
-        .map(|i| {
-            if values[i] != values[run_start] {
-                run_start = i;
-            }
-            (rank(i).0 + i - run_start) as u32
-        })
-        .collect()
 }
