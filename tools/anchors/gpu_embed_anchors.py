@@ -8,7 +8,7 @@ weights are too large to carry), with the embeddings checked so a fast wrong ans
         --long .cache/data/fortunes/long.txt --json embed_anchors.json
     # a CPU dry run of the same plumbing, small:
     python3 tools/anchors/gpu_embed_anchors.py ... --device cpu --backend cpu --layers 2 \
-        --long-count 8 --max-length 128 --repeat 1
+        --texts 16 --max-length 64 --repeat 1
 
 Shapes (transformers' random init, seed 0, saved with save_pretrained as safetensors):
   minilm-l6       BERT as all-MiniLM-L6-v2: hidden 384, 6 layers, 12 heads, MLP 1536, vocab
@@ -29,8 +29,8 @@ tools/make_random_decoder.py's byte-level one (one token per byte after <s>), so
 counts run about four times a real BPE's on the same text.
 
 Corpora: `demo` (tools/demo-corpus: news.txt, reviews.jsonl, multilingual.csv; 120 short texts)
-and `long` (--long, one text per line: tools/anchors/long_texts.py's fortunes of 500-2 500
-characters; first --long-count of them).
+and `long` (--long, one text per line: tools/anchors/long_texts.py's 600 fortunes of 500-2 500
+characters); --texts N keeps the first N of each.
 
 Each side does the same work: the same tokenizer.json (truncated to the model's max length,
 specials included), texts sorted longest first into --batch-size batches padded to their
@@ -409,7 +409,9 @@ def table(rows, header):
             lines.append(f"| {r['shape']} | {r['corpus']} | – | – | – | – | – | – | – | – | – | – "
                          f"| – | – | – | FAILED: {r['error'][:200]} |")
             continue
-        if r["target"] is None:
+        if not r["ok"]:
+            target = "not judged (check failed)"
+        elif r["target"] is None:
             target = f"reported (#{r['issue']})"
         else:
             met = "met" if r["speedup_end_to_end"] >= r["target"] else "not met"
@@ -434,7 +436,7 @@ def main():
                     default=ROOT / ".cache/models/all-MiniLM-L6-v2/tokenizer.json",
                     help="tokenizer.json of the encoders (all-MiniLM-L6-v2's)")
     ap.add_argument("--long", type=Path, help="long texts, one per line (long_texts.py)")
-    ap.add_argument("--long-count", type=int, default=600, help="first N long texts")
+    ap.add_argument("--texts", type=int, help="the first N texts of each corpus (a dry run)")
     ap.add_argument("--models", default=",".join(s.name for s in SHAPES),
                     help="comma-separated shapes (default: all)")
     ap.add_argument("--corpora", default="demo,long", help="comma-separated: demo, long")
@@ -456,6 +458,7 @@ def main():
     import torch
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # save_pretrained's, in the stage log
     if args.device.startswith("cuda"):
         if not torch.cuda.is_available():
             sys.exit("no CUDA device visible to PyTorch")
@@ -475,13 +478,16 @@ def main():
             if args.long is None or not args.long.is_file():
                 print(f"long corpus skipped: no --long file ({args.long})", flush=True)
                 continue
-            # Both sides read the same file: the first --long-count texts.
-            inputs = [work / "long.txt"]
-            lines = read_texts(str(args.long), "text")[:args.long_count]
-            inputs[0].write_text("\n".join(lines) + "\n", encoding="utf-8")
+            inputs = [args.long]
         else:
             sys.exit(f"unknown corpus {name!r} (demo, long)")
         texts = [t for p in inputs for t in read_texts(str(p), "text")]
+        if args.texts and args.texts < len(texts):
+            # Both sides read the first --texts, one per line (none of these texts holds a
+            # line break).
+            texts = texts[:args.texts]
+            inputs = [work / f"{name}.txt"]
+            inputs[0].write_text("\n".join(texts) + "\n", encoding="utf-8")
         corpora[name] = (inputs, texts)
 
     shapes = {s.name: s for s in SHAPES}
