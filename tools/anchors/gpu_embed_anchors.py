@@ -54,14 +54,15 @@ longest, the same pooling, embeddings copied to the host.
 Check: transformers in f32 (the same half-precision weights widened exactly, TF32 off) embeds the
 first --reference-rows texts of each corpus; every one of mscope's rows there must be within 1e-2
 of it in relative L2 error (the crate's bound for f16/bf16 paths, src/lib.rs "Numerics"; it
-implies a cosine of at least 0.99995), and mscope's token count must equal the tokenizer's. Beside it: the timed torch
-run's own error against the same reference, and the least row cosine of mscope against the timed
-torch run over the whole corpus. A failed check or run exits 1, after the table.
+implies a cosine of at least 0.99995), and mscope's token count must equal the tokenizer's.
+Beside it: the timed torch run's own error against the same reference, and the least row cosine
+of mscope against the timed torch run over the whole corpus. A failed check or run exits 1,
+after the table.
 
 Prints a row per (shape, corpus) as it finishes and a Markdown table last; --json is rewritten
 after every row, so a run cut short keeps what it measured. --budget-s stops starting new work
-once spent, and no mscope run outlives it. Needs torch, transformers, tokenizers, safetensors and
-numpy (not sentence-transformers).
+once spent, and no mscope run outlives it; SIGTERM (a time limit) prints the table so far.
+Needs torch, transformers, tokenizers, safetensors and numpy (not sentence-transformers).
 """
 
 import argparse
@@ -71,6 +72,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -141,6 +143,15 @@ SUMMARY = re.compile(r"embedded (\d+) texts \((\d+) tokens")
 PHASE = re.compile(r"^phase (.+): \+([0-9.]+) ms")
 LOAD_PHASES = ("open backend", "load weights and tokenizer.json", "tokenizer")
 LOOP_PHASES = ("tokenise", "forward passes")
+
+
+class Stopped(BaseException):
+    """SIGTERM (the stage's time limit): not a shape's failure, so `except Exception` lets it
+    through to main, which prints what was measured."""
+
+
+def stop(signum, frame):
+    raise Stopped()
 
 
 def token_limit(shape, args):
@@ -400,14 +411,14 @@ def print_row(r):
 
 def table(rows, header):
     lines = [header, "",
-             "| shape | corpus | texts | tokens | mscope process s | mscope loop s | torch load+cold s "
-             "| torch warm s | speed-up e2e | speed-up warm | mscope tok/s | torch tok/s "
-             "| rel err vs f32 (torch's) | min cos vs torch | target | check |",
+             "| shape | corpus | texts | tokens | mscope process s | mscope loop s "
+             "| torch load+cold s | torch warm s | speed-up e2e | speed-up warm | mscope tok/s "
+             "| torch tok/s | rel err vs f32 (torch's) | min cos vs torch | target | check |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "speedup_end_to_end" not in r:
-            lines.append(f"| {r['shape']} | {r['corpus']} | – | – | – | – | – | – | – | – | – | – "
-                         f"| – | – | – | FAILED: {r['error'][:200]} |")
+            lines.append(f"| {r['shape']} | {r['corpus']} |" + " – |" * 13
+                         + f" FAILED: {r['error'][:200]} |")
             continue
         if not r["ok"]:
             target = "not judged (check failed)"
@@ -454,6 +465,7 @@ def main():
     ap.add_argument("--json", type=Path, help="write every figure here")
     args = ap.parse_args()
     deadline = time.monotonic() + args.budget_s
+    signal.signal(signal.SIGTERM, stop)
 
     import torch
     import transformers
@@ -511,17 +523,21 @@ def main():
     header = (f"## mscope embed ({args.backend}) vs transformers {transformers.__version__} "
               f"(torch {torch.__version__}, {args.device}, SDPA) on {device_name}, batch "
               f"{args.batch_size}; speed-up = torch s / mscope s")
-    for shape in chosen:
-        if time.monotonic() >= deadline:
-            report["rows"].append(dict(shape=shape.name, corpus="*", ok=False,
-                                       error="skipped: --budget-s spent"))
-            print_row(report["rows"][-1])
-            continue
-        for row in measure(shape, corpora, args, work, deadline, args.bert_tokenizer):
-            report["rows"].append(row)
-            print_row(row)
-            if args.json:
-                args.json.write_text(json.dumps(report, indent=1))
+    try:
+        for shape in chosen:
+            if time.monotonic() >= deadline:
+                report["rows"].append(dict(shape=shape.name, corpus="*", ok=False,
+                                           error="skipped: --budget-s spent"))
+                print_row(report["rows"][-1])
+                continue
+            for row in measure(shape, corpora, args, work, deadline, args.bert_tokenizer):
+                report["rows"].append(row)
+                print_row(row)
+                if args.json:
+                    args.json.write_text(json.dumps(report, indent=1))
+    except Stopped:
+        report["rows"].append(dict(shape="*", corpus="*", ok=False,
+                                   error="stopped by SIGTERM (time limit)"))
     print()
     print(table(report["rows"], header))
     if args.json:
