@@ -36,6 +36,8 @@ def run(command, args):
         env[key] = value
     words += ["bench", "--backend", "cpu", "--suite", "kernels", "--filter", args.filter,
               "--repeat", str(args.repeat), "--threads", str(args.threads)]
+    if args.variant:
+        words += ["--variant", args.variant]
     if args.quick:
         words.append("--quick")
     out = subprocess.run(words, env=env, capture_output=True, text=True, check=True).stdout
@@ -56,6 +58,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--variant", help="bench's --variant for every command (e.g. 8: the "
+                        "packed GEMM on every shape, not only where the backend picks it)")
     parser.add_argument("--quick", action="store_true",
                         help="bench's --quick sizes: probes and row counts / 8 (a loaded machine)")
     args = parser.parse_args()
