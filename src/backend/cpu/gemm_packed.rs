@@ -665,10 +665,9 @@ pub(super) unsafe fn microkernel_avx2(kc: usize, a: &[f32], b: &[f32], tile: &mu
 
 /// Columns of the block ahead of the current one whose `b` values the AVX-512 microkernel asks
 /// for (1 KiB of weights): Intel's cores bring the streamed weight panel from L2 into L1 late
-/// without it — the loads of `b` stalled, and prefetching eight columns ahead took a quarter
-/// off the microkernel's cycles on an Emerald Rapids Xeon (four or sixteen ahead gained less).
-/// Two prefetches a column cost Zen 4 two of its 26 load slots per column, where its
-/// double-pumped FMAs take 16 cycles.
+/// without it — the loads of `b` stalled; eight columns ahead cut the microkernel's cycles on an
+/// Emerald Rapids Xeon by 8–25% (four or sixteen ahead gained less). On Zen 4 the two extra
+/// loads a column sit beside ten in the 16 cycles its double-pumped FMAs take.
 const PREFETCH_COLUMNS: usize = 8;
 
 /// The microkernel on AVX-512: the tile in sixteen registers, two loads of `b` and eight
