@@ -40,6 +40,8 @@ def run(command, args):
     for name in args.filter:
         bench = words + ["bench", "--backend", "cpu", "--suite", "kernels", "--filter", name,
                          "--repeat", str(args.repeat), "--threads", str(args.threads)]
+        if args.variant:
+            bench += ["--variant", args.variant]
         if args.quick:
             bench.append("--quick")
         out = subprocess.run(bench, env=env, capture_output=True, text=True, check=True).stdout
@@ -60,6 +62,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--variant", help="bench's --variant for every command (e.g. 8: the "
+                        "packed GEMM on every shape, not only where the backend picks it)")
     parser.add_argument("--quick", action="store_true",
                         help="bench's --quick sizes: probes and row counts / 8 (a loaded machine)")
     args = parser.parse_args()

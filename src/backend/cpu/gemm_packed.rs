@@ -663,9 +663,16 @@ pub(super) unsafe fn microkernel_avx2(kc: usize, a: &[f32], b: &[f32], tile: &mu
     }
 }
 
+/// Columns of the block ahead of the current one whose `b` values the AVX-512 microkernel asks
+/// for (1 KiB of weights): Intel's cores bring the streamed weight panel from L2 into L1 late
+/// without it — the loads of `b` stalled; eight columns ahead cut the microkernel's cycles on an
+/// Emerald Rapids Xeon by 8–25% (four or sixteen ahead gained less). On Zen 4 the two extra
+/// loads a column sit beside ten in the 16 cycles its double-pumped FMAs take.
+const PREFETCH_COLUMNS: usize = 8;
+
 /// The microkernel on AVX-512: the tile in sixteen registers, two loads of `b` and eight
 /// broadcasts of `a` per column of the block (sixteen FMAs: enough independent sums to cover the
-/// FMA latency on both units).
+/// FMA latency on both units), and `b`'s two lines [`PREFETCH_COLUMNS`] columns ahead asked for.
 ///
 /// # Safety
 /// The CPU has AVX-512F.
@@ -685,6 +692,11 @@ pub(super) unsafe fn microkernel_avx512(
     for p in 0..kc {
         // SAFETY: p < kc, within the lengths asserted above.
         unsafe {
+            // Past the panel's end these name lines the next call reads, or none: a prefetch
+            // never faults.
+            let ahead = b.wrapping_add((p + PREFETCH_COLUMNS) * NR);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16).cast());
             let b0 = _mm512_loadu_ps(b.add(p * NR));
             let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
             for (i, acc) in acc.iter_mut().enumerate() {
