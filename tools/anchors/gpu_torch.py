@@ -36,6 +36,10 @@ LINEAR = [
     ("linear/bert-base-ffn-up", 2048, 768, 3072, "gelu", False),
     ("linear/e5-large-ffn-up", 2048, 1024, 4096, "gelu", False),
     ("linear_gated/mistral-7b-mlp-gate-up", 256, 4096, 14336, "swiglu", False),
+    ("linear/smollm2-qkv", 512, 576, 960, "identity", False),
+    ("linear/smollm2-o", 512, 576, 576, "identity", True),
+    ("linear_gated/smollm2-mlp-gate-up", 512, 576, 1536, "swiglu", False),
+    ("linear/smollm2-mlp-down", 512, 1536, 576, "identity", True),
     ("linear/clip-vit-h-mlp-up", 8 * 257, 1280, 5120, "gelu", False),
 ]
 

@@ -16,20 +16,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-# name, n (tokens), k (depth), m (outputs), activation, residual
-CASES = [
-    ("linear/minilm-qkv", 2048, 384, 1152, "identity", False),
-    ("linear/minilm-ffn-up", 2048, 384, 1536, "gelu", False),
-    ("linear/minilm-ffn-down", 2048, 1536, 384, "identity", True),
-    ("linear/bert-base-ffn-up", 2048, 768, 3072, "gelu", False),
-    ("linear/e5-large-ffn-up", 2048, 1024, 4096, "gelu", False),
-    ("linear_gated/mistral-7b-mlp-gate-up", 256, 4096, 14336, "swiglu", False),
-    ("linear/smollm2-qkv", 512, 576, 960, "identity", False),
-    ("linear/smollm2-o", 512, 576, 576, "identity", True),
-    ("linear/smollm2-mlp-down", 512, 1536, 576, "identity", True),
-    ("linear_gated/smollm2-mlp-gate-up", 512, 576, 1536, "swiglu", False),
-    ("linear/clip-vit-h-mlp-up", 2056, 1280, 5120, "gelu", False),
-]
+# The bench's linear cases, as the GPU anchor times them (this script's folder is on sys.path).
+from gpu_torch import LINEAR as CASES
 
 
 def case_fn(n, k, m, act, residual):
