@@ -601,27 +601,6 @@ fn stats_family_runs_on_cuda() {
     );
 }
 
-/// Samples of `lengths` points: coarse values, so ties within and across samples, and −0 beside
-/// +0 (which must compare equal).
-fn tied_samples(rng: &mut Rng, lengths: &[usize]) -> Vec<Vec<f32>> {
-    lengths
-        .iter()
-        .enumerate()
-        .map(|(k, &n)| {
-            (0..n)
-                .map(|_| {
-                    let v = (rng.normal() * 4.0 + k as f64 * 0.3).round() as f32 / 2.0;
-                    if v == 0.0 && rng.below(2) == 0 {
-                        -0.0
-                    } else {
-                        v
-                    }
-                })
-                .collect()
-        })
-        .collect()
-}
-
 /// Each form of the comparison on both backends — against `reference`, leave-one-out on each of
 /// `grids`, a part of the leave-one-out models — both without and with a W2 trimming level: the
 /// CUDA results are the CPU's bit for bit (the sort is exact, the ECDF counts are integers and
@@ -669,7 +648,7 @@ fn trim_search_equals_the_cpu_bit_for_bit() {
     };
     assert!(be.supports(OpFamily::Trim));
     let mut rng = Rng::new(23);
-    let mut rows = tied_samples(&mut rng, &[1, 2, 3, 700, 2047, 2048, 2049, 5000, 17, 190]);
+    let mut rows = rng.tied_samples(&[1, 2, 3, 700, 2047, 2048, 2049, 5000, 17, 190]);
     let tiny = f32::from_bits(1);
     rows.push(vec![
         f32::MAX,
@@ -697,7 +676,7 @@ fn trim_search_of_many_small_models_equals_the_cpu() {
     };
     let mut rng = Rng::new(31);
     let lengths: Vec<usize> = (0..20_000).map(|_| 1 + rng.below(3) as usize).collect();
-    let rows = tied_samples(&mut rng, &lengths);
+    let rows = rng.tied_samples(&lengths);
     let reference: Vec<f32> = (0..999).map(|_| rng.normal() as f32).collect();
     assert_trim_search_equals_the_cpu(&be, &rows, &reference, &[W2Grid::Candidate]);
 }

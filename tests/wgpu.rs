@@ -465,23 +465,8 @@ fn trim_search_sorts_long_rows_in_batches_and_equals_the_cpu() {
     let cpu = CpuBackend::new();
     let mut rng = Rng::new(23);
     let lengths = [1, 2, 3, 700, 2048, 2049, 5000, 17, 190];
-    let rows: Vec<Vec<f32>> = lengths
-        .iter()
-        .enumerate()
-        .map(|(k, &n)| {
-            (0..n)
-                .map(|_| {
-                    // Coarse values give ties within and across rows; ±0 must compare equal.
-                    let v = (rng.normal() * 4.0 + k as f64 * 0.3).round() as f32 / 2.0;
-                    if v == 0.0 && rng.below(2) == 0 {
-                        -0.0
-                    } else {
-                        v
-                    }
-                })
-                .collect()
-        })
-        .collect();
+    // Coarse values give ties within and across rows; ±0 must compare equal.
+    let rows = rng.tied_samples(&lengths);
     let views: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
     let reference: Vec<f32> = (0..3001).map(|_| rng.normal() as f32).collect();
     for (reference, grid) in [

@@ -37,7 +37,19 @@ pub enum TrimReference<'a> {
     LeaveOneOutPart { start: usize, end: usize },
 }
 
-impl TrimReference<'_> {
+impl<'a> TrimReference<'a> {
+    /// The samples whose pooled points every candidate is ranked in: the reference sample, or
+    /// for leave-one-out every candidate (each one's own points are taken out after ranking).
+    pub fn pool<'c>(&self, candidates: &[&'c [f32]]) -> Vec<&'c [f32]>
+    where
+        'a: 'c,
+    {
+        match *self {
+            TrimReference::Sample(r) => vec![r],
+            _ => candidates.to_vec(),
+        }
+    }
+
     /// The candidates compared: all of them but for [`TrimReference::LeaveOneOutPart`].
     pub fn compared(&self, models: usize) -> std::ops::Range<usize> {
         match *self {

@@ -219,6 +219,27 @@ impl Rng {
         self.next_u64() % n
     }
 
+    /// Samples of `lengths` points for the trim search: coarse values, so ties within and across
+    /// samples, and −0 beside +0 (which must compare equal).
+    pub fn tied_samples(&mut self, lengths: &[usize]) -> Vec<Vec<f32>> {
+        lengths
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| {
+                (0..n)
+                    .map(|_| {
+                        let v = (self.normal() * 4.0 + k as f64 * 0.3).round() as f32 / 2.0;
+                        if v == 0.0 && self.below(2) == 0 {
+                            -0.0
+                        } else {
+                            v
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     /// Standard normal (Box–Muller, f64).
     pub fn normal(&mut self) -> f64 {
         let u = ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;

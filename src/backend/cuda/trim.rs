@@ -66,10 +66,7 @@ pub(super) fn trim_search(
     if compared.is_empty() {
         return Ok(Vec::new());
     }
-    let pool: Vec<&[f32]> = match reference {
-        TrimReference::Sample(r) => vec![r],
-        _ => candidates.to_vec(),
-    };
+    let pool = reference.pool(candidates);
     let m: usize = pool.iter().map(|s| s.len()).sum();
     let rows: Vec<usize> = compared.iter().map(|c| c.len()).collect();
     let n: usize = rows.iter().sum();

@@ -46,10 +46,7 @@ pub(super) fn trim_search(
 ) -> Result<Vec<TrimResult>> {
     trim::check_search(candidates, reference, spec)?;
     let leave_one_out = reference.leave_one_out();
-    let reference_values = match reference {
-        TrimReference::Sample(r) => r.to_vec(),
-        _ => candidates.concat(),
-    };
+    let reference_values = reference.pool(candidates).concat();
     let total_reference = reference_values.len();
     let reference_keys = sorted_keys(
         backend,
