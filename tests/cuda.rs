@@ -601,6 +601,29 @@ fn stats_family_runs_on_cuda() {
     );
 }
 
+#[test]
+fn device_timer_reports_no_device_time_for_host_work() {
+    let Some(be) = cuda(CudaOptions::default()) else {
+        return;
+    };
+    let mut rng = Rng::new(11);
+    let x = be.upload(&[40, 24], &rng.vec(40 * 24)).unwrap();
+    let w = be.upload(&[16, 24], &rng.vec(16 * 24)).unwrap();
+    let mut out = be.zeros(&[40, 16]).unwrap();
+    assert!(be.start_device_timer().unwrap());
+    be.linear(&x, &w, None, Activation::Gelu, None, &mut out)
+        .unwrap();
+    let device = be.stop_device_timer().unwrap();
+    assert!(device.is_some_and(|s| s > 0.0), "{device:?}");
+    // Eigenproblems above the Jacobi kernel's 64 are faer's on the host.
+    assert!(be.start_device_timer().unwrap());
+    be.linear(&x, &w, None, Activation::Gelu, None, &mut out)
+        .unwrap();
+    be.symmetric_eigen(&[random_symmetric(&mut rng, 65)])
+        .unwrap();
+    assert_eq!(be.stop_device_timer().unwrap(), None);
+}
+
 /// Each form of the comparison on both backends — against `reference`, leave-one-out on each of
 /// `grids`, a part of the leave-one-out models — both without and with a W2 trimming level: the
 /// CUDA results are the CPU's bit for bit (the sort is exact, the ECDF counts are integers and

@@ -15,8 +15,8 @@ use half::{bf16, f16};
 use mscope::backend::cpu::CpuBackend;
 use mscope::backend::wgpu::{list_adapters, WgpuBackend, WgpuOptions};
 use mscope::backend::{
-    self, Activation, AttentionSpec, Backend, BackendKind, GemmVariant, OpFamily, RopeSpec,
-    SeqFactors, SeqLayout, TokenPairing, TrimReference, TrimSpec, W2Grid,
+    self, Activation, AttentionSpec, Backend, BackendKind, GemmVariant, Matrix64, OpFamily,
+    RopeSpec, SeqFactors, SeqLayout, TokenPairing, TrimReference, TrimSpec, W2Grid,
 };
 use mscope::bench::cases::reference;
 use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
@@ -449,6 +449,18 @@ fn device_timer_spans_the_passes_issued_while_it_runs() {
     assert_eq!(be.stop_device_timer().unwrap(), None);
     // Without a running timer, stopping only waits.
     assert_eq!(be.stop_device_timer().unwrap(), None);
+
+    // A region whose op ran on the host too (the eigen solve is faer's) has no device time,
+    // though its passes have timestamps; the next region has again.
+    assert!(be.start_device_timer().unwrap());
+    be.linear(&x, &w, None, Activation::Gelu, None, &mut out)
+        .unwrap();
+    be.symmetric_eigen(&[Matrix64::zeros(3, 3)]).unwrap();
+    assert_eq!(be.stop_device_timer().unwrap(), None);
+    assert!(be.start_device_timer().unwrap());
+    be.linear(&x, &w, None, Activation::Gelu, None, &mut out)
+        .unwrap();
+    assert!(be.stop_device_timer().unwrap().is_some());
 }
 
 #[test]

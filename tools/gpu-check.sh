@@ -5,53 +5,55 @@
 #                             in release, strips their debug info and packs them into .gpu/ (an
 #                             ignored path, carried to the device: keep it under 64 MiB);
 #   tools/gpu-check.sh run    (there, in a copy of the repository, with nvcc, compute-sanitizer
-#                             and PyTorch present) runs every stage below, each logged under
-#                             $OUT/<stage>.log; a failing stage is reported and the next runs.
-#                             A summary table is printed last (and kept in $OUT/summary.md).
+#                             and PyTorch present) runs the stages below in order of what a
+#                             session most needs back, inside GPU_CHECK_BUDGET seconds (540);
+#                             GPU_CHECK_STAGES picks some of them for a rerun. Every stage's log
+#                             goes to $OUT/log.txt (a failing stage's tail to stdout too), the
+#                             summary table to stdout and $OUT/summary.md.
 #
-# Stages: devices · NVRTC compile of every family (cuda_kernels) · CUDA kernel tests (cuda), with
-# the half-precision weights (GEMM variants 1, 2, 4 on f16/bf16 weights, gathers from f16/bf16
-# tables, upload_half), every attention variant (head_dim 24/32/64/128, GQA, windows), the
-# tensor-core attention (variant 4: mma.sync bf16, head_dim 64/128) and the Hopper GEMM
-# (variant 10: wgmma + TMA, sm_90a) also run as stages of their own so a failure names them ·
-# op-set parity on every backend (ops, ntk, ntk_seq, classifier, pca, lda, alpha with the trim
-# family, the cuda:: decoder tests on the tiny Mistral/Qwen2 fixtures, f32 and bf16,
-# embed_parity's tiny XLM-R) · ntk --devices 0,0 (shards) · CLI runs with
-# --backend cuda against --backend cpu (embed, ntk, pca, and compare on 1 000 models × 100 000
-# points, timed) · compute-sanitizer memcheck of the CUDA tests (and of the half-weight tests on
-# their own), racecheck of the trim sort · attention variants 1, 2, 3, 4 benched side
-# by side · wgpu tests and GEMM variants 2, 3, 5, 6 on the GPU's Vulkan adapter (the Vulkan loader travels
-# in the bundle; the NVIDIA driver brings its ICD) · mscope bench --backend cuda (GEMM variants
-# 1, 2, 4, 10; the suite's other cases, trim_search among them, on the defaults) · PyTorch
-# anchors (cuBLAS, SDPA, torch.func) set against both benches · embed end
-# to end against transformers (tools/anchors/gpu_embed_anchors.py: fp16 MiniLM-L6 and e5-large,
-# bf16 SmolLM2-135M and 4 layers of Mistral-7B, random-init checkpoints of the real shapes
-# written on the GPU machine, issue 19's 1.5x target and issue 15's decoder throughput; at most
-# 150 s, its tokenizer and long texts carried in the bundle).
+# Stages: 1. devices (fails without an sm_90 device) · the CUDA kernel tests, one thread, every
+# launch waited for (MSCOPE_CUDA_SYNC=1): the families first run on a GPU in processes of their
+# own (half-precision weights and gathers, every attention variant, the Hopper GEMM on wgmma + TMA,
+# the tensor-core attention, the trim sort), then the rest · 2. op-set parity on every backend
+# (ops, ntk, ntk_seq, classifier, pca, lda, alpha, wgpu on the GPU's Vulkan adapter — the loader
+# travels in the bundle —, the cuda:: decoder tests on the tiny Mistral/Qwen2 fixtures, f32 and
+# bf16, embed_parity's tiny XLM-R, ntk on two device workers) · 3. the CLI with --backend cuda
+# against --backend cpu (embed, ntk, pca, and compare on 1 000 models × 100 000 points, timed) ·
+# 4. mscope bench --backend cuda (GEMM variants 1, 2, 4, 10; attention variants side by side;
+# the pipelines), wgpu GEMM variants 2, 3, 5, 6 · 5. PyTorch anchors (cuBLAS, SDPA, torch.func)
+# set against the benches, and embed end to end against transformers
+# (tools/anchors/gpu_embed_anchors.py: fp16 MiniLM-L6 and e5-large, bf16 SmolLM2-135M and 4
+# layers of Mistral-7B, random-init checkpoints of the real shapes written on the GPU machine,
+# issue 19's 1.5x target and issue 15's decoder throughput; at most 150 s, its tokenizer and
+# long texts carried in the bundle) · 6. compute-sanitizer memcheck and racecheck, newest
+# kernels first, on what time is left. CI compiles every kernel with NVRTC: no stage repeats it.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PACK=$ROOT/.gpu
-TESTS="cuda cuda_kernels ops ntk ntk_seq classifier shards pca lda alpha embed_parity wgpu decoder"
+TESTS="cuda ops ntk ntk_seq classifier shards pca lda alpha embed_parity wgpu decoder"
 
 pack() {
     set -e
     cd "$ROOT"
-    # Building the tests builds target/release/mscope too (with the tests' feature set, so no
-    # second build of the dependencies).
+    # Building the tests builds the mscope binary too (with the tests' feature set, so no second
+    # build of the dependencies); cargo's JSON messages name every executable, wherever the
+    # target directory is.
     local list
     list=$(cargo test --release --no-run --message-format=json $(printf -- '--test %s ' $TESTS) |
         python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
-        print(m["target"]["name"], m["executable"])')
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        kind = m["target"]["kind"]
+        if "test" in kind or (kind == ["bin"] and m["target"]["name"] == "mscope"):
+            print(m["target"]["name"], m["executable"])')
     rm -rf "$PACK" && mkdir -p "$PACK/stage/bin"
     while read -r name exe; do
         objcopy --strip-debug "$exe" "$PACK/stage/bin/$name"
     done <<<"$list"
-    objcopy --strip-debug target/release/mscope "$PACK/stage/bin/mscope"
+    [ -f "$PACK/stage/bin/mscope" ] || { echo "error: cargo built no mscope binary" >&2; exit 1; }
     # The GPU machine may lack the Vulkan loader wgpu opens (Debian's libvulkan1).
     local loader
     loader=$(ldconfig -p | awk '/libvulkan\.so\.1 /{print $NF; exit}')
@@ -85,34 +87,58 @@ for line in sys.stdin:
 OUT=${OUT:-$ROOT/gpu-out}
 SUMMARY=()
 
-# Seconds the run may take in all: the device tool stops a command at 600.
+# Seconds the run may take in all: the device tool stops a command at 600 and returns at most 8
+# files, so every stage appends to $OUT/log.txt, and $OUT holds besides only summary.md,
+# bench_all.json, anchors.json and embed_anchors.json.
 BUDGET=${GPU_CHECK_BUDGET:-540}
+# Comma-separated stage names or globs (GPU_CHECK_STAGES='test_*,bench_cuda') for a rerun of a
+# part; unset runs every stage. A comparison stage needs the stages that write its inputs.
+STAGES=${GPU_CHECK_STAGES:-*}
+
+selected() {
+    local glob globs
+    IFS=, read -ra globs <<<"$STAGES"
+    for glob in "${globs[@]}"; do
+        # shellcheck disable=SC2053 # the right-hand side is a glob on purpose
+        [[ $1 == $glob ]] && return 0
+    done
+    return 1
+}
 
 # stage NAME SECONDS COMMAND...: runs COMMAND with a time limit (cut to what is left of the
-# budget), logs it, records the outcome.
+# budget), logs it to $LOGS/NAME.log and $OUT/log.txt, records the outcome, and prints the tail
+# of a failing stage's log (what the device tool returns of stdout is its end).
 stage() {
     local name=$1 limit=$2
     shift 2
+    selected "$name" || return 0
     local left=$((BUDGET - SECONDS))
     if [ "$left" -lt 10 ]; then
         SUMMARY+=("| $name | SKIPPED (time budget spent) | – | – |")
         return 0
     fi
     [ "$limit" -gt "$left" ] && limit=$left
-    local log=$OUT/$name.log start=$SECONDS rc=0
+    local log=$LOGS/$name.log start=$SECONDS rc=0
     echo "== $name: $*" | tee "$log"
     timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1 || rc=$?
     local took=$((SECONDS - start)) status=ok
     [ "$rc" -eq 0 ] || status="FAIL (exit $rc)"
     [ "$rc" -eq 124 ] && status="TIMEOUT (${limit}s)"
-    # Test binaries: the result line and how many backends were skipped.
-    local detail
+    # Test binaries: the result line, the failed tests and how many backends were skipped.
+    local detail failed skipped
     detail=$(grep -E "^test result:" "$log" | tail -1 | cut -c14-70)
-    local skipped
+    failed=$(grep -E "^test .* \.\.\. FAILED$" "$log" | cut -d' ' -f2 | head -5 | paste -sd' ')
+    [ -n "$failed" ] && detail="$detail; failed: $failed"
     skipped=$(grep -c "skipped" "$log" || true)
     [ "$skipped" -gt 0 ] && detail="$detail; $skipped 'skipped' lines"
     SUMMARY+=("| $name | $status | ${took}s | ${detail:-–} |")
     echo "   $status in ${took}s"
+    if [ "$rc" -ne 0 ]; then
+        echo "---- last 40 lines of $name ----"
+        tail -n 40 "$log"
+        echo "----"
+    fi
+    { cat "$log"; echo "   $status in ${took}s"; echo; } >>"$OUT/log.txt"
     return 0
 }
 
@@ -189,6 +215,7 @@ EOF
 
 run() {
     mkdir -p "$OUT"
+    : >"$OUT/log.txt"
     cd "$ROOT"
     local bin=$ROOT/.gpu/bin
     if [ ! -d "$bin" ]; then
@@ -207,49 +234,53 @@ run() {
         mkdir -p "$(dirname "$built")" && ln -s "$ROOT" "$built"
     fi
     mkdir -p "$ROOT/target/release" && cp "$bin/mscope" "$ROOT/target/release/mscope"
-    local lib
+    local lib tmp
     lib=$(nvrtc_path)
-    export LD_LIBRARY_PATH=${lib:+$lib:}$ROOT/.gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    tmp=$(mktemp -d)
+    LOGS=$tmp/logs
+    mkdir -p "$LOGS"
+    write_helpers "$tmp"
+    # The toolkit's libraries (NVRTC) and the carried Vulkan loader go first for mscope's own
+    # processes only: PyTorch brings its own CUDA libraries.
+    local ld=${lib:+$lib:}$ROOT/.gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     export MSCOPE_REQUIRE_NVRTC=1 MSCOPE_REQUIRE_CUDA=1 XDG_CACHE_HOME=/tmp/mscope-gpu-cache RUST_BACKTRACE=1
+    local m=$tmp/mscope
+    printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$ld" "$bin/mscope" >"$m"
+    chmod +x "$m"
+    # Test executables: one thread, output shown, and every launch waited for, so the first
+    # asynchronous fault is reported by the test that caused it.
+    local t=(env "LD_LIBRARY_PATH=$ld" MSCOPE_CUDA_SYNC=1)
+    local one=(--test-threads=1 --nocapture)
     {
         echo "commit $(cat "$ROOT/.gpu/commit" 2>/dev/null), nvrtc in ${lib:-?}"
         nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1
-    } | tee "$OUT/environment.txt"
+    } | tee -a "$OUT/log.txt"
 
-    local m=$bin/mscope tmp
-    tmp=$(mktemp -d)
-    write_helpers "$tmp"
-    stage devices 60 "$m" devices
-    stage nvrtc_compile 120 "$bin/cuda_kernels"
-    stage test_cuda 120 "$bin/cuda"
-    # First run on a GPU of kernels written without one: bf16/f16 weights read natively, and the
-    # warp-per-query flash attention (MSCOPE_CUDA_ATTENTION=naive runs the reference kernel).
-    stage cuda_half_weights 60 "$bin/cuda" half gather_reads
-    stage cuda_attention_variants 60 "$bin/cuda" attention
-    # The Hopper GEMM (wgmma on TMA-staged tiles, an mbarrier pipeline): never run before.
-    stage cuda_wgmma 60 "$bin/cuda" wgmma
-    # The tensor-core flash attention (mma.sync on bf16 fragments, ldmatrix): never run before.
-    stage cuda_attention_mma 60 "$bin/cuda" tensor_core_attention
-    stage test_decoder_cuda 90 "$bin/decoder" cuda::
-    stage test_ops 90 "$bin/ops"
-    stage test_ntk 90 "$bin/ntk"
-    stage test_ntk_seq 90 "$bin/ntk_seq"
-    stage test_classifier 60 "$bin/classifier"
-    stage test_devices 60 "$bin/shards" several_device_workers
-    stage test_pca 60 "$bin/pca"
-    stage test_lda 60 "$bin/lda"
-    stage test_alpha 60 "$bin/alpha"
-    stage test_wgpu 90 "$bin/wgpu"
+    # 1. The device, then the CUDA kernel tests: the families never run on a GPU before, each in
+    # a process of its own (a sticky fault ends the process's context), then the rest.
+    stage devices 30 sh -c '"$1" devices && "$1" devices | grep -q "(sm_90)"' sh "$m"
+    local families=(half gather_reads attention wgmma tensor_core_attention trim_search)
+    local f skip=()
+    for f in "${families[@]}"; do
+        stage "cuda_$f" 60 "${t[@]}" "$bin/cuda" "$f" "${one[@]}"
+        skip+=(--skip "$f")
+    done
+    stage cuda_rest 90 "${t[@]}" "$bin/cuda" "${skip[@]}" "${one[@]}"
+    # 2. Op-set parity on every backend present (wgpu: the GPU's Vulkan adapter).
+    stage test_decoder_cuda 90 "${t[@]}" "$bin/decoder" cuda:: "${one[@]}"
+    local b
+    for b in ops ntk ntk_seq classifier pca lda alpha wgpu; do
+        stage "test_$b" 90 "${t[@]}" "$bin/$b" "${one[@]}"
+    done
+    stage test_devices 60 "${t[@]}" "$bin/shards" several_device_workers "${one[@]}"
     # The MiniLM tests need the 90 MB model, which does not travel: only the tiny XLM-R runs.
-    stage test_embed_tiny_xlmr 60 "$bin/embed_parity" tiny_xlm_roberta
+    stage test_embed_tiny_xlmr 60 "${t[@]}" "$bin/embed_parity" tiny_xlm_roberta "${one[@]}"
 
+    # 3. The instruments end to end, --backend cuda against --backend cpu.
     local fx=$ROOT/tests/fixtures
-    stage embed_cuda 60 "$m" embed --model "$fx/tiny-xlmr" --input "$fx/texts.jsonl" \
-        --out "$tmp/e_cuda.safetensors" --backend cuda
-    stage embed_cpu 60 "$m" embed --model "$fx/tiny-xlmr" --input "$fx/texts.jsonl" \
-        --out "$tmp/e_cpu.safetensors" --backend cpu
-    stage embed_compare 60 python3 "$tmp/compare_tensors.py" "$tmp/e_cuda.safetensors" "$tmp/e_cpu.safetensors" embeddings
     for b in cuda cpu; do
+        stage "embed_$b" 60 "$m" embed --model "$fx/tiny-xlmr" --input "$fx/texts.jsonl" \
+            --out "$tmp/e_$b.safetensors" --backend "$b"
         stage "ntk_$b" 30 "$m" ntk --model "$fx/ntk/mlp_relu.safetensors" \
             --data "$fx/ntk/test.safetensors" --against "$fx/ntk/train.safetensors" \
             --out "$tmp/k_$b.safetensors" --backend "$b"
@@ -258,95 +289,95 @@ run() {
             --out "$tmp/kp_$b.safetensors" --backend "$b"
         stage "pca_$b" 30 "$m" pca --input "$fx/sklearn_embeddings.safetensors" --components 4 \
             --out "$tmp/pca_$b.json" --backend "$b"
-    done
-    stage ntk_compare 60 python3 "$tmp/compare_tensors.py" "$tmp/k_cuda.safetensors" "$tmp/k_cpu.safetensors" kernel
-    stage ntk_jl_compare 60 python3 "$tmp/compare_tensors.py" "$tmp/kp_cuda.safetensors" "$tmp/kp_cpu.safetensors" kernel
-    stage pca_compare 60 python3 "$tmp/compare_pca.py" "$tmp/pca_cuda.json" "$tmp/pca_cpu.json"
-    # compare at issue 19's target size (1 000 models × 100 000 points, under 1 s): the report's
-    # line "N s (M s trimmed search)" times it, MSCOPE_PHASES its phases; rows equal to the CPU's.
-    for b in cuda cpu; do
-        stage "compare_$b" 90 env MSCOPE_PHASES=1 "$m" compare --synthetic 1000x100000 \
+        # compare at issue 19's target size (1 000 models × 100 000 points, under 1 s): the
+        # report's line "N s (M s trimmed search)" times it, MSCOPE_PHASES its phases.
+        stage "compare_$b" 60 env MSCOPE_PHASES=1 "$m" compare --synthetic 1000x100000 \
             --backend "$b" --out "$tmp/compare_$b.json"
     done
+    stage embed_compare 30 python3 "$tmp/compare_tensors.py" "$tmp/e_cuda.safetensors" "$tmp/e_cpu.safetensors" embeddings
+    stage ntk_compare 30 python3 "$tmp/compare_tensors.py" "$tmp/k_cuda.safetensors" "$tmp/k_cpu.safetensors" kernel
+    stage ntk_jl_compare 30 python3 "$tmp/compare_tensors.py" "$tmp/kp_cuda.safetensors" "$tmp/kp_cpu.safetensors" kernel
+    stage pca_compare 30 python3 "$tmp/compare_pca.py" "$tmp/pca_cuda.json" "$tmp/pca_cpu.json"
     stage compare_compare 30 python3 "$tmp/compare_reports.py" "$tmp/compare_cuda.json" \
-        "$tmp/compare_cpu.json" "$OUT/compare_cuda.log" "$OUT/compare_cpu.log"
+        "$tmp/compare_cpu.json" "$LOGS/compare_cuda.log" "$LOGS/compare_cpu.log"
 
-    if command -v compute-sanitizer >/dev/null; then
-        stage memcheck_cuda 90 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/cuda"
-        stage memcheck_ops 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/ops" \
-            linear attention layer_norm gather pool l2
-        stage racecheck_stats 60 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/cuda" \
-            jacobi flash
-        stage memcheck_half_weights 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/cuda" \
-            half gather_reads
-        stage memcheck_wgmma 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/cuda" \
-            wgmma
-        stage memcheck_attention_mma 60 compute-sanitizer --tool memcheck --error-exitcode 9 \
-            "$bin/cuda" tensor_core_attention
-        stage racecheck_attention_mma 60 compute-sanitizer --tool racecheck --error-exitcode 9 \
-            "$bin/cuda" tensor_core_attention
-        # The radix scatter's per-warp digit offsets in shared memory, four barriers a round.
-        stage racecheck_trim 60 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/cuda" \
-            trim_search_equals
-    else
-        SUMMARY+=("| memcheck | SKIPPED (no compute-sanitizer) | – | – |")
-    fi
-
-    # Variant numbers pick both GEMM and attention kernels: 4 is the mma-bf16 GEMM and the
-    # tensor-core attention (bench skips the attention cases a variant has no kernel for). Cases
-    # without variants run once on the defaults, trim_search/100x10000 and /1000x100000 among them.
-    stage bench_cuda 150 "$m" bench --backend cuda --suite kernels --variant 1,2,4,10 \
-        --json "$OUT/bench_cuda.json"
+    # 4. Benches. Variant numbers pick both GEMM and attention kernels: 4 is the mma-bf16 GEMM
+    # and the tensor-core attention (bench skips the attention cases a variant has no kernel
+    # for). Cases without variants run once on the defaults, trim_search among them.
+    stage bench_cuda 120 "$m" bench --backend cuda --suite kernels --variant 1,2,4,10 \
+        --json "$tmp/bench_cuda.json"
     # Attention variants side by side (MSCOPE_CUDA_ATTENTION picks one; each runs the cases of
     # the head_dims it has kernels for: bert-base 64, mistral-7b 128).
-    stage bench_attention_naive 60 env MSCOPE_CUDA_ATTENTION=naive "$m" bench --backend cuda \
-        --suite kernels --filter attention/ --json "$OUT/bench_attention_naive.json"
-    stage bench_attention_flash 60 env MSCOPE_CUDA_ATTENTION=flash "$m" bench --backend cuda \
-        --suite kernels --filter attention/bert-base --json "$OUT/bench_attention_flash.json"
+    stage bench_attention_naive 45 env MSCOPE_CUDA_ATTENTION=naive "$m" bench --backend cuda \
+        --suite kernels --filter attention/ --json "$tmp/bench_attention_naive.json"
+    stage bench_attention_flash 45 env MSCOPE_CUDA_ATTENTION=flash "$m" bench --backend cuda \
+        --suite kernels --filter attention/bert-base --json "$tmp/bench_attention_flash.json"
+    local c
     for c in bert-base mistral-7b; do
-        stage "bench_attention_flash_warp_$c" 60 env MSCOPE_CUDA_ATTENTION=flash-warp "$m" bench \
+        stage "bench_attention_flash_warp_$c" 45 env MSCOPE_CUDA_ATTENTION=flash-warp "$m" bench \
             --backend cuda --suite kernels --filter "attention/$c" \
-            --json "$OUT/bench_attention_flash_warp_$c.json"
-        stage "bench_attention_mma_$c" 60 env MSCOPE_CUDA_ATTENTION=mma-bf16 "$m" bench \
+            --json "$tmp/bench_attention_flash_warp_$c.json"
+        stage "bench_attention_mma_$c" 45 env MSCOPE_CUDA_ATTENTION=mma-bf16 "$m" bench \
             --backend cuda --suite kernels --filter "attention/$c" \
-            --json "$OUT/bench_attention_mma_$c.json"
+            --json "$tmp/bench_attention_mma_$c.json"
     done
     stage bench_cuda_pipelines 60 "$m" bench --backend cuda --suite pipelines \
-        --json "$OUT/bench_cuda_pipelines.json"
-    stage bench_wgpu 120 "$m" bench --backend wgpu --suite kernels --filter linear/ \
-        --variant 2,3,5,6 --json "$OUT/bench_wgpu.json"
-    stage bench_merge 30 python3 "$tmp/merge_bench.py" "$OUT/bench_all.json" "$OUT/bench_cuda.json" \
-        "$OUT/bench_cuda_pipelines.json" "$OUT/bench_wgpu.json"
-    stage torch_anchors 120 python3 "$ROOT/tools/anchors/gpu_torch.py" --bench "$OUT/bench_all.json" \
+        --json "$tmp/bench_cuda_pipelines.json"
+    stage bench_wgpu 60 "$m" bench --backend wgpu --suite kernels --filter linear/ \
+        --variant 2,3,5,6 --json "$tmp/bench_wgpu.json"
+    # The attention variants' tables are in log.txt; the anchors take the default runs.
+    stage bench_merge 30 python3 "$tmp/merge_bench.py" "$OUT/bench_all.json" "$tmp/bench_cuda.json" \
+        "$tmp/bench_cuda_pipelines.json" "$tmp/bench_wgpu.json"
+
+    # 5. PyTorch on the same GPU: cuBLAS, SDPA and torch.func against the benches, then embed
+    # end to end against transformers (fp16 encoders, bf16 decoders, SDPA) on random-init
+    # checkpoints of MiniLM-L6, e5-large, SmolLM2-135M and 4 layers of Mistral-7B written there
+    # in seconds, on the demo corpus and 600 long texts; embeddings checked against transformers
+    # in f32; two runs a side. The script stops starting work 20 s before its limit and prints
+    # its table on SIGTERM, so the figures come back either way; `--models`/`--corpora` rerun
+    # a part by hand.
+    stage torch_anchors 90 python3 "$ROOT/tools/anchors/gpu_torch.py" --bench "$OUT/bench_all.json" \
         --json "$OUT/anchors.json"
-    # End to end: mscope embed --backend cuda against transformers (fp16 encoders, bf16 decoders,
-    # SDPA) on random-init checkpoints of MiniLM-L6, e5-large, SmolLM2-135M and 4 layers of
-    # Mistral-7B written here in seconds, on the demo corpus and 600 long texts; embeddings
-    # checked against transformers in f32; two runs a side (about 2 minutes by estimate, never
-    # measured). The script stops starting work 20 s before the stage's limit (150 s, or what is
-    # left of the run's budget) and prints its table on SIGTERM, so the figures come back either
-    # way; `--models`/`--corpora` rerun a part by hand.
     local embed_limit=$((BUDGET - SECONDS < 150 ? BUDGET - SECONDS : 150))
     stage embed_anchors 150 python3 "$ROOT/tools/anchors/gpu_embed_anchors.py" --mscope "$m" \
         --bert-tokenizer "$ROOT/.gpu/anchors/bert-tokenizer.json" --long "$ROOT/.gpu/anchors/long.txt" \
         --work "$tmp/embed_anchors" --budget-s $((embed_limit > 21 ? embed_limit - 20 : 1)) \
         --repeat 2 --json "$OUT/embed_anchors.json"
-    rm -rf "$tmp"
+
+    # 6. Sanitizers on what time is left, the new families first.
+    if command -v compute-sanitizer >/dev/null; then
+        local cs=(compute-sanitizer --error-exitcode 9)
+        stage memcheck_wgmma 60 "${t[@]}" "${cs[@]}" --tool memcheck "$bin/cuda" wgmma
+        stage memcheck_attention_mma 60 "${t[@]}" "${cs[@]}" --tool memcheck "$bin/cuda" \
+            tensor_core_attention
+        stage racecheck_attention_mma 60 "${t[@]}" "${cs[@]}" --tool racecheck "$bin/cuda" \
+            tensor_core_attention
+        # The radix scatter's per-warp digit offsets in shared memory, four barriers a round.
+        stage racecheck_trim 60 "${t[@]}" "${cs[@]}" --tool racecheck "$bin/cuda" trim_search_equals
+        stage memcheck_half_weights 60 "${t[@]}" "${cs[@]}" --tool memcheck "$bin/cuda" half gather_reads
+        stage racecheck_stats 60 "${t[@]}" "${cs[@]}" --tool racecheck "$bin/cuda" jacobi flash
+        stage memcheck_ops 60 "${t[@]}" "${cs[@]}" --tool memcheck "$bin/ops" linear attention \
+            layer_norm gather pool l2
+        stage memcheck_cuda 90 "${t[@]}" "${cs[@]}" --tool memcheck "$bin/cuda"
+    else
+        selected memcheck_cuda && SUMMARY+=("| sanitizers | SKIPPED (no compute-sanitizer) | – | – |")
+    fi
 
     {
         echo
-        echo "## gpu-check $(date -u +%FT%TZ) — $(head -1 "$OUT/environment.txt")"
+        echo "## gpu-check $(date -u +%FT%TZ) — $(head -1 "$OUT/log.txt")"
         echo
         echo "| stage | status | time | detail |"
         echo "|---|---|---|---|"
         printf '%s\n' "${SUMMARY[@]}"
         echo
         echo "Anchors (mscope/torch; below 1: mscope faster):"
-        grep -E "^\|" "$OUT/torch_anchors.log" 2>/dev/null || echo "(none: see torch_anchors.log)"
+        grep -E "^\|" "$LOGS/torch_anchors.log" 2>/dev/null || echo "(none: see torch_anchors in log.txt)"
         echo
         echo "Embed end to end (speed-up = torch s / mscope s; above 1: mscope faster):"
-        grep -E "^\|" "$OUT/embed_anchors.log" 2>/dev/null || echo "(none: see embed_anchors.log)"
+        grep -E "^\|" "$LOGS/embed_anchors.log" 2>/dev/null || echo "(none: see embed_anchors in log.txt)"
     } | tee "$OUT/summary.md"
+    rm -rf "$tmp"
 }
 
 case "${1:-}" in

@@ -15,6 +15,7 @@ pub mod trim;
 pub mod variants;
 pub mod wgpu;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use half::{bf16, f16};
@@ -235,7 +236,8 @@ pub trait Backend: Send + Sync {
 
     /// Waits for the ops issued since [`Backend::start_device_timer`] and returns the device
     /// seconds from the start of the first to the end of the last, or `None` where no device time
-    /// was taken (no device clock, no device work, or more ops than the timer holds).
+    /// was taken (no device clock, no device work, more ops than the timer holds, or an op that
+    /// computed on the host too).
     fn stop_device_timer(&self) -> Result<Option<f64>> {
         self.synchronize()?;
         Ok(None)
@@ -536,4 +538,21 @@ pub trait Backend: Send + Sync {
         reference: TrimReference<'_>,
         spec: &TrimSpec,
     ) -> Result<Vec<TrimResult>>;
+}
+
+/// Set by a device backend's op that computes on the host as well (faer fallbacks, the trim
+/// search's f64 finish): the timed region it ran in reports no device time, since the device's
+/// clock would not show the host's share, and the caller times it on the host.
+#[derive(Debug, Default)]
+pub(crate) struct HostWork(AtomicBool);
+
+impl HostWork {
+    pub(crate) fn mark(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether an op marked host work since the last call.
+    pub(crate) fn take(&self) -> bool {
+        self.0.swap(false, Ordering::Relaxed)
+    }
 }

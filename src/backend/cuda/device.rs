@@ -135,7 +135,8 @@ impl CudaBackend {
             .map_err(device_error)
     }
 
-    /// Launches what `args` built; debug builds wait for the kernel so a fault names it.
+    /// Launches what `args` built; debug builds, and any build with `MSCOPE_CUDA_SYNC=1`, wait
+    /// for the kernel so an asynchronous fault names it rather than a later call.
     pub(super) fn launch(
         &self,
         name: &str,
@@ -148,7 +149,7 @@ impl CudaBackend {
         // SAFETY: every caller passes the kernel's parameters in order with matching types
         // (device buffers sized by the shape checks, i32 dimensions, repr(C) structs).
         unsafe { args.launch(cfg) }.map_err(|e| device_error(format!("{name}: {e}")))?;
-        if cfg!(debug_assertions) {
+        if cfg!(debug_assertions) || synchronous_launches() {
             self.stream()
                 .synchronize()
                 .map_err(|e| device_error(format!("{name}: {e}")))?;
@@ -284,4 +285,10 @@ pub(super) fn sequence_starts(layout: &SeqLayout) -> Result<Vec<i32>> {
         .iter()
         .map(|&s| to_i32(s, "sequence start"))
         .collect()
+}
+
+/// `MSCOPE_CUDA_SYNC=1`: every launch waits for its kernel (read once per process).
+fn synchronous_launches() -> bool {
+    static SYNC: OnceLock<bool> = OnceLock::new();
+    *SYNC.get_or_init(|| std::env::var_os("MSCOPE_CUDA_SYNC").is_some_and(|v| v == "1"))
 }

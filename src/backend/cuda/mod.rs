@@ -43,9 +43,9 @@ pub use device::{list_devices, CudaDeviceSummary};
 pub use memory::CudaStorage;
 
 use super::{
-    shapes, Activation, AttentionSpec, AttentionVariant, Backend, Eigen, GemmVariant, JlSpec,
-    Matrix64, Moments, NtkVariant, OpFamily, Pooling, RopeSpec, SeqFactors, SeqLayout, Tensor,
-    TokenPairing, TrimReference, TrimResult, TrimSpec,
+    shapes, Activation, AttentionSpec, AttentionVariant, Backend, Eigen, GemmVariant, HostWork,
+    JlSpec, Matrix64, Moments, NtkVariant, OpFamily, Pooling, RopeSpec, SeqFactors, SeqLayout,
+    Tensor, TokenPairing, TrimReference, TrimResult, TrimSpec,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{widen_half, DType, HalfMatrix};
@@ -99,9 +99,17 @@ pub struct CudaBackend {
     cpu: super::cpu::CpuBackend,
     /// The start event of a running device timer.
     timer: Mutex<Option<CudaEvent>>,
+    /// Set by host fallbacks and the trim search's host finish.
+    host_work: HostWork,
 }
 
 impl CudaBackend {
+    /// The CPU backend, for work kept on the host ([`HostWork`]).
+    fn host(&self) -> &super::cpu::CpuBackend {
+        self.host_work.mark();
+        &self.cpu
+    }
+
     /// The GEMM variants of kernels/gemm.cu and kernels/gemm_sm90.cu (sm_90 devices only).
     pub const GEMM_VARIANTS: [GemmVariant; 4] = [
         GemmVariant::Naive,
@@ -155,6 +163,7 @@ impl CudaBackend {
             attention: options.attention,
             cpu: super::cpu::CpuBackend::new(),
             timer: Mutex::new(None),
+            host_work: HostWork::default(),
         })
     }
 
@@ -273,8 +282,9 @@ impl Backend for CudaBackend {
     }
 
     /// CUDA events on the backend's one stream: the region covers every kernel and copy queued
-    /// between the two events, and none of the host work (host fallbacks run outside it).
+    /// between the two events; a region that computed on the host too has none ([`HostWork`]).
     fn start_device_timer(&self) -> Result<bool> {
+        self.host_work.take();
         let start = self
             .stream()
             .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
@@ -285,7 +295,8 @@ impl Backend for CudaBackend {
 
     fn stop_device_timer(&self) -> Result<Option<f64>> {
         let start = self.timer.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(start) = start else {
+        let host_work = self.host_work.take();
+        let Some(start) = start.filter(|_| !host_work) else {
             self.synchronize()?;
             return Ok(None);
         };

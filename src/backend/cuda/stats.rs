@@ -109,7 +109,7 @@ pub(super) fn symmetric_eigen(be: &CudaBackend, matrices: &[Matrix64]) -> Result
         .collect();
     if !large.is_empty() {
         let batch: Vec<Matrix64> = large.iter().map(|&i| matrices[i].clone()).collect();
-        for (i, e) in large.iter().zip(be.cpu.symmetric_eigen(&batch)?) {
+        for (i, e) in large.iter().zip(be.host().symmetric_eigen(&batch)?) {
             out[*i] = Some(e);
         }
     }
@@ -200,5 +200,5 @@ pub(super) fn spd_solve(
     be: &CudaBackend,
     systems: &[(Matrix64, Matrix64)],
 ) -> Result<Vec<Matrix64>> {
-    be.cpu.spd_solve(systems)
+    be.host().spd_solve(systems)
 }

@@ -125,6 +125,7 @@ pub(super) fn trim_search(
             Some(*end)
         }))
         .collect();
+    be.host_work.mark();
     Ok(offsets
         .par_windows(2)
         .map(|w| {

@@ -12,7 +12,7 @@ use super::kernels::{Kernel, PipelineCache};
 use super::memory::{buffer_bytes, WgpuStorage, USAGE};
 use super::timer::{TimerState, Timestamps};
 use super::{adapter, gemm, WgpuBackend, WgpuOptions};
-use crate::backend::{shapes, SeqLayout, Storage, Tensor};
+use crate::backend::{shapes, HostWork, SeqLayout, Storage, Tensor};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 
@@ -121,6 +121,7 @@ impl WgpuBackend {
                 .features()
                 .contains(wgpu::Features::TIMESTAMP_QUERY)
                 .then(|| Timestamps::new(&device, &queue)),
+            host_work: HostWork::default(),
             adapter: info,
             device,
             queue,

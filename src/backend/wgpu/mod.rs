@@ -59,9 +59,9 @@ pub use adapter::{list_adapters, AdapterSummary};
 pub use memory::WgpuStorage;
 
 use super::{
-    Activation, AttentionSpec, Backend, Eigen, GemmVariant, JlSpec, Matrix64, Moments, OpFamily,
-    Pooling, RopeSpec, SeqFactors, SeqLayout, Tensor, TokenPairing, TrimReference, TrimResult,
-    TrimSpec,
+    Activation, AttentionSpec, Backend, Eigen, GemmVariant, HostWork, JlSpec, Matrix64, Moments,
+    OpFamily, Pooling, RopeSpec, SeqFactors, SeqLayout, Tensor, TokenPairing, TrimReference,
+    TrimResult, TrimSpec,
 };
 use crate::error::Result;
 use device::Pending;
@@ -141,6 +141,8 @@ pub struct WgpuBackend {
     loop_limit: Option<u64>,
     /// The device timer, where the adapter offers timestamp queries.
     timestamps: Option<Timestamps>,
+    /// Set by the faer fallbacks and the trim search's host finish.
+    host_work: HostWork,
 }
 
 impl WgpuBackend {
@@ -304,10 +306,12 @@ impl Backend for WgpuBackend {
     }
 
     fn symmetric_eigen(&self, matrices: &[Matrix64]) -> Result<Vec<Eigen>> {
+        self.host_work.mark();
         stats::symmetric_eigen(matrices)
     }
 
     fn spd_solve(&self, systems: &[(Matrix64, Matrix64)]) -> Result<Vec<Matrix64>> {
+        self.host_work.mark();
         stats::spd_solve(systems)
     }
 

@@ -11,6 +11,7 @@ use crate::error::Result;
 
 /// Starts a timed region where the adapter offers timestamp queries.
 pub(super) fn start_device_timer(backend: &WgpuBackend) -> Result<bool> {
+    backend.host_work.take();
     if backend.timestamps.is_none() {
         return Ok(false);
     }
@@ -19,8 +20,10 @@ pub(super) fn start_device_timer(backend: &WgpuBackend) -> Result<bool> {
 }
 
 /// Submits the region's passes with the resolve of their queries and reads the device seconds
-/// they spanned; `None` where no region could be timed.
+/// they spanned; `None` where no region could be timed or an op computed on the host too
+/// ([`crate::backend::HostWork`]).
 pub(super) fn stop_device_timer(backend: &WgpuBackend) -> Result<Option<f64>> {
+    let host_work = backend.host_work.take();
     let Some(timestamps) = &backend.timestamps else {
         backend.synchronize()?;
         return Ok(None);
@@ -43,7 +46,7 @@ pub(super) fn stop_device_timer(backend: &WgpuBackend) -> Result<Option<f64>> {
         timestamps.region_seconds(bytemuck::cast_slice(&view))
     };
     timestamps.readback.unmap();
-    Ok(Some(seconds))
+    Ok(Some(seconds).filter(|_| !host_work))
 }
 
 /// Passes one timed region can hold; a region with more is reported untimed (host clock).

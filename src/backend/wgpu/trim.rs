@@ -99,6 +99,7 @@ pub(super) fn trim_search(
         );
         let keys = download_words(backend, &keys)?;
         let counts = download_words(backend, &counts)?;
+        backend.host_work.mark();
         results.par_extend(rows.par_iter().enumerate().map(|(r, c)| {
             let n = c.len();
             let values: Vec<f32> = keys[r * width..r * width + n]
