@@ -117,7 +117,8 @@ fn cpu_packed_gemm_matches_faer() {
 /// The AMX GEMM (variant 11: bf16 operands, f32 sums) on sizes that fill no tile, depth step or
 /// block (`k` up to four of its 256-deep blocks), every epilogue (bias, activations, residual,
 /// gated SwiGLU and GeGLU columns), weights f32, f16 and bf16, each output NaN-poisoned first:
-/// within the bf16 tolerance (1e-2) of the f64 reference on the f32 operands, and within f32's
+/// within the bf16 tolerance (1e-2) of the f64 reference on the f32 operands (outputs of 17
+/// values or more), and within f32's
 /// (1e-5) of it on operands rounded to bf16 beforehand — the only rounding the tiles add — so a
 /// misplaced tile or depth pair cannot hide under the bf16 tolerance. Skipped without AMX.
 #[test]
@@ -186,7 +187,12 @@ fn cpu_amx_gemm_matches_the_reference() {
         }
         for case in &cases {
             let mut inputs = case.inputs();
-            check(case, &inputs, 1e-2, "f32");
+            // A lone dot product can cancel far below its terms, where no rounding of the
+            // operands keeps a relative error; over 17 or more outputs the chance that they all
+            // do is nil, and fewer are covered by the rounded operands' check below.
+            if n * m >= 17 {
+                check(case, &inputs, 1e-2, "f32");
+            }
             for operand in &mut inputs.tensors[..2] {
                 *operand = to_bf16(operand);
             }
