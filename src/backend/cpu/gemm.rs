@@ -1,8 +1,10 @@
 //! The GEMM family on the CPU: faer's matmul on every core behind [`gemm`] (also the host GEMM
-//! of `models/` and `instruments/`), and `linear` in one of two variants: 7, that GEMM plus one
+//! of `models/` and `instruments/`), and `linear` in one of three variants: 7, that GEMM plus one
 //! epilogue pass (bias, activation, residual) over its rows; 8, our packed GEMM with the
 //! epilogue applied to each register tile ([`super::gemm_packed`]), which also runs every
-//! `linear` on half-precision weights (faer would need a whole f32 copy of them). The default
+//! `linear` on half-precision weights (faer would need a whole f32 copy of them); 11, opt-in
+//! (`--matmul-precision medium`), bf16 operands on AMX tiles with variant 8's epilogue, on every
+//! weight dtype and size (`super::gemm_amx`, x86-64 only). The default
 //! backend picks between them by weight size ([`super::PACKED_MIN_WEIGHTS`]). `linear_gated`
 //! (SwiGLU) is fused only into ours, which the default backend runs it on at every size; with
 //! faer (the backend opened with variant 7) it is `linear` then `gated_activation`.

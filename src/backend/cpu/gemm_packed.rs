@@ -22,7 +22,8 @@
 //!
 //! f32 weights are packed once and kept with their tensor ([`PackedCache`]: filled by the first
 //! `linear` that reads them, dropped when the tensor is written or freed), up to
-//! [`CACHE_BUDGET_BYTES`] for the whole process. Beyond that budget, and always for f16/bf16
+//! [`CACHE_BUDGET_BYTES`] for the whole process (the AMX GEMM's bf16 tiles, [`super::gemm_amx`],
+//! are kept in the same cache under the same budget). Beyond that budget, and always for f16/bf16
 //! weights (an f32 copy would be twice their size), each task packs its block as it goes,
 //! widening half values to f32 in the packing: the only f32 copy is then one block per task.
 //!
@@ -61,8 +62,9 @@ const KC_MAX: usize = 768;
 /// passes over them: half of this EPYC's 1 MiB, leaving the rest to `x`'s panels and the
 /// output tiles.
 const L2_BLOCK_BYTES: usize = 512 * 1024;
-/// The most bytes of f32 weights the process keeps packed: MiniLM's 90 MB and e5-large's 1.3 GB
-/// fit; past it, weights are packed at every call as half-precision ones are.
+/// The most bytes of packed weights the process keeps (f32 panels here, bf16 tiles for the AMX
+/// GEMM): MiniLM's 90 MB and e5-large's 1.3 GB fit; past it, weights are packed at every call as
+/// half-precision ones are here.
 const CACHE_BUDGET_BYTES: usize = 4 << 30;
 
 /// Bytes held by every [`PackedWeights`] alive, against [`CACHE_BUDGET_BYTES`].

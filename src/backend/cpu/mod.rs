@@ -9,8 +9,9 @@
 //! panel at a time and by `gather_rows` a row at a time; the other ops refuse them.
 //!
 //! Shape: one file per op family, as `kernels/*.cu` and `shaders/*.wgsl` are split — `gemm`
-//! (also the public [`gemm()`] and [`Operand`] of host loops) and `gemm_packed` (GEMM variants
-//! 8 and 9, and every GEMM on half-precision weights), `norm`, `rope`, `attention`,
+//! (also the public [`gemm()`] and [`Operand`] of host loops), `gemm_packed` (GEMM variants
+//! 8 and 9, and every GEMM on half-precision weights) and `gemm_amx` (variant 11, bf16 operands
+//! on AMX tiles, behind [`CpuBackend::with_matmul_precision`]), `norm`, `rope`, `attention`,
 //! `gather`, `pool`, `ntk`, `stats`, `trim` — each holding functions named like the [`Backend`]
 //! methods they implement (`backward` holds the host-slice functions the classifier's backward
 //! pass calls, and in `backward::on_tensors` the backward family's ops over them); `activation`
