@@ -14,10 +14,12 @@ use common::{
     backend_tests, cosine, current_test, reference_tensor, rel_error, repo_path, report_skip,
     run_mscope_ok, wgpu_with,
 };
-use mscope::backend::cpu::CpuBackend;
+use mscope::backend::cpu::{amx_available, CpuBackend};
 use mscope::backend::wgpu::WgpuOptions;
 use mscope::backend::RopeScaling;
-use mscope::backend::{self, Backend, BackendKind, GemmVariant, OpFamily, SeqLayout, Tensor};
+use mscope::backend::{
+    self, Backend, BackendKind, GemmVariant, MatmulPrecision, OpFamily, SeqLayout, Tensor,
+};
 use mscope::instruments::embed::{EncoderOptions, SentenceEncoder};
 use mscope::models::decoder::DecoderConfig;
 use mscope::models::loader::Loader;
@@ -431,6 +433,72 @@ fn embed_cli_pools_the_last_token(be: &Arc<dyn Backend>) {
         let row: Vec<f32> = row.iter().map(|&v| v as f32).collect();
         let cos = cosine(&row, &last);
         assert!(cos >= 0.9999, "{}: text {i} cosine {cos}", be.name());
+    }
+}
+
+/// `--matmul-precision medium` on the CPU (AMX tiles, GEMM variant 11: activations rounded to
+/// bf16, f32 sums): the f32 and bf16 Mistral fixtures within half precision's tolerance of
+/// transformers' f32 hidden states, yet not equal to the f32 path's (the tiles did run), and
+/// `mscope embed --matmul-precision medium`'s last-token rows (as directions) within it too.
+/// Skipped without AMX.
+#[test]
+fn cpu_medium_matmul_precision_matches_transformers() {
+    if !amx_available() {
+        report_skip(&current_test(), "cpu", "this CPU has no AMX-BF16 tile unit");
+        return;
+    }
+    let medium = CpuBackend::new().with_matmul_precision(MatmulPrecision::Medium);
+    assert_eq!(medium.gemm_variant(), GemmVariant::AmxBf16);
+    let medium: Arc<dyn Backend> = Arc::new(medium);
+    let highest: Arc<dyn Backend> = Arc::new(CpuBackend::new());
+    let texts = reference_texts();
+    for model in ["tiny-mistral", "tiny-mistral-bf16"] {
+        check_against_transformers(&medium, model, HALF_TOL);
+        let dir = repo_path(&format!("tests/fixtures/{model}"));
+        let (_, bf16, _) = hidden_states(&medium, &dir, WeightsDtype::Auto, &texts);
+        let (_, f32, _) = hidden_states(&highest, &dir, WeightsDtype::Auto, &texts);
+        assert_ne!(bf16, f32, "{model}: medium ran the f32 GEMM");
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("texts.jsonl");
+    let lines: Vec<String> = texts
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let out = tmp.path().join("emb.safetensors");
+    let model = repo_path("tests/fixtures/tiny-mistral-bf16");
+    run_mscope_ok(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--matmul-precision",
+        "medium",
+    ]);
+    let (shape, got) = reference_tensor(out.to_str().unwrap(), "embeddings");
+    let dim = shape[1];
+    assert_eq!(shape, [texts.len(), dim]);
+    for (i, row) in got.chunks(dim).enumerate() {
+        let (_, want) = reference_tensor(REFERENCE, &format!("tiny-mistral-bf16/hidden/{i}"));
+        let last: Vec<f32> = want[want.len() - dim..].iter().map(|&v| v as f32).collect();
+        let row: Vec<f32> = row.iter().map(|&v| v as f32).collect();
+        // Compared as directions: whether `embed` normalises is not what this checks.
+        let unit = |v: &[f32]| -> Vec<f32> {
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter().map(|x| x / norm).collect()
+        };
+        let err = rel_error(&unit(&row), &unit(&last));
+        assert!(
+            err < HALF_TOL,
+            "embed --matmul-precision medium: text {i} relative error {err:e}"
+        );
     }
 }
 

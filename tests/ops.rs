@@ -7,14 +7,17 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{backend_tests, check_case, poisoned, reference_tensor, rel_error, repo_path};
+use common::{
+    backend_tests, check_case, current_test, poisoned, reference_tensor, rel_error, repo_path,
+    report_skip,
+};
 use half::{bf16, f16};
-use mscope::backend::cpu::CpuBackend;
+use mscope::backend::cpu::{amx_available, CpuBackend};
 use mscope::backend::{
     Activation, AttentionSpec, AttentionVariant, Backend, GemmVariant, Pooling, RopeFrequencies,
     RopeScaling, RopeSpec, SeqLayout,
 };
-use mscope::bench::cases::{CaseOp, Linear, LinearGated, OpCase, WeightsIn};
+use mscope::bench::cases::{CaseOp, Fill, Inputs, Linear, LinearGated, OpCase, WeightsIn};
 use mscope::models;
 
 /// transformers' decoder references (tools/make_decoder_fixtures.py), which hold its RoPE
@@ -108,6 +111,93 @@ fn cpu_packed_gemm_matches_faer() {
         let (_, got) = check_case(&packed, &case);
         let err = rel_error(&got, &want);
         assert!(err < 1e-5, "{}: packed is {err:e} from faer", case.name);
+    }
+}
+
+/// The AMX GEMM (variant 11: bf16 operands, f32 sums) on sizes that fill no tile, depth step or
+/// block (`k` up to four of its 256-deep blocks), every epilogue (bias, activations, residual,
+/// gated SwiGLU and GeGLU columns), weights f32, f16 and bf16, each output NaN-poisoned first:
+/// within the bf16 tolerance (1e-2) of the f64 reference on the f32 operands (outputs of 17
+/// values or more), and within f32's
+/// (1e-5) of it on operands rounded to bf16 beforehand — the only rounding the tiles add — so a
+/// misplaced tile or depth pair cannot hide under the bf16 tolerance. Skipped without AMX.
+#[test]
+fn cpu_amx_gemm_matches_the_reference() {
+    if !amx_available() {
+        report_skip(&current_test(), "cpu", "this CPU has no AMX-BF16 tile unit");
+        return;
+    }
+    let be: Arc<dyn Backend> = Arc::new(CpuBackend::with_gemm(GemmVariant::AmxBf16));
+    let to_bf16 =
+        |v: &[f32]| -> Vec<f32> { v.iter().map(|&v| bf16::from_f32(v).to_f32()).collect() };
+    let check = |case: &OpCase, inputs: &Inputs, tol: f64, operands: &str| {
+        let mut instance = case.instance(&be, inputs, Fill::Nan).unwrap();
+        instance.run().unwrap();
+        let got = instance.output().unwrap();
+        let want: Vec<f32> = case.reference(inputs).iter().map(|&v| v as f32).collect();
+        let err = rel_error(&got, &want);
+        assert!(
+            err < tol,
+            "amx {} ({}), {operands} operands: relative error {err:e}",
+            case.name,
+            case.shape()
+        );
+    };
+    let weights = [WeightsIn::F32, WeightsIn::F16, WeightsIn::Bf16];
+    let linear = [
+        (Activation::Identity, false, false),
+        (Activation::Gelu, true, false),
+        (Activation::Silu, true, true),
+        (Activation::GeluTanh, false, true),
+    ];
+    let gated = [(Activation::Silu, true), (Activation::Gelu, false)];
+    let sizes = [1, 17, 45]
+        .into_iter()
+        .flat_map(|n| [1, 31, 384, 1000].map(|k| (n, k)))
+        .flat_map(|(n, k)| [1, 17, 100].map(|m| (n, k, m)))
+        .chain([(130, 700, 300)]);
+    for (s, (n, k, m)) in sizes.enumerate() {
+        let mut cases = Vec::new();
+        for (i, (act, bias, residual)) in linear.into_iter().enumerate() {
+            let weights = weights[(s + i) % 3];
+            let op = Linear {
+                n,
+                k,
+                m,
+                act,
+                bias,
+                residual,
+                weights,
+            };
+            let name = format!("linear {act:?} bias={bias} residual={residual} {weights:?}");
+            cases.push(OpCase::new(name, s as u64, CaseOp::Linear(op)));
+        }
+        for (i, (act, bias)) in gated.into_iter().enumerate() {
+            let weights = weights[(s + i + 1) % 3];
+            let op = LinearGated {
+                n,
+                k,
+                m,
+                act,
+                bias,
+                weights,
+            };
+            let name = format!("linear_gated {act:?} bias={bias} {weights:?}");
+            cases.push(OpCase::new(name, s as u64, CaseOp::LinearGated(op)));
+        }
+        for case in &cases {
+            let mut inputs = case.inputs();
+            // A lone dot product can cancel far below its terms, where no rounding of the
+            // operands keeps a relative error; over 17 or more outputs the chance that they all
+            // do is nil, and fewer are covered by the rounded operands' check below.
+            if n * m >= 17 {
+                check(case, &inputs, 1e-2, "f32");
+            }
+            for operand in &mut inputs.tensors[..2] {
+                *operand = to_bf16(operand);
+            }
+            check(case, &inputs, 1e-5, "bf16-rounded");
+        }
     }
 }
 

@@ -42,6 +42,42 @@ pub enum BackendKind {
     Cuda,
 }
 
+/// How precisely `linear` multiplies f32 operands, after torch's
+/// `set_float32_matmul_precision`: a hint a backend follows where its hardware has the kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum MatmulPrecision {
+    /// f32 products and sums: every backend's contract.
+    #[default]
+    Highest,
+    /// bf16-rounded activations and weights, f32 sums (relative error about 1e-3): on the CPU,
+    /// AMX tiles (GEMM variant 11) where it has them; other backends keep their f32 GEMM.
+    Medium,
+}
+
+/// [`open`] with `linear`'s operands at `precision` ([`MatmulPrecision`]): `Medium` reaches the
+/// CPU backend; another backend keeps its own GEMM, after one line on stderr.
+pub fn open_with_precision(
+    kind: BackendKind,
+    family: OpFamily,
+    precision: MatmulPrecision,
+) -> Result<Arc<dyn Backend>> {
+    let cpu = || cpu::CpuBackend::from_env().with_matmul_precision(precision);
+    let be = match kind {
+        BackendKind::Cpu => return Ok(Arc::new(cpu())),
+        _ => open(kind, family)?,
+    };
+    if be.name() == "cpu" {
+        return Ok(Arc::new(cpu()));
+    }
+    if precision == MatmulPrecision::Medium {
+        eprintln!(
+            "mscope: --matmul-precision medium applies to the CPU backend; {} keeps its f32 GEMM",
+            be.name()
+        );
+    }
+    Ok(be)
+}
+
 /// Opens the backend `kind` names for work of `family`. `Auto` picks a hardware backend that
 /// implements `family`, else the CPU — never a software wgpu adapter (lavapipe is for testing
 /// kernels, slower than the CPU path). An explicit kind is opened as asked; ops it lacks report

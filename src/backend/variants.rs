@@ -35,11 +35,16 @@ pub enum GemmVariant {
     /// a multistage mbarrier pipeline, f32 accumulation, relative error about 1e-3 like variant 4;
     /// opt-in (CUDA, sm_90 only; shapes TMA cannot describe run variant 4).
     WgmmaBf16,
+    /// 11 — Intel AMX tiles: `tdpbf16ps` on bf16 activations and weights (f32 and f16 weights
+    /// rounded as they are packed), f32 accumulation, a 32×32 output tile per step from a 2×2
+    /// block of tile registers, the epilogue of variant 8; relative error about 1e-3, so opt-in
+    /// (CPU with AMX-BF16: `--matmul-precision medium`).
+    AmxBf16,
 }
 
 impl GemmVariant {
     /// Every variant, in the order of its number.
-    pub const ALL: [GemmVariant; 10] = [
+    pub const ALL: [GemmVariant; 11] = [
         GemmVariant::Naive,
         GemmVariant::Tiled,
         GemmVariant::Direct,
@@ -50,6 +55,7 @@ impl GemmVariant {
         GemmVariant::Packed,
         GemmVariant::PackedF16,
         GemmVariant::WgmmaBf16,
+        GemmVariant::AmxBf16,
     ];
 
     pub fn number(self) -> u32 {
@@ -64,6 +70,7 @@ impl GemmVariant {
             GemmVariant::Packed => 8,
             GemmVariant::PackedF16 => 9,
             GemmVariant::WgmmaBf16 => 10,
+            GemmVariant::AmxBf16 => 11,
         }
     }
 
@@ -84,13 +91,17 @@ impl GemmVariant {
             GemmVariant::Packed => "packed",
             GemmVariant::PackedF16 => "packed-f16",
             GemmVariant::WgmmaBf16 => "wgmma-bf16",
+            GemmVariant::AmxBf16 => "amx-bf16",
         }
     }
 
     /// Whether the kernel multiplies bf16-rounded activations and weights (f32 accumulation), so
     /// its results carry the half-precision tolerance.
     pub fn bf16_operands(self) -> bool {
-        matches!(self, GemmVariant::MmaBf16 | GemmVariant::WgmmaBf16)
+        matches!(
+            self,
+            GemmVariant::MmaBf16 | GemmVariant::WgmmaBf16 | GemmVariant::AmxBf16
+        )
     }
 
     /// Whether the kernel reads f16 weights (uploaded by [`crate::backend::Backend::upload_f16`]).

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::cpu::CpuBackend;
+use crate::backend::cpu::{amx_available, CpuBackend};
 use crate::backend::cuda::{CudaBackend, CudaOptions};
 use crate::backend::wgpu::{WgpuBackend, WgpuOptions};
 use crate::backend::{self, AttentionVariant, Backend, BackendKind, GemmVariant, OpFamily};
@@ -83,6 +83,11 @@ pub fn open(kind: BackendKind, variant: Option<u32>) -> Result<Target> {
                 &CpuBackend::GEMM_VARIANTS,
                 &AttentionVariant::CPU,
             )?;
+            if picked_gemm == Some(GemmVariant::AmxBf16) && !amx_available() {
+                return Err(Error::input(
+                    "--variant 11: this CPU has no AMX-BF16 tile unit (or the kernel refused it)",
+                ));
+            }
             let be = picked_gemm
                 .map_or_else(CpuBackend::new, CpuBackend::with_gemm)
                 .with_attention(picked_attention.or(CpuBackend::from_env().attention_variant()));

@@ -1,8 +1,10 @@
 //! The GEMM family on the CPU: faer's matmul on every core behind [`gemm`] (also the host GEMM
-//! of `models/` and `instruments/`), and `linear` in one of two variants: 7, that GEMM plus one
+//! of `models/` and `instruments/`), and `linear` in one of three variants: 7, that GEMM plus one
 //! epilogue pass (bias, activation, residual) over its rows; 8, our packed GEMM with the
 //! epilogue applied to each register tile ([`super::gemm_packed`]), which also runs every
-//! `linear` on half-precision weights (faer would need a whole f32 copy of them). The default
+//! `linear` on half-precision weights (faer would need a whole f32 copy of them); 11, opt-in
+//! (`--matmul-precision medium`), bf16 operands on AMX tiles with variant 8's epilogue, on every
+//! weight dtype and size (`super::gemm_amx`, x86-64 only). The default
 //! backend picks between them by weight size ([`super::PACKED_MIN_WEIGHTS`]). `linear_gated`
 //! (SwiGLU) is fused only into ours, which the default backend runs it on at every size; with
 //! faer (the backend opened with variant 7) it is `linear` then `gated_activation`.
@@ -111,9 +113,11 @@ pub(super) fn gated_activation(gate_up: &Tensor, act: Activation, out: &mut Tens
     Ok(())
 }
 
-/// `linear_gated` fused into our packed GEMM (variant 8): the gate and up rows share each
-/// register tile, which is finished as `act(gate) ⊙ up` and stored at half its width.
+/// `linear_gated` fused into our packed GEMM (variant 8), or the AMX one (11): the gate and up
+/// rows share each output tile, which is finished as `act(gate) ⊙ up` and stored at half its
+/// width.
 pub(super) fn linear_gated(
+    variant: GemmVariant,
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
@@ -127,18 +131,30 @@ pub(super) fn linear_gated(
         residual: None,
         gated: true,
     };
-    gemm_packed::linear(
-        values(x)?,
-        (n, k, m),
-        &matrix(w)?,
-        Some(&w.cpu_packed),
-        &epilogue,
-        values_mut(out)?,
-    );
+    packed_linear(variant, x, (n, k, m), w, &epilogue, out)
+}
+
+/// `linear` on our packed GEMM (variant 8 or 9), or on the AMX one where `variant` is 11.
+fn packed_linear(
+    variant: GemmVariant,
+    x: &Tensor,
+    shape: (usize, usize, usize),
+    w: &Tensor,
+    epilogue: &gemm_packed::Epilogue<'_>,
+    out: &mut Tensor,
+) -> Result<()> {
+    let (x, weights, cache) = (values(x)?, matrix(w)?, Some(&w.cpu_packed));
+    #[cfg(target_arch = "x86_64")]
+    if variant == GemmVariant::AmxBf16 {
+        super::gemm_amx::linear(x, shape, &weights, cache, epilogue, values_mut(out)?);
+        return Ok(());
+    }
+    gemm_packed::linear(x, shape, &weights, cache, epilogue, values_mut(out)?);
     Ok(())
 }
 
-/// `linear` on `variant` (7 or 8) for f32 weights; half-precision weights always run variant 8.
+/// `linear` on `variant` (7, 8 or 11) for f32 weights; half-precision weights run variant 8, or
+/// 11 when asked.
 pub(super) fn linear(
     variant: GemmVariant,
     x: &Tensor,
@@ -150,22 +166,14 @@ pub(super) fn linear(
 ) -> Result<()> {
     let (n, k, m) = shapes::linear(x, w, bias, residual, out)?;
     let weights = matrix(w)?;
-    if matches!(weights, Matrix::Half(_)) || variant == GemmVariant::Packed {
+    if matches!(weights, Matrix::Half(_)) || variant != GemmVariant::Faer {
         let epilogue = gemm_packed::Epilogue {
             bias: bias.map(values).transpose()?,
             act,
             residual: residual.map(values).transpose()?,
             gated: false,
         };
-        gemm_packed::linear(
-            values(x)?,
-            (n, k, m),
-            &weights,
-            Some(&w.cpu_packed),
-            &epilogue,
-            values_mut(out)?,
-        );
-        return Ok(());
+        return packed_linear(variant, x, (n, k, m), w, &epilogue, out);
     }
     gemm(
         values_mut(out)?,

@@ -22,7 +22,8 @@
 //!
 //! f32 weights are packed once and kept with their tensor ([`PackedCache`]: filled by the first
 //! `linear` that reads them, dropped when the tensor is written or freed), up to
-//! [`CACHE_BUDGET_BYTES`] for the whole process. Beyond that budget, and always for f16/bf16
+//! [`CACHE_BUDGET_BYTES`] for the whole process (the AMX GEMM's bf16 tiles, [`super::gemm_amx`],
+//! are kept in the same cache under the same budget). Beyond that budget, and always for f16/bf16
 //! weights (an f32 copy would be twice their size), each task packs its block as it goes,
 //! widening half values to f32 in the packing: the only f32 copy is then one block per task.
 //!
@@ -61,8 +62,9 @@ const KC_MAX: usize = 768;
 /// passes over them: half of this EPYC's 1 MiB, leaving the rest to `x`'s panels and the
 /// output tiles.
 const L2_BLOCK_BYTES: usize = 512 * 1024;
-/// The most bytes of f32 weights the process keeps packed: MiniLM's 90 MB and e5-large's 1.3 GB
-/// fit; past it, weights are packed at every call as half-precision ones are.
+/// The most bytes of packed weights the process keeps (f32 panels here, bf16 tiles for the AMX
+/// GEMM): MiniLM's 90 MB and e5-large's 1.3 GB fit; past it, weights are packed at every call as
+/// half-precision ones are here.
 const CACHE_BUDGET_BYTES: usize = 4 << 30;
 
 /// Bytes held by every [`PackedWeights`] alive, against [`CACHE_BUDGET_BYTES`].
@@ -81,7 +83,7 @@ pub(super) struct Epilogue<'a> {
 
 /// Output columns one panel of `NR` lanes finishes: `NR`, or `NR / 2` when gated (half its
 /// lanes gates, half ups).
-const fn panel_columns<const NR: usize>(gated: bool) -> usize {
+pub(super) const fn panel_columns<const NR: usize>(gated: bool) -> usize {
     if gated {
         NR / 2
     } else {
@@ -92,44 +94,91 @@ const fn panel_columns<const NR: usize>(gated: bool) -> usize {
 /// The weight row in lane `lane` of panel `panel`, for `m` output columns (`None`: a padding
 /// lane): row `panel · NR + lane`, or gated, the gate of column `c` in lane `c mod NR/2` and its
 /// up (row `m + c`) `NR / 2` lanes later.
-fn panel_row<const NR: usize>(gated: bool, m: usize, panel: usize, lane: usize) -> Option<usize> {
+pub(super) fn panel_row<const NR: usize>(
+    gated: bool,
+    m: usize,
+    panel: usize,
+    lane: usize,
+) -> Option<usize> {
     let columns = panel_columns::<NR>(gated);
     let column = panel * columns + lane % columns;
     let up = if gated && lane >= columns { m } else { 0 };
     (column < m).then_some(up + column)
 }
 
-/// f32 weights packed for one microkernel width `nr` and `m` output columns (plain or gated):
-/// panel `jp` at `jp · k · nr`, its column `p` at `p · nr`, padding lanes zero.
-struct PackedWeights {
+/// What a packed copy of weights was made for: the panel width `nr`, depth `k` and `m` output
+/// columns (plain or gated).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct PackKey {
     nr: usize,
     k: usize,
     m: usize,
     gated: bool,
-    values: Vec<f32>,
 }
 
-impl Drop for PackedWeights {
+/// Weights packed for one [`PackKey`]: f32 for this module's microkernels, bf16 bits for the
+/// AMX GEMM's tiles ([`super::gemm_amx`]).
+struct PackedWeights<T> {
+    key: PackKey,
+    values: Vec<T>,
+}
+
+impl<T> Drop for PackedWeights<T> {
     fn drop(&mut self) {
-        CACHED_BYTES.fetch_sub(self.values.len() * 4, Ordering::Relaxed);
+        let bytes = std::mem::size_of_val(&self.values[..]);
+        CACHED_BYTES.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 
-/// A tensor's weights packed for `linear` on f32 weights: empty until the first call reads them,
-/// `None` inside when the process's budget was spent then. A tensor holds one, emptied whenever
-/// its values are borrowed for writing, so it never outlives the values it copies.
+/// One packed form of a tensor's weights: empty until the first call reads them, `None` inside
+/// when the process's budget was spent then.
+type PackedSlot<T> = OnceLock<Option<PackedWeights<T>>>;
+
+/// A tensor's weights packed for `linear`: in f32 for this module's microkernels (f32 weights
+/// only) and in bf16 for the AMX GEMM's tiles, each filled by the first call of its GEMM. A
+/// tensor holds one, emptied whenever its values are borrowed for writing, so it never outlives
+/// the values it copies.
 #[derive(Default)]
-pub(crate) struct PackedCache(OnceLock<Option<PackedWeights>>);
+pub(crate) struct PackedCache {
+    f32: PackedSlot<f32>,
+    bf16: PackedSlot<u16>,
+}
 
 impl std::fmt::Debug for PackedCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match self.0.get() {
-            None => "empty",
-            Some(None) => "over budget",
-            Some(Some(_)) => "packed",
-        };
-        write!(f, "PackedCache({state})")
+        fn state<T>(slot: &PackedSlot<T>) -> &'static str {
+            match slot.get() {
+                None => "empty",
+                Some(None) => "over budget",
+                Some(Some(_)) => "packed",
+            }
+        }
+        let (f32, bf16) = (state(&self.f32), state(&self.bf16));
+        write!(f, "PackedCache(f32 {f32}, bf16 {bf16})")
     }
+}
+
+/// The values in `slot` when they were packed for `key`; on the slot's first call, `len` values
+/// packed now by `fill` (given zeros) if the budget allows.
+fn get_or_pack_with<T: Clone + Default>(
+    slot: &PackedSlot<T>,
+    key: PackKey,
+    len: usize,
+    fill: impl FnOnce(&mut [T]),
+) -> Option<&[T]> {
+    let packed = slot.get_or_init(|| {
+        let bytes = len * std::mem::size_of::<T>();
+        CACHED_BYTES
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                (used + bytes <= CACHE_BUDGET_BYTES).then_some(used + bytes)
+            })
+            .ok()?;
+        let mut values = vec![T::default(); len];
+        fill(&mut values);
+        Some(PackedWeights { key, values })
+    });
+    let packed = packed.as_ref()?;
+    (packed.key == key).then_some(&packed.values[..])
 }
 
 impl PackedCache {
@@ -143,14 +192,14 @@ impl PackedCache {
         m: usize,
         gated: bool,
     ) -> Option<&[f32]> {
-        let packed = self.0.get_or_init(|| {
-            let len = m.div_ceil(panel_columns::<NR>(gated)) * NR * k;
-            CACHED_BYTES
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                    (used + 4 * len <= CACHE_BUDGET_BYTES).then_some(used + 4 * len)
-                })
-                .ok()?;
-            let mut values = vec![0.0f32; len];
+        let key = PackKey {
+            nr: NR,
+            k,
+            m,
+            gated,
+        };
+        let len = m.div_ceil(panel_columns::<NR>(gated)) * NR * k;
+        get_or_pack_with(&self.f32, key, len, |values| {
             if k > 0 {
                 values.par_chunks_mut(k * NR).enumerate().for_each_init(
                     Vec::new,
@@ -159,17 +208,22 @@ impl PackedCache {
                     },
                 );
             }
-            Some(PackedWeights {
-                nr: NR,
-                k,
-                m,
-                gated,
-                values,
-            })
-        });
-        let packed = packed.as_ref()?;
-        let same = (packed.nr, packed.k, packed.m, packed.gated) == (NR, k, m, gated);
-        same.then_some(&packed.values[..])
+        })
+    }
+
+    /// The weights' bf16 tile layout for panels of `nr` rows, depth `k` and `m` output columns:
+    /// `len` values `fill` packs on the first call; `None` when they are not kept (over budget,
+    /// or packed for another shape).
+    pub(super) fn get_or_pack_bf16(
+        &self,
+        nr: usize,
+        k: usize,
+        m: usize,
+        gated: bool,
+        len: usize,
+        fill: impl FnOnce(&mut [u16]),
+    ) -> Option<&[u16]> {
+        get_or_pack_with(&self.bf16, PackKey { nr, k, m, gated }, len, fill)
     }
 }
 
@@ -350,7 +404,7 @@ fn blocked<const MR: usize, const NR: usize>(
 /// Part `i` of `total` items cut into `parts` consecutive parts whose sizes differ by at most
 /// one: blocks of equal cost, where whole-panel blocks of the rounded-up size left the last one
 /// short (SmolLM2's 18 output panels as 5 + 5 + 5 + 3 kept one core idle a ninth of the time).
-fn even_share(total: usize, parts: usize, i: usize) -> Range<usize> {
+pub(super) fn even_share(total: usize, parts: usize, i: usize) -> Range<usize> {
     i * total / parts..(i + 1) * total / parts
 }
 
@@ -468,7 +522,7 @@ impl SharedOut {
     /// # Safety
     /// `rows × cols` lies inside the output, and no other thread touches it meanwhile.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn store<const MR: usize, const NR: usize>(
+    pub(super) unsafe fn store<const MR: usize, const NR: usize>(
         self,
         tile: &mut [[f32; NR]; MR],
         rows: Range<usize>,

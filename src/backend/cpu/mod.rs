@@ -9,8 +9,9 @@
 //! panel at a time and by `gather_rows` a row at a time; the other ops refuse them.
 //!
 //! Shape: one file per op family, as `kernels/*.cu` and `shaders/*.wgsl` are split — `gemm`
-//! (also the public [`gemm()`] and [`Operand`] of host loops) and `gemm_packed` (GEMM variants
-//! 8 and 9, and every GEMM on half-precision weights), `norm`, `rope`, `attention`,
+//! (also the public [`gemm()`] and [`Operand`] of host loops), `gemm_packed` (GEMM variants
+//! 8 and 9, and every GEMM on half-precision weights) and `gemm_amx` (variant 11, bf16 operands
+//! on AMX tiles, behind [`CpuBackend::with_matmul_precision`]), `norm`, `rope`, `attention`,
 //! `gather`, `pool`, `ntk`, `stats`, `trim` — each holding functions named like the [`Backend`]
 //! methods they implement (`backward` holds the host-slice functions the classifier's backward
 //! pass calls, and in `backward::on_tensors` the backward family's ops over them); `activation`
@@ -21,8 +22,8 @@
 
 use super::{
     shapes, Activation, AttentionSpec, AttentionVariant, Backend, DropoutMask, Eigen, GemmVariant,
-    JlSpec, Matrix64, Moments, OpFamily, Pooling, RopeSpec, SeqFactors, SeqLayout, Storage, Tensor,
-    TokenPairing, TrimReference, TrimResult, TrimSpec,
+    JlSpec, MatmulPrecision, Matrix64, Moments, OpFamily, Pooling, RopeSpec, SeqFactors, SeqLayout,
+    Storage, Tensor, TokenPairing, TrimReference, TrimResult, TrimSpec,
 };
 use crate::error::Result;
 use crate::tensor::{HalfMatrix, SharedBytes};
@@ -35,6 +36,8 @@ pub mod backward;
 mod common;
 mod gather;
 mod gemm;
+#[cfg(target_arch = "x86_64")]
+mod gemm_amx;
 mod gemm_packed;
 mod norm;
 mod ntk;
@@ -44,6 +47,15 @@ mod stats;
 mod trim;
 
 pub use gemm::{gemm, gemm_in_task, Operand};
+
+/// Whether this CPU runs GEMM variant 11: AMX with bf16 products, and the kernel's permission
+/// to use the tiles (asked for once per process).
+pub fn amx_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return gemm_amx::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
 pub(crate) use gemm_packed::PackedCache;
 
 /// `sums[i] += f64::from(row[i])` for every `i`: a row added into f64 accumulators (a cluster's
@@ -78,11 +90,12 @@ pub struct CpuBackend {
 }
 
 impl CpuBackend {
-    /// faer's GEMM, and ours on f32 and on f16 weights.
-    pub const GEMM_VARIANTS: [GemmVariant; 3] = [
+    /// faer's GEMM, ours on f32 and on f16 weights, and ours on AMX tiles (bf16 operands).
+    pub const GEMM_VARIANTS: [GemmVariant; 4] = [
         GemmVariant::Faer,
         GemmVariant::Packed,
         GemmVariant::PackedF16,
+        GemmVariant::AmxBf16,
     ];
 
     /// The CPU backend with its default GEMM, chosen per weight matrix: ours (variant 8) for
@@ -99,12 +112,38 @@ impl CpuBackend {
     }
 
     /// The CPU backend running `linear` on f32 weights with `variant` (7 or 8; 9 is 8, on the
-    /// f16 weights a caller uploads).
+    /// f16 weights a caller uploads; 11, AMX, runs every `linear` and `linear_gated`, on all
+    /// weights). Where the CPU lacks AMX, 11 is refused for 8 with one line on stderr.
     pub fn with_gemm(variant: GemmVariant) -> Self {
+        let gemm = match variant.on_f32_weights() {
+            GemmVariant::AmxBf16 if !amx_available() => {
+                eprintln!(
+                    "mscope: this CPU has no AMX-BF16 tile unit (or the kernel refused it): \
+                     GEMM variant 11 runs the f32 packed GEMM (8)"
+                );
+                GemmVariant::Packed
+            }
+            other => other,
+        };
         CpuBackend {
-            gemm: variant.on_f32_weights(),
+            gemm,
             by_size: false,
             attention: None,
+        }
+    }
+
+    /// This backend with `linear`'s operands at `precision`, as torch's
+    /// `set_float32_matmul_precision` sets them: `Highest` keeps it as it is (f32), `Medium`
+    /// runs every GEMM on AMX tiles with bf16 operands and f32 sums (variant 11) — where the
+    /// CPU has them; elsewhere the setting is a hint, and the f32 path runs after one line on
+    /// stderr.
+    pub fn with_matmul_precision(self, precision: MatmulPrecision) -> Self {
+        match precision {
+            MatmulPrecision::Highest => self,
+            MatmulPrecision::Medium => CpuBackend {
+                attention: self.attention,
+                ..Self::with_gemm(GemmVariant::AmxBf16)
+            },
         }
     }
 
@@ -247,8 +286,8 @@ impl Backend for CpuBackend {
         out: &mut Tensor,
     ) -> Result<()> {
         let half = matches!(w.storage, Storage::CpuHalf(_));
-        if half || self.gemm == GemmVariant::Packed {
-            gemm::linear_gated(x, w, bias, act, out)
+        if half || self.gemm != GemmVariant::Faer {
+            gemm::linear_gated(self.gemm, x, w, bias, act, out)
         } else {
             super::linear_then_gated(self, x, w, bias, act, gate_up, out)
         }

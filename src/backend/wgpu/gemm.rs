@@ -54,7 +54,8 @@ fn kernel(variant: GemmVariant) -> Option<Kernel> {
         | GemmVariant::Faer
         | GemmVariant::Packed
         | GemmVariant::PackedF16
-        | GemmVariant::WgmmaBf16 => None,
+        | GemmVariant::WgmmaBf16
+        | GemmVariant::AmxBf16 => None,
     }
 }
 
