@@ -5,7 +5,9 @@
 //! GEMM through the backend for FLOP/s, a copy for bytes/s). Each case counts its work — FLOPs
 //! and the compulsory bytes (inputs read once, outputs written once) — so its floor is
 //! `max(flops / FLOP ceiling, bytes / byte ceiling)`, and its roofline fraction is that floor over
-//! the median time. Pipelines report items per second instead.
+//! the median time. GEMM variants that multiply bf16 operands (tensor cores, AMX) get no fraction:
+//! no probe measures a bf16 ceiling, and their anchors (PyTorch's bf16 matmuls) are the
+//! comparison. Pipelines report items per second instead.
 
 pub mod cases;
 mod kernels;
@@ -67,6 +69,9 @@ impl Scale {
 pub enum Precision {
     F32,
     F64,
+    /// bf16 operands with f32 sums (tensor cores, AMX tiles): no probe measures their ceiling,
+    /// and the f32 one would put them far above 100%, so such cases get no roofline fraction.
+    Bf16,
 }
 
 /// What one run of a case does, counted from its shapes.
@@ -443,11 +448,15 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
                 Ok((prepared, timing))
             });
             match timed {
-                Ok((prepared, timing)) => {
+                Ok((mut prepared, timing)) => {
+                    let gemm = case.gemm_variant(target);
+                    if gemm.is_some_and(GemmVariant::bf16_operands) && prepared.work.flops > 0.0 {
+                        prepared.work.precision = Some(Precision::Bf16);
+                    }
                     let measured = Measured {
                         name: case.name.clone(),
                         backend: be.name().to_string(),
-                        variant: match case.gemm_variant(target) {
+                        variant: match gemm {
                             Some(gemm) => Some(KernelVariant::Gemm(gemm)),
                             None if case.runs_attention() => {
                                 target.picked_attention.map(KernelVariant::Attention)

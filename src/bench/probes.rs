@@ -53,6 +53,7 @@ impl Ceilings {
         let compute = match work.precision {
             Some(Precision::F32) => Some(self.f32_gflops),
             Some(Precision::F64) => self.f64_gflops,
+            Some(Precision::Bf16) => return None,
             None => None,
         }
         .map(|gflops| (work.flops / (gflops * 1e9), Bound::Compute));
@@ -293,5 +294,34 @@ mod fma {
         // SAFETY: `lanes` holds 8 f32s; storeu has no alignment requirement.
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), total) };
         lanes.iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roofline_takes_the_binding_ceiling_and_none_for_bf16() {
+        let ceilings = Ceilings {
+            f32_gflops: 100.0,
+            f64_gflops: Some(50.0),
+            gbps: 10.0,
+        };
+        // 1e9 FLOPs at 100 GFLOP/s: 10 ms floor, against 1e7 bytes at 10 GB/s (1 ms).
+        let gemm = Work::f32(1e9, 1e7);
+        assert_eq!(ceilings.roofline(&gemm, 0.02), Some((0.5, Bound::Compute)));
+        let copy = Work::bytes(1e9);
+        assert_eq!(ceilings.roofline(&copy, 0.2), Some((0.5, Bound::Memory)));
+        let f64_gemm = Work::f64(1e9, 0.0);
+        assert_eq!(
+            ceilings.roofline(&f64_gemm, 0.04),
+            Some((0.5, Bound::Compute))
+        );
+        let bf16_gemm = Work {
+            precision: Some(Precision::Bf16),
+            ..Work::f32(1e9, 1e7)
+        };
+        assert_eq!(ceilings.roofline(&bf16_gemm, 0.02), None);
     }
 }
