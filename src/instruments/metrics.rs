@@ -24,6 +24,9 @@ pub struct ModelMetrics {
 /// Bins of the expected calibration error.
 pub const ECE_BINS: usize = 15;
 
+/// Points whose predictions [`model_metrics`] makes before it tallies them (4 KiB of them).
+const PREDICTION_BLOCK: usize = 256;
+
 /// Accuracy, churn and ECE of every model; `labels` already checked by [`Scores::check_labels`].
 pub fn model_metrics(scores: &Scores, labels: Option<&[i64]>) -> Vec<ModelMetrics> {
     match scores.classes {
@@ -73,8 +76,7 @@ fn metrics_of(
     (0..m)
         .into_par_iter()
         .map(|model| {
-            let points = scores.model(model).chunks_exact(c);
-            // One pass per model, nothing stored per point: the other models that disagree at
+            // One pass per model, nothing kept per point: the other models that disagree at
             // p (M minus those voting for this model's label), the points off the majority,
             // and with labels the right ones and the ECE bins. The confidence (an `exp` per
             // point, most of the cost) only where ECE needs it.
@@ -83,15 +85,25 @@ fn metrics_of(
             let mut tally = Tally::default();
             match labels {
                 Some(y) => {
-                    for (p, point) in points.enumerate() {
-                        let (l, confidence) = predict(point);
-                        disagreements += u64::from(m as u32 - votes[p * k + l]);
-                        off_majority += usize::from(l as u32 != majority[p]);
-                        tally.add(confidence, l as i64 == y[p]);
+                    // The predictions a block at a time, then their tally: back to back, the
+                    // `exp` calls overlap in the core's reorder window, which the tally's
+                    // instructions between them would fill.
+                    let mut predictions = [(0usize, 0.0f64); PREDICTION_BLOCK];
+                    for (b, block) in scores.model(model).chunks(PREDICTION_BLOCK * c).enumerate() {
+                        let predictions = &mut predictions[..block.len() / c];
+                        for (slot, point) in predictions.iter_mut().zip(block.chunks_exact(c)) {
+                            *slot = predict(point);
+                        }
+                        let first = b * PREDICTION_BLOCK;
+                        for (p, &(l, confidence)) in (first..).zip(predictions.iter()) {
+                            disagreements += u64::from(m as u32 - votes[p * k + l]);
+                            off_majority += usize::from(l as u32 != majority[p]);
+                            tally.add(confidence, l as i64 == y[p]);
+                        }
                     }
                 }
                 None => {
-                    for (p, point) in points.enumerate() {
+                    for (p, point) in scores.model(model).chunks_exact(c).enumerate() {
                         let l = label(point);
                         disagreements += u64::from(m as u32 - votes[p * k + l]);
                         off_majority += usize::from(l as u32 != majority[p]);
