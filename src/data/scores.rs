@@ -21,11 +21,6 @@ pub struct Scores {
 }
 
 impl Scores {
-    fn row(&self, model: usize, point: usize) -> &[f32] {
-        let at = (model * self.points + point) * self.classes;
-        &self.values[at..at + self.classes]
-    }
-
     /// Number of labels a prediction can take: 2 for binary scores.
     pub fn num_labels(&self) -> usize {
         self.classes.max(2)
@@ -76,27 +71,32 @@ impl Scores {
         )
     }
 
-    /// Predicted label of model `k` at point `p`.
-    pub fn label(&self, k: usize, p: usize) -> usize {
-        let row = self.row(k, p);
-        if self.classes == 1 {
-            usize::from(row[0] > 0.0)
-        } else {
-            argmax(row)
-        }
+    /// Model `k`'s scores: `points × classes` values, point after point.
+    pub fn model(&self, k: usize) -> &[f32] {
+        let len = self.points * self.classes;
+        &self.values[k * len..(k + 1) * len]
     }
+}
 
-    /// Predicted label and its confidence (top-label probability) for model `k` at point `p`.
-    pub fn predict(&self, k: usize, p: usize) -> (usize, f64) {
-        let row = self.row(k, p);
-        let top = self.label(k, p);
-        if self.classes == 1 {
-            return (top, 1.0 / (1.0 + (-(row[0] as f64).abs()).exp()));
-        }
-        let max = row[top] as f64;
-        let z: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-        (top, 1.0 / z)
-    }
+/// Predicted label of a binary score (class 1 when positive).
+pub fn binary_label(score: f32) -> usize {
+    usize::from(score > 0.0)
+}
+
+/// Predicted label of a binary score and its confidence, the sigmoid of its magnitude.
+pub fn binary_prediction(score: f32) -> (usize, f64) {
+    (
+        binary_label(score),
+        1.0 / (1.0 + (-(score as f64).abs()).exp()),
+    )
+}
+
+/// Predicted label of one point's logits and its confidence (top-label softmax probability).
+pub fn logits_prediction(logits: &[f32]) -> (usize, f64) {
+    let top = argmax(logits);
+    let max = logits[top] as f64;
+    let z: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
+    (top, 1.0 / z)
 }
 
 /// First index of the largest value; NaN is skipped (0 when nothing else is left).

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::data::scores::Scores;
+use crate::data::scores::{argmax, binary_label, binary_prediction, logits_prediction, Scores};
 
 /// Per-model metrics of an ensemble; the serialised fields are keys of `mscope compare`'s
 /// report.
@@ -24,10 +24,37 @@ pub struct ModelMetrics {
 /// Bins of the expected calibration error.
 pub const ECE_BINS: usize = 15;
 
+/// Points whose predictions [`model_metrics`] makes before it tallies them (4 KiB of them).
+const PREDICTION_BLOCK: usize = 256;
+
 /// Accuracy, churn and ECE of every model; `labels` already checked by [`Scores::check_labels`].
 pub fn model_metrics(scores: &Scores, labels: Option<&[i64]>) -> Vec<ModelMetrics> {
-    let (m, n, k) = (scores.models, scores.points, scores.num_labels());
-    // votes[p·k + c]: how many models predict class c at point p.
+    match scores.classes {
+        1 => metrics_of(
+            scores,
+            labels,
+            |point| binary_prediction(point[0]),
+            |point| binary_label(point[0]),
+        ),
+        _ => metrics_of(scores, labels, logits_prediction, argmax::<f32>),
+    }
+}
+
+/// [`model_metrics`] with the point's prediction (label and confidence) and label alone as
+/// functions of its scores, so that each kind of score gets its own inlined loops.
+fn metrics_of(
+    scores: &Scores,
+    labels: Option<&[i64]>,
+    predict: impl Fn(&[f32]) -> (usize, f64) + Sync,
+    label: impl Fn(&[f32]) -> usize + Sync,
+) -> Vec<ModelMetrics> {
+    let (m, n, k, c) = (
+        scores.models,
+        scores.points,
+        scores.num_labels(),
+        scores.classes,
+    );
+    // votes[p·k + l]: how many models predict label l at point p.
     // Counted a block of points per task (every model's labels at those points), in parallel.
     let mut votes = vec![0u32; n * k];
     let block = 4096;
@@ -36,36 +63,63 @@ pub fn model_metrics(scores: &Scores, labels: Option<&[i64]>) -> Vec<ModelMetric
         .enumerate()
         .for_each(|(b, votes)| {
             for model in 0..m {
-                for (p, slot) in votes.chunks_exact_mut(k).enumerate() {
-                    slot[scores.label(model, b * block + p)] += 1;
+                let row = &scores.model(model)[b * block * c..];
+                for (slot, point) in votes.chunks_exact_mut(k).zip(row.chunks_exact(c)) {
+                    slot[label(point)] += 1;
                 }
             }
         });
-    let majority: Vec<usize> = votes.chunks_exact(k).map(argmax_u32).collect();
+    let majority: Vec<u32> = votes
+        .chunks_exact(k)
+        .map(|v| argmax_u32(v) as u32)
+        .collect();
     (0..m)
         .into_par_iter()
         .map(|model| {
-            let row: Vec<(usize, f64)> = (0..n).map(|p| scores.predict(model, p)).collect();
-            // The other models that disagree at p: M minus those voting for this model's label.
-            let disagreements: u64 = row
-                .iter()
-                .enumerate()
-                .map(|(p, &(c, _))| u64::from(m as u32 - votes[p * k + c]))
-                .sum();
+            // One pass per model, nothing kept per point: the other models that disagree at
+            // p (M minus those voting for this model's label), the points off the majority,
+            // and with labels the right ones and the ECE bins. The confidence (an `exp` per
+            // point, most of the cost) only where ECE needs it.
+            let mut disagreements = 0u64;
+            let mut off_majority = 0usize;
+            let mut tally = Tally::default();
+            match labels {
+                Some(y) => {
+                    // The predictions a block at a time, then their tally: back to back, the
+                    // `exp` calls overlap in the core's reorder window, which the tally's
+                    // instructions between them would fill.
+                    let mut predictions = [(0usize, 0.0f64); PREDICTION_BLOCK];
+                    for (b, block) in scores.model(model).chunks(PREDICTION_BLOCK * c).enumerate() {
+                        let predictions = &mut predictions[..block.len() / c];
+                        for (slot, point) in predictions.iter_mut().zip(block.chunks_exact(c)) {
+                            *slot = predict(point);
+                        }
+                        let first = b * PREDICTION_BLOCK;
+                        for (p, &(l, confidence)) in (first..).zip(predictions.iter()) {
+                            disagreements += u64::from(m as u32 - votes[p * k + l]);
+                            off_majority += usize::from(l as u32 != majority[p]);
+                            tally.add(confidence, l as i64 == y[p]);
+                        }
+                    }
+                }
+                None => {
+                    for (p, point) in scores.model(model).chunks_exact(c).enumerate() {
+                        let l = label(point);
+                        disagreements += u64::from(m as u32 - votes[p * k + l]);
+                        off_majority += usize::from(l as u32 != majority[p]);
+                    }
+                }
+            }
             let churn_mean = if m > 1 {
                 disagreements as f64 / (n as f64 * (m - 1) as f64)
             } else {
                 0.0
             };
-            let off_majority = row.iter().zip(&majority).filter(|(a, b)| a.0 != **b);
             ModelMetrics {
-                accuracy: labels.map(|y| {
-                    let right = row.iter().zip(y).filter(|(a, &y)| a.0 as i64 == y);
-                    right.count() as f64 / n as f64
-                }),
+                accuracy: labels.map(|_| tally.right() as f64 / n as f64),
                 churn_mean,
-                churn_vs_majority: off_majority.count() as f64 / n as f64,
-                ece: labels.map(|y| ece(&row, y)),
+                churn_vs_majority: off_majority as f64 / n as f64,
+                ece: labels.map(|_| tally.ece(n)),
             }
         })
         .collect()
@@ -76,21 +130,63 @@ fn argmax_u32(counts: &[u32]) -> usize {
     counts.iter().position(|&c| c == max).unwrap_or(0)
 }
 
-/// `Σ_b |B_b|/n · |acc(B_b) − conf(B_b)|` over [`ECE_BINS`] equal-width confidence bins
-/// (bin b holds confidences in `(b/15, (b+1)/15]`).
-fn ece(predictions: &[(usize, f64)], labels: &[i64]) -> f64 {
-    let mut count = [0usize; ECE_BINS];
-    let mut correct = [0.0f64; ECE_BINS];
-    let mut confidence = [0.0f64; ECE_BINS];
-    for (&(c, conf), &y) in predictions.iter().zip(labels) {
-        let b = ((conf * ECE_BINS as f64).ceil() as usize).clamp(1, ECE_BINS) - 1;
-        count[b] += 1;
-        correct[b] += f64::from(c as i64 == y);
-        confidence[b] += conf;
+/// One model's predictions in [`ECE_BINS`] equal-width bins of top-label confidence (bin b
+/// holds confidences in `(b/15, (b+1)/15]`), added point by point.
+#[derive(Default)]
+struct Tally {
+    count: [usize; ECE_BINS],
+    right: [usize; ECE_BINS],
+    /// Each bin's confidences summed in point order (the report's rounding depends on it).
+    confidence: [f64; ECE_BINS],
+}
+
+impl Tally {
+    fn add(&mut self, confidence: f64, right: bool) {
+        let b = ece_bin(confidence);
+        self.count[b] += 1;
+        self.right[b] += usize::from(right);
+        self.confidence[b] += confidence;
     }
-    let n = predictions.len() as f64;
-    (0..ECE_BINS)
-        .filter(|&b| count[b] > 0)
-        .map(|b| (correct[b] - confidence[b]).abs() / n)
-        .sum()
+
+    fn right(&self) -> usize {
+        self.right.iter().sum()
+    }
+
+    /// `Σ_b |B_b|/n · |acc(B_b) − conf(B_b)|` over the bins, `n` points in all.
+    fn ece(&self, n: usize) -> f64 {
+        (0..ECE_BINS)
+            .filter(|&b| self.count[b] > 0)
+            .map(|b| (self.right[b] as f64 - self.confidence[b]).abs() / n as f64)
+            .sum()
+    }
+}
+
+/// The bin of a confidence, `⌈15·confidence⌉ − 1` kept in `0..15`. The ceiling is taken as a
+/// truncation plus one where it dropped a fraction: on the baseline x86-64 target `f64::ceil`
+/// is a libm call, one per point.
+fn ece_bin(confidence: f64) -> usize {
+    let scaled = confidence * ECE_BINS as f64;
+    let truncated = (scaled as usize).min(ECE_BINS);
+    let ceiling = truncated + usize::from((truncated as f64) < scaled);
+    ceiling.clamp(1, ECE_BINS) - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The truncated ceiling against `f64::ceil` at bin edges, their neighbours and odd values.
+    #[test]
+    fn ece_bin_is_the_ceiling_bin() {
+        let by_ceil = |c: f64| ((c * ECE_BINS as f64).ceil() as usize).clamp(1, ECE_BINS) - 1;
+        let mut confidences = vec![0.0, -0.0, 1e-300, 0.5, 1.0, 2.0, f64::INFINITY, f64::NAN];
+        for b in 0..=ECE_BINS {
+            let edge = b as f64 / ECE_BINS as f64;
+            confidences.extend([edge, edge.next_down(), edge.next_up()]);
+        }
+        confidences.extend((0..10_000).map(|i| i as f64 / 9_999.0));
+        for c in confidences {
+            assert_eq!(ece_bin(c), by_ceil(c), "confidence {c:e}");
+        }
+    }
 }

@@ -110,6 +110,15 @@ impl<T> std::ops::DerefMut for ZeroedMap<T> {
     }
 }
 
+/// Drops `maps` on a thread of their own: unmapping the GB of a pool of 10⁸ points is a serial
+/// fraction of a second, which the caller's next work (the next phase, `compare`'s metrics) can
+/// run beside. Where no thread can be started, the closure and the maps drop here.
+fn unmap_in_background<T: Send + 'static>(maps: T) {
+    let _ = std::thread::Builder::new()
+        .name("mscope-unmap".into())
+        .spawn(move || drop(maps));
+}
+
 /// Pool positions per parallel block: a few blocks per thread so uneven blocks even out, none so
 /// small that its per-block tables (a digit histogram, a cursor per model) outweigh its points.
 fn chunk_len(total: usize) -> usize {
@@ -198,8 +207,7 @@ fn leave_one_out(
         })
         .collect();
     phases::mark("trim: every model's profile, α̂, KS, W2");
-    drop((entries, values, positions));
-    phases::mark("trim: unmap the sorted pool");
+    unmap_in_background((entries, values, positions));
     Ok(results)
 }
 
@@ -427,6 +435,7 @@ fn entries_and_pool(
         },
     );
     phases::mark("trim: sort and scan each bucket");
+    unmap_in_background(scattered);
     Ok(SortedPool {
         entries,
         values,
