@@ -1,6 +1,6 @@
 //! GEMM variant 8 (and 9 on f16 weights): `out = act(x·wᵀ + bias) + residual` written for the
 //! model shapes, with weights in f32, f16 or bf16 — the CPU's default `linear` where it beats
-//! faer (see [`super::CpuBackend::new`]), and the GEMM of half-precision checkpoints, whose
+//! faer (see [`super::PACKED_MIN_WEIGHTS`]), and the GEMM of half-precision checkpoints, whose
 //! weights stay in their memory map and are never widened as a whole.
 //!
 //! Layout (Goto and van de Geijn's): the weights are cut into panels of `NR` rows (the output's
@@ -9,9 +9,11 @@
 //! rows, once a call. An `MR × NR` tile of the output stays in registers over a depth block
 //! (up to [`KC_MAX`]: one block on BERT-base's 768, two of 512 on e5-large's 1024).
 //!
-//! Blocking for this EPYC's caches (48 KiB L1d and 1 MiB L2 a core, 32 MiB L3): one rayon task
-//! owns a block of weight panels, at full depth, that fits in half its core's L2
-//! ([`L2_BLOCK_BYTES`]) and runs every row panel of `x` over it: for each row panel, depth block
+//! Blocking for the caches of the two machines it ran on (48 KiB L1d a core; 1 MiB L2 on the
+//! EPYC, 2 MiB on the Emerald Rapids Xeon, whose extra L2 a 1 MiB block did not measurably use,
+//! nor a 12 × 32 tile its spare registers — BENCHMARKS.md, h27k): one rayon task owns a block of
+//! weight panels, at full depth, that fits in half the EPYC's L2 ([`L2_BLOCK_BYTES`]) and runs
+//! every row panel of `x` over it: for each row panel, depth block
 //! by depth block, the `x` panel's block (`MR × kc`, at most 24 KiB) reused from L1 across the
 //! block's weight panels and the row panel's tiles kept in L1 across the depth blocks; all of
 //! packed `x` stays in L3. The block count is a multiple of
@@ -54,13 +56,13 @@ use super::common::Matrix;
 use crate::backend::Activation;
 
 /// Deepest block the microkernel covers in one pass: an `x` panel's block (`MR × kc`, at most
-/// 24 KiB on AVX-512) stays in L1, half of this EPYC's 48 KiB, beside the weights streaming
+/// 24 KiB on AVX-512) stays in L1, half of the 48 KiB L1d, beside the weights streaming
 /// through. Deeper products are cut into equal blocks (e5-large's 1024 into two of 512), whose
 /// tiles add into the output while the row panel's tiles are still in L1.
 const KC_MAX: usize = 768;
 /// Packed weights (at full depth) one task keeps in its core's L2 while every row panel of `x`
-/// passes over them: half of this EPYC's 1 MiB, leaving the rest to `x`'s panels and the
-/// output tiles.
+/// passes over them: half of the EPYC's 1 MiB, leaving the rest to `x`'s panels and the output
+/// tiles (a quarter of the Xeon's 2 MiB, where half measured no faster).
 const L2_BLOCK_BYTES: usize = 512 * 1024;
 /// The most bytes of packed weights the process keeps (f32 panels here, bf16 tiles for the AMX
 /// GEMM): MiniLM's 90 MB and e5-large's 1.3 GB fit; past it, weights are packed at every call as

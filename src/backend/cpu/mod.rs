@@ -74,9 +74,12 @@ pub fn row_dots(out: &mut [f32], row: &[f32], others: &[f32]) {
 }
 
 /// The default backend's crossover from faer's GEMM to ours, in values of the weight matrix:
-/// BERT-base's FFN (2.4 M) and e5-large's (4.2 M) run about equally fast on both; ours wins
-/// above, faer below.
-pub const PACKED_MIN_WEIGHTS: usize = 1 << 22;
+/// every Linear of the models we run (MiniLM's smallest, 384 × 384, is 147 k; SmolLM2's 576 ×
+/// 576 is 332 k) runs ours; faer keeps only small heads. On the Emerald Rapids Xeon ours beat
+/// faer's at all of them, and SmolLM2's and MiniLM's whole runs took 10% and 25% less CPU time
+/// with them on ours (BENCHMARKS.md, 2026-12-06, h27k); at 4 M (chosen on Zen 4, where faer
+/// won MiniLM's) SmolLM2's qkv, o and down projections ran faer.
+pub const PACKED_MIN_WEIGHTS: usize = 1 << 17;
 
 #[derive(Clone, Copy, Debug)]
 pub struct CpuBackend {
@@ -100,9 +103,7 @@ impl CpuBackend {
 
     /// The CPU backend with its default GEMM, chosen per weight matrix: ours (variant 8) for
     /// matrices of [`PACKED_MIN_WEIGHTS`] values or more, which it keeps packed after their first
-    /// use, finishing the epilogue in registers; faer's (7) for smaller ones. On the idle machine
-    /// (BENCHMARKS.md, "Idle re-measure", session 11) ours wins on Mistral's MLP (1.5×) and CLIP's
-    /// (1.08×), ties on BERT-base's and e5-large's FFN, and loses on MiniLM's Linears (up to 1.13×).
+    /// use, finishing the epilogue in registers; faer's (7) for smaller ones.
     /// `linear_gated` runs ours at every size: its fused epilogue saves a pass faer cannot.
     pub fn new() -> Self {
         CpuBackend {
@@ -273,7 +274,7 @@ impl Backend for CpuBackend {
     }
 
     /// Fused into our packed GEMM on every weight size on the default backend: at SmolLM2's
-    /// 1.8 M values, under [`PACKED_MIN_WEIGHTS`], it beats faer's GEMM plus the separate pass
+    /// 1.8 M values it beats faer's GEMM plus the separate pass
     /// over the `[n, 2m]` product that faer, which keeps no epilogue, needs (`linear` then
     /// `gated_activation`: the backend opened with variant 7).
     fn linear_gated(
