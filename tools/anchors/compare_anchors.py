@@ -85,13 +85,20 @@ DEMO_CORPUS = ["tools/demo-corpus/news.txt", "tools/demo-corpus/reviews.jsonl",
 DEMO_INPUTS = [flag for path in DEMO_CORPUS for flag in ("--input", ROOT / path)]
 
 
+def precision_note(opts):
+    """What the work column says when mscope's matmuls take bf16 operands."""
+    return "; mscope --matmul-precision medium (bf16 operands)" if opts.matmul_precision == "medium" else ""
+
+
 def embed(opts, tmp, inputs=DEMO_INPUTS, name="embed"):
     model = ROOT / ".cache" / "models" / "all-MiniLM-L6-v2"
     mscope = time_mscope(opts, "embed", "--model", model, *inputs, "--batch-size", 32,
-                         "--threads", opts.threads, "--backend", opts.backend, "--out", tmp / "e.safetensors")
+                         "--threads", opts.threads, "--backend", opts.backend, "--out", tmp / "e.safetensors",
+                         "--matmul-precision", opts.matmul_precision)
     anchor = run_anchor("embed_sentence_transformers.py", "--model", model, *inputs, "--batch-size", 32,
                         "--threads", opts.threads, "--repeat", opts.repeat)
-    work = f"all-MiniLM-L6-v2, {anchor['n_texts']} texts / {anchor['n_tokens']} tokens, batch 32"
+    work = (f"all-MiniLM-L6-v2, {anchor['n_texts']} texts / {anchor['n_tokens']} tokens, batch 32"
+            f"{precision_note(opts)}")
     return row(name, work, mscope, "sentence-transformers " + anchor["sentence_transformers_version"],
                anchor["median_s"], anchor, "anchor excludes model loading")
 
@@ -106,11 +113,13 @@ def embed_long(opts, tmp):
 def decoder(opts, tmp):
     model = ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     mscope = time_mscope(opts, "embed", "--model", model, *DEMO_INPUTS, "--batch-size", 32,
-                         "--threads", opts.threads, "--backend", opts.backend, "--out", tmp / "d.safetensors")
+                         "--threads", opts.threads, "--backend", opts.backend, "--out", tmp / "d.safetensors",
+                         "--matmul-precision", opts.matmul_precision)
     anchor = run_anchor("embed_transformers_decoder.py", "--model", model, *DEMO_INPUTS,
                         "--batch-size", 32, "--threads", opts.threads, "--repeat", opts.repeat)
-    work = (f"SmolLM2-135M (GGUF Q4_1, f32 compute), last-token pooling, {anchor['n_texts']} texts / "
-            f"{anchor['n_tokens']} tokens, batch 32")
+    compute = "f32 compute" if opts.matmul_precision == "highest" else "bf16 matmul operands"
+    work = (f"SmolLM2-135M (GGUF Q4_1, {compute}), last-token pooling, {anchor['n_texts']} texts / "
+            f"{anchor['n_tokens']} tokens, batch 32{precision_note(opts)}")
     return row("decoder", work, mscope, "transformers " + anchor["transformers_version"],
                anchor["median_s"], anchor, "anchor excludes model loading and dequantisation")
 
@@ -232,6 +241,9 @@ def main():
     ap.add_argument("--backend", default="cpu", help="mscope's --backend for the instruments that take it")
     ap.add_argument("--only", action="append", help="run only these rows (repeatable)")
     ap.add_argument("--mscope", default=str(ROOT / "target" / "release" / "mscope"))
+    ap.add_argument("--matmul-precision", default="highest", choices=["highest", "medium"],
+                    help="mscope embed's --matmul-precision for the embed and decoder rows "
+                         "(medium: bf16 operands on AMX; the anchors stay fp32)")
     ap.add_argument("--out", default=str(BENCH / "anchors.json"))
     opts = ap.parse_args()
     BENCH.mkdir(parents=True, exist_ok=True)
