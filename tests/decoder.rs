@@ -398,9 +398,9 @@ fn tiny_llama3_without_its_scaling_misses_transformers() {
     }
 }
 
-/// `mscope embed` end to end: a plain Hugging Face decoder directory pools its last token and
-/// does not normalise, so each embedding is the reference's last hidden row.
-fn embed_cli_pools_the_last_token(be: &Arc<dyn Backend>) {
+/// `mscope embed` of the reference texts with fixture `model` and `args`: each embedding beside
+/// the reference's last hidden row of the same text.
+fn embed_cli_beside_last_rows(model: &str, args: &[&str]) -> Vec<(Vec<f32>, Vec<f32>)> {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("texts.jsonl");
     let texts = reference_texts();
@@ -410,28 +410,40 @@ fn embed_cli_pools_the_last_token(be: &Arc<dyn Backend>) {
         .collect();
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     let out = tmp.path().join("emb.safetensors");
-    let model = repo_path("tests/fixtures/tiny-mistral");
-    run_mscope_ok(&[
+    let dir = repo_path(&format!("tests/fixtures/{model}"));
+    let mut command = vec![
         "embed",
         "--model",
-        model.to_str().unwrap(),
+        dir.to_str().unwrap(),
         "--input",
         input.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-        "--backend",
-        be.name(),
-        "--batch-size",
-        "2",
-    ]);
+    ];
+    command.extend_from_slice(args);
+    run_mscope_ok(&command);
     let (shape, got) = reference_tensor(out.to_str().unwrap(), "embeddings");
     let dim = shape[1];
     assert_eq!(shape, [texts.len(), dim]);
-    for (i, row) in got.chunks(dim).enumerate() {
-        let (_, want) = reference_tensor(REFERENCE, &format!("tiny-mistral/hidden/{i}"));
-        let last: Vec<f32> = want[want.len() - dim..].iter().map(|&v| v as f32).collect();
-        let row: Vec<f32> = row.iter().map(|&v| v as f32).collect();
-        let cos = cosine(&row, &last);
+    got.chunks(dim)
+        .enumerate()
+        .map(|(i, row)| {
+            let (_, want) = reference_tensor(REFERENCE, &format!("{model}/hidden/{i}"));
+            let last = want[want.len() - dim..].iter().map(|&v| v as f32).collect();
+            (row.iter().map(|&v| v as f32).collect(), last)
+        })
+        .collect()
+}
+
+/// `mscope embed` end to end: a plain Hugging Face decoder directory pools its last token and
+/// does not normalise, so each embedding is the reference's last hidden row.
+fn embed_cli_pools_the_last_token(be: &Arc<dyn Backend>) {
+    let args = ["--backend", be.name(), "--batch-size", "2"];
+    for (i, (row, last)) in embed_cli_beside_last_rows("tiny-mistral", &args)
+        .iter()
+        .enumerate()
+    {
+        let cos = cosine(row, last);
         assert!(cos >= 0.9999, "{}: text {i} cosine {cos}", be.name());
     }
 }
@@ -460,41 +472,17 @@ fn cpu_medium_matmul_precision_matches_transformers() {
         assert_ne!(bf16, f32, "{model}: medium ran the f32 GEMM");
     }
 
-    let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("texts.jsonl");
-    let lines: Vec<String> = texts
+    let args = ["--backend", "cpu", "--matmul-precision", "medium"];
+    for (i, (row, last)) in embed_cli_beside_last_rows("tiny-mistral-bf16", &args)
         .iter()
-        .map(|t| serde_json::json!({ "text": t }).to_string())
-        .collect();
-    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    let out = tmp.path().join("emb.safetensors");
-    let model = repo_path("tests/fixtures/tiny-mistral-bf16");
-    run_mscope_ok(&[
-        "embed",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--backend",
-        "cpu",
-        "--matmul-precision",
-        "medium",
-    ]);
-    let (shape, got) = reference_tensor(out.to_str().unwrap(), "embeddings");
-    let dim = shape[1];
-    assert_eq!(shape, [texts.len(), dim]);
-    for (i, row) in got.chunks(dim).enumerate() {
-        let (_, want) = reference_tensor(REFERENCE, &format!("tiny-mistral-bf16/hidden/{i}"));
-        let last: Vec<f32> = want[want.len() - dim..].iter().map(|&v| v as f32).collect();
-        let row: Vec<f32> = row.iter().map(|&v| v as f32).collect();
+        .enumerate()
+    {
         // Compared as directions: whether `embed` normalises is not what this checks.
         let unit = |v: &[f32]| -> Vec<f32> {
             let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
             v.iter().map(|x| x / norm).collect()
         };
-        let err = rel_error(&unit(&row), &unit(&last));
+        let err = rel_error(&unit(row), &unit(last));
         assert!(
             err < HALF_TOL,
             "embed --matmul-precision medium: text {i} relative error {err:e}"
