@@ -282,7 +282,7 @@ impl Backend for CudaBackend {
     }
 
     /// CUDA events on the backend's one stream: the region covers every kernel and copy queued
-    /// between the two events; a region that computed on the host too has none ([`HostWork`]).
+    /// between the two events; a region that computed on the host too has none (see `HostWork`).
     fn start_device_timer(&self) -> Result<bool> {
         self.host_work.take();
         let start = self
