@@ -110,7 +110,7 @@ fn output_does_not_depend_on_batch_size(be: &Arc<dyn Backend>) {
     let dir = minilm_dir();
     let options = EncoderOptions::default();
     let (reference, dim) = embed(&dir, be.clone(), &options, 1);
-    for batch_size in [3, 7, 64] {
+    for batch_size in [3, 64] {
         let (got, _) = embed(&dir, be.clone(), &options, batch_size);
         for (row, (g, r)) in got.chunks(dim).zip(reference.chunks(dim)).enumerate() {
             let err = common::rel_error(g, r);
