@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{absent, assert_fails_cleanly, current_test, run_mscope, wgpu_with};
+use common::{absent, assert_fails_cleanly, current_test, report_skip, run_mscope, wgpu_with};
 use mscope::backend::wgpu::{WgpuBackend, WgpuOptions};
 use mscope::backend::Backend;
 use serde_json::Value;
@@ -71,6 +71,15 @@ fn cpu_kernels_report_the_fixed_keys() {
     assert!(
         probes.contains(&"gemm-f32") && probes.contains(&"triad"),
         "{probes:?}"
+    );
+    // The bf16 ceiling is measured where the CPU has a bf16 GEMM (AMX tiles), and only there.
+    let amx = mscope::backend::cpu::amx_available();
+    assert_eq!(probes.contains(&"gemm-bf16"), amx, "{probes:?}");
+    assert_eq!(
+        report["ceilings"]["bf16_gflops"].is_number(),
+        amx,
+        "{}",
+        report["ceilings"]
     );
 
     let results = results(&report);
@@ -148,6 +157,50 @@ fn cpu_attention_variants_side_by_side() {
     let results = results(&report);
     assert_eq!(results.len(), 1, "{results:?}");
     assert!(results[0]["variant"].is_null(), "{results:?}");
+}
+
+/// The AMX GEMM (variant 11) beside the packed one: each divided by the ceiling of its own
+/// precision, so both get a roofline fraction.
+#[test]
+fn cpu_bf16_gemm_has_its_own_ceiling() {
+    if !mscope::backend::cpu::amx_available() {
+        report_skip(&current_test(), "cpu", "this CPU has no AMX-BF16 tile unit");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A compute-bound case at both precisions.
+    let args = [
+        "--suite",
+        "kernels",
+        "--filter",
+        "bert-base-ffn-up",
+        "--variant",
+        "8,11",
+    ];
+    let report = bench(dir.path(), &args, None).unwrap();
+    let bf16 = report["ceilings"]["bf16_gflops"].as_f64().unwrap();
+    let f32 = report["ceilings"]["f32_gflops"].as_f64().unwrap();
+    let variants: Vec<u64> = results(&report)
+        .iter()
+        .map(|r| {
+            let (gflops, fraction) = (
+                r["gflops"].as_f64().unwrap(),
+                r["roofline_fraction"].as_f64(),
+            );
+            assert_eq!(r["bound"], "compute", "{}", r["variant_name"]);
+            let ceiling = if r["variant"] == 11 { bf16 } else { f32 };
+            let want = gflops / ceiling;
+            let got = fraction
+                .unwrap_or_else(|| panic!("{} has no roofline fraction", r["variant_name"]));
+            assert!(
+                (got - want).abs() < 1e-9 * want,
+                "{}: {got} against {want}",
+                r["variant_name"]
+            );
+            r["variant"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(variants, [8, 11]);
 }
 
 #[test]

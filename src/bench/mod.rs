@@ -5,9 +5,10 @@
 //! GEMM through the backend for FLOP/s, a copy for bytes/s). Each case counts its work — FLOPs
 //! and the compulsory bytes (inputs read once, outputs written once) — so its floor is
 //! `max(flops / FLOP ceiling, bytes / byte ceiling)`, and its roofline fraction is that floor over
-//! the median time. GEMM variants that multiply bf16 operands (tensor cores, AMX) get no fraction:
-//! no probe measures a bf16 ceiling, and their anchors (PyTorch's bf16 matmuls) are the
-//! comparison. Pipelines report items per second instead.
+//! the median time. Kernels that multiply bf16 operands (tensor cores, AMX) are set against the
+//! device's bf16 GEMM on the probe shapes (`gemm-bf16`), where it has one, and get no fraction
+//! elsewhere; their anchors (PyTorch's bf16 matmuls) are the outside comparison. Pipelines report
+//! items per second instead.
 
 pub mod cases;
 mod kernels;
@@ -69,8 +70,9 @@ impl Scale {
 pub enum Precision {
     F32,
     F64,
-    /// bf16 operands with f32 sums (tensor cores, AMX tiles): no probe measures their ceiling,
-    /// and the f32 one would put them far above 100%, so such cases get no roofline fraction.
+    /// bf16 operands with f32 sums (tensor cores, AMX tiles): measured against the `gemm-bf16`
+    /// probe, and given no roofline fraction where the device has no bf16 GEMM (the f32 ceiling
+    /// would put them far above 100%).
     Bf16,
 }
 
@@ -450,7 +452,13 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
             match timed {
                 Ok((mut prepared, timing)) => {
                     let gemm = case.gemm_variant(target);
-                    if gemm.is_some_and(GemmVariant::bf16_operands) && prepared.work.flops > 0.0 {
+                    let attention = case
+                        .runs_attention()
+                        .then_some(target.picked_attention)
+                        .flatten();
+                    let bf16 = gemm.is_some_and(GemmVariant::bf16_operands)
+                        || attention.is_some_and(AttentionVariant::bf16_operands);
+                    if bf16 && prepared.work.flops > 0.0 {
                         prepared.work.precision = Some(Precision::Bf16);
                     }
                     let measured = Measured {
@@ -458,10 +466,7 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
                         backend: be.name().to_string(),
                         variant: match gemm {
                             Some(gemm) => Some(KernelVariant::Gemm(gemm)),
-                            None if case.runs_attention() => {
-                                target.picked_attention.map(KernelVariant::Attention)
-                            }
-                            None => None,
+                            None => attention.map(KernelVariant::Attention),
                         },
                         shape: prepared.shape,
                         roofline: ceilings.roofline(&prepared.work, timing.median()),

@@ -6,6 +6,9 @@
 //!   peak. The square one alone under-reads it where its 48 MB working set leaves the caches
 //!   that model shapes stay in.
 //! - `gemm-f64` (CPU): the same with faer in f64, the ceiling of the f64 stats ops.
+//! - `gemm-bf16`: the same two shapes through the device's GEMM on bf16 operands (AMX tiles,
+//!   tensor cores), where it has one: the ceiling of the cases that run such kernels, which the
+//!   f32 one would put far above 100%.
 //! - `fma-f32` (CPU, x86-64 with FMA): independent AVX2 FMA chains in registers on every rayon
 //!   thread, the nearest to the datasheet peak software gets; reported, not used as a ceiling.
 //! - `triad` (CPU): STREAM's `a = b + s·c` on arrays far larger than the caches, on every core;
@@ -43,6 +46,8 @@ pub struct Ceilings {
     pub f32_gflops: f64,
     /// `None` where no f64 op runs (the GPU backends).
     pub f64_gflops: Option<f64>,
+    /// `None` where the device has no GEMM on bf16 operands.
+    pub bf16_gflops: Option<f64>,
     pub gbps: f64,
 }
 
@@ -53,7 +58,7 @@ impl Ceilings {
         let compute = match work.precision {
             Some(Precision::F32) => Some(self.f32_gflops),
             Some(Precision::F64) => self.f64_gflops,
-            Some(Precision::Bf16) => return None,
+            Some(Precision::Bf16) => Some(self.bf16_gflops?),
             None => None,
         }
         .map(|gflops| (work.flops / (gflops * 1e9), Bound::Compute));
@@ -91,23 +96,32 @@ pub fn run(
     let faer = CpuBackend::with_gemm(GemmVariant::Faer);
     let gemm_be: &dyn Backend = if be.name() == "cpu" { &faer } else { be };
     let n = scale.rows(2048, 512);
-    let timing = timed(&mut gemm_f32(gemm_be, n, n, n)?)?;
-    probes.push(rate(
-        "gemm-f32",
-        format!("{n}³"),
-        2.0 * cube(n),
-        &timing,
-        true,
-    ));
     let (k, m) = (1024, 1024);
-    let timing = timed(&mut gemm_f32(gemm_be, n, k, m)?)?;
-    probes.push(rate(
-        "gemm-f32-panel",
-        format!("{n}×{k}·{m}×{k}ᵀ"),
-        2.0 * (n * k * m) as f64,
-        &timing,
-        true,
-    ));
+    let bf16_be = target.bf16_gemm_backend();
+    let gemms = [
+        ("gemm-f32", "gemm-f32-panel", Some(gemm_be)),
+        ("gemm-bf16", "gemm-bf16-panel", bf16_be.as_deref()),
+    ];
+    for (square_name, panel_name, gemm_be) in gemms {
+        let Some(gemm_be) = gemm_be else { continue };
+        let timed = |op: &mut dyn FnMut() -> Result<()>| measure(gemm_be, warmup, repeat, op);
+        let timing = timed(&mut gemm(gemm_be, n, n, n)?)?;
+        probes.push(rate(
+            square_name,
+            format!("{n}³"),
+            2.0 * cube(n),
+            &timing,
+            true,
+        ));
+        let timing = timed(&mut gemm(gemm_be, n, k, m)?)?;
+        probes.push(rate(
+            panel_name,
+            format!("{n}×{k}·{m}×{k}ᵀ"),
+            2.0 * (n * k * m) as f64,
+            &timing,
+            true,
+        ));
+    }
 
     if be.name() == "cpu" {
         let n = scale.rows(1024, 512);
@@ -147,12 +161,15 @@ pub fn run(
     }
 
     let value = |name: &str| probes.iter().find(|p| p.name == name).map(|p| p.value);
-    let ceilings = Ceilings {
-        f32_gflops: value("gemm-f32")
-            .zip(value("gemm-f32-panel"))
+    let faster = |square: &str, panel: &str| {
+        value(square)
+            .zip(value(panel))
             .map(|(square, panel)| square.max(panel))
-            .expect("both always probed"),
+    };
+    let ceilings = Ceilings {
+        f32_gflops: faster("gemm-f32", "gemm-f32-panel").expect("both always probed"),
         f64_gflops: value("gemm-f64"),
+        bf16_gflops: faster("gemm-bf16", "gemm-bf16-panel"),
         gbps: value("triad")
             .or_else(|| value("copy"))
             .expect("one bandwidth probe always runs"),
@@ -186,13 +203,9 @@ fn bandwidth(name: &'static str, shape: String, bytes: f64, timing: &Timing) -> 
     }
 }
 
-/// `out[n, m] = x[n, k]·w[m, k]ᵀ` through `linear`.
-fn gemm_f32(
-    be: &dyn Backend,
-    n: usize,
-    k: usize,
-    m: usize,
-) -> Result<impl FnMut() -> Result<()> + '_> {
+/// `out[n, m] = x[n, k]·w[m, k]ᵀ` through `linear`, on f32 operands (which a bf16 kernel
+/// rounds as it packs or loads them).
+fn gemm(be: &dyn Backend, n: usize, k: usize, m: usize) -> Result<impl FnMut() -> Result<()> + '_> {
     let x = be.upload(&[n, k], &uniform(n * k, 1))?;
     let w = be.upload(&[m, k], &uniform(m * k, 2))?;
     let mut out = be.zeros(&[n, m])?;
@@ -302,10 +315,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn roofline_takes_the_binding_ceiling_and_none_for_bf16() {
-        let ceilings = Ceilings {
+    fn roofline_takes_the_ceiling_of_the_works_precision() {
+        let mut ceilings = Ceilings {
             f32_gflops: 100.0,
             f64_gflops: Some(50.0),
+            bf16_gflops: None,
             gbps: 10.0,
         };
         // 1e9 FLOPs at 100 GFLOP/s: 10 ms floor, against 1e7 bytes at 10 GB/s (1 ms).
@@ -323,5 +337,10 @@ mod tests {
             ..Work::f32(1e9, 1e7)
         };
         assert_eq!(ceilings.roofline(&bf16_gemm, 0.02), None);
+        ceilings.bf16_gflops = Some(400.0);
+        assert_eq!(
+            ceilings.roofline(&bf16_gemm, 0.005),
+            Some((0.5, Bound::Compute))
+        );
     }
 }

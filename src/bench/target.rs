@@ -36,6 +36,29 @@ impl Target {
         self.cpu_default
             .map_or(self.gemm, |cpu| cpu.linear_variant(weights))
     }
+
+    /// The same device with a `linear` on bf16 operands (AMX tiles on the CPU; `wgmma` on
+    /// sm_90, else `mma.sync` on sm_80+ under CUDA), for the bf16 ceiling probe; `None` where
+    /// the device has no such kernel.
+    pub fn bf16_gemm_backend(&self) -> Option<Arc<dyn Backend>> {
+        if self.gemm.bf16_operands() {
+            return Some(self.backend.clone());
+        }
+        match self.backend.name() {
+            "cpu" if amx_available() => Some(Arc::new(CpuBackend::with_gemm(GemmVariant::AmxBf16))),
+            "cuda" => [GemmVariant::WgmmaBf16, GemmVariant::MmaBf16]
+                .into_iter()
+                .find_map(|gemm| {
+                    let options = CudaOptions {
+                        gemm: Some(gemm),
+                        ..CudaOptions::from_env()
+                    };
+                    CudaBackend::open(&options).ok()
+                })
+                .map(|be| Arc::new(be) as Arc<dyn Backend>),
+            _ => None,
+        }
+    }
 }
 
 /// The variant numbered `number` among `known`.

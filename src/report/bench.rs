@@ -52,6 +52,7 @@ struct ProbeJson<'a> {
 struct CeilingsJson {
     f32_gflops: f64,
     f64_gflops: Option<f64>,
+    bf16_gflops: Option<f64>,
     gbps: f64,
 }
 
@@ -124,6 +125,7 @@ pub fn json<'a>(
         ceilings: CeilingsJson {
             f32_gflops: report.ceilings.f32_gflops,
             f64_gflops: report.ceilings.f64_gflops,
+            bf16_gflops: report.ceilings.bf16_gflops,
             gbps: report.ceilings.gbps,
         },
         results: report.results.iter().map(result_json).collect(),
