@@ -11,10 +11,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::{
-    backend_tests, cosine, current_test, reference_tensor, rel_error, repo_path, report_skip,
-    run_mscope_ok, wgpu_with,
+    absent, backend_tests, cosine, current_test, reference_tensor, rel_error, repo_path,
+    report_skip, run_mscope_ok, wgpu_with,
 };
 use mscope::backend::cpu::{amx_available, CpuBackend};
+use mscope::backend::cuda::{CudaBackend, CudaOptions};
 use mscope::backend::wgpu::WgpuOptions;
 use mscope::backend::RopeScaling;
 use mscope::backend::{
@@ -461,18 +462,48 @@ fn cpu_medium_matmul_precision_matches_transformers() {
     }
     let medium = CpuBackend::new().with_matmul_precision(MatmulPrecision::Medium);
     assert_eq!(medium.gemm_variant(), GemmVariant::AmxBf16);
-    let medium: Arc<dyn Backend> = Arc::new(medium);
-    let highest: Arc<dyn Backend> = Arc::new(CpuBackend::new());
+    medium_matches_transformers(Arc::new(medium), Arc::new(CpuBackend::new()), "cpu");
+}
+
+/// The same under CUDA, where `medium` runs the tensor-core GEMMs on bf16 operands (`wgmma` on
+/// sm_90, `mma.sync` on sm_80+). Skipped without a device, or on one older than sm_80.
+#[test]
+fn cuda_medium_matmul_precision_matches_transformers() {
+    let test = current_test();
+    let highest = match backend::open(BackendKind::Cuda, OpFamily::Encoder) {
+        Ok(be) => be,
+        Err(e) => {
+            absent("cuda", &test, &e);
+            return;
+        }
+    };
+    if CudaBackend::open_bf16_gemm(&CudaOptions::from_env()).is_none() {
+        report_skip(&test, "cuda", "no bf16 tensor-core GEMM before sm_80");
+        return;
+    }
+    let medium = backend::open_with_precision(
+        BackendKind::Cuda,
+        OpFamily::Encoder,
+        MatmulPrecision::Medium,
+    )
+    .unwrap();
+    medium_matches_transformers(medium, highest, "cuda");
+}
+
+/// `medium`'s hidden states of the f32 and bf16 Mistral fixtures within half precision's
+/// tolerance of transformers' f32 ones and unequal to `highest`'s (the bf16 kernel ran), and
+/// `mscope embed --backend BACKEND --matmul-precision medium`'s rows within it too.
+fn medium_matches_transformers(medium: Arc<dyn Backend>, highest: Arc<dyn Backend>, backend: &str) {
     let texts = reference_texts();
     for model in ["tiny-mistral", "tiny-mistral-bf16"] {
         check_against_transformers(&medium, model, HALF_TOL);
         let dir = repo_path(&format!("tests/fixtures/{model}"));
         let (_, bf16, _) = hidden_states(&medium, &dir, WeightsDtype::Auto, &texts);
         let (_, f32, _) = hidden_states(&highest, &dir, WeightsDtype::Auto, &texts);
-        assert_ne!(bf16, f32, "{model}: medium ran the f32 GEMM");
+        assert_ne!(bf16, f32, "{model}: medium ran the f32 GEMM on {backend}");
     }
 
-    let args = ["--backend", "cpu", "--matmul-precision", "medium"];
+    let args = ["--backend", backend, "--matmul-precision", "medium"];
     for (i, (row, last)) in embed_cli_beside_last_rows("tiny-mistral-bf16", &args)
         .iter()
         .enumerate()
@@ -485,7 +516,7 @@ fn cpu_medium_matmul_precision_matches_transformers() {
         let err = rel_error(&unit(row), &unit(last));
         assert!(
             err < HALF_TOL,
-            "embed --matmul-precision medium: text {i} relative error {err:e}"
+            "embed --backend {backend} --matmul-precision medium: text {i} relative error {err:e}"
         );
     }
 }

@@ -16,8 +16,8 @@
 # own (half-precision weights and gathers, every attention variant, the Hopper GEMM on wgmma + TMA,
 # the tensor-core attention, the trim sort), then the rest · 2. op-set parity on every backend
 # (ops, ntk, ntk_seq, classifier, pca, lda, alpha, wgpu on the GPU's Vulkan adapter — the loader
-# travels in the bundle —, the cuda:: decoder tests on the tiny Mistral/Qwen2 fixtures, f32 and
-# bf16, embed_parity's tiny XLM-R, ntk on two device workers) · 3. the CLI with --backend cuda
+# travels in the bundle —, the CUDA decoder tests on the tiny Mistral/Qwen2 fixtures, f32 and
+# bf16, `--matmul-precision medium` on the tensor cores, embed_parity's tiny XLM-R, ntk on two device workers) · 3. the CLI with --backend cuda
 # against --backend cpu (embed, ntk, pca, and compare on 1 000 models × 100 000 points, timed) ·
 # 4. mscope bench --backend cuda (GEMM variants 1, 2, 4, 10; attention variants side by side;
 # the pipelines), wgpu GEMM variants 2, 3, 5, 6 · 5. PyTorch anchors (cuBLAS, SDPA, torch.func)
@@ -267,7 +267,7 @@ run() {
     done
     stage cuda_rest 90 "${t[@]}" "$bin/cuda" "${skip[@]}" "${one[@]}"
     # 2. Op-set parity on every backend present (wgpu: the GPU's Vulkan adapter).
-    stage test_decoder_cuda 90 "${t[@]}" "$bin/decoder" cuda:: "${one[@]}"
+    stage test_decoder_cuda 90 "${t[@]}" "$bin/decoder" cuda "${one[@]}"
     local b
     for b in ops ntk ntk_seq classifier pca lda alpha wgpu; do
         stage "test_$b" 90 "${t[@]}" "$bin/$b" "${one[@]}"

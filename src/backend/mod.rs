@@ -50,12 +50,15 @@ pub enum MatmulPrecision {
     #[default]
     Highest,
     /// bf16-rounded activations and weights, f32 sums (relative error about 1e-3): on the CPU,
-    /// AMX tiles (GEMM variant 11) where it has them; other backends keep their f32 GEMM.
+    /// AMX tiles (GEMM variant 11) where it has them; under CUDA, tensor cores (`wgmma`,
+    /// variant 10, on sm_90, else `mma.sync`, variant 4, on sm_80+) unless `MSCOPE_CUDA_GEMM`
+    /// names a GEMM; wgpu keeps its f32 GEMM.
     Medium,
 }
 
 /// [`open`] with `linear`'s operands at `precision` ([`MatmulPrecision`]): `Medium` reaches the
-/// CPU backend; another backend keeps its own GEMM, after one line on stderr.
+/// CPU backend and CUDA's bf16 GEMMs; a backend without one keeps its own GEMM, after one line
+/// on stderr.
 pub fn open_with_precision(
     kind: BackendKind,
     family: OpFamily,
@@ -70,8 +73,15 @@ pub fn open_with_precision(
         return Ok(Arc::new(cpu()));
     }
     if precision == MatmulPrecision::Medium {
+        let env = cuda::CudaOptions::from_env();
+        if be.name() == "cuda" && env.gemm.is_none() {
+            if let Some(bf16) = cuda::CudaBackend::open_bf16_gemm(&env) {
+                return Ok(Arc::new(bf16));
+            }
+        }
         eprintln!(
-            "mscope: --matmul-precision medium applies to the CPU backend; {} keeps its f32 GEMM",
+            "mscope: --matmul-precision medium: {} keeps its GEMM (bf16 ones: AMX on the CPU, \
+             sm_80+ under CUDA unless MSCOPE_CUDA_GEMM picks one)",
             be.name()
         );
     }

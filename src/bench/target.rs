@@ -46,15 +46,7 @@ impl Target {
         }
         match self.backend.name() {
             "cpu" if amx_available() => Some(Arc::new(CpuBackend::with_gemm(GemmVariant::AmxBf16))),
-            "cuda" => [GemmVariant::WgmmaBf16, GemmVariant::MmaBf16]
-                .into_iter()
-                .find_map(|gemm| {
-                    let options = CudaOptions {
-                        gemm: Some(gemm),
-                        ..CudaOptions::from_env()
-                    };
-                    CudaBackend::open(&options).ok()
-                })
+            "cuda" => CudaBackend::open_bf16_gemm(&CudaOptions::from_env())
                 .map(|be| Arc::new(be) as Arc<dyn Backend>),
             _ => None,
         }

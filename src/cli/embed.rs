@@ -67,9 +67,10 @@ pub struct EmbedArgs {
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     backend: BackendKind,
     /// Precision of the matmuls' operands, as torch's `set_float32_matmul_precision`:
-    /// `highest` multiplies in f32; `medium` lets the CPU round activations and weights to bf16
-    /// and sum in f32 on its AMX tiles (Sapphire Rapids and later; relative error about 1e-3).
-    /// A hint: without AMX, or on a GPU backend, the f32 path runs (one line on stderr).
+    /// `highest` multiplies in f32; `medium` rounds activations and weights to bf16 and sums in
+    /// f32, on the CPU's AMX tiles (Sapphire Rapids and later) or CUDA's tensor cores (sm_80+);
+    /// relative error about 1e-3. A hint: without AMX, on wgpu or on an older GPU, the f32 path
+    /// runs (one line on stderr).
     #[arg(long, value_enum, default_value_t = MatmulPrecision::Highest)]
     matmul_precision: MatmulPrecision,
     /// Texts (or images) per forward pass.

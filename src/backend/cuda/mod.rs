@@ -167,6 +167,21 @@ impl CudaBackend {
         })
     }
 
+    /// [`Self::open`] with the device's fastest GEMM on bf16 operands: `wgmma` on sm_90, else
+    /// `mma.sync` on sm_80 and newer; `None` on older devices or where the device cannot be
+    /// opened.
+    pub fn open_bf16_gemm(options: &CudaOptions) -> Option<Self> {
+        [GemmVariant::WgmmaBf16, GemmVariant::MmaBf16]
+            .into_iter()
+            .find_map(|gemm| {
+                Self::open(&CudaOptions {
+                    gemm: Some(gemm),
+                    ..options.clone()
+                })
+                .ok()
+            })
+    }
+
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
     pub fn device_name(&self) -> &str {
         &self.device.name
