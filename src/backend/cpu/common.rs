@@ -71,14 +71,16 @@ pub(super) fn split_sequences<'a>(
     blocks
 }
 
-/// `Σ f(v)` in eight independent lanes: a sum the compiler keeps in one AVX register (a single
-/// running f32 sum must be added in order, one element at a time), and whose rounding error
-/// grows with `len / 8` instead of `len`. The row statistics of the norm family, the L2 norm of
-/// the pool family and the softmax denominator.
+/// `Σ f(v)` in 32 independent lanes: sums the compiler keeps in registers (a single running f32
+/// sum must be added in order, one element at a time), two AVX-512 or four AVX2 ones in flight
+/// to hide the add latency (one register of eight lanes held RMSNorm's statistics sweep to an
+/// add's latency per vector), and whose rounding error grows with `len / 32` instead of `len`.
+/// The row statistics of the norm family, the L2 norm of the pool family and the softmax
+/// denominator.
 #[inline(always)]
 pub(super) fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let chunks = values.chunks_exact(8);
+    let mut lanes = [0.0f32; 32];
+    let chunks = values.chunks_exact(32);
     let tail = chunks.remainder();
     for chunk in chunks {
         lanes.iter_mut().zip(chunk).for_each(|(l, &v)| *l += f(v));

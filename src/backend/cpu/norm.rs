@@ -37,7 +37,7 @@ with_wide_simd! {
 
 with_wide_simd! {
     /// RMSNorm of each row (the width of `gamma`) of `rows` into `out`.
-    fn rms_norm_rows => rms_norm_rows_portable(rows: &[f32], gamma: &[f32], eps: f32, out: &mut [f32])
+    avx512 fn rms_norm_rows => rms_norm_rows_portable(rows: &[f32], gamma: &[f32], eps: f32, out: &mut [f32])
 }
 
 #[inline(always)]
