@@ -79,13 +79,33 @@ pub(super) fn split_sequences<'a>(
 /// denominator.
 #[inline(always)]
 pub(super) fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut lanes = [0.0f32; 32];
-    let chunks = values.chunks_exact(32);
+    let mut lanes = LaneSums::default();
+    let chunks = values.chunks_exact(SUM_LANES);
     let tail = chunks.remainder();
-    for chunk in chunks {
-        lanes.iter_mut().zip(chunk).for_each(|(l, &v)| *l += f(v));
+    chunks.for_each(|chunk| lanes.add(chunk, &f));
+    lanes.total(tail, f)
+}
+
+/// Lanes of [`lane_sum`]'s accumulators.
+pub(super) const SUM_LANES: usize = 32;
+
+/// [`lane_sum`]'s running lanes, for loops that add a row's values a chunk at a time beside other
+/// work (RMSNorm sums the next row's squares while it scales this one), in the same order.
+#[derive(Default)]
+pub(super) struct LaneSums([f32; SUM_LANES]);
+
+impl LaneSums {
+    /// Adds `f` of each value of `chunk` (of [`SUM_LANES`] values) into its lane.
+    #[inline(always)]
+    pub(super) fn add(&mut self, chunk: &[f32], f: impl Fn(f32) -> f32) {
+        self.0.iter_mut().zip(chunk).for_each(|(l, &v)| *l += f(v));
     }
-    lanes.iter().sum::<f32>() + tail.iter().map(|&v| f(v)).sum::<f32>()
+
+    /// The lanes' sum, plus `f` of each value of the `tail` past the last whole chunk.
+    #[inline(always)]
+    pub(super) fn total(&self, tail: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+        self.0.iter().sum::<f32>() + tail.iter().map(|&v| f(v)).sum::<f32>()
+    }
 }
 
 /// Defines `pub(super) fn $name(args)` running `$portable(args)` compiled for AVX2 where the CPU
