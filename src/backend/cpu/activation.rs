@@ -30,7 +30,7 @@
 //! 1.5e-7 near 0, where `1 − erfc` is only good to 4e-7) was left scalar — 10 ns an element
 //! instead of under 1 on AVX-512.
 
-use super::common::{lane_sum, with_wide_simd};
+use super::common::{with_wide_simd, LaneSums, SUM_LANES};
 use crate::backend::Activation;
 
 /// Applies `act` to every value of `y` in place: [`apply_avx512`] where the CPU has AVX-512,
@@ -481,16 +481,24 @@ fn gated_logistic_slope(k: f32, z: f32) -> f32 {
 }
 
 with_wide_simd! {
-    /// `row ← softmax(row)`: the maximum subtracted, then `exp` and a lane-wise sum (an empty
-    /// row stays empty).
+    /// `row ← softmax(row)`: the maximum subtracted, then `exp` and a lane-wise sum in one sweep
+    /// (an empty row stays empty).
     fn softmax => softmax_portable(row: &mut [f32])
 }
 
 #[inline(always)]
 fn softmax_portable(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    row.iter_mut().for_each(|v| *v = exp(*v - max));
-    let inv = 1.0 / lane_sum(row, |v| v);
+    // Each chunk summed as its exponentials are written, while they are in registers.
+    let mut sums = LaneSums::default();
+    let mut chunks = row.chunks_exact_mut(SUM_LANES);
+    for chunk in &mut chunks {
+        chunk.iter_mut().for_each(|v| *v = exp(*v - max));
+        sums.add(chunk, |v| v);
+    }
+    let tail = chunks.into_remainder();
+    tail.iter_mut().for_each(|v| *v = exp(*v - max));
+    let inv = 1.0 / sums.total(tail, |v| v);
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
