@@ -341,7 +341,7 @@ impl Task<'_> {
     }
 }
 
-/// `row[i] ← exp(row[i] − max(row))`, returning `Σ row[i]` (eight-lane sums, [`lane_sum`]).
+/// `row[i] ← exp(row[i] − max(row))`, returning `Σ row[i]` (lane-wise, [`lane_sum`]).
 #[inline(always)]
 fn exp_row_portable(row: &mut [f32]) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -71,19 +71,41 @@ pub(super) fn split_sequences<'a>(
     blocks
 }
 
-/// `Σ f(v)` in eight independent lanes: a sum the compiler keeps in one AVX register (a single
-/// running f32 sum must be added in order, one element at a time), and whose rounding error
-/// grows with `len / 8` instead of `len`. The row statistics of the norm family, the L2 norm of
-/// the pool family and the softmax denominator.
+/// `Σ f(v)` in 32 independent lanes: sums the compiler keeps in registers (a single running f32
+/// sum must be added in order, one element at a time), two AVX-512 or four AVX2 ones in flight
+/// to hide the add latency (one register of eight lanes held RMSNorm's statistics sweep to an
+/// add's latency per vector), and whose rounding error grows with `len / 32` instead of `len`.
+/// The row statistics of the norm family, the L2 norm of the pool family and the softmax
+/// denominator.
 #[inline(always)]
 pub(super) fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let chunks = values.chunks_exact(8);
+    let mut lanes = LaneSums::default();
+    let chunks = values.chunks_exact(SUM_LANES);
     let tail = chunks.remainder();
-    for chunk in chunks {
-        lanes.iter_mut().zip(chunk).for_each(|(l, &v)| *l += f(v));
+    chunks.for_each(|chunk| lanes.add(chunk, &f));
+    lanes.total(tail, f)
+}
+
+/// Lanes of [`lane_sum`]'s accumulators.
+pub(super) const SUM_LANES: usize = 32;
+
+/// [`lane_sum`]'s running lanes, for loops that add a row's values a chunk at a time beside other
+/// work (RMSNorm sums the next row's squares while it scales this one), in the same order.
+#[derive(Default)]
+pub(super) struct LaneSums([f32; SUM_LANES]);
+
+impl LaneSums {
+    /// Adds `f` of each value of `chunk` (of [`SUM_LANES`] values) into its lane.
+    #[inline(always)]
+    pub(super) fn add(&mut self, chunk: &[f32], f: impl Fn(f32) -> f32) {
+        self.0.iter_mut().zip(chunk).for_each(|(l, &v)| *l += f(v));
     }
-    lanes.iter().sum::<f32>() + tail.iter().map(|&v| f(v)).sum::<f32>()
+
+    /// The lanes' sum, plus `f` of each value of the `tail` past the last whole chunk.
+    #[inline(always)]
+    pub(super) fn total(&self, tail: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+        self.0.iter().sum::<f32>() + tail.iter().map(|&v| f(v)).sum::<f32>()
+    }
 }
 
 /// Defines `pub(super) fn $name(args)` running `$portable(args)` compiled for AVX2 where the CPU

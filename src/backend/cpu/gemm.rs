@@ -106,9 +106,7 @@ pub(super) fn gated_activation(gate_up: &Tensor, act: Activation, out: &mut Tens
         .zip(gate_up.par_chunks(2 * m.max(1)))
         .for_each(|(y, row)| {
             let (gate, up) = row.split_at(m);
-            y.copy_from_slice(gate);
-            activation::apply(act, y);
-            y.iter_mut().zip(up).for_each(|(y, u)| *y *= u);
+            activation::gated(act, gate, up, y);
         });
     Ok(())
 }
