@@ -491,8 +491,8 @@ fn quantiles_in_bucket(
 }
 
 /// Keys per bucket [`entries_and_pool`] aims at: a bucket, its sort buffer and its scan's
-/// tables within a core's L2 (2 MiB on the Xeon, where buckets twice as large sorted from L3 at
-/// a third of the speed), at most about 2 000 buckets for the scatter to write to at once, and
+/// tables within a core's L2 (2 MiB on the Xeon, where buckets up to four times as large sorted
+/// from L3), a few thousand buckets at most for the scatter to write to at once, and
 /// few enough that the cursors (a `u32` per model and bucket) take no more than the pool
 /// (many small models get fewer, larger buckets).
 fn bucket_target(total: usize, models: usize) -> usize {
@@ -501,7 +501,7 @@ fn bucket_target(total: usize, models: usize) -> usize {
 }
 
 /// Top bits of the order bits that the buckets are cut by: fine enough that one prefix of
-/// dense scores (a 1/512 of a binade) holds far fewer keys than a bucket's target, so no bucket
+/// dense scores (1/512 of a binade) holds far fewer keys than a bucket's target, so no bucket
 /// outgrows it by much.
 const PREFIX_BITS: u32 = 18;
 const PREFIXES: usize = 1 << PREFIX_BITS;
