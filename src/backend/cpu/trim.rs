@@ -252,7 +252,7 @@ fn entries_and_pool(
 ) -> Result<SortedPool> {
     let (models, total) = (candidates.len(), offsets[candidates.len()]);
     let pieces = pieces(candidates, chunk_len(total));
-    // Few splits: each makes and adds up a 256 KiB histogram.
+    // Few splits: each makes and adds up a 1 MiB histogram.
     let prefix_counts = pieces
         .par_iter()
         .with_min_len(pieces.len().div_ceil(2 * rayon::current_num_threads()))
@@ -490,17 +490,20 @@ fn quantiles_in_bucket(
     }
 }
 
-/// Keys per bucket [`entries_and_pool`] aims at: a bucket and its sort buffer within a core's
-/// share of the cache, at most about 2 000 buckets for the scatter to write to at once, and
+/// Keys per bucket [`entries_and_pool`] aims at: a bucket, its sort buffer and its scan's
+/// tables within a core's L2 (2 MiB on the Xeon, where buckets up to four times as large sorted
+/// from L3), a few thousand buckets at most for the scatter to write to at once, and
 /// few enough that the cursors (a `u32` per model and bucket) take no more than the pool
 /// (many small models get fewer, larger buckets).
 fn bucket_target(total: usize, models: usize) -> usize {
-    let buckets = (total / (4 * models)).clamp(1, 1024);
+    let buckets = (total / (4 * models)).clamp(1, 2048);
     total.div_ceil(buckets).max(1 << 15)
 }
 
-/// Top bits of the order bits that the buckets are cut by.
-const PREFIX_BITS: u32 = 16;
+/// Top bits of the order bits that the buckets are cut by: fine enough that one prefix of
+/// dense scores (1/512 of a binade) holds far fewer keys than a bucket's target, so no bucket
+/// outgrows it by much.
+const PREFIX_BITS: u32 = 18;
 const PREFIXES: usize = 1 << PREFIX_BITS;
 
 fn prefix(bits: u32) -> usize {
@@ -510,8 +513,8 @@ fn prefix(bits: u32) -> usize {
 /// Consecutive prefixes merged into buckets of at most `target` keys (a single prefix may hold
 /// more): the bucket of each prefix, and where each bucket starts in the sorted pool (one more
 /// for the end).
-fn buckets(prefix_counts: &[u32], target: usize) -> (Vec<u16>, Vec<usize>) {
-    let mut bucket_of = vec![0u16; prefix_counts.len()];
+fn buckets(prefix_counts: &[u32], target: usize) -> (Vec<u32>, Vec<usize>) {
+    let mut bucket_of = vec![0u32; prefix_counts.len()];
     let mut starts = vec![0];
     let (mut start, mut size) = (0, 0);
     for (of, &count) in bucket_of.iter_mut().zip(prefix_counts) {
@@ -520,8 +523,8 @@ fn buckets(prefix_counts: &[u32], target: usize) -> (Vec<u16>, Vec<usize>) {
             starts.push(start);
             size = 0;
         }
-        // At most one bucket per prefix: the index fits 16 bits.
-        *of = (starts.len() - 1) as u16;
+        // At most one bucket per prefix: the index fits 32 bits.
+        *of = (starts.len() - 1) as u32;
         size += count as usize;
     }
     starts.push(start + size);
