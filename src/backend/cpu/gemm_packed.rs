@@ -441,7 +441,7 @@ fn pack_x<const MR: usize>(x: &[f32], n: usize, k: usize, panels: usize, packed:
         return;
     }
     // The buffer is reused: padding rows read these zeros, not an earlier call's values.
-    let zeros = if n % MR != 0 {
+    let zeros = if !n.is_multiple_of(MR) {
         vec![0.0; k]
     } else {
         Vec::new()
