@@ -431,24 +431,36 @@ fn keep_packed_x(packed: Vec<f32>) {
 
 /// `x`'s row panels at full depth into `packed` (resized): panel `p` at `p · k · MR`, its
 /// column `c` at `c · MR`, rows past `n` zero.
+///
+/// Written column by column, each column's `MR` values read from `MR` row streams: filling the
+/// panel one row at a time instead wrote every cache line of it `MR` times, a value at a time,
+/// and took 14% of MiniLM's FFN-down (perf, BENCHMARKS.md h28f).
 fn pack_x<const MR: usize>(x: &[f32], n: usize, k: usize, panels: usize, packed: &mut Vec<f32>) {
     packed.resize(panels * k * MR, 0.0);
     if k == 0 {
         return;
     }
+    // The buffer is reused: padding rows read these zeros, not an earlier call's values.
+    let zeros = if !n.is_multiple_of(MR) {
+        vec![0.0; k]
+    } else {
+        Vec::new()
+    };
     packed
         .par_chunks_mut(k * MR)
         .enumerate()
         .for_each(|(panel, dst)| {
-            for r in 0..MR {
+            let rows: [&[f32]; MR] = std::array::from_fn(|r| {
                 let row = panel * MR + r;
                 if row < n {
-                    for (c, &v) in x[row * k..][..k].iter().enumerate() {
-                        dst[c * MR + r] = v;
-                    }
+                    &x[row * k..][..k]
                 } else {
-                    // The buffer is reused: padding rows may hold an earlier call's values.
-                    (0..k).for_each(|c| dst[c * MR + r] = 0.0);
+                    &zeros[..]
+                }
+            });
+            for (c, column) in dst.chunks_exact_mut(MR).enumerate() {
+                for (v, row) in column.iter_mut().zip(&rows) {
+                    *v = row[c];
                 }
             }
         });
