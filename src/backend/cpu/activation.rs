@@ -76,6 +76,41 @@ pub(super) fn gated(act: Activation, gate: &[f32], up: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `y[i] = f(x[i])·w[i]` on AVX-512, where `$f::<L>` maps `L` vectors of sixteen lanes: four
+/// vectors a step, then masked chunks of the tail, each value loaded and stored once. A macro so
+/// that `$f` inlines into the caller's AVX-512 code; it expands to unsafe intrinsics, for an
+/// `unsafe` block in a function compiled with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+macro_rules! map_times_avx512 {
+    ($f:ident, $x:expr, $w:expr, $y:expr) => {{
+        use std::arch::x86_64::*;
+        let (x, w, y): (&[f32], &[f32], &mut [f32]) = ($x, $w, $y);
+        let full = y.len() - y.len() % 64;
+        let (x_blocks, x_tail) = x.split_at(full);
+        let (w_blocks, w_tail) = w.split_at(full);
+        let (y_blocks, y_tail) = y.split_at_mut(full);
+        let blocks = x_blocks.chunks_exact(64).zip(w_blocks.chunks_exact(64));
+        for ((x, w), y) in blocks.zip(y_blocks.chunks_exact_mut(64)) {
+            // Each block holds 4 × 16 values.
+            let fx = $f::<4>(std::array::from_fn(|i| {
+                _mm512_loadu_ps(x.as_ptr().add(16 * i))
+            }));
+            for (i, fx) in fx.into_iter().enumerate() {
+                let w = _mm512_loadu_ps(w.as_ptr().add(16 * i));
+                _mm512_storeu_ps(y.as_mut_ptr().add(16 * i), _mm512_mul_ps(fx, w));
+            }
+        }
+        let tails = x_tail.chunks(16).zip(w_tail.chunks(16));
+        for ((x, w), y) in tails.zip(y_tail.chunks_mut(16)) {
+            // The mask covers the chunk's 1 to 16 values only.
+            let mask: __mmask16 = (u32::MAX >> (32 - x.len())) as u16;
+            let [fx] = $f::<1>([_mm512_maskz_loadu_ps(mask, x.as_ptr())]);
+            let w = _mm512_maskz_loadu_ps(mask, w.as_ptr());
+            _mm512_mask_storeu_ps(y.as_mut_ptr(), mask, _mm512_mul_ps(fx, w));
+        }
+    }};
+}
+
 /// [`gated`] for SiLU: `silu(gate)·up` four vectors at a time ([`silu_avx512`]), each value
 /// loaded and stored once.
 ///
@@ -84,34 +119,8 @@ pub(super) fn gated(act: Activation, gate: &[f32], up: &[f32], y: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gated_silu_avx512(gate: &[f32], up: &[f32], y: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let full = y.len() - y.len() % 64;
-    let (gate_blocks, gate_tail) = gate.split_at(full);
-    let (up_blocks, up_tail) = up.split_at(full);
-    let (y_blocks, y_tail) = y.split_at_mut(full);
-    let blocks = gate_blocks.chunks_exact(64).zip(up_blocks.chunks_exact(64));
-    for ((gate, up), y) in blocks.zip(y_blocks.chunks_exact_mut(64)) {
-        // SAFETY: each block holds 4 × 16 values; the CPU has AVX-512F (the caller's contract).
-        unsafe {
-            let silu = silu_avx512::<4>(std::array::from_fn(|i| {
-                _mm512_loadu_ps(gate.as_ptr().add(16 * i))
-            }));
-            for (i, s) in silu.into_iter().enumerate() {
-                let u = _mm512_loadu_ps(up.as_ptr().add(16 * i));
-                _mm512_storeu_ps(y.as_mut_ptr().add(16 * i), _mm512_mul_ps(s, u));
-            }
-        }
-    }
-    let tails = gate_tail.chunks(16).zip(up_tail.chunks(16));
-    for ((gate, up), y) in tails.zip(y_tail.chunks_mut(16)) {
-        let mask: __mmask16 = (u32::MAX >> (32 - gate.len())) as u16;
-        // SAFETY: the mask covers the chunk's 1 to 16 values only.
-        unsafe {
-            let [s] = silu_avx512::<1>([_mm512_maskz_loadu_ps(mask, gate.as_ptr())]);
-            let u = _mm512_maskz_loadu_ps(mask, up.as_ptr());
-            _mm512_mask_storeu_ps(y.as_mut_ptr(), mask, _mm512_mul_ps(s, u));
-        }
-    }
+    // SAFETY: the CPU has AVX-512F (the caller's contract).
+    unsafe { map_times_avx512!(silu_avx512, gate, up, y) }
 }
 
 /// `x·σ(x)` on `L` vectors of sixteen lanes, from `e = e^{−|x|}` ([`exp_nonpositive_avx512`]):
@@ -233,7 +242,6 @@ pub(super) fn backward(act: Activation, z: &[f32], dy: &[f32], dz: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn backward_avx512(act: Activation, z: &[f32], dy: &[f32], dz: &mut [f32]) {
-    use std::arch::x86_64::*;
     if act != Activation::Gelu {
         return backward_portable(act, z, dy, dz);
     }
@@ -241,33 +249,8 @@ unsafe fn backward_avx512(act: Activation, z: &[f32], dy: &[f32], dz: &mut [f32]
         z.len() == dz.len() && dy.len() == dz.len(),
         "activation backward: lengths differ"
     );
-    let full = dz.len() - dz.len() % 64;
-    let (z_blocks, z_tail) = z.split_at(full);
-    let (dy_blocks, dy_tail) = dy.split_at(full);
-    let (dz_blocks, dz_tail) = dz.split_at_mut(full);
-    let blocks = z_blocks.chunks_exact(64).zip(dy_blocks.chunks_exact(64));
-    for ((z, dy), dz) in blocks.zip(dz_blocks.chunks_exact_mut(64)) {
-        // SAFETY: each block holds 4 × 16 values; the CPU has AVX-512F (the caller's contract).
-        unsafe {
-            let slopes = gelu_slope_avx512::<4>(std::array::from_fn(|i| {
-                _mm512_loadu_ps(z.as_ptr().add(16 * i))
-            }));
-            for (i, slope) in slopes.into_iter().enumerate() {
-                let g = _mm512_loadu_ps(dy.as_ptr().add(16 * i));
-                _mm512_storeu_ps(dz.as_mut_ptr().add(16 * i), _mm512_mul_ps(g, slope));
-            }
-        }
-    }
-    let tails = z_tail.chunks(16).zip(dy_tail.chunks(16));
-    for ((z, dy), dz) in tails.zip(dz_tail.chunks_mut(16)) {
-        let mask: __mmask16 = (u32::MAX >> (32 - z.len())) as u16;
-        // SAFETY: the mask covers the chunk's 1 to 16 values only.
-        unsafe {
-            let [slope] = gelu_slope_avx512::<1>([_mm512_maskz_loadu_ps(mask, z.as_ptr())]);
-            let g = _mm512_maskz_loadu_ps(mask, dy.as_ptr());
-            _mm512_mask_storeu_ps(dz.as_mut_ptr(), mask, _mm512_mul_ps(g, slope));
-        }
-    }
+    // SAFETY: the CPU has AVX-512F (the caller's contract).
+    unsafe { map_times_avx512!(gelu_slope_avx512, z, dy, dz) }
 }
 
 /// [`backward_portable`] compiled for AVX2's eight lanes, with GELU's slope in intrinsics
