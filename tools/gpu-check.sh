@@ -17,8 +17,9 @@
 # the tensor-core attention, the trim sort), then the rest · 2. op-set parity on every backend
 # (ops, ntk, ntk_seq, classifier, pca, lda, alpha, wgpu on the GPU's Vulkan adapter — the loader
 # travels in the bundle —, the CUDA decoder tests on the tiny Mistral/Qwen2 fixtures, f32 and
-# bf16, `--matmul-precision medium` on the tensor cores, embed_parity's tiny XLM-R, ntk on two device workers) · 3. the CLI with --backend cuda
-# against --backend cpu (embed, ntk, pca, and compare on 1 000 models × 100 000 points, timed) ·
+# bf16, `--matmul-precision medium` on the tensor cores, embed_parity's tiny XLM-R, ntk on two
+# device workers) · 3. the CLI with --backend cuda against --backend cpu (embed, ntk, pca, and
+# compare on 1 000 models × 100 000 points, timed) ·
 # 4. mscope bench --backend cuda (GEMM variants 1, 2, 4, 10; attention variants side by side;
 # the pipelines), wgpu GEMM variants 2, 3, 5, 6 · 5. PyTorch anchors (cuBLAS, SDPA, torch.func)
 # set against the benches, and embed end to end against transformers

@@ -41,9 +41,6 @@ impl Target {
     /// sm_90, else `mma.sync` on sm_80+ under CUDA), for the bf16 ceiling probe; `None` where
     /// the device has no such kernel.
     pub fn bf16_gemm_backend(&self) -> Option<Arc<dyn Backend>> {
-        if self.gemm.bf16_operands() {
-            return Some(self.backend.clone());
-        }
         match self.backend.name() {
             "cpu" if amx_available() => Some(Arc::new(CpuBackend::with_gemm(GemmVariant::AmxBf16))),
             "cuda" => CudaBackend::open_bf16_gemm(&CudaOptions::from_env())

@@ -471,8 +471,17 @@ with_wide_simd! {
 
 #[inline(always)]
 fn softmax_portable(row: &mut [f32]) {
+    let inv = 1.0 / exp_row(row);
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// `row[i] ← exp(row[i] − max(row))`, returning `Σ row[i]` in one sweep: each chunk summed as
+/// its exponentials are written, while they are in registers, in [`lane_sum`]'s order.
+///
+/// [`lane_sum`]: super::common::lane_sum
+#[inline(always)]
+pub(super) fn exp_row(row: &mut [f32]) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    // Each chunk summed as its exponentials are written, while they are in registers.
     let mut sums = LaneSums::default();
     let mut chunks = row.chunks_exact_mut(SUM_LANES);
     for chunk in &mut chunks {
@@ -481,8 +490,7 @@ fn softmax_portable(row: &mut [f32]) {
     }
     let tail = chunks.into_remainder();
     tail.iter_mut().for_each(|v| *v = exp(*v - max));
-    let inv = 1.0 / sums.total(tail, |v| v);
-    row.iter_mut().for_each(|v| *v *= inv);
+    sums.total(tail, |v| v)
 }
 
 /// [`apply`] as written, also for callers that inline it into their own target-feature copies

@@ -29,7 +29,6 @@ use rayon::prelude::*;
 
 use super::activation;
 use super::attention::visible_keys;
-use super::common::lane_sum;
 use super::gemm_packed::SharedOut;
 use crate::backend::{AttentionSpec, SeqLayout};
 
@@ -185,7 +184,7 @@ unsafe fn task_avx2(task: &Task<'_>, scratch: &mut Scratch) {
     task.run::<6, 16>(
         row_kernel_avx2,
         pack_keys_portable::<16>,
-        exp_row_portable,
+        activation::exp_row,
         scratch,
     )
 }
@@ -195,7 +194,7 @@ fn task_portable(task: &Task<'_>, scratch: &mut Scratch) {
     task.run::<6, 16>(
         row_kernel_portable::<6, 16>,
         pack_keys_portable::<16>,
-        exp_row_portable,
+        activation::exp_row,
         scratch,
     )
 }
@@ -341,15 +340,7 @@ impl Task<'_> {
     }
 }
 
-/// `row[i] ← exp(row[i] − max(row))`, returning `Σ row[i]` (lane-wise, [`lane_sum`]).
-#[inline(always)]
-fn exp_row_portable(row: &mut [f32]) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    row.iter_mut().for_each(|v| *v = activation::exp(*v - max));
-    lane_sum(row, |v| v)
-}
-
-/// [`exp_row_portable`] in sixteen lanes: `exp(x) = 2^n · 2^f` with `n = round(x·log₂e)`,
+/// [`activation::exp_row`] in sixteen lanes: `exp(x) = 2^n · 2^f` with `n = round(x·log₂e)`,
 /// `2^f` (|f| ≤ ½) by a degree-6 polynomial (relative error 4.4·10⁻⁹, under f32's rounding;
 /// the degree-7 Taylor polynomial it replaced erred by 6·10⁻⁹, one FMA more a vector) and the
 /// `2^n` applied by `vscalefps`, which also flushes far-negative exponents to 0 (no clamp). `max·log₂e` is rounded once for the whole row: a factor common to every weight,
