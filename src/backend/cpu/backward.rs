@@ -381,7 +381,8 @@ with_wide_simd! {
 }
 
 /// One (sequence, head) of [`attention_backward`] from the gathered rows (and the mask when
-/// `masked`), written into its `out` pieces (`3·len`: q, k, v of each row).
+/// `masked`), written into its `out` pieces (`3·len`: q, k, v of each row); each output value
+/// summed in registers over the sequence, written once.
 #[inline(always)]
 fn head_backward(scratch: &mut HeadScratch, scale: f32, masked: bool, out: &mut [&mut [f32]]) {
     let HeadScratch {
@@ -396,36 +397,34 @@ fn head_backward(scratch: &mut HeadScratch, scale: f32, masked: bool, out: &mut 
         hd,
     } = scratch;
     let (len, hd) = (*len, *hd);
-    out.iter_mut().for_each(|piece| piece.fill(0.0));
     probabilities(q, k, scale, len, p);
-    let d_o_row = |i: usize| &d_o[i * hd..(i + 1) * hd];
+    let scale = f64::from(scale);
     for i in 0..len {
         let (p, ds) = (&p[i * len..(i + 1) * len], &mut ds[i * len..(i + 1) * len]);
-        // dV[j] += M[i, j]·P[i, j]·dO[i];  dP[i] = M[i] ⊙ (dO[i]·Vᵀ)
-        let mask = masked.then(|| &mask[i * len..(i + 1) * len]);
-        for (j, &pj) in p.iter().enumerate() {
-            let weight = mask.map_or(pj, |m| pj * m[j]);
-            add_scaled(&mut out[3 * j + 2], weight, d_o_row(i));
-        }
-        row_dots_portable(ds, d_o_row(i), v);
-        if let Some(m) = mask {
-            ds.iter_mut().zip(m).for_each(|(d, &m)| *d *= m);
+        // dP[i] = M[i] ⊙ (dO[i]·Vᵀ)
+        row_dots_portable(ds, &d_o[i * hd..(i + 1) * hd], v);
+        if masked {
+            let mask = &mask[i * len..(i + 1) * len];
+            ds.iter_mut().zip(mask).for_each(|(d, &m)| *d *= m);
         }
         // scale·dS[i] = scale·P[i] ⊙ (dP[i] − P[i]·dP[i]), the centre in f64.
         let centre = lane_sum_pairs_f64(p, ds, |p, d| p * d);
-        let scale = f64::from(scale);
         ds.iter_mut()
             .zip(p)
             .for_each(|(d, &p)| *d = (scale * f64::from(p) * (f64::from(*d) - centre)) as f32);
     }
-    // dQ[i] = Σ_j scale·dS[i, j]·K[j];  dK[j] = Σ_i scale·dS[i, j]·Q[i]
-    for i in 0..len {
-        let ds = &ds[i * len..(i + 1) * len];
-        for (j, &d) in ds.iter().enumerate() {
-            add_scaled(&mut out[3 * i], d, &k[j * hd..(j + 1) * hd]);
-        }
-        for (j, &d) in ds.iter().enumerate() {
-            add_scaled(&mut out[3 * j + 1], d, &q[i * hd..(i + 1) * hd]);
+    let (p, ds, mask) = (&*p, &*ds, &*mask);
+    for (j, pieces) in out.chunks_exact_mut(3).enumerate() {
+        let [dq, dk, dv] = pieces else {
+            unreachable!("chunks of three")
+        };
+        // dQ[j] = Σ_i scale·dS[j, i]·K[i];  dK[j] = Σ_i scale·dS[i, j]·Q[i]
+        combine_rows(dq, k, |i| ds[j * len + i]);
+        combine_rows(dk, q, |i| ds[i * len + j]);
+        // dV[j] = Σ_i M[i, j]·P[i, j]·dO[i]
+        match masked {
+            true => combine_rows(dv, d_o, |i| mask[i * len + j] * p[i * len + j]),
+            false => combine_rows(dv, d_o, |i| p[i * len + j]),
         }
     }
 }
@@ -434,17 +433,11 @@ fn head_backward(scratch: &mut HeadScratch, scale: f32, masked: bool, out: &mut 
 /// its `out` pieces (one a row).
 #[inline(always)]
 fn head_dropout(scratch: &mut HeadScratch, scale: f32, out: &mut [&mut [f32]]) {
-    let (len, hd) = (scratch.len, scratch.hd);
-    out.iter_mut().for_each(|piece| piece.fill(0.0));
+    let len = scratch.len;
     probabilities(&scratch.q, &scratch.k, scale, len, &mut scratch.p);
-    let rows = scratch
-        .p
-        .chunks_exact(len.max(1))
-        .zip(scratch.mask.chunks_exact(len.max(1)));
-    for ((p, m), o) in rows.zip(out.iter_mut()) {
-        for (j, (&p, &m)) in p.iter().zip(m).enumerate() {
-            add_scaled(o, p * m, &scratch.v[j * hd..(j + 1) * hd]);
-        }
+    let (p, mask) = (&scratch.p, &scratch.mask);
+    for (i, o) in out.iter_mut().enumerate() {
+        combine_rows(o, &scratch.v, |j| mask[i * len + j] * p[i * len + j]);
     }
 }
 
@@ -460,10 +453,40 @@ fn probabilities(q: &[f32], k: &[f32], scale: f32, len: usize, p: &mut [f32]) {
     }
 }
 
-/// `acc += a·x`, element-wise.
+/// Values of [`combine_rows`]'s output one sweep over the rows sums: sixty-four accumulators
+/// stay in registers (four AVX-512 ones, enough in flight to hide the add latency).
+const COMBINE_LANES: usize = 64;
+
+/// `out = Σ_j weight(j)·rows[j]` for the `out.len()`-wide rows `rows` (row-major), each value
+/// summed in the order of `j`; in chunks of [`COMBINE_LANES`] held in registers over the sweep,
+/// rather than an accumulator loaded and stored once a row.
 #[inline(always)]
-fn add_scaled(acc: &mut [f32], a: f32, x: &[f32]) {
-    acc.iter_mut().zip(x).for_each(|(acc, &x)| *acc += a * x);
+fn combine_rows(out: &mut [f32], rows: &[f32], weight: impl Fn(usize) -> f32) {
+    let width = out.len();
+    let full = width - width % COMBINE_LANES;
+    for start in (0..full).step_by(COMBINE_LANES) {
+        let mut acc = [0.0f32; COMBINE_LANES];
+        for (j, row) in rows.chunks_exact(width).enumerate() {
+            let (w, row): (f32, &[f32; COMBINE_LANES]) = (
+                weight(j),
+                row[start..start + COMBINE_LANES].try_into().expect("chunk"),
+            );
+            for l in 0..COMBINE_LANES {
+                acc[l] += w * row[l];
+            }
+        }
+        out[start..start + COMBINE_LANES].copy_from_slice(&acc);
+    }
+    let tail = &mut out[full..];
+    tail.fill(0.0);
+    if !tail.is_empty() {
+        for (j, row) in rows.chunks_exact(width).enumerate() {
+            let w = weight(j);
+            tail.iter_mut()
+                .zip(&row[full..])
+                .for_each(|(a, &x)| *a += w * x);
+        }
+    }
 }
 
 /// Sums of the rows of each sequence, each row multiplied element-wise by its row of `weights`
