@@ -197,15 +197,8 @@ pub fn attention_backward_into(
         HeadScratch::default,
         |scratch, (s, h, mut pieces)| {
             let rows = layout.range(s);
-            scratch.gather(qkv, width, &rows, [h * hd, out_width + h * hd], hd);
-            gather_rows(
-                &mut scratch.v,
-                qkv,
-                width,
-                &rows,
-                2 * out_width + h * hd,
-                hd,
-            );
+            let columns = [0, out_width, 2 * out_width].map(|c| c + h * hd);
+            scratch.gather(qkv, width, &rows, columns, hd);
             gather_rows(&mut scratch.d_o, d_out, out_width, &rows, h * hd, hd);
             let masked = dropout.is_some();
             if let Some(m) = dropout {
@@ -244,15 +237,8 @@ pub fn attention_dropout(
         HeadScratch::default,
         |scratch, (s, h, mut pieces)| {
             let rows = layout.range(s);
-            scratch.gather(qkv, width, &rows, [h * hd, out_width + h * hd], hd);
-            gather_rows(
-                &mut scratch.v,
-                qkv,
-                width,
-                &rows,
-                2 * out_width + h * hd,
-                hd,
-            );
+            let columns = [0, out_width, 2 * out_width].map(|c| c + h * hd);
+            scratch.gather(qkv, width, &rows, columns, hd);
             scratch.fill_mask(mask, &rows, heads, h);
             head_dropout_wide(scratch, spec.scale, &mut pieces);
         },
@@ -338,18 +324,20 @@ pub(super) struct HeadScratch {
 }
 
 impl HeadScratch {
-    /// Gathers the head's queries and keys (at columns `q_k` of `qkv`) of sequence `rows`.
+    /// Gathers the head's queries, keys and values (at columns `qc`, `kc`, `vc` of `qkv`) of
+    /// sequence `rows`.
     fn gather(
         &mut self,
         qkv: &[f32],
         width: usize,
         rows: &Range<usize>,
-        [qc, kc]: [usize; 2],
+        [qc, kc, vc]: [usize; 3],
         hd: usize,
     ) {
         (self.len, self.hd) = (rows.len(), hd);
         gather_rows(&mut self.q, qkv, width, rows, qc, hd);
         gather_rows(&mut self.k, qkv, width, rows, kc, hd);
+        gather_rows(&mut self.v, qkv, width, rows, vc, hd);
         let square = rows.len() * rows.len();
         for m in [&mut self.p, &mut self.ds] {
             m.clear();
