@@ -40,7 +40,11 @@ fn finite_differences(x: &[f64], readout: &[f64], f: impl Fn(&[f64]) -> Vec<f64>
 }
 
 fn assert_close(what: &str, got: &[f32], want: &[f64]) {
-    let err = rel_error_f64(&widen(got), want);
+    assert_close_f64(what, &widen(got), want);
+}
+
+fn assert_close_f64(what: &str, got: &[f64], want: &[f64]) {
+    let err = rel_error_f64(got, want);
     assert!(err < F32_TOLERANCE, "{what}: rel err {err:.2e}");
 }
 
@@ -382,6 +386,123 @@ fn attention_dropout_matches_finite_differences() {
         &be.download(&d_qkv).unwrap(),
         &want,
     );
+}
+
+/// Attention's backward pass of each packed sequence in f64, by its closed form (the formulas
+/// of `attention_backward`'s docs, `M` the `dropout` factors, all ones without): the reference
+/// at lengths where finite differences would take too long.
+fn attention_backward_f64(
+    qkv: &[f64],
+    layout: &SeqLayout,
+    heads: usize,
+    hd: usize,
+    d_out: &[f64],
+    dropout: Option<&DropoutMask>,
+) -> Vec<f64> {
+    let (width, out_width) = (3 * heads * hd, heads * hd);
+    let scale = 1.0 / (hd as f64).sqrt();
+    let mut grad = vec![0.0; qkv.len()];
+    for s in 0..layout.num_sequences() {
+        let rows = layout.range(s);
+        for h in 0..heads {
+            let at = |kind: usize, t: usize| t * width + kind * out_width + h * hd;
+            let dot = |a: usize, b: usize| (0..hd).map(|e| qkv[a + e] * qkv[b + e]).sum::<f64>();
+            for i in rows.clone() {
+                let factor = |j: usize| {
+                    dropout.map_or(1.0, |m| {
+                        f64::from(m.factor((i * heads + h) as u64, (j - rows.start) as u64))
+                    })
+                };
+                let scores: Vec<f64> = rows
+                    .clone()
+                    .map(|j| scale * dot(at(0, i), at(1, j)))
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = exps.iter().sum();
+                let d_o = &d_out[i * out_width + h * hd..i * out_width + (h + 1) * hd];
+                let dp: Vec<f64> = rows
+                    .clone()
+                    .map(|j| factor(j) * (0..hd).map(|e| d_o[e] * qkv[at(2, j) + e]).sum::<f64>())
+                    .collect();
+                let centre: f64 = exps.iter().zip(&dp).map(|(e, d)| e / total * d).sum();
+                for (n, j) in rows.clone().enumerate() {
+                    let p = exps[n] / total;
+                    let ds = scale * p * (dp[n] - centre);
+                    for e in 0..hd {
+                        grad[at(0, i) + e] += ds * qkv[at(1, j) + e];
+                        grad[at(1, j) + e] += ds * qkv[at(0, i) + e];
+                        grad[at(2, j) + e] += factor(j) * p * d_o[e];
+                    }
+                }
+            }
+        }
+    }
+    grad
+}
+
+/// One sequence of hundreds of tokens (every thread on its heads; lengths and head size no
+/// multiple of a vector), with and without dropout: the CPU ops against the f64 forward and the
+/// closed-form backward, itself first checked against finite differences on the short inputs.
+#[test]
+fn attention_backward_of_one_long_sequence_matches_f64() {
+    let mask = DropoutMask::new(3, 0.25).unwrap();
+    let (heads, hd) = HEADS;
+    let (short, _, qkv, readout) = attention_inputs(6);
+    let qd = widen(&qkv);
+    assert_close_f64(
+        "closed-form reference",
+        &attention_backward_f64(&qd, &short, heads, hd, &widen(&readout), Some(&mask)),
+        &finite_differences(&qd, &widen(&readout), |x| {
+            attention_f64(x, &short, heads, hd, Some(&mask))
+        }),
+    );
+    let (heads, hd, len) = (3, 37, 301);
+    let layout = SeqLayout::from_lengths([len]);
+    let spec = AttentionSpec::bidirectional(heads, hd);
+    let mut rng = Rng::new(7);
+    let qkv: Vec<f32> = rng
+        .vec(len * 3 * heads * hd)
+        .iter()
+        .map(|v| 2.0 * v)
+        .collect();
+    let readout = rng.vec(len * heads * hd);
+    let (qd, rd) = (widen(&qkv), widen(&readout));
+    let be = CpuBackend::new();
+    let qkv_tensor = be.upload(&[len, 3 * heads * hd], &qkv).unwrap();
+    let readout_tensor = be.upload(&[len, heads * hd], &readout).unwrap();
+    let mut out = be
+        .upload(&[len, heads * hd], &vec![f32::NAN; len * heads * hd])
+        .unwrap();
+    be.attention_dropout(&qkv_tensor, &layout, &spec, &mask, &mut out)
+        .unwrap();
+    assert_close(
+        "long dropout forward",
+        &be.download(&out).unwrap(),
+        &attention_f64(&qd, &layout, heads, hd, Some(&mask)),
+    );
+    for dropout in [None, Some(&mask)] {
+        let mut d_qkv = be
+            .upload(&[len, 3 * heads * hd], &vec![f32::NAN; qkv.len()])
+            .unwrap();
+        match dropout {
+            Some(m) => be.attention_dropout_backward(
+                &qkv_tensor,
+                &layout,
+                &spec,
+                m,
+                &readout_tensor,
+                &mut d_qkv,
+            ),
+            None => be.attention_backward(&qkv_tensor, &layout, &spec, &readout_tensor, &mut d_qkv),
+        }
+        .unwrap();
+        assert_close(
+            &format!("long d_qkv, dropout {}", dropout.is_some()),
+            &be.download(&d_qkv).unwrap(),
+            &attention_backward_f64(&qd, &layout, heads, hd, &rd, dropout),
+        );
+    }
 }
 
 #[test]

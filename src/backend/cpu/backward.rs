@@ -22,7 +22,8 @@ use rayon::prelude::*;
 
 use super::activation;
 use super::common::{
-    lane_sum_f64, lane_sum_pairs_f64, rows_per_task, split_sequences, with_wide_simd,
+    lane_sum_f64, lane_sum_pairs_f64, row_dots_portable, rows_per_task, split_sequences,
+    with_wide_simd,
 };
 use super::gemm::{gemm, Operand};
 use crate::backend::{Activation, AttentionSpec, DropoutMask, SeqLayout};
@@ -166,6 +167,21 @@ pub fn attention_backward(
     d_out: &[f32],
     dropout: Option<&DropoutMask>,
 ) -> Result<Vec<f32>> {
+    let mut d_qkv = vec![0.0f32; qkv.len()];
+    attention_backward_into(qkv, layout, spec, d_out, dropout, &mut d_qkv)?;
+    Ok(d_qkv)
+}
+
+/// [`attention_backward`] written into `d_qkv` (whatever it held), one task per (sequence,
+/// head), so that a single long sequence keeps every thread busy.
+pub fn attention_backward_into(
+    qkv: &[f32],
+    layout: &SeqLayout,
+    spec: &AttentionSpec,
+    d_out: &[f32],
+    dropout: Option<&DropoutMask>,
+    d_qkv: &mut [f32],
+) -> Result<()> {
     check_bidirectional("attention_backward", spec)?;
     let (heads, hd) = (spec.heads, spec.head_dim);
     let (width, out_width) = (spec.qkv_width(), heads * hd);
@@ -176,69 +192,27 @@ pub fn attention_backward(
         tokens * out_width,
         "attention_backward: d_out shape"
     );
-    let mut d_qkv = vec![0.0f32; tokens * width];
-    let blocks = split_sequences(&mut d_qkv, layout, width);
-    blocks.into_par_iter().enumerate().for_each(|(s, d_block)| {
-        let rows = layout.range(s);
-        let len = rows.len();
-        let at = |t: usize, c: usize| (rows.start + t) * width + c;
-        let mut p = vec![0.0f32; len * len];
-        // M and M ⊙ P of the head, each mask entry hashed once rather than once per use.
-        let mut mask = vec![1.0f32; len * len];
-        let mut masked_p = vec![0.0f32; len * len];
-        for h in 0..heads {
-            let (qc, kc, vc) = (h * hd, out_width + h * hd, 2 * out_width + h * hd);
-            softmax_probabilities(qkv, spec, &rows, (qc, kc), &mut p);
+    assert_eq!(d_qkv.len(), qkv.len(), "attention_backward: d_qkv shape");
+    head_tasks(d_qkv, layout, heads, hd).for_each_init(
+        HeadScratch::default,
+        |scratch, (s, h, mut pieces)| {
+            let rows = layout.range(s);
+            let columns = [0, out_width, 2 * out_width].map(|c| c + h * hd);
+            scratch.gather(qkv, width, &rows, columns, hd);
+            gather_rows(&mut scratch.d_o, d_out, out_width, &rows, h * hd, hd);
+            let masked = dropout.is_some();
             if let Some(m) = dropout {
-                for (i, row) in mask.chunks_exact_mut(len).enumerate() {
-                    let query_row = ((rows.start + i) * heads + h) as u64;
-                    for (j, f) in row.iter_mut().enumerate() {
-                        *f = m.factor(query_row, j as u64);
-                    }
-                }
+                scratch.fill_mask(m, &rows, heads, h);
             }
-            for ((mp, &p), &f) in masked_p.iter_mut().zip(&p).zip(&mask) {
-                *mp = p * f;
-            }
-            let d_o = |t: usize, e: usize| d_out[(rows.start + t) * out_width + h * hd + e];
-            // dV[j] = Σ_i M[i, j]·P[i, j]·dO[i]
-            for j in 0..len {
-                for e in 0..hd {
-                    let v: f32 = (0..len).map(|i| masked_p[i * len + j] * d_o(i, e)).sum();
-                    d_block[j * width + vc + e] = v;
-                }
-            }
-            // dS[i, j] = P[i, j]·(dP[i, j] − Σ_k P[i, k]·dP[i, k]), dP[i, j] = M[i, j]·dO[i]·V[j]
-            let mut ds = vec![0.0f32; len * len];
-            for i in 0..len {
-                let dp: Vec<f32> = (0..len)
-                    .map(|j| {
-                        let dot: f32 = (0..hd).map(|e| d_o(i, e) * qkv[at(j, vc + e)]).sum();
-                        mask[i * len + j] * dot
-                    })
-                    .collect();
-                let centre: f64 = (0..len).map(|j| p[i * len + j] as f64 * dp[j] as f64).sum();
-                for j in 0..len {
-                    ds[i * len + j] = (p[i * len + j] as f64 * (dp[j] as f64 - centre)) as f32;
-                }
-            }
-            // dQ[i] = scale·Σ_j dS[i, j]·K[j];  dK[j] = scale·Σ_i dS[i, j]·Q[i]
-            for i in 0..len {
-                for e in 0..hd {
-                    let dq: f32 = (0..len).map(|j| ds[i * len + j] * qkv[at(j, kc + e)]).sum();
-                    let dk: f32 = (0..len).map(|j| ds[j * len + i] * qkv[at(j, qc + e)]).sum();
-                    d_block[i * width + qc + e] = spec.scale * dq;
-                    d_block[i * width + kc + e] = spec.scale * dk;
-                }
-            }
-        }
-    });
-    Ok(d_qkv)
+            head_backward_wide(scratch, spec.scale, masked, &mut pieces);
+        },
+    );
+    Ok(())
 }
 
 /// Bidirectional attention with its probabilities dropped by `mask` (transformers' attention
-/// dropout in train mode) over packed sequences: `out: [tokens, heads·head_dim]`, per sequence
-/// and head `O = (M ⊙ P)·V` with `P = softmax(scale·Q·Kᵀ)` and
+/// dropout in train mode) over packed sequences, written into `out: [tokens, heads·head_dim]`
+/// (whatever it held): per sequence and head `O = (M ⊙ P)·V` with `P = softmax(scale·Q·Kᵀ)` and
 /// `M[i, j] = mask.factor(t_i·heads + h, j)` for the packed row `t_i` of query `i` and key
 /// position `j` in the sequence. Computes `P` as [`attention_backward`] recomputes it: a
 /// training-step reference, not the fast path of inference.
@@ -247,35 +221,29 @@ pub fn attention_dropout(
     layout: &SeqLayout,
     spec: &AttentionSpec,
     mask: &DropoutMask,
-) -> Result<Vec<f32>> {
+    out: &mut [f32],
+) -> Result<()> {
     check_bidirectional("attention_dropout", spec)?;
     let (heads, hd) = (spec.heads, spec.head_dim);
     let (width, out_width) = (spec.qkv_width(), heads * hd);
     let tokens = layout.num_tokens();
     assert_eq!(qkv.len(), tokens * width, "attention_dropout: qkv shape");
-    let mut out = vec![0.0f32; tokens * out_width];
-    let blocks = split_sequences(&mut out, layout, out_width);
-    blocks.into_par_iter().enumerate().for_each(|(s, block)| {
-        let rows = layout.range(s);
-        let len = rows.len();
-        let mut p = vec![0.0f32; len * len];
-        for h in 0..heads {
-            let (qc, kc, vc) = (h * hd, out_width + h * hd, 2 * out_width + h * hd);
-            softmax_probabilities(qkv, spec, &rows, (qc, kc), &mut p);
-            for i in 0..len {
-                let query_row = ((rows.start + i) * heads + h) as u64;
-                for (j, pj) in p[i * len..(i + 1) * len].iter_mut().enumerate() {
-                    *pj *= mask.factor(query_row, j as u64);
-                }
-                for e in 0..hd {
-                    block[i * out_width + h * hd + e] = (0..len)
-                        .map(|j| p[i * len + j] * qkv[(rows.start + j) * width + vc + e])
-                        .sum();
-                }
-            }
-        }
-    });
-    Ok(out)
+    assert_eq!(
+        out.len(),
+        tokens * out_width,
+        "attention_dropout: out shape"
+    );
+    head_tasks(out, layout, heads, hd).for_each_init(
+        HeadScratch::default,
+        |scratch, (s, h, mut pieces)| {
+            let rows = layout.range(s);
+            let columns = [0, out_width, 2 * out_width].map(|c| c + h * hd);
+            scratch.gather(qkv, width, &rows, columns, hd);
+            scratch.fill_mask(mask, &rows, heads, h);
+            head_dropout_wide(scratch, spec.scale, &mut pieces);
+        },
+    );
+    Ok(())
 }
 
 /// An error unless `spec` is bidirectional attention without grouped heads, the only attention
@@ -290,32 +258,222 @@ fn check_bidirectional(op: &str, spec: &AttentionSpec) -> Result<()> {
     Ok(())
 }
 
-/// `p = softmax(scale·Q·Kᵀ)` row by row, `[len, len]`, for the packed sequence `rows` of `qkv`
-/// and the head whose queries and keys start at columns `(qc, kc)`.
-fn softmax_probabilities(
-    qkv: &[f32],
-    spec: &AttentionSpec,
+/// The tasks of the per-head attention ops writing `out` (`[tokens, kinds·heads·hd]`: `d_qkv`,
+/// or the context): `(sequence, head, pieces)` with `pieces` the `hd`-wide parts of the
+/// sequence's rows that belong to the head, row by row and, within a row, kind by kind (q, k, v).
+/// Heads of one sequence run in parallel too, so a single long sequence keeps every thread busy.
+fn head_tasks<'a>(
+    out: &'a mut [f32],
+    layout: &'a SeqLayout,
+    heads: usize,
+    hd: usize,
+) -> impl ParallelIterator<Item = (usize, usize, Vec<&'a mut [f32]>)> + 'a {
+    let width = if layout.num_tokens() == 0 {
+        0
+    } else {
+        out.len() / layout.num_tokens()
+    };
+    split_sequences(out, layout, width)
+        .into_par_iter()
+        .enumerate()
+        .flat_map(move |(s, block)| {
+            let mut by_head: Vec<Vec<&mut [f32]>> = (0..heads)
+                .map(|_| Vec::with_capacity(block.len() / (heads * hd).max(1)))
+                .collect();
+            // A row is its kinds one after the other, each the heads' pieces in order.
+            for (i, piece) in block.chunks_exact_mut(hd.max(1)).enumerate() {
+                by_head[i % heads].push(piece);
+            }
+            by_head
+                .into_par_iter()
+                .enumerate()
+                .map(move |(h, pieces)| (s, h, pieces))
+        })
+}
+
+/// `dst ← rows` of `src` (`width` wide), columns `col..col + hd`: one head's rows contiguous.
+fn gather_rows(
+    dst: &mut Vec<f32>,
+    src: &[f32],
+    width: usize,
     rows: &Range<usize>,
-    (qc, kc): (usize, usize),
-    p: &mut [f32],
+    col: usize,
+    hd: usize,
 ) {
-    let (width, hd, len) = (spec.qkv_width(), spec.head_dim, rows.len());
-    let at = |t: usize, c: usize| (rows.start + t) * width + c;
+    dst.clear();
+    for t in rows.clone() {
+        dst.extend_from_slice(&src[t * width + col..t * width + col + hd]);
+    }
+}
+
+/// One thread's working set for one (sequence, head) of the attention ops: the head's `Q`, `K`,
+/// `V` and `dO` rows gathered contiguous (`[len, hd]`), and its `[len, len]` probabilities,
+/// score gradients and dropout factors; kept across the thread's tasks, so that a task allocates
+/// none (`3·len²` values: 3 MiB at 512 tokens).
+#[derive(Default)]
+pub(super) struct HeadScratch {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    d_o: Vec<f32>,
+    p: Vec<f32>,
+    ds: Vec<f32>,
+    mask: Vec<f32>,
+    len: usize,
+    hd: usize,
+}
+
+impl HeadScratch {
+    /// Gathers the head's queries, keys and values (at columns `qc`, `kc`, `vc` of `qkv`) of
+    /// sequence `rows`.
+    fn gather(
+        &mut self,
+        qkv: &[f32],
+        width: usize,
+        rows: &Range<usize>,
+        [qc, kc, vc]: [usize; 3],
+        hd: usize,
+    ) {
+        (self.len, self.hd) = (rows.len(), hd);
+        gather_rows(&mut self.q, qkv, width, rows, qc, hd);
+        gather_rows(&mut self.k, qkv, width, rows, kc, hd);
+        gather_rows(&mut self.v, qkv, width, rows, vc, hd);
+        let square = rows.len() * rows.len();
+        for m in [&mut self.p, &mut self.ds] {
+            m.clear();
+            m.resize(square, 0.0);
+        }
+    }
+
+    /// `mask[i, j] = m.factor(t_i·heads + h, j)` for head `h` of sequence `rows`, each entry
+    /// hashed once for its two uses in the backward pass.
+    fn fill_mask(&mut self, m: &DropoutMask, rows: &Range<usize>, heads: usize, h: usize) {
+        let len = rows.len();
+        self.mask.clear();
+        for t in rows.clone() {
+            let query_row = (t * heads + h) as u64;
+            self.mask
+                .extend((0..len as u64).map(|j| m.factor(query_row, j)));
+        }
+    }
+}
+
+with_wide_simd! {
+    /// [`head_backward`], as wide as the CPU allows.
+    avx512 fn head_backward_wide => head_backward(scratch: &mut HeadScratch, scale: f32, masked: bool, out: &mut [&mut [f32]])
+}
+
+with_wide_simd! {
+    /// [`head_dropout`], as wide as the CPU allows.
+    avx512 fn head_dropout_wide => head_dropout(scratch: &mut HeadScratch, scale: f32, out: &mut [&mut [f32]])
+}
+
+/// One (sequence, head) of [`attention_backward`] from the gathered rows (and the mask when
+/// `masked`), written into its `out` pieces (`3·len`: q, k, v of each row); each output value
+/// summed in registers over the sequence, written once.
+#[inline(always)]
+fn head_backward(scratch: &mut HeadScratch, scale: f32, masked: bool, out: &mut [&mut [f32]]) {
+    let HeadScratch {
+        q,
+        k,
+        v,
+        d_o,
+        p,
+        ds,
+        mask,
+        len,
+        hd,
+    } = scratch;
+    let (len, hd) = (*len, *hd);
+    probabilities(q, k, scale, len, p);
+    let scale = f64::from(scale);
     for i in 0..len {
-        let row = &mut p[i * len..(i + 1) * len];
-        for (j, r) in row.iter_mut().enumerate() {
-            let dot: f32 = (0..hd)
-                .map(|e| qkv[at(i, qc + e)] * qkv[at(j, kc + e)])
-                .sum();
-            *r = spec.scale * dot;
+        let (p, ds) = (&p[i * len..(i + 1) * len], &mut ds[i * len..(i + 1) * len]);
+        // dP[i] = M[i] ⊙ (dO[i]·Vᵀ)
+        row_dots_portable(ds, &d_o[i * hd..(i + 1) * hd], v);
+        if masked {
+            let mask = &mask[i * len..(i + 1) * len];
+            ds.iter_mut().zip(mask).for_each(|(d, &m)| *d *= m);
         }
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f64;
-        for r in row.iter_mut() {
-            *r = (*r - max).exp();
-            sum += *r as f64;
+        // scale·dS[i] = scale·P[i] ⊙ (dP[i] − P[i]·dP[i]), the centre in f64.
+        let centre = lane_sum_pairs_f64(p, ds, |p, d| p * d);
+        ds.iter_mut()
+            .zip(p)
+            .for_each(|(d, &p)| *d = (scale * f64::from(p) * (f64::from(*d) - centre)) as f32);
+    }
+    let (p, ds, mask) = (&*p, &*ds, &*mask);
+    for (j, pieces) in out.chunks_exact_mut(3).enumerate() {
+        let [dq, dk, dv] = pieces else {
+            unreachable!("chunks of three")
+        };
+        // dQ[j] = Σ_i scale·dS[j, i]·K[i];  dK[j] = Σ_i scale·dS[i, j]·Q[i]
+        combine_rows(dq, k, |i| ds[j * len + i]);
+        combine_rows(dk, q, |i| ds[i * len + j]);
+        // dV[j] = Σ_i M[i, j]·P[i, j]·dO[i]
+        match masked {
+            true => combine_rows(dv, d_o, |i| mask[i * len + j] * p[i * len + j]),
+            false => combine_rows(dv, d_o, |i| p[i * len + j]),
         }
-        row.iter_mut().for_each(|r| *r = (*r as f64 / sum) as f32);
+    }
+}
+
+/// One (sequence, head) of [`attention_dropout`] from the gathered rows and mask, written into
+/// its `out` pieces (one a row).
+#[inline(always)]
+fn head_dropout(scratch: &mut HeadScratch, scale: f32, out: &mut [&mut [f32]]) {
+    let len = scratch.len;
+    probabilities(&scratch.q, &scratch.k, scale, len, &mut scratch.p);
+    let (p, mask) = (&scratch.p, &scratch.mask);
+    for (i, o) in out.iter_mut().enumerate() {
+        combine_rows(o, &scratch.v, |j| mask[i * len + j] * p[i * len + j]);
+    }
+}
+
+/// `p = softmax(scale·Q·Kᵀ)` row by row, `[len, len]`, from the head's gathered `q` and `k`.
+#[inline(always)]
+fn probabilities(q: &[f32], k: &[f32], scale: f32, len: usize, p: &mut [f32]) {
+    let hd = q.len() / len.max(1);
+    for (i, row) in p.chunks_exact_mut(len.max(1)).take(len).enumerate() {
+        row_dots_portable(row, &q[i * hd..(i + 1) * hd], k);
+        row.iter_mut().for_each(|r| *r *= scale);
+        let inv = 1.0 / activation::exp_row(row);
+        row.iter_mut().for_each(|r| *r *= inv);
+    }
+}
+
+/// Values of [`combine_rows`]'s output one sweep over the rows sums: sixty-four accumulators
+/// stay in registers (four AVX-512 ones, enough in flight to hide the add latency).
+const COMBINE_LANES: usize = 64;
+
+/// `out = Σ_j weight(j)·rows[j]` for the `out.len()`-wide rows `rows` (row-major), each value
+/// summed in the order of `j`; in chunks of [`COMBINE_LANES`] held in registers over the sweep,
+/// rather than an accumulator loaded and stored once a row.
+#[inline(always)]
+fn combine_rows(out: &mut [f32], rows: &[f32], weight: impl Fn(usize) -> f32) {
+    let width = out.len();
+    let full = width - width % COMBINE_LANES;
+    for start in (0..full).step_by(COMBINE_LANES) {
+        let mut acc = [0.0f32; COMBINE_LANES];
+        for (j, row) in rows.chunks_exact(width).enumerate() {
+            let (w, row): (f32, &[f32; COMBINE_LANES]) = (
+                weight(j),
+                row[start..start + COMBINE_LANES].try_into().expect("chunk"),
+            );
+            for l in 0..COMBINE_LANES {
+                acc[l] += w * row[l];
+            }
+        }
+        out[start..start + COMBINE_LANES].copy_from_slice(&acc);
+    }
+    let tail = &mut out[full..];
+    tail.fill(0.0);
+    if !tail.is_empty() {
+        for (j, row) in rows.chunks_exact(width).enumerate() {
+            let w = weight(j);
+            tail.iter_mut()
+                .zip(&row[full..])
+                .for_each(|(a, &x)| *a += w * x);
+        }
     }
 }
 
@@ -427,9 +585,14 @@ pub(super) mod on_tensors {
         d_qkv: &mut Tensor,
     ) -> Result<()> {
         shapes::attention_backward(qkv, layout, spec, d_out, d_qkv)?;
-        let grad = super::attention_backward(values(qkv)?, layout, spec, values(d_out)?, None)?;
-        values_mut(d_qkv)?.copy_from_slice(&grad);
-        Ok(())
+        super::attention_backward_into(
+            values(qkv)?,
+            layout,
+            spec,
+            values(d_out)?,
+            None,
+            values_mut(d_qkv)?,
+        )
     }
 
     pub(in crate::backend::cpu) fn attention_dropout(
@@ -440,9 +603,7 @@ pub(super) mod on_tensors {
         out: &mut Tensor,
     ) -> Result<()> {
         shapes::attention(qkv, layout, spec, out)?;
-        let context = super::attention_dropout(values(qkv)?, layout, spec, mask)?;
-        values_mut(out)?.copy_from_slice(&context);
-        Ok(())
+        super::attention_dropout(values(qkv)?, layout, spec, mask, values_mut(out)?)
     }
 
     pub(in crate::backend::cpu) fn attention_dropout_backward(
@@ -454,10 +615,14 @@ pub(super) mod on_tensors {
         d_qkv: &mut Tensor,
     ) -> Result<()> {
         shapes::attention_backward(qkv, layout, spec, d_out, d_qkv)?;
-        let grad =
-            super::attention_backward(values(qkv)?, layout, spec, values(d_out)?, Some(mask))?;
-        values_mut(d_qkv)?.copy_from_slice(&grad);
-        Ok(())
+        super::attention_backward_into(
+            values(qkv)?,
+            layout,
+            spec,
+            values(d_out)?,
+            Some(mask),
+            values_mut(d_qkv)?,
+        )
     }
 
     /// `out = x ⊙ mask (+ residual)`, entry `(r, c)` scaled by `mask.factor(r, c)`.

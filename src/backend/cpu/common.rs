@@ -168,7 +168,7 @@ const DOT_LANES: usize = 16;
 const DOT_GROUP: usize = 8;
 
 #[inline(always)]
-fn row_dots_portable(out: &mut [f32], row: &[f32], others: &[f32]) {
+pub(super) fn row_dots_portable(out: &mut [f32], row: &[f32], others: &[f32]) {
     let dim = row.len();
     assert_eq!(others.len(), out.len() * dim, "row_dots: sizes differ");
     if dim == 0 {
