@@ -10,7 +10,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::common::{values, values_mut};
-use super::gemm::{gemm, Operand};
+use super::gemm::{gemm, gemm_in_task, Operand};
 use crate::backend::{shapes, JlSpec, SeqFactors, Tensor, TokenPairing};
 use crate::error::Result;
 
@@ -248,7 +248,9 @@ pub(super) fn ntk_sample_gradients(
     let (delta, acts) = (values(factors.delta)?, values(acts)?);
     let bias_input = offset.sqrt();
     let width = p * (q + 1);
-    for (i, g) in values_mut(out)?.chunks_exact_mut(width.max(1)).enumerate() {
+    // One sample per task: each GEMM is too small to split across cores.
+    let out = values_mut(out)?.par_chunks_exact_mut(width.max(1));
+    out.enumerate().for_each(|(i, g)| {
         let tokens = factors.layout.range(i);
         // `[a_t, √offset]` per token: the bias column comes out of the same GEMM.
         let extended: Vec<f32> = tokens
@@ -258,13 +260,13 @@ pub(super) fn ntk_sample_gradients(
                 a.iter().copied().chain(std::iter::once(bias_input))
             })
             .collect();
-        gemm(
+        gemm_in_task(
             g,
             Operand::transposed(&delta[tokens.start * p..tokens.end * p], tokens.len(), p),
             Operand::plain(&extended, tokens.len(), q + 1),
             false,
         );
-    }
+    });
     Ok(())
 }
 
