@@ -1270,15 +1270,16 @@ fn cli_ntk_test_data_matches_two_runs() {
             std::fs::remove_file(separate).unwrap();
         }
     }
+    let (k_out, t_out) = (file("k"), file("t"));
     let both = [
         "--data",
         path_str(&train),
         "--out",
-        path_str(&file("k")),
+        path_str(&k_out),
         "--test-data",
         path_str(&test),
         "--test-out",
-        path_str(&file("t")),
+        path_str(&t_out),
     ];
     for (extra, needle) in [
         (&["--against", path_str(&train)][..], "--against"),

@@ -320,11 +320,16 @@ pub(super) fn jl_project(
 ) -> Result<()> {
     let (n, d) = shapes::jl_project(x, spec.dim, out)?;
     let k = spec.dim;
-    let x = MatRef::from_row_major_slice(values(x)?, n, d);
-    let mut out = MatMut::from_row_major_slice_mut(values_mut(out)?, n, k);
+    let (x, out) = (values(x)?, values_mut(out)?);
     if !accumulate {
         out.fill(0.0);
     }
+    if n == 0 || d == 0 || k == 0 {
+        return Ok(());
+    }
+    // Rows of `x` split across the cores, each slab's GEMM on one thread per part: faer runs
+    // these shapes (a few hundred rows, k in the hundreds) on one thread.
+    let part_rows = n.div_ceil(rayon::current_num_threads()).max(1);
     let mut slab = vec![0.0f32; TILE.min(d) * k];
     for start in (0..d).step_by(TILE) {
         let width = TILE.min(d - start);
@@ -338,14 +343,19 @@ pub(super) fn jl_project(
                     .for_each(|(j, v)| *v = spec.entry(j, start + c));
             });
         let p_t = MatRef::from_row_major_slice(&slab[..width * k], width, k);
-        matmul(
-            out.as_mut(),
-            Accum::Add,
-            x.subcols(start, width),
-            p_t,
-            1.0f32,
-            Par::rayon(0),
-        );
+        out.par_chunks_mut(part_rows * k)
+            .zip(x.par_chunks(part_rows * d))
+            .for_each(|(out, x)| {
+                let rows = out.len() / k;
+                matmul(
+                    MatMut::from_row_major_slice_mut(out, rows, k),
+                    Accum::Add,
+                    MatRef::from_row_major_slice(x, rows, d).subcols(start, width),
+                    p_t,
+                    1.0f32,
+                    Par::Seq,
+                );
+            });
     }
     Ok(())
 }
