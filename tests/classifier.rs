@@ -1203,8 +1203,6 @@ fn cli_ntk_test_data_matches_two_runs() {
             kind,
             "--tile-rows",
             "2",
-            "--block-rows",
-            "2",
             "--backend",
             "cpu",
         ]
@@ -1221,6 +1219,13 @@ fn cli_ntk_test_data_matches_two_runs() {
         ("gradcos", &[][..]),
         ("pntk", &projected[..]),
     ] {
+        // Blocks of two rows: checkpoints on both kernels' way.
+        let extra: Vec<&str> = extra
+            .iter()
+            .chain(&["--block-rows", "2"])
+            .copied()
+            .collect();
+        let extra = extra.as_slice();
         let (one_train, one_test) = (file("one-train"), file("one-test"));
         let (train_out, test_out) = (file("train"), file("test"));
         let stdout = run_mscope_ok(&as_strs(&ntk(
