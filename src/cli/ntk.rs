@@ -651,13 +651,13 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
     preemption::watch()?;
     let model_digest = directory_digest(&args.model)?;
     let settings = json!({
-            "kind": args.kind,
-            "layers": args.layers.to_string(),
-            "projection": args.projection,
-            "projection_dim": args.projection_dim,
-            "seed": args.seed,
-            "text_field": args.text_field,
-            "label_field": args.label_field,
+        "kind": args.kind,
+        "layers": args.layers.to_string(),
+        "projection": args.projection,
+        "projection_dim": args.projection_dim,
+        "seed": args.seed,
+        "text_field": args.text_field,
+        "label_field": args.label_field,
     });
     let file = (args.kind, projection.map_or(0, |jl| jl.dim));
     let manifest = job_manifest(
