@@ -1177,6 +1177,144 @@ fn cli_ntk_of_a_classifier_projects() {
     assert_eq!(KernelFile::read(&out).unwrap().projection_dim, 32);
 }
 
+/// `mscope ntk --test-data`: the train × train and test × train kernels of one run, from one set
+/// of training factors, are the bytes of the two separate runs (several tiles and blocks, exact
+/// and projected, a normalised and a loss-seeded kind); the combinations it does not take are
+/// refused.
+#[test]
+fn cli_ntk_test_data_matches_two_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = repo_path("tests/fixtures/classifiers/texts.jsonl");
+    let test = tmp.path().join("test.jsonl");
+    std::fs::write(
+        &test,
+        "{\"text\": \"Rain again.\", \"label\": \"neutral\"}\n\
+         {\"text\": \"The fox sat on the dog.\", \"label\": \"negative\"}\n\
+         {\"text\": \"Close meanings, close points.\", \"label\": \"positive\"}\n",
+    )
+    .unwrap();
+    let model = repo_path(MODELS[0].0);
+    let ntk = |kind: &str, extra: &[&str], rest: &[&str]| -> Vec<String> {
+        [
+            "ntk",
+            "--model",
+            path_str(&model),
+            "--kind",
+            kind,
+            "--tile-rows",
+            "2",
+            "--backend",
+            "cpu",
+        ]
+        .iter()
+        .chain(extra)
+        .chain(rest)
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let file = |name: &str| tmp.path().join(name);
+    let projected = ["--projection", "rademacher", "--projection-dim", "8"];
+    for (kind, extra) in [
+        ("trntk", &[][..]),
+        ("gradcos", &[][..]),
+        ("pntk", &projected[..]),
+    ] {
+        // Blocks of two rows: checkpoints on both kernels' way.
+        let extra: Vec<&str> = extra
+            .iter()
+            .chain(&["--block-rows", "2"])
+            .copied()
+            .collect();
+        let extra = extra.as_slice();
+        let (one_train, one_test) = (file("one-train"), file("one-test"));
+        let (train_out, test_out) = (file("train"), file("test"));
+        let stdout = run_mscope_ok(&as_strs(&ntk(
+            kind,
+            extra,
+            &[
+                "--data",
+                path_str(&train),
+                "--out",
+                path_str(&one_train),
+                "--test-data",
+                path_str(&test),
+                "--test-out",
+                path_str(&one_test),
+            ],
+        )))
+        .stdout;
+        let stdout = String::from_utf8_lossy(&stdout);
+        assert!(
+            stdout.contains(&format!("{kind} 4×4")) && stdout.contains(&format!("{kind} 3×4")),
+            "{stdout}"
+        );
+        run_mscope_ok(&as_strs(&ntk(
+            kind,
+            extra,
+            &["--data", path_str(&train), "--out", path_str(&train_out)],
+        )));
+        run_mscope_ok(&as_strs(&ntk(
+            kind,
+            extra,
+            &[
+                "--data",
+                path_str(&test),
+                "--against",
+                path_str(&train),
+                "--out",
+                path_str(&test_out),
+            ],
+        )));
+        for (together, separate) in [(&one_train, &train_out), (&one_test, &test_out)] {
+            assert!(
+                std::fs::read(together).unwrap() == std::fs::read(separate).unwrap(),
+                "{kind}: {} differs from its own run",
+                together.display()
+            );
+            std::fs::remove_file(together).unwrap();
+            std::fs::remove_file(separate).unwrap();
+        }
+    }
+    let (k_out, t_out) = (file("k"), file("t"));
+    let both = [
+        "--data",
+        path_str(&train),
+        "--out",
+        path_str(&k_out),
+        "--test-data",
+        path_str(&test),
+        "--test-out",
+        path_str(&t_out),
+    ];
+    for (extra, needle) in [
+        (&["--against", path_str(&train)][..], "--against"),
+        (&["--shard", "0/2"][..], "--shard"),
+        (&["--devices", "0"][..], "--devices"),
+    ] {
+        common::assert_fails_cleanly(
+            &as_strs(&ntk("trntk", extra, &both)),
+            &["--test-data", needle],
+        );
+    }
+    let points = repo_path("tests/fixtures/ntk/test.safetensors");
+    common::assert_fails_cleanly(
+        &[
+            "ntk",
+            "--model",
+            path_str(&repo_path("tests/fixtures/ntk/mlp_relu.safetensors")),
+            "--data",
+            path_str(&points),
+            "--out",
+            path_str(&file("k")),
+            "--test-data",
+            path_str(&points),
+            "--test-out",
+            path_str(&file("t")),
+        ],
+        &["--test-data", "an MLP"],
+    );
+}
+
 /// `mscope train --model`: a fine-tuned directory that loads, with one report row per epoch and
 /// the loss of the first epoch's first batch equal to the fixture's; bad input refused.
 #[test]

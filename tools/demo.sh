@@ -102,10 +102,9 @@ for kernel in trntk trntk0 pntk trntk-proj pntk-proj gradcos embedding; do
     projection=""
     [ $kind = $kernel ] || projection="--projection rademacher --projection-dim $proj_dim"
     k=$d/fortunes-$kernel
+    # Both kernels from one pass over the training texts' gradients.
     mscope ntk --model $classifier --data $fortunes/train.jsonl --kind $kind $projection \
-        --out $k-train.safetensors
-    mscope ntk --model $classifier --data $fortunes/test.jsonl --against $fortunes/train.jsonl \
-        --kind $kind $projection --out $k-test.safetensors
+        --out $k-train.safetensors --test-data $fortunes/test.jsonl --test-out $k-test.safetensors
     mscope kglm --train-kernel $k-train.safetensors --train-labels $fortunes/train.jsonl \
         --test-kernel $k-test.safetensors --test-labels $fortunes/test.jsonl \
         --model $classifier --test-data $fortunes/test.jsonl --out $k-kglm.json >/dev/null

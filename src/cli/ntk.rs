@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::instruments::layers::LayerSpec;
 use crate::instruments::ntk::{self, BlockDone, KernelJob, Tiling, DEFAULT_TILE_ROWS};
 use crate::instruments::project::{FactorSpec, KernelKind, ProjectionKind};
-use crate::instruments::transformer_ntk::SequenceKernelJob;
+use crate::instruments::transformer_ntk::{ColumnTiles, SequenceKernelJob};
 use crate::io::checkpoint::{file_digest, Checkpoint};
 use crate::io::kernel_file::KernelFile;
 use crate::io::shards::{self, Manifest, Shard, ShardFile};
@@ -103,6 +103,15 @@ pub struct NtkArgs {
     /// `<out>.blocks/` until the kernel is complete.
     #[arg(long)]
     out: PathBuf,
+    /// Texts of a second kernel's rows, against the --data texts (a test set for a test ×
+    /// train kernel), computed in the same run from the same --data factors (transformer
+    /// classifiers, without --against, --shard or --devices).
+    #[arg(long, requires = "test_out")]
+    test_data: Option<PathBuf>,
+    /// Output of the --test-data × --data kernel: the bytes `--data TEST --against DATA
+    /// --out TEST_OUT` writes.
+    #[arg(long, requires = "test_data")]
+    test_out: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     backend: BackendKind,
     /// CPU threads, at most 4 per core [default: one per core].
@@ -154,9 +163,36 @@ pub fn run(args: NtkArgs) -> Result<()> {
             ("--model", Some(&args.model)),
             ("--data", Some(&args.data)),
             ("--against", args.against.as_deref()),
+            ("--test-data", args.test_data.as_deref()),
         ],
-        &[("--out", Some(&out))],
+        &[
+            ("--out", Some(&out)),
+            ("--test-out", args.test_out.as_deref()),
+        ],
     )?;
+    if args.test_data.is_some() {
+        let refused = [
+            (
+                !args.model.is_dir(),
+                "an MLP (its test kernel is a second run with --against)",
+            ),
+            (
+                args.against.is_some(),
+                "--against (the test kernel's columns are --data)",
+            ),
+            (
+                args.shard.is_some(),
+                "--shard (shard each kernel as its own run)",
+            ),
+            (!args.devices.is_empty(), "--devices"),
+        ];
+        if let Some((_, what)) = refused.iter().find(|(refused, _)| *refused) {
+            return Err(Error::input(format!(
+                "--test-data computes a transformer classifier's test × train kernel beside its \
+                 train × train kernel in one process; it does not take {what}"
+            )));
+        }
+    }
     if args.model.is_dir() {
         return run_classifier(args, &out);
     }
@@ -581,6 +617,7 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
         Some((cols, labels)) => (Some(cols), labels),
         None => (None, None),
     };
+    let test = args.test_data.as_ref().map(read).transpose()?;
     let n_cols = cols.as_ref().unwrap_or(&rows).len();
     let block_rows = args
         .block_rows
@@ -598,26 +635,41 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
         projection,
         kronecker: args.projection == ProjectionKind::Kronecker,
     };
+    // The --test-data kernel: the job `--data TEST --against DATA` would run.
+    let test_job = test.as_ref().map(|(texts, labels)| SequenceKernelJob {
+        rows: texts,
+        cols: Some(&rows),
+        row_labels: labels.as_deref(),
+        col_labels: row_labels.as_deref(),
+        layers: job.layers.clone(),
+        ..job
+    });
     job.check()?;
+    if let Some(test_job) = &test_job {
+        test_job.check()?;
+    }
     preemption::watch()?;
+    let model_digest = directory_digest(&args.model)?;
+    let settings = json!({
+        "kind": args.kind,
+        "layers": args.layers.to_string(),
+        "projection": args.projection,
+        "projection_dim": args.projection_dim,
+        "seed": args.seed,
+        "text_field": args.text_field,
+        "label_field": args.label_field,
+    });
+    let file = (args.kind, projection.map_or(0, |jl| jl.dim));
     let manifest = job_manifest(
         json!({
-            "model": directory_digest(&args.model)?,
+            "model": model_digest,
             "data": file_digest(&args.data)?,
             "against": args.against.as_deref().map(file_digest).transpose()?,
         }),
-        json!({
-            "kind": args.kind,
-            "layers": args.layers.to_string(),
-            "projection": args.projection,
-            "projection_dim": args.projection_dim,
-            "seed": args.seed,
-            "text_field": args.text_field,
-            "label_field": args.label_field,
-        }),
+        settings.clone(),
         &job.tiling(),
         backend.as_ref(),
-        (args.kind, projection.map_or(0, |jl| jl.dim)),
+        file,
     );
     if args.shard.is_some() || !args.devices.is_empty() {
         let backends: Vec<&dyn Backend> = backends.iter().map(|b| b.as_ref()).collect();
@@ -630,19 +682,28 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
             &mut |tiles, checkpoint, on_tile| job.run_tiles(&backends, tiles, checkpoint, on_tile),
         );
     }
+    // The --data texts' factors, computed by the first kernel that needs them.
+    let mut columns: Option<ColumnTiles> = None;
+    let mut run_job = |job: &SequenceKernelJob,
+                       checkpoint: Option<&Checkpoint>,
+                       on_block: &mut dyn FnMut(&BlockDone) -> ControlFlow<()>|
+     -> Result<Option<KernelFile>> {
+        let tiles = match columns.take() {
+            Some(tiles) => tiles,
+            None => job.column_tiles(backend.as_ref())?,
+        };
+        let kernel = job.run_on(backend.as_ref(), &tiles, checkpoint, on_block);
+        columns = Some(tiles);
+        kernel
+    };
     let (kernel, resumed_rows, seconds) = drive(
         &args.out,
         &job.tiling(),
         manifest,
-        &mut |checkpoint, on_block| job.run(backend.as_ref(), checkpoint, on_block),
+        &mut |checkpoint, on_block| run_job(&job, checkpoint, on_block),
     )?;
-    let computed = (job.n_rows() - resumed_rows) * n_cols;
-    outln!(
-        "{} {}×{} ({}) of a {} classifier ({} labels) on {} in {seconds:.2} s: {:.3e} \
-         pairs/s{} -> {}",
-        args.kind.name(),
-        kernel.rows,
-        kernel.cols,
+    let what = format!(
+        "({}) of a {} classifier ({} labels) on {}",
         match projection {
             None => "exact".to_string(),
             Some(jl) => format!("{:?} k={}", args.projection, jl.dim).to_lowercase(),
@@ -650,14 +711,47 @@ fn run_classifier(args: NtkArgs, out: &Path) -> Result<()> {
         classifier.encoder().config().model_type,
         classifier.num_labels(),
         backend.name(),
-        computed as f64 / seconds,
-        if resumed_rows > 0 {
-            format!(" ({resumed_rows} rows resumed from the checkpoint)")
-        } else {
-            String::new()
-        },
-        args.out.display()
+    );
+    let report = |kernel: &KernelFile, resumed_rows: usize, seconds: f64, out: &Path| {
+        let computed = (kernel.rows - resumed_rows) * kernel.cols;
+        outln!(
+            "{} {}×{} {what} in {seconds:.2} s: {:.3e} pairs/s{} -> {}",
+            args.kind.name(),
+            kernel.rows,
+            kernel.cols,
+            computed as f64 / seconds,
+            if resumed_rows > 0 {
+                format!(" ({resumed_rows} rows resumed from the checkpoint)")
+            } else {
+                String::new()
+            },
+            out.display()
+        )
+    };
+    report(&kernel, resumed_rows, seconds, &args.out)?;
+    let (Some(test_job), Some(test_data), Some(test_out)) =
+        (&test_job, &args.test_data, &args.test_out)
+    else {
+        return Ok(());
+    };
+    let manifest = job_manifest(
+        json!({
+            "model": model_digest,
+            "data": file_digest(test_data)?,
+            "against": file_digest(&args.data)?,
+        }),
+        settings,
+        &test_job.tiling(),
+        backend.as_ref(),
+        file,
+    );
+    let (kernel, resumed_rows, seconds) = drive(
+        test_out,
+        &test_job.tiling(),
+        manifest,
+        &mut |checkpoint, on_block| run_job(test_job, checkpoint, on_block),
     )?;
+    report(&kernel, resumed_rows, seconds, test_out)?;
     Ok(())
 }
 

@@ -22,7 +22,9 @@
 //! gradients `[n, seeds·k]` (`TileFactors::projected`), contracted as one term.
 //!
 //! Every column tile's factors stay uploaded for the whole run; a row tile's are computed once
-//! per tile (reused from the column tiles when the kernel is square).
+//! per tile (reused from the column tiles when the kernel is square, its diagonal tile being the
+//! self contraction the cosine normalisation needs anyway). A train × train and a test × train
+//! kernel can share the training texts' factors ([`SequenceKernelJob::column_tiles`]).
 
 use std::ops::{ControlFlow, Range};
 
@@ -68,6 +70,14 @@ pub struct SequenceKernelJob<'a> {
     pub kronecker: bool,
 }
 
+/// The factors of a kernel's column tiles on one backend ([`SequenceKernelJob::column_tiles`]).
+pub struct ColumnTiles {
+    tiles: Vec<TileFactors>,
+    kind: KernelKind,
+    texts: usize,
+    tile_rows: usize,
+}
+
 /// One tile's factors on the contraction backend.
 struct TileFactors {
     n: usize,
@@ -79,7 +89,9 @@ struct TileFactors {
     embedding: Tensor,
     tables: Vec<Vec<u32>>,
     vectors: Vec<Tensor>,
-    self_kernel: Vec<f64>,
+    /// The tile contracted with itself, unnormalised: a square kernel's diagonal tile, and the
+    /// diagonal the cosine normalisation divides by.
+    own: Vec<f32>,
 }
 
 impl TileFactors {
@@ -117,7 +129,7 @@ impl TileFactors {
             embedding: backend.upload(&[tokens, width], &f.embeddings.deltas)?,
             tables: f.embeddings.tables.into_iter().map(|t| t.ids).collect(),
             vectors,
-            self_kernel: Vec::new(),
+            own: Vec::new(),
             tokens: f.layout,
         };
         tile.with_self_kernel(backend)
@@ -144,7 +156,7 @@ impl TileFactors {
             embedding: backend.upload(&[tokens, states.len() / tokens.max(1)], &states)?,
             tables: vec![positions],
             vectors: Vec::new(),
-            self_kernel: Vec::new(),
+            own: Vec::new(),
             tokens: batch.layout.clone(),
         };
         tile.with_self_kernel(backend)
@@ -215,19 +227,23 @@ impl TileFactors {
             embedding: backend.zeros(&[1, 1])?,
             tables: Vec::new(),
             vectors,
-            self_kernel: Vec::new(),
+            own: Vec::new(),
             tokens: f.layout,
         };
         tile.with_self_kernel(backend)
     }
 
-    /// Contracts the tile with itself and keeps the diagonal as `self_kernel` (what the cosine
-    /// normalisation divides by).
+    /// Contracts the tile with itself once, for [`Self::own`].
     fn with_self_kernel(mut self, backend: &dyn Backend) -> Result<Self> {
-        let n = self.n;
-        let own = contract(backend, &self, &self)?;
-        self.self_kernel = (0..n).map(|i| own[i * n + i] as f64).collect();
+        self.own = contract(backend, &self, &self)?;
         Ok(self)
+    }
+
+    /// The tile's self products `K(x_i, x_i)`, what the cosine normalisation divides by.
+    fn self_kernel(&self) -> Vec<f64> {
+        (0..self.n)
+            .map(|i| self.own[i * self.n + i] as f64)
+            .collect()
     }
 
     fn layout(&self, rows: FactorRows) -> &SeqLayout {
@@ -251,7 +267,8 @@ fn side<'a>(tile: &'a TileFactors, delta: &'a Tensor, rows: FactorRows) -> SeqFa
     }
 }
 
-/// The unnormalised kernel `[r.n, c.n]` between two tiles, summed over every term.
+/// The unnormalised kernel `[r.n, c.n]` between two tiles, summed over every term (a tile
+/// against itself materialises its per-sample gradients once).
 fn contract(backend: &dyn Backend, r: &TileFactors, c: &TileFactors) -> Result<Vec<f32>> {
     let mut out = backend.zeros(&[r.n, c.n])?;
     for ((rd, ra, rows, p, q), (cd, ca, _, _, _)) in r.linears.iter().zip(&c.linears) {
@@ -273,8 +290,13 @@ fn contract(backend: &dyn Backend, r: &TileFactors, c: &TileFactors) -> Result<V
                     backend.ntk_sample_gradients(side(t, d, *rows), a, 0.0, &mut g)?;
                     Ok(g)
                 };
-                let (gr, gc) = (gradients(r, rd, ra)?, gradients(c, cd, ca)?);
-                backend.ntk_contract(&gr, &gc, None, 0.0, 0..c.n, &mut out)?;
+                let gr = gradients(r, rd, ra)?;
+                if std::ptr::eq(r, c) {
+                    backend.ntk_contract(&gr, &gr, None, 0.0, 0..c.n, &mut out)?;
+                } else {
+                    let gc = gradients(c, cd, ca)?;
+                    backend.ntk_contract(&gr, &gc, None, 0.0, 0..c.n, &mut out)?;
+                }
             }
         }
     }
@@ -381,9 +403,44 @@ impl SequenceKernelJob<'_> {
         checkpoint: Option<&Checkpoint>,
         on_block: &mut dyn FnMut(&BlockDone) -> ControlFlow<()>,
     ) -> Result<Option<KernelFile>> {
+        let columns = self.column_tiles(backend)?;
+        self.run_on(backend, &columns, checkpoint, on_block)
+    }
+
+    /// Checks the job and computes its column tiles' factors on `backend`: what [`Self::run_on`]
+    /// takes, so that one training set's factors serve its train × train kernel and, by a job
+    /// of test rows `--against` the same texts, its test × train kernel.
+    pub fn column_tiles(&self, backend: &dyn Backend) -> Result<ColumnTiles> {
         self.check()?;
+        self.columns(backend)
+    }
+
+    /// [`Self::run`] with the column tiles given: those of [`Self::column_tiles`] of a job with
+    /// the same kind, parameters, projection and column texts (an error if their count, tile
+    /// rows or kind differ).
+    pub fn run_on(
+        &self,
+        backend: &dyn Backend,
+        columns: &ColumnTiles,
+        checkpoint: Option<&Checkpoint>,
+        on_block: &mut dyn FnMut(&BlockDone) -> ControlFlow<()>,
+    ) -> Result<Option<KernelFile>> {
+        if (columns.kind, columns.texts, columns.tile_rows)
+            != (self.kind, self.n_cols(), self.tile_rows)
+        {
+            return Err(Error::input(format!(
+                "column factors of a {} kernel of {} texts in tiles of {} for a {} kernel of {} \
+                 texts in tiles of {}",
+                columns.kind.name(),
+                columns.texts,
+                columns.tile_rows,
+                self.kind.name(),
+                self.n_cols(),
+                self.tile_rows
+            )));
+        }
         let tiling = self.tiling();
-        let kernel = self.with_tiles(backend, &mut |tile| {
+        let kernel = self.with_columns(backend, columns, &mut |tile| {
             run_blocks(&tiling, checkpoint, on_block, tile)
         })?;
         let Some(kernel) = kernel else {
@@ -409,8 +466,9 @@ impl SequenceKernelJob<'_> {
         on_tile: &mut dyn FnMut(&BlockDone) -> ControlFlow<()>,
     ) -> Result<Option<Vec<Vec<f32>>>> {
         self.check()?;
-        let worker =
-            |backend: &dyn Backend, drive: &mut WorkerLoop| self.with_tiles(backend, drive);
+        let worker = |backend: &dyn Backend, drive: &mut WorkerLoop| {
+            self.with_columns(backend, &self.columns(backend)?, drive)
+        };
         run_tiles(
             &self.tiling(),
             tiles,
@@ -421,13 +479,15 @@ impl SequenceKernelJob<'_> {
         )
     }
 
-    /// Computes every column tile's factors, then calls `drive` with the function that gives a
-    /// row tile against its columns, normalised.
-    fn with_tiles<T>(
+    /// The factors of the texts `range` of `texts`, with their labels where given (checked to
+    /// be all).
+    fn tile_factors(
         &self,
         backend: &dyn Backend,
-        drive: &mut dyn FnMut(&mut TileFn) -> Result<T>,
-    ) -> Result<T> {
+        texts: &[TokenizedText],
+        labels: Option<&[usize]>,
+        range: Range<usize>,
+    ) -> Result<TileFactors> {
         let classes = self.classifier.num_labels();
         let seeds = match self.kind {
             KernelKind::Pntk => summed_seed(classes),
@@ -435,56 +495,81 @@ impl SequenceKernelJob<'_> {
             // Seeded per sample from its label, or no backward pass at all.
             KernelKind::Gradcos | KernelKind::Embedding => Vec::new(),
         };
-        let t = self.tile_rows;
-        // The texts `range` of `texts`, with their labels where given (checked to be all).
-        let make = |texts: &[TokenizedText],
-                    labels: Option<&[usize]>,
-                    range: Range<usize>|
-         -> Result<TileFactors> {
-            let batch = TokenBatch::pack(&texts[range.clone()]);
-            let mut f = match self.kind {
-                KernelKind::Embedding => {
-                    return TileFactors::hidden(backend, self.classifier, &batch)
-                }
-                KernelKind::Gradcos => {
-                    let labels = labels.map(|l| &l[range]).unwrap_or_default();
-                    loss_factors(self.classifier, &batch, labels)?
-                }
-                _ => factors(self.classifier, &batch, &seeds)?,
-            };
-            if !self.layers.is_all() {
-                let keep = self.layers.select(&f.parameter_names())?;
-                f.retain(&keep);
+        let batch = TokenBatch::pack(&texts[range.clone()]);
+        let mut f = match self.kind {
+            KernelKind::Embedding => return TileFactors::hidden(backend, self.classifier, &batch),
+            KernelKind::Gradcos => {
+                let labels = labels.map(|l| &l[range]).unwrap_or_default();
+                loss_factors(self.classifier, &batch, labels)?
             }
-            match &self.projection {
-                None => TileFactors::new(backend, f),
-                Some(jl) => TileFactors::projected(backend, f, jl, self.kronecker),
-            }
+            _ => factors(self.classifier, &batch, &seeds)?,
         };
+        if !self.layers.is_all() {
+            let keep = self.layers.select(&f.parameter_names())?;
+            f.retain(&keep);
+        }
+        match &self.projection {
+            None => TileFactors::new(backend, f),
+            Some(jl) => TileFactors::projected(backend, f, jl, self.kronecker),
+        }
+    }
+
+    /// Every column tile's factors.
+    fn columns(&self, backend: &dyn Backend) -> Result<ColumnTiles> {
+        let t = self.tile_rows;
         let (cols, col_labels) = match self.cols {
             Some(cols) => (cols, self.col_labels),
             None => (self.rows, self.row_labels),
         };
-        let col_tiles = (0..cols.len())
+        let tiles = (0..cols.len())
             .step_by(t)
-            .map(|start| make(cols, col_labels, start..(start + t).min(cols.len())))
+            .map(|start| {
+                self.tile_factors(
+                    backend,
+                    cols,
+                    col_labels,
+                    start..(start + t).min(cols.len()),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
+        Ok(ColumnTiles {
+            tiles,
+            kind: self.kind,
+            texts: cols.len(),
+            tile_rows: t,
+        })
+    }
+
+    /// Calls `drive` with the function that gives a row tile against the column tiles
+    /// `columns`, normalised.
+    fn with_columns<T>(
+        &self,
+        backend: &dyn Backend,
+        columns: &ColumnTiles,
+        drive: &mut dyn FnMut(&mut TileFn) -> Result<T>,
+    ) -> Result<T> {
+        let t = self.tile_rows;
+        let col_tiles = &columns.tiles;
         let tiling = self.tiling();
         let mut tile = |rows: Range<usize>, cols: Range<usize>| -> Result<Vec<f32>> {
             let own;
             let row_tile = if tiling.square {
                 &col_tiles[rows.start / t]
             } else {
-                own = make(self.rows, self.row_labels, rows.clone())?;
+                own = self.tile_factors(backend, self.rows, self.row_labels, rows.clone())?;
                 &own
             };
             let mut values = vec![0.0f32; rows.len() * cols.len()];
             // `cols` starts on a tile boundary: at the row tile (square) or at 0.
             let first = cols.start / t;
             for (k, col_tile) in col_tiles[first..].iter().enumerate() {
-                let mut v = contract(backend, row_tile, col_tile)?;
+                // A square kernel's diagonal tile is the tile's own contraction, done already.
+                let mut v = match std::ptr::eq(row_tile, col_tile) {
+                    true => row_tile.own.clone(),
+                    false => contract(backend, row_tile, col_tile)?,
+                };
                 if self.kind.normalized() {
-                    cosine_normalize(&mut v, &row_tile.self_kernel, &col_tile.self_kernel);
+                    cosine_normalize(&mut v, &row_tile.self_kernel(), &col_tile.self_kernel());
                 }
                 let at = (first + k) * t - cols.start;
                 for (r, src) in v.chunks_exact(col_tile.n).enumerate() {

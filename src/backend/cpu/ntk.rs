@@ -10,7 +10,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::common::{values, values_mut};
-use super::gemm::{gemm, Operand};
+use super::gemm::{gemm, gemm_in_task, Operand};
 use crate::backend::{shapes, JlSpec, SeqFactors, Tensor, TokenPairing};
 use crate::error::Result;
 
@@ -248,7 +248,9 @@ pub(super) fn ntk_sample_gradients(
     let (delta, acts) = (values(factors.delta)?, values(acts)?);
     let bias_input = offset.sqrt();
     let width = p * (q + 1);
-    for (i, g) in values_mut(out)?.chunks_exact_mut(width.max(1)).enumerate() {
+    // One sample per task: each GEMM is too small to split across cores.
+    let out = values_mut(out)?.par_chunks_exact_mut(width.max(1));
+    out.enumerate().for_each(|(i, g)| {
         let tokens = factors.layout.range(i);
         // `[a_t, √offset]` per token: the bias column comes out of the same GEMM.
         let extended: Vec<f32> = tokens
@@ -258,13 +260,13 @@ pub(super) fn ntk_sample_gradients(
                 a.iter().copied().chain(std::iter::once(bias_input))
             })
             .collect();
-        gemm(
+        gemm_in_task(
             g,
             Operand::transposed(&delta[tokens.start * p..tokens.end * p], tokens.len(), p),
             Operand::plain(&extended, tokens.len(), q + 1),
             false,
         );
-    }
+    });
     Ok(())
 }
 
@@ -318,11 +320,16 @@ pub(super) fn jl_project(
 ) -> Result<()> {
     let (n, d) = shapes::jl_project(x, spec.dim, out)?;
     let k = spec.dim;
-    let x = MatRef::from_row_major_slice(values(x)?, n, d);
-    let mut out = MatMut::from_row_major_slice_mut(values_mut(out)?, n, k);
+    let (x, out) = (values(x)?, values_mut(out)?);
     if !accumulate {
         out.fill(0.0);
     }
+    if n == 0 || d == 0 || k == 0 {
+        return Ok(());
+    }
+    // Rows of `x` split across the cores, each slab's GEMM on one thread per part: faer runs
+    // these shapes (a few hundred rows, k in the hundreds) on one thread.
+    let part_rows = n.div_ceil(rayon::current_num_threads()).max(1);
     let mut slab = vec![0.0f32; TILE.min(d) * k];
     for start in (0..d).step_by(TILE) {
         let width = TILE.min(d - start);
@@ -336,14 +343,19 @@ pub(super) fn jl_project(
                     .for_each(|(j, v)| *v = spec.entry(j, start + c));
             });
         let p_t = MatRef::from_row_major_slice(&slab[..width * k], width, k);
-        matmul(
-            out.as_mut(),
-            Accum::Add,
-            x.subcols(start, width),
-            p_t,
-            1.0f32,
-            Par::rayon(0),
-        );
+        out.par_chunks_mut(part_rows * k)
+            .zip(x.par_chunks(part_rows * d))
+            .for_each(|(out, x)| {
+                let rows = out.len() / k;
+                matmul(
+                    MatMut::from_row_major_slice_mut(out, rows, k),
+                    Accum::Add,
+                    MatRef::from_row_major_slice(x, rows, d).subcols(start, width),
+                    p_t,
+                    1.0f32,
+                    Par::Seq,
+                );
+            });
     }
     Ok(())
 }
