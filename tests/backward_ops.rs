@@ -276,8 +276,17 @@ const HEADS: (usize, usize) = (2, 3);
 /// The attention tests' inputs drawn from `seed`: a one-token sequence, a long one and a
 /// middling one, packed back to back; `qkv` and a readout of the output.
 fn attention_inputs(seed: u64) -> (SeqLayout, AttentionSpec, Vec<f32>, Vec<f32>) {
-    let (heads, hd) = HEADS;
-    let layout = SeqLayout::from_lengths([1, 6, 3]);
+    attention_inputs_of(seed, &[1, 6, 3], HEADS)
+}
+
+/// Attention inputs drawn from `seed` for sequences of `lengths` and `(heads, head_dim)`: `qkv`
+/// and a readout of the output.
+fn attention_inputs_of(
+    seed: u64,
+    lengths: &[usize],
+    (heads, hd): (usize, usize),
+) -> (SeqLayout, AttentionSpec, Vec<f32>, Vec<f32>) {
+    let layout = SeqLayout::from_lengths(lengths.iter().copied());
     let n = layout.num_tokens();
     let mut rng = Rng::new(seed);
     let qkv: Vec<f32> = rng
@@ -458,15 +467,7 @@ fn attention_backward_of_one_long_sequence_matches_f64() {
         }),
     );
     let (heads, hd, len) = (3, 37, 301);
-    let layout = SeqLayout::from_lengths([len]);
-    let spec = AttentionSpec::bidirectional(heads, hd);
-    let mut rng = Rng::new(7);
-    let qkv: Vec<f32> = rng
-        .vec(len * 3 * heads * hd)
-        .iter()
-        .map(|v| 2.0 * v)
-        .collect();
-    let readout = rng.vec(len * heads * hd);
+    let (layout, spec, qkv, readout) = attention_inputs_of(7, &[len], (heads, hd));
     let (qd, rd) = (widen(&qkv), widen(&readout));
     let be = CpuBackend::new();
     let qkv_tensor = be.upload(&[len, 3 * heads * hd], &qkv).unwrap();

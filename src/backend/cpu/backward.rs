@@ -197,8 +197,7 @@ pub fn attention_backward_into(
         HeadScratch::default,
         |scratch, (s, h, mut pieces)| {
             let rows = layout.range(s);
-            let columns = [0, out_width, 2 * out_width].map(|c| c + h * hd);
-            scratch.gather(qkv, width, &rows, columns, hd);
+            scratch.gather(qkv, spec, &rows, h);
             gather_rows(&mut scratch.d_o, d_out, out_width, &rows, h * hd, hd);
             let masked = dropout.is_some();
             if let Some(m) = dropout {
@@ -237,8 +236,7 @@ pub fn attention_dropout(
         HeadScratch::default,
         |scratch, (s, h, mut pieces)| {
             let rows = layout.range(s);
-            let columns = [0, out_width, 2 * out_width].map(|c| c + h * hd);
-            scratch.gather(qkv, width, &rows, columns, hd);
+            scratch.gather(qkv, spec, &rows, h);
             scratch.fill_mask(mask, &rows, heads, h);
             head_dropout_wide(scratch, spec.scale, &mut pieces);
         },
@@ -324,20 +322,14 @@ pub(super) struct HeadScratch {
 }
 
 impl HeadScratch {
-    /// Gathers the head's queries, keys and values (at columns `qc`, `kc`, `vc` of `qkv`) of
-    /// sequence `rows`.
-    fn gather(
-        &mut self,
-        qkv: &[f32],
-        width: usize,
-        rows: &Range<usize>,
-        [qc, kc, vc]: [usize; 3],
-        hd: usize,
-    ) {
+    /// Gathers head `h`'s queries, keys and values of sequence `rows` from the packed `qkv` of
+    /// `spec`.
+    fn gather(&mut self, qkv: &[f32], spec: &AttentionSpec, rows: &Range<usize>, h: usize) {
+        let (hd, width, out_width) = (spec.head_dim, spec.qkv_width(), spec.heads * spec.head_dim);
         (self.len, self.hd) = (rows.len(), hd);
-        gather_rows(&mut self.q, qkv, width, rows, qc, hd);
-        gather_rows(&mut self.k, qkv, width, rows, kc, hd);
-        gather_rows(&mut self.v, qkv, width, rows, vc, hd);
+        for (dst, kind) in [&mut self.q, &mut self.k, &mut self.v].into_iter().zip(0..) {
+            gather_rows(dst, qkv, width, rows, kind * out_width + h * hd, hd);
+        }
         let square = rows.len() * rows.len();
         for m in [&mut self.p, &mut self.ds] {
             m.clear();
