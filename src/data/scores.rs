@@ -83,14 +83,6 @@ pub fn binary_label(score: f32) -> usize {
     usize::from(score > 0.0)
 }
 
-/// Predicted label of a binary score and its confidence, the sigmoid of its magnitude.
-pub fn binary_prediction(score: f32) -> (usize, f64) {
-    (
-        binary_label(score),
-        1.0 / (1.0 + (-(score as f64).abs()).exp()),
-    )
-}
-
 /// Predicted label of one point's logits and its confidence (top-label softmax probability).
 pub fn logits_prediction(logits: &[f32]) -> (usize, f64) {
     let top = argmax(logits);

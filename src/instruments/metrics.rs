@@ -3,7 +3,8 @@
 
 use rayon::prelude::*;
 
-use crate::data::scores::{argmax, binary_label, binary_prediction, logits_prediction, Scores};
+use crate::backend::cpu::logistic_confidences;
+use crate::data::scores::{argmax, binary_label, logits_prediction, Scores};
 
 /// Per-model metrics of an ensemble; the serialised fields are keys of `mscope compare`'s
 /// report.
@@ -33,19 +34,35 @@ pub fn model_metrics(scores: &Scores, labels: Option<&[i64]>) -> Vec<ModelMetric
         1 => metrics_of(
             scores,
             labels,
-            |point| binary_prediction(point[0]),
+            |block, predicted, confidences| {
+                for (l, &s) in predicted.iter_mut().zip(block) {
+                    *l = binary_label(s);
+                }
+                logistic_confidences(confidences, block);
+            },
             |point| binary_label(point[0]),
         ),
-        _ => metrics_of(scores, labels, logits_prediction, argmax::<f32>),
+        _ => metrics_of(
+            scores,
+            labels,
+            |block, predicted, confidences| {
+                let points = block.chunks_exact(scores.classes);
+                for ((l, c), point) in predicted.iter_mut().zip(confidences).zip(points) {
+                    (*l, *c) = logits_prediction(point);
+                }
+            },
+            argmax::<f32>,
+        ),
     }
 }
 
-/// [`model_metrics`] with the point's prediction (label and confidence) and label alone as
-/// functions of its scores, so that each kind of score gets its own inlined loops.
+/// [`model_metrics`] with the predictions (labels and confidences) of a block of points and the
+/// label of one point as functions of their scores, so that each kind of score gets its own
+/// inlined loops.
 fn metrics_of(
     scores: &Scores,
     labels: Option<&[i64]>,
-    predict: impl Fn(&[f32]) -> (usize, f64) + Sync,
+    predict: impl Fn(&[f32], &mut [usize], &mut [f64]) + Sync,
     label: impl Fn(&[f32]) -> usize + Sync,
 ) -> Vec<ModelMetrics> {
     let (m, n, k, c) = (
@@ -78,27 +95,29 @@ fn metrics_of(
         .map(|model| {
             // One pass per model, nothing kept per point: the other models that disagree at
             // p (M minus those voting for this model's label), the points off the majority,
-            // and with labels the right ones and the ECE bins. The confidence (an `exp` per
-            // point, most of the cost) only where ECE needs it.
+            // and with labels the right ones and the ECE bins. The confidences (an `exp` per
+            // point, most of the cost) only where ECE needs them.
             let mut disagreements = 0u64;
             let mut off_majority = 0usize;
             let mut tally = Tally::default();
             match labels {
                 Some(y) => {
-                    // The predictions a block at a time, then their tally: back to back, the
-                    // `exp` calls overlap in the core's reorder window, which the tally's
-                    // instructions between them would fill.
-                    let mut predictions = [(0usize, 0.0f64); PREDICTION_BLOCK];
+                    // The predictions a block at a time (their `exp`s in vector registers),
+                    // then their tally.
+                    let mut predicted = [0usize; PREDICTION_BLOCK];
+                    let mut confidences = [0.0f64; PREDICTION_BLOCK];
                     for (b, block) in scores.model(model).chunks(PREDICTION_BLOCK * c).enumerate() {
-                        let predictions = &mut predictions[..block.len() / c];
-                        for (slot, point) in predictions.iter_mut().zip(block.chunks_exact(c)) {
-                            *slot = predict(point);
-                        }
+                        let points = block.len() / c;
+                        let (predicted, confidences) =
+                            (&mut predicted[..points], &mut confidences[..points]);
+                        predict(block, predicted, confidences);
                         let first = b * PREDICTION_BLOCK;
-                        for (p, &(l, confidence)) in (first..).zip(predictions.iter()) {
+                        for (p, (&l, &confidence)) in
+                            (first..).zip(predicted.iter().zip(&*confidences))
+                        {
                             disagreements += u64::from(m as u32 - votes[p * k + l]);
                             off_majority += usize::from(l as u32 != majority[p]);
-                            tally.add(confidence, l as i64 == y[p]);
+                            tally.add(p, confidence, l as i64 == y[p]);
                         }
                     }
                 }
@@ -131,32 +150,50 @@ fn argmax_u32(counts: &[u32]) -> usize {
 }
 
 /// One model's predictions in [`ECE_BINS`] equal-width bins of top-label confidence (bin b
-/// holds confidences in `(b/15, (b+1)/15]`), added point by point.
+/// holds confidences in `(b/15, (b+1)/15]`), added point by point into [`TALLY_LANES`] partial
+/// tallies, point `p` into lane `p mod 4`: consecutive points in one bin would otherwise wait on
+/// each other's sums. The lanes are combined in a fixed order, so the result does not depend on
+/// the threads or the CPU.
 #[derive(Default)]
 struct Tally {
+    lanes: [BinSums; TALLY_LANES],
+}
+
+const TALLY_LANES: usize = 4;
+
+#[derive(Default, Clone, Copy)]
+struct BinSums {
     count: [usize; ECE_BINS],
     right: [usize; ECE_BINS],
-    /// Each bin's confidences summed in point order (the report's rounding depends on it).
     confidence: [f64; ECE_BINS],
 }
 
 impl Tally {
-    fn add(&mut self, confidence: f64, right: bool) {
+    fn add(&mut self, point: usize, confidence: f64, right: bool) {
+        let lane = &mut self.lanes[point % TALLY_LANES];
         let b = ece_bin(confidence);
-        self.count[b] += 1;
-        self.right[b] += usize::from(right);
-        self.confidence[b] += confidence;
+        lane.count[b] += 1;
+        lane.right[b] += usize::from(right);
+        lane.confidence[b] += confidence;
     }
 
     fn right(&self) -> usize {
-        self.right.iter().sum()
+        self.lanes.iter().flat_map(|l| l.right).sum()
     }
 
     /// `Σ_b |B_b|/n · |acc(B_b) − conf(B_b)|` over the bins, `n` points in all.
     fn ece(&self, n: usize) -> f64 {
+        let [a, b, c, d] = &self.lanes;
         (0..ECE_BINS)
-            .filter(|&b| self.count[b] > 0)
-            .map(|b| (self.right[b] as f64 - self.confidence[b]).abs() / n as f64)
+            .map(|i| {
+                let count = a.count[i] + b.count[i] + c.count[i] + d.count[i];
+                let right = a.right[i] + b.right[i] + c.right[i] + d.right[i];
+                let confidence =
+                    (a.confidence[i] + b.confidence[i]) + (c.confidence[i] + d.confidence[i]);
+                (count, right, confidence)
+            })
+            .filter(|&(count, _, _)| count > 0)
+            .map(|(_, right, confidence)| (right as f64 - confidence).abs() / n as f64)
             .sum()
     }
 }

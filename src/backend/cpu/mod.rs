@@ -65,6 +65,13 @@ pub fn add_widened(sums: &mut [f64], row: &[f32]) {
     common::add_widened_wide(sums, row)
 }
 
+/// `out[i] = 1 / (1 + e^{−|scores[i]|})` in f64, the top-label confidence of binary logits, in
+/// the widest SIMD the CPU has; the same bits on every CPU (plain products and sums, no FMA),
+/// within a few ulp of libm's `exp`.
+pub fn logistic_confidences(out: &mut [f64], scores: &[f32]) {
+    activation::logistic_confidences_wide(out, scores)
+}
+
 /// `out[j] = row · others[j]` for the `[out.len(), row.len()]` rows `others` (row-major): the
 /// dot products of one row with a few others (k-means centres) in one sweep over the row, in
 /// f32, in the widest SIMD the CPU has. The products are added in sixteen fixed lanes on every
