@@ -560,6 +560,7 @@ impl SequenceKernelJob<'_> {
                 &own
             };
             let mut values = vec![0.0f32; rows.len() * cols.len()];
+            let row_self = self.kind.normalized().then(|| row_tile.self_kernel());
             // `cols` starts on a tile boundary: at the row tile (square) or at 0.
             let first = cols.start / t;
             for (k, col_tile) in col_tiles[first..].iter().enumerate() {
@@ -568,8 +569,8 @@ impl SequenceKernelJob<'_> {
                     true => row_tile.own.clone(),
                     false => contract(backend, row_tile, col_tile)?,
                 };
-                if self.kind.normalized() {
-                    cosine_normalize(&mut v, &row_tile.self_kernel(), &col_tile.self_kernel());
+                if let Some(row_self) = &row_self {
+                    cosine_normalize(&mut v, row_self, &col_tile.self_kernel());
                 }
                 let at = (first + k) * t - cols.start;
                 for (r, src) in v.chunks_exact(col_tile.n).enumerate() {
