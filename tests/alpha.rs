@@ -325,7 +325,10 @@ fn ks_and_alpha_hat_of_ranks_are_the_profiles() {
                     (ks.to_bits(), alpha_hat.to_bits()),
                     "case {case}, t {t}, own in reference {own_in_reference}"
                 );
-                assert!(visited.iter().copied().eq(candidate.iter().copied().enumerate()));
+                assert!(visited
+                    .iter()
+                    .copied()
+                    .eq(candidate.iter().copied().enumerate()));
             }
         }
     }
