@@ -623,7 +623,7 @@ fn rank_state_blocks<V, R>(
 {
     let (n, m) = (shares.n(), m as f64);
     let own_f = &shares.0;
-    let own_in_reference = usize::from(points.own_in_reference);
+    let own_in_reference = i64::from(points.own_in_reference);
     // One point writes two states past the kept ones: room for them after a full block.
     let (mut f, mut g) = ([0.0f64; STATE_BLOCK + 2], [0.0f64; STATE_BLOCK + 2]);
     let mut len = 0;
@@ -632,7 +632,9 @@ fn rank_state_blocks<V, R>(
         block(f, g);
     };
     let mut starts = true;
-    let mut next = (points.value)(0);
+    let Some(mut next) = (n > 0).then(|| (points.value)(0)) else {
+        return;
+    };
     for i in 0..n {
         let v = next;
         visit(i, v);
@@ -643,12 +645,14 @@ fn rank_state_blocks<V, R>(
         } else {
             true
         };
-        // Counts below 2³², so the conversions through i64 are exact (and one instruction).
+        // Signed: a state that is not kept may go below zero (a point inside a run of ties).
+        // Counts below 2³², so the conversions from i64 are exact (and one instruction).
+        let own = own_in_reference * i as i64;
         f[len] = own_f[i];
-        g[len] = (lt - own_in_reference * i) as i64 as f64;
+        g[len] = (lt as i64 - own) as f64;
         len += usize::from(starts);
         f[len] = own_f[i + 1];
-        g[len] = (le - own_in_reference * (i + 1)) as i64 as f64;
+        g[len] = (le as i64 - own - own_in_reference) as f64;
         len += usize::from(ends);
         starts = ends;
         if len >= STATE_BLOCK {
