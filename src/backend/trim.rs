@@ -362,7 +362,7 @@ pub fn result(
 }
 
 /// [`result`] with `(d(0), α̂)` from `ks_and_alpha_hat(threshold)`: for kernels that do not
-/// build the whole profile ([`Profile::ks_and_alpha_hat_of_counts`]).
+/// build the whole profile ([`Profile::ks_and_alpha_hat_of_ranks`]).
 pub fn result_from(
     n: usize,
     m: usize,
