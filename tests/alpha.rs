@@ -282,35 +282,79 @@ fn ks_and_alpha_hat_match_distance_and_bisection() {
     }
 }
 
-/// The streamed pass over the counts gives the profile's KS and α̂ bit for bit, on profiles of
-/// many blocks, of one block and less, and where α̂ needs Newton's further passes (the shifted
-/// and squeezed references) or is 1 (disjoint samples).
+/// The streamed pass over the ranked points gives the profile's KS and α̂ bit for bit, on
+/// profiles of many blocks, of one block and less, with ties, against a separate reference and
+/// against a pool holding the candidate (leave-one-out), and where α̂ needs Newton's further
+/// passes (the shifted and squeezed references) or is 1 (disjoint samples); it visits every
+/// point in order.
 #[test]
-fn ks_and_alpha_hat_of_counts_are_the_profiles() {
+fn ks_and_alpha_hat_of_ranks_are_the_profiles() {
     let mut rng = Rng::new(41);
     for case in 0..120usize {
         let (n, m) = (1 + rng.below(3000) as usize, 1 + rng.below(3000) as usize);
         let tied = (case % 3 == 1).then_some(50.0);
         let (candidate, reference) = sample_pair(&mut rng, n, m, case % 4, tied);
         let (candidate, reference) = (trim::sorted(&candidate), trim::sorted(&reference));
-        let ranks = |i: usize| {
-            let v = candidate[i];
-            (
-                reference.partition_point(|&r| r < v),
-                reference.partition_point(|&r| r <= v),
-            )
-        };
-        let counts = || trim::counts_from_ranks(&candidate, ranks, false);
-        let p = Profile::from_counts(n, m, counts());
-        for t in [1e-3, 0.05, trim::threshold(0.05, n, m), 0.6] {
-            let (ks, alpha_hat) = p.ks_and_alpha_hat(t);
-            let (streamed_ks, streamed_alpha_hat) =
-                Profile::ks_and_alpha_hat_of_counts(n, m, counts, t);
-            assert_eq!(
-                (streamed_ks.to_bits(), streamed_alpha_hat.to_bits()),
-                (ks.to_bits(), alpha_hat.to_bits()),
-                "case {case}, t {t}"
-            );
+        let pool = trim::sorted(&[candidate.as_slice(), &reference].concat());
+        let shares = trim::OwnShares::new(n);
+        for own_in_reference in [false, true] {
+            let ranked = if own_in_reference { &pool } else { &reference };
+            let ranks = |i: usize| {
+                let v = candidate[i];
+                (
+                    ranked.partition_point(|&r| r < v),
+                    ranked.partition_point(|&r| r <= v),
+                )
+            };
+            let counts = || trim::counts_from_ranks(&candidate, ranks, own_in_reference);
+            let p = Profile::from_counts(n, m, counts());
+            let points = trim::RankedPoints {
+                value: |i: usize| candidate[i],
+                ranks,
+                own_in_reference,
+            };
+            for t in [1e-3, 0.05, trim::threshold(0.05, n, m), 0.6] {
+                let (ks, alpha_hat) = p.ks_and_alpha_hat(t);
+                let mut visited = Vec::new();
+                let (streamed_ks, streamed_alpha_hat) =
+                    Profile::ks_and_alpha_hat_of_ranks(&shares, m, &points, t, |i, v| {
+                        visited.push((i, v))
+                    });
+                assert_eq!(
+                    (streamed_ks.to_bits(), streamed_alpha_hat.to_bits()),
+                    (ks.to_bits(), alpha_hat.to_bits()),
+                    "case {case}, t {t}, own in reference {own_in_reference}"
+                );
+                assert!(visited
+                    .iter()
+                    .copied()
+                    .eq(candidate.iter().copied().enumerate()));
+            }
+        }
+    }
+}
+
+/// The untrimmed W2 summed a point at a time is `trimmed_w2` against the quantiles bit for bit
+/// where no piece is trimmed, and defers to it where some are.
+#[test]
+fn quantile_w2_sum_is_trimmed_w2() {
+    let mut rng = Rng::new(43);
+    for case in 0..200usize {
+        let n = 1 + rng.below(2000) as usize;
+        let tied = (case % 3 == 1).then_some(20.0);
+        let (candidate, quantiles) = sample_pair(&mut rng, n, n, case % 4, tied);
+        let (candidate, quantiles) = (trim::sorted(&candidate), trim::sorted(&quantiles));
+        let mut sum = trim::QuantileW2::new(n);
+        candidate
+            .iter()
+            .zip(&quantiles)
+            .for_each(|(&c, &q)| sum.add(c, q));
+        for alpha in [0.0, 1e-20, 0.1, 0.5, 1.0] {
+            let want = trim::trimmed_w2(&candidate, &quantiles, alpha);
+            match sum.untrimmed(alpha) {
+                Some(got) => assert_eq!(got.to_bits(), want.to_bits(), "case {case} α {alpha}"),
+                None => assert!(alpha > 1e-20, "case {case}: α {alpha} trims nothing"),
+            }
         }
     }
 }

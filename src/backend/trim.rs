@@ -262,13 +262,20 @@ pub fn result_of_ranks(
     let n = values.len();
     let m = sorted_reference.len() - if leave_one_out { n } else { 0 };
     let rank = |i: usize| (ranks[2 * i] as usize, ranks[2 * i + 1] as usize);
-    let counts = || counts_from_ranks(values, rank, leave_one_out);
+    let shares = OwnShares::new(n);
     result_from(
         n,
         m,
         spec,
         w2_exact,
-        |t| Profile::ks_and_alpha_hat_of_counts(n, m, counts, t),
+        |t| {
+            let points = RankedPoints {
+                value: |i| values[i],
+                ranks: rank,
+                own_in_reference: leave_one_out,
+            };
+            Profile::ks_and_alpha_hat_of_ranks(&shares, m, &points, t, |_, _| {})
+        },
         |alpha| {
             if !leave_one_out {
                 return trimmed_w2(values, sorted_reference, alpha);
@@ -355,7 +362,7 @@ pub fn result(
 }
 
 /// [`result`] with `(d(0), α̂)` from `ks_and_alpha_hat(threshold)`: for kernels that do not
-/// build the whole profile ([`Profile::ks_and_alpha_hat_of_counts`]).
+/// build the whole profile ([`Profile::ks_and_alpha_hat_of_ranks`]).
 pub fn result_from(
     n: usize,
     m: usize,
@@ -423,22 +430,34 @@ impl Profile {
         p
     }
 
-    /// `Profile::from_counts(n, m, counts()).ks_and_alpha_hat(t)` bit for bit, in one pass over
-    /// the counts that holds a block of the profile at a time: the whole profile is built only
-    /// where α̂ needs Newton's further passes (samples that disagree, the rare case).
-    pub fn ks_and_alpha_hat_of_counts<I: IntoIterator<Item = Counts>>(
-        n: usize,
+    /// `Profile::from_counts(n, m, counts_from_ranks(..)).ks_and_alpha_hat(t)` bit for bit for a
+    /// model's sorted `points` (`n = shares.n()`), in one pass over them that holds a block of the
+    /// profile at a time: the whole profile is built only where α̂ needs Newton's further passes
+    /// (samples that disagree, the rare case). `visit(i, value)` sees every point in order, for
+    /// a caller's own sums over them in the same pass.
+    pub fn ks_and_alpha_hat_of_ranks<V, R>(
+        shares: &OwnShares,
         m: usize,
-        counts: impl Fn() -> I,
+        points: &RankedPoints<V, R>,
         t: f64,
-    ) -> (f64, f64) {
+        visit: impl FnMut(usize, f32),
+    ) -> (f64, f64)
+    where
+        V: Fn(usize) -> f32,
+        R: Fn(usize) -> (usize, usize),
+    {
         let mut scan = FirstPass::new(t);
-        state_blocks(n, m, counts(), |f, g| scan.push_block(f, g));
+        rank_state_blocks(shares, m, points, visit, |f, g| scan.push_block(f, g));
         scan.push_block(&[1.0], &[1.0]);
         let mut profile = None;
         scan.finish(|l| {
             profile
-                .get_or_insert_with(|| Profile::from_counts(n, m, counts()))
+                .get_or_insert_with(|| {
+                    let n = shares.n();
+                    let values: Vec<f32> = (0..n).map(&points.value).collect();
+                    let counts = counts_from_ranks(&values, &points.ranks, points.own_in_reference);
+                    Profile::from_counts(n, m, counts)
+                })
                 .max_rise(l)
         })
     }
@@ -561,6 +580,94 @@ fn state_blocks(
     flush(&mut f[..len], &mut g[..len]);
 }
 
+/// A model's points sorted ascending (−0 as +0), with each one's ranks in the sorted reference:
+/// `ranks(i) = (#reference < value(i), #reference ≤ value(i))`. With `own_in_reference` the
+/// reference is a pool that holds the model itself (leave-one-out), whose own points are taken
+/// out of the pooled ranks (as in [`counts_from_ranks`]).
+pub struct RankedPoints<V, R> {
+    pub value: V,
+    pub ranks: R,
+    pub own_in_reference: bool,
+}
+
+/// `t / n` for `t = 0..=n`: a model's own ECDF at each count, shared by the models of `n` points
+/// instead of divided again for each.
+pub struct OwnShares(Vec<f64>);
+
+impl OwnShares {
+    pub fn new(n: usize) -> Self {
+        let n_f = n as f64;
+        OwnShares((0..=n).map(|t| t as f64 / n_f).collect())
+    }
+
+    /// The model size `n` the shares are for.
+    pub fn n(&self) -> usize {
+        self.0.len() - 1
+    }
+}
+
+/// [`state_blocks`] of `counts_from_ranks(points)` straight from the points, without a run
+/// search per value: point `i` starts a run of equal values when `value(i − 1)` differs, giving
+/// the state before its value `(i, lt − own)`, and ends one when `value(i + 1)` differs, giving
+/// the state at it `(i + 1, le − own)`; both are written and kept (the length advanced) only
+/// where they apply, so ties cost no branch.
+fn rank_state_blocks<V, R>(
+    shares: &OwnShares,
+    m: usize,
+    points: &RankedPoints<V, R>,
+    mut visit: impl FnMut(usize, f32),
+    mut block: impl FnMut(&[f64], &[f64]),
+) where
+    V: Fn(usize) -> f32,
+    R: Fn(usize) -> (usize, usize),
+{
+    let (n, m) = (shares.n(), m as f64);
+    let own_f = &shares.0;
+    let own_in_reference = i64::from(points.own_in_reference);
+    // One point writes two states past the kept ones: room for them after a full block.
+    let (mut f, mut g) = ([0.0f64; STATE_BLOCK + 2], [0.0f64; STATE_BLOCK + 2]);
+    let mut len = 0;
+    let mut flush = |f: &[f64], g: &mut [f64]| {
+        g.iter_mut().for_each(|g| *g /= m);
+        block(f, g);
+    };
+    let mut starts = true;
+    let Some(mut next) = (n > 0).then(|| (points.value)(0)) else {
+        return;
+    };
+    for i in 0..n {
+        let v = next;
+        visit(i, v);
+        let (lt, le) = (points.ranks)(i);
+        let ends = if i + 1 < n {
+            next = (points.value)(i + 1);
+            next != v
+        } else {
+            true
+        };
+        // Signed: a state that is not kept may go below zero (a point inside a run of ties).
+        // Counts below 2³², so the conversions from i64 are exact (and one instruction).
+        let own = own_in_reference * i as i64;
+        f[len] = own_f[i];
+        g[len] = (lt as i64 - own) as f64;
+        len += usize::from(starts);
+        f[len] = own_f[i + 1];
+        g[len] = (le as i64 - own - own_in_reference) as f64;
+        len += usize::from(ends);
+        starts = ends;
+        if len >= STATE_BLOCK {
+            flush(&f[..len], &mut g[..len]);
+            len = 0;
+        }
+    }
+    flush(&f[..len], &mut g[..len]);
+}
+
+/// `l.max(num / den)` for `den > 0` is taken only when the bound may raise `l`: if
+/// `num ≤ l·den·SHY` as rounded, then `num < l·den` exactly, so the rounded quotient is at most
+/// `l` and the maximum stays `l` bit for bit. Most grid points bound nothing.
+const SHY: f64 = 1.0 - 1.0 / (1u64 << 40) as f64;
+
 /// The first pass of [`Profile::ks_and_alpha_hat`] over the states in order: the KS terms, the
 /// linear bounds of α̂ and the largest draw-up at `L = 1`.
 #[derive(Clone, Copy)]
@@ -592,10 +699,63 @@ impl FirstPass {
     }
 
     fn push_block(&mut self, fs: &[f64], gs: &[f64]) {
-        // `l.max(num / den)` for `den > 0`, dividing only when the bound may raise `l`: if
-        // `num ≤ l·den·SHY` as rounded, then `num < l·den` exactly, so the rounded quotient is
-        // at most `l` and the maximum stays `l` bit for bit. Most grid points bound nothing.
-        const SHY: f64 = 1.0 - 1.0 / (1u64 << 40) as f64;
+        if !self.push_quiet(fs, gs) {
+            self.push_each(fs, gs);
+        }
+    }
+
+    /// Pushes a block whose states leave α̂'s bounds and the largest draw-up as they are (most
+    /// blocks), reducing its KS maxima and lowest `G − F` in independent lanes rather than one
+    /// state after another; false, with nothing pushed, where some state may change them.
+    /// Exact: maxima and minima do not depend on the order, and the checks are the ones
+    /// [`FirstPass::push_each`] makes, with bounds that only grow.
+    fn push_quiet(&mut self, fs: &[f64], gs: &[f64]) -> bool {
+        const LANES: usize = 4;
+        let (t, l) = (self.t, self.l);
+        let (mut high, mut low) = ([f64::NEG_INFINITY; LANES], [f64::INFINITY; LANES]);
+        let mut b = [f64::NEG_INFINITY; LANES];
+        let mut loud = [false; LANES];
+        let mut lane = |k: usize, f: f64, g: f64| {
+            let d = g - f;
+            high[k] = if d > high[k] { d } else { high[k] };
+            low[k] = if d < low[k] { d } else { low[k] };
+            let b_term = (1.0 - g) - (1.0 - f);
+            b[k] = if b_term > b[k] { b_term } else { b[k] };
+            // `push_each`'s tests at this block's `l`, without its branches: a bound that raises
+            // `l`, or a state that rules out every trimming (at `f = 0` the first test is
+            // `g − t > 0`, i.e. `g > t`; at `f = 1` the second is `1 − g > t` the same way).
+            loud[k] |= (g - t > l * f * SHY) | ((1.0 - g) - t > l * (1.0 - f) * SHY);
+        };
+        let (f_lanes, g_lanes) = (fs.chunks_exact(LANES), gs.chunks_exact(LANES));
+        let (f_rest, g_rest) = (f_lanes.remainder(), g_lanes.remainder());
+        for (f, g) in f_lanes.zip(g_lanes) {
+            for k in 0..LANES {
+                lane(k, f[k], g[k]);
+            }
+        }
+        for (&f, &g) in f_rest.iter().zip(g_rest) {
+            lane(0, f, g);
+        }
+        let high = high.into_iter().fold(f64::NEG_INFINITY, f64::max);
+        let low = low.into_iter().fold(f64::INFINITY, f64::min);
+        // No draw-up in the block can beat the largest so far: every one is at most its highest
+        // `G − F` less the lowest before it (both rounded subtractions are monotone).
+        let rise_quiet = high - self.low.0.min(low) <= self.rise_at_one.0;
+        if loud.contains(&true) || !rise_quiet {
+            return false;
+        }
+        self.a = self.a.max(high);
+        self.b = b.into_iter().fold(self.b, f64::max);
+        if low < self.low.0 {
+            // The sequential pass keeps the first state that reaches the block's lowest.
+            let j = (0..fs.len()).find(|&j| gs[j] - fs[j] == low).unwrap();
+            self.low = (low, fs[j], gs[j]);
+        }
+        true
+    }
+
+    /// Pushes the states one at a time.
+    fn push_each(&mut self, fs: &[f64], gs: &[f64]) {
         let raise = |l: f64, num: f64, den: f64| {
             if num > l * den * SHY {
                 l.max(num / den)
@@ -688,18 +848,54 @@ pub fn trimmed_w2(candidate: &[f32], reference: &[f32], alpha: f64) -> f64 {
         j += u64::from(end_g == end);
         Some(piece)
     });
-    let total = (n * m) as f64;
     if alpha >= 1.0 {
         return pieces.map(|p| p.0).fold(f64::INFINITY, f64::min);
     }
-    let keep = (1.0 - alpha) * total;
-    // The lengths add up to n·m, as f64 exactly `total` while every partial sum is an integer
-    // below 2⁵³: then keeping at least `total` keeps every piece, in order, with no list.
-    if keep >= total && n * m <= 1 << f64::MANTISSA_DIGITS {
+    if let Some(keep) = keeps_every_piece(n, m, alpha) {
         return pieces.map(|p| p.0 * p.1 as f64).sum::<f64>() / keep;
     }
+    let keep = (1.0 - alpha) * (n * m) as f64;
     let mut pieces: Vec<(f64, u64)> = pieces.collect();
     smallest_share(&mut pieces, keep) / keep
+}
+
+/// The kept length `(1 − α)·n·m` of [`trimmed_w2`] where it keeps every piece, in order, with no
+/// list: the lengths add up to n·m, as f64 exactly the total while every partial sum is an
+/// integer below 2⁵³, so keeping at least the total keeps them all.
+fn keeps_every_piece(n: u64, m: u64, alpha: f64) -> Option<f64> {
+    let total = (n * m) as f64;
+    let keep = (1.0 - alpha) * total;
+    (alpha < 1.0 && keep >= total && n * m <= 1 << f64::MANTISSA_DIGITS).then_some(keep)
+}
+
+/// [`trimmed_w2`] of a candidate against `n` quantiles of its reference (as many as its own
+/// points), summed a point at a time by a pass that reads them anyway: with equal lengths the
+/// merged grid's pieces are the `n` pairs, each of length `n`.
+pub struct QuantileW2 {
+    n: u64,
+    sum: f64,
+}
+
+impl QuantileW2 {
+    pub fn new(n: usize) -> Self {
+        QuantileW2 {
+            n: n as u64,
+            sum: 0.0,
+        }
+    }
+
+    /// Adds the pair of the candidate's next point and the quantile at it.
+    pub fn add(&mut self, candidate: f32, quantile: f32) {
+        let diff = candidate as f64 - quantile as f64;
+        self.sum += diff * diff * self.n as f64;
+    }
+
+    /// `trimmed_w2(candidate, quantiles, alpha)` bit for bit once every pair is added, where
+    /// `alpha` keeps every piece (no trimming: the usual case); `None` where the pieces must be
+    /// selected.
+    pub fn untrimmed(&self, alpha: f64) -> Option<f64> {
+        keeps_every_piece(self.n, self.n, alpha).map(|keep| self.sum / keep)
+    }
 }
 
 /// `Σ value·length` over the smallest-valued pieces whose lengths add up to `keep` (the last

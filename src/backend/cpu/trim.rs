@@ -15,9 +15,11 @@
 //! is in cache ([`entries_and_pool`]). Every pass runs on every core, cut into blocks of at most
 //! [`chunk_len`] points; results do not depend on the number of threads.
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
-use crate::backend::trim::{self, Profile};
+use crate::backend::trim::{self, OwnShares, Profile, QuantileW2, RankedPoints};
 use crate::backend::{TrimReference, TrimResult, TrimSpec};
 use crate::error::{Error, Result};
 use crate::phases;
@@ -175,36 +177,59 @@ fn leave_one_out(
 
     let results = compared
         .into_par_iter()
-        .map(|k| {
-            let own = &entries[offsets[k]..offsets[k + 1]];
-            let (n, m) = (own.len(), total - own.len());
-            let candidate: Vec<f32> = own.iter().map(|e| e.value).collect();
-            let counts = || {
-                trim::counts_from_ranks(
-                    &candidate,
-                    |i| (own[i].lt as usize, own[i].le as usize),
-                    true,
-                )
-            };
-            let ks_and_alpha_hat = |t| Profile::ks_and_alpha_hat_of_counts(n, m, counts, t);
-            trim::result_from(
-                n,
-                m,
-                spec,
-                exact_w2,
-                ks_and_alpha_hat,
-                |alpha| match wanted {
-                    Wanted::Pool => {
-                        let own_positions = &positions[offsets[k]..offsets[k + 1]];
-                        let reference = trim::pool_without(own_positions, &values);
-                        trim::trimmed_w2(&candidate, &reference, alpha)
-                    }
+        // Each thread keeps the own shares of the model size it last saw (usually every model's).
+        .map_init(
+            || OwnShares::new(0),
+            |shares, k| {
+                let own = &entries[offsets[k]..offsets[k + 1]];
+                let (n, m) = (own.len(), total - own.len());
+                if shares.n() != n {
+                    *shares = OwnShares::new(n);
+                }
+                let points = RankedPoints {
+                    value: |i: usize| own[i].value,
+                    ranks: |i: usize| (own[i].lt as usize, own[i].le as usize),
+                    own_in_reference: true,
+                };
+                let candidate = || own.iter().map(|e| e.value).collect::<Vec<f32>>();
+                match wanted {
+                    Wanted::Pool => trim::result_from(
+                        n,
+                        m,
+                        spec,
+                        exact_w2,
+                        |t| Profile::ks_and_alpha_hat_of_ranks(shares, m, &points, t, |_, _| {}),
+                        |alpha| {
+                            let own_positions = &positions[offsets[k]..offsets[k + 1]];
+                            let reference = trim::pool_without(own_positions, &values);
+                            trim::trimmed_w2(&candidate(), &reference, alpha)
+                        },
+                    ),
                     Wanted::Quantiles => {
-                        trim::trimmed_w2(&candidate, &values[offsets[k]..offsets[k + 1]], alpha)
+                        // The untrimmed W2 (the usual case) is summed in the KS/α̂ pass.
+                        let quantiles = &values[offsets[k]..offsets[k + 1]];
+                        let w2 = RefCell::new(QuantileW2::new(n));
+                        trim::result_from(
+                            n,
+                            m,
+                            spec,
+                            exact_w2,
+                            |t| {
+                                let mut w2 = w2.borrow_mut();
+                                Profile::ks_and_alpha_hat_of_ranks(shares, m, &points, t, |i, v| {
+                                    w2.add(v, quantiles[i])
+                                })
+                            },
+                            |alpha| {
+                                w2.borrow().untrimmed(alpha).unwrap_or_else(|| {
+                                    trim::trimmed_w2(&candidate(), quantiles, alpha)
+                                })
+                            },
+                        )
                     }
-                },
-            )
-        })
+                }
+            },
+        )
         .collect();
     phases::mark("trim: every model's profile, α̂, KS, W2");
     unmap_in_background((entries, values, positions));
