@@ -132,6 +132,14 @@ fn chunk_len(total: usize) -> usize {
 /// A slice written by several tasks at once, each at positions no other task writes.
 struct Shared<T>(*mut T);
 
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Shared<T> {}
+
 // SAFETY: tasks write disjoint positions (each caller says why), so no element is shared.
 unsafe impl<T: Send> Send for Shared<T> {}
 unsafe impl<T: Send> Sync for Shared<T> {}
@@ -146,6 +154,11 @@ impl<T> Shared<T> {
     unsafe fn write(&self, i: usize, value: T) {
         // SAFETY: the caller's contract.
         unsafe { self.0.add(i).write(value) }
+    }
+
+    /// The same slice from position `at` on (`at` at most its length).
+    fn offset(self, at: usize) -> Self {
+        Shared(self.0.wrapping_add(at))
     }
 }
 
@@ -263,7 +276,7 @@ struct SortedPool {
 ///
 /// One scatter moves the pool through DRAM; the rest is done a cache-sized bucket at a time. The
 /// buckets are ranges of the top [`PREFIX_BITS`] of the values' order bits, merged greedily up to
-/// `target` keys each from a histogram of the actual data (scores that are all probabilities, or
+/// `target` keys each from a histogram of (a sample of) the actual data (scores that are all probabilities, or
 /// all near zero, share their top bits: fixed digits would leave a few huge buckets). Each
 /// bucket is then sorted by the value bits its keys differ in and scanned while in cache. A
 /// run of equal values never crosses a bucket, so each run's pooled ranks are known inside it.
@@ -277,15 +290,25 @@ fn entries_and_pool(
 ) -> Result<SortedPool> {
     let (models, total) = (candidates.len(), offsets[candidates.len()]);
     let pieces = pieces(candidates, chunk_len(total));
-    // Few splits: each makes and adds up a 1 MiB histogram.
+    // Bucket sizes only set the speed, so the histogram may count a sample; the exact counts
+    // per bucket come from the count below. Few splits: each makes and adds up a 1 MiB
+    // histogram.
+    let sampled = total >= SAMPLE_FROM;
     let prefix_counts = pieces
         .par_iter()
         .with_min_len(pieces.len().div_ceil(2 * rayon::current_num_threads()))
         .fold(
             || vec![0u32; PREFIXES],
             |mut counts, p| {
-                for &v in p.values(candidates) {
-                    counts[prefix(trim::order_bits(v))] += 1;
+                let mut count = |values: &[f32]| {
+                    for &v in values {
+                        counts[prefix(trim::order_bits(v))] += 1;
+                    }
+                };
+                if sampled {
+                    sample_blocks(p, candidates).for_each(count);
+                } else {
+                    count(p.values(candidates));
                 }
                 counts
             },
@@ -297,9 +320,13 @@ fn entries_and_pool(
                 a
             },
         );
+    let counted: usize = prefix_counts.iter().map(|&c| c as usize).sum();
     phases::mark("trim: histogram of the values' top bits");
-    let (bucket_of, bucket_starts) = buckets(&prefix_counts, target);
-    let buckets = bucket_starts.len() - 1;
+    let bucket_of = buckets(
+        &prefix_counts,
+        (target as u128 * counted as u128).div_ceil(total.max(1) as u128) as usize,
+    );
+    let buckets = bucket_of[PREFIXES - 1] as usize + 1;
     let bucket = |bits: u32| bucket_of[prefix(bits)] as usize;
 
     // Each piece's keys per bucket; then, in place, where the piece writes its first key of each
@@ -329,6 +356,15 @@ fn entries_and_pool(
                 at += piece_next[first..last].iter().map(|c| c[b]).sum::<u32>();
             }
         });
+    let mut bucket_starts = vec![0usize; buckets + 1];
+    for next in &piece_next {
+        for (size, &n) in bucket_starts[1..].iter_mut().zip(next) {
+            *size += n as usize;
+        }
+    }
+    for b in 0..buckets {
+        bucket_starts[b + 1] += bucket_starts[b];
+    }
     let mut at: Vec<u32> = bucket_starts[..buckets].iter().map(|&s| s as u32).collect();
     for next in piece_next.iter_mut() {
         for (next, at) in next.iter_mut().zip(at.iter_mut()) {
@@ -440,6 +476,9 @@ fn entries_and_pool(
                     }
                     Wanted::Quantiles => {
                         let (n, own_before) = (offsets[k + 1] - offsets[k], first[k] - offsets[k]);
+                        // A copy in a register: the walk's stores cannot then make it reload
+                        // the map and the offset at every quantile.
+                        let quantiles_out = values_out.offset(offsets[k]);
                         quantiles_in_bucket(
                             n,
                             total - n,
@@ -450,8 +489,8 @@ fn entries_and_pool(
                             |i, v| {
                                 // SAFETY: each model's quantile indices are cut into the buckets by
                                 // the reference points before each (see `quantiles_in_bucket`):
-                                // each is written once.
-                                unsafe { values_out.write(offsets[k] + i, v) }
+                                // each is written by one bucket's task only.
+                                unsafe { quantiles_out.write(i, v) }
                             },
                         );
                     }
@@ -472,7 +511,9 @@ fn entries_and_pool(
 /// lie in a bucket of the sorted pool: the values `sorted`, starting at pool position `start`,
 /// in which the model has its points at the positions `own` and `own_before` points before it.
 /// Calls
-/// `write(i − 1, G⁻¹(i/n))` for each, the values [`trim::pool_quantiles_without`] gives.
+/// `write(i − 1, G⁻¹(i/n))` for each, the values [`trim::pool_quantiles_without`] gives; the
+/// last call for an index holds its quantile (earlier ones, provisional values, only inside the
+/// bucket's own range of indices).
 ///
 /// The quantile `G⁻¹(i/n)` is the reference's `j = ⌈i·m/n⌉`-th point; the bucket holds the
 /// reference points `R₀ < j ≤ R₁` (`R₀ = start − own_before`), so its first `i` is
@@ -498,17 +539,23 @@ fn quantiles_in_bucket(
     let (step_q, step_r) = (m64 / n64, m64 % n64);
     let (mut q, mut r) = (i * m64 / n64, i * m64 % n64);
     let mut skipped = 0;
+    // A merge of the quantiles' reference indices with the own points, one step each, without
+    // a data-dependent branch (the own points fall between the quantiles at random, so a loop
+    // that skips them mispredicted at most quantiles). A step that passes an own point writes
+    // the pending quantile at the position reached so far; a later step overwrites it.
     while i <= n64 {
         let j = (q + u64::from(r > 0)) as usize;
         if j > end_ref {
             break;
         }
-        while skipped < own.len() && own[skipped] as usize <= j - 1 + own_before + skipped {
-            skipped += 1;
-        }
-        write(i as usize - 1, sorted[j - 1 + own_before + skipped - start]);
-        i += 1;
-        (q, r) = (q + step_q, r + step_r);
+        let at = j - 1 + own_before + skipped;
+        let next_own = own.get(skipped).map_or(usize::MAX, |&p| p as usize);
+        let passes_own = next_own <= at;
+        write(i as usize - 1, sorted[at - start]);
+        skipped += usize::from(passes_own);
+        let step = u64::from(!passes_own);
+        i += step;
+        (q, r) = (q + step * step_q, r + step * step_r);
         if r >= n64 {
             (q, r) = (q + 1, r - n64);
         }
@@ -535,25 +582,39 @@ fn prefix(bits: u32) -> usize {
     (bits >> (32 - PREFIX_BITS)) as usize
 }
 
-/// Consecutive prefixes merged into buckets of at most `target` keys (a single prefix may hold
-/// more): the bucket of each prefix, and where each bucket starts in the sorted pool (one more
-/// for the end).
-fn buckets(prefix_counts: &[u32], target: usize) -> (Vec<u32>, Vec<usize>) {
+/// Consecutive prefixes merged into buckets of at most `target` counted keys (a single prefix
+/// may hold more): the bucket of each prefix.
+fn buckets(prefix_counts: &[u32], target: usize) -> Vec<u32> {
     let mut bucket_of = vec![0u32; prefix_counts.len()];
-    let mut starts = vec![0];
-    let (mut start, mut size) = (0, 0);
+    let (mut bucket, mut size) = (0, 0);
     for (of, &count) in bucket_of.iter_mut().zip(prefix_counts) {
         if size > 0 && size + count as usize > target {
-            start += size;
-            starts.push(start);
+            bucket += 1;
             size = 0;
         }
         // At most one bucket per prefix: the index fits 32 bits.
-        *of = (starts.len() - 1) as u32;
+        *of = bucket;
         size += count as usize;
     }
-    starts.push(start + size);
-    (bucket_of, starts)
+    bucket_of
+}
+
+/// Pools of at least this many points are sampled for the histogram of [`entries_and_pool`]:
+/// 1/16 of them, blocks of 64 consecutive values in every 1 024 of each model (a whole 4 KiB
+/// page read of 16, where single values 16 apart would read every cache line). Smaller pools
+/// cost little to count whole.
+const SAMPLE_FROM: usize = 1 << 22;
+const SAMPLE_BLOCK: usize = 64;
+const SAMPLE_EVERY: usize = 1024;
+
+/// The parts of the histogram's sample blocks in `piece`: the blocks are aligned to its
+/// model's start, so the sample does not depend on how the models are cut into pieces.
+fn sample_blocks<'a>(piece: &Piece, candidates: &[&'a [f32]]) -> impl Iterator<Item = &'a [f32]> {
+    let model = candidates[piece.model];
+    let range = piece.range.clone();
+    (range.start / SAMPLE_EVERY * SAMPLE_EVERY..range.end)
+        .step_by(SAMPLE_EVERY)
+        .map(move |s| &model[s.max(range.start)..(s + SAMPLE_BLOCK).clamp(range.start, range.end)])
 }
 
 /// A run of one model's points, at most a block long: the unit of the parallel passes over the
@@ -583,35 +644,44 @@ fn pieces(candidates: &[&[f32]], chunk: usize) -> Vec<Piece> {
         .collect()
 }
 
-/// Largest radix digit of the in-bucket sort: 2 048 counters stay in L1.
+/// Largest radix digit of the in-bucket sort: three digits' 2 048 counters stay in L1.
 const MAX_DIGIT_BITS: u32 = 11;
+/// Digits of the in-bucket sort at most: 32 value bits in digits of [`MAX_DIGIT_BITS`].
+const MAX_PASSES: usize = u32::BITS.div_ceil(MAX_DIGIT_BITS) as usize;
 
 /// Stable LSD radix sort of `keys` by their upper 32 bits (the value's order bits), on only
 /// the bits between the smallest and largest value, in digits of at most [`MAX_DIGIT_BITS`]
-/// (`scratch` is its buffer); a digit every key shares is skipped.
+/// (`scratch` is its buffer); a digit every key shares is skipped. All digits are counted in
+/// one pass over the keys, which then move once per digit.
 fn sort_by_value(keys: &mut [u64], scratch: &mut Vec<u64>) {
-    let values = || keys.iter().map(|&k| k >> 32);
-    let (Some(lo), Some(hi)) = (values().min(), values().max()) else {
-        return;
-    };
-    let bits = u64::BITS - (hi - lo).leading_zeros();
-    if bits == 0 {
+    let (lo, hi) = keys.iter().fold((u64::MAX, 0), |(lo, hi), &k| {
+        (lo.min(k >> 32), hi.max(k >> 32))
+    });
+    if lo >= hi {
         return;
     }
-    let passes = bits.div_ceil(MAX_DIGIT_BITS);
-    let digit_bits = bits.div_ceil(passes);
+    let bits = u64::BITS - (hi - lo).leading_zeros();
+    let passes = bits.div_ceil(MAX_DIGIT_BITS) as usize;
+    let digit_bits = bits.div_ceil(passes as u32);
     let mask = (1usize << digit_bits) - 1;
+    let digit =
+        |k: u64, pass: usize| (((k >> 32) - lo) >> (pass as u32 * digit_bits)) as usize & mask;
+    // Every possible digit counted, without a loop per key: a digit above the value's bits
+    // is 0 in every key, so its pass is skipped below.
+    let mut counts = [[0u32; 1 << MAX_DIGIT_BITS]; MAX_PASSES];
+    for &k in keys.iter() {
+        let [c0, c1, c2] = &mut counts;
+        c0[digit(k, 0)] += 1;
+        c1[digit(k, 1)] += 1;
+        c2[digit(k, 2)] += 1;
+    }
     scratch.clear();
     scratch.resize(keys.len(), 0);
-    let mut counts = vec![0usize; mask + 1];
     let (mut from, mut to) = (&mut *keys, scratch.as_mut_slice());
     let mut in_scratch = false;
-    for pass in 0..passes {
-        let shift = pass * digit_bits;
-        let digit = |k: u64| (((k >> 32) - lo) >> shift) as usize & mask;
-        counts.fill(0);
-        from.iter().for_each(|&k| counts[digit(k)] += 1);
-        if counts.contains(&from.len()) {
+    for (pass, counts) in counts.iter_mut().take(passes).enumerate() {
+        let counts = &mut counts[..=mask];
+        if counts.contains(&(from.len() as u32)) {
             continue;
         }
         let mut at = 0;
@@ -619,8 +689,8 @@ fn sort_by_value(keys: &mut [u64], scratch: &mut Vec<u64>) {
             (*c, at) = (at, at + *c);
         }
         for &k in from.iter() {
-            let d = digit(k);
-            to[counts[d]] = k;
+            let d = digit(k, pass);
+            to[counts[d] as usize] = k;
             counts[d] += 1;
         }
         std::mem::swap(&mut from, &mut to);
