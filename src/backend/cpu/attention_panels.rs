@@ -3,14 +3,14 @@
 //!
 //! A task is one key/value head of one sequence (with every query head that shares it), or a
 //! run of its queries where sequences × key/value heads are too few to keep every thread busy.
-//! It packs the keys its queries can see once — `Kᵀ` in panels of `NR` keys (on AVX-512 by 16 × 16
-//! blocks transposed in registers), `V` as contiguous rows padded to a multiple of `NR` columns —
-//! and then, for each query head and each panel of `MR` queries:
+//! It packs, in one sweep over 16-key blocks, its queries (contiguous rows per query head), the
+//! keys they can see — `Kᵀ` in panels of `NR` keys (on AVX-512 by 16 × 16 blocks transposed in
+//! registers) — and `V` as contiguous rows padded to a multiple of `NR` columns, and then, for
+//! each query head and each panel of `MR` queries:
 //!
 //! 1. `S = scale·Q·Kᵀ` over the key panels the panel's queries see, on a register-tiled
-//!    microkernel (8 × 32 on AVX-512, 6 × 16 on AVX2 with FMA) whose `A` rows are read where they
-//!    are: the queries straight from `qkv`, so `Q` is never packed; the kernel stores each row
-//!    scaled straight into the panel's score rows.
+//!    microkernel (8 × 32 on AVX-512, 6 × 16 on AVX2 with FMA) whose `A` rows are the packed
+//!    queries; the kernel stores each row scaled straight into the panel's score rows.
 //! 2. Each row's softmax over its visible keys, in place: the maximum, then `exp(s − max)` and
 //!    the sum in one sweep (an AVX-512 `exp2` on `vscalefps` where the CPU has it); keys the mask
 //!    hides become 0.
@@ -82,14 +82,8 @@ pub(super) fn attention(qkv: &[f32], layout: &SeqLayout, spec: &AttentionSpec, o
     tasks::<6>(qkv, layout, spec, out, task_portable)
 }
 
-/// Floats of packed `Q`, `K` and `V` a task's key/value heads may take together: 1 MiB, half
-/// of a 2 MiB L2, so that what the packing pass brings in stays there until its products.
-const PACKED_FLOATS: usize = 1 << 18;
-
-/// Splits the op into [`Task`]s and runs them on every thread with `run`: each task takes as
-/// many key/value heads of a sequence as fit [`PACKED_FLOATS`] (so that its packing pass reads
-/// long stretches of each `qkv` row), and the queries are cut into runs of whole `MR`-query
-/// panels where sequences × head runs are too few to keep every thread busy.
+/// Splits the op into [`Task`]s (queries cut into runs of whole `MR`-query panels) and runs them
+/// on every thread with `run`.
 fn tasks<const MR: usize>(
     qkv: &[f32],
     layout: &SeqLayout,
@@ -101,15 +95,8 @@ fn tasks<const MR: usize>(
         return;
     }
     let sequences = layout.num_sequences();
-    let longest = (0..sequences).map(|s| layout.range(s).len()).max();
-    // A key/value head packs its keys' `K` and `V` and its query heads' `Q`.
-    let group = spec.heads / spec.kv_heads;
-    let per_kv_head = longest.unwrap_or(0) * (group + 2) * spec.head_dim;
-    let fitting = (PACKED_FLOATS / per_kv_head.max(1)).clamp(1, spec.kv_heads);
-    let head_runs = spec.kv_heads.div_ceil(fitting);
-    let kv_per_task = spec.kv_heads.div_ceil(head_runs);
     let wanted = 4 * rayon::current_num_threads();
-    let runs = wanted.div_ceil((sequences * head_runs).max(1));
+    let runs = wanted.div_ceil((sequences * spec.kv_heads).max(1));
     let out = SharedOut::new(out);
     let mut tasks = Vec::new();
     for s in 0..sequences {
@@ -119,7 +106,7 @@ fn tasks<const MR: usize>(
             continue;
         }
         let per_run = panels.div_ceil(runs.min(panels)) * MR;
-        for kv in (0..spec.kv_heads).step_by(kv_per_task) {
+        for kv in 0..spec.kv_heads {
             for first in (0..rows.len()).step_by(per_run) {
                 tasks.push(Task {
                     qkv,
@@ -127,7 +114,7 @@ fn tasks<const MR: usize>(
                     out,
                     row0: rows.start,
                     len: rows.len(),
-                    kv: kv..(kv + kv_per_task).min(spec.kv_heads),
+                    kv,
                     queries: first..(first + per_run).min(rows.len()),
                 });
             }
@@ -139,26 +126,25 @@ fn tasks<const MR: usize>(
 }
 
 /// The queries `queries` of one sequence (`len` tokens from row `row0` of `qkv`) for every query
-/// head of the key/value heads `kv`; it alone writes their columns of `out`.
+/// head of key/value head `kv`; it alone writes their columns of `out`.
 struct Task<'a> {
     qkv: &'a [f32],
     spec: &'a AttentionSpec,
     out: SharedOut,
     row0: usize,
     len: usize,
-    kv: std::ops::Range<usize>,
+    kv: usize,
     queries: std::ops::Range<usize>,
 }
 
 /// A worker's buffers, grown to the largest task it has run (only ever grown, never cleared).
 #[derive(Default)]
 struct Scratch {
-    /// Each query head's queries, `head_dim` values a row.
+    /// The task's queries, `head_dim` values a row, one query head after the other.
     q: Vec<f32>,
-    /// Each key/value head's `Kᵀ` in `NR`-key panels: panel `kb`, column `c` at
-    /// `(kb·head_dim + c)·NR`.
+    /// `Kᵀ` in `NR`-key panels: panel `kb`, column `c` at `(kb·head_dim + c)·NR`.
     k: Vec<f32>,
-    /// Each key/value head's `V`, a key a row of `head_dim` rounded up to a multiple of `NR`.
+    /// `V`, a key a row of `head_dim` rounded up to a multiple of `NR`.
     v: Vec<f32>,
     /// One query panel's scores, then weights: `MR` rows of the task's keys rounded up to `NR`.
     s: Vec<f32>,
@@ -232,7 +218,7 @@ impl Task<'_> {
         let (hd, heads, kv_heads) = (spec.head_dim, spec.heads, spec.kv_heads);
         let (width, out_width, group) = (spec.qkv_width(), heads * hd, heads / kv_heads);
         let queries = self.queries.clone();
-        let heads_first = self.kv.start * group;
+        let kv = self.kv;
         // Keys from the first query's first visible one to the last query's end; offsets below
         // count from `keys_first`.
         let keys_first = self.visible(queries.start).0;
@@ -240,142 +226,131 @@ impl Task<'_> {
         if keys == 0 {
             // Only an empty window sees no key: its queries yield zeros.
             for i in queries {
-                let at = (self.row0 + i) * out_width + heads_first * hd;
+                let at = (self.row0 + i) * out_width + kv * group * hd;
                 // SAFETY: this task alone writes its queries' columns of its heads.
-                unsafe { self.out.slice(at, self.kv.len() * group * hd) }.fill(0.0);
+                unsafe { self.out.slice(at, group * hd) }.fill(0.0);
             }
             return;
         }
         let (key_panels, hd_padded) = (keys.div_ceil(NR), hd.div_ceil(NR) * NR);
         let s_stride = key_panels * NR;
-        let (q_size, k_size, v_size) = (queries.len() * hd, key_panels * hd * NR, keys * hd_padded);
+        let q_size = queries.len() * hd;
         let Scratch { q, k, v, s } = scratch;
         let (q, k, v, s) = (
-            sized(q, self.kv.len() * group * q_size),
-            sized(k, self.kv.len() * k_size),
-            sized(v, self.kv.len() * v_size),
+            sized(q, group * q_size),
+            sized(k, key_panels * hd * NR),
+            sized(v, keys * hd_padded),
             sized(s, MR * s_stride),
         );
-        // Pack Q, K transposed and V by blocks of keys, the task's heads inner: each `qkv`
-        // row's columns are read in one ascending sweep (its queries', keys', then values'),
-        // which the hardware prefetcher follows where per-head passes would jump between rows.
+        // Pack Q, K transposed and V in one sweep over the keys by blocks of 16: every row
+        // the task reads is fetched here, in a loop of independent loads, rather than by the
+        // products' first touch of each query panel.
         let first_row = self.row0 + keys_first;
         let row = |token: usize, column: usize| &self.qkv[token * width + column..][..hd];
+        let key_rows = KeyRows {
+            qkv: self.qkv,
+            first: first_row * width + (heads + kv) * hd,
+            width,
+            hd,
+        };
         for block in (0..keys).step_by(16) {
             let block = block..(block + 16).min(keys);
+            // The queries lie among their own visible keys (only an empty window's do not).
             let block_queries = (keys_first + block.start).max(queries.start)
                 ..(keys_first + block.end).min(queries.end);
             for i in block_queries {
                 for (h, q) in q.chunks_exact_mut(q_size).enumerate() {
                     let at = (i - queries.start) * hd;
-                    q[at..at + hd].copy_from_slice(row(self.row0 + i, (heads_first + h) * hd));
+                    q[at..at + hd].copy_from_slice(row(self.row0 + i, (kv * group + h) * hd));
                 }
             }
-            for (kv, k) in self.kv.clone().zip(k.chunks_exact_mut(k_size)) {
-                let key_rows = KeyRows {
-                    qkv: self.qkv,
-                    first: first_row * width + (heads + kv) * hd,
-                    width,
-                    hd,
-                };
-                pack_keys(&key_rows, block.clone(), k);
-            }
+            pack_keys(&key_rows, block.clone(), k);
             for t in block {
-                for (kv, v) in self.kv.clone().zip(v.chunks_exact_mut(v_size)) {
-                    let column = (heads + kv_heads + kv) * hd;
-                    v[t * hd_padded..][..hd].copy_from_slice(row(first_row + t, column));
-                }
+                let column = (heads + kv_heads + kv) * hd;
+                v[t * hd_padded..][..hd].copy_from_slice(row(first_row + t, column));
             }
+        }
+        // The last panel's keys past the end: never read as scores, but kept finite.
+        for t in keys..s_stride {
+            let panel = &mut k[(t / NR) * hd * NR..][..hd * NR];
+            (0..hd).for_each(|c| panel[c * NR + t % NR] = 0.0);
         }
         let score_scales = [spec.scale; MR];
         // Where the output rows of a panel's padding rows go (their weights are 0).
         let mut spill = [0.0f32; NR];
-        for ((kv, k), v) in self
-            .kv
-            .clone()
-            .zip(k.chunks_exact_mut(k_size))
-            .zip(v.chunks_exact(v_size))
-        {
-            // The last panel's keys past the end: never read as scores, but kept finite.
-            for t in keys..s_stride {
-                let panel = &mut k[(t / NR) * hd * NR..][..hd * NR];
-                (0..hd).for_each(|c| panel[c * NR + t % NR] = 0.0);
-            }
-            for h in kv * group..(kv + 1) * group {
-                let q = &q[(h - heads_first) * q_size..][..q_size];
-                for first in queries.clone().step_by(MR) {
-                    let rows = (first + MR).min(queries.end) - first;
-                    // The panel's keys: its first query's first to its last query's end.
-                    let lo = self.visible(first).0 - keys_first;
-                    let hi = (self.visible(first + rows - 1).1 - keys_first).max(lo);
-                    // Rows past the panel's end repeat its last query (computed, never stored).
-                    let q_rows: [*const f32; MR] = std::array::from_fn(|i| {
-                        q[(first - queries.start + i.min(rows - 1)) * hd..].as_ptr()
+        for h in kv * group..(kv + 1) * group {
+            let q = &q[(h - kv * group) * q_size..][..q_size];
+            for first in queries.clone().step_by(MR) {
+                let rows = (first + MR).min(queries.end) - first;
+                // The panel's keys: its first query's first to its last query's end.
+                let lo = self.visible(first).0 - keys_first;
+                let hi = (self.visible(first + rows - 1).1 - keys_first).max(lo);
+                // Rows past the panel's end repeat its last query (computed, never stored).
+                let q_rows: [*const f32; MR] = std::array::from_fn(|i| {
+                    q[(first - queries.start + i.min(rows - 1)) * hd..].as_ptr()
+                });
+                for kb in lo / NR..hi.div_ceil(NR) {
+                    let s_at = s.as_mut_ptr().wrapping_add(kb * NR);
+                    let dst: [*mut f32; MR] =
+                        std::array::from_fn(|i| s_at.wrapping_add(i * s_stride));
+                    // SAFETY: the kernel runs on this CPU (chosen by `attention`); each query
+                    // row holds `hd` values, the key panel `hd` rows of NR, and each score row
+                    // NR values from key `kb·NR` (its stride is a whole number of panels).
+                    unsafe {
+                        kernel(
+                            hd,
+                            &q_rows,
+                            k[kb * hd * NR..].as_ptr(),
+                            NR,
+                            &dst,
+                            &score_scales,
+                            NR,
+                        )
+                    };
+                }
+                let mut inv_sums = [0.0f32; MR];
+                for (r, (scores, inv)) in s
+                    .chunks_exact_mut(s_stride)
+                    .zip(&mut inv_sums)
+                    .take(rows)
+                    .enumerate()
+                {
+                    let (v_first, v_end) = self.visible(first + r);
+                    let (v_first, v_end) = (v_first - keys_first, v_end - keys_first);
+                    scores[lo..v_first].fill(0.0);
+                    scores[v_end.max(v_first)..hi].fill(0.0);
+                    if v_first < v_end {
+                        *inv = 1.0 / exp_row(&mut scores[v_first..v_end]);
+                    }
+                }
+                let p_rows: [*const f32; MR] =
+                    std::array::from_fn(|i| s[i.min(rows - 1) * s_stride + lo..].as_ptr());
+                for j in (0..hd).step_by(NR) {
+                    let cols = NR.min(hd - j);
+                    let dst: [*mut f32; MR] = std::array::from_fn(|r| {
+                        if r < rows {
+                            let at = (self.row0 + first + r) * out_width + h * hd + j;
+                            // SAFETY: this task alone writes its queries' columns of head
+                            // `h`.
+                            unsafe { self.out.slice(at, cols) }.as_mut_ptr()
+                        } else {
+                            spill.as_mut_ptr()
+                        }
                     });
-                    for kb in lo / NR..hi.div_ceil(NR) {
-                        let s_at = s.as_mut_ptr().wrapping_add(kb * NR);
-                        let dst: [*mut f32; MR] =
-                            std::array::from_fn(|i| s_at.wrapping_add(i * s_stride));
-                        // SAFETY: the kernel runs on this CPU (chosen by `attention`); each
-                        // query row holds `hd` values, the key panel `hd` rows of NR, and each
-                        // score row NR values from key `kb·NR` (its stride is a whole number
-                        // of panels).
-                        unsafe {
-                            kernel(
-                                hd,
-                                &q_rows,
-                                k[kb * hd * NR..].as_ptr(),
-                                NR,
-                                &dst,
-                                &score_scales,
-                                NR,
-                            )
-                        };
-                    }
-                    let mut inv_sums = [0.0f32; MR];
-                    for (r, (scores, inv)) in s
-                        .chunks_exact_mut(s_stride)
-                        .zip(&mut inv_sums)
-                        .take(rows)
-                        .enumerate()
-                    {
-                        let (v_first, v_end) = self.visible(first + r);
-                        let (v_first, v_end) = (v_first - keys_first, v_end - keys_first);
-                        scores[lo..v_first].fill(0.0);
-                        scores[v_end.max(v_first)..hi].fill(0.0);
-                        if v_first < v_end {
-                            *inv = 1.0 / exp_row(&mut scores[v_first..v_end]);
-                        }
-                    }
-                    let p_rows: [*const f32; MR] =
-                        std::array::from_fn(|i| s[i.min(rows - 1) * s_stride + lo..].as_ptr());
-                    for j in (0..hd).step_by(NR) {
-                        let cols = NR.min(hd - j);
-                        let dst: [*mut f32; MR] = std::array::from_fn(|r| {
-                            if r < rows {
-                                let at = (self.row0 + first + r) * out_width + h * hd + j;
-                                // SAFETY: this task alone writes its queries' columns of head
-                                // `h`.
-                                unsafe { self.out.slice(at, cols) }.as_mut_ptr()
-                            } else {
-                                spill.as_mut_ptr()
-                            }
-                        });
-                        // SAFETY: as above; each weight row holds the `hi − lo` keys from
-                        // `lo`, V those keys' rows of `hd_padded` values from column `j` (none:
-                        // the panel's queries see no key, and the kernel stores zeros), and
-                        // each destination `cols` values.
-                        unsafe {
-                            kernel(
-                                hi - lo,
-                                &p_rows,
-                                v.as_ptr().wrapping_add(lo * hd_padded + j),
-                                hd_padded,
-                                &dst,
-                                &inv_sums,
-                                cols,
-                            )
-                        }
+                    // SAFETY: as above; each weight row holds the `hi − lo` keys from
+                    // `lo`, V those keys' rows of `hd_padded` values from column `j` (none:
+                    // the panel's queries see no key, and the kernel stores zeros), and
+                    // each destination `cols` values.
+                    unsafe {
+                        kernel(
+                            hi - lo,
+                            &p_rows,
+                            v.as_ptr().wrapping_add(lo * hd_padded + j),
+                            hd_padded,
+                            &dst,
+                            &inv_sums,
+                            cols,
+                        )
                     }
                 }
             }
