@@ -644,44 +644,35 @@ fn pieces(candidates: &[&[f32]], chunk: usize) -> Vec<Piece> {
         .collect()
 }
 
-/// Largest radix digit of the in-bucket sort: three digits' 2 048 counters stay in L1.
+/// Largest radix digit of the in-bucket sort: 2 048 counters stay in L1.
 const MAX_DIGIT_BITS: u32 = 11;
-/// Digits of the in-bucket sort at most: 32 value bits in digits of [`MAX_DIGIT_BITS`].
-const MAX_PASSES: usize = u32::BITS.div_ceil(MAX_DIGIT_BITS) as usize;
 
 /// Stable LSD radix sort of `keys` by their upper 32 bits (the value's order bits), on only
 /// the bits between the smallest and largest value, in digits of at most [`MAX_DIGIT_BITS`]
-/// (`scratch` is its buffer); a digit every key shares is skipped. All digits are counted in
-/// one pass over the keys, which then move once per digit.
+/// (`scratch` is its buffer); a digit every key shares is skipped.
 fn sort_by_value(keys: &mut [u64], scratch: &mut Vec<u64>) {
-    let (lo, hi) = keys.iter().fold((u64::MAX, 0), |(lo, hi), &k| {
-        (lo.min(k >> 32), hi.max(k >> 32))
-    });
-    if lo >= hi {
+    let values = || keys.iter().map(|&k| k >> 32);
+    let (Some(lo), Some(hi)) = (values().min(), values().max()) else {
+        return;
+    };
+    let bits = u64::BITS - (hi - lo).leading_zeros();
+    if bits == 0 {
         return;
     }
-    let bits = u64::BITS - (hi - lo).leading_zeros();
-    let passes = bits.div_ceil(MAX_DIGIT_BITS) as usize;
-    let digit_bits = bits.div_ceil(passes as u32);
+    let passes = bits.div_ceil(MAX_DIGIT_BITS);
+    let digit_bits = bits.div_ceil(passes);
     let mask = (1usize << digit_bits) - 1;
-    let digit =
-        |k: u64, pass: usize| (((k >> 32) - lo) >> (pass as u32 * digit_bits)) as usize & mask;
-    // Every possible digit counted, without a loop per key: a digit above the value's bits
-    // is 0 in every key, so its pass is skipped below.
-    let mut counts = [[0u32; 1 << MAX_DIGIT_BITS]; MAX_PASSES];
-    for &k in keys.iter() {
-        let [c0, c1, c2] = &mut counts;
-        c0[digit(k, 0)] += 1;
-        c1[digit(k, 1)] += 1;
-        c2[digit(k, 2)] += 1;
-    }
     scratch.clear();
     scratch.resize(keys.len(), 0);
+    let mut counts = vec![0usize; mask + 1];
     let (mut from, mut to) = (&mut *keys, scratch.as_mut_slice());
     let mut in_scratch = false;
-    for (pass, counts) in counts.iter_mut().take(passes).enumerate() {
-        let counts = &mut counts[..=mask];
-        if counts.contains(&(from.len() as u32)) {
+    for pass in 0..passes {
+        let shift = pass * digit_bits;
+        let digit = |k: u64| (((k >> 32) - lo) >> shift) as usize & mask;
+        counts.fill(0);
+        from.iter().for_each(|&k| counts[digit(k)] += 1);
+        if counts.contains(&from.len()) {
             continue;
         }
         let mut at = 0;
@@ -689,8 +680,8 @@ fn sort_by_value(keys: &mut [u64], scratch: &mut Vec<u64>) {
             (*c, at) = (at, at + *c);
         }
         for &k in from.iter() {
-            let d = digit(k, pass);
-            to[counts[d] as usize] = k;
+            let d = digit(k);
+            to[counts[d]] = k;
             counts[d] += 1;
         }
         std::mem::swap(&mut from, &mut to);
