@@ -3,14 +3,14 @@
 //!
 //! A task is one key/value head of one sequence (with every query head that shares it), or a
 //! run of its queries where sequences × key/value heads are too few to keep every thread busy.
-//! It packs, in one sweep over 16-key blocks, its queries (contiguous rows per query head), the
-//! keys they can see — `Kᵀ` in panels of `NR` keys (on AVX-512 by 16 × 16 blocks transposed in
-//! registers) — and `V` as contiguous rows padded to a multiple of `NR` columns, and then, for
-//! each query head and each panel of `MR` queries:
+//! It packs the keys its queries can see once — `Kᵀ` in panels of `NR` keys (on AVX-512 by 16 × 16
+//! blocks transposed in registers), `V` as contiguous rows padded to a multiple of `NR` columns —
+//! and then, for each query head and each panel of `MR` queries:
 //!
 //! 1. `S = scale·Q·Kᵀ` over the key panels the panel's queries see, on a register-tiled
-//!    microkernel (8 × 32 on AVX-512, 6 × 16 on AVX2 with FMA) whose `A` rows are the packed
-//!    queries; the kernel stores each row scaled straight into the panel's score rows.
+//!    microkernel (8 × 32 on AVX-512, 6 × 16 on AVX2 with FMA) whose `A` rows are read where they
+//!    are: the queries straight from `qkv`, so `Q` is never packed; the kernel stores each row
+//!    scaled straight into the panel's score rows.
 //! 2. Each row's softmax over its visible keys, in place: the maximum, then `exp(s − max)` and
 //!    the sum in one sweep (an AVX-512 `exp2` on `vscalefps` where the CPU has it); keys the mask
 //!    hides become 0.
@@ -53,6 +53,7 @@ struct KeyRows<'a> {
     first: usize,
     width: usize,
     hd: usize,
+    keys: usize,
 }
 
 impl KeyRows<'_> {
@@ -140,8 +141,6 @@ struct Task<'a> {
 /// A worker's buffers, grown to the largest task it has run (only ever grown, never cleared).
 #[derive(Default)]
 struct Scratch {
-    /// The task's queries, `head_dim` values a row, one query head after the other.
-    q: Vec<f32>,
     /// `Kᵀ` in `NR`-key panels: panel `kb`, column `c` at `(kb·head_dim + c)·NR`.
     k: Vec<f32>,
     /// `V`, a key a row of `head_dim` rounded up to a multiple of `NR`.
@@ -168,7 +167,7 @@ unsafe fn task_avx512(task: &Task<'_>, scratch: &mut Scratch) {
     task.run::<8, 32>(
         row_kernel_avx512,
         // SAFETY: as this function's.
-        |rows, keys, k| unsafe { pack_keys_avx512::<32>(rows, keys, k) },
+        |rows, k| unsafe { pack_keys_avx512::<32>(rows, k) },
         // SAFETY: as this function's.
         |row| unsafe { exp_row_avx512(row) },
         scratch,
@@ -210,7 +209,7 @@ impl Task<'_> {
     fn run<const MR: usize, const NR: usize>(
         &self,
         kernel: RowKernel<MR, NR>,
-        pack_keys: impl Fn(&KeyRows<'_>, std::ops::Range<usize>, &mut [f32]),
+        pack_keys: impl Fn(&KeyRows<'_>, &mut [f32]),
         exp_row: impl Fn(&mut [f32]) -> f32,
         scratch: &mut Scratch,
     ) {
@@ -218,7 +217,6 @@ impl Task<'_> {
         let (hd, heads, kv_heads) = (spec.head_dim, spec.heads, spec.kv_heads);
         let (width, out_width, group) = (spec.qkv_width(), heads * hd, heads / kv_heads);
         let queries = self.queries.clone();
-        let kv = self.kv;
         // Keys from the first query's first visible one to the last query's end; offsets below
         // count from `keys_first`.
         let keys_first = self.visible(queries.start).0;
@@ -226,7 +224,7 @@ impl Task<'_> {
         if keys == 0 {
             // Only an empty window sees no key: its queries yield zeros.
             for i in queries {
-                let at = (self.row0 + i) * out_width + kv * group * hd;
+                let at = (self.row0 + i) * out_width + self.kv * group * hd;
                 // SAFETY: this task alone writes its queries' columns of its heads.
                 unsafe { self.out.slice(at, group * hd) }.fill(0.0);
             }
@@ -234,41 +232,26 @@ impl Task<'_> {
         }
         let (key_panels, hd_padded) = (keys.div_ceil(NR), hd.div_ceil(NR) * NR);
         let s_stride = key_panels * NR;
-        let q_size = queries.len() * hd;
-        let Scratch { q, k, v, s } = scratch;
-        let (q, k, v, s) = (
-            sized(q, group * q_size),
+        let Scratch { k, v, s } = scratch;
+        let (k, v, s) = (
             sized(k, key_panels * hd * NR),
             sized(v, keys * hd_padded),
             sized(s, MR * s_stride),
         );
-        // Pack Q, K transposed and V in one sweep over the keys by blocks of 16: every row
-        // the task reads is fetched here, in a loop of independent loads, rather than by the
-        // products' first touch of each query panel.
+        // Pack K transposed and V.
+        let (k_col, v_col) = ((heads + self.kv) * hd, (heads + kv_heads + self.kv) * hd);
         let first_row = self.row0 + keys_first;
-        let row = |token: usize, column: usize| &self.qkv[token * width + column..][..hd];
         let key_rows = KeyRows {
             qkv: self.qkv,
-            first: first_row * width + (heads + kv) * hd,
+            first: first_row * width + k_col,
             width,
             hd,
+            keys,
         };
-        for block in (0..keys).step_by(16) {
-            let block = block..(block + 16).min(keys);
-            // The queries lie among their own visible keys (only an empty window's do not).
-            let block_queries = (keys_first + block.start).max(queries.start)
-                ..(keys_first + block.end).min(queries.end);
-            for i in block_queries {
-                for (h, q) in q.chunks_exact_mut(q_size).enumerate() {
-                    let at = (i - queries.start) * hd;
-                    q[at..at + hd].copy_from_slice(row(self.row0 + i, (kv * group + h) * hd));
-                }
-            }
-            pack_keys(&key_rows, block.clone(), k);
-            for t in block {
-                let column = (heads + kv_heads + kv) * hd;
-                v[t * hd_padded..][..hd].copy_from_slice(row(first_row + t, column));
-            }
+        pack_keys(&key_rows, k);
+        for t in 0..keys {
+            let row = &self.qkv[(first_row + t) * width + v_col..][..hd];
+            v[t * hd_padded..][..hd].copy_from_slice(row);
         }
         // The last panel's keys past the end: never read as scores, but kept finite.
         for t in keys..s_stride {
@@ -278,8 +261,7 @@ impl Task<'_> {
         let score_scales = [spec.scale; MR];
         // Where the output rows of a panel's padding rows go (their weights are 0).
         let mut spill = [0.0f32; NR];
-        for h in kv * group..(kv + 1) * group {
-            let q = &q[(h - kv * group) * q_size..][..q_size];
+        for h in self.kv * group..(self.kv + 1) * group {
             for first in queries.clone().step_by(MR) {
                 let rows = (first + MR).min(queries.end) - first;
                 // The panel's keys: its first query's first to its last query's end.
@@ -287,7 +269,8 @@ impl Task<'_> {
                 let hi = (self.visible(first + rows - 1).1 - keys_first).max(lo);
                 // Rows past the panel's end repeat its last query (computed, never stored).
                 let q_rows: [*const f32; MR] = std::array::from_fn(|i| {
-                    q[(first - queries.start + i.min(rows - 1)) * hd..].as_ptr()
+                    let token = self.row0 + first + i.min(rows - 1);
+                    self.qkv[token * width + h * hd..].as_ptr()
                 });
                 for kb in lo / NR..hi.div_ceil(NR) {
                     let s_at = s.as_mut_ptr().wrapping_add(kb * NR);
@@ -330,17 +313,16 @@ impl Task<'_> {
                     let dst: [*mut f32; MR] = std::array::from_fn(|r| {
                         if r < rows {
                             let at = (self.row0 + first + r) * out_width + h * hd + j;
-                            // SAFETY: this task alone writes its queries' columns of head
-                            // `h`.
+                            // SAFETY: this task alone writes its queries' columns of head `h`.
                             unsafe { self.out.slice(at, cols) }.as_mut_ptr()
                         } else {
                             spill.as_mut_ptr()
                         }
                     });
-                    // SAFETY: as above; each weight row holds the `hi − lo` keys from
-                    // `lo`, V those keys' rows of `hd_padded` values from column `j` (none:
-                    // the panel's queries see no key, and the kernel stores zeros), and
-                    // each destination `cols` values.
+                    // SAFETY: as above; each weight row holds the `hi − lo` keys from `lo`, V
+                    // those keys' rows of `hd_padded` values from column `j` (none: the
+                    // panel's queries see no key, and the kernel stores zeros), and each
+                    // destination `cols` values.
                     unsafe {
                         kernel(
                             hi - lo,
@@ -570,37 +552,25 @@ fn pack_keys_scalar<const NR: usize>(
     }
 }
 
-/// Every column of keys `keys` into `k` as [`pack_keys_scalar`] lays them out.
-fn pack_keys_portable<const NR: usize>(
-    rows: &KeyRows<'_>,
-    keys: std::ops::Range<usize>,
-    k: &mut [f32],
-) {
-    pack_keys_scalar::<NR>(rows, keys, 0..rows.hd, k)
+/// Every key's columns into `k` as [`pack_keys_scalar`] lays them out.
+fn pack_keys_portable<const NR: usize>(rows: &KeyRows<'_>, k: &mut [f32]) {
+    pack_keys_scalar::<NR>(rows, 0..rows.keys, 0..rows.hd, k)
 }
 
 /// [`pack_keys_portable`] by 16 × 16 blocks transposed in registers (16 row loads, 64 shuffles
 /// and 16 stores where the scalar loop moves 256 values one by one); the keys and columns past
-/// the last whole block one by one. `keys` starts at a multiple of 16.
+/// the last whole block one by one.
 ///
 /// # Safety
 /// The CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_keys_avx512<const NR: usize>(
-    rows: &KeyRows<'_>,
-    keys: std::ops::Range<usize>,
-    k: &mut [f32],
-) {
+unsafe fn pack_keys_avx512<const NR: usize>(rows: &KeyRows<'_>, k: &mut [f32]) {
     use std::arch::x86_64::*;
-    assert!(
-        NR.is_multiple_of(16) && keys.start.is_multiple_of(16),
-        "a 16-key block lies in one panel"
-    );
+    assert!(NR.is_multiple_of(16), "a 16-key block lies in one panel");
     let hd = rows.hd;
-    let block_keys = keys.start + keys.len() / 16 * 16;
-    let block_cols = hd / 16 * 16;
-    for t0 in (keys.start..block_keys).step_by(16) {
+    let (block_keys, block_cols) = (rows.keys / 16 * 16, hd / 16 * 16);
+    for t0 in (0..block_keys).step_by(16) {
         let panel = &mut k[(t0 / NR) * hd * NR..][..hd * NR];
         for c0 in (0..block_cols).step_by(16) {
             let mut block = [_mm512_setzero_ps(); 16];
@@ -616,8 +586,8 @@ unsafe fn pack_keys_avx512<const NR: usize>(
             }
         }
     }
-    pack_keys_scalar::<NR>(rows, keys.start..block_keys, block_cols..hd, k);
-    pack_keys_scalar::<NR>(rows, block_keys..keys.end, 0..hd, k);
+    pack_keys_scalar::<NR>(rows, 0..block_keys, block_cols..hd, k);
+    pack_keys_scalar::<NR>(rows, block_keys..rows.keys, 0..hd, k);
 }
 
 /// The transpose of the 16 × 16 matrix whose rows are `r`: pairs of rows interleaved by 32-bit
@@ -700,8 +670,7 @@ mod tests {
 
     /// The AVX-512 packing of `Kᵀ` (16 × 16 blocks transposed in registers, the rest one by one)
     /// writes exactly the scalar packing's panels, over key counts and head sizes with and
-    /// without a partial block, from rows strided as in `qkv`, in the 16-key blocks a task
-    /// packs.
+    /// without a partial block, from rows strided as in `qkv`.
     #[test]
     fn avx512_key_packing_matches_scalar() {
         #[cfg(target_arch = "x86_64")]
@@ -714,17 +683,13 @@ mod tests {
                     first: 3,
                     width,
                     hd,
+                    keys,
                 };
                 let len = keys.div_ceil(32) * hd * 32;
                 let (mut want, mut got) = (vec![-1.0; len], vec![-1.0; len]);
-                pack_keys_portable::<32>(&rows, 0..keys, &mut want);
-                // By 16-key blocks, as a task packs them.
-                for block in (0..keys).step_by(16) {
-                    // SAFETY: the CPU has AVX-512F (checked above).
-                    unsafe {
-                        pack_keys_avx512::<32>(&rows, block..(block + 16).min(keys), &mut got)
-                    };
-                }
+                pack_keys_portable::<32>(&rows, &mut want);
+                // SAFETY: the CPU has AVX-512F (checked above).
+                unsafe { pack_keys_avx512::<32>(&rows, &mut got) };
                 assert_eq!(got, want, "{keys} keys × {hd}");
             }
         }
