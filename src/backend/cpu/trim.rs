@@ -276,12 +276,13 @@ struct SortedPool {
 ///
 /// One scatter moves the pool through DRAM; the rest is done a cache-sized bucket at a time. The
 /// buckets are ranges of the top [`PREFIX_BITS`] of the values' order bits, merged greedily up to
-/// `target` keys each from a histogram of (a sample of) the actual data (scores that are all probabilities, or
-/// all near zero, share their top bits: fixed digits would leave a few huge buckets). Each
-/// bucket is then sorted by the value bits its keys differ in and scanned while in cache. A
-/// run of equal values never crosses a bucket, so each run's pooled ranks are known inside it.
-/// Scattering a model's points in pool order and sorting buckets stably keeps equal values in
-/// pooled order: the result is the one a serial stable sort gives, whatever the thread count.
+/// `target` keys each from a histogram of (a sample of) the actual data (scores that are all
+/// probabilities, or all near zero, share their top bits: fixed digits would leave a few huge
+/// buckets). Each bucket is then sorted by the value bits its keys differ in and scanned while in
+/// cache. A run of equal values never crosses a bucket, so each run's pooled ranks are known
+/// inside it. Scattering a model's points in pool order and sorting buckets stably keeps equal
+/// values in pooled order: the result is the one a serial stable sort gives, whatever the thread
+/// count.
 fn entries_and_pool(
     candidates: &[&[f32]],
     offsets: &[usize],
