@@ -43,6 +43,7 @@ mod norm;
 mod ntk;
 mod pool;
 mod rope;
+mod staged;
 mod stats;
 mod trim;
 

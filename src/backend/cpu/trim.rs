@@ -19,6 +19,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::staged::StagedStreams;
 use crate::backend::trim::{self, OwnShares, Profile, QuantileW2, RankedPoints};
 use crate::backend::{TrimReference, TrimResult, TrimSpec};
 use crate::error::{Error, Result};
@@ -154,6 +155,12 @@ impl<T> Shared<T> {
     unsafe fn write(&self, i: usize, value: T) {
         // SAFETY: the caller's contract.
         unsafe { self.0.add(i).write(value) }
+    }
+
+    /// Where the slice starts, for writers that take a pointer (each caller says why its
+    /// writes are disjoint).
+    fn as_ptr(self) -> *mut T {
+        self.0
     }
 
     /// The same slice from position `at` on (`at` at most its length).
@@ -377,15 +384,20 @@ fn entries_and_pool(
     // bucket pass knows each point's model from where it lies.
     let mut scattered = ZeroedMap::<u32>::zeroed(total)?;
     let out = Shared::new(&mut scattered);
-    pieces.par_iter().zip(piece_next).for_each(|(p, mut next)| {
-        for &v in p.values(candidates) {
-            let bits = trim::order_bits(v);
-            let b = bucket(bits);
-            // SAFETY: the pieces' ranges per bucket partition `0..total`.
-            unsafe { out.write(next[b] as usize, bits) };
-            next[b] += 1;
-        }
-    });
+    pieces
+        .par_iter()
+        .zip(piece_next)
+        .for_each_init(StagedStreams::new, |streams, (p, next)| {
+            streams.start(next.iter().map(|&at| at as usize));
+            for &v in p.values(candidates) {
+                let bits = trim::order_bits(v);
+                // SAFETY: the pieces' ranges per bucket partition `0..total`, and the map is
+                // page-aligned.
+                unsafe { streams.push(out.as_ptr(), bucket(bits), bits) };
+            }
+            // SAFETY: as above.
+            unsafe { streams.finish(out.as_ptr()) };
+        });
 
     phases::mark("trim: count and scatter into buckets");
     let regions: Vec<&[u32]> = bucket_starts
