@@ -21,7 +21,7 @@ pub(super) struct StagedStreams<T> {
 
 impl<T: Copy + bytemuck::Zeroable> StagedStreams<T> {
     /// Whole blocks leave with 16-byte non-temporal stores.
-    const WHOLE_LINES: () = assert!(std::mem::size_of::<[T; BLOCK]>() % 64 == 0);
+    const WHOLE_LINES: () = assert!(std::mem::size_of::<[T; BLOCK]>().is_multiple_of(64));
 
     pub(super) fn new() -> Self {
         let () = Self::WHOLE_LINES;
