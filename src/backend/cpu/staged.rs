@@ -4,7 +4,7 @@
 //! to each of thousands of streams reads every destination line from DRAM before writing it
 //! (read for ownership); the staged block skips that read, halving the scatter's DRAM traffic.
 
-/// Values per staging block: a whole number of 64-byte cache lines for 4- and 12-byte values.
+/// Values per staging block: a whole number of 64-byte cache lines for values of 4, 8, 12… bytes.
 const BLOCK: usize = 16;
 
 #[derive(Clone, Copy)]
