@@ -413,11 +413,12 @@ fn entries_and_pool(
         Shared::new(&mut positions),
     );
     regions.into_par_iter().enumerate().for_each_init(
-        || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-        |(keys, scratch, local, sorted), (b, region)| {
+        || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+        |(keys, scratch, local, sorted, staged), (b, region)| {
             let start = bucket_starts[b];
-            // Model `k`'s entries of this bucket go to `first[k]..`, its pooled positions to
-            // `local[local_first[k]..]` (the bucket's positions grouped by model, in cache).
+            // Model `k`'s entries of this bucket go to `first[k]..`; staged in cache first at
+            // `local_first[k]..`, as are its pooled positions in `local` (the bucket's entries
+            // and positions grouped by model).
             let first: Vec<usize> = (0..models)
                 .map(|k| cursors[k * buckets + b] as usize)
                 .collect();
@@ -441,43 +442,58 @@ fn entries_and_pool(
                 );
             }
             sort_by_value(keys, scratch);
-            let region = &keys[..];
+            let len = keys.len();
+            // Each key's run end (its `le` less `start`), found backward and without a branch per
+            // key (the runs' lengths vary at random); kept in the sort's buffer, free now.
+            scratch.resize(len.div_ceil(2), 0);
+            let run_ends = &mut bytemuck::cast_slice_mut::<u64, u32>(scratch)[..len];
+            let mut end = len as u32;
+            let mut after = u64::MAX;
+            for (i, (run_end, &key)) in run_ends.iter_mut().zip(keys.iter()).enumerate().rev() {
+                let upper = key >> 32;
+                end = if upper == after { end } else { i as u32 + 1 };
+                *run_end = end;
+                after = upper;
+            }
             local.clear();
-            local.resize(region.len(), 0u32);
+            local.resize(len, 0u32);
+            staged.clear();
+            staged.resize(len, Entry::default());
             // The bucket's values in order, for the quantiles: half the bytes of its keys.
             sorted.clear();
-            let mut cursor = first.clone();
-            let mut local_cursor = local_first.clone();
-            let mut run_start = 0;
-            while run_start < region.len() {
-                let upper = region[run_start] >> 32;
-                let run_end = run_start
-                    + region[run_start..]
-                        .iter()
-                        .take_while(|&&k| k >> 32 == upper)
-                        .count();
-                let value = trim::from_order_bits(upper as u32);
-                let (lt, le) = ((start + run_start) as u32, (start + run_end) as u32);
-                if wanted == Wanted::Quantiles {
-                    sorted.resize(run_end, value);
-                }
-                for (pos, &key) in (lt..le).zip(&region[run_start..run_end]) {
-                    let k = (key & 0xFFFF_FFFF) as usize;
-                    // SAFETY: the buckets' cursors partition each model's `offsets` range
-                    // (counted above) and the buckets partition the pool, so each position is
-                    // written once.
-                    unsafe {
-                        entry_out.write(cursor[k], Entry { value, lt, le });
-                        if wanted == Wanted::Pool {
-                            values_out.write(pos as usize, value);
-                        }
-                    }
-                    local[local_cursor[k]] = pos;
-                    cursor[k] += 1;
-                    local_cursor[k] += 1;
-                }
-                run_start = run_end;
+            if wanted == Wanted::Quantiles {
+                sorted.resize(len, 0.0);
             }
+            let mut local_cursor = local_first.clone();
+            let (mut run_start, mut before) = (0u32, u64::MAX);
+            for (i, (&key, &run_end)) in keys.iter().zip(run_ends.iter()).enumerate() {
+                let upper = key >> 32;
+                run_start = if upper == before { run_start } else { i as u32 };
+                before = upper;
+                let value = trim::from_order_bits(upper as u32);
+                let pos = (start + i) as u32;
+                let k = (key & 0xFFFF_FFFF) as usize;
+                let at = local_cursor[k];
+                staged[at] = Entry {
+                    value,
+                    lt: start as u32 + run_start,
+                    le: start as u32 + run_end,
+                };
+                local[at] = pos;
+                local_cursor[k] = at + 1;
+                match wanted {
+                    // SAFETY: the buckets partition the pool, so each position is written once.
+                    Wanted::Pool => unsafe { values_out.write(pos as usize, value) },
+                    Wanted::Quantiles => sorted[i] = value,
+                }
+            }
+            for k in 0..models {
+                let own = &staged[local_first[k]..local_first[k + 1]];
+                // SAFETY: the buckets' cursors partition each model's `offsets` range (counted
+                // above), so no other task writes these entries.
+                unsafe { write_streaming(entry_out.offset(first[k]), own) }
+            }
+            store_fence();
             for k in 0..models {
                 let own = &local[local_first[k]..local_first[k + 1]];
                 match wanted {
@@ -684,6 +700,47 @@ fn pieces(candidates: &[&[f32]], chunk: usize) -> Vec<Piece> {
 
 /// Largest radix digit of the in-bucket sort: 2 048 counters stay in L1.
 const MAX_DIGIT_BITS: u32 = 11;
+
+/// Copies `entries` to `to`: the whole 64-byte lines of the destination with non-temporal
+/// stores (no read of the line first, nor a place in the cache for it: the entries are read
+/// again only after the whole pool is done), its ragged ends, which a neighbouring bucket's task
+/// may share, with plain ones. [`store_fence`] orders the non-temporal stores before others.
+///
+/// # Safety
+/// `to` has room for `entries.len()` entries that no other task writes or reads meanwhile.
+unsafe fn write_streaming(to: Shared<Entry>, entries: &[Entry]) {
+    let (to, from) = (to.0.cast::<u8>(), entries.as_ptr().cast::<u8>());
+    let len = std::mem::size_of_val(entries);
+    let head = to.align_offset(64).min(len);
+    let lines = (len - head) / 64;
+    let tail = head + 64 * lines;
+    // SAFETY: every byte copied lies in `entries` and in the caller's room at `to`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(from, to, head);
+        #[cfg(target_arch = "x86_64")]
+        for at in (head..tail).step_by(16) {
+            use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
+            // `at` is 16-byte aligned at `to` (`head` is where the first line starts).
+            _mm_stream_si128(
+                to.add(at).cast::<__m128i>(),
+                _mm_loadu_si128(from.add(at).cast()),
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        std::ptr::copy_nonoverlapping(from.add(head), to.add(head), tail - head);
+        std::ptr::copy_nonoverlapping(from.add(tail), to.add(tail), len - tail);
+    }
+}
+
+/// Orders the non-temporal stores of [`write_streaming`] before the task's later stores (the
+/// thread pool's signal that the task is done among them).
+fn store_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE2, which every x86-64 processor has.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    }
+}
 
 /// Stable LSD radix sort of `keys` by their upper 32 bits (the value's order bits), on only
 /// the bits between the smallest and largest value, in digits of at most [`MAX_DIGIT_BITS`]
