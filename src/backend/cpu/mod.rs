@@ -43,7 +43,6 @@ mod norm;
 mod ntk;
 mod pool;
 mod rope;
-mod staged;
 mod stats;
 mod trim;
 
