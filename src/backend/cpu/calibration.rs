@@ -79,23 +79,38 @@ fn binary_churn_portable(
     sums.off_majority += off_majority;
 }
 
-with_wide_simd! {
-    /// [`super::add_calibration`], as wide as the CPU allows.
-    avx512 fn add_calibration_wide => add_calibration_portable(
-        sums: &mut MetricSums,
-        confidences: &[f64],
-        right: &[bool]
-    )
+/// [`super::add_calibration`]: whole lanes of points in AVX-512 where the CPU has it (the
+/// compiler left alone vectorises [`add_lanes`] across the bins, with a gather and a scatter
+/// per bin), else as [`add_calibration_portable`]; the same bits either way.
+pub(super) fn add_calibration_wide(sums: &mut MetricSums, confidences: &[f64], right: &[bool]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        assert_eq!(
+            confidences.len(),
+            right.len(),
+            "add_calibration: lengths differ"
+        );
+        let whole = confidences.len() / GAP_LANES * GAP_LANES;
+        // SAFETY: the CPU has AVX-512F (checked above).
+        unsafe {
+            add_whole_lanes_avx512(
+                &mut sums.gaps,
+                confidences[..whole].as_chunks().0,
+                right[..whole].as_chunks().0,
+            )
+        };
+        sums.right += right[..whole].iter().map(|&r| u64::from(r)).sum::<u64>();
+        return add_calibration_portable(sums, &confidences[whole..], &right[whole..]);
+    }
+    add_calibration_portable(sums, confidences, right)
 }
 
-#[inline(always)]
 fn add_calibration_portable(sums: &mut MetricSums, confidences: &[f64], right: &[bool]) {
     assert_eq!(
         confidences.len(),
         right.len(),
         "add_calibration: lengths differ"
     );
-    // Local sums, kept in registers: fifteen vectors of eight f64 lanes.
     let mut gaps = sums.gaps;
     let (confidence_chunks, confidence_tail) = confidences.as_chunks::<GAP_LANES>();
     let (right_chunks, right_tail) = right.as_chunks::<GAP_LANES>();
@@ -109,6 +124,53 @@ fn add_calibration_portable(sums: &mut MetricSums, confidences: &[f64], right: &
     add_lanes(&mut gaps, &c, &r);
     sums.gaps = gaps;
     sums.right += right.iter().map(|&r| u64::from(r)).sum::<u64>();
+}
+
+/// [`add_lanes`] over whole lanes of points, the fifteen bins' sums in registers: the bin by
+/// `vrndscalepd` (ceiling), `vmaxpd` against 1 (which gives 1 for NaN, as `f64::max` does)
+/// and `vminpd`, each gap added by a masked `vaddpd` (the portable form adds 0 to the other
+/// bins: the same sums, none of which is −0).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_whole_lanes_avx512(
+    gaps: &mut [[f64; GAP_LANES]; ECE_BINS],
+    confidences: &[[f64; GAP_LANES]],
+    right: &[[bool; GAP_LANES]],
+) {
+    use std::arch::x86_64::*;
+    let splat = _mm512_set1_pd;
+    let mut sums: [__m512d; ECE_BINS] = std::array::from_fn(|b| _mm512_loadu_pd(gaps[b].as_ptr()));
+    for (c, r) in confidences.iter().zip(right) {
+        let c = _mm512_loadu_pd(c.as_ptr());
+        let r = u64::from_le_bytes(r.map(u8::from));
+        let right_mask = _mm512_test_epi64_mask(
+            _mm512_cvtepu8_epi64(_mm_cvtsi64_si128(r as i64)),
+            _mm512_set1_epi64(1),
+        );
+        let gap = _mm512_mask_sub_pd(
+            _mm512_sub_pd(_mm512_setzero_pd(), c),
+            right_mask,
+            splat(1.0),
+            c,
+        );
+        let ceiling = _mm512_roundscale_pd::<{ _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_pd(c, splat(ECE_BINS as f64)),
+        );
+        let bin = _mm512_sub_pd(
+            _mm512_min_pd(_mm512_max_pd(ceiling, splat(1.0)), splat(ECE_BINS as f64)),
+            splat(1.0),
+        );
+        for (b, sum) in sums.iter_mut().enumerate() {
+            let in_bin = _mm512_cmpeq_pd_mask(bin, splat(b as f64));
+            *sum = _mm512_mask_add_pd(*sum, in_bin, *sum, gap);
+        }
+    }
+    for (b, sum) in sums.iter().enumerate() {
+        _mm512_storeu_pd(gaps[b].as_mut_ptr(), *sum);
+    }
 }
 
 /// Adds one point per lane to the gaps of its bin (and nothing to the other bins).
@@ -215,6 +277,17 @@ mod tests {
         let want: f64 = (0..ECE_BINS)
             .map(|b| (bin_right[b] - bin_confidence[b]).abs() / n as f64)
             .sum();
+        let mut portable = MetricSums::default();
+        add_calibration_portable(&mut portable, &confidences, &right);
+        assert_eq!(portable.right, sums.right);
+        for (w, p) in sums
+            .gaps
+            .iter()
+            .flatten()
+            .zip(portable.gaps.iter().flatten())
+        {
+            assert_eq!(w.to_bits(), p.to_bits(), "wide and portable sums differ");
+        }
         let got = sums.ece(n);
         assert!((got - want).abs() <= 1e-14, "ECE {got}, want {want}");
         // A NaN confidence makes the ECE NaN, as the plain sums would.
