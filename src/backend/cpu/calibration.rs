@@ -13,7 +13,7 @@ pub const ECE_BINS: usize = 15;
 const GAP_LANES: usize = 8;
 
 /// One model's running sums over its points, blocks of them at a time (every block but the
-/// last a whole number of [`GAP_LANES`] points).
+/// last a whole number of eight points, the lanes of the calibration sums).
 #[derive(Clone, Debug, Default)]
 pub struct MetricSums {
     /// Over the points, how many other models predict another label.
