@@ -3,8 +3,9 @@
 
 use rayon::prelude::*;
 
-use crate::backend::cpu::logistic_confidences;
-use crate::data::scores::{argmax, binary_label, logits_prediction, Scores};
+pub use crate::backend::cpu::ECE_BINS;
+use crate::backend::cpu::{add_calibration, binary_churn, logistic_confidences, MetricSums};
+use crate::data::scores::{argmax, logits_prediction, Scores};
 
 /// Per-model metrics of an ensemble; the serialised fields are keys of `mscope compare`'s
 /// report.
@@ -22,57 +23,82 @@ pub struct ModelMetrics {
     pub ece: Option<f64>,
 }
 
-/// Bins of the expected calibration error.
-pub const ECE_BINS: usize = 15;
-
-/// Points whose predictions [`model_metrics`] makes before it tallies them (4 KiB of them).
-const PREDICTION_BLOCK: usize = 256;
+/// Points of one block of a model's predictions (8 KiB of f64 confidences), made and then
+/// tallied while they are in L1.
+const PREDICTION_BLOCK: usize = 1024;
 
 /// Accuracy, churn and ECE of every model; `labels` already checked by [`Scores::check_labels`].
 pub fn model_metrics(scores: &Scores, labels: Option<&[i64]>) -> Vec<ModelMetrics> {
-    match scores.classes {
-        1 => metrics_of(
-            scores,
-            labels,
-            |block, predicted, confidences| {
-                for (l, &s) in predicted.iter_mut().zip(block) {
-                    *l = binary_label(s);
-                }
-                logistic_confidences(confidences, block);
+    let n = scores.points;
+    let sums = match scores.classes {
+        1 => binary_sums(scores, labels),
+        _ => logits_sums(scores, labels),
+    };
+    let m = scores.models;
+    sums.into_iter()
+        .map(|sums| ModelMetrics {
+            accuracy: labels.map(|_| sums.right as f64 / n as f64),
+            churn_mean: if m > 1 {
+                sums.disagreements as f64 / (n as f64 * (m - 1) as f64)
+            } else {
+                0.0
             },
-            |point| binary_label(point[0]),
-        ),
-        _ => metrics_of(
-            scores,
-            labels,
-            |block, predicted, confidences| {
-                let points = block.chunks_exact(scores.classes);
-                for ((l, c), point) in predicted.iter_mut().zip(confidences).zip(points) {
-                    (*l, *c) = logits_prediction(point);
-                }
-            },
-            argmax::<f32>,
-        ),
-    }
+            churn_vs_majority: sums.off_majority as f64 / n as f64,
+            ece: labels.map(|_| sums.ece(n)),
+        })
+        .collect()
 }
 
-/// [`model_metrics`] with the predictions (labels and confidences) of a block of points and the
-/// label of one point as functions of their scores, so that each kind of score gets its own
-/// inlined loops.
-fn metrics_of(
-    scores: &Scores,
-    labels: Option<&[i64]>,
-    predict: impl Fn(&[f32], &mut [usize], &mut [f64]) + Sync,
-    label: impl Fn(&[f32]) -> usize + Sync,
-) -> Vec<ModelMetrics> {
-    let (m, n, k, c) = (
-        scores.models,
-        scores.points,
-        scores.num_labels(),
-        scores.classes,
-    );
+/// Every binary model's sums: the positive votes at each point counted first (a block of points
+/// per task, every model's scores at those points), then one pass per model, a block of points
+/// at a time.
+fn binary_sums(scores: &Scores, labels: Option<&[i64]>) -> Vec<MetricSums> {
+    let (m, n) = (scores.models, scores.points);
+    let block = 4096;
+    let mut positive_votes = vec![0u32; n];
+    positive_votes
+        .par_chunks_mut(block)
+        .enumerate()
+        .for_each(|(b, votes)| {
+            for model in 0..m {
+                let row = &scores.model(model)[b * block..][..votes.len()];
+                for (v, &s) in votes.iter_mut().zip(row) {
+                    *v += u32::from(s > 0.0);
+                }
+            }
+        });
+    let positive_labels: Option<Vec<bool>> = labels.map(|y| y.iter().map(|&l| l == 1).collect());
+    (0..m)
+        .into_par_iter()
+        .map(|model| {
+            let mut sums = MetricSums::default();
+            let mut confidences = [0.0f64; PREDICTION_BLOCK];
+            let mut right = [false; PREDICTION_BLOCK];
+            let row = scores.model(model);
+            for (b, block) in row.chunks(PREDICTION_BLOCK).enumerate() {
+                let first = b * PREDICTION_BLOCK;
+                let points = first..first + block.len();
+                binary_churn(&mut sums, block, &positive_votes[points.clone()], m as u32);
+                // The confidences (an `exp` per point) only where ECE needs them.
+                if let Some(positive) = &positive_labels {
+                    let (confidences, right) =
+                        (&mut confidences[..block.len()], &mut right[..block.len()]);
+                    logistic_confidences(confidences, block);
+                    for ((r, &s), &p) in right.iter_mut().zip(block).zip(&positive[points]) {
+                        *r = (s > 0.0) == p;
+                    }
+                    add_calibration(&mut sums, confidences, right);
+                }
+            }
+            sums
+        })
+        .collect()
+}
+
+/// Every multi-class model's sums, as [`binary_sums`] with a vote per label.
+fn logits_sums(scores: &Scores, labels: Option<&[i64]>) -> Vec<MetricSums> {
+    let (m, n, k) = (scores.models, scores.points, scores.classes);
     // votes[p·k + l]: how many models predict label l at point p.
-    // Counted a block of points per task (every model's labels at those points), in parallel.
     let mut votes = vec![0u32; n * k];
     let block = 4096;
     votes
@@ -80,66 +106,46 @@ fn metrics_of(
         .enumerate()
         .for_each(|(b, votes)| {
             for model in 0..m {
-                let row = &scores.model(model)[b * block * c..];
-                for (slot, point) in votes.chunks_exact_mut(k).zip(row.chunks_exact(c)) {
-                    slot[label(point)] += 1;
+                let row = &scores.model(model)[b * block * k..];
+                for (slot, point) in votes.chunks_exact_mut(k).zip(row.chunks_exact(k)) {
+                    slot[argmax(point)] += 1;
                 }
             }
         });
-    let majority: Vec<u32> = votes
-        .chunks_exact(k)
-        .map(|v| argmax_u32(v) as u32)
-        .collect();
+    let majority: Vec<usize> = votes.chunks_exact(k).map(argmax_u32).collect();
     (0..m)
         .into_par_iter()
         .map(|model| {
-            // One pass per model, nothing kept per point: the other models that disagree at
-            // p (M minus those voting for this model's label), the points off the majority,
-            // and with labels the right ones and the ECE bins. The confidences (an `exp` per
-            // point, most of the cost) only where ECE needs them.
-            let mut disagreements = 0u64;
-            let mut off_majority = 0usize;
-            let mut tally = Tally::default();
-            match labels {
-                Some(y) => {
-                    // The predictions a block at a time (their `exp`s in vector registers),
-                    // then their tally.
-                    let mut predicted = [0usize; PREDICTION_BLOCK];
-                    let mut confidences = [0.0f64; PREDICTION_BLOCK];
-                    for (b, block) in scores.model(model).chunks(PREDICTION_BLOCK * c).enumerate() {
-                        let points = block.len() / c;
-                        let (predicted, confidences) =
-                            (&mut predicted[..points], &mut confidences[..points]);
-                        predict(block, predicted, confidences);
-                        let first = b * PREDICTION_BLOCK;
-                        for (p, (&l, &confidence)) in
-                            (first..).zip(predicted.iter().zip(&*confidences))
-                        {
-                            disagreements += u64::from(m as u32 - votes[p * k + l]);
-                            off_majority += usize::from(l as u32 != majority[p]);
-                            tally.add(p, confidence, l as i64 == y[p]);
+            let mut sums = MetricSums::default();
+            let mut confidences = [0.0f64; PREDICTION_BLOCK];
+            let mut right = [false; PREDICTION_BLOCK];
+            for (b, block) in scores.model(model).chunks(PREDICTION_BLOCK * k).enumerate() {
+                let first = b * PREDICTION_BLOCK;
+                let (confidences, right) = (
+                    &mut confidences[..block.len() / k],
+                    &mut right[..block.len() / k],
+                );
+                for ((p, point), (c, r)) in (first..)
+                    .zip(block.chunks_exact(k))
+                    .zip(confidences.iter_mut().zip(right.iter_mut()))
+                {
+                    // The confidence (an `exp` per class) only where ECE needs it.
+                    let l = match labels {
+                        Some(y) => {
+                            let (l, confidence) = logits_prediction(point);
+                            (*c, *r) = (confidence, l as i64 == y[p]);
+                            l
                         }
-                    }
+                        None => argmax(point),
+                    };
+                    sums.disagreements += u64::from(m as u32 - votes[p * k + l]);
+                    sums.off_majority += u64::from(l != majority[p]);
                 }
-                None => {
-                    for (p, point) in scores.model(model).chunks_exact(c).enumerate() {
-                        let l = label(point);
-                        disagreements += u64::from(m as u32 - votes[p * k + l]);
-                        off_majority += usize::from(l as u32 != majority[p]);
-                    }
+                if labels.is_some() {
+                    add_calibration(&mut sums, confidences, right);
                 }
             }
-            let churn_mean = if m > 1 {
-                disagreements as f64 / (n as f64 * (m - 1) as f64)
-            } else {
-                0.0
-            };
-            ModelMetrics {
-                accuracy: labels.map(|_| tally.right() as f64 / n as f64),
-                churn_mean,
-                churn_vs_majority: off_majority as f64 / n as f64,
-                ece: labels.map(|_| tally.ece(n)),
-            }
+            sums
         })
         .collect()
 }
@@ -147,83 +153,4 @@ fn metrics_of(
 fn argmax_u32(counts: &[u32]) -> usize {
     let max = counts.iter().copied().max().unwrap_or(0);
     counts.iter().position(|&c| c == max).unwrap_or(0)
-}
-
-/// One model's predictions in [`ECE_BINS`] equal-width bins of top-label confidence (bin b
-/// holds confidences in `(b/15, (b+1)/15]`), added point by point into [`TALLY_LANES`] partial
-/// tallies, point `p` into lane `p mod 4`: consecutive points in one bin would otherwise wait on
-/// each other's sums. The lanes are combined in a fixed order, so the result does not depend on
-/// the threads or the CPU.
-#[derive(Default)]
-struct Tally {
-    lanes: [BinSums; TALLY_LANES],
-}
-
-const TALLY_LANES: usize = 4;
-
-#[derive(Default, Clone, Copy)]
-struct BinSums {
-    count: [usize; ECE_BINS],
-    right: [usize; ECE_BINS],
-    confidence: [f64; ECE_BINS],
-}
-
-impl Tally {
-    fn add(&mut self, point: usize, confidence: f64, right: bool) {
-        let lane = &mut self.lanes[point % TALLY_LANES];
-        let b = ece_bin(confidence);
-        lane.count[b] += 1;
-        lane.right[b] += usize::from(right);
-        lane.confidence[b] += confidence;
-    }
-
-    fn right(&self) -> usize {
-        self.lanes.iter().flat_map(|l| l.right).sum()
-    }
-
-    /// `Σ_b |B_b|/n · |acc(B_b) − conf(B_b)|` over the bins, `n` points in all.
-    fn ece(&self, n: usize) -> f64 {
-        let [a, b, c, d] = &self.lanes;
-        (0..ECE_BINS)
-            .map(|i| {
-                let count = a.count[i] + b.count[i] + c.count[i] + d.count[i];
-                let right = a.right[i] + b.right[i] + c.right[i] + d.right[i];
-                let confidence =
-                    (a.confidence[i] + b.confidence[i]) + (c.confidence[i] + d.confidence[i]);
-                (count, right, confidence)
-            })
-            .filter(|&(count, _, _)| count > 0)
-            .map(|(_, right, confidence)| (right as f64 - confidence).abs() / n as f64)
-            .sum()
-    }
-}
-
-/// The bin of a confidence, `⌈15·confidence⌉ − 1` kept in `0..15`. The ceiling is taken as a
-/// truncation plus one where it dropped a fraction: on the baseline x86-64 target `f64::ceil`
-/// is a libm call, one per point.
-fn ece_bin(confidence: f64) -> usize {
-    let scaled = confidence * ECE_BINS as f64;
-    let truncated = (scaled as usize).min(ECE_BINS);
-    let ceiling = truncated + usize::from((truncated as f64) < scaled);
-    ceiling.clamp(1, ECE_BINS) - 1
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The truncated ceiling against `f64::ceil` at bin edges, their neighbours and odd values.
-    #[test]
-    fn ece_bin_is_the_ceiling_bin() {
-        let by_ceil = |c: f64| ((c * ECE_BINS as f64).ceil() as usize).clamp(1, ECE_BINS) - 1;
-        let mut confidences = vec![0.0, -0.0, 1e-300, 0.5, 1.0, 2.0, f64::INFINITY, f64::NAN];
-        for b in 0..=ECE_BINS {
-            let edge = b as f64 / ECE_BINS as f64;
-            confidences.extend([edge, edge.next_down(), edge.next_up()]);
-        }
-        confidences.extend((0..10_000).map(|i| i as f64 / 9_999.0));
-        for c in confidences {
-            assert_eq!(ece_bin(c), by_ceil(c), "confidence {c:e}");
-        }
-    }
 }

@@ -15,8 +15,9 @@
 //! `gather`, `pool`, `ntk`, `stats`, `trim` — each holding functions named like the [`Backend`]
 //! methods they implement (`backward` holds the host-slice functions the classifier's backward
 //! pass calls, and in `backward::on_tensors` the backward family's ops over them); `activation`
-//! holds the vectorised epilogues, `common` what several families share (tensor values,
-//! packed-sequence splits, lane sums). `impl Backend` below only
+//! holds the vectorised epilogues, `calibration` the per-block passes of `compare`'s classifier
+//! metrics, `common` what several families share (tensor values, packed-sequence splits, lane
+//! sums). `impl Backend` below only
 //! delegates, one line an op. A new op goes into its family's file (a new file for a new
 //! family) and gets its one line here.
 
@@ -33,6 +34,7 @@ mod activation;
 mod attention;
 mod attention_panels;
 pub mod backward;
+mod calibration;
 mod common;
 mod gather;
 mod gemm;
@@ -70,6 +72,22 @@ pub fn add_widened(sums: &mut [f64], row: &[f32]) {
 /// within a few ulp of libm's `exp`.
 pub fn logistic_confidences(out: &mut [f64], scores: &[f32]) {
     activation::logistic_confidences_wide(out, scores)
+}
+
+pub use calibration::{MetricSums, ECE_BINS};
+
+/// Adds a block of a binary classifier's points to its churn counts in `sums`:
+/// `positive_votes[p]` of the ensemble's `models` models predict the positive label at point `p`
+/// (whose score is `scores[p]`), in the widest SIMD the CPU has.
+pub fn binary_churn(sums: &mut MetricSums, scores: &[f32], positive_votes: &[u32], models: u32) {
+    calibration::binary_churn_wide(sums, scores, positive_votes, models)
+}
+
+/// Adds a block of points (top-label confidences, whether the label is right) to the accuracy
+/// and the calibration bins of `sums`, in the widest SIMD the CPU has; the same bits on every
+/// CPU.
+pub fn add_calibration(sums: &mut MetricSums, confidences: &[f64], right: &[bool]) {
+    calibration::add_calibration_wide(sums, confidences, right)
 }
 
 /// `out[j] = row · others[j]` for the `[out.len(), row.len()]` rows `others` (row-major): the
