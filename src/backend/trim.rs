@@ -754,7 +754,9 @@ impl FirstPass {
         let (t, l) = (self.t, self.l);
         let (mut high, mut low) = ([f64::NEG_INFINITY; LANES], [f64::INFINITY; LANES]);
         let mut b = [f64::NEG_INFINITY; LANES];
-        let mut loud = [false; LANES];
+        // The largest margin by which a state fails `push_each`'s tests: positive where one is
+        // met (`x > y` exactly where the rounded `x − y > 0`), all lanes plain f64 maxima.
+        let mut loud = [f64::NEG_INFINITY; LANES];
         let mut lane = |k: usize, f: f64, g: f64| {
             let d = g - f;
             high[k] = if d > high[k] { d } else { high[k] };
@@ -764,7 +766,14 @@ impl FirstPass {
             // `push_each`'s tests at this block's `l`, without its branches: a bound that raises
             // `l`, or a state that rules out every trimming (at `f = 0` the first test is
             // `g − t > 0`, i.e. `g > t`; at `f = 1` the second is `1 − g > t` the same way).
-            loud[k] |= (g - t > l * f * SHY) | ((1.0 - g) - t > l * (1.0 - f) * SHY);
+            let raises_a = (g - t) - l * f * SHY;
+            let raises_b = ((1.0 - g) - t) - l * (1.0 - f) * SHY;
+            let margin = if raises_a > raises_b {
+                raises_a
+            } else {
+                raises_b
+            };
+            loud[k] = if margin > loud[k] { margin } else { loud[k] };
         };
         let (f_lanes, g_lanes) = (fs.chunks_exact(LANES), gs.chunks_exact(LANES));
         let (f_rest, g_rest) = (f_lanes.remainder(), g_lanes.remainder());
@@ -773,15 +782,15 @@ impl FirstPass {
                 lane(k, f[k], g[k]);
             }
         }
-        for (&f, &g) in f_rest.iter().zip(g_rest) {
-            lane(0, f, g);
+        for (k, (&f, &g)) in f_rest.iter().zip(g_rest).enumerate() {
+            lane(k, f, g);
         }
         let high = high.into_iter().fold(f64::NEG_INFINITY, f64::max);
         let low = low.into_iter().fold(f64::INFINITY, f64::min);
         // No draw-up in the block can beat the largest so far: every one is at most its highest
         // `G − F` less the lowest before it (both rounded subtractions are monotone).
         let rise_quiet = high - self.low.0.min(low) <= self.rise_at_one.0;
-        if loud.contains(&true) || !rise_quiet {
+        if loud.iter().any(|&margin| margin > 0.0) || !rise_quiet {
             return false;
         }
         self.a = self.a.max(high);
