@@ -285,7 +285,7 @@ fn ks_and_alpha_hat_match_distance_and_bisection() {
 /// The streamed pass over the ranked points gives the profile's KS and α̂ bit for bit, on
 /// profiles of many blocks, of one block and less, with ties, against a separate reference and
 /// against a pool holding the candidate (leave-one-out), and where α̂ needs Newton's further
-/// passes (the shifted and squeezed references) or is 1 (disjoint samples); it visits every
+/// passes (the shifted and squeezed references) or is 1 (disjoint samples); it folds every
 /// point in order.
 #[test]
 fn ks_and_alpha_hat_of_ranks_are_the_profiles() {
@@ -315,11 +315,12 @@ fn ks_and_alpha_hat_of_ranks_are_the_profiles() {
             };
             for t in [1e-3, 0.05, trim::threshold(0.05, n, m), 0.6] {
                 let (ks, alpha_hat) = p.ks_and_alpha_hat(t);
-                let mut visited = Vec::new();
-                let (streamed_ks, streamed_alpha_hat) =
-                    Profile::ks_and_alpha_hat_of_ranks(&shares, m, &points, t, |i, v| {
-                        visited.push((i, v))
-                    });
+                let visit = |mut visited: Vec<(usize, f32)>, i, v| {
+                    visited.push((i, v));
+                    visited
+                };
+                let (streamed_ks, streamed_alpha_hat, visited) =
+                    Profile::ks_and_alpha_hat_of_ranks(&shares, m, &points, t, Vec::new(), visit);
                 assert_eq!(
                     (streamed_ks.to_bits(), streamed_alpha_hat.to_bits()),
                     (ks.to_bits(), alpha_hat.to_bits()),

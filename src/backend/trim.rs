@@ -274,9 +274,9 @@ pub fn result_of_ranks(
                 ranks: rank,
                 own_in_reference: leave_one_out,
             };
-            Profile::ks_and_alpha_hat_of_ranks(&shares, m, &points, t, |_, _| {})
+            Profile::ks_and_alpha_hat_of_ranks(&shares, m, &points, t, (), |(), _, _| ())
         },
-        |alpha| {
+        |alpha, ()| {
             if !leave_one_out {
                 return trimmed_w2(values, sorted_reference, alpha);
             }
@@ -356,30 +356,34 @@ pub fn result(
         m,
         spec,
         w2_exact,
-        |t| profile.ks_and_alpha_hat(t),
-        trimmed_w2,
+        |t| {
+            let (ks, alpha_hat) = profile.ks_and_alpha_hat(t);
+            (ks, alpha_hat, ())
+        },
+        |alpha, ()| trimmed_w2(alpha),
     )
 }
 
 /// [`result`] with `(d(0), α̂)` from `ks_and_alpha_hat(threshold)`: for kernels that do not
-/// build the whole profile ([`Profile::ks_and_alpha_hat_of_ranks`]).
-pub fn result_from(
+/// build the whole profile ([`Profile::ks_and_alpha_hat_of_ranks`]). Whatever else that pass
+/// gathers (a sum over the points, say) is handed on to `trimmed_w2` with the trimming level.
+pub fn result_from<S>(
     n: usize,
     m: usize,
     spec: &TrimSpec,
     w2_exact: bool,
-    ks_and_alpha_hat: impl FnOnce(f64) -> (f64, f64),
-    trimmed_w2: impl FnOnce(f64) -> f64,
+    ks_and_alpha_hat: impl FnOnce(f64) -> (f64, f64, S),
+    trimmed_w2: impl FnOnce(f64, S) -> f64,
 ) -> TrimResult {
     let threshold = threshold(spec.level, n, m);
-    let (ks, alpha_hat) = ks_and_alpha_hat(threshold);
+    let (ks, alpha_hat, gathered) = ks_and_alpha_hat(threshold);
     TrimResult {
         alpha_hat,
         ks,
         threshold,
         n_candidate: n,
         n_reference: m,
-        trimmed_w2: trimmed_w2(spec.w2_alpha.unwrap_or(alpha_hat)),
+        trimmed_w2: trimmed_w2(spec.w2_alpha.unwrap_or(alpha_hat), gathered),
         w2_exact,
     }
 }
@@ -433,24 +437,27 @@ impl Profile {
     /// `Profile::from_counts(n, m, counts_from_ranks(..)).ks_and_alpha_hat(t)` bit for bit for a
     /// model's sorted `points` (`n = shares.n()`), in one pass over them that holds a block of the
     /// profile at a time: the whole profile is built only where α̂ needs Newton's further passes
-    /// (samples that disagree, the rare case). `visit(i, value)` sees every point in order, for
-    /// a caller's own sums over them in the same pass.
-    pub fn ks_and_alpha_hat_of_ranks<V, R>(
+    /// (samples that disagree, the rare case). `visit(gathered, i, value)` folds every point in
+    /// order into `gathered` (from `init`), for a caller's own sums over them in the same pass;
+    /// the fold is returned third. Threaded by value, it stays in registers through the pass.
+    pub fn ks_and_alpha_hat_of_ranks<V, R, S>(
         shares: &OwnShares,
         m: usize,
         points: &RankedPoints<V, R>,
         t: f64,
-        visit: impl FnMut(usize, f32),
-    ) -> (f64, f64)
+        init: S,
+        visit: impl FnMut(S, usize, f32) -> S,
+    ) -> (f64, f64, S)
     where
         V: Fn(usize) -> f32,
         R: Fn(usize) -> (usize, usize),
     {
         let mut scan = FirstPass::new(t);
-        rank_state_blocks(shares, m, points, visit, |f, g| scan.push_block(f, g));
+        let gathered =
+            rank_state_blocks(shares, m, points, init, visit, |f, g| scan.push_block(f, g));
         scan.push_block(&[1.0], &[1.0]);
         let mut profile = None;
-        scan.finish(|l| {
+        let (ks, alpha_hat) = scan.finish(|l| {
             profile
                 .get_or_insert_with(|| {
                     let n = shares.n();
@@ -459,7 +466,8 @@ impl Profile {
                     Profile::from_counts(n, m, counts)
                 })
                 .max_rise(l)
-        })
+        });
+        (ks, alpha_hat, gathered)
     }
 
     /// From both samples sorted ascending (a merge, O(n + m)).
@@ -610,14 +618,16 @@ impl OwnShares {
 /// search per value: point `i` starts a run of equal values when `value(i − 1)` differs, giving
 /// the state before its value `(i, lt − own)`, and ends one when `value(i + 1)` differs, giving
 /// the state at it `(i + 1, le − own)`; both are written and kept (the length advanced) only
-/// where they apply, so ties cost no branch.
-fn rank_state_blocks<V, R>(
+/// where they apply, so ties cost no branch. `visit` folds the points into `init`, returned.
+fn rank_state_blocks<V, R, S>(
     shares: &OwnShares,
     m: usize,
     points: &RankedPoints<V, R>,
-    mut visit: impl FnMut(usize, f32),
+    init: S,
+    mut visit: impl FnMut(S, usize, f32) -> S,
     mut block: impl FnMut(&[f64], &[f64]),
-) where
+) -> S
+where
     V: Fn(usize) -> f32,
     R: Fn(usize) -> (usize, usize),
 {
@@ -633,11 +643,12 @@ fn rank_state_blocks<V, R>(
     };
     let mut starts = true;
     let Some(mut next) = (n > 0).then(|| (points.value)(0)) else {
-        return;
+        return init;
     };
+    let mut gathered = init;
     for i in 0..n {
         let v = next;
-        visit(i, v);
+        gathered = visit(gathered, i, v);
         let (lt, le) = (points.ranks)(i);
         let ends = if i + 1 < n {
             next = (points.value)(i + 1);
@@ -661,6 +672,7 @@ fn rank_state_blocks<V, R>(
         }
     }
     flush(&f[..len], &mut g[..len]);
+    gathered
 }
 
 /// `l.max(num / den)` for `den > 0` is taken only when the bound may raise `l`: if
@@ -708,13 +720,43 @@ impl FirstPass {
     /// blocks), reducing its KS maxima and lowest `G − F` in independent lanes rather than one
     /// state after another; false, with nothing pushed, where some state may change them.
     /// Exact: maxima and minima do not depend on the order, and the checks are the ones
-    /// [`FirstPass::push_each`] makes, with bounds that only grow.
+    /// [`FirstPass::push_each`] makes, with bounds that only grow. Compiled for AVX-512 or AVX2
+    /// where the CPU has them (checked at run time): the same operations in wider registers,
+    /// the same results.
     fn push_quiet(&mut self, fs: &[f64], gs: &[f64]) -> bool {
-        const LANES: usize = 4;
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn widest(scan: &mut FirstPass, fs: &[f64], gs: &[f64]) -> bool {
+                    scan.push_quiet_lanes(fs, gs)
+                }
+                // SAFETY: the CPU has AVX-512F (checked above).
+                return unsafe { widest(self, fs, gs) };
+            }
+            if std::is_x86_feature_detected!("avx2") {
+                #[target_feature(enable = "avx2")]
+                unsafe fn wide(scan: &mut FirstPass, fs: &[f64], gs: &[f64]) -> bool {
+                    scan.push_quiet_lanes(fs, gs)
+                }
+                // SAFETY: the CPU has AVX2 (checked above).
+                return unsafe { wide(self, fs, gs) };
+            }
+        }
+        self.push_quiet_lanes(fs, gs)
+    }
+
+    /// [`FirstPass::push_quiet`] as the target it is compiled into allows.
+    #[inline(always)]
+    fn push_quiet_lanes(&mut self, fs: &[f64], gs: &[f64]) -> bool {
+        // One AVX-512 register per running maximum (their chains are shorter than the work).
+        const LANES: usize = 8;
         let (t, l) = (self.t, self.l);
         let (mut high, mut low) = ([f64::NEG_INFINITY; LANES], [f64::INFINITY; LANES]);
         let mut b = [f64::NEG_INFINITY; LANES];
-        let mut loud = [false; LANES];
+        // The largest margin by which a state fails `push_each`'s tests: positive where one is
+        // met (`x > y` exactly where the rounded `x − y > 0`), all lanes plain f64 maxima.
+        let mut loud = [f64::NEG_INFINITY; LANES];
         let mut lane = |k: usize, f: f64, g: f64| {
             let d = g - f;
             high[k] = if d > high[k] { d } else { high[k] };
@@ -724,7 +766,14 @@ impl FirstPass {
             // `push_each`'s tests at this block's `l`, without its branches: a bound that raises
             // `l`, or a state that rules out every trimming (at `f = 0` the first test is
             // `g − t > 0`, i.e. `g > t`; at `f = 1` the second is `1 − g > t` the same way).
-            loud[k] |= (g - t > l * f * SHY) | ((1.0 - g) - t > l * (1.0 - f) * SHY);
+            let raises_a = (g - t) - l * f * SHY;
+            let raises_b = ((1.0 - g) - t) - l * (1.0 - f) * SHY;
+            let margin = if raises_a > raises_b {
+                raises_a
+            } else {
+                raises_b
+            };
+            loud[k] = if margin > loud[k] { margin } else { loud[k] };
         };
         let (f_lanes, g_lanes) = (fs.chunks_exact(LANES), gs.chunks_exact(LANES));
         let (f_rest, g_rest) = (f_lanes.remainder(), g_lanes.remainder());
@@ -733,15 +782,15 @@ impl FirstPass {
                 lane(k, f[k], g[k]);
             }
         }
-        for (&f, &g) in f_rest.iter().zip(g_rest) {
-            lane(0, f, g);
+        for (k, (&f, &g)) in f_rest.iter().zip(g_rest).enumerate() {
+            lane(k, f, g);
         }
         let high = high.into_iter().fold(f64::NEG_INFINITY, f64::max);
         let low = low.into_iter().fold(f64::INFINITY, f64::min);
         // No draw-up in the block can beat the largest so far: every one is at most its highest
         // `G − F` less the lowest before it (both rounded subtractions are monotone).
         let rise_quiet = high - self.low.0.min(low) <= self.rise_at_one.0;
-        if loud.contains(&true) || !rise_quiet {
+        if loud.iter().any(|&margin| margin > 0.0) || !rise_quiet {
             return false;
         }
         self.a = self.a.max(high);

@@ -15,8 +15,6 @@
 //! is in cache ([`entries_and_pool`]). Every pass runs on every core, cut into blocks of at most
 //! [`chunk_len`] points; results do not depend on the number of threads.
 
-use std::cell::RefCell;
-
 use rayon::prelude::*;
 
 use crate::backend::trim::{self, OwnShares, Profile, QuantileW2, RankedPoints};
@@ -211,8 +209,11 @@ fn leave_one_out(
                         m,
                         spec,
                         exact_w2,
-                        |t| Profile::ks_and_alpha_hat_of_ranks(shares, m, &points, t, |_, _| {}),
-                        |alpha| {
+                        |t| {
+                            let no_sums = |(), _, _| ();
+                            Profile::ks_and_alpha_hat_of_ranks(shares, m, &points, t, (), no_sums)
+                        },
+                        |alpha, ()| {
                             let own_positions = &positions[offsets[k]..offsets[k + 1]];
                             let reference = trim::pool_without(own_positions, &values);
                             trim::trimmed_w2(&candidate(), &reference, alpha)
@@ -221,20 +222,23 @@ fn leave_one_out(
                     Wanted::Quantiles => {
                         // The untrimmed W2 (the usual case) is summed in the KS/α̂ pass.
                         let quantiles = &values[offsets[k]..offsets[k + 1]];
-                        let w2 = RefCell::new(QuantileW2::new(n));
+                        let add_pair = |mut w2: QuantileW2, i: usize, v: f32| {
+                            w2.add(v, quantiles[i]);
+                            w2
+                        };
                         trim::result_from(
                             n,
                             m,
                             spec,
                             exact_w2,
                             |t| {
-                                let mut w2 = w2.borrow_mut();
-                                Profile::ks_and_alpha_hat_of_ranks(shares, m, &points, t, |i, v| {
-                                    w2.add(v, quantiles[i])
-                                })
+                                let w2 = QuantileW2::new(n);
+                                Profile::ks_and_alpha_hat_of_ranks(
+                                    shares, m, &points, t, w2, add_pair,
+                                )
                             },
-                            |alpha| {
-                                w2.borrow().untrimmed(alpha).unwrap_or_else(|| {
+                            |alpha, w2| {
+                                w2.untrimmed(alpha).unwrap_or_else(|| {
                                     trim::trimmed_w2(&candidate(), quantiles, alpha)
                                 })
                             },
