@@ -334,8 +334,9 @@ fn entries_and_pool(
     let buckets = bucket_of[PREFIXES - 1] as usize + 1;
     let bucket = |bits: u32| bucket_of[prefix(bits)] as usize;
 
-    // Each piece's keys per bucket.
-    let piece_counts: Vec<Vec<u32>> = pieces
+    // Each piece's keys per bucket; then, in place, where the piece writes its first key of each
+    // bucket: after the bucket's keys of the pieces before it.
+    let mut piece_next: Vec<Vec<u32>> = pieces
         .par_iter()
         .map(|p| {
             let mut counts = vec![0u32; buckets];
@@ -357,69 +358,38 @@ fn entries_and_pool(
             let mut at = offsets[k] as u32;
             for (b, cursor) in row.iter_mut().enumerate() {
                 *cursor = at;
-                at += piece_counts[first..last].iter().map(|c| c[b]).sum::<u32>();
+                at += piece_next[first..last].iter().map(|c| c[b]).sum::<u32>();
             }
         });
     let mut bucket_starts = vec![0usize; buckets + 1];
-    for counts in &piece_counts {
-        for (size, &n) in bucket_starts[1..].iter_mut().zip(counts) {
+    for next in &piece_next {
+        for (size, &n) in bucket_starts[1..].iter_mut().zip(next) {
             *size += n as usize;
         }
     }
     for b in 0..buckets {
         bucket_starts[b + 1] += bucket_starts[b];
     }
-    // Where each piece writes its first key of each bucket: after the bucket's keys of the
-    // pieces before it.
-    let mut at: Vec<usize> = bucket_starts[..buckets].to_vec();
-    let piece_starts: Vec<Vec<usize>> = piece_counts
-        .iter()
-        .map(|counts| {
-            counts
-                .iter()
-                .zip(at.iter_mut())
-                .map(|(&n, at)| {
-                    *at += n as usize;
-                    *at - n as usize
-                })
-                .collect()
-        })
-        .collect();
+    let mut at: Vec<u32> = bucket_starts[..buckets].iter().map(|&s| s as u32).collect();
+    for next in piece_next.iter_mut() {
+        for (next, at) in next.iter_mut().zip(at.iter_mut()) {
+            (*next, *at) = (*at, *at + *next);
+        }
+    }
 
     // The values' order bits only: a bucket holds its models' points model after model, so the
-    // bucket pass knows each point's model from where it lies. Each piece groups its keys by
-    // bucket in cache first, then streams each bucket's run out (as the entries below).
+    // bucket pass knows each point's model from where it lies.
     let mut scattered = ZeroedMap::<u32>::zeroed(total)?;
     let out = Shared::new(&mut scattered);
-    pieces
-        .par_iter()
-        .zip(&piece_counts)
-        .zip(&piece_starts)
-        .for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(staged, ends), ((p, counts), starts)| {
-                ends.clear();
-                ends.extend(counts.iter().scan(0, |end, &n| {
-                    *end += n as usize;
-                    Some(*end - n as usize)
-                }));
-                staged.clear();
-                staged.resize(p.range.len(), 0u32);
-                for &v in p.values(candidates) {
-                    let bits = trim::order_bits(v);
-                    let end = &mut ends[bucket(bits)];
-                    staged[*end] = bits;
-                    *end += 1;
-                }
-                let mut from = 0;
-                for (&end, &start) in ends.iter().zip(starts) {
-                    // SAFETY: the pieces' ranges per bucket partition `0..total`.
-                    unsafe { write_streaming(out.offset(start), &staged[from..end]) };
-                    from = end;
-                }
-                store_fence();
-            },
-        );
+    pieces.par_iter().zip(piece_next).for_each(|(p, mut next)| {
+        for &v in p.values(candidates) {
+            let bits = trim::order_bits(v);
+            let b = bucket(bits);
+            // SAFETY: the pieces' ranges per bucket partition `0..total`.
+            unsafe { out.write(next[b] as usize, bits) };
+            next[b] += 1;
+        }
+    });
 
     phases::mark("trim: count and scatter into buckets");
     let regions: Vec<&[u32]> = bucket_starts
@@ -723,17 +693,16 @@ fn pieces(candidates: &[&[f32]], chunk: usize) -> Vec<Piece> {
 /// Largest radix digit of the in-bucket sort: 2 048 counters stay in L1.
 const MAX_DIGIT_BITS: u32 = 11;
 
-/// Copies `values` to `to`: the whole 64-byte lines of the destination with non-temporal
-/// stores (no read of the line first, nor a place in the cache for it: the scattered keys and
-/// the entries are read again only after the whole pass is done), its ragged ends, which a
-/// neighbouring task may share, with plain ones. [`store_fence`] orders the non-temporal stores
-/// before others.
+/// Copies `entries` to `to`: the whole 64-byte lines of the destination with non-temporal
+/// stores (no read of the line first, nor a place in the cache for it: the entries are read
+/// again only after the whole pool is done), its ragged ends, which a neighbouring bucket's task
+/// may share, with plain ones. [`store_fence`] orders the non-temporal stores before others.
 ///
 /// # Safety
-/// `to` has room for `values.len()` values that no other task writes or reads meanwhile.
-unsafe fn write_streaming<T: Copy>(to: Shared<T>, values: &[T]) {
-    let (to, from) = (to.0.cast::<u8>(), values.as_ptr().cast::<u8>());
-    let len = std::mem::size_of_val(values);
+/// `to` has room for `entries.len()` entries that no other task writes or reads meanwhile.
+unsafe fn write_streaming(to: Shared<Entry>, entries: &[Entry]) {
+    let (to, from) = (to.0.cast::<u8>(), entries.as_ptr().cast::<u8>());
+    let len = std::mem::size_of_val(entries);
     let head = to.align_offset(64).min(len);
     let lines = (len - head) / 64;
     let tail = head + 64 * lines;
