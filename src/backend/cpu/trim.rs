@@ -531,15 +531,18 @@ fn entries_and_pool(
 /// The reference quantiles `G⁻¹(i/n)` of one model (`n` own points, `m` reference points) that
 /// lie in a bucket of the sorted pool: the values `sorted`, starting at pool position `start`,
 /// in which the model has its points at the positions `own` and `own_before` points before it.
-/// Calls
-/// `write(i − 1, G⁻¹(i/n))` for each, the values [`trim::pool_quantiles_without`] gives; the
-/// last call for an index holds its quantile (earlier ones, provisional values, only inside the
-/// bucket's own range of indices).
+/// Calls `write(i − 1, G⁻¹(i/n))` once for each, the values [`trim::pool_quantiles_without`]
+/// gives.
 ///
 /// The quantile `G⁻¹(i/n)` is the reference's `j = ⌈i·m/n⌉`-th point; the bucket holds the
-/// reference points `R₀ < j ≤ R₁` (`R₀ = start − own_before`), so its first `i` is
-/// `⌊R₀·n/m⌋ + 1`, the buckets share the `i` out without overlap, and within the bucket the
-/// `j`-th reference point sits at `j − 1` plus the own points before it, as in the whole pool.
+/// reference points `R₀ < j ≤ R₁` (`R₀ = start − own_before`), so its quantiles are
+/// `⌊R₀·n/m⌋ < i ≤ ⌊R₁·n/m⌋`, the buckets share the `i` out without overlap, and within the
+/// bucket the `j`-th reference point sits at `j − 1` plus the own points before it, as in the
+/// whole pool. An own point with `g` reference points before it precedes the `j`-th exactly when
+/// `g < j`, that is for the quantiles `i > ⌊g·n/m⌋`: each own point is counted into the slot of
+/// its first following quantile, and the quantiles then add the counts up as they go. Neither
+/// loop branches on the data or waits on a load of the other (a merge of the quantiles with the
+/// own points, one step each, waited on its own load at every step).
 fn quantiles_in_bucket(
     n: usize,
     m: usize,
@@ -549,36 +552,58 @@ fn quantiles_in_bucket(
     sorted: &[f32],
     mut write: impl FnMut(usize, f32),
 ) {
-    let (first_ref, end_ref) = (
-        start - own_before,
-        start + sorted.len() - own_before - own.len(),
-    );
+    /// Quantiles counted per pass: a few cache lines of counts to clear.
+    const SLOTS: usize = 64;
     let (n64, m64) = (n as u64, m as u64);
-    let mut i = first_ref as u64 * n64 / m64 + 1;
+    let ratio = n as f64 / m as f64;
+    // ⌊g·n/m⌋ for `g ≤ m`: the product in f64 is off by at most one (it is below n < 2³²), and
+    // the exact remainder says which way.
+    let quantiles_before = |g: usize| -> u64 {
+        let g = g as u64;
+        let guess = (g as f64 * ratio) as u64;
+        let remainder = (g * n64).wrapping_sub(guess * m64) as i64;
+        guess - u64::from(remainder < 0) + u64::from(remainder >= m64 as i64)
+    };
+    let refs_before = start - own_before;
+    let refs_to_end = refs_before + sorted.len() - own.len();
+    let (mut i, last) = (
+        quantiles_before(refs_before) + 1,
+        quantiles_before(refs_to_end).min(n64),
+    );
+    if i > last {
+        return;
+    }
     // `i·m = q·n + r`, stepped by `m` without dividing (a division per quantile cost as much
     // as the rest of the walk).
     let (step_q, step_r) = (m64 / n64, m64 % n64);
     let (mut q, mut r) = (i * m64 / n64, i * m64 % n64);
-    let mut skipped = 0;
-    // A merge of the quantiles' reference indices with the own points, one step each, without
-    // a data-dependent branch (the own points fall between the quantiles at random, so a loop
-    // that skips them mispredicted at most quantiles). A step that passes an own point writes
-    // the pending quantile at the position reached so far; a later step overwrites it.
-    while i <= n64 {
-        let j = (q + u64::from(r > 0)) as usize;
-        if j > end_ref {
-            break;
+    let mut counts = [0usize; SLOTS];
+    let (mut counted, mut own_passed) = (0, 0);
+    while i <= last {
+        let slots = (last + 1 - i).min(SLOTS as u64) as usize;
+        counts[..slots].fill(0);
+        // The own points whose first following quantile is one of these (they come in order:
+        // the first left over belongs to a later pass).
+        for (t, &p) in own.iter().enumerate().skip(counted) {
+            let slot = (quantiles_before(p as usize - own_before - t) + 1 - i) as usize;
+            if slot >= slots {
+                break;
+            }
+            counts[slot] += 1;
+            counted += 1;
         }
-        let at = j - 1 + own_before + skipped;
-        let next_own = own.get(skipped).map_or(usize::MAX, |&p| p as usize);
-        let passes_own = next_own <= at;
-        write(i as usize - 1, sorted[at - start]);
-        skipped += usize::from(passes_own);
-        let step = u64::from(!passes_own);
-        i += step;
-        (q, r) = (q + step * step_q, r + step * step_r);
-        if r >= n64 {
-            (q, r) = (q + 1, r - n64);
+        for &count in &counts[..slots] {
+            own_passed += count;
+            let j = (q + u64::from(r > 0)) as usize;
+            write(
+                i as usize - 1,
+                sorted[j - 1 + own_before + own_passed - start],
+            );
+            i += 1;
+            (q, r) = (q + step_q, r + step_r);
+            if r >= n64 {
+                (q, r) = (q + 1, r - n64);
+            }
         }
     }
 }
