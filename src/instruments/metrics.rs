@@ -68,31 +68,18 @@ fn binary_sums(scores: &Scores, labels: Option<&[i64]>) -> Vec<MetricSums> {
             }
         });
     let positive_labels: Option<Vec<bool>> = labels.map(|y| y.iter().map(|&l| l == 1).collect());
-    (0..m)
-        .into_par_iter()
-        .map(|model| {
-            let mut sums = MetricSums::default();
-            let mut confidences = [0.0f64; PREDICTION_BLOCK];
-            let mut right = [false; PREDICTION_BLOCK];
-            let row = scores.model(model);
-            for (b, block) in row.chunks(PREDICTION_BLOCK).enumerate() {
-                let first = b * PREDICTION_BLOCK;
-                let points = first..first + block.len();
-                binary_churn(&mut sums, block, &positive_votes[points.clone()], m as u32);
-                // The confidences (an `exp` per point) only where ECE needs them.
-                if let Some(positive) = &positive_labels {
-                    let (confidences, right) =
-                        (&mut confidences[..block.len()], &mut right[..block.len()]);
-                    logistic_confidences(confidences, block);
-                    for ((r, &s), &p) in right.iter_mut().zip(block).zip(&positive[points]) {
-                        *r = (s > 0.0) == p;
-                    }
-                    add_calibration(&mut sums, confidences, right);
-                }
+    sums_by_block(scores, 1, |sums, first, block, confidences, right| {
+        let points = first..first + block.len();
+        binary_churn(sums, block, &positive_votes[points.clone()], m as u32);
+        // The confidences (an `exp` per point) only where ECE needs them.
+        if let Some(positive) = &positive_labels {
+            logistic_confidences(confidences, block);
+            for ((r, &s), &p) in right.iter_mut().zip(block).zip(&positive[points]) {
+                *r = (s > 0.0) == p;
             }
-            sums
-        })
-        .collect()
+            add_calibration(sums, confidences, right);
+        }
+    })
 }
 
 /// Every multi-class model's sums, as [`binary_sums`] with a vote per label.
@@ -113,37 +100,56 @@ fn logits_sums(scores: &Scores, labels: Option<&[i64]>) -> Vec<MetricSums> {
             }
         });
     let majority: Vec<usize> = votes.chunks_exact(k).map(argmax_u32).collect();
-    (0..m)
+    sums_by_block(scores, k, |sums, first, block, confidences, right| {
+        for ((p, point), (c, r)) in (first..)
+            .zip(block.chunks_exact(k))
+            .zip(confidences.iter_mut().zip(right.iter_mut()))
+        {
+            // The confidence (an `exp` per class) only where ECE needs it.
+            let l = match labels {
+                Some(y) => {
+                    let (l, confidence) = logits_prediction(point);
+                    (*c, *r) = (confidence, l as i64 == y[p]);
+                    l
+                }
+                None => argmax(point),
+            };
+            sums.disagreements += u64::from(m as u32 - votes[p * k + l]);
+            sums.off_majority += u64::from(l != majority[p]);
+        }
+        if labels.is_some() {
+            add_calibration(sums, confidences, right);
+        }
+    })
+}
+
+/// Every model's sums, its scores a block of [`PREDICTION_BLOCK`] points (of `width` scores
+/// each) at a time: `add(sums, first, block, confidences, right)` gets the block's first point
+/// and buffers of one value per point of the block.
+fn sums_by_block(
+    scores: &Scores,
+    width: usize,
+    add: impl Fn(&mut MetricSums, usize, &[f32], &mut [f64], &mut [bool]) + Sync,
+) -> Vec<MetricSums> {
+    (0..scores.models)
         .into_par_iter()
         .map(|model| {
             let mut sums = MetricSums::default();
             let mut confidences = [0.0f64; PREDICTION_BLOCK];
             let mut right = [false; PREDICTION_BLOCK];
-            for (b, block) in scores.model(model).chunks(PREDICTION_BLOCK * k).enumerate() {
-                let first = b * PREDICTION_BLOCK;
-                let (confidences, right) = (
-                    &mut confidences[..block.len() / k],
-                    &mut right[..block.len() / k],
+            for (b, block) in scores
+                .model(model)
+                .chunks(PREDICTION_BLOCK * width)
+                .enumerate()
+            {
+                let points = block.len() / width;
+                add(
+                    &mut sums,
+                    b * PREDICTION_BLOCK,
+                    block,
+                    &mut confidences[..points],
+                    &mut right[..points],
                 );
-                for ((p, point), (c, r)) in (first..)
-                    .zip(block.chunks_exact(k))
-                    .zip(confidences.iter_mut().zip(right.iter_mut()))
-                {
-                    // The confidence (an `exp` per class) only where ECE needs it.
-                    let l = match labels {
-                        Some(y) => {
-                            let (l, confidence) = logits_prediction(point);
-                            (*c, *r) = (confidence, l as i64 == y[p]);
-                            l
-                        }
-                        None => argmax(point),
-                    };
-                    sums.disagreements += u64::from(m as u32 - votes[p * k + l]);
-                    sums.off_majority += u64::from(l != majority[p]);
-                }
-                if labels.is_some() {
-                    add_calibration(&mut sums, confidences, right);
-                }
             }
             sums
         })
