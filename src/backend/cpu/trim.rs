@@ -539,8 +539,8 @@ fn entries_and_pool(
 /// `⌊R₀·n/m⌋ < i ≤ ⌊R₁·n/m⌋`, the buckets share the `i` out without overlap, and within the
 /// bucket the `j`-th reference point sits at `j − 1` plus the own points before it, as in the
 /// whole pool. An own point with `g` reference points before it precedes the `j`-th exactly when
-/// `g < j`, that is for the quantiles `i > ⌊g·n/m⌋`: each own point is counted into the slot of
-/// its first following quantile, and the quantiles then add the counts up as they go. Neither
+/// `g < j`, that is for the quantiles `i > ⌊g·n/m⌋`: each own point is noted in the slot of
+/// its first following quantile, and the quantiles then carry the count forward as they go. Neither
 /// loop branches on the data or waits on a load of the other (a merge of the quantiles with the
 /// own points, one step each, waited on its own load at every step).
 fn quantiles_in_bucket(
@@ -577,11 +577,14 @@ fn quantiles_in_bucket(
     // as the rest of the walk).
     let (step_q, step_r) = (m64 / n64, m64 % n64);
     let (mut q, mut r) = (i * m64 / n64, i * m64 % n64);
-    let mut counts = [0usize; SLOTS];
+    // `passed[u]`: how many own points come before the pass's `u`-th quantile, where one's slot
+    // is `u` (else 0: the running maximum fills the rest). The slots rise with the own points, so
+    // the last store to a slot holds its count, and no store waits on the one before.
+    let mut passed = [0usize; SLOTS];
     let (mut counted, mut own_passed) = (0, 0);
     while i <= last {
         let slots = (last + 1 - i).min(SLOTS as u64) as usize;
-        counts[..slots].fill(0);
+        passed[..slots].fill(0);
         // The own points whose first following quantile is one of these (they come in order:
         // the first left over belongs to a later pass).
         for (t, &p) in own.iter().enumerate().skip(counted) {
@@ -589,11 +592,11 @@ fn quantiles_in_bucket(
             if slot >= slots {
                 break;
             }
-            counts[slot] += 1;
+            passed[slot] = t + 1;
             counted += 1;
         }
-        for &count in &counts[..slots] {
-            own_passed += count;
+        for &passed in &passed[..slots] {
+            own_passed = own_passed.max(passed);
             let j = (q + u64::from(r > 0)) as usize;
             write(
                 i as usize - 1,
