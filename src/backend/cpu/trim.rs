@@ -93,6 +93,32 @@ impl<T: bytemuck::Zeroable> ZeroedMap<T> {
     }
 }
 
+/// Backs `maps` with pages now, every core taking its share: the kernel hands out and zeroes
+/// pages several times faster this way than at first touch inside the bucket pass, where each
+/// fault also evicts a page's worth of the bucket's data from the cache (the bucket phase went
+/// from 2.8 to 1.6 s with the populating counted, BENCHMARKS.md "2026-12-07"). Kernels without
+/// `MADV_POPULATE_WRITE` (before Linux 5.14) and other systems leave the pages to be faulted in
+/// as they are written, as before.
+fn populate(maps: &[&memmap2::MmapMut]) {
+    /// Bytes per populate call: enough calls for every core, each a few thousand pages.
+    const CHUNK: usize = 1 << 24;
+    #[cfg(target_os = "linux")]
+    maps.par_iter()
+        .flat_map(|m| {
+            let len = m.len();
+            (0..len)
+                .into_par_iter()
+                .step_by(CHUNK)
+                .map(move |at| (m, at, CHUNK.min(len - at)))
+        })
+        .for_each(|(m, at, len)| {
+            // Only a hint: a failure leaves the pages to the faults.
+            let _ = m.advise_range(memmap2::Advice::PopulateWrite, at, len);
+        });
+    #[cfg(not(target_os = "linux"))]
+    let _ = maps;
+}
+
 impl<T> std::ops::Deref for ZeroedMap<T> {
     type Target = [T];
 
@@ -399,6 +425,7 @@ fn entries_and_pool(
     let mut entries = ZeroedMap::<Entry>::zeroed(total)?;
     let mut values = ZeroedMap::<f32>::zeroed(total)?;
     let mut positions = ZeroedMap::<u32>::zeroed(if wanted == Wanted::Pool { total } else { 0 })?;
+    populate(&[&entries.map, &values.map, &positions.map]);
     let (entry_out, values_out, positions_out) = (
         Shared::new(&mut entries),
         Shared::new(&mut values),
