@@ -1,11 +1,20 @@
 //! What several CPU op families share: the host values behind a tensor (f32, or the half-precision
 //! weights `linear` and `gather_rows` read), the split of packed sequences into disjoint row
-//! blocks, the lane-wise row sums (the counterpart of `kernels/common.cuh`), and the macro that
-//! compiles a row loop for AVX2 where the CPU has it.
+//! blocks, the lane-wise row sums (the counterpart of `kernels/common.cuh`), scratch buffers
+//! reused from task to task, and the macro that compiles a row loop for AVX2 where the CPU has it.
 
 use crate::backend::{SeqLayout, Storage, Tensor};
 use crate::error::{Error, Result};
 use crate::tensor::HalfMatrix;
+
+/// `buffer[..len]`, grown (with default values) where it is shorter: a task's scratch, reused
+/// by the next task, which writes what it reads (nothing is cleared between tasks).
+pub(super) fn sized<T: Clone + Default>(buffer: &mut Vec<T>, len: usize) -> &mut [T] {
+    if buffer.len() < len {
+        buffer.resize(len, T::default());
+    }
+    &mut buffer[..len]
+}
 
 /// The f32 values of a CPU tensor, or the error naming the backend that holds it (or saying that
 /// it holds half-precision weights, which only `linear` and `gather_rows` read).

@@ -17,6 +17,8 @@
 
 use rayon::prelude::*;
 
+use super::common::sized;
+
 use crate::backend::trim::{self, OwnShares, Profile, QuantileW2, RankedPoints};
 use crate::backend::{TrimReference, TrimResult, TrimSpec};
 use crate::error::{Error, Result};
@@ -432,8 +434,8 @@ fn entries_and_pool(
         Shared::new(&mut positions),
     );
     regions.into_par_iter().enumerate().for_each_init(
-        || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-        |(keys, scratch, local, sorted, staged), (b, region)| {
+        || (Vec::new(), Vec::new(), Vec::new()),
+        |(keys, scratch, staged), (b, region)| {
             let start = bucket_starts[b];
             // Model `k`'s entries of this bucket go to `first[k]..`; staged in cache first at
             // `local_first[k]..`, as are its pooled positions in `local` (the bucket's entries
@@ -451,21 +453,24 @@ fn entries_and_pool(
                 };
                 local_first.push(local_first[k] + end - first[k]);
             }
+            let len = region.len();
             // Upper 32 bits of a key: the value's order bits; lower: the model id.
-            keys.clear();
+            let keys = sized(keys, len);
             for (k, w) in local_first.windows(2).enumerate() {
-                keys.extend(
-                    region[w[0]..w[1]]
-                        .iter()
-                        .map(|&bits| (u64::from(bits) << 32) | k as u64),
-                );
+                for (key, &bits) in keys[w[0]..w[1]].iter_mut().zip(&region[w[0]..w[1]]) {
+                    *key = (u64::from(bits) << 32) | k as u64;
+                }
             }
-            sort_by_value(keys, scratch);
-            let len = keys.len();
-            // Each key's run end (its `le` less `start`), found backward and without a branch per
-            // key (the runs' lengths vary at random); kept in the sort's buffer, free now.
-            scratch.resize(len.div_ceil(2), 0);
-            let run_ends = &mut bytemuck::cast_slice_mut::<u64, u32>(scratch)[..len];
+            let (lo, hi) = region
+                .iter()
+                .fold((u32::MAX, 0), |(lo, hi), &bits| (lo.min(bits), hi.max(bits)));
+            let scratch = sized(scratch, len);
+            sort_by_value(keys, scratch, lo, hi);
+            // The sort's buffer is free now: each key's run end (its `le` less `start`) in its
+            // first half, found backward and without a branch per key (the runs' lengths vary
+            // at random), and the staged entries' pooled positions in its second.
+            let (run_ends, local) =
+                bytemuck::cast_slice_mut::<u64, u32>(scratch).split_at_mut(len);
             let mut end = len as u32;
             let mut after = u64::MAX;
             for (i, (run_end, &key)) in run_ends.iter_mut().zip(keys.iter()).enumerate().rev() {
@@ -474,15 +479,7 @@ fn entries_and_pool(
                 *run_end = end;
                 after = upper;
             }
-            local.clear();
-            local.resize(len, 0u32);
-            staged.clear();
-            staged.resize(len, Entry::default());
-            // The bucket's values in order, for the quantiles: half the bytes of its keys.
-            sorted.clear();
-            if wanted == Wanted::Quantiles {
-                sorted.resize(len, 0.0);
-            }
+            let staged = sized(staged, len);
             let mut local_cursor = local_first.clone();
             let (mut run_start, mut before) = (0u32, u64::MAX);
             for (i, (&key, &run_end)) in keys.iter().zip(run_ends.iter()).enumerate() {
@@ -500,10 +497,9 @@ fn entries_and_pool(
                 };
                 local[at] = pos;
                 local_cursor[k] = at + 1;
-                match wanted {
+                if wanted == Wanted::Pool {
                     // SAFETY: the buckets partition the pool, so each position is written once.
-                    Wanted::Pool => unsafe { values_out.write(pos as usize, value) },
-                    Wanted::Quantiles => sorted[i] = value,
+                    unsafe { values_out.write(pos as usize, value) }
                 }
             }
             for k in 0..models {
@@ -533,7 +529,7 @@ fn entries_and_pool(
                             own_before,
                             own,
                             start,
-                            sorted,
+                            keys,
                             |i, v| {
                                 // SAFETY: each model's quantile indices are cut into the buckets by
                                 // the reference points before each (see `quantiles_in_bucket`):
@@ -556,7 +552,8 @@ fn entries_and_pool(
 }
 
 /// The reference quantiles `G⁻¹(i/n)` of one model (`n` own points, `m` reference points) that
-/// lie in a bucket of the sorted pool: the values `sorted`, starting at pool position `start`,
+/// lie in a bucket of the sorted pool: the values of the sorted `keys` (upper 32 bits, as in
+/// [`sort_by_value`]), starting at pool position `start`,
 /// in which the model has its points at the positions `own` and `own_before` points before it.
 /// Calls `write(i − 1, G⁻¹(i/n))` once for each, the values [`trim::pool_quantiles_without`]
 /// gives.
@@ -576,7 +573,7 @@ fn quantiles_in_bucket(
     own_before: usize,
     own: &[u32],
     start: usize,
-    sorted: &[f32],
+    keys: &[u64],
     mut write: impl FnMut(usize, f32),
 ) {
     /// Quantiles counted per pass: a few cache lines of counts to clear.
@@ -592,7 +589,7 @@ fn quantiles_in_bucket(
         guess - u64::from(remainder < 0) + u64::from(remainder >= m64 as i64)
     };
     let refs_before = start - own_before;
-    let refs_to_end = refs_before + sorted.len() - own.len();
+    let refs_to_end = refs_before + keys.len() - own.len();
     let (mut i, last) = (
         quantiles_before(refs_before) + 1,
         quantiles_before(refs_to_end).min(n64),
@@ -625,10 +622,8 @@ fn quantiles_in_bucket(
         for &passed in &passed[..slots] {
             own_passed = own_passed.max(passed);
             let j = (q + u64::from(r > 0)) as usize;
-            write(
-                i as usize - 1,
-                sorted[j - 1 + own_before + own_passed - start],
-            );
+            let key = keys[j - 1 + own_before + own_passed - start];
+            write(i as usize - 1, trim::from_order_bits((key >> 32) as u32));
             i += 1;
             (q, r) = (q + step_q, r + step_r);
             if r >= n64 {
@@ -764,41 +759,40 @@ fn store_fence() {
     }
 }
 
-/// Stable LSD radix sort of `keys` by their upper 32 bits (the value's order bits), on only
-/// the bits between the smallest and largest value, in digits of at most [`MAX_DIGIT_BITS`]
-/// (`scratch` is its buffer); a digit every key shares is skipped.
-fn sort_by_value(keys: &mut [u64], scratch: &mut Vec<u64>) {
-    let values = || keys.iter().map(|&k| k >> 32);
-    let (Some(lo), Some(hi)) = (values().min(), values().max()) else {
-        return;
-    };
-    let bits = u64::BITS - (hi - lo).leading_zeros();
+/// Stable LSD radix sort of `keys` by their upper 32 bits (the value's order bits, all within
+/// `lo..=hi`), on only the bits between `lo` and `hi`, in digits of at most [`MAX_DIGIT_BITS`]
+/// (`scratch`, as long as `keys`, is its buffer); a digit every key shares is skipped. Every
+/// pass's digit counts come from one read of the keys.
+fn sort_by_value(keys: &mut [u64], scratch: &mut [u64], lo: u32, hi: u32) {
+    let bits = u32::BITS - (hi - lo).leading_zeros();
     if bits == 0 {
         return;
     }
     let passes = bits.div_ceil(MAX_DIGIT_BITS);
     let digit_bits = bits.div_ceil(passes);
-    let mask = (1usize << digit_bits) - 1;
-    scratch.clear();
-    scratch.resize(keys.len(), 0);
-    let mut counts = vec![0usize; mask + 1];
-    let (mut from, mut to) = (&mut *keys, scratch.as_mut_slice());
+    let radix = 1usize << digit_bits;
+    let digit = |k: u64, shift: u32| ((((k >> 32) as u32 - lo) >> shift) as usize) & (radix - 1);
+    let mut counts = [0u32; 3 << MAX_DIGIT_BITS];
+    let counts = &mut counts[..passes as usize * radix];
+    match passes {
+        1 => count_digits::<1>(keys, counts, radix, digit_bits, digit),
+        2 => count_digits::<2>(keys, counts, radix, digit_bits, digit),
+        _ => count_digits::<3>(keys, counts, radix, digit_bits, digit),
+    }
+    let (mut from, mut to) = (&mut *keys, &mut *scratch);
     let mut in_scratch = false;
-    for pass in 0..passes {
-        let shift = pass * digit_bits;
-        let digit = |k: u64| (((k >> 32) - lo) >> shift) as usize & mask;
-        counts.fill(0);
-        from.iter().for_each(|&k| counts[digit(k)] += 1);
-        if counts.contains(&from.len()) {
+    for (pass, counts) in counts.chunks_exact_mut(radix).enumerate() {
+        if counts.contains(&(from.len() as u32)) {
             continue;
         }
+        let shift = pass as u32 * digit_bits;
         let mut at = 0;
         for c in counts.iter_mut() {
             (*c, at) = (at, at + *c);
         }
         for &k in from.iter() {
-            let d = digit(k);
-            to[counts[d]] = k;
+            let d = digit(k, shift);
+            to[counts[d] as usize] = k;
             counts[d] += 1;
         }
         std::mem::swap(&mut from, &mut to);
@@ -806,6 +800,23 @@ fn sort_by_value(keys: &mut [u64], scratch: &mut Vec<u64>) {
     }
     if in_scratch {
         keys.copy_from_slice(scratch);
+    }
+}
+
+/// The counts of each of `PASSES` digits of `keys` (`radix` counters a pass, pass `p` the digit
+/// at `p · digit_bits`), in one read of the keys.
+#[inline(always)]
+fn count_digits<const PASSES: usize>(
+    keys: &[u64],
+    counts: &mut [u32],
+    radix: usize,
+    digit_bits: u32,
+    digit: impl Fn(u64, u32) -> usize,
+) {
+    for &k in keys {
+        for pass in 0..PASSES {
+            counts[pass * radix + digit(k, pass as u32 * digit_bits)] += 1;
+        }
     }
 }
 
@@ -971,7 +982,6 @@ mod tests {
     /// ties, one value only, and values spread over all 32 bits (three digits).
     #[test]
     fn sort_by_value_is_the_stable_order_by_value() {
-        let mut scratch = Vec::new();
         for samples in [
             ensemble(1, 1 << 40, 3),
             ensemble(1, 7, 4),
@@ -989,7 +999,10 @@ mod tests {
                 .collect();
             let mut want = keys.clone();
             want.sort_unstable();
-            sort_by_value(&mut keys, &mut scratch);
+            let upper = || keys.iter().map(|&k| (k >> 32) as u32);
+            let (lo, hi) = (upper().min().unwrap_or(0), upper().max().unwrap_or(0));
+            let mut scratch = vec![0; keys.len()];
+            sort_by_value(&mut keys, &mut scratch, lo, hi);
             assert!(keys == want, "{} values", values.len());
         }
     }
