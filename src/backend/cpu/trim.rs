@@ -461,16 +461,15 @@ fn entries_and_pool(
                     *key = (u64::from(bits) << 32) | k as u64;
                 }
             }
-            let (lo, hi) = region
-                .iter()
-                .fold((u32::MAX, 0), |(lo, hi), &bits| (lo.min(bits), hi.max(bits)));
+            let (lo, hi) = region.iter().fold((u32::MAX, 0), |(lo, hi), &bits| {
+                (lo.min(bits), hi.max(bits))
+            });
             let scratch = sized(scratch, len);
             sort_by_value(keys, scratch, lo, hi);
             // The sort's buffer is free now: each key's run end (its `le` less `start`) in its
             // first half, found backward and without a branch per key (the runs' lengths vary
             // at random), and the staged entries' pooled positions in its second.
-            let (run_ends, local) =
-                bytemuck::cast_slice_mut::<u64, u32>(scratch).split_at_mut(len);
+            let (run_ends, local) = bytemuck::cast_slice_mut::<u64, u32>(scratch).split_at_mut(len);
             let mut end = len as u32;
             let mut after = u64::MAX;
             for (i, (run_end, &key)) in run_ends.iter_mut().zip(keys.iter()).enumerate().rev() {
@@ -523,20 +522,12 @@ fn entries_and_pool(
                         // A copy in a register: the walk's stores cannot then make it reload
                         // the map and the offset at every quantile.
                         let quantiles_out = values_out.offset(offsets[k]);
-                        quantiles_in_bucket(
-                            n,
-                            total - n,
-                            own_before,
-                            own,
-                            start,
-                            keys,
-                            |i, v| {
-                                // SAFETY: each model's quantile indices are cut into the buckets by
-                                // the reference points before each (see `quantiles_in_bucket`):
-                                // each is written by one bucket's task only.
-                                unsafe { quantiles_out.write(i, v) }
-                            },
-                        );
+                        quantiles_in_bucket(n, total - n, own_before, own, start, keys, |i, v| {
+                            // SAFETY: each model's quantile indices are cut into the buckets by
+                            // the reference points before each (see `quantiles_in_bucket`):
+                            // each is written by one bucket's task only.
+                            unsafe { quantiles_out.write(i, v) }
+                        });
                     }
                 }
             }
