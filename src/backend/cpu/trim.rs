@@ -434,12 +434,11 @@ fn entries_and_pool(
         Shared::new(&mut positions),
     );
     regions.into_par_iter().enumerate().for_each_init(
-        || (Vec::new(), Vec::new(), Vec::new()),
-        |(keys, scratch, staged), (b, region)| {
+        || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+        |(keys, scratch, own, staged), (b, region)| {
             let start = bucket_starts[b];
-            // Model `k`'s entries of this bucket go to `first[k]..`; staged in cache first at
-            // `local_first[k]..`, as are its pooled positions in `local` (the bucket's entries
-            // and positions grouped by model).
+            // Model `k`'s entries of this bucket go to `first[k]..`; its keys are found at
+            // `local_first[k]..` of the bucket's keys grouped by model.
             let first: Vec<usize> = (0..models)
                 .map(|k| cursors[k * buckets + b] as usize)
                 .collect();
@@ -466,55 +465,61 @@ fn entries_and_pool(
             });
             let scratch = sized(scratch, len);
             sort_by_value(keys, scratch, lo, hi);
-            // The sort's buffer is free now: each key's run end (its `le` less `start`) in its
-            // first half, found backward and without a branch per key (the runs' lengths vary
-            // at random), and the staged entries' pooled positions in its second.
-            let (run_ends, local) = bytemuck::cast_slice_mut::<u64, u32>(scratch).split_at_mut(len);
+            // The sort's buffer is free now: each key's run `(start, end)` (its `lt`, `le` less
+            // `start`), the ends found backward, the starts forward, neither with a branch per
+            // key (the runs' lengths vary at random).
+            let runs = bytemuck::cast_slice_mut::<u64, [u32; 2]>(scratch);
             let mut end = len as u32;
             let mut after = u64::MAX;
-            for (i, (run_end, &key)) in run_ends.iter_mut().zip(keys.iter()).enumerate().rev() {
+            for (i, (run, &key)) in runs.iter_mut().zip(keys.iter()).enumerate().rev() {
                 let upper = key >> 32;
                 end = if upper == after { end } else { i as u32 + 1 };
-                *run_end = end;
+                run[1] = end;
                 after = upper;
             }
-            let staged = sized(staged, len);
+            // Each model's keys in order (`own[local_first[k]..]`): the one table the scan
+            // scatters to, four bytes a key; the entries are gathered from it model by model.
+            let own = sized(own, len);
             let mut local_cursor = local_first.clone();
             let (mut run_start, mut before) = (0u32, u64::MAX);
-            for (i, (&key, &run_end)) in keys.iter().zip(run_ends.iter()).enumerate() {
+            for (i, (run, &key)) in runs.iter_mut().zip(keys.iter()).enumerate() {
                 let upper = key >> 32;
                 run_start = if upper == before { run_start } else { i as u32 };
                 before = upper;
-                let value = trim::from_order_bits(upper as u32);
-                let pos = (start + i) as u32;
+                run[0] = run_start;
                 let k = (key & 0xFFFF_FFFF) as usize;
-                let at = local_cursor[k];
-                staged[at] = Entry {
-                    value,
-                    lt: start as u32 + run_start,
-                    le: start as u32 + run_end,
-                };
-                local[at] = pos;
-                local_cursor[k] = at + 1;
+                own[local_cursor[k]] = i as u32;
+                local_cursor[k] += 1;
                 if wanted == Wanted::Pool {
                     // SAFETY: the buckets partition the pool, so each position is written once.
-                    unsafe { values_out.write(pos as usize, value) }
+                    unsafe { values_out.write(start + i, trim::from_order_bits(upper as u32)) }
                 }
             }
             for k in 0..models {
-                let own = &staged[local_first[k]..local_first[k + 1]];
+                let own = &own[local_first[k]..local_first[k + 1]];
+                let staged = sized(staged, own.len());
+                for (entry, &i) in staged.iter_mut().zip(own) {
+                    let [run_start, run_end] = runs[i as usize];
+                    *entry = Entry {
+                        value: trim::from_order_bits((keys[i as usize] >> 32) as u32),
+                        lt: (start + run_start as usize) as u32,
+                        le: (start + run_end as usize) as u32,
+                    };
+                }
                 // SAFETY: the buckets' cursors partition each model's `offsets` range (counted
                 // above), so no other task writes these entries.
-                unsafe { write_streaming(entry_out.offset(first[k]), own) }
+                unsafe { write_streaming(entry_out.offset(first[k]), staged) }
             }
             store_fence();
             for k in 0..models {
-                let own = &local[local_first[k]..local_first[k + 1]];
+                let own = &own[local_first[k]..local_first[k + 1]];
                 match wanted {
                     Wanted::Pool => {
-                        for (i, &pos) in own.iter().enumerate() {
+                        for (t, &i) in own.iter().enumerate() {
                             // SAFETY: as for the entries.
-                            unsafe { positions_out.write(first[k] + i, pos) }
+                            unsafe {
+                                positions_out.write(first[k] + t, (start + i as usize) as u32)
+                            }
                         }
                     }
                     Wanted::Quantiles => {
@@ -522,7 +527,7 @@ fn entries_and_pool(
                         // A copy in a register: the walk's stores cannot then make it reload
                         // the map and the offset at every quantile.
                         let quantiles_out = values_out.offset(offsets[k]);
-                        quantiles_in_bucket(n, total - n, own_before, own, start, keys, |i, v| {
+                        quantiles_in_bucket(n, total - n, start - own_before, own, keys, |i, v| {
                             // SAFETY: each model's quantile indices are cut into the buckets by
                             // the reference points before each (see `quantiles_in_bucket`):
                             // each is written by one bucket's task only.
@@ -543,17 +548,15 @@ fn entries_and_pool(
 }
 
 /// The reference quantiles `G⁻¹(i/n)` of one model (`n` own points, `m` reference points) that
-/// lie in a bucket of the sorted pool: the values of the sorted `keys` (upper 32 bits, as in
-/// [`sort_by_value`]), starting at pool position `start`,
-/// in which the model has its points at the positions `own` and `own_before` points before it.
-/// Calls `write(i − 1, G⁻¹(i/n))` once for each, the values [`trim::pool_quantiles_without`]
-/// gives.
+/// lie in a bucket of the sorted pool: the values of the bucket's sorted `keys` (upper 32 bits,
+/// as in [`sort_by_value`]), among which the model has its points at the indices `own`, with
+/// `refs_before` reference points in the buckets before. Calls `write(i − 1, G⁻¹(i/n))` once
+/// for each, the values [`trim::pool_quantiles_without`] gives.
 ///
 /// The quantile `G⁻¹(i/n)` is the reference's `j = ⌈i·m/n⌉`-th point; the bucket holds the
-/// reference points `R₀ < j ≤ R₁` (`R₀ = start − own_before`), so its quantiles are
+/// reference points `R₀ < j ≤ R₁` (`R₀` = `refs_before`), so its quantiles are
 /// `⌊R₀·n/m⌋ < i ≤ ⌊R₁·n/m⌋`, the buckets share the `i` out without overlap, and within the
-/// bucket the `j`-th reference point sits at `j − 1` plus the own points before it, as in the
-/// whole pool. An own point with `g` reference points before it precedes the `j`-th exactly when
+/// bucket the `j`-th reference point sits at `j − 1 − R₀` plus the own points before it. An own point with `g` reference points before it precedes the `j`-th exactly when
 /// `g < j`, that is for the quantiles `i > ⌊g·n/m⌋`: each own point is noted in the slot of
 /// its first following quantile, and the quantiles then carry the count forward as they go. Neither
 /// loop branches on the data or waits on a load of the other (a merge of the quantiles with the
@@ -561,9 +564,8 @@ fn entries_and_pool(
 fn quantiles_in_bucket(
     n: usize,
     m: usize,
-    own_before: usize,
+    refs_before: usize,
     own: &[u32],
-    start: usize,
     keys: &[u64],
     mut write: impl FnMut(usize, f32),
 ) {
@@ -579,7 +581,6 @@ fn quantiles_in_bucket(
         let remainder = (g * n64).wrapping_sub(guess * m64) as i64;
         guess - u64::from(remainder < 0) + u64::from(remainder >= m64 as i64)
     };
-    let refs_before = start - own_before;
     let refs_to_end = refs_before + keys.len() - own.len();
     let (mut i, last) = (
         quantiles_before(refs_before) + 1,
@@ -603,7 +604,7 @@ fn quantiles_in_bucket(
         // The own points whose first following quantile is one of these (they come in order:
         // the first left over belongs to a later pass).
         for (t, &p) in own.iter().enumerate().skip(counted) {
-            let slot = (quantiles_before(p as usize - own_before - t) + 1 - i) as usize;
+            let slot = (quantiles_before(refs_before + p as usize - t) + 1 - i) as usize;
             if slot >= slots {
                 break;
             }
@@ -613,7 +614,7 @@ fn quantiles_in_bucket(
         for &passed in &passed[..slots] {
             own_passed = own_passed.max(passed);
             let j = (q + u64::from(r > 0)) as usize;
-            let key = keys[j - 1 + own_before + own_passed - start];
+            let key = keys[j - 1 - refs_before + own_passed];
             write(i as usize - 1, trim::from_order_bits((key >> 32) as u32));
             i += 1;
             (q, r) = (q + step_q, r + step_r);
