@@ -18,6 +18,7 @@
 use rayon::prelude::*;
 
 use super::common::sized;
+use crate::backend::simd::with_wide_simd;
 
 use crate::backend::trim::{self, OwnShares, Profile, QuantileW2, RankedPoints};
 use crate::backend::{TrimReference, TrimResult, TrimSpec};
@@ -434,8 +435,8 @@ fn entries_and_pool(
         Shared::new(&mut positions),
     );
     regions.into_par_iter().enumerate().for_each_init(
-        || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-        |(keys, scratch, own, staged), (b, region)| {
+        || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+        |(keys, scratch, own, staged, following), (b, region)| {
             let start = bucket_starts[b];
             // Model `k`'s entries of this bucket go to `first[k]..`; its keys are found at
             // `local_first[k]..` of the bucket's keys grouped by model.
@@ -527,12 +528,21 @@ fn entries_and_pool(
                         // A copy in a register: the walk's stores cannot then make it reload
                         // the map and the offset at every quantile.
                         let quantiles_out = values_out.offset(offsets[k]);
-                        quantiles_in_bucket(n, total - n, start - own_before, own, keys, |i, v| {
-                            // SAFETY: each model's quantile indices are cut into the buckets by
-                            // the reference points before each (see `quantiles_in_bucket`):
-                            // each is written by one bucket's task only.
-                            unsafe { quantiles_out.write(i, v) }
-                        });
+                        let refs_before = start - own_before;
+                        quantiles_in_bucket(
+                            n,
+                            total - n,
+                            refs_before,
+                            own,
+                            keys,
+                            following,
+                            |i, v| {
+                                // SAFETY: each model's quantile indices are cut into the buckets by
+                                // the reference points before each (see `quantiles_in_bucket`):
+                                // each is written by one bucket's task only.
+                                unsafe { quantiles_out.write(i, v) }
+                            },
+                        );
                     }
                 }
             }
@@ -567,28 +577,23 @@ fn quantiles_in_bucket(
     refs_before: usize,
     own: &[u32],
     keys: &[u64],
+    following: &mut Vec<u32>,
     mut write: impl FnMut(usize, f32),
 ) {
     /// Quantiles counted per pass: a few cache lines of counts to clear.
     const SLOTS: usize = 64;
     let (n64, m64) = (n as u64, m as u64);
-    let ratio = n as f64 / m as f64;
-    // ⌊g·n/m⌋ for `g ≤ m`: the product in f64 is off by at most one (it is below n < 2³²), and
-    // the exact remainder says which way.
-    let quantiles_before = |g: usize| -> u64 {
-        let g = g as u64;
-        let guess = (g as f64 * ratio) as u64;
-        let remainder = (g * n64).wrapping_sub(guess * m64) as i64;
-        guess - u64::from(remainder < 0) + u64::from(remainder >= m64 as i64)
-    };
+    let quantiles_before = QuantilesBefore::new(n, m);
     let refs_to_end = refs_before + keys.len() - own.len();
     let (mut i, last) = (
-        quantiles_before(refs_before) + 1,
-        quantiles_before(refs_to_end).min(n64),
+        quantiles_before.of(refs_before) + 1,
+        quantiles_before.of(refs_to_end).min(n64),
     );
     if i > last {
         return;
     }
+    let following = sized(following, own.len());
+    quantiles_before.first_following(refs_before, own, following);
     // `i·m = q·n + r`, stepped by `m` without dividing (a division per quantile cost as much
     // as the rest of the walk).
     let (step_q, step_r) = (m64 / n64, m64 % n64);
@@ -603,8 +608,8 @@ fn quantiles_in_bucket(
         passed[..slots].fill(0);
         // The own points whose first following quantile is one of these (they come in order:
         // the first left over belongs to a later pass).
-        for (t, &p) in own.iter().enumerate().skip(counted) {
-            let slot = (quantiles_before(refs_before + p as usize - t) + 1 - i) as usize;
+        for (t, &first) in following.iter().enumerate().skip(counted) {
+            let slot = (u64::from(first) - i) as usize;
             if slot >= slots {
                 break;
             }
@@ -622,6 +627,86 @@ fn quantiles_in_bucket(
                 (q, r) = (q + 1, r - n64);
             }
         }
+    }
+}
+
+/// `⌊g·n/m⌋` for counts `g ≤ m` (`n`, `m` below 2³²): how many of a model's `n` reference
+/// quantiles come at or before its `g`-th reference point (see [`quantiles_in_bucket`]).
+#[derive(Clone, Copy)]
+struct QuantilesBefore {
+    n: u64,
+    m: u64,
+    ratio: f64,
+    /// Whether `g·n + m` stays below 2⁵², so that every product and difference below is exact in
+    /// f64 and the whole computation vectorises.
+    in_f64: bool,
+}
+
+impl QuantilesBefore {
+    fn new(n: usize, m: usize) -> Self {
+        QuantilesBefore {
+            n: n as u64,
+            m: m as u64,
+            ratio: n as f64 / m as f64,
+            in_f64: m as f64 * (n as f64 + 1.0) < (1u64 << 52) as f64,
+        }
+    }
+
+    /// One: the product in f64 is off by at most one (it is below n < 2³²), and the exact
+    /// remainder says which way.
+    fn of(self, g: usize) -> u64 {
+        let g = g as u64;
+        let guess = (g as f64 * self.ratio) as u64;
+        let remainder = (g * self.n).wrapping_sub(guess * self.m) as i64;
+        guess - u64::from(remainder < 0) + u64::from(remainder >= self.m as i64)
+    }
+
+    /// `out[t] = ⌊g·n/m⌋ + 1` for the own point `t` at index `own[t]` of a bucket that has
+    /// `refs_before` reference points before it (`g = refs_before + own[t] − t`): the first
+    /// quantile it precedes. Several points per instruction where the products are exact in f64.
+    fn first_following(self, refs_before: usize, own: &[u32], out: &mut [u32]) {
+        if self.in_f64 {
+            // `refs_before < 2³²` as every count here (positions are `u32`).
+            first_following_wide(
+                refs_before as u32,
+                own,
+                self.n as f64,
+                self.m as f64,
+                self.ratio,
+                out,
+            );
+        } else {
+            for (t, (out, &p)) in out.iter_mut().zip(own).enumerate() {
+                *out = (self.of(refs_before + p as usize - t) + 1) as u32;
+            }
+        }
+    }
+}
+
+with_wide_simd! {
+    /// [`QuantilesBefore::first_following`] in f64, as wide as the CPU allows.
+    avx512 fn first_following_wide => first_following_f64(
+        refs_before: u32,
+        own: &[u32],
+        n: f64,
+        m: f64,
+        ratio: f64,
+        out: &mut [u32]
+    )
+}
+
+/// [`QuantilesBefore::of`] in f64 (exact while `g·n + m < 2⁵²`): the guess `⌊g·n/m⌋` off by
+/// at most one, corrected by the remainder's sign, for each own point.
+#[inline(always)]
+fn first_following_f64(refs_before: u32, own: &[u32], n: f64, m: f64, ratio: f64, out: &mut [u32]) {
+    for (t, (out, &p)) in out.iter_mut().zip(own).enumerate() {
+        // `g ≤ m < 2³²`: the wrapping sum and difference are exact.
+        let g = f64::from(refs_before.wrapping_add(p).wrapping_sub(t as u32));
+        let guess = (g * ratio).floor();
+        let remainder = g * n - guess * m;
+        let below =
+            guess - f64::from(u8::from(remainder < 0.0)) + f64::from(u8::from(remainder >= m));
+        *out = below as u32 + 1;
     }
 }
 
@@ -968,6 +1053,41 @@ mod tests {
             .collect();
         let views: Vec<&[f32]> = samples.iter().map(|s| s.as_slice()).collect();
         check(&views, "61 tiny models");
+    }
+
+    /// `⌊g·n/m⌋ + 1` against exact integers: model sizes where f64 is exact (up to its edge,
+    /// `m·(n + 1)` just under 2⁵²) and where it is not (the integer path), at reference counts
+    /// `g` from 0 to `m`, including the multiples of `m/n` where the floor steps (at `g = 22` of
+    /// `n = 15`, `m = 22` the f64 product falls just under 15).
+    #[test]
+    fn first_following_quantiles_are_exact() {
+        for (n, m) in [
+            (100_000u64, 99_900_000u64),
+            (7, 3),
+            (15, 22),
+            ((1 << 20) - 1, u32::MAX as u64),
+            (3_000_000_000, 4_000_000_000),
+        ] {
+            let before = QuantilesBefore::new(n as usize, m as usize);
+            let steps = (1..200).map(|i| i * m / 200);
+            let mut counts: Vec<u64> = [0, 1, m - 1, m].into_iter().chain(steps).collect();
+            counts.extend(counts.clone().iter().filter_map(|&g| g.checked_sub(1)));
+            counts.extend((1..50).map(|i| (i * m).div_ceil(n).min(m)));
+            counts.sort_unstable();
+            // Own point `t` at index `g − refs_before + t` has `g` reference points before it.
+            let refs_before = counts[0] as usize;
+            let own: Vec<u32> = counts
+                .iter()
+                .enumerate()
+                .map(|(t, &g)| (g as usize - refs_before + t) as u32)
+                .collect();
+            let mut got = vec![0u32; own.len()];
+            before.first_following(refs_before, &own, &mut got);
+            for (&g, &got) in counts.iter().zip(&got) {
+                let want = (u128::from(g) * u128::from(n) / u128::from(m)) as u32 + 1;
+                assert_eq!(got, want, "n {n}, m {m}, g {g}");
+            }
+        }
     }
 
     /// The in-bucket sort against a stable sort, at sizes 0, 1, not a multiple of anything, with
