@@ -704,9 +704,15 @@ fn first_following_f64(refs_before: u32, own: &[u32], n: f64, m: f64, ratio: f64
         let g = f64::from(refs_before.wrapping_add(p).wrapping_sub(t as u32));
         let guess = (g * ratio).floor();
         let remainder = g * n - guess * m;
-        let below =
-            guess - f64::from(u8::from(remainder < 0.0)) + f64::from(u8::from(remainder >= m));
-        *out = below as u32 + 1;
+        let below = if remainder < 0.0 {
+            guess - 1.0
+        } else if remainder >= m {
+            guess + 1.0
+        } else {
+            guess
+        };
+        // SAFETY: `0 ≤ below ≤ n < 2³²`, an integer (the checked `as` does not vectorise).
+        *out = unsafe { below.to_int_unchecked::<u32>() } + 1;
     }
 }
 
