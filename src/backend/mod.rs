@@ -9,6 +9,7 @@ pub mod cuda;
 pub mod dropout;
 mod params;
 mod shapes;
+mod simd;
 pub mod stats;
 mod tensor;
 pub mod trim;

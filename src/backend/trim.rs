@@ -22,6 +22,7 @@
 
 use rayon::prelude::*;
 
+use super::simd::with_wide_simd;
 use crate::error::{Error, Result};
 
 /// What each candidate of [`Backend::trim_search`](crate::backend::Backend::trim_search) is compared with.
@@ -711,96 +712,9 @@ impl FirstPass {
     }
 
     fn push_block(&mut self, fs: &[f64], gs: &[f64]) {
-        if !self.push_quiet(fs, gs) {
+        if !push_quiet(self, fs, gs) {
             self.push_each(fs, gs);
         }
-    }
-
-    /// Pushes a block whose states leave α̂'s bounds and the largest draw-up as they are (most
-    /// blocks), reducing its KS maxima and lowest `G − F` in independent lanes rather than one
-    /// state after another; false, with nothing pushed, where some state may change them.
-    /// Exact: maxima and minima do not depend on the order, and the checks are the ones
-    /// [`FirstPass::push_each`] makes, with bounds that only grow. Compiled for AVX-512 or AVX2
-    /// where the CPU has them (checked at run time): the same operations in wider registers,
-    /// the same results.
-    fn push_quiet(&mut self, fs: &[f64], gs: &[f64]) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn widest(scan: &mut FirstPass, fs: &[f64], gs: &[f64]) -> bool {
-                    scan.push_quiet_lanes(fs, gs)
-                }
-                // SAFETY: the CPU has AVX-512F (checked above).
-                return unsafe { widest(self, fs, gs) };
-            }
-            if std::is_x86_feature_detected!("avx2") {
-                #[target_feature(enable = "avx2")]
-                unsafe fn wide(scan: &mut FirstPass, fs: &[f64], gs: &[f64]) -> bool {
-                    scan.push_quiet_lanes(fs, gs)
-                }
-                // SAFETY: the CPU has AVX2 (checked above).
-                return unsafe { wide(self, fs, gs) };
-            }
-        }
-        self.push_quiet_lanes(fs, gs)
-    }
-
-    /// [`FirstPass::push_quiet`] as the target it is compiled into allows.
-    #[inline(always)]
-    fn push_quiet_lanes(&mut self, fs: &[f64], gs: &[f64]) -> bool {
-        // One AVX-512 register per running maximum (their chains are shorter than the work).
-        const LANES: usize = 8;
-        let (t, l) = (self.t, self.l);
-        let (mut high, mut low) = ([f64::NEG_INFINITY; LANES], [f64::INFINITY; LANES]);
-        let mut b = [f64::NEG_INFINITY; LANES];
-        // The largest margin by which a state fails `push_each`'s tests: positive where one is
-        // met (`x > y` exactly where the rounded `x − y > 0`), all lanes plain f64 maxima.
-        let mut loud = [f64::NEG_INFINITY; LANES];
-        let mut lane = |k: usize, f: f64, g: f64| {
-            let d = g - f;
-            high[k] = if d > high[k] { d } else { high[k] };
-            low[k] = if d < low[k] { d } else { low[k] };
-            let b_term = (1.0 - g) - (1.0 - f);
-            b[k] = if b_term > b[k] { b_term } else { b[k] };
-            // `push_each`'s tests at this block's `l`, without its branches: a bound that raises
-            // `l`, or a state that rules out every trimming (at `f = 0` the first test is
-            // `g − t > 0`, i.e. `g > t`; at `f = 1` the second is `1 − g > t` the same way).
-            let raises_a = (g - t) - l * f * SHY;
-            let raises_b = ((1.0 - g) - t) - l * (1.0 - f) * SHY;
-            let margin = if raises_a > raises_b {
-                raises_a
-            } else {
-                raises_b
-            };
-            loud[k] = if margin > loud[k] { margin } else { loud[k] };
-        };
-        let (f_lanes, g_lanes) = (fs.chunks_exact(LANES), gs.chunks_exact(LANES));
-        let (f_rest, g_rest) = (f_lanes.remainder(), g_lanes.remainder());
-        for (f, g) in f_lanes.zip(g_lanes) {
-            for k in 0..LANES {
-                lane(k, f[k], g[k]);
-            }
-        }
-        for (k, (&f, &g)) in f_rest.iter().zip(g_rest).enumerate() {
-            lane(k, f, g);
-        }
-        let high = high.into_iter().fold(f64::NEG_INFINITY, f64::max);
-        let low = low.into_iter().fold(f64::INFINITY, f64::min);
-        // No draw-up in the block can beat the largest so far: every one is at most its highest
-        // `G − F` less the lowest before it (both rounded subtractions are monotone).
-        let rise_quiet = high - self.low.0.min(low) <= self.rise_at_one.0;
-        if loud.iter().any(|&margin| margin > 0.0) || !rise_quiet {
-            return false;
-        }
-        self.a = self.a.max(high);
-        self.b = b.into_iter().fold(self.b, f64::max);
-        if low < self.low.0 {
-            // The sequential pass keeps the first state that reaches the block's lowest.
-            let j = (0..fs.len()).find(|&j| gs[j] - fs[j] == low).unwrap();
-            self.low = (low, fs[j], gs[j]);
-        }
-        true
     }
 
     /// Pushes the states one at a time.
@@ -873,6 +787,74 @@ impl FirstPass {
         let alpha_hat = if l.is_finite() { 1.0 - 1.0 / l } else { 1.0 };
         (ks, alpha_hat)
     }
+}
+
+with_wide_simd! {
+    /// Pushes into `scan` a block whose states leave α̂'s bounds and the largest draw-up as they are (most
+    /// blocks), reducing its KS maxima and lowest `G − F` in independent lanes rather than one
+    /// state after another; false, with nothing pushed, where some state may change them.
+    /// Exact: maxima and minima do not depend on the order, and the checks are the ones
+    /// [`FirstPass::push_each`] makes, with bounds that only grow. Compiled for AVX-512 or AVX2
+    /// where the CPU has them (checked at run time): the same operations in wider registers,
+    /// the same results.
+    avx512 fn push_quiet => push_quiet_lanes(scan: &mut FirstPass, fs: &[f64], gs: &[f64]) -> bool
+}
+
+/// [`push_quiet`] as the target it is compiled into allows.
+#[inline(always)]
+fn push_quiet_lanes(scan: &mut FirstPass, fs: &[f64], gs: &[f64]) -> bool {
+    // One AVX-512 register per running maximum (their chains are shorter than the work).
+    const LANES: usize = 8;
+    let (t, l) = (scan.t, scan.l);
+    let (mut high, mut low) = ([f64::NEG_INFINITY; LANES], [f64::INFINITY; LANES]);
+    let mut b = [f64::NEG_INFINITY; LANES];
+    // The largest margin by which a state fails `push_each`'s tests: positive where one is
+    // met (`x > y` exactly where the rounded `x − y > 0`), all lanes plain f64 maxima.
+    let mut loud = [f64::NEG_INFINITY; LANES];
+    let mut lane = |k: usize, f: f64, g: f64| {
+        let d = g - f;
+        high[k] = if d > high[k] { d } else { high[k] };
+        low[k] = if d < low[k] { d } else { low[k] };
+        let b_term = (1.0 - g) - (1.0 - f);
+        b[k] = if b_term > b[k] { b_term } else { b[k] };
+        // `push_each`'s tests at this block's `l`, without its branches: a bound that raises
+        // `l`, or a state that rules out every trimming (at `f = 0` the first test is
+        // `g − t > 0`, i.e. `g > t`; at `f = 1` the second is `1 − g > t` the same way).
+        let raises_a = (g - t) - l * f * SHY;
+        let raises_b = ((1.0 - g) - t) - l * (1.0 - f) * SHY;
+        let margin = if raises_a > raises_b {
+            raises_a
+        } else {
+            raises_b
+        };
+        loud[k] = if margin > loud[k] { margin } else { loud[k] };
+    };
+    let (f_lanes, g_lanes) = (fs.chunks_exact(LANES), gs.chunks_exact(LANES));
+    let (f_rest, g_rest) = (f_lanes.remainder(), g_lanes.remainder());
+    for (f, g) in f_lanes.zip(g_lanes) {
+        for k in 0..LANES {
+            lane(k, f[k], g[k]);
+        }
+    }
+    for (k, (&f, &g)) in f_rest.iter().zip(g_rest).enumerate() {
+        lane(k, f, g);
+    }
+    let high = high.into_iter().fold(f64::NEG_INFINITY, f64::max);
+    let low = low.into_iter().fold(f64::INFINITY, f64::min);
+    // No draw-up in the block can beat the largest so far: every one is at most its highest
+    // `G − F` less the lowest before it (both rounded subtractions are monotone).
+    let rise_quiet = high - scan.low.0.min(low) <= scan.rise_at_one.0;
+    if loud.iter().any(|&margin| margin > 0.0) || !rise_quiet {
+        return false;
+    }
+    scan.a = scan.a.max(high);
+    scan.b = b.into_iter().fold(scan.b, f64::max);
+    if low < scan.low.0 {
+        // The sequential pass keeps the first state that reaches the block's lowest.
+        let j = (0..fs.len()).find(|&j| gs[j] - fs[j] == low).unwrap();
+        scan.low = (low, fs[j], gs[j]);
+    }
+    true
 }
 
 /// The trimmed Wasserstein-2 cost `τ_α = min_h ∫₀¹ (F⁻¹(t) − G⁻¹(t))² h'(t) dt` over the

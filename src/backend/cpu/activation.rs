@@ -466,7 +466,7 @@ fn gated_logistic_slope(k: f32, z: f32) -> f32 {
 with_wide_simd! {
     /// `row ← softmax(row)`: the maximum subtracted, then `exp` and a lane-wise sum in one sweep
     /// (an empty row stays empty).
-    fn softmax => softmax_portable(row: &mut [f32])
+    pub(super) fn softmax => softmax_portable(row: &mut [f32])
 }
 
 #[inline(always)]
@@ -713,7 +713,7 @@ pub(super) fn exp(x: f32) -> f32 {
 with_wide_simd! {
     /// `out[i] = 1 / (1 + e^{−|scores[i]|})` in f64: a binary classifier's top-label confidence
     /// (the logistic of the logit's magnitude), for the ECE of `compare`'s metrics.
-    avx512 fn logistic_confidences_wide => logistic_confidences_portable(out: &mut [f64], scores: &[f32])
+    pub(super) avx512 fn logistic_confidences_wide => logistic_confidences_portable(out: &mut [f64], scores: &[f32])
 }
 
 #[inline(always)]

@@ -114,7 +114,7 @@ pub fn layer_norm_backward_into(
 with_wide_simd! {
     /// [`layer_norm_backward`] of each row (the width of `gamma`) of `x`, as wide as the CPU
     /// allows (AVX-512's f64 conversions take eight values an instruction).
-    avx512 fn layer_norm_backward_rows => layer_norm_backward_rows_portable(x: &[f32], gamma: &[f32], eps: f32, dy: &[f32], dx: &mut [f32], normed: &mut [f32])
+    pub(super) avx512 fn layer_norm_backward_rows => layer_norm_backward_rows_portable(x: &[f32], gamma: &[f32], eps: f32, dy: &[f32], dx: &mut [f32], normed: &mut [f32])
 }
 
 /// Five sweeps a row, each a vectorised loop: the forward's mean and variance in f64 lanes,
@@ -352,12 +352,12 @@ impl HeadScratch {
 
 with_wide_simd! {
     /// [`head_backward`], as wide as the CPU allows.
-    avx512 fn head_backward_wide => head_backward(scratch: &mut HeadScratch, scale: f32, masked: bool, out: &mut [&mut [f32]])
+    pub(super) avx512 fn head_backward_wide => head_backward(scratch: &mut HeadScratch, scale: f32, masked: bool, out: &mut [&mut [f32]])
 }
 
 with_wide_simd! {
     /// [`head_dropout`], as wide as the CPU allows.
-    avx512 fn head_dropout_wide => head_dropout(scratch: &mut HeadScratch, scale: f32, out: &mut [&mut [f32]])
+    pub(super) avx512 fn head_dropout_wide => head_dropout(scratch: &mut HeadScratch, scale: f32, out: &mut [&mut [f32]])
 }
 
 /// One (sequence, head) of [`attention_backward`] from the gathered rows (and the mask when

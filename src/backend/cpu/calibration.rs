@@ -41,7 +41,7 @@ impl MetricSums {
 
 with_wide_simd! {
     /// [`super::binary_churn`], as wide as the CPU allows.
-    avx512 fn binary_churn_wide => binary_churn_portable(
+    pub(super) avx512 fn binary_churn_wide => binary_churn_portable(
         sums: &mut MetricSums,
         scores: &[f32],
         positive_votes: &[u32],

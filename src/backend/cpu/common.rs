@@ -1,11 +1,21 @@
 //! What several CPU op families share: the host values behind a tensor (f32, or the half-precision
 //! weights `linear` and `gather_rows` read), the split of packed sequences into disjoint row
-//! blocks, the lane-wise row sums (the counterpart of `kernels/common.cuh`), and the macro that
-//! compiles a row loop for AVX2 where the CPU has it.
+//! blocks, the lane-wise row sums (the counterpart of `kernels/common.cuh`), scratch buffers
+//! reused from task to task, and (from [`crate::backend::simd`]) the macro that compiles a row
+//! loop for AVX2 or AVX-512 where the CPU has it.
 
 use crate::backend::{SeqLayout, Storage, Tensor};
 use crate::error::{Error, Result};
 use crate::tensor::HalfMatrix;
+
+/// `buffer[..len]`, grown (with default values) where it is shorter: a task's scratch, reused
+/// by the next task, which writes what it reads (nothing is cleared between tasks).
+pub(super) fn sized<T: Clone + Default>(buffer: &mut Vec<T>, len: usize) -> &mut [T] {
+    if buffer.len() < len {
+        buffer.resize(len, T::default());
+    }
+    &mut buffer[..len]
+}
 
 /// The f32 values of a CPU tensor, or the error naming the backend that holds it (or saying that
 /// it holds half-precision weights, which only `linear` and `gather_rows` read).
@@ -108,56 +118,16 @@ impl LaneSums {
     }
 }
 
-/// Defines `pub(super) fn $name(args)` running `$portable(args)` compiled for AVX2 where the CPU
-/// has it (detected at run time), else as built. The `avx512` form tries AVX-512F first: for
-/// element-wise loops heavy enough that sixteen lanes pay (the activations), where the same
-/// operations give the same results at every width.
-macro_rules! with_wide_simd {
-    ($(#[$doc:meta])* avx512 fn $name:ident => $portable:ident($($arg:ident: $ty:ty),*)) => {
-        $(#[$doc])*
-        pub(super) fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx512f") {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn widest($($arg: $ty),*) {
-                    $portable($($arg),*)
-                }
-                // SAFETY: the CPU has AVX-512F (checked above).
-                return unsafe { widest($($arg),*) };
-            }
-            with_wide_simd!(@avx2 $portable($($arg: $ty),*));
-            $portable($($arg),*)
-        }
-    };
-    ($(#[$doc:meta])* fn $name:ident => $portable:ident($($arg:ident: $ty:ty),*)) => {
-        $(#[$doc])*
-        pub(super) fn $name($($arg: $ty),*) {
-            with_wide_simd!(@avx2 $portable($($arg: $ty),*));
-            $portable($($arg),*)
-        }
-    };
-    (@avx2 $portable:ident($($arg:ident: $ty:ty),*)) => {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            #[target_feature(enable = "avx2")]
-            unsafe fn wide($($arg: $ty),*) {
-                $portable($($arg),*)
-            }
-            // SAFETY: the CPU has AVX2 (checked above).
-            return unsafe { wide($($arg),*) };
-        }
-    };
-}
-pub(super) use with_wide_simd;
+pub(super) use crate::backend::simd::with_wide_simd;
 
 with_wide_simd! {
     /// [`super::add_widened`], as wide as the CPU allows.
-    avx512 fn add_widened_wide => add_widened_portable(sums: &mut [f64], row: &[f32])
+    pub(super) avx512 fn add_widened_wide => add_widened_portable(sums: &mut [f64], row: &[f32])
 }
 
 with_wide_simd! {
     /// [`super::row_dots`], as wide as the CPU allows.
-    avx512 fn row_dots_wide => row_dots_portable(out: &mut [f32], row: &[f32], others: &[f32])
+    pub(super) avx512 fn row_dots_wide => row_dots_portable(out: &mut [f32], row: &[f32], others: &[f32])
 }
 
 /// Lanes of [`row_dots_portable`]'s accumulators: fixed, so that every CPU adds the same

@@ -37,12 +37,12 @@ pub(super) fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f32, out: &mut Tensor) -
 with_wide_simd! {
     /// LayerNorm of each row (the width of `gamma`) of `rows`, in place (AVX-512 where the CPU
     /// has it: the f64 statistics convert eight values an instruction there).
-    avx512 fn layer_norm_rows => layer_norm_rows_portable(rows: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32)
+    pub(super) avx512 fn layer_norm_rows => layer_norm_rows_portable(rows: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32)
 }
 
 with_wide_simd! {
     /// RMSNorm of each row (the width of `gamma`) of `rows` into `out`.
-    avx512 fn rms_norm_rows => rms_norm_rows_portable(rows: &[f32], gamma: &[f32], eps: f32, out: &mut [f32])
+    pub(super) avx512 fn rms_norm_rows => rms_norm_rows_portable(rows: &[f32], gamma: &[f32], eps: f32, out: &mut [f32])
 }
 
 #[inline(always)]

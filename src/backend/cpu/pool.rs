@@ -59,7 +59,7 @@ pub(super) fn l2_normalize(x: &mut Tensor) -> Result<()> {
 
 with_wide_simd! {
     /// Each row of width `d` of `rows` divided by its L2 norm (at least 1e-12), in place.
-    avx512 fn l2_normalize_rows => l2_normalize_rows_portable(rows: &mut [f32], d: usize)
+    pub(super) avx512 fn l2_normalize_rows => l2_normalize_rows_portable(rows: &mut [f32], d: usize)
 }
 
 #[inline(always)]

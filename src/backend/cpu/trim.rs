@@ -17,6 +17,9 @@
 
 use rayon::prelude::*;
 
+use super::common::sized;
+use crate::backend::simd::with_wide_simd;
+
 use crate::backend::trim::{self, OwnShares, Profile, QuantileW2, RankedPoints};
 use crate::backend::{TrimReference, TrimResult, TrimSpec};
 use crate::error::{Error, Result};
@@ -91,6 +94,32 @@ impl<T: bytemuck::Zeroable> ZeroedMap<T> {
             values: std::marker::PhantomData,
         })
     }
+}
+
+/// Backs `maps` with pages now, every core taking its share: the kernel hands out and zeroes
+/// pages several times faster this way than at first touch inside the bucket pass, where each
+/// fault also evicts a page's worth of the bucket's data from the cache (the bucket phase went
+/// from 2.8 to 1.6 s with the populating counted, BENCHMARKS.md "2026-12-07"). Kernels without
+/// `MADV_POPULATE_WRITE` (before Linux 5.14) and other systems leave the pages to be faulted in
+/// as they are written, as before.
+fn populate(maps: &[&memmap2::MmapMut]) {
+    /// Bytes per populate call: enough calls for every core, each a few thousand pages.
+    const CHUNK: usize = 1 << 24;
+    #[cfg(target_os = "linux")]
+    maps.par_iter()
+        .flat_map(|m| {
+            let len = m.len();
+            (0..len)
+                .into_par_iter()
+                .step_by(CHUNK)
+                .map(move |at| (m, at, CHUNK.min(len - at)))
+        })
+        .for_each(|(m, at, len)| {
+            // Only a hint: a failure leaves the pages to the faults.
+            let _ = m.advise_range(memmap2::Advice::PopulateWrite, at, len);
+        });
+    #[cfg(not(target_os = "linux"))]
+    let _ = maps;
 }
 
 impl<T> std::ops::Deref for ZeroedMap<T> {
@@ -399,6 +428,7 @@ fn entries_and_pool(
     let mut entries = ZeroedMap::<Entry>::zeroed(total)?;
     let mut values = ZeroedMap::<f32>::zeroed(total)?;
     let mut positions = ZeroedMap::<u32>::zeroed(if wanted == Wanted::Pool { total } else { 0 })?;
+    populate(&[&entries.map, &values.map, &positions.map]);
     let (entry_out, values_out, positions_out) = (
         Shared::new(&mut entries),
         Shared::new(&mut values),
@@ -406,11 +436,10 @@ fn entries_and_pool(
     );
     regions.into_par_iter().enumerate().for_each_init(
         || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-        |(keys, scratch, local, sorted, staged), (b, region)| {
+        |(keys, scratch, own, staged, following), (b, region)| {
             let start = bucket_starts[b];
-            // Model `k`'s entries of this bucket go to `first[k]..`; staged in cache first at
-            // `local_first[k]..`, as are its pooled positions in `local` (the bucket's entries
-            // and positions grouped by model).
+            // Model `k`'s entries of this bucket go to `first[k]..`; its keys are found at
+            // `local_first[k]..` of the bucket's keys grouped by model.
             let first: Vec<usize> = (0..models)
                 .map(|k| cursors[k * buckets + b] as usize)
                 .collect();
@@ -424,75 +453,74 @@ fn entries_and_pool(
                 };
                 local_first.push(local_first[k] + end - first[k]);
             }
+            let len = region.len();
             // Upper 32 bits of a key: the value's order bits; lower: the model id.
-            keys.clear();
+            let keys = sized(keys, len);
             for (k, w) in local_first.windows(2).enumerate() {
-                keys.extend(
-                    region[w[0]..w[1]]
-                        .iter()
-                        .map(|&bits| (u64::from(bits) << 32) | k as u64),
-                );
+                for (key, &bits) in keys[w[0]..w[1]].iter_mut().zip(&region[w[0]..w[1]]) {
+                    *key = (u64::from(bits) << 32) | k as u64;
+                }
             }
-            sort_by_value(keys, scratch);
-            let len = keys.len();
-            // Each key's run end (its `le` less `start`), found backward and without a branch per
-            // key (the runs' lengths vary at random); kept in the sort's buffer, free now.
-            scratch.resize(len.div_ceil(2), 0);
-            let run_ends = &mut bytemuck::cast_slice_mut::<u64, u32>(scratch)[..len];
+            let (lo, hi) = region.iter().fold((u32::MAX, 0), |(lo, hi), &bits| {
+                (lo.min(bits), hi.max(bits))
+            });
+            let scratch = sized(scratch, len);
+            sort_by_value(keys, scratch, lo, hi);
+            // The sort's buffer is free now: each key's run `(start, end)` (its `lt`, `le` less
+            // `start`), the ends found backward, the starts forward, neither with a branch per
+            // key (the runs' lengths vary at random).
+            let runs = bytemuck::cast_slice_mut::<u64, [u32; 2]>(scratch);
             let mut end = len as u32;
             let mut after = u64::MAX;
-            for (i, (run_end, &key)) in run_ends.iter_mut().zip(keys.iter()).enumerate().rev() {
+            for (i, (run, &key)) in runs.iter_mut().zip(keys.iter()).enumerate().rev() {
                 let upper = key >> 32;
                 end = if upper == after { end } else { i as u32 + 1 };
-                *run_end = end;
+                run[1] = end;
                 after = upper;
             }
-            local.clear();
-            local.resize(len, 0u32);
-            staged.clear();
-            staged.resize(len, Entry::default());
-            // The bucket's values in order, for the quantiles: half the bytes of its keys.
-            sorted.clear();
-            if wanted == Wanted::Quantiles {
-                sorted.resize(len, 0.0);
-            }
+            // Each model's keys in order (`own[local_first[k]..]`): the one table the scan
+            // scatters to, four bytes a key; the entries are gathered from it model by model.
+            let own = sized(own, len);
             let mut local_cursor = local_first.clone();
             let (mut run_start, mut before) = (0u32, u64::MAX);
-            for (i, (&key, &run_end)) in keys.iter().zip(run_ends.iter()).enumerate() {
+            for (i, (run, &key)) in runs.iter_mut().zip(keys.iter()).enumerate() {
                 let upper = key >> 32;
                 run_start = if upper == before { run_start } else { i as u32 };
                 before = upper;
-                let value = trim::from_order_bits(upper as u32);
-                let pos = (start + i) as u32;
+                run[0] = run_start;
                 let k = (key & 0xFFFF_FFFF) as usize;
-                let at = local_cursor[k];
-                staged[at] = Entry {
-                    value,
-                    lt: start as u32 + run_start,
-                    le: start as u32 + run_end,
-                };
-                local[at] = pos;
-                local_cursor[k] = at + 1;
-                match wanted {
+                own[local_cursor[k]] = i as u32;
+                local_cursor[k] += 1;
+                if wanted == Wanted::Pool {
                     // SAFETY: the buckets partition the pool, so each position is written once.
-                    Wanted::Pool => unsafe { values_out.write(pos as usize, value) },
-                    Wanted::Quantiles => sorted[i] = value,
+                    unsafe { values_out.write(start + i, trim::from_order_bits(upper as u32)) }
                 }
             }
             for k in 0..models {
-                let own = &staged[local_first[k]..local_first[k + 1]];
+                let own = &own[local_first[k]..local_first[k + 1]];
+                let staged = sized(staged, own.len());
+                for (entry, &i) in staged.iter_mut().zip(own) {
+                    let [run_start, run_end] = runs[i as usize];
+                    *entry = Entry {
+                        value: trim::from_order_bits((keys[i as usize] >> 32) as u32),
+                        lt: (start + run_start as usize) as u32,
+                        le: (start + run_end as usize) as u32,
+                    };
+                }
                 // SAFETY: the buckets' cursors partition each model's `offsets` range (counted
                 // above), so no other task writes these entries.
-                unsafe { write_streaming(entry_out.offset(first[k]), own) }
+                unsafe { write_streaming(entry_out.offset(first[k]), staged) }
             }
             store_fence();
             for k in 0..models {
-                let own = &local[local_first[k]..local_first[k + 1]];
+                let own = &own[local_first[k]..local_first[k + 1]];
                 match wanted {
                     Wanted::Pool => {
-                        for (i, &pos) in own.iter().enumerate() {
+                        for (t, &i) in own.iter().enumerate() {
                             // SAFETY: as for the entries.
-                            unsafe { positions_out.write(first[k] + i, pos) }
+                            unsafe {
+                                positions_out.write(first[k] + t, (start + i as usize) as u32)
+                            }
                         }
                     }
                     Wanted::Quantiles => {
@@ -500,13 +528,14 @@ fn entries_and_pool(
                         // A copy in a register: the walk's stores cannot then make it reload
                         // the map and the offset at every quantile.
                         let quantiles_out = values_out.offset(offsets[k]);
+                        let refs_before = start - own_before;
                         quantiles_in_bucket(
                             n,
                             total - n,
-                            own_before,
+                            refs_before,
                             own,
-                            start,
-                            sorted,
+                            keys,
+                            following,
                             |i, v| {
                                 // SAFETY: each model's quantile indices are cut into the buckets by
                                 // the reference points before each (see `quantiles_in_bucket`):
@@ -529,16 +558,15 @@ fn entries_and_pool(
 }
 
 /// The reference quantiles `G⁻¹(i/n)` of one model (`n` own points, `m` reference points) that
-/// lie in a bucket of the sorted pool: the values `sorted`, starting at pool position `start`,
-/// in which the model has its points at the positions `own` and `own_before` points before it.
-/// Calls `write(i − 1, G⁻¹(i/n))` once for each, the values [`trim::pool_quantiles_without`]
-/// gives.
+/// lie in a bucket of the sorted pool: the values of the bucket's sorted `keys` (upper 32 bits,
+/// as in [`sort_by_value`]), among which the model has its points at the indices `own`, with
+/// `refs_before` reference points in the buckets before. Calls `write(i − 1, G⁻¹(i/n))` once
+/// for each, the values [`trim::pool_quantiles_without`] gives.
 ///
 /// The quantile `G⁻¹(i/n)` is the reference's `j = ⌈i·m/n⌉`-th point; the bucket holds the
-/// reference points `R₀ < j ≤ R₁` (`R₀ = start − own_before`), so its quantiles are
+/// reference points `R₀ < j ≤ R₁` (`R₀` = `refs_before`), so its quantiles are
 /// `⌊R₀·n/m⌋ < i ≤ ⌊R₁·n/m⌋`, the buckets share the `i` out without overlap, and within the
-/// bucket the `j`-th reference point sits at `j − 1` plus the own points before it, as in the
-/// whole pool. An own point with `g` reference points before it precedes the `j`-th exactly when
+/// bucket the `j`-th reference point sits at `j − 1 − R₀` plus the own points before it. An own point with `g` reference points before it precedes the `j`-th exactly when
 /// `g < j`, that is for the quantiles `i > ⌊g·n/m⌋`: each own point is noted in the slot of
 /// its first following quantile, and the quantiles then carry the count forward as they go. Neither
 /// loop branches on the data or waits on a load of the other (a merge of the quantiles with the
@@ -546,33 +574,26 @@ fn entries_and_pool(
 fn quantiles_in_bucket(
     n: usize,
     m: usize,
-    own_before: usize,
+    refs_before: usize,
     own: &[u32],
-    start: usize,
-    sorted: &[f32],
+    keys: &[u64],
+    following: &mut Vec<u32>,
     mut write: impl FnMut(usize, f32),
 ) {
     /// Quantiles counted per pass: a few cache lines of counts to clear.
     const SLOTS: usize = 64;
     let (n64, m64) = (n as u64, m as u64);
-    let ratio = n as f64 / m as f64;
-    // ⌊g·n/m⌋ for `g ≤ m`: the product in f64 is off by at most one (it is below n < 2³²), and
-    // the exact remainder says which way.
-    let quantiles_before = |g: usize| -> u64 {
-        let g = g as u64;
-        let guess = (g as f64 * ratio) as u64;
-        let remainder = (g * n64).wrapping_sub(guess * m64) as i64;
-        guess - u64::from(remainder < 0) + u64::from(remainder >= m64 as i64)
-    };
-    let refs_before = start - own_before;
-    let refs_to_end = refs_before + sorted.len() - own.len();
+    let quantiles_before = QuantilesBefore::new(n, m);
+    let refs_to_end = refs_before + keys.len() - own.len();
     let (mut i, last) = (
-        quantiles_before(refs_before) + 1,
-        quantiles_before(refs_to_end).min(n64),
+        quantiles_before.of(refs_before) + 1,
+        quantiles_before.of(refs_to_end).min(n64),
     );
     if i > last {
         return;
     }
+    let following = sized(following, own.len());
+    quantiles_before.first_following(refs_before, own, following);
     // `i·m = q·n + r`, stepped by `m` without dividing (a division per quantile cost as much
     // as the rest of the walk).
     let (step_q, step_r) = (m64 / n64, m64 % n64);
@@ -587,8 +608,8 @@ fn quantiles_in_bucket(
         passed[..slots].fill(0);
         // The own points whose first following quantile is one of these (they come in order:
         // the first left over belongs to a later pass).
-        for (t, &p) in own.iter().enumerate().skip(counted) {
-            let slot = (quantiles_before(p as usize - own_before - t) + 1 - i) as usize;
+        for (t, &first) in following.iter().enumerate().skip(counted) {
+            let slot = (u64::from(first) - i) as usize;
             if slot >= slots {
                 break;
             }
@@ -598,16 +619,100 @@ fn quantiles_in_bucket(
         for &passed in &passed[..slots] {
             own_passed = own_passed.max(passed);
             let j = (q + u64::from(r > 0)) as usize;
-            write(
-                i as usize - 1,
-                sorted[j - 1 + own_before + own_passed - start],
-            );
+            let key = keys[j - 1 - refs_before + own_passed];
+            write(i as usize - 1, trim::from_order_bits((key >> 32) as u32));
             i += 1;
             (q, r) = (q + step_q, r + step_r);
             if r >= n64 {
                 (q, r) = (q + 1, r - n64);
             }
         }
+    }
+}
+
+/// `⌊g·n/m⌋` for counts `g ≤ m` (`n`, `m` below 2³²): how many of a model's `n` reference
+/// quantiles come at or before its `g`-th reference point (see [`quantiles_in_bucket`]).
+#[derive(Clone, Copy)]
+struct QuantilesBefore {
+    n: u64,
+    m: u64,
+    ratio: f64,
+    /// Whether `g·n + m` stays below 2⁵², so that every product and difference below is exact in
+    /// f64 and the whole computation vectorises.
+    in_f64: bool,
+}
+
+impl QuantilesBefore {
+    fn new(n: usize, m: usize) -> Self {
+        QuantilesBefore {
+            n: n as u64,
+            m: m as u64,
+            ratio: n as f64 / m as f64,
+            in_f64: m as f64 * (n as f64 + 1.0) < (1u64 << 52) as f64,
+        }
+    }
+
+    /// One: the product in f64 is off by at most one (it is below n < 2³²), and the exact
+    /// remainder says which way.
+    fn of(self, g: usize) -> u64 {
+        let g = g as u64;
+        let guess = (g as f64 * self.ratio) as u64;
+        let remainder = (g * self.n).wrapping_sub(guess * self.m) as i64;
+        guess - u64::from(remainder < 0) + u64::from(remainder >= self.m as i64)
+    }
+
+    /// `out[t] = ⌊g·n/m⌋ + 1` for the own point `t` at index `own[t]` of a bucket that has
+    /// `refs_before` reference points before it (`g = refs_before + own[t] − t`): the first
+    /// quantile it precedes. Several points per instruction where the products are exact in f64.
+    fn first_following(self, refs_before: usize, own: &[u32], out: &mut [u32]) {
+        if self.in_f64 {
+            // `refs_before < 2³²` as every count here (positions are `u32`).
+            first_following_wide(
+                refs_before as u32,
+                own,
+                self.n as f64,
+                self.m as f64,
+                self.ratio,
+                out,
+            );
+        } else {
+            for (t, (out, &p)) in out.iter_mut().zip(own).enumerate() {
+                *out = (self.of(refs_before + p as usize - t) + 1) as u32;
+            }
+        }
+    }
+}
+
+with_wide_simd! {
+    /// [`QuantilesBefore::first_following`] in f64, as wide as the CPU allows.
+    avx512 fn first_following_wide => first_following_f64(
+        refs_before: u32,
+        own: &[u32],
+        n: f64,
+        m: f64,
+        ratio: f64,
+        out: &mut [u32]
+    )
+}
+
+/// [`QuantilesBefore::of`] in f64 (exact while `g·n + m < 2⁵²`): the guess `⌊g·n/m⌋` off by
+/// at most one, corrected by the remainder's sign, for each own point.
+#[inline(always)]
+fn first_following_f64(refs_before: u32, own: &[u32], n: f64, m: f64, ratio: f64, out: &mut [u32]) {
+    for (t, (out, &p)) in out.iter_mut().zip(own).enumerate() {
+        // `g ≤ m < 2³²`: the wrapping sum and difference are exact.
+        let g = f64::from(refs_before.wrapping_add(p).wrapping_sub(t as u32));
+        let guess = (g * ratio).floor();
+        let remainder = g * n - guess * m;
+        let below = if remainder < 0.0 {
+            guess - 1.0
+        } else if remainder >= m {
+            guess + 1.0
+        } else {
+            guess
+        };
+        // SAFETY: `0 ≤ below ≤ n < 2³²`, an integer (the checked `as` does not vectorise).
+        *out = unsafe { below.to_int_unchecked::<u32>() } + 1;
     }
 }
 
@@ -737,41 +842,40 @@ fn store_fence() {
     }
 }
 
-/// Stable LSD radix sort of `keys` by their upper 32 bits (the value's order bits), on only
-/// the bits between the smallest and largest value, in digits of at most [`MAX_DIGIT_BITS`]
-/// (`scratch` is its buffer); a digit every key shares is skipped.
-fn sort_by_value(keys: &mut [u64], scratch: &mut Vec<u64>) {
-    let values = || keys.iter().map(|&k| k >> 32);
-    let (Some(lo), Some(hi)) = (values().min(), values().max()) else {
-        return;
-    };
-    let bits = u64::BITS - (hi - lo).leading_zeros();
+/// Stable LSD radix sort of `keys` by their upper 32 bits (the value's order bits, all within
+/// `lo..=hi`), on only the bits between `lo` and `hi`, in digits of at most [`MAX_DIGIT_BITS`]
+/// (`scratch`, as long as `keys`, is its buffer); a digit every key shares is skipped. Every
+/// pass's digit counts come from one read of the keys.
+fn sort_by_value(keys: &mut [u64], scratch: &mut [u64], lo: u32, hi: u32) {
+    let bits = u32::BITS - (hi - lo).leading_zeros();
     if bits == 0 {
         return;
     }
     let passes = bits.div_ceil(MAX_DIGIT_BITS);
     let digit_bits = bits.div_ceil(passes);
-    let mask = (1usize << digit_bits) - 1;
-    scratch.clear();
-    scratch.resize(keys.len(), 0);
-    let mut counts = vec![0usize; mask + 1];
-    let (mut from, mut to) = (&mut *keys, scratch.as_mut_slice());
+    let radix = 1usize << digit_bits;
+    let digit = |k: u64, shift: u32| ((((k >> 32) as u32 - lo) >> shift) as usize) & (radix - 1);
+    let mut counts = [0u32; 3 << MAX_DIGIT_BITS];
+    let counts = &mut counts[..passes as usize * radix];
+    match passes {
+        1 => count_digits::<1>(keys, counts, radix, digit_bits, digit),
+        2 => count_digits::<2>(keys, counts, radix, digit_bits, digit),
+        _ => count_digits::<3>(keys, counts, radix, digit_bits, digit),
+    }
+    let (mut from, mut to) = (&mut *keys, &mut *scratch);
     let mut in_scratch = false;
-    for pass in 0..passes {
-        let shift = pass * digit_bits;
-        let digit = |k: u64| (((k >> 32) - lo) >> shift) as usize & mask;
-        counts.fill(0);
-        from.iter().for_each(|&k| counts[digit(k)] += 1);
-        if counts.contains(&from.len()) {
+    for (pass, counts) in counts.chunks_exact_mut(radix).enumerate() {
+        if counts.contains(&(from.len() as u32)) {
             continue;
         }
+        let shift = pass as u32 * digit_bits;
         let mut at = 0;
         for c in counts.iter_mut() {
             (*c, at) = (at, at + *c);
         }
         for &k in from.iter() {
-            let d = digit(k);
-            to[counts[d]] = k;
+            let d = digit(k, shift);
+            to[counts[d] as usize] = k;
             counts[d] += 1;
         }
         std::mem::swap(&mut from, &mut to);
@@ -779,6 +883,23 @@ fn sort_by_value(keys: &mut [u64], scratch: &mut Vec<u64>) {
     }
     if in_scratch {
         keys.copy_from_slice(scratch);
+    }
+}
+
+/// The counts of each of `PASSES` digits of `keys` (`radix` counters a pass, pass `p` the digit
+/// at `p · digit_bits`), in one read of the keys.
+#[inline(always)]
+fn count_digits<const PASSES: usize>(
+    keys: &[u64],
+    counts: &mut [u32],
+    radix: usize,
+    digit_bits: u32,
+    digit: impl Fn(u64, u32) -> usize,
+) {
+    for &k in keys {
+        for pass in 0..PASSES {
+            counts[pass * radix + digit(k, pass as u32 * digit_bits)] += 1;
+        }
     }
 }
 
@@ -940,11 +1061,45 @@ mod tests {
         check(&views, "61 tiny models");
     }
 
+    /// `⌊g·n/m⌋ + 1` against exact integers: model sizes where f64 is exact (up to its edge,
+    /// `m·(n + 1)` just under 2⁵²) and where it is not (the integer path), at reference counts
+    /// `g` from 0 to `m`, including the multiples of `m/n` where the floor steps (at `g = 22` of
+    /// `n = 15`, `m = 22` the f64 product falls just under 15).
+    #[test]
+    fn first_following_quantiles_are_exact() {
+        for (n, m) in [
+            (100_000u64, 99_900_000u64),
+            (7, 3),
+            (15, 22),
+            ((1 << 20) - 1, u32::MAX as u64),
+            (3_000_000_000, 4_000_000_000),
+        ] {
+            let before = QuantilesBefore::new(n as usize, m as usize);
+            let steps = (1..200).map(|i| i * m / 200);
+            let mut counts: Vec<u64> = [0, 1, m - 1, m].into_iter().chain(steps).collect();
+            counts.extend(counts.clone().iter().filter_map(|&g| g.checked_sub(1)));
+            counts.extend((1..50).map(|i| (i * m).div_ceil(n).min(m)));
+            counts.sort_unstable();
+            // Own point `t` at index `g − refs_before + t` has `g` reference points before it.
+            let refs_before = counts[0] as usize;
+            let own: Vec<u32> = counts
+                .iter()
+                .enumerate()
+                .map(|(t, &g)| (g as usize - refs_before + t) as u32)
+                .collect();
+            let mut got = vec![0u32; own.len()];
+            before.first_following(refs_before, &own, &mut got);
+            for (&g, &got) in counts.iter().zip(&got) {
+                let want = (u128::from(g) * u128::from(n) / u128::from(m)) as u32 + 1;
+                assert_eq!(got, want, "n {n}, m {m}, g {g}");
+            }
+        }
+    }
+
     /// The in-bucket sort against a stable sort, at sizes 0, 1, not a multiple of anything, with
     /// ties, one value only, and values spread over all 32 bits (three digits).
     #[test]
     fn sort_by_value_is_the_stable_order_by_value() {
-        let mut scratch = Vec::new();
         for samples in [
             ensemble(1, 1 << 40, 3),
             ensemble(1, 7, 4),
@@ -962,7 +1117,10 @@ mod tests {
                 .collect();
             let mut want = keys.clone();
             want.sort_unstable();
-            sort_by_value(&mut keys, &mut scratch);
+            let upper = || keys.iter().map(|&k| (k >> 32) as u32);
+            let (lo, hi) = (upper().min().unwrap_or(0), upper().max().unwrap_or(0));
+            let mut scratch = vec![0; keys.len()];
+            sort_by_value(&mut keys, &mut scratch, lo, hi);
             assert!(keys == want, "{} values", values.len());
         }
     }
