@@ -55,7 +55,7 @@ use rayon::prelude::*;
 
 use super::activation;
 use super::attention_panels;
-use super::common::{split_sequences, values, values_mut, with_wide_simd};
+use super::common::{sized, split_sequences, values, values_mut, with_wide_simd};
 use super::gemm_packed::{self, Microkernel, TileProgram};
 use crate::backend::{shapes, AttentionSpec, AttentionVariant, SeqLayout, Tensor};
 use crate::error::{Error, Result};
@@ -246,14 +246,6 @@ struct Scratch {
     /// Scores, then weights, in `MR`-query row panels over each panel's visible keys: panel
     /// `pi`, its key `t` (from the panel's first) at `pi·keys·MR + t·MR`.
     p: Vec<f32>,
-}
-
-/// `buffer[..len]`, grown (with zeros) if it is shorter.
-fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
-    }
-    &mut buffer[..len]
 }
 
 /// The queries `first_query..first_query + queries` of one sequence and the keys they see.

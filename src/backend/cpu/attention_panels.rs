@@ -29,6 +29,7 @@ use rayon::prelude::*;
 
 use super::activation;
 use super::attention::visible_keys;
+use super::common::sized;
 use super::gemm_packed::SharedOut;
 use crate::backend::{AttentionSpec, SeqLayout};
 
@@ -147,14 +148,6 @@ struct Scratch {
     v: Vec<f32>,
     /// One query panel's scores, then weights: `MR` rows of the task's keys rounded up to `NR`.
     s: Vec<f32>,
-}
-
-/// `buffer[..len]`, grown (with zeros) if it is shorter.
-fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
-    }
-    &mut buffer[..len]
 }
 
 /// [`Task::run`] on the AVX-512 kernels, compiled for AVX-512 throughout.

@@ -97,11 +97,10 @@ impl<T: bytemuck::Zeroable> ZeroedMap<T> {
 }
 
 /// Backs `maps` with pages now, every core taking its share: the kernel hands out and zeroes
-/// pages several times faster this way than at first touch inside the bucket pass, where each
-/// fault also evicts a page's worth of the bucket's data from the cache (the bucket phase went
-/// from 2.8 to 1.6 s with the populating counted, BENCHMARKS.md "2026-12-07"). Kernels without
-/// `MADV_POPULATE_WRITE` (before Linux 5.14) and other systems leave the pages to be faulted in
-/// as they are written, as before.
+/// pages faster this way than at first touch inside the bucket pass, where each fault also
+/// takes a page's worth of the bucket's data out of the cache (BENCHMARKS.md, 2026-12-07).
+/// Kernels without `MADV_POPULATE_WRITE` (before Linux 5.14) and other systems leave the pages
+/// to be faulted in as they are written, as before.
 fn populate(maps: &[&memmap2::MmapMut]) {
     /// Bytes per populate call: enough calls for every core, each a few thousand pages.
     const CHUNK: usize = 1 << 24;
