@@ -11,16 +11,8 @@ macro_rules! with_wide_simd {
         $(-> $ret:ty)?) => {
         $(#[$doc])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx512f") {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn widest($($arg: $ty),*) $(-> $ret)? {
-                    $portable($($arg),*)
-                }
-                // SAFETY: the CPU has AVX-512F (checked above).
-                return unsafe { widest($($arg),*) };
-            }
-            with_wide_simd!(@avx2 $portable($($arg: $ty),*) $(-> $ret)?);
+            with_wide_simd!(@try "avx512f" $portable($($arg: $ty),*) $(-> $ret)?);
+            with_wide_simd!(@try "avx2" $portable($($arg: $ty),*) $(-> $ret)?);
             $portable($($arg),*)
         }
     };
@@ -28,18 +20,19 @@ macro_rules! with_wide_simd {
         $(-> $ret:ty)?) => {
         $(#[$doc])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
-            with_wide_simd!(@avx2 $portable($($arg: $ty),*) $(-> $ret)?);
+            with_wide_simd!(@try "avx2" $portable($($arg: $ty),*) $(-> $ret)?);
             $portable($($arg),*)
         }
     };
-    (@avx2 $portable:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+    // Returns `$portable(args)` compiled with `$feature` where the CPU has it.
+    (@try $feature:tt $portable:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            #[target_feature(enable = "avx2")]
+        if std::is_x86_feature_detected!($feature) {
+            #[target_feature(enable = $feature)]
             unsafe fn wide($($arg: $ty),*) $(-> $ret)? {
                 $portable($($arg),*)
             }
-            // SAFETY: the CPU has AVX2 (checked above).
+            // SAFETY: the CPU has the feature (checked above).
             return unsafe { wide($($arg),*) };
         }
     };
