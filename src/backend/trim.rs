@@ -790,9 +790,10 @@ impl FirstPass {
 }
 
 with_wide_simd! {
-    /// Pushes into `scan` a block whose states leave α̂'s bounds and the largest draw-up as they are (most
-    /// blocks), reducing its KS maxima and lowest `G − F` in independent lanes rather than one
-    /// state after another; false, with nothing pushed, where some state may change them.
+    /// Pushes into `scan` a block whose states leave α̂'s bounds and the largest draw-up as they
+    /// are (most blocks), reducing its KS maxima and lowest `G − F` in independent lanes rather
+    /// than one state after another; false, with nothing pushed, where some state may change
+    /// them.
     /// Exact: maxima and minima do not depend on the order, and the checks are the ones
     /// [`FirstPass::push_each`] makes, with bounds that only grow. Compiled for AVX-512 or AVX2
     /// where the CPU has them (checked at run time): the same operations in wider registers,

@@ -19,7 +19,6 @@ use rayon::prelude::*;
 
 use super::common::sized;
 use crate::backend::simd::with_wide_simd;
-
 use crate::backend::trim::{self, OwnShares, Profile, QuantileW2, RankedPoints};
 use crate::backend::{TrimReference, TrimResult, TrimSpec};
 use crate::error::{Error, Result};
@@ -560,16 +559,18 @@ fn entries_and_pool(
 /// lie in a bucket of the sorted pool: the values of the bucket's sorted `keys` (upper 32 bits,
 /// as in [`sort_by_value`]), among which the model has its points at the indices `own`, with
 /// `refs_before` reference points in the buckets before. Calls `write(i − 1, G⁻¹(i/n))` once
-/// for each, the values [`trim::pool_quantiles_without`] gives.
+/// for each, the values [`trim::pool_quantiles_without`] gives (`following` is scratch).
 ///
 /// The quantile `G⁻¹(i/n)` is the reference's `j = ⌈i·m/n⌉`-th point; the bucket holds the
 /// reference points `R₀ < j ≤ R₁` (`R₀` = `refs_before`), so its quantiles are
 /// `⌊R₀·n/m⌋ < i ≤ ⌊R₁·n/m⌋`, the buckets share the `i` out without overlap, and within the
-/// bucket the `j`-th reference point sits at `j − 1 − R₀` plus the own points before it. An own point with `g` reference points before it precedes the `j`-th exactly when
-/// `g < j`, that is for the quantiles `i > ⌊g·n/m⌋`: each own point is noted in the slot of
-/// its first following quantile, and the quantiles then carry the count forward as they go. Neither
-/// loop branches on the data or waits on a load of the other (a merge of the quantiles with the
-/// own points, one step each, waited on its own load at every step).
+/// bucket the `j`-th reference point sits at `j − 1 − R₀` plus the own points before it. An own
+/// point with `g` reference points before it precedes the `j`-th exactly when `g < j`, that is
+/// for the quantiles `i > ⌊g·n/m⌋`: each own point is noted in the slot of its first following
+/// quantile ([`QuantilesBefore::first_following`], for all of them at once), and the quantiles
+/// then carry the count forward as they go. Neither loop branches on the data or waits on a
+/// load of the other (a merge of the quantiles with the own points, one step each, waited on
+/// its own load at every step).
 fn quantiles_in_bucket(
     n: usize,
     m: usize,
