@@ -244,7 +244,7 @@ impl Task<'_> {
     fn prefetch_next(&self, part: usize, parts: usize) {
         #[cfg(target_arch = "x86_64")]
         if let Some(next) = &self.next {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+            use std::arch::x86_64::_MM_HINT_T1;
             let width = self.spec.qkv_width();
             let share = |rows: &std::ops::Range<usize>| {
                 rows.start + part * rows.len() / parts..rows.start + (part + 1) * rows.len() / parts
@@ -255,19 +255,24 @@ impl Task<'_> {
                 (share(&next.keys), &next.v_cols),
             ] {
                 for t in rows {
-                    let values = &self.qkv[t * width + cols.start..t * width + cols.end];
-                    // Every 64-byte line the values touch, from the first one's.
-                    let first = values.as_ptr().cast::<u8>();
-                    let offset = first as usize % 64;
-                    for line in (0..offset + 4 * values.len()).step_by(64) {
-                        // SAFETY: a prefetch never faults; these lines hold `values`.
-                        unsafe {
-                            _mm_prefetch::<_MM_HINT_T1>(
-                                first.wrapping_sub(offset).wrapping_add(line).cast(),
-                            )
-                        };
-                    }
+                    prefetch_lines::<_MM_HINT_T1>(&self.qkv[t * width..][cols.clone()]);
                 }
+            }
+        }
+    }
+
+    /// Asks for head `h`'s output rows of the sequence's queries `rows` into L1 for writing, so
+    /// that the panel's `P·V` stores find their lines already owned (nothing off x86-64).
+    #[inline(always)]
+    fn prefetch_outputs(&self, rows: std::ops::Range<usize>, h: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (hd, out_width) = (self.spec.head_dim, self.spec.heads * self.spec.head_dim);
+            for i in rows {
+                let at = (self.row0 + i) * out_width + h * hd;
+                // SAFETY: this task alone writes its queries' columns of head `h`.
+                let values = unsafe { self.out.slice(at, hd) };
+                prefetch_lines::<{ std::arch::x86_64::_MM_HINT_ET0 }>(values);
             }
         }
     }
@@ -335,6 +340,7 @@ impl Task<'_> {
                 self.prefetch_next(panel, panels);
                 panel += 1;
                 let rows = (first + MR).min(queries.end) - first;
+                self.prefetch_outputs(first..first + rows, h);
                 // The panel's keys: its first query's first to its last query's end.
                 let lo = self.visible(first).0 - keys_first;
                 let hi = (self.visible(first + rows - 1).1 - keys_first).max(lo);
@@ -408,6 +414,20 @@ impl Task<'_> {
                 }
             }
         }
+    }
+}
+
+/// Asks for every 64-byte line `values` touch with `_mm_prefetch`'s hint `HINT`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_lines<const HINT: i32>(values: &[f32]) {
+    let first = values.as_ptr().cast::<i8>();
+    let offset = first as usize % 64;
+    for line in (0..offset + 4 * values.len()).step_by(64) {
+        // SAFETY: a prefetch never faults; these lines hold `values`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<HINT>(first.wrapping_sub(offset).wrapping_add(line))
+        };
     }
 }
 
