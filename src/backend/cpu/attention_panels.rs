@@ -83,8 +83,7 @@ pub(super) fn attention(qkv: &[f32], layout: &SeqLayout, spec: &AttentionSpec, o
     tasks::<6>(qkv, layout, spec, out, task_portable)
 }
 
-/// Splits the op into [`Task`]s (queries cut into runs of whole `MR`-query panels) and runs them
-/// on every thread with `run`.
+/// Splits the op into [`Task`]s and runs them on every thread with `run`.
 fn tasks<const MR: usize>(
     qkv: &[f32],
     layout: &SeqLayout,
@@ -95,10 +94,22 @@ fn tasks<const MR: usize>(
     if spec.heads * spec.head_dim == 0 {
         return;
     }
+    split::<MR>(qkv, layout, spec, SharedOut::new(out))
+        .into_par_iter()
+        .for_each_init(Scratch::default, |scratch, task| run(&task, scratch));
+}
+
+/// The op's [`Task`]s in order (queries cut into runs of whole `MR`-query panels), each naming
+/// the next one's [`Footprint`].
+fn split<'a, const MR: usize>(
+    qkv: &'a [f32],
+    layout: &SeqLayout,
+    spec: &'a AttentionSpec,
+    out: SharedOut,
+) -> Vec<Task<'a>> {
     let sequences = layout.num_sequences();
     let wanted = 4 * rayon::current_num_threads();
     let runs = wanted.div_ceil((sequences * spec.kv_heads).max(1));
-    let out = SharedOut::new(out);
     let mut tasks = Vec::new();
     for s in 0..sequences {
         let rows = layout.range(s);
@@ -128,8 +139,6 @@ fn tasks<const MR: usize>(
         tasks[i - 1].next = Some(tasks[i].footprint());
     }
     tasks
-        .into_par_iter()
-        .for_each_init(Scratch::default, |scratch, task| run(&task, scratch));
 }
 
 /// The `qkv` values a task reads: its queries' rows at its query heads' columns, its keys' rows
@@ -757,6 +766,64 @@ mod tests {
                 }
             }
         });
+    }
+
+    /// A task's [`Footprint`] holds every `qkv` value it reads: with every other value NaN, each
+    /// task writes exactly what it writes from the whole `qkv` (over sequences with and without
+    /// a partial panel, grouped heads, a causal window and, on two threads or more, tasks cut
+    /// into runs of queries).
+    #[test]
+    fn footprint_holds_what_a_task_reads() {
+        let layout = SeqLayout::from_lengths([1, 70, 9, 131]);
+        let tokens = layout.num_tokens();
+        let specs = [
+            AttentionSpec {
+                kv_heads: 2,
+                ..AttentionSpec::bidirectional(4, 33)
+            },
+            AttentionSpec {
+                kv_heads: 1,
+                causal: true,
+                window: Some(50),
+                ..AttentionSpec::bidirectional(3, 20)
+            },
+        ];
+        for spec in specs {
+            let qkv: Vec<f32> = (0..tokens * spec.qkv_width())
+                .map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            let out_len = tokens * spec.heads * spec.head_dim;
+            let mut want = vec![f32::NAN; out_len];
+            let count = split::<6>(&qkv, &layout, &spec, SharedOut::new(&mut want)).len();
+            for task in split::<6>(&qkv, &layout, &spec, SharedOut::new(&mut want)) {
+                task_portable(&task, &mut Scratch::default());
+            }
+            for i in 0..count {
+                let reads =
+                    split::<6>(&qkv, &layout, &spec, SharedOut::new(&mut []))[i].footprint();
+                let width = spec.qkv_width();
+                let mut poisoned = vec![f32::NAN; qkv.len()];
+                for (rows, cols) in [
+                    (&reads.queries, &reads.q_cols),
+                    (&reads.keys, &reads.k_cols),
+                    (&reads.keys, &reads.v_cols),
+                ] {
+                    for t in rows.clone() {
+                        let at = t * width + cols.start..t * width + cols.end;
+                        poisoned[at.clone()].copy_from_slice(&qkv[at]);
+                    }
+                }
+                let mut got = want.clone();
+                let task =
+                    split::<6>(&poisoned, &layout, &spec, SharedOut::new(&mut got)).swap_remove(i);
+                task_portable(&task, &mut Scratch::default());
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(g, w)| g.to_bits() == w.to_bits());
+                assert!(same, "{spec:?}: task {i} read past its footprint");
+            }
+        }
     }
 
     /// The AVX-512 packing of `Kᵀ` (16 × 16 blocks transposed in registers, the rest one by one)
