@@ -270,8 +270,9 @@ impl Task<'_> {
         }
     }
 
-    /// Asks for head `h`'s output rows of the sequence's queries `rows` into L1 for writing, so
-    /// that the panel's `P·V` stores find their lines already owned (nothing off x86-64).
+    /// Asks for head `h`'s output rows of the sequence's queries `rows` into L1, so that the
+    /// panel's `P·V` stores find their lines there (read by no other core, they arrive
+    /// exclusive) instead of each waiting for its line's read (nothing off x86-64).
     #[inline(always)]
     fn prefetch_outputs(&self, rows: std::ops::Range<usize>, h: usize) {
         #[cfg(target_arch = "x86_64")]
@@ -281,7 +282,7 @@ impl Task<'_> {
                 let at = (self.row0 + i) * out_width + h * hd;
                 // SAFETY: this task alone writes its queries' columns of head `h`.
                 let values = unsafe { self.out.slice(at, hd) };
-                prefetch_lines::<{ std::arch::x86_64::_MM_HINT_ET0 }>(values);
+                prefetch_lines::<{ std::arch::x86_64::_MM_HINT_T0 }>(values);
             }
         }
     }
