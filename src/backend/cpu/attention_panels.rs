@@ -17,6 +17,11 @@
 //! 3. `O = P·V / Σ` on the same microkernel, `P`'s rows read where they are, the division applied
 //!    to the output tile (head_dim values a row) as it is stored.
 //!
+//! While it computes, a task asks for the next task's `qkv` rows into L2, a share at each query
+//! panel, and each panel for its output rows into L1 before its products: rows a whole `qkv` row
+//! apart are beyond the hardware prefetchers, and on main the first key block of every panel
+//! waited for its queries' lines from L3 or memory (BENCHMARKS.md, "branch h32a").
+//!
 //! The `MR` rows of scores (4 KiB at 128 keys, 16 KiB at 512) stay in L1 from their product to
 //! their use; the packed `K` and `V` (32 KiB for a 128-token MiniLM head) in L1 or L2 for every
 //! panel of every query head of the group. Against the two other CPU kernels
@@ -161,8 +166,9 @@ struct Task<'a> {
     len: usize,
     kv: usize,
     queries: std::ops::Range<usize>,
-    /// What the task after it reads: asked for into L2 while this one computes, since `qkv`
-    /// rows 4–5 KB apart are too far apart for the hardware prefetchers to follow.
+    /// What the task after it reads: asked for into L2 while this one computes, since its rows,
+    /// a whole `qkv` row apart (4.5 KB for MiniLM), are too far apart for the hardware
+    /// prefetchers to follow.
     next: Option<Footprint>,
 }
 
@@ -233,6 +239,7 @@ impl Task<'_> {
         visible_keys(self.spec, i, self.len)
     }
 
+    /// What this task reads.
     fn footprint(&self) -> Footprint {
         let spec = self.spec;
         let (hd, heads, kv_heads) = (spec.head_dim, spec.heads, spec.kv_heads);
@@ -433,7 +440,7 @@ impl Task<'_> {
 fn prefetch_lines<const HINT: i32>(values: &[f32]) {
     let first = values.as_ptr().cast::<i8>();
     let offset = first as usize % 64;
-    for line in (0..offset + 4 * values.len()).step_by(64) {
+    for line in (0..offset + std::mem::size_of_val(values)).step_by(64) {
         // SAFETY: a prefetch never faults; these lines hold `values`.
         unsafe {
             std::arch::x86_64::_mm_prefetch::<HINT>(first.wrapping_sub(offset).wrapping_add(line))
