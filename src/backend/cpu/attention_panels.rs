@@ -19,8 +19,8 @@
 //!
 //! While it computes, a task asks for the next task's `qkv` rows into L2, a share at each query
 //! panel, and each panel for its output rows into L1 before its products: rows a whole `qkv` row
-//! apart are beyond the hardware prefetchers, and on main the first key block of every panel
-//! waited for its queries' lines from L3 or memory (BENCHMARKS.md, "branch h32a").
+//! apart are beyond the hardware prefetchers, and without these requests the first key block of
+//! every panel waited for its queries' lines from L3 or memory (BENCHMARKS.md, "branch h32a").
 //!
 //! The `MR` rows of scores (4 KiB at 128 keys, 16 KiB at 512) stay in L1 from their product to
 //! their use; the packed `K` and `V` (32 KiB for a 128-token MiniLM head) in L1 or L2 for every
