@@ -17,6 +17,11 @@
 //! 3. `O = P·V / Σ` on the same microkernel, `P`'s rows read where they are, the division applied
 //!    to the output tile (head_dim values a row) as it is stored.
 //!
+//! While it computes, a task asks for the next task's `qkv` rows into L2, a share at each query
+//! panel, and each panel for its output rows into L1 before its products: rows a whole `qkv` row
+//! apart are beyond the hardware prefetchers, and without these requests the first key block of
+//! every panel waited for its queries' lines from L3 or memory (BENCHMARKS.md, "branch h32a").
+//!
 //! The `MR` rows of scores (4 KiB at 128 keys, 16 KiB at 512) stay in L1 from their product to
 //! their use; the packed `K` and `V` (32 KiB for a 128-token MiniLM head) in L1 or L2 for every
 //! panel of every query head of the group. Against the two other CPU kernels
@@ -84,8 +89,7 @@ pub(super) fn attention(qkv: &[f32], layout: &SeqLayout, spec: &AttentionSpec, o
     tasks::<6>(qkv, layout, spec, out, task_portable)
 }
 
-/// Splits the op into [`Task`]s (queries cut into runs of whole `MR`-query panels) and runs them
-/// on every thread with `run`.
+/// Splits the op into [`Task`]s and runs them on every thread with `run`.
 fn tasks<const MR: usize>(
     qkv: &[f32],
     layout: &SeqLayout,
@@ -96,10 +100,22 @@ fn tasks<const MR: usize>(
     if spec.heads * spec.head_dim == 0 {
         return;
     }
+    split::<MR>(qkv, layout, spec, SharedOut::new(out))
+        .into_par_iter()
+        .for_each_init(Scratch::default, |scratch, task| run(&task, scratch));
+}
+
+/// The op's [`Task`]s in order (queries cut into runs of whole `MR`-query panels), each naming
+/// the next one's [`Footprint`].
+fn split<'a, const MR: usize>(
+    qkv: &'a [f32],
+    layout: &SeqLayout,
+    spec: &'a AttentionSpec,
+    out: SharedOut,
+) -> Vec<Task<'a>> {
     let sequences = layout.num_sequences();
     let wanted = 4 * rayon::current_num_threads();
     let runs = wanted.div_ceil((sequences * spec.kv_heads).max(1));
-    let out = SharedOut::new(out);
     let mut tasks = Vec::new();
     for s in 0..sequences {
         let rows = layout.range(s);
@@ -118,13 +134,27 @@ fn tasks<const MR: usize>(
                     len: rows.len(),
                     kv,
                     queries: first..(first + per_run).min(rows.len()),
+                    next: None,
                 });
             }
         }
     }
+    // A thread runs a contiguous run of tasks in order, so each task asks for the next one's
+    // rows while it computes (a task on another thread only wastes the requests).
+    for i in 1..tasks.len() {
+        tasks[i - 1].next = Some(tasks[i].footprint());
+    }
     tasks
-        .into_par_iter()
-        .for_each_init(Scratch::default, |scratch, task| run(&task, scratch));
+}
+
+/// The `qkv` values a task reads: its queries' rows at its query heads' columns, its keys' rows
+/// at its key and value head's.
+struct Footprint {
+    queries: std::ops::Range<usize>,
+    keys: std::ops::Range<usize>,
+    q_cols: std::ops::Range<usize>,
+    k_cols: std::ops::Range<usize>,
+    v_cols: std::ops::Range<usize>,
 }
 
 /// The queries `queries` of one sequence (`len` tokens from row `row0` of `qkv`) for every query
@@ -137,6 +167,10 @@ struct Task<'a> {
     len: usize,
     kv: usize,
     queries: std::ops::Range<usize>,
+    /// What the task after it reads: asked for into L2 while this one computes, since its rows,
+    /// a whole `qkv` row apart (4.5 KB for MiniLM), are too far apart for the hardware
+    /// prefetchers to follow.
+    next: Option<Footprint>,
 }
 
 /// A worker's buffers, grown to the largest task it has run (only ever grown, never cleared).
@@ -198,6 +232,61 @@ impl Task<'_> {
         visible_keys(self.spec, i, self.len)
     }
 
+    /// What this task reads.
+    fn footprint(&self) -> Footprint {
+        let spec = self.spec;
+        let (hd, heads, kv_heads) = (spec.head_dim, spec.heads, spec.kv_heads);
+        let group = heads / kv_heads;
+        let keys = self.visible(self.queries.start).0..self.visible(self.queries.end - 1).1;
+        let (k_col, v_col) = ((heads + self.kv) * hd, (heads + kv_heads + self.kv) * hd);
+        Footprint {
+            queries: self.row0 + self.queries.start..self.row0 + self.queries.end,
+            keys: self.row0 + keys.start..self.row0 + keys.end.max(keys.start),
+            q_cols: self.kv * group * hd..(self.kv + 1) * group * hd,
+            k_cols: k_col..k_col + hd,
+            v_cols: v_col..v_col + hd,
+        }
+    }
+
+    /// Asks for part `part` of `parts` of the next task's rows into L2 (nothing off x86-64).
+    #[inline(always)]
+    fn prefetch_next(&self, part: usize, parts: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(next) = &self.next {
+            use std::arch::x86_64::_MM_HINT_T1;
+            let width = self.spec.qkv_width();
+            let share = |rows: &std::ops::Range<usize>| {
+                rows.start + part * rows.len() / parts..rows.start + (part + 1) * rows.len() / parts
+            };
+            for (rows, cols) in [
+                (share(&next.queries), &next.q_cols),
+                (share(&next.keys), &next.k_cols),
+                (share(&next.keys), &next.v_cols),
+            ] {
+                for t in rows {
+                    prefetch_lines::<_MM_HINT_T1>(&self.qkv[t * width..][cols.clone()]);
+                }
+            }
+        }
+    }
+
+    /// Asks for head `h`'s output rows of the sequence's queries `rows` into L1, so that the
+    /// panel's `P·V` stores find their lines there (read by no other core, they arrive
+    /// exclusive) instead of each waiting for its line's read (nothing off x86-64).
+    #[inline(always)]
+    fn prefetch_outputs(&self, rows: std::ops::Range<usize>, h: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (hd, out_width) = (self.spec.head_dim, self.spec.heads * self.spec.head_dim);
+            for i in rows {
+                let at = (self.row0 + i) * out_width + h * hd;
+                // SAFETY: this task alone writes its queries' columns of head `h`.
+                let values = unsafe { self.out.slice(at, hd) };
+                prefetch_lines::<{ std::arch::x86_64::_MM_HINT_T0 }>(values);
+            }
+        }
+    }
+
     #[inline(always)]
     fn run<const MR: usize, const NR: usize>(
         &self,
@@ -254,9 +343,14 @@ impl Task<'_> {
         let score_scales = [spec.scale; MR];
         // Where the output rows of a panel's padding rows go (their weights are 0).
         let mut spill = [0.0f32; NR];
+        let panels = group * queries.len().div_ceil(MR);
+        let mut panel = 0;
         for h in self.kv * group..(self.kv + 1) * group {
             for first in queries.clone().step_by(MR) {
+                self.prefetch_next(panel, panels);
+                panel += 1;
                 let rows = (first + MR).min(queries.end) - first;
+                self.prefetch_outputs(first..first + rows, h);
                 // The panel's keys: its first query's first to its last query's end.
                 let lo = self.visible(first).0 - keys_first;
                 let hi = (self.visible(first + rows - 1).1 - keys_first).max(lo);
@@ -330,6 +424,20 @@ impl Task<'_> {
                 }
             }
         }
+    }
+}
+
+/// Asks for every 64-byte line `values` touch with `_mm_prefetch`'s hint `HINT`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_lines<const HINT: i32>(values: &[f32]) {
+    let first = values.as_ptr().cast::<i8>();
+    let offset = first as usize % 64;
+    for line in (0..offset + std::mem::size_of_val(values)).step_by(64) {
+        // SAFETY: a prefetch never faults; these lines hold `values`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<HINT>(first.wrapping_sub(offset).wrapping_add(line))
+        };
     }
 }
 
@@ -659,6 +767,64 @@ mod tests {
                 }
             }
         });
+    }
+
+    /// A task's [`Footprint`] holds every `qkv` value it reads: with every other value NaN, each
+    /// task writes exactly what it writes from the whole `qkv` (over sequences with and without
+    /// a partial panel, grouped heads, a causal window and, on two threads or more, tasks cut
+    /// into runs of queries).
+    #[test]
+    fn footprint_holds_what_a_task_reads() {
+        let layout = SeqLayout::from_lengths([1, 70, 9, 131]);
+        let tokens = layout.num_tokens();
+        let specs = [
+            AttentionSpec {
+                kv_heads: 2,
+                ..AttentionSpec::bidirectional(4, 33)
+            },
+            AttentionSpec {
+                kv_heads: 1,
+                causal: true,
+                window: Some(50),
+                ..AttentionSpec::bidirectional(3, 20)
+            },
+        ];
+        for spec in specs {
+            let qkv: Vec<f32> = (0..tokens * spec.qkv_width())
+                .map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            let out_len = tokens * spec.heads * spec.head_dim;
+            let mut want = vec![f32::NAN; out_len];
+            let count = split::<6>(&qkv, &layout, &spec, SharedOut::new(&mut want)).len();
+            for task in split::<6>(&qkv, &layout, &spec, SharedOut::new(&mut want)) {
+                task_portable(&task, &mut Scratch::default());
+            }
+            for i in 0..count {
+                let reads =
+                    split::<6>(&qkv, &layout, &spec, SharedOut::new(&mut []))[i].footprint();
+                let width = spec.qkv_width();
+                let mut poisoned = vec![f32::NAN; qkv.len()];
+                for (rows, cols) in [
+                    (&reads.queries, &reads.q_cols),
+                    (&reads.keys, &reads.k_cols),
+                    (&reads.keys, &reads.v_cols),
+                ] {
+                    for t in rows.clone() {
+                        let at = t * width + cols.start..t * width + cols.end;
+                        poisoned[at.clone()].copy_from_slice(&qkv[at]);
+                    }
+                }
+                let mut got = want.clone();
+                let task =
+                    split::<6>(&poisoned, &layout, &spec, SharedOut::new(&mut got)).swap_remove(i);
+                task_portable(&task, &mut Scratch::default());
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(g, w)| g.to_bits() == w.to_bits());
+                assert!(same, "{spec:?}: task {i} read past its footprint");
+            }
+        }
     }
 
     /// The AVX-512 packing of `Kᵀ` (16 × 16 blocks transposed in registers, the rest one by one)
