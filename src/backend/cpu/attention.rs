@@ -656,11 +656,11 @@ pub(super) mod tests {
 
     /// The kernel checks' packed sequences: lengths that fill no query block, query panel or key
     /// panel exactly.
-    const LENGTHS: [usize; 4] = [1, 70, 9, 131];
+    pub(in crate::backend::cpu) const LENGTHS: [usize; 4] = [1, 70, 9, 131];
 
     /// The kernel checks' masks and heads: a causal window, grouped heads, a head_dim above one
     /// `NR` panel (and not a multiple of one) and an empty window.
-    fn specs() -> [AttentionSpec; 3] {
+    pub(in crate::backend::cpu) fn specs() -> [AttentionSpec; 3] {
         [
             AttentionSpec {
                 kv_heads: 2,

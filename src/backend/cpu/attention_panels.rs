@@ -737,7 +737,7 @@ fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::attention::tests::check_kernels;
+    use crate::backend::cpu::attention::tests::{check_kernels, specs, LENGTHS};
 
     /// Every kernel pair this CPU runs (the integration tests reach only the widest) against the
     /// f64 reference of the packed kernel's checks.
@@ -770,26 +770,14 @@ mod tests {
     }
 
     /// A task's [`Footprint`] holds every `qkv` value it reads: with every other value NaN, each
-    /// task writes exactly what it writes from the whole `qkv` (over sequences with and without
-    /// a partial panel, grouped heads, a causal window and, on two threads or more, tasks cut
-    /// into runs of queries).
+    /// task writes exactly what it writes from the whole `qkv` (over the kernel checks' sequences
+    /// and masks: partial panels, grouped heads, a causal window, an empty one and, on two threads
+    /// or more, tasks cut into runs of queries).
     #[test]
     fn footprint_holds_what_a_task_reads() {
-        let layout = SeqLayout::from_lengths([1, 70, 9, 131]);
+        let layout = SeqLayout::from_lengths(LENGTHS);
         let tokens = layout.num_tokens();
-        let specs = [
-            AttentionSpec {
-                kv_heads: 2,
-                ..AttentionSpec::bidirectional(4, 33)
-            },
-            AttentionSpec {
-                kv_heads: 1,
-                causal: true,
-                window: Some(50),
-                ..AttentionSpec::bidirectional(3, 20)
-            },
-        ];
-        for spec in specs {
+        for spec in specs() {
             let qkv: Vec<f32> = (0..tokens * spec.qkv_width())
                 .map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0)
                 .collect();
