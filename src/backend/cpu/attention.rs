@@ -190,7 +190,7 @@ const LANES: usize = 48;
 
 with_wide_simd! {
     /// `lanes[i % LANES] ← max(lanes[i % LANES], values[i])`.
-    pub(super) fn lane_max => lane_max_portable(values: &[f32], lanes: &mut [f32; LANES])
+    fn lane_max => lane_max_portable(values: &[f32], lanes: &mut [f32; LANES])
 }
 
 #[inline(always)]
@@ -208,7 +208,7 @@ fn lane_max_portable(values: &[f32], lanes: &mut [f32; LANES]) {
 
 with_wide_simd! {
     /// `values[i] ← exp(values[i] − shift[i % LANES])`, summed into `sums[i % LANES]`.
-    pub(super) fn lane_exp => lane_exp_portable(
+    fn lane_exp => lane_exp_portable(
         values: &mut [f32],
         shift: &[f32; LANES],
         sums: &mut [f32; LANES]

@@ -81,7 +81,7 @@ fn binary_churn_portable(
 
 /// [`super::add_calibration`]: whole lanes of points in AVX-512 where the CPU has it (the
 /// compiler left alone vectorises [`add_lanes`] across the bins, with a gather and a scatter
-/// per bin), else as [`add_calibration_portable`]; the same bits either way.
+/// per bin), else as [`add_calibration_narrow`]; the same bits either way.
 pub(super) fn add_calibration_wide(sums: &mut MetricSums, confidences: &[f64], right: &[bool]) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512f") {
@@ -102,9 +102,21 @@ pub(super) fn add_calibration_wide(sums: &mut MetricSums, confidences: &[f64], r
         sums.right += right[..whole].iter().map(|&r| u64::from(r)).sum::<u64>();
         return add_calibration_portable(sums, &confidences[whole..], &right[whole..]);
     }
-    add_calibration_portable(sums, confidences, right)
+    add_calibration_narrow(sums, confidences, right)
 }
 
+with_wide_simd! {
+    /// [`add_calibration_portable`] compiled for AVX2 where the CPU has it: [`ece_bin`]'s
+    /// ceiling one `vroundpd` a lane (the baseline target has no rounding instruction, so
+    /// there it is a libm call a point).
+    fn add_calibration_narrow => add_calibration_portable(
+        sums: &mut MetricSums,
+        confidences: &[f64],
+        right: &[bool]
+    )
+}
+
+#[inline(always)]
 fn add_calibration_portable(sums: &mut MetricSums, confidences: &[f64], right: &[bool]) {
     assert_eq!(
         confidences.len(),
