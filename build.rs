@@ -32,18 +32,37 @@ fn files_with_extension(dir: &str, extension: &str) -> Vec<PathBuf> {
     files
 }
 
-/// Validates the shader and, where it has them, its f16-weight and subgroup builds.
+/// Validates the shader and, where it has them, its f16-weight and subgroup builds (and the f16
+/// build of the subgroup build). A `<family>_subgroup.wgsl` fragment is validated inside its
+/// family's subgroup build only.
 fn validate(path: &Path) -> Result<(), String> {
     let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    if stem.ends_with("_subgroup") {
+        return Ok(());
+    }
     let source = read(path)?;
     let name = path.display().to_string();
     validate_source(&source, &name)?;
     if let Some(f16) = shader_builds::f16_build(&source) {
         validate_source(&f16, &format!("{name} (f16 build)"))?;
     }
-    let reduction = read(&path.with_file_name("norm_subgroup.wgsl"))?;
-    if let Some(subgroups) = shader_builds::with_reduction(&source, &reduction) {
-        validate_source(&subgroups, &format!("{name} (subgroup build)"))?;
+    let fragment_path = path.with_file_name(format!("{stem}_subgroup.wgsl"));
+    if fragment_path.exists() {
+        let fragment = read(&fragment_path)?;
+        let build = shader_builds::subgroup_build(&source, &fragment).ok_or_else(|| {
+            format!(
+                "{name}: {} exists but the shader has no subgroup build markers",
+                fragment_path.display()
+            )
+        })?;
+        validate_source(&build, &format!("{name} (subgroup build)"))?;
+        if let Some(f16) = shader_builds::f16_build(&build) {
+            validate_source(&f16, &format!("{name} (f16 subgroup build)"))?;
+        }
     }
     Ok(())
 }

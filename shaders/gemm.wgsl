@@ -20,6 +20,12 @@
 //      lavapipe (MiniLM's 1317×384×1536: 1.6–3.1 s against 3.7–5.5 s, loaded 2-core machine).
 //   5. linear_tiled, f16 build — variant 2 on f16 weights, widened to f32 as they are loaded.
 //   6. linear_direct, f16 build — variant 3 on f16 weights.
+//  12. linear_subgroup (the subgroup build: gemm_subgroup.wgsl between the `subgroup build`
+//      markers at the end of this file) — 16 output rows per workgroup shared by all its
+//      invocations, their x values loaded once per subgroup and broadcast: for software
+//      adapters with subgroups, where each lane's own load is the cost (MiniLM's FFN-up, 256
+//      rows, on lavapipe: 98 ms against the direct kernel's 325 ms).
+//  13. linear_subgroup, f16 + subgroup build — variant 12 on f16 weights.
 // Beside them, gated_activation (the gated feed-forward's act(gate) ⊙ up) and activation_backward
 // (the backward family's dy ⊙ act'(pre), here beside the activations it differentiates), at the end
 // of the file.
@@ -149,6 +155,20 @@ const QUADS: u32 = 16u;  // TILE / 4: vec4 columns of a tile row
 var<workgroup> x_tile: array<vec4<f32>, 256>; // TILE_K * QUADS
 var<workgroup> w_tile: array<vec4<f32>, 256>;
 
+// The epilogue for output row `i` (< n) and column `j` (< m) of the bound weight rows.
+fn store_output(i: u32, j: u32, v: f32) {
+    let col = p.col0 + j;
+    var y = v;
+    if p.has_bias != 0u {
+        y += bias[col];
+    }
+    y = activate(y);
+    if p.has_residual != 0u {
+        y += residual[i * p.out_stride + col];
+    }
+    out[i * p.out_stride + col] = y;
+}
+
 // The epilogue for one output row `i` and the four columns from `j` of the bound weight rows.
 fn store_row(i: u32, j: u32, acc: vec4<f32>) {
     if i >= p.n {
@@ -156,16 +176,7 @@ fn store_row(i: u32, j: u32, acc: vec4<f32>) {
     }
     for (var c = 0u; c < 4u; c++) {
         if j + c < p.m {
-            let col = p.col0 + j + c;
-            var y = acc[c];
-            if p.has_bias != 0u {
-                y += bias[col];
-            }
-            y = activate(y);
-            if p.has_residual != 0u {
-                y += residual[i * p.out_stride + col];
-            }
-            out[i * p.out_stride + col] = y;
+            store_output(i, j + c, acc[c]);
         }
     }
 }
@@ -293,3 +304,7 @@ fn activation_backward(
     }
     out[i] = residual[i] * activation_derivative(x[i]);
 }
+
+// subgroup build begin: nothing in the plain builds; the subgroup build puts gemm_subgroup.wgsl
+// (variants 12 and 13) here.
+// subgroup build end

@@ -8,7 +8,7 @@
 //   2. l2_normalize — x / max(‖x‖₂, 1e-12).
 //   3. rms_norm     — source / √(mean(source²) + eps) · gamma.
 //   4–6. the same three in the subgroup build: norm_subgroup.wgsl's reduction replaces the
-//        shared-memory tree between the `reduction` markers below (src/backend/wgpu/
+//        shared-memory tree between the `subgroup build` markers below (src/backend/wgpu/
 //        shader_builds.rs), where the adapter offers wgpu's SUBGROUP feature.
 
 struct Params {
@@ -24,7 +24,7 @@ struct Params {
 // rms_norm only: the rows it normalises into `x` (an entry point binds one of beta and source).
 @group(0) @binding(3) var<storage, read> source: array<f32>;
 
-// reduction begin: the workgroup size, the invocation's built-ins, and `workgroup_sum`.
+// subgroup build begin: the workgroup size, the invocation's built-ins, and `workgroup_sum`.
 const WORKGROUP: u32 = 256u;
 
 struct Invocation {
@@ -49,7 +49,7 @@ fn workgroup_sum(t: Invocation, v: f32) -> f32 {
     workgroupBarrier();
     return total;
 }
-// reduction end
+// subgroup build end
 
 @compute @workgroup_size(256)
 fn layer_norm(

@@ -1,5 +1,5 @@
 // The subgroup reduction of norm.wgsl's kernels (variants 4–6): its subgroup build puts this
-// file in place of the shared-memory tree between its `reduction` markers. A separate build
+// file in place of the shared-memory tree between its `subgroup build` markers. A separate build
 // because a module that uses subgroup built-ins cannot be created on a device without the
 // feature.
 //

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::{absent, assert_fails_cleanly, current_test, report_skip, run_mscope, wgpu_with};
 use mscope::backend::wgpu::{WgpuBackend, WgpuOptions};
-use mscope::backend::Backend;
+use mscope::backend::{Backend, GemmVariant};
 use serde_json::Value;
 
 /// Runs `mscope bench --quick --repeat 1` with `args` and returns its JSON report, or `None`
@@ -224,8 +224,26 @@ fn cpu_pipeline_reports_throughput() {
 #[test]
 fn wgpu_runs_its_families_and_every_gemm_variant() {
     let dir = tempfile::tempdir().unwrap();
-    // Variants 5 and 6 (f16 weights) need SHADER_F16; without it they are refused by name.
+    // Variants 5, 6 and 13 (f16 weights) need SHADER_F16, 12 and 13 subgroups of 8 or more;
+    // without them they are refused by name.
     let f16 = WgpuBackend::open(&WgpuOptions::default()).is_ok_and(|be| be.keeps_f16());
+    let subgroups = WgpuBackend::open(&WgpuOptions {
+        gemm: Some(GemmVariant::Subgroup),
+        ..Default::default()
+    })
+    .is_ok();
+    let mut asked = vec![2, 3];
+    if f16 {
+        asked.extend([5, 6]);
+    }
+    if subgroups {
+        asked.push(12);
+        if f16 {
+            asked.push(13);
+        }
+    }
+    let listed: Vec<String> = asked.iter().map(u64::to_string).collect();
+    let listed = listed.join(",");
     let Some(report) = bench(
         dir.path(),
         &[
@@ -236,7 +254,7 @@ fn wgpu_runs_its_families_and_every_gemm_variant() {
             "--filter",
             "minilm-qkv",
             "--variant",
-            if f16 { "2,3,5,6" } else { "2,3" },
+            &listed,
         ],
         Some("wgpu backend unavailable"),
     ) else {
@@ -250,7 +268,8 @@ fn wgpu_runs_its_families_and_every_gemm_variant() {
     } else {
         "host"
     };
-    let variants: Vec<u64> = results(&report)
+    let all = results(&report);
+    let variants: Vec<u64> = all
         .iter()
         .map(|r| {
             assert_eq!(r["backend"], "wgpu");
@@ -258,12 +277,17 @@ fn wgpu_runs_its_families_and_every_gemm_variant() {
             r["variant"].as_u64().unwrap()
         })
         .collect();
+    assert_eq!(variants, asked);
     if f16 {
-        assert_eq!(variants, [2, 3, 5, 6]);
         // Bytes counted: the f16-weight variants read the 1152×384 weight at 2 bytes a value.
         let bytes = |r: &Value| r["gbps"].as_f64().unwrap() * 1e9 * r["median_s"].as_f64().unwrap();
-        let all = results(&report);
-        for (f32_run, f16_run) in [(&all[0], &all[2]), (&all[1], &all[3])] {
+        let run = |number: u64| &all[asked.iter().position(|&v| v == number).unwrap()];
+        let mut pairs = vec![(2, 5), (3, 6)];
+        if subgroups {
+            pairs.push((12, 13));
+        }
+        for (f32_variant, f16_variant) in pairs {
+            let (f32_run, f16_run) = (run(f32_variant), run(f16_variant));
             let saved = bytes(f32_run) - bytes(f16_run);
             assert!(
                 (saved - 2.0 * 1152.0 * 384.0).abs() < 1.0,
@@ -273,10 +297,15 @@ fn wgpu_runs_its_families_and_every_gemm_variant() {
             );
         }
     } else {
-        assert_eq!(variants, [2, 3]);
         assert_fails_cleanly(
             &["bench", "--backend", "wgpu", "--variant", "5"],
             &["--variant 5 (tiled-f16)", "SHADER_F16"],
+        );
+    }
+    if !subgroups {
+        assert_fails_cleanly(
+            &["bench", "--backend", "wgpu", "--variant", "12"],
+            &["12 (subgroup)", "subgroups"],
         );
     }
     assert!(report["probes"]

@@ -70,10 +70,10 @@ fn gather_reads_a_table_split_across_bindings() {
     assert!(err.to_string().contains("split into 6 buffers"), "{err}");
 }
 
-/// Both GEMM variants, on f32 weights and on f16 ones. The f16 reference uses the same rounded
+/// Every GEMM variant, on f32 weights and on f16 ones. The f16 reference uses the same rounded
 /// weights (widening is exact), so the f32 paths' 1e-5 holds for both.
 #[test]
-fn both_gemm_variants_match_f64() {
+fn every_gemm_variant_matches_f64() {
     for variant in WgpuBackend::GEMM_VARIANTS {
         let f16_weights = variant.f16_weights();
         let Some(be) = open(WgpuOptions {
@@ -132,7 +132,7 @@ fn both_gemm_variants_match_f64() {
 
 /// `linear` on a weight larger than one storage binding, held in uneven parts of whole rows and
 /// dispatched once per part: every epilogue (each activation, with and without bias and
-/// residual), both kernels, f32 and f16 weights. Each output's reduction is the unsplit one, so
+/// residual), every kernel, f32 and f16 weights. Each output's reduction is the unsplit one, so
 /// the result equals the unsplit weight's bit for bit, and the CPU's on the same (rounded)
 /// weights within the f32 paths' 1e-5.
 #[test]
@@ -557,11 +557,13 @@ fn attention_runs_to_llvmpipes_loop_limit_and_refuses_past_it() {
 
 #[test]
 fn gemm_variants_run_to_llvmpipes_loop_limit_and_refuse_past_it() {
-    // The host's bounds admit k = 36 448 on the tiled kernel and 52 427 on the direct one, and
-    // refuse one slab (or one step) more; the longest admitted reductions must be summed in full.
+    // The host's bounds admit k = 36 448 on the tiled kernel, 52 427 on the direct one and
+    // 419 416 (52 427 steps of 8) on the subgroup one, and refuse one slab (or one step) more;
+    // the longest admitted reductions must be summed in full.
     let cases = [
         (GemmVariant::Tiled, 36_448, 36_464),
         (GemmVariant::Direct, 52_427, 52_428),
+        (GemmVariant::Subgroup, 419_416, 419_417),
     ];
     let cpu = CpuBackend::new();
     let mut rng = Rng::new(37);

@@ -40,11 +40,18 @@ pub enum GemmVariant {
     /// block of tile registers, the epilogue of variant 8; relative error about 1e-3, so opt-in
     /// (CPU with AMX-BF16: `--matmul-precision medium`).
     AmxBf16,
+    /// 12 — 16 output rows per workgroup shared by all its invocations, each x value loaded by
+    /// one lane and broadcast to its subgroup, each lane loading the weights of its own 2
+    /// columns: for software adapters with subgroups (lavapipe), where every lane's own load is
+    /// the cost, 3–4× variant 3 there (WGSL, subgroup build).
+    Subgroup,
+    /// 13 — variant 12 on f16 weights (WGSL with SHADER_F16 and subgroups).
+    SubgroupF16,
 }
 
 impl GemmVariant {
     /// Every variant, in the order of its number.
-    pub const ALL: [GemmVariant; 11] = [
+    pub const ALL: [GemmVariant; 13] = [
         GemmVariant::Naive,
         GemmVariant::Tiled,
         GemmVariant::Direct,
@@ -56,6 +63,8 @@ impl GemmVariant {
         GemmVariant::PackedF16,
         GemmVariant::WgmmaBf16,
         GemmVariant::AmxBf16,
+        GemmVariant::Subgroup,
+        GemmVariant::SubgroupF16,
     ];
 
     pub fn number(self) -> u32 {
@@ -71,6 +80,8 @@ impl GemmVariant {
             GemmVariant::PackedF16 => 9,
             GemmVariant::WgmmaBf16 => 10,
             GemmVariant::AmxBf16 => 11,
+            GemmVariant::Subgroup => 12,
+            GemmVariant::SubgroupF16 => 13,
         }
     }
 
@@ -92,6 +103,8 @@ impl GemmVariant {
             GemmVariant::PackedF16 => "packed-f16",
             GemmVariant::WgmmaBf16 => "wgmma-bf16",
             GemmVariant::AmxBf16 => "amx-bf16",
+            GemmVariant::Subgroup => "subgroup",
+            GemmVariant::SubgroupF16 => "subgroup-f16",
         }
     }
 
@@ -108,7 +121,10 @@ impl GemmVariant {
     pub fn f16_weights(self) -> bool {
         matches!(
             self,
-            GemmVariant::TiledF16 | GemmVariant::DirectF16 | GemmVariant::PackedF16
+            GemmVariant::TiledF16
+                | GemmVariant::DirectF16
+                | GemmVariant::PackedF16
+                | GemmVariant::SubgroupF16
         )
     }
 
@@ -118,6 +134,7 @@ impl GemmVariant {
             GemmVariant::Tiled => Some(GemmVariant::TiledF16),
             GemmVariant::Direct => Some(GemmVariant::DirectF16),
             GemmVariant::Packed => Some(GemmVariant::PackedF16),
+            GemmVariant::Subgroup => Some(GemmVariant::SubgroupF16),
             _ => None,
         }
     }
@@ -128,6 +145,7 @@ impl GemmVariant {
             GemmVariant::TiledF16 => GemmVariant::Tiled,
             GemmVariant::DirectF16 => GemmVariant::Direct,
             GemmVariant::PackedF16 => GemmVariant::Packed,
+            GemmVariant::SubgroupF16 => GemmVariant::Subgroup,
             other => other,
         }
     }

@@ -3,8 +3,8 @@
 //! can set naive, tiled and fused kernels side by side. A number picks `linear`'s GEMM and
 //! `attention`'s kernel wherever the backend has a variant of that number (the CPU's 7–9 are
 //! faer, packed and packed-f16 GEMMs, and faer, packed and panels attention); the other families
-//! run the backend's choice. A variant on f16 weights (5, 6, 9) is a kernel and the element type
-//! of the weights it reads.
+//! run the backend's choice. A variant on f16 weights (5, 6, 9, 13) is a kernel and the element
+//! type of the weights it reads.
 
 use std::sync::Arc;
 

@@ -23,7 +23,8 @@ pub struct BenchArgs {
     filter: Option<String>,
     /// Kernel variant(s) by number, side by side: `linear`'s GEMMs and `attention`'s kernels
     /// where the backend has a variant of that number (the others run its choice), e.g.
-    /// `--variant 2,3` for wgpu's tiled and direct GEMMs, `2,3,5,6` adding both on f16 weights;
+    /// `--variant 2,3,12` for wgpu's tiled, direct and subgroup GEMMs, `2,3,5,6,12,13` adding
+    /// each on f16 weights;
     /// on the CPU `--variant 7,8,9 --filter attention/` sets its faer, packed and panels
     /// attention side by side, on CUDA `--variant 1,2,3,4` its naive, flash, warp-per-query and
     /// tensor-core attention (cases a variant has no kernel for are skipped) [default: the

@@ -103,7 +103,9 @@ impl WgpuBackend {
         });
         let software = info.device_type == wgpu::DeviceType::Cpu;
         let loop_limit = (info.driver == "llvmpipe").then_some(LLVMPIPE_LOOP_LIMIT);
-        let gemm = gemm::choose_variant(options.gemm, software).map_err(unavailable)?;
+        let subgroup_gemm = subgroup_norms && info.subgroup_min_size >= gemm::MIN_SUBGROUP_SIZE;
+        let gemm =
+            gemm::choose_variant(options.gemm, software, subgroup_gemm).map_err(unavailable)?;
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(WgpuBackend {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

@@ -1,5 +1,6 @@
 //! `linear` on wgpu (shaders/gemm.wgsl): which GEMM variant a backend runs, the kernel of each
-//! variant on f32 and f16 weights, and the dispatch of one 64×64 output tile per workgroup; and
+//! variant on f32 and f16 weights, and the dispatch of one output tile per workgroup (64×64, or
+//! 16 rows × 128 columns for the subgroup kernel); and
 //! `gated_activation`, the gated feed-forward's epilogue, from the same shader.
 //!
 //! A weight matrix larger than one storage binding (a Mistral-7B MLP matrix in f32 is 235 MB;
@@ -19,8 +20,18 @@ use crate::backend::{shapes, Activation, GemmVariant, Tensor};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 
-/// Output rows and columns per workgroup of every variant (gemm.wgsl `TILE`).
+/// Output rows and columns per workgroup of the tiled and direct variants (gemm.wgsl `TILE`).
 const TILE: usize = 64;
+
+/// Output rows and columns per workgroup of the subgroup variant (gemm_subgroup.wgsl: rows
+/// `SUBGROUP_ROWS`, columns two per invocation of `SUBGROUP_THREADS`).
+const SUBGROUP_TILE: [usize; 2] = [16, 128];
+
+/// k per loop iteration of the subgroup variant (gemm_subgroup.wgsl `SUBGROUP_STEP`).
+const SUBGROUP_STEP: usize = 8;
+
+/// The smallest subgroup the subgroup variant works with: lanes 0..8 load a step's x values.
+pub(super) const MIN_SUBGROUP_SIZE: u32 = SUBGROUP_STEP as u32;
 
 /// Threads per workgroup of `gated_activation` (gemm.wgsl `GATED_WORKGROUP`).
 const GATED_WORKGROUP: usize = 256;
@@ -49,6 +60,8 @@ fn kernel(variant: GemmVariant) -> Option<Kernel> {
         GemmVariant::Direct => Some(Kernel::LinearDirect),
         GemmVariant::TiledF16 => Some(Kernel::LinearTiledF16),
         GemmVariant::DirectF16 => Some(Kernel::LinearDirectF16),
+        GemmVariant::Subgroup => Some(Kernel::LinearSubgroup),
+        GemmVariant::SubgroupF16 => Some(Kernel::LinearSubgroupF16),
         GemmVariant::Naive
         | GemmVariant::MmaBf16
         | GemmVariant::Faer
@@ -60,13 +73,21 @@ fn kernel(variant: GemmVariant) -> Option<Kernel> {
 }
 
 /// The f32-weight variant a backend runs: the one `requested` (an f16-weight variant names the
-/// kernel it builds on; which build runs follows the weights' dtype), else direct on software
-/// adapters and tiled elsewhere. The error lists wgpu's variants.
+/// kernel it builds on; which build runs follows the weights' dtype), else on software adapters
+/// subgroup where `subgroups` (the device has them, at least [`MIN_SUBGROUP_SIZE`] wide) and
+/// direct otherwise, and tiled elsewhere. The error lists wgpu's variants, or says why the
+/// subgroup variant cannot run.
 pub(super) fn choose_variant(
     requested: Option<GemmVariant>,
     software: bool,
+    subgroups: bool,
 ) -> std::result::Result<GemmVariant, String> {
     match requested.map(GemmVariant::on_f32_weights) {
+        Some(GemmVariant::Subgroup) if !subgroups => Err(format!(
+            "GEMM variant {} needs subgroups of at least {MIN_SUBGROUP_SIZE} invocations, which \
+             this adapter does not offer (or they were turned off)",
+            GemmVariant::Subgroup
+        )),
         Some(variant) if kernel(variant).is_some() => Ok(variant),
         Some(other) => {
             let listed: Vec<String> = WgpuBackend::GEMM_VARIANTS.map(|v| v.to_string()).to_vec();
@@ -75,6 +96,7 @@ pub(super) fn choose_variant(
                 listed.join(", ")
             ))
         }
+        None if software && subgroups => Ok(GemmVariant::Subgroup),
         None if software => Ok(GemmVariant::Direct),
         None => Ok(GemmVariant::Tiled),
     }
@@ -95,17 +117,6 @@ pub(super) fn linear(
     let bias_buffer = backend.optional_buffer(bias, "linear bias")?;
     let residual_buffer = backend.optional_buffer(residual, "linear residual")?;
     let out_buffer = backend.buffer(out, "linear output")?;
-    // The first part is the largest.
-    let widest = weight.part_rows(0, m).len();
-    let row_groups = n.div_ceil(TILE);
-    if [widest.div_ceil(TILE), row_groups]
-        .iter()
-        .any(|&g| g > backend.max_workgroups_per_dim as usize)
-    {
-        return Err(Error::input(format!(
-            "linear: [{n}, {widest}] output exceeds the device's workgroup grid"
-        )));
-    }
     let variant = match weight.dtype {
         DType::F16 => backend.gemm.on_f16_weights(),
         _ => Some(backend.gemm),
@@ -116,10 +127,25 @@ pub(super) fn linear(
             backend.gemm, weight.dtype
         ))
     })?;
-    let iterations = match kernel {
-        Kernel::LinearTiled | Kernel::LinearTiledF16 => slab_loop_iterations(k),
-        _ => direct_loop_iterations(k),
+    let ([tile_rows, tile_cols], iterations) = match kernel {
+        Kernel::LinearTiled | Kernel::LinearTiledF16 => ([TILE, TILE], slab_loop_iterations(k)),
+        Kernel::LinearSubgroup | Kernel::LinearSubgroupF16 => (
+            SUBGROUP_TILE,
+            direct_loop_iterations(k.div_ceil(SUBGROUP_STEP)),
+        ),
+        _ => ([TILE, TILE], direct_loop_iterations(k)),
     };
+    // The first part is the largest.
+    let widest = weight.part_rows(0, m).len();
+    let row_groups = n.div_ceil(tile_rows);
+    if [widest.div_ceil(tile_cols), row_groups]
+        .iter()
+        .any(|&g| g > backend.max_workgroups_per_dim as usize)
+    {
+        return Err(Error::input(format!(
+            "linear: [{n}, {widest}] output exceeds the device's workgroup grid"
+        )));
+    }
     backend.check_loop_limit(iterations, || format!("linear over {k} input features"))?;
     for (i, part) in weight.parts.iter().enumerate() {
         let cols = weight.part_rows(i, m);
@@ -133,7 +159,7 @@ pub(super) fn linear(
             col0: to_u32(cols.start, "linear output column")?,
             out_stride: to_u32(m, "linear outputs")?,
         };
-        let groups = [cols.len().div_ceil(TILE) as u32, row_groups as u32, 1];
+        let groups = [cols.len().div_ceil(tile_cols) as u32, row_groups as u32, 1];
         backend.dispatch(
             kernel,
             &params,

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::shader_builds::{f16_build, with_reduction};
+use super::shader_builds::{f16_build, subgroup_build};
 
 /// How a kernel uses one storage binding.
 #[derive(Clone, Copy)]
@@ -33,6 +33,11 @@ pub(super) enum Kernel {
     LinearTiledF16,
     /// GEMM variant 6 (direct-f16): variant 3 on f16 weights.
     LinearDirectF16,
+    /// GEMM variant 12 (subgroup): rows shared by a workgroup, x broadcast across each subgroup
+    /// (gemm.wgsl's subgroup build; software adapters with subgroups).
+    LinearSubgroup,
+    /// GEMM variant 13 (subgroup-f16): variant 12 on f16 weights (the f16 subgroup build).
+    LinearSubgroupF16,
     /// `act(gate) ⊙ up` (gemm.wgsl, f32 build).
     GatedActivation,
     /// `dy ⊙ act'(pre)` (gemm.wgsl, f32 build; the backward family).
@@ -81,8 +86,12 @@ impl Kernel {
         const GEMM: &str = include_str!("../../../shaders/gemm.wgsl");
         const GATHER: &str = include_str!("../../../shaders/gather.wgsl");
         const NORM: &str = include_str!("../../../shaders/norm.wgsl");
-        let f16_build = |source| {
+        let f16_build = |source: &str| {
             Cow::Owned(f16_build(source).expect("the shader aliases its weight element type"))
+        };
+        let gemm_subgroup = || {
+            subgroup_build(GEMM, include_str!("../../../shaders/gemm_subgroup.wgsl"))
+                .expect("gemm.wgsl marks its subgroup region")
         };
         Cow::Borrowed(match self {
             Kernel::LinearTiled
@@ -90,11 +99,13 @@ impl Kernel {
             | Kernel::GatedActivation
             | Kernel::ActivationBackward => GEMM,
             Kernel::LinearTiledF16 | Kernel::LinearDirectF16 => return f16_build(GEMM),
+            Kernel::LinearSubgroup => return Cow::Owned(gemm_subgroup()),
+            Kernel::LinearSubgroupF16 => return f16_build(&gemm_subgroup()),
             Kernel::LayerNorm | Kernel::L2Normalize | Kernel::RmsNorm => NORM,
             Kernel::LayerNormSubgroup | Kernel::L2NormalizeSubgroup | Kernel::RmsNormSubgroup => {
                 return Cow::Owned(
-                    with_reduction(NORM, include_str!("../../../shaders/norm_subgroup.wgsl"))
-                        .expect("norm.wgsl marks its reduction"),
+                    subgroup_build(NORM, include_str!("../../../shaders/norm_subgroup.wgsl"))
+                        .expect("norm.wgsl marks its subgroup region"),
                 );
             }
             Kernel::Rope => include_str!("../../../shaders/rope.wgsl"),
@@ -123,6 +134,7 @@ impl Kernel {
         match self {
             Kernel::LinearTiled | Kernel::LinearTiledF16 => "linear_tiled",
             Kernel::LinearDirect | Kernel::LinearDirectF16 => "linear_direct",
+            Kernel::LinearSubgroup | Kernel::LinearSubgroupF16 => "linear_subgroup",
             Kernel::GatedActivation => "gated_activation",
             Kernel::ActivationBackward => "activation_backward",
             Kernel::LayerNormBackward => "layer_norm_backward",
@@ -158,6 +170,8 @@ impl Kernel {
             | Kernel::LinearDirect
             | Kernel::LinearTiledF16
             | Kernel::LinearDirectF16
+            | Kernel::LinearSubgroup
+            | Kernel::LinearSubgroupF16
             | Kernel::GatedActivation
             | Kernel::ActivationBackward => &[Read, Read, Read, Read, ReadWrite],
             // pre, gamma, dy, dx, normed

@@ -82,13 +82,15 @@ pub struct WgpuOptions {
     /// (a lower value only lowers it). Tests lower it to exercise split tables and split GEMM
     /// weights with small data; every tensor is planned under it, activations included.
     pub max_binding_bytes: Option<u64>,
-    /// `None` picks by adapter: [`GemmVariant::Direct`] on software adapters, else tiled. The NTK
+    /// `None` picks by adapter: on software adapters [`GemmVariant::Subgroup`] where the device
+    /// has subgroups (see `subgroups`) and [`GemmVariant::Direct`] otherwise, else tiled. The NTK
     /// contraction (two GEMMs) follows the same choice; an f16-weight variant picks the kernel
     /// it builds on (which build runs follows the weights' dtype).
     pub gemm: Option<GemmVariant>,
-    /// Whether the norm family reduces rows with subgroup operations where the adapter offers
-    /// them (norm.wgsl's subgroup build); false keeps the shared-memory reduction everywhere, so
-    /// tests can run both on one adapter.
+    /// Whether kernels use subgroup operations where the adapter offers them: the norm family's
+    /// row reductions (norm.wgsl's subgroup build) and, on software adapters, the default GEMM
+    /// (variant 12, gemm.wgsl's subgroup build); false keeps the shared-memory reductions and
+    /// the direct GEMM, so tests can run both on one adapter.
     pub subgroups: bool,
 }
 
@@ -132,7 +134,8 @@ pub struct WgpuBackend {
     /// Tensors larger than this are split into parts of whole rows.
     max_part_bytes: u64,
     max_workgroups_per_dim: u32,
-    /// The f32-weight GEMM variant `linear` runs (tiled or direct); f16 weights run its f16 build.
+    /// The f32-weight GEMM variant `linear` runs (tiled, direct or subgroup); f16 weights run its
+    /// f16 build.
     gemm: GemmVariant,
     /// Whether the norm family dispatches its subgroup kernels.
     subgroup_norms: bool,
@@ -146,13 +149,15 @@ pub struct WgpuBackend {
 }
 
 impl WgpuBackend {
-    /// The GEMM variants of shaders/gemm.wgsl: its two kernels on f32 weights, then their f16
-    /// builds.
-    pub const GEMM_VARIANTS: [GemmVariant; 4] = [
+    /// The GEMM variants of shaders/gemm.wgsl: its two kernels on f32 weights, their f16 builds,
+    /// then the subgroup build's kernel on f32 and f16 weights.
+    pub const GEMM_VARIANTS: [GemmVariant; 6] = [
         GemmVariant::Tiled,
         GemmVariant::Direct,
         GemmVariant::TiledF16,
         GemmVariant::DirectF16,
+        GemmVariant::Subgroup,
+        GemmVariant::SubgroupF16,
     ];
 
     /// The adapter this backend runs on.

@@ -59,10 +59,11 @@ struct JlParams {
 }
 
 /// The contraction kernel: the contraction is a pair of GEMMs, so it runs the NTK variant
-/// numbered like the backend's GEMM, direct (3) beside the direct GEMM and tiled (2) otherwise.
+/// numbered like the backend's GEMM: direct (3) beside the GEMMs for software adapters (direct
+/// and subgroup), tiled (2) otherwise.
 fn contraction_kernel(gemm: GemmVariant) -> Kernel {
     match gemm {
-        GemmVariant::Direct => Kernel::ContractDirect,
+        GemmVariant::Direct | GemmVariant::Subgroup => Kernel::ContractDirect,
         _ => Kernel::ContractTiled,
     }
 }

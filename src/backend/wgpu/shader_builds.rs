@@ -5,9 +5,10 @@
 //! - f16 weights: a shader that can read its weights in half precision names their element type
 //!   through one alias line, [`F32_WEIGHTS`]; its f16 build switches the alias and enables the
 //!   `f16` extension.
-//! - subgroup reductions: norm.wgsl's kernels sum through `workgroup_sum`, defined between its
-//!   [`REDUCTION_BEGIN`] and [`REDUCTION_END`] lines; its subgroup build puts
-//!   norm_subgroup.wgsl's reduction there.
+//! - subgroups: a shader's subgroup build puts `<family>_subgroup.wgsl` between its
+//!   [`SUBGROUP_BEGIN`] and [`SUBGROUP_END`] lines. norm.wgsl's region holds its shared-memory
+//!   `workgroup_sum`, which norm_subgroup.wgsl's reduction replaces; gemm.wgsl's is empty, and
+//!   gemm_subgroup.wgsl adds a GEMM kernel there (its f16 build is the f16 build of that).
 
 /// The alias line of a shader's f32 build.
 pub const F32_WEIGHTS: &str = "alias Weight = f32;";
@@ -24,13 +25,13 @@ pub fn f16_build(source: &str) -> Option<String> {
     })
 }
 
-/// The first and last lines of a shader's replaceable reduction.
-pub const REDUCTION_BEGIN: &str = "// reduction begin";
-pub const REDUCTION_END: &str = "// reduction end";
+/// The first and last lines of a shader's subgroup region.
+pub const SUBGROUP_BEGIN: &str = "// subgroup build begin";
+pub const SUBGROUP_END: &str = "// subgroup build end";
 
-/// `source` with its reduction region replaced by `reduction`, or `None` when it has no region.
-pub fn with_reduction(source: &str, reduction: &str) -> Option<String> {
-    let begin = source.find(REDUCTION_BEGIN)?;
-    let end = begin + source[begin..].find(REDUCTION_END)? + REDUCTION_END.len();
-    Some(format!("{}{reduction}{}", &source[..begin], &source[end..]))
+/// `source` with its subgroup region replaced by `fragment`, or `None` when it has no region.
+pub fn subgroup_build(source: &str, fragment: &str) -> Option<String> {
+    let begin = source.find(SUBGROUP_BEGIN)?;
+    let end = begin + source[begin..].find(SUBGROUP_END)? + SUBGROUP_END.len();
+    Some(format!("{}{fragment}{}", &source[..begin], &source[end..]))
 }
