@@ -783,13 +783,14 @@ mod tests {
                 .collect();
             let out_len = tokens * spec.heads * spec.head_dim;
             let mut want = vec![f32::NAN; out_len];
-            let count = split::<6>(&qkv, &layout, &spec, SharedOut::new(&mut want)).len();
-            for task in split::<6>(&qkv, &layout, &spec, SharedOut::new(&mut want)) {
-                task_portable(&task, &mut Scratch::default());
-            }
-            for i in 0..count {
-                let reads =
-                    split::<6>(&qkv, &layout, &spec, SharedOut::new(&mut []))[i].footprint();
+            let footprints: Vec<_> = split::<6>(&qkv, &layout, &spec, SharedOut::new(&mut want))
+                .into_iter()
+                .map(|task| {
+                    task_portable(&task, &mut Scratch::default());
+                    task.footprint()
+                })
+                .collect();
+            for (i, reads) in footprints.iter().enumerate() {
                 let width = spec.qkv_width();
                 let mut poisoned = vec![f32::NAN; qkv.len()];
                 for (rows, cols) in [

@@ -864,12 +864,12 @@ impl StagedScatter {
         if from == line_start && end == line_start + 16 {
             // SAFETY: the whole line is in the piece's range of bucket `b`, and 64-byte aligned
             // (`out` is, and the line starts at a multiple of 16 keys).
-            unsafe { stream_line(to, line) }
+            unsafe { stream_line(to.0.cast(), line.0.as_ptr().cast()) }
         } else {
             let slots = &line.0[(from - line_start) as usize..(end - line_start) as usize];
             // SAFETY: `from..end` is in the piece's range of bucket `b`; plain stores, since
             // other pieces write the rest of the line.
-            unsafe { std::ptr::copy_nonoverlapping(slots.as_ptr(), to.0, slots.len()) }
+            unsafe { copy_short(to.0.cast(), slots.as_ptr().cast(), 4 * slots.len()) }
         }
     }
 
@@ -895,57 +895,82 @@ impl StagedScatter {
 /// with plain ones. [`store_fence`] orders the non-temporal stores before others.
 ///
 /// # Safety
-/// `to` has room for `values.len()` values that no other task writes or reads meanwhile.
-unsafe fn write_streaming<T: Copy>(to: Shared<T>, values: &[T]) {
+/// `to` has room for `values.len()` entries that no other task writes or reads meanwhile.
+unsafe fn write_streaming(to: Shared<Entry>, values: &[Entry]) {
     let (to, from) = (to.0.cast::<u8>(), values.as_ptr().cast::<u8>());
     let len = std::mem::size_of_val(values);
     let head = to.align_offset(64).min(len);
     let lines = (len - head) / 64;
     let tail = head + 64 * lines;
-    // SAFETY: every byte copied lies in `values` and in the caller's room at `to`.
+    // SAFETY: every byte copied lies in `values` and in the caller's room at `to`; the lines
+    // from `head` are 64-byte aligned at `to`.
     unsafe {
-        std::ptr::copy_nonoverlapping(from, to, head);
-        #[cfg(target_arch = "x86_64")]
-        for at in (head..tail).step_by(16) {
-            use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
-            // `at` is 16-byte aligned at `to` (`head` is where the first line starts).
-            _mm_stream_si128(
-                to.add(at).cast::<__m128i>(),
-                _mm_loadu_si128(from.add(at).cast()),
-            );
+        copy_short(to, from, head);
+        for at in (head..tail).step_by(64) {
+            stream_line(to.add(at), from.add(at));
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        std::ptr::copy_nonoverlapping(from.add(head), to.add(head), tail - head);
-        std::ptr::copy_nonoverlapping(from.add(tail), to.add(tail), len - tail);
+        copy_short(to.add(tail), from.add(tail), len - tail);
     }
 }
 
-/// Writes `line` to `to` with non-temporal stores, as [`write_streaming`] writes whole lines.
+/// Copies `len` bytes (fewer than 64, a multiple of 4) in at most four moves of a constant size,
+/// which the compiler inlines: the part of a line that other tasks share ([`write_streaming`]'s
+/// ragged ends, a staged line a piece only partly fills), where `copy_nonoverlapping` of a
+/// variable length is a call to libc's `memmove`, two per model and bucket in the scatter.
 ///
 /// # Safety
-/// `to` is 64-byte aligned, with room for the line that no other task writes or reads meanwhile.
+/// `from` and `to` each have `len` bytes, which do not overlap.
 #[inline(always)]
-unsafe fn stream_line(to: Shared<u32>, line: &Line) {
+unsafe fn copy_short(to: *mut u8, from: *const u8, len: usize) {
+    debug_assert!(len < 64 && len.is_multiple_of(4));
+    let mut at = 0;
+    // SAFETY (each move): `at + size <= len`, the caller's bytes.
+    unsafe {
+        if len & 32 != 0 {
+            std::ptr::copy_nonoverlapping(from, to, 32);
+            at = 32;
+        }
+        if len & 16 != 0 {
+            std::ptr::copy_nonoverlapping(from.add(at), to.add(at), 16);
+            at += 16;
+        }
+        if len & 8 != 0 {
+            std::ptr::copy_nonoverlapping(from.add(at), to.add(at), 8);
+            at += 8;
+        }
+        if len & 4 != 0 {
+            std::ptr::copy_nonoverlapping(from.add(at), to.add(at), 4);
+        }
+    }
+}
+
+/// Writes the 64-byte line at `from` to `to` with non-temporal stores.
+///
+/// # Safety
+/// `to` is 64-byte aligned, with room for the line that no other task writes or reads
+/// meanwhile; `from` has 64 bytes.
+#[inline(always)]
+unsafe fn stream_line(to: *mut u8, from: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    for (at, part) in line.0.chunks_exact(4).enumerate() {
-        use std::arch::x86_64::{__m128i, _mm_load_si128, _mm_stream_si128};
-        // SAFETY: both 16-byte aligned (`Line` is 64-byte aligned); the caller's room.
+    for at in (0..64).step_by(16) {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
+        // SAFETY: `to + at` is 16-byte aligned; the caller's bytes.
         unsafe {
             _mm_stream_si128(
-                to.0.add(4 * at).cast::<__m128i>(),
-                _mm_load_si128(part.as_ptr().cast()),
+                to.add(at).cast::<__m128i>(),
+                _mm_loadu_si128(from.add(at).cast()),
             )
         };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    // SAFETY: the caller's room.
+    // SAFETY: the caller's bytes.
     unsafe {
-        std::ptr::copy_nonoverlapping(line.0.as_ptr(), to.0, 16)
+        std::ptr::copy_nonoverlapping(from, to, 64)
     };
 }
 
-/// Orders the non-temporal stores of [`write_streaming`] and [`stream_line`] before the task's later stores (the
-/// thread pool's signal that the task is done among them).
+/// Orders the non-temporal stores of [`stream_line`] before the task's later stores (the thread
+/// pool's signal that the task is done among them).
 fn store_fence() {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: SSE2, which every x86-64 processor has.
