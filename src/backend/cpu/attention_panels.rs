@@ -210,8 +210,10 @@ unsafe fn task_avx512(task: &Task<'_>, scratch: &mut Scratch) {
 unsafe fn task_avx2(task: &Task<'_>, scratch: &mut Scratch) {
     task.run::<6, 16>(
         row_kernel_avx2,
-        pack_keys_portable::<16>,
-        activation::exp_row,
+        // SAFETY: as this function's.
+        |rows, k| unsafe { pack_keys_avx2::<16>(rows, k) },
+        // SAFETY: as this function's.
+        |row| unsafe { activation::exp_row_avx2(row) },
         scratch,
     )
 }
@@ -691,6 +693,73 @@ unsafe fn pack_keys_avx512<const NR: usize>(rows: &KeyRows<'_>, k: &mut [f32]) {
     pack_keys_scalar::<NR>(rows, block_keys..rows.keys, 0..hd, k);
 }
 
+/// [`pack_keys_portable`] by 8 × 8 blocks transposed in registers (8 row loads, 24 shuffles and
+/// 8 stores where the scalar loop moves 64 values one by one); the keys and columns past the
+/// last whole block one by one.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_keys_avx2<const NR: usize>(rows: &KeyRows<'_>, k: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(NR.is_multiple_of(8), "an 8-key block lies in one panel");
+    let hd = rows.hd;
+    let (block_keys, block_cols) = (rows.keys / 8 * 8, hd / 8 * 8);
+    for t0 in (0..block_keys).step_by(8) {
+        let panel = &mut k[(t0 / NR) * hd * NR..][..hd * NR];
+        for c0 in (0..block_cols).step_by(8) {
+            let mut block = [_mm256_setzero_ps(); 8];
+            for (i, r) in block.iter_mut().enumerate() {
+                let row = &rows.row(t0 + i)[c0..c0 + 8];
+                // SAFETY: `row` holds 8 values.
+                *r = unsafe { _mm256_loadu_ps(row.as_ptr()) };
+            }
+            for (c, column) in transpose8(block).into_iter().enumerate() {
+                let dst = &mut panel[(c0 + c) * NR + t0 % NR..][..8];
+                // SAFETY: `dst` holds 8 values.
+                unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), column) };
+            }
+        }
+    }
+    pack_keys_scalar::<NR>(rows, 0..block_keys, block_cols..hd, k);
+    pack_keys_scalar::<NR>(rows, block_keys..rows.keys, 0..hd, k);
+}
+
+/// The transpose of the 8 × 8 matrix whose rows are `r`: pairs of rows interleaved by 32-bit
+/// values, then by 64-bit pairs (vector `4g + j`, 128-bit lane `l`: rows `4g..4g+4` of column
+/// `4l + j`), then the two 128-bit lanes of vectors `j` and `4 + j` exchanged.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    let mut t = [_mm256_setzero_ps(); 8];
+    for i in 0..4 {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    let mut u = [_mm256_setzero_ps(); 8];
+    for g in 0..2 {
+        let (even, odd) = (_mm256_castps_pd(t[4 * g]), _mm256_castps_pd(t[4 * g + 1]));
+        let (even2, odd2) = (
+            _mm256_castps_pd(t[4 * g + 2]),
+            _mm256_castps_pd(t[4 * g + 3]),
+        );
+        u[4 * g] = _mm256_castpd_ps(_mm256_unpacklo_pd(even, even2));
+        u[4 * g + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(even, even2));
+        u[4 * g + 2] = _mm256_castpd_ps(_mm256_unpacklo_pd(odd, odd2));
+        u[4 * g + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(odd, odd2));
+    }
+    let mut out = [_mm256_setzero_ps(); 8];
+    for j in 0..4 {
+        // Low lanes of rows 0–3 and 4–7: column j; high lanes: column 4 + j.
+        out[j] = _mm256_permute2f128_ps::<0x20>(u[j], u[4 + j]);
+        out[4 + j] = _mm256_permute2f128_ps::<0x31>(u[j], u[4 + j]);
+    }
+    out
+}
+
 /// The transpose of the 16 × 16 matrix whose rows are `r`: pairs of rows interleaved by 32-bit
 /// values, then by 64-bit pairs (vector `4g + j`, 128-bit lane `l`: rows `4g..4g+4` of column
 /// `4l + j`), then the 4 × 4 blocks of 128-bit lanes transposed.
@@ -816,44 +885,61 @@ mod tests {
         }
     }
 
-    /// The AVX-512 packing of `Kᵀ` (16 × 16 blocks transposed in registers, the rest one by one)
-    /// writes exactly the scalar packing's panels, over key counts and head sizes with and
-    /// without a partial block, from rows strided as in `qkv`.
+    /// The AVX-512 and AVX2 packings of `Kᵀ` (16 × 16 and 8 × 8 blocks transposed in
+    /// registers, the rest one by one) write exactly the scalar packing's panels, over key counts
+    /// and head sizes with and without a partial block, from rows strided as in `qkv`.
     #[test]
-    fn avx512_key_packing_matches_scalar() {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f") {
-            for (keys, hd) in [(128, 32), (37, 40), (16, 16), (5, 64), (33, 7)] {
-                let width = 3 * hd + 5;
-                let qkv: Vec<f32> = (0..(keys + 1) * width).map(|i| i as f32).collect();
-                let rows = KeyRows {
-                    qkv: &qkv,
-                    first: 3,
-                    width,
-                    hd,
-                    keys,
-                };
-                let len = keys.div_ceil(32) * hd * 32;
-                let (mut want, mut got) = (vec![-1.0; len], vec![-1.0; len]);
-                pack_keys_portable::<32>(&rows, &mut want);
+    #[cfg(target_arch = "x86_64")]
+    fn vector_key_packings_match_scalar() {
+        for (keys, hd) in [
+            (128, 32),
+            (37, 40),
+            (16, 16),
+            (5, 64),
+            (33, 7),
+            (8, 8),
+            (23, 17),
+        ] {
+            let width = 3 * hd + 5;
+            let qkv: Vec<f32> = (0..(keys + 1) * width).map(|i| i as f32).collect();
+            let rows = KeyRows {
+                qkv: &qkv,
+                first: 3,
+                width,
+                hd,
+                keys,
+            };
+            let packed = |nr: usize, pack: &dyn Fn(&mut [f32])| {
+                let mut k = vec![-1.0; keys.div_ceil(nr) * hd * nr];
+                pack(&mut k);
+                k
+            };
+            if std::is_x86_feature_detected!("avx512f") {
+                let want = packed(32, &|k| pack_keys_portable::<32>(&rows, k));
                 // SAFETY: the CPU has AVX-512F (checked above).
-                unsafe { pack_keys_avx512::<32>(&rows, &mut got) };
-                assert_eq!(got, want, "{keys} keys × {hd}");
+                let got = packed(32, &|k| unsafe { pack_keys_avx512::<32>(&rows, k) });
+                assert_eq!(got, want, "avx512: {keys} keys × {hd}");
+            }
+            if std::is_x86_feature_detected!("avx2") {
+                let want = packed(16, &|k| pack_keys_portable::<16>(&rows, k));
+                // SAFETY: the CPU has AVX2 (checked above).
+                let got = packed(16, &|k| unsafe { pack_keys_avx2::<16>(&rows, k) });
+                assert_eq!(got, want, "avx2: {keys} keys × {hd}");
             }
         }
     }
 
-    /// The AVX-512 row exponential against f64, over lengths with and without a tail and scores
-    /// down to 80 below the maximum: each weight `w` within 3 ulp of `exp(s − max)`, plus the
-    /// rounding of its exponent `t = (s − max)·log₂e` (relative `|t|·2⁻²⁴·ln 2`, which grows as
-    /// `w` shrinks: at most `w·|ln w|·10⁻⁷` in any output), once the row's common factor (the
-    /// rounding of `max·log₂e`) is divided out through the maximum's own weight; and the sum
-    /// that of the weights.
+    /// The AVX-512 and AVX2 row exponentials against f64, over lengths with and without a tail
+    /// and scores down to 80 below the maximum: each weight `w` within 3 ulp of `exp(s − max)`,
+    /// plus the rounding of its exponent `t = (s − max)·log₂e` (relative `|t|·2⁻²⁴·ln 2`, which
+    /// grows as `w` shrinks: at most `w·|ln w|·10⁻⁷` in any output), once the row's common factor
+    /// (AVX-512: the rounding of `max·log₂e`) is divided out through the maximum's own weight;
+    /// and the sum that of the weights.
     #[test]
-    fn avx512_exp_row_matches_f64() {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f") {
-            for len in [1, 15, 16, 33, 200] {
+    #[cfg(target_arch = "x86_64")]
+    fn vector_exp_rows_match_f64() {
+        let check = |name: &str, exp_row: &dyn Fn(&mut [f32]) -> f32| {
+            for len in [1, 7, 15, 16, 33, 200] {
                 let scores: Vec<f32> = (0..len)
                     .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 40.0)
                     .collect();
@@ -863,20 +949,33 @@ mod tests {
                     .map(|&s| (f64::from(s) - f64::from(max)).exp())
                     .collect();
                 let mut got = scores.clone();
-                // SAFETY: the CPU has AVX-512F (checked above).
-                let sum = unsafe { exp_row_avx512(&mut got) };
+                let sum = exp_row(&mut got);
                 let top = scores.iter().position(|&s| s == max).unwrap();
                 let common = f64::from(got[top]);
-                assert!((common - 1.0).abs() < 1e-6, "{len}: common factor {common}");
+                assert!(
+                    (common - 1.0).abs() < 1e-6,
+                    "{name} {len}: common factor {common}"
+                );
                 for (&g, &w) in got.iter().zip(&want) {
                     let g = f64::from(g) / common;
                     let exponent = w.ln().abs() * std::f64::consts::LOG2_E;
                     let bound = 3.6e-7 + (exponent + 1.0) * 2f64.powi(-24) * 2.0;
-                    assert!((g - w).abs() <= bound * w, "{len}: {g} against {w}");
+                    assert!((g - w).abs() <= bound * w, "{name} {len}: {g} against {w}");
                 }
                 let got_sum: f64 = got.iter().map(|&g| f64::from(g)).sum();
-                assert!((f64::from(sum) / got_sum - 1.0).abs() < 1e-6, "{len}: sum");
+                assert!(
+                    (f64::from(sum) / got_sum - 1.0).abs() < 1e-6,
+                    "{name} {len}: sum"
+                );
             }
+        };
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked above).
+            check("avx512", &|row| unsafe { exp_row_avx512(row) });
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            check("avx2", &|row| unsafe { activation::exp_row_avx2(row) });
         }
     }
 }
