@@ -495,7 +495,7 @@ pub(super) fn exp_row(row: &mut [f32]) -> f32 {
 
 /// [`exp_row`] in eight-lane vectors with FMA: the maximum in one sweep, then `exp(x − max)`
 /// (never positive, so [`exp_nonpositive_avx2`]) stored and summed into four accumulators in
-/// the next (four vectors an iteration); a tail of under eight values by the scalar [`exp`].
+/// the next (four vectors an iteration); a tail of under eight values through lane masks.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA.
@@ -504,22 +504,22 @@ pub(super) fn exp_row(row: &mut [f32]) -> f32 {
 pub(super) unsafe fn exp_row_avx2(row: &mut [f32]) -> f32 {
     use std::arch::x86_64::*;
     let whole = row.len() / 8 * 8;
-    let (body, tail) = row.split_at_mut(whole);
-    let at = body.as_mut_ptr();
-    let mut maxima = _mm256_set1_ps(f32::NEG_INFINITY);
+    let at = row.as_mut_ptr();
+    // The lanes of the last, partial vector that hold values (none where the row is whole).
+    let tail = _mm256_cmpgt_epi32(
+        _mm256_set1_epi32((row.len() - whole) as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    );
+    let tail_lanes = _mm256_castsi256_ps(tail);
+    let neg_inf = _mm256_set1_ps(f32::NEG_INFINITY);
+    // SAFETY (here and below): vector loads and stores at `i < whole` cover values `i..i + 8`
+    // of the row; masked ones at `whole` only the tail's.
+    let tail_values = unsafe { _mm256_maskload_ps(at.add(whole), tail) };
+    let mut maxima = _mm256_blendv_ps(neg_inf, tail_values, tail_lanes);
     for i in (0..whole).step_by(8) {
-        // SAFETY: `i + 8 ≤ whole`, the length of `body`.
         maxima = _mm256_max_ps(maxima, unsafe { _mm256_loadu_ps(at.add(i)) });
     }
-    let mut lanes = [0.0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), maxima);
-    let max = tail
-        .iter()
-        .chain(&lanes)
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
-    let splat_max = _mm256_set1_ps(max);
-    // SAFETY (both closures): `i + 8 ≤ whole`, the length of `body`.
+    let splat_max = _mm256_set1_ps(across_lanes(maxima, |a, b| _mm_max_ps(a, b)));
     let exp_at = |i: usize| unsafe {
         let e = exp_nonpositive_avx2(_mm256_sub_ps(_mm256_loadu_ps(at.add(i)), splat_max));
         _mm256_storeu_ps(at.add(i), e);
@@ -541,10 +541,31 @@ pub(super) unsafe fn exp_row_avx2(row: &mut [f32]) -> f32 {
     for i in (quads..whole).step_by(8) {
         s0 = _mm256_add_ps(s0, exp_at(i));
     }
+    // The tail's lanes past the row hold the maximum, whose weight (1) is neither stored nor
+    // summed.
+    let e = exp_nonpositive_avx2(_mm256_sub_ps(
+        _mm256_blendv_ps(splat_max, tail_values, tail_lanes),
+        splat_max,
+    ));
+    unsafe { _mm256_maskstore_ps(at.add(whole), tail, e) };
+    s1 = _mm256_add_ps(s1, _mm256_and_ps(e, tail_lanes));
     let sum = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
-    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
-    tail.iter_mut().for_each(|v| *v = exp(*v - max));
-    lanes.iter().chain(tail.iter()).sum()
+    across_lanes(sum, |a, b| _mm_add_ps(a, b))
+}
+
+/// `op` of a vector's eight lanes, folded pairwise: the two halves, then pairs of the four,
+/// then the last two.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn across_lanes(
+    v: std::arch::x86_64::__m256,
+    op: impl Fn(std::arch::x86_64::__m128, std::arch::x86_64::__m128) -> std::arch::x86_64::__m128,
+) -> f32 {
+    use std::arch::x86_64::*;
+    let four = op(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let two = op(four, _mm_movehl_ps(four, four));
+    _mm_cvtss_f32(op(two, _mm_movehdup_ps(two)))
 }
 
 /// [`apply`] as written, also for callers that inline it into their own target-feature copies
