@@ -494,8 +494,8 @@ pub(super) fn exp_row(row: &mut [f32]) -> f32 {
 }
 
 /// [`exp_row`] in eight-lane vectors with FMA: the maximum in one sweep, then `exp(x − max)`
-/// (never positive, so [`exp_nonpositive_avx2`]) stored and summed into four accumulators in
-/// the next (four vectors an iteration); a tail of under eight values through lane masks.
+/// (never positive, so [`exp_nonpositive_avx2`]) stored and summed into two accumulators in
+/// the next (two vectors an iteration); a tail of under eight values through lane masks.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA.
@@ -525,20 +525,13 @@ pub(super) unsafe fn exp_row_avx2(row: &mut [f32]) -> f32 {
         _mm256_storeu_ps(at.add(i), e);
         e
     };
-    let (mut s0, mut s1, mut s2, mut s3) = (
-        _mm256_setzero_ps(),
-        _mm256_setzero_ps(),
-        _mm256_setzero_ps(),
-        _mm256_setzero_ps(),
-    );
-    let quads = whole / 32 * 32;
-    for i in (0..quads).step_by(32) {
+    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let pairs = whole / 16 * 16;
+    for i in (0..pairs).step_by(16) {
         s0 = _mm256_add_ps(s0, exp_at(i));
         s1 = _mm256_add_ps(s1, exp_at(i + 8));
-        s2 = _mm256_add_ps(s2, exp_at(i + 16));
-        s3 = _mm256_add_ps(s3, exp_at(i + 24));
     }
-    for i in (quads..whole).step_by(8) {
+    for i in (pairs..whole).step_by(8) {
         s0 = _mm256_add_ps(s0, exp_at(i));
     }
     // The tail's lanes past the row hold the maximum, whose weight (1) is neither stored nor
@@ -549,7 +542,7 @@ pub(super) unsafe fn exp_row_avx2(row: &mut [f32]) -> f32 {
     ));
     unsafe { _mm256_maskstore_ps(at.add(whole), tail, e) };
     s1 = _mm256_add_ps(s1, _mm256_and_ps(e, tail_lanes));
-    let sum = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+    let sum = _mm256_add_ps(s0, s1);
     across_lanes(sum, |a, b| _mm_add_ps(a, b))
 }
 
