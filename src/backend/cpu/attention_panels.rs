@@ -3,19 +3,24 @@
 //!
 //! A task is one key/value head of one sequence (with every query head that shares it), or a
 //! run of its queries where sequences × key/value heads are too few to keep every thread busy.
-//! It packs the keys its queries can see once — `Kᵀ` in panels of `NR` keys (on AVX-512 by 16 × 16
-//! blocks transposed in registers), `V` as contiguous rows padded to a multiple of `NR` columns —
-//! and then, for each query head and each panel of `MR` queries:
+//! It packs the keys its queries can see once — `Kᵀ` in panels of `NR` keys (by blocks
+//! transposed in registers: 16 × 16 on AVX-512, 8 × 8 on AVX2), `V` as contiguous rows padded to
+//! a multiple of `NR` columns — and then, for each query head and each panel of `MR` queries:
 //!
 //! 1. `S = scale·Q·Kᵀ` over the key panels the panel's queries see, on a register-tiled
 //!    microkernel (8 × 32 on AVX-512, 6 × 16 on AVX2 with FMA) whose `A` rows are read where they
 //!    are: the queries straight from `qkv`, so `Q` is never packed; the kernel stores each row
 //!    scaled straight into the panel's score rows.
 //! 2. Each row's softmax over its visible keys, in place: the maximum, then `exp(s − max)` and
-//!    the sum in one sweep (an AVX-512 `exp2` on `vscalefps` where the CPU has it); keys the mask
-//!    hides become 0.
+//!    the sum in one sweep (an AVX-512 `exp2` on `vscalefps`, or eight-lane FMA vectors on AVX2);
+//!    keys the mask hides become 0.
 //! 3. `O = P·V / Σ` on the same microkernel, `P`'s rows read where they are, the division applied
 //!    to the output tile (head_dim values a row) as it is stored.
+//!
+//! Every helper a task calls runs compiled for the task's instruction set: passed as a closure
+//! that calls a `#[target_feature]` function, never as a bare `fn` item, whose `Fn::call` shim
+//! is compiled for the baseline (on AVX2 the exponential and the key packing ran as SSE code that
+//! way, half of the samples of MiniLM's attention; BENCHMARKS.md, "session 23").
 //!
 //! While it computes, a task asks for the next task's `qkv` rows into L2, a share at each query
 //! panel, and each panel for its output rows into L1 before its products: rows a whole `qkv` row
