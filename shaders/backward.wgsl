@@ -9,9 +9,10 @@
 //      third, dx and x̂ written in a fourth.
 //   1. attention_backward_stats, then attention_backward — the first, one thread per (query,
 //      head), stores its softmax row's maximum, 1/Σexp and c = Σ_j P_ij·(dO_i·V_j) (= dO_i·O_i);
-//      the second, one thread per (token, head, channel), sums over the sequence the channel of
-//      dQ (the token as query), dK and dV (the token as key), recomputing P and dS from the
-//      stored statistics, so no [len, len] matrix is stored.
+//      the second, one workgroup per (token, head) and one thread per channel, sums over the
+//      sequence the channel of dQ (the token as query), dK and dV (the token as key), recomputing
+//      P and dS from the stored statistics once per key for all channels (a chunk of keys at a
+//      time, through workgroup memory), so no [len, len] matrix is stored.
 //   1. sequence_sums — one thread per (sequence, column): the column summed over the sequence's
 //      tokens in order, each value times its weight when the op has weights (a bias's or a
 //      LayerNorm γ's per-sample gradient).
@@ -148,40 +149,76 @@ fn attention_backward_stats(@builtin(global_invocation_id) gid: vec3<u32>) {
     stats[at + 2u] = weighted / denominator;
 }
 
-// Grid: (blocks of QUERY_WORKGROUP (token, channel) pairs of a sequence, heads, sequences).
+// Per key j of the chunk a workgroup is at: (P_tj, dP_tj − c_t, P_jt, dP_jt − c_j) for its
+// token t, computed once and shared by the threads of every channel.
+var<workgroup> key_terms: array<vec4<f32>, QUERY_WORKGROUP>;
+var<workgroup> sequence_bounds: vec2<u32>;
+
+// Grid: (tokens of the longest sequence, heads, sequences); one workgroup per (token, head),
+// its threads the head's channels (QUERY_WORKGROUP at a time). For each chunk of
+// QUERY_WORKGROUP keys, thread l first computes key l's four terms (four head-wide dot products),
+// then each thread adds every key of the chunk into its channel of dQ, dK and dV.
 @compute @workgroup_size(64)
-fn attention_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let h = gid.y;
-    let start = starts[gid.z];
-    let len = starts[gid.z + 1u] - start;
-    let hd = ap.head_dim;
-    if gid.x >= len * hd {
+fn attention_backward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let h = wid.y;
+    if lid == 0u {
+        sequence_bounds = vec2<u32>(starts[wid.z], starts[wid.z + 1u]);
+    }
+    // Uniform across the workgroup, so the loops below may hold barriers.
+    let bounds = workgroupUniformLoad(&sequence_bounds);
+    let start = bounds.x;
+    let len = bounds.y - bounds.x;
+    if wid.x >= len {
         return;
     }
-    let t = start + gid.x / hd;
-    let e = gid.x % hd;
+    let t = start + wid.x;
+    let hd = ap.head_dim;
     let width = 3u * ap.heads * hd;
     let out_width = ap.heads * hd;
     let q_col = h * hd;
     let k_col = out_width + h * hd;
     let v_col = 2u * out_width + h * hd;
     let t_stats = (t * ap.heads + h) * 3u;
-    var dq = 0.0;
-    var dk = 0.0;
-    var dv = 0.0;
-    for (var j = start; j < start + len; j++) {
-        // t as the query of key j: P_tj and dS_tj.
-        let p_tj = exp(ap.scale * qkv_dot(t, q_col, j, k_col) - stats[t_stats]) * stats[t_stats + 1u];
-        dq += p_tj * (dout_dot_v(t, j, h) - stats[t_stats + 2u]) * qkv[j * width + k_col + e];
-        // t as the key of query j: P_jt and dS_jt.
-        let j_stats = (j * ap.heads + h) * 3u;
-        let p_jt = exp(ap.scale * qkv_dot(j, q_col, t, k_col) - stats[j_stats]) * stats[j_stats + 1u];
-        dv += p_jt * d_out[j * out_width + h * hd + e];
-        dk += p_jt * (dout_dot_v(j, t, h) - stats[j_stats + 2u]) * qkv[j * width + q_col + e];
+    for (var e0 = 0u; e0 < hd; e0 += QUERY_WORKGROUP) {
+        let e = e0 + lid;
+        var dq = 0.0;
+        var dk = 0.0;
+        var dv = 0.0;
+        for (var j0 = start; j0 < start + len; j0 += QUERY_WORKGROUP) {
+            let j = j0 + lid;
+            if j < start + len {
+                // t as the query of key j: P_tj and dS_tj / P_tj; t as the key of query j: the
+                // same of (j, t).
+                let j_stats = (j * ap.heads + h) * 3u;
+                key_terms[lid] = vec4<f32>(
+                    exp(ap.scale * qkv_dot(t, q_col, j, k_col) - stats[t_stats]) * stats[t_stats + 1u],
+                    dout_dot_v(t, j, h) - stats[t_stats + 2u],
+                    exp(ap.scale * qkv_dot(j, q_col, t, k_col) - stats[j_stats]) * stats[j_stats + 1u],
+                    dout_dot_v(j, t, h) - stats[j_stats + 2u],
+                );
+            }
+            workgroupBarrier();
+            if e < hd {
+                let keys = min(QUERY_WORKGROUP, start + len - j0);
+                for (var k = 0u; k < keys; k++) {
+                    let terms = key_terms[k];
+                    let jk = j0 + k;
+                    dq += terms.x * terms.y * qkv[jk * width + k_col + e];
+                    dv += terms.z * d_out[jk * out_width + h * hd + e];
+                    dk += terms.z * terms.w * qkv[jk * width + q_col + e];
+                }
+            }
+            workgroupBarrier();
+        }
+        if e < hd {
+            d_qkv[t * width + q_col + e] = ap.scale * dq;
+            d_qkv[t * width + k_col + e] = ap.scale * dk;
+            d_qkv[t * width + v_col + e] = dv;
+        }
     }
-    d_qkv[t * width + q_col + e] = ap.scale * dq;
-    d_qkv[t * width + k_col + e] = ap.scale * dk;
-    d_qkv[t * width + v_col + e] = dv;
 }
 
 // ---- scatter_rows --------------------------------------------------------------------------

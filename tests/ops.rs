@@ -943,8 +943,9 @@ fn layer_norm_backward_rows(be: &Arc<dyn Backend>) {
 /// Packed sequences of uneven lengths with an empty one among them (a padded batch's layout):
 /// each sequence's gradients come from its own rows only.
 fn attention_backward_over_packed_sequences(be: &Arc<dyn Backend>) {
-    let lengths = vec![1, 17, 0, 5, 33, 2];
-    for (heads, head_dim) in [(3, 7), (2, 16), (1, 33)] {
+    // 70 keys and 70 channels: past one workgroup's chunk of keys and block of channels on wgpu.
+    let lengths = vec![1, 17, 0, 5, 33, 2, 70];
+    for (heads, head_dim) in [(3, 7), (2, 16), (1, 33), (1, 70)] {
         let spec = AttentionSpec::bidirectional(heads, head_dim);
         let op = CaseOp::AttentionBackward {
             lengths: lengths.clone(),

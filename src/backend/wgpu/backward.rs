@@ -1,6 +1,6 @@
 //! The backward family on wgpu (shaders/backward.wgsl): `layer_norm_backward` (one thread per
-//! row), `attention_backward` (a statistics pass per (query, head), then one thread per (token,
-//! head, channel)), `scatter_rows` (one thread per table value, through a CSR index of the ids
+//! row), `attention_backward` (a statistics pass per (query, head), then one workgroup per
+//! (token, head) with a thread per channel), `scatter_rows` (one thread per table value, through a CSR index of the ids
 //! built here) and `sequence_sums` (one thread per (sequence, column)). `activation_backward` is in `gemm.rs`, as its kernel is in gemm.wgsl.
 
 use bytemuck::{Pod, Zeroable};
@@ -11,7 +11,8 @@ use super::WgpuBackend;
 use crate::backend::{shapes, AttentionSpec, Backend, SeqLayout, Tensor};
 use crate::error::Result;
 
-/// backward.wgsl `ROW_WORKGROUP`, `QUERY_WORKGROUP`, `SCATTER_WORKGROUP`, `SUM_WORKGROUP`.
+/// backward.wgsl `ROW_WORKGROUP`, `QUERY_WORKGROUP` (also the gradient pass's channels and keys
+/// at a time), `SCATTER_WORKGROUP`, `SUM_WORKGROUP`.
 const ROW_WORKGROUP: usize = 64;
 const QUERY_WORKGROUP: usize = 64;
 const SCATTER_WORKGROUP: usize = 256;
@@ -103,22 +104,26 @@ pub(super) fn attention_backward(
         return Ok(());
     }
     let (max_len, hd) = (layout.max_len(), spec.head_dim);
-    // The gradient pass's loop over keys runs four head-wide dot products a key (the statistics
-    // pass three).
-    backend.check_loop_limit(direct_loop_iterations(max_len * (4 * (hd + 1) + 1)), || {
+    // The statistics pass runs two loops over the keys, three head-wide dot products a key in
+    // all; the gradient pass, for each block of channels and chunk of keys, four dot products
+    // for its thread's key and then a loop over the chunk.
+    let stats_loops = max_len * (3 * (hd + 1) + 2);
+    let chunks = max_len.div_ceil(QUERY_WORKGROUP);
+    let grad_loops =
+        hd.div_ceil(QUERY_WORKGROUP) * (chunks * (4 * (hd + 1) + QUERY_WORKGROUP + 1) + 1);
+    backend.check_loop_limit(direct_loop_iterations(stats_loops.max(grad_loops)), || {
         format!("attention_backward over {max_len} tokens with head_dim {hd}")
     })?;
     let (heads, sequences) = (spec.heads, layout.num_sequences());
     let max = backend.max_workgroups_per_dim as usize;
     let stats_groups = [max_len.div_ceil(QUERY_WORKGROUP), heads, sequences];
-    let grad_groups = [(max_len * hd).div_ceil(QUERY_WORKGROUP), heads, sequences];
+    let grad_groups = [max_len, heads, sequences];
     shapes::ensure(
         stats_groups.iter().chain(&grad_groups).all(|&g| g <= max),
         || {
             format!(
-                "attention_backward: {sequences} sequences × {heads} heads × {} (token, channel) \
-                 blocks exceed the device's grid",
-                grad_groups[0]
+                "attention_backward: {sequences} sequences × {heads} heads × {max_len} tokens \
+                 exceed the device's grid"
             )
         },
     )?;
