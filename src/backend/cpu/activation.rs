@@ -493,17 +493,20 @@ pub(super) fn exp_row(row: &mut [f32]) -> f32 {
     sums.total(tail, |v| v)
 }
 
-/// [`exp_row`] in eight-lane vectors with FMA: the maximum in one sweep, then `exp(x − max)`
-/// (never positive, so [`exp_nonpositive_avx2`]) stored and summed into two accumulators in
-/// the next (two vectors an iteration); a tail of under eight values through lane masks.
+/// [`exp_row`] in eight-lane vectors, with its results to the bit: the maximum in one sweep, then
+/// `exp(x − max)` by [`exp_avx2`] stored and summed in [`SUM_LANES`] lanes (four vectors) over
+/// whole chunks, the values past the last whole chunk added one by one after the lanes, as
+/// [`LaneSums`] adds them; the last partial vector through lane masks.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA.
+/// The CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2")]
 pub(super) unsafe fn exp_row_avx2(row: &mut [f32]) -> f32 {
     use std::arch::x86_64::*;
+    const _: () = assert!(SUM_LANES == 32, "four vectors of lanes");
     let whole = row.len() / 8 * 8;
+    let chunks = row.len() / SUM_LANES * SUM_LANES;
     let at = row.as_mut_ptr();
     // The lanes of the last, partial vector that hold values (none where the row is whole).
     let tail = _mm256_cmpgt_epi32(
@@ -521,29 +524,60 @@ pub(super) unsafe fn exp_row_avx2(row: &mut [f32]) -> f32 {
     }
     let splat_max = _mm256_set1_ps(across_lanes(maxima, |a, b| _mm_max_ps(a, b)));
     let exp_at = |i: usize| unsafe {
-        let e = exp_nonpositive_avx2(_mm256_sub_ps(_mm256_loadu_ps(at.add(i)), splat_max));
+        let e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(at.add(i)), splat_max));
         _mm256_storeu_ps(at.add(i), e);
         e
     };
-    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let pairs = whole / 16 * 16;
-    for i in (0..pairs).step_by(16) {
-        s0 = _mm256_add_ps(s0, exp_at(i));
-        s1 = _mm256_add_ps(s1, exp_at(i + 8));
+    let mut lanes = [_mm256_setzero_ps(); 4];
+    for i in (0..chunks).step_by(SUM_LANES) {
+        for (v, lane) in lanes.iter_mut().enumerate() {
+            *lane = _mm256_add_ps(*lane, exp_at(i + 8 * v));
+        }
     }
-    for i in (pairs..whole).step_by(8) {
-        s0 = _mm256_add_ps(s0, exp_at(i));
+    for i in (chunks..whole).step_by(8) {
+        exp_at(i);
     }
-    // The tail's lanes past the row hold the maximum, whose weight (1) is neither stored nor
-    // summed.
-    let e = exp_nonpositive_avx2(_mm256_sub_ps(
+    // The tail's lanes past the row hold the maximum, whose weight is not stored.
+    let e = exp_avx2(_mm256_sub_ps(
         _mm256_blendv_ps(splat_max, tail_values, tail_lanes),
         splat_max,
     ));
     unsafe { _mm256_maskstore_ps(at.add(whole), tail, e) };
-    s1 = _mm256_add_ps(s1, _mm256_and_ps(e, tail_lanes));
-    let sum = _mm256_add_ps(s0, s1);
-    across_lanes(sum, |a, b| _mm_add_ps(a, b))
+    let mut sums = [0.0f32; SUM_LANES];
+    for (v, lane) in lanes.iter().enumerate() {
+        // SAFETY: `sums` holds four vectors.
+        unsafe { _mm256_storeu_ps(sums.as_mut_ptr().add(8 * v), *lane) };
+    }
+    sums.iter().sum::<f32>() + row[chunks..].iter().sum::<f32>()
+}
+
+/// [`exp`] on eight lanes: the same operations in the same order (no fused multiply-adds), so
+/// the same results.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    const ROUND: f32 = 12_582_912.0;
+    let splat = _mm256_set1_ps;
+    let (add, mul) = (_mm256_add_ps, _mm256_mul_ps);
+    let x = _mm256_min_ps(_mm256_max_ps(x, splat(-87.0)), splat(88.0));
+    let shifted = add(mul(x, splat(std::f32::consts::LOG2_E)), splat(ROUND));
+    let n = _mm256_sub_ps(shifted, splat(ROUND));
+    let r = _mm256_sub_ps(
+        _mm256_sub_ps(x, mul(n, splat(LN2_HI))),
+        mul(n, splat(LN2_LO)),
+    );
+    let mut p = add(splat(1.0 / 120.0), _mm256_div_ps(r, splat(720.0)));
+    for coefficient in [1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = add(splat(coefficient), mul(r, p));
+    }
+    let n_bits = _mm256_sub_epi32(
+        _mm256_castps_si256(shifted),
+        _mm256_set1_epi32(ROUND.to_bits() as i32),
+    );
+    let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(n_bits, _mm256_set1_epi32(127)));
+    mul(p, _mm256_castsi256_ps(scale))
 }
 
 /// `op` of a vector's eight lanes, folded pairwise: the two halves, then pairs of the four,
@@ -834,6 +868,28 @@ fn exp_nonpositive_f64(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The AVX2 row exponential gives the portable one's weights and sum to the bit, over rows
+    /// with and without whole chunks of lanes, partial vectors and scores far below the maximum.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_exp_row_is_the_portable_one() {
+        if !std::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        for len in [1, 7, 8, 31, 32, 33, 64, 77, 128, 301] {
+            let scores: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 60.0)
+                .collect();
+            let (mut want, mut got) = (scores.clone(), scores);
+            let want_sum = exp_row(&mut want);
+            // SAFETY: the CPU has AVX2 (checked above).
+            let got_sum = unsafe { exp_row_avx2(&mut got) };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{len}: weights");
+            assert_eq!(got_sum.to_bits(), want_sum.to_bits(), "{len}: sum");
+        }
+    }
 
     /// Points from −20 to 20, dense where the activations bend.
     fn grid() -> Vec<f32> {
