@@ -493,106 +493,15 @@ pub(super) fn exp_row(row: &mut [f32]) -> f32 {
     sums.total(tail, |v| v)
 }
 
-/// [`exp_row`] in eight-lane vectors, with its results to the bit: the maximum in one sweep, then
-/// `exp(x − max)` by [`exp_avx2`] stored and summed in [`SUM_LANES`] lanes (four vectors) over
-/// whole chunks, the values past the last whole chunk added one by one after the lanes, as
-/// [`LaneSums`] adds them; the last partial vector through lane masks.
+/// [`exp_row`] compiled for AVX2, its results to the bit (no FMA contraction in Rust): for the
+/// attention task's AVX2 copy, which a bare `fn` item's call shim would run as baseline SSE code.
 ///
 /// # Safety
 /// The CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn exp_row_avx2(row: &mut [f32]) -> f32 {
-    use std::arch::x86_64::*;
-    const _: () = assert!(SUM_LANES == 32, "four vectors of lanes");
-    let whole = row.len() / 8 * 8;
-    let chunks = row.len() / SUM_LANES * SUM_LANES;
-    let at = row.as_mut_ptr();
-    // The lanes of the last, partial vector that hold values (none where the row is whole).
-    let tail = _mm256_cmpgt_epi32(
-        _mm256_set1_epi32((row.len() - whole) as i32),
-        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-    );
-    let tail_lanes = _mm256_castsi256_ps(tail);
-    let neg_inf = _mm256_set1_ps(f32::NEG_INFINITY);
-    // SAFETY (here and below): vector loads and stores at `i < whole` cover values `i..i + 8`
-    // of the row; masked ones at `whole` only the tail's.
-    let tail_values = unsafe { _mm256_maskload_ps(at.add(whole), tail) };
-    let mut maxima = _mm256_blendv_ps(neg_inf, tail_values, tail_lanes);
-    for i in (0..whole).step_by(8) {
-        maxima = _mm256_max_ps(maxima, unsafe { _mm256_loadu_ps(at.add(i)) });
-    }
-    let splat_max = _mm256_set1_ps(across_lanes(maxima, |a, b| _mm_max_ps(a, b)));
-    let exp_at = |i: usize| unsafe {
-        let e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(at.add(i)), splat_max));
-        _mm256_storeu_ps(at.add(i), e);
-        e
-    };
-    let mut lanes = [_mm256_setzero_ps(); 4];
-    for i in (0..chunks).step_by(SUM_LANES) {
-        for (v, lane) in lanes.iter_mut().enumerate() {
-            *lane = _mm256_add_ps(*lane, exp_at(i + 8 * v));
-        }
-    }
-    for i in (chunks..whole).step_by(8) {
-        exp_at(i);
-    }
-    // The tail's lanes past the row hold the maximum, whose weight is not stored.
-    let e = exp_avx2(_mm256_sub_ps(
-        _mm256_blendv_ps(splat_max, tail_values, tail_lanes),
-        splat_max,
-    ));
-    unsafe { _mm256_maskstore_ps(at.add(whole), tail, e) };
-    let mut sums = [0.0f32; SUM_LANES];
-    for (v, lane) in lanes.iter().enumerate() {
-        // SAFETY: `sums` holds four vectors.
-        unsafe { _mm256_storeu_ps(sums.as_mut_ptr().add(8 * v), *lane) };
-    }
-    sums.iter().sum::<f32>() + row[chunks..].iter().sum::<f32>()
-}
-
-/// [`exp`] on eight lanes: the same operations in the same order (no fused multiply-adds), so
-/// the same results.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[inline]
-fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
-    use std::arch::x86_64::*;
-    const ROUND: f32 = 12_582_912.0;
-    let splat = _mm256_set1_ps;
-    let (add, mul) = (_mm256_add_ps, _mm256_mul_ps);
-    let x = _mm256_min_ps(_mm256_max_ps(x, splat(-87.0)), splat(88.0));
-    let shifted = add(mul(x, splat(std::f32::consts::LOG2_E)), splat(ROUND));
-    let n = _mm256_sub_ps(shifted, splat(ROUND));
-    let r = _mm256_sub_ps(
-        _mm256_sub_ps(x, mul(n, splat(LN2_HI))),
-        mul(n, splat(LN2_LO)),
-    );
-    let mut p = add(splat(1.0 / 120.0), _mm256_div_ps(r, splat(720.0)));
-    for coefficient in [1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        p = add(splat(coefficient), mul(r, p));
-    }
-    let n_bits = _mm256_sub_epi32(
-        _mm256_castps_si256(shifted),
-        _mm256_set1_epi32(ROUND.to_bits() as i32),
-    );
-    let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(n_bits, _mm256_set1_epi32(127)));
-    mul(p, _mm256_castsi256_ps(scale))
-}
-
-/// `op` of a vector's eight lanes, folded pairwise: the two halves, then pairs of the four,
-/// then the last two.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[inline]
-fn across_lanes(
-    v: std::arch::x86_64::__m256,
-    op: impl Fn(std::arch::x86_64::__m128, std::arch::x86_64::__m128) -> std::arch::x86_64::__m128,
-) -> f32 {
-    use std::arch::x86_64::*;
-    let four = op(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let two = op(four, _mm_movehl_ps(four, four));
-    _mm_cvtss_f32(op(two, _mm_movehdup_ps(two)))
+    exp_row(row)
 }
 
 /// [`apply`] as written, also for callers that inline it into their own target-feature copies

@@ -12,8 +12,8 @@
 //!    are: the queries straight from `qkv`, so `Q` is never packed; the kernel stores each row
 //!    scaled straight into the panel's score rows.
 //! 2. Each row's softmax over its visible keys, in place: the maximum, then `exp(s − max)` and
-//!    the sum in one sweep (an AVX-512 `exp2` on `vscalefps`; on AVX2 the portable exponential's
-//!    arithmetic in eight-lane vectors); keys the mask hides become 0.
+//!    the sum in one sweep (an AVX-512 `exp2` on `vscalefps`; on AVX2 the portable exponential
+//!    compiled for AVX2); keys the mask hides become 0.
 //! 3. `O = P·V / Σ` on the same microkernel, `P`'s rows read where they are, the division applied
 //!    to the output tile (head_dim values a row) as it is stored.
 //!
