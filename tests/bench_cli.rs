@@ -72,12 +72,13 @@ fn cpu_kernels_report_the_fixed_keys() {
         probes.contains(&"gemm-f32") && probes.contains(&"triad"),
         "{probes:?}"
     );
-    // The bf16 ceiling is measured where the CPU has a bf16 GEMM (AMX tiles), and only there.
-    let amx = mscope::backend::cpu::amx_available();
-    assert_eq!(probes.contains(&"gemm-bf16"), amx, "{probes:?}");
+    // The bf16 ceiling is measured where the CPU has a bf16 GEMM (AMX tiles, AVX512_BF16), and
+    // only there.
+    let bf16 = mscope::backend::cpu::bf16_gemm().is_some();
+    assert_eq!(probes.contains(&"gemm-bf16"), bf16, "{probes:?}");
     assert_eq!(
         report["ceilings"]["bf16_gflops"].is_number(),
-        amx,
+        bf16,
         "{}",
         report["ceilings"]
     );
@@ -159,23 +160,25 @@ fn cpu_attention_variants_side_by_side() {
     assert!(results[0]["variant"].is_null(), "{results:?}");
 }
 
-/// The AMX GEMM (variant 11) beside the packed one: each divided by the ceiling of its own
-/// precision, so both get a roofline fraction.
+/// The CPU's bf16 GEMM (variant 11 on AMX, else 14 on AVX512_BF16) beside the packed one: each
+/// divided by the ceiling of its own precision, so both get a roofline fraction.
 #[test]
 fn cpu_bf16_gemm_has_its_own_ceiling() {
-    if !mscope::backend::cpu::amx_available() {
-        report_skip(&current_test(), "cpu", "this CPU has no AMX-BF16 tile unit");
+    let Some(bf16_gemm) = mscope::backend::cpu::bf16_gemm() else {
+        let why = "this CPU has neither an AMX-BF16 tile unit nor AVX512_BF16";
+        report_skip(&current_test(), "cpu", why);
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     // A compute-bound case at both precisions.
+    let variants = format!("8,{}", bf16_gemm.number());
     let args = [
         "--suite",
         "kernels",
         "--filter",
         "bert-base-ffn-up",
         "--variant",
-        "8,11",
+        &variants,
     ];
     let report = bench(dir.path(), &args, None).unwrap();
     let bf16 = report["ceilings"]["bf16_gflops"].as_f64().unwrap();
@@ -188,7 +191,7 @@ fn cpu_bf16_gemm_has_its_own_ceiling() {
                 r["roofline_fraction"].as_f64(),
             );
             assert_eq!(r["bound"], "compute", "{}", r["variant_name"]);
-            let ceiling = if r["variant"] == 11 { bf16 } else { f32 };
+            let ceiling = if r["variant"] == 8 { f32 } else { bf16 };
             let want = gflops / ceiling;
             let got = fraction
                 .unwrap_or_else(|| panic!("{} has no roofline fraction", r["variant_name"]));
@@ -200,7 +203,7 @@ fn cpu_bf16_gemm_has_its_own_ceiling() {
             r["variant"].as_u64().unwrap()
         })
         .collect();
-    assert_eq!(variants, [8, 11]);
+    assert_eq!(variants, [8, u64::from(bf16_gemm.number())]);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use common::{
     absent, backend_tests, cosine, current_test, reference_tensor, rel_error, repo_path,
     report_skip, run_mscope_ok, wgpu_with,
 };
-use mscope::backend::cpu::{amx_available, CpuBackend};
+use mscope::backend::cpu::{bf16_gemm, CpuBackend};
 use mscope::backend::cuda::{CudaBackend, CudaOptions};
 use mscope::backend::wgpu::WgpuOptions;
 use mscope::backend::RopeScaling;
@@ -449,19 +449,20 @@ fn embed_cli_pools_the_last_token(be: &Arc<dyn Backend>) {
     }
 }
 
-/// `--matmul-precision medium` on the CPU (AMX tiles, GEMM variant 11: activations rounded to
-/// bf16, f32 sums): the f32 and bf16 Mistral fixtures within half precision's tolerance of
-/// transformers' f32 hidden states, yet not equal to the f32 path's (the tiles did run), and
-/// `mscope embed --matmul-precision medium`'s last-token rows (as directions) within it too.
-/// Skipped without AMX.
+/// `--matmul-precision medium` on the CPU (AMX tiles, GEMM variant 11, or AVX512_BF16, 14:
+/// activations rounded to bf16, f32 sums): the f32 and bf16 Mistral fixtures within half
+/// precision's tolerance of transformers' f32 hidden states, yet not equal to the f32 path's
+/// (the bf16 GEMM did run), and `mscope embed --matmul-precision medium`'s last-token rows (as
+/// directions) within it too. Skipped on a CPU with neither unit.
 #[test]
 fn cpu_medium_matmul_precision_matches_transformers() {
-    if !amx_available() {
-        report_skip(&current_test(), "cpu", "this CPU has no AMX-BF16 tile unit");
+    let Some(bf16) = bf16_gemm() else {
+        let why = "this CPU has neither an AMX-BF16 tile unit nor AVX512_BF16";
+        report_skip(&current_test(), "cpu", why);
         return;
-    }
+    };
     let medium = CpuBackend::new().with_matmul_precision(MatmulPrecision::Medium);
-    assert_eq!(medium.gemm_variant(), GemmVariant::AmxBf16);
+    assert_eq!(medium.gemm_variant(), bf16);
     medium_matches_transformers(Arc::new(medium), Arc::new(CpuBackend::new()), "cpu");
 }
 

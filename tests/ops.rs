@@ -12,7 +12,7 @@ use common::{
     report_skip,
 };
 use half::{bf16, f16};
-use mscope::backend::cpu::{amx_available, CpuBackend};
+use mscope::backend::cpu::{bf16_unit_available, bf16_unit_name, CpuBackend};
 use mscope::backend::{
     Activation, AttentionSpec, AttentionVariant, Backend, GemmVariant, Pooling, RopeFrequencies,
     RopeScaling, RopeSpec, SeqLayout,
@@ -114,20 +114,31 @@ fn cpu_packed_gemm_matches_faer() {
     }
 }
 
-/// The AMX GEMM (variant 11: bf16 operands, f32 sums) on sizes that fill no tile, depth step or
+/// The bf16 GEMMs (variants 11 on AMX tiles and 14 on AVX512_BF16: bf16 operands, f32 sums),
+/// each where the CPU has its unit, on sizes that fill no tile, depth step or
 /// block (`k` up to four of its 256-deep blocks), every epilogue (bias, activations, residual,
 /// gated SwiGLU and GeGLU columns), weights f32, f16 and bf16, each output NaN-poisoned first:
 /// within the bf16 tolerance (1e-2) of the f64 reference on the f32 operands (outputs of 17
 /// values or more), and within f32's
 /// (1e-5) of it on operands rounded to bf16 beforehand — the only rounding the tiles add — so a
-/// misplaced tile or depth pair cannot hide under the bf16 tolerance. Skipped without AMX.
+/// misplaced tile or depth pair cannot hide under the bf16 tolerance.
 #[test]
-fn cpu_amx_gemm_matches_the_reference() {
-    if !amx_available() {
-        report_skip(&current_test(), "cpu", "this CPU has no AMX-BF16 tile unit");
-        return;
+fn cpu_bf16_gemms_match_the_reference() {
+    for variant in [GemmVariant::AmxBf16, GemmVariant::DotBf16] {
+        if bf16_unit_available(variant) {
+            bf16_gemm_matches_the_reference(variant);
+        } else {
+            let why = format!(
+                "variant {variant}: this CPU lacks {}",
+                bf16_unit_name(variant)
+            );
+            report_skip(&current_test(), "cpu", &why);
+        }
     }
-    let be: Arc<dyn Backend> = Arc::new(CpuBackend::with_gemm(GemmVariant::AmxBf16));
+}
+
+fn bf16_gemm_matches_the_reference(variant: GemmVariant) {
+    let be: Arc<dyn Backend> = Arc::new(CpuBackend::with_gemm(variant));
     let to_bf16 =
         |v: &[f32]| -> Vec<f32> { v.iter().map(|&v| bf16::from_f32(v).to_f32()).collect() };
     let check = |case: &OpCase, inputs: &Inputs, tol: f64, operands: &str| {
@@ -138,7 +149,7 @@ fn cpu_amx_gemm_matches_the_reference() {
         let err = rel_error(&got, &want);
         assert!(
             err < tol,
-            "amx {} ({}), {operands} operands: relative error {err:e}",
+            "{variant} {} ({}), {operands} operands: relative error {err:e}",
             case.name,
             case.shape()
         );

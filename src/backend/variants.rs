@@ -47,11 +47,16 @@ pub enum GemmVariant {
     Subgroup,
     /// 13 — variant 12 on f16 weights (WGSL with SHADER_F16 and subgroups).
     SubgroupF16,
+    /// 14 — AVX512_BF16's `vdpbf16ps` (two bf16 products added to each f32 lane) on variant
+    /// 11's packed operands, an 8 × 32 register tile, f32 accumulation; relative error about
+    /// 1e-3, so opt-in (CPU with AVX512_BF16 and no AMX, such as AMD Zen 4:
+    /// `--matmul-precision medium`).
+    DotBf16,
 }
 
 impl GemmVariant {
     /// Every variant, in the order of its number.
-    pub const ALL: [GemmVariant; 13] = [
+    pub const ALL: [GemmVariant; 14] = [
         GemmVariant::Naive,
         GemmVariant::Tiled,
         GemmVariant::Direct,
@@ -65,6 +70,7 @@ impl GemmVariant {
         GemmVariant::AmxBf16,
         GemmVariant::Subgroup,
         GemmVariant::SubgroupF16,
+        GemmVariant::DotBf16,
     ];
 
     pub fn number(self) -> u32 {
@@ -82,6 +88,7 @@ impl GemmVariant {
             GemmVariant::AmxBf16 => 11,
             GemmVariant::Subgroup => 12,
             GemmVariant::SubgroupF16 => 13,
+            GemmVariant::DotBf16 => 14,
         }
     }
 
@@ -105,6 +112,7 @@ impl GemmVariant {
             GemmVariant::AmxBf16 => "amx-bf16",
             GemmVariant::Subgroup => "subgroup",
             GemmVariant::SubgroupF16 => "subgroup-f16",
+            GemmVariant::DotBf16 => "dot-bf16",
         }
     }
 
@@ -113,7 +121,10 @@ impl GemmVariant {
     pub fn bf16_operands(self) -> bool {
         matches!(
             self,
-            GemmVariant::MmaBf16 | GemmVariant::WgmmaBf16 | GemmVariant::AmxBf16
+            GemmVariant::MmaBf16
+                | GemmVariant::WgmmaBf16
+                | GemmVariant::AmxBf16
+                | GemmVariant::DotBf16
         )
     }
 

@@ -5,7 +5,7 @@
 //! GEMM through the backend for FLOP/s, a copy for bytes/s). Each case counts its work — FLOPs
 //! and the compulsory bytes (inputs read once, outputs written once) — so its floor is
 //! `max(flops / FLOP ceiling, bytes / byte ceiling)`, and its roofline fraction is that floor over
-//! the median time. Kernels that multiply bf16 operands (tensor cores, AMX) are set against the
+//! the median time. Kernels that multiply bf16 operands (tensor cores, AMX, AVX512_BF16) are set against the
 //! device's bf16 GEMM on the probe shapes (`gemm-bf16`), where it has one, and get no fraction
 //! elsewhere; their anchors (PyTorch's bf16 matmuls) are the outside comparison. Pipelines report
 //! items per second instead.
@@ -70,7 +70,7 @@ impl Scale {
 pub enum Precision {
     F32,
     F64,
-    /// bf16 operands with f32 sums (tensor cores, AMX tiles): measured against the `gemm-bf16`
+    /// bf16 operands with f32 sums (tensor cores, AMX tiles, AVX512_BF16): measured against the `gemm-bf16`
     /// probe, and given no roofline fraction where the device has no bf16 GEMM (the f32 ceiling
     /// would put them far above 100%).
     Bf16,

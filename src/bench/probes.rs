@@ -7,8 +7,8 @@
 //!   that model shapes stay in.
 //! - `gemm-f64` (CPU): the same with faer in f64, the ceiling of the f64 stats ops.
 //! - `gemm-bf16`: the same two shapes through the device's GEMM on bf16 operands (AMX tiles,
-//!   tensor cores), where it has one: the ceiling of the cases that run such kernels, which the
-//!   f32 one would put far above 100%.
+//!   AVX512_BF16, tensor cores), where it has one: the ceiling of the cases that run such
+//!   kernels, which the f32 one would put far above 100%.
 //! - `fma-f32` (CPU, x86-64 with FMA): independent AVX2 FMA chains in registers on every rayon
 //!   thread, the nearest to the datasheet peak software gets; reported, not used as a ceiling.
 //! - `triad` (CPU): STREAM's `a = b + s·c` on arrays far larger than the caches, on every core;

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::cpu::{amx_available, CpuBackend};
+use crate::backend::cpu::{bf16_gemm, bf16_unit_available, bf16_unit_name, CpuBackend};
 use crate::backend::cuda::{CudaBackend, CudaOptions};
 use crate::backend::wgpu::{WgpuBackend, WgpuOptions};
 use crate::backend::{self, AttentionVariant, Backend, BackendKind, GemmVariant, OpFamily};
@@ -37,12 +37,12 @@ impl Target {
             .map_or(self.gemm, |cpu| cpu.linear_variant(weights))
     }
 
-    /// The same device with a `linear` on bf16 operands (AMX tiles on the CPU; `wgmma` on
+    /// The same device with a `linear` on bf16 operands (AMX tiles or AVX512_BF16 on the CPU; `wgmma` on
     /// sm_90, else `mma.sync` on sm_80+ under CUDA), for the bf16 ceiling probe; `None` where
     /// the device has no such kernel.
     pub fn bf16_gemm_backend(&self) -> Option<Arc<dyn Backend>> {
         match self.backend.name() {
-            "cpu" if amx_available() => Some(Arc::new(CpuBackend::with_gemm(GemmVariant::AmxBf16))),
+            "cpu" => bf16_gemm().map(|v| Arc::new(CpuBackend::with_gemm(v)) as Arc<dyn Backend>),
             "cuda" => CudaBackend::open_bf16_gemm(&CudaOptions::from_env())
                 .map(|be| Arc::new(be) as Arc<dyn Backend>),
             _ => None,
@@ -95,10 +95,14 @@ pub fn open(kind: BackendKind, variant: Option<u32>) -> Result<Target> {
                 &CpuBackend::GEMM_VARIANTS,
                 &AttentionVariant::CPU,
             )?;
-            if picked_gemm == Some(GemmVariant::AmxBf16) && !amx_available() {
-                return Err(Error::input(
-                    "--variant 11: this CPU has no AMX-BF16 tile unit (or the kernel refused it)",
-                ));
+            if let Some(bf16) = picked_gemm.filter(|v| v.bf16_operands()) {
+                if !bf16_unit_available(bf16) {
+                    return Err(Error::input(format!(
+                        "--variant {}: this CPU lacks {} (or the kernel refused it)",
+                        bf16.number(),
+                        bf16_unit_name(bf16)
+                    )));
+                }
             }
             let be = picked_gemm
                 .map_or_else(CpuBackend::new, CpuBackend::with_gemm)

@@ -10,7 +10,17 @@ fn cpu_features() -> Vec<&'static str> {
         macro_rules! probe {
             ($($f:tt),*) => {$( if std::is_x86_feature_detected!($f) { found.push($f); } )*};
         }
-        probe!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl");
+        probe!(
+            "sse4.2",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512bf16"
+        );
         found
     }
     #[cfg(target_arch = "aarch64")]
@@ -24,8 +34,10 @@ fn cpu_features() -> Vec<&'static str> {
 }
 
 pub fn run() -> Result<()> {
+    let bf16_gemm = crate::backend::cpu::bf16_gemm()
+        .map_or_else(|| "none (f32)".to_string(), |v| format!("variant {v}"));
     outln!(
-        "cpu: {} threads, SIMD: {}",
+        "cpu: {} threads, SIMD: {}; --matmul-precision medium: {bf16_gemm}",
         rayon::current_num_threads(),
         cpu_features().join(" ")
     )?;

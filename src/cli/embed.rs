@@ -68,9 +68,9 @@ pub struct EmbedArgs {
     backend: BackendKind,
     /// Precision of the matmuls' operands, as torch's `set_float32_matmul_precision`:
     /// `highest` multiplies in f32; `medium` rounds activations and weights to bf16 and sums in
-    /// f32, on the CPU's AMX tiles (Sapphire Rapids and later) or CUDA's tensor cores (sm_80+);
-    /// relative error about 1e-3. A hint: without AMX, on wgpu or on an older GPU, the f32 path
-    /// runs (one line on stderr).
+    /// f32, on the CPU's AMX tiles (Sapphire Rapids and later) or AVX512_BF16 (Zen 4, Cooper
+    /// Lake), or CUDA's tensor cores (sm_80+); relative error about 1e-3. A hint: on a CPU with
+    /// neither, on wgpu or on an older GPU, the f32 path runs (one line on stderr).
     #[arg(long, value_enum, default_value_t = MatmulPrecision::Highest)]
     matmul_precision: MatmulPrecision,
     /// Texts (or images) per forward pass.

@@ -1,10 +1,10 @@
 //! The GEMM family on the CPU: faer's matmul on every core behind [`gemm`] (also the host GEMM
-//! of `models/` and `instruments/`), and `linear` in one of three variants: 7, that GEMM plus one
+//! of `models/` and `instruments/`), and `linear` in one of four variants: 7, that GEMM plus one
 //! epilogue pass (bias, activation, residual) over its rows; 8, our packed GEMM with the
 //! epilogue applied to each register tile ([`super::gemm_packed`]), which also runs every
-//! `linear` on half-precision weights (faer would need a whole f32 copy of them); 11, opt-in
-//! (`--matmul-precision medium`), bf16 operands on AMX tiles with variant 8's epilogue, on every
-//! weight dtype and size (`super::gemm_amx`, x86-64 only). The default
+//! `linear` on half-precision weights (faer would need a whole f32 copy of them); 11 and 14,
+//! opt-in (`--matmul-precision medium`), bf16 operands on AMX tiles or with AVX512_BF16 with
+//! variant 8's epilogue, on every weight dtype and size (`super::gemm_bf16`, x86-64 only). The default
 //! backend picks between them by weight size ([`super::PACKED_MIN_WEIGHTS`]). `linear_gated`
 //! (SwiGLU) is fused only into ours, which the default backend runs it on at every size; with
 //! faer (the backend opened with variant 7) it is `linear` then `gated_activation`.
@@ -111,7 +111,7 @@ pub(super) fn gated_activation(gate_up: &Tensor, act: Activation, out: &mut Tens
     Ok(())
 }
 
-/// `linear_gated` fused into our packed GEMM (variant 8), or the AMX one (11): the gate and up
+/// `linear_gated` fused into our packed GEMM (variant 8), or a bf16 one (11, 14): the gate and up
 /// rows share each output tile, which is finished as `act(gate) ⊙ up` and stored at half its
 /// width.
 pub(super) fn linear_gated(
@@ -132,7 +132,7 @@ pub(super) fn linear_gated(
     packed_linear(variant, x, (n, k, m), w, &epilogue, out)
 }
 
-/// `linear` on our packed GEMM (variant 8 or 9), or on the AMX one where `variant` is 11.
+/// `linear` on our packed GEMM (variant 8 or 9), or on a bf16 one where `variant` is 11 or 14.
 fn packed_linear(
     variant: GemmVariant,
     x: &Tensor,
@@ -143,16 +143,24 @@ fn packed_linear(
 ) -> Result<()> {
     let (x, weights, cache) = (values(x)?, matrix(w)?, Some(&w.cpu_packed));
     #[cfg(target_arch = "x86_64")]
-    if variant == GemmVariant::AmxBf16 {
-        super::gemm_amx::linear(x, shape, &weights, cache, epilogue, values_mut(out)?);
+    if variant.bf16_operands() {
+        super::gemm_bf16::linear(
+            variant,
+            x,
+            shape,
+            &weights,
+            cache,
+            epilogue,
+            values_mut(out)?,
+        );
         return Ok(());
     }
     gemm_packed::linear(x, shape, &weights, cache, epilogue, values_mut(out)?);
     Ok(())
 }
 
-/// `linear` on `variant` (7, 8 or 11) for f32 weights; half-precision weights run variant 8, or
-/// 11 when asked.
+/// `linear` on `variant` (7, 8, 11 or 14) for f32 weights; half-precision weights run variant 8,
+/// or 11 or 14 when asked.
 pub(super) fn linear(
     variant: GemmVariant,
     x: &Tensor,

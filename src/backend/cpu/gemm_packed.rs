@@ -411,8 +411,8 @@ pub(super) fn even_share(total: usize, parts: usize, i: usize) -> Range<usize> {
 }
 
 /// Packed `x` of the most values a thread keeps between calls (MiniLM's FFN-down input of 2 048
-/// tokens is 12.6 MB); a larger one is freed after its call.
-const PACKED_X_KEPT_BYTES: usize = 32 << 20;
+/// tokens is 12.6 MB); a larger one is freed after its call. The bf16 GEMMs keep theirs the same.
+pub(super) const PACKED_X_KEPT_BYTES: usize = 32 << 20;
 
 thread_local! {
     /// The calling thread's packed `x`, reused across calls: a fresh one was fresh pages, zeroed

@@ -10,8 +10,8 @@
 //!
 //! Shape: one file per op family, as `kernels/*.cu` and `shaders/*.wgsl` are split — `gemm`
 //! (also the public [`gemm()`] and [`Operand`] of host loops), `gemm_packed` (GEMM variants
-//! 8 and 9, and every GEMM on half-precision weights) and `gemm_amx` (variant 11, bf16 operands
-//! on AMX tiles, behind [`CpuBackend::with_matmul_precision`]), `norm`, `rope`, `attention`,
+//! 8 and 9, and every GEMM on half-precision weights) and `gemm_bf16` (variants 11 and 14, bf16
+//! operands on AMX tiles or AVX512_BF16, behind [`CpuBackend::with_matmul_precision`]), `norm`, `rope`, `attention`,
 //! `gather`, `pool`, `ntk`, `stats`, `trim` — each holding functions named like the [`Backend`]
 //! methods they implement (`backward` holds the host-slice functions the classifier's backward
 //! pass calls, and in `backward::on_tensors` the backward family's ops over them); `activation`
@@ -39,7 +39,7 @@ mod common;
 mod gather;
 mod gemm;
 #[cfg(target_arch = "x86_64")]
-mod gemm_amx;
+mod gemm_bf16;
 mod gemm_packed;
 mod norm;
 mod ntk;
@@ -50,11 +50,26 @@ mod trim;
 
 pub use gemm::{gemm, gemm_in_task, Operand};
 
-/// Whether this CPU runs GEMM variant 11: AMX with bf16 products, and the kernel's permission
-/// to use the tiles (asked for once per process).
-pub fn amx_available() -> bool {
+/// The bf16 GEMM this CPU runs for `--matmul-precision medium`: AMX tiles (variant 11) where it
+/// has them, else AVX512_BF16's `vdpbf16ps` (14); `None` on CPUs with neither.
+pub fn bf16_gemm() -> Option<GemmVariant> {
+    [GemmVariant::AmxBf16, GemmVariant::DotBf16]
+        .into_iter()
+        .find(|&v| bf16_unit_available(v))
+}
+
+/// What the bf16 GEMM `variant` (11 or 14) needs of the CPU, for messages.
+pub fn bf16_unit_name(variant: GemmVariant) -> &'static str {
+    match variant {
+        GemmVariant::AmxBf16 => "an AMX-BF16 tile unit",
+        _ => "AVX512_BF16",
+    }
+}
+
+/// Whether this CPU runs `variant`, one of the bf16 GEMMs (11 or 14).
+pub fn bf16_unit_available(variant: GemmVariant) -> bool {
     #[cfg(target_arch = "x86_64")]
-    return gemm_amx::available();
+    return gemm_bf16::available(variant);
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
@@ -118,12 +133,14 @@ pub struct CpuBackend {
 }
 
 impl CpuBackend {
-    /// faer's GEMM, ours on f32 and on f16 weights, and ours on AMX tiles (bf16 operands).
-    pub const GEMM_VARIANTS: [GemmVariant; 4] = [
+    /// faer's GEMM, ours on f32 and on f16 weights, and ours on bf16 operands (AMX tiles,
+    /// AVX512_BF16).
+    pub const GEMM_VARIANTS: [GemmVariant; 5] = [
         GemmVariant::Faer,
         GemmVariant::Packed,
         GemmVariant::PackedF16,
         GemmVariant::AmxBf16,
+        GemmVariant::DotBf16,
     ];
 
     /// The CPU backend with its default GEMM, chosen per weight matrix: ours (variant 8) for
@@ -138,14 +155,16 @@ impl CpuBackend {
     }
 
     /// The CPU backend running `linear` on f32 weights with `variant` (7 or 8; 9 is 8, on the
-    /// f16 weights a caller uploads; 11, AMX, runs every `linear` and `linear_gated`, on all
-    /// weights). Where the CPU lacks AMX, 11 is refused for 8 with one line on stderr.
+    /// f16 weights a caller uploads; the bf16 ones, 11 on AMX and 14 on AVX512_BF16, run every
+    /// `linear` and `linear_gated`, on all weights). Where the CPU lacks the unit, 11 or 14 is
+    /// refused for 8 with one line on stderr.
     pub fn with_gemm(variant: GemmVariant) -> Self {
         let gemm = match variant.on_f32_weights() {
-            GemmVariant::AmxBf16 if !amx_available() => {
+            bf16 @ (GemmVariant::AmxBf16 | GemmVariant::DotBf16) if !bf16_unit_available(bf16) => {
                 eprintln!(
-                    "mscope: this CPU has no AMX-BF16 tile unit (or the kernel refused it): \
-                     GEMM variant 11 runs the f32 packed GEMM (8)"
+                    "mscope: this CPU lacks {} (or the kernel refused it): GEMM variant {bf16} \
+                     runs the f32 packed GEMM (8)",
+                    bf16_unit_name(bf16)
                 );
                 GemmVariant::Packed
             }
@@ -160,15 +179,24 @@ impl CpuBackend {
 
     /// This backend with `linear`'s operands at `precision`, as torch's
     /// `set_float32_matmul_precision` sets them: `Highest` keeps it as it is (f32), `Medium`
-    /// runs every GEMM on AMX tiles with bf16 operands and f32 sums (variant 11) — where the
-    /// CPU has them; elsewhere the setting is a hint, and the f32 path runs after one line on
-    /// stderr.
+    /// runs every GEMM with bf16 operands and f32 sums — on AMX tiles (variant 11), else with
+    /// AVX512_BF16 (14) — where the CPU has either; elsewhere the setting is a hint, and the f32
+    /// path runs after one line on stderr.
     pub fn with_matmul_precision(self, precision: MatmulPrecision) -> Self {
         match precision {
             MatmulPrecision::Highest => self,
-            MatmulPrecision::Medium => CpuBackend {
-                attention: self.attention,
-                ..Self::with_gemm(GemmVariant::AmxBf16)
+            MatmulPrecision::Medium => match bf16_gemm() {
+                Some(bf16) => CpuBackend {
+                    attention: self.attention,
+                    ..Self::with_gemm(bf16)
+                },
+                None => {
+                    eprintln!(
+                        "mscope: --matmul-precision medium: this CPU has no bf16 GEMM \
+                         (AMX-BF16 tiles or AVX512_BF16): linear stays f32"
+                    );
+                    self
+                }
             },
         }
     }

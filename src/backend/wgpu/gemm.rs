@@ -68,7 +68,8 @@ fn kernel(variant: GemmVariant) -> Option<Kernel> {
         | GemmVariant::Packed
         | GemmVariant::PackedF16
         | GemmVariant::WgmmaBf16
-        | GemmVariant::AmxBf16 => None,
+        | GemmVariant::AmxBf16
+        | GemmVariant::DotBf16 => None,
     }
 }
 
