@@ -24,9 +24,12 @@
 //! are cut into panels of 32 rows, as [`gemm_packed`]'s are (the same lanes, gated ones too:
 //! gates in the first 16, their ups in the last 16), each panel a run of 2 KiB steps, one per 32
 //! depths, holding its two `B` tiles. f32 and f16 weights are rounded to bf16 as they are
-//! packed; bf16 ones are copied as they are. Packed weights are kept with their tensor (the
+//! packed; bf16 ones are copied as they are. Packed f32 weights are kept with their tensor (the
 //! tensor's [`gemm_packed::PackedCache`], under the same process budget; both units share one
-//! packing), else each task packs its block at every call.
+//! packing); half-precision ones, and f32 ones past the budget, are packed by each task at every
+//! call, as variant 8 packs them: their tiles would be a second copy as large as the mapped
+//! weights (a 7B bf16 checkpoint kept 4 GiB of them, and spent 8 s of system time faulting them
+//! in, for a batch that read each once).
 //!
 //! Blocking follows [`gemm_packed`]'s: a task owns a block of weight panels that fits in part of
 //! an L2 and runs its rows of `x` over it; depth is cut into blocks of [`KC`] (a 16 KiB `A`
@@ -169,6 +172,8 @@ pub(super) fn linear(
     let columns = panel_columns::<LANES>(gated);
     let col_panels = m.div_ceil(columns);
     let panel_len = kp * LANES;
+    // Half-precision weights are packed as they are read (see the module docs).
+    let cache = cache.filter(|_| matches!(w, Matrix::F32(_)));
     let packed = cache.and_then(|cache| {
         cache.get_or_pack_bf16(LANES, k, m, gated, col_panels * panel_len, |values| {
             values
