@@ -51,9 +51,9 @@ pub enum MatmulPrecision {
     #[default]
     Highest,
     /// bf16-rounded activations and weights, f32 sums (relative error about 1e-3): on the CPU,
-    /// AMX tiles (GEMM variant 11) where it has them, else AVX512_BF16 (14); under CUDA, tensor cores (`wgmma`,
-    /// variant 10, on sm_90, else `mma.sync`, variant 4, on sm_80+) unless `MSCOPE_CUDA_GEMM`
-    /// names a GEMM; wgpu keeps its f32 GEMM.
+    /// AMX tiles (GEMM variant 11) where it has them, else AVX512_BF16 (14); under CUDA, tensor
+    /// cores (`wgmma`, variant 10, on sm_90, else `mma.sync`, variant 4, on sm_80+) unless
+    /// `MSCOPE_CUDA_GEMM` names a GEMM; wgpu keeps its f32 GEMM.
     Medium,
 }
 

@@ -37,9 +37,9 @@ impl Target {
             .map_or(self.gemm, |cpu| cpu.linear_variant(weights))
     }
 
-    /// The same device with a `linear` on bf16 operands (AMX tiles or AVX512_BF16 on the CPU; `wgmma` on
-    /// sm_90, else `mma.sync` on sm_80+ under CUDA), for the bf16 ceiling probe; `None` where
-    /// the device has no such kernel.
+    /// The same device with a `linear` on bf16 operands (AMX tiles or AVX512_BF16 on the CPU;
+    /// `wgmma` on sm_90, else `mma.sync` on sm_80+ under CUDA), for the bf16 ceiling probe;
+    /// `None` where the device has no such kernel.
     pub fn bf16_gemm_backend(&self) -> Option<Arc<dyn Backend>> {
         match self.backend.name() {
             "cpu" => bf16_gemm().map(|v| Arc::new(CpuBackend::with_gemm(v)) as Arc<dyn Backend>),

@@ -21,18 +21,18 @@
 //!
 //! Layout: `x` is rounded to bf16 (to nearest, ties to even) once a call, row-major with its
 //! depth padded to a multiple of 32 and its rows to a multiple of 32, padding zero. The weights
-//! are cut into panels of 32 rows, as [`gemm_packed`]'s are (the same lanes, gated ones too:
+//! are cut into panels of 32 rows, as [`super::gemm_packed`]'s are (the same lanes, gated ones too:
 //! gates in the first 16, their ups in the last 16), each panel a run of 2 KiB steps, one per 32
 //! depths, holding its two `B` tiles. f32 and f16 weights are rounded to bf16 as they are
-//! packed; bf16 ones are copied as they are. Packed f32 weights are kept with their tensor (the
-//! tensor's [`gemm_packed::PackedCache`], under the same process budget; both units share one
-//! packing); half-precision ones, and f32 ones past the budget, are packed by each task at every
-//! call, as variant 8 packs them: their tiles would be a second copy as large as the mapped
-//! weights (a 7B bf16 checkpoint kept 4 GiB of them, and spent 8 s of system time faulting them
-//! in, for a batch that read each once).
+//! packed; bf16 ones are copied as they are. Packed f32 weights are kept with their tensor
+//! (the tensor's [`super::gemm_packed::PackedCache`], under the same process budget; both units
+//! share one packing); half-precision ones, and f32 ones past the budget, are packed by each
+//! task at every call, as variant 8 packs them: their tiles would be a second copy as large as
+//! the mapped weights (a 7B bf16 checkpoint kept 4 GiB of them, and spent 8 s of system time
+//! faulting them in, for a batch that read each once).
 //!
-//! Blocking follows [`gemm_packed`]'s: a task owns a block of weight panels that fits in part of
-//! an L2 and runs its rows of `x` over it; depth is cut into blocks of [`KC`] (a 16 KiB `A`
+//! Blocking follows [`super::gemm_packed`]'s: a task owns a block of weight panels that fits in
+//! part of an L2 and runs its rows of `x` over it; depth is cut into blocks of [`KC`] (a 16 KiB `A`
 //! block stays in L1 across the weight panels), the output tiles' sums kept in the task's tiles
 //! between depth blocks. After the last depth block the 32 × 32 f32 tile is finished and stored
 //! by the packed GEMM's own code ([`SharedOut::store`]): bias, activation, gating, residual.
@@ -271,7 +271,7 @@ pub(super) fn linear(
 }
 
 thread_local! {
-    /// The calling thread's packed `x`, reused across calls as [`gemm_packed`]'s is (a fresh
+    /// The calling thread's packed `x`, reused across calls as [`super::gemm_packed`]'s is (a fresh
     /// buffer is fresh pages, zeroed by the kernel at their first touch).
     static PACKED_X: Cell<Vec<u16>> = const { Cell::new(Vec::new()) };
 }

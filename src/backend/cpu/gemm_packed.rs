@@ -24,10 +24,11 @@
 //!
 //! f32 weights are packed once and kept with their tensor ([`PackedCache`]: filled by the first
 //! `linear` that reads them, dropped when the tensor is written or freed), up to
-//! [`CACHE_BUDGET_BYTES`] for the whole process (the AMX GEMM's bf16 tiles, [`super::gemm_amx`],
-//! are kept in the same cache under the same budget). Beyond that budget, and always for f16/bf16
-//! weights (an f32 copy would be twice their size), each task packs its block as it goes,
-//! widening half values to f32 in the packing: the only f32 copy is then one block per task.
+//! [`CACHE_BUDGET_BYTES`] for the whole process (the bf16 GEMMs' tiles of f32 weights,
+//! [`super::gemm_bf16`], are kept in the same cache under the same budget). Beyond that budget,
+//! and always for f16/bf16 weights (an f32 copy would be twice their size), each task packs its
+//! block as it goes, widening half values to f32 in the packing: the only f32 copy is then one
+//! block per task.
 //!
 //! The microkernel is chosen at run time: 8 × 32 in sixteen AVX-512 registers, 6 × 16 in twelve
 //! AVX2 registers with FMA, or a portable loop of the AVX2 shape. Where `k` takes several depth
@@ -119,7 +120,7 @@ struct PackKey {
 }
 
 /// Weights packed for one [`PackKey`]: f32 for this module's microkernels, bf16 bits for the
-/// AMX GEMM's tiles ([`super::gemm_amx`]).
+/// bf16 GEMMs' tiles ([`super::gemm_bf16`]).
 struct PackedWeights<T> {
     key: PackKey,
     values: Vec<T>,
@@ -136,10 +137,10 @@ impl<T> Drop for PackedWeights<T> {
 /// when the process's budget was spent then.
 type PackedSlot<T> = OnceLock<Option<PackedWeights<T>>>;
 
-/// A tensor's weights packed for `linear`: in f32 for this module's microkernels (f32 weights
-/// only) and in bf16 for the AMX GEMM's tiles, each filled by the first call of its GEMM. A
-/// tensor holds one, emptied whenever its values are borrowed for writing, so it never outlives
-/// the values it copies.
+/// A tensor's weights packed for `linear`: in f32 for this module's microkernels and in bf16 for
+/// the bf16 GEMMs' tiles (f32 weights only, both), each filled by the first call of its GEMM.
+/// A tensor holds one, emptied whenever its values are borrowed for writing, so it never
+/// outlives the values it copies.
 #[derive(Default)]
 pub(crate) struct PackedCache {
     f32: PackedSlot<f32>,

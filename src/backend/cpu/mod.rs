@@ -10,15 +10,15 @@
 //!
 //! Shape: one file per op family, as `kernels/*.cu` and `shaders/*.wgsl` are split — `gemm`
 //! (also the public [`gemm()`] and [`Operand`] of host loops), `gemm_packed` (GEMM variants
-//! 8 and 9, and every GEMM on half-precision weights) and `gemm_bf16` (variants 11 and 14, bf16
-//! operands on AMX tiles or AVX512_BF16, behind [`CpuBackend::with_matmul_precision`]), `norm`, `rope`, `attention`,
-//! `gather`, `pool`, `ntk`, `stats`, `trim` — each holding functions named like the [`Backend`]
-//! methods they implement (`backward` holds the host-slice functions the classifier's backward
-//! pass calls, and in `backward::on_tensors` the backward family's ops over them); `activation`
-//! holds the vectorised epilogues, `calibration` the per-block passes of `compare`'s classifier
-//! metrics, `common` what several families share (tensor values, packed-sequence splits, lane
-//! sums). `impl Backend` below only
-//! delegates, one line an op. A new op goes into its family's file (a new file for a new
+//! 8 and 9, and the f32 GEMM of half-precision weights) and `gemm_bf16` (variants 11 and 14,
+//! bf16 operands on AMX tiles or AVX512_BF16, behind [`CpuBackend::with_matmul_precision`]),
+//! `norm`, `rope`, `attention`, `gather`, `pool`, `ntk`, `stats`, `trim` — each holding
+//! functions named like the [`Backend`] methods they implement (`backward` holds the
+//! host-slice functions the classifier's backward pass calls, and in `backward::on_tensors` the
+//! backward family's ops over them); `activation` holds the vectorised epilogues, `calibration`
+//! the per-block passes of `compare`'s classifier metrics, `common` what several families share
+//! (tensor values, packed-sequence splits, lane sums). `impl Backend` below only delegates, one
+//! line an op. A new op goes into its family's file (a new file for a new
 //! family) and gets its one line here.
 
 use super::{
