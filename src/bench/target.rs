@@ -98,7 +98,7 @@ pub fn open(kind: BackendKind, variant: Option<u32>) -> Result<Target> {
             if let Some(bf16) = picked_gemm.filter(|v| v.bf16_operands()) {
                 if !bf16_unit_available(bf16) {
                     return Err(Error::input(format!(
-                        "--variant {}: this CPU lacks {} (or the kernel refused it)",
+                        "--variant {}: this CPU lacks {}",
                         bf16.number(),
                         bf16_unit_name(bf16)
                     )));

@@ -61,7 +61,7 @@ pub fn bf16_gemm() -> Option<GemmVariant> {
 /// What the bf16 GEMM `variant` (11 or 14) needs of the CPU, for messages.
 pub fn bf16_unit_name(variant: GemmVariant) -> &'static str {
     match variant {
-        GemmVariant::AmxBf16 => "an AMX-BF16 tile unit",
+        GemmVariant::AmxBf16 => "an AMX-BF16 tile unit the kernel lets it use",
         _ => "AVX512_BF16",
     }
 }
@@ -162,8 +162,7 @@ impl CpuBackend {
         let gemm = match variant.on_f32_weights() {
             bf16 @ (GemmVariant::AmxBf16 | GemmVariant::DotBf16) if !bf16_unit_available(bf16) => {
                 eprintln!(
-                    "mscope: this CPU lacks {} (or the kernel refused it): GEMM variant {bf16} \
-                     runs the f32 packed GEMM (8)",
+                    "mscope: this CPU lacks {}: GEMM variant {bf16} runs the f32 packed GEMM (8)",
                     bf16_unit_name(bf16)
                 );
                 GemmVariant::Packed
