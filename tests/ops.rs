@@ -115,13 +115,12 @@ fn cpu_packed_gemm_matches_faer() {
 }
 
 /// The bf16 GEMMs (variants 11 on AMX tiles and 14 on AVX512_BF16: bf16 operands, f32 sums),
-/// each where the CPU has its unit, on sizes that fill no tile, depth step or
-/// block (`k` up to four of its 256-deep blocks), every epilogue (bias, activations, residual,
-/// gated SwiGLU and GeGLU columns), weights f32, f16 and bf16, each output NaN-poisoned first:
-/// within the bf16 tolerance (1e-2) of the f64 reference on the f32 operands (outputs of 17
-/// values or more), and within f32's
-/// (1e-5) of it on operands rounded to bf16 beforehand — the only rounding the tiles add — so a
-/// misplaced tile or depth pair cannot hide under the bf16 tolerance.
+/// each where the CPU has its unit, on sizes that fill no tile, depth step or block (`k` up to
+/// four of its 256-deep blocks), every epilogue (bias, activations, residual, gated SwiGLU and
+/// GeGLU columns), weights f32, f16 and bf16, each output NaN-poisoned first: within the bf16
+/// tolerance (1e-2) of the f64 reference on the f32 operands (outputs of 17 values or more), and
+/// within f32's (1e-5) of it on operands rounded to bf16 beforehand — the only rounding the units
+/// add — so a misplaced tile or depth pair cannot hide under the bf16 tolerance.
 #[test]
 fn cpu_bf16_gemms_match_the_reference() {
     for variant in [GemmVariant::AmxBf16, GemmVariant::DotBf16] {
