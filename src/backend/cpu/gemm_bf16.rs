@@ -198,6 +198,10 @@ pub(super) fn linear(
         1
     };
     let depth_blocks = kp.div_ceil(KC);
+    let product: Product = match variant {
+        GemmVariant::AmxBf16 => tile_product,
+        _ => dot_product,
+    };
 
     (0..col_blocks * row_chunks).into_par_iter().for_each_init(
         || (Vec::new(), Vec::new(), Vec::new()),
@@ -227,10 +231,6 @@ pub(super) fn linear(
                     for (i, jp) in panels.clone().enumerate() {
                         let b_block =
                             &w_block[i * panel_len + depth.start * LANES..][..depth.len() * LANES];
-                        let product: Product = match variant {
-                            GemmVariant::AmxBf16 => tile_product,
-                            _ => dot_product,
-                        };
                         // SAFETY: the variant's unit is available (asserted above) and, for
                         // the tile unit, configured (`_tile_unit`); `a_block` starts 32 rows
                         // of `kp` values each holding `depth`, `b_block` holds its steps.
@@ -276,25 +276,31 @@ thread_local! {
     static PACKED_X: Cell<Vec<u16>> = const { Cell::new(Vec::new()) };
 }
 
-/// `x` rounded to bf16 bits into `a` (resized), row-major `[row_panels · 32, kp]`, padding
-/// zero; every value written, as `a` is reused. Rounded by [`round_row_avx512`] where the CPU has
-/// AVX512_BF16, else value by value.
+/// `x` rounded to bf16 bits ([`round_row`]) into `a` (resized), row-major
+/// `[row_panels · 32, kp]`, padding zero; every value written, as `a` is reused.
 fn pack_x(x: &[f32], (n, k, kp): (usize, usize, usize), row_panels: usize, a: &mut Vec<u16>) {
     a.resize(row_panels * ROWS * kp, 0);
-    let vector = vector_rounding();
     a.par_chunks_mut(kp).enumerate().for_each(|(i, dst)| {
         let (values, padding) = dst.split_at_mut(k);
         padding.fill(0);
         match (i < n).then(|| &x[i * k..][..k]) {
-            // SAFETY: the CPU has AVX-512F and AVX512_BF16 (`vector`).
-            Some(row) if vector => unsafe { round_row_avx512(row, values) },
-            Some(row) => row
-                .iter()
-                .zip(values)
-                .for_each(|(&v, d)| *d = bf16::from_f32(v).to_bits()),
+            Some(row) => round_row(row, values),
             None => values.fill(0),
         }
     });
+}
+
+/// `src` rounded to bf16 bits into `dst`: by [`round_row_avx512`] where the CPU has
+/// AVX512_BF16, else value by value.
+fn round_row(src: &[f32], dst: &mut [u16]) {
+    if vector_rounding() {
+        // SAFETY: the CPU has AVX-512F and AVX512_BF16.
+        unsafe { round_row_avx512(src, dst) }
+    } else {
+        dst.iter_mut()
+            .zip(src)
+            .for_each(|(d, &v)| *d = bf16::from_f32(v).to_bits());
+    }
 }
 
 /// Whether this CPU runs [`round_row_avx512`].
@@ -334,17 +340,15 @@ unsafe fn round_row_avx512(src: &[f32], dst: &mut [u16]) {
     }
 }
 
-/// Weight row `j`'s `k` values as bf16 bits into `row`: f32 and f16 rounded (f32 by
-/// [`round_row_avx512`] where the CPU has AVX512_BF16), bf16 as stored.
+/// Weight row `j`'s `k` values as bf16 bits into `row`: f32 ones by [`round_row`], f16 ones
+/// rounded value by value, bf16 ones as stored.
 fn bf16_row(w: &Matrix<'_>, j: usize, k: usize, row: &mut Vec<u16>) {
     row.clear();
     match w {
-        Matrix::F32(w) if vector_rounding() => {
+        Matrix::F32(w) => {
             row.resize(k, 0);
-            // SAFETY: the CPU has AVX-512F and AVX512_BF16 (`vector_rounding`).
-            unsafe { round_row_avx512(&w[j * k..][..k], row) };
+            round_row(&w[j * k..][..k], row);
         }
-        Matrix::F32(w) => row.extend(w[j * k..][..k].iter().map(|&v| bf16::from_f32(v).to_bits())),
         Matrix::Half(h) => {
             let pairs = h.row_bytes(j).chunks_exact(2);
             let bits = pairs.map(|b| u16::from_le_bytes([b[0], b[1]]));
