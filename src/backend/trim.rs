@@ -573,8 +573,8 @@ fn state_blocks(
     let (mut f, mut g) = ([0.0f64; STATE_BLOCK], [0.0f64; STATE_BLOCK]);
     let mut len = 0;
     let mut flush = |f: &mut [f64], g: &mut [f64]| {
-        f.iter_mut().for_each(|f| *f /= n);
-        g.iter_mut().for_each(|g| *g /= m);
+        divide(f, n);
+        divide(g, m);
         block(f, g);
     };
     for c in counts {
@@ -587,6 +587,17 @@ fn state_blocks(
         }
     }
     flush(&mut f[..len], &mut g[..len]);
+}
+
+with_wide_simd! {
+    /// Divides every value by `by`, as wide as the CPU allows: the profile's states are two
+    /// correctly rounded quotients a point, and the baseline target divides two at a time.
+    avx512 fn divide => divide_portable(values: &mut [f64], by: f64)
+}
+
+#[inline(always)]
+fn divide_portable(values: &mut [f64], by: f64) {
+    values.iter_mut().for_each(|v| *v /= by);
 }
 
 /// A model's points sorted ascending (−0 as +0), with each one's ranks in the sorted reference:
@@ -639,7 +650,7 @@ where
     let (mut f, mut g) = ([0.0f64; STATE_BLOCK + 2], [0.0f64; STATE_BLOCK + 2]);
     let mut len = 0;
     let mut flush = |f: &[f64], g: &mut [f64]| {
-        g.iter_mut().for_each(|g| *g /= m);
+        divide(g, m);
         block(f, g);
     };
     let mut starts = true;
@@ -789,35 +800,44 @@ impl FirstPass {
     }
 }
 
-with_wide_simd! {
-    /// Pushes into `scan` a block whose states leave α̂'s bounds and the largest draw-up as they
-    /// are (most blocks), reducing its KS maxima and lowest `G − F` in independent lanes rather
-    /// than one state after another; false, with nothing pushed, where some state may change
-    /// them.
-    /// Exact: maxima and minima do not depend on the order, and the checks are the ones
-    /// [`FirstPass::push_each`] makes, with bounds that only grow. Compiled for AVX-512 or AVX2
-    /// where the CPU has them (checked at run time): the same operations in wider registers,
-    /// the same results.
-    avx512 fn push_quiet => push_quiet_lanes(scan: &mut FirstPass, fs: &[f64], gs: &[f64]) -> bool
+/// Lanes of [`QuietLanes`]: one AVX-512 register per running extreme (their chains are shorter
+/// than the work).
+const LANES: usize = 8;
+
+/// The running extremes of a block's states, lane by lane, that [`push_quiet`] reduces: the
+/// highest and lowest `G − F`, the highest KS `B` term, and the largest margin by which a state
+/// fails [`FirstPass::push_each`]'s tests (positive where one is met: `x > y` exactly where the
+/// rounded `x − y > 0`). All plain f64 maxima and minima, so the lanes' order does not matter.
+#[derive(Clone, Copy)]
+struct QuietLanes {
+    high: [f64; LANES],
+    low: [f64; LANES],
+    b: [f64; LANES],
+    loud: [f64; LANES],
 }
 
-/// [`push_quiet`] as the target it is compiled into allows.
-#[inline(always)]
-fn push_quiet_lanes(scan: &mut FirstPass, fs: &[f64], gs: &[f64]) -> bool {
-    // One AVX-512 register per running maximum (their chains are shorter than the work).
-    const LANES: usize = 8;
-    let (t, l) = (scan.t, scan.l);
-    let (mut high, mut low) = ([f64::NEG_INFINITY; LANES], [f64::INFINITY; LANES]);
-    let mut b = [f64::NEG_INFINITY; LANES];
-    // The largest margin by which a state fails `push_each`'s tests: positive where one is
-    // met (`x > y` exactly where the rounded `x − y > 0`), all lanes plain f64 maxima.
-    let mut loud = [f64::NEG_INFINITY; LANES];
-    let mut lane = |k: usize, f: f64, g: f64| {
+impl QuietLanes {
+    fn new() -> Self {
+        QuietLanes {
+            high: [f64::NEG_INFINITY; LANES],
+            low: [f64::INFINITY; LANES],
+            b: [f64::NEG_INFINITY; LANES],
+            loud: [f64::NEG_INFINITY; LANES],
+        }
+    }
+
+    /// Folds the state `(f, g)` into lane `k`, for a block pushed at threshold `t` and bound `l`.
+    #[inline(always)]
+    fn push(&mut self, k: usize, f: f64, g: f64, t: f64, l: f64) {
         let d = g - f;
-        high[k] = if d > high[k] { d } else { high[k] };
-        low[k] = if d < low[k] { d } else { low[k] };
+        self.high[k] = if d > self.high[k] { d } else { self.high[k] };
+        self.low[k] = if d < self.low[k] { d } else { self.low[k] };
         let b_term = (1.0 - g) - (1.0 - f);
-        b[k] = if b_term > b[k] { b_term } else { b[k] };
+        self.b[k] = if b_term > self.b[k] {
+            b_term
+        } else {
+            self.b[k]
+        };
         // `push_each`'s tests at this block's `l`, without its branches: a bound that raises
         // `l`, or a state that rules out every trimming (at `f = 0` the first test is
         // `g − t > 0`, i.e. `g > t`; at `f = 1` the second is `1 − g > t` the same way).
@@ -828,18 +848,42 @@ fn push_quiet_lanes(scan: &mut FirstPass, fs: &[f64], gs: &[f64]) -> bool {
         } else {
             raises_b
         };
-        loud[k] = if margin > loud[k] { margin } else { loud[k] };
-    };
-    let (f_lanes, g_lanes) = (fs.chunks_exact(LANES), gs.chunks_exact(LANES));
-    let (f_rest, g_rest) = (f_lanes.remainder(), g_lanes.remainder());
-    for (f, g) in f_lanes.zip(g_lanes) {
-        for k in 0..LANES {
-            lane(k, f[k], g[k]);
-        }
+        self.loud[k] = if margin > self.loud[k] {
+            margin
+        } else {
+            self.loud[k]
+        };
     }
-    for (k, (&f, &g)) in f_rest.iter().zip(g_rest).enumerate() {
-        lane(k, f, g);
+}
+
+/// Pushes into `scan` a block whose states leave α̂'s bounds and the largest draw-up as they
+/// are (most blocks), reducing its KS maxima and lowest `G − F` in independent lanes rather
+/// than one state after another; false, with nothing pushed, where some state may change them.
+/// Exact: maxima and minima do not depend on the order, and the checks are the ones
+/// [`FirstPass::push_each`] makes, with bounds that only grow. The lanes run as AVX-512
+/// instructions where the CPU has them ([`quiet_lanes_avx512`]: the compiler left alone
+/// splits them into pairs and shuffles), else as [`quiet_lanes_narrow`]: the same bits.
+fn push_quiet(scan: &mut FirstPass, fs: &[f64], gs: &[f64]) -> bool {
+    assert_eq!(fs.len(), gs.len(), "push_quiet: lengths differ");
+    let (t, l) = (scan.t, scan.l);
+    let mut lanes = QuietLanes::new();
+    let mut whole = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        whole = fs.len() / LANES * LANES;
+        // SAFETY: the CPU has AVX-512F (checked above).
+        unsafe {
+            quiet_lanes_avx512(
+                &mut lanes,
+                fs[..whole].as_chunks().0,
+                gs[..whole].as_chunks().0,
+                t,
+                l,
+            )
+        };
     }
+    quiet_lanes_narrow(&mut lanes, &fs[whole..], &gs[whole..], t, l);
+    let QuietLanes { high, low, b, loud } = lanes;
     let high = high.into_iter().fold(f64::NEG_INFINITY, f64::max);
     let low = low.into_iter().fold(f64::INFINITY, f64::min);
     // No draw-up in the block can beat the largest so far: every one is at most its highest
@@ -856,6 +900,72 @@ fn push_quiet_lanes(scan: &mut FirstPass, fs: &[f64], gs: &[f64]) -> bool {
         scan.low = (low, fs[j], gs[j]);
     }
     true
+}
+
+with_wide_simd! {
+    /// [`quiet_lanes_portable`] compiled for AVX2 where the CPU has it.
+    fn quiet_lanes_narrow => quiet_lanes_portable(
+        lanes: &mut QuietLanes,
+        fs: &[f64],
+        gs: &[f64],
+        t: f64,
+        l: f64
+    )
+}
+
+/// Folds the states into `lanes`, state `i` into lane `i mod LANES`.
+#[inline(always)]
+fn quiet_lanes_portable(lanes: &mut QuietLanes, fs: &[f64], gs: &[f64], t: f64, l: f64) {
+    for (i, (&f, &g)) in fs.iter().zip(gs).enumerate() {
+        lanes.push(i % LANES, f, g, t, l);
+    }
+}
+
+/// [`quiet_lanes_portable`] over whole lanes of states, each extreme one register: `vmaxpd`
+/// and `vminpd` are exactly the comparisons of [`QuietLanes::push`] (`a > b ? a : b`, the
+/// second operand where either is NaN), and the products and differences are rounded in the
+/// same order (no fused multiply-add).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn quiet_lanes_avx512(
+    lanes: &mut QuietLanes,
+    fs: &[[f64; LANES]],
+    gs: &[[f64; LANES]],
+    t: f64,
+    l: f64,
+) {
+    use std::arch::x86_64::*;
+    let (t, l, one, shy) = (
+        _mm512_set1_pd(t),
+        _mm512_set1_pd(l),
+        _mm512_set1_pd(1.0),
+        _mm512_set1_pd(SHY),
+    );
+    let mut high = _mm512_loadu_pd(lanes.high.as_ptr());
+    let mut low = _mm512_loadu_pd(lanes.low.as_ptr());
+    let mut b = _mm512_loadu_pd(lanes.b.as_ptr());
+    let mut loud = _mm512_loadu_pd(lanes.loud.as_ptr());
+    for (f, g) in fs.iter().zip(gs) {
+        let (f, g) = (_mm512_loadu_pd(f.as_ptr()), _mm512_loadu_pd(g.as_ptr()));
+        let d = _mm512_sub_pd(g, f);
+        high = _mm512_max_pd(d, high);
+        low = _mm512_min_pd(d, low);
+        let (rest_g, rest_f) = (_mm512_sub_pd(one, g), _mm512_sub_pd(one, f));
+        b = _mm512_max_pd(_mm512_sub_pd(rest_g, rest_f), b);
+        let raises_a = _mm512_sub_pd(_mm512_sub_pd(g, t), _mm512_mul_pd(_mm512_mul_pd(l, f), shy));
+        let raises_b = _mm512_sub_pd(
+            _mm512_sub_pd(rest_g, t),
+            _mm512_mul_pd(_mm512_mul_pd(l, rest_f), shy),
+        );
+        loud = _mm512_max_pd(_mm512_max_pd(raises_a, raises_b), loud);
+    }
+    _mm512_storeu_pd(lanes.high.as_mut_ptr(), high);
+    _mm512_storeu_pd(lanes.low.as_mut_ptr(), low);
+    _mm512_storeu_pd(lanes.b.as_mut_ptr(), b);
+    _mm512_storeu_pd(lanes.loud.as_mut_ptr(), loud);
 }
 
 /// The trimmed Wasserstein-2 cost `τ_α = min_h ∫₀¹ (F⁻¹(t) − G⁻¹(t))² h'(t) dt` over the
@@ -955,4 +1065,110 @@ fn smallest_share(mut pieces: &mut [(f64, u64)], mut keep: f64) -> f64 {
         pieces = right;
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::random::SplitMix64;
+
+    fn lane_bits(lanes: &QuietLanes) -> Vec<u64> {
+        [lanes.high, lanes.low, lanes.b, lanes.loud]
+            .iter()
+            .flatten()
+            .map(|v| v.to_bits())
+            .collect()
+    }
+
+    fn scan_bits(s: &FirstPass) -> Vec<u64> {
+        let (r, w) = (s.rise_at_one, s.low);
+        [s.l, s.a, s.b, r.0, r.1, r.2, w.0, w.1, w.2]
+            .iter()
+            .map(|v| v.to_bits())
+            .chain([u64::from(s.hopeless)])
+            .collect()
+    }
+
+    /// Monotone profile states `(F, G)` from 0 towards 1, `G − F` a random walk of steps up to
+    /// `step`.
+    fn states(rng: &mut SplitMix64, len: usize, step: f64) -> (Vec<f64>, Vec<f64>) {
+        let (mut f, mut g) = (0.0f64, 0.0f64);
+        (0..len)
+            .map(|_| {
+                let d = g - f + step * (2.0 * rng.next_f64() - 1.0);
+                f = (f + 2.0 * rng.next_f64() / len as f64).min(1.0);
+                g = (f + d).clamp(g, 1.0);
+                (f, g)
+            })
+            .unzip()
+    }
+
+    #[test]
+    fn wide_lanes_are_the_portable_lanes_bit_for_bit() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            let mut rng = SplitMix64::new(7);
+            for len in [0, 8, 64, 512] {
+                // Any values, not only profiles: every comparison and rounding is exercised.
+                let value = |rng: &mut SplitMix64| 2.5 * rng.next_f64() - 0.75;
+                let fs: Vec<f64> = (0..len).map(|_| value(&mut rng)).collect();
+                let gs: Vec<f64> = (0..len).map(|_| value(&mut rng)).collect();
+                let (t, l) = (0.2 * rng.next_f64(), 1.0 + 3.0 * rng.next_f64());
+                let (mut wide, mut portable) = (QuietLanes::new(), QuietLanes::new());
+                // SAFETY: the CPU has AVX-512F (checked above).
+                unsafe { quiet_lanes_avx512(&mut wide, fs.as_chunks().0, gs.as_chunks().0, t, l) };
+                quiet_lanes_portable(&mut portable, &fs, &gs, t, l);
+                assert_eq!(lane_bits(&wide), lane_bits(&portable), "{len} states");
+            }
+            return;
+        }
+        eprintln!("skipped: no AVX-512F on this CPU (the portable lanes are all that run)");
+    }
+
+    #[test]
+    fn quiet_blocks_push_what_each_state_pushes() {
+        let mut rng = SplitMix64::new(11);
+        let (mut quiet, mut loud) = (0, 0);
+        for case in 0..60 {
+            let (t, step) = (
+                [0.005, 0.02, 0.1][case % 3],
+                [1e-4, 1e-3, 1e-2][case / 3 % 3],
+            );
+            let (fs, gs) = states(&mut rng, 20_000, step);
+            let (mut blocks, mut each) = (FirstPass::new(t), FirstPass::new(t));
+            let mut at = 0;
+            for len in [1, 7, 8, 13, 512, 515].iter().cycle() {
+                let end = (at + len).min(fs.len());
+                let (f, g) = (&fs[at..end], &gs[at..end]);
+                let before = scan_bits(&blocks);
+                if push_quiet(&mut blocks, f, g) {
+                    quiet += 1;
+                } else {
+                    loud += 1;
+                    // Nothing pushed: the block goes state by state.
+                    assert_eq!(
+                        scan_bits(&blocks),
+                        before,
+                        "case {case}, states {at}..{end}"
+                    );
+                    blocks.push_each(f, g);
+                }
+                each.push_each(f, g);
+                assert_eq!(
+                    scan_bits(&blocks),
+                    scan_bits(&each),
+                    "case {case}, states {at}.."
+                );
+                if end == fs.len() {
+                    break;
+                }
+                at = end;
+            }
+        }
+        // Both outcomes were checked.
+        assert!(
+            quiet > 1000 && loud > 1000,
+            "{quiet} quiet blocks, {loud} loud ones"
+        );
+    }
 }

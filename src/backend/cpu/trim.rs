@@ -468,47 +468,46 @@ fn entries_and_pool(
             });
             let scratch = sized(scratch, len);
             sort_by_value(keys, scratch, lo, hi);
-            // The sort's buffer is free now: each key's run `(start, end)` (its `lt`, `le` less
-            // `start`), the ends found backward, the starts forward, neither with a branch per
-            // key (the runs' lengths vary at random).
-            let runs = bytemuck::cast_slice_mut::<u64, [u32; 2]>(scratch);
+            // The sort's buffer is free now: each key's run end (its `le` less `start`), found
+            // backward without a branch per key (the runs' lengths vary at random).
+            let ends = &mut bytemuck::cast_slice_mut::<u64, u32>(scratch)[..len];
             let mut end = len as u32;
             let mut after = u64::MAX;
-            for (i, (run, &key)) in runs.iter_mut().zip(keys.iter()).enumerate().rev() {
+            for (i, (run_end, &key)) in ends.iter_mut().zip(keys.iter()).enumerate().rev() {
                 let upper = key >> 32;
                 end = if upper == after { end } else { i as u32 + 1 };
-                run[1] = end;
+                *run_end = end;
                 after = upper;
             }
-            // Each model's keys in order (`own[local_first[k]..]`): the one table the scan
-            // scatters to, four bytes a key; the entries are gathered from it model by model.
-            let own = sized(own, len);
+            // Forward, each key's run start; the scan scatters each key's index (`own`) and its
+            // entry (`staged`) to its model's next slot, so that each model's keys and entries
+            // lie in order at `local_first[k]..` and the entries leave for the map as whole
+            // lines (gathered model by model from the sorted keys instead, each entry cost two
+            // loads from all over the bucket).
+            let (own, staged) = (sized(own, len), sized(staged, len));
             let mut local_cursor = local_first.clone();
             let (mut run_start, mut before) = (0u32, u64::MAX);
-            for (i, (run, &key)) in runs.iter_mut().zip(keys.iter()).enumerate() {
+            for (i, (&run_end, &key)) in ends.iter().zip(keys.iter()).enumerate() {
                 let upper = key >> 32;
                 run_start = if upper == before { run_start } else { i as u32 };
                 before = upper;
-                run[0] = run_start;
                 let k = (key & 0xFFFF_FFFF) as usize;
-                own[local_cursor[k]] = i as u32;
-                local_cursor[k] += 1;
+                let at = local_cursor[k];
+                own[at] = i as u32;
+                let value = trim::from_order_bits(upper as u32);
+                staged[at] = Entry {
+                    value,
+                    lt: (start + run_start as usize) as u32,
+                    le: (start + run_end as usize) as u32,
+                };
+                local_cursor[k] = at + 1;
                 if wanted == Wanted::Pool {
                     // SAFETY: the buckets partition the pool, so each position is written once.
-                    unsafe { values_out.write(start + i, trim::from_order_bits(upper as u32)) }
+                    unsafe { values_out.write(start + i, value) }
                 }
             }
             for k in 0..models {
-                let own = &own[local_first[k]..local_first[k + 1]];
-                let staged = sized(staged, own.len());
-                for (entry, &i) in staged.iter_mut().zip(own) {
-                    let [run_start, run_end] = runs[i as usize];
-                    *entry = Entry {
-                        value: trim::from_order_bits((keys[i as usize] >> 32) as u32),
-                        lt: (start + run_start as usize) as u32,
-                        le: (start + run_end as usize) as u32,
-                    };
-                }
+                let staged = &staged[local_first[k]..local_first[k + 1]];
                 // SAFETY: the buckets' cursors partition each model's `offsets` range (counted
                 // above), so no other task writes these entries.
                 unsafe { write_streaming(entry_out.offset(first[k]), staged) }
