@@ -77,6 +77,8 @@ fn kernels(c: &mut Criterion) {
             mlp: &mlp,
             rows: &x,
             cols: None,
+            row_labels: None,
+            col_labels: None,
             spec: FactorSpec {
                 kind: KernelKind::Trntk,
                 projection,

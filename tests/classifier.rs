@@ -734,26 +734,6 @@ fn cli_ntk_gradient_cosine_and_embedding_kernels() {
         &as_strs(&ntk("embedding", &data, &["--layers", "head"])),
         &["--kind embedding", "--layers"],
     );
-    let mlp = repo_path("tests/fixtures/ntk/mlp_relu.safetensors");
-    let points = repo_path("tests/fixtures/ntk/test.safetensors");
-    for kind in ["gradcos", "embedding"] {
-        common::assert_fails_cleanly(
-            &[
-                "ntk",
-                "--model",
-                path_str(&mlp),
-                "--data",
-                path_str(&points),
-                "--kind",
-                kind,
-                "--backend",
-                "cpu",
-                "--out",
-                path_str(&out),
-            ],
-            &[kind, "transformer classifiers"],
-        );
-    }
 }
 
 fn as_strs(a: &[String]) -> Vec<&str> {

@@ -64,17 +64,32 @@ fn kernel(
     spec: FactorSpec,
     block_rows: usize,
 ) -> KernelFile {
+    labelled_kernel(mlp, (rows, None), cols.map(|c| (c, None)), spec, block_rows).unwrap()
+}
+
+/// Data and, where given, its labels.
+type Points<'a> = (&'a [f32], Option<&'a [i64]>);
+
+fn labelled_kernel(
+    mlp: &Mlp,
+    rows: Points,
+    cols: Option<Points>,
+    spec: FactorSpec,
+    block_rows: usize,
+) -> mscope::error::Result<KernelFile> {
     let job = KernelJob {
         mlp,
-        rows,
-        cols,
+        rows: rows.0,
+        cols: cols.map(|c| c.0),
+        row_labels: rows.1,
+        col_labels: cols.and_then(|c| c.1),
         spec,
         block_rows,
         tile_rows: 4,
     };
-    job.run(&CpuBackend::new(), None, &mut |_| ControlFlow::Continue(()))
-        .unwrap()
-        .unwrap()
+    Ok(job
+        .run(&CpuBackend::new(), None, &mut |_| ControlFlow::Continue(()))?
+        .unwrap())
 }
 
 fn widen(v: &[f32]) -> Vec<f64> {
@@ -197,12 +212,92 @@ fn exact_kernels_match_torch_func() {
             &CpuBackend::new(),
             &mlp,
             &train.x,
+            None,
             &exact(KernelKind::Trntk),
         )
         .unwrap();
         let err = rel_error_f64(&f.self_kernel, &reference(act, "grad_sq_norm"));
         assert!(err < 1e-5, "{act}: ‖g‖² rel. error {err:e}");
     }
+}
+
+#[test]
+fn baseline_kernels_match_torch_func() {
+    let (train, test) = (data("train"), data("test"));
+    let (train_points, test_points) = (
+        (&train.x[..], Some(&train.y[..])),
+        (&test.x[..], Some(&test.y[..])),
+    );
+    for act in ACTIVATIONS {
+        let mlp = model(act);
+        for kind in [KernelKind::Gradcos, KernelKind::Embedding] {
+            let square = labelled_kernel(&mlp, train_points, None, exact(kind), 5).unwrap();
+            let err = rel_error_f64(&widen(&square.values), &reference(act, kind.name()));
+            assert!(err < 1e-5, "{act} {}: rel. error {err:e}", kind.name());
+            assert!(square.normalized, "{}: a cosine", kind.name());
+
+            let cross =
+                labelled_kernel(&mlp, test_points, Some(train_points), exact(kind), 5).unwrap();
+            let name = format!("{}_test", kind.name());
+            let err = rel_error_f64(&widen(&cross.values), &reference(act, &name));
+            assert!(err < 1e-5, "{act} {name}: rel. error {err:e}");
+        }
+    }
+    // Projected loss gradients are still compared by their cosine.
+    let mlp = model("tanh");
+    for projection in [ProjectionKind::Kronecker, ProjectionKind::Rademacher] {
+        let spec = FactorSpec {
+            kind: KernelKind::Gradcos,
+            projection,
+            projection_dim: 64,
+            seed: 1,
+        };
+        let k = labelled_kernel(&mlp, train_points, None, spec, 5).unwrap();
+        for i in 0..12 {
+            assert!(
+                (k.values[i * 13] - 1.0).abs() < 1e-5,
+                "{projection:?}: diagonal"
+            );
+        }
+    }
+}
+
+#[test]
+fn baseline_kernels_refuse_what_they_cannot_take() {
+    let (train, mlp) = (data("train"), model("relu"));
+    let err = labelled_kernel(&mlp, (&train.x, None), None, exact(KernelKind::Gradcos), 5)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--kind gradcos needs every point's label"),
+        "{err}"
+    );
+    let short = &train.y[..11];
+    let err = labelled_kernel(
+        &mlp,
+        (&train.x, Some(&train.y)),
+        Some((&train.x, Some(short))),
+        exact(KernelKind::Gradcos),
+        5,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("--against data: --kind gradcos needs"),
+        "{err}"
+    );
+    let projected = FactorSpec {
+        projection: ProjectionKind::Kronecker,
+        projection_dim: 8,
+        ..exact(KernelKind::Embedding)
+    };
+    let err = labelled_kernel(&mlp, (&train.x, None), None, projected, 5)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--kind embedding: the kernel of hidden states takes no --projection"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -252,7 +347,7 @@ fn dense_projection_is_the_explicit_matrix_times_the_gradient() {
             projection_dim: k,
             seed: 11,
         };
-        let f = factors(&CpuBackend::new(), &mlp, &x, &spec).unwrap();
+        let f = factors(&CpuBackend::new(), &mlp, &x, None, &spec).unwrap();
         assert_eq!(f.terms.len(), 1);
         let jl = JlSpec {
             seed: 11,
@@ -405,6 +500,8 @@ fn blocks_and_resumed_runs_give_the_one_pass_kernel_exactly() {
                 mlp: &mlp,
                 rows: &x,
                 cols,
+                row_labels: None,
+                col_labels: None,
                 spec,
                 block_rows: 8,
                 tile_rows: 4,
@@ -660,6 +757,8 @@ fn cli_writes_the_kernel_and_resumes_from_blocks() {
         mlp: &model_from(&model),
         rows: &Dataset::read(&test).unwrap().x,
         cols: Some(&Dataset::read(&train).unwrap().x),
+        row_labels: None,
+        col_labels: None,
         spec: exact(KernelKind::Trntk),
         block_rows: 3,
         tile_rows: mscope::instruments::ntk::DEFAULT_TILE_ROWS,
@@ -814,7 +913,7 @@ fn cli_wgpu_kernels_equal_cpu() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (test, train) = (fixture("test.safetensors"), fixture("train.safetensors"));
-    let cases: [(&str, &[&str]); 4] = [
+    let cases: [(&str, &[&str]); 6] = [
         (
             "tanh",
             &["--data", path_str(&test), "--against", path_str(&train)],
@@ -848,6 +947,18 @@ fn cli_wgpu_kernels_equal_cpu() {
                 "17",
             ],
         ),
+        (
+            "tanh",
+            &[
+                "--data",
+                path_str(&test),
+                "--against",
+                path_str(&train),
+                "--kind",
+                "gradcos",
+            ],
+        ),
+        ("gelu", &["--data", path_str(&train), "--kind", "embedding"]),
     ];
     for (act, args) in cases {
         let model = fixture(&format!("mlp_{act}.safetensors"));
@@ -861,6 +972,22 @@ fn cli_wgpu_kernels_equal_cpu() {
         };
         let (cpu, gpu) = (kernel_on("cpu"), kernel_on("wgpu"));
         assert_eq!((gpu.rows, gpu.cols), (cpu.rows, cpu.cols));
+        // The baselines against torch.func through the command line (labels read from the
+        // files: the rows' for the rows, --against's for the columns).
+        if let Some(kind) = args
+            .iter()
+            .position(|&a| a == "--kind")
+            .map(|i| args[i + 1])
+        {
+            if kind == "gradcos" || kind == "embedding" {
+                let name = match cpu.rows {
+                    7 => format!("{kind}_test"),
+                    _ => kind.to_string(),
+                };
+                let err = rel_error_f64(&widen(&cpu.values), &reference(act, &name));
+                assert!(err < 1e-5, "{act} {name} from the CLI: {err:e}");
+            }
+        }
         let err = rel_error_f64(&widen(&gpu.values), &widen(&cpu.values));
         assert!(err < 1e-5, "{act} {args:?}: wgpu against cpu {err:e}");
     }

@@ -16,6 +16,8 @@ Writes, under tests/fixtures/ntk/ (formats: README › Commands):
     logits [12, 3], logits_test [7, 3];
     trntk, trntk0, pntk [12, 12] (train × train);
     trntk_test, trntk0_test, pntk_test [7, 12] (rows = test points, columns = train points);
+    gradcos, embedding [12, 12] and gradcos_test, embedding_test [7, 12] (Engel et al.'s two
+    baselines, below);
     grad_sq_norm [12] (‖g(x)‖² on train);
     jacobian [12, 3, P] (g_c(x) on train).
 
@@ -28,6 +30,11 @@ Definitions (what mscope must match):
   trNTK(x, z) = trNTK0(x, z) / (‖g(x)‖ ‖g(z)‖).
 - pNTK(x, z) = (1/C) ⟨∇θ Σ_c f_c(x), ∇θ Σ_c f_c(z)⟩ (Mohamadi et al. 2023's scaling,
   not normalised).
+- gradcos(x, z) = cos(∇θ L(x), ∇θ L(z)), L the cross-entropy of the logits at the point's own
+  label (y of train.safetensors / test.safetensors), computed by torch.func.grad.
+- embedding(x, z) = cos(h(x), h(z)), h the input and every hidden layer's activations side by
+  side (an MLP's counterpart of transformers' hidden states: the embedding output and every
+  layer's output; not the logits).
 
 Per-sample Jacobians come from torch.func.vmap(torch.func.jacrev(...)) over
 torch.func.functional_call; the kernels from einsum. The script checks the einsum kernels
@@ -117,6 +124,31 @@ def kernels(ja, jb):
     return trntk0, trntk, pntk
 
 
+def loss_gradients(model, params, x, y):
+    """Per-sample flattened gradient of the cross-entropy at the point's own label: [N, P]."""
+
+    def loss(p, xi, yi):
+        logits = functional_call(model, p, (xi.unsqueeze(0),))
+        return F.cross_entropy(logits, yi.unsqueeze(0))
+
+    grads = vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    return torch.cat([grads[k].reshape(x.shape[0], -1) for k in param_names(model.n_layers)], dim=1)
+
+
+def hidden_states(model, params, x):
+    """The input and every hidden layer's activations side by side: [N, Σ widths]."""
+    states, a = [x], x
+    for i in range(model.n_layers - 1):
+        a = model.act(a @ params[f"fc{i}.weight"].T + params[f"fc{i}.bias"])
+        states.append(a)
+    return torch.cat(states, dim=1)
+
+
+def cosine(a, b):
+    """Cosine of every row of a [Na, K] with every row of b [Nb, K]."""
+    return (a @ b.T) / (a.norm(dim=1)[:, None] * b.norm(dim=1)[None, :])
+
+
 def check(act, model, params, x_train, jac, trntk0, trntk, pntk, grad_sq):
     """Independent re-derivations; raise on any miss."""
     c = SIZES[-1]
@@ -177,6 +209,15 @@ def main():
         trntk0_t, trntk_t, pntk_t = kernels(jac_test, jac)
         grad_sq = torch.einsum("icp,icp->i", jac, jac)
         check(act, model, params, x_train, jac, trntk0, trntk, pntk, grad_sq)
+        loss_train = loss_gradients(model, params, x_train, y_train)
+        loss_test = loss_gradients(model, params, x_test, y_test)
+        # The loss gradient is the Jacobian seeded by softmax − one-hot.
+        seeds = torch.softmax(logits, dim=1) - F.one_hot(y_train, SIZES[-1]).to(torch.float64)
+        assert torch.allclose(torch.einsum("ic,icp->ip", seeds, jac), loss_train, rtol=1e-12, atol=1e-14), (
+            act,
+            "loss gradient vs Jacobian",
+        )
+        h_train, h_test = hidden_states(model, params, x_train), hidden_states(model, params, x_test)
         if act == "relu":
             kink = min(min_abs_preactivation(params, x_train), min_abs_preactivation(params, x_test))
             assert kink > 1e-3, (act, "a pre-activation is within 1e-3 of ReLU's kink", kink)
@@ -189,6 +230,10 @@ def main():
             "trntk_test": trntk_t,
             "trntk0_test": trntk0_t,
             "pntk_test": pntk_t,
+            "gradcos": cosine(loss_train, loss_train),
+            "gradcos_test": cosine(loss_test, loss_train),
+            "embedding": cosine(h_train, h_train),
+            "embedding_test": cosine(h_test, h_train),
             "grad_sq_norm": grad_sq,
             "jacobian": jac,
         }

@@ -117,6 +117,8 @@ fn ntk(scale: Scale) -> Case {
                     mlp: &mlp,
                     rows: &x,
                     cols: None,
+                    row_labels: None,
+                    col_labels: None,
                     spec: FactorSpec {
                         kind: KernelKind::Trntk,
                         projection: ProjectionKind::None,

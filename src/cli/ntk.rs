@@ -65,9 +65,8 @@ pub struct NtkArgs {
     /// [default: the rows' own data].
     #[arg(long)]
     against: Option<PathBuf>,
-    /// The kernel: trntk, trntk0 or pntk; for a transformer classifier also gradcos (the cosine
-    /// of per-sample loss gradients, every text labelled) and embedding (the cosine of the
-    /// hidden states).
+    /// The kernel: trntk, trntk0, pntk, gradcos (the cosine of per-sample loss gradients, every
+    /// point labelled) or embedding (the cosine of the hidden states).
     #[arg(long, value_enum, default_value_t = KernelKind::Trntk)]
     kind: KernelKind,
     #[arg(long, value_enum, default_value_t = ProjectionKind::None)]
@@ -234,6 +233,8 @@ pub fn run(args: NtkArgs) -> Result<()> {
         mlp: &mlp,
         rows: &rows.x,
         cols: cols.as_ref().map(|c| c.x.as_slice()),
+        row_labels: Some(&rows.y),
+        col_labels: cols.as_ref().map(|c| c.y.as_slice()),
         spec,
         block_rows,
         tile_rows: args.tile_rows,

@@ -32,6 +32,10 @@ pub struct KernelJob<'a> {
     pub rows: &'a [f32],
     /// `[n_cols, d]`; `None` gives the square kernel of `rows` with itself.
     pub cols: Option<&'a [f32]>,
+    /// The rows' and columns' classes, which `--kind gradcos` needs (the loss gradient is taken
+    /// at them); `col_labels` is ignored for the square kernel.
+    pub row_labels: Option<&'a [i64]>,
+    pub col_labels: Option<&'a [i64]>,
     pub spec: FactorSpec,
     /// Rows per block (≥ 1): what a checkpoint saves at once.
     pub block_rows: usize,
@@ -74,6 +78,12 @@ impl KernelJob<'_> {
                 }
             }
         }
+        let cols = self.cols.map_or(self.row_labels, |_| self.col_labels);
+        self.spec.kind.check_labels(
+            (self.row_labels.map(<[i64]>::len), self.n_rows()),
+            (cols.map(<[i64]>::len), self.n_cols()),
+            "point",
+        )?;
         if self.block_rows == 0 {
             return Err(Error::input("--block-rows must be at least 1"));
         }
@@ -211,7 +221,8 @@ impl KernelJob<'_> {
             Some(_) => {
                 let d = self.mlp.input_dim();
                 let x = &self.rows[tile.start * d..tile.end * d];
-                factors(backend, self.mlp, x, &self.spec)?
+                let labels = self.row_labels.map(|l| &l[tile.clone()]);
+                factors(backend, self.mlp, x, labels, &self.spec)?
             }
         };
         contract_block(backend, &row_factors, col_tensors, cols, self.spec.kind)
@@ -219,12 +230,11 @@ impl KernelJob<'_> {
 
     /// The column samples' factors, on the host and uploaded once for every tile.
     fn column_factors(&self, backend: &dyn Backend) -> Result<(Factors, Uploaded)> {
-        let col_factors = factors(
-            backend,
-            self.mlp,
-            self.cols.unwrap_or(self.rows),
-            &self.spec,
-        )?;
+        let (x, labels) = match self.cols {
+            Some(cols) => (cols, self.col_labels),
+            None => (self.rows, self.row_labels),
+        };
+        let col_factors = factors(backend, self.mlp, x, labels, &self.spec)?;
         let col_tensors = Uploaded::new(backend, &col_factors)?;
         Ok((col_factors, col_tensors))
     }

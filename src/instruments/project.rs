@@ -14,6 +14,7 @@
 
 use crate::backend::{Backend, JlDistribution, JlSpec};
 use crate::error::{Error, Result};
+use crate::models::classifier_grad::cross_entropy_seeds;
 use crate::models::mlp::Mlp;
 use crate::random::counter_hash;
 
@@ -30,11 +31,12 @@ pub enum KernelKind {
     Pntk,
     /// Gradient cosine: the cosine of the per-sample gradients of the cross-entropy loss at each
     /// point's own label, `⟨∇L(x), ∇L(z)⟩ / (‖∇L(x)‖·‖∇L(z)‖)` (one of Engel et al.'s baselines;
-    /// transformer classifiers, labelled texts).
+    /// every point labelled).
     Gradcos,
-    /// Embedding kernel: the cosine of every layer's hidden states side by side, token positions
-    /// aligned, `Σ_l Σ_t ⟨h_lt(x), h_lt(z)⟩` normalised (Engel et al.'s other baseline; no
-    /// gradient; transformer classifiers).
+    /// Embedding kernel: the cosine of every layer's hidden states side by side,
+    /// `Σ_l ⟨h_l(x), h_l(z)⟩` normalised (Engel et al.'s other baseline; no gradient). For a
+    /// transformer classifier the embedding output and every layer's output, token positions
+    /// aligned; for an MLP its input and every hidden layer's activations (not the logits).
     Embedding,
 }
 
@@ -56,13 +58,27 @@ impl KernelKind {
         )
     }
 
-    /// Whether the kernel is one of the tangent kernels an MLP's factors give (the gradient
-    /// cosine and embedding kernels are computed for transformer classifiers only).
-    pub fn mlp_supported(self) -> bool {
-        matches!(
-            self,
-            KernelKind::Trntk | KernelKind::Trntk0 | KernelKind::Pntk
-        )
+    /// An error where the gradient cosine lacks a label: `rows` and `cols` are the number of
+    /// labels given (if any) and of points, for the rows and the columns; `each` names a point
+    /// ("text", "point").
+    pub(crate) fn check_labels(
+        self,
+        rows: (Option<usize>, usize),
+        cols: (Option<usize>, usize),
+        each: &str,
+    ) -> Result<()> {
+        if self != KernelKind::Gradcos {
+            return Ok(());
+        }
+        for (what, (labels, n)) in [("data", rows), ("--against data", cols)] {
+            if labels != Some(n) {
+                return Err(Error::input(format!(
+                    "{what}: --kind gradcos needs every {each}'s label (the loss gradient is \
+                     taken at it)"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Rows of the backward pass per sample: one per class, or one for the summed logits.
@@ -109,6 +125,15 @@ pub struct Factors {
 }
 
 impl Factors {
+    /// The factors of `n` samples made of `terms`, their self-kernels summed from them.
+    fn from_terms(n: usize, terms: Vec<Term>) -> Factors {
+        Factors {
+            n,
+            self_kernel: self_kernel(n, &terms),
+            terms,
+        }
+    }
+
     /// Rows `range` of every term.
     pub fn rows(&self, range: std::ops::Range<usize>) -> Factors {
         let slice = |v: &[f32], w: usize| v[range.start * w..range.end * w].to_vec();
@@ -141,8 +166,11 @@ pub struct FactorSpec {
 
 impl FactorSpec {
     pub fn check(&self) -> Result<()> {
-        if !self.kind.mlp_supported() {
-            return Err(unsupported_for_mlps(self.kind));
+        if self.kind == KernelKind::Embedding && self.projection != ProjectionKind::None {
+            return Err(Error::input(
+                "--kind embedding: the kernel of hidden states takes no --projection (it \
+                 projects parameter gradients)",
+            ));
         }
         if self.projection != ProjectionKind::None && self.projection_dim == 0 {
             return Err(Error::input(
@@ -153,14 +181,6 @@ impl FactorSpec {
     }
 }
 
-fn unsupported_for_mlps(kind: KernelKind) -> Error {
-    Error::input(format!(
-        "--kind {}: computed for transformer classifiers (a model directory) only; an MLP \
-         takes trntk, trntk0 or pntk",
-        kind.name()
-    ))
-}
-
 /// Per-sample output gradients of every layer, `[n, r·d_out_l]` (`r` rows per sample as
 /// [`KernelKind`] says), and the layer inputs `[n, d_in_l]`.
 struct LayerGradients {
@@ -168,7 +188,14 @@ struct LayerGradients {
     inputs: Vec<Vec<f32>>,
 }
 
-fn gradients(mlp: &Mlp, x: &[f32], kind: KernelKind) -> Result<LayerGradients> {
+/// The layer gradients of the rows of `x`; `labels` (one per row) seed the gradient cosine's
+/// loss gradients.
+fn gradients(
+    mlp: &Mlp,
+    x: &[f32],
+    labels: Option<&[i64]>,
+    kind: KernelKind,
+) -> Result<LayerGradients> {
     let fwd = mlp.forward(x)?;
     let classes = mlp.num_classes();
     let r = kind.rows_per_sample(classes);
@@ -183,7 +210,18 @@ fn gradients(mlp: &Mlp, x: &[f32], kind: KernelKind) -> Result<LayerGradients> {
         }
         // The summed logits, scaled by 1/√C so the kernel carries Mohamadi et al.'s 1/C.
         KernelKind::Pntk => vec![1.0 / (classes as f32).sqrt(); fwd.n * classes],
-        KernelKind::Gradcos | KernelKind::Embedding => return Err(unsupported_for_mlps(kind)),
+        // The cross-entropy's gradient at the logits, `softmax − one-hot`, per sample.
+        KernelKind::Gradcos => {
+            // Checked by `factors`: a label per row.
+            let labels: Vec<usize> = labels
+                .unwrap_or_default()
+                .iter()
+                .map(|&l| l as usize)
+                .collect();
+            let (seeds, _) = cross_entropy_seeds(&fwd.logits, &labels, classes, 1.0);
+            seeds
+        }
+        KernelKind::Embedding => unreachable!("the embedding kernel has no gradients"),
     };
     let deltas = mlp.backward(&fwd, top, r);
     Ok(LayerGradients {
@@ -204,15 +242,27 @@ fn squared_norms(v: &[f32], width: usize) -> impl Iterator<Item = f64> + '_ {
         .map(|row| row.iter().map(|&x| x as f64 * x as f64).sum())
 }
 
-/// The factors of the rows of `x` (`[n, mlp.input_dim()]`); the projections run on `backend`.
-pub fn factors(backend: &dyn Backend, mlp: &Mlp, x: &[f32], spec: &FactorSpec) -> Result<Factors> {
+/// The factors of the rows of `x` (`[n, mlp.input_dim()]`, classes `labels` where the kind
+/// needs them); the projections run on `backend`.
+pub fn factors(
+    backend: &dyn Backend,
+    mlp: &Mlp,
+    x: &[f32],
+    labels: Option<&[i64]>,
+    spec: &FactorSpec,
+) -> Result<Factors> {
     spec.check()?;
     let n = x.len() / mlp.input_dim();
+    let labelled = (labels.map(<[i64]>::len), n);
+    spec.kind.check_labels(labelled, labelled, "point")?;
     let factors = match spec.projection {
-        ProjectionKind::None => exact(mlp, x, spec.kind)?,
-        ProjectionKind::Kronecker => kronecker(backend, mlp, x, spec)?,
-        ProjectionKind::Rademacher => dense(backend, mlp, x, spec, JlDistribution::Rademacher)?,
-        ProjectionKind::Gaussian => dense(backend, mlp, x, spec, JlDistribution::Gaussian)?,
+        _ if spec.kind == KernelKind::Embedding => hidden_states(mlp, x)?,
+        ProjectionKind::None => exact(mlp, x, labels, spec.kind)?,
+        ProjectionKind::Kronecker => kronecker(backend, mlp, x, labels, spec)?,
+        ProjectionKind::Rademacher => {
+            dense(backend, mlp, x, labels, spec, JlDistribution::Rademacher)?
+        }
+        ProjectionKind::Gaussian => dense(backend, mlp, x, labels, spec, JlDistribution::Gaussian)?,
     };
     debug_assert_eq!(factors.n, n);
     Ok(factors)
@@ -237,8 +287,26 @@ fn self_kernel(n: usize, terms: &[Term]) -> Vec<f64> {
     total
 }
 
-fn exact(mlp: &Mlp, x: &[f32], kind: KernelKind) -> Result<Factors> {
-    let LayerGradients { deltas, inputs } = gradients(mlp, x, kind)?;
+/// The embedding kernel's factors: every layer's input (the data, then each hidden layer's
+/// activations), one term each, contracted as they are.
+fn hidden_states(mlp: &Mlp, x: &[f32]) -> Result<Factors> {
+    let fwd = mlp.forward(x)?;
+    let terms: Vec<Term> = mlp
+        .layers
+        .iter()
+        .zip(fwd.inputs)
+        .map(|(layer, input)| Term {
+            delta: input,
+            width: layer.d_in,
+            act: None,
+            offset: 0.0,
+        })
+        .collect();
+    Ok(Factors::from_terms(fwd.n, terms))
+}
+
+fn exact(mlp: &Mlp, x: &[f32], labels: Option<&[i64]>, kind: KernelKind) -> Result<Factors> {
+    let LayerGradients { deltas, inputs } = gradients(mlp, x, labels, kind)?;
     let n = x.len() / mlp.input_dim();
     let r = kind.rows_per_sample(mlp.num_classes());
     let terms: Vec<Term> = mlp
@@ -253,11 +321,7 @@ fn exact(mlp: &Mlp, x: &[f32], kind: KernelKind) -> Result<Factors> {
             offset: 1.0,
         })
         .collect();
-    Ok(Factors {
-        n,
-        self_kernel: self_kernel(n, &terms),
-        terms,
-    })
+    Ok(Factors::from_terms(n, terms))
 }
 
 /// The seed of one of the independent per-layer maps of the Kronecker projection.
@@ -265,8 +329,14 @@ pub(crate) fn layer_seed(seed: u64, layer: usize, side: u64) -> u64 {
     counter_hash(seed, layer as u64, side)
 }
 
-fn kronecker(backend: &dyn Backend, mlp: &Mlp, x: &[f32], spec: &FactorSpec) -> Result<Factors> {
-    let LayerGradients { deltas, inputs } = gradients(mlp, x, spec.kind)?;
+fn kronecker(
+    backend: &dyn Backend,
+    mlp: &Mlp,
+    x: &[f32],
+    labels: Option<&[i64]>,
+    spec: &FactorSpec,
+) -> Result<Factors> {
+    let LayerGradients { deltas, inputs } = gradients(mlp, x, labels, spec.kind)?;
     let n = x.len() / mlp.input_dim();
     let r = spec.kind.rows_per_sample(mlp.num_classes());
     let k = spec.projection_dim;
@@ -298,11 +368,7 @@ fn kronecker(backend: &dyn Backend, mlp: &Mlp, x: &[f32], spec: &FactorSpec) -> 
             offset: 0.0,
         });
     }
-    Ok(Factors {
-        n,
-        self_kernel: self_kernel(n, &terms),
-        terms,
-    })
+    Ok(Factors::from_terms(n, terms))
 }
 
 /// Gradient entries formed per projection call: bounds the memory of the materialised tiles
@@ -326,6 +392,7 @@ fn dense(
     backend: &dyn Backend,
     mlp: &Mlp,
     x: &[f32],
+    labels: Option<&[i64]>,
     spec: &FactorSpec,
     distribution: JlDistribution,
 ) -> Result<Factors> {
@@ -344,8 +411,12 @@ fn dense(
     let mut features = vec![0.0f32; n * r * k];
     for start in (0..n).step_by(chunk) {
         let rows = chunk.min(n - start);
-        let LayerGradients { deltas, inputs } =
-            gradients(mlp, &x[start * d..(start + rows) * d], spec.kind)?;
+        let LayerGradients { deltas, inputs } = gradients(
+            mlp,
+            &x[start * d..(start + rows) * d],
+            labels.map(|l| &l[start..start + rows]),
+            spec.kind,
+        )?;
         let mut projected = backend.zeros(&[rows * r, k])?;
         for (l, layer) in mlp.layers.iter().enumerate() {
             let (delta, input) = (&deltas[l], &inputs[l]);
@@ -384,9 +455,5 @@ fn dense(
         act: None,
         offset: 0.0,
     }];
-    Ok(Factors {
-        n,
-        self_kernel: self_kernel(n, &terms),
-        terms,
-    })
+    Ok(Factors::from_terms(n, terms))
 }

@@ -364,20 +364,12 @@ impl SequenceKernelJob<'_> {
         if self.block_rows == 0 || self.tile_rows == 0 {
             return Err(Error::input("--block-rows must be at least 1"));
         }
-        if self.kind == KernelKind::Gradcos {
-            let cols = self.cols.map_or(self.row_labels, |_| self.col_labels);
-            for (what, labels, n) in [
-                ("data", self.row_labels, self.n_rows()),
-                ("--against data", cols, self.n_cols()),
-            ] {
-                if labels.is_none_or(|l| l.len() != n) {
-                    return Err(Error::input(format!(
-                        "{what}: --kind gradcos needs every text's label (the loss gradient is \
-                         taken at it)"
-                    )));
-                }
-            }
-        }
+        let cols = self.cols.map_or(self.row_labels, |_| self.col_labels);
+        self.kind.check_labels(
+            (self.row_labels.map(<[usize]>::len), self.n_rows()),
+            (cols.map(<[usize]>::len), self.n_cols()),
+            "text",
+        )?;
         if self.kind == KernelKind::Embedding
             && (self.projection.is_some() || !self.layers.is_all())
         {

@@ -923,7 +923,7 @@ pub fn loss_gradient_with_dropout(
 /// The cross-entropy's logit gradients `(softmax(z_i) − e_{y_i})·scale`, `[N, C]` (`scale` 1/N
 /// for the mean loss, 1 for each sample's own), and the mean loss (log-sum-exp shifted by the
 /// row maximum, in f64).
-fn cross_entropy_seeds(
+pub(crate) fn cross_entropy_seeds(
     logits: &[f32],
     labels: &[usize],
     classes: usize,
