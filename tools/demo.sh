@@ -61,7 +61,8 @@ mscope align $d/embeddings.safetensors $d/smollm2-embeddings.safetensors \
 # Tangent-kernel surrogates and the trimmed comparison on a trained ensemble: the 8×8 digits
 # (from the scikit-learn wheel), five 64-100-100-10 MLPs that differ only by their seed, every
 # model against the pooled other four (α̂, churn, ECE), then model 0's trace NTK — exact, and
-# Kronecker-projected — with a kernel GLM fitted on each and its faithfulness τ to the network.
+# Kronecker-projected — and the seeds' two baselines, with a kernel GLM fitted on each and its
+# faithfulness τ to the network.
 tools/fetch-digits.sh >/dev/null
 mscope data digits --out $d/digits-train.safetensors --test-out $d/digits-test.safetensors
 mscope train --data $d/digits-train.safetensors --test-data $d/digits-test.safetensors \
@@ -83,6 +84,18 @@ for projection in none kronecker; do
 done
 mscope ntk-compare $d/ntk-none-train.safetensors $d/ntk-kronecker-train.safetensors \
     --json $d/ntk-compare.json --plot $d/ntk-spectra.png
+# Engel et al.'s two baselines for the same MLP: the cosine of per-image loss gradients at their
+# labels, and the cosine of the input and hidden activations, each with its kGLM.
+for kind in gradcos embedding; do
+    mscope ntk --model $mlp --data $d/digits-train.safetensors --kind $kind \
+        --out $d/ntk-$kind-train.safetensors
+    mscope ntk --model $mlp --data $d/digits-test.safetensors --against $d/digits-train.safetensors \
+        --kind $kind --out $d/ntk-$kind-test.safetensors
+    mscope kglm --train-kernel $d/ntk-$kind-train.safetensors \
+        --train-labels $d/digits-train.safetensors --test-kernel $d/ntk-$kind-test.safetensors \
+        --test-labels $d/digits-test.safetensors --model $mlp --test-data $d/digits-test.safetensors \
+        --out $d/kglm-$kind.json --plot $d/kglm-$kind.png
+done
 
 # The seeds' kernel comparison at small scale: the real all-MiniLM-L6-v2 fine-tuned (a new
 # three-label head, AdamW) on 96 of Debian's fortune cookies from three categories (computers,
