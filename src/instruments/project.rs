@@ -11,6 +11,10 @@
 //! - **Kronecker JL**: per layer, `P_δ δ_c` and `P_a [a; 1]`, each to `k` dimensions — the
 //!   projection `P_δ G P_aᵀ` of the layer gradient `G = δ [a; 1]ᵀ` without forming it, at cost
 //!   `k·(d_out + d_in)` per sample and class instead of `k·d_out·d_in`.
+//!
+//! The gradient cosine seeds one backward row per sample with its loss gradient at the logits
+//! (`softmax − one-hot` at its label) and is otherwise a pNTK; the embedding kernel needs no
+//! gradient: each layer's input is a factor `D` of its own, with no activations.
 
 use crate::backend::{Backend, JlDistribution, JlSpec};
 use crate::error::{Error, Result};
