@@ -243,23 +243,6 @@ fn baseline_kernels_match_torch_func() {
             assert!(err < 1e-5, "{act} {name}: rel. error {err:e}");
         }
     }
-    // Projected loss gradients are still compared by their cosine.
-    let mlp = model("tanh");
-    for projection in [ProjectionKind::Kronecker, ProjectionKind::Rademacher] {
-        let spec = FactorSpec {
-            kind: KernelKind::Gradcos,
-            projection,
-            projection_dim: 64,
-            seed: 1,
-        };
-        let k = labelled_kernel(&mlp, train_points, None, spec, 5).unwrap();
-        for i in 0..12 {
-            assert!(
-                (k.values[i * 13] - 1.0).abs() < 1e-5,
-                "{projection:?}: diagonal"
-            );
-        }
-    }
 }
 
 #[test]
@@ -421,25 +404,26 @@ fn projected_kernels_converge_like_one_over_sqrt_k() {
 }
 
 #[test]
-fn projected_trntk_is_a_cosine() {
-    let mlp = model("relu");
-    let x = data("train").x;
-    for projection in [ProjectionKind::Rademacher, ProjectionKind::Kronecker] {
-        let spec = FactorSpec {
-            kind: KernelKind::Trntk,
-            projection,
-            projection_dim: 64,
-            seed: 5,
-        };
-        let k = kernel(&mlp, &x, None, spec, 5);
-        assert!(k.normalized && k.projection_dim == 64);
-        for i in 0..12 {
-            assert!(
-                (k.values[i * 12 + i] - 1.0).abs() < 1e-5,
-                "{projection:?} diagonal"
-            );
+fn projected_cosine_kernels_are_cosines() {
+    let (mlp, train) = (model("relu"), data("train"));
+    for kind in [KernelKind::Trntk, KernelKind::Gradcos] {
+        for projection in [ProjectionKind::Rademacher, ProjectionKind::Kronecker] {
+            let spec = FactorSpec {
+                kind,
+                projection,
+                projection_dim: 64,
+                seed: 5,
+            };
+            let k = labelled_kernel(&mlp, (&train.x, Some(&train.y)), None, spec, 5).unwrap();
+            assert!(k.normalized && k.projection_dim == 64);
+            for i in 0..12 {
+                assert!(
+                    (k.values[i * 12 + i] - 1.0).abs() < 1e-5,
+                    "{kind:?} {projection:?} diagonal"
+                );
+            }
+            assert!(k.values.iter().all(|v| v.abs() <= 1.0 + 1e-5));
         }
-        assert!(k.values.iter().all(|v| v.abs() <= 1.0 + 1e-5));
     }
 }
 

@@ -867,21 +867,18 @@ fn push_quiet(scan: &mut FirstPass, fs: &[f64], gs: &[f64]) -> bool {
     assert_eq!(fs.len(), gs.len(), "push_quiet: lengths differ");
     let (t, l) = (scan.t, scan.l);
     let mut lanes = QuietLanes::new();
-    let mut whole = 0;
+    // The states the AVX-512 lanes take (whole lanes of them), where the CPU has it.
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        whole = fs.len() / LANES * LANES;
+    let whole = if std::is_x86_feature_detected!("avx512f") {
+        let (f_whole, g_whole) = (fs.as_chunks().0, gs.as_chunks().0);
         // SAFETY: the CPU has AVX-512F (checked above).
-        unsafe {
-            quiet_lanes_avx512(
-                &mut lanes,
-                fs[..whole].as_chunks().0,
-                gs[..whole].as_chunks().0,
-                t,
-                l,
-            )
-        };
-    }
+        unsafe { quiet_lanes_avx512(&mut lanes, f_whole, g_whole, t, l) };
+        f_whole.len() * LANES
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let whole = 0;
     quiet_lanes_narrow(&mut lanes, &fs[whole..], &gs[whole..], t, l);
     let QuietLanes { high, low, b, loud } = lanes;
     let high = high.into_iter().fold(f64::NEG_INFINITY, f64::max);
