@@ -2,47 +2,69 @@
 // over many rows and feed eigen solves and inverses.
 //
 // Kernels (variant numbers per kernel):
-//   group_mean_v1        — mean of one group of rows (indices `rows`) of x[n, d]: one thread per
-//                          column, f64 sums.
-//   group_scatter_v1     — centred scatter Σ (x − μ)(x − μ)ᵀ of the group, SYRK-shaped: one
-//                          32×32 output tile per block, lower-triangle tiles only (the host
-//                          mirrors), rows staged 32 at a time in shared memory, centred in f64.
+//   group_sum_v2         — column sums of one split of a group's rows (indices `rows`) of x[n, d]:
+//                          a thread per column, blockIdx.y the split, f64 sums.
+//   group_mean_v2        — the splits' sums added in split order, over the group's size.
+//   group_scatter_v2     — centred scatter Σ (x − μ)(x − μ)ᵀ of one split of the group's rows,
+//                          SYRK-shaped: one 32×32 output tile per block, lower-triangle tiles
+//                          only (the host mirrors), blockIdx.z the split, rows staged 32 at a
+//                          time in shared memory, centred in f64.
+//   sum_lower_splits_v2  — the splits' lower triangles added in split order.
+//   Splitting a group's rows across blocks keeps every SM busy where the output has few columns
+//   or tiles (a 384-wide scatter has 78 lower tiles; v1 gave each a block over every row); the
+//   host picks the splits and adds them in a fixed order, so a result does not depend on
+//   scheduling.
 //   jacobi_eigen_v1      — batched cyclic Jacobi for symmetric matrices up to JACOBI_MAX × JACOBI_MAX:
 //                          one block per matrix held in shared memory, round-robin ordering so
 //                          each round rotates d/2 disjoint pairs in parallel; eigenvectors
 //                          accumulated in global memory. Unsorted values on the diagonal.
 #include "common.cuh"
 
-extern "C" __global__ void group_mean_v1(const float* __restrict__ x, const unsigned* __restrict__ rows,
-                                         double* __restrict__ mean, int count, int d) {
+// partial[split · d + c] = Σ x[rows[r], c] over the split's rows
+// [split · rows_per_split, min(count, (split + 1) · rows_per_split)).
+extern "C" __global__ void group_sum_v2(const float* __restrict__ x, const unsigned* __restrict__ rows,
+                                        double* __restrict__ partial, int count, int d, int rows_per_split) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= d) return;
+    const int begin = blockIdx.y * rows_per_split, end = min(count, begin + rows_per_split);
+    double sum = 0.0;
+    for (int r = begin; r < end; ++r) sum += (double)x[(size_t)rows[r] * d + c];
+    partial[(size_t)blockIdx.y * d + c] = sum;
+}
+
+extern "C" __global__ void group_mean_v2(const double* __restrict__ partial, double* __restrict__ mean,
+                                         int splits, int count, int d) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= d) return;
     double sum = 0.0;
-    for (int r = 0; r < count; ++r) sum += (double)x[(size_t)rows[r] * d + c];
+    for (int s = 0; s < splits; ++s) sum += partial[(size_t)s * d + c];
     mean[c] = sum / count;
 }
 
 #define SCATTER_TILE 32
 #define SCATTER_ROWS 32
 
-// 256 threads: 32 columns × 8 row groups, each thread owning 4 outputs of one column.
+// 256 threads: 32 columns × 8 row groups, each thread owning 4 outputs of one column. The split's
+// d × d lower triangle goes to `scatter + split · d · d`; rows_per_split is a multiple of
+// SCATTER_ROWS.
 extern "C" __global__ void __launch_bounds__(256)
-group_scatter_v1(const float* __restrict__ x, const unsigned* __restrict__ rows, const double* __restrict__ mean,
-                 double* __restrict__ scatter, int count, int d) {
+group_scatter_v2(const float* __restrict__ x, const unsigned* __restrict__ rows, const double* __restrict__ mean,
+                 double* __restrict__ scatter, int count, int d, int rows_per_split) {
     const int ti = blockIdx.y, tj = blockIdx.x;
     if (tj > ti) return;  // whole block: upper-triangle tiles are the mirror of lower ones
     __shared__ double xi[SCATTER_ROWS][SCATTER_TILE];
     __shared__ double xj[SCATTER_ROWS][SCATTER_TILE];
     const int i0 = ti * SCATTER_TILE, j0 = tj * SCATTER_TILE;
     const int col = threadIdx.x % 32, row_group = threadIdx.x / 32;
+    const int begin = blockIdx.z * rows_per_split, end = min(count, begin + rows_per_split);
     double acc[4] = {0.0, 0.0, 0.0, 0.0};
-    for (int r0 = 0; r0 < count; r0 += SCATTER_ROWS) {
+    for (int r0 = begin; r0 < end; r0 += SCATTER_ROWS) {
         for (int e = threadIdx.x; e < SCATTER_ROWS * SCATTER_TILE; e += blockDim.x) {
             const int rr = e / SCATTER_TILE, cc = e % SCATTER_TILE, r = r0 + rr;
-            const size_t base = r < count ? (size_t)rows[r] * d : 0;
+            const size_t base = r < end ? (size_t)rows[r] * d : 0;
             const int ci = i0 + cc, cj = j0 + cc;
-            xi[rr][cc] = (r < count && ci < d) ? (double)x[base + ci] - mean[ci] : 0.0;
-            xj[rr][cc] = (r < count && cj < d) ? (double)x[base + cj] - mean[cj] : 0.0;
+            xi[rr][cc] = (r < end && ci < d) ? (double)x[base + ci] - mean[ci] : 0.0;
+            xj[rr][cc] = (r < end && cj < d) ? (double)x[base + cj] - mean[cj] : 0.0;
         }
         __syncthreads();
         for (int rr = 0; rr < SCATTER_ROWS; ++rr) {
@@ -52,11 +74,22 @@ group_scatter_v1(const float* __restrict__ x, const unsigned* __restrict__ rows,
         }
         __syncthreads();
     }
+    double* out = scatter + (size_t)blockIdx.z * d * d;
 #pragma unroll
     for (int t = 0; t < 4; ++t) {
         const int i = i0 + row_group * 4 + t, j = j0 + col;
-        if (i < d && j < d && j <= i) scatter[(size_t)i * d + j] = acc[t];
+        if (i < d && j < d && j <= i) out[(size_t)i * d + j] = acc[t];
     }
+}
+
+// out[i · d + j] = Σ_s partial[s · d · d + i · d + j] for j ≤ i, the splits in order.
+extern "C" __global__ void sum_lower_splits_v2(const double* __restrict__ partial, double* __restrict__ out,
+                                               int splits, int d) {
+    const size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x, size = (size_t)d * d;
+    if (e >= size || e % d > e / d) return;
+    double sum = 0.0;
+    for (int s = 0; s < splits; ++s) sum += partial[s * size + e];
+    out[e] = sum;
 }
 
 #define JACOBI_MAX 64

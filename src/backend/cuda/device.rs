@@ -24,6 +24,8 @@ pub(super) struct Device {
     modules: ModuleCache,
     pub(super) name: String,
     pub(super) compute_capability: (i32, i32),
+    /// Streaming multiprocessors: how many blocks a launch needs to fill the device.
+    pub(super) multiprocessors: usize,
 }
 
 fn unavailable(reason: String) -> Error {
@@ -74,6 +76,12 @@ pub(super) fn device(ordinal: usize) -> Result<Arc<Device>> {
     unsafe { ctx.disable_event_tracking() };
     let stream = ctx.new_stream().map_err(fail)?;
     let compute_capability = ctx.compute_capability().map_err(fail)?;
+    let multiprocessors = ctx
+        .attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )
+        .map_err(fail)?
+        .max(1) as usize;
     let arch = format!("sm_{}{}", compute_capability.0, compute_capability.1);
     let d = Arc::new(Device {
         ordinal,
@@ -81,6 +89,7 @@ pub(super) fn device(ordinal: usize) -> Result<Arc<Device>> {
         modules: ModuleCache::new(ctx, arch, nvrtc),
         stream,
         compute_capability,
+        multiprocessors,
     });
     devices.insert(ordinal, d.clone());
     Ok(d)
@@ -249,7 +258,7 @@ pub(super) fn to_i32(value: usize, what: &str) -> Result<i32> {
 }
 
 /// Largest grid extent along y and z.
-const MAX_GRID_YZ: usize = 65_535;
+pub(super) const MAX_GRID_YZ: usize = 65_535;
 
 pub(super) fn grid_yz(value: usize, what: &str) -> Result<u32> {
     shapes::ensure(value <= MAX_GRID_YZ, || {
