@@ -689,7 +689,17 @@ fn trimmed_w2_matches_brute_force() {
 fn bad_input_is_an_error(be: &Arc<dyn Backend>) {
     let be = be.as_ref();
     let ok = [1.0f32, 2.0, 3.0];
-    let cases: [(&[&[f32]], TrimReference, TrimSpec, &str); 6] = [
+    // Non-finite values past the first parallel chunk of the finiteness check, in a later
+    // candidate than the first: the first bad candidate and its first bad value are named.
+    let mut long = vec![0.5f32; 200_000];
+    (long[150_000], long[190_000]) = (f32::NEG_INFINITY, f32::NAN);
+    let cases: [(&[&[f32]], TrimReference, TrimSpec, &str); 7] = [
+        (
+            &[&ok, &long, &[f32::NAN]],
+            TrimReference::LeaveOneOut,
+            SPEC,
+            "candidate 1: value -inf at position 150001 is not finite",
+        ),
         (
             &[&[]],
             TrimReference::Sample(&ok),

@@ -144,20 +144,56 @@ pub fn check_sample(what: &str, values: &[f32]) -> Result<()> {
     if values.is_empty() {
         return Err(Error::input(format!("{what}: empty sample")));
     }
-    match values.iter().position(|v| !v.is_finite()) {
-        Some(i) => Err(Error::input(format!(
-            "{what}: value {} at position {} is not finite",
-            values[i],
-            i + 1
-        ))),
+    if all_finite(values) {
+        return Ok(());
+    }
+    let i = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
+    Err(Error::input(format!(
+        "{what}: value {} at position {} is not finite",
+        values[i],
+        i + 1
+    )))
+}
+
+/// Whether every value is finite, on every core.
+fn all_finite(values: &[f32]) -> bool {
+    values.par_chunks(1 << 16).all(finite)
+}
+
+/// Whether none of `values` is infinite or NaN: their largest magnitude's bits below those of
+/// infinity (a maximum vectorises; a search for the first non-finite value stops at each point
+/// and took 0.09 s of `compare`'s 10⁸ points).
+pub fn finite(values: &[f32]) -> bool {
+    const INFINITY_BITS: u32 = 0x7f80_0000;
+    let largest = values.iter().map(|v| v.to_bits() & 0x7fff_ffff).max();
+    largest.unwrap_or(0) < INFINITY_BITS
+}
+
+/// Checks the arguments of a [`Backend::trim_search`](crate::backend::Backend::trim_search) call
+/// the way every backend reports them: [`check_search_shape`], then every candidate finite.
+pub fn check_search(
+    candidates: &[&[f32]],
+    reference: TrimReference<'_>,
+    spec: &TrimSpec,
+) -> Result<()> {
+    check_search_shape(candidates, reference, spec)?;
+    check_candidates_finite(candidates)
+}
+
+/// Every candidate's values finite, all at once; the first non-finite value of the first
+/// candidate that has one is reported.
+pub fn check_candidates_finite(candidates: &[&[f32]]) -> Result<()> {
+    match candidates.par_iter().position_first(|c| !all_finite(c)) {
+        Some(k) => check_sample(&format!("candidate {k}"), candidates[k]),
         None => Ok(()),
     }
 }
 
-/// Checks the arguments of a [`Backend::trim_search`](crate::backend::Backend::trim_search) call
-/// the way every backend reports them: level, W2 trimming level, every sample, and a
-/// leave-one-out pool of at least two models with fewer than 2³² points.
-pub fn check_search(
+/// [`check_search`] but for the candidates' values, which a backend that reads each of them
+/// anyway may check as it goes ([`check_candidates_finite`] then names the culprit): level, W2
+/// trimming level, no empty candidate, the reference sample, and a leave-one-out pool of at
+/// least two models with fewer than 2³² points.
+pub fn check_search_shape(
     candidates: &[&[f32]],
     reference: TrimReference<'_>,
     spec: &TrimSpec,
@@ -170,8 +206,8 @@ pub fn check_search(
             )));
         }
     }
-    for (k, c) in candidates.iter().enumerate() {
-        check_sample(&format!("candidate {k}"), c)?;
+    if let Some(k) = candidates.iter().position(|c| c.is_empty()) {
+        return Err(Error::input(format!("candidate {k}: empty sample")));
     }
     match reference {
         TrimReference::Sample(r) => check_sample("reference", r),

@@ -29,9 +29,13 @@ pub(super) fn trim_search(
     reference: TrimReference<'_>,
     spec: &TrimSpec,
 ) -> Result<Vec<TrimResult>> {
-    trim::check_search(candidates, reference, spec)?;
+    trim::check_search_shape(candidates, reference, spec)?;
     match reference {
-        TrimReference::Sample(r) => Ok(against_sample(candidates, r, spec)),
+        TrimReference::Sample(r) => {
+            trim::check_candidates_finite(candidates)?;
+            Ok(against_sample(candidates, r, spec))
+        }
+        // Its count pass reads every value: it checks them there.
         TrimReference::LeaveOneOut | TrimReference::LeaveOneOutPart { .. } => {
             leave_one_out(candidates, reference.compared(candidates.len()), spec)
         }
@@ -363,16 +367,23 @@ fn entries_and_pool(
 
     // Each piece's keys per bucket; then, in place, where the piece writes its first key of each
     // bucket: after the bucket's keys of the pieces before it.
-    let mut piece_next: Vec<Vec<u32>> = pieces
+    // The first pass that reads every value also checks that each is finite (a piece at a time,
+    // from cache after its count): a check of its own, before, would read the pool once more.
+    let counted: Option<Vec<Vec<u32>>> = pieces
         .par_iter()
         .map(|p| {
+            let values = p.values(candidates);
             let mut counts = vec![0u32; buckets];
-            for &v in p.values(candidates) {
+            for &v in values {
                 counts[bucket(trim::order_bits(v))] += 1;
             }
-            counts
+            trim::finite(values).then_some(counts)
         })
         .collect();
+    let Some(mut piece_next) = counted else {
+        trim::check_candidates_finite(candidates)?;
+        unreachable!("a piece holds a value that is not finite, which the check found nowhere");
+    };
     // Where model `k`'s entries of bucket `b` start (`cursors[k · buckets + b]`): after its
     // entries of the buckets before. Pieces of a model are consecutive.
     let mut cursors = vec![0u32; models * buckets];
@@ -470,7 +481,7 @@ fn entries_and_pool(
             sort_by_value(keys, scratch, lo, hi);
             // The sort's buffer is free now: each key's run end (its `le` less `start`), found
             // backward without a branch per key (the runs' lengths vary at random).
-            let ends = &mut bytemuck::cast_slice_mut::<u64, u32>(scratch)[..len];
+            let (ends, sorted) = bytemuck::cast_slice_mut::<u64, u32>(scratch).split_at_mut(len);
             let mut end = len as u32;
             let mut after = u64::MAX;
             for (i, (run_end, &key)) in ends.iter_mut().zip(keys.iter()).enumerate().rev() {
@@ -487,6 +498,7 @@ fn entries_and_pool(
             let (own, staged) = (sized(own, len), sized(staged, len));
             let mut local_cursor = local_first.clone();
             let (mut run_start, mut before) = (0u32, u64::MAX);
+            let sorted: &mut [f32] = bytemuck::cast_slice_mut(&mut sorted[..len]);
             for (i, (&run_end, &key)) in ends.iter().zip(keys.iter()).enumerate() {
                 let upper = key >> 32;
                 run_start = if upper == before { run_start } else { i as u32 };
@@ -495,6 +507,7 @@ fn entries_and_pool(
                 let at = local_cursor[k];
                 own[at] = i as u32;
                 let value = trim::from_order_bits(upper as u32);
+                sorted[i] = value;
                 staged[at] = Entry {
                     value,
                     lt: (start + run_start as usize) as u32,
@@ -535,7 +548,7 @@ fn entries_and_pool(
                             total - n,
                             refs_before,
                             own,
-                            keys,
+                            sorted,
                             following,
                             |i, v| {
                                 // SAFETY: each model's quantile indices are cut into the buckets by
@@ -559,10 +572,11 @@ fn entries_and_pool(
 }
 
 /// The reference quantiles `G⁻¹(i/n)` of one model (`n` own points, `m` reference points) that
-/// lie in a bucket of the sorted pool: the values of the bucket's sorted `keys` (upper 32 bits,
-/// as in [`sort_by_value`]), among which the model has its points at the indices `own`, with
-/// `refs_before` reference points in the buckets before. Calls `write(i − 1, G⁻¹(i/n))` once
-/// for each, the values [`trim::pool_quantiles_without`] gives (`following` is scratch).
+/// lie in a bucket of the sorted pool: the bucket's `sorted` values (half the bytes of its sort
+/// keys, so more of them stay in cache), among which the model has its points at the indices
+/// `own`, with `refs_before` reference points in the buckets before. Calls `write(i − 1,
+/// G⁻¹(i/n))` once for each, the values [`trim::pool_quantiles_without`] gives (`following` is
+/// scratch).
 ///
 /// The quantile `G⁻¹(i/n)` is the reference's `j = ⌈i·m/n⌉`-th point; the bucket holds the
 /// reference points `R₀ < j ≤ R₁` (`R₀` = `refs_before`), so its quantiles are
@@ -579,7 +593,7 @@ fn quantiles_in_bucket(
     m: usize,
     refs_before: usize,
     own: &[u32],
-    keys: &[u64],
+    sorted: &[f32],
     following: &mut Vec<u32>,
     mut write: impl FnMut(usize, f32),
 ) {
@@ -587,7 +601,7 @@ fn quantiles_in_bucket(
     const SLOTS: usize = 64;
     let (n64, m64) = (n as u64, m as u64);
     let quantiles_before = QuantilesBefore::new(n, m);
-    let refs_to_end = refs_before + keys.len() - own.len();
+    let refs_to_end = refs_before + sorted.len() - own.len();
     let (mut i, last) = (
         quantiles_before.of(refs_before) + 1,
         quantiles_before.of(refs_to_end).min(n64),
@@ -622,8 +636,7 @@ fn quantiles_in_bucket(
         for &passed in &passed[..slots] {
             own_passed = own_passed.max(passed);
             let j = (q + u64::from(r > 0)) as usize;
-            let key = keys[j - 1 - refs_before + own_passed];
-            write(i as usize - 1, trim::from_order_bits((key >> 32) as u32));
+            write(i as usize - 1, sorted[j - 1 - refs_before + own_passed]);
             i += 1;
             (q, r) = (q + step_q, r + step_r);
             if r >= n64 {
