@@ -57,7 +57,9 @@ for line in sys.stdin:
     [ -f "$PACK/stage/bin/mscope" ] || { echo "error: cargo built no mscope binary" >&2; exit 1; }
     # The GPU machine may lack the Vulkan loader wgpu opens (Debian's libvulkan1).
     local loader
-    loader=$(ldconfig -p | awk '/libvulkan\.so\.1 /{print $NF; exit}')
+    # awk reads to the end: leaving early would kill ldconfig with SIGPIPE, which pipefail and
+    # `set -e` turn into pack's failure.
+    loader=$(ldconfig -p | awk '/libvulkan\.so\.1 / && !found {print $NF; found = 1}')
     if [ -n "$loader" ]; then
         mkdir -p "$PACK/stage/lib" && cp -L "$loader" "$PACK/stage/lib/"
     fi

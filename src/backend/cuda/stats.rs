@@ -121,6 +121,8 @@ pub(super) fn scatter(be: &CudaBackend, x: &Tensor, groups: &[&[u32]]) -> Result
     } else {
         0
     })?;
+    let columns = (column_blocks as u32, 1, 1);
+    let column_threads = (COLUMN_BLOCK as u32, 1, 1);
     let mut out = Vec::with_capacity(groups.len());
     for (rows, plan) in groups.iter().zip(&plans) {
         if rows.is_empty() || d == 0 {
@@ -139,9 +141,8 @@ pub(super) fn scatter(be: &CudaBackend, x: &Tensor, groups: &[&[u32]]) -> Result
             .arg(&plan.count)
             .arg(&di)
             .arg(&plan.mean_rows);
-        let columns = (column_blocks as u32, 1, 1);
         let split_columns = (columns.0, plan.mean_splits as u32, 1);
-        be.launch(GROUP_SUM, &mut args, config(split_columns, (256, 1, 1)))?;
+        be.launch(GROUP_SUM, &mut args, config(split_columns, column_threads))?;
         drop(args);
         let mean_splits = plan.mean_splits as i32;
         let mut args = stream.launch_builder(&mean_f);
@@ -150,7 +151,7 @@ pub(super) fn scatter(be: &CudaBackend, x: &Tensor, groups: &[&[u32]]) -> Result
             .arg(&mean_splits)
             .arg(&plan.count)
             .arg(&di);
-        be.launch(GROUP_MEAN, &mut args, config(columns, (256, 1, 1)))?;
+        be.launch(GROUP_MEAN, &mut args, config(columns, column_threads))?;
         drop(args);
         let split_target = if plan.splits > 1 {
             &mut partials
@@ -177,7 +178,7 @@ pub(super) fn scatter(be: &CudaBackend, x: &Tensor, groups: &[&[u32]]) -> Result
             be.launch(
                 SUM_LOWER_SPLITS,
                 &mut args,
-                config((blocks, 1, 1), (256, 1, 1)),
+                config((blocks, 1, 1), column_threads),
             )?;
             drop(args);
         }
