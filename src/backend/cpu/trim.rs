@@ -479,8 +479,9 @@ fn entries_and_pool(
             });
             let scratch = sized(scratch, len);
             sort_by_value(keys, scratch, lo, hi);
-            // The sort's buffer is free now: each key's run end (its `le` less `start`), found
-            // backward without a branch per key (the runs' lengths vary at random).
+            // The sort's buffer is free now. Its first half: each key's run end (its `le` less
+            // `start`), found backward without a branch per key (the runs' lengths vary at
+            // random); its second: the bucket's values in order, for the quantile walk.
             let (ends, sorted) = bytemuck::cast_slice_mut::<u64, u32>(scratch).split_at_mut(len);
             let mut end = len as u32;
             let mut after = u64::MAX;
