@@ -12,8 +12,8 @@
 //   sum_lower_splits_v2  — the splits' lower triangles added in split order.
 //   Splitting a group's rows across blocks keeps every SM busy where the output has few columns
 //   or tiles (a 384-wide scatter has 78 lower tiles; v1 gave each a block over every row); the
-//   host picks the splits and adds them in a fixed order, so a result does not depend on
-//   scheduling.
+//   host picks the splits and the second kernel of each pair adds them in a fixed order, so a
+//   result does not depend on scheduling.
 //   jacobi_eigen_v1      — batched cyclic Jacobi for symmetric matrices up to JACOBI_MAX × JACOBI_MAX:
 //                          one block per matrix held in shared memory, round-robin ordering so
 //                          each round rotates d/2 disjoint pairs in parallel; eigenvectors
