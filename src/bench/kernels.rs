@@ -151,6 +151,9 @@ pub fn cases(scale: Scale) -> Vec<Case> {
         scatter_rows("bert-base-vocab", 30_522, 768, 12),
         sequence_sums("bert-base-layernorm", vec![12; scale.rows(1024, 32)], 768),
         scatter("covariance", scale.rows(10_000, 1_000), 1024),
+        // PCA of a 10⁵-text corpus of MiniLM embeddings: few output tiles for many rows, where
+        // the GPU kernels split the rows across blocks.
+        scatter("minilm-embeddings", scale.rows(100_000, 12_500), 384),
         eigen(8, scale.rows(256, 64)),
         eigen(1, scale.rows(1024, 128)),
         trim(100, scale.rows(10_000, 1_000)),
