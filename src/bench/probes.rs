@@ -44,7 +44,9 @@ pub struct Probe {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Ceilings {
     pub f32_gflops: f64,
-    /// `None` where no f64 op runs (the GPU backends).
+    /// `None` where no f64 ceiling is probed (the GPU backends): their f64 cases then report no
+    /// fraction, as a bf16 case without a bf16 ceiling does, rather than one of memory traffic
+    /// that their arithmetic, not their bytes, bounds.
     pub f64_gflops: Option<f64>,
     /// `None` where the device has no GEMM on bf16 operands.
     pub bf16_gflops: Option<f64>,
@@ -53,11 +55,12 @@ pub struct Ceilings {
 
 impl Ceilings {
     /// `(floor / seconds, bound)`: the floor is the larger of the compute time at the FLOP
-    /// ceiling of the work's precision and the memory time at the byte ceiling.
+    /// ceiling of the work's precision and the memory time at the byte ceiling; `None` where
+    /// the work's precision has no ceiling here.
     pub fn roofline(&self, work: &Work, seconds: f64) -> Option<(f64, Bound)> {
         let compute = match work.precision {
             Some(Precision::F32) => Some(self.f32_gflops),
-            Some(Precision::F64) => self.f64_gflops,
+            Some(Precision::F64) => Some(self.f64_gflops?),
             Some(Precision::Bf16) => Some(self.bf16_gflops?),
             None => None,
         }
@@ -337,6 +340,9 @@ mod tests {
             ..Work::f32(1e9, 1e7)
         };
         assert_eq!(ceilings.roofline(&bf16_gemm, 0.02), None);
+        let f64_scatter = Work::f64(1e9, 1e6);
+        ceilings.f64_gflops = None;
+        assert_eq!(ceilings.roofline(&f64_scatter, 0.04), None);
         ceilings.bf16_gflops = Some(400.0);
         assert_eq!(
             ceilings.roofline(&bf16_gemm, 0.005),

@@ -255,10 +255,16 @@ pub fn markdown(report: &Report) -> String {
         let rate = match r.roofline {
             Some((_, Bound::Compute)) => format!("{:.1} GFLOP/s", r.gflops().unwrap_or(0.0)),
             Some((_, Bound::Memory)) => format!("{:.1} GB/s", r.gbps().unwrap_or(0.0)),
+            // No ceiling for the work's precision (f64 on a GPU): its FLOP rate still, if any.
             None => r
-                .throughput()
-                .iter()
-                .map(|(v, unit)| format!("{} {unit}", si(*v)))
+                .gflops()
+                .map(|g| format!("{g:.1} GFLOP/s"))
+                .into_iter()
+                .chain(
+                    r.throughput()
+                        .iter()
+                        .map(|(v, unit)| format!("{} {unit}", si(*v))),
+                )
                 .collect::<Vec<_>>()
                 .join(", "),
         };
