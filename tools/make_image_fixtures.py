@@ -72,8 +72,8 @@ OPEN_CLIP_MODES = [
     ("squash_40x32", [40, 32], "squash", 0),
 ]
 OPEN_CLIP_PHOTOS = ["animals/chelsea.png", "people/astronaut.png", "things/coffee_small.png"]
-# The same kinds of mode at small sizes (the 45×34 files shrink ~4×), so the references stay small:
-# a fill inside the 32-entry palettes (its colour pads "P" images) and one past their end (black).
+# The same kinds of mode at small sizes (the 45×34 files shrink ~4×), with a fill inside the
+# 32-entry palettes (its colour pads "P" images) and one past their end (black).
 PIL_MODES_MODES = [
     ("longest_10x8", [8, 10], "longest", 128),
     ("longest_9", 9, "longest", 5),
