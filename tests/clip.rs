@@ -4,10 +4,11 @@
 //! Face and open_clip layouts (quick_gelu and gelu, class-token and patch-mean pooling, shortest
 //! side + crop and squash preprocessing) — image and text embeddings on every backend; and
 //! (references by tools/make_image_fixtures.py) every decoded image format and EXIF orientation
-//! against Pillow.
+//! against Pillow, and open_clip's transforms of the palette and transparent ones.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,8 +21,8 @@ use mscope::backend::{Backend, SeqLayout};
 use mscope::instruments::embed::{EncoderOptions, ImageEmbedder, SentenceEncoder};
 use mscope::models::clip::ClipModel;
 use mscope::models::image::{
-    decode_image, decode_rgb, Alpha, CropRounding, Filter, Preprocess, ResizeMode, OPENAI_MEAN,
-    OPENAI_STD,
+    decode_image, decode_rgb, Alpha, CropRounding, Filter, Preprocess, ResizeMode, RgbConversion,
+    OPENAI_MEAN, OPENAI_STD,
 };
 use mscope::models::{self, Encoder, ImageTower, TokenBatch};
 use mscope::weights::WeightsDtype;
@@ -111,7 +112,7 @@ fn check_preprocessing(preprocess: &Preprocess, prefix: &str, png_tolerance: f64
 
 fn hf_preprocess() -> Preprocess {
     Preprocess {
-        alpha: Alpha::OverWhite,
+        conversion: RgbConversion::FirstOverWhite,
         mode: ResizeMode::ShortestThenCrop {
             shortest: 48,
             crop_width: 40,
@@ -839,6 +840,68 @@ fn open_clip_resize_modes_match_open_clip() {
             assert!(diff <= 1e-5, "{name}/{file}: max |Δ| {diff}");
         }
     }
+}
+
+const OPEN_CLIP_PIL_MODES: &str = "tests/fixtures/images/open_clip_pil_modes.safetensors";
+
+/// Files Pillow opens as "P", "1", "LA" or "RGBA", which open_clip resizes and pads in that mode
+/// (nearest neighbour and palette-index padding; premultiplied alpha) before converting to RGB:
+/// every resize mode, bicubic and bilinear, equal to open_clip's transform bit for bit.
+#[test]
+fn palette_and_transparent_files_match_open_clip() {
+    let list: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_path(&format!("{IMAGES}/open_clip_pil_modes.json"))).unwrap(),
+    )
+    .unwrap();
+    let modes = list["modes"].as_array().unwrap();
+    let files: BTreeMap<String, Vec<String>> =
+        serde_json::from_value(list["files"].clone()).unwrap();
+    assert_eq!(modes.len(), 4);
+    let (mut checked, mut failures) = (0, Vec::new());
+    for (interpolation, names) in &files {
+        for mode in modes {
+            let name = mode["name"].as_str().unwrap();
+            let (height, width) = match &mode["size"] {
+                serde_json::Value::Array(hw) => (
+                    hw[0].as_u64().unwrap() as usize,
+                    hw[1].as_u64().unwrap() as usize,
+                ),
+                side => (
+                    side.as_u64().unwrap() as usize,
+                    side.as_u64().unwrap() as usize,
+                ),
+            };
+            let cfg = serde_json::json!({
+                "resize_mode": mode["resize_mode"],
+                "fill_color": mode["fill_color"],
+                "interpolation": interpolation,
+            });
+            let preprocess =
+                Preprocess::from_open_clip(Path::new("test"), (height, width), Some(&cfg)).unwrap();
+            for file in names {
+                let key = format!("{name}/{interpolation}/{file}");
+                let (shape, want) = reference_tensor(OPEN_CLIP_PIL_MODES, &key);
+                assert_eq!(shape, [3, height, width], "{key}");
+                let image = decode_image(&repo_path(&format!("{IMAGES}/{file}"))).unwrap();
+                let got = preprocess.pixels_of(&image).unwrap();
+                let unequal = got
+                    .iter()
+                    .zip(&want)
+                    .filter(|&(&g, &w)| f64::from(g) != w)
+                    .count();
+                if unequal > 0 {
+                    failures.push(format!(
+                        "{key}: {unequal} of {} values differ, max |Δ| {:.3}",
+                        want.len(),
+                        max_abs(&got, &want)
+                    ));
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 4 * (9 + 6));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// A random-init open_clip model with a 24×32 input and resize_mode "longest": its own

@@ -21,6 +21,12 @@ Writes under tests/fixtures/images/:
       `MODE/NAME` F32 [3, H, W]: open_clip's inference transform of the CLIP fixture photos for
       the resize modes and sizes in OPEN_CLIP_MODES; `open_clip-longest/pixels` [N, 3, 24, 32]
       and `open_clip-longest/image_embeds` [N, E]: the model below on those photos
+  open_clip_pil_modes.safetensors, open_clip_pil_modes.json, pil_modes/rgba_gradient.png
+      `MODE/INTERPOLATION/PATH` F32 [3, H, W]: open_clip's inference transform of the files that
+      Pillow opens as "P", "1", "LA" or "RGBA" (the formats above and an RGBA PNG whose alpha
+      runs from 0 to 255 across the crop), which open_clip resizes and pads in that mode and
+      converts to RGB only after, for the modes in PIL_MODES_MODES (written alone by the
+      `pil-modes` argument, which leaves the other fixtures as they are)
   pickle/tensors.bin  torch.save of f32/f16/bf16 tensors, views with offsets and strides, a
                       shared storage; pickle/tensors.safetensors the same tensors, contiguous
   pickle/os_system.bin
@@ -30,13 +36,14 @@ as open_clip_pytorch_model.bin (the older open_clip upload format), with its con
 tokenizer; open_clip-longest/, a random-init open_clip model with a non-square 24×32 input and
 resize_mode "longest" (made by make_clip_fixtures.py's helper).
 
-Run from the repository root: tools/.venv/bin/python tools/make_image_fixtures.py
+Run from the repository root: tools/.venv/bin/python tools/make_image_fixtures.py [pil-modes]
 """
 
 import json
 import pickle
 import shutil
 import struct
+import sys
 import zipfile
 import zlib
 from pathlib import Path
@@ -65,6 +72,27 @@ OPEN_CLIP_MODES = [
     ("squash_40x32", [40, 32], "squash", 0),
 ]
 OPEN_CLIP_PHOTOS = ["animals/chelsea.png", "people/astronaut.png", "things/coffee_small.png"]
+# The same kinds of mode at small sizes (the 45×34 files shrink ~4×), with a fill inside the
+# 32-entry palettes (its colour pads "P" images) and one past their end (black).
+PIL_MODES_MODES = [
+    ("longest_10x8", [8, 10], "longest", 128),
+    ("longest_9", 9, "longest", 5),
+    ("shortest_8x10", [8, 10], "shortest", 0),
+    ("squash_8x10", [8, 10], "squash", 0),
+]
+# Files by interpolation: "P" and "1" are resized by nearest neighbour whatever is asked, so
+# bilinear is checked on one of each and on every file with alpha.
+PIL_MODES_FILES = {
+    "bicubic": [
+        "formats/palette.png", "formats/palette_trns.png", "formats/palette.gif",
+        "formats/transparent.gif", "formats/bilevel.png", "formats/grey_alpha.png",
+        "formats/alpha.webp", "formats/rgba.tif", "pil_modes/rgba_gradient.png",
+    ],
+    "bilinear": [
+        "formats/palette.png", "formats/bilevel.png", "formats/grey_alpha.png",
+        "formats/alpha.webp", "formats/rgba.tif", "pil_modes/rgba_gradient.png",
+    ],
+}
 
 
 def source():
@@ -189,6 +217,38 @@ def open_clip_modes():
     )
 
 
+def open_clip_pil_modes():
+    d = OUT / "pil_modes"
+    d.mkdir(exist_ok=True)
+    rgba = source()
+    # Transparent on the left, opaque on the right, partial in between: resizing premultiplied
+    # colour differs from resizing the colour alone wherever the window mixes alphas.
+    x, y = np.arange(rgba.width)[None, :], np.arange(rgba.height)[:, None]
+    rgba.putalpha(Image.fromarray(np.clip((x - 8) * 9 + y * 3, 0, 255).astype(np.uint8)))
+    rgba.save(d / "rgba_gradient.png")
+    tensors, modes = {}, {}
+    for interpolation, files in PIL_MODES_FILES.items():
+        for name, size, mode, fill in PIL_MODES_MODES:
+            cfg = open_clip.transform.PreprocessCfg(
+                size=size, resize_mode=mode, interpolation=interpolation, fill_color=fill
+            )
+            transform = open_clip.transform.image_transform_v2(cfg, is_train=False)
+            for file in files:
+                im = Image.open(OUT / file)
+                modes[file] = im.mode
+                tensors[f"{name}/{interpolation}/{file}"] = transform(im).contiguous()
+    save_file(tensors, OUT / "open_clip_pil_modes.safetensors")
+    (OUT / "open_clip_pil_modes.json").write_text(
+        json.dumps(
+            {"files": PIL_MODES_FILES, "pil_modes": modes,
+             "modes": [dict(name=n, size=s, resize_mode=m, fill_color=f)
+                       for n, s, m, f in PIL_MODES_MODES]},
+            indent=1,
+        )
+        + "\n"
+    )
+
+
 def write_pickles():
     d = OUT / "pickle"
     d.mkdir()
@@ -232,12 +292,17 @@ def write_pickles():
 
 
 def main():
+    if sys.argv[1:] == ["pil-modes"]:
+        open_clip_pil_modes()
+        print("wrote", OUT / "open_clip_pil_modes.safetensors")
+        return
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
     im = source()
     paths = write_formats(im) + write_orientations(im)
     references(paths)
     open_clip_modes()
+    open_clip_pil_modes()
     write_pickles()
     print("wrote", OUT)
 

@@ -65,6 +65,7 @@ impl Orientation {
             height: out_h,
             channels,
             data,
+            mode: image.mode,
         }
     }
 }
@@ -123,19 +124,27 @@ fn jpeg_exif(bytes: &[u8]) -> Option<&[u8]> {
         .find_map(|(_, payload)| payload.strip_prefix(b"Exif\0\0"))
 }
 
-/// The payload of a PNG's `eXIf` chunk (before or after the image data, as Pillow reads both).
-fn png_exif(bytes: &[u8]) -> Option<&[u8]> {
+/// The chunks of a PNG before `IEND`, as (type, data), up to the first truncated one. Each chunk
+/// is a big-endian data length, a 4-byte type, the data and a CRC.
+pub fn png_chunks(bytes: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     let mut at = 8; // the signature
-    loop {
+    std::iter::from_fn(move || {
         let length = u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize;
         let kind = bytes.get(at + 4..at + 8)?;
         let data = bytes.get(at + 8..(at + 8).checked_add(length)?)?;
-        match kind {
-            b"eXIf" => return Some(data),
-            b"IEND" => return None,
-            _ => at += 12 + length, // length, type, data, CRC
+        if kind == b"IEND" {
+            return None;
         }
-    }
+        at += 12 + length;
+        Some((kind, data))
+    })
+}
+
+/// The payload of a PNG's `eXIf` chunk (before or after the image data, as Pillow reads both).
+fn png_exif(bytes: &[u8]) -> Option<&[u8]> {
+    png_chunks(bytes)
+        .find(|&(kind, _)| kind == b"eXIf")
+        .map(|(_, data)| data)
 }
 
 /// Tag 0x0112 of the first IFD of a TIFF structure, as a SHORT or LONG.
@@ -181,6 +190,7 @@ fn tiff_orientation(tiff: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::image::PilMode;
 
     /// A little- or big-endian TIFF structure whose first IFD holds one orientation entry.
     fn tiff(big_endian: bool, kind: u16, value: u16) -> Vec<u8> {
@@ -275,6 +285,7 @@ mod tests {
             height: 3,
             channels: 4,
             data: (0..6u8).flat_map(|v| [v, v, v, v]).collect(),
+            mode: PilMode::Rgba,
         };
         let turned = |k: u32| {
             let out = Orientation::from_exif(k).apply(image.clone());

@@ -4,13 +4,18 @@
 //! Hugging Face's `CLIPImageProcessor` (PIL backend) and open_clip's torchvision transform — so
 //! pixel tensors match theirs.
 //!
-//! Two differences between the references matter for some images only:
+//! Three differences between the references matter for some images only:
 //! - EXIF orientation: the pixels here are those of `ImageOps.exif_transpose(image)`. Neither
 //!   transformers' processor nor open_clip's transform turns images themselves, so a comparison
 //!   with a plain processor differs for photos whose orientation tag is not 1 (phone photos
 //!   taken upright usually are stored sideways with tag 6).
 //! - Transparency: transformers composites transparent pixels over white; open_clip's
 //!   `convert("RGB")` drops the alpha and keeps the colour under it ([`Alpha`]).
+//! - When the image becomes RGB ([`RgbConversion`]): transformers converts first; open_clip
+//!   resizes and pads the image in the mode Pillow opened it in ([`PilMode`]) and converts last.
+//!   Pillow resizes palette ("P") and bilevel ("1") images by nearest neighbour whatever filter
+//!   is asked, and images with alpha ("RGBA", "LA") with their colour premultiplied by it; a
+//!   palette image is padded with a palette index, so its padding takes that entry's colour.
 //!
 //! Pillow resizes in two separable passes, horizontal then vertical, each rounding back to 8-bit
 //! pixels. Each output pixel is a weighted sum over a window of input pixels whose width grows
@@ -19,6 +24,7 @@
 //! before the shift. [`resize`] reproduces that arithmetic step for step, so its output is PIL's
 //! byte for byte.
 
+use std::borrow::Cow;
 use std::io::Cursor;
 use std::path::Path;
 
@@ -66,7 +72,7 @@ impl Rgb8 {
 }
 
 /// Decoded pixels, upright, before their conversion to RGB: interleaved RGB, or RGBA where the
-/// file has transparency (an alpha channel, a transparent palette entry).
+/// file has transparency (an alpha channel, a transparent palette entry or colour key).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecodedImage {
     pub width: usize,
@@ -74,9 +80,56 @@ pub struct DecodedImage {
     /// 3 or 4.
     pub channels: usize,
     pub data: Vec<u8>,
+    /// The mode Pillow opens the file in, which decides how open_clip resizes it.
+    pub mode: PilMode,
 }
 
-/// How transparency becomes RGB; the two preprocessors differ for transparent images only.
+/// The mode Pillow gives an image, as far as resizing and padding in it differ from doing so in
+/// RGB.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PilMode {
+    /// "RGB" or "L", also with a colour key (a PNG's tRNS, a GIF's transparent grey level),
+    /// which Pillow keeps beside the pixels rather than as alpha: resampled as RGB.
+    Rgb,
+    /// "RGBA" or "LA" (grey replicated here): resampled with the colour premultiplied by alpha.
+    Rgba,
+    /// "P", with its palette's colours: resized by nearest neighbour; padding is a palette index.
+    Palette(Vec<[u8; 3]>),
+    /// "1" (a 1-bit grey PNG): resized by nearest neighbour; padding with any non-zero value is
+    /// white.
+    Bilevel,
+}
+
+impl PilMode {
+    /// The mode of an image with `channels` channels from a format whose Pillow mode has alpha
+    /// exactly when the decoded pixels do (JPEG, WebP, TIFF).
+    fn with_alpha(channels: usize) -> PilMode {
+        if channels == 4 {
+            PilMode::Rgba
+        } else {
+            PilMode::Rgb
+        }
+    }
+
+    /// The RGB colour of torchvision's padding with `fill` in this mode: `fill` in every band,
+    /// which a "P" image (whose palette the padding keeps) reads as an index, black past the
+    /// palette's end, and a "1" image as white unless zero.
+    fn padding(&self, fill: u8) -> [u8; 3] {
+        match self {
+            PilMode::Rgb | PilMode::Rgba => [fill; 3],
+            PilMode::Palette(colours) => colours.get(usize::from(fill)).copied().unwrap_or([0; 3]),
+            PilMode::Bilevel if fill == 0 => [0; 3],
+            PilMode::Bilevel => [255; 3],
+        }
+    }
+
+    /// A palette's colours from its packed `r, g, b` bytes.
+    fn palette(packed: &[u8]) -> PilMode {
+        PilMode::Palette(packed.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect())
+    }
+}
+
+/// How transparency becomes RGB where an image is converted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Alpha {
     /// Dropped, the colour under it kept: Pillow's `convert("RGB")`, which open_clip uses.
@@ -108,6 +161,61 @@ impl DecodedImage {
             data,
         }
     }
+
+    /// Resized to `width × height` as Pillow's `Image.resize` resizes it in its own mode, then
+    /// converted to RGB with the alpha dropped: open_clip's order.
+    fn resized_in_own_mode(&self, width: usize, height: usize, filter: Filter) -> Rgb8 {
+        if (width, height) == (self.width, self.height) {
+            // Pillow returns a copy, without the round trip through premultiplied alpha.
+            return self.to_rgb(Alpha::Drop);
+        }
+        match (&self.mode, self.channels) {
+            (PilMode::Palette(_) | PilMode::Bilevel, _) => {
+                nearest(&self.to_rgb(Alpha::Drop), width, height)
+            }
+            (PilMode::Rgba, 4) => {
+                let premultiplied: Vec<u8> = self
+                    .data
+                    .chunks_exact(4)
+                    .flat_map(|p| p[..3].iter().map(|&c| premultiply(c, p[3])).chain([p[3]]))
+                    .collect();
+                let size = (self.width, self.height);
+                let resized =
+                    resize_interleaved::<4>(&premultiplied, size, (width, height), filter);
+                let data = resized
+                    .chunks_exact(4)
+                    .flat_map(|p| p[..3].iter().map(|&c| unpremultiply(c, p[3])))
+                    .collect();
+                Rgb8 {
+                    width,
+                    height,
+                    data,
+                }
+            }
+            _ => resize(&self.to_rgb(Alpha::Drop), width, height, filter),
+        }
+    }
+}
+
+/// `x / 255` rounded, for an `x` to which the caller added half of the divisor: Pillow's
+/// `((x >> 8) + x) >> 8`.
+fn div255(x: u32) -> u32 {
+    ((x >> 8) + x) >> 8
+}
+
+/// Colour `c` premultiplied by alpha `a`, rounded as Pillow's `MULDIV255` ("RGBA" → "RGBa").
+fn premultiply(c: u8, a: u8) -> u8 {
+    div255(u32::from(c) * u32::from(a) + 128) as u8
+}
+
+/// Premultiplied colour `c` of alpha `a` back to plain colour as Pillow does ("RGBa" → "RGBA"):
+/// `255·c / a` truncated and clipped to 255 (resampling may leave `c` above `a`), and the value
+/// kept as it is where `a` is 0 or 255.
+fn unpremultiply(c: u8, a: u8) -> u8 {
+    match a {
+        0 | 255 => c,
+        _ => (255 * u32::from(c) / u32::from(a)).min(255) as u8,
+    }
 }
 
 /// One channel `c` of opacity `a` over opaque white, rounded as Pillow's `alpha_composite`:
@@ -123,7 +231,7 @@ fn over_white(c: u8, a: u8) -> u8 {
     let coef1 = a * 255 * 255 * (1 << BITS) / (255 * 255);
     let coef2 = 255 * (1 << BITS) - coef1;
     let x = c * coef1 + 255 * coef2 + (0x80 << BITS);
-    ((((x >> 8) + x) >> 8) >> BITS) as u8
+    (div255(x) >> BITS) as u8
 }
 
 /// Decodes a PNG, JPEG, WebP, GIF or TIFF file into upright 8-bit RGB as
@@ -136,7 +244,9 @@ pub fn decode_rgb(path: &Path) -> Result<Rgb8> {
 /// Decodes a PNG, JPEG, WebP, GIF or TIFF file as Pillow reads it: palettes expanded, grey
 /// replicated into the three channels, a GIF's first frame, 16-bit colour samples cut to their
 /// high byte, then the EXIF orientation applied (JPEG, PNG, WebP, TIFF) as
-/// `ImageOps.exif_transpose` does.
+/// `ImageOps.exif_transpose` does. The image keeps the mode Pillow opens the file in
+/// ([`PilMode`]): a palette PNG or GIF is "P" (a GIF whose colour table is the grey ramp is
+/// "L"), a 1-bit grey PNG "1", and files with an alpha channel "RGBA" or "LA".
 ///
 /// Refused, naming the file: 16-bit grey (Pillow clips it to 8 bits rather than scaling, which
 /// no model was trained on), CMYK (decoders turn it into RGB differently), palette and YCbCr
@@ -256,11 +366,61 @@ fn decode_with_image(
             ))
         }
     };
+    let mode = match format {
+        ImageFormat::Png => png_mode(bytes),
+        ImageFormat::Gif => gif_mode(bytes)?,
+        _ => PilMode::with_alpha(channels),
+    };
     Ok(DecodedImage {
         width,
         height,
         channels,
         data,
+        mode,
+    })
+}
+
+/// Pillow's mode of a PNG, from its header's bit depth and colour type, and its palette.
+fn png_mode(bytes: &[u8]) -> PilMode {
+    let mut chunks = exif::png_chunks(bytes);
+    let (bit_depth, colour_type) = match chunks.next() {
+        Some((kind, header)) if kind == b"IHDR" && header.len() >= 10 => (header[8], header[9]),
+        _ => return PilMode::Rgb,
+    };
+    match (bit_depth, colour_type) {
+        (_, 3) => PilMode::palette(
+            chunks
+                .find(|&(kind, _)| kind == b"PLTE")
+                .map_or(&[], |(_, palette)| palette),
+        ),
+        (1, 0) => PilMode::Bilevel,
+        // Grey or RGB with alpha; 16-bit grey with alpha is refused by the decoder.
+        (_, 4 | 6) => PilMode::Rgba,
+        _ => PilMode::Rgb,
+    }
+}
+
+/// Pillow's mode of a GIF's first frame: "P" with the frame's own colour table or else the
+/// global one, but "L" where there is neither or it is the grey ramp `i → (i, i, i)`.
+fn gif_mode(bytes: &[u8]) -> std::result::Result<PilMode, String> {
+    let cannot = |e: gif::DecodingError| format!("cannot decode: {e}");
+    let mut options = gif::DecodeOptions::new();
+    options.set_color_output(gif::ColorOutput::Indexed);
+    let mut decoder = options.read_info(bytes).map_err(cannot)?;
+    let global = decoder.global_palette().map(<[u8]>::to_vec);
+    let frame = decoder
+        .next_frame_info()
+        .map_err(cannot)?
+        .ok_or("cannot decode: the GIF has no frame")?;
+    let is_grey_ramp = |table: &[u8]| {
+        table
+            .chunks_exact(3)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|&v| usize::from(v) == i))
+    };
+    Ok(match frame.palette.as_deref().or(global.as_deref()) {
+        Some(table) if !is_grey_ramp(table) => PilMode::palette(table),
+        _ => PilMode::Rgb,
     })
 }
 
@@ -280,11 +440,13 @@ fn decode_webp(bytes: &[u8]) -> std::result::Result<(DecodedImage, Orientation),
         Some(exif) => exif::orientation(&exif, Container::WebpExif),
         None => Orientation::UPRIGHT,
     };
+    let channels = if decoder.has_alpha() { 4 } else { 3 };
     let image = DecodedImage {
         width: width as usize,
         height: height as usize,
-        channels: if decoder.has_alpha() { 4 } else { 3 },
+        channels,
         data,
+        mode: PilMode::with_alpha(channels),
     };
     Ok((image, orientation))
 }
@@ -410,40 +572,81 @@ impl Kernel {
 /// reducing gap): a horizontal pass, then a vertical pass, each rounded to 8 bits; an axis whose
 /// size does not change is not resampled.
 pub fn resize(image: &Rgb8, width: usize, height: usize, filter: Filter) -> Rgb8 {
-    let mut current = image.clone();
-    if width != current.width {
-        let kernel = Kernel::new(current.width, width, filter);
-        let mut data = vec![0u8; width * current.height * 3];
-        for (row, out_row) in data.chunks_exact_mut(width * 3).enumerate() {
-            let in_row = &current.data[row * current.width * 3..(row + 1) * current.width * 3];
-            for (x, px) in out_row.chunks_exact_mut(3).enumerate() {
+    let size = (image.width, image.height);
+    Rgb8 {
+        width,
+        height,
+        data: resize_interleaved::<3>(&image.data, size, (width, height), filter),
+    }
+}
+
+/// [`resize`] of `CHANNELS` interleaved channels, each resampled alike (alpha too, as Pillow
+/// does).
+fn resize_interleaved<const CHANNELS: usize>(
+    data: &[u8],
+    (in_width, in_height): (usize, usize),
+    (width, height): (usize, usize),
+    filter: Filter,
+) -> Vec<u8> {
+    let mut current = Cow::Borrowed(data);
+    if width != in_width {
+        let kernel = Kernel::new(in_width, width, filter);
+        let mut next = vec![0u8; width * in_height * CHANNELS];
+        for (row, out_row) in next.chunks_exact_mut(width * CHANNELS).enumerate() {
+            let in_row = &data[row * in_width * CHANNELS..(row + 1) * in_width * CHANNELS];
+            for (x, px) in out_row.chunks_exact_mut(CHANNELS).enumerate() {
                 for (c, v) in px.iter_mut().enumerate() {
-                    *v = kernel.apply(x, |i| in_row[i * 3 + c]);
+                    *v = kernel.apply(x, |i| in_row[i * CHANNELS + c]);
                 }
             }
         }
-        current = Rgb8 {
-            width,
-            height: current.height,
-            data,
-        };
+        current = Cow::Owned(next);
     }
-    if height != current.height {
-        let kernel = Kernel::new(current.height, height, filter);
-        let stride = current.width * 3;
-        let mut data = vec![0u8; stride * height];
-        for (y, out_row) in data.chunks_exact_mut(stride).enumerate() {
+    if height != in_height {
+        let kernel = Kernel::new(in_height, height, filter);
+        let stride = width * CHANNELS;
+        let mut next = vec![0u8; stride * height];
+        for (y, out_row) in next.chunks_exact_mut(stride).enumerate() {
             for (col, v) in out_row.iter_mut().enumerate() {
-                *v = kernel.apply(y, |i| current.data[i * stride + col]);
+                *v = kernel.apply(y, |i| current[i * stride + col]);
             }
         }
-        current = Rgb8 {
-            width: current.width,
-            height,
-            data,
-        };
+        current = Cow::Owned(next);
     }
-    current
+    current.into_owned()
+}
+
+/// Resizes by nearest neighbour as Pillow does for "P" and "1" images (`ImagingScaleAffine`).
+fn nearest(image: &Rgb8, width: usize, height: usize) -> Rgb8 {
+    let columns = nearest_sources(image.width, width);
+    let mut data = Vec::with_capacity(width * height * 3);
+    for y in nearest_sources(image.height, height) {
+        let row = &image.data[y * image.width * 3..(y + 1) * image.width * 3];
+        for &x in &columns {
+            data.extend_from_slice(&row[x * 3..x * 3 + 3]);
+        }
+    }
+    Rgb8 {
+        width,
+        height,
+        data,
+    }
+}
+
+/// The input index each of `out_size` nearest-neighbour outputs takes: the integer part of a
+/// position that starts at half the scale and grows by the scale per output, summed in f64 as
+/// Pillow sums it (not multiplied, which can round to another pixel).
+fn nearest_sources(in_size: usize, out_size: usize) -> Vec<usize> {
+    let scale = in_size as f64 / out_size as f64;
+    let mut position = scale * 0.5;
+    (0..out_size)
+        .map(|_| {
+            // The last position is `in_size − scale / 2`; `min` only guards f64 rounding.
+            let source = (position as usize).min(in_size - 1);
+            position += scale;
+            source
+        })
+        .collect()
 }
 
 /// How an image is brought to the model's input size.
@@ -461,7 +664,8 @@ pub enum ResizeMode {
     /// Both sides scaled by one factor so the image fits inside `width × height`
     /// (`fit: Fit::Inside`, open_clip's "longest") or covers it (`Fit::Cover`, open_clip's
     /// "shortest" for a non-square size), each side rounded half to even; then padded with
-    /// `fill` (grey level) to at least that size, centred, and the centre cut out.
+    /// `fill` (a grey level; a palette index for a palette image resized in its own mode) to at
+    /// least that size, centred, and the centre cut out.
     KeepRatio {
         width: usize,
         height: usize,
@@ -477,15 +681,16 @@ pub enum Fit {
     Cover,
 }
 
-/// `image` centred on a `fill`-grey canvas of at least `width × height`, as torchvision's `pad`
-/// before a centre crop: a margin of `m` puts `m / 2` (floor) before the image, the rest after.
-fn pad_to(image: &Rgb8, width: usize, height: usize, fill: u8) -> Rgb8 {
+/// `image` centred on a canvas of colour `fill` of at least `width × height`, as torchvision's
+/// `pad` before a centre crop: a margin of `m` puts `m / 2` (floor) before the image, the rest
+/// after.
+fn pad_to(image: &Rgb8, width: usize, height: usize, fill: [u8; 3]) -> Rgb8 {
     if image.width >= width && image.height >= height {
         return image.clone();
     }
     let (out_w, out_h) = (image.width.max(width), image.height.max(height));
     let (left, top) = ((out_w - image.width) / 2, (out_h - image.height) / 2);
-    let mut data = vec![fill; out_w * out_h * 3];
+    let mut data = fill.repeat(out_w * out_h);
     for (y, row) in image.data.chunks_exact(image.width * 3).enumerate() {
         let at = ((top + y) * out_w + left) * 3;
         data[at..at + row.len()].copy_from_slice(row);
@@ -523,11 +728,23 @@ impl CropRounding {
     }
 }
 
-/// A model's image preprocessing: transparency flattened, resize, crop, scale to [0, 1],
-/// normalise per channel.
+/// When a decoded image becomes RGB: the two preprocessors differ for palette, bilevel and
+/// transparent images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RgbConversion {
+    /// First, transparency composited over white (transformers' `convert_to_rgb`); then the RGB
+    /// image is resized and cropped.
+    FirstOverWhite,
+    /// Last, as open_clip's transform does: the image is resized and padded in its
+    /// [`PilMode`], cropped, then `convert("RGB")` drops its alpha.
+    LastAlphaDropped,
+}
+
+/// A model's image preprocessing: conversion to RGB, resize, crop, scale to [0, 1], normalise
+/// per channel.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Preprocess {
-    pub alpha: Alpha,
+    pub conversion: RgbConversion,
     pub mode: ResizeMode,
     pub filter: Filter,
     pub crop_rounding: CropRounding,
@@ -550,22 +767,50 @@ impl Preprocess {
         }
     }
 
-    /// The model input of a decoded image: [`Preprocess::pixels`] of its RGB.
+    /// The model input of a decoded image, converted to RGB where [`Preprocess::conversion`]
+    /// says: `[3, height, width]` f32 as [`Preprocess::pixels`] gives.
     pub fn pixels_of(&self, image: &DecodedImage) -> Result<Vec<f32>> {
-        self.pixels(&image.to_rgb(self.alpha))
+        Ok(self.normalised(&self.resized_decoded(image)?))
+    }
+
+    /// The resized and cropped 8-bit RGB image of a decoded image, before scaling and
+    /// normalisation.
+    pub fn resized_decoded(&self, image: &DecodedImage) -> Result<Rgb8> {
+        match self.conversion {
+            RgbConversion::FirstOverWhite => self.resized(&image.to_rgb(Alpha::OverWhite)),
+            RgbConversion::LastAlphaDropped => self.resized_with(
+                (image.width, image.height),
+                |width, height| image.resized_in_own_mode(width, height, self.filter),
+                |fill| image.mode.padding(fill),
+            ),
+        }
     }
 
     /// The resized and cropped 8-bit image, before scaling and normalisation.
     pub fn resized(&self, image: &Rgb8) -> Result<Rgb8> {
+        self.resized_with(
+            (image.width, image.height),
+            |width, height| resize(image, width, height, self.filter),
+            |fill| [fill; 3],
+        )
+    }
+
+    /// [`Preprocess::mode`] applied to an image of `(w, h)`: `resize_to` resizes it, and its
+    /// padding with `fill` has the colour `padding(fill)`.
+    fn resized_with(
+        &self,
+        (w, h): (usize, usize),
+        resize_to: impl FnOnce(usize, usize) -> Rgb8,
+        padding: impl FnOnce(u8) -> [u8; 3],
+    ) -> Result<Rgb8> {
         match self.mode {
-            ResizeMode::Squash { width, height } => Ok(resize(image, width, height, self.filter)),
+            ResizeMode::Squash { width, height } => Ok(resize_to(width, height)),
             ResizeMode::KeepRatio {
                 width,
                 height,
                 fit,
                 fill,
             } => {
-                let (w, h) = (image.width, image.height);
                 let (ratio_w, ratio_h) = (w as f64 / width as f64, h as f64 / height as f64);
                 let ratio = match fit {
                     Fit::Inside => ratio_w.max(ratio_h),
@@ -581,8 +826,8 @@ impl Preprocess {
                          {MAX_PIXELS} pixels"
                     )));
                 }
-                let resized = resize(image, new_w, new_h, self.filter);
-                let padded = pad_to(&resized, width, height, fill);
+                let resized = resize_to(new_w, new_h);
+                let padded = pad_to(&resized, width, height, padding(fill));
                 let left = self.crop_rounding.offset(padded.width - width);
                 let top = self.crop_rounding.offset(padded.height - height);
                 Ok(padded.crop(left, top, width, height))
@@ -592,7 +837,6 @@ impl Preprocess {
                 crop_width,
                 crop_height,
             } => {
-                let (w, h) = (image.width, image.height);
                 let (short, long) = (w.min(h), w.max(h));
                 // Python's `int(shortest * long / short)`: exact products, one rounding.
                 let other = (shortest as f64 * long as f64 / short as f64) as usize;
@@ -613,7 +857,7 @@ impl Preprocess {
                          {crop_width}×{crop_height} crop (padding is not supported)"
                     )));
                 }
-                let resized = resize(image, new_w, new_h, self.filter);
+                let resized = resize_to(new_w, new_h);
                 let left = self.crop_rounding.offset(new_w - crop_width);
                 let top = self.crop_rounding.offset(new_h - crop_height);
                 Ok(resized.crop(left, top, crop_width, crop_height))
@@ -624,15 +868,19 @@ impl Preprocess {
     /// The model input of one image: `[3, height, width]` f32, channel planes, each value
     /// `(v / 255 − mean) / std`.
     pub fn pixels(&self, image: &Rgb8) -> Result<Vec<f32>> {
-        let resized = self.resized(image)?;
-        let plane = resized.width * resized.height;
+        Ok(self.normalised(&self.resized(image)?))
+    }
+
+    /// `[3, height, width]` f32 of an 8-bit image, each value `(v / 255 − mean) / std`.
+    fn normalised(&self, image: &Rgb8) -> Vec<f32> {
+        let plane = image.width * image.height;
         let mut out = vec![0.0f32; 3 * plane];
-        for (i, px) in resized.data.chunks_exact(3).enumerate() {
+        for (i, px) in image.data.chunks_exact(3).enumerate() {
             for c in 0..3 {
                 out[c * plane + i] = (f32::from(px[c]) / 255.0 - self.mean[c]) / self.std[c];
             }
         }
-        Ok(out)
+        out
     }
 
     /// Hugging Face's `preprocessor_config.json` (CLIPImageProcessor's fields and defaults).
@@ -712,7 +960,7 @@ impl Preprocess {
             return Err(bad("size and crop_size must be positive".into()));
         }
         Ok(Preprocess {
-            alpha: Alpha::OverWhite,
+            conversion: RgbConversion::FirstOverWhite,
             mode: ResizeMode::ShortestThenCrop {
                 shortest,
                 crop_width,
@@ -736,9 +984,11 @@ impl Preprocess {
     ///   `fill_color`.
     /// - "squash": `Resize` of both sides.
     ///
-    /// open_clip converts to RGB after resizing, so for palette images (which PIL resizes by
-    /// nearest neighbour) and partly transparent ones (resized premultiplied) its pixels differ
-    /// from those here, which are resized as RGB.
+    /// As open_clip does, the image is resized and padded in the mode Pillow opened it in and
+    /// converted to RGB last ([`RgbConversion::LastAlphaDropped`]): palette and bilevel images
+    /// are resized by nearest neighbour (whatever the interpolation) and a palette image's
+    /// padding is the colour of palette entry `fill_color`; images with alpha are resized with
+    /// premultiplied colour.
     pub fn from_open_clip(
         path: &Path,
         (height, width): (usize, usize),
@@ -803,7 +1053,7 @@ impl Preprocess {
             }
         };
         Ok(Preprocess {
-            alpha: Alpha::Drop,
+            conversion: RgbConversion::LastAlphaDropped,
             mode,
             filter,
             crop_rounding: CropRounding::HalfToEven,
@@ -824,6 +1074,94 @@ mod tests {
         // Python: round(0.5) = 0, round(1.5) = 2, round(2.5) = 2.
         let even: Vec<usize> = (0..6).map(|m| CropRounding::HalfToEven.offset(m)).collect();
         assert_eq!(even, [0, 0, 1, 2, 2, 2]);
+    }
+
+    #[test]
+    fn nearest_neighbour_takes_the_pixels_pillow_takes() {
+        // Pillow's `resize(..., NEAREST)` of a "P" row whose indices are 0..in_size. For 2 → 7
+        // the middle position sums to just under 1, where `3.5 · 2/7` is exactly 1.
+        let cases: [(usize, &[usize]); 6] = [
+            (45, &[2, 6, 11, 15, 20, 24, 29, 33, 38, 42]),
+            (34, &[2, 6, 10, 14, 19, 23, 27, 31]),
+            (7, &[1, 3, 5]),
+            (5, &[0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4]),
+            (3, &[0, 0, 1, 1, 1, 2, 2]),
+            (2, &[0, 0, 0, 0, 1, 1, 1]),
+        ];
+        for (in_size, want) in cases {
+            assert_eq!(nearest_sources(in_size, want.len()), want, "{in_size}");
+        }
+    }
+
+    #[test]
+    fn premultiplied_alpha_rounds_as_pillow() {
+        // MULDIV255 is `c·a / 255` rounded half up, for every pair.
+        for (c, a) in (0..=255u8).flat_map(|c| (0..=255u8).map(move |a| (c, a))) {
+            let exact = (u32::from(c) * u32::from(a) * 2 + 255) / 510;
+            assert_eq!(u32::from(premultiply(c, a)), exact, "{c}·{a}");
+        }
+        // Pillow's "RGBA" → "RGBa" and "RGBa" → "RGBA" of the same four pixels.
+        let pixels = [
+            [200, 100, 3, 128],
+            [255, 0, 77, 1],
+            [9, 250, 255, 254],
+            [13, 13, 13, 0],
+        ];
+        let premultiplied = [[100, 50, 2], [1, 0, 0], [9, 249, 254], [0, 0, 0]];
+        let back = [[255, 199, 5], [255, 0, 255], [9, 250, 255], [13, 13, 13]];
+        for ((p, pre), back) in pixels.iter().zip(premultiplied).zip(back) {
+            assert_eq!(
+                p[..3]
+                    .iter()
+                    .map(|&c| premultiply(c, p[3]))
+                    .collect::<Vec<_>>(),
+                pre
+            );
+            assert_eq!(
+                p[..3]
+                    .iter()
+                    .map(|&c| unpremultiply(c, p[3]))
+                    .collect::<Vec<_>>(),
+                back
+            );
+        }
+    }
+
+    #[test]
+    fn padding_takes_the_colour_each_mode_gives_fill() {
+        let palette = PilMode::palette(&[10, 20, 30, 40, 50, 60]);
+        assert_eq!(palette.padding(1), [40, 50, 60]);
+        assert_eq!(palette.padding(2), [0, 0, 0]); // past the palette's end
+        assert_eq!(PilMode::Bilevel.padding(0), [0, 0, 0]);
+        assert_eq!(PilMode::Bilevel.padding(128), [255, 255, 255]);
+        assert_eq!(PilMode::Rgba.padding(128), [128, 128, 128]);
+    }
+
+    /// A 2×2 GIF whose global colour table is `table`.
+    fn gif_with_table(table: &[u8]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut encoder = gif::Encoder::new(&mut bytes, 2, 2, table).unwrap();
+        let frame = gif::Frame {
+            width: 2,
+            height: 2,
+            buffer: Cow::Borrowed(&[0, 1, 2, 3]),
+            ..gif::Frame::default()
+        };
+        encoder.write_frame(&frame).unwrap();
+        drop(encoder);
+        bytes
+    }
+
+    #[test]
+    fn a_gif_is_grey_where_its_colour_table_is_the_grey_ramp() {
+        let ramp: Vec<u8> = (0..4u8).flat_map(|i| [i, i, i]).collect();
+        assert_eq!(gif_mode(&gif_with_table(&ramp)).unwrap(), PilMode::Rgb);
+        let mut colour = ramp.clone();
+        colour[11] = 4;
+        assert_eq!(
+            gif_mode(&gif_with_table(&colour)).unwrap(),
+            PilMode::palette(&colour)
+        );
     }
 
     #[test]

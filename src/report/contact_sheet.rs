@@ -16,8 +16,8 @@ use rayon::prelude::*;
 use super::plot::{register_font, FONT};
 use crate::error::{Error, Result};
 use crate::models::image::{
-    decode_image, Alpha, CropRounding, Filter, Fit, Preprocess, ResizeMode, Rgb8, OPENAI_MEAN,
-    OPENAI_STD,
+    decode_image, CropRounding, Filter, Fit, Preprocess, ResizeMode, Rgb8, RgbConversion,
+    OPENAI_MEAN, OPENAI_STD,
 };
 
 /// Side of a thumbnail's square, in pixels.
@@ -89,7 +89,7 @@ pub fn cell_origin(row: usize, block: Block, index: usize, per_block: usize) -> 
 /// [`FILL`] grey (the margin's odd pixel after the image).
 pub fn thumbnail(path: &Path) -> Result<Rgb8> {
     let fit = Preprocess {
-        alpha: Alpha::OverWhite,
+        conversion: RgbConversion::FirstOverWhite,
         mode: ResizeMode::KeepRatio {
             width: THUMB,
             height: THUMB,
@@ -102,8 +102,7 @@ pub fn thumbnail(path: &Path) -> Result<Rgb8> {
         mean: OPENAI_MEAN,
         std: OPENAI_STD,
     };
-    let image = decode_image(path)?.to_rgb(fit.alpha);
-    fit.resized(&image)
+    fit.resized_decoded(&decode_image(path)?)
         .map_err(|e| Error::input(format!("{}: {e}", path.display())))
 }
 
