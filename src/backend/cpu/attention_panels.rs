@@ -39,6 +39,8 @@ use rayon::prelude::*;
 
 use super::activation;
 use super::attention::visible_keys;
+#[cfg(target_arch = "x86_64")]
+use super::common::prefetch_lines;
 use super::common::sized;
 use super::gemm_packed::SharedOut;
 use crate::backend::{AttentionSpec, SeqLayout};
@@ -431,20 +433,6 @@ impl Task<'_> {
                 }
             }
         }
-    }
-}
-
-/// Asks for every 64-byte line `values` touch with `_mm_prefetch`'s hint `HINT`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn prefetch_lines<const HINT: i32>(values: &[f32]) {
-    let first = values.as_ptr().cast::<i8>();
-    let offset = first as usize % 64;
-    for line in (0..offset + std::mem::size_of_val(values)).step_by(64) {
-        // SAFETY: a prefetch never faults; these lines hold `values`.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<HINT>(first.wrapping_sub(offset).wrapping_add(line))
-        };
     }
 }
 

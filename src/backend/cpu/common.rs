@@ -229,3 +229,17 @@ pub(super) fn lane_sum_pairs_f64(a: &[f32], b: &[f32], f: impl Fn(f64, f64) -> f
 pub(super) fn rows_per_task(d: usize) -> usize {
     (16 * 1024 / d.max(1)).max(1)
 }
+
+/// Asks for every 64-byte line `values` touch with `_mm_prefetch`'s hint `HINT`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn prefetch_lines<const HINT: i32>(values: &[impl Sized]) {
+    let first = values.as_ptr().cast::<i8>();
+    let offset = first as usize % 64;
+    for line in (0..offset + std::mem::size_of_val(values)).step_by(64) {
+        // SAFETY: a prefetch never faults; these lines hold `values`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<HINT>(first.wrapping_sub(offset).wrapping_add(line))
+        };
+    }
+}

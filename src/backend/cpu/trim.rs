@@ -12,11 +12,16 @@
 //!
 //! The pool's sort moves it through DRAM once: one scatter into cache-sized buckets of value
 //! ranges chosen from the data's own histogram, then each bucket is sorted and scanned while it
-//! is in cache ([`entries_and_pool`]). Every pass runs on every core, cut into blocks of at most
-//! [`chunk_len`] points; results do not depend on the number of threads.
+//! is in cache ([`entries_and_pool`]). The keys are scattered into the map the entries go to,
+//! each bucket's where its own entries are written later, so no map is allocated for them: the
+//! kernel's backing of a fresh page costs more than the pass that fills it. Every pass runs on
+//! every core, cut into blocks of at most [`chunk_len`] points; results do not depend on the
+//! number of threads.
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::common::prefetch_lines;
 use super::common::sized;
 use crate::backend::simd::with_wide_simd;
 use crate::backend::trim::{self, OwnShares, Profile, QuantileW2, RankedPoints};
@@ -69,6 +74,10 @@ struct Entry {
 
 // SAFETY: three plain numbers, for which all-zero bytes are a valid value.
 unsafe impl bytemuck::Zeroable for Entry {}
+
+/// 4-byte words of an [`Entry`]: where a bucket's entries go, its scattered keys (a word each)
+/// lie before.
+const ENTRY_WORDS: usize = std::mem::size_of::<Entry>() / 4;
 
 /// Zero-filled memory for `len` values, mapped anonymously: the kernel supplies zero pages as
 /// they are first touched (by the parallel passes that fill them), so nothing writes zeros first.
@@ -211,19 +220,18 @@ fn leave_one_out(
     } else {
         Wanted::Quantiles
     };
-    let SortedPool {
-        entries,
-        values,
-        positions,
-    } = entries_and_pool(candidates, &offsets, bucket_target(total, models), wanted)?;
+    let pool = entries_and_pool(candidates, &offsets, bucket_target(total, models), wanted)?;
+    let (values, positions) = (&pool.values, &pool.positions);
 
     let results = compared
         .into_par_iter()
-        // Each thread keeps the own shares of the model size it last saw (usually every model's).
+        // Each thread keeps the own shares of the model size it last saw (usually every model's)
+        // and a buffer for a model's entries.
         .map_init(
-            || OwnShares::new(0),
-            |shares, k| {
-                let own = &entries[offsets[k]..offsets[k + 1]];
+            || (OwnShares::new(0), Vec::new()),
+            |(shares, own), k| {
+                pool.model_entries(k, &offsets, own);
+                let own = &own[..];
                 let (n, m) = (own.len(), total - own.len());
                 if shares.n() != n {
                     *shares = OwnShares::new(n);
@@ -246,7 +254,7 @@ fn leave_one_out(
                         },
                         |alpha, ()| {
                             let own_positions = &positions[offsets[k]..offsets[k + 1]];
-                            let reference = trim::pool_without(own_positions, &values);
+                            let reference = trim::pool_without(own_positions, values);
                             trim::trimmed_w2(&candidate(), &reference, alpha)
                         },
                     ),
@@ -280,7 +288,7 @@ fn leave_one_out(
         )
         .collect();
     phases::mark("trim: every model's profile, α̂, KS, W2");
-    unmap_in_background((entries, values, positions));
+    unmap_in_background(pool);
     Ok(results)
 }
 
@@ -297,13 +305,52 @@ enum Wanted {
 
 /// The pool sorted, as [`leave_one_out`] needs it.
 struct SortedPool {
-    /// Every model's points at its `offsets`, sorted by value, equal values in pooled order.
+    /// Every point's entry, bucket after bucket and, within a bucket, model after model, each
+    /// model's sorted by value, equal values in pooled order: model `k`'s entries of bucket `b`
+    /// are `entries[segments[k · buckets + b]..]`, as many as it has points in the bucket
+    /// ([`SortedPool::model_entries`]). Laid out by bucket, each bucket's entries leave its task
+    /// as one run of whole lines, and the keys scattered into the bucket before can lie where
+    /// its entries go (a third of the bytes), so no map of their own is allocated and zeroed.
     entries: ZeroedMap<Entry>,
+    /// Where each model's entries of each bucket start, `[models × buckets]`.
+    segments: Vec<u32>,
+    /// Where each model's points of each bucket start in the model's sorted order, with the
+    /// model's offset added, `[models × buckets]` (the segments' lengths are the differences).
+    cursors: Vec<u32>,
     /// The values [`Wanted`].
     values: ZeroedMap<f32>,
     /// With [`Wanted::Pool`], each entry's position in the sorted pool (none otherwise: the
     /// quantiles need them only bucket by bucket, while the bucket is in cache).
     positions: ZeroedMap<u32>,
+}
+
+impl SortedPool {
+    /// Model `k`'s entries in its sorted order (its points at `offsets[k]..offsets[k + 1]`),
+    /// gathered from its segments into `out`.
+    fn model_entries(&self, k: usize, offsets: &[usize], out: &mut Vec<Entry>) {
+        /// Segments asked for ahead of the one copied: each lies elsewhere in DRAM, where the
+        /// hardware prefetcher would find it only after its first misses.
+        const AHEAD: usize = 4;
+        let buckets = self.segments.len() / (offsets.len() - 1);
+        let segment = |b: usize| {
+            let at = k * buckets + b;
+            let end = if b + 1 < buckets {
+                self.cursors[at + 1] as usize
+            } else {
+                offsets[k + 1]
+            };
+            let start = self.segments[at] as usize;
+            &self.entries[start..start + end - self.cursors[at] as usize]
+        };
+        out.clear();
+        for b in 0..buckets {
+            #[cfg(target_arch = "x86_64")]
+            if b + AHEAD < buckets {
+                prefetch_lines::<{ std::arch::x86_64::_MM_HINT_T0 }>(segment(b + AHEAD));
+            }
+            out.extend_from_slice(segment(b));
+        }
+    }
 }
 
 /// The pool sorted once, as each model needs it: every model's entries and the values `wanted`
@@ -365,8 +412,7 @@ fn entries_and_pool(
     let buckets = bucket_of[PREFIXES - 1] as usize + 1;
     let bucket = |bits: u32| bucket_of[prefix(bits)] as usize;
 
-    // Each piece's keys per bucket; then, in place, where the piece writes its first key of each
-    // bucket: after the bucket's keys of the pieces before it.
+    // Each piece's keys per bucket.
     // The first pass that reads every value also checks that each is finite (a piece at a time,
     // from cache after its count): a check of its own, before, would read the pool once more.
     let counted: Option<Vec<Vec<u32>>> = pieces
@@ -380,12 +426,13 @@ fn entries_and_pool(
             trim::finite(values).then_some(counts)
         })
         .collect();
-    let Some(mut piece_next) = counted else {
+    let Some(piece_counts) = counted else {
         trim::check_candidates_finite(candidates)?;
         unreachable!("a piece holds a value that is not finite, which the check found nowhere");
     };
-    // Where model `k`'s entries of bucket `b` start (`cursors[k · buckets + b]`): after its
-    // entries of the buckets before. Pieces of a model are consecutive.
+    // Where model `k`'s points of bucket `b` start in its sorted order, its offset added
+    // (`cursors[k · buckets + b]`): after its points of the buckets before. Pieces of a model
+    // are consecutive.
     let mut cursors = vec![0u32; models * buckets];
     cursors
         .par_chunks_mut(buckets)
@@ -396,37 +443,50 @@ fn entries_and_pool(
             let mut at = offsets[k] as u32;
             for (b, cursor) in row.iter_mut().enumerate() {
                 *cursor = at;
-                at += piece_next[first..last].iter().map(|c| c[b]).sum::<u32>();
+                at += piece_counts[first..last].iter().map(|c| c[b]).sum::<u32>();
             }
         });
     let mut bucket_starts = vec![0usize; buckets + 1];
-    for next in &piece_next {
-        for (size, &n) in bucket_starts[1..].iter_mut().zip(next) {
+    for counts in &piece_counts {
+        for (size, &n) in bucket_starts[1..].iter_mut().zip(counts) {
             *size += n as usize;
         }
     }
     for b in 0..buckets {
         bucket_starts[b + 1] += bucket_starts[b];
     }
-    let mut at: Vec<u32> = bucket_starts[..buckets].iter().map(|&s| s as u32).collect();
-    for next in piece_next.iter_mut() {
-        for (next, at) in next.iter_mut().zip(at.iter_mut()) {
-            (*next, *at) = (*at, *at + *next);
-        }
-    }
-
-    // The values' order bits only: a bucket holds its models' points model after model, so the
-    // bucket pass knows each point's model from where it lies.
-    let mut scattered = ZeroedMap::<u32>::zeroed(total)?;
-    // Backed up front, as the bucket pass's maps are: on the Zen 3 VM the faults inside the
-    // scatter cost about three times what populating costs (0.25 s against 0.09 s).
-    populate(&[&scattered.map]);
-    let out = Shared::new(&mut scattered);
+    // Each bucket's keys (the values' order bits only: a bucket holds its models' points model
+    // after model, so the bucket pass knows each point's model from where it lies) go to the
+    // first of the words its entries take later, piece after piece.
+    let mut at: Vec<usize> = bucket_starts[..buckets]
+        .iter()
+        .map(|&s| ENTRY_WORDS * s)
+        .collect();
+    let piece_next: Vec<Vec<usize>> = piece_counts
+        .iter()
+        .map(|counts| {
+            counts
+                .iter()
+                .zip(at.iter_mut())
+                .map(|(&n, at)| {
+                    *at += n as usize;
+                    *at - n as usize
+                })
+                .collect()
+        })
+        .collect();
+    let mut entries = ZeroedMap::<Entry>::zeroed(total)?;
+    let mut values = ZeroedMap::<f32>::zeroed(total)?;
+    let mut positions = ZeroedMap::<u32>::zeroed(if wanted == Wanted::Pool { total } else { 0 })?;
+    // Backed up front: on the Zen 3 VM the faults inside the scatter cost about three times what
+    // populating costs (0.25 s against 0.09 s).
+    populate(&[&entries.map, &values.map, &positions.map]);
+    let words = Shared(entries.map.as_mut_ptr().cast::<u32>());
     pieces.par_iter().zip(piece_next).for_each(|(p, next)| {
-        let mut lines = StagedScatter::new(out, next);
+        let mut lines = StagedScatter::new(words, next);
         for &v in p.values(candidates) {
             let bits = trim::order_bits(v);
-            // SAFETY: the pieces' ranges per bucket partition `0..total`.
+            // SAFETY: the pieces' ranges per bucket partition the buckets' first words.
             unsafe { lines.push(bucket(bits), bits) };
         }
         // SAFETY: as for the pushes.
@@ -434,23 +494,23 @@ fn entries_and_pool(
     });
 
     phases::mark("trim: count and scatter into buckets");
-    let regions: Vec<&[u32]> = bucket_starts
-        .windows(2)
-        .map(|w| &scattered[w[0]..w[1]])
-        .collect();
-    let mut entries = ZeroedMap::<Entry>::zeroed(total)?;
-    let mut values = ZeroedMap::<f32>::zeroed(total)?;
-    let mut positions = ZeroedMap::<u32>::zeroed(if wanted == Wanted::Pool { total } else { 0 })?;
-    populate(&[&entries.map, &values.map, &positions.map]);
+    let mut segments = vec![0u32; models * buckets];
+    let segments_out = Shared::new(&mut segments);
     let (entry_out, values_out, positions_out) = (
         Shared::new(&mut entries),
         Shared::new(&mut values),
         Shared::new(&mut positions),
     );
-    regions.into_par_iter().enumerate().for_each_init(
+    (0..buckets).into_par_iter().for_each_init(
         || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-        |(keys, scratch, own, staged, following), (b, region)| {
-            let start = bucket_starts[b];
+        |(keys, scratch, own, staged, following), b| {
+            let (start, len) = (bucket_starts[b], bucket_starts[b + 1] - bucket_starts[b]);
+            // SAFETY: the bucket's keys, scattered above to the first `len` of the words its
+            // entries take; only this task reads or writes those words, and it is done reading
+            // them before it writes its entries there.
+            let region = unsafe {
+                std::slice::from_raw_parts(words.offset(ENTRY_WORDS * start).0.cast_const(), len)
+            };
             // Model `k`'s entries of this bucket go to `first[k]..`; its keys are found at
             // `local_first[k]..` of the bucket's keys grouped by model.
             let first: Vec<usize> = (0..models)
@@ -466,7 +526,6 @@ fn entries_and_pool(
                 };
                 local_first.push(local_first[k] + end - first[k]);
             }
-            let len = region.len();
             // Upper 32 bits of a key: the value's order bits; lower: the model id.
             let keys = sized(keys, len);
             for (k, w) in local_first.windows(2).enumerate() {
@@ -520,19 +579,18 @@ fn entries_and_pool(
                     unsafe { values_out.write(start + i, value) }
                 }
             }
-            for k in 0..models {
-                let staged = &staged[local_first[k]..local_first[k + 1]];
-                // SAFETY: the buckets' cursors partition each model's `offsets` range (counted
-                // above), so no other task writes these entries.
-                unsafe { write_streaming(entry_out.offset(first[k]), staged) }
-            }
+            // SAFETY: the buckets partition the pool, so no other task writes these entries.
+            unsafe { write_streaming(entry_out.offset(start), staged) }
             store_fence();
             for k in 0..models {
+                // SAFETY: one slot per model and bucket, written by the bucket's task.
+                unsafe { segments_out.write(k * buckets + b, (start + local_first[k]) as u32) }
                 let own = &own[local_first[k]..local_first[k + 1]];
                 match wanted {
                     Wanted::Pool => {
                         for (t, &i) in own.iter().enumerate() {
-                            // SAFETY: as for the entries.
+                            // SAFETY: the buckets' cursors partition each model's `offsets` range
+                            // (counted above), so no other task writes these positions.
                             unsafe {
                                 positions_out.write(first[k] + t, (start + i as usize) as u32)
                             }
@@ -564,9 +622,10 @@ fn entries_and_pool(
         },
     );
     phases::mark("trim: sort and scan each bucket");
-    unmap_in_background(scattered);
     Ok(SortedPool {
         entries,
+        segments,
+        cursors,
         values,
         positions,
     })
@@ -832,15 +891,15 @@ struct Line([u32; 16]);
 struct StagedScatter {
     out: Shared<u32>,
     /// Where the piece's keys of each bucket start.
-    first: Vec<u32>,
+    first: Vec<usize>,
     /// Where its next key of each bucket goes.
-    next: Vec<u32>,
+    next: Vec<usize>,
     lines: Vec<Line>,
 }
 
 impl StagedScatter {
     /// Positions count from `out`, which is 64-byte aligned (a map's first page).
-    fn new(out: Shared<u32>, next: Vec<u32>) -> Self {
+    fn new(out: Shared<u32>, next: Vec<usize>) -> Self {
         debug_assert_eq!(out.0.align_offset(64), 0);
         StagedScatter {
             out,
@@ -856,7 +915,7 @@ impl StagedScatter {
     #[inline(always)]
     unsafe fn push(&mut self, b: usize, key: u32) {
         let at = self.next[b];
-        self.lines[b].0[at as usize % 16] = key;
+        self.lines[b].0[at % 16] = key;
         self.next[b] = at + 1;
         if (at + 1).is_multiple_of(16) {
             // SAFETY: the caller's contract.
@@ -869,17 +928,17 @@ impl StagedScatter {
     ///
     /// # Safety
     /// As for [`push`](Self::push).
-    unsafe fn write(&self, b: usize, end: u32) {
+    unsafe fn write(&self, b: usize, end: usize) {
         let line_start = (end - 1) / 16 * 16;
         let from = line_start.max(self.first[b]);
-        let to = self.out.offset(from as usize);
+        let to = self.out.offset(from);
         let line = &self.lines[b];
         if from == line_start && end == line_start + 16 {
             // SAFETY: the whole line is in the piece's range of bucket `b`, and 64-byte aligned
             // (`out` is, and the line starts at a multiple of 16 keys).
             unsafe { stream_line(to.0.cast(), line.0.as_ptr().cast()) }
         } else {
-            let slots = &line.0[(from - line_start) as usize..(end - line_start) as usize];
+            let slots = &line.0[from - line_start..end - line_start];
             // SAFETY: `from..end` is in the piece's range of bucket `b`; plain stores, since
             // other pieces write the rest of the line.
             unsafe { copy_short(to.0.cast(), slots.as_ptr().cast(), 4 * slots.len()) }
@@ -1109,15 +1168,25 @@ mod tests {
             .collect()
     }
 
-    fn bits(entries: &[Entry]) -> Vec<(u32, u32, u32)> {
-        entries
-            .iter()
-            .map(|e| (e.value.to_bits(), e.lt, e.le))
+    /// Every model's entries, model after model.
+    fn bits(pool: &SortedPool, offsets: &[usize]) -> Vec<(u32, u32, u32)> {
+        let mut own = Vec::new();
+        (0..offsets.len() - 1)
+            .flat_map(|k| {
+                pool.model_entries(k, offsets, &mut own);
+                own.iter()
+                    .map(|e| (e.value.to_bits(), e.lt, e.le))
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
     fn check(candidates: &[&[f32]], what: &str) {
         let (want_entries, want_positions, want_pooled) = brute_entries_and_pool(candidates);
+        let want_entries: Vec<(u32, u32, u32)> = want_entries
+            .iter()
+            .map(|e| (e.value.to_bits(), e.lt, e.le))
+            .collect();
         let offsets = offsets(candidates);
         let total = offsets[candidates.len()];
         // Buckets of one key up to one bucket for everything.
@@ -1130,7 +1199,7 @@ mod tests {
         ] {
             let sorted = entries_and_pool(candidates, &offsets, target, Wanted::Pool).unwrap();
             assert!(
-                bits(&sorted.entries) == bits(&want_entries),
+                bits(&sorted, &offsets) == want_entries,
                 "{what}, buckets of {target}"
             );
             assert!(
@@ -1144,7 +1213,7 @@ mod tests {
             // The quantiles against the walk over the whole sorted pool.
             let sorted = entries_and_pool(candidates, &offsets, target, Wanted::Quantiles).unwrap();
             assert!(
-                bits(&sorted.entries) == bits(&want_entries),
+                bits(&sorted, &offsets) == want_entries,
                 "{what}, buckets of {target}, with quantiles"
             );
             for (k, w) in offsets.windows(2).enumerate() {
