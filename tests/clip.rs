@@ -811,25 +811,7 @@ fn open_clip_resize_modes_match_open_clip() {
     let modes = list["modes"].as_array().unwrap();
     assert_eq!(modes.len(), 4);
     for mode in modes {
-        let name = mode["name"].as_str().unwrap();
-        let (height, width) = match &mode["size"] {
-            serde_json::Value::Array(hw) => (
-                hw[0].as_u64().unwrap() as usize,
-                hw[1].as_u64().unwrap() as usize,
-            ),
-            side => (
-                side.as_u64().unwrap() as usize,
-                side.as_u64().unwrap() as usize,
-            ),
-        };
-        let cfg = serde_json::json!({
-            "resize_mode": mode["resize_mode"],
-            "fill_color": mode["fill_color"],
-            "interpolation": "bicubic",
-        });
-        let preprocess =
-            Preprocess::from_open_clip(Path::new("test"), (height, width), Some(&cfg)).unwrap();
-        assert_eq!(preprocess.output_size(), (height, width));
+        let (name, (height, width), preprocess) = open_clip_mode(mode, "bicubic");
         for photo in &photos {
             let file = Path::new(photo).file_name().unwrap().to_string_lossy();
             let (shape, want) = reference_tensor(OPEN_CLIP_MODES, &format!("{name}/{file}"));
@@ -840,6 +822,34 @@ fn open_clip_resize_modes_match_open_clip() {
             assert!(diff <= 1e-5, "{name}/{file}: max |Δ| {diff}");
         }
     }
+}
+
+/// One of the modes a fixture's JSON lists (name, resize mode, size, fill colour): its name,
+/// `(height, width)` and open_clip's preprocessing in it with `interpolation`.
+fn open_clip_mode(
+    mode: &serde_json::Value,
+    interpolation: &str,
+) -> (String, (usize, usize), Preprocess) {
+    let (height, width) = match &mode["size"] {
+        serde_json::Value::Array(hw) => (
+            hw[0].as_u64().unwrap() as usize,
+            hw[1].as_u64().unwrap() as usize,
+        ),
+        side => (
+            side.as_u64().unwrap() as usize,
+            side.as_u64().unwrap() as usize,
+        ),
+    };
+    let cfg = serde_json::json!({
+        "resize_mode": mode["resize_mode"],
+        "fill_color": mode["fill_color"],
+        "interpolation": interpolation,
+    });
+    let preprocess =
+        Preprocess::from_open_clip(Path::new("test"), (height, width), Some(&cfg)).unwrap();
+    assert_eq!(preprocess.output_size(), (height, width));
+    let name = mode["name"].as_str().unwrap().to_string();
+    (name, (height, width), preprocess)
 }
 
 const OPEN_CLIP_PIL_MODES: &str = "tests/fixtures/images/open_clip_pil_modes.safetensors";
@@ -860,24 +870,7 @@ fn palette_and_transparent_files_match_open_clip() {
     let (mut checked, mut failures) = (0, Vec::new());
     for (interpolation, names) in &files {
         for mode in modes {
-            let name = mode["name"].as_str().unwrap();
-            let (height, width) = match &mode["size"] {
-                serde_json::Value::Array(hw) => (
-                    hw[0].as_u64().unwrap() as usize,
-                    hw[1].as_u64().unwrap() as usize,
-                ),
-                side => (
-                    side.as_u64().unwrap() as usize,
-                    side.as_u64().unwrap() as usize,
-                ),
-            };
-            let cfg = serde_json::json!({
-                "resize_mode": mode["resize_mode"],
-                "fill_color": mode["fill_color"],
-                "interpolation": interpolation,
-            });
-            let preprocess =
-                Preprocess::from_open_clip(Path::new("test"), (height, width), Some(&cfg)).unwrap();
+            let (name, (height, width), preprocess) = open_clip_mode(mode, interpolation);
             for file in names {
                 let key = format!("{name}/{interpolation}/{file}");
                 let (shape, want) = reference_tensor(OPEN_CLIP_PIL_MODES, &key);
