@@ -3,8 +3,8 @@
 //! and open_clip's transforms on real photos, and tiny random-init CLIP models in the Hugging
 //! Face and open_clip layouts (quick_gelu and gelu, class-token and patch-mean pooling, shortest
 //! side + crop and squash preprocessing) — image and text embeddings on every backend; and
-//! (references by tools/make_image_fixtures.py) every decoded image format and EXIF orientation
-//! against Pillow, and open_clip's transforms of the palette and transparent ones.
+//! (references by tools/make_image_fixtures.py) every decoded image format, EXIF orientation and
+//! PNG colour key against Pillow, and open_clip's transforms of the palette and transparent ones.
 
 mod common;
 
@@ -655,6 +655,7 @@ fn non_finite_host_rearranged_weights_are_refused() {
 
 const IMAGES: &str = "tests/fixtures/images";
 const IMAGES_REFERENCE: &str = "tests/fixtures/images/reference.safetensors";
+const COLOUR_KEY_REFERENCE: &str = "tests/fixtures/images/colour_key.safetensors";
 
 /// The fixture files under `IMAGES/folder`, by path relative to `IMAGES`.
 fn image_fixtures(folder: &str) -> Vec<String> {
@@ -672,17 +673,18 @@ fn is_lossy(name: &str) -> bool {
 }
 
 /// Decodes `name` and compares it with Pillow's upright `convert("RGB")` and with
-/// CLIPImageProcessorPil's pixels (transparency over white). Lossless formats must match exactly
-/// (f32 rounding only after normalisation); the lossy WebP decoder rounds as libwebp does, within
-/// one level. JPEG decoders differ in their IDCT and chroma-upsampling rounding: libjpeg-turbo's
-/// and this one's samples are up to two levels apart. A JPEG's preprocessed pixels are not
-/// compared: the preprocessing is shown exact on the lossless files, and on these small images
-/// the bicubic kernel's negative lobes would only amplify the decoders' difference.
-fn check_against_pillow(name: &str) {
+/// CLIPImageProcessorPil's pixels (transparency over white), both read from `reference`.
+/// Lossless formats must match exactly (f32 rounding only after normalisation); the lossy WebP
+/// decoder rounds as libwebp does, within one level. JPEG decoders differ in their IDCT and
+/// chroma-upsampling rounding: libjpeg-turbo's and this one's samples are up to two levels apart.
+/// A JPEG's preprocessed pixels are not compared: the preprocessing is shown exact on the
+/// lossless files, and on these small images the bicubic kernel's negative lobes would only
+/// amplify the decoders' difference.
+fn check_against_pillow(reference: &str, name: &str) {
     let image = decode_image(&repo_path(&format!("{IMAGES}/{name}")))
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let decoded = image.to_rgb(Alpha::Drop);
-    let (shape, want) = reference_tensor(IMAGES_REFERENCE, &format!("rgb/{name}"));
+    let (shape, want) = reference_tensor(reference, &format!("rgb/{name}"));
     assert_eq!(
         [decoded.height, decoded.width, 3],
         shape[..],
@@ -719,7 +721,7 @@ fn check_against_pillow(name: &str) {
         ..hf_preprocess()
     };
     let pixels = preprocess.pixels_of(&image).unwrap();
-    let (_, want) = reference_tensor(IMAGES_REFERENCE, &format!("pixels/{name}"));
+    let (_, want) = reference_tensor(reference, &format!("pixels/{name}"));
     let diff = max_abs(&pixels, &want);
     let tolerance = if is_lossy(name) { one_level() } else { 1e-5 };
     assert!(
@@ -736,7 +738,7 @@ fn every_format_decodes_to_pillows_rgb() {
     let names = image_fixtures("formats");
     assert_eq!(names.len(), 16);
     for name in names {
-        check_against_pillow(&name);
+        check_against_pillow(IMAGES_REFERENCE, &name);
     }
 }
 
@@ -747,7 +749,21 @@ fn exif_orientation_is_applied_as_pillow_applies_it() {
     let names = image_fixtures("orientation");
     assert_eq!(names.len(), 8 + 3 + 3 + 2);
     for name in names {
-        check_against_pillow(&name);
+        check_against_pillow(IMAGES_REFERENCE, &name);
+    }
+}
+
+/// PNGs whose transparency is a colour key (tRNS), which Pillow keeps beside the RGB or grey
+/// pixels and transformers' `convert_to_rgb` turns into alpha to composite over white: 8-bit RGB
+/// and grey, where the key's pixels turn white; 16-bit RGB, where Pillow compares the key's low
+/// bytes with the pixels' high bytes, and 4-bit grey, where it compares the raw key with levels
+/// scaled to 8 bits, so other pixels than the key's (or none) turn white.
+#[test]
+fn colour_keyed_pngs_turn_white_where_pillow_makes_them_transparent() {
+    let names = image_fixtures("colour_key");
+    assert_eq!(names.len(), 4);
+    for name in names {
+        check_against_pillow(COLOUR_KEY_REFERENCE, &name);
     }
 }
 

@@ -27,6 +27,13 @@ Writes under tests/fixtures/images/:
       runs from 0 to 255 across the crop), which open_clip resizes and pads in that mode and
       converts to RGB only after, for the modes in PIL_MODES_MODES (written alone by the
       `pil-modes` argument, which leaves the other fixtures as they are)
+  colour_key/NAME, colour_key.safetensors
+      PNGs with a colour key (tRNS) that Pillow keeps in `info["transparency"]`: 8-bit RGB and
+      grey, whose most frequent colour is the key; 16-bit RGB, whose key is one pixel's exact
+      samples and whose low bytes are the most frequent 8-bit colour (Pillow compares the key's
+      low bytes with the pixels' high bytes); 4-bit grey, keyed on its most frequent level (Pillow
+      compares the raw key with the levels scaled to 8 bits). References as reference.safetensors
+      holds them, under the same keys (written alone by the `colour-key` argument)
   pickle/tensors.bin  torch.save of f32/f16/bf16 tensors, views with offsets and strides, a
                       shared storage; pickle/tensors.safetensors the same tensors, contiguous
   pickle/os_system.bin
@@ -36,7 +43,8 @@ as open_clip_pytorch_model.bin (the older open_clip upload format), with its con
 tokenizer; open_clip-longest/, a random-init open_clip model with a non-square 24×32 input and
 resize_mode "longest" (made by make_clip_fixtures.py's helper).
 
-Run from the repository root: tools/.venv/bin/python tools/make_image_fixtures.py [pil-modes]
+Run from the repository root:
+  tools/.venv/bin/python tools/make_image_fixtures.py [pil-modes | colour-key]
 """
 
 import json
@@ -99,20 +107,34 @@ def source():
     return Image.open(SKIMAGE / "chelsea.png").convert("RGB").crop((150, 40, 195, 74))
 
 
-def write_png16(path, rgb16):
-    """A 16-bit RGB PNG (Pillow cannot write one): signature, IHDR, one zlib IDAT, IEND."""
-    h, w, _ = rgb16.shape
+def write_png(path, size, bit_depth, colour_type, rows, key=None):
+    """A PNG of packed `rows` written by hand (Pillow writes neither 16-bit RGB nor 4-bit grey):
+    signature, IHDR, tRNS with the colour key's 16-bit samples if given, one zlib IDAT, IEND."""
 
     def chunk(kind, data):
         body = kind + data
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
-    raw = b"".join(b"\0" + rgb16[y].astype(">u2").tobytes() for y in range(h))
-    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", *size, bit_depth, colour_type, 0, 0, 0)
+    trns = chunk(b"tRNS", struct.pack(f">{len(key)}H", *key)) if key else b""
+    raw = b"".join(b"\0" + row for row in rows)
     path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + trns + chunk(b"IDAT", zlib.compress(raw))
         + chunk(b"IEND", b"")
     )
+
+
+def write_png16(path, rgb16, key=None):
+    """A 16-bit RGB PNG, with a colour key if given."""
+    h, w, _ = rgb16.shape
+    write_png(path, (w, h), 16, 2, [row.astype(">u2").tobytes() for row in rgb16], key)
+
+
+def sixteen_bit(im):
+    """The 16-bit samples of `im` whose low bytes differ from their high bytes, so truncation
+    shows."""
+    low = (np.arange(im.height * im.width * 3) % 251).reshape(im.height, im.width, 3)
+    return (np.asarray(im).astype(np.uint16) * 256 + low).astype(np.uint16)
 
 
 def write_formats(im):
@@ -137,9 +159,7 @@ def write_formats(im):
     palette.save(d / "palette_trns.png", transparency=3)
     rgba.convert("LA").save(d / "grey_alpha.png")
     im.convert("1").save(d / "bilevel.png")
-    # 16-bit samples whose low bytes differ from their high bytes, so truncation shows.
-    low = (np.arange(34 * 45 * 3) % 251).reshape(34, 45, 3)
-    wide = (np.asarray(im).astype(np.uint16) * 256 + low).astype(np.uint16)
+    wide = sixteen_bit(im)
     write_png16(d / "rgb16.png", wide)
     tifffile.imwrite(d / "rgb16.tif", wide, photometric="rgb")
     bad = OUT / "bad"
@@ -174,7 +194,7 @@ def write_orientations(im):
     return paths
 
 
-def references(paths):
+def references(paths, out):
     processor = CLIPImageProcessorPil(size={"shortest_edge": 24}, crop_size={"height": 20, "width": 20})
     tensors = {}
     for path in paths:
@@ -184,7 +204,7 @@ def references(paths):
         tensors[f"rgb/{key}"] = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
         pixels = processor(images=[im], return_tensors="np")["pixel_values"][0]
         tensors[f"pixels/{key}"] = np.ascontiguousarray(pixels.astype(np.float32))
-    save_numpy(tensors, OUT / "reference.safetensors")
+    save_numpy(tensors, out)
 
 
 def open_clip_modes():
@@ -249,6 +269,36 @@ def open_clip_pil_modes():
     )
 
 
+def most_frequent(pixels):
+    """The most frequent value of the last axis's vectors in `pixels`, as ints."""
+    values, counts = np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0, return_counts=True)
+    return [int(v) for v in values[counts.argmax()]]
+
+
+def colour_keys():
+    d = OUT / "colour_key"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir()
+    im = source()
+    rgb = np.asarray(im)
+    im.save(d / "rgb.png", transparency=tuple(most_frequent(rgb)))
+    grey = im.convert("L")
+    grey.save(d / "grey.png", transparency=most_frequent(np.asarray(grey)[..., None])[0])
+    # Pillow's alpha: the pixels of the most frequent colour; a 16-bit comparison's: pixel (0, 0).
+    wide = sixteen_bit(im)
+    common = most_frequent(rgb)
+    assert list(rgb[0, 0]) != common
+    wide[0, 0] = rgb[0, 0].astype(np.uint16) * 256 + common
+    write_png16(d / "rgb16.png", wide, key=[int(v) for v in wide[0, 0]])
+    # Levels 0..15, two to a byte; the odd width leaves each row's last low nibble 0.
+    levels = np.asarray(grey) >> 4
+    padded = np.pad(levels, ((0, 0), (0, levels.shape[1] % 2)))
+    rows = [(padded[y, ::2] << 4 | padded[y, 1::2]).astype(np.uint8).tobytes()
+            for y in range(padded.shape[0])]
+    write_png(d / "grey4.png", grey.size, 4, 0, rows, key=most_frequent(levels[..., None]))
+    references(sorted(d.iterdir()), OUT / "colour_key.safetensors")
+
+
 def write_pickles():
     d = OUT / "pickle"
     d.mkdir()
@@ -296,13 +346,18 @@ def main():
         open_clip_pil_modes()
         print("wrote", OUT / "open_clip_pil_modes.safetensors")
         return
+    if sys.argv[1:] == ["colour-key"]:
+        colour_keys()
+        print("wrote", OUT / "colour_key.safetensors")
+        return
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
     im = source()
     paths = write_formats(im) + write_orientations(im)
-    references(paths)
+    references(paths, OUT / "reference.safetensors")
     open_clip_modes()
     open_clip_pil_modes()
+    colour_keys()
     write_pickles()
     print("wrote", OUT)
 

@@ -10,7 +10,11 @@
 //!   with a plain processor differs for photos whose orientation tag is not 1 (phone photos
 //!   taken upright usually are stored sideways with tag 6).
 //! - Transparency: transformers composites transparent pixels over white; open_clip's
-//!   `convert("RGB")` drops the alpha and keeps the colour under it ([`Alpha`]).
+//!   `convert("RGB")` drops the alpha and keeps the colour under it ([`Alpha`]). A colour key (a
+//!   grey or RGB PNG's tRNS) counts as transparency for transformers, whose `convert_to_rgb`
+//!   composites any image with `info["transparency"]`: the pixels Pillow's `convert("RGBA")`
+//!   finds equal to the key turn white. Pillow compares the key's low bytes with its 8-bit
+//!   pixels, so in 16-bit RGB and 2- or 4-bit grey these are not the key's own pixels.
 //! - When the image becomes RGB ([`RgbConversion`]): transformers converts first; open_clip
 //!   resizes and pads the image in the mode Pillow opened it in ([`PilMode`]) and converts last.
 //!   Pillow resizes palette ("P") and bilevel ("1") images by nearest neighbour whatever filter
@@ -72,7 +76,8 @@ impl Rgb8 {
 }
 
 /// Decoded pixels, upright, before their conversion to RGB: interleaved RGB, or RGBA where the
-/// file has transparency (an alpha channel, a transparent palette entry or colour key).
+/// file has transparency (an alpha channel, a transparent palette entry or colour key; a colour
+/// key's alpha is that of Pillow's `convert("RGBA")`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecodedImage {
     pub width: usize,
@@ -246,7 +251,8 @@ pub fn decode_rgb(path: &Path) -> Result<Rgb8> {
 /// high byte, then the EXIF orientation applied (JPEG, PNG, WebP, TIFF) as
 /// `ImageOps.exif_transpose` does. The image keeps the mode Pillow opens the file in
 /// ([`PilMode`]): a palette PNG or GIF is "P" (a GIF whose colour table is the grey ramp is
-/// "L"), a 1-bit grey PNG "1", and files with an alpha channel "RGBA" or "LA".
+/// "L"), a 1-bit grey PNG "1", and files with an alpha channel "RGBA" or "LA". A grey or RGB
+/// PNG's colour key becomes alpha as Pillow's `convert("RGBA")` makes it.
 ///
 /// Refused, naming the file: 16-bit grey (Pillow clips it to 8 bits rather than scaling, which
 /// no model was trained on), CMYK (decoders turn it into RGB differently), palette and YCbCr
@@ -349,7 +355,7 @@ fn decode_with_image(
     let (width, height) = (decoded.width() as usize, decoded.height() as usize);
     // Pillow unpacks 16-bit colour by keeping each sample's high byte.
     let high_bytes = |samples: Vec<u16>| samples.iter().map(|&v| (v >> 8) as u8).collect();
-    let (channels, data) = match decoded {
+    let (mut channels, mut data) = match decoded {
         DynamicImage::ImageLuma8(_) | DynamicImage::ImageRgb8(_) => {
             (3, decoded.into_rgb8().into_raw())
         }
@@ -366,6 +372,15 @@ fn decode_with_image(
             ))
         }
     };
+    let colour_key = match format {
+        ImageFormat::Png => png_colour_key(bytes),
+        // Elsewhere transparency is an alpha channel or a palette entry, expanded as Pillow does.
+        _ => None,
+    };
+    if let Some(key) = colour_key {
+        data = with_colour_key(&data, channels, key);
+        channels = 4;
+    }
     let mode = match format {
         ImageFormat::Png => png_mode(bytes),
         ImageFormat::Gif => gif_mode(bytes)?,
@@ -380,12 +395,21 @@ fn decode_with_image(
     })
 }
 
+/// The bit depth and colour type of a PNG's header, the first of its `chunks`.
+fn png_header<'a>(chunks: &mut impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Option<(u8, u8)> {
+    match chunks.next() {
+        Some((kind, header)) if kind == b"IHDR" && header.len() >= 10 => {
+            Some((header[8], header[9]))
+        }
+        _ => None,
+    }
+}
+
 /// Pillow's mode of a PNG, from its header's bit depth and colour type, and its palette.
 fn png_mode(bytes: &[u8]) -> PilMode {
     let mut chunks = exif::png_chunks(bytes);
-    let (bit_depth, colour_type) = match chunks.next() {
-        Some((kind, header)) if kind == b"IHDR" && header.len() >= 10 => (header[8], header[9]),
-        _ => return PilMode::Rgb,
+    let Some((bit_depth, colour_type)) = png_header(&mut chunks) else {
+        return PilMode::Rgb;
     };
     match (bit_depth, colour_type) {
         (_, 3) => PilMode::palette(
@@ -398,6 +422,39 @@ fn png_mode(bytes: &[u8]) -> PilMode {
         (_, 4 | 6) => PilMode::Rgba,
         _ => PilMode::Rgb,
     }
+}
+
+/// The 8-bit colour that a grey or RGB PNG's colour key (its tRNS chunk, read before the image
+/// data as Pillow reads it) makes transparent in Pillow's `convert("RGBA")`. Pillow compares
+/// each sample's low byte with the pixels it unpacked to 8 bits: a 16-bit key matches the pixels
+/// whose high bytes equal its low bytes, and a 2- or 4-bit grey key the 8-bit level equal to the
+/// raw key, not the pixels of the key's own value (which the decoder's alpha marks). A 1-bit key
+/// is white unless zero, as in the 1-bit pixels.
+fn png_colour_key(bytes: &[u8]) -> Option<[u8; 3]> {
+    let mut chunks = exif::png_chunks(bytes);
+    let (bit_depth, colour_type) = png_header(&mut chunks)?;
+    let (_, key) = chunks
+        .take_while(|&(kind, _)| kind != b"IDAT")
+        .find(|&(kind, _)| kind == b"tRNS")?;
+    let sample = |i: usize| Some(u16::from_be_bytes([*key.get(2 * i)?, *key.get(2 * i + 1)?]));
+    let low_byte = |i: usize| sample(i).map(|v| v.to_be_bytes()[1]);
+    match (bit_depth, colour_type) {
+        (1, 0) => Some([if sample(0)? == 0 { 0 } else { 255 }; 3]),
+        (_, 0) => Some([low_byte(0)?; 3]),
+        (_, 2) => Some([low_byte(0)?, low_byte(1)?, low_byte(2)?]),
+        _ => None,
+    }
+}
+
+/// RGBA pixels, transparent exactly where the colour is `key`, from pixels of `channels`
+/// channels (any alpha among them replaced).
+fn with_colour_key(data: &[u8], channels: usize, key: [u8; 3]) -> Vec<u8> {
+    data.chunks_exact(channels)
+        .flat_map(|p| {
+            let alpha = if p[..3] == key { 0 } else { 255 };
+            [p[0], p[1], p[2], alpha]
+        })
+        .collect()
 }
 
 /// Pillow's mode of a GIF's first frame: "P" with the frame's own colour table or else the
@@ -1162,6 +1219,41 @@ mod tests {
             gif_mode(&gif_with_table(&colour)).unwrap(),
             PilMode::palette(&colour)
         );
+    }
+
+    /// A PNG of a 2×1 image's header of `bit_depth` and `colour_type` followed by `chunks`
+    /// (type, data), with zero CRCs: enough for reading its chunks.
+    fn png_with_chunks(bit_depth: u8, colour_type: u8, chunks: &[(&[u8; 4], &[u8])]) -> Vec<u8> {
+        let header = [0, 0, 0, 2, 0, 0, 0, 1, bit_depth, colour_type, 0, 0, 0];
+        let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+        for (kind, data) in [(b"IHDR", &header[..])].iter().chain(chunks) {
+            bytes.extend((data.len() as u32).to_be_bytes());
+            bytes.extend(*kind);
+            bytes.extend(*data);
+            bytes.extend([0; 4]);
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_png_colour_key_is_the_colour_pillow_compares_with_the_pixels() {
+        let key = |bit_depth, colour_type, trns: &[u8]| {
+            png_colour_key(&png_with_chunks(
+                bit_depth,
+                colour_type,
+                &[(b"tRNS", trns), (b"IDAT", &[])],
+            ))
+        };
+        let rgb16 = [0x12, 0x34, 0x56, 0x78, 0x9A, 0xBC];
+        assert_eq!(key(16, 2, &rgb16), Some([0x34, 0x78, 0xBC]));
+        assert_eq!(key(4, 0, &[0, 5]), Some([5; 3]));
+        assert_eq!(key(1, 0, &[1, 0]), Some([255; 3])); // any non-zero 1-bit key is white
+        assert_eq!(key(1, 0, &[0, 0]), Some([0; 3]));
+        assert_eq!(key(8, 2, &[0, 1]), None); // truncated
+        assert_eq!(key(8, 3, &[0]), None); // a palette's alpha is per entry
+                                           // After the image data, Pillow no longer reads it.
+        let late = png_with_chunks(8, 0, &[(b"IDAT", &[]), (b"tRNS", &[0, 5])]);
+        assert_eq!(png_colour_key(&late), None);
     }
 
     #[test]
