@@ -1247,11 +1247,14 @@ mod tests {
         let rgb16 = [0x12, 0x34, 0x56, 0x78, 0x9A, 0xBC];
         assert_eq!(key(16, 2, &rgb16), Some([0x34, 0x78, 0xBC]));
         assert_eq!(key(4, 0, &[0, 5]), Some([5; 3]));
-        assert_eq!(key(1, 0, &[1, 0]), Some([255; 3])); // any non-zero 1-bit key is white
+        // Any non-zero 1-bit key is white.
+        assert_eq!(key(1, 0, &[1, 0]), Some([255; 3]));
         assert_eq!(key(1, 0, &[0, 0]), Some([0; 3]));
-        assert_eq!(key(8, 2, &[0, 1]), None); // truncated
-        assert_eq!(key(8, 3, &[0]), None); // a palette's alpha is per entry
-                                           // After the image data, Pillow no longer reads it.
+        // Truncated.
+        assert_eq!(key(8, 2, &[0, 1]), None);
+        // A palette's alpha is per entry, not a key.
+        assert_eq!(key(8, 3, &[0]), None);
+        // After the image data, Pillow no longer reads it.
         let late = png_with_chunks(8, 0, &[(b"IDAT", &[]), (b"tRNS", &[0, 5])]);
         assert_eq!(png_colour_key(&late), None);
     }
