@@ -481,7 +481,8 @@ fn entries_and_pool(
     // Backed up front: on the Zen 3 VM the faults inside the scatter cost about three times what
     // populating costs (0.25 s against 0.09 s).
     populate(&[&entries.map, &values.map, &positions.map]);
-    let words = Shared(entries.map.as_mut_ptr().cast::<u32>());
+    let entry_out = Shared::new(&mut entries);
+    let words = Shared(entry_out.0.cast::<u32>());
     pieces.par_iter().zip(piece_next).for_each(|(p, next)| {
         let mut lines = StagedScatter::new(words, next);
         for &v in p.values(candidates) {
@@ -496,11 +497,7 @@ fn entries_and_pool(
     phases::mark("trim: count and scatter into buckets");
     let mut segments = vec![0u32; models * buckets];
     let segments_out = Shared::new(&mut segments);
-    let (entry_out, values_out, positions_out) = (
-        Shared::new(&mut entries),
-        Shared::new(&mut values),
-        Shared::new(&mut positions),
-    );
+    let (values_out, positions_out) = (Shared::new(&mut values), Shared::new(&mut positions));
     (0..buckets).into_par_iter().for_each_init(
         || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()),
         |(keys, scratch, own, staged, following), b| {
