@@ -813,16 +813,19 @@ fn unsupported_and_broken_files_of_the_new_formats_are_refused() {
 
 // ---- open_clip's resize modes and non-square inputs (tools/make_image_fixtures.py) ----
 
+/// A JSON file of the image fixtures, `tests/fixtures/images/NAME`.
+fn images_json(name: &str) -> serde_json::Value {
+    let path = repo_path(&format!("{IMAGES}/{name}"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 const OPEN_CLIP_MODES: &str = "tests/fixtures/images/open_clip_modes.safetensors";
 
 /// "longest" (fit inside, pad with `fill_color`), "shortest" and "squash" for square and
 /// non-square sizes, against open_clip's transforms on PNG photos: f32 rounding only.
 #[test]
 fn open_clip_resize_modes_match_open_clip() {
-    let list: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_path(&format!("{IMAGES}/open_clip_modes.json"))).unwrap(),
-    )
-    .unwrap();
+    let list = images_json("open_clip_modes.json");
     let photos: Vec<String> = serde_json::from_value(list["photos"].clone()).unwrap();
     let modes = list["modes"].as_array().unwrap();
     assert_eq!(modes.len(), 4);
@@ -875,10 +878,7 @@ const OPEN_CLIP_PIL_MODES: &str = "tests/fixtures/images/open_clip_pil_modes.saf
 /// every resize mode, bicubic and bilinear, equal to open_clip's transform bit for bit.
 #[test]
 fn palette_and_transparent_files_match_open_clip() {
-    let list: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_path(&format!("{IMAGES}/open_clip_pil_modes.json"))).unwrap(),
-    )
-    .unwrap();
+    let list = images_json("open_clip_pil_modes.json");
     let modes = list["modes"].as_array().unwrap();
     let files: BTreeMap<String, Vec<String>> =
         serde_json::from_value(list["files"].clone()).unwrap();
@@ -919,10 +919,7 @@ fn a_non_square_open_clip_model_embeds_as_open_clip_does(be: &Arc<dyn Backend>) 
     let model = load("open_clip-longest", be);
     let tower = model.image_tower().unwrap();
     assert_eq!(tower.preprocess().output_size(), (24, 32));
-    let list: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_path(&format!("{IMAGES}/open_clip_modes.json"))).unwrap(),
-    )
-    .unwrap();
+    let list = images_json("open_clip_modes.json");
     let photos: Vec<String> = serde_json::from_value(list["photos"].clone()).unwrap();
     let (_, want_pixels) = reference_tensor(OPEN_CLIP_MODES, "open_clip-longest/pixels");
     let mut pixels = Vec::new();

@@ -109,8 +109,8 @@ impl<T: bytemuck::Zeroable> ZeroedMap<T> {
 }
 
 /// Backs `maps` with pages now, every core taking its share: the kernel hands out and zeroes
-/// pages faster this way than at first touch inside the bucket pass, where each fault also
-/// takes a page's worth of the bucket's data out of the cache (BENCHMARKS.md, 2026-12-07).
+/// pages faster this way than at first touch inside the passes that fill them, where each fault
+/// also takes a page's worth of their data out of the cache (BENCHMARKS.md, 2026-12-07).
 /// Kernels without `MADV_POPULATE_WRITE` (before Linux 5.14) and other systems leave the pages
 /// to be faulted in as they are written, as before.
 fn populate(maps: &[&memmap2::MmapMut]) {
@@ -319,8 +319,9 @@ struct SortedPool {
     cursors: Vec<u32>,
     /// The values [`Wanted`].
     values: ZeroedMap<f32>,
-    /// With [`Wanted::Pool`], each entry's position in the sorted pool (none otherwise: the
-    /// quantiles need them only bucket by bucket, while the bucket is in cache).
+    /// With [`Wanted::Pool`], the positions in the sorted pool of each model's points, in its
+    /// sorted order at its `offsets` (none otherwise: the quantiles need them only bucket by
+    /// bucket, while the bucket is in cache).
     positions: ZeroedMap<u32>,
 }
 
